@@ -1,0 +1,51 @@
+# Vent: humidity -> flap opening, with hysteresis. Closed until humidity
+# reaches open_at; then open at least min_opening, growing linearly to fully
+# open at full_at; closed again only once humidity falls below close_at.
+
+
+def opening(humidity, venting, cfg):
+    """(venting, opening percent) for a humidity reading."""
+    if venting:
+        venting = humidity >= cfg["close_at"]
+    else:
+        venting = humidity >= cfg["open_at"]
+    if not venting:
+        return False, 0
+    lo = cfg["close_at"]
+    span = max(cfg["full_at"] - lo, 1)
+    pct = (humidity - lo) * 100 / span
+    pct = max(cfg["min_opening"], min(100, pct))
+    return True, int(pct + 0.5)
+
+
+def check_config(cfg):
+    """Settings that are valid one by one but not together. Raises ValueError."""
+    if not cfg["close_at"] < cfg["open_at"] <= cfg["full_at"]:
+        raise ValueError("vent needs close_at < open_at <= full_at")
+
+
+class Vent:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.venting = False
+        self.opening = 0
+        check_config(ctx.config)
+        ctx.drive("vent", 0)
+        ctx.on("sensor.humidity", self.on_humidity)
+
+    def on_humidity(self, h):
+        self.venting, pct = opening(h, self.venting, self.ctx.config)
+        if pct != self.opening:
+            self.opening = pct
+            self.ctx.drive("vent", pct)
+        self.ctx.report({"opening": pct, "venting": self.venting})
+
+    def selftest(self):
+        return self.ctx.config["close_at"] < self.ctx.config["open_at"]
+
+    def stop(self):
+        self.ctx.drive("vent", 0)
+
+
+def start(ctx):
+    return Vent(ctx)

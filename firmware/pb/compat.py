@@ -1,0 +1,111 @@
+# The few differences between MicroPython and CPython, in one place.
+# Everything else in pb/ is written in the common subset of both.
+import sys
+import time
+
+try:
+    import asyncio
+except ImportError:  # pragma: no cover - very old MicroPython
+    import uasyncio as asyncio  # type: ignore[no-redef]
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):  # type: ignore[no-redef]
+        return x
+
+
+if hasattr(time, "ticks_ms"):
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+else:
+    _T0 = time.monotonic()
+
+    def ticks_ms():  # type: ignore[misc]
+        return int((time.monotonic() - _T0) * 1000)
+
+    def ticks_diff(a, b):  # type: ignore[misc]
+        return a - b
+
+    def ticks_add(a, delta):  # type: ignore[misc]
+        return a + delta
+
+
+if hasattr(asyncio, "sleep_ms"):
+    sleep_ms = asyncio.sleep_ms
+else:
+
+    def sleep_ms(ms):  # type: ignore[misc]
+        return asyncio.sleep(ms / 1000)
+
+
+if hasattr(asyncio, "wait_for_ms"):
+    wait_for_ms = asyncio.wait_for_ms
+else:
+
+    def wait_for_ms(aw, ms):  # type: ignore[misc]
+        return asyncio.wait_for(aw, ms / 1000)
+
+
+try:
+    TimeoutError = asyncio.TimeoutError  # noqa: A001
+except AttributeError:  # pragma: no cover
+    TimeoutError = OSError  # type: ignore[misc] # noqa: A001
+
+
+def rand_below(n):
+    """A pseudo-random int in [0, n); jitter only, never for secrets."""
+    import random
+
+    if n <= 1:
+        return 0
+    return random.getrandbits(30) % n
+
+
+def token_hex(nbytes):
+    """Random bytes from the OS as hex (os.urandom on both interpreters)."""
+    import os
+
+    return "".join("%02x" % b for b in os.urandom(nbytes))
+
+
+def mem_free():
+    """Free heap in bytes, or -1 where the interpreter cannot tell."""
+    import gc
+
+    if hasattr(gc, "mem_free"):
+        gc.collect()
+        return gc.mem_free()
+    return -1
+
+
+def fsync(f):
+    """Push a written file to the medium where the platform can."""
+    f.flush()
+    import os
+
+    if hasattr(os, "fsync"):
+        os.fsync(f.fileno())
+
+
+def print_exception(exc, file=None):
+    if hasattr(sys, "print_exception"):
+        if file is None:
+            sys.print_exception(exc)
+        else:
+            sys.print_exception(exc, file)
+    else:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=file)
+
+
+def format_exception(exc):
+    """One line naming an exception, for reports: 'ValueError: bad value'."""
+    msg = str(exc)
+    name = type(exc).__name__
+    return name + ": " + msg if msg else name

@@ -1,0 +1,426 @@
+# Feature packages: manifests checked at load time, each feature started in
+# its own context, and a feature that raises is stopped, disabled and
+# reported while the device keeps running.
+#
+# A feature is a folder <root>/<name>/ with manifest.json and an __init__
+# module defining start(ctx) -> object. The object may define
+# on_config(key, value), selftest() and stop(). Features never touch the
+# network or the hardware directly: they go through their context.
+import json
+import sys
+
+from .compat import format_exception
+from .errors import ConfigError, FeatureError, HalError
+from .proto import valid_id
+from .store import read_bytes
+
+API = 1
+MAX_FEATURES = 16
+_MAX_LIST = 48
+_MAX_STR = 64
+_CONFIG_TYPES = ("number", "integer", "boolean", "string", "array")
+
+
+def _str_list(m, key, where):
+    v = m.get(key, [])
+    if not isinstance(v, list):
+        raise FeatureError("%s: %s must be a list" % (where, key))
+    for x in v:
+        if not isinstance(x, str) or not x:
+            raise FeatureError("%s: %s must list names" % (where, key))
+    return v
+
+
+def check_manifest(m, name=None):
+    """Validate a feature manifest (a dict); returns it. Raises FeatureError."""
+    if not isinstance(m, dict):
+        raise FeatureError("manifest is not a JSON object")
+    fname = m.get("name")
+    if not valid_id(fname) or "-" in fname:
+        raise FeatureError("manifest name %r is not a valid feature name" % (fname,))
+    where = "feature " + fname
+    if name is not None and fname != name:
+        raise FeatureError("%s: manifest name does not match folder %r" % (where, name))
+    if not isinstance(m.get("version"), str) or m["version"].count(".") != 2:
+        raise FeatureError("%s: version must be a semver string like 1.2.0" % where)
+    api = m.get("api")
+    if not isinstance(api, int) or isinstance(api, bool):
+        raise FeatureError("%s: api must be an integer" % where)
+    requires = _str_list(m, "requires", where)
+    perms = m.get("permissions", {})
+    if not isinstance(perms, dict):
+        raise FeatureError("%s: permissions must be an object" % where)
+    for key in ("reads", "drives"):
+        for cap in _str_list(perms, key, where):
+            if cap not in requires:
+                raise FeatureError("%s: permission %s %r is not in requires" % (where, key, cap))
+    _str_list(perms, "publishes", where)
+    config = m.get("config", {})
+    if not isinstance(config, dict):
+        raise FeatureError("%s: config must be an object" % where)
+    for key in config:
+        spec = config[key]
+        if not isinstance(spec, dict) or spec.get("type") not in _CONFIG_TYPES:
+            raise FeatureError("%s: config %r needs a type (%s)" % (where, key, ", ".join(_CONFIG_TYPES)))
+        if "default" not in spec:
+            raise FeatureError("%s: config %r needs a default" % (where, key))
+        try:
+            check_value(spec, key, spec["default"])
+        except ConfigError as exc:
+            raise FeatureError("%s: default of %s" % (where, exc)) from None
+    return m
+
+
+def check_value(spec, key, value):
+    """A config value checked against its spec; raises ConfigError."""
+    t = spec["type"]
+    ok = True
+    if t == "boolean":
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False
+    elif t == "number":
+        ok = isinstance(value, (int, float)) and value == value
+    elif t == "integer":
+        ok = isinstance(value, int)
+    elif t == "string":
+        ok = isinstance(value, str) and len(value) <= spec.get("max_len", _MAX_STR)
+    elif t == "array":
+        ok = isinstance(value, list) and len(value) <= spec.get("max_len", _MAX_LIST)
+    if not ok:
+        raise ConfigError("%s must be a %s" % (key, t))
+    if "min" in spec and value < spec["min"]:
+        raise ConfigError("%s must be at least %r" % (key, spec["min"]))
+    if "max" in spec and value > spec["max"]:
+        raise ConfigError("%s must be at most %r" % (key, spec["max"]))
+    if "enum" in spec and value not in spec["enum"]:
+        raise ConfigError("%s must be one of %s" % (key, ", ".join([str(x) for x in spec["enum"]])))
+    return value
+
+
+def read_manifest(root, name):
+    data = read_bytes(root + "/" + name + "/manifest.json")
+    if data is None:
+        raise FeatureError("feature %s has no manifest.json" % name)
+    try:
+        m = json.loads(data)
+    except ValueError as exc:
+        raise FeatureError("feature %s: manifest.json is not JSON: %s" % (name, exc)) from None
+    return check_manifest(m, name)
+
+
+def list_features(root):
+    """Names of the feature folders under root (those with a manifest)."""
+    import os
+
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [n for n in names if valid_id(n) and read_bytes(root + "/" + n + "/manifest.json") is not None]
+
+
+def import_feature(root, name):
+    """The feature's module, imported as <package>.<name>, where root's last
+    path component is the package and its parent goes on sys.path."""
+    i = root.rfind("/")
+    parent, pkg = (root[:i], root[i + 1 :]) if i >= 0 else ("", root)
+    if parent and parent not in sys.path:
+        sys.path.insert(0, parent)
+    top = __import__(pkg + "." + name)
+    return getattr(top, name)
+
+
+def forget_modules(pkg="features"):
+    """Drop imported feature modules, so a restart imports them afresh."""
+    for key in list(sys.modules):
+        if key == pkg or key.startswith(pkg + "."):
+            del sys.modules[key]
+
+
+class Context:
+    """What a feature may do: subscribe to events, read the sensors it
+    declared, drive the actuators it declared, report the telemetry fields
+    it declared. Anything else raises FeatureError."""
+
+    def __init__(self, host, name, manifest, config):
+        self._host = host
+        self.name = name
+        self.version = manifest["version"]
+        self.config = config
+        perms = manifest.get("permissions", {})
+        self._reads = perms.get("reads", [])
+        self._drives = perms.get("drives", [])
+        self._publishes = perms.get("publishes", [])
+
+    def on(self, event, handler):
+        """Call handler on an event: 'sensor.<name>' (value), 'tick' (now),
+        'data.<key>' (value the gateway sent)."""
+        if event.startswith("sensor."):
+            self._need(event[7:], self._reads, "read")
+        elif event != "tick" and not event.startswith("data."):
+            raise FeatureError("unknown event %r" % event)
+        self._host.bus.on(event, handler, self.name)
+
+    def read(self, sensor):
+        """Latest reading of a declared sensor, or None before the first."""
+        self._need(sensor, self._reads, "read")
+        return self._host.readings.get(sensor)
+
+    def drive(self, actuator, value):
+        self._need(actuator, self._drives, "drive")
+        self._host.drive(actuator, value)
+
+    def report(self, fields):
+        """Merge fields into this feature's telemetry."""
+        for k in fields:
+            if k not in self._publishes:
+                raise FeatureError("%s may not publish %r (not in its permissions)" % (self.name, k))
+        self._host.reports.setdefault(self.name, {}).update(fields)
+
+    def log(self, message):
+        self._host.emit_event("log", self.name, str(message))
+
+    def now(self):
+        return self._host.now()
+
+    def minute_of_day(self):
+        """Local minutes since midnight (device setting utc_offset_min)."""
+        t = int(self._host.now()) + 60 * self._host.utc_offset_min
+        return (t // 60) % 1440
+
+    def data(self, key):
+        """The latest value the gateway sent for key (see 'data.<key>')."""
+        return self._host.data.get(key)
+
+    def _need(self, cap, allowed, verb):
+        if cap not in allowed:
+            raise FeatureError("%s may not %s %r (not in its permissions)" % (self.name, verb, cap))
+
+
+class FeatureHost:
+    """Starts, stops and isolates the features of one device.
+
+    `runtime` supplies: bus, hal, now(), emit_event(kind, feature, message),
+    utc_offset_min, and a Store. Persistent per-feature settings live in the
+    store record 'features': {name: {enabled, error, config}}.
+    """
+
+    def __init__(self, runtime, store, root="features", importer=import_feature):
+        self.rt = runtime
+        self.bus = runtime.bus
+        self.store = store
+        self.root = root
+        self.importer = importer
+        self.readings = {}
+        self.reports = {}
+        self.data = {}
+        self.manifests = {}
+        self.running = {}  # name -> object returned by start(ctx)
+        self.contexts = {}  # name -> its Context
+        self.modules = {}  # name -> its imported module
+        self.owners = {}  # actuator -> feature driving it
+        self.settings = store.load("features", {}) or {}
+        self.utc_offset_min = 0
+
+    def now(self):
+        return self.rt.now()
+
+    def emit_event(self, kind, feature, message):
+        self.rt.emit_event(kind, feature, message)
+
+    def drive(self, actuator, value):
+        self.rt.drive(actuator, value)
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def discover(self):
+        """Read every manifest under root; bad ones are recorded as errors."""
+        for name in list_features(self.root)[:MAX_FEATURES]:
+            try:
+                self.manifests[name] = read_manifest(self.root, name)
+            except FeatureError as exc:
+                self._setting(name)["error"] = str(exc)
+                self.manifests.pop(name, None)
+
+    def start_all(self):
+        for name in sorted(self.manifests):
+            s = self._setting(name)
+            if s.get("enabled", True) and not s.get("error"):
+                self.start(name)
+        self._save()
+
+    def start(self, name):
+        """Start one feature; False (and the error recorded) if it cannot.
+        Its module may define check_config(cfg), raising ValueError for
+        settings that are invalid together."""
+        m = self.manifests.get(name)
+        if m is None:
+            raise FeatureError("no feature %r" % name)
+        try:
+            if m["api"] != API:
+                raise FeatureError("needs runtime API %d, this runtime has %d" % (m["api"], API))
+            missing = [c for c in m.get("requires", []) if c not in self.rt.hal.caps]
+            if missing:
+                raise FeatureError("this board lacks " + ", ".join(missing))
+            drives = m.get("permissions", {}).get("drives", [])
+            for a in drives:
+                other = self.owners.get(a)
+                if other is not None and other != name:
+                    raise FeatureError("%s is already driven by %s" % (a, other))
+            ctx = Context(self, name, m, self.config(name))
+            self.contexts[name] = ctx
+            for a in drives:
+                self.owners[a] = name
+            mod = self.importer(self.root, name)
+            self.modules[name] = mod
+            obj = mod.start(ctx)
+            self.running[name] = obj if obj is not None else mod
+        except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
+            self.fail(name, exc)
+            return False
+        self._setting(name)["error"] = None
+        return True
+
+    def stop(self, name):
+        obj = self.running.pop(name, None)
+        self.contexts.pop(name, None)
+        self.bus.drop(name)
+        self.reports.pop(name, None)
+        if obj is not None and hasattr(obj, "stop"):
+            try:
+                obj.stop()
+            except Exception as exc:  # noqa: BLE001 - feature code
+                self.emit_event("feature_error", name, "stop: " + format_exception(exc))
+        for a in list(self.owners):
+            if self.owners[a] == name:
+                del self.owners[a]
+                self._safe(a)
+
+    def stop_all(self):
+        for name in list(self.running):
+            self.stop(name)
+
+    def fail(self, name, exc):
+        """A feature raised: stop it, keep it disabled, report why."""
+        reason = format_exception(exc)
+        self.stop(name)
+        self._setting(name)["error"] = reason
+        self._save()
+        self.emit_event("feature_error", name, reason)
+
+    def enable(self, name, on):
+        if name not in self.manifests:
+            raise FeatureError("no feature %r" % name)
+        s = self._setting(name)
+        s["enabled"] = on
+        s["error"] = None
+        if on and name not in self.running:
+            self._save()
+            if not self.start(name):
+                raise FeatureError("%s did not start: %s" % (name, s["error"]))
+        elif not on and name in self.running:
+            self.stop(name)
+        self._save()
+
+    # ---- config ------------------------------------------------------------
+
+    def config(self, name):
+        """Effective config: manifest defaults, overridden by stored values
+        that still fit the schema (a newer manifest may have changed it)."""
+        spec = self.manifests[name].get("config", {})
+        out = {}
+        stored = self._setting(name).get("config", {})
+        for key in spec:
+            out[key] = spec[key]["default"]
+            if key in stored:
+                try:
+                    out[key] = check_value(spec[key], key, stored[key])
+                except ConfigError:
+                    pass
+        return out
+
+    def set_config(self, name, values):
+        """Validate every value first, then store and apply them together.
+        Raises FeatureError (unknown feature) or ConfigError."""
+        if name not in self.manifests:
+            raise FeatureError("no feature %r" % name)
+        if not isinstance(values, dict) or not values:
+            raise ConfigError("values must be a non-empty object")
+        spec = self.manifests[name].get("config", {})
+        for key in values:
+            if key not in spec:
+                raise ConfigError("%s has no setting %r (has: %s)" % (name, key, ", ".join(sorted(spec))))
+            check_value(spec[key], key, values[key])
+        mod = self.modules.get(name)
+        if mod is not None and hasattr(mod, "check_config"):
+            merged = self.config(name)
+            merged.update(values)
+            try:
+                mod.check_config(merged)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        stored = self._setting(name).setdefault("config", {})
+        stored.update(values)
+        self._save()
+        cfg = self.config(name)
+        obj = self.running.get(name)
+        if obj is None:
+            return cfg
+        if hasattr(obj, "on_config"):
+            self.contexts[name].config.update(cfg)
+            try:
+                for key in values:
+                    obj.on_config(key, values[key])
+            except Exception as exc:  # noqa: BLE001 - feature code
+                self.fail(name, exc)
+        else:
+            self.stop(name)
+            self.start(name)
+        return cfg
+
+    def set_data(self, key, value):
+        self.data[key] = value
+        self.bus.emit("data." + key, value)
+
+    # ---- reporting ---------------------------------------------------------
+
+    def status(self):
+        out = {}
+        for name in sorted(set(self.manifests) | set(self.settings)):
+            m = self.manifests.get(name, {})
+            s = self._setting(name)
+            out[name] = {
+                "version": m.get("version", "?"),
+                "enabled": s.get("enabled", True),
+                "running": name in self.running,
+            }
+            if s.get("error"):
+                out[name]["error"] = s["error"]
+        return out
+
+    def selftest(self):
+        """Run each running feature's selftest(); {name: error} for failures."""
+        bad = {}
+        for name in list(self.running):
+            obj = self.running[name]
+            if hasattr(obj, "selftest"):
+                try:
+                    if obj.selftest() is False:
+                        bad[name] = "self-test returned False"
+                except Exception as exc:  # noqa: BLE001 - feature code
+                    bad[name] = format_exception(exc)
+        return bad
+
+    def _setting(self, name):
+        return self.settings.setdefault(name, {})
+
+    def _save(self):
+        self.store.save("features", self.settings)
+
+    def _safe(self, actuator):
+        cap = self.rt.hal.caps.get(actuator, {})
+        try:
+            self.rt.drive(actuator, cap.get("safe", False if cap.get("kind") == "relay" else 0))
+        except HalError:
+            pass

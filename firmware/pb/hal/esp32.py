@@ -1,0 +1,164 @@
+# ESP32 backend: sensors and actuators on real pins, Wi-Fi, watchdog.
+# Hardware modules are imported inside methods, so this file also imports
+# on CPython (type checks) and on the unix port.
+from ..compat import sleep_ms, ticks_diff, ticks_ms
+from ..errors import HalError
+from . import RELAY, SERVO, Hal
+
+_CAUSES = {
+    "PWRON_RESET": "power_on",
+    "HARD_RESET": "hard",
+    "WDT_RESET": "watchdog",
+    "DEEPSLEEP_RESET": "deepsleep",
+    "SOFT_RESET": "soft",
+}
+
+
+class Esp32Hal(Hal):
+    name = "esp32"
+
+    def __init__(self, board, root="/"):
+        super().__init__(board, root)
+        self._drivers = {}
+        self._wdt = None
+        self._wlan = None
+
+    # ---- sensors -----------------------------------------------------------
+
+    def _driver(self, name):
+        drv = self._drivers.get(name)
+        if drv is not None:
+            return drv
+        cap = self.caps.get(name)
+        if cap is None:
+            raise HalError("no capability %r on this board" % name)
+        kind = cap.get("driver", cap.get("kind"))
+        import machine
+
+        if kind in ("dht22", "dht11"):
+            # one DHT serves temperature and humidity: share it by pin
+            key = "dht:%d" % cap["pin"]
+            drv = self._drivers.get(key)
+            if drv is None:
+                import dht
+
+                cls = dht.DHT22 if kind == "dht22" else dht.DHT11
+                drv = _Dht(cls(machine.Pin(cap["pin"])))
+                self._drivers[key] = drv
+        elif kind == "sht31":
+            i2c = machine.I2C(0, scl=machine.Pin(cap["scl"]), sda=machine.Pin(cap["sda"]))
+            drv = _Sht31(i2c, cap.get("addr", 0x44))
+        elif kind == "adc":
+            drv = _Adc(machine.ADC(machine.Pin(cap["pin"])), cap.get("scale", 1.0), cap.get("offset", 0.0))
+        elif kind == RELAY:
+            drv = machine.Pin(cap["pin"], machine.Pin.OUT)
+        elif kind == SERVO:
+            drv = machine.PWM(machine.Pin(cap["pin"]), freq=cap.get("freq", 50))
+        else:
+            raise HalError("no driver %r for %s" % (kind, name))
+        self._drivers[name] = drv
+        return drv
+
+    def read(self, name):
+        cap = self.caps.get(name, {})
+        if cap.get("kind") != "sensor":
+            raise HalError("no sensor %r on this board" % name)
+        try:
+            value = self._driver(name).read(cap.get("quantity", name))
+        except OSError as exc:
+            raise HalError("sensor %s: %s" % (name, exc)) from exc
+        return self.check_reading(name, value)
+
+    def write(self, name, value):
+        value = self.check_value(name, value)
+        cap = self.caps[name]
+        drv = self._driver(name)
+        if cap["kind"] == RELAY:
+            drv.value(1 if value == cap.get("active_high", True) else 0)
+        else:
+            lo = cap.get("min_us", 500)
+            hi = cap.get("max_us", 2500)
+            drv.duty_ns(int((lo + (hi - lo) * value / 100) * 1000))
+
+    # ---- system ------------------------------------------------------------
+
+    def reset_cause(self):
+        import machine
+
+        c = machine.reset_cause()
+        for attr in _CAUSES:
+            if getattr(machine, attr, None) == c:
+                return _CAUSES[attr]
+        return "unknown"
+
+    def reset(self, cause="soft"):
+        import machine
+
+        self.safe_state()
+        machine.reset()
+
+    def feed_watchdog(self):
+        if self._wdt is None:
+            import machine
+
+            self._wdt = machine.WDT(timeout=self.board.get("watchdog_ms", 30000))
+        self._wdt.feed()
+
+    async def network_up(self, config):
+        """Join the configured Wi-Fi; waits at most 20 s. Raises HalError."""
+        import network
+
+        wifi = config.get("wifi") or {}
+        if not wifi.get("ssid"):
+            raise HalError("no Wi-Fi configured (config.json 'wifi')")
+        if self._wlan is None:
+            self._wlan = network.WLAN(network.STA_IF)
+            self._wlan.active(True)
+        if self._wlan.isconnected():
+            return
+        self._wlan.connect(wifi["ssid"], wifi.get("password", ""))
+        t0 = ticks_ms()
+        while not self._wlan.isconnected():
+            if ticks_diff(ticks_ms(), t0) > 20000:
+                raise HalError("Wi-Fi %r did not connect in 20 s" % wifi["ssid"])
+            self.feed_watchdog()
+            await sleep_ms(200)
+
+
+class _Dht:
+    def __init__(self, dev):
+        self.dev = dev
+        self.at = None
+
+    def read(self, quantity):
+        # a DHT must not be measured more than once every 2 s
+        if self.at is None or ticks_diff(ticks_ms(), self.at) > 2000:
+            self.dev.measure()
+            self.at = ticks_ms()
+        return self.dev.humidity() if quantity == "humidity" else self.dev.temperature()
+
+
+class _Sht31:
+    def __init__(self, i2c, addr):
+        self.i2c = i2c
+        self.addr = addr
+
+    def read(self, quantity):
+        import time
+
+        self.i2c.writeto(self.addr, b"\x24\x00")  # single shot, high repeatability
+        time.sleep_ms(16)
+        d = self.i2c.readfrom(self.addr, 6)
+        if quantity == "humidity":
+            return 100 * ((d[3] << 8) | d[4]) / 65535
+        return -45 + 175 * ((d[0] << 8) | d[1]) / 65535
+
+
+class _Adc:
+    def __init__(self, adc, scale, offset):
+        self.adc = adc
+        self.scale = scale
+        self.offset = offset
+
+    def read(self, quantity):
+        return self.adc.read_uv() / 1e6 * self.scale + self.offset

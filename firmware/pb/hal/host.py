@@ -1,0 +1,60 @@
+# Host backend: the board's sensors are values in a JSON file that a test or
+# the simulator writes (hal/sensors.json), and its actuators are values the
+# runtime writes to another (hal/actuators.json). Runs on the MicroPython unix
+# port and on CPython.
+import json
+
+from ..errors import HalError
+from ..store import makedirs, read_bytes, write_atomic
+from . import Hal
+
+SENSORS_FILE = "sensors.json"
+ACTUATORS_FILE = "actuators.json"
+
+
+class HostHal(Hal):
+    name = "host"
+
+    def __init__(self, board, root="."):
+        super().__init__(board, root)
+        self.dir = root + "/hal"
+        makedirs(self.dir)
+        self._out = {}
+        data = read_bytes(self.dir + "/" + ACTUATORS_FILE)
+        if data:
+            try:
+                self._out = json.loads(data)
+            except ValueError:
+                self._out = {}
+
+    def _sensors(self):
+        data = read_bytes(self.dir + "/" + SENSORS_FILE)
+        if data is None:
+            raise HalError("no sensor values yet (%s/%s)" % (self.dir, SENSORS_FILE))
+        try:
+            values = json.loads(data)
+        except ValueError as exc:
+            raise HalError("sensor file is not JSON: %s" % exc) from None
+        if not isinstance(values, dict):
+            raise HalError("sensor file is not a JSON object")
+        return values
+
+    def read(self, name):
+        if self.caps.get(name, {}).get("kind") != "sensor":
+            raise HalError("no sensor %r on this board" % name)
+        values = self._sensors()
+        if name not in values:
+            raise HalError("sensor %s has no value" % name)
+        return self.check_reading(name, values[name])
+
+    def write(self, name, value):
+        value = self.check_value(name, value)
+        if self._out.get(name) == value and name in self._out:
+            return
+        self._out[name] = value
+        write_atomic(self.dir + "/" + ACTUATORS_FILE, json.dumps(self._out).encode("utf-8"))
+
+    def reset_cause(self):
+        # a process that starts is a board that was powered on; resets the
+        # runtime asks for itself are recorded in its state store instead
+        return "power_on"

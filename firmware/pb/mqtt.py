@@ -1,0 +1,473 @@
+# MQTT 3.1.1 packet codec, sans-I/O: bytes in, tuples out, and back.
+#
+# Packets are small tuples whose first item is the packet type:
+#   (CONNECT, client_id, clean, keepalive, will, user, password)
+#       will is None or (topic, payload, qos, retain)
+#   (CONNACK, session_present, return_code)
+#   (PUBLISH, topic, payload, qos, retain, dup, pid)     pid is 0 at QoS 0
+#   (PUBACK, pid)  (UNSUBACK, pid)
+#   (SUBSCRIBE, pid, [(filter, qos), ...])  (SUBACK, pid, [code, ...])
+#   (UNSUBSCRIBE, pid, [filter, ...])
+#   (PINGREQ,)  (PINGRESP,)  (DISCONNECT,)
+#   (SKIPPED, remaining_length)   a PUBLISH larger than the decoder's limit,
+#                                 consumed without being buffered
+# QoS 2 is not spoken: subscriptions ask for at most QoS 1, so a broker never
+# sends QoS 2, and a QoS 2 PUBLISH is reported as a protocol error.
+import struct
+
+from .compat import const
+from .errors import ProtocolError
+
+CONNECT = const(1)
+CONNACK = const(2)
+PUBLISH = const(3)
+PUBACK = const(4)
+SUBSCRIBE = const(8)
+SUBACK = const(9)
+UNSUBSCRIBE = const(10)
+UNSUBACK = const(11)
+PINGREQ = const(12)
+PINGRESP = const(13)
+DISCONNECT = const(14)
+SKIPPED = const(100)
+
+MAX_REMAINING = const(268435455)
+MAX_PID = const(65535)
+
+CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
+
+# Fixed-header flag bits each type must carry (MQTT 3.1.1, 2.2.2); PUBLISH varies.
+_FLAGS = {
+    CONNECT: 0,
+    CONNACK: 0,
+    PUBACK: 0,
+    SUBSCRIBE: 2,
+    SUBACK: 0,
+    UNSUBSCRIBE: 2,
+    UNSUBACK: 0,
+    PINGREQ: 0,
+    PINGRESP: 0,
+    DISCONNECT: 0,
+}
+
+
+def _err(message):
+    return ProtocolError("malformed", message)
+
+
+# ---- encoding -------------------------------------------------------------
+
+
+def encode_length(n):
+    """The variable-length 'remaining length' field for n."""
+    if n < 0 or n > MAX_REMAINING:
+        raise ProtocolError("too_large", "remaining length %d out of range" % n)
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _str(s):
+    if isinstance(s, str):
+        s = s.encode("utf-8")
+    if len(s) > 65535:
+        raise ProtocolError("too_large", "string of %d bytes" % len(s))
+    return struct.pack("!H", len(s)) + s
+
+
+def _check_topic(topic, wildcards):
+    if not topic:
+        raise ProtocolError("bad_topic", "empty topic")
+    if "\x00" in topic:
+        raise ProtocolError("bad_topic", "NUL in topic")
+    if not wildcards and ("+" in topic or "#" in topic):
+        raise ProtocolError("bad_topic", "wildcard in topic name %r" % topic)
+
+
+def _check_pid(pid):
+    if not 1 <= pid <= MAX_PID:
+        raise ProtocolError("malformed", "packet id %d out of range" % pid)
+
+
+def _check_qos(qos, top):
+    if qos < 0 or qos > top:
+        raise ProtocolError("unsupported_qos", "QoS %d not supported" % qos)
+
+
+def connect(client_id, keepalive, clean=True, user=None, password=None, will=None):
+    flags = 0x02 if clean else 0
+    tail = _str(client_id)
+    if will is not None:
+        wtopic, wpayload, wqos, wretain = will
+        _check_topic(wtopic, False)
+        _check_qos(wqos, 1)
+        flags |= 0x04 | (wqos << 3) | (0x20 if wretain else 0)
+        tail += _str(wtopic) + _str(wpayload)
+    if user is not None:
+        flags |= 0x80
+        tail += _str(user)
+        if password is not None:
+            flags |= 0x40
+            tail += _str(password)
+    elif password is not None:
+        raise ProtocolError("malformed", "password without user name")
+    if not 0 <= keepalive <= 65535:
+        raise ProtocolError("malformed", "keepalive %d out of range" % keepalive)
+    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + struct.pack("!H", keepalive) + tail
+    return b"\x10" + encode_length(len(body)) + body
+
+
+def connack(session_present, code):
+    return bytes((0x20, 2, 1 if session_present else 0, code))
+
+
+def publish_header(topic, length, qos=0, retain=False, dup=False, pid=0):
+    """Fixed and variable header of a PUBLISH whose payload (length bytes)
+    the caller writes next; large payloads are never copied into one buffer."""
+    _check_topic(topic, False)
+    _check_qos(qos, 1)
+    t = _str(topic)
+    if qos:
+        _check_pid(pid)
+        t += struct.pack("!H", pid)
+    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
+    return bytes((first,)) + encode_length(len(t) + length) + t
+
+
+def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    return publish_header(topic, len(payload), qos, retain, dup, pid) + bytes(payload)
+
+
+def puback(pid):
+    _check_pid(pid)
+    return b"\x40\x02" + struct.pack("!H", pid)
+
+
+def subscribe(pid, filters):
+    _check_pid(pid)
+    if not filters:
+        raise ProtocolError("malformed", "SUBSCRIBE without filters")
+    body = struct.pack("!H", pid)
+    for f, qos in filters:
+        _check_topic(f, True)
+        _check_qos(qos, 1)
+        body += _str(f) + bytes((qos,))
+    return b"\x82" + encode_length(len(body)) + body
+
+
+def suback(pid, codes):
+    _check_pid(pid)
+    body = struct.pack("!H", pid) + bytes(codes)
+    return b"\x90" + encode_length(len(body)) + body
+
+
+def unsubscribe(pid, filters):
+    _check_pid(pid)
+    if not filters:
+        raise ProtocolError("malformed", "UNSUBSCRIBE without filters")
+    body = struct.pack("!H", pid)
+    for f in filters:
+        _check_topic(f, True)
+        body += _str(f)
+    return b"\xa2" + encode_length(len(body)) + body
+
+
+def unsuback(pid):
+    _check_pid(pid)
+    return b"\xb0\x02" + struct.pack("!H", pid)
+
+
+def pingreq():
+    return b"\xc0\x00"
+
+
+def pingresp():
+    return b"\xd0\x00"
+
+
+def disconnect():
+    return b"\xe0\x00"
+
+
+def encode(packet):
+    """Bytes of any packet tuple this module decodes (the inverse of parse)."""
+    t = packet[0]
+    if t == CONNECT:
+        return connect(packet[1], packet[3], packet[2], packet[5], packet[6], packet[4])
+    if t == CONNACK:
+        return connack(packet[1], packet[2])
+    if t == PUBLISH:
+        return publish(packet[1], packet[2], packet[3], packet[4], packet[5], packet[6])
+    if t == PUBACK:
+        return puback(packet[1])
+    if t == SUBSCRIBE:
+        return subscribe(packet[1], packet[2])
+    if t == SUBACK:
+        return suback(packet[1], packet[2])
+    if t == UNSUBSCRIBE:
+        return unsubscribe(packet[1], packet[2])
+    if t == UNSUBACK:
+        return unsuback(packet[1])
+    if t == PINGREQ:
+        return pingreq()
+    if t == PINGRESP:
+        return pingresp()
+    if t == DISCONNECT:
+        return disconnect()
+    raise ProtocolError("malformed", "cannot encode packet type %r" % (t,))
+
+
+# ---- decoding -------------------------------------------------------------
+
+
+def decode_length(buf, start=1):
+    """(remaining_length, bytes_used) from buf[start:], or None if incomplete."""
+    n = 0
+    mul = 1
+    for i in range(4):
+        if start + i >= len(buf):
+            return None
+        b = buf[start + i]
+        n += (b & 0x7F) * mul
+        if b < 0x80:
+            return n, i + 1
+        mul <<= 7
+    raise _err("remaining length longer than 4 bytes")
+
+
+class _Reader:
+    # Walks a packet body, raising ProtocolError instead of IndexError.
+    def __init__(self, body):
+        self.b = body
+        self.i = 0
+
+    def left(self):
+        return len(self.b) - self.i
+
+    def u8(self):
+        if self.i >= len(self.b):
+            raise _err("packet too short")
+        v = self.b[self.i]
+        self.i += 1
+        return v
+
+    def u16(self):
+        if self.i + 2 > len(self.b):
+            raise _err("packet too short")
+        v = (self.b[self.i] << 8) | self.b[self.i + 1]
+        self.i += 2
+        return v
+
+    def raw(self, n):
+        if self.i + n > len(self.b):
+            raise _err("field runs past the end of the packet")
+        v = bytes(self.b[self.i : self.i + n])
+        self.i += n
+        return v
+
+    def bin(self):
+        return self.raw(self.u16())
+
+    def text(self):
+        raw = self.bin()
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeError:
+            raise _err("string is not UTF-8") from None
+        if "\x00" in s:
+            raise _err("NUL in string")
+        return s
+
+    def rest(self):
+        v = bytes(self.b[self.i :])
+        self.i = len(self.b)
+        return v
+
+    def done(self):
+        if self.i != len(self.b):
+            raise _err("%d unexpected trailing bytes" % (len(self.b) - self.i))
+
+
+def _pid(r):
+    pid = r.u16()
+    if pid == 0:
+        raise _err("packet id 0")
+    return pid
+
+
+def parse(first, body):
+    """One packet tuple from its first header byte and its body.
+
+    Raises ProtocolError with code 'malformed', 'unsupported_qos' or 'bad_topic'.
+    """
+    t = first >> 4
+    flags = first & 0x0F
+    r = _Reader(body)
+    if t == PUBLISH:
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise _err("PUBLISH with QoS 3")
+        if qos == 2:
+            raise ProtocolError("unsupported_qos", "QoS 2 PUBLISH")
+        dup = bool(flags & 0x08)
+        if dup and not qos:
+            raise _err("DUP set on a QoS 0 PUBLISH")
+        topic = r.text()
+        _check_topic(topic, False)
+        pid = _pid(r) if qos else 0
+        return (PUBLISH, topic, r.rest(), qos, bool(flags & 1), dup, pid)
+    if t not in _FLAGS:
+        raise _err("unknown packet type %d" % t)
+    if flags != _FLAGS[t]:
+        raise _err("bad flags 0x%x for packet type %d" % (flags, t))
+    if t == CONNECT:
+        return _parse_connect(r)
+    if t == CONNACK:
+        ack = r.u8()
+        code = r.u8()
+        r.done()
+        if ack & 0xFE:
+            raise _err("reserved CONNACK flags set")
+        if code > 5:
+            raise _err("CONNACK return code %d" % code)
+        return (CONNACK, bool(ack & 1), code)
+    if t in (PUBACK, UNSUBACK):
+        pid = _pid(r)
+        r.done()
+        return (t, pid)
+    if t == SUBSCRIBE:
+        pid = _pid(r)
+        filters = []
+        while r.left():
+            f = r.text()
+            _check_topic(f, True)
+            qos = r.u8()
+            if qos > 2:
+                raise _err("requested QoS %d" % qos)
+            _check_qos(qos, 1)
+            filters.append((f, qos))
+        if not filters:
+            raise _err("SUBSCRIBE without filters")
+        return (SUBSCRIBE, pid, filters)
+    if t == SUBACK:
+        pid = _pid(r)
+        codes = list(r.rest())
+        if not codes:
+            raise _err("SUBACK without return codes")
+        for c in codes:
+            if c not in (0, 1, 2, 0x80):
+                raise _err("SUBACK return code 0x%x" % c)
+        return (SUBACK, pid, codes)
+    if t == UNSUBSCRIBE:
+        pid = _pid(r)
+        filters = []
+        while r.left():
+            f = r.text()
+            _check_topic(f, True)
+            filters.append(f)
+        if not filters:
+            raise _err("UNSUBSCRIBE without filters")
+        return (UNSUBSCRIBE, pid, filters)
+    r.done()
+    return (t,)
+
+
+def _parse_connect(r):
+    if r.bin() != b"MQTT":
+        raise _err("protocol name is not MQTT")
+    if r.u8() != 4:
+        raise ProtocolError("unsupported_version", "protocol level is not 4 (3.1.1)")
+    flags = r.u8()
+    if flags & 1:
+        raise _err("reserved CONNECT flag set")
+    keepalive = r.u16()
+    client_id = r.text()
+    will = None
+    wqos = (flags >> 3) & 3
+    if flags & 0x04:
+        if wqos == 3:
+            raise _err("will QoS 3")
+        _check_qos(wqos, 1)
+        wtopic = r.text()
+        _check_topic(wtopic, False)
+        will = (wtopic, r.bin(), wqos, bool(flags & 0x20))
+    elif wqos or flags & 0x20:
+        raise _err("will QoS or retain without a will")
+    user = r.text() if flags & 0x80 else None
+    if flags & 0x40:
+        if user is None:
+            raise _err("password flag without user flag")
+        password = r.bin()
+    else:
+        password = None
+    r.done()
+    return (CONNECT, client_id, bool(flags & 0x02), keepalive, will, user, password)
+
+
+class Decoder:
+    """Incremental decoder: feed() bytes as they arrive, get whole packets.
+
+    Holds at most one packet of up to `max_size` bytes. A larger PUBLISH is
+    consumed without buffering and reported as (SKIPPED, size); any other
+    oversized packet is a protocol error, since nothing legitimate is that big.
+    """
+
+    def __init__(self, max_size=8192):
+        self.max_size = max_size
+        self._buf = bytearray()
+        self._first = 0
+        self._need = -1  # body bytes still expected; -1 while reading a header
+        self._skip = 0
+
+    def feed(self, data):
+        """Packets completed by data, in order. Raises ProtocolError; after
+        an error the stream cannot be resynchronised and must be closed."""
+        out = []
+        i = 0
+        n = len(data)
+        while i < n:
+            if self._skip:
+                k = min(self._skip, n - i)
+                self._skip -= k
+                i += k
+                continue
+            if self._need < 0:
+                self._buf.append(data[i])
+                i += 1
+                if len(self._buf) < 2:
+                    continue
+                got = decode_length(self._buf, 1)
+                if got is None:
+                    continue
+                self._first = self._buf[0]
+                self._buf = bytearray()
+                rl = got[0]
+                if rl > self.max_size:
+                    if self._first >> 4 != PUBLISH:
+                        raise ProtocolError("too_large", "packet of %d bytes" % rl)
+                    self._skip = rl
+                    out.append((SKIPPED, rl))
+                    continue
+                self._need = rl
+            else:
+                k = min(self._need - len(self._buf), n - i)
+                self._buf.extend(data[i : i + k])
+                i += k
+            if len(self._buf) == self._need:
+                body = bytes(self._buf)
+                self._buf = bytearray()
+                self._need = -1
+                out.append(parse(self._first, body))
+        return out

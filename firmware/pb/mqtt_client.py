@@ -1,0 +1,383 @@
+# Resilient asyncio MQTT 3.1.1 client for the board, a thin I/O layer over
+# the sans-I/O codec in mqtt.py. Runs unchanged on MicroPython and CPython.
+#
+# - QoS 0 and 1; unacknowledged QoS 1 publishes are re-sent (DUP) after a
+#   reconnect; a PUBACK that does not come in time counts as a dead link.
+# - Keepalive pings; silence from the broker ends the connection.
+# - Last will, clean-session choice, reconnect with jittered exponential backoff.
+# - A bounded outgoing queue that drops (and counts) before it grows.
+# - The broker's address is resolved once; payloads are written after their
+#   header, never copied into one packet buffer.
+import socket
+
+from . import mqtt
+from .compat import (
+    TimeoutError,
+    asyncio,
+    const,
+    format_exception,
+    rand_below,
+    sleep_ms,
+    ticks_diff,
+    ticks_ms,
+    wait_for_ms,
+)
+from .errors import MqttError, ProtocolError
+
+_READ_SIZE = const(1024)
+
+
+def resolve(host, port):
+    """The broker's address as an IP string, looked up once (DNS is slow and
+    flaky on a board; an IP needs no further lookup when reconnecting)."""
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if not ai:
+        raise MqttError("cannot resolve " + host)
+    family, addr = ai[0][0], ai[0][-1]
+    if isinstance(addr, tuple):
+        return addr[0]
+    # MicroPython's unix port gives a raw struct sockaddr
+    if family == socket.AF_INET:
+        return "%d.%d.%d.%d" % (addr[4], addr[5], addr[6], addr[7])
+    return socket.inet_ntop(family, bytes(addr[8:24]))
+
+
+class MQTTClient:
+    """Keeps one MQTT session alive and moves messages through it.
+
+    publish() only queues; run() owns the connection. Callbacks:
+    on_message(topic, payload, retain), on_up(), on_down(reason).
+    """
+
+    def __init__(
+        self,
+        client_id,
+        host,
+        port=1883,
+        user=None,
+        password=None,
+        keepalive=30,
+        clean=True,
+        will=None,
+        ssl=None,
+        queue_size=32,
+        max_inflight=8,
+        max_packet=8192,
+        connect_timeout_ms=10000,
+        ack_timeout_ms=15000,
+        backoff_min_ms=500,
+        backoff_max_ms=30000,
+    ):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.keepalive = keepalive
+        self.clean = clean
+        self.will = will
+        self.ssl = ssl
+        self.queue_size = queue_size
+        self.max_inflight = max_inflight
+        self.max_packet = max_packet
+        self.connect_timeout_ms = connect_timeout_ms
+        self.ack_timeout_ms = ack_timeout_ms
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.on_message = None
+        self.on_up = None
+        self.on_down = None
+        self.up = False
+        self.last_error = None
+        self.stats = {
+            "sent": 0,
+            "received": 0,
+            "dropped": 0,
+            "skipped": 0,
+            "connects": 0,
+            "retransmits": 0,
+        }
+        self._addr = None
+        self._subs = []
+        self._queue = []
+        self._inflight = {}  # pid -> [topic, payload, retain, sent_at]
+        self._pid = 0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._running = False
+        self._writer = None
+        self._lock = asyncio.Lock()
+        self._last_rx = 0
+        self._last_tx = 0
+
+    # ---- API --------------------------------------------------------------
+
+    def subscribe(self, topic_filter, qos=1):
+        """Remember a subscription; it is (re)made on every connect."""
+        for i in range(len(self._subs)):
+            if self._subs[i][0] == topic_filter:
+                self._subs[i] = (topic_filter, qos)
+                return
+        self._subs.append((topic_filter, qos))
+
+    def publish(self, topic, payload, qos=0, retain=False, first=False):
+        """Queue a message; False if the queue was full and something was
+        dropped to bound memory (QoS 0 before QoS 1, oldest first).
+        first=True puts it ahead of everything queued (birth messages)."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        # check now, so a bad topic fails at the caller and not in the pump
+        mqtt.publish_header(topic, len(payload), qos, retain, False, 1)
+        ok = True
+        if len(self._queue) >= self.queue_size:
+            ok = False
+            self.stats["dropped"] += 1
+            victim = -1
+            for i in range(len(self._queue)):
+                if self._queue[i][2] == 0:
+                    victim = i
+                    break
+            if victim < 0 and qos == 0:
+                return False
+            self._queue.pop(max(victim, 0))
+        if first:
+            self._queue.insert(0, (topic, payload, qos, retain))
+        else:
+            self._queue.append((topic, payload, qos, retain))
+        self._wake.set()
+        return ok
+
+    def pending(self):
+        """Messages queued or awaiting PUBACK."""
+        return len(self._queue) + len(self._inflight)
+
+    async def run(self):
+        """Connect and stay connected until close(); never raises for link
+        trouble, only backs off and retries."""
+        self._running = True
+        attempt = 0
+        while self._running:
+            started = ticks_ms()
+            was_up = False
+            try:
+                if self._addr is None:
+                    self._addr = resolve(self.host, self.port)
+                was_up = await self._session()
+            except (OSError, EOFError, MqttError, ProtocolError, TimeoutError) as exc:
+                self.last_error = format_exception(exc)
+            if self.up:
+                self.up = False
+                if self.on_down:
+                    self.on_down(self.last_error or "closed")
+            if not self._running:
+                break
+            if was_up and ticks_diff(ticks_ms(), started) > self.keepalive * 1000:
+                attempt = 0
+            await self._sleep_or_stop(self._backoff(attempt))
+            attempt += 1
+
+    async def close(self):
+        """Disconnect cleanly (no last will) and make run() return."""
+        self._running = False
+        w = self._writer
+        if w is not None and self.up:
+            try:
+                w.write(mqtt.disconnect())
+                await wait_for_ms(w.drain(), 1000)
+            except (OSError, TimeoutError):
+                pass
+        self._stop.set()
+        self._wake.set()
+        if w is not None:
+            _close(w)
+
+    def drop_link(self):
+        """Cut the TCP connection without DISCONNECT, as a lost link would
+        (the broker then publishes the last will); run() reconnects."""
+        if self._writer is not None:
+            _close(self._writer)
+
+    # ---- internals --------------------------------------------------------
+
+    def _backoff(self, attempt):
+        cap = self.backoff_min_ms << min(attempt, 12)
+        if cap > self.backoff_max_ms:
+            cap = self.backoff_max_ms
+        return cap // 2 + rand_below(cap // 2 + 1)
+
+    async def _sleep_or_stop(self, ms):
+        try:
+            await wait_for_ms(self._stop.wait(), ms)
+        except TimeoutError:
+            pass
+
+    def _next_pid(self):
+        while True:
+            self._pid = self._pid % mqtt.MAX_PID + 1
+            if self._pid not in self._inflight:
+                return self._pid
+
+    async def _session(self):
+        r, w = await wait_for_ms(
+            asyncio.open_connection(self._addr, self.port, ssl=self.ssl, server_hostname=self.host)
+            if self.ssl
+            else asyncio.open_connection(self._addr, self.port),
+            self.connect_timeout_ms,
+        )
+        self._writer = w
+        dec = mqtt.Decoder(self.max_packet)
+        tasks = []
+        try:
+            w.write(
+                mqtt.connect(self.client_id, self.keepalive, self.clean, self.user, self.password, self.will)
+            )
+            await wait_for_ms(w.drain(), self.connect_timeout_ms)
+            self._last_tx = self._last_rx = ticks_ms()
+            first = await wait_for_ms(self._connack(r, dec), self.connect_timeout_ms)
+            self.stats["connects"] += 1
+            self.up = True
+            self.last_error = None
+            if self._subs:
+                w.write(mqtt.subscribe(self._next_pid(), self._subs))
+            for pid in sorted(self._inflight):
+                m = self._inflight[pid]
+                m[3] = ticks_ms()
+                w.write(mqtt.publish_header(m[0], len(m[1]), 1, m[2], True, pid))
+                w.write(m[1])
+                self.stats["retransmits"] += 1
+            await self._drain(w)
+            if self.on_up:
+                self.on_up()
+            for p in first:
+                self._handle(p, w)
+            done = asyncio.Event()
+            failure = []
+            for coro in (self._reader(r, w, dec), self._pump(w), self._pinger(w)):
+                tasks.append(asyncio.create_task(_guard(coro, done, failure)))
+            await done.wait()
+            if failure and self._running:
+                raise failure[0]
+            return True
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._writer = None
+            _close(w)
+
+    async def _connack(self, r, dec):
+        while True:
+            data = await r.read(_READ_SIZE)
+            if not data:
+                raise MqttError("connection closed before CONNACK")
+            pkts = dec.feed(data)
+            if not pkts:
+                continue
+            p = pkts[0]
+            if p[0] != mqtt.CONNACK:
+                raise MqttError("expected CONNACK, got packet type %d" % p[0])
+            if p[2]:
+                raise MqttError("connection refused: " + mqtt.CONNACK_REASONS.get(p[2], str(p[2])))
+            self._last_rx = ticks_ms()
+            return pkts[1:]
+
+    async def _drain(self, w):
+        async with self._lock:
+            await wait_for_ms(w.drain(), self.connect_timeout_ms)
+        self._last_tx = ticks_ms()
+
+    async def _reader(self, r, w, dec):
+        while True:
+            data = await r.read(_READ_SIZE)
+            if not data:
+                raise MqttError("connection closed by broker")
+            self._last_rx = ticks_ms()
+            for p in dec.feed(data):
+                self._handle(p, w)
+            if self._needs_drain:
+                self._needs_drain = False
+                await self._drain(w)
+
+    _needs_drain = False
+
+    def _handle(self, p, w):
+        t = p[0]
+        if t == mqtt.PUBLISH:
+            self.stats["received"] += 1
+            if p[3]:
+                # acknowledge after delivery: at least once, the handler dedups
+                self._deliver(p)
+                w.write(mqtt.puback(p[6]))
+                self._needs_drain = True
+            else:
+                self._deliver(p)
+        elif t == mqtt.PUBACK:
+            if self._inflight.pop(p[1], None) is not None:
+                self._wake.set()
+        elif t == mqtt.SUBACK:
+            if 0x80 in p[2]:
+                self.last_error = "subscription refused by broker"
+        elif t == mqtt.SKIPPED:
+            self.stats["skipped"] += 1
+        elif t in (mqtt.PINGRESP, mqtt.UNSUBACK):
+            pass
+        else:
+            raise MqttError("unexpected packet type %d from broker" % t)
+
+    def _deliver(self, p):
+        if self.on_message:
+            try:
+                self.on_message(p[1], p[2], p[4])
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not cut the link
+                self.stats["handler_errors"] = self.stats.get("handler_errors", 0) + 1
+                self.last_error = "message handler: " + format_exception(exc)
+
+    async def _pump(self, w):
+        while True:
+            while self._queue and len(self._inflight) < self.max_inflight:
+                topic, payload, qos, retain = self._queue.pop(0)
+                pid = 0
+                if qos:
+                    pid = self._next_pid()
+                    self._inflight[pid] = [topic, payload, retain, ticks_ms()]
+                w.write(mqtt.publish_header(topic, len(payload), qos, retain, False, pid))
+                w.write(payload)
+                self.stats["sent"] += 1
+                await self._drain(w)
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _pinger(self, w):
+        ka = self.keepalive * 1000
+        if not ka:
+            await asyncio.Event().wait()
+        period = max(ka // 4, 100)
+        while True:
+            await sleep_ms(period)
+            now = ticks_ms()
+            quiet = ticks_diff(now, self._last_rx)
+            if quiet > ka + ka // 2:
+                raise MqttError("no traffic from broker for %d ms" % quiet)
+            if ticks_diff(now, self._last_tx) >= ka // 2 or quiet >= ka // 2:
+                w.write(mqtt.pingreq())
+                await self._drain(w)
+            for pid in self._inflight:
+                if ticks_diff(now, self._inflight[pid][3]) > self.ack_timeout_ms:
+                    raise MqttError("no PUBACK for packet %d" % pid)
+
+
+async def _guard(coro, done, failure):
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
+        failure.append(exc)
+    finally:
+        done.set()
+
+
+def _close(w):
+    try:
+        w.close()
+    except OSError:
+        pass

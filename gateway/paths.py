@@ -1,0 +1,23 @@
+"""Where the gateway keeps its state by default."""
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """$PERMABETA_HOME, else $XDG_STATE_HOME/permabeta, else ~/.local/state/permabeta."""
+    if env := os.environ.get("PERMABETA_HOME"):
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "permabeta"
+
+
+def default_db() -> Path:
+    return home() / "gateway.db"
+
+
+def firmware_dir() -> Path:
+    """The device filesystem shipped with this package (boot.py, pb/, features/, boards/)."""
+    import firmware
+
+    return Path(firmware.__file__).parent

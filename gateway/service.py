@@ -1,0 +1,328 @@
+"""The gateway service: one MQTT session to the broker, the device registry,
+telemetry storage, liveness, commands and the HTTP API, in one asyncio loop.
+
+Background loops run in one TaskGroup, each task named. The MQTT session
+reconnects on its own with jittered backoff; nothing stored is lost when the
+broker or the gateway restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from firmware.pb import proto
+
+from .broker import BrokerUrl
+from .commands import Commander
+from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
+from .ingest import Accepted, Rejected, classify
+from .store import Store, TelemetryRow
+
+log = logging.getLogger("permabeta.gateway")
+
+Listener = Callable[[str, str, dict[str, Any]], None]
+
+_FLUSH_ROWS = 1000
+_MAX_PENDING_STATES = 10000
+
+
+@dataclass
+class _Live:
+    """What the liveness watch needs of a device, kept in memory."""
+
+    online: bool
+    last_seen: float
+    deadline_s: float
+
+
+def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:
+    # Silence longer than three telemetry periods or 1.5 keepalives (the
+    # broker's own limit) means the device is gone even if no will arrived.
+    return max(3 * (telemetry_s or 10), 1.5 * (keepalive or 30)) + 2
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Gateway:
+    """Runs until cancelled. `listeners` get (kind, device, message) for
+    every accepted message and ("offline", device, {...}) for liveness."""
+
+    def __init__(
+        self,
+        broker: BrokerUrl,
+        store: Store,
+        *,
+        client_id: str = "pb-gateway",
+        api: tuple[str, int] | None = ("127.0.0.1", 8480),
+        flush_interval: float = 0.5,
+        watch_interval: float = 2.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.client_id = client_id
+        self.api_bind = api
+        self.api_url: str | None = None
+        self.flush_interval = flush_interval
+        self.watch_interval = watch_interval
+        self.tls_context = tls_context
+        self.listeners: list[Listener] = []
+        self.commander = Commander()
+        self.connected = asyncio.Event()
+        self.counters: dict[str, int] = {"accepted": 0, "rejected": 0, "ignored": 0, "stored": 0}
+        self.rejects: dict[str, int] = {}
+        self._client: aiomqtt.Client | None = None
+        self._rows: list[TelemetryRow] = []
+        self._flush_now = asyncio.Event()
+        self._pending_state: dict[str, dict[str, Any]] = {}
+        self._live: dict[str, _Live] = {}
+        for d in store.devices():
+            self._live[d.id] = _Live(d.online, d.last_seen, _deadline(d.keepalive, d.telemetry_s))
+        for reason, r in store.rejects().items():
+            self.rejects[reason] = r["count"]
+
+    # ---- running -----------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._mqtt_loop(), name="gateway-mqtt")
+                tg.create_task(self._flush_loop(), name="gateway-flush")
+                tg.create_task(self._watch_loop(), name="gateway-liveness")
+                if self.api_bind is not None:
+                    from .api import serve_api
+
+                    tg.create_task(serve_api(self, *self.api_bind), name="gateway-api")
+        finally:
+            self.flush()
+            self.store.delete_meta("api")
+
+    async def _mqtt_loop(self) -> None:
+        backoff = Backoff()
+        b = self.broker
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    b.host,
+                    b.port,
+                    username=b.username,
+                    password=b.password,
+                    identifier=self.client_id,
+                    clean_session=False,
+                    keepalive=30,
+                    timeout=10,
+                    tls_context=self.tls_context if b.tls else None,
+                ) as client:
+                    await client.subscribe(proto.ROOT + "/#", qos=1)
+                    self._client = client
+                    self.connected.set()
+                    log.info("connected to broker %s", b)
+                    backoff.reset()
+                    async for m in client.messages:
+                        payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+                        self.handle(m.topic.value, bytes(payload), m.retain)
+            except aiomqtt.MqttError as exc:
+                delay = backoff.next()
+                if self.connected.is_set():
+                    log.warning("lost broker %s: %s; reconnecting", b, exc)
+                else:
+                    log.debug("broker %s unreachable: %s; retry in %.1fs", b, exc, delay)
+                self._client = None
+                self.connected.clear()
+                await asyncio.sleep(delay)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+            self._flush_now.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered telemetry in one transaction."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.counters["stored"] += self.store.add_telemetry(rows)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            self.check_liveness(time.time())
+
+    def check_liveness(self, now: float) -> None:
+        """Mark offline every device silent past its deadline (a lost will,
+        a half-open connection, a broker that died with the will)."""
+        for dev, live in self._live.items():
+            if live.online and now - live.last_seen > live.deadline_s:
+                self._set_state(dev, False, "silent", now)
+
+    # ---- incoming ----------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Act on one message from the broker; never raises for bad input."""
+        now = time.time()
+        verdict = classify(topic, payload, retain, self._live.__contains__)
+        if verdict is None:
+            self.counters["ignored"] += 1
+            return
+        if isinstance(verdict, Rejected):
+            self.reject(topic, verdict.reason, verdict.detail, now)
+            return
+        self.counters["accepted"] += 1
+        try:
+            self._accept(verdict, retain, now)
+        except GatewayError as exc:
+            self.reject(topic, "unusable", str(exc), now)
+        for listener in self.listeners:
+            listener(verdict.kind, verdict.dev, verdict.msg)
+
+    def reject(self, topic: str, reason: str, detail: str, now: float) -> None:
+        n = self.rejects.get(reason, 0) + 1
+        self.rejects[reason] = n
+        self.counters["rejected"] += 1
+        # the first of each reason, then every hundredth: a flood must not flood the log
+        if n == 1 or n % 100 == 0:
+            log.warning("rejected message on %s: %s: %s (%d so far)", topic[:120], reason, detail, n)
+        self.store.count_reject(reason, topic, detail, now)
+
+    def _accept(self, a: Accepted, retain: bool, now: float) -> None:
+        dev, msg = a.dev, a.msg
+        live = self._live.get(dev)
+        if a.kind == "hello":
+            self.store.upsert_hello(dev, msg, now)
+            deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
+            if live is None:
+                log.info("new device %s (%s, %s)", dev, msg["model"], msg["board"])
+                live = self._live[dev] = _Live(False, now, deadline)
+                pending = self._pending_state.pop(dev, None)
+                if pending is not None:
+                    self._apply_state(dev, pending, now)
+            else:
+                live.deadline_s = deadline
+                if not retain:
+                    live.last_seen = now
+            return
+        if a.kind == "state":
+            if live is None:
+                # a state can arrive before the hello it belongs to
+                if len(self._pending_state) < _MAX_PENDING_STATES:
+                    self._pending_state[dev] = msg
+                return
+            self._apply_state(dev, msg, now)
+            return
+        assert live is not None  # classify() only accepts these from known devices
+        live.last_seen = now
+        if a.kind == "telemetry":
+            if not live.online:
+                self._set_state(dev, True, "telemetry", now)
+            self._rows.append(TelemetryRow(dev, now, msg["ts"], msg["seq"], _telemetry_data(msg)))
+            if len(self._rows) >= _FLUSH_ROWS:
+                self._flush_now.set()
+        elif a.kind == "reply":
+            status = "ok" if msg["ok"] else "error"
+            if not self.commander.resolve(dev, msg):
+                status = "late"
+            self.store.finish_command(msg["id"], status, msg, now)
+        elif a.kind == "event":
+            self.store.add_event(dev, msg["kind"], msg.get("feature"), msg.get("message"), now)
+            if msg["kind"].endswith("_error"):
+                log.warning("%s: %s %s: %s", dev, msg["kind"], msg.get("feature") or "", msg.get("message"))
+
+    def _apply_state(self, dev: str, msg: dict[str, Any], now: float) -> None:
+        self._set_state(dev, msg["state"] == "online", msg.get("reason"), now)
+
+    def _set_state(self, dev: str, online: bool, reason: str | None, now: float) -> None:
+        live = self._live[dev]
+        live.online = online
+        if online:
+            live.last_seen = now
+        if self.store.set_state(dev, online, reason, now):
+            log.info("%s is %s%s", dev, "online" if online else "offline", f" ({reason})" if reason else "")
+            for listener in self.listeners:
+                listener("online" if online else "offline", dev, {"reason": reason})
+
+    # ---- commands ----------------------------------------------------------
+
+    def is_online(self, dev: str) -> bool:
+        live = self._live.get(dev)
+        return bool(live and live.online)
+
+    async def send_command(
+        self,
+        dev: str,
+        op: str,
+        args: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Send a command and wait for the device's reply message.
+
+        Raises DeviceNotFoundError, DeviceOfflineError (unless force),
+        CommandTimeoutError, GatewayError (not connected to the broker).
+        """
+        if dev not in self._live:
+            raise DeviceNotFoundError(f"no device {dev!r}")
+        if not force and not self._live[dev].online:
+            raise DeviceOfflineError(f"device {dev} is offline")
+        client = self._client
+        if client is None:
+            raise GatewayError("the gateway is not connected to the broker")
+        cmd_id = self.commander.new_id()
+        msg: dict[str, Any] = {"v": proto.VERSION, "id": cmd_id, "op": op}
+        if args:
+            msg["args"] = args
+        payload = proto.encode("cmd", msg)
+        fut = self.commander.expect(cmd_id, dev)
+        self.store.add_command(cmd_id, dev, op, args or {}, time.time())
+        try:
+            await client.publish(proto.topic(dev, "cmd"), payload, qos=1)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.store.finish_command(cmd_id, "timeout", None, time.time())
+            raise CommandTimeoutError(f"{dev} did not answer {op} within {timeout:g}s") from None
+        except aiomqtt.MqttError as exc:
+            self.store.finish_command(cmd_id, "failed", None, time.time())
+            raise GatewayError(f"could not send {op} to {dev}: {exc}") from exc
+        finally:
+            self.commander.forget(cmd_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected.is_set(),
+            "broker": str(self.broker),
+            "devices": len(self._live),
+            "online": sum(1 for v in self._live.values() if v.online),
+            "counters": dict(self.counters),
+            "rejects": dict(self.rejects),
+            "pending_commands": len(self.commander),
+        }
+
+
+def _telemetry_data(msg: dict[str, Any]) -> dict[str, Any]:
+    """What is stored of a telemetry message: all but the envelope."""
+    return {k: v for k, v in msg.items() if k not in ("v", "dev", "seq", "ts")}

@@ -1,0 +1,383 @@
+"""The gateway's SQLite store: device registry, telemetry, events, commands,
+rejected-message counters. Survives restarts; readable by the CLI while the
+gateway runs (WAL mode)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    model TEXT, board TEXT, runtime TEXT, platform TEXT,
+    features TEXT NOT NULL DEFAULT '{}',
+    hello TEXT,
+    online INTEGER NOT NULL DEFAULT 0,
+    state_reason TEXT,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    state_changed REAL,
+    boot_count INTEGER, reset_cause TEXT, heap_free INTEGER,
+    keepalive INTEGER, telemetry_s REAL,
+    last_telemetry TEXT
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    received REAL NOT NULL,
+    ts REAL, seq INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_device ON telemetry(device, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    received REAL NOT NULL,
+    kind TEXT NOT NULL,
+    feature TEXT, message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_device ON events(device, id);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    op TEXT NOT NULL,
+    args TEXT,
+    sent REAL NOT NULL,
+    status TEXT NOT NULL,
+    replied REAL,
+    reply TEXT
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_topic TEXT, last_detail TEXT, last_at REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One registered device as the gateway last saw it."""
+
+    id: str
+    model: str | None
+    board: str | None
+    runtime: str | None
+    platform: str | None
+    features: dict[str, Any]
+    online: bool
+    state_reason: str | None
+    first_seen: float
+    last_seen: float
+    state_changed: float | None
+    boot_count: int | None
+    reset_cause: str | None
+    heap_free: int | None
+    keepalive: int | None
+    telemetry_s: float | None
+    hello: dict[str, Any] = field(default_factory=dict)
+    last_telemetry: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> DeviceRecord:
+        return cls(
+            id=row["id"],
+            model=row["model"],
+            board=row["board"],
+            runtime=row["runtime"],
+            platform=row["platform"],
+            features=json.loads(row["features"]),
+            online=bool(row["online"]),
+            state_reason=row["state_reason"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            state_changed=row["state_changed"],
+            boot_count=row["boot_count"],
+            reset_cause=row["reset_cause"],
+            heap_free=row["heap_free"],
+            keepalive=row["keepalive"],
+            telemetry_s=row["telemetry_s"],
+            hello=json.loads(row["hello"]) if row["hello"] else {},
+            last_telemetry=json.loads(row["last_telemetry"]) if row["last_telemetry"] else None,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `devices list --json` shows."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "board": self.board,
+            "online": self.online,
+            "runtime": self.runtime,
+            "features": {n: f.get("version") for n, f in sorted(self.features.items())},
+            "last_seen": self.last_seen,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "board": self.board,
+            "runtime": self.runtime,
+            "platform": self.platform,
+            "online": self.online,
+            "state_reason": self.state_reason,
+            "features": self.features,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "state_changed": self.state_changed,
+            "boot_count": self.boot_count,
+            "reset_cause": self.reset_cause,
+            "heap_free": self.heap_free,
+            "keepalive": self.keepalive,
+            "telemetry_s": self.telemetry_s,
+            "last_telemetry": self.last_telemetry,
+        }
+
+
+@dataclass(frozen=True)
+class TelemetryRow:
+    device: str
+    received: float
+    ts: float | None
+    seq: int | None
+    data: dict[str, Any]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class Store:
+    """One SQLite database. Writes go through the gateway process only."""
+
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"no gateway database at {self.path}")
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, isolation_level=None)
+                self.path.chmod(0o600)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            else:
+                self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open gateway database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(f"{self.path} is an SQLite database, but not a permabeta gateway's")
+        self.db.executescript(_SCHEMA)
+        version = self.get_meta("schema")
+        if version is None:
+            self.set_meta("schema", str(SCHEMA_VERSION))
+        elif int(version) > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema {version}, newer than this gateway's {SCHEMA_VERSION}")
+
+    def _check_schema(self) -> None:
+        try:
+            version = self.get_meta("schema")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path} is not a permabeta gateway database") from exc
+        if version is None:
+            raise StoreError(f"{self.path} is not a permabeta gateway database")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- meta --------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    # ---- devices -----------------------------------------------------------
+
+    def upsert_hello(self, dev: str, hello: dict[str, Any], now: float) -> None:
+        """Register a device, or refresh what it says of itself."""
+        self.db.execute(
+            """INSERT INTO devices (id, model, board, runtime, platform, features, hello,
+                   first_seen, last_seen, boot_count, reset_cause, heap_free, keepalive, telemetry_s)
+               VALUES (:id, :model, :board, :runtime, :platform, :features, :hello,
+                   :now, :now, :boot_count, :reset_cause, :heap_free, :keepalive, :telemetry_s)
+               ON CONFLICT (id) DO UPDATE SET
+                   model = excluded.model, board = excluded.board, runtime = excluded.runtime,
+                   platform = excluded.platform, features = excluded.features, hello = excluded.hello,
+                   last_seen = excluded.last_seen, boot_count = excluded.boot_count,
+                   reset_cause = excluded.reset_cause, heap_free = excluded.heap_free,
+                   keepalive = excluded.keepalive, telemetry_s = excluded.telemetry_s""",
+            {
+                "id": dev,
+                "model": hello["model"],
+                "board": hello["board"],
+                "runtime": hello["runtime"],
+                "platform": hello.get("platform"),
+                "features": _dumps(hello["features"]),
+                "hello": _dumps(hello),
+                "now": now,
+                "boot_count": hello["boot_count"],
+                "reset_cause": hello["reset_cause"],
+                "heap_free": hello["heap_free"],
+                "keepalive": hello["keepalive"],
+                "telemetry_s": hello["telemetry_s"],
+            },
+        )
+
+    def set_state(self, dev: str, online: bool, reason: str | None, now: float) -> bool:
+        """Record online/offline; True if it changed."""
+        cur = self.db.execute(
+            """UPDATE devices SET online = ?, state_reason = ?, state_changed = ?,
+                   last_seen = CASE WHEN ? THEN ? ELSE last_seen END
+               WHERE id = ? AND online != ?""",
+            (int(online), reason, now, int(online), now, dev, int(online)),
+        )
+        return cur.rowcount > 0
+
+    def device_ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM devices ORDER BY id")]
+
+    def devices(self) -> list[DeviceRecord]:
+        return [DeviceRecord.from_row(r) for r in self.db.execute("SELECT * FROM devices ORDER BY id")]
+
+    def device(self, dev: str) -> DeviceRecord | None:
+        row = self.db.execute("SELECT * FROM devices WHERE id = ?", (dev,)).fetchone()
+        return None if row is None else DeviceRecord.from_row(row)
+
+    # ---- telemetry and events ----------------------------------------------
+
+    def add_telemetry(self, rows: Iterable[TelemetryRow]) -> int:
+        """Store a batch in one transaction; returns how many rows."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        latest: dict[str, TelemetryRow] = {}
+        for r in rows:
+            latest[r.device] = r
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO telemetry (device, received, ts, seq, data) VALUES (?, ?, ?, ?, ?)",
+                [(r.device, r.received, r.ts, r.seq, _dumps(r.data)) for r in rows],
+            )
+            self.db.executemany(
+                "UPDATE devices SET last_telemetry = ?, last_seen = max(last_seen, ?) WHERE id = ?",
+                [(_dumps(r.data), r.received, r.device) for r in latest.values()],
+            )
+        return len(rows)
+
+    def telemetry(self, dev: str, limit: int = 100) -> list[TelemetryRow]:
+        """The newest rows of a device, oldest first."""
+        rows = self.db.execute(
+            "SELECT * FROM telemetry WHERE device = ? ORDER BY id DESC LIMIT ?", (dev, limit)
+        ).fetchall()
+        return [
+            TelemetryRow(r["device"], r["received"], r["ts"], r["seq"], json.loads(r["data"]))
+            for r in reversed(rows)
+        ]
+
+    def telemetry_count(self, dev: str | None = None) -> int:
+        if dev is None:
+            return int(self.db.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+        return int(self.db.execute("SELECT count(*) FROM telemetry WHERE device = ?", (dev,)).fetchone()[0])
+
+    def touch(self, dev: str, now: float) -> None:
+        self.db.execute("UPDATE devices SET last_seen = max(last_seen, ?) WHERE id = ?", (now, dev))
+
+    def add_event(self, dev: str, kind: str, feature: str | None, message: str | None, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO events (device, received, kind, feature, message) VALUES (?, ?, ?, ?, ?)",
+            (dev, now, kind, feature, message),
+        )
+
+    def events(self, dev: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT received, kind, feature, message FROM events WHERE device = ? ORDER BY id DESC LIMIT ?",
+            (dev, limit),
+        ).fetchall()
+        return [dict(r) for r in reversed(rows)]
+
+    # ---- commands ----------------------------------------------------------
+
+    def add_command(self, cmd_id: str, dev: str, op: str, args: dict[str, Any], now: float) -> None:
+        self.db.execute(
+            "INSERT INTO commands (id, device, op, args, sent, status) VALUES (?, ?, ?, ?, ?, 'sent')",
+            (cmd_id, dev, op, _dumps(args), now),
+        )
+
+    def finish_command(self, cmd_id: str, status: str, reply: dict[str, Any] | None, now: float) -> None:
+        self.db.execute(
+            "UPDATE commands SET status = ?, reply = ?, replied = ? WHERE id = ? AND status = 'sent'",
+            (status, _dumps(reply) if reply is not None else None, now, cmd_id),
+        )
+
+    def command(self, cmd_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM commands WHERE id = ?", (cmd_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    # ---- rejected messages -------------------------------------------------
+
+    def count_reject(self, reason: str, topic: str, detail: str, now: float) -> None:
+        self.db.execute(
+            """INSERT INTO rejects (reason, count, last_topic, last_detail, last_at) VALUES (?, 1, ?, ?, ?)
+               ON CONFLICT (reason) DO UPDATE SET count = count + 1, last_topic = excluded.last_topic,
+                   last_detail = excluded.last_detail, last_at = excluded.last_at""",
+            (reason, topic[:200], detail[:500], now),
+        )
+
+    def rejects(self) -> dict[str, dict[str, Any]]:
+        return {
+            r["reason"]: {
+                "count": r["count"],
+                "last_topic": r["last_topic"],
+                "last_detail": r["last_detail"],
+                "last_at": r["last_at"],
+            }
+            for r in self.db.execute("SELECT * FROM rejects ORDER BY reason")
+        }
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,18 @@
+"""Simulated wall-clock time, optionally faster than real time."""
+
+from __future__ import annotations
+
+import time
+
+
+class SimClock:
+    """Wall time that runs `speed` times faster than real time from `start`
+    (default: now). Physics and the devices' clocks read the same one."""
+
+    def __init__(self, speed: float = 1.0, start: float | None = None) -> None:
+        self.speed = speed
+        self._t0 = time.monotonic()
+        self._start = time.time() if start is None else start
+
+    def now(self) -> float:
+        return self._start + (time.monotonic() - self._t0) * self.speed
