@@ -183,13 +183,16 @@ def mosquitto_config(
     host: str = "127.0.0.1",
     users: dict[str, str] | None = None,
     persistence: bool = False,
-    max_message: int = 65536,
+    max_packet: int = 65536,
+    run_as: str = "mosquitto",
     extra: str = "",
 ) -> MosquittoFiles:
     """Write mosquitto.conf, a password file and an ACL file into directory.
 
     users maps user name to password; the gateway's user is GATEWAY_USER and
-    every other user is a device whose user name is its device id.
+    every other user is a device whose user name is its device id. Started
+    as root, Mosquitto switches to the user run_as, who must be able to read
+    the files.
     """
     directory.mkdir(parents=True, exist_ok=True)
     files = MosquittoFiles(directory / "mosquitto.conf", directory / "passwords", directory / "acl")
@@ -204,7 +207,8 @@ def mosquitto_config(
         "allow_anonymous false",
         f"password_file {files.passwords}",
         f"acl_file {files.acl}",
-        f"message_size_limit {max_message}",
+        f"max_packet_size {max_packet}",
+        f"user {run_as}",
         "max_queued_messages 1000",
         f"persistence {'true' if persistence else 'false'}",
     ]

@@ -60,7 +60,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.first * 2**self.attempt)
+        ceiling: float = min(self.cap, self.first * 2.0**self.attempt)
         self.attempt += 1
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 

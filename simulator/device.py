@@ -28,7 +28,7 @@ PLANTS: dict[str, Any] = {"thermostat": Room, "shirt": Skin}
 def factory_features(workdir: Path, board: dict[str, Any]) -> Path:
     """A folder holding just the board's factory features (links to the
     firmware's own), as a provisioned device's features/ folder would."""
-    root = workdir / "_factory" / board["board"] / "features"
+    root: Path = workdir / "_factory" / str(board["board"]) / "features"
     root.mkdir(parents=True, exist_ok=True)
     for name in board.get("features", []):
         link = root / name

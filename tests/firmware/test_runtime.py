@@ -1,0 +1,250 @@
+"""The device runtime under CPython, without a network: boot, sensing,
+features, isolation of a failing feature, commands. The same code runs on
+the MicroPython unix port in tests/system."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware.pb.hal.host import HostHal
+from simulator.loader import import_feature
+from firmware.pb.runtime import Device
+from firmware.pb.store import Store
+from gateway.broker import BrokerUrl
+from gateway.paths import firmware_dir
+from gateway.provision import board_for, make_config
+
+
+def make_device(tmp_path: Path, model: str = "thermostat", extra: dict[str, str] | None = None) -> Device:
+    """A device whose features folder holds the model's features plus
+    `extra` ({name: source of __init__.py}, each with a permissive manifest)."""
+    board = board_for(model)
+    features = tmp_path / "features"
+    for name in board["features"]:
+        shutil.copytree(firmware_dir() / "features" / name, features / name)
+    for name, source in (extra or {}).items():
+        (features / name).mkdir(parents=True)
+        (features / name / "__init__.py").write_text(source)
+        caps = list(board["capabilities"])
+        manifest = {
+            "name": name,
+            "version": "0.0.1",
+            "api": 1,
+            "requires": caps,
+            "permissions": {"reads": [c for c in caps if board["capabilities"][c]["kind"] == "sensor"]},
+        }
+        (features / name / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "boards").mkdir(exist_ok=True)
+    config = make_config("dev-1", board, BrokerUrl("127.0.0.1", 1), "pw")
+    hal = HostHal(board, str(tmp_path))
+    return Device(config, hal, Store(str(tmp_path / "data")), str(features), importer=import_feature, log=quiet)
+
+
+def quiet(dev: str, msg: str) -> None:
+    pass
+
+
+def restarted(dev: Device, tmp_path: Path) -> Device:
+    """The same device after a reset: a new runtime over the same flash."""
+    again = Device(dev.config, dev.hal, Store(str(tmp_path / "data")), dev.features.root, importer=import_feature, log=quiet)
+    again.boot()
+    return again
+
+
+def sense(dev: Device, **values: float) -> None:
+    (Path(dev.hal.root) / "hal" / "sensors.json").write_text(json.dumps(values))
+    dev.sample()
+
+
+def relay(dev: Device) -> Any:
+    return dev.actuators.get("relay")
+
+
+def test_thermostat_hysteresis_band(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sp, h = 21.0, 0.3
+    steps = [(20.0, True), (20.9, True), (21.2, True), (21.31, False), (21.0, False), (20.71, False), (20.69, True)]
+    for temp, expected in steps:
+        sense(dev, temperature=temp, humidity=40)
+        assert relay(dev) is expected, f"at {temp} C (setpoint {sp}, hysteresis {h})"
+    report = dev.features.reports["thermostat"]
+    assert report == {"setpoint": 21.0, "heating": True, "mode": "heat"}
+
+
+def test_thermostat_schedule_changes_the_setpoint(tmp_path: Path) -> None:
+    from firmware.features.thermostat import parse_schedule, scheduled
+
+    sched = parse_schedule([["22:00", 17], ["06:30", 21.5]])
+    assert sched == [(390, 21.5), (1320, 17)]
+    assert scheduled(sched, 0, 20) == 17  # before the first entry: yesterday's last
+    assert scheduled(sched, 390, 20) == 21.5
+    assert scheduled(sched, 1319, 20) == 21.5
+    assert scheduled([], 600, 20) == 20
+    for bad in (["25:00", 20], ["06:30"], ["06:30", True], ["0630", 20], ["ab:cd", 20], "06:30"):
+        with pytest.raises(ValueError):
+            parse_schedule([bad])
+
+
+def test_config_set_is_validated_stored_and_applied(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sense(dev, temperature=20.0, humidity=40)
+    assert relay(dev) is True
+    reply = dev.execute("config.set", {"feature": "thermostat", "values": {"setpoint": 18}})
+    assert reply["ok"] and reply["result"]["thermostat"]["setpoint"] == 18
+    assert relay(dev) is False  # applied at once, not at the next reading
+    for values, message in [
+        ({"setpoint": 99}, "at most 30"),
+        ({"setpoint": "warm"}, "must be a number"),
+        ({"setpoint": True}, "must be a number"),
+        ({"mode": "cool"}, "one of heat, off"),
+        ({"colour": "red"}, "no setting 'colour'"),
+    ]:
+        bad = dev.execute("config.set", {"feature": "thermostat", "values": values})
+        assert bad["ok"] is False and bad["error"]["code"] == "bad_config"
+        assert message in bad["error"]["message"]
+    # a reboot keeps the stored value
+    dev2 = restarted(dev, tmp_path)
+    assert dev2.features.config("thermostat")["setpoint"] == 18
+
+
+def test_vent_settings_invalid_together_are_refused(tmp_path: Path) -> None:
+    dev = make_device(tmp_path, "shirt")
+    dev.boot()
+    bad = dev.execute("config.set", {"feature": "vent", "values": {"open_at": 50, "close_at": 60}})
+    assert bad["ok"] is False and "close_at < open_at" in bad["error"]["message"]
+    assert dev.features.config("vent")["open_at"] == 65  # nothing stored
+    assert "vent" in dev.features.running
+
+
+def test_vent_opens_with_humidity_and_closes_with_hysteresis(tmp_path: Path) -> None:
+    dev = make_device(tmp_path, "shirt")
+    dev.boot()
+    openings = []
+    for h in (50, 64, 66, 72, 80, 90, 60, 56, 54, 60):
+        sense(dev, humidity=h, skin_temperature=33)
+        openings.append(dev.actuators["vent"])
+    # closed below open_at=65; opens at 66; full at 80; stays open down to close_at=55
+    assert openings[:2] == [0, 0]
+    assert 20 <= openings[2] < openings[3] < openings[4] == openings[5] == 100
+    assert openings[6] > 0 and openings[7] > 0
+    assert openings[8] == 0 and openings[9] == 0
+
+
+def test_a_failing_feature_is_disabled_and_reported_and_the_device_keeps_running(tmp_path: Path) -> None:
+    crashy = """
+class Crashy:
+    def __init__(self, ctx):
+        self.n = 0
+        ctx.on("sensor.temperature", self.on_temp)
+    def on_temp(self, t):
+        self.n += 1
+        if self.n == 2:
+            raise ZeroDivisionError("division by zero in crashy")
+
+def start(ctx):
+    return Crashy(ctx)
+"""
+    dev = make_device(tmp_path, extra={"crashy": crashy})
+    events: list[tuple[str, Any, str]] = []
+    dev.emit_event = lambda kind, feature, message: events.append((kind, feature, message))  # type: ignore[method-assign]
+    dev.features.rt = dev
+    dev.boot()
+    assert set(dev.features.running) == {"crashy", "thermostat"}
+    sense(dev, temperature=20.0, humidity=40)
+    sense(dev, temperature=20.0, humidity=40)  # crashy raises here
+    assert "crashy" not in dev.features.running
+    status = dev.features.status()["crashy"]
+    assert status["running"] is False and "ZeroDivisionError" in status["error"]
+    assert ("feature_error", "crashy", "ZeroDivisionError: division by zero in crashy") in events
+    # the thermostat still controls the heater
+    sense(dev, temperature=22.0, humidity=40)
+    assert relay(dev) is False
+    # and the failure is remembered across a restart: it does not crash-loop
+    dev2 = restarted(dev, tmp_path)
+    assert "crashy" not in dev2.features.running and "thermostat" in dev2.features.running
+    # until the owner enables it again
+    assert dev2.execute("feature.enable", {"feature": "crashy"})["ok"]
+    assert "crashy" in dev2.features.running
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("def start(ctx):\n    ctx.on('sensor.pressure', print)\n", "may not read 'pressure'"),
+        ("def start(ctx):\n    ctx.drive('relay', True)\n", "may not drive 'relay'"),
+        ("def start(ctx):\n    ctx.report({'secret': 1})\n", "may not publish 'secret'"),
+        ("def start(ctx):\n    ctx.on('network', print)\n", "unknown event 'network'"),
+        ("import nonexistent_module\n", "No module named 'nonexistent_module'"),
+        ("def start(ctx):\n    raise RuntimeError('boom')\n", "RuntimeError: boom"),
+    ],
+)
+def test_permissions_are_enforced_and_bad_features_do_not_start(tmp_path: Path, source: str, error: str) -> None:
+    dev = make_device(tmp_path, extra={"bad": source})
+    dev.boot()
+    assert "bad" not in dev.features.running
+    assert error in dev.features.status()["bad"]["error"]
+    assert "thermostat" in dev.features.running
+
+
+def test_bad_manifests_are_reported_not_fatal(tmp_path: Path) -> None:
+    dev = make_device(tmp_path, extra={"odd": "def start(ctx):\n    pass\n"})
+    manifest = Path(dev.features.root) / "odd" / "manifest.json"
+    manifest.write_text('{"name": "odd", "version": "1", "api": 1}')
+    dev.boot()
+    assert "semver" in dev.features.status()["odd"]["error"]
+    assert "thermostat" in dev.features.running
+
+
+def test_commands_answer_with_specific_errors(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    assert dev.execute("fly", {})["error"]["code"] == "unknown_op"
+    assert dev.execute("feature.enable", {"feature": "jetpack"})["error"]["code"] == "unknown_feature"
+    assert dev.execute("feature.enable", {})["error"]["code"] == "bad_args"
+    assert dev.execute("config.set", {"feature": "thermostat", "values": {}})["error"]["code"] == "bad_config"
+    ping = dev.execute("ping", {})
+    assert ping["ok"] and set(ping["result"]) == {"uptime_s", "heap_free"}
+
+
+def test_duplicate_command_is_answered_again_not_executed_twice(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sent: list[bytes] = []
+    dev.client.publish = lambda topic, payload, qos=0, retain=False, first=False: sent.append(payload) or True  # type: ignore[method-assign]
+    calls = []
+    original = dev.execute
+    dev.execute = lambda op, args, cmd_id="local": calls.append(op) or original(op, args, cmd_id)  # type: ignore[method-assign]
+    cmd = json.dumps({"v": 1, "id": "abc", "op": "feature.disable", "args": {"feature": "thermostat"}}).encode()
+    dev._on_message("pb/dev-1/cmd", cmd, False)
+    dev._on_message("pb/dev-1/cmd", cmd, False)
+    assert calls == ["feature.disable"]
+    replies = [json.loads(p) for p in sent if b'"id":"abc"' in p]
+    assert len(replies) == 2 and replies[0] == replies[1] and replies[0]["ok"]
+
+
+def test_messages_on_foreign_topics_and_retained_commands_are_ignored(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sent: list[bytes] = []
+    dev.client.publish = lambda topic, payload, qos=0, retain=False, first=False: sent.append(payload) or True  # type: ignore[method-assign]
+    cmd = json.dumps({"v": 1, "id": "x1", "op": "reboot"}).encode()
+    dev._on_message("pb/other/cmd", cmd, False)
+    dev._on_message("pb/dev-1/cmd", cmd, True)
+    assert sent == []
+
+
+def test_garbage_command_with_an_id_gets_an_error_reply(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sent: list[bytes] = []
+    dev.client.publish = lambda topic, payload, qos=0, retain=False, first=False: sent.append(payload) or True  # type: ignore[method-assign]
+    dev._on_message("pb/dev-1/cmd", b'{"v": 1, "id": "q", "op": 5}', False)
+    reply = json.loads(sent[-1])
+    assert reply["id"] == "q" and reply["error"]["code"] == "bad_type"

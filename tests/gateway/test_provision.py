@@ -1,0 +1,78 @@
+"""Provisioning a device's filesystem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.broker import BrokerUrl
+from gateway.errors import ConfigError
+from gateway.provision import provision_into
+
+BROKER = BrokerUrl("127.0.0.1", 1883)
+
+
+def files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_complete_device(tmp_path: Path) -> None:
+    p = provision_into(tmp_path / "th-1", "thermostat", "th-1", BROKER)
+    got = files(p.path)
+    assert {"boot.py", "main.py", "config.json", "boards/thermostat-v1.json", "hal/sensors.json"} <= got
+    assert {"pb/runtime.py", "pb/mqtt.py", "pb/hal/host.py", "pb/hal/esp32.py"} <= got
+    assert {"features/thermostat/manifest.json", "features/thermostat/__init__.py"} <= got
+    assert not any(f.startswith("features/vent") for f in got)
+    assert "__init__.py" not in got  # the CPython package marker stays behind
+    config = json.loads((p.path / "config.json").read_text())
+    assert config["device"] == "th-1" and config["model"] == "thermostat" and config["hal"] == "host"
+    assert config["broker"] == {
+        "host": "127.0.0.1",
+        "port": 1883,
+        "user": "th-1",
+        "password": p.password,
+        "keepalive": 30,
+    }
+    assert len(p.password) >= 20
+    assert ((p.path / "config.json").stat().st_mode & 0o777) == 0o600
+
+
+def test_compiled_modules(tmp_path: Path) -> None:
+    p = provision_into(tmp_path / "sh-1", "shirt", "sh-1", BROKER, compile_mpy=True)
+    got = files(p.path)
+    assert "pb/runtime.mpy" in got and "pb/runtime.py" not in got
+    assert "features/vent/__init__.mpy" in got
+    assert "main.py" in got and "boot.py" in got  # the board runs these as source
+    assert (p.path / "pb" / "runtime.mpy").read_bytes()[:1] == b"M"
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    provision_into(tmp_path / "d", "thermostat", "th-1", BROKER, password="one")
+    with pytest.raises(ConfigError, match="not empty"):
+        provision_into(tmp_path / "d", "shirt", "sh-1", BROKER)
+    p = provision_into(tmp_path / "d", "shirt", "sh-1", BROKER, force=True)
+    got = files(p.path)
+    assert "features/vent/manifest.json" in got and not any(f.startswith("features/thermostat") for f in got)
+    assert json.loads((p.path / "config.json").read_text())["device"] == "sh-1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model": "toaster"}, "unknown model 'toaster'"),
+        ({"device": "Th 1"}, "device id 'Th 1'"),
+        ({"device": "-x"}, "device id"),
+        ({"features": ["jetpack"]}, "no feature 'jetpack'"),
+        ({"board": "shirt-v1"}, "is a shirt, not a thermostat"),
+        ({"broker": BrokerUrl("h", 8883, tls=True)}, "TLS"),
+    ],
+)
+def test_bad_requests_say_why_and_write_nothing(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"model": "thermostat", "device": "th-1", "broker": BROKER}
+    args.update(kwargs)
+    model, device, broker = args.pop("model"), args.pop("device"), args.pop("broker")
+    with pytest.raises(ConfigError, match=message):
+        provision_into(tmp_path / "d", model, device, broker, **args)  # type: ignore[arg-type]
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())

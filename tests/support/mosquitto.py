@@ -1,0 +1,103 @@
+"""A real Mosquitto for tests: own config (passwords, ACLs) on a free
+loopback port; users can be added while it runs; it can be restarted."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from firmware.pb import mqtt
+from gateway.broker import GATEWAY_USER, BrokerUrl, add_password, free_port, mosquitto_config
+
+GATEWAY_PASSWORD = "gateway-secret"
+
+
+def mosquitto_binary() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    return exe
+
+
+class Mosquitto:
+    def __init__(self, directory: Path, port: int | None = None, persistence: bool = False) -> None:
+        self.dir = directory
+        self.port = port or free_port()
+        self.files = mosquitto_config(
+            directory,
+            self.port,
+            users={GATEWAY_USER: GATEWAY_PASSWORD},
+            persistence=persistence,
+            run_as=getpass.getuser(),
+        )
+        self.log = directory / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        """The broker, without credentials (as a device is told)."""
+        return BrokerUrl("127.0.0.1", self.port)
+
+    @property
+    def gateway_url(self) -> BrokerUrl:
+        return self.url.with_credentials(GATEWAY_USER, GATEWAY_PASSWORD)
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.files.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def add_user(self, username: str, password: str) -> None:
+        """Add credentials; the running broker reloads them (SIGHUP), and this
+        returns once they are accepted."""
+        add_password(self.files.passwords, username, password)
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while self.try_connect(username, password) != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not accept the new user {username}")
+                time.sleep(0.02)
+
+    def try_connect(self, username: str | None, password: str | None, client_id: str = "") -> int:
+        """CONNACK return code for a CONNECT with these credentials."""
+        client_id = client_id or f"probe-{time.monotonic_ns()}"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(mqtt.connect(client_id, 10, True, username, password.encode() if password else None))
+            data = s.recv(4)
+            s.sendall(mqtt.disconnect())
+        packets = mqtt.Decoder().feed(data)
+        if not packets or packets[0][0] != mqtt.CONNACK:
+            raise RuntimeError(f"no CONNACK from mosquitto: {data!r}")
+        return int(packets[0][2])
