@@ -98,7 +98,7 @@ async def _command(request: web.Request) -> web.Response:
         return _error(400, "bad_request", "body must be JSON")
     if not isinstance(body, dict):
         return _error(400, "bad_request", "body must be a JSON object")
-    op, args = body.get("op"), body.get("args") or {}
+    op, args = body.get("op"), body.get("args", {})
     timeout, force = body.get("timeout", 10), bool(body.get("force", False))
     if not isinstance(op, str) or not op:
         return _error(400, "bad_request", "'op' must be a string")

@@ -114,7 +114,7 @@ class EmbeddedBroker:
             await self._broker.start()
         except Exception as exc:  # amqtt raises its own BrokerError and OSError
             raise BrokerError(f"embedded broker could not listen on {self.host}:{self.port}: {exc}") from exc
-        log.info("embedded broker on %s", self.url)
+        log.debug("embedded broker on %s", self.url)
         return self.url
 
     async def stop(self) -> None:

@@ -157,16 +157,21 @@ def _value(text: str) -> Any:
         return text
 
 
+_ACTIONS = {"config": "get or set", "feature": "enable or disable", "data": "set"}
+
+
 def parse_command(words: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(op, args) from the words after `devices send ID`.
 
     ping | status | reboot | config get [FEATURE] | config set FEATURE.KEY=VALUE ... |
-    feature enable|disable NAME | OP [KEY=VALUE ...]
+    feature enable|disable NAME | data set key=KEY value=VALUE | OP [KEY=VALUE ...]
     """
     if not words:
         raise GatewayError("no command given (try: ping, status, config set thermostat.setpoint=22)")
     head, rest = words[0], list(words[1:])
-    if head in ("config", "feature") and rest:
+    if head in ("config", "feature", "data"):
+        if not rest:
+            raise GatewayError(f"{head} needs an action: {_ACTIONS[head]}")
         head, rest = f"{head}.{rest[0]}", rest[1:]
     if head in ("feature.enable", "feature.disable"):
         if len(rest) != 1:
@@ -290,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         "send",
         help="send a command and print the reply",
         description="COMMAND: ping | status | reboot | config get [FEATURE] | "
-        "config set FEATURE.KEY=VALUE... | feature enable NAME | feature disable NAME",
+        "config set FEATURE.KEY=VALUE... | feature enable NAME | feature disable NAME | "
+        "data set key=KEY value=JSON",
     )
     sd.add_argument("id")
     sd.add_argument("command", nargs="+")

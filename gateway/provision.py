@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .paths import firmware_dir
 
 CONFIG_FILE = "config.json"
+RESERVED_IDS = ("gateway",)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0}
 
@@ -84,8 +85,13 @@ def make_config(
         raise ConfigError(
             f"device id {device!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
         )
+    if device in RESERVED_IDS:
+        raise ConfigError(f"device id {device!r} is reserved")
     if broker.tls:
         raise ConfigError("TLS to the broker is not supported by the device runtime yet; use mqtt://")
+    if broker.username not in (None, device):
+        # a device always logs in as itself: that is what its ACL is keyed on
+        raise ConfigError(f"the broker user of device {device} must be {device!r}, not {broker.username!r}")
     config: dict[str, Any] = {
         "v": 1,
         "device": device,
@@ -95,7 +101,7 @@ def make_config(
         "broker": {
             "host": broker.host,
             "port": broker.port,
-            "user": broker.username or device,
+            "user": device,
             "password": password,
             "keepalive": keepalive,
         },

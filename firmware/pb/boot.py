@@ -51,7 +51,24 @@ def make_hal(config, root="."):
     raise ConfigError("config: unknown hal %r (host, esp32)" % kind)
 
 
+# Imported one at a time with a collection in between: compiling a module
+# needs a contiguous block, and a fragmented heap is what fails first on a
+# small board.
+_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.runtime")
+
+
+def _import_runtime():
+    import gc
+
+    for name in _MODULES:
+        gc.collect()
+        __import__(name)
+    gc.collect()
+
+
 async def _run(root):
+    if MICROPYTHON:
+        _import_runtime()
     from .runtime import Device
 
     config = load_config(root)

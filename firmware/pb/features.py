@@ -18,6 +18,7 @@ API = 1
 MAX_FEATURES = 16
 _MAX_LIST = 48
 _MAX_STR = 64
+_MAX_ERROR = 120  # characters of an error kept in status and hello
 _CONFIG_TYPES = ("number", "integer", "boolean", "string", "array")
 
 
@@ -31,6 +32,19 @@ def _str_list(m, key, where):
     return v
 
 
+def _semver(v):
+    """MAJOR.MINOR.PATCH of digits, optionally -prerelease."""
+    if not isinstance(v, str) or len(v) > _MAX_STR:
+        return False
+    parts = v.split("-", 1)[0].split(".")
+    if len(parts) != 3:
+        return False
+    for p in parts:
+        if not p or not p.isdigit():
+            return False
+    return True
+
+
 def check_manifest(m, name=None):
     """Validate a feature manifest (a dict); returns it. Raises FeatureError."""
     if not isinstance(m, dict):
@@ -41,7 +55,7 @@ def check_manifest(m, name=None):
     where = "feature " + fname
     if name is not None and fname != name:
         raise FeatureError("%s: manifest name does not match folder %r" % (where, name))
-    if not isinstance(m.get("version"), str) or m["version"].count(".") != 2:
+    if not _semver(m.get("version")):
         raise FeatureError("%s: version must be a semver string like 1.2.0" % where)
     api = m.get("api")
     if not isinstance(api, int) or isinstance(api, bool):
@@ -64,11 +78,20 @@ def check_manifest(m, name=None):
             raise FeatureError("%s: config %r needs a type (%s)" % (where, key, ", ".join(_CONFIG_TYPES)))
         if "default" not in spec:
             raise FeatureError("%s: config %r needs a default" % (where, key))
+        for bound in ("min", "max"):
+            if bound in spec and not _num(spec[bound]):
+                raise FeatureError("%s: config %r: %s must be a number" % (where, key, bound))
+        if "enum" in spec and not isinstance(spec["enum"], list):
+            raise FeatureError("%s: config %r: enum must be a list" % (where, key))
         try:
             check_value(spec, key, spec["default"])
         except ConfigError as exc:
             raise FeatureError("%s: default of %s" % (where, exc)) from None
     return m
+
+
+def _num(x):
+    return not isinstance(x, bool) and isinstance(x, (int, float))
 
 
 def check_value(spec, key, value):
@@ -89,10 +112,13 @@ def check_value(spec, key, value):
         ok = isinstance(value, list) and len(value) <= spec.get("max_len", _MAX_LIST)
     if not ok:
         raise ConfigError("%s must be a %s" % (key, t))
-    if "min" in spec and value < spec["min"]:
-        raise ConfigError("%s must be at least %r" % (key, spec["min"]))
-    if "max" in spec and value > spec["max"]:
-        raise ConfigError("%s must be at most %r" % (key, spec["max"]))
+    if t in ("number", "integer"):
+        lo = spec.get("min")
+        hi = spec.get("max")
+        if _num(lo) and value < lo:
+            raise ConfigError("%s must be at least %r" % (key, lo))
+        if _num(hi) and value > hi:
+            raise ConfigError("%s must be at most %r" % (key, hi))
     if "enum" in spec and value not in spec["enum"]:
         raise ConfigError("%s must be one of %s" % (key, ", ".join([str(x) for x in spec["enum"]])))
     return value
@@ -236,11 +262,16 @@ class FeatureHost:
 
     def discover(self):
         """Read every manifest under root; bad ones are recorded as errors."""
-        for name in list_features(self.root)[:MAX_FEATURES]:
+        names = list_features(self.root)
+        for i in range(len(names)):
+            name = names[i]
+            if i >= MAX_FEATURES:
+                self._setting(name)["error"] = "more than %d features installed" % MAX_FEATURES
+                continue
             try:
                 self.manifests[name] = read_manifest(self.root, name)
-            except FeatureError as exc:
-                self._setting(name)["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad package must not stop the boot
+                self._setting(name)["error"] = format_exception(exc)
                 self.manifests.pop(name, None)
 
     def start_all(self):
@@ -358,25 +389,40 @@ class FeatureHost:
             merged.update(values)
             try:
                 mod.check_config(merged)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        stored = self._setting(name).setdefault("config", {})
-        stored.update(values)
+            except Exception as exc:  # noqa: BLE001 - feature code: any failure is a refusal
+                raise ConfigError(
+                    str(exc) if isinstance(exc, ValueError) else format_exception(exc)
+                ) from None
+        setting = self._setting(name)
+        old = dict(setting.get("config", {}))
+        setting["config"] = dict(old)
+        setting["config"].update(values)
         self._save()
         cfg = self.config(name)
         obj = self.running.get(name)
         if obj is None:
             return cfg
+        error = None
         if hasattr(obj, "on_config"):
             self.contexts[name].config.update(cfg)
             try:
                 for key in values:
                     obj.on_config(key, values[key])
             except Exception as exc:  # noqa: BLE001 - feature code
-                self.fail(name, exc)
+                error = format_exception(exc)
         else:
             self.stop(name)
+            if not self.start(name):
+                error = setting.get("error")
+        if error is not None:
+            # the feature cannot live with the new settings: put back the
+            # old ones and the feature as it ran, and say why
+            setting["config"] = old
+            setting["error"] = None
+            self._save()
+            self.stop(name)
             self.start(name)
+            raise ConfigError("%s rejected the new settings (%s); kept the previous ones" % (name, error))
         return cfg
 
     def set_data(self, key, value):
@@ -396,7 +442,7 @@ class FeatureHost:
                 "running": name in self.running,
             }
             if s.get("error"):
-                out[name]["error"] = s["error"]
+                out[name]["error"] = s["error"][:_MAX_ERROR]
         return out
 
     def selftest(self):

@@ -46,7 +46,9 @@ class MQTTClient:
     """Keeps one MQTT session alive and moves messages through it.
 
     publish() only queues; run() owns the connection. Callbacks:
-    on_message(topic, payload, retain), on_up(), on_down(reason).
+    on_message(topic, payload, retain), on_up(), on_down(reason), and
+    birth() -> [(topic, payload, qos, retain)]: messages sent first on every
+    connect, ahead of (and never evicted by) anything queued.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class MQTTClient:
         self.on_message = None
         self.on_up = None
         self.on_down = None
+        self.birth = None
         self.up = False
         self.last_error = None
         self.stats = {
@@ -104,7 +107,7 @@ class MQTTClient:
         self._pid = 0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._running = False
+        self._closed = False
         self._writer = None
         self._lock = asyncio.Lock()
         self._last_rx = 0
@@ -120,10 +123,9 @@ class MQTTClient:
                 return
         self._subs.append((topic_filter, qos))
 
-    def publish(self, topic, payload, qos=0, retain=False, first=False):
+    def publish(self, topic, payload, qos=0, retain=False):
         """Queue a message; False if the queue was full and something was
-        dropped to bound memory (QoS 0 before QoS 1, oldest first).
-        first=True puts it ahead of everything queued (birth messages)."""
+        dropped to bound memory (QoS 0 before QoS 1, oldest first)."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         # check now, so a bad topic fails at the caller and not in the pump
@@ -140,10 +142,7 @@ class MQTTClient:
             if victim < 0 and qos == 0:
                 return False
             self._queue.pop(max(victim, 0))
-        if first:
-            self._queue.insert(0, (topic, payload, qos, retain))
-        else:
-            self._queue.append((topic, payload, qos, retain))
+        self._queue.append((topic, payload, qos, retain))
         self._wake.set()
         return ok
 
@@ -154,9 +153,8 @@ class MQTTClient:
     async def run(self):
         """Connect and stay connected until close(); never raises for link
         trouble, only backs off and retries."""
-        self._running = True
         attempt = 0
-        while self._running:
+        while not self._closed:
             started = ticks_ms()
             was_up = False
             try:
@@ -169,7 +167,7 @@ class MQTTClient:
                 self.up = False
                 if self.on_down:
                     self.on_down(self.last_error or "closed")
-            if not self._running:
+            if self._closed:
                 break
             if was_up and ticks_diff(ticks_ms(), started) > self.keepalive * 1000:
                 attempt = 0
@@ -177,8 +175,9 @@ class MQTTClient:
             attempt += 1
 
     async def close(self):
-        """Disconnect cleanly (no last will) and make run() return."""
-        self._running = False
+        """Disconnect cleanly (no last will) and make run() return, even if
+        run() has not started yet."""
+        self._closed = True
         w = self._writer
         if w is not None and self.up:
             try:
@@ -239,7 +238,10 @@ class MQTTClient:
             self.last_error = None
             if self._subs:
                 w.write(mqtt.subscribe(self._next_pid(), self._subs))
-            for pid in sorted(self._inflight):
+            resend = sorted(self._inflight)
+            for topic, payload, qos, retain in self.birth() if self.birth else ():
+                self._write_publish(w, topic, payload, qos, retain)
+            for pid in resend:
                 m = self._inflight[pid]
                 m[3] = ticks_ms()
                 w.write(mqtt.publish_header(m[0], len(m[1]), 1, m[2], True, pid))
@@ -255,7 +257,7 @@ class MQTTClient:
             for coro in (self._reader(r, w, dec), self._pump(w), self._pinger(w)):
                 tasks.append(asyncio.create_task(_guard(coro, done, failure)))
             await done.wait()
-            if failure and self._running:
+            if failure and not self._closed:
                 raise failure[0]
             return True
         finally:
@@ -335,16 +337,19 @@ class MQTTClient:
         while True:
             while self._queue and len(self._inflight) < self.max_inflight:
                 topic, payload, qos, retain = self._queue.pop(0)
-                pid = 0
-                if qos:
-                    pid = self._next_pid()
-                    self._inflight[pid] = [topic, payload, retain, ticks_ms()]
-                w.write(mqtt.publish_header(topic, len(payload), qos, retain, False, pid))
-                w.write(payload)
-                self.stats["sent"] += 1
+                self._write_publish(w, topic, payload, qos, retain)
                 await self._drain(w)
             self._wake.clear()
             await self._wake.wait()
+
+    def _write_publish(self, w, topic, payload, qos, retain):
+        pid = 0
+        if qos:
+            pid = self._next_pid()
+            self._inflight[pid] = [topic, payload, retain, ticks_ms()]
+        w.write(mqtt.publish_header(topic, len(payload), qos, retain, False, pid))
+        w.write(payload)
+        self.stats["sent"] += 1
 
     async def _pinger(self, w):
         ka = self.keepalive * 1000

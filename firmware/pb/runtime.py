@@ -6,8 +6,8 @@ import json
 
 from . import proto
 from .bus import Bus
-from .compat import asyncio, format_exception, mem_free, sleep_ms, ticks_diff, ticks_ms
-from .errors import ConfigError, FeatureError, HalError, ProtocolError
+from .compat import asyncio, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
+from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
 from .features import API, FeatureHost, import_feature
 from .mqtt_client import MQTTClient
 
@@ -54,7 +54,7 @@ class Device:
             )
         self.client = client
         client.on_message = self._on_message
-        client.on_up = self._on_up
+        client.birth = self._birth
         self.state = {}
         self.reset_cause = "unknown"
         self._seq = 0
@@ -126,12 +126,9 @@ class Device:
         self.features.stop_all()
         self.hal.safe_state()
         if self.client.up:
-            self._publish(
-                "state",
-                {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": self._exit},
-                1,
-                True,
-            )
+            offline = {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": self._exit}
+            offline["ts"] = self.now()
+            self._publish("state", offline, 1, True)
             t0 = ticks_ms()
             while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
                 await sleep_ms(20)
@@ -145,7 +142,7 @@ class Device:
                 break
             except HalError as exc:
                 self.log("network: %s" % exc)
-                await sleep_ms(delay)
+                await sleep_ms(delay // 2 + rand_below(delay // 2 + 1))
                 delay = min(delay * 2, 60000)
         await self.client.run()
 
@@ -166,6 +163,9 @@ class Device:
             except HalError as exc:
                 n = self.sensor_errors.get(name, 0)
                 self.sensor_errors[name] = n + 1
+                # no value is better than a stale one: features and telemetry
+                # see the sensor missing until it reads again
+                self.features.readings.pop(name, None)
                 if n == 0:
                     self.emit_event("sensor_error", None, str(exc))
                 continue
@@ -206,13 +206,13 @@ class Device:
 
     # ---- messages out ------------------------------------------------------
 
-    def _publish(self, kind, msg, qos, retain, first=False):
+    def _publish(self, kind, msg, qos, retain):
         try:
             data = proto.encode(kind, msg)
         except ProtocolError as exc:
             self.log("cannot send %s: %s" % (kind, exc))
             return False
-        return self.client.publish(self.topic(kind), data, qos, retain, first)
+        return self.client.publish(self.topic(kind), data, qos, retain)
 
     def hello(self):
         return {
@@ -233,13 +233,14 @@ class Device:
             "ts": self.now(),
         }
 
-    def _on_up(self):
-        # birth goes ahead of whatever queued up while offline: the gateway
-        # learns who we are before it hears anything else from us
-        self._publish(
-            "state", {"v": proto.VERSION, "dev": self.id, "state": "online", "ts": self.now()}, 1, True, True
-        )
-        self._publish("hello", self.hello(), 1, True, True)
+    def _birth(self):
+        # sent first on every connect, ahead of whatever queued up while
+        # offline: the gateway learns who we are before anything else
+        online = {"v": proto.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
+        return [
+            (self.topic("hello"), proto.encode("hello", self.hello()), 1, True),
+            (self.topic("state"), proto.encode("state", online), 1, True),
+        ]
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))
@@ -300,6 +301,10 @@ class Device:
             return proto.reply_error(self.id, cmd_id, "feature_failed", str(exc))
         except _BadArgs as exc:
             return proto.reply_error(self.id, cmd_id, exc.code, str(exc))
+        except StoreError as exc:
+            return proto.reply_error(self.id, cmd_id, "storage", str(exc))
+        except HalError as exc:
+            return proto.reply_error(self.id, cmd_id, "hardware", str(exc))
         return proto.reply_ok(self.id, cmd_id, result)
 
     def _op(self, op, args):

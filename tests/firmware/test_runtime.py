@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from firmware.pb.hal.host import HostHal
-from simulator.loader import import_feature
 from firmware.pb.runtime import Device
 from firmware.pb.store import Store
 from gateway.broker import BrokerUrl
 from gateway.paths import firmware_dir
 from gateway.provision import board_for, make_config
+from simulator.loader import import_feature
 
 
 def make_device(tmp_path: Path, model: str = "thermostat", extra: dict[str, str] | None = None) -> Device:
@@ -42,7 +42,9 @@ def make_device(tmp_path: Path, model: str = "thermostat", extra: dict[str, str]
     (tmp_path / "boards").mkdir(exist_ok=True)
     config = make_config("dev-1", board, BrokerUrl("127.0.0.1", 1), "pw")
     hal = HostHal(board, str(tmp_path))
-    return Device(config, hal, Store(str(tmp_path / "data")), str(features), importer=import_feature, log=quiet)
+    return Device(
+        config, hal, Store(str(tmp_path / "data")), str(features), importer=import_feature, log=quiet
+    )
 
 
 def quiet(dev: str, msg: str) -> None:
@@ -51,7 +53,14 @@ def quiet(dev: str, msg: str) -> None:
 
 def restarted(dev: Device, tmp_path: Path) -> Device:
     """The same device after a reset: a new runtime over the same flash."""
-    again = Device(dev.config, dev.hal, Store(str(tmp_path / "data")), dev.features.root, importer=import_feature, log=quiet)
+    again = Device(
+        dev.config,
+        dev.hal,
+        Store(str(tmp_path / "data")),
+        dev.features.root,
+        importer=import_feature,
+        log=quiet,
+    )
     again.boot()
     return again
 
@@ -69,7 +78,15 @@ def test_thermostat_hysteresis_band(tmp_path: Path) -> None:
     dev = make_device(tmp_path)
     dev.boot()
     sp, h = 21.0, 0.3
-    steps = [(20.0, True), (20.9, True), (21.2, True), (21.31, False), (21.0, False), (20.71, False), (20.69, True)]
+    steps = [
+        (20.0, True),
+        (20.9, True),
+        (21.2, True),
+        (21.31, False),
+        (21.0, False),
+        (20.71, False),
+        (20.69, True),
+    ]
     for temp, expected in steps:
         sense(dev, temperature=temp, humidity=40)
         assert relay(dev) is expected, f"at {temp} C (setpoint {sp}, hysteresis {h})"
@@ -185,7 +202,9 @@ def start(ctx):
         ("def start(ctx):\n    raise RuntimeError('boom')\n", "RuntimeError: boom"),
     ],
 )
-def test_permissions_are_enforced_and_bad_features_do_not_start(tmp_path: Path, source: str, error: str) -> None:
+def test_permissions_are_enforced_and_bad_features_do_not_start(
+    tmp_path: Path, source: str, error: str
+) -> None:
     dev = make_device(tmp_path, extra={"bad": source})
     dev.boot()
     assert "bad" not in dev.features.running
@@ -221,7 +240,9 @@ def test_duplicate_command_is_answered_again_not_executed_twice(tmp_path: Path) 
     calls = []
     original = dev.execute
     dev.execute = lambda op, args, cmd_id="local": calls.append(op) or original(op, args, cmd_id)  # type: ignore[method-assign]
-    cmd = json.dumps({"v": 1, "id": "abc", "op": "feature.disable", "args": {"feature": "thermostat"}}).encode()
+    cmd = json.dumps(
+        {"v": 1, "id": "abc", "op": "feature.disable", "args": {"feature": "thermostat"}}
+    ).encode()
     dev._on_message("pb/dev-1/cmd", cmd, False)
     dev._on_message("pb/dev-1/cmd", cmd, False)
     assert calls == ["feature.disable"]
@@ -248,3 +269,47 @@ def test_garbage_command_with_an_id_gets_an_error_reply(tmp_path: Path) -> None:
     dev._on_message("pb/dev-1/cmd", b'{"v": 1, "id": "q", "op": 5}', False)
     reply = json.loads(sent[-1])
     assert reply["id"] == "q" and reply["error"]["code"] == "bad_type"
+
+
+def test_a_schedule_the_thermostat_cannot_follow_is_refused(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    bad = dev.execute("config.set", {"feature": "thermostat", "values": {"schedule": [["25:00", 20]]}})
+    assert bad["ok"] is False and bad["error"]["code"] == "bad_config" and "25:00" in bad["error"]["message"]
+    assert "thermostat" in dev.features.running
+    assert restarted(dev, tmp_path).features.config("thermostat")["schedule"] == []
+
+
+def test_settings_a_feature_fails_on_are_rolled_back(tmp_path: Path) -> None:
+    picky = """
+class Picky:
+    def __init__(self, ctx):
+        if ctx.config["level"] == 3:
+            raise ValueError("level 3 breaks me")
+
+def start(ctx):
+    return Picky(ctx)
+"""
+    dev = make_device(tmp_path, extra={"picky": picky})
+    manifest_path = Path(dev.features.root) / "picky" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"] = {"level": {"type": "integer", "default": 1, "min": 0, "max": 5}}
+    manifest_path.write_text(json.dumps(manifest))
+    dev.boot()
+    assert dev.execute("config.set", {"feature": "picky", "values": {"level": 2}})["ok"]
+    bad = dev.execute("config.set", {"feature": "picky", "values": {"level": 3}})
+    assert bad["ok"] is False and "level 3 breaks me" in bad["error"]["message"]
+    assert "picky" in dev.features.running and dev.features.config("picky")["level"] == 2
+    assert "error" not in dev.features.status()["picky"]
+    again = restarted(dev, tmp_path)
+    assert again.features.config("picky")["level"] == 2 and "picky" in again.features.running
+
+
+def test_a_failing_sensor_leaves_no_stale_value(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    dev.boot()
+    sense(dev, temperature=20.0, humidity=40)
+    assert dev.features.readings["temperature"] == 20.0
+    sense(dev, temperature=500.0, humidity=40)  # outside the sensor's range: a broken sensor
+    assert "temperature" not in dev.features.readings
+    assert dev.sensor_errors["temperature"] == 1

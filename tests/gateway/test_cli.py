@@ -22,7 +22,7 @@ from gateway.errors import ConfigError, GatewayError
             {"feature": "thermostat", "values": {"setpoint": 22.5, "mode": "off"}},
         ),
         (
-            ["config.set", "thermostat.schedule=[[\"06:00\", 21]]"],
+            ["config.set", 'thermostat.schedule=[["06:00", 21]]'],
             "config.set",
             {"feature": "thermostat", "values": {"schedule": [["06:00", 21]]}},
         ),

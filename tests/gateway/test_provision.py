@@ -69,7 +69,9 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
         ({"broker": BrokerUrl("h", 8883, tls=True)}, "TLS"),
     ],
 )
-def test_bad_requests_say_why_and_write_nothing(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+def test_bad_requests_say_why_and_write_nothing(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
     args: dict[str, object] = {"model": "thermostat", "device": "th-1", "broker": BROKER}
     args.update(kwargs)
     model, device, broker = args.pop("model"), args.pop("device"), args.pop("broker")

@@ -30,7 +30,9 @@ def test_registry_survives_reopening(tmp_path: Path) -> None:
         s.upsert_hello("sh-1", HELLO, 100.0)
         assert s.set_state("sh-1", True, None, 101.0) is True
         assert s.set_state("sh-1", True, None, 102.0) is False  # no change
-        s.add_telemetry([TelemetryRow("sh-1", 103.0 + i, 1.0, i, {"sensors": {"humidity": i}}) for i in range(5)])
+        s.add_telemetry(
+            [TelemetryRow("sh-1", 103.0 + i, 1.0, i, {"sensors": {"humidity": i}}) for i in range(5)]
+        )
     with Store(db, readonly=True) as s:
         d = s.device("sh-1")
         assert d is not None and d.online and d.model == "shirt" and d.first_seen == 100.0

@@ -16,7 +16,9 @@ class TestClient:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, broker: Mosquitto, user: str | None, password: str | None, client_id: str = "") -> None:
+    def __init__(
+        self, broker: Mosquitto, user: str | None, password: str | None, client_id: str = ""
+    ) -> None:
         self.received: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._connected = threading.Event()
         self.rc: Any = None

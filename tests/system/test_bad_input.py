@@ -110,7 +110,9 @@ def test_bad_message_is_rejected_counted_and_harmless(
     for key in ("model", "board", "features", "first_seen", "boot_count"):
         assert after_device[key] == before_device[key]
     assert telemetry_count(gateway_process, dev.id) >= before_rows
-    wait_for(lambda: telemetry_count(gateway_process, dev.id) > before_rows, 10, what="good telemetry continues")
+    wait_for(
+        lambda: telemetry_count(gateway_process, dev.id) > before_rows, 10, what="good telemetry continues"
+    )
 
 
 def test_telemetry_from_a_device_that_never_said_hello(
@@ -134,7 +136,7 @@ def test_device_cannot_publish_as_another_device(
     make_device: MakeDevice,
     running: tuple[DeviceProcess, TestClient],
 ) -> None:
-    victim, rogue = running
+    victim, _rogue = running
     watcher = TestClient(mosquitto, "gateway", "gateway-secret")
     watcher.subscribe(f"pb/{victim.id}/#")
     other = make_device(mosquitto, "shirt")

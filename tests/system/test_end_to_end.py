@@ -79,7 +79,9 @@ def test_config_change_changes_behaviour(
     wait_for(lambda: dev.actuators().get("relay") is True, 10, what="relay on at setpoint 23.5")
 
     # a value out of range is refused by the device, with its reason
-    bad = gateway_process.cli("devices", "send", dev.id, "config", "set", "thermostat.setpoint=99", check=False)
+    bad = gateway_process.cli(
+        "devices", "send", dev.id, "config", "set", "thermostat.setpoint=99", check=False
+    )
     assert bad.returncode == 1
     assert "at most 30" in bad.stderr
     # and the device kept its setting
@@ -108,7 +110,9 @@ def test_feature_disable_enable_and_reboot(
     reply = json.loads(gateway_process.cli("devices", "send", dev.id, "reboot", "--json").stdout)
     assert reply["ok"] and reply["result"] == {"rebooting": True}
     rebooted = wait_for(
-        lambda: (d := gateway_process.device(dev.id))["boot_count"] == 2 and d["online"] and d, 20, what="reboot"
+        lambda: (d := gateway_process.device(dev.id))["boot_count"] == 2 and d["online"] and d,
+        20,
+        what="reboot",
     )
     assert rebooted["reset_cause"] == "soft"
     # the setting survived the reboot
@@ -122,7 +126,9 @@ def test_killed_device_is_marked_offline(
     dev = make_device(mosquitto, "shirt", interpreter).start()
     wait_for(lambda: gateway_process.device(dev.id)["online"], 20, what="online")
     dev.kill(signal.SIGKILL)
-    shown = wait_for(lambda: (d := gateway_process.device(dev.id))["online"] is False and d, 15, what="offline")
+    shown = wait_for(
+        lambda: (d := gateway_process.device(dev.id))["online"] is False and d, 15, what="offline"
+    )
     assert shown["state_reason"] == "lost"  # the last will, published by the broker
     # a command to an offline device is refused at once, with the reason
     out = gateway_process.cli("devices", "send", dev.id, "ping", check=False)
@@ -192,3 +198,57 @@ def test_runs_in_128k_heap_and_reports_free_heap(
     time.sleep(2)
     out = gateway_process.cli("devices", "send", dev.id, "status", "--json")
     assert json.loads(out.stdout)["result"]["heap_free"] > 16 * 1024
+
+
+CRASHY = """
+class Crashy:
+    def __init__(self, ctx):
+        self.n = 0
+        ctx.on("tick", self.tick)
+
+    def tick(self, now):
+        self.n += 1
+        if self.n == 3:
+            return [][1]
+
+
+def start(ctx):
+    return Crashy(ctx)
+"""
+
+
+def test_a_feature_that_raises_is_disabled_reported_and_the_device_runs_on(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, make_device: MakeDevice, interpreter: str
+) -> None:
+    dev = make_device(mosquitto, "thermostat", interpreter)
+    folder = dev.path / "features" / "crashy"
+    folder.mkdir()
+    (folder / "__init__.py").write_text(CRASHY)
+    (folder / "manifest.json").write_text(json.dumps({"name": "crashy", "version": "0.1.0", "api": 1}))
+    dev.set_sensors(temperature=25.0)
+    dev.start()
+    shown = wait_for(
+        lambda: (d := gateway_process.device(dev.id))["features"].get("crashy", {}).get("error") and d,
+        20,
+        what="crashy reported failed",
+    )
+    assert "IndexError" in shown["features"]["crashy"]["error"]
+    assert shown["features"]["thermostat"]["running"] is True
+    assert any(e["kind"] == "feature_error" and e["feature"] == "crashy" for e in shown["events"])
+    # the thermostat still works: a colder room turns the heater on
+    assert dev.actuators()["relay"] is False
+    dev.set_sensors(temperature=15.0)
+    wait_for(lambda: dev.actuators().get("relay") is True, 10, what="heater on")
+    assert dev.running
+
+
+def test_compiled_device_runs_in_128k(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, make_device: MakeDevice, record_property
+) -> None:
+    dev = make_device(mosquitto, "shirt", "micropython", compile_mpy=True)
+    assert (dev.path / "pb" / "runtime.mpy").exists()
+    dev.start()
+    shown = wait_for(lambda: (d := gateway_process.device(dev.id))["online"] and d, 20, what="online")
+    record_property("heap_free_compiled", shown["heap_free"])
+    print(f"\nfree heap after start, .mpy modules, 128K heap: {shown['heap_free']} bytes")
+    assert shown["features"]["vent"]["running"] is True

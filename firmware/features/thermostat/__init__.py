@@ -23,6 +23,11 @@ def parse_schedule(entries):
     return out
 
 
+def check_config(cfg):
+    """Refuse a schedule the thermostat could not follow. Raises ValueError."""
+    parse_schedule(cfg["schedule"])
+
+
 def scheduled(schedule, minute, default):
     """Setpoint in force at minute of day: the last entry at or before it,
     else the previous day's last entry, else default."""
