@@ -313,14 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--db", help="database (default: a fresh one in a temporary folder)")
     dm.add_argument("-v", "--verbose", action="store_true")
     dm.set_defaults(func=cmd_demo)
+
+    from ota.cli import add_commands
+
+    add_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ota.errors import OtaError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except GatewayError as exc:
+    except (GatewayError, OtaError) as exc:
         print(f"permabeta: {exc}", file=sys.stderr)
         return 1
 

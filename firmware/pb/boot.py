@@ -2,8 +2,9 @@
 # backend, run the device, and turn every way it can end into a reset.
 import json
 
-from .compat import MICROPYTHON, asyncio, format_exception, print_exception, sleep_ms
+from .compat import MICROPYTHON, asyncio, forget, format_exception, print_exception, sleep_ms
 from .errors import ConfigError
+from .features import API
 from .proto import valid_id
 from .store import Store, read_bytes
 
@@ -54,7 +55,7 @@ def make_hal(config, root="."):
 # Imported one at a time with a collection in between: compiling a module
 # needs a contiguous block, and a fragmented heap is what fails first on a
 # small board.
-_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.runtime")
+_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.guard", "pb.updates", "pb.runtime")
 
 
 def _import_runtime():
@@ -67,13 +68,18 @@ def _import_runtime():
 
 
 async def _run(root):
+    from .guard import decide
+
+    config = load_config(root)
+    hal = make_hal(config, root)
+    # a staged update is installed now, while little else is in RAM
+    boot = decide(root, hal.fault_point, (config["model"], hal.caps, API), hal.time)
+    forget(("pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.manifest"))
     if MICROPYTHON:
         _import_runtime()
     from .runtime import Device
 
-    config = load_config(root)
-    hal = make_hal(config, root)
-    device = Device(config, hal, Store(root + "/data"), root + "/features")
+    device = Device(config, hal, Store(root + "/data"), boot=boot, base=root)
     try:
         cause = await device.run()
     except Exception as exc:  # noqa: BLE001 - any runtime bug ends in a clean restart

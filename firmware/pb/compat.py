@@ -109,3 +109,19 @@ def format_exception(exc):
     msg = str(exc)
     name = type(exc).__name__
     return name + ": " + msg if msg else name
+
+
+def forget(names):
+    """Let modules go (MicroPython): their RAM returns to the heap once
+    nothing refers to them. A later import loads them again."""
+    if not MICROPYTHON:
+        return
+    import gc
+
+    pkg = sys.modules.get("pb")
+    for name in names:
+        if sys.modules.pop(name, None) is not None and pkg is not None:
+            short = name.split(".")[-1]
+            if hasattr(pkg, short):
+                delattr(pkg, short)
+    gc.collect()

@@ -35,3 +35,18 @@ class ConfigError(FirmwareError):
 
 class HalError(FirmwareError):
     """A sensor or actuator could not be read or driven."""
+
+
+class TrustError(FirmwareError):
+    """A signed document is invalid, untrusted, stale or not for this device.
+    Security failures are their own branch: never retried silently.
+
+    `code` says which (docs/security.md): bad_envelope, bad_signature,
+    unknown_key, bad_root, rollback, freeze, wrong_model, wrong_hardware,
+    wrong_api, bad_path, bad_manifest, mismatch.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -6,144 +6,14 @@
 # module defining start(ctx) -> object. The object may define
 # on_config(key, value), selftest() and stop(). Features never touch the
 # network or the hardware directly: they go through their context.
-import json
 import sys
 
 from .compat import format_exception
 from .errors import ConfigError, FeatureError, HalError
-from .proto import valid_id
-from .store import read_bytes
 
 API = 1
 MAX_FEATURES = 16
-_MAX_LIST = 48
-_MAX_STR = 64
 _MAX_ERROR = 120  # characters of an error kept in status and hello
-_CONFIG_TYPES = ("number", "integer", "boolean", "string", "array")
-
-
-def _str_list(m, key, where):
-    v = m.get(key, [])
-    if not isinstance(v, list):
-        raise FeatureError("%s: %s must be a list" % (where, key))
-    for x in v:
-        if not isinstance(x, str) or not x:
-            raise FeatureError("%s: %s must list names" % (where, key))
-    return v
-
-
-def _semver(v):
-    """MAJOR.MINOR.PATCH of digits, optionally -prerelease."""
-    if not isinstance(v, str) or len(v) > _MAX_STR:
-        return False
-    parts = v.split("-", 1)[0].split(".")
-    if len(parts) != 3:
-        return False
-    for p in parts:
-        if not p or not p.isdigit():
-            return False
-    return True
-
-
-def check_manifest(m, name=None):
-    """Validate a feature manifest (a dict); returns it. Raises FeatureError."""
-    if not isinstance(m, dict):
-        raise FeatureError("manifest is not a JSON object")
-    fname = m.get("name")
-    if not valid_id(fname) or "-" in fname:
-        raise FeatureError("manifest name %r is not a valid feature name" % (fname,))
-    where = "feature " + fname
-    if name is not None and fname != name:
-        raise FeatureError("%s: manifest name does not match folder %r" % (where, name))
-    if not _semver(m.get("version")):
-        raise FeatureError("%s: version must be a semver string like 1.2.0" % where)
-    api = m.get("api")
-    if not isinstance(api, int) or isinstance(api, bool):
-        raise FeatureError("%s: api must be an integer" % where)
-    requires = _str_list(m, "requires", where)
-    perms = m.get("permissions", {})
-    if not isinstance(perms, dict):
-        raise FeatureError("%s: permissions must be an object" % where)
-    for key in ("reads", "drives"):
-        for cap in _str_list(perms, key, where):
-            if cap not in requires:
-                raise FeatureError("%s: permission %s %r is not in requires" % (where, key, cap))
-    _str_list(perms, "publishes", where)
-    config = m.get("config", {})
-    if not isinstance(config, dict):
-        raise FeatureError("%s: config must be an object" % where)
-    for key in config:
-        spec = config[key]
-        if not isinstance(spec, dict) or spec.get("type") not in _CONFIG_TYPES:
-            raise FeatureError("%s: config %r needs a type (%s)" % (where, key, ", ".join(_CONFIG_TYPES)))
-        if "default" not in spec:
-            raise FeatureError("%s: config %r needs a default" % (where, key))
-        for bound in ("min", "max"):
-            if bound in spec and not _num(spec[bound]):
-                raise FeatureError("%s: config %r: %s must be a number" % (where, key, bound))
-        if "enum" in spec and not isinstance(spec["enum"], list):
-            raise FeatureError("%s: config %r: enum must be a list" % (where, key))
-        try:
-            check_value(spec, key, spec["default"])
-        except ConfigError as exc:
-            raise FeatureError("%s: default of %s" % (where, exc)) from None
-    return m
-
-
-def _num(x):
-    return not isinstance(x, bool) and isinstance(x, (int, float))
-
-
-def check_value(spec, key, value):
-    """A config value checked against its spec; raises ConfigError."""
-    t = spec["type"]
-    ok = True
-    if t == "boolean":
-        ok = isinstance(value, bool)
-    elif isinstance(value, bool):
-        ok = False
-    elif t == "number":
-        ok = isinstance(value, (int, float)) and value == value
-    elif t == "integer":
-        ok = isinstance(value, int)
-    elif t == "string":
-        ok = isinstance(value, str) and len(value) <= spec.get("max_len", _MAX_STR)
-    elif t == "array":
-        ok = isinstance(value, list) and len(value) <= spec.get("max_len", _MAX_LIST)
-    if not ok:
-        raise ConfigError("%s must be a %s" % (key, t))
-    if t in ("number", "integer"):
-        lo = spec.get("min")
-        hi = spec.get("max")
-        if _num(lo) and value < lo:
-            raise ConfigError("%s must be at least %r" % (key, lo))
-        if _num(hi) and value > hi:
-            raise ConfigError("%s must be at most %r" % (key, hi))
-    if "enum" in spec and value not in spec["enum"]:
-        raise ConfigError("%s must be one of %s" % (key, ", ".join([str(x) for x in spec["enum"]])))
-    return value
-
-
-def read_manifest(root, name):
-    data = read_bytes(root + "/" + name + "/manifest.json")
-    if data is None:
-        raise FeatureError("feature %s has no manifest.json" % name)
-    try:
-        m = json.loads(data)
-    except ValueError as exc:
-        raise FeatureError("feature %s: manifest.json is not JSON: %s" % (name, exc)) from None
-    return check_manifest(m, name)
-
-
-def list_features(root):
-    """Names of the feature folders under root (those with a manifest)."""
-    import os
-
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return []
-    return [n for n in names if valid_id(n) and read_bytes(root + "/" + n + "/manifest.json") is not None]
 
 
 def import_feature(root, name):
@@ -245,6 +115,7 @@ class FeatureHost:
         self.running = {}  # name -> object returned by start(ctx)
         self.contexts = {}  # name -> its Context
         self.modules = {}  # name -> its imported module
+        self.configs = {}  # name -> effective config
         self.owners = {}  # actuator -> feature driving it
         self.settings = store.load("features", {}) or {}
         self.utc_offset_min = 0
@@ -261,7 +132,12 @@ class FeatureHost:
     # ---- lifecycle ---------------------------------------------------------
 
     def discover(self):
-        """Read every manifest under root; bad ones are recorded as errors."""
+        """Read every manifest under root; bad ones are recorded as errors.
+        No root: safe mode, no features at all."""
+        if self.root is None:
+            return
+        from .manifest import list_features, read_manifest
+
         names = list_features(self.root)
         for i in range(len(names)):
             name = names[i]
@@ -357,19 +233,13 @@ class FeatureHost:
     # ---- config ------------------------------------------------------------
 
     def config(self, name):
-        """Effective config: manifest defaults, overridden by stored values
-        that still fit the schema (a newer manifest may have changed it)."""
-        spec = self.manifests[name].get("config", {})
-        out = {}
-        stored = self._setting(name).get("config", {})
-        for key in spec:
-            out[key] = spec[key]["default"]
-            if key in stored:
-                try:
-                    out[key] = check_value(spec[key], key, stored[key])
-                except ConfigError:
-                    pass
-        return out
+        """The feature's effective config (a copy)."""
+        cfg = self.configs.get(name)
+        if cfg is None:
+            from .manifest import effective
+
+            cfg = self.configs[name] = effective(self.manifests[name], self._setting(name).get("config", {}))
+        return dict(cfg)
 
     def set_config(self, name, values):
         """Validate every value first, then store and apply them together.
@@ -378,6 +248,8 @@ class FeatureHost:
             raise FeatureError("no feature %r" % name)
         if not isinstance(values, dict) or not values:
             raise ConfigError("values must be a non-empty object")
+        from .manifest import check_value, effective
+
         spec = self.manifests[name].get("config", {})
         for key in values:
             if key not in spec:
@@ -398,6 +270,7 @@ class FeatureHost:
         setting["config"] = dict(old)
         setting["config"].update(values)
         self._save()
+        self.configs[name] = effective(self.manifests[name], setting["config"])
         cfg = self.config(name)
         obj = self.running.get(name)
         if obj is None:
@@ -420,6 +293,7 @@ class FeatureHost:
             setting["config"] = old
             setting["error"] = None
             self._save()
+            self.configs[name] = effective(self.manifests[name], old)
             self.stop(name)
             self.start(name)
             raise ConfigError("%s rejected the new settings (%s); kept the previous ones" % (name, error))

@@ -87,6 +87,54 @@ def _str(s):
     return struct.pack("!H", len(s)) + s
 
 
+def valid_utf8(buf):
+    """True if buf is well-formed UTF-8 (RFC 3629, as MQTT-1.5.3-1 asks):
+    no overlong forms, no surrogates, nothing past U+10FFFF."""
+    i = 0
+    n = len(buf)
+    while i < n:
+        c = buf[i]
+        if c < 0x80:
+            i += 1
+            continue
+        # bytes after the lead byte, and the range of the first of them
+        if 0xC2 <= c <= 0xDF:
+            k, lo, hi = 1, 0x80, 0xBF
+        elif c == 0xE0:
+            k, lo, hi = 2, 0xA0, 0xBF
+        elif c == 0xED:
+            k, lo, hi = 2, 0x80, 0x9F
+        elif 0xE1 <= c <= 0xEF:
+            k, lo, hi = 2, 0x80, 0xBF
+        elif c == 0xF0:
+            k, lo, hi = 3, 0x90, 0xBF
+        elif c == 0xF4:
+            k, lo, hi = 3, 0x80, 0x8F
+        elif 0xF1 <= c <= 0xF3:
+            k, lo, hi = 3, 0x80, 0xBF
+        else:
+            return False
+        if i + k >= n or not lo <= buf[i + 1] <= hi:
+            return False
+        for j in range(i + 2, i + k + 1):
+            if not 0x80 <= buf[j] <= 0xBF:
+                return False
+        i += k + 1
+    return True
+
+
+def decode_utf8(buf):
+    """buf decoded as strict UTF-8. MicroPython's bytes.decode() checks only
+    the byte structure: it takes overlong forms (b"\\xc0\\xaf" for "/"),
+    surrogates and code points past U+10FFFF. Raises UnicodeError."""
+    s = bytes(buf).decode("utf-8")
+    # decode() checked the structure on both interpreters, so a buf with any
+    # byte over 0x7F has decoded to fewer characters than it has bytes
+    if len(s) != len(buf) and not valid_utf8(buf):
+        raise UnicodeError("ill-formed UTF-8")
+    return s
+
+
 def _check_topic(topic, wildcards):
     if not topic:
         raise ProtocolError("bad_topic", "empty topic")
@@ -283,7 +331,7 @@ class _Reader:
     def text(self):
         raw = self.bin()
         try:
-            s = raw.decode("utf-8")
+            s = decode_utf8(raw)
         except UnicodeError:
             raise _err("string is not UTF-8") from None
         if "\x00" in s:

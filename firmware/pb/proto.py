@@ -3,13 +3,15 @@
 # the gateway imports this same module, so both ends agree by construction.
 import json
 
-from .compat import const
+from .compat import MICROPYTHON, const
 from .errors import ProtocolError
+from .mqtt import decode_utf8, valid_utf8
 
 VERSION = const(1)
 ROOT = "pb"
 MAX_MESSAGE = const(4096)  # bytes of one JSON control message
 MAX_ID = const(32)  # characters of a device id or command id
+MAX_DEPTH = const(16)  # nested objects and arrays in a message, itself included
 
 # Message kinds by direction.
 UP = ("hello", "state", "telemetry", "reply", "event")  # device -> gateway
@@ -131,11 +133,46 @@ def _type_ok(v, code):
 
 
 _TYPE_NAMES = {"s": "string", "i": "integer", "n": "number", "b": "boolean", "d": "object", "l": "array"}
+_INF = float("inf")
+
+
+def _scan(msg):
+    """(deep, odd, nonfinite) of msg: nested deeper than MAX_DEPTH (CPython's
+    json recurses), holding a value of a type JSON lacks, holding NaN or an
+    infinity (not JSON: CPython writes NaN, MicroPython nan). Walks without
+    recursion, so the answer does not depend on the order of the dicts."""
+    deep = odd = nonfinite = False
+    stack = [(msg, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict) or isinstance(v, list) or isinstance(v, tuple):
+            if depth > MAX_DEPTH:
+                deep = True
+                continue
+            for x in v.values() if isinstance(v, dict) else v:
+                stack.append((x, depth + 1))
+        elif isinstance(v, float):
+            if v != v or v == _INF or v == -_INF:
+                nonfinite = True
+        elif not (v is None or isinstance(v, bool) or isinstance(v, int) or isinstance(v, str)):
+            odd = True
+    return deep, odd, nonfinite
+
+
+def _nesting_error():
+    return ProtocolError("too_large", "message nested deeper than %d levels" % MAX_DEPTH)
+
+
+def _shown(v):
+    return repr(v[:40]) if isinstance(v, str) else "of type " + type(v).__name__
 
 
 def validate(kind, msg):
     """Check a decoded message against its schema; unknown fields are kept
     (forward compatibility). Raises ProtocolError."""
+    deep, odd, nonfinite = _scan(msg)
+    if deep:
+        raise _nesting_error()
     if not isinstance(msg, dict):
         raise ProtocolError("not_object", "%s message is not a JSON object" % kind)
     v = msg.get("v")
@@ -150,13 +187,23 @@ def validate(kind, msg):
             continue
         if not _type_ok(msg[name], code):
             raise ProtocolError("bad_type", "%s.%s must be a %s" % (kind, name, _TYPE_NAMES[code]))
+    # dev and id are reserved in every kind, declared there or not
     if "dev" in msg and not valid_id(msg["dev"]):
-        raise ProtocolError("bad_device_id", "bad device id %r" % msg["dev"][:40])
-    if "id" in msg and not 0 < len(msg["id"]) <= MAX_ID:
-        raise ProtocolError("bad_value", "command id must be 1-%d characters" % MAX_ID)
+        raise ProtocolError("bad_device_id", "bad device id %s" % _shown(msg["dev"]))
+    if "id" in msg and not (isinstance(msg["id"], str) and 0 < len(msg["id"]) <= MAX_ID):
+        raise ProtocolError("bad_value", "command id must be a string of 1-%d characters" % MAX_ID)
     if kind == "state" and msg["state"] not in STATES:
         raise ProtocolError("bad_value", "state must be one of " + ", ".join(STATES))
+    # after the fields, so that a number field holding one is a bad_type
+    if odd:
+        raise ProtocolError("bad_type", "%s message holds a value that JSON cannot carry" % kind)
+    if nonfinite:
+        raise ProtocolError("bad_value", "%s message holds NaN or an infinity" % kind)
     return msg
+
+
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
 
 
 def decode(kind, payload):
@@ -166,17 +213,33 @@ def decode(kind, payload):
     if len(payload) > MAX_MESSAGE:
         raise ProtocolError("too_large", "%d bytes exceeds %d" % (len(payload), MAX_MESSAGE))
     try:
-        text = bytes(payload).decode("utf-8")
-        msg = json.loads(text)
+        text = decode_utf8(payload)
+        if MICROPYTHON:
+            msg = json.loads(text)  # takes no NaN or Infinity, and no keywords
+        else:
+            msg = json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeError) as exc:
         raise ProtocolError("bad_json", "not JSON: %s" % exc) from None
+    except RuntimeError:  # CPython's RecursionError; MicroPython's json does not recurse
+        raise _nesting_error() from None
     return validate(kind, msg)
 
 
 def encode(kind, msg):
     """Compact JSON bytes of a message, validated the same way as decode."""
     validate(kind, msg)
-    data = json.dumps(msg, separators=(",", ":")).encode("utf-8")
+    if MICROPYTHON:
+        text = json.dumps(msg, separators=(",", ":"))
+    else:
+        # raw UTF-8, as MicroPython writes it: its json does not join an
+        # escaped surrogate pair ("\\ud83d\\ude00") back into one character
+        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+        if len(data) != len(text) and not valid_utf8(data):
+            raise UnicodeError("lone surrogate")  # MicroPython encodes one without complaint
+    except UnicodeError:
+        raise ProtocolError("bad_value", "%s message holds a lone surrogate" % kind) from None
     if len(data) > MAX_MESSAGE:
         raise ProtocolError("too_large", "%s message of %d bytes" % (kind, len(data)))
     return data

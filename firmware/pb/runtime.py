@@ -6,7 +6,7 @@ import json
 
 from . import proto
 from .bus import Bus
-from .compat import asyncio, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
+from .compat import asyncio, forget, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
 from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
 from .features import API, FeatureHost, import_feature
 from .mqtt_client import MQTTClient
@@ -19,14 +19,33 @@ class Device:
     """One device: config (the provisioned config.json), a HAL backend and a
     Store. run() returns the reset cause when the device wants to restart."""
 
-    def __init__(self, config, hal, store, features_root="features", importer=None, client=None, log=None):
+    def __init__(
+        self,
+        config,
+        hal,
+        store,
+        features_root="features",
+        importer=None,
+        client=None,
+        log=None,
+        boot=None,
+        base=".",
+    ):
+        from .guard import Boot
+        from .updates import Updates
+
+        if boot is None:
+            boot = Boot(features_root, None, False)
         self.config = config
+        self.base = base
+        self.api = API
         self._log = log
         self.id = config["device"]
         self.hal = hal
         self.store = store
         self.bus = Bus(self._feature_error)
-        self.features = FeatureHost(self, store, features_root, importer or import_feature)
+        self.features = FeatureHost(self, store, boot.root, importer or import_feature)
+        self.updates = Updates(self, boot)
         self.features.utc_offset_min = config.get("utc_offset_min", 0)
         self.actuators = {}
         self.sensor_errors = {}
@@ -90,6 +109,7 @@ class Device:
         self.hal.safe_state()
         self.features.discover()
         self.features.start_all()
+        forget(("pb.manifest",))
         for name, s in self.features.settings.items():
             if s.get("error"):
                 self.log("feature %s disabled: %s" % (name, s["error"]))
@@ -107,11 +127,16 @@ class Device:
         """Run until stop() or a reboot command; returns the reset cause."""
         self.boot()
         self.client.subscribe(self.topic("cmd"), 1)
+        self.client.subscribe(self.topic("ota/offer"), 1)
+        self.client.subscribe(self.topic("ota/chunk"), 0)
         tasks = [
             asyncio.create_task(self._link()),
             asyncio.create_task(self._sampler()),
             asyncio.create_task(self._telemetry()),
         ]
+        trial = self.updates.start()
+        if trial is not None:
+            tasks.append(trial)
         await self._done.wait()
         await self._shutdown()
         for t in tasks:
@@ -230,6 +255,7 @@ class Device:
             "boot_count": self.state.get("boot_count", 0),
             "keepalive": self.keepalive,
             "telemetry_s": self.telemetry_ms / 1000,
+            "ota": self.updates.info(),
             "ts": self.now(),
         }
 
@@ -240,7 +266,7 @@ class Device:
         return [
             (self.topic("hello"), proto.encode("hello", self.hello()), 1, True),
             (self.topic("state"), proto.encode("state", online), 1, True),
-        ]
+        ] + self.updates.birth()
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))
@@ -251,12 +277,20 @@ class Device:
 
     def _feature_error(self, owner, exc):
         self.features.fail(owner, exc)
+        self.updates.feature_failed(owner, format_exception(exc))
+        self.republish_hello()
+
+    def republish_hello(self):
         if self.client.up:
             self._publish("hello", self.hello(), 1, True)
 
     # ---- commands ----------------------------------------------------------
 
     def _on_message(self, topic, payload, retain):
+        mine = self.topic("")
+        if topic.startswith(mine + "ota/"):
+            self.updates.on_message(topic[len(mine) :], payload, retain)
+            return
         if topic != self.topic("cmd") or retain:
             return  # not ours (some brokers over-deliver) or a stale retained command
         cmd_id = None

@@ -4,6 +4,7 @@ tuple that firmware.pb.mqtt encodes, every message kind of firmware.pb.proto
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -65,13 +66,23 @@ pubacks = st.tuples(st.just(mqtt.PUBACK), pids)
 subscribes = st.tuples(
     st.just(mqtt.SUBSCRIBE), pids, st.lists(st.tuples(topic_filters, qos01), min_size=1, max_size=4)
 )
-subacks = st.tuples(st.just(mqtt.SUBACK), pids, st.lists(st.sampled_from((0, 1, 2, 0x80)), min_size=1, max_size=5))
+subacks = st.tuples(
+    st.just(mqtt.SUBACK), pids, st.lists(st.sampled_from((0, 1, 2, 0x80)), min_size=1, max_size=5)
+)
 unsubscribes = st.tuples(st.just(mqtt.UNSUBSCRIBE), pids, st.lists(topic_filters, min_size=1, max_size=4))
 unsubacks = st.tuples(st.just(mqtt.UNSUBACK), pids)
 bare = st.sampled_from(((mqtt.PINGREQ,), (mqtt.PINGRESP,), (mqtt.DISCONNECT,)))
 
 packets = st.one_of(
-    connect_packets(), connacks, publish_packets(), pubacks, subscribes, subacks, unsubscribes, unsubacks, bare
+    connect_packets(),
+    connacks,
+    publish_packets(),
+    pubacks,
+    subscribes,
+    subacks,
+    unsubscribes,
+    unsubacks,
+    bare,
 )
 
 
@@ -80,7 +91,7 @@ def split(draw: st.DrawFn, data: bytes) -> list[bytes]:
     """data cut at arbitrary points (empty pieces included)."""
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @st.composite
@@ -210,13 +221,23 @@ def names(kind: str) -> list[str]:
     return [name for name, _code, _required in SCHEMAS[kind]]
 
 
-def extra_fields(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+# Names reserved in every kind, declared there or not (docs/protocol.md 3.0).
+RESERVED = ("dev", "id")
+
+
+@st.composite
+def extra_fields(draw: st.DrawFn, kind: str) -> dict[str, Any]:
     """Fields the kind's schema does not name; they must be kept as they are.
-    Names other kinds use ("dev" on a cmd, "id" on a hello) come up often."""
-    known = set(names(kind))
+    Names other kinds use ("state" on a hello, "dev" on a cmd) come up often;
+    a reserved name gets a value valid for it."""
+    known = set(names(kind)) | set(RESERVED)
     others = sorted({n for k in KINDS for n in names(k)} - known)
     key = st.sampled_from(others) | st.text(max_size=8).filter(lambda s: s not in known)
-    return st.dictionaries(key, json_values(2), max_size=3)
+    extra = draw(st.dictionaries(key, json_values(2), max_size=3))
+    for name in RESERVED:
+        if name not in names(kind) and draw(st.booleans()):
+            extra[name] = draw(_BY_NAME[name])
+    return extra
 
 
 @st.composite
@@ -253,11 +274,17 @@ def invalid_messages(draw: st.DrawFn) -> tuple[str, Any, str]:
     if rule == "version":
         msg["v"] = draw(st.integers().filter(lambda v: v != proto.VERSION))
         return kind, msg, "unsupported_version"
-    if rule == "dev" and "dev" in names(kind):
-        msg["dev"] = draw(invalid_ids)
+    # dev and id are checked in every kind; where the schema declares them,
+    # a value that is not a string fails the type check first
+    declared = names(kind)
+    if rule == "dev":
+        not_an_id = _shallow.filter(lambda v: not (isinstance(v, str) and ID_RE.fullmatch(v)))
+        msg["dev"] = draw(invalid_ids if "dev" in declared else invalid_ids | not_an_id)
         return kind, msg, "bad_device_id"
-    if rule == "id" and "id" in names(kind):
-        msg["id"] = draw(st.just("") | st.text(min_size=proto.MAX_ID + 1, max_size=proto.MAX_ID + 8))
+    if rule == "id":
+        long_ids = st.text(min_size=proto.MAX_ID + 1, max_size=proto.MAX_ID + 8)
+        bad = st.just("") | long_ids
+        msg["id"] = draw(bad if "id" in declared else bad | _shallow.filter(lambda v: not isinstance(v, str)))
         return kind, msg, "bad_value"
     if rule == "state" and kind == "state":
         msg["state"] = draw(st.text(max_size=10).filter(lambda s: s not in proto.STATES))
@@ -283,13 +310,18 @@ JSON_EDGE_CASES: list[tuple[bytes, str]] = [
     (b'{"v":1,"id":"a","op":"x","args":{"t":Infinity}}', "bad_json"),
     (b'{"v":1,"id":"a","op":"x","args":{"t":-Infinity}}', "bad_json"),
     (b'{"v":1,"id":"a","op":"x","args":{"t":1e400}}', "bad_value"),
-    (b'{"v":1,"id":"a","op":"x","args":[-1e999]}', "bad_value"),
-    (b"1e400", "bad_value"),
+    (b'{"v":1,"id":"a","op":"x","args":{"t":[-1e999]}}', "bad_value"),
+    (b'{"v":1,"id":"a","op":"x","args":[1e400]}', "bad_type"),  # args is an object
+    (b'{"v":1,"id":"a","op":"x","extra":1e400}', "bad_value"),
+    (b"1e400", "not_object"),
     (b"[" * 2048 + b"]" * 2048, "too_large"),
     (b'{"v":1,"id":"a","op":"x","args":' + b"[" * 1500 + b"]" * 1500 + b"}", "too_large"),
     (b'{"v":1,"id":"a","op":"x","args":{"a":' + b"[" * 15 + b"]" * 15 + b"}}", "too_large"),
     (b"x" * (proto.MAX_MESSAGE + 1), "too_large"),
-    (b'{"v":1,"id":"a","op":"x","dev":5}', "ok"),  # an unknown field on a cmd
+    (b'{"v":1,"id":"a","op":"x","dev":5}', "bad_device_id"),  # dev is reserved in every kind
+    (b'{"v":1,"id":"a","op":"x","dev":"th-01"}', "ok"),
+    (b'{"v":1,"id":5,"op":"x"}', "bad_type"),
+    (b'{"v":1,"id":"","op":"x"}', "bad_value"),
     (b'{"v":1,"id":"a","op":"x","args":{"a":' + b"[" * 14 + b"]" * 14 + b"}}", "ok"),
     (b'{"v":1,"id":"a","op":"x","args":{"t":1e-400,"u":-0.0}}', "ok"),
     (b'{"v":1,"id":"a","op":"x","args":{"s":"\\ud800"}}', "ok"),  # a lone surrogate is valid JSON

@@ -10,6 +10,10 @@ the text: MicroPython's json parser is lax (it takes `[1,]`, `{"a" 1}`,
 `01`, bad escapes, raw control characters), so a payload that is not JSON
 may still decode there. Such a payload never comes from the gateway, which
 writes its JSON with CPython's json module.
+
+Not in the corpus, a known difference: MicroPython's json does not join an
+escaped surrogate pair ("\\ud83d\\ude00") into one character. proto.encode
+writes raw UTF-8 for that reason, so no sender of this protocol escapes one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from firmware.pb import errors, mqtt, proto
+
 from ..support import micropython
 from . import corpus
 from .strategies import (
@@ -68,13 +73,13 @@ def collect(strategy: st.SearchStrategy[Any], n: int = CASES_PER_STRATEGY) -> li
 
 def on_micropython(cases: list[Any]) -> list[Any]:
     code = Path(corpus.__file__).read_text() + "\nimport sys\nmicropython_main(sys.argv[1])\n"
-    got = micropython.run_json(code, cases)
+    got = micropython.run_json_lines(code, cases)
     assert len(got) == len(cases)
     return list(got)
 
 
 def on_cpython(cases: list[Any]) -> list[Any]:
-    # through JSON like the MicroPython outcomes, so tuples in canon() compare alike
+    # through JSON, as the MicroPython outcomes come back
     return list(json.loads(json.dumps(corpus.run_corpus(cases, mqtt, proto, errors))))
 
 
@@ -148,7 +153,7 @@ def test_mqtt_decoder_agrees_with_cpython() -> None:
 
 @st.composite
 def proto_cases(draw: st.DrawFn) -> list[Any]:
-    how = draw(st.sampled_from(("valid", "other_kind", "invalid", "garbage", "mutated", "value")))
+    how = draw(st.sampled_from(("valid", "other_kind", "invalid", "invalid", "garbage", "mutated", "value")))
     kind, msg = draw(any_message)
     payload = proto.encode(kind, msg)
     if how == "other_kind":

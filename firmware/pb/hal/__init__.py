@@ -108,3 +108,8 @@ class Hal:
 
     def feed_watchdog(self):
         return None
+
+    def fault_point(self, name):
+        """A point where a test may cut the power (the host backend's
+        hal/faults.json); nothing happens on a board."""
+        return None

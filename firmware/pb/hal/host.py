@@ -10,6 +10,11 @@ from . import Hal
 
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
+# Power-cut injection for tests: {"crash_at": N, "log": true} makes the Nth
+# fault point of this process kill it with SIGKILL; "log" lists the points
+# passed in fault_points.log. The file exists only where a test put it.
+FAULTS_FILE = "faults.json"
+FAULT_LOG = "fault_points.log"
 
 
 class HostHal(Hal):
@@ -20,6 +25,8 @@ class HostHal(Hal):
         self.dir = root + "/hal"
         makedirs(self.dir)
         self._out = {}
+        if _fault[0] is None:
+            _fault[0] = _load_faults(self.dir)
         data = read_bytes(self.dir + "/" + ACTUATORS_FILE)
         if data:
             try:
@@ -58,3 +65,39 @@ class HostHal(Hal):
         # a process that starts is a board that was powered on; resets the
         # runtime asks for itself are recorded in its state store instead
         return "power_on"
+
+    def fault_point(self, name):
+        plan = _fault[0]
+        if not plan:
+            return
+        _fault[1] += 1
+        n = _fault[1]
+        if plan.get("log"):
+            with open(self.dir + "/" + FAULT_LOG, "a") as f:
+                f.write("%d %s\n" % (n, name))
+        if n == plan.get("crash_at"):
+            _kill_self()
+
+
+# [plan, points passed]: once per process, so soft resets keep counting
+_fault = [None, 0]
+
+
+def _load_faults(folder):
+    data = read_bytes(folder + "/" + FAULTS_FILE)
+    if not data:
+        return {}
+    try:
+        plan = json.loads(data)
+    except ValueError:
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def _kill_self():
+    """SIGKILL this process: a power cut, with no cleanup of any kind."""
+    import os
+
+    if hasattr(os, "kill"):
+        os.kill(os.getpid(), 9)
+    os.system("kill -9 $PPID")  # MicroPython's unix port: the shell's parent is us

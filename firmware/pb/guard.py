@@ -1,0 +1,214 @@
+# The boot guard: which feature set to run. The pointer file ota/active.json
+# names the running set; it changes only by one atomic rename, so after any
+# power cut it names either the old set or the new one, never a mix. A set in
+# trial that keeps failing to commit is replaced by the previous one; with no
+# usable set the device runs in safe mode (no features).
+import json
+
+from .compat import format_exception
+from .otafs import file_sha256
+from .store import read_bytes, write_atomic
+
+POINTER = "ota/active.json"
+JOB = "ota/job.json"
+REPORTS = "ota/reports.json"
+FACTORY = "features"
+MAX_TRIAL_BOOTS = 3
+_MAX_REPORTS = 8
+
+
+class Boot:
+    """What the guard decided: `root` is the feature folder to run (None:
+    safe mode), `pointer` the pointer record (None: factory set), `trial`
+    whether this boot is a trial, `report` an update status to tell the
+    gateway ({state, id, counter, reason}) or None."""
+
+    def __init__(self, root, pointer, trial, report=None):
+        self.root = root
+        self.pointer = pointer
+        self.trial = trial
+        self.report = report
+
+    def counter(self):
+        return self.pointer["counter"] if self.pointer else 0
+
+    def manifest(self):
+        return self.pointer.get("manifest") if self.pointer else None
+
+    def set_dir(self):
+        return self.pointer["set"] if self.pointer else FACTORY
+
+
+def read_pointer(base):
+    data = read_bytes(base + "/" + POINTER)
+    if data is None:
+        return None
+    try:
+        p = json.loads(data)
+    except ValueError:
+        return {"corrupt": True}
+    if not isinstance(p, dict) or not isinstance(p.get("set"), str):
+        return {"corrupt": True}
+    return p
+
+
+def write_pointer(base, p):
+    write_atomic(base + "/" + POINTER, json.dumps(p).encode("utf-8"))
+
+
+def features_root(base, set_dir):
+    return base + "/" + (set_dir if set_dir == FACTORY else set_dir + "/features")
+
+
+def check_set(base, set_dir):
+    """None if every file of an OTA set matches the manifest stored with it,
+    else the reason. The factory set has no manifest and is not checked."""
+    if set_dir == FACTORY:
+        return None if _is_dir(base + "/" + FACTORY) else "factory set missing"
+    from .trust import open_envelope
+
+    data = read_bytes(base + "/" + set_dir + "/manifest.json")
+    if data is None:
+        return "set %s has no manifest" % set_dir
+    try:
+        _, body, _ = open_envelope(data)
+        for f in body["files"]:
+            n, digest = file_sha256(features_root(base, set_dir) + "/" + f["path"], f["size"])
+            if n != f["size"] or digest != f["sha256"]:
+                return "%s does not match its manifest" % f["path"]
+    except Exception as exc:  # noqa: BLE001 - anything wrong with the set makes it unusable
+        return "set %s unreadable: %s" % (set_dir, format_exception(exc))
+    return None
+
+
+def _is_dir(path):
+    import os
+
+    try:
+        return bool(os.stat(path)[0] & 0x4000)
+    except OSError:
+        return False
+
+
+def _restore(base, p, reason):
+    prev = p.get("prev")
+    if not prev or check_set(base, prev["set"]) is not None:
+        return None
+    q = {
+        "set": prev["set"],
+        "counter": prev["counter"],
+        "manifest": prev.get("manifest"),
+        "state": "committed",
+    }
+    write_pointer(base, q)
+    return q
+
+
+def add_report(base, status):
+    """Keep an update status on flash until the runtime can send it."""
+    data = read_bytes(base + "/" + REPORTS)
+    try:
+        reports = json.loads(data) if data else []
+    except ValueError:
+        reports = []
+    if not isinstance(reports, list):
+        reports = []
+    reports.append(status)
+    write_atomic(base + "/" + REPORTS, json.dumps(reports[-_MAX_REPORTS:]).encode("utf-8"))
+
+
+def take_reports(base):
+    """The kept statuses, oldest first; they leave the flash."""
+    data = read_bytes(base + "/" + REPORTS)
+    from .otafs import remove
+
+    remove(base + "/" + REPORTS)
+    try:
+        reports = json.loads(data) if data else []
+    except ValueError:
+        return []
+    return reports if isinstance(reports, list) else []
+
+
+def _staged_job(base):
+    data = read_bytes(base + "/" + JOB)
+    try:
+        job = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return job if isinstance(job, dict) and job.get("phase") == "staged" else None
+
+
+def decide(base=".", fault=None, device=None, now=None):
+    """Choose the feature set for this boot (and record a trial boot).
+    device: (model, caps, api), to install a staged update first."""
+    job = _staged_job(base) if device is not None else None
+    if job is not None:
+        p = read_pointer(base)
+        running = (None, 0, None)
+        if p is not None and not p.get("corrupt"):
+            running = (p["set"], p.get("counter", 0), p.get("manifest"))
+        elif _is_dir(base + "/" + FACTORY):
+            running = (FACTORY, 0, None)
+        from .install import install
+
+        install(base, job, device, running, now() if now else 0, fault)
+    p = read_pointer(base)
+    factory = _is_dir(base + "/" + FACTORY)
+    if p is None or p.get("corrupt"):
+        if factory:
+            st = _status("failed", "pointer corrupt; factory set used") if p else None
+            if st:
+                add_report(base, st)
+            return Boot(features_root(base, FACTORY), None, False, st)
+        return _safe("no usable feature set (%s)" % ("pointer corrupt" if p else "none installed"), base)
+    if p.get("state") == "trial":
+        p["boots"] = p.get("boots", 0) + 1
+        write_pointer(base, p)  # counted before anything of the new set runs
+        if fault is not None:
+            fault("trial-boot")
+        if p["boots"] > MAX_TRIAL_BOOTS:
+            reason = "trial did not commit in %d boots" % MAX_TRIAL_BOOTS
+        else:
+            reason = check_set(base, p["set"])
+        if reason is None:
+            return Boot(features_root(base, p["set"]), p, True)
+        q = _restore(base, p, reason)
+        if q is None:
+            return _safe("trial failed (%s) and the previous set is unusable" % reason, base)
+        st = _status("rolled_back", reason, p)
+        add_report(base, st)
+        return Boot(features_root(base, q["set"]), q, False, st)
+    if p["set"] == FACTORY and not factory:
+        return _safe("factory set missing", base)
+    return Boot(features_root(base, p["set"]), p, False)
+
+
+def _status(state, reason, p=None):
+    st = {"v": 1, "state": state, "reason": reason, "id": "-", "counter": 0}
+    if p is not None:
+        st["id"] = p.get("update") or "-"
+        st["counter"] = p.get("counter", 0)
+    return st
+
+
+def _safe(reason, base=None):
+    st = _status("safe_mode", reason)
+    if base is not None:
+        add_report(base, st)
+    return Boot(None, None, False, st)
+
+
+def commit(base, p):
+    """The trial passed: the pointer keeps the set, now committed."""
+    q = dict(p)
+    q["state"] = "committed"
+    q.pop("boots", None)
+    write_pointer(base, q)
+    return q
+
+
+def rollback(base, p, reason):
+    """Give up a trial now: back to the previous set. None if there is none
+    usable (the caller then goes to safe mode)."""
+    return _restore(base, p, reason)

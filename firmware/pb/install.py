@@ -1,0 +1,133 @@
+# Installing a staged update, at boot, before the runtime is loaded (as
+# MCUboot does): RAM is plentiful then, so the signatures are checked here,
+# the new set is assembled in the slot not running and checked file by file,
+# and the pointer is switched with one atomic rename. Every step is
+# idempotent: a power cut anywhere in here just runs it again at next boot.
+import json
+
+from . import guard, otafs, trust
+from .compat import format_exception
+from .errors import StoreError, TrustError
+from .store import read_bytes, write_atomic
+
+JOB = "ota/job.json"
+STAGE = "ota/stage"
+ROOT = "ota/root.json"
+TRUST_STATE = "ota/trust.json"
+SLOTS = ("ota/a", "ota/b")
+
+
+def _load(base, rel):
+    data = read_bytes(base + "/" + rel)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _status(job, state, now, reason=None):
+    st = {"v": 1, "id": job["id"], "state": state, "counter": job.get("counter", 0), "ts": now}
+    if reason:
+        st["reason"] = reason
+    return st
+
+
+def verify(pub, msg, sig, tick=None):
+    from .ed25519 import verify as ed_verify
+
+    return ed_verify(pub, msg, sig, tick)
+
+
+def install(base, job, device, running, now, fault=None, tick=None):
+    """Check and activate a staged update. device: (model, caps, api);
+    running: (set dir, counter, manifest) of the running set. Returns the
+    new pointer, or None if the update failed (reported, staging removed)."""
+    fault = fault or (lambda name: None)
+    try:
+        p = _install(base, job, device, running, now, fault, tick)
+    except TrustError as exc:
+        reason = "%s: %s" % (exc.code, exc.message)
+    except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
+        reason = "install: " + format_exception(exc)
+    else:
+        guard.add_report(base, _status(job, "activating", now))
+        otafs.remove(base + "/" + JOB)
+        otafs.remove_tree(base + "/" + STAGE)
+        fault("installed")
+        return p
+    guard.add_report(base, _status(job, "failed", now, reason))
+    otafs.remove(base + "/" + JOB)
+    otafs.remove_tree(base + "/" + STAGE)
+    return None
+
+
+def _install(base, job, device, running, now, fault, tick):
+    model, caps, api = device
+    run_set, run_counter, run_manifest = running
+    data = read_bytes(base + "/" + STAGE + "/manifest.json")
+    if data is None or trust.sha256_hex(data) != job["manifest"]:
+        raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+    raw, body, sigs = trust.open_envelope(data)
+    root_data = read_bytes(base + "/" + ROOT)
+    if root_data is None:
+        raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
+    root = trust.load_root(root_data, verify)
+    trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
+    trust.check_manifest(body)
+    trust.check_for_device(body, model, caps, api, run_counter)
+    state = _load(base, TRUST_STATE) or {"freshness": 0}
+    if job.get("fresh_ok") != body["counter"]:
+        fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
+        trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
+        trust.check_freshness(
+            fbody, model, job["manifest"], body["counter"], job["offered_at"], state["freshness"]
+        )
+        state["freshness"] = fbody["version"]
+        write_atomic(base + "/" + TRUST_STATE, json.dumps(state).encode("utf-8"))
+        job["fresh_ok"] = body["counter"]
+        write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))
+    fault("verified")
+    target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
+    if guard.check_set(base, target) is not None or _slot_manifest(base, target) != job["manifest"]:
+        held = otafs.held_files(guard.features_root(base, run_set) if run_set else None)
+        _assemble(base, target, body["files"], held, data, fault)
+        bad = guard.check_set(base, target)
+        if bad is not None:
+            raise TrustError("mismatch", "assembled set: " + bad)
+    pointer = {
+        "set": target,
+        "prev": {"set": run_set or guard.FACTORY, "counter": run_counter, "manifest": run_manifest},
+        "counter": body["counter"],
+        "manifest": job["manifest"],
+        "state": "trial",
+        "boots": 0,
+        "update": job["id"],
+    }
+    fault("activate")
+    guard.write_pointer(base, pointer)
+    fault("activated")
+    return pointer
+
+
+def _slot_manifest(base, target):
+    data = read_bytes(base + "/" + target + "/manifest.json")
+    return trust.sha256_hex(data) if data is not None else None
+
+
+def _assemble(base, target, files, held, manifest_bytes, fault):
+    slot = base + "/" + target
+    features = slot + "/features"
+    otafs.remove_tree(slot)
+    otafs.ensure_dir(features)
+    for f in files:
+        dst = features + "/" + f["path"]
+        otafs.ensure_dir(dst[: dst.rfind("/")])
+        src = held.get(f["sha256"]) or base + "/" + STAGE + "/" + f["sha256"]
+        if otafs.size(src) != f["size"]:
+            raise TrustError("mismatch", "%s is neither held nor staged" % f["path"])
+        otafs.copy(src, dst)
+        fault("assemble")
+    # written last: a slot with its manifest is a complete slot
+    write_atomic(slot + "/manifest.json", manifest_bytes)

@@ -1,0 +1,151 @@
+# Feature manifests and config values, checked. Needed when features are
+# discovered and when a setting changes, not in between: the runtime lets
+# this module go after boot to give its RAM back.
+import json
+
+from .errors import ConfigError, FeatureError
+from .proto import valid_id
+from .store import read_bytes
+
+_MAX_LIST = 48
+_MAX_STR = 64
+_CONFIG_TYPES = ("number", "integer", "boolean", "string", "array")
+
+
+def _str_list(m, key, where):
+    v = m.get(key, [])
+    if not isinstance(v, list):
+        raise FeatureError("%s: %s must be a list" % (where, key))
+    for x in v:
+        if not isinstance(x, str) or not x:
+            raise FeatureError("%s: %s must list names" % (where, key))
+    return v
+
+
+def _semver(v):
+    """MAJOR.MINOR.PATCH of digits, optionally -prerelease."""
+    if not isinstance(v, str) or len(v) > _MAX_STR:
+        return False
+    parts = v.split("-", 1)[0].split(".")
+    if len(parts) != 3:
+        return False
+    for p in parts:
+        if not p or not p.isdigit():
+            return False
+    return True
+
+
+def check_manifest(m, name=None):
+    """Validate a feature manifest (a dict); returns it. Raises FeatureError."""
+    if not isinstance(m, dict):
+        raise FeatureError("manifest is not a JSON object")
+    fname = m.get("name")
+    if not valid_id(fname) or "-" in fname:
+        raise FeatureError("manifest name %r is not a valid feature name" % (fname,))
+    where = "feature " + fname
+    if name is not None and fname != name:
+        raise FeatureError("%s: manifest name does not match folder %r" % (where, name))
+    if not _semver(m.get("version")):
+        raise FeatureError("%s: version must be a semver string like 1.2.0" % where)
+    api = m.get("api")
+    if not isinstance(api, int) or isinstance(api, bool):
+        raise FeatureError("%s: api must be an integer" % where)
+    requires = _str_list(m, "requires", where)
+    perms = m.get("permissions", {})
+    if not isinstance(perms, dict):
+        raise FeatureError("%s: permissions must be an object" % where)
+    for key in ("reads", "drives"):
+        for cap in _str_list(perms, key, where):
+            if cap not in requires:
+                raise FeatureError("%s: permission %s %r is not in requires" % (where, key, cap))
+    _str_list(perms, "publishes", where)
+    config = m.get("config", {})
+    if not isinstance(config, dict):
+        raise FeatureError("%s: config must be an object" % where)
+    for key in config:
+        spec = config[key]
+        if not isinstance(spec, dict) or spec.get("type") not in _CONFIG_TYPES:
+            raise FeatureError("%s: config %r needs a type (%s)" % (where, key, ", ".join(_CONFIG_TYPES)))
+        if "default" not in spec:
+            raise FeatureError("%s: config %r needs a default" % (where, key))
+        for bound in ("min", "max"):
+            if bound in spec and not _num(spec[bound]):
+                raise FeatureError("%s: config %r: %s must be a number" % (where, key, bound))
+        if "enum" in spec and not isinstance(spec["enum"], list):
+            raise FeatureError("%s: config %r: enum must be a list" % (where, key))
+        try:
+            check_value(spec, key, spec["default"])
+        except ConfigError as exc:
+            raise FeatureError("%s: default of %s" % (where, exc)) from None
+    return m
+
+
+def _num(x):
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def check_value(spec, key, value):
+    """A config value checked against its spec; raises ConfigError."""
+    t = spec["type"]
+    ok = True
+    if t == "boolean":
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False
+    elif t == "number":
+        ok = isinstance(value, (int, float)) and value == value
+    elif t == "integer":
+        ok = isinstance(value, int)
+    elif t == "string":
+        ok = isinstance(value, str) and len(value) <= spec.get("max_len", _MAX_STR)
+    elif t == "array":
+        ok = isinstance(value, list) and len(value) <= spec.get("max_len", _MAX_LIST)
+    if not ok:
+        raise ConfigError("%s must be a %s" % (key, t))
+    if t in ("number", "integer"):
+        lo = spec.get("min")
+        hi = spec.get("max")
+        if _num(lo) and value < lo:
+            raise ConfigError("%s must be at least %r" % (key, lo))
+        if _num(hi) and value > hi:
+            raise ConfigError("%s must be at most %r" % (key, hi))
+    if "enum" in spec and value not in spec["enum"]:
+        raise ConfigError("%s must be one of %s" % (key, ", ".join([str(x) for x in spec["enum"]])))
+    return value
+
+
+def read_manifest(root, name):
+    data = read_bytes(root + "/" + name + "/manifest.json")
+    if data is None:
+        raise FeatureError("feature %s has no manifest.json" % name)
+    try:
+        m = json.loads(data)
+    except ValueError as exc:
+        raise FeatureError("feature %s: manifest.json is not JSON: %s" % (name, exc)) from None
+    return check_manifest(m, name)
+
+
+def list_features(root):
+    """Names of the feature folders under root (those with a manifest)."""
+    import os
+
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [n for n in names if valid_id(n) and read_bytes(root + "/" + n + "/manifest.json") is not None]
+
+
+def effective(m, stored):
+    """A feature's config: manifest defaults, overridden by stored values
+    that still fit the schema (a newer manifest may have changed it)."""
+    spec = m.get("config", {})
+    out = {}
+    for key in spec:
+        out[key] = spec[key]["default"]
+        if key in stored:
+            try:
+                out[key] = check_value(spec[key], key, stored[key])
+            except ConfigError:
+                pass
+    return out

@@ -1,0 +1,186 @@
+# Flash-side helpers of the update agent: streaming hash, copy and inflate,
+# folder removal, free space. Everything streams through one small buffer;
+# no file is ever held whole in RAM.
+import hashlib
+import os
+
+from .compat import MICROPYTHON, fsync
+from .errors import StoreError
+from .store import exists, makedirs
+
+_BUF = 512
+_WBITS = 10  # zlib window of the blobs: 1 KB (docs/ota.md)
+
+
+def size(path):
+    """Size of a file in bytes, or -1 if it does not exist."""
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def file_sha256(path, limit=-1):
+    """(size, SHA-256 hex) of a file. With limit >= 0, stops after limit + 1
+    bytes, so a file longer than expected is seen without reading it all."""
+    h = hashlib.sha256()
+    buf = bytearray(_BUF)
+    mv = memoryview(buf)
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                break
+            n += k
+            h.update(mv[:k])
+            if 0 <= limit < n:
+                break
+    return n, _hex(h.digest())
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def copy(src, dst):
+    buf = bytearray(_BUF)
+    mv = memoryview(buf)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            k = fi.readinto(buf)
+            if not k:
+                break
+            fo.write(mv[:k])
+        fsync(fo)
+
+
+def inflate(src, dst, max_size):
+    """Inflate the zlib file src into dst; (size, SHA-256 hex) of the output.
+    Stops as soon as the output would exceed max_size (returns max_size + 1)."""
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(_BUF)
+    mv = memoryview(buf)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for chunk in _inflated(fi, buf, mv):
+            n += len(chunk)
+            if n > max_size:
+                return max_size + 1, ""
+            h.update(chunk)
+            fo.write(chunk)
+        fsync(fo)
+    return n, _hex(h.digest())
+
+
+def _inflated(fi, buf, mv):
+    if MICROPYTHON:
+        import deflate
+
+        # the window is fixed at 2^10: a blob cannot make us allocate more
+        d = deflate.DeflateIO(fi, deflate.ZLIB, _WBITS)
+        while True:
+            k = d.readinto(buf)
+            if not k:
+                return
+            yield mv[:k]
+    else:
+        import zlib
+
+        d = zlib.decompressobj(_WBITS)
+        try:
+            while True:
+                k = fi.readinto(buf)
+                if not k:
+                    break
+                out = d.decompress(mv[:k], _BUF)
+                while out:
+                    yield out
+                    out = d.decompress(d.unconsumed_tail, _BUF) if d.unconsumed_tail else b""
+            tail = d.flush()
+        except zlib.error as exc:
+            raise ValueError("compressed data is invalid: %s" % exc) from None
+        if tail:
+            yield tail
+        if not d.eof:
+            raise ValueError("compressed data is truncated")
+
+
+def remove_tree(path):
+    """rm -r; a missing path is fine."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if st[0] & 0x4000:  # a directory
+        for name in os.listdir(path):
+            remove_tree(path + "/" + name)
+        os.rmdir(path)
+    else:
+        os.remove(path)
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def walk(root, prefix=""):
+    """Relative paths of every file under root, sorted."""
+    out = []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(".") or name == "__pycache__":
+            continue
+        p = root + "/" + name
+        rel = prefix + name
+        if os.stat(p)[0] & 0x4000:
+            out.extend(walk(p, rel + "/"))
+        else:
+            out.append(rel)
+    return out
+
+
+def held_files(root):
+    """{sha256: path} of every file under root (None: no files)."""
+    out = {}
+    if root is None:
+        return out
+    for rel in walk(root):
+        out[file_sha256(root + "/" + rel)[1]] = root + "/" + rel
+    return out
+
+
+def free_bytes(path):
+    """Free space on the filesystem holding path, or -1 if unknown."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return -1
+    return st[0] * st[4]
+
+
+def ensure_dir(path):
+    try:
+        makedirs(path)
+    except OSError as exc:
+        raise StoreError("cannot create %s: %s" % (path, exc)) from exc
+
+
+__all__ = [
+    "copy",
+    "ensure_dir",
+    "exists",
+    "file_sha256",
+    "free_bytes",
+    "inflate",
+    "remove",
+    "remove_tree",
+    "size",
+    "walk",
+]

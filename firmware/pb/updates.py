@@ -1,0 +1,154 @@
+# The runtime's side of updates: routes offers and chunks to the download
+# agent (imported only when an update is under way: it costs RAM), carries
+# its requests and statuses over MQTT, resets when an update is staged (the
+# boot guard installs it), and runs the trial of a newly activated set:
+# commit when healthy, roll back when not.
+import json
+
+from . import guard
+from .compat import asyncio, format_exception, sleep_ms, ticks_diff, ticks_ms
+from .store import exists
+
+_TRIAL_S = 60
+
+
+class Updates:
+    def __init__(self, device, boot):
+        self.dev = device
+        self.boot = boot
+        self.agent = None
+        self.trial_s = device.config.get("ota_trial_s", _TRIAL_S)
+
+    # ---- starting ----------------------------------------------------------
+
+    def start(self):
+        """At boot: send what the boot guard reported, resume a download a
+        reset interrupted, and begin the trial of a new set."""
+        d = self.dev
+        for st in guard.take_reports(d.base):
+            self._status(st)
+        if exists(d.base + "/" + "ota/job.json"):
+            self._agent()
+        if self.boot.trial:
+            p = self.boot.pointer
+            self._status({"v": 1, "id": p.get("update") or "-", "state": "trial", "counter": p["counter"]})
+            return asyncio.create_task(self._trial())
+        return None
+
+    def _agent(self):
+        if self.agent is None:
+            from .ota import Agent
+
+            d = self.dev
+            b = self.boot
+            self.agent = Agent(
+                d.base,
+                d.config["model"],
+                b.counter(),
+                lambda: _held(b.root),
+                self,
+                self._status,
+                d.now,
+                lambda: d.client.up,
+                d.hal.fault_point,
+            )
+            cfg = d.config
+            self.agent.chunk = cfg.get("ota_chunk", self.agent.chunk)
+            self.agent.window = cfg.get("ota_window", self.agent.window)
+            self.agent.on_staged = lambda: d.stop("update")
+            asyncio.create_task(self.agent.run())
+        return self.agent
+
+    # ---- messages ----------------------------------------------------------
+
+    def on_message(self, kind, payload, retain):
+        if kind == "ota/chunk":
+            if self.agent is not None:
+                self.agent.on_chunk(payload)
+        elif kind == "ota/offer" and not retain:
+            busy = "a trial is in progress" if self.boot.trial else None
+            self._agent().on_offer(payload, busy)
+
+    def request(self, uid, obj, off, length, seq):
+        """The agent's transport: ask the gateway for bytes."""
+        d = self.dev
+        msg = {"v": 1, "dev": d.id, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
+        d.client.publish(d.topic("ota/req"), json.dumps(msg), 0, False)
+
+    def _status(self, msg):
+        d = self.dev
+        msg["dev"] = d.id
+        if "ts" not in msg:
+            msg["ts"] = d.now()
+        d.client.publish(d.topic("ota/status"), json.dumps(msg), 1, True)
+        if msg["state"] not in ("downloading", "offered"):
+            d.log("update %s: %s %s" % (msg.get("id"), msg["state"], msg.get("reason") or ""))
+
+    def info(self):
+        """What the hello says of the running set."""
+        b = self.boot
+        if b.root is None:
+            state = "safe_mode"
+        elif b.pointer is None:
+            state = "factory"
+        else:
+            state = "trial" if b.trial else "committed"
+        return {"counter": b.counter(), "manifest": b.manifest(), "state": state}
+
+    # ---- the trial ---------------------------------------------------------
+
+    def feature_failed(self, name, reason):
+        """A feature raised: during a trial that is reason enough to go back."""
+        if self.boot.trial:
+            self.rollback("feature %s failed: %s" % (name, reason))
+
+    async def _trial(self):
+        d = self.dev
+        f = d.features
+        t0 = ticks_ms()
+        try:
+            for name in sorted(f.settings):
+                err = f.settings[name].get("error")
+                if err:
+                    self.rollback("%s did not start: %s" % (name, err))
+                    return
+            bad = f.selftest()
+            if bad:
+                name = sorted(bad)[0]
+                self.rollback("self-test of %s failed: %s" % (name, bad[name]))
+                return
+            while self.boot.trial and (not d.client.up or ticks_diff(ticks_ms(), t0) < self.trial_s * 1000):
+                await sleep_ms(200)
+            if self.boot.trial:
+                self.commit()
+        except Exception as exc:  # noqa: BLE001 - the trial itself failing is a failed trial
+            self.rollback("trial: " + format_exception(exc))
+
+    def commit(self):
+        d = self.dev
+        p = self.boot.pointer
+        d.hal.fault_point("commit")
+        self.boot.pointer = guard.commit(d.base, p)
+        self.boot.trial = False
+        d.hal.fault_point("committed")
+        self._status({"v": 1, "id": p.get("update") or "-", "state": "committed", "counter": p["counter"]})
+        d.republish_hello()
+
+    def rollback(self, reason):
+        d = self.dev
+        p = self.boot.pointer
+        if not self.boot.trial:
+            return
+        self.boot.trial = False
+        if guard.rollback(d.base, p, reason) is None:
+            d.log("no usable previous set: the next boots end in safe mode")
+        st = {"v": 1, "id": p.get("update") or "-", "state": "rolled_back", "counter": p["counter"]}
+        st["reason"] = reason
+        self._status(st)
+        d.stop("rollback")
+
+
+def _held(root):
+    from .otafs import held_files
+
+    return held_files(root)

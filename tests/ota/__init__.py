@@ -1,0 +1,1 @@
+"""Tests of the ota package: keys, releases, verification, inspection, CLI."""

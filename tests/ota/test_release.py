@@ -1,0 +1,268 @@
+"""Building, reading and signing releases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from firmware.pb import trust
+from ota.errors import BuildError, KeyStoreError, ReleaseError
+from ota.keys import Keys, load_keys
+from ota.release import Release, build, read, sign
+from ota.verify import verify_release
+
+from .helpers import edit_manifest, write_feature
+
+
+def test_build_the_thermostat(release: Release, features_dir: Path) -> None:
+    src = features_dir / "thermostat"
+    body = release.body
+    assert (body["v"], body["type"], body["model"], body["counter"]) == (1, "release", "thermostat", 2)
+    assert body["version"] == "2026.11.1" and body["api"] == 1
+    assert body["requires"] == ["relay", "temperature"]
+    assert body["features"] == {
+        "thermostat": {
+            "version": "1.0.0",
+            "permissions": {
+                "reads": ["temperature"],
+                "drives": ["relay"],
+                "publishes": ["setpoint", "heating", "mode"],
+            },
+        }
+    }
+    assert [f.path for f in release.files] == ["thermostat/__init__.py", "thermostat/manifest.json"]
+    for f in release.files:
+        content = (src / f.path.split("/", 1)[1]).read_bytes()
+        blob = release.blob_path(f).read_bytes()
+        assert release.blob_path(f).name == hashlib.sha256(content).hexdigest() + ".z"
+        assert (f.size, f.sha256) == (len(content), hashlib.sha256(content).hexdigest())
+        assert (f.zsize, f.zsha256) == (len(blob), hashlib.sha256(blob).hexdigest())
+        assert blob[0] == 0x28  # zlib header: deflate, window 2^(2+8)
+        assert zlib.decompressobj(10).decompress(blob) == content
+    assert sorted(p.name for p in release.path.iterdir()) == ["blobs", "manifest.json"]
+    assert release.sha256 == hashlib.sha256((release.path / "manifest.json").read_bytes()).hexdigest()
+
+
+def test_build_skips_caches_compiled_files_and_dotfiles(tmp_path: Path, features_dir: Path) -> None:
+    src = features_dir / "thermostat"
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (src / "old.pyc").write_bytes(b"\0")
+    (src / ".DS_Store").write_bytes(b"\0")
+    (src / ".git").mkdir()
+    (src / ".git" / "config").write_text("x")
+    (src / "lib").mkdir()
+    (src / "lib" / "curve.py").write_text("X = 1\n")
+    rel = build("thermostat", [src], "1", tmp_path / "r", counter=1)
+    assert [f.path for f in rel.files] == [
+        "thermostat/__init__.py",
+        "thermostat/lib/curve.py",
+        "thermostat/manifest.json",
+    ]
+
+
+def test_counter_defaults_to_the_time(tmp_path: Path, features_dir: Path) -> None:
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", now=1795400000.7)
+    assert rel.counter == 1795400000 and rel.body["created"] == 1795400000
+
+
+def test_unsigned_build_and_sign_keep_the_signed_string(
+    tmp_path: Path, keys: Keys, features_dir: Path
+) -> None:
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert rel.signatures == ()
+    before = json.loads(rel.manifest)["signed"]
+    signed = sign(rel.path, keys)
+    assert json.loads(signed.manifest)["signed"] == before
+    assert len(signed.signatures) == 1
+    assert sign(rel.path, keys).signatures == signed.signatures  # signing again changes nothing
+    verify_release(rel.path, keys.path)
+
+
+def test_build_compiles_modules_with_mpy_cross(tmp_path: Path, features_dir: Path) -> None:
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, compile_mpy=True)
+    assert [f.path for f in rel.files] == ["thermostat/__init__.mpy", "thermostat/manifest.json"]
+    mpy = zlib.decompress(rel.blob_path(rel.files[0]).read_bytes())
+    assert mpy[:1] == b"M"
+
+
+def test_build_refuses_a_feature_that_does_not_compile(tmp_path: Path, features_dir: Path) -> None:
+    (features_dir / "thermostat" / "broken.py").write_text("def (:\n")
+    with pytest.raises(BuildError, match=r"mpy-cross failed on thermostat/broken\.py"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, compile_mpy=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_path_escape_is_refused_at_build(tmp_path: Path, features_dir: Path) -> None:
+    outside = tmp_path / "secrets"
+    outside.mkdir()
+    (outside / "wifi.txt").write_text("password")
+    (features_dir / "thermostat" / "data").symlink_to(outside)
+    with pytest.raises(BuildError, match="symbolic link"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    (features_dir / "thermostat" / "data").unlink()
+    (features_dir / "thermostat" / "wifi.txt").symlink_to(outside / "wifi.txt")
+    with pytest.raises(BuildError, match="symbolic link"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["README.md", "a b.py", "ünï.py"])
+def test_bad_file_name_is_refused_at_build(tmp_path: Path, features_dir: Path, name: str) -> None:
+    (features_dir / "thermostat" / name).write_text("x")
+    with pytest.raises(BuildError, match=r"cannot ship: .* character outside a-z 0-9 _ \. -"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+
+
+def test_too_long_path_is_refused_at_build(tmp_path: Path, features_dir: Path) -> None:
+    (features_dir / "thermostat" / ("x" * 90 + ".py")).write_text("x")
+    with pytest.raises(BuildError, match="1-96 characters"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+
+
+def test_feature_name_must_match_its_folder(tmp_path: Path, features_dir: Path) -> None:
+    os.rename(features_dir / "thermostat", features_dir / "heater")
+    with pytest.raises(BuildError, match="does not match folder 'heater'"):
+        build("thermostat", [features_dir / "heater"], "1", tmp_path / "r", counter=1)
+
+
+def test_invalid_feature_manifest_is_refused(tmp_path: Path, features_dir: Path) -> None:
+    edit_manifest(features_dir / "thermostat", version="one")
+    with pytest.raises(BuildError, match="semver"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    (features_dir / "thermostat" / "manifest.json").write_text("{")
+    with pytest.raises(BuildError, match="not JSON"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    with pytest.raises(BuildError, match="not a feature"):
+        build("thermostat", [tmp_path], "1", tmp_path / "r", counter=1)
+
+
+def test_unknown_model_is_refused(tmp_path: Path, features_dir: Path) -> None:
+    with pytest.raises(BuildError, match=r"unknown model 'toaster' \(known: shirt, thermostat\)"):
+        build("toaster", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+
+
+def test_hardware_no_board_of_the_model_has_is_refused(tmp_path: Path, features_dir: Path) -> None:
+    with pytest.raises(BuildError, match=r"no thermostat board has .*thermostat-v1 lacks vent"):
+        build(
+            "thermostat", [features_dir / "thermostat", features_dir / "vent"], "1", tmp_path / "r", counter=1
+        )
+
+
+def test_features_must_agree_on_the_api(tmp_path: Path, features_dir: Path, eco: Path) -> None:
+    edit_manifest(eco, api=2)
+    with pytest.raises(BuildError, match=r"different runtime APIs .*eco needs 2, thermostat needs 1"):
+        build("thermostat", [features_dir / "thermostat", eco], "1", tmp_path / "r", counter=1)
+
+
+def test_requires_is_the_union_of_the_features(tmp_path: Path, features_dir: Path, eco: Path) -> None:
+    edit_manifest(eco, requires=["temperature", "humidity"])
+    rel = build("thermostat", [eco, features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert rel.body["requires"] == ["humidity", "relay", "temperature"]
+    assert list(rel.features) == ["eco", "thermostat"]
+    assert [f.path for f in rel.files][:2] == ["eco/__init__.py", "eco/manifest.json"]
+
+
+def test_a_feature_given_twice_is_refused(tmp_path: Path, features_dir: Path) -> None:
+    t = features_dir / "thermostat"
+    with pytest.raises(BuildError, match="given twice"):
+        build("thermostat", [t, t], "1", tmp_path / "r", counter=1)
+
+
+def test_identical_files_share_one_blob(tmp_path: Path, features_dir: Path) -> None:
+    (features_dir / "thermostat" / "a.txt").write_text("same")
+    (features_dir / "thermostat" / "b.txt").write_text("same")
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert len({f.sha256 for f in rel.files}) == 3 == len(list((rel.path / "blobs").iterdir()))
+
+
+@pytest.mark.parametrize("counter", [0, -1, True])
+def test_bad_counter_is_refused(tmp_path: Path, features_dir: Path, counter: int) -> None:
+    with pytest.raises(BuildError, match="counter"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=counter)
+
+
+def test_more_files_than_a_device_takes_are_refused(tmp_path: Path, features_dir: Path) -> None:
+    for i in range(80):
+        (features_dir / "thermostat" / f"part_{i:03d}.py").write_text(f"X = {i}\n")
+    with pytest.raises(BuildError, match=r"more than 64 files"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+
+
+def test_a_manifest_larger_than_a_device_reads_is_refused(tmp_path: Path, features_dir: Path) -> None:
+    for i in range(60):
+        name = f"a_rather_long_module_name_to_fill_the_manifest_{i:03d}.py"
+        (features_dir / "thermostat" / name).write_text(f"X = {i}\n")
+    with pytest.raises(BuildError, match=r"exceeds the 16384 a device accepts .*ship fewer files"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+
+
+def test_an_existing_release_is_never_overwritten(
+    tmp_path: Path, release: Release, features_dir: Path
+) -> None:
+    before = release.manifest
+    with pytest.raises(BuildError, match="never overwritten"):
+        build("thermostat", [features_dir / "thermostat"], "2", release.path, counter=3)
+    assert read(release.path).manifest == before
+    (tmp_path / "empty").mkdir()
+    assert build("thermostat", [features_dir / "thermostat"], "2", tmp_path / "empty", counter=3).counter == 3
+
+
+def test_a_failed_build_leaves_nothing(tmp_path: Path, features_dir: Path) -> None:
+    (features_dir / "thermostat" / "BAD").write_text("x")
+    with pytest.raises(BuildError):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "out" / "r", counter=1)
+    assert list(tmp_path.glob("**/*.tmp")) == [] and not (tmp_path / "out" / "r").exists()
+
+
+def test_build_signs_only_with_a_release_key(tmp_path: Path, keys: Keys, features_dir: Path) -> None:
+    (keys.path / "release.key").unlink()
+    with pytest.raises(KeyStoreError, match=r"no release\.key"):
+        build(
+            "thermostat",
+            [features_dir / "thermostat"],
+            "1",
+            tmp_path / "r",
+            counter=1,
+            keys=load_keys(keys.path),
+        )
+    assert not (tmp_path / "r").exists()
+
+
+def test_read_a_release_with_a_missing_blob(release: Release) -> None:
+    release.blob_path(release.files[0]).unlink()
+    with pytest.raises(ReleaseError, match=r"blob of thermostat/__init__\.py is missing") as err:
+        read(release.path)
+    assert err.value.code == "missing_blob"
+
+
+def test_read_what_is_not_a_release(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match=r"no manifest\.json"):
+        read(tmp_path)
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(ReleaseError) as err:
+        read(tmp_path)
+    assert err.value.code == "bad_envelope"
+
+
+def test_sign_refuses_a_tampered_blob(release: Release, keys: Keys) -> None:
+    blob = release.blob_path(release.files[0])
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ReleaseError) as err:
+        sign(release.path, keys)
+    assert err.value.code == "mismatch"
+
+
+def test_a_feature_of_my_own(tmp_path: Path) -> None:
+    f = write_feature(
+        tmp_path / "src" / "vent_log",
+        {"name": "vent_log", "version": "0.1.0-beta", "api": 1, "requires": ["vent"]},
+    )
+    rel = build("shirt", [f], "0.1", tmp_path / "r", counter=5)
+    assert rel.body["features"]["vent_log"]["permissions"] == {"reads": [], "drives": [], "publishes": []}
+    trust.check_manifest(rel.body)
