@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .paths import firmware_dir
 
 CONFIG_FILE = "config.json"
+ROOT_FILE = "ota/root.json"  # the update keys this device trusts
 RESERVED_IDS = ("gateway",)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0}
@@ -128,7 +129,7 @@ def _compile(src: Path, rel: str) -> bytes:
 
 
 def device_files(
-    config: dict[str, Any], features: list[str], compile_mpy: bool = False
+    config: dict[str, Any], features: list[str], compile_mpy: bool = False, root: bytes | None = None
 ) -> Iterator[tuple[str, bytes]]:
     """(path on the device, content) of every file of a device's filesystem.
     With compile_mpy, modules other than boot.py and main.py go as .mpy."""
@@ -151,6 +152,8 @@ def device_files(
             yield rel, src.read_bytes()
     board = config["board"]
     yield f"boards/{board}.json", (fw / "boards" / f"{board}.json").read_bytes()
+    if root is not None:
+        yield ROOT_FILE, root
     yield CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode()
 
 
@@ -168,23 +171,30 @@ def provision_into(
     telemetry_s: float = 10,
     sample_s: float = 1,
     keepalive: int = 30,
+    root: bytes | None = None,
+    trial_s: float | None = None,
 ) -> Provisioned:
     """Write a complete host device into `into`; it then runs with
-    `cd into && micropython main.py`. Raises ConfigError."""
+    `cd into && micropython main.py`. root: the root.json of the update keys
+    it trusts (without one it refuses every update). Raises ConfigError."""
     b = board_for(model, board)
     feats = list(b.get("features", [])) if features is None else features
     password = password or broker.password or secrets.token_urlsafe(18)
     config = make_config(
         device, b, broker, password, telemetry_s=telemetry_s, sample_s=sample_s, keepalive=keepalive
     )
+    if trial_s is not None:
+        config["ota_trial_s"] = trial_s
+    if root is not None:
+        _check_root(root)
     if into.exists() and any(into.iterdir()):
         old = into / CONFIG_FILE
         if not force:
             what = "another device" if old.exists() else "other files"
             raise ConfigError(f"{into} is not empty (holds {what}); use --force to replace it")
-        for sub in ("pb", "features", "boards", "data"):
+        for sub in ("pb", "features", "boards", "data", "ota"):
             shutil.rmtree(into / sub, ignore_errors=True)
-    files = list(device_files(config, feats, compile_mpy))  # fail before writing anything
+    files = list(device_files(config, feats, compile_mpy, root))  # fail before writing anything
     for rel, data in files:
         path = into / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,3 +212,14 @@ def provision_into(
         }
         sensors.write_text(json.dumps(values) + "\n")
     return Provisioned(into, device, b["model"], b["board"], config["broker"]["user"], password, tuple(feats))
+
+
+def _check_root(root: bytes) -> None:
+    from firmware.pb.ed25519 import verify
+    from firmware.pb.errors import TrustError
+    from firmware.pb.trust import load_root
+
+    try:
+        load_root(root, verify)
+    except TrustError as exc:
+        raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc

@@ -55,6 +55,7 @@ def make_device(tmp_path: Path) -> Iterator[MakeDevice]:
     ) -> DeviceProcess:
         dev_id = dev_id or unique_id(model[:2])
         password = secrets.token_urlsafe(12)
+        options.setdefault("compile_mpy", interpreter == "micropython")
         provision_into(
             tmp_path / dev_id,
             model,

@@ -5,7 +5,7 @@ import json
 from .compat import MICROPYTHON, asyncio, forget, format_exception, print_exception, sleep_ms
 from .errors import ConfigError
 from .features import API
-from .proto import valid_id
+from .wire import valid_id
 from .store import Store, read_bytes
 
 CONFIG_FILE = "config.json"
@@ -55,7 +55,7 @@ def make_hal(config, root="."):
 # Imported one at a time with a collection in between: compiling a module
 # needs a contiguous block, and a fragmented heap is what fails first on a
 # small board.
-_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.guard", "pb.updates", "pb.runtime")
+_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.updates", "pb.runtime")
 
 
 def _import_runtime():
@@ -67,14 +67,22 @@ def _import_runtime():
     gc.collect()
 
 
-async def _run(root):
+def _choose(root, config, hal):
+    # a staged update is installed now, while little else is in RAM; then
+    # the modules only the boot needs go, so the runtime gets their RAM
     from .guard import decide
 
+    chosen = decide(root, hal.fault_point, (config["model"], hal.caps, API), hal.time)
+    forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
+    return chosen
+
+
+async def _run(root):
     config = load_config(root)
     hal = make_hal(config, root)
-    # a staged update is installed now, while little else is in RAM
-    boot = decide(root, hal.fault_point, (config["model"], hal.caps, API), hal.time)
-    forget(("pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.manifest"))
+    from .updates import Boot
+
+    boot = Boot(*_choose(root, config, hal))
     if MICROPYTHON:
         _import_runtime()
     from .runtime import Device

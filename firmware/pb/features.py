@@ -9,7 +9,7 @@
 import sys
 
 from .compat import format_exception
-from .errors import ConfigError, FeatureError, HalError
+from .errors import FeatureError, HalError
 
 API = 1
 MAX_FEATURES = 16
@@ -217,20 +217,9 @@ class FeatureHost:
         self.emit_event("feature_error", name, reason)
 
     def enable(self, name, on):
-        if name not in self.manifests:
-            raise FeatureError("no feature %r" % name)
-        s = self._setting(name)
-        s["enabled"] = on
-        s["error"] = None
-        if on and name not in self.running:
-            self._save()
-            if not self.start(name):
-                raise FeatureError("%s did not start: %s" % (name, s["error"]))
-        elif not on and name in self.running:
-            self.stop(name)
-        self._save()
+        from .configure import enable
 
-    # ---- config ------------------------------------------------------------
+        enable(self, name, on)
 
     def config(self, name):
         """The feature's effective config (a copy)."""
@@ -244,60 +233,9 @@ class FeatureHost:
     def set_config(self, name, values):
         """Validate every value first, then store and apply them together.
         Raises FeatureError (unknown feature) or ConfigError."""
-        if name not in self.manifests:
-            raise FeatureError("no feature %r" % name)
-        if not isinstance(values, dict) or not values:
-            raise ConfigError("values must be a non-empty object")
-        from .manifest import check_value, effective
+        from .configure import set_config
 
-        spec = self.manifests[name].get("config", {})
-        for key in values:
-            if key not in spec:
-                raise ConfigError("%s has no setting %r (has: %s)" % (name, key, ", ".join(sorted(spec))))
-            check_value(spec[key], key, values[key])
-        mod = self.modules.get(name)
-        if mod is not None and hasattr(mod, "check_config"):
-            merged = self.config(name)
-            merged.update(values)
-            try:
-                mod.check_config(merged)
-            except Exception as exc:  # noqa: BLE001 - feature code: any failure is a refusal
-                raise ConfigError(
-                    str(exc) if isinstance(exc, ValueError) else format_exception(exc)
-                ) from None
-        setting = self._setting(name)
-        old = dict(setting.get("config", {}))
-        setting["config"] = dict(old)
-        setting["config"].update(values)
-        self._save()
-        self.configs[name] = effective(self.manifests[name], setting["config"])
-        cfg = self.config(name)
-        obj = self.running.get(name)
-        if obj is None:
-            return cfg
-        error = None
-        if hasattr(obj, "on_config"):
-            self.contexts[name].config.update(cfg)
-            try:
-                for key in values:
-                    obj.on_config(key, values[key])
-            except Exception as exc:  # noqa: BLE001 - feature code
-                error = format_exception(exc)
-        else:
-            self.stop(name)
-            if not self.start(name):
-                error = setting.get("error")
-        if error is not None:
-            # the feature cannot live with the new settings: put back the
-            # old ones and the feature as it ran, and say why
-            setting["config"] = old
-            setting["error"] = None
-            self._save()
-            self.configs[name] = effective(self.manifests[name], old)
-            self.stop(name)
-            self.start(name)
-            raise ConfigError("%s rejected the new settings (%s); kept the previous ones" % (name, error))
-        return cfg
+        return set_config(self, name, values)
 
     def set_data(self, key, value):
         self.data[key] = value
@@ -320,17 +258,10 @@ class FeatureHost:
         return out
 
     def selftest(self):
-        """Run each running feature's selftest(); {name: error} for failures."""
-        bad = {}
-        for name in list(self.running):
-            obj = self.running[name]
-            if hasattr(obj, "selftest"):
-                try:
-                    if obj.selftest() is False:
-                        bad[name] = "self-test returned False"
-                except Exception as exc:  # noqa: BLE001 - feature code
-                    bad[name] = format_exception(exc)
-        return bad
+        """{name: error} for running features whose selftest() fails."""
+        from .configure import selftest
+
+        return selftest(self)
 
     def _setting(self, name):
         return self.settings.setdefault(name, {})

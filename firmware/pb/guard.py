@@ -3,6 +3,11 @@
 # power cut it names either the old set or the new one, never a mix. A set in
 # trial that keeps failing to commit is replaced by the previous one; with no
 # usable set the device runs in safe mode (no features).
+#
+# Used at boot only: the runtime lets this module go once the set is chosen.
+# decide() answers (root, pointer, trial, report): the feature folder to run
+# (None: safe mode), the pointer record (None: factory set), whether this
+# boot is a trial, and an update status to tell the gateway, or None.
 import json
 
 from .compat import format_exception
@@ -15,28 +20,6 @@ REPORTS = "ota/reports.json"
 FACTORY = "features"
 MAX_TRIAL_BOOTS = 3
 _MAX_REPORTS = 8
-
-
-class Boot:
-    """What the guard decided: `root` is the feature folder to run (None:
-    safe mode), `pointer` the pointer record (None: factory set), `trial`
-    whether this boot is a trial, `report` an update status to tell the
-    gateway ({state, id, counter, reason}) or None."""
-
-    def __init__(self, root, pointer, trial, report=None):
-        self.root = root
-        self.pointer = pointer
-        self.trial = trial
-        self.report = report
-
-    def counter(self):
-        return self.pointer["counter"] if self.pointer else 0
-
-    def manifest(self):
-        return self.pointer.get("manifest") if self.pointer else None
-
-    def set_dir(self):
-        return self.pointer["set"] if self.pointer else FACTORY
 
 
 def read_pointer(base):
@@ -117,19 +100,6 @@ def add_report(base, status):
     write_atomic(base + "/" + REPORTS, json.dumps(reports[-_MAX_REPORTS:]).encode("utf-8"))
 
 
-def take_reports(base):
-    """The kept statuses, oldest first; they leave the flash."""
-    data = read_bytes(base + "/" + REPORTS)
-    from .otafs import remove
-
-    remove(base + "/" + REPORTS)
-    try:
-        reports = json.loads(data) if data else []
-    except ValueError:
-        return []
-    return reports if isinstance(reports, list) else []
-
-
 def _staged_job(base):
     data = read_bytes(base + "/" + JOB)
     try:
@@ -160,7 +130,7 @@ def decide(base=".", fault=None, device=None, now=None):
             st = _status("failed", "pointer corrupt; factory set used") if p else None
             if st:
                 add_report(base, st)
-            return Boot(features_root(base, FACTORY), None, False, st)
+            return (features_root(base, FACTORY), None, False, st)
         return _safe("no usable feature set (%s)" % ("pointer corrupt" if p else "none installed"), base)
     if p.get("state") == "trial":
         p["boots"] = p.get("boots", 0) + 1
@@ -172,16 +142,16 @@ def decide(base=".", fault=None, device=None, now=None):
         else:
             reason = check_set(base, p["set"])
         if reason is None:
-            return Boot(features_root(base, p["set"]), p, True)
+            return (features_root(base, p["set"]), p, True, None)
         q = _restore(base, p, reason)
         if q is None:
             return _safe("trial failed (%s) and the previous set is unusable" % reason, base)
         st = _status("rolled_back", reason, p)
         add_report(base, st)
-        return Boot(features_root(base, q["set"]), q, False, st)
+        return (features_root(base, q["set"]), q, False, st)
     if p["set"] == FACTORY and not factory:
         return _safe("factory set missing", base)
-    return Boot(features_root(base, p["set"]), p, False)
+    return (features_root(base, p["set"]), p, False, None)
 
 
 def _status(state, reason, p=None):
@@ -196,16 +166,7 @@ def _safe(reason, base=None):
     st = _status("safe_mode", reason)
     if base is not None:
         add_report(base, st)
-    return Boot(None, None, False, st)
-
-
-def commit(base, p):
-    """The trial passed: the pointer keeps the set, now committed."""
-    q = dict(p)
-    q["state"] = "committed"
-    q.pop("boots", None)
-    write_pointer(base, q)
-    return q
+    return (None, None, False, st)
 
 
 def rollback(base, p, reason):

@@ -4,7 +4,7 @@
 import json
 
 from .errors import ConfigError, FeatureError
-from .proto import valid_id
+from .wire import valid_id
 from .store import read_bytes
 
 _MAX_LIST = 48

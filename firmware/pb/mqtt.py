@@ -1,4 +1,7 @@
-# MQTT 3.1.1 packet codec, sans-I/O: bytes in, tuples out, and back.
+# MQTT 3.1.1 packet codec, sans-I/O: bytes in, tuples out, and back. This
+# is the client's half (what a device sends and receives); the broker's half
+# (CONNECT, SUBSCRIBE... parsed; CONNACK, SUBACK... built) is in mqtt_peer.py,
+# which tests and tools load and a device never does.
 #
 # Packets are small tuples whose first item is the packet type:
 #   (CONNECT, client_id, clean, keepalive, will, user, password)
@@ -9,8 +12,9 @@
 #   (SUBSCRIBE, pid, [(filter, qos), ...])  (SUBACK, pid, [code, ...])
 #   (UNSUBSCRIBE, pid, [filter, ...])
 #   (PINGREQ,)  (PINGRESP,)  (DISCONNECT,)
-#   (SKIPPED, remaining_length)   a PUBLISH larger than the decoder's limit,
-#                                 consumed without being buffered
+#   (SKIPPED, remaining_length, topic, qos, pid)   a PUBLISH larger than the
+#       decoder's limit, consumed without being buffered; topic is None (and
+#       qos, pid 0) if its header could not be read
 # QoS 2 is not spoken: subscriptions ask for at most QoS 1, so a broker never
 # sends QoS 2, and a QoS 2 PUBLISH is reported as a protocol error.
 import struct
@@ -177,10 +181,6 @@ def connect(client_id, keepalive, clean=True, user=None, password=None, will=Non
     return b"\x10" + encode_length(len(body)) + body
 
 
-def connack(session_present, code):
-    return bytes((0x20, 2, 1 if session_present else 0, code))
-
-
 def publish_header(topic, length, qos=0, retain=False, dup=False, pid=0):
     """Fixed and variable header of a PUBLISH whose payload (length bytes)
     the caller writes next; large payloads are never copied into one buffer."""
@@ -215,12 +215,6 @@ def subscribe(pid, filters):
     return b"\x82" + encode_length(len(body)) + body
 
 
-def suback(pid, codes):
-    _check_pid(pid)
-    body = struct.pack("!H", pid) + bytes(codes)
-    return b"\x90" + encode_length(len(body)) + body
-
-
 def unsubscribe(pid, filters):
     _check_pid(pid)
     if not filters:
@@ -232,49 +226,12 @@ def unsubscribe(pid, filters):
     return b"\xa2" + encode_length(len(body)) + body
 
 
-def unsuback(pid):
-    _check_pid(pid)
-    return b"\xb0\x02" + struct.pack("!H", pid)
-
-
 def pingreq():
     return b"\xc0\x00"
 
 
-def pingresp():
-    return b"\xd0\x00"
-
-
 def disconnect():
     return b"\xe0\x00"
-
-
-def encode(packet):
-    """Bytes of any packet tuple this module decodes (the inverse of parse)."""
-    t = packet[0]
-    if t == CONNECT:
-        return connect(packet[1], packet[3], packet[2], packet[5], packet[6], packet[4])
-    if t == CONNACK:
-        return connack(packet[1], packet[2])
-    if t == PUBLISH:
-        return publish(packet[1], packet[2], packet[3], packet[4], packet[5], packet[6])
-    if t == PUBACK:
-        return puback(packet[1])
-    if t == SUBSCRIBE:
-        return subscribe(packet[1], packet[2])
-    if t == SUBACK:
-        return suback(packet[1], packet[2])
-    if t == UNSUBSCRIBE:
-        return unsubscribe(packet[1], packet[2])
-    if t == UNSUBACK:
-        return unsuback(packet[1])
-    if t == PINGREQ:
-        return pingreq()
-    if t == PINGRESP:
-        return pingresp()
-    if t == DISCONNECT:
-        return disconnect()
-    raise ProtocolError("malformed", "cannot encode packet type %r" % (t,))
 
 
 # ---- decoding -------------------------------------------------------------
@@ -356,10 +313,8 @@ def _pid(r):
 
 
 def parse(first, body):
-    """One packet tuple from its first header byte and its body.
-
-    Raises ProtocolError with code 'malformed', 'unsupported_qos' or 'bad_topic'.
-    """
+    """One packet a broker sends a client, from its first header byte and
+    its body. Raises ProtocolError: malformed, unsupported_qos, bad_topic."""
     t = first >> 4
     flags = first & 0x0F
     r = _Reader(body)
@@ -376,12 +331,7 @@ def parse(first, body):
         _check_topic(topic, False)
         pid = _pid(r) if qos else 0
         return (PUBLISH, topic, r.rest(), qos, bool(flags & 1), dup, pid)
-    if t not in _FLAGS:
-        raise _err("unknown packet type %d" % t)
-    if flags != _FLAGS[t]:
-        raise _err("bad flags 0x%x for packet type %d" % (flags, t))
-    if t == CONNECT:
-        return _parse_connect(r)
+    check_flags(t, flags)
     if t == CONNACK:
         ack = r.u8()
         code = r.u8()
@@ -391,24 +341,10 @@ def parse(first, body):
         if code > 5:
             raise _err("CONNACK return code %d" % code)
         return (CONNACK, bool(ack & 1), code)
-    if t in (PUBACK, UNSUBACK):
+    if t == PUBACK or t == UNSUBACK:
         pid = _pid(r)
         r.done()
         return (t, pid)
-    if t == SUBSCRIBE:
-        pid = _pid(r)
-        filters = []
-        while r.left():
-            f = r.text()
-            _check_topic(f, True)
-            qos = r.u8()
-            if qos > 2:
-                raise _err("requested QoS %d" % qos)
-            _check_qos(qos, 1)
-            filters.append((f, qos))
-        if not filters:
-            raise _err("SUBSCRIBE without filters")
-        return (SUBSCRIBE, pid, filters)
     if t == SUBACK:
         pid = _pid(r)
         codes = list(r.rest())
@@ -418,66 +354,39 @@ def parse(first, body):
             if c not in (0, 1, 2, 0x80):
                 raise _err("SUBACK return code 0x%x" % c)
         return (SUBACK, pid, codes)
-    if t == UNSUBSCRIBE:
-        pid = _pid(r)
-        filters = []
-        while r.left():
-            f = r.text()
-            _check_topic(f, True)
-            filters.append(f)
-        if not filters:
-            raise _err("UNSUBSCRIBE without filters")
-        return (UNSUBSCRIBE, pid, filters)
-    r.done()
-    return (t,)
+    if t == PINGRESP:
+        r.done()
+        return (t,)
+    raise _err("packet type %d is not sent to clients" % t)
 
 
-def _parse_connect(r):
-    if r.bin() != b"MQTT":
-        raise _err("protocol name is not MQTT")
-    if r.u8() != 4:
-        raise ProtocolError("unsupported_version", "protocol level is not 4 (3.1.1)")
-    flags = r.u8()
-    if flags & 1:
-        raise _err("reserved CONNECT flag set")
-    keepalive = r.u16()
-    client_id = r.text()
-    will = None
-    wqos = (flags >> 3) & 3
-    if flags & 0x04:
-        if wqos == 3:
-            raise _err("will QoS 3")
-        _check_qos(wqos, 1)
-        wtopic = r.text()
-        _check_topic(wtopic, False)
-        will = (wtopic, r.bin(), wqos, bool(flags & 0x20))
-    elif wqos or flags & 0x20:
-        raise _err("will QoS or retain without a will")
-    user = r.text() if flags & 0x80 else None
-    if flags & 0x40:
-        if user is None:
-            raise _err("password flag without user flag")
-        password = r.bin()
-    else:
-        password = None
-    r.done()
-    return (CONNECT, client_id, bool(flags & 0x02), keepalive, will, user, password)
+def check_flags(t, flags):
+    if t not in _FLAGS:
+        raise _err("unknown packet type %d" % t)
+    if flags != _FLAGS[t]:
+        raise _err("bad flags 0x%x for packet type %d" % (flags, t))
 
 
 class Decoder:
     """Incremental decoder: feed() bytes as they arrive, get whole packets.
 
     Holds at most one packet of up to `max_size` bytes. A larger PUBLISH is
-    consumed without buffering and reported as (SKIPPED, size); any other
-    oversized packet is a protocol error, since nothing legitimate is that big.
+    consumed without buffering and reported as (SKIPPED, size, topic, qos,
+    pid) as soon as its header is read, so a QoS 1 one can still be
+    acknowledged; any other oversized packet is a protocol error, since
+    nothing legitimate is that big. parse: the function that builds packets.
     """
 
-    def __init__(self, max_size=8192):
+    def __init__(self, max_size=8192, parse=parse):
         self.max_size = max_size
+        self.parse = parse
         self._buf = bytearray()
         self._first = 0
         self._need = -1  # body bytes still expected; -1 while reading a header
-        self._skip = 0
+        self._skip = 0  # bytes of an oversized PUBLISH still to pass over
+        self._head = None  # its variable header, while it is being read
+        self._unreported = False
+        self._size = 0
 
     def feed(self, data):
         """Packets completed by data, in order. Raises ProtocolError; after
@@ -488,8 +397,14 @@ class Decoder:
         while i < n:
             if self._skip:
                 k = min(self._skip, n - i)
+                if self._head is not None:
+                    self._capture(data[i : i + k], out)
                 self._skip -= k
                 i += k
+                if not self._skip and self._unreported:
+                    self._head = None
+                    self._unreported = False
+                    out.append((SKIPPED, self._size, None, 0, 0))
                 continue
             if self._need < 0:
                 self._buf.append(data[i])
@@ -505,8 +420,9 @@ class Decoder:
                 if rl > self.max_size:
                     if self._first >> 4 != PUBLISH:
                         raise ProtocolError("too_large", "packet of %d bytes" % rl)
-                    self._skip = rl
-                    out.append((SKIPPED, rl))
+                    self._skip = self._size = rl
+                    self._head = bytearray()
+                    self._unreported = True
                     continue
                 self._need = rl
             else:
@@ -517,5 +433,29 @@ class Decoder:
                 body = bytes(self._buf)
                 self._buf = bytearray()
                 self._need = -1
-                out.append(parse(self._first, body))
+                out.append(self.parse(self._first, body))
         return out
+
+    def _capture(self, chunk, out):
+        # keep the first bytes of an oversized PUBLISH: topic and packet id
+        h = self._head
+        qos = (self._first >> 1) & 3
+        for b in chunk:
+            h.append(b)
+            if len(h) < 2:
+                continue
+            tlen = (h[0] << 8) | h[1]
+            want = 2 + tlen + (2 if qos else 0)
+            if tlen > 255 or qos > 1:
+                self._head = None  # not worth holding: reported without its header
+                return
+            if len(h) == want:
+                self._head = None
+                self._unreported = False
+                try:
+                    topic = decode_utf8(h[2 : 2 + tlen])
+                except UnicodeError:
+                    topic = None
+                pid = (h[want - 2] << 8) | h[want - 1] if qos and topic is not None else 0
+                out.append((SKIPPED, self._size, topic, qos if topic is not None else 0, pid))
+                return

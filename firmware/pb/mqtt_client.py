@@ -90,6 +90,7 @@ class MQTTClient:
         self.on_up = None
         self.on_down = None
         self.birth = None
+        self.on_skipped = None
         self.up = False
         self.last_error = None
         self.stats = {
@@ -320,6 +321,11 @@ class MQTTClient:
                 self.last_error = "subscription refused by broker"
         elif t == mqtt.SKIPPED:
             self.stats["skipped"] += 1
+            if p[3]:  # too big to take, but acknowledged, or the broker resends it
+                w.write(mqtt.puback(p[4]))
+                self._needs_drain = True
+            if self.on_skipped and p[2] is not None:
+                self.on_skipped(p[2], p[1])
         elif t in (mqtt.PINGRESP, mqtt.UNSUBACK):
             pass
         else:

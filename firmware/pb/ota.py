@@ -1,10 +1,11 @@
 # The update agent's running part (docs/ota.md, section 4): it takes an
-# offer, pulls the manifest and then the blobs of files this device does not
+# offer, pulls the manifest, then the blobs of files this device does not
 # hold, chunk by chunk (flow control on this side), checks each against the
-# manifest, and stages them. Then it asks for a reset: the boot guard checks
-# the signatures, assembles and activates the set before the runtime loads
-# (pb/install.py). Progress lives on flash (ota/job.json), so after a power
-# cut the download resumes where it was, without fetching verified bytes again.
+# manifest and stages it. Then it asks for a reset: the boot guard checks the
+# signatures, assembles and activates the new set before the runtime loads
+# (pb/install.py). Progress lives on flash (ota/job.json): after a power cut
+# the download resumes where it was, without fetching verified bytes again.
+# Loaded only while an update is under way.
 #
 # The transport is anything with request(update_id, obj, off, length, seq)
 # whose chunks come back through on_chunk(payload): MQTT, BLE or serial.
@@ -30,8 +31,6 @@ JOB = "ota/job.json"
 STAGE = "ota/stage"
 _TRIES = 8
 _TIMEOUT_MS = 3000
-_MAX_TIMEOUT_MS = 20000
-_MARGIN = 4096  # bytes of flash kept free
 
 
 class Failed(Exception):
@@ -49,14 +48,14 @@ def unhex(s):
 class Agent:
     """One device's update agent while it runs.
 
-    model, counter: this device's model and the release counter it runs;
-    held: a function giving {sha256: path} of the running set's files;
-    transport: request(uid, obj, off, len, seq); report(status dict);
-    now() -> Unix time; link_up() -> bool; fault(name): a power-cut point
-    for tests (a no-op on a board); on_staged(): ask for the reset.
+    model, counter: the device's model and the release counter it runs;
+    held(): {sha256: path} of the running set's files; transport:
+    request(uid, obj, off, len, seq); report(status dict); now(): Unix time;
+    link_up() -> bool; fault(name): a power-cut point for tests (no-op on a
+    board); on_staged(): asks for the reset.
     """
 
-    def __init__(self, base, model, counter, held, transport, report, now, link_up, fault=None):
+    def __init__(self, base, model, counter, held, transport, report, now, link_up, fault):
         self.base = base
         self.model = model
         self.counter = counter
@@ -65,37 +64,27 @@ class Agent:
         self._report = report
         self.now = now
         self.link_up = link_up
-        self.fault = fault or _no_fault
+        self.fault = fault
         self.on_staged = None
         self.chunk = 2048
         self.window = 2
-        self.job = self._load_job()
-        self.stats = {"chunks": 0, "dropped": 0, "retries": 0, "bytes": 0}
+        self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
         self._out = {}  # seq -> [offset, length, sent_at, tries]
-        self._sink = None  # [obj, tag, file, next offset]
-        self._ahead = {}  # offset -> bytes that arrived before their turn
+        self._sink = None  # [tag, file, next offset]
         self._seq = 0
         self._error = None
         self._cancel = None  # (update id, reason)
-
-    def _p(self, rel):
-        return self.base + "/" + rel
-
-    def _load_job(self):
-        data = read_bytes(self._p(JOB))
+        data = read_bytes(base + "/" + JOB)
         try:
             job = json.loads(data) if data else None
         except ValueError:
             job = None
-        return job if isinstance(job, dict) and job.get("phase") in ("offered", "downloading") else None
-
-    def _save_job(self):
-        write_atomic(self._p(JOB), json.dumps(self.job).encode("utf-8"))
+        self.job = job if isinstance(job, dict) and job.get("phase") == "downloading" else None
 
     def report(self, state, uid, **info):
-        msg = {"v": 1, "id": uid, "state": state, "ts": self.now()}
+        msg = {"v": 1, "id": uid, "state": state}
         for k in info:
             if info[k] is not None:
                 msg[k] = info[k]
@@ -116,98 +105,83 @@ class Agent:
         if msg.get("op") == "cancel":
             if job and job["id"] == uid:
                 self._cancel = (uid, "cancelled by the gateway")
-                self._wake.set()
             return
         if job and job["id"] == uid:
-            return  # repeated: the update is already under way
-        if busy:
-            self.report("failed", uid, reason="busy: " + busy)
-            return
-        fresh = msg["freshness"]
+            return  # repeated: under way already
         try:
+            if busy:
+                raise Failed("busy: " + busy)
             # a first look, unverified, to refuse at once what cannot pass;
-            # the boot guard checks the signed statement before activating
-            body = json.loads(fresh["signed"])
+            # the boot guard checks the signed statement before it activates
+            body = json.loads(msg["freshness"]["signed"])
             if body["model"] != self.model:
-                raise Failed(
-                    "wrong_model: release is for %s, this device is a %s" % (body["model"], self.model)
-                )
+                raise Failed("wrong_model: release is for %s, this is a %s" % (body["model"], self.model))
             if body["counter"] <= self.counter:
                 raise Failed(
-                    "rollback: release counter %d is not above the installed %d"
-                    % (body["counter"], self.counter)
+                    "rollback: counter %d is not above the installed %d" % (body["counter"], self.counter)
                 )
             if self.now() > body["expires"]:
-                raise Failed("freeze: the offer's freshness statement has expired")
+                raise Failed("freeze: the freshness statement has expired")
         except Failed as exc:
             self.report("failed", uid, reason=str(exc))
             return
         except (ValueError, KeyError, TypeError):
-            self.report("failed", uid, reason="bad_envelope: the offer's freshness statement is unreadable")
+            self.report("failed", uid, reason="bad_envelope: unreadable freshness statement")
             return
         if job:
-            self._cancel = (job["id"], "replaced by update %s" % uid)
-            self.report("failed", job["id"], reason="replaced by update %s" % uid)
+            self._cancel = (job["id"], "replaced by update " + uid)
+            self.report("failed", job["id"], reason="replaced by update " + uid)
         self.job = {
             "id": uid,
             "manifest": msg["manifest"],
             "size": msg["size"],
-            "freshness": fresh,
+            "freshness": msg["freshness"],
             "counter": body["counter"],
             "offered_at": self.now(),
-            "phase": "offered",
+            "phase": "downloading",
         }
-        self._save_job()
+        write_atomic(self.base + "/" + JOB, json.dumps(self.job).encode("utf-8"))
         self.report("offered", uid, counter=body["counter"])
         self._wake.set()
 
     def on_chunk(self, payload):
-        """A chunk from the transport; wrong, late or repeated ones are dropped."""
+        """A chunk; a wrong, late, repeated or out-of-order one is dropped
+        (what is missing is asked for again)."""
         try:
             flags, seq, off, tag, data = decode_chunk(payload)
         except ProtocolError:
-            self.stats["dropped"] += 1
-            return
-        req = self._out.get(seq)
-        sink = self._sink
-        if req is None or sink is None or tag != sink[1] or off != req[0]:
+            flags = -1
+        req = self._out.get(seq) if flags >= 0 else None
+        s = self._sink
+        if req is None or s is None or tag != s[0] or off != req[0] or off != s[2]:
             self.stats["dropped"] += 1
             return
         if flags & FLAG_ERROR:
             self._error = bytes(data).decode("utf-8")[:120]
-            self._arrived.set()
-            return
-        if len(data) != req[1]:
+        elif len(data) != req[1]:
             self.stats["dropped"] += 1
             return
-        del self._out[seq]
-        self.stats["chunks"] += 1
-        if off == sink[3]:
-            self._write(data)
-            while sink[3] in self._ahead:
-                self._write(self._ahead.pop(sink[3]))
-        elif off > sink[3] and len(self._ahead) < self.window:
-            self._ahead[off] = bytes(data)
+        else:
+            del self._out[seq]
+            s[1].write(data)
+            s[1].flush()
+            s[2] += len(data)
+            self.stats["chunks"] += 1
+            self.fault("chunk")
         self._arrived.set()
-
-    def _write(self, data):
-        s = self._sink
-        s[2].write(data)
-        s[2].flush()
-        s[3] += len(data)
-        self.stats["bytes"] += len(data)
-        self.fault("chunk")
 
     # ---- the loop ----------------------------------------------------------
 
     async def run(self):
         """Carry out offered updates; resumes one a reset interrupted."""
         while True:
-            if self.job is None:
+            job = self.job
+            if job is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            job = self.job
+            reason = None
+            clean = True
             try:
                 await self._download(job)
             except _Staged:
@@ -215,140 +189,117 @@ class Agent:
                     self.on_staged()
                 return
             except Failed as exc:
-                self._end(job, str(exc), clean=True)
+                reason = str(exc)
             except (OSError, StoreError, ValueError) as exc:
-                self._end(job, "storage: " + format_exception(exc), clean=False)
-
-    def _end(self, job, reason, clean):
-        self._close_sink()
-        if self.job is not job:
-            return  # replaced: its failure was reported when the new offer came
-        self.report("failed", job["id"], reason=reason, counter=job.get("counter"))
-        self.job = None
-        otafs.remove(self._p(JOB))
-        if clean:
-            otafs.remove_tree(self._p(STAGE))
-
-    def _check_cancel(self, uid):
-        c = self._cancel
-        if c is not None and c[0] == uid:
-            self._cancel = None
-            raise Failed(c[1])
+                reason = "storage: " + format_exception(exc)
+                clean = False
+            self._close()
+            if self.job is job:  # (a replaced one was reported when replaced)
+                self.report("failed", job["id"], reason=reason, counter=job["counter"])
+                self.job = None
+                otafs.remove(self.base + "/" + JOB)
+                if clean:
+                    otafs.remove_tree(self.base + "/" + STAGE)
 
     async def _download(self, job):
         uid = job["id"]
-        otafs.ensure_dir(self._p(STAGE))
-        if job["phase"] == "offered":
-            job["phase"] = "downloading"
-            self._save_job()
-        # the manifest first: it names everything else
-        mpath = self._p(STAGE + "/manifest.json")
+        stage = self.base + "/" + STAGE + "/"
+        otafs.ensure_dir(stage[:-1])
+        mpath = stage + "manifest.json"
         if otafs.size(mpath) != job["size"] or otafs.file_sha256(mpath)[1] != job["manifest"]:
             otafs.remove(mpath)
-            await self._fetch("manifest", unhex(job["manifest"])[:8], mpath, job["size"], uid)
+            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"])
             if otafs.file_sha256(mpath)[1] != job["manifest"]:
                 otafs.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
         files = _files(read_bytes(mpath), self.model, job["counter"])
         held = self.held()
-        needed = []
-        names = {}
-        total = 0
+        needed = {}
         for f in files:
-            if f["sha256"] not in held and f["sha256"] not in names:
-                names[f["sha256"]] = True
-                needed.append(f)
-                total += f["zsize"]
-        self._check_space(files, needed)
+            if f["sha256"] not in held:
+                needed[f["sha256"]] = f
+        total = 0
+        need = 4096  # flash kept free
+        for f in files:
+            need += f["size"]
+        for f in needed.values():
+            total += f["zsize"]
+            need += f["zsize"] + f["size"]
+        free = otafs.free_bytes(self.base)
+        if 0 <= free < need:
+            raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (need, free))
         done = 0
-        for f in needed:
-            self._check_cancel(uid)
-            staged = self._p(STAGE + "/" + f["sha256"])
-            if otafs.size(staged) == f["size"] and otafs.file_sha256(staged, f["size"])[1] == f["sha256"]:
-                done += f["zsize"]
-                continue
-            zpath = staged + ".z"
-            self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
-            await self._fetch(f["zsha256"], unhex(f["zsha256"])[:8], zpath, f["zsize"], uid, done, total)
-            zn, zdigest = otafs.file_sha256(zpath, f["zsize"])
-            if zn != f["zsize"] or zdigest != f["zsha256"]:
-                otafs.remove(zpath)
-                raise Failed("mismatch: %s: the bytes received do not match the manifest" % f["path"])
-            n, digest = otafs.inflate(zpath, staged + ".tmp", f["size"])
-            if n > f["size"]:
-                otafs.remove(staged + ".tmp")
-                raise Failed("mismatch: %s is longer than its manifest says" % f["path"])
-            if n != f["size"] or digest != f["sha256"]:
-                otafs.remove(staged + ".tmp")
-                raise Failed("mismatch: %s does not match its manifest" % f["path"])
-            os.rename(staged + ".tmp", staged)
-            otafs.remove(zpath)
-            self.fault("staged-file")
+        for sha in needed:
+            f = needed[sha]
+            staged = stage + sha
+            if otafs.size(staged) != f["size"] or otafs.file_sha256(staged, f["size"])[1] != sha:
+                self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
+                z = staged + ".z"
+                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"])
+                if otafs.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
+                    otafs.remove(z)
+                    raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
+                n, digest = otafs.inflate(z, staged + ".tmp", f["size"])
+                if (n, digest) != (f["size"], sha):
+                    otafs.remove(staged + ".tmp")
+                    raise Failed(
+                        "mismatch: %s is %s than signed" % (f["path"], "longer" if n > f["size"] else "other")
+                    )
+                os.rename(staged + ".tmp", staged)
+                otafs.remove(z)
+                self.fault("staged-file")
             done += f["zsize"]
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         job["phase"] = "staged"
-        self._save_job()
+        write_atomic(self.base + "/" + JOB, json.dumps(job).encode("utf-8"))
         self.fault("staged")
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
 
-    def _check_space(self, files, needed):
-        free = otafs.free_bytes(self.base)
-        if free < 0:
-            return
-        need = _MARGIN
-        for f in needed:
-            need += f["zsize"] + f["size"]
-        for f in files:
-            need += f["size"]
-        if need > free:
-            raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (need, free))
-
-    # ---- pulling bytes -----------------------------------------------------
-
-    async def _fetch(self, obj, tag, path, total, uid, done=0, grand=0):
+    async def _fetch(self, uid, obj, sha, path, total):
         """Fetch obj into path, appending to the bytes already there."""
         have = otafs.size(path)
         if have > total:
             otafs.remove(path)
-            have = -1
-        f = open(path, "ab" if have > 0 else "wb")
-        self._sink = [obj, tag, f, max(have, 0)]
-        self._ahead = {}
+        have = max(otafs.size(path), 0)
+        self._sink = [unhex(sha[:16]), open(path, "ab" if have else "wb"), have]
         self._out = {}
         self._error = None
-        nxt = self._sink[3]
-        last_report = ticks_ms()
+        nxt = have
         try:
-            while self._sink[3] < total:
-                self._check_cancel(uid)
+            while self._sink[2] < total:
+                c = self._cancel
+                if c is not None and c[0] == uid:
+                    self._cancel = None
+                    raise Failed(c[1])
                 if self._error:
                     raise Failed("gateway: " + self._error)
+                if not self._out:
+                    nxt = self._sink[2]  # anything dropped is asked for again
                 while len(self._out) < self.window and nxt < total:
-                    n = min(self.chunk, total - nxt)
-                    self._seq += 1
-                    self._out[self._seq] = [nxt, n, ticks_ms(), 0]
-                    self.transport.request(uid, obj, nxt, n, self._seq)
-                    nxt += n
+                    self._ask(uid, obj, nxt, min(self.chunk, total - nxt), 0)
+                    nxt += self.chunk
                 self._arrived.clear()
                 try:
                     await wait_for_ms(self._arrived.wait(), 250)
                 except TimeoutError:
                     pass
                 self._retry(uid, obj)
-                if grand and ticks_diff(ticks_ms(), last_report) > 2000:
-                    last_report = ticks_ms()
-                    self.report("downloading", uid, bytes=done + self._sink[3], total=grand)
-            fsync(f)
+            fsync(self._sink[1])
         finally:
-            self._close_sink()
+            self._close()
+
+    def _ask(self, uid, obj, off, n, tries):
+        self._seq += 1
+        self._out[self._seq] = [off, n, ticks_ms() + (rand_below(200) if tries else 0), tries]
+        self.transport.request(uid, obj, off, n, self._seq)
 
     def _retry(self, uid, obj):
         now = ticks_ms()
         up = self.link_up()
         for seq in list(self._out):
             off, n, sent, tries = self._out[seq]
-            if ticks_diff(now, sent) < min(_TIMEOUT_MS << tries, _MAX_TIMEOUT_MS):
+            if ticks_diff(now, sent) < min(_TIMEOUT_MS << tries, 20000):
                 continue
             if not up:
                 self._out[seq][2] = now  # a dead link is not the gateway's silence
@@ -356,19 +307,14 @@ class Agent:
             if tries >= _TRIES:
                 raise Failed("stalled: no answer for %s at byte %d after %d tries" % (obj[:12], off, tries))
             del self._out[seq]
-            self._seq += 1
-            self._out[self._seq] = [off, n, ticks_ms() + rand_below(200), tries + 1]
             self.stats["retries"] += 1
-            self.transport.request(uid, obj, off, n, self._seq)
+            self._ask(uid, obj, off, n, tries + 1)
 
-    def _close_sink(self):
+    def _close(self):
         s = self._sink
         self._sink = None
         if s is not None:
-            try:
-                s[2].close()
-            except OSError:
-                pass
+            s[1].close()
 
 
 def _files(data, model, counter):
@@ -383,13 +329,8 @@ def _files(data, model, counter):
             for k in ("size", "zsize"):
                 if not isinstance(f[k], int) or f[k] < 0:
                     raise Failed("bad_manifest: %s has no valid %s" % (f.get("path"), k))
-            for k in ("sha256", "zsha256"):
-                if not is_hex64(f[k]):  # it names a file in staging
-                    raise Failed("bad_manifest: %s has no valid %s" % (f.get("path"), k))
+            if not (is_hex64(f["sha256"]) and is_hex64(f["zsha256"])):  # they name staging files
+                raise Failed("bad_manifest: %s has no valid hashes" % f.get("path"))
         return files
     except (ValueError, KeyError, TypeError):
         raise Failed("bad_manifest: the manifest is unreadable") from None
-
-
-def _no_fault(name):
-    return None

@@ -1,17 +1,38 @@
 # The permabeta device protocol, sans-I/O: topic names and the JSON control
-# messages, their limits and their validation. docs/protocol.md is the spec;
-# the gateway imports this same module, so both ends agree by construction.
-import json
-
-from .compat import MICROPYTHON, const
+# messages, their limits and their full validation. docs/protocol.md is the
+# spec. The gateway and the tests use this module; it builds on pb/wire.py,
+# the lean core the device itself loads, so both ends agree by construction.
 from .errors import ProtocolError
-from .mqtt import decode_utf8, valid_utf8
+from .wire import (
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_MESSAGE,
+    OPS,
+    ROOT,
+    VERSION,
+    _nesting_error,
+    _scan,
+    _shown,
+    dumps,
+    loads,
+    reply_error,
+    reply_ok,
+    topic,
+    valid_id,
+)
 
-VERSION = const(1)
-ROOT = "pb"
-MAX_MESSAGE = const(4096)  # bytes of one JSON control message
-MAX_ID = const(32)  # characters of a device id or command id
-MAX_DEPTH = const(16)  # nested objects and arrays in a message, itself included
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ID",
+    "MAX_MESSAGE",
+    "OPS",
+    "ROOT",
+    "VERSION",
+    "reply_error",
+    "reply_ok",
+    "topic",
+    "valid_id",
+]
 
 # Message kinds by direction.
 UP = ("hello", "state", "telemetry", "reply", "event")  # device -> gateway
@@ -65,37 +86,6 @@ _SCHEMAS = {
 }
 
 STATES = ("online", "offline")
-OPS = (
-    "ping",
-    "status",
-    "config.get",
-    "config.set",
-    "feature.enable",
-    "feature.disable",
-    "data.set",
-    "reboot",
-)
-
-
-def _is_id_char(c):
-    return ("a" <= c <= "z") or ("0" <= c <= "9") or c == "-" or c == "_"
-
-
-def valid_id(s):
-    """True for 1-32 characters of a-z, 0-9, '-' and '_', starting with a
-    letter or digit: safe in a topic level, a file name and a URL."""
-    if not isinstance(s, str) or not 0 < len(s) <= MAX_ID:
-        return False
-    if s[0] == "-" or s[0] == "_":
-        return False
-    for c in s:
-        if not _is_id_char(c):
-            return False
-    return True
-
-
-def topic(dev, kind):
-    return ROOT + "/" + dev + "/" + kind
 
 
 def parse_topic(t):
@@ -133,38 +123,6 @@ def _type_ok(v, code):
 
 
 _TYPE_NAMES = {"s": "string", "i": "integer", "n": "number", "b": "boolean", "d": "object", "l": "array"}
-_INF = float("inf")
-
-
-def _scan(msg):
-    """(deep, odd, nonfinite) of msg: nested deeper than MAX_DEPTH (CPython's
-    json recurses), holding a value of a type JSON lacks, holding NaN or an
-    infinity (not JSON: CPython writes NaN, MicroPython nan). Walks without
-    recursion, so the answer does not depend on the order of the dicts."""
-    deep = odd = nonfinite = False
-    stack = [(msg, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict) or isinstance(v, list) or isinstance(v, tuple):
-            if depth > MAX_DEPTH:
-                deep = True
-                continue
-            for x in v.values() if isinstance(v, dict) else v:
-                stack.append((x, depth + 1))
-        elif isinstance(v, float):
-            if v != v or v == _INF or v == -_INF:
-                nonfinite = True
-        elif not (v is None or isinstance(v, bool) or isinstance(v, int) or isinstance(v, str)):
-            odd = True
-    return deep, odd, nonfinite
-
-
-def _nesting_error():
-    return ProtocolError("too_large", "message nested deeper than %d levels" % MAX_DEPTH)
-
-
-def _shown(v):
-    return repr(v[:40]) if isinstance(v, str) else "of type " + type(v).__name__
 
 
 def validate(kind, msg):
@@ -176,8 +134,10 @@ def validate(kind, msg):
     if not isinstance(msg, dict):
         raise ProtocolError("not_object", "%s message is not a JSON object" % kind)
     v = msg.get("v")
+    if v is None:
+        raise ProtocolError("missing_field", "%s message lacks 'v'" % kind)
     if not _type_ok(v, "i"):
-        raise ProtocolError("missing_field", "%s message has no integer 'v'" % kind)
+        raise ProtocolError("bad_type", "%s.v must be a integer" % kind)
     if v != VERSION:
         raise ProtocolError("unsupported_version", "protocol version %r is not %d" % (v, VERSION))
     for name, code, required in _SCHEMAS[kind]:
@@ -202,61 +162,14 @@ def validate(kind, msg):
     return msg
 
 
-def _no_constant(name):
-    raise ValueError("%s is not JSON" % name)
-
-
 def decode(kind, payload):
     """The validated message of a given kind from raw payload bytes.
     Raises ProtocolError: too_large, bad_json, not_object, missing_field,
     bad_type, bad_value, unsupported_version, bad_device_id."""
-    if len(payload) > MAX_MESSAGE:
-        raise ProtocolError("too_large", "%d bytes exceeds %d" % (len(payload), MAX_MESSAGE))
-    try:
-        text = decode_utf8(payload)
-        if MICROPYTHON:
-            msg = json.loads(text)  # takes no NaN or Infinity, and no keywords
-        else:
-            msg = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, UnicodeError) as exc:
-        raise ProtocolError("bad_json", "not JSON: %s" % exc) from None
-    except RuntimeError:  # CPython's RecursionError; MicroPython's json does not recurse
-        raise _nesting_error() from None
-    return validate(kind, msg)
+    return validate(kind, loads(payload))
 
 
 def encode(kind, msg):
     """Compact JSON bytes of a message, validated the same way as decode."""
     validate(kind, msg)
-    if MICROPYTHON:
-        text = json.dumps(msg, separators=(",", ":"))
-    else:
-        # raw UTF-8, as MicroPython writes it: its json does not join an
-        # escaped surrogate pair ("\\ud83d\\ude00") back into one character
-        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
-    try:
-        data = text.encode("utf-8")
-        if len(data) != len(text) and not valid_utf8(data):
-            raise UnicodeError("lone surrogate")  # MicroPython encodes one without complaint
-    except UnicodeError:
-        raise ProtocolError("bad_value", "%s message holds a lone surrogate" % kind) from None
-    if len(data) > MAX_MESSAGE:
-        raise ProtocolError("too_large", "%s message of %d bytes" % (kind, len(data)))
-    return data
-
-
-def reply_ok(dev, cmd_id, result=None):
-    msg = {"v": VERSION, "dev": dev, "id": cmd_id, "ok": True}
-    if result is not None:
-        msg["result"] = result
-    return msg
-
-
-def reply_error(dev, cmd_id, code, message):
-    return {
-        "v": VERSION,
-        "dev": dev,
-        "id": cmd_id,
-        "ok": False,
-        "error": {"code": code, "message": message},
-    }
+    return dumps(kind, msg)

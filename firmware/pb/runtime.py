@@ -2,17 +2,20 @@
 # publishes birth, state and telemetry, answers the gateway's commands.
 # The network is optional to the features: control loops keep running
 # while the link is down.
-import json
 
-from . import proto
+from . import wire
 from .bus import Bus
 from .compat import asyncio, forget, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
-from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
+from .errors import HalError, ProtocolError
 from .features import API, FeatureHost, import_feature
 from .mqtt_client import MQTTClient
 
 VERSION = "0.1.0"
 _RECENT_CMDS = 8
+
+
+# Loaded for a command and let go after it: most of the time none runs.
+_COMMAND_MODULES = ("pb.commands", "pb.configure", "pb.manifest")
 
 
 class Device:
@@ -31,11 +34,10 @@ class Device:
         boot=None,
         base=".",
     ):
-        from .guard import Boot
-        from .updates import Updates
+        from .updates import Boot, Updates
 
         if boot is None:
-            boot = Boot(features_root, None, False)
+            boot = Boot(features_root)
         self.config = config
         self.base = base
         self.api = API
@@ -55,7 +57,7 @@ class Device:
         self.keepalive = b.get("keepalive", 30)
         will = (
             self.topic("state"),
-            proto.encode("state", {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": "lost"}),
+            wire.dumps("state", {"v": wire.VERSION, "dev": self.id, "state": "offline", "reason": "lost"}),
             1,
             True,
         )
@@ -74,16 +76,17 @@ class Device:
         self.client = client
         client.on_message = self._on_message
         client.birth = self._birth
+        client.on_skipped = self._on_skipped
         self.state = {}
         self.reset_cause = "unknown"
         self._seq = 0
-        self._recent = []  # [(cmd id, reply bytes)], newest last
+        self.recent = []  # [(cmd id, reply bytes)], newest last
         self._done = asyncio.Event()
         self._exit = None
-        self._started = ticks_ms()
+        self.started = ticks_ms()
 
     def topic(self, kind):
-        return proto.topic(self.id, kind)
+        return wire.topic(self.id, kind)
 
     def now(self):
         return self.hal.time()
@@ -151,7 +154,7 @@ class Device:
         self.features.stop_all()
         self.hal.safe_state()
         if self.client.up:
-            offline = {"v": proto.VERSION, "dev": self.id, "state": "offline", "reason": self._exit}
+            offline = {"v": wire.VERSION, "dev": self.id, "state": "offline", "reason": self._exit}
             offline["ts"] = self.now()
             self._publish("state", offline, 1, True)
             t0 = ticks_ms()
@@ -210,7 +213,7 @@ class Device:
     def publish_telemetry(self):
         self._seq += 1
         msg = {
-            "v": proto.VERSION,
+            "v": wire.VERSION,
             "dev": self.id,
             "seq": self._seq,
             "ts": self.now(),
@@ -233,7 +236,7 @@ class Device:
 
     def _publish(self, kind, msg, qos, retain):
         try:
-            data = proto.encode(kind, msg)
+            data = wire.dumps(kind, msg)
         except ProtocolError as exc:
             self.log("cannot send %s: %s" % (kind, exc))
             return False
@@ -241,7 +244,7 @@ class Device:
 
     def hello(self):
         return {
-            "v": proto.VERSION,
+            "v": wire.VERSION,
             "dev": self.id,
             "model": self.config["model"],
             "board": self.config["board"],
@@ -262,15 +265,15 @@ class Device:
     def _birth(self):
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
-        online = {"v": proto.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
+        online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
         return [
-            (self.topic("hello"), proto.encode("hello", self.hello()), 1, True),
-            (self.topic("state"), proto.encode("state", online), 1, True),
-        ] + self.updates.birth()
+            (self.topic("hello"), wire.dumps("hello", self.hello()), 1, True),
+            (self.topic("state"), wire.dumps("state", online), 1, True),
+        ]
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))
-        msg = {"v": proto.VERSION, "dev": self.id, "ts": self.now(), "kind": kind, "message": message[:200]}
+        msg = {"v": wire.VERSION, "dev": self.id, "ts": self.now(), "kind": kind, "message": message[:200]}
         if feature:
             msg["feature"] = feature
         self._publish("event", msg, 1, False)
@@ -279,6 +282,9 @@ class Device:
         self.features.fail(owner, exc)
         self.updates.feature_failed(owner, format_exception(exc))
         self.republish_hello()
+
+    def _on_skipped(self, topic, size):
+        self.emit_event("oversized", None, "skipped a %d-byte message on %s" % (size, topic))
 
     def republish_hello(self):
         if self.client.up:
@@ -293,93 +299,18 @@ class Device:
             return
         if topic != self.topic("cmd") or retain:
             return  # not ours (some brokers over-deliver) or a stale retained command
-        cmd_id = None
-        try:
-            msg = proto.decode("cmd", payload)
-            cmd_id = msg["id"]
-        except ProtocolError as exc:
-            try:
-                raw = json.loads(payload)
-                cmd_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
-            except ValueError:
-                pass
-            if cmd_id and 0 < len(cmd_id) <= proto.MAX_ID:
-                self._reply(cmd_id, proto.reply_error(self.id, cmd_id, exc.code, exc.message))
-            else:
-                self.emit_event("bad_command", None, exc.message)
-            return
-        for seen, data in self._recent:
-            if seen == cmd_id:
-                # a QoS 1 duplicate: answer again, do not act twice
-                self.client.publish(self.topic("reply"), data, 1, False)
-                return
-        self._reply(cmd_id, self.execute(msg["op"], msg.get("args", {}), cmd_id))
+        from .commands import handle
 
-    def _reply(self, cmd_id, reply):
-        try:
-            data = proto.encode("reply", reply)
-        except ProtocolError as exc:
-            data = proto.encode("reply", proto.reply_error(self.id, cmd_id, "too_large", exc.message))
-        self._recent.append((cmd_id, data))
-        if len(self._recent) > _RECENT_CMDS:
-            self._recent.pop(0)
-        self.client.publish(self.topic("reply"), data, 1, False)
+        handle(self, payload)
+        forget(_COMMAND_MODULES)
 
     def execute(self, op, args, cmd_id="local"):
         """Carry out one command; returns the reply message."""
-        try:
-            result = self._op(op, args)
-        except ConfigError as exc:
-            return proto.reply_error(self.id, cmd_id, "bad_config", str(exc))
-        except FeatureError as exc:
-            return proto.reply_error(self.id, cmd_id, "feature_failed", str(exc))
-        except _BadArgs as exc:
-            return proto.reply_error(self.id, cmd_id, exc.code, str(exc))
-        except StoreError as exc:
-            return proto.reply_error(self.id, cmd_id, "storage", str(exc))
-        except HalError as exc:
-            return proto.reply_error(self.id, cmd_id, "hardware", str(exc))
-        return proto.reply_ok(self.id, cmd_id, result)
+        from .commands import execute
 
-    def _op(self, op, args):
-        f = self.features
-        if op == "ping":
-            return {"uptime_s": ticks_diff(ticks_ms(), self._started) // 1000, "heap_free": mem_free()}
-        if op == "status":
-            return {
-                "features": f.status(),
-                "config": {n: f.config(n) for n in sorted(f.manifests)},
-                "sensors": f.readings,
-                "actuators": self.actuators,
-                "mqtt": self.client.stats,
-                "heap_free": mem_free(),
-                "boot_count": self.state.get("boot_count", 0),
-            }
-        if op == "config.get":
-            name = args.get("feature")
-            if name is None:
-                return {n: f.config(n) for n in sorted(f.manifests)}
-            return {name: f.config(_feature_arg(f, args))}
-        if op == "config.set":
-            name = _feature_arg(f, args)
-            return {name: f.set_config(name, args.get("values"))}
-        if op in ("feature.enable", "feature.disable"):
-            name = _feature_arg(f, args)
-            f.enable(name, op == "feature.enable")
-            self._publish("hello", self.hello(), 1, True)
-            return {name: f.status()[name]}
-        if op == "data.set":
-            key = args.get("key")
-            if not isinstance(key, str) or not key:
-                raise _BadArgs("data.set needs a string 'key'")
-            f.set_data(key, args.get("value"))
-            return {"key": key}
-        if op == "reboot":
-            asyncio.create_task(self._reboot_soon())
-            return {"rebooting": True}
-        raise _BadArgs("unknown op %r (known: %s)" % (op, ", ".join(proto.OPS)), "unknown_op")
+        return execute(self, op, args, cmd_id)
 
-    async def _reboot_soon(self):
+    async def reboot_soon(self):
         # let the reply leave first
         t0 = ticks_ms()
         while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
@@ -387,24 +318,6 @@ class Device:
         self.state["reset_request"] = "soft"
         self.store.save("state", self.state)
         self.stop("reboot")
-
-
-class _BadArgs(Exception):
-    def __init__(self, message, code="bad_args"):
-        super().__init__(message)
-        self.code = code
-
-
-def _feature_arg(f, args):
-    name = args.get("feature")
-    if not isinstance(name, str):
-        raise _BadArgs("needs a string 'feature'")
-    if name not in f.manifests:
-        raise _BadArgs(
-            "no feature %r (installed: %s)" % (name, ", ".join(sorted(f.manifests)) or "none"),
-            "unknown_feature",
-        )
-    return name
 
 
 def _platform():

@@ -5,11 +5,53 @@
 # commit when healthy, roll back when not.
 import json
 
-from . import guard
-from .compat import asyncio, format_exception, sleep_ms, ticks_diff, ticks_ms
-from .store import exists
+from .compat import asyncio, forget, format_exception, sleep_ms, ticks_diff, ticks_ms
+from .store import exists, read_bytes, write_atomic
 
 _TRIAL_S = 60
+POINTER = "ota/active.json"
+REPORTS = "ota/reports.json"
+FACTORY = "features"
+
+
+class Boot:
+    """What the boot guard decided (pb/guard.py): `root` is the feature
+    folder to run (None: safe mode), `pointer` the pointer record (None:
+    factory set), `trial` whether this boot is a trial, `report` an update
+    status the guard had to give, or None."""
+
+    def __init__(self, root, pointer=None, trial=False, report=None):
+        self.root = root
+        self.pointer = pointer
+        self.trial = trial
+        self.report = report
+
+    def counter(self):
+        return self.pointer["counter"] if self.pointer else 0
+
+    def manifest(self):
+        return self.pointer.get("manifest") if self.pointer else None
+
+    def set_dir(self):
+        return self.pointer["set"] if self.pointer else FACTORY
+
+
+def take_reports(base):
+    """The statuses the boot guard kept on flash, oldest first; they go."""
+    import os
+
+    path = base + "/" + REPORTS
+    data = read_bytes(path)
+    for p in (path, path + ".tmp"):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+    try:
+        reports = json.loads(data) if data else []
+    except ValueError:
+        return []
+    return reports if isinstance(reports, list) else []
 
 
 class Updates:
@@ -25,7 +67,7 @@ class Updates:
         """At boot: send what the boot guard reported, resume a download a
         reset interrupted, and begin the trial of a new set."""
         d = self.dev
-        for st in guard.take_reports(d.base):
+        for st in take_reports(d.base):
             self._status(st)
         if exists(d.base + "/" + "ota/job.json"):
             self._agent()
@@ -113,6 +155,7 @@ class Updates:
                     self.rollback("%s did not start: %s" % (name, err))
                     return
             bad = f.selftest()
+            forget(("pb.configure",))
             if bad:
                 name = sorted(bad)[0]
                 self.rollback("self-test of %s failed: %s" % (name, bad[name]))
@@ -128,7 +171,11 @@ class Updates:
         d = self.dev
         p = self.boot.pointer
         d.hal.fault_point("commit")
-        self.boot.pointer = guard.commit(d.base, p)
+        q = dict(p)
+        q["state"] = "committed"
+        q.pop("boots", None)
+        write_atomic(d.base + "/" + POINTER, json.dumps(q).encode("utf-8"))
+        self.boot.pointer = q
         self.boot.trial = False
         d.hal.fault_point("committed")
         self._status({"v": 1, "id": p.get("update") or "-", "state": "committed", "counter": p["counter"]})
@@ -140,7 +187,9 @@ class Updates:
         if not self.boot.trial:
             return
         self.boot.trial = False
-        if guard.rollback(d.base, p, reason) is None:
+        from .guard import rollback
+
+        if rollback(d.base, p, reason) is None:
             d.log("no usable previous set: the next boots end in safe mode")
         st = {"v": 1, "id": p.get("update") or "-", "state": "rolled_back", "counter": p["counter"]}
         st["reason"] = reason

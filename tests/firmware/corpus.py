@@ -70,7 +70,7 @@ def run_case(case, mqtt, proto, errors):
     got = []
     try:
         if case[0] == "mqtt":
-            decoder = mqtt.Decoder(case[1])
+            decoder = mqtt.decoder(case[1])
             for chunk in case[2]:
                 got.extend(decoder.feed(bytes.fromhex(chunk)))
             return ["ok", canon(got)]
@@ -94,7 +94,7 @@ def run_corpus(cases, mqtt, proto, errors):
 # however large the corpus.
 def micropython_main(path):
     import pb.errors
-    import pb.mqtt
+    import pb.mqtt_peer
     import pb.proto
 
     with open(path) as f:
@@ -102,4 +102,4 @@ def micropython_main(path):
             line = f.readline()
             if not line:
                 break
-            print(json.dumps(run_case(json.loads(line), pb.mqtt, pb.proto, pb.errors)))
+            print(json.dumps(run_case(json.loads(line), pb.mqtt_peer, pb.proto, pb.errors)))

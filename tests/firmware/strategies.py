@@ -266,7 +266,7 @@ def invalid_messages(draw: st.DrawFn) -> tuple[str, Any, str]:
     if rule == "type":
         name, code, _ = draw(st.sampled_from([f for f in fields if f[1] != "a"]))
         msg[name] = draw(WRONG_TYPE[code])
-        return kind, msg, "missing_field" if name == "v" else "bad_type"
+        return kind, msg, "missing_field" if name == "v" and msg[name] is None else "bad_type"
     if rule == "missing":
         name = draw(st.sampled_from([f[0] for f in fields if f[2]]))
         del msg[name]
@@ -326,8 +326,9 @@ JSON_EDGE_CASES: list[tuple[bytes, str]] = [
     (b'{"v":1,"id":"a","op":"x","args":{"t":1e-400,"u":-0.0}}', "ok"),
     (b'{"v":1,"id":"a","op":"x","args":{"s":"\\ud800"}}', "ok"),  # a lone surrogate is valid JSON
     (b'{"v":1,"id":"a","op":"x","v":2}', "unsupported_version"),  # the last duplicate wins
-    (b'{"v":true,"id":"a","op":"x"}', "missing_field"),
-    (b'{"v":1.0,"id":"a","op":"x"}', "missing_field"),
+    (b'{"v":true,"id":"a","op":"x"}', "bad_type"),
+    (b'{"v":1.0,"id":"a","op":"x"}', "bad_type"),
+    (b'{"v":null,"id":"a","op":"x"}', "missing_field"),
     (b'{"v":1,"id":"a","op":true}', "bad_type"),
     (b' \t\r\n{"v":1,"id":"\xf0\x9f\x98\x80","op":"x"}\n', "ok"),
 ]

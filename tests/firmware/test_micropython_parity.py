@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import errors, mqtt, proto
+from firmware.pb import errors, mqtt, mqtt_peer, proto
 
 from ..support import micropython
 from . import corpus
@@ -80,7 +80,7 @@ def on_micropython(cases: list[Any]) -> list[Any]:
 
 def on_cpython(cases: list[Any]) -> list[Any]:
     # through JSON, as the MicroPython outcomes come back
-    return list(json.loads(json.dumps(corpus.run_corpus(cases, mqtt, proto, errors))))
+    return list(json.loads(json.dumps(corpus.run_corpus(cases, mqtt_peer, proto, errors))))
 
 
 def crashes(cases: list[Any], outcomes: list[Any]) -> list[tuple[Any, Any]]:
@@ -104,7 +104,7 @@ def mqtt_cases(draw: st.DrawFn) -> list[Any]:
         pid = b"\x00\x07" if first & 0x06 else b""
         stream = raw_publish(draw(utf8ish), pid + draw(payloads), first)
     else:
-        stream = b"".join(mqtt.encode(p) for p in draw(st.lists(packets, min_size=1, max_size=5)))
+        stream = b"".join(mqtt_peer.encode(p) for p in draw(st.lists(packets, min_size=1, max_size=5)))
         if how == "mutated":
             stream = draw(mutated(stream))
     max_size = draw(st.sampled_from((16, 64, 8192)))
@@ -124,7 +124,7 @@ def _handpicked_mqtt() -> list[Any]:
         (8192, raw_publish(b"t", b"\x00\x01", 0x34)),
         (8192, raw_publish(b"t", b"\x00\x01", 0x36)),
         (8192, b"\x30\xff\xff\xff\xff\x7f"),
-        (16, big + mqtt.pingresp()),
+        (16, big + mqtt_peer.pingresp()),
         (16, mqtt.subscribe(1, [("x" * 40, 1)])),
         (8192, b"\xc0\x01\x00"),
         (8192, mqtt.connect("dev", 30, user="u", password=b"p", will=("w", b"gone", 1, True))),

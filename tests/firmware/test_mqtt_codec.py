@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import mqtt
+from firmware.pb import mqtt, mqtt_peer
 from firmware.pb.errors import ProtocolError
 
 from .strategies import mutated, packets, publish_packets, raw_publish, split, utf8ish
@@ -20,7 +20,7 @@ MAX_SIZES = st.sampled_from((4, 32, 256, 8192))
 
 
 def feed_all(chunks: list[bytes], max_size: int = 8192) -> list[Any]:
-    decoder = mqtt.Decoder(max_size)
+    decoder = mqtt_peer.decoder(max_size)
     out: list[Any] = []
     for chunk in chunks:
         out.extend(decoder.feed(chunk))
@@ -49,15 +49,15 @@ def raises_code(code: str, data: bytes, max_size: int = 8192) -> ProtocolError:
 
 @given(packets)
 def test_every_packet_round_trips(packet: tuple[Any, ...]) -> None:
-    assert feed_all([mqtt.encode(packet)]) == [packet]
+    assert feed_all([mqtt_peer.encode(packet)]) == [packet]
 
 
 @given(packets)
 def test_parse_is_the_inverse_of_encode(packet: tuple[Any, ...]) -> None:
-    data = mqtt.encode(packet)
+    data = mqtt_peer.encode(packet)
     length, used = mqtt.decode_length(data)
     assert 1 + used + length == len(data)
-    assert mqtt.parse(data[0], data[1 + used :]) == packet
+    assert mqtt_peer.parse(data[0], data[1 + used :]) == packet
 
 
 @settings(deadline=None)
@@ -65,14 +65,14 @@ def test_parse_is_the_inverse_of_encode(packet: tuple[Any, ...]) -> None:
 def test_concatenated_packets_split_anywhere_decode_in_order(
     packet_list: list[Any], data: st.DataObject
 ) -> None:
-    stream = b"".join(mqtt.encode(p) for p in packet_list)
+    stream = b"".join(mqtt_peer.encode(p) for p in packet_list)
     chunks = data.draw(split(stream))
     assert feed_all(chunks) == packet_list
 
 
 @given(st.lists(packets, min_size=1, max_size=4))
 def test_packets_fed_one_byte_at_a_time_decode(packet_list: list[Any]) -> None:
-    stream = b"".join(mqtt.encode(p) for p in packet_list)
+    stream = b"".join(mqtt_peer.encode(p) for p in packet_list)
     assert feed_all([stream[i : i + 1] for i in range(len(stream))]) == packet_list
 
 
@@ -140,7 +140,7 @@ def test_arbitrary_bytes_give_packets_or_protocol_error(
 def test_mutated_packets_give_packets_or_protocol_error(
     packet_list: list[Any], max_size: int, data: st.DataObject
 ) -> None:
-    stream = data.draw(mutated(b"".join(mqtt.encode(p) for p in packet_list)))
+    stream = data.draw(mutated(b"".join(mqtt_peer.encode(p) for p in packet_list)))
     got = decode_or_error(data.draw(split(stream)), max_size)
     if not isinstance(got, ProtocolError):
         assert_reencodable(got)
@@ -150,7 +150,7 @@ def assert_reencodable(got: list[Any]) -> None:
     """Whatever the decoder accepts, the encoder can write back."""
     for packet in got:
         if packet[0] != mqtt.SKIPPED:
-            assert feed_all([mqtt.encode(packet)]) == [packet]
+            assert feed_all([mqtt_peer.encode(packet)]) == [packet]
 
 
 # ---- strings ----------------------------------------------------------------
@@ -225,18 +225,26 @@ def test_utf8_topic_decodes() -> None:
 def test_oversized_publish_is_skipped_and_the_next_packet_decodes(
     big: tuple[Any, ...], after: list[Any], data: st.DataObject
 ) -> None:
-    encoded = mqtt.encode(big)
+    encoded = mqtt_peer.encode(big)
     remaining, _ = mqtt.decode_length(encoded)
-    rest = b"".join(mqtt.encode(p) for p in after) + mqtt.pingresp()
+    rest = b"".join(mqtt_peer.encode(p) for p in after) + mqtt_peer.pingresp()
     assert len(rest) < 512 < remaining
     chunks = data.draw(split(encoded + rest))
-    assert feed_all(chunks, max_size=512) == [(mqtt.SKIPPED, remaining), *after, (mqtt.PINGRESP,)]
+    _, topic, _, qos, _, _, pid = big
+    head = (topic, qos, pid) if len(topic.encode()) <= 255 else (None, 0, 0)
+    skipped = (mqtt.SKIPPED, remaining, *head)
+    assert feed_all(chunks, max_size=512) == [skipped, *after, (mqtt.PINGRESP,)]
 
 
 def test_publish_of_exactly_max_size_is_kept() -> None:
     packet = (mqtt.PUBLISH, "t", bytes(61), 0, False, False, 0)  # 2 + 1 + 61 = 64 bytes of body
-    assert feed_all([mqtt.encode(packet)], max_size=64) == [packet]
-    assert feed_all([mqtt.encode(packet)], max_size=63) == [(mqtt.SKIPPED, 64)]
+    assert feed_all([mqtt_peer.encode(packet)], max_size=64) == [packet]
+    assert feed_all([mqtt_peer.encode(packet)], max_size=63) == [(mqtt.SKIPPED, 64, "t", 0, 0)]
+
+
+def test_oversized_qos1_publish_reports_its_packet_id_for_the_ack() -> None:
+    packet = (mqtt.PUBLISH, "pb/d/cmd", bytes(100), 1, False, False, 513)
+    assert feed_all([mqtt_peer.encode(packet)], max_size=50) == [(mqtt.SKIPPED, 112, "pb/d/cmd", 1, 513)]
 
 
 def test_oversized_non_publish_raises_too_large() -> None:
@@ -244,7 +252,7 @@ def test_oversized_non_publish_raises_too_large() -> None:
     raises_code("too_large", sub, max_size=64)
     # refused from the header alone, before any of the body arrives
     with pytest.raises(ProtocolError) as info:
-        mqtt.Decoder(64).feed(sub[:3])
+        mqtt_peer.decoder(64).feed(sub[:3])
     assert info.value.code == "too_large"
 
 
@@ -302,6 +310,6 @@ def test_subscribe_asking_for_qos2_is_unsupported_qos() -> None:
 
 def test_connack_reasons_cover_every_refusal() -> None:
     for code in range(1, 6):
-        assert feed_all([mqtt.connack(False, code)]) == [(mqtt.CONNACK, False, code)]
+        assert feed_all([mqtt_peer.connack(False, code)]) == [(mqtt.CONNACK, False, code)]
         assert code in mqtt.CONNACK_REASONS
-    raises_code("malformed", mqtt.connack(False, 6))
+    raises_code("malformed", mqtt_peer.connack(False, 6))

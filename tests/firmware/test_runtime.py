@@ -238,8 +238,8 @@ def test_duplicate_command_is_answered_again_not_executed_twice(tmp_path: Path) 
     sent: list[bytes] = []
     dev.client.publish = lambda topic, payload, qos=0, retain=False, first=False: sent.append(payload) or True  # type: ignore[method-assign]
     calls = []
-    original = dev.execute
-    dev.execute = lambda op, args, cmd_id="local": calls.append(op) or original(op, args, cmd_id)  # type: ignore[method-assign]
+    original = dev.features.enable
+    dev.features.enable = lambda name, on: calls.append("feature.disable") or original(name, on)  # type: ignore[method-assign]
     cmd = json.dumps(
         {"v": 1, "id": "abc", "op": "feature.disable", "args": {"feature": "thermostat"}}
     ).encode()

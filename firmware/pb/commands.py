@@ -1,0 +1,121 @@
+# Commands from the gateway (docs/protocol.md, "Commands"): decoded,
+# deduplicated, carried out, answered. Loaded at the first command: a device
+# that is never told anything does not spend the RAM.
+import json
+
+from . import wire
+from .compat import asyncio, mem_free, ticks_diff, ticks_ms
+from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
+
+_RECENT_CMDS = 8
+
+
+def handle(dev, payload):
+    """A cmd message: answer it, once per command id."""
+    cmd_id = None
+    try:
+        msg = wire.decode_cmd(payload)
+        cmd_id = msg["id"]
+    except ProtocolError as exc:
+        try:
+            raw = json.loads(payload)
+            cmd_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+        except ValueError:
+            pass
+        if cmd_id and wire.valid_id(cmd_id):
+            _reply(dev, cmd_id, wire.reply_error(dev.id, cmd_id, exc.code, exc.message))
+        else:
+            dev.emit_event("bad_command", None, exc.message)
+        return
+    for seen, data in dev.recent:
+        if seen == cmd_id:
+            # a QoS 1 duplicate: answer again, do not act twice
+            dev.client.publish(dev.topic("reply"), data, 1, False)
+            return
+    _reply(dev, cmd_id, execute(dev, msg["op"], msg.get("args", {}), cmd_id))
+
+
+def _reply(dev, cmd_id, reply):
+    try:
+        data = wire.dumps("reply", reply)
+    except ProtocolError as exc:
+        data = wire.dumps("reply", wire.reply_error(dev.id, cmd_id, exc.code, exc.message))
+    dev.recent.append((cmd_id, data))
+    if len(dev.recent) > _RECENT_CMDS:
+        dev.recent.pop(0)
+    dev.client.publish(dev.topic("reply"), data, 1, False)
+
+
+def execute(dev, op, args, cmd_id="local"):
+    """Carry out one command; returns the reply message."""
+    try:
+        result = _op(dev, op, args)
+    except ConfigError as exc:
+        return wire.reply_error(dev.id, cmd_id, "bad_config", str(exc))
+    except FeatureError as exc:
+        return wire.reply_error(dev.id, cmd_id, "feature_failed", str(exc))
+    except BadArgs as exc:
+        return wire.reply_error(dev.id, cmd_id, exc.code, str(exc))
+    except StoreError as exc:
+        return wire.reply_error(dev.id, cmd_id, "storage", str(exc))
+    except HalError as exc:
+        return wire.reply_error(dev.id, cmd_id, "hardware", str(exc))
+    return wire.reply_ok(dev.id, cmd_id, result)
+
+
+def _op(dev, op, args):
+    f = dev.features
+    if op == "ping":
+        return {"uptime_s": ticks_diff(ticks_ms(), dev.started) // 1000, "heap_free": mem_free()}
+    if op == "status":
+        return {
+            "features": f.status(),
+            "config": {n: f.config(n) for n in sorted(f.manifests)},
+            "sensors": f.readings,
+            "actuators": dev.actuators,
+            "mqtt": dev.client.stats,
+            "heap_free": mem_free(),
+            "boot_count": dev.state.get("boot_count", 0),
+            "ota": dev.updates.info(),
+        }
+    if op == "config.get":
+        name = args.get("feature")
+        if name is None:
+            return {n: f.config(n) for n in sorted(f.manifests)}
+        return {name: f.config(_feature_arg(f, args))}
+    if op == "config.set":
+        name = _feature_arg(f, args)
+        return {name: f.set_config(name, args.get("values"))}
+    if op == "feature.enable" or op == "feature.disable":
+        name = _feature_arg(f, args)
+        f.enable(name, op == "feature.enable")
+        dev.republish_hello()
+        return {name: f.status()[name]}
+    if op == "data.set":
+        key = args.get("key")
+        if not isinstance(key, str) or not key:
+            raise BadArgs("data.set needs a string 'key'")
+        f.set_data(key, args.get("value"))
+        return {"key": key}
+    if op == "reboot":
+        asyncio.create_task(dev.reboot_soon())
+        return {"rebooting": True}
+    raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire.OPS)), "unknown_op")
+
+
+class BadArgs(Exception):
+    def __init__(self, message, code="bad_args"):
+        super().__init__(message)
+        self.code = code
+
+
+def _feature_arg(f, args):
+    name = args.get("feature")
+    if not isinstance(name, str):
+        raise BadArgs("needs a string 'feature'")
+    if name not in f.manifests:
+        raise BadArgs(
+            "no feature %r (installed: %s)" % (name, ", ".join(sorted(f.manifests)) or "none"),
+            "unknown_feature",
+        )
+    return name

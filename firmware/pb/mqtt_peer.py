@@ -1,0 +1,163 @@
+# The broker's half of the MQTT 3.1.1 codec: parsing what clients send
+# (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT) and building what
+# brokers send. Tests and tools use it; a device never loads it.
+import struct
+
+from .errors import ProtocolError
+from .mqtt import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    Decoder,
+    _check_pid,
+    _check_qos,
+    _check_topic,
+    _err,
+    _pid,
+    _Reader,
+    check_flags,
+    connect,
+    decode_length,
+    decode_utf8,
+    disconnect,
+    encode_length,
+    pingreq,
+    puback,
+    publish,
+    subscribe,
+    unsubscribe,
+)
+from .mqtt import parse as parse_client
+
+
+def connack(session_present, code):
+    return bytes((0x20, 2, 1 if session_present else 0, code))
+
+
+def suback(pid, codes):
+    _check_pid(pid)
+    body = struct.pack("!H", pid) + bytes(codes)
+    return b"\x90" + encode_length(len(body)) + body
+
+
+def unsuback(pid):
+    _check_pid(pid)
+    return b"\xb0\x02" + struct.pack("!H", pid)
+
+
+def pingresp():
+    return b"\xd0\x00"
+
+
+def encode(packet):
+    """Bytes of any packet tuple parse() returns (its inverse)."""
+    t = packet[0]
+    if t == CONNECT:
+        return connect(packet[1], packet[3], packet[2], packet[5], packet[6], packet[4])
+    if t == CONNACK:
+        return connack(packet[1], packet[2])
+    if t == PUBLISH:
+        return publish(packet[1], packet[2], packet[3], packet[4], packet[5], packet[6])
+    if t == PUBACK:
+        return puback(packet[1])
+    if t == SUBSCRIBE:
+        return subscribe(packet[1], packet[2])
+    if t == SUBACK:
+        return suback(packet[1], packet[2])
+    if t == UNSUBSCRIBE:
+        return unsubscribe(packet[1], packet[2])
+    if t == UNSUBACK:
+        return unsuback(packet[1])
+    if t == PINGREQ:
+        return pingreq()
+    if t == PINGRESP:
+        return pingresp()
+    if t == DISCONNECT:
+        return disconnect()
+    raise ProtocolError("malformed", "cannot encode packet type %r" % (t,))
+
+
+def parse(first, body):
+    """Any MQTT 3.1.1 packet (either direction) from its first byte and body.
+    Raises ProtocolError: malformed, unsupported_qos, unsupported_version, bad_topic."""
+    t = first >> 4
+    if t in (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT):
+        check_flags(t, first & 0x0F)
+        r = _Reader(body)
+        if t == CONNECT:
+            return _parse_connect(r)
+        if t == SUBSCRIBE:
+            pid = _pid(r)
+            filters = []
+            while r.left():
+                f = r.text()
+                _check_topic(f, True)
+                qos = r.u8()
+                if qos > 2:
+                    raise _err("requested QoS %d" % qos)
+                _check_qos(qos, 1)
+                filters.append((f, qos))
+            if not filters:
+                raise _err("SUBSCRIBE without filters")
+            return (SUBSCRIBE, pid, filters)
+        if t == UNSUBSCRIBE:
+            pid = _pid(r)
+            filters = []
+            while r.left():
+                f = r.text()
+                _check_topic(f, True)
+                filters.append(f)
+            if not filters:
+                raise _err("UNSUBSCRIBE without filters")
+            return (UNSUBSCRIBE, pid, filters)
+        r.done()
+        return (t,)
+    return parse_client(first, body)
+
+
+__all__ = ["decode_length", "decode_utf8", "encode_length"]  # re-exported for tools
+
+
+def decoder(max_size=8192):
+    """A Decoder for both directions."""
+    return Decoder(max_size, parse)
+
+
+def _parse_connect(r):
+    if r.bin() != b"MQTT":
+        raise _err("protocol name is not MQTT")
+    if r.u8() != 4:
+        raise ProtocolError("unsupported_version", "protocol level is not 4 (3.1.1)")
+    flags = r.u8()
+    if flags & 1:
+        raise _err("reserved CONNECT flag set")
+    keepalive = r.u16()
+    client_id = r.text()
+    will = None
+    wqos = (flags >> 3) & 3
+    if flags & 0x04:
+        if wqos == 3:
+            raise _err("will QoS 3")
+        _check_qos(wqos, 1)
+        wtopic = r.text()
+        _check_topic(wtopic, False)
+        will = (wtopic, r.bin(), wqos, bool(flags & 0x20))
+    elif wqos or flags & 0x20:
+        raise _err("will QoS or retain without a will")
+    user = r.text() if flags & 0x80 else None
+    if flags & 0x40:
+        if user is None:
+            raise _err("password flag without user flag")
+        password = r.bin()
+    else:
+        password = None
+    r.done()
+    return (CONNECT, client_id, bool(flags & 0x02), keepalive, will, user, password)
