@@ -5,8 +5,8 @@ import json
 from .compat import MICROPYTHON, asyncio, forget, format_exception, print_exception, sleep_ms
 from .errors import ConfigError
 from .features import API
-from .wire import valid_id
 from .store import Store, read_bytes
+from .wire import valid_id
 
 CONFIG_FILE = "config.json"
 
