@@ -51,12 +51,18 @@ class Context:
 
     def on(self, event, handler):
         """Call handler on an event: 'sensor.<name>' (value), 'tick' (now),
-        'data.<key>' (value the gateway sent)."""
+        'data.<key>' (value the gateway sent), 'signal.<name>' (value another
+        feature of this device signalled)."""
         if event.startswith("sensor."):
             self._need(event[7:], self._reads, "read")
-        elif event != "tick" and not event.startswith("data."):
+        elif event != "tick" and not event.startswith("data.") and not event.startswith("signal."):
             raise FeatureError("unknown event %r" % event)
         self._host.bus.on(event, handler, self.name)
+
+    def signal(self, name, value):
+        """Tell the other features of this device something ('signal.<name>').
+        Signals stay on the device: nothing leaves it without a report."""
+        self._host.bus.emit("signal." + name, value)
 
     def read(self, sensor):
         """Latest reading of a declared sensor, or None before the first."""

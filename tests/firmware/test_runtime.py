@@ -91,7 +91,7 @@ def test_thermostat_hysteresis_band(tmp_path: Path) -> None:
         sense(dev, temperature=temp, humidity=40)
         assert relay(dev) is expected, f"at {temp} C (setpoint {sp}, hysteresis {h})"
     report = dev.features.reports["thermostat"]
-    assert report == {"setpoint": 21.0, "heating": True, "mode": "heat"}
+    assert report == {"setpoint": 21.0, "heating": True, "mode": "heat", "offset": 0}
 
 
 def test_thermostat_schedule_changes_the_setpoint(tmp_path: Path) -> None:

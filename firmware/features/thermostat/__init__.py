@@ -1,6 +1,10 @@
 # Thermostat: heater relay with hysteresis around a setpoint that a daily
 # schedule may change. On below setpoint - hysteresis, off above
 # setpoint + hysteresis, unchanged in between (so the relay does not chatter).
+# Other features may shift the setpoint within +-MAX_OFFSET by the signal
+# 'setpoint_offset' (eco pre-heats while energy is cheap).
+
+MAX_OFFSET = 3.0
 
 
 def parse_schedule(entries):
@@ -44,12 +48,23 @@ class Thermostat:
     def __init__(self, ctx):
         self.ctx = ctx
         self.heating = False
+        self.offset = 0
         self.schedule = parse_schedule(ctx.config["schedule"])
         ctx.drive("relay", False)
         ctx.on("sensor.temperature", self.on_temperature)
+        ctx.on("signal.setpoint_offset", self.on_offset)
 
     def setpoint(self):
-        return scheduled(self.schedule, self.ctx.minute_of_day(), self.ctx.config["setpoint"])
+        base = scheduled(self.schedule, self.ctx.minute_of_day(), self.ctx.config["setpoint"])
+        return base + self.offset
+
+    def on_offset(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        self.offset = max(-MAX_OFFSET, min(MAX_OFFSET, value))
+        t = self.ctx.read("temperature")
+        if t is not None:
+            self.on_temperature(t)
 
     def on_temperature(self, t):
         cfg = self.ctx.config
@@ -66,7 +81,7 @@ class Thermostat:
         if on != self.heating:
             self.heating = on
             self.ctx.drive("relay", on)
-        self.ctx.report({"setpoint": sp, "heating": on, "mode": cfg["mode"]})
+        self.ctx.report({"setpoint": sp, "heating": on, "mode": cfg["mode"], "offset": self.offset})
 
     def on_config(self, key, value):
         if key == "schedule":
@@ -77,7 +92,7 @@ class Thermostat:
 
     def selftest(self):
         parse_schedule(self.ctx.config["schedule"])
-        return 5 <= self.setpoint() <= 30
+        return 5 <= self.setpoint() - self.offset <= 30
 
     def stop(self):
         self.ctx.drive("relay", False)

@@ -1,9 +1,23 @@
 # Vent: humidity -> flap opening, with hysteresis. Closed until humidity
-# reaches open_at; then open at least min_opening, growing linearly to fully
-# open at full_at; closed again only once humidity falls below close_at.
+# reaches open_at; then open at least min_opening, more as humidity rises,
+# following the curve in curve.py, fully open at full_at; closed again only
+# once humidity falls below close_at.
+from .curve import POINTS
 
 
-def opening(humidity, venting, cfg):
+def shape(x, points=POINTS):
+    """The curve at x (0..1), linear between its points."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for i in range(1, len(points)):
+        x1, y1 = points[i]
+        if x <= x1:
+            x0, y0 = points[i - 1]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def opening(humidity, venting, cfg, points=POINTS):
     """(venting, opening percent) for a humidity reading."""
     if venting:
         venting = humidity >= cfg["close_at"]
@@ -12,10 +26,10 @@ def opening(humidity, venting, cfg):
     if not venting:
         return False, 0
     lo = cfg["close_at"]
-    span = max(cfg["full_at"] - lo, 1)
-    pct = (humidity - lo) * 100 / span
-    pct = max(cfg["min_opening"], min(100, pct))
-    return True, int(pct + 0.5)
+    x = (humidity - lo) / max(cfg["full_at"] - lo, 1)
+    least = cfg["min_opening"]
+    pct = least + (100 - least) * shape(max(0.0, min(1.0, x)), points)
+    return True, int(max(least, min(100, pct)) + 0.5)
 
 
 def check_config(cfg):
