@@ -1,13 +1,43 @@
 # Hand over to the runtime; whatever escapes it ends in a reset.
-try:
-    from pb.boot import main
+#
+# On a board, machine.reset() restarts everything. On the unix port this
+# process stands in for the board's reset: it runs the device as a child
+# process and starts it again whenever the device resets, so that every boot
+# has a fresh heap as on a board. A child killed outright is a power cut: the
+# whole device goes down. Under CPython the runtime restarts in-process.
+import sys
 
-    main()
-except KeyboardInterrupt:
-    pass
-except BaseException as exc:  # noqa: BLE001 - last line of defence on the board
-    import sys
 
+def device():
+    from pb.boot import run
+
+    run(".")
+
+
+def supervise():
+    import os
+    import time
+
+    with open("/proc/self/cmdline", "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    # the interpreter's own arguments (-X heapsize=...), as it was started;
+    # it may be a script run by another interpreter, so find it by name
+    for i in range(len(argv)):
+        if argv[i] == sys.executable or argv[i].endswith("/micropython"):
+            argv = argv[i + 1 :]
+            break
+    while True:
+        status = os.system("PB_CHILD=1 exec '%s' %s" % (sys.executable, " ".join("'%s'" % a for a in argv)))
+        if status & 0x7F:
+            sys.exit(128 + (status & 0x7F))  # killed: the power is gone
+        code = status >> 8
+        if code == 0:
+            return  # stopped on purpose (Ctrl-C)
+        if code != 75:
+            time.sleep(1)  # it crashed: a board's watchdog would reset it
+
+
+def last_resort(exc):
     if hasattr(sys, "print_exception"):
         sys.print_exception(exc)
     else:
@@ -20,3 +50,29 @@ except BaseException as exc:  # noqa: BLE001 - last line of defence on the board
         machine.reset()
     except (ImportError, AttributeError):
         sys.exit(1)
+
+
+try:
+    if sys.implementation.name != "micropython":
+        path = list(sys.path)
+        while True:
+            device()
+            sys.path[:] = path  # a feature set's folder goes with its modules
+            for name in list(sys.modules):
+                if name.split(".")[0] in ("pb", "features"):
+                    del sys.modules[name]
+    elif sys.platform == "linux":
+        import os
+
+        if os.getenv("PB_CHILD"):
+            device()
+            sys.exit(75)  # a reset: the parent starts the device again
+        supervise()
+    else:
+        device()
+except KeyboardInterrupt:
+    pass
+except SystemExit:
+    raise
+except BaseException as exc:  # noqa: BLE001 - last line of defence on the board
+    last_resort(exc)

@@ -10,14 +10,29 @@ import asyncio
 import json
 import os
 import secrets
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from firmware.pb.errors import ProtocolError
 
-from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
+from .archive import MAX_ARCHIVE, TAR_TYPE, unpack_release
+from .errors import (
+    CommandTimeoutError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    GatewayError,
+    OtaDisabledError,
+    OtaServiceError,
+    ReleaseNotFoundError,
+    ReleaseRefusedError,
+    UpdateNotFoundError,
+    UpdateRefusedError,
+)
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -50,6 +65,12 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/devices/{id}", _device),
             web.get("/api/v1/devices/{id}/telemetry", _telemetry),
             web.post("/api/v1/devices/{id}/commands", _command),
+            web.post("/api/v1/devices/{id}/update", _start_update),
+            web.get("/api/v1/devices/{id}/updates", _device_updates),
+            web.get("/api/v1/updates/{uid}", _update),
+            web.post("/api/v1/releases", _add_release),
+            web.get("/api/v1/releases", _releases),
+            web.get("/api/v1/releases/{ref}", _release),
         ]
     )
     return app
@@ -119,6 +140,140 @@ async def _command(request: web.Request) -> web.Response:
     except GatewayError as exc:
         return _error(503, "unavailable", str(exc))
     return web.json_response({"reply": reply})
+
+
+# ---- releases and updates (docs/ota.md 5) -----------------------------------------
+
+
+def _ota_error(exc: GatewayError) -> web.Response:
+    """The answer to an error of the update endpoints."""
+    if isinstance(exc, OtaDisabledError):
+        return _error(503, exc.code, str(exc))
+    if isinstance(exc, ReleaseNotFoundError):
+        return _error(409 if exc.code == "ambiguous" else 404, exc.code, str(exc))
+    if isinstance(exc, ReleaseRefusedError):
+        return _error(500 if exc.code == "storage" else 422, exc.code, str(exc))
+    if isinstance(exc, UpdateNotFoundError):
+        return _error(404, exc.code, str(exc))
+    if isinstance(exc, UpdateRefusedError):
+        return _error(409, exc.code, str(exc))
+    if isinstance(exc, DeviceNotFoundError):
+        return _error(404, "unknown_device", str(exc))
+    if isinstance(exc, DeviceOfflineError):
+        return _error(409, "offline", str(exc))
+    if isinstance(exc, OtaServiceError):
+        return _error(500, exc.code, str(exc))
+    return _error(503, "unavailable", str(exc))
+
+
+def _ota(request: web.Request) -> Gateway:
+    """The gateway, if it can do updates. Raises OtaDisabledError."""
+    gw = request.app[_GATEWAY]
+    gw.ota.require_keys()
+    return gw
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None if it is longer than limit (read no further)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    parts, size = [], 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _add_release(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+    except GatewayError as exc:
+        return _ota_error(exc)
+    if request.content_type != TAR_TYPE:
+        return _error(415, "bad_request", f"send the release folder as a tar archive ({TAR_TYPE})")
+    data = await _read_limited(request, MAX_ARCHIVE)
+    if data is None:
+        return _error(413, "too_large", f"a release archive may have at most {MAX_ARCHIVE} bytes")
+    releases = gw.ota.releases
+
+    def unpack_and_prepare() -> Any:
+        with tempfile.TemporaryDirectory(prefix="pb-release-") as tmp:
+            folder = Path(tmp) / "release"
+            unpack_release(data, folder)
+            return releases.prepare(folder)
+
+    try:
+        # signatures and blob hashes take a while: not on the event loop
+        prepared = await asyncio.to_thread(unpack_and_prepare)
+        stored, new = releases.insert(prepared, time.time())
+    except GatewayError as exc:
+        return _ota_error(exc)
+    return web.json_response(stored.summary() | {"new": new}, status=201 if new else 200)
+
+
+async def _releases(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+    except GatewayError as exc:
+        return _ota_error(exc)
+    model = request.query.get("model")
+    return web.json_response([r.summary() for r in gw.ota.releases.list(model)])
+
+
+async def _release(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+        rel = gw.ota.releases.find(request.match_info["ref"])
+    except GatewayError as exc:
+        return _ota_error(exc)
+    return web.json_response(rel.summary() | {"files_list": [e.to_dict() for e in rel.entries]})
+
+
+async def _start_update(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+    except GatewayError as exc:
+        return _ota_error(exc)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "bad_request", "body must be JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
+        return _error(400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        return _error(400, "bad_request", "'force' must be true or false")
+    try:
+        u = await gw.ota.start(request.match_info["id"], body["release"], force=force)
+    except GatewayError as exc:
+        return _ota_error(exc)
+    return web.json_response(u.to_dict(), status=201)
+
+
+async def _update(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+        u = gw.ota.get(request.match_info["uid"])
+    except GatewayError as exc:
+        return _ota_error(exc)
+    return web.json_response(u.to_dict())
+
+
+async def _device_updates(request: web.Request) -> web.Response:
+    try:
+        gw = _ota(request)
+    except GatewayError as exc:
+        return _ota_error(exc)
+    dev = request.match_info["id"]
+    try:
+        limit = max(1, min(int(request.query.get("limit", "20")), 1000))
+    except ValueError:
+        return _error(400, "bad_request", "limit must be an integer")
+    if gw.store.device(dev) is None:
+        return _error(404, "unknown_device", f"no device {dev!r}")
+    return web.json_response([u.to_dict() for u in gw.ota.of_device(dev, limit)])
 
 
 async def serve_api(gw: Gateway, host: str, port: int) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 
 from . import __version__
 from .broker import BrokerUrl, EmbeddedBroker
-from .errors import GatewayError
+from .errors import ConfigError, GatewayError
 from .paths import default_db
+from .updates import DEFAULT_DEADLINE_S
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -37,6 +38,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from .provision import provision_into
 
     features = [f for f in args.features.split(",") if f] if args.features is not None else None
+    root = None
+    if args.root or args.keys:
+        path = Path(args.root) if args.root else Path(args.keys) / "root.json"
+        try:
+            root = path.read_bytes()
+        except OSError as exc:
+            raise GatewayError(f"cannot read the root {path}: {exc.strerror}") from exc
     p = provision_into(
         Path(args.into),
         args.model,
@@ -45,14 +53,18 @@ def cmd_provision(args: argparse.Namespace) -> int:
         board=args.board,
         password=args.password,
         features=features,
-        compile_mpy=args.compile,
+        compile_mpy=not args.source,
         force=args.force,
         telemetry_s=args.telemetry,
+        root=root,
+        trial_s=args.trial,
     )
     feats = ", ".join(p.features) or "none"
     print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
     print(f"broker user {p.username!r}, password {p.password!r}")
     print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
+    if root is None:
+        print("no update keys given (--keys): this device will refuse every update")
     print(f"run it: cd {p.path} && micropython main.py")
     return 0
 
@@ -71,14 +83,49 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             host, port = args.listen
             broker = await stack.enter_async_context(EmbeddedBroker(host, port))
             print(f"embedded broker listening on {broker}", flush=True)
+        keys = _gateway_keys(Path(args.keys)) if args.keys else None
         store = stack.enter_context(Store(_db(args)))
-        gw = Gateway(broker, store, client_id=args.client_id, api=args.api)
+        gw = Gateway(
+            broker,
+            store,
+            client_id=args.client_id,
+            api=args.api,
+            keys=keys,
+            update_deadline=args.update_deadline,
+        )
         task = asyncio.create_task(gw.run(), name="gateway")
         while gw.api_url is None and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
             print(f"gateway: database {store.path}, API {gw.api_url}, broker {broker}", flush=True)
+            if keys is not None:
+                print(f"updates: root version {keys.version} from {keys.path}", flush=True)
+            else:
+                print("updates: off (no --keys DIR)", flush=True)
         await task
+
+
+def _gateway_keys(folder: Path) -> Any:
+    """The gateway's keys: root.json and gateway.key. Raises ConfigError."""
+    from ota.errors import KeyStoreError
+    from ota.keys import load_keys
+
+    try:
+        keys = load_keys(folder)
+        keys.gateway_key()
+    except KeyStoreError as exc:
+        raise ConfigError(f"--keys {folder}: {exc}") from exc
+    return keys
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
 
 
 def cmd_gateway_run(args: argparse.Namespace) -> int:
@@ -132,7 +179,11 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     if d is None:
         raise GatewayError(f"no device {args.id!r} in {_db(args)}")
     if args.json:
-        print(json.dumps(d.to_dict() | {"events": events}, indent=2))
+        from .updater import UpdateTable
+
+        with Store(_db(args), readonly=True) as store:
+            updates = [u.to_dict() for u in UpdateTable(store).of_device(args.id, 5)]
+        print(json.dumps(d.to_dict() | {"events": events, "updates": updates}, indent=2))
         return 0
     state = "online" if d.online else f"offline ({d.state_reason or 'unknown'})"
     print(f"{d.id}: {d.model} on {d.board}, runtime {d.runtime} ({d.platform}), {state}")
@@ -141,6 +192,10 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         flags = "running" if f.get("running") else ("disabled" if not f.get("enabled", True) else "stopped")
         err = f" - {f['error']}" if f.get("error") else ""
         print(f"  feature {name} {f.get('version', '?')}: {flags}{err}")
+    from .cli_ota import show_device_ota
+
+    for line in show_device_ota(_db(args), d.id, d.ota):
+        print(line)
     if d.last_telemetry:
         print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))
     for e in events:
@@ -260,9 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--board", help="board file (default: the model's first)")
     pv.add_argument("--password", help="broker password for the device (default: a new random one)")
     pv.add_argument("--features", help="comma-separated features (default: the board's)")
-    pv.add_argument("--compile", action="store_true", help="compile modules with mpy-cross (.mpy)")
+    pv.add_argument(
+        "--source",
+        action="store_true",
+        help="ship modules as .py (to run the device under CPython too); default: compiled .mpy",
+    )
     pv.add_argument("--telemetry", type=float, default=10, metavar="S", help="telemetry period (s)")
     pv.add_argument("--force", action="store_true", help="replace a device already in the folder")
+    pv.add_argument("--keys", help="update keys folder whose root.json the device will trust")
+    pv.add_argument("--root", help="root.json the device will trust (instead of --keys)")
+    pv.add_argument(
+        "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
+    )
     pv.set_defaults(func=cmd_provision)
 
     gw = sub.add_parser("gateway", help="the gateway service").add_subparsers(
@@ -276,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", help=f"database (default {default_db()})")
     run.add_argument("--api", type=_hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
     run.add_argument("--client-id", default="pb-gateway", help="MQTT client id")
+    run.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="keys folder with root.json and gateway.key: store releases and update devices",
+    )
+    run.add_argument(
+        "--update-deadline",
+        type=_positive,
+        default=DEFAULT_DEADLINE_S,
+        metavar="S",
+        help=f"an update not committed after S seconds fails (default {DEFAULT_DEADLINE_S:g})",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_gateway_run)
 
@@ -316,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ota.cli import add_commands
 
-    add_commands(sub)
+    from .cli_ota import register
+
+    register(add_commands(sub), dv)
     return p
 
 

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .errors import ApiError
+from .errors import ApiError, ApiRequestError
 from .store import Store
 
 
@@ -28,13 +28,21 @@ class ApiClient:
         return cls(info["url"], info["token"])
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-        """The decoded JSON answer. Raises ApiError with the API's message."""
+        """The decoded JSON answer. Raises ApiError (ApiRequestError, with
+        the API's code, when it answered with an error)."""
         data = None if body is None else json.dumps(body).encode()
+        return self._send(method, path, data, "application/json", timeout)
+
+    def upload(self, path: str, data: bytes, content_type: str, timeout: float = 120) -> Any:
+        """POST raw bytes; the decoded JSON answer. Raises ApiError."""
+        return self._send("POST", path, data, content_type, timeout)
+
+    def _send(self, method: str, path: str, data: bytes | None, content_type: str, timeout: float) -> Any:
         req = urllib.request.Request(
             self.url + path,
             data=data,
             method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -42,9 +50,10 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             try:
                 err = json.loads(exc.read())["error"]
-                raise ApiError(err["message"]) from None
+                message, code = str(err["message"]), str(err["code"])
             except (ValueError, KeyError, TypeError):
                 raise ApiError(f"gateway answered HTTP {exc.code}") from None
+            raise ApiRequestError(message, code, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise ApiError(f"cannot reach the gateway at {self.url}: {exc}") from exc
 

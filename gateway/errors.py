@@ -31,3 +31,59 @@ class CommandTimeoutError(GatewayError):
 
 class ApiError(GatewayError):
     """The gateway's API refused a request or could not be reached."""
+
+
+class ApiRequestError(ApiError):
+    """The API answered with an error: `code` and HTTP `status` as it said."""
+
+    def __init__(self, message: str, code: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+# ---- over-the-air updates ----------------------------------------------------
+
+
+class OtaServiceError(GatewayError):
+    """Root of the gateway's update errors; `code` is what the API answers."""
+
+    code = "ota_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class OtaDisabledError(OtaServiceError):
+    """The gateway was started without keys, so it cannot sign offers."""
+
+    code = "ota_disabled"
+
+
+class ReleaseNotFoundError(OtaServiceError):
+    """No stored release matches a reference (or more than one does: code 'ambiguous')."""
+
+    code = "unknown_release"
+
+
+class ReleaseRefusedError(OtaServiceError):
+    """A release failed verification or cannot be stored; `code` is the
+    device's trust code (bad_signature, unknown_key, mismatch, ...) or
+    'bad_archive', 'counter_taken'. A security failure: never retried."""
+
+    code = "refused"
+
+
+class UpdateNotFoundError(OtaServiceError):
+    """No update with that id."""
+
+    code = "unknown_update"
+
+
+class UpdateRefusedError(OtaServiceError):
+    """An update cannot start: wrong_model, rollback (the device runs that
+    counter or a higher one)."""
+
+    code = "refused"

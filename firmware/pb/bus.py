@@ -30,6 +30,8 @@ class Bus:
                 continue
             try:
                 handler(*args)
+            except MemoryError:
+                raise  # the device is short of RAM, not the feature at fault: reset
             except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
                 failed = failed or []
                 failed.append(owner)

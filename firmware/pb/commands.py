@@ -3,9 +3,10 @@
 # that is never told anything does not spend the RAM.
 import json
 
-from . import wire
+from . import wire, wire_in
 from .compat import asyncio, mem_free, ticks_diff, ticks_ms
 from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
+from .ids import valid_id
 
 _RECENT_CMDS = 8
 
@@ -14,16 +15,16 @@ def handle(dev, payload):
     """A cmd message: answer it, once per command id."""
     cmd_id = None
     try:
-        msg = wire.decode_cmd(payload)
+        msg = wire_in.decode_cmd(payload)
         cmd_id = msg["id"]
     except ProtocolError as exc:
         try:
-            raw = json.loads(payload)
+            raw = json.loads(bytes(payload))
             cmd_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
         except ValueError:
             pass
-        if cmd_id and wire.valid_id(cmd_id):
-            _reply(dev, cmd_id, wire.reply_error(dev.id, cmd_id, exc.code, exc.message))
+        if cmd_id and valid_id(cmd_id):
+            _reply(dev, cmd_id, wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
         else:
             dev.emit_event("bad_command", None, exc.message)
         return
@@ -39,7 +40,7 @@ def _reply(dev, cmd_id, reply):
     try:
         data = wire.dumps("reply", reply)
     except ProtocolError as exc:
-        data = wire.dumps("reply", wire.reply_error(dev.id, cmd_id, exc.code, exc.message))
+        data = wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
     dev.recent.append((cmd_id, data))
     if len(dev.recent) > _RECENT_CMDS:
         dev.recent.pop(0)
@@ -51,16 +52,16 @@ def execute(dev, op, args, cmd_id="local"):
     try:
         result = _op(dev, op, args)
     except ConfigError as exc:
-        return wire.reply_error(dev.id, cmd_id, "bad_config", str(exc))
+        return wire_in.reply_error(dev.id, cmd_id, "bad_config", str(exc))
     except FeatureError as exc:
-        return wire.reply_error(dev.id, cmd_id, "feature_failed", str(exc))
+        return wire_in.reply_error(dev.id, cmd_id, "feature_failed", str(exc))
     except BadArgs as exc:
-        return wire.reply_error(dev.id, cmd_id, exc.code, str(exc))
+        return wire_in.reply_error(dev.id, cmd_id, exc.code, str(exc))
     except StoreError as exc:
-        return wire.reply_error(dev.id, cmd_id, "storage", str(exc))
+        return wire_in.reply_error(dev.id, cmd_id, "storage", str(exc))
     except HalError as exc:
-        return wire.reply_error(dev.id, cmd_id, "hardware", str(exc))
-    return wire.reply_ok(dev.id, cmd_id, result)
+        return wire_in.reply_error(dev.id, cmd_id, "hardware", str(exc))
+    return wire_in.reply_ok(dev.id, cmd_id, result)
 
 
 def _op(dev, op, args):
@@ -100,7 +101,7 @@ def _op(dev, op, args):
     if op == "reboot":
         asyncio.create_task(dev.reboot_soon())
         return {"rebooting": True}
-    raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire.OPS)), "unknown_op")
+    raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire_in.OPS)), "unknown_op")
 
 
 class BadArgs(Exception):

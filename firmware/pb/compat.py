@@ -66,13 +66,6 @@ def rand_below(n):
     return random.getrandbits(30) % n
 
 
-def token_hex(nbytes):
-    """Random bytes from the OS as hex (os.urandom on both interpreters)."""
-    import os
-
-    return "".join("%02x" % b for b in os.urandom(nbytes))
-
-
 def mem_free():
     """Free heap in bytes, or -1 where the interpreter cannot tell."""
     import gc

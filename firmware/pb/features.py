@@ -8,10 +8,10 @@
 # network or the hardware directly: they go through their context.
 import sys
 
+from . import API
 from .compat import format_exception
 from .errors import FeatureError, HalError
 
-API = 1
 MAX_FEATURES = 16
 _MAX_ERROR = 120  # characters of an error kept in status and hello
 
@@ -27,11 +27,21 @@ def import_feature(root, name):
     return getattr(top, name)
 
 
-def forget_modules(pkg="features"):
-    """Drop imported feature modules, so a restart imports them afresh."""
-    for key in list(sys.modules):
-        if key == pkg or key.startswith(pkg + "."):
-            del sys.modules[key]
+_KEEP = ("version", "api", "requires", "permissions")
+_KEEP_SPEC = ("type", "default", "min", "max", "enum", "max_len")
+
+
+def _lean(m):
+    """What the runtime needs of a manifest (descriptions and docs stay on flash)."""
+    out = {}
+    for k in _KEEP:
+        if k in m:
+            out[k] = m[k]
+    config = m.get("config", {})
+    out["config"] = {}
+    for key in config:
+        out["config"][key] = {k: config[key][k] for k in _KEEP_SPEC if k in config[key]}
+    return out
 
 
 class Context:
@@ -151,7 +161,7 @@ class FeatureHost:
                 self._setting(name)["error"] = "more than %d features installed" % MAX_FEATURES
                 continue
             try:
-                self.manifests[name] = read_manifest(self.root, name)
+                self.manifests[name] = _lean(read_manifest(self.root, name))
             except Exception as exc:  # noqa: BLE001 - one bad package must not stop the boot
                 self._setting(name)["error"] = format_exception(exc)
                 self.manifests.pop(name, None)
@@ -189,6 +199,8 @@ class FeatureHost:
             self.modules[name] = mod
             obj = mod.start(ctx)
             self.running[name] = obj if obj is not None else mod
+        except MemoryError:
+            raise  # the device is short of RAM, not the feature at fault: reset
         except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
             self.fail(name, exc)
             return False

@@ -109,10 +109,11 @@ def _staged_job(base):
     return job if isinstance(job, dict) and job.get("phase") == "staged" else None
 
 
-def decide(base=".", fault=None, device=None, now=None):
-    """Choose the feature set for this boot (and record a trial boot).
-    device: (model, caps, api), to install a staged update first."""
-    job = _staged_job(base) if device is not None else None
+def install_staged(base, device, now, fault=None):
+    """Install a staged update, if there is one (device: model, caps, api);
+    True if there was one, installed or refused: the device then resets, so
+    that the new set's trial starts on a fresh heap."""
+    job = _staged_job(base)
     if job is not None:
         p = read_pointer(base)
         running = (None, 0, None)
@@ -122,7 +123,12 @@ def decide(base=".", fault=None, device=None, now=None):
             running = (FACTORY, 0, None)
         from .install import install
 
-        install(base, job, device, running, now() if now else 0, fault)
+        install(base, job, device, running, now, fault)
+    return job is not None
+
+
+def decide(base=".", fault=None):
+    """Choose the feature set for this boot (and record a trial boot)."""
     p = read_pointer(base)
     factory = _is_dir(base + "/" + FACTORY)
     if p is None or p.get("corrupt"):

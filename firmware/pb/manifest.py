@@ -4,8 +4,8 @@
 import json
 
 from .errors import ConfigError, FeatureError
+from .ids import valid_id
 from .store import read_bytes
-from .wire import valid_id
 
 _MAX_LIST = 48
 _MAX_STR = 64

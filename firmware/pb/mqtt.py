@@ -194,10 +194,6 @@ def publish_header(topic, length, qos=0, retain=False, dup=False, pid=0):
     return bytes((first,)) + encode_length(len(t) + length) + t
 
 
-def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
-    return publish_header(topic, len(payload), qos, retain, dup, pid) + bytes(payload)
-
-
 def puback(pid):
     _check_pid(pid)
     return b"\x40\x02" + struct.pack("!H", pid)
@@ -213,17 +209,6 @@ def subscribe(pid, filters):
         _check_qos(qos, 1)
         body += _str(f) + bytes((qos,))
     return b"\x82" + encode_length(len(body)) + body
-
-
-def unsubscribe(pid, filters):
-    _check_pid(pid)
-    if not filters:
-        raise ProtocolError("malformed", "UNSUBSCRIBE without filters")
-    body = struct.pack("!H", pid)
-    for f in filters:
-        _check_topic(f, True)
-        body += _str(f)
-    return b"\xa2" + encode_length(len(body)) + body
 
 
 def pingreq():
@@ -252,64 +237,22 @@ def decode_length(buf, start=1):
     raise _err("remaining length longer than 4 bytes")
 
 
-class _Reader:
-    # Walks a packet body, raising ProtocolError instead of IndexError.
-    def __init__(self, body):
-        self.b = body
-        self.i = 0
-
-    def left(self):
-        return len(self.b) - self.i
-
-    def u8(self):
-        if self.i >= len(self.b):
-            raise _err("packet too short")
-        v = self.b[self.i]
-        self.i += 1
-        return v
-
-    def u16(self):
-        if self.i + 2 > len(self.b):
-            raise _err("packet too short")
-        v = (self.b[self.i] << 8) | self.b[self.i + 1]
-        self.i += 2
-        return v
-
-    def raw(self, n):
-        if self.i + n > len(self.b):
-            raise _err("field runs past the end of the packet")
-        v = bytes(self.b[self.i : self.i + n])
-        self.i += n
-        return v
-
-    def bin(self):
-        return self.raw(self.u16())
-
-    def text(self):
-        raw = self.bin()
-        try:
-            s = decode_utf8(raw)
-        except UnicodeError:
-            raise _err("string is not UTF-8") from None
-        if "\x00" in s:
-            raise _err("NUL in string")
-        return s
-
-    def rest(self):
-        v = bytes(self.b[self.i :])
-        self.i = len(self.b)
-        return v
-
-    def done(self):
-        if self.i != len(self.b):
-            raise _err("%d unexpected trailing bytes" % (len(self.b) - self.i))
+def _u16(b, i):
+    if i + 2 > len(b):
+        raise _err("packet too short")
+    return (b[i] << 8) | b[i + 1]
 
 
-def _pid(r):
-    pid = r.u16()
+def _pid_at(b, i):
+    pid = _u16(b, i)
     if pid == 0:
         raise _err("packet id 0")
     return pid
+
+
+def _exact(b, n):
+    if len(b) != n:
+        raise _err("packet too short" if len(b) < n else "%d unexpected trailing bytes" % (len(b) - n))
 
 
 def parse(first, body):
@@ -317,7 +260,6 @@ def parse(first, body):
     its body. Raises ProtocolError: malformed, unsupported_qos, bad_topic."""
     t = first >> 4
     flags = first & 0x0F
-    r = _Reader(body)
     if t == PUBLISH:
         qos = (flags >> 1) & 3
         if qos == 3:
@@ -327,27 +269,32 @@ def parse(first, body):
         dup = bool(flags & 0x08)
         if dup and not qos:
             raise _err("DUP set on a QoS 0 PUBLISH")
-        topic = r.text()
+        end = 2 + _u16(body, 0)
+        if end > len(body):
+            raise _err("field runs past the end of the packet")
+        topic = text(body[2:end])
         _check_topic(topic, False)
-        pid = _pid(r) if qos else 0
-        return (PUBLISH, topic, r.rest(), qos, bool(flags & 1), dup, pid)
+        pid = _pid_at(body, end) if qos else 0
+        payload = body[end + 2 if qos else end :]
+        # a view when the body is one (the decoder's reused buffer), else bytes
+        if not isinstance(payload, memoryview):
+            payload = bytes(payload)
+        return (PUBLISH, topic, payload, qos, bool(flags & 1), dup, pid)
     check_flags(t, flags)
     if t == CONNACK:
-        ack = r.u8()
-        code = r.u8()
-        r.done()
-        if ack & 0xFE:
+        _exact(body, 2)
+        if body[0] & 0xFE:
             raise _err("reserved CONNACK flags set")
-        if code > 5:
-            raise _err("CONNACK return code %d" % code)
-        return (CONNACK, bool(ack & 1), code)
+        if body[1] > 5:
+            raise _err("CONNACK return code %d" % body[1])
+        return (CONNACK, bool(body[0] & 1), body[1])
     if t == PUBACK or t == UNSUBACK:
-        pid = _pid(r)
-        r.done()
+        pid = _pid_at(body, 0)
+        _exact(body, 2)
         return (t, pid)
     if t == SUBACK:
-        pid = _pid(r)
-        codes = list(r.rest())
+        pid = _pid_at(body, 0)
+        codes = list(body[2:])
         if not codes:
             raise _err("SUBACK without return codes")
         for c in codes:
@@ -355,9 +302,20 @@ def parse(first, body):
                 raise _err("SUBACK return code 0x%x" % c)
         return (SUBACK, pid, codes)
     if t == PINGRESP:
-        r.done()
+        _exact(body, 0)
         return (t,)
     raise _err("packet type %d is not sent to clients" % t)
+
+
+def text(raw):
+    """A protocol string: strict UTF-8, no NUL. Raises ProtocolError."""
+    try:
+        s = decode_utf8(raw)
+    except UnicodeError:
+        raise _err("string is not UTF-8") from None
+    if "\x00" in s:
+        raise _err("NUL in string")
+    return s
 
 
 def check_flags(t, flags):
@@ -377,34 +335,58 @@ class Decoder:
     nothing legitimate is that big. parse: the function that builds packets.
     """
 
-    def __init__(self, max_size=8192, parse=parse):
+    def __init__(self, max_size=8192, parse=parse, reuse=False):
         self.max_size = max_size
         self.parse = parse
+        # reuse: every body goes into one buffer taken now, while the heap is
+        # whole, and a PUBLISH's payload is a view of it, valid only until the
+        # next feed(): a board's heap is too small and too fragmented to take
+        # kilobytes for every packet
+        self._pool = memoryview(bytearray(max_size)) if reuse else None
         self._buf = bytearray()
         self._first = 0
-        self._need = -1  # body bytes still expected; -1 while reading a header
+        self._need = -1  # size of the body being read; -1 while reading a header
+        self._body = None
+        self._got = 0
         self._skip = 0  # bytes of an oversized PUBLISH still to pass over
         self._head = None  # its variable header, while it is being read
         self._unreported = False
         self._size = 0
 
+    def restart(self):
+        """Forget a partial packet (a new connection starts afresh)."""
+        self._buf = bytearray()
+        self._need = -1
+        self._body = None
+        self._got = 0
+        self._skip = 0
+        self._head = None
+        self._unreported = False
+
     def feed(self, data):
         """Packets completed by data, in order. Raises ProtocolError; after
         an error the stream cannot be resynchronised and must be closed."""
-        out = []
+        return list(self.packets(data))
+
+    def packets(self, data):
+        """feed(), one packet at a time: with a reused buffer each packet must
+        be handled before the next is read into it."""
         i = 0
         n = len(data)
+        mv = memoryview(data)
         while i < n:
             if self._skip:
                 k = min(self._skip, n - i)
                 if self._head is not None:
-                    self._capture(data[i : i + k], out)
+                    got = self._capture(mv[i : i + k])
+                    if got is not None:
+                        yield got
                 self._skip -= k
                 i += k
                 if not self._skip and self._unreported:
                     self._head = None
                     self._unreported = False
-                    out.append((SKIPPED, self._size, None, 0, 0))
+                    yield (SKIPPED, self._size, None, 0, 0)
                 continue
             if self._need < 0:
                 self._buf.append(data[i])
@@ -424,19 +406,22 @@ class Decoder:
                     self._head = bytearray()
                     self._unreported = True
                     continue
+                # the body's whole size is known: one buffer, filled in place
+                self._body = self._pool[:rl] if self._pool is not None else bytearray(rl)
                 self._need = rl
+                self._got = 0
             else:
-                k = min(self._need - len(self._buf), n - i)
-                self._buf.extend(data[i : i + k])
+                k = min(self._need - self._got, n - i)
+                self._body[self._got : self._got + k] = mv[i : i + k]
+                self._got += k
                 i += k
-            if len(self._buf) == self._need:
-                body = bytes(self._buf)
-                self._buf = bytearray()
+            if self._got == self._need:
+                body = self._body
+                self._body = None
                 self._need = -1
-                out.append(self.parse(self._first, body))
-        return out
+                yield self.parse(self._first, body)
 
-    def _capture(self, chunk, out):
+    def _capture(self, chunk):
         # keep the first bytes of an oversized PUBLISH: topic and packet id
         h = self._head
         qos = (self._first >> 1) & 3
@@ -457,5 +442,4 @@ class Decoder:
                 except UnicodeError:
                     topic = None
                 pid = (h[want - 2] << 8) | h[want - 1] if qos and topic is not None else 0
-                out.append((SKIPPED, self._size, topic, qos if topic is not None else 0, pid))
-                return
+                return (SKIPPED, self._size, topic, qos if topic is not None else 0, pid)

@@ -12,19 +12,19 @@ import socket
 
 from . import mqtt
 from .compat import (
+    MICROPYTHON,
     TimeoutError,
     asyncio,
     const,
     format_exception,
     rand_below,
-    sleep_ms,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
 from .errors import MqttError, ProtocolError
 
-_READ_SIZE = const(1024)
+_READ_SIZE = const(256)
 
 
 def resolve(host, port):
@@ -46,7 +46,8 @@ class MQTTClient:
     """Keeps one MQTT session alive and moves messages through it.
 
     publish() only queues; run() owns the connection. Callbacks:
-    on_message(topic, payload, retain), on_up(), on_down(reason), and
+    on_message(topic, payload, retain) (payload: bytes, or on MicroPython a
+    memoryview valid only during the call), on_up(), on_down(reason), and
     birth() -> [(topic, payload, qos, retain)]: messages sent first on every
     connect, ahead of (and never evicted by) anything queued.
     """
@@ -113,6 +114,12 @@ class MQTTClient:
         self._lock = asyncio.Lock()
         self._last_rx = 0
         self._last_tx = 0
+        if MICROPYTHON:
+            self._rbuf = bytearray(_READ_SIZE)
+            self._rmv = memoryview(self._rbuf)
+        # on a board: payloads handed to on_message are views into a buffer
+        # reused for the next packet: handlers copy what they keep
+        self._decoder = mqtt.Decoder(max_packet, reuse=MICROPYTHON)
 
     # ---- API --------------------------------------------------------------
 
@@ -225,7 +232,8 @@ class MQTTClient:
             self.connect_timeout_ms,
         )
         self._writer = w
-        dec = mqtt.Decoder(self.max_packet)
+        dec = self._decoder
+        dec.restart()
         tasks = []
         try:
             w.write(
@@ -233,7 +241,7 @@ class MQTTClient:
             )
             await wait_for_ms(w.drain(), self.connect_timeout_ms)
             self._last_tx = self._last_rx = ticks_ms()
-            first = await wait_for_ms(self._connack(r, dec), self.connect_timeout_ms)
+            await wait_for_ms(self._connack(r, dec), self.connect_timeout_ms)
             self.stats["connects"] += 1
             self.up = True
             self.last_error = None
@@ -251,11 +259,9 @@ class MQTTClient:
             await self._drain(w)
             if self.on_up:
                 self.on_up()
-            for p in first:
-                self._handle(p, w)
             done = asyncio.Event()
             failure = []
-            for coro in (self._reader(r, w, dec), self._pump(w), self._pinger(w)):
+            for coro in (self._reader(r, w, dec), self._pump(w)):
                 tasks.append(asyncio.create_task(_guard(coro, done, failure)))
             await done.wait()
             if failure and not self._closed:
@@ -267,21 +273,29 @@ class MQTTClient:
             self._writer = None
             _close(w)
 
+    async def _read(self, r):
+        # into one buffer, reused: a board's heap is too small to take a new
+        # kilobyte for every read
+        if MICROPYTHON:
+            n = await r.readinto(self._rbuf)
+            return self._rmv[:n]
+        return await r.read(_READ_SIZE)
+
     async def _connack(self, r, dec):
+        # a broker sends nothing before CONNACK; whatever follows it in the
+        # same read is its own fault and is dropped (a reused buffer cannot
+        # hold it for later)
         while True:
-            data = await r.read(_READ_SIZE)
+            data = await self._read(r)
             if not data:
                 raise MqttError("connection closed before CONNACK")
-            pkts = dec.feed(data)
-            if not pkts:
-                continue
-            p = pkts[0]
-            if p[0] != mqtt.CONNACK:
-                raise MqttError("expected CONNACK, got packet type %d" % p[0])
-            if p[2]:
-                raise MqttError("connection refused: " + mqtt.CONNACK_REASONS.get(p[2], str(p[2])))
-            self._last_rx = ticks_ms()
-            return pkts[1:]
+            for p in dec.packets(data):
+                if p[0] != mqtt.CONNACK:
+                    raise MqttError("expected CONNACK, got packet type %d" % p[0])
+                if p[2]:
+                    raise MqttError("connection refused: " + mqtt.CONNACK_REASONS.get(p[2], str(p[2])))
+                self._last_rx = ticks_ms()
+                return
 
     async def _drain(self, w):
         async with self._lock:
@@ -290,11 +304,11 @@ class MQTTClient:
 
     async def _reader(self, r, w, dec):
         while True:
-            data = await r.read(_READ_SIZE)
+            data = await self._read(r)
             if not data:
                 raise MqttError("connection closed by broker")
             self._last_rx = ticks_ms()
-            for p in dec.feed(data):
+            for p in dec.packets(data):
                 self._handle(p, w)
             if self._needs_drain:
                 self._needs_drain = False
@@ -340,13 +354,22 @@ class MQTTClient:
                 self.last_error = "message handler: " + format_exception(exc)
 
     async def _pump(self, w):
+        # sends what is queued, and between times keeps the link alive: one
+        # task for both, as a board has RAM for few
+        ka = self.keepalive * 1000
+        period = max(ka // 4, 100) if ka else 3600000
         while True:
             while self._queue and len(self._inflight) < self.max_inflight:
                 topic, payload, qos, retain = self._queue.pop(0)
                 self._write_publish(w, topic, payload, qos, retain)
                 await self._drain(w)
             self._wake.clear()
-            await self._wake.wait()
+            try:
+                await wait_for_ms(self._wake.wait(), period)
+            except TimeoutError:
+                pass
+            if ka:
+                await self._keepalive(w, ka)
 
     def _write_publish(self, w, topic, payload, qos, retain):
         pid = 0
@@ -357,23 +380,17 @@ class MQTTClient:
         w.write(payload)
         self.stats["sent"] += 1
 
-    async def _pinger(self, w):
-        ka = self.keepalive * 1000
-        if not ka:
-            await asyncio.Event().wait()
-        period = max(ka // 4, 100)
-        while True:
-            await sleep_ms(period)
-            now = ticks_ms()
-            quiet = ticks_diff(now, self._last_rx)
-            if quiet > ka + ka // 2:
-                raise MqttError("no traffic from broker for %d ms" % quiet)
-            if ticks_diff(now, self._last_tx) >= ka // 2 or quiet >= ka // 2:
-                w.write(mqtt.pingreq())
-                await self._drain(w)
-            for pid in self._inflight:
-                if ticks_diff(now, self._inflight[pid][3]) > self.ack_timeout_ms:
-                    raise MqttError("no PUBACK for packet %d" % pid)
+    async def _keepalive(self, w, ka):
+        now = ticks_ms()
+        quiet = ticks_diff(now, self._last_rx)
+        if quiet > ka + ka // 2:
+            raise MqttError("no traffic from broker for %d ms" % quiet)
+        if ticks_diff(now, self._last_tx) >= ka // 2 or quiet >= ka // 2:
+            w.write(mqtt.pingreq())
+            await self._drain(w)
+        for pid in self._inflight:
+            if ticks_diff(now, self._inflight[pid][3]) > self.ack_timeout_ms:
+                raise MqttError("no PUBACK for packet %d" % pid)
 
 
 async def _guard(coro, done, failure):

@@ -21,8 +21,7 @@ from .mqtt import (
     _check_qos,
     _check_topic,
     _err,
-    _pid,
-    _Reader,
+    _str,
     check_flags,
     connect,
     decode_length,
@@ -31,11 +30,87 @@ from .mqtt import (
     encode_length,
     pingreq,
     puback,
-    publish,
+    publish_header,
     subscribe,
-    unsubscribe,
+    text,
 )
 from .mqtt import parse as parse_client
+
+
+def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    return publish_header(topic, len(payload), qos, retain, dup, pid) + bytes(payload)
+
+
+def unsubscribe(pid, filters):
+    _check_pid(pid)
+    if not filters:
+        raise ProtocolError("malformed", "UNSUBSCRIBE without filters")
+    body = struct.pack("!H", pid)
+    for f in filters:
+        _check_topic(f, True)
+        body += _str(f)
+    return b"\xa2" + encode_length(len(body)) + body
+
+
+class _Reader:
+    # Walks a packet body, raising ProtocolError instead of IndexError.
+    def __init__(self, body):
+        self.b = body
+        self.i = 0
+
+    def left(self):
+        return len(self.b) - self.i
+
+    def u8(self):
+        if self.i >= len(self.b):
+            raise _err("packet too short")
+        v = self.b[self.i]
+        self.i += 1
+        return v
+
+    def u16(self):
+        if self.i + 2 > len(self.b):
+            raise _err("packet too short")
+        v = (self.b[self.i] << 8) | self.b[self.i + 1]
+        self.i += 2
+        return v
+
+    def raw(self, n):
+        if self.i + n > len(self.b):
+            raise _err("field runs past the end of the packet")
+        v = bytes(self.b[self.i : self.i + n])
+        self.i += n
+        return v
+
+    def bin(self):
+        return self.raw(self.u16())
+
+    def text(self):
+        return text(self.bin())
+
+    def rest(self):
+        # a view when the body is one (the decoder's reused buffer), else bytes
+        v = self.b[self.i :]
+        self.i = len(self.b)
+        return v if isinstance(v, memoryview) else bytes(v)
+
+    def done(self):
+        if self.i != len(self.b):
+            raise _err("%d unexpected trailing bytes" % (len(self.b) - self.i))
+
+
+def _pid(r):
+    pid = r.u16()
+    if pid == 0:
+        raise _err("packet id 0")
+    return pid
+
+
+def _pid(r):
+    pid = r.u16()
+    if pid == 0:
+        raise _err("packet id 0")
+    return pid
 
 
 def connack(session_present, code):

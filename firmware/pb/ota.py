@@ -7,7 +7,7 @@
 # the download resumes where it was, without fetching verified bytes again.
 # Loaded only while an update is under way.
 #
-# The transport is anything with request(update_id, obj, off, length, seq)
+# The transport is a function request(update_id, obj, off, length, seq)
 # whose chunks come back through on_chunk(payload): MQTT, BLE or serial.
 import json
 import os
@@ -29,8 +29,14 @@ from .store import read_bytes, write_atomic
 
 JOB = "ota/job.json"
 STAGE = "ota/stage"
-_TRIES = 8
-_TIMEOUT_MS = 3000
+
+
+def configure(agent, config):
+    """The agent's settings from config.json."""
+    agent.chunk = config.get("ota_chunk", agent.chunk)
+    agent.window = config.get("ota_window", agent.window)
+    agent.timeout_ms = config.get("ota_timeout_ms", agent.timeout_ms)
+    agent.tries = config.get("ota_tries", agent.tries)
 
 
 class Failed(Exception):
@@ -49,25 +55,29 @@ class Agent:
     """One device's update agent while it runs.
 
     model, counter: the device's model and the release counter it runs;
-    held(): {sha256: path} of the running set's files; transport:
-    request(uid, obj, off, len, seq); report(status dict); now(): Unix time;
-    link_up() -> bool; fault(name): a power-cut point for tests (no-op on a
-    board); on_staged(): asks for the reset.
+    held(): {sha256: path} of the running set's files; request(uid, obj,
+    off, len, seq): asks the gateway for bytes; report(status dict); now():
+    Unix time; link_up() -> bool; fault(name): a power-cut point for tests
+    (no-op on a board); on_staged(): asks for the reset. With once, run()
+    returns when its update ends instead of waiting for the next offer.
     """
 
-    def __init__(self, base, model, counter, held, transport, report, now, link_up, fault):
+    def __init__(self, base, model, counter, held, request, report, now, link_up, fault):
         self.base = base
         self.model = model
         self.counter = counter
         self.held = held
-        self.transport = transport
+        self.request = request
         self._report = report
         self.now = now
         self.link_up = link_up
         self.fault = fault
         self.on_staged = None
+        self.once = False
         self.chunk = 2048
         self.window = 2
+        self.timeout_ms = 3000  # first wait for an answer; doubles per try
+        self.tries = 8
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -96,7 +106,7 @@ class Agent:
         """An offer (or a cancel) from the gateway. busy: why this device
         cannot take one now (a trial in progress), or None."""
         try:
-            msg = check_offer(json.loads(payload))
+            msg = check_offer(json.loads(bytes(payload)))
         except (ValueError, ProtocolError) as exc:
             self.report("failed", "-", reason="bad offer: %s" % exc)
             return
@@ -140,9 +150,12 @@ class Agent:
             "offered_at": self.now(),
             "phase": "downloading",
         }
-        write_atomic(self.base + "/" + JOB, json.dumps(self.job).encode("utf-8"))
+        self.save_job()
         self.report("offered", uid, counter=body["counter"])
         self._wake.set()
+
+    def save_job(self):
+        write_atomic(self.base + "/" + JOB, json.dumps(self.job).encode("utf-8"))
 
     def on_chunk(self, payload):
         """A chunk; a wrong, late, repeated or out-of-order one is dropped
@@ -200,6 +213,8 @@ class Agent:
                 otafs.remove(self.base + "/" + JOB)
                 if clean:
                     otafs.remove_tree(self.base + "/" + STAGE)
+            if self.once and self.job is None:
+                return
 
     async def _download(self, job):
         uid = job["id"]
@@ -292,19 +307,19 @@ class Agent:
     def _ask(self, uid, obj, off, n, tries):
         self._seq += 1
         self._out[self._seq] = [off, n, ticks_ms() + (rand_below(200) if tries else 0), tries]
-        self.transport.request(uid, obj, off, n, self._seq)
+        self.request(uid, obj, off, n, self._seq)
 
     def _retry(self, uid, obj):
         now = ticks_ms()
         up = self.link_up()
         for seq in list(self._out):
             off, n, sent, tries = self._out[seq]
-            if ticks_diff(now, sent) < min(_TIMEOUT_MS << tries, 20000):
+            if ticks_diff(now, sent) < min(self.timeout_ms << tries, 20000):
                 continue
             if not up:
                 self._out[seq][2] = now  # a dead link is not the gateway's silence
                 continue
-            if tries >= _TRIES:
+            if tries >= self.tries:
                 raise Failed("stalled: no answer for %s at byte %d after %d tries" % (obj[:12], off, tries))
             del self._out[seq]
             self.stats["retries"] += 1

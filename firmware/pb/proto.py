@@ -3,23 +3,9 @@
 # spec. The gateway and the tests use this module; it builds on pb/wire.py,
 # the lean core the device itself loads, so both ends agree by construction.
 from .errors import ProtocolError
-from .wire import (
-    MAX_DEPTH,
-    MAX_ID,
-    MAX_MESSAGE,
-    OPS,
-    ROOT,
-    VERSION,
-    _nesting_error,
-    _scan,
-    _shown,
-    dumps,
-    loads,
-    reply_error,
-    reply_ok,
-    topic,
-    valid_id,
-)
+from .ids import MAX_ID, valid_id
+from .wire import MAX_DEPTH, MAX_MESSAGE, ROOT, VERSION, _nesting_error, _scan, dumps, topic
+from .wire_in import OPS, _shown, loads, reply_error, reply_ok
 
 __all__ = [
     "MAX_DEPTH",

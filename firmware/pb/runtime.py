@@ -3,19 +3,23 @@
 # The network is optional to the features: control loops keep running
 # while the link is down.
 
-from . import wire
+import json
+
+from . import API, VERSION, wire
 from .bus import Bus
 from .compat import asyncio, forget, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
-from .errors import HalError, ProtocolError
-from .features import API, FeatureHost, import_feature
+from .errors import HalError, ProtocolError, StoreError
+from .features import FeatureHost, import_feature
 from .mqtt_client import MQTTClient
+from .store import write_atomic
 
-VERSION = "0.1.0"
 _RECENT_CMDS = 8
 
 
+# The largest packet taken: a 4 KB update chunk or command, and its header
+MAX_PACKET = 4224
 # Loaded for a command and let go after it: most of the time none runs.
-_COMMAND_MODULES = ("pb.commands", "pb.configure", "pb.manifest")
+_COMMAND_MODULES = ("pb.commands", "pb.wire_in", "pb.configure", "pb.manifest")
 
 
 class Device:
@@ -34,7 +38,8 @@ class Device:
         boot=None,
         base=".",
     ):
-        from .updates import Boot, Updates
+        from .boot import Boot
+        from .updates import Updates
 
         if boot is None:
             boot = Boot(features_root)
@@ -72,6 +77,7 @@ class Device:
                 clean=b.get("clean", True),
                 will=will,
                 queue_size=b.get("queue", 32),
+                max_packet=MAX_PACKET,
             )
         self.client = client
         client.on_message = self._on_message
@@ -82,6 +88,9 @@ class Device:
         self._seq = 0
         self.recent = []  # [(cmd id, reply bytes)], newest last
         self._done = asyncio.Event()
+        self._tasks = []
+        self._crash = None
+        self._hello_key = None
         self._exit = None
         self.started = ticks_ms()
 
@@ -132,19 +141,31 @@ class Device:
         self.client.subscribe(self.topic("cmd"), 1)
         self.client.subscribe(self.topic("ota/offer"), 1)
         self.client.subscribe(self.topic("ota/chunk"), 0)
-        tasks = [
-            asyncio.create_task(self._link()),
-            asyncio.create_task(self._sampler()),
-            asyncio.create_task(self._telemetry()),
-        ]
-        trial = self.updates.start()
-        if trial is not None:
-            tasks.append(trial)
+        for coro in (self._link(), self._sampler()):
+            self.spawn(coro)
+        self.updates.start()
         await self._done.wait()
         await self._shutdown()
-        for t in tasks:
+        for t in self._tasks:
             t.cancel()
+        if self._crash is not None:
+            raise self._crash
         return self._exit
+
+    def spawn(self, coro):
+        """Run coro in the background; if it fails, the device restarts (a
+        task that died silently would leave a device that only seems alive)."""
+        self._tasks.append(asyncio.create_task(self._guard(coro)))
+
+    async def _guard(self, coro):
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised by run(), which resets the device
+            if self._crash is None:
+                self._crash = exc
+            self.stop("crash")
 
     def stop(self, cause="stop"):
         self._exit = cause
@@ -177,10 +198,17 @@ class Device:
     # ---- sensing and telemetry ---------------------------------------------
 
     async def _sampler(self):
+        # samples, and publishes telemetry when its period has passed: one
+        # task for both, as a board has RAM for few
+        last = ticks_ms()
         while True:
             self.hal.feed_watchdog()
             self.sample()
-            await sleep_ms(self.sample_ms)
+            if ticks_diff(ticks_ms(), last) >= self.telemetry_ms:
+                last = ticks_ms()
+                if self.client.up:
+                    self.publish_telemetry()
+            await sleep_ms(min(self.sample_ms, self.telemetry_ms))
 
     def sample(self):
         """Read every sensor once and hand the readings to the features."""
@@ -203,12 +231,6 @@ class Device:
         for name, v in got:
             self.bus.emit("sensor." + name, v)
         self.bus.emit("tick", self.now())
-
-    async def _telemetry(self):
-        while True:
-            await sleep_ms(self.telemetry_ms)
-            if self.client.up:
-                self.publish_telemetry()
 
     def publish_telemetry(self):
         self._seq += 1
@@ -266,10 +288,26 @@ class Device:
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
         online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
+        hello = wire.dumps("hello", self.hello())
+        self._keep_hello(hello)
         return [
-            (self.topic("hello"), wire.dumps("hello", self.hello()), 1, True),
+            (self.topic("hello"), hello, 1, True),
             (self.topic("state"), wire.dumps("state", online), 1, True),
-        ]
+        ] + self.updates.birth()
+
+    def _keep_hello(self, hello):
+        # update mode says hello with it; written only when what matters
+        # changed, to spare the flash
+        h = json.loads(hello)
+        for k in ("ts", "heap_free"):
+            h.pop(k, None)
+        key = json.dumps(h)
+        if key != self._hello_key:
+            self._hello_key = key
+            try:
+                write_atomic(self.base + "/data/hello.json", hello)
+            except StoreError:
+                pass
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))

@@ -5,35 +5,18 @@
 # commit when healthy, roll back when not.
 import json
 
-from .compat import asyncio, forget, format_exception, sleep_ms, ticks_diff, ticks_ms
+from .compat import forget, format_exception, mem_free, sleep_ms, ticks_diff, ticks_ms
 from .store import exists, read_bytes, write_atomic
 
 _TRIAL_S = 60
+# RAM a download needs beside the running features (its modules are already
+# loaded when this is checked); less free, and it runs in update mode
+_OTA_RAM = 48000
+OFFER = "ota/offer.json"  # an offer handed to update mode
+LAST_STATUS = "ota/status.json"
+_KEPT = ("trial", "committed", "rolled_back", "failed")
 POINTER = "ota/active.json"
 REPORTS = "ota/reports.json"
-FACTORY = "features"
-
-
-class Boot:
-    """What the boot guard decided (pb/guard.py): `root` is the feature
-    folder to run (None: safe mode), `pointer` the pointer record (None:
-    factory set), `trial` whether this boot is a trial, `report` an update
-    status the guard had to give, or None."""
-
-    def __init__(self, root, pointer=None, trial=False, report=None):
-        self.root = root
-        self.pointer = pointer
-        self.trial = trial
-        self.report = report
-
-    def counter(self):
-        return self.pointer["counter"] if self.pointer else 0
-
-    def manifest(self):
-        return self.pointer.get("manifest") if self.pointer else None
-
-    def set_dir(self):
-        return self.pointer["set"] if self.pointer else FACTORY
 
 
 def take_reports(base):
@@ -60,6 +43,7 @@ class Updates:
         self.boot = boot
         self.agent = None
         self.trial_s = device.config.get("ota_trial_s", _TRIAL_S)
+        self._running = False
 
     # ---- starting ----------------------------------------------------------
 
@@ -69,17 +53,23 @@ class Updates:
         d = self.dev
         for st in take_reports(d.base):
             self._status(st)
-        if exists(d.base + "/" + "ota/job.json"):
-            self._agent()
+        if exists(d.base + "/ota/job.json"):
+            # the download may be what broke it: after a crash, update mode
+            if d.reset_cause == "crash" or not self._roomy():
+                self._to_update_mode()
+                return
+            agent = self._agent()
+            if agent.job is not None:
+                self._running = True
+                d.spawn(agent.run())
         if self.boot.trial:
             p = self.boot.pointer
             self._status({"v": 1, "id": p.get("update") or "-", "state": "trial", "counter": p["counter"]})
-            return asyncio.create_task(self._trial())
-        return None
+            d.spawn(self._trial())
 
     def _agent(self):
         if self.agent is None:
-            from .ota import Agent
+            from .ota import Agent, configure
 
             d = self.dev
             b = self.boot
@@ -88,18 +78,34 @@ class Updates:
                 d.config["model"],
                 b.counter(),
                 lambda: _held(b.root),
-                self,
+                self.request,
                 self._status,
                 d.now,
                 lambda: d.client.up,
                 d.hal.fault_point,
             )
-            cfg = d.config
-            self.agent.chunk = cfg.get("ota_chunk", self.agent.chunk)
-            self.agent.window = cfg.get("ota_window", self.agent.window)
+            configure(self.agent, d.config)
             self.agent.on_staged = lambda: d.stop("update")
-            asyncio.create_task(self.agent.run())
         return self.agent
+
+    def _roomy(self):
+        """True if a download fits in RAM beside the features."""
+        free = mem_free()
+        return free < 0 or free >= self.dev.config.get("ota_ram", _OTA_RAM)
+
+    def _to_update_mode(self, offer=None):
+        """Reset into update mode (pb/updatemode.py), where only the link and
+        the download run; an offer not yet taken goes along on flash."""
+        d = self.dev
+        if offer is not None:
+            write_atomic(d.base + "/" + OFFER, bytes(offer))
+        else:
+            data = read_bytes(d.base + "/ota/job.json")
+            job = json.loads(data)
+            job["mode"] = "lean"
+            write_atomic(d.base + "/ota/job.json", json.dumps(job).encode("utf-8"))
+        d.log("update: %d bytes of RAM free: downloading in update mode" % mem_free())
+        d.stop("update")
 
     # ---- messages ----------------------------------------------------------
 
@@ -109,7 +115,15 @@ class Updates:
                 self.agent.on_chunk(payload)
         elif kind == "ota/offer" and not retain:
             busy = "a trial is in progress" if self.boot.trial else None
-            self._agent().on_offer(payload, busy)
+            if self.agent is None and not busy and not self._roomy():
+                self._to_update_mode(payload)
+                return
+            agent = self._agent()
+            agent.on_offer(payload, busy)
+            if agent.job is not None and not self._running:
+                self._running = True
+                d = self.dev
+                d.spawn(agent.run())
 
     def request(self, uid, obj, off, length, seq):
         """The agent's transport: ask the gateway for bytes."""
@@ -122,9 +136,22 @@ class Updates:
         msg["dev"] = d.id
         if "ts" not in msg:
             msg["ts"] = d.now()
-        d.client.publish(d.topic("ota/status"), json.dumps(msg), 1, True)
+        data = json.dumps(msg)
+        if msg["state"] in _KEPT:
+            # said again at every connect, until a later one replaces it: a
+            # reset right after must not leave the gateway without the outcome
+            try:
+                write_atomic(d.base + "/" + LAST_STATUS, data.encode("utf-8"))
+            except OSError:
+                pass
+        d.client.publish(d.topic("ota/status"), data, 1, True)
         if msg["state"] not in ("downloading", "offered"):
             d.log("update %s: %s %s" % (msg.get("id"), msg["state"], msg.get("reason") or ""))
+
+    def birth(self):
+        """The last outcome of an update, said again at every connect."""
+        data = read_bytes(self.dev.base + "/" + LAST_STATUS)
+        return [(self.dev.topic("ota/status"), data, 1, True)] if data else []
 
     def info(self):
         """What the hello says of the running set."""

@@ -112,7 +112,7 @@ def mqtt_cases(draw: st.DrawFn) -> list[Any]:
 
 
 def _handpicked_mqtt() -> list[Any]:
-    big = mqtt.publish("big", bytes(100), 1, pid=9)
+    big = mqtt_peer.publish("big", bytes(100), 1, pid=9)
     streams = [
         (8192, raw_publish(b"\xc0\xaf")),
         (8192, raw_publish(b"\xc0\x80")),

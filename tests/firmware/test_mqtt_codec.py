@@ -81,7 +81,7 @@ def test_publish_header_then_payload_equals_publish(packet: tuple[Any, ...], ext
     _, topic, payload, qos, retain, dup, pid = packet
     payload += bytes(extra)
     header = mqtt.publish_header(topic, len(payload), qos, retain, dup, pid)
-    assert header + payload == mqtt.publish(topic, payload, qos, retain, dup, pid)
+    assert header + payload == mqtt_peer.publish(topic, payload, qos, retain, dup, pid)
     assert feed_all([header, payload]) == [(mqtt.PUBLISH, topic, payload, qos, retain, dup, pid)]
 
 
@@ -200,7 +200,7 @@ def test_invalid_utf8_topic_raises(topic: bytes) -> None:
 def test_wildcard_in_publish_topic_raises_bad_topic(topic: bytes) -> None:
     raises_code("bad_topic", raw_publish(topic))
     with pytest.raises(ProtocolError) as info:
-        mqtt.publish(topic.decode(), b"")
+        mqtt_peer.publish(topic.decode(), b"")
     assert info.value.code == "bad_topic"
 
 

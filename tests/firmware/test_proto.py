@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware.pb import proto, wire
+from firmware.pb import proto, wire_in
 from firmware.pb.errors import ProtocolError
 
 from .corpus import canon
@@ -344,9 +344,9 @@ def _outcome(fn: Any, *args: Any) -> Any:
 def test_device_decodes_commands_as_the_full_schema_does(case: tuple[str, Any, str]) -> None:
     _, msg, _ = case
     payload = to_json(msg)
-    assert _outcome(wire.decode_cmd, payload) == _outcome(proto.decode, "cmd", payload)
+    assert _outcome(wire_in.decode_cmd, payload) == _outcome(proto.decode, "cmd", payload)
 
 
 @pytest.mark.parametrize(("payload", "code"), JSON_EDGE_CASES)
 def test_device_command_decoder_on_json_edge_cases(payload: bytes, code: str) -> None:
-    assert _outcome(wire.decode_cmd, payload) == _outcome(proto.decode, "cmd", payload)
+    assert _outcome(wire_in.decode_cmd, payload) == _outcome(proto.decode, "cmd", payload)

@@ -31,7 +31,7 @@ def test_build_the_thermostat(release: Release, features_dir: Path) -> None:
             "permissions": {
                 "reads": ["temperature"],
                 "drives": ["relay"],
-                "publishes": ["setpoint", "heating", "mode"],
+                "publishes": ["setpoint", "heating", "mode", "offset"],
             },
         }
     }

@@ -3,6 +3,7 @@ the `micropython` unix binary (or by CPython), and `permabeta gateway run`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,14 +45,23 @@ class DeviceProcess:
 
     def start(self) -> DeviceProcess:
         with self.log.open("ab") as log:
+            # its own process group: on the unix port the device is a
+            # supervisor and a child (see firmware/main.py); a power cut takes both
             self.proc = subprocess.Popen(
-                self.command(), cwd=self.path, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command(),
+                cwd=self.path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Signal the whole device (sig=SIGKILL: a power cut)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
             self.proc.wait(10)
         self.proc = None
 

@@ -1,0 +1,314 @@
+"""The gateway's release store (docs/ota.md 2 and 5).
+
+A release is verified when it is added, exactly as a device would verify it
+(ota.verify.verify_release against the gateway's trusted root: envelope,
+release-role signatures, the manifest's rules, every blob compressed and
+inflated), then kept in two places:
+
+- the ``releases`` table of the gateway's database: ``manifest.json`` byte
+  for byte and a summary (model, counter, version, sizes);
+- its blobs, content-addressed, in a folder beside the database:
+  ``<db>.blobs/<zsha256>``, the compressed bytes a device fetches, named by
+  their own SHA-256 (the manifest's ``zsha256``; a release folder names them
+  by the SHA-256 of the uncompressed content instead). Releases share equal
+  blobs; a blob file is written once, to a temporary name, hashed while it is
+  copied, then renamed into place.
+
+Adding the same manifest again changes nothing (and puts back a blob file
+that went missing). A model's counter names one release only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ota.errors import VerifyError
+from ota.release import FileEntry, Release
+from ota.verify import verify_release
+
+from .errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError
+from .store import Store
+
+BLOBS_SUFFIX = ".blobs"
+MIN_PREFIX = 8
+_COPY = 65536
+_CACHE = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def blobs_dir(db: Path) -> Path:
+    """Where the blobs of a database's releases live: ``<db>.blobs/``."""
+    return db.with_name(db.name + BLOBS_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object a device may fetch: its size and its chunk tag (the first
+    8 bytes of its SHA-256)."""
+
+    size: int
+    tag: bytes
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    """A verified release as the gateway keeps it."""
+
+    id: str  # sha256 of manifest.json
+    model: str
+    counter: int
+    version: str
+    manifest: bytes  # manifest.json, byte for byte
+    body: dict[str, Any]  # its parsed `signed`
+    files: int
+    size: int
+    zsize: int
+    added: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredRelease:
+        manifest = bytes(row["manifest"])
+        body = json.loads(json.loads(manifest)["signed"])
+        return cls(
+            row["id"],
+            row["model"],
+            row["counter"],
+            row["version"],
+            manifest,
+            body,
+            row["files"],
+            row["size"],
+            row["zsize"],
+            row["added"],
+        )
+
+    @property
+    def ref(self) -> str:
+        """``model@counter``: a release's short, unique name."""
+        return f"{self.model}@{self.counter}"
+
+    @property
+    def entries(self) -> tuple[FileEntry, ...]:
+        return tuple(FileEntry.from_dict(f) for f in self.body["files"])
+
+    @cached_property
+    def objects(self) -> dict[str, ObjectInfo]:
+        """What a device with an update of this release may fetch: ``manifest``
+        (the envelope) and each blob by zsha256."""
+        objs = {"manifest": ObjectInfo(len(self.manifest), bytes.fromhex(self.id)[:8])}
+        for e in self.entries:
+            objs[e.zsha256] = ObjectInfo(e.zsize, bytes.fromhex(e.zsha256)[:8])
+        return objs
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "model": self.model,
+            "counter": self.counter,
+            "version": self.version,
+            "api": self.body.get("api"),
+            "requires": self.body.get("requires", []),
+            "created": self.body.get("created"),
+            "features": {n: f.get("version") for n, f in sorted(self.body["features"].items())},
+            "files": self.files,
+            "size": self.size,
+            "zsize": self.zsize,
+            "added": self.added,
+        }
+
+
+def _unique_blobs(release: Release) -> dict[str, FileEntry]:
+    """zsha256 -> one file entry with that blob."""
+    out: dict[str, FileEntry] = {}
+    for e in release.files:
+        out.setdefault(e.zsha256, e)
+    return out
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_COPY):
+                h.update(chunk)
+        return h.hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+class ReleaseStore:
+    """Releases in the gateway's database and blob folder. `root` is the
+    root.json the gateway trusts (None: this gateway cannot add releases)."""
+
+    def __init__(self, store: Store, blobs: Path | None = None, root: bytes | None = None) -> None:
+        self.store = store
+        self.blobs = blobs if blobs is not None else blobs_dir(store.path)
+        self.root = root
+        self._cache: OrderedDict[str, StoredRelease] = OrderedDict()
+
+    # ---- adding ------------------------------------------------------------
+
+    def prepare(self, path: Path) -> Release:
+        """Verify the release folder at path and put its blobs into the blob
+        folder. Touches no database, so it may run in a worker thread.
+        Raises OtaDisabledError, ReleaseRefusedError (code: the trust code)."""
+        if self.root is None:
+            raise OtaDisabledError("this gateway has no keys: start it with --keys DIR")
+        try:
+            release = verify_release(path, self.root)
+        except VerifyError as exc:
+            raise ReleaseRefusedError(f"release refused: {exc.code}: {exc.message}", exc.code) from exc
+        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for zsha, entry in _unique_blobs(release).items():
+            self._copy_blob(release.blob_path(entry), zsha)
+        return release
+
+    def _copy_blob(self, src: Path, zsha: str) -> None:
+        dest = self.blobs / zsha
+        if _file_sha256(dest) == zsha:
+            return
+        tmp = self.blobs / f".{zsha[:16]}.{secrets.token_hex(4)}.tmp"
+        h = hashlib.sha256()
+        try:
+            with src.open("rb") as fin, tmp.open("xb") as fout:
+                while chunk := fin.read(_COPY):
+                    h.update(chunk)
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            if h.hexdigest() != zsha:
+                # verified a moment ago: the folder changed under us
+                raise ReleaseRefusedError(
+                    f"release refused: mismatch: the blob {zsha[:16]} changed", "mismatch"
+                )
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise ReleaseRefusedError(
+                f"cannot store the blob {zsha[:16]}: {exc.strerror}", "storage"
+            ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def insert(self, release: Release, now: float) -> tuple[StoredRelease, bool]:
+        """Record a prepared release; (the stored release, whether it is new).
+        Raises ReleaseRefusedError counter_taken if another release of the
+        model has that counter."""
+        known = self.get(release.sha256)
+        if known is not None:
+            return known, False
+        other = self.store.db.execute(
+            "SELECT id FROM releases WHERE model = ? AND counter = ?", (release.model, release.counter)
+        ).fetchone()
+        if other is not None:
+            raise ReleaseRefusedError(
+                f"release refused: {release.model}@{release.counter} is already release {other[0][:12]} "
+                "(a release counter names one release; build this one with a higher counter)",
+                "counter_taken",
+            )
+        files = release.files
+        self.store.db.execute(
+            """INSERT INTO releases (id, model, counter, version, manifest, files, size, zsize, added)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                release.sha256,
+                release.model,
+                release.counter,
+                release.version,
+                release.manifest,
+                len(files),
+                sum(f.size for f in files),
+                sum(e.zsize for e in _unique_blobs(release).values()),
+                now,
+            ),
+        )
+        stored = self.get(release.sha256)
+        assert stored is not None  # just inserted
+        return stored, True
+
+    def add(self, path: Path, now: float) -> tuple[StoredRelease, bool]:
+        """prepare, then insert. Raises what they raise."""
+        return self.insert(self.prepare(path), now)
+
+    # ---- finding -----------------------------------------------------------
+
+    def _rows(self, where: str = "", args: tuple[Any, ...] = ()) -> list[StoredRelease]:
+        if self.store.schema < 2:  # an old database, read-only: no releases yet
+            return []
+        rows = self.store.db.execute(f"SELECT * FROM releases {where} ORDER BY model, counter", args)
+        return [self._cached(r) for r in rows]
+
+    def _cached(self, row: sqlite3.Row) -> StoredRelease:
+        rel = self._cache.get(row["id"])
+        if rel is None:
+            rel = self._cache[row["id"]] = StoredRelease.from_row(row)
+            if len(self._cache) > _CACHE:
+                self._cache.popitem(last=False)
+        return rel
+
+    def get(self, release_id: str) -> StoredRelease | None:
+        """The release with exactly this id."""
+        cached = self._cache.get(release_id)
+        if cached is not None:
+            return cached
+        found = self._rows("WHERE id = ?", (release_id,))
+        return found[0] if found else None
+
+    def list(self, model: str | None = None) -> list[StoredRelease]:
+        """Every release (of one model), by model and counter."""
+        return self._rows("WHERE model = ?", (model,)) if model else self._rows()
+
+    def find(self, ref: str) -> StoredRelease:
+        """A release by its id or an id prefix of at least 8 hex digits,
+        ``model@counter``, or its version (if only one release has it).
+        Raises ReleaseNotFoundError (code 'ambiguous' when several match)."""
+        ref = ref.strip()
+        if "@" in ref:
+            model, _, counter = ref.rpartition("@")
+            if not counter.isdigit():
+                raise ReleaseNotFoundError(f"{ref!r}: write MODEL@COUNTER, e.g. thermostat@2")
+            found = self._rows("WHERE model = ? AND counter = ?", (model, int(counter)))
+            if not found:
+                raise ReleaseNotFoundError(f"no release {ref}")
+            return found[0]
+        prefix = ref.lower()
+        if MIN_PREFIX <= len(prefix) <= 64 and set(prefix) <= _HEX:
+            found = self._rows("WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise ReleaseNotFoundError(
+                    f"{ref!r} is the start of {len(found)} release ids; give more of it", "ambiguous"
+                )
+        found = self._rows("WHERE version = ?", (ref,))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            which = ", ".join(r.ref for r in found)
+            raise ReleaseNotFoundError(f"version {ref!r} names several releases ({which})", "ambiguous")
+        if len(ref) < MIN_PREFIX and ref and set(ref.lower()) <= _HEX:
+            raise ReleaseNotFoundError(f"no release {ref!r} (an id prefix needs {MIN_PREFIX} hex digits)")
+        raise ReleaseNotFoundError(f"no release {ref!r} (give an id, MODEL@COUNTER or a version)")
+
+    # ---- serving -----------------------------------------------------------
+
+    def blob_path(self, zsha256: str) -> Path:
+        return self.blobs / zsha256
+
+    def read(self, release: StoredRelease, obj: str, offset: int, length: int) -> bytes:
+        """Up to length bytes of an object of release at offset. Raises
+        OSError if a blob file is missing or unreadable."""
+        if obj == "manifest":
+            return release.manifest[offset : offset + length]
+        with self.blob_path(obj).open("rb") as f:
+            f.seek(offset)
+            return f.read(length)

@@ -1,0 +1,366 @@
+"""The I/O side of updates: the ``updates`` table, offers and cancels sent
+over MQTT, chunks read from the blob files and sent through a bounded
+outbox, and a watch that ends updates past their deadline. The decisions
+are gateway/updates.py's; this module only moves bytes and rows.
+
+A device has at most one update in progress; they are kept in memory (and
+reloaded at start, so a restarted gateway goes on serving them). Bytes
+served are counted in memory and written at least every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from firmware.pb import proto
+from ota.errors import KeyStoreError
+from ota.keys import Keys, freshness
+
+from .errors import (
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    GatewayError,
+    OtaDisabledError,
+    OtaServiceError,
+    UpdateNotFoundError,
+)
+from .releases import ReleaseStore, StoredRelease
+from .store import DeviceRecord, Store
+from .updates import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_FRESHNESS_TTL_S,
+    Refuse,
+    Serve,
+    Update,
+    apply_status,
+    cancel_message,
+    check_target,
+    expire,
+    fail,
+    new_update,
+    next_freshness_version,
+    offer_message,
+    plan_chunk,
+)
+
+log = logging.getLogger("permabeta.gateway.ota")
+
+Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
+
+NO_KEYS = "this gateway has no keys: start it with --keys DIR"
+OUTBOX = 256  # chunks waiting to be sent; more are dropped (the device asks again)
+_WATCH_S = 1.0
+
+
+class UpdateTable:
+    """The ``updates`` table (schema version 2)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def save(self, u: Update) -> None:
+        d = u.to_dict()
+        cols = [c for c in d if c not in ("ended", "success")]
+        self.store.db.execute(
+            f"INSERT OR REPLACE INTO updates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [d[c] for c in cols],
+        )
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[Update]:
+        if self.store.schema < 2:
+            return []
+        rows = self.store.db.execute(f"SELECT * FROM updates {where}", args)
+        return [Update.from_dict(dict(r)) for r in rows]
+
+    def get(self, uid: str) -> Update | None:
+        found = self._select("WHERE id = ?", (uid,))
+        return found[0] if found else None
+
+    def of_device(self, dev: str, limit: int = 20) -> list[Update]:
+        """The device's updates, newest first."""
+        return self._select("WHERE device = ? ORDER BY started DESC, rowid DESC LIMIT ?", (dev, limit))
+
+    def in_progress(self) -> list[Update]:
+        """Updates that have not ended, oldest first."""
+        return self._select(
+            "WHERE state NOT IN ('committed', 'failed', 'rolled_back') ORDER BY started, rowid", ()
+        )
+
+    def last_freshness(self) -> int:
+        if self.store.schema < 2:
+            return 0
+        row = self.store.db.execute("SELECT max(freshness) FROM updates").fetchone()
+        return int(row[0] or 0)
+
+
+class Updater:
+    """Starts updates, serves their bytes, tracks their statuses.
+
+    keys: the gateway's keys (root.json and gateway.key); without them
+    nothing can be added or offered (OtaDisabledError). devices(id) gives a
+    device's record, online(id) whether it is connected; `publish` is set by
+    the gateway to its MQTT publish (raising GatewayError when it cannot).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        keys: Keys | None,
+        devices: Callable[[str], DeviceRecord | None],
+        online: Callable[[str], bool],
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        freshness_ttl_s: float = DEFAULT_FRESHNESS_TTL_S,
+        outbox: int = OUTBOX,
+    ) -> None:
+        self.keys = keys
+        self.releases = ReleaseStore(store, root=keys.root_bytes if keys is not None else None)
+        self.table = UpdateTable(store)
+        self.devices = devices
+        self.online = online
+        self.deadline_s = deadline_s
+        self.freshness_ttl_s = freshness_ttl_s
+        self.publish: Publish | None = None
+        self.stats: dict[str, int] = {
+            "started": 0,
+            "requests": 0,
+            "chunks": 0,
+            "error_chunks": 0,
+            "served": 0,
+            "dropped": 0,
+            "statuses": 0,
+            "committed": 0,
+            "failed": 0,
+        }
+        self._active: dict[str, Update] = {u.device: u for u in self.table.in_progress()}
+        self._dirty: set[str] = set()
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
+        self._last_version = self.table.last_freshness()
+
+    @property
+    def enabled(self) -> bool:
+        return self.keys is not None
+
+    def require_keys(self) -> Keys:
+        if self.keys is None:
+            raise OtaDisabledError(NO_KEYS)
+        return self.keys
+
+    # ---- looking up --------------------------------------------------------
+
+    def get(self, uid: str) -> Update:
+        """An update by id (in progress: as of now). Raises UpdateNotFoundError."""
+        for u in self._active.values():
+            if u.id == uid:
+                return u
+        found = self.table.get(uid)
+        if found is None:
+            raise UpdateNotFoundError(f"no update {uid!r}")
+        return found
+
+    def of_device(self, dev: str, limit: int = 20) -> list[Update]:
+        """A device's updates, newest first (the one in progress as of now)."""
+        self.flush()
+        return self.table.of_device(dev, limit)
+
+    def active(self, dev: str) -> Update | None:
+        return self._active.get(dev)
+
+    # ---- starting ----------------------------------------------------------
+
+    def _freshness(self, keys: Keys, release: StoredRelease, now: float) -> tuple[int, bytes]:
+        version = next_freshness_version(self._last_version, now)
+        # keys.freshness signs int(now * 1000) as the version; half a ms in keeps float rounding out
+        envelope = freshness(
+            keys, release.model, release.counter, release.id, self.freshness_ttl_s, (version + 0.5) / 1000
+        )
+        signed = json.loads(json.loads(envelope)["signed"])
+        if signed["version"] != version:
+            raise OtaServiceError(f"freshness version {signed['version']} is not the {version} intended")
+        self._last_version = version
+        return version, envelope
+
+    async def start(self, dev: str, ref: str, force: bool = False) -> Update:
+        """Offer the release ref to dev; the device's previous update, if one
+        is in progress, is cancelled. Raises OtaDisabledError,
+        ReleaseNotFoundError, DeviceNotFoundError, DeviceOfflineError (unless
+        force), UpdateRefusedError (wrong_model, rollback), GatewayError (not
+        connected to the broker)."""
+        keys = self.require_keys()
+        release = self.releases.find(ref)
+        record = self.devices(dev)
+        if record is None:
+            raise DeviceNotFoundError(f"no device {dev!r}")
+        if not force and not self.online(dev):
+            raise DeviceOfflineError(f"device {dev} is offline")
+        check_target(dev, record.model, record.ota, release)
+        publish = self.publish
+        if publish is None:
+            raise GatewayError("the gateway is not connected to the broker")
+        now = time.time()
+        try:
+            version, envelope = self._freshness(keys, release, now)
+        except KeyStoreError as exc:
+            raise OtaServiceError(f"cannot sign the freshness statement: {exc}") from exc
+        uid = secrets.token_hex(6)
+        u = new_update(
+            uid,
+            dev,
+            release.id,
+            release.model,
+            release.counter,
+            release.version,
+            version,
+            now,
+            self.deadline_s,
+        )
+        old = self._active.get(dev)
+        # recorded before the offer goes out: a quick device's first request must find it
+        self._active[dev] = u
+        self.table.save(u)
+        self.stats["started"] += 1
+        topic = proto.topic(dev, "ota/offer")
+        if old is not None:
+            self._end(fail(old, f"cancelled: replaced by update {uid}", now))
+            try:
+                await publish(topic, cancel_message(old.id), 1, False)
+            except GatewayError as exc:
+                log.warning("%s: could not cancel update %s: %s", dev, old.id, exc)
+        try:
+            await publish(topic, offer_message(uid, release.id, len(release.manifest), envelope), 1, False)
+        except GatewayError as exc:
+            self._end(fail(u, f"the offer was not sent: {exc}", time.time()))
+            raise
+        log.info("%s: update %s to %s (%s) offered", dev, uid, release.ref, release.version)
+        return u
+
+    # ---- messages from devices ---------------------------------------------
+
+    def on_request(self, dev: str, req: dict[str, Any]) -> None:
+        """Answer a request (validated, from dev) with a chunk, queued."""
+        self.stats["requests"] += 1
+        u = self._active.get(dev)
+        if u is None or u.id != req["id"]:
+            u = self.table.get(req["id"])
+            if u is not None and u.device != dev:
+                u = None  # another device's update: as if there were none
+        release = self.releases.get(u.release) if u is not None else None
+        plan = plan_chunk(req, u, release.objects if release is not None else None)
+        if isinstance(plan, Serve):
+            assert release is not None  # plan_chunk serves only with objects
+            try:
+                data = self.releases.read(release, plan.obj, plan.offset, plan.length)
+            except OSError as exc:
+                log.error("cannot read %s of release %s: %s", plan.obj[:16], release.ref, exc)
+                data = b""
+            if len(data) == plan.length:
+                payload = plan.chunk(data)
+            else:
+                plan = Refuse(plan.seq, plan.offset, plan.tag, "gateway: this object cannot be read")
+                payload = plan.chunk()
+        else:
+            payload = plan.chunk()
+        served = plan.length if isinstance(plan, Serve) else 0
+        self.stats["chunks" if isinstance(plan, Serve) else "error_chunks"] += 1
+        self.stats["served"] += served
+        if u is not None and self._active.get(dev) is u:
+            self._active[dev] = replace(
+                u,
+                served=u.served + served,
+                requests=u.requests + 1,
+                errors=u.errors + (0 if isinstance(plan, Serve) else 1),
+            )
+            self._dirty.add(dev)
+        try:
+            self._outbox.put_nowait((proto.topic(dev, "ota/chunk"), payload))
+        except asyncio.QueueFull:
+            self.stats["dropped"] += 1
+
+    def on_status(self, dev: str, msg: dict[str, Any], now: float) -> Update | None:
+        """Apply a status (validated, from dev) to its update; the update if
+        it changed, None if the status was for another update, stale or a
+        repeat. Of an update that has ended only device_state is noted (a
+        device that commits after its deadline stays failed(timeout))."""
+        self.stats["statuses"] += 1
+        u = self._active.get(dev)
+        if u is None or u.id != msg["id"]:
+            old = self.table.get(msg["id"])
+            if old is not None and old.device == dev and old.device_state != msg["state"]:
+                self.table.save(replace(old, device_state=msg["state"]))
+            return None
+        new = apply_status(u, msg, now)
+        if new is None:
+            return None
+        if new.ended:
+            self._end(new)
+        else:
+            self._active[dev] = new
+            self._dirty.discard(dev)
+            self.table.save(new)
+        return new
+
+    def _end(self, u: Update) -> None:
+        if self._active.get(u.device) is not None and self._active[u.device].id == u.id:
+            del self._active[u.device]
+            self._dirty.discard(u.device)
+        self.table.save(u)
+        self.stats["committed" if u.success else "failed"] += 1
+        if u.success:
+            log.info("%s: update %s committed (%s)", u.device, u.id, u.version)
+        else:
+            log.warning("%s: update %s %s: %s", u.device, u.id, u.state, u.reason)
+
+    # ---- time --------------------------------------------------------------
+
+    def check_deadlines(self, now: float) -> list[Update]:
+        """End every update past its deadline as failed("timeout")."""
+        ended = []
+        for u in list(self._active.values()):
+            timed_out = expire(u, now)
+            if timed_out is not None:
+                self._end(timed_out)
+                ended.append(timed_out)
+        return ended
+
+    def flush(self) -> None:
+        """Write the byte counters of updates in progress."""
+        for dev in list(self._dirty):
+            u = self._active.get(dev)
+            if u is not None:
+                self.table.save(u)
+        self._dirty.clear()
+
+    async def watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_S)
+            try:
+                self.check_deadlines(time.time())
+                self.flush()
+            except sqlite3.Error:
+                log.exception("could not save updates; trying again")
+
+    async def send_loop(self) -> None:
+        """Send queued chunks (QoS 0); dropped when the broker is away."""
+        while True:
+            topic, payload = await self._outbox.get()
+            publish = self.publish
+            if publish is None:
+                self.stats["dropped"] += 1
+                continue
+            try:
+                await publish(topic, payload, 0, False)
+            except GatewayError:
+                self.stats["dropped"] += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.flush()

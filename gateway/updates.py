@@ -1,0 +1,262 @@
+"""Updates as the gateway tracks and serves them (docs/ota.md 3 and 5), sans-I/O:
+the update record and how a device's statuses move it, the deadline, the
+offer and cancel messages, and the answer to a request for bytes. No
+sockets, no files, no clock: `now` is passed in. gateway/updater.py wraps
+these with the database, the broker and the blob files.
+
+An update's state follows what its device reports: offered, downloading
+(bytes/total), staged, verified, activating, trial, then one of committed,
+failed(reason), rolled_back(reason). It counts as a success only at
+committed; it never moves backwards (a late or replayed status is ignored);
+once it has ended nothing changes it. One that has not ended by its
+deadline ends as failed("timeout").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from firmware.pb.otaproto import MAX_CHUNK, TERMINAL, encode_chunk, is_hex64
+
+from .errors import UpdateRefusedError
+from .releases import ObjectInfo, StoredRelease
+
+ACTIVE = ("offered", "downloading", "staged", "verified", "activating", "trial")
+ENDED = tuple(TERMINAL)  # committed, rolled_back, failed
+DEFAULT_DEADLINE_S = 15 * 60.0
+DEFAULT_FRESHNESS_TTL_S = 3600.0
+MAX_REASON = 200  # characters of a failure reason kept
+_MAX_ERROR = 120  # bytes of the reason an error chunk carries
+_NO_TAG = bytes(8)
+_RANK = {s: i for i, s in enumerate(ACTIVE)} | {s: len(ACTIVE) for s in ENDED}
+
+
+@dataclass(frozen=True)
+class Update:
+    """One update of one device to one release, as the gateway knows it."""
+
+    id: str
+    device: str
+    release: str  # the release id: sha256 of its manifest.json
+    model: str
+    counter: int
+    version: str
+    state: str
+    started: float
+    deadline: float  # Unix time by which it must have committed
+    freshness: int  # the version of the freshness statement offered
+    updated: float = 0.0
+    reason: str | None = None
+    bytes: int = 0  # as the device reports (compressed bytes of what it lacked)
+    total: int | None = None
+    served: int = 0  # bytes the gateway sent in chunks (repeats included)
+    requests: int = 0
+    errors: int = 0  # requests answered with an error chunk
+    finished: float | None = None
+    device_state: str | None = None  # the last state the device reported, even if ignored
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def success(self) -> bool:
+        return self.state == "committed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ended": self.ended, "success": self.success}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Update:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def new_update(
+    uid: str,
+    device: str,
+    release: str,
+    model: str,
+    counter: int,
+    version: str,
+    freshness: int,
+    now: float,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> Update:
+    """A new update, offered at now."""
+    return Update(
+        id=uid,
+        device=device,
+        release=release,
+        model=model,
+        counter=counter,
+        version=version,
+        state="offered",
+        started=now,
+        deadline=now + deadline_s,
+        freshness=freshness,
+        updated=now,
+    )
+
+
+def next_freshness_version(last: int, now: float) -> int:
+    """The version of the next freshness statement: the time in ms, but
+    always above the last one (two in one ms, or a clock stepped back)."""
+    return max(last + 1, int(now * 1000))
+
+
+def check_target(
+    device: str, model: str | None, ota: Mapping[str, Any] | None, release: StoredRelease
+) -> None:
+    """Raise UpdateRefusedError unless the device can take the release: its
+    model (wrong_model), and a counter above the one it says it runs in its
+    hello (rollback: it would refuse it anyway)."""
+    if model != release.model:
+        raise UpdateRefusedError(
+            f"{device} is a {model or 'device of unknown model'}; "
+            f"release {release.ref} is for {release.model}",
+            "wrong_model",
+        )
+    running = ota.get("counter") if ota else None
+    if isinstance(running, int) and not isinstance(running, bool) and running >= release.counter:
+        raise UpdateRefusedError(
+            f"{device} runs release counter {running}; {release.ref} is not newer "
+            "(going back is published as a new release with a higher counter)",
+            "rollback",
+        )
+
+
+# ---- statuses and the deadline -------------------------------------------------
+
+
+def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None:
+    """The update after a status the device sent for it (already validated
+    by otaproto.check_status, and for u.id), or None if it changes nothing:
+    the update has ended, the status is older than what is known (a replayed
+    retained one), a repeat, or not an update state (safe_mode)."""
+    if u.ended or msg.get("id") != u.id:
+        return None
+    state = str(msg["state"])
+    if state not in _RANK:
+        return replace(u, device_state=state, updated=now) if state != u.device_state else None
+    if _RANK[state] < _RANK[u.state]:
+        return None
+    if state == u.state and state != "downloading":
+        return None
+    changes: dict[str, Any] = {"state": state, "updated": now, "device_state": state}
+    if state == "downloading":
+        if msg.get("bytes") == u.bytes and msg.get("total") == u.total and u.state == "downloading":
+            return None
+        if isinstance(msg.get("bytes"), int):
+            changes["bytes"] = msg["bytes"]
+        if isinstance(msg.get("total"), int):
+            changes["total"] = msg["total"]
+    elif state in ("staged", "verified", "activating", "trial", "committed") and u.total is not None:
+        changes["bytes"] = u.total  # everything arrived
+    if state in ENDED:
+        changes["finished"] = now
+        if state != "committed":
+            reason = msg.get("reason")
+            changes["reason"] = (reason if isinstance(reason, str) and reason else "no reason given")[
+                :MAX_REASON
+            ]
+    return replace(u, **changes)
+
+
+def fail(u: Update, reason: str, now: float) -> Update:
+    """The update ended as failed(reason) by the gateway's decision (a
+    deadline, a cancel); an update that already ended is left as it is."""
+    if u.ended:
+        return u
+    return replace(u, state="failed", reason=reason[:MAX_REASON], finished=now, updated=now)
+
+
+def expire(u: Update, now: float) -> Update | None:
+    """failed("timeout") if u has not ended by its deadline, else None."""
+    if u.ended or now < u.deadline:
+        return None
+    return fail(u, "timeout", now)
+
+
+# ---- messages to the device -------------------------------------------------------
+
+
+def offer_message(uid: str, release_id: str, manifest_size: int, freshness: bytes) -> bytes:
+    """The offer (docs/ota.md 3): the freshness envelope goes as an object."""
+    msg = {
+        "v": 1,
+        "id": uid,
+        "manifest": release_id,
+        "size": manifest_size,
+        "freshness": json.loads(freshness),
+    }
+    return json.dumps(msg, separators=(",", ":")).encode()
+
+
+def cancel_message(uid: str) -> bytes:
+    return json.dumps({"v": 1, "id": uid, "op": "cancel"}, separators=(",", ":")).encode()
+
+
+# ---- answering requests for bytes ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Serve:
+    """Send length bytes of obj at offset (length 0 only at the very end)."""
+
+    seq: int
+    obj: str
+    offset: int
+    length: int
+    tag: bytes
+    last: bool
+
+    def chunk(self, data: bytes) -> bytes:
+        return bytes(encode_chunk(self.seq, self.offset, data, self.tag, last=self.last))
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Send an error chunk carrying reason."""
+
+    seq: int
+    offset: int
+    tag: bytes
+    reason: str
+
+    def chunk(self) -> bytes:
+        data = self.reason.encode("utf-8")[:_MAX_ERROR]
+        return bytes(encode_chunk(self.seq, self.offset, data, self.tag, error=True))
+
+
+def plan_chunk(
+    req: Mapping[str, Any],
+    update: Update | None,
+    objects: Mapping[str, ObjectInfo] | None,
+) -> Serve | Refuse:
+    """What to answer to a request (validated by otaproto.check_request, from
+    the device it names). update: the record the request's id names, if it
+    is an update of that device; objects: what that update's release offers.
+    Only an update in progress is served, only objects of its release, only
+    bytes that exist."""
+    seq, off, obj, uid = req["seq"], req["off"], req["obj"], req["id"]
+    if is_hex64(obj):
+        tag = bytes.fromhex(obj)[:8]
+    elif objects is not None and "manifest" in objects:
+        tag = objects["manifest"].tag
+    else:
+        tag = _NO_TAG
+    if update is None or objects is None:
+        return Refuse(seq, off, tag, f"no update {uid[:32]} for this device")
+    if update.ended:
+        return Refuse(seq, off, tag, f"update {uid} has ended: {update.state}")
+    info = objects.get(obj)
+    if info is None:
+        return Refuse(seq, off, tag, f"{obj[:16]} is not part of update {uid}")
+    if off > info.size:
+        return Refuse(seq, off, tag, f"offset {off} is past the end ({info.size} bytes)")
+    n = min(req["len"], info.size - off, MAX_CHUNK)
+    return Serve(seq, obj, off, n, info.tag, off + n == info.size)

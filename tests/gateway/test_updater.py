@@ -1,0 +1,225 @@
+"""Updates through a gateway running in this process, on the session's real
+Mosquitto and real SQLite, with the device played over the broker by
+OtaDevice (its own credentials): offers, chunks, statuses, cancels, the
+deadline, stale retained statuses, and a gateway restart mid-update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from firmware.pb.errors import TrustError
+from gateway.errors import DeviceOfflineError, UpdateRefusedError
+from ota.keys import Keys
+from ota.release import Release
+
+from ..support.ota import ErrorChunk, OtaDevice, accept_offer
+from ..support.wait import async_wait_for
+from .conftest import MakeRelease, Running, StartGateway, stop
+
+MakeDevice = Callable[..., OtaDevice]
+
+
+async def registered(r: Running, device: OtaDevice, **hello: Any) -> OtaDevice:
+    await asyncio.to_thread(device.hello, **hello)
+    await async_wait_for(lambda: r.gw.is_online(device.id), 10, what=f"{device.id} online")
+    return device
+
+
+async def published(r: Running, release: Release) -> str:
+    stored, _ = r.gw.ota.releases.add(release.path, 0.0)
+    return stored.id
+
+
+async def test_an_offer_carries_a_freshness_statement_the_device_accepts(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    rid = await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    offer = await asyncio.to_thread(dev.offer)
+    assert offer["id"] == u.id and len(u.id) == 12 and int(u.id, 16) >= 0
+    assert offer["manifest"] == rid and offer["size"] == len(release.manifest)
+    body = accept_offer(offer, keys.root_bytes, "thermostat", 2)
+    assert body["version"] == u.freshness and 3590 < body["expires"] - u.started <= 3600
+    # a second offer's statement is newer, even within the same millisecond
+    u2 = await r.gw.ota.start(dev.id, "thermostat@2")
+    await asyncio.to_thread(dev.offer)  # the cancel of the first
+    offer2 = await asyncio.to_thread(dev.offer)
+    assert offer2["id"] == u2.id
+    accept_offer(offer2, keys.root_bytes, "thermostat", 2, last_version=body["version"] + 1)
+    with pytest.raises(TrustError, match="older"):
+        accept_offer(offer, keys.root_bytes, "thermostat", 2, last_version=u2.freshness)
+
+
+async def test_a_device_pulls_a_release_and_success_counts_only_at_committed(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    offer = await asyncio.to_thread(dev.offer)
+    manifest = await asyncio.to_thread(dev.fetch, u.id, "manifest", offer["size"], offer["manifest"])
+    assert manifest == release.manifest
+    total = sum(f.zsize for f in release.files)
+    dev.status(u.id, "offered", counter=2)
+    dev.status(u.id, "downloading", bytes=0, total=total, counter=2)
+    for f in release.files:
+        blob = await asyncio.to_thread(dev.fetch, u.id, f.zsha256, f.zsize, f.zsha256)
+        assert blob == release.blob_path(f).read_bytes()
+    for state in ("staged", "verified", "activating", "trial"):
+        dev.status(u.id, state, counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "trial", 5, what="trial")
+    now = r.gw.ota.get(u.id)
+    assert not now.success and not now.ended and r.gw.ota.stats["committed"] == 0
+    assert now.served == len(release.manifest) + total and now.errors == 0
+    sizes = [len(release.manifest)] + [f.zsize for f in release.files]
+    assert now.requests == sum(-(-n // dev.chunk) for n in sizes)  # one per chunk, none repeated
+    dev.status(u.id, "committed", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="committed")
+    done = r.gw.ota.get(u.id)
+    assert done.success and done.state == "committed" and done.finished is not None
+    assert r.gw.ota.stats["committed"] == 1
+    # kept in the database, counters and all
+    row = r.gw.ota.table.get(u.id)
+    assert row is not None and row.success and row.served == now.served
+    # an ended update is not served any more
+    with pytest.raises(ErrorChunk, match="has ended: committed"):
+        await asyncio.to_thread(dev.fetch, u.id, "manifest", offer["size"], offer["manifest"])
+
+
+async def test_a_second_update_cancels_the_first(
+    start_gateway: StartGateway, keys: Keys, make_release: MakeRelease, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, make_release(2))
+    await published(r, make_release(3))
+    first = await r.gw.ota.start(dev.id, "thermostat@2")
+    await asyncio.to_thread(dev.offer)
+    second = await r.gw.ota.start(dev.id, "thermostat@3")
+    cancel = await asyncio.to_thread(dev.offer)
+    assert cancel == {"v": 1, "id": first.id, "op": "cancel"}
+    assert (await asyncio.to_thread(dev.offer))["id"] == second.id
+    old = r.gw.ota.get(first.id)
+    assert (old.state, old.reason) == ("failed", f"cancelled: replaced by update {second.id}")
+    assert r.gw.ota.active(dev.id) == r.gw.ota.get(second.id)
+    # the first one's bytes are no longer served
+    with pytest.raises(ErrorChunk, match="has ended: failed"):
+        await asyncio.to_thread(dev.fetch, first.id, "manifest", 10, "0" * 64)
+
+
+async def test_a_stale_retained_status_does_not_touch_a_newer_update(
+    start_gateway: StartGateway, keys: Keys, make_release: MakeRelease, ota_devices: MakeDevice, tmp_path: Any
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, make_release(2))
+    await published(r, make_release(3))
+    first = await r.gw.ota.start(dev.id, "thermostat@2")
+    dev.status(first.id, "failed", reason="no_space: full")  # retained, on the device's status topic
+    await async_wait_for(lambda: r.gw.ota.get(first.id).ended, 5, what="first failed")
+    second = await r.gw.ota.start(dev.id, "thermostat@3")
+    # the gateway restarts: the broker hands it the retained status of the first update
+    await stop(r)
+    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    await async_wait_for(lambda: r.gw.ota.stats["statuses"] >= 1, 5, what="the retained status replayed")
+    now = r.gw.ota.get(second.id)
+    assert now.state == "offered" and not now.ended and r.gw.ota.active(dev.id) == now
+    # and a replayed status of the first, late and out of order, changes nothing either
+    dev.status(first.id, "committed")
+    dev.status(second.id, "downloading", bytes=5, total=10)
+    await async_wait_for(lambda: r.gw.ota.get(second.id).state == "downloading", 5, what="downloading")
+    assert r.gw.ota.get(first.id).state == "failed" and r.gw.ota.get(first.id).device_state == "committed"
+    assert r.gw.ota.stats["committed"] == 0
+
+
+async def test_an_update_that_never_commits_fails_at_its_deadline(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys, deadline=0.5)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    dev.status(u.id, "trial", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="timeout")
+    done = r.gw.ota.get(u.id)
+    assert (done.state, done.reason, done.success) == ("failed", "timeout", False)
+    # a commit after the deadline is noted, but the update stays failed
+    dev.status(u.id, "committed", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).device_state == "committed", 5, what="late commit noted")
+    assert r.gw.ota.get(u.id).state == "failed"
+
+
+async def test_a_restarted_gateway_goes_on_serving_an_update(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    offer = await asyncio.to_thread(dev.offer)
+    await asyncio.to_thread(dev.fetch, u.id, "manifest", offer["size"], offer["manifest"])
+    await stop(r)
+    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    f = release.files[0]
+    assert await asyncio.to_thread(dev.fetch, u.id, f.zsha256, f.zsize, f.zsha256)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).served == len(release.manifest) + f.zsize, 5)
+
+
+async def test_requests_that_are_not_the_devices_get_error_chunks(
+    start_gateway: StartGateway, keys: Keys, make_release: MakeRelease, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    mine, other = await registered(r, ota_devices()), await registered(r, ota_devices())
+    r2, r3 = make_release(2), make_release(3, extra="only in release 3")
+    await published(r, r2)
+    await published(r, r3)
+    u_mine = await r.gw.ota.start(mine.id, "thermostat@2")
+    u_other = await r.gw.ota.start(other.id, "thermostat@3")
+    only_in_3 = next(f for f in r3.files if f.zsha256 not in {g.zsha256 for g in r2.files})
+    # another release's blob, under my own update
+    with pytest.raises(ErrorChunk, match="not part of update"):
+        await asyncio.to_thread(mine.fetch, u_mine.id, only_in_3.zsha256, only_in_3.zsize, only_in_3.zsha256)
+    # another device's update
+    with pytest.raises(ErrorChunk, match=f"no update {u_other.id}"):
+        await asyncio.to_thread(mine.fetch, u_other.id, only_in_3.zsha256, only_in_3.zsize, only_in_3.zsha256)
+    # an update id nobody has
+    with pytest.raises(ErrorChunk, match="no update"):
+        await asyncio.to_thread(mine.fetch, "0123456789ab", "manifest", 10, "0" * 64)
+    # past the end of the manifest
+    flags, _, _, data = await asyncio.to_thread(mine.request, u_mine.id, "manifest", len(r2.manifest) + 1, 10)
+    assert flags & 2 and b"past the end" in data
+    # a request naming another device on my own topic is spoofed: rejected, not answered
+    before = r.gw.rejects.get("spoofed", 0)
+    with pytest.raises(AssertionError, match="no chunk"):
+        await asyncio.to_thread(mine.request, u_other.id, "manifest", 0, 10, 0.3, other.id)
+    assert r.gw.rejects.get("spoofed", 0) == before + 2  # asked twice
+    u = r.gw.ota.get(u_mine.id)
+    assert u.served == 0 and u.errors == 2 and u.requests == 2  # the other-release blob and past the end
+
+
+async def test_an_update_is_refused_for_an_offline_device_or_a_wrong_model(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    shirt = await registered(r, ota_devices("sh"), model="shirt")
+    await published(r, release)
+    with pytest.raises(UpdateRefusedError, match="is for thermostat"):
+        await r.gw.ota.start(shirt.id, "thermostat@2")
+    newer = await registered(r, ota_devices(), counter=5, manifest="ab" * 32)
+    with pytest.raises(UpdateRefusedError, match="runs release counter 5"):
+        await r.gw.ota.start(newer.id, "thermostat@2")
+    gone = await registered(r, ota_devices())
+    offline = {"v": 1, "dev": gone.id, "state": "offline"}
+    r.gw.handle(f"pb/{gone.id}/state", json.dumps(offline).encode(), False)
+    with pytest.raises(DeviceOfflineError):
+        await r.gw.ota.start(gone.id, "thermostat@2")
+    u = await r.gw.ota.start(gone.id, "thermostat@2", force=True)
+    assert u.state == "offered"

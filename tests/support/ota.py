@@ -1,0 +1,220 @@
+"""The device's side of an update transfer (docs/ota.md 3), played by a test
+over a real broker with the device's own credentials (paho), and the
+gateway process started with keys.
+
+OtaDevice speaks the wire protocol only: it announces itself (hello, state),
+takes offers, asks for bytes chunk by chunk, checks what it gets, and
+reports statuses. It does not install anything; the real device agent is
+firmware/pb/ota.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from firmware.pb import otaproto, trust
+from firmware.pb.otaproto import FLAG_ERROR, FLAG_LAST
+from gateway.broker import BrokerUrl
+from ota.envelope import verify_signature
+
+from .mosquitto import Mosquitto
+from .mqtt import TestClient
+from .processes import PERMABETA, GatewayProcess
+
+Message = tuple[str, bytes, bool]
+
+
+class ErrorChunk(AssertionError):
+    """The gateway answered a request with an error chunk; str() is its reason."""
+
+
+class OtaDevice:
+    """A device as the update protocol sees it."""
+
+    def __init__(self, broker: Mosquitto, dev_id: str, password: str, chunk: int = 700) -> None:
+        self.id = dev_id
+        self.chunk = chunk
+        self.seq = 0
+        self.client = TestClient(broker, dev_id, password, client_id=f"{dev_id}-ota-{secrets.token_hex(2)}")
+        self.client.subscribe(f"pb/{dev_id}/ota/offer", qos=1)
+        self.client.subscribe(f"pb/{dev_id}/ota/chunk", qos=0)
+        self._backlog: list[Message] = []
+
+    def close(self) -> None:
+        self.client.close()
+
+    def topic(self, kind: str) -> str:
+        return f"pb/{self.id}/{kind}"
+
+    # ---- telling the gateway about itself ---------------------------------------
+
+    def hello(self, model: str = "thermostat", counter: int = 0, manifest: str | None = None) -> None:
+        """A retained hello (with what it runs) and state online."""
+        msg = {
+            "v": 1,
+            "dev": self.id,
+            "model": model,
+            "board": f"{model}-v1",
+            "runtime": "0.1.0",
+            "platform": "test",
+            "api": 1,
+            "features": {},
+            "caps": ["relay", "temperature"],
+            "heap_free": 50000,
+            "reset_cause": "power_on",
+            "boot_count": 1,
+            "keepalive": 30,
+            "telemetry_s": 10,
+            "ota": {"counter": counter, "manifest": manifest, "state": "committed" if counter else "factory"},
+        }
+        self.client.publish(self.topic("hello"), json.dumps(msg), qos=1, retain=True)
+        self.client.publish(
+            self.topic("state"), json.dumps({"v": 1, "dev": self.id, "state": "online"}), qos=1, retain=True
+        )
+
+    def status(self, uid: str, state: str, **fields: Any) -> None:
+        msg = {"v": 1, "dev": self.id, "id": uid, "state": state, "ts": time.time(), **fields}
+        otaproto.check_status(msg)
+        self.client.publish(self.topic("ota/status"), json.dumps(msg), qos=1, retain=True)
+
+    # ---- receiving -----------------------------------------------------------------
+
+    def _take(self, want: Callable[[Message], bool], timeout: float) -> Message | None:
+        for i, m in enumerate(self._backlog):
+            if want(m):
+                return self._backlog.pop(i)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                m = self.client.received.get(timeout=left)
+            except queue.Empty:
+                return None
+            if want(m):
+                return m
+            if len(self._backlog) < 1000:
+                self._backlog.append(m)
+        return None
+
+    def offer(self, timeout: float = 10) -> dict[str, Any]:
+        """The next offer (or cancel), validated as the device agent does."""
+        m = self._take(lambda m: m[0] == self.topic("ota/offer"), timeout)
+        if m is None:
+            raise AssertionError(f"{self.id} got no offer within {timeout}s")
+        return dict(otaproto.check_offer(json.loads(m[1])))
+
+    def chunks_pending(self) -> int:
+        return sum(1 for m in self._backlog if m[0] == self.topic("ota/chunk")) + self.client.received.qsize()
+
+    # ---- pulling bytes ---------------------------------------------------------------
+
+    def request(
+        self, uid: str, obj: str, off: int, length: int, timeout: float = 2.0, dev: str | None = None
+    ) -> tuple[int, int, bytes, bytes]:
+        """Ask for bytes; (flags, offset, tag, data) of the chunk answering it.
+        Asks again once if no answer comes (chunks are QoS 0)."""
+        self.seq += 1
+        seq = self.seq
+        msg = {"v": 1, "dev": dev or self.id, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
+
+        def answers(m: Message) -> bool:
+            if m[0] != self.topic("ota/chunk"):
+                return False
+            return bool(otaproto.decode_chunk(m[1])[1] == seq)
+
+        for _ in range(2):
+            self.client.publish(self.topic("ota/req"), json.dumps(msg), qos=0)
+            m = self._take(answers, timeout)
+            if m is not None:
+                flags, _, offset, tag, data = otaproto.decode_chunk(m[1])
+                return flags, offset, bytes(tag), bytes(data)
+        raise AssertionError(f"no chunk answered request {msg}")
+
+    def fetch(self, uid: str, obj: str, size: int, sha256: str) -> bytes:
+        """A whole object, chunk by chunk, checked as the device agent checks it:
+        tag, offset, length, the last flag, then the SHA-256 of the whole.
+        Raises ErrorChunk with the gateway's reason."""
+        tag = bytes.fromhex(sha256)[:8]
+        data = b""
+        while len(data) < size:
+            n = min(self.chunk, size - len(data))
+            flags, off, got_tag, part = self.request(uid, obj, len(data), n)
+            if flags & FLAG_ERROR:
+                raise ErrorChunk(part.decode("utf-8"))
+            assert (got_tag, off, len(part)) == (tag, len(data), n), "a chunk that does not match its request"
+            data += part
+            assert bool(flags & FLAG_LAST) == (len(data) == size), "the last flag is wrong"
+        assert hashlib.sha256(data).hexdigest() == sha256, f"{obj[:16]} is not what was offered"
+        return data
+
+
+def accept_offer(
+    offer: dict[str, Any], root: bytes, model: str, counter: int, last_version: int = 0
+) -> dict[str, Any]:
+    """The offer's freshness statement, checked as a device does: signed by
+    the gateway role of root, for this release, not expired, not older than
+    last_version. Raises TrustError."""
+    trusted = trust.load_root(root, verify_signature)
+    raw, body, sigs = trust.open_envelope(json.dumps(offer["freshness"]).encode())
+    trust.check_role(trusted, "gateway", raw, sigs, verify_signature)
+    trust.check_freshness(body, model, offer["manifest"], counter, time.time(), last_version)
+    return dict(body)
+
+
+def check_manifest(data: bytes, root: bytes) -> dict[str, Any]:
+    """The manifest's body, if release-role signatures under root vouch for it."""
+    trusted = trust.load_root(root, verify_signature)
+    raw, body, sigs = trust.open_envelope(data)
+    trust.check_role(trusted, "release", raw, sigs, verify_signature)
+    return dict(trust.check_manifest(body))
+
+
+class KeyedGatewayProcess(GatewayProcess):
+    """`permabeta gateway run` with extra options (--keys DIR, --update-deadline S)."""
+
+    def __init__(self, broker: BrokerUrl, db: Path, log: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(broker, db, log)
+        self.extra = list(extra)
+
+    def start(self) -> KeyedGatewayProcess:
+        from .wait import wait_for
+
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(PERMABETA),
+                    "gateway",
+                    "run",
+                    "--broker",
+                    self.broker.url(secret=True),
+                    "--db",
+                    str(self.db),
+                    "--api",
+                    "127.0.0.1:0",
+                    "--client-id",
+                    f"gw-{os.getpid()}-{id(self):x}",
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(self._api_up, 20, what="the gateway's API")
+        return self
+
+    def popen_cli(self, *args: str) -> subprocess.Popen[str]:
+        """`permabeta ARGS --db DB`, running: for commands that wait."""
+        return subprocess.Popen(
+            [str(PERMABETA), *args, "--db", str(self.db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )

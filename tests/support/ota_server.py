@@ -1,0 +1,120 @@
+"""The OTA side of a gateway, played by a test over a real broker (docs/ota.md,
+section 3), so that it can misbehave on purpose: an attacker who controls
+the gateway or the network. It offers one release to one device and serves
+its bytes, through a hook that may tamper with each answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from firmware.pb import otaproto
+
+from .mosquitto import GATEWAY_PASSWORD, Mosquitto
+
+# tamper(obj, offset, data) -> the chunks to send instead (each (offset, bytes)), or None as asked
+Tamper = Callable[[str, int, bytes], "list[tuple[int, bytes]] | None"]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Offer:
+    manifest: bytes
+    blobs: dict[str, bytes]  # zsha256 -> compressed bytes
+    freshness: bytes
+    uid: str = "upd-1"
+    objects: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.objects = {"manifest": self.manifest, **self.blobs}
+
+
+class OtaServer:
+    __test__ = False
+
+    def __init__(self, broker: Mosquitto, dev: str, offer: Offer, tamper: Tamper | None = None) -> None:
+        self.dev = dev
+        self.offer_ = offer
+        self.tamper = tamper
+        self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.served: dict[str, int] = {}
+        self.requests = 0
+        self._ready = threading.Event()
+        self.c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"ota-srv-{dev}", protocol=paho.MQTTv311
+        )
+        self.c.username_pw_set("gateway", GATEWAY_PASSWORD)
+        self.c.on_connect = lambda *a: self._ready.set()
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", broker.port, keepalive=30)
+        self.c.loop_start()
+        if not self._ready.wait(5):
+            raise AssertionError("OTA server did not connect")
+        for kind, qos in (("ota/req", 0), ("ota/status", 1)):
+            self.c.subscribe(f"pb/{dev}/{kind}", qos)
+        time.sleep(0.2)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def offer(self) -> None:
+        o = self.offer_
+        msg = {
+            "v": 1,
+            "id": o.uid,
+            "manifest": sha256(o.manifest),
+            "size": len(o.manifest),
+            "freshness": json.loads(o.freshness),
+        }
+        self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        if m.topic.endswith("/ota/status"):
+            st = json.loads(m.payload)
+            if st.get("id") == self.offer_.uid or st.get("state") in ("failed", "rolled_back", "safe_mode"):
+                self.seen.append(st)
+                self.statuses.put(st)
+            return
+        req = json.loads(m.payload)
+        self.requests += 1
+        obj, off, n, seq = req["obj"], req["off"], req["len"], req["seq"]
+        data = self.offer_.objects.get(obj)
+        tag = bytes.fromhex(sha256(self.offer_.manifest) if obj == "manifest" else obj)[:8]
+        if data is None:
+            self._send(otaproto.encode_chunk(seq, off, b"no such object", tag, error=True))
+            return
+        piece = data[off : off + n]
+        chunks = self.tamper(obj, off, piece) if self.tamper else None
+        for o, d in chunks if chunks is not None else [(off, piece)]:
+            self.served[obj] = self.served.get(obj, 0) + len(d)
+            self._send(otaproto.encode_chunk(seq, o, d, tag, last=o + len(d) >= len(data)))
+
+    def _send(self, chunk: bytes) -> None:
+        self.c.publish(f"pb/{self.dev}/ota/chunk", chunk, qos=0)
+
+    def wait_for(self, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+        """The first status in one of states (others are collected on the way)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no status in {states} within {timeout}s; saw {self.seen}")
+            try:
+                st = self.statuses.get(timeout=left)
+            except queue.Empty:
+                continue
+            if st["state"] in states:
+                return st

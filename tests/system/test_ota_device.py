@@ -1,0 +1,133 @@
+"""Updates on the real MicroPython unix port with a 128 KB heap, and one test
+per attack. The gateway's OTA side is played by tests/support/ota_server.py,
+so that it can misbehave as an attacker who owns the gateway or the network
+would. Every attack must leave the device on its old set with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ota import keys as ota_keys
+from ota.envelope import sign_envelope
+from ota.release import Release, build
+
+from ..conftest import MakeDevice
+from ..support.mosquitto import Mosquitto
+from ..support.ota_server import Offer, OtaServer, Tamper
+from ..support.processes import DeviceProcess
+from ..support.wait import wait_for
+
+pytestmark = pytest.mark.slow
+
+FIRMWARE = Path(__file__).parents[2] / "firmware" / "features"
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> ota_keys.Keys:
+    return ota_keys.keygen(tmp_path_factory.mktemp("keys") / "k")
+
+
+@pytest.fixture(scope="session")
+def attacker(tmp_path_factory: pytest.TempPathFactory) -> ota_keys.Keys:
+    return ota_keys.keygen(tmp_path_factory.mktemp("attacker") / "k")
+
+
+def features_with_assets(tmp: Path, kb: int = 64) -> list[Path]:
+    """thermostat + eco, eco carrying kb KB of tables (incompressible)."""
+    out = []
+    for name in ("thermostat", "eco"):
+        shutil.copytree(FIRMWARE / name, tmp / name)
+        out.append(tmp / name)
+    tables = tmp / "eco" / "tables"
+    tables.mkdir()
+    rnd = __import__("random").Random(7)
+    for i in range(kb // 8):
+        (tables / f"t{i:02d}.bin").write_bytes(bytes(rnd.getrandbits(8) for _ in range(8192)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def release2(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Release:
+    tmp = tmp_path_factory.mktemp("r2")
+    return build("thermostat", features_with_assets(tmp / "src"), "2.0", tmp / "r2", 2, True, keys)
+
+
+def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
+    blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
+    fresh = ota_keys.freshness(keys, release.model, release.counter, release.sha256, ttl, now or time.time())
+    return Offer(release.manifest, blobs, fresh)
+
+
+def resigned(release: Release, body: dict[str, Any], key: Any) -> bytes:
+    """A manifest envelope of body, signed by key (an attacker's or a stolen one)."""
+    return sign_envelope(body, [key])
+
+
+@pytest.fixture
+def device(mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys) -> Iterator[DeviceProcess]:
+    dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
+    config = json.loads((dev.path / "config.json").read_text())
+    config.update({"ota_timeout_ms": 300, "ota_tries": 3})
+    (dev.path / "config.json").write_text(json.dumps(config))
+    dev.set_sensors(temperature=20.0)
+    dev.heap = os.environ.get("PB_HEAP", dev.heap)
+    dev.start()
+    wait_for(lambda: "booted" in dev.output(), 15, what="device boot")
+    yield dev
+
+
+def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
+    """(counter, manifest, feature names) of the set the device will run."""
+    ptr = dev.path / "ota" / "active.json"
+    if not ptr.exists():
+        return 0, None, sorted(os.listdir(dev.path / "features"))
+    p = json.loads(ptr.read_text())
+    return p["counter"], p["manifest"], sorted(os.listdir(dev.path / p["set"] / "features"))
+
+
+def assert_on_factory(dev: DeviceProcess) -> None:
+    counter, _, names = running_set(dev)
+    assert (counter, names) == (0, ["thermostat"])
+    assert not (dev.path / "ota" / "stage").exists() or not os.listdir(dev.path / "ota" / "stage")
+    assert dev.running
+
+
+def serve(mosquitto: Mosquitto, dev: DeviceProcess, offer: Offer, tamper: Tamper | None = None) -> OtaServer:
+    srv = OtaServer(mosquitto, dev.id, offer, tamper)
+    srv.offer()
+    return srv
+
+
+# ---- the update works --------------------------------------------------------
+
+
+def test_update_to_release_2_on_micropython_128k(
+    mosquitto: Mosquitto, device: DeviceProcess, release2: Release, keys: ota_keys.Keys, record_property: Any
+) -> None:
+    total = sum(f.size for f in release2.files if f.path.startswith("eco/"))
+    assert total >= 64 * 1024 and device.heap == os.environ.get("PB_HEAP", "128K")
+    srv = serve(mosquitto, device, offer_of(release2, keys))
+    try:
+        t0 = time.monotonic()
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+        record_property("update_s", round(time.monotonic() - t0, 2))
+        assert done["state"] == "committed", (done, srv.seen, device.output()[-3000:])
+        states = [s["state"] for s in srv.seen]
+        for s in ("offered", "downloading", "staged", "activating", "trial", "committed"):
+            assert s in states, states
+        assert running_set(device) == (2, release2.sha256, ["eco", "thermostat"])
+        # only what the device lacked came over the wire: eco's files, not the thermostat's
+        eco = sum(f.zsize for f in release2.files if f.path.startswith("eco/"))
+        assert sum(v for k, v in srv.served.items() if k != "manifest") == eco
+        # and the new feature runs: eco reports in the log of the device's boot
+        wait_for(lambda: "features eco,thermostat" in device.output(), 10, what="eco running")
+    finally:
+        srv.close()
