@@ -74,6 +74,7 @@ class Agent:
         self.fault = fault
         self.on_staged = None
         self.once = False
+        self.restart = False  # set when update mode must start afresh
         self.chunk = 2048
         self.window = 2
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
@@ -200,6 +201,14 @@ class Agent:
             except _Staged:
                 if self.on_staged is not None:
                     self.on_staged()
+                return
+            except MemoryError:
+                # a fragmented heap, not a broken update: what is on flash
+                # stays, and the download goes on after a reset (update mode)
+                self._close()
+                if not self.once:
+                    raise
+                self.restart = True
                 return
             except Failed as exc:
                 reason = str(exc)

@@ -86,14 +86,17 @@ async def run(base, config, hal, counter, root):
 
         os.remove(base + "/" + OFFER)
         agent.on_offer(offer)
-        if agent.job is None:  # refused; the reason is reported
-            offer = None
+        if agent.job is not None:  # (refused, it is reported and the mode ends)
+            agent.job["mode"] = "lean"  # resets come back here, not to the runtime
+            agent.save_job()
     client.subscribe(prefix + "ota/offer", 1)
     client.subscribe(prefix + "ota/chunk", 0)
     print("pb[%s]: update mode: downloading without the features" % dev)
     link = asyncio.create_task(client.run())
     watchdog = asyncio.create_task(_feed(hal))
     await agent.run()  # returns once the update is staged or has failed
+    if agent.restart:
+        print("pb[%s]: update mode: out of RAM, going on after a reset" % dev)
     t0 = ticks_ms()
     while client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
         await sleep_ms(20)
