@@ -43,25 +43,40 @@ def features_root(base, set_dir):
     return base + "/" + (set_dir if set_dir == FACTORY else set_dir + "/features")
 
 
-def check_set(base, set_dir):
-    """None if every file of an OTA set matches the manifest stored with it,
-    else the reason. The factory set has no manifest and is not checked."""
+def check_set(base, set_dir, files=None):
+    """None if every file of an OTA set matches the manifest stored with it
+    (or the files given, from that manifest), else the reason. The factory
+    set has no manifest and is not checked. Raises MemoryError: a heap too
+    small says nothing about the set."""
     if set_dir == FACTORY:
         return None if _is_dir(base + "/" + FACTORY) else "factory set missing"
-    from .trust import open_envelope
-
-    data = read_bytes(base + "/" + set_dir + "/manifest.json")
-    if data is None:
-        return "set %s has no manifest" % set_dir
     try:
-        _, body, _ = open_envelope(data)
-        for f in body["files"]:
+        if files is None:
+            files = set_files(base, set_dir)
+            if files is None:
+                return "set %s has no manifest" % set_dir
+        for f in files:
             n, digest = file_sha256(features_root(base, set_dir) + "/" + f["path"], f["size"])
             if n != f["size"] or digest != f["sha256"]:
                 return "%s does not match its manifest" % f["path"]
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - anything wrong with the set makes it unusable
         return "set %s unreadable: %s" % (set_dir, format_exception(exc))
     return None
+
+
+def set_files(base, set_dir):
+    """The file list of the manifest kept with an OTA set, or None."""
+    import gc
+
+    data = read_bytes(base + "/" + set_dir + "/manifest.json")
+    if data is None:
+        return None
+    signed = json.loads(data)["signed"]
+    data = None
+    gc.collect()
+    return json.loads(signed)["files"]
 
 
 def _is_dir(path):

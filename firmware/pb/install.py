@@ -15,6 +15,7 @@ STAGE = "ota/stage"
 ROOT = "ota/root.json"
 TRUST_STATE = "ota/trust.json"
 SLOTS = ("ota/a", "ota/b")
+_MAX_INSTALLS = 3
 
 
 def _load(base, rel):
@@ -45,8 +46,14 @@ def install(base, job, device, running, now, fault=None, tick=None):
     running: (set dir, counter, manifest) of the running set. Returns the
     new pointer, or None if the update failed (reported, staging removed)."""
     fault = fault or (lambda name: None)
+    job["installs"] = job.get("installs", 0) + 1
+    write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))  # counted first
     try:
         p = _install(base, job, device, running, now, fault, tick)
+    except MemoryError:
+        if job["installs"] < _MAX_INSTALLS:
+            raise  # a short heap, not a bad update: the device resets and tries again
+        reason = "install: out of RAM %d times" % _MAX_INSTALLS
     except TrustError as exc:
         reason = "%s: %s" % (exc.code, exc.message)
     except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
@@ -89,17 +96,23 @@ def _install(base, job, device, running, now, fault, tick):
         job["fresh_ok"] = body["counter"]
         write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))
     fault("verified")
+    files = body["files"]
+    counter = body["counter"]
+    data = raw = body = sigs = root = None  # the manifest's copies: RAM for the rest
+    import gc
+
+    gc.collect()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
-    if guard.check_set(base, target) is not None or _slot_manifest(base, target) != job["manifest"]:
+    if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, files) is not None:
         held = otafs.held_files(guard.features_root(base, run_set) if run_set else None)
-        _assemble(base, target, body["files"], held, data, fault)
-        bad = guard.check_set(base, target)
+        _assemble(base, target, files, held, fault)
+        bad = guard.check_set(base, target, files)
         if bad is not None:
             raise TrustError("mismatch", "assembled set: " + bad)
     pointer = {
         "set": target,
         "prev": {"set": run_set or guard.FACTORY, "counter": run_counter, "manifest": run_manifest},
-        "counter": body["counter"],
+        "counter": counter,
         "manifest": job["manifest"],
         "state": "trial",
         "boots": 0,
@@ -116,7 +129,7 @@ def _slot_manifest(base, target):
     return trust.sha256_hex(data) if data is not None else None
 
 
-def _assemble(base, target, files, held, manifest_bytes, fault):
+def _assemble(base, target, files, held, fault):
     slot = base + "/" + target
     features = slot + "/features"
     otafs.remove_tree(slot)
@@ -130,4 +143,7 @@ def _assemble(base, target, files, held, manifest_bytes, fault):
         otafs.copy(src, dst)
         fault("assemble")
     # written last: a slot with its manifest is a complete slot
-    write_atomic(slot + "/manifest.json", manifest_bytes)
+    otafs.copy(base + "/" + STAGE + "/manifest.json", slot + "/manifest.json.tmp")
+    import os
+
+    os.rename(slot + "/manifest.json.tmp", slot + "/manifest.json")

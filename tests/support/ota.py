@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import secrets
-import subprocess
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from firmware.pb import otaproto, trust
 from firmware.pb.otaproto import FLAG_ERROR, FLAG_LAST
-from gateway.broker import BrokerUrl
 from ota.envelope import verify_signature
 
 from .mosquitto import Mosquitto
 from .mqtt import TestClient
-from .processes import PERMABETA, GatewayProcess
+from .processes import GatewayProcess
 
 Message = tuple[str, bytes, bool]
 
@@ -177,44 +173,5 @@ def check_manifest(data: bytes, root: bytes) -> dict[str, Any]:
     return dict(trust.check_manifest(body))
 
 
-class KeyedGatewayProcess(GatewayProcess):
-    """`permabeta gateway run` with extra options (--keys DIR, --update-deadline S)."""
-
-    def __init__(self, broker: BrokerUrl, db: Path, log: Path, extra: Sequence[str] = ()) -> None:
-        super().__init__(broker, db, log)
-        self.extra = list(extra)
-
-    def start(self) -> KeyedGatewayProcess:
-        from .wait import wait_for
-
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(PERMABETA),
-                    "gateway",
-                    "run",
-                    "--broker",
-                    self.broker.url(secret=True),
-                    "--db",
-                    str(self.db),
-                    "--api",
-                    "127.0.0.1:0",
-                    "--client-id",
-                    f"gw-{os.getpid()}-{id(self):x}",
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_for(self._api_up, 20, what="the gateway's API")
-        return self
-
-    def popen_cli(self, *args: str) -> subprocess.Popen[str]:
-        """`permabeta ARGS --db DB`, running: for commands that wait."""
-        return subprocess.Popen(
-            [str(PERMABETA), *args, "--db", str(self.db)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+# `permabeta gateway run --keys DIR ...`: the plain process, with its options
+KeyedGatewayProcess = GatewayProcess

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,11 @@ class DeviceProcess:
 class GatewayProcess:
     """`permabeta gateway run` as a subprocess, and the CLI against its db."""
 
-    def __init__(self, broker: BrokerUrl, db: Path, log: Path) -> None:
+    def __init__(self, broker: BrokerUrl, db: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.broker = broker
         self.db = db
         self.log = log
+        self.extra = list(extra)  # more options, e.g. --keys DIR
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
@@ -107,6 +109,7 @@ class GatewayProcess:
                     "127.0.0.1:0",
                     "--client-id",
                     f"gw-{os.getpid()}-{id(self):x}",
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,6 +146,15 @@ class GatewayProcess:
         if check and proc.returncode != 0:
             raise AssertionError(f"permabeta {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def popen_cli(self, *args: str) -> subprocess.Popen[str]:
+        """`permabeta ARGS --db DB`, running: for commands that wait."""
+        return subprocess.Popen(
+            [str(PERMABETA), *args, "--db", str(self.db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def devices(self) -> list[dict[str, Any]]:
         return list(json.loads(self.cli("devices", "list", "--json").stdout))

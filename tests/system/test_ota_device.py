@@ -5,9 +5,7 @@ would. Every attack must leave the device on its old set with the reason."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,47 +15,18 @@ import pytest
 
 from ota import keys as ota_keys
 from ota.envelope import sign_envelope
-from ota.release import Release, build
+from ota.release import Release
 
 from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import Offer, OtaServer, Tamper
 from ..support.processes import DeviceProcess
 from ..support.wait import wait_for
+from .conftest import ota_device, running_set
 
 pytestmark = pytest.mark.slow
 
 FIRMWARE = Path(__file__).parents[2] / "firmware" / "features"
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> ota_keys.Keys:
-    return ota_keys.keygen(tmp_path_factory.mktemp("keys") / "k")
-
-
-@pytest.fixture(scope="session")
-def attacker(tmp_path_factory: pytest.TempPathFactory) -> ota_keys.Keys:
-    return ota_keys.keygen(tmp_path_factory.mktemp("attacker") / "k")
-
-
-def features_with_assets(tmp: Path, kb: int = 64) -> list[Path]:
-    """thermostat + eco, eco carrying kb KB of tables (incompressible)."""
-    out = []
-    for name in ("thermostat", "eco"):
-        shutil.copytree(FIRMWARE / name, tmp / name)
-        out.append(tmp / name)
-    tables = tmp / "eco" / "tables"
-    tables.mkdir()
-    rnd = __import__("random").Random(7)
-    for i in range(kb // 8):
-        (tables / f"t{i:02d}.bin").write_bytes(bytes(rnd.getrandbits(8) for _ in range(8192)))
-    return out
-
-
-@pytest.fixture(scope="session")
-def release2(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Release:
-    tmp = tmp_path_factory.mktemp("r2")
-    return build("thermostat", features_with_assets(tmp / "src"), "2.0", tmp / "r2", 2, True, keys)
 
 
 def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
@@ -73,24 +42,7 @@ def resigned(release: Release, body: dict[str, Any], key: Any) -> bytes:
 
 @pytest.fixture
 def device(mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys) -> Iterator[DeviceProcess]:
-    dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
-    config = json.loads((dev.path / "config.json").read_text())
-    config.update({"ota_timeout_ms": 300, "ota_tries": 3})
-    (dev.path / "config.json").write_text(json.dumps(config))
-    dev.set_sensors(temperature=20.0)
-    dev.heap = os.environ.get("PB_HEAP", dev.heap)
-    dev.start()
-    wait_for(lambda: "booted" in dev.output(), 15, what="device boot")
-    yield dev
-
-
-def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
-    """(counter, manifest, feature names) of the set the device will run."""
-    ptr = dev.path / "ota" / "active.json"
-    if not ptr.exists():
-        return 0, None, sorted(os.listdir(dev.path / "features"))
-    p = json.loads(ptr.read_text())
-    return p["counter"], p["manifest"], sorted(os.listdir(dev.path / p["set"] / "features"))
+    yield ota_device(mosquitto, make_device, keys)
 
 
 def assert_on_factory(dev: DeviceProcess) -> None:

@@ -1,0 +1,107 @@
+"""An update as a maker runs one: releases published to a running gateway
+(`permabeta ota publish`), `permabeta devices update` following it live,
+a device on the real MicroPython unix port with a 128 KB heap taking it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ota import keys as ota_keys
+from ota.release import Release
+
+from ..conftest import MakeDevice
+from ..support.mosquitto import Mosquitto
+from ..support.processes import DeviceProcess, GatewayProcess
+from ..support.wait import wait_for
+from .conftest import ota_device, running_set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def published(
+    ota_gateway: GatewayProcess, release2: Release, release3: Release, crashing_release: Release
+) -> GatewayProcess:
+    for r in (release2, release3, crashing_release):
+        out = ota_gateway.cli("ota", "publish", str(r.path))
+        assert "published" in out.stdout
+    return ota_gateway
+
+
+def update(gw: GatewayProcess, dev: DeviceProcess, ref: str) -> tuple[int, str, dict[str, Any]]:
+    """Run `devices update`; (exit code, its output, the update record)."""
+    proc = gw.popen_cli("devices", "update", dev.id, ref, "--timeout", "120")
+    out, err = proc.communicate(timeout=150)
+    return proc.returncode, out + err, gw_updates(gw, dev.id)[0]
+
+
+def gw_updates(gw: GatewayProcess, dev: str) -> list[dict[str, Any]]:
+    from gateway.client import ApiClient
+
+    return list(ApiClient.from_db(gw.db).request("GET", f"/api/v1/devices/{dev}/updates"))
+
+
+def online(gw: GatewayProcess, dev: DeviceProcess) -> dict[str, Any]:
+    return wait_for(lambda: (d := gw.device(dev.id))["online"] and d, 30, what=f"{dev.id} online")
+
+
+def test_update_with_the_cli_counts_only_at_committed(
+    mosquitto: Mosquitto, published: GatewayProcess, make_device: MakeDevice, keys: ota_keys.Keys, release2: Release
+) -> None:
+    dev = ota_device(mosquitto, make_device, keys)
+    online(published, dev)
+    code, out, record = update(published, dev, f"thermostat@{release2.counter}")
+    assert code == 0, (out, dev.output()[-3000:])
+    assert "committed" in out and "KB" in out  # the live progress, then the end
+    assert record["state"] == "committed"
+    assert record["bytes"] == record["total"] > 64 * 1024
+    assert running_set(dev) == (2, release2.sha256, ["eco", "thermostat"])
+    shown = wait_for(
+        lambda: (d := published.device(dev.id))["features"].get("eco", {}).get("running") and d, 30, what="eco"
+    )
+    assert shown["features"]["thermostat"]["running"] is True
+    assert shown["ota"] == {"counter": 2, "manifest": release2.sha256, "state": "committed"}
+
+
+def test_second_update_transfers_only_the_changed_file(
+    mosquitto: Mosquitto,
+    published: GatewayProcess,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    release2: Release,
+    release3: Release,
+) -> None:
+    dev = ota_device(mosquitto, make_device, keys)
+    online(published, dev)
+    assert update(published, dev, f"thermostat@{release2.counter}")[0] == 0
+    wait_for(lambda: published.device(dev.id).get("ota", {}).get("counter") == 2, 30, what="hello on release 2")
+    code, out, record = update(published, dev, f"thermostat@{release3.counter}")
+    assert code == 0, (out, dev.output()[-3000:])
+    old = {f.sha256 for f in release2.files}
+    changed = [f for f in release3.files if f.sha256 not in old]
+    assert [f.path for f in changed] == ["eco/tables/t03.bin"]
+    # the device asked for that one blob and the manifest, nothing else
+    assert record["total"] == changed[0].zsize
+    assert record["served"] == changed[0].zsize + len(release3.manifest)
+    assert running_set(dev)[:2] == (3, release3.sha256)
+
+
+def test_a_release_that_crashes_rolls_back_and_counts_as_failed(
+    mosquitto: Mosquitto,
+    published: GatewayProcess,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    crashing_release: Release,
+) -> None:
+    dev = ota_device(mosquitto, make_device, keys)
+    online(published, dev)
+    code, out, record = update(published, dev, f"thermostat@{crashing_release.counter}")
+    assert code == 1
+    assert record["state"] == "rolled_back"
+    assert "crashy" in record["reason"] and "crashy cannot start" in record["reason"]
+    # back on the set that worked, which still runs
+    assert running_set(dev) == (0, None, ["thermostat"])
+    dev.set_sensors(temperature=15.0)
+    wait_for(lambda: dev.actuators().get("relay") is True, 20, what="the old thermostat heating")
