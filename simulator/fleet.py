@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from gateway.broker import BrokerUrl
 
@@ -25,7 +26,12 @@ class Fleet:
         telemetry_s: float = 10,
         sample_s: float = 1,
         prefix: dict[str, str] | None = None,
+        root: bytes | None = None,
+        trial_s: float | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
+        """Devices <prefix>-1, -2, ... of each model, with their flash in
+        workdir/<id>/; root, trial_s, config: see VirtualDevice."""
         self.clock = SimClock(speed)
         self.devices: list[VirtualDevice] = []
         prefix = prefix or {"thermostat": "th", "shirt": "sh"}
@@ -43,9 +49,19 @@ class Fleet:
                         seed * 100003 + n,
                         telemetry_s=telemetry_s,
                         sample_s=sample_s,
+                        root=root,
+                        trial_s=trial_s,
+                        config=config,
                     )
                 )
                 n += 1
+
+    def device(self, dev_id: str) -> VirtualDevice:
+        """The device with this id. Raises KeyError."""
+        for d in self.devices:
+            if d.id == dev_id:
+                return d
+        raise KeyError(dev_id)
 
     async def run(self) -> None:
         """Run every device and the physics until cancelled or stop()."""

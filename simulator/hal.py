@@ -1,5 +1,8 @@
 """The simulator's HAL backend: the board's sensors read a physics model and
-its actuators drive it. Same interface as the esp32 and host backends."""
+its actuators drive it. Same interface as the esp32 and host backends.
+
+reset() is the base class's: it raises firmware.pb.hal.Reboot, which the
+virtual device's boot loop (simulator/device.py) takes as a board's reset."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ class SimHal(Hal):  # type: ignore[misc]
         self.plant = plant
         self.clock = clock
         self.writes = 0
+        self.resets = 0
+        self.last_reset: str | None = None
 
     def read(self, name: str) -> float:
         if self.caps.get(name, {}).get("kind") != "sensor":
@@ -47,4 +52,17 @@ class SimHal(Hal):  # type: ignore[misc]
         return self.clock.now()
 
     def reset_cause(self) -> str:
-        return "power_on"
+        # what machine.reset_cause() says on a board: power-on at first, a
+        # hard reset after every machine.reset()
+        return "hard" if self.resets else "power_on"
+
+    def reset(self, cause: str = "soft") -> None:
+        """Restart the device: actuators safe, then Reboot(cause) is raised."""
+        self.safe_state()
+        self.resets += 1
+        self.last_reset = cause
+        super().reset(cause)
+
+    def fault_point(self, name: str) -> None:
+        """A point where power could be cut; nothing happens here (yet)."""
+        return None

@@ -8,17 +8,21 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.paths import firmware_dir
 from ota import keys as ota_keys
+from ota.envelope import sign_envelope
 from ota.release import Release, build
 
 from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
+from ..support.ota_server import Offer, OtaServer, Tamper
 from ..support.processes import DeviceProcess, GatewayProcess
 from ..support.wait import wait_for
 
@@ -130,3 +134,32 @@ def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
     p = json.loads(ptr.read_text())
     folder = dev.path / "features" if p["set"] == "features" else dev.path / p["set"] / "features"
     return p["counter"], p["manifest"], sorted(os.listdir(folder))
+
+
+def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
+    blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
+    fresh = ota_keys.freshness(keys, release.model, release.counter, release.sha256, ttl, now or time.time())
+    return Offer(release.manifest, blobs, fresh)
+
+
+def resigned(release: Release, body: dict[str, Any], key: Any) -> bytes:
+    """A manifest envelope of body, signed by key (an attacker's or a stolen one)."""
+    return sign_envelope(body, [key])
+
+
+@pytest.fixture
+def device(mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys) -> Iterator[DeviceProcess]:
+    yield ota_device(mosquitto, make_device, keys)
+
+
+def assert_on_factory(dev: DeviceProcess) -> None:
+    counter, _, names = running_set(dev)
+    assert (counter, names) == (0, ["thermostat"])
+    assert not (dev.path / "ota" / "stage").exists() or not os.listdir(dev.path / "ota" / "stage")
+    assert dev.running
+
+
+def serve(mosquitto: Mosquitto, dev: DeviceProcess, offer: Offer, tamper: Tamper | None = None) -> OtaServer:
+    srv = OtaServer(mosquitto, dev.id, offer, tamper)
+    srv.offer()
+    return srv

@@ -7,55 +7,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ota import keys as ota_keys
-from ota.envelope import sign_envelope
 from ota.release import Release
 
-from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
-from ..support.ota_server import Offer, OtaServer, Tamper
 from ..support.processes import DeviceProcess
 from ..support.wait import wait_for
-from .conftest import ota_device, running_set
+from .conftest import offer_of, running_set, serve
 
 pytestmark = pytest.mark.slow
 
 FIRMWARE = Path(__file__).parents[2] / "firmware" / "features"
-
-
-def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
-    blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
-    fresh = ota_keys.freshness(keys, release.model, release.counter, release.sha256, ttl, now or time.time())
-    return Offer(release.manifest, blobs, fresh)
-
-
-def resigned(release: Release, body: dict[str, Any], key: Any) -> bytes:
-    """A manifest envelope of body, signed by key (an attacker's or a stolen one)."""
-    return sign_envelope(body, [key])
-
-
-@pytest.fixture
-def device(mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys) -> Iterator[DeviceProcess]:
-    yield ota_device(mosquitto, make_device, keys)
-
-
-def assert_on_factory(dev: DeviceProcess) -> None:
-    counter, _, names = running_set(dev)
-    assert (counter, names) == (0, ["thermostat"])
-    assert not (dev.path / "ota" / "stage").exists() or not os.listdir(dev.path / "ota" / "stage")
-    assert dev.running
-
-
-def serve(mosquitto: Mosquitto, dev: DeviceProcess, offer: Offer, tamper: Tamper | None = None) -> OtaServer:
-    srv = OtaServer(mosquitto, dev.id, offer, tamper)
-    srv.offer()
-    return srv
 
 
 # ---- the update works --------------------------------------------------------

@@ -48,7 +48,11 @@ def online(gw: GatewayProcess, dev: DeviceProcess) -> dict[str, Any]:
 
 
 def test_update_with_the_cli_counts_only_at_committed(
-    mosquitto: Mosquitto, published: GatewayProcess, make_device: MakeDevice, keys: ota_keys.Keys, release2: Release
+    mosquitto: Mosquitto,
+    published: GatewayProcess,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    release2: Release,
 ) -> None:
     dev = ota_device(mosquitto, make_device, keys)
     online(published, dev)
@@ -59,7 +63,9 @@ def test_update_with_the_cli_counts_only_at_committed(
     assert record["bytes"] == record["total"] > 64 * 1024
     assert running_set(dev) == (2, release2.sha256, ["eco", "thermostat"])
     shown = wait_for(
-        lambda: (d := published.device(dev.id))["features"].get("eco", {}).get("running") and d, 30, what="eco"
+        lambda: (d := published.device(dev.id))["features"].get("eco", {}).get("running") and d,
+        30,
+        what="eco",
     )
     assert shown["features"]["thermostat"]["running"] is True
     assert shown["ota"] == {"counter": 2, "manifest": release2.sha256, "state": "committed"}
@@ -76,7 +82,9 @@ def test_second_update_transfers_only_the_changed_file(
     dev = ota_device(mosquitto, make_device, keys)
     online(published, dev)
     assert update(published, dev, f"thermostat@{release2.counter}")[0] == 0
-    wait_for(lambda: published.device(dev.id).get("ota", {}).get("counter") == 2, 30, what="hello on release 2")
+    wait_for(
+        lambda: published.device(dev.id).get("ota", {}).get("counter") == 2, 30, what="hello on release 2"
+    )
     code, out, record = update(published, dev, f"thermostat@{release3.counter}")
     assert code == 0, (out, dev.output()[-3000:])
     old = {f.sha256 for f in release2.files}
@@ -97,7 +105,7 @@ def test_a_release_that_crashes_rolls_back_and_counts_as_failed(
 ) -> None:
     dev = ota_device(mosquitto, make_device, keys)
     online(published, dev)
-    code, out, record = update(published, dev, f"thermostat@{crashing_release.counter}")
+    code, _out, record = update(published, dev, f"thermostat@{crashing_release.counter}")
     assert code == 1
     assert record["state"] == "rolled_back"
     assert "crashy" in record["reason"] and "crashy cannot start" in record["reason"]
