@@ -46,6 +46,11 @@ def install(base, job, device, running, now, fault=None, tick=None):
     running: (set dir, counter, manifest) of the running set. Returns the
     new pointer, or None if the update failed (reported, staging removed)."""
     fault = fault or (lambda name: None)
+    done = guard.read_pointer(base)
+    if done and done.get("update") == job["id"] and done.get("manifest") == job["manifest"]:
+        # the pointer switched before the power went: only the tidying is left
+        _tidy(base, job, now)
+        return done
     job["installs"] = job.get("installs", 0) + 1
     write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))  # counted first
     try:
@@ -59,15 +64,19 @@ def install(base, job, device, running, now, fault=None, tick=None):
     except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
         reason = "install: " + format_exception(exc)
     else:
-        guard.add_report(base, _status(job, "activating", now))
-        otafs.remove(base + "/" + JOB)
-        otafs.remove_tree(base + "/" + STAGE)
+        _tidy(base, job, now)
         fault("installed")
         return p
     guard.add_report(base, _status(job, "failed", now, reason))
     otafs.remove(base + "/" + JOB)
     otafs.remove_tree(base + "/" + STAGE)
     return None
+
+
+def _tidy(base, job, now):
+    guard.add_report(base, _status(job, "activating", now))
+    otafs.remove(base + "/" + JOB)
+    otafs.remove_tree(base + "/" + STAGE)
 
 
 def _install(base, job, device, running, now, fault, tick):

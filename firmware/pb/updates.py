@@ -53,6 +53,7 @@ class Updates:
         d = self.dev
         for st in take_reports(d.base):
             self._status(st)
+        self._committed_unsaid()
         if exists(d.base + "/ota/job.json"):
             # the download may be what broke it: after a crash, update mode
             if d.reset_cause == "crash" or not self._roomy():
@@ -66,6 +67,19 @@ class Updates:
             p = self.boot.pointer
             self._status({"v": 1, "id": p.get("update") or "-", "state": "trial", "counter": p["counter"]})
             d.spawn(self._trial())
+
+    def _committed_unsaid(self):
+        # the power went between the commit and its report: say it now
+        p = self.boot.pointer
+        if self.boot.trial or not p or not p.get("update"):
+            return
+        data = read_bytes(self.dev.base + "/" + LAST_STATUS)
+        try:
+            last = json.loads(data) if data else None
+        except ValueError:
+            last = None
+        if last and last.get("id") == p["update"] and last.get("state") in ("activating", "trial"):
+            self._status({"v": 1, "id": p["update"], "state": "committed", "counter": p["counter"]})
 
     def _agent(self):
         if self.agent is None:
@@ -187,6 +201,7 @@ class Updates:
                 name = sorted(bad)[0]
                 self.rollback("self-test of %s failed: %s" % (name, bad[name]))
                 return
+            d.hal.fault_point("trial-checked")
             while self.boot.trial and (not d.client.up or ticks_diff(ticks_ms(), t0) < self.trial_s * 1000):
                 await sleep_ms(200)
             if self.boot.trial:

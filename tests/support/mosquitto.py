@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Mosquitto:
             run_as=getpass.getuser(),
         )
         self.log = directory / "mosquitto.log"
+        self._users = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +83,8 @@ class Mosquitto:
     def add_user(self, username: str, password: str) -> None:
         """Add credentials; the running broker reloads them (SIGHUP), and this
         returns once they are accepted."""
-        add_password(self.files.passwords, username, password)
+        with self._users:  # mosquitto_passwd rewrites the whole file
+            add_password(self.files.passwords, username, password)
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGHUP)
             deadline = time.monotonic() + 5

@@ -110,6 +110,9 @@ def ota_gateway(
     gw.stop()
 
 
+OTA_CONFIG = {"ota_timeout_ms": 300, "ota_tries": 3}  # quick retries: tests cut links on purpose
+
+
 def ota_device(
     mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, **config: object
 ) -> DeviceProcess:
@@ -117,7 +120,7 @@ def ota_device(
     short trial and quick retries; started, and booted."""
     dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
     cfg = json.loads((dev.path / "config.json").read_text())
-    cfg.update({"ota_timeout_ms": 300, "ota_tries": 3, **config})
+    cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))
     dev.set_sensors(temperature=20.0)
     dev.heap = os.environ.get("PB_HEAP", dev.heap)

@@ -11,8 +11,10 @@ from . import Hal
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
 # Power-cut injection for tests: {"crash_at": N, "log": true} makes the Nth
-# fault point of this process kill it with SIGKILL; "log" lists the points
-# passed in fault_points.log. The file exists only where a test put it.
+# fault point kill the device with SIGKILL; "log" lists the points passed in
+# fault_points.log, one line each, numbered across resets (the device's
+# processes continue the count the log holds). The file exists only where a
+# test put it.
 FAULTS_FILE = "faults.json"
 FAULT_LOG = "fault_points.log"
 
@@ -70,6 +72,9 @@ class HostHal(Hal):
         plan = _fault[0]
         if not plan:
             return
+        if _fault[1] == 0 and plan.get("log"):
+            data = read_bytes(self.dir + "/" + FAULT_LOG)
+            _fault[1] = data.count(b"\n") if data else 0
         _fault[1] += 1
         n = _fault[1]
         if plan.get("log"):

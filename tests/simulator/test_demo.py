@@ -1,0 +1,42 @@
+"""`make demo`, shortened: the embedded broker, the gateway and the fleet;
+every device takes its update, and the thermostats then run eco."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+
+import pytest
+
+from simulator.demo import run_demo
+
+from ..support.wait import async_wait_for
+
+pytestmark = pytest.mark.slow
+
+
+async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
+    out = io.StringIO()
+    task = asyncio.create_task(run_demo(None, factory_s=1, out=out))
+    try:
+        await async_wait_for(lambda: "=== update done ===" in out.getvalue() or task.done(), 60)
+        assert not task.done(), out.getvalue()
+        text = out.getvalue()
+        done = text.split("=== update done ===")[1]
+        for dev in ("th-1", "th-2", "sh-1", "sh-2"):
+            assert re.search(rf"= {dev}\s+committed", done), text
+        assert "runs eco 1.0.0, thermostat 1.0.0" in done and "runs vent 1.1.0" in done
+        # progress lines per device, one per event
+        assert re.search(r"~ th-1\s+update \w+: downloading \[#+\] [\d.]+/[\d.]+ KB", text), text
+        await async_wait_for(
+            lambda: re.search(r"th-\d .*boost \+\d\.\d C \((cheap|dear)", out.getvalue()), 10
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+    tail = out.getvalue().rsplit("=== update done ===", 1)[1]
+    for dev in ("th-1", "th-2", "sh-1", "sh-2"):
+        assert f"{dev}   is offline (stop)" in tail
