@@ -258,7 +258,7 @@ async def _update(request: web.Request) -> web.Response:
         u = gw.ota.get(request.match_info["uid"])
     except GatewayError as exc:
         return _ota_error(exc)
-    return web.json_response(u.to_dict())
+    return web.json_response({**u.to_dict(), "steps": gw.ota.table.steps(u.id)})
 
 
 async def _device_updates(request: web.Request) -> web.Response:

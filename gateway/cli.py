@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_ota import register
 
     register(add_commands(sub), dv)
+    from simulator.cli import register as register_sim
+
+    register_sim(sub)
     return p
 
 

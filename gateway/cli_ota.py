@@ -122,7 +122,7 @@ def watch(
     rate = Rate()
     start = time.monotonic()
     last_ok = start
-    shown = None
+    shown = 0  # steps written (not live)
     while True:
         now = time.monotonic()
         try:
@@ -137,10 +137,14 @@ def watch(
         if live:
             out.write("\r" + progress_line(u, speed) + "\x1b[K")
             out.flush()
-        elif (u["state"], u.get("total")) != shown:
-            shown = (u["state"], u.get("total"))
-            out.write(progress_line(u, speed) + "\n")
-            out.flush()
+        else:
+            # every change of state, even those between two polls
+            steps = u.get("steps") or []
+            for step in steps[shown:]:
+                out.write(progress_line({**u, **step}, speed if step is steps[-1] else None) + "\n")
+            if len(steps) > shown:
+                shown = len(steps)
+                out.flush()
         if u["ended"] or (timeout is not None and now - start >= timeout):
             if live:
                 out.write("\n")

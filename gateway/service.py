@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -38,6 +39,10 @@ log = logging.getLogger("permabeta.gateway")
 Listener = Callable[[str, str, dict[str, Any]], None]
 
 _FLUSH_ROWS = 1000
+# What devices send: every one-level kind (unknown ones are seen, and
+# rejected), and the update requests and statuses; not pb/#, which would
+# echo back every chunk and offer the gateway itself sends.
+SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status")
 _MAX_PENDING_STATES = 10000
 
 
@@ -154,8 +159,12 @@ class Gateway:
                     keepalive=30,
                     timeout=10,
                     tls_context=self.tls_context if b.tls else None,
+                    # requests and chunks are small and go back and forth:
+                    # Nagle's delay would cost 40 ms and more each
+                    socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                 ) as client:
-                    await client.subscribe(proto.ROOT + "/#", qos=1)
+                    for pattern in SUBSCRIPTIONS:
+                        await client.subscribe(pattern, qos=1)
                     self._client = client
                     self.connected.set()
                     log.info("connected to broker %s", b)
@@ -257,7 +266,7 @@ class Gateway:
                 if len(self._pending_state) < _MAX_PENDING_STATES or dev in self._pending_state:
                     self._pending_state[dev] = msg
                 return
-            self._apply_state(dev, msg, now)
+            self._apply_state(dev, msg, now, retain)
             return
         assert live is not None  # classify() only accepts these from known devices
         if a.kind == "ota/status" and retain:
@@ -286,8 +295,11 @@ class Gateway:
             if msg["kind"].endswith("_error"):
                 log.warning("%s: %s %s: %s", dev, msg["kind"], msg.get("feature") or "", msg.get("message"))
 
-    def _apply_state(self, dev: str, msg: dict[str, Any], now: float) -> None:
-        self._set_state(dev, msg["state"] == "online", msg.get("reason"), now)
+    def _apply_state(self, dev: str, msg: dict[str, Any], now: float, retain: bool = True) -> None:
+        online = msg["state"] == "online"
+        self._set_state(dev, online, msg.get("reason"), now)
+        if online and not retain:
+            self.ota.on_online(dev)
 
     def _set_state(self, dev: str, online: bool, reason: str | None, now: float) -> None:
         live = self._live[dev]

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -107,6 +107,18 @@ CREATE TABLE updates (
 );
 CREATE INDEX updates_device ON updates(device, started);
 CREATE INDEX updates_state ON updates(state);
+""",
+    # 3: every change of an update's state, in order (what `devices update` shows)
+    3: """
+CREATE TABLE update_steps (
+    id INTEGER PRIMARY KEY,
+    update_id TEXT NOT NULL REFERENCES updates(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0, total INTEGER
+);
+CREATE INDEX update_steps_update ON update_steps(update_id, id);
 """,
 }
 

@@ -62,18 +62,49 @@ _WATCH_S = 1.0
 
 
 class UpdateTable:
-    """The ``updates`` table (schema version 2)."""
+    """The ``updates`` table (schema version 2) and each update's steps,
+    its changes of state (``update_steps``, schema version 3)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._states: dict[str, str] = {}  # the last state saved, of updates in progress
 
     def save(self, u: Update) -> None:
         d = u.to_dict()
         cols = [c for c in d if c not in ("ended", "success")]
-        self.store.db.execute(
-            f"INSERT OR REPLACE INTO updates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-            [d[c] for c in cols],
+        with self.store.transaction():
+            self.store.db.execute(
+                f"INSERT OR REPLACE INTO updates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [d[c] for c in cols],
+            )
+            if self._last_state(u.id) != u.state:
+                self.store.db.execute(
+                    "INSERT INTO update_steps (update_id, at, state, reason, bytes, total)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (u.id, u.updated, u.state, u.reason, u.bytes, u.total),
+                )
+        if u.ended:
+            self._states.pop(u.id, None)
+        else:
+            self._states[u.id] = u.state
+
+    def _last_state(self, uid: str) -> str | None:
+        if uid in self._states:
+            return self._states[uid]
+        row = self.store.db.execute(
+            "SELECT state FROM update_steps WHERE update_id = ? ORDER BY id DESC LIMIT 1", (uid,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def steps(self, uid: str) -> list[dict[str, Any]]:
+        """The update's changes of state, oldest first."""
+        if self.store.schema < 3:
+            return []
+        rows = self.store.db.execute(
+            "SELECT at, state, reason, bytes, total FROM update_steps WHERE update_id = ? ORDER BY id",
+            (uid,),
         )
+        return [dict(r) for r in rows]
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Update]:
         if self.store.schema < 2:
@@ -140,7 +171,9 @@ class Updater:
             "statuses": 0,
             "committed": 0,
             "failed": 0,
+            "reoffers": 0,
         }
+        self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[str, Update] = {u.device: u for u in self.table.in_progress()}
         self._dirty: set[str] = set()
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
@@ -244,6 +277,47 @@ class Updater:
         return u
 
     # ---- messages from devices ---------------------------------------------
+
+    def on_online(self, dev: str) -> None:
+        """dev says it has (re)connected. An offer it has not answered was
+        lost (QoS 1 does not outlive a clean session: the device reset
+        before it took it, or took it and lost it in a crash): it is sent
+        again, with a fresh freshness statement. A device that has the
+        offer already ignores the repeat."""
+        u = self._active.get(dev)
+        if u is None or u.device_state is not None or u.state != "offered":
+            return
+        task = asyncio.get_running_loop().create_task(self._reoffer(u), name=f"reoffer-{u.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reoffer(self, u: Update) -> None:
+        release = self.releases.get(u.release)
+        publish = self.publish
+        if release is None or publish is None or self.keys is None:
+            return
+        try:
+            version, envelope = self._freshness(self.keys, release, time.time())
+        except (KeyStoreError, OtaServiceError) as exc:
+            log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
+            return
+        current = self._active.get(u.device)
+        if current is None or current.id != u.id or current.device_state is not None:
+            return  # it moved on while the statement was signed
+        self._active[u.device] = current = replace(current, freshness=version)
+        self.table.save(current)
+        try:
+            await publish(
+                proto.topic(u.device, "ota/offer"),
+                offer_message(u.id, release.id, len(release.manifest), envelope),
+                1,
+                False,
+            )
+        except GatewayError as exc:
+            log.warning("%s: could not offer update %s again: %s", u.device, u.id, exc)
+            return
+        self.stats["reoffers"] += 1
+        log.info("%s: update %s offered again (the device reconnected without taking it)", u.device, u.id)
 
     def on_request(self, dev: str, req: dict[str, Any]) -> None:
         """Answer a request (validated, from dev) with a chunk, queued."""
@@ -362,5 +436,7 @@ class Updater:
                 self.stats["dropped"] += 1
 
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         with contextlib.suppress(sqlite3.Error):
             self.flush()

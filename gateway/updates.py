@@ -145,6 +145,10 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
     if _RANK[state] < _RANK[u.state]:
         return None
     if state == u.state and state != "downloading":
+        # a repeat changes nothing; but the device's own first "offered" is
+        # news: the gateway set that state, the device now says it took the offer
+        if state == "offered" and u.device_state is None:
+            return replace(u, device_state=state, updated=now)
         return None
     changes: dict[str, Any] = {"state": state, "updated": now, "device_state": state}
     if state == "downloading":

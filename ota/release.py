@@ -23,11 +23,7 @@ from typing import Any
 
 from firmware.pb import trust
 from firmware.pb.errors import FeatureError, TrustError
-
-try:  # the feature manifest rules moved to pb/manifest.py (the runtime drops it after boot)
-    from firmware.pb.manifest import check_manifest as check_feature_manifest
-except ImportError:  # pragma: no cover - a tree from before the move
-    from firmware.pb.features import check_manifest as check_feature_manifest
+from firmware.pb.manifest import check_manifest as check_feature_manifest
 
 from .envelope import add_signatures, sign_envelope
 from .errors import BuildError, EnvelopeError, ReleaseError

@@ -16,3 +16,8 @@ class SimClock:
 
     def now(self) -> float:
         return self._start + (time.monotonic() - self._t0) * self.speed
+
+    def set_speed(self, speed: float) -> None:
+        """Run at `speed` from now on; time so far stays as it was."""
+        now = self.now()
+        self._start, self._t0, self.speed = now, time.monotonic(), speed

@@ -22,19 +22,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from firmware.pb.boot import Boot
+from firmware.pb.boot import Boot, run_device
 from firmware.pb.compat import format_exception
 from firmware.pb.errors import TrustError
 from firmware.pb.hal import Reboot
 from firmware.pb.runtime import Device
 from firmware.pb.setup import choose, lean_job
-from firmware.pb.store import Store, write_atomic
+from firmware.pb.store import write_atomic
 from gateway.broker import BrokerUrl
 from gateway.errors import ConfigError
 from gateway.paths import firmware_dir
 from gateway.provision import board_for, make_config
 
 from .clock import SimClock
+from .faults import DeviceFaults, PowerCut, register_flash, unregister_flash
 from .hal import SimHal
 from .loader import import_feature
 from .physics import Room, Skin
@@ -44,7 +45,7 @@ log = logging.getLogger("permabeta.sim")
 PLANTS: dict[str, Any] = {"thermostat": Room, "shirt": Skin}
 ROOT_FILE = "ota/root.json"
 POINTER_FILE = "ota/active.json"
-_CRASH_PAUSE_S = 2.0  # as pb/boot.py: calm down before restarting after a runtime bug
+_CRASH_PAUSE_S = 2.0  # as pb/boot.py and main.py: calm down before restarting after a bug
 
 
 def provision(base: Path, features: Sequence[str], root: bytes | None = None) -> None:
@@ -74,13 +75,23 @@ def provision(base: Path, features: Sequence[str], root: bytes | None = None) ->
         from ota.envelope import verify_signature
 
         try:
-            load_root(root, verify_signature)
+            trusted = load_root(root, verify_signature)
         except TrustError as exc:
             raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc
         path = base / ROOT_FILE
         path.parent.mkdir(exist_ok=True)
-        if not path.is_file() or path.read_bytes() != root:
+        old = path.read_bytes() if path.is_file() else None
+        # a device keeps the newest root it trusts: one it rotated to stays
+        if old != root and (old is None or _root_version(old) <= trusted["version"]):
             write_atomic(str(path), root)
+
+
+def _root_version(data: bytes) -> int:
+    """The version of a stored root, 0 if it cannot be read."""
+    try:
+        return int(json.loads(json.loads(data)["signed"])["version"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def _device_log(dev: str, msg: str) -> None:
@@ -93,7 +104,8 @@ class VirtualDevice:
     commits; features: the factory set (default: the board's); config:
     more config.json settings. heap_free: the free heap the device has
     (None: plenty, as CPython says); below the config's ota_ram (48000 by
-    default) it downloads updates in update mode, as a small board does."""
+    default) it downloads updates in update mode, as a small board does
+    (config "ota_mode": "lean")."""
 
     def __init__(
         self,
@@ -113,6 +125,7 @@ class VirtualDevice:
         features: Sequence[str] | None = None,
         config: dict[str, Any] | None = None,
         heap_free: int | None = None,
+        plant: Any = None,
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -130,18 +143,27 @@ class VirtualDevice:
         if trial_s is not None:
             self.config["ota_trial_s"] = trial_s
         self.config.update(config or {})
-        self.plant = PLANTS[model].random(random.Random(seed))
+        if heap_free is not None and heap_free < self.config.get("ota_ram", 48000):
+            self.config["ota_mode"] = "lean"
+        self.plant = PLANTS[model].random(random.Random(seed)) if plant is None else plant
         self.clock = clock
         self.hal = SimHal(self.board, self.plant, clock)
         self.base = workdir / dev_id
         provision(self.base, self.board.get("features", []) if features is None else features, root)
+        self.faults = DeviceFaults(random.Random(seed ^ 0x5EED))
+        self.faults.on_cut = self._power_gone
+        self.hal.faults = self.faults
+        register_flash(self.base, self.faults)
         self.heap_free = heap_free
         self.device: Device | None = None  # the runtime, while it runs
         self.boot: Boot | None = None  # what the boot guard chose at the last boot
         self.mode = "off"  # off, runtime, update (update mode)
         self.boots = 0
+        self.sent_before = 0  # messages published in earlier boots
         self._stopping = False
-        self._lean: asyncio.Task[str] | None = None
+        self._run: asyncio.Task[str] | None = None
+        self._cut = False  # the power went during this boot
+        self._off: asyncio.Event | None = None  # set: the power may come back
 
     # ---- what a test or the demo may look at ---------------------------------
 
@@ -158,84 +180,108 @@ class VirtualDevice:
     # ---- the boot loop ---------------------------------------------------------
 
     async def run(self) -> None:
-        """Boot, run, and boot again after every reset, until stop()."""
-        while not self._stopping:
-            self.boots += 1
-            try:
-                await self._boot()
-                return  # stopped
-            except Reboot as r:
-                log.debug("%s: reset (%s)", self.id, r.cause)
-            finally:
-                self.mode = "off"
+        """Boot, run, and boot again after every reset or power cut, until stop()."""
+        try:
+            while not self._stopping:
+                self.boots += 1
+                self._cut = False
+                try:
+                    await self._boot()
+                    if not self._cut:
+                        return  # stopped
+                except Reboot as r:
+                    log.debug("%s: reset (%s)", self.id, r.cause)
+                except PowerCut:
+                    self._cut = True  # at boot, before anything ran
+                except Exception as exc:  # noqa: BLE001 - as main.py on a board: whatever escapes, reset
+                    log.warning("%s: boot failed, resetting: %s", self.id, format_exception(exc))
+                    await asyncio.sleep(_CRASH_PAUSE_S)
+                finally:
+                    self.mode = "off"
+                if self._cut:
+                    await self._power_off()
+        finally:
+            unregister_flash(self.base)
+
+    async def _power_off(self) -> None:
+        log.debug("%s: power cut, off for %.1f s", self.id, self.faults.cut_off_s)
+        self.hal.safe_state()  # no power, nothing driven: the relay drops out
+        self.hal.powered_on = True  # it comes back with a power-on reset
+        self._off = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._off.wait(), self.faults.cut_off_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._off = None
 
     async def _boot(self) -> None:
-        """One boot, as pb/boot.py's _run does it after reading config.json
-        and making the HAL (which the simulator supplies). Raises Reboot."""
+        """One boot, as a board's: the boot guard's choice (installing a
+        staged update first), then update mode or the runtime, through the
+        firmware's own start-up (firmware.pb.boot.run_device). Raises Reboot."""
         base = str(self.base)
-        self.boot = boot = Boot(*choose(base, self.config, self.hal))
-        if lean_job(base):
-            self.mode = "update"
-            from firmware.pb.updatemode import run as update_mode
-
-            self._lean = asyncio.create_task(
-                update_mode(base, self.config, self.hal, boot.counter(), boot.root), name=f"sim-{self.id}-lean"
-            )
-            try:
-                cause = await self._lean
-            except asyncio.CancelledError:
-                if self._stopping:
-                    return
-                raise
-            finally:
-                self._lean = None
-            self.hal.reset(cause)
-        if self._stopping:
-            return
-        device = Device(
-            self.config,
-            self.hal,
-            Store(base + "/data"),
-            boot=boot,
-            base=base,
-            importer=import_feature,
-            log=_device_log,
+        self.mode = "booting"
+        chosen = choose(base, self.config, self.hal)  # may raise PowerCut (an install cut short)
+        self.boot = Boot(*chosen)
+        self.mode = "update" if lean_job(base) else "runtime"
+        self._run = asyncio.create_task(
+            run_device(
+                base,
+                self.config,
+                self.hal,
+                chosen,
+                self.mode == "update",
+                importer=import_feature,
+                log=_device_log,
+                on_device=self._attach,
+            ),
+            name=f"sim-{self.id}-boot",
         )
-        if self.heap_free is not None:
-            device.updates._roomy = self._roomy  # see _roomy
-        self.device = device
-        self.mode = "runtime"
         try:
-            cause = await device.run()
-        except Exception as exc:  # noqa: BLE001 - as on a board: a runtime bug ends in a clean restart
-            log.warning("%s: runtime crashed: %s", self.id, format_exception(exc))
-            device.state["reset_request"] = "crash"
-            device.state["last_crash"] = format_exception(exc)[:200]
-            device.store.save("state", device.state)
-            self.hal.safe_state()
-            await asyncio.sleep(_CRASH_PAUSE_S)
-            cause = "crash"
+            cause = await self._run
+        except asyncio.CancelledError:
+            if self._stopping or self._cut:
+                return
+            raise
         finally:
+            self._run = None
+            if self.device is not None:
+                self.sent_before += self.device.client.stats["sent"]
             self.device = None
         if cause != "stop":
             self.hal.reset(cause)
 
-    def _roomy(self) -> bool:
-        # The runtime asks compat.mem_free(), which is -1 (plenty) under
-        # CPython; a simulated small heap answers here instead.
-        # (firmware/pb/updates.py Updates._roomy: see the simulator's notes.)
-        need = self.config.get("ota_ram", 48000)
-        return self.heap_free is None or self.heap_free >= need
+    def power_cut(self, off_s: float | None = None) -> None:
+        """Cut the power now: everything stops where it stands, with no
+        goodbye (the broker sends the last will); it comes back after off_s
+        seconds (default: faults.cut_off_s) with a power-on boot."""
+        if off_s is not None:
+            self.faults.cut_off_s = off_s
+        self.faults.cuts += 1
+        self._power_gone()
+
+    def _power_gone(self) -> None:
+        if self._cut or self.mode == "off":
+            return
+        self._cut = True
+        if self.device is not None:
+            self.device.halt()
+        if self._run is not None:
+            self._run.cancel()
+
+    def _attach(self, device: Device) -> None:
+        self.device = device
 
     def stop(self) -> None:
         """Shut down as the user pulling the plug gently: the runtime says
         goodbye; update mode is cancelled."""
         self._stopping = True
+        if self._off is not None:
+            self._off.set()
         if self.device is not None:
             self.device.stop("stop")
-        if self._lean is not None:
-            self._lean.cancel()
+        elif self._run is not None:
+            self._run.cancel()  # update mode
 
     def step(self, t: float, dt: float) -> None:
         self.plant.step(t, dt)
-

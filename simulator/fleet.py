@@ -1,17 +1,78 @@
-"""Many virtual devices sharing one asyncio loop, and their physics."""
+"""Many virtual devices sharing one asyncio loop, their physics, and the
+faults injected into them: the simulator's Python API.
+
+    fleet = Fleet(broker, workdir, models={"thermostat": 100, "shirt": 100}, seed=7)
+    task = fleet.start()                  # or: await fleet.run()
+    await fleet.wait_connected(30)
+    fleet.faults.power_cut("th-3")        # see FleetFaults
+    fleet.truth("sh-1")                   # the physics' ground truth
+    fleet.summary()                       # connected, updating, failed, messages/s
+    await fleet.aclose()
+
+Deterministic for a seed: the same seed gives the same device ids, the same
+physics parameters per device and the same random faults.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.broker import BrokerUrl
 
 from .clock import SimClock
 from .device import VirtualDevice
+from .faults import SensorFault
+from .physics import _MAX_STEP_S
+from .process import ProcessDevice
 
 PHYSICS_STEP_S = 0.1  # real seconds between physics steps
+MODELS = ("thermostat", "shirt")
+DEFAULT_PREFIX = {"thermostat": "th", "shirt": "sh"}
+
+
+class Restartable(Protocol):
+    """A broker the simulator may restart (tests' Mosquitto, `sim run`'s own)."""
+
+    def restart(self, down_for: float = 0.0) -> None: ...
+
+
+def split(n: int, models: Iterable[str]) -> dict[str, int]:
+    """n devices shared out over models as evenly as possible, in order."""
+    names = list(models)
+    if not names:
+        raise ValueError("no models given")
+    return {m: n // len(names) + (1 if i < n % len(names) else 0) for i, m in enumerate(names)}
+
+
+@dataclass
+class Summary:
+    devices: int
+    connected: int
+    updating: int  # downloading (in the background or in update mode) or rebooting into a new set
+    failed: int  # in safe mode, or a feature that failed
+    off: int  # rebooting or without power
+    messages_per_s: float  # published by the devices, over the last summary's interval
+    resets: int
+    power_cuts: int
+    processes: int = 0  # devices run by the unix port (not counted above: seen from outside only)
+    processes_running: int = 0
+
+    def line(self) -> str:
+        text = (
+            f"{self.connected}/{self.devices} connected, {self.updating} updating, {self.failed} failed, "
+            f"{self.off} off, {self.messages_per_s:.0f} msg/s, {self.resets} resets, "
+            f"{self.power_cuts} power cuts"
+        )
+        if self.processes:
+            text += f"; micropython: {self.processes_running}/{self.processes} running"
+        return text
 
 
 class Fleet:
@@ -23,63 +84,294 @@ class Fleet:
         models: dict[str, int],
         seed: int = 0,
         speed: float = 1.0,
+        start: float | None = None,
         telemetry_s: float = 10,
         sample_s: float = 1,
         prefix: dict[str, str] | None = None,
         root: bytes | None = None,
         trial_s: float | None = None,
         config: dict[str, Any] | None = None,
+        passwords: Callable[[str], str] | None = None,
+        broker_for: Callable[[str], BrokerUrl] | None = None,
+        keepalive: int = 30,
+        micropython: int = 0,
     ) -> None:
         """Devices <prefix>-1, -2, ... of each model, with their flash in
-        workdir/<id>/; root, trial_s, config: see VirtualDevice."""
-        self.clock = SimClock(speed)
+        workdir/<id>/, their clocks running `speed` times faster than real
+        time from `start` (default: now); root, trial_s, config: see
+        VirtualDevice. passwords(id): a device's broker password;
+        broker_for(id): the broker a device connects to (a link,
+        simulator/link.py), default `broker`. micropython: how many of
+        them (the last of each model in turn) run as real `micropython`
+        processes instead (simulator/process.py)."""
+        self.clock = SimClock(speed, start)
+        self.seed = seed
+        self.broker = broker
         self.devices: list[VirtualDevice] = []
-        prefix = prefix or {"thermostat": "th", "shirt": "sh"}
+        self.processes: list[ProcessDevice] = []
+        self._by_id: dict[str, VirtualDevice] = {}
+        prefix = prefix or DEFAULT_PREFIX
+        as_process = _process_ids(models, prefix, micropython)
         n = 0
         for model, count in models.items():
             for i in range(1, count + 1):
                 dev_id = f"{prefix.get(model, model)}-{i}"
-                self.devices.append(
-                    VirtualDevice(
-                        dev_id,
-                        model,
-                        broker,
-                        workdir,
-                        self.clock,
-                        seed * 100003 + n,
-                        telemetry_s=telemetry_s,
-                        sample_s=sample_s,
-                        root=root,
-                        trial_s=trial_s,
-                        config=config,
-                    )
+                args = (
+                    dev_id,
+                    model,
+                    broker_for(dev_id) if broker_for is not None else broker,
+                    workdir,
+                    self.clock,
                 )
+                options: dict[str, Any] = {
+                    "password": passwords(dev_id) if passwords is not None else "",
+                    "telemetry_s": telemetry_s,
+                    "sample_s": sample_s,
+                    "keepalive": keepalive,
+                    "root": root,
+                    "trial_s": trial_s,
+                }
+                seed_n = seed * 100003 + n
                 n += 1
+                if dev_id in as_process:
+                    self.processes.append(ProcessDevice(*args, seed_n, **options))
+                    continue
+                d = VirtualDevice(*args, seed_n, config=config, **options)
+                self.devices.append(d)
+                self._by_id[dev_id] = d
+        self.faults = FleetFaults(self, random.Random(seed ^ 0xFA17))
+        self._task: asyncio.Task[None] | None = None
+        self._last = (time.monotonic(), 0)
 
     def device(self, dev_id: str) -> VirtualDevice:
         """The device with this id. Raises KeyError."""
-        for d in self.devices:
-            if d.id == dev_id:
-                return d
-        raise KeyError(dev_id)
+        return self._by_id[dev_id]
+
+    # ---- running -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run every device and the physics until cancelled or stop()."""
         async with asyncio.TaskGroup() as tg:
             physics = tg.create_task(self._physics(), name="sim-physics")
             runs = [tg.create_task(d.run(), name=f"sim-{d.id}") for d in self.devices]
+            runs += [tg.create_task(p.run(), name=f"sim-{p.id}") for p in self.processes]
             await asyncio.gather(*runs)
             physics.cancel()
+            self.faults.cancel()
+
+    def start(self) -> asyncio.Task[None]:
+        """run() in the background; aclose() ends it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="sim-fleet")
+        return self._task
 
     def stop(self) -> None:
         for d in self.devices:
             d.stop()
+        for p in self.processes:
+            p.stop()
+
+    async def aclose(self, timeout: float = 15) -> None:
+        """Stop every device (each says goodbye) and wait for them."""
+        self.stop()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout)
+
+    async def step(self, sim_s: float) -> None:
+        """Let sim_s seconds of simulated time pass (sim_s / speed real ones)."""
+        await asyncio.sleep(sim_s / self.clock.speed)
+
+    async def wait_connected(self, timeout: float, devices: Iterable[str] | None = None) -> None:
+        """Until every device (or those named) is connected to its broker.
+        Raises TimeoutError."""
+        want = [self.device(d) for d in devices] if devices is not None else self.devices
+        deadline = time.monotonic() + timeout
+        while not all(_connected(d) for d in want):
+            if time.monotonic() > deadline:
+                missing = [d.id for d in want if not _connected(d)]
+                raise TimeoutError(f"{len(missing)} devices not connected after {timeout}s: {missing[:10]}")
+            await asyncio.sleep(0.05)
 
     async def _physics(self) -> None:
+        # no more often than a plant needs (it sub-steps 5 simulated s at
+        # most; reads and writes bring it up to date between times)
+        period = min(1.0, max(PHYSICS_STEP_S, _MAX_STEP_S / self.clock.speed))
         last = self.clock.now()
         while True:
-            await asyncio.sleep(PHYSICS_STEP_S)
+            await asyncio.sleep(period)
             now = self.clock.now()
             for d in self.devices:
                 d.step(now, now - last)
+            for p in self.processes:
+                p.step(now, now - last)
             last = now
+
+    # ---- looking at it -------------------------------------------------------------
+
+    def truth(self, dev_id: str) -> dict[str, Any]:
+        """The physics' ground truth of a device's world now."""
+        return dict(self.device(dev_id).plant.truth())
+
+    def summary(self) -> Summary:
+        """The fleet now; messages/s since the last summary."""
+        connected = updating = failed = off = sent = resets = 0
+        for d in self.devices:
+            dev = d.device
+            if dev is not None:
+                sent += dev.client.stats["sent"] + d.sent_before
+            else:
+                sent += d.sent_before
+            if _connected(d):
+                connected += 1
+            if d.mode == "update" or (dev is not None and dev.updates.agent is not None):
+                updating += 1
+            elif d.mode in ("off", "booting"):
+                off += 1
+            if (d.boot is not None and d.boot.root is None) or (
+                dev is not None and any(s.get("error") for s in dev.features.status().values())
+            ):
+                failed += 1
+            resets += d.hal.resets
+        now = time.monotonic()
+        t0, sent0 = self._last
+        self._last = (now, sent)
+        rate = (sent - sent0) / (now - t0) if now > t0 else 0.0
+        cuts = sum(d.faults.cuts for d in self.devices)
+        procs = sum(1 for p in self.processes if p.running)
+        return Summary(
+            len(self.devices),
+            connected,
+            updating,
+            failed,
+            off,
+            max(rate, 0.0),
+            resets,
+            cuts,
+            len(self.processes),
+            procs,
+        )
+
+
+def _process_ids(models: dict[str, int], prefix: dict[str, str], k: int) -> set[str]:
+    """The ids of the k devices that run as processes: the last of each
+    model in turn."""
+    left = dict(models)
+    ids: set[str] = set()
+    while len(ids) < k and any(left.values()):
+        for model in models:
+            if left[model] and len(ids) < k:
+                ids.add(f"{prefix.get(model, model)}-{left[model]}")
+                left[model] -= 1
+    return ids
+
+
+def _connected(d: VirtualDevice) -> bool:
+    dev = d.device
+    return dev is not None and bool(dev.client.up)
+
+
+class FleetFaults:
+    """Faults on demand, for a device by id (or every device: dev=None where
+    it says so). Random choices draw from the fleet's seeded generator."""
+
+    def __init__(self, fleet: Fleet, rng: random.Random) -> None:
+        self.fleet = fleet
+        self.rng = rng
+        self.broker: Restartable | None = None  # set where the simulator may restart the broker
+        self.link: Any = None  # a simulator.link.Link the devices connect through, if any
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _devices(self, dev: str | None) -> list[VirtualDevice]:
+        return list(self.fleet.devices) if dev is None else [self.fleet.device(dev)]
+
+    def pick(self) -> str:
+        """A device id, at random."""
+        return self.rng.choice(self.fleet.devices).id
+
+    # ---- power ---------------------------------------------------------------------
+
+    def power_cut(self, dev: str, off_s: float = 1.0) -> None:
+        """Cut dev's power now; it comes back after off_s."""
+        self.fleet.device(dev).power_cut(off_s)
+
+    def power_cut_at(self, dev: str, point: str | int, off_s: float = 1.0) -> None:
+        """Cut dev's power when it next passes the fault point `point` (a
+        name: "chunk", "staged", "activate", "commit", ... see docs/ota.md;
+        or n: the nth point from now)."""
+        d = self.fleet.device(dev)
+        d.faults.cut_off_s = off_s
+        d.faults.cut_at_point = point if isinstance(point, str) else d.faults.passed + point
+
+    def random_power_cuts(self, per_hour: float, off_s: float = 2.0, dev: str | None = None) -> None:
+        """Power cuts at random moments (a Poisson process per device, in
+        real time) until cancel(); per_hour=0 stops them."""
+        if per_hour <= 0:
+            self.cancel()
+            return
+        for d in self._devices(dev):
+            self._spawn(self._cutting(d, per_hour, off_s))
+
+    async def _cutting(self, d: VirtualDevice, per_hour: float, off_s: float) -> None:
+        while True:
+            await asyncio.sleep(self.rng.expovariate(per_hour / 3600.0))
+            if d.mode in ("runtime", "update"):
+                d.power_cut(off_s)
+
+    # ---- clock, flash, sensors, actuators -----------------------------------------
+
+    def clock_skew(self, skew_s: float, dev: str | None = None) -> None:
+        """Set the device's clock skew_s seconds off true time (0: right)."""
+        for d in self._devices(dev):
+            d.faults.skew_s = skew_s
+
+    def flash_full(self, full: bool = True, dev: str | None = None) -> None:
+        """Every write to the device's flash fails (ENOSPC) while full."""
+        for d in self._devices(dev):
+            d.faults.flash_full = full
+
+    def sensor(
+        self,
+        dev: str,
+        name: str,
+        *,
+        stuck: float | None = None,
+        noise: float = 0.0,
+        fails: bool = False,
+    ) -> None:
+        """A sensor stuck at a value, noisy (Gaussian, sd `noise`) or not
+        answering; all defaults: the sensor is well again."""
+        d = self.fleet.device(dev)
+        if stuck is None and not noise and not fails:
+            d.faults.sensors.pop(name, None)
+        else:
+            d.faults.sensors[name] = SensorFault(stuck, noise, fails)
+
+    def actuator_fails(self, dev: str, name: str, fails: bool = True) -> None:
+        """Every write to the actuator fails (HalError) while it fails."""
+        failing = self.fleet.device(dev).faults.actuators_failing
+        if fails:
+            failing.add(name)
+        else:
+            failing.discard(name)
+
+    # ---- the broker and the link ---------------------------------------------------
+
+    async def broker_restart(self, down_s: float = 1.0) -> None:
+        """Restart the broker, down for down_s: every device loses its link
+        and reconnects with its own backoff."""
+        if self.broker is None:
+            raise RuntimeError("this fleet's broker cannot be restarted from here (it was given by URL)")
+        await asyncio.to_thread(self.broker.restart, down_s)
+
+    # ---- housekeeping ------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        """Stop every fault that runs by itself (random power cuts)."""
+        for t in list(self._tasks):
+            t.cancel()

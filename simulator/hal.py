@@ -12,10 +12,14 @@ from firmware.pb.errors import HalError
 from firmware.pb.hal import RELAY, SERVO, Hal
 
 from .clock import SimClock
+from .faults import DeviceFaults
 
 
 class Plant(Protocol):
-    """What a physics model offers a HAL."""
+    """What a physics model offers a HAL (simulator/physics.py): advance(t)
+    integrates it up to t; sensors(t) are its readings then."""
+
+    def advance(self, t: float) -> None: ...
 
     def sensors(self, t: float) -> dict[str, float]: ...
 
@@ -30,18 +34,30 @@ class SimHal(Hal):  # type: ignore[misc]
         self.writes = 0
         self.resets = 0
         self.last_reset: str | None = None
+        self.powered_on = True  # since the last power-on, no reset
+        self.faults: DeviceFaults | None = None
 
     def read(self, name: str) -> float:
         if self.caps.get(name, {}).get("kind") != "sensor":
             raise HalError(f"no sensor {name!r} on this board")
-        values = self.plant.sensors(self.clock.now())
+        now = self.clock.now()
+        self.plant.advance(now)
+        values = self.plant.sensors(now)
         if name not in values:
             raise HalError(f"sensor {name} has no value")
-        return float(self.check_reading(name, values[name]))
+        value = values[name]
+        if self.faults is not None:
+            value = self.faults.reading(name, value)  # stuck, noisy, or not answering
+        return float(self.check_reading(name, value))
 
     def write(self, name: str, value: Any) -> None:
         value = self.check_value(name, value)
+        if self.faults is not None:
+            self.faults.check_write(name)  # an actuator that fails
         kind = self.caps[name]["kind"]
+        # the plant runs up to now with the actuator as it was, so the change
+        # takes effect at this moment, whatever the physics loop's step
+        self.plant.advance(self.clock.now())
         if kind == RELAY:
             self.plant.relay = value
         elif kind == SERVO:
@@ -49,20 +65,23 @@ class SimHal(Hal):  # type: ignore[misc]
         self.writes += 1
 
     def time(self) -> float:
-        return self.clock.now()
+        return self.clock.now() + (self.faults.skew_s if self.faults is not None else 0.0)
 
     def reset_cause(self) -> str:
-        # what machine.reset_cause() says on a board: power-on at first, a
-        # hard reset after every machine.reset()
-        return "hard" if self.resets else "power_on"
+        # what machine.reset_cause() says on a board: power-on at first and
+        # after a power cut, a hard reset after every machine.reset()
+        return "power_on" if self.powered_on else "hard"
 
     def reset(self, cause: str = "soft") -> None:
         """Restart the device: actuators safe, then Reboot(cause) is raised."""
         self.safe_state()
         self.resets += 1
         self.last_reset = cause
+        self.powered_on = False
         super().reset(cause)
 
     def fault_point(self, name: str) -> None:
-        """A point where power could be cut; nothing happens here (yet)."""
-        return None
+        """A point where power could be cut: the device's faults decide
+        (simulator/faults.py); raises PowerCut if it goes here."""
+        if self.faults is not None:
+            self.faults.fault_point(name)

@@ -53,28 +53,37 @@ def _prepare(root):
 
 async def _run(root):
     config, hal, chosen, lean = _prepare(root)
+    hal.reset(await run_device(root, config, hal, chosen, lean))
+
+
+async def run_device(root, config, hal, chosen, lean, importer=None, log=None, on_device=None):
+    """From the guard's choice to the next reset: update mode, or the runtime
+    with a runtime crash turned into a clean restart. Returns the cause.
+    The simulator runs its virtual devices through this same function
+    (on_device(device) hands it the runtime's Device)."""
     boot = Boot(*chosen)
     if lean:
         from .updatemode import run as update_mode
 
-        hal.reset(await update_mode(root, config, hal, boot.counter(), boot.root))
+        return await update_mode(root, config, hal, boot.counter(), boot.root)
     if MICROPYTHON:
         _import_runtime()
     from .runtime import Device
 
-    device = Device(config, hal, Store(root + "/data"), boot=boot, base=root)
+    device = Device(config, hal, Store(root + "/data"), importer=importer, log=log, boot=boot, base=root)
+    if on_device is not None:
+        on_device(device)
     try:
-        cause = await device.run()
+        return await device.run()
     except Exception as exc:  # noqa: BLE001 - any runtime bug ends in a clean restart
         # a runtime bug: record it, calm down, restart clean
         print_exception(exc)
         device.state["reset_request"] = "crash"
         device.state["last_crash"] = format_exception(exc)[:200]
-        device.store.save("state", device.state)
+        device.keep_state()
         hal.safe_state()
         await sleep_ms(2000)
-        cause = "crash"
-    hal.reset(cause)
+        return "crash"
 
 
 def run(root="."):

@@ -66,6 +66,16 @@ def rand_below(n):
     return random.getrandbits(30) % n
 
 
+def collect():
+    """gc.collect() where a small heap fragments (MicroPython); nothing on
+    CPython, where a full collection walks every object of the process (a
+    fleet of virtual devices in one process would pay for all of them)."""
+    if MICROPYTHON:
+        import gc
+
+        gc.collect()
+
+
 def mem_free():
     """Free heap in bytes, or -1 where the interpreter cannot tell."""
     import gc

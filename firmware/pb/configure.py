@@ -27,7 +27,7 @@ def set_config(host, name, values):
         raise FeatureError("no feature %r" % name)
     if not isinstance(values, dict) or not values:
         raise ConfigError("values must be a non-empty object")
-    from .manifest import check_value, effective
+    from .values import check_value, effective
 
     spec = host.manifests[name].get("config", {})
     for key in values:

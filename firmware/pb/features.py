@@ -10,9 +10,10 @@ import sys
 
 from . import API
 from .compat import format_exception
-from .errors import FeatureError, HalError
+from .errors import ConfigError, FeatureError, HalError, StoreError
 
 MAX_FEATURES = 16
+MAX_DATA = 2048  # bytes of JSON the gateway's data.set may keep on a device
 _MAX_ERROR = 120  # characters of an error kept in status and hello
 
 
@@ -126,14 +127,16 @@ class FeatureHost:
         self.importer = importer
         self.readings = {}
         self.reports = {}
-        self.data = {}
         self.manifests = {}
         self.running = {}  # name -> object returned by start(ctx)
         self.contexts = {}  # name -> its Context
         self.modules = {}  # name -> its imported module
         self.configs = {}  # name -> effective config
+        self.broken = {}  # name -> why its package is unusable (this boot)
+        self.set_id = "factory"  # which feature set runs: errors belong to it
         self.owners = {}  # actuator -> feature driving it
         self.settings = store.load("features", {}) or {}
+        self.data = store.load("data", {}) or {}
         self.utc_offset_min = 0
 
     def now(self):
@@ -158,20 +161,25 @@ class FeatureHost:
         for i in range(len(names)):
             name = names[i]
             if i >= MAX_FEATURES:
-                self._setting(name)["error"] = "more than %d features installed" % MAX_FEATURES
+                self.broken[name] = "more than %d features installed" % MAX_FEATURES
                 continue
             try:
                 self.manifests[name] = _lean(read_manifest(self.root, name))
             except Exception as exc:  # noqa: BLE001 - one bad package must not stop the boot
-                self._setting(name)["error"] = format_exception(exc)
+                self.broken[name] = format_exception(exc)
                 self.manifests.pop(name, None)
+                continue
+            s = self._setting(name)
+            if s.get("error") and s.get("error_set") != self.set_id:
+                # it failed in another feature set: here it gets its own chance
+                s["error"] = None
 
     def start_all(self):
         for name in sorted(self.manifests):
             s = self._setting(name)
             if s.get("enabled", True) and not s.get("error"):
                 self.start(name)
-        self._save()
+        self._keep()
 
     def start(self, name):
         """Start one feature; False (and the error recorded) if it cannot.
@@ -230,8 +238,10 @@ class FeatureHost:
         """A feature raised: stop it, keep it disabled, report why."""
         reason = format_exception(exc)
         self.stop(name)
-        self._setting(name)["error"] = reason
-        self._save()
+        s = self._setting(name)
+        s["error"] = reason
+        s["error_set"] = self.set_id
+        self._keep()
         self.emit_event("feature_error", name, reason)
 
     def enable(self, name, on):
@@ -243,7 +253,7 @@ class FeatureHost:
         """The feature's effective config (a copy)."""
         cfg = self.configs.get(name)
         if cfg is None:
-            from .manifest import effective
+            from .values import effective
 
             cfg = self.configs[name] = effective(self.manifests[name], self._setting(name).get("config", {}))
         return dict(cfg)
@@ -256,23 +266,34 @@ class FeatureHost:
         return set_config(self, name, values)
 
     def set_data(self, key, value):
-        self.data[key] = value
+        """Keep what the gateway sent (on flash: a price table must outlive a
+        reboot) and tell the features. Raises ConfigError if it is too big."""
+        data = dict(self.data)
+        data[key] = value
+        import json
+
+        if len(json.dumps(data)) > MAX_DATA:
+            raise ConfigError("data of more than %d bytes in all is more than a device keeps" % MAX_DATA)
+        self.store.save("data", data)
+        self.data = data
         self.bus.emit("data." + key, value)
 
     # ---- reporting ---------------------------------------------------------
 
     def status(self):
+        """The installed features: version, enabled, running, error."""
         out = {}
-        for name in sorted(set(self.manifests) | set(self.settings)):
+        for name in sorted(set(self.manifests) | set(self.broken)):
             m = self.manifests.get(name, {})
-            s = self._setting(name)
+            s = self.settings.get(name, {})
             out[name] = {
                 "version": m.get("version", "?"),
                 "enabled": s.get("enabled", True),
                 "running": name in self.running,
             }
-            if s.get("error"):
-                out[name]["error"] = s["error"][:_MAX_ERROR]
+            err = self.broken.get(name) or s.get("error")
+            if err:
+                out[name]["error"] = err[:_MAX_ERROR]
         return out
 
     def selftest(self):
@@ -286,6 +307,14 @@ class FeatureHost:
 
     def _save(self):
         self.store.save("features", self.settings)
+
+    def _keep(self):
+        # the settings as the runtime changes them by itself: a flash that
+        # refuses them must not stop the device
+        try:
+            self._save()
+        except StoreError as exc:
+            self.emit_event("storage_error", None, "settings not saved: %s" % exc)
 
     def _safe(self, actuator):
         cap = self.rt.hal.caps.get(actuator, {})

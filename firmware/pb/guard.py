@@ -10,7 +10,7 @@
 # boot is a trial, and an update status to tell the gateway, or None.
 import json
 
-from .compat import format_exception
+from .compat import collect, format_exception
 from .otafs import file_sha256
 from .store import read_bytes, write_atomic
 
@@ -68,14 +68,12 @@ def check_set(base, set_dir, files=None):
 
 def set_files(base, set_dir):
     """The file list of the manifest kept with an OTA set, or None."""
-    import gc
-
     data = read_bytes(base + "/" + set_dir + "/manifest.json")
     if data is None:
         return None
     signed = json.loads(data)["signed"]
     data = None
-    gc.collect()
+    collect()
     return json.loads(signed)["files"]
 
 

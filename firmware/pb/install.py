@@ -6,7 +6,7 @@
 import json
 
 from . import guard, otafs, trust
-from .compat import format_exception
+from .compat import collect, format_exception
 from .errors import StoreError, TrustError
 from .store import read_bytes, write_atomic
 
@@ -108,9 +108,7 @@ def _install(base, job, device, running, now, fault, tick):
     files = body["files"]
     counter = body["counter"]
     data = raw = body = sigs = root = None  # the manifest's copies: RAM for the rest
-    import gc
-
-    gc.collect()
+    collect()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, files) is not None:
         held = otafs.held_files(guard.features_root(base, run_set) if run_set else None)

@@ -25,6 +25,7 @@ from .compat import (
 from .errors import MqttError, ProtocolError
 
 _READ_SIZE = const(256)
+_JOIN = const(1024)
 
 
 def resolve(host, port):
@@ -204,6 +205,15 @@ class MQTTClient:
         if self._writer is not None:
             _close(self._writer)
 
+    def drop(self):
+        """Drop the link at once, with no DISCONNECT (the broker sends the
+        last will), and make run() return: what a power cut does."""
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._writer is not None:
+            _close(self._writer)
+
     # ---- internals --------------------------------------------------------
 
     def _backoff(self, attempt):
@@ -253,8 +263,7 @@ class MQTTClient:
             for pid in resend:
                 m = self._inflight[pid]
                 m[3] = ticks_ms()
-                w.write(mqtt.publish_header(m[0], len(m[1]), 1, m[2], True, pid))
-                w.write(m[1])
+                _write(w, mqtt.publish_header(m[0], len(m[1]), 1, m[2], True, pid), m[1])
                 self.stats["retransmits"] += 1
             await self._drain(w)
             if self.on_up:
@@ -349,6 +358,8 @@ class MQTTClient:
         if self.on_message:
             try:
                 self.on_message(p[1], p[2], p[4])
+            except MemoryError:
+                raise  # not a handler bug: the device is short of RAM and must reset
             except Exception as exc:  # noqa: BLE001 - a handler bug must not cut the link
                 self.stats["handler_errors"] = self.stats.get("handler_errors", 0) + 1
                 self.last_error = "message handler: " + format_exception(exc)
@@ -376,8 +387,7 @@ class MQTTClient:
         if qos:
             pid = self._next_pid()
             self._inflight[pid] = [topic, payload, retain, ticks_ms()]
-        w.write(mqtt.publish_header(topic, len(payload), qos, retain, False, pid))
-        w.write(payload)
+        _write(w, mqtt.publish_header(topic, len(payload), qos, retain, False, pid), payload)
         self.stats["sent"] += 1
 
     async def _keepalive(self, w, ka):
@@ -402,6 +412,21 @@ async def _guard(coro, done, failure):
         failure.append(exc)
     finally:
         done.set()
+
+
+def _write(w, header, payload):
+    # a small message goes out as one write: two would leave the second
+    # waiting for the broker's delayed ACK (Nagle), 40 ms and more a message
+    if len(payload) <= _JOIN:
+        try:
+            joined = header + bytes(payload)
+        except MemoryError:
+            joined = None  # a fragmented heap: two writes need no copy
+        if joined is not None:
+            w.write(joined)
+            return
+    w.write(header)
+    w.write(payload)
 
 
 def _close(w):

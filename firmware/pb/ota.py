@@ -151,7 +151,12 @@ class Agent:
             "offered_at": self.now(),
             "phase": "downloading",
         }
-        self.save_job()
+        try:
+            self.save_job()
+        except StoreError as exc:
+            self.job = None
+            self.report("failed", uid, reason="no_space: the update cannot be recorded: %s" % exc)
+            return
         self.report("offered", uid, counter=body["counter"])
         self._wake.set()
 

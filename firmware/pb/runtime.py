@@ -3,23 +3,35 @@
 # The network is optional to the features: control loops keep running
 # while the link is down.
 
-import json
 
-from . import API, VERSION, wire
+from . import API, wire
 from .bus import Bus
-from .compat import asyncio, forget, format_exception, mem_free, rand_below, sleep_ms, ticks_diff, ticks_ms
+from .compat import (
+    MICROPYTHON,
+    asyncio,
+    forget,
+    format_exception,
+    mem_free,
+    rand_below,
+    sleep_ms,
+    ticks_add,
+    ticks_diff,
+    ticks_ms,
+)
 from .errors import HalError, ProtocolError, StoreError
 from .features import FeatureHost, import_feature
 from .mqtt_client import MQTTClient
-from .store import write_atomic
 
 _RECENT_CMDS = 8
 
 
+# Bytes kept whole for what loads on demand (see Device.spare)
+_RESERVE = 8192
+_RUNNING = 16384  # what the running device needs free besides
 # The largest packet taken: a 4 KB update chunk or command, and its header
 MAX_PACKET = 4224
-# Loaded for a command and let go after it: most of the time none runs.
-_COMMAND_MODULES = ("pb.commands", "pb.wire_in", "pb.configure", "pb.manifest")
+# Loaded for some commands and let go after: most of the time none runs.
+_COMMAND_MODULES = ("pb.commands", "pb.wire_in", "pb.configure", "pb.values")
 
 
 class Device:
@@ -52,6 +64,7 @@ class Device:
         self.store = store
         self.bus = Bus(self._feature_error)
         self.features = FeatureHost(self, store, boot.root, importer or import_feature)
+        self.features.set_id = boot.manifest() or "factory"
         self.updates = Updates(self, boot)
         self.features.utc_offset_min = config.get("utc_offset_min", 0)
         self.actuators = {}
@@ -90,7 +103,9 @@ class Device:
         self._done = asyncio.Event()
         self._tasks = []
         self._crash = None
-        self._hello_key = None
+        self._reserve = None
+        self.hello_key = None  # digest of the hello last kept on flash (pb/hello.py)
+        self._hello_due = False  # a hello could not be built: sent again from the sampler
         self._exit = None
         self.started = ticks_ms()
 
@@ -117,11 +132,11 @@ class Device:
             self.state = {}
         self.reset_cause = self.state.pop("reset_request", None) or self.hal.reset_cause()
         self.state["boot_count"] = self.state.get("boot_count", 0) + 1
-        self.store.save("state", self.state)
+        self.keep_state()
         self.hal.safe_state()
         self.features.discover()
         self.features.start_all()
-        forget(("pb.manifest",))
+        forget(("pb.manifest", "pb.values"))
         for name, s in self.features.settings.items():
             if s.get("error"):
                 self.log("feature %s disabled: %s" % (name, s["error"]))
@@ -141,16 +156,43 @@ class Device:
         self.client.subscribe(self.topic("cmd"), 1)
         self.client.subscribe(self.topic("ota/offer"), 1)
         self.client.subscribe(self.topic("ota/chunk"), 0)
-        for coro in (self._link(), self._sampler()):
-            self.spawn(coro)
+        self.spawn(self._link())
+        link = self._tasks[0]
+        self.spawn(self._sampler())
         self.updates.start()
+        self.spare(False)
         await self._done.wait()
-        await self._shutdown()
-        for t in self._tasks:
+        # everything but the link stops first (a download must not report
+        # after the goodbye); the link takes the goodbye out, then stops
+        for t in self._tasks[1:]:
             t.cancel()
+        await self._shutdown()
+        link.cancel()
         if self._crash is not None:
             raise self._crash
         return self._exit
+
+    def spare(self, use):
+        """Give the RAM kept in reserve back to the heap (use=True), or take
+        it again. Modules loaded on demand (a command's, an update's) need
+        blocks of some size; between telemetry the heap of a small board is
+        too fragmented to have them, so one whole block is kept for them."""
+        if not MICROPYTHON:
+            return
+        import gc
+
+        if use:
+            self._reserve = None
+            gc.collect()
+        elif self._reserve is None:
+            gc.collect()
+            size = self.config.get("ram_reserve", _RESERVE)
+            if gc.mem_free() < size + _RUNNING:
+                return  # the running device needs it more
+            try:
+                self._reserve = bytearray(size)
+            except MemoryError:
+                pass  # fragmented: taken again next time
 
     def spawn(self, coro):
         """Run coro in the background; if it fails, the device restarts (a
@@ -166,6 +208,14 @@ class Device:
             if self._crash is None:
                 self._crash = exc
             self.stop("crash")
+
+    def halt(self):
+        """Everything stops where it stands: no goodbye, nothing saved, the
+        link dropped (the broker sends the last will). What a power cut
+        leaves; the simulator cuts a virtual device's power with it."""
+        for t in self._tasks:
+            t.cancel()
+        self.client.drop()
 
     def stop(self, cause="stop"):
         self._exit = cause
@@ -199,11 +249,15 @@ class Device:
 
     async def _sampler(self):
         # samples, and publishes telemetry when its period has passed: one
-        # task for both, as a board has RAM for few
-        last = ticks_ms()
+        # task for both, as a board has RAM for few. The first report comes
+        # at a random point of the first period: devices that power on
+        # together (after a power cut) must not report in one burst for ever
+        last = ticks_add(ticks_ms(), -rand_below(self.telemetry_ms))
         while True:
             self.hal.feed_watchdog()
             self.sample()
+            if self._hello_due:
+                self.republish_hello()
             if ticks_diff(ticks_ms(), last) >= self.telemetry_ms:
                 last = ticks_ms()
                 if self.client.up:
@@ -265,49 +319,30 @@ class Device:
         return self.client.publish(self.topic(kind), data, qos, retain)
 
     def hello(self):
-        return {
-            "v": wire.VERSION,
-            "dev": self.id,
-            "model": self.config["model"],
-            "board": self.config["board"],
-            "runtime": VERSION,
-            "api": API,
-            "platform": _platform(),
-            "features": self.features.status(),
-            "caps": sorted(self.hal.caps),
-            "heap_free": mem_free(),
-            "reset_cause": self.reset_cause,
-            "boot_count": self.state.get("boot_count", 0),
-            "keepalive": self.keepalive,
-            "telemetry_s": self.telemetry_ms / 1000,
-            "ota": self.updates.info(),
-            "ts": self.now(),
-        }
+        """The hello message (pb/hello.py)."""
+        from .hello import build
+
+        try:
+            return build(self)
+        finally:
+            forget(("pb.hello",))
 
     def _birth(self):
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
         online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
-        hello = wire.dumps("hello", self.hello())
-        self._keep_hello(hello)
+        from .hello import build, keep
+
+        try:
+            hello = wire.dumps("hello", build(self))
+            self.hello_key = keep(self, hello)
+        finally:
+            forget(("pb.hello",))
+        self._hello_due = False
         return [
             (self.topic("hello"), hello, 1, True),
             (self.topic("state"), wire.dumps("state", online), 1, True),
         ] + self.updates.birth()
-
-    def _keep_hello(self, hello):
-        # update mode says hello with it; written only when what matters
-        # changed, to spare the flash
-        h = json.loads(hello)
-        for k in ("ts", "heap_free"):
-            h.pop(k, None)
-        key = json.dumps(h)
-        if key != self._hello_key:
-            self._hello_key = key
-            try:
-                write_atomic(self.base + "/data/hello.json", hello)
-            except StoreError:
-                pass
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))
@@ -325,8 +360,17 @@ class Device:
         self.emit_event("oversized", None, "skipped a %d-byte message on %s" % (size, topic))
 
     def republish_hello(self):
-        if self.client.up:
+        """Say hello again (what runs changed). Short of RAM for it, the
+        sampler tries again until it goes out; a reconnect's birth says
+        it anyway."""
+        self._hello_due = True
+        if not self.client.up:
+            return
+        try:
             self._publish("hello", self.hello(), 1, True)
+        except MemoryError:
+            return
+        self._hello_due = False
 
     # ---- commands ----------------------------------------------------------
 
@@ -337,10 +381,13 @@ class Device:
             return
         if topic != self.topic("cmd") or retain:
             return  # not ours (some brokers over-deliver) or a stale retained command
+        payload = bytes(payload)  # the client's buffer is not ours to keep
+        self.spare(True)
         from .commands import handle
 
         handle(self, payload)
         forget(_COMMAND_MODULES)
+        self.spare(False)
 
     def execute(self, op, args, cmd_id="local"):
         """Carry out one command; returns the reply message."""
@@ -354,11 +401,13 @@ class Device:
         while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
             await sleep_ms(20)
         self.state["reset_request"] = "soft"
-        self.store.save("state", self.state)
+        self.keep_state()
         self.stop("reboot")
 
-
-def _platform():
-    import sys
-
-    return sys.implementation.name
+    def keep_state(self):
+        """Save the state record; a flash that refuses it is reported, and
+        the device runs on."""
+        try:
+            self.store.save("state", self.state)
+        except StoreError as exc:
+            self.emit_event("storage_error", None, "state not saved: %s" % exc)

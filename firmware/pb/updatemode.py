@@ -94,15 +94,18 @@ async def run(base, config, hal, counter, root):
     print("pb[%s]: update mode: downloading without the features" % dev)
     link = asyncio.create_task(client.run())
     watchdog = asyncio.create_task(_feed(hal))
-    await agent.run()  # returns once the update is staged or has failed
-    if agent.restart:
-        print("pb[%s]: update mode: out of RAM, going on after a reset" % dev)
-    t0 = ticks_ms()
-    while client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
-        await sleep_ms(20)
-    await client.close()
-    link.cancel()
-    watchdog.cancel()
+    try:
+        await agent.run()  # returns once the update is staged or has failed
+        if agent.restart:
+            print("pb[%s]: update mode: out of RAM, going on after a reset" % dev)
+        t0 = ticks_ms()
+        while client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
+            await sleep_ms(20)
+        await client.close()
+    finally:
+        client.drop()  # cancelled (the power went): no goodbye
+        link.cancel()
+        watchdog.cancel()
     return "update"
 
 

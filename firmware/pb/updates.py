@@ -5,7 +5,8 @@
 # commit when healthy, roll back when not.
 import json
 
-from .compat import forget, format_exception, mem_free, sleep_ms, ticks_diff, ticks_ms
+from .compat import forget, mem_free
+from .errors import StoreError
 from .store import exists, read_bytes, write_atomic
 
 _TRIAL_S = 60
@@ -15,7 +16,6 @@ _OTA_RAM = 48000
 OFFER = "ota/offer.json"  # an offer handed to update mode
 LAST_STATUS = "ota/status.json"
 _KEPT = ("trial", "committed", "rolled_back", "failed")
-POINTER = "ota/active.json"
 REPORTS = "ota/reports.json"
 
 
@@ -52,8 +52,13 @@ class Updates:
         reset interrupted, and begin the trial of a new set."""
         d = self.dev
         for st in take_reports(d.base):
-            self._status(st)
-        self._committed_unsaid()
+            self.status(st)
+        p = self.boot.pointer
+        if p and p.get("update") and not self.boot.trial:
+            from .trial import committed_unsaid
+
+            committed_unsaid(self)
+            forget(("pb.trial",))
         if exists(d.base + "/ota/job.json"):
             # the download may be what broke it: after a crash, update mode
             if d.reset_cause == "crash" or not self._roomy():
@@ -65,24 +70,14 @@ class Updates:
                 d.spawn(agent.run())
         if self.boot.trial:
             p = self.boot.pointer
-            self._status({"v": 1, "id": p.get("update") or "-", "state": "trial", "counter": p["counter"]})
-            d.spawn(self._trial())
+            self.status({"v": 1, "id": p.get("update") or "-", "state": "trial", "counter": p["counter"]})
+            from .trial import run
 
-    def _committed_unsaid(self):
-        # the power went between the commit and its report: say it now
-        p = self.boot.pointer
-        if self.boot.trial or not p or not p.get("update"):
-            return
-        data = read_bytes(self.dev.base + "/" + LAST_STATUS)
-        try:
-            last = json.loads(data) if data else None
-        except ValueError:
-            last = None
-        if last and last.get("id") == p["update"] and last.get("state") in ("activating", "trial"):
-            self._status({"v": 1, "id": p["update"], "state": "committed", "counter": p["counter"]})
+            d.spawn(run(self))
 
     def _agent(self):
         if self.agent is None:
+            self.dev.spare(True)  # for good: a download needs it all
             from .ota import Agent, configure
 
             d = self.dev
@@ -93,7 +88,7 @@ class Updates:
                 b.counter(),
                 lambda: _held(b.root),
                 self.request,
-                self._status,
+                self.status,
                 d.now,
                 lambda: d.client.up,
                 d.hal.fault_point,
@@ -103,9 +98,15 @@ class Updates:
         return self.agent
 
     def _roomy(self):
-        """True if a download fits in RAM beside the features."""
+        """True if a download fits in RAM beside the features (config
+        "ota_mode": "lean" sends every download to update mode)."""
+        cfg = self.dev.config
+        if cfg.get("ota_mode") == "lean":
+            return False
         free = mem_free()
-        return free < 0 or free >= self.dev.config.get("ota_ram", _OTA_RAM)
+        if free >= 0 and self.dev._reserve is not None:
+            free += len(self.dev._reserve)  # given back to a download
+        return free < 0 or free >= cfg.get("ota_ram", _OTA_RAM)
 
     def _to_update_mode(self, offer=None):
         """Reset into update mode (pb/updatemode.py), where only the link and
@@ -145,7 +146,7 @@ class Updates:
         msg = {"v": 1, "dev": d.id, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
         d.client.publish(d.topic("ota/req"), json.dumps(msg), 0, False)
 
-    def _status(self, msg):
+    def status(self, msg):
         d = self.dev
         msg["dev"] = d.id
         if "ts" not in msg:
@@ -156,8 +157,8 @@ class Updates:
             # reset right after must not leave the gateway without the outcome
             try:
                 write_atomic(d.base + "/" + LAST_STATUS, data.encode("utf-8"))
-            except OSError:
-                pass
+            except StoreError:
+                pass  # a full flash: said now, if not again
         d.client.publish(d.topic("ota/status"), data, 1, True)
         if msg["state"] not in ("downloading", "offered"):
             d.log("update %s: %s %s" % (msg.get("id"), msg["state"], msg.get("reason") or ""))
@@ -183,60 +184,9 @@ class Updates:
     def feature_failed(self, name, reason):
         """A feature raised: during a trial that is reason enough to go back."""
         if self.boot.trial:
-            self.rollback("feature %s failed: %s" % (name, reason))
+            from .trial import rollback
 
-    async def _trial(self):
-        d = self.dev
-        f = d.features
-        t0 = ticks_ms()
-        try:
-            for name in sorted(f.settings):
-                err = f.settings[name].get("error")
-                if err:
-                    self.rollback("%s did not start: %s" % (name, err))
-                    return
-            bad = f.selftest()
-            forget(("pb.configure",))
-            if bad:
-                name = sorted(bad)[0]
-                self.rollback("self-test of %s failed: %s" % (name, bad[name]))
-                return
-            d.hal.fault_point("trial-checked")
-            while self.boot.trial and (not d.client.up or ticks_diff(ticks_ms(), t0) < self.trial_s * 1000):
-                await sleep_ms(200)
-            if self.boot.trial:
-                self.commit()
-        except Exception as exc:  # noqa: BLE001 - the trial itself failing is a failed trial
-            self.rollback("trial: " + format_exception(exc))
-
-    def commit(self):
-        d = self.dev
-        p = self.boot.pointer
-        d.hal.fault_point("commit")
-        q = dict(p)
-        q["state"] = "committed"
-        q.pop("boots", None)
-        write_atomic(d.base + "/" + POINTER, json.dumps(q).encode("utf-8"))
-        self.boot.pointer = q
-        self.boot.trial = False
-        d.hal.fault_point("committed")
-        self._status({"v": 1, "id": p.get("update") or "-", "state": "committed", "counter": p["counter"]})
-        d.republish_hello()
-
-    def rollback(self, reason):
-        d = self.dev
-        p = self.boot.pointer
-        if not self.boot.trial:
-            return
-        self.boot.trial = False
-        from .guard import rollback
-
-        if rollback(d.base, p, reason) is None:
-            d.log("no usable previous set: the next boots end in safe mode")
-        st = {"v": 1, "id": p.get("update") or "-", "state": "rolled_back", "counter": p["counter"]}
-        st["reason"] = reason
-        self._status(st)
-        d.stop("rollback")
+            rollback(self, "feature %s failed: %s" % (name, reason))
 
 
 def _held(root):

@@ -3,10 +3,11 @@ the final line. (The command itself runs in tests/system/test_ota_gateway.py.)""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from gateway.cli import build_parser
-from gateway.cli_ota import Rate, final_line, progress_line
+from gateway.cli_ota import Rate, final_line, progress_line, watch
 
 
 def record(**over: Any) -> dict[str, Any]:
@@ -51,6 +52,35 @@ def test_the_final_line_says_committed_or_why_not() -> None:
     assert ok.startswith("update a1b2c3d4e5f6 committed: thermostat@2 (2026.11.1) on th-1 in 4.5 s")
     bad = final_line(record(state="failed", reason="timeout", finished=1000.0))
     assert bad.startswith("update a1b2c3d4e5f6 failed: timeout; thermostat@2 (2026.11.1) on th-1")
+
+
+class Replies:
+    """The gateway's answers to GET /api/v1/updates/{uid}, one per poll."""
+
+    def __init__(self, *records: dict[str, Any]) -> None:
+        self.records = list(records)
+
+    def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/api/v1/updates/a1b2c3d4e5f6")
+        return self.records.pop(0)
+
+
+def test_not_on_a_terminal_every_change_of_state_gets_a_line_even_between_polls() -> None:
+    def step(state: str, total: int | None = 2048) -> dict[str, Any]:
+        return {"at": 1.0, "state": state, "reason": None, "bytes": 0, "total": total}
+
+    first = [step("offered", None)]
+    later = first + [step(s) for s in ("downloading", "staged", "verified", "activating", "trial")]
+    client = Replies(
+        record(state="offered", steps=first, total=None, ended=False),
+        record(state="trial", steps=later, ended=False),
+        record(state="committed", steps=[*later, step("committed")], ended=True),
+    )
+    out = io.StringIO()
+    u = watch(client, "a1b2c3d4e5f6", 10, out, live=False, poll_s=0)
+    assert u["state"] == "committed" and client.records == []
+    states = [line.rsplit(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert states == ["offered", "downloading", "staged", "verified", "activating", "trial", "committed"]
 
 
 def test_the_commands_parse() -> None:

@@ -168,7 +168,7 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_devices(
     with Store(path, readonly=True) as ro:  # the CLI reads an old database as it is
         assert ro.schema == 1 and ReleaseStore(ro).list() == []
     with Store(path) as s:
-        assert s.schema == SCHEMA_VERSION == 2 and s.get_meta("schema") == "2"
+        assert s.schema == SCHEMA_VERSION == 3 and s.get_meta("schema") == "3"
         assert s.device("th-1") is not None
         ReleaseStore(s, root=keys.root_bytes).add(release.path, T0)
     with Store(path) as s:  # opening again migrates nothing twice

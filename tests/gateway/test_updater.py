@@ -89,6 +89,18 @@ async def test_a_device_pulls_a_release_and_success_counts_only_at_committed(
     # kept in the database, counters and all
     row = r.gw.ota.table.get(u.id)
     assert row is not None and row.success and row.served == now.served
+    # every change of state, once, in order, though the statuses came faster than anyone polls
+    steps = r.gw.ota.table.steps(u.id)
+    assert [s["state"] for s in steps] == [
+        "offered",
+        "downloading",
+        "staged",
+        "verified",
+        "activating",
+        "trial",
+        "committed",
+    ]
+    assert steps[1]["total"] == total and [s["at"] for s in steps] == sorted(s["at"] for s in steps)
     # an ended update is not served any more
     with pytest.raises(ErrorChunk, match="has ended: committed"):
         await asyncio.to_thread(dev.fetch, u.id, "manifest", offer["size"], offer["manifest"])
@@ -113,6 +125,31 @@ async def test_a_second_update_cancels_the_first(
     # the first one's bytes are no longer served
     with pytest.raises(ErrorChunk, match="has ended: failed"):
         await asyncio.to_thread(dev.fetch, first.id, "manifest", 10, "0" * 64)
+
+
+async def test_an_offer_lost_in_a_reset_is_sent_again_when_the_device_reconnects(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    first = await asyncio.to_thread(dev.offer)
+    # the device reset before it took the offer: it says online again, and gets it again
+    await asyncio.to_thread(dev.hello)
+    again = await asyncio.to_thread(dev.offer)
+    assert again["id"] == first["id"] == u.id and again["manifest"] == first["manifest"]
+    body = accept_offer(again, keys.root_bytes, "thermostat", 2)
+    assert body["version"] > accept_offer(first, keys.root_bytes, "thermostat", 2)["version"]
+    await async_wait_for(lambda: r.gw.ota.stats["reoffers"] == 1, 5, what="the repeat counted")
+    assert r.gw.ota.get(u.id).freshness == body["version"]
+    # once the device has answered, a reconnect sends nothing more
+    dev.status(u.id, "offered", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).device_state == "offered", 5, what="offered")
+    await asyncio.to_thread(dev.hello)
+    with pytest.raises(AssertionError, match="no offer"):
+        await asyncio.to_thread(dev.offer, 1.0)
+    assert r.gw.ota.stats["reoffers"] == 1
 
 
 async def test_a_stale_retained_status_does_not_touch_a_newer_update(

@@ -193,6 +193,10 @@ def test_a_repeated_status_changes_nothing() -> None:
     assert apply_status(u, status("staged"), T0) is None
     d = update(state="downloading", bytes=10, total=20)
     assert apply_status(d, status("downloading", bytes=10, total=20), T0) is None
+    # the gateway's "offered" is not the device's: its first one notes that it took the offer
+    o = apply_status(update(), status("offered"), T0)
+    assert o is not None and (o.state, o.device_state) == ("offered", "offered")
+    assert apply_status(o, status("offered"), T0) is None
 
 
 def test_an_ended_update_stays_ended() -> None:

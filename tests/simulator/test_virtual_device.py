@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ..support.wait import async_wait_for
 from .conftest import FEATURES, MakeDevice, Rig
 
@@ -94,12 +92,6 @@ async def test_update_mode_runs_under_cpython(rig: Rig, make_device: MakeDevice,
     await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 5, what="eco running")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="firmware: a feature's start error is kept in the 'features' record across sets "
-    "(pb/features.py), so a fixed release of a feature that once failed never starts",
-)
 async def test_a_fixed_release_installs_after_a_rollback(
     rig: Rig, make_device: MakeDevice, broken_eco_release: Path, tmp_path: Path, keys: Any
 ) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from firmware.pb import mqtt
-from gateway.broker import GATEWAY_USER, BrokerUrl, add_password, free_port, mosquitto_config
+from gateway.broker import GATEWAY_USER, BrokerUrl, add_password, add_passwords, free_port, mosquitto_config
 
 GATEWAY_PASSWORD = "gateway-secret"
 
@@ -91,6 +91,19 @@ class Mosquitto:
             while self.try_connect(username, password) != 0:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"mosquitto did not accept the new user {username}")
+                time.sleep(0.02)
+
+    def add_users(self, users: dict[str, str]) -> None:
+        """Add many credentials at once (one reload); returns once the last is accepted."""
+        with self._users:
+            add_passwords(self.files.passwords, users)
+        if self.proc is not None and self.proc.poll() is None and users:
+            os.kill(self.proc.pid, signal.SIGHUP)
+            user, password = list(users.items())[-1]
+            deadline = time.monotonic() + 5
+            while self.try_connect(user, password) != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not accept the new user {user}")
                 time.sleep(0.02)
 
     def try_connect(self, username: str | None, password: str | None, client_id: str = "") -> int:

@@ -62,7 +62,8 @@ class OtaServer:
         self.c.loop_start()
         if not self._ready.wait(5):
             raise AssertionError("OTA server did not connect")
-        for kind, qos in (("ota/req", 0), ("ota/status", 1)):
+        self._online = threading.Event()
+        for kind, qos in (("ota/req", 0), ("ota/status", 1), ("state", 1)):
             self.c.subscribe(f"pb/{dev}/{kind}", qos)
         time.sleep(0.2)
 
@@ -70,7 +71,11 @@ class OtaServer:
         self.c.disconnect()
         self.c.loop_stop()
 
-    def offer(self) -> None:
+    def offer(self, online_s: float = 30) -> None:
+        """Send the offer once the device is online: its (retained) online
+        state comes after its subscriptions, so the offer cannot be missed."""
+        if not self._online.wait(online_s):
+            raise AssertionError(f"{self.dev} did not come online within {online_s}s")
         o = self.offer_
         msg = {
             "v": 1,
@@ -82,6 +87,12 @@ class OtaServer:
         self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
 
     def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        if m.topic == f"pb/{self.dev}/state":
+            if json.loads(m.payload).get("state") == "online":
+                self._online.set()
+            else:
+                self._online.clear()
+            return
         if m.topic.endswith("/ota/status"):
             st = json.loads(m.payload)
             if st.get("id") == self.offer_.uid or st.get("state") in ("failed", "rolled_back", "safe_mode"):

@@ -21,7 +21,11 @@ from .wait import wait_for
 BIN = Path(sys.executable).parent
 MICROPYTHON = BIN / "micropython"
 PERMABETA = BIN / "permabeta"
-HEAP = "128K"
+# The heap of a device under test. The firmware's own figure is 128 KB (see
+# the tests that hold it to that); elsewhere a little more, so that a test
+# of some other behaviour does not fail on where a 64-bit heap fragments.
+HEAP = "192K"
+SMALL_HEAP = "128K"
 
 
 class DeviceProcess:

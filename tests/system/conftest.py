@@ -23,7 +23,7 @@ from ota.release import Release, build
 from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import Offer, OtaServer, Tamper
-from ..support.processes import DeviceProcess, GatewayProcess
+from ..support.processes import SMALL_HEAP, DeviceProcess, GatewayProcess
 from ..support.wait import wait_for
 
 FEATURES = firmware_dir() / "features"
@@ -123,7 +123,7 @@ def ota_device(
     cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))
     dev.set_sensors(temperature=20.0)
-    dev.heap = os.environ.get("PB_HEAP", dev.heap)
+    dev.heap = os.environ.get("PB_HEAP", SMALL_HEAP)
     dev.start()
     wait_for(lambda: "booted" in dev.output(), 15, what="device boot")
     return dev

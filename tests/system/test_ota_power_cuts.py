@@ -31,7 +31,7 @@ from ota.release import Release
 
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import OtaServer
-from ..support.processes import DeviceProcess
+from ..support.processes import SMALL_HEAP, DeviceProcess
 from ..support.wait import wait_for
 from .conftest import OTA_CONFIG, offer_of, running_set
 
@@ -118,7 +118,7 @@ def start_copy(template: Path, tmp: Path, mosquitto: Mosquitto, faults: dict[str
     (folder / "hal").mkdir()
     (folder / "hal" / "sensors.json").write_text(json.dumps({"temperature": 20.0, "humidity": 40.0}))
     (folder / "hal" / "faults.json").write_text(json.dumps(faults))
-    dev = DeviceProcess(folder)
+    dev = DeviceProcess(folder, heap=SMALL_HEAP)
     dev.start()
     wait_for(lambda: "booted" in dev.output(), 20, what=f"{dev_id} boot")
     return dev

@@ -1,0 +1,54 @@
+"""`make bench`: every benchmark, one after the other; each prints its
+figures with ratios against a baseline measured in the same run and writes
+them to bench-results/.
+
+    .venv/bin/python -m benchmarks                          # all, at their default sizes
+    .venv/bin/python -m benchmarks fleet --devices 200      # one, with its own options
+    .venv/bin/python -m benchmarks.ota_verify               # one, as a module
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from . import fleet_scale, ota_transfer, ota_verify
+
+# name, title, run(arguments)
+BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
+    ("ota_verify", "Ed25519 verification on the device", lambda argv: ota_verify.main()),
+    ("ota_transfer", "an update of 64 KiB over MQTT, end to end", lambda argv: ota_transfer.main()),
+    ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    names = [name for name, _, _ in BENCHMARKS]
+    chosen = BENCHMARKS
+    if args and not args[0].startswith("-"):
+        if args[0] not in names:
+            print(f"no benchmark {args[0]!r}; there are: {', '.join(names)}", file=sys.stderr)
+            return 2
+        chosen = [b for b in BENCHMARKS if b[0] == args[0]]
+        args = args[1:]
+    elif args:
+        print("options go after a benchmark's name, e.g. fleet --devices 200", file=sys.stderr)
+        return 2
+    failed = []
+    for name, title, run in chosen:
+        print(f"== {name}: {title}", flush=True)
+        t0 = time.monotonic()
+        code = run(args)
+        print(f"== ({time.monotonic() - t0:.0f} s{', FAILED' if code else ''})\n", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

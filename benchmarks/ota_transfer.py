@@ -1,0 +1,582 @@
+"""An over-the-air update of 64 KiB of new files, end to end: bytes on the
+wire per byte of payload, and the time it takes, against the same bytes
+sent as one raw MQTT publish through the same broker, measured in the same
+run.
+
+    .venv/bin/python -m benchmarks.ota_transfer
+
+Everything is real: a Mosquitto started here, the gateway as its own process
+(`permabeta gateway run --keys`) serving the chunks, and as the device the
+device runtime itself: a virtual device (simulator/device.py, CPython) and,
+if the micropython binary is there, a provisioned device folder on the
+MicroPython unix port with a 128 KB heap. Wire bytes are counted by a TCP
+proxy between the device and the broker (MQTT bytes both ways, headers,
+acks and pings included); times are taken without the proxy. The release
+adds the feature eco carrying 64 KiB of incompressible tables, so what the
+device lacks is eco's files alone. Figures go to bench-results/ota.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import platform
+import queue
+import random
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.archive import TAR_TYPE, pack_release
+from gateway.broker import GATEWAY_USER, BrokerUrl, free_port, mosquitto_config
+from gateway.client import ApiClient
+from gateway.errors import ApiRequestError
+from gateway.paths import firmware_dir
+from gateway.provision import provision_into
+from ota.keys import Keys, keygen
+from ota.release import Release, build
+from simulator.clock import SimClock
+from simulator.device import VirtualDevice
+from tests.support.mosquitto import GATEWAY_PASSWORD, Mosquitto
+from tests.support.ota import KeyedGatewayProcess
+from tests.support.processes import DeviceProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench-results" / "ota.json"
+MICROPYTHON = Path(sys.executable).parent / "micropython"
+NEW_BYTES = 64 * 1024
+TABLES = 8  # files of NEW_BYTES / TABLES each
+CPYTHON_RUNS = 3
+MICROPYTHON_RUNS = 2
+BASELINE_RUNS = 20
+UPDATE_TIMEOUT_S = 120.0
+
+
+class BenchBroker(Mosquitto):
+    """The tests' Mosquitto (passwords, ACLs), taking packets up to 1 MiB
+    (the raw publish of the baseline is larger than the 64 KiB it allows);
+    with nodelay, its sockets do not wait to fill segments (TCP_NODELAY)."""
+
+    def __init__(self, directory: Path, nodelay: bool = False) -> None:
+        super().__init__(directory)
+        self.files = mosquitto_config(
+            directory,
+            self.port,
+            users={GATEWAY_USER: GATEWAY_PASSWORD},
+            max_packet=1 << 20,
+            run_as=getpass.getuser(),
+            extra="set_tcp_nodelay true" if nodelay else "",
+        )
+
+
+# ---- the wire ------------------------------------------------------------------------
+
+
+class CountingProxy:
+    """A TCP proxy on loopback that counts the bytes it moves each way."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.up = 0  # client -> broker
+        self.down = 0  # broker -> client
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def stop(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.up, self.down
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            w.transport.abort()
+            return
+        self._writers |= {w, uw}
+        await asyncio.gather(self._pipe(r, uw, True), self._pipe(ur, w, False), return_exceptions=True)
+        for x in (w, uw):
+            self._writers.discard(x)
+            x.transport.abort()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
+        while data := await r.read(65536):
+            if up:
+                self.up += len(data)
+            else:
+                self.down += len(data)
+            w.write(data)
+            await w.drain()
+        w.transport.abort()
+
+
+class Watcher:
+    """Every update status and state message on the broker, with the time it
+    arrived (paho, as the gateway's user)."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.events: queue.Queue[tuple[float, str, str, dict[str, Any]]] = queue.Queue()
+        self.c = _client(broker, f"bench-watch-{secrets.token_hex(3)}")
+        self.c.on_message = self._on_message
+        _subscribe(self.c, [("pb/+/ota/status", 1), ("pb/+/state", 1)])
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        if not m.payload:
+            return
+        parts = m.topic.split("/")
+        with contextlib.suppress(ValueError):
+            self.events.put((time.monotonic(), parts[1], "/".join(parts[2:]), json.loads(m.payload)))
+
+    def wait(self, want: Callable[[str, str, dict[str, Any]], bool], timeout: float) -> float:
+        """The arrival time of the first message from now on that `want`
+        accepts. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                t, dev, kind, msg = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if want(dev, kind, msg):
+                return t
+        raise TimeoutError("no such message in time")
+
+    def drain(self) -> list[tuple[float, str, str, dict[str, Any]]]:
+        out = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.events.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _client(broker: Mosquitto, client_id: str, port: int | None = None) -> paho.Client:
+    connected = threading.Event()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+    c.username_pw_set("gateway", GATEWAY_PASSWORD)
+    c.on_connect = lambda *a: connected.set()
+    c.connect("127.0.0.1", port or broker.port, keepalive=60)
+    c.loop_start()
+    if not connected.wait(5):
+        raise RuntimeError("a benchmark client could not connect to mosquitto")
+    return c
+
+
+def _subscribe(c: paho.Client, topics: list[tuple[str, int]]) -> None:
+    done = threading.Event()
+    c.on_subscribe = lambda *a: done.set()
+    c.subscribe(topics)
+    if not done.wait(5):
+        raise RuntimeError("a benchmark client could not subscribe")
+
+
+# ---- the baseline: one raw publish ---------------------------------------------------
+
+
+def _raw_topic() -> str:
+    # shaped as a chunk's topic, and like chunks also seen by the gateway (it reads pb/#)
+    return f"pb/bench-raw-{secrets.token_hex(3)}/ota/chunk"
+
+
+def raw_publish(broker: Mosquitto, payload: bytes) -> float:
+    """Seconds from a QoS 0 publish of payload (paho) to its arrival at a
+    subscriber (paho) through the broker."""
+    topic = _raw_topic()
+    got = threading.Event()
+    sub = _client(broker, f"bench-sub-{secrets.token_hex(3)}")
+    sub.on_message = lambda *a: got.set()
+    _subscribe(sub, [(topic, 0)])
+    pub = _client(broker, f"bench-pub-{secrets.token_hex(3)}")
+    try:
+        t0 = time.perf_counter()
+        pub.publish(topic, payload, qos=0)
+        if not got.wait(10):
+            raise RuntimeError("the raw publish did not arrive")
+        return time.perf_counter() - t0
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+
+
+async def baseline(broker: Mosquitto, payload: bytes) -> dict[str, Any]:
+    times = [await asyncio.to_thread(raw_publish, broker, payload) for _ in range(BASELINE_RUNS)]
+    proxy = await CountingProxy(broker.port).start()
+    try:
+        # the subscriber's link carries the publish, as the device's link would
+        wire = await asyncio.to_thread(_counted_publish, broker, payload, proxy)
+    finally:
+        await proxy.stop()
+    return {
+        "payload_bytes": len(payload),
+        "runs": BASELINE_RUNS,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "wire_bytes": wire,
+        "wire_bytes_per_payload_byte": wire / len(payload),
+    }
+
+
+def _counted_publish(broker: Mosquitto, payload: bytes, proxy: CountingProxy) -> int:
+    """Bytes the subscriber's link (through proxy) moves for one raw publish."""
+    topic = _raw_topic()
+    got = threading.Event()
+    sub = _client(broker, f"bench-sub-{secrets.token_hex(3)}", proxy.port)
+    sub.on_message = lambda *a: got.set()
+    _subscribe(sub, [(topic, 0)])
+    pub = _client(broker, f"bench-pub-{secrets.token_hex(3)}")
+    try:
+        up, down = proxy.snapshot()
+        pub.publish(topic, payload, qos=0)
+        if not got.wait(10):
+            raise RuntimeError("the raw publish did not arrive")
+        return proxy.up - up + proxy.down - down
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+
+
+# ---- the update ----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    transfer_s: float  # offer sent -> staged (manifest and blobs fetched, checked, inflated)
+    update_s: float  # offer sent -> committed (reset, install, reboot, reconnect, trial 0 s)
+    up: int | None = None  # device -> broker bytes, offer -> staged (with the proxy)
+    down: int | None = None
+    update_up: int | None = None  # offer -> committed
+    update_down: int | None = None
+    update_mode: bool = False
+
+
+def eco_with_tables(into: Path) -> list[Path]:
+    """thermostat (as shipped) and eco carrying NEW_BYTES of random tables."""
+    fw = firmware_dir() / "features"
+    eco = into / "eco"
+    shutil.copytree(fw / "eco", eco, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (eco / "tables").mkdir()
+    rnd = random.Random(7)
+    for i in range(TABLES):
+        (eco / "tables" / f"t{i}.bin").write_bytes(rnd.randbytes(NEW_BYTES // TABLES))
+    return [fw / "thermostat", eco]
+
+
+def lacking(release: Release) -> tuple[int, int]:
+    """(compressed, content) bytes of the files a factory thermostat lacks: eco's."""
+    eco = [f for f in release.files if f.path.startswith("eco/")]
+    return sum(f.zsize for f in eco), sum(f.size for f in eco)
+
+
+class Bench:
+    def __init__(self, work: Path, broker: Mosquitto, keys: Keys, gw: KeyedGatewayProcess) -> None:
+        self.work = work
+        self.broker = broker
+        self.keys = keys
+        self.api = ApiClient.from_db(gw.db)
+        self.watch = Watcher(broker)
+
+    def publish(self, release: Release) -> str:
+        r = self.api.upload("/api/v1/releases", pack_release(release), TAR_TYPE)
+        return str(r["id"])
+
+    async def _start_update(self, dev: str, release_id: str) -> float:
+        """Offer the release once the gateway knows the device online;
+        the time just before the offer was asked for."""
+        deadline = time.monotonic() + 20
+        while True:
+            t0 = time.monotonic()
+            try:
+                await asyncio.to_thread(
+                    self.api.request, "POST", f"/api/v1/devices/{dev}/update", {"release": release_id}
+                )
+                return t0
+            except ApiRequestError as exc:
+                if exc.code not in ("unknown_device", "offline") or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _follow(self, dev: str, t0: float, proxy: CountingProxy | None) -> Run:
+        def state(s: str) -> Callable[[str, str, dict[str, Any]], bool]:
+            def want(d: str, kind: str, msg: dict[str, Any]) -> bool:
+                if d == dev and kind == "ota/status" and msg.get("state") in ("failed", "rolled_back"):
+                    raise RuntimeError(f"{dev}: update {msg['state']}: {msg.get('reason')}")
+                return d == dev and kind == "ota/status" and msg.get("state") == s
+
+            return want
+
+        base = proxy.snapshot() if proxy else (0, 0)
+        t_staged = await asyncio.to_thread(self.watch.wait, state("staged"), UPDATE_TIMEOUT_S)
+        staged = proxy.snapshot() if proxy else (0, 0)
+        t_done = await asyncio.to_thread(self.watch.wait, state("committed"), UPDATE_TIMEOUT_S)
+        done = proxy.snapshot() if proxy else (0, 0)
+        run = Run(t_staged - t0, t_done - t0)
+        if proxy is not None:
+            run.up, run.down = staged[0] - base[0], staged[1] - base[1]
+            run.update_up, run.update_down = done[0] - base[0], done[1] - base[1]
+        return run
+
+    async def _online(self, dev: str) -> None:
+        def want(d: str, kind: str, msg: dict[str, Any]) -> bool:
+            return d == dev and kind == "state" and msg.get("state") == "online"
+
+        await asyncio.to_thread(self.watch.wait, want, 30)
+        await asyncio.sleep(0.5)  # telemetry and hello settle; the link is quiet then
+
+    def _user(self, prefix: str) -> tuple[str, str]:
+        dev, password = f"{prefix}-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+        self.broker.add_user(dev, password)
+        self.watch.drain()
+        return dev, password
+
+    async def cpython(self, release_id: str, counted: bool) -> Run:
+        """One update of a fresh virtual device (the runtime under CPython)."""
+        dev, password = self._user("bench-cp")
+        proxy = await CountingProxy(self.broker.port).start() if counted else None
+        port = proxy.port if proxy else self.broker.port
+        device = VirtualDevice(
+            dev,
+            "thermostat",
+            BrokerUrl("127.0.0.1", port),
+            self.work / "devices",
+            SimClock(),
+            0,
+            password=password,
+            root=self.keys.root_bytes,
+            trial_s=0,
+            telemetry_s=3600,
+        )
+        task = asyncio.create_task(device.run(), name=f"bench-{dev}")
+        try:
+            await self._online(dev)
+            t0 = await self._start_update(dev, release_id)
+            return await self._follow(dev, t0, proxy)
+        finally:
+            device.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+            if proxy is not None:
+                await proxy.stop()
+
+    async def micropython(self, release_id: str, counted: bool) -> Run:
+        """One update of a fresh device folder on the MicroPython unix port."""
+        dev, password = self._user("bench-mp")
+        proxy = await CountingProxy(self.broker.port).start() if counted else None
+        port = proxy.port if proxy else self.broker.port
+        folder = self.work / "mp" / dev
+        provision_into(
+            folder,
+            "thermostat",
+            dev,
+            BrokerUrl("127.0.0.1", port),
+            password=password,
+            compile_mpy=True,
+            root=self.keys.root_bytes,
+            trial_s=0,
+            telemetry_s=3600,
+        )
+        proc = DeviceProcess(folder, "micropython")
+        proc.set_sensors(temperature=20.0)
+        proc.start()
+        try:
+            await self._online(dev)
+            t0 = await self._start_update(dev, release_id)
+            run = await self._follow(dev, t0, proxy)
+            run.update_mode = "update mode" in proc.output()
+            return run
+        except Exception:
+            print(proc.output()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            proc.kill()
+            if proxy is not None:
+                await proxy.stop()
+
+
+def summarize(runs: list[Run], payload: int, raw_s: float) -> dict[str, Any]:
+    timed = [r for r in runs if r.up is None]
+    counted = [r for r in runs if r.up is not None]
+    transfer = statistics.median(r.transfer_s for r in timed)
+    update = statistics.median(r.update_s for r in timed)
+    out: dict[str, Any] = {
+        "runs": len(timed),
+        "transfer_s": transfer,
+        "update_s": update,
+        "transfer_s_all": [round(r.transfer_s, 4) for r in timed],
+        "update_s_all": [round(r.update_s, 4) for r in timed],
+        "transfer_vs_raw_publish": transfer / raw_s,
+        "update_vs_raw_publish": update / raw_s,
+        "transfer_kib_per_s": payload / 1024 / transfer,
+        "update_mode": any(r.update_mode for r in runs),
+    }
+    if counted:
+        c = counted[0]
+        assert c.up is not None and c.down is not None
+        assert c.update_up is not None and c.update_down is not None
+        out["wire"] = {
+            "transfer_up": c.up,
+            "transfer_down": c.down,
+            "transfer_bytes_per_payload_byte": (c.up + c.down) / payload,
+            "update_up": c.update_up,
+            "update_down": c.update_down,
+            "update_bytes_per_payload_byte": (c.update_up + c.update_down) / payload,
+        }
+    return out
+
+
+@dataclass
+class Releases:
+    py: Release  # for the virtual device (modules as .py)
+    mpy: Release | None  # for the MicroPython device (modules as .mpy)
+
+
+async def session(work: Path, keys: Keys, releases: Releases, nodelay: bool) -> dict[str, Any]:
+    """A Mosquitto and a gateway of their own; the baseline, then the updates
+    (the first of each device kind counted through the proxy, unless nodelay)."""
+    broker = BenchBroker(work / "mosquitto", nodelay)
+    broker.start()
+    gw = KeyedGatewayProcess(
+        broker.gateway_url, work / "gateway.db", work / "gateway.log", ["--keys", str(keys.path)]
+    )
+    bench = None
+    try:
+        gw.start()
+        bench = Bench(work, broker, keys, gw)
+        payload = lacking(releases.py)[0]
+        raw = await baseline(broker, os.urandom(payload))
+        out: dict[str, Any] = {"raw_publish": raw}
+        rid = bench.publish(releases.py)
+        runs = [await bench.cpython(rid, counted=True)] if not nodelay else []
+        for _ in range(CPYTHON_RUNS):
+            runs.append(await bench.cpython(rid, counted=False))
+        out["cpython"] = summarize(runs, payload, raw["median_s"])
+        if releases.mpy is not None:
+            mid = bench.publish(releases.mpy)
+            runs = [await bench.micropython(mid, counted=True)] if not nodelay else []
+            for _ in range(MICROPYTHON_RUNS):
+                runs.append(await bench.micropython(mid, counted=False))
+            out["micropython_128k"] = summarize(runs, lacking(releases.mpy)[0], raw["median_s"])
+        return out
+    finally:
+        if bench is not None:
+            bench.watch.close()
+        gw.stop()
+        broker.stop()
+
+
+async def measure(work: Path) -> dict[str, Any]:
+    keys = keygen(work / "keys")
+    src = eco_with_tables(work / "src")
+    py = build("thermostat", src, "bench-py", work / "r-py", 2, keys=keys)
+    mpy = None
+    if MICROPYTHON.exists():
+        mpy = build("thermostat", src, "bench-mpy", work / "r-mpy", 3, compile_mpy=True, keys=keys)
+    else:
+        print(f"no micropython at {MICROPYTHON}: MicroPython skipped", file=sys.stderr)
+    releases = Releases(py, mpy)
+    payload, content = lacking(py)
+    results: dict[str, Any] = {
+        "payload": {"new_files_bytes": content, "blob_bytes": payload, "files": TABLES + 2},
+        "config": {"ota_chunk": 2048, "ota_window": 2, "ota_trial_s": 0, "micropython_heap": "128K"},
+    }
+    results.update(await session(work / "default", keys, releases, nodelay=False))
+    # the same with Mosquitto's set_tcp_nodelay: what Nagle's algorithm costs on the broker's side
+    results["broker_tcp_nodelay"] = await session(work / "nodelay", keys, releases, nodelay=True)
+    return results
+
+
+def _report_device(label: str, d: dict[str, Any]) -> None:
+    mode = ", in update mode" if d["update_mode"] else ""
+    print(f"  {label}{mode}, median of {d['runs']}:")
+    print(
+        f"    download (offer -> staged)   {d['transfer_s'] * 1000:8.1f} ms  "
+        f"x{d['transfer_vs_raw_publish']:7.1f} the raw publish  ({d['transfer_kib_per_s']:.0f} KiB/s)"
+    )
+    print(
+        f"    update (offer -> committed)  {d['update_s'] * 1000:8.1f} ms  "
+        f"x{d['update_vs_raw_publish']:7.1f} the raw publish"
+    )
+    w = d.get("wire")
+    if w:
+        print(
+            f"    wire, download: {w['transfer_up'] + w['transfer_down']} B "
+            f"({w['transfer_down']} down, {w['transfer_up']} up) = "
+            f"{w['transfer_bytes_per_payload_byte']:.3f} B per payload B"
+        )
+        total = w["update_up"] + w["update_down"]
+        print(
+            f"    wire, whole update (with the reset and reconnect): {total} B"
+            f" = {w['update_bytes_per_payload_byte']:.3f} B per payload B"
+        )
+
+
+def _report_session(title: str, r: dict[str, Any]) -> None:
+    raw = r["raw_publish"]
+    print(title)
+    print(
+        f"  baseline: the same bytes as one raw MQTT publish (paho -> paho): {raw['median_s'] * 1000:.2f} ms "
+        f"(median of {raw['runs']}), wire {raw['wire_bytes_per_payload_byte']:.4f} B per payload B"
+    )
+    for name, label in (
+        ("cpython", "virtual device (CPython)"),
+        ("micropython_128k", "MicroPython, 128K heap"),
+    ):
+        if name in r:
+            _report_device(label, r[name])
+
+
+def report(r: dict[str, Any]) -> None:
+    p = r["payload"]
+    print(
+        f"OTA update: {p['new_files_bytes'] / 1024:.1f} KiB of new files "
+        f"({p['blob_bytes']} bytes compressed, {p['files']} files), gateway -> Mosquitto -> device"
+    )
+    _report_session("Mosquitto as gateway/broker.py configures it:", r)
+    _report_session("Mosquitto with set_tcp_nodelay true:", r["broker_tcp_nodelay"])
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="pb-bench-ota-") as tmp:
+        try:
+            results = asyncio.run(measure(Path(tmp)))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"OTA benchmark failed: {exc}", file=sys.stderr)
+            return 1
+    results["python"] = sys.version.split()[0]
+    results["machine"] = platform.machine()
+    report(results)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"figures written to {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+# The hello message (docs/protocol.md 3.1), built when it is sent: at each
+# connect and after what runs changed. Loaded on demand and let go after,
+# so its code takes no RAM between times.
+import json
+
+from . import API, VERSION, wire
+from .compat import mem_free
+from .errors import StoreError
+from .store import write_atomic
+
+
+def build(d):
+    import sys
+
+    return {
+        "v": wire.VERSION,
+        "dev": d.id,
+        "model": d.config["model"],
+        "board": d.config["board"],
+        "runtime": VERSION,
+        "api": API,
+        "platform": sys.implementation.name,
+        "features": d.features.status(),
+        "caps": sorted(d.hal.caps),
+        "heap_free": mem_free(),
+        "reset_cause": d.reset_cause,
+        "boot_count": d.state.get("boot_count", 0),
+        "keepalive": d.keepalive,
+        "telemetry_s": d.telemetry_ms / 1000,
+        "ota": d.updates.info(),
+        "ts": d.now(),
+    }
+
+
+def keep(d, hello):
+    """Write hello (JSON bytes) to data/hello.json, which update mode says
+    hello with; only when what matters changed, to spare the flash. Returns
+    the digest of what matters, for the next time."""
+    import hashlib
+
+    h = json.loads(hello)
+    for k in ("ts", "heap_free"):
+        h.pop(k, None)
+    key = hashlib.sha256(json.dumps(h).encode("utf-8")).digest()[:8]
+    if key != d.hello_key:
+        try:
+            write_atomic(d.base + "/data/hello.json", hello)
+        except StoreError:
+            return d.hello_key  # not kept: try again next time
+    return key

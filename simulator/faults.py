@@ -1,0 +1,148 @@
+"""Faults a virtual device can suffer, injected from tests or the command
+line: power cuts (now, at a named point of an update, after a while, or at
+random), clock skew, a full flash, a stuck or noisy sensor, an actuator that
+fails. Link faults (drops, latency, chunk corruption) are the link's
+(simulator/link.py); a broker restart is the broker's.
+
+A device's faults live in its DeviceFaults (VirtualDevice.faults); the HAL
+and the flash consult it. Everything random draws from the device's own
+seeded generator, so a run with the same seed suffers the same faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+class PowerCut(asyncio.CancelledError):
+    """The power went: raised where it goes, so that no line after it runs.
+    A CancelledError, so that no `except Exception` of the firmware can
+    catch it and carry on."""
+
+
+@dataclass
+class SensorFault:
+    """stuck: the sensor reads this value whatever happens (None: not
+    stuck); noise: standard deviation of Gaussian noise added to each
+    reading; fails: every read raises (a sensor gone)."""
+
+    stuck: float | None = None
+    noise: float = 0.0
+    fails: bool = False
+
+
+@dataclass
+class DeviceFaults:
+    """What is wrong with one device now. The fields are read by the HAL
+    (simulator/hal.py), the flash (full_flash) and the boot loop."""
+
+    rng: random.Random
+    skew_s: float = 0.0  # the device's clock minus true time
+    flash_full: bool = False
+    sensors: dict[str, SensorFault] = field(default_factory=dict)
+    actuators_failing: set[str] = field(default_factory=set)
+    # power cut at the fault point with this name (or when `passed` reaches this number)
+    cut_at_point: str | int | None = None
+    cut_off_s: float = 1.0  # how long the power stays off
+    points_passed: list[str] = field(default_factory=list)  # the latest (at most 1000)
+    passed: int = 0  # fault points passed in all
+    cuts: int = 0
+    on_cut: Callable[[], None] | None = None  # set by the device: cut its power now
+
+    def fault_point(self, name: str) -> None:
+        """The firmware passes a point where power could be cut (hal.fault_point)."""
+        self.passed += 1
+        self.points_passed.append(name)
+        if len(self.points_passed) > 1000:
+            del self.points_passed[:500]
+        want = self.cut_at_point
+        if want is None:
+            return
+        if want == name or (isinstance(want, int) and want == self.passed):
+            self.cut_at_point = None
+            self.cut()
+
+    def cut(self) -> None:
+        """Cut the power now; raises PowerCut when called from the device's
+        own code (the line after it must not run)."""
+        self.cuts += 1
+        if self.on_cut is not None:
+            self.on_cut()
+        raise PowerCut("power cut")
+
+    def reading(self, name: str, value: float) -> float:
+        f = self.sensors.get(name)
+        if f is None:
+            return value
+        if f.fails:
+            from firmware.pb.errors import HalError
+
+            raise HalError(f"sensor {name} does not answer")
+        if f.stuck is not None:
+            return f.stuck
+        return value + self.rng.gauss(0.0, f.noise) if f.noise else value
+
+    def check_write(self, name: str) -> None:
+        if name in self.actuators_failing:
+            from firmware.pb.errors import HalError
+
+            raise HalError(f"actuator {name} does not respond")
+
+
+# ---- a full flash --------------------------------------------------------------------
+#
+# The firmware writes files with open(); under the simulator every module of
+# it that writes is given this open instead, which refuses to write into the
+# flash folder of a device whose flash is full, as a board's filesystem
+# does (OSError ENOSPC).
+
+_full: dict[str, DeviceFaults] = {}  # a device's flash folder (str, with "/") -> its faults
+_WRITERS = ("firmware.pb.store", "firmware.pb.ota", "firmware.pb.otafs")
+
+
+def register_flash(base: Path, faults: DeviceFaults) -> None:
+    _full[str(base.resolve()) + "/"] = faults
+    _install()
+
+
+def unregister_flash(base: Path) -> None:
+    _full.pop(str(base.resolve()) + "/", None)
+
+
+def flash_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+    if _full and any(c in mode for c in "wax+"):
+        path = str(Path(file).resolve()) if isinstance(file, str | Path) else ""
+        for base, f in _full.items():
+            if f.flash_full and path.startswith(base):
+                raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return open(file, mode, *args, **kwargs)
+
+
+_installed = [False]
+
+
+def _install() -> None:
+    if _installed[0]:
+        return
+    import importlib
+
+    for name in _WRITERS:
+        mod = importlib.import_module(name)
+        mod.open = flash_open  # type: ignore[attr-defined]
+    otafs = importlib.import_module("firmware.pb.otafs")
+    real_free = otafs.free_bytes
+
+    def free_bytes(path: str) -> int:
+        p = str(Path(path).resolve()) + "/"
+        if any(f.flash_full and p.startswith(base) for base, f in _full.items()):
+            return 0
+        return int(real_free(path))
+
+    setattr(otafs, "free_bytes", free_bytes)  # noqa: B010 - the firmware is not type-checked
+    _installed[0] = True

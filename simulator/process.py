@@ -1,0 +1,151 @@
+"""A device of the fleet run by the real MicroPython unix port, for fidelity:
+a provisioned device folder (as `permabeta provision --into` writes one, on
+the host HAL) run as its own `micropython main.py` process with a capped
+heap. The fleet's physics drives it through the host HAL's files: each
+physics step writes the plant's sensor values to hal/sensors.json and reads
+what the firmware drove from hal/actuators.json.
+
+Its clock is the machine's (the unix port reads the real time), so a fleet
+running faster than real time shows these devices' physics at the fleet's
+pace but their timestamps at the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from firmware.pb.store import write_atomic
+from gateway.broker import BrokerUrl
+from gateway.provision import provision_into
+
+from .clock import SimClock
+
+HEAP = "128K"  # an ESP32's free heap with Wi-Fi up, roughly (64-bit objects make it stricter)
+
+
+def micropython_binary() -> str:
+    """The unix port's command, from this environment."""
+    return str(Path(sys.executable).parent / "micropython")
+
+
+class ProcessDevice:
+    """One device as a `micropython` process. Same life as a VirtualDevice
+    for the fleet: run() until stop(), step(t, dt) for the physics."""
+
+    def __init__(
+        self,
+        dev_id: str,
+        model: str,
+        broker: BrokerUrl,
+        workdir: Path,
+        clock: SimClock,
+        seed: int,
+        *,
+        password: str = "",
+        telemetry_s: float = 10,
+        sample_s: float = 1,
+        keepalive: int = 30,
+        root: bytes | None = None,
+        trial_s: float | None = None,
+        heap: str = HEAP,
+    ) -> None:
+        self.id = dev_id
+        self.model = model
+        self.heap = heap
+        self.clock = clock
+        self.path = workdir / dev_id
+        provision_into(
+            self.path,
+            model,
+            dev_id,
+            broker,
+            password=password or None,
+            telemetry_s=telemetry_s,
+            sample_s=sample_s,
+            keepalive=keepalive,
+            root=root,
+            trial_s=trial_s,
+            compile_mpy=True,  # as a board is flashed: source would not fit its heap
+            force=True,
+        )
+        from .device import PLANTS
+
+        self.plant = PLANTS[model].random(random.Random(seed))
+        self.proc: asyncio.subprocess.Process | None = None
+        self.boots = 0
+        self._stopping = False
+        self._sensors_dir = self.path / "hal"
+        self._sensors_dir.mkdir(exist_ok=True)
+        self._actuators_mtime = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_text(self) -> str:
+        path = self.path / "device.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def run(self) -> None:
+        """Run the process until stop(); a process that ends by itself (a
+        crash of the interpreter) is started again, as a board's watchdog would."""
+        self.step(self.clock.now(), 0.0)  # sensor values before its first reading
+        while not self._stopping:
+            self.boots += 1
+            with (self.path / "device.log").open("ab") as log:
+                self.proc = await asyncio.create_subprocess_exec(
+                    micropython_binary(),
+                    "-X",
+                    f"heapsize={self.heap}",
+                    "main.py",
+                    cwd=self.path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # the supervisor and its child: one group
+                )
+            try:
+                await self.proc.wait()
+            except asyncio.CancelledError:
+                self._kill(signal.SIGKILL)
+                raise
+            if not self._stopping:
+                await asyncio.sleep(1.0)
+
+    def _kill(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def power_cut(self) -> None:
+        """SIGKILL to the whole device: the power is gone; run() starts it again."""
+        self._kill(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Ctrl-C, as a developer stops a device on the unix port: it says goodbye."""
+        self._stopping = True
+        self._kill(signal.SIGINT)
+
+    def step(self, t: float, dt: float) -> None:
+        self.plant.advance(t)
+        actuators = self._sensors_dir / "actuators.json"
+        with contextlib.suppress(OSError, ValueError):
+            m = actuators.stat().st_mtime
+            if m != self._actuators_mtime:
+                self._actuators_mtime = m
+                out: dict[str, Any] = json.loads(actuators.read_bytes())
+                if "relay" in out:
+                    self.plant.relay = bool(out["relay"])
+                if "vent" in out:
+                    self.plant.vent = float(out["vent"])
+        values = {k: round(float(v), 3) for k, v in self.plant.sensors(t).items()}
+        write_atomic(str(self._sensors_dir / "sensors.json"), json.dumps(values).encode())

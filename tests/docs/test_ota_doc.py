@@ -1,0 +1,586 @@
+"""docs/ota.md and docs/security.md are normative: what can be checked against
+the code is checked here, so the docs cannot fall behind it.
+
+ota.md: its tagged examples (``json offer``, ``json cancel``, ``json req``,
+``json status``, ``json release-manifest``, ``json freshness``, ``json job``,
+``json pointer``) against otaproto, trust, a real download agent and a real
+install; the chunk header against otaproto's struct format; every status
+state; the config keys the code reads; the flash layout against the file
+names in the code; the power-cut points against the code's fault points;
+the limits. security.md: it names every attack test and only tests that
+exist (the attack tests excepted while they are written), and its trust codes
+are the ones the code raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware.pb import API, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
+from firmware.pb import ota as pb_ota
+from firmware.pb.errors import ProtocolError, TrustError
+from gateway import updater as gw_updater
+from gateway import updates as gw_updates
+from ota import release as ota_release
+from ota.envelope import canonical
+from ota.keys import Keys, freshness, keygen
+
+from .markdown import (
+    DOCS,
+    ROOT,
+    Example,
+    all_strings,
+    code_names,
+    keyword_values,
+    module_strings,
+    parse_examples,
+    section,
+    string_args,
+    table,
+)
+
+PB = ROOT / "firmware" / "pb"
+OTA = (DOCS / "ota.md").read_text(encoding="utf-8")
+SECURITY = (DOCS / "security.md").read_text(encoding="utf-8")
+PROTOCOL = (DOCS / "protocol.md").read_text(encoding="utf-8")
+EXAMPLES = parse_examples(OTA, "ota.md")
+TAGS = ("offer", "cancel", "req", "status", "release-manifest", "freshness", "job", "pointer", "states")
+
+
+def _ota(heading: str) -> list[str]:
+    return section(OTA, heading, "ota.md")
+
+
+def _tagged(tag: str) -> list[Example]:
+    return [e for e in EXAMPLES if e.tag == tag]
+
+
+def _one(tag: str) -> Example:
+    (e,) = _tagged(tag)
+    return e
+
+
+def _ids(examples: list[Example]) -> list[str]:
+    return [f"L{e.line}-{e.tag}" for e in examples]
+
+
+# ---- the examples -------------------------------------------------------------------
+
+
+def test_every_tagged_block_has_a_known_tag() -> None:
+    unknown = [str(e) for e in EXAMPLES if e.tag not in TAGS]
+    assert not unknown, f"tags the test does not check: {unknown}"
+    for tag in TAGS:
+        assert _tagged(tag), f"ota.md has no ```json {tag} example"
+
+
+@pytest.mark.parametrize(
+    "example", _tagged("offer") + _tagged("cancel"), ids=_ids(_tagged("offer") + _tagged("cancel"))
+)
+def test_offer_examples_are_valid(example: Example) -> None:
+    msg = otaproto.check_offer(example.value())
+    assert (msg.get("op") == "cancel") == (example.tag == "cancel")
+
+
+def test_an_offer_names_a_manifest_of_at_most_an_envelope() -> None:
+    offer = _one("offer").value()
+    otaproto.check_offer(offer | {"size": trust.MAX_ENVELOPE})
+    for size in (0, trust.MAX_ENVELOPE + 1):
+        with pytest.raises(ProtocolError):
+            otaproto.check_offer(offer | {"size": size})
+
+
+@pytest.mark.parametrize("example", _tagged("req"), ids=_ids(_tagged("req")))
+def test_request_examples_are_valid(example: Example) -> None:
+    req = otaproto.check_request(example.value())
+    assert req["len"] <= otaproto.MAX_CHUNK
+    with pytest.raises(ProtocolError):
+        otaproto.check_request(req | {"len": otaproto.MAX_CHUNK + 1})
+
+
+@pytest.mark.parametrize("example", _tagged("status"), ids=_ids(_tagged("status")))
+def test_status_examples_are_valid(example: Example) -> None:
+    msg = otaproto.check_status(example.value())
+    assert ("reason" in msg) == (msg["state"] in ("failed", "rolled_back", "safe_mode"))
+    assert "ts" in msg and isinstance(msg["counter"], int)
+
+
+def test_the_release_manifest_example_passes_the_devices_rules() -> None:
+    body = _one("release-manifest").value()
+    trust.check_manifest(body)
+    trust.check_for_device(body, "thermostat", {"temperature": {}, "relay": {}, "humidity": {}}, API, 1)
+
+
+def _files(n: int, path_len: int) -> list[dict[str, Any]]:
+    h = hashlib.sha256(b"x").hexdigest()
+    paths = ["thermostat/manifest.json"]
+    for i in range(n - 1):
+        stem = f"thermostat/m{i:02d}"
+        paths.append(stem + "x" * max(0, path_len - len(stem) - 3) + ".py")
+    return [{"path": p, "size": 12345, "sha256": h, "zsize": 1234, "zsha256": h} for p in sorted(paths)]
+
+
+def test_max_files_fit_a_16kb_manifest_as_documented() -> None:
+    body = _one("release-manifest").value()
+    body["features"] = {"thermostat": body["features"]["thermostat"]}
+    body["files"] = _files(trust.MAX_FILES, 35)
+    trust.check_manifest(body)
+    h = hashlib.sha256(b"k").hexdigest()
+    for signatures in (1, 2):
+        envelope = {"signed": canonical(body), "signatures": [{"keyid": h, "sig": h + h}] * signatures}
+        size = len(json.dumps(envelope, separators=(",", ":")))
+        assert size <= trust.MAX_ENVELOPE, f"{trust.MAX_FILES} files, {signatures} signatures: {size} bytes"
+    body["files"] = _files(trust.MAX_FILES + 1, 20)
+    with pytest.raises(TrustError) as err:
+        trust.check_manifest(body)
+    assert err.value.code == "bad_manifest"
+
+
+def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
+    body = _one("freshness").value()
+    trust.check_freshness(body, "thermostat", body["manifest"], body["counter"], body["expires"], 0)
+    # the version is the signing time in ms, and the statement lives DEFAULT_FRESHNESS_TTL_S
+    signed_at = (body["version"] + 0.5) / 1000
+    assert body["expires"] == int(signed_at + gw_updates.DEFAULT_FRESHNESS_TTL_S)
+    assert gw_updates.next_freshness_version(body["version"] - 5, signed_at) == body["version"]
+    # the offer example carries exactly this statement, for its manifest
+    offer = _one("offer").value()
+    assert json.loads(offer["freshness"]["signed"]) == body
+    assert offer["manifest"] == body["manifest"]
+
+
+def test_freshness_older_or_expired_is_a_freeze() -> None:
+    body = _one("freshness").value()
+    args = ("thermostat", body["manifest"], body["counter"])
+    trust.check_freshness(body, *args, body["expires"], body["version"])  # the same one again is fine
+    for now, last in ((body["expires"] + 1, 0), (body["expires"], body["version"] + 1)):
+        with pytest.raises(TrustError) as err:
+            trust.check_freshness(body, *args, now, last)
+        assert err.value.code == "freeze"
+
+
+# ---- a real agent takes the documented offer ----------------------------------------
+
+
+def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
+    (base / "ota").mkdir(parents=True, exist_ok=True)
+    offered_at = _one("job").value()["offered_at"]
+    return pb_ota.Agent(
+        str(base),
+        "thermostat",
+        counter,
+        dict,
+        lambda *a: None,
+        lambda msg: None,
+        lambda: offered_at,
+        lambda: True,
+        lambda name: None,
+    )
+
+
+def test_the_job_example_is_what_the_agent_writes(tmp_path: Path) -> None:
+    reports: list[dict[str, Any]] = []
+    agent = _agent(tmp_path)
+    agent._report = reports.append
+    agent.on_offer(_one("offer").payload)
+    job = json.loads((tmp_path / pb_ota.JOB).read_bytes())
+    documented = _one("job").value()
+    assert set(job) == set(documented)
+    for key in ("id", "manifest", "size", "counter", "offered_at", "phase"):
+        assert job[key] == documented[key], key
+    assert job["freshness"] == _one("offer").value()["freshness"]
+    assert [(r["state"], r["id"], r["counter"]) for r in reports] == [("offered", job["id"], job["counter"])]
+
+
+@pytest.mark.parametrize(
+    ("counter", "model", "now_shift", "reason"),
+    [
+        (2, "thermostat", 0, "rollback: "),
+        (1, "shirt", 0, "wrong_model: "),
+        (1, "thermostat", 10**6, "freeze: "),
+    ],
+)
+def test_the_first_look_refuses_at_once(
+    tmp_path: Path, counter: int, model: str, now_shift: int, reason: str
+) -> None:
+    reports: list[dict[str, Any]] = []
+    agent = _agent(tmp_path, counter)
+    agent._report = reports.append
+    agent.model = model
+    agent.now = lambda: _one("freshness").value()["expires"] + now_shift
+    agent.on_offer(_one("offer").payload)
+    ((state, why),) = [(r["state"], r["reason"]) for r in reports]
+    assert state == "failed" and why.startswith(reason), why
+    assert reason.rstrip(": ") in OTA
+
+
+def test_a_bad_offer_is_failed_with_id_dash(tmp_path: Path) -> None:
+    reports: list[dict[str, Any]] = []
+    agent = _agent(tmp_path)
+    agent._report = reports.append
+    agent.on_offer(b'{"v": 1, "id": ""}')
+    ((r),) = reports
+    assert (r["state"], r["id"]) == ("failed", "-") and r["reason"].startswith("bad offer: ")
+
+
+# ---- a real install writes the documented pointer --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Keys, ota_release.Release]:
+    tmp = tmp_path_factory.mktemp("release")
+    keys = keygen(tmp / "keys")
+    features = ROOT / "firmware" / "features" / "thermostat"
+    rel = ota_release.build("thermostat", [features], "2026.11.2", tmp / "R", counter=2, keys=keys)
+    return keys, rel
+
+
+def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float) -> dict[str, Any]:
+    """A device with the factory set, its root, and rel downloaded and staged."""
+    shutil.copytree(
+        ROOT / "firmware" / "features" / "thermostat",
+        base / "features" / "thermostat",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    stage = base / pb_ota.STAGE
+    stage.mkdir(parents=True)
+    (base / install.ROOT).write_bytes(keys.root_bytes)
+    (stage / "manifest.json").write_bytes(rel.manifest)
+    for f in rel.files:
+        data = zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS)
+        (stage / f.sha256).write_bytes(data)
+    statement = json.loads(freshness(keys, "thermostat", rel.counter, rel.sha256, 3600, now))
+    job = {
+        "id": "5f2a9c01b7e4",
+        "manifest": rel.sha256,
+        "size": len(rel.manifest),
+        "freshness": statement,
+        "counter": rel.counter,
+        "offered_at": now,
+        "phase": "staged",
+    }
+    (base / pb_ota.JOB).write_text(json.dumps(job))
+    return job
+
+
+_CAPS: dict[str, dict[str, Any]] = {"temperature": {}, "humidity": {}, "relay": {}}
+
+
+def test_the_pointer_example_is_what_the_install_writes(
+    tmp_path: Path, signed: tuple[Keys, ota_release.Release]
+) -> None:
+    keys, rel = signed
+    now = time.time()
+    job = _staged_device(tmp_path, keys, rel, now)
+    assert guard.install_staged(str(tmp_path), ("thermostat", _CAPS, API), now) is True
+    pointer = json.loads((tmp_path / guard.POINTER).read_bytes())
+    documented = _one("pointer").value()
+    assert set(pointer) == set(documented)
+    assert set(pointer["prev"]) == set(documented["prev"])
+    assert pointer["prev"] == {"set": guard.FACTORY, "counter": 0, "manifest": None}  # as 4.4 says
+    assert (pointer["state"], pointer["boots"], pointer["update"]) == ("trial", 0, job["id"])
+    assert (pointer["counter"], pointer["manifest"]) == (rel.counter, rel.sha256)
+    # what is on flash afterwards: the slot, the freshness version, the report; no job, no staging
+    slot = tmp_path / pointer["set"]
+    assert pointer["set"] in install.SLOTS
+    assert (slot / "manifest.json").read_bytes() == rel.manifest
+    assert (slot / "features" / "thermostat" / "manifest.json").is_file()
+    version = json.loads(job["freshness"]["signed"])["version"]
+    assert json.loads((tmp_path / install.TRUST_STATE).read_bytes()) == {"freshness": version}
+    assert not (tmp_path / pb_ota.JOB).exists() and not (tmp_path / pb_ota.STAGE).exists()
+    reports = updates.take_reports(str(tmp_path))
+    assert [(r["state"], r["id"], r["counter"]) for r in reports] == [("activating", job["id"], 2)]
+    # the next boot is trial boot 1
+    _root, p, trial, report = guard.decide(str(tmp_path))
+    assert (trial, p["boots"], report) == (True, 1, None)
+
+
+def test_a_refused_install_reports_its_trust_code(
+    tmp_path: Path, signed: tuple[Keys, ota_release.Release]
+) -> None:
+    keys, rel = signed
+    now = time.time()
+    _staged_device(tmp_path, keys, rel, now)
+    assert guard.install_staged(str(tmp_path), ("shirt", _CAPS, API), now) is True
+    (report,) = updates.take_reports(str(tmp_path))
+    assert report["state"] == "failed" and report["reason"].startswith("wrong_model: ")
+    assert not (tmp_path / guard.POINTER).exists() and not (tmp_path / pb_ota.JOB).exists()
+
+
+def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    (tmp_path / "ota").mkdir()
+    pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
+    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    (tmp_path / guard.POINTER).write_text(json.dumps(pointer))
+    _root, p, trial, report = guard.decide(str(tmp_path))
+    assert (trial, p["state"], p["set"]) == (False, "committed", "features")
+    reason = f"trial did not commit in {guard.MAX_TRIAL_BOOTS} boots"
+    assert report["state"] == "rolled_back" and report["reason"] == reason
+    assert reason in OTA
+
+
+def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
+    (tmp_path / "ota").mkdir()
+    root, p, trial, report = guard.decide(str(tmp_path))
+    assert (root, p, trial) == (None, None, False)
+    assert (report["state"], report["id"], report["counter"]) == ("safe_mode", "-", 0)
+
+
+# ---- the transfer's wire format -----------------------------------------------------------
+
+
+def test_chunk_header_table_is_otaprotos_struct() -> None:
+    rows = table(_ota("3.3"), "| offset |")
+    layout = re.findall(r"(\d*)([a-zA-Z])", otaproto._FMT[1:])
+    offset = 0
+    fields = []
+    for count, code in layout:
+        size = struct.calcsize(">" + (count or "") + code)
+        fields.append((offset, size))
+        offset += size
+    assert [(int(r[0]), int(r[1])) for r in rows] == fields
+    assert offset == otaproto.CHUNK_HEADER == int(re.search(r"A (\d+)-byte header", OTA)[1])  # type: ignore[index]
+    assert otaproto._FMT.startswith(">") and "big-endian" in rows[3][2]
+    # the version byte, the seq, offset and length in the documented places
+    chunk = otaproto.encode_chunk(7, 2048, b"abc", bytes(range(8)), last=True)
+    assert chunk[0] == 1 and chunk[4:8] == (7).to_bytes(4, "big") and chunk[8:12] == (2048).to_bytes(4, "big")
+    assert chunk[12:16] == (3).to_bytes(4, "big") and chunk[16:24] == bytes(range(8))
+
+
+def test_chunk_flags_table() -> None:
+    rows = table(_ota("3.3"), "| flag |")
+    assert {r[0].strip("`"): int(r[1]) for r in rows} == {
+        "FLAG_LAST": otaproto.FLAG_LAST,
+        "FLAG_ERROR": otaproto.FLAG_ERROR,
+    }
+    error_bytes = int(re.search(r"at most (\d+) bytes", rows[1][2])[1])  # type: ignore[index]
+    assert error_bytes == gw_updates._MAX_ERROR
+
+
+def test_status_states_table_is_otaprotos() -> None:
+    rows = table(_ota("3.4"), "| state |")
+    assert [r[0].strip("`") for r in rows] == list(otaproto.STATES)
+    terminal = [s for s in otaproto.STATES if s not in gw_updates.ACTIVE and s != "safe_mode"]
+    assert tuple(terminal) == otaproto.TERMINAL == gw_updates.ENDED
+
+
+def _emitted_states() -> set[str]:
+    """States the firmware puts in a status: report("x", ...), _status(..., "x", ...),
+    {"state": "x"}."""
+    found: set[str] = set()
+    sources = [PB / f"{m}.py" for m in ("ota", "install", "guard", "updates", "updatemode")]
+    for path in sources:
+        found |= string_args(path, "report", 0) | string_args(path, "_status", 0)
+        found |= string_args(path, "_status", 1)
+        text = path.read_text()
+        found |= set(re.findall(r'"state": "(\w+)"', text))
+    return found & set(otaproto.STATES)
+
+
+def test_every_state_but_verified_is_sent_and_the_table_says_who() -> None:
+    rows = {r[0].strip("`"): r[1] for r in table(_ota("3.4"), "| state |")}
+    sent = _emitted_states()
+    assert sent == set(otaproto.STATES) - {"verified"}, "the states table says verified is never sent"
+    assert rows["verified"] == "nobody"
+    assert all(rows[s] != "nobody" for s in sent)
+
+
+def test_kept_statuses_are_documented() -> None:
+    sentence = re.search(r"Of the\s+states (.*?) the runtime", OTA, re.S)
+    assert sentence, "ota.md 3.4 names the kept states"
+    assert set(code_names(sentence[1])) == set(updates._KEPT)
+
+
+def test_the_gateways_ranking_is_documented() -> None:
+    ranked = " < ".join(f"`{s}`" for s in gw_updates.ACTIVE)
+    assert ranked in " ".join(OTA.split()), "ota.md 5.3 ranks the update states as the gateway does"
+
+
+def test_hello_ota_states_are_in_protocol_md() -> None:
+    info = set(all_strings(PB / "updates.py")) & {"factory", "trial", "committed", "safe_mode"}
+    states = info | {s for s in all_strings(PB / "updatemode.py") if s == "updating"}
+    assert states == {"factory", "trial", "committed", "safe_mode", "updating"}
+    documented = set(code_names(" ".join(section(PROTOCOL, "3.1"))))
+    assert states <= documented
+
+
+# ---- the device: config, flash, power cuts, limits -------------------------------------------
+
+
+def _config_keys_read() -> set[str]:
+    keys = set()
+    for path in PB.glob("*.py"):
+        keys |= set(re.findall(r'\.get\("(ota_\w+)"', path.read_text()))
+    return keys
+
+
+def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> None:
+    rows = {r[0].strip("`"): r[1] for r in table(_ota("4.7"))}
+    assert set(rows) == _config_keys_read()
+    agent = _agent(tmp_path)
+    defaults: dict[str, int | None] = {
+        "ota_mode": None,
+        "ota_ram": updates._OTA_RAM,
+        "ota_trial_s": updates._TRIAL_S,
+        "ota_chunk": agent.chunk,
+        "ota_window": agent.window,
+        "ota_timeout_ms": agent.timeout_ms,
+        "ota_tries": agent.tries,
+    }
+    assert {k: None if v == "\u2013" else int(v) for k, v in rows.items()} == defaults
+    assert agent.chunk <= otaproto.MAX_CHUNK
+
+
+def _code_paths() -> set[str]:
+    """The device's update file names: module constants, and literals ending .json."""
+    out: set[str] = set()
+    for module in (pb_ota, guard, install, updates, updatemode):
+        for value in module_strings(module).values():
+            for v in value if isinstance(value, tuple) else (value,):
+                if v.startswith(("ota/", "data/")) or v == guard.FACTORY:
+                    out.add(v)
+    for path in PB.glob("*.py"):
+        for s in all_strings(path):
+            if re.fullmatch(r"/?(ota|data)/[a-z_]+\.json", s):
+                out.add(s.lstrip("/"))
+    return out
+
+
+def _documented_paths() -> set[str]:
+    paths = set()
+    for row in table(_ota("4.8")):
+        for name in code_names(row[0]):
+            paths.add(name.rstrip("/"))
+    return paths
+
+
+def test_flash_layout_names_every_file_the_update_code_uses() -> None:
+    documented = _documented_paths()
+    missing = _code_paths() - documented
+    assert not missing, f"files the code uses that ota.md 4.8 does not list: {missing}"
+    code = _code_paths()
+    stray = {p for p in documented if p.startswith("ota/") and p not in code}
+    assert not stray, f"ota.md 4.8 lists update files the code does not use: {stray}"
+
+
+def test_power_cut_table_lists_exactly_the_fault_points() -> None:
+    points = set()
+    for path in PB.glob("*.py"):
+        points |= string_args(path, "fault", 0) | string_args(path, "fault_point", 0)
+    rows = [r[0].strip("`") for r in table(_ota("4.9"))]
+    assert len(rows) == len(set(rows))
+    assert set(rows) == points
+
+
+def _limit_sources() -> dict[str, Any]:
+    return {
+        "trust.MAX_ENVELOPE": trust.MAX_ENVELOPE,
+        "trust.MAX_SIGNATURES": trust.MAX_SIGNATURES,
+        "trust.MAX_FILES": trust.MAX_FILES,
+        "trust.MAX_PATH": trust.MAX_PATH,
+        "otaproto.MAX_CHUNK": otaproto.MAX_CHUNK,
+        "otaproto.CHUNK_HEADER": otaproto.CHUNK_HEADER,
+        "otafs._WBITS": otafs._WBITS,
+        "guard.MAX_TRIAL_BOOTS": guard.MAX_TRIAL_BOOTS,
+        "install._MAX_INSTALLS": install._MAX_INSTALLS,
+        "guard._MAX_REPORTS": guard._MAX_REPORTS,
+        "updates._MAX_ERROR": gw_updates._MAX_ERROR,
+        "updates.MAX_REASON": gw_updates.MAX_REASON,
+        "updater.OUTBOX": gw_updater.OUTBOX,
+        "updates.DEFAULT_DEADLINE_S": gw_updates.DEFAULT_DEADLINE_S,
+        "updates.DEFAULT_FRESHNESS_TTL_S": gw_updates.DEFAULT_FRESHNESS_TTL_S,
+        "runtime.MAX_PACKET": runtime.MAX_PACKET,
+    }
+
+
+def test_limits_table_matches_the_code() -> None:
+    sources = _limit_sources()
+    documented = {r[2].strip("`"): float(r[1]) for r in table(_ota("4.10"))}
+    assert set(documented) == set(sources), "the limits table and the checked constants differ"
+    for name, value in documented.items():
+        assert value == sources[name], f"{name} is {sources[name]} in the code, {value} in ota.md"
+
+
+def test_limits_that_live_in_two_places_agree() -> None:
+    assert ota_release.ZLIB_WBITS == otafs._WBITS
+    assert keyword_values(updatemode, "MQTTClient", "max_packet") == [runtime.MAX_PACKET]
+    assert keyword_values(runtime, "MQTTClient", "max_packet") == []  # it passes runtime.MAX_PACKET by name
+    assert gw_updates.DEFAULT_DEADLINE_S == 15 * 60 and "15 minutes" in OTA
+
+
+# ---- security.md ------------------------------------------------------------------------------
+
+ATTACK_TESTS = (
+    "test_tampered_file",
+    "test_tampered_manifest",
+    "test_signature_by_unknown_key",
+    "test_lower_release_counter",
+    "test_stale_freshness",
+    "test_manifest_for_another_model",
+    "test_path_escape",
+    "test_endless_data",
+    "test_mix_and_match",
+    "test_truncated_chunk_stream",
+    "test_duplicated_chunk_stream",
+)
+ATTACKS_FILE = "tests/system/test_ota_attacks.py"
+
+
+@pytest.mark.parametrize("name", ATTACK_TESTS)
+def test_security_md_names_every_attack_test(name: str) -> None:
+    # the tests may not exist yet: the doc must name them all the same
+    assert f"`{ATTACKS_FILE}::{name}`" in SECURITY
+
+
+def test_security_md_has_one_section_per_attack() -> None:
+    attacks = section(SECURITY, "3. Attacks", "security.md")
+    headings = [line for line in attacks if line.startswith("### ")]
+    assert len(headings) == len(ATTACK_TESTS)
+    for heading in headings:
+        body = section(SECURITY, heading.lstrip("# ").strip(), "security.md")
+        text = " ".join(body)
+        named = [n for n in ATTACK_TESTS if f"{ATTACKS_FILE}::{n}`" in text]
+        assert len(named) == 1, f"{heading}: names {named}"
+        assert "**Stopped by**" in text and "**Test**" in text, heading
+
+
+def _referenced_tests(text: str) -> set[tuple[str, str]]:
+    return set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text))
+
+
+def _test_exists(path: str, name: str) -> bool:
+    file = ROOT / path
+    if not file.is_file():
+        return False
+    return re.search(rf"^(async )?def {name}\(", file.read_text(), re.M) is not None
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    refs = _referenced_tests(SECURITY) | _referenced_tests(OTA) | _referenced_tests(PROTOCOL)
+    assert refs
+    # the attack tests were written alongside the doc: looked for only once their file exists
+    attacks_written = (ROOT / ATTACKS_FILE).is_file()
+    checked = [(p, n) for p, n in sorted(refs) if p != ATTACKS_FILE or attacks_written]
+    missing = [f"{p}::{n}" for p, n in checked if not _test_exists(p, n)]
+    assert not missing, f"docs name tests that do not exist: {missing}"
+
+
+def test_trust_codes_table_is_what_the_code_raises() -> None:
+    documented = {r[0].strip("`") for r in table(section(SECURITY, "2. Trust codes", "security.md"))}
+    raised = string_args(trust, "TrustError", 0) | string_args(install, "TrustError", 0)
+    assert documented == raised
+    # and the codes the TrustError docstring promises
+    doc = str(TrustError.__doc__)
+    promised = set(re.findall(r"\b[a-z_]+\b", doc.split("docs/security.md):")[1]))
+    assert raised <= promised
