@@ -38,13 +38,14 @@ def keep(d, hello):
     the digest of what matters, for the next time."""
     import hashlib
 
-    h = json.loads(hello)
-    for k in ("ts", "heap_free"):
-        h.pop(k, None)
-    key = hashlib.sha256(json.dumps(h).encode("utf-8")).digest()[:8]
-    if key != d.hello_key:
-        try:
+    try:
+        h = json.loads(hello)
+        for k in ("ts", "heap_free"):
+            h.pop(k, None)
+        key = hashlib.sha256(json.dumps(h).encode("utf-8")).digest()[:8]
+        h = None
+        if key != d.hello_key:
             write_atomic(d.base + "/data/hello.json", hello)
-        except StoreError:
-            return d.hello_key  # not kept: try again next time
+    except (MemoryError, StoreError):
+        return d.hello_key  # not kept (a fragmented heap, a full flash): next time
     return key

@@ -85,26 +85,32 @@ class Mosquitto:
         returns once they are accepted."""
         with self._users:  # mosquitto_passwd rewrites the whole file
             add_password(self.files.passwords, username, password)
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGHUP)
-            deadline = time.monotonic() + 5
-            while self.try_connect(username, password) != 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not accept the new user {username}")
+        self._reload_until_accepted(username, password)
+
+    def _reload_until_accepted(self, username: str, password: str) -> None:
+        # SIGHUP again every half second: a reload that read the file while
+        # another thread was rewriting it did not see this user
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        deadline = time.monotonic() + 15
+        next_hup = 0.0
+        while True:
+            if time.monotonic() >= next_hup:
+                os.kill(self.proc.pid, signal.SIGHUP)
+                next_hup = time.monotonic() + 0.5
                 time.sleep(0.02)
+            if self.try_connect(username, password) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not accept the new user {username}")
+            time.sleep(0.02)
 
     def add_users(self, users: dict[str, str]) -> None:
         """Add many credentials at once (one reload); returns once the last is accepted."""
         with self._users:
             add_passwords(self.files.passwords, users)
-        if self.proc is not None and self.proc.poll() is None and users:
-            os.kill(self.proc.pid, signal.SIGHUP)
-            user, password = list(users.items())[-1]
-            deadline = time.monotonic() + 5
-            while self.try_connect(user, password) != 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not accept the new user {user}")
-                time.sleep(0.02)
+        if users:
+            self._reload_until_accepted(*list(users.items())[-1])
 
     def try_connect(self, username: str | None, password: str | None, client_id: str = "") -> int:
         """CONNACK return code for a CONNECT with these credentials."""
