@@ -35,7 +35,6 @@ import contextlib
 import cProfile
 import ctypes
 import getpass
-import hashlib
 import json
 import os
 import pstats
@@ -56,6 +55,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from gateway.broker import GATEWAY_USER, MosquittoProcess, free_port, mosquitto_config, password_line
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "fleet.json"
@@ -123,56 +124,24 @@ def _stop_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
         proc.wait()
 
 
-def mosquitto_hash(password: str) -> str:
-    """A Mosquitto 2 password file hash ($7$: PBKDF2-SHA512, 101 rounds),
-    as mosquitto_passwd writes it; computed here once for every device."""
-    salt = os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-class Broker:
+class Broker(MosquittoProcess):
     """Mosquitto with the product's configuration (gateway/broker.py: passwords,
     ACLs) and no connection limit; every device in the password file."""
 
     def __init__(self, directory: Path, devices: Sequence[str]) -> None:
-        from gateway.broker import GATEWAY_USER, free_port, mosquitto_config
-
-        self.port = free_port()
+        port = free_port()
         self.files = mosquitto_config(
             directory,
-            self.port,
+            port,
             users={GATEWAY_USER: GATEWAY_PASSWORD},
             run_as=getpass.getuser(),
             extra="max_connections -1",
         )
-        line = mosquitto_hash(DEVICE_PASSWORD)
+        # one hash for every device: 10,000 PBKDF2 rounds would only add time
+        line = password_line("x", DEVICE_PASSWORD).split(":", 1)[1]
         with self.files.passwords.open("a") as f:
             f.writelines(f"{d}:{line}\n" for d in devices)
-        self.log = directory / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Broker:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [exe, "-c", str(self.files.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup,
-            )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        _stop_process(self.proc)
+        super().__init__(self.files.conf, port, directory / "mosquitto.log", preexec_fn=_child_setup)
 
     @property
     def pid(self) -> int:
@@ -718,7 +687,8 @@ def session(
     work.mkdir(parents=True)
     models: dict[str, int] = spec["models"]
     ids = [i for k in range(procs) for i in fleet_ids(procs, models, k)]
-    broker = Broker(work / "mosquitto", ids).start()
+    broker = Broker(work / "mosquitto", ids)
+    broker.start()
     gw: GatewayProc | None = None
     fleets: list[FleetProc] = []
     sub = None

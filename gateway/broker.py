@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,63 @@ class MosquittoFiles:
     conf: Path
     passwords: Path
     acl: Path
+
+
+def mosquitto_binary() -> str:
+    """The mosquitto executable. Raises BrokerError if it is not installed."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise BrokerError("mosquitto not found: install the mosquitto package")
+    return exe
+
+
+class MosquittoProcess:
+    """Mosquitto run from a configuration file, listening on loopback at
+    port. start() returns once it accepts connections; restart() is the
+    broker-restart fault of tests and the simulator. preexec_fn: run in the
+    child before exec (limits, death with the parent)."""
+
+    def __init__(self, conf: Path, port: int, log: Path, preexec_fn: Any = None) -> None:
+        self.conf = conf
+        self.port = port
+        self.log = log
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Raises BrokerError if it does not listen within 10 s."""
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise BrokerError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
 
 
 def mosquitto_passwd() -> str:

@@ -9,16 +9,14 @@ import asyncio
 import contextlib
 import json
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.broker import BrokerUrl, EmbeddedBroker, free_port
-from gateway.errors import ConfigError
+from gateway.broker import BrokerUrl, EmbeddedBroker, MosquittoProcess, free_port, mosquitto_binary
+from gateway.errors import BrokerError, ConfigError
 from gateway.paths import default_db
 
 from .fleet import MODELS, Fleet, split
@@ -27,66 +25,23 @@ SUMMARY_EVERY_S = 1.0  # on a terminal; elsewhere a line every LOG_EVERY_S
 LOG_EVERY_S = 5.0
 
 
-class LocalMosquitto:
-    """A Mosquitto of the simulator's own on loopback, open to any client
-    (a developer's machine, nothing to configure); restartable, for the
-    broker-restart fault."""
-
-    def __init__(self, directory: Path, port: int = 0) -> None:
-        self.dir = directory
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def available() -> str | None:
-        return shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto",) if Path(p).is_file()), None
-        )
-
-    @property
-    def url(self) -> BrokerUrl:
-        return BrokerUrl("127.0.0.1", self.port)
-
-    def start(self) -> None:
-        binary = self.available()
-        if binary is None:
-            raise ConfigError("mosquitto is not installed")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
-            "set_tcp_nodelay true\nmax_queued_messages 1000\npersistence false\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
-        )
-        with (self.dir / "mosquitto.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + 5
-        import socket
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ConfigError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()[-500:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise ConfigError(f"mosquitto did not listen on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self, down_for: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
+def local_mosquitto(directory: Path) -> MosquittoProcess | None:
+    """A Mosquitto of the simulator's own on a free loopback port, open to
+    any client (a developer's machine, nothing to configure), or None if
+    Mosquitto is not installed. Restartable, for the broker-restart fault."""
+    try:
+        mosquitto_binary()
+    except BrokerError:
+        return None
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
+        "set_tcp_nodelay true\nmax_queued_messages 1000\npersistence false\n"
+        "log_dest stderr\nlog_type error\nlog_type warning\n"
+    )
+    return MosquittoProcess(conf, port, directory / "mosquitto.log")
 
 
 def register(sub: Any) -> None:
@@ -199,15 +154,14 @@ async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> 
         work = (
             Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         )
-        own: LocalMosquitto | None = None
+        own = None if args.broker else local_mosquitto(work / "broker")
         embedded: EmbeddedBroker | None = None
         if args.broker:
             broker = BrokerUrl.parse(args.broker)
-        elif LocalMosquitto.available():
-            own = LocalMosquitto(work / "broker")
+        elif own is not None:
             own.start()
             stack.callback(own.stop)
-            broker = own.url
+            broker = BrokerUrl("127.0.0.1", own.port)
         else:
             embedded = EmbeddedBroker()
             broker = await embedded.start()

@@ -5,9 +5,9 @@ import json
 
 from .compat import forget, format_exception, sleep_ms, ticks_diff, ticks_ms
 from .store import read_bytes, write_atomic
+from .updates import LAST_STATUS
 
 POINTER = "ota/active.json"
-LAST_STATUS = "ota/status.json"
 
 
 def committed_unsaid(u):

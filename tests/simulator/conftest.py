@@ -9,11 +9,13 @@ import contextlib
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.broker import BrokerUrl
 from gateway.paths import firmware_dir
 from gateway.releases import StoredRelease
 from gateway.service import Gateway
@@ -23,6 +25,7 @@ from ota.keys import Keys, keygen
 from ota.release import build
 from simulator.clock import SimClock
 from simulator.device import VirtualDevice
+from simulator.fleet import Fleet
 
 from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
@@ -105,19 +108,24 @@ async def rig(tmp_path: Path, mosquitto: Mosquitto, keys: Keys) -> AsyncIterator
 
 @pytest.fixture
 async def make_device(tmp_path: Path, mosquitto: Mosquitto, keys: Keys) -> AsyncIterator[MakeDevice]:
-    """make_device(model="thermostat", **VirtualDevice options): a virtual
-    device with broker credentials, trusting `keys`, booted and running."""
+    """make_device(model="thermostat", dev_id=None, via=None, **VirtualDevice
+    options): a virtual device with broker credentials, trusting `keys`,
+    booted and running. via: the address it connects to instead of the
+    broker's (a link in front of it)."""
     running: list[tuple[VirtualDevice, asyncio.Task[None]]] = []
 
-    async def make(model: str = "thermostat", **options: Any) -> VirtualDevice:
-        dev_id, password = unique_id(model[:2]), secrets.token_urlsafe(12)
+    async def make(
+        model: str = "thermostat", dev_id: str | None = None, via: BrokerUrl | None = None, **options: Any
+    ) -> VirtualDevice:
+        dev_id, password = dev_id or unique_id(model[:2]), secrets.token_urlsafe(12)
         mosquitto.add_user(dev_id, password)
         options.setdefault("root", keys.root_bytes)
         options.setdefault("trial_s", TRIAL_S)
         options.setdefault("telemetry_s", 1)
         options.setdefault("sample_s", 0.2)
+        broker = via or mosquitto.url
         dev = VirtualDevice(
-            dev_id, model, mosquitto.url, tmp_path / "devices", SimClock(), 1, password=password, **options
+            dev_id, model, broker, tmp_path / "devices", SimClock(), 1, password=password, **options
         )
         task = asyncio.create_task(dev.run(), name=f"sim-{dev_id}")
         running.append((dev, task))
@@ -130,3 +138,43 @@ async def make_device(tmp_path: Path, mosquitto: Mosquitto, keys: Keys) -> Async
     for _, task in running:
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 10)
+
+
+@dataclass
+class FleetRig:
+    fleet: Fleet
+    gw: Gateway
+    store: Store
+    ids: list[str]  # every device, virtual and process
+    prefix: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def fleet_rig(
+    broker: Mosquitto, workdir: Path, models: dict[str, int], **options: Any
+) -> AsyncIterator[FleetRig]:
+    """A fleet (ids unique on the broker, a password each) and a gateway
+    without keys in this loop, both running; stopped after. options: Fleet's."""
+    tag = secrets.token_hex(2)
+    prefix = {m: f"{m[0]}{tag}" for m in models}
+    passwords: dict[str, str] = {}
+    fleet = Fleet(
+        broker.url,
+        workdir / "devices",
+        models=models,
+        prefix=prefix,
+        passwords=lambda dev: passwords.setdefault(dev, secrets.token_urlsafe(9)),
+        **options,
+    )
+    broker.add_users(passwords)
+    store = Store(workdir / "gw.db")
+    gw = Gateway(broker.gateway_url, store, client_id=f"gw-fleet-{tag}", api=None)
+    gw_task = asyncio.create_task(gw.run(), name="test-gateway")
+    fleet.start()
+    try:
+        yield FleetRig(fleet, gw, store, list(passwords), prefix)
+    finally:
+        await fleet.aclose(30)
+        gw_task.cancel()
+        await asyncio.gather(gw_task, return_exceptions=True)
+        store.close()

@@ -6,21 +6,17 @@ stay right. Link faults are in test_link.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import secrets
 from pathlib import Path
 from typing import Any
 
-from gateway.service import Gateway
-from gateway.store import Store
 from simulator.device import VirtualDevice
 from simulator.faults import DeviceFaults
-from simulator.fleet import Fleet, split
+from simulator.fleet import split
 
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import MakeDevice, Rig
+from .conftest import MakeDevice, Rig, fleet_rig
 
 
 def events(rig: Rig, dev: VirtualDevice) -> list[dict[str, Any]]:
@@ -185,25 +181,10 @@ def test_split_shares_devices_over_models() -> None:
 async def test_a_broker_restart_every_device_reconnects_and_the_gateway_counts_them(
     own_mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    passwords = {f"{p}-{i}": secrets.token_urlsafe(9) for p in ("th", "sh") for i in (1, 2, 3)}
-    for user, pw in passwords.items():
-        own_mosquitto.add_user(user, pw)
-    store = Store(tmp_path / "gw.db")
-    gw = Gateway(own_mosquitto.gateway_url, store, client_id="gw-restart", api=None)
-    gw_task = asyncio.create_task(gw.run())
-    fleet = Fleet(
-        own_mosquitto.url,
-        tmp_path / "devices",
-        models=split(6, ["thermostat", "shirt"]),
-        seed=3,
-        telemetry_s=0.5,
-        sample_s=0.2,
-        keepalive=5,
-        passwords=passwords.__getitem__,
-    )
-    fleet.faults.broker = own_mosquitto
-    fleet.start()
-    try:
+    options = {"seed": 3, "telemetry_s": 0.5, "sample_s": 0.2, "keepalive": 5}
+    async with fleet_rig(own_mosquitto, tmp_path, split(6, ["thermostat", "shirt"]), **options) as r:
+        fleet, gw, store = r.fleet, r.gw, r.store
+        fleet.faults.broker = own_mosquitto
         await fleet.wait_connected(20)
         await async_wait_for(lambda: gw.stats()["online"] == 6, 20, what="6 online at the gateway")
         await fleet.faults.broker_restart(1.0)
@@ -221,9 +202,3 @@ async def test_a_broker_restart_every_device_reconnects_and_the_gateway_counts_t
         await async_wait_for(lambda: store.telemetry_count() > rows + 6, 15, what="telemetry flowing again")
         assert len(store.devices()) == 6  # the same six, nobody counted twice
         assert fleet.summary().connected == 6
-    finally:
-        await fleet.aclose()
-        gw_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gw_task
-        store.close()

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 from gateway.broker import password_line
-from gateway.service import Gateway
-from gateway.store import Store
 from simulator.fleet import Fleet, split
 
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
+from .conftest import fleet_rig
 
 N = 200
 
@@ -26,27 +24,10 @@ N = 200
 async def test_a_fleet_of_200_connects_reports_and_follows_commands(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    tag = secrets.token_hex(2)
-    prefix = {"thermostat": f"t{tag}", "shirt": f"s{tag}"}
-    models = split(N, ["thermostat", "shirt"])
-    ids = [f"{prefix[m]}-{i}" for m, n in models.items() for i in range(1, n + 1)]
-    passwords = {i: secrets.token_urlsafe(9) for i in ids}
-    mosquitto.add_users(passwords)
-    store = Store(tmp_path / "gw.db")
-    gw = Gateway(mosquitto.gateway_url, store, client_id=f"gw-fleet-{tag}", api=None)
-    gw_task = asyncio.create_task(gw.run())
-    fleet = Fleet(
-        mosquitto.url,
-        tmp_path / "devices",
-        models=models,
-        seed=11,
-        telemetry_s=2,
-        sample_s=0.5,
-        prefix=prefix,
-        passwords=passwords.__getitem__,
-    )
-    fleet.start()
-    try:
+    async with fleet_rig(
+        mosquitto, tmp_path, split(N, ["thermostat", "shirt"]), seed=11, telemetry_s=2, sample_s=0.5
+    ) as r:
+        fleet, gw, store, ids, prefix = r.fleet, r.gw, r.store, r.ids, r.prefix
         await fleet.wait_connected(60)
         assert fleet.summary().connected == N
         await async_wait_for(
@@ -83,11 +64,6 @@ async def test_a_fleet_of_200_connects_reports_and_follows_commands(
         s = fleet.summary()
         assert (s.devices, s.connected, s.failed) == (N, N, 0)
         assert gw.stats()["online"] >= N
-    finally:
-        await fleet.aclose(30)
-        gw_task.cancel()
-        await asyncio.gather(gw_task, return_exceptions=True)
-        store.close()
 
 
 def test_the_same_seed_makes_the_same_fleet(tmp_path: Path) -> None:
@@ -169,29 +145,11 @@ def test_sim_run_refuses_what_it_cannot_do() -> None:
 async def test_a_fleet_runs_some_devices_on_the_micropython_unix_port(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    tag = secrets.token_hex(2)
-    prefix = {"thermostat": f"t{tag}", "shirt": f"s{tag}"}
-    ids = [f"t{tag}-1", f"t{tag}-2", f"s{tag}-1"]
-    passwords = {i: secrets.token_urlsafe(9) for i in ids}
-    mosquitto.add_users(passwords)
-    store = Store(tmp_path / "gw.db")
-    gw = Gateway(mosquitto.gateway_url, store, client_id=f"gw-mp-{tag}", api=None)
-    gw_task = asyncio.create_task(gw.run())
-    fleet = Fleet(
-        mosquitto.url,
-        tmp_path / "devices",
-        models={"thermostat": 2, "shirt": 1},
-        seed=2,
-        telemetry_s=0.5,
-        sample_s=0.2,
-        prefix=prefix,
-        passwords=passwords.__getitem__,
-        micropython=1,
-    )
-    assert [p.id for p in fleet.processes] == [f"t{tag}-2"] and len(fleet.devices) == 2
-    proc = fleet.processes[0]
-    fleet.start()
-    try:
+    options = {"seed": 2, "telemetry_s": 0.5, "sample_s": 0.2, "micropython": 1}
+    async with fleet_rig(mosquitto, tmp_path, {"thermostat": 2, "shirt": 1}, **options) as r:
+        fleet, gw, store, ids = r.fleet, r.gw, r.store, r.ids
+        assert [p.id for p in fleet.processes] == [f"{r.prefix['thermostat']}-2"] and len(fleet.devices) == 2
+        proc = fleet.processes[0]
         await async_wait_for(lambda: all(gw.is_online(i) for i in ids), 30, what="all three online")
         record = store.device(proc.id)
         assert record is not None and record.platform == "micropython"
@@ -202,9 +160,4 @@ async def test_a_fleet_runs_some_devices_on_the_micropython_unix_port(
         # and what it drives reaches the plant
         assert proc.plant.relay == (store.telemetry(proc.id, 1)[0].data["actuators"]["relay"] is True)
         assert fleet.summary().processes_running == 1
-    finally:
-        await fleet.aclose(30)
-        gw_task.cancel()
-        await asyncio.gather(gw_task, return_exceptions=True)
-        store.close()
     assert not proc.running

@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 
 from firmware.pb import mqtt
 from gateway.broker import GATEWAY_USER
-from ota.keys import Keys
-from simulator.clock import SimClock
 from simulator.device import VirtualDevice
 from simulator.link import (
     Framer,
@@ -38,7 +36,7 @@ from simulator.link import (
 from ..conftest import unique_id
 from ..support.mosquitto import GATEWAY_PASSWORD, Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import TRIAL_S, Rig
+from .conftest import MakeDevice, Rig
 
 # ---- framing: pure ------------------------------------------------------------
 
@@ -377,34 +375,15 @@ MakeLinked = Callable[..., Awaitable[VirtualDevice]]
 
 
 @pytest.fixture
-async def make_linked(
-    tmp_path: Path, mosquitto: Mosquitto, keys: Keys, link: Link
-) -> AsyncIterator[MakeLinked]:
-    """make_linked(dev_id=None, **VirtualDevice options): a virtual device
-    whose broker is the link, booted and connected. A fixed dev_id (unique
-    in the session) makes the link's choices for it the same on every run."""
-    running: list[tuple[VirtualDevice, asyncio.Task[None]]] = []
+def make_linked(make_device: MakeDevice, link: Link) -> MakeLinked:
+    """make_linked(dev_id=None, **VirtualDevice options): a thermostat whose
+    broker is the link, booted and connected. A fixed dev_id (unique in the
+    session) makes the link's choices for it the same on every run."""
 
     async def make(dev_id: str | None = None, **options: Any) -> VirtualDevice:
-        dev_id, password = dev_id or unique_id("lk"), secrets.token_urlsafe(12)
-        mosquitto.add_user(dev_id, password)
-        options.setdefault("root", keys.root_bytes)
-        options.setdefault("trial_s", TRIAL_S)
-        options.setdefault("telemetry_s", 1)
-        options.setdefault("sample_s", 0.2)
-        dev = VirtualDevice(
-            dev_id, "thermostat", link.url, tmp_path / "devices", SimClock(), 1, password=password, **options
-        )
-        running.append((dev, asyncio.create_task(dev.run(), name=f"sim-{dev_id}")))
-        await async_wait_for(lambda: dev.device is not None and dev.device.client.up, 10, what="device up")
-        return dev
+        return await make_device("thermostat", dev_id=dev_id or unique_id("lk"), via=link.url, **options)
 
-    yield make
-    for dev, _ in running:
-        dev.stop()
-    for _, task in running:
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, 10)
+    return make
 
 
 async def test_a_device_through_the_link_reaches_the_broker(

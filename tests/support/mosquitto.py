@@ -5,28 +5,30 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 from firmware.pb import mqtt
-from gateway.broker import GATEWAY_USER, BrokerUrl, add_password, add_passwords, free_port, mosquitto_config
+from gateway.broker import (
+    GATEWAY_USER,
+    BrokerUrl,
+    MosquittoProcess,
+    add_password,
+    add_passwords,
+    free_port,
+    mosquitto_config,
+)
 
 GATEWAY_PASSWORD = "gateway-secret"
 
 
-def mosquitto_binary() -> str:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-    return exe
+class Mosquitto(MosquittoProcess):
+    """A broker of the tests' own: the product's configuration (passwords,
+    ACLs) on a free loopback port."""
 
-
-class Mosquitto:
     def __init__(self, directory: Path, port: int | None = None, persistence: bool = False) -> None:
         self.dir = directory
         self.port = port or free_port()
@@ -37,9 +39,8 @@ class Mosquitto:
             persistence=persistence,
             run_as=getpass.getuser(),
         )
-        self.log = directory / "mosquitto.log"
+        super().__init__(self.files.conf, self.port, directory / "mosquitto.log")
         self._users = threading.Lock()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> BrokerUrl:
@@ -49,36 +50,6 @@ class Mosquitto:
     @property
     def gateway_url(self) -> BrokerUrl:
         return self.url.with_credentials(GATEWAY_USER, GATEWAY_PASSWORD)
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(self.files.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self, down_for: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
 
     def add_user(self, username: str, password: str) -> None:
         """Add credentials; the running broker reloads them (SIGHUP), and this
