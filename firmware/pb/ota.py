@@ -176,7 +176,10 @@ class Agent:
             self.stats["dropped"] += 1
             return
         if flags & FLAG_ERROR:
-            self._error = bytes(data).decode("utf-8")[:120]
+            try:
+                self._error = bytes(data).decode("utf-8")[:120]
+            except ValueError:  # (UnicodeError) the gateway's words, not readable
+                self._error = "an error the gateway could not put in UTF-8"
         elif len(data) != req[1]:
             self.stats["dropped"] += 1
             return
@@ -196,6 +199,8 @@ class Agent:
         while True:
             job = self.job
             if job is None:
+                if self.once:
+                    return  # (update mode with its offer refused: back to normal)
                 self._wake.clear()
                 await self._wake.wait()
                 continue

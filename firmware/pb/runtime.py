@@ -103,7 +103,7 @@ class Device:
         self._done = asyncio.Event()
         self._tasks = []
         self._crash = None
-        self._reserve = None
+        self._reserve = None  # the block; False once given up for good
         self.hello_key = None  # digest of the hello last kept on flash (pb/hello.py)
         self._hello_due = False  # a hello could not be built: sent again from the sampler
         self._exit = None
@@ -172,17 +172,18 @@ class Device:
             raise self._crash
         return self._exit
 
-    def spare(self, use):
+    def spare(self, use, for_good=False):
         """Give the RAM kept in reserve back to the heap (use=True), or take
         it again. Modules loaded on demand (a command's, an update's) need
         blocks of some size; between telemetry the heap of a small board is
-        too fragmented to have them, so one whole block is kept for them."""
+        too fragmented to have them, so one whole block is kept for them.
+        for_good: never taken again (a download needs it all)."""
         if not MICROPYTHON:
             return
         import gc
 
         if use:
-            self._reserve = None
+            self._reserve = False if for_good or self._reserve is False else None
             gc.collect()
         elif self._reserve is None:
             gc.collect()
@@ -331,6 +332,7 @@ class Device:
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
         online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
+        self.spare(True)
         from .hello import build, keep
 
         try:
@@ -338,6 +340,7 @@ class Device:
             self.hello_key = keep(self, hello)
         finally:
             forget(("pb.hello",))
+            self.spare(False)
         self._hello_due = False
         return [
             (self.topic("hello"), hello, 1, True),
@@ -366,10 +369,13 @@ class Device:
         self._hello_due = True
         if not self.client.up:
             return
+        self.spare(True)  # its module and the message need blocks of some size
         try:
             self._publish("hello", self.hello(), 1, True)
         except MemoryError:
-            return
+            return  # (the sampler tries again)
+        finally:
+            self.spare(False)
         self._hello_due = False
 
     # ---- commands ----------------------------------------------------------

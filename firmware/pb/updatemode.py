@@ -11,6 +11,7 @@ from .mqtt_client import MQTTClient
 from .ota import Agent, configure
 from .otafs import held_files
 from .store import read_bytes
+from .updates import keep_status
 
 OFFER = "ota/offer.json"
 
@@ -38,7 +39,9 @@ async def run(base, config, hal, counter, root):
     def status(msg):
         msg["dev"] = dev
         msg["ts"] = hal.time()
-        client.publish(prefix + "ota/status", json.dumps(msg), 1, True)
+        data = json.dumps(msg)
+        keep_status(base, msg["state"], data)
+        client.publish(prefix + "ota/status", data, 1, True)
 
     def request(uid, obj, off, length, seq):
         msg = {"v": 1, "dev": dev, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
@@ -98,8 +101,10 @@ async def run(base, config, hal, counter, root):
         await agent.run()  # returns once the update is staged or has failed
         if agent.restart:
             print("pb[%s]: update mode: out of RAM, going on after a reset" % dev)
+        # what it reports goes before the reset (it is kept on flash too, and
+        # the runtime says it again at its connect if this link never came up)
         t0 = ticks_ms()
-        while client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
+        while (client.pending() or not client.up) and ticks_diff(ticks_ms(), t0) < 5000:
             await sleep_ms(20)
         await client.close()
     finally:

@@ -19,6 +19,16 @@ _KEPT = ("trial", "committed", "rolled_back", "failed")
 REPORTS = "ota/reports.json"
 
 
+def keep_status(base, state, data):
+    """An outcome is said again at every connect, until a later one replaces
+    it: a reset right after must not leave the gateway without it."""
+    if state in _KEPT:
+        try:
+            write_atomic(base + "/" + LAST_STATUS, data.encode("utf-8"))
+        except StoreError:
+            pass  # a full flash: said now, if not again
+
+
 def take_reports(base):
     """The statuses the boot guard kept on flash, oldest first; they go."""
     import os
@@ -77,7 +87,7 @@ class Updates:
 
     def _agent(self):
         if self.agent is None:
-            self.dev.spare(True)  # for good: a download needs it all
+            self.dev.spare(True, True)  # for good: a download needs it all
             from .ota import Agent, configure
 
             d = self.dev
@@ -104,7 +114,7 @@ class Updates:
         if cfg.get("ota_mode") == "lean":
             return False
         free = mem_free()
-        if free >= 0 and self.dev._reserve is not None:
+        if free >= 0 and self.dev._reserve:
             free += len(self.dev._reserve)  # given back to a download
         return free < 0 or free >= cfg.get("ota_ram", _OTA_RAM)
 
@@ -113,7 +123,8 @@ class Updates:
         the download run; an offer not yet taken goes along on flash."""
         d = self.dev
         if offer is not None:
-            write_atomic(d.base + "/" + OFFER, bytes(offer))
+            d.spare(True)  # a reset follows: what is kept for a bad day is for now
+            write_atomic(d.base + "/" + OFFER, offer)  # (no copy: RAM is short)
         else:
             data = read_bytes(d.base + "/ota/job.json")
             job = json.loads(data)
@@ -152,13 +163,7 @@ class Updates:
         if "ts" not in msg:
             msg["ts"] = d.now()
         data = json.dumps(msg)
-        if msg["state"] in _KEPT:
-            # said again at every connect, until a later one replaces it: a
-            # reset right after must not leave the gateway without the outcome
-            try:
-                write_atomic(d.base + "/" + LAST_STATUS, data.encode("utf-8"))
-            except StoreError:
-                pass  # a full flash: said now, if not again
+        keep_status(d.base, msg["state"], data)
         d.client.publish(d.topic("ota/status"), data, 1, True)
         if msg["state"] not in ("downloading", "offered"):
             d.log("update %s: %s %s" % (msg.get("id"), msg["state"], msg.get("reason") or ""))

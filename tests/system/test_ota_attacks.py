@@ -23,6 +23,7 @@ from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import Offer, sha256
 from ..support.processes import DeviceProcess
+from ..support.wait import wait_for
 from .conftest import FEATURES, assert_on_factory, offer_of, ota_device, running_set, serve
 
 pytestmark = pytest.mark.slow
@@ -132,6 +133,22 @@ def test_manifest_for_another_model(
     reason = refused(mosquitto, device, offer_of(shirt, keys))
     assert reason.startswith("wrong_model:")
     assert_on_factory(device)
+
+
+def test_refused_in_update_mode(
+    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    # a board that downloads only in update mode (too little RAM beside its
+    # features) refuses there just the same, says why, and goes back to them
+    dev = ota_device(mosquitto, make_device, keys, ota_mode="lean")
+    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, True, keys)
+    reason = refused(mosquitto, dev, offer_of(shirt, keys))
+    assert reason.startswith("wrong_model:")
+    wait_for(lambda: dev.output().count("booted (") >= 2, 30, what="the features back")
+    assert "update mode: downloading" in dev.output()
+    assert_on_factory(dev)
+    last = json.loads((dev.path / "ota" / "status.json").read_text())
+    assert (last["state"], last["reason"]) == ("failed", reason)  # said again at the next connect
 
 
 @pytest.mark.parametrize("path", ["thermostat/../../boot.py", "/boot.py", "thermostat//x.py"])
