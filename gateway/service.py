@@ -158,13 +158,14 @@ class Gateway:
                     clean_session=False,
                     keepalive=30,
                     timeout=10,
-                    tls_context=self.tls_context if b.tls else None,
+                    tls_context=(self.tls_context or ssl.create_default_context()) if b.tls else None,
                     # requests and chunks are small and go back and forth:
                     # Nagle's delay would cost 40 ms and more each
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                 ) as client:
                     for pattern in SUBSCRIPTIONS:
                         await client.subscribe(pattern, qos=1)
+                    _raise_if_cancelled()
                     self._client = client
                     self.connected.set()
                     log.info("connected to broker %s", b)
@@ -185,7 +186,8 @@ class Gateway:
     async def _flush_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._flush_now.wait()
             self._flush_now.clear()
             self.flush()
 
@@ -323,6 +325,7 @@ class Gateway:
             await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             raise GatewayError(f"could not publish on {topic}: {exc}") from exc
+        _raise_if_cancelled()
 
     def is_online(self, dev: str) -> bool:
         live = self._live.get(dev)
@@ -357,7 +360,9 @@ class Gateway:
         self.store.add_command(cmd_id, dev, op, args or {}, time.time())
         try:
             await client.publish(proto.topic(dev, "cmd"), payload, qos=1)
-            return await asyncio.wait_for(fut, timeout)
+            _raise_if_cancelled()
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             self.store.finish_command(cmd_id, "timeout", None, time.time())
             raise CommandTimeoutError(f"{dev} did not answer {op} within {timeout:g}s") from None
@@ -383,3 +388,12 @@ class Gateway:
 def _telemetry_data(msg: dict[str, Any]) -> dict[str, Any]:
     """What is stored of a telemetry message: all but the envelope."""
     return {k: v for k, v in msg.items() if k not in ("v", "dev", "seq", "ts")}
+
+
+def _raise_if_cancelled() -> None:
+    """aiomqtt waits with asyncio.wait_for, which on Python 3.11 swallows a
+    cancel that comes as the wait ends: a loop that goes on publishing
+    would never stop. Called after such a wait."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -6,6 +6,7 @@ deadline, stale retained statuses, and a gateway restart mid-update."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 import pytest
 
 from firmware.pb.errors import TrustError
+from gateway.broker import BrokerUrl
 from gateway.errors import DeviceOfflineError, UpdateRefusedError
+from gateway.service import Gateway
+from gateway.store import Store
 from ota.keys import Keys
 from ota.release import Release
 
@@ -260,3 +264,35 @@ async def test_an_update_is_refused_for_an_offline_device_or_a_wrong_model(
         await r.gw.ota.start(gone.id, "thermostat@2")
     u = await r.gw.ota.start(gone.id, "thermostat@2", force=True)
     assert u.state == "offered"
+
+
+async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path: Any) -> None:
+    # aiomqtt waits for a publish with asyncio.wait_for, which on Python 3.11
+    # swallows a cancel that comes as the wait ends; the sender, a loop, must
+    # stop all the same (it once kept a stopping gateway waiting for ever)
+    class Swallowing:
+        publishes = 0
+        swallow = True
+
+        async def publish(self, *args: Any, **kwargs: Any) -> None:
+            self.publishes += 1
+            with contextlib.suppress(asyncio.CancelledError if self.swallow else ()):
+                await asyncio.sleep(10)
+
+    gw = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(tmp_path / "gw.db"), api=None)
+    client = Swallowing()
+    gw._client = client  # type: ignore[assignment]  # the session's slot
+    for _ in range(3):
+        gw.ota._outbox.put_nowait(("pb/th-1/ota/chunk", b"chunk"))
+    sender = asyncio.create_task(gw.ota.send_loop())
+    await async_wait_for(lambda: client.publishes == 1, 2, what="the first publish")
+    sender.cancel()
+    await asyncio.wait([sender], timeout=2)
+    try:
+        assert sender.cancelled() and client.publishes == 1
+    finally:
+        client.swallow = False
+        while not sender.done():  # (so that a failure here does not hang the suite)
+            sender.cancel()
+            await asyncio.wait([sender], timeout=0.1)
+        gw.store.close()
