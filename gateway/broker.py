@@ -214,13 +214,6 @@ class MosquittoProcess:
         self.start()
 
 
-def mosquitto_passwd() -> str:
-    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(exe).exists():
-        raise BrokerError("mosquitto_passwd not found: install the mosquitto package")
-    return exe
-
-
 def password_line(username: str, password: str, iterations: int = 101) -> str:
     """One line of a Mosquitto (2.x) password file: PBKDF2-SHA512 with a
     random salt, as mosquitto_passwd writes it, without running it."""
@@ -237,8 +230,9 @@ def password_line(username: str, password: str, iterations: int = 101) -> str:
 
 
 def add_passwords(passwords: Path, users: dict[str, str]) -> None:
-    """Add or replace many users in a Mosquitto password file at once (a
-    fleet's worth: mosquitto_passwd would run once per user)."""
+    """Add or replace many users in a Mosquitto password file at once, in
+    one step (a fleet's worth: mosquitto_passwd would run once per user and
+    rewrite the file in place each time)."""
     lines = passwords.read_text().splitlines() if passwords.exists() else []
     kept = [line for line in lines if line.split(":", 1)[0] not in users]
     kept += [password_line(u, p) for u, p in users.items()]
@@ -254,18 +248,11 @@ def add_passwords(passwords: Path, users: dict[str, str]) -> None:
 
 
 def add_password(passwords: Path, username: str, password: str) -> None:
-    """Add or replace one user in a Mosquitto password file (hashed)."""
-    if not passwords.exists():
-        passwords.touch(mode=0o600)
-    try:
-        subprocess.run(
-            [mosquitto_passwd(), "-b", str(passwords), username, password],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        raise BrokerError(f"mosquitto_passwd failed: {exc.stderr.strip()}") from exc
+    """Add or replace one user in a Mosquitto password file (hashed). The
+    file is replaced in one step: a broker reloading it meanwhile (SIGHUP)
+    reads the old users or the new, never a part, which would disconnect
+    every client whose user it did not see."""
+    add_passwords(passwords, {username: password})
 
 
 def mosquitto_config(
@@ -289,8 +276,7 @@ def mosquitto_config(
     files = MosquittoFiles(directory / "mosquitto.conf", directory / "passwords", directory / "acl")
     files.passwords.write_text("")
     files.passwords.chmod(0o600)
-    for user, pw in (users or {}).items():
-        add_password(files.passwords, user, pw)
+    add_passwords(files.passwords, users or {})
     files.acl.write_text(acl_text())
     lines = [
         "per_listener_settings false",

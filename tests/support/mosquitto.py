@@ -54,7 +54,7 @@ class Mosquitto(MosquittoProcess):
     def add_user(self, username: str, password: str) -> None:
         """Add credentials; the running broker reloads them (SIGHUP), and this
         returns once they are accepted."""
-        with self._users:  # mosquitto_passwd rewrites the whole file
+        with self._users:  # one writer at a time: each rewrites the whole file
             add_password(self.files.passwords, username, password)
         self._reload_until_accepted(username, password)
 

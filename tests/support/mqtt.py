@@ -22,6 +22,7 @@ class TestClient:
         self.received: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._connected = threading.Event()
         self.rc: Any = None
+        self._subs: dict[str, int] = {}  # taken again at a reconnect (a clean session has none)
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
         if user is not None:
             self.c.username_pw_set(user, password)
@@ -36,6 +37,8 @@ class TestClient:
 
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.rc = rc.value if hasattr(rc, "value") else rc
+        for topic, qos in list(self._subs.items()):
+            c.subscribe(topic, qos)
         self._connected.set()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
@@ -43,6 +46,7 @@ class TestClient:
         info.wait_for_publish(5)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._subs[topic] = qos
         done = threading.Event()
         self.c.on_subscribe = lambda *a: done.set()
         self.c.subscribe(topic, qos)

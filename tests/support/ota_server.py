@@ -56,16 +56,20 @@ class OtaServer:
             paho.CallbackAPIVersion.VERSION2, client_id=f"ota-srv-{dev}", protocol=paho.MQTTv311
         )
         self.c.username_pw_set("gateway", GATEWAY_PASSWORD)
-        self.c.on_connect = lambda *a: self._ready.set()
+        self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
+        self._online = threading.Event()
         self.c.connect("127.0.0.1", broker.port, keepalive=30)
         self.c.loop_start()
         if not self._ready.wait(5):
             raise AssertionError("OTA server did not connect")
-        self._online = threading.Event()
-        for kind, qos in (("ota/req", 0), ("ota/status", 1), ("state", 1)):
-            self.c.subscribe(f"pb/{dev}/{kind}", qos)
         time.sleep(0.2)
+
+    def _on_connect(self, *args: Any) -> None:
+        # at every connect: a reconnect (clean session) starts with none
+        for kind, qos in (("ota/req", 0), ("ota/status", 1), ("state", 1)):
+            self.c.subscribe(f"pb/{self.dev}/{kind}", qos)
+        self._ready.set()
 
     def close(self) -> None:
         self.c.disconnect()
