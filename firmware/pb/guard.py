@@ -11,7 +11,8 @@
 import json
 
 from .compat import collect, format_exception
-from .otafs import file_sha256
+from .errors import StoreError
+from .otafs import ensure_dir, file_sha256
 from .store import read_bytes, write_atomic
 
 POINTER = "ota/active.json"
@@ -101,7 +102,9 @@ def _restore(base, p, reason):
 
 
 def add_report(base, status):
-    """Keep an update status on flash until the runtime can send it."""
+    """Keep an update status on flash until the runtime can send it. A flash
+    that cannot take it (full, or a board flashed without ota/ and where
+    none can be made) loses the report, never the boot."""
     data = read_bytes(base + "/" + REPORTS)
     try:
         reports = json.loads(data) if data else []
@@ -110,7 +113,11 @@ def add_report(base, status):
     if not isinstance(reports, list):
         reports = []
     reports.append(status)
-    write_atomic(base + "/" + REPORTS, json.dumps(reports[-_MAX_REPORTS:]).encode("utf-8"))
+    try:
+        ensure_dir(base + "/ota")
+        write_atomic(base + "/" + REPORTS, json.dumps(reports[-_MAX_REPORTS:]).encode("utf-8"))
+    except StoreError:
+        pass
 
 
 def _staged_job(base):

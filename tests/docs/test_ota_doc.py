@@ -331,10 +331,11 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
 
 
 def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
-    (tmp_path / "ota").mkdir()
+    # a board flashed with the runtime only: no features, no ota/ folder yet
     root, p, trial, report = guard.decide(str(tmp_path))
     assert (root, p, trial) == (None, None, False)
     assert (report["state"], report["id"], report["counter"]) == ("safe_mode", "-", 0)
+    assert [r["state"] for r in updates.take_reports(str(tmp_path))] == ["safe_mode"]
 
 
 # ---- the transfer's wire format -----------------------------------------------------------

@@ -114,16 +114,18 @@ OTA_CONFIG = {"ota_timeout_ms": 300, "ota_tries": 3}  # quick retries: tests cut
 
 
 def ota_device(
-    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, **config: object
+    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, start: bool = True, **config: object
 ) -> DeviceProcess:
     """A thermostat on the unix port (128 KB heap) that trusts keys, with a
-    short trial and quick retries; started, and booted."""
+    short trial and quick retries; started, and booted (unless not start)."""
     dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
     cfg = json.loads((dev.path / "config.json").read_text())
     cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))
     dev.set_sensors(temperature=20.0)
     dev.heap = os.environ.get("PB_HEAP", SMALL_HEAP)
+    if not start:
+        return dev
     dev.start()
     wait_for(lambda: "booted" in dev.output(), 15, what="device boot")
     return dev

@@ -6,6 +6,7 @@ would. Every attack must leave the device on its old set with the reason."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 from ota import keys as ota_keys
 from ota.release import Release
 
+from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
+from ..support.ota_server import OtaServer
 from ..support.processes import DeviceProcess
 from ..support.wait import wait_for
-from .conftest import offer_of, running_set, serve
+from .conftest import offer_of, ota_device, running_set, serve
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +53,29 @@ def test_update_to_release_2_on_micropython_128k(
         wait_for(lambda: "features eco,thermostat" in device.output(), 10, what="eco running")
     finally:
         srv.close()
+
+
+# ---- safe mode ---------------------------------------------------------------
+
+
+def test_a_board_with_no_usable_set_runs_in_safe_mode_until_an_update_brings_one(
+    mosquitto: Mosquitto, make_device: MakeDevice, release2: Release, keys: ota_keys.Keys
+) -> None:
+    # flashed with the runtime only (its features folder lost): no features,
+    # actuators safe, but online, reporting why, and open to an update
+    dev = ota_device(mosquitto, make_device, keys, start=False)
+    shutil.rmtree(dev.path / "features")
+    dev.set_sensors(temperature=15.0)  # cold: a thermostat would heat
+    srv = OtaServer(mosquitto, dev.id, offer_of(release2, keys))
+    try:
+        dev.start()
+        said = srv.wait_for(("safe_mode",), 30)
+        assert said["reason"].startswith("no usable feature set"), said
+        time.sleep(1)
+        assert dev.running and dev.actuators().get("relay") is not True, dev.output()
+        srv.offer()
+        assert srv.wait_for(("committed", "failed", "rolled_back"), 90)["state"] == "committed"
+    finally:
+        srv.close()
+    assert running_set(dev)[:2] == (2, release2.sha256)
+    wait_for(lambda: dev.actuators().get("relay") is True, 30, what="the thermostat heating again")
