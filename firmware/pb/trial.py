@@ -75,10 +75,20 @@ def rollback(u, reason):
     p = u.boot.pointer
     if not u.boot.trial:
         return
-    u.boot.trial = False
-    from .guard import rollback as back
+    d.spare(True)  # the guard's code is loaded for this, on a heap the trial has used
+    try:
+        from .guard import rollback as back
 
-    if back(d.base, p, reason) is None:
+        restored = back(d.base, p, reason)
+    except MemoryError:
+        # the set is still on trial: the next boot, on a fresh heap, tries
+        # it again and rolls back then (or the boot guard does, after its
+        # trial boots)
+        d.log("rollback: out of RAM; resetting to roll back")
+        d.stop("rollback")
+        return
+    u.boot.trial = False
+    if restored is None:
         d.log("no usable previous set: the next boots end in safe mode")
     st = {"v": 1, "id": p.get("update") or "-", "state": "rolled_back", "counter": p["counter"]}
     st["reason"] = reason

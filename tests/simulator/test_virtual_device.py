@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ..support.wait import async_wait_for
 from .conftest import FEATURES, MakeDevice, Rig
 
@@ -75,6 +77,33 @@ async def test_a_feature_that_raises_at_start_rolls_back_to_the_factory_set(
     assert p is not None and (p["set"], p["counter"], p["state"]) == ("features", 0, "committed")
     await async_wait_for(lambda: dev.running() == ["thermostat"], 10, what="back on the factory set")
     assert dev.boot is not None and not dev.boot.trial
+
+
+async def test_a_rollback_short_of_ram_resets_and_rolls_back_at_the_next_boot(
+    rig: Rig, make_device: MakeDevice, broken_eco_release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the guard's code cannot be loaded (a small heap, used by the trial):
+    # the set stays on trial, the device resets, and the trial of the next
+    # boot, on a fresh heap, rolls back
+    from firmware.pb import guard
+
+    real = guard.rollback
+    calls: list[str] = []
+
+    def short_of_ram(base: str, p: dict[str, Any], reason: str) -> Any:
+        calls.append(reason)
+        if len(calls) == 1:
+            raise MemoryError("memory allocation failed, allocating 592 bytes")
+        return real(base, p, reason)
+
+    monkeypatch.setattr(guard, "rollback", short_of_ram)
+    dev = await make_device()
+    u = await rig.update(dev, rig.publish(broken_eco_release))
+    assert u.state == "rolled_back", u
+    assert len(calls) == 2 and "cannot start" in u.reason
+    p = dev.pointer()
+    assert p is not None and (p["set"], p["counter"], p["state"]) == ("features", 0, "committed")
+    await async_wait_for(lambda: dev.running() == ["thermostat"], 10, what="back on the factory set")
 
 
 async def test_update_mode_runs_under_cpython(rig: Rig, make_device: MakeDevice, eco_release: Path) -> None:

@@ -111,9 +111,9 @@ def test_a_release_that_crashes_rolls_back_and_counts_as_failed(
 ) -> None:
     dev = ota_device(mosquitto, make_device, keys)
     online(published, dev)
-    code, _out, record = update(published, dev, f"thermostat@{crashing_release.counter}")
+    code, out, record = update(published, dev, f"thermostat@{crashing_release.counter}")
     assert code == 1
-    assert record["state"] == "rolled_back"
+    assert record["state"] == "rolled_back", (record, out, dev.output()[-3000:])
     assert "crashy" in record["reason"] and "crashy cannot start" in record["reason"]
     # back on the set that worked, which still runs
     assert running_set(dev) == (0, None, ["thermostat"])
