@@ -1135,10 +1135,7 @@ def report(r: dict[str, Any]) -> None:
             f"({mem['per_device_built_bytes'] / 1024:.1f} KiB built, not connected; "
             f"{mem['per_device_steady_bytes'] / 1024:.1f} KiB after the windows)"
         )
-        b = sc["bottleneck"]
-        print(f"  bottleneck: {b['process']} ({b['cpu_cores']} cores): {b['why']}")
-        for f in b["top_functions"]:
-            print(f"    {f}")
+        _print_bottleneck(sc["bottleneck"])
     up = r.get("update")
     if up:
         raw = up["raw_broker"]
@@ -1155,10 +1152,13 @@ def report(r: dict[str, Any]) -> None:
             f"raw broker throughput ({raw['bytes_per_s'] / 1e6:.1f} MB/s "
             f"of {raw['payload_bytes']} B QoS 0 publishes)"
         )
-        b = up["bottleneck"]
-        print(f"  bottleneck: {b['process']} ({b['cpu_cores']} cores): {b['why']}")
-        for f in b["top_functions"]:
-            print(f"    {f}")
+        _print_bottleneck(up["bottleneck"])
+
+
+def _print_bottleneck(b: dict[str, Any]) -> None:
+    print(f"  bottleneck: {b['process']} ({b['cpu_cores']} cores): {b['why']}")
+    for f in b["top_functions"]:
+        print(f"    {f}")
 
 
 def machine() -> dict[str, Any]:

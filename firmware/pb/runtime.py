@@ -319,28 +319,28 @@ class Device:
             return False
         return self.client.publish(self.topic(kind), data, qos, retain)
 
-    def hello(self):
-        """The hello message (pb/hello.py)."""
+    def hello(self, keep=False):
+        """The hello message as sent (pb/hello.py, loaded for it with the
+        reserve given back: it needs blocks of some size); keep: also kept
+        on flash, for update mode to say hello with."""
+        self.spare(True)
         from .hello import build
+        from .hello import keep as keep_on_flash
 
         try:
-            return build(self)
+            data = wire.dumps("hello", build(self))
+            if keep:
+                self.hello_key = keep_on_flash(self, data)
+            return data
         finally:
             forget(("pb.hello",))
+            self.spare(False)
 
     def _birth(self):
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
         online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
-        self.spare(True)
-        from .hello import build, keep
-
-        try:
-            hello = wire.dumps("hello", build(self))
-            self.hello_key = keep(self, hello)
-        finally:
-            forget(("pb.hello",))
-            self.spare(False)
+        hello = self.hello(keep=True)
         self._hello_due = False
         return [
             (self.topic("hello"), hello, 1, True),
@@ -369,13 +369,12 @@ class Device:
         self._hello_due = True
         if not self.client.up:
             return
-        self.spare(True)  # its module and the message need blocks of some size
         try:
-            self._publish("hello", self.hello(), 1, True)
+            self.client.publish(self.topic("hello"), self.hello(), 1, True)
         except MemoryError:
             return  # (the sampler tries again)
-        finally:
-            self.spare(False)
+        except ProtocolError as exc:
+            self.log("cannot send hello: %s" % exc)
         self._hello_due = False
 
     # ---- commands ----------------------------------------------------------
