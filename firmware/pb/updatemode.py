@@ -6,7 +6,7 @@
 # guard installs what was staged.
 import json
 
-from .compat import asyncio, sleep_ms, ticks_diff, ticks_ms
+from .compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
 from .mqtt_client import MQTTClient
 from .ota import Agent, configure
 from .otafs import held_files
@@ -36,7 +36,12 @@ async def run(base, config, hal, counter, root):
         max_packet=4224,
     )
 
+    said = [False]
+
     def status(msg):
+        if msg["state"] == "downloading" and not said[0]:
+            said[0] = True  # the heap the download runs in, once
+            print("pb[%s]: update mode: downloading, heap free %d" % (dev, mem_free()))
         msg["dev"] = dev
         msg["ts"] = hal.time()
         data = json.dumps(msg)

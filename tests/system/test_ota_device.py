@@ -51,6 +51,12 @@ def test_update_to_release_2_on_micropython_128k(
         assert sum(v for k, v in srv.served.items() if k != "manifest") == eco
         # and the new feature runs: eco reports in the log of the device's boot
         wait_for(lambda: "features eco,thermostat" in device.output(), 10, what="eco running")
+        # the free heap while the download runs (update mode, beside the link only)
+        line = next(x for x in device.output().splitlines() if "update mode: downloading, heap free" in x)
+        heap = int(line.rsplit(" ", 1)[1])
+        record_property("heap_free_during_update", heap)
+        print(f"\nfree heap during an update under -X heapsize=128K: {heap} bytes")
+        assert heap > 8 * 1024, f"only {heap} bytes left while downloading"
     finally:
         srv.close()
 
