@@ -895,7 +895,7 @@ def raw_throughput(port: int, seconds: float, payload: int) -> dict[str, Any]:
     """QoS 0 publishes of `payload` bytes, pre-encoded on a plain socket as
     fast as Mosquitto takes them, received by a paho subscriber: the bytes
     per second arriving over the middle of the run."""
-    from firmware.pb import mqtt
+    from firmware.pb.net import mqtt
 
     topic = f"pb/bench-raw-{secrets.token_hex(3)}/ota/chunk"
     sub = Subscriber(port, [(topic, 0)])

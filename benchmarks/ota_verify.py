@@ -1,4 +1,4 @@
-"""Ed25519 verification of an OTA signature (firmware/pb/ed25519.py), per
+"""Ed25519 verification of an OTA signature (firmware/pb/ota/ed25519.py), per
 interpreter: ms per verification of a 1 KiB message, SHA-512 throughput (an
 update image is hashed whole), and on MicroPython the heap it takes.
 
@@ -24,8 +24,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from firmware.pb import ed25519
-from firmware.pb.sha512 import Sha512Pure
+from firmware.pb.ota import ed25519
+from firmware.pb.ota.sha512 import Sha512Pure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "ota_verify.json"
@@ -36,8 +36,8 @@ SHA_BYTES = 64 * 1024
 # Runs on MicroPython: argv[1] holds key, message and signature as hex.
 _SNIPPET = """
 import gc, json, sys, time
-from pb import ed25519
-from pb.sha512 import Sha512Pure
+from pb.ota import ed25519
+from pb.ota.sha512 import Sha512Pure
 
 with open(sys.argv[1]) as f:
     spec = json.load(f)
@@ -142,7 +142,7 @@ def main() -> int:
     pk = pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
     sig = key.sign(MESSAGE)
     if not ed25519.verify(pk, MESSAGE, sig):
-        print("pb.ed25519 rejects a valid signature: no figures", file=sys.stderr)
+        print("pb.ota.ed25519 rejects a valid signature: no figures", file=sys.stderr)
         return 1
 
     ms: dict[str, float] = {

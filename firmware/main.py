@@ -9,7 +9,7 @@ import sys
 
 
 def device():
-    from pb.boot import run
+    from pb.start import run
 
     run(".")
 

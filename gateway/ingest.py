@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.pb import otaproto, proto
 from firmware.pb.errors import ProtocolError
+from firmware.pb.peer import ota_transfer as otaproto
+from firmware.pb.peer import protocol as proto
 
 # Reasons a message is rejected (the codes of firmware.pb.errors.ProtocolError, plus these).
 SPOOFED = "spoofed"
@@ -76,7 +77,7 @@ def classify_ota(
 ) -> Accepted | Rejected | None:
     """classify() for the update topics pb/<device>/ota/{offer,chunk,req,status}.
     Offers and chunks are the gateway's own (echoes: None; retained: rejected);
-    requests and statuses are validated with firmware.pb.otaproto, must name
+    requests and statuses are validated with firmware.pb.peer.ota_transfer, must name
     the device of their topic, and must come from a known device."""
     parts = topic.split("/")
     if len(parts) != 4 or f"ota/{parts[3]}" not in OTA_DOWN + OTA_UP:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware.pb.proto import valid_id
+from firmware.pb.ids import valid_id
+from firmware.pb.ota import flash
 
 from .broker import BrokerUrl
 from .errors import ConfigError
 from .paths import firmware_dir
 
-CONFIG_FILE = "config.json"
-ROOT_FILE = "ota/root.json"  # the update keys this device trusts
+CONFIG_FILE = flash.CONFIG
+ROOT_FILE = flash.ROOT  # the update keys this device trusts
 RESERVED_IDS = ("gateway",)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0}
@@ -212,9 +213,9 @@ def provision_into(
 
 
 def _check_root(root: bytes) -> None:
-    from firmware.pb.ed25519 import verify
     from firmware.pb.errors import TrustError
-    from firmware.pb.trust import load_root
+    from firmware.pb.ota.ed25519 import verify
+    from firmware.pb.ota.trust import load_root
 
     try:
         load_root(root, verify)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
-from firmware.pb import proto
+from firmware.pb.peer import protocol as proto
 
 from .broker import BrokerUrl
 from .commands import Commander

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from firmware.pb import proto
+from firmware.pb.peer import protocol as proto
 from ota.errors import KeyStoreError
 from ota.keys import Keys, freshness
 

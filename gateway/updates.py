@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from firmware.pb.otaproto import MAX_CHUNK, TERMINAL, encode_chunk, is_hex64
+from firmware.pb.peer.ota_transfer import MAX_CHUNK, TERMINAL, encode_chunk, is_hex64
 
 from .errors import UpdateRefusedError
 from .releases import ObjectInfo, StoredRelease

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware.pb import trust
+from firmware.pb.ota import trust
 
 from .errors import EnvelopeError
 
@@ -25,7 +25,7 @@ MAX_ENVELOPE: int = trust.MAX_ENVELOPE
 MAX_SIGNATURES: int = trust.MAX_SIGNATURES
 
 
-# pb.ed25519 refuses public keys that are not canonical encodings or are of
+# pb.ota.ed25519 refuses public keys that are not canonical encodings or are of
 # small order (with one of those, some signatures "verify" for any message);
 # OpenSSL accepts them. So that one signature has one verdict on the maker's
 # machine and on the device, such keys are refused before OpenSSL sees them.
@@ -63,7 +63,7 @@ def _acceptable_key(public_key: bytes) -> bool:
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Ed25519 check with `cryptography`: the fast `verify` the tools inject
-    into firmware.pb.trust, with the verdicts of the device's pb.ed25519."""
+    into firmware.pb.ota.trust, with the verdicts of the device's pb.ota.ed25519."""
     if not _acceptable_key(bytes(public_key)):
         return False
     try:

@@ -28,8 +28,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.pb import trust
 from firmware.pb.errors import TrustError
+from firmware.pb.ota import trust
 
 from .envelope import (
     MAX_SIGNATURES,

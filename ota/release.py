@@ -4,7 +4,7 @@ A release folder holds ``manifest.json`` (a signing envelope) and
 ``blobs/<sha256>.z``: each file's content, zlib-compressed with a 2^10-byte
 window (a device inflates it with 1 KB), named by the SHA-256 of the
 uncompressed content. The manifest is checked with the device's own rules
-(firmware.pb.trust) before anything is written.
+(firmware.pb.ota.trust) before anything is written.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware.pb import trust
 from firmware.pb.errors import FeatureError, TrustError
 from firmware.pb.manifest import check_manifest as check_feature_manifest
+from firmware.pb.ota import trust
 
 from .envelope import add_signatures, sign_envelope
 from .errors import BuildError, EnvelopeError, ReleaseError

@@ -1,4 +1,4 @@
-"""Verify a release as a device would: the same rules (firmware.pb.trust),
+"""Verify a release as a device would: the same rules (firmware.pb.ota.trust),
 a fast Ed25519 check from `cryptography` unless another is injected."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from firmware.pb import features as pb_features
-from firmware.pb import trust
 from firmware.pb.errors import TrustError
+from firmware.pb.ota import trust
 
 from .envelope import VerifyFn, verify_signature
 from .errors import ReleaseError, VerifyError

@@ -6,7 +6,7 @@ flash: the factory features (links to the firmware's own, shared by every
 device), ota/root.json (the update keys it trusts) and whatever the update
 agent writes (ota/job.json, ota/stage/, ota/a|b/, ota/active.json, ...),
 and data/ (the runtime's records). Every (re)boot runs the board's start-up
-logic on that folder: firmware.pb.setup.choose installs a staged update (and
+logic on that folder: firmware.pb.prepare.choose installs a staged update (and
 resets) or asks the boot guard for the feature set, then the runtime runs
 that set, or update mode runs the download alone. A reset is
 firmware.pb.hal.Reboot, raised by the HAL; the boot loop starts again.
@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from firmware.pb.boot import Boot, run_device
 from firmware.pb.compat import format_exception
 from firmware.pb.errors import TrustError
 from firmware.pb.hal import Reboot
+from firmware.pb.ota import flash
+from firmware.pb.ota.updates import Boot
+from firmware.pb.prepare import choose, lean_job
 from firmware.pb.runtime import Device
-from firmware.pb.setup import choose, lean_job
+from firmware.pb.start import run_device
 from firmware.pb.store import write_atomic
 from gateway.broker import BrokerUrl
 from gateway.errors import ConfigError
@@ -43,9 +45,9 @@ from .physics import Room, Skin
 log = logging.getLogger("permabeta.sim")
 
 PLANTS: dict[str, Any] = {"thermostat": Room, "shirt": Skin}
-ROOT_FILE = "ota/root.json"
-POINTER_FILE = "ota/active.json"
-_CRASH_PAUSE_S = 2.0  # as pb/boot.py and main.py: calm down before restarting after a bug
+ROOT_FILE = flash.ROOT
+POINTER_FILE = flash.POINTER
+_CRASH_PAUSE_S = 2.0  # as pb/start.py and main.py: calm down before restarting after a bug
 
 
 def provision(base: Path, features: Sequence[str], root: bytes | None = None) -> None:
@@ -71,7 +73,7 @@ def provision(base: Path, features: Sequence[str], root: bytes | None = None) ->
         if not link.is_symlink():
             link.symlink_to(target, target_is_directory=True)
     if root is not None:
-        from firmware.pb.trust import load_root
+        from firmware.pb.ota.trust import load_root
         from ota.envelope import verify_signature
 
         try:
@@ -218,7 +220,7 @@ class VirtualDevice:
     async def _boot(self) -> None:
         """One boot, as a board's: the boot guard's choice (installing a
         staged update first), then update mode or the runtime, through the
-        firmware's own start-up (firmware.pb.boot.run_device). Raises Reboot."""
+        firmware's own start-up (firmware.pb.start.run_device). Raises Reboot."""
         base = str(self.base)
         self.mode = "booting"
         chosen = choose(base, self.config, self.hal)  # may raise PowerCut (an install cut short)

@@ -103,7 +103,7 @@ class DeviceFaults:
 # does (OSError ENOSPC).
 
 _full: dict[str, DeviceFaults] = {}  # a device's flash folder (str, with "/") -> its faults
-_WRITERS = ("firmware.pb.store", "firmware.pb.ota", "firmware.pb.otafs")
+_WRITERS = ("firmware.pb.store", "firmware.pb.ota.download", "firmware.pb.ota.files")
 
 
 def register_flash(base: Path, faults: DeviceFaults) -> None:
@@ -135,7 +135,7 @@ def _install() -> None:
     for name in _WRITERS:
         mod = importlib.import_module(name)
         mod.open = flash_open  # type: ignore[attr-defined]
-    otafs = importlib.import_module("firmware.pb.otafs")
+    otafs = importlib.import_module("firmware.pb.ota.files")
     real_free = otafs.free_bytes
 
     def free_bytes(path: str) -> int:

@@ -3,7 +3,7 @@ proxy on loopback where link faults are injected, device by device.
 
 Devices are given the proxy's address as their broker. The first packet of
 each connection (CONNECT) names the device: its client id is the device id
-(firmware/pb/runtime.py and updatemode.py connect as config["device"]).
+(firmware/pb/runtime.py and pb/ota/update_mode.py connect as config["device"]).
 From then on bytes are pumped both ways under that device's LinkProfile:
 
 - drops: the connection is reset at both ends (the broker then publishes
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from firmware.pb.errors import ProtocolError
-from firmware.pb.mqtt import decode_length, encode_length
+from firmware.pb.net.mqtt import decode_length, encode_length
 from gateway.broker import BrokerUrl
 
 log = logging.getLogger("permabeta.sim.link")

@@ -3,10 +3,10 @@
 # that is never told anything does not spend the RAM.
 import json
 
-from . import wire, wire_in
 from .compat import asyncio, mem_free, ticks_diff, ticks_ms
 from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
 from .ids import valid_id
+from .net import wire, wire_in
 
 _RECENT_CMDS = 8
 

@@ -121,10 +121,10 @@ def forget(names):
         return
     import gc
 
-    pkg = sys.modules.get("pb")
     for name in names:
-        if sys.modules.pop(name, None) is not None and pkg is not None:
-            short = name.split(".")[-1]
-            if hasattr(pkg, short):
-                delattr(pkg, short)
+        if sys.modules.pop(name, None) is not None:
+            i = name.rfind(".")
+            pkg = sys.modules.get(name[:i])  # the package holds it too
+            if pkg is not None and hasattr(pkg, name[i + 1 :]):
+                delattr(pkg, name[i + 1 :])
     gc.collect()

@@ -1,5 +1,5 @@
-# Changing features while they run: enabling, disabling, settings, self-tests.
-# Loaded when asked (a command, a trial), not kept: a device that is never
+# Changing features while they run: enabling, disabling, settings. Loaded
+# when asked (a command), not kept: a device that is never
 # reconfigured does not spend the RAM.
 from .compat import format_exception
 from .errors import ConfigError, FeatureError
@@ -75,17 +75,3 @@ def set_config(host, name, values):
         host.start(name)
         raise ConfigError("%s rejected the new settings (%s); kept the previous ones" % (name, error))
     return cfg
-
-
-def selftest(host):
-    """Run each running feature's selftest(); {name: error} for failures."""
-    bad = {}
-    for name in list(host.running):
-        obj = host.running[name]
-        if hasattr(obj, "selftest"):
-            try:
-                if obj.selftest() is False:
-                    bad[name] = "self-test returned False"
-            except Exception as exc:  # noqa: BLE001 - feature code
-                bad[name] = format_exception(exc)
-    return bad

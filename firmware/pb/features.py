@@ -296,12 +296,6 @@ class FeatureHost:
                 out[name]["error"] = err[:_MAX_ERROR]
         return out
 
-    def selftest(self):
-        """{name: error} for running features whose selftest() fails."""
-        from .configure import selftest
-
-        return selftest(self)
-
     def _setting(self, name):
         return self.settings.setdefault(name, {})
 

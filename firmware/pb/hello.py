@@ -3,9 +3,10 @@
 # so its code takes no RAM between times.
 import json
 
-from . import API, VERSION, wire
+from . import API, VERSION
 from .compat import mem_free
 from .errors import StoreError
+from .net import wire
 from .store import write_atomic
 
 
@@ -33,7 +34,7 @@ def build(d):
 
 
 def keep(d, hello):
-    """Write hello (JSON bytes) to data/hello.json, which update mode says
+    """Write hello (JSON bytes) to data/hello.json (pb/ota/flash.py), which update mode says
     hello with; only when what matters changed, to spare the flash. Returns
     the digest of what matters, for the next time."""
     import hashlib
@@ -45,7 +46,9 @@ def keep(d, hello):
         key = hashlib.sha256(json.dumps(h).encode("utf-8")).digest()[:8]
         h = None
         if key != d.hello_key:
-            write_atomic(d.base + "/data/hello.json", hello)
+            from .ota.flash import HELLO
+
+            write_atomic(d.base + "/" + HELLO, hello)
     except (MemoryError, StoreError):
         return d.hello_key  # not kept (a fragmented heap, a full flash): next time
     return key

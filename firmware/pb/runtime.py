@@ -4,7 +4,7 @@
 # while the link is down.
 
 
-from . import API, wire
+from . import API
 from .bus import Bus
 from .compat import (
     MICROPYTHON,
@@ -20,7 +20,9 @@ from .compat import (
 )
 from .errors import HalError, ProtocolError, StoreError
 from .features import FeatureHost, import_feature
-from .mqtt_client import MQTTClient
+from .net import wire
+from .net.mqtt_client import MQTTClient
+from .net.wire import MAX_PACKET
 
 _RECENT_CMDS = 8
 
@@ -28,10 +30,11 @@ _RECENT_CMDS = 8
 # Bytes kept whole for what loads on demand (see Device.spare)
 _RESERVE = 8192
 _RUNNING = 16384  # what the running device needs free besides
-# The largest packet taken: a 4 KB update chunk or command, and its header
-MAX_PACKET = 4224
 # Loaded for some commands and let go after: most of the time none runs.
-_COMMAND_MODULES = ("pb.commands", "pb.wire_in", "pb.configure", "pb.values")
+# (tests/firmware/test_module_lists.py checks these names)
+COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
+# What reads the feature manifests at boot, let go once the features run
+DISCOVERY_MODULES = ("pb.manifest", "pb.values")
 
 
 class Device:
@@ -50,8 +53,7 @@ class Device:
         boot=None,
         base=".",
     ):
-        from .boot import Boot
-        from .updates import Updates
+        from .ota.updates import Boot, Updates
 
         if boot is None:
             boot = Boot(features_root)
@@ -75,7 +77,7 @@ class Device:
         self.keepalive = b.get("keepalive", 30)
         will = (
             self.topic("state"),
-            wire.dumps("state", {"v": wire.VERSION, "dev": self.id, "state": "offline", "reason": "lost"}),
+            wire.dumps("state", wire.state(self.id, "offline", reason="lost")),
             1,
             True,
         )
@@ -136,7 +138,7 @@ class Device:
         self.hal.safe_state()
         self.features.discover()
         self.features.start_all()
-        forget(("pb.manifest", "pb.values"))
+        forget(DISCOVERY_MODULES)
         for name, s in self.features.settings.items():
             if s.get("error"):
                 self.log("feature %s disabled: %s" % (name, s["error"]))
@@ -195,6 +197,10 @@ class Device:
             except MemoryError:
                 pass  # fragmented: taken again next time
 
+    def reserved(self):
+        """Bytes kept in reserve now (see spare)."""
+        return len(self._reserve) if self._reserve else 0
+
     def spawn(self, coro):
         """Run coro in the background; if it fails, the device restarts (a
         task that died silently would leave a device that only seems alive)."""
@@ -226,9 +232,7 @@ class Device:
         self.features.stop_all()
         self.hal.safe_state()
         if self.client.up:
-            offline = {"v": wire.VERSION, "dev": self.id, "state": "offline", "reason": self._exit}
-            offline["ts"] = self.now()
-            self._publish("state", offline, 1, True)
+            self._publish("state", wire.state(self.id, "offline", self.now(), self._exit), 1, True)
             t0 = ticks_ms()
             while self.client.pending() and ticks_diff(ticks_ms(), t0) < 2000:
                 await sleep_ms(20)
@@ -334,12 +338,13 @@ class Device:
             return data
         finally:
             forget(("pb.hello",))
+            self.updates.idle()  # (hello.keep may have loaded the flash layout)
             self.spare(False)
 
     def _birth(self):
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
-        online = {"v": wire.VERSION, "dev": self.id, "state": "online", "ts": self.now()}
+        online = wire.state(self.id, "online", self.now())
         hello = self.hello(keep=True)
         self._hello_due = False
         return [
@@ -391,7 +396,7 @@ class Device:
         from .commands import handle
 
         handle(self, payload)
-        forget(_COMMAND_MODULES)
+        forget(COMMAND_MODULES)
         self.spare(False)
 
     def execute(self, op, args, cmd_id="local"):

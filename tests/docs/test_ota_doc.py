@@ -14,6 +14,7 @@ are the ones the code raises.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -26,9 +27,13 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import API, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
-from firmware.pb import ota as pb_ota
+from firmware.pb import API, runtime
 from firmware.pb.errors import ProtocolError, TrustError
+from firmware.pb.net import wire
+from firmware.pb.ota import download as pb_ota
+from firmware.pb.ota import files as otafs
+from firmware.pb.ota import flash, guard, handover, install, report, trust, updates
+from firmware.pb.peer import ota_transfer as otaproto
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
 from ota import release as ota_release
@@ -193,7 +198,7 @@ def test_the_job_example_is_what_the_agent_writes(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     agent._report = reports.append
     agent.on_offer(_one("offer").payload)
-    job = json.loads((tmp_path / pb_ota.JOB).read_bytes())
+    job = json.loads((tmp_path / flash.JOB).read_bytes())
     documented = _one("job").value()
     assert set(job) == set(documented)
     for key in ("id", "manifest", "size", "counter", "offered_at", "phase"):
@@ -252,9 +257,9 @@ def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float)
         base / "features" / "thermostat",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    stage = base / pb_ota.STAGE
+    stage = base / flash.STAGE
     stage.mkdir(parents=True)
-    (base / install.ROOT).write_bytes(keys.root_bytes)
+    (base / flash.ROOT).write_bytes(keys.root_bytes)
     (stage / "manifest.json").write_bytes(rel.manifest)
     for f in rel.files:
         data = zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS)
@@ -269,7 +274,7 @@ def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float)
         "offered_at": now,
         "phase": "staged",
     }
-    (base / pb_ota.JOB).write_text(json.dumps(job))
+    (base / flash.JOB).write_text(json.dumps(job))
     return job
 
 
@@ -282,23 +287,23 @@ def test_the_pointer_example_is_what_the_install_writes(
     keys, rel = signed
     now = time.time()
     job = _staged_device(tmp_path, keys, rel, now)
-    assert guard.install_staged(str(tmp_path), ("thermostat", _CAPS, API), now) is True
-    pointer = json.loads((tmp_path / guard.POINTER).read_bytes())
+    assert install.install_staged(str(tmp_path), ("thermostat", _CAPS, API), now) is True
+    pointer = json.loads((tmp_path / flash.POINTER).read_bytes())
     documented = _one("pointer").value()
     assert set(pointer) == set(documented)
     assert set(pointer["prev"]) == set(documented["prev"])
-    assert pointer["prev"] == {"set": guard.FACTORY, "counter": 0, "manifest": None}  # as 4.4 says
+    assert pointer["prev"] == {"set": flash.FACTORY, "counter": 0, "manifest": None}  # as 4.4 says
     assert (pointer["state"], pointer["boots"], pointer["update"]) == ("trial", 0, job["id"])
     assert (pointer["counter"], pointer["manifest"]) == (rel.counter, rel.sha256)
     # what is on flash afterwards: the slot, the freshness version, the report; no job, no staging
     slot = tmp_path / pointer["set"]
-    assert pointer["set"] in install.SLOTS
+    assert pointer["set"] in flash.SLOTS
     assert (slot / "manifest.json").read_bytes() == rel.manifest
     assert (slot / "features" / "thermostat" / "manifest.json").is_file()
     version = json.loads(job["freshness"]["signed"])["version"]
-    assert json.loads((tmp_path / install.TRUST_STATE).read_bytes()) == {"freshness": version}
-    assert not (tmp_path / pb_ota.JOB).exists() and not (tmp_path / pb_ota.STAGE).exists()
-    reports = updates.take_reports(str(tmp_path))
+    assert json.loads((tmp_path / flash.TRUST_STATE).read_bytes()) == {"freshness": version}
+    assert not (tmp_path / flash.JOB).exists() and not (tmp_path / flash.STAGE).exists()
+    reports = flash.take_reports(str(tmp_path))
     assert [(r["state"], r["id"], r["counter"]) for r in reports] == [("activating", job["id"], 2)]
     # the next boot is trial boot 1
     _root, p, trial, report = guard.decide(str(tmp_path))
@@ -311,10 +316,10 @@ def test_a_refused_install_reports_its_trust_code(
     keys, rel = signed
     now = time.time()
     _staged_device(tmp_path, keys, rel, now)
-    assert guard.install_staged(str(tmp_path), ("shirt", _CAPS, API), now) is True
-    (report,) = updates.take_reports(str(tmp_path))
+    assert install.install_staged(str(tmp_path), ("shirt", _CAPS, API), now) is True
+    (report,) = flash.take_reports(str(tmp_path))
     assert report["state"] == "failed" and report["reason"].startswith("wrong_model: ")
-    assert not (tmp_path / guard.POINTER).exists() and not (tmp_path / pb_ota.JOB).exists()
+    assert not (tmp_path / flash.POINTER).exists() and not (tmp_path / flash.JOB).exists()
 
 
 def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
@@ -322,7 +327,7 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
     (tmp_path / "ota").mkdir()
     pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
     pointer["boots"] = guard.MAX_TRIAL_BOOTS
-    (tmp_path / guard.POINTER).write_text(json.dumps(pointer))
+    (tmp_path / flash.POINTER).write_text(json.dumps(pointer))
     _root, p, trial, report = guard.decide(str(tmp_path))
     assert (trial, p["state"], p["set"]) == (False, "committed", "features")
     reason = f"trial did not commit in {guard.MAX_TRIAL_BOOTS} boots"
@@ -335,7 +340,7 @@ def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
     root, p, trial, report = guard.decide(str(tmp_path))
     assert (root, p, trial) == (None, None, False)
     assert (report["state"], report["id"], report["counter"]) == ("safe_mode", "-", 0)
-    assert [r["state"] for r in updates.take_reports(str(tmp_path))] == ["safe_mode"]
+    assert [r["state"] for r in flash.take_reports(str(tmp_path))] == ["safe_mode"]
 
 
 # ---- the transfer's wire format -----------------------------------------------------------
@@ -343,7 +348,7 @@ def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
 
 def test_chunk_header_table_is_otaprotos_struct() -> None:
     rows = table(_ota("3.3"), "| offset |")
-    layout = re.findall(r"(\d*)([a-zA-Z])", otaproto._FMT[1:])
+    layout = re.findall(r"(\d*)([a-zA-Z])", otaproto.CHUNK_FORMAT[1:])
     offset = 0
     fields = []
     for count, code in layout:
@@ -352,7 +357,7 @@ def test_chunk_header_table_is_otaprotos_struct() -> None:
         offset += size
     assert [(int(r[0]), int(r[1])) for r in rows] == fields
     assert offset == otaproto.CHUNK_HEADER == int(re.search(r"A (\d+)-byte header", OTA)[1])  # type: ignore[index]
-    assert otaproto._FMT.startswith(">") and "big-endian" in rows[3][2]
+    assert otaproto.CHUNK_FORMAT.startswith(">") and "big-endian" in rows[3][2]
     # the version byte, the seq, offset and length in the documented places
     chunk = otaproto.encode_chunk(7, 2048, b"abc", bytes(range(8)), last=True)
     assert chunk[0] == 1 and chunk[4:8] == (7).to_bytes(4, "big") and chunk[8:12] == (2048).to_bytes(4, "big")
@@ -380,7 +385,7 @@ def _emitted_states() -> set[str]:
     """States the firmware puts in a status: report("x", ...), _status(..., "x", ...),
     {"state": "x"}."""
     found: set[str] = set()
-    sources = [PB / f"{m}.py" for m in ("ota", "install", "guard", "updates", "updatemode")]
+    sources = [PB / "ota" / f"{m}.py" for m in ("download", "install", "guard", "updates", "update_mode")]
     for path in sources:
         found |= string_args(path, "report", 0) | string_args(path, "_status", 0)
         found |= string_args(path, "_status", 1)
@@ -400,7 +405,7 @@ def test_every_state_but_verified_is_sent_and_the_table_says_who() -> None:
 def test_kept_statuses_are_documented() -> None:
     sentence = re.search(r"Of the\s+states (.*?) the runtime", OTA, re.S)
     assert sentence, "ota.md 3.4 names the kept states"
-    assert set(code_names(sentence[1])) == set(updates._KEPT)
+    assert set(code_names(sentence[1])) == set(report.KEPT)
 
 
 def test_the_gateways_ranking_is_documented() -> None:
@@ -409,8 +414,8 @@ def test_the_gateways_ranking_is_documented() -> None:
 
 
 def test_hello_ota_states_are_in_protocol_md() -> None:
-    info = set(all_strings(PB / "updates.py")) & {"factory", "trial", "committed", "safe_mode"}
-    states = info | {s for s in all_strings(PB / "updatemode.py") if s == "updating"}
+    info = set(all_strings(PB / "ota" / "updates.py")) & {"factory", "trial", "committed", "safe_mode"}
+    states = info | {s for s in all_strings(PB / "ota" / "update_mode.py") if s == "updating"}
     assert states == {"factory", "trial", "committed", "safe_mode", "updating"}
     documented = set(code_names(" ".join(section(PROTOCOL, "3.1"))))
     assert states <= documented
@@ -421,7 +426,7 @@ def test_hello_ota_states_are_in_protocol_md() -> None:
 
 def _config_keys_read() -> set[str]:
     keys = set()
-    for path in PB.glob("*.py"):
+    for path in PB.rglob("*.py"):
         keys |= set(re.findall(r'\.get\("(ota_\w+)"', path.read_text()))
     return keys
 
@@ -432,7 +437,7 @@ def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> N
     agent = _agent(tmp_path)
     defaults: dict[str, int | None] = {
         "ota_mode": None,
-        "ota_ram": updates._OTA_RAM,
+        "ota_ram": handover._OTA_RAM,
         "ota_trial_s": updates._TRIAL_S,
         "ota_chunk": agent.chunk,
         "ota_window": agent.window,
@@ -444,18 +449,37 @@ def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> N
 
 
 def _code_paths() -> set[str]:
-    """The device's update file names: module constants, and literals ending .json."""
+    """The device's update file names, as their one owner (pb/ota/flash.py) names them."""
     out: set[str] = set()
-    for module in (pb_ota, guard, install, updates, updatemode):
-        for value in module_strings(module).values():
-            for v in value if isinstance(value, tuple) else (value,):
-                if v.startswith(("ota/", "data/")) or v == guard.FACTORY:
-                    out.add(v)
-    for path in PB.glob("*.py"):
-        for s in all_strings(path):
-            if re.fullmatch(r"/?(ota|data)/[a-z_]+\.json", s):
-                out.add(s.lstrip("/"))
+    for value in module_strings(flash).values():
+        for v in value if isinstance(value, tuple) else (value,):
+            if v.startswith(("ota/", "data/")) or v == flash.FACTORY:
+                out.add(v)
     return out
+
+
+def test_flash_paths_have_one_owner() -> None:
+    """No firmware module but pb/ota/flash.py spells a path of 4.8 out."""
+    owner = PB / "ota" / "flash.py"
+    folders = {"ota/stage", "ota/a", "ota/b"}
+    for path in PB.rglob("*.py"):
+        if path == owner:
+            continue
+        strays = [s for s in all_strings(path) if re.search(r"(ota|data)/[a-z_]+\.json$", s) or s in folders]
+        assert not strays, f"{path.relative_to(PB)} names flash paths itself: {strays}"
+
+
+def test_only_the_flash_layout_writes_the_pointer() -> None:
+    for path in PB.rglob("*.py"):
+        if path.name == "flash.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        where = path.relative_to(PB)
+        assert "POINTER" not in names and "write_pointer" not in defined, f"{where} handles the pointer file"
+        assert not [x for x in all_strings(path) if "active.json" in x], f"{where} names the pointer file"
 
 
 def _documented_paths() -> set[str]:
@@ -477,7 +501,7 @@ def test_flash_layout_names_every_file_the_update_code_uses() -> None:
 
 def test_power_cut_table_lists_exactly_the_fault_points() -> None:
     points = set()
-    for path in PB.glob("*.py"):
+    for path in PB.rglob("*.py"):
         points |= string_args(path, "fault", 0) | string_args(path, "fault_point", 0)
     rows = [r[0].strip("`") for r in table(_ota("4.9"))]
     assert len(rows) == len(set(rows))
@@ -495,7 +519,7 @@ def _limit_sources() -> dict[str, Any]:
         "otafs._WBITS": otafs._WBITS,
         "guard.MAX_TRIAL_BOOTS": guard.MAX_TRIAL_BOOTS,
         "install._MAX_INSTALLS": install._MAX_INSTALLS,
-        "guard._MAX_REPORTS": guard._MAX_REPORTS,
+        "flash.MAX_REPORTS": flash.MAX_REPORTS,
         "updates._MAX_ERROR": gw_updates._MAX_ERROR,
         "updates.MAX_REASON": gw_updates.MAX_REASON,
         "updater.OUTBOX": gw_updater.OUTBOX,
@@ -515,7 +539,8 @@ def test_limits_table_matches_the_code() -> None:
 
 def test_limits_that_live_in_two_places_agree() -> None:
     assert ota_release.ZLIB_WBITS == otafs._WBITS
-    assert keyword_values(updatemode, "MQTTClient", "max_packet") == [runtime.MAX_PACKET]
+    assert "max_packet=wire.MAX_PACKET" in (PB / "ota" / "update_mode.py").read_text()
+    assert runtime.MAX_PACKET is wire.MAX_PACKET
     assert keyword_values(runtime, "MQTTClient", "max_packet") == []  # it passes runtime.MAX_PACKET by name
     assert gw_updates.DEFAULT_DEADLINE_S == 15 * 60 and "15 minutes" in OTA
 

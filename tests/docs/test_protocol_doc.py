@@ -28,14 +28,17 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import commands, mqtt, mqtt_peer, proto, runtime, wire, wire_in
+from firmware.pb import commands, runtime
 from firmware.pb import features as pb_features
 from firmware.pb import manifest as pb_manifest
 from firmware.pb import values as pb_values
-from firmware.pb.boot import Boot
 from firmware.pb.errors import FeatureError, ProtocolError
 from firmware.pb.hal.host import HostHal
-from firmware.pb.mqtt_client import MQTTClient
+from firmware.pb.net import mqtt, wire, wire_in
+from firmware.pb.net.mqtt_client import MQTTClient
+from firmware.pb.ota.updates import Boot
+from firmware.pb.peer import mqtt_broker as mqtt_peer
+from firmware.pb.peer import protocol as proto
 from firmware.pb.runtime import Device
 from firmware.pb.store import Store
 from gateway import api as gw_api
@@ -310,7 +313,7 @@ def test_every_event_kind_the_device_sends_is_documented() -> None:
 
 def test_every_offline_reason_the_runtime_gives_is_documented() -> None:
     reasons = set()
-    for path in PB.glob("*.py"):
+    for path in PB.rglob("*.py"):
         reasons |= string_args(path, "stop", 0)
     reasons.add(str(inspect.signature(Device.stop).parameters["cause"].default))
     rows = {row[0].strip("`"): row[3] for row in table(section(TEXT, "3.2"))}
@@ -526,10 +529,11 @@ def test_birth_is_hello_online_state_and_the_last_update_status(rig: Callable[..
     assert hello["ota"] == documented["ota"]
     state = proto.decode("state", birth[1][1])
     assert _shape(state) == _shape(_one("state", state="online").value())
-    # the update outcome kept on flash goes third
+    # the update outcome kept on flash (read at boot) goes third
     status = b'{"v": 1, "id": "5f2a9c01b7e4", "state": "committed", "counter": 2, "dev": "th-01"}'
     (r.root / "ota").mkdir()
     (r.root / "ota" / "status.json").write_bytes(status)
+    r.device.updates.start()
     birth = r.device._birth()
     assert [(t, q, k) for t, _, q, k in birth[2:]] == [(r.topic("ota/status"), 1, True)]
     assert birth[2][1] == status

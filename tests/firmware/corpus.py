@@ -94,12 +94,12 @@ def run_corpus(cases, mqtt, proto, errors):
 # however large the corpus.
 def micropython_main(path):
     import pb.errors
-    import pb.mqtt_peer
-    import pb.proto
+    import pb.peer.mqtt_broker
+    import pb.peer.protocol
 
     with open(path) as f:
         while True:
             line = f.readline()
             if not line:
                 break
-            print(json.dumps(run_case(json.loads(line), pb.mqtt_peer, pb.proto, pb.errors)))
+            print(json.dumps(run_case(json.loads(line), pb.peer.mqtt_broker, pb.peer.protocol, pb.errors)))

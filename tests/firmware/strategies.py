@@ -1,5 +1,5 @@
 """Hypothesis strategies for the firmware's wire formats: every MQTT packet
-tuple that firmware.pb.mqtt encodes, every message kind of firmware.pb.proto
+tuple that firmware.pb.net.mqtt encodes, every message kind of firmware.pb.peer.protocol
 (built from its schemas), and broken variants of both."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from firmware.pb import mqtt, proto
+from firmware.pb.net import mqtt
+from firmware.pb.peer import protocol as proto
 
 # ---- MQTT -------------------------------------------------------------------
 

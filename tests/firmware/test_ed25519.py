@@ -1,4 +1,4 @@
-"""The firmware's Ed25519 verification (pb.ed25519) and SHA-512 (pb.sha512).
+"""The firmware's Ed25519 verification (pb.ota.ed25519) and SHA-512 (pb.ota.sha512).
 
 What is checked: the RFC 8032 section 7.1 vectors and the FIPS 180-4 SHA-512
 examples; agreement with the `cryptography` package (OpenSSL) on signatures
@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import ed25519
-from firmware.pb.sha512 import Sha512Pure, sha512
+from firmware.pb.ota import ed25519
+from firmware.pb.ota.sha512 import Sha512Pure, sha512
 
 from ..support import micropython
 
@@ -558,8 +558,8 @@ def test_naf_digits_sum_to_the_scalar(n: int) -> None:
 # Verifier with the pure SHA-512, and the SHA-512 examples, in one process.
 RUNNER = """
 import gc, json, sys, time
-from pb import ed25519
-from pb.sha512 import Sha512Pure
+from pb.ota import ed25519
+from pb.ota.sha512 import Sha512Pure
 
 def verdict(pk, msg, sig, chunk):
     try:
@@ -607,7 +607,7 @@ HEAP_RUNNER = """
 import gc, json, sys
 gc.collect()
 before_import = gc.mem_free()
-from pb import ed25519
+from pb.ota import ed25519
 gc.collect()
 free = gc.mem_free()
 with open(sys.argv[1]) as f:

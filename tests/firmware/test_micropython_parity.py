@@ -26,7 +26,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import errors, mqtt, mqtt_peer, proto
+from firmware.pb import errors
+from firmware.pb.net import mqtt
+from firmware.pb.peer import mqtt_broker as mqtt_peer
+from firmware.pb.peer import protocol as proto
 
 from ..support import micropython
 from . import corpus

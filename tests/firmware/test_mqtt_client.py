@@ -1,4 +1,4 @@
-"""The device's MQTT client (firmware/pb/mqtt_client.py) against a real
+"""The device's MQTT client (firmware/pb/net/mqtt_client.py) against a real
 Mosquitto, through a real TCP proxy that fails the link on demand."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import mqtt_client
-from firmware.pb.mqtt_client import MQTTClient
+from firmware.pb.net import mqtt_client
+from firmware.pb.net.mqtt_client import MQTTClient
 
 from ..support.mosquitto import GATEWAY_PASSWORD, Mosquitto
 from ..support.mqtt import TestClient

@@ -1,4 +1,4 @@
-"""Properties of the sans-I/O MQTT 3.1.1 codec (firmware/pb/mqtt.py), run on
+"""Properties of the sans-I/O MQTT 3.1.1 codec (firmware/pb/net/mqtt.py), run on
 CPython; test_micropython_parity.py checks MicroPython decodes the same."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import mqtt, mqtt_peer
 from firmware.pb.errors import ProtocolError
+from firmware.pb.net import mqtt
+from firmware.pb.peer import mqtt_broker as mqtt_peer
 
 from .strategies import mutated, packets, publish_packets, raw_publish, split, utf8ish
 

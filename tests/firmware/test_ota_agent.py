@@ -1,4 +1,4 @@
-"""The device's update agent (firmware/pb/ota.py) driven directly under
+"""The device's update agent (firmware/pb/ota/download.py) driven directly under
 CPython, for what a gateway may answer that the system tests cannot
 easily make it say."""
 
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware.pb import ota as pb_ota
-from firmware.pb import otaproto
+from firmware.pb.ota import download as pb_ota
+from firmware.pb.ota import flash
+from firmware.pb.peer import ota_transfer as otaproto
 from ota import keys as ota_keys
 from ota.envelope import sign_envelope
 
@@ -54,7 +55,7 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
 async def test_an_error_chunk_fails_the_update_with_the_gateways_words(tmp_path: Path) -> None:
     last = await _update_answered_with(tmp_path, "no such object: é".encode())
     assert (last["state"], last["reason"]) == ("failed", "gateway: no such object: é")
-    assert not (tmp_path / "dev" / pb_ota.JOB).exists()
+    assert not (tmp_path / "dev" / flash.JOB).exists()
 
 
 async def test_an_error_chunk_not_in_utf8_still_fails_the_update_with_a_reason(tmp_path: Path) -> None:

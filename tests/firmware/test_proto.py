@@ -1,4 +1,4 @@
-"""Properties of the device protocol (firmware/pb/proto.py): topics, ids and
+"""Properties of the device protocol (firmware/pb/peer/protocol.py): topics, ids and
 the JSON control messages, run on CPython; test_micropython_parity.py checks
 MicroPython decodes the same."""
 
@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware.pb import proto, wire_in
 from firmware.pb.errors import ProtocolError
+from firmware.pb.net import wire_in
+from firmware.pb.peer import protocol as proto
 
 from .corpus import canon
 from .strategies import (

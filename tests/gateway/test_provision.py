@@ -22,7 +22,7 @@ def test_a_complete_device(tmp_path: Path) -> None:
     p = provision_into(tmp_path / "th-1", "thermostat", "th-1", BROKER)
     got = files(p.path)
     assert {"boot.py", "main.py", "config.json", "boards/thermostat-v1.json", "hal/sensors.json"} <= got
-    assert {"pb/runtime.py", "pb/mqtt.py", "pb/hal/host.py", "pb/hal/esp32.py"} <= got
+    assert {"pb/runtime.py", "pb/net/mqtt.py", "pb/hal/host.py", "pb/hal/esp32.py"} <= got
     assert {"features/thermostat/manifest.json", "features/thermostat/__init__.py"} <= got
     assert not any(f.startswith("features/vent") for f in got)
     assert "__init__.py" not in got  # the CPython package marker stays behind

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware.pb import otaproto
-from firmware.pb.otaproto import FLAG_ERROR, FLAG_LAST, decode_chunk
+from firmware.pb.peer import ota_transfer as otaproto
+from firmware.pb.peer.ota_transfer import FLAG_ERROR, FLAG_LAST, decode_chunk
 from gateway.errors import UpdateRefusedError
 from gateway.releases import ObjectInfo, StoredRelease
 from gateway.updates import (

@@ -13,8 +13,8 @@ from gateway.paths import firmware_dir
 from ota.envelope import sign_envelope
 
 try:  # the device's own pure-Python check, when it exists
-    from firmware.pb.ed25519 import verify as device_verify
-except ImportError:  # pragma: no cover - until pb/ed25519.py lands
+    from firmware.pb.ota.ed25519 import verify as device_verify
+except ImportError:  # pragma: no cover - until pb/ota/ed25519.py lands
     from ota.envelope import verify_signature as device_verify
 
 __all__ = ["THERMOSTAT_BOARD", "device_verify", "edit_manifest", "resign", "write_feature"]

@@ -8,7 +8,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.pb import trust
+from firmware.pb.ota import trust
 from ota.envelope import _SMALL_ORDER_Y, key_id, public_bytes, verify_signature
 
 from .helpers import device_verify

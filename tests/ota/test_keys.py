@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.pb import trust
 from firmware.pb.errors import TrustError
+from firmware.pb.ota import trust
 from ota.envelope import add_signatures, canonical, key_id, public_bytes, sign_envelope
 from ota.errors import KeyStoreError
 from ota.keys import Keys, freshness, keygen, load_keys, rotate_root

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb import trust
+from firmware.pb.ota import trust
 from ota.errors import BuildError, KeyStoreError, ReleaseError
 from ota.keys import Keys, load_keys
 from ota.release import Release, build, read, sign

@@ -1,5 +1,5 @@
 """Verifying releases: one test per attack, named after it, and the device's
-own rules (firmware.pb.trust with its pure-Python Ed25519) agreeing."""
+own rules (firmware.pb.ota.trust with its pure-Python Ed25519) agreeing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.pb import trust
 from firmware.pb.errors import TrustError
+from firmware.pb.ota import trust
 from gateway.paths import firmware_dir
 from ota.envelope import key_id, public_bytes, sign_envelope
 from ota.errors import VerifyError
@@ -47,7 +47,7 @@ def test_the_shipped_thermostat_builds_and_verifies(tmp_path: Path, keys: Keys) 
 
 
 def test_the_device_policy_agrees(release: Release, keys: Keys) -> None:
-    """What a device does with the release, step by step, with pb.trust and
+    """What a device does with the release, step by step, with pb.ota.trust and
     the device's own Ed25519 code."""
     root = trust.load_root(keys.root_bytes, device_verify)
     now = 1795400000

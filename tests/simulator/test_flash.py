@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from firmware.pb.guard import decide
+from firmware.pb.ota.guard import decide
 from gateway.paths import firmware_dir
 from simulator.device import provision
 from simulator.loader import import_feature

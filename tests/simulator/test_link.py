@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.pb import mqtt
+from firmware.pb.net import mqtt
 from gateway.broker import GATEWAY_USER
 from simulator.device import VirtualDevice
 from simulator.link import (

@@ -1,5 +1,5 @@
 """A virtual device takes an update as a board does: through the board's own
-start-up logic (pb.setup.choose, pb.boot.Boot) over its own flash folder,
+start-up logic (pb.prepare.choose, pb.ota.updates.Boot) over its own flash folder,
 against a real Mosquitto and a real gateway holding the update keys."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ async def test_a_rollback_short_of_ram_resets_and_rolls_back_at_the_next_boot(
     # the guard's code cannot be loaded (a small heap, used by the trial):
     # the set stays on trial, the device resets, and the trial of the next
     # boot, on a fresh heap, rolls back
-    from firmware.pb import guard
+    from firmware.pb.ota import guard
 
     real = guard.rollback
     calls: list[str] = []
@@ -108,7 +108,7 @@ async def test_a_rollback_short_of_ram_resets_and_rolls_back_at_the_next_boot(
 
 async def test_update_mode_runs_under_cpython(rig: Rig, make_device: MakeDevice, eco_release: Path) -> None:
     """A device with too little heap for a download beside its features
-    resets into update mode (pb/updatemode.py), downloads there, and comes
+    resets into update mode (pb/ota/update_mode.py), downloads there, and comes
     back to install and run the new set."""
     hellos: list[str] = []
     rig.gw.listeners.append(

@@ -1,5 +1,5 @@
 """Run a snippet on the real MicroPython unix port, with the firmware's `pb`
-package importable (`import pb.mqtt`), and get back what it printed.
+package importable (`import pb.net.mqtt`), and get back what it printed.
 
 Each call copies firmware/pb alone into a fresh folder, so firmware/boot.py
 and firmware/main.py are never on the path, let alone executed. The snippet

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from firmware.pb import mqtt
+from firmware.pb.net import mqtt
 from gateway.broker import (
     GATEWAY_USER,
     BrokerUrl,

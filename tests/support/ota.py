@@ -5,7 +5,7 @@ gateway process started with keys.
 OtaDevice speaks the wire protocol only: it announces itself (hello, state),
 takes offers, asks for bytes chunk by chunk, checks what it gets, and
 reports statuses. It does not install anything; the real device agent is
-firmware/pb/ota.py.
+firmware/pb/ota/download.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from firmware.pb import otaproto, trust
-from firmware.pb.otaproto import FLAG_ERROR, FLAG_LAST
+from firmware.pb.ota import trust
+from firmware.pb.peer import ota_transfer as otaproto
+from firmware.pb.peer.ota_transfer import FLAG_ERROR, FLAG_LAST
 from ota.envelope import verify_signature
 
 from .mosquitto import Mosquitto

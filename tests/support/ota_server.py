@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from firmware.pb import otaproto
+from firmware.pb.peer import ota_transfer as otaproto
 
 from .mosquitto import GATEWAY_PASSWORD, Mosquitto
 

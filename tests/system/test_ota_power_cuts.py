@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb import guard
+from firmware.pb.ota import flash, guard
 from gateway.provision import provision_into
 from ota import keys as ota_keys
 from ota.release import Release
@@ -157,9 +157,9 @@ def one_cut(
 def check_sets(dev: DeviceProcess, when: str) -> tuple[int, str | None, list[str]]:
     """The set the device will run is complete and verified: old or new."""
     base = str(dev.path)
-    p = guard.read_pointer(base)
+    p = flash.read_pointer(base)
     assert p is None or not p.get("corrupt"), when
-    set_dir = p["set"] if p else guard.FACTORY
+    set_dir = p["set"] if p else flash.FACTORY
     assert guard.check_set(base, set_dir) is None, f"{when}: {set_dir} is not complete"
     counter, manifest, features = running_set(dev)
     if counter == 0:

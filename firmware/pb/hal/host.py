@@ -10,13 +10,7 @@ from . import Hal
 
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
-# Power-cut injection for tests: {"crash_at": N, "log": true} makes the Nth
-# fault point kill the device with SIGKILL; "log" lists the points passed in
-# fault_points.log, one line each, numbered across resets (the device's
-# processes continue the count the log holds). The file exists only where a
-# test put it.
-FAULTS_FILE = "faults.json"
-FAULT_LOG = "fault_points.log"
+FAULTS_FILE = "faults.json"  # a test's power-cut plan (pb/hal/power_cuts.py)
 
 
 class HostHal(Hal):
@@ -27,8 +21,11 @@ class HostHal(Hal):
         self.dir = root + "/hal"
         makedirs(self.dir)
         self._out = {}
-        if _fault[0] is None:
-            _fault[0] = _load_faults(self.dir)
+        self._cuts = False  # a test's power cuts planned
+        if read_bytes(self.dir + "/" + FAULTS_FILE) is not None:
+            from .power_cuts import load
+
+            self._cuts = load(self.dir + "/" + FAULTS_FILE)
         data = read_bytes(self.dir + "/" + ACTUATORS_FILE)
         if data:
             try:
@@ -69,40 +66,7 @@ class HostHal(Hal):
         return "power_on"
 
     def fault_point(self, name):
-        plan = _fault[0]
-        if not plan:
-            return
-        if _fault[1] == 0 and plan.get("log"):
-            data = read_bytes(self.dir + "/" + FAULT_LOG)
-            _fault[1] = data.count(b"\n") if data else 0
-        _fault[1] += 1
-        n = _fault[1]
-        if plan.get("log"):
-            with open(self.dir + "/" + FAULT_LOG, "a") as f:
-                f.write("%d %s\n" % (n, name))
-        if n == plan.get("crash_at"):
-            _kill_self()
+        if self._cuts:
+            from .power_cuts import passed
 
-
-# [plan, points passed]: once per process, so soft resets keep counting
-_fault = [None, 0]
-
-
-def _load_faults(folder):
-    data = read_bytes(folder + "/" + FAULTS_FILE)
-    if not data:
-        return {}
-    try:
-        plan = json.loads(data)
-    except ValueError:
-        return {}
-    return plan if isinstance(plan, dict) else {}
-
-
-def _kill_self():
-    """SIGKILL this process: a power cut, with no cleanup of any kind."""
-    import os
-
-    if hasattr(os, "kill"):
-        os.kill(os.getpid(), 9)
-    os.system("kill -9 $PPID")  # MicroPython's unix port: the shell's parent is us
+            passed(self.dir, name)

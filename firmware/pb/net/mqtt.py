@@ -19,8 +19,8 @@
 # sends QoS 2, and a QoS 2 PUBLISH is reported as a protocol error.
 import struct
 
-from .compat import const
-from .errors import ProtocolError
+from ..compat import const
+from ..errors import ProtocolError
 
 CONNECT = const(1)
 CONNACK = const(2)

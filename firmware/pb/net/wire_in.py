@@ -1,11 +1,11 @@
 # The incoming side of the protocol core: JSON in with the checks every
 # message gets, the gateway's commands, and the replies to them. The device
-# loads it for a command and lets it go after; pb/proto.py builds on it.
+# loads it for a command and lets it go after; pb/peer/protocol.py builds on it.
 import json
 
-from .compat import MICROPYTHON
-from .errors import ProtocolError
-from .ids import MAX_ID, valid_id
+from ..compat import MICROPYTHON
+from ..errors import ProtocolError
+from ..ids import MAX_ID, valid_id
 from .mqtt import decode_utf8
 from .wire import MAX_MESSAGE, VERSION, _nesting_error, _scan
 

@@ -10,8 +10,7 @@
 #   header, never copied into one packet buffer.
 import socket
 
-from . import mqtt
-from .compat import (
+from ..compat import (
     MICROPYTHON,
     TimeoutError,
     asyncio,
@@ -22,7 +21,8 @@ from .compat import (
     ticks_ms,
     wait_for_ms,
 )
-from .errors import MqttError, ProtocolError
+from ..errors import MqttError, ProtocolError
+from . import mqtt
 
 _READ_SIZE = const(256)
 _JOIN = const(1024)

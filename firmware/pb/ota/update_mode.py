@@ -3,28 +3,28 @@
 # closed). The runtime hands over to it when RAM is too short to download
 # beside the features (a small heap, or a crash while downloading). When the
 # download ends, staged or failed, the device resets back to normal: the boot
-# guard installs what was staged.
+# guard installs what was staged. Its messages are the runtime's, from the
+# same builders and senders (pb/net/wire.py, pb/ota/transfer.py, report.py).
 import json
 
-from .compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
-from .mqtt_client import MQTTClient
-from .ota import Agent, configure
-from .otafs import held_files
-from .store import read_bytes
-from .updates import keep_status
-
-OFFER = "ota/offer.json"
-
-HELLO = "data/hello.json"  # the last hello the runtime sent
+from ..compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
+from ..net import wire
+from ..net.mqtt_client import MQTTClient
+from ..store import read_bytes
+from . import flash
+from .download import Agent, configure
+from .files import held_files
+from .flash import read_json, remove
+from .report import send_status
+from .transfer import send_request
 
 
 async def run(base, config, hal, counter, root):
     """Download the update in ota/job.json; returns the reset cause."""
     dev = config["device"]
     b = config["broker"]
-    prefix = "pb/" + dev + "/"
     hal.safe_state()
-    offline = json.dumps({"v": 1, "dev": dev, "state": "offline", "reason": "lost"})
+    will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
     client = MQTTClient(
         dev,
         b["host"],
@@ -32,73 +32,64 @@ async def run(base, config, hal, counter, root):
         b.get("user"),
         b.get("password"),
         keepalive=b.get("keepalive", 30),
-        will=(prefix + "state", offline.encode(), 1, True),
-        max_packet=4224,
+        will=(wire.topic(dev, "state"), will, 1, True),
+        max_packet=wire.MAX_PACKET,
     )
 
     said = [False]
+    keep_to = base + "/" + flash.LAST_STATUS
 
     def status(msg):
         if msg["state"] == "downloading" and not said[0]:
             said[0] = True  # the heap the download runs in, once
             print("pb[%s]: update mode: downloading, heap free %d" % (dev, mem_free()))
-        msg["dev"] = dev
         msg["ts"] = hal.time()
-        data = json.dumps(msg)
-        keep_status(base, msg["state"], data)
-        client.publish(prefix + "ota/status", data, 1, True)
-
-    def request(uid, obj, off, length, seq):
-        msg = {"v": 1, "dev": dev, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
-        client.publish(prefix + "ota/req", json.dumps(msg), 0, False)
+        send_status(client, dev, msg, msg["ts"], keep_to)
 
     agent = Agent(
         base,
         config["model"],
         counter,
         lambda: held_files(root),
-        request,
+        lambda uid, obj, off, n, seq: send_request(client, dev, uid, obj, off, n, seq),
         status,
         hal.time,
-        _up(client),
+        lambda: client.up,
         hal.fault_point,
     )
     configure(agent, config)
     agent.once = True
 
     def on_message(topic, payload, retain):
-        if topic == prefix + "ota/chunk":
+        if topic == wire.topic(dev, "ota/chunk"):
             agent.on_chunk(payload)
-        elif topic == prefix + "ota/offer" and not retain:
+        elif topic == wire.topic(dev, "ota/offer") and not retain:
             agent.on_offer(payload)
 
     def birth():
-        online = json.dumps({"v": 1, "dev": dev, "state": "online", "ts": hal.time()}).encode()
-        out = [(prefix + "state", online, 1, True)]
-        hello = read_bytes(base + "/" + HELLO)
+        now = hal.time()
+        out = [(wire.topic(dev, "state"), wire.dumps("state", wire.state(dev, "online", now)), 1, True)]
+        hello = read_json(base + "/" + flash.HELLO)  # the runtime's last, as it sent it
         if hello:
             try:
-                h = json.loads(hello)
-                h["ota"]["state"] = "updating"
-                h["ts"] = hal.time()
-                out.insert(0, (prefix + "hello", json.dumps(h).encode(), 1, True))
-            except (ValueError, KeyError, TypeError):
+                hello["ota"]["state"] = "updating"
+                hello["ts"] = now
+                out.insert(0, (wire.topic(dev, "hello"), json.dumps(hello).encode(), 1, True))
+            except (KeyError, TypeError):  # (not the hello it should be)
                 pass
         return out
 
     client.on_message = on_message
     client.birth = birth
-    offer = read_bytes(base + "/" + OFFER)
+    offer = read_bytes(base + "/" + flash.OFFER)
     if offer is not None:
-        import os
-
-        os.remove(base + "/" + OFFER)
+        remove(base + "/" + flash.OFFER)
         agent.on_offer(offer)
         if agent.job is not None:  # (refused, it is reported and the mode ends)
             agent.job["mode"] = "lean"  # resets come back here, not to the runtime
             agent.save_job()
-    client.subscribe(prefix + "ota/offer", 1)
-    client.subscribe(prefix + "ota/chunk", 0)
+    client.subscribe(wire.topic(dev, "ota/offer"), 1)
+    client.subscribe(wire.topic(dev, "ota/chunk"), 0)
     print("pb[%s]: update mode: downloading without the features" % dev)
     link = asyncio.create_task(client.run())
     watchdog = asyncio.create_task(_feed(hal))
@@ -117,10 +108,6 @@ async def run(base, config, hal, counter, root):
         link.cancel()
         watchdog.cancel()
     return "update"
-
-
-def _up(client):
-    return lambda: client.up
 
 
 async def _feed(hal):

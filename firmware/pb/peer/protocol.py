@@ -1,11 +1,11 @@
 # The permabeta device protocol, sans-I/O: topic names and the JSON control
 # messages, their limits and their full validation. docs/protocol.md is the
-# spec. The gateway and the tests use this module; it builds on pb/wire.py,
+# spec. The gateway and the tests use this module; it builds on pb/net/wire.py,
 # the lean core the device itself loads, so both ends agree by construction.
-from .errors import ProtocolError
-from .ids import MAX_ID, valid_id
-from .wire import MAX_DEPTH, MAX_MESSAGE, ROOT, VERSION, _nesting_error, _scan, dumps, topic
-from .wire_in import OPS, _shown, loads, reply_error, reply_ok
+from ..errors import ProtocolError
+from ..ids import MAX_ID, valid_id
+from ..net.wire import MAX_DEPTH, MAX_MESSAGE, ROOT, VERSION, _nesting_error, _scan, dumps, topic
+from ..net.wire_in import OPS, _shown, loads, reply_error, reply_ok
 
 __all__ = [
     "MAX_DEPTH",

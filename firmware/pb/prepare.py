@@ -1,15 +1,28 @@
 # Everything the boot does once before the runtime runs: read the config and
 # the board file, pick the HAL backend, install a staged update, choose the
-# feature set. pb/boot.py lets this module go afterwards.
+# feature set. pb/start.py lets this module go afterwards.
 import json
 
 from . import API
 from .compat import forget
 from .errors import ConfigError
 from .ids import valid_id
+from .ota import flash
 from .store import read_bytes
 
-CONFIG_FILE = "config.json"
+# What only the boot needs, let go before the runtime loads (the install's
+# and the guard's code). tests/firmware/test_module_lists.py checks these.
+BOOT_ONLY_MODULES = (
+    "pb.ota.guard",
+    "pb.ota.install",
+    "pb.ota.trust",
+    "pb.ota.ed25519",
+    "pb.ota.sha512",
+    "pb.ota.files",
+    "pb.ota.flash",
+    "pb.ota.report",
+    "pb.manifest",
+)
 
 
 def load_json(path, what):
@@ -27,7 +40,7 @@ def load_json(path, what):
 
 def load_config(root="."):
     """The device's config.json, checked. Raises ConfigError."""
-    c = load_json(root + "/" + CONFIG_FILE, "device config")
+    c = load_json(root + "/" + flash.CONFIG, "device config")
     if not valid_id(c.get("device")):
         raise ConfigError("config: 'device' must be 1-32 of a-z 0-9 - _")
     for key in ("model", "board"):
@@ -40,7 +53,7 @@ def load_config(root="."):
 
 
 def make_hal(config, root="."):
-    board = load_json(root + "/boards/" + config["board"] + ".json", "board file")
+    board = load_json(root + "/" + flash.BOARDS + "/" + config["board"] + ".json", "board file")
     kind = config.get("hal", "host")
     if kind == "host":
         from .hal.host import HostHal
@@ -54,32 +67,27 @@ def make_hal(config, root="."):
 
 
 def lean_job(root):
-    """True if a download waits to run in update mode (pb/updatemode.py)."""
-    if read_bytes(root + "/ota/offer.json") is not None:
-        return True
-    data = read_bytes(root + "/ota/job.json")
-    try:
-        job = json.loads(data) if data else None
-    except ValueError:
-        return False
-    return isinstance(job, dict) and job.get("phase") == "downloading" and job.get("mode") == "lean"
+    """True if a download waits to run in update mode (pb/ota/update_mode.py)."""
+    return flash.lean_job(root)
 
 
 def choose(root, config, hal):
     # a staged update is installed now, while little else is in RAM, and the
-    # device resets after it; then the modules only the boot needs go, so
-    # the runtime gets their RAM
-    from .guard import decide, install_staged
+    # device resets after it
+    from .ota.guard import decide
+    from .ota.install import install_staged
 
     if install_staged(root, (config["model"], hal.caps, API), hal.time(), hal.fault_point):
         hal.reset("update")
-    chosen = decide(root, hal.fault_point)
-    forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
-    return chosen
+    return decide(root, hal.fault_point)
 
 
 def prepare(root):
-    """(config, hal, the guard's choice, whether to run in update mode)."""
+    """(config, hal, the guard's choice, whether to run in update mode, the
+    folder of the runtime's records)."""
     config = load_config(root)
     hal = make_hal(config, root)
-    return config, hal, choose(root, config, hal), lean_job(root)
+    chosen = choose(root, config, hal)
+    lean = lean_job(root)
+    forget(BOOT_ONLY_MODULES)  # the runtime gets their RAM
+    return config, hal, chosen, lean, root + "/" + flash.DATA

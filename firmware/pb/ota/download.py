@@ -3,7 +3,7 @@
 # hold, chunk by chunk (flow control on this side), checks each against the
 # manifest and stages it. Then it asks for a reset: the boot guard checks the
 # signatures, assembles and activates the new set before the runtime loads
-# (pb/install.py). Progress lives on flash (ota/job.json): after a power cut
+# (pb/ota/install.py). Progress lives on flash (ota/job.json): after a power cut
 # the download resumes where it was, without fetching verified bytes again.
 # Loaded only while an update is under way.
 #
@@ -12,8 +12,7 @@
 import json
 import os
 
-from . import otafs
-from .compat import (
+from ..compat import (
     TimeoutError,
     asyncio,
     format_exception,
@@ -23,12 +22,11 @@ from .compat import (
     ticks_ms,
     wait_for_ms,
 )
-from .errors import ProtocolError, StoreError
-from .otaproto import FLAG_ERROR, check_offer, decode_chunk, is_hex64
-from .store import read_bytes, write_atomic
-
-JOB = "ota/job.json"
-STAGE = "ota/stage"
+from ..errors import ProtocolError, StoreError
+from ..store import read_bytes
+from . import files, flash
+from .report import status
+from .transfer import FLAG_ERROR, check_offer, decode_chunk, is_hex64
 
 
 def configure(agent, config):
@@ -87,19 +85,10 @@ class Agent:
         self._seq = 0
         self._error = None
         self._cancel = None  # (update id, reason)
-        data = read_bytes(base + "/" + JOB)
-        try:
-            job = json.loads(data) if data else None
-        except ValueError:
-            job = None
-        self.job = job if isinstance(job, dict) and job.get("phase") == "downloading" else None
+        self.job = flash.read_job(base, "downloading")
 
     def report(self, state, uid, **info):
-        msg = {"v": 1, "id": uid, "state": state}
-        for k in info:
-            if info[k] is not None:
-                msg[k] = info[k]
-        self._report(msg)
+        self._report(status(uid, state, **info))
 
     # ---- messages in -------------------------------------------------------
 
@@ -161,7 +150,7 @@ class Agent:
         self._wake.set()
 
     def save_job(self):
-        write_atomic(self.base + "/" + JOB, json.dumps(self.job).encode("utf-8"))
+        flash.write_job(self.base, self.job)
 
     def on_chunk(self, payload):
         """A chunk; a wrong, late, repeated or out-of-order one is dropped
@@ -229,73 +218,73 @@ class Agent:
             if self.job is job:  # (a replaced one was reported when replaced)
                 self.report("failed", job["id"], reason=reason, counter=job["counter"])
                 self.job = None
-                otafs.remove(self.base + "/" + JOB)
+                flash.remove_job(self.base)
                 if clean:
-                    otafs.remove_tree(self.base + "/" + STAGE)
+                    files.remove_tree(files.staged(self.base))
             if self.once and self.job is None:
                 return
 
     async def _download(self, job):
         uid = job["id"]
-        stage = self.base + "/" + STAGE + "/"
-        otafs.ensure_dir(stage[:-1])
+        stage = files.staged(self.base) + "/"
+        files.ensure_dir(stage[:-1])
         mpath = stage + "manifest.json"
-        if otafs.size(mpath) != job["size"] or otafs.file_sha256(mpath)[1] != job["manifest"]:
-            otafs.remove(mpath)
+        if files.size(mpath) != job["size"] or files.file_sha256(mpath)[1] != job["manifest"]:
+            files.remove(mpath)
             await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"])
-            if otafs.file_sha256(mpath)[1] != job["manifest"]:
-                otafs.remove(mpath)
+            if files.file_sha256(mpath)[1] != job["manifest"]:
+                files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
-        files = _files(read_bytes(mpath), self.model, job["counter"])
+        listed = _files(read_bytes(mpath), self.model, job["counter"])
         held = self.held()
         needed = {}
-        for f in files:
+        for f in listed:
             if f["sha256"] not in held:
                 needed[f["sha256"]] = f
         total = 0
         need = 4096  # flash kept free
-        for f in files:
+        for f in listed:
             need += f["size"]
         for f in needed.values():
             total += f["zsize"]
             need += f["zsize"] + f["size"]
-        free = otafs.free_bytes(self.base)
+        free = files.free_bytes(self.base)
         if 0 <= free < need:
             raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (need, free))
         done = 0
         for sha in needed:
             f = needed[sha]
             staged = stage + sha
-            if otafs.size(staged) != f["size"] or otafs.file_sha256(staged, f["size"])[1] != sha:
+            if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
                 self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
                 z = staged + ".z"
                 await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"])
-                if otafs.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
-                    otafs.remove(z)
+                if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
+                    files.remove(z)
                     raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
-                n, digest = otafs.inflate(z, staged + ".tmp", f["size"])
+                n, digest = files.inflate(z, staged + ".tmp", f["size"])
                 if (n, digest) != (f["size"], sha):
-                    otafs.remove(staged + ".tmp")
+                    files.remove(staged + ".tmp")
                     raise Failed(
                         "mismatch: %s is %s than signed" % (f["path"], "longer" if n > f["size"] else "other")
                     )
                 os.rename(staged + ".tmp", staged)
-                otafs.remove(z)
+                files.remove(z)
                 self.fault("staged-file")
             done += f["zsize"]
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         job["phase"] = "staged"
-        write_atomic(self.base + "/" + JOB, json.dumps(job).encode("utf-8"))
+        flash.write_job(self.base, job)
         self.fault("staged")
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
 
     async def _fetch(self, uid, obj, sha, path, total):
         """Fetch obj into path, appending to the bytes already there."""
-        have = otafs.size(path)
+        have = files.size(path)
         if have > total:
-            otafs.remove(path)
-        have = max(otafs.size(path), 0)
+            files.remove(path)
+        have = max(files.size(path), 0)
         self._sink = [unhex(sha[:16]), open(path, "ab" if have else "wb"), have]
         self._out = {}
         self._error = None

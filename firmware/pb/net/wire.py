@@ -1,24 +1,37 @@
 # The protocol's core, lean enough for the device (docs/protocol.md): names,
 # limits, and JSON out with the checks every message gets. What comes in (the
-# gateway's commands) is in pb/wire_in.py, loaded only for a command; pb/proto.py
+# gateway's commands) is in pb/net/wire_in.py, loaded only for a command; pb/peer/protocol.py
 # builds the gateway's full schema validation on both.
 import json
 
-from .compat import MICROPYTHON, const
-from .errors import ProtocolError
-from .ids import MAX_ID, valid_id
+from ..compat import MICROPYTHON, const
+from ..errors import ProtocolError
+from ..ids import MAX_ID, valid_id
 from .mqtt import valid_utf8
 
 VERSION = const(1)
 ROOT = "pb"
 MAX_MESSAGE = const(4096)  # bytes of one JSON control message
 MAX_DEPTH = const(16)  # nested objects and arrays in a message, itself included
+# The largest packet taken: a 4 KB update chunk or command, and its header
+MAX_PACKET = const(4224)
 
 __all__ = ["MAX_ID", "valid_id"]
 
 
 def topic(dev, kind):
     return ROOT + "/" + dev + "/" + kind
+
+
+def state(dev, state, ts=None, reason=None):
+    """A state message (docs/protocol.md 3.2): online, or offline and why
+    (the last will says "lost")."""
+    msg = {"v": VERSION, "dev": dev, "state": state}
+    if reason is not None:
+        msg["reason"] = reason
+    if ts is not None:
+        msg["ts"] = ts
+    return msg
 
 
 _INF = float("inf")

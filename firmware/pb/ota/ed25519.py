@@ -271,7 +271,7 @@ class Verifier:
 
     tick, if given, is called with no argument every few dozen point
     operations during verify() (feed a watchdog there). sha, if given, makes
-    the SHA-512 hasher (default pb.sha512.sha512: hashlib's where present).
+    the SHA-512 hasher (default pb.ota.sha512.sha512: hashlib's where present).
     Raises TypeError if a key, signature or chunk is not bytes-like, and
     ValueError for update() after verify()."""
 

@@ -10,38 +10,23 @@
 # boot is a trial, and an update status to tell the gateway, or None.
 import json
 
-from .compat import collect, format_exception
-from .errors import StoreError
-from .otafs import ensure_dir, file_sha256
-from .store import read_bytes, write_atomic
+from ..compat import collect, format_exception
+from ..store import read_bytes
+from . import flash
+from .files import file_sha256, is_dir
+from .flash import FACTORY, read_pointer, write_pointer
 
-POINTER = "ota/active.json"
-JOB = "ota/job.json"
-REPORTS = "ota/reports.json"
-FACTORY = "features"
 MAX_TRIAL_BOOTS = 3
-_MAX_REPORTS = 8
-
-
-def read_pointer(base):
-    data = read_bytes(base + "/" + POINTER)
-    if data is None:
-        return None
-    try:
-        p = json.loads(data)
-    except ValueError:
-        return {"corrupt": True}
-    if not isinstance(p, dict) or not isinstance(p.get("set"), str):
-        return {"corrupt": True}
-    return p
-
-
-def write_pointer(base, p):
-    write_atomic(base + "/" + POINTER, json.dumps(p).encode("utf-8"))
 
 
 def features_root(base, set_dir):
+    """The feature folder of a set: the factory set, or a slot's features/."""
     return base + "/" + (set_dir if set_dir == FACTORY else set_dir + "/features")
+
+
+def set_manifest(base, set_dir):
+    """The manifest kept with a slot (written last: a slot with it is complete)."""
+    return base + "/" + set_dir + "/manifest.json"
 
 
 def check_set(base, set_dir, files=None):
@@ -50,7 +35,7 @@ def check_set(base, set_dir, files=None):
     set has no manifest and is not checked. Raises MemoryError: a heap too
     small says nothing about the set."""
     if set_dir == FACTORY:
-        return None if _is_dir(base + "/" + FACTORY) else "factory set missing"
+        return None if is_dir(base + "/" + FACTORY) else "factory set missing"
     try:
         if files is None:
             files = set_files(base, set_dir)
@@ -69,22 +54,13 @@ def check_set(base, set_dir, files=None):
 
 def set_files(base, set_dir):
     """The file list of the manifest kept with an OTA set, or None."""
-    data = read_bytes(base + "/" + set_dir + "/manifest.json")
+    data = read_bytes(set_manifest(base, set_dir))
     if data is None:
         return None
     signed = json.loads(data)["signed"]
     data = None
     collect()
     return json.loads(signed)["files"]
-
-
-def _is_dir(path):
-    import os
-
-    try:
-        return bool(os.stat(path)[0] & 0x4000)
-    except OSError:
-        return False
 
 
 def _restore(base, p, reason):
@@ -101,61 +77,15 @@ def _restore(base, p, reason):
     return q
 
 
-def add_report(base, status):
-    """Keep an update status on flash until the runtime can send it. A flash
-    that cannot take it (full, or a board flashed without ota/ and where
-    none can be made) loses the report, never the boot."""
-    data = read_bytes(base + "/" + REPORTS)
-    try:
-        reports = json.loads(data) if data else []
-    except ValueError:
-        reports = []
-    if not isinstance(reports, list):
-        reports = []
-    reports.append(status)
-    try:
-        ensure_dir(base + "/ota")
-        write_atomic(base + "/" + REPORTS, json.dumps(reports[-_MAX_REPORTS:]).encode("utf-8"))
-    except StoreError:
-        pass
-
-
-def _staged_job(base):
-    data = read_bytes(base + "/" + JOB)
-    try:
-        job = json.loads(data) if data else None
-    except ValueError:
-        return None
-    return job if isinstance(job, dict) and job.get("phase") == "staged" else None
-
-
-def install_staged(base, device, now, fault=None):
-    """Install a staged update, if there is one (device: model, caps, api);
-    True if there was one, installed or refused: the device then resets, so
-    that the new set's trial starts on a fresh heap."""
-    job = _staged_job(base)
-    if job is not None:
-        p = read_pointer(base)
-        running = (None, 0, None)
-        if p is not None and not p.get("corrupt"):
-            running = (p["set"], p.get("counter", 0), p.get("manifest"))
-        elif _is_dir(base + "/" + FACTORY):
-            running = (FACTORY, 0, None)
-        from .install import install
-
-        install(base, job, device, running, now, fault)
-    return job is not None
-
-
 def decide(base=".", fault=None):
     """Choose the feature set for this boot (and record a trial boot)."""
     p = read_pointer(base)
-    factory = _is_dir(base + "/" + FACTORY)
+    factory = is_dir(base + "/" + FACTORY)
     if p is None or p.get("corrupt"):
         if factory:
             st = _status("failed", "pointer corrupt; factory set used") if p else None
             if st:
-                add_report(base, st)
+                flash.add_report(base, st)
             return (features_root(base, FACTORY), None, False, st)
         return _safe("no usable feature set (%s)" % ("pointer corrupt" if p else "none installed"), base)
     if p.get("state") == "trial":
@@ -173,7 +103,7 @@ def decide(base=".", fault=None):
         if q is None:
             return _safe("trial failed (%s) and the previous set is unusable" % reason, base)
         st = _status("rolled_back", reason, p)
-        add_report(base, st)
+        flash.add_report(base, st)
         return (features_root(base, q["set"]), q, False, st)
     if p["set"] == FACTORY and not factory:
         return _safe("factory set missing", base)
@@ -181,17 +111,17 @@ def decide(base=".", fault=None):
 
 
 def _status(state, reason, p=None):
-    st = {"v": 1, "state": state, "reason": reason, "id": "-", "counter": 0}
-    if p is not None:
-        st["id"] = p.get("update") or "-"
-        st["counter"] = p.get("counter", 0)
-    return st
+    from .report import status  # (only when something went wrong)
+
+    if p is None:
+        return status("-", state, 0, reason)
+    return status(p.get("update") or "-", state, p.get("counter", 0), reason)
 
 
 def _safe(reason, base=None):
     st = _status("safe_mode", reason)
     if base is not None:
-        add_report(base, st)
+        flash.add_report(base, st)
     return (None, None, False, st)
 
 

@@ -4,9 +4,10 @@
 import hashlib
 import os
 
-from .compat import MICROPYTHON, fsync
-from .errors import StoreError
-from .store import exists, makedirs
+from ..compat import MICROPYTHON, fsync
+from ..errors import StoreError
+from ..store import exists, makedirs
+from .flash import STAGE
 
 _BUF = 512
 _WBITS = 10  # zlib window of the blobs: 1 KB (docs/ota.md)
@@ -18,6 +19,19 @@ def size(path):
         return os.stat(path)[6]
     except OSError:
         return -1
+
+
+def staged(base, name=""):
+    """The staging folder (docs/ota.md 4.8), or a file in it."""
+    return base + "/" + STAGE + ("/" + name if name else "")
+
+
+def is_dir(path):
+    """True if path is a directory."""
+    try:
+        return bool(os.stat(path)[0] & 0x4000)
+    except OSError:
+        return False
 
 
 def file_sha256(path, limit=-1):
@@ -41,18 +55,6 @@ def file_sha256(path, limit=-1):
 
 def _hex(b):
     return "".join("%02x" % x for x in b)
-
-
-def copy(src, dst):
-    buf = bytearray(_BUF)
-    mv = memoryview(buf)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        while True:
-            k = fi.readinto(buf)
-            if not k:
-                break
-            fo.write(mv[:k])
-        fsync(fo)
 
 
 def inflate(src, dst, max_size):
@@ -173,7 +175,6 @@ def ensure_dir(path):
 
 
 __all__ = [
-    "copy",
     "ensure_dir",
     "exists",
     "file_sha256",

@@ -4,11 +4,11 @@
 # import this same module, so they judge a release exactly as a device does.
 #
 # Signature checking is injected (verify(pub, msg, sig) -> bool): the device
-# uses pb.ed25519 (pure Python), the CPython tools may pass a faster one.
+# uses pb.ota.ed25519 (pure Python), the CPython tools may pass a faster one.
 import json
 
-from .compat import const
-from .errors import TrustError
+from ..compat import const
+from ..errors import TrustError
 
 MAX_ENVELOPE = const(16384)
 MAX_SIGNATURES = const(8)

@@ -5,34 +5,18 @@
 # idempotent: a power cut anywhere in here just runs it again at next boot.
 import json
 
-from . import guard, otafs, trust
-from .compat import collect, format_exception
-from .errors import StoreError, TrustError
-from .store import read_bytes, write_atomic
+from ..compat import collect, format_exception, fsync
+from ..errors import StoreError, TrustError
+from ..store import read_bytes
+from . import files, flash, guard, trust
+from .flash import SLOTS, read_json, write_json
+from .report import status
 
-JOB = "ota/job.json"
-STAGE = "ota/stage"
-ROOT = "ota/root.json"
-TRUST_STATE = "ota/trust.json"
-SLOTS = ("ota/a", "ota/b")
 _MAX_INSTALLS = 3
 
 
-def _load(base, rel):
-    data = read_bytes(base + "/" + rel)
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
 def _status(job, state, now, reason=None):
-    st = {"v": 1, "id": job["id"], "state": state, "counter": job.get("counter", 0), "ts": now}
-    if reason:
-        st["reason"] = reason
-    return st
+    return status(job["id"], state, job.get("counter", 0), reason, ts=now)
 
 
 def verify(pub, msg, sig, tick=None):
@@ -41,18 +25,34 @@ def verify(pub, msg, sig, tick=None):
     return ed_verify(pub, msg, sig, tick)
 
 
+def install_staged(base, device, now, fault=None):
+    """Install a staged update, if there is one (device: model, caps, api);
+    True if there was one, installed or refused: the device then resets, so
+    that the new set's trial starts on a fresh heap."""
+    job = flash.read_job(base, "staged")
+    if job is not None:
+        p = flash.read_pointer(base)
+        running = (None, 0, None)
+        if p is not None and not p.get("corrupt"):
+            running = (p["set"], p.get("counter", 0), p.get("manifest"))
+        elif files.is_dir(base + "/" + flash.FACTORY):
+            running = (flash.FACTORY, 0, None)
+        install(base, job, device, running, now, fault)
+    return job is not None
+
+
 def install(base, job, device, running, now, fault=None, tick=None):
     """Check and activate a staged update. device: (model, caps, api);
     running: (set dir, counter, manifest) of the running set. Returns the
     new pointer, or None if the update failed (reported, staging removed)."""
     fault = fault or (lambda name: None)
-    done = guard.read_pointer(base)
+    done = flash.read_pointer(base)
     if done and done.get("update") == job["id"] and done.get("manifest") == job["manifest"]:
         # the pointer switched before the power went: only the tidying is left
         _tidy(base, job, now)
         return done
     job["installs"] = job.get("installs", 0) + 1
-    write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))  # counted first
+    flash.write_job(base, job)  # counted first
     try:
         p = _install(base, job, device, running, now, fault, tick)
     except MemoryError:
@@ -67,33 +67,33 @@ def install(base, job, device, running, now, fault=None, tick=None):
         _tidy(base, job, now)
         fault("installed")
         return p
-    guard.add_report(base, _status(job, "failed", now, reason))
-    otafs.remove(base + "/" + JOB)
-    otafs.remove_tree(base + "/" + STAGE)
+    flash.add_report(base, _status(job, "failed", now, reason))
+    flash.remove_job(base)
+    files.remove_tree(files.staged(base))
     return None
 
 
 def _tidy(base, job, now):
-    guard.add_report(base, _status(job, "activating", now))
-    otafs.remove(base + "/" + JOB)
-    otafs.remove_tree(base + "/" + STAGE)
+    flash.add_report(base, _status(job, "activating", now))
+    flash.remove_job(base)
+    files.remove_tree(files.staged(base))
 
 
 def _install(base, job, device, running, now, fault, tick):
     model, caps, api = device
     run_set, run_counter, run_manifest = running
-    data = read_bytes(base + "/" + STAGE + "/manifest.json")
+    data = read_bytes(files.staged(base, "manifest.json"))
     if data is None or trust.sha256_hex(data) != job["manifest"]:
         raise TrustError("mismatch", "staged manifest is missing or not the one offered")
     raw, body, sigs = trust.open_envelope(data)
-    root_data = read_bytes(base + "/" + ROOT)
+    root_data = read_bytes(base + "/" + flash.ROOT)
     if root_data is None:
         raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
     root = trust.load_root(root_data, verify)
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
     trust.check_manifest(body)
     trust.check_for_device(body, model, caps, api, run_counter)
-    state = _load(base, TRUST_STATE) or {"freshness": 0}
+    state = read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
     if job.get("fresh_ok") != body["counter"]:
         fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
@@ -101,24 +101,24 @@ def _install(base, job, device, running, now, fault, tick):
             fbody, model, job["manifest"], body["counter"], job["offered_at"], state["freshness"]
         )
         state["freshness"] = fbody["version"]
-        write_atomic(base + "/" + TRUST_STATE, json.dumps(state).encode("utf-8"))
+        write_json(base + "/" + flash.TRUST_STATE, state)
         job["fresh_ok"] = body["counter"]
-        write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))
+        flash.write_job(base, job)
     fault("verified")
-    files = body["files"]
+    listed = body["files"]
     counter = body["counter"]
     data = raw = body = sigs = root = None  # the manifest's copies: RAM for the rest
     collect()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
-    if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, files) is not None:
-        held = otafs.held_files(guard.features_root(base, run_set) if run_set else None)
-        _assemble(base, target, files, held, fault)
-        bad = guard.check_set(base, target, files)
+    if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, listed) is not None:
+        held = files.held_files(guard.features_root(base, run_set) if run_set else None)
+        _assemble(base, target, listed, held, fault)
+        bad = guard.check_set(base, target, listed)
         if bad is not None:
             raise TrustError("mismatch", "assembled set: " + bad)
     pointer = {
         "set": target,
-        "prev": {"set": run_set or guard.FACTORY, "counter": run_counter, "manifest": run_manifest},
+        "prev": {"set": run_set or flash.FACTORY, "counter": run_counter, "manifest": run_manifest},
         "counter": counter,
         "manifest": job["manifest"],
         "state": "trial",
@@ -126,31 +126,45 @@ def _install(base, job, device, running, now, fault, tick):
         "update": job["id"],
     }
     fault("activate")
-    guard.write_pointer(base, pointer)
+    flash.write_pointer(base, pointer)
     fault("activated")
     return pointer
 
 
 def _slot_manifest(base, target):
-    data = read_bytes(base + "/" + target + "/manifest.json")
+    data = read_bytes(guard.set_manifest(base, target))
     return trust.sha256_hex(data) if data is not None else None
 
 
-def _assemble(base, target, files, held, fault):
+def _assemble(base, target, listed, held, fault):
     slot = base + "/" + target
-    features = slot + "/features"
-    otafs.remove_tree(slot)
-    otafs.ensure_dir(features)
-    for f in files:
+    features = guard.features_root(base, target)
+    files.remove_tree(slot)
+    files.ensure_dir(features)
+    for f in listed:
         dst = features + "/" + f["path"]
-        otafs.ensure_dir(dst[: dst.rfind("/")])
-        src = held.get(f["sha256"]) or base + "/" + STAGE + "/" + f["sha256"]
-        if otafs.size(src) != f["size"]:
+        files.ensure_dir(dst[: dst.rfind("/")])
+        src = held.get(f["sha256"]) or files.staged(base, f["sha256"])
+        if files.size(src) != f["size"]:
             raise TrustError("mismatch", "%s is neither held nor staged" % f["path"])
-        otafs.copy(src, dst)
+        _copy(src, dst)
         fault("assemble")
     # written last: a slot with its manifest is a complete slot
-    otafs.copy(base + "/" + STAGE + "/manifest.json", slot + "/manifest.json.tmp")
+    manifest = guard.set_manifest(base, target)
+    _copy(files.staged(base, "manifest.json"), manifest + ".tmp")
     import os
 
-    os.rename(slot + "/manifest.json.tmp", slot + "/manifest.json")
+    os.rename(manifest + ".tmp", manifest)
+
+
+def _copy(src, dst):
+    """Copy a file through one small buffer, synced."""
+    buf = bytearray(512)
+    mv = memoryview(buf)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            k = fi.readinto(buf)
+            if not k:
+                break
+            fo.write(mv[:k])
+        fsync(fo)

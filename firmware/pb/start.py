@@ -1,76 +1,65 @@
-# Start-up: read the provisioned config and board file, pick the HAL
-# backend, run the device, and turn every way it can end into a reset.
+# The runtime's entry point (main.py calls run()): prepare the boot
+# (pb/prepare.py), run update mode or the runtime, and turn every way it can
+# end into a reset.
 from .compat import MICROPYTHON, asyncio, forget, format_exception, print_exception, sleep_ms
 from .store import Store
 
-FACTORY = "features"
-
-
-class Boot:
-    """What the boot guard decided (pb/guard.py): `root` is the feature
-    folder to run (None: safe mode), `pointer` the pointer record (None:
-    factory set), `trial` whether this boot is a trial, `report` an update
-    status the guard had to give, or None."""
-
-    def __init__(self, root, pointer=None, trial=False, report=None):
-        self.root = root
-        self.pointer = pointer
-        self.trial = trial
-        self.report = report
-
-    def counter(self):
-        return self.pointer["counter"] if self.pointer else 0
-
-    def manifest(self):
-        return self.pointer.get("manifest") if self.pointer else None
-
-    def set_dir(self):
-        return self.pointer["set"] if self.pointer else FACTORY
-
-
 # Imported one at a time with a collection in between: compiling a module
 # needs a contiguous block, and a fragmented heap is what fails first on a
-# small board.
-_MODULES = ("pb.mqtt", "pb.mqtt_client", "pb.bus", "pb.features", "pb.updates", "pb.runtime")
+# small board. (tests/firmware/test_module_lists.py checks these names.)
+RUNTIME_MODULES = (
+    "pb.net.mqtt",
+    "pb.net.mqtt_client",
+    "pb.bus",
+    "pb.features",
+    "pb.ota.updates",
+    "pb.runtime",
+)
 
 
 def _import_runtime():
     import gc
 
-    for name in _MODULES:
+    for name in RUNTIME_MODULES:
         gc.collect()
         __import__(name)
     gc.collect()
 
 
 def _prepare(root):
-    from .setup import prepare
+    from .prepare import prepare
 
     out = prepare(root)
-    forget(("pb.setup",))
+    forget(("pb.prepare",))
     return out
 
 
 async def _run(root):
-    config, hal, chosen, lean = _prepare(root)
-    hal.reset(await run_device(root, config, hal, chosen, lean))
+    config, hal, chosen, lean, data = _prepare(root)
+    hal.reset(await run_device(root, config, hal, chosen, lean, data=data))
 
 
-async def run_device(root, config, hal, chosen, lean, importer=None, log=None, on_device=None):
+async def run_device(root, config, hal, chosen, lean, importer=None, log=None, on_device=None, data=None):
     """From the guard's choice to the next reset: update mode, or the runtime
     with a runtime crash turned into a clean restart. Returns the cause.
     The simulator runs its virtual devices through this same function
-    (on_device(device) hands it the runtime's Device)."""
-    boot = Boot(*chosen)
+    (on_device(device) hands it the runtime's Device). data: the folder of
+    the runtime's records (pb/ota/flash.py DATA under root)."""
     if lean:
-        from .updatemode import run as update_mode
+        from .ota.update_mode import run as update_mode
 
-        return await update_mode(root, config, hal, boot.counter(), boot.root)
+        pointer = chosen[1]
+        return await update_mode(root, config, hal, pointer["counter"] if pointer else 0, chosen[0])
     if MICROPYTHON:
         _import_runtime()
+    if data is None:
+        from .ota.flash import DATA
+
+        data = root + "/" + DATA
+    from .ota.updates import Boot
     from .runtime import Device
 
-    device = Device(config, hal, Store(root + "/data"), importer=importer, log=log, boot=boot, base=root)
+    device = Device(config, hal, Store(data), importer=importer, log=log, boot=Boot(*chosen), base=root)
     if on_device is not None:
         on_device(device)
     try:

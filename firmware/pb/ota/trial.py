@@ -1,25 +1,12 @@
 # The trial of a newly activated feature set (docs/ota.md 4.6): commit when
-# healthy, roll back when not. Loaded only while a set is on trial, or at
-# the first boot after a commit whose report the power cut short.
-import json
+# healthy, roll back when not. Loaded only while a set is on trial.
+from ..compat import forget, format_exception, sleep_ms, ticks_diff, ticks_ms
+from ..store import write_atomic
 
-from .compat import forget, format_exception, sleep_ms, ticks_diff, ticks_ms
-from .store import read_bytes, write_atomic
-from .updates import LAST_STATUS
-
-POINTER = "ota/active.json"
-
-
-def committed_unsaid(u):
-    """The power went between the commit and its report: say it now."""
-    p = u.boot.pointer
-    data = read_bytes(u.dev.base + "/" + LAST_STATUS)
-    try:
-        last = json.loads(data) if data else None
-    except ValueError:
-        last = None
-    if last and last.get("id") == p["update"] and last.get("state") in ("activating", "trial"):
-        u.status({"v": 1, "id": p["update"], "state": "committed", "counter": p["counter"]})
+# A commit loads little (the statuses' small module): the pointer it writes
+# was prepared when the trial started (Updates.commit_to). The new set runs
+# on what is left, and the heap it has used may lack the blocks a larger
+# module needs to load.
 
 
 async def run(u):
@@ -29,14 +16,13 @@ async def run(u):
     f = d.features
     t0 = ticks_ms()
     try:
-        status = f.status()
-        for name in sorted(status):
-            err = status[name].get("error")
+        states = f.status()
+        for name in sorted(states):
+            err = states[name].get("error")
             if err:
                 rollback(u, "%s did not start: %s" % (name, err))
                 return
-        bad = f.selftest()
-        forget(("pb.configure",))
+        bad = _selftests(f)
         if bad:
             name = sorted(bad)[0]
             rollback(u, "self-test of %s failed: %s" % (name, bad[name]))
@@ -52,21 +38,24 @@ async def run(u):
         else:
             d.log("after the commit: " + format_exception(exc))
     finally:
-        forget(("pb.trial",))
+        forget(("pb.ota.trial",))
+        u.idle()
 
 
 def commit(u):
     d = u.dev
     p = u.boot.pointer
     d.hal.fault_point("commit")
-    q = dict(p)
+    from .report import status
+
+    path, data = u.commit_to
+    write_atomic(path, data)  # the pointer, as pb/ota/flash.py commit_of made it
+    u.boot.pointer = q = dict(p)
     q["state"] = "committed"
     q.pop("boots", None)
-    write_atomic(d.base + "/" + POINTER, json.dumps(q).encode("utf-8"))
-    u.boot.pointer = q
     u.boot.trial = False
     d.hal.fault_point("committed")
-    u.status({"v": 1, "id": p.get("update") or "-", "state": "committed", "counter": p["counter"]})
+    u.status(status(p.get("update") or "-", "committed", p["counter"]))
     d.republish_hello()
 
 
@@ -84,13 +73,27 @@ def rollback(u, reason):
         # the set is still on trial: the next boot, on a fresh heap, tries
         # it again and rolls back then (or the boot guard does, after its
         # trial boots)
-        d.log("rollback: out of RAM; resetting to roll back")
+        d.log("rollback: out of RAM; resetting to roll back " + reason)
         d.stop("rollback")
         return
     u.boot.trial = False
     if restored is None:
         d.log("no usable previous set: the next boots end in safe mode")
-    st = {"v": 1, "id": p.get("update") or "-", "state": "rolled_back", "counter": p["counter"]}
-    st["reason"] = reason
-    u.status(st)
+    from .report import status
+
+    u.status(status(p.get("update") or "-", "rolled_back", p["counter"], reason))
     d.stop("rollback")
+
+
+def _selftests(host):
+    """Run each running feature's selftest(); {name: error} for failures."""
+    bad = {}
+    for name in list(host.running):
+        obj = host.running[name]
+        if hasattr(obj, "selftest"):
+            try:
+                if obj.selftest() is False:
+                    bad[name] = "self-test returned False"
+            except Exception as exc:  # noqa: BLE001 - feature code
+                bad[name] = format_exception(exc)
+    return bad

@@ -3,8 +3,8 @@
 # brokers send. Tests and tools use it; a device never loads it.
 import struct
 
-from .errors import ProtocolError
-from .mqtt import (
+from ..errors import ProtocolError
+from ..net.mqtt import (
     CONNACK,
     CONNECT,
     DISCONNECT,
@@ -34,7 +34,7 @@ from .mqtt import (
     subscribe,
     text,
 )
-from .mqtt import parse as parse_client
+from ..net.mqtt import parse as parse_client
 
 
 def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):

@@ -1,0 +1,144 @@
+# The device's flash as the update path keeps it (docs/ota.md 4.8): every
+# path, the format of every record, and the one writer of the active-set
+# pointer. Paths are relative to the device's root folder (base); every
+# record is JSON replaced in one step (pb/store.py), so a power cut leaves the
+# old record or the new one; a record that is not JSON reads as absent.
+# Loaded by the update path only while it runs.
+import json
+
+from ..errors import StoreError
+from ..store import makedirs, read_bytes, write_atomic
+
+CONFIG = "config.json"  # the device's settings (pb/config.py)
+BOARDS = "boards"  # boards/<board>.json
+FACTORY = "features"  # the factory set, run when there is no pointer
+DATA = "data"  # the runtime's records (pb/store.py Store)
+HELLO = "data/hello.json"  # the last hello the runtime sent, for update mode
+ROOT = "ota/root.json"  # the root the device trusts
+TRUST_STATE = "ota/trust.json"  # {"freshness": last version accepted}
+OFFER = "ota/offer.json"  # an offer handed to update mode
+JOB = "ota/job.json"  # the update under way
+STAGE = "ota/stage"  # manifest.json, <sha256>.z, <sha256>.tmp, <sha256>
+SLOTS = ("ota/a", "ota/b")  # manifest.json and features/
+POINTER = "ota/active.json"  # the set that runs
+REPORTS = "ota/reports.json"  # statuses for the runtime to send
+LAST_STATUS = "ota/status.json"  # the last outcome (pb/ota/report.py KEPT)
+MAX_REPORTS = 8
+
+
+def read_json(path):
+    """The JSON value in path (or its pending replacement), or None if it is
+    absent or not JSON."""
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def write_json(path, value):
+    """Replace path's content with value as JSON, in one step. Raises StoreError."""
+    write_atomic(path, json.dumps(value).encode("utf-8"))
+
+
+def remove(path):
+    """Remove path and its pending replacement; a missing one is fine."""
+    import os
+
+    for p in (path, path + ".tmp"):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+# ---- the pointer (docs/ota.md 4.4) ---------------------------------------------
+
+
+def read_pointer(base):
+    """The pointer record; None: no pointer (factory set); {"corrupt": True}:
+    one that cannot be read."""
+    data = read_bytes(base + "/" + POINTER)
+    if data is None:
+        return None
+    try:
+        p = json.loads(data)
+    except ValueError:
+        return {"corrupt": True}
+    if not isinstance(p, dict) or not isinstance(p.get("set"), str):
+        return {"corrupt": True}
+    return p
+
+
+def write_pointer(base, p):
+    """Switch the pointer: one atomic rename, so after any power cut it names
+    either the old set or the new one. Raises StoreError."""
+    write_json(base + "/" + POINTER, p)
+
+
+def commit_of(base, p):
+    """The commit of a set on trial, prepared: (path, bytes) that
+    store.write_atomic writes when the trial passes. Prepared when the trial
+    starts, on a young heap: one the new set has used may lack the blocks
+    this module needs to load."""
+    q = dict(p)
+    q["state"] = "committed"
+    q.pop("boots", None)
+    return base + "/" + POINTER, json.dumps(q).encode("utf-8")
+
+
+# ---- the job (docs/ota.md 4.8) ----------------------------------------------------
+
+
+def read_job(base, phase=None):
+    """The job (in a phase: "downloading", "staged"), or None."""
+    job = read_json(base + "/" + JOB)
+    if not isinstance(job, dict) or phase is not None and job.get("phase") != phase:
+        return None
+    return job
+
+
+def write_job(base, job):
+    write_json(base + "/" + JOB, job)
+
+
+def remove_job(base):
+    remove(base + "/" + JOB)
+
+
+def lean_job(base):
+    """True if a download waits to run in update mode: an offer handed over,
+    or a download marked lean."""
+    if read_bytes(base + "/" + OFFER) is not None:
+        return True
+    job = read_job(base, "downloading")
+    return job is not None and job.get("mode") == "lean"
+
+
+# ---- statuses kept for the gateway ---------------------------------------------
+
+
+def add_report(base, status):
+    """Keep an update status on flash until the runtime can send it. A flash
+    that cannot take it (full, or a board flashed without ota/ and where
+    none can be made) loses the report, never the boot."""
+    path = base + "/" + REPORTS
+    reports = read_json(path)
+    if not isinstance(reports, list):
+        reports = []
+    reports.append(status)
+    try:
+        makedirs(base + "/ota")
+        write_json(path, reports[-MAX_REPORTS:])
+    except (OSError, StoreError):
+        pass
+
+
+def take_reports(base):
+    """The statuses kept by add_report, oldest first; they go."""
+    path = base + "/" + REPORTS
+    reports = read_json(path)
+    remove(path)
+    return reports if isinstance(reports, list) else []

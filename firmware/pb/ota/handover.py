@@ -1,0 +1,39 @@
+# Handing an update to update mode (docs/ota.md 4.2): when RAM is too short
+# to download beside the features, the device resets into a mode where only
+# the link and the download run. Small, as it is loaded when RAM is short.
+from ..compat import mem_free
+from ..store import write_atomic
+
+# RAM a download needs beside the running features (its modules are already
+# loaded when this is checked); less free, and it runs in update mode
+_OTA_RAM = 48000
+
+
+def roomy(u):
+    """True if a download fits in RAM beside the features (config
+    "ota_mode": "lean" sends every download to update mode)."""
+    cfg = u.dev.config
+    if cfg.get("ota_mode") == "lean":
+        return False
+    free = mem_free()
+    if free >= 0:
+        free += u.dev.reserved()  # given back to a download
+    return free < 0 or free >= cfg.get("ota_ram", _OTA_RAM)
+
+
+def to_update_mode(u, offer=None):
+    """Reset into update mode (pb/ota/update_mode.py); an offer not yet
+    taken goes along on flash, a download under way is marked to go on
+    there (resets come back to it, not to the runtime)."""
+    d = u.dev
+    if offer is not None:
+        d.spare(True)  # a reset follows: what is kept for a bad day is for now
+        write_atomic(u.offer_to, offer)  # (no copy: RAM is short)
+    else:
+        from . import flash
+
+        job = flash.read_job(d.base)
+        job["mode"] = "lean"
+        flash.write_job(d.base, job)
+    d.log("update: %d bytes of RAM free: downloading in update mode" % mem_free())
+    d.stop("update")

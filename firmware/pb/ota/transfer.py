@@ -1,0 +1,73 @@
+# The update transfer's wire format (docs/ota.md, section 3), sans-I/O, as
+# the device speaks it: offers checked, requests built (and handed to a
+# client), chunks as a 24-byte binary header plus bytes. Statuses are
+# pb/ota/report.py's. The gateway's half (chunks built,
+# requests and statuses checked) is pb/peer/ota_transfer.py.
+import struct
+
+from ..compat import const
+from ..errors import ProtocolError
+
+CHUNK_HEADER = const(24)
+MAX_CHUNK = const(4096)
+FLAG_LAST = const(1)
+FLAG_ERROR = const(2)
+CHUNK_FORMAT = ">BBHIII8s"  # version, flags, 0, seq, offset, length, tag
+
+
+def decode_chunk(payload):
+    """(flags, seq, offset, tag, data) of a chunk. Raises ProtocolError."""
+    if len(payload) < CHUNK_HEADER:
+        raise ProtocolError("malformed", "chunk shorter than its header")
+    ver, flags, _, seq, offset, length, tag = struct.unpack(CHUNK_FORMAT, bytes(payload[:CHUNK_HEADER]))
+    if ver != 1:
+        raise ProtocolError("unsupported_version", "chunk format %d" % ver)
+    data = memoryview(payload)[CHUNK_HEADER:]
+    if length != len(data) or length > MAX_CHUNK:
+        raise ProtocolError("malformed", "chunk length %d does not match its %d bytes" % (length, len(data)))
+    return flags, seq, offset, tag, data
+
+
+def is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_hex64(s):
+    if not isinstance(s, str) or len(s) != 64:
+        return False
+    for c in s:
+        if c not in "0123456789abcdef":
+            return False
+    return True
+
+
+def check_offer(msg):
+    """An offer or cancel from the gateway, validated. Raises ProtocolError."""
+    if not isinstance(msg, dict) or msg.get("v") != 1:
+        raise ProtocolError("unsupported_version", "offer is not a version 1 object")
+    uid = msg.get("id")
+    if not isinstance(uid, str) or not 0 < len(uid) <= 32:
+        raise ProtocolError("bad_value", "offer id must be 1-32 characters")
+    if msg.get("op") == "cancel":
+        return msg
+    if not is_hex64(msg.get("manifest")):
+        raise ProtocolError("bad_type", "offer.manifest must be 64 lowercase hex")
+    if not is_int(msg.get("size")) or not 0 < msg["size"] <= 16384:
+        raise ProtocolError("bad_value", "offer.size must be 1-16384")
+    if not isinstance(msg.get("freshness"), dict):
+        raise ProtocolError("bad_type", "offer.freshness must be an object")
+    return msg
+
+
+def request(dev, uid, obj, off, length, seq):
+    """A request for length bytes of obj (the manifest or a blob) at off."""
+    return {"v": 1, "dev": dev, "id": uid, "obj": obj, "off": off, "len": length, "seq": seq}
+
+
+def send_request(client, dev, uid, obj, off, length, seq):
+    """Ask the gateway for length bytes of obj at off."""
+    import json
+
+    from ..net.wire import topic
+
+    client.publish(topic(dev, "ota/req"), json.dumps(request(dev, uid, obj, off, length, seq)), 0, False)
