@@ -40,6 +40,8 @@ async def run(u):
     finally:
         forget(("pb.ota.trial",))
         u.idle()
+        if u.boot.pointer.get("state") == "committed" and u.commit_to is None:
+            d.republish_hello()  # what runs is now committed: with the RAM the trial used
 
 
 def commit(u):
@@ -56,7 +58,7 @@ def commit(u):
     u.boot.trial = False
     d.hal.fault_point("committed")
     u.status(status(p.get("update") or "-", "committed", p["counter"]))
-    d.republish_hello()
+    u.commit_to = None
 
 
 def rollback(u, reason):
