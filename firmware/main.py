@@ -26,8 +26,12 @@ def supervise():
         if argv[i] == sys.executable or argv[i].endswith("/micropython"):
             argv = argv[i + 1 :]
             break
+    # The child dies with this process, as a board's CPU does with its power:
+    # setpriv (util-linux) asks the kernel to kill it when its parent goes.
+    tie = "setpriv --pdeathsig KILL " if os.system("command -v setpriv >/dev/null") == 0 else ""
     while True:
-        status = os.system("PB_CHILD=1 exec '%s' %s" % (sys.executable, " ".join("'%s'" % a for a in argv)))
+        cmd = "PB_CHILD=1 exec %s'%s' %s" % (tie, sys.executable, " ".join("'%s'" % a for a in argv))
+        status = os.system(cmd)
         if status & 0x7F:
             sys.exit(128 + (status & 0x7F))  # killed: the power is gone
         code = status >> 8
