@@ -30,8 +30,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway ota simulator tests firmware benchmarks
 	$(BIN)/ruff format --check gateway ota simulator tests firmware benchmarks
 
-typecheck: $(STAMP)
+# The firmware is checked against MicroPython's own stubs, kept apart from
+# the venv's site-packages (they stand in for the standard library).
+MPY_STUBS := $(VENV)/micropython-stubs
+MPY_STUBS_STAMP := $(MPY_STUBS)/.installed-stamp
+
+$(MPY_STUBS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --upgrade --target $(MPY_STUBS) \
+	  'micropython-esp32-stubs>=1.29,<1.30' 'micropython-stdlib-stubs>=1.29,<1.30'
+	@touch $@
+
+typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	$(BIN)/mypy
+	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
+	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py pb features
 
 check: lint typecheck test
 

@@ -23,14 +23,15 @@ def supervise():
     # the interpreter's own arguments (-X heapsize=...), as it was started;
     # it may be a script run by another interpreter, so find it by name
     for i in range(len(argv)):
-        if argv[i] == sys.executable or argv[i].endswith("/micropython"):
+        if argv[i] == sys.executable or argv[i].endswith("/micropython"):  # type: ignore[attr-defined]
             argv = argv[i + 1 :]
             break
     # The child dies with this process, as a board's CPU does with its power:
     # setpriv (util-linux) asks the kernel to kill it when its parent goes.
     tie = "setpriv --pdeathsig KILL " if os.system("command -v setpriv >/dev/null") == 0 else ""
     while True:
-        cmd = "PB_CHILD=1 exec %s'%s' %s" % (tie, sys.executable, " ".join("'%s'" % a for a in argv))
+        exe = sys.executable  # type: ignore[attr-defined]  # the unix port has it
+        cmd = "PB_CHILD=1 exec %s'%s' %s" % (tie, exe, " ".join("'%s'" % a for a in argv))
         status = os.system(cmd)
         if status & 0x7F:
             sys.exit(128 + (status & 0x7F))  # killed: the power is gone
@@ -45,7 +46,7 @@ def last_resort(exc):
     if hasattr(sys, "print_exception"):
         sys.print_exception(exc)
     else:
-        import traceback
+        import traceback  # type: ignore[import-not-found]  # CPython only
 
         traceback.print_exc()
     try:

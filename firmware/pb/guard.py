@@ -136,7 +136,7 @@ def install_staged(base, device, now, fault=None):
     job = _staged_job(base)
     if job is not None:
         p = read_pointer(base)
-        running = (None, 0, None)
+        running = (None, 0, None)  # type: tuple[str | None, int, str | None]
         if p is not None and not p.get("corrupt"):
             running = (p["set"], p.get("counter", 0), p.get("manifest"))
         elif _is_dir(base + "/" + FACTORY):

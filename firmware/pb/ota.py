@@ -19,6 +19,7 @@ from .compat import (
     format_exception,
     fsync,
     rand_below,
+    ticks_add,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
@@ -325,7 +326,7 @@ class Agent:
 
     def _ask(self, uid, obj, off, n, tries):
         self._seq += 1
-        self._out[self._seq] = [off, n, ticks_ms() + (rand_below(200) if tries else 0), tries]
+        self._out[self._seq] = [off, n, ticks_add(ticks_ms(), rand_below(200) if tries else 0), tries]
         self.request(uid, obj, off, n, self._seq)
 
     def _retry(self, uid, obj):

@@ -204,7 +204,7 @@ def check_manifest(body):
     if len(files) > MAX_FILES:
         raise TrustError("bad_manifest", "more than %d files" % MAX_FILES)
     feats = body["features"]
-    seen = {}
+    seen = {}  # type: dict[str, bool]
     prev = ""
     for f in files:
         if not isinstance(f, dict):

@@ -85,7 +85,7 @@ class HostHal(Hal):
 
 
 # [plan, points passed]: once per process, so soft resets keep counting
-_fault = [None, 0]
+_fault = [None, 0]  # type: list
 
 
 def _load_faults(folder):
