@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 
 from firmware.pb import proto
+from ota.keys import Keys
+from ota.release import Release
 
 from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
 from ..support.mqtt import TestClient
+from ..support.ota import OtaDevice
 from ..support.wait import async_wait_for
 from .conftest import Running, StartGateway, stop
 
@@ -397,5 +400,38 @@ async def test_a_hello_that_cannot_be_stored_is_rejected_as_internal_and_the_gat
     await async_wait_for(lambda: rejected(r, "internal") >= 1, 10, what="hello rejected as internal")
     assert running(r)
     assert r.store.device(rogue.id) is None
+    await online(r, other)
+    await lands(r, other, 1)
+
+
+async def test_an_update_that_cannot_be_saved_does_not_keep_another_from_its_deadline(
+    start_gateway: StartGateway,
+    keys: Keys,
+    release: Release,
+    ota_devices: Callable[..., OtaDevice],
+    devices: Callable[[str], Device],
+    tmp_path: Path,
+) -> None:
+    r = await start_gateway(keys, deadline=1.5)
+    a, b = ota_devices(), ota_devices()
+    for d in (a, b):
+        await asyncio.to_thread(d.hello)
+    await async_wait_for(lambda: r.gw.is_online(a.id) and r.gw.is_online(b.id), 10, what="devices online")
+    r.gw.ota.releases.add(release.path, 0.0)
+    ua = await r.gw.ota.start(a.id, "thermostat@2")
+    ub = await r.gw.ota.start(b.id, "thermostat@2")
+    refuse(tmp_path / "gw.db", "updates", f"NEW.device = '{a.id}' AND NEW.state = 'failed'")
+
+    def state(uid: str) -> str | None:
+        u = r.gw.ota.table.get(uid)
+        return u.state if u is not None else None
+
+    # neither device takes its offer: both pass their deadline, and a's end cannot be saved
+    await async_wait_for(lambda: state(ub.id) == "failed", 10, what="b's update timed out")
+    stored = r.gw.ota.table.get(ub.id)
+    assert stored is not None and stored.reason == "timeout"
+    assert state(ua.id) == "offered"  # as far as the database could keep it
+    assert running(r)
+    other = devices("th")
     await online(r, other)
     await lands(r, other, 1)
