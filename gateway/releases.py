@@ -272,6 +272,10 @@ class ReleaseStore:
         ``model@counter``, or its version (if only one release has it).
         Raises ReleaseNotFoundError (code 'ambiguous' when several match)."""
         ref = ref.strip()
+        try:
+            ref.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a JSON escape: no release is named so
+            raise ReleaseNotFoundError(f"no release {ref[:80]!r} (not UTF-8 text)") from None
         if "@" in ref:
             model, _, counter = ref.rpartition("@")
             if not (counter.isascii() and counter.isdigit()):

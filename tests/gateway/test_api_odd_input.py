@@ -101,7 +101,13 @@ async def test_a_release_ref_of_5000_digits_gets_404(
     start_gateway: StartGateway, session: aiohttp.ClientSession, keys: Keys
 ) -> None:
     r = await start_gateway(keys)
-    for ref in ("thermostat@" + "9" * 5000, "thermostat@" + "9" * 19, "thermostat@²", "thermostat@-1"):
+    for ref in (
+        "thermostat@" + "9" * 5000,
+        "thermostat@" + "9" * 19,
+        "thermostat@²",
+        "thermostat@-1",
+        "\ud800@1",
+    ):
         assert code(await call(session, r, "GET", f"/api/v1/releases/{ref}"))[0] == 404
         answer = await call(session, r, "POST", "/api/v1/devices/th-1/update", json={"release": ref})
         assert code(answer)[0] == 404
