@@ -396,22 +396,32 @@ class Updater:
     # ---- time --------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> list[Update]:
-        """End every update past its deadline as failed("timeout")."""
+        """End every update past its deadline as failed("timeout"). One that
+        cannot be saved is logged; the others end all the same."""
         ended = []
         for u in list(self._active.values()):
             timed_out = expire(u, now)
             if timed_out is not None:
-                self._end(timed_out)
+                try:
+                    self._end(timed_out)
+                except Exception:
+                    log.exception("%s: could not save the end of update %s", u.device, u.id)
+                    continue
                 ended.append(timed_out)
         return ended
 
     def flush(self) -> None:
-        """Write the byte counters of updates in progress."""
+        """Write the byte counters of updates in progress (each on its own:
+        one that cannot be saved is logged, and tried again next time)."""
         for dev in list(self._dirty):
             u = self._active.get(dev)
-            if u is not None:
-                self.table.save(u)
-        self._dirty.clear()
+            try:
+                if u is not None:
+                    self.table.save(u)
+            except Exception:
+                log.exception("%s: could not save update %s", dev, u.id if u else "?")
+                continue
+            self._dirty.discard(dev)
 
     async def watch_loop(self) -> None:
         while True:
@@ -419,7 +429,7 @@ class Updater:
             try:
                 self.check_deadlines(time.time())
                 self.flush()
-            except sqlite3.Error:
+            except Exception:
                 log.exception("could not save updates; trying again")
 
     async def send_loop(self) -> None:
@@ -434,6 +444,9 @@ class Updater:
                 await publish(topic, payload, 0, False)
             except GatewayError:
                 self.stats["dropped"] += 1
+            except Exception:
+                self.stats["dropped"] += 1
+                log.exception("could not send a chunk on %s", topic)
 
     def close(self) -> None:
         for task in list(self._tasks):

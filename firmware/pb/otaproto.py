@@ -83,6 +83,8 @@ def check_request(msg):
     for k in ("off", "len", "seq"):
         if not _int(msg.get(k)) or msg[k] < 0:
             raise ProtocolError("bad_type", "request.%s must be a non-negative integer" % k)
+        if msg[k] > 0xFFFFFFFF:  # the chunk header's fields are 32 bits
+            raise ProtocolError("bad_value", "request.%s must be below 2**32" % k)
     if not 0 < msg["len"] <= MAX_CHUNK:
         raise ProtocolError("bad_value", "request.len must be 1-%d" % MAX_CHUNK)
     obj = msg.get("obj")
@@ -101,9 +103,15 @@ def check_status(msg):
         raise ProtocolError("bad_value", "status.state must be one of " + ", ".join(STATES))
     if not isinstance(msg.get("dev"), str) or not isinstance(msg.get("id"), str):
         raise ProtocolError("missing_field", "status needs dev and id")
+    # 2**53 - 1 is proto.MAX_INT (not imported: the device has no use for proto)
     for k in ("bytes", "total", "counter"):
         if k in msg and (not _int(msg[k]) or msg[k] < 0):
             raise ProtocolError("bad_type", "status.%s must be a non-negative integer" % k)
+        if k in msg and msg[k] > 9007199254740991:
+            raise ProtocolError("bad_value", "status.%s must be at most 2**53 - 1" % k)
+    ts = msg.get("ts")
+    if ts is not None and not ((_int(ts) or isinstance(ts, float)) and 0 <= ts <= 9007199254740991):
+        raise ProtocolError("bad_value", "status.ts must be a number within 0..2**53 - 1")
     if "reason" in msg and not isinstance(msg["reason"], str):
         raise ProtocolError("bad_type", "status.reason must be a string")
     return msg

@@ -184,3 +184,45 @@ def test_wrong_password_is_refused(mosquitto: Mosquitto, make_device: MakeDevice
     assert mosquitto.try_connect(dev.id, dev.password) == 0
     assert mosquitto.try_connect(dev.id, "guess") == 5  # not authorized
     assert mosquitto.try_connect(None, None) == 5
+
+
+def test_retained_telemetry_with_seq_2_63_does_not_stop_the_gateway_process_across_a_restart(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, running: tuple[DeviceProcess, TestClient]
+) -> None:
+    """Once, SQLite's OverflowError took the gateway down, and the broker's
+    retained copy took it down again at every start."""
+    dev, _ = running
+    rogue_id = unique_id("th")
+    mosquitto.add_user(rogue_id, "rogue-pw")
+    rogue = TestClient(mosquitto, rogue_id, "rogue-pw", client_id=rogue_id)
+    hello = {
+        "v": 1, "dev": rogue_id, "model": "thermostat", "board": "thermostat-v1", "runtime": "0.1.0",
+        "api": 1, "features": {}, "caps": [], "heap_free": 1, "reset_cause": "power_on",
+        "boot_count": 1, "keepalive": 30, "telemetry_s": 10.0,
+    }  # fmt: skip
+    topic = f"pb/{rogue_id}/telemetry"
+    try:
+        rogue.publish(f"pb/{rogue_id}/hello", json.dumps(hello), retain=True)
+        wait_for(
+            lambda: any(d["id"] == rogue_id for d in gateway_process.devices()), 10, what="rogue registered"
+        )
+        before = rejected(gateway_process, "bad_value")
+        rogue.publish(topic, telemetry(rogue_id, seq=2**63), retain=True)
+        wait_for(lambda: rejected(gateway_process, "bad_value") == before + 1, 10, what="seq 2**63 rejected")
+        gateway_process.stop()
+        gateway_process.start()
+        # the broker hands the retained copy to the new gateway: rejected again, and nothing stops
+        wait_for(
+            lambda: rejected(gateway_process, "bad_value") >= before + 2, 10, what="rejected after restart"
+        )
+        rows = telemetry_count(gateway_process, dev.id)
+        wait_for(
+            lambda: telemetry_count(gateway_process, dev.id) > rows, 10, what="the device's telemetry lands"
+        )
+        assert gateway_process.proc is not None and gateway_process.proc.poll() is None
+        assert "OverflowError" not in gateway_process.log.read_text()
+        assert telemetry_count(gateway_process, rogue_id) == 0
+    finally:
+        rogue.publish(topic, b"", retain=True)
+        rogue.publish(f"pb/{rogue_id}/hello", b"", retain=True)
+        rogue.close()
