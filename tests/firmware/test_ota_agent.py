@@ -23,7 +23,8 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
     keys = ota_keys.keygen(tmp_path / "keys")
     manifest = sign_envelope({"model": "thermostat", "counter": 2, "files": []}, [keys.release_key()])
     digest = hashlib.sha256(manifest).hexdigest()
-    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, time.time())
+    uid = "5f2a9c01b7e4"
+    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, time.time(), device="th-1", update=uid)
     (tmp_path / "dev" / "ota").mkdir(parents=True)
     reports: list[dict[str, Any]] = []
     agent: pb_ota.Agent
@@ -44,8 +45,9 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
         lambda: True,
         lambda name: None,
     )
+    pb_ota.configure(agent, {"device": "th-1"}, {})
     agent.once = True
-    offer = {"v": 1, "id": "upd-1", "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
+    offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
     await asyncio.wait_for(agent.run(), 10)
     return reports[-1]

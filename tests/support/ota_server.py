@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +29,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# the freshness envelope of an offer: as bytes, or made for (device id, update id)
+Freshness = bytes | Callable[[str, str], bytes]
+
+
 @dataclass
 class Offer:
     manifest: bytes
     blobs: dict[str, bytes]  # zsha256 -> compressed bytes
-    freshness: bytes
-    uid: str = "upd-1"
+    freshness: Freshness
+    uid: str = field(default_factory=lambda: secrets.token_hex(6))
     objects: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,7 +91,7 @@ class OtaServer:
             "id": o.uid,
             "manifest": sha256(o.manifest),
             "size": len(o.manifest),
-            "freshness": json.loads(o.freshness),
+            "freshness": json.loads(o.freshness(self.dev, o.uid) if callable(o.freshness) else o.freshness),
         }
         self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
 
