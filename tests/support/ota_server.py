@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 
 from firmware.pb import otaproto
 
-from .mosquitto import GATEWAY_PASSWORD, Mosquitto
+from .mosquitto import Mosquitto
 
 # tamper(obj, offset, data) -> the chunks to send instead (each (offset, bytes)), or None as asked
 Tamper = Callable[[str, int, bytes], "list[tuple[int, bytes]] | None"]
@@ -60,7 +60,7 @@ class OtaServer:
         self.c = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=f"ota-srv-{dev}", protocol=paho.MQTTv311
         )
-        self.c.username_pw_set("gateway", GATEWAY_PASSWORD)
+        self.c.username_pw_set(*broker.operator())
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self._online = threading.Event()
