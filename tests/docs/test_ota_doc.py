@@ -566,6 +566,23 @@ def test_security_md_has_one_section_per_attack() -> None:
         assert "**Stopped by**" in text and "**Test**" in text, heading
 
 
+DEVICE_ATTACKS_FILE = "tests/system/test_device_attacks.py"
+
+
+def test_security_md_has_one_section_per_attack_of_a_compromised_device() -> None:
+    written = set(re.findall(r"^def (test_\w+)\(", (ROOT / DEVICE_ATTACKS_FILE).read_text(), re.M))
+    attacks = section(SECURITY, "6. One compromised device", "security.md")
+    headings = [line for line in attacks if line.startswith("### ")]
+    named: set[str] = set()
+    for heading in headings:
+        text = " ".join(section(SECURITY, heading.lstrip("# ").strip(), "security.md"))
+        assert "**Stopped by**" in text and "**Test**" in text, heading
+        here = {n for n in written if f"{DEVICE_ATTACKS_FILE}::{n}`" in text}
+        assert here, f"{heading} names none of {DEVICE_ATTACKS_FILE}'s tests"
+        named |= here
+    assert named == written, f"attack tests not in security.md 6: {written - named}"
+
+
 def _referenced_tests(text: str) -> set[tuple[str, str]]:
     return set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text))
 
