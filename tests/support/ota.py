@@ -153,18 +153,16 @@ class OtaDevice:
 
 
 def accept_offer(
-    offer: dict[str, Any], root: bytes, model: str, counter: int, last_version: int = 0, device: str = ""
+    offer: dict[str, Any], root: bytes, model: str, counter: int, device: str, last_version: int = 0
 ) -> dict[str, Any]:
-    """The offer's freshness statement, checked as a device does: signed by
-    the gateway role of root, for this release, offered to device (the
-    statement's own when not given) as this update, not expired, not older
-    than last_version. Raises TrustError."""
+    """The offer's freshness statement, checked as device does: signed by
+    the gateway role of root, for this release, offered to device as the
+    offer's update, not expired, not older than last_version. Raises TrustError."""
     trusted = trust.load_root(root, verify_signature)
     raw, body, sigs = trust.open_envelope(json.dumps(offer["freshness"]).encode())
     trust.check_role(trusted, "gateway", raw, sigs, verify_signature)
-    dev = device or body.get("device")
     trust.check_freshness(
-        body, model, offer["manifest"], counter, time.time(), last_version, dev, offer["id"]
+        body, model, offer["manifest"], counter, time.time(), last_version, device, offer["id"]
     )
     return dict(body)
 
