@@ -140,7 +140,8 @@ class Agent:
             if busy:
                 raise Failed("busy: " + busy)
             # a first look, unverified, to refuse at once what cannot pass;
-            # the boot guard checks the signed statement before it activates
+            # the signatures are checked once the manifest is on flash, before
+            # any blob, and again by the install at boot
             body = json.loads(msg["freshness"]["signed"])
             if body.get("device") != self.device:
                 raise Failed("mismatch: the offer's freshness statement is for another device")
