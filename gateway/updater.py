@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from firmware.pb import proto
+from firmware.pb.otaproto import UPDATE_ID_LEN
 from ota.errors import KeyStoreError
 from ota.keys import Keys, freshness
 
@@ -210,11 +211,22 @@ class Updater:
 
     # ---- starting ----------------------------------------------------------
 
-    def _freshness(self, keys: Keys, release: StoredRelease, now: float) -> tuple[int, bytes]:
+    def _freshness(
+        self, keys: Keys, release: StoredRelease, dev: str, uid: str, now: float
+    ) -> tuple[int, bytes]:
+        """A statement for release offered to dev as update uid (the device
+        checks both: another device's offer is of no use to it)."""
         version = next_freshness_version(self._last_version, now)
         # keys.freshness signs int(now * 1000) as the version; half a ms in keeps float rounding out
         envelope = freshness(
-            keys, release.model, release.counter, release.id, self.freshness_ttl_s, (version + 0.5) / 1000
+            keys,
+            release.model,
+            release.counter,
+            release.id,
+            self.freshness_ttl_s,
+            (version + 0.5) / 1000,
+            device=dev,
+            update=uid,
         )
         signed = json.loads(json.loads(envelope)["signed"])
         if signed["version"] != version:
@@ -240,11 +252,11 @@ class Updater:
         if publish is None:
             raise GatewayError("the gateway is not connected to the broker")
         now = time.time()
+        uid = secrets.token_hex(UPDATE_ID_LEN // 2)
         try:
-            version, envelope = self._freshness(keys, release, now)
+            version, envelope = self._freshness(keys, release, dev, uid, now)
         except KeyStoreError as exc:
             raise OtaServiceError(f"cannot sign the freshness statement: {exc}") from exc
-        uid = secrets.token_hex(6)
         u = new_update(
             uid,
             dev,
@@ -297,7 +309,7 @@ class Updater:
         if release is None or publish is None or self.keys is None:
             return
         try:
-            version, envelope = self._freshness(self.keys, release, time.time())
+            version, envelope = self._freshness(self.keys, release, u.device, u.id, time.time())
         except (KeyStoreError, OtaServiceError) as exc:
             log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
             return

@@ -120,31 +120,46 @@ def add_report(base, status):
         pass
 
 
-def _staged_job(base):
+def _job(base, phase):
     data = read_bytes(base + "/" + JOB)
     try:
         job = json.loads(data) if data else None
     except ValueError:
         return None
-    return job if isinstance(job, dict) and job.get("phase") == "staged" else None
+    return job if isinstance(job, dict) and job.get("phase") == phase else None
+
+
+def _running(base):
+    """(set dir, counter, manifest) of the running set."""
+    p = read_pointer(base)
+    if p is not None and not p.get("corrupt"):
+        return (p["set"], p.get("counter", 0), p.get("manifest"))
+    if _is_dir(base + "/" + FACTORY):
+        return (FACTORY, 0, None)
+    return (None, 0, None)
 
 
 def install_staged(base, device, now, fault=None):
-    """Install a staged update, if there is one (device: model, caps, api);
+    """Install a staged update, if there is one (device: id, model, caps, api);
     True if there was one, installed or refused: the device then resets, so
     that the new set's trial starts on a fresh heap."""
-    job = _staged_job(base)
+    job = _job(base, "staged")
     if job is not None:
-        p = read_pointer(base)
-        running = (None, 0, None)  # type: tuple[str | None, int, str | None]
-        if p is not None and not p.get("corrupt"):
-            running = (p["set"], p.get("counter", 0), p.get("manifest"))
-        elif _is_dir(base + "/" + FACTORY):
-            running = (FACTORY, 0, None)
         from .install import install
 
-        install(base, job, device, running, now, fault)
+        install(base, job, device, _running(base), now, fault)
     return job is not None
+
+
+def check_fetched(base, device, now):
+    """Check the signatures of a manifest that update mode fetched and left
+    for the boot to check (its heap is too small for Ed25519), before any
+    blob is fetched. A refusal is reported and ends the update."""
+    job = _job(base, "downloading")
+    if job is not None and job.get("verify") == "boot" and job.get("checked") != job.get("manifest"):
+        from .install import check_fetched as check
+
+        check(base, job, device, _running(base)[1], now)
 
 
 def decide(base=".", fault=None):

@@ -42,9 +42,9 @@ def verify(pub, msg, sig, tick=None):
 
 
 def install(base, job, device, running, now, fault=None, tick=None):
-    """Check and activate a staged update. device: (model, caps, api);
-    running: (set dir, counter, manifest) of the running set. Returns the
-    new pointer, or None if the update failed (reported, staging removed)."""
+    """Check and activate a staged update. device: (device id, model, caps,
+    api); running: (set dir, counter, manifest) of the running set. Returns
+    the new pointer, or None if the update failed (reported, staging removed)."""
     fault = fault or (lambda name: None)
     done = guard.read_pointer(base)
     if done and done.get("update") == job["id"] and done.get("manifest") == job["manifest"]:
@@ -73,33 +73,84 @@ def install(base, job, device, running, now, fault=None, tick=None):
     return None
 
 
+def check_fetched(base, job, device, run_counter, now):
+    """At boot, on a nearly empty heap: check_release for a manifest that
+    update mode fetched, before it fetches any blob. Passed, the job is
+    marked checked (update mode goes on); refused, the update fails
+    (reported, job and staging removed). A MemoryError is a short heap, not
+    a bad update: raised (a reset) until the third attempt."""
+    job["checks"] = job.get("checks", 0) + 1
+    write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))  # counted first
+    try:
+        data = read_bytes(base + "/" + STAGE + "/manifest.json")
+        if data is None or trust.sha256_hex(data) != job["manifest"]:
+            raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+        check_release(base, job, device, run_counter, data)
+    except MemoryError:
+        if job["checks"] < _MAX_INSTALLS:
+            raise
+        reason = "check: out of RAM %d times" % _MAX_INSTALLS
+    except TrustError as exc:
+        reason = "%s: %s" % (exc.code, exc.message)
+    except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
+        reason = "check: " + format_exception(exc)
+    else:
+        job["checked"] = job["manifest"]
+        del job["checks"]
+        del job["verify"]
+        write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))
+        return True
+    guard.add_report(base, _status(job, "failed", now, reason))
+    otafs.remove(base + "/" + JOB)
+    otafs.remove_tree(base + "/" + STAGE)
+    return False
+
+
 def _tidy(base, job, now):
     guard.add_report(base, _status(job, "activating", now))
     otafs.remove(base + "/" + JOB)
     otafs.remove_tree(base + "/" + STAGE)
 
 
-def _install(base, job, device, running, now, fault, tick):
-    model, caps, api = device
-    run_set, run_counter, run_manifest = running
-    data = read_bytes(base + "/" + STAGE + "/manifest.json")
-    if data is None or trust.sha256_hex(data) != job["manifest"]:
-        raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+def check_release(base, job, device, run_counter, data, tick=None, last_version=None):
+    """The manifest envelope data and the job's freshness statement, checked
+    as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
+    this device (id, model, caps, api) and above run_counter, offered as the
+    job's update. Returns (manifest body, freshness body). The download
+    agent runs this before it fetches any blob, and the install again.
+    Raises TrustError."""
+    dev_id, model, caps, api = device
     raw, body, sigs = trust.open_envelope(data)
     root_data = read_bytes(base + "/" + ROOT)
     if root_data is None:
         raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
     root = trust.load_root(root_data, verify)
+    root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
+    raw = sigs = None
     trust.check_manifest(body)
     trust.check_for_device(body, model, caps, api, run_counter)
-    state = _load(base, TRUST_STATE) or {"freshness": 0}
+    fbody = None
     if job.get("fresh_ok") != body["counter"]:
+        if last_version is None:
+            state = _load(base, TRUST_STATE) or {"freshness": 0}
+            last_version = state["freshness"]
         fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
         trust.check_freshness(
-            fbody, model, job["manifest"], body["counter"], job["offered_at"], state["freshness"]
+            fbody, model, job["manifest"], body["counter"], job["offered_at"], last_version, dev_id, job["id"]
         )
+    return body, fbody
+
+
+def _install(base, job, device, running, now, fault, tick):
+    run_set, run_counter, run_manifest = running
+    data = read_bytes(base + "/" + STAGE + "/manifest.json")
+    if data is None or trust.sha256_hex(data) != job["manifest"]:
+        raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+    state = _load(base, TRUST_STATE) or {"freshness": 0}
+    body, fbody = check_release(base, job, device, run_counter, data, tick, state["freshness"])
+    if fbody is not None:
         state["freshness"] = fbody["version"]
         write_atomic(base + "/" + TRUST_STATE, json.dumps(state).encode("utf-8"))
         job["fresh_ok"] = body["counter"]
@@ -107,7 +158,7 @@ def _install(base, job, device, running, now, fault, tick):
     fault("verified")
     files = body["files"]
     counter = body["counter"]
-    data = raw = body = sigs = root = None  # the manifest's copies: RAM for the rest
+    data = body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, files) is not None:

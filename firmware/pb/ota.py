@@ -1,10 +1,12 @@
 # The update agent's running part (docs/ota.md, section 4): it takes an
-# offer, pulls the manifest, then the blobs of files this device does not
-# hold, chunk by chunk (flow control on this side), checks each against the
-# manifest and stages it. Then it asks for a reset: the boot guard checks the
-# signatures, assembles and activates the new set before the runtime loads
-# (pb/install.py). Progress lives on flash (ota/job.json): after a power cut
-# the download resumes where it was, without fetching verified bytes again.
+# offer, pulls the manifest and checks its signatures and the offer's
+# freshness statement (pb/install.py's check_release), then pulls the blobs
+# of files this device does not hold, chunk by chunk (flow control on this
+# side), checks each against the manifest and stages it. Then it asks for a
+# reset: the boot guard checks the signatures again, assembles and activates
+# the new set before the runtime loads (pb/install.py). Progress lives on
+# flash (ota/job.json): after a power cut the download resumes where it was,
+# without fetching verified bytes again.
 # Loaded only while an update is under way.
 #
 # The transport is a function request(update_id, obj, off, length, seq)
@@ -12,7 +14,7 @@
 import json
 import os
 
-from . import otafs
+from . import API, otafs
 from .compat import (
     TimeoutError,
     asyncio,
@@ -24,16 +26,21 @@ from .compat import (
     ticks_ms,
     wait_for_ms,
 )
-from .errors import ProtocolError, StoreError
-from .otaproto import FLAG_ERROR, check_offer, decode_chunk, is_hex64
+from .errors import ProtocolError, StoreError, TrustError
+from .otaproto import FLAG_ERROR, check_offer, decode_chunk
 from .store import read_bytes, write_atomic
 
 JOB = "ota/job.json"
 STAGE = "ota/stage"
+DEADLINE_S = 900  # an update not downloaded this long after its offer fails
 
 
-def configure(agent, config):
-    """The agent's settings from config.json."""
+def configure(agent, config, caps=None):
+    """The agent's settings from config.json; caps: the board's capabilities."""
+    agent.device = config.get("device")
+    if caps is not None:
+        agent.caps = caps
+    agent.deadline_s = config.get("ota_deadline_s", agent.deadline_s)
     agent.chunk = config.get("ota_chunk", agent.chunk)
     agent.window = config.get("ota_window", agent.window)
     agent.timeout_ms = config.get("ota_timeout_ms", agent.timeout_ms)
@@ -45,6 +52,10 @@ class Failed(Exception):
 
 
 class _Staged(Exception):
+    pass
+
+
+class _CheckAtBoot(Exception):
     pass
 
 
@@ -61,6 +72,8 @@ class Agent:
     Unix time; link_up() -> bool; fault(name): a power-cut point for tests
     (no-op on a board); on_staged(): asks for the reset. With once, run()
     returns when its update ends instead of waiting for the next offer.
+    configure() sets the device id and capabilities the release must suit;
+    tick, if set, is called during signature checks (feed a watchdog).
     """
 
     def __init__(self, base, model, counter, held, request, report, now, link_up, fault):
@@ -75,11 +88,15 @@ class Agent:
         self.fault = fault
         self.on_staged = None
         self.once = False
-        self.restart = False  # set when update mode must start afresh
+        self.restart = None  # why update mode must start afresh: "ram" or "check"
         self.chunk = 2048
         self.window = 2
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
         self.tries = 8
+        self.deadline_s = DEADLINE_S
+        self.device = None
+        self.caps = {}
+        self.tick = None
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -124,8 +141,13 @@ class Agent:
             if busy:
                 raise Failed("busy: " + busy)
             # a first look, unverified, to refuse at once what cannot pass;
-            # the boot guard checks the signed statement before it activates
+            # the signatures are checked once the manifest is on flash, before
+            # any blob, and again by the install at boot
             body = json.loads(msg["freshness"]["signed"])
+            if body.get("device") != self.device:
+                raise Failed("mismatch: the offer's freshness statement is for another device")
+            if body.get("update") != uid:
+                raise Failed("mismatch: the offer's freshness statement is for another update")
             if body["model"] != self.model:
                 raise Failed("wrong_model: release is for %s, this is a %s" % (body["model"], self.model))
             if body["counter"] <= self.counter:
@@ -213,13 +235,17 @@ class Agent:
                 if self.on_staged is not None:
                     self.on_staged()
                 return
+            except _CheckAtBoot:
+                self._close()
+                self.restart = "check"
+                return
             except MemoryError:
                 # a fragmented heap, not a broken update: what is on flash
                 # stays, and the download goes on after a reset (update mode)
                 self._close()
                 if not self.once:
                     raise
-                self.restart = True
+                self.restart = "ram"
                 return
             except Failed as exc:
                 reason = str(exc)
@@ -236,23 +262,42 @@ class Agent:
             if self.once and self.job is None:
                 return
 
+    def _check_deadline(self, job):
+        late = self.now() - job["offered_at"]
+        if late > self.deadline_s:
+            raise Failed("deadline: not downloaded within %d s of the offer" % self.deadline_s)
+
     async def _download(self, job):
         uid = job["id"]
+        self._check_deadline(job)
         stage = self.base + "/" + STAGE + "/"
         otafs.ensure_dir(stage[:-1])
         mpath = stage + "manifest.json"
         if otafs.size(mpath) != job["size"] or otafs.file_sha256(mpath)[1] != job["manifest"]:
             otafs.remove(mpath)
-            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"])
+            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"], job)
             if otafs.file_sha256(mpath)[1] != job["manifest"]:
                 otafs.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
-        files = _files(read_bytes(mpath), self.model, job["counter"])
+        if job.get("checked") == job["manifest"]:
+            files = _files(read_bytes(mpath))
+        elif self.once:
+            # update mode runs on a small heap beside the link: the signatures
+            # are checked at the next boot, on a nearly empty one, before any
+            # blob (pb/install.py check_fetched)
+            job["verify"] = "boot"
+            self.save_job()
+            raise _CheckAtBoot()
+        else:
+            files = self._verified_files(job, mpath)
+            job["checked"] = job["manifest"]
+            self.save_job()
         held = self.held()
         needed = {}
         for f in files:
             if f["sha256"] not in held:
                 needed[f["sha256"]] = f
+        _keep_only(stage, needed)  # what is staged is what the signed manifest sizes
         total = 0
         need = 4096  # flash kept free
         for f in files:
@@ -270,7 +315,7 @@ class Agent:
             if otafs.size(staged) != f["size"] or otafs.file_sha256(staged, f["size"])[1] != sha:
                 self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
                 z = staged + ".z"
-                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"])
+                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
                 if otafs.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
                     otafs.remove(z)
                     raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
@@ -291,7 +336,39 @@ class Agent:
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
 
-    async def _fetch(self, uid, obj, sha, path, total):
+    def _verified_files(self, job, mpath):
+        """The file list of the staged manifest once its signatures and the
+        offer's freshness statement pass, before any blob is fetched (the
+        install at boot checks them all again). The checking code is loaded
+        for this alone and let go after: its RAM is the download's. Raises
+        Failed; a MemoryError crashes the runtime on purpose (the download
+        goes on in update mode, and the check is made at boot)."""
+        from .compat import collect, forget
+
+        collect()
+        try:
+            from .install import check_release
+
+            body = check_release(
+                self.base,
+                job,
+                (self.device, self.model, self.caps, API),
+                self.counter,
+                read_bytes(mpath),
+                self.tick,
+            )[0]
+        except TrustError as exc:
+            raise Failed("%s: %s" % (exc.code, exc.message)) from None
+        except (ValueError, KeyError, TypeError):
+            raise Failed("bad_manifest: the manifest is unreadable") from None
+        finally:
+            forget(("pb.install", "pb.guard", "pb.trust", "pb.ed25519", "pb.sha512"))
+        files = body["files"]
+        body = None
+        collect()
+        return files
+
+    async def _fetch(self, uid, obj, sha, path, total, job):
         """Fetch obj into path, appending to the bytes already there."""
         have = otafs.size(path)
         if have > total:
@@ -309,6 +386,7 @@ class Agent:
                     raise Failed(c[1])
                 if self._error:
                     raise Failed("gateway: " + self._error)
+                self._check_deadline(job)
                 if not self._out:
                     nxt = self._sink[2]  # anything dropped is asked for again
                 while len(self._out) < self.window and nxt < total:
@@ -352,20 +430,24 @@ class Agent:
             s[1].close()
 
 
-def _files(data, model, counter):
-    """The file list of a staged manifest, with a first, unverified look at
-    what would make the boot guard refuse it anyway."""
+def _files(data):
+    """The file list of a staged manifest whose signatures passed."""
     try:
-        body = json.loads(json.loads(data)["signed"])
-        files = body["files"]
-        if body["model"] != model or body["counter"] != counter:
-            raise Failed("mismatch: the manifest is not for the release offered")
-        for f in files:
-            for k in ("size", "zsize"):
-                if not isinstance(f[k], int) or f[k] < 0:
-                    raise Failed("bad_manifest: %s has no valid %s" % (f.get("path"), k))
-            if not (is_hex64(f["sha256"]) and is_hex64(f["zsha256"])):  # they name staging files
-                raise Failed("bad_manifest: %s has no valid hashes" % f.get("path"))
-        return files
+        return json.loads(json.loads(data)["signed"])["files"]
     except (ValueError, KeyError, TypeError):
-        raise Failed("bad_manifest: the manifest is unreadable") from None
+        raise Failed("bad_manifest: the staged manifest is unreadable") from None
+
+
+def _keep_only(stage, needed):
+    """Remove from the staging folder what no needed file names (a blob of
+    an update replaced, a stray file): staging holds the manifest and, per
+    file the device lacks, at most its blob and its inflated copy."""
+    import os
+
+    for name in os.listdir(stage[:-1]):
+        if name == "manifest.json":
+            continue
+        sha = name.split(".")[0]
+        if sha in needed and name in (sha, sha + ".z", sha + ".tmp"):
+            continue
+        otafs.remove_tree(stage + name)

@@ -69,10 +69,12 @@ def choose(root, config, hal):
     # a staged update is installed now, while little else is in RAM, and the
     # device resets after it; then the modules only the boot needs go, so
     # the runtime gets their RAM
-    from .guard import decide, install_staged
+    from .guard import check_fetched, decide, install_staged
 
-    if install_staged(root, (config["model"], hal.caps, API), hal.time(), hal.fault_point):
+    device = (config["device"], config["model"], hal.caps, API)
+    if install_staged(root, device, hal.time(), hal.fault_point):
         hal.reset("update")
+    check_fetched(root, device, hal.time())  # a manifest update mode fetched: before its blobs
     chosen = decide(root, hal.fault_point)
     forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
     return chosen

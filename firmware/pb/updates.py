@@ -103,7 +103,8 @@ class Updates:
                 lambda: d.client.up,
                 d.hal.fault_point,
             )
-            configure(self.agent, d.config)
+            configure(self.agent, d.config, d.hal.caps)
+            self.agent.tick = d.hal.feed_watchdog
             self.agent.on_staged = lambda: d.stop("update")
         return self.agent
 

@@ -148,7 +148,9 @@ def test_max_files_fit_a_16kb_manifest_as_documented() -> None:
 
 def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
     body = _one("freshness").value()
-    trust.check_freshness(body, "thermostat", body["manifest"], body["counter"], body["expires"], 0)
+    trust.check_freshness(
+        body, "thermostat", body["manifest"], body["counter"], body["expires"], 0, "th-1", "5f2a9c01b7e4"
+    )
     # the version is the signing time in ms, and the statement lives DEFAULT_FRESHNESS_TTL_S
     signed_at = (body["version"] + 0.5) / 1000
     assert body["expires"] == int(signed_at + gw_updates.DEFAULT_FRESHNESS_TTL_S)
@@ -162,10 +164,11 @@ def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
 def test_freshness_older_or_expired_is_a_freeze() -> None:
     body = _one("freshness").value()
     args = ("thermostat", body["manifest"], body["counter"])
-    trust.check_freshness(body, *args, body["expires"], body["version"])  # the same one again is fine
+    ids = ("th-1", "5f2a9c01b7e4")
+    trust.check_freshness(body, *args, body["expires"], body["version"], *ids)  # the same one again is fine
     for now, last in ((body["expires"] + 1, 0), (body["expires"], body["version"] + 1)):
         with pytest.raises(TrustError) as err:
-            trust.check_freshness(body, *args, now, last)
+            trust.check_freshness(body, *args, now, last, *ids)
         assert err.value.code == "freeze"
 
 
@@ -175,7 +178,7 @@ def test_freshness_older_or_expired_is_a_freeze() -> None:
 def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
     (base / "ota").mkdir(parents=True, exist_ok=True)
     offered_at = _one("job").value()["offered_at"]
-    return pb_ota.Agent(
+    agent = pb_ota.Agent(
         str(base),
         "thermostat",
         counter,
@@ -186,6 +189,8 @@ def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
         lambda: True,
         lambda name: None,
     )
+    pb_ota.configure(agent, {"device": "th-1"}, _CAPS)
+    return agent
 
 
 def test_the_job_example_is_what_the_agent_writes(tmp_path: Path) -> None:
@@ -259,7 +264,11 @@ def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float)
     for f in rel.files:
         data = zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS)
         (stage / f.sha256).write_bytes(data)
-    statement = json.loads(freshness(keys, "thermostat", rel.counter, rel.sha256, 3600, now))
+    statement = json.loads(
+        freshness(
+            keys, "thermostat", rel.counter, rel.sha256, 3600, now, device="th-1", update="5f2a9c01b7e4"
+        )
+    )
     job = {
         "id": "5f2a9c01b7e4",
         "manifest": rel.sha256,
@@ -282,7 +291,7 @@ def test_the_pointer_example_is_what_the_install_writes(
     keys, rel = signed
     now = time.time()
     job = _staged_device(tmp_path, keys, rel, now)
-    assert guard.install_staged(str(tmp_path), ("thermostat", _CAPS, API), now) is True
+    assert guard.install_staged(str(tmp_path), ("th-1", "thermostat", _CAPS, API), now) is True
     pointer = json.loads((tmp_path / guard.POINTER).read_bytes())
     documented = _one("pointer").value()
     assert set(pointer) == set(documented)
@@ -311,7 +320,7 @@ def test_a_refused_install_reports_its_trust_code(
     keys, rel = signed
     now = time.time()
     _staged_device(tmp_path, keys, rel, now)
-    assert guard.install_staged(str(tmp_path), ("shirt", _CAPS, API), now) is True
+    assert guard.install_staged(str(tmp_path), ("th-1", "shirt", _CAPS, API), now) is True
     (report,) = updates.take_reports(str(tmp_path))
     assert report["state"] == "failed" and report["reason"].startswith("wrong_model: ")
     assert not (tmp_path / guard.POINTER).exists() and not (tmp_path / pb_ota.JOB).exists()
@@ -438,6 +447,7 @@ def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> N
         "ota_window": agent.window,
         "ota_timeout_ms": agent.timeout_ms,
         "ota_tries": agent.tries,
+        "ota_deadline_s": agent.deadline_s,
     }
     assert {k: None if v == "\u2013" else int(v) for k, v in rows.items()} == defaults
     assert agent.chunk <= otaproto.MAX_CHUNK
@@ -554,6 +564,23 @@ def test_security_md_has_one_section_per_attack() -> None:
         named = [n for n in ATTACK_TESTS if f"{ATTACKS_FILE}::{n}`" in text]
         assert len(named) == 1, f"{heading}: names {named}"
         assert "**Stopped by**" in text and "**Test**" in text, heading
+
+
+DEVICE_ATTACKS_FILE = "tests/system/test_device_attacks.py"
+
+
+def test_security_md_has_one_section_per_attack_of_a_compromised_device() -> None:
+    written = set(re.findall(r"^def (test_\w+)\(", (ROOT / DEVICE_ATTACKS_FILE).read_text(), re.M))
+    attacks = section(SECURITY, "6. One compromised device", "security.md")
+    headings = [line for line in attacks if line.startswith("### ")]
+    named: set[str] = set()
+    for heading in headings:
+        text = " ".join(section(SECURITY, heading.lstrip("# ").strip(), "security.md"))
+        assert "**Stopped by**" in text and "**Test**" in text, heading
+        here = {n for n in written if f"{DEVICE_ATTACKS_FILE}::{n}`" in text}
+        assert here, f"{heading} names none of {DEVICE_ATTACKS_FILE}'s tests"
+        named |= here
+    assert named == written, f"attack tests not in security.md 6: {written - named}"
 
 
 def _referenced_tests(text: str) -> set[tuple[str, str]]:

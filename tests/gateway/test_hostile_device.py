@@ -3,7 +3,7 @@ named after it: a client holding one device's own broker credentials
 publishes on that device's own topics through the session's real Mosquitto
 to a real gateway (in this process) with its real SQLite store. Each test
 checks that the gateway keeps running and that another device's data still
-lands (docs/security.md 6)."""
+lands (docs/security.md 7)."""
 
 from __future__ import annotations
 

@@ -49,16 +49,20 @@ async def test_an_offer_carries_a_freshness_statement_the_device_accepts(
     offer = await asyncio.to_thread(dev.offer)
     assert offer["id"] == u.id and len(u.id) == 12 and int(u.id, 16) >= 0
     assert offer["manifest"] == rid and offer["size"] == len(release.manifest)
-    body = accept_offer(offer, keys.root_bytes, "thermostat", 2)
+    body = accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id)
     assert body["version"] == u.freshness and 3590 < body["expires"] - u.started <= 3600
+    # it names the device and the update: of no use to another device
+    assert (body["device"], body["update"]) == (dev.id, u.id)
+    with pytest.raises(TrustError, match="another device"):
+        accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id + "x")
     # a second offer's statement is newer, even within the same millisecond
     u2 = await r.gw.ota.start(dev.id, "thermostat@2")
     await asyncio.to_thread(dev.offer)  # the cancel of the first
     offer2 = await asyncio.to_thread(dev.offer)
     assert offer2["id"] == u2.id
-    accept_offer(offer2, keys.root_bytes, "thermostat", 2, last_version=body["version"] + 1)
+    accept_offer(offer2, keys.root_bytes, "thermostat", 2, dev.id, last_version=body["version"] + 1)
     with pytest.raises(TrustError, match="older"):
-        accept_offer(offer, keys.root_bytes, "thermostat", 2, last_version=u2.freshness)
+        accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id, last_version=u2.freshness)
 
 
 async def test_a_device_pulls_a_release_and_success_counts_only_at_committed(
@@ -143,8 +147,8 @@ async def test_an_offer_lost_in_a_reset_is_sent_again_when_the_device_reconnects
     await asyncio.to_thread(dev.hello)
     again = await asyncio.to_thread(dev.offer)
     assert again["id"] == first["id"] == u.id and again["manifest"] == first["manifest"]
-    body = accept_offer(again, keys.root_bytes, "thermostat", 2)
-    assert body["version"] > accept_offer(first, keys.root_bytes, "thermostat", 2)["version"]
+    body = accept_offer(again, keys.root_bytes, "thermostat", 2, dev.id)
+    assert body["version"] > accept_offer(first, keys.root_bytes, "thermostat", 2, dev.id)["version"]
     await async_wait_for(lambda: r.gw.ota.stats["reoffers"] == 1, 5, what="the repeat counted")
     assert r.gw.ota.get(u.id).freshness == body["version"]
     # once the device has answered, a reconnect sends nothing more

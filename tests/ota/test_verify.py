@@ -51,10 +51,13 @@ def test_the_device_policy_agrees(release: Release, keys: Keys) -> None:
     the device's own Ed25519 code."""
     root = trust.load_root(keys.root_bytes, device_verify)
     now = 1795400000
-    fresh = freshness(keys, "thermostat", release.counter, release.sha256, ttl_s=600, now=now)
+    ids = ("th-1", "5f2a9c01b7e4")
+    fresh = freshness(
+        keys, "thermostat", release.counter, release.sha256, ttl_s=600, now=now, device=ids[0], update=ids[1]
+    )
     raw, fbody, fsigs = trust.open_envelope(fresh)
     trust.check_role(root, "gateway", raw, fsigs, device_verify)
-    trust.check_freshness(fbody, "thermostat", release.sha256, release.counter, now + 1, 0)
+    trust.check_freshness(fbody, "thermostat", release.sha256, release.counter, now + 1, 0, *ids)
 
     data = (release.path / "manifest.json").read_bytes()
     assert hashlib.sha256(data).hexdigest() == fbody["manifest"]

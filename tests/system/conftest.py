@@ -143,7 +143,13 @@ def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
 
 def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
     blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
-    fresh = ota_keys.freshness(keys, release.model, release.counter, release.sha256, ttl, now or time.time())
+    signed_at = now or time.time()
+
+    def fresh(dev: str, uid: str) -> bytes:
+        return ota_keys.freshness(
+            keys, release.model, release.counter, release.sha256, ttl, signed_at, device=dev, update=uid
+        )
+
     return Offer(release.manifest, blobs, fresh)
 
 

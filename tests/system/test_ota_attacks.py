@@ -48,8 +48,18 @@ def body_of(release: Release) -> dict[str, Any]:
 def signed_offer(body: dict[str, Any], blobs: dict[str, bytes], keys: ota_keys.Keys, key: Any) -> Offer:
     """An offer of a manifest body signed by key, fresh by the real gateway key."""
     manifest = sign_envelope(body, [key])
-    fresh = ota_keys.freshness(keys, body["model"], body["counter"], sha256(manifest), 3600, time.time())
-    return Offer(manifest, blobs, fresh)
+    return Offer(manifest, blobs, fresh_for(keys, body["model"], body["counter"], manifest))
+
+
+def fresh_for(keys: ota_keys.Keys, model: str, counter: int, manifest: bytes) -> Any:
+    """Freshness statements for manifest, made by the real gateway key for
+    the device and update they are offered to."""
+    now = time.time()
+
+    def fresh(dev: str, uid: str) -> bytes:
+        return ota_keys.freshness(keys, model, counter, sha256(manifest), 3600, now, device=dev, update=uid)
+
+    return fresh
 
 
 def blobs_of(release: Release) -> dict[str, bytes]:
@@ -78,8 +88,9 @@ def test_tampered_manifest(
     env["signed"] = env["signed"].replace('"version":"2.0"', '"version":"6.6"')
     manifest = json.dumps(env).encode()
     assert manifest != release2.manifest
-    fresh = ota_keys.freshness(keys, "thermostat", 2, sha256(manifest), 3600, time.time())
-    reason = refused(mosquitto, device, Offer(manifest, blobs_of(release2), fresh))
+    reason = refused(
+        mosquitto, device, Offer(manifest, blobs_of(release2), fresh_for(keys, "thermostat", 2, manifest))
+    )
     assert reason.startswith("bad_signature:")
     assert_on_factory(device)
 
@@ -110,9 +121,7 @@ def test_lower_release_counter(
     srv.close()
     # a validly signed but older release: what was signed once stays signed
     older = build("thermostat", [FEATURES / "thermostat"], "1.0", tmp_path / "r1", 1, True, keys)
-    offer = offer_of(older, keys)
-    offer.uid = "upd-2"
-    reason = refused(mosquitto, dev, offer)
+    reason = refused(mosquitto, dev, offer_of(older, keys))  # (an update id of its own)
     assert reason.startswith("rollback:")
     assert running_set(dev)[:2] == (2, release2.sha256)
 
