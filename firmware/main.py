@@ -26,14 +26,26 @@ def supervise():
         if argv[i] == sys.executable or argv[i].endswith("/micropython"):
             argv = argv[i + 1 :]
             break
+    # PB_RESET tells each start why the last one ended, as a board's reset
+    # cause register does (pb/hal/host.py): nothing at the first start (the
+    # power came on), "hard" after the device reset itself (machine.reset()
+    # on a board), "watchdog" after it crashed
+    cause = ""
     while True:
-        status = os.system("PB_CHILD=1 exec '%s' %s" % (sys.executable, " ".join("'%s'" % a for a in argv)))
+        cmd = "PB_CHILD=1 PB_RESET=%s exec '%s' %s" % (
+            cause,
+            sys.executable,
+            " ".join("'%s'" % a for a in argv),
+        )
+        status = os.system(cmd)
         if status & 0x7F:
             sys.exit(128 + (status & 0x7F))  # killed: the power is gone
         code = status >> 8
         if code == 0:
             return  # stopped on purpose (Ctrl-C)
+        cause = "hard"
         if code != 75:
+            cause = "watchdog"
             time.sleep(1)  # it crashed: a board's watchdog would reset it
 
 
@@ -54,9 +66,13 @@ def last_resort(exc):
 
 try:
     if sys.implementation.name != "micropython":
+        import os
+
         path = list(sys.path)
+        os.environ.pop("PB_RESET", None)
         while True:
             device()
+            os.environ["PB_RESET"] = "hard"  # it reset itself (pb/hal/host.py)
             sys.path[:] = path  # a feature set's folder goes with its modules
             for name in list(sys.modules):
                 if name.split(".")[0] in ("pb", "features"):

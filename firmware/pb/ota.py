@@ -23,7 +23,7 @@ from .compat import (
     ticks_ms,
     wait_for_ms,
 )
-from .errors import ProtocolError, StoreError
+from .errors import ProtocolError, StoreError, TrustError
 from .otaproto import FLAG_ERROR, check_offer, decode_chunk, is_hex64
 from .store import read_bytes, write_atomic
 
@@ -365,6 +365,10 @@ def _files(data, model, counter):
                     raise Failed("bad_manifest: %s has no valid %s" % (f.get("path"), k))
             if not (is_hex64(f["sha256"]) and is_hex64(f["zsha256"])):  # they name staging files
                 raise Failed("bad_manifest: %s has no valid hashes" % f.get("path"))
-        return files
+        from .forms import device_files
+
+        return device_files(files)  # of each module, only the form this device runs
+    except TrustError as exc:
+        raise Failed("%s: %s" % (exc.code, exc.message)) from None
     except (ValueError, KeyError, TypeError):
         raise Failed("bad_manifest: the manifest is unreadable") from None

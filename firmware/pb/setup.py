@@ -74,7 +74,18 @@ def choose(root, config, hal):
     if install_staged(root, (config["model"], hal.caps, API), hal.time(), hal.fault_point):
         hal.reset("update")
     chosen = decide(root, hal.fault_point)
-    forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
+    forget(
+        (
+            "pb.guard",
+            "pb.install",
+            "pb.trust",
+            "pb.ed25519",
+            "pb.sha512",
+            "pb.otafs",
+            "pb.forms",
+            "pb.manifest",
+        )
+    )
     return chosen
 
 

@@ -330,6 +330,22 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
     assert reason in OTA
 
 
+def test_a_trial_given_up_says_what_ended_its_last_boot(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    (tmp_path / "ota").mkdir()
+    (tmp_path / "data").mkdir()
+    pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
+    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    (tmp_path / guard.POINTER).write_text(json.dumps(pointer))
+    # what the runtime keeps as a feature's import runs out of RAM (pb/boot.py)
+    crash = "MemoryError: memory allocation failed, allocating 196608 bytes, at import of feature hungry"
+    (tmp_path / "data" / "state.json").write_text(json.dumps({"reset_request": "crash", "last_crash": crash}))
+    _root, p, trial, report = guard.decide(str(tmp_path))
+    assert (trial, p["set"], report["state"]) == (False, "features", "rolled_back")
+    assert report["reason"] == f"trial did not commit in 3 boots; the last ended by {crash}"
+    assert " ".join(report["reason"].split()) in " ".join(OTA.split())
+
+
 def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
     # a board flashed with the runtime only: no features, no ota/ folder yet
     root, p, trial, report = guard.decide(str(tmp_path))

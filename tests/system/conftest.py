@@ -88,6 +88,23 @@ def crashing_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Ke
     return build("thermostat", [*src, crashy], "2.9", tmp / "rc", 4, True, keys)
 
 
+# a feature that needs more RAM than a 128 KB board has, at import or as it starts
+HUNGRY = {
+    "import": "_TABLE = bytearray(192 * 1024)\n\n\ndef start(ctx):\n    return None\n",
+    "start": "def start(ctx):\n    return bytearray(192 * 1024)\n",
+}
+
+
+def hungry_release(tmp: Path, keys: ota_keys.Keys, step: str) -> Release:
+    """thermostat + a feature that runs out of RAM at `step` (import, start)."""
+    src = feature_sources(tmp / "src", ("thermostat",))
+    hungry = tmp / "src" / "hungry"
+    hungry.mkdir()
+    (hungry / "__init__.py").write_text(HUNGRY[step])
+    (hungry / "manifest.json").write_text(json.dumps({"name": "hungry", "version": "0.1.0", "api": 1}))
+    return build("thermostat", [*src, hungry], "2.8", tmp / "rh", 5, True, keys)
+
+
 @pytest.fixture(scope="session")
 def gateway_keys(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Path:
     """What a gateway holds of the maker's keys: the root and its own key."""
