@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ota import keys as ota_keys
-from ota.release import Release
+from ota.release import Release, build
 
 from ..conftest import MakeDevice
 from ..support.mosquitto import GATEWAY_PASSWORD, GATEWAY_USER, Mosquitto
@@ -127,3 +127,25 @@ def test_a_board_with_no_usable_set_runs_in_safe_mode_until_an_update_brings_one
         srv.close()
     assert running_set(dev)[:2] == (2, release2.sha256)
     wait_for(lambda: dev.actuators().get("relay") is True, 30, what="the thermostat heating again")
+
+
+# ---- the form of the modules ---------------------------------------------------
+
+
+def test_a_board_refuses_a_source_only_release_saying_why(
+    mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    release = build(
+        "thermostat", [FIRMWARE / "thermostat", FIRMWARE / "eco"], "2.1", tmp_path / "r", 6, ("py",), keys
+    )
+    srv = serve(mosquitto, device, offer_of(release, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 60)
+    finally:
+        srv.close()
+    assert done["state"] == "failed", (done, device.output()[-3000:])
+    assert (
+        done["reason"] == "wrong_form: eco/__init__.py has no .mpy form, which this device (MicroPython) runs"
+    )
+    assert list(srv.served) == ["manifest"]  # refused before any blob came
+    assert running_set(device) == (0, None, ["thermostat"]) and device.running
