@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import API, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
+from firmware.pb import API, forms, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
 from firmware.pb import ota as pb_ota
 from firmware.pb.errors import ProtocolError, TrustError
 from gateway import updater as gw_updater
@@ -119,6 +119,15 @@ def test_the_release_manifest_example_passes_the_devices_rules() -> None:
     body = _one("release-manifest").value()
     trust.check_manifest(body)
     trust.check_for_device(body, "thermostat", {"temperature": {}, "relay": {}, "humidity": {}}, API, 1)
+    # it carries both forms of its modules; each device takes its own and the manifests
+    for form in ("py", "mpy"):
+        taken = [f["path"] for f in forms.device_files(body["files"], form)]
+        assert taken == [
+            f"eco/__init__.{form}",
+            "eco/manifest.json",
+            f"thermostat/__init__.{form}",
+            "thermostat/manifest.json",
+        ]
 
 
 def _files(n: int, path_len: int) -> list[dict[str, Any]]:
@@ -595,7 +604,11 @@ def test_every_test_the_docs_name_exists() -> None:
 
 def test_trust_codes_table_is_what_the_code_raises() -> None:
     documented = {r[0].strip("`") for r in table(section(SECURITY, "2. Trust codes", "security.md"))}
-    raised = string_args(trust, "TrustError", 0) | string_args(install, "TrustError", 0)
+    raised = (
+        string_args(trust, "TrustError", 0)
+        | string_args(install, "TrustError", 0)
+        | string_args(forms, "TrustError", 0)
+    )
     assert documented == raised
     # and the codes the TrustError docstring promises
     doc = str(TrustError.__doc__)
