@@ -367,7 +367,7 @@ def _files(data, model, counter):
                 raise Failed("bad_manifest: %s has no valid hashes" % f.get("path"))
         from .forms import device_files
 
-        return device_files(files)  # of each module, only the form this device runs
+        return device_files(files, whole=False)  # of each module, only the form this device runs
     except TrustError as exc:
         raise Failed("%s: %s" % (exc.code, exc.message)) from None
     except (ValueError, KeyError, TypeError):

@@ -81,3 +81,16 @@ except TrustError as exc:
         ["mpy", ["eco/__init__.mpy", "eco/manifest.json", "eco/tables/t00.bin", "eco/util.mpy"]],
         ["wrong_form", "eco/__init__.py has no .mpy form, which this device (MicroPython) runs"],
     ]
+
+
+def test_the_download_leaves_out_a_module_lacking_the_form_and_refuses_only_a_release_without_it() -> None:
+    # a first, unverified look (the agent's): the install judges the rest after the signatures
+    mixed = [f for f in BOTH if f["path"] != "eco/util.mpy"]
+    assert paths(forms.device_files(mixed, "mpy", whole=False)) == [
+        "eco/__init__.mpy",
+        "eco/manifest.json",
+        "eco/tables/t00.bin",
+    ]
+    source = [f for f in BOTH if not f["path"].endswith(".mpy")]
+    with pytest.raises(TrustError, match=r"^eco/__init__\.py has no \.mpy form"):
+        forms.device_files(source, "mpy", whole=False)

@@ -64,7 +64,7 @@ def release2(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> R
     """thermostat + eco, eco with 64 KB of tables: what a factory device lacks."""
     tmp = tmp_path_factory.mktemp("r2")
     src = feature_sources(tmp / "src", ("thermostat", "eco"), tables_kb=64)
-    return build("thermostat", src, "2.0", tmp / "r2", 2, True, keys)
+    return build("thermostat", src, "2.0", tmp / "r2", 2, ("mpy",), keys)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,7 @@ def release3(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> R
     tmp = tmp_path_factory.mktemp("r3")
     src = feature_sources(tmp / "src", ("thermostat", "eco"), tables_kb=64)
     (tmp / "src" / "eco" / "tables" / "t03.bin").write_bytes(random.Random(99).randbytes(8192))
-    return build("thermostat", src, "3.0", tmp / "r3", 3, True, keys)
+    return build("thermostat", src, "3.0", tmp / "r3", 3, ("mpy",), keys)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def crashing_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Ke
     crashy.mkdir()
     (crashy / "__init__.py").write_text(CRASHY)
     (crashy / "manifest.json").write_text(json.dumps({"name": "crashy", "version": "0.1.0", "api": 1}))
-    return build("thermostat", [*src, crashy], "2.9", tmp / "rc", 4, True, keys)
+    return build("thermostat", [*src, crashy], "2.9", tmp / "rc", 4, ("mpy",), keys)
 
 
 # a feature that needs more RAM than a 128 KB board has, at import or as it starts
@@ -102,7 +102,7 @@ def hungry_release(tmp: Path, keys: ota_keys.Keys, step: str) -> Release:
     hungry.mkdir()
     (hungry / "__init__.py").write_text(HUNGRY[step])
     (hungry / "manifest.json").write_text(json.dumps({"name": "hungry", "version": "0.1.0", "api": 1}))
-    return build("thermostat", [*src, hungry], "2.8", tmp / "rh", 5, True, keys)
+    return build("thermostat", [*src, hungry], "2.8", tmp / "rh", 5, ("mpy",), keys)
 
 
 @pytest.fixture(scope="session")
