@@ -77,6 +77,14 @@ def release3(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> R
 
 
 @pytest.fixture(scope="session")
+def both_forms_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Release:
+    """thermostat + eco, each module as .py and .mpy: as `ota build` makes one by default."""
+    tmp = tmp_path_factory.mktemp("rb")
+    src = feature_sources(tmp / "src", ("thermostat", "eco"))
+    return build("thermostat", src, "2.0", tmp / "rb", 2, keys=keys)
+
+
+@pytest.fixture(scope="session")
 def crashing_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Release:
     """thermostat + a feature that raises as it starts."""
     tmp = tmp_path_factory.mktemp("rc")
@@ -131,11 +139,18 @@ OTA_CONFIG = {"ota_timeout_ms": 300, "ota_tries": 3}  # quick retries: tests cut
 
 
 def ota_device(
-    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, start: bool = True, **config: object
+    mosquitto: Mosquitto,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    start: bool = True,
+    interpreter: str = "micropython",
+    **config: object,
 ) -> DeviceProcess:
-    """A thermostat on the unix port (128 KB heap) that trusts keys, with a
-    short trial and quick retries; started, and booted (unless not start)."""
-    dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
+    """A thermostat on the unix port (128 KB heap; or under CPython) that
+    trusts keys, with a short trial and quick retries; started, and booted
+    (unless not start)."""
+    root = (keys.path / "root.json").read_bytes()
+    dev = make_device(mosquitto, "thermostat", interpreter, root=root, trial_s=2)
     cfg = json.loads((dev.path / "config.json").read_text())
     cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))

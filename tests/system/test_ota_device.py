@@ -149,3 +149,33 @@ def test_a_board_refuses_a_source_only_release_saying_why(
     )
     assert list(srv.served) == ["manifest"]  # refused before any blob came
     assert running_set(device) == (0, None, ["thermostat"]) and device.running
+
+
+@pytest.mark.parametrize("interpreter", ["micropython", "python"])
+def test_one_release_of_both_forms_serves_the_unix_port_and_cpython(
+    mosquitto: Mosquitto,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    both_forms_release: Release,
+    interpreter: str,
+) -> None:
+    dev = ota_device(mosquitto, make_device, keys, interpreter=interpreter)
+    form = "mpy" if interpreter == "micropython" else "py"
+    srv = serve(mosquitto, dev, offer_of(both_forms_release, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+    finally:
+        srv.close()
+    assert done["state"] == "committed", (done, dev.output()[-3000:])
+    assert running_set(dev) == (2, both_forms_release.sha256, ["eco", "thermostat"])
+    # it fetched and installed only its form of eco (the thermostat's is held)
+    eco = {f.zsha256: f.zsize for f in both_forms_release.files_for(form) if f.feature == "eco"}
+    assert {k: v for k, v in srv.served.items() if k != "manifest"} == eco
+    slot = dev.path / json.loads((dev.path / "ota" / "active.json").read_text())["set"] / "features" / "eco"
+    assert sorted(os.listdir(slot)) == [f"__init__.{form}", "manifest.json"]
+    wait_for(lambda: "features eco,thermostat" in dev.output(), 20, what="eco running")
+    # the boot after the install followed the device's own reset, under either interpreter
+    wait_for(
+        lambda: retained_hello(mosquitto, dev.id).get("boot_count") == 2, 10, what="the trial boot's hello"
+    )
+    assert retained_hello(mosquitto, dev.id)["reset_cause"] == "hard"
