@@ -210,8 +210,8 @@ class FeatureHost:
         except MemoryError as exc:
             # the device is short of RAM, not the feature at fault: reset,
             # saying where (a trial given up reports it: pb/guard.py)
-            step = "start" if self.modules.get(name) else "import"
-            raise MemoryError("%s, at %s of feature %s" % (exc, step, name)) from None
+            step = "start" if name in self.modules else "import"
+            raise MemoryError("%s, at %s of feature %s" % (exc, step, name))
         except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
             self.fail(name, exc)
             return False
