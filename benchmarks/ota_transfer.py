@@ -495,10 +495,10 @@ async def session(work: Path, keys: Keys, releases: Releases, nodelay: bool) -> 
 async def measure(work: Path) -> dict[str, Any]:
     keys = keygen(work / "keys")
     src = eco_with_tables(work / "src")
-    py = build("thermostat", src, "bench-py", work / "r-py", 2, keys=keys)
+    py = build("thermostat", src, "bench-py", work / "r-py", 2, ("py",), keys)
     mpy = None
     if MICROPYTHON.exists():
-        mpy = build("thermostat", src, "bench-mpy", work / "r-mpy", 3, compile_mpy=True, keys=keys)
+        mpy = build("thermostat", src, "bench-mpy", work / "r-mpy", 3, ("mpy",), keys)
     else:
         print(f"no micropython at {MICROPYTHON}: MicroPython skipped", file=sys.stderr)
     releases = Releases(py, mpy)

@@ -55,10 +55,14 @@ def install(base, job, device, running, now, fault=None, tick=None):
     write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))  # counted first
     try:
         p = _install(base, job, device, running, now, fault, tick)
-    except MemoryError:
+    except MemoryError as exc:
         if job["installs"] < _MAX_INSTALLS:
             raise  # a short heap, not a bad update: the device resets and tries again
-        reason = "install: out of RAM %d times" % _MAX_INSTALLS
+        reason = "install: out of RAM %d times, last at %s (%s)" % (
+            _MAX_INSTALLS,
+            _step[0],
+            format_exception(exc),
+        )
     except TrustError as exc:
         reason = "%s: %s" % (exc.code, exc.message)
     except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
@@ -112,6 +116,9 @@ def _tidy(base, job, now):
     otafs.remove_tree(base + "/" + STAGE)
 
 
+_step = ["reading the manifest"]  # where _install is: what a MemoryError reports
+
+
 def check_release(base, job, device, run_counter, data, tick=None, last_version=None):
     """The manifest envelope data and the job's freshness statement, checked
     as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
@@ -124,6 +131,7 @@ def check_release(base, job, device, run_counter, data, tick=None, last_version=
     root_data = read_bytes(base + "/" + ROOT)
     if root_data is None:
         raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
+    _step[0] = "checking signatures"
     root = trust.load_root(root_data, verify)
     root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
@@ -144,6 +152,7 @@ def check_release(base, job, device, run_counter, data, tick=None, last_version=
 
 
 def _install(base, job, device, running, now, fault, tick):
+    _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
     data = read_bytes(base + "/" + STAGE + "/manifest.json")
     if data is None or trust.sha256_hex(data) != job["manifest"]:
@@ -156,10 +165,14 @@ def _install(base, job, device, running, now, fault, tick):
         job["fresh_ok"] = body["counter"]
         write_atomic(base + "/" + JOB, json.dumps(job).encode("utf-8"))
     fault("verified")
-    files = body["files"]
+    _step[0] = "choosing the files"
+    from .forms import device_files
+
+    files = device_files(body["files"])
     counter = body["counter"]
     data = body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
+    _step[0] = "assembling the set"
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, files) is not None:
         held = otafs.held_files(guard.features_root(base, run_set) if run_set else None)

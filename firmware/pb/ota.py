@@ -292,6 +292,7 @@ class Agent:
             files = self._verified_files(job, mpath)
             job["checked"] = job["manifest"]
             self.save_job()
+        files = _of_this_form(files)
         held = self.held()
         needed = {}
         for f in files:
@@ -436,6 +437,17 @@ def _files(data):
         return json.loads(json.loads(data)["signed"])["files"]
     except (ValueError, KeyError, TypeError):
         raise Failed("bad_manifest: the staged manifest is unreadable") from None
+
+
+def _of_this_form(files):
+    """Of each module, only the form this device runs (pb/forms.py); a
+    release without it is refused before any blob is fetched."""
+    from .forms import device_files
+
+    try:
+        return device_files(files, whole=False)
+    except TrustError as exc:
+        raise Failed("%s: %s" % (exc.code, exc.message)) from None
 
 
 def _keep_only(stage, needed):

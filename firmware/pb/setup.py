@@ -76,7 +76,18 @@ def choose(root, config, hal):
         hal.reset("update")
     check_fetched(root, device, hal.time())  # a manifest update mode fetched: before its blobs
     chosen = decide(root, hal.fault_point)
-    forget(("pb.guard", "pb.install", "pb.trust", "pb.ed25519", "pb.sha512", "pb.otafs", "pb.manifest"))
+    forget(
+        (
+            "pb.guard",
+            "pb.install",
+            "pb.trust",
+            "pb.ed25519",
+            "pb.sha512",
+            "pb.otafs",
+            "pb.forms",
+            "pb.manifest",
+        )
+    )
     return chosen
 
 

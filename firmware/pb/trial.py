@@ -62,6 +62,7 @@ def commit(u):
     q = dict(p)
     q["state"] = "committed"
     q.pop("boots", None)
+    q.pop("error", None)
     write_atomic(d.base + "/" + POINTER, json.dumps(q).encode("utf-8"))
     u.boot.pointer = q
     u.boot.trial = False
@@ -85,6 +86,12 @@ def rollback(u, reason):
         # it again and rolls back then (or the boot guard does, after its
         # trial boots)
         d.log("rollback: out of RAM; resetting to roll back")
+        try:  # kept for the reason of the boot guard's rollback
+            q = dict(p)
+            q["error"] = ("ended in rollback: " + reason)[:150]  # (pb/guard.py reports it)
+            write_atomic(d.base + "/" + POINTER, json.dumps(q).encode("utf-8"))
+        except Exception:  # noqa: BLE001 - a note lost, the reset still due
+            pass
         d.stop("rollback")
         return
     u.boot.trial = False

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import API, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
+from firmware.pb import API, forms, guard, install, otafs, otaproto, runtime, trust, updatemode, updates
 from firmware.pb import ota as pb_ota
 from firmware.pb.errors import ProtocolError, TrustError
 from gateway import updater as gw_updater
@@ -119,6 +119,15 @@ def test_the_release_manifest_example_passes_the_devices_rules() -> None:
     body = _one("release-manifest").value()
     trust.check_manifest(body)
     trust.check_for_device(body, "thermostat", {"temperature": {}, "relay": {}, "humidity": {}}, API, 1)
+    # it carries both forms of its modules; each device takes its own and the manifests
+    for form in ("py", "mpy"):
+        taken = [f["path"] for f in forms.device_files(body["files"], form)]
+        assert taken == [
+            f"eco/__init__.{form}",
+            "eco/manifest.json",
+            f"thermostat/__init__.{form}",
+            "thermostat/manifest.json",
+        ]
 
 
 def _files(n: int, path_len: int) -> list[dict[str, Any]]:
@@ -337,6 +346,22 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
     reason = f"trial did not commit in {guard.MAX_TRIAL_BOOTS} boots"
     assert report["state"] == "rolled_back" and report["reason"] == reason
     assert reason in OTA
+
+
+def test_a_trial_given_up_says_what_ended_its_last_boot(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    (tmp_path / "ota").mkdir()
+    (tmp_path / "data").mkdir()
+    pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
+    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    (tmp_path / guard.POINTER).write_text(json.dumps(pointer))
+    # what the runtime keeps as a feature's import runs out of RAM (pb/boot.py)
+    crash = "MemoryError: memory allocation failed, allocating 196608 bytes, at import of feature hungry"
+    (tmp_path / "data" / "state.json").write_text(json.dumps({"reset_request": "crash", "last_crash": crash}))
+    _root, p, trial, report = guard.decide(str(tmp_path))
+    assert (trial, p["set"], report["state"]) == (False, "features", "rolled_back")
+    assert report["reason"] == f"trial did not commit in 3 boots; the last ended by {crash}"
+    assert " ".join(report["reason"].split()) in " ".join(OTA.split())
 
 
 def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
@@ -606,7 +631,11 @@ def test_every_test_the_docs_name_exists() -> None:
 
 def test_trust_codes_table_is_what_the_code_raises() -> None:
     documented = {r[0].strip("`") for r in table(section(SECURITY, "2. Trust codes", "security.md"))}
-    raised = string_args(trust, "TrustError", 0) | string_args(install, "TrustError", 0)
+    raised = (
+        string_args(trust, "TrustError", 0)
+        | string_args(install, "TrustError", 0)
+        | string_args(forms, "TrustError", 0)
+    )
     assert documented == raised
     # and the codes the TrustError docstring promises
     doc = str(TrustError.__doc__)

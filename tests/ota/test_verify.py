@@ -41,7 +41,7 @@ def test_verify_release_passes(release: Release, keys: Keys) -> None:
 
 def test_the_shipped_thermostat_builds_and_verifies(tmp_path: Path, keys: Keys) -> None:
     src = firmware_dir() / "features" / "thermostat"
-    rel = build("thermostat", [src], "2026.11.1", tmp_path / "r", counter=1, keys=keys)
+    rel = build("thermostat", [src], "2026.11.1", tmp_path / "r", counter=1, keys=keys, forms=("py",))
     assert verify_release(rel.path, keys.path, Device.for_board(THERMOSTAT_BOARD)) == rel
     assert {f.path for f in rel.files} == {"thermostat/__init__.py", "thermostat/manifest.json"}
 
@@ -135,7 +135,7 @@ def test_signed_by_a_root_key(release: Release, keys: Keys) -> None:
 
 
 def test_unsigned_release(tmp_path: Path, keys: Keys, features_dir: Path) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     err = refused(rel.path, keys, "unknown_key")
     assert "ota sign" in err.message
 

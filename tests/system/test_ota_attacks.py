@@ -120,7 +120,7 @@ def test_lower_release_counter(
     assert srv.wait_for(("committed", "failed", "rolled_back"), 90)["state"] == "committed"
     srv.close()
     # a validly signed but older release: what was signed once stays signed
-    older = build("thermostat", [FEATURES / "thermostat"], "1.0", tmp_path / "r1", 1, True, keys)
+    older = build("thermostat", [FEATURES / "thermostat"], "1.0", tmp_path / "r1", 1, ("mpy",), keys)
     reason = refused(mosquitto, dev, offer_of(older, keys))  # (an update id of its own)
     assert reason.startswith("rollback:")
     assert running_set(dev)[:2] == (2, release2.sha256)
@@ -138,7 +138,7 @@ def test_stale_freshness(
 def test_manifest_for_another_model(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
-    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, True, keys)
+    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, ("mpy",), keys)
     reason = refused(mosquitto, device, offer_of(shirt, keys))
     assert reason.startswith("wrong_model:")
     assert_on_factory(device)
@@ -150,7 +150,7 @@ def test_refused_in_update_mode(
     # a board that downloads only in update mode (too little RAM beside its
     # features) refuses there just the same, says why, and goes back to them
     dev = ota_device(mosquitto, make_device, keys, ota_mode="lean")
-    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, True, keys)
+    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, ("mpy",), keys)
     reason = refused(mosquitto, dev, offer_of(shirt, keys))
     assert reason.startswith("wrong_model:")
     wait_for(lambda: dev.output().count("booted (") >= 2, 30, what="the features back")
