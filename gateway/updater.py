@@ -147,6 +147,35 @@ class UpdateTable:
         """The device's updates, newest first."""
         return self._select("WHERE device = ? ORDER BY started DESC, rowid DESC LIMIT ?", (dev, limit))
 
+    def find(
+        self, state: str | None = None, device: str | None = None, model: str | None = None, limit: int = 1000
+    ) -> list[Update]:
+        """Updates across devices, newest first. state: an update state,
+        "active" (in progress) or "ended"; device, model: only those."""
+        where, args = [], []
+        if state == "active":
+            where.append("state NOT IN ('committed', 'failed', 'rolled_back')")
+        elif state == "ended":
+            where.append("state IN ('committed', 'failed', 'rolled_back')")
+        elif state is not None:
+            where.append("state = ?")
+            args.append(state)
+        for col, value in (("device", device), ("model", model)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._select(f"{clause}ORDER BY started DESC, rowid DESC LIMIT ?", (*args, limit))
+
+    def latest(self) -> dict[str, Update]:
+        """Each device's latest update, by device."""
+        found = self._select(
+            "WHERE rowid IN (SELECT rowid FROM updates u WHERE u.device = updates.device"
+            " ORDER BY started DESC, rowid DESC LIMIT 1)",
+            (),
+        )
+        return {u.device: u for u in found}
+
     def in_progress(self) -> list[Update]:
         """Updates that have not ended, oldest first."""
         return self._select(
