@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -35,11 +35,13 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# Tests run a real Mosquitto and the real MicroPython unix port.
+# Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
+# missing, as root or with sudo that asks no password; otherwise the exact command is printed.
+# SYSTEM_DEPS: PACKAGE:COMMAND pairs (python3-venv: checked by importing venv).
+SYSTEM_DEPS ?= mosquitto:mosquitto mosquitto-clients:mosquitto_pub socat:socat python3-venv:
 .PHONY: system-deps
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "make test needs Mosquitto: sudo apt-get install -y mosquitto mosquitto-clients socat"; exit 1; }
+	@sh .ci/system-deps $(SYSTEM_DEPS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results
