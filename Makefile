@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint typecheck check clean venv
+.PHONY: demo test test-fast chaos bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+chaos: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -s -m chaos -p no:randomly tests/simulator/test_chaos.py
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks
