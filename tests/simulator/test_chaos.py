@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from firmware.pb import guard
+from gateway.errors import GatewayError
 from gateway.releases import StoredRelease
 from gateway.service import Gateway
 from gateway.store import Store
@@ -59,14 +60,16 @@ class Operator:
     with it: offer a release to every device and offer it again where it
     failed for a passing reason, until every device has reached `goal`."""
 
-    def __init__(self, broker: Mosquitto, store: Store, keys: Keys, tag: str) -> None:
+    def __init__(self, broker: Mosquitto, store: Store, keys: Keys, tag: str, fleet: Fleet) -> None:
         self.broker = broker
+        self.fleet = fleet
         self.store = store
         self.keys = keys
         self.tag = tag
         self.gw: Gateway | None = None
         self.task: asyncio.Task[None] | None = None
         self.restarts = 0
+        self.refused: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> Gateway:
         gw = Gateway(
@@ -82,6 +85,10 @@ class Operator:
         await async_wait_for(gw.connected.is_set, 20, what="gateway connected")
         return gw
 
+    def current(self) -> Gateway:
+        assert self.gw is not None, "the gateway is not running"
+        return self.gw
+
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -95,21 +102,22 @@ class Operator:
         self.restarts += 1
         await self.stop()
         await asyncio.to_thread(self.broker.restart, 1.0)
-        await asyncio.sleep(3.0)
+        with contextlib.suppress(TimeoutError):  # some may be without power: not for long
+            await self.fleet.wait_connected(15)
         await self.start()
 
     async def roll_out(
-        self, release: StoredRelease, ids: list[str], goal: str, restart_at: float
+        self, release: StoredRelease, ids: list[str], goal: str, restart_after: int
     ) -> dict[str, list[Update]]:
         """Offer release to every device until each has an update of it that
         ended in goal (or ATTEMPTS ran out); the gateway and broker restart
-        once, restart_at seconds in. Every update made, by device."""
+        once, when restart_after devices have reached goal (0: as soon as
+        the offers are out). Every update made, by device."""
         made: dict[str, list[Update]] = {d: [] for d in ids}
         t0 = time.monotonic()
         restarted = False
         while True:
-            gw = self.gw
-            assert gw is not None
+            gw = self.current()
             for dev in ids:
                 tried = made[dev]
                 last = gw.ota.get(tried[-1].id) if tried else None
@@ -117,18 +125,19 @@ class Operator:
                     continue
                 if len(tried) >= ATTEMPTS or gw.ota.active(dev) is not None:
                     continue
-                with contextlib.suppress(Exception):
+                try:
                     tried.append(await gw.ota.start(dev, release.id, force=True))
+                except GatewayError as exc:  # the broker away: as an operator would, try again
+                    self.refused[type(exc).__name__] += 1
             done = [d for d in ids if made[d] and gw.ota.get(made[d][-1].id).state == goal]
             out_of_tries = [d for d in ids if len(made[d]) >= ATTEMPTS and gw.ota.get(made[d][-1].id).ended]
-            if len(done) + len(out_of_tries) == len(ids):
-                return made
-            elapsed = time.monotonic() - t0
-            if not restarted and elapsed >= restart_at:
+            if not restarted and len(done) >= restart_after:
                 restarted = True
                 await self.restart_with_broker()
                 continue
-            if elapsed > PHASE_S:
+            if len(done) + len(out_of_tries) == len(ids):
+                return made
+            if time.monotonic() - t0 > PHASE_S:
                 return made
             await asyncio.sleep(0.5)
 
@@ -168,7 +177,7 @@ async def test_a_fleet_under_chaos_ends_with_nothing_bricked_mixed_or_stuck(
     own_mosquitto.add_users(passwords)
     ids = [d.id for d in fleet.devices]
     store = Store(tmp_path / "gw.db")
-    op = Operator(own_mosquitto, store, keys, tag)
+    op = Operator(own_mosquitto, store, keys, tag, fleet)
     gw = await op.start()
     fleet.start()
     t_start = time.monotonic()
@@ -179,13 +188,19 @@ async def test_a_fleet_under_chaos_ends_with_nothing_bricked_mixed_or_stuck(
         bad, _ = gw.ota.releases.add(broken_eco_release, time.time())
         fleet.faults.random_power_cuts(POWER_CUTS_PER_HOUR, off_s=1.0)
 
-        first = await op.roll_out(good, ids, "committed", restart_at=8.0)
-        gw = op.gw
-        assert gw is not None
+        # the gateway and the broker restart mid-rollout: a third of the fleet done
+        first = await op.roll_out(good, ids, "committed", restart_after=DEVICES // 3)
+        gw = op.current()
         print(f"\ngood release: {_summary(first, gw.ota.get)}")
-        second = await op.roll_out(bad, ids, "rolled_back", restart_at=6.0)
-        gw = op.gw
-        assert gw is not None
+        # this time a quarter of the fleet is cut off as the offers go out, and the
+        # gateway and the broker restart at once: those offers are lost, and those
+        # devices are back on the new broker before the gateway
+        cut_off = ids[::4]
+        for d in cut_off:
+            link.drop(d, 6.0)
+        await async_wait_for(lambda: not any(gw.is_online(d) for d in cut_off), 30, what="cut off")
+        second = await op.roll_out(bad, ids, "rolled_back", restart_after=0)
+        gw = op.current()
         print(f"bad release: {_summary(second, gw.ota.get)}")
 
         # calm: no more faults; every device comes back and settles
@@ -213,15 +228,15 @@ async def test_a_fleet_under_chaos_ends_with_nothing_bricked_mixed_or_stuck(
         bad_end = {d: g.ota.get(second[d][-1].id).state for d in ids}
         assert set(bad_end.values()) == {"rolled_back"}, collections.Counter(bad_end.values())
         # nothing bricked, nothing mixed: each runs the good release, every file its own
-        for d in fleet.devices:
-            base = str(d.base)
+        for vd in fleet.devices:
+            base = str(vd.base)
             p = guard.read_pointer(base)
-            assert p is not None and not p.get("corrupt") and not p.get("trial"), (d.id, p)
-            assert (p["counter"], p["manifest"]) == (good.counter, good.id), (d.id, p)
-            assert guard.check_set(base, p["set"]) is None, f"{d.id}: {p['set']} is a mix"
-            assert d.boot is not None and d.boot.root is not None, f"{d.id} in safe mode"
-            assert d.running() == ["eco", "thermostat"], (d.id, d.running())
-            record = store.device(d.id)
+            assert p is not None and not p.get("corrupt") and not p.get("trial"), (vd.id, p)
+            assert (p["counter"], p["manifest"]) == (good.counter, good.id), (vd.id, p)
+            assert guard.check_set(base, p["set"]) is None, f"{vd.id}: {p['set']} is a mix"
+            assert vd.boot is not None and vd.boot.root is not None, f"{vd.id} in safe mode"
+            assert vd.running() == ["eco", "thermostat"], (vd.id, vd.running())
+            record = store.device(vd.id)
             assert record is not None and record.ota is not None
             assert (record.ota["counter"], record.ota["manifest"]) == (good.counter, good.id)
         summary = fleet.summary()
@@ -233,7 +248,8 @@ async def test_a_fleet_under_chaos_ends_with_nothing_bricked_mixed_or_stuck(
         }
         print(
             f"chaos (seed {SEED}): {DEVICES} devices, {cuts} power cuts ({during} during an update), "
-            f"link {faults}, {op.restarts} gateway and broker restarts, {time.monotonic() - t_start:.0f} s"
+            f"link {faults}, {op.restarts} gateway and broker restarts, offers refused {dict(op.refused)}, "
+            f"{time.monotonic() - t_start:.0f} s"
         )
         # the faults happened
         assert during > 0 and op.restarts == 2 and all(faults.values()), (during, faults)
