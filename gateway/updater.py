@@ -463,12 +463,8 @@ class Updater:
         u = self._active.get(dev)
         if u is None or u.id != msg["id"]:
             old = self.table.get(msg["id"])
-            if old is not None and old.device == dev:
-                late = late_step(old, msg)
-                if late is not None:
-                    self.table.add_late_step(old, late, now)
-                if old.device_state != msg["state"]:
-                    self.table.save(replace(old, device_state=msg["state"]))
+            if old is not None and old.device == dev and old.device_state != msg["state"]:
+                self.table.save(replace(old, device_state=msg["state"]))
             return None
         new = apply_status(u, msg, now)
         if new is None:
