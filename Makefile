@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint typecheck check clean venv
+.PHONY: demo test test-fast chaos bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -22,6 +22,9 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+chaos: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -s -m chaos -p no:randomly tests/simulator/test_chaos.py
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks
@@ -47,11 +50,13 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 
 check: lint typecheck test
 
-# Tests run a real Mosquitto and the real MicroPython unix port.
+# Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
+# missing, as root or with sudo that asks no password; otherwise the exact command is printed.
+# SYSTEM_DEPS: PACKAGE:COMMAND pairs (python3-venv: checked by importing venv).
+SYSTEM_DEPS ?= mosquitto:mosquitto mosquitto-clients:mosquitto_pub socat:socat python3-venv:
 .PHONY: system-deps
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "make test needs Mosquitto: sudo apt-get install -y mosquitto mosquitto-clients socat"; exit 1; }
+	@sh .ci/system-deps $(SYSTEM_DEPS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results

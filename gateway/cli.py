@@ -157,17 +157,25 @@ def _shown(text: object) -> str:
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
+    from .cli_ota import release_text, update_brief, update_text
     from .store import Store, feature_version
+    from .updater import UpdateTable
 
     with Store(_db(args), readonly=True) as store:
         devices = store.devices()
+        latest = UpdateTable(store).latest()
     if args.json:
-        print(json.dumps([d.summary() for d in devices], indent=2))
+        print(
+            json.dumps(
+                [d.summary() | {"release": d.ota, "update": update_brief(latest.get(d.id))} for d in devices],
+                indent=2,
+            )
+        )
         return 0
     if not devices:
         print("no devices yet")
         return 0
-    rows = [("ID", "MODEL", "STATE", "FEATURES", "LAST SEEN")]
+    rows = [("ID", "MODEL", "STATE", "FEATURES", "RELEASE", "UPDATE", "LAST SEEN")]
     for d in devices:
         feats = ", ".join(f"{n} {feature_version(f) or '?'}" for n, f in sorted(d.features.items()))
         rows.append(
@@ -176,10 +184,12 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
                 _shown(d.model or "?"),
                 "online" if d.online else "offline",
                 _shown(feats),
+                _shown(release_text(d.ota)),
+                update_text(latest.get(d.id)),
                 _ago(d.last_seen),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
@@ -411,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ota.cli import add_commands
 
-    from .cli_ota import register
+    from .cli_ota import register, register_updates
 
     register(add_commands(sub), dv)
+    register_updates(sub)
     from simulator.cli import register as register_sim
 
     register_sim(sub)

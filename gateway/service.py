@@ -28,7 +28,7 @@ from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .store import Store, TelemetryRow
-from .updater import Updater
+from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class Gateway:
         tls_context: ssl.SSLContext | None = None,
         keys: Keys | None = None,
         update_deadline: float = DEFAULT_DEADLINE_S,
+        reconcile_delay: float = RECONCILE_S,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -107,6 +108,7 @@ class Gateway:
         self.flush_interval = flush_interval
         self.watch_interval = watch_interval
         self.tls_context = tls_context
+        self.reconcile_delay = reconcile_delay
         self.listeners: list[Listener] = []
         self.commander = Commander()
         self.connected = asyncio.Event()
@@ -171,6 +173,9 @@ class Gateway:
                     self.connected.set()
                     log.info("connected to broker %s", b)
                     backoff.reset()
+                    # what the devices did while the gateway was away shows in
+                    # their retained messages: then updates are squared with it
+                    self.ota.reconcile_soon(self.reconcile_delay)
                     async for m in client.messages:
                         payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
                         self.handle(m.topic.value, bytes(payload), m.retain)
@@ -289,6 +294,7 @@ class Gateway:
                 live.deadline_s = deadline
                 if not retain:
                     live.last_seen = now
+            self.ota.on_hello(dev, msg, now)
             return
         if a.kind == "state":
             if live is None:

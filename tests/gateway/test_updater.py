@@ -300,3 +300,70 @@ async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path:
             sender.cancel()
             await asyncio.wait([sender], timeout=0.1)
         gw.store.close()
+
+
+async def test_an_activating_that_comes_after_the_trial_is_recorded_without_moving_back(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    for state in ("offered", "downloading", "staged", "verified"):
+        dev.status(u.id, state, counter=2)
+    # after the reset the device's kept trial goes out first, then the activating the boot reported
+    dev.status(u.id, "trial", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "trial", 5, what="trial")
+    dev.status(u.id, "activating", counter=2)
+    await async_wait_for(
+        lambda: "activating" in [s["state"] for s in r.gw.ota.table.steps(u.id)], 5, what="activating step"
+    )
+    dev.status(u.id, "activating", counter=2)  # once only
+    dev.status(u.id, "committed", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="committed")
+    done = r.gw.ota.get(u.id)
+    assert done.state == "committed"
+    steps = r.gw.ota.table.steps(u.id)
+    assert [s["state"] for s in steps] == [
+        "offered",
+        "downloading",
+        "staged",
+        "verified",
+        "activating",
+        "trial",
+        "committed",
+    ]
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+
+
+async def test_a_hello_that_runs_the_release_moves_an_update_whose_statuses_were_lost(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    rid = await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    # every status went with a broker that restarted; the hello after the commit says it all
+    await asyncio.to_thread(dev.hello, counter=2, manifest=rid)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="committed by the hello")
+    assert r.gw.ota.get(u.id).state == "committed"
+
+
+async def test_a_hello_that_runs_another_release_moves_nothing(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    await asyncio.to_thread(dev.hello, counter=1, manifest="ab" * 32)
+
+    def counter() -> object:
+        record = r.gw.store.device(dev.id)
+        return record.ota.get("counter") if record is not None and record.ota else None
+
+    await async_wait_for(lambda: counter() == 1, 5, what="hello stored")
+    assert r.gw.ota.get(u.id).state == "offered" and not r.gw.ota.get(u.id).ended
