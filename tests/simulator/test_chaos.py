@@ -9,7 +9,7 @@ file of the set it runs matches that set's manifest), none stuck (every
 update ended, none by the deadline), the good release committed on every
 device and the bad one rolled back on every device.
 
-`make chaos` runs it alone; `make test` runs it with the rest (marked slow).
+`make chaos` runs it (CI runs it after `make test`); `make test` leaves it out.
 """
 
 from __future__ import annotations
