@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint typecheck check clean venv
+.PHONY: demo test test-fast chaos bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/permabeta demo $(if $(BROKER),--broker $(BROKER))
 
+# The chaos fleet runs on its own (make chaos, and in CI): make test stays within minutes.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not chaos"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+chaos: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -s -m chaos -p no:randomly tests/simulator/test_chaos.py
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks
@@ -30,16 +34,30 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway ota simulator tests firmware benchmarks
 	$(BIN)/ruff format --check gateway ota simulator tests firmware benchmarks
 
-typecheck: $(STAMP)
+# The firmware is checked against MicroPython's own stubs, kept apart from
+# the venv's site-packages (they stand in for the standard library).
+MPY_STUBS := $(VENV)/micropython-stubs
+MPY_STUBS_STAMP := $(MPY_STUBS)/.installed-stamp
+
+$(MPY_STUBS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --upgrade --target $(MPY_STUBS) \
+	  'micropython-esp32-stubs>=1.29,<1.30' 'micropython-stdlib-stubs>=1.29,<1.30'
+	@touch $@
+
+typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	$(BIN)/mypy
+	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
+	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py pb features
 
 check: lint typecheck test
 
-# Tests run a real Mosquitto and the real MicroPython unix port.
+# Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
+# missing, as root or with sudo that asks no password; otherwise the exact command is printed.
+# SYSTEM_DEPS: PACKAGE:COMMAND pairs (python3-venv: checked by importing venv).
+SYSTEM_DEPS ?= mosquitto:mosquitto mosquitto-clients:mosquitto_pub socat:socat python3-venv:
 .PHONY: system-deps
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "make test needs Mosquitto: sudo apt-get install -y mosquitto mosquitto-clients socat"; exit 1; }
+	@sh .ci/system-deps $(SYSTEM_DEPS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results

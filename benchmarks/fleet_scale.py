@@ -61,6 +61,7 @@ from gateway.broker import GATEWAY_USER, MosquittoProcess, free_port, mosquitto_
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "fleet.json"
 GATEWAY_PASSWORD = "gateway-secret"
+BENCH_USERS = ("bench-sub", "bench-pub")
 DEVICE_PASSWORD = "bench-device-secret"  # every device's (a hash per user in the password file)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -133,7 +134,10 @@ class Broker(MosquittoProcess):
         self.files = mosquitto_config(
             directory,
             port,
-            users={GATEWAY_USER: GATEWAY_PASSWORD},
+            # the bare subscriber and publisher have accounts of their own:
+            # a client's id is its user name, one account is one connection
+            users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(BENCH_USERS, GATEWAY_PASSWORD)},
+            operators=BENCH_USERS,
             run_as=getpass.getuser(),
             extra="max_connections -1",
         )
@@ -541,7 +545,7 @@ class Subscriber:
         self.c = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{secrets.token_hex(3)}", protocol=paho.MQTTv311
         )
-        self.c.username_pw_set("gateway", GATEWAY_PASSWORD)
+        self.c.username_pw_set("bench-sub", GATEWAY_PASSWORD)
         self.c.on_connect = lambda *a: ready.set()
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port, keepalive=60)
@@ -910,7 +914,7 @@ def raw_throughput(port: int, seconds: float, payload: int) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(
                 mqtt.connect(
-                    f"bench-pub-{secrets.token_hex(3)}", 60, True, "gateway", GATEWAY_PASSWORD.encode()
+                    f"bench-pub-{secrets.token_hex(3)}", 60, True, "bench-pub", GATEWAY_PASSWORD.encode()
                 )
             )
             s.recv(4)
@@ -949,7 +953,8 @@ def measure_update(work: Path, a: argparse.Namespace) -> dict[str, Any]:
         rel = build("thermostat", tables_feature(work / f"src{rnd}", a.release_kb, rnd), f"2.{rnd}.0",
                     work / f"release{rnd}", 100 + rnd, keys=keys)  # fmt: skip
         releases.append(rel)
-    lacking = sum(f.zsize for f in releases[0].files if f.path.startswith("eco/"))
+    # what a virtual device (CPython: the .py form) lacks of the first release: eco
+    lacking = sum(f.zsize for f in releases[0].files_for("py") if f.path.startswith("eco/"))
     n = a.update_devices
     spec: dict[str, Any] = {
         "models": {"thermostat": n},

@@ -51,7 +51,7 @@ from ota.keys import Keys, keygen
 from ota.release import Release, build
 from simulator.clock import SimClock
 from simulator.device import VirtualDevice
-from tests.support.mosquitto import GATEWAY_PASSWORD, Mosquitto
+from tests.support.mosquitto import GATEWAY_PASSWORD, OPERATORS, Mosquitto
 from tests.support.ota import KeyedGatewayProcess
 from tests.support.processes import DeviceProcess
 
@@ -76,7 +76,8 @@ class BenchBroker(Mosquitto):
         self.files = mosquitto_config(
             directory,
             self.port,
-            users={GATEWAY_USER: GATEWAY_PASSWORD},
+            users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(OPERATORS, GATEWAY_PASSWORD)},
+            operators=OPERATORS,
             max_packet=1 << 20,
             run_as=getpass.getuser(),
             extra="set_tcp_nodelay true" if nodelay else "",
@@ -179,7 +180,7 @@ class Watcher:
 def _client(broker: Mosquitto, client_id: str, port: int | None = None) -> paho.Client:
     connected = threading.Event()
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
-    c.username_pw_set("gateway", GATEWAY_PASSWORD)
+    c.username_pw_set(*broker.operator())  # an account of its own: one account, one connection
     c.on_connect = lambda *a: connected.set()
     c.connect("127.0.0.1", port or broker.port, keepalive=60)
     c.loop_start()
@@ -494,10 +495,10 @@ async def session(work: Path, keys: Keys, releases: Releases, nodelay: bool) -> 
 async def measure(work: Path) -> dict[str, Any]:
     keys = keygen(work / "keys")
     src = eco_with_tables(work / "src")
-    py = build("thermostat", src, "bench-py", work / "r-py", 2, keys=keys)
+    py = build("thermostat", src, "bench-py", work / "r-py", 2, ("py",), keys)
     mpy = None
     if MICROPYTHON.exists():
-        mpy = build("thermostat", src, "bench-mpy", work / "r-mpy", 3, compile_mpy=True, keys=keys)
+        mpy = build("thermostat", src, "bench-mpy", work / "r-mpy", 3, ("mpy",), keys)
     else:
         print(f"no micropython at {MICROPYTHON}: MicroPython skipped", file=sys.stderr)
     releases = Releases(py, mpy)

@@ -23,17 +23,29 @@ def supervise():
     # the interpreter's own arguments (-X heapsize=...), as it was started;
     # it may be a script run by another interpreter, so find it by name
     for i in range(len(argv)):
-        if argv[i] == sys.executable or argv[i].endswith("/micropython"):
+        if argv[i] == sys.executable or argv[i].endswith("/micropython"):  # type: ignore[attr-defined]
             argv = argv[i + 1 :]
             break
+    # The child dies with this process, as a board's CPU does with its power:
+    # setpriv (util-linux) asks the kernel to kill it when its parent goes.
+    tie = "setpriv --pdeathsig KILL " if os.system("command -v setpriv >/dev/null") == 0 else ""
+    exe = sys.executable  # type: ignore[attr-defined]  # the unix port has it
+    # PB_RESET tells each start why the last one ended, as a board's reset
+    # cause register does (pb/hal/host.py): nothing at the first start (the
+    # power came on), "hard" after the device reset itself (machine.reset()
+    # on a board), "watchdog" after it crashed
+    cause = ""
     while True:
-        status = os.system("PB_CHILD=1 exec '%s' %s" % (sys.executable, " ".join("'%s'" % a for a in argv)))
+        cmd = "PB_CHILD=1 PB_RESET=%s exec %s'%s' %s" % (cause, tie, exe, " ".join("'%s'" % a for a in argv))
+        status = os.system(cmd)
         if status & 0x7F:
             sys.exit(128 + (status & 0x7F))  # killed: the power is gone
         code = status >> 8
         if code == 0:
             return  # stopped on purpose (Ctrl-C)
+        cause = "hard"
         if code != 75:
+            cause = "watchdog"
             time.sleep(1)  # it crashed: a board's watchdog would reset it
 
 
@@ -41,7 +53,7 @@ def last_resort(exc):
     if hasattr(sys, "print_exception"):
         sys.print_exception(exc)
     else:
-        import traceback
+        import traceback  # type: ignore[import-not-found]  # CPython only
 
         traceback.print_exc()
     try:
@@ -54,9 +66,14 @@ def last_resort(exc):
 
 try:
     if sys.implementation.name != "micropython":
+        import os
+
         path = list(sys.path)
+        env = os.environ  # type: ignore[attr-defined]  # CPython only
+        env.pop("PB_RESET", None)
         while True:
             device()
+            env["PB_RESET"] = "hard"  # it reset itself (pb/hal/host.py)
             sys.path[:] = path  # a feature set's folder goes with its modules
             for name in list(sys.modules):
                 if name.split(".")[0] in ("pb", "features"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -40,22 +41,71 @@ if TYPE_CHECKING:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 MAX_TIMEOUT_S = 120.0
+MAX_BODY = 64 * 1024  # bytes of a request body, but a release archive
+log = logging.getLogger("permabeta.gateway.api")
+
+# The codes of the errors aiohttp raises itself (no route, a body too large, ...).
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def _utf8(text: str) -> bytes | None:
+    """text as UTF-8, or None if it cannot be (a lone surrogate from a bad escape)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is a JSON error (docs/protocol.md 10): aiohttp's own too,
+    and a failure of the gateway's (500 internal, logged)."""
+    if any(_utf8(v) is None for v in request.match_info.values()):
+        return _error(400, "bad_request", "the path is not UTF-8")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.status == 413 and exc.text else exc.reason
+        return _error(exc.status, _HTTP_CODES.get(exc.status, "bad_request"), message)
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path[:120])
+        return _error(500, "internal", f"the gateway failed: {type(exc).__name__}")
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body. Raises web.HTTPBadRequest (not JSON: also
+    NaN, nesting deeper than the parser goes, an integer of more than 4300
+    digits) or web.HTTPRequestEntityTooLarge."""
+    raw = await request.read()
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise web.HTTPBadRequest(reason="body must be JSON") from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def make_app(gw: Gateway, token: str) -> web.Application:
+    expected = f"Bearer {token}".encode()
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != "/api/v1/health":
-            given = request.headers.get("Authorization", "")
-            if not secrets.compare_digest(given, f"Bearer {token}"):
+            # compared as bytes: compare_digest refuses a str that is not ASCII
+            given = _utf8(request.headers.get("Authorization", "")) or b""
+            if not secrets.compare_digest(given, expected):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
         return await handler(request)
 
-    app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, auth], client_max_size=MAX_BODY)
     app[_GATEWAY] = gw
     app.add_routes(
         [
@@ -107,16 +157,14 @@ async def _telemetry(request: web.Request) -> web.Response:
     if gw.store.device(dev) is None:
         return _error(404, "unknown_device", f"no device {dev!r}")
     rows = gw.store.telemetry(dev, limit)
-    return web.json_response([{"received": r.received, "ts": r.ts, "seq": r.seq, **r.data} for r in rows])
+    # the gateway's fields last: a device's field of the same name cannot stand in for them
+    return web.json_response([{**r.data, "received": r.received, "ts": r.ts, "seq": r.seq} for r in rows])
 
 
 async def _command(request: web.Request) -> web.Response:
     gw = request.app[_GATEWAY]
     dev = request.match_info["id"]
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
+    body = await _json_body(request)
     if not isinstance(body, dict):
         return _error(400, "bad_request", "body must be a JSON object")
     op, args = body.get("op"), body.get("args", {})
@@ -236,10 +284,7 @@ async def _start_update(request: web.Request) -> web.Response:
         gw = _ota(request)
     except GatewayError as exc:
         return _ota_error(exc)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
+    body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
         return _error(400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}")
     force = body.get("force", False)

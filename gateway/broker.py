@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,15 +137,21 @@ class EmbeddedBroker:
 
 GATEWAY_USER = "gateway"
 
-# What a device may do, relative to its own subtree (pb/<username>/...).
-DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/#")
-DEVICE_READS = ("cmd", "ota/#")
+# What a device may do, relative to its own subtree (pb/<username>/...): each
+# kind only in the direction the protocol gives it. A device that could write
+# its own ota/offer or ota/chunk could feed itself an update the gateway never
+# offered it; one that could read its ota/req would see nothing it needs.
+DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/req", "ota/status")
+DEVICE_READS = ("cmd", "ota/offer", "ota/chunk")
 
 
-def acl_text(gateway_user: str = GATEWAY_USER) -> str:
+def acl_text(gateway_user: str = GATEWAY_USER, operators: Sequence[str] = ()) -> str:
     """A Mosquitto ACL file: the gateway sees the whole tree, each device only
-    its own subtree, and only in the direction the protocol gives it."""
-    lines = [f"user {gateway_user}", "topic readwrite pb/#", ""]
+    its own subtree, and only in the direction the protocol gives it.
+    operators: further accounts with the gateway's rights (each its own)."""
+    lines = []
+    for user in (gateway_user, *operators):
+        lines += [f"user {user}", "topic readwrite pb/#", ""]
     lines += [f"pattern write pb/%u/{t}" for t in DEVICE_WRITES]
     lines += [f"pattern read pb/%u/{t}" for t in DEVICE_READS]
     return "\n".join(lines) + "\n"
@@ -264,23 +271,33 @@ def mosquitto_config(
     max_packet: int = 65536,
     run_as: str = "mosquitto",
     extra: str = "",
+    operators: Sequence[str] = (),
 ) -> MosquittoFiles:
     """Write mosquitto.conf, a password file and an ACL file into directory.
 
     users maps user name to password; the gateway's user is GATEWAY_USER and
     every other user is a device whose user name is its device id. Started
     as root, Mosquitto switches to the user run_as, who must be able to read
-    the files.
+    the files. operators: users of users with the gateway's rights besides
+    GATEWAY_USER (a second gateway worker, a monitor), each its own account.
+
+    Every client's id is its user name (use_username_as_clientid, which
+    Mosquitto 2.0 honours only as a listener setting, after the listener
+    line): a device cannot connect as another device's client id or the
+    gateway's, which would disconnect it, fire its last will or take its
+    persistent session. So each account is one connection: a second
+    connection with the same user name replaces the first.
     """
     directory.mkdir(parents=True, exist_ok=True)
     files = MosquittoFiles(directory / "mosquitto.conf", directory / "passwords", directory / "acl")
     files.passwords.write_text("")
     files.passwords.chmod(0o600)
     add_passwords(files.passwords, users or {})
-    files.acl.write_text(acl_text())
+    files.acl.write_text(acl_text(operators=operators))
     lines = [
         "per_listener_settings false",
         f"listener {port} {host}",
+        "use_username_as_clientid true",
         "allow_anonymous false",
         f"password_file {files.passwords}",
         f"acl_file {files.acl}",

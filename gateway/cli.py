@@ -149,29 +149,54 @@ def _ago(t: float | None) -> str:
     return f"{s / 3600:.1f}h ago"
 
 
+def _shown(text: object) -> str:
+    """Text a device sent, fit for a terminal: control characters (an escape
+    sequence, a newline that would forge a line) are written as escapes."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .cli_ota import release_text, update_brief, update_text
+    from .store import Store, feature_version
+    from .updater import UpdateTable
 
     with Store(_db(args), readonly=True) as store:
         devices = store.devices()
+        latest = UpdateTable(store).latest()
     if args.json:
-        print(json.dumps([d.summary() for d in devices], indent=2))
+        print(
+            json.dumps(
+                [d.summary() | {"release": d.ota, "update": update_brief(latest.get(d.id))} for d in devices],
+                indent=2,
+            )
+        )
         return 0
     if not devices:
         print("no devices yet")
         return 0
-    rows = [("ID", "MODEL", "STATE", "FEATURES", "LAST SEEN")]
+    rows = [("ID", "MODEL", "STATE", "FEATURES", "RELEASE", "UPDATE", "LAST SEEN")]
     for d in devices:
-        feats = ", ".join(f"{n} {f.get('version', '?')}" for n, f in sorted(d.features.items()))
-        rows.append((d.id, d.model or "?", "online" if d.online else "offline", feats, _ago(d.last_seen)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        feats = ", ".join(f"{n} {feature_version(f) or '?'}" for n, f in sorted(d.features.items()))
+        rows.append(
+            (
+                d.id,
+                _shown(d.model or "?"),
+                "online" if d.online else "offline",
+                _shown(feats),
+                _shown(release_text(d.ota)),
+                update_text(latest.get(d.id)),
+                _ago(d.last_seen),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .store import Store, feature_version
 
     with Store(_db(args), readonly=True) as store:
         d = store.device(args.id)
@@ -186,22 +211,26 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         print(json.dumps(d.to_dict() | {"events": events, "updates": updates}, indent=2))
         return 0
     state = "online" if d.online else f"offline ({d.state_reason or 'unknown'})"
-    print(f"{d.id}: {d.model} on {d.board}, runtime {d.runtime} ({d.platform}), {state}")
-    print(f"  last seen {_ago(d.last_seen)}; boot {d.boot_count} ({d.reset_cause}); heap free {d.heap_free}")
+    print(_shown(f"{d.id}: {d.model} on {d.board}, runtime {d.runtime} ({d.platform}), {state}"))
+    print(
+        _shown(
+            f"  last seen {_ago(d.last_seen)}; boot {d.boot_count} ({d.reset_cause}); heap free {d.heap_free}"
+        )
+    )
     for name, f in sorted(d.features.items()):
+        f = f if isinstance(f, dict) else {}
         flags = "running" if f.get("running") else ("disabled" if not f.get("enabled", True) else "stopped")
         err = f" - {f['error']}" if f.get("error") else ""
-        print(f"  feature {name} {f.get('version', '?')}: {flags}{err}")
+        print(_shown(f"  feature {name} {feature_version(f) or '?'}: {flags}{err}"))
     from .cli_ota import show_device_ota
 
     for line in show_device_ota(_db(args), d.id, d.ota):
-        print(line)
+        print(_shown(line))
     if d.last_telemetry:
         print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))
     for e in events:
-        print(
-            f"  event {_ago(e['received'])}: {e['kind']} {e['feature'] or ''} {e['message'] or ''}".rstrip()
-        )
+        line = f"  event {_ago(e['received'])}: {e['kind']} {e['feature'] or ''} {e['message'] or ''}"
+        print(_shown(line.rstrip()))
     return 0
 
 
@@ -392,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ota.cli import add_commands
 
-    from .cli_ota import register
+    from .cli_ota import register, register_updates
 
     register(add_commands(sub), dv)
+    register_updates(sub)
     from simulator.cli import register as register_sim
 
     register_sim(sub)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from .errors import ApiError
 from .paths import default_db
+from .updates import ACTIVE, ENDED, Update
 
 POLL_S = 0.2
 _BAR = 24
@@ -177,6 +178,69 @@ def cmd_devices_update(args: argparse.Namespace) -> int:
     return 0 if u["state"] == "committed" else 1
 
 
+# ---- updates across devices -------------------------------------------------------------
+
+
+def release_text(ota: object) -> str:
+    """What a device runs, as its hello says: `@COUNTER STATE`."""
+    if not isinstance(ota, dict) or not ota:
+        return "-"
+    return f"@{ota.get('counter', '?')} {ota.get('state') or '?'}"
+
+
+def update_brief(u: Update | None) -> dict[str, Any] | None:
+    """A device's latest update, as `devices list --json` shows it."""
+    if u is None:
+        return None
+    return {
+        "id": u.id,
+        "release": u.release,
+        "counter": u.counter,
+        "version": u.version,
+        "state": u.state,
+        "reason": u.reason,
+        "device_state": u.device_state,
+        "started": u.started,
+        "updated": u.updated,
+        "ended": u.ended,
+    }
+
+
+def update_text(u: Update | None) -> str:
+    if u is None:
+        return "-"
+    return f"@{u.counter} {u.state}"
+
+
+def cmd_updates_list(args: argparse.Namespace) -> int:
+    from .store import Store
+    from .updater import UpdateTable
+
+    with Store(_db(args), readonly=True) as store:
+        updates = UpdateTable(store).find(args.state, args.device, args.model, args.limit)
+    if args.json:
+        print(json.dumps([u.to_dict() for u in updates], indent=2))
+        return 0
+    if not updates:
+        print("no updates" + (f" {args.state}" if args.state else "") + " yet")
+        return 0
+    rows = [("UPDATE", "DEVICE", "RELEASE", "VERSION", "STATE", "BYTES", "STARTED", "REASON")]
+    for u in updates:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u.started))
+        amount = f"{_kb(u.bytes)}/{_kb(u.total)} KB" if u.total else "-"
+        rows.append(
+            (u.id, u.device, f"{u.model}@{u.counter}", u.version, u.state, amount, started, u.reason or "")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    counts: dict[str, int] = {}
+    for u in updates:
+        counts[u.state] = counts.get(u.state, 0) + 1
+    print(f"{len(updates)} updates: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+    return 0
+
+
 def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]:
     """The lines `devices show` adds: the running set, the latest updates."""
     from .store import Store
@@ -199,6 +263,26 @@ def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]
             f"{_kb(u.served)} KB sent, started {started}"
         )
     return lines
+
+
+def register_updates(sub: Any) -> None:
+    """Add `updates list`."""
+    ups = sub.add_parser("updates", help="updates across devices").add_subparsers(
+        dest="updcmd", required=True, metavar="ACTION"
+    )
+    ls = ups.add_parser("list", help="list updates, newest first")
+    ls.add_argument(
+        "--state",
+        choices=[*ACTIVE, *ENDED, "active", "ended"],
+        metavar="S",
+        help="only updates in state S: an update state, active (in progress) or ended",
+    )
+    ls.add_argument("--device", metavar="ID", help="only this device's")
+    ls.add_argument("--model", help="only this model's")
+    ls.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N (default 1000)")
+    ls.add_argument("--json", action="store_true", help="the update records as JSON")
+    ls.add_argument("--db", help=f"the gateway's database (default {default_db()})")
+    ls.set_defaults(func=cmd_updates_list)
 
 
 def register(ota: Any, devices: Any) -> None:

@@ -5,6 +5,7 @@ or rejected with a reason that the gateway logs and counts."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,36 @@ def classify(
         msg = proto.decode(kind, payload)
     except ProtocolError as exc:
         return Rejected(exc.code, exc.message)
+    why = unstorable(msg)
+    if why is not None:
+        return Rejected("bad_value", f"{kind} message {why}")
     if msg["dev"] != dev:
         return Rejected(SPOOFED, f"message on {topic} claims to come from {msg['dev']!r}")
     if kind not in ("hello", "state") and not known(dev):
         return Rejected(UNKNOWN_DEVICE, f"{kind} from {dev!r}, which has sent no hello")
     return Accepted(dev, kind, msg)
+
+
+def unstorable(msg: Any) -> str | None:
+    """Why a decoded message cannot be stored as it came, or None: a lone
+    surrogate (JSON's "\\ud800" escape) has no UTF-8 form, and NaN or an
+    infinity (1e400) is not JSON. Keys are text too."""
+    stack = [msg]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds a lone surrogate (text must be UTF-8)"
+        elif isinstance(v, float) and not math.isfinite(v):
+            return "holds NaN or an infinity"
+    return None
 
 
 def is_ota_topic(topic: str) -> bool:
@@ -103,6 +129,9 @@ def classify_ota(
         msg = otaproto.check_request(msg) if kind == "ota/req" else otaproto.check_status(msg)
     except ProtocolError as exc:
         return Rejected(exc.code, exc.message)
+    why = unstorable(msg)
+    if why is not None:
+        return Rejected("bad_value", f"{kind} message {why}")
     if msg["dev"] != dev:
         return Rejected(SPOOFED, f"message on {topic} claims to come from {str(msg['dev'])[:40]!r}")
     if not known(dev):

@@ -272,13 +272,19 @@ class ReleaseStore:
         ``model@counter``, or its version (if only one release has it).
         Raises ReleaseNotFoundError (code 'ambiguous' when several match)."""
         ref = ref.strip()
+        try:
+            ref.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a JSON escape: no release is named so
+            raise ReleaseNotFoundError(f"no release {ref[:80]!r} (not UTF-8 text)") from None
         if "@" in ref:
             model, _, counter = ref.rpartition("@")
-            if not counter.isdigit():
-                raise ReleaseNotFoundError(f"{ref!r}: write MODEL@COUNTER, e.g. thermostat@2")
-            found = self._rows("WHERE model = ? AND counter = ?", (model, int(counter)))
+            if not (counter.isascii() and counter.isdigit()):
+                raise ReleaseNotFoundError(f"{ref[:80]!r}: write MODEL@COUNTER, e.g. thermostat@2")
+            found = []
+            if len(counter) < 19:  # more digits than SQLite's largest integer (and int() takes at most 4300)
+                found = self._rows("WHERE model = ? AND counter = ?", (model, int(counter)))
             if not found:
-                raise ReleaseNotFoundError(f"no release {ref}")
+                raise ReleaseNotFoundError(f"no release {ref[:80]}")
             return found[0]
         prefix = ref.lower()
         if MIN_PREFIX <= len(prefix) <= 64 and set(prefix) <= _HEX:

@@ -28,7 +28,7 @@ from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .store import Store, TelemetryRow
-from .updater import Updater
+from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ _FLUSH_ROWS = 1000
 # echo back every chunk and offer the gateway itself sends.
 SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status")
 _MAX_PENDING_STATES = 10000
+INTERNAL = "internal"  # the reason of a valid message the gateway failed to act on
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Gateway:
         tls_context: ssl.SSLContext | None = None,
         keys: Keys | None = None,
         update_deadline: float = DEFAULT_DEADLINE_S,
+        reconcile_delay: float = RECONCILE_S,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -106,6 +108,7 @@ class Gateway:
         self.flush_interval = flush_interval
         self.watch_interval = watch_interval
         self.tls_context = tls_context
+        self.reconcile_delay = reconcile_delay
         self.listeners: list[Listener] = []
         self.commander = Commander()
         self.connected = asyncio.Event()
@@ -170,6 +173,9 @@ class Gateway:
                     self.connected.set()
                     log.info("connected to broker %s", b)
                     backoff.reset()
+                    # what the devices did while the gateway was away shows in
+                    # their retained messages: then updates are squared with it
+                    self.ota.reconcile_soon(self.reconcile_delay)
                     async for m in client.messages:
                         payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
                         self.handle(m.topic.value, bytes(payload), m.retain)
@@ -192,10 +198,24 @@ class Gateway:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered telemetry in one transaction."""
-        if self._rows:
-            rows, self._rows = self._rows, []
-            self.counters["stored"] += self.store.add_telemetry(rows)
+        """Write buffered telemetry in one transaction (row by row if that
+        fails). A row that cannot be stored is rejected as `internal`; the
+        others are stored. Never raises."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        try:
+            stored, failed = self.store.add_telemetry(rows)
+        except Exception:
+            log.exception("could not store %d telemetry rows", len(rows))
+            stored, failed = 0, []
+        self.counters["stored"] += stored
+        now = time.time()
+        for row, exc in failed:
+            log.error("could not store telemetry of %s: %s: %s", row.device, type(exc).__name__, exc)
+            # accepted when it arrived, rejected now that it could not be kept
+            self.counters["accepted"] -= 1
+            self.reject(proto.topic(row.device, "telemetry"), INTERNAL, f"{type(exc).__name__}: {exc}", now)
 
     async def _watch_loop(self) -> None:
         while True:
@@ -204,10 +224,15 @@ class Gateway:
 
     def check_liveness(self, now: float) -> None:
         """Mark offline every device silent past its deadline (a lost will,
-        a half-open connection, a broker that died with the will)."""
-        for dev, live in self._live.items():
+        a half-open connection, a broker that died with the will). A device
+        that cannot be marked is logged and tried again at the next check."""
+        for dev, live in list(self._live.items()):
             if live.online and now - live.last_seen > live.deadline_s:
-                self._set_state(dev, False, "silent", now)
+                try:
+                    self._set_state(dev, False, "silent", now)
+                except Exception:
+                    live.online = True  # not recorded: the next check tries again
+                    log.exception("could not mark %s offline", dev)
 
     # ---- incoming ----------------------------------------------------------
 
@@ -216,7 +241,12 @@ class Gateway:
         now = time.time()
         # the update topics first: classify() knows only the kinds of docs/protocol.md
         judge = classify_ota if is_ota_topic(topic) else classify
-        verdict = judge(topic, payload, retain, self._live.__contains__)
+        try:
+            verdict = judge(topic, payload, retain, self._live.__contains__)
+        except Exception as exc:
+            log.exception("failed to classify a message on %s", topic[:120])
+            self.reject(topic, INTERNAL, f"{type(exc).__name__}: {exc}", now)
+            return
         if verdict is None:
             self.counters["ignored"] += 1
             return
@@ -227,7 +257,7 @@ class Gateway:
             self._accept(verdict, retain, now)
         except Exception as exc:
             log.exception("failed to handle a %s message from %s", verdict.kind, verdict.dev)
-            self.reject(topic, "internal", f"{type(exc).__name__}: {exc}", now)
+            self.reject(topic, INTERNAL, f"{type(exc).__name__}: {exc}", now)
             return
         self.counters["accepted"] += 1
         for listener in self.listeners:
@@ -243,7 +273,10 @@ class Gateway:
         # the first of each reason, then every hundredth: a flood must not flood the log
         if n == 1 or n % 100 == 0:
             log.warning("rejected message on %s: %s: %s (%d so far)", topic[:120], reason, detail, n)
-        self.store.count_reject(reason, topic, detail, now)
+        try:
+            self.store.count_reject(reason, topic, detail, now)
+        except Exception:
+            log.exception("could not count a %s rejection in the database", reason)
 
     def _accept(self, a: Accepted, retain: bool, now: float) -> None:
         dev, msg = a.dev, a.msg
@@ -261,6 +294,7 @@ class Gateway:
                 live.deadline_s = deadline
                 if not retain:
                     live.last_seen = now
+            self.ota.on_hello(dev, msg, now)
             return
         if a.kind == "state":
             if live is None:
@@ -311,7 +345,10 @@ class Gateway:
         if self.store.set_state(dev, online, reason, now):
             log.info("%s is %s%s", dev, "online" if online else "offline", f" ({reason})" if reason else "")
             for listener in self.listeners:
-                listener("online" if online else "offline", dev, {"reason": reason})
+                try:
+                    listener("online" if online else "offline", dev, {"reason": reason})
+                except Exception:
+                    log.exception("listener failed on %s going %s", dev, "online" if online else "offline")
 
     # ---- publishing and commands -------------------------------------------
 

@@ -154,7 +154,7 @@ class DeviceRecord:
             board=row["board"],
             runtime=row["runtime"],
             platform=row["platform"],
-            features=json.loads(row["features"]),
+            features=_object(row["features"]),
             online=bool(row["online"]),
             state_reason=row["state_reason"],
             first_seen=row["first_seen"],
@@ -165,8 +165,8 @@ class DeviceRecord:
             heap_free=row["heap_free"],
             keepalive=row["keepalive"],
             telemetry_s=row["telemetry_s"],
-            hello=json.loads(row["hello"]) if row["hello"] else {},
-            last_telemetry=json.loads(row["last_telemetry"]) if row["last_telemetry"] else None,
+            hello=_object(row["hello"]),
+            last_telemetry=_object(row["last_telemetry"]) if row["last_telemetry"] else None,
         )
 
     @property
@@ -184,7 +184,7 @@ class DeviceRecord:
             "board": self.board,
             "online": self.online,
             "runtime": self.runtime,
-            "features": {n: f.get("version") for n, f in sorted(self.features.items())},
+            "features": {n: feature_version(f) for n, f in sorted(self.features.items())},
             "last_seen": self.last_seen,
         }
 
@@ -209,6 +209,22 @@ class DeviceRecord:
             "last_telemetry": self.last_telemetry,
             "ota": self.ota,
         }
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    """A JSON object stored by the gateway; {} for anything else (a row
+    written before hello was validated as it is now must not break a listing)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def feature_version(f: Any) -> str | None:
+    """The version of a feature entry of a hello, as listings show it."""
+    v = f.get("version") if isinstance(f, dict) else None
+    return v if isinstance(v, str) else None
 
 
 @dataclass(frozen=True)
@@ -368,11 +384,29 @@ class Store:
 
     # ---- telemetry and events ----------------------------------------------
 
-    def add_telemetry(self, rows: Iterable[TelemetryRow]) -> int:
-        """Store a batch in one transaction; returns how many rows."""
+    def add_telemetry(self, rows: Iterable[TelemetryRow]) -> tuple[int, list[tuple[TelemetryRow, Exception]]]:
+        """Store a batch in one transaction. If that fails, each row is
+        stored in a transaction of its own, so that a row that cannot be
+        stored costs no other row its place. Returns how many rows were
+        stored, and each row that was not with the reason."""
         rows = list(rows)
         if not rows:
-            return 0
+            return 0, []
+        try:
+            self._add_telemetry(rows)
+        except Exception as exc:  # noqa: BLE001 - told to the caller, row by row
+            if len(rows) == 1:
+                return 0, [(rows[0], exc)]
+            failed: list[tuple[TelemetryRow, Exception]] = []
+            for r in rows:
+                try:
+                    self._add_telemetry([r])
+                except Exception as one:  # noqa: BLE001 - told to the caller
+                    failed.append((r, one))
+            return len(rows) - len(failed), failed
+        return len(rows), []
+
+    def _add_telemetry(self, rows: list[TelemetryRow]) -> None:
         latest: dict[str, TelemetryRow] = {}
         for r in rows:
             latest[r.device] = r
@@ -385,7 +419,6 @@ class Store:
                 "UPDATE devices SET last_telemetry = ?, last_seen = max(last_seen, ?) WHERE id = ?",
                 [(_dumps(r.data), r.received, r.device) for r in latest.values()],
             )
-        return len(rows)
 
     def telemetry(self, dev: str, limit: int = 100) -> list[TelemetryRow]:
         """The newest rows of a device, oldest first."""

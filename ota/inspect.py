@@ -8,7 +8,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from .release import PERMISSION_KINDS, FileEntry, Release
+from .errors import ReleaseError
+from .release import FORMS, INTERPRETERS, PERMISSION_KINDS, FileEntry, Release
 
 # What each permission lets a feature do, in an owner's words.
 _MEANS = {
@@ -37,6 +38,60 @@ class FeatureInfo:
 
 
 @dataclass(frozen=True)
+class FormInfo:
+    """What the devices that run one form of the modules (py: CPython, mpy:
+    MicroPython) take of a release: the files they download and install,
+    or why they refuse it."""
+
+    form: str
+    files: tuple[FileEntry, ...] = ()
+    refused: str | None = None  # the device's reason (wrong_form), if it refuses the release
+
+    @property
+    def runs(self) -> str:
+        return INTERPRETERS[self.form]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def zsize(self) -> int:
+        return sum(f.zsize for f in _unique_blobs(self.files))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.refused is not None:
+            return {"runs": self.runs, "refused": self.refused}
+        return {"runs": self.runs, "files": len(self.files), "size": self.size, "zsize": self.zsize}
+
+    def to_text(self) -> str:
+        if self.refused is not None:
+            return f"{self.form}: REFUSED by {self.runs}: {self.refused}"
+        size = f"{self.size} bytes ({self.zsize} compressed)"
+        return f"{self.form}: {_n(len(self.files), 'file')}, {size} for {self.runs}"
+
+
+def form_infos(release: Release) -> tuple[FormInfo, ...]:
+    """Per form of the modules, what its devices take of the release (by the
+    devices' own rule, firmware.pb.ota.forms)."""
+    out = []
+    for form in FORMS:
+        try:
+            out.append(FormInfo(form, release.files_for(form)))
+        except ReleaseError as exc:
+            out.append(FormInfo(form, refused=f"{exc.code}: {exc.message}"))
+    return tuple(out)
+
+
+def forms_line(release: Release) -> str:
+    """One line per form: what its devices install, or that they refuse it."""
+    infos = form_infos(release)
+    lines = ["forms of the modules (each device installs its own):"]
+    lines += [f"  {i.to_text()}" for i in infos]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class Description:
     """One release, as `permabeta ota inspect R` shows it."""
 
@@ -51,6 +106,10 @@ class Description:
     signed_by: tuple[str, ...]  # key ids named by its signatures (not checked here)
     features: tuple[FeatureInfo, ...]
     files: tuple[FileEntry, ...]
+    forms: tuple[FormInfo, ...] = ()
+
+    def form(self, form: str) -> FormInfo | None:
+        return next((f for f in self.forms if f.form == form), None)
 
     @property
     def size(self) -> int:
@@ -78,6 +137,7 @@ class Description:
             "files": [f.to_dict() for f in self.files],
             "size": self.size,
             "zsize": self.zsize,
+            "forms": {f.form: f.to_dict() for f in self.forms},
         }
 
     def to_text(self) -> str:
@@ -97,6 +157,9 @@ class Description:
             for kind in PERMISSION_KINDS:
                 items = ", ".join(f.permission(kind)) or "nothing"
                 lines.append(f"    {kind:<10} {items:<30} ({_MEANS[kind]})")
+        lines.append("")
+        lines.append("forms of the modules (each device installs its own):")
+        lines += [f"  {f.to_text()}" for f in self.forms]
         lines.append("")
         lines.append(f"files ({len(self.files)}, {self.size} bytes, {self.zsize} compressed):")
         for e in self.files:
@@ -128,6 +191,7 @@ def describe(release: Release) -> Description:
         signed_by=tuple(s["keyid"] for s in release.signatures),
         features=tuple(feats),
         files=release.files,
+        forms=form_infos(release),
     )
 
 
@@ -202,9 +266,10 @@ class Comparison:
     features: tuple[FeatureChange, ...]
     permissions: tuple[PermissionChange, ...]
     files: tuple[FileChange, ...]
-    download_files: int  # blobs a device on `old` fetches
+    download_files: int  # blobs the devices on `old` fetch, of every form
     download_bytes: int  # their compressed bytes
     warnings: tuple[str, ...] = field(default=())
+    downloads: tuple[tuple[str, int, int], ...] = ()  # per form served: (form, blobs, bytes) a device fetches
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,7 +279,11 @@ class Comparison:
             "permissions": [p.to_dict() for p in self.permissions],
             "files": [f.to_dict() for f in self.files if f.change != "unchanged"],
             "unchanged_files": sum(1 for f in self.files if f.change == "unchanged"),
-            "download": {"files": self.download_files, "bytes": self.download_bytes},
+            "download": {
+                "files": self.download_files,
+                "bytes": self.download_bytes,
+                "by_form": {form: {"files": n, "bytes": b} for form, n, b in self.downloads},
+            },
             "warnings": list(self.warnings),
         }
 
@@ -258,10 +327,12 @@ class Comparison:
                 f"  = {_n(len(same), 'file')} unchanged ({sum(f.old.size for f in same if f.old)} bytes)"
             )
         lines.append("")
-        lines.append(
-            f"a device on {o.version} downloads {_n(self.download_files, 'file')}, "
-            f"{self.download_bytes} bytes compressed (the whole release: {n.zsize})"
-        )
+        for form, files, size in self.downloads:
+            lines.append(
+                f"a device on {o.version} that runs {form} downloads {_n(files, 'file')}, "
+                f"{size} bytes compressed (the whole release: {n.zsize})"
+            )
+        lines += [f"  {f.form}: REFUSED by {f.runs}: {f.refused}" for f in n.forms if f.refused]
         return "\n".join(lines)
 
 
@@ -342,6 +413,19 @@ def compare(old: Release, new: Release) -> Comparison:
         changes.append(FileChange(path, kind, a, b))
     held = {e.sha256 for e in o.files}
     fetch = [e for e in _unique_blobs(n.files) if e.sha256 not in held]
+    downloads = []
+    for info in n.forms:
+        if info.refused is None:
+            before = o.form(info.form)
+            mine = {e.sha256 for e in (before.files if before and before.refused is None else o.files)}
+            got = [e for e in _unique_blobs(info.files) if e.sha256 not in mine]
+            downloads.append((info.form, len(got), sum(e.zsize for e in got)))
+    for info in n.forms:
+        before = o.form(info.form)
+        if info.refused and before is not None and before.refused is None:
+            warnings.append(
+                f"devices that run {info.form} ({info.runs}) took the older release and refuse this one"
+            )
     names = sorted({f.name for f in o.features} | {f.name for f in n.features})
     return Comparison(
         old=o,
@@ -352,6 +436,7 @@ def compare(old: Release, new: Release) -> Comparison:
         download_files=len(fetch),
         download_bytes=sum(e.zsize for e in fetch),
         warnings=tuple(warnings),
+        downloads=tuple(downloads),
     )
 
 

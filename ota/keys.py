@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware.pb.errors import TrustError
+from firmware.pb.ids import valid_id
 from firmware.pb.ota import trust
 
 from .envelope import (
@@ -344,18 +345,27 @@ def freshness(
     manifest_sha256: str,
     ttl_s: float,
     now: float,
+    *,
+    device: str,
+    update: str,
 ) -> bytes:
-    """A freshness statement (docs/ota.md 2.2) for one release, signed by the
-    gateway key: version is `now` in ms, it expires ttl_s after now.
-    Raises KeyStoreError."""
+    """A freshness statement (docs/ota.md 2.2) for one release offered to one
+    device as one update, signed by the gateway key: version is `now` in ms,
+    it expires ttl_s after now. Raises KeyStoreError."""
     gateway = key.gateway_key() if isinstance(key, Keys) else key
     if not trust.is_hex(manifest_sha256, 64):
         raise KeyStoreError("manifest_sha256 must be 64 lowercase hex characters")
+    if not valid_id(device):
+        raise KeyStoreError(f"device {device!r} is not a device id (1-32 of a-z 0-9 - _)")
+    if not trust.is_update_id(update):
+        raise KeyStoreError(f"update {update!r} is not an update id ({trust.UPDATE_ID_LEN} lowercase hex)")
     if ttl_s <= 0:
         raise KeyStoreError("a freshness statement needs a positive time to live")
     body = {
         "v": 1,
         "type": "freshness",
+        "device": device,
+        "update": update,
         "model": model,
         "version": int(now * 1000),
         "counter": counter,

@@ -5,6 +5,12 @@ A release folder holds ``manifest.json`` (a signing envelope) and
 window (a device inflates it with 1 KB), named by the SHA-256 of the
 uncompressed content. The manifest is checked with the device's own rules
 (firmware.pb.ota.trust) before anything is written.
+
+One release serves every device of a model: it carries each module in two
+forms, source (``.py``, what CPython runs: the simulator's virtual devices)
+and compiled with mpy-cross (``.mpy``, what MicroPython runs: boards and the
+unix port), both signed; each device downloads and installs only its own
+form (firmware.pb.ota.forms).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from firmware.pb.errors import FeatureError, TrustError
 from firmware.pb.manifest import check_manifest as check_feature_manifest
+from firmware.pb.ota import forms as device_forms
 from firmware.pb.ota import trust
 
 from .envelope import add_signatures, sign_envelope
@@ -36,6 +43,12 @@ ZLIB_WBITS = 10  # the window a device inflates with: 2^10 bytes
 _CHUNK = 4096
 _MAX_VERSION = 64
 PERMISSION_KINDS = ("reads", "drives", "publishes")
+FORMS = ("py", "mpy")  # the forms of a module: source, compiled (mpy-cross)
+# who runs each form
+INTERPRETERS = {
+    "py": "CPython (the simulator's virtual devices)",
+    "mpy": "MicroPython (boards, the unix port)",
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,22 @@ class Release:
 
     def blob_path(self, entry: FileEntry) -> Path:
         return blob_path(self.path, entry.sha256)
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The forms its modules ship in ("py", "mpy"), in FORMS order."""
+        exts = {f.path.rsplit(".", 1)[-1] for f in self.files}
+        return tuple(form for form in FORMS if form in exts)
+
+    def files_for(self, form: str) -> tuple[FileEntry, ...]:
+        """The files a device running `form` downloads and installs, by the
+        device's own rule. Raises ReleaseError wrong_form if it lacks that
+        form of a module."""
+        try:
+            chosen = device_forms.device_files(list(self.body["files"]), form)
+        except TrustError as exc:
+            raise ReleaseError(exc.code, exc.message) from exc
+        return tuple(FileEntry.from_dict(f) for f in chosen)
 
 
 def blob_path(release: Path, sha256: str) -> Path:
@@ -270,7 +299,7 @@ def build(
     version: str,
     out: Path | str,
     counter: int | None = None,
-    compile_mpy: bool = False,
+    forms: Sequence[str] = FORMS,
     keys: Keys | None = None,
     *,
     now: float | None = None,
@@ -279,11 +308,16 @@ def build(
     after its feature) for one model into the new folder `out`.
 
     `counter` defaults to the current Unix time in seconds, so successive
-    builds grow (give it explicitly for reproducible builds). With
-    compile_mpy every .py module ships compiled (.mpy). With keys the
-    manifest is signed by the release key, else it is written unsigned
-    (sign it later with `sign`). Raises BuildError (or KeyStoreError).
+    builds grow (give it explicitly for reproducible builds). `forms`: which
+    forms of every .py module ship: "py" as it is, "mpy" compiled with
+    mpy-cross; by default both, so that one release serves the devices
+    that run either (each installs only its own). With keys the manifest is
+    signed by the release key, else it is written unsigned (sign it later
+    with `sign`). Raises BuildError (or KeyStoreError).
     """
+    forms = tuple(forms)
+    if not forms or any(f not in FORMS for f in forms) or len(set(forms)) != len(forms):
+        raise BuildError(f"forms must be one or both of {', '.join(FORMS)}, not {forms!r}")
     out = Path(out)
     now = time.time() if now is None else now
     counter = int(now) if counter is None else counter
@@ -316,15 +350,25 @@ def build(
         for rel, src in _feature_files(folders[name]):
             path = f"{name}/{rel}"
             data = src.read_bytes()
-            if compile_mpy and path.endswith(".py"):
-                data, path = compile_module(src, path), path[:-3] + ".mpy"
-            try:
-                trust.check_path(path, manifests)
-            except TrustError as exc:
-                raise BuildError(f"{src} cannot ship: {exc.message} (rename it or move it out)") from exc
-            if path in contents:
-                raise BuildError(f"{path} would ship twice (both a .py and a .mpy in {folders[name]}?)")
-            contents[path] = data
+            shipped = [(path, data)]
+            if path.endswith(".py"):
+                shipped = [(path, data)] if "py" in forms else []
+                if "mpy" in forms:
+                    shipped.append((path[:-3] + ".mpy", compile_module(src, path)))
+            for path, data in shipped:
+                try:
+                    trust.check_path(path, manifests)
+                except TrustError as exc:
+                    raise BuildError(f"{src} cannot ship: {exc.message} (rename it or move it out)") from exc
+                if path in contents:
+                    raise BuildError(f"{path} would ship twice (both a .py and a .mpy in {folders[name]}?)")
+                contents[path] = data
+    for form in FORMS:
+        try:
+            device_forms.device_files([{"path": p} for p in sorted(contents)], form)
+        except TrustError as exc:
+            if form in forms:  # a .py or .mpy of the feature folder's own lacks its other form
+                raise BuildError(f"{exc.message}; ship both forms of every module") from exc
 
     blobs = {hashlib.sha256(data).hexdigest(): compress(data) for data in contents.values()}
     body = {
@@ -348,13 +392,15 @@ def build(
             for path, data in sorted(contents.items())
         ],
     }
+    fewer = "ship fewer files" + (", or one form of the modules (forms py or mpy)" if len(forms) > 1 else "")
     try:
         trust.check_manifest(body)
         manifest = sign_envelope(body, [signer] if signer is not None else [])
     except TrustError as exc:
-        raise BuildError(f"the manifest would not pass a device: {exc.message} ({exc.code})") from exc
+        hint = f"; {fewer}" if len(contents) > trust.MAX_FILES else ""
+        raise BuildError(f"the manifest would not pass a device: {exc.message} ({exc.code}){hint}") from exc
     except EnvelopeError as exc:
-        raise BuildError(f"{exc} ({len(contents)} files; ship fewer files)") from exc
+        raise BuildError(f"{exc} ({len(contents)} files; {fewer})") from exc
 
     # Written beside `out` and renamed into place: a failed build leaves nothing.
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
         help="a fleet of virtual devices, with a live summary",
         description="N virtual devices running the firmware's own runtime and features, with "
         "physics, against a broker (default: a Mosquitto of its own, or an embedded one). "
-        "Deterministic for a seed. Ctrl-C stops them, each saying goodbye.",
+        "Deterministic for a seed. Ctrl-C, SIGTERM or SIGINT stop them, each saying goodbye.",
     )
     run.add_argument("--devices", type=_count, default=10, metavar="N")
     run.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
@@ -67,7 +67,16 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--micropython", type=_count, default=0, metavar="K", help="K devices as unix-port processes"
     )
-    run.add_argument("--workdir", help="the devices' flash folders (default: a temporary folder)")
+    run.add_argument(
+        "--workdir",
+        help="the devices' flash folders (default: a temporary folder); "
+        "devices found there keep what they installed",
+    )
+    run.add_argument("--keys", metavar="DIR", help="update keys folder whose root.json every device trusts")
+    run.add_argument("--root", metavar="FILE", help="root.json every device trusts (instead of --keys)")
+    run.add_argument(
+        "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
+    )
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     run.add_argument("--json", action="store_true", help="print the final summary as JSON")
     f = run.add_argument_group("faults")
@@ -143,10 +152,52 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         raise ConfigError("--micropython: more than --devices")
     if args.broker_restart_every and args.broker:
         raise ConfigError("--broker-restart-every restarts the simulator's own broker: not with --broker")
+    args.root_bytes = _root(args)
     try:
         return asyncio.run(_sim_run(args, models, sys.stdout))
     except KeyboardInterrupt:
         return 0
+
+
+def _root(args: argparse.Namespace) -> bytes | None:
+    """The root.json the devices trust (--root, or --keys DIR/root.json), or
+    None: they refuse every update. Raises ConfigError."""
+    if args.root and args.keys:
+        raise ConfigError("--root and --keys both name the root: give one")
+    if not (args.root or args.keys):
+        return None
+    path = Path(args.root) if args.root else Path(args.keys) / "root.json"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the root {path}: {exc.strerror}") from exc
+    from firmware.pb.errors import TrustError
+    from firmware.pb.ota.trust import load_root
+    from ota.envelope import verify_signature
+
+    try:
+        load_root(data, verify_signature)
+    except TrustError as exc:
+        raise ConfigError(f"{path} is not a valid, self-signed root: {exc.message}") from exc
+    return data
+
+
+def _stop_on_signals(stop: asyncio.Event) -> list[int]:
+    """SIGTERM, and SIGINT (which a shell starting a program in the
+    background leaves ignored, and Python then never turns into
+    KeyboardInterrupt), set stop: the fleet stops as on Ctrl-C, each device
+    saying goodbye, and the summary is written. The signals handled."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    handled: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            continue
+        handled.append(sig)
+    return handled
 
 
 async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> int:
@@ -183,7 +234,12 @@ async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> 
             passwords=(lambda _id: password) if password else None,
             broker_for=(lambda _id: link.url) if link is not None else None,
             micropython=args.micropython,
+            root=getattr(args, "root_bytes", None),
+            trial_s=getattr(args, "trial", None),
         )
+        kept = [p.id for p in fleet.processes if not p.reflashed]
+        if kept:
+            print(f"sim: {', '.join(kept)}: flashed before, kept as they are", file=out, flush=True)
         fleet.faults.broker = own
         fleet.faults.link = link
         shares = ", ".join(f"{n} {m}" for m, n in split(args.devices, models).items())
@@ -198,22 +254,34 @@ async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> 
         restarts = None
         if args.broker_restart_every:
             restarts = asyncio.create_task(_restarting(fleet, args.broker_restart_every))
+        stop = asyncio.Event()
+        handled = _stop_on_signals(stop)
         final = None
+        why = "stopped"
         try:
-            await _watch(fleet, task, args.duration, out)
+            why = await _watch(fleet, task, args.duration, out, stop)
+        except BaseException as exc:
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"
+            raise
         finally:
             final = fleet.summary()  # as it ran, before the goodbyes
-            if restarts is not None:
-                restarts.cancel()
-            await fleet.aclose()
-            if link is not None:
-                await link.close()
-            if embedded is not None:
-                await embedded.stop()
-            if getattr(args, "json", False):
-                print(json.dumps(final.__dict__), file=out, flush=True)
-            else:
-                print(f"\nsim: stopped: {final.line()}", file=out, flush=True)
+            loop = asyncio.get_running_loop()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            try:
+                if restarts is not None:
+                    restarts.cancel()
+                await fleet.aclose()
+                if link is not None:
+                    await link.close()
+                if embedded is not None:
+                    await embedded.stop()
+            finally:
+                # on every stop: the summary is what a script running this waits for
+                if getattr(args, "json", False):
+                    print(json.dumps(final.__dict__ | {"stopped": why}), file=out, flush=True)
+                else:
+                    print(f"\nsim: {why}: {final.line()}", file=out, flush=True)
     return 0
 
 
@@ -292,13 +360,20 @@ async def _restarting(fleet: Fleet, every: float) -> None:
         await fleet.faults.broker_restart(1.0)
 
 
-async def _watch(fleet: Fleet, task: asyncio.Task[None], duration: float | None, out: TextIO) -> None:
+async def _watch(
+    fleet: Fleet, task: asyncio.Task[None], duration: float | None, out: TextIO, stop: asyncio.Event
+) -> str:
+    """Show the summary until duration passes ("duration"), stop is set
+    ("signal") or the fleet ends ("stopped"; raises what ended it)."""
     tty = out.isatty()
     t0 = time.monotonic()
     last_log = 0.0
     fleet.summary()  # starts the message rate's interval
     while not task.done():
-        await asyncio.sleep(SUMMARY_EVERY_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SUMMARY_EVERY_S)
+        if stop.is_set():
+            return "signal"
         elapsed = time.monotonic() - t0
         if tty:
             print(f"\r[{elapsed:6.0f}s] {fleet.summary().line()}\033[K", end="", file=out, flush=True)
@@ -306,8 +381,9 @@ async def _watch(fleet: Fleet, task: asyncio.Task[None], duration: float | None,
             last_log = elapsed
             print(f"[{elapsed:6.0f}s] {fleet.summary().line()}", file=out, flush=True)
         if duration is not None and elapsed >= duration:
-            return
+            return "duration"
     task.result()
+    return "stopped"
 
 
 # ---- record and replay ---------------------------------------------------------------

@@ -47,6 +47,7 @@ log = logging.getLogger("permabeta.sim")
 PLANTS: dict[str, Any] = {"thermostat": Room, "shirt": Skin}
 ROOT_FILE = flash.ROOT
 POINTER_FILE = flash.POINTER
+JOB_FILE = flash.JOB  # an update taken and not yet installed
 _CRASH_PAUSE_S = 2.0  # as pb/start.py and main.py: calm down before restarting after a bug
 
 
@@ -73,19 +74,25 @@ def provision(base: Path, features: Sequence[str], root: bytes | None = None) ->
         if not link.is_symlink():
             link.symlink_to(target, target_is_directory=True)
     if root is not None:
-        from firmware.pb.ota.trust import load_root
-        from ota.envelope import verify_signature
+        install_root(base, root)
 
-        try:
-            trusted = load_root(root, verify_signature)
-        except TrustError as exc:
-            raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc
-        path = base / ROOT_FILE
-        path.parent.mkdir(exist_ok=True)
-        old = path.read_bytes() if path.is_file() else None
-        # a device keeps the newest root it trusts: one it rotated to stays
-        if old != root and (old is None or _root_version(old) <= trusted["version"]):
-            write_atomic(str(path), root)
+
+def install_root(base: Path, root: bytes) -> None:
+    """Make the device in base trust root (base/ota/root.json), unless it
+    trusts a newer one already (one it rotated to stays). Raises ConfigError
+    for a root that is not self-signed."""
+    from firmware.pb.ota.trust import load_root
+    from ota.envelope import verify_signature
+
+    try:
+        trusted = load_root(root, verify_signature)
+    except TrustError as exc:
+        raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc
+    path = base / ROOT_FILE
+    path.parent.mkdir(exist_ok=True)
+    old = path.read_bytes() if path.is_file() else None
+    if old != root and (old is None or _root_version(old) <= trusted["version"]):
+        write_atomic(str(path), root)
 
 
 def _root_version(data: bytes) -> int:
@@ -262,9 +269,19 @@ class VirtualDevice:
         self.faults.cuts += 1
         self._power_gone()
 
+    def updating(self) -> bool:
+        """An update is under way on this device: taken and not yet
+        installed (downloading, in update mode, staged, installing at boot),
+        or its new set on trial."""
+        if (self.base / JOB_FILE).is_file():
+            return True
+        return self.mode != "off" and self.boot is not None and bool(self.boot.trial)
+
     def _power_gone(self) -> None:
         if self._cut or self.mode == "off":
             return
+        if self.updating():
+            self.faults.cuts_updating += 1
         self._cut = True
         if self.device is not None:
             self.device.halt()

@@ -53,6 +53,7 @@ class DeviceFaults:
     points_passed: list[str] = field(default_factory=list)  # the latest (at most 1000)
     passed: int = 0  # fault points passed in all
     cuts: int = 0
+    cuts_updating: int = 0  # of those, the ones that landed while an update was under way
     on_cut: Callable[[], None] | None = None  # set by the device: cut its power now
 
     def fault_point(self, name: str) -> None:

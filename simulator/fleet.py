@@ -63,12 +63,13 @@ class Summary:
     power_cuts: int
     processes: int = 0  # devices run by the unix port (not counted above: seen from outside only)
     processes_running: int = 0
+    power_cuts_updating: int = 0  # of power_cuts, those that landed during an update
 
     def line(self) -> str:
         text = (
             f"{self.connected}/{self.devices} connected, {self.updating} updating, {self.failed} failed, "
             f"{self.off} off, {self.messages_per_s:.0f} msg/s, {self.resets} resets, "
-            f"{self.power_cuts} power cuts"
+            f"{self.power_cuts} power cuts ({self.power_cuts_updating} during an update)"
         )
         if self.processes:
             text += f"; micropython: {self.processes_running}/{self.processes} running"
@@ -250,6 +251,7 @@ class Fleet:
             cuts,
             len(self.processes),
             procs,
+            sum(d.faults.cuts_updating for d in self.devices),
         )
 
 

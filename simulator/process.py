@@ -63,20 +63,30 @@ class ProcessDevice:
         self.heap = heap
         self.clock = clock
         self.path = workdir / dev_id
-        provision_into(
-            self.path,
-            model,
-            dev_id,
-            broker,
-            password=password or None,
-            telemetry_s=telemetry_s,
-            sample_s=sample_s,
-            keepalive=keepalive,
-            root=root,
-            trial_s=trial_s,
-            compile_mpy=True,  # as a board is flashed: source would not fit its heap
-            force=True,
-        )
+        self.reflashed = not _provisioned(self.path, dev_id)
+        if self.reflashed:
+            provision_into(
+                self.path,
+                model,
+                dev_id,
+                broker,
+                password=password or None,
+                telemetry_s=telemetry_s,
+                sample_s=sample_s,
+                keepalive=keepalive,
+                root=root,
+                trial_s=trial_s,
+                compile_mpy=True,  # as a board is flashed: source would not fit its heap
+                force=True,
+            )
+        else:
+            # a board flashed before keeps what it installed and recorded:
+            # only where it connects and how often it reports are set again
+            _reconfigure(self.path, model, broker, password, telemetry_s, sample_s, keepalive, trial_s)
+            if root is not None:
+                from .device import install_root
+
+                install_root(self.path, root)
         from .device import PLANTS
 
         self.plant = PLANTS[model].random(random.Random(seed))
@@ -149,3 +159,41 @@ class ProcessDevice:
                     self.plant.vent = float(out["vent"])
         values = {k: round(float(v), 3) for k, v in self.plant.sensors(t).items()}
         write_atomic(str(self._sensors_dir / "sensors.json"), json.dumps(values).encode())
+
+
+def _provisioned(path: Path, dev_id: str) -> bool:
+    """path holds a device folder provisioned for dev_id (its config and start-up)."""
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("device") == dev_id and (path / "main.py").is_file()
+
+
+def _reconfigure(
+    path: Path,
+    model: str,
+    broker: BrokerUrl,
+    password: str,
+    telemetry_s: float,
+    sample_s: float,
+    keepalive: int,
+    trial_s: float | None,
+) -> None:
+    from gateway.provision import board_for, make_config
+
+    config = json.loads((path / "config.json").read_bytes())
+    fresh = make_config(
+        config["device"],
+        board_for(model),
+        broker,
+        password,
+        telemetry_s=telemetry_s,
+        sample_s=sample_s,
+        keepalive=keepalive,
+    )
+    for key in ("broker", "telemetry_ms", "sample_ms"):
+        config[key] = fresh[key]
+    if trial_s is not None:
+        config["ota_trial_s"] = trial_s
+    write_atomic(str(path / "config.json"), json.dumps(config).encode())

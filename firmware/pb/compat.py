@@ -14,7 +14,7 @@ try:
     from micropython import const
 except ImportError:
 
-    def const(x):  # type: ignore[no-redef]
+    def const(x):  # type: ignore[misc]
         return x
 
 
@@ -23,15 +23,16 @@ if hasattr(time, "ticks_ms"):
     ticks_diff = time.ticks_diff
     ticks_add = time.ticks_add
 else:
-    _T0 = time.monotonic()
+    # CPython: the MicroPython stubs this is checked against lack these
+    _T0 = time.monotonic()  # type: ignore[attr-defined]
 
-    def ticks_ms():  # type: ignore[misc]
-        return int((time.monotonic() - _T0) * 1000)
+    def ticks_ms():
+        return int((time.monotonic() - _T0) * 1000)  # type: ignore[attr-defined]
 
-    def ticks_diff(a, b):  # type: ignore[misc]
+    def ticks_diff(a, b):
         return a - b
 
-    def ticks_add(a, delta):  # type: ignore[misc]
+    def ticks_add(a, delta):
         return a + delta
 
 
@@ -39,7 +40,7 @@ if hasattr(asyncio, "sleep_ms"):
     sleep_ms = asyncio.sleep_ms
 else:
 
-    def sleep_ms(ms):  # type: ignore[misc]
+    def sleep_ms(ms):
         return asyncio.sleep(ms / 1000)
 
 
@@ -47,14 +48,14 @@ if hasattr(asyncio, "wait_for_ms"):
     wait_for_ms = asyncio.wait_for_ms
 else:
 
-    def wait_for_ms(aw, ms):  # type: ignore[misc]
+    def wait_for_ms(aw, ms):
         return asyncio.wait_for(aw, ms / 1000)
 
 
 try:
     TimeoutError = asyncio.TimeoutError  # noqa: A001
 except AttributeError:  # pragma: no cover
-    TimeoutError = OSError  # type: ignore[misc] # noqa: A001
+    TimeoutError = OSError  # type: ignore[assignment,misc] # noqa: A001
 
 
 def rand_below(n):
@@ -102,7 +103,7 @@ def print_exception(exc, file=None):
         else:
             sys.print_exception(exc, file)
     else:
-        import traceback
+        import traceback  # type: ignore[import-not-found]  # CPython only
 
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=file)
 

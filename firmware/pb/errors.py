@@ -43,7 +43,7 @@ class TrustError(FirmwareError):
 
     `code` says which (docs/security.md): bad_envelope, bad_signature,
     unknown_key, bad_root, rollback, freeze, wrong_model, wrong_hardware,
-    wrong_api, bad_path, bad_manifest, mismatch.
+    wrong_api, wrong_form, bad_path, bad_manifest, mismatch.
     """
 
     def __init__(self, code, message):

@@ -207,8 +207,11 @@ class FeatureHost:
             self.modules[name] = mod
             obj = mod.start(ctx)
             self.running[name] = obj if obj is not None else mod
-        except MemoryError:
-            raise  # the device is short of RAM, not the feature at fault: reset
+        except MemoryError as exc:
+            # the device is short of RAM, not the feature at fault: reset,
+            # saying where (a trial given up reports it: pb/ota/guard.py)
+            step = "start" if name in self.modules else "import"
+            raise MemoryError("%s, at %s of feature %s" % (exc, step, name))
         except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
             self.fail(name, exc)
             return False

@@ -19,6 +19,7 @@ BOOT_ONLY_MODULES = (
     "pb.ota.ed25519",
     "pb.ota.sha512",
     "pb.ota.files",
+    "pb.ota.forms",
     "pb.ota.flash",
     "pb.ota.report",
     "pb.manifest",
@@ -73,12 +74,18 @@ def lean_job(root):
 
 def choose(root, config, hal):
     # a staged update is installed now, while little else is in RAM, and the
-    # device resets after it
-    from .ota.guard import decide
-    from .ota.install import install_staged
+    # device resets after it; a manifest update mode fetched has its
+    # signatures checked (the install's code is loaded only for these)
+    job = flash.read_job(root)
+    if job is not None and (job.get("phase") == "staged" or job.get("verify") == "boot"):
+        from .ota.install import check_fetched, install_staged
 
-    if install_staged(root, (config["model"], hal.caps, API), hal.time(), hal.fault_point):
-        hal.reset("update")
+        device = (config["device"], config["model"], hal.caps, API)
+        if install_staged(root, device, hal.time(), hal.fault_point):
+            hal.reset("update")
+        check_fetched(root, device, hal.time())  # a manifest update mode fetched: before its blobs
+    from .ota.guard import decide
+
     return decide(root, hal.fault_point)
 
 

@@ -32,7 +32,7 @@ from firmware.pb.errors import ProtocolError, TrustError
 from firmware.pb.net import wire
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
-from firmware.pb.ota import flash, guard, handover, install, report, trust, updates
+from firmware.pb.ota import flash, forms, guard, handover, install, report, trust, updates
 from firmware.pb.peer import ota_transfer as otaproto
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
@@ -124,6 +124,15 @@ def test_the_release_manifest_example_passes_the_devices_rules() -> None:
     body = _one("release-manifest").value()
     trust.check_manifest(body)
     trust.check_for_device(body, "thermostat", {"temperature": {}, "relay": {}, "humidity": {}}, API, 1)
+    # it carries both forms of its modules; each device takes its own and the manifests
+    for form in ("py", "mpy"):
+        taken = [f["path"] for f in forms.device_files(body["files"], form)]
+        assert taken == [
+            f"eco/__init__.{form}",
+            "eco/manifest.json",
+            f"thermostat/__init__.{form}",
+            "thermostat/manifest.json",
+        ]
 
 
 def _files(n: int, path_len: int) -> list[dict[str, Any]]:
@@ -153,7 +162,9 @@ def test_max_files_fit_a_16kb_manifest_as_documented() -> None:
 
 def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
     body = _one("freshness").value()
-    trust.check_freshness(body, "thermostat", body["manifest"], body["counter"], body["expires"], 0)
+    trust.check_freshness(
+        body, "thermostat", body["manifest"], body["counter"], body["expires"], 0, "th-1", "5f2a9c01b7e4"
+    )
     # the version is the signing time in ms, and the statement lives DEFAULT_FRESHNESS_TTL_S
     signed_at = (body["version"] + 0.5) / 1000
     assert body["expires"] == int(signed_at + gw_updates.DEFAULT_FRESHNESS_TTL_S)
@@ -167,10 +178,11 @@ def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
 def test_freshness_older_or_expired_is_a_freeze() -> None:
     body = _one("freshness").value()
     args = ("thermostat", body["manifest"], body["counter"])
-    trust.check_freshness(body, *args, body["expires"], body["version"])  # the same one again is fine
+    ids = ("th-1", "5f2a9c01b7e4")
+    trust.check_freshness(body, *args, body["expires"], body["version"], *ids)  # the same one again is fine
     for now, last in ((body["expires"] + 1, 0), (body["expires"], body["version"] + 1)):
         with pytest.raises(TrustError) as err:
-            trust.check_freshness(body, *args, now, last)
+            trust.check_freshness(body, *args, now, last, *ids)
         assert err.value.code == "freeze"
 
 
@@ -180,7 +192,7 @@ def test_freshness_older_or_expired_is_a_freeze() -> None:
 def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
     (base / "ota").mkdir(parents=True, exist_ok=True)
     offered_at = _one("job").value()["offered_at"]
-    return pb_ota.Agent(
+    agent = pb_ota.Agent(
         str(base),
         "thermostat",
         counter,
@@ -191,6 +203,8 @@ def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
         lambda: True,
         lambda name: None,
     )
+    pb_ota.configure(agent, {"device": "th-1"}, _CAPS)
+    return agent
 
 
 def test_the_job_example_is_what_the_agent_writes(tmp_path: Path) -> None:
@@ -264,7 +278,11 @@ def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float)
     for f in rel.files:
         data = zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS)
         (stage / f.sha256).write_bytes(data)
-    statement = json.loads(freshness(keys, "thermostat", rel.counter, rel.sha256, 3600, now))
+    statement = json.loads(
+        freshness(
+            keys, "thermostat", rel.counter, rel.sha256, 3600, now, device="th-1", update="5f2a9c01b7e4"
+        )
+    )
     job = {
         "id": "5f2a9c01b7e4",
         "manifest": rel.sha256,
@@ -287,7 +305,7 @@ def test_the_pointer_example_is_what_the_install_writes(
     keys, rel = signed
     now = time.time()
     job = _staged_device(tmp_path, keys, rel, now)
-    assert install.install_staged(str(tmp_path), ("thermostat", _CAPS, API), now) is True
+    assert install.install_staged(str(tmp_path), ("th-1", "thermostat", _CAPS, API), now) is True
     pointer = json.loads((tmp_path / flash.POINTER).read_bytes())
     documented = _one("pointer").value()
     assert set(pointer) == set(documented)
@@ -316,7 +334,7 @@ def test_a_refused_install_reports_its_trust_code(
     keys, rel = signed
     now = time.time()
     _staged_device(tmp_path, keys, rel, now)
-    assert install.install_staged(str(tmp_path), ("shirt", _CAPS, API), now) is True
+    assert install.install_staged(str(tmp_path), ("th-1", "shirt", _CAPS, API), now) is True
     (report,) = flash.take_reports(str(tmp_path))
     assert report["state"] == "failed" and report["reason"].startswith("wrong_model: ")
     assert not (tmp_path / flash.POINTER).exists() and not (tmp_path / flash.JOB).exists()
@@ -333,6 +351,22 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
     reason = f"trial did not commit in {guard.MAX_TRIAL_BOOTS} boots"
     assert report["state"] == "rolled_back" and report["reason"] == reason
     assert reason in OTA
+
+
+def test_a_trial_given_up_says_what_ended_its_last_boot(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    (tmp_path / "ota").mkdir()
+    (tmp_path / "data").mkdir()
+    pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
+    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    (tmp_path / flash.POINTER).write_text(json.dumps(pointer))
+    # what the runtime keeps as a feature's import runs out of RAM (pb/start.py)
+    crash = "MemoryError: memory allocation failed, allocating 196608 bytes, at import of feature hungry"
+    (tmp_path / "data" / "state.json").write_text(json.dumps({"reset_request": "crash", "last_crash": crash}))
+    _root, p, trial, report = guard.decide(str(tmp_path))
+    assert (trial, p["set"], report["state"]) == (False, "features", "rolled_back")
+    assert report["reason"] == f"trial did not commit in 3 boots; the last ended by {crash}"
+    assert " ".join(report["reason"].split()) in " ".join(OTA.split())
 
 
 def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
@@ -443,6 +477,7 @@ def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> N
         "ota_window": agent.window,
         "ota_timeout_ms": agent.timeout_ms,
         "ota_tries": agent.tries,
+        "ota_deadline_s": agent.deadline_s,
     }
     assert {k: None if v == "\u2013" else int(v) for k, v in rows.items()} == defaults
     assert agent.chunk <= otaproto.MAX_CHUNK
@@ -581,6 +616,23 @@ def test_security_md_has_one_section_per_attack() -> None:
         assert "**Stopped by**" in text and "**Test**" in text, heading
 
 
+DEVICE_ATTACKS_FILE = "tests/system/test_device_attacks.py"
+
+
+def test_security_md_has_one_section_per_attack_of_a_compromised_device() -> None:
+    written = set(re.findall(r"^def (test_\w+)\(", (ROOT / DEVICE_ATTACKS_FILE).read_text(), re.M))
+    attacks = section(SECURITY, "6. One compromised device", "security.md")
+    headings = [line for line in attacks if line.startswith("### ")]
+    named: set[str] = set()
+    for heading in headings:
+        text = " ".join(section(SECURITY, heading.lstrip("# ").strip(), "security.md"))
+        assert "**Stopped by**" in text and "**Test**" in text, heading
+        here = {n for n in written if f"{DEVICE_ATTACKS_FILE}::{n}`" in text}
+        assert here, f"{heading} names none of {DEVICE_ATTACKS_FILE}'s tests"
+        named |= here
+    assert named == written, f"attack tests not in security.md 6: {written - named}"
+
+
 def _referenced_tests(text: str) -> set[tuple[str, str]]:
     return set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text))
 
@@ -604,7 +656,11 @@ def test_every_test_the_docs_name_exists() -> None:
 
 def test_trust_codes_table_is_what_the_code_raises() -> None:
     documented = {r[0].strip("`") for r in table(section(SECURITY, "2. Trust codes", "security.md"))}
-    raised = string_args(trust, "TrustError", 0) | string_args(install, "TrustError", 0)
+    raised = (
+        string_args(trust, "TrustError", 0)
+        | string_args(install, "TrustError", 0)
+        | string_args(forms, "TrustError", 0)
+    )
     assert documented == raised
     # and the codes the TrustError docstring promises
     doc = str(TrustError.__doc__)

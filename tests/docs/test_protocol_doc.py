@@ -327,6 +327,7 @@ def _limit_sources() -> dict[str, Any]:
         "proto.MAX_MESSAGE": proto.MAX_MESSAGE,
         "proto.MAX_DEPTH": proto.MAX_DEPTH,
         "proto.MAX_ID": proto.MAX_ID,
+        "proto.MAX_INT": proto.MAX_INT,
         "commands._RECENT_CMDS": commands._RECENT_CMDS,
         "features.MAX_FEATURES": pb_features.MAX_FEATURES,
         "values._MAX_STR": pb_values._MAX_STR,

@@ -218,6 +218,29 @@ WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+def in_bounds(name: str, code: str) -> st.SearchStrategy[Any]:
+    """Values of an integer or number field within proto's bounds for it
+    (the bounds themselves come up often)."""
+    lo, hi = proto.bounds(name)
+    ints = st.integers(lo, hi)
+    if code == "i":
+        return ints
+    return ints | st.floats(min_value=lo, max_value=hi)
+
+
+def out_of_bounds(name: str, code: str) -> st.SearchStrategy[Any]:
+    """Values of the field's type (huge integers too) outside its bounds."""
+    lo, hi = proto.bounds(name)
+    ints = st.integers(hi + 1, 2**80) | st.integers(-(2**80), lo - 1)
+    if code == "i":
+        return ints
+    return (
+        ints
+        | st.floats(min_value=hi, max_value=1e299, exclude_min=True)
+        | st.floats(-1e299, lo, exclude_max=True)
+    )
+
+
 def names(kind: str) -> list[str]:
     return [name for name, _code, _required in SCHEMAS[kind]]
 
@@ -248,8 +271,29 @@ def messages(draw: st.DrawFn, kind: str, extras: bool = True) -> dict[str, Any]:
     msg = draw(extra_fields(kind)) if extras else {}
     for name, code, required in SCHEMAS[kind]:
         if required or draw(st.booleans()):
-            msg[name] = draw(_BY_NAME.get(name, _BY_TYPE[code]))
+            if name in _BY_NAME:
+                msg[name] = draw(_BY_NAME[name])
+            elif code in ("i", "n"):
+                msg[name] = draw(in_bounds(name, code))
+            else:
+                msg[name] = draw(_BY_TYPE[code])
+    if kind == "hello":
+        msg["features"] = draw(st.dictionaries(st.text(max_size=8), features_entries, max_size=3))
+        msg["caps"] = draw(st.lists(st.text(max_size=8), max_size=4))
     return msg
+
+
+# A hello's feature entry: the fields the runtime sends, and others kept as they are.
+features_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": st.text(max_size=8),
+        "enabled": st.booleans(),
+        "running": st.booleans(),
+        "error": st.text(max_size=12),
+        "extra": json_values(1),
+    },
+)
 
 
 kinds = st.sampled_from(KINDS)
@@ -263,7 +307,7 @@ def invalid_messages(draw: st.DrawFn) -> tuple[str, Any, str]:
     kind = draw(kinds)
     msg = draw(messages(kind))
     fields = SCHEMAS[kind]
-    rule = draw(st.sampled_from(("type", "missing", "version", "dev", "id", "state", "not_object")))
+    rule = draw(st.sampled_from(("type", "missing", "version", "dev", "id", "state", "range", "not_object")))
     if rule == "type":
         name, code, _ = draw(st.sampled_from([f for f in fields if f[1] != "a"]))
         msg[name] = draw(WRONG_TYPE[code])
@@ -286,6 +330,11 @@ def invalid_messages(draw: st.DrawFn) -> tuple[str, Any, str]:
         long_ids = st.text(min_size=proto.MAX_ID + 1, max_size=proto.MAX_ID + 8)
         bad = st.just("") | long_ids
         msg["id"] = draw(bad if "id" in declared else bad | _shallow.filter(lambda v: not isinstance(v, str)))
+        return kind, msg, "bad_value"
+    numeric = [f for f in fields if f[1] in ("i", "n") and f[0] != "v"]
+    if rule == "range" and numeric:
+        name, code, _ = draw(st.sampled_from(numeric))
+        msg[name] = draw(out_of_bounds(name, code))
         return kind, msg, "bad_value"
     if rule == "state" and kind == "state":
         msg["state"] = draw(st.text(max_size=10).filter(lambda s: s not in proto.STATES))

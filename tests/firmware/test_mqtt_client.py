@@ -21,6 +21,7 @@ from ..support.proxy import LinkProxy
 from ..support.wait import async_wait_for
 
 USER = "gateway"  # may write anywhere: these tests are about the link, not the ACL
+# (each listener has an account of its own: one account is one connection)
 
 
 def topic(name: str) -> str:
@@ -44,14 +45,16 @@ async def running(client: MQTTClient) -> AsyncIterator[MQTTClient]:
         await asyncio.wait_for(task, 5)
 
 
-def client_for(port: int, **kw: Any) -> MQTTClient:
+def client_for(mosquitto: Mosquitto, port: int, **kw: Any) -> MQTTClient:
+    """A client on an account of its own (one account is one connection)."""
     kw.setdefault("backoff_min_ms", 50)
     kw.setdefault("backoff_max_ms", 400)
-    return MQTTClient(f"c-{secrets.token_hex(4)}", "127.0.0.1", port, USER, GATEWAY_PASSWORD, **kw)
+    user, password = mosquitto.operator()
+    return MQTTClient(f"c-{secrets.token_hex(4)}", "127.0.0.1", port, user, password, **kw)
 
 
 def listener(mosquitto: Mosquitto, t: str) -> TestClient:
-    c = TestClient(mosquitto, USER, GATEWAY_PASSWORD)
+    c = TestClient(mosquitto, *mosquitto.operator())
     c.subscribe(t)
     return c
 
@@ -72,7 +75,7 @@ async def test_qos1_unacknowledged_is_resent_after_the_link_fails(
 ) -> None:
     t = topic("telemetry")
     sub = listener(mosquitto, t)
-    c = client_for(proxy.port, ack_timeout_ms=800, keepalive=30)
+    c = client_for(mosquitto, proxy.port, ack_timeout_ms=800, keepalive=30)
     async with running(c):
         await async_wait_for(lambda: c.up, 5)
         proxy.freeze()  # the PUBLISH goes nowhere, no PUBACK comes back
@@ -90,7 +93,7 @@ async def test_qos1_unacknowledged_is_resent_after_the_link_fails(
 
 async def test_a_silent_link_is_detected_by_keepalive(mosquitto: Mosquitto, proxy: LinkProxy) -> None:
     downs: list[str] = []
-    c = client_for(proxy.port, keepalive=1)
+    c = client_for(mosquitto, proxy.port, keepalive=1)
     c.on_down = downs.append
     async with running(c):
         await async_wait_for(lambda: c.up, 5)
@@ -109,7 +112,7 @@ async def test_queue_is_bounded_counts_drops_and_keeps_qos1(mosquitto: Mosquitto
     port.bind(("127.0.0.1", 0))
     dead = port.getsockname()[1]
     port.close()
-    c = client_for(dead, queue_size=5)  # nothing listens: the client cannot connect
+    c = client_for(mosquitto, dead, queue_size=5)  # nothing listens: the client cannot connect
     async with running(c):
         assert c.publish(t, b"reply-1", qos=1)
         for i in range(10):
@@ -147,7 +150,7 @@ async def test_dns_is_resolved_once(
 async def test_last_will_on_link_loss_not_on_close(mosquitto: Mosquitto, proxy: LinkProxy) -> None:
     will_topic = topic("state")
     sub = listener(mosquitto, will_topic)
-    c = client_for(proxy.port, will=(will_topic, b"offline", 1, False))
+    c = client_for(mosquitto, proxy.port, will=(will_topic, b"offline", 1, False))
     async with running(c):
         await async_wait_for(lambda: c.up, 5)
         proxy.cut()
@@ -163,7 +166,7 @@ async def test_large_payloads_both_ways_and_oversized_inbound_skipped(mosquitto:
     t_out, t_in = topic("event"), topic("cmd")
     sub = listener(mosquitto, t_out)
     inbox: list[bytes] = []
-    c = client_for(mosquitto.port, max_packet=8192)
+    c = client_for(mosquitto, mosquitto.port, max_packet=8192)
     c.subscribe(t_in, 1)
     c.on_message = lambda topic, payload, retain: inbox.append(payload)
     big = bytes(range(256)) * 24  # 6 KB

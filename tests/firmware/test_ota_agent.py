@@ -7,15 +7,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from firmware.pb.errors import ProtocolError
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import flash
 from firmware.pb.peer import ota_transfer as otaproto
+from gateway.ingest import Rejected, classify_ota
 from ota import keys as ota_keys
 from ota.envelope import sign_envelope
+
+from ..support.wait import async_wait_for
 
 
 async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, Any]:
@@ -24,7 +31,8 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
     keys = ota_keys.keygen(tmp_path / "keys")
     manifest = sign_envelope({"model": "thermostat", "counter": 2, "files": []}, [keys.release_key()])
     digest = hashlib.sha256(manifest).hexdigest()
-    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, time.time())
+    uid = "5f2a9c01b7e4"
+    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, time.time(), device="th-1", update=uid)
     (tmp_path / "dev" / "ota").mkdir(parents=True)
     reports: list[dict[str, Any]] = []
     agent: pb_ota.Agent
@@ -45,8 +53,9 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
         lambda: True,
         lambda name: None,
     )
+    pb_ota.configure(agent, {"device": "th-1"}, {})
     agent.once = True
-    offer = {"v": 1, "id": "upd-1", "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
+    offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
     await asyncio.wait_for(agent.run(), 10)
     return reports[-1]
@@ -62,3 +71,101 @@ async def test_an_error_chunk_not_in_utf8_still_fails_the_update_with_a_reason(t
     last = await _update_answered_with(tmp_path, b"\xff\xfe bad \xc3")
     assert last["state"] == "failed"
     assert last["reason"] == "gateway: an error the gateway could not put in UTF-8"
+
+
+# ---- update ids and the statement's device and update ----------------------------------
+
+
+@pytest.mark.parametrize("uid", ["upd-1", "5F2A9C01B7E4", "5f2a9c01b7e", "5f2a9c01b7e4a", "", "../../x", 5])
+def test_an_update_id_that_is_not_12_hex_digits_is_rejected_at_both_ends(uid: object) -> None:
+    offer = {"v": 1, "id": uid, "manifest": "ab" * 32, "size": 10, "freshness": {}}
+    req = {"v": 1, "dev": "th-1", "id": uid, "obj": "manifest", "off": 0, "len": 512, "seq": 1}
+    status = {"v": 1, "dev": "th-1", "id": uid, "state": "failed", "reason": "x"}
+    for check, msg in (
+        (otaproto.check_offer, offer),
+        (otaproto.check_request, req),
+        (otaproto.check_status, status),
+    ):
+        with pytest.raises(ProtocolError):
+            check(msg)
+    # the gateway's validation of what a device sends is the same
+    for topic, msg in (("pb/th-1/ota/req", req), ("pb/th-1/ota/status", status)):
+        verdict = classify_ota(topic, json.dumps(msg).encode(), False, lambda dev: dev == "th-1")
+        assert isinstance(verdict, Rejected) and verdict.reason in ("bad_value", "missing_field"), verdict
+    # a status about no update says "-"
+    assert otaproto.check_status(status | {"id": "-"})["id"] == "-"
+
+
+@pytest.mark.parametrize(
+    ("device", "update", "reason"),
+    [
+        ("th-2", "5f2a9c01b7e4", "mismatch: the offer's freshness statement is for another device"),
+        ("th-1", "0123456789ab", "mismatch: the offer's freshness statement is for another update"),
+    ],
+)
+def test_the_first_look_refuses_a_statement_for_another_device_or_update(
+    tmp_path: Path, device: str, update: str, reason: str
+) -> None:
+    keys = ota_keys.keygen(tmp_path / "keys")
+    fresh = ota_keys.freshness(
+        keys, "thermostat", 2, "ab" * 32, 3600, time.time(), device=device, update=update
+    )
+    reports: list[dict[str, Any]] = []
+    (tmp_path / "dev" / "ota").mkdir(parents=True)
+    agent = pb_ota.Agent(
+        str(tmp_path / "dev"), "thermostat", 1, dict, print, reports.append, time.time, lambda: True, print
+    )
+    pb_ota.configure(agent, {"device": "th-1"}, {})
+    offer = {"v": 1, "id": "5f2a9c01b7e4", "manifest": "ab" * 32, "size": 10, "freshness": json.loads(fresh)}
+    agent.on_offer(json.dumps(offer).encode())
+    assert [(r["state"], r["id"], r["reason"]) for r in reports] == [("failed", "5f2a9c01b7e4", reason)]
+    assert agent.job is None and not (tmp_path / "dev" / flash.JOB).exists()
+
+
+async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path) -> None:
+    """A checked manifest: what the stage folder held for another update goes,
+    before any blob is fetched; and past the deadline nothing more is asked."""
+    keys = ota_keys.keygen(tmp_path / "keys")
+    files = [{"path": "eco/manifest.json", "size": 2, "sha256": "cd" * 32, "zsize": 3, "zsha256": "ef" * 32}]
+    body = {"v": 1, "type": "release", "model": "thermostat", "version": "2", "counter": 2, "api": 1}
+    manifest = sign_envelope(
+        body | {"features": {"eco": {}}, "files": files, "requires": []}, [keys.release_key()]
+    )
+    digest = hashlib.sha256(manifest).hexdigest()
+    uid = "5f2a9c01b7e4"
+    now = time.time()
+    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, now, device="th-1", update=uid)
+    base = tmp_path / "dev"
+    stage = base / flash.STAGE
+    stage.mkdir(parents=True)
+    (base / "ota" / "root.json").write_bytes(keys.root_bytes)
+    (stage / "manifest.json").write_bytes(manifest)
+    (stage / ("12" * 32 + ".z")).write_bytes(bytes(5000))  # a blob of an update replaced
+    (stage / "junk").write_bytes(b"x")
+    asked: list[tuple[str, list[str]]] = []  # (object, what staging held when it was asked for)
+    reports: list[dict[str, Any]] = []
+    agent = pb_ota.Agent(
+        str(base),
+        "thermostat",
+        1,
+        dict,
+        lambda *a: asked.append((a[1], sorted(os.listdir(stage)))),
+        reports.append,
+        time.time,
+        lambda: True,
+        print,
+    )
+    pb_ota.configure(agent, {"device": "th-1", "ota_deadline_s": 1, "ota_timeout_ms": 100000}, {})
+    offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
+    agent.on_offer(json.dumps(offer).encode())
+    # in the background (not update mode): the check runs in place
+    task = asyncio.create_task(agent.run())
+    try:
+        await async_wait_for(lambda: reports[-1]["state"] == "failed", 10, what="the update ends")
+    finally:
+        task.cancel()
+    # checked, the stray files went before the blob was asked for; nothing answered: the deadline
+    assert asked and {obj for obj, _ in asked} == {"ef" * 32}
+    assert asked[0][1] == ["manifest.json"] or asked[0][1] == ["cd" * 32 + ".z", "manifest.json"], asked[0]
+    assert reports[-1]["state"] == "failed" and reports[-1]["reason"].startswith("deadline: "), reports
+    assert not stage.exists() or sorted(os.listdir(stage)) in ([], ["manifest.json"])

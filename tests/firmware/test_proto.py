@@ -134,7 +134,7 @@ def test_nan_infinities_and_huge_values_are_not_numbers(kind: str, value: float)
             if value == value and abs(value) != float("inf"):
                 assert code_of(proto.decode, kind, to_json({**base, name: value})) == "bad_type"
         if code == "d" and value != 1e300 and value != -1e300:
-            assert code_of(proto.encode, kind, {**base, name: {"x": [value]}}) == "bad_value"
+            assert code_of(proto.encode, kind, {**base, name: {"x": {"y": [value]}}}) == "bad_value"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -21,7 +21,7 @@ def test_adding_users_while_the_broker_reloads_disconnects_no_one(own_mosquitto:
     # (a fleet's worth of users makes each rewrite, and each read, long)
     add_passwords(own_mosquitto.files.passwords, {f"th-{i:04d}": "x" for i in range(3000)})
     own_mosquitto.add_user("dev-00", "secret-0")
-    gw = TestClient(own_mosquitto, GATEWAY_USER, GATEWAY_PASSWORD)
+    gw = TestClient(own_mosquitto, GATEWAY_USER, GATEWAY_PASSWORD)  # (the one client on this broker)
     drops: list[Any] = []
     gw.c.on_disconnect = lambda *args: drops.append(args)
     assert own_mosquitto.proc is not None

@@ -74,3 +74,40 @@ def test_reject_counters_accumulate(tmp_path: Path) -> None:
         s.count_reject("bad_json", "pb/y/telemetry", "not JSON either", 2.0)
         assert s.rejects()["bad_json"]["count"] == 2
         assert s.rejects()["bad_json"]["last_topic"] == "pb/y/telemetry"
+
+
+def test_a_batch_with_a_row_that_cannot_be_stored_keeps_the_others(tmp_path: Path) -> None:
+    with Store(tmp_path / "gw.db") as s:
+        for dev in ("sh-1", "sh-2"):
+            s.upsert_hello(dev, HELLO, 100.0)
+        # the real database refuses one device's rows, as a full disk or a bug would
+        s.db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON telemetry WHEN NEW.device = 'sh-2' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        rows = [TelemetryRow(dev, 101.0 + i, 1.0, i, {"i": i}) for i in range(3) for dev in ("sh-1", "sh-2")]
+        stored, failed = s.add_telemetry(rows)
+        assert stored == 3
+        assert [(r.device, r.seq) for r, _ in failed] == [("sh-2", 0), ("sh-2", 1), ("sh-2", 2)]
+        assert all(isinstance(exc, sqlite3.IntegrityError) for _, exc in failed)
+        assert [r.seq for r in s.telemetry("sh-1")] == [0, 1, 2]
+        d = s.device("sh-1")
+        assert d is not None and d.last_telemetry == {"i": 2}
+        assert s.telemetry_count("sh-2") == 0
+        assert s.add_telemetry([]) == (0, [])
+
+
+def test_a_stored_device_row_of_an_odd_shape_is_listed_as_well_as_can_be(tmp_path: Path) -> None:
+    with Store(tmp_path / "gw.db") as s:
+        s.upsert_hello("sh-1", HELLO, 100.0)
+        s.upsert_hello("sh-2", HELLO, 100.0)
+        # as a gateway that checked hellos less stored them, or a bug
+        s.db.execute("UPDATE devices SET features = ?, hello = ? WHERE id = 'sh-1'", ('{"vent": 5}', "[1]"))
+        s.db.execute(
+            "UPDATE devices SET features = ?, last_telemetry = ? WHERE id = 'sh-2'", ("not json", "7")
+        )
+        listed = {d.id: d.summary() for d in s.devices()}
+        assert listed["sh-1"]["features"] == {"vent": None}
+        assert listed["sh-2"]["features"] == {}
+        d = s.device("sh-2")
+        assert d is not None and d.last_telemetry == {} and d.ota is None

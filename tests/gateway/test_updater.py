@@ -49,16 +49,20 @@ async def test_an_offer_carries_a_freshness_statement_the_device_accepts(
     offer = await asyncio.to_thread(dev.offer)
     assert offer["id"] == u.id and len(u.id) == 12 and int(u.id, 16) >= 0
     assert offer["manifest"] == rid and offer["size"] == len(release.manifest)
-    body = accept_offer(offer, keys.root_bytes, "thermostat", 2)
+    body = accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id)
     assert body["version"] == u.freshness and 3590 < body["expires"] - u.started <= 3600
+    # it names the device and the update: of no use to another device
+    assert (body["device"], body["update"]) == (dev.id, u.id)
+    with pytest.raises(TrustError, match="another device"):
+        accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id + "x")
     # a second offer's statement is newer, even within the same millisecond
     u2 = await r.gw.ota.start(dev.id, "thermostat@2")
     await asyncio.to_thread(dev.offer)  # the cancel of the first
     offer2 = await asyncio.to_thread(dev.offer)
     assert offer2["id"] == u2.id
-    accept_offer(offer2, keys.root_bytes, "thermostat", 2, last_version=body["version"] + 1)
+    accept_offer(offer2, keys.root_bytes, "thermostat", 2, dev.id, last_version=body["version"] + 1)
     with pytest.raises(TrustError, match="older"):
-        accept_offer(offer, keys.root_bytes, "thermostat", 2, last_version=u2.freshness)
+        accept_offer(offer, keys.root_bytes, "thermostat", 2, dev.id, last_version=u2.freshness)
 
 
 async def test_a_device_pulls_a_release_and_success_counts_only_at_committed(
@@ -143,8 +147,8 @@ async def test_an_offer_lost_in_a_reset_is_sent_again_when_the_device_reconnects
     await asyncio.to_thread(dev.hello)
     again = await asyncio.to_thread(dev.offer)
     assert again["id"] == first["id"] == u.id and again["manifest"] == first["manifest"]
-    body = accept_offer(again, keys.root_bytes, "thermostat", 2)
-    assert body["version"] > accept_offer(first, keys.root_bytes, "thermostat", 2)["version"]
+    body = accept_offer(again, keys.root_bytes, "thermostat", 2, dev.id)
+    assert body["version"] > accept_offer(first, keys.root_bytes, "thermostat", 2, dev.id)["version"]
     await async_wait_for(lambda: r.gw.ota.stats["reoffers"] == 1, 5, what="the repeat counted")
     assert r.gw.ota.get(u.id).freshness == body["version"]
     # once the device has answered, a reconnect sends nothing more
@@ -296,3 +300,70 @@ async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path:
             sender.cancel()
             await asyncio.wait([sender], timeout=0.1)
         gw.store.close()
+
+
+async def test_an_activating_that_comes_after_the_trial_is_recorded_without_moving_back(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    for state in ("offered", "downloading", "staged", "verified"):
+        dev.status(u.id, state, counter=2)
+    # after the reset the device's kept trial goes out first, then the activating the boot reported
+    dev.status(u.id, "trial", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "trial", 5, what="trial")
+    dev.status(u.id, "activating", counter=2)
+    await async_wait_for(
+        lambda: "activating" in [s["state"] for s in r.gw.ota.table.steps(u.id)], 5, what="activating step"
+    )
+    dev.status(u.id, "activating", counter=2)  # once only
+    dev.status(u.id, "committed", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="committed")
+    done = r.gw.ota.get(u.id)
+    assert done.state == "committed"
+    steps = r.gw.ota.table.steps(u.id)
+    assert [s["state"] for s in steps] == [
+        "offered",
+        "downloading",
+        "staged",
+        "verified",
+        "activating",
+        "trial",
+        "committed",
+    ]
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+
+
+async def test_a_hello_that_runs_the_release_moves_an_update_whose_statuses_were_lost(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    rid = await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    # every status went with a broker that restarted; the hello after the commit says it all
+    await asyncio.to_thread(dev.hello, counter=2, manifest=rid)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="committed by the hello")
+    assert r.gw.ota.get(u.id).state == "committed"
+
+
+async def test_a_hello_that_runs_another_release_moves_nothing(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, release.sha256[:10])
+    await asyncio.to_thread(dev.offer)
+    await asyncio.to_thread(dev.hello, counter=1, manifest="ab" * 32)
+
+    def counter() -> object:
+        record = r.gw.store.device(dev.id)
+        return record.ota.get("counter") if record is not None and record.ota else None
+
+    await async_wait_for(lambda: counter() == 1, 5, what="hello stored")
+    assert r.gw.ota.get(u.id).state == "offered" and not r.gw.ota.get(u.id).ended

@@ -47,5 +47,11 @@ def eco(tmp_path: Path) -> Path:
 def release(tmp_path: Path, keys: Keys, features_dir: Path) -> Release:
     """The real thermostat feature, built and signed, counter 2."""
     return build(
-        "thermostat", [features_dir / "thermostat"], "2026.11.1", tmp_path / "r1", counter=2, keys=keys
+        "thermostat",
+        [features_dir / "thermostat"],
+        "2026.11.1",
+        tmp_path / "r1",
+        counter=2,
+        keys=keys,
+        forms=("py",),
     )

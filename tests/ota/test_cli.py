@@ -39,6 +39,8 @@ def test_a_maker_session(tmp_path: Path, capsys: pytest.CaptureFixture[str], fea
         "1",
     )
     assert code == 0 and "unsigned" in out
+    # by default both forms of the modules: one release for every device of the model
+    assert "3 files" in out and "py: 2 files" in out and "mpy: 2 files" in out
 
     code, _, err = run(capsys, "ota", "verify", r1, "--keys", keys)
     assert code == 1 and err.startswith("permabeta: unknown_key:") and err.count("\n") == 1
@@ -47,7 +49,9 @@ def test_a_maker_session(tmp_path: Path, capsys: pytest.CaptureFixture[str], fea
     assert code == 0 and "signed" in out
 
     code, out, _ = run(capsys, "ota", "verify", r1, "--keys", keys)
-    assert code == 0 and out.startswith(f"OK {r1}: thermostat release 2026.11.1, counter 1, 2 files verified")
+    assert code == 0 and out.startswith(f"OK {r1}: thermostat release 2026.11.1, counter 1, 3 files verified")
+    assert "  py: 2 files" in out and "for CPython" in out
+    assert "  mpy: 2 files" in out and "for MicroPython" in out
 
     code, out, _ = run(capsys, "ota", "verify", r1, "--root", str(tmp_path / "keys" / "root.1.json"))
     assert code == 0
@@ -70,20 +74,21 @@ def test_a_maker_session(tmp_path: Path, capsys: pytest.CaptureFixture[str], fea
         "--compile",
     )
     assert code == 0 and "signed by the release key" in out
+    assert "py: REFUSED by CPython" in out and "mpy: 3 files" in out
 
     code, out, _ = run(capsys, "ota", "inspect", r2, "--against", r1)
     assert code == 0
-    assert (
-        "+ thermostat/extra.mpy" in out
-        and "- thermostat/__init__.py" in out
-        and "+ thermostat/__init__.mpy" in out
-    )
+    assert "+ thermostat/extra.mpy" in out and "- thermostat/__init__.py" in out
+    assert "that runs mpy downloads 1 file," in out  # extra.mpy: r1 carried the rest already
+    assert "WARNING: devices that run py (CPython" in out and "refuse this one" in out
 
     code, out, _ = run(capsys, "ota", "inspect", r2, "--json")
     assert code == 0 and json.loads(out)["counter"] > 1_000_000_000  # the default counter: the time
 
     code, out, _ = run(capsys, "ota", "inspect", r2, "--against", r1, "--json")
-    assert code == 0 and json.loads(out)["download"]["files"] == 2  # the two .mpy
+    download = json.loads(out)["download"]
+    assert code == 0 and download["files"] == 1  # extra.mpy: __init__.mpy was in r1 too
+    assert download["by_form"] == {"mpy": {"files": 1, "bytes": download["bytes"]}}
 
     code, out, _ = run(capsys, "ota", "rotate-root", "--keys", keys)
     assert code == 0 and "root version 2" in out

@@ -30,8 +30,31 @@ def test_describe_spells_out_permissions(release: Release) -> None:
     json.dumps(out)
 
 
+def test_describe_says_what_the_devices_of_each_form_take(tmp_path: Path, features_dir: Path) -> None:
+    both = describe(build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "both", counter=1))
+    text = both.to_text()
+    for form, runs in (("py", "CPython"), ("mpy", "MicroPython")):
+        info = both.form(form)
+        assert info is not None and info.refused is None
+        assert [f.path for f in info.files] == [f"thermostat/__init__.{form}", "thermostat/manifest.json"]
+        line = f"  {form}: 2 files, {info.size} bytes ({info.zsize} compressed) for {runs}"
+        assert line in text, text
+        assert both.to_dict()["forms"][form] == {
+            "runs": info.runs,
+            "files": 2,
+            "size": info.size,
+            "zsize": info.zsize,
+        }
+    source = describe(
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "py", counter=1, forms=("py",))
+    )
+    refused = source.to_dict()["forms"]["mpy"]["refused"]
+    assert refused.startswith("wrong_form: thermostat/__init__.py has no .mpy form")
+    assert f"  mpy: REFUSED by MicroPython (boards, the unix port): {refused}" in source.to_text()
+
+
 def test_describe_an_unsigned_release(tmp_path: Path, features_dir: Path) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     assert "UNSIGNED" in describe(rel).to_text()
 
 
@@ -51,7 +74,7 @@ def _modified(tmp_path: Path, keys: Keys, features_dir: Path, eco: Path) -> Rele
     )
     with (t / "__init__.py").open("a") as f:
         f.write("\n# humidity compensation\n")
-    return build("thermostat", [t, eco], "2026.11.2", tmp_path / "r2", counter=3, keys=keys)
+    return build("thermostat", [t, eco], "2026.11.2", tmp_path / "r2", counter=3, keys=keys, forms=("py",))
 
 
 def test_against_a_modified_release(
@@ -81,7 +104,7 @@ def test_against_a_modified_release(
     assert "hardware the older release did not: humidity" in text
 
     d = c.to_dict()
-    assert d["download"] == {"files": 4, "bytes": fetched}
+    assert d["download"] == {"files": 4, "bytes": fetched, "by_form": {"py": {"files": 4, "bytes": fetched}}}
     assert {p["text"] for p in d["permissions"] if p["gained"]} == {
         "eco 1.0.0 (new) reads: temperature",
         "eco 1.0.0 (new) publishes: boost",
@@ -103,7 +126,7 @@ def test_back_again_removes_a_feature(
     """Going back is a new release: the comparison shows eco removed, and a
     device on R2 downloads only what it lacks (the old thermostat files)."""
     r2 = _modified(tmp_path, keys, features_dir, eco)
-    back = build("thermostat", [eco], "2026.11.3", tmp_path / "r3", counter=4, keys=keys)
+    back = build("thermostat", [eco], "2026.11.3", tmp_path / "r3", counter=4, keys=keys, forms=("py",))
     c = compare(r2, back)
     text = c.to_text()
     assert "  - thermostat 1.1.0 (removed)" in text
@@ -117,7 +140,9 @@ def test_back_again_removes_a_feature(
 
 def test_only_unheld_content_is_downloaded(tmp_path: Path, release: Release, features_dir: Path) -> None:
     (features_dir / "thermostat" / "notes.txt").write_text("x" * 500)
-    r2 = build("thermostat", [features_dir / "thermostat"], "2026.11.2", tmp_path / "r2", counter=3)
+    r2 = build(
+        "thermostat", [features_dir / "thermostat"], "2026.11.2", tmp_path / "r2", counter=3, forms=("py",)
+    )
     c = compare(release, r2)
     (added,) = [f for f in c.files if f.change == "added"]
     assert added.new is not None
@@ -127,9 +152,11 @@ def test_only_unheld_content_is_downloaded(tmp_path: Path, release: Release, fea
 
 
 def test_warnings_a_maker_needs(tmp_path: Path, release: Release, features_dir: Path) -> None:
-    older = build("thermostat", [features_dir / "thermostat"], "2026.10", tmp_path / "r0", counter=2)
+    older = build(
+        "thermostat", [features_dir / "thermostat"], "2026.10", tmp_path / "r0", counter=2, forms=("py",)
+    )
     c = compare(release, older)
     assert "counter 2 is not above 2: a device on the older release refuses it" in c.to_text()
     assert c.download_bytes == 0
-    shirt = build("shirt", [features_dir / "vent"], "1", tmp_path / "s", counter=9)
+    shirt = build("shirt", [features_dir / "vent"], "1", tmp_path / "s", counter=9, forms=("py",))
     assert "different models (thermostat, shirt)" in compare(release, shirt).to_text()

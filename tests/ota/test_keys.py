@@ -192,11 +192,15 @@ def test_add_signatures_never_reserialises(keys: Keys) -> None:
 
 def test_freshness_statement_is_what_a_device_accepts(keys: Keys) -> None:
     sha = "ab" * 32
-    data = freshness(keys, "thermostat", 2, sha, ttl_s=3600, now=1795400123.456)
+    data = freshness(
+        keys, "thermostat", 2, sha, ttl_s=3600, now=1795400123.456, device="th-1", update="5f2a9c01b7e4"
+    )
     raw, body, sigs = trust.open_envelope(data)
     assert body == {
         "v": 1,
         "type": "freshness",
+        "device": "th-1",
+        "update": "5f2a9c01b7e4",
         "model": "thermostat",
         "version": 1795400123456,
         "counter": 2,
@@ -204,10 +208,15 @@ def test_freshness_statement_is_what_a_device_accepts(keys: Keys) -> None:
         "expires": 1795403723,
     }
     trust.check_role(keys.root, "gateway", raw, sigs, device_verify)
-    trust.check_freshness(body, "thermostat", sha, 2, 1795400200, 1795400000000)
+    trust.check_freshness(body, "thermostat", sha, 2, 1795400200, 1795400000000, "th-1", "5f2a9c01b7e4")
     with pytest.raises(TrustError) as err:
-        trust.check_freshness(body, "thermostat", sha, 2, 1795403724, 0)
+        trust.check_freshness(body, "thermostat", sha, 2, 1795403724, 0, "th-1", "5f2a9c01b7e4")
     assert err.value.code == "freeze"
+    # another device's statement, or the same device's for another update, is of no use
+    for dev, uid, what in (("th-2", "5f2a9c01b7e4", "device"), ("th-1", "5f2a9c01b7e5", "update")):
+        with pytest.raises(TrustError, match=f"for another {what}") as err:
+            trust.check_freshness(body, "thermostat", sha, 2, 1795400200, 0, dev, uid)
+        assert err.value.code == "mismatch"
     # a gateway statement is no release signature
     with pytest.raises(TrustError) as err:
         trust.check_role(keys.root, "release", raw, sigs, device_verify)
@@ -215,12 +224,18 @@ def test_freshness_statement_is_what_a_device_accepts(keys: Keys) -> None:
 
 
 def test_freshness_with_a_bare_key_and_bad_input(keys: Keys) -> None:
-    data = freshness(keys.gateway_key(), "shirt", 1, "cd" * 32, ttl_s=60, now=10)
+    ids = {"device": "sh-1", "update": "0123456789ab"}
+    data = freshness(keys.gateway_key(), "shirt", 1, "cd" * 32, ttl_s=60, now=10, **ids)
     assert json.loads(json.loads(data)["signed"])["expires"] == 70
     with pytest.raises(KeyStoreError, match="64 lowercase hex"):
-        freshness(keys, "shirt", 1, "CD" * 32, ttl_s=60, now=10)
+        freshness(keys, "shirt", 1, "CD" * 32, ttl_s=60, now=10, **ids)
     with pytest.raises(KeyStoreError, match="positive"):
-        freshness(keys, "shirt", 1, "cd" * 32, ttl_s=0, now=10)
+        freshness(keys, "shirt", 1, "cd" * 32, ttl_s=0, now=10, **ids)
+    for update in ("upd-1", "0123456789AB", "0123456789abc", ""):
+        with pytest.raises(KeyStoreError, match="not an update id"):
+            freshness(keys, "shirt", 1, "cd" * 32, ttl_s=60, now=10, device="sh-1", update=update)
+    with pytest.raises(KeyStoreError, match="not a device id"):
+        freshness(keys, "shirt", 1, "cd" * 32, ttl_s=60, now=10, device="pb/#", update="0123456789ab")
 
 
 # ---- root rotation -----------------------------------------------------------

@@ -58,7 +58,7 @@ def test_build_skips_caches_compiled_files_and_dotfiles(tmp_path: Path, features
     (src / ".git" / "config").write_text("x")
     (src / "lib").mkdir()
     (src / "lib" / "curve.py").write_text("X = 1\n")
-    rel = build("thermostat", [src], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [src], "1", tmp_path / "r", counter=1, forms=("py",))
     assert [f.path for f in rel.files] == [
         "thermostat/__init__.py",
         "thermostat/lib/curve.py",
@@ -67,14 +67,16 @@ def test_build_skips_caches_compiled_files_and_dotfiles(tmp_path: Path, features
 
 
 def test_counter_defaults_to_the_time(tmp_path: Path, features_dir: Path) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", now=1795400000.7)
+    rel = build(
+        "thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", now=1795400000.7, forms=("py",)
+    )
     assert rel.counter == 1795400000 and rel.body["created"] == 1795400000
 
 
 def test_unsigned_build_and_sign_keep_the_signed_string(
     tmp_path: Path, keys: Keys, features_dir: Path
 ) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     assert rel.signatures == ()
     before = json.loads(rel.manifest)["signed"]
     signed = sign(rel.path, keys)
@@ -85,7 +87,7 @@ def test_unsigned_build_and_sign_keep_the_signed_string(
 
 
 def test_build_compiles_modules_with_mpy_cross(tmp_path: Path, features_dir: Path) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, compile_mpy=True)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("mpy",))
     assert [f.path for f in rel.files] == ["thermostat/__init__.mpy", "thermostat/manifest.json"]
     mpy = zlib.decompress(rel.blob_path(rel.files[0]).read_bytes())
     assert mpy[:1] == b"M"
@@ -94,7 +96,7 @@ def test_build_compiles_modules_with_mpy_cross(tmp_path: Path, features_dir: Pat
 def test_build_refuses_a_feature_that_does_not_compile(tmp_path: Path, features_dir: Path) -> None:
     (features_dir / "thermostat" / "broken.py").write_text("def (:\n")
     with pytest.raises(BuildError, match=r"mpy-cross failed on thermostat/broken\.py"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, compile_mpy=True)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("mpy",))
     assert not (tmp_path / "r").exists()
 
 
@@ -104,11 +106,11 @@ def test_path_escape_is_refused_at_build(tmp_path: Path, features_dir: Path) -> 
     (outside / "wifi.txt").write_text("password")
     (features_dir / "thermostat" / "data").symlink_to(outside)
     with pytest.raises(BuildError, match="symbolic link"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     (features_dir / "thermostat" / "data").unlink()
     (features_dir / "thermostat" / "wifi.txt").symlink_to(outside / "wifi.txt")
     with pytest.raises(BuildError, match="symbolic link"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     assert not (tmp_path / "r").exists()
 
 
@@ -116,53 +118,60 @@ def test_path_escape_is_refused_at_build(tmp_path: Path, features_dir: Path) -> 
 def test_bad_file_name_is_refused_at_build(tmp_path: Path, features_dir: Path, name: str) -> None:
     (features_dir / "thermostat" / name).write_text("x")
     with pytest.raises(BuildError, match=r"cannot ship: .* character outside a-z 0-9 _ \. -"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_too_long_path_is_refused_at_build(tmp_path: Path, features_dir: Path) -> None:
     (features_dir / "thermostat" / ("x" * 90 + ".py")).write_text("x")
     with pytest.raises(BuildError, match="1-96 characters"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_feature_name_must_match_its_folder(tmp_path: Path, features_dir: Path) -> None:
     os.rename(features_dir / "thermostat", features_dir / "heater")
     with pytest.raises(BuildError, match="does not match folder 'heater'"):
-        build("thermostat", [features_dir / "heater"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "heater"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_invalid_feature_manifest_is_refused(tmp_path: Path, features_dir: Path) -> None:
     edit_manifest(features_dir / "thermostat", version="one")
     with pytest.raises(BuildError, match="semver"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     (features_dir / "thermostat" / "manifest.json").write_text("{")
     with pytest.raises(BuildError, match="not JSON"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     with pytest.raises(BuildError, match="not a feature"):
-        build("thermostat", [tmp_path], "1", tmp_path / "r", counter=1)
+        build("thermostat", [tmp_path], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_unknown_model_is_refused(tmp_path: Path, features_dir: Path) -> None:
     with pytest.raises(BuildError, match=r"unknown model 'toaster' \(known: shirt, thermostat\)"):
-        build("toaster", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("toaster", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_hardware_no_board_of_the_model_has_is_refused(tmp_path: Path, features_dir: Path) -> None:
     with pytest.raises(BuildError, match=r"no thermostat board has .*thermostat-v1 lacks vent"):
         build(
-            "thermostat", [features_dir / "thermostat", features_dir / "vent"], "1", tmp_path / "r", counter=1
+            "thermostat",
+            [features_dir / "thermostat", features_dir / "vent"],
+            "1",
+            tmp_path / "r",
+            counter=1,
+            forms=("py",),
         )
 
 
 def test_features_must_agree_on_the_api(tmp_path: Path, features_dir: Path, eco: Path) -> None:
     edit_manifest(eco, api=2)
     with pytest.raises(BuildError, match=r"different runtime APIs .*eco needs 2, thermostat needs 1"):
-        build("thermostat", [features_dir / "thermostat", eco], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat", eco], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_requires_is_the_union_of_the_features(tmp_path: Path, features_dir: Path, eco: Path) -> None:
     edit_manifest(eco, requires=["temperature", "humidity"])
-    rel = build("thermostat", [eco, features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build(
+        "thermostat", [eco, features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",)
+    )
     assert rel.body["requires"] == ["humidity", "relay", "temperature"]
     assert list(rel.features) == ["eco", "thermostat"]
     assert [f.path for f in rel.files][:2] == ["eco/__init__.py", "eco/manifest.json"]
@@ -171,27 +180,29 @@ def test_requires_is_the_union_of_the_features(tmp_path: Path, features_dir: Pat
 def test_a_feature_given_twice_is_refused(tmp_path: Path, features_dir: Path) -> None:
     t = features_dir / "thermostat"
     with pytest.raises(BuildError, match="given twice"):
-        build("thermostat", [t, t], "1", tmp_path / "r", counter=1)
+        build("thermostat", [t, t], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_identical_files_share_one_blob(tmp_path: Path, features_dir: Path) -> None:
     (features_dir / "thermostat" / "a.txt").write_text("same")
     (features_dir / "thermostat" / "b.txt").write_text("same")
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     assert len({f.sha256 for f in rel.files}) == 3 == len(list((rel.path / "blobs").iterdir()))
 
 
 @pytest.mark.parametrize("counter", [0, -1, True])
 def test_bad_counter_is_refused(tmp_path: Path, features_dir: Path, counter: int) -> None:
     with pytest.raises(BuildError, match="counter"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=counter)
+        build(
+            "thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=counter, forms=("py",)
+        )
 
 
 def test_more_files_than_a_device_takes_are_refused(tmp_path: Path, features_dir: Path) -> None:
     for i in range(80):
         (features_dir / "thermostat" / f"part_{i:03d}.py").write_text(f"X = {i}\n")
     with pytest.raises(BuildError, match=r"more than 64 files"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_a_manifest_larger_than_a_device_reads_is_refused(tmp_path: Path, features_dir: Path) -> None:
@@ -199,7 +210,7 @@ def test_a_manifest_larger_than_a_device_reads_is_refused(tmp_path: Path, featur
         name = f"a_rather_long_module_name_to_fill_the_manifest_{i:03d}.py"
         (features_dir / "thermostat" / name).write_text(f"X = {i}\n")
     with pytest.raises(BuildError, match=r"exceeds the 16384 a device accepts .*ship fewer files"):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
 
 
 def test_an_existing_release_is_never_overwritten(
@@ -207,16 +218,23 @@ def test_an_existing_release_is_never_overwritten(
 ) -> None:
     before = release.manifest
     with pytest.raises(BuildError, match="never overwritten"):
-        build("thermostat", [features_dir / "thermostat"], "2", release.path, counter=3)
+        build("thermostat", [features_dir / "thermostat"], "2", release.path, counter=3, forms=("py",))
     assert read(release.path).manifest == before
     (tmp_path / "empty").mkdir()
-    assert build("thermostat", [features_dir / "thermostat"], "2", tmp_path / "empty", counter=3).counter == 3
+    assert (
+        build(
+            "thermostat", [features_dir / "thermostat"], "2", tmp_path / "empty", counter=3, forms=("py",)
+        ).counter
+        == 3
+    )
 
 
 def test_a_failed_build_leaves_nothing(tmp_path: Path, features_dir: Path) -> None:
     (features_dir / "thermostat" / "BAD").write_text("x")
     with pytest.raises(BuildError):
-        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "out" / "r", counter=1)
+        build(
+            "thermostat", [features_dir / "thermostat"], "1", tmp_path / "out" / "r", counter=1, forms=("py",)
+        )
     assert list(tmp_path.glob("**/*.tmp")) == [] and not (tmp_path / "out" / "r").exists()
 
 
@@ -230,6 +248,7 @@ def test_build_signs_only_with_a_release_key(tmp_path: Path, keys: Keys, feature
             tmp_path / "r",
             counter=1,
             keys=load_keys(keys.path),
+            forms=("py",),
         )
     assert not (tmp_path / "r").exists()
 
@@ -263,6 +282,66 @@ def test_a_feature_of_my_own(tmp_path: Path) -> None:
         tmp_path / "src" / "vent_log",
         {"name": "vent_log", "version": "0.1.0-beta", "api": 1, "requires": ["vent"]},
     )
-    rel = build("shirt", [f], "0.1", tmp_path / "r", counter=5)
+    rel = build("shirt", [f], "0.1", tmp_path / "r", counter=5, forms=("py",))
     assert rel.body["features"]["vent_log"]["permissions"] == {"reads": [], "drives": [], "publishes": []}
     trust.check_manifest(rel.body)
+
+
+# ---- both forms of the modules in one release ----------------------------------
+
+
+def test_by_default_a_release_carries_both_forms_of_every_module(tmp_path: Path, features_dir: Path) -> None:
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert [f.path for f in rel.files] == [
+        "thermostat/__init__.mpy",
+        "thermostat/__init__.py",
+        "thermostat/manifest.json",
+    ]
+    assert rel.forms == ("py", "mpy")
+    by_path = {f.path: f for f in rel.files}
+    source = (features_dir / "thermostat" / "__init__.py").read_bytes()
+    assert zlib.decompress(rel.blob_path(by_path["thermostat/__init__.py"]).read_bytes()) == source
+    assert zlib.decompress(rel.blob_path(by_path["thermostat/__init__.mpy"]).read_bytes())[:1] == b"M"
+    # each device takes its own form, and the files every device needs
+    assert [f.path for f in rel.files_for("py")] == ["thermostat/__init__.py", "thermostat/manifest.json"]
+    assert [f.path for f in rel.files_for("mpy")] == ["thermostat/__init__.mpy", "thermostat/manifest.json"]
+
+
+@pytest.mark.parametrize(("form", "other"), [("py", "mpy"), ("mpy", "py")])
+def test_a_release_of_one_form_is_refused_by_devices_of_the_other(
+    tmp_path: Path, features_dir: Path, form: str, other: str
+) -> None:
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=(form,))
+    assert rel.forms == (form,)
+    assert [f.path for f in rel.files_for(form)] == [
+        f"thermostat/__init__.{form}",
+        "thermostat/manifest.json",
+    ]
+    with pytest.raises(ReleaseError) as err:
+        rel.files_for(other)
+    assert err.value.code == "wrong_form"
+    assert err.value.message.startswith(f"thermostat/__init__.{form} has no .{other} form")
+
+
+def test_a_module_shipped_compiled_only_cannot_go_into_a_release_of_both_forms(
+    tmp_path: Path, features_dir: Path
+) -> None:
+    (features_dir / "thermostat" / "table.mpy").write_bytes(b"M\x06")
+    with pytest.raises(BuildError, match=r"thermostat/table\.mpy has no \.py form.*ship both forms"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    assert not (tmp_path / "r").exists()
+
+
+def test_too_many_files_for_both_forms_says_to_ship_one(tmp_path: Path, features_dir: Path) -> None:
+    for i in range(40):  # 80 module files in both forms, 40 in one
+        (features_dir / "thermostat" / f"m{i:02d}.py").write_text(f"X = {i}\n")
+    with pytest.raises(BuildError, match=r"more than 64 files.*one form of the modules \(forms py or mpy\)"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("mpy",))
+    assert len(rel.files) == 42
+
+
+@pytest.mark.parametrize("forms", [(), ("pyc",), ("py", "py")])
+def test_forms_are_py_mpy_or_both(tmp_path: Path, features_dir: Path, forms: tuple[str, ...]) -> None:
+    with pytest.raises(BuildError, match="forms must be one or both of py, mpy"):
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=forms)

@@ -41,7 +41,7 @@ def test_verify_release_passes(release: Release, keys: Keys) -> None:
 
 def test_the_shipped_thermostat_builds_and_verifies(tmp_path: Path, keys: Keys) -> None:
     src = firmware_dir() / "features" / "thermostat"
-    rel = build("thermostat", [src], "2026.11.1", tmp_path / "r", counter=1, keys=keys)
+    rel = build("thermostat", [src], "2026.11.1", tmp_path / "r", counter=1, keys=keys, forms=("py",))
     assert verify_release(rel.path, keys.path, Device.for_board(THERMOSTAT_BOARD)) == rel
     assert {f.path for f in rel.files} == {"thermostat/__init__.py", "thermostat/manifest.json"}
 
@@ -51,10 +51,13 @@ def test_the_device_policy_agrees(release: Release, keys: Keys) -> None:
     the device's own Ed25519 code."""
     root = trust.load_root(keys.root_bytes, device_verify)
     now = 1795400000
-    fresh = freshness(keys, "thermostat", release.counter, release.sha256, ttl_s=600, now=now)
+    ids = ("th-1", "5f2a9c01b7e4")
+    fresh = freshness(
+        keys, "thermostat", release.counter, release.sha256, ttl_s=600, now=now, device=ids[0], update=ids[1]
+    )
     raw, fbody, fsigs = trust.open_envelope(fresh)
     trust.check_role(root, "gateway", raw, fsigs, device_verify)
-    trust.check_freshness(fbody, "thermostat", release.sha256, release.counter, now + 1, 0)
+    trust.check_freshness(fbody, "thermostat", release.sha256, release.counter, now + 1, 0, *ids)
 
     data = (release.path / "manifest.json").read_bytes()
     assert hashlib.sha256(data).hexdigest() == fbody["manifest"]
@@ -132,7 +135,7 @@ def test_signed_by_a_root_key(release: Release, keys: Keys) -> None:
 
 
 def test_unsigned_release(tmp_path: Path, keys: Keys, features_dir: Path) -> None:
-    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1)
+    rel = build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     err = refused(rel.path, keys, "unknown_key")
     assert "ota sign" in err.message
 

@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.pb.net import mqtt
-from gateway.broker import GATEWAY_USER
 from simulator.device import VirtualDevice
 from simulator.link import (
     Framer,
@@ -34,7 +33,7 @@ from simulator.link import (
 )
 
 from ..conftest import unique_id
-from ..support.mosquitto import GATEWAY_PASSWORD, Mosquitto
+from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
 from .conftest import MakeDevice, Rig
 
@@ -170,23 +169,27 @@ def _through(link: Link, dev: str, password: str) -> aiomqtt.Client:
 
 
 def _direct(mosquitto: Mosquitto) -> aiomqtt.Client:
-    """The gateway's user, straight to the broker."""
+    """An account with the gateway's rights, straight to the broker."""
+    user, password = mosquitto.operator()
     return aiomqtt.Client(
         "127.0.0.1",
         mosquitto.port,
         identifier=f"lk-gw-{secrets.token_hex(4)}",
-        username=GATEWAY_USER,
-        password=GATEWAY_PASSWORD,
+        username=user,
+        password=password,
         protocol=aiomqtt.ProtocolVersion.V311,
     )
 
 
-async def _collect(client: aiomqtt.Client, until: str, timeout: float = 5) -> list[tuple[str, bytes, int]]:
-    """(topic, payload, qos) of every message up to one on topic `until`."""
+async def _collect(
+    client: aiomqtt.Client, until: str, timeout: float = 5, end: bytes = b"end"
+) -> list[tuple[str, bytes, int]]:
+    """(topic, payload, qos) of every message up to the payload `end` on
+    topic `until` (a topic the device's ACL lets it read)."""
     got: list[tuple[str, bytes, int]] = []
     async with asyncio.timeout(timeout):
         async for m in client.messages:
-            if m.topic.value == until:
+            if m.topic.value == until and m.payload == end:
                 return got
             assert isinstance(m.payload, bytes)
             got.append((m.topic.value, m.payload, m.qos))
@@ -201,9 +204,9 @@ async def _chunks_and_others(
 ) -> tuple[list[tuple[str, bytes, int]], dict[str, list[bytes]]]:
     """Publish _N messages on each of the chunk topic and three near it, to
     a subscriber behind the link; what it received, and what was sent."""
-    topics = [f"pb/{dev}/ota/chunk", f"pb/{dev}/ota/offer", f"pb/{dev}/ota/chunk/x", f"pb/{dev}/cmd"]
+    topics = [f"pb/{dev}/ota/chunk", f"pb/{dev}/ota/offer", f"pb/{dev}/cmd"]
     sent: dict[str, list[bytes]] = {t: [] for t in topics}
-    end = f"pb/{dev}/ota/end"
+    end = f"pb/{dev}/ota/offer"
     async with _through(link, dev, password) as sub, _direct(mosquitto) as pub:
         await sub.subscribe([(f"pb/{dev}/ota/#", qos), (f"pb/{dev}/cmd", qos)])
         receiving = asyncio.create_task(_collect(sub, end))
@@ -212,7 +215,7 @@ async def _chunks_and_others(
                 payload = f"{t}#{i:03d}:".encode() * 3
                 sent[t].append(payload)
                 await pub.publish(t, payload, qos=qos)
-        await pub.publish(end, b"", qos=qos)
+        await pub.publish(end, b"end", qos=qos)
         return await receiving, sent
 
 
@@ -326,12 +329,12 @@ async def test_jitter_never_reorders_the_stream(link: Link, mosquitto: Mosquitto
     dev, password = _device_user(mosquitto)
     link.profile(dev).set_latency(50, jitter_ms=50)
     async with _through(link, dev, password) as device, _direct(mosquitto) as gateway:
-        await device.subscribe([(f"pb/{dev}/cmd", 1), (f"pb/{dev}/ota/end", 1)])
-        receiving = asyncio.create_task(_collect(device, f"pb/{dev}/ota/end"))
+        await device.subscribe([(f"pb/{dev}/cmd", 1), (f"pb/{dev}/ota/offer", 1)])
+        receiving = asyncio.create_task(_collect(device, f"pb/{dev}/ota/offer"))
         for i in range(30):
             await gateway.publish(f"pb/{dev}/cmd", b"%d" % i, qos=0)
             await asyncio.sleep(0.005)
-        await gateway.publish(f"pb/{dev}/ota/end", b"", qos=0)
+        await gateway.publish(f"pb/{dev}/ota/offer", b"end", qos=0)
         got = await receiving
     assert [p for _, p, _ in got] == [b"%d" % i for i in range(30)]
 

@@ -23,6 +23,10 @@ from gateway.broker import (
 )
 
 GATEWAY_PASSWORD = "gateway-secret"
+# Accounts with the gateway's rights, one for each gateway process or test
+# client that watches or plays the gateway: a client's id is its user name,
+# so two connections on one account would throw each other off.
+OPERATORS = tuple(f"operator-{i}" for i in range(256))
 
 
 class Mosquitto(MosquittoProcess):
@@ -35,21 +39,33 @@ class Mosquitto(MosquittoProcess):
         self.files = mosquitto_config(
             directory,
             self.port,
-            users={GATEWAY_USER: GATEWAY_PASSWORD},
+            users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(OPERATORS, GATEWAY_PASSWORD)},
             persistence=persistence,
             run_as=getpass.getuser(),
+            operators=OPERATORS,
         )
         super().__init__(self.files.conf, self.port, directory / "mosquitto.log")
         self._users = threading.Lock()
+        self._operators = iter(OPERATORS)
 
     @property
     def url(self) -> BrokerUrl:
         """The broker, without credentials (as a device is told)."""
         return BrokerUrl("127.0.0.1", self.port)
 
+    def operator(self) -> tuple[str, str]:
+        """(user, password) of an account with the gateway's rights that no
+        other client of this broker has been given."""
+        with self._users:
+            user = next(self._operators, None)
+        if user is None:
+            raise RuntimeError(f"all {len(OPERATORS)} operator accounts are given out")
+        return user, GATEWAY_PASSWORD
+
     @property
     def gateway_url(self) -> BrokerUrl:
-        return self.url.with_credentials(GATEWAY_USER, GATEWAY_PASSWORD)
+        """Credentials for one gateway: an account of its own at every call."""
+        return self.url.with_credentials(*self.operator())
 
     def add_user(self, username: str, password: str) -> None:
         """Add credentials; the running broker reloads them (SIGHUP), and this

@@ -17,13 +17,23 @@ class TestClient:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, broker: Mosquitto, user: str | None, password: str | None, client_id: str = ""
+        self,
+        broker: Mosquitto,
+        user: str | None,
+        password: str | None,
+        client_id: str = "",
+        clean_session: bool = True,
     ) -> None:
         self.received: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._connected = threading.Event()
         self.rc: Any = None
         self._subs: dict[str, int] = {}  # taken again at a reconnect (a clean session has none)
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        self.c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=clean_session,
+        )
         if user is not None:
             self.c.username_pw_set(user, password)
         self.c.on_connect = self._on_connect

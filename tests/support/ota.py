@@ -154,15 +154,17 @@ class OtaDevice:
 
 
 def accept_offer(
-    offer: dict[str, Any], root: bytes, model: str, counter: int, last_version: int = 0
+    offer: dict[str, Any], root: bytes, model: str, counter: int, device: str, last_version: int = 0
 ) -> dict[str, Any]:
-    """The offer's freshness statement, checked as a device does: signed by
-    the gateway role of root, for this release, not expired, not older than
-    last_version. Raises TrustError."""
+    """The offer's freshness statement, checked as device does: signed by
+    the gateway role of root, for this release, offered to device as the
+    offer's update, not expired, not older than last_version. Raises TrustError."""
     trusted = trust.load_root(root, verify_signature)
     raw, body, sigs = trust.open_envelope(json.dumps(offer["freshness"]).encode())
     trust.check_role(trusted, "gateway", raw, sigs, verify_signature)
-    trust.check_freshness(body, model, offer["manifest"], counter, time.time(), last_version)
+    trust.check_freshness(
+        body, model, offer["manifest"], counter, time.time(), last_version, device, offer["id"]
+    )
     return dict(body)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import paho.mqtt.client as paho
 
 from firmware.pb.peer import ota_transfer as otaproto
 
-from .mosquitto import GATEWAY_PASSWORD, Mosquitto
+from .mosquitto import Mosquitto
 
 # tamper(obj, offset, data) -> the chunks to send instead (each (offset, bytes)), or None as asked
 Tamper = Callable[[str, int, bytes], "list[tuple[int, bytes]] | None"]
@@ -28,12 +29,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# the freshness envelope of an offer: as bytes, or made for (device id, update id)
+Freshness = bytes | Callable[[str, str], bytes]
+
+
 @dataclass
 class Offer:
     manifest: bytes
     blobs: dict[str, bytes]  # zsha256 -> compressed bytes
-    freshness: bytes
-    uid: str = "upd-1"
+    freshness: Freshness
+    uid: str = field(default_factory=lambda: secrets.token_hex(6))
     objects: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,7 +60,7 @@ class OtaServer:
         self.c = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=f"ota-srv-{dev}", protocol=paho.MQTTv311
         )
-        self.c.username_pw_set("gateway", GATEWAY_PASSWORD)
+        self.c.username_pw_set(*broker.operator())
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self._online = threading.Event()
@@ -86,7 +91,7 @@ class OtaServer:
             "id": o.uid,
             "manifest": sha256(o.manifest),
             "size": len(o.manifest),
-            "freshness": json.loads(o.freshness),
+            "freshness": json.loads(o.freshness(self.dev, o.uid) if callable(o.freshness) else o.freshness),
         }
         self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
 

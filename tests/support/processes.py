@@ -96,6 +96,7 @@ class GatewayProcess:
         self.db = db
         self.log = log
         self.extra = list(extra)  # more options, e.g. --keys DIR
+        self.client_id = f"gw-{os.getpid()}-{id(self):x}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
@@ -112,7 +113,7 @@ class GatewayProcess:
                     "--api",
                     "127.0.0.1:0",
                     "--client-id",
-                    f"gw-{os.getpid()}-{id(self):x}",
+                    self.client_id,
                     *self.extra,
                 ],
                 stdout=log,

@@ -64,7 +64,7 @@ def release2(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> R
     """thermostat + eco, eco with 64 KB of tables: what a factory device lacks."""
     tmp = tmp_path_factory.mktemp("r2")
     src = feature_sources(tmp / "src", ("thermostat", "eco"), tables_kb=64)
-    return build("thermostat", src, "2.0", tmp / "r2", 2, True, keys)
+    return build("thermostat", src, "2.0", tmp / "r2", 2, ("mpy",), keys)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,15 @@ def release3(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> R
     tmp = tmp_path_factory.mktemp("r3")
     src = feature_sources(tmp / "src", ("thermostat", "eco"), tables_kb=64)
     (tmp / "src" / "eco" / "tables" / "t03.bin").write_bytes(random.Random(99).randbytes(8192))
-    return build("thermostat", src, "3.0", tmp / "r3", 3, True, keys)
+    return build("thermostat", src, "3.0", tmp / "r3", 3, ("mpy",), keys)
+
+
+@pytest.fixture(scope="session")
+def both_forms_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Keys) -> Release:
+    """thermostat + eco, each module as .py and .mpy: as `ota build` makes one by default."""
+    tmp = tmp_path_factory.mktemp("rb")
+    src = feature_sources(tmp / "src", ("thermostat", "eco"))
+    return build("thermostat", src, "2.0", tmp / "rb", 2, keys=keys)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +93,24 @@ def crashing_release(tmp_path_factory: pytest.TempPathFactory, keys: ota_keys.Ke
     crashy.mkdir()
     (crashy / "__init__.py").write_text(CRASHY)
     (crashy / "manifest.json").write_text(json.dumps({"name": "crashy", "version": "0.1.0", "api": 1}))
-    return build("thermostat", [*src, crashy], "2.9", tmp / "rc", 4, True, keys)
+    return build("thermostat", [*src, crashy], "2.9", tmp / "rc", 4, ("mpy",), keys)
+
+
+# a feature that needs more RAM than a 128 KB board has, at import or as it starts
+HUNGRY = {
+    "import": "_TABLE = bytearray(192 * 1024)\n\n\ndef start(ctx):\n    return None\n",
+    "start": "def start(ctx):\n    return bytearray(192 * 1024)\n",
+}
+
+
+def hungry_release(tmp: Path, keys: ota_keys.Keys, step: str) -> Release:
+    """thermostat + a feature that runs out of RAM at `step` (import, start)."""
+    src = feature_sources(tmp / "src", ("thermostat",))
+    hungry = tmp / "src" / "hungry"
+    hungry.mkdir()
+    (hungry / "__init__.py").write_text(HUNGRY[step])
+    (hungry / "manifest.json").write_text(json.dumps({"name": "hungry", "version": "0.1.0", "api": 1}))
+    return build("thermostat", [*src, hungry], "2.8", tmp / "rh", 5, ("mpy",), keys)
 
 
 @pytest.fixture(scope="session")
@@ -114,11 +139,18 @@ OTA_CONFIG = {"ota_timeout_ms": 300, "ota_tries": 3}  # quick retries: tests cut
 
 
 def ota_device(
-    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys, start: bool = True, **config: object
+    mosquitto: Mosquitto,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    start: bool = True,
+    interpreter: str = "micropython",
+    **config: object,
 ) -> DeviceProcess:
-    """A thermostat on the unix port (128 KB heap) that trusts keys, with a
-    short trial and quick retries; started, and booted (unless not start)."""
-    dev = make_device(mosquitto, "thermostat", root=(keys.path / "root.json").read_bytes(), trial_s=2)
+    """A thermostat on the unix port (128 KB heap; or under CPython) that
+    trusts keys, with a short trial and quick retries; started, and booted
+    (unless not start)."""
+    root = (keys.path / "root.json").read_bytes()
+    dev = make_device(mosquitto, "thermostat", interpreter, root=root, trial_s=2)
     cfg = json.loads((dev.path / "config.json").read_text())
     cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))
@@ -143,7 +175,13 @@ def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
 
 def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
     blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
-    fresh = ota_keys.freshness(keys, release.model, release.counter, release.sha256, ttl, now or time.time())
+    signed_at = now or time.time()
+
+    def fresh(dev: str, uid: str) -> bytes:
+        return ota_keys.freshness(
+            keys, release.model, release.counter, release.sha256, ttl, signed_at, device=dev, update=uid
+        )
+
     return Offer(release.manifest, blobs, fresh)
 
 

@@ -37,18 +37,32 @@ def telemetry(dev: str, **over: Any) -> bytes:
     return json.dumps(msg).encode()
 
 
+class Rogue:
+    """A device's own credentials in another hand (a compromised or buggy
+    device). One account is one connection: each publish connects, which
+    throws the device off the broker until it reconnects, and leaves."""
+
+    def __init__(self, mosquitto: Mosquitto, dev: DeviceProcess) -> None:
+        self.mosquitto = mosquitto
+        self.dev = dev
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        c = TestClient(self.mosquitto, self.dev.id, self.dev.password, client_id=f"{self.dev.id}-rogue")
+        try:
+            c.publish(topic, payload, retain=retain)
+        finally:
+            c.close()
+
+
 @pytest.fixture
 def running(
     mosquitto: Mosquitto, gateway_process: GatewayProcess, make_device: MakeDevice
-) -> Iterator[tuple[DeviceProcess, TestClient]]:
-    """A registered device, and a client holding that device's credentials
-    (as a compromised or buggy device would)."""
+) -> Iterator[tuple[DeviceProcess, Rogue]]:
+    """A registered device, and its credentials in another hand."""
     dev = make_device(mosquitto, "thermostat").start()
     wait_for(lambda: gateway_process.device(dev.id)["online"], 20, what="device online")
     wait_for(lambda: telemetry_count(gateway_process, dev.id) >= 1, 10)
-    rogue = TestClient(mosquitto, dev.id, dev.password, client_id=f"{dev.id}-rogue")
-    yield dev, rogue
-    rogue.close()
+    yield dev, Rogue(mosquitto, dev)
 
 
 def telemetry_count(gw: GatewayProcess, dev: str) -> int:
@@ -76,7 +90,7 @@ def telemetry_count(gw: GatewayProcess, dev: str) -> int:
 def test_bad_message_is_rejected_counted_and_harmless(
     mosquitto: Mosquitto,
     gateway_process: GatewayProcess,
-    running: tuple[DeviceProcess, TestClient],
+    running: tuple[DeviceProcess, Rogue],
     kind: str,
     payload: bytes | None,
     reason: str,
@@ -96,7 +110,7 @@ def test_bad_message_is_rejected_counted_and_harmless(
     before = rejected(gateway_process, reason)
 
     if reason == "unknown_topic":
-        admin = TestClient(mosquitto, "gateway", "gateway-secret")
+        admin = TestClient(mosquitto, *mosquitto.operator())
         admin.publish(f"pb/{dev.id}/{kind}", payload)
         admin.close()
     else:
@@ -134,10 +148,10 @@ def test_device_cannot_publish_as_another_device(
     mosquitto: Mosquitto,
     gateway_process: GatewayProcess,
     make_device: MakeDevice,
-    running: tuple[DeviceProcess, TestClient],
+    running: tuple[DeviceProcess, Rogue],
 ) -> None:
     victim, _rogue = running
-    watcher = TestClient(mosquitto, "gateway", "gateway-secret")
+    watcher = TestClient(mosquitto, *mosquitto.operator())
     watcher.subscribe(f"pb/{victim.id}/#")
     other = make_device(mosquitto, "shirt")
     intruder = TestClient(mosquitto, other.id, other.password)
@@ -162,7 +176,7 @@ def test_device_cannot_read_another_devices_commands(
     mosquitto: Mosquitto,
     gateway_process: GatewayProcess,
     make_device: MakeDevice,
-    running: tuple[DeviceProcess, TestClient],
+    running: tuple[DeviceProcess, Rogue],
 ) -> None:
     victim, _ = running
     other = make_device(mosquitto, "shirt")
@@ -184,3 +198,45 @@ def test_wrong_password_is_refused(mosquitto: Mosquitto, make_device: MakeDevice
     assert mosquitto.try_connect(dev.id, dev.password) == 0
     assert mosquitto.try_connect(dev.id, "guess") == 5  # not authorized
     assert mosquitto.try_connect(None, None) == 5
+
+
+def test_retained_telemetry_with_seq_2_63_does_not_stop_the_gateway_process_across_a_restart(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, running: tuple[DeviceProcess, TestClient]
+) -> None:
+    """Once, SQLite's OverflowError took the gateway down, and the broker's
+    retained copy took it down again at every start."""
+    dev, _ = running
+    rogue_id = unique_id("th")
+    mosquitto.add_user(rogue_id, "rogue-pw")
+    rogue = TestClient(mosquitto, rogue_id, "rogue-pw", client_id=rogue_id)
+    hello = {
+        "v": 1, "dev": rogue_id, "model": "thermostat", "board": "thermostat-v1", "runtime": "0.1.0",
+        "api": 1, "features": {}, "caps": [], "heap_free": 1, "reset_cause": "power_on",
+        "boot_count": 1, "keepalive": 30, "telemetry_s": 10.0,
+    }  # fmt: skip
+    topic = f"pb/{rogue_id}/telemetry"
+    try:
+        rogue.publish(f"pb/{rogue_id}/hello", json.dumps(hello), retain=True)
+        wait_for(
+            lambda: any(d["id"] == rogue_id for d in gateway_process.devices()), 10, what="rogue registered"
+        )
+        before = rejected(gateway_process, "bad_value")
+        rogue.publish(topic, telemetry(rogue_id, seq=2**63), retain=True)
+        wait_for(lambda: rejected(gateway_process, "bad_value") == before + 1, 10, what="seq 2**63 rejected")
+        gateway_process.stop()
+        gateway_process.start()
+        # the broker hands the retained copy to the new gateway: rejected again, and nothing stops
+        wait_for(
+            lambda: rejected(gateway_process, "bad_value") >= before + 2, 10, what="rejected after restart"
+        )
+        rows = telemetry_count(gateway_process, dev.id)
+        wait_for(
+            lambda: telemetry_count(gateway_process, dev.id) > rows, 10, what="the device's telemetry lands"
+        )
+        assert gateway_process.proc is not None and gateway_process.proc.poll() is None
+        assert "OverflowError" not in gateway_process.log.read_text()
+        assert telemetry_count(gateway_process, rogue_id) == 0
+    finally:
+        rogue.publish(topic, b"", retain=True)
+        rogue.publish(f"pb/{rogue_id}/hello", b"", retain=True)
+        rogue.close()

@@ -4,7 +4,9 @@ credentials and ACLs, and the gateway and CLI as a user runs them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -133,6 +135,39 @@ def test_killed_device_is_marked_offline(
     # a command to an offline device is refused at once, with the reason
     out = gateway_process.cli("devices", "send", dev.id, "ping", check=False)
     assert out.returncode == 1 and "offline" in out.stderr
+
+
+def children(pid: int) -> list[int]:
+    with contextlib.suppress(FileNotFoundError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_the_supervisor_takes_the_device_down(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, make_device: MakeDevice, sig: int
+) -> None:
+    """On the unix port `micropython main.py` is the board's power: the device
+    process it runs goes with it, and the broker says the device is lost."""
+    dev = make_device(mosquitto, "thermostat").start()
+    wait_for(lambda: gateway_process.device(dev.id)["online"], 20, what="online")
+    assert dev.proc is not None
+    child = wait_for(lambda: children(dev.proc.pid), 10, what="the device process")[0]
+    os.kill(dev.proc.pid, sig)  # the supervisor alone, not its process group
+    dev.proc.wait(10)
+    wait_for(lambda: not alive(child), 10, what="the device process to end with its supervisor")
+    shown = wait_for(
+        lambda: (d := gateway_process.device(dev.id))["online"] is False and d, 15, what="offline"
+    )
+    assert shown["state_reason"] == "lost"
 
 
 def test_broker_restart_everyone_reconnects_nothing_lost(

@@ -48,8 +48,18 @@ def body_of(release: Release) -> dict[str, Any]:
 def signed_offer(body: dict[str, Any], blobs: dict[str, bytes], keys: ota_keys.Keys, key: Any) -> Offer:
     """An offer of a manifest body signed by key, fresh by the real gateway key."""
     manifest = sign_envelope(body, [key])
-    fresh = ota_keys.freshness(keys, body["model"], body["counter"], sha256(manifest), 3600, time.time())
-    return Offer(manifest, blobs, fresh)
+    return Offer(manifest, blobs, fresh_for(keys, body["model"], body["counter"], manifest))
+
+
+def fresh_for(keys: ota_keys.Keys, model: str, counter: int, manifest: bytes) -> Any:
+    """Freshness statements for manifest, made by the real gateway key for
+    the device and update they are offered to."""
+    now = time.time()
+
+    def fresh(dev: str, uid: str) -> bytes:
+        return ota_keys.freshness(keys, model, counter, sha256(manifest), 3600, now, device=dev, update=uid)
+
+    return fresh
 
 
 def blobs_of(release: Release) -> dict[str, bytes]:
@@ -78,8 +88,9 @@ def test_tampered_manifest(
     env["signed"] = env["signed"].replace('"version":"2.0"', '"version":"6.6"')
     manifest = json.dumps(env).encode()
     assert manifest != release2.manifest
-    fresh = ota_keys.freshness(keys, "thermostat", 2, sha256(manifest), 3600, time.time())
-    reason = refused(mosquitto, device, Offer(manifest, blobs_of(release2), fresh))
+    reason = refused(
+        mosquitto, device, Offer(manifest, blobs_of(release2), fresh_for(keys, "thermostat", 2, manifest))
+    )
     assert reason.startswith("bad_signature:")
     assert_on_factory(device)
 
@@ -109,10 +120,8 @@ def test_lower_release_counter(
     assert srv.wait_for(("committed", "failed", "rolled_back"), 90)["state"] == "committed"
     srv.close()
     # a validly signed but older release: what was signed once stays signed
-    older = build("thermostat", [FEATURES / "thermostat"], "1.0", tmp_path / "r1", 1, True, keys)
-    offer = offer_of(older, keys)
-    offer.uid = "upd-2"
-    reason = refused(mosquitto, dev, offer)
+    older = build("thermostat", [FEATURES / "thermostat"], "1.0", tmp_path / "r1", 1, ("mpy",), keys)
+    reason = refused(mosquitto, dev, offer_of(older, keys))  # (an update id of its own)
     assert reason.startswith("rollback:")
     assert running_set(dev)[:2] == (2, release2.sha256)
 
@@ -129,7 +138,7 @@ def test_stale_freshness(
 def test_manifest_for_another_model(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
-    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, True, keys)
+    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, ("mpy",), keys)
     reason = refused(mosquitto, device, offer_of(shirt, keys))
     assert reason.startswith("wrong_model:")
     assert_on_factory(device)
@@ -141,7 +150,7 @@ def test_refused_in_update_mode(
     # a board that downloads only in update mode (too little RAM beside its
     # features) refuses there just the same, says why, and goes back to them
     dev = ota_device(mosquitto, make_device, keys, ota_mode="lean")
-    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, True, keys)
+    shirt = build("shirt", [FEATURES / "vent"], "1.1", tmp_path / "shirt", 5, ("mpy",), keys)
     reason = refused(mosquitto, dev, offer_of(shirt, keys))
     assert reason.startswith("wrong_model:")
     wait_for(lambda: dev.output().count("booted (") >= 2, 30, what="the features back")

@@ -5,7 +5,9 @@ would. Every attack must leave the device on its old set with the reason."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,14 +16,15 @@ from typing import Any
 import pytest
 
 from ota import keys as ota_keys
-from ota.release import Release
+from ota.release import Release, build
 
 from ..conftest import MakeDevice
-from ..support.mosquitto import Mosquitto
+from ..support.mosquitto import GATEWAY_PASSWORD, GATEWAY_USER, Mosquitto
+from ..support.mqtt import TestClient
 from ..support.ota_server import OtaServer
 from ..support.processes import DeviceProcess
 from ..support.wait import wait_for
-from .conftest import offer_of, ota_device, running_set, serve
+from .conftest import hungry_release, offer_of, ota_device, running_set, serve
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +62,51 @@ def test_update_to_release_2_on_micropython_128k(
         assert heap > 8 * 1024, f"only {heap} bytes left while downloading"
     finally:
         srv.close()
+    # every boot after the first followed a reset the device did itself (to
+    # install, then to start the trial), and its hello says so
+    causes = re.findall(r"booted \((\w+), boot (\d+)", device.output())
+    assert causes[0] == ("power_on", "1") and len(causes) >= 2, causes
+    assert all(cause == "hard" for cause, _ in causes[1:]), causes
+    assert retained_hello(mosquitto, device.id)["reset_cause"] == "hard"
+    # and a power cut is a power cut
+    device.kill()
+    device.start()
+    wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "power_on", 20, what="power_on")
+
+
+def retained_hello(mosquitto: Mosquitto, dev: str) -> dict[str, Any]:
+    """The device's hello as the broker keeps it for the gateway."""
+    c = TestClient(mosquitto, GATEWAY_USER, GATEWAY_PASSWORD)
+    try:
+        c.subscribe(f"pb/{dev}/hello")
+        got = [json.loads(p) for t, p, _ in c.messages(2)]
+    finally:
+        c.close()
+    assert got, f"no retained hello of {dev}"
+    return dict(got[-1])
+
+
+# ---- a trial that runs out of RAM ---------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["import", "start"])
+def test_a_release_out_of_ram_at_its_trial_rolls_back_saying_where(
+    mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path, step: str
+) -> None:
+    release = hungry_release(tmp_path, keys, step)
+    srv = serve(mosquitto, device, offer_of(release, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 120)
+    finally:
+        srv.close()
+    assert done["state"] == "rolled_back", (done, device.output()[-3000:])
+    # the reason the gateway gets names the MemoryError, the feature and the step
+    reason = done["reason"]
+    assert reason.startswith("trial did not commit in 3 boots; the last ended by MemoryError"), reason
+    assert reason.endswith(f"at {step} of feature hungry"), reason
+    assert len(reason) <= 200
+    assert running_set(device) == (0, None, ["thermostat"])
+    wait_for(lambda: "features thermostat" in device.output().rsplit("booted", 1)[-1], 20, what="factory set")
 
 
 # ---- safe mode ---------------------------------------------------------------
@@ -85,3 +133,55 @@ def test_a_board_with_no_usable_set_runs_in_safe_mode_until_an_update_brings_one
         srv.close()
     assert running_set(dev)[:2] == (2, release2.sha256)
     wait_for(lambda: dev.actuators().get("relay") is True, 30, what="the thermostat heating again")
+
+
+# ---- the form of the modules ---------------------------------------------------
+
+
+def test_a_board_refuses_a_source_only_release_saying_why(
+    mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    release = build(
+        "thermostat", [FIRMWARE / "thermostat", FIRMWARE / "eco"], "2.1", tmp_path / "r", 6, ("py",), keys
+    )
+    srv = serve(mosquitto, device, offer_of(release, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 60)
+    finally:
+        srv.close()
+    assert done["state"] == "failed", (done, device.output()[-3000:])
+    assert (
+        done["reason"] == "wrong_form: eco/__init__.py has no .mpy form, which this device (MicroPython) runs"
+    )
+    assert list(srv.served) == ["manifest"]  # refused before any blob came
+    assert running_set(device) == (0, None, ["thermostat"]) and device.running
+
+
+@pytest.mark.parametrize("interpreter", ["micropython", "python"])
+def test_one_release_of_both_forms_serves_the_unix_port_and_cpython(
+    mosquitto: Mosquitto,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    both_forms_release: Release,
+    interpreter: str,
+) -> None:
+    dev = ota_device(mosquitto, make_device, keys, interpreter=interpreter)
+    form = "mpy" if interpreter == "micropython" else "py"
+    srv = serve(mosquitto, dev, offer_of(both_forms_release, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+    finally:
+        srv.close()
+    assert done["state"] == "committed", (done, dev.output()[-3000:])
+    assert running_set(dev) == (2, both_forms_release.sha256, ["eco", "thermostat"])
+    # it fetched and installed only its form of eco (the thermostat's is held)
+    eco = {f.zsha256: f.zsize for f in both_forms_release.files_for(form) if f.feature == "eco"}
+    assert {k: v for k, v in srv.served.items() if k != "manifest"} == eco
+    slot = dev.path / json.loads((dev.path / "ota" / "active.json").read_text())["set"] / "features" / "eco"
+    assert sorted(os.listdir(slot)) == [f"__init__.{form}", "manifest.json"]
+    wait_for(lambda: "features eco,thermostat" in dev.output(), 20, what="eco running")
+    # the boot after the install followed the device's own reset, under either interpreter
+    wait_for(
+        lambda: retained_hello(mosquitto, dev.id).get("boot_count") == 2, 10, what="the trial boot's hello"
+    )
+    assert retained_hello(mosquitto, dev.id)["reset_cause"] == "hard"

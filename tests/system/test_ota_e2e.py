@@ -4,6 +4,7 @@ a device on the real MicroPython unix port with a 128 KB heap taking it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.processes import DeviceProcess, GatewayProcess
 from ..support.wait import wait_for
-from .conftest import ota_device, running_set
+from .conftest import hungry_release, ota_device, running_set
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +120,24 @@ def test_a_release_that_crashes_rolls_back_and_counts_as_failed(
     assert running_set(dev) == (0, None, ["thermostat"])
     dev.set_sensors(temperature=15.0)
     wait_for(lambda: dev.actuators().get("relay") is True, 20, what="the old thermostat heating")
+
+
+def test_a_release_out_of_ram_at_import_reaches_the_gateway_with_the_memory_error_and_where(
+    mosquitto: Mosquitto,
+    published: GatewayProcess,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    tmp_path: Path,
+) -> None:
+    hungry = hungry_release(tmp_path, keys, "import")
+    assert "published" in published.cli("ota", "publish", str(hungry.path)).stdout
+    dev = ota_device(mosquitto, make_device, keys)
+    online(published, dev)
+    code, out, record = update(published, dev, f"thermostat@{hungry.counter}")
+    assert code == 1
+    assert record["state"] == "rolled_back", (record, out, dev.output()[-3000:])
+    reason = record["reason"]
+    assert reason.startswith("trial did not commit in 3 boots; the last ended by MemoryError: "), reason
+    assert reason.endswith(", at import of feature hungry"), reason
+    assert reason in out  # `devices update` shows it to the maker
+    assert running_set(dev) == (0, None, ["thermostat"])

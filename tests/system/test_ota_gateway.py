@@ -136,7 +136,7 @@ def test_a_device_pulls_an_update_and_it_succeeds_only_at_committed(
 
         offer = dev.offer()
         uid = offer["id"]
-        accept_offer(offer, ota.keys.root_bytes, "thermostat", 2)
+        accept_offer(offer, ota.keys.root_bytes, "thermostat", 2, dev.id)
         manifest = dev.fetch(uid, "manifest", offer["size"], offer["manifest"])
         body = check_manifest(manifest, ota.keys.root_bytes)
         assert (body["model"], body["counter"]) == ("thermostat", 2)

@@ -48,7 +48,7 @@ class Thermostat:
     def __init__(self, ctx):
         self.ctx = ctx
         self.heating = False
-        self.offset = 0
+        self.offset = 0  # type: float
         self.schedule = parse_schedule(ctx.config["schedule"])
         ctx.drive("relay", False)
         ctx.on("sensor.temperature", self.on_temperature)

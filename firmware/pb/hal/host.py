@@ -6,7 +6,7 @@ import json
 
 from ..errors import HalError
 from ..store import makedirs, read_bytes, write_atomic
-from . import Hal
+from . import RESET_CAUSES, Hal
 
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
@@ -61,9 +61,15 @@ class HostHal(Hal):
         write_atomic(self.dir + "/" + ACTUATORS_FILE, json.dumps(self._out).encode("utf-8"))
 
     def reset_cause(self):
-        # a process that starts is a board that was powered on; resets the
-        # runtime asks for itself are recorded in its state store instead
-        return "power_on"
+        # what a board's reset cause register says: main.py sets PB_RESET
+        # when it starts the device again after a reset ("hard": the device
+        # reset itself, "watchdog": it crashed); a process started afresh
+        # is a board that was powered on. Resets with a cause of their own
+        # (a reboot command, a runtime crash) are in the state store.
+        import os
+
+        cause = os.getenv("PB_RESET")
+        return cause if cause in RESET_CAUSES else "power_on"
 
     def fault_point(self, name):
         if self._cuts:

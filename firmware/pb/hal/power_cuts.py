@@ -11,7 +11,7 @@ from ..store import read_bytes
 FAULT_LOG = "fault_points.log"
 
 # [plan, points passed]: once per process, so soft resets keep counting
-_fault = [None, 0]
+_fault = [None, 0]  # type: list
 
 
 def load(path):

@@ -113,8 +113,7 @@ class MQTTClient:
         self._closed = False
         self._writer = None
         self._lock = asyncio.Lock()
-        self._last_rx = 0
-        self._last_tx = 0
+        self._last_rx = self._last_tx = ticks_ms()
         if MICROPYTHON:
             self._rbuf = bytearray(_READ_SIZE)
             self._rmv = memoryview(self._rbuf)
@@ -240,7 +239,7 @@ class MQTTClient:
             if self.ssl
             else asyncio.open_connection(self._addr, self.port),
             self.connect_timeout_ms,
-        )
+        )  # type: asyncio.StreamReader, asyncio.StreamWriter
         self._writer = w
         dec = self._decoder
         dec.restart()
@@ -269,7 +268,7 @@ class MQTTClient:
             if self.on_up:
                 self.on_up()
             done = asyncio.Event()
-            failure = []
+            failure = []  # type: list[BaseException]
             for coro in (self._reader(r, w, dec), self._pump(w)):
                 tasks.append(asyncio.create_task(_guard(coro, done, failure)))
             await done.wait()

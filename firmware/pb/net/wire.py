@@ -79,7 +79,7 @@ def dumps(kind, msg):
     else:
         # raw UTF-8, as MicroPython writes it: its json does not join an
         # escaped surrogate pair ("\\ud83d\\ude00") back into one character
-        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)  # type: ignore[call-overload]
     try:
         data = text.encode("utf-8")
         if len(data) != len(text) and not valid_utf8(data):

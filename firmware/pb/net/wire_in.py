@@ -40,7 +40,7 @@ def loads(payload):
         if MICROPYTHON:
             msg = json.loads(text)  # takes no NaN or Infinity, and no keywords
         else:
-            msg = json.loads(text, parse_constant=_no_constant)
+            msg = json.loads(text, parse_constant=_no_constant)  # type: ignore[call-arg]
     except (ValueError, UnicodeError) as exc:
         raise ProtocolError("bad_json", "not JSON: %s" % exc) from None
     except RuntimeError:  # CPython's RecursionError; MicroPython's json does not recurse

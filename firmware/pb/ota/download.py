@@ -1,10 +1,12 @@
 # The update agent's running part (docs/ota.md, section 4): it takes an
-# offer, pulls the manifest, then the blobs of files this device does not
-# hold, chunk by chunk (flow control on this side), checks each against the
-# manifest and stages it. Then it asks for a reset: the boot guard checks the
-# signatures, assembles and activates the new set before the runtime loads
-# (pb/ota/install.py). Progress lives on flash (ota/job.json): after a power cut
-# the download resumes where it was, without fetching verified bytes again.
+# offer, pulls the manifest and checks its signatures and the offer's
+# freshness statement (pb/ota/install.py's check_release), then pulls the blobs
+# of files this device does not hold, chunk by chunk (flow control on this
+# side), checks each against the manifest and stages it. Then it asks for a
+# reset: the boot guard checks the signatures again, assembles and activates
+# the new set before the runtime loads (pb/ota/install.py). Progress lives on
+# flash (ota/job.json): after a power cut the download resumes where it was,
+# without fetching verified bytes again.
 # Loaded only while an update is under way.
 #
 # The transport is a function request(update_id, obj, off, length, seq)
@@ -12,25 +14,36 @@
 import json
 import os
 
+from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
     format_exception,
     fsync,
     rand_below,
+    ticks_add,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
-from ..errors import ProtocolError, StoreError
+from ..errors import ProtocolError, StoreError, TrustError
 from ..store import read_bytes
 from . import files, flash
 from .report import status
-from .transfer import FLAG_ERROR, check_offer, decode_chunk, is_hex64
+from .transfer import FLAG_ERROR, check_offer, decode_chunk
+
+DEADLINE_S = 900  # an update not downloaded this long after its offer fails
+# What the first check of a manifest's signatures loads, let go after (its
+# RAM is the download's; tests/firmware/test_module_lists.py checks these)
+CHECK_MODULES = ("pb.ota.install", "pb.ota.guard", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
 
 
-def configure(agent, config):
-    """The agent's settings from config.json."""
+def configure(agent, config, caps=None):
+    """The agent's settings from config.json; caps: the board's capabilities."""
+    agent.device = config.get("device")
+    if caps is not None:
+        agent.caps = caps
+    agent.deadline_s = config.get("ota_deadline_s", agent.deadline_s)
     agent.chunk = config.get("ota_chunk", agent.chunk)
     agent.window = config.get("ota_window", agent.window)
     agent.timeout_ms = config.get("ota_timeout_ms", agent.timeout_ms)
@@ -42,6 +55,10 @@ class Failed(Exception):
 
 
 class _Staged(Exception):
+    pass
+
+
+class _CheckAtBoot(Exception):
     pass
 
 
@@ -58,6 +75,8 @@ class Agent:
     Unix time; link_up() -> bool; fault(name): a power-cut point for tests
     (no-op on a board); on_staged(): asks for the reset. With once, run()
     returns when its update ends instead of waiting for the next offer.
+    configure() sets the device id and capabilities the release must suit;
+    tick, if set, is called during signature checks (feed a watchdog).
     """
 
     def __init__(self, base, model, counter, held, request, report, now, link_up, fault):
@@ -72,11 +91,15 @@ class Agent:
         self.fault = fault
         self.on_staged = None
         self.once = False
-        self.restart = False  # set when update mode must start afresh
+        self.restart = None  # why update mode must start afresh: "ram" or "check"
         self.chunk = 2048
         self.window = 2
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
         self.tries = 8
+        self.deadline_s = DEADLINE_S
+        self.device = None
+        self.caps = {}
+        self.tick = None
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -112,8 +135,13 @@ class Agent:
             if busy:
                 raise Failed("busy: " + busy)
             # a first look, unverified, to refuse at once what cannot pass;
-            # the boot guard checks the signed statement before it activates
+            # the signatures are checked once the manifest is on flash, before
+            # any blob, and again by the install at boot
             body = json.loads(msg["freshness"]["signed"])
+            if body.get("device") != self.device:
+                raise Failed("mismatch: the offer's freshness statement is for another device")
+            if body.get("update") != uid:
+                raise Failed("mismatch: the offer's freshness statement is for another update")
             if body["model"] != self.model:
                 raise Failed("wrong_model: release is for %s, this is a %s" % (body["model"], self.model))
             if body["counter"] <= self.counter:
@@ -201,13 +229,17 @@ class Agent:
                 if self.on_staged is not None:
                     self.on_staged()
                 return
+            except _CheckAtBoot:
+                self._close()
+                self.restart = "check"
+                return
             except MemoryError:
                 # a fragmented heap, not a broken update: what is on flash
                 # stays, and the download goes on after a reset (update mode)
                 self._close()
                 if not self.once:
                     raise
-                self.restart = True
+                self.restart = "ram"
                 return
             except Failed as exc:
                 reason = str(exc)
@@ -224,23 +256,43 @@ class Agent:
             if self.once and self.job is None:
                 return
 
+    def _check_deadline(self, job):
+        late = self.now() - job["offered_at"]
+        if late > self.deadline_s:
+            raise Failed("deadline: not downloaded within %d s of the offer" % self.deadline_s)
+
     async def _download(self, job):
         uid = job["id"]
+        self._check_deadline(job)
         stage = files.staged(self.base) + "/"
         files.ensure_dir(stage[:-1])
         mpath = stage + "manifest.json"
         if files.size(mpath) != job["size"] or files.file_sha256(mpath)[1] != job["manifest"]:
             files.remove(mpath)
-            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"])
+            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"], job)
             if files.file_sha256(mpath)[1] != job["manifest"]:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
-        listed = _files(read_bytes(mpath), self.model, job["counter"])
+        if job.get("checked") == job["manifest"]:
+            listed = _files(read_bytes(mpath))
+        elif self.once:
+            # update mode runs on a small heap beside the link: the signatures
+            # are checked at the next boot, on a nearly empty one, before any
+            # blob (pb/ota/install.py check_fetched)
+            job["verify"] = "boot"
+            self.save_job()
+            raise _CheckAtBoot()
+        else:
+            listed = self._verified_files(job, mpath)
+            job["checked"] = job["manifest"]
+            self.save_job()
+        listed = _of_this_form(listed)
         held = self.held()
         needed = {}
         for f in listed:
             if f["sha256"] not in held:
                 needed[f["sha256"]] = f
+        _keep_only(stage, needed)  # what is staged is what the signed manifest sizes
         total = 0
         need = 4096  # flash kept free
         for f in listed:
@@ -258,7 +310,7 @@ class Agent:
             if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
                 self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
                 z = staged + ".z"
-                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"])
+                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
                 if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
                     files.remove(z)
                     raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
@@ -279,7 +331,39 @@ class Agent:
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
 
-    async def _fetch(self, uid, obj, sha, path, total):
+    def _verified_files(self, job, mpath):
+        """The file list of the staged manifest once its signatures and the
+        offer's freshness statement pass, before any blob is fetched (the
+        install at boot checks them all again). The checking code is loaded
+        for this alone and let go after: its RAM is the download's. Raises
+        Failed; a MemoryError crashes the runtime on purpose (the download
+        goes on in update mode, and the check is made at boot)."""
+        from ..compat import collect, forget
+
+        collect()
+        try:
+            from .install import check_release
+
+            body = check_release(
+                self.base,
+                job,
+                (self.device, self.model, self.caps, API),
+                self.counter,
+                read_bytes(mpath),
+                self.tick,
+            )[0]
+        except TrustError as exc:
+            raise Failed("%s: %s" % (exc.code, exc.message)) from None
+        except (ValueError, KeyError, TypeError):
+            raise Failed("bad_manifest: the manifest is unreadable") from None
+        finally:
+            forget(CHECK_MODULES)
+        listed = body["files"]
+        body = None
+        collect()
+        return listed
+
+    async def _fetch(self, uid, obj, sha, path, total, job):
         """Fetch obj into path, appending to the bytes already there."""
         have = files.size(path)
         if have > total:
@@ -297,6 +381,7 @@ class Agent:
                     raise Failed(c[1])
                 if self._error:
                     raise Failed("gateway: " + self._error)
+                self._check_deadline(job)
                 if not self._out:
                     nxt = self._sink[2]  # anything dropped is asked for again
                 while len(self._out) < self.window and nxt < total:
@@ -314,7 +399,7 @@ class Agent:
 
     def _ask(self, uid, obj, off, n, tries):
         self._seq += 1
-        self._out[self._seq] = [off, n, ticks_ms() + (rand_below(200) if tries else 0), tries]
+        self._out[self._seq] = [off, n, ticks_add(ticks_ms(), rand_below(200) if tries else 0), tries]
         self.request(uid, obj, off, n, self._seq)
 
     def _retry(self, uid, obj):
@@ -340,20 +425,35 @@ class Agent:
             s[1].close()
 
 
-def _files(data, model, counter):
-    """The file list of a staged manifest, with a first, unverified look at
-    what would make the boot guard refuse it anyway."""
+def _files(data):
+    """The file list of a staged manifest whose signatures passed."""
     try:
-        body = json.loads(json.loads(data)["signed"])
-        files = body["files"]
-        if body["model"] != model or body["counter"] != counter:
-            raise Failed("mismatch: the manifest is not for the release offered")
-        for f in files:
-            for k in ("size", "zsize"):
-                if not isinstance(f[k], int) or f[k] < 0:
-                    raise Failed("bad_manifest: %s has no valid %s" % (f.get("path"), k))
-            if not (is_hex64(f["sha256"]) and is_hex64(f["zsha256"])):  # they name staging files
-                raise Failed("bad_manifest: %s has no valid hashes" % f.get("path"))
-        return files
+        return json.loads(json.loads(data)["signed"])["files"]
     except (ValueError, KeyError, TypeError):
-        raise Failed("bad_manifest: the manifest is unreadable") from None
+        raise Failed("bad_manifest: the staged manifest is unreadable") from None
+
+
+def _of_this_form(listed):
+    """Of each module, only the form this device runs (pb/ota/forms.py); a
+    release without it is refused before any blob is fetched."""
+    from .forms import device_files
+
+    try:
+        return device_files(listed, whole=False)
+    except TrustError as exc:
+        raise Failed("%s: %s" % (exc.code, exc.message)) from None
+
+
+def _keep_only(stage, needed):
+    """Remove from the staging folder what no needed file names (a blob of
+    an update replaced, a stray file): staging holds the manifest and, per
+    file the device lacks, at most its blob and its inflated copy."""
+    import os
+
+    for name in os.listdir(stage[:-1]):
+        if name == "manifest.json":
+            continue
+        sha = name.split(".")[0]
+        if sha in needed and name in (sha, sha + ".z", sha + ".tmp"):
+            continue
+        files.remove_tree(stage + name)

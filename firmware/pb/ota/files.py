@@ -87,7 +87,7 @@ def _inflated(fi, buf, mv):
                 return
             yield mv[:k]
     else:
-        import zlib
+        import zlib  # type: ignore[import-not-found]  # CPython only
 
         d = zlib.decompressobj(_WBITS)
         try:
@@ -131,7 +131,7 @@ def remove(path):
 
 def walk(root, prefix=""):
     """Relative paths of every file under root, sorted."""
-    out = []
+    out = []  # type: list[str]
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -150,7 +150,7 @@ def walk(root, prefix=""):
 
 def held_files(root):
     """{sha256: path} of every file under root (None: no files)."""
-    out = {}
+    out = {}  # type: dict[str, str]
     if root is None:
         return out
     for rel in walk(root):

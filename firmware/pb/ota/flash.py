@@ -13,6 +13,7 @@ CONFIG = "config.json"  # the device's settings (pb/config.py)
 BOARDS = "boards"  # boards/<board>.json
 FACTORY = "features"  # the factory set, run when there is no pointer
 DATA = "data"  # the runtime's records (pb/store.py Store)
+STATE = "data/state.json"  # the runtime's state record: boots, reset request, last crash
 HELLO = "data/hello.json"  # the last hello the runtime sent, for update mode
 ROOT = "ota/root.json"  # the root the device trusts
 TRUST_STATE = "ota/trust.json"  # {"freshness": last version accepted}
@@ -86,6 +87,7 @@ def commit_of(base, p):
     q = dict(p)
     q["state"] = "committed"
     q.pop("boots", None)
+    q.pop("error", None)
     return base + "/" + POINTER, json.dumps(q).encode("utf-8")
 
 

@@ -53,14 +53,17 @@ def check_set(base, set_dir, files=None):
 
 
 def set_files(base, set_dir):
-    """The file list of the manifest kept with an OTA set, or None."""
+    """The files of the manifest kept with an OTA set that this device
+    installed (of each module, its form), or None."""
     data = read_bytes(set_manifest(base, set_dir))
     if data is None:
         return None
     signed = json.loads(data)["signed"]
     data = None
     collect()
-    return json.loads(signed)["files"]
+    from .forms import device_files
+
+    return device_files(json.loads(signed)["files"])
 
 
 def _restore(base, p, reason):
@@ -95,6 +98,9 @@ def decide(base=".", fault=None):
             fault("trial-boot")
         if p["boots"] > MAX_TRIAL_BOOTS:
             reason = "trial did not commit in %d boots" % MAX_TRIAL_BOOTS
+            why = _last_failure(base, p)
+            if isinstance(why, str):
+                reason += "; the last " + why
         else:
             reason = check_set(base, p["set"])
         if reason is None:
@@ -108,6 +114,20 @@ def decide(base=".", fault=None):
     if p["set"] == FACTORY and not factory:
         return _safe("factory set missing", base)
     return (features_root(base, p["set"]), p, False, None)
+
+
+def _last_failure(base, p):
+    """What ended the last trial boot, or None: the crash the runtime kept
+    as it reset (data/state.json, pb/start.py; a feature's MemoryError names
+    the feature and the step, pb/features.py), else what the trial kept with
+    the pointer (pb/ota/trial.py)."""
+    try:
+        st = json.loads(read_bytes(base + "/" + flash.STATE))
+        if st["reset_request"] == "crash":
+            return "ended by " + st["last_crash"]
+    except Exception:  # noqa: BLE001 - no record of a crash: nothing to add
+        pass
+    return p.get("error")
 
 
 def _status(state, reason, p=None):

@@ -26,25 +26,19 @@ def verify(pub, msg, sig, tick=None):
 
 
 def install_staged(base, device, now, fault=None):
-    """Install a staged update, if there is one (device: model, caps, api);
+    """Install a staged update, if there is one (device: id, model, caps, api);
     True if there was one, installed or refused: the device then resets, so
     that the new set's trial starts on a fresh heap."""
     job = flash.read_job(base, "staged")
     if job is not None:
-        p = flash.read_pointer(base)
-        running = (None, 0, None)
-        if p is not None and not p.get("corrupt"):
-            running = (p["set"], p.get("counter", 0), p.get("manifest"))
-        elif files.is_dir(base + "/" + flash.FACTORY):
-            running = (flash.FACTORY, 0, None)
-        install(base, job, device, running, now, fault)
+        install(base, job, device, _running(base), now, fault)
     return job is not None
 
 
 def install(base, job, device, running, now, fault=None, tick=None):
-    """Check and activate a staged update. device: (model, caps, api);
-    running: (set dir, counter, manifest) of the running set. Returns the
-    new pointer, or None if the update failed (reported, staging removed)."""
+    """Check and activate a staged update. device: (device id, model, caps,
+    api); running: (set dir, counter, manifest) of the running set. Returns
+    the new pointer, or None if the update failed (reported, staging removed)."""
     fault = fault or (lambda name: None)
     done = flash.read_pointer(base)
     if done and done.get("update") == job["id"] and done.get("manifest") == job["manifest"]:
@@ -55,10 +49,14 @@ def install(base, job, device, running, now, fault=None, tick=None):
     flash.write_job(base, job)  # counted first
     try:
         p = _install(base, job, device, running, now, fault, tick)
-    except MemoryError:
+    except MemoryError as exc:
         if job["installs"] < _MAX_INSTALLS:
             raise  # a short heap, not a bad update: the device resets and tries again
-        reason = "install: out of RAM %d times" % _MAX_INSTALLS
+        reason = "install: out of RAM %d times, last at %s (%s)" % (
+            _MAX_INSTALLS,
+            _step[0],
+            format_exception(exc),
+        )
     except TrustError as exc:
         reason = "%s: %s" % (exc.code, exc.message)
     except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
@@ -73,42 +71,127 @@ def install(base, job, device, running, now, fault=None, tick=None):
     return None
 
 
+def _running(base):
+    """(set dir, counter, manifest) of the running set."""
+    p = flash.read_pointer(base)
+    if p is not None and not p.get("corrupt"):
+        return (p["set"], p.get("counter", 0), p.get("manifest"))
+    if files.is_dir(base + "/" + flash.FACTORY):
+        return (flash.FACTORY, 0, None)
+    return (None, 0, None)
+
+
+def check_fetched(base, device, now):
+    """Check the signatures of a manifest that update mode fetched and left
+    for the boot to check (its heap is too small for Ed25519), before any
+    blob is fetched. A refusal is reported and ends the update."""
+    job = flash.read_job(base, "downloading")
+    if job is not None and job.get("verify") == "boot" and job.get("checked") != job.get("manifest"):
+        _check_fetched(base, job, device, _running(base)[1], now)
+
+
+def _staged_manifest(base, job):
+    """The staged manifest's bytes. Raises TrustError if it is not the one offered."""
+    data = read_bytes(files.staged(base, "manifest.json"))
+    if data is None or trust.sha256_hex(data) != job["manifest"]:
+        raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+    return data
+
+
+def _trust_state(base):
+    return read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
+
+
+def _check_fetched(base, job, device, run_counter, now):
+    """At boot, on a nearly empty heap: check_release for a manifest that
+    update mode fetched, before it fetches any blob. Passed, the job is
+    marked checked (update mode goes on); refused, the update fails
+    (reported, job and staging removed). A MemoryError is a short heap, not
+    a bad update: raised (a reset) until the third attempt."""
+    job["checks"] = job.get("checks", 0) + 1
+    flash.write_job(base, job)  # counted first
+    try:
+        check_release(base, job, device, run_counter, _staged_manifest(base, job))
+    except MemoryError:
+        if job["checks"] < _MAX_INSTALLS:
+            raise
+        reason = "check: out of RAM %d times" % _MAX_INSTALLS
+    except TrustError as exc:
+        reason = "%s: %s" % (exc.code, exc.message)
+    except (OSError, StoreError, ValueError, KeyError, TypeError) as exc:
+        reason = "check: " + format_exception(exc)
+    else:
+        job["checked"] = job["manifest"]
+        del job["checks"]
+        del job["verify"]
+        flash.write_job(base, job)
+        return True
+    flash.add_report(base, _status(job, "failed", now, reason))
+    flash.remove_job(base)
+    files.remove_tree(files.staged(base))
+    return False
+
+
 def _tidy(base, job, now):
     flash.add_report(base, _status(job, "activating", now))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
 
 
-def _install(base, job, device, running, now, fault, tick):
-    model, caps, api = device
-    run_set, run_counter, run_manifest = running
-    data = read_bytes(files.staged(base, "manifest.json"))
-    if data is None or trust.sha256_hex(data) != job["manifest"]:
-        raise TrustError("mismatch", "staged manifest is missing or not the one offered")
+_step = ["reading the manifest"]  # where _install is: what a MemoryError reports
+
+
+def check_release(base, job, device, run_counter, data, tick=None, last_version=None):
+    """The manifest envelope data and the job's freshness statement, checked
+    as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
+    this device (id, model, caps, api) and above run_counter, offered as the
+    job's update. Returns (manifest body, freshness body). The download
+    agent runs this before it fetches any blob, and the install again.
+    Raises TrustError."""
+    dev_id, model, caps, api = device
     raw, body, sigs = trust.open_envelope(data)
     root_data = read_bytes(base + "/" + flash.ROOT)
     if root_data is None:
         raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
+    _step[0] = "checking signatures"
     root = trust.load_root(root_data, verify)
+    root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
+    raw = sigs = None
     trust.check_manifest(body)
     trust.check_for_device(body, model, caps, api, run_counter)
-    state = read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
+    fbody = None
     if job.get("fresh_ok") != body["counter"]:
+        if last_version is None:
+            last_version = _trust_state(base)["freshness"]
         fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
         trust.check_freshness(
-            fbody, model, job["manifest"], body["counter"], job["offered_at"], state["freshness"]
+            fbody, model, job["manifest"], body["counter"], job["offered_at"], last_version, dev_id, job["id"]
         )
+    return body, fbody
+
+
+def _install(base, job, device, running, now, fault, tick):
+    _step[0] = "reading the manifest"
+    run_set, run_counter, run_manifest = running
+    data = _staged_manifest(base, job)
+    state = _trust_state(base)
+    body, fbody = check_release(base, job, device, run_counter, data, tick, state["freshness"])
+    if fbody is not None:
         state["freshness"] = fbody["version"]
         write_json(base + "/" + flash.TRUST_STATE, state)
         job["fresh_ok"] = body["counter"]
         flash.write_job(base, job)
     fault("verified")
-    listed = body["files"]
+    _step[0] = "choosing the files"
+    from .forms import device_files
+
+    listed = device_files(body["files"])
     counter = body["counter"]
-    data = raw = body = sigs = root = None  # the manifest's copies: RAM for the rest
+    data = body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
+    _step[0] = "assembling the set"
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, listed) is not None:
         held = files.held_files(guard.features_root(base, run_set) if run_set else None)

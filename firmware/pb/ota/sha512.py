@@ -221,7 +221,7 @@ class Sha512Pure:
 
 
 try:
-    from hashlib import sha512 as _native
+    from hashlib import sha512 as _native  # type: ignore[attr-defined]  # CPython has it
 except ImportError:
     _native = None
 

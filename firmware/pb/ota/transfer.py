@@ -12,6 +12,7 @@ CHUNK_HEADER = const(24)
 MAX_CHUNK = const(4096)
 FLAG_LAST = const(1)
 FLAG_ERROR = const(2)
+UPDATE_ID_LEN = const(12)  # lowercase hex digits of an update id (as trust.UPDATE_ID_LEN)
 CHUNK_FORMAT = ">BBHIII8s"  # version, flags, 0, seq, offset, length, tag
 
 
@@ -32,8 +33,8 @@ def is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def is_hex64(s):
-    if not isinstance(s, str) or len(s) != 64:
+def _is_hex(s, n):
+    if not isinstance(s, str) or len(s) != n:
         return False
     for c in s:
         if c not in "0123456789abcdef":
@@ -41,13 +42,21 @@ def is_hex64(s):
     return True
 
 
+def is_hex64(s):
+    return _is_hex(s, 64)
+
+
+def is_update_id(s):
+    """An update id as the gateway makes them: 12 lowercase hex digits."""
+    return _is_hex(s, UPDATE_ID_LEN)
+
+
 def check_offer(msg):
     """An offer or cancel from the gateway, validated. Raises ProtocolError."""
     if not isinstance(msg, dict) or msg.get("v") != 1:
         raise ProtocolError("unsupported_version", "offer is not a version 1 object")
-    uid = msg.get("id")
-    if not isinstance(uid, str) or not 0 < len(uid) <= 32:
-        raise ProtocolError("bad_value", "offer id must be 1-32 characters")
+    if not is_update_id(msg.get("id")):
+        raise ProtocolError("bad_value", "offer id must be %d lowercase hex digits" % UPDATE_ID_LEN)
     if msg.get("op") == "cancel":
         return msg
     if not is_hex64(msg.get("manifest")):

@@ -55,6 +55,7 @@ def commit(u):
     u.boot.pointer = q = dict(p)
     q["state"] = "committed"
     q.pop("boots", None)
+    q.pop("error", None)
     u.boot.trial = False
     d.hal.fault_point("committed")
     u.status(status(p.get("update") or "-", "committed", p["counter"]))
@@ -75,7 +76,15 @@ def rollback(u, reason):
         # the set is still on trial: the next boot, on a fresh heap, tries
         # it again and rolls back then (or the boot guard does, after its
         # trial boots)
-        d.log("rollback: out of RAM; resetting to roll back " + reason)
+        d.log("rollback: out of RAM; resetting to roll back")
+        try:  # kept for the reason of the boot guard's rollback
+            from . import flash
+
+            q = dict(p)
+            q["error"] = ("ended in rollback: " + reason)[:150]  # (pb/ota/guard.py reports it)
+            flash.write_pointer(d.base, q)
+        except Exception:  # noqa: BLE001 - a note lost (no RAM for it either), the reset still due
+            pass
         d.stop("rollback")
         return
     u.boot.trial = False

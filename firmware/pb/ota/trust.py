@@ -14,6 +14,7 @@ MAX_ENVELOPE = const(16384)
 MAX_SIGNATURES = const(8)
 MAX_FILES = const(64)  # what a 16 KB manifest holds
 MAX_PATH = const(96)
+UPDATE_ID_LEN = const(12)  # an update id is this many lowercase hex digits
 ROLES = ("root", "release", "gateway")
 _HEX = "0123456789abcdef"
 
@@ -25,6 +26,11 @@ def is_hex(s, n):
         if c not in _HEX:
             return False
     return True
+
+
+def is_update_id(s):
+    """True for an update id as the gateway makes them: 12 lowercase hex."""
+    return is_hex(s, UPDATE_ID_LEN)
 
 
 def sha256_hex(data):
@@ -204,7 +210,7 @@ def check_manifest(body):
     if len(files) > MAX_FILES:
         raise TrustError("bad_manifest", "more than %d files" % MAX_FILES)
     feats = body["features"]
-    seen = {}
+    seen = {}  # type: dict[str, bool]
     prev = ""
     for f in files:
         if not isinstance(f, dict):
@@ -244,13 +250,18 @@ def check_for_device(body, model, caps, api, counter):
         )
 
 
-def check_freshness(body, model, manifest_sha, counter, now, last_version):
-    """Raise unless the statement is for this release, unexpired, and not
-    older than the last one this device accepted."""
+def check_freshness(body, model, manifest_sha, counter, now, last_version, device, update):
+    """Raise unless the statement is for this release, offered to this
+    device as this update, unexpired, and not older than the last one this
+    device accepted."""
     if body.get("type") != "freshness" or not _int(body.get("version")) or not _int(body.get("expires")):
         raise TrustError("bad_envelope", "not a freshness statement")
     if body.get("model") != model or body.get("manifest") != manifest_sha or body.get("counter") != counter:
         raise TrustError("mismatch", "freshness statement is for another release")
+    if body.get("device") != device:
+        raise TrustError("mismatch", "freshness statement is for another device")
+    if not is_update_id(update) or body.get("update") != update:
+        raise TrustError("mismatch", "freshness statement is for another update")
     if body["version"] < last_version:
         raise TrustError("freeze", "freshness statement is older than one already seen")
     if now > body["expires"]:

@@ -57,7 +57,8 @@ async def run(base, config, hal, counter, root):
         lambda: client.up,
         hal.fault_point,
     )
-    configure(agent, config)
+    configure(agent, config, hal.caps)
+    agent.tick = hal.feed_watchdog
     agent.once = True
 
     def on_message(topic, payload, retain):
@@ -95,8 +96,10 @@ async def run(base, config, hal, counter, root):
     watchdog = asyncio.create_task(_feed(hal))
     try:
         await agent.run()  # returns once the update is staged or has failed
-        if agent.restart:
+        if agent.restart == "ram":
             print("pb[%s]: update mode: out of RAM, going on after a reset" % dev)
+        elif agent.restart == "check":
+            print("pb[%s]: update mode: manifest fetched, its signatures are checked at boot" % dev)
         # what it reports goes before the reset (it is kept on flash too, and
         # the runtime says it again at its connect if this link never came up)
         t0 = ticks_ms()

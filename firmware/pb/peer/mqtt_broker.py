@@ -106,13 +106,6 @@ def _pid(r):
     return pid
 
 
-def _pid(r):
-    pid = r.u16()
-    if pid == 0:
-        raise _err("packet id 0")
-    return pid
-
-
 def connack(session_present, code):
     return bytes((0x20, 2, 1 if session_present else 0, code))
 

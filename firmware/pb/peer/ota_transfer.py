@@ -11,13 +11,26 @@ from ..ota.transfer import (
     FLAG_ERROR,
     FLAG_LAST,
     MAX_CHUNK,
+    UPDATE_ID_LEN,
     check_offer,
     decode_chunk,
     is_hex64,
     is_int,
+    is_update_id,
 )
+from .protocol import MAX_INT
 
-__all__ = ["CHUNK_HEADER", "FLAG_ERROR", "FLAG_LAST", "MAX_CHUNK", "check_offer", "decode_chunk", "is_hex64"]
+__all__ = [
+    "CHUNK_HEADER",
+    "FLAG_ERROR",
+    "FLAG_LAST",
+    "MAX_CHUNK",
+    "UPDATE_ID_LEN",
+    "check_offer",
+    "decode_chunk",
+    "is_hex64",
+    "is_update_id",
+]
 
 STATES = (
     "offered",
@@ -46,6 +59,8 @@ def check_request(msg):
     for k in ("off", "len", "seq"):
         if not is_int(msg.get(k)) or msg[k] < 0:
             raise ProtocolError("bad_type", "request.%s must be a non-negative integer" % k)
+        if msg[k] > 0xFFFFFFFF:  # the chunk header's fields are 32 bits
+            raise ProtocolError("bad_value", "request.%s must be below 2**32" % k)
     if not 0 < msg["len"] <= MAX_CHUNK:
         raise ProtocolError("bad_value", "request.len must be 1-%d" % MAX_CHUNK)
     obj = msg.get("obj")
@@ -53,6 +68,8 @@ def check_request(msg):
         raise ProtocolError("bad_value", "request.obj must be 'manifest' or a blob hash")
     if not isinstance(msg.get("id"), str) or not isinstance(msg.get("dev"), str):
         raise ProtocolError("missing_field", "request needs id and dev")
+    if not is_update_id(msg["id"]):
+        raise ProtocolError("bad_value", "request.id must be %d lowercase hex digits" % UPDATE_ID_LEN)
     return msg
 
 
@@ -64,9 +81,16 @@ def check_status(msg):
         raise ProtocolError("bad_value", "status.state must be one of " + ", ".join(STATES))
     if not isinstance(msg.get("dev"), str) or not isinstance(msg.get("id"), str):
         raise ProtocolError("missing_field", "status needs dev and id")
+    if msg["id"] != "-" and not is_update_id(msg["id"]):
+        raise ProtocolError("bad_value", "status.id must be %d lowercase hex digits or -" % UPDATE_ID_LEN)
     for k in ("bytes", "total", "counter"):
         if k in msg and (not is_int(msg[k]) or msg[k] < 0):
             raise ProtocolError("bad_type", "status.%s must be a non-negative integer" % k)
+        if k in msg and msg[k] > MAX_INT:
+            raise ProtocolError("bad_value", "status.%s must be at most 2**53 - 1" % k)
+    ts = msg.get("ts")
+    if ts is not None and not ((is_int(ts) or isinstance(ts, float)) and 0 <= ts <= MAX_INT):
+        raise ProtocolError("bad_value", "status.ts must be a number within 0..2**53 - 1")
     if "reason" in msg and not isinstance(msg["reason"], str):
         raise ProtocolError("bad_type", "status.reason must be a string")
     return msg

@@ -10,6 +10,7 @@ from ..net.wire_in import OPS, _shown, loads, reply_error, reply_ok
 __all__ = [
     "MAX_DEPTH",
     "MAX_ID",
+    "MAX_INT",
     "MAX_MESSAGE",
     "OPS",
     "ROOT",
@@ -72,6 +73,20 @@ _SCHEMAS = {
 }
 
 STATES = ("online", "offline")
+
+# The largest integer a numeric field may hold (2**53 - 1): what every JSON
+# parser reads exactly and SQLite stores exactly, as an integer or a real.
+MAX_INT = 9007199254740991
+# (lowest, highest) of each integer or number field; (0, MAX_INT) if not named.
+_BOUNDS = {"heap_free": (-1, MAX_INT), "keepalive": (0, 65535)}
+# The shape of hello's objects: what the gateway stores and lists.
+_FEATURE = (("version", "s"), ("enabled", "b"), ("running", "b"), ("error", "s"))
+_OTA = (("counter", "i"), ("state", "s"))
+
+
+def bounds(name):
+    """(lowest, highest) value of the integer or number field name."""
+    return _BOUNDS.get(name, (0, MAX_INT))
 
 
 def parse_topic(t):
@@ -140,12 +155,46 @@ def validate(kind, msg):
         raise ProtocolError("bad_value", "command id must be a string of 1-%d characters" % MAX_ID)
     if kind == "state" and msg["state"] not in STATES:
         raise ProtocolError("bad_value", "state must be one of " + ", ".join(STATES))
+    for name, code, _ in _SCHEMAS[kind]:
+        if (code == "i" or code == "n") and name in msg:
+            lo, hi = bounds(name)
+            if not lo <= msg[name] <= hi:
+                raise ProtocolError("bad_value", "%s.%s must be within %d..%d" % (kind, name, lo, hi))
+    if kind == "hello":
+        _check_hello(msg)
     # after the fields, so that a number field holding one is a bad_type
     if odd:
         raise ProtocolError("bad_type", "%s message holds a value that JSON cannot carry" % kind)
     if nonfinite:
         raise ProtocolError("bad_value", "%s message holds NaN or an infinity" % kind)
     return msg
+
+
+def _check_fields(what, obj, fields):
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_type", "%s must be an object" % what)
+    for name, code in fields:
+        if name in obj and not _type_ok(obj[name], code):
+            raise ProtocolError("bad_type", "%s.%s must be a %s" % (what, name, _TYPE_NAMES[code]))
+
+
+def _check_hello(msg):
+    """What the gateway stores of a hello and lists for the fleet: each
+    feature an object, the capabilities strings, ota's counter in range."""
+    for name, f in msg["features"].items():
+        _check_fields("hello.features[%r]" % name[:32], f, _FEATURE)
+    for c in msg["caps"]:
+        if not isinstance(c, str):
+            raise ProtocolError("bad_type", "hello.caps must hold strings")
+    if "platform" in msg and not isinstance(msg["platform"], str):
+        raise ProtocolError("bad_type", "hello.platform must be a string")
+    if "ota" in msg:
+        ota = msg["ota"]
+        _check_fields("hello.ota", ota, _OTA)
+        if "manifest" in ota and not (ota["manifest"] is None or isinstance(ota["manifest"], str)):
+            raise ProtocolError("bad_type", "hello.ota.manifest must be a string or null")
+        if "counter" in ota and not 0 <= ota["counter"] <= MAX_INT:
+            raise ProtocolError("bad_value", "hello.ota.counter must be within 0..%d" % MAX_INT)
 
 
 def decode(kind, payload):
