@@ -123,6 +123,15 @@ def _compile(src: Path, name: str) -> bytes:
         raise ConfigError(str(exc)) from exc
 
 
+# Firmware that only the gateway, the simulator and the tests use: the full
+# validation of every message and the broker's half of MQTT (firmware/pb/peer).
+HOST_ONLY = ("pb/peer",)
+
+
+def _host_only(rel: Path) -> bool:
+    return any(rel.as_posix().startswith(d + "/") for d in HOST_ONLY)
+
+
 def device_files(
     config: dict[str, Any], features: list[str], compile_mpy: bool = False, root: bytes | None = None
 ) -> Iterator[tuple[str, bytes]]:
@@ -131,7 +140,7 @@ def device_files(
     fw = firmware_dir()
     yield "boot.py", (fw / "boot.py").read_bytes()
     yield "main.py", (fw / "main.py").read_bytes()
-    sources = sorted((fw / "pb").rglob("*.py"))
+    sources = [p for p in sorted((fw / "pb").rglob("*.py")) if not _host_only(p.relative_to(fw))]
     for name in features:
         folder = fw / "features" / name
         if not (folder / "manifest.json").exists():
