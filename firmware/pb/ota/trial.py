@@ -70,6 +70,7 @@ def rollback(u, reason):
     d.spare(True)  # the guard's code is loaded for this, on a heap the trial has used
     try:
         from .guard import rollback as back
+        from .report import status  # (before the set changes: what it says must go out)
 
         restored = back(d.base, p, reason)
     except MemoryError:
@@ -90,10 +91,15 @@ def rollback(u, reason):
     u.boot.trial = False
     if restored is None:
         d.log("no usable previous set: the next boots end in safe mode")
-    from .report import status
+    st = status(p.get("update") or "-", "rolled_back", p["counter"], reason)
+    try:
+        u.status(st)
+    except MemoryError:
+        from . import flash  # (loaded with the guard)
 
-    u.status(status(p.get("update") or "-", "rolled_back", p["counter"], reason))
-    d.stop("rollback")
+        flash.add_report(d.base, st)  # said by the next boot, on a fresh heap
+    finally:
+        d.stop("rollback")
 
 
 def _selftests(host):
