@@ -8,16 +8,16 @@ from .errors import ConfigError, FeatureError
 def enable(host, name, on):
     if name not in host.manifests:
         raise FeatureError("no feature %r" % name)
-    s = host._setting(name)
+    s = host.setting(name)
     s["enabled"] = on
     s["error"] = None
     if on and name not in host.running:
-        host._save()
+        host.save_settings()
         if not host.start(name):
             raise FeatureError("%s did not start: %s" % (name, s["error"]))
     elif not on and name in host.running:
         host.stop(name)
-    host._save()
+    host.save_settings()
 
 
 def set_config(host, name, values):
@@ -42,11 +42,11 @@ def set_config(host, name, values):
             mod.check_config(merged)
         except Exception as exc:  # noqa: BLE001 - feature code: any failure is a refusal
             raise ConfigError(str(exc) if isinstance(exc, ValueError) else format_exception(exc)) from None
-    setting = host._setting(name)
+    setting = host.setting(name)
     old = dict(setting.get("config", {}))
     setting["config"] = dict(old)
     setting["config"].update(values)
-    host._save()
+    host.save_settings()
     host.configs[name] = effective(host.manifests[name], setting["config"])
     cfg = host.config(name)
     obj = host.running.get(name)
@@ -69,7 +69,7 @@ def set_config(host, name, values):
         # old ones and the feature as it ran, and say why
         setting["config"] = old
         setting["error"] = None
-        host._save()
+        host.save_settings()
         host.configs[name] = effective(host.manifests[name], old)
         host.stop(name)
         host.start(name)

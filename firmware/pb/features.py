@@ -169,14 +169,14 @@ class FeatureHost:
                 self.broken[name] = format_exception(exc)
                 self.manifests.pop(name, None)
                 continue
-            s = self._setting(name)
+            s = self.setting(name)
             if s.get("error") and s.get("error_set") != self.set_id:
                 # it failed in another feature set: here it gets its own chance
                 s["error"] = None
 
     def start_all(self):
         for name in sorted(self.manifests):
-            s = self._setting(name)
+            s = self.setting(name)
             if s.get("enabled", True) and not s.get("error"):
                 self.start(name)
         self._keep()
@@ -215,7 +215,7 @@ class FeatureHost:
         except Exception as exc:  # noqa: BLE001 - feature code: isolate and report
             self.fail(name, exc)
             return False
-        self._setting(name)["error"] = None
+        self.setting(name)["error"] = None
         return True
 
     def stop(self, name):
@@ -241,7 +241,7 @@ class FeatureHost:
         """A feature raised: stop it, keep it disabled, report why."""
         reason = format_exception(exc)
         self.stop(name)
-        s = self._setting(name)
+        s = self.setting(name)
         s["error"] = reason
         s["error_set"] = self.set_id
         self._keep()
@@ -258,7 +258,7 @@ class FeatureHost:
         if cfg is None:
             from .values import effective
 
-            cfg = self.configs[name] = effective(self.manifests[name], self._setting(name).get("config", {}))
+            cfg = self.configs[name] = effective(self.manifests[name], self.setting(name).get("config", {}))
         return dict(cfg)
 
     def set_config(self, name, values):
@@ -299,17 +299,17 @@ class FeatureHost:
                 out[name]["error"] = err[:_MAX_ERROR]
         return out
 
-    def _setting(self, name):
+    def setting(self, name):
         return self.settings.setdefault(name, {})
 
-    def _save(self):
+    def save_settings(self):
         self.store.save("features", self.settings)
 
     def _keep(self):
         # the settings as the runtime changes them by itself: a flash that
         # refuses them must not stop the device
         try:
-            self._save()
+            self.save_settings()
         except StoreError as exc:
             self.emit_event("storage_error", None, "settings not saved: %s" % exc)
 

@@ -37,7 +37,7 @@ def state(dev, state, ts=None, reason=None):
 _INF = float("inf")
 
 
-def _scan(msg):
+def scan(msg):
     """(deep, odd, nonfinite) of msg: nested deeper than MAX_DEPTH (CPython's
     json recurses), holding a value of a type JSON lacks, holding NaN or an
     infinity (not JSON: CPython writes NaN, MicroPython nan). Walks without
@@ -60,16 +60,16 @@ def _scan(msg):
     return deep, odd, nonfinite
 
 
-def _nesting_error():
+def nesting_error():
     return ProtocolError("too_large", "message nested deeper than %d levels" % MAX_DEPTH)
 
 
 def dumps(kind, msg):
     """Compact JSON bytes of a message (any kind), refusing what JSON cannot
     carry. Raises ProtocolError: too_large, bad_type, bad_value."""
-    deep, odd, nonfinite = _scan(msg)
+    deep, odd, nonfinite = scan(msg)
     if deep:
-        raise _nesting_error()
+        raise nesting_error()
     if odd:
         raise ProtocolError("bad_type", "%s message holds a value that JSON cannot carry" % kind)
     if nonfinite:

@@ -7,7 +7,7 @@ from ..compat import MICROPYTHON
 from ..errors import ProtocolError
 from ..ids import MAX_ID, valid_id
 from .mqtt import decode_utf8
-from .wire import MAX_MESSAGE, VERSION, _nesting_error, _scan
+from .wire import MAX_MESSAGE, VERSION, nesting_error, scan
 
 OPS = (
     "ping",
@@ -21,7 +21,7 @@ OPS = (
 )
 
 
-def _shown(v):
+def shown(v):
     return repr(v[:40]) if isinstance(v, str) else "of type " + type(v).__name__
 
 
@@ -44,9 +44,9 @@ def loads(payload):
     except (ValueError, UnicodeError) as exc:
         raise ProtocolError("bad_json", "not JSON: %s" % exc) from None
     except RuntimeError:  # CPython's RecursionError; MicroPython's json does not recurse
-        raise _nesting_error() from None
-    if _scan(msg)[0]:
-        raise _nesting_error()
+        raise nesting_error() from None
+    if scan(msg)[0]:
+        raise nesting_error()
     return msg
 
 
@@ -71,10 +71,10 @@ def decode_cmd(payload):
     if "args" in msg and not isinstance(msg["args"], dict):
         raise ProtocolError("bad_type", "cmd.args must be a object")
     if "dev" in msg and not valid_id(msg["dev"]):
-        raise ProtocolError("bad_device_id", "bad device id %s" % _shown(msg["dev"]))
+        raise ProtocolError("bad_device_id", "bad device id %s" % shown(msg["dev"]))
     if not 0 < len(msg["id"]) <= MAX_ID:
         raise ProtocolError("bad_value", "command id must be a string of 1-%d characters" % MAX_ID)
-    if _scan(msg)[2]:
+    if scan(msg)[2]:
         raise ProtocolError("bad_value", "cmd message holds NaN or an infinity")
     return msg
 

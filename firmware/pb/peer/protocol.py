@@ -4,8 +4,8 @@
 # the lean core the device itself loads, so both ends agree by construction.
 from ..errors import ProtocolError
 from ..ids import MAX_ID, valid_id
-from ..net.wire import MAX_DEPTH, MAX_MESSAGE, ROOT, VERSION, _nesting_error, _scan, dumps, topic
-from ..net.wire_in import OPS, _shown, loads, reply_error, reply_ok
+from ..net.wire import MAX_DEPTH, MAX_MESSAGE, ROOT, VERSION, dumps, nesting_error, scan, topic
+from ..net.wire_in import OPS, loads, reply_error, reply_ok, shown
 
 __all__ = [
     "MAX_DEPTH",
@@ -129,9 +129,9 @@ _TYPE_NAMES = {"s": "string", "i": "integer", "n": "number", "b": "boolean", "d"
 def validate(kind, msg):
     """Check a decoded message against its schema; unknown fields are kept
     (forward compatibility). Raises ProtocolError."""
-    deep, odd, nonfinite = _scan(msg)
+    deep, odd, nonfinite = scan(msg)
     if deep:
-        raise _nesting_error()
+        raise nesting_error()
     if not isinstance(msg, dict):
         raise ProtocolError("not_object", "%s message is not a JSON object" % kind)
     v = msg.get("v")
@@ -150,7 +150,7 @@ def validate(kind, msg):
             raise ProtocolError("bad_type", "%s.%s must be a %s" % (kind, name, _TYPE_NAMES[code]))
     # dev and id are reserved in every kind, declared there or not
     if "dev" in msg and not valid_id(msg["dev"]):
-        raise ProtocolError("bad_device_id", "bad device id %s" % _shown(msg["dev"]))
+        raise ProtocolError("bad_device_id", "bad device id %s" % shown(msg["dev"]))
     if "id" in msg and not (isinstance(msg["id"], str) and 0 < len(msg["id"]) <= MAX_ID):
         raise ProtocolError("bad_value", "command id must be a string of 1-%d characters" % MAX_ID)
     if kind == "state" and msg["state"] not in STATES:
