@@ -6,7 +6,7 @@ import json
 from .errors import ConfigError, FeatureError
 from .ids import valid_id
 from .store import read_bytes
-from .values import _MAX_STR, _num, check_value
+from .values import MAX_STR, check_value, is_num
 
 _CONFIG_TYPES = ("number", "integer", "boolean", "string", "array")
 
@@ -23,7 +23,7 @@ def _str_list(m, key, where):
 
 def _semver(v):
     """MAJOR.MINOR.PATCH of digits, optionally -prerelease."""
-    if not isinstance(v, str) or len(v) > _MAX_STR:
+    if not isinstance(v, str) or len(v) > MAX_STR:
         return False
     parts = v.split("-", 1)[0].split(".")
     if len(parts) != 3:
@@ -68,7 +68,7 @@ def check_manifest(m, name=None):
         if "default" not in spec:
             raise FeatureError("%s: config %r needs a default" % (where, key))
         for bound in ("min", "max"):
-            if bound in spec and not _num(spec[bound]):
+            if bound in spec and not is_num(spec[bound]):
                 raise FeatureError("%s: config %r: %s must be a number" % (where, key, bound))
         if "enum" in spec and not isinstance(spec["enum"], list):
             raise FeatureError("%s: config %r: enum must be a list" % (where, key))

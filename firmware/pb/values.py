@@ -3,10 +3,10 @@
 from .errors import ConfigError
 
 _MAX_LIST = 48
-_MAX_STR = 64
+MAX_STR = 64
 
 
-def _num(x):
+def is_num(x):
     return not isinstance(x, bool) and isinstance(x, (int, float))
 
 
@@ -23,7 +23,7 @@ def check_value(spec, key, value):
     elif t == "integer":
         ok = isinstance(value, int)
     elif t == "string":
-        ok = isinstance(value, str) and len(value) <= spec.get("max_len", _MAX_STR)
+        ok = isinstance(value, str) and len(value) <= spec.get("max_len", MAX_STR)
     elif t == "array":
         ok = isinstance(value, list) and len(value) <= spec.get("max_len", _MAX_LIST)
     if not ok:
@@ -31,9 +31,9 @@ def check_value(spec, key, value):
     if t in ("number", "integer"):
         lo = spec.get("min")
         hi = spec.get("max")
-        if _num(lo) and value < lo:
+        if is_num(lo) and value < lo:
             raise ConfigError("%s must be at least %r" % (key, lo))
-        if _num(hi) and value > hi:
+        if is_num(hi) and value > hi:
             raise ConfigError("%s must be at most %r" % (key, hi))
     if "enum" in spec and value not in spec["enum"]:
         raise ConfigError("%s must be one of %s" % (key, ", ".join([str(x) for x in spec["enum"]])))

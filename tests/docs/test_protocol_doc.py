@@ -330,7 +330,7 @@ def _limit_sources() -> dict[str, Any]:
         "proto.MAX_INT": proto.MAX_INT,
         "commands._RECENT_CMDS": commands._RECENT_CMDS,
         "features.MAX_FEATURES": pb_features.MAX_FEATURES,
-        "values._MAX_STR": pb_values._MAX_STR,
+        "values.MAX_STR": pb_values.MAX_STR,
         "values._MAX_LIST": pb_values._MAX_LIST,
         "features.MAX_DATA": pb_features.MAX_DATA,
         "runtime.MAX_PACKET": runtime.MAX_PACKET,
