@@ -259,9 +259,10 @@ class PriceFeed:
             self.printer.line(f"  {dev:<6} got today's prices (cheapest hours: {hours})")
 
 
-async def _wait_online(gw: Gateway, devices: Sequence[str], timeout: float) -> None:
+async def _wait_online(gw: Gateway, devices: Sequence[str], timeout: float, online: bool = True) -> None:
+    """Until the gateway sees every one of devices online (or offline)."""
     deadline = time.monotonic() + timeout
-    while not all(gw.is_online(d) for d in devices) and time.monotonic() < deadline:
+    while any(gw.is_online(d) != online for d in devices) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
 
 
@@ -371,4 +372,6 @@ async def run_demo(
                     feed_task.cancel()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(fleet_task), 5)
+                    # the goodbyes are on the broker: the gateway takes them in before it stops
+                    await _wait_online(gw, [d.id for d in fleet.devices], 5, online=False)
                     gw_task.cancel()

@@ -30,6 +30,7 @@ _RECENT_CMDS = 8
 # Bytes kept whole for what loads on demand (see Device.spare)
 _RESERVE = 8192
 _RUNNING = 16384  # what the running device needs free besides
+_HELLO_WAIT = 15000  # ms a due hello waits for RAM, connected, before a restart says it
 # Loaded for some commands and let go after: most of the time none runs.
 # (tests/firmware/test_module_lists.py checks these names)
 COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
@@ -107,7 +108,7 @@ class Device:
         self._crash = None
         self._reserve = None  # the block; False once given up for good
         self.hello_key = None  # digest of the hello last kept on flash (pb/hello.py)
-        self._hello_due = False  # a hello could not be built: sent again from the sampler
+        self._hello_due = None  # since when a hello could not be built: the sampler tries again
         self._exit = None
         self.started = ticks_ms()
 
@@ -261,7 +262,7 @@ class Device:
         while True:
             self.hal.feed_watchdog()
             self.sample()
-            if self._hello_due:
+            if self._hello_due is not None:
                 self.republish_hello()
             if ticks_diff(ticks_ms(), last) >= self.telemetry_ms:
                 last = ticks_ms()
@@ -346,7 +347,7 @@ class Device:
         # offline: the gateway learns who we are before anything else
         online = wire.state(self.id, "online", self.now())
         hello = self.hello(keep=True)
-        self._hello_due = False
+        self._hello_due = None
         return [
             (self.topic("hello"), hello, 1, True),
             (self.topic("state"), wire.dumps("state", online), 1, True),
@@ -369,18 +370,25 @@ class Device:
 
     def republish_hello(self):
         """Say hello again (what runs changed). Short of RAM for it, the
-        sampler tries again until it goes out; a reconnect's birth says
-        it anyway."""
-        self._hello_due = True
+        sampler tries again; a reconnect's birth says it anyway, and so
+        does a restart after 15 s connected without it (reason memory)."""
+        if self._hello_due is None:
+            self._hello_due = ticks_ms()
         if not self.client.up:
+            self._hello_due = ticks_ms()  # (the birth of the next connect says it)
             return
         try:
             self.client.publish(self.topic("hello"), self.hello(), 1, True)
         except MemoryError:
+            if ticks_diff(ticks_ms(), self._hello_due) > _HELLO_WAIT:
+                # a heap too fragmented for the hello's few hundred bytes
+                # does not mend itself: a fresh one at the next boot says it
+                self.log("hello: no RAM to say it; restarting")
+                self.stop("memory")
             return  # (the sampler tries again)
         except ProtocolError as exc:
             self.log("cannot send hello: %s" % exc)
-        self._hello_due = False
+        self._hello_due = None
 
     # ---- commands ----------------------------------------------------------
 

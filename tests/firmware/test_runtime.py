@@ -313,3 +313,39 @@ def test_a_failing_sensor_leaves_no_stale_value(tmp_path: Path) -> None:
     sense(dev, temperature=500.0, humidity=40)  # outside the sensor's range: a broken sensor
     assert "temperature" not in dev.features.readings
     assert dev.sensor_errors["temperature"] == 1
+
+
+def test_a_hello_without_ram_is_tried_again_then_said_by_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heap too fragmented for the hello after a change: the sampler tries
+    again, and after 15 s connected without it the device restarts (offline
+    reason memory), as the next boot's birth says it from a fresh heap."""
+    import firmware.pb.runtime as runtime
+
+    clock = [1000]
+    monkeypatch.setattr(runtime, "ticks_ms", lambda: clock[0])
+    dev = make_device(tmp_path)
+    dev.boot()
+    sent: list[str] = []
+    out_of_ram = [True]
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if out_of_ram[0]:
+            raise MemoryError("memory allocation failed, allocating 536 bytes")
+        sent.append(topic)
+
+    monkeypatch.setattr(dev.client, "publish", publish)
+    dev.client.up = True
+    dev.republish_hello()
+    clock[0] += 14000
+    dev.republish_hello()  # (as the sampler does while it is due)
+    assert dev._exit is None and not sent
+    out_of_ram[0] = False  # the RAM came back in time: said, nothing more
+    dev.republish_hello()
+    assert sent == [dev.topic("hello")] and dev._exit is None
+    out_of_ram[0] = True
+    dev.republish_hello()
+    clock[0] += 15001
+    dev.republish_hello()
+    assert dev._exit == "memory"
