@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from firmware.pb.compat import format_exception
+from firmware.pb.config import check as check_config
+from firmware.pb.errors import ConfigError as FirmwareConfigError
 from firmware.pb.errors import TrustError
 from firmware.pb.hal import Reboot
 from firmware.pb.ota import flash
@@ -152,6 +154,10 @@ class VirtualDevice:
         if trial_s is not None:
             self.config["ota_trial_s"] = trial_s
         self.config.update(config or {})
+        try:
+            check_config(self.config)  # as a board's boot does (firmware/pb/config.py)
+        except FirmwareConfigError as exc:
+            raise ConfigError(str(exc)) from exc
         if heap_free is not None and heap_free < self.config.get("ota_ram", 48000):
             self.config["ota_mode"] = "lean"
         self.plant = PLANTS[model].random(random.Random(seed)) if plant is None else plant

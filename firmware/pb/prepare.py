@@ -6,7 +6,6 @@ import json
 from . import API
 from .compat import forget
 from .errors import ConfigError
-from .ids import valid_id
 from .ota import flash
 from .store import read_bytes
 
@@ -40,17 +39,14 @@ def load_json(path, what):
 
 
 def load_config(root="."):
-    """The device's config.json, checked. Raises ConfigError."""
-    c = load_json(root + "/" + flash.CONFIG, "device config")
-    if not valid_id(c.get("device")):
-        raise ConfigError("config: 'device' must be 1-32 of a-z 0-9 - _")
-    for key in ("model", "board"):
-        if not isinstance(c.get(key), str) or not c[key]:
-            raise ConfigError("config: %r is required" % key)
-    b = c.get("broker")
-    if not isinstance(b, dict) or not isinstance(b.get("host"), str):
-        raise ConfigError("config: 'broker' needs a 'host'")
-    return c
+    """The device's config.json, checked against its schema (pb/config.py).
+    Raises ConfigError naming the key."""
+    from .config import check
+
+    try:
+        return check(load_json(root + "/" + flash.CONFIG, "device config"))
+    finally:
+        forget(("pb.config",))  # its RAM is the install's
 
 
 def make_hal(config, root="."):

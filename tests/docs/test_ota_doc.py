@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from firmware.pb import API, runtime
-from firmware.pb.errors import ProtocolError, TrustError
+from firmware.pb import API, config, runtime
+from firmware.pb.errors import ConfigError, ProtocolError, TrustError
 from firmware.pb.net import wire
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
-from firmware.pb.ota import flash, forms, guard, handover, install, report, trust, updates
+from firmware.pb.ota import flash, forms, guard, install, report, trust
 from firmware.pb.peer import ota_transfer as otaproto
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
@@ -458,29 +458,91 @@ def test_hello_ota_states_are_in_protocol_md() -> None:
 # ---- the device: config, flash, power cuts, limits -------------------------------------------
 
 
-def _config_keys_read() -> set[str]:
-    keys = set()
+_TYPES = {"int": "integer", "num": "number", "str": "string", "bool": "boolean", "id": "id"}
+
+
+def test_config_table_is_the_schema() -> None:
+    """ota.md 4.7 lists every key of the one schema, with its type, default and range."""
+    rows = {r[0].strip("`"): r for r in table(_ota("4.7"))}
+    entries = config.schema()
+    assert list(rows) == [k[0] for k in entries]
+    for key, kind, default, lo, hi in entries:
+        _, typ, dflt, rng, _meaning = rows[key]
+        want = " ".join(f"`{v}`" for v in kind) if isinstance(kind, tuple) else _TYPES[kind]
+        assert typ == want, key
+        shown = "\u2013" if default is None else str(default).lower() if kind == "bool" else str(default)
+        assert dflt == ("required" if default is config.REQUIRED else shown), key
+        assert rng == ("" if kind == "bool" or isinstance(kind, tuple) else f"{lo}..{hi}"), key
+    assert [k[4] for k in entries if k[0] == "ota_chunk"] == [otaproto.MAX_CHUNK]
+
+
+def _module_of(path: Path) -> Any:
+    import importlib
+
+    rel = path.relative_to(PB.parent.parent).with_suffix("").as_posix().replace("/", ".")
+    return importlib.import_module(rel)
+
+
+def _defaults_in_code() -> dict[str, set[Any]]:
+    """Every default the modules give a setting where they read it: config.get("key", default)."""
+    found: dict[str, set[Any]] = {}
     for path in PB.rglob("*.py"):
-        keys |= set(re.findall(r'\.get\("(ota_\w+)"', path.read_text()))
-    return keys
+        module = None
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr != "get" or len(node.args) != 2 or not isinstance(node.args[0], ast.Constant):
+                continue
+            receiver = ast.unparse(node.func.value)
+            if receiver not in ("config", "cfg", "b", "self.config", "device.config", "d.config"):
+                continue
+            arg = node.args[1]
+            if isinstance(arg, ast.Constant):
+                value = arg.value
+            elif isinstance(arg, ast.Name):
+                module = module or _module_of(path)
+                value = getattr(module, arg.id)
+            else:
+                continue  # (the agent's, checked by its attributes below)
+            found.setdefault(node.args[0].value, set()).add(value)
+    return found
 
 
-def test_config_table_lists_exactly_the_keys_the_code_reads(tmp_path: Path) -> None:
-    rows = {r[0].strip("`"): r[1] for r in table(_ota("4.7"))}
-    assert set(rows) == _config_keys_read()
+def test_every_default_in_the_code_is_the_schemas(tmp_path: Path) -> None:
+    """The schema is where a setting's default is decided: each module that
+    reads one where it uses it gives it the schema's default."""
+    schema = {k[0].split(".")[-1]: k[2] for k in config.schema()}
+    found = _defaults_in_code()
     agent = _agent(tmp_path)
-    defaults: dict[str, int | None] = {
-        "ota_mode": None,
-        "ota_ram": handover._OTA_RAM,
-        "ota_trial_s": updates._TRIAL_S,
-        "ota_chunk": agent.chunk,
-        "ota_window": agent.window,
-        "ota_timeout_ms": agent.timeout_ms,
-        "ota_tries": agent.tries,
-        "ota_deadline_s": agent.deadline_s,
-    }
-    assert {k: None if v == "\u2013" else int(v) for k, v in rows.items()} == defaults
-    assert agent.chunk <= otaproto.MAX_CHUNK
+    for key in ("ota_chunk", "ota_window", "ota_timeout_ms", "ota_tries", "ota_deadline_s"):
+        found.setdefault(key, set()).add(getattr(agent, key[4:]))
+    for key, values in found.items():
+        assert values == {schema[key]}, (
+            f"{key}: the code's default {values} is not the schema's {schema[key]}"
+        )
+    read_with_a_default = {k for k, d in schema.items() if d not in (None, config.REQUIRED)} - {"v"}
+    assert read_with_a_default <= set(found), (
+        f"read nowhere with their default: {read_with_a_default - set(found)}"
+    )
+
+
+def test_a_bad_config_stops_the_boot_naming_the_key() -> None:
+    good = {"device": "th-1", "model": "thermostat", "board": "b", "broker": {"host": "h"}}
+    assert config.check(dict(good)) == good
+    for bad, words in (
+        ({"ota_chunk": 8192}, "'ota_chunk' must be an integer within 16..4096"),
+        ({"ota_chnk": 1024}, "unknown key 'ota_chnk'"),
+        ({"broker": {"host": "h", "port": "1883"}}, "'broker.port' must be an integer"),
+        ({"broker": {"host": "h", "prot": 1}}, "unknown key 'broker.prot'"),
+        ({"device": "TH 1"}, "'device' must be 1-32 of a-z 0-9 - _"),
+        ({"ota_mode": "fast"}, "'ota_mode' must be one of lean"),
+        ({"sample_ms": True}, "'sample_ms' must be an integer"),
+        ({"broker": {"port": 1883}}, "'broker.host' is required"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            config.check({**good, **bad})
+    with pytest.raises(ConfigError, match="'model' is required"):
+        config.check({"device": "th-1", "board": "b", "broker": {"host": "h"}})
 
 
 def _code_paths() -> set[str]:
