@@ -1,6 +1,6 @@
 # MQTT 3.1.1 packet codec, sans-I/O: bytes in, tuples out, and back. This
 # is the client's half (what a device sends and receives); the broker's half
-# (CONNECT, SUBSCRIBE... parsed; CONNACK, SUBACK... built) is in mqtt_peer.py,
+# (CONNECT, SUBSCRIBE... parsed; CONNACK, SUBACK... built) is in pb/peer/mqtt_broker.py,
 # which tests and tools load and a device never does.
 #
 # Packets are small tuples whose first item is the packet type:
