@@ -1,6 +1,6 @@
 # MQTT 3.1.1 packet codec, sans-I/O: bytes in, tuples out, and back. This
 # is the client's half (what a device sends and receives); the broker's half
-# (CONNECT, SUBSCRIBE... parsed; CONNACK, SUBACK... built) is in mqtt_peer.py,
+# (CONNECT, SUBSCRIBE... parsed; CONNACK, SUBACK... built) is in pb/peer/mqtt_broker.py,
 # which tests and tools load and a device never does.
 #
 # Packets are small tuples whose first item is the packet type:
@@ -61,7 +61,7 @@ _FLAGS = {
 }
 
 
-def _err(message):
+def malformed_error(message):
     return ProtocolError("malformed", message)
 
 
@@ -83,7 +83,7 @@ def encode_length(n):
             return bytes(out)
 
 
-def _str(s):
+def encode_str(s):
     if isinstance(s, str):
         s = s.encode("utf-8")
     if len(s) > 65535:
@@ -139,7 +139,7 @@ def decode_utf8(buf):
     return s
 
 
-def _check_topic(topic, wildcards):
+def check_topic(topic, wildcards):
     if not topic:
         raise ProtocolError("bad_topic", "empty topic")
     if "\x00" in topic:
@@ -148,31 +148,31 @@ def _check_topic(topic, wildcards):
         raise ProtocolError("bad_topic", "wildcard in topic name %r" % topic)
 
 
-def _check_pid(pid):
+def check_pid(pid):
     if not 1 <= pid <= MAX_PID:
         raise ProtocolError("malformed", "packet id %d out of range" % pid)
 
 
-def _check_qos(qos, top):
+def check_qos(qos, top):
     if qos < 0 or qos > top:
         raise ProtocolError("unsupported_qos", "QoS %d not supported" % qos)
 
 
 def connect(client_id, keepalive, clean=True, user=None, password=None, will=None):
     flags = 0x02 if clean else 0
-    tail = _str(client_id)
+    tail = encode_str(client_id)
     if will is not None:
         wtopic, wpayload, wqos, wretain = will
-        _check_topic(wtopic, False)
-        _check_qos(wqos, 1)
+        check_topic(wtopic, False)
+        check_qos(wqos, 1)
         flags |= 0x04 | (wqos << 3) | (0x20 if wretain else 0)
-        tail += _str(wtopic) + _str(wpayload)
+        tail += encode_str(wtopic) + encode_str(wpayload)
     if user is not None:
         flags |= 0x80
-        tail += _str(user)
+        tail += encode_str(user)
         if password is not None:
             flags |= 0x40
-            tail += _str(password)
+            tail += encode_str(password)
     elif password is not None:
         raise ProtocolError("malformed", "password without user name")
     if not 0 <= keepalive <= 65535:
@@ -184,30 +184,30 @@ def connect(client_id, keepalive, clean=True, user=None, password=None, will=Non
 def publish_header(topic, length, qos=0, retain=False, dup=False, pid=0):
     """Fixed and variable header of a PUBLISH whose payload (length bytes)
     the caller writes next; large payloads are never copied into one buffer."""
-    _check_topic(topic, False)
-    _check_qos(qos, 1)
-    t = _str(topic)
+    check_topic(topic, False)
+    check_qos(qos, 1)
+    t = encode_str(topic)
     if qos:
-        _check_pid(pid)
+        check_pid(pid)
         t += struct.pack("!H", pid)
     first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
     return bytes((first,)) + encode_length(len(t) + length) + t
 
 
 def puback(pid):
-    _check_pid(pid)
+    check_pid(pid)
     return b"\x40\x02" + struct.pack("!H", pid)
 
 
 def subscribe(pid, filters):
-    _check_pid(pid)
+    check_pid(pid)
     if not filters:
         raise ProtocolError("malformed", "SUBSCRIBE without filters")
     body = struct.pack("!H", pid)
     for f, qos in filters:
-        _check_topic(f, True)
-        _check_qos(qos, 1)
-        body += _str(f) + bytes((qos,))
+        check_topic(f, True)
+        check_qos(qos, 1)
+        body += encode_str(f) + bytes((qos,))
     return b"\x82" + encode_length(len(body)) + body
 
 
@@ -234,25 +234,27 @@ def decode_length(buf, start=1):
         if b < 0x80:
             return n, i + 1
         mul <<= 7
-    raise _err("remaining length longer than 4 bytes")
+    raise malformed_error("remaining length longer than 4 bytes")
 
 
 def _u16(b, i):
     if i + 2 > len(b):
-        raise _err("packet too short")
+        raise malformed_error("packet too short")
     return (b[i] << 8) | b[i + 1]
 
 
 def _pid_at(b, i):
     pid = _u16(b, i)
     if pid == 0:
-        raise _err("packet id 0")
+        raise malformed_error("packet id 0")
     return pid
 
 
 def _exact(b, n):
     if len(b) != n:
-        raise _err("packet too short" if len(b) < n else "%d unexpected trailing bytes" % (len(b) - n))
+        raise malformed_error(
+            "packet too short" if len(b) < n else "%d unexpected trailing bytes" % (len(b) - n)
+        )
 
 
 def parse(first, body):
@@ -263,17 +265,17 @@ def parse(first, body):
     if t == PUBLISH:
         qos = (flags >> 1) & 3
         if qos == 3:
-            raise _err("PUBLISH with QoS 3")
+            raise malformed_error("PUBLISH with QoS 3")
         if qos == 2:
             raise ProtocolError("unsupported_qos", "QoS 2 PUBLISH")
         dup = bool(flags & 0x08)
         if dup and not qos:
-            raise _err("DUP set on a QoS 0 PUBLISH")
+            raise malformed_error("DUP set on a QoS 0 PUBLISH")
         end = 2 + _u16(body, 0)
         if end > len(body):
-            raise _err("field runs past the end of the packet")
+            raise malformed_error("field runs past the end of the packet")
         topic = text(body[2:end])
-        _check_topic(topic, False)
+        check_topic(topic, False)
         pid = _pid_at(body, end) if qos else 0
         payload = body[end + 2 if qos else end :]
         # a view when the body is one (the decoder's reused buffer), else bytes
@@ -284,9 +286,9 @@ def parse(first, body):
     if t == CONNACK:
         _exact(body, 2)
         if body[0] & 0xFE:
-            raise _err("reserved CONNACK flags set")
+            raise malformed_error("reserved CONNACK flags set")
         if body[1] > 5:
-            raise _err("CONNACK return code %d" % body[1])
+            raise malformed_error("CONNACK return code %d" % body[1])
         return (CONNACK, bool(body[0] & 1), body[1])
     if t == PUBACK or t == UNSUBACK:
         pid = _pid_at(body, 0)
@@ -296,15 +298,15 @@ def parse(first, body):
         pid = _pid_at(body, 0)
         codes = list(body[2:])
         if not codes:
-            raise _err("SUBACK without return codes")
+            raise malformed_error("SUBACK without return codes")
         for c in codes:
             if c not in (0, 1, 2, 0x80):
-                raise _err("SUBACK return code 0x%x" % c)
+                raise malformed_error("SUBACK return code 0x%x" % c)
         return (SUBACK, pid, codes)
     if t == PINGRESP:
         _exact(body, 0)
         return (t,)
-    raise _err("packet type %d is not sent to clients" % t)
+    raise malformed_error("packet type %d is not sent to clients" % t)
 
 
 def text(raw):
@@ -312,17 +314,17 @@ def text(raw):
     try:
         s = decode_utf8(raw)
     except UnicodeError:
-        raise _err("string is not UTF-8") from None
+        raise malformed_error("string is not UTF-8") from None
     if "\x00" in s:
-        raise _err("NUL in string")
+        raise malformed_error("NUL in string")
     return s
 
 
 def check_flags(t, flags):
     if t not in _FLAGS:
-        raise _err("unknown packet type %d" % t)
+        raise malformed_error("unknown packet type %d" % t)
     if flags != _FLAGS[t]:
-        raise _err("bad flags 0x%x for packet type %d" % (flags, t))
+        raise malformed_error("bad flags 0x%x for packet type %d" % (flags, t))
 
 
 class Decoder:

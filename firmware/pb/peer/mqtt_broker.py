@@ -17,17 +17,17 @@ from ..net.mqtt import (
     UNSUBACK,
     UNSUBSCRIBE,
     Decoder,
-    _check_pid,
-    _check_qos,
-    _check_topic,
-    _err,
-    _str,
     check_flags,
+    check_pid,
+    check_qos,
+    check_topic,
     connect,
     decode_length,
     decode_utf8,
     disconnect,
     encode_length,
+    encode_str,
+    malformed_error,
     pingreq,
     puback,
     publish_header,
@@ -42,13 +42,13 @@ def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
 
 
 def unsubscribe(pid, filters):
-    _check_pid(pid)
+    check_pid(pid)
     if not filters:
         raise ProtocolError("malformed", "UNSUBSCRIBE without filters")
     body = struct.pack("!H", pid)
     for f in filters:
-        _check_topic(f, True)
-        body += _str(f)
+        check_topic(f, True)
+        body += encode_str(f)
     return b"\xa2" + encode_length(len(body)) + body
 
 
@@ -63,21 +63,21 @@ class _Reader:
 
     def u8(self):
         if self.i >= len(self.b):
-            raise _err("packet too short")
+            raise malformed_error("packet too short")
         v = self.b[self.i]
         self.i += 1
         return v
 
     def u16(self):
         if self.i + 2 > len(self.b):
-            raise _err("packet too short")
+            raise malformed_error("packet too short")
         v = (self.b[self.i] << 8) | self.b[self.i + 1]
         self.i += 2
         return v
 
     def raw(self, n):
         if self.i + n > len(self.b):
-            raise _err("field runs past the end of the packet")
+            raise malformed_error("field runs past the end of the packet")
         v = bytes(self.b[self.i : self.i + n])
         self.i += n
         return v
@@ -96,13 +96,13 @@ class _Reader:
 
     def done(self):
         if self.i != len(self.b):
-            raise _err("%d unexpected trailing bytes" % (len(self.b) - self.i))
+            raise malformed_error("%d unexpected trailing bytes" % (len(self.b) - self.i))
 
 
 def _pid(r):
     pid = r.u16()
     if pid == 0:
-        raise _err("packet id 0")
+        raise malformed_error("packet id 0")
     return pid
 
 
@@ -111,13 +111,13 @@ def connack(session_present, code):
 
 
 def suback(pid, codes):
-    _check_pid(pid)
+    check_pid(pid)
     body = struct.pack("!H", pid) + bytes(codes)
     return b"\x90" + encode_length(len(body)) + body
 
 
 def unsuback(pid):
-    _check_pid(pid)
+    check_pid(pid)
     return b"\xb0\x02" + struct.pack("!H", pid)
 
 
@@ -167,24 +167,24 @@ def parse(first, body):
             filters = []
             while r.left():
                 f = r.text()
-                _check_topic(f, True)
+                check_topic(f, True)
                 qos = r.u8()
                 if qos > 2:
-                    raise _err("requested QoS %d" % qos)
-                _check_qos(qos, 1)
+                    raise malformed_error("requested QoS %d" % qos)
+                check_qos(qos, 1)
                 filters.append((f, qos))
             if not filters:
-                raise _err("SUBSCRIBE without filters")
+                raise malformed_error("SUBSCRIBE without filters")
             return (SUBSCRIBE, pid, filters)
         if t == UNSUBSCRIBE:
             pid = _pid(r)
             filters = []
             while r.left():
                 f = r.text()
-                _check_topic(f, True)
+                check_topic(f, True)
                 filters.append(f)
             if not filters:
-                raise _err("UNSUBSCRIBE without filters")
+                raise malformed_error("UNSUBSCRIBE without filters")
             return (UNSUBSCRIBE, pid, filters)
         r.done()
         return (t,)
@@ -201,29 +201,29 @@ def decoder(max_size=8192):
 
 def _parse_connect(r):
     if r.bin() != b"MQTT":
-        raise _err("protocol name is not MQTT")
+        raise malformed_error("protocol name is not MQTT")
     if r.u8() != 4:
         raise ProtocolError("unsupported_version", "protocol level is not 4 (3.1.1)")
     flags = r.u8()
     if flags & 1:
-        raise _err("reserved CONNECT flag set")
+        raise malformed_error("reserved CONNECT flag set")
     keepalive = r.u16()
     client_id = r.text()
     will = None
     wqos = (flags >> 3) & 3
     if flags & 0x04:
         if wqos == 3:
-            raise _err("will QoS 3")
-        _check_qos(wqos, 1)
+            raise malformed_error("will QoS 3")
+        check_qos(wqos, 1)
         wtopic = r.text()
-        _check_topic(wtopic, False)
+        check_topic(wtopic, False)
         will = (wtopic, r.bin(), wqos, bool(flags & 0x20))
     elif wqos or flags & 0x20:
-        raise _err("will QoS or retain without a will")
+        raise malformed_error("will QoS or retain without a will")
     user = r.text() if flags & 0x80 else None
     if flags & 0x40:
         if user is None:
-            raise _err("password flag without user flag")
+            raise malformed_error("password flag without user flag")
         password = r.bin()
     else:
         password = None
