@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from firmware.pb import API, config, runtime
+from firmware.pb import API, runtime
 from firmware.pb.errors import ConfigError, ProtocolError, TrustError
 from firmware.pb.net import wire
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
 from firmware.pb.ota import flash, forms, guard, install, report, trust
 from firmware.pb.peer import ota_transfer as otaproto
+from firmware.pb.prepare import CONFIG_SCHEMA, check_config
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
 from ota import release as ota_release
@@ -458,20 +461,42 @@ def test_hello_ota_states_are_in_protocol_md() -> None:
 # ---- the device: config, flash, power cuts, limits -------------------------------------------
 
 
+REQUIRED = "!"
+
+
+def _schema() -> list[tuple[str, Any, Any, int, int]]:
+    """CONFIG_SCHEMA as (key, type, default, lowest, highest); an
+    enumeration's type is the tuple of its values, a default None: may be
+    left out, REQUIRED: required."""
+    out = []
+    for line in CONFIG_SCHEMA.strip().split("\n"):
+        key, kind, default, lo, hi = line.split(" ")
+        value: Any = default
+        if default == "-":
+            value = None
+        elif kind == "bool" and default != REQUIRED:
+            value = default == "true"
+        elif kind in ("int", "num") and default != REQUIRED:
+            value = int(default)
+        typ: Any = kind if kind in ("id", "str", "int", "num", "bool") else tuple(kind.split("|"))
+        out.append((key, typ, value, int(lo), int(hi)))
+    return out
+
+
 _TYPES = {"int": "integer", "num": "number", "str": "string", "bool": "boolean", "id": "id"}
 
 
 def test_config_table_is_the_schema() -> None:
     """ota.md 4.7 lists every key of the one schema, with its type, default and range."""
     rows = {r[0].strip("`"): r for r in table(_ota("4.7"))}
-    entries = config.schema()
+    entries = _schema()
     assert list(rows) == [k[0] for k in entries]
     for key, kind, default, lo, hi in entries:
         _, typ, dflt, rng, _meaning = rows[key]
         want = " ".join(f"`{v}`" for v in kind) if isinstance(kind, tuple) else _TYPES[kind]
         assert typ == want, key
         shown = "\u2013" if default is None else str(default).lower() if kind == "bool" else str(default)
-        assert dflt == ("required" if default is config.REQUIRED else shown), key
+        assert dflt == ("required" if default is REQUIRED else shown), key
         assert rng == ("" if kind == "bool" or isinstance(kind, tuple) else f"{lo}..{hi}"), key
     assert [k[4] for k in entries if k[0] == "ota_chunk"] == [otaproto.MAX_CHUNK]
 
@@ -511,7 +536,7 @@ def _defaults_in_code() -> dict[str, set[Any]]:
 def test_every_default_in_the_code_is_the_schemas(tmp_path: Path) -> None:
     """The schema is where a setting's default is decided: each module that
     reads one where it uses it gives it the schema's default."""
-    schema = {k[0].split(".")[-1]: k[2] for k in config.schema()}
+    schema = {k[0].split(".")[-1]: k[2] for k in _schema()}
     found = _defaults_in_code()
     agent = _agent(tmp_path)
     for key in ("ota_chunk", "ota_window", "ota_timeout_ms", "ota_tries", "ota_deadline_s"):
@@ -520,7 +545,7 @@ def test_every_default_in_the_code_is_the_schemas(tmp_path: Path) -> None:
         assert values == {schema[key]}, (
             f"{key}: the code's default {values} is not the schema's {schema[key]}"
         )
-    read_with_a_default = {k for k, d in schema.items() if d not in (None, config.REQUIRED)} - {"v"}
+    read_with_a_default = {k for k, d in schema.items() if d not in (None, REQUIRED)} - {"v"}
     assert read_with_a_default <= set(found), (
         f"read nowhere with their default: {read_with_a_default - set(found)}"
     )
@@ -528,7 +553,7 @@ def test_every_default_in_the_code_is_the_schemas(tmp_path: Path) -> None:
 
 def test_a_bad_config_stops_the_boot_naming_the_key() -> None:
     good = {"device": "th-1", "model": "thermostat", "board": "b", "broker": {"host": "h"}}
-    assert config.check(dict(good)) == good
+    assert check_config(dict(good)) == good
     for bad, words in (
         ({"ota_chunk": 8192}, "'ota_chunk' must be an integer within 16..4096"),
         ({"ota_chnk": 1024}, "unknown key 'ota_chnk'"),
@@ -538,11 +563,21 @@ def test_a_bad_config_stops_the_boot_naming_the_key() -> None:
         ({"ota_mode": "fast"}, "'ota_mode' must be one of lean"),
         ({"sample_ms": True}, "'sample_ms' must be an integer"),
         ({"broker": {"port": 1883}}, "'broker.host' is required"),
+        ({"broker": "h"}, "'broker' must be an object"),
+        ({"v": 2}, "'v' must be an integer within 1..1, not 2"),
+        ({"ota_trial_s": float("nan")}, "'ota_trial_s' must be a number within 0..86400"),
+        ({"hal": "x" * 17}, "'hal' must be a string of 1-16 characters"),
+        ({"broker": {"host": "h", "clean": 1}}, "'broker.clean' must be true or false, not 1"),
+        # keys that would match more than a key in the schema's text
+        ({"device id ! 1 32\nmodel": 1}, "unknown key"),
+        ({"broker": {"host": "h", "port 1883 1 65535\nbroker.user": 1}}, "unknown key"),
+        ({"broker.host": "h"}, "unknown key 'broker.host'"),
+        ({"": 1}, "unknown key ''"),
     ):
         with pytest.raises(ConfigError, match=re.escape(words)):
-            config.check({**good, **bad})
+            check_config({**good, **bad})
     with pytest.raises(ConfigError, match="'model' is required"):
-        config.check({"device": "th-1", "board": "b", "broker": {"host": "h"}})
+        check_config({"device": "th-1", "board": "b", "broker": {"host": "h"}})
 
 
 def _code_paths() -> set[str]:
@@ -728,3 +763,26 @@ def test_trust_codes_table_is_what_the_code_raises() -> None:
     doc = str(TrustError.__doc__)
     promised = set(re.findall(r"\b[a-z_]+\b", doc.split("docs/security.md):")[1]))
     assert raised <= promised
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["device", "model", "board", "broker", "v", "ota_chunk", "ota_mode", "x", ""])
+        | st.text(max_size=12),
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats()
+        | st.text(max_size=40)
+        | st.dictionaries(
+            st.sampled_from(["host", "port", "clean", "x"]) | st.text(max_size=8), st.integers() | st.text()
+        ),
+        max_size=8,
+    )
+)
+def test_any_config_is_accepted_or_refused_with_a_config_error(raw: dict[str, Any]) -> None:
+    try:
+        assert check_config(raw) is raw
+    except ConfigError as exc:
+        assert str(exc).startswith("config: ")

@@ -294,3 +294,28 @@ def test_source_device_runs_too(
     dev.start()
     shown = wait_for(lambda: (d := gateway_process.device(dev.id))["online"] and d, 20, what="online")
     assert shown["features"]["vent"]["running"] is True
+
+
+@pytest.mark.parametrize("interpreter", ["micropython", "python"])
+def test_a_config_outside_its_schema_stops_the_boot_naming_the_key(
+    mosquitto: Mosquitto, gateway_process: GatewayProcess, make_device: MakeDevice, interpreter: str
+) -> None:
+    dev = make_device(mosquitto, "thermostat", interpreter)
+    cfg = json.loads((dev.path / "config.json").read_text())
+    (dev.path / "config.json").write_text(json.dumps({**cfg, "ota_chunk": 8192}))
+    dev.heap = SMALL_HEAP
+    dev.start()
+    try:
+        wait_for(
+            lambda: "config: 'ota_chunk' must be an integer within 16..4096, not 8192" in dev.output(),
+            15,
+            what="the config error",
+        )
+        assert "booted" not in dev.output()
+        assert dev.id not in {d["id"] for d in gateway_process.devices()}
+    finally:
+        dev.kill()
+    # put right, the same device boots
+    (dev.path / "config.json").write_text(json.dumps(cfg))
+    dev.start()
+    wait_for(lambda: gateway_process.device(dev.id)["online"], 20, what="online")
