@@ -91,8 +91,8 @@ def check_config(c):
     for line in CONFIG_SCHEMA.split("\n"):
         if not line:
             continue
-        key, kind, default, lo, hi = line.split(" ")
-        lo, hi = int(lo), int(hi)
+        key, kind, default, low, high = line.split(" ")
+        lo, hi = int(low), int(high)
         src, name = c, key
         i = key.find(".")
         if i > 0:
