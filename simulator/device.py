@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from firmware.pb.compat import format_exception
+from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError as FirmwareConfigError
 from firmware.pb.errors import TrustError
 from firmware.pb.hal import Reboot
 from firmware.pb.ota import flash
 from firmware.pb.ota.updates import Boot
-from firmware.pb.prepare import check_config, choose, lean_job
+from firmware.pb.prepare import choose, lean_job
 from firmware.pb.runtime import Device
 from firmware.pb.start import run_device
 from firmware.pb.store import write_atomic
@@ -154,7 +155,7 @@ class VirtualDevice:
             self.config["ota_trial_s"] = trial_s
         self.config.update(config or {})
         try:
-            check_config(self.config)  # as a board's boot does (firmware/pb/prepare.py)
+            check_config(self.config)  # as a board's boot does (firmware/pb/config.py)
         except FirmwareConfigError as exc:
             raise ConfigError(str(exc)) from exc
         if heap_free is not None and heap_free < self.config.get("ota_ram", 48000):

@@ -30,13 +30,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.pb import API, runtime
+from firmware.pb.config import SCHEMA as CONFIG_SCHEMA
+from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError, ProtocolError, TrustError
 from firmware.pb.net import wire
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
 from firmware.pb.ota import flash, forms, guard, install, report, trust
 from firmware.pb.peer import ota_transfer as otaproto
-from firmware.pb.prepare import CONFIG_SCHEMA, check_config
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
 from ota import release as ota_release

@@ -9,7 +9,8 @@ import json
 from ..errors import StoreError
 from ..store import makedirs, read_bytes, write_atomic
 
-CONFIG = "config.json"  # the device's settings (pb/prepare.py CONFIG_SCHEMA)
+CONFIG = "config.json"  # the device's settings (pb/config.py)
+CONFIG_CHECKED = "data/config.ok"  # digest of the runtime's version and the config that passed
 BOARDS = "boards"  # boards/<board>.json
 FACTORY = "features"  # the factory set, run when there is no pointer
 DATA = "data"  # the runtime's records (pb/store.py Store)
