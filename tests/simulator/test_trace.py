@@ -45,8 +45,10 @@ async def test_a_recorded_shirt_replays_to_the_same_vent_decisions(
     dev.clock.set_speed(SPEED)  # a simulated minute a second
     # (on a loaded machine the run may take longer to reach the humid part)
     await async_wait_for(
-        lambda: rig.gw.store.telemetry_count(dev.id) >= 150
-        and max(r["actuators"].get("vent", 0) for r in record(rig.gw.store, dev.id).rows) >= 20,
+        lambda: (
+            rig.gw.store.telemetry_count(dev.id) >= 150
+            and max(r["actuators"].get("vent", 0) for r in record(rig.gw.store, dev.id).rows) >= 20
+        ),
         90,
         what="telemetry of a run that opened the vent",
     )
