@@ -73,7 +73,7 @@ def test_an_install_out_of_ram_three_times_fails_saying_where(tmp_path: Path) ->
     failed = []
     # heaps around what the install needs: where the imports fit but not the
     # rest (which heap that is moves with the code, so several are tried)
-    for kb in range(64, 129, 4):
+    for kb in range(40, 129, 2):
         base = tmp_path / f"dev{kb}"
         staged(base, keys, rel, now)
         out = micropython.run_json_lines(INSTALL, [[str(base), now]], heap=f"{kb}K")
