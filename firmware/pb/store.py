@@ -7,7 +7,7 @@ import os
 from .compat import fsync
 from .errors import StoreError
 
-TMP = ".tmp"  # the suffix of a replacement being written
+_TMP = ".tmp"
 
 
 def exists(path):
@@ -32,7 +32,7 @@ def makedirs(path):
 
 def write_atomic(path, data):
     """Replace path's content with data (bytes) as one step."""
-    tmp = path + TMP
+    tmp = path + _TMP
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -51,7 +51,7 @@ def write_atomic(path, data):
 def read_bytes(path):
     """Content of path, or of its pending replacement if a rename was cut
     short; None if neither exists."""
-    for p in (path, path + TMP):
+    for p in (path, path + _TMP):
         try:
             with open(p, "rb") as f:
                 return f.read()
@@ -88,7 +88,7 @@ class Store:
         write_atomic(self._path(name), json.dumps(value).encode("utf-8"))
 
     def delete(self, name):
-        for p in (self._path(name), self._path(name) + TMP):
+        for p in (self._path(name), self._path(name) + _TMP):
             try:
                 os.remove(p)
             except OSError:

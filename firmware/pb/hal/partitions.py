@@ -15,7 +15,9 @@ import os
 from ..compat import const, fsync
 from ..errors import StoreError
 from ..ota.files import file_sha256, size
-from ..store import TMP, makedirs, read_bytes, write_atomic
+from ..store import makedirs, read_bytes, write_atomic
+
+_TMP = ".tmp"  # pb/store.py's suffix of a replacement being written
 
 FOLDER = "flash"  # under the device's root folder
 OTADATA = "otadata.json"
@@ -354,8 +356,8 @@ def _settle(path):
     """Finish a replacement that a power cut left as path's .tmp alone (on
     FAT, after write_atomic's remove and before its rename): the next
     write_atomic would truncate that one copy before its own rename."""
-    if size(path) < 0 and size(path + TMP) >= 0:
-        os.rename(path + TMP, path)
+    if size(path) < 0 and size(path + _TMP) >= 0:
+        os.rename(path + _TMP, path)
 
 
 def _blank(path, n):
