@@ -28,6 +28,7 @@ def test_a_complete_device(tmp_path: Path) -> None:
     assert "__init__.py" not in got  # the CPython package marker stays behind
     # what only the gateway and the tests use stays behind: a board never loads it
     assert not any(f.startswith("pb/peer/") for f in got)
+    assert "pb/hal/partitions.py" not in got
     assert {"pb/ota/flash.py", "pb/ota/download.py", "pb/ota/install.py", "pb/ota/trust.py"} <= got
     config = json.loads((p.path / "config.json").read_text())
     assert config["device"] == "th-1" and config["model"] == "thermostat" and config["hal"] == "host"
