@@ -30,7 +30,7 @@ _RECENT_CMDS = 8
 # Bytes kept whole for what loads on demand (see Device.spare)
 _RESERVE = 8192
 _RUNNING = 16384  # what the running device needs free besides
-_HELLO_WAIT = 15000  # ms a due hello waits for RAM, connected, before a restart says it
+_RAM_WAIT = 15000  # ms a due hello or telemetry waits for RAM, connected, before a restart
 # Loaded for some commands and let go after: most of the time none runs.
 # (tests/firmware/test_module_lists.py checks these names)
 COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
@@ -109,6 +109,7 @@ class Device:
         self._reserve = None  # the block; False once given up for good
         self.hello_key = None  # digest of the hello last kept on flash (pb/hello.py)
         self._hello_due = None  # since when a hello could not be built: the sampler tries again
+        self._short = None  # since when telemetry could not be built
         self._exit = None
         self.started = ticks_ms()
 
@@ -303,7 +304,20 @@ class Device:
             "actuators": self.actuators,
             "features": self.features.reports,
         }
-        self._publish("telemetry", msg, 0, False)
+        try:
+            self._publish("telemetry", msg, 0, False)
+            self._short = None
+        except MemoryError:
+            # a heap too fragmented for it now: this report is skipped
+            # (its seq is the next one's), not the runtime crashed; if it
+            # stays so while connected, a restart gives a fresh heap
+            self._seq -= 1
+            msg = None
+            if self._short is None:
+                self._short = ticks_ms()
+            elif ticks_diff(ticks_ms(), self._short) > _RAM_WAIT:
+                self.log("telemetry: no RAM to send it; restarting")
+                self.stop("memory")
 
     def drive(self, actuator, value):
         """Drive an actuator for a feature; a failing actuator is reported,
@@ -380,7 +394,7 @@ class Device:
         try:
             self.client.publish(self.topic("hello"), self.hello(), 1, True)
         except MemoryError:
-            if ticks_diff(ticks_ms(), self._hello_due) > _HELLO_WAIT:
+            if ticks_diff(ticks_ms(), self._hello_due) > _RAM_WAIT:
                 # a heap too fragmented for the hello's few hundred bytes
                 # does not mend itself: a fresh one at the next boot says it
                 self.log("hello: no RAM to say it; restarting")

@@ -349,3 +349,39 @@ def test_a_hello_without_ram_is_tried_again_then_said_by_a_restart(
     clock[0] += 15001
     dev.republish_hello()
     assert dev._exit == "memory"
+
+
+def test_telemetry_without_ram_is_skipped_then_a_restart_gives_a_fresh_heap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report that cannot be built is skipped, not a crash; its seq goes to
+    the next one; 15 s of that while connected, and the device restarts."""
+    import firmware.pb.runtime as runtime
+
+    clock = [1000]
+    monkeypatch.setattr(runtime, "ticks_ms", lambda: clock[0])
+    dev = make_device(tmp_path)
+    dev.boot()
+    sent: list[dict[str, Any]] = []
+    out_of_ram = [True]
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        if out_of_ram[0]:
+            raise MemoryError("memory allocation failed, allocating 232 bytes")
+        sent.append(json.loads(payload))
+        return True
+
+    monkeypatch.setattr(dev.client, "publish", publish)
+    dev.client.up = True
+    dev.publish_telemetry()
+    clock[0] += 14000
+    dev.publish_telemetry()
+    assert dev._exit is None and not sent
+    out_of_ram[0] = False
+    dev.publish_telemetry()
+    assert [m["seq"] for m in sent] == [1] and dev._exit is None  # no gap for the skipped ones
+    out_of_ram[0] = True
+    dev.publish_telemetry()
+    clock[0] += 15001
+    dev.publish_telemetry()
+    assert dev._exit == "memory"
