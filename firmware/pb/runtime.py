@@ -360,12 +360,16 @@ class Device:
         # sent first on every connect, ahead of whatever queued up while
         # offline: the gateway learns who we are before anything else
         online = wire.state(self.id, "online", self.now())
-        hello = self.hello(keep=True)
-        self._hello_due = None
-        return [
-            (self.topic("hello"), hello, 1, True),
-            (self.topic("state"), wire.dumps("state", online), 1, True),
-        ] + self.updates.birth()
+        out = [(self.topic("state"), wire.dumps("state", online), 1, True)]
+        try:
+            out.insert(0, (self.topic("hello"), self.hello(keep=True), 1, True))
+            self._hello_due = None
+        except MemoryError:
+            # a heap too fragmented for it now: the broker keeps the last
+            # hello, and this one follows from the sampler (republish_hello)
+            # instead of the connect failing and the device restarting
+            self._hello_due = ticks_ms()
+        return out + self.updates.birth()
 
     def emit_event(self, kind, feature, message):
         self.log("%s%s: %s" % (kind, " " + feature if feature else "", message))

@@ -385,3 +385,23 @@ def test_telemetry_without_ram_is_skipped_then_a_restart_gives_a_fresh_heap(
     clock[0] += 15001
     dev.publish_telemetry()
     assert dev._exit == "memory"
+
+
+def test_a_birth_without_ram_for_the_hello_still_says_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connect goes on without the hello (the broker keeps the last one);
+    the sampler says the new one once it can."""
+    dev = make_device(tmp_path)
+    dev.boot()
+
+    def no_ram(keep: bool = False) -> bytes:
+        raise MemoryError("memory allocation failed, allocating 456 bytes")
+
+    monkeypatch.setattr(dev, "hello", no_ram)
+    topics = [t for t, *_ in dev._birth()]
+    assert topics[0] == dev.topic("state") and dev.topic("hello") not in topics
+    assert dev._hello_due is not None
+    monkeypatch.undo()
+    assert [t for t, *_ in dev._birth()][:2] == [dev.topic("hello"), dev.topic("state")]
+    assert dev._hello_due is None
