@@ -3,12 +3,12 @@
 # that is never told anything does not spend the RAM.
 import json
 
-from .compat import asyncio, mem_free, ticks_diff, ticks_ms
+from .compat import asyncio, const, mem_free, ticks_diff, ticks_ms
 from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
 from .ids import valid_id
 from .net import wire, wire_in
 
-_RECENT_CMDS = 8
+_RECENT_CMDS = const(8)
 
 
 def handle(dev, payload):

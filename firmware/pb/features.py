@@ -9,12 +9,12 @@
 import sys
 
 from . import API
-from .compat import format_exception
+from .compat import const, format_exception
 from .errors import ConfigError, FeatureError, HalError, StoreError
 
 MAX_FEATURES = 16
 MAX_DATA = 2048  # bytes of JSON the gateway's data.set may keep on a device
-_MAX_ERROR = 120  # characters of an error kept in status and hello
+_MAX_ERROR = const(120)  # characters of an error kept in status and hello
 
 
 def import_feature(root, name):

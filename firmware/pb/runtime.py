@@ -9,6 +9,7 @@ from .bus import Bus
 from .compat import (
     MICROPYTHON,
     asyncio,
+    const,
     forget,
     format_exception,
     mem_free,
@@ -24,13 +25,13 @@ from .net import wire
 from .net.mqtt_client import MQTTClient
 from .net.wire import MAX_PACKET
 
-_RECENT_CMDS = 8
+_RECENT_CMDS = const(8)
 
 
 # Bytes kept whole for what loads on demand (see Device.spare)
-_RESERVE = 8192
-_RUNNING = 16384  # what the running device needs free besides
-_RAM_WAIT = 15000  # ms a due hello or telemetry waits for RAM, connected, before a restart
+_RESERVE = const(8192)
+_RUNNING = const(16384)  # what the running device needs free besides
+_RAM_WAIT = const(15000)  # ms a due hello or telemetry waits for RAM, connected, before a restart
 # Loaded for some commands and let go after: most of the time none runs.
 # (tests/firmware/test_module_lists.py checks these names)
 COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
@@ -309,15 +310,21 @@ class Device:
             self._short = None
         except MemoryError:
             # a heap too fragmented for it now: this report is skipped
-            # (its seq is the next one's), not the runtime crashed; if it
-            # stays so while connected, a restart gives a fresh heap
+            # (its seq is the next one's), not the runtime crashed
             self._seq -= 1
-            msg = None
-            if self._short is None:
-                self._short = ticks_ms()
-            elif ticks_diff(ticks_ms(), self._short) > _RAM_WAIT:
-                self.log("telemetry: no RAM to send it; restarting")
-                self.stop("memory")
+            self._short = self._no_ram(self._short)
+
+    def _no_ram(self, since):
+        """A hello or telemetry due since then (ticks; None: now) found no
+        block of RAM: a heap so fragmented for a few hundred bytes does not
+        mend itself, so after 15 s of it, connected, the device restarts on
+        a fresh one (offline reason memory). Returns since."""
+        if since is None:
+            return ticks_ms()
+        if ticks_diff(ticks_ms(), since) > _RAM_WAIT:
+            self.log("no RAM for %d s; restarting" % (_RAM_WAIT // 1000))
+            self.stop("memory")
+        return since
 
     def drive(self, actuator, value):
         """Drive an actuator for a feature; a failing actuator is reported,
@@ -398,11 +405,7 @@ class Device:
         try:
             self.client.publish(self.topic("hello"), self.hello(), 1, True)
         except MemoryError:
-            if ticks_diff(ticks_ms(), self._hello_due) > _RAM_WAIT:
-                # a heap too fragmented for the hello's few hundred bytes
-                # does not mend itself: a fresh one at the next boot says it
-                self.log("hello: no RAM to say it; restarting")
-                self.stop("memory")
+            self._no_ram(self._hello_due)
             return  # (the sampler tries again)
         except ProtocolError as exc:
             self.log("cannot send hello: %s" % exc)

@@ -4,9 +4,9 @@
 # pb/ota/session.py (resuming at boot, an offer, the download beside the
 # features), pb/ota/handover.py (to update mode when RAM is short), pb/ota/trial.py (the trial of a
 # new set), pb/ota/report.py (statuses).
-from ..compat import forget
+from ..compat import const, forget
 
-_TRIAL_S = 60
+_TRIAL_S = const(60)
 # Loaded for an update session; let go again when none runs after the boot
 # (tests/firmware/test_module_lists.py checks these names)
 SESSION_MODULES = ("pb.ota.session", "pb.ota.handover", "pb.ota.flash", "pb.ota.report")
