@@ -315,75 +315,45 @@ def test_a_failing_sensor_leaves_no_stale_value(tmp_path: Path) -> None:
     assert dev.sensor_errors["temperature"] == 1
 
 
-def test_a_hello_without_ram_is_tried_again_then_said_by_a_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["hello", "telemetry"])
+def test_a_message_without_ram_waits_then_a_restart_gives_a_fresh_heap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A heap too fragmented for the hello after a change: the sampler tries
-    again, and after 15 s connected without it the device restarts (offline
-    reason memory), as the next boot's birth says it from a fresh heap."""
+    """A heap too fragmented for a message: a changed hello is tried again by
+    the sampler, a telemetry report skipped (its seq goes to the next one),
+    not a crash; after 15 s of that while connected the device restarts
+    (offline reason memory), and the next boot says it from a fresh heap."""
     import firmware.pb.runtime as runtime
 
     clock = [1000]
     monkeypatch.setattr(runtime, "ticks_ms", lambda: clock[0])
     dev = make_device(tmp_path)
     dev.boot()
-    sent: list[str] = []
-    out_of_ram = [True]
-
-    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if out_of_ram[0]:
-            raise MemoryError("memory allocation failed, allocating 536 bytes")
-        sent.append(topic)
-
-    monkeypatch.setattr(dev.client, "publish", publish)
-    dev.client.up = True
-    dev.republish_hello()
-    clock[0] += 14000
-    dev.republish_hello()  # (as the sampler does while it is due)
-    assert dev._exit is None and not sent
-    out_of_ram[0] = False  # the RAM came back in time: said, nothing more
-    dev.republish_hello()
-    assert sent == [dev.topic("hello")] and dev._exit is None
-    out_of_ram[0] = True
-    dev.republish_hello()
-    clock[0] += 15001
-    dev.republish_hello()
-    assert dev._exit == "memory"
-
-
-def test_telemetry_without_ram_is_skipped_then_a_restart_gives_a_fresh_heap(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A report that cannot be built is skipped, not a crash; its seq goes to
-    the next one; 15 s of that while connected, and the device restarts."""
-    import firmware.pb.runtime as runtime
-
-    clock = [1000]
-    monkeypatch.setattr(runtime, "ticks_ms", lambda: clock[0])
-    dev = make_device(tmp_path)
-    dev.boot()
-    sent: list[dict[str, Any]] = []
+    sent: list[tuple[str, bytes]] = []
     out_of_ram = [True]
 
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         if out_of_ram[0]:
-            raise MemoryError("memory allocation failed, allocating 232 bytes")
-        sent.append(json.loads(payload))
+            raise MemoryError("memory allocation failed, allocating 536 bytes")
+        sent.append((topic, payload))
         return True
 
     monkeypatch.setattr(dev.client, "publish", publish)
     dev.client.up = True
-    dev.publish_telemetry()
+    say = dev.republish_hello if kind == "hello" else dev.publish_telemetry
+    say()
     clock[0] += 14000
-    dev.publish_telemetry()
+    say()  # (as the sampler does)
     assert dev._exit is None and not sent
-    out_of_ram[0] = False
-    dev.publish_telemetry()
-    assert [m["seq"] for m in sent] == [1] and dev._exit is None  # no gap for the skipped ones
+    out_of_ram[0] = False  # the RAM came back in time: said, nothing more
+    say()
+    assert [t for t, _ in sent] == [dev.topic(kind)] and dev._exit is None
+    if kind == "telemetry":
+        assert json.loads(sent[0][1])["seq"] == 1  # no gap for the skipped ones
     out_of_ram[0] = True
-    dev.publish_telemetry()
+    say()
     clock[0] += 15001
-    dev.publish_telemetry()
+    say()
     assert dev._exit == "memory"
 
 

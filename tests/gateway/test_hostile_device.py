@@ -25,6 +25,7 @@ from ota.keys import Keys
 from ota.release import Release
 
 from ..conftest import unique_id
+from ..support import messages
 from ..support.mosquitto import Mosquitto
 from ..support.mqtt import TestClient
 from ..support.ota import OtaDevice
@@ -33,24 +34,7 @@ from .conftest import Running, StartGateway, stop
 
 
 def hello(dev: str, **over: Any) -> dict[str, Any]:
-    msg = {
-        "v": 1,
-        "dev": dev,
-        "model": "thermostat",
-        "board": "thermostat-v1",
-        "runtime": "0.1.0",
-        "api": 1,
-        "platform": "micropython",
-        "features": {"thermostat": {"version": "1.0.0", "enabled": True, "running": True}},
-        "caps": ["relay", "temperature"],
-        "heap_free": 81232,
-        "reset_cause": "power_on",
-        "boot_count": 1,
-        "keepalive": 30,
-        "telemetry_s": 10.0,
-        "ts": time.time(),
-    }
-    return msg | over
+    return messages.hello(dev, **({"platform": "micropython", "ts": time.time()} | over))
 
 
 def telemetry(dev: str, seq: int = 1, **over: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from gateway.updates import new_update
 
 from ..firmware.corpus import canon
 from ..firmware.strategies import messages
+from ..support.messages import hello as hello_message
 
 EXAMPLES = 800  # per test: four tests, 3200 cases, about 25 s
 _settings = settings(
@@ -157,21 +158,7 @@ class Bench:
         return dev
 
     def hello(self, dev: str) -> None:
-        msg = {
-            "v": 1,
-            "dev": dev,
-            "model": "thermostat",
-            "board": "thermostat-v1",
-            "runtime": "0.1.0",
-            "api": 1,
-            "features": {"thermostat": {"version": "1.0.0", "enabled": True, "running": True}},
-            "caps": ["relay", "temperature"],
-            "heap_free": 81232,
-            "reset_cause": "power_on",
-            "boot_count": 1,
-            "keepalive": 30,
-            "telemetry_s": 10.0,
-        }
+        msg = hello_message(dev)
         self.send(dev, "hello", json.dumps(msg).encode())
         assert self.store.device(dev) is not None
 
