@@ -142,7 +142,7 @@ GATEWAY_USER = "gateway"
 # its own ota/offer or ota/chunk could feed itself an update the gateway never
 # offered it; one that could read its ota/req would see nothing it needs.
 DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/req", "ota/status")
-DEVICE_READS = ("cmd", "ota/offer", "ota/chunk")
+DEVICE_READS = ("cmd", "ota/offer", "ota/chunk", "ota/root")
 
 
 def acl_text(gateway_user: str = GATEWAY_USER, operators: Sequence[str] = ()) -> str:

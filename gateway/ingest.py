@@ -20,7 +20,7 @@ UNKNOWN_DEVICE = "unknown_device"
 RETAINED_COMMAND = "retained_command"
 
 # The update transfer (docs/ota.md 3): what the gateway sends, and what it takes.
-OTA_DOWN = ("ota/offer", "ota/chunk")
+OTA_DOWN = ("ota/offer", "ota/chunk", "ota/root")
 OTA_UP = ("ota/req", "ota/status")
 
 

@@ -124,7 +124,12 @@ class Gateway:
         for reason, r in store.rejects().items():
             self.rejects[reason] = r["count"]
         self.ota = Updater(
-            store, keys=keys, devices=store.device, online=self.is_online, deadline_s=update_deadline
+            store,
+            keys=keys,
+            devices=store.device,
+            online=self.is_online,
+            fleet=store.devices,
+            deadline_s=update_deadline,
         )
         self.ota.publish = self.publish
 

@@ -17,14 +17,14 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
 from firmware.pb.peer import protocol as proto
 from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN
 from ota.errors import KeyStoreError
-from ota.keys import Keys, freshness
+from ota.keys import ROOT_FILE, Keys, freshness, load_keys
 
 from .errors import (
     DeviceNotFoundError,
@@ -35,6 +35,7 @@ from .errors import (
     UpdateNotFoundError,
 )
 from .releases import ReleaseStore, StoredRelease
+from .roots import RESEND_S, RETRY_S, RootPlan
 from .store import DeviceRecord, Store
 from .updates import (
     DEFAULT_DEADLINE_S,
@@ -195,8 +196,11 @@ class Updater:
 
     keys: the gateway's keys (root.json and gateway.key); without them
     nothing can be added or offered (OtaDisabledError). devices(id) gives a
-    device's record, online(id) whether it is connected; `publish` is set by
-    the gateway to its MQTT publish (raising GatewayError when it cannot).
+    device's record, online(id) whether it is connected, fleet() every
+    record; `publish` is set by the gateway to its MQTT publish (raising
+    GatewayError when it cannot). A device on an older root than the keys'
+    takes the newer roots first (gateway/roots.py): its update's offer waits
+    until it trusts this root.
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class Updater:
         keys: Keys | None,
         devices: Callable[[str], DeviceRecord | None],
         online: Callable[[str], bool],
+        fleet: Callable[[], Iterable[DeviceRecord]] = list,
         deadline_s: float = DEFAULT_DEADLINE_S,
         freshness_ttl_s: float = DEFAULT_FRESHNESS_TTL_S,
         outbox: int = OUTBOX,
@@ -215,6 +220,10 @@ class Updater:
         self.table = UpdateTable(store)
         self.devices = devices
         self.online = online
+        self.fleet = fleet
+        self.roots = RootPlan(dict(keys.chain) if keys is not None else {})
+        self._held: set[str] = set()  # devices whose update's offer waits for a root
+        self._keys_stamp = _stamp(keys)
         self.deadline_s = deadline_s
         self.freshness_ttl_s = freshness_ttl_s
         self.publish: Publish | None = None
@@ -229,6 +238,7 @@ class Updater:
             "committed": 0,
             "failed": 0,
             "reoffers": 0,
+            "roots": 0,
         }
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[str, Update] = {u.device: u for u in self.table.in_progress()}
@@ -296,6 +306,7 @@ class Updater:
         ReleaseNotFoundError, DeviceNotFoundError, DeviceOfflineError (unless
         force), UpdateRefusedError (wrong_model, rollback), GatewayError (not
         connected to the broker)."""
+        self.check_keys()
         keys = self.require_keys()
         release = self.releases.find(ref)
         record = self.devices(dev)
@@ -336,6 +347,20 @@ class Updater:
                 await publish(topic, cancel_message(old.id), 1, False)
             except GatewayError as exc:
                 log.warning("%s: could not cancel update %s: %s", dev, old.id, exc)
+        if self.roots.behind(record.hello):
+            # the device takes the newer roots first; the offer follows its hello on ours
+            self._held.add(dev)
+            if self.online(dev):
+                await self._send_root(dev, record.hello, now)
+            log.info(
+                "%s: update %s to %s waits for the device to trust root %d",
+                dev,
+                uid,
+                release.ref,
+                self.roots.current,
+            )
+            return u
+        self._held.discard(dev)
         try:
             await publish(topic, offer_message(uid, release.id, len(release.manifest), envelope), 1, False)
         except GatewayError as exc:
@@ -352,15 +377,31 @@ class Updater:
         before it took it, or took it and lost it in a crash): it is sent
         again, with a fresh freshness statement. A device that has the
         offer already ignores the repeat."""
+        self.roots.sent.pop(dev, None)  # what was sent before did not outlive the connection
         u = self._active.get(dev)
         if u is not None and _untaken(u):
-            self._spawn(self._reoffer(u), f"reoffer-{u.id}")
+            record = self.devices(dev)
+            if record is not None and self.roots.behind(record.hello):
+                self._held.add(dev)  # its hello says which root it came back with
+            else:
+                self._spawn(self._reoffer(u), f"reoffer-{u.id}")
 
     def on_hello(self, dev: str, hello: dict[str, Any], now: float) -> Update | None:
-        """A hello (validated, from dev; retained or not): a device that
-        says it runs its update's release on trial or committed has got
-        that far, though the statuses that said so were lost (a broker
-        restarted without them). The update if it moved."""
+        """A hello (validated, from dev; retained or not): a device on an
+        older root is sent the next one (if online); one that trusts ours
+        now is offered the update that waited for it. A device that says it
+        runs its update's release on trial or committed has got that far,
+        though the statuses that said so were lost (a broker restarted
+        without them). The update if it moved."""
+        self.check_keys()
+        if self.roots.behind(hello):
+            if self.online(dev):
+                self._spawn(self._send_root(dev, hello, now), f"root-{dev}")
+        elif dev in self._held:
+            self._held.discard(dev)
+            held = self._active.get(dev)
+            if held is not None and _untaken(held):
+                self._spawn(self._reoffer(held), f"reoffer-{held.id}")
         u = self._active.get(dev)
         msg = from_hello(u, hello.get("ota")) if u is not None else None
         if u is None or msg is None:
@@ -387,11 +428,84 @@ class Updater:
         n = 0
         for u in list(self._active.values()):
             if _untaken(u) and self.online(u.device):
+                record = self.devices(u.device)
+                if record is not None and self.roots.behind(record.hello):
+                    self._held.add(u.device)
+                    continue
                 self._spawn(self._reoffer(u), f"reoffer-{u.id}")
                 n += 1
         if n:
             log.info("reconciling: %d update(s) offered again", n)
+        self.roots_to_fleet()
         return n
+
+    # ---- roots ---------------------------------------------------------------
+
+    def roots_to_fleet(self) -> int:
+        """Send the next root to every online device on an older one; how many."""
+        n = 0
+        now = time.time()
+        for record in self.fleet():
+            if self.roots.behind(record.hello) and self.online(record.id):
+                self._spawn(self._send_root(record.id, record.hello, now), f"root-{record.id}")
+                n += 1
+        return n
+
+    def retry_roots(self, now: float) -> None:
+        """Send a root again to each online device that has not taken it
+        within RETRY_S (it was lost: the device reset as it came)."""
+        for dev, (_version, when) in list(self.roots.sent.items()):
+            if now - when < RETRY_S or not self.online(dev):
+                continue
+            record = self.devices(dev)
+            if record is not None and self.roots.behind(record.hello):
+                self._spawn(self._send_root(dev, record.hello, now, RETRY_S), f"root-{dev}")
+
+    async def _send_root(self, dev: str, hello: dict[str, Any], now: float, gap: float = RESEND_S) -> None:
+        plan = self.roots.next_root(dev, hello, now, gap)
+        publish = self.publish
+        if plan is None or publish is None:
+            return
+        if isinstance(plan, str):
+            log.warning(
+                "%s: trusts root %s, older than %d, and cannot be sent a newer one: %s",
+                dev,
+                (hello.get("ota") or {}).get("root"),
+                self.roots.current,
+                plan,
+            )
+            return
+        version, data = plan
+        try:
+            await publish(proto.topic(dev, "ota/root"), data, 1, False)
+        except GatewayError as exc:
+            log.warning("%s: could not send root version %d: %s", dev, version, exc)
+            return
+        self.stats["roots"] += 1
+        log.info("%s: sent root version %d (it trusts %d)", dev, version, version - 1)
+
+    def check_keys(self) -> bool:
+        """Load the keys folder again if its root.json changed (the maker
+        rotated the root); True if it did. Keys that do not load are
+        logged, and the ones in use stay."""
+        if self.keys is None or _stamp(self.keys) == self._keys_stamp:
+            return False
+        self._keys_stamp = _stamp(self.keys)
+        try:
+            keys = load_keys(self.keys.path)
+            keys.gateway_key()
+        except KeyStoreError as exc:
+            log.error(
+                "the keys folder changed and cannot be used: %s; keeping root version %d",
+                exc,
+                self.keys.version,
+            )
+            return False
+        self.keys = keys
+        self.releases.root = keys.root_bytes
+        self.roots = RootPlan(dict(keys.chain))
+        log.info("keys: root version %d from %s", keys.version, keys.path)
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -473,6 +587,12 @@ class Updater:
         device that commits after its deadline stays failed(timeout))."""
         self.stats["statuses"] += 1
         u = self._active.get(dev)
+        if (
+            msg["id"] == "-"
+            and msg["state"] == "failed"
+            and str(msg.get("reason", "")).startswith("root refused")
+        ):
+            return self._root_refused(dev, u, msg, now)
         if u is None or u.id != msg["id"]:
             old = self.table.get(msg["id"])
             if old is not None and old.device == dev and old.device_state != msg["state"]:
@@ -491,6 +611,18 @@ class Updater:
             self._dirty.discard(dev)
             self.table.save(new)
         return new
+
+    def _root_refused(self, dev: str, u: Update | None, msg: dict[str, Any], now: float) -> Update | None:
+        version = self.roots.on_refused(dev)
+        if version is None:
+            return None  # said again at a connect: noted already
+        log.warning("%s: refused root version %d: %s", dev, version, msg.get("reason"))
+        if u is None or dev not in self._held:
+            return None
+        self._held.discard(dev)
+        ended = fail(u, f"the device refused root version {version}: {msg.get('reason')}", now)
+        self._end(ended)
+        return ended
 
     def _end(self, u: Update) -> None:
         if self._active.get(u.device) is not None and self._active[u.device].id == u.id:
@@ -537,6 +669,9 @@ class Updater:
         while True:
             await asyncio.sleep(_WATCH_S)
             try:
+                if self.check_keys():
+                    self.roots_to_fleet()
+                self.retry_roots(time.time())
                 self.check_deadlines(time.time())
                 self.flush()
             except Exception:
@@ -568,3 +703,14 @@ class Updater:
 def _untaken(u: Update) -> bool:
     """Offered, and the device never said it took the offer."""
     return u.state == "offered" and u.device_state is None
+
+
+def _stamp(keys: Keys | None) -> tuple[int, int] | None:
+    """What tells that the keys folder's root.json changed."""
+    if keys is None:
+        return None
+    try:
+        st = (keys.path / ROOT_FILE).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,13 @@ class Keys:
     root_keys: tuple[Ed25519PrivateKey, ...]
     release: Ed25519PrivateKey | None
     gateway: Ed25519PrivateKey | None
+    # root.<N>.json by N, each trusted by the one before it: the roots a device
+    # on an older version takes, in order, to reach this one
+    chain: dict[int, bytes] = field(default_factory=dict)
+    # gateway keys of earlier roots (retired/v<N>/gateway.key), newest first:
+    # freshness statements carry their signatures too, for devices that
+    # cannot take a root over the air
+    retired_gateways: tuple[Ed25519PrivateKey, ...] = ()
 
     @property
     def version(self) -> int:
@@ -98,6 +105,11 @@ class Keys:
         if self.gateway is None:
             raise KeyStoreError(f"{self.path} has no {GATEWAY_KEY} (the gateway key signs freshness)")
         return self.gateway
+
+    def gateway_keys(self) -> list[Ed25519PrivateKey]:
+        """The keys that sign a freshness statement: this root's gateway key,
+        then retired ones, at most MAX_SIGNATURES."""
+        return [self.gateway_key(), *self.retired_gateways][:MAX_SIGNATURES]
 
 
 # ---- files -------------------------------------------------------------------
@@ -257,7 +269,38 @@ def load_keys(keys_dir: Path | str, verify: VerifyFn = verify_signature) -> Keys
         root_keys=tuple(check(p, "root") for p in _root_key_files(folder)),
         release=optional(RELEASE_KEY, "release"),
         gateway=optional(GATEWAY_KEY, "gateway"),
+        chain=_chain(folder, root, data, verify),
+        retired_gateways=_retired_gateways(folder),
     )
+
+
+def _chain(folder: Path, root: dict[str, Any], data: bytes, verify: VerifyFn) -> dict[int, bytes]:
+    """root.<N>.json files from the current version down, as long as each
+    is the one the next rotated from (a gap or a broken link ends it)."""
+    version = int(root["version"])
+    chain = {version: data}
+    newer = data
+    for v in range(version - 1, 0, -1):
+        path = folder / _versioned_root(v)
+        if not path.is_file():
+            break
+        older = path.read_bytes()
+        try:
+            trust.rotate_root(trust.load_root(older, verify), newer, verify)
+        except TrustError:
+            break
+        chain[v] = newer = older
+    return chain
+
+
+def _retired_gateways(folder: Path) -> tuple[Ed25519PrivateKey, ...]:
+    """retired/v<N>/gateway.key, newest N first."""
+    found = []
+    for d in (folder / RETIRED).glob("v*"):
+        path = d / GATEWAY_KEY
+        if d.name[1:].isdigit() and path.is_file():
+            found.append((int(d.name[1:]), _load_private(path)))
+    return tuple(k for _, k in sorted(found, key=lambda x: -x[0]))
 
 
 def rotate_root(
@@ -312,6 +355,11 @@ def rotate_root(
         trust.rotate_root(old, data, verify_signature)  # what a device on root N will do
     except (EnvelopeError, TrustError) as exc:
         raise KeyStoreError(f"cannot make root version {version + 1}: {exc}") from exc
+    if len(data) > trust.MAX_SENT_ROOT:
+        raise KeyStoreError(
+            f"root version {version + 1} takes {len(data)} bytes; a device takes at most "
+            f"{trust.MAX_SENT_ROOT} over the air: use fewer root keys"
+        )
 
     # Old keys leave first, so a crash half-way never leaves two key sets
     # that both look current; root.json changes last, in one rename.
@@ -352,7 +400,7 @@ def freshness(
     """A freshness statement (docs/ota.md 2.2) for one release offered to one
     device as one update, signed by the gateway key: version is `now` in ms,
     it expires ttl_s after now. Raises KeyStoreError."""
-    gateway = key.gateway_key() if isinstance(key, Keys) else key
+    signers = key.gateway_keys() if isinstance(key, Keys) else [key]
     if not trust.is_hex(manifest_sha256, 64):
         raise KeyStoreError("manifest_sha256 must be 64 lowercase hex characters")
     if not valid_id(device):
@@ -372,4 +420,4 @@ def freshness(
         "manifest": manifest_sha256,
         "expires": int(now + ttl_s),
     }
-    return sign_envelope(body, [gateway])
+    return sign_envelope(body, signers)

@@ -27,7 +27,7 @@ from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError as FirmwareConfigError
 from firmware.pb.errors import TrustError
 from firmware.pb.hal import Reboot
-from firmware.pb.ota import flash
+from firmware.pb.ota import flash, roots
 from firmware.pb.ota.updates import Boot
 from firmware.pb.prepare import choose, lean_job
 from firmware.pb.runtime import Device
@@ -80,29 +80,20 @@ def provision(base: Path, features: Sequence[str], root: bytes | None = None) ->
 
 
 def install_root(base: Path, root: bytes) -> None:
-    """Make the device in base trust root (base/ota/root.json), unless it
-    trusts a newer one already (one it rotated to stays). Raises ConfigError
-    for a root that is not self-signed."""
+    """Make the device in base trust root: written as a root provisioned
+    (base/ota/root.json), which its next boot takes unless it trusts a newer
+    one already (one it rotated to stays; docs/ota.md 1.1). Raises
+    ConfigError for a root that is not self-signed."""
     from firmware.pb.ota.trust import load_root
     from ota.envelope import verify_signature
 
     try:
-        trusted = load_root(root, verify_signature)
+        load_root(root, verify_signature)
     except TrustError as exc:
         raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc
-    path = base / ROOT_FILE
-    path.parent.mkdir(exist_ok=True)
-    old = path.read_bytes() if path.is_file() else None
-    if old != root and (old is None or _root_version(old) <= trusted["version"]):
-        write_atomic(str(path), root)
-
-
-def _root_version(data: bytes) -> int:
-    """The version of a stored root, 0 if it cannot be read."""
-    try:
-        return int(json.loads(json.loads(data)["signed"])["version"])
-    except (ValueError, KeyError, TypeError):
-        return 0
+    (base / "ota").mkdir(parents=True, exist_ok=True)
+    if roots.trusted_root(str(base))[1] != root:
+        write_atomic(str(base / ROOT_FILE), root)
 
 
 def _device_log(dev: str, msg: str) -> None:
@@ -274,6 +265,11 @@ class VirtualDevice:
             self.faults.cut_off_s = off_s
         self.faults.cuts += 1
         self._power_gone()
+
+    def power_on(self) -> None:
+        """End a power cut now (the device boots as it would after off_s)."""
+        if self._off is not None:
+            self._off.set()
 
     def updating(self) -> bool:
         """An update is under way on this device: taken and not yet

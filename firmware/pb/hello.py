@@ -3,7 +3,7 @@
 # so its code takes no RAM between times.
 import json
 
-from . import API, VERSION
+from . import API, PROTOCOL, VERSION
 from .compat import mem_free
 from .errors import StoreError
 from .net import wire
@@ -15,6 +15,7 @@ def build(d):
 
     return {
         "v": wire.VERSION,
+        "proto": PROTOCOL,
         "dev": d.id,
         "model": d.config["model"],
         "board": d.config["board"],

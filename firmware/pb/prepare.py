@@ -4,15 +4,21 @@
 import json
 
 from . import API, VERSION
-from .compat import forget
+from .compat import const, forget
 from .errors import ConfigError, StoreError
 from .ota import flash
 from .store import makedirs, read_bytes, write_atomic
+
+# A block kept whole from the start of the boot for an install's signature
+# check (pb/ota/install.py): the code and copies it loads need blocks of a
+# few KB, which a heap cut up by the boot's small blocks lacks
+_ROOM = const(12288)
 
 # What only the boot needs, let go before the runtime loads (the install's
 # and the guard's code). tests/firmware/test_module_lists.py checks these.
 BOOT_ONLY_MODULES = (
     "pb.ota.guard",
+    "pb.ota.roots",
     "pb.ota.install",
     "pb.ota.trust",
     "pb.ota.ed25519",
@@ -86,29 +92,46 @@ def lean_job(root):
     return flash.lean_job(root)
 
 
-def choose(root, config, hal):
-    # a staged update is installed now, while little else is in RAM, and the
-    # device resets after it; a manifest update mode fetched has its
-    # signatures checked (the install's code is loaded only for these)
+def choose(root, config, hal, room=None):
+    """The boot guard's choice (pb/ota/guard.py) and the version of the root
+    the device trusts. room(): frees the block prepare() kept whole for an
+    install's signature check."""
+    # a root provisioned or sent is taken first, so that an install checks
+    # with it; a staged update is installed now, while little else is in
+    # RAM, and the device resets after it; a manifest update mode fetched
+    # has its signatures checked (the install's code is loaded only for these)
+    from .ota.roots import root_versions, root_waits
+
+    if root_waits(root):
+        from .ota.roots import settle
+
+        trusted = settle(root, hal.time(), hal.fault_point)
+        forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512", "pb.ota.report"))
+    else:
+        versions = root_versions(root)
+        trusted = versions[0] if versions else 0
+    forget(("pb.ota.roots",))
     job = flash.read_job(root)
     if job is not None and (job.get("phase") == "staged" or job.get("verify") == "boot"):
         from .ota.install import check_fetched, install_staged
 
         device = (config["device"], config["model"], hal.caps, API)
-        if install_staged(root, device, hal.time(), hal.fault_point):
+        if install_staged(root, device, hal.time(), hal.fault_point, room):
             hal.reset("update")
-        check_fetched(root, device, hal.time())  # a manifest update mode fetched: before its blobs
+        check_fetched(root, device, hal.time(), room)  # a manifest update mode fetched: before its blobs
     from .ota.guard import decide
 
-    return decide(root, hal.fault_point)
+    return decide(root, hal.fault_point) + (trusted,)
 
 
 def prepare(root):
     """(config, hal, the guard's choice, whether to run in update mode, the
     folder of the runtime's records)."""
+    hold = [bytearray(_ROOM)]  # before the boot's own blocks cut up the heap
     config = load_config(root)
     hal = make_hal(config, root)
-    chosen = choose(root, config, hal)
+    chosen = choose(root, config, hal, hold.clear)
+    hold = None
     lean = lean_job(root)
     forget(BOOT_ONLY_MODULES)  # the runtime gets their RAM
     return config, hal, chosen, lean, root + "/" + flash.DATA

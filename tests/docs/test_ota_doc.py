@@ -645,6 +645,7 @@ def _limit_sources() -> dict[str, Any]:
     return {
         "trust.MAX_ENVELOPE": trust.MAX_ENVELOPE,
         "trust.MAX_SIGNATURES": trust.MAX_SIGNATURES,
+        "trust.MAX_SENT_ROOT": trust.MAX_SENT_ROOT,
         "trust.MAX_FILES": trust.MAX_FILES,
         "trust.MAX_PATH": trust.MAX_PATH,
         "transfer.MAX_CHUNK": otaproto.MAX_CHUNK,

@@ -220,8 +220,11 @@ WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
 
 def in_bounds(name: str, code: str) -> st.SearchStrategy[Any]:
     """Values of an integer or number field within proto's bounds for it
-    (the bounds themselves come up often)."""
+    (the bounds themselves come up often); a hello's protocol level is
+    one the gateway serves or above."""
     lo, hi = proto.bounds(name)
+    if name == "proto":
+        lo = proto.PROTOCOLS[0]
     ints = st.integers(lo, hi)
     if code == "i":
         return ints

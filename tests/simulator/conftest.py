@@ -26,6 +26,7 @@ from ota.release import build
 from simulator.clock import SimClock
 from simulator.device import VirtualDevice
 from simulator.fleet import Fleet
+from simulator.process import ProcessDevice
 
 from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
@@ -138,6 +139,25 @@ async def make_device(tmp_path: Path, mosquitto: Mosquitto, keys: Keys) -> Async
     for _, task in running:
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 10)
+
+
+def unix_port_board(broker: Mosquitto, workdir: Path, root: bytes) -> ProcessDevice:
+    """A thermostat on the MicroPython unix port (128 KB heap), with broker
+    credentials, trusting root; not yet running."""
+    board_id, password = f"mp-{secrets.token_hex(3)}", secrets.token_urlsafe(9)
+    broker.add_user(board_id, password)
+    return ProcessDevice(
+        board_id,
+        "thermostat",
+        broker.url,
+        workdir / "boards",
+        SimClock(),
+        1,
+        password=password,
+        telemetry_s=1,
+        root=root,
+        trial_s=TRIAL_S,
+    )
 
 
 @dataclass

@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from pathlib import Path
 
 from ota.keys import Keys
 from ota.release import build, read
-from simulator.clock import SimClock
-from simulator.process import HEAP, ProcessDevice
+from simulator.process import HEAP
 
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import FEATURES, TRIAL_S, MakeDevice, Rig
+from .conftest import FEATURES, MakeDevice, Rig, unix_port_board
 
 
 def installed(base: Path) -> list[str]:
@@ -37,20 +35,8 @@ async def test_one_release_serves_a_virtual_device_and_a_unix_port_board(
     stored = rig.publish(eco_release)
 
     virtual = await make_device()
-    board_id, password = f"mp-{secrets.token_hex(3)}", secrets.token_urlsafe(9)
-    mosquitto.add_user(board_id, password)
-    board = ProcessDevice(
-        board_id,
-        "thermostat",
-        mosquitto.url,
-        tmp_path / "boards",
-        SimClock(),
-        1,
-        password=password,
-        telemetry_s=1,
-        root=keys.root_bytes,
-        trial_s=TRIAL_S,
-    )
+    board = unix_port_board(mosquitto, tmp_path, keys.root_bytes)
+    board_id = board.id
     assert board.heap == HEAP == "128K"
     task = asyncio.create_task(board.run(), name="board")
     try:

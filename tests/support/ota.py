@@ -44,6 +44,7 @@ class OtaDevice:
         self.client = TestClient(broker, dev_id, password, client_id=f"{dev_id}-ota-{secrets.token_hex(2)}")
         self.client.subscribe(f"pb/{dev_id}/ota/offer", qos=1)
         self.client.subscribe(f"pb/{dev_id}/ota/chunk", qos=0)
+        self.client.subscribe(f"pb/{dev_id}/ota/root", qos=1)
         self._backlog: list[Message] = []
 
     def close(self) -> None:
@@ -54,8 +55,15 @@ class OtaDevice:
 
     # ---- telling the gateway about itself ---------------------------------------
 
-    def hello(self, model: str = "thermostat", counter: int = 0, manifest: str | None = None) -> None:
-        """A retained hello (with what it runs) and state online."""
+    def hello(
+        self,
+        model: str = "thermostat",
+        counter: int = 0,
+        manifest: str | None = None,
+        root: int | None = None,
+    ) -> None:
+        """A retained hello (with what it runs) and state online; with root,
+        a hello of protocol level 2 naming the root it trusts."""
         msg = {
             "v": 1,
             "dev": self.id,
@@ -73,6 +81,9 @@ class OtaDevice:
             "telemetry_s": 10,
             "ota": {"counter": counter, "manifest": manifest, "state": "committed" if counter else "factory"},
         }
+        if root is not None:
+            msg["proto"] = 2
+            msg["ota"]["root"] = root
         self.client.publish(self.topic("hello"), json.dumps(msg), qos=1, retain=True)
         self.client.publish(
             self.topic("state"), json.dumps({"v": 1, "dev": self.id, "state": "online"}), qos=1, retain=True
@@ -107,6 +118,11 @@ class OtaDevice:
         if m is None:
             raise AssertionError(f"{self.id} got no offer within {timeout}s")
         return dict(otaproto.check_offer(json.loads(m[1])))
+
+    def root(self, timeout: float = 10) -> bytes | None:
+        """The next root the gateway sends (None if none comes within timeout)."""
+        m = self._take(lambda m: m[0] == self.topic("ota/root"), timeout)
+        return None if m is None else bytes(m[1])
 
     def chunks_pending(self) -> int:
         return sum(1 for m in self._backlog if m[0] == self.topic("ota/chunk")) + self.client.received.qsize()

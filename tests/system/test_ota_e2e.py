@@ -75,7 +75,7 @@ def test_update_with_the_cli_counts_only_at_committed(
         raise AssertionError(f"{exc}: {published.device(dev.id)}\n{dev.output()[-3000:]}\n{gw_log}") from None
     assert shown["features"]["eco"]["running"] is True
     assert shown["features"]["thermostat"]["running"] is True
-    assert shown["ota"] == {"counter": 2, "manifest": release2.sha256, "state": "committed"}
+    assert shown["ota"] == {"counter": 2, "manifest": release2.sha256, "state": "committed", "root": 1}
 
 
 def test_second_update_transfers_only_the_changed_file(

@@ -18,6 +18,7 @@ from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
+    collect,
     format_exception,
     fsync,
     rand_below,
@@ -35,7 +36,14 @@ from .transfer import FLAG_ERROR, check_offer, decode_chunk
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
-CHECK_MODULES = ("pb.ota.install", "pb.ota.guard", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
+CHECK_MODULES = (
+    "pb.ota.install",
+    "pb.ota.roots",
+    "pb.ota.guard",
+    "pb.ota.trust",
+    "pb.ota.ed25519",
+    "pb.ota.sha512",
+)
 
 
 def configure(agent, config, caps=None):
@@ -100,6 +108,9 @@ class Agent:
         self.device = None
         self.caps = {}
         self.tick = None
+        # room(), if set, gives back a block kept whole for reading the
+        # manifest's file list (update mode: pb/ota/update_mode.py)
+        self.room = None
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -274,7 +285,11 @@ class Agent:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
         if job.get("checked") == job["manifest"]:
-            listed = _files(read_bytes(mpath))
+            if self.room is not None:
+                self.room()
+                self.room = None
+                collect()
+            listed = _files(mpath)
         elif self.once:
             # update mode runs on a small heap beside the link: the signatures
             # are checked at the next boot, on a nearly empty one, before any
@@ -425,11 +440,15 @@ class Agent:
             s[1].close()
 
 
-def _files(data):
-    """The file list of a staged manifest whose signatures passed."""
+def _files(path):
+    """The file list of a staged manifest whose signatures passed. The
+    envelope is read as a stream: no copy of the whole file beside the
+    signed text."""
     try:
-        return json.loads(json.loads(data)["signed"])["files"]
-    except (ValueError, KeyError, TypeError):
+        with open(path) as f:
+            signed = json.load(f)["signed"]
+        return json.loads(signed)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise Failed("bad_manifest: the staged manifest is unreadable") from None
 
 

@@ -37,3 +37,23 @@ def to_update_mode(u, offer=None):
         flash.write_job(d.base, job)
     d.log("update: %d bytes of RAM free: downloading in update mode" % mem_free())
     d.stop("update")
+
+
+def take_root(u, payload):
+    """A root the gateway sent (docs/ota.md 1.1): kept on flash as it came,
+    for the next boot to check on a nearly empty heap, and the device resets
+    now. The bytes of a root refused before are not taken again."""
+    import hashlib
+
+    from ..store import read_bytes
+    from .flash import ROOT_NEXT, ROOT_REFUSED
+
+    d = u.dev
+    digest = "".join("%02x" % b for b in hashlib.sha256(payload).digest())
+    if read_bytes(d.base + "/" + ROOT_REFUSED) == digest.encode():
+        d.spare(False)
+        d.log("update: a root refused before was sent again: ignored")
+        return
+    write_atomic(d.base + "/" + ROOT_NEXT, payload)  # (no copy: RAM is short)
+    d.log("update: a new root came: checking it at boot")
+    d.stop("update")

@@ -19,23 +19,34 @@ def _status(job, state, now, reason=None):
     return status(job["id"], state, job.get("counter", 0), reason, ts=now)
 
 
+def _load_crypto(room=None):
+    """Free the block the boot kept whole (room), then load the signature
+    code: its tables and the manifest's copies need blocks of some KB that
+    the boot's many small ones leave nowhere else."""
+    if room is not None:
+        room()
+        collect()
+    from . import ed25519  # noqa: F401
+
+
 def verify(pub, msg, sig, tick=None):
     from .ed25519 import verify as ed_verify
 
     return ed_verify(pub, msg, sig, tick)
 
 
-def install_staged(base, device, now, fault=None):
+def install_staged(base, device, now, fault=None, room=None):
     """Install a staged update, if there is one (device: id, model, caps, api);
     True if there was one, installed or refused: the device then resets, so
-    that the new set's trial starts on a fresh heap."""
+    that the new set's trial starts on a fresh heap. room(), if given,
+    frees a block the boot kept whole for the signature check."""
     job = flash.read_job(base, "staged")
     if job is not None:
-        install(base, job, device, _running(base), now, fault)
+        install(base, job, device, _running(base), now, fault, room=room)
     return job is not None
 
 
-def install(base, job, device, running, now, fault=None, tick=None):
+def install(base, job, device, running, now, fault=None, tick=None, room=None):
     """Check and activate a staged update. device: (device id, model, caps,
     api); running: (set dir, counter, manifest) of the running set. Returns
     the new pointer, or None if the update failed (reported, staging removed)."""
@@ -48,6 +59,7 @@ def install(base, job, device, running, now, fault=None, tick=None):
     job["installs"] = job.get("installs", 0) + 1
     flash.write_job(base, job)  # counted first
     try:
+        _load_crypto(room)
         p = _install(base, job, device, running, now, fault, tick)
     except MemoryError as exc:
         if job["installs"] < _MAX_INSTALLS:
@@ -81,13 +93,13 @@ def _running(base):
     return (None, 0, None)
 
 
-def check_fetched(base, device, now):
+def check_fetched(base, device, now, room=None):
     """Check the signatures of a manifest that update mode fetched and left
     for the boot to check (its heap is too small for Ed25519), before any
     blob is fetched. A refusal is reported and ends the update."""
     job = flash.read_job(base, "downloading")
     if job is not None and job.get("verify") == "boot" and job.get("checked") != job.get("manifest"):
-        _check_fetched(base, job, device, _running(base)[1], now)
+        _check_fetched(base, job, device, _running(base)[1], now, room)
 
 
 def _staged_manifest(base, job):
@@ -102,7 +114,7 @@ def _trust_state(base):
     return read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
 
 
-def _check_fetched(base, job, device, run_counter, now):
+def _check_fetched(base, job, device, run_counter, now, room=None):
     """At boot, on a nearly empty heap: check_release for a manifest that
     update mode fetched, before it fetches any blob. Passed, the job is
     marked checked (update mode goes on); refused, the update fails
@@ -111,6 +123,7 @@ def _check_fetched(base, job, device, run_counter, now):
     job["checks"] = job.get("checks", 0) + 1
     flash.write_job(base, job)  # counted first
     try:
+        _load_crypto(room)
         check_release(base, job, device, run_counter, _staged_manifest(base, job))
     except MemoryError:
         if job["checks"] < _MAX_INSTALLS:
@@ -150,9 +163,11 @@ def check_release(base, job, device, run_counter, data, tick=None, last_version=
     Raises TrustError."""
     dev_id, model, caps, api = device
     raw, body, sigs = trust.open_envelope(data)
-    root_data = read_bytes(base + "/" + flash.ROOT)
+    from .roots import trusted_root
+
+    root_data = trusted_root(base)[1]
     if root_data is None:
-        raise TrustError("bad_root", "no trusted root on this device (ota/root.json)")
+        raise TrustError("bad_root", "no trusted root on this device (ota/root.<version>.json)")
     _step[0] = "checking signatures"
     root = trust.load_root(root_data, verify)
     root_data = None

@@ -11,6 +11,7 @@ from ..compat import const
 from ..errors import TrustError
 
 MAX_ENVELOPE = const(16384)
+MAX_SENT_ROOT = const(4096)  # a root sent over the air: one MQTT message (pb/net/wire.py MAX_PACKET)
 MAX_SIGNATURES = const(8)
 MAX_FILES = const(64)  # what a 16 KB manifest holds
 MAX_PATH = const(96)

@@ -16,12 +16,14 @@ class Boot:
     """What the boot guard decided (pb/ota/guard.py): `root` is the feature
     folder to run (None: safe mode), `pointer` the pointer record (None:
     factory set), `trial` whether this boot is a trial (`report`, the status
-    the guard had to give, went to flash: it is not kept here)."""
+    the guard had to give, went to flash: it is not kept here), `trusted`
+    the version of the root the device trusts (0: none; pb/ota/roots.py)."""
 
-    def __init__(self, root, pointer=None, trial=False, report=None):
+    def __init__(self, root, pointer=None, trial=False, report=None, trusted=0):
         self.root = root
         self.pointer = pointer
         self.trial = trial
+        self.trusted = trusted
 
     def counter(self):
         return self.pointer["counter"] if self.pointer else 0
@@ -69,6 +71,11 @@ class Updates:
             from .session import offer
 
             offer(self, payload)
+        elif kind == "ota/root" and not retain and not self.boot.trial:
+            self.dev.spare(True)  # a reset follows (what is kept for a bad day is for now)
+            from .handover import take_root
+
+            take_root(self, payload)
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
@@ -95,7 +102,7 @@ class Updates:
             state = "factory"
         else:
             state = "trial" if b.trial else "committed"
-        return {"counter": b.counter(), "manifest": b.manifest(), "state": state}
+        return {"counter": b.counter(), "manifest": b.manifest(), "state": state, "root": b.trusted}
 
     def feature_failed(self, name, reason):
         """A feature raised: during a trial that is reason enough to go back."""

@@ -29,6 +29,7 @@ DOWN = ("cmd",)  # gateway -> device
 _SCHEMAS = {
     "hello": (
         ("v", "i", 1),
+        ("proto", "i", 0),
         ("dev", "s", 1),
         ("model", "s", 1),
         ("board", "s", 1),
@@ -78,10 +79,14 @@ STATES = ("online", "offline")
 # parser reads exactly and SQLite stores exactly, as an integer or a real.
 MAX_INT = 9007199254740991
 # (lowest, highest) of each integer or number field; (0, MAX_INT) if not named.
-_BOUNDS = {"heap_free": (-1, MAX_INT), "keepalive": (0, 65535)}
+_BOUNDS = {"heap_free": (-1, MAX_INT), "keepalive": (0, 65535), "proto": (0, 65535)}
+# The protocol levels a hello states (section 3.1; none stated is level 1):
+# the gateway serves every level from the lowest it has not retired up; a
+# device of a higher level than it knows is served as the highest it knows.
+PROTOCOLS = (1, 2)
 # The shape of hello's objects: what the gateway stores and lists.
 _FEATURE = (("version", "s"), ("enabled", "b"), ("running", "b"), ("error", "s"))
-_OTA = (("counter", "i"), ("state", "s"))
+_OTA = (("counter", "i"), ("state", "s"), ("root", "i"))
 
 
 def bounds(name):
@@ -193,8 +198,15 @@ def _check_hello(msg):
         _check_fields("hello.ota", ota, _OTA)
         if "manifest" in ota and not (ota["manifest"] is None or isinstance(ota["manifest"], str)):
             raise ProtocolError("bad_type", "hello.ota.manifest must be a string or null")
-        if "counter" in ota and not 0 <= ota["counter"] <= MAX_INT:
-            raise ProtocolError("bad_value", "hello.ota.counter must be within 0..%d" % MAX_INT)
+        for k in ("counter", "root"):
+            if k in ota and not 0 <= ota[k] <= MAX_INT:
+                raise ProtocolError("bad_value", "hello.ota.%s must be within 0..%d" % (k, MAX_INT))
+    if msg.get("proto", 1) < PROTOCOLS[0]:
+        raise ProtocolError(
+            "unsupported_protocol",
+            "protocol level %d is not served; this gateway serves %d to %d"
+            % (msg["proto"], PROTOCOLS[0], PROTOCOLS[-1]),
+        )
 
 
 def decode(kind, payload):
