@@ -18,31 +18,41 @@ from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
+    const,
     format_exception,
     fsync,
     rand_below,
+    sleep_ms,
     ticks_add,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
-from ..errors import ProtocolError, StoreError, TrustError
+from ..errors import HalError, ProtocolError, StoreError, TrustError
 from ..store import read_bytes
 from . import files, flash
 from .report import status
 from .transfer import FLAG_ERROR, check_offer, decode_chunk
 
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
+BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
+_HYSTERESIS = const(5)  # % above the threshold at which a deferred update goes on
+_BATTERY_POLL_MS = const(2000)
+_PAUSE_SAVE_S = const(60)  # how often a deferral's time is written to the job
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = ("pb.ota.install", "pb.ota.guard", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
 
 
-def configure(agent, config, caps=None):
-    """The agent's settings from config.json; caps: the board's capabilities."""
+def configure(agent, config, hal=None):
+    """The agent's settings from config.json; hal: the board's backend (its
+    capabilities, and its battery if it has one)."""
     agent.device = config.get("device")
-    if caps is not None:
-        agent.caps = caps
+    if hal is not None:
+        agent.caps = hal.caps
+        if "battery" in hal.caps:
+            agent.battery = lambda: hal.read("battery")
+    agent.battery_min = config.get("ota_battery_min", agent.battery_min)
     agent.deadline_s = config.get("ota_deadline_s", agent.deadline_s)
     agent.chunk = config.get("ota_chunk", agent.chunk)
     agent.window = config.get("ota_window", agent.window)
@@ -75,7 +85,8 @@ class Agent:
     Unix time; link_up() -> bool; fault(name): a power-cut point for tests
     (no-op on a board); on_staged(): asks for the reset. With once, run()
     returns when its update ends instead of waiting for the next offer.
-    configure() sets the device id and capabilities the release must suit;
+    configure() sets the device id and capabilities the release must suit,
+    and battery() (the charge in %), which holds an update back while low;
     tick, if set, is called during signature checks (feed a watchdog).
     """
 
@@ -97,6 +108,8 @@ class Agent:
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
         self.tries = 8
         self.deadline_s = DEADLINE_S
+        self.battery = None
+        self.battery_min = BATTERY_MIN
         self.device = None
         self.caps = {}
         self.tick = None
@@ -257,12 +270,55 @@ class Agent:
                 return
 
     def _check_deadline(self, job):
-        late = self.now() - job["offered_at"]
+        # the time the update was deferred does not count (docs/ota.md 4.3)
+        late = self.now() - job["offered_at"] - job.get("paused", 0)
         if late > self.deadline_s:
             raise Failed("deadline: not downloaded within %d s of the offer" % self.deadline_s)
 
+    def _charge(self):
+        """The battery's charge in %, or None: no battery, or a reading
+        that failed (which must not hold updates back for ever)."""
+        if self.battery is None:
+            return None
+        try:
+            return self.battery()
+        except HalError:
+            return None
+
+    async def _charged(self, job):
+        """Hold the update back while the battery is below battery_min
+        (docs/ota.md 4.3): it is reported deferred, what is on flash stays,
+        and it goes on by itself once the charge is _HYSTERESIS points above
+        the threshold (or cannot be read). The time waited is kept in the
+        job's `paused`, which the deadline leaves out. A cancel or a new
+        offer ends the wait."""
+        low = self.battery_min
+        pct = self._charge()
+        if pct is None or pct >= low:
+            return
+        uid = job["id"]
+        self.report(
+            "deferred", uid, counter=job["counter"], reason="battery: %d%% is below %d%%" % (int(pct), low)
+        )
+        paused = job.get("paused", 0)
+        t0 = saved = self.now()
+        while pct is not None and pct < min(low + _HYSTERESIS, 100):
+            await sleep_ms(_BATTERY_POLL_MS)
+            c = self._cancel
+            if c is not None and c[0] == uid:
+                self._cancel = None
+                raise Failed(c[1])
+            pct = self._charge()
+            now = self.now()
+            job["paused"] = paused + now - t0
+            if now - saved >= _PAUSE_SAVE_S:
+                saved = now
+                self.save_job()
+        self.save_job()
+
     async def _download(self, job):
         uid = job["id"]
+        await self._charged(job)
         self._check_deadline(job)
         stage = files.staged(self.base) + "/"
         files.ensure_dir(stage[:-1])
@@ -325,6 +381,7 @@ class Agent:
                 self.fault("staged-file")
             done += f["zsize"]
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
+        await self._charged(job)  # the install and the trial follow at once
         job["phase"] = "staged"
         flash.write_job(self.base, job)
         self.fault("staged")
