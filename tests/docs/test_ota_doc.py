@@ -424,7 +424,9 @@ def _emitted_states() -> set[str]:
     """States the firmware puts in a status: report("x", ...), _status(..., "x", ...),
     {"state": "x"}."""
     found: set[str] = set()
-    sources = [PB / "ota" / f"{m}.py" for m in ("download", "install", "guard", "updates", "update_mode")]
+    sources = [
+        PB / "ota" / f"{m}.py" for m in ("download", "defer", "install", "guard", "updates", "update_mode")
+    ]
     for path in sources:
         found |= string_args(path, "report", 0) | string_args(path, "_status", 0)
         found |= string_args(path, "_status", 1)

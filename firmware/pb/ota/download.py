@@ -18,17 +18,16 @@ from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
-    const,
+    forget,
     format_exception,
     fsync,
     rand_below,
-    sleep_ms,
     ticks_add,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
-from ..errors import HalError, ProtocolError, StoreError, TrustError
+from ..errors import ProtocolError, StoreError, TrustError
 from ..store import read_bytes
 from . import files, flash
 from .report import status
@@ -36,9 +35,6 @@ from .transfer import FLAG_ERROR, check_offer, decode_chunk
 
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
 BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
-_HYSTERESIS = const(5)  # % above the threshold at which a deferred update goes on
-_BATTERY_POLL_MS = const(2000)
-_PAUSE_SAVE_S = const(60)  # how often a deferral's time is written to the job
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = ("pb.ota.install", "pb.ota.guard", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
@@ -190,6 +186,13 @@ class Agent:
         self.report("offered", uid, counter=body["counter"])
         self._wake.set()
 
+    def check_cancel(self, uid):
+        """Raise Failed if update uid was cancelled or replaced."""
+        c = self._cancel
+        if c is not None and c[0] == uid:
+            self._cancel = None
+            raise Failed(c[1])
+
     def save_job(self):
         flash.write_job(self.base, self.job)
 
@@ -275,46 +278,14 @@ class Agent:
         if late > self.deadline_s:
             raise Failed("deadline: not downloaded within %d s of the offer" % self.deadline_s)
 
-    def _charge(self):
-        """The battery's charge in %, or None: no battery, or a reading
-        that failed (which must not hold updates back for ever)."""
-        if self.battery is None:
-            return None
-        try:
-            return self.battery()
-        except HalError:
-            return None
-
     async def _charged(self, job):
-        """Hold the update back while the battery is below battery_min
-        (docs/ota.md 4.3): it is reported deferred, what is on flash stays,
-        and it goes on by itself once the charge is _HYSTERESIS points above
-        the threshold (or cannot be read). The time waited is kept in the
-        job's `paused`, which the deadline leaves out. A cancel or a new
-        offer ends the wait."""
-        low = self.battery_min
-        pct = self._charge()
-        if pct is None or pct >= low:
-            return
-        uid = job["id"]
-        self.report(
-            "deferred", uid, counter=job["counter"], reason="battery: %d%% is below %d%%" % (int(pct), low)
-        )
-        paused = job.get("paused", 0)
-        t0 = saved = self.now()
-        while pct is not None and pct < min(low + _HYSTERESIS, 100):
-            await sleep_ms(_BATTERY_POLL_MS)
-            c = self._cancel
-            if c is not None and c[0] == uid:
-                self._cancel = None
-                raise Failed(c[1])
-            pct = self._charge()
-            now = self.now()
-            job["paused"] = paused + now - t0
-            if now - saved >= _PAUSE_SAVE_S:
-                saved = now
-                self.save_job()
-        self.save_job()
+        # a board with a battery holds the update back while it is low; the
+        # code for it is loaded only there (pb/ota/defer.py)
+        if self.battery is not None:
+            from .defer import charged
+
+            await charged(self, job)
+            forget(("pb.ota.defer",))
 
     async def _download(self, job):
         uid = job["id"]
@@ -330,7 +301,7 @@ class Agent:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
         if job.get("checked") == job["manifest"]:
-            listed = _files(read_bytes(mpath))
+            listed = _files(mpath)
         elif self.once:
             # update mode runs on a small heap beside the link: the signatures
             # are checked at the next boot, on a nearly empty one, before any
@@ -432,10 +403,7 @@ class Agent:
         nxt = have
         try:
             while self._sink[2] < total:
-                c = self._cancel
-                if c is not None and c[0] == uid:
-                    self._cancel = None
-                    raise Failed(c[1])
+                self.check_cancel(uid)
                 if self._error:
                     raise Failed("gateway: " + self._error)
                 self._check_deadline(job)
@@ -482,10 +450,15 @@ class Agent:
             s[1].close()
 
 
-def _files(data):
-    """The file list of a staged manifest whose signatures passed."""
+def _files(mpath):
+    """The file list of a staged manifest whose signatures passed. The
+    envelope's bytes go before its signed part is parsed: with both, a
+    16 KB manifest would need twice the heap update mode has to spare."""
     try:
-        return json.loads(json.loads(data)["signed"])["files"]
+        data = read_bytes(mpath)
+        signed = json.loads(data)["signed"]
+        data = None
+        return json.loads(signed)["files"]
     except (ValueError, KeyError, TypeError):
         raise Failed("bad_manifest: the staged manifest is unreadable") from None
 
