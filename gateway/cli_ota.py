@@ -102,7 +102,10 @@ def progress_line(u: dict[str, Any], rate: float | None) -> str:
         bar = "-" * _BAR
         amount = f"sent {_kb(u.get('served') or 0)} KB"
     speed = f"{_kb(rate)} KB/s" if rate is not None else "-- KB/s"
-    return f"[{bar}] {amount}  {speed}  {u['state']}"
+    state = u["state"]
+    if state == "deferred":  # held back by the device, which says why
+        state += f" ({u.get('reason') or 'no reason given'})"
+    return f"[{bar}] {amount}  {speed}  {state}"
 
 
 def final_line(u: dict[str, Any]) -> str:
@@ -169,10 +172,12 @@ def cmd_devices_update(args: argparse.Namespace) -> int:
         print(f"\nstopped watching: update {u['id']} goes on at the gateway")
         return 130
     if not u["ended"]:
-        print(
-            f"stopped watching after {args.timeout:g} s: update {u['id']} is still {u['state']} "
-            f"(the gateway goes on; it fails it if not committed by its deadline)"
+        after = (
+            "the device holds it back and goes on by itself; its deadline waits until then"
+            if u["state"] == "deferred"
+            else "the gateway goes on; it fails it if not committed by its deadline"
         )
+        print(f"stopped watching after {args.timeout:g} s: update {u['id']} is still {u['state']} ({after})")
         return 1
     print(final_line(u))
     return 0 if u["state"] == "committed" else 1

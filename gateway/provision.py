@@ -27,7 +27,7 @@ CONFIG_FILE = flash.CONFIG
 ROOT_FILE = flash.ROOT  # the update keys this device trusts
 RESERVED_IDS = ("gateway",)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
-_HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0}
+_HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0, "battery": 100.0}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -119,6 +119,10 @@ CREATE TABLE update_steps (
     bytes INTEGER NOT NULL DEFAULT 0, total INTEGER
 );
 CREATE INDEX update_steps_update ON update_steps(update_id, id);
+""",
+    # 4: since when an update's device holds it back (deferred); its deadline waits
+    4: """
+ALTER TABLE updates ADD COLUMN deferred_since REAL;
 """,
 }
 

@@ -9,7 +9,9 @@ An update's state follows what its device reports: offered, downloading
 failed(reason), rolled_back(reason). It counts as a success only at
 committed; it never moves backwards (a late or replayed status is ignored);
 once it has ended nothing changes it. One that has not ended by its
-deadline ends as failed("timeout").
+deadline ends as failed("timeout"). A device may hold an update back
+before staging it (deferred(reason): its battery is low): the update is
+neither failed nor ended, and its deadline does not run while it waits.
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ from firmware.pb.peer.ota_transfer import MAX_CHUNK, TERMINAL, encode_chunk, is_
 from .errors import UpdateRefusedError
 from .releases import ObjectInfo, StoredRelease
 
-ACTIVE = ("offered", "downloading", "staged", "verified", "activating", "trial")
+ACTIVE = ("offered", "downloading", "deferred", "staged", "verified", "activating", "trial")
 ENDED = tuple(TERMINAL)  # committed, rolled_back, failed
+# deferred: the device holds the update back, before it stages it, and goes
+# on by itself; it ranks with downloading, to and from which it moves
+_DEFERRABLE = ("offered", "downloading", "deferred")
 DEFAULT_DEADLINE_S = 15 * 60.0
 DEFAULT_FRESHNESS_TTL_S = 3600.0
 MAX_REASON = 200  # characters of a failure reason kept
 _MAX_ERROR = 120  # bytes of the reason an error chunk carries
 _NO_TAG = bytes(8)
-_RANK: dict[str, int] = {s: i for i, s in enumerate(ACTIVE)} | {s: len(ACTIVE) for s in ENDED}
+_RANK: dict[str, int] = (
+    {s: i for i, s in enumerate(ACTIVE)}
+    | {s: len(ACTIVE) for s in ENDED}
+    | {"deferred": ACTIVE.index("downloading")}
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Update:
     errors: int = 0  # requests answered with an error chunk
     finished: float | None = None
     device_state: str | None = None  # the last state the device reported, even if ignored
+    deferred_since: float | None = None  # when the device deferred it; the deadline waits meanwhile
 
     @property
     def ended(self) -> bool:
@@ -142,8 +152,10 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
     state = str(msg["state"])
     if state not in _RANK:
         return replace(u, device_state=state, updated=now) if state != u.device_state else None
-    if _RANK[state] < _RANK[u.state]:
+    if _RANK[state] < _RANK[u.state] or (state == "deferred" and u.state not in _DEFERRABLE):
         return None
+    if state == "deferred":
+        return _deferred(u, msg, now)
     if state == u.state and state != "downloading":
         # a repeat changes nothing; but the device's own first "offered" is
         # news: the gateway set that state, the device now says it took the offer
@@ -151,6 +163,10 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
             return replace(u, device_state=state, updated=now)
         return None
     changes: dict[str, Any] = {"state": state, "updated": now, "device_state": state}
+    if u.deferred_since is not None:
+        # the device went on: the time it held the update back is added to the deadline
+        changes |= {"deadline": u.deadline + max(0.0, now - u.deferred_since), "deferred_since": None}
+        changes["reason"] = None
     if state == "downloading":
         if msg.get("bytes") == u.bytes and msg.get("total") == u.total and u.state == "downloading":
             return None
@@ -170,6 +186,19 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
     return replace(u, **changes)
 
 
+def _deferred(u: Update, msg: Mapping[str, Any], now: float) -> Update | None:
+    """u held back by its device (reason: why); a repeat with the same
+    reason changes nothing. The deadline stops while it lasts."""
+    reason = msg.get("reason")
+    reason = (reason if isinstance(reason, str) and reason else "no reason given")[:MAX_REASON]
+    if u.state == "deferred" and u.reason == reason:
+        return None
+    since = now if u.deferred_since is None else u.deferred_since
+    return replace(
+        u, state="deferred", reason=reason, updated=now, device_state="deferred", deferred_since=since
+    )
+
+
 def late_step(u: Update, msg: Mapping[str, Any]) -> str | None:
     """The state of a status for u that a later one overtook, or None: a
     step the update went through but that arrived after the state it
@@ -177,7 +206,7 @@ def late_step(u: Update, msg: Mapping[str, Any]) -> str | None:
     reset, and the `trial` it keeps on flash can come first). It is
     recorded among the steps; it does not move the update."""
     state = msg.get("state")
-    if msg.get("id") != u.id or state not in ACTIVE or state == "offered":
+    if msg.get("id") != u.id or state not in ACTIVE or state in ("offered", "deferred"):
         return None
     return state if _RANK[state] < _RANK[u.state] else None
 
@@ -209,8 +238,10 @@ def fail(u: Update, reason: str, now: float) -> Update:
 
 
 def expire(u: Update, now: float) -> Update | None:
-    """failed("timeout") if u has not ended by its deadline, else None."""
-    if u.ended or now < u.deadline:
+    """failed("timeout") if u has not ended by its deadline, else None. A
+    deferred update does not expire: its device holds it back and goes on
+    by itself (its deadline moves on by the time it waited, when it does)."""
+    if u.ended or u.state == "deferred" or now < u.deadline:
         return None
     return fail(u, "timeout", now)
 

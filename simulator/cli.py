@@ -23,6 +23,7 @@ from .fleet import MODELS, Fleet, split
 
 SUMMARY_EVERY_S = 1.0  # on a terminal; elsewhere a line every LOG_EVERY_S
 LOG_EVERY_S = 5.0
+LOW_CHARGE = 15.0  # % a --low-battery shirt starts at: below the devices' update threshold (30)
 
 
 def local_mosquitto(directory: Path) -> MosquittoProcess | None:
@@ -92,6 +93,20 @@ def register(sub: Any) -> None:
     f.add_argument("--noisy-sensors", type=float, default=0, metavar="SD", help="noise on every reading")
     f.add_argument(
         "--failing-actuator", type=_count, default=0, metavar="K", help="K devices' actuator fails"
+    )
+    f.add_argument(
+        "--low-battery",
+        type=_count,
+        default=0,
+        metavar="K",
+        help=f"K shirts start at {LOW_CHARGE:g} %% charge",
+    )
+    f.add_argument(
+        "--charger-after",
+        type=float,
+        default=0,
+        metavar="S",
+        help="the low shirts go on their charger after S",
     )
     f.add_argument(
         "--broker-restart-every", type=float, default=0, metavar="S", help="restart the broker (its own only)"
@@ -295,7 +310,7 @@ def _apply_faults(fleet: Fleet, args: argparse.Namespace, out: TextIO) -> None:
         faults.flash_full(True, dev)
     for dev in rng.sample(ids, min(args.stuck_sensor, len(ids))):
         d = fleet.device(dev)
-        name = sorted(d.hal.sensors())[0]
+        name = sorted(n for n in d.hal.sensors() if n != "battery")[0]  # (a low battery is --low-battery)
         faults.sensor(dev, name, stuck=float(d.plant.sensors(fleet.clock.now())[name]))
     if args.noisy_sensors:
         for d in fleet.devices:
@@ -306,6 +321,17 @@ def _apply_faults(fleet: Fleet, args: argparse.Namespace, out: TextIO) -> None:
         actuators = [n for n, c in d.hal.caps.items() if c.get("kind") != "sensor"]
         if actuators:
             faults.actuator_fails(dev, actuators[0])
+    shirts = [d.id for d in fleet.devices if getattr(d.plant, "battery", None) is not None]
+    low = rng.sample(shirts, min(args.low_battery, len(shirts)))
+    for dev in low:
+        faults.battery(dev, charge=LOW_CHARGE, charger=False)
+    if low and args.charger_after:
+
+        def plug_in() -> None:
+            for dev in low:
+                faults.battery(dev, charger=True)
+
+        asyncio.get_running_loop().call_later(args.charger_after, plug_in)
     if args.power_cuts:
         # started with the fleet's loop: random_power_cuts needs it running
         asyncio.get_running_loop().call_soon(faults.random_power_cuts, args.power_cuts, args.power_off)
@@ -315,6 +341,7 @@ def _apply_faults(fleet: Fleet, args: argparse.Namespace, out: TextIO) -> None:
         if k
         in (
             *("power_cuts", "clock_skew", "flash_full", "stuck_sensor", "noisy_sensors", "failing_actuator"),
+            *("low_battery", "charger_after"),
             *(
                 "link_drops",
                 "latency",

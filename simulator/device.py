@@ -170,6 +170,7 @@ class VirtualDevice:
         self._run: asyncio.Task[str] | None = None
         self._cut = False  # the power went during this boot
         self._off: asyncio.Event | None = None  # set: the power may come back
+        self._radio: tuple[Any, int] = (None, 0)  # a client, and the messages it carried
 
     # ---- what a test or the demo may look at ---------------------------------
 
@@ -305,4 +306,12 @@ class VirtualDevice:
             self._run.cancel()  # update mode
 
     def step(self, t: float, dt: float) -> None:
+        battery = getattr(self.plant, "battery", None)
+        client = self.device.client if self.device is not None else None
+        if battery is not None and client is not None:
+            # the radio's share: the messages the runtime's client carried since the last step
+            n = client.stats["sent"] + client.stats["received"]
+            seen = self._radio[1] if self._radio[0] is client else 0
+            battery.radio(n - seen)
+            self._radio = (client, n)
         self.plant.step(t, dt)

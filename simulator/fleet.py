@@ -357,6 +357,25 @@ class FleetFaults:
         else:
             failing.discard(name)
 
+    # ---- the battery ----------------------------------------------------------------
+
+    def battery(self, dev: str, charge: float | None = None, charger: bool | None = None) -> None:
+        """Set the battery of dev's board (the shirt's): its charge in %
+        (0-100) and whether it is on its charger; None leaves either as it
+        is. Raises ValueError for a device without a battery or a charge
+        outside 0-100."""
+        d = self.fleet.device(dev)
+        cell = getattr(d.plant, "battery", None)
+        if cell is None:
+            raise ValueError(f"{dev} ({d.model}) has no battery")
+        if charge is not None and not 0.0 <= charge <= 100.0:
+            raise ValueError(f"a battery's charge is 0-100 %, not {charge!r}")
+        d.plant.advance(self.fleet.clock.now())  # the change takes effect now
+        if charge is not None:
+            cell.charge = float(charge)
+        if charger is not None:
+            cell.charger = charger
+
     # ---- the broker and the link ---------------------------------------------------
 
     async def broker_restart(self, down_s: float = 1.0) -> None:

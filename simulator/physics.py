@@ -284,13 +284,53 @@ class Exertion:
 
 
 @dataclass
+class Battery:
+    """A wearable's cell, its charge in % of capacity_mah. The board draws
+    idle_ma all the time; the vent's servo servo_ma while it moves (a full
+    sweep, 0 to 100 %, takes sweep_s); the radio radio_mas per message it
+    sends or receives (an update's chunks and requests are most of them).
+    On its charger, which also runs the board, it gains charge_ma, tapering
+    over the last 20 % as a Li-ion charger does. The charge stays within 0-100; the simulator does
+    not cut a device's power at 0 (a power cut is a fault of its own)."""
+
+    charge: float = 80.0
+    capacity_mah: float = 500.0
+    idle_ma: float = 25.0
+    servo_ma: float = 350.0
+    sweep_s: float = 0.6
+    radio_mas: float = 2.0  # mA s per message: ~100 mA for the 20 ms a 2 KB chunk takes
+    charge_ma: float = 250.0
+    charger: bool = False
+
+    def _add(self, mas: float) -> None:
+        """Add (or, negative, draw) mas milliampere-seconds."""
+        self.charge = min(100.0, max(0.0, self.charge + mas / 36.0 / self.capacity_mah))
+
+    def run(self, h: float) -> None:
+        """h seconds of the board running, and of charging if on the charger."""
+        if self.charger:  # which also runs the board
+            self._add(self.charge_ma * min(1.0, (100.0 - self.charge) / 20.0) * h)
+        else:
+            self._add(-self.idle_ma * h)
+
+    def servo(self, travel: float) -> None:
+        """The servo moved by travel % of its range."""
+        self._add(-self.servo_ma * self.sweep_s * abs(travel) / 100.0)
+
+    def radio(self, messages: int) -> None:
+        """The radio carried this many messages."""
+        self._add(-self.radio_mas * messages)
+
+
+@dataclass
 class Skin(_Plant):
     """The microclimate under the shirt. Humidity (%RH): sweat comes in in
     proportion to exertion; vapour leaves with the air exchanged through
     the fabric and, much faster, through the open vent. Skin temperature
     (C): drawn towards rest + rise * exertion (the body's heat), lowered by
     the latent heat of the vapour carried off and by the air the vent lets
-    in (cooler than the skin)."""
+    in (cooler than the skin). The shirt's board runs on `battery`, which
+    the servo drains as the vent moves."""
 
     humidity: float = 45.0
     temperature: float = 33.0
@@ -306,7 +346,9 @@ class Skin(_Plant):
     convection: float = 0.015  # share of the air exchange that cools the skin
     vent: float = 0.0  # flap opening, percent
     exertion: Exertion = field(default_factory=Exertion)
+    battery: Battery = field(default_factory=Battery)
     t: float | None = None
+    _vent_was: float = field(default=0.0, init=False, repr=False, compare=False)
 
     @classmethod
     def random(cls, rng: Random) -> Skin:
@@ -321,6 +363,7 @@ class Skin(_Plant):
             rise=rng.uniform(2.0, 4.0),
             skin_tau_s=rng.uniform(300.0, 600.0),
             exertion=Exertion(period_s=rng.uniform(2400.0, 4800.0), peak=rng.uniform(0.7, 1.0)),
+            battery=Battery(charge=rng.uniform(60.0, 95.0), capacity_mah=rng.uniform(400.0, 600.0)),
         )
 
     def exchange(self) -> float:
@@ -328,6 +371,10 @@ class Skin(_Plant):
         return self.fabric + self.vent_flow * self.vent / 100.0
 
     def _integrate(self, a: float, h: float) -> None:
+        if self.vent != self._vent_was:  # the HAL moved it since the last step
+            self.battery.servo(self.vent - self._vent_was)
+            self._vent_was = self.vent
+        self.battery.run(h)
         e = self.exertion.at(a + h / 2)
         k = self.exchange()
         out = k * (self.humidity - self.ambient)  # vapour carried off, %RH/s
@@ -337,7 +384,11 @@ class Skin(_Plant):
         self.temperature = min(42.0, max(15.0, self.temperature + (heat - cool) * h))
 
     def sensors(self, t: float) -> dict[str, float]:
-        return {"humidity": self.humidity, "skin_temperature": self.temperature}
+        return {
+            "humidity": self.humidity,
+            "skin_temperature": self.temperature,
+            "battery": self.battery.charge,
+        }
 
     def truth(self) -> dict[str, Any]:
         """The shirt as it is now (at `t`)."""
@@ -349,4 +400,6 @@ class Skin(_Plant):
             "exertion": self.exertion.at(t),
             "vent": self.vent,
             "exchange": self.exchange(),
+            "battery": self.battery.charge,
+            "charger": self.battery.charger,
         }

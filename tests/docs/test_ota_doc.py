@@ -33,6 +33,7 @@ from firmware.pb import API, runtime
 from firmware.pb.config import SCHEMA as CONFIG_SCHEMA
 from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError, ProtocolError, TrustError
+from firmware.pb.hal import Hal
 from firmware.pb.net import wire
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
@@ -120,7 +121,7 @@ def test_request_examples_are_valid(example: Example) -> None:
 @pytest.mark.parametrize("example", _tagged("status"), ids=_ids(_tagged("status")))
 def test_status_examples_are_valid(example: Example) -> None:
     msg = otaproto.check_status(example.value())
-    assert ("reason" in msg) == (msg["state"] in ("failed", "rolled_back", "safe_mode"))
+    assert ("reason" in msg) == (msg["state"] in ("deferred", "failed", "rolled_back", "safe_mode"))
     assert "ts" in msg and isinstance(msg["counter"], int)
 
 
@@ -207,7 +208,7 @@ def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
         lambda: True,
         lambda name: None,
     )
-    pb_ota.configure(agent, {"device": "th-1"}, _CAPS)
+    pb_ota.configure(agent, {"device": "th-1"}, Hal({"capabilities": _CAPS}))
     return agent
 
 
@@ -423,7 +424,9 @@ def _emitted_states() -> set[str]:
     """States the firmware puts in a status: report("x", ...), _status(..., "x", ...),
     {"state": "x"}."""
     found: set[str] = set()
-    sources = [PB / "ota" / f"{m}.py" for m in ("download", "install", "guard", "updates", "update_mode")]
+    sources = [
+        PB / "ota" / f"{m}.py" for m in ("download", "defer", "install", "guard", "updates", "update_mode")
+    ]
     for path in sources:
         found |= string_args(path, "report", 0) | string_args(path, "_status", 0)
         found |= string_args(path, "_status", 1)
@@ -447,7 +450,9 @@ def test_kept_statuses_are_documented() -> None:
 
 
 def test_the_gateways_ranking_is_documented() -> None:
-    ranked = " < ".join(f"`{s}`" for s in gw_updates.ACTIVE)
+    ranks = sorted({gw_updates.step_rank(s) for s in gw_updates.ACTIVE})
+    groups = [[f"`{s}`" for s in gw_updates.ACTIVE if gw_updates.step_rank(s) == r] for r in ranks]
+    ranked = " < ".join(" = ".join(g) for g in groups)
     assert ranked in " ".join(OTA.split()), "ota.md 5.3 ranks the update states as the gateway does"
 
 
@@ -540,7 +545,14 @@ def test_every_default_in_the_code_is_the_schemas(tmp_path: Path) -> None:
     schema = {k[0].split(".")[-1]: k[2] for k in _schema()}
     found = _defaults_in_code()
     agent = _agent(tmp_path)
-    for key in ("ota_chunk", "ota_window", "ota_timeout_ms", "ota_tries", "ota_deadline_s"):
+    for key in (
+        "ota_chunk",
+        "ota_window",
+        "ota_timeout_ms",
+        "ota_tries",
+        "ota_deadline_s",
+        "ota_battery_min",
+    ):
         found.setdefault(key, set()).add(getattr(agent, key[4:]))
     for key, values in found.items():
         assert values == {schema[key]}, (

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from firmware.pb.errors import ProtocolError
+from firmware.pb.errors import HalError, ProtocolError
+from firmware.pb.hal import Hal
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import flash
 from firmware.pb.peer import ota_transfer as otaproto
@@ -53,7 +54,7 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
         lambda: True,
         lambda name: None,
     )
-    pb_ota.configure(agent, {"device": "th-1"}, {})
+    pb_ota.configure(agent, {"device": "th-1"}, Hal({}))
     agent.once = True
     offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
@@ -115,7 +116,7 @@ def test_the_first_look_refuses_a_statement_for_another_device_or_update(
     agent = pb_ota.Agent(
         str(tmp_path / "dev"), "thermostat", 1, dict, print, reports.append, time.time, lambda: True, print
     )
-    pb_ota.configure(agent, {"device": "th-1"}, {})
+    pb_ota.configure(agent, {"device": "th-1"}, Hal({}))
     offer = {"v": 1, "id": "5f2a9c01b7e4", "manifest": "ab" * 32, "size": 10, "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
     assert [(r["state"], r["id"], r["reason"]) for r in reports] == [("failed", "5f2a9c01b7e4", reason)]
@@ -155,7 +156,7 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
         lambda: True,
         print,
     )
-    pb_ota.configure(agent, {"device": "th-1", "ota_deadline_s": 1, "ota_timeout_ms": 100000}, {})
+    pb_ota.configure(agent, {"device": "th-1", "ota_deadline_s": 1, "ota_timeout_ms": 100000}, Hal({}))
     offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
     # in the background (not update mode): the check runs in place
@@ -169,3 +170,84 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
     assert asked[0][1] == ["manifest.json"] or asked[0][1] == ["cd" * 32 + ".z", "manifest.json"], asked[0]
     assert reports[-1]["state"] == "failed" and reports[-1]["reason"].startswith("deadline: "), reports
     assert not stage.exists() or sorted(os.listdir(stage)) in ([], ["manifest.json"])
+
+
+def _battery_agent(tmp_path: Path, charge: list[float | None], config: dict[str, Any]) -> tuple[Any, ...]:
+    """An agent on a board with a battery whose charge is charge[0] (None: the
+    sensor does not answer), offered an update; nothing answers its requests."""
+    keys = ota_keys.keygen(tmp_path / "keys")
+    uid = "5f2a9c01b7e4"
+    fresh = ota_keys.freshness(keys, "shirt", 2, "ab" * 32, 3600, time.time(), device="sh-1", update=uid)
+    (tmp_path / "dev" / "ota").mkdir(parents=True)
+    asked: list[str] = []
+    reports: list[dict[str, Any]] = []
+
+    class Board(Hal):  # type: ignore[misc]
+        def read(self, name: str) -> float:
+            if charge[0] is None:
+                raise HalError("sensor battery does not answer")
+            return charge[0]
+
+    board = Board({"capabilities": {"battery": {"kind": "sensor", "min": 0, "max": 100}}})
+    agent = pb_ota.Agent(
+        str(tmp_path / "dev"),
+        "shirt",
+        1,
+        dict,
+        lambda *a: asked.append(a[1]),
+        reports.append,
+        time.time,
+        lambda: True,
+        print,
+    )
+    pb_ota.configure(agent, {"device": "sh-1", "ota_timeout_ms": 100000, **config}, board)
+    offer = {"v": 1, "id": uid, "manifest": "ab" * 32, "size": 10, "freshness": json.loads(fresh)}
+    agent.on_offer(json.dumps(offer).encode())
+    return agent, asked, reports
+
+
+async def test_a_low_battery_defers_the_update_until_it_is_charged_past_the_hysteresis(
+    tmp_path: Path,
+) -> None:
+    charge: list[float | None] = [18.4]
+    agent, asked, reports = _battery_agent(tmp_path, charge, {"ota_deadline_s": 2})
+    task = asyncio.create_task(agent.run())
+    try:
+        await async_wait_for(lambda: reports[-1]["state"] == "deferred", 5, what="deferred")
+        assert reports[-1]["reason"] == "battery: 18% is below 30%" and reports[-1]["counter"] == 2
+        assert [r["state"] for r in reports] == ["offered", "deferred"]
+        charge[0] = 32.0  # above the threshold, not yet past the hysteresis
+        await asyncio.sleep(4.5)  # and past the deadline, which does not run meanwhile
+        assert not asked and [r["state"] for r in reports] == ["offered", "deferred"]
+        job = json.loads((tmp_path / "dev" / flash.JOB).read_bytes())
+        assert job["id"] == "5f2a9c01b7e4" and job["phase"] == "downloading"
+        charge[0] = 35.0
+        await async_wait_for(lambda: asked == ["manifest"], 5, what="the manifest asked for")
+        job = json.loads((tmp_path / "dev" / flash.JOB).read_bytes())
+        assert job["paused"] >= 4
+    finally:
+        task.cancel()
+    assert "failed" not in [r["state"] for r in reports]
+
+
+async def test_a_battery_that_cannot_be_read_does_not_hold_an_update_back(tmp_path: Path) -> None:
+    agent, asked, reports = _battery_agent(tmp_path, [None], {})
+    task = asyncio.create_task(agent.run())
+    try:
+        await async_wait_for(lambda: asked == ["manifest"], 5, what="the manifest asked for")
+    finally:
+        task.cancel()
+    assert [r["state"] for r in reports] == ["offered"]
+
+
+async def test_a_cancel_ends_a_deferred_update(tmp_path: Path) -> None:
+    agent, asked, reports = _battery_agent(tmp_path, [5.0], {})
+    task = asyncio.create_task(agent.run())
+    try:
+        await async_wait_for(lambda: reports[-1]["state"] == "deferred", 5, what="deferred")
+        agent.on_offer(json.dumps({"v": 1, "id": "5f2a9c01b7e4", "op": "cancel"}).encode())
+        await async_wait_for(lambda: reports[-1]["state"] == "failed", 5, what="failed")
+    finally:
+        task.cancel()
+    assert reports[-1]["reason"] == "cancelled by the gateway" and not asked
+    assert not (tmp_path / "dev" / flash.JOB).exists()

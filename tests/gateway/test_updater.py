@@ -202,6 +202,36 @@ async def test_an_update_that_never_commits_fails_at_its_deadline(
     assert r.gw.ota.get(u.id).state == "failed"
 
 
+async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
+) -> None:
+    r = await start_gateway(keys, deadline=1.0, db=tmp_path / "gw.db")
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    dev.status(u.id, "offered", counter=2)
+    dev.status(u.id, "deferred", counter=2, reason="battery: 18% is below 30%")
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "deferred", 5, what="deferred")
+    await asyncio.sleep(2.5)  # well past the deadline: the gateway checks every second
+    held = r.gw.ota.get(u.id)
+    assert (held.state, held.reason, held.ended) == ("deferred", "battery: 18% is below 30%", False)
+    assert r.gw.ota.stats["failed"] == 0
+    # a restarted gateway knows it is deferred, and still does not time it out
+    await stop(r)
+    r = await start_gateway(keys, deadline=1.0, db=tmp_path / "gw.db")
+    await asyncio.sleep(1.5)
+    assert r.gw.ota.get(u.id).state == "deferred"
+    steps = [s["state"] for s in r.gw.ota.table.steps(u.id)]
+    assert steps == ["offered", "deferred"], steps
+    # the device goes on: the deadline runs again, moved on by the time it waited
+    dev.status(u.id, "downloading", counter=2, bytes=0, total=10)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "downloading", 5, what="downloading")
+    on = r.gw.ota.get(u.id)
+    assert on.reason is None and on.deadline >= held.deadline + 3.5
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="timeout")
+    assert (r.gw.ota.get(u.id).state, r.gw.ota.get(u.id).reason) == ("failed", "timeout")
+
+
 async def test_a_restarted_gateway_goes_on_serving_an_update(
     start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
 ) -> None:

@@ -31,6 +31,7 @@ from gateway.updates import (
     next_freshness_version,
     offer_message,
     plan_chunk,
+    step_rank,
 )
 
 MANIFEST = b'{"signed":"{}","signatures":[]}' * 20
@@ -213,16 +214,86 @@ def test_safe_mode_is_noted_without_changing_the_state() -> None:
 
 @given(st.lists(st.sampled_from([*otaproto.STATES]), max_size=30))
 def test_any_sequence_of_statuses_never_goes_back(states: list[str]) -> None:
-    order = {s: i for i, s in enumerate(ACTIVE)} | {"committed": 9, "failed": 9, "rolled_back": 9}
     u = update()
     first_end = next((s for s in states if s in ("committed", "failed", "rolled_back")), None)
     for s in states:
         before = u
         u = apply_status(u, status(s, bytes=1, total=2), T0) or u
-        assert order[u.state] >= order[before.state]
+        assert step_rank(u.state) >= step_rank(before.state)
         if before.ended:
             assert u == before
+        # held back only before staging; never held back once it has ended
+        assert u.state != "deferred" or before.state in ("offered", "downloading", "deferred")
+        assert (u.deferred_since is not None) == (u.state == "deferred")
     assert u.success == (first_end == "committed")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([*otaproto.STATES]), st.floats(min_value=0, max_value=5000)),
+        max_size=20,
+    )
+)
+def test_the_deadline_moves_by_exactly_the_time_an_update_was_deferred(
+    steps: list[tuple[str, float]],
+) -> None:
+    u, now, held = update(), T0, 0.0
+    for s, dt in steps:
+        before = u
+        now += dt
+        if before.state == "deferred":
+            held += dt
+        u = apply_status(u, status(s, reason="battery: 18% is below 30%"), now) or u
+        assert expire(u, now + 10**9) is None or u.state != "deferred"
+    if u.state != "deferred" and not u.ended:
+        assert u.deadline == pytest.approx(T0 + 900 + held)
+
+
+def test_a_deferred_update_is_neither_failed_nor_ended_and_keeps_its_reason() -> None:
+    u = apply_status(
+        update(state="downloading", bytes=100, total=300),
+        status("deferred", reason="battery: 18% is below 30%"),
+        T0 + 10,
+    )
+    assert u is not None and (u.state, u.reason, u.ended, u.success) == (
+        "deferred",
+        "battery: 18% is below 30%",
+        False,
+        False,
+    )
+    assert (u.bytes, u.total, u.deferred_since) == (100, 300, T0 + 10)
+    assert apply_status(u, status("deferred", reason="battery: 18% is below 30%"), T0 + 20) is None
+    # a new reason is noted; the wait started when it was first deferred
+    again = apply_status(u, status("deferred", reason="battery: 12% is below 30%"), T0 + 30)
+    assert again is not None and (again.reason, again.deferred_since) == (
+        "battery: 12% is below 30%",
+        T0 + 10,
+    )
+    # a late offered does not move it back
+    assert apply_status(u, status("offered"), T0 + 40) is None
+
+
+def test_a_deferred_update_goes_on_with_its_deadline_moved_by_the_wait() -> None:
+    u = apply_status(update(), status("deferred", reason="battery: 18% is below 30%"), T0 + 100)
+    assert u is not None
+    on = apply_status(u, status("downloading", bytes=0, total=300), T0 + 3700)
+    assert on is not None and (on.state, on.reason, on.deferred_since) == ("downloading", None, None)
+    assert on.deadline == T0 + 900 + 3600
+
+
+def test_a_device_does_not_defer_an_update_it_has_staged() -> None:
+    for state in ("staged", "activating", "trial"):
+        assert (
+            apply_status(update(state=state), status("deferred", reason="battery: 1% is below 30%"), T0)
+            is None
+        )
+
+
+def test_a_deferred_update_does_not_time_out() -> None:
+    u = update(state="deferred", reason="battery: 18% is below 30%", deferred_since=T0 + 1)
+    assert expire(u, u.deadline + 10**6) is None
+    # but a gateway's own decision (a new update replacing it) still ends it
+    assert fail(u, "cancelled: replaced by update 0123456789ab", T0 + 2).state == "failed"
 
 
 # ---- the deadline ----------------------------------------------------------------

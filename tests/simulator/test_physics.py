@@ -244,7 +244,12 @@ def test_exertion_raises_skin_humidity_and_temperature_and_the_vent_brings_both_
     assert relieved["humidity"] < hot["humidity"] - 20
     assert relieved["temperature"] < hot["temperature"] - 0.3
     assert relieved["vent"] == 100.0 and relieved["exchange"] > hot["exchange"]
-    assert closed.sensors(0) == {"humidity": hot["humidity"], "skin_temperature": hot["temperature"]}
+    assert closed.sensors(0) == {
+        "humidity": hot["humidity"],
+        "skin_temperature": hot["temperature"],
+        "battery": hot["battery"],
+    }
+    assert relieved["battery"] < hot["battery"]  # the servo moved
 
 
 # ---- any plant in the seeded ranges, any step --------------------------------------

@@ -144,17 +144,19 @@ def ota_device(
     keys: ota_keys.Keys,
     start: bool = True,
     interpreter: str = "micropython",
+    model: str = "thermostat",
     **config: object,
 ) -> DeviceProcess:
-    """A thermostat on the unix port (128 KB heap; or under CPython) that
-    trusts keys, with a short trial and quick retries; started, and booted
-    (unless not start)."""
+    """A thermostat (or another model) on the unix port (128 KB heap; or
+    under CPython) that trusts keys, with a short trial and quick retries;
+    started, and booted (unless not start)."""
     root = (keys.path / "root.json").read_bytes()
-    dev = make_device(mosquitto, "thermostat", interpreter, root=root, trial_s=2)
+    dev = make_device(mosquitto, model, interpreter, root=root, trial_s=2)
     cfg = json.loads((dev.path / "config.json").read_text())
     cfg.update({**OTA_CONFIG, **config})
     (dev.path / "config.json").write_text(json.dumps(cfg))
-    dev.set_sensors(temperature=20.0)
+    if model == "thermostat":
+        dev.set_sensors(temperature=20.0)
     dev.heap = os.environ.get("PB_HEAP", SMALL_HEAP)
     if not start:
         return dev

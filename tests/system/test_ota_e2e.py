@@ -4,19 +4,20 @@ a device on the real MicroPython unix port with a 128 KB heap taking it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ota import keys as ota_keys
-from ota.release import Release
+from ota.release import Release, build
 
 from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.processes import DeviceProcess, GatewayProcess
 from ..support.wait import wait_for
-from .conftest import hungry_release, ota_device, running_set
+from .conftest import feature_sources, hungry_release, ota_device, running_set
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +142,43 @@ def test_a_release_out_of_ram_at_import_reaches_the_gateway_with_the_memory_erro
     assert reason.endswith(", at import of feature hungry"), reason
     assert reason in out  # `devices update` shows it to the maker
     assert running_set(dev) == (0, None, ["thermostat"])
+
+
+def test_a_shirt_on_a_low_battery_defers_the_update_and_commits_it_once_charged(
+    mosquitto: Mosquitto,
+    ota_gateway: GatewayProcess,
+    make_device: MakeDevice,
+    keys: ota_keys.Keys,
+    tmp_path: Path,
+) -> None:
+    (vent,) = feature_sources(tmp_path / "src", ("vent",))
+    (vent / "curve.py").write_text((vent / "curve.py").read_text() + "REVISION = 2\n")
+    shirt2 = build("shirt", [vent], "2.0", tmp_path / "rs", 2, ("mpy",), keys)
+    assert "published" in ota_gateway.cli("ota", "publish", str(shirt2.path)).stdout
+    dev = ota_device(mosquitto, make_device, keys, model="shirt")
+    dev.set_sensors(battery=18.0)
+    online(ota_gateway, dev)
+    proc = ota_gateway.popen_cli("devices", "update", dev.id, "shirt@2", "--timeout", "150")
+    try:
+        held = wait_for(
+            lambda: (u := gw_updates(ota_gateway, dev.id)[0])["state"] == "deferred" and u,
+            60,
+            what="deferred",
+        )
+        assert held["reason"] == "battery: 18% is below 30%" and not held["ended"], held
+        assert held["served"] == 0 and held["requests"] == 0  # nothing downloaded
+        listed = ota_gateway.cli("updates", "list", "--device", dev.id).stdout
+        assert "deferred" in listed and "battery: 18% is below 30%" in listed, listed
+        time.sleep(3)
+        assert gw_updates(ota_gateway, dev.id)[0]["state"] == "deferred"
+        assert running_set(dev)[0] == 0
+        dev.set_sensors(battery=36.0)  # charged
+        out, err = proc.communicate(timeout=170)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (out, err, dev.output()[-3000:])
+    assert "deferred (battery: 18% is below 30%)" in out and "committed" in out, out
+    record = gw_updates(ota_gateway, dev.id)[0]
+    assert record["state"] == "committed" and record["deferred_since"] is None, record
+    assert running_set(dev) == (2, shirt2.sha256, ["vent"])

@@ -50,6 +50,10 @@ class Esp32Hal(Hal):
             drv = _Sht31(i2c, cap.get("addr", 0x44))
         elif kind == "adc":
             drv = _Adc(machine.ADC(machine.Pin(cap["pin"])), cap.get("scale", 1.0), cap.get("offset", 0.0))
+        elif kind == "battery":
+            adc = machine.ADC(machine.Pin(cap["pin"]))
+            adc.atten(machine.ADC.ATTN_11DB)  # the divided cell voltage reaches about 2.1 V
+            drv = _Battery(adc, cap.get("divider", 2.0), cap.get("empty_v", 3.3), cap.get("full_v", 4.2))
         elif kind == RELAY:
             drv = machine.Pin(cap["pin"], machine.Pin.OUT)
         elif kind == SERVO:
@@ -162,3 +166,25 @@ class _Adc:
 
     def read(self, quantity):
         return self.adc.read_uv() / 1e6 * self.scale + self.offset
+
+
+class _Battery:
+    """A cell's charge, in %, from its voltage: an ADC pin behind a divider
+    (the cell's voltage is `divider` times the pin's), mapped linearly from
+    empty_v (0 %) to full_v (100 %) and held within 0-100 (a cell on its
+    charger reads above full_v). Eight samples are averaged: the servo's
+    current makes single readings jump."""
+
+    def __init__(self, adc, divider, empty_v, full_v):
+        self.adc = adc
+        self.divider = divider
+        self.empty_v = empty_v
+        self.full_v = full_v
+
+    def read(self, quantity):
+        uv = 0
+        for _ in range(8):
+            uv += self.adc.read_uv()
+        v = uv / 8e6 * self.divider
+        pct = (v - self.empty_v) * 100 / (self.full_v - self.empty_v)
+        return 0.0 if pct < 0 else 100.0 if pct > 100 else pct

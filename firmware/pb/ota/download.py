@@ -19,6 +19,7 @@ from ..compat import (
     TimeoutError,
     asyncio,
     collect,
+    forget,
     format_exception,
     fsync,
     rand_below,
@@ -34,6 +35,7 @@ from .report import status
 from .transfer import FLAG_ERROR, check_offer, decode_chunk
 
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
+BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = (
@@ -46,11 +48,15 @@ CHECK_MODULES = (
 )
 
 
-def configure(agent, config, caps=None):
-    """The agent's settings from config.json; caps: the board's capabilities."""
+def configure(agent, config, hal=None):
+    """The agent's settings from config.json; hal: the board's backend (its
+    capabilities, and its battery if it has one)."""
     agent.device = config.get("device")
-    if caps is not None:
-        agent.caps = caps
+    if hal is not None:
+        agent.caps = hal.caps
+        if "battery" in hal.caps:
+            agent.battery = lambda: hal.read("battery")
+    agent.battery_min = config.get("ota_battery_min", agent.battery_min)
     agent.deadline_s = config.get("ota_deadline_s", agent.deadline_s)
     agent.chunk = config.get("ota_chunk", agent.chunk)
     agent.window = config.get("ota_window", agent.window)
@@ -83,7 +89,8 @@ class Agent:
     Unix time; link_up() -> bool; fault(name): a power-cut point for tests
     (no-op on a board); on_staged(): asks for the reset. With once, run()
     returns when its update ends instead of waiting for the next offer.
-    configure() sets the device id and capabilities the release must suit;
+    configure() sets the device id and capabilities the release must suit,
+    and battery() (the charge in %), which holds an update back while low;
     tick, if set, is called during signature checks (feed a watchdog).
     """
 
@@ -105,6 +112,8 @@ class Agent:
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
         self.tries = 8
         self.deadline_s = DEADLINE_S
+        self.battery = None
+        self.battery_min = BATTERY_MIN
         self.device = None
         self.caps = {}
         self.tick = None
@@ -188,6 +197,13 @@ class Agent:
         self.report("offered", uid, counter=body["counter"])
         self._wake.set()
 
+    def check_cancel(self, uid):
+        """Raise Failed if update uid was cancelled or replaced."""
+        c = self._cancel
+        if c is not None and c[0] == uid:
+            self._cancel = None
+            raise Failed(c[1])
+
     def save_job(self):
         flash.write_job(self.base, self.job)
 
@@ -268,12 +284,23 @@ class Agent:
                 return
 
     def _check_deadline(self, job):
-        late = self.now() - job["offered_at"]
+        # the time the update was deferred does not count (docs/ota.md 4.3)
+        late = self.now() - job["offered_at"] - job.get("paused", 0)
         if late > self.deadline_s:
             raise Failed("deadline: not downloaded within %d s of the offer" % self.deadline_s)
 
+    async def _charged(self, job):
+        # a board with a battery holds the update back while it is low; the
+        # code for it is loaded only there (pb/ota/defer.py)
+        if self.battery is not None:
+            from .defer import charged
+
+            await charged(self, job)
+            forget(("pb.ota.defer",))
+
     async def _download(self, job):
         uid = job["id"]
+        await self._charged(job)
         self._check_deadline(job)
         stage = files.staged(self.base) + "/"
         files.ensure_dir(stage[:-1])
@@ -340,6 +367,7 @@ class Agent:
                 self.fault("staged-file")
             done += f["zsize"]
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
+        await self._charged(job)  # the install and the trial follow at once
         job["phase"] = "staged"
         flash.write_job(self.base, job)
         self.fault("staged")
@@ -390,10 +418,7 @@ class Agent:
         nxt = have
         try:
             while self._sink[2] < total:
-                c = self._cancel
-                if c is not None and c[0] == uid:
-                    self._cancel = None
-                    raise Failed(c[1])
+                self.check_cancel(uid)
                 if self._error:
                     raise Failed("gateway: " + self._error)
                 self._check_deadline(job)

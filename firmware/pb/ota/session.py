@@ -84,7 +84,7 @@ def _agent(u):
             lambda: client.up,
             d.hal.fault_point,
         )
-        configure(u.agent, d.config, d.hal.caps)
+        configure(u.agent, d.config, d.hal)
         u.agent.tick = d.hal.feed_watchdog
         u.agent.on_staged = lambda: d.stop("update")
     return u.agent

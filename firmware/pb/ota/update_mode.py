@@ -62,7 +62,7 @@ async def run(base, config, hal, counter, root):
         lambda: client.up,
         hal.fault_point,
     )
-    configure(agent, config, hal.caps)
+    configure(agent, config, hal)
     agent.tick = hal.feed_watchdog
     agent.once = True
     agent.room = room.clear

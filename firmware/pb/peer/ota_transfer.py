@@ -35,6 +35,7 @@ __all__ = [
 STATES = (
     "offered",
     "downloading",
+    "deferred",
     "staged",
     "verified",
     "activating",
