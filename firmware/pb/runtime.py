@@ -12,7 +12,6 @@ from .compat import (
     const,
     forget,
     format_exception,
-    mem_free,
     rand_below,
     sleep_ms,
     ticks_add,
@@ -36,7 +35,7 @@ _RAM_WAIT = const(15000)  # ms a due hello or telemetry waits for RAM, connected
 # (tests/firmware/test_module_lists.py checks these names)
 COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
 # What reads the feature manifests at boot, let go once the features run
-DISCOVERY_MODULES = ("pb.manifest", "pb.values")
+STARTUP_MODULES = ("pb.startup",)
 
 
 class Device:
@@ -129,39 +128,16 @@ class Device:
     # ---- lifecycle ---------------------------------------------------------
 
     def boot(self):
-        """Count the boot, learn why we reset, start the features."""
-        try:
-            self.state = self.store.load("state", {}) or {}
-        except Exception as exc:  # noqa: BLE001 - a corrupt record must not brick the device
-            self.log("state record unreadable, starting afresh: " + format_exception(exc))
-            self.state = {}
-        self.reset_cause = self.state.pop("reset_request", None) or self.hal.reset_cause()
-        self.state["boot_count"] = self.state.get("boot_count", 0) + 1
-        self.keep_state()
-        self.hal.safe_state()
-        self.features.discover()
-        self.features.start_all()
-        forget(DISCOVERY_MODULES)
-        for name, s in self.features.settings.items():
-            if s.get("error"):
-                self.log("feature %s disabled: %s" % (name, s["error"]))
-        self.log(
-            "booted (%s, boot %d, features %s, heap free %d)"
-            % (
-                self.reset_cause,
-                self.state["boot_count"],
-                ",".join(sorted(self.features.running)) or "-",
-                mem_free(),
-            )
-        )
+        """Count the boot, learn why we reset, start the features
+        (pb/startup.py, let go after: its code runs once)."""
+        from .startup import boot
+
+        boot(self)
+        forget(STARTUP_MODULES)
 
     async def run(self):
         """Run until stop() or a reboot command; returns the reset cause."""
         self.boot()
-        self.client.subscribe(self.topic("cmd"), 1)
-        self.client.subscribe(self.topic("ota/offer"), 1)
-        self.client.subscribe(self.topic("ota/chunk"), 0)
-        self.client.subscribe(self.topic("ota/root"), 1)
         self.spawn(self._link())
         link = self._tasks[0]
         self.spawn(self._sampler())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb import prepare, runtime, start
+from firmware.pb import prepare, runtime, start, startup
 from firmware.pb.ota import download, updates
 
 from ..support import micropython
@@ -23,7 +23,8 @@ LISTS = {
     "prepare.BOOT_ONLY_MODULES": prepare.BOOT_ONLY_MODULES,
     "start.RUNTIME_MODULES": start.RUNTIME_MODULES,
     "runtime.COMMAND_MODULES": runtime.COMMAND_MODULES,
-    "runtime.DISCOVERY_MODULES": runtime.DISCOVERY_MODULES,
+    "startup.DISCOVERY_MODULES": startup.DISCOVERY_MODULES,
+    "runtime.STARTUP_MODULES": runtime.STARTUP_MODULES,
     "updates.SESSION_MODULES": updates.SESSION_MODULES,
     "download.CHECK_MODULES": download.CHECK_MODULES,
 }
