@@ -21,6 +21,7 @@ BOOT_ONLY_MODULES = (
     "pb.ota.forms",
     "pb.ota.flash",
     "pb.ota.report",
+    "pb.ota.clock",
     "pb.manifest",
 )
 
@@ -90,6 +91,14 @@ def choose(root, config, hal):
     # a staged update is installed now, while little else is in RAM, and the
     # device resets after it; a manifest update mode fetched has its
     # signatures checked (the install's code is loaded only for these)
+    from .ota.clock import settle
+
+    try:
+        # the gateway's signed time kept by the last run, verified while the
+        # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3)
+        settle(root, config["device"], hal)
+    except MemoryError:
+        pass  # (kept on flash: verified at the next check)
     job = flash.read_job(root)
     if job is not None and (job.get("phase") == "staged" or job.get("verify") == "boot"):
         from .ota.install import check_fetched, install_staged

@@ -161,6 +161,7 @@ class Device:
         self.client.subscribe(self.topic("cmd"), 1)
         self.client.subscribe(self.topic("ota/offer"), 1)
         self.client.subscribe(self.topic("ota/chunk"), 0)
+        self.client.subscribe(self.topic("ota/time"), 1)
         self.spawn(self._link())
         link = self._tasks[0]
         self.spawn(self._sampler())

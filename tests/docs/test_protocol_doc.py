@@ -682,7 +682,12 @@ async def test_on_the_wire_birth_comes_first_then_the_queue(rig: Callable[..., R
         kinds = ["hello", "state", "ota/status", "telemetry", "event"]
         assert topics[:5] == [r.topic(k) for k in kinds]
         (sub,) = [p for p in broker.packets if p[0] == mqtt.SUBSCRIBE]
-        assert sub[2] == [(r.topic("cmd"), 1), (r.topic("ota/offer"), 1), (r.topic("ota/chunk"), 0)]
+        assert sub[2] == [
+            (r.topic("cmd"), 1),
+            (r.topic("ota/offer"), 1),
+            (r.topic("ota/chunk"), 0),
+            (r.topic("ota/time"), 1),
+        ]
 
     await _on_the_wire(rig, check, offline)
 

@@ -35,7 +35,14 @@ from .transfer import FLAG_ERROR, check_offer, decode_chunk
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
-CHECK_MODULES = ("pb.ota.install", "pb.ota.guard", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
+CHECK_MODULES = (
+    "pb.ota.install",
+    "pb.ota.guard",
+    "pb.ota.trust",
+    "pb.ota.ed25519",
+    "pb.ota.sha512",
+    "pb.ota.clock",
+)
 
 
 def configure(agent, config, caps=None):
@@ -148,7 +155,9 @@ class Agent:
                 raise Failed(
                     "rollback: counter %d is not above the installed %d" % (body["counter"], self.counter)
                 )
-            if self.now() > body["expires"]:
+            from .clock import now as trusted_now
+
+            if trusted_now(self.base, self.now()) > body["expires"]:
                 raise Failed("freeze: the freshness statement has expired")
         except Failed as exc:
             self.report("failed", uid, reason=str(exc))

@@ -69,6 +69,28 @@ class Updates:
             from .session import offer
 
             offer(self, payload)
+        elif kind == "ota/time" and not retain:
+            self.time(payload)
+
+    def time(self, payload):
+        """A time statement from the gateway (docs/ota.md 2.3): kept on flash
+        unverified, and verified now if RAM allows (else where the checking
+        code runs anyway: the download's check, the next boot)."""
+        try:
+            from .clock import keep
+
+            if keep(self.dev.base, payload):
+                from .handover import roomy
+
+                if roomy(self):
+                    from .session import check_time
+
+                    check_time(self)
+        except MemoryError:
+            pass  # a heap too fragmented now: the gateway sends another
+        finally:
+            forget(("pb.ota.clock",))
+            self.idle()
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
