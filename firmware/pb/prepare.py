@@ -26,6 +26,10 @@ BOOT_ONLY_MODULES = (
 )
 
 
+# What verifying a time statement loads, let go before the install
+CLOCK_MODULES = ("pb.ota.clock", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512")
+
+
 def load_json(path, what):
     data = read_bytes(path)
     if data is None:
@@ -91,14 +95,15 @@ def choose(root, config, hal):
     # a staged update is installed now, while little else is in RAM, and the
     # device resets after it; a manifest update mode fetched has its
     # signatures checked (the install's code is loaded only for these)
+    # the gateway's signed time kept by the last run, verified while the
+    # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3)
     from .ota.clock import settle
 
     try:
-        # the gateway's signed time kept by the last run, verified while the
-        # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3)
         settle(root, config["device"], hal)
     except MemoryError:
         pass  # (kept on flash: verified at the next check)
+    forget(CLOCK_MODULES)  # (the install's and the guard's heap, as it was)
     job = flash.read_job(root)
     if job is not None and (job.get("phase") == "staged" or job.get("verify") == "boot"):
         from .ota.install import check_fetched, install_staged

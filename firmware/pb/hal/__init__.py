@@ -100,23 +100,6 @@ class Hal:
         signed floor). The base keeps its host's clock, which the host sets."""
         return None
 
-    async def sync_clock(self, server):
-        """Set the clock from an SNTP server (config.json "ntp", pb/net/sntp.py);
-        one that does not answer, or answers nonsense, leaves it as it was.
-        Returns the time set, or None."""
-        from ..compat import forget
-        from ..net.sntp import query
-
-        try:
-            t = await query(server)
-        except OSError as exc:
-            print("pb: clock not set: %s" % exc)
-            return None
-        finally:
-            forget(("pb.net.sntp",))
-        self.set_time(t)
-        return t
-
     def reset_cause(self):
         return "unknown"
 

@@ -129,7 +129,11 @@ class Esp32Hal(Hal):
         server = config.get("ntp", NTP_SERVER)
         if server and not self._synced:
             self._synced = True  # (once a boot: the gateway's signed time keeps a floor)
-            await self.sync_clock(server)
+            from ..compat import forget
+            from ..net.sntp import sync
+
+            await sync(self, server)
+            forget(("pb.net.sntp",))
 
     def set_time(self, t):
         import time

@@ -56,7 +56,11 @@ class HostHal(Hal):
         # config.json names one
         if config.get("ntp") and not self._synced:
             self._synced = True
-            await self.sync_clock(config["ntp"])
+            from ..compat import forget
+            from ..net.sntp import sync
+
+            await sync(self, config["ntp"])
+            forget(("pb.net.sntp",))
 
     def _sensors(self):
         data = read_bytes(self.dir + "/" + SENSORS_FILE)

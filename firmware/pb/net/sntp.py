@@ -74,3 +74,16 @@ async def query(value, timeout_ms=3000):
         raise OSError("time server %s: %s within %d ms" % (value, why, timeout_ms))
     finally:
         s.close()
+
+
+async def sync(hal, value):
+    """Set hal's clock from the server of a config "ntp" value; one that does
+    not answer, or answers nonsense, leaves it as it was. Returns the time
+    set, or None."""
+    try:
+        t = await query(value)
+    except OSError as exc:
+        print("pb: clock not set: %s" % exc)
+        return None
+    hal.set_time(t)
+    return t

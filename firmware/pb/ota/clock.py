@@ -22,11 +22,6 @@ def floor_ms(base):
     return t if isinstance(t, int) and not isinstance(t, bool) and t > 0 else 0
 
 
-def now(base, clock):
-    """The time for a trust decision: the clock (Unix s) or the floor, the later."""
-    return max(clock, floor_ms(base) / 1000)
-
-
 def keep(base, payload):
     """Keep a time statement from the gateway on flash, unverified, for
     take(); one too large for a statement, or a full flash, loses it."""
@@ -73,6 +68,27 @@ def take(base, device, root, verify):
         flash.write_json(base + "/" + flash.TRUST_STATE, state)
     flash.remove(path)
     return t
+
+
+def received(u, payload):
+    """A time statement from the gateway, in the runtime (pb/ota/updates.py):
+    kept on flash, and verified now where the RAM rule of a download
+    (pb/ota/handover.py roomy) says there is room; else where the checking
+    code runs anyway (the download's check, the next boot)."""
+    d = u.dev
+    if not keep(d.base, payload):
+        return
+    from .handover import roomy
+
+    if roomy(u):
+        from ..compat import forget
+
+        d.spare(True)
+        try:
+            settle(d.base, d.id, d.hal)
+        finally:
+            forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
+            d.spare(False)
 
 
 def _verify(pub, msg, sig):

@@ -18,6 +18,7 @@ from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
+    forget,
     format_exception,
     fsync,
     rand_below,
@@ -155,9 +156,12 @@ class Agent:
                 raise Failed(
                     "rollback: counter %d is not above the installed %d" % (body["counter"], self.counter)
                 )
-            from .clock import now as trusted_now
+            # by the later of the clock and the gateway's signed time (2.3)
+            from .clock import floor_ms
 
-            if trusted_now(self.base, self.now()) > body["expires"]:
+            floor = floor_ms(self.base)
+            forget(("pb.ota.clock",))
+            if max(self.now(), floor / 1000) > body["expires"]:
                 raise Failed("freeze: the freshness statement has expired")
         except Failed as exc:
             self.report("failed", uid, reason=str(exc))

@@ -7,7 +7,7 @@ import json
 
 from ..compat import collect, format_exception, fsync
 from ..errors import StoreError, TrustError
-from ..store import read_bytes
+from ..store import exists, read_bytes
 from . import files, flash, guard, trust
 from .flash import SLOTS, read_json, write_json
 from .report import status
@@ -162,14 +162,17 @@ def check_release(base, job, device, run_counter, data, tick=None):
     trust.check_for_device(body, model, caps, api, run_counter)
     fbody = None
     if job.get("fresh_ok") != body["counter"]:
-        last_version = _trust_state(base)["freshness"]
+        state = _trust_state(base)
+        last_version = state["freshness"]
         fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
         # expired by the offer's time, or by the gateway's signed time (a
         # statement kept on flash is verified first): docs/ota.md 2.3
-        from .clock import take
+        from .clock import floor_ms, take
 
-        floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
+        floor = floor_ms(base)
+        if exists(base + "/" + flash.TIME):
+            floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
         offered = max(job["offered_at"], floor / 1000)
         trust.check_freshness(
             fbody, model, job["manifest"], body["counter"], offered, last_version, dev_id, job["id"]

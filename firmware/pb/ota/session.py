@@ -94,18 +94,3 @@ def _held(root):
     from .files import held_files
 
     return held_files(root)
-
-
-def check_time(u):
-    """Verify the time statement kept on flash now (pb/ota/clock.py settle),
-    with the RAM kept in reserve: the runtime had enough free for it."""
-    from ..compat import forget
-    from .clock import settle
-
-    d = u.dev
-    d.spare(True)
-    try:
-        settle(d.base, d.id, d.hal)
-    finally:
-        forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
-        d.spare(False)

@@ -66,10 +66,6 @@ async def run(base, config, hal, counter, root):
             agent.on_chunk(payload)
         elif topic == wire.topic(dev, "ota/offer") and not retain:
             agent.on_offer(payload)
-        elif topic == wire.topic(dev, "ota/time") and not retain:
-            from .clock import keep
-
-            keep(base, payload)  # (verified at the boot this mode ends in)
 
     def birth():
         now = hal.time()
@@ -95,7 +91,6 @@ async def run(base, config, hal, counter, root):
             agent.save_job()
     client.subscribe(wire.topic(dev, "ota/offer"), 1)
     client.subscribe(wire.topic(dev, "ota/chunk"), 0)
-    client.subscribe(wire.topic(dev, "ota/time"), 1)
     print("pb[%s]: update mode: downloading without the features" % dev)
     link = asyncio.create_task(client.run())
     watchdog = asyncio.create_task(_feed(hal))

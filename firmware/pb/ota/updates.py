@@ -73,24 +73,15 @@ class Updates:
             self.time(payload)
 
     def time(self, payload):
-        """A time statement from the gateway (docs/ota.md 2.3): kept on flash
-        unverified, and verified now if RAM allows (else where the checking
-        code runs anyway: the download's check, the next boot)."""
+        """A time statement from the gateway (pb/ota/clock.py received)."""
         try:
-            from .clock import keep
+            from .clock import received
 
-            if keep(self.dev.base, payload):
-                from .handover import roomy
-
-                if roomy(self):
-                    from .session import check_time
-
-                    check_time(self)
+            received(self, payload)
         except MemoryError:
             pass  # a heap too fragmented now: the gateway sends another
-        finally:
-            forget(("pb.ota.clock",))
-            self.idle()
+        forget(("pb.ota.clock",))
+        self.idle()
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
