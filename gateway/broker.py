@@ -140,9 +140,10 @@ GATEWAY_USER = "gateway"
 # What a device may do, relative to its own subtree (pb/<username>/...): each
 # kind only in the direction the protocol gives it. A device that could write
 # its own ota/offer or ota/chunk could feed itself an update the gateway never
-# offered it; one that could read its ota/req would see nothing it needs.
+# offered it, or its own ota/time a time it would have to refuse; one that
+# could read its ota/req would see nothing it needs.
 DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/req", "ota/status")
-DEVICE_READS = ("cmd", "ota/offer", "ota/chunk", "ota/root")
+DEVICE_READS = ("cmd", "ota/offer", "ota/chunk", "ota/root", "ota/time")
 
 
 def acl_text(gateway_user: str = GATEWAY_USER, operators: Sequence[str] = ()) -> str:

@@ -20,7 +20,7 @@ UNKNOWN_DEVICE = "unknown_device"
 RETAINED_COMMAND = "retained_command"
 
 # The update transfer (docs/ota.md 3): what the gateway sends, and what it takes.
-OTA_DOWN = ("ota/offer", "ota/chunk", "ota/root")
+OTA_DOWN = ("ota/offer", "ota/chunk", "ota/root", "ota/time")
 OTA_UP = ("ota/req", "ota/status")
 
 
@@ -101,8 +101,9 @@ def _not_json(name: str) -> Any:
 def classify_ota(
     topic: str, payload: bytes, retain: bool, known: Callable[[str], bool]
 ) -> Accepted | Rejected | None:
-    """classify() for the update topics pb/<device>/ota/{offer,chunk,req,status}.
-    Offers and chunks are the gateway's own (echoes: None; retained: rejected);
+    """classify() for the update topics pb/<device>/ota/{offer,chunk,time,req,status}.
+    Offers, chunks and time statements are the gateway's own (echoes: None;
+    retained: rejected);
     requests and statuses are validated with firmware.pb.peer.ota_transfer, must name
     the device of their topic, and must come from a known device."""
     parts = topic.split("/")

@@ -24,6 +24,7 @@ import aiomqtt
 from firmware.pb.peer import protocol as proto
 
 from .broker import BrokerUrl
+from .clock import TimeSender
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
@@ -132,6 +133,8 @@ class Gateway:
             deadline_s=update_deadline,
         )
         self.ota.publish = self.publish
+        self.clock = TimeSender(keys, lambda: [d for d, v in self._live.items() if v.online])
+        self.clock.publish = self.publish
 
     # ---- running -----------------------------------------------------------
 
@@ -143,6 +146,7 @@ class Gateway:
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
                 tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
+                tg.create_task(self.clock.loop(), name="gateway-time")
                 if self.api_bind is not None:
                     from .api import serve_api
 
@@ -300,6 +304,7 @@ class Gateway:
                 if not retain:
                     live.last_seen = now
             self.ota.on_hello(dev, msg, now)
+            self.clock.on_hello(dev, retain)
             return
         if a.kind == "state":
             if live is None:
@@ -424,6 +429,7 @@ class Gateway:
             "rejects": dict(self.rejects),
             "pending_commands": len(self.commander),
             "ota": dict(self.ota.stats) | {"enabled": self.ota.enabled},
+            "time": dict(self.clock.stats),
         }
 
 

@@ -1,5 +1,5 @@
 """The maker's key store: make keys, load them, rotate the root, and sign
-freshness statements for the gateway.
+freshness and time statements for the gateway.
 
 A keys folder (mode 0700; private keys mode 0600, PEM PKCS#8, unencrypted):
 
@@ -7,7 +7,7 @@ A keys folder (mode 0700; private keys mode 0600, PEM PKCS#8, unencrypted):
     root.<N>.json    every root version N, so a device on an older root can walk the chain
     root-1.key ...   the current root keys (role root), kept offline
     release.key      the release key: signs manifests (role release), kept offline
-    gateway.key      the gateway key: signs freshness statements (role gateway); the gateway
+    gateway.key      the gateway key: signs freshness and time statements (role gateway); the gateway
                      needs a copy of this one only
     retired/v<N>/    the keys that rotating root N away replaced
 
@@ -55,6 +55,7 @@ __all__ = [
     "load_keys",
     "rotate_root",
     "sign_envelope",
+    "time_statement",
 ]
 
 ROOT_FILE = "root.json"
@@ -421,3 +422,15 @@ def freshness(
         "expires": int(now + ttl_s),
     }
     return sign_envelope(body, signers)
+
+
+def time_statement(key: Keys | Ed25519PrivateKey, device: str, now: float) -> bytes:
+    """A time statement (docs/ota.md 2.3) for one device, signed by the
+    gateway key: `time` is `now` in ms, a floor for the device's clock.
+    Raises KeyStoreError."""
+    signers = key.gateway_keys() if isinstance(key, Keys) else [key]
+    if not valid_id(device):
+        raise KeyStoreError(f"device {device!r} is not a device id (1-32 of a-z 0-9 - _)")
+    if now < 0:
+        raise KeyStoreError("a time statement needs a time after 1970")
+    return sign_envelope({"v": 1, "type": "time", "device": device, "time": int(now * 1000)}, signers)

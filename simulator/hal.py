@@ -67,6 +67,12 @@ class SimHal(Hal):  # type: ignore[misc]
     def time(self) -> float:
         return self.clock.now() + (self.faults.skew_s if self.faults is not None else 0.0)
 
+    def set_time(self, t: float) -> None:
+        """Set the device's clock to t (its signed floor, ota.md 2.3): the
+        skew left is the one this sets."""
+        if self.faults is not None:
+            self.faults.skew_s = t - self.clock.now()
+
     def reset_cause(self) -> str:
         # what machine.reset_cause() says on a board: power-on at first and
         # after a power cut, a hard reset after every machine.reset()

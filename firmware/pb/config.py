@@ -29,6 +29,7 @@ broker.clean bool true 0 1
 broker.queue int 32 1 256
 wifi.ssid str - 1 32
 wifi.password str - 0 64
+ntp str pool.ntp.org 0 253
 telemetry_ms int 10000 10 86400000
 sample_ms int 1000 10 86400000
 utc_offset_min int 0 -720 840

@@ -38,3 +38,4 @@ def boot(d):
     d.client.subscribe(d.topic("ota/offer"), 1)
     d.client.subscribe(d.topic("ota/chunk"), 0)
     d.client.subscribe(d.topic("ota/root"), 1)
+    d.client.subscribe(d.topic("ota/time"), 1)

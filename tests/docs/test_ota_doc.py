@@ -35,15 +35,16 @@ from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError, ProtocolError, TrustError
 from firmware.pb.hal import Hal
 from firmware.pb.net import wire
+from firmware.pb.ota import clock, flash, forms, guard, install, report, trust
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
-from firmware.pb.ota import flash, forms, guard, install, report, trust
 from firmware.pb.peer import ota_transfer as otaproto
+from gateway import clock as gw_clock
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
 from ota import release as ota_release
 from ota.envelope import canonical
-from ota.keys import Keys, freshness, keygen
+from ota.keys import Keys, freshness, keygen, time_statement
 
 from .markdown import (
     DOCS,
@@ -64,7 +65,18 @@ OTA = (DOCS / "ota.md").read_text(encoding="utf-8")
 SECURITY = (DOCS / "security.md").read_text(encoding="utf-8")
 PROTOCOL = (DOCS / "protocol.md").read_text(encoding="utf-8")
 EXAMPLES = parse_examples(OTA, "ota.md")
-TAGS = ("offer", "cancel", "req", "status", "release-manifest", "freshness", "job", "pointer", "states")
+TAGS = (
+    "offer",
+    "cancel",
+    "req",
+    "status",
+    "release-manifest",
+    "freshness",
+    "time",
+    "job",
+    "pointer",
+    "states",
+)
 
 
 def _ota(heading: str) -> list[str]:
@@ -178,6 +190,14 @@ def test_the_freshness_example_is_a_statement_the_gateway_makes() -> None:
     offer = _one("offer").value()
     assert json.loads(offer["freshness"]["signed"]) == body
     assert offer["manifest"] == body["manifest"]
+
+
+def test_the_time_example_is_a_statement_the_gateway_makes(tmp_path: Path) -> None:
+    body = _one("time").value()
+    assert trust.check_time(body, "th-1") == body["time"]
+    k = keygen(tmp_path / "k")
+    made = json.loads(json.loads(time_statement(k, "th-1", (body["time"] + 0.5) / 1000))["signed"])
+    assert made == body
 
 
 def test_freshness_older_or_expired_is_a_freeze() -> None:
@@ -672,6 +692,8 @@ def _limit_sources() -> dict[str, Any]:
         "updates.DEFAULT_DEADLINE_S": gw_updates.DEFAULT_DEADLINE_S,
         "updates.DEFAULT_FRESHNESS_TTL_S": gw_updates.DEFAULT_FRESHNESS_TTL_S,
         "runtime.MAX_PACKET": runtime.MAX_PACKET,
+        "clock.MAX_STATEMENT": clock.MAX_STATEMENT,
+        "clock.TIME_INTERVAL_S": gw_clock.TIME_INTERVAL_S,
     }
 
 

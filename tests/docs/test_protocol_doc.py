@@ -687,6 +687,7 @@ async def test_on_the_wire_birth_comes_first_then_the_queue(rig: Callable[..., R
             (r.topic("ota/offer"), 1),
             (r.topic("ota/chunk"), 0),
             (r.topic("ota/root"), 1),
+            (r.topic("ota/time"), 1),
         ]
 
     await _on_the_wire(rig, check, offline)

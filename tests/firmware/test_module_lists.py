@@ -21,6 +21,7 @@ PB = Path(__file__).resolve().parents[2] / "firmware" / "pb"
 
 LISTS = {
     "prepare.BOOT_ONLY_MODULES": prepare.BOOT_ONLY_MODULES,
+    "prepare.CLOCK_MODULES": prepare.CLOCK_MODULES,
     "start.RUNTIME_MODULES": start.RUNTIME_MODULES,
     "runtime.COMMAND_MODULES": runtime.COMMAND_MODULES,
     "startup.DISCOVERY_MODULES": startup.DISCOVERY_MODULES,

@@ -95,6 +95,13 @@ class OtaServer:
         }
         self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
 
+    def send_time(self, statement: bytes, online_s: float = 30) -> None:
+        """Publish a time statement (docs/ota.md 2.3) on the device's
+        ota/time once it is online, as the gateway does at its hello."""
+        if not self._online.wait(online_s):
+            raise AssertionError(f"{self.dev} did not come online within {online_s}s")
+        self.c.publish(f"pb/{self.dev}/ota/time", statement, qos=1).wait_for_publish(5)
+
     def _on_message(self, c: Any, u: Any, m: Any) -> None:
         if m.topic == f"pb/{self.dev}/state":
             if json.loads(m.payload).get("state") == "online":

@@ -95,6 +95,11 @@ class Hal:
         # MicroPython on a board counts from 2000-01-01
         return t + 946684800 if t < 946684800 else t
 
+    def set_time(self, t):
+        """Set the clock to Unix time t (from a time server, or the gateway's
+        signed floor). The base keeps its host's clock, which the host sets."""
+        return None
+
     def reset_cause(self):
         return "unknown"
 

@@ -1,9 +1,12 @@
 # ESP32 backend: sensors and actuators on real pins, Wi-Fi, watchdog.
 # Hardware modules are imported inside methods, so this file also imports
 # on CPython (type checks) and on the unix port.
-from ..compat import sleep_ms, ticks_diff, ticks_ms
+from ..compat import const, sleep_ms, ticks_diff, ticks_ms
 from ..errors import HalError
 from . import RELAY, SERVO, Hal
+
+NTP_SERVER = "pool.ntp.org"  # config.json "ntp": "host" or "host:port"; "" turns it off
+_EPOCH = const(946684800)  # 2000-01-01 in Unix time: the board's time.time() counts from it
 
 _CAUSES = {
     "PWRON_RESET": "power_on",
@@ -22,6 +25,7 @@ class Esp32Hal(Hal):
         self._drivers = {}
         self._wdt = None
         self._wlan = None
+        self._synced = False  # the clock set from a time server this boot
 
     # ---- sensors -----------------------------------------------------------
 
@@ -118,15 +122,31 @@ class Esp32Hal(Hal):
         if self._wlan is None:
             self._wlan = network.WLAN(network.STA_IF)
             self._wlan.active(True)
-        if self._wlan.isconnected():
-            return
-        self._wlan.connect(wifi["ssid"], wifi.get("password", ""))
-        t0 = ticks_ms()
-        while not self._wlan.isconnected():
-            if ticks_diff(ticks_ms(), t0) > 20000:
-                raise HalError("Wi-Fi %r did not connect in 20 s" % wifi["ssid"])
-            self.feed_watchdog()
-            await sleep_ms(200)
+        if not self._wlan.isconnected():
+            self._wlan.connect(wifi["ssid"], wifi.get("password", ""))
+            t0 = ticks_ms()
+            while not self._wlan.isconnected():
+                if ticks_diff(ticks_ms(), t0) > 20000:
+                    raise HalError("Wi-Fi %r did not connect in 20 s" % wifi["ssid"])
+                self.feed_watchdog()
+                await sleep_ms(200)
+        server = config.get("ntp", NTP_SERVER)
+        if server and not self._synced:
+            self._synced = True  # (once a boot: the gateway's signed time keeps a floor)
+            from ..compat import forget
+            from ..net.sntp import sync
+
+            await sync(self, server)
+            forget(("pb.net.sntp",))
+
+    def set_time(self, t):
+        import time
+
+        import machine
+
+        tm = time.gmtime(int(t) - (0 if time.gmtime(0)[0] == 1970 else _EPOCH))
+        # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, subseconds)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
 
 
 class _Dht:

@@ -11,6 +11,7 @@ from . import RESET_CAUSES, Hal
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
 FAULTS_FILE = "faults.json"  # a test's power-cut plan (pb/hal/power_cuts.py)
+CLOCK_FILE = "clock.json"  # {"offset": s}: the device's clock minus the host's
 
 
 class HostHal(Hal):
@@ -22,6 +23,7 @@ class HostHal(Hal):
         makedirs(self.dir)
         self._out = {}
         self._cuts = False  # a test's power cuts planned
+        self._synced = False  # the clock asked of a time server (once a boot)
         if read_bytes(self.dir + "/" + FAULTS_FILE) is not None:
             from .power_cuts import load
 
@@ -32,6 +34,30 @@ class HostHal(Hal):
                 self._out = json.loads(data)
             except ValueError:
                 self._out = {}
+        # the board's real-time clock, kept across resets as a board keeps it
+        # (a test starts a device at 2000-01-01 with an offset, docs/ota.md 4.8)
+        from ..compat import forget
+        from .host_clock import offset
+
+        self._offset = offset(self.dir + "/" + CLOCK_FILE)
+        forget(("pb.hal.host_clock",))
+
+    def time(self):
+        return super().time() + self._offset
+
+    def set_time(self, t):
+        from .host_clock import set_time
+
+        self._offset = set_time(t, super().time(), self.dir + "/" + CLOCK_FILE)
+
+    async def network_up(self, config):
+        # the host's clock is the host's to set: a time server only where
+        # config.json names one
+        if config.get("ntp") and not self._synced:
+            self._synced = True
+            from .host_clock import sync
+
+            await sync(self, config["ntp"])
 
     def _sensors(self):
         data = read_bytes(self.dir + "/" + SENSORS_FILE)

@@ -45,6 +45,7 @@ CHECK_MODULES = (
     "pb.ota.trust",
     "pb.ota.ed25519",
     "pb.ota.sha512",
+    "pb.ota.clock",
 )
 
 
@@ -168,7 +169,12 @@ class Agent:
                 raise Failed(
                     "rollback: counter %d is not above the installed %d" % (body["counter"], self.counter)
                 )
-            if self.now() > body["expires"]:
+            # by the later of the clock and the gateway's signed time (2.3)
+            from .clock import floor_ms
+
+            floor = floor_ms(self.base)
+            forget(("pb.ota.clock",))
+            if max(self.now(), floor / 1000) > body["expires"]:
                 raise Failed("freeze: the freshness statement has expired")
         except Failed as exc:
             self.report("failed", uid, reason=str(exc))

@@ -57,3 +57,17 @@ def take_root(u, payload):
     write_atomic(d.base + "/" + ROOT_NEXT, payload)  # (no copy: RAM is short)
     d.log("update: a new root came: checking it at boot")
     d.stop("update")
+
+
+def take_time(u, payload):
+    """A time statement from the gateway (pb/ota/clock.py received)."""
+    from ..compat import forget
+
+    try:
+        from .clock import received
+
+        received(u, payload)
+    except MemoryError:
+        pass  # a heap too fragmented now: the gateway sends another
+    forget(("pb.ota.clock",))
+    u.idle()

@@ -7,7 +7,7 @@ import json
 
 from ..compat import collect, format_exception, fsync
 from ..errors import StoreError, TrustError
-from ..store import read_bytes
+from ..store import exists, read_bytes
 from . import files, flash, guard, trust
 from .flash import SLOTS, read_json, write_json
 from .report import status
@@ -154,7 +154,7 @@ def _tidy(base, job, now):
 _step = ["reading the manifest"]  # where _install is: what a MemoryError reports
 
 
-def check_release(base, job, device, run_counter, data, tick=None, last_version=None):
+def check_release(base, job, device, run_counter, data, tick=None):
     """The manifest envelope data and the job's freshness statement, checked
     as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
     this device (id, model, caps, api) and above run_counter, offered as the
@@ -177,12 +177,20 @@ def check_release(base, job, device, run_counter, data, tick=None, last_version=
     trust.check_for_device(body, model, caps, api, run_counter)
     fbody = None
     if job.get("fresh_ok") != body["counter"]:
-        if last_version is None:
-            last_version = _trust_state(base)["freshness"]
+        state = _trust_state(base)
+        last_version = state["freshness"]
         fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
+        # expired by the offer's time, or by the gateway's signed time (a
+        # statement kept on flash is verified first): docs/ota.md 2.3
+        from .clock import floor_ms, take
+
+        floor = floor_ms(base)
+        if exists(base + "/" + flash.TIME):
+            floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
+        offered = max(job["offered_at"], floor / 1000)
         trust.check_freshness(
-            fbody, model, job["manifest"], body["counter"], job["offered_at"], last_version, dev_id, job["id"]
+            fbody, model, job["manifest"], body["counter"], offered, last_version, dev_id, job["id"]
         )
     return body, fbody
 
@@ -191,9 +199,9 @@ def _install(base, job, device, running, now, fault, tick):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
     data = _staged_manifest(base, job)
-    state = _trust_state(base)
-    body, fbody = check_release(base, job, device, run_counter, data, tick, state["freshness"])
+    body, fbody = check_release(base, job, device, run_counter, data, tick)
     if fbody is not None:
+        state = _trust_state(base)  # (read again: the check may have raised the floor)
         state["freshness"] = fbody["version"]
         write_json(base + "/" + flash.TRUST_STATE, state)
         job["fresh_ok"] = body["counter"]

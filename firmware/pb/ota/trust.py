@@ -267,3 +267,17 @@ def check_freshness(body, model, manifest_sha, counter, now, last_version, devic
         raise TrustError("freeze", "freshness statement is older than one already seen")
     if now > body["expires"]:
         raise TrustError("freeze", "freshness statement expired %d s ago" % int(now - body["expires"]))
+
+
+# ---- time statements (docs/ota.md 2.3) ----------------------------------------
+
+
+def check_time(body, device):
+    """The gateway's time (ms) that a time statement's content states for
+    this device. Raises TrustError."""
+    t = body.get("time")
+    if body.get("type") != "time" or not _int(t) or t < 0:
+        raise TrustError("bad_envelope", "not a time statement")
+    if body.get("device") != device:
+        raise TrustError("mismatch", "time statement is for another device")
+    return t

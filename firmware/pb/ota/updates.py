@@ -76,6 +76,10 @@ class Updates:
             from .handover import take_root
 
             take_root(self, payload)
+        elif kind == "ota/time" and not retain:
+            from .handover import take_time
+
+            take_time(self, payload)
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
