@@ -23,7 +23,6 @@ class HostHal(Hal):
         makedirs(self.dir)
         self._out = {}
         self._cuts = False  # a test's power cuts planned
-        self._synced = False  # the clock asked of a time server (once a boot)
         if read_bytes(self.dir + "/" + FAULTS_FILE) is not None:
             from .power_cuts import load
 
@@ -36,28 +35,23 @@ class HostHal(Hal):
                 self._out = {}
         # the board's real-time clock, kept across resets as a board keeps it
         # (a test starts a device at 2000-01-01 with an offset, docs/ota.md 4.8)
+        # (pb/hal/host_clock.py; Hal.time adds the offset)
         from ..compat import forget
         from .host_clock import offset
 
-        self._offset = offset(self.dir + "/" + CLOCK_FILE)
+        self.offset = offset(self.dir + "/" + CLOCK_FILE)
         forget(("pb.hal.host_clock",))
-
-    def time(self):
-        return super().time() + self._offset
 
     def set_time(self, t):
         from .host_clock import set_time
 
-        self._offset = set_time(t, super().time(), self.dir + "/" + CLOCK_FILE)
+        set_time(self, t, self.dir + "/" + CLOCK_FILE)
 
     async def network_up(self, config):
-        # the host's clock is the host's to set: a time server only where
-        # config.json names one
-        if config.get("ntp") and not self._synced:
-            self._synced = True
-            from .host_clock import sync
+        if config.get("ntp"):  # the host's clock is the host's to set, unless told
+            from .host_clock import network_up
 
-            await sync(self, config["ntp"])
+            await network_up(self, config["ntp"])
 
     def _sensors(self):
         data = read_bytes(self.dir + "/" + SENSORS_FILE)

@@ -17,17 +17,23 @@ def offset(path):
     return 0.0
 
 
-def set_time(t, host_now, path):
-    """Keep the offset that makes the clock read t; returns it."""
-    off = t - host_now
-    write_atomic(path, json.dumps({"offset": off}).encode("utf-8"))
-    return off
+def set_time(hal, t, path):
+    """Keep the offset (hal.offset) that makes the clock read t, in path."""
+    hal.offset = 0
+    hal.offset = t - hal.time()
+    write_atomic(path, json.dumps({"offset": hal.offset}).encode("utf-8"))
 
 
-async def sync(hal, server):
-    """The clock asked of a time server (pb/net/sntp.py), which is let go after."""
-    from ..compat import forget
-    from ..net.sntp import sync
+_asked = []  # type: list[bool]  # this boot asked a time server already
 
-    await sync(hal, server)
-    forget(("pb.net.sntp",))
+
+async def network_up(hal, server):
+    """The time server config.json names asked, once a boot (pb/net/sntp.py,
+    let go after)."""
+    if not _asked:
+        _asked.append(True)
+        from ..compat import forget
+        from ..net.sntp import sync
+
+        await sync(hal, server)
+        forget(("pb.net.sntp",))
