@@ -99,8 +99,11 @@ class Hal:
 
     def set_time(self, t):
         """Set the clock to Unix time t (from a time server, or the gateway's
-        signed floor). The base keeps its host's clock, which the host sets."""
-        return None
+        signed floor). A board's backend sets its RTC; on a host the clock
+        is the host's, set off by an offset kept on flash (host_clock.py)."""
+        from .host_clock import set_time
+
+        set_time(self, t)
 
     def reset_cause(self):
         return "unknown"
@@ -110,8 +113,13 @@ class Hal:
         raise Reboot(cause)
 
     async def network_up(self, config):
-        """Bring the network link up (Wi-Fi on a board). Raises HalError."""
-        return None
+        """Bring the network link up (Wi-Fi on a board). Raises HalError.
+        On a host the link is the host's: only a time server config.json
+        names is asked (host_clock.py)."""
+        if config.get("ntp"):
+            from .host_clock import network_up
+
+            await network_up(self, config["ntp"])
 
     def feed_watchdog(self):
         return None

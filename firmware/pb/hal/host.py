@@ -11,7 +11,6 @@ from . import RESET_CAUSES, Hal
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
 FAULTS_FILE = "faults.json"  # a test's power-cut plan (pb/hal/power_cuts.py)
-CLOCK_FILE = "clock.json"  # {"offset": s}: the device's clock minus the host's
 
 
 class HostHal(Hal):
@@ -39,19 +38,8 @@ class HostHal(Hal):
         from ..compat import forget
         from .host_clock import offset
 
-        self.offset = offset(self.dir + "/" + CLOCK_FILE)
+        self.offset = offset(self)
         forget(("pb.hal.host_clock",))
-
-    def set_time(self, t):
-        from .host_clock import set_time
-
-        set_time(self, t, self.dir + "/" + CLOCK_FILE)
-
-    async def network_up(self, config):
-        if config.get("ntp"):  # the host's clock is the host's to set, unless told
-            from .host_clock import network_up
-
-            await network_up(self, config["ntp"])
 
     def _sensors(self):
         data = read_bytes(self.dir + "/" + SENSORS_FILE)

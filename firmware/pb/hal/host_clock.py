@@ -5,10 +5,12 @@ import json
 
 from ..store import read_bytes, write_atomic
 
+CLOCK_FILE = "clock.json"  # {"offset": s}: the device's clock minus the host's, in hal/
 
-def offset(path):
-    """The offset kept in path (seconds), 0 without one."""
-    data = read_bytes(path)
+
+def offset(hal):
+    """The offset kept in hal/clock.json (seconds), 0 without one."""
+    data = read_bytes(hal.dir + "/" + CLOCK_FILE)
     if data:
         try:
             return float(json.loads(data)["offset"])
@@ -17,11 +19,11 @@ def offset(path):
     return 0.0
 
 
-def set_time(hal, t, path):
-    """Keep the offset (hal.offset) that makes the clock read t, in path."""
+def set_time(hal, t):
+    """Keep the offset (hal.offset) that makes the clock read t."""
     hal.offset = 0
     hal.offset = t - hal.time()
-    write_atomic(path, json.dumps({"offset": hal.offset}).encode("utf-8"))
+    write_atomic(hal.dir + "/" + CLOCK_FILE, json.dumps({"offset": hal.offset}).encode("utf-8"))
 
 
 _asked = []  # type: list[bool]  # this boot asked a time server already
