@@ -393,7 +393,6 @@ class Updater:
         runs its update's release on trial or committed has got that far,
         though the statuses that said so were lost (a broker restarted
         without them). The update if it moved."""
-        self.check_keys()
         if self.roots.behind(hello):
             if self.online(dev):
                 self._spawn(self._send_root(dev, hello, now), f"root-{dev}")

@@ -9,23 +9,11 @@ from hypothesis import strategies as st
 
 from gateway.ingest import Accepted, Rejected, classify
 
+from ..support import messages
+
 
 def hello(dev: str = "th-1", **over: object) -> bytes:
-    msg = {
-        "v": 1,
-        "dev": dev,
-        "model": "thermostat",
-        "board": "thermostat-v1",
-        "runtime": "0.1.0",
-        "api": 1,
-        "features": {},
-        "caps": [],
-        "heap_free": 1,
-        "reset_cause": "power_on",
-        "boot_count": 1,
-        "keepalive": 30,
-        "telemetry_s": 10,
-    }
+    msg = messages.hello(dev, features={}, caps=[], heap_free=1, telemetry_s=10)
     msg.update(over)
     return json.dumps(msg).encode()
 

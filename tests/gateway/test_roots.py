@@ -8,6 +8,7 @@ while it runs. On the session's real Mosquitto, the device played by OtaDevice."
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from gateway.errors import ReleaseRefusedError
 from gateway.roots import RESEND_S, RootPlan
 from ota.keys import Keys, load_keys, rotate_root
 
+from ..support import messages
 from ..support.ota import accept_offer
 from ..support.wait import async_wait_for
 from .conftest import MakeRelease, StartGateway
@@ -161,3 +163,36 @@ def test_a_keys_folder_with_a_gap_gives_the_chain_above_it(tmp_path: Path, keys:
     assert sorted(load_keys(keys.path).chain) == [3]
     (keys.path / "root.2.json").write_bytes(b"{}")  # not a root that follows root 1
     assert sorted(load_keys(keys.path).chain) == [3]
+
+
+# ---- one device's credentials against the root path ------------------------------
+
+
+async def test_odd_hellos_and_refusals_from_one_device_reach_no_other(
+    start_gateway: StartGateway, keys: Keys, ota_devices: MakeDevice
+) -> None:
+    new = load_keys(rotate_root(keys.path).path)
+    r = await start_gateway(new)
+    rogue, other = ota_devices(), ota_devices()
+    # values that pass validation: a root far ahead, none, the highest level
+    for root in (2**53 - 1, 0, 2):
+        await registered(r, rogue, root=root)
+        assert await asyncio.to_thread(rogue.root, 0.3) is None, root
+    # a refusal it never had cause for, and one in another device's name (spoofed: rejected)
+    rogue.status("-", "failed", counter=0, reason="root refused: bad_signature: made up")
+    rogue.client.publish(
+        f"pb/{rogue.id}/ota/status",
+        json.dumps(
+            {"v": 1, "dev": other.id, "id": "-", "state": "failed", "reason": "root refused: x", "ts": 1}
+        ),
+    )
+    # a retired protocol level is refused, and the gateway goes on
+    hello = messages.hello(rogue.id, proto=0)
+    rogue.client.publish(f"pb/{rogue.id}/hello", json.dumps(hello))
+    await asyncio.sleep(0.3)
+    # the other device, on root 1, is still sent root 2, and only it
+    await registered(r, other, root=1)
+    assert await asyncio.to_thread(other.root) == _root_file(new, 2)
+    assert await asyncio.to_thread(rogue.root, 0.3) is None
+    assert other.id not in r.gw.ota.roots.refused
+    assert r.gw.rejects.get("unsupported_protocol", 0) >= 1 and r.gw.rejects.get("spoofed", 0) >= 1

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from gateway.provision import HOST_ONLY, provision_into
+from gateway.provision import HOST_ONLY
 from ota.keys import Keys, keygen, load_keys, rotate_root
 from ota.mpy import compile_module
 from ota.release import build
-from simulator.clock import SimClock
-from simulator.process import ProcessDevice
 
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import FEATURES, TRIAL_S, Rig
+from .conftest import FEATURES, Rig, unix_port_board
 
 RUNTIME_1 = Path(__file__).parents[1] / "fixtures" / "runtime-0.1.0.tar.gz"
 
@@ -61,34 +58,9 @@ def install_runtime_1(path: Path, tmp: Path) -> None:
 async def test_a_board_on_runtime_0_1_0_is_served_after_the_gateway_key_rotated(
     rig: Rig, mosquitto: Mosquitto, keys: Keys, tmp_path: Path
 ) -> None:
-    root1 = (keys.path / "root.1.json").read_bytes()
-    dev_id, password = f"mp-{secrets.token_hex(3)}", secrets.token_urlsafe(9)
-    mosquitto.add_user(dev_id, password)
-    path = tmp_path / "boards" / dev_id
-    provision_into(
-        path,
-        "thermostat",
-        dev_id,
-        mosquitto.url,
-        password=password,
-        compile_mpy=True,
-        root=root1,
-        trial_s=TRIAL_S,
-        telemetry_s=1,
-    )
-    install_runtime_1(path, tmp_path / "runtime-1")
-    board = ProcessDevice(
-        dev_id,
-        "thermostat",
-        mosquitto.url,
-        tmp_path / "boards",
-        SimClock(),
-        1,
-        password=password,
-        telemetry_s=1,
-        trial_s=TRIAL_S,
-    )
-    assert not board.reflashed  # the folder above, runtime 0.1.0 and all
+    board = unix_port_board(mosquitto, tmp_path, (keys.path / "root.1.json").read_bytes())
+    dev_id = board.id
+    install_runtime_1(board.path, tmp_path / "runtime-1")  # before its first boot
     task = asyncio.create_task(board.run(), name="board")
     try:
         await async_wait_for(lambda: rig.gw.is_online(dev_id), 30, what="the board online")

@@ -147,6 +147,31 @@ def test_device_publishing_to_its_own_offer_topic_is_not_delivered(
         watcher.close()
 
 
+def test_a_device_cannot_send_a_root_to_itself_or_another(
+    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys
+) -> None:
+    """ota/root is the gateway's to write: a root published by a device, on
+    its own topic or another's, reaches no one, and the running device
+    takes none (it would reset to check it)."""
+    dev = ota_device(mosquitto, make_device, keys)  # running, subscribed to its ota/root
+    creds = make_device(mosquitto, "thermostat")
+    watcher = TestClient(mosquitto, *mosquitto.operator())
+    try:
+        watcher.subscribe("pb/+/ota/root")
+        quiet(watcher, 0.3)
+        attacker = TestClient(mosquitto, creds.id, creds.password)
+        attacker.subscribe(f"pb/{creds.id}/ota/root")
+        for target in (creds.id, dev.id):
+            attacker.publish(f"pb/{target}/ota/root", keys.root_bytes)
+            attacker.publish(f"pb/{target}/ota/root", keys.root_bytes, retain=True)
+        assert quiet(attacker) == [] and quiet(watcher, 0.2) == []
+        attacker.close()
+        time.sleep(0.5)
+        assert dev.running and "root" not in dev.output().split("booted", 1)[-1]
+    finally:
+        watcher.close()
+
+
 # ---- 6.3 knocking others off the broker ---------------------------------------------------
 
 
