@@ -81,6 +81,10 @@ try:
     elif sys.platform == "linux":
         import os
 
+        if sys.path[0].startswith("/"):
+            # modules by the paths a board gives them ("pb/store.mpy", from
+            # the device's folder): each loaded module keeps its path in RAM
+            sys.path[0] = ""
         if os.getenv("PB_CHILD"):
             device()
             sys.exit(75)  # a reset: the parent starts the device again

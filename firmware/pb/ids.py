@@ -3,8 +3,13 @@
 MAX_ID = 32  # characters
 
 
+# (A string's characters are read as its UTF-8 bytes: MicroPython interns
+# each character it takes out of a string, and a new interned string can
+# need a large block of a cut-up heap.)
+
+
 def _is_id_char(c):
-    return ("a" <= c <= "z") or ("0" <= c <= "9") or c == "-" or c == "_"
+    return 97 <= c <= 122 or 48 <= c <= 57 or c == 45 or c == 95  # a-z 0-9 - _
 
 
 def valid_id(s):
@@ -12,9 +17,10 @@ def valid_id(s):
     letter or digit: safe in a topic level, a file name and a URL."""
     if not isinstance(s, str) or not 0 < len(s) <= MAX_ID:
         return False
-    if s[0] == "-" or s[0] == "_":
+    b = s.encode("utf-8", "replace")  # (CPython: a lone surrogate becomes "?")
+    if b[0] == 45 or b[0] == 95:  # - _
         return False
-    for c in s:
+    for c in b:
         if not _is_id_char(c):
             return False
     return True

@@ -118,21 +118,29 @@ def choose(root, config, hal, room=None):
     forget(("pb.ota.roots",))
     # the gateway's signed time kept by the last run, verified while the
     # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3)
-    from .ota.clock import settle as set_clock
+    if read_bytes(root + "/" + flash.TIME) is not None:
+        from .ota.clock import settle as set_clock
 
-    try:
-        set_clock(root, config["device"], hal)
-    except MemoryError:
-        pass  # (kept on flash: verified at the next check)
-    forget(CLOCK_MODULES)  # (the install's and the guard's heap, as it was)
+        try:
+            set_clock(root, config["device"], hal)
+        except MemoryError:
+            pass  # (kept on flash: verified at the next check)
+    else:
+        floor = flash.floor_ms(root)
+        if hal.time() < floor / 1000:
+            hal.set_time(floor / 1000)
+    forget(CLOCK_MODULES)  # (and a collection: the install's and the guard's heap, as it was)
+    # (the install's code only where it runs: every name it holds stays in
+    # RAM for the boot, update mode's too)
     job = flash.read_job(root)
-    if job is not None and (job.get("phase") == "staged" or job.get("verify") == "boot"):
+    if job is not None and (job.get("phase") == "staged" or flash.to_check(job)):
         from .ota.install import check_fetched, install_staged
 
         device = (config["device"], config["model"], hal.caps, API)
         if install_staged(root, device, hal.time(), hal.fault_point, room):
             hal.reset("update")
-        check_fetched(root, device, hal.time(), room)  # a manifest update mode fetched: before its blobs
+        if check_fetched(root, device, hal.time(), room):  # a manifest update mode fetched: before its blobs
+            hal.reset("update")
     from .ota.guard import decide
 
     return decide(root, hal.fault_point) + (trusted,)
@@ -144,6 +152,12 @@ def prepare(root):
     hold = [bytearray(_ROOM)]  # before the boot's own blocks cut up the heap
     config = load_config(root)
     hal = make_hal(config, root)
+    data = read_bytes(root + "/hal/clock")  # a host's clock as it was set (pb/hal/host.py CLOCK_FILE)
+    if data:
+        try:
+            hal.offset = int(data)
+        except ValueError:
+            pass
     chosen = choose(root, config, hal, hold.clear)
     hold = None
     lean = lean_job(root)

@@ -228,6 +228,12 @@ class Device:
                 self.log("network: %s" % exc)
                 await sleep_ms(delay // 2 + rand_below(delay // 2 + 1))
                 delay = min(delay * 2, 60000)
+        # a board's clock starts at 2000: its backend says `ntp` (a host
+        # keeps its own, and asks only a server config.json names)
+        if "ntp" in self.config or getattr(self.hal, "ntp", False):
+            from .net.sntp import set_clock
+
+            await set_clock(self)
         await self.client.run()
 
     # ---- sensing and telemetry ---------------------------------------------

@@ -262,7 +262,7 @@ def test_a_verified_time_raises_the_floor_and_sets_a_clock_behind_it(
     assert _floor_after(base, ota_keys.time_statement(keys, "th-1", T), hal) == int(T * 1000)
     assert json.loads((base / flash.TRUST_STATE).read_text())["time"] == int(T * 1000)
     assert hal.t == int(T * 1000) / 1000
-    assert clock.floor_ms(str(base)) == int(T * 1000)
+    assert flash.floor_ms(str(base)) == int(T * 1000)
 
 
 def test_a_forged_time_statement_does_not_move_the_floor(

@@ -32,12 +32,12 @@ Y2000 = 946684800.0  # 2000-01-01 in Unix time
 def at_2000(dev: DeviceProcess) -> None:
     """The board's real-time clock at 2000-01-01, as after a power-on."""
     (dev.path / "hal").mkdir(exist_ok=True)
-    (dev.path / "hal" / "clock.json").write_text(json.dumps({"offset": Y2000 - time.time()}))
+    (dev.path / "hal" / "clock").write_text(str(int(Y2000 - time.time())))
 
 
 def clock_of(dev: DeviceProcess) -> float:
     """The device's clock now, as its host backend keeps it."""
-    return time.time() + float(json.loads((dev.path / "hal" / "clock.json").read_text())["offset"])
+    return time.time() + int((dev.path / "hal" / "clock").read_text())
 
 
 def floor_of(dev: DeviceProcess) -> int:
@@ -125,7 +125,7 @@ def test_the_gateways_time_at_hello_sets_a_board_clock_at_its_next_boot(
         ota_keys.time_statement(keys, dev.id, before - 86400),
     ):
         (dev.path / "ota" / "time.json").write_bytes(statement)
-        (dev.path / "hal" / "clock.json").write_text(json.dumps({"offset": Y2000 - time.time()}))
+        (dev.path / "hal" / "clock").write_text(str(int(Y2000 - time.time())))
         started(dev)
         # the boot checked it, and set the clock to the floor it kept
         wait_for(lambda: clock_of(dev) > Y2000 + 86400, 15, what="the boot's time check")

@@ -87,7 +87,7 @@ class Hal:
         """Drive an actuator. Raises HalError."""
         raise HalError("%s backend cannot drive %s" % (self.name, name))
 
-    offset = 0  # seconds the clock is set off the host's (pb/hal/host.py)
+    offset = 0  # seconds a host's clock is set off the host's (pb/hal/host.py CLOCK_FILE)
 
     def time(self):
         """Wall-clock time, seconds since the Unix epoch."""
@@ -97,14 +97,6 @@ class Hal:
         # MicroPython on a board counts from 2000-01-01
         return (t + 946684800 if t < 946684800 else t) + self.offset
 
-    def set_time(self, t):
-        """Set the clock to Unix time t (from a time server, or the gateway's
-        signed floor). A board's backend sets its RTC; on a host the clock
-        is the host's, set off by an offset kept on flash (host_clock.py)."""
-        from .host_clock import set_time
-
-        set_time(self, t)
-
     def reset_cause(self):
         return "unknown"
 
@@ -113,13 +105,8 @@ class Hal:
         raise Reboot(cause)
 
     async def network_up(self, config):
-        """Bring the network link up (Wi-Fi on a board). Raises HalError.
-        On a host the link is the host's: only a time server config.json
-        names is asked (host_clock.py)."""
-        if config.get("ntp"):
-            from .host_clock import network_up
-
-            await network_up(self, config["ntp"])
+        """Bring the network link up (Wi-Fi on a board). Raises HalError."""
+        return None
 
     def feed_watchdog(self):
         return None

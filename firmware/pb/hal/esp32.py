@@ -5,7 +5,6 @@ from ..compat import const, sleep_ms, ticks_diff, ticks_ms
 from ..errors import HalError
 from . import RELAY, SERVO, Hal
 
-NTP_SERVER = "pool.ntp.org"  # config.json "ntp": "host" or "host:port"; "" turns it off
 _EPOCH = const(946684800)  # 2000-01-01 in Unix time: the board's time.time() counts from it
 
 _CAUSES = {
@@ -18,6 +17,7 @@ _CAUSES = {
 
 
 class Esp32Hal(Hal):
+    ntp = True  # its clock starts at 2000: asks config.json's "ntp" (pb/startup.py)
     name = "esp32"
 
     def __init__(self, board, root="/"):
@@ -25,7 +25,6 @@ class Esp32Hal(Hal):
         self._drivers = {}
         self._wdt = None
         self._wlan = None
-        self._synced = False  # the clock set from a time server this boot
 
     # ---- sensors -----------------------------------------------------------
 
@@ -122,22 +121,15 @@ class Esp32Hal(Hal):
         if self._wlan is None:
             self._wlan = network.WLAN(network.STA_IF)
             self._wlan.active(True)
-        if not self._wlan.isconnected():
-            self._wlan.connect(wifi["ssid"], wifi.get("password", ""))
-            t0 = ticks_ms()
-            while not self._wlan.isconnected():
-                if ticks_diff(ticks_ms(), t0) > 20000:
-                    raise HalError("Wi-Fi %r did not connect in 20 s" % wifi["ssid"])
-                self.feed_watchdog()
-                await sleep_ms(200)
-        server = config.get("ntp", NTP_SERVER)
-        if server and not self._synced:
-            self._synced = True  # (once a boot: the gateway's signed time keeps a floor)
-            from ..compat import forget
-            from ..net.sntp import sync
-
-            await sync(self, server)
-            forget(("pb.net.sntp",))
+        if self._wlan.isconnected():
+            return
+        self._wlan.connect(wifi["ssid"], wifi.get("password", ""))
+        t0 = ticks_ms()
+        while not self._wlan.isconnected():
+            if ticks_diff(ticks_ms(), t0) > 20000:
+                raise HalError("Wi-Fi %r did not connect in 20 s" % wifi["ssid"])
+            self.feed_watchdog()
+            await sleep_ms(200)
 
     def set_time(self, t):
         import time

@@ -11,6 +11,7 @@ from . import RESET_CAUSES, Hal
 SENSORS_FILE = "sensors.json"
 ACTUATORS_FILE = "actuators.json"
 FAULTS_FILE = "faults.json"  # a test's power-cut plan (pb/hal/power_cuts.py)
+CLOCK_FILE = "clock"  # the device's clock minus the host's, whole seconds as text
 
 
 class HostHal(Hal):
@@ -32,14 +33,6 @@ class HostHal(Hal):
                 self._out = json.loads(data)
             except ValueError:
                 self._out = {}
-        # the board's real-time clock, kept across resets as a board keeps it
-        # (a test starts a device at 2000-01-01 with an offset, docs/ota.md 4.8)
-        # (pb/hal/host_clock.py; Hal.time adds the offset)
-        from ..compat import forget
-        from .host_clock import offset
-
-        self.offset = offset(self)
-        forget(("pb.hal.host_clock",))
 
     def _sensors(self):
         data = read_bytes(self.dir + "/" + SENSORS_FILE)
@@ -67,6 +60,14 @@ class HostHal(Hal):
             return
         self._out[name] = value
         write_atomic(self.dir + "/" + ACTUATORS_FILE, json.dumps(self._out).encode("utf-8"))
+
+    def set_time(self, t):
+        """Set the clock to Unix time t: the host's clock stays, the offset
+        from it is kept on flash, as a board's real-time clock keeps its
+        time (CLOCK_FILE, read back at boot by pb/prepare.py)."""
+        self.offset = 0
+        self.offset = int(t - self.time())  # (whole seconds: a small int takes no heap)
+        write_atomic(self.dir + "/" + CLOCK_FILE, str(self.offset).encode())
 
     def reset_cause(self):
         # what a board's reset cause register says: main.py sets PB_RESET

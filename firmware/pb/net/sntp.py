@@ -8,7 +8,6 @@
 from ..compat import const, rand_below, sleep_ms, ticks_diff, ticks_ms
 
 PORT = const(123)
-DEFAULT_SERVER = "pool.ntp.org"  # config.json "ntp"; "" turns the clock setting off
 _PACKET = const(48)
 _ERA = 2208988800  # seconds from 1900 (NTP's epoch) to 1970 (Unix time)
 _WRAP = 4294967296  # 2^32: NTP seconds wrap in 2036
@@ -87,3 +86,15 @@ async def sync(hal, value):
         return None
     hal.set_time(t)
     return t
+
+
+async def set_clock(d):
+    """Once a boot, once the network is up and before the broker is asked
+    (pb/runtime.py): the clock set from the server config.json names
+    ("" for none), then this code let go."""
+    from ..compat import forget
+
+    forget(("pb.net.sntp",))  # (this function runs on; the module is not kept)
+    server = d.config.get("ntp", "pool.ntp.org")
+    if server:
+        await sync(d.hal, server)

@@ -15,13 +15,6 @@ from . import flash
 MAX_STATEMENT = 2048  # bytes of a time statement kept: a few signatures
 
 
-def floor_ms(base):
-    """The floor: the highest gateway time this device verified, ms (0: none)."""
-    s = flash.read_json(base + "/" + flash.TRUST_STATE)
-    t = s.get("time") if isinstance(s, dict) else None
-    return t if isinstance(t, int) and not isinstance(t, bool) and t > 0 else 0
-
-
 def keep(base, payload):
     """Keep a time statement from the gateway on flash, unverified, for
     take(); one too large for a statement, or a full flash, loses it."""
@@ -52,7 +45,7 @@ def take(base, device, root, verify):
     and let the statement go: a refused one never counts. Returns the floor."""
     path = base + "/" + flash.TIME
     data = read_bytes(path)
-    floor = floor_ms(base)
+    floor = flash.floor_ms(base)
     if data is None:
         return floor
     try:
@@ -87,7 +80,7 @@ def received(u, payload):
         try:
             settle(d.base, d.id, d.hal)
         finally:
-            forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
+            forget(("pb.ota.roots", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
             d.spare(False)
 
 
@@ -102,7 +95,9 @@ def settle(base, device, hal):
     on flash against the trusted root, and set a clock that is behind the
     floor to it. Returns the floor (ms)."""
     if read_bytes(base + "/" + flash.TIME) is not None:
-        data = read_bytes(base + "/" + flash.ROOT)
+        from .roots import trusted_root
+
+        data = trusted_root(base)[1]
         root = None
         if data is not None:
             from .trust import load_root
@@ -113,7 +108,7 @@ def settle(base, device, hal):
                 pass  # (the install says so: bad_root)
         if root is not None:
             take(base, device, root, _verify)
-    floor = floor_ms(base)
+    floor = flash.floor_ms(base)
     if hal.time() < floor / 1000:
         hal.set_time(floor / 1000)
     return floor

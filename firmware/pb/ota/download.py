@@ -170,10 +170,7 @@ class Agent:
                     "rollback: counter %d is not above the installed %d" % (body["counter"], self.counter)
                 )
             # by the later of the clock and the gateway's signed time (2.3)
-            from .clock import floor_ms
-
-            floor = floor_ms(self.base)
-            forget(("pb.ota.clock",))
+            floor = flash.floor_ms(self.base)
             if max(self.now(), floor / 1000) > body["expires"]:
                 raise Failed("freeze: the freshness statement has expired")
         except Failed as exc:

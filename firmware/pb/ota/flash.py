@@ -49,6 +49,20 @@ def write_json(path, value):
     write_atomic(path, json.dumps(value).encode("utf-8"))
 
 
+def to_check(job):
+    """True for a job whose manifest update mode fetched and the boot has
+    not checked yet (pb/ota/install.py check_fetched)."""
+    return job.get("verify") == "boot" and job.get("checked") != job.get("manifest")
+
+
+def floor_ms(base):
+    """The clock's floor: the highest gateway time this device verified, ms
+    (0: none), from TRUST_STATE (docs/ota.md 2.3, pb/ota/clock.py)."""
+    s = read_json(base + "/" + TRUST_STATE)
+    t = s.get("time") if isinstance(s, dict) else None
+    return t if isinstance(t, int) and not isinstance(t, bool) and t > 0 else 0
+
+
 def remove(path):
     """Remove path and its pending replacement; a missing one is fine."""
     import os

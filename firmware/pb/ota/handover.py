@@ -39,7 +39,19 @@ def to_update_mode(u, offer=None):
     d.stop("update")
 
 
-def take_root(u, payload):
+def take(u, kind, payload):
+    """A root (ota/root) or a time statement (ota/time) the gateway sent
+    (pb/ota/updates.py). A trial takes no root: it is sent again after."""
+    if kind == "ota/time":
+        _take_time(u, payload)
+    elif u.boot.trial:
+        u.idle()
+    else:
+        u.dev.spare(True)  # a reset follows (what is kept for a bad day is for now)
+        _take_root(u, payload)
+
+
+def _take_root(u, payload):
     """A root the gateway sent (docs/ota.md 1.1): kept on flash as it came,
     for the next boot to check on a nearly empty heap, and the device resets
     now. The bytes of a root refused before are not taken again."""
@@ -59,7 +71,7 @@ def take_root(u, payload):
     d.stop("update")
 
 
-def take_time(u, payload):
+def _take_time(u, payload):
     """A time statement from the gateway (pb/ota/clock.py received)."""
     from ..compat import forget
 

@@ -96,10 +96,14 @@ def _running(base):
 def check_fetched(base, device, now, room=None):
     """Check the signatures of a manifest that update mode fetched and left
     for the boot to check (its heap is too small for Ed25519), before any
-    blob is fetched. A refusal is reported and ends the update."""
+    blob is fetched. A refusal is reported and ends the update. True if a
+    check ran: the boot resets after it, so that update mode starts on a
+    heap the check's code has not cut up."""
     job = flash.read_job(base, "downloading")
-    if job is not None and job.get("verify") == "boot" and job.get("checked") != job.get("manifest"):
+    if job is not None and flash.to_check(job):
         _check_fetched(base, job, device, _running(base)[1], now, room)
+        return True
+    return False
 
 
 def _staged_manifest(base, job):
@@ -183,10 +187,10 @@ def check_release(base, job, device, run_counter, data, tick=None):
         trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
         # expired by the offer's time, or by the gateway's signed time (a
         # statement kept on flash is verified first): docs/ota.md 2.3
-        from .clock import floor_ms, take
-
-        floor = floor_ms(base)
+        floor = flash.floor_ms(base)
         if exists(base + "/" + flash.TIME):
+            from .clock import take
+
             floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
         offered = max(job["offered_at"], floor / 1000)
         trust.check_freshness(

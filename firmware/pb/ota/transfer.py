@@ -36,8 +36,8 @@ def is_int(x):
 def _is_hex(s, n):
     if not isinstance(s, str) or len(s) != n:
         return False
-    for c in s:
-        if c not in "0123456789abcdef":
+    for c in s.encode("utf-8", "replace"):  # (bytes: no character interned, pb/ids.py)
+        if not (48 <= c <= 57 or 97 <= c <= 102):  # 0-9 a-f
             return False
     return True
 

@@ -17,14 +17,13 @@ MAX_FILES = const(64)  # what a 16 KB manifest holds
 MAX_PATH = const(96)
 UPDATE_ID_LEN = const(12)  # an update id is this many lowercase hex digits
 ROLES = ("root", "release", "gateway")
-_HEX = "0123456789abcdef"
 
 
 def is_hex(s, n):
     if not isinstance(s, str) or len(s) != n:
         return False
-    for c in s:
-        if c not in _HEX:
+    for c in s.encode("utf-8", "replace"):  # (bytes: no character interned, pb/ids.py)
+        if not (48 <= c <= 57 or 97 <= c <= 102):  # 0-9 a-f
             return False
     return True
 
@@ -167,7 +166,7 @@ def rotate_root(current, data, verify):
 
 # ---- manifests --------------------------------------------------------------
 
-_PATH_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
+_PATH_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_.-"
 
 
 def check_path(path, features):
@@ -180,7 +179,7 @@ def check_path(path, features):
     for p in parts:
         if not p or p == "." or p == "..":
             raise TrustError("bad_path", "%r has an empty, '.' or '..' component" % path)
-        for c in p:
+        for c in p.encode("utf-8", "replace"):  # (bytes: no character interned, pb/ids.py)
             if c not in _PATH_CHARS:
                 raise TrustError("bad_path", "%r has a character outside a-z 0-9 _ . -" % path)
     if parts[0] not in features:

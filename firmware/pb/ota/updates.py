@@ -71,15 +71,10 @@ class Updates:
             from .session import offer
 
             offer(self, payload)
-        elif kind == "ota/root" and not retain and not self.boot.trial:
-            self.dev.spare(True)  # a reset follows (what is kept for a bad day is for now)
-            from .handover import take_root
+        elif not retain and (kind == "ota/root" or kind == "ota/time"):
+            from .handover import take
 
-            take_root(self, payload)
-        elif kind == "ota/time" and not retain:
-            from .handover import take_time
-
-            take_time(self, payload)
+            take(self, kind, payload)
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
