@@ -63,27 +63,6 @@ def take(base, device, root, verify):
     return t
 
 
-def received(u, payload):
-    """A time statement from the gateway, in the runtime (pb/ota/updates.py):
-    kept on flash, and verified now where the RAM rule of a download
-    (pb/ota/handover.py roomy) says there is room; else where the checking
-    code runs anyway (the download's check, the next boot)."""
-    d = u.dev
-    if not keep(d.base, payload):
-        return
-    from .handover import roomy
-
-    if roomy(u):
-        from ..compat import forget
-
-        d.spare(True)
-        try:
-            settle(d.base, d.id, d.hal)
-        finally:
-            forget(("pb.ota.roots", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
-            d.spare(False)
-
-
 def _verify(pub, msg, sig):
     from .ed25519 import verify
 

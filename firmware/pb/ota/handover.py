@@ -72,14 +72,23 @@ def _take_root(u, payload):
 
 
 def _take_time(u, payload):
-    """A time statement from the gateway (pb/ota/clock.py received)."""
+    """A time statement from the gateway (docs/ota.md 2.3): kept on flash,
+    and verified now where the RAM rule of a download (roomy) says there is
+    room; else where the checking code runs anyway (the download's check,
+    the next boot)."""
     from ..compat import forget
 
+    d = u.dev
     try:
-        from .clock import received
+        from . import clock
 
-        received(u, payload)
+        if clock.keep(d.base, payload) and roomy(u):
+            d.spare(True)
+            try:
+                clock.settle(d.base, d.id, d.hal)
+            finally:
+                d.spare(False)
     except MemoryError:
-        pass  # a heap too fragmented now: the gateway sends another
-    forget(("pb.ota.clock",))
+        pass  # a heap too fragmented now: kept on flash, or the gateway sends another
+    forget(("pb.ota.clock", "pb.ota.roots", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
     u.idle()
