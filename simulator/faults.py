@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from firmware.pb.errors import HalError
+
 
 class PowerCut(asyncio.CancelledError):
     """The power went: raised where it goes, so that no line after it runs.
@@ -48,6 +50,7 @@ class DeviceFaults:
     sensors: dict[str, SensorFault] = field(default_factory=dict)
     actuators_failing: set[str] = field(default_factory=set)
     # power cut at the fault point with this name (or when `passed` reaches this number)
+    network_refusals: int = 0  # network_up calls left that fail: a Wi-Fi that does not associate
     cut_at_point: str | int | None = None
     cut_off_s: float = 1.0  # how long the power stays off
     points_passed: list[str] = field(default_factory=list)  # the latest (at most 1000)
@@ -55,6 +58,12 @@ class DeviceFaults:
     cuts: int = 0
     cuts_updating: int = 0  # of those, the ones that landed while an update was under way
     on_cut: Callable[[], None] | None = None  # set by the device: cut its power now
+
+    def check_network(self) -> None:
+        """The board asks for its network link (hal.network_up)."""
+        if self.network_refusals > 0:
+            self.network_refusals -= 1
+            raise HalError("Wi-Fi did not connect")
 
     def fault_point(self, name: str) -> None:
         """The firmware passes a point where power could be cut (hal.fault_point)."""

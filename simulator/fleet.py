@@ -327,6 +327,12 @@ class FleetFaults:
         for d in self._devices(dev):
             d.faults.skew_s = skew_s
 
+    def network_down(self, tries: int, dev: str | None = None) -> None:
+        """The device's next `tries` requests for its network link (Wi-Fi
+        association, hal.network_up) fail with HalError."""
+        for d in self._devices(dev):
+            d.faults.network_refusals = tries
+
     def flash_full(self, full: bool = True, dev: str | None = None) -> None:
         """Every write to the device's flash fails (ENOSPC) while full."""
         for d in self._devices(dev):

@@ -36,6 +36,7 @@ class SimHal(Hal):  # type: ignore[misc]
         self.last_reset: str | None = None
         self.powered_on = True  # since the last power-on, no reset
         self.faults: DeviceFaults | None = None
+        self.network_tries: list[float] = []  # when the firmware asked for its network link
 
     def read(self, name: str) -> float:
         if self.caps.get(name, {}).get("kind") != "sensor":
@@ -49,6 +50,13 @@ class SimHal(Hal):  # type: ignore[misc]
         if self.faults is not None:
             value = self.faults.reading(name, value)  # stuck, noisy, or not answering
         return float(self.check_reading(name, value))
+
+    async def network_up(self, config: dict[str, Any]) -> None:
+        """The network link, which a board brings up at every boot (its
+        Wi-Fi); refused while the device's faults say so."""
+        self.network_tries.append(self.clock.now())
+        if self.faults is not None:
+            self.faults.check_network()
 
     def write(self, name: str, value: Any) -> None:
         value = self.check_value(name, value)

@@ -121,6 +121,30 @@ async def test_update_mode_runs_under_cpython(rig: Rig, make_device: MakeDevice,
     await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 5, what="eco running")
 
 
+async def test_update_mode_brings_the_network_up_before_the_broker(
+    rig: Rig, make_device: MakeDevice, eco_release: Path
+) -> None:
+    """A board's reset takes its Wi-Fi down: update mode brings it up before
+    it asks the broker, and tries again while it does not associate."""
+    dev = await make_device(heap_free=20_000)
+    tries_at_hello: list[int] = []
+    rig.gw.listeners.append(
+        lambda kind, d, msg: (
+            tries_at_hello.append(len(dev.hal.network_tries))
+            if kind == "hello" and d == dev.id and msg["ota"]["state"] == "updating"
+            else None
+        )
+    )
+    before = len(dev.hal.network_tries)  # the runtime's, at its boot
+    dev.faults.network_refusals = 2
+    u = await rig.update(dev, rig.publish(eco_release))
+    assert u.state == "committed", u
+    assert tries_at_hello, "no hello from update mode"
+    # update mode asked 3 times (2 refused) before its hello reached the gateway
+    assert tries_at_hello[0] >= before + 3, (before, tries_at_hello)
+    assert dev.faults.network_refusals == 0
+
+
 async def test_a_fixed_release_installs_after_a_rollback(
     rig: Rig, make_device: MakeDevice, broken_eco_release: Path, tmp_path: Path, keys: Any
 ) -> None:

@@ -8,6 +8,7 @@
 import json
 
 from ..compat import asyncio, const, mem_free, sleep_ms, ticks_diff, ticks_ms
+from ..errors import HalError
 from ..net import wire
 from ..net.mqtt_client import MQTTClient
 from ..store import read_bytes
@@ -98,7 +99,7 @@ async def run(base, config, hal, counter, root):
     client.subscribe(wire.topic(dev, "ota/offer"), 1)
     client.subscribe(wire.topic(dev, "ota/chunk"), 0)
     print("pb[%s]: update mode: downloading without the features" % dev)
-    link = asyncio.create_task(client.run())
+    link = asyncio.create_task(_link(hal, config, client))
     watchdog = asyncio.create_task(_feed(hal))
     try:
         await agent.run()  # returns once the update is staged or has failed
@@ -117,6 +118,21 @@ async def run(base, config, hal, counter, root):
         link.cancel()
         watchdog.cancel()
     return "update"
+
+
+async def _link(hal, config, client):
+    """The network first (a board's reset took its Wi-Fi down), then the
+    broker, as the runtime does (pb/runtime.py _link)."""
+    delay = 1000
+    while True:
+        try:
+            await hal.network_up(config)
+            break
+        except HalError as exc:
+            print("pb: update mode: network: %s" % exc)
+            await sleep_ms(delay)
+            delay = min(delay * 2, 60000)
+    await client.run()
 
 
 async def _feed(hal):
