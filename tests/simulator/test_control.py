@@ -27,7 +27,7 @@ from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 MONDAY = float(calendar.timegm((2024, 1, 15, 0, 0, 0)))
 STEP_S = 0.02  # real seconds between physics steps (the HAL also advances the plant at every read and write)

@@ -33,6 +33,7 @@ def shirt_trace(minutes: int = 60, step_s: float = 30.0) -> Trace:
     return t
 
 
+@pytest.mark.long
 async def test_a_recorded_shirt_replays_to_the_same_vent_decisions(
     rig: Rig, make_device: MakeDevice, tmp_path: Path
 ) -> None:

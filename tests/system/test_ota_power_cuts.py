@@ -35,7 +35,7 @@ from ..support.processes import SMALL_HEAP, DeviceProcess
 from ..support.wait import wait_for
 from .conftest import OTA_CONFIG, offer_of, running_set
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 SEED = 20261123
 CUTS = 54
