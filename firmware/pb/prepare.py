@@ -117,8 +117,10 @@ def choose(root, config, hal, room=None):
         trusted = versions[0] if versions else 0
     forget(("pb.ota.roots",))
     # the gateway's signed time kept by the last run, verified while the
-    # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3)
-    if read_bytes(root + "/" + flash.TIME) is not None:
+    # heap is empty; a clock behind the floor is set to it (docs/ota.md 2.3).
+    # Not before update mode: the check's names would stay in its RAM (the
+    # install's check takes the statement, and the runtime's next boot)
+    if read_bytes(root + "/" + flash.TIME) is not None and not flash.lean_job(root):
         from .ota.clock import settle as set_clock
 
         try:
