@@ -8,8 +8,8 @@ import json
 from ..compat import collect, format_exception, fsync
 from ..errors import StoreError, TrustError
 from ..store import exists, read_bytes
-from . import files, flash, guard, trust
-from .flash import SLOTS, read_json, write_json
+from . import files, flash, trust
+from .flash import SLOTS, boot_loader, read_json, write_json
 from .report import status
 
 _MAX_INSTALLS = 3
@@ -77,7 +77,7 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None):
         _tidy(base, job, now)
         fault("installed")
         return p
-    flash.add_report(base, _status(job, "failed", now, reason))
+    boot_loader().add_report(base, _status(job, "failed", now, reason))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
     return None
@@ -143,14 +143,14 @@ def _check_fetched(base, job, device, run_counter, now, room=None):
         del job["verify"]
         flash.write_job(base, job)
         return True
-    flash.add_report(base, _status(job, "failed", now, reason))
+    boot_loader().add_report(base, _status(job, "failed", now, reason))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
     return False
 
 
 def _tidy(base, job, now):
-    flash.add_report(base, _status(job, "activating", now))
+    boot_loader().add_report(base, _status(job, "activating", now))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
 
@@ -219,11 +219,17 @@ def _install(base, job, device, running, now, fault, tick):
     data = body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
     _step[0] = "assembling the set"
+    # the boot loader's code (the pointer, the slots' layout and their check)
+    # only now, on the heap the signature check gave back
+    loader = boot_loader()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
-    if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, listed) is not None:
-        held = files.held_files(guard.features_root(base, run_set) if run_set else None)
+    if _slot_manifest(base, target) != job["manifest"] or loader.check_set(base, target, listed) is not None:
+        held = {}
+        if run_set:  # what the running set holds, its runtime's files too
+            held = files.held_files(loader.features_root(base, run_set))
+            held.update(files.held_files(loader.runtime_root(base, run_set) + "/" + loader.RUNTIME))
         _assemble(base, target, listed, held, fault)
-        bad = guard.check_set(base, target, listed)
+        bad = loader.check_set(base, target, listed)
         if bad is not None:
             raise TrustError("mismatch", "assembled set: " + bad)
     pointer = {
@@ -236,7 +242,7 @@ def _install(base, job, device, running, now, fault, tick):
         "update": job["id"],
     }
     fault("activate")
-    flash.write_pointer(base, pointer)
+    loader.write_pointer(base, pointer)
     fault("activated")
     return pointer
 
@@ -244,18 +250,17 @@ def _install(base, job, device, running, now, fault, tick):
 def _slot_manifest(base, target):
     # hashed as it is read: no block of RAM as large as the manifest
     try:
-        return files.file_sha256(guard.set_manifest(base, target))[1]
+        return files.file_sha256(boot_loader().set_manifest(base, target))[1]
     except OSError:
         return None
 
 
 def _assemble(base, target, listed, held, fault):
-    slot = base + "/" + target
-    features = guard.features_root(base, target)
-    files.remove_tree(slot)
-    files.ensure_dir(features)
+    loader = boot_loader()
+    files.remove_tree(base + "/" + target)
+    files.ensure_dir(loader.features_root(base, target))
     for f in listed:
-        dst = features + "/" + f["path"]
+        dst = loader.set_file(base, target, f["path"])
         files.ensure_dir(dst[: dst.rfind("/")])
         src = held.get(f["sha256"]) or files.staged(base, f["sha256"])
         if files.size(src) != f["size"]:
@@ -263,7 +268,7 @@ def _assemble(base, target, listed, held, fault):
         _copy(src, dst)
         fault("assemble")
     # written last: a slot with its manifest is a complete slot
-    manifest = guard.set_manifest(base, target)
+    manifest = loader.set_manifest(base, target)
     _copy(files.staged(base, "manifest.json"), manifest + ".tmp")
     import os
 
