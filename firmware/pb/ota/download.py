@@ -395,7 +395,7 @@ class Agent:
                 job,
                 (self.device, self.model, self.caps, API),
                 self.counter,
-                read_bytes(mpath),
+                [read_bytes(mpath)],  # (emptied as it is parsed: trust.open_envelope)
                 self.tick,
             )[0]
         except TrustError as exc:

@@ -52,7 +52,7 @@ def boot_loader():
     try:
         import loader
     except ImportError:  # CPython with the firmware as a package (simulator, tools)
-        from firmware import loader  # type: ignore[import,no-redef]  # (firmware/ as a package)
+        loader = __import__("firmware.loader").loader  # (firmware/ as a package)
     return loader
 
 

@@ -128,7 +128,7 @@ def _check_fetched(base, job, device, run_counter, now, room=None):
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        check_release(base, job, device, run_counter, _staged_manifest(base, job))
+        check_release(base, job, device, run_counter, [_staged_manifest(base, job)])
     except MemoryError:
         if job["checks"] < _MAX_INSTALLS:
             raise
@@ -159,14 +159,18 @@ _step = ["reading the manifest"]  # where _install is: what a MemoryError report
 
 
 def check_release(base, job, device, run_counter, data, tick=None):
-    """The manifest envelope data and the job's freshness statement, checked
+    """The manifest envelope data (its bytes, or a list holding them, which
+    trust.open_envelope empties) and the job's freshness statement, checked
     as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
     this device (id, model, caps, api) and above run_counter, offered as the
     job's update. Returns (manifest body, freshness body). The download
     agent runs this before it fetches any blob, and the install again.
     Raises TrustError."""
     dev_id, model, caps, api = device
-    raw, body, sigs = trust.open_envelope(data)
+    # the manifest's object is parsed once its signatures passed: a large
+    # one (the whole runtime's) and the signature code do not fit together
+    raw, body, sigs = trust.open_envelope(data, False)
+    data = None
     from .roots import trusted_root
 
     root_data = trusted_root(base)[1]
@@ -176,7 +180,10 @@ def check_release(base, job, device, run_counter, data, tick=None):
     root = trust.load_root(root_data, verify)
     root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
-    raw = sigs = None
+    sigs = None
+    collect()
+    body = trust.signed_object(raw)
+    raw = None
     trust.check_manifest(body)
     trust.check_for_device(body, model, caps, api, run_counter)
     fbody = None
@@ -202,8 +209,7 @@ def check_release(base, job, device, run_counter, data, tick=None):
 def _install(base, job, device, running, now, fault, tick):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
-    data = _staged_manifest(base, job)
-    body, fbody = check_release(base, job, device, run_counter, data, tick)
+    body, fbody = check_release(base, job, device, run_counter, [_staged_manifest(base, job)], tick)
     if fbody is not None:
         state = _trust_state(base)  # (read again: the check may have raised the floor)
         state["freshness"] = fbody["version"]
@@ -216,7 +222,7 @@ def _install(base, job, device, running, now, fault, tick):
 
     listed = device_files(body["files"])
     counter = body["counter"]
-    data = body = fbody = None  # the manifest's copies: RAM for the rest
+    body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
     _step[0] = "assembling the set"
     # the boot loader's code (the pointer, the slots' layout and their check)

@@ -56,15 +56,23 @@ def key_id(pub):
 # ---- envelopes --------------------------------------------------------------
 
 
-def open_envelope(data):
-    """(signed bytes, signed object, signatures) of an envelope's bytes.
-    Raises TrustError bad_envelope."""
+def open_envelope(data, parse=True):
+    """(signed bytes, signed object, signatures) of an envelope's bytes, or
+    of a list holding them, which it empties: the caller's copy then goes
+    once it is parsed (a manifest of the whole runtime is some 11 KB, and a
+    128 KB board checks it at boot beside the signature code). parse=False:
+    the signed object is None, for signed_object() once the signatures
+    passed (the bytes and the object need not be in RAM with the signature
+    code). Raises TrustError bad_envelope."""
+    if isinstance(data, list):
+        data = data.pop()
     if len(data) > MAX_ENVELOPE:
         raise TrustError("bad_envelope", "signed document of %d bytes exceeds %d" % (len(data), MAX_ENVELOPE))
     try:
         env = json.loads(data)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed document is not JSON") from None
+    data = None
     if not isinstance(env, dict) or not isinstance(env.get("signed"), str):
         raise TrustError("bad_envelope", "signed document lacks its 'signed' string")
     sigs = env.get("signatures")
@@ -78,13 +86,18 @@ def open_envelope(data):
     raw = env["signed"]
     env = None
     raw = raw.encode("utf-8")
+    return raw, signed_object(raw) if parse else None, sigs
+
+
+def signed_object(raw):
+    """The version 1 object of an envelope's signed bytes. Raises TrustError bad_envelope."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed content is not JSON") from None
     if not isinstance(body, dict) or body.get("v") != 1:
         raise TrustError("bad_envelope", "signed content is not a version 1 object")
-    return raw, body, sigs
+    return body
 
 
 def count_valid(raw, sigs, keys, keyids, verify, tick=None):
