@@ -230,10 +230,9 @@ def _install(base, job, device, running, now, fault, tick):
     loader = boot_loader()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or loader.check_set(base, target, listed) is not None:
-        held = {}
-        if run_set:  # what the running set holds, its runtime's files too
-            held = files.held_files(loader.features_root(base, run_set))
-            held.update(files.held_files(loader.runtime_root(base, run_set) + "/" + loader.RUNTIME))
+        # (the running set's features, as the download counted them: a
+        # runtime's modules were all staged)
+        held = files.held_files(loader.features_root(base, run_set) if run_set else None)
         _assemble(base, target, listed, held, fault)
         bad = loader.check_set(base, target, listed)
         if bad is not None:
