@@ -52,7 +52,7 @@ $(MPY_STUBS_STAMP): $(STAMP)
 typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	$(BIN)/mypy
 	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
-	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py pb features
+	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py loader.py pb features
 
 check: lint typecheck test long
 

@@ -8,10 +8,25 @@
 import sys
 
 
+def choose():
+    # the boot loader (never updated) picks the set, runtime and features,
+    # and puts its runtime first on sys.path before any of pb/ is imported;
+    # then it goes: an install's signature check at this boot needs its RAM
+    import gc
+
+    from loader import boot
+
+    chosen = boot(".")
+    sys.modules.pop("loader", None)
+    gc.collect()
+    return chosen
+
+
 def device():
+    chosen = choose()
     from pb.start import run
 
-    run(".")
+    run(".", chosen)
 
 
 def supervise():
@@ -76,7 +91,7 @@ try:
             env["PB_RESET"] = "hard"  # it reset itself (pb/hal/host.py)
             sys.path[:] = path  # a feature set's folder goes with its modules
             for name in list(sys.modules):
-                if name.split(".")[0] in ("pb", "features"):
+                if name.split(".")[0] in ("pb", "features", "loader"):
                     del sys.modules[name]
     elif sys.platform == "linux":
         import os

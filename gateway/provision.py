@@ -123,17 +123,6 @@ def _compile(src: Path, name: str) -> bytes:
         raise ConfigError(str(exc)) from exc
 
 
-# Firmware that only the gateway, the simulator and the tests use: the full
-# validation of every message and the broker's half of MQTT (firmware/pb/peer),
-# and the file-backed stand-in for the ESP32's app partitions, which nothing
-# on a device loads yet.
-HOST_ONLY = ("pb/peer/", "pb/hal/partitions.py")
-
-
-def _host_only(rel: Path) -> bool:
-    return rel.as_posix().startswith(HOST_ONLY)
-
-
 def device_files(
     config: dict[str, Any], features: list[str], compile_mpy: bool = False, root: bytes | None = None
 ) -> Iterator[tuple[str, bytes]]:
@@ -142,7 +131,10 @@ def device_files(
     fw = firmware_dir()
     yield "boot.py", (fw / "boot.py").read_bytes()
     yield "main.py", (fw / "main.py").read_bytes()
-    sources = [p for p in sorted((fw / "pb").rglob("*.py")) if not _host_only(p.relative_to(fw))]
+    from ota.release import runtime_sources
+
+    # the boot loader (never updated) and the factory runtime, as a release carries it
+    sources = [fw / "loader.py"] + [src for _, src in runtime_sources(fw / "pb")]
     for name in features:
         folder = fw / "features" / name
         if not (folder / "manifest.json").exists():

@@ -60,6 +60,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         counter=args.counter,
         forms=FORMS if form == "both" else (form,),
         keys=keys,
+        runtime=Path(args.runtime) if args.runtime else None,
     )
     size = sum(f.size for f in rel.files)
     blobs = {f.sha256: f.zsize for f in rel.files}
@@ -166,6 +167,11 @@ def add_commands(subparsers: Any) -> Any:
         "MicroPython devices only)",
     )
     bd.add_argument("--compile", action="store_true", help="the same as --form mpy")
+    bd.add_argument(
+        "--runtime",
+        metavar="DIR",
+        help="a runtime (pb/ folder) the release carries: the devices run it with the features",
+    )
     bd.add_argument("--keys", metavar="DIR", help="sign with this folder's release key")
     bd.set_defaults(func=cmd_build)
 

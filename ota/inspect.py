@@ -107,6 +107,7 @@ class Description:
     features: tuple[FeatureInfo, ...]
     files: tuple[FileEntry, ...]
     forms: tuple[FormInfo, ...] = ()
+    runtime: str | None = None  # the version of the runtime (pb/) it carries, if any
 
     def form(self, form: str) -> FormInfo | None:
         return next((f for f in self.forms if f.form == form), None)
@@ -138,6 +139,7 @@ class Description:
             "size": self.size,
             "zsize": self.zsize,
             "forms": {f.form: f.to_dict() for f in self.forms},
+            "runtime": self.runtime,
         }
 
     def to_text(self) -> str:
@@ -150,6 +152,8 @@ class Description:
         else:
             lines.append("  UNSIGNED: sign it with `permabeta ota sign` before devices can accept it")
         lines.append(f"  needs hardware: {', '.join(self.requires) or 'none'}")
+        if self.runtime is not None:
+            lines.append(f"  carries runtime {self.runtime} (pb/): the devices run it with these features")
         lines.append("")
         lines.append(f"features ({len(self.features)}):")
         for f in self.features:
@@ -192,6 +196,7 @@ def describe(release: Release) -> Description:
         features=tuple(feats),
         files=release.files,
         forms=form_infos(release),
+        runtime=release.body["runtime"] if isinstance(release.body.get("runtime"), str) else None,
     )
 
 

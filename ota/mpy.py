@@ -2,11 +2,12 @@
 are made (a release, a provisioned device): the same source gives the same
 bytes, so a device does not download again a file it already holds.
 
-The runtime (``pb/``) is compiled without its line numbers (``-O3``): every
-one of its modules the device runs is in RAM for good, and the tables take
-about 1.8 KB of a 128 KB heap; its tracebacks still name the file and the
-function, by the name the board imports it by. A feature keeps them: its
-crash report names the line for its maker."""
+The runtime (``pb/``) and the boot loader (``loader.py``) are compiled
+without their line numbers (``-O3``): every one of their modules the device
+runs is in RAM for good, and the tables take about 1.8 KB of a 128 KB heap;
+their tracebacks still name the file and the function, by the name the board
+imports it by. A feature keeps them: its crash report names the line for its
+maker."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from .errors import BuildError
 
 RUNTIME = "pb/"  # modules compiled without line numbers
+LOADER = "loader.py"  # the boot loader beside main.py: compiled as the runtime is
 
 
 def compile_module(src: Path, name: str) -> bytes:
@@ -24,7 +26,7 @@ def compile_module(src: Path, name: str) -> bytes:
     inside the feature folder ("thermostat/__init__.py") or the device
     ("pb/runtime.py"). Raises BuildError."""
     opt = []
-    if name.startswith(RUNTIME):
+    if name.startswith(RUNTIME) or name == LOADER:
         # the name tracebacks give is the one the board imports it by
         # ("pb/runtime.mpy", its __file__): one string in RAM, not two
         opt = ["-O3"]

@@ -257,6 +257,35 @@ def _feature_files(folder: Path) -> Iterator[tuple[str, Path]]:
     yield from sorted(found)
 
 
+# Firmware that only the gateway, the simulator and the tests use: the full
+# validation of every message and the broker's half of MQTT (pb/peer), and
+# the file-backed stand-in for the ESP32's app partitions, which nothing on
+# a device loads yet. Neither provisioning nor a release puts it on a device.
+HOST_ONLY = ("pb/peer/", "pb/hal/partitions.py")
+
+
+def runtime_sources(folder: Path) -> list[tuple[str, Path]]:
+    """(path on the device, source) of every module of the runtime in folder
+    (a pb/ folder): "pb/<module>.py", sorted, host-only ones left out."""
+    out = []
+    for src in sorted(folder.rglob("*.py")):
+        rel = f"{trust.RUNTIME}/{src.relative_to(folder).as_posix()}"
+        if not rel.startswith(HOST_ONLY) and "__pycache__" not in rel:
+            out.append((rel, src))
+    return out
+
+
+def runtime_version(folder: Path) -> str:
+    """The VERSION a runtime folder states (pb/__init__.py). Raises BuildError."""
+    import re
+
+    init = folder / "__init__.py"
+    found = re.search(r'^VERSION = "([^"]+)"', init.read_text(), re.M) if init.is_file() else None
+    if found is None:
+        raise BuildError(f"{folder} is not a runtime: no VERSION in {init}")
+    return found.group(1)
+
+
 def _boards(model: str) -> list[dict[str, Any]]:
     import firmware
 
@@ -303,6 +332,7 @@ def build(
     keys: Keys | None = None,
     *,
     now: float | None = None,
+    runtime: Path | str | None = None,
 ) -> Release:
     """Build a release of the features in feature_dirs (each a folder named
     after its feature) for one model into the new folder `out`.
@@ -313,7 +343,10 @@ def build(
     mpy-cross; by default both, so that one release serves the devices
     that run either (each installs only its own). With keys the manifest is
     signed by the release key, else it is written unsigned (sign it later
-    with `sign`). Raises BuildError (or KeyStoreError).
+    with `sign`). `runtime`: a pb/ folder the release carries beside the
+    features (docs/ota.md 2.1): its modules ship as pb/..., compiled as
+    the runtime is, and the device's boot loader runs them with the
+    features. Raises BuildError (or KeyStoreError).
     """
     forms = tuple(forms)
     if not forms or any(f not in FORMS for f in forms) or len(set(forms)) != len(forms):
@@ -346,23 +379,26 @@ def build(
     _check_hardware(model, requires)
 
     contents: dict[str, bytes] = {}
-    for name in sorted(manifests):
-        for rel, src in _feature_files(folders[name]):
-            path = f"{name}/{rel}"
-            data = src.read_bytes()
-            shipped = [(path, data)]
-            if path.endswith(".py"):
-                shipped = [(path, data)] if "py" in forms else []
-                if "mpy" in forms:
-                    shipped.append((path[:-3] + ".mpy", compile_module(src, path)))
-            for path, data in shipped:
-                try:
-                    trust.check_path(path, manifests)
-                except TrustError as exc:
-                    raise BuildError(f"{src} cannot ship: {exc.message} (rename it or move it out)") from exc
-                if path in contents:
-                    raise BuildError(f"{path} would ship twice (both a .py and a .mpy in {folders[name]}?)")
-                contents[path] = data
+    shipping = [
+        (f"{name}/{rel}", src) for name in sorted(manifests) for rel, src in _feature_files(folders[name])
+    ]
+    if runtime is not None:
+        shipping += runtime_sources(Path(runtime).resolve())
+    for path, src in shipping:
+        data = src.read_bytes()
+        shipped = [(path, data)]
+        if path.endswith(".py"):
+            shipped = [(path, data)] if "py" in forms else []
+            if "mpy" in forms:
+                shipped.append((path[:-3] + ".mpy", compile_module(src, path)))
+        for path, data in shipped:
+            try:
+                trust.check_path(path, manifests, runtime is not None)
+            except TrustError as exc:
+                raise BuildError(f"{src} cannot ship: {exc.message} (rename it or move it out)") from exc
+            if path in contents:
+                raise BuildError(f"{path} would ship twice (both a .py and a .mpy in {src.parent}?)")
+            contents[path] = data
     for form in FORMS:
         try:
             device_forms.device_files([{"path": p} for p in sorted(contents)], form)
@@ -380,6 +416,7 @@ def build(
         "api": next(iter(apis.values())),
         "requires": requires,
         "created": int(now),
+        **({"runtime": runtime_version(Path(runtime))} if runtime is not None else {}),
         "features": {
             name: {
                 "version": m["version"],

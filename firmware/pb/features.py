@@ -209,7 +209,7 @@ class FeatureHost:
             self.running[name] = obj if obj is not None else mod
         except MemoryError as exc:
             # the device is short of RAM, not the feature at fault: reset,
-            # saying where (a trial given up reports it: pb/ota/guard.py)
+            # saying where (a trial given up reports it: firmware/loader.py)
             step = "start" if name in self.modules else "import"
             raise MemoryError("%s, at %s of feature %s" % (exc, step, name))
         except Exception as exc:  # noqa: BLE001 - feature code: isolate and report

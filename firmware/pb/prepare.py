@@ -1,6 +1,7 @@
 # Everything the boot does once before the runtime runs: read the config and
-# the board file, pick the HAL backend, install a staged update, choose the
-# feature set. pb/start.py lets this module go afterwards.
+# the board file, pick the HAL backend, install a staged update; the set
+# (runtime and features) is the boot loader's choice (firmware/loader.py).
+# pb/start.py lets this module go afterwards.
 import json
 
 from . import API, VERSION
@@ -15,9 +16,9 @@ from .store import makedirs, read_bytes, write_atomic
 _ROOM = const(12288)
 
 # What only the boot needs, let go before the runtime loads (the install's
-# and the guard's code). tests/firmware/test_module_lists.py checks these.
+# code and the boot loader's). tests/firmware/test_module_lists.py checks these.
 BOOT_ONLY_MODULES = (
-    "pb.ota.guard",
+    "loader",
     "pb.ota.roots",
     "pb.ota.install",
     "pb.ota.trust",
@@ -97,10 +98,11 @@ def lean_job(root):
     return flash.lean_job(root)
 
 
-def choose(root, config, hal, room=None):
-    """The boot guard's choice (pb/ota/guard.py) and the version of the root
-    the device trusts. room(): frees the block prepare() kept whole for an
-    install's signature check."""
+def choose(root, config, hal, room=None, chosen=None):
+    """The boot loader's choice (firmware/loader.py decide: the one main.py
+    made before this runtime was loaded, or, None, made here) and the
+    version of the root the device trusts. room(): frees the block
+    prepare() kept whole for an install's signature check."""
     # a root provisioned or sent is taken first, so that an install checks
     # with it; a staged update is installed now, while little else is in
     # RAM, and the device resets after it; a manifest update mode fetched
@@ -131,7 +133,7 @@ def choose(root, config, hal, room=None):
         floor = flash.floor_ms(root)
         if hal.time() < floor / 1000:
             hal.set_time(floor / 1000)
-    forget(CLOCK_MODULES)  # (and a collection: the install's and the guard's heap, as it was)
+    forget(CLOCK_MODULES)  # (and a collection: the install's heap, as it was)
     # (the install's code only where it runs: every name it holds stays in
     # RAM for the boot, update mode's too)
     job = flash.read_job(root)
@@ -143,14 +145,16 @@ def choose(root, config, hal, room=None):
             hal.reset("update")
         if check_fetched(root, device, hal.time(), room):  # a manifest update mode fetched: before its blobs
             hal.reset("update")
-    from .ota.guard import decide
+    if chosen is None:
+        chosen = flash.boot_loader().decide(root)
+    if chosen[2]:
+        hal.fault_point("trial-boot")  # (the loader counted it on flash)
+    return tuple(chosen) + (trusted,)
 
-    return decide(root, hal.fault_point) + (trusted,)
 
-
-def prepare(root):
-    """(config, hal, the guard's choice, whether to run in update mode, the
-    folder of the runtime's records)."""
+def prepare(root, chosen=None):
+    """(config, hal, the boot loader's choice, whether to run in update
+    mode, the folder of the runtime's records)."""
     hold = [bytearray(_ROOM)]  # before the boot's own blocks cut up the heap
     config = load_config(root)
     hal = make_hal(config, root)
@@ -160,7 +164,7 @@ def prepare(root):
             hal.offset = int(data)
         except ValueError:
             pass
-    chosen = choose(root, config, hal, hold.clear)
+    chosen = choose(root, config, hal, hold.clear, chosen)
     hold = None
     lean = lean_job(root)
     forget(BOOT_ONLY_MODULES)  # the runtime gets their RAM

@@ -26,21 +26,21 @@ def _import_runtime():
     gc.collect()
 
 
-def _prepare(root):
+def _prepare(root, chosen):
     from .prepare import prepare
 
-    out = prepare(root)
+    out = prepare(root, chosen)
     forget(("pb.prepare",))
     return out
 
 
-async def _run(root):
-    config, hal, chosen, lean, data = _prepare(root)
+async def _run(root, chosen):
+    config, hal, chosen, lean, data = _prepare(root, chosen)
     hal.reset(await run_device(root, config, hal, chosen, lean, data=data))
 
 
 async def run_device(root, config, hal, chosen, lean, importer=None, log=None, on_device=None, data=None):
-    """From the guard's choice to the next reset: update mode, or the runtime
+    """From the boot loader's choice to the next reset: update mode, or the runtime
     with a runtime crash turned into a clean restart. Returns the cause.
     The simulator runs its virtual devices through this same function
     (on_device(device) hands it the runtime's Device). data: the folder of
@@ -75,14 +75,16 @@ async def run_device(root, config, hal, chosen, lean, importer=None, log=None, o
         return "crash"
 
 
-def run(root="."):
-    """Run the device until it resets. On a board a reset never returns; a
-    host backend's reset returns here, and main.py starts everything again
-    with fresh modules, as a board would."""
+def run(root=".", chosen=None):
+    """Run the device until it resets. chosen: the boot loader's choice of
+    the set (firmware/loader.py boot), made before this runtime was loaded;
+    every runtime takes it in this shape. On a board a reset never returns;
+    a host backend's reset returns here, and main.py starts everything
+    again with fresh modules, as a board would."""
     from .hal import Reboot
 
     try:
-        asyncio.run(_run(root))
+        asyncio.run(_run(root, chosen))
     except Reboot as r:
         print("pb: reset (%s)" % r.cause)
         if MICROPYTHON:

@@ -29,13 +29,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware import loader
 from firmware.pb import API, runtime
 from firmware.pb.config import SCHEMA as CONFIG_SCHEMA
 from firmware.pb.config import check as check_config
 from firmware.pb.errors import ConfigError, ProtocolError, TrustError
 from firmware.pb.hal import Hal
 from firmware.pb.net import wire
-from firmware.pb.ota import clock, flash, forms, guard, install, report, trust
+from firmware.pb.ota import clock, flash, forms, install, report, trust
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
 from firmware.pb.peer import ota_transfer as otaproto
@@ -349,7 +350,7 @@ def test_the_pointer_example_is_what_the_install_writes(
     reports = flash.take_reports(str(tmp_path))
     assert [(r["state"], r["id"], r["counter"]) for r in reports] == [("activating", job["id"], 2)]
     # the next boot is trial boot 1
-    _root, p, trial, report = guard.decide(str(tmp_path))
+    _root, p, trial, report = loader.decide(str(tmp_path))
     assert (trial, p["boots"], report) == (True, 1, None)
 
 
@@ -369,11 +370,11 @@ def test_more_than_max_trial_boots_roll_back(tmp_path: Path) -> None:
     (tmp_path / "features").mkdir()
     (tmp_path / "ota").mkdir()
     pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
-    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    pointer["boots"] = loader.MAX_TRIAL_BOOTS
     (tmp_path / flash.POINTER).write_text(json.dumps(pointer))
-    _root, p, trial, report = guard.decide(str(tmp_path))
+    _root, p, trial, report = loader.decide(str(tmp_path))
     assert (trial, p["state"], p["set"]) == (False, "committed", "features")
-    reason = f"trial did not commit in {guard.MAX_TRIAL_BOOTS} boots"
+    reason = f"trial did not commit in {loader.MAX_TRIAL_BOOTS} boots"
     assert report["state"] == "rolled_back" and report["reason"] == reason
     assert reason in OTA
 
@@ -383,12 +384,12 @@ def test_a_trial_given_up_says_what_ended_its_last_boot(tmp_path: Path) -> None:
     (tmp_path / "ota").mkdir()
     (tmp_path / "data").mkdir()
     pointer = _one("pointer").value() | {"prev": {"set": "features", "counter": 0, "manifest": None}}
-    pointer["boots"] = guard.MAX_TRIAL_BOOTS
+    pointer["boots"] = loader.MAX_TRIAL_BOOTS
     (tmp_path / flash.POINTER).write_text(json.dumps(pointer))
     # what the runtime keeps as a feature's import runs out of RAM (pb/start.py)
     crash = "MemoryError: memory allocation failed, allocating 196608 bytes, at import of feature hungry"
     (tmp_path / "data" / "state.json").write_text(json.dumps({"reset_request": "crash", "last_crash": crash}))
-    _root, p, trial, report = guard.decide(str(tmp_path))
+    _root, p, trial, report = loader.decide(str(tmp_path))
     assert (trial, p["set"], report["state"]) == (False, "features", "rolled_back")
     assert report["reason"] == f"trial did not commit in 3 boots; the last ended by {crash}"
     assert " ".join(report["reason"].split()) in " ".join(OTA.split())
@@ -396,7 +397,7 @@ def test_a_trial_given_up_says_what_ended_its_last_boot(tmp_path: Path) -> None:
 
 def test_safe_mode_when_nothing_is_usable(tmp_path: Path) -> None:
     # a board flashed with the runtime only: no features, no ota/ folder yet
-    root, p, trial, report = guard.decide(str(tmp_path))
+    root, p, trial, report = loader.decide(str(tmp_path))
     assert (root, p, trial) == (None, None, False)
     assert (report["state"], report["id"], report["counter"]) == ("safe_mode", "-", 0)
     assert [r["state"] for r in flash.take_reports(str(tmp_path))] == ["safe_mode"]
@@ -444,12 +445,13 @@ def _emitted_states() -> set[str]:
     """States the firmware puts in a status: report("x", ...), _status(..., "x", ...),
     {"state": "x"}."""
     found: set[str] = set()
-    sources = [
-        PB / "ota" / f"{m}.py" for m in ("download", "defer", "install", "guard", "updates", "update_mode")
-    ]
+    sources = [PB / "ota" / f"{m}.py" for m in ("download", "defer", "install", "updates", "update_mode")]
+    sources += [PB / "ota" / "trial.py", PB.parent / "loader.py"]
     for path in sources:
         found |= string_args(path, "report", 0) | string_args(path, "_status", 0)
-        found |= string_args(path, "_status", 1)
+        found |= (
+            string_args(path, "_status", 1) | string_args(path, "_report", 1) | string_args(path, "status", 1)
+        )
         text = path.read_text()
         found |= set(re.findall(r'"state": "(\w+)"', text))
     return found & set(otaproto.STATES)
@@ -614,9 +616,10 @@ def test_a_bad_config_stops_the_boot_naming_the_key() -> None:
 
 
 def _code_paths() -> set[str]:
-    """The device's update file names, as their one owner (pb/ota/flash.py) names them."""
+    """The device's update file names, as their owners name them: pb/ota/flash.py,
+    and the boot loader for the pointer and what it keeps (firmware/loader.py)."""
     out: set[str] = set()
-    for value in module_strings(flash).values():
+    for value in [*module_strings(flash).values(), *module_strings(loader).values()]:
         for v in value if isinstance(value, tuple) else (value,):
             if v.startswith(("ota/", "data/")) or v == flash.FACTORY:
                 out.add(v)
@@ -683,9 +686,9 @@ def _limit_sources() -> dict[str, Any]:
         "transfer.MAX_CHUNK": otaproto.MAX_CHUNK,
         "transfer.CHUNK_HEADER": otaproto.CHUNK_HEADER,
         "files._WBITS": otafs._WBITS,
-        "guard.MAX_TRIAL_BOOTS": guard.MAX_TRIAL_BOOTS,
+        "loader.MAX_TRIAL_BOOTS": loader.MAX_TRIAL_BOOTS,
         "install._MAX_INSTALLS": install._MAX_INSTALLS,
-        "flash.MAX_REPORTS": flash.MAX_REPORTS,
+        "loader.MAX_REPORTS": loader.MAX_REPORTS,
         "updates._MAX_ERROR": gw_updates._MAX_ERROR,
         "updates.MAX_REASON": gw_updates.MAX_REASON,
         "updater.OUTBOX": gw_updater.OUTBOX,

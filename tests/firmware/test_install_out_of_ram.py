@@ -24,8 +24,10 @@ from ..support import micropython
 FEATURES = Path(__file__).resolve().parents[2] / "firmware" / "features"
 STEPS = ("reading the manifest", "checking signatures", "choosing the files", "assembling the set")
 
+# (the boot loader is in RAM when a boot installs: main.py loaded it first)
 INSTALL = """
 import gc, json, sys
+import loader
 base, now = json.load(open(sys.argv[1]))
 for i in range(3):
     gc.collect()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware.pb.errors import TrustError
 from firmware.pb.ota import trust
 from ota.errors import BuildError, KeyStoreError, ReleaseError
 from ota.keys import Keys, load_keys
@@ -345,3 +346,52 @@ def test_too_many_files_for_both_forms_says_to_ship_one(tmp_path: Path, features
 def test_forms_are_py_mpy_or_both(tmp_path: Path, features_dir: Path, forms: tuple[str, ...]) -> None:
     with pytest.raises(BuildError, match="forms must be one or both of py, mpy"):
         build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=forms)
+
+
+# ---- a release that carries the runtime ----------------------------------------
+
+
+def test_build_with_a_runtime_ships_pb_as_provisioning_does(tmp_path: Path, features_dir: Path) -> None:
+    from gateway.paths import firmware_dir
+    from gateway.provision import device_files
+    from ota.release import HOST_ONLY
+
+    pb = firmware_dir() / "pb"
+    rel = build("thermostat", [features_dir / "thermostat"], "rt", tmp_path / "r", 3, ("mpy",), runtime=pb)
+    version = (pb / "__init__.py").read_text().split('VERSION = "', 1)[1].split('"', 1)[0]
+    assert rel.body["runtime"] == version
+    shipped = {f.path: f for f in rel.files if f.path.startswith("pb/")}
+    assert "pb/__init__.mpy" in shipped and "pb/start.mpy" in shipped
+    assert not [p for p in shipped if p.startswith(HOST_ONLY)]
+    # the same bytes as a provisioned device holds: a device downloads only what changed
+    config = {"board": "thermostat-v1"}
+    provisioned = dict(device_files(config, [], compile_mpy=True))
+    assert all(hashlib.sha256(provisioned[p]).hexdigest() == f.sha256 for p, f in shipped.items())
+    assert set(shipped) == {p for p in provisioned if p.startswith("pb/")}
+    # and `ota inspect` says so
+    from ota.inspect import describe
+
+    info = describe(rel)
+    assert info.runtime == version and info.to_dict()["runtime"] == version
+    assert f"carries runtime {version} (pb/)" in info.to_text()
+    assert describe(read(rel.path)).runtime == version
+
+
+def test_a_manifest_without_runtime_may_not_ship_pb(release: Release) -> None:
+    body = json.loads(json.dumps(release.body))
+    body["files"].insert(0, {**body["files"][0], "path": "pb/__init__.py"})
+    with pytest.raises(TrustError) as exc:
+        trust.check_manifest(body)
+    assert exc.value.code == "bad_path"
+    body["runtime"] = "0.3.0"
+    assert trust.check_manifest(body) is body
+    body["files"].pop(0)  # a runtime without its pb/__init__
+    with pytest.raises(TrustError, match="needs pb/__init__"):
+        trust.check_manifest(body)
+
+
+def test_no_feature_may_be_named_pb(release: Release) -> None:
+    body = json.loads(json.dumps(release.body))
+    body["features"]["pb"] = body["features"]["thermostat"]
+    with pytest.raises(TrustError, match="no feature may be named pb"):
+        trust.check_manifest(body)

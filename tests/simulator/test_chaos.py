@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb.ota import flash, guard
+from firmware import loader
 from gateway.errors import GatewayError
 from gateway.releases import StoredRelease
 from gateway.service import Gateway
@@ -230,10 +230,10 @@ async def test_a_fleet_under_chaos_ends_with_nothing_bricked_mixed_or_stuck(
         # nothing bricked, nothing mixed: each runs the good release, every file its own
         for vd in fleet.devices:
             base = str(vd.base)
-            p = flash.read_pointer(base)
+            p = loader.read_pointer(base)
             assert p is not None and not p.get("corrupt") and not p.get("trial"), (vd.id, p)
             assert (p["counter"], p["manifest"]) == (good.counter, good.id), (vd.id, p)
-            assert guard.check_set(base, p["set"]) is None, f"{vd.id}: {p['set']} is a mix"
+            assert loader.check_set(base, p["set"]) is None, f"{vd.id}: {p['set']} is a mix"
             assert vd.boot is not None and vd.boot.root is not None, f"{vd.id} in safe mode"
             assert vd.running() == ["eco", "thermostat"], (vd.id, vd.running())
             record = store.device(vd.id)

@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from firmware.pb.ota.guard import decide
+from firmware.loader import decide
 from gateway.paths import firmware_dir
 from simulator.device import provision
 from simulator.loader import import_feature
@@ -25,7 +25,7 @@ def test_provisioning_links_the_factory_set_and_writes_the_root(tmp_path: Path) 
         link = tmp_path / dev / "features" / "thermostat"
         assert link.is_symlink() and link.resolve() == (FEATURES / "thermostat").resolve()
         assert (tmp_path / dev / "ota" / "root.json").read_bytes() == keys.root_bytes
-    # the boot guard finds the factory set
+    # the boot loader finds the factory set
     root, pointer, trial, _ = decide(str(tmp_path / "a"))
     assert root == str(tmp_path / "a") + "/features" and pointer is None and not trial
     # provisioning again keeps what the device wrote

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provision import HOST_ONLY
 from ota.keys import Keys, keygen, load_keys, rotate_root
 from ota.mpy import compile_module
-from ota.release import build
+from ota.release import HOST_ONLY, build
 
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for

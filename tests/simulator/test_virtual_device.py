@@ -82,12 +82,12 @@ async def test_a_feature_that_raises_at_start_rolls_back_to_the_factory_set(
 async def test_a_rollback_short_of_ram_resets_and_rolls_back_at_the_next_boot(
     rig: Rig, make_device: MakeDevice, broken_eco_release: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the guard's code cannot be loaded (a small heap, used by the trial):
+    # the loader's code cannot be loaded (a small heap, used by the trial):
     # the set stays on trial, the device resets, and the trial of the next
     # boot, on a fresh heap, rolls back
-    from firmware.pb.ota import guard
+    from firmware import loader
 
-    real = guard.rollback
+    real = loader.rollback
     calls: list[str] = []
 
     def short_of_ram(base: str, p: dict[str, Any], reason: str) -> Any:
@@ -96,7 +96,7 @@ async def test_a_rollback_short_of_ram_resets_and_rolls_back_at_the_next_boot(
             raise MemoryError("memory allocation failed, allocating 592 bytes")
         return real(base, p, reason)
 
-    monkeypatch.setattr(guard, "rollback", short_of_ram)
+    monkeypatch.setattr(loader, "rollback", short_of_ram)
     dev = await make_device()
     u = await rig.update(dev, rig.publish(broken_eco_release))
     assert u.state == "rolled_back", u

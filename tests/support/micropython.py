@@ -1,8 +1,10 @@
 """Run a snippet on the real MicroPython unix port, with the firmware's `pb`
-package importable (`import pb.net.mqtt`), and get back what it printed.
+package and its boot loader importable (`import pb.net.mqtt`, `import
+loader`), and get back what it printed.
 
-Each call copies firmware/pb alone into a fresh folder, so firmware/boot.py
-and firmware/main.py are never on the path, let alone executed. The snippet
+Each call copies firmware/pb and firmware/loader.py alone into a fresh
+folder, so firmware/boot.py and firmware/main.py are never on the path, let
+alone executed. The snippet
 reads its input from the file named by `sys.argv[1]`.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 FIRMWARE_PB = Path(__file__).resolve().parents[2] / "firmware" / "pb"
+LOADER = FIRMWARE_PB.parent / "loader.py"
 
 
 class MicroPythonFailed(AssertionError):
@@ -33,6 +36,7 @@ def run(code: str, data: bytes = b"", *, heap: str = "4M", timeout: float = 60.0
     with tempfile.TemporaryDirectory(prefix="pb-micropython-") as tmp:
         root = Path(tmp)
         shutil.copytree(FIRMWARE_PB, root / "pb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(LOADER, root / LOADER.name)
         (root / "snippet.py").write_text(code)
         (root / "input.bin").write_bytes(data)
         proc = subprocess.run(

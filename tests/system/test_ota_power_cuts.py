@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb.ota import flash, forms, guard
+from firmware import loader
+from firmware.pb.ota import flash, forms
 from gateway.provision import provision_into
 from ota import keys as ota_keys
 from ota.release import Release
@@ -157,16 +158,16 @@ def one_cut(
 def check_sets(dev: DeviceProcess, when: str) -> tuple[int, str | None, list[str]]:
     """The set the device will run is complete and verified: old or new."""
     base = str(dev.path)
-    p = flash.read_pointer(base)
+    p = loader.read_pointer(base)
     assert p is None or not p.get("corrupt"), when
     set_dir = p["set"] if p else flash.FACTORY
     files = None  # (the factory set has no manifest)
     kept = dev.path / set_dir / "manifest.json"
     if set_dir != flash.FACTORY and kept.is_file():
-        # the files of the device's form, which its own guard checks (this process is CPython)
+        # the files of the device's form, which its boot loader checks (this process is CPython)
         form = "mpy" if dev.interpreter == "micropython" else "py"
         files = forms.device_files(json.loads(json.loads(kept.read_bytes())["signed"])["files"], form)
-    assert guard.check_set(base, set_dir, files) is None, f"{when}: {set_dir} is not complete"
+    assert loader.check_set(base, set_dir, files) is None, f"{when}: {set_dir} is not complete"
     counter, manifest, features = running_set(dev)
     if counter == 0:
         assert features == ["thermostat"], when

@@ -3,7 +3,7 @@
 # freshness statement (pb/ota/install.py's check_release), then pulls the blobs
 # of files this device does not hold, chunk by chunk (flow control on this
 # side), checks each against the manifest and stages it. Then it asks for a
-# reset: the boot guard checks the signatures again, assembles and activates
+# reset: the boot checks the signatures again, assembles and activates
 # the new set before the runtime loads (pb/ota/install.py). Progress lives on
 # flash (ota/job.json): after a power cut the download resumes where it was,
 # without fetching verified bytes again.
@@ -41,7 +41,7 @@ BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
 CHECK_MODULES = (
     "pb.ota.install",
     "pb.ota.roots",
-    "pb.ota.guard",
+    "loader",
     "pb.ota.trust",
     "pb.ota.ed25519",
     "pb.ota.sha512",
@@ -395,7 +395,7 @@ class Agent:
                 job,
                 (self.device, self.model, self.caps, API),
                 self.counter,
-                read_bytes(mpath),
+                [read_bytes(mpath)],  # (emptied as it is parsed: trust.open_envelope)
                 self.tick,
             )[0]
         except TrustError as exc:

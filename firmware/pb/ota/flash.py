@@ -6,15 +6,19 @@
 # Loaded by the update path only while it runs.
 import json
 
-from ..errors import StoreError
-from ..store import makedirs, read_bytes, write_atomic
+from ..store import read_bytes, write_atomic
 
+# What the boot loader (firmware/loader.py) owns and cannot import from pb/,
+# which an update replaces: the same values, checked equal by
+# tests/firmware/test_loader.py. Its pointer writer, report keeper and set
+# check are reached through boot_loader(), which loads it only where used.
+FACTORY = "features"  # the factory set, run when there is no pointer
+POINTER = "ota/active.json"  # the set that runs
+REPORTS = "ota/reports.json"  # statuses for the runtime to send
 CONFIG = "config.json"  # the device's settings (pb/config.py)
 CONFIG_CHECKED = "data/config.ok"  # digest of the runtime's version and the config that passed
 BOARDS = "boards"  # boards/<board>.json
-FACTORY = "features"  # the factory set, run when there is no pointer
 DATA = "data"  # the runtime's records (pb/store.py Store)
-STATE = "data/state.json"  # the runtime's state record: boots, reset request, last crash
 HELLO = "data/hello.json"  # the last hello the runtime sent, for update mode
 ROOT = "ota/root.json"  # a root provisioned: taken as the trusted root at the next boot
 ROOTS = "ota/root.%d.json"  # the trusted root, by its version (the highest one on flash)
@@ -25,11 +29,31 @@ TIME = "ota/time.json"  # the gateway's latest time statement, not yet verified 
 OFFER = "ota/offer.json"  # an offer handed to update mode
 JOB = "ota/job.json"  # the update under way
 STAGE = "ota/stage"  # manifest.json, <sha256>.z, <sha256>.tmp, <sha256>
-SLOTS = ("ota/a", "ota/b")  # manifest.json and features/
-POINTER = "ota/active.json"  # the set that runs
-REPORTS = "ota/reports.json"  # statuses for the runtime to send
+SLOTS = ("ota/a", "ota/b")  # manifest.json, features/ and, from a release that carries one, pb/
 LAST_STATUS = "ota/status.json"  # the last outcome (pb/ota/report.py KEPT)
-MAX_REPORTS = 8
+
+
+def read_pointer(base):
+    """The pointer record, as the boot loader reads it (its read_pointer),
+    without loading the loader: None (factory set), or {"corrupt": True}."""
+    data = read_bytes(base + "/" + POINTER)
+    if data is None:
+        return None
+    try:
+        p = json.loads(data)
+    except ValueError:
+        p = None
+    return p if isinstance(p, dict) and isinstance(p.get("set"), str) else {"corrupt": True}
+
+
+def boot_loader():
+    """The boot loader's module: the pointer's reader and one writer
+    (read_pointer, write_pointer, rollback), and add_report."""
+    try:
+        import loader
+    except ImportError:  # CPython with the firmware as a package (simulator, tools)
+        loader = __import__("firmware.loader").loader  # (firmware/ as a package)
+    return loader
 
 
 def read_json(path):
@@ -77,27 +101,6 @@ def remove(path):
 # ---- the pointer (docs/ota.md 4.4) ---------------------------------------------
 
 
-def read_pointer(base):
-    """The pointer record; None: no pointer (factory set); {"corrupt": True}:
-    one that cannot be read."""
-    data = read_bytes(base + "/" + POINTER)
-    if data is None:
-        return None
-    try:
-        p = json.loads(data)
-    except ValueError:
-        return {"corrupt": True}
-    if not isinstance(p, dict) or not isinstance(p.get("set"), str):
-        return {"corrupt": True}
-    return p
-
-
-def write_pointer(base, p):
-    """Switch the pointer: one atomic rename, so after any power cut it names
-    either the old set or the new one. Raises StoreError."""
-    write_json(base + "/" + POINTER, p)
-
-
 def commit_of(base, p):
     """The commit of a set on trial, prepared: (path, bytes) that
     store.write_atomic writes when the trial passes. Prepared when the trial
@@ -139,22 +142,6 @@ def lean_job(base):
 
 
 # ---- statuses kept for the gateway ---------------------------------------------
-
-
-def add_report(base, status):
-    """Keep an update status on flash until the runtime can send it. A flash
-    that cannot take it (full, or a board flashed without ota/ and where
-    none can be made) loses the report, never the boot."""
-    path = base + "/" + REPORTS
-    reports = read_json(path)
-    if not isinstance(reports, list):
-        reports = []
-    reports.append(status)
-    try:
-        makedirs(base + "/ota")
-        write_json(path, reports[-MAX_REPORTS:])
-    except (OSError, StoreError):
-        pass
 
 
 def take_reports(base):

@@ -2,7 +2,7 @@
 # carries each module in two forms, source (.py) and compiled (.mpy): the
 # interpreter decides which one runs, since CPython cannot import .mpy and
 # a small board has no RAM to compile source. Loaded only while a release's
-# file list is read: by the download agent, the install, the boot guard.
+# file list is read: by the download agent, the install.
 from ..compat import MICROPYTHON
 from ..errors import TrustError
 

@@ -8,8 +8,8 @@ import json
 from ..compat import collect, format_exception, fsync
 from ..errors import StoreError, TrustError
 from ..store import exists, read_bytes
-from . import files, flash, guard, trust
-from .flash import SLOTS, read_json, write_json
+from . import files, flash, trust
+from .flash import SLOTS, boot_loader, read_json, write_json
 from .report import status
 
 _MAX_INSTALLS = 3
@@ -77,7 +77,7 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None):
         _tidy(base, job, now)
         fault("installed")
         return p
-    flash.add_report(base, _status(job, "failed", now, reason))
+    boot_loader().add_report(base, _status(job, "failed", now, reason))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
     return None
@@ -128,7 +128,7 @@ def _check_fetched(base, job, device, run_counter, now, room=None):
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        check_release(base, job, device, run_counter, _staged_manifest(base, job))
+        check_release(base, job, device, run_counter, [_staged_manifest(base, job)])
     except MemoryError:
         if job["checks"] < _MAX_INSTALLS:
             raise
@@ -143,14 +143,14 @@ def _check_fetched(base, job, device, run_counter, now, room=None):
         del job["verify"]
         flash.write_job(base, job)
         return True
-    flash.add_report(base, _status(job, "failed", now, reason))
+    boot_loader().add_report(base, _status(job, "failed", now, reason))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
     return False
 
 
 def _tidy(base, job, now):
-    flash.add_report(base, _status(job, "activating", now))
+    boot_loader().add_report(base, _status(job, "activating", now))
     flash.remove_job(base)
     files.remove_tree(files.staged(base))
 
@@ -159,14 +159,18 @@ _step = ["reading the manifest"]  # where _install is: what a MemoryError report
 
 
 def check_release(base, job, device, run_counter, data, tick=None):
-    """The manifest envelope data and the job's freshness statement, checked
+    """The manifest envelope data (its bytes, or a list holding them, which
+    trust.open_envelope empties) and the job's freshness statement, checked
     as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
     this device (id, model, caps, api) and above run_counter, offered as the
     job's update. Returns (manifest body, freshness body). The download
     agent runs this before it fetches any blob, and the install again.
     Raises TrustError."""
     dev_id, model, caps, api = device
-    raw, body, sigs = trust.open_envelope(data)
+    # the manifest's object is parsed once its signatures passed: a large
+    # one (the whole runtime's) and the signature code do not fit together
+    raw, body, sigs = trust.open_envelope(data, False)
+    data = None
     from .roots import trusted_root
 
     root_data = trusted_root(base)[1]
@@ -176,7 +180,10 @@ def check_release(base, job, device, run_counter, data, tick=None):
     root = trust.load_root(root_data, verify)
     root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
-    raw = sigs = None
+    sigs = None
+    collect()
+    body = trust.signed_object(raw)
+    raw = None
     trust.check_manifest(body)
     trust.check_for_device(body, model, caps, api, run_counter)
     fbody = None
@@ -202,8 +209,7 @@ def check_release(base, job, device, run_counter, data, tick=None):
 def _install(base, job, device, running, now, fault, tick):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
-    data = _staged_manifest(base, job)
-    body, fbody = check_release(base, job, device, run_counter, data, tick)
+    body, fbody = check_release(base, job, device, run_counter, [_staged_manifest(base, job)], tick)
     if fbody is not None:
         state = _trust_state(base)  # (read again: the check may have raised the floor)
         state["freshness"] = fbody["version"]
@@ -216,14 +222,19 @@ def _install(base, job, device, running, now, fault, tick):
 
     listed = device_files(body["files"])
     counter = body["counter"]
-    data = body = fbody = None  # the manifest's copies: RAM for the rest
+    body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
     _step[0] = "assembling the set"
+    # the boot loader's code (the pointer, the slots' layout and their check)
+    # only now, on the heap the signature check gave back
+    loader = boot_loader()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
-    if _slot_manifest(base, target) != job["manifest"] or guard.check_set(base, target, listed) is not None:
-        held = files.held_files(guard.features_root(base, run_set) if run_set else None)
+    if _slot_manifest(base, target) != job["manifest"] or loader.check_set(base, target, listed) is not None:
+        # (the running set's features, as the download counted them: a
+        # runtime's modules were all staged)
+        held = files.held_files(loader.features_root(base, run_set) if run_set else None)
         _assemble(base, target, listed, held, fault)
-        bad = guard.check_set(base, target, listed)
+        bad = loader.check_set(base, target, listed)
         if bad is not None:
             raise TrustError("mismatch", "assembled set: " + bad)
     pointer = {
@@ -236,7 +247,7 @@ def _install(base, job, device, running, now, fault, tick):
         "update": job["id"],
     }
     fault("activate")
-    flash.write_pointer(base, pointer)
+    loader.write_pointer(base, pointer)
     fault("activated")
     return pointer
 
@@ -244,18 +255,17 @@ def _install(base, job, device, running, now, fault, tick):
 def _slot_manifest(base, target):
     # hashed as it is read: no block of RAM as large as the manifest
     try:
-        return files.file_sha256(guard.set_manifest(base, target))[1]
+        return files.file_sha256(boot_loader().set_manifest(base, target))[1]
     except OSError:
         return None
 
 
 def _assemble(base, target, listed, held, fault):
-    slot = base + "/" + target
-    features = guard.features_root(base, target)
-    files.remove_tree(slot)
-    files.ensure_dir(features)
+    loader = boot_loader()
+    files.remove_tree(base + "/" + target)
+    files.ensure_dir(loader.features_root(base, target))
     for f in listed:
-        dst = features + "/" + f["path"]
+        dst = loader.set_file(base, target, f["path"])
         files.ensure_dir(dst[: dst.rfind("/")])
         src = held.get(f["sha256"]) or files.staged(base, f["sha256"])
         if files.size(src) != f["size"]:
@@ -263,7 +273,7 @@ def _assemble(base, target, listed, held, fault):
         _copy(src, dst)
         fault("assemble")
     # written last: a slot with its manifest is a complete slot
-    manifest = guard.set_manifest(base, target)
+    manifest = loader.set_manifest(base, target)
     _copy(files.staged(base, "manifest.json"), manifest + ".tmp")
     import os
 

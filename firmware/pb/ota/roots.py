@@ -91,7 +91,7 @@ def settle(base, now, fault=None):
     if reason is not None:
         from .report import status
 
-        flash.add_report(base, status("-", "failed", 0, "root refused: " + reason, ts=now))
+        flash.boot_loader().add_report(base, status("-", "failed", 0, "root refused: " + reason, ts=now))
         try:  # the runtime does not take these bytes again
             write_atomic(base + "/" + flash.ROOT_REFUSED, trust.sha256_hex(sent).encode())
         except StoreError:

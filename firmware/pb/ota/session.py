@@ -1,5 +1,5 @@
 # An update in the runtime (docs/ota.md 4.2): at boot, the statuses the boot
-# guard kept, a download a reset interrupted and the trial of a new set; an
+# kept, a download a reset interrupted and the trial of a new set; an
 # offer taken by the download agent beside the features (pb/ota/handover.py
 # hands it to update mode instead when RAM is short). Loaded by
 # pb/ota/updates.py while an update is under way, let go when none is.

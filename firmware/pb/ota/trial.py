@@ -67,23 +67,23 @@ def rollback(u, reason):
     p = u.boot.pointer
     if not u.boot.trial:
         return
-    d.spare(True)  # the guard's code is loaded for this, on a heap the trial has used
+    d.spare(True)  # the boot loader's code is loaded for this, on a heap the trial has used
     try:
-        from .guard import rollback as back
+        from .flash import boot_loader
         from .report import status  # (before the set changes: what it says must go out)
 
-        restored = back(d.base, p, reason)
+        restored = boot_loader().rollback(d.base, p, reason)
     except MemoryError:
         # the set is still on trial: the next boot, on a fresh heap, tries
-        # it again and rolls back then (or the boot guard does, after its
+        # it again and rolls back then (or the boot loader does, after its
         # trial boots)
         d.log("rollback: out of RAM; resetting to roll back")
-        try:  # kept for the reason of the boot guard's rollback
+        try:  # kept for the reason of the boot loader's rollback
             from . import flash
 
             q = dict(p)
-            q["error"] = ("ended in rollback: " + reason)[:150]  # (pb/ota/guard.py reports it)
-            flash.write_pointer(d.base, q)
+            q["error"] = ("ended in rollback: " + reason)[:150]  # (firmware/loader.py reports it)
+            flash.boot_loader().write_pointer(d.base, q)
         except Exception:  # noqa: BLE001 - a note lost (no RAM for it either), the reset still due
             pass
         d.stop("rollback")
@@ -95,9 +95,9 @@ def rollback(u, reason):
     try:
         u.status(st)
     except MemoryError:
-        from . import flash  # (loaded with the guard)
+        from . import flash  # (loaded with the loader)
 
-        flash.add_report(d.base, st)  # said by the next boot, on a fresh heap
+        flash.boot_loader().add_report(d.base, st)  # said by the next boot, on a fresh heap
     finally:
         d.stop("rollback")
 

@@ -15,6 +15,7 @@ MAX_SENT_ROOT = const(4096)  # a root sent over the air: one MQTT message (pb/ne
 MAX_SIGNATURES = const(8)
 MAX_FILES = const(64)  # what a 16 KB manifest holds
 MAX_PATH = const(96)
+RUNTIME = "pb"  # the runtime's folder in a release's paths (firmware/loader.py RUNTIME)
 UPDATE_ID_LEN = const(12)  # an update id is this many lowercase hex digits
 ROLES = ("root", "release", "gateway")
 
@@ -55,15 +56,23 @@ def key_id(pub):
 # ---- envelopes --------------------------------------------------------------
 
 
-def open_envelope(data):
-    """(signed bytes, signed object, signatures) of an envelope's bytes.
-    Raises TrustError bad_envelope."""
+def open_envelope(data, parse=True):
+    """(signed bytes, signed object, signatures) of an envelope's bytes, or
+    of a list holding them, which it empties: the caller's copy then goes
+    once it is parsed (a manifest of the whole runtime is some 11 KB, and a
+    128 KB board checks it at boot beside the signature code). parse=False:
+    the signed object is None, for signed_object() once the signatures
+    passed (the bytes and the object need not be in RAM with the signature
+    code). Raises TrustError bad_envelope."""
+    if isinstance(data, list):
+        data = data.pop()
     if len(data) > MAX_ENVELOPE:
         raise TrustError("bad_envelope", "signed document of %d bytes exceeds %d" % (len(data), MAX_ENVELOPE))
     try:
         env = json.loads(data)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed document is not JSON") from None
+    data = None
     if not isinstance(env, dict) or not isinstance(env.get("signed"), str):
         raise TrustError("bad_envelope", "signed document lacks its 'signed' string")
     sigs = env.get("signatures")
@@ -72,14 +81,23 @@ def open_envelope(data):
     for s in sigs:
         if not isinstance(s, dict) or not is_hex(s.get("keyid"), 64) or not is_hex(s.get("sig"), 128):
             raise TrustError("bad_envelope", "a signature is not {keyid: 64 hex, sig: 128 hex}")
-    raw = env["signed"].encode("utf-8")
+    # one copy of the signed text at a time (a manifest's is some KB): the
+    # string goes before the object is parsed from its bytes
+    raw = env["signed"]
+    env = None
+    raw = raw.encode("utf-8")
+    return raw, signed_object(raw) if parse else None, sigs
+
+
+def signed_object(raw):
+    """The version 1 object of an envelope's signed bytes. Raises TrustError bad_envelope."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed content is not JSON") from None
     if not isinstance(body, dict) or body.get("v") != 1:
         raise TrustError("bad_envelope", "signed content is not a version 1 object")
-    return raw, body, sigs
+    return body
 
 
 def count_valid(raw, sigs, keys, keyids, verify, tick=None):
@@ -169,8 +187,9 @@ def rotate_root(current, data, verify):
 _PATH_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_.-"
 
 
-def check_path(path, features):
-    """Raise bad_path unless path stays inside its feature's folder."""
+def check_path(path, features, runtime=False):
+    """Raise bad_path unless path stays inside its feature's folder (or,
+    for a release that carries a runtime, inside pb/)."""
     if not isinstance(path, str) or not 0 < len(path) <= MAX_PATH:
         raise TrustError("bad_path", "path must be 1-%d characters" % MAX_PATH)
     parts = path.split("/")
@@ -182,7 +201,7 @@ def check_path(path, features):
         for c in p.encode("utf-8", "replace"):  # (bytes: no character interned, pb/ids.py)
             if c not in _PATH_CHARS:
                 raise TrustError("bad_path", "%r has a character outside a-z 0-9 _ . -" % path)
-    if parts[0] not in features:
+    if parts[0] not in features and not (runtime and parts[0] == RUNTIME):
         raise TrustError("bad_path", "%r is not in a feature of this release" % path)
 
 
@@ -210,12 +229,19 @@ def check_manifest(body):
     if len(files) > MAX_FILES:
         raise TrustError("bad_manifest", "more than %d files" % MAX_FILES)
     feats = body["features"]
+    # a release may carry the runtime: pb/ of the set, beside its features
+    # (docs/ota.md 2.1); the boot loader runs it with them
+    runtime = "runtime" in body
+    if runtime and (not isinstance(body["runtime"], str) or not 0 < len(body["runtime"]) <= 32):
+        raise TrustError("bad_manifest", "manifest field 'runtime' must be a version of 1-32 characters")
+    if RUNTIME in feats:
+        raise TrustError("bad_manifest", "no feature may be named %s" % RUNTIME)
     seen = {}  # type: dict[str, bool]
     prev = ""
     for f in files:
         if not isinstance(f, dict):
             raise TrustError("bad_manifest", "a file entry is not an object")
-        check_path(f.get("path"), feats)
+        check_path(f.get("path"), feats, runtime)
         for k in ("size", "zsize"):
             if not _int(f.get(k)) or f[k] < 0:
                 raise TrustError("bad_manifest", "%s: %s must be a size" % (f["path"], k))
@@ -226,6 +252,10 @@ def check_manifest(body):
         prev = f["path"]
         feat = f["path"].split("/")[0]
         seen[feat] = seen.get(feat, False) or f["path"] == feat + "/manifest.json"
+        if feat == RUNTIME and f["path"].startswith(RUNTIME + "/__init__."):
+            seen[feat] = True
+    if runtime and not seen.get(RUNTIME):
+        raise TrustError("bad_manifest", "a release with a runtime needs %s/__init__" % RUNTIME)
     for name in feats:
         if not seen.get(name):
             raise TrustError("bad_manifest", "feature %s has no %s/manifest.json" % (name, name))

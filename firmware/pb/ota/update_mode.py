@@ -3,7 +3,7 @@
 # closed). The runtime hands over to it when RAM is too short to download
 # beside the features (a small heap, or a crash while downloading). When the
 # download ends, staged or failed, the device resets back to normal: the boot
-# guard installs what was staged. Its messages are the runtime's, from the
+# installs what was staged. Its messages are the runtime's, from the
 # same builders and senders (pb/net/wire.py, pb/ota/transfer.py, report.py).
 import json
 

@@ -9,14 +9,14 @@ from ..compat import const, forget
 _TRIAL_S = const(60)
 # Loaded for an update session; let go again when none runs after the boot
 # (tests/firmware/test_module_lists.py checks these names)
-SESSION_MODULES = ("pb.ota.session", "pb.ota.handover", "pb.ota.flash", "pb.ota.report")
+SESSION_MODULES = ("pb.ota.session", "pb.ota.handover", "pb.ota.flash", "loader", "pb.ota.report")
 
 
 class Boot:
-    """What the boot guard decided (pb/ota/guard.py): `root` is the feature
+    """What the boot loader decided (firmware/loader.py): `root` is the feature
     folder to run (None: safe mode), `pointer` the pointer record (None:
     factory set), `trial` whether this boot is a trial (`report`, the status
-    the guard had to give, went to flash: it is not kept here), `trusted`
+    the loader had to give, went to flash: it is not kept here), `trusted`
     the version of the root the device trusts (0: none; pb/ota/roots.py)."""
 
     def __init__(self, root, pointer=None, trial=False, report=None, trusted=0):
@@ -45,7 +45,7 @@ class Updates:
         self.trial_s = device.config.get("ota_trial_s", _TRIAL_S)
 
     def start(self):
-        """At boot: send what the boot guard reported, resume a download a
+        """At boot: send what the boot loader reported, resume a download a
         reset interrupted, and begin the trial of a new set."""
         from .session import start
 

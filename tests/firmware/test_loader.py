@@ -1,0 +1,105 @@
+"""The boot loader (firmware/loader.py): the one part of a device no update
+changes. It imports nothing of pb/, so the few names it shares with the
+runtime are written in both; these tests hold them equal, and check that
+it chooses a slot's runtime only when the slot carries one."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+from firmware import loader
+from firmware.pb.ota import flash, trust
+
+LOADER = Path(loader.__file__)
+
+
+def test_the_loader_imports_nothing_of_the_runtime() -> None:
+    tree = ast.parse(LOADER.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"json", "os", "sys", "hashlib"}, imported
+
+
+def test_the_loader_is_small_enough_to_review() -> None:
+    assert len(LOADER.read_text().splitlines()) < 200
+
+
+def test_the_names_the_runtime_shares_with_the_loader_are_equal() -> None:
+    assert (flash.FACTORY, flash.POINTER, flash.REPORTS) == (loader.FACTORY, loader.POINTER, loader.REPORTS)
+    assert trust.RUNTIME == loader.RUNTIME
+    assert set(flash.SLOTS) == {"ota/a", "ota/b"}
+
+
+def _slot(base: Path, name: str, runtime: bool) -> None:
+    """A complete slot with one feature file (and pb/__init__.py)."""
+    files = []
+    for rel, where, data in (
+        ("thermostat/manifest.json", f"{name}/features/thermostat/manifest.json", b"{}"),
+        *([("pb/__init__.py", f"{name}/pb/__init__.py", b"VERSION = '9'\n")] if runtime else []),
+    ):
+        (base / where).parent.mkdir(parents=True, exist_ok=True)
+        (base / where).write_bytes(data)
+        files.append({"path": rel, "size": len(data), "sha256": trust.sha256_hex(data)})
+    (base / name / "manifest.json").write_text(json.dumps({"signed": json.dumps({"files": files})}))
+
+
+def _boot(base: Path, slot: str, runtime: bool, state: str) -> tuple[list[str], tuple]:
+    """sys.path as the loader leaves it, and its choice, for a device whose
+    pointer names a slot in state."""
+    (base / "features").mkdir()
+    _slot(base, slot, runtime)
+    (base / "ota" / "active.json").write_text(json.dumps({"set": slot, "counter": 2, "state": state}))
+    path = list(sys.path)
+    try:
+        chosen = loader.boot(str(base))
+        return list(sys.path), chosen
+    finally:
+        sys.path[:] = path
+
+
+def test_a_slot_with_a_runtime_goes_first_on_the_path(tmp_path: Path) -> None:
+    path, (root, p, trial, report) = _boot(tmp_path, "ota/b", True, "committed")
+    assert path[0] == f"{tmp_path}/ota/b" and path[1:] == sys.path
+    assert (root, p["set"], trial, report) == (f"{tmp_path}/ota/b/features", "ota/b", False, None)
+
+
+def test_a_slot_without_a_runtime_runs_the_factory_one(tmp_path: Path) -> None:
+    path, (root, p, trial, report) = _boot(tmp_path, "ota/a", False, "trial")
+    assert path == sys.path and root == f"{tmp_path}/ota/a/features"
+    assert trial and p["boots"] == 1 and report is None
+
+
+def test_a_trial_whose_runtime_was_changed_rolls_back_runtime_and_features(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    _slot(tmp_path, "ota/a", runtime=True)
+    _slot(tmp_path, "ota/b", runtime=True)
+    (tmp_path / "ota/b/pb/__init__.py").write_text("VERSION = 'X'\n")  # not the signed bytes
+    prev = {"set": "ota/a", "counter": 1, "manifest": "ab" * 32}
+    pointer = {
+        "set": "ota/b",
+        "prev": prev,
+        "counter": 2,
+        "manifest": "cd" * 32,
+        "state": "trial",
+        "boots": 0,
+    }
+    (tmp_path / "ota" / "active.json").write_text(json.dumps({**pointer, "update": "5f2a9c01b7e4"}))
+    path = list(sys.path)
+    try:
+        root, p, trial, report = loader.boot(str(tmp_path))
+        assert (root, p["set"], p["state"], trial) == (
+            f"{tmp_path}/ota/a/features",
+            "ota/a",
+            "committed",
+            False,
+        )
+        assert sys.path[0] == f"{tmp_path}/ota/a"  # the previous set's runtime with its features
+        assert (
+            report["state"] == "rolled_back"
+            and report["reason"] == "pb/__init__.py does not match its manifest"
+        )
+    finally:
+        sys.path[:] = path
