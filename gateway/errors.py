@@ -71,7 +71,7 @@ class ReleaseNotFoundError(OtaServiceError):
 class ReleaseRefusedError(OtaServiceError):
     """A release failed verification or cannot be stored; `code` is the
     device's trust code (bad_signature, unknown_key, mismatch, ...) or
-    'bad_archive', 'counter_taken'. A security failure: never retried."""
+    'bad_archive', 'counter_taken', 'runtime_dropped'. A security failure: never retried."""
 
     code = "refused"
 

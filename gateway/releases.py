@@ -202,7 +202,8 @@ class ReleaseStore:
     def insert(self, release: Release, now: float) -> tuple[StoredRelease, bool]:
         """Record a prepared release; (the stored release, whether it is new).
         Raises ReleaseRefusedError counter_taken if another release of the
-        model has that counter."""
+        model has that counter, runtime_dropped if it carries no runtime
+        and an earlier release of the model did."""
         known = self.get(release.sha256)
         if known is not None:
             return known, False
@@ -215,6 +216,19 @@ class ReleaseStore:
                 "(a release counter names one release; build this one with a higher counter)",
                 "counter_taken",
             )
+        if "runtime" not in release.body:
+            # a device installs a release as its whole set: one without a
+            # runtime after one with would take it back to its factory runtime
+            for earlier in reversed(
+                self._rows("WHERE model = ? AND counter < ?", (release.model, release.counter))
+            ):
+                if "runtime" in earlier.body:
+                    raise ReleaseRefusedError(
+                        f"release refused: {release.model}@{release.counter} carries no runtime, and "
+                        f"{earlier.ref} carries runtime {earlier.body['runtime']}: a device that installs "
+                        "it would go back to its factory runtime (build it with --runtime)",
+                        "runtime_dropped",
+                    )
         files = release.files
         self.store.db.execute(
             """INSERT INTO releases (id, model, counter, version, manifest, files, size, zsize, added)

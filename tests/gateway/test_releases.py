@@ -15,10 +15,11 @@ import pytest
 
 from gateway import store as store_module
 from gateway.errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError, StoreError
+from gateway.paths import firmware_dir
 from gateway.releases import ReleaseStore, blobs_dir
 from gateway.store import SCHEMA_VERSION, Store
 from ota.keys import Keys, keygen
-from ota.release import Release
+from ota.release import Release, build
 
 from .conftest import MakeRelease
 
@@ -114,6 +115,30 @@ def test_a_model_counter_names_one_release(releases: ReleaseStore, make_release:
     with pytest.raises(ReleaseRefusedError, match="thermostat@2 is already release") as exc:
         releases.add(other.path, T0)
     assert exc.value.code == "counter_taken"
+
+
+def test_a_release_without_the_runtime_an_earlier_one_carried_is_refused(
+    releases: ReleaseStore, make_release: MakeRelease, keys: Keys, tmp_path: Path
+) -> None:
+    """A device installs a release as its whole set: after a release that
+    carried the runtime, one without would take devices back to their
+    factory runtime."""
+    releases.add(make_release(2).path, T0)  # (no runtime before it: taken)
+    with_runtime = build(
+        "thermostat",
+        [firmware_dir() / "features" / "thermostat"],
+        "rt-3",
+        tmp_path / "rt-3",
+        counter=3,
+        forms=("mpy",),
+        keys=keys,
+        runtime=firmware_dir() / "pb",
+    )
+    releases.add(with_runtime.path, T0)
+    with pytest.raises(ReleaseRefusedError, match="thermostat@4 carries no runtime, and thermostat@3") as exc:
+        releases.add(make_release(4).path, T0)
+    assert exc.value.code == "runtime_dropped"
+    assert [r.counter for r in releases.list()] == [2, 3]
 
 
 def test_a_gateway_without_keys_adds_nothing(db: Store, release: Release) -> None:
