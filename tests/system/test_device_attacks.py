@@ -172,6 +172,33 @@ def test_a_device_cannot_send_a_root_to_itself_or_another(
         watcher.close()
 
 
+def test_a_device_cannot_send_a_time_to_itself_or_another(
+    mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys
+) -> None:
+    """ota/time is the gateway's to write: a genuine statement replayed by a
+    device, or one a day ahead, on its own topic or another's, reaches no
+    one, and the running device keeps none (ota/time.json)."""
+    dev = ota_device(mosquitto, make_device, keys)  # running, subscribed to its ota/time
+    creds = make_device(mosquitto, "thermostat")
+    watcher = TestClient(mosquitto, *mosquitto.operator())
+    try:
+        watcher.subscribe("pb/+/ota/time")
+        quiet(watcher, 0.3)
+        attacker = TestClient(mosquitto, creds.id, creds.password)
+        attacker.subscribe(f"pb/{creds.id}/ota/time")
+        for target in (creds.id, dev.id):
+            for t in (time.time(), time.time() + 86400):
+                statement = ota_keys.time_statement(keys, target, t)
+                attacker.publish(f"pb/{target}/ota/time", statement)
+                attacker.publish(f"pb/{target}/ota/time", statement, retain=True)
+        assert quiet(attacker) == [] and quiet(watcher, 0.2) == []
+        attacker.close()
+        time.sleep(0.5)
+        assert dev.running and not (dev.path / "ota" / "time.json").exists()
+    finally:
+        watcher.close()
+
+
 # ---- 6.3 knocking others off the broker ---------------------------------------------------
 
 
