@@ -16,6 +16,7 @@ RUNTIME = "pb"  # a set's runtime, in a slot as in the device's root folder
 POINTER = "ota/active.json"  # the set that runs
 REPORTS = "ota/reports.json"  # statuses for the runtime to send
 STATE = "data/state.json"  # the runtime's state record: reset request, last crash
+JOB = "ota/job.json"  # the update under way
 MAX_REPORTS = 8
 _OTHER = ".py" if sys.implementation.name == "micropython" else ".mpy"  # the form it does not run
 
@@ -158,8 +159,31 @@ def rollback(base, p, reason):
     return q
 
 
-def decide(base="."):
-    """This boot's set; a trial boot is counted on flash before any of it runs."""
+def running_image():
+    """The label of the app partition the board runs (its MicroPython image),
+    or None where there is none: esp32.Partition, or on a host the stand-in
+    bootloader's choice (PB_IMAGE, set by main.py's supervisor)."""
+    try:
+        import esp32
+    except ImportError:
+        return os.getenv("PB_IMAGE") if hasattr(os, "getenv") else None
+    try:
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+    except OSError:
+        return None
+
+
+def _installing(base, p):
+    """True while the install of p's update has not finished (it runs after
+    this, at the same boot, and chooses the image to boot)."""
+    job = read_json(base + "/" + JOB)
+    return isinstance(job, dict) and job.get("phase") == "staged" and job.get("id") == p.get("update")
+
+
+def decide(base=".", image=None):
+    """This boot's set; a trial boot is counted on flash before any of it
+    runs. image: the running image's partition (a set on trial with an
+    image of its own runs on that one only)."""
     p = read_pointer(base)
     factory = _is_dir(base + "/" + FACTORY)
     if p is None or p.get("corrupt"):
@@ -177,6 +201,9 @@ def decide(base="."):
                 reason += "; the last ended by %s" % st.get("last_crash")
             elif isinstance(p.get("error"), str):
                 reason += "; the last " + p["error"]  # kept by a rollback short of RAM
+        elif p.get("image") and p["image"] != image and not _installing(base, p):
+            # the bootloader went back: the new image never marked itself valid
+            reason = "the new MicroPython image did not start (%s runs)" % image
         else:
             reason = check_set(base, p["set"])
         if reason is None:
@@ -192,7 +219,7 @@ def decide(base="."):
 
 def boot(base="."):
     """decide(), and the chosen set's runtime first on sys.path."""
-    chosen = decide(base)
+    chosen = decide(base, running_image())
     folder = runtime_root(base, chosen[1]["set"]) if chosen[1] else base
     if folder != base:
         sys.path.insert(0, folder[2:] if folder.startswith("./") else folder)

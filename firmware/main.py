@@ -29,6 +29,22 @@ def device():
     run(".", chosen)
 
 
+def bootloader():
+    # A host with app partitions (flash/, pb/hal/partitions.py): what the
+    # ESP32's bootloader does before every start, choosing the image to run
+    # (and rolling back one never marked valid); the device learns the
+    # label from PB_IMAGE, as a board asks esp32.Partition
+    import os
+
+    try:
+        os.stat("flash")
+    except OSError:
+        return ""
+    from pb.hal.partitions import boot
+
+    return "PB_IMAGE=%s " % boot(".").label
+
+
 def supervise():
     import os
     import time
@@ -51,7 +67,13 @@ def supervise():
     # on a board), "watchdog" after it crashed
     cause = ""
     while True:
-        cmd = "PB_CHILD=1 PB_RESET=%s exec %s'%s' %s" % (cause, tie, exe, " ".join("'%s'" % a for a in argv))
+        cmd = "PB_CHILD=1 PB_RESET=%s %sexec %s'%s' %s" % (
+            cause,
+            bootloader(),
+            tie,
+            exe,
+            " ".join("'%s'" % a for a in argv),
+        )
         status = os.system(cmd)
         if status & 0x7F:
             sys.exit(128 + (status & 0x7F))  # killed: the power is gone

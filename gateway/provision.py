@@ -174,10 +174,16 @@ def provision_into(
     keepalive: int = 30,
     root: bytes | None = None,
     trial_s: float | None = None,
+    image: Path | None = None,
+    image_slot: int | None = None,
 ) -> Provisioned:
     """Write a complete host device into `into`; it then runs with
     `cd into && micropython main.py`. root: the root.json of the update keys
-    it trusts (without one it refuses every update). Raises ConfigError."""
+    it trusts (without one it refuses every update). image: an ESP32 app
+    image the host device runs as its MicroPython image, in the first of two
+    app partitions of image_slot bytes (docs/ota.md 4.11: the host's
+    stand-in, pb/hal/partitions.py, which then ships too), as esptool
+    flashes a board. Raises ConfigError."""
     b = board_for(model, board)
     feats = list(b.get("features", [])) if features is None else features
     password = password or broker.password or secrets.token_urlsafe(18)
@@ -196,11 +202,18 @@ def provision_into(
         for sub in ("pb", "features", "boards", "data", "ota"):
             shutil.rmtree(into / sub, ignore_errors=True)
     files = list(device_files(config, feats, compile_mpy, root))  # fail before writing anything
+    if image is not None:
+        files += _partitions_module(compile_mpy)
     for rel, data in files:
         path = into / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (into / CONFIG_FILE).chmod(0o600)
+    if image is not None:
+        from firmware.pb.hal.partitions import SLOT_SIZE, Flash
+
+        shutil.rmtree(into / "flash", ignore_errors=True)
+        Flash(str(into), image_slot or SLOT_SIZE).load_factory(str(image))
     hal_dir = into / "hal"
     hal_dir.mkdir(exist_ok=True)
     sensors = hal_dir / "sensors.json"
@@ -213,6 +226,17 @@ def provision_into(
         }
         sensors.write_text(json.dumps(values) + "\n")
     return Provisioned(into, device, b["model"], b["board"], config["broker"]["user"], password, tuple(feats))
+
+
+def _partitions_module(compile_mpy: bool) -> list[tuple[str, bytes]]:
+    """The host's stand-in for the ESP32's app partitions, in the device's form."""
+    from ota.mpy import compile_module
+
+    rel = "pb/hal/partitions.py"
+    src = firmware_dir() / rel
+    if compile_mpy:
+        return [(rel[:-3] + ".mpy", compile_module(src, rel))]
+    return [(rel, src.read_bytes())]
 
 
 def _check_root(root: bytes) -> None:

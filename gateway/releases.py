@@ -107,6 +107,9 @@ class StoredRelease:
         objs = {"manifest": ObjectInfo(len(self.manifest), bytes.fromhex(self.id)[:8])}
         for e in self.entries:
             objs[e.zsha256] = ObjectInfo(e.zsize, bytes.fromhex(e.zsha256)[:8])
+        image = self.body.get("image")
+        if image is not None:  # (the MicroPython image: one blob of segments, ota/image.py)
+            objs[image["zsha256"]] = ObjectInfo(image["zsize"], bytes.fromhex(image["zsha256"])[:8])
         return objs
 
     def summary(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ class StoredRelease:
             "version": self.version,
             "api": self.body.get("api"),
             "requires": self.body.get("requires", []),
+            "image": (self.body.get("image") or {}).get("version"),
             "created": self.body.get("created"),
             "features": {n: f.get("version") for n, f in sorted(self.body["features"].items())},
             "files": self.files,
@@ -171,6 +175,8 @@ class ReleaseStore:
         self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
         for zsha, entry in _unique_blobs(release).items():
             self._copy_blob(release.blob_path(entry), zsha)
+        if release.image is not None and release.image_path is not None:
+            self._copy_blob(release.image_path, release.image.zsha256)
         return release
 
     def _copy_blob(self, src: Path, zsha: str) -> None:
@@ -241,7 +247,8 @@ class ReleaseStore:
                 release.manifest,
                 len(files),
                 sum(f.size for f in files),
-                sum(e.zsize for e in _unique_blobs(release).values()),
+                sum(e.zsize for e in _unique_blobs(release).values())
+                + (release.image.zsize if release.image is not None else 0),
                 now,
             ),
         )

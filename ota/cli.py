@@ -61,6 +61,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         forms=FORMS if form == "both" else (form,),
         keys=keys,
         runtime=Path(args.runtime) if args.runtime else None,
+        image=Path(args.image) if args.image else None,
+        image_version=args.image_version,
     )
     size = sum(f.size for f in rel.files)
     blobs = {f.sha256: f.zsize for f in rel.files}
@@ -172,6 +174,13 @@ def add_commands(subparsers: Any) -> Any:
         metavar="DIR",
         help="a runtime (pb/ folder) the release carries: the devices run it with the features",
     )
+    bd.add_argument(
+        "--image",
+        metavar="FILE",
+        help="a MicroPython image (the ESP32 application binary, built with an OTA partition table) the "
+        "release carries: the boards write it to their other app partition and boot it on trial",
+    )
+    bd.add_argument("--image-version", metavar="V", help="the MicroPython version of --image (e.g. 1.24.1)")
     bd.add_argument("--keys", metavar="DIR", help="sign with this folder's release key")
     bd.set_defaults(func=cmd_build)
 

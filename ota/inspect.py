@@ -108,6 +108,7 @@ class Description:
     files: tuple[FileEntry, ...]
     forms: tuple[FormInfo, ...] = ()
     runtime: str | None = None  # the version of the runtime (pb/) it carries, if any
+    image: dict[str, Any] | None = None  # the manifest's MicroPython image, if it carries one
 
     def form(self, form: str) -> FormInfo | None:
         return next((f for f in self.forms if f.form == form), None)
@@ -140,6 +141,7 @@ class Description:
             "zsize": self.zsize,
             "forms": {f.form: f.to_dict() for f in self.forms},
             "runtime": self.runtime,
+            "image": self.image,
         }
 
     def to_text(self) -> str:
@@ -154,6 +156,13 @@ class Description:
         lines.append(f"  needs hardware: {', '.join(self.requires) or 'none'}")
         if self.runtime is not None:
             lines.append(f"  carries runtime {self.runtime} (pb/): the devices run it with these features")
+        if self.image is not None:
+            img = self.image
+            lines.append(
+                f"  carries MicroPython image {img['version']}: {img['size']} bytes "
+                f"({img['zsize']} compressed), "
+                f"sha256 {img['sha256'][:16]}: the boards boot it on trial with these features"
+            )
         lines.append("")
         lines.append(f"features ({len(self.features)}):")
         for f in self.features:
@@ -197,6 +206,7 @@ def describe(release: Release) -> Description:
         files=release.files,
         forms=form_infos(release),
         runtime=release.body["runtime"] if isinstance(release.body.get("runtime"), str) else None,
+        image=release.image.to_dict() if release.image is not None else None,
     )
 
 

@@ -34,6 +34,9 @@ from firmware.pb.ota import trust
 
 from .envelope import add_signatures, sign_envelope
 from .errors import BuildError, EnvelopeError, ReleaseError
+from .image import ImageEntry
+from .image import entry as image_entry
+from .image import unpack as unpack_image
 from .keys import Keys
 from .mpy import compile_module
 
@@ -124,6 +127,18 @@ class Release:
         return blob_path(self.path, entry.sha256)
 
     @property
+    def image(self) -> ImageEntry | None:
+        """The MicroPython image it carries (ota/image.py), if any."""
+        d = self.body.get("image")
+        return ImageEntry.from_dict(d) if d is not None else None
+
+    @property
+    def image_path(self) -> Path | None:
+        """The image's blob (named by the image's SHA-256, as file blobs are)."""
+        img = self.image
+        return blob_path(self.path, img.sha256) if img is not None else None
+
+    @property
     def forms(self) -> tuple[str, ...]:
         """The forms its modules ship in ("py", "mpy"), in FORMS order."""
         exts = {f.path.rsplit(".", 1)[-1] for f in self.files}
@@ -170,6 +185,8 @@ def read(path: Path | str) -> Release:
     for entry in rel.files:
         if not rel.blob_path(entry).is_file():
             raise ReleaseError("missing_blob", f"{folder}: the blob of {entry.path} is missing")
+    if rel.image_path is not None and not rel.image_path.is_file():
+        raise ReleaseError("missing_blob", f"{folder}: the blob of the MicroPython image is missing")
     return rel
 
 
@@ -219,6 +236,8 @@ def check_blobs(release: Release) -> None:
     """check_blob for every file of a release. Raises ReleaseError."""
     for entry in release.files:
         check_blob(release.blob_path(entry), entry)
+    if release.image is not None and release.image_path is not None:
+        unpack_image(release.image_path.read_bytes(), release.image)
 
 
 # ---- building ----------------------------------------------------------------
@@ -333,6 +352,8 @@ def build(
     *,
     now: float | None = None,
     runtime: Path | str | None = None,
+    image: Path | str | None = None,
+    image_version: str | None = None,
 ) -> Release:
     """Build a release of the features in feature_dirs (each a folder named
     after its feature) for one model into the new folder `out`.
@@ -346,7 +367,10 @@ def build(
     with `sign`). `runtime`: a pb/ folder the release carries beside the
     features (docs/ota.md 2.1): its modules ship as pb/..., compiled as
     the runtime is, and the device's boot loader runs them with the
-    features. Raises BuildError (or KeyStoreError).
+    features. `image`: an ESP32 app image (MicroPython, as esptool would
+    flash it) the release carries too, of version `image_version`: the
+    devices write it to their other app partition and boot it on trial
+    with the set (docs/ota.md 4.11). Raises BuildError (or KeyStoreError).
     """
     forms = tuple(forms)
     if not forms or any(f not in FORMS for f in forms) or len(set(forms)) != len(forms):
@@ -407,6 +431,12 @@ def build(
                 raise BuildError(f"{exc.message}; ship both forms of every module") from exc
 
     blobs = {hashlib.sha256(data).hexdigest(): compress(data) for data in contents.values()}
+    img = None
+    if image is not None:
+        if not image_version:
+            raise BuildError("an image needs its version (the MicroPython version it is, e.g. 1.24.1)")
+        img, blob = image_entry(Path(image), image_version)
+        blobs[img.sha256] = blob
     body = {
         "v": 1,
         "type": "release",
@@ -417,6 +447,7 @@ def build(
         "requires": requires,
         "created": int(now),
         **({"runtime": runtime_version(Path(runtime))} if runtime is not None else {}),
+        **({"image": img.to_dict()} if img is not None else {}),
         "features": {
             name: {
                 "version": m["version"],

@@ -177,6 +177,8 @@ def running_set(dev: DeviceProcess) -> tuple[int, str | None, list[str]]:
 
 def offer_of(release: Release, keys: ota_keys.Keys, ttl: float = 3600, now: float | None = None) -> Offer:
     blobs = {f.zsha256: release.blob_path(f).read_bytes() for f in release.files}
+    if release.image is not None and release.image_path is not None:
+        blobs[release.image.zsha256] = release.image_path.read_bytes()
     signed_at = now or time.time()
 
     def fresh(dev: str, uid: str) -> bytes:

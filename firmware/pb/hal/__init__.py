@@ -111,6 +111,17 @@ class Hal:
     def feed_watchdog(self):
         return None
 
+    def partition(self):
+        """The esp32.Partition class of the board's OTA app partitions (the
+        MicroPython image's two slots), or None if its image cannot be
+        updated (docs/ota.md 4.11)."""
+        return None
+
+    def image_valid(self):
+        """The running image is good: esp32.Partition's
+        mark_app_valid_cancel_rollback (no rollback at the next reset)."""
+        self.partition().mark_app_valid_cancel_rollback()
+
     def fault_point(self, name):
         """A point where a test may cut the power (the host backend's
         hal/faults.json); nothing happens on a board."""

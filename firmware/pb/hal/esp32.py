@@ -111,6 +111,16 @@ class Esp32Hal(Hal):
             self._wdt = machine.WDT(timeout=self.board.get("watchdog_ms", 30000))
         self._wdt.feed()
 
+    def partition(self):
+        # MicroPython built with an OTA partition table (ota_0, ota_1)
+        import esp32
+
+        try:
+            esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        except OSError:
+            return None  # a table with one app partition: no image updates
+        return esp32.Partition
+
     async def network_up(self, config):
         """Join the configured Wi-Fi; waits at most 20 s. Raises HalError."""
         import network

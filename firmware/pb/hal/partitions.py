@@ -8,165 +8,33 @@
 # (mark_app_valid_cancel_rollback() was never called) marks it "aborted" and
 # runs the other slot again. boot() is the bootloader, called by a host's boot
 # loop. Never loaded by the runtime, never provisioned to a device.
+# The device's own code sees only the slots (pb/hal/app_partition.py,
+# small: an image is written in update mode); this module is the rest:
+# otadata, the bootloader, set_boot and marking an app valid.
 import errno
 import json
 import os
 
-from ..compat import const, fsync
+from ..compat import fsync
 from ..errors import StoreError
 from ..ota.files import file_sha256, size
-from ..store import makedirs, read_bytes, write_atomic
+from ..store import makedirs, write_atomic
+from .app_partition import BLOCK, FOLDER, LABELS, OTADATA, PENDING, Partition, otadata  # noqa: F401 - the whole stand-in
 
 _TMP = ".tmp"  # pb/store.py's suffix of a replacement being written
 
-FOLDER = "flash"  # under the device's root folder
-OTADATA = "otadata.json"
-LABELS = ("ota_0", "ota_1")
-BLOCK = 4096  # the flash's erase sector, the partitions' block size
 SLOT_SIZE = 0x180000  # partitions-4MiB-ota.csv: ota_0 at 0x10000, ota_1 after it
 MAGIC = 0xE9  # the first byte of every ESP32 app image
 
 # the otadata states of ESP-IDF's esp_ota_img_states_t
 NEW = "new"
-PENDING = "pending_verify"
 VALID = "valid"
 INVALID = "invalid"
 ABORTED = "aborted"
 UNDEFINED = "undefined"  # an app esptool wrote: runs with no trial
 
-_BASE = 0x10000
-_SUBTYPE_OTA_0 = 0x10
-_IOCTL_INIT = const(1)
-_IOCTL_DEINIT = const(2)
-_IOCTL_SYNC = const(3)
-_IOCTL_BLOCK_COUNT = const(4)
-_IOCTL_BLOCK_SIZE = const(5)
-_IOCTL_BLOCK_ERASE = const(6)
 _CHUNK = 256
 _ERASED = b"\xff" * _CHUNK
-
-
-class Partition:
-    """One app slot, as esp32.Partition: Partition(Partition.RUNNING),
-    Partition(Partition.BOOT) or Partition("ota_1"). Use the class a Flash
-    binds (Flash(root).Partition, or type() of what boot() returns). Flash
-    errors are OSError, as on the board."""
-
-    BOOT = 0
-    RUNNING = 1
-    TYPE_APP = 0
-    TYPE_DATA = 1
-    flash = None  # type: Flash
-
-    def __init__(self, id, block_size=BLOCK):
-        flash = self.flash
-        if flash is None:
-            raise OSError(errno.ENODEV, "no flash bound: use Flash(root).Partition")
-        if block_size != BLOCK:
-            raise ValueError("block size %d: this flash has %d" % (block_size, BLOCK))
-        if id == Partition.RUNNING:
-            label = flash.running
-            if label is None:
-                raise OSError(errno.ENOENT, "nothing runs: boot() first")
-        elif id == Partition.BOOT:
-            label = flash.boot_label()
-        elif id in LABELS:
-            label = id
-        else:
-            raise OSError(errno.ENOENT, "no partition %r" % (id,))
-        self.label = label
-        self.index = LABELS.index(label)
-        self.path = flash.path(label)
-        self.size = size(self.path)
-
-    def __repr__(self):
-        return "<Partition type=%d, subtype=%d, address=%d, size=%d, label=%s, encrypted=0>" % self.info()[:5]
-
-    def info(self):
-        """(type, subtype, address, size, label, encrypted), as on the board."""
-        address = _BASE + self.index * self.size
-        return (Partition.TYPE_APP, _SUBTYPE_OTA_0 + self.index, address, self.size, self.label, False)
-
-    def get_next_update(self):
-        """The slot an update writes while this one runs: the other one."""
-        return type(self)(LABELS[1 - self.index])
-
-    def readblocks(self, block_num, buf, offset=0):
-        pos = self.span(block_num, len(buf), offset)
-        with open(self.path, "rb") as f:
-            f.seek(pos)
-            f.readinto(buf)
-
-    def writeblocks(self, block_num, buf, offset=None):
-        """Without offset (the simple block protocol) the blocks are erased
-        and written; with one (the extended protocol) the bytes are written
-        on what is there, as flash does: bits only go from 1 to 0, so the
-        range must have been erased first (ioctl 6). Raises OSError on the
-        running slot, and on any slot while the running one is on trial."""
-        n = len(buf)
-        if offset is None and n % BLOCK:
-            raise OSError(errno.EINVAL, "a simple write takes whole blocks, not %d bytes" % n)
-        pos = self.span(block_num, n, offset or 0)
-        self.flash.check_writable(self.label)
-        src = memoryview(buf)
-        with open(self.path, "r+b") as f:
-            if offset is None:
-                f.seek(pos)
-                f.write(src)
-            else:
-                old = bytearray(_CHUNK)
-                done = 0
-                while done < n:
-                    k = min(_CHUNK, n - done)
-                    f.seek(pos + done)
-                    f.readinto(old)
-                    for i in range(k):
-                        old[i] &= src[done + i]
-                    f.seek(pos + done)
-                    f.write(memoryview(old)[:k])
-                    done += k
-            fsync(f)
-
-    def ioctl(self, op, arg):
-        """The block device's ioctl: 4 block count, 5 block size, 6 erase
-        block arg (to 0xFF; OSError where a write would raise one)."""
-        if op == _IOCTL_BLOCK_COUNT:
-            return self.size // BLOCK
-        if op == _IOCTL_BLOCK_SIZE:
-            return BLOCK
-        if op == _IOCTL_BLOCK_ERASE:
-            pos = self.span(arg, BLOCK, 0)
-            self.flash.check_writable(self.label)
-            with open(self.path, "r+b") as f:
-                f.seek(pos)
-                for _ in range(BLOCK // _CHUNK):
-                    f.write(_ERASED)
-                fsync(f)
-            return 0
-        if op in (_IOCTL_INIT, _IOCTL_DEINIT, _IOCTL_SYNC):
-            return 0
-        return None
-
-    def set_boot(self):
-        """Boot this slot next, as esp_ota_set_boot_partition: its image is
-        checked first (OSError if it is none) and, unless it is the one
-        running, it boots in state "new", on trial."""
-        self.flash.set_boot(self.label)
-
-    @classmethod
-    def mark_app_valid_cancel_rollback(cls):
-        """The running app is good: no rollback at the next boot."""
-        if cls.flash is None:
-            raise OSError(errno.ENODEV, "no flash bound: use Flash(root).Partition")
-        cls.flash.mark_valid()
-
-    def span(self, block_num, n, offset):
-        """The file position of n bytes at block_num + offset, inside the
-        slot, or OSError."""
-        pos = block_num * BLOCK + offset
-        if block_num < 0 or offset < 0 or pos + n > self.size:
-            raise OSError(errno.EINVAL, "%d bytes at %d are outside %s" % (n, pos, self.label))
-        return pos
 
 
 class Flash:
@@ -176,7 +44,6 @@ class Flash:
 
     def __init__(self, root, slot_size=SLOT_SIZE):
         self.dir = root + "/" + FOLDER
-        self.running = None  # the slot boot() chose
         self.otadata = self.dir + "/" + OTADATA
         makedirs(self.dir)
         for label in LABELS:
@@ -186,8 +53,17 @@ class Flash:
         class BoundPartition(Partition):
             pass
 
-        BoundPartition.flash = self
+        BoundPartition.dir = self.dir
         self.Partition = BoundPartition
+
+    @property
+    def running(self):
+        """The slot boot() chose (None before it)."""
+        return self.Partition.running
+
+    @running.setter
+    def running(self, label):
+        self.Partition.running = label
 
     def path(self, label):
         return self.dir + "/" + label + ".bin"
@@ -195,18 +71,7 @@ class Flash:
     def load(self):
         """otadata, or None while it is blank (no update has been chosen),
         as ESP-IDF reads otadata that fails its CRC."""
-        raw = read_bytes(self.otadata)
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            return None
-        if (
-            not isinstance(data, dict)
-            or data.get("boot") not in LABELS
-            or not isinstance(data.get("slots"), dict)
-        ):
-            return None
-        return data
+        return otadata(self.dir)
 
     def save(self, data):
         """Replace otadata in one step: a power cut leaves the old or the
@@ -314,16 +179,6 @@ class Flash:
         if entry.get("state") != VALID:
             entry["state"] = VALID
             self.save(data)
-
-    def check_writable(self, label):
-        """OSError unless label may be written or erased: never the running
-        slot, and no slot while the running one is on trial (its rollback
-        needs the other slot as it is)."""
-        running = self.running
-        if label == running:
-            raise OSError(errno.EACCES, "%s is the running partition" % label)
-        if running is not None and self.state(running) == PENDING:
-            raise OSError(errno.EACCES, "the running app is on trial: mark it valid first")
 
     def load_factory(self, src):
         """What esptool does: the app image in file src into ota_0, otadata

@@ -63,6 +63,8 @@ def configure(agent, config, hal=None):
     agent.window = config.get("ota_window", agent.window)
     agent.timeout_ms = config.get("ota_timeout_ms", agent.timeout_ms)
     agent.tries = config.get("ota_tries", agent.tries)
+    if hal is not None:
+        agent.partition = hal.partition  # (called only for an update with an image)
 
 
 class Failed(Exception):
@@ -117,6 +119,7 @@ class Agent:
         self.battery_min = BATTERY_MIN
         self.device = None
         self.caps = {}
+        self.partition = lambda: None  # the board's esp32.Partition class, if it has one
         self.tick = None
         # room(), if set, gives back a block kept whole for reading the
         # manifest's file list (update mode: pb/ota/update_mode.py)
@@ -331,6 +334,7 @@ class Agent:
             listed = self._verified_files(job, mpath)
             job["checked"] = job["manifest"]
             self.save_job()
+        image = job.get("image")
         listed = _of_this_form(listed)
         held = self.held()
         needed = {}
@@ -345,6 +349,9 @@ class Agent:
         for f in needed.values():
             total += f["zsize"]
             need += f["zsize"] + f["size"]
+        if image:
+            total += image["zsize"]
+            need += 2 * image["segment"]  # one segment staged at a time
         free = files.free_bytes(self.base)
         if 0 <= free < need:
             raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (need, free))
@@ -369,6 +376,8 @@ class Agent:
                 files.remove(z)
                 self.fault("staged-file")
             done += f["zsize"]
+        if image:
+            await self._image(uid, job, done, total)
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         await self._charged(job)  # the install and the trial follow at once
         job["phase"] = "staged"
@@ -376,6 +385,20 @@ class Agent:
         self.fault("staged")
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
+
+    async def _image(self, uid, job, done, total):
+        """The release's MicroPython image, into the partition not running
+        (pb/ota/image.py, loaded for this alone)."""
+        from . import image
+
+        try:
+            await image.fetch(self, uid, job, self.partition(), done, total)
+        except image.Refused as exc:
+            raise Failed(str(exc)) from None
+        except OSError as exc:
+            raise Failed("image: " + format_exception(exc)) from None
+        finally:
+            forget(("pb.ota.image",))
 
     def _verified_files(self, job, mpath):
         """The file list of the staged manifest once its signatures and the
@@ -405,20 +428,26 @@ class Agent:
         finally:
             forget(CHECK_MODULES)
         listed = body["files"]
+        if "image" in body:
+            if self.partition() is None:
+                raise Failed("wrong_hardware: this board cannot update its MicroPython image")
+            job["image"] = body["image"]  # (saved with the job: update mode reads no manifest for it)
         body = None
         collect()
         return listed
 
-    async def _fetch(self, uid, obj, sha, path, total, job):
-        """Fetch obj into path, appending to the bytes already there."""
+    async def _fetch(self, uid, obj, sha, path, total, job, origin=0):
+        """Fetch total bytes of obj from byte origin into path, appending to
+        the bytes already there."""
         have = files.size(path)
         if have > total:
             files.remove(path)
         have = max(files.size(path), 0)
-        self._sink = [unhex(sha[:16]), open(path, "ab" if have else "wb"), have]
+        self._sink = [unhex(sha[:16]), open(path, "ab" if have else "wb"), origin + have]
         self._out = {}
         self._error = None
-        nxt = have
+        nxt = origin + have
+        total += origin
         try:
             while self._sink[2] < total:
                 self.check_cancel(uid)
@@ -501,6 +530,6 @@ def _keep_only(stage, needed):
         if name == "manifest.json":
             continue
         sha = name.split(".")[0]
-        if sha in needed and name in (sha, sha + ".z", sha + ".tmp"):
+        if name == "image.z" or (sha in needed and name in (sha, sha + ".z", sha + ".tmp")):
             continue
         files.remove_tree(stage + name)

@@ -34,14 +34,17 @@ def is_dir(path):
         return False
 
 
-def file_sha256(path, limit=-1):
-    """(size, SHA-256 hex) of a file. With limit >= 0, stops after limit + 1
-    bytes, so a file longer than expected is seen without reading it all."""
+def file_sha256(path, limit=-1, start=0):
+    """(size, SHA-256 hex) of a file, from byte start. With limit >= 0, stops
+    after limit + 1 bytes, so a file longer than expected is seen without
+    reading it all."""
     h = hashlib.sha256()
     buf = bytearray(_BUF)
     mv = memoryview(buf)
     n = 0
     with open(path, "rb") as f:
+        if start:
+            f.seek(start)
         while True:
             k = f.readinto(buf)
             if not k:
@@ -50,10 +53,10 @@ def file_sha256(path, limit=-1):
             h.update(mv[:k])
             if 0 <= limit < n:
                 break
-    return n, _hex(h.digest())
+    return n, hex_of(h.digest())
 
 
-def _hex(b):
+def hex_of(b):
     return "".join("%02x" % x for x in b)
 
 
@@ -65,17 +68,17 @@ def inflate(src, dst, max_size):
     buf = bytearray(_BUF)
     mv = memoryview(buf)
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        for chunk in _inflated(fi, buf, mv):
+        for chunk in inflated(fi, buf, mv):
             n += len(chunk)
             if n > max_size:
                 return max_size + 1, ""
             h.update(chunk)
             fo.write(chunk)
         fsync(fo)
-    return n, _hex(h.digest())
+    return n, hex_of(h.digest())
 
 
-def _inflated(fi, buf, mv):
+def inflated(fi, buf, mv):
     if MICROPYTHON:
         import deflate
 

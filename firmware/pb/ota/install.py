@@ -35,32 +35,44 @@ def verify(pub, msg, sig, tick=None):
     return ed_verify(pub, msg, sig, tick)
 
 
-def install_staged(base, device, now, fault=None, room=None):
+def install_staged(base, device, now, fault=None, room=None, partition=None):
     """Install a staged update, if there is one (device: id, model, caps, api);
     True if there was one, installed or refused: the device then resets, so
-    that the new set's trial starts on a fresh heap. room(), if given,
-    frees a block the boot kept whole for the signature check."""
+    that the new set's trial starts on a fresh heap (False too when the new
+    image already runs: its trial goes on at this boot). room(), if given,
+    frees a block the boot kept whole for the signature check; partition:
+    the board's esp32.Partition class, for an update with an image."""
     job = flash.read_job(base, "staged")
-    if job is not None:
-        install(base, job, device, _running(base), now, fault, room=room)
-    return job is not None
+    if job is None:
+        return False
+    p = install(base, job, device, _running(base), now, fault, room=room, partition=partition)
+    # (the new image runs already, on trial: a power cut came after it was
+    # chosen to boot. The bootloader would take a reset now for a failed start)
+    return not (p and p.get("image") and partition(partition.RUNNING).info()[4] == p["image"])
 
 
-def install(base, job, device, running, now, fault=None, tick=None, room=None):
+def install(base, job, device, running, now, fault=None, tick=None, room=None, partition=None):
     """Check and activate a staged update. device: (device id, model, caps,
-    api); running: (set dir, counter, manifest) of the running set. Returns
-    the new pointer, or None if the update failed (reported, staging removed)."""
+    api); running: (set dir, counter, manifest) of the running set;
+    partition: the board's esp32.Partition class (an update with an image).
+    Returns the new pointer, or None if the update failed (reported,
+    staging removed)."""
     fault = fault or (lambda name: None)
     done = flash.read_pointer(base)
     if done and done.get("update") == job["id"] and done.get("manifest") == job["manifest"]:
-        # the pointer switched before the power went: only the tidying is left
+        # the pointer switched before the power went: only the tidying is
+        # left, and the image chosen to boot if that was cut short too
+        label = done.get("image")
+        if label and partition is not None and partition(partition.RUNNING).info()[4] != label:
+            partition(label).set_boot()
+            fault("image-boot")
         _tidy(base, job, now)
         return done
     job["installs"] = job.get("installs", 0) + 1
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        p = _install(base, job, device, running, now, fault, tick)
+        p = _install(base, job, device, running, now, fault, tick, partition)
     except MemoryError as exc:
         if job["installs"] < _MAX_INSTALLS:
             raise  # a short heap, not a bad update: the device resets and tries again
@@ -93,7 +105,7 @@ def _running(base):
     return (None, 0, None)
 
 
-def check_fetched(base, device, now, room=None):
+def check_fetched(base, device, now, room=None, partition=None):
     """Check the signatures of a manifest that update mode fetched and left
     for the boot to check (its heap is too small for Ed25519), before any
     blob is fetched. A refusal is reported and ends the update. True if a
@@ -101,7 +113,7 @@ def check_fetched(base, device, now, room=None):
     heap the check's code has not cut up."""
     job = flash.read_job(base, "downloading")
     if job is not None and flash.to_check(job):
-        _check_fetched(base, job, device, _running(base)[1], now, room)
+        _check_fetched(base, job, device, _running(base)[1], now, room, partition)
         return True
     return False
 
@@ -118,7 +130,7 @@ def _trust_state(base):
     return read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
 
 
-def _check_fetched(base, job, device, run_counter, now, room=None):
+def _check_fetched(base, job, device, run_counter, now, room=None, partition=None):
     """At boot, on a nearly empty heap: check_release for a manifest that
     update mode fetched, before it fetches any blob. Passed, the job is
     marked checked (update mode goes on); refused, the update fails
@@ -128,7 +140,12 @@ def _check_fetched(base, job, device, run_counter, now, room=None):
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        check_release(base, job, device, run_counter, [_staged_manifest(base, job)])
+        body = check_release(base, job, device, run_counter, [_staged_manifest(base, job)])[0]
+        if "image" in body:
+            if partition is None:
+                raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
+            job["image"] = body["image"]  # (update mode reads no manifest for it)
+        body = None
     except MemoryError:
         if job["checks"] < _MAX_INSTALLS:
             raise
@@ -206,7 +223,7 @@ def check_release(base, job, device, run_counter, data, tick=None):
     return body, fbody
 
 
-def _install(base, job, device, running, now, fault, tick):
+def _install(base, job, device, running, now, fault, tick, partition=None):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
     body, fbody = check_release(base, job, device, run_counter, [_staged_manifest(base, job)], tick)
@@ -222,6 +239,7 @@ def _install(base, job, device, running, now, fault, tick):
 
     listed = device_files(body["files"])
     counter = body["counter"]
+    image = body.get("image")
     body = fbody = None  # the manifest's copies: RAM for the rest
     collect()
     _step[0] = "assembling the set"
@@ -246,9 +264,27 @@ def _install(base, job, device, running, now, fault, tick):
         "boots": 0,
         "update": job["id"],
     }
+    part = None
+    if image:
+        # the image the download wrote, hashed again: it boots next, on
+        # trial with the set (docs/ota.md 4.11)
+        _step[0] = "checking the image"
+        from .image import Refused, check_written
+
+        try:
+            part = check_written(partition, image)
+        except Refused as exc:
+            raise TrustError("mismatch", str(exc)) from None
+        pointer["image"] = part.info()[4]
     fault("activate")
     loader.write_pointer(base, pointer)
     fault("activated")
+    if part is not None:
+        # after the pointer: a power cut between the two leaves the old
+        # image running, which the boot loader takes for an image that did
+        # not start (a rollback), never the new image with the old set
+        part.set_boot()
+        fault("image-boot")
     return pointer
 
 

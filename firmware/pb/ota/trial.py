@@ -51,6 +51,11 @@ def commit(u):
     from .report import status
 
     path, data = u.commit_to
+    if p.get("image"):
+        # the new image first: committed with the set, it must not be
+        # rolled back by the bootloader at the next reset (docs/ota.md 4.11)
+        d.hal.image_valid()
+        d.hal.fault_point("image-valid")
     write_atomic(path, data)  # the pointer, as pb/ota/flash.py commit_of made it
     u.boot.pointer = q = dict(p)
     q["state"] = "committed"

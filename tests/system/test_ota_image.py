@@ -1,0 +1,280 @@
+"""Updates of the MicroPython image (docs/ota.md 4.11), on the real
+MicroPython unix port with the file-backed stand-in for the ESP32's two app
+partitions (firmware/pb/hal/partitions.py: otadata, and the bootloader's
+rollback of an image never marked valid, run by main.py's supervisor before
+every start as a board's bootloader runs before MicroPython).
+
+The image is a made-up ESP32 app image (its magic byte, then bytes that
+compress as code does): no ESP32 runs here, and the unix port cannot run an
+ESP32 image anyway; what is tested is what the device does with one:
+streamed into the partition it does not run a segment at a time, hashed
+against the signed manifest, chosen to boot with the new set on trial,
+marked valid only when the trial commits, and rolled back with the set when
+it is not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.provision import provision_into
+from ota import keys as ota_keys
+from ota.release import Release, build
+
+from ..support.mosquitto import Mosquitto
+from ..support.ota_server import OtaServer
+from ..support.processes import SMALL_HEAP, DeviceProcess
+from ..support.wait import wait_for
+from .conftest import OTA_CONFIG, feature_sources, offer_of, running_set
+
+pytestmark = pytest.mark.slow
+
+SLOT = 256 * 1024  # each app partition of these devices
+# The stand-in's slots are Python code on the heap (pb/hal/app_partition.py,
+# some 9.6 KB of it on the 64-bit unix port), where a board's esp32.Partition
+# is built into the firmware: these devices get that much more than SMALL_HEAP
+IMAGE_HEAP = "%dK" % (int(SMALL_HEAP[:-1]) + 16)
+ENDS = ("committed", "failed", "rolled_back")
+
+
+def made_up_image(n: int, seed: int) -> bytes:
+    """n bytes that start as an ESP32 app image does and compress about as
+    well as one (words of a small vocabulary)."""
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(rnd.randrange(2, 9)) for _ in range(300)]
+    out = bytearray(b"\xe9\x06\x02\x20")
+    while len(out) < n:
+        out += rnd.choice(words)
+    return bytes(out[:n])
+
+
+@dataclass
+class Template:
+    path: Path
+    factory: bytes
+    release: Release
+    points: list[tuple[int, str]]  # the fault points of one whole update, in order
+
+
+@pytest.fixture(scope="module")
+def template(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto, keys: ota_keys.Keys
+) -> Iterator[Template]:
+    """A provisioned device folder running a factory image in ota_0, a
+    release (counter 2) carrying a new image, and the fault points of the
+    whole update, counted by a first run."""
+    tmp = tmp_path_factory.mktemp("image")
+    factory = made_up_image(150_000, 1)
+    (tmp / "factory.bin").write_bytes(factory)
+    (tmp / "new.bin").write_bytes(made_up_image(170_000, 2))
+    src = feature_sources(tmp / "src", ("thermostat",))
+    release = build(
+        "thermostat", src, "2.0", tmp / "r", 2, ("mpy",), keys, image=tmp / "new.bin", image_version="1.29.1"
+    )
+    folder = tmp / "device"
+    provision_into(
+        folder,
+        "thermostat",
+        "img-template",
+        mosquitto.url,
+        password=secrets.token_urlsafe(12),
+        compile_mpy=True,
+        root=(keys.path / "root.json").read_bytes(),
+        trial_s=2,
+        telemetry_s=1,
+        keepalive=10,
+        image=tmp / "factory.bin",
+        image_slot=SLOT,
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **OTA_CONFIG}))
+    shutil.rmtree(folder / "hal")
+    dev = start_copy(folder, tmp, mosquitto, {"log": True})
+    srv = OtaServer(mosquitto, dev.id, offer_of(release, keys))
+    try:
+        srv.offer()
+        end = srv.wait_for(ENDS, 120)
+        assert end["state"] == "committed", (end, dev.output()[-3000:])
+    finally:
+        srv.close()
+        dev.kill()
+    log = (dev.path / "hal" / "fault_points.log").read_text().split("\n")
+    points = [(int(n), name) for n, name in (line.split(" ", 1) for line in log if line)]
+    yield Template(folder, factory, release, points)
+
+
+def start_copy(template: Path, tmp: Path, mosquitto: Mosquitto, faults: dict[str, object]) -> DeviceProcess:
+    """A device of its own, copied from the template (its flash too), powered up."""
+    dev_id = f"img-{secrets.token_hex(3)}"
+    folder = tmp / dev_id
+    shutil.copytree(template, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["device"] = config["broker"]["user"] = dev_id
+    (folder / "config.json").write_text(json.dumps(config))
+    mosquitto.add_user(dev_id, config["broker"]["password"])
+    (folder / "hal").mkdir(exist_ok=True)
+    (folder / "hal" / "sensors.json").write_text(json.dumps({"temperature": 20.0}))
+    (folder / "hal" / "faults.json").write_text(json.dumps(faults))
+    dev = DeviceProcess(folder, heap=IMAGE_HEAP)
+    dev.start()
+    wait_for(lambda: "booted" in dev.output(), 20, what=f"{dev_id} boot")
+    return dev
+
+
+def otadata(dev: DeviceProcess) -> dict:
+    return json.loads((dev.path / "flash" / "otadata.json").read_text())
+
+
+def image_in(dev: DeviceProcess, label: str, n: int) -> bytes:
+    return (dev.path / "flash" / f"{label}.bin").read_bytes()[:n]
+
+
+def assert_on_new_image(dev: DeviceProcess, t: Template) -> None:
+    """The new set runs on the new image, committed, which stays."""
+    assert t.release.image is not None
+    od = otadata(dev)
+    assert (od["boot"], od["slots"]["ota_1"]["state"]) == ("ota_1", "valid"), od
+    new = image_in(dev, "ota_1", t.release.image.size)
+    assert hashlib.sha256(new).hexdigest() == t.release.image.sha256
+    pointer = json.loads((dev.path / "ota" / "active.json").read_text())
+    assert (pointer["state"], pointer["image"], pointer["counter"]) == ("committed", "ota_1", 2), pointer
+
+
+def assert_on_old_image(dev: DeviceProcess, t: Template) -> None:
+    """The factory set runs on the factory image, which stays."""
+    od = otadata(dev)
+    assert od["boot"] == "ota_0", od
+    assert od["slots"].get("ota_1", {}).get("state") in (None, "aborted", "invalid"), od
+    assert image_in(dev, "ota_0", len(t.factory)) == t.factory
+    assert running_set(dev)[0] == 0
+
+
+def test_a_release_with_an_image_boots_it_on_trial_and_marks_it_valid_at_the_commit(
+    template: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    # (the template's first run was that update: this one checks what it left)
+    dev = start_copy(template.path, tmp_path, mosquitto, {})
+    srv = OtaServer(mosquitto, dev.id, offer_of(template.release, keys))
+    try:
+        srv.offer()
+        end = srv.wait_for(ENDS, 120)
+        assert end["state"] == "committed", (end, dev.output()[-3000:])
+        states = [s["state"] for s in srv.seen if s.get("id") == end["id"]]
+        assert states.index("downloading") < states.index("staged") < states.index("trial"), states
+        # the status counted the image's bytes with the files'
+        last = [s for s in srv.seen if s["state"] == "downloading"][-1]
+        assert template.release.image is not None
+        assert last["bytes"] == last["total"] >= template.release.image.zsize, last
+        wait_for(lambda: otadata(dev)["slots"]["ota_1"]["state"] == "valid", 20, what="ota_1 marked valid")
+        assert_on_new_image(dev, template)
+        stage = dev.path / "ota" / "stage"
+        assert not stage.exists() or not any(stage.iterdir())
+        # a power cut: the bootloader runs the new image, no trial left
+        boots = dev.output().count("booted")
+        dev.kill()
+        dev.start()
+        wait_for(lambda: dev.output().count("booted") > boots, 20, what="the boot after the cut")
+        assert_on_new_image(dev, template)
+        assert running_set(dev)[:2] == (2, template.release.sha256)
+    finally:
+        srv.close()
+        dev.kill()
+
+
+def point(t: Template, name: str, nth: int = 0) -> int:
+    """The index of the nth fault point of that name in the update."""
+    found = [k for k, n in t.points if n == name]
+    assert found, (name, sorted({n for _, n in t.points}))
+    return found[nth]
+
+
+def cut_and_restart(
+    t: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, k: int, tmp: Path
+) -> tuple[DeviceProcess, dict]:
+    """The update with the power cut at point k, then the device powered up
+    again; the device (stopped) and the update's end."""
+    dev = start_copy(t.path, tmp, mosquitto, {"log": True, "crash_at": k})
+    srv = OtaServer(mosquitto, dev.id, offer_of(t.release, keys))
+    try:
+        srv.offer()
+        wait_for(lambda: not dev.running, 120, what=f"{dev.id} killed at point {k}")
+        (dev.path / "hal" / "faults.json").unlink()
+        dev.proc = None
+        dev.start()
+        end = srv.wait_for(ENDS, 120)
+        wait_for(lambda: not (dev.path / "ota" / "job.json").exists(), 20, what="the job ended")
+        if end["state"] == "committed":
+            wait_for(lambda: otadata(dev)["slots"]["ota_1"]["state"] == "valid", 20, what="ota_1 valid")
+        return dev, end
+    except BaseException as exc:
+        raise AssertionError(f"cut at point {k}: {exc}\n{dev.output()[-2500:]}") from exc
+    finally:
+        srv.close()
+        dev.kill()
+
+
+def test_an_image_never_marked_valid_goes_back_with_the_set(
+    template: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    # the power goes during the trial, before the commit: the bootloader
+    # finds the new image still pending and goes back to ota_0, and the boot
+    # loader takes the set back with it: never the new set on the old image
+    dev, end = cut_and_restart(template, mosquitto, keys, point(template, "trial-checked"), tmp_path)
+    assert end["state"] == "rolled_back", end
+    assert end["reason"] == "the new MicroPython image did not start (ota_0 runs)", end
+    assert_on_old_image(dev, template)
+    assert otadata(dev)["slots"]["ota_1"]["state"] == "aborted"
+    pointer = json.loads((dev.path / "ota" / "active.json").read_text())
+    assert (pointer["set"], pointer["state"]) == ("features", "committed"), pointer
+
+
+# where a cut leaves the update: it completes, or (the new image was booted
+# and not yet marked valid) it is rolled back with the set
+EXPECTED = {
+    "chunk": "committed",
+    "image-segment": "committed",
+    "staged": "committed",
+    "verified": "committed",
+    "activate": "committed",
+    "activated": "committed",
+    "image-boot": "committed",
+    "installed": "committed",
+    "trial-boot": "rolled_back",
+    "trial-checked": "rolled_back",
+    "commit": "rolled_back",
+    "image-valid": "committed",
+    "committed": "committed",
+}
+
+
+@pytest.mark.long
+def test_power_cuts_during_an_image_update_leave_image_and_set_together(
+    template: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    names = {n for _, n in template.points}
+    assert {"image-segment", "image-boot", "image-valid"} <= names, names
+    cuts = sorted({point(template, name, nth) for name in EXPECTED if name in names for nth in (0, -1)})
+
+    def one(k: int) -> tuple[int, str, str]:
+        dev, end = cut_and_restart(template, mosquitto, keys, k, tmp_path)
+        name = dict(template.points)[k]
+        if end["state"] == "committed":
+            assert_on_new_image(dev, template)
+        else:
+            assert_on_old_image(dev, template)
+        return k, name, end["state"]
+
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(one, cuts))
+    print("\n" + "; ".join(f"{k}:{name} -> {state}" for k, name, state in outcomes))
+    wrong = [(k, name, state) for k, name, state in outcomes if state != EXPECTED[name]]
+    assert not wrong, wrong
