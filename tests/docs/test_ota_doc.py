@@ -39,10 +39,12 @@ from firmware.pb.net import wire
 from firmware.pb.ota import clock, flash, forms, install, report, trust
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
+from firmware.pb.ota import image as device_image
 from firmware.pb.peer import ota_transfer as otaproto
 from gateway import clock as gw_clock
 from gateway import updater as gw_updater
 from gateway import updates as gw_updates
+from ota import image as ota_image
 from ota import release as ota_release
 from ota.envelope import canonical
 from ota.keys import Keys, freshness, keygen, time_statement
@@ -683,6 +685,9 @@ def _limit_sources() -> dict[str, Any]:
         "trust.MAX_SENT_ROOT": trust.MAX_SENT_ROOT,
         "trust.MAX_FILES": trust.MAX_FILES,
         "trust.MAX_PATH": trust.MAX_PATH,
+        "trust.MAX_IMAGE": trust.MAX_IMAGE,
+        "trust.MAX_SEGMENT": trust.MAX_SEGMENT,
+        "image.FRAME": device_image.FRAME,
         "transfer.MAX_CHUNK": otaproto.MAX_CHUNK,
         "transfer.CHUNK_HEADER": otaproto.CHUNK_HEADER,
         "files._WBITS": otafs._WBITS,
@@ -710,6 +715,8 @@ def test_limits_table_matches_the_code() -> None:
 
 def test_limits_that_live_in_two_places_agree() -> None:
     assert ota_release.ZLIB_WBITS == otafs._WBITS
+    assert ota_image.FRAME == device_image.FRAME and ota_image.SEGMENT <= trust.MAX_SEGMENT
+    assert device_image.BLOCK == trust.IMAGE_BLOCK
     assert "max_packet=wire.MAX_PACKET" in (PB / "ota" / "update_mode.py").read_text()
     assert runtime.MAX_PACKET is wire.MAX_PACKET
     assert keyword_values(runtime, "MQTTClient", "max_packet") == []  # it passes runtime.MAX_PACKET by name

@@ -75,10 +75,16 @@ def test_an_install_out_of_ram_three_times_fails_saying_where(tmp_path: Path) ->
     failed = []
     # heaps around what the install needs: where the imports fit but not the
     # rest (which heap that is moves with the code, so several are tried)
-    for kb in range(40, 129, 2):
+    for kb in range(20, 81, 2):
         base = tmp_path / f"dev{kb}"
         staged(base, keys, rel, now)
-        out = micropython.run_json_lines(INSTALL, [[str(base), now]], heap=f"{kb}K")
+        try:
+            out = micropython.run_json_lines(INSTALL, [[str(base), now]], heap=f"{kb}K", compiled=True)
+        except micropython.MicroPythonFailed as exc:
+            assert "MemoryError" in str(exc) and "line 3," in str(exc), (
+                exc
+            )  # (import loader: too small a heap)
+            continue
         reports = json.loads((base / "ota" / "reports.json").read_text()) if out[-1] == "ended" else []
         for r in reports:
             if r["state"] == "failed":

@@ -135,7 +135,7 @@ def _image_trial(base: Path, job_phase: str | None) -> None:
 def test_a_trial_runs_on_the_image_it_was_installed_with(tmp_path: Path) -> None:
     _image_trial(tmp_path, None)
     root, p, trial, report = loader.decide(str(tmp_path), "ota_1")
-    assert (root, trial, report) == (f"{tmp_path}/ota/b/features", True, None)
+    assert (root, p["boots"], trial, report) == (f"{tmp_path}/ota/b/features", 1, True, None)
 
 
 def test_a_trial_whose_image_the_bootloader_left_rolls_back_the_set(tmp_path: Path) -> None:
@@ -153,4 +153,4 @@ def test_an_install_cut_before_it_chose_the_image_is_left_to_finish(tmp_path: Pa
     # which runs next at this boot, chooses the image and resets
     _image_trial(tmp_path, "staged")
     root, p, trial, report = loader.decide(str(tmp_path), "ota_0")
-    assert (p["set"], trial, report) == ("ota/b", True, None)
+    assert (root, p["set"], trial, report) == (f"{tmp_path}/ota/b/features", "ota/b", True, None)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from firmware.pb.hal import app_partition
 from firmware.pb.hal import partitions as pt
 
 from ..support import micropython
@@ -207,7 +208,7 @@ def test_a_write_cut_after_a_rename_cut_short_keeps_the_otadata(tmp_path: Path) 
         Path(path + ".tmp").write_bytes(data[: len(data) // 2])
         raise PowerCut
 
-    with mock.patch.object(pt, "write_atomic", torn), pytest.raises(PowerCut):
+    with mock.patch.object(app_partition, "write_atomic", torn), pytest.raises(PowerCut):
         pt.boot(str(tmp_path), SIZE)  # ota_1 to be on trial: cut as otadata is written
     flash = pt.Flash(str(tmp_path), SIZE)
     assert flash.state(B) == pt.NEW and flash.boot().info()[4] == B
@@ -424,7 +425,7 @@ class PartitionMachine(RuleBasedStateMachine):
         else:
             self.model_boot()
             real = self.flash.boot
-        with mock.patch.object(pt, "write_atomic", cut_write):
+        with mock.patch.object(app_partition, "write_atomic", cut_write):
             try:
                 real()
             except PowerCut:

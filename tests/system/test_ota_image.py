@@ -42,7 +42,7 @@ SLOT = 256 * 1024  # each app partition of these devices
 # The stand-in's slots are Python code on the heap (pb/hal/app_partition.py,
 # some 9.6 KB of it on the 64-bit unix port), where a board's esp32.Partition
 # is built into the firmware: these devices get that much more than SMALL_HEAP
-IMAGE_HEAP = "%dK" % (int(SMALL_HEAP[:-1]) + 16)
+IMAGE_HEAP = f"{int(SMALL_HEAP[:-1]) + 16}K"
 ENDS = ("committed", "failed", "rolled_back")
 
 

@@ -1,20 +1,26 @@
 # The part of a host's stand-in for esp32.Partition (pb/hal/partitions.py)
-# that a device's own code uses to write an image: a slot's blocks, its
-# size, the slot after the running one. Kept apart and small, as the image
-# download runs in update mode on a small heap; choosing the slot to boot
-# and marking the running one valid (otadata) load pb/hal/partitions.py.
+# that a device's own code uses: a slot's blocks, its size, the slot after
+# the running one, set_boot and marking the running app valid (otadata).
+# Kept apart and small, as the image download runs in update mode on a
+# small heap; the bootloader and what esptool does are in partitions.py.
 # A board uses esp32.Partition instead. Never provisioned to a board.
 import json
 import os
 
 from ..compat import fsync
-from ..store import read_bytes
+from ..errors import StoreError
+from ..store import read_bytes, write_atomic
 
 FOLDER = "flash"  # under the device's root folder
 OTADATA = "otadata.json"
 LABELS = ("ota_0", "ota_1")
 BLOCK = 4096  # the flash's erase sector, the partitions' block size
+MAGIC = 0xE9  # the first byte of every ESP32 app image
+# otadata states, of ESP-IDF's esp_ota_img_states_t (the others: partitions.py)
+NEW = "new"
 PENDING = "pending_verify"
+VALID = "valid"
+_TMP = ".tmp"  # pb/store.py's suffix of a replacement being written
 _BASE = 0x10000
 _SUBTYPE_OTA_0 = 0x10
 _CHUNK = 256
@@ -31,8 +37,12 @@ class Partition:
     RUNNING = 1
     TYPE_APP = 0
     TYPE_DATA = 1
-    dir = None  # <root>/flash, bound
-    running = None  # the label the bootloader chose
+    dir = None  # type: str  # <root>/flash, bound
+    running = None  # type: str  # the label the bootloader chose
+    label = ""
+    index = 0
+    path = ""
+    size = 0
 
     def __init__(self, id, block_size=BLOCK):
         if self.dir is None:
@@ -127,23 +137,14 @@ class Partition:
         """Boot this slot next, as esp_ota_set_boot_partition: its image is
         checked first (OSError if it is none) and, unless it is the one
         running, it boots in state "new", on trial."""
-        self.flash().set_boot(self.label)
+        set_boot(self.dir, self.running, self.label)
 
     @classmethod
     def mark_app_valid_cancel_rollback(cls):
         """The running app is good: no rollback at the next boot."""
-        cls.flash().mark_valid()
-
-    @classmethod
-    def flash(cls):
-        """The whole flash (its otadata: pb/hal/partitions.py), as bound."""
         if cls.dir is None:
             raise OSError(19, "no flash bound: use Flash(root).Partition")
-        from .partitions import Flash
-
-        f = Flash(cls.dir[: -len(FOLDER) - 1])
-        f.running = cls.running
-        return f
+        mark_valid(cls.dir, cls.running)
 
     def span(self, block_num, n, offset):
         """The file position of n bytes at block_num + offset, inside the
@@ -181,3 +182,68 @@ def otadata(folder):
     ):
         return None
     return data
+
+
+def save_otadata(folder, data):
+    """Replace otadata in one step: a power cut leaves the old or the new.
+    None erases it (an empty record reads as blank)."""
+    path = folder + "/" + OTADATA
+    raw = b"" if data is None else json.dumps(data).encode("utf-8")
+    try:
+        _settle(path)
+        write_atomic(path, raw)
+    except (OSError, StoreError) as exc:
+        raise OSError(5, str(exc)) from exc  # EIO
+
+
+def magic(path):
+    with open(path, "rb") as f:
+        first = f.read(1)
+    return first[0] if first else -1
+
+
+def set_boot(folder, running, label):
+    """esp_ota_set_boot_partition for the slot label, running running."""
+    from ..ota.files import file_sha256
+
+    data = otadata(folder)
+    entry = data["slots"].get(running) if data and running else None
+    if running is not None and label != running and entry and entry.get("state") == PENDING:
+        # as esp_ota_begin: an update starts from a confirmed app only
+        raise OSError(13, "the running app is on trial: mark it valid first")
+    path = folder + "/" + label + ".bin"
+    if magic(path) != MAGIC:
+        raise OSError(22, "%s holds no app image" % label)
+    data = data or {"v": 1, "boot": LABELS[0], "slots": {}}
+    if label != running or data["slots"].get(label) is None:
+        data["slots"][label] = {"state": NEW, "sha256": file_sha256(path)[1]}
+    data["boot"] = label
+    save_otadata(folder, data)
+
+
+def mark_valid(folder, running):
+    """esp_ota_mark_app_valid_cancel_rollback for the running slot."""
+    if running is None:
+        raise OSError(2, "nothing runs: boot() first")
+    data = otadata(folder)
+    entry = data["slots"].get(running) if data else None
+    if entry is None:
+        raise OSError(2, "otadata names no state for %s" % running)
+    if entry.get("state") != VALID:
+        entry["state"] = VALID
+        save_otadata(folder, data)
+
+
+def _settle(path):
+    """Finish a replacement that a power cut left as path's .tmp alone (on
+    FAT, after write_atomic's remove and before its rename): the next
+    write_atomic would truncate that one copy before its own rename."""
+    if _size(path) < 0 and _size(path + _TMP) >= 0:
+        os.rename(path + _TMP, path)
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1

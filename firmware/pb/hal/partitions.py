@@ -12,23 +12,32 @@
 # small: an image is written in update mode); this module is the rest:
 # otadata, the bootloader, set_boot and marking an app valid.
 import errno
-import json
-import os
 
 from ..compat import fsync
-from ..errors import StoreError
 from ..ota.files import file_sha256, size
-from ..store import makedirs, write_atomic
-from .app_partition import BLOCK, FOLDER, LABELS, OTADATA, PENDING, Partition, otadata  # noqa: F401 - the whole stand-in
+from ..store import makedirs
+from .app_partition import (  # noqa: F401 - the whole stand-in
+    BLOCK,
+    FOLDER,
+    LABELS,
+    MAGIC,
+    NEW,
+    OTADATA,
+    PENDING,
+    VALID,
+    Partition,
+    magic,
+    mark_valid,
+    otadata,
+    save_otadata,
+    set_boot,
+)
 
 _TMP = ".tmp"  # pb/store.py's suffix of a replacement being written
 
 SLOT_SIZE = 0x180000  # partitions-4MiB-ota.csv: ota_0 at 0x10000, ota_1 after it
-MAGIC = 0xE9  # the first byte of every ESP32 app image
 
 # the otadata states of ESP-IDF's esp_ota_img_states_t
-NEW = "new"
-VALID = "valid"
 INVALID = "invalid"
 ABORTED = "aborted"
 UNDEFINED = "undefined"  # an app esptool wrote: runs with no trial
@@ -76,12 +85,7 @@ class Flash:
     def save(self, data):
         """Replace otadata in one step: a power cut leaves the old or the
         new. None erases it (an empty record reads as blank)."""
-        raw = b"" if data is None else json.dumps(data).encode("utf-8")
-        try:
-            _settle(self.otadata)
-            write_atomic(self.otadata, raw)
-        except (OSError, StoreError) as exc:
-            raise OSError(errno.EIO, str(exc)) from exc
+        save_otadata(self.dir, data)
 
     def state(self, label):
         """The slot's otadata state, or None if it was never chosen."""
@@ -95,9 +99,7 @@ class Flash:
         return data["boot"] if data else LABELS[0]
 
     def magic(self, label):
-        with open(self.path(label), "rb") as f:
-            first = f.read(1)
-        return first[0] if first else -1
+        return magic(self.path(label))
 
     def image_ok(self, label, entry):
         """The slot holds the image its entry was made for: the ESP32 magic
@@ -155,30 +157,10 @@ class Flash:
         return self.Partition(chosen)
 
     def set_boot(self, label):
-        running = self.running
-        if running is not None and label != running and self.state(running) == PENDING:
-            # as esp_ota_begin: an update starts from a confirmed app only
-            raise OSError(errno.EACCES, "the running app is on trial: mark it valid first")
-        if self.magic(label) != MAGIC:
-            raise OSError(errno.EINVAL, "%s holds no app image" % label)
-        data = self.load() or {"v": 1, "boot": LABELS[0], "slots": {}}
-        entry = data["slots"].get(label)
-        if label != running or entry is None:
-            data["slots"][label] = {"state": NEW, "sha256": file_sha256(self.path(label))[1]}
-        data["boot"] = label
-        self.save(data)
+        set_boot(self.dir, self.running, label)
 
     def mark_valid(self):
-        running = self.running
-        if running is None:
-            raise OSError(errno.ENOENT, "nothing runs: boot() first")
-        data = self.load()
-        entry = data["slots"].get(running) if data else None
-        if entry is None:
-            raise OSError(errno.ENOENT, "otadata names no state for %s" % running)
-        if entry.get("state") != VALID:
-            entry["state"] = VALID
-            self.save(data)
+        mark_valid(self.dir, self.running)
 
     def load_factory(self, src):
         """What esptool does: the app image in file src into ota_0, otadata
@@ -205,14 +187,6 @@ def boot(root, slot_size=SLOT_SIZE):
     """Power on the device whose flash is under root: the bootloader runs
     and returns the Partition to run (its class is the one to use)."""
     return Flash(root, slot_size).boot()
-
-
-def _settle(path):
-    """Finish a replacement that a power cut left as path's .tmp alone (on
-    FAT, after write_atomic's remove and before its rename): the next
-    write_atomic would truncate that one copy before its own rename."""
-    if size(path) < 0 and size(path + _TMP) >= 0:
-        os.rename(path + _TMP, path)
 
 
 def _blank(path, n):

@@ -313,7 +313,7 @@ class Agent:
         mpath = stage + "manifest.json"
         if files.size(mpath) != job["size"] or files.file_sha256(mpath)[1] != job["manifest"]:
             files.remove(mpath)
-            await self._fetch(uid, "manifest", job["manifest"], mpath, job["size"], job)
+            await self.fetch(uid, "manifest", job["manifest"], mpath, job["size"], job)
             if files.file_sha256(mpath)[1] != job["manifest"]:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
@@ -362,7 +362,7 @@ class Agent:
             if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
                 self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
                 z = staged + ".z"
-                await self._fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
+                await self.fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
                 if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
                     files.remove(z)
                     raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
@@ -436,7 +436,7 @@ class Agent:
         collect()
         return listed
 
-    async def _fetch(self, uid, obj, sha, path, total, job, origin=0):
+    async def fetch(self, uid, obj, sha, path, total, job, origin=0):
         """Fetch total bytes of obj from byte origin into path, appending to
         the bytes already there."""
         have = files.size(path)

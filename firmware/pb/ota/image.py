@@ -76,13 +76,13 @@ async def fetch(agent, uid, job, partition, done, total):
     while at[0] < image["size"]:
         agent.report("downloading", uid, bytes=done + at[1], total=total, counter=job["counter"])
         if files.size(path) < FRAME:
-            await agent._fetch(uid, image["zsha256"], image["zsha256"], path, FRAME, job, at[1])
+            await agent.fetch(uid, image["zsha256"], image["zsha256"], path, FRAME, job, at[1])
         with open(path, "rb") as f:
             n, sha = frame(f.read(FRAME))
         if n > image["zsize"] - at[1] - FRAME:
             files.remove(path)
             raise Refused("mismatch: a frame of the image runs past its end")
-        await agent._fetch(uid, image["zsha256"], image["zsha256"], path, FRAME + n, job, at[1])
+        await agent.fetch(uid, image["zsha256"], image["zsha256"], path, FRAME + n, job, at[1])
         if files.file_sha256(path, n, FRAME) != (n, sha):
             files.remove(path)
             raise Refused("mismatch: the image's segment at byte %d is not the one sent" % at[0])
