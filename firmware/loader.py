@@ -159,26 +159,8 @@ def rollback(base, p, reason):
     return q
 
 
-def running_image():
-    """The label of the app partition the board runs (its MicroPython image),
-    or None where there is none: esp32.Partition, or on a host the stand-in
-    bootloader's choice (PB_IMAGE, set by main.py's supervisor)."""
-    try:
-        import esp32
-    except ImportError:
-        return os.getenv("PB_IMAGE") if hasattr(os, "getenv") else None
-    try:
-        # (the stubs take only a label; the firmware takes RUNNING and BOOT too)
-        return esp32.Partition(esp32.Partition.RUNNING).info()[4]  # type: ignore[arg-type]
-    except OSError:
-        return None
-
-
-def _installing(base, p):
-    """True while the install of p's update has not finished (it runs after
-    this, at the same boot, and chooses the image to boot)."""
-    job = read_json(base + "/" + JOB)
-    return isinstance(job, dict) and job.get("phase") == "staged" and job.get("id") == p.get("update")
+def _installing(job, p):
+    return isinstance(job, dict) and job.get("id") == p.get("update")
 
 
 def decide(base=".", image=None):
@@ -202,8 +184,10 @@ def decide(base=".", image=None):
                 reason += "; the last ended by %s" % st.get("last_crash")
             elif isinstance(p.get("error"), str):
                 reason += "; the last " + p["error"]  # kept by a rollback short of RAM
-        elif p.get("image") and p["image"] != image and not _installing(base, p):
-            # the bootloader went back: the new image never marked itself valid
+        elif p.get("image") and p["image"] != image and not _installing(read_json(base + "/" + JOB), p):
+            # the bootloader went back: the new image never marked itself
+            # valid (while its install's job is on flash, the install has
+            # yet to choose it, at this boot)
             reason = "the new MicroPython image did not start (%s runs)" % image
         else:
             reason = check_set(base, p["set"])
@@ -220,7 +204,16 @@ def decide(base=".", image=None):
 
 def boot(base="."):
     """decide(), and the chosen set's runtime first on sys.path."""
-    chosen = decide(base, running_image())
+    # the app partition running (its MicroPython image): esp32.Partition, or
+    # on a host the stand-in bootloader's choice (main.py's supervisor)
+    try:
+        import esp32
+
+        # (the stubs take only a label; the firmware takes RUNNING and BOOT too)
+        image = esp32.Partition(esp32.Partition.RUNNING).info()[4]  # type: ignore[arg-type]
+    except ImportError:
+        image = os.getenv("PB_IMAGE")
+    chosen = decide(base, image)
     folder = runtime_root(base, chosen[1]["set"]) if chosen[1] else base
     if folder != base:
         sys.path.insert(0, folder[2:] if folder.startswith("./") else folder)

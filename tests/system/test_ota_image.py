@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from gateway.provision import provision_into
+from ota import image as ota_image
 from ota import keys as ota_keys
 from ota.release import Release, build
 
@@ -278,3 +279,54 @@ def test_power_cuts_during_an_image_update_leave_image_and_set_together(
     print("\n" + "; ".join(f"{k}:{name} -> {state}" for k, name, state in outcomes))
     wrong = [(k, name, state) for k, name, state in outcomes if state != EXPECTED[name]]
     assert not wrong, wrong
+
+
+def _served_instead(t: Template, keys: ota_keys.Keys, blob: bytes) -> object:
+    """The release's offer with the image's blob replaced by blob (the same
+    object name: what a gateway that lies would serve)."""
+    assert t.release.image is not None
+    offer = offer_of(t.release, keys)
+    offer.blobs[t.release.image.zsha256] = blob
+    offer.objects[t.release.image.zsha256] = blob
+    return offer
+
+
+@pytest.mark.parametrize(
+    ("blob", "reason"),
+    [
+        # frames that hold together, of an image that is not the one signed
+        (
+            lambda: ota_image.pack(made_up_image(170_000, 3)),
+            "mismatch: the image written is not the one signed",
+        ),
+        # a segment that inflates to far more than a segment: stopped at the segment's end
+        (
+            lambda: ota_image.pack(b"\xe9" + bytes(150_000), 150_000),
+            "mismatch: the image's segment at byte 0 is 32769 bytes, not 32768",
+        ),
+        # a frame that says its segment runs past the blob's end
+        (
+            lambda: (10**6).to_bytes(4, "big") + bytes(32) + bytes(1000),
+            "mismatch: a frame of the image runs past its end",
+        ),
+    ],
+    ids=["other-image", "inflates-past-its-segment", "frame-past-the-end"],
+)
+def test_an_image_that_is_not_the_one_signed_is_never_booted(
+    template: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, tmp_path: Path, blob: object, reason: str
+) -> None:
+    dev = start_copy(template.path, tmp_path, mosquitto, {})
+    srv = OtaServer(mosquitto, dev.id, _served_instead(template, keys, blob()))  # type: ignore[operator,arg-type]
+    try:
+        srv.offer()
+        end = srv.wait_for(ENDS, 120)
+        assert (end["state"], end["reason"]) == ("failed", reason), (end, dev.output()[-2000:])
+        wait_for(lambda: not (dev.path / "ota" / "job.json").exists(), 20, what="the job ended")
+        # nothing chosen to boot: the factory image and set run on, as before
+        assert not (dev.path / "ota" / "active.json").exists()
+        assert not (dev.path / "flash" / "otadata.json").exists() or otadata(dev)["boot"] == "ota_0"
+        assert image_in(dev, "ota_0", len(template.factory)) == template.factory
+        assert dev.running
+    finally:
+        srv.close()
+        dev.kill()

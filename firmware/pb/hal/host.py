@@ -81,35 +81,14 @@ class HostHal(Hal):
         return cause if cause in RESET_CAUSES else "power_on"
 
     def partition(self):
-        # a host with flash/ (pb/hal/partitions.py, the stand-in) runs the
-        # image its bootloader chose: main.py's supervisor passes its label
-        import os
+        from .host_image import partition
 
-        label = os.getenv("PB_IMAGE")
-        if not label:
-            return None
-        from .app_partition import FOLDER, Partition
-
-        class Running(Partition):
-            pass
-
-        Running.dir = self.root + "/" + FOLDER
-        Running.running = label
-        return Running
+        return partition(self.root)
 
     def image_valid(self):
-        # what app_partition's mark_app_valid_cancel_rollback does, without
-        # loading it: a trial's commit runs on what RAM the set left
-        import os
+        from .host_image import image_valid
 
-        path = self.root + "/flash/otadata.json"
-        data = json.loads(read_bytes(path) or b"null")
-        entry = data["slots"].get(os.getenv("PB_IMAGE")) if isinstance(data, dict) else None
-        if not isinstance(entry, dict):
-            raise OSError(2, "otadata names no state for the running app")
-        if entry.get("state") != "valid":
-            entry["state"] = "valid"
-            write_atomic(path, json.dumps(data).encode("utf-8"))
+        image_valid(self.root)
 
     def fault_point(self, name):
         if self._cuts:

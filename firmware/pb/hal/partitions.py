@@ -183,6 +183,12 @@ class Flash:
         self.save(None)
 
 
+def boot_env(root="."):
+    """boot(), for main.py's supervisor on the unix port: the environment
+    that tells the device which image runs ("PB_IMAGE=<label> ")."""
+    return "PB_IMAGE=%s " % boot(root).label
+
+
 def boot(root, slot_size=SLOT_SIZE):
     """Power on the device whose flash is under root: the bootloader runs
     and returns the Partition to run (its class is the one to use)."""

@@ -377,7 +377,11 @@ class Agent:
                 self.fault("staged-file")
             done += f["zsize"]
         if image:
-            await self._image(uid, job, done, total)
+            # the MicroPython image (pb/ota/image.py, loaded for this alone)
+            from .image import download
+
+            await download(self, uid, job, done, total)
+            forget(("pb.ota.image",))
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         await self._charged(job)  # the install and the trial follow at once
         job["phase"] = "staged"
@@ -385,20 +389,6 @@ class Agent:
         self.fault("staged")
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
-
-    async def _image(self, uid, job, done, total):
-        """The release's MicroPython image, into the partition not running
-        (pb/ota/image.py, loaded for this alone)."""
-        from . import image
-
-        try:
-            await image.fetch(self, uid, job, self.partition(), done, total)
-        except image.Refused as exc:
-            raise Failed(str(exc)) from None
-        except OSError as exc:
-            raise Failed("image: " + format_exception(exc)) from None
-        finally:
-            forget(("pb.ota.image",))
 
     def _verified_files(self, job, mpath):
         """The file list of the staged manifest once its signatures and the
@@ -429,9 +419,9 @@ class Agent:
             forget(CHECK_MODULES)
         listed = body["files"]
         if "image" in body:
-            if self.partition() is None:
-                raise Failed("wrong_hardware: this board cannot update its MicroPython image")
-            job["image"] = body["image"]  # (saved with the job: update mode reads no manifest for it)
+            from .image import take
+
+            take(self, job, body)
         body = None
         collect()
         return listed

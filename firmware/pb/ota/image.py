@@ -9,7 +9,7 @@
 # back and hashed against the signed manifest; the install hashes it again
 # before it chooses it to boot. Never held in RAM: one flash block at a time.
 # Loaded only while an update carries an image.
-from ..compat import collect
+from ..compat import collect, format_exception
 from . import files
 
 FRAME = 36  # bytes before each segment: its compressed length, its SHA-256
@@ -54,6 +54,29 @@ def written(part, image):
         h.update(memoryview(buf)[: min(_READ, n - at)])
         at += _READ
     return files.hex_of(h.digest())
+
+
+def take(agent, job, body):
+    """A release with an image, its signatures checked: the image's entry
+    goes into the job (update mode reads no manifest for it). Raises the
+    agent's Failed if the board cannot update its image."""
+    if agent.partition() is None:
+        from .download import Failed
+
+        raise Failed("wrong_hardware: this board cannot update its MicroPython image")
+    job["image"] = body["image"]
+
+
+async def download(agent, uid, job, done, total):
+    """fetch() for the agent; Refused and flash errors end the update."""
+    from .download import Failed
+
+    try:
+        await fetch(agent, uid, job, agent.partition(), done, total)
+    except Refused as exc:
+        raise Failed(str(exc)) from None
+    except OSError as exc:
+        raise Failed("image: " + format_exception(exc)) from None
 
 
 async def fetch(agent, uid, job, partition, done, total):
