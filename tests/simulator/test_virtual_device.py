@@ -160,3 +160,31 @@ async def test_a_fixed_release_installs_after_a_rollback(
     )
     u = await rig.update(dev, rig.publish(release.path))
     assert u.state == "committed", u
+
+
+async def test_a_virtual_device_refuses_an_image_it_has_no_partitions_for(
+    rig: Rig, make_device: MakeDevice, tmp_path: Path, keys: Any
+) -> None:
+    # the simulator's devices run no MicroPython image (docs/ota.md 4.11):
+    # a release that carries one is refused before any blob, never half-taken
+    from ota.release import build
+
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(b"\xe9" + bytes(range(256)) * 64)
+    release = build(
+        "thermostat",
+        [FEATURES / "thermostat"],
+        "5.0",
+        tmp_path / "r5",
+        5,
+        keys=keys,
+        image=image,
+        image_version="1.29",
+    )
+    dev = await make_device()
+    u = await rig.update(dev, rig.publish(release.path))
+    assert (u.state, u.reason) == (
+        "failed",
+        "wrong_hardware: this board cannot update its MicroPython image",
+    ), u
+    assert dev.pointer() is None and dev.running() == ["thermostat"]
