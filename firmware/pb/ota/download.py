@@ -378,10 +378,14 @@ class Agent:
             done += f["zsize"]
         if image:
             # the MicroPython image (pb/ota/image.py, loaded for this alone)
-            from .image import download
+            from . import image as img
 
-            await download(self, uid, job, done, total)
-            forget(("pb.ota.image",))
+            try:
+                await img.download(self, uid, job, done, total)
+            except img.Refused as exc:
+                raise Failed(str(exc)) from None
+            finally:
+                forget(("pb.ota.image",))
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         await self._charged(job)  # the install and the trial follow at once
         job["phase"] = "staged"
@@ -419,9 +423,12 @@ class Agent:
             forget(CHECK_MODULES)
         listed = body["files"]
         if "image" in body:
-            from .image import take
+            from . import image as img
 
-            take(self, job, body)
+            try:
+                img.take(self, job, body)
+            except img.Refused as exc:
+                raise Failed(str(exc)) from None
         body = None
         collect()
         return listed

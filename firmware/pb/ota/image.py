@@ -58,25 +58,18 @@ def written(part, image):
 
 def take(agent, job, body):
     """A release with an image, its signatures checked: the image's entry
-    goes into the job (update mode reads no manifest for it). Raises the
-    agent's Failed if the board cannot update its image."""
-    if agent.partition() is None:
-        from .download import Failed
-
-        raise Failed("wrong_hardware: this board cannot update its MicroPython image")
+    goes into the job (update mode reads no manifest for it). Raises
+    Refused if the board cannot update its image."""
+    target(agent.partition())
     job["image"] = body["image"]
 
 
 async def download(agent, uid, job, done, total):
-    """fetch() for the agent; Refused and flash errors end the update."""
-    from .download import Failed
-
+    """fetch() for the agent. Raises Refused (a flash error too)."""
     try:
         await fetch(agent, uid, job, agent.partition(), done, total)
-    except Refused as exc:
-        raise Failed(str(exc)) from None
     except OSError as exc:
-        raise Failed("image: " + format_exception(exc)) from None
+        raise Refused("image: " + format_exception(exc)) from None
 
 
 async def fetch(agent, uid, job, partition, done, total):

@@ -274,7 +274,8 @@ def _install(base, job, device, running, now, fault, tick, partition=None):
         try:
             part = check_written(partition, image)
         except Refused as exc:
-            raise TrustError("mismatch", str(exc)) from None
+            code, _, why = str(exc).partition(": ")  # ("mismatch: the image in ...")
+            raise TrustError(code, why) from None
         pointer["image"] = part.info()[4]
     fault("activate")
     loader.write_pointer(base, pointer)
