@@ -43,6 +43,7 @@ class Partition:
     index = 0
     path = ""
     size = 0
+    writable = False  # (check_writable passed)
 
     def __init__(self, id, block_size=BLOCK):
         if self.dir is None:
@@ -157,7 +158,10 @@ class Partition:
     def check_writable(self):
         """OSError unless this slot may be written or erased: never the
         running slot, and no slot while the running one is on trial (its
-        rollback needs the other slot as it is)."""
+        rollback needs the other slot as it is). Checked once per object,
+        as ESP-IDF checks at esp_ota_begin: a write reads no otadata."""
+        if self.writable:
+            return
         running = self.running
         if self.label == running:
             raise OSError(13, "%s is the running partition" % running)  # EACCES
@@ -165,6 +169,7 @@ class Partition:
         entry = data["slots"].get(running) if data and running else None
         if entry and entry.get("state") == PENDING:
             raise OSError(13, "the running app is on trial: mark it valid first")
+        self.writable = True
 
 
 def otadata(folder):
