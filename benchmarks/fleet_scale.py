@@ -61,7 +61,10 @@ from gateway.broker import GATEWAY_USER, MosquittoProcess, free_port, mosquitto_
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "fleet.json"
 GATEWAY_PASSWORD = "gateway-secret"
-BENCH_USERS = ("bench-sub", "bench-pub")
+# each its own user: the broker takes a client's id from its user name, so a
+# second connection under one name would throw the first off (and a bare
+# paho client does not subscribe again when it reconnects)
+BENCH_USERS = ("bench-sub", "bench-pub", "bench-raw")
 DEVICE_PASSWORD = "bench-device-secret"  # every device's (a hash per user in the password file)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -531,7 +534,7 @@ class Subscriber:
     """A bare paho subscriber (the gateway's user, its own client id): counts
     telemetry, notes when each device's state and update status arrive."""
 
-    def __init__(self, port: int, topics: list[tuple[str, int]]) -> None:
+    def __init__(self, port: int, topics: list[tuple[str, int]], user: str = "bench-sub") -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -545,7 +548,7 @@ class Subscriber:
         self.c = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{secrets.token_hex(3)}", protocol=paho.MQTTv311
         )
-        self.c.username_pw_set("bench-sub", GATEWAY_PASSWORD)
+        self.c.username_pw_set(user, GATEWAY_PASSWORD)
         self.c.on_connect = lambda *a: ready.set()
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port, keepalive=60)
@@ -902,7 +905,7 @@ def raw_throughput(port: int, seconds: float, payload: int) -> dict[str, Any]:
     from firmware.pb.net import mqtt
 
     topic = f"pb/bench-raw-{secrets.token_hex(3)}/ota/chunk"
-    sub = Subscriber(port, [(topic, 0)])
+    sub = Subscriber(port, [(topic, 0)], "bench-raw")  # (beside the session's own subscriber)
     got = [0]
     sub.c.on_message = lambda c, u, m: got.__setitem__(0, got[0] + len(m.payload))
     body = os.urandom(payload)

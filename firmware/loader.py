@@ -159,6 +159,16 @@ def rollback(base, p, reason):
     return q
 
 
+def _reset():
+    """Reset the board now (on the unix port: end, for main.py's supervisor
+    to start the device again)."""
+    if sys.platform != "linux":
+        import machine
+
+        machine.reset()
+    sys.exit(75)
+
+
 def _installing(job, p):
     return isinstance(job, dict) and job.get("id") == p.get("update")
 
@@ -174,6 +184,7 @@ def decide(base=".", image=None):
             return _safe(base, "no usable feature set (%s)" % ("pointer corrupt" if p else "none installed"))
         st = _report(base, "failed", "pointer corrupt; factory set used") if p else None
         return (features_root(base, FACTORY), None, False, st)
+    reason = None
     if p.get("state") == "trial":
         p["boots"] = p.get("boots", 0) + 1
         write_pointer(base, p)  # counted before anything of the new set runs
@@ -193,10 +204,18 @@ def decide(base=".", image=None):
             reason = check_set(base, p["set"])
         if reason is None:
             return (features_root(base, p["set"]), p, True, None)
+    elif p.get("image") and image and p["image"] != image:
+        # committed, and the bootloader went back all the same: the power
+        # went before the new image was marked valid
+        reason = "the new MicroPython image was not marked valid (%s runs)" % image
+    if reason is not None:
         q = rollback(base, p, reason)
         if q is None:
             return _safe(base, "trial failed (%s) and the previous set is unusable" % reason)
-        return (features_root(base, q["set"]), q, False, _report(base, "rolled_back", reason, p))
+        st = _report(base, "rolled_back", reason, p)
+        if image and p.get("image") == image:
+            _reset()  # the new image runs, never marked valid: the bootloader takes it back
+        return (features_root(base, q["set"]), q, False, st)
     if p["set"] == FACTORY and not factory:
         return _safe(base, "factory set missing")
     return (features_root(base, p["set"]), p, False, None)

@@ -438,7 +438,9 @@ def build(
         img, blob = image_entry(Path(image), image_version)
         blobs[img.sha256] = blob
     body = {
-        "v": 1,
+        # (version 2: a release with an image, which a runtime from before
+        # images refuses rather than install the set without it)
+        "v": 2 if img is not None else 1,
         "type": "release",
         "model": model,
         "counter": counter,

@@ -20,8 +20,8 @@ def test_the_loader_imports_nothing_of_the_runtime() -> None:
     tree = ast.parse(LOADER.read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    # (esp32: the board's own module, which says which image partition runs)
-    assert imported <= {"json", "os", "sys", "hashlib", "esp32"}, imported
+    # (esp32, machine: the board's own modules: which image runs, a reset)
+    assert imported <= {"json", "os", "sys", "hashlib", "esp32", "machine"}, imported
 
 
 def test_the_loader_is_small_enough_to_review() -> None:
@@ -154,3 +154,16 @@ def test_an_install_cut_before_it_chose_the_image_is_left_to_finish(tmp_path: Pa
     _image_trial(tmp_path, "staged")
     root, p, trial, report = loader.decide(str(tmp_path), "ota_0")
     assert (root, p["set"], trial, report) == (f"{tmp_path}/ota/b/features", "ota/b", True, None)
+
+
+def test_a_committed_set_whose_image_the_bootloader_took_back_rolls_back(tmp_path: Path) -> None:
+    # the power went after the commit and before the image was marked valid
+    _image_trial(tmp_path, None)
+    p = json.loads((tmp_path / "ota" / "active.json").read_text())
+    p["state"] = "committed"
+    del p["boots"]
+    (tmp_path / "ota" / "active.json").write_text(json.dumps(p))
+    assert loader.decide(str(tmp_path), "ota_1")[1]["set"] == "ota/b"  # (on its image: runs)
+    root, q, trial, report = loader.decide(str(tmp_path), "ota_0")
+    assert (root, q["set"], trial) == (f"{tmp_path}/ota/a/features", "ota/a", False)
+    assert report["reason"] == "the new MicroPython image was not marked valid (ota_0 runs)"

@@ -252,8 +252,8 @@ EXPECTED = {
     "trial-boot": "rolled_back",
     "trial-checked": "rolled_back",
     "commit": "rolled_back",
+    "committed": "rolled_back",  # (committed, the image not yet marked valid: taken back)
     "image-valid": "committed",
-    "committed": "committed",
 }
 
 
@@ -309,8 +309,13 @@ def _served_instead(t: Template, keys: ota_keys.Keys, blob: bytes) -> object:
             lambda: (10**6).to_bytes(4, "big") + bytes(32) + bytes(1000),
             "mismatch: a frame of the image runs past its end",
         ),
+        # a segment that holds together but ends before its stream does
+        (
+            lambda: (2).to_bytes(4, "big") + hashlib.sha256(b"\x78\x9c").digest() + b"\x78\x9c",
+            "mismatch: the image's segment at byte 0 does not inflate (EOFError)",
+        ),
     ],
-    ids=["other-image", "inflates-past-its-segment", "frame-past-the-end"],
+    ids=["other-image", "inflates-past-its-segment", "frame-past-the-end", "stream-cut-short"],
 )
 def test_an_image_that_is_not_the_one_signed_is_never_booted(
     template: Template, mosquitto: Mosquitto, keys: ota_keys.Keys, tmp_path: Path, blob: object, reason: str

@@ -82,12 +82,15 @@ async def fetch(agent, uid, job, partition, done, total):
     if image["size"] > capacity(part):
         raise Refused("no_space: the image is %d bytes, the partition %d" % (image["size"], capacity(part)))
     label = part.info()[4]
+    path = files.staged(agent.base, STAGED)
     at = job.get("img")
     if not at or at[2] != label:
-        at = job["img"] = [0, 0, label, False]  # (not the partition begun on: from the start)
+        # from the start (a new job, or not the partition begun on): a
+        # segment on flash is another job's
+        files.remove(path)
+        at = job["img"] = [0, 0, label, False]
     if at[3]:
         return
-    path = files.staged(agent.base, STAGED)
     seg = image["segment"]
     while at[0] < image["size"]:
         agent.report("downloading", uid, bytes=done + at[1], total=total, counter=job["counter"])
@@ -98,15 +101,27 @@ async def fetch(agent, uid, job, partition, done, total):
         if n > image["zsize"] - at[1] - FRAME:
             files.remove(path)
             raise Refused("mismatch: a frame of the image runs past its end")
+        if n > seg + seg // 16 + 64:  # (more than deflate makes of a segment at worst)
+            files.remove(path)
+            raise Refused("mismatch: a frame of the image is larger than a segment compresses to")
         await agent.fetch(uid, image["zsha256"], image["zsha256"], path, FRAME + n, job, at[1])
         if files.file_sha256(path, n, FRAME) != (n, sha):
             files.remove(path)
             raise Refused("mismatch: the image's segment at byte %d is not the one sent" % at[0])
         want = min(seg, image["size"] - at[0])
-        got = _inflate_into(path, part, at[0] // BLOCK, want)
-        files.remove(path)  # (before the job moves on: a segment on flash is the job's next)
-        if got != want:
-            raise Refused("mismatch: the image's segment at byte %d is %s bytes, not %d" % (at[0], got, want))
+        why = None
+        try:
+            got = _inflate_into(path, part, at[0] // BLOCK, want)
+            if got != want:
+                why = "is %d bytes, not %d" % (got, want)
+        except (OSError, MemoryError):
+            raise  # (a flash error; a short heap: update mode goes on after a reset)
+        except Exception as exc:  # noqa: BLE001 - EOFError, ValueError, zlib.error: a broken stream
+            why = "does not inflate (%s)" % type(exc).__name__
+        finally:
+            files.remove(path)  # (before the job moves on: a segment on flash is the job's next)
+        if why:
+            raise Refused("mismatch: the image's segment at byte %d %s" % (at[0], why))
         at[0] += want
         at[1] += FRAME + n
         agent.save_job()

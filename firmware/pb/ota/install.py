@@ -48,7 +48,7 @@ def install_staged(base, device, now, fault=None, room=None, partition=None):
     p = install(base, job, device, _running(base), now, fault, room=room, partition=partition)
     # (the new image runs already, on trial: a power cut came after it was
     # chosen to boot. The bootloader would take a reset now for a failed start)
-    return not (p and p.get("image") and partition(partition.RUNNING).info()[4] == p["image"])
+    return not (p and p.get("image") and partition and partition(partition.RUNNING).info()[4] == p["image"])
 
 
 def install(base, job, device, running, now, fault=None, tick=None, room=None, partition=None):
@@ -63,7 +63,7 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None, p
         # the pointer switched before the power went: only the tidying is
         # left, and the image chosen to boot if that was cut short too
         label = done.get("image")
-        if label and partition is not None and partition(partition.RUNNING).info()[4] != label:
+        if label and partition and partition(partition.RUNNING).info()[4] != label:
             partition(label).set_boot()
             fault("image-boot")
         _tidy(base, job, now)

@@ -51,11 +51,6 @@ def commit(u):
     from .report import status
 
     path, data = u.commit_to
-    if p.get("image"):
-        # the new image first: committed with the set, it must not be
-        # rolled back by the bootloader at the next reset (docs/ota.md 4.11)
-        d.hal.image_valid()
-        d.hal.fault_point("image-valid")
     write_atomic(path, data)  # the pointer, as pb/ota/flash.py commit_of made it
     u.boot.pointer = q = dict(p)
     q["state"] = "committed"
@@ -63,6 +58,15 @@ def commit(u):
     q.pop("error", None)
     u.boot.trial = False
     d.hal.fault_point("committed")
+    if p.get("image"):
+        # the new image, once the set is committed: a reset before this
+        # takes the image back, and the boot loader the set with it; never
+        # a valid image under the old set (docs/ota.md 4.11)
+        try:
+            d.hal.image_valid()
+        except OSError as exc:
+            d.log("the new image could not be marked valid (%s): the next reset takes it back" % exc)
+        d.hal.fault_point("image-valid")
     u.status(status(p.get("update") or "-", "committed", p["counter"]))
     u.commit_to = None
 

@@ -93,12 +93,17 @@ def open_envelope(data, parse=True):
 
 
 def signed_object(raw):
-    """The version 1 object of an envelope's signed bytes. Raises TrustError bad_envelope."""
+    """The version 1 object of an envelope's signed bytes (or version 2: a
+    release manifest with an image, which runtimes from before images
+    refuse). Raises TrustError bad_envelope."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed content is not JSON") from None
-    if not isinstance(body, dict) or body.get("v") != 1:
+    if not isinstance(body, dict):
+        raise TrustError("bad_envelope", "signed content is not a version 1 object")
+    v = body.get("v")
+    if v != 1 and not (v == 2 and body.get("type") == "release" and "image" in body):
         raise TrustError("bad_envelope", "signed content is not a version 1 object")
     return body
 
@@ -263,6 +268,8 @@ def check_manifest(body):
         if not seen.get(name):
             raise TrustError("bad_manifest", "feature %s has no %s/manifest.json" % (name, name))
     if "image" in body:
+        if body.get("v") != 2:
+            raise TrustError("bad_manifest", "a release with an image is a version 2 manifest")
         check_image(body["image"])
     return body
 
