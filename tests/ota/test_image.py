@@ -168,3 +168,24 @@ def test_a_release_whose_image_blob_is_gone_cannot_be_read_or_signed(
         read(rel.path)
     with pytest.raises(ReleaseError):
         sign(rel.path, keys)
+
+
+def test_a_manifest_with_an_image_is_version_2_and_only_it(
+    tmp_path: Path, keys: Keys, features_dir: Path
+) -> None:
+    img = tmp_path / "firmware.bin"
+    img.write_bytes(app_image(5000))
+    rel = build(
+        "thermostat", [features_dir / "thermostat"], "3", tmp_path / "r", 3, image=img, image_version="1"
+    )
+    assert rel.body["v"] == 2
+    plain = build("thermostat", [features_dir / "thermostat"], "3", tmp_path / "p", 4)
+    assert plain.body["v"] == 1
+    # a runtime from before images reads only version 1: it refuses the release whole
+    for body, code in (
+        ({**plain.body, "v": 2}, "bad_envelope"),  # version 2 without an image
+        ({**rel.body, "v": 1}, "bad_manifest"),  # an image in a version 1 manifest
+    ):
+        with pytest.raises(TrustError) as err:
+            trust.check_manifest(trust.signed_object(json.dumps(body).encode()))
+        assert err.value.code == code
