@@ -70,7 +70,17 @@ def staged(base: Path, keys: Keys, rel: Release, now: float) -> None:
 @pytest.mark.slow
 def test_an_install_out_of_ram_three_times_fails_saying_where(tmp_path: Path) -> None:
     keys = keygen(tmp_path / "keys")
-    rel = build("thermostat", [FEATURES / "thermostat"], "2", tmp_path / "r", 2, keys=keys)
+    # (the whole runtime too: a manifest whose parse needs more than the imports)
+    rel = build(
+        "thermostat",
+        [FEATURES / "thermostat"],
+        "2",
+        tmp_path / "r",
+        2,
+        ("mpy",),
+        keys,
+        runtime=FEATURES.parent / "pb",
+    )
     now = time.time()
     failed = []
     # heaps around what the install needs: where the imports fit but not the
