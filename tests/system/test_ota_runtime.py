@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware.pb import API
 from gateway.paths import firmware_dir
 from ota import keys as ota_keys
 from ota.release import Release, build
@@ -44,12 +45,19 @@ def device(mosquitto: Mosquitto, make_device: MakeDevice, keys: ota_keys.Keys) -
 
 
 def runtime_release(
-    tmp: Path, keys: ota_keys.Keys, counter: int, crash: bool, mark: str = "", every: bool = False
+    tmp: Path,
+    keys: ota_keys.Keys,
+    counter: int,
+    crash: bool,
+    mark: str = "",
+    every: bool = False,
+    api: int = API,
 ) -> Release:
     """thermostat with a runtime of VERSION NEW_VERSION; crash: one whose
     start raises before the device connects (so it never commits); mark: a
     value added to pb/values.py (that one module changed); every: each
-    module changed (the device fetches the whole runtime)."""
+    module changed (the device fetches the whole runtime); api: the API of
+    that runtime, which its features are written against."""
     pb = tmp / "runtime" / "pb"
     shutil.copytree(firmware_dir() / "pb", pb, ignore=shutil.ignore_patterns("__pycache__"))
     init = pb / "__init__.py"
@@ -69,7 +77,10 @@ def runtime_release(
         values.write_text(values.read_text() + f"\nRELEASE_MARK = {mark!r}\n")
     for module in sorted(pb.rglob("*.py")) if every else ():
         module.write_text(module.read_text() + "\n_RELEASE = 2\n")
+    init.write_text(re.sub(r"^API = \d+", f"API = {api}", init.read_text(), count=1, flags=re.M))
     src = feature_sources(tmp / "src", ("thermostat",))
+    manifest = json.loads((src[0] / "manifest.json").read_text())
+    (src[0] / "manifest.json").write_text(json.dumps(manifest | {"api": api}))
     return build("thermostat", src, f"rt-{counter}", tmp / "r", counter, ("mpy",), keys, runtime=pb)
 
 
@@ -171,3 +182,17 @@ def test_a_release_whose_runtime_crashes_at_start_rolls_back_runtime_and_feature
         what="the factory runtime",
     )
     wait_for(lambda: "features thermostat" in device.output().rsplit("booted", 1)[-1], 20, what="factory set")
+
+
+def test_a_runtime_of_a_new_api_installs_with_the_features_written_against_it(
+    mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
+) -> None:
+    """The features of a release that carries a runtime run on that runtime:
+    its API, not the running one's, is what they need (docs/ota.md 2.1)."""
+    release = runtime_release(tmp_path, keys, 7, crash=False, api=API + 1)
+    assert json.loads(json.loads(release.manifest)["signed"])["api"] == API + 1
+    updated(mosquitto, device, release, keys)
+    assert running_set(device) == (7, release.sha256, ["thermostat"])
+    hello = retained_hello(mosquitto, device.id)
+    assert (hello["runtime"], hello["api"]) == (NEW_VERSION, API + 1), hello
+    assert hello["features"]["thermostat"].get("error") is None, hello

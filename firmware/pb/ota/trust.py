@@ -271,13 +271,17 @@ def check_manifest(body):
 
 def check_for_device(body, model, caps, api, counter):
     """Raise unless the manifest suits this device: its model, its board's
-    capabilities, its runtime API, and a counter above the one it runs."""
+    capabilities, its runtime API (unless the release carries its own
+    runtime), and a counter above the one it runs."""
     if body["model"] != model:
         raise TrustError("wrong_model", "release is for %s, this device is a %s" % (body["model"], model))
     missing = [c for c in body["requires"] if c not in caps]
     if missing:
         raise TrustError("wrong_hardware", "release needs %s, which this board lacks" % ", ".join(missing))
-    if body["api"] != api:
+    # a release that carries a runtime runs its features on that runtime,
+    # whose API ota build checked is the release's: the running one's API
+    # does not matter (docs/ota.md 2.1)
+    if "runtime" not in body and body["api"] != api:
         raise TrustError(
             "wrong_api", "release needs runtime API %r, this runtime has %r" % (body["api"], api)
         )
