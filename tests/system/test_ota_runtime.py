@@ -77,10 +77,11 @@ def runtime_release(
         values.write_text(values.read_text() + f"\nRELEASE_MARK = {mark!r}\n")
     for module in sorted(pb.rglob("*.py")) if every else ():
         module.write_text(module.read_text() + "\n_RELEASE = 2\n")
-    init.write_text(re.sub(r"^API = \d+", f"API = {api}", init.read_text(), count=1, flags=re.M))
     src = feature_sources(tmp / "src", ("thermostat",))
-    manifest = json.loads((src[0] / "manifest.json").read_text())
-    (src[0] / "manifest.json").write_text(json.dumps(manifest | {"api": api}))
+    if api != API:
+        init.write_text(re.sub(r"^API = \d+", f"API = {api}", init.read_text(), count=1, flags=re.M))
+        manifest = json.loads((src[0] / "manifest.json").read_text())
+        (src[0] / "manifest.json").write_text(json.dumps(manifest | {"api": api}))
     return build("thermostat", src, f"rt-{counter}", tmp / "r", counter, ("mpy",), keys, runtime=pb)
 
 

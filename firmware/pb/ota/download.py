@@ -86,10 +86,12 @@ class Agent:
     """One device's update agent while it runs.
 
     model, counter: the device's model and the release counter it runs;
-    request(uid, obj, off, len, seq): asks the gateway for bytes; report(status dict); now():
-    Unix time; link_up() -> bool; fault(name): a power-cut point for tests
-    (no-op on a board); on_staged(): asks for the reset. With once, run()
-    returns when its update ends instead of waiting for the next offer.
+    request(uid, obj, off, len, seq): asks the gateway for bytes;
+    report(status dict); now(): Unix time; link_up() -> bool; fault(name):
+    a power-cut point for tests (no-op on a board); on_staged(): asks for
+    the reset. With once, run() returns when its update ends instead of
+    waiting for the next offer. What to fetch is the need list the check
+    of the manifest wrote (pb/ota/needs.py).
     configure() sets the device id and capabilities the release must suit,
     and battery() (the charge in %), which holds an update back while low;
     tick, if set, is called during signature checks (feed a watchdog).
@@ -460,9 +462,10 @@ class Agent:
 
 def read_need(base, job):
     """(head, entries) of the need list job's check wrote (pb/ota/needs.py):
-    entries yields the file entries one at a time (the file stays open until they are all read
-    or the iterator is closed). Raises ValueError if the list is missing,
-    unreadable or another update's (of another manifest, or update id)."""
+    entries yields the file entries one at a time (the file stays open
+    until they are all read or the iterator is closed). Raises ValueError
+    if the list is missing, unreadable or another update's (of another
+    manifest, or update id)."""
     path = base + "/" + flash.NEED
     try:
         f = open(path, "rb")
