@@ -296,12 +296,22 @@ def runtime_sources(folder: Path) -> list[tuple[str, Path]]:
 
 def runtime_version(folder: Path) -> str:
     """The VERSION a runtime folder states (pb/__init__.py). Raises BuildError."""
+    return _runtime_value(folder, "VERSION", r'"([^"]+)"')
+
+
+def runtime_api(folder: Path) -> int:
+    """The API a runtime folder states (pb/__init__.py): what the features
+    of a release that carries it must need. Raises BuildError."""
+    return int(_runtime_value(folder, "API", r"(\d+)"))
+
+
+def _runtime_value(folder: Path, name: str, value: str) -> str:
     import re
 
     init = folder / "__init__.py"
-    found = re.search(r'^VERSION = "([^"]+)"', init.read_text(), re.M) if init.is_file() else None
+    found = re.search(rf"^{name} = {value}", init.read_text(), re.M) if init.is_file() else None
     if found is None:
-        raise BuildError(f"{folder} is not a runtime: no VERSION in {init}")
+        raise BuildError(f"{folder} is not a runtime: no {name} in {init}")
     return found.group(1)
 
 
@@ -399,6 +409,11 @@ def build(
     if len(set(apis.values())) > 1:
         each = ", ".join(f"{n} needs {a}" for n, a in sorted(apis.items()))
         raise BuildError(f"the features need different runtime APIs ({each})")
+    if runtime is not None:
+        # the features run on the runtime the release carries (docs/ota.md 2.1)
+        need, api = next(iter(apis.values())), runtime_api(Path(runtime).resolve())
+        if need != api:
+            raise BuildError(f"the features need runtime API {need}, the runtime in {runtime} has API {api}")
     requires = sorted({c for m in manifests.values() for c in m.get("requires", [])})
     _check_hardware(model, requires)
 

@@ -21,6 +21,7 @@ BOOT_ONLY_MODULES = (
     "loader",
     "pb.ota.roots",
     "pb.ota.install",
+    "pb.ota.needs",
     "pb.ota.trust",
     "pb.ota.ed25519",
     "pb.ota.sha512",

@@ -49,7 +49,7 @@ async def run_device(root, config, hal, chosen, lean, importer=None, log=None, o
         from .ota.update_mode import run as update_mode
 
         pointer = chosen[1]
-        return await update_mode(root, config, hal, pointer["counter"] if pointer else 0, chosen[0])
+        return await update_mode(root, config, hal, pointer["counter"] if pointer else 0)
     if MICROPYTHON:
         _import_runtime()
     if data is None:

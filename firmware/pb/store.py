@@ -31,11 +31,16 @@ def makedirs(path):
 
 
 def write_atomic(path, data):
-    """Replace path's content with data (bytes) as one step."""
+    """Replace path's content with data as one step: bytes, or an iterator
+    of bytes written in turn (a record streamed, never whole in RAM)."""
     tmp = path + _TMP
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                for part in data:
+                    f.write(part)
             fsync(f)
         try:
             os.rename(tmp, path)

@@ -224,7 +224,6 @@ def _agent(base: Path, counter: int = 1) -> pb_ota.Agent:
         str(base),
         "thermostat",
         counter,
-        dict,
         lambda *a: None,
         lambda msg: None,
         lambda: offered_at,

@@ -377,6 +377,54 @@ def test_build_with_a_runtime_ships_pb_as_provisioning_does(tmp_path: Path, feat
     assert describe(read(rel.path)).runtime == version
 
 
+def _runtime_of_api(tmp_path: Path, api: int) -> Path:
+    """A copy of the firmware's pb/ that states runtime API api."""
+    import re
+    import shutil
+
+    from gateway.paths import firmware_dir
+
+    pb = tmp_path / "runtime" / "pb"
+    shutil.copytree(firmware_dir() / "pb", pb, ignore=shutil.ignore_patterns("__pycache__"))
+    init = pb / "__init__.py"
+    init.write_text(re.sub(r"^API = \d+", f"API = {api}", init.read_text(), count=1, flags=re.M))
+    return pb
+
+
+def _feature_of_api(tmp_path: Path, features_dir: Path, api: int) -> Path:
+    import shutil
+
+    feature = tmp_path / "src" / "thermostat"
+    shutil.copytree(features_dir / "thermostat", feature, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = json.loads((feature / "manifest.json").read_text())
+    (feature / "manifest.json").write_text(json.dumps(manifest | {"api": api}))
+    return feature
+
+
+def test_build_refuses_a_runtime_whose_api_is_not_the_features(tmp_path: Path, features_dir: Path) -> None:
+    from firmware.pb import API
+
+    pb = _runtime_of_api(tmp_path, API + 1)
+    with pytest.raises(
+        BuildError, match=rf"the features need runtime API {API}, the runtime in .* has API {API + 1}"
+    ):
+        build("thermostat", [features_dir / "thermostat"], "rt", tmp_path / "r", 3, ("mpy",), runtime=pb)
+    # features written against the runtime they come with
+    feature = _feature_of_api(tmp_path, features_dir, API + 1)
+    rel = build("thermostat", [feature], "rt", tmp_path / "r2", 3, ("mpy",), runtime=pb)
+    assert rel.body["api"] == API + 1
+
+
+def test_a_release_that_carries_its_runtime_is_not_held_to_the_running_api(release: Release) -> None:
+    from firmware.pb import API
+
+    body = json.loads(json.dumps(release.body)) | {"api": API + 1}
+    with pytest.raises(TrustError) as exc:
+        trust.check_for_device(body, "thermostat", {"temperature", "relay"}, API, 0)
+    assert exc.value.code == "wrong_api"
+    trust.check_for_device(body | {"runtime": "0.3.0"}, "thermostat", {"temperature", "relay"}, API, 0)
+
+
 def test_a_manifest_without_runtime_may_not_ship_pb(release: Release) -> None:
     body = json.loads(json.dumps(release.body))
     body["files"].insert(0, {**body["files"][0], "path": "pb/__init__.py"})

@@ -29,7 +29,6 @@ from ..compat import (
     wait_for_ms,
 )
 from ..errors import ProtocolError, StoreError, TrustError
-from ..store import read_bytes
 from . import files, flash
 from .report import status
 from .transfer import FLAG_ERROR, check_offer, decode_chunk
@@ -40,6 +39,8 @@ BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = (
     "pb.ota.install",
+    "pb.ota.needs",
+    "pb.ota.forms",
     "pb.ota.roots",
     "loader",
     "pb.ota.trust",
@@ -87,21 +88,21 @@ class Agent:
     """One device's update agent while it runs.
 
     model, counter: the device's model and the release counter it runs;
-    held(): {sha256: path} of the running set's files; request(uid, obj,
-    off, len, seq): asks the gateway for bytes; report(status dict); now():
-    Unix time; link_up() -> bool; fault(name): a power-cut point for tests
-    (no-op on a board); on_staged(): asks for the reset. With once, run()
-    returns when its update ends instead of waiting for the next offer.
+    request(uid, obj, off, len, seq): asks the gateway for bytes;
+    report(status dict); now(): Unix time; link_up() -> bool; fault(name):
+    a power-cut point for tests (no-op on a board); on_staged(): asks for
+    the reset. With once, run() returns when its update ends instead of
+    waiting for the next offer. What to fetch is the need list the check
+    of the manifest wrote (pb/ota/needs.py).
     configure() sets the device id and capabilities the release must suit,
     and battery() (the charge in %), which holds an update back while low;
     tick, if set, is called during signature checks (feed a watchdog).
     """
 
-    def __init__(self, base, model, counter, held, request, report, now, link_up, fault):
+    def __init__(self, base, model, counter, request, report, now, link_up, fault):
         self.base = base
         self.model = model
         self.counter = counter
-        self.held = held
         self.request = request
         self._report = report
         self.now = now
@@ -121,9 +122,6 @@ class Agent:
         self.caps = {}
         self.partition = lambda: None  # the board's esp32.Partition class, if it has one
         self.tick = None
-        # room(), if set, gives back a block kept whole for reading the
-        # manifest's file list (update mode: pb/ota/update_mode.py)
-        self.room = None
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -317,69 +315,45 @@ class Agent:
             if files.file_sha256(mpath)[1] != job["manifest"]:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
-        if job.get("checked") == job["manifest"]:
-            if self.room is not None:
-                self.room()
-                self.room = None
-                collect()
-            listed = _files(mpath)
-        elif self.once:
-            # update mode runs on a small heap beside the link: the signatures
-            # are checked at the next boot, on a nearly empty one, before any
-            # blob (pb/ota/install.py check_fetched)
-            job["verify"] = "boot"
-            self.save_job()
-            raise _CheckAtBoot()
-        else:
-            listed = self._verified_files(job, mpath)
-            job["checked"] = job["manifest"]
-            self.save_job()
-        image = job.get("image")
-        listed = _of_this_form(listed)
-        held = self.held()
-        needed = {}
-        for f in listed:
-            if f["sha256"] not in held:
-                needed[f["sha256"]] = f
-        _keep_only(stage, needed)  # what is staged is what the signed manifest sizes
-        total = 0
-        need = 4096  # flash kept free
-        for f in listed:
-            need += f["size"]
-        for f in needed.values():
-            total += f["zsize"]
-            need += f["zsize"] + f["size"]
-        if image:
-            total += image["zsize"]
-            need += 2 * image["segment"]  # one segment staged at a time
+        # what this device lacks: the need list the check wrote (update mode
+        # reads it a line at a time, never the whole manifest)
+        head, needed = self._needs(job, mpath)
+        total = head["total"]
         free = files.free_bytes(self.base)
-        if 0 <= free < need:
-            raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (need, free))
-        done = 0
-        for sha in needed:
-            f = needed[sha]
-            staged = stage + sha
-            if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
-                self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
-                z = staged + ".z"
-                await self.fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
-                if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
+        if 0 <= free < head["need"]:
+            needed.close()
+            raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (head["need"], free))
+        try:
+            done = 0
+            for f in needed:
+                sha = f["sha256"]
+                staged = stage + sha
+                if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
+                    self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
+                    z = staged + ".z"
+                    await self.fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
+                    if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
+                        files.remove(z)
+                        raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
+                    n, digest = files.inflate(z, staged + ".tmp", f["size"])
+                    if (n, digest) != (f["size"], sha):
+                        files.remove(staged + ".tmp")
+                        raise Failed(
+                            "mismatch: %s is %s than signed"
+                            % (f["path"], "longer" if n > f["size"] else "other")
+                        )
+                    os.rename(staged + ".tmp", staged)
                     files.remove(z)
-                    raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
-                n, digest = files.inflate(z, staged + ".tmp", f["size"])
-                if (n, digest) != (f["size"], sha):
-                    files.remove(staged + ".tmp")
-                    raise Failed(
-                        "mismatch: %s is %s than signed" % (f["path"], "longer" if n > f["size"] else "other")
-                    )
-                os.rename(staged + ".tmp", staged)
-                files.remove(z)
-                self.fault("staged-file")
-            done += f["zsize"]
+                    self.fault("staged-file")
+                done += f["zsize"]
+        finally:
+            needed.close()
+        image = head.get("image")
         if image:
             # the MicroPython image (pb/ota/image.py, loaded for this alone)
             from . import image as img
 
+            job["image"] = image  # (with its progress, "img")
             try:
                 await img.download(self, uid, job, done, total)
             except img.Refused as exc:
@@ -394,44 +368,56 @@ class Agent:
         self.report("staged", uid, counter=job["counter"])
         raise _Staged()
 
-    def _verified_files(self, job, mpath):
-        """The file list of the staged manifest once its signatures and the
-        offer's freshness statement pass, before any blob is fetched (the
-        install at boot checks them all again). The checking code is loaded
+    def _needs(self, job, mpath):
+        """(head, entries) of job's need list (read_need). Without one of its
+        own (not checked yet, or a list missing or unreadable), the manifest
+        is checked first, which writes it: here in the background, at the
+        next boot in update mode."""
+        if job.get("checked") == job["manifest"]:
+            try:
+                return read_need(self.base, job)
+            except ValueError:
+                pass  # (checked again, which writes it)
+        if self.once:
+            # update mode runs on a small heap beside the link: the signatures
+            # are checked at the next boot, on a nearly empty one, before any
+            # blob (pb/ota/install.py check_fetched)
+            job.pop("checked", None)
+            job["verify"] = "boot"
+            self.save_job()
+            raise _CheckAtBoot()
+        self._check(job, mpath)
+        job["checked"] = job["manifest"]
+        self.save_job()
+        return read_need(self.base, job)
+
+    def _check(self, job, mpath):
+        """Check the staged manifest's signatures and the offer's freshness
+        statement before any blob is fetched (the install at boot checks them
+        all again), and write the need list. The checking code is loaded
         for this alone and let go after: its RAM is the download's. Raises
         Failed; a MemoryError crashes the runtime on purpose (the download
         goes on in update mode, and the check is made at boot)."""
-        from ..compat import collect, forget
-
         collect()
         try:
-            from .install import check_release
+            from .install import check_release, running
+            from .needs import list_needs
 
-            body = check_release(
-                self.base,
-                job,
-                (self.device, self.model, self.caps, API),
-                self.counter,
-                [read_bytes(mpath)],  # (emptied as it is parsed: trust.open_envelope)
-                self.tick,
-            )[0]
+            with open(mpath, "rb") as f:
+                body = check_release(
+                    self.base, job, (self.device, self.model, self.caps, API), self.counter, f, self.tick
+                )[0]
+            image = body.get("image")
+            if image is not None and self.partition() is None:
+                raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
+            list_needs(self.base, job, body["files"], running(self.base)[0], image)
         except TrustError as exc:
             raise Failed("%s: %s" % (exc.code, exc.message)) from None
         except (ValueError, KeyError, TypeError):
             raise Failed("bad_manifest: the manifest is unreadable") from None
         finally:
+            body = None
             forget(CHECK_MODULES)
-        listed = body["files"]
-        if "image" in body:
-            from . import image as img
-
-            try:
-                img.take(self, job, body)
-            except img.Refused as exc:
-                raise Failed(str(exc)) from None
-        body = None
-        collect()
-        return listed
 
     async def fetch(self, uid, obj, sha, path, total, job, origin=0):
         """Fetch total bytes of obj from byte origin into path, appending to
@@ -494,39 +480,71 @@ class Agent:
             s[1].close()
 
 
-def _files(path):
-    """The file list of a staged manifest whose signatures passed. The
-    envelope is read as a stream: no copy of the whole file beside the
-    signed text."""
+def read_need(base, job):
+    """(head, entries) of the need list job's check wrote (pb/ota/needs.py):
+    entries yields the file entries one at a time (the file stays open
+    until they are all read or the iterator is closed). Raises ValueError
+    if the list is missing, unreadable or another update's (of another
+    manifest, or update id)."""
+    path = base + "/" + flash.NEED
     try:
-        with open(path) as f:
-            signed = json.load(f)["signed"]
-        return json.loads(signed)["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise Failed("bad_manifest: the staged manifest is unreadable") from None
-
-
-def _of_this_form(listed):
-    """Of each module, only the form this device runs (pb/ota/forms.py); a
-    release without it is refused before any blob is fetched."""
-    from .forms import device_files
-
+        f = open(path, "rb")
+    except OSError:
+        try:
+            f = open(path + ".tmp", "rb")  # (a rename cut short)
+        except OSError:
+            raise ValueError("no need list") from None
     try:
-        return device_files(listed, whole=False)
-    except TrustError as exc:
-        raise Failed("%s: %s" % (exc.code, exc.message)) from None
+        head = json.loads(f.readline())
+        if (
+            not isinstance(head, dict)
+            or head.get("manifest") != job["manifest"]
+            or head.get("id") != job["id"]
+            or not _count(head.get("need"))
+            or not _count(head.get("total"))
+            or not isinstance(head.get("image", {}), dict)
+        ):
+            raise ValueError("the need list is another update's")
+    except BaseException:
+        f.close()
+        raise
+    return head, _entries(f)
 
 
-def _keep_only(stage, needed):
-    """Remove from the staging folder what no needed file names (a blob of
-    an update replaced, a stray file): staging holds the manifest and, per
-    file the device lacks, at most its blob and its inflated copy."""
-    import os
+def _entries(f):
+    try:
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            yield _need_entry(json.loads(line))
+    finally:
+        f.close()
 
-    for name in os.listdir(stage[:-1]):
-        if name == "manifest.json":
-            continue
-        sha = name.split(".")[0]
-        if name == "image.z" or (sha in needed and name in (sha, sha + ".z", sha + ".tmp")):
-            continue
-        files.remove_tree(stage + name)
+
+def _need_entry(f):
+    # what the download uses of an entry: names of staged files, sizes
+    if (
+        not isinstance(f, dict)
+        or not _hex64(f.get("sha256"))
+        or not _hex64(f.get("zsha256"))
+        or not _count(f.get("size"))
+        or not _count(f.get("zsize"))
+        or not isinstance(f.get("path"), str)
+    ):
+        raise ValueError("a need list entry is unreadable")
+    return f
+
+
+def _count(n):
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _hex64(s):
+    # (its bytes: taking a character out of a string interns it)
+    if not isinstance(s, str) or len(s) != 64:
+        return False
+    for c in s.encode():
+        if not (48 <= c <= 57 or 97 <= c <= 102):
+            return False
+    return True

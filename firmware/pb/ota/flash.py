@@ -28,7 +28,8 @@ TRUST_STATE = "ota/trust.json"  # {"freshness": last version accepted, "time": t
 TIME = "ota/time.json"  # the gateway's latest time statement, not yet verified (pb/ota/clock.py)
 OFFER = "ota/offer.json"  # an offer handed to update mode
 JOB = "ota/job.json"  # the update under way
-STAGE = "ota/stage"  # manifest.json, <sha256>.z, <sha256>.tmp, <sha256>
+STAGE = "ota/stage"  # manifest.json, need.json, <sha256>.z, <sha256>.tmp, <sha256>
+NEED = "ota/stage/need.json"  # what the check found this device lacks (pb/ota/needs.py)
 SLOTS = ("ota/a", "ota/b")  # manifest.json, features/ and, from a release that carries one, pb/
 LAST_STATUS = "ota/status.json"  # the last outcome (pb/ota/report.py KEPT)
 

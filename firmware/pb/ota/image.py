@@ -56,14 +56,6 @@ def written(part, image):
     return files.hex_of(h.digest())
 
 
-def take(agent, job, body):
-    """A release with an image, its signatures checked: the image's entry
-    goes into the job (update mode reads no manifest for it). Raises
-    Refused if the board cannot update its image."""
-    target(agent.partition())
-    job["image"] = body["image"]
-
-
 async def download(agent, uid, job, done, total):
     """fetch() for the agent. Raises Refused (a flash error too)."""
     try:

@@ -7,7 +7,7 @@ import json
 
 from ..compat import collect, format_exception, fsync
 from ..errors import StoreError, TrustError
-from ..store import exists, read_bytes
+from ..store import exists
 from . import files, flash, trust
 from .flash import SLOTS, boot_loader, read_json, write_json
 from .report import status
@@ -45,7 +45,7 @@ def install_staged(base, device, now, fault=None, room=None, partition=None):
     job = flash.read_job(base, "staged")
     if job is None:
         return False
-    p = install(base, job, device, _running(base), now, fault, room=room, partition=partition)
+    p = install(base, job, device, running(base), now, fault, room=room, partition=partition)
     # (the new image runs already, on trial: a power cut came after it was
     # chosen to boot. The bootloader would take a reset now for a failed start)
     return not (p and p.get("image") and partition and partition(partition.RUNNING).info()[4] == p["image"])
@@ -95,7 +95,7 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None, p
     return None
 
 
-def _running(base):
+def running(base):
     """(set dir, counter, manifest) of the running set."""
     p = flash.read_pointer(base)
     if p is not None and not p.get("corrupt"):
@@ -113,24 +113,30 @@ def check_fetched(base, device, now, room=None, partition=None):
     heap the check's code has not cut up."""
     job = flash.read_job(base, "downloading")
     if job is not None and flash.to_check(job):
-        _check_fetched(base, job, device, _running(base)[1], now, room, partition)
+        _check_fetched(base, job, device, running(base), now, room, partition)
         return True
     return False
 
 
 def _staged_manifest(base, job):
-    """The staged manifest's bytes. Raises TrustError if it is not the one offered."""
-    data = read_bytes(files.staged(base, "manifest.json"))
-    if data is None or trust.sha256_hex(data) != job["manifest"]:
+    """The staged manifest, open to be parsed as it is read (no copy of its
+    bytes in RAM beside its signed text). Raises TrustError if it is not
+    the one offered."""
+    path = files.staged(base, "manifest.json")
+    try:
+        n, digest = files.file_sha256(path, trust.MAX_ENVELOPE)
+    except OSError:
+        n = digest = None
+    if n is None or n > trust.MAX_ENVELOPE or digest != job["manifest"]:
         raise TrustError("mismatch", "staged manifest is missing or not the one offered")
-    return data
+    return open(path, "rb")
 
 
 def _trust_state(base):
     return read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
 
 
-def _check_fetched(base, job, device, run_counter, now, room=None, partition=None):
+def _check_fetched(base, job, device, run, now, room=None, partition=None):
     """At boot, on a nearly empty heap: check_release for a manifest that
     update mode fetched, before it fetches any blob. Passed, the job is
     marked checked (update mode goes on); refused, the update fails
@@ -140,11 +146,16 @@ def _check_fetched(base, job, device, run_counter, now, room=None, partition=Non
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        body = check_release(base, job, device, run_counter, [_staged_manifest(base, job)])[0]
-        if "image" in body:
-            if partition is None:
-                raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
-            job["image"] = body["image"]  # (update mode reads no manifest for it)
+        with _staged_manifest(base, job) as f:
+            body = check_release(base, job, device, run[1], f)[0]
+        image = body.get("image")
+        if image is not None and partition is None:
+            raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
+        from .needs import list_needs
+
+        list_needs(
+            base, job, body["files"], run[0], image
+        )  # (the image in its head: update mode reads no manifest)
         body = None
     except MemoryError:
         if job["checks"] < _MAX_INSTALLS:
@@ -176,18 +187,17 @@ _step = ["reading the manifest"]  # where _install is: what a MemoryError report
 
 
 def check_release(base, job, device, run_counter, data, tick=None):
-    """The manifest envelope data (its bytes, or a list holding them, which
-    trust.open_envelope empties) and the job's freshness statement, checked
-    as docs/ota.md 4.4 lists: signed by the trusted root's roles, suited to
-    this device (id, model, caps, api) and above run_counter, offered as the
-    job's update. Returns (manifest body, freshness body). The download
-    agent runs this before it fetches any blob, and the install again.
-    Raises TrustError."""
+    """The manifest envelope (data: its file, open, parsed as it is read)
+    and the job's freshness statement, checked as docs/ota.md 4.4 lists:
+    signed by the trusted root's roles, suited to this device (id, model,
+    caps, api) and above run_counter, offered as the job's update. Returns
+    (manifest body, freshness body). The download agent runs this before it
+    fetches any blob, and the install again. Raises TrustError."""
     dev_id, model, caps, api = device
     # the manifest's object is parsed once its signatures passed: a large
     # one (the whole runtime's) and the signature code do not fit together
+    collect()  # (before the largest blocks of the check: the signed text's)
     raw, body, sigs = trust.open_envelope(data, False)
-    data = None
     from .roots import trusted_root
 
     root_data = trusted_root(base)[1]
@@ -198,6 +208,13 @@ def check_release(base, job, device, run_counter, data, tick=None):
     root_data = None
     trust.check_role(root, "release", raw, sigs, lambda k, m, s: verify(k, m, s, tick))
     sigs = None
+    # the freshness statement's signatures too, before the manifest's object
+    # is in RAM beside the signature code (unless this job's install
+    # accepted it already)
+    fresh = None
+    if job.get("fresh_ok") != job.get("counter"):
+        fresh = _signed_freshness(base, job, root, dev_id, tick)
+    root = None
     collect()
     body = trust.signed_object(raw)
     raw = None
@@ -205,28 +222,42 @@ def check_release(base, job, device, run_counter, data, tick=None):
     trust.check_for_device(body, model, caps, api, run_counter)
     fbody = None
     if job.get("fresh_ok") != body["counter"]:
-        state = _trust_state(base)
-        last_version = state["freshness"]
-        fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
-        trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
-        # expired by the offer's time, or by the gateway's signed time (a
-        # statement kept on flash is verified first): docs/ota.md 2.3
-        floor = flash.floor_ms(base)
-        if exists(base + "/" + flash.TIME):
-            from .clock import take
-
-            floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
+        if fresh is None:  # (a job whose counter is not its manifest's: refused below)
+            fresh = _signed_freshness(base, job, trust.load_root(trusted_root(base)[1], verify), dev_id, tick)
+        fbody, floor = fresh
         offered = max(job["offered_at"], floor / 1000)
         trust.check_freshness(
-            fbody, model, job["manifest"], body["counter"], offered, last_version, dev_id, job["id"]
+            fbody,
+            model,
+            job["manifest"],
+            body["counter"],
+            offered,
+            _trust_state(base)["freshness"],
+            dev_id,
+            job["id"],
         )
     return body, fbody
+
+
+def _signed_freshness(base, job, root, dev_id, tick):
+    """(the body of the job's freshness statement, signed by a threshold of
+    the gateway role, the clock's floor, ms): a time statement kept on flash
+    is verified first and raises the floor (docs/ota.md 2.3). Raises TrustError."""
+    fraw, fbody, fsigs = trust.open_envelope(json.dumps(job["freshness"]).encode("utf-8"))
+    trust.check_role(root, "gateway", fraw, fsigs, lambda k, m, s: verify(k, m, s, tick))
+    floor = flash.floor_ms(base)
+    if exists(base + "/" + flash.TIME):
+        from .clock import take
+
+        floor = take(base, dev_id, root, lambda k, m, s: verify(k, m, s, tick))
+    return fbody, floor
 
 
 def _install(base, job, device, running, now, fault, tick, partition=None):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
-    body, fbody = check_release(base, job, device, run_counter, [_staged_manifest(base, job)], tick)
+    with _staged_manifest(base, job) as f:
+        body, fbody = check_release(base, job, device, run_counter, f, tick)
     if fbody is not None:
         state = _trust_state(base)  # (read again: the check may have raised the floor)
         state["freshness"] = fbody["version"]
@@ -248,10 +279,7 @@ def _install(base, job, device, running, now, fault, tick, partition=None):
     loader = boot_loader()
     target = SLOTS[1] if run_set == SLOTS[0] else SLOTS[0]
     if _slot_manifest(base, target) != job["manifest"] or loader.check_set(base, target, listed) is not None:
-        # (the running set's features, as the download counted them: a
-        # runtime's modules were all staged)
-        held = files.held_files(loader.features_root(base, run_set) if run_set else None)
-        _assemble(base, target, listed, held, fault)
+        _assemble(base, target, listed, run_set, fault)
         bad = loader.check_set(base, target, listed)
         if bad is not None:
             raise TrustError("mismatch", "assembled set: " + bad)
@@ -297,14 +325,18 @@ def _slot_manifest(base, target):
         return None
 
 
-def _assemble(base, target, listed, held, fault):
+def _assemble(base, target, listed, run_set, fault):
+    # what the running set holds is taken from it, as the need list counted it
+    from .needs import held_copy, holdings
+
     loader = boot_loader()
+    held, runtime = holdings(base, run_set)
     files.remove_tree(base + "/" + target)
     files.ensure_dir(loader.features_root(base, target))
     for f in listed:
         dst = loader.set_file(base, target, f["path"])
         files.ensure_dir(dst[: dst.rfind("/")])
-        src = held.get(f["sha256"]) or files.staged(base, f["sha256"])
+        src = held_copy(f, held, runtime) or files.staged(base, f["sha256"])
         if files.size(src) != f["size"]:
             raise TrustError("mismatch", "%s is neither held nor staged" % f["path"])
         _copy(src, dst)

@@ -77,7 +77,6 @@ def _agent(u):
             d.base,
             d.config["model"],
             b.counter(),
-            lambda: _held(b.root),
             lambda uid, obj, off, n, seq: send_request(client, d.id, uid, obj, off, n, seq),
             u.status,
             d.now,
@@ -88,9 +87,3 @@ def _agent(u):
         u.agent.tick = d.hal.feed_watchdog
         u.agent.on_staged = lambda: d.stop("update")
     return u.agent
-
-
-def _held(root):
-    from .files import held_files
-
-    return held_files(root)

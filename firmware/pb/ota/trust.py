@@ -63,16 +63,19 @@ def open_envelope(data, parse=True):
     """(signed bytes, signed object, signatures) of an envelope's bytes, or
     of a list holding them, which it empties: the caller's copy then goes
     once it is parsed (a manifest of the whole runtime is some 11 KB, and a
-    128 KB board checks it at boot beside the signature code). parse=False:
-    the signed object is None, for signed_object() once the signatures
-    passed (the bytes and the object need not be in RAM with the signature
-    code). Raises TrustError bad_envelope."""
+    128 KB board checks it at boot beside the signature code), or of a file
+    open for reading, parsed as it is read (its bytes never whole in RAM;
+    the caller checked its size). On MicroPython the signed bytes are a
+    memoryview of the signed string. parse=False: the signed object is
+    None, for signed_object() once the signatures passed (the bytes and the
+    object need not be in RAM with the signature code). Raises TrustError
+    bad_envelope."""
     if isinstance(data, list):
         data = data.pop()
-    if len(data) > MAX_ENVELOPE:
+    if not hasattr(data, "read") and len(data) > MAX_ENVELOPE:
         raise TrustError("bad_envelope", "signed document of %d bytes exceeds %d" % (len(data), MAX_ENVELOPE))
     try:
-        env = json.loads(data)
+        env = json.load(data) if hasattr(data, "read") else json.loads(data)
     except (ValueError, UnicodeError, RuntimeError):
         raise TrustError("bad_envelope", "signed document is not JSON") from None
     data = None
@@ -88,7 +91,11 @@ def open_envelope(data, parse=True):
     # string goes before the object is parsed from its bytes
     raw = env["signed"]
     env = None
-    raw = raw.encode("utf-8")
+    try:
+        # MicroPython views a string's UTF-8 bytes: no second copy of them
+        raw = memoryview(raw)
+    except TypeError:  # (CPython)
+        raw = raw.encode("utf-8")
     return raw, signed_object(raw) if parse else None, sigs
 
 
@@ -296,13 +303,17 @@ def check_image(image):
 
 def check_for_device(body, model, caps, api, counter):
     """Raise unless the manifest suits this device: its model, its board's
-    capabilities, its runtime API, and a counter above the one it runs."""
+    capabilities, its runtime API (unless the release carries its own
+    runtime), and a counter above the one it runs."""
     if body["model"] != model:
         raise TrustError("wrong_model", "release is for %s, this device is a %s" % (body["model"], model))
     missing = [c for c in body["requires"] if c not in caps]
     if missing:
         raise TrustError("wrong_hardware", "release needs %s, which this board lacks" % ", ".join(missing))
-    if body["api"] != api:
+    # a release that carries a runtime runs its features on that runtime,
+    # whose API ota build checked is the release's: the running one's API
+    # does not matter (docs/ota.md 2.1)
+    if "runtime" not in body and body["api"] != api:
         raise TrustError(
             "wrong_api", "release needs runtime API %r, this runtime has %r" % (body["api"], api)
         )

@@ -7,28 +7,22 @@
 # same builders and senders (pb/net/wire.py, pb/ota/transfer.py, report.py).
 import json
 
-from ..compat import asyncio, const, mem_free, sleep_ms, ticks_diff, ticks_ms
+from ..compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
 from ..errors import HalError
 from ..net import wire
 from ..net.mqtt_client import MQTTClient
 from ..store import read_bytes
 from . import flash
 from .download import Agent, configure
-from .files import held_files
 from .flash import read_json, remove
 from .report import send_status
 from .transfer import send_request
 
-# A block taken before the link's buffers and given back, whole, to read the
-# manifest's file list: the heap the link leaves is too cut up for it
-_ROOM = const(8192)
 
-
-async def run(base, config, hal, counter, root):
+async def run(base, config, hal, counter):
     """Download the update in ota/job.json; returns the reset cause."""
     dev = config["device"]
     b = config["broker"]
-    room = [bytearray(_ROOM)]
     hal.safe_state()
     will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
     client = MQTTClient(
@@ -56,7 +50,6 @@ async def run(base, config, hal, counter, root):
         base,
         config["model"],
         counter,
-        lambda: held_files(root),
         lambda uid, obj, off, n, seq: send_request(client, dev, uid, obj, off, n, seq),
         status,
         hal.time,
@@ -66,7 +59,6 @@ async def run(base, config, hal, counter, root):
     configure(agent, config, hal)
     agent.tick = hal.feed_watchdog
     agent.once = True
-    agent.room = room.clear
 
     def on_message(topic, payload, retain):
         if topic == wire.topic(dev, "ota/chunk"):
