@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.pb.errors import TrustError
-from firmware.pb.ota import trust
+from firmware.pb.ota import image as device_image
 
 from .errors import BuildError, ReleaseError
 
@@ -95,7 +95,7 @@ def entry(image: Path, version: str, segment: int = SEGMENT) -> tuple[ImageEntry
         segment,
     )
     try:
-        trust.check_image(e.to_dict())
+        device_image.check_entry(e.to_dict())
     except TrustError as exc:
         raise BuildError(f"the image would not pass a device: {exc.message}") from exc
     return e, blob

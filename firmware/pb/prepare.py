@@ -142,12 +142,10 @@ def choose(root, config, hal, room=None, chosen=None):
         from .ota.install import check_fetched, install_staged
 
         device = (config["device"], config["model"], hal.caps, API)
-        part = hal.partition()
-        if install_staged(root, device, hal.time(), hal.fault_point, room, part):
+        # (hal.partition: asked only for an update with an image)
+        if install_staged(root, device, hal.time(), hal.fault_point, room, hal.partition):
             hal.reset("update")
-        if check_fetched(
-            root, device, hal.time(), room, part
-        ):  # a manifest update mode fetched: before its blobs
+        if check_fetched(root, device, hal.time(), room, hal.partition):  # a manifest update mode fetched
             hal.reset("update")
     if chosen is None:
         chosen = flash.boot_loader().decide(root)

@@ -684,8 +684,8 @@ def _limit_sources() -> dict[str, Any]:
         "trust.MAX_SENT_ROOT": trust.MAX_SENT_ROOT,
         "trust.MAX_FILES": trust.MAX_FILES,
         "trust.MAX_PATH": trust.MAX_PATH,
-        "trust.MAX_IMAGE": trust.MAX_IMAGE,
-        "trust.MAX_SEGMENT": trust.MAX_SEGMENT,
+        "image.MAX_IMAGE": device_image.MAX_IMAGE,
+        "image.MAX_SEGMENT": device_image.MAX_SEGMENT,
         "image.FRAME": device_image.FRAME,
         "transfer.MAX_CHUNK": otaproto.MAX_CHUNK,
         "transfer.CHUNK_HEADER": otaproto.CHUNK_HEADER,
@@ -714,8 +714,7 @@ def test_limits_table_matches_the_code() -> None:
 
 def test_limits_that_live_in_two_places_agree() -> None:
     assert ota_release.ZLIB_WBITS == otafs._WBITS
-    assert ota_image.FRAME == device_image.FRAME and ota_image.SEGMENT <= trust.MAX_SEGMENT
-    assert device_image.BLOCK == trust.IMAGE_BLOCK
+    assert ota_image.FRAME == device_image.FRAME and ota_image.SEGMENT <= device_image.MAX_SEGMENT
     assert "max_packet=wire.MAX_PACKET" in (PB / "ota" / "update_mode.py").read_text()
     assert runtime.MAX_PACKET is wire.MAX_PACKET
     assert keyword_values(runtime, "MQTTClient", "max_packet") == []  # it passes runtime.MAX_PACKET by name

@@ -80,11 +80,11 @@ def test_a_broken_image_blob_is_a_mismatch(data: bytes, at: int, flip: int) -> N
 @settings(max_examples=300, deadline=None)
 def test_an_image_entry_is_checked_field_by_field(entry: dict[str, Any]) -> None:
     try:
-        trust.check_image(entry)
+        device_image.check_entry(entry)
     except TrustError as exc:
         assert exc.code == "bad_manifest" and exc.message.startswith("image")
     else:  # (only a complete, well-formed one passes)
-        assert 0 < entry["size"] <= trust.MAX_IMAGE and entry["segment"] % 4096 == 0
+        assert 0 < entry["size"] <= device_image.MAX_IMAGE and entry["segment"] % 4096 == 0
 
 
 @given(st.binary(min_size=0, max_size=80))

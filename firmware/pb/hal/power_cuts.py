@@ -33,8 +33,7 @@ def passed(folder, name):
     if not plan:
         return
     if _fault[1] == 0 and plan.get("log"):
-        data = read_bytes(folder + "/" + FAULT_LOG)
-        _fault[1] = data.count(b"\n") if data else 0
+        _fault[1] = _lines(folder + "/" + FAULT_LOG)
     _fault[1] += 1
     n = _fault[1]
     if plan.get("log"):
@@ -51,3 +50,19 @@ def _kill_self():
     if hasattr(os, "kill"):
         os.kill(os.getpid(), 9)
     os.system("kill -9 $PPID")  # MicroPython's unix port: the shell's parent is us
+
+
+def _lines(path):
+    """The lines of the log so far, counted a small block at a time (the
+    log of a long update is more than a small heap has in one piece)."""
+    n = 0
+    buf = bytearray(256)
+    try:
+        with open(path, "rb") as f:
+            while True:
+                k = f.readinto(buf)
+                if not k:
+                    return n
+                n += bytes(memoryview(buf)[:k]).count(b"\n")
+    except OSError:
+        return 0

@@ -9,13 +9,42 @@
 # back and hashed against the signed manifest; the install hashes it again
 # before it chooses it to boot. Never held in RAM: one flash block at a time.
 # Loaded only while an update carries an image.
-from ..compat import collect, format_exception
+from ..compat import collect, const, format_exception
+from ..errors import TrustError
 from . import files
 
 FRAME = 36  # bytes before each segment: its compressed length, its SHA-256
 BLOCK = 4096  # the flash's erase sector: what writeblocks() takes
 STAGED = "image.z"  # the segment being fetched, in ota/stage/
 _READ = 512  # bytes read or written at a time: no block-sized buffer in RAM
+MAX_IMAGE = const(0x1000000)  # bytes of a MicroPython image: 16 MiB, the largest ESP32 flash
+MAX_SEGMENT = const(65536)  # image bytes compressed on their own
+
+
+def check_entry(image):
+    """A manifest's `image` (docs/ota.md 2.1), for pb/ota/trust.py
+    check_manifest. Raises TrustError bad_manifest."""
+    if not isinstance(image, dict):
+        raise TrustError("bad_manifest", "manifest field 'image' must be an object")
+    v = image.get("version")
+    if not isinstance(v, str) or not 0 < len(v) <= 32:
+        raise TrustError("bad_manifest", "image: version must be 1-32 characters")
+    for k in ("size", "zsize", "segment"):
+        if not _int(image.get(k)) or not 0 < image[k] <= MAX_IMAGE:
+            raise TrustError("bad_manifest", "image: %s must be a size from 1 to %d" % (k, MAX_IMAGE))
+    seg = image["segment"]
+    if seg % BLOCK or seg > MAX_SEGMENT:
+        raise TrustError(
+            "bad_manifest", "image: segment must be a multiple of %d up to %d" % (BLOCK, MAX_SEGMENT)
+        )
+    from .transfer import is_hex64
+
+    if not is_hex64(image.get("sha256")) or not is_hex64(image.get("zsha256")):
+        raise TrustError("bad_manifest", "image: hashes must be 64 lowercase hex")
+
+
+def _int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class Refused(Exception):

@@ -5,7 +5,7 @@
 # idempotent: a power cut anywhere in here just runs it again at next boot.
 import json
 
-from ..compat import collect, format_exception, fsync
+from ..compat import collect, forget, format_exception, fsync
 from ..errors import StoreError, TrustError
 from ..store import exists
 from . import files, flash, trust
@@ -13,6 +13,7 @@ from .flash import SLOTS, boot_loader, read_json, write_json
 from .report import status
 
 _MAX_INSTALLS = 3
+_SIGNATURE_MODULES = ("pb.ota.ed25519", "pb.ota.sha512", "pb.ota.roots", "pb.ota.clock")
 
 
 def _status(job, state, now, reason=None):
@@ -35,26 +36,31 @@ def verify(pub, msg, sig, tick=None):
     return ed_verify(pub, msg, sig, tick)
 
 
-def install_staged(base, device, now, fault=None, room=None, partition=None):
+def install_staged(base, device, now, fault=None, room=None, partitions=None):
     """Install a staged update, if there is one (device: id, model, caps, api);
     True if there was one, installed or refused: the device then resets, so
     that the new set's trial starts on a fresh heap (False too when the new
     image already runs: its trial goes on at this boot). room(), if given,
-    frees a block the boot kept whole for the signature check; partition:
-    the board's esp32.Partition class, for an update with an image."""
+    frees a block the boot kept whole for the signature check; partitions():
+    the board's esp32.Partition class or None (hal.partition), called only
+    for an update with an image."""
     job = flash.read_job(base, "staged")
     if job is None:
         return False
-    p = install(base, job, device, running(base), now, fault, room=room, partition=partition)
+    p = install(base, job, device, running(base), now, fault, room=room, partitions=partitions)
+    if not (p and p.get("image")):
+        return True
     # (the new image runs already, on trial: a power cut came after it was
     # chosen to boot. The bootloader would take a reset now for a failed start)
-    return not (p and p.get("image") and partition and partition(partition.RUNNING).info()[4] == p["image"])
+    part = partitions()
+    return not (part and part(part.RUNNING).info()[4] == p["image"])
 
 
-def install(base, job, device, running, now, fault=None, tick=None, room=None, partition=None):
+def install(base, job, device, running, now, fault=None, tick=None, room=None, partitions=None):
     """Check and activate a staged update. device: (device id, model, caps,
     api); running: (set dir, counter, manifest) of the running set;
-    partition: the board's esp32.Partition class (an update with an image).
+    partitions(): the board's esp32.Partition class or None (an update with
+    an image).
     Returns the new pointer, or None if the update failed (reported,
     staging removed)."""
     fault = fault or (lambda name: None)
@@ -63,8 +69,9 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None, p
         # the pointer switched before the power went: only the tidying is
         # left, and the image chosen to boot if that was cut short too
         label = done.get("image")
-        if label and partition and partition(partition.RUNNING).info()[4] != label:
-            partition(label).set_boot()
+        part = partitions() if label and partitions else None
+        if part and part(part.RUNNING).info()[4] != label:
+            part(label).set_boot()
             fault("image-boot")
         _tidy(base, job, now)
         return done
@@ -72,7 +79,7 @@ def install(base, job, device, running, now, fault=None, tick=None, room=None, p
     flash.write_job(base, job)  # counted first
     try:
         _load_crypto(room)
-        p = _install(base, job, device, running, now, fault, tick, partition)
+        p = _install(base, job, device, running, now, fault, tick, partitions)
     except MemoryError as exc:
         if job["installs"] < _MAX_INSTALLS:
             raise  # a short heap, not a bad update: the device resets and tries again
@@ -105,7 +112,7 @@ def running(base):
     return (None, 0, None)
 
 
-def check_fetched(base, device, now, room=None, partition=None):
+def check_fetched(base, device, now, room=None, partitions=None):
     """Check the signatures of a manifest that update mode fetched and left
     for the boot to check (its heap is too small for Ed25519), before any
     blob is fetched. A refusal is reported and ends the update. True if a
@@ -113,7 +120,7 @@ def check_fetched(base, device, now, room=None, partition=None):
     heap the check's code has not cut up."""
     job = flash.read_job(base, "downloading")
     if job is not None and flash.to_check(job):
-        _check_fetched(base, job, device, running(base), now, room, partition)
+        _check_fetched(base, job, device, running(base), now, room, partitions)
         return True
     return False
 
@@ -136,7 +143,7 @@ def _trust_state(base):
     return read_json(base + "/" + flash.TRUST_STATE) or {"freshness": 0}
 
 
-def _check_fetched(base, job, device, run, now, room=None, partition=None):
+def _check_fetched(base, job, device, run, now, room=None, partitions=None):
     """At boot, on a nearly empty heap: check_release for a manifest that
     update mode fetched, before it fetches any blob. Passed, the job is
     marked checked (update mode goes on); refused, the update fails
@@ -149,7 +156,7 @@ def _check_fetched(base, job, device, run, now, room=None, partition=None):
         with _staged_manifest(base, job) as f:
             body = check_release(base, job, device, run[1], f)[0]
         image = body.get("image")
-        if image is not None and partition is None:
+        if image is not None and (partitions is None or partitions() is None):
             raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
         from .needs import list_needs
 
@@ -215,7 +222,9 @@ def check_release(base, job, device, run_counter, data, tick=None):
     if job.get("fresh_ok") != job.get("counter"):
         fresh = _signed_freshness(base, job, root, dev_id, tick)
     root = None
-    collect()
+    # the signature code goes (a later check loads it again): the manifest's
+    # object is the largest thing the check holds
+    forget(_SIGNATURE_MODULES)
     body = trust.signed_object(raw)
     raw = None
     trust.check_manifest(body)
@@ -253,7 +262,7 @@ def _signed_freshness(base, job, root, dev_id, tick):
     return fbody, floor
 
 
-def _install(base, job, device, running, now, fault, tick, partition=None):
+def _install(base, job, device, running, now, fault, tick, partitions=None):
     _step[0] = "reading the manifest"
     run_set, run_counter, run_manifest = running
     with _staged_manifest(base, job) as f:
@@ -300,7 +309,7 @@ def _install(base, job, device, running, now, fault, tick, partition=None):
         from .image import Refused, check_written
 
         try:
-            part = check_written(partition, image)
+            part = check_written(partitions() if partitions else None, image)
         except Refused as exc:
             code, _, why = str(exc).partition(": ")  # ("mismatch: the image in ...")
             raise TrustError(code, why) from None

@@ -15,9 +15,6 @@ MAX_SENT_ROOT = const(4096)  # a root sent over the air: one MQTT message (pb/ne
 MAX_SIGNATURES = const(8)
 MAX_FILES = const(64)  # what a 16 KB manifest holds
 MAX_PATH = const(96)
-MAX_IMAGE = const(0x1000000)  # bytes of a MicroPython image: 16 MiB, the largest ESP32 flash
-MAX_SEGMENT = const(65536)  # image bytes compressed on their own (pb/ota/image.py)
-IMAGE_BLOCK = const(4096)  # the flash's erase sector
 RUNTIME = "pb"  # the runtime's folder in a release's paths (firmware/loader.py RUNTIME)
 UPDATE_ID_LEN = const(12)  # an update id is this many lowercase hex digits
 ROLES = ("root", "release", "gateway")
@@ -277,28 +274,10 @@ def check_manifest(body):
     if "image" in body:
         if body.get("v") != 2:
             raise TrustError("bad_manifest", "a release with an image is a version 2 manifest")
-        check_image(body["image"])
+        from .image import check_entry  # (its code only for a release with an image)
+
+        check_entry(body["image"])
     return body
-
-
-def check_image(image):
-    """A manifest's `image` (docs/ota.md 2.1): the MicroPython image it
-    carries. Raises TrustError bad_manifest."""
-    if not isinstance(image, dict):
-        raise TrustError("bad_manifest", "manifest field 'image' must be an object")
-    v = image.get("version")
-    if not isinstance(v, str) or not 0 < len(v) <= 32:
-        raise TrustError("bad_manifest", "image: version must be 1-32 characters")
-    for k in ("size", "zsize", "segment"):
-        if not _int(image.get(k)) or not 0 < image[k] <= MAX_IMAGE:
-            raise TrustError("bad_manifest", "image: %s must be a size from 1 to %d" % (k, MAX_IMAGE))
-    seg = image["segment"]
-    if seg % IMAGE_BLOCK or seg > MAX_SEGMENT:
-        raise TrustError(
-            "bad_manifest", "image: segment must be a multiple of %d up to %d" % (IMAGE_BLOCK, MAX_SEGMENT)
-        )
-    if not is_hex(image.get("sha256"), 64) or not is_hex(image.get("zsha256"), 64):
-        raise TrustError("bad_manifest", "image: hashes must be 64 lowercase hex")
 
 
 def check_for_device(body, model, caps, api, counter):
