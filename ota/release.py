@@ -294,6 +294,39 @@ def runtime_sources(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def runtime_boards(folder: Path, model: str) -> list[tuple[str, Path]]:
+    """(path on the device, file) of the board files a runtime release
+    carries: "pb/boards/<board>.json" for each board of the model, from the
+    runtime folder's boards/ if it has one, else the firmware's own. The
+    device runs the one of its board with the runtime (docs/ota.md 2.1).
+    Raises BuildError."""
+    own = folder / "boards"
+    if own.is_dir():
+        found = sorted(own.glob("*.json"))
+    else:
+        import firmware
+
+        found = sorted((Path(firmware.__file__).parent / "boards").glob("*.json"))
+    out = []
+    for path in found:
+        try:
+            board = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"{path} is not a board file: {exc}") from exc
+        if not isinstance(board, dict) or not isinstance(board.get("capabilities"), dict):
+            raise BuildError(f"{path} is not a board file (no capabilities)")
+        if board.get("model") != model:
+            continue
+        if board.get("board") != path.stem:
+            raise BuildError(
+                f"{path} names board {board.get('board')!r}: a board file is named after its board"
+            )
+        out.append((f"{trust.RUNTIME}/boards/{path.name}", path))
+    if not out:
+        raise BuildError(f"{own if own.is_dir() else 'the firmware'} has no board file of a {model}")
+    return out
+
+
 def runtime_version(folder: Path) -> str:
     """The VERSION a runtime folder states (pb/__init__.py). Raises BuildError."""
     return _runtime_value(folder, "VERSION", r'"([^"]+)"')
@@ -423,6 +456,7 @@ def build(
     ]
     if runtime is not None:
         shipping += runtime_sources(Path(runtime).resolve())
+        shipping += runtime_boards(Path(runtime).resolve(), model)
     for path, src in shipping:
         data = src.read_bytes()
         shipped = [(path, data)]

@@ -8,7 +8,7 @@ from . import API, VERSION
 from .compat import const, forget
 from .errors import ConfigError, StoreError
 from .ota import flash
-from .store import makedirs, read_bytes, write_atomic
+from .store import exists, makedirs, read_bytes, write_atomic
 
 # A block kept whole from the start of the boot for an install's signature
 # check (pb/ota/install.py): the code and copies it loads need blocks of a
@@ -80,8 +80,21 @@ def load_config(root="."):
     return c
 
 
-def make_hal(config, root="."):
-    board = load_json(root + "/" + flash.BOARDS + "/" + config["board"] + ".json", "board file")
+def board_file(root, config, chosen=None):
+    """The board file: the one the chosen set's runtime carries (a slot's
+    pb/boards/<board>.json, from a release that carries the runtime), else
+    the one provisioned (docs/ota.md 2.1)."""
+    name = "/" + config["board"] + ".json"
+    p = chosen[1] if chosen else None
+    if p and p.get("set") != flash.FACTORY:
+        path = root + "/" + p["set"] + "/" + flash.RUNTIME_BOARDS + name
+        if exists(path):
+            return path
+    return root + "/" + flash.BOARDS + name
+
+
+def make_hal(config, root=".", chosen=None):
+    board = load_json(board_file(root, config, chosen), "board file")
     kind = config.get("hal", "host")
     if kind == "host":
         from .hal.host import HostHal
@@ -159,7 +172,7 @@ def prepare(root, chosen=None):
     mode, the folder of the runtime's records)."""
     hold = [bytearray(_ROOM)]  # before the boot's own blocks cut up the heap
     config = load_config(root)
-    hal = make_hal(config, root)
+    hal = make_hal(config, root, chosen)
     data = read_bytes(root + "/hal/clock")  # a host's clock as it was set (pb/hal/host.py CLOCK_FILE)
     if data:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -366,6 +367,10 @@ def test_build_with_a_runtime_ships_pb_as_provisioning_does(tmp_path: Path, feat
     # the same bytes as a provisioned device holds: a device downloads only what changed
     config = {"board": "thermostat-v1"}
     provisioned = dict(device_files(config, [], compile_mpy=True))
+    # (the board file goes with the runtime: pb/boards/<board>.json, docs/ota.md 2.1)
+    board = shipped.pop("pb/boards/thermostat-v1.json")
+    assert hashlib.sha256(provisioned["boards/thermostat-v1.json"]).hexdigest() == board.sha256
+    assert not [p for p in shipped if p.startswith("pb/boards/")]  # (only the model's boards)
     assert all(hashlib.sha256(provisioned[p]).hexdigest() == f.sha256 for p, f in shipped.items())
     assert set(shipped) == {p for p in provisioned if p.startswith("pb/")}
     # and `ota inspect` says so
@@ -375,6 +380,25 @@ def test_build_with_a_runtime_ships_pb_as_provisioning_does(tmp_path: Path, feat
     assert info.runtime == version and info.to_dict()["runtime"] == version
     assert f"carries runtime {version} (pb/)" in info.to_text()
     assert describe(read(rel.path)).runtime == version
+
+
+def test_a_runtime_carries_the_board_files_of_its_own_folder(tmp_path: Path, features_dir: Path) -> None:
+    from gateway.paths import firmware_dir
+
+    pb = tmp_path / "rt" / "pb"
+    shutil.copytree(firmware_dir() / "pb", pb, ignore=shutil.ignore_patterns("__pycache__"))
+    (pb / "boards").mkdir()
+    board = json.loads((firmware_dir() / "boards" / "thermostat-v1.json").read_text())
+    board["capabilities"]["relay"]["pin"] = 27  # the maker moved the relay
+    (pb / "boards" / "thermostat-v1.json").write_text(json.dumps(board))
+    rel = build("thermostat", [features_dir / "thermostat"], "rt", tmp_path / "r", 3, ("mpy",), runtime=pb)
+    entry = next(f for f in rel.files if f.path == "pb/boards/thermostat-v1.json")
+    assert entry.sha256 == hashlib.sha256((pb / "boards" / "thermostat-v1.json").read_bytes()).hexdigest()
+    # a board file named for another board is refused before anything is written
+    (pb / "boards" / "thermostat-v2.json").write_text(json.dumps(board))
+    with pytest.raises(BuildError, match="a board file is named after its board"):
+        build("thermostat", [features_dir / "thermostat"], "rt", tmp_path / "r2", 4, ("mpy",), runtime=pb)
+    assert not (tmp_path / "r2").exists()
 
 
 def _runtime_of_api(tmp_path: Path, api: int) -> Path:

@@ -52,12 +52,14 @@ def runtime_release(
     mark: str = "",
     every: bool = False,
     api: int = API,
+    board: bool = False,
 ) -> Release:
     """thermostat with a runtime of VERSION NEW_VERSION; crash: one whose
     start raises before the device connects (so it never commits); mark: a
     value added to pb/values.py (that one module changed); every: each
     module changed (the device fetches the whole runtime); api: the API of
-    that runtime, which its features are written against."""
+    that runtime, which its features are written against; board: its
+    thermostat board file gains a pressure sensor (pb/boards/)."""
     pb = tmp / "runtime" / "pb"
     shutil.copytree(firmware_dir() / "pb", pb, ignore=shutil.ignore_patterns("__pycache__"))
     init = pb / "__init__.py"
@@ -77,6 +79,11 @@ def runtime_release(
         values.write_text(values.read_text() + f"\nRELEASE_MARK = {mark!r}\n")
     for module in sorted(pb.rglob("*.py")) if every else ():
         module.write_text(module.read_text() + "\n_RELEASE = 2\n")
+    if board:
+        (pb / "boards").mkdir()
+        b = json.loads((firmware_dir() / "boards" / "thermostat-v1.json").read_text())
+        b["capabilities"]["pressure"] = {"kind": "sensor", "unit": "hPa", "driver": "bmp280", "pin": 21}
+        (pb / "boards" / "thermostat-v1.json").write_text(json.dumps(b))
     src = feature_sources(tmp / "src", ("thermostat",))
     if api != API:
         init.write_text(re.sub(r"^API = \d+", f"API = {api}", init.read_text(), count=1, flags=re.M))
@@ -100,8 +107,9 @@ def test_a_release_with_a_good_runtime_commits_and_the_device_runs_it(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
     assert FACTORY_VERSION is not None and FACTORY_VERSION.group(1) != NEW_VERSION
-    release = runtime_release(tmp_path, keys, 7, crash=False, every=True)
+    release = runtime_release(tmp_path, keys, 7, crash=False, every=True, board=True)
     assert json.loads(json.loads(release.manifest)["signed"])["runtime"] == NEW_VERSION
+    assert "pb/boards/thermostat-v1.json" in {f.path for f in release.files}
     srv = updated(mosquitto, device, release, keys)
     counter, manifest, names = running_set(device)
     assert (counter, manifest, names) == (7, release.sha256, ["thermostat"])
@@ -118,12 +126,15 @@ def test_a_release_with_a_good_runtime_commits_and_the_device_runs_it(
     assert (device.path / slot / "pb" / "__init__.mpy").is_file()
     # the hello states the slot's runtime: the device runs it
     wait_for(lambda: retained_hello(mosquitto, device.id)["runtime"] == NEW_VERSION, 30, what="new runtime")
+    # with the board file the runtime carries: its board gained a sensor
+    assert "pressure" in retained_hello(mosquitto, device.id)["caps"]
     # and runs it again after a power cut, committed, on a 128 KB heap
     device.kill()
     device.start()
     wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "power_on", 30, what="power_on")
     hello = retained_hello(mosquitto, device.id)
     assert hello["runtime"] == NEW_VERSION and hello["ota"]["state"] == "committed", hello
+    assert "pressure" in hello["caps"], hello
     assert running_set(device) == (7, release.sha256, ["thermostat"])
     heap = int(re.findall(r"heap free (\d+)\)", device.output())[-1])
     print(f"free heap after start on a runtime from a slot under -X heapsize={SMALL_HEAP}: {heap} bytes")
@@ -163,7 +174,7 @@ def test_a_runtime_release_fetches_only_the_modules_the_running_runtime_lacks(
 def test_a_release_whose_runtime_crashes_at_start_rolls_back_runtime_and_features(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
-    release = runtime_release(tmp_path, keys, 8, crash=True)
+    release = runtime_release(tmp_path, keys, 8, crash=True, board=True)
     srv = serve(mosquitto, device, offer_of(release, keys))
     try:
         done = srv.wait_for(("committed", "failed", "rolled_back"), 120)
@@ -182,6 +193,7 @@ def test_a_release_whose_runtime_crashes_at_start_rolls_back_runtime_and_feature
         30,
         what="the factory runtime",
     )
+    assert "pressure" not in retained_hello(mosquitto, device.id)["caps"]  # the factory board file
     wait_for(lambda: "features thermostat" in device.output().rsplit("booted", 1)[-1], 20, what="factory set")
 
 

@@ -18,6 +18,7 @@ REPORTS = "ota/reports.json"  # statuses for the runtime to send
 CONFIG = "config.json"  # the device's settings (pb/config.py)
 CONFIG_CHECKED = "data/config.ok"  # digest of the runtime's version and the config that passed
 BOARDS = "boards"  # boards/<board>.json
+RUNTIME_BOARDS = "pb/boards"  # a slot's runtime's board files: <slot>/pb/boards/<board>.json
 DATA = "data"  # the runtime's records (pb/store.py Store)
 HELLO = "data/hello.json"  # the last hello the runtime sent, for update mode
 ROOT = "ota/root.json"  # a root provisioned: taken as the trusted root at the next boot

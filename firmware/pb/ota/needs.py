@@ -78,10 +78,13 @@ def held_copy(f, held, runtime):
     """Where the running set holds the content of file f, or None: a file of
     its features with f's SHA-256 (held), or, for a module of the
     runtime, the same path in the runtime it runs, hashed here (a dict of
-    every runtime module would cost a 128 KB board its RAM at assembly)."""
+    every runtime module would cost a 128 KB board its RAM at assembly); a
+    board file, pb/boards/<board>.json, may be the factory's boards/<board>.json."""
     path = held.get(f["sha256"])
     if path is None and f["path"].startswith(boot_loader().RUNTIME + "/"):
         p = runtime + "/" + f["path"]
+        if f["path"].startswith(flash.RUNTIME_BOARDS + "/") and files.size(p) < 0:
+            p = runtime + "/" + f["path"][3:]  # (the factory runtime's board files: boards/)
         if files.size(p) == f["size"] and files.file_sha256(p, f["size"])[1] == f["sha256"]:
             path = p
     return path
