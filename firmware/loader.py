@@ -173,10 +173,11 @@ def _installing(job, p):
     return isinstance(job, dict) and job.get("id") == p.get("update")
 
 
-def decide(base=".", image=None):
+def decide(base=".", image=None, reset=None):
     """This boot's set; a trial boot is counted on flash before any of it
     runs. image: the running image's partition (a set on trial with an
-    image of its own runs on that one only)."""
+    image of its own runs on that one only); reset(): the board's (the
+    simulator's own, which does not end the process)."""
     p = read_pointer(base)
     factory = _is_dir(base + "/" + FACTORY)
     if p is None or p.get("corrupt"):
@@ -214,7 +215,7 @@ def decide(base=".", image=None):
             return _safe(base, "trial failed (%s) and the previous set is unusable" % reason)
         st = _report(base, "rolled_back", reason, p)
         if image and p.get("image") == image:
-            _reset()  # the new image runs, never marked valid: the bootloader takes it back
+            (reset or _reset)()  # the new image runs, never marked valid: the bootloader takes it back
         return (features_root(base, q["set"]), q, False, st)
     if p["set"] == FACTORY and not factory:
         return _safe(base, "factory set missing")

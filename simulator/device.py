@@ -128,6 +128,8 @@ class VirtualDevice:
         config: dict[str, Any] | None = None,
         heap_free: int | None = None,
         plant: Any = None,
+        image: bytes | None = None,
+        slot_size: int = 256 * 1024,
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -160,6 +162,8 @@ class VirtualDevice:
         self.faults.on_cut = self._power_gone
         self.hal.faults = self.faults
         register_flash(self.base, self.faults)
+        if image is not None:
+            self._flash_image(image, slot_size)
         self.heap_free = heap_free
         self.device: Device | None = None  # the runtime, while it runs
         self.boot: Boot | None = None  # what the boot guard chose at the last boot
@@ -171,6 +175,19 @@ class VirtualDevice:
         self._cut = False  # the power went during this boot
         self._off: asyncio.Event | None = None  # set: the power may come back
         self._radio: tuple[Any, int] = (None, 0)  # a client, and the messages it carried
+
+    def _flash_image(self, image: bytes, slot_size: int) -> None:
+        """Two app partitions of slot_size bytes under the device's flash
+        (firmware/pb/hal/partitions.py), ota_0 holding image, as esptool
+        writes a board; kept if the device has them already."""
+        from firmware.pb.hal.partitions import Flash
+
+        fresh = not (self.base / "flash" / "ota_0.bin").exists()
+        self.hal.slots = Flash(str(self.base), slot_size)
+        if fresh:
+            (self.base / "factory.bin").write_bytes(image)
+            self.hal.slots.load_factory(str(self.base / "factory.bin"))
+            (self.base / "factory.bin").unlink()
 
     # ---- what a test or the demo may look at ---------------------------------
 
@@ -228,6 +245,10 @@ class VirtualDevice:
         firmware's own start-up (firmware.pb.start.run_device). Raises Reboot."""
         base = str(self.base)
         self.mode = "booting"
+        if self.hal.slots is not None:
+            # the bootloader first, as on a board: the image to run (and one
+            # never marked valid taken back)
+            self.hal.image = self.hal.slots.boot().label
         chosen = choose(base, self.config, self.hal)  # may raise PowerCut (an install cut short)
         self.boot = Boot(*chosen)
         self.mode = "update" if lean_job(base) else "runtime"

@@ -37,6 +37,10 @@ class SimHal(Hal):  # type: ignore[misc]
         self.powered_on = True  # since the last power-on, no reset
         self.faults: DeviceFaults | None = None
         self.network_tries: list[float] = []  # when the firmware asked for its network link
+        # the board's app partitions (firmware/pb/hal/partitions.py, the
+        # stand-in), if it has them, and the one its bootloader chose
+        self.slots: Any = None
+        self.image: str | None = None
 
     def read(self, name: str) -> float:
         if self.caps.get(name, {}).get("kind") != "sensor":
@@ -80,6 +84,16 @@ class SimHal(Hal):  # type: ignore[misc]
         skew left is the one this sets."""
         if self.faults is not None:
             self.faults.skew_s = t - self.clock.now()
+
+    def partition(self) -> Any:
+        """esp32.Partition of this board's app partitions, or None."""
+        if self.slots is None:
+            return None
+        self.slots.running = self.image
+        return self.slots.Partition
+
+    def running_image(self) -> str | None:
+        return self.image
 
     def reset_cause(self) -> str:
         # what machine.reset_cause() says on a board: power-on at first and

@@ -188,3 +188,56 @@ async def test_a_virtual_device_refuses_an_image_it_has_no_partitions_for(
         "wrong_hardware: this board cannot update its MicroPython image",
     ), u
     assert dev.pointer() is None and dev.running() == ["thermostat"]
+
+
+def _image(n: int, seed: int) -> bytes:
+    """An ESP32 app image's magic, then n bytes that compress as code does."""
+    import random
+
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(rnd.randrange(2, 9)) for _ in range(200)]
+    out = bytearray(b"\xe9")
+    while len(out) < n:
+        out += rnd.choice(words)
+    return bytes(out[:n])
+
+
+async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_and_back(
+    rig: Rig, make_device: MakeDevice, tmp_path: Path, keys: Any
+) -> None:
+    # the partitions' stand-in (firmware/pb/hal/partitions.py) behind the
+    # simulator's HAL: the same image update as a board's, its rollback too
+    from ota.release import build
+
+    factory = _image(60_000, 1)
+    dev = await make_device(image=factory)
+    assert dev.hal.image == "ota_0"
+    (tmp_path / "new.bin").write_bytes(_image(90_000, 2))
+    good = build(
+        "thermostat", [FEATURES / "thermostat"], "6.0", tmp_path / "r6", 6, keys=keys,
+        image=tmp_path / "new.bin", image_version="1.29.1",
+    )  # fmt: skip
+    u = await rig.update(dev, rig.publish(good.path))
+    assert u.state == "committed", u
+    await async_wait_for(lambda: dev.hal.slots.state("ota_1") == "valid", 10, what="ota_1 marked valid")
+    assert dev.hal.image == "ota_1" and dev.pointer()["image"] == "ota_1"  # type: ignore[index]
+    assert (dev.base / "flash" / "ota_1.bin").read_bytes()[:90_000] == (tmp_path / "new.bin").read_bytes()
+    # an image with a set that fails its trial: the bootloader takes the
+    # image back at the reset, the boot loader the set
+    (tmp_path / "newer.bin").write_bytes(_image(80_000, 3))
+    eco = tmp_path / "src" / "eco"
+    shutil.copytree(FEATURES / "eco", eco, ignore=shutil.ignore_patterns("__pycache__"))
+    init = eco / "__init__.py"
+    init.write_text(
+        init.read_text().replace("def start(ctx):\n", "def start(ctx):\n    raise RuntimeError('no')\n")
+    )
+    bad = build(
+        "thermostat", [FEATURES / "thermostat", eco], "7.0", tmp_path / "r7", 7, keys=keys,
+        image=tmp_path / "newer.bin", image_version="1.29.2",
+    )  # fmt: skip
+    u = await rig.update(dev, rig.publish(bad.path))
+    assert u.state == "rolled_back", u
+    await async_wait_for(lambda: dev.running() == ["thermostat"], 10, what="the set before")
+    assert dev.hal.image == "ota_1" and dev.hal.slots.state("ota_0") == "aborted"
+    p = dev.pointer()
+    assert p is not None and (p["counter"], p["state"]) == (6, "committed")
