@@ -155,6 +155,8 @@ def rollback(base, p, reason):
         return None
     q = {"set": prev["set"], "counter": prev["counter"], "manifest": prev.get("manifest")}
     q["state"] = "committed"
+    if prev.get("image"):
+        q["image"] = prev["image"]  # (the image that set runs on)
     write_pointer(base, q)
     return q
 

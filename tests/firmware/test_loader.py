@@ -25,7 +25,7 @@ def test_the_loader_imports_nothing_of_the_runtime() -> None:
 
 
 def test_the_loader_is_small_enough_to_review() -> None:
-    assert len(LOADER.read_text().splitlines()) < 240
+    assert len(LOADER.read_text().splitlines()) < 250
 
 
 def test_the_names_the_runtime_shares_with_the_loader_are_equal() -> None:

@@ -240,4 +240,4 @@ async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_a
     await async_wait_for(lambda: dev.running() == ["thermostat"], 10, what="the set before")
     assert dev.hal.image == "ota_1" and dev.hal.slots.state("ota_0") == "aborted"
     p = dev.pointer()
-    assert p is not None and (p["counter"], p["state"]) == (6, "committed")
+    assert p is not None and (p["counter"], p["image"], p["state"]) == (6, "ota_1", "committed")
