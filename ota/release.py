@@ -449,6 +449,12 @@ def build(
             raise BuildError(f"the features need runtime API {need}, the runtime in {runtime} has API {api}")
     requires = sorted({c for m in manifests.values() for c in m.get("requires", [])})
     _check_hardware(model, requires)
+    boards = runtime_boards(Path(runtime).resolve(), model) if runtime is not None else []
+    for _, board_file in boards:
+        # (a board file the runtime carries replaces the one its boards run)
+        lacks = [c for c in requires if c not in json.loads(board_file.read_bytes())["capabilities"]]
+        if lacks:
+            raise BuildError(f"{board_file} lacks {', '.join(lacks)}, which the features need")
 
     contents: dict[str, bytes] = {}
     shipping = [
@@ -456,7 +462,7 @@ def build(
     ]
     if runtime is not None:
         shipping += runtime_sources(Path(runtime).resolve())
-        shipping += runtime_boards(Path(runtime).resolve(), model)
+        shipping += boards
     for path, src in shipping:
         data = src.read_bytes()
         shipped = [(path, data)]

@@ -180,8 +180,13 @@ class VirtualDevice:
         """Two app partitions of slot_size bytes under the device's flash
         (firmware/pb/hal/partitions.py), ota_0 holding image, as esptool
         writes a board; kept if the device has them already."""
-        from firmware.pb.hal.partitions import Flash
+        from firmware.pb.hal.partitions import MAGIC, Flash
 
+        if not image or image[0] != MAGIC or len(image) > slot_size:
+            raise ConfigError(
+                f"{self.id}: an image is an ESP32 app image (first byte 0x{MAGIC:02X}) "
+                f"of at most {slot_size} bytes"
+            )
         fresh = not (self.base / "flash" / "ota_0.bin").exists()
         self.hal.slots = Flash(str(self.base), slot_size)
         if fresh:

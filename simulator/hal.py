@@ -92,9 +92,6 @@ class SimHal(Hal):  # type: ignore[misc]
         self.slots.running = self.image
         return self.slots.Partition
 
-    def running_image(self) -> str | None:
-        return self.image
-
     def reset_cause(self) -> str:
         # what machine.reset_cause() says on a board: power-on at first and
         # after a power cut, a hard reset after every machine.reset()

@@ -161,7 +161,10 @@ def choose(root, config, hal, room=None, chosen=None):
         if check_fetched(root, device, hal.time(), room, hal.partition):  # a manifest update mode fetched
             hal.reset("update")
     if chosen is None:
-        chosen = flash.boot_loader().decide(root, hal.running_image(), lambda: hal.reset("rollback"))
+        # (the simulator's HAL says which image its bootloader chose; main.py
+        # asks the boot loader itself, which asks the board)
+        image = getattr(hal, "image", None)
+        chosen = flash.boot_loader().decide(root, image, lambda: hal.reset("rollback"))
     if chosen[2]:
         hal.fault_point("trial-boot")  # (the loader counted it on flash)
     return tuple(chosen) + (trusted,)

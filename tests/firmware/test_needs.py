@@ -68,9 +68,9 @@ def test_the_running_runtimes_modules_are_held_at_their_path_and_features_by_has
     assert sorted(p.name for p in stage.iterdir()) == ["manifest.json", "need.json"]
     # and the install takes the held ones from where they are
     held, runtime = needs.holdings(str(base), flash.FACTORY)
-    assert needs.held_copy(listed[0], held, runtime) == f"{base}/pb/runtime.py"
-    assert needs.held_copy(listed[3], held, runtime) == f"{base}/features/thermostat/__init__.py"
-    assert needs.held_copy(listed[2], held, runtime) is None
+    assert needs.held_copy(listed[0], held, runtime, str(base)) == f"{base}/pb/runtime.py"
+    assert needs.held_copy(listed[3], held, runtime, str(base)) == f"{base}/features/thermostat/__init__.py"
+    assert needs.held_copy(listed[2], held, runtime, str(base)) is None
 
 
 @pytest.mark.parametrize("other", [{"manifest": "cd" * 32}, {"id": "0123456789ab"}])
@@ -165,3 +165,20 @@ def test_a_damaged_need_list_is_refused_with_a_valueerror_only(
                 assert isinstance(f["path"], str) and f["size"] >= 0 and len(f["sha256"]) == 64
         except ValueError:
             pass
+
+
+def test_a_board_file_the_device_was_provisioned_with_is_held(tmp_path: Path) -> None:
+    # a slot's runtime from a release that carried no board files: the
+    # device runs its provisioned boards/<board>.json, which holds the bytes
+    board = b'{"board": "thermostat-v1", "capabilities": {}}'
+    (tmp_path / "boards").mkdir()
+    (tmp_path / "boards" / "thermostat-v1.json").write_bytes(board)
+    (tmp_path / "ota" / "a" / "pb").mkdir(parents=True)
+    f = {
+        "path": "pb/boards/thermostat-v1.json",
+        "size": len(board),
+        "sha256": hashlib.sha256(board).hexdigest(),
+    }
+    base = str(tmp_path)
+    assert needs.held_copy(f, {}, base + "/ota/a", base) == base + "/boards/thermostat-v1.json"
+    assert needs.held_copy(dict(f, sha256="0" * 64), {}, base + "/ota/a", base) is None

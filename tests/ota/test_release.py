@@ -467,3 +467,16 @@ def test_no_feature_may_be_named_pb(release: Release) -> None:
     body["features"]["pb"] = body["features"]["thermostat"]
     with pytest.raises(TrustError, match="no feature may be named pb"):
         trust.check_manifest(body)
+
+
+def test_a_runtime_board_file_may_not_drop_what_the_features_need(tmp_path: Path, features_dir: Path) -> None:
+    from gateway.paths import firmware_dir
+
+    pb = tmp_path / "rt" / "pb"
+    shutil.copytree(firmware_dir() / "pb", pb, ignore=shutil.ignore_patterns("__pycache__"))
+    (pb / "boards").mkdir()
+    board = json.loads((firmware_dir() / "boards" / "thermostat-v1.json").read_text())
+    del board["capabilities"]["relay"]  # the thermostat feature drives it
+    (pb / "boards" / "thermostat-v1.json").write_text(json.dumps(board))
+    with pytest.raises(BuildError, match="lacks relay, which the features need"):
+        build("thermostat", [features_dir / "thermostat"], "rt", tmp_path / "r", 3, ("mpy",), runtime=pb)

@@ -117,11 +117,6 @@ class Hal:
         updated (docs/ota.md 4.11)."""
         return None
 
-    def running_image(self):
-        """The label of the app partition the board runs, where the boot
-        loader is asked from prepare (the simulator; main.py asks it itself)."""
-        return None
-
     def image_valid(self):
         """The running image is good: esp32.Partition's
         mark_app_valid_cancel_rollback (no rollback at the next reset)."""

@@ -347,7 +347,7 @@ def _assemble(base, target, listed, run_set, fault):
     for f in listed:
         dst = loader.set_file(base, target, f["path"])
         files.ensure_dir(dst[: dst.rfind("/")])
-        src = held_copy(f, held, runtime) or files.staged(base, f["sha256"])
+        src = held_copy(f, held, runtime, base) or files.staged(base, f["sha256"])
         if files.size(src) != f["size"]:
             raise TrustError("mismatch", "%s is neither held nor staged" % f["path"])
         _copy(src, dst)

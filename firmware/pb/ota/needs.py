@@ -29,7 +29,7 @@ def list_needs(base, job, listed, run_set, image=None):
     total = 0
     for f in listed:
         need += f["size"]
-        if f["sha256"] not in needed and held_copy(f, held, runtime) is None:
+        if f["sha256"] not in needed and held_copy(f, held, runtime, base) is None:
             needed[f["sha256"]] = f
             need += f["zsize"] + f["size"]
             total += f["zsize"]
@@ -74,17 +74,18 @@ def holdings(base, run_set):
     return held, loader.runtime_root(base, run_set) if run_set else base
 
 
-def held_copy(f, held, runtime):
+def held_copy(f, held, runtime, base):
     """Where the running set holds the content of file f, or None: a file of
     its features with f's SHA-256 (held), or, for a module of the
     runtime, the same path in the runtime it runs, hashed here (a dict of
     every runtime module would cost a 128 KB board its RAM at assembly); a
-    board file, pb/boards/<board>.json, may be the factory's boards/<board>.json."""
+    board file, pb/boards/<board>.json, may be the provisioned boards/<board>.json
+    (base: the device's folder)."""
     path = held.get(f["sha256"])
     if path is None and f["path"].startswith(boot_loader().RUNTIME + "/"):
         p = runtime + "/" + f["path"]
         if f["path"].startswith(flash.RUNTIME_BOARDS + "/") and files.size(p) < 0:
-            p = runtime + "/" + f["path"][3:]  # (the factory runtime's board files: boards/)
+            p = base + "/" + f["path"][3:]  # (the board file provisioned: boards/)
         if files.size(p) == f["size"] and files.file_sha256(p, f["size"])[1] == f["sha256"]:
             path = p
     return path
