@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,7 @@ from ota.keys import Keys
 from ota.release import build, read, sign
 from ota.verify import verify_release
 
-
-def app_image(n: int, seed: int = 1) -> bytes:
-    rnd = random.Random(seed)
-    return b"\xe9" + bytes(rnd.choice(b"abcdefgh ") for _ in range(n - 1))
+from ..support.images import app_image
 
 
 @given(st.binary(min_size=1, max_size=20_000), st.sampled_from([4096, 8192, 65536]))
@@ -59,7 +55,7 @@ def test_a_packed_image_unpacks_to_itself(data: bytes, segment: int) -> None:
 @given(st.binary(max_size=3000), st.integers(0, 2999), st.integers(1, 255))
 @settings(max_examples=100, deadline=None)
 def test_a_broken_image_blob_is_a_mismatch(data: bytes, at: int, flip: int) -> None:
-    good = app_image(9000)
+    good = app_image(9000, 1)
     blob = bytearray(ota_image.pack(good, 4096))
     e = ota_image.ImageEntry(
         "1.0", len(good), hashlib.sha256(good).hexdigest(), len(blob), hashlib.sha256(blob).hexdigest(), 4096
@@ -101,7 +97,7 @@ def test_a_release_carries_an_image_built_verified_inspected_and_kept_by_the_gat
     tmp_path: Path, keys: Keys, features_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     img = tmp_path / "firmware.bin"
-    img.write_bytes(app_image(100_000))
+    img.write_bytes(app_image(100_000, 1))
     out = tmp_path / "r"
     code = main(
         [
@@ -158,7 +154,7 @@ def test_a_release_whose_image_blob_is_gone_cannot_be_read_or_signed(
     tmp_path: Path, keys: Keys, features_dir: Path
 ) -> None:
     img = tmp_path / "firmware.bin"
-    img.write_bytes(app_image(5000))
+    img.write_bytes(app_image(5000, 1))
     rel = build(
         "thermostat", [features_dir / "thermostat"], "3", tmp_path / "r", 3, image=img, image_version="1"
     )
@@ -174,7 +170,7 @@ def test_a_manifest_with_an_image_is_version_2_and_only_it(
     tmp_path: Path, keys: Keys, features_dir: Path
 ) -> None:
     img = tmp_path / "firmware.bin"
-    img.write_bytes(app_image(5000))
+    img.write_bytes(app_image(5000, 1))
     rel = build(
         "thermostat", [features_dir / "thermostat"], "3", tmp_path / "r", 3, image=img, image_version="1"
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ..support.images import app_image
 from ..support.wait import async_wait_for
 from .conftest import FEATURES, MakeDevice, Rig
 
@@ -190,18 +191,6 @@ async def test_a_virtual_device_refuses_an_image_it_has_no_partitions_for(
     assert dev.pointer() is None and dev.running() == ["thermostat"]
 
 
-def _image(n: int, seed: int) -> bytes:
-    """An ESP32 app image's magic, then n bytes that compress as code does."""
-    import random
-
-    rnd = random.Random(seed)
-    words = [rnd.randbytes(rnd.randrange(2, 9)) for _ in range(200)]
-    out = bytearray(b"\xe9")
-    while len(out) < n:
-        out += rnd.choice(words)
-    return bytes(out[:n])
-
-
 async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_and_back(
     rig: Rig, make_device: MakeDevice, tmp_path: Path, keys: Any
 ) -> None:
@@ -209,10 +198,10 @@ async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_a
     # simulator's HAL: the same image update as a board's, its rollback too
     from ota.release import build
 
-    factory = _image(60_000, 1)
+    factory = app_image(60_000, 1)
     dev = await make_device(image=factory)
     assert dev.hal.image == "ota_0"
-    (tmp_path / "new.bin").write_bytes(_image(90_000, 2))
+    (tmp_path / "new.bin").write_bytes(app_image(90_000, 2))
     good = build(
         "thermostat", [FEATURES / "thermostat"], "6.0", tmp_path / "r6", 6, keys=keys,
         image=tmp_path / "new.bin", image_version="1.29.1",
@@ -224,7 +213,7 @@ async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_a
     assert (dev.base / "flash" / "ota_1.bin").read_bytes()[:90_000] == (tmp_path / "new.bin").read_bytes()
     # an image with a set that fails its trial: the bootloader takes the
     # image back at the reset, the boot loader the set
-    (tmp_path / "newer.bin").write_bytes(_image(80_000, 3))
+    (tmp_path / "newer.bin").write_bytes(app_image(80_000, 3))
     eco = tmp_path / "src" / "eco"
     shutil.copytree(FEATURES / "eco", eco, ignore=shutil.ignore_patterns("__pycache__"))
     init = eco / "__init__.py"

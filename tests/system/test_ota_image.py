@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import secrets
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,16 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provision import provision_into
 from ota import image as ota_image
 from ota import keys as ota_keys
 from ota.release import Release, build
 
+from ..support.images import app_image
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import OtaServer
 from ..support.processes import SMALL_HEAP, DeviceProcess
 from ..support.wait import wait_for
-from .conftest import OTA_CONFIG, feature_sources, offer_of, running_set
+from . import test_ota_power_cuts as power_cuts
+from .conftest import feature_sources, offer_of, running_set
+from .test_ota_power_cuts import provisioned
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +45,6 @@ SLOT = 256 * 1024  # each app partition of these devices
 # firmware: these devices get more than SMALL_HEAP for it
 IMAGE_HEAP = f"{int(SMALL_HEAP[:-1]) + 24}K"
 ENDS = ("committed", "failed", "rolled_back")
-
-
-def made_up_image(n: int, seed: int) -> bytes:
-    """n bytes that start as an ESP32 app image does and compress about as
-    well as one (words of a small vocabulary)."""
-    rnd = random.Random(seed)
-    words = [rnd.randbytes(rnd.randrange(2, 9)) for _ in range(300)]
-    out = bytearray(b"\xe9\x06\x02\x20")
-    while len(out) < n:
-        out += rnd.choice(words)
-    return bytes(out[:n])
 
 
 @dataclass
@@ -75,31 +63,14 @@ def template(
     release (counter 2) carrying a new image, and the fault points of the
     whole update, counted by a first run."""
     tmp = tmp_path_factory.mktemp("image")
-    factory = made_up_image(150_000, 1)
+    factory = app_image(150_000, 1)
     (tmp / "factory.bin").write_bytes(factory)
-    (tmp / "new.bin").write_bytes(made_up_image(170_000, 2))
+    (tmp / "new.bin").write_bytes(app_image(170_000, 2))
     src = feature_sources(tmp / "src", ("thermostat",))
     release = build(
         "thermostat", src, "2.0", tmp / "r", 2, ("mpy",), keys, image=tmp / "new.bin", image_version="1.29.1"
     )
-    folder = tmp / "device"
-    provision_into(
-        folder,
-        "thermostat",
-        "img-template",
-        mosquitto.url,
-        password=secrets.token_urlsafe(12),
-        compile_mpy=True,
-        root=(keys.path / "root.json").read_bytes(),
-        trial_s=2,
-        telemetry_s=1,
-        keepalive=10,
-        image=tmp / "factory.bin",
-        image_slot=SLOT,
-    )
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **OTA_CONFIG}))
-    shutil.rmtree(folder / "hal")
+    folder = provisioned(tmp / "device", mosquitto, keys, image=tmp / "factory.bin", image_slot=SLOT)
     dev = start_copy(folder, tmp, mosquitto, {"log": True})
     srv = OtaServer(mosquitto, dev.id, offer_of(release, keys))
     try:
@@ -116,20 +87,7 @@ def template(
 
 def start_copy(template: Path, tmp: Path, mosquitto: Mosquitto, faults: dict[str, object]) -> DeviceProcess:
     """A device of its own, copied from the template (its flash too), powered up."""
-    dev_id = f"img-{secrets.token_hex(3)}"
-    folder = tmp / dev_id
-    shutil.copytree(template, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["device"] = config["broker"]["user"] = dev_id
-    (folder / "config.json").write_text(json.dumps(config))
-    mosquitto.add_user(dev_id, config["broker"]["password"])
-    (folder / "hal").mkdir(exist_ok=True)
-    (folder / "hal" / "sensors.json").write_text(json.dumps({"temperature": 20.0}))
-    (folder / "hal" / "faults.json").write_text(json.dumps(faults))
-    dev = DeviceProcess(folder, heap=IMAGE_HEAP)
-    dev.start()
-    wait_for(lambda: "booted" in dev.output(), 20, what=f"{dev_id} boot")
-    return dev
+    return power_cuts.start_copy(template, tmp, mosquitto, faults, IMAGE_HEAP, "img")
 
 
 def otadata(dev: DeviceProcess) -> dict:
@@ -297,7 +255,7 @@ def _served_instead(t: Template, keys: ota_keys.Keys, blob: bytes) -> object:
     [
         # frames that hold together, of an image that is not the one signed
         (
-            lambda: ota_image.pack(made_up_image(170_000, 3)),
+            lambda: ota_image.pack(app_image(170_000, 3)),
             "mismatch: the image written is not the one signed",
         ),
         # a segment that inflates to far more than a segment: stopped at the segment's end

@@ -60,22 +60,7 @@ def template(
 ) -> Iterator[Template]:
     """A provisioned device folder, and the fault points of one whole update."""
     tmp = tmp_path_factory.mktemp("template")
-    folder = tmp / "device"
-    provision_into(
-        folder,
-        "thermostat",
-        "pc-template",
-        mosquitto.url,
-        password=secrets.token_urlsafe(12),
-        compile_mpy=True,
-        root=(keys.path / "root.json").read_bytes(),
-        trial_s=2,
-        telemetry_s=1,
-        keepalive=10,
-    )
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **OTA_CONFIG}))
-    shutil.rmtree(folder / "hal")
+    folder = provisioned(tmp / "device", mosquitto, keys)
     # count the points: the same update, with every point logged
     dev = start_copy(folder, tmp, mosquitto, {"log": True})
     srv = OtaServer(mosquitto, dev.id, offer_of(release2, keys))
@@ -107,9 +92,40 @@ def test_fault_points_cover_every_phase(template: Template) -> None:
     assert len(cut_points(template.points)) >= 50
 
 
-def start_copy(template: Path, tmp: Path, mosquitto: Mosquitto, faults: dict[str, object]) -> DeviceProcess:
-    """A device of its own, copied from the template, powered up and booted."""
-    dev_id = f"pc-{secrets.token_hex(3)}"
+def provisioned(folder: Path, mosquitto: Mosquitto, keys: ota_keys.Keys, **options: object) -> Path:
+    """A thermostat's folder, provisioned compiled, trusting keys, with a
+    short trial and quick retries, no hal/ yet (start_copy makes one);
+    options: more of provision_into's."""
+    provision_into(
+        folder,
+        "thermostat",
+        "template",
+        mosquitto.url,
+        password=secrets.token_urlsafe(12),
+        compile_mpy=True,
+        root=(keys.path / "root.json").read_bytes(),
+        trial_s=2,
+        telemetry_s=1,
+        keepalive=10,
+        **options,  # type: ignore[arg-type]
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **OTA_CONFIG}))
+    shutil.rmtree(folder / "hal")
+    return folder
+
+
+def start_copy(
+    template: Path,
+    tmp: Path,
+    mosquitto: Mosquitto,
+    faults: dict[str, object],
+    heap: str = SMALL_HEAP,
+    prefix: str = "pc",
+) -> DeviceProcess:
+    """A device of its own, copied from the template (its flash too),
+    powered up and booted."""
+    dev_id = f"{prefix}-{secrets.token_hex(3)}"
     folder = tmp / dev_id
     shutil.copytree(template, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -119,7 +135,7 @@ def start_copy(template: Path, tmp: Path, mosquitto: Mosquitto, faults: dict[str
     (folder / "hal").mkdir()
     (folder / "hal" / "sensors.json").write_text(json.dumps({"temperature": 20.0, "humidity": 40.0}))
     (folder / "hal" / "faults.json").write_text(json.dumps(faults))
-    dev = DeviceProcess(folder, heap=SMALL_HEAP)
+    dev = DeviceProcess(folder, heap=heap)
     dev.start()
     wait_for(lambda: "booted" in dev.output(), 20, what=f"{dev_id} boot")
     return dev
