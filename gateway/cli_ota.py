@@ -248,6 +248,7 @@ def cmd_updates_list(args: argparse.Namespace) -> int:
 
 def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]:
     """The lines `devices show` adds: the running set, the latest updates."""
+    from .cli import _shown
     from .store import Store
     from .updater import UpdateTable
 
@@ -255,9 +256,12 @@ def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]
     if ota:
         manifest = ota.get("manifest")
         lines.append(
-            f"  release: counter {ota.get('counter')}, {ota.get('state')}"
-            + (f", manifest {manifest[:12]}" if isinstance(manifest, str) else "")
+            f"  release: counter {ota.get('counter')}, {_shown(ota.get('state'))}"
+            + (f", manifest {_shown(manifest[:12])}" if isinstance(manifest, str) else "")
         )
+        if "image" in ota:
+            image = ota["image"]
+            lines.append(f"  image: {_shown(image) if isinstance(image, str) else 'as flashed'}")
     with Store(db, readonly=True) as store:
         updates = UpdateTable(store).of_device(dev, 3)
     for u in updates:

@@ -29,9 +29,30 @@ def build(d):
         "boot_count": d.state.get("boot_count", 0),
         "keepalive": d.keepalive,
         "telemetry_s": d.telemetry_ms / 1000,
-        "ota": d.updates.info(),
+        "ota": ota(d),
         "ts": d.now(),
     }
+
+
+def ota(d):
+    """updates.info(), and the version of the MicroPython image that runs as
+    the release that wrote it named it (null: an image no release wrote,
+    the one flashed; absent: none ever did, docs/ota.md 4.11)."""
+    info = d.updates.info()
+    from .ota.flash import IMAGES, read_json  # (let go with the session's modules)
+
+    known = read_json(d.base + "/" + IMAGES)
+    if known is not None:
+        try:
+            import esp32
+
+            label = esp32.Partition(esp32.Partition.RUNNING).info()[4]  # type: ignore[arg-type]
+        except ImportError:  # the simulator's HAL says it, a host's supervisor too
+            import os
+
+            label = getattr(d.hal, "image", None) or os.getenv("PB_IMAGE")
+        info["image"] = known.get(label) if isinstance(known, dict) else None
+    return info
 
 
 def keep(d, hello):

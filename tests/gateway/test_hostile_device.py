@@ -280,7 +280,8 @@ async def test_hello_whose_feature_entries_are_not_objects_does_not_break_the_fl
         before = rejected(r, "bad_type")
         await rogue.send("hello", hello(rogue.id, features=features), retain=True)
         await rejected_for(r, "bad_type", before, f"features {features} rejected")
-    for odd in ({"caps": [1]}, {"ota": [2]}, {"ota": {"counter": "2"}}, {"platform": 3}):
+    odds = ({"caps": [1]}, {"ota": [2]}, {"ota": {"counter": "2"}}, {"ota": {"image": 3}}, {"platform": 3})
+    for odd in odds:
         before = rejected(r, "bad_type")
         await rogue.send("hello", hello(rogue.id, **odd), retain=True)
         await rejected_for(r, "bad_type", before, f"{odd} rejected")
@@ -319,6 +320,31 @@ async def test_a_stored_hello_of_an_odd_shape_does_not_break_the_fleet_listing(
     assert other.id in out.stdout and rogue.id in out.stdout
     assert "\x1b" not in out.stdout  # a device's text cannot drive the operator's terminal
     assert "\\x1b[2J" in out.stdout
+
+
+async def test_a_hello_whose_ota_texts_hold_escapes_cannot_drive_the_terminal_of_devices_show(
+    start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
+) -> None:
+    r = await start_gateway()
+    rogue = devices("th")
+    await online(r, rogue)
+    ota = {"counter": 0, "state": "\x1b[2Jtrial", "manifest": "\x1b]0;x\x07abc", "image": "1.2\x1b[31m"}
+    await rogue.send("hello", hello(rogue.id, ota=ota), retain=True)
+
+    def stored() -> object:
+        d = r.store.device(rogue.id)
+        return (d.ota or {}).get("image") if d is not None else None
+
+    await async_wait_for(lambda: stored() == ota["image"], 10, what="the hello stored")
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "devices", "show", rogue.id, "--db", str(tmp_path / "gw.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "image: 1.2\\x1b[31m" in out.stdout and "release: counter 0, \\x1b[2Jtrial" in out.stdout
 
 
 # ---- failures validation cannot catch --------------------------------------------------------

@@ -211,6 +211,8 @@ async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_a
     await async_wait_for(lambda: dev.hal.slots.state("ota_1") == "valid", 10, what="ota_1 marked valid")
     assert dev.hal.image == "ota_1" and dev.pointer()["image"] == "ota_1"  # type: ignore[index]
     assert (dev.base / "flash" / "ota_1.bin").read_bytes()[:90_000] == (tmp_path / "new.bin").read_bytes()
+    # the hello names the image as its release did
+    await async_wait_for(lambda: image_said(rig, dev) == "1.29.1", 10, what="the hello naming 1.29.1")
     # an image with a set that fails its trial: the bootloader takes the
     # image back at the reset, the boot loader the set
     (tmp_path / "newer.bin").write_bytes(app_image(80_000, 3))
@@ -230,3 +232,10 @@ async def test_a_virtual_device_with_app_partitions_boots_a_new_image_on_trial_a
     assert dev.hal.image == "ota_1" and dev.hal.slots.state("ota_0") == "aborted"
     p = dev.pointer()
     assert p is not None and (p["counter"], p["image"], p["state"]) == (6, "ota_1", "committed")
+    await async_wait_for(lambda: image_said(rig, dev) == "1.29.1", 10, what="the hello naming 1.29.1 again")
+
+
+def image_said(rig: Rig, dev: Any) -> object:
+    """The image the device's last hello named, as the gateway keeps it."""
+    d = rig.gw.store.device(dev.id)
+    return (d.ota or {}).get("image", "absent") if d is not None else None

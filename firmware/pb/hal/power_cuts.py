@@ -1,6 +1,8 @@
 # Power-cut injection for tests on the host backend (docs/ota.md 4.9): a
 # test's hal/faults.json {"crash_at": N, "log": true} makes the Nth fault
-# point kill the device with SIGKILL; "log" lists the points passed in
+# point kill the device with SIGKILL, {"crash_name": NAME, "crash_nth": M,
+# "log": true} the Mth point of that name (a download's number of points
+# varies with its timing: a name is exact); "log" lists the points passed in
 # hal/fault_points.log, one line each, numbered across resets (the device's
 # processes continue the count the log holds). Loaded only where a test put
 # that file: a board never does.
@@ -10,8 +12,9 @@ from ..store import read_bytes
 
 FAULT_LOG = "fault_points.log"
 
-# [plan, points passed]: once per process, so soft resets keep counting
-_fault = [None, 0]  # type: list
+# [plan, points passed, points of the plan's crash_name passed]: once per
+# process, so soft resets keep counting
+_fault = [None, 0, 0]  # type: list
 
 
 def load(path):
@@ -33,7 +36,7 @@ def passed(folder, name):
     if not plan:
         return
     if _fault[1] == 0 and plan.get("log"):
-        _fault[1] = _lines(folder + "/" + FAULT_LOG)
+        _fault[1], _fault[2] = _lines(folder + "/" + FAULT_LOG, plan.get("crash_name"))
     _fault[1] += 1
     n = _fault[1]
     if plan.get("log"):
@@ -41,6 +44,10 @@ def passed(folder, name):
             f.write("%d %s\n" % (n, name))
     if n == plan.get("crash_at"):
         _kill_self()
+    if name == plan.get("crash_name"):
+        _fault[2] += 1
+        if _fault[2] == plan.get("crash_nth", 1):
+            _kill_self()
 
 
 def _kill_self():
@@ -52,17 +59,19 @@ def _kill_self():
     os.system("kill -9 $PPID")  # MicroPython's unix port: the shell's parent is us
 
 
-def _lines(path):
-    """The lines of the log so far, counted a small block at a time (the
-    log of a long update is more than a small heap has in one piece)."""
-    n = 0
-    buf = bytearray(256)
+def _lines(path, name=None):
+    """(the lines of the log so far, those naming name): read a line at a
+    time (the log of a long update is more than a small heap has in one
+    piece)."""
+    n = named = 0
     try:
-        with open(path, "rb") as f:
+        with open(path) as f:
             while True:
-                k = f.readinto(buf)
-                if not k:
-                    return n
-                n += bytes(memoryview(buf)[:k]).count(b"\n")
+                line = f.readline()
+                if not line:
+                    return n, named
+                n += 1
+                if name is not None and line.rstrip().split(" ", 1)[-1] == name:
+                    named += 1
     except OSError:
-        return 0
+        return 0, 0

@@ -33,6 +33,7 @@ STAGE = "ota/stage"  # manifest.json, need.json, <sha256>.z, <sha256>.tmp, <sha2
 NEED = "ota/stage/need.json"  # what the check found this device lacks (pb/ota/needs.py)
 SLOTS = ("ota/a", "ota/b")  # manifest.json, features/ and, from a release that carries one, pb/
 LAST_STATUS = "ota/status.json"  # the last outcome (pb/ota/report.py KEPT)
+IMAGES = "ota/images.json"  # {app partition: version} of the images releases wrote (pb/hello.py)
 
 
 def read_pointer(base):
@@ -46,6 +47,15 @@ def read_pointer(base):
     except ValueError:
         p = None
     return p if isinstance(p, dict) and isinstance(p.get("set"), str) else {"corrupt": True}
+
+
+def note_image(base, label, version):
+    """Record that partition label holds the image of that version (the
+    hello's ota.image), before it is chosen to boot."""
+    known = read_json(base + "/" + IMAGES)
+    known = known if isinstance(known, dict) else {}
+    known[label] = version
+    write_json(base + "/" + IMAGES, known)
 
 
 def boot_loader():

@@ -314,6 +314,7 @@ def _install(base, job, device, running, now, fault, tick, partitions=None):
             code, _, why = str(exc).partition(": ")  # ("mismatch: the image in ...")
             raise TrustError(code, why) from None
         pointer["image"] = part.info()[4]
+        flash.note_image(base, pointer["image"], image["version"])
         now_on = partitions()  # (the image the set before runs on: the rollback's)
         pointer["prev"]["image"] = now_on(now_on.RUNNING).info()[4]
     fault("activate")

@@ -196,8 +196,9 @@ def _check_hello(msg):
     if "ota" in msg:
         ota = msg["ota"]
         _check_fields("hello.ota", ota, _OTA)
-        if "manifest" in ota and not (ota["manifest"] is None or isinstance(ota["manifest"], str)):
-            raise ProtocolError("bad_type", "hello.ota.manifest must be a string or null")
+        for k in ("manifest", "image"):
+            if k in ota and not (ota[k] is None or isinstance(ota[k], str)):
+                raise ProtocolError("bad_type", "hello.ota.%s must be a string or null" % k)
         for k in ("counter", "root"):
             if k in ota and not 0 <= ota[k] <= MAX_INT:
                 raise ProtocolError("bad_value", "hello.ota.%s must be within 0..%d" % (k, MAX_INT))
