@@ -31,6 +31,7 @@ from .errors import (
     OtaServiceError,
     ReleaseNotFoundError,
     ReleaseRefusedError,
+    SettingsError,
     UpdateNotFoundError,
     UpdateRefusedError,
 )
@@ -117,6 +118,9 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.post("/api/v1/devices/{id}/commands", _command),
             web.post("/api/v1/devices/{id}/update", _start_update),
             web.get("/api/v1/devices/{id}/updates", _device_updates),
+            web.get("/api/v1/devices/{id}/settings", _device_settings),
+            web.patch("/api/v1/devices/{id}/settings", _set_device_settings),
+            web.post("/api/v1/devices/{id}/approve", _approve),
             web.get("/api/v1/updates/{uid}", _update),
             web.post("/api/v1/releases", _add_release),
             web.get("/api/v1/releases", _releases),
@@ -145,6 +149,68 @@ async def _device(request: web.Request) -> web.Response:
     if d is None:
         return _error(404, "unknown_device", f"no device {request.match_info['id']!r}")
     return web.json_response(d.to_dict())
+
+
+async def _device_settings(request: web.Request) -> web.Response:
+    from .settings import SettingsTable
+
+    gw = request.app[_GATEWAY]
+    dev = request.match_info["id"]
+    if gw.store.device(dev) is None:
+        return _error(404, "unknown_device", f"no device {dev!r}")
+    return web.json_response(SettingsTable(gw.store).get(dev).to_dict())
+
+
+_SETTINGS = {"channel": str, "tag": list, "untag": list, "policy": str, "window": str}
+
+
+async def _set_device_settings(request: web.Request) -> web.Response:
+    """Body: any of channel, tag (tags to add), untag (tags to remove),
+    policy, window (docs/rollouts.md 2)."""
+    from .settings import SettingsTable, changed
+
+    gw = request.app[_GATEWAY]
+    dev = request.match_info["id"]
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not body:
+        return _error(400, "bad_request", "body must be a JSON object of " + ", ".join(_SETTINGS))
+    for key, value in body.items():
+        if key not in _SETTINGS:
+            return _error(400, "bad_request", f"unknown setting {key[:40]!r} (known: {', '.join(_SETTINGS)})")
+        if not isinstance(value, _SETTINGS[key]):
+            return _error(400, "bad_request", f"{key!r} must be a {_SETTINGS[key].__name__}")
+    if gw.store.device(dev) is None:
+        return _error(404, "unknown_device", f"no device {dev!r}")
+    table = SettingsTable(gw.store)
+    try:
+        new = changed(table.get(dev), **body)
+    except SettingsError as exc:
+        return _error(422, exc.code, str(exc))
+    return web.json_response(table.save(new, time.time()).to_dict())
+
+
+async def _approve(request: web.Request) -> web.Response:
+    """The owner's yes to a release for the device (body: {"release": ref})."""
+    from dataclasses import replace
+
+    from .settings import SettingsTable
+
+    gw = request.app[_GATEWAY]
+    dev = request.match_info["id"]
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
+        return _error(400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}")
+    d = gw.store.device(dev)
+    if d is None:
+        return _error(404, "unknown_device", f"no device {dev!r}")
+    try:
+        release = gw.ota.releases.find(body["release"])
+    except GatewayError as exc:
+        return _ota_error(exc)
+    if release.model != d.model:
+        return _error(422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}")
+    table = SettingsTable(gw.store)
+    return web.json_response(table.save(replace(table.get(dev), approved=release.id), time.time()).to_dict())
 
 
 async def _telemetry(request: web.Request) -> web.Response:

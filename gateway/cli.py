@@ -16,12 +16,12 @@ from typing import Any
 from . import __version__
 from .broker import BrokerUrl, EmbeddedBroker
 from .errors import ConfigError, GatewayError
-from .paths import default_db
+from .paths import db_of, default_db
 from .updates import DEFAULT_DEADLINE_S
 
 
 def _db(args: argparse.Namespace) -> Path:
-    return Path(args.db) if args.db else default_db()
+    return db_of(args)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -203,12 +203,16 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         events = store.events(args.id, 10) if d else []
     if d is None:
         raise GatewayError(f"no device {args.id!r} in {_db(args)}")
+    from .settings import SettingsTable
+
     if args.json:
         from .updater import UpdateTable
 
         with Store(_db(args), readonly=True) as store:
             updates = [u.to_dict() for u in UpdateTable(store).of_device(args.id, 5)]
-        print(json.dumps(d.to_dict() | {"events": events, "updates": updates}, indent=2))
+            settings = SettingsTable(store).get(args.id).to_dict()
+        shown = d.to_dict() | {"settings": settings, "events": events, "updates": updates}
+        print(json.dumps(shown, indent=2))
         return 0
     state = "online" if d.online else f"offline ({d.state_reason or 'unknown'})"
     print(_shown(f"{d.id}: {d.model} on {d.board}, runtime {d.runtime} ({d.platform}), {state}"))
@@ -223,7 +227,11 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         err = f" - {f['error']}" if f.get("error") else ""
         print(_shown(f"  feature {name} {feature_version(f) or '?'}: {flags}{err}"))
     from .cli_ota import show_device_ota
+    from .cli_settings import settings_text
+    from .settings import SettingsTable
 
+    with Store(_db(args), readonly=True) as store:
+        print("  " + settings_text(SettingsTable(store).get(d.id).to_dict()))
     for line in show_device_ota(_db(args), d.id, d.ota):
         print(_shown(line))
     if d.last_telemetry:
@@ -424,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_ota import register, register_updates
 
     register(add_commands(sub), dv)
+    from .cli_settings import register as register_settings
+
+    register_settings(dv)
     register_updates(sub)
     from simulator.cli import register as register_sim
 

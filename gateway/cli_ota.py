@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ApiError
-from .paths import default_db
+from .paths import db_of, default_db
 from .updates import ACTIVE, ENDED, Update
 
 POLL_S = 0.2
@@ -22,7 +22,7 @@ _API_PATIENCE_S = 5.0
 
 
 def _db(args: argparse.Namespace) -> Path:
-    return Path(args.db) if args.db else default_db()
+    return db_of(args)
 
 
 def _kb(n: float) -> str:

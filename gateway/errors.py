@@ -87,3 +87,9 @@ class UpdateRefusedError(OtaServiceError):
     counter or a higher one)."""
 
     code = "refused"
+
+
+class SettingsError(GatewayError):
+    """A device setting that cannot be (docs/rollouts.md 2): what the API answers as 'bad_setting'."""
+
+    code = "bad_setting"

@@ -21,3 +21,9 @@ def firmware_dir() -> Path:
     import firmware
 
     return Path(firmware.__file__).parent
+
+
+def db_of(args: object) -> Path:
+    """The database a command names with --db, else the default one."""
+    given = getattr(args, "db", None)
+    return Path(given) if given else default_db()

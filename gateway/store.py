@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -123,6 +123,20 @@ CREATE INDEX update_steps_update ON update_steps(update_id, id);
     # 4: since when an update's device holds it back (deferred); its deadline waits
     4: """
 ALTER TABLE updates ADD COLUMN deferred_since REAL;
+""",
+    # 5: what the maker and the owner set of a device (gateway/settings.py), and
+    # telemetry found by time (the rollouts' windows, gateway/metrics.py)
+    5: """
+CREATE TABLE device_settings (
+    device TEXT PRIMARY KEY,
+    channel TEXT NOT NULL DEFAULT 'stable',
+    tags TEXT NOT NULL DEFAULT '[]',
+    policy TEXT NOT NULL DEFAULT 'auto',
+    window TEXT,                    -- HH:MM-HH:MM, the device's local time
+    approved TEXT,                  -- the release the owner said yes to
+    updated REAL
+);
+CREATE INDEX telemetry_device_received ON telemetry(device, received);
 """,
 }
 

@@ -17,6 +17,7 @@ from gateway import store as store_module
 from gateway.errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError, StoreError
 from gateway.paths import firmware_dir
 from gateway.releases import ReleaseStore, blobs_dir
+from gateway.settings import DeviceSettings, SettingsTable
 from gateway.store import SCHEMA_VERSION, Store
 from ota.keys import Keys, keygen
 from ota.release import Release, build
@@ -193,10 +194,11 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_devices(
     with Store(path, readonly=True) as ro:  # the CLI reads an old database as it is
         assert ro.schema == 1 and ReleaseStore(ro).list() == []
     with Store(path) as s:
-        assert s.schema == SCHEMA_VERSION == 4 and s.get_meta("schema") == "4"
+        assert s.schema == SCHEMA_VERSION == 5 and s.get_meta("schema") == "5"
         assert s.device("th-1") is not None
         columns = {r[1] for r in s.db.execute("PRAGMA table_info(updates)")}
         assert "deferred_since" in columns
+        assert SettingsTable(s).get("th-1") == DeviceSettings("th-1")  # the defaults: stable, auto
         ReleaseStore(s, root=keys.root_bytes).add(release.path, T0)
     with Store(path) as s:  # opening again migrates nothing twice
         assert [r.ref for r in ReleaseStore(s).list()] == ["thermostat@2"]
