@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +185,7 @@ async def _set_device_settings(request: web.Request) -> web.Response:
         new = changed(table.get(dev), **body)
     except SettingsError as exc:
         return _error(422, exc.code, str(exc))
-    return web.json_response(table.save(new, time.time()).to_dict())
+    return web.json_response(table.save(new, gw.clock.now()).to_dict())
 
 
 async def _approve(request: web.Request) -> web.Response:
@@ -210,7 +209,9 @@ async def _approve(request: web.Request) -> web.Response:
     if release.model != d.model:
         return _error(422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}")
     table = SettingsTable(gw.store)
-    return web.json_response(table.save(replace(table.get(dev), approved=release.id), time.time()).to_dict())
+    return web.json_response(
+        table.save(replace(table.get(dev), approved=release.id), gw.clock.now()).to_dict()
+    )
 
 
 async def _telemetry(request: web.Request) -> web.Response:
@@ -321,7 +322,7 @@ async def _add_release(request: web.Request) -> web.Response:
     try:
         # signatures and blob hashes take a while: not on the event loop
         prepared = await asyncio.to_thread(unpack_and_prepare)
-        stored, new = releases.insert(prepared, time.time())
+        stored, new = releases.insert(prepared, gw.clock.now())
     except GatewayError as exc:
         return _ota_error(exc)
     return web.json_response(stored.summary() | {"new": new}, status=201 if new else 200)

@@ -14,7 +14,6 @@ import logging
 import random
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ import aiomqtt
 from firmware.pb.peer import protocol as proto
 
 from .broker import BrokerUrl
-from .clock import TimeSender
+from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
@@ -100,7 +99,9 @@ class Gateway:
         keys: Keys | None = None,
         update_deadline: float = DEFAULT_DEADLINE_S,
         reconcile_delay: float = RECONCILE_S,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.broker = broker
         self.store = store
         self.client_id = client_id
@@ -131,10 +132,13 @@ class Gateway:
             online=self.is_online,
             fleet=store.devices,
             deadline_s=update_deadline,
+            clock=self.clock,
         )
         self.ota.publish = self.publish
-        self.clock = TimeSender(keys, lambda: [d for d, v in self._live.items() if v.online])
-        self.clock.publish = self.publish
+        self.time_sender = TimeSender(
+            keys, lambda: [d for d, v in self._live.items() if v.online], clock=self.clock
+        )
+        self.time_sender.publish = self.publish
 
     # ---- running -----------------------------------------------------------
 
@@ -146,7 +150,7 @@ class Gateway:
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
                 tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
-                tg.create_task(self.clock.loop(), name="gateway-time")
+                tg.create_task(self.time_sender.loop(), name="gateway-time")
                 if self.api_bind is not None:
                     from .api import serve_api
 
@@ -219,7 +223,7 @@ class Gateway:
             log.exception("could not store %d telemetry rows", len(rows))
             stored, failed = 0, []
         self.counters["stored"] += stored
-        now = time.time()
+        now = self.clock.now()
         for row, exc in failed:
             log.error("could not store telemetry of %s: %s: %s", row.device, type(exc).__name__, exc)
             # accepted when it arrived, rejected now that it could not be kept
@@ -229,14 +233,15 @@ class Gateway:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.watch_interval)
-            self.check_liveness(time.time())
+            self.check_liveness(self.clock.now())
 
     def check_liveness(self, now: float) -> None:
         """Mark offline every device silent past its deadline (a lost will,
         a half-open connection, a broker that died with the will). A device
         that cannot be marked is logged and tried again at the next check."""
         for dev, live in list(self._live.items()):
-            if live.online and now - live.last_seen > live.deadline_s:
+            # (the deadline is the network's, in real seconds: the clock may run faster)
+            if live.online and now - live.last_seen > live.deadline_s * self.clock.speed:
                 try:
                     self._set_state(dev, False, "silent", now)
                 except Exception:
@@ -247,7 +252,7 @@ class Gateway:
 
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Act on one message from the broker; never raises for bad input."""
-        now = time.time()
+        now = self.clock.now()
         # the update topics first: classify() knows only the kinds of docs/protocol.md
         judge = classify_ota if is_ota_topic(topic) else classify
         try:
@@ -304,7 +309,7 @@ class Gateway:
                 if not retain:
                     live.last_seen = now
             self.ota.on_hello(dev, msg, now)
-            self.clock.on_hello(dev, retain)
+            self.time_sender.on_hello(dev, retain)
             return
         if a.kind == "state":
             if live is None:
@@ -404,17 +409,17 @@ class Gateway:
             msg["args"] = args
         payload = proto.encode("cmd", msg)
         fut = self.commander.expect(cmd_id, dev)
-        self.store.add_command(cmd_id, dev, op, args or {}, time.time())
+        self.store.add_command(cmd_id, dev, op, args or {}, self.clock.now())
         try:
             await client.publish(proto.topic(dev, "cmd"), payload, qos=1)
             _raise_if_cancelled()
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
-            self.store.finish_command(cmd_id, "timeout", None, time.time())
+            self.store.finish_command(cmd_id, "timeout", None, self.clock.now())
             raise CommandTimeoutError(f"{dev} did not answer {op} within {timeout:g}s") from None
         except aiomqtt.MqttError as exc:
-            self.store.finish_command(cmd_id, "failed", None, time.time())
+            self.store.finish_command(cmd_id, "failed", None, self.clock.now())
             raise GatewayError(f"could not send {op} to {dev}: {exc}") from exc
         finally:
             self.commander.forget(cmd_id)
@@ -429,7 +434,7 @@ class Gateway:
             "rejects": dict(self.rejects),
             "pending_commands": len(self.commander),
             "ota": dict(self.ota.stats) | {"enabled": self.ota.enabled},
-            "time": dict(self.clock.stats),
+            "time": dict(self.time_sender.stats),
         }
 
 

@@ -16,7 +16,6 @@ import json
 import logging
 import secrets
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
@@ -26,6 +25,7 @@ from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN
 from ota.errors import KeyStoreError
 from ota.keys import ROOT_FILE, Keys, freshness, load_keys
 
+from .clock import Clock, SystemClock
 from .errors import (
     DeviceNotFoundError,
     DeviceOfflineError,
@@ -214,7 +214,9 @@ class Updater:
         deadline_s: float = DEFAULT_DEADLINE_S,
         freshness_ttl_s: float = DEFAULT_FRESHNESS_TTL_S,
         outbox: int = OUTBOX,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.keys = keys
         self.releases = ReleaseStore(store, root=keys.root_bytes if keys is not None else None)
         self.table = UpdateTable(store)
@@ -318,7 +320,7 @@ class Updater:
         publish = self.publish
         if publish is None:
             raise GatewayError("the gateway is not connected to the broker")
-        now = time.time()
+        now = self.clock.now()
         uid = secrets.token_hex(UPDATE_ID_LEN // 2)
         try:
             version, envelope = self._freshness(keys, release, dev, uid, now)
@@ -364,7 +366,7 @@ class Updater:
         try:
             await publish(topic, offer_message(uid, release.id, len(release.manifest), envelope), 1, False)
         except GatewayError as exc:
-            self._end(fail(u, f"the offer was not sent: {exc}", time.time()))
+            self._end(fail(u, f"the offer was not sent: {exc}", self.clock.now()))
             raise
         log.info("%s: update %s to %s (%s) offered", dev, uid, release.ref, release.version)
         return u
@@ -443,7 +445,7 @@ class Updater:
     def roots_to_fleet(self) -> int:
         """Send the next root to every online device on an older one; how many."""
         n = 0
-        now = time.time()
+        now = self.clock.now()
         for record in self.fleet():
             if self.roots.behind(record.hello) and self.online(record.id):
                 self._spawn(self._send_root(record.id, record.hello, now), f"root-{record.id}")
@@ -517,7 +519,7 @@ class Updater:
         if release is None or publish is None or self.keys is None:
             return
         try:
-            version, envelope = self._freshness(self.keys, release, u.device, u.id, time.time())
+            version, envelope = self._freshness(self.keys, release, u.device, u.id, self.clock.now())
         except (KeyStoreError, OtaServiceError) as exc:
             log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
             return
@@ -670,8 +672,8 @@ class Updater:
             try:
                 if self.check_keys():
                     self.roots_to_fleet()
-                self.retry_roots(time.time())
-                self.check_deadlines(time.time())
+                self.retry_roots(self.clock.now())
+                self.check_deadlines(self.clock.now())
                 self.flush()
             except Exception:
                 log.exception("could not save updates; trying again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -21,3 +22,7 @@ class SimClock:
         """Run at `speed` from now on; time so far stays as it was."""
         now = self.now()
         self._start, self._t0, self.speed = now, time.monotonic(), speed
+
+    async def sleep(self, seconds: float) -> None:
+        """Let `seconds` of this clock pass (seconds / speed real ones)."""
+        await asyncio.sleep(seconds / self.speed)

@@ -181,7 +181,7 @@ class Fleet:
 
     async def step(self, sim_s: float) -> None:
         """Let sim_s seconds of simulated time pass (sim_s / speed real ones)."""
-        await asyncio.sleep(sim_s / self.clock.speed)
+        await self.clock.sleep(sim_s)
 
     async def wait_connected(self, timeout: float, devices: Iterable[str] | None = None) -> None:
         """Until every device (or those named) is connected to its broker.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import Clock
 from gateway.paths import firmware_dir
 from gateway.service import Gateway
 from gateway.store import Store
@@ -91,11 +92,13 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start_gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
-    """start_gateway(keys=None, deadline=900, db=...): a Gateway running in
+    """start_gateway(keys=None, deadline=900, db=..., clock=None): a Gateway running in
     this test's loop with its API on a free port; stopped after the test."""
     running: list[Running] = []
 
-    async def start(keys: Keys | None = None, deadline: float = 900.0, db: Path | None = None) -> Running:
+    async def start(
+        keys: Keys | None = None, deadline: float = 900.0, db: Path | None = None, clock: Clock | None = None
+    ) -> Running:
         store = Store(db or tmp_path / "gw.db")
         gw = Gateway(
             mosquitto.gateway_url,
@@ -104,6 +107,7 @@ async def start_gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[S
             api=("127.0.0.1", 0),
             keys=keys,
             update_deadline=deadline,
+            clock=clock,
         )
         task = asyncio.create_task(gw.run(), name="test-gateway")
         await async_wait_for(lambda: gw.connected.is_set() and gw.api_url, 10, what="gateway up")

@@ -20,6 +20,7 @@ from gateway.service import Gateway
 from gateway.store import Store
 from ota.keys import Keys
 from ota.release import Release
+from simulator.clock import SimClock
 
 from ..support.ota import ErrorChunk, OtaDevice, accept_offer
 from ..support.wait import async_wait_for
@@ -200,6 +201,26 @@ async def test_an_update_that_never_commits_fails_at_its_deadline(
     dev.status(u.id, "committed", counter=2)
     await async_wait_for(lambda: r.gw.ota.get(u.id).device_state == "committed", 5, what="late commit noted")
     assert r.gw.ota.get(u.id).state == "failed"
+
+
+async def test_on_a_clock_that_runs_faster_the_deadline_is_the_clock_s_and_liveness_the_network_s(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    # the simulator's clock, 1200 times faster: the default deadline of 900 s
+    # passes in under a second, while a device that keeps its link is online
+    # for as long as the network says (its keepalive is real seconds)
+    clock = SimClock(1200.0)
+    r = await start_gateway(keys, clock=clock)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    assert abs(u.started - clock.now()) < 60 and u.deadline == u.started + 900
+    dev.status(u.id, "trial", counter=2)
+    await async_wait_for(lambda: r.gw.ota.get(u.id).ended, 5, what="the deadline")
+    done = r.gw.ota.get(u.id)
+    assert (done.state, done.reason) == ("failed", "timeout") and done.updated - done.started >= 900
+    r.gw.check_liveness(clock.now())
+    assert r.gw.is_online(dev.id)
 
 
 async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
