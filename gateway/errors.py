@@ -93,3 +93,15 @@ class SettingsError(GatewayError):
     """A device setting that cannot be (docs/rollouts.md 2): what the API answers as 'bad_setting'."""
 
     code = "bad_setting"
+
+
+class RolloutError(GatewayError):
+    """A rollout that cannot be created or changed (docs/rollouts.md 4):
+    `code` is what the API answers."""
+
+    code = "bad_rollout"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -137,6 +137,51 @@ CREATE TABLE device_settings (
     updated REAL
 );
 CREATE INDEX telemetry_device_received ON telemetry(device, received);
+""",
+    # 6: rollouts, their members and their decisions (gateway/rollouts.py)
+    6: """
+CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    release TEXT NOT NULL REFERENCES releases(id),
+    ref TEXT NOT NULL,              -- MODEL@COUNTER of the release
+    model TEXT NOT NULL,
+    cohort TEXT NOT NULL,
+    stages TEXT NOT NULL,           -- JSON: cumulative fractions, the last 1.0
+    soak REAL NOT NULL,
+    max_failure_rate REAL NOT NULL,
+    metrics TEXT NOT NULL,          -- JSON: the metrics judged
+    reverts TEXT NOT NULL,          -- JSON: {counter the member ran: revert release id}
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    stage_started REAL NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    reason TEXT
+);
+CREATE TABLE rollout_members (
+    rollout TEXT NOT NULL REFERENCES rollouts(id),
+    device TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    from_counter INTEGER NOT NULL,  -- the release counter it ran when the rollout was created
+    update_id TEXT,                 -- its update to the release
+    offered REAL,
+    revert_id TEXT,                 -- its update to the revert release
+    left REAL,                      -- when it was updated by hand (it left the rollout)
+    PRIMARY KEY (rollout, device)
+);
+CREATE INDEX rollout_members_device ON rollout_members(device);
+CREATE TABLE rollout_decisions (
+    id INTEGER PRIMARY KEY,
+    rollout TEXT NOT NULL REFERENCES rollouts(id),
+    at REAL NOT NULL,
+    stage INTEGER NOT NULL,
+    kind TEXT NOT NULL,             -- created, look, stage, halt, pause, resume, abort, revert, completed
+    result TEXT,
+    reason TEXT,
+    numbers TEXT                    -- JSON: what the decision saw
+);
+CREATE INDEX rollout_decisions_rollout ON rollout_decisions(rollout, id);
 """,
 }
 

@@ -1,0 +1,288 @@
+"""Rollouts as the gateway keeps them (docs/rollouts.md): the rollout, its
+members (each device of the cohort with its stage, its update and its
+revert), and every decision taken with its reason and numbers. Tables
+``rollouts``, ``rollout_members`` and ``rollout_decisions`` (schema version 6).
+Everything a rollout does is written here before it is done, so that a
+gateway restarted in the middle of a stage goes on where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import RolloutError
+from .releases import StoredRelease
+from .store import Store
+
+_SCHEMA = 6  # the store's version that has the tables
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    release: str  # the release id
+    ref: str  # MODEL@COUNTER of the release
+    model: str
+    cohort: str  # the cohort's expression, canonical (gateway/cohort.py)
+    stages: tuple[float, ...]  # cumulative fractions of the cohort, the last 1.0
+    soak_s: float
+    max_failure_rate: float
+    metrics: tuple[str, ...]  # the metrics judged; ("default",): every one declared and the health ones
+    reverts: dict[str, str]  # str(counter the member ran) -> revert release id; {} with --no-revert
+    seed: int
+    state: str  # gateway/rollout_plan.py STATES
+    stage: int  # 0 first
+    stage_started: float
+    created: float
+    updated: float
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_row(cls, row: Any) -> Rollout:
+        return cls(
+            id=row["id"],
+            release=row["release"],
+            ref=row["ref"],
+            model=row["model"],
+            cohort=row["cohort"],
+            stages=tuple(json.loads(row["stages"])),
+            soak_s=row["soak"],
+            max_failure_rate=row["max_failure_rate"],
+            metrics=tuple(json.loads(row["metrics"])),
+            reverts=dict(json.loads(row["reverts"])),
+            seed=row["seed"],
+            state=row["state"],
+            stage=row["stage"],
+            stage_started=row["stage_started"],
+            created=row["created"],
+            updated=row["updated"],
+            reason=row["reason"],
+        )
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """One device of a rollout, as stored."""
+
+    rollout: str
+    device: str
+    stage: int
+    from_counter: int  # the release counter it ran when the rollout was created
+    update_id: str | None = None  # its update to the release
+    offered: float | None = None
+    revert_id: str | None = None  # its update to the revert release
+    left: float | None = None  # when it was updated by hand and left the rollout
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def content(release: StoredRelease) -> frozenset[tuple[str, str]]:
+    """What a release installs: each file's path and SHA-256."""
+    return frozenset((e.path, e.sha256) for e in release.entries)
+
+
+def match_reverts(
+    release: StoredRelease,
+    reverts: Iterable[StoredRelease],
+    counters: Iterable[int],
+    stored: Mapping[int, StoredRelease],
+) -> dict[str, str]:
+    """Which revert release takes back the members that ran each counter.
+    A revert is the set those members ran, signed again with a counter above
+    the rollout's: it covers counter c when it installs what release c of
+    the model installs; one that matches no stored release covers the
+    factory set (counter 0), whose files the gateway never saw. Raises
+    RolloutError (code 'no_revert') when a counter has none."""
+    out: dict[str, str] = {}
+    unmatched: list[StoredRelease] = []
+    for r in reverts:
+        if r.model != release.model:
+            raise RolloutError(
+                f"the revert {r.ref} is for {r.model}, the rollout for {release.model}", "wrong_model"
+            )
+        if r.counter <= release.counter:
+            raise RolloutError(
+                f"the revert {r.ref} has counter {r.counter}: a device that took {release.ref} takes only a "
+                f"higher one (sign the set it ran again with a counter above {release.counter})",
+                "no_revert",
+            )
+        found = [c for c, s in stored.items() if content(s) == content(r)]
+        if found:
+            for c in found:
+                out[str(c)] = r.id
+        else:
+            unmatched.append(r)
+    if unmatched:
+        out["0"] = unmatched[0].id
+    missing = sorted(c for c in set(counters) if str(c) not in out)
+    if missing:
+        named = ", ".join("the factory set" if c == 0 else f"{release.model}@{c}" for c in missing)
+        raise RolloutError(
+            f"no revert for the members that run {named}: give --revert for each set the cohort runs "
+            "(the same set signed with a higher counter), narrow the cohort with release=..., "
+            "or say --no-revert",
+            "no_revert",
+        )
+    return out
+
+
+class RolloutTable:
+    """The rollout tables."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _ready(self) -> bool:
+        return self.store.schema >= _SCHEMA  # (an old database read as it is has none)
+
+    def create(self, r: Rollout, members: Mapping[str, tuple[int, int]], numbers: dict[str, Any]) -> None:
+        """Store a new rollout and its members (device -> (stage, counter it runs))."""
+        d = r.to_dict()
+        with self.store.transaction():
+            self.store.db.execute(
+                """INSERT INTO rollouts (id, release, ref, model, cohort, stages, soak, max_failure_rate,
+                       metrics, reverts, seed, state, stage, stage_started, created, updated, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    r.id,
+                    r.release,
+                    r.ref,
+                    r.model,
+                    r.cohort,
+                    json.dumps(d["stages"]),
+                    r.soak_s,
+                    r.max_failure_rate,
+                    json.dumps(d["metrics"]),
+                    json.dumps(r.reverts, sort_keys=True),
+                    r.seed,
+                    r.state,
+                    r.stage,
+                    r.stage_started,
+                    r.created,
+                    r.updated,
+                    r.reason,
+                ),
+            )
+            self.store.db.executemany(
+                "INSERT INTO rollout_members (rollout, device, stage, from_counter) VALUES (?, ?, ?, ?)",
+                [(r.id, dev, stage, counter) for dev, (stage, counter) in sorted(members.items())],
+            )
+            self._decide(r.id, r.created, 0, "created", r.state, f"{len(members)} devices", numbers)
+
+    def get(self, rid: str) -> Rollout | None:
+        if not self._ready():
+            return None
+        row = self.store.db.execute("SELECT * FROM rollouts WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else Rollout.from_row(row)
+
+    def find(self, ref: str) -> Rollout:
+        """A rollout by its id or a prefix of 4+ characters. Raises RolloutError (unknown_rollout)."""
+        ref = ref.strip().lower()
+        rows = []
+        if self._ready() and 4 <= len(ref) <= 12 and ref.isalnum():
+            rows = self.store.db.execute(
+                "SELECT * FROM rollouts WHERE substr(id, 1, ?) = ?", (len(ref), ref)
+            ).fetchall()
+        if len(rows) != 1:
+            why = "is the start of several" if rows else "names no rollout"
+            raise RolloutError(f"{ref[:40]!r} {why}", "unknown_rollout")
+        return Rollout.from_row(rows[0])
+
+    def all(self) -> list[Rollout]:
+        if not self._ready():
+            return []
+        return [Rollout.from_row(r) for r in self.store.db.execute("SELECT * FROM rollouts ORDER BY created")]
+
+    def active(self) -> list[Rollout]:
+        """Rollouts that still act: running, halted (reverting) or completed (late members)."""
+        return [r for r in self.all() if r.state in ("running", "halted", "completed")]
+
+    def members(self, rid: str) -> list[MemberRow]:
+        rows = self.store.db.execute(
+            "SELECT * FROM rollout_members WHERE rollout = ? ORDER BY stage, device", (rid,)
+        ).fetchall()
+        return [MemberRow(**dict(r)) for r in rows]
+
+    def rollout_of(self, dev: str) -> tuple[Rollout, MemberRow] | None:
+        """The running (or paused) rollout the device is a member of, if any."""
+        if not self._ready():
+            return None
+        row = self.store.db.execute(
+            """SELECT m.* FROM rollout_members m JOIN rollouts r ON r.id = m.rollout
+               WHERE m.device = ? AND m.left IS NULL AND r.state IN ('running', 'paused')""",
+            (dev,),
+        ).fetchone()
+        if row is None:
+            return None
+        r = self.get(row["rollout"])
+        assert r is not None  # joined on it
+        return r, MemberRow(**dict(row))
+
+    def set_member(self, m: MemberRow) -> None:
+        self.store.db.execute(
+            "UPDATE rollout_members SET update_id = ?, offered = ?, revert_id = ?, left = ?"
+            " WHERE rollout = ? AND device = ?",
+            (m.update_id, m.offered, m.revert_id, m.left, m.rollout, m.device),
+        )
+
+    def change(
+        self,
+        r: Rollout,
+        now: float,
+        kind: str,
+        reason: str,
+        numbers: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Rollout:
+        """r with fields changed (state, stage, stage_started, reason),
+        stored with the decision that changed it."""
+        new = replace(r, updated=now, **fields)
+        with self.store.transaction():
+            self.store.db.execute(
+                "UPDATE rollouts SET state = ?, stage = ?, stage_started = ?, updated = ?, reason = ?"
+                " WHERE id = ?",
+                (new.state, new.stage, new.stage_started, new.updated, new.reason, r.id),
+            )
+            self._decide(r.id, now, new.stage, kind, new.state, reason, numbers or {})
+        return new
+
+    def decide(
+        self, r: Rollout, now: float, kind: str, result: str, reason: str, numbers: dict[str, Any]
+    ) -> None:
+        """Record a decision that changes nothing of the rollout (a look of the judge)."""
+        self._decide(r.id, now, r.stage, kind, result, reason, numbers)
+
+    def _decide(
+        self, rid: str, now: float, stage: int, kind: str, result: str, reason: str, numbers: dict[str, Any]
+    ) -> None:
+        self.store.db.execute(
+            "INSERT INTO rollout_decisions (rollout, at, stage, kind, result, reason, numbers)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rid, now, stage, kind, result, reason, json.dumps(numbers, sort_keys=True, allow_nan=False)),
+        )
+
+    def decisions(self, rid: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.store.db.execute(
+            "SELECT * FROM rollout_decisions WHERE rollout = ? ORDER BY id DESC LIMIT ?", (rid, limit)
+        ).fetchall()
+        out = []
+        for r in reversed(rows):
+            d = dict(r)
+            d["numbers"] = json.loads(d["numbers"] or "{}")
+            out.append(d)
+        return out
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
