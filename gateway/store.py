@@ -138,7 +138,8 @@ CREATE TABLE device_settings (
 );
 CREATE INDEX telemetry_device_received ON telemetry(device, received);
 """,
-    # 6: rollouts, their members and their decisions (gateway/rollouts.py)
+    # 6: rollouts, their members and their decisions (gateway/rollouts.py), and
+    # updates whose offer asks the device to wait while its features are busy
     6: """
 CREATE TABLE rollouts (
     id TEXT PRIMARY KEY,
@@ -182,6 +183,7 @@ CREATE TABLE rollout_decisions (
     numbers TEXT                    -- JSON: what the decision saw
 );
 CREATE INDEX rollout_decisions_rollout ON rollout_decisions(rollout, id);
+ALTER TABLE updates ADD COLUMN idle INTEGER NOT NULL DEFAULT 0;
 """,
 }
 

@@ -302,9 +302,10 @@ class Updater:
         self._last_version = version
         return version, envelope
 
-    async def start(self, dev: str, ref: str, force: bool = False) -> Update:
+    async def start(self, dev: str, ref: str, force: bool = False, idle: bool = False) -> Update:
         """Offer the release ref to dev; the device's previous update, if one
-        is in progress, is cancelled. Raises OtaDisabledError,
+        is in progress, is cancelled; idle: the device installs it only while
+        its features are idle (a rollout's offers). Raises OtaDisabledError,
         ReleaseNotFoundError, DeviceNotFoundError, DeviceOfflineError (unless
         force), UpdateRefusedError (wrong_model, rollback), GatewayError (not
         connected to the broker)."""
@@ -336,6 +337,7 @@ class Updater:
             version,
             now,
             self.deadline_s,
+            idle,
         )
         old = self._active.get(dev)
         # recorded before the offer goes out: a quick device's first request must find it
@@ -364,7 +366,9 @@ class Updater:
             return u
         self._held.discard(dev)
         try:
-            await publish(topic, offer_message(uid, release.id, len(release.manifest), envelope), 1, False)
+            await publish(
+                topic, offer_message(uid, release.id, len(release.manifest), envelope, idle), 1, False
+            )
         except GatewayError as exc:
             self._end(fail(u, f"the offer was not sent: {exc}", self.clock.now()))
             raise
@@ -531,7 +535,7 @@ class Updater:
         try:
             await publish(
                 proto.topic(u.device, "ota/offer"),
-                offer_message(u.id, release.id, len(release.manifest), envelope),
+                offer_message(u.id, release.id, len(release.manifest), envelope, u.idle),
                 1,
                 False,
             )

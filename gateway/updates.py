@@ -67,6 +67,7 @@ class Update:
     finished: float | None = None
     device_state: str | None = None  # the last state the device reported, even if ignored
     deferred_since: float | None = None  # when the device deferred it; the deadline waits meanwhile
+    idle: bool = False  # the offer asks the device to install only while its features are idle
 
     @property
     def ended(self) -> bool:
@@ -82,7 +83,8 @@ class Update:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Update:
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        u = cls(**{k: v for k, v in d.items() if k in names})
+        return replace(u, idle=bool(u.idle))  # (stored as an integer)
 
 
 def new_update(
@@ -95,6 +97,7 @@ def new_update(
     freshness: int,
     now: float,
     deadline_s: float = DEFAULT_DEADLINE_S,
+    idle: bool = False,
 ) -> Update:
     """A new update, offered at now."""
     return Update(
@@ -109,6 +112,7 @@ def new_update(
         deadline=now + deadline_s,
         freshness=freshness,
         updated=now,
+        idle=idle,
     )
 
 
@@ -249,15 +253,20 @@ def expire(u: Update, now: float) -> Update | None:
 # ---- messages to the device -------------------------------------------------------
 
 
-def offer_message(uid: str, release_id: str, manifest_size: int, freshness: bytes) -> bytes:
-    """The offer (docs/ota.md 3): the freshness envelope goes as an object."""
-    msg = {
+def offer_message(
+    uid: str, release_id: str, manifest_size: int, freshness: bytes, idle: bool = False
+) -> bytes:
+    """The offer (docs/ota.md 3): the freshness envelope goes as an object;
+    idle: the device installs only while none of its features is busy."""
+    msg: dict[str, Any] = {
         "v": 1,
         "id": uid,
         "manifest": release_id,
         "size": manifest_size,
         "freshness": json.loads(freshness),
     }
+    if idle:
+        msg["idle"] = True
     return json.dumps(msg, separators=(",", ":")).encode()
 
 

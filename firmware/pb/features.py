@@ -28,7 +28,7 @@ def import_feature(root, name):
     return getattr(top, name)
 
 
-_KEEP = ("version", "api", "requires", "permissions")
+_KEEP = ("version", "api", "requires", "permissions", "busy")
 _KEEP_SPEC = ("type", "default", "min", "max", "enum", "max_len")
 
 
@@ -280,6 +280,17 @@ class FeatureHost:
         self.store.save("data", data)
         self.data = data
         self.bus.emit("data." + key, value)
+
+    def busy(self, actuators):
+        """Why a running feature is busy now (docs/ota.md 4.3), or None: its
+        manifest's `busy` names actuators it drives, busy while on (true, or
+        above 0) in actuators (what the runtime last drove)."""
+        for name in sorted(self.running):
+            for a in self.manifests.get(name, {}).get("busy", ()):
+                v = actuators.get(a)
+                if v is True or (type(v) in (int, float) and v > 0):
+                    return "busy: %s is working (%s on)" % (name, a)
+        return None
 
     # ---- reporting ---------------------------------------------------------
 

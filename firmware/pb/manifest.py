@@ -58,6 +58,9 @@ def check_manifest(m, name=None):
             if cap not in requires:
                 raise FeatureError("%s: permission %s %r is not in requires" % (where, key, cap))
     _str_list(perms, "publishes", where)
+    for a in _str_list(m, "busy", where):
+        if a not in perms.get("drives", []):
+            raise FeatureError("%s: busy %r is not an actuator it drives" % (where, a))
     config = m.get("config", {})
     if not isinstance(config, dict):
         raise FeatureError("%s: config must be an object" % where)

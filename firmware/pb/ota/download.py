@@ -96,6 +96,7 @@ class Agent:
     of the manifest wrote (pb/ota/needs.py).
     configure() sets the device id and capabilities the release must suit,
     and battery() (the charge in %), which holds an update back while low;
+    busy(), set by the runtime, why a feature is busy (the stage waits);
     tick, if set, is called during signature checks (feed a watchdog).
     """
 
@@ -118,6 +119,7 @@ class Agent:
         self.deadline_s = DEADLINE_S
         self.battery = None
         self.battery_min = BATTERY_MIN
+        self.busy = None  # why a feature is busy now, or None (the runtime's features.busy)
         self.device = None
         self.caps = {}
         self.partition = lambda: None  # the board's esp32.Partition class, if it has one
@@ -192,6 +194,8 @@ class Agent:
             "offered_at": self.now(),
             "phase": "downloading",
         }
+        if msg.get("idle") is True:
+            self.job["idle"] = True  # the install waits while a feature is busy
         try:
             self.save_job()
         except StoreError as exc:
@@ -362,6 +366,12 @@ class Agent:
                 forget(("pb.ota.image",))
         self.report("downloading", uid, bytes=total, total=total, counter=job["counter"])
         await self._charged(job)  # the install and the trial follow at once
+        if job.get("idle") and self.busy is not None and self.busy() is not None:
+            # a feature at work is not cut short by the install's reset
+            from .defer import idle
+
+            await idle(self, job)
+            forget(("pb.ota.defer",))
         job["phase"] = "staged"
         flash.write_job(self.base, job)
         self.fault("staged")

@@ -39,6 +39,49 @@ def to_update_mode(u, offer=None):
     d.stop("update")
 
 
+def hold(u, payload, why):
+    """RAM is short for a download beside the features, and one of them is
+    busy (why): the reset into update mode waits, the offer kept on flash
+    and said deferred, until none is. A later offer replaces it there; a
+    cancel of it ends the wait."""
+    import json
+
+    from .files import remove
+    from .report import status
+
+    d = u.dev
+    try:
+        msg = json.loads(payload)
+        uid = msg["id"]
+    except (ValueError, KeyError, TypeError):
+        msg, uid = {}, None  # (update mode reports what is wrong with it)
+    if msg.get("op") == "cancel":
+        if uid == u.held:
+            remove(u.offer_to)
+            u.held = None
+        return
+    if msg.get("idle") is not True:
+        to_update_mode(u, payload)  # (it does not ask to wait)
+        return
+    write_atomic(u.offer_to, payload)  # (no copy: RAM is short)
+    if uid is not None and uid != u.held:
+        u.status(status(uid, "deferred", reason=why))
+    if u.held is None:
+        d.spawn(_when_idle(u))
+    u.held = uid or "-"
+
+
+async def _when_idle(u):
+    from ..compat import sleep_ms
+
+    d = u.dev
+    while u.held is not None and d.features.busy(d.actuators) is not None:
+        await sleep_ms(2000)
+    if u.held is not None:
+        d.log("update: the features are idle: downloading in update mode")
+        d.stop("update")  # (the offer waits on flash, as to_update_mode leaves it)
+
+
 def take(u, kind, payload):
     """A root (ota/root) or a time statement (ota/time) the gateway sent
     (pb/ota/updates.py). A trial takes no root: it is sent again after."""

@@ -42,6 +42,7 @@ class Updates:
         self.keep_to = None  # where it is kept (pb/ota/flash.py LAST_STATUS)
         self.commit_to = None  # a trial's commit, prepared (pb/ota/flash.py commit_of)
         self.offer_to = None  # where an offer goes to update mode (pb/ota/flash.py OFFER)
+        self.held = None  # the offer that waits for the features to be idle (pb/ota/handover.py hold)
         self.trial_s = device.config.get("ota_trial_s", _TRIAL_S)
 
     def start(self):
@@ -66,6 +67,12 @@ class Updates:
                 from .handover import roomy, to_update_mode
 
                 if not roomy(self):
+                    why = self.dev.features.busy(self.dev.actuators)
+                    if why is not None:
+                        from .handover import hold  # (if it asks to wait while one is busy)
+
+                        hold(self, bytes(payload), why)
+                        return
                     to_update_mode(self, payload)
                     return
             from .session import offer
