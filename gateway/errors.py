@@ -42,6 +42,17 @@ class ApiRequestError(ApiError):
         self.status = status
 
 
+class CohortError(GatewayError):
+    """A cohort expression does not parse (docs/rollouts.md 3): the message says
+    what is wrong and, as `column` (from 1; None for the text as a whole), where."""
+
+    code = "bad_cohort"
+
+    def __init__(self, message: str, column: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+
+
 # ---- over-the-air updates ----------------------------------------------------
 
 
