@@ -29,6 +29,16 @@ class CommandTimeoutError(GatewayError):
     """The device did not answer a command in time."""
 
 
+class MetricsError(GatewayError):
+    """A feature's `metrics` declaration is malformed (docs/rollouts.md 5), or
+    a metric was asked of a window that is not one. `feature`: the feature
+    whose declaration is wrong, where one is."""
+
+    def __init__(self, message: str, feature: str | None = None) -> None:
+        super().__init__(message)
+        self.feature = feature
+
+
 class ApiError(GatewayError):
     """The gateway's API refused a request or could not be reached."""
 
@@ -80,9 +90,10 @@ class ReleaseNotFoundError(OtaServiceError):
 
 
 class ReleaseRefusedError(OtaServiceError):
-    """A release failed verification or cannot be stored; `code` is the
-    device's trust code (bad_signature, unknown_key, mismatch, ...) or
-    'bad_archive', 'counter_taken', 'runtime_dropped'. A security failure: never retried."""
+    """A release failed verification or cannot be stored or read; `code` is
+    the device's trust code (bad_signature, unknown_key, mismatch,
+    bad_manifest, ...) or 'bad_archive', 'counter_taken', 'runtime_dropped',
+    'missing_blob', 'storage'. A security failure: never retried."""
 
     code = "refused"
 

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import sqlite3
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ota.errors import VerifyError
-from ota.release import FileEntry, Release
+from ota.release import MANIFEST, ZLIB_WBITS, FileEntry, Release
 from ota.verify import verify_release
 
 from .errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError
@@ -330,6 +331,52 @@ class ReleaseStore:
 
     def blob_path(self, zsha256: str) -> Path:
         return self.blobs / zsha256
+
+    def feature_manifests(self, release: StoredRelease) -> dict[str, dict[str, Any]]:
+        """Feature name -> its manifest.json, parsed, for every feature of a
+        stored release (what its metrics are declared in, docs/rollouts.md 5),
+        from the blob folder; each blob checked against the sizes and hashes
+        signed. Raises ReleaseRefusedError missing_blob, mismatch (the blob
+        is not the one signed) or bad_manifest."""
+        entries = {e.path: e for e in release.entries}
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(release.body["features"]):
+            entry = entries.get(f"{name}/{MANIFEST}")
+            if entry is None:
+                raise ReleaseRefusedError(f"{release.ref}: feature {name} has no {MANIFEST}", "bad_manifest")
+            try:
+                manifest = json.loads(self._content(entry))
+            except ValueError as exc:  # (UnicodeDecodeError too)
+                raise ReleaseRefusedError(
+                    f"{release.ref}: {entry.path} is not JSON: {exc}", "bad_manifest"
+                ) from exc
+            if not isinstance(manifest, dict):
+                raise ReleaseRefusedError(f"{release.ref}: {entry.path} is not a JSON object", "bad_manifest")
+            out[name] = manifest
+        return out
+
+    def _content(self, entry: FileEntry) -> bytes:
+        """A file's content from its blob, inflated with the device's 1 KB
+        window, read once and checked against its signed sizes and hashes."""
+        try:
+            with self.blob_path(entry.zsha256).open("rb") as f:
+                blob = f.read(entry.zsize + 1)
+        except FileNotFoundError as exc:
+            raise ReleaseRefusedError(f"the blob of {entry.path} is missing", "missing_blob") from exc
+        except OSError as exc:
+            raise ReleaseRefusedError(
+                f"cannot read the blob of {entry.path}: {exc.strerror}", "storage"
+            ) from exc
+        if len(blob) != entry.zsize or hashlib.sha256(blob).hexdigest() != entry.zsha256:
+            raise ReleaseRefusedError(f"{entry.path}: the blob is not the one signed", "mismatch")
+        inflate = zlib.decompressobj(ZLIB_WBITS)
+        try:
+            data = inflate.decompress(blob, entry.size + 1)
+        except zlib.error as exc:
+            raise ReleaseRefusedError(f"{entry.path}: the blob does not inflate: {exc}", "mismatch") from exc
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise ReleaseRefusedError(f"{entry.path}: the content is not the one signed", "mismatch")
+        return data
 
     def read(self, release: StoredRelease, obj: str, offset: int, length: int) -> bytes:
         """Up to length bytes of an object of release at offset. Raises

@@ -31,6 +31,8 @@ from firmware.pb.errors import FeatureError, TrustError
 from firmware.pb.manifest import check_manifest as check_feature_manifest
 from firmware.pb.ota import forms as device_forms
 from firmware.pb.ota import trust
+from gateway.errors import MetricsError
+from gateway.metrics import declared as declared_metrics
 
 from .envelope import add_signatures, sign_envelope
 from .errors import BuildError, EnvelopeError, ReleaseError
@@ -438,6 +440,12 @@ def build(
         if m["name"] in manifests:
             raise BuildError(f"feature {m['name']} is given twice ({folders[m['name']]} and {folder})")
         manifests[m["name"]], folders[m["name"]] = m, folder
+    try:
+        # the metrics a rollout judges the release by (docs/rollouts.md 5)
+        declared_metrics(manifests)
+    except MetricsError as exc:
+        where = folders[exc.feature] / MANIFEST if exc.feature in folders else "the features"
+        raise BuildError(f"{where}: {exc}") from exc
     apis = {name: m["api"] for name, m in manifests.items()}
     if len(set(apis.values())) > 1:
         each = ", ".join(f"{n} needs {a}" for n, a in sorted(apis.items()))

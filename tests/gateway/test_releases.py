@@ -15,6 +15,7 @@ import pytest
 
 from gateway import store as store_module
 from gateway.errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError, StoreError
+from gateway.metrics import declared
 from gateway.paths import firmware_dir
 from gateway.releases import ReleaseStore, blobs_dir
 from gateway.settings import DeviceSettings, SettingsTable
@@ -100,6 +101,46 @@ def test_a_tampered_blob_is_refused(releases: ReleaseStore, release: Release) ->
     with pytest.raises(ReleaseRefusedError) as exc:
         releases.add(release.path, T0)
     assert exc.value.code == "mismatch" and releases.list() == []
+
+
+def test_the_feature_manifests_of_a_stored_release_come_from_its_blobs(
+    releases: ReleaseStore, keys: Keys, tmp_path: Path
+) -> None:
+    features = firmware_dir() / "features"
+    rel = build(
+        "thermostat",
+        [features / "thermostat", features / "eco"],
+        "2026.12.1",
+        tmp_path / "r",
+        counter=5,
+        keys=keys,
+        forms=("py",),
+    )
+    stored, _ = releases.add(rel.path, T0)
+    manifests = releases.feature_manifests(stored)
+    assert manifests == {
+        n: json.loads((features / n / "manifest.json").read_text()) for n in ("eco", "thermostat")
+    }
+    # what a rollout of it is judged by
+    assert [d.key for d in declared(manifests)] == ["thermostat.heater_duty", "thermostat.setpoint_error"]
+
+
+def test_a_feature_manifest_whose_blob_changed_or_went_is_not_read(
+    releases: ReleaseStore, release: Release
+) -> None:
+    stored, _ = releases.add(release.path, T0)
+    entry = next(e for e in stored.entries if e.path == "thermostat/manifest.json")
+    blob = releases.blob_path(entry.zsha256)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ReleaseRefusedError, match=r"thermostat/manifest\.json") as exc:
+        releases.feature_manifests(stored)
+    assert exc.value.code == "mismatch"
+    blob.unlink()
+    with pytest.raises(ReleaseRefusedError) as exc:
+        releases.feature_manifests(stored)
+    assert exc.value.code == "missing_blob"
 
 
 def test_an_unsigned_release_is_refused(releases: ReleaseStore, release: Release) -> None:

@@ -60,11 +60,14 @@ def test_describe_an_unsigned_release(tmp_path: Path, features_dir: Path) -> Non
 
 def _modified(tmp_path: Path, keys: Keys, features_dir: Path, eco: Path) -> Release:
     """thermostat 1.1.0: changed code, now also reads humidity, no longer
-    publishes mode; plus the new feature eco."""
+    publishes mode (nor has a metric that needs it); plus the new feature eco."""
     t = features_dir / "thermostat"
+    metrics = json.loads((t / "manifest.json").read_text())["metrics"]
+    del metrics["setpoint_error"]["when"]
     edit_manifest(
         t,
         version="1.1.0",
+        metrics=metrics,
         requires=["temperature", "relay", "humidity"],
         permissions={
             "reads": ["temperature", "humidity"],

@@ -8,10 +8,12 @@ import os
 import shutil
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from firmware.pb.errors import TrustError
+from firmware.pb.manifest import check_manifest as check_feature_manifest
 from firmware.pb.ota import trust
 from ota.errors import BuildError, KeyStoreError, ReleaseError
 from ota.keys import Keys, load_keys
@@ -144,6 +146,36 @@ def test_invalid_feature_manifest_is_refused(tmp_path: Path, features_dir: Path)
         build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
     with pytest.raises(BuildError, match="not a feature"):
         build("thermostat", [tmp_path], "1", tmp_path / "r", counter=1, forms=("py",))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (
+            {"comfort": {"better": "lower", "of": {"median": "sensors.temperature"}}},
+            "unknown aggregation 'median'",
+        ),
+        ({"comfort": {"better": "less", "of": {"mean": "sensors.temperature"}}}, "better must be"),
+        ({"comfort": {"better": "lower", "of": {"mean": "sensors.humidity"}}}, "does not require 'humidity'"),
+        (
+            {"comfort": {"better": "lower", "of": {"mean": "features.thermostat.target"}}},
+            "does not publish 'target'",
+        ),
+    ],
+)
+def test_a_malformed_metrics_declaration_is_refused(
+    tmp_path: Path, features_dir: Path, metrics: dict[str, Any], message: str
+) -> None:
+    # the device's own check lets the key pass (it ignores keys it does not
+    # know); the build refuses what a rollout could not judge by
+    edit_manifest(features_dir / "thermostat", metrics=metrics)
+    mf = features_dir / "thermostat" / "manifest.json"
+    check_feature_manifest(json.loads(mf.read_text()), "thermostat")
+    with pytest.raises(BuildError) as exc:
+        build("thermostat", [features_dir / "thermostat"], "1", tmp_path / "r", counter=1, forms=("py",))
+    assert str(exc.value).startswith(f"{mf.resolve()}: feature thermostat: metric 'comfort': ")
+    assert message in str(exc.value)
+    assert not (tmp_path / "r").exists()
 
 
 def test_unknown_model_is_refused(tmp_path: Path, features_dir: Path) -> None:
