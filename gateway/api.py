@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .service import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 MAX_TIMEOUT_S = 120.0
 MAX_BODY = 64 * 1024  # bytes of a request body, but a release archive
 log = logging.getLogger("permabeta.gateway.api")
@@ -48,7 +48,7 @@ log = logging.getLogger("permabeta.gateway.api")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
@@ -65,20 +65,20 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error is a JSON error (docs/protocol.md 10): aiohttp's own too,
     and a failure of the gateway's (500 internal, logged)."""
     if any(_utf8(v) is None for v in request.match_info.values()):
-        return _error(400, "bad_request", "the path is not UTF-8")
+        return error_response(400, "bad_request", "the path is not UTF-8")
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.text if exc.status == 413 and exc.text else exc.reason
-        return _error(exc.status, _HTTP_CODES.get(exc.status, "bad_request"), message)
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "bad_request"), message)
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path[:120])
-        return _error(500, "internal", f"the gateway failed: {type(exc).__name__}")
+        return error_response(500, "internal", f"the gateway failed: {type(exc).__name__}")
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
     """The request's JSON body. Raises web.HTTPBadRequest (not JSON: also
     NaN, nesting deeper than the parser goes, an integer of more than 4300
     digits) or web.HTTPRequestEntityTooLarge."""
@@ -102,11 +102,11 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             # compared as bytes: compare_digest refuses a str that is not ASCII
             given = _utf8(request.headers.get("Authorization", "")) or b""
             if not secrets.compare_digest(given, expected):
-                return _error(401, "unauthorized", "missing or wrong bearer token")
+                return error_response(401, "unauthorized", "missing or wrong bearer token")
         return await handler(request)
 
     app = web.Application(middlewares=[_errors, auth], client_max_size=MAX_BODY)
-    app[_GATEWAY] = gw
+    app[GATEWAY] = gw
     app.add_routes(
         [
             web.get("/api/v1/health", _health),
@@ -126,6 +126,9 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
+    from .api_rollouts import routes
+
+    app.add_routes(routes())
     return app
 
 
@@ -134,29 +137,29 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[_GATEWAY].stats())
+    return web.json_response(request.app[GATEWAY].stats())
 
 
 async def _devices(request: web.Request) -> web.Response:
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     return web.json_response([d.summary() for d in gw.store.devices()])
 
 
 async def _device(request: web.Request) -> web.Response:
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     d = gw.store.device(request.match_info["id"])
     if d is None:
-        return _error(404, "unknown_device", f"no device {request.match_info['id']!r}")
+        return error_response(404, "unknown_device", f"no device {request.match_info['id']!r}")
     return web.json_response(d.to_dict())
 
 
 async def _device_settings(request: web.Request) -> web.Response:
     from .settings import SettingsTable
 
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     dev = request.match_info["id"]
     if gw.store.device(dev) is None:
-        return _error(404, "unknown_device", f"no device {dev!r}")
+        return error_response(404, "unknown_device", f"no device {dev!r}")
     return web.json_response(SettingsTable(gw.store).get(dev).to_dict())
 
 
@@ -168,23 +171,25 @@ async def _set_device_settings(request: web.Request) -> web.Response:
     policy, window (docs/rollouts.md 2)."""
     from .settings import SettingsTable, changed
 
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     dev = request.match_info["id"]
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not body:
-        return _error(400, "bad_request", "body must be a JSON object of " + ", ".join(_SETTINGS))
+        return error_response(400, "bad_request", "body must be a JSON object of " + ", ".join(_SETTINGS))
     for key, value in body.items():
         if key not in _SETTINGS:
-            return _error(400, "bad_request", f"unknown setting {key[:40]!r} (known: {', '.join(_SETTINGS)})")
+            return error_response(
+                400, "bad_request", f"unknown setting {key[:40]!r} (known: {', '.join(_SETTINGS)})"
+            )
         if not isinstance(value, _SETTINGS[key]):
-            return _error(400, "bad_request", f"{key!r} must be a {_SETTINGS[key].__name__}")
+            return error_response(400, "bad_request", f"{key!r} must be a {_SETTINGS[key].__name__}")
     if gw.store.device(dev) is None:
-        return _error(404, "unknown_device", f"no device {dev!r}")
+        return error_response(404, "unknown_device", f"no device {dev!r}")
     table = SettingsTable(gw.store)
     try:
         new = changed(table.get(dev), **body)
     except SettingsError as exc:
-        return _error(422, exc.code, str(exc))
+        return error_response(422, exc.code, str(exc))
     return web.json_response(table.save(new, gw.clock.now()).to_dict())
 
 
@@ -194,20 +199,24 @@ async def _approve(request: web.Request) -> web.Response:
 
     from .settings import SettingsTable
 
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     dev = request.match_info["id"]
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
-        return _error(400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}")
+        return error_response(
+            400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}"
+        )
     d = gw.store.device(dev)
     if d is None:
-        return _error(404, "unknown_device", f"no device {dev!r}")
+        return error_response(404, "unknown_device", f"no device {dev!r}")
     try:
         release = gw.ota.releases.find(body["release"])
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     if release.model != d.model:
-        return _error(422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}")
+        return error_response(
+            422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}"
+        )
     table = SettingsTable(gw.store)
     return web.json_response(
         table.save(replace(table.get(dev), approved=release.id), gw.clock.now()).to_dict()
@@ -215,75 +224,77 @@ async def _approve(request: web.Request) -> web.Response:
 
 
 async def _telemetry(request: web.Request) -> web.Response:
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     dev = request.match_info["id"]
     try:
         limit = max(1, min(int(request.query.get("limit", "100")), 10000))
     except ValueError:
-        return _error(400, "bad_request", "limit must be an integer")
+        return error_response(400, "bad_request", "limit must be an integer")
     if gw.store.device(dev) is None:
-        return _error(404, "unknown_device", f"no device {dev!r}")
+        return error_response(404, "unknown_device", f"no device {dev!r}")
     rows = gw.store.telemetry(dev, limit)
     # the gateway's fields last: a device's field of the same name cannot stand in for them
     return web.json_response([{**r.data, "received": r.received, "ts": r.ts, "seq": r.seq} for r in rows])
 
 
 async def _command(request: web.Request) -> web.Response:
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     dev = request.match_info["id"]
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be a JSON object")
+        return error_response(400, "bad_request", "body must be a JSON object")
     op, args = body.get("op"), body.get("args", {})
     timeout, force = body.get("timeout", 10), bool(body.get("force", False))
     if not isinstance(op, str) or not op:
-        return _error(400, "bad_request", "'op' must be a string")
+        return error_response(400, "bad_request", "'op' must be a string")
     if not isinstance(args, dict):
-        return _error(400, "bad_request", "'args' must be an object")
+        return error_response(400, "bad_request", "'args' must be an object")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
-        return _error(400, "bad_request", f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]")
+        return error_response(
+            400, "bad_request", f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
+        )
     try:
         reply = await gw.send_command(dev, op, args, timeout=float(timeout), force=force)
     except DeviceNotFoundError as exc:
-        return _error(404, "unknown_device", str(exc))
+        return error_response(404, "unknown_device", str(exc))
     except DeviceOfflineError as exc:
-        return _error(409, "offline", str(exc))
+        return error_response(409, "offline", str(exc))
     except CommandTimeoutError as exc:
-        return _error(504, "timeout", str(exc))
+        return error_response(504, "timeout", str(exc))
     except ProtocolError as exc:
-        return _error(400, exc.code, exc.message)
+        return error_response(400, exc.code, exc.message)
     except GatewayError as exc:
-        return _error(503, "unavailable", str(exc))
+        return error_response(503, "unavailable", str(exc))
     return web.json_response({"reply": reply})
 
 
 # ---- releases and updates (docs/ota.md 5) -----------------------------------------
 
 
-def _ota_error(exc: GatewayError) -> web.Response:
+def ota_error(exc: GatewayError) -> web.Response:
     """The answer to an error of the update endpoints."""
     if isinstance(exc, OtaDisabledError):
-        return _error(503, exc.code, str(exc))
+        return error_response(503, exc.code, str(exc))
     if isinstance(exc, ReleaseNotFoundError):
-        return _error(409 if exc.code == "ambiguous" else 404, exc.code, str(exc))
+        return error_response(409 if exc.code == "ambiguous" else 404, exc.code, str(exc))
     if isinstance(exc, ReleaseRefusedError):
-        return _error(500 if exc.code == "storage" else 422, exc.code, str(exc))
+        return error_response(500 if exc.code == "storage" else 422, exc.code, str(exc))
     if isinstance(exc, UpdateNotFoundError):
-        return _error(404, exc.code, str(exc))
+        return error_response(404, exc.code, str(exc))
     if isinstance(exc, UpdateRefusedError):
-        return _error(409, exc.code, str(exc))
+        return error_response(409, exc.code, str(exc))
     if isinstance(exc, DeviceNotFoundError):
-        return _error(404, "unknown_device", str(exc))
+        return error_response(404, "unknown_device", str(exc))
     if isinstance(exc, DeviceOfflineError):
-        return _error(409, "offline", str(exc))
+        return error_response(409, "offline", str(exc))
     if isinstance(exc, OtaServiceError):
-        return _error(500, exc.code, str(exc))
-    return _error(503, "unavailable", str(exc))
+        return error_response(500, exc.code, str(exc))
+    return error_response(503, "unavailable", str(exc))
 
 
 def _ota(request: web.Request) -> Gateway:
     """The gateway, if it can do updates. Raises OtaDisabledError."""
-    gw = request.app[_GATEWAY]
+    gw = request.app[GATEWAY]
     gw.ota.require_keys()
     return gw
 
@@ -305,12 +316,12 @@ async def _add_release(request: web.Request) -> web.Response:
     try:
         gw = _ota(request)
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     if request.content_type != TAR_TYPE:
-        return _error(415, "bad_request", f"send the release folder as a tar archive ({TAR_TYPE})")
+        return error_response(415, "bad_request", f"send the release folder as a tar archive ({TAR_TYPE})")
     data = await _read_limited(request, MAX_ARCHIVE)
     if data is None:
-        return _error(413, "too_large", f"a release archive may have at most {MAX_ARCHIVE} bytes")
+        return error_response(413, "too_large", f"a release archive may have at most {MAX_ARCHIVE} bytes")
     releases = gw.ota.releases
 
     def unpack_and_prepare() -> Any:
@@ -324,7 +335,7 @@ async def _add_release(request: web.Request) -> web.Response:
         prepared = await asyncio.to_thread(unpack_and_prepare)
         stored, new = releases.insert(prepared, gw.clock.now())
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     return web.json_response(stored.summary() | {"new": new}, status=201 if new else 200)
 
 
@@ -332,7 +343,7 @@ async def _releases(request: web.Request) -> web.Response:
     try:
         gw = _ota(request)
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     model = request.query.get("model")
     return web.json_response([r.summary() for r in gw.ota.releases.list(model)])
 
@@ -342,7 +353,7 @@ async def _release(request: web.Request) -> web.Response:
         gw = _ota(request)
         rel = gw.ota.releases.find(request.match_info["ref"])
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     return web.json_response(rel.summary() | {"files_list": [e.to_dict() for e in rel.entries]})
 
 
@@ -350,17 +361,31 @@ async def _start_update(request: web.Request) -> web.Response:
     try:
         gw = _ota(request)
     except GatewayError as exc:
-        return _ota_error(exc)
-    body = await _json_body(request)
+        return ota_error(exc)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
-        return _error(400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}")
+        return error_response(
+            400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}"
+        )
     force = body.get("force", False)
     if not isinstance(force, bool):
-        return _error(400, "bad_request", "'force' must be true or false")
+        return error_response(400, "bad_request", "'force' must be true or false")
+    dev = request.match_info["id"]
+    found = gw.rollouts.table.rollout_of(dev)
+    if found is not None and not force:
+        r, row = found
+        return error_response(
+            409,
+            "in_rollout",
+            f"{dev} is in rollout {r.id} of {r.ref} (stage {row.stage + 1}): an update by hand "
+            "takes it out of the rollout: force it to",
+        )
     try:
-        u = await gw.ota.start(request.match_info["id"], body["release"], force=force)
+        u = await gw.ota.start(dev, body["release"], force=force)
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
+    if found is not None:
+        gw.rollouts.leave(dev)
     return web.json_response(u.to_dict(), status=201)
 
 
@@ -369,7 +394,7 @@ async def _update(request: web.Request) -> web.Response:
         gw = _ota(request)
         u = gw.ota.get(request.match_info["uid"])
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     return web.json_response({**u.to_dict(), "steps": gw.ota.table.steps(u.id)})
 
 
@@ -377,14 +402,14 @@ async def _device_updates(request: web.Request) -> web.Response:
     try:
         gw = _ota(request)
     except GatewayError as exc:
-        return _ota_error(exc)
+        return ota_error(exc)
     dev = request.match_info["id"]
     try:
         limit = max(1, min(int(request.query.get("limit", "20")), 1000))
     except ValueError:
-        return _error(400, "bad_request", "limit must be an integer")
+        return error_response(400, "bad_request", "limit must be an integer")
     if gw.store.device(dev) is None:
-        return _error(404, "unknown_device", f"no device {dev!r}")
+        return error_response(404, "unknown_device", f"no device {dev!r}")
     return web.json_response([u.to_dict() for u in gw.ota.of_device(dev, limit)])
 
 

@@ -435,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_settings import register as register_settings
 
     register_settings(dv)
+    from .cli_rollout import register as register_rollout
+
+    register_rollout(sub)
     register_updates(sub)
     from simulator.cli import register as register_sim
 

@@ -34,6 +34,8 @@ class MetricsError(GatewayError):
     a metric was asked of a window that is not one. `feature`: the feature
     whose declaration is wrong, where one is."""
 
+    code = "bad_metrics"
+
     def __init__(self, message: str, feature: str | None = None) -> None:
         super().__init__(message)
         self.feature = feature

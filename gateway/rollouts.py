@@ -241,12 +241,12 @@ class RolloutTable:
         r: Rollout,
         now: float,
         kind: str,
-        reason: str,
+        why: str,
         numbers: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Rollout:
         """r with fields changed (state, stage, stage_started, reason),
-        stored with the decision that changed it."""
+        stored with the decision (kind, why, numbers) that changed it."""
         new = replace(r, updated=now, **fields)
         with self.store.transaction():
             self.store.db.execute(
@@ -254,7 +254,7 @@ class RolloutTable:
                 " WHERE id = ?",
                 (new.state, new.stage, new.stage_started, new.updated, new.reason, r.id),
             )
-            self._decide(r.id, now, new.stage, kind, new.state, reason, numbers or {})
+            self._decide(r.id, now, new.stage, kind, new.state, why, numbers or {})
         return new
 
     def decide(
@@ -271,6 +271,14 @@ class RolloutTable:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rid, now, stage, kind, result, reason, json.dumps(numbers, sort_keys=True, allow_nan=False)),
         )
+
+    def looks(self, rid: str, stage: int) -> int:
+        """How many looks of the judge the stage has had."""
+        row = self.store.db.execute(
+            "SELECT count(*) FROM rollout_decisions WHERE rollout = ? AND stage = ? AND kind = 'look'",
+            (rid, stage),
+        ).fetchone()
+        return int(row[0])
 
     def decisions(self, rid: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.store.db.execute(

@@ -27,6 +27,7 @@ from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
+from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
 from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
@@ -139,6 +140,7 @@ class Gateway:
             keys, lambda: [d for d, v in self._live.items() if v.online], clock=self.clock
         )
         self.time_sender.publish = self.publish
+        self.rollouts = RolloutService(self)
 
     # ---- running -----------------------------------------------------------
 
@@ -151,6 +153,7 @@ class Gateway:
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
                 tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
                 tg.create_task(self.time_sender.loop(), name="gateway-time")
+                tg.create_task(self.rollouts.loop(), name="gateway-rollouts")
                 if self.api_bind is not None:
                     from .api import serve_api
 

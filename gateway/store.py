@@ -138,8 +138,10 @@ CREATE TABLE device_settings (
 );
 CREATE INDEX telemetry_device_received ON telemetry(device, received);
 """,
-    # 6: rollouts, their members and their decisions (gateway/rollouts.py), and
-    # updates whose offer asks the device to wait while its features are busy
+    # 6: rollouts, their members and their decisions (gateway/rollouts.py);
+    # updates whose offer asks the device to wait while its features are busy;
+    # each device's boots and changes of state over time (the health metrics,
+    # gateway/metrics.py)
     6: """
 CREATE TABLE rollouts (
     id TEXT PRIMARY KEY,
@@ -184,6 +186,22 @@ CREATE TABLE rollout_decisions (
 );
 CREATE INDEX rollout_decisions_rollout ON rollout_decisions(rollout, id);
 ALTER TABLE updates ADD COLUMN idle INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE device_boots (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    at REAL NOT NULL,
+    boot_count INTEGER NOT NULL,
+    reset_cause TEXT NOT NULL
+);
+CREATE INDEX device_boots_device ON device_boots(device, at);
+CREATE TABLE device_states (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    at REAL NOT NULL,
+    online INTEGER NOT NULL,
+    reason TEXT
+);
+CREATE INDEX device_states_device ON device_states(device, at);
 """,
 }
 
@@ -398,7 +416,16 @@ class Store:
     # ---- devices -----------------------------------------------------------
 
     def upsert_hello(self, dev: str, hello: dict[str, Any], now: float) -> None:
-        """Register a device, or refresh what it says of itself."""
+        """Register a device, or refresh what it says of itself; a hello
+        whose boot count or reset cause is new is a boot, kept in device_boots."""
+        before = self.db.execute(
+            "SELECT boot_count, reset_cause FROM devices WHERE id = ?", (dev,)
+        ).fetchone()
+        if before is None or (before[0], before[1]) != (hello["boot_count"], hello["reset_cause"]):
+            self.db.execute(
+                "INSERT INTO device_boots (device, at, boot_count, reset_cause) VALUES (?, ?, ?, ?)",
+                (dev, now, hello["boot_count"], hello["reset_cause"]),
+            )
         self.db.execute(
             """INSERT INTO devices (id, model, board, runtime, platform, features, hello,
                    first_seen, last_seen, boot_count, reset_cause, heap_free, keepalive, telemetry_s)
@@ -428,14 +455,53 @@ class Store:
         )
 
     def set_state(self, dev: str, online: bool, reason: str | None, now: float) -> bool:
-        """Record online/offline; True if it changed."""
-        cur = self.db.execute(
-            """UPDATE devices SET online = ?, state_reason = ?, state_changed = ?,
-                   last_seen = CASE WHEN ? THEN ? ELSE last_seen END
-               WHERE id = ? AND online != ?""",
-            (int(online), reason, now, int(online), now, dev, int(online)),
-        )
+        """Record online/offline, and the change in device_states; True if it changed."""
+        with self.transaction():
+            cur = self.db.execute(
+                """UPDATE devices SET online = ?, state_reason = ?, state_changed = ?,
+                       last_seen = CASE WHEN ? THEN ? ELSE last_seen END
+                   WHERE id = ? AND online != ?""",
+                (int(online), reason, now, int(online), now, dev, int(online)),
+            )
+            if cur.rowcount > 0:
+                self.db.execute(
+                    "INSERT INTO device_states (device, at, online, reason) VALUES (?, ?, ?, ?)",
+                    (dev, now, int(online), reason),
+                )
         return cur.rowcount > 0
+
+    def history(self, table: str, dev: str, start: float, end: float) -> list[sqlite3.Row]:
+        """A device's rows of device_boots or device_states from start to
+        end, with the last one before start (what held at start)."""
+        if table not in ("device_boots", "device_states"):
+            raise ValueError(table)
+        before = self.db.execute(
+            f"SELECT * FROM {table} WHERE device = ? AND at < ? ORDER BY at DESC, id DESC LIMIT 1",
+            (dev, start),
+        ).fetchall()
+        within = self.db.execute(
+            f"SELECT * FROM {table} WHERE device = ? AND at >= ? AND at <= ? ORDER BY at, id",
+            (dev, start, end),
+        ).fetchall()
+        return before + within
+
+    def telemetry_between(self, dev: str, start: float, end: float) -> list[tuple[float, str]]:
+        """(received, data JSON) of a device's telemetry from start to end, in order."""
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT received, data FROM telemetry WHERE device = ? AND received >= ? AND received <= ?"
+                " ORDER BY received, id",
+                (dev, start, end),
+            )
+        ]
+
+    def events_between(self, dev: str, start: float, end: float) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT received, kind, feature FROM events WHERE device = ? AND received >= ? AND received <= ?"
+            " ORDER BY id",
+            (dev, start, end),
+        ).fetchall()
 
     def device_ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM devices ORDER BY id")]

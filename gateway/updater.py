@@ -375,6 +375,23 @@ class Updater:
         log.info("%s: update %s to %s (%s) offered", dev, uid, release.ref, release.version)
         return u
 
+    async def cancel(self, dev: str, reason: str) -> Update | None:
+        """End dev's update in progress, if any, as failed(reason), and tell
+        the device (a download stops; one already staged goes on to its
+        trial, which reports as usual). The update ended, or None."""
+        u = self._active.get(dev)
+        if u is None:
+            return None
+        ended = fail(u, reason, self.clock.now())
+        self._end(ended)
+        publish = self.publish
+        if publish is not None:
+            try:
+                await publish(proto.topic(dev, "ota/offer"), cancel_message(u.id), 1, False)
+            except GatewayError as exc:
+                log.warning("%s: could not cancel update %s: %s", dev, u.id, exc)
+        return ended
+
     # ---- messages from devices ---------------------------------------------
 
     def on_online(self, dev: str) -> None:

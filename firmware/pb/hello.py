@@ -31,6 +31,7 @@ def build(d):
         "telemetry_s": d.telemetry_ms / 1000,
         "ota": ota(d),
         "ts": d.now(),
+        "utc_offset_min": d.features.utc_offset_min,
     }
 
 

@@ -43,6 +43,7 @@ _SCHEMAS = {
         ("keepalive", "i", 1),
         ("telemetry_s", "n", 1),
         ("ts", "n", 0),
+        ("utc_offset_min", "i", 0),
     ),
     "state": (("v", "i", 1), ("dev", "s", 1), ("state", "s", 1), ("ts", "n", 0), ("reason", "s", 0)),
     "telemetry": (
@@ -79,7 +80,12 @@ STATES = ("online", "offline")
 # parser reads exactly and SQLite stores exactly, as an integer or a real.
 MAX_INT = 9007199254740991
 # (lowest, highest) of each integer or number field; (0, MAX_INT) if not named.
-_BOUNDS = {"heap_free": (-1, MAX_INT), "keepalive": (0, 65535), "proto": (0, 65535)}
+_BOUNDS = {
+    "heap_free": (-1, MAX_INT),
+    "keepalive": (0, 65535),
+    "proto": (0, 65535),
+    "utc_offset_min": (-720, 840),
+}
 # The protocol levels a hello states (section 3.1; none stated is level 1):
 # the gateway serves every level from the lowest it has not retired up; a
 # device of a higher level than it knows is served as the highest it knows.
