@@ -36,7 +36,8 @@ _HOUR_S = 3600.0
 # a field path: the part of the telemetry, then as many names
 _PATH_PARTS = {"sensors": 2, "actuators": 2, "features": 3}
 _NAME = re.compile(rf"[a-z][a-z0-9_]{{0,{MAX_NAME - 1}}}")
-_KEYS = frozenset({"doc", "unit", "better", "critical", "min_effect", "of", "when"})
+_KEYS = frozenset({"doc", "unit", "better", "critical", "min_effect", "floor", "of", "when"})
+MAX_EFFECT = 10.0  # a min_effect is a share of the control's level: 10 is ten times worse
 
 
 class Better(StrEnum):
@@ -80,10 +81,11 @@ class MetricDecl:
     better: Better
     threshold: float | None = None
     critical: bool = False
-    min_effect: float = 0.0
+    min_effect: float = 0.1
     unit: str = ""
     doc: str = ""
     when: tuple[tuple[str, Scalar], ...] = ()
+    floor: float = 0.0
 
     @property
     def key(self) -> str:
@@ -112,9 +114,14 @@ class MetricDecl:
         critical = d.get("critical", False)
         if not isinstance(critical, bool):
             raise fail("critical must be true or false")
-        min_effect = _number(d.get("min_effect", 0.0))
-        if min_effect is None or min_effect < 0:
-            raise fail(f"min_effect must be a number from 0 to {MAX_ABS:g}")
+        min_effect = _number(d.get("min_effect", 0.1))
+        if min_effect is None or not 0 <= min_effect <= MAX_EFFECT:
+            raise fail(
+                f"min_effect must be a share of the control's level from 0 to {MAX_EFFECT:g} (0.1: 10% worse)"
+            )
+        floor = _number(d.get("floor", 0.0))
+        if floor is None or floor < 0:
+            raise fail(f"floor must be a number from 0 to {MAX_ABS:g}, in the metric's unit")
         text = {}
         for key, most in (("unit", MAX_UNIT), ("doc", MAX_DOC)):
             value = d.get(key, "")
@@ -134,6 +141,7 @@ class MetricDecl:
             text["unit"],
             text["doc"],
             _parse_when(d.get("when", {}), fail),
+            floor,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +157,7 @@ class MetricDecl:
             "better": self.better.value,
             "critical": self.critical,
             "min_effect": self.min_effect,
+            "floor": self.floor,
             "of": {self.aggregation.value: args},
             "when": dict(self.when),
         }

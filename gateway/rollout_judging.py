@@ -80,7 +80,9 @@ def measures(manifests: Mapping[str, Any], names: Sequence[str]) -> list[Measure
         )
         out.append(Measure(spec, d))
     for name, (critical, effect, floor) in _HEALTH.items():
-        spec = MetricSpec(name=name, better=Direction(HEALTH[name].value), critical=critical, min_effect=effect)
+        spec = MetricSpec(
+            name=name, better=Direction(HEALTH[name].value), critical=critical, min_effect=effect
+        )
         out.append(Measure(MetricSpec(**(vars(spec) | {"floor": floor})), None))
     if tuple(names) == ("default",):
         return out
@@ -158,11 +160,20 @@ def _baselines_where_enough(obs: list[Observation], ms: Sequence[Measure], need:
     keep = set()
     for m in ms:
         name = m.spec.name
-        with_base = {g: {o.device for o in obs if o.group is g and o.baseline.get(name) is not None} for g in Group}
+        with_base = {
+            g: {o.device for o in obs if o.group is g and o.baseline.get(name) is not None} for g in Group
+        }
         if all(len(devs) >= need for devs in with_base.values()):
             keep.add(name)
     return [
-        Observation(o.device, o.group, o.window_start, o.values, o.updated_at, {n: o.baseline[n] for n in keep if n in o.baseline})
+        Observation(
+            o.device,
+            o.group,
+            o.window_start,
+            o.values,
+            o.updated_at,
+            {n: o.baseline[n] for n in keep if n in o.baseline},
+        )
         for o in obs
     ]
 
@@ -177,7 +188,9 @@ class _Reader:
         self.ms = ms
         self.now = now
 
-    def values(self, dev: str, ws: float, until: float) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    def values(
+        self, dev: str, ws: float, until: float
+    ) -> tuple[dict[str, float | None], dict[str, float | None]]:
         cur = self._over(dev, ws, self.now)
         b0, b1 = ws - BASELINE_S, self.now - BASELINE_S
         base = self._over(dev, b0, b1) if b1 <= until and b1 - b0 >= 1.0 else {}
@@ -191,7 +204,9 @@ class _Reader:
         for m in self.ms:
             if m.decl is not None:
                 if samples is None:
-                    samples = [Sample(t, _json(data)) for t, data in self.store.telemetry_between(dev, start, end)]
+                    samples = [
+                        Sample(t, _json(data)) for t, data in self.store.telemetry_between(dev, start, end)
+                    ]
                 out[m.spec.name] = compute(m.decl, samples, start, end)
             else:
                 out[m.spec.name] = self._health(m.spec.name, dev, start, end)
@@ -210,7 +225,10 @@ class _Reader:
                 for r in self.store.history("device_boots", dev, start, end)
             ]
             return resets_per_hour(boots, states, start, end)
-        events = [EventRecord(r["received"], r["kind"], r["feature"]) for r in self.store.events_between(dev, start, end)]
+        events = [
+            EventRecord(r["received"], r["kind"], r["feature"])
+            for r in self.store.events_between(dev, start, end)
+        ]
         return feature_errors_per_hour(events, start, end)
 
 

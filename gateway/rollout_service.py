@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from .cohort import Cohort, DeviceFacts, parse
 from .errors import GatewayError, RolloutError
+from .judge import Policy, Result, judge_hard
+from .rollout_judging import LOOKS, Measure, Stage, hard_counts, look, look_due, measures, verdict_of
 from .rollout_plan import (
     DEFAULT_MAX_FAILURE_RATE,
     DEFAULT_SOAK_S,
@@ -26,12 +28,10 @@ from .rollout_plan import (
     assign,
     step,
 )
-from .judge import Policy, Result, judge_hard
-from .rollout_judging import LOOKS, Measure, Stage, hard_counts, look, look_due, measures, verdict_of
 from .rollouts import MemberRow, Rollout, RolloutTable, match_reverts, new_id
-from .updates import Update
 from .settings import DeviceSettings, SettingsTable
 from .store import DeviceRecord
+from .updates import Update
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -280,7 +280,9 @@ class RolloutService:
         rule at every step, the metrics at the looks of the soak; None when
         nothing was judged now. Every look is stored with its numbers."""
         policy = self.policy(r)
-        updates = [None if m.left else self._update(row.update_id) for row, m in zip(rows, members, strict=True)]
+        updates = [
+            None if m.left else self._update(row.update_id) for row, m in zip(rows, members, strict=True)
+        ]
         hard = hard_counts(updates)
         hv = judge_hard(hard, policy)
         if hv.result is Result.FAIL:

@@ -117,7 +117,8 @@ def match_reverts(
                 f"higher one (sign the set it ran again with a counter above {release.counter})",
                 "no_revert",
             )
-        found = [c for c, s in stored.items() if content(s) == content(r)]
+        # (members run releases below the rollout's: the revert itself is not one)
+        found = [c for c, s in stored.items() if c < release.counter and content(s) == content(r)]
         if found:
             for c in found:
                 out[str(c)] = r.id

@@ -25,6 +25,7 @@ from gateway.broker import BrokerUrl
 from gateway.errors import GatewayError, MetricsError
 from gateway.metrics import (
     MAX_ABS,
+    MAX_EFFECT,
     Aggregation,
     Better,
     EventRecord,
@@ -137,7 +138,9 @@ def declarations(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         d["critical"] = draw(st.booleans())
     if draw(st.booleans()):
-        d["min_effect"] = draw(st.floats(0, MAX_ABS) | st.integers(0, 100))
+        d["min_effect"] = draw(st.floats(0, MAX_EFFECT) | st.integers(0, 10))
+    if draw(st.booleans()):
+        d["floor"] = draw(st.floats(0, MAX_ABS) | st.integers(0, 100))
     if draw(st.booleans()):
         d["unit"] = draw(st.text(max_size=16))
         d["doc"] = draw(st.text(max_size=200))
@@ -170,8 +173,10 @@ GOOD = {"better": "lower", "of": {"mean": "sensors.temperature"}}
         ({"m": {**GOOD, "better": "smaller"}}, "better must be 'lower' or 'higher'"),
         ({"m": {"of": {"mean": "sensors.temperature"}}}, "better must be"),
         ({"m": {**GOOD, "critical": "yes"}}, "critical must be true or false"),
-        ({"m": {**GOOD, "min_effect": -1}}, "min_effect must be a number from 0"),
-        ({"m": {**GOOD, "min_effect": True}}, "min_effect must be a number"),
+        ({"m": {**GOOD, "min_effect": -1}}, "min_effect must be a share of the control's level from 0"),
+        ({"m": {**GOOD, "min_effect": 11}}, "min_effect must be a share of the control's level from 0 to 10"),
+        ({"m": {**GOOD, "min_effect": True}}, "min_effect must be a share"),
+        ({"m": {**GOOD, "floor": -1}}, "floor must be a number from 0"),
         ({"m": {**GOOD, "unit": "x" * 17}}, "unit must be a string of at most 16"),
         ({"m": {**GOOD, "doc": 5}}, "doc must be a string"),
         ({"m": {"better": "lower"}}, "of must be an object of exactly one aggregation"),
@@ -622,8 +627,9 @@ def test_setpoint_error_is_a_few_tenths_for_a_healthy_thermostat_and_clearly_mor
     # and alike from one room to the next
     assert all(0.1 < v < 0.3 for v in healthy)
     assert max(healthy) - min(healthy) < 0.1
-    # a release 20 % worse is worse in every room, by more than min_effect on average
+    # a release 20 % worse is worse in every room, by more than min_effect
+    # (a share of the healthy level) on average
     min_effect = metric("thermostat.setpoint_error").min_effect
     assert all(w > h for w, h in zip(wider, healthy, strict=True))
-    assert sum(wider) / len(wider) - sum(healthy) / len(healthy) > min_effect
-    assert min(wrong_sign) > max(healthy) + min_effect
+    assert sum(wider) / sum(healthy) - 1 > min_effect
+    assert min(wrong_sign) > max(healthy) * (1 + min_effect)

@@ -1,0 +1,188 @@
+"""Rollouts through the gateway's API and CLI (docs/rollouts.md 4): what a
+maker creates, what is refused and why, the commands, and a device updated
+by hand leaving its rollout. The devices here are registered but offline:
+nothing is offered (tests/simulator/test_rollouts.py runs whole fleets)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.settings import SettingsTable, changed
+from ota.keys import Keys
+
+from ..support import messages
+from .conftest import MakeRelease, Running, StartGateway
+
+
+class Api:
+    def __init__(self, r: Running, session: aiohttp.ClientSession) -> None:
+        self.r = r
+        self.session = session
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.r.url + path, headers=self.r.headers(), json=body
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def refused(self, body: dict[str, Any]) -> tuple[int, str, str]:
+        status, answer = await self.call("POST", "/api/v1/rollouts", body)
+        assert status >= 400, answer
+        return status, answer["error"]["code"], answer["error"]["message"]
+
+
+@pytest.fixture
+async def api(start_gateway: StartGateway, keys: Keys, make_release: MakeRelease) -> AsyncIterator[Api]:
+    r = await start_gateway(keys)
+    for counter in (2, 3):
+        r.gw.ota.releases.add(make_release(counter, extra=f"r{counter}").path, 1.0)
+    table = SettingsTable(r.store)
+    for i in range(30):
+        dev = f"th-{i:02d}"
+        r.store.upsert_hello(dev, messages.hello(dev), 1.0)
+        table.save(
+            changed(
+                table.get(dev), channel="beta" if i < 20 else "stable", tag=["lab"] if i % 5 == 0 else None
+            ),
+            1.0,
+        )
+    r.store.upsert_hello("sh-00", messages.hello("sh-00", model="shirt"), 1.0)
+    async with aiohttp.ClientSession() as s:
+        yield Api(r, s)
+
+
+async def test_a_rollout_takes_the_cohort_of_the_release_s_model_in_random_stages(api: Api) -> None:
+    status, st = await api.call(
+        "POST",
+        "/api/v1/rollouts",
+        {"release": "thermostat@2", "cohort": "channel=beta and not tag=lab", "stages": "25%,100%",
+         "soak": "1h", "revert": ["thermostat@3"], "seed": 7},
+    )  # fmt: skip
+    assert status == 201, st
+    r = st["rollout"]
+    assert (r["ref"], r["state"], r["stage"], r["stages"], r["soak_s"]) == (
+        "thermostat@2",
+        "running",
+        0,
+        [0.25, 1.0],
+        3600,
+    )
+    assert r["cohort"] == "channel=beta and not tag=lab" and r["seed"] == 7
+    assert r["reverts"] == {"0": api.r.gw.ota.releases.find("thermostat@3").id}
+    members = api.r.gw.rollouts.table.members(r["id"])
+    assert len(members) == 16  # 20 beta, 4 of them lab
+    assert sum(1 for m in members if m.stage == 0) == 4
+    assert {m.device for m in members} == {f"th-{i:02d}" for i in range(20) if i % 5}
+    # offline, not offered: stage 1's members wait for their devices, stage 2's for their stage
+    counts = [s["counts"] for s in st["stages"]]
+    assert (counts[0]["offline"], counts[1]["pending"]) == (4, 12)
+    status, listed = await api.call("GET", "/api/v1/rollouts")
+    assert [x["id"] for x in listed] == [r["id"]]
+    status, again = await api.call("GET", f"/api/v1/rollouts/{r['id'][:6]}")
+    assert status == 200 and again["rollout"]["id"] == r["id"]
+    decisions = api.r.gw.rollouts.table.decisions(r["id"])
+    assert decisions[0]["kind"] == "created" and decisions[0]["numbers"] == {"stages": [4, 12]}
+
+
+async def test_what_cannot_be_rolled_out_is_refused_saying_why(api: Api) -> None:
+    base = {"release": "thermostat@2", "no_revert": True}
+    cases = [
+        ({**base, "cohort": "channel=alpha"}, (422, "bad_cohort", "unknown channel 'alpha'")),
+        ({**base, "cohort": "tag=nowhere"}, (422, "no_devices", "selects no thermostat")),
+        (
+            {"release": "thermostat@2"},
+            (422, "no_revert", "no revert for the members that run the factory set"),
+        ),
+        ({"release": "thermostat@3", "revert": ["thermostat@2"]}, (422, "no_revert", "has counter 2")),
+        (
+            {**base, "metrics": ["thermostat.nothing"]},
+            (422, "bad_rollout", "unknown metric 'thermostat.nothing'"),
+        ),
+        ({**base, "stages": "50%"}, (422, "bad_rollout", "the last stage must be 100%")),
+        ({**base, "soak": "forever"}, (422, "bad_rollout", "a duration is")),
+        ({**base, "release": "thermostat@9"}, (404, "unknown_release", "no release thermostat@9")),
+        ({**base, "colour": "red"}, (400, "bad_request", "unknown field 'colour'")),
+        ({**base, "seed": "x"}, (400, "bad_request", "'seed' must be a int")),
+        ({"cohort": "all"}, (400, "bad_request", "'release' names the release")),
+    ]
+    for body, (status, code, words) in cases:
+        got = await api.refused(body)
+        assert got[:2] == (status, code) and words in got[2], (body, got)
+    assert api.r.gw.rollouts.table.all() == []
+    # a device is in one running rollout at a time
+    status, _ = await api.call("POST", "/api/v1/rollouts", {**base, "cohort": "tag=lab"})
+    assert status == 201
+    got = await api.refused({**base, "cohort": "id=th-05"})
+    assert got[:2] == (409, "in_rollout") and "th-05 in" in got[2]
+
+
+async def test_pause_resume_abort_and_a_device_updated_by_hand_leaves(api: Api) -> None:
+    status, st = await api.call("POST", "/api/v1/rollouts", {"release": "thermostat@2", "no_revert": True})
+    rid = st["rollout"]["id"]
+    for command, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        status, st = await api.call("POST", f"/api/v1/rollouts/{rid}/{command}")
+        assert (status, st["rollout"]["state"]) == (200, state)
+    for command, code in (("resume", "wrong_state"), ("abort", "wrong_state"), ("revert", "no_revert")):
+        status, answer = await api.call("POST", f"/api/v1/rollouts/{rid}/{command}")
+        assert answer["error"]["code"] == code, (command, answer)
+    assert (await api.call("POST", f"/api/v1/rollouts/{rid}/explode"))[0] == 404
+    assert (await api.call("GET", "/api/v1/rollouts/ffffffffffff"))[1]["error"]["code"] == "unknown_rollout"
+    kinds = [d["kind"] for d in api.r.gw.rollouts.table.decisions(rid)]
+    assert kinds == ["created", "pause", "resume", "abort"]
+    # a device of a running rollout is not updated by hand unless forced; then it leaves
+    status, st = await api.call("POST", "/api/v1/rollouts", {"release": "thermostat@2", "no_revert": True})
+    rid = st["rollout"]["id"]
+    status, answer = await api.call("POST", "/api/v1/devices/th-03/update", {"release": "thermostat@3"})
+    assert (status, answer["error"]["code"]) == (409, "in_rollout") and rid in answer["error"]["message"]
+    status, _ = await api.call(
+        "POST", "/api/v1/devices/th-03/update", {"release": "thermostat@3", "force": True}
+    )
+    assert status == 201
+    left = [m for m in api.r.gw.rollouts.table.members(rid) if m.device == "th-03"]
+    assert left[0].left is not None
+    st = (await api.call("GET", f"/api/v1/rollouts/{rid}"))[1]
+    assert sum(s["counts"]["left"] for s in st["stages"]) == 1
+
+
+def _cli(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "rollout", *words, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_cli_creates_lists_and_shows_a_rollout(api: Api, tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    out = await asyncio.to_thread(
+        _cli,
+        db,
+        "create",
+        "thermostat@2",
+        "--cohort",
+        "tag=lab",
+        "--stages",
+        "50%,100%",
+        "--revert",
+        "thermostat@3",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("rollout ") and "thermostat@2 to tag=lab, running" in lines[0]
+    rid = lines[0].split()[1].rstrip(":")
+    assert any(line.startswith(">  1   50% [") and "offline" in line for line in lines), lines
+    out = await asyncio.to_thread(_cli, db, "list")
+    assert rid in out.stdout and "running" in out.stdout
+    out = await asyncio.to_thread(_cli, db, "status", rid, "--once")
+    assert out.returncode == 0 and "stage 1 of 2" in out.stdout
+    out = await asyncio.to_thread(_cli, db, "create", "thermostat@2", "--cohort", "channel=alpha")
+    assert out.returncode == 1 and "unknown channel 'alpha'" in out.stderr
