@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast long chaos bench lint typecheck check clean venv
+.PHONY: demo test test-fast long chaos rollouts bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -20,11 +20,15 @@ demo: $(STAMP)
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not chaos and not long"
+	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts"
 
 # A power cut at every fault point of an update; the physics' control and a trace replay
 long: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m long
+
+# Rollouts on fleets of 200 simulated devices (docs/rollouts.md)
+rollouts: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m rollouts
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -54,7 +58,7 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
 	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py loader.py pb features
 
-check: lint typecheck test long
+check: lint typecheck test long rollouts
 
 # Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
 # missing, as root or with sudo that asks no password; otherwise the exact command is printed.

@@ -8,6 +8,7 @@ updater and records every decision before it acts on it).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 from collections.abc import Sequence
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("permabeta.gateway.rollouts")
 
 TICK_S = 1.0  # real seconds between two steps of every active rollout
+
+
+def _plain(v: Any) -> dict[str, Any]:
+    """A verdict's fields as JSON values."""
+    return {k: (x.value if isinstance(x, enum.Enum) else x) for k, x in vars(v).items()}
 
 
 def facts(d: DeviceRecord, s: DeviceSettings) -> DeviceFacts:
@@ -254,8 +260,16 @@ class RolloutService:
             return "failed"  # (an update the store lost: not taken again)
 
     def policy(self, r: Rollout) -> Policy:
-        """How r's stages are judged (docs/rollouts.md 6.8)."""
-        return Policy(looks=LOOKS, max_failure_rate=r.max_failure_rate)
+        """How r's stages are judged (docs/rollouts.md 6.8): a soak shorter than
+        4 hours gets windows of a quarter of it (update times bucketed by a
+        quarter, judged after a quarter), so that its looks can judge."""
+        quarter = r.soak_s / 4
+        return Policy(
+            looks=LOOKS,
+            max_failure_rate=r.max_failure_rate,
+            bucket_s=max(1.0, min(3600.0, quarter)),
+            min_window_s=min(1800.0, quarter),
+        )
 
     def _measures(self, r: Rollout) -> list[Measure]:
         cached = self._measured.get(r.id)
@@ -301,6 +315,14 @@ class RolloutService:
             for row, m in zip(rows, members, strict=True)
             if row.stage > r.stage and row.update_id is None and not m.left
         )
+        if not control:
+            # the last stage (or a cohort all updated): no control group to
+            # compare with; the hard-failure rule alone decides (docs/rollouts.md 7)
+            numbers = {"look": k, "looks": LOOKS, "final": final, "hard": _plain(hv), "metrics": []}
+            self.table.decide(
+                r, now, "look", hv.result.value, hv.reason or "no control group: failures only", numbers
+            )
+            return Verdict(halt=False, passing=final, reason=hv.reason)
         stage = Stage(self.gw.store.path, r.stage_started, treated, control, hard)
         try:
             j = await asyncio.to_thread(look, stage, self._measures(r), policy, k, final, now)

@@ -247,6 +247,7 @@ class Updater:
         self._dirty: set[str] = set()
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
         self._last_version = self.table.last_freshness()
+        self._renewing: set[str] = set()  # updates whose statement is being renewed
 
     @property
     def enabled(self) -> bool:
@@ -534,7 +535,24 @@ class Updater:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reoffer(self, u: Update) -> None:
+    def renew_statements(self, now: float) -> None:
+        """An update that waits (deferred: a low battery, a busy device) past
+        half its freshness statement's life is offered again with a new
+        statement, which the device takes in place of the old one: it
+        would refuse to install on an expired one (docs/ota.md 2.2)."""
+        half_ms = self.freshness_ttl_s * 500
+        for u in list(self._active.values()):
+            if u.state == "deferred" and now * 1000 - u.freshness > half_ms and u.id not in self._renewing:
+                self._renewing.add(u.id)
+                self._spawn(self._reoffer(u, renew=True), f"renew-{u.id}")
+
+    async def _reoffer(self, u: Update, renew: bool = False) -> None:
+        try:
+            await self._offer_again(u, renew)
+        finally:
+            self._renewing.discard(u.id)
+
+    async def _offer_again(self, u: Update, renew: bool) -> None:
         release = self.releases.get(u.release)
         publish = self.publish
         if release is None or publish is None or self.keys is None:
@@ -545,7 +563,7 @@ class Updater:
             log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
             return
         current = self._active.get(u.device)
-        if current is None or current.id != u.id or current.device_state is not None:
+        if current is None or current.id != u.id or (current.device_state is not None and not renew):
             return  # it moved on while the statement was signed
         self._active[u.device] = current = replace(current, freshness=version)
         self.table.save(current)
@@ -560,7 +578,8 @@ class Updater:
             log.warning("%s: could not offer update %s again: %s", u.device, u.id, exc)
             return
         self.stats["reoffers"] += 1
-        log.info("%s: update %s offered again (the device reconnected without taking it)", u.device, u.id)
+        why = "its freshness statement renewed" if renew else "the device reconnected without taking it"
+        log.info("%s: update %s offered again (%s)", u.device, u.id, why)
 
     def on_request(self, dev: str, req: dict[str, Any]) -> None:
         """Answer a request (validated, from dev) with a chunk, queued."""
@@ -695,6 +714,7 @@ class Updater:
                     self.roots_to_fleet()
                 self.retry_roots(self.clock.now())
                 self.check_deadlines(self.clock.now())
+                self.renew_statements(self.clock.now())
                 self.flush()
             except Exception:
                 log.exception("could not save updates; trying again")

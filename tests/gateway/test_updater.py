@@ -223,6 +223,27 @@ async def test_on_a_clock_that_runs_faster_the_deadline_is_the_clock_s_and_liven
     assert r.gw.is_online(dev.id)
 
 
+async def test_an_update_deferred_past_half_its_statement_s_life_is_offered_again_with_a_new_one(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    # a device busy (or on a low battery) for hours would install on an
+    # expired statement: the gateway renews it, same update, newer version
+    clock = SimClock(1200.0)  # the statement's hour in three seconds
+    r = await start_gateway(keys, clock=clock)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2", idle=True)
+    first = await asyncio.to_thread(dev.offer)
+    assert first["idle"] is True
+    dev.status(u.id, "deferred", counter=2, reason="busy: thermostat is working (relay on)")
+    again = await asyncio.to_thread(dev.offer, 20)
+    assert again["id"] == u.id and again["idle"] is True
+    v1, v2 = (json.loads(o["freshness"]["signed"])["version"] for o in (first, again))
+    assert v2 > v1 and r.gw.ota.get(u.id).freshness == v2
+    await async_wait_for(lambda: r.gw.ota.stats["reoffers"] >= 1, 5, what="the renewal counted")
+    assert r.gw.ota.get(u.id).state == "deferred"
+
+
 async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
     start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
 ) -> None:

@@ -80,6 +80,11 @@ class _CheckAtBoot(Exception):
     pass
 
 
+def _version(envelope):
+    """The version of a freshness envelope (signed, not checked here)."""
+    return json.loads(envelope["signed"])["version"]
+
+
 def unhex(s):
     return bytes(int(s[i : i + 2], 16) for i in range(0, len(s), 2))
 
@@ -154,7 +159,16 @@ class Agent:
                 self._cancel = (uid, "cancelled by the gateway")
             return
         if job and job["id"] == uid:
-            return  # repeated: under way already
+            # repeated: under way already. A newer freshness statement (the
+            # gateway renews it while the update waits, deferred) replaces
+            # the job's: the install checks it as it checks the first
+            try:
+                if _version(msg["freshness"]) > _version(job["freshness"]):
+                    job["freshness"] = msg["freshness"]
+                    self.save_job()
+            except (ValueError, KeyError, TypeError, StoreError):
+                pass
+            return
         try:
             if busy:
                 raise Failed("busy: " + busy)
