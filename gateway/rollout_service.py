@@ -221,8 +221,8 @@ class RolloutService:
 
     async def tick(self) -> None:
         """One step of every active rollout."""
-        if not self.gw.ota.enabled:
-            return
+        if not self.gw.ota.enabled or not self.gw.connected.is_set():
+            return  # (an offer now would fail, and be recorded as a failed update)
         async with self._lock:
             for r in self.table.active():
                 await self._step(r)
@@ -315,13 +315,15 @@ class RolloutService:
             for row, m in zip(rows, members, strict=True)
             if row.stage > r.stage and row.update_id is None and not m.left
         )
-        if not control:
-            # the last stage (or a cohort all updated): no control group to
-            # compare with; the hard-failure rule alone decides (docs/rollouts.md 7)
+        reached = sum(1 for row, m in zip(rows, members, strict=True) if row.stage <= r.stage and not m.left)
+        if min(reached, len(control)) < policy.min_devices:
+            # the last stage (no control group left), or groups that can never
+            # hold enough devices to compare: the hard-failure rule alone
+            # decides (docs/rollouts.md 1)
+            why = "no control group" if not control else f"fewer than {policy.min_devices} devices a group"
             numbers = {"look": k, "looks": LOOKS, "final": final, "hard": _plain(hv), "metrics": []}
-            self.table.decide(
-                r, now, "look", hv.result.value, hv.reason or "no control group: failures only", numbers
-            )
+            reason = f"{why}: failures only" + (f"; {hv.reason}" if hv.reason else "")
+            self.table.decide(r, now, "look", hv.result.value, reason, numbers)
             return Verdict(halt=False, passing=final, reason=hv.reason)
         stage = Stage(self.gw.store.path, r.stage_started, treated, control, hard)
         try:

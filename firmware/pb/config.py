@@ -43,6 +43,7 @@ ota_tries int 8 1 100
 ota_deadline_s num 900 1 604800
 ota_trial_s num 60 0 86400
 ota_battery_min int 30 0 100
+ota_busy_max_s num 3600 0 604800
 """
 
 

@@ -175,7 +175,7 @@ async def test_a_good_release_reaches_the_whole_fleet_through_every_stage(
     await every_member_committed(rig, r.id)
 
 
-async def every_member_committed(rig: RolloutRig, rid: str, timeout: float = 90) -> None:
+async def every_member_committed(rig: RolloutRig, rid: str, timeout: float = 150) -> None:
     def left() -> dict[str, str]:
         out = {}
         for d, (_, u, _) in rig.updates_of(rid).items():
@@ -278,7 +278,17 @@ async def test_owners_policies_and_busy_devices_are_honoured_and_a_restart_chang
     counts = rig.store.db.execute(
         "SELECT device, count(*) FROM updates WHERE release = ? GROUP BY device", (rid_release,)
     ).fetchall()
-    assert all(n == 1 for _, n in counts) and len(counts) == N
+    twice = {d: n for d, n in counts if n != 1}
+    if twice:
+        rows = [
+            tuple(r)
+            for r in rig.store.db.execute(
+                "SELECT device, state, reason FROM updates WHERE release = ?", (rid_release,)
+            )
+            if r[0] in twice
+        ]
+        raise AssertionError(f"offered more than once: {rows}")
+    assert len(counts) == N
     busy = rig.store.db.execute(
         "SELECT count(DISTINCT update_id) FROM update_steps WHERE state = 'deferred' AND reason LIKE 'busy:%'"
     ).fetchone()[0]

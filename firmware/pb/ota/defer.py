@@ -39,11 +39,13 @@ async def charged(agent, job):
 
 
 async def idle(agent, job):
-    """Return once no feature is busy (agent.busy() is None); while one is,
-    as charged() does while the battery is low."""
+    """Return once no feature is busy (agent.busy() is None), or after
+    agent.busy_max_s of waiting (a feature busy that long is not in a cycle
+    any more); while one is, as charged() does while the battery is low."""
     why = agent.busy()
     if why is not None:
-        await _wait(agent, job, why, lambda: agent.busy() is not None)
+        until = agent.now() + agent.busy_max_s
+        await _wait(agent, job, why, lambda: agent.busy() is not None and agent.now() < until)
 
 
 async def _wait(agent, job, why, holding):

@@ -35,6 +35,7 @@ from .transfer import FLAG_ERROR, check_offer, decode_chunk
 
 DEADLINE_S = 900  # an update not downloaded this long after its offer fails
 BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
+BUSY_MAX_S = 3600  # the longest an update waits for busy features (ota_busy_max_s)
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = (
@@ -59,6 +60,7 @@ def configure(agent, config, hal=None):
         if "battery" in hal.caps:
             agent.battery = lambda: hal.read("battery")
     agent.battery_min = config.get("ota_battery_min", agent.battery_min)
+    agent.busy_max_s = config.get("ota_busy_max_s", agent.busy_max_s)
     agent.deadline_s = config.get("ota_deadline_s", agent.deadline_s)
     agent.chunk = config.get("ota_chunk", agent.chunk)
     agent.window = config.get("ota_window", agent.window)
@@ -125,6 +127,7 @@ class Agent:
         self.battery = None
         self.battery_min = BATTERY_MIN
         self.busy = None  # why a feature is busy now, or None (the runtime's features.busy)
+        self.busy_max_s = BUSY_MAX_S
         self.device = None
         self.caps = {}
         self.partition = lambda: None  # the board's esp32.Partition class, if it has one

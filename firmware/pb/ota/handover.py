@@ -75,7 +75,8 @@ async def _when_idle(u):
     from ..compat import sleep_ms
 
     d = u.dev
-    while u.held is not None and d.features.busy(d.actuators) is not None:
+    until = d.now() + d.config.get("ota_busy_max_s", 3600)  # (pb/ota/download.py BUSY_MAX_S)
+    while u.held is not None and d.features.busy(d.actuators) is not None and d.now() < until:
         await sleep_ms(2000)
     if u.held is not None:
         d.log("update: the features are idle: downloading in update mode")
