@@ -143,6 +143,7 @@ class Member:
     update: str | None = None  # the state of its update to the release, if offered
     revert: str | None = None  # the state of its revert update, if offered
     left: bool = False  # updated by hand: no longer the rollout's
+    runs: bool = False  # its hello says it runs the release, committed (whatever its update says)
 
     def shown(self, stage: int, now: float) -> str:
         """Its state in `rollout status` while the rollout is at stage."""
@@ -207,6 +208,9 @@ def step(
     for m in members:
         counts[m.shown(stage, now)] += 1
     if state == "halted":
+        # every member that took the release: its update committed, or its
+        # hello says it runs it (an update the halt cancelled that had been
+        # staged already); one on trial is waited for (it refuses an offer)
         back = tuple(
             m.device
             for m in members
@@ -214,7 +218,7 @@ def step(
             and m.online
             and not m.left
             and m.revert is None
-            and m.update in ("trial", "committed")
+            and (m.update == "committed" or m.runs)
         )
         return Plan(revert=back, counts=counts)
     if state not in ("running", "completed"):

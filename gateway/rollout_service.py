@@ -112,6 +112,8 @@ class RolloutService:
                 "no_devices",
             )
         busy = [(dev, found[0].id) for dev in chosen if (found := self.table.rollout_of(dev)) is not None]
+        # (a halted or completed rollout still acts on its members: the new one takes them)
+        taken = [dev for dev in chosen if self.table.rollout_of(dev, ("halted", "completed")) is not None]
         if busy:
             dev, rid = busy[0]
             raise RolloutError(
@@ -148,6 +150,8 @@ class RolloutService:
             updated=now,
         )
         sizes = [sum(1 for s in stage_of.values() if s == k) for k in range(len(stages))]
+        for dev in taken:
+            self.leave(dev, ("halted", "completed"))
         self.table.create(r, {dev: (stage_of[dev], chosen[dev]) for dev in chosen}, {"stages": sizes})
         log.info("rollout %s of %s to %d devices (%s) created", r.id, r.ref, len(chosen), expr.text)
         return r
@@ -235,6 +239,7 @@ class RolloutService:
             s = settings.get(row.device) or DeviceSettings(row.device)
             d = self.gw.store.device(row.device)
             offset = d.hello.get("utc_offset_min") if d is not None else None
+            ota = (d.ota or {}) if d is not None else {}
             out.append(
                 Member(
                     device=row.device,
@@ -247,6 +252,7 @@ class RolloutService:
                     update=self._state_of(row.update_id),
                     revert=self._state_of(row.revert_id),
                     left=row.left is not None,
+                    runs=ota.get("manifest") == r.release and ota.get("state") == "committed",
                 )
             )
         return out
@@ -301,10 +307,12 @@ class RolloutService:
         hv = judge_hard(hard, policy)
         if hv.result is Result.FAIL:
             return Verdict(halt=True, passing=False, reason=hv.reason)
-        due = look_due(r, self.table.looks(r.id, r.stage), now)
+        done = self.table.looks(r.id, r.stage)
+        due = look_due(r, done, now)
         if due is None:
             return None
         k, final = due
+        stuck = done >= 2 * LOOKS  # a soak and as long again without the data to judge
         treated = tuple(
             (row.device, u.finished)
             for row, u in zip(rows, updates, strict=True)
@@ -315,12 +323,23 @@ class RolloutService:
             for row, m in zip(rows, members, strict=True)
             if row.stage > r.stage and row.update_id is None and not m.left
         )
-        reached = sum(1 for row, m in zip(rows, members, strict=True) if row.stage <= r.stage and not m.left)
-        if min(reached, len(control)) < policy.min_devices:
+        # (members that failed or rolled back will never be compared)
+        reached = sum(
+            1
+            for row, m in zip(rows, members, strict=True)
+            if row.stage <= r.stage and not m.left and m.update not in ("failed", "rolled_back")
+        )
+        if stuck or min(reached, len(control)) < policy.min_devices:
             # the last stage (no control group left), or groups that can never
             # hold enough devices to compare: the hard-failure rule alone
             # decides (docs/rollouts.md 1)
-            why = "no control group" if not control else f"fewer than {policy.min_devices} devices a group"
+            why = (
+                "no control group"
+                if not control
+                else "too long without data to judge"
+                if stuck
+                else f"fewer than {policy.min_devices} devices a group"
+            )
             numbers = {"look": k, "looks": LOOKS, "final": final, "hard": _plain(hv), "metrics": []}
             reason = f"{why}: failures only" + (f"; {hv.reason}" if hv.reason else "")
             self.table.decide(r, now, "look", hv.result.value, reason, numbers)
@@ -382,10 +401,12 @@ class RolloutService:
 
     # ---- a device leaves -----------------------------------------------------
 
-    def leave(self, dev: str) -> str | None:
-        """A device updated by hand leaves the rollout it is in (the id of
-        that rollout, or None)."""
-        found = self.table.rollout_of(dev)
+    def leave(
+        self, dev: str, states: tuple[str, ...] = ("running", "paused", "halted", "completed")
+    ) -> str | None:
+        """A device updated by hand, or taken by a new rollout, leaves the
+        rollout it is in (the id of that rollout, or None)."""
+        found = self.table.rollout_of(dev, states)
         if found is None:
             return None
         r, row = found

@@ -88,8 +88,11 @@ class MemberRow:
 
 
 def content(release: StoredRelease) -> frozenset[tuple[str, str]]:
-    """What a release installs: each file's path and SHA-256."""
-    return frozenset((e.path, e.sha256) for e in release.entries)
+    """What a release installs: each file's path and SHA-256, and the
+    runtime and MicroPython image it carries."""
+    image = (release.body.get("image") or {}).get("sha256")
+    extra = {("runtime", str(release.body.get("runtime"))), ("image", str(image))}
+    return frozenset({(e.path, e.sha256) for e in release.entries} | extra)
 
 
 def match_reverts(
@@ -215,14 +218,18 @@ class RolloutTable:
         ).fetchall()
         return [MemberRow(**dict(r)) for r in rows]
 
-    def rollout_of(self, dev: str) -> tuple[Rollout, MemberRow] | None:
-        """The running (or paused) rollout the device is a member of, if any."""
+    def rollout_of(
+        self, dev: str, states: tuple[str, ...] = ("running", "paused")
+    ) -> tuple[Rollout, MemberRow] | None:
+        """The rollout in one of states (default: running or paused) the
+        device is a member of, and has not left, if any."""
         if not self._ready():
             return None
         row = self.store.db.execute(
-            """SELECT m.* FROM rollout_members m JOIN rollouts r ON r.id = m.rollout
-               WHERE m.device = ? AND m.left IS NULL AND r.state IN ('running', 'paused')""",
-            (dev,),
+            f"""SELECT m.* FROM rollout_members m JOIN rollouts r ON r.id = m.rollout
+               WHERE m.device = ? AND m.left IS NULL AND r.state IN ({",".join("?" * len(states))})
+               ORDER BY r.created DESC""",
+            (dev, *states),
         ).fetchone()
         if row is None:
             return None

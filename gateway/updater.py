@@ -563,7 +563,11 @@ class Updater:
             log.error("%s: cannot offer update %s again: %s", u.device, u.id, exc)
             return
         current = self._active.get(u.device)
-        if current is None or current.id != u.id or (current.device_state is not None and not renew):
+        if (
+            current is None
+            or current.id != u.id
+            or (current.state != "deferred" if renew else current.device_state is not None)
+        ):
             return  # it moved on while the statement was signed
         self._active[u.device] = current = replace(current, freshness=version)
         self.table.save(current)

@@ -258,15 +258,10 @@ def offer_message(
 ) -> bytes:
     """The offer (docs/ota.md 3): the freshness envelope goes as an object;
     idle: the device installs only while none of its features is busy."""
-    msg: dict[str, Any] = {
-        "v": 1,
-        "id": uid,
-        "manifest": release_id,
-        "size": manifest_size,
-        "freshness": json.loads(freshness),
-    }
-    if idle:
-        msg["idle"] = True
+    # ("idle" right after "v": a device short of RAM looks for it in the
+    # offer's first bytes, without parsing the whole, docs/ota.md 3.1)
+    msg: dict[str, Any] = {"v": 1, "idle": True} if idle else {"v": 1}
+    msg |= {"id": uid, "manifest": release_id, "size": manifest_size, "freshness": json.loads(freshness)}
     return json.dumps(msg, separators=(",", ":")).encode()
 
 

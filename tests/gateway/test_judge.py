@@ -618,7 +618,7 @@ def test_the_worked_example_of_the_docs_is_what_the_judge_says() -> None:
         assert f"look {j.look}: {j.metrics[0].reason}" in doc
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("paired", [False, True], ids=["levels", "paired"])
 def test_false_halts_over_the_looks_and_metrics_stay_within_alpha(paired: bool) -> None:
     # min_effect 0: only the test stands between a good release and a halt
@@ -628,7 +628,7 @@ def test_false_halts_over_the_looks_and_metrics_stay_within_alpha(paired: bool) 
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(("paired", "spread"), [(False, 0.2), (True, 0.6)], ids=["levels", "paired"])
 def test_a_20_percent_worse_release_halts_in_its_first_stage(paired: bool, spread: float) -> None:
     assert halt_rate(150, 0.2, seed=12, spread=spread, paired=paired) >= 0.95

@@ -142,11 +142,14 @@ def test_a_halting_verdict_halts_and_the_halted_rollout_reverts_who_took_the_rel
         Member("d", 0, online=True, update="rolled_back"),
         Member("e", 0, online=True, update="committed", revert="downloading"),
         Member("f", 1, online=True),
+        # cancelled by the halt, but it had staged the release and runs it now
+        Member("g", 0, online=True, update="failed", runs=True),
     ]
     plan = run(members, verdict=Verdict(halt=True, passing=False, reason="crashes"))
     assert (plan.state, plan.reason, plan.offer) == ("halted", "crashes", ())
     back = run(members, state="halted")
-    assert set(back.revert) == {"a", "b"} and back.offer == ()
+    # b, on trial, would refuse an offer: it is reverted once committed
+    assert set(back.revert) == {"a", "g"} and back.offer == ()
     assert run(members, state="halted", can_revert=False).revert == ()
 
 
@@ -179,4 +182,4 @@ def test_nothing_outside_the_rules_is_ever_offered(members: list[Member], state:
         assert m.stage <= stage and m.online and not m.left and m.update is None
         assert m.policy == "auto" or (m.policy == "ask" and m.approved) or m.policy == "window"
     for dev in plan.revert:
-        assert by_id[dev].update in ("trial", "committed") and state == "halted"
+        assert by_id[dev].update == "committed" and state == "halted"

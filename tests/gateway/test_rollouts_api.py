@@ -186,3 +186,16 @@ async def test_the_cli_creates_lists_and_shows_a_rollout(api: Api, tmp_path: Pat
     assert out.returncode == 0 and "stage 1 of 2" in out.stdout
     out = await asyncio.to_thread(_cli, db, "create", "thermostat@2", "--cohort", "channel=alpha")
     assert out.returncode == 1 and "unknown channel 'alpha'" in out.stderr
+
+
+async def test_a_new_rollout_takes_its_devices_from_a_completed_or_halted_one(api: Api) -> None:
+    status, st = await api.call("POST", "/api/v1/rollouts", {"release": "thermostat@2", "no_revert": True})
+    old = api.r.gw.rollouts.table.find(st["rollout"]["id"])
+    api.r.gw.rollouts.table.change(old, 2.0, "completed", "the last stage passed", state="completed")
+    status, st = await api.call(
+        "POST", "/api/v1/rollouts", {"release": "thermostat@3", "no_revert": True, "cohort": "tag=lab"}
+    )
+    assert status == 201, st
+    taken = {m.device for m in api.r.gw.rollouts.table.members(st["rollout"]["id"])}
+    left = {m.device for m in api.r.gw.rollouts.table.members(old.id) if m.left is not None}
+    assert taken == left == {f"th-{i:02d}" for i in range(0, 30, 5)}  # never acted on by both

@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from firmware.pb.peer import ota_transfer as otaproto
+from gateway.updates import offer_message
 
 from .mosquitto import Mosquitto
 
@@ -40,6 +41,7 @@ class Offer:
     freshness: Freshness
     uid: str = field(default_factory=lambda: secrets.token_hex(6))
     objects: dict[str, bytes] = field(default_factory=dict)
+    idle: bool = False  # the offer asks the device to install while its features are idle
 
     def __post_init__(self) -> None:
         self.objects = {"manifest": self.manifest, **self.blobs}
@@ -86,14 +88,9 @@ class OtaServer:
         if not self._online.wait(online_s):
             raise AssertionError(f"{self.dev} did not come online within {online_s}s")
         o = self.offer_
-        msg = {
-            "v": 1,
-            "id": o.uid,
-            "manifest": sha256(o.manifest),
-            "size": len(o.manifest),
-            "freshness": json.loads(o.freshness(self.dev, o.uid) if callable(o.freshness) else o.freshness),
-        }
-        self.c.publish(f"pb/{self.dev}/ota/offer", json.dumps(msg), qos=1).wait_for_publish(5)
+        fresh = o.freshness(self.dev, o.uid) if callable(o.freshness) else o.freshness
+        msg = offer_message(o.uid, sha256(o.manifest), len(o.manifest), fresh, o.idle)
+        self.c.publish(f"pb/{self.dev}/ota/offer", msg, qos=1).wait_for_publish(5)
 
     def send_time(self, statement: bytes, online_s: float = 30) -> None:
         """Publish a time statement (docs/ota.md 2.3) on the device's

@@ -41,34 +41,35 @@ def to_update_mode(u, offer=None):
 
 def hold(u, payload, why):
     """RAM is short for a download beside the features, and one of them is
-    busy (why): the reset into update mode waits, the offer kept on flash
-    and said deferred, until none is. A later offer replaces it there; a
-    cancel of it ends the wait."""
-    import json
+    busy (why): an offer that asks to wait for idle features (`"idle":true`,
+    right after `"v"`: looked for in its first bytes, the offer is not
+    parsed here) is kept on flash and said deferred, and the reset into
+    update mode waits until none is busy; a later offer replaces it there, a
+    cancel of it ends the wait. Any other offer goes to update mode now."""
+    head = bytes(payload[:64])  # (a cancel whole; of an offer, v, idle and id)
+    i = head.find(b'"id":"')
+    uid = head[i + 6 : i + 18].decode() if i >= 0 else None
+    if b'"op":"cancel"' in head:
+        if uid is not None and uid == u.held:
+            try:
+                import os
 
-    from .files import remove
-    from .report import status
-
-    d = u.dev
-    try:
-        msg = json.loads(payload)
-        uid = msg["id"]
-    except (ValueError, KeyError, TypeError):
-        msg, uid = {}, None  # (update mode reports what is wrong with it)
-    if msg.get("op") == "cancel":
-        if uid == u.held:
-            remove(u.offer_to)
+                os.remove(u.offer_to)
+            except OSError:
+                pass
             u.held = None
+            return
+    elif b'"idle":true' in head and uid is not None:
+        write_atomic(u.offer_to, payload)  # (no copy: RAM is short)
+        if uid != u.held:
+            from .report import status
+
+            u.status(status(uid, "deferred", reason=why))
+        if u.held is None:
+            u.dev.spawn(_when_idle(u))
+        u.held = uid
         return
-    if msg.get("idle") is not True:
-        to_update_mode(u, payload)  # (it does not ask to wait)
-        return
-    write_atomic(u.offer_to, payload)  # (no copy: RAM is short)
-    if uid is not None and uid != u.held:
-        u.status(status(uid, "deferred", reason=why))
-    if u.held is None:
-        d.spawn(_when_idle(u))
-    u.held = uid or "-"
+    to_update_mode(u, payload)
 
 
 async def _when_idle(u):

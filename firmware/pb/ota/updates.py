@@ -71,8 +71,11 @@ class Updates:
                     if why is not None:
                         from .handover import hold  # (if it asks to wait while one is busy)
 
-                        hold(self, bytes(payload), why)
-                        return
+                        try:
+                            hold(self, payload, why)
+                            return
+                        except MemoryError:
+                            pass  # (then as if it did not ask)
                     to_update_mode(self, payload)
                     return
             from .session import offer
