@@ -73,6 +73,7 @@ class RolloutService:
         self.settings = SettingsTable(gw.store)
         self._lock = asyncio.Lock()  # one step at a time: the loop's, or a command's
         self._measured: dict[str, list[Measure]] = {}  # rollout id -> what it is judged on
+        self._reconciled: set[str] = set()  # rollouts whose members were matched with the stored updates
 
     # ---- creating ------------------------------------------------------------
 
@@ -353,9 +354,34 @@ class RolloutService:
         self.table.decide(r, now, "look", j.result.value, "; ".join(j.reasons), j.to_dict())
         return verdict_of(j)
 
+    def _reconcile(self, r: Rollout, rows: Sequence[MemberRow]) -> list[MemberRow]:
+        """Once per gateway process: a member offered the release (or its
+        revert) just before the gateway stopped, whose update was stored but
+        not yet recorded in its row, gets its update back, and is not
+        offered a second time."""
+        out = []
+        reverts = set(r.reverts.values())
+        for row in rows:
+            if row.update_id is None or (row.revert_id is None and r.state == "halted"):
+                for u in self.gw.ota.table.find(device=row.device, limit=5):
+                    if u.started < r.created:
+                        break
+                    if u.release == r.release and row.update_id is None:
+                        row = MemberRow(**(row.to_dict() | {"update_id": u.id, "offered": u.started}))
+                    elif u.release in reverts and row.revert_id is None and row.update_id is not None:
+                        row = MemberRow(**(row.to_dict() | {"revert_id": u.id}))
+                    else:
+                        continue
+                    self.table.set_member(row)
+            out.append(row)
+        return out
+
     async def _step(self, r: Rollout) -> None:
         now = self.gw.clock.now()
         rows = self.table.members(r.id)
+        if r.id not in self._reconciled:
+            rows = self._reconcile(r, rows)
+            self._reconciled.add(r.id)
         members = self.members(r, rows)
         verdict = await self.verdict(r, rows, members, now) if r.state == "running" else None
         plan = step(

@@ -199,3 +199,20 @@ async def test_a_new_rollout_takes_its_devices_from_a_completed_or_halted_one(ap
     taken = {m.device for m in api.r.gw.rollouts.table.members(st["rollout"]["id"])}
     left = {m.device for m in api.r.gw.rollouts.table.members(old.id) if m.left is not None}
     assert taken == left == {f"th-{i:02d}" for i in range(0, 30, 5)}  # never acted on by both
+
+
+async def test_an_offer_stored_but_not_recorded_when_the_gateway_stopped_is_not_made_again(api: Api) -> None:
+    from gateway.rollout_service import RolloutService
+    from gateway.updates import new_update
+
+    _, st = await api.call("POST", "/api/v1/rollouts", {"release": "thermostat@2", "no_revert": True})
+    r = api.r.gw.rollouts.table.find(st["rollout"]["id"])
+    dev = api.r.gw.rollouts.table.members(r.id)[0].device
+    rel = api.r.gw.ota.releases.find("thermostat@2")
+    # the update was stored, then the gateway stopped before the member's row said so
+    u = new_update("0123456789ab", dev, rel.id, rel.model, rel.counter, rel.version, 1, r.created + 1)
+    api.r.gw.ota.table.save(u)
+    fresh = RolloutService(api.r.gw)  # a gateway started again
+    await fresh.tick()
+    row = next(m for m in fresh.table.members(r.id) if m.device == dev)
+    assert row.update_id == "0123456789ab"
