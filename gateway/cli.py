@@ -20,10 +20,6 @@ from .paths import db_of, default_db
 from .updates import DEFAULT_DEADLINE_S
 
 
-def _db(args: argparse.Namespace) -> Path:
-    return db_of(args)
-
-
 def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -84,7 +80,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             broker = await stack.enter_async_context(EmbeddedBroker(host, port))
             print(f"embedded broker listening on {broker}", flush=True)
         keys = _gateway_keys(Path(args.keys)) if args.keys else None
-        store = stack.enter_context(Store(_db(args)))
+        store = stack.enter_context(Store(db_of(args)))
         gw = Gateway(
             broker,
             store,
@@ -161,7 +157,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     from .store import Store, feature_version
     from .updater import UpdateTable
 
-    with Store(_db(args), readonly=True) as store:
+    with Store(db_of(args), readonly=True) as store:
         devices = store.devices()
         latest = UpdateTable(store).latest()
     if args.json:
@@ -198,17 +194,17 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 def cmd_devices_show(args: argparse.Namespace) -> int:
     from .store import Store, feature_version
 
-    with Store(_db(args), readonly=True) as store:
+    with Store(db_of(args), readonly=True) as store:
         d = store.device(args.id)
         events = store.events(args.id, 10) if d else []
     if d is None:
-        raise GatewayError(f"no device {args.id!r} in {_db(args)}")
+        raise GatewayError(f"no device {args.id!r} in {db_of(args)}")
     from .settings import SettingsTable
 
     if args.json:
         from .updater import UpdateTable
 
-        with Store(_db(args), readonly=True) as store:
+        with Store(db_of(args), readonly=True) as store:
             updates = [u.to_dict() for u in UpdateTable(store).of_device(args.id, 5)]
             settings = SettingsTable(store).get(args.id).to_dict()
         shown = d.to_dict() | {"settings": settings, "events": events, "updates": updates}
@@ -230,9 +226,9 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     from .cli_settings import settings_text
     from .settings import SettingsTable
 
-    with Store(_db(args), readonly=True) as store:
+    with Store(db_of(args), readonly=True) as store:
         print("  " + settings_text(SettingsTable(store).get(d.id).to_dict()))
-    for line in show_device_ota(_db(args), d.id, d.ota):
+    for line in show_device_ota(db_of(args), d.id, d.ota):
         print(_shown(line))
     if d.last_telemetry:
         print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))
@@ -297,7 +293,7 @@ def cmd_devices_send(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
     op, cmd_args = parse_command(args.command)
-    client = ApiClient.from_db(_db(args))
+    client = ApiClient.from_db(db_of(args))
     reply = client.send(args.id, op, cmd_args, timeout=args.timeout, force=args.force)
     if args.json:
         print(json.dumps(reply, indent=2))

@@ -21,10 +21,6 @@ _RATE_WINDOW_S = 2.0
 _API_PATIENCE_S = 5.0
 
 
-def _db(args: argparse.Namespace) -> Path:
-    return db_of(args)
-
-
 def _kb(n: float) -> str:
     return f"{n / 1024:.1f}"
 
@@ -39,7 +35,7 @@ def cmd_ota_publish(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
     rel = read(Path(args.release))  # the form only; the gateway verifies it
-    client = ApiClient.from_db(_db(args))
+    client = ApiClient.from_db(db_of(args))
     r = client.upload("/api/v1/releases", pack_release(rel), TAR_TYPE)
     what = "published" if r["new"] else "already published:"
     print(
@@ -53,7 +49,7 @@ def cmd_ota_releases(args: argparse.Namespace) -> int:
     from .releases import ReleaseStore
     from .store import Store
 
-    with Store(_db(args), readonly=True) as store:
+    with Store(db_of(args), readonly=True) as store:
         releases = ReleaseStore(store).list(args.model)
     if args.json:
         print(json.dumps([r.summary() for r in releases], indent=2))
@@ -159,7 +155,7 @@ def watch(
 def cmd_devices_update(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
-    client = ApiClient.from_db(_db(args))
+    client = ApiClient.from_db(db_of(args))
     body = {"release": args.release, "force": args.force}
     u = client.request("POST", f"/api/v1/devices/{args.id}/update", body)
     print(f"update {u['id']}: {u['model']}@{u['counter']} ({u['version']}) offered to {u['device']}")
@@ -221,7 +217,7 @@ def cmd_updates_list(args: argparse.Namespace) -> int:
     from .store import Store
     from .updater import UpdateTable
 
-    with Store(_db(args), readonly=True) as store:
+    with Store(db_of(args), readonly=True) as store:
         updates = UpdateTable(store).find(args.state, args.device, args.model, args.limit)
     if args.json:
         print(json.dumps([u.to_dict() for u in updates], indent=2))
@@ -247,8 +243,8 @@ def cmd_updates_list(args: argparse.Namespace) -> int:
 
 
 def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]:
-    """The lines `devices show` adds: the running set, the latest updates."""
-    from .cli import _shown
+    """The lines `devices show` adds: the running set, the latest updates
+    (as the device said them: the caller escapes what it prints)."""
     from .store import Store
     from .updater import UpdateTable
 
@@ -256,12 +252,12 @@ def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]
     if ota:
         manifest = ota.get("manifest")
         lines.append(
-            f"  release: counter {ota.get('counter')}, {_shown(ota.get('state'))}"
-            + (f", manifest {_shown(manifest[:12])}" if isinstance(manifest, str) else "")
+            f"  release: counter {ota.get('counter')}, {ota.get('state')}"
+            + (f", manifest {manifest[:12]}" if isinstance(manifest, str) else "")
         )
         if "image" in ota:
             image = ota["image"]
-            lines.append(f"  image: {_shown(image) if isinstance(image, str) else 'as flashed'}")
+            lines.append(f"  image: {image if isinstance(image, str) else 'as flashed'}")
     with Store(db, readonly=True) as store:
         updates = UpdateTable(store).of_device(dev, 3)
     for u in updates:

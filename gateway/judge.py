@@ -200,6 +200,10 @@ class HardVerdict:
     result: Result
     reason: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, as Judgement.to_dict gives them."""
+        return _plain(vars(self))
+
 
 @dataclass(frozen=True)
 class MetricVerdict:
@@ -253,7 +257,7 @@ class Judgement:
             "advance": self.advance,
             "reasons": list(self.reasons),
             "metrics": [_plain(vars(m)) for m in self.metrics],
-            "hard": _plain(vars(self.hard)),
+            "hard": self.hard.to_dict(),
         }
 
 

@@ -80,10 +80,8 @@ def measures(manifests: Mapping[str, Any], names: Sequence[str]) -> list[Measure
         )
         out.append(Measure(spec, d))
     for name, (critical, effect, floor) in _HEALTH.items():
-        spec = MetricSpec(
-            name=name, better=Direction(HEALTH[name].value), critical=critical, min_effect=effect
-        )
-        out.append(Measure(MetricSpec(**(vars(spec) | {"floor": floor})), None))
+        better = Direction(HEALTH[name].value)
+        out.append(Measure(MetricSpec(name, better, critical, effect, floor=floor), None))
     if tuple(names) == ("default",):
         return out
     return [m for m in out if m.spec.name in names]

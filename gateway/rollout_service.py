@@ -8,7 +8,6 @@ updater and records every decision before it acts on it).
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 from collections.abc import Sequence
@@ -40,11 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("permabeta.gateway.rollouts")
 
 TICK_S = 1.0  # real seconds between two steps of every active rollout
-
-
-def _plain(v: Any) -> dict[str, Any]:
-    """A verdict's fields as JSON values."""
-    return {k: (x.value if isinstance(x, enum.Enum) else x) for k, x in vars(v).items()}
 
 
 def facts(d: DeviceRecord, s: DeviceSettings) -> DeviceFacts:
@@ -261,10 +255,8 @@ class RolloutService:
     def _state_of(self, uid: str | None) -> str | None:
         if uid is None:
             return None
-        try:
-            return self.gw.ota.get(uid).state
-        except GatewayError:
-            return "failed"  # (an update the store lost: not taken again)
+        u = self._update(uid)
+        return "failed" if u is None else u.state  # (an update the store lost: not taken again)
 
     def policy(self, r: Rollout) -> Policy:
         """How r's stages are judged (docs/rollouts.md 6.8): a soak shorter than
@@ -341,7 +333,7 @@ class RolloutService:
                 if stuck
                 else f"fewer than {policy.min_devices} devices a group"
             )
-            numbers = {"look": k, "looks": LOOKS, "final": final, "hard": _plain(hv), "metrics": []}
+            numbers = {"look": k, "looks": LOOKS, "final": final, "hard": hv.to_dict(), "metrics": []}
             reason = f"{why}: failures only" + (f"; {hv.reason}" if hv.reason else "")
             self.table.decide(r, now, "look", hv.result.value, reason, numbers)
             return Verdict(halt=False, passing=final, reason=hv.reason)

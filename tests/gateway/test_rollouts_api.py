@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.settings import SettingsTable, changed
 from ota.keys import Keys
 
 from ..support import messages
+from ..support.cli import permabeta
 from .conftest import MakeRelease, Running, StartGateway
 
 
@@ -153,12 +153,7 @@ async def test_pause_resume_abort_and_a_device_updated_by_hand_leaves(api: Api) 
 
 
 def _cli(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "rollout", *words, "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return permabeta(db, "rollout", *words)
 
 
 async def test_the_cli_creates_lists_and_shows_a_rollout(api: Api, tmp_path: Path) -> None:

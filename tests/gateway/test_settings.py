@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +20,7 @@ from ota.keys import Keys
 from ota.release import Release
 
 from ..support import messages
+from ..support.cli import permabeta
 from .conftest import Running, StartGateway
 
 DAY = 86400
@@ -99,12 +99,7 @@ def _register(r: Running, *devs: str) -> None:
 
 
 def _cli(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "devices", *words, "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return permabeta(db, "devices", *words)
 
 
 async def test_devices_set_and_show_through_the_running_gateway(

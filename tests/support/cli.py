@@ -1,0 +1,17 @@
+"""The permabeta command line, run as a user runs it, against a gateway's database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def permabeta(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    """`permabeta WORDS... --db DB`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *words, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
