@@ -211,3 +211,49 @@ async def test_an_offer_stored_but_not_recorded_when_the_gateway_stopped_is_not_
     await fresh.tick()
     row = next(m for m in fresh.table.members(r.id) if m.device == dev)
     assert row.update_id == "0123456789ab"
+
+
+async def test_odd_input_to_the_rollout_and_settings_endpoints_gets_a_clear_refusal(api: Api) -> None:
+    odd_rollouts: list[Any] = [
+        {"release": "thermostat@2", "stages": "nan%,100%"},
+        {"release": "thermostat@2", "stages": "1e308%"},
+        {"release": "thermostat@2", "stages": ",".join(["1%"] * 500)},
+        {"release": "thermostat@2", "soak": "9" * 400 + "d"},
+        {"release": "thermostat@2", "max_failure_rate": "-inf"},
+        {"release": "thermostat@2", "seed": 2**63},
+        {"release": "thermostat@2", "seed": True},
+        {"release": "thermostat@2", "cohort": "(" * 5000},
+        {"release": "thermostat@2", "cohort": "id=\ud800"},
+        {"release": "thermostat@2", "metrics": [["x"]]},
+        {"release": "thermostat@2", "revert": ["thermostat@" + "9" * 5000]},
+        {"release": "\x00" * 100},
+        {"release": "thermostat@2", "no_revert": "yes"},
+        [],
+        "x",
+        None,
+    ]
+    for body in odd_rollouts:
+        status, answer = await api.call("POST", "/api/v1/rollouts", body)
+        assert 400 <= status < 500 and answer["error"]["message"], (body, status, answer)
+    for path in (
+        "/api/v1/rollouts/" + "é" * 8,
+        "/api/v1/rollouts/%00%00%00%00",
+        "/api/v1/rollouts/abcd/pause",
+    ):
+        status, answer = await api.call("POST" if path.endswith("pause") else "GET", path)
+        assert status == 404, (path, answer)
+    odd_settings: list[Any] = [
+        {"tag": ["a"] * 20000},
+        {"untag": [None]},
+        {"window": "23:59-00:00" * 1000},
+        {"window": "\ud800"},
+        {"policy": "window", "window": "00:00-00:01", "channel": "beta", "tag": ["x" * 32]},
+    ]
+    for body in odd_settings:
+        status, answer = await api.call("PATCH", "/api/v1/devices/th-01/settings", body)
+        assert status < 500, (body, status, answer)
+    # what was refused changed nothing of the fleet; the last body was a valid one
+    assert api.r.gw.rollouts.table.all() == []
+    s = SettingsTable(api.r.store).get("th-01")
+    assert s.policy == "window" and s.tags == frozenset({"x" * 32})
+    assert SettingsTable(api.r.store).get("th-02").policy == "auto"
