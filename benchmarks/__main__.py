@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import fleet_scale, ota_image, ota_transfer, ota_verify
+from . import fleet_scale, judge_quality, ota_image, ota_transfer, ota_verify
 
 # name, title, run(arguments)
 BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
@@ -21,6 +21,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ("ota_transfer", "an update of 64 KiB over MQTT, end to end", lambda argv: ota_transfer.main()),
     ("ota_image", "a 1 MiB MicroPython image written to the app partition", lambda argv: ota_image.main()),
     ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
+    (
+        "judge",
+        "the rollout judge on 1,000 thermostats: bad releases halted, good ones not",
+        judge_quality.main,
+    ),
 ]
 
 

@@ -114,6 +114,20 @@ def look_due(r: Rollout, looks_done: int, now: float) -> tuple[int, bool] | None
     return min(k, LOOKS), k >= LOOKS
 
 
+def policy_for(soak_s: float, max_failure_rate: float) -> Policy:
+    """How a rollout's stages are judged (docs/rollouts.md 6.8): a soak
+    shorter than 4 hours gets windows of a quarter of it (update times
+    bucketed by a quarter, judged after a quarter), so that its looks can
+    judge."""
+    quarter = soak_s / 4
+    return Policy(
+        looks=LOOKS,
+        max_failure_rate=max_failure_rate,
+        bucket_s=max(1.0, min(3600.0, quarter)),
+        min_window_s=min(1800.0, quarter),
+    )
+
+
 def verdict_of(j: Judgement) -> Verdict:
     """What the plan acts on."""
     return Verdict(halt=j.halt, passing=j.advance, reason="; ".join(j.reasons) or j.result.value)
@@ -126,29 +140,53 @@ def verdict_of(j: Judgement) -> Verdict:
 class Stage:
     """What a look needs, taken on the event loop: plain values only."""
 
-    db: Path
     stage_started: float
     treated: tuple[tuple[str, float], ...]  # (device, time it committed)
     control: tuple[str, ...]
     hard: HardCounts
 
 
-def look(stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float) -> Judgement:
-    """The judge's look k at the stage: every device's values from the store."""
+def look(
+    db: Path, stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float
+) -> Judgement:
+    """The judge's look k at the stage: every device's values from the store db."""
+    with Store(db, readonly=True) as store:
+        return judge_stage(StoreReader(store, ms, now), stage, ms, policy, k, final, now)
+
+
+def judge_stage(
+    reader: Reader, stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float
+) -> Judgement:
+    """The judge's look k at the stage, each device's values from reader:
+    a treated device over its window from the first bucket boundary after
+    its update, each control device over every treated device's window."""
     windows = sorted({policy.window_start(t, stage.stage_started) for _, t in stage.treated})
     observations: list[Observation] = []
-    with Store(stage.db, readonly=True) as store:
-        reader = _Reader(store, ms, now)
-        for dev, t in stage.treated:
-            ws = policy.window_start(t, stage.stage_started)
-            values, base = reader.values(dev, ws, until=t)
-            observations.append(Observation(dev, Group.TREATMENT, ws, values, updated_at=t, baseline=base))
-        for dev in stage.control:
-            for ws in windows:
-                values, base = reader.values(dev, ws, until=now)
-                observations.append(Observation(dev, Group.CONTROL, ws, values, baseline=base))
+    for dev, t in stage.treated:
+        ws = policy.window_start(t, stage.stage_started)
+        values, base = reader.values(dev, ws, until=t)
+        observations.append(Observation(dev, Group.TREATMENT, ws, values, updated_at=t, baseline=base))
+    for dev in stage.control:
+        for ws in windows:
+            values, base = reader.values(dev, ws, until=now)
+            observations.append(Observation(dev, Group.CONTROL, ws, values, baseline=base))
     observations = _baselines_where_enough(observations, ms, policy.min_devices)
     return judge([m.spec for m in ms], policy, observations, stage.hard, look=k, now=now, final=final)
+
+
+def failures_only(reached: int, control: int, looks_done: int, min_devices: int) -> str | None:
+    """Why a stage is judged by the hard-failure rule alone (docs/rollouts.md
+    1), or None when its metrics are judged too: no control group left (the
+    last stage), groups that can never hold min_devices (reached: members
+    of the stages so far that may still take the release), or a soak and
+    as long again of looks without the data to judge."""
+    if not control:
+        return "no control group"
+    if looks_done >= 2 * LOOKS:
+        return "too long without data to judge"
+    if min(reached, control) < min_devices:
+        return f"fewer than {min_devices} devices a group"
+    return None
 
 
 def _baselines_where_enough(obs: list[Observation], ms: Sequence[Measure], need: int) -> list[Observation]:
@@ -176,13 +214,13 @@ def _baselines_where_enough(obs: list[Observation], ms: Sequence[Measure], need:
     ]
 
 
-class _Reader:
+class Reader:
     """One device's metrics over a window, and over the same hours of the
     day before (its baseline, used only if it ends before `until`: a
-    treated device's baseline is of the release before)."""
+    treated device's baseline is of the release before). Where the values
+    come from is the subclass's `_over`."""
 
-    def __init__(self, store: Store, ms: Sequence[Measure], now: float) -> None:
-        self.store = store
+    def __init__(self, ms: Sequence[Measure], now: float) -> None:
         self.ms = ms
         self.now = now
 
@@ -193,6 +231,19 @@ class _Reader:
         b0, b1 = ws - BASELINE_S, self.now - BASELINE_S
         base = self._over(dev, b0, b1) if b1 <= until and b1 - b0 >= 1.0 else {}
         return cur, base
+
+    def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
+        """Every metric of dev over [start, end), None where it lacks data."""
+        raise NotImplementedError
+
+
+class StoreReader(Reader):
+    """The values from the gateway's store: telemetry through the features'
+    metric declarations, the health metrics from boots, states and events."""
+
+    def __init__(self, store: Store, ms: Sequence[Measure], now: float) -> None:
+        super().__init__(ms, now)
+        self.store = store
 
     def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
         if end - start < 1.0:

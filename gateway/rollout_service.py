@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING, Any
 from .cohort import Cohort, DeviceFacts, parse
 from .errors import GatewayError, RolloutError
 from .judge import Policy, Result, judge_hard
-from .rollout_judging import LOOKS, Measure, Stage, hard_counts, look, look_due, measures, verdict_of
+from .rollout_judging import (
+    LOOKS,
+    Measure,
+    Stage,
+    failures_only,
+    hard_counts,
+    look,
+    look_due,
+    measures,
+    policy_for,
+    verdict_of,
+)
 from .rollout_plan import (
     DEFAULT_MAX_FAILURE_RATE,
     DEFAULT_SOAK_S,
@@ -259,16 +270,8 @@ class RolloutService:
         return "failed" if u is None else u.state  # (an update the store lost: not taken again)
 
     def policy(self, r: Rollout) -> Policy:
-        """How r's stages are judged (docs/rollouts.md 6.8): a soak shorter than
-        4 hours gets windows of a quarter of it (update times bucketed by a
-        quarter, judged after a quarter), so that its looks can judge."""
-        quarter = r.soak_s / 4
-        return Policy(
-            looks=LOOKS,
-            max_failure_rate=r.max_failure_rate,
-            bucket_s=max(1.0, min(3600.0, quarter)),
-            min_window_s=min(1800.0, quarter),
-        )
+        """How r's stages are judged."""
+        return policy_for(r.soak_s, r.max_failure_rate)
 
     def _measures(self, r: Rollout) -> list[Measure]:
         cached = self._measured.get(r.id)
@@ -305,7 +308,6 @@ class RolloutService:
         if due is None:
             return None
         k, final = due
-        stuck = done >= 2 * LOOKS  # a soak and as long again without the data to judge
         treated = tuple(
             (row.device, u.finished)
             for row, u in zip(rows, updates, strict=True)
@@ -322,24 +324,16 @@ class RolloutService:
             for row, m in zip(rows, members, strict=True)
             if row.stage <= r.stage and not m.left and m.update not in ("failed", "rolled_back")
         )
-        if stuck or min(reached, len(control)) < policy.min_devices:
-            # the last stage (no control group left), or groups that can never
-            # hold enough devices to compare: the hard-failure rule alone
-            # decides (docs/rollouts.md 1)
-            why = (
-                "no control group"
-                if not control
-                else "too long without data to judge"
-                if stuck
-                else f"fewer than {policy.min_devices} devices a group"
-            )
+        why = failures_only(reached, len(control), done, policy.min_devices)
+        if why is not None:
             numbers = {"look": k, "looks": LOOKS, "final": final, "hard": hv.to_dict(), "metrics": []}
             reason = f"{why}: failures only" + (f"; {hv.reason}" if hv.reason else "")
             self.table.decide(r, now, "look", hv.result.value, reason, numbers)
             return Verdict(halt=False, passing=final, reason=hv.reason)
-        stage = Stage(self.gw.store.path, r.stage_started, treated, control, hard)
+        stage = Stage(r.stage_started, treated, control, hard)
         try:
-            j = await asyncio.to_thread(look, stage, self._measures(r), policy, k, final, now)
+            ms = self._measures(r)
+            j = await asyncio.to_thread(look, self.gw.store.path, stage, ms, policy, k, final, now)
         except GatewayError as exc:
             log.error("rollout %s: the judge could not look: %s", r.id, exc)
             return None

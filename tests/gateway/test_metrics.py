@@ -10,7 +10,6 @@ import calendar
 import json
 import math
 import random
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware.pb.runtime import Device
-from firmware.pb.store import Store
-from gateway.broker import BrokerUrl
 from gateway.errors import GatewayError, MetricsError
 from gateway.metrics import (
     MAX_ABS,
@@ -40,10 +36,7 @@ from gateway.metrics import (
     resets_per_hour,
 )
 from gateway.paths import firmware_dir
-from gateway.provision import board_for, make_config
-from simulator.hal import SimHal
-from simulator.loader import import_feature
-from simulator.physics import Room
+from simulator.stepped import thermostat_in_a_room
 
 FEATURES = firmware_dir() / "features"
 T0 = 1_800_000_000.0
@@ -527,7 +520,6 @@ def test_offline_fraction() -> None:
 # ---- the thermostat's setpoint_error against the room's physics -------------------
 
 MONDAY_2PM = float(calendar.timegm((2024, 1, 15, 14, 0, 0)))
-STEP_S = 10.0  # the device samples and reports every 10 s
 WARM_UP_S = HOUR  # before the window: the room settles into its cycle
 WINDOW_S = 4 * HOUR
 SEEDS = range(5)
@@ -535,68 +527,24 @@ HEALTHY_HYSTERESIS = 0.3
 WIDER_HYSTERESIS = 0.36  # a release 20 % worse: a wider band
 
 
-class _Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-
-class _Link:
-    """The device's MQTT client, standing in: it keeps what the runtime publishes."""
-
-    up = True
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    def publish(self, topic: str, data: bytes, qos: int, retain: bool) -> bool:
-        self.sent.append((topic, data))
-        return True
-
-    def subscribe(self, topic: str, qos: int) -> None:
-        pass
-
-
-def thermostat_in_a_room(
+def thermostat_samples(
     tmp_path: Path, seed: int, hysteresis: float, patch: tuple[str, str] | None
 ) -> Iterator[Sample]:
-    """The thermostat feature (patched, if given) in the firmware's runtime on
-    the simulator's HAL, heating a seeded room; its telemetry, as the gateway
-    would store it, every STEP_S through the warm-up and the window."""
+    """The thermostat (patched, if given) heating a seeded room from its
+    setpoint (the warm-up hour only settles the cycle), as the gateway
+    stores its telemetry, through the warm-up and the window."""
     base = tmp_path / f"{seed}-{hysteresis}-{patch is not None}"
-    features = base / "features"
-    shutil.copytree(FEATURES / "thermostat", features / "thermostat")
-    if patch is not None:
-        code = features / "thermostat" / "__init__.py"
-        assert patch[0] in code.read_text()
-        code.write_text(code.read_text().replace(patch[0], patch[1]))
-    board = board_for("thermostat")
-    clock = _Clock(MONDAY_2PM)
-    room = Room.random(random.Random(seed))
-    room.temp = 21.0  # at its setpoint: the warm-up hour only settles the cycle
-    room.advance(clock.t)
-    link = _Link()
-    config = make_config("th-1", board, BrokerUrl("127.0.0.1", 1), "pw")
-    dev = Device(
-        config,
-        SimHal(board, room, clock),
-        Store(str(base / "data")),
-        str(features),
-        importer=import_feature,
-        client=link,
-        log=lambda d, m: None,
+    run = thermostat_in_a_room(
+        base,
+        seed,
+        MONDAY_2PM,
+        WARM_UP_S + WINDOW_S,
+        config={"hysteresis": hysteresis},
+        patch=patch,
+        room_temp=21.0,
     )
-    dev.boot()
-    assert dev.execute("config.set", {"feature": "thermostat", "values": {"hysteresis": hysteresis}})["ok"]
-    for i in range(1, int((WARM_UP_S + WINDOW_S) / STEP_S) + 1):
-        clock.t = MONDAY_2PM + i * STEP_S
-        dev.sample()
-        dev.publish_telemetry()
-        topic, data = link.sent.pop()
-        assert topic.endswith("/telemetry")
-        yield Sample(clock.t, json.loads(data))
+    for t, data in run:
+        yield Sample(t, data)
 
 
 def setpoint_errors(tmp_path: Path, hysteresis: float, patch: tuple[str, str] | None = None) -> list[float]:
@@ -604,7 +552,7 @@ def setpoint_errors(tmp_path: Path, hysteresis: float, patch: tuple[str, str] | 
     start = MONDAY_2PM + WARM_UP_S
     out = []
     for seed in SEEDS:
-        value = compute(sp, thermostat_in_a_room(tmp_path, seed, hysteresis, patch), start, start + WINDOW_S)
+        value = compute(sp, thermostat_samples(tmp_path, seed, hysteresis, patch), start, start + WINDOW_S)
         assert value is not None
         out.append(value)
     return out
