@@ -230,6 +230,17 @@ class MetricVerdict:
     unit: str
     reason: str
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricVerdict:
+        """One of Judgement.to_dict's metrics back (a look stored with a
+        rollout's decisions). Raises JudgeError for one that is not."""
+        try:
+            values = {k: d[k] for k in cls.__dataclass_fields__}
+            values["result"] = Result(values["result"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JudgeError(f"not a stored metric verdict: {exc}") from None
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -607,10 +618,14 @@ def judge(
     look: int,
     now: float,
     final: bool = False,
+    settled: Mapping[str, MetricVerdict] | None = None,
 ) -> Judgement:
     """The stage at look `look` (1..policy.looks) at time `now`: every metric
     and the hard-failure rule. `final` (implied by the last planned look)
     spends what is left of alpha and decides whether the stage may advance.
+    settled: the verdicts of metrics a final look of this stage judged
+    already; they stand, untested again, so that looks after the soak
+    (while another metric waits for data) do not spend alpha a second time.
     Raises JudgeError for inconsistent input (never for a device's values)."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -622,7 +637,11 @@ def judge(
         True: max(1, sum(s.critical for s in specs)),
         False: max(1, sum(not s.critical for s in specs)),
     }
-    verdicts = tuple(_judge_metric(s, policy, win, per_look / family[s.critical], look) for s in specs)
+    done = settled or {}
+    verdicts = tuple(
+        done[s.name] if s.name in done else _judge_metric(s, policy, win, per_look / family[s.critical], look)
+        for s in specs
+    )
     hard_verdict = judge_hard(hard, policy)
     failing = [v for v in verdicts if v.critical and v.result is Result.FAIL]
     halt = hard_verdict.result is Result.FAIL or bool(failing)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,13 @@ from .judge import (
     Direction,
     Group,
     HardCounts,
+    JudgeError,
     Judgement,
     MetricSpec,
+    MetricVerdict,
     Observation,
     Policy,
+    Result,
     judge,
 )
 from .metrics import (
@@ -144,6 +147,7 @@ class Stage:
     treated: tuple[tuple[str, float], ...]  # (device, time it committed)
     control: tuple[str, ...]
     hard: HardCounts
+    settled: Mapping[str, MetricVerdict] = field(default_factory=dict)  # see settled()
 
 
 def look(
@@ -154,12 +158,31 @@ def look(
         return judge_stage(StoreReader(store, ms, now), stage, ms, policy, k, final, now)
 
 
+def settled(looks: Sequence[Mapping[str, Any]]) -> dict[str, MetricVerdict]:
+    """The metrics the stage's final looks judged already (the looks'
+    stored numbers, oldest first): each one's first verdict that did not
+    wait for data. A stored look that is not one is skipped."""
+    out: dict[str, MetricVerdict] = {}
+    for numbers in looks:
+        if not numbers.get("final"):
+            continue
+        for d in numbers.get("metrics") or ():
+            try:
+                v = MetricVerdict.from_dict(d)
+            except JudgeError:
+                continue
+            if v.result is not Result.WAITING and v.name not in out:
+                out[v.name] = v
+    return out
+
+
 def judge_stage(
     reader: Reader, stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float
 ) -> Judgement:
     """The judge's look k at the stage, each device's values from reader:
     a treated device over its window from the first bucket boundary after
-    its update, each control device over every treated device's window."""
+    its update, each control device over every treated device's window;
+    the metrics in stage.settled stand as judged."""
     windows = sorted({policy.window_start(t, stage.stage_started) for _, t in stage.treated})
     observations: list[Observation] = []
     for dev, t in stage.treated:
@@ -171,7 +194,8 @@ def judge_stage(
             values, base = reader.values(dev, ws, until=now)
             observations.append(Observation(dev, Group.CONTROL, ws, values, baseline=base))
     observations = _baselines_where_enough(observations, ms, policy.min_devices)
-    return judge([m.spec for m in ms], policy, observations, stage.hard, look=k, now=now, final=final)
+    specs = [m.spec for m in ms]
+    return judge(specs, policy, observations, stage.hard, look=k, now=now, final=final, settled=stage.settled)
 
 
 def failures_only(reached: int, control: int, looks_done: int, min_devices: int) -> str | None:

@@ -26,6 +26,7 @@ from .rollout_judging import (
     look_due,
     measures,
     policy_for,
+    settled,
     verdict_of,
 )
 from .rollout_plan import (
@@ -330,7 +331,9 @@ class RolloutService:
             reason = f"{why}: failures only" + (f"; {hv.reason}" if hv.reason else "")
             self.table.decide(r, now, "look", hv.result.value, reason, numbers)
             return Verdict(halt=False, passing=final, reason=hv.reason)
-        stage = Stage(r.stage_started, treated, control, hard)
+        # looks after the soak judge only what a final look left waiting
+        earlier = settled(self.table.look_numbers(r.id, r.stage)) if done >= LOOKS else {}
+        stage = Stage(r.stage_started, treated, control, hard, earlier)
         try:
             ms = self._measures(r)
             j = await asyncio.to_thread(look, self.gw.store.path, stage, ms, policy, k, final, now)

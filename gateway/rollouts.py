@@ -288,6 +288,15 @@ class RolloutTable:
         ).fetchone()
         return int(row[0])
 
+    def look_numbers(self, rid: str, stage: int) -> list[dict[str, Any]]:
+        """The numbers of the stage's looks, oldest first."""
+        rows = self.store.db.execute(
+            "SELECT numbers FROM rollout_decisions"
+            " WHERE rollout = ? AND stage = ? AND kind = 'look' ORDER BY id",
+            (rid, stage),
+        ).fetchall()
+        return [json.loads(r[0] or "{}") for r in rows]
+
     def decisions(self, rid: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.store.db.execute(
             "SELECT * FROM rollout_decisions WHERE rollout = ? ORDER BY id DESC LIMIT ?", (rid, limit)

@@ -174,6 +174,35 @@ def test_a_clear_regression_of_a_critical_metric_fails_and_halts() -> None:
     assert m.reason in j.reasons and "40 treated" in m.reason and "200 control" in m.reason
 
 
+def test_a_metric_judged_at_a_final_look_stands_at_a_later_one_untested() -> None:
+    other = MetricSpec("duty", Direction.LOWER)
+
+    def with_duty(obs: list[Observation]) -> list[Observation]:  # duty: as good as the control's
+        duty = [n.values["deviation"] for n in NULL]
+        return [replace(o, values=o.values | {"duty": d}) for o, d in zip(obs, duty, strict=True)]
+
+    first = judge([DEV, other], ONE_LOOK, with_duty(NULL), HardCounts(40), look=1, now=NOW, final=True)
+    passed = {m.name: m for m in first.metrics}
+    # later the stage looks worse on DEV: its verdict at the final look stands
+    later = with_duty(BAD)
+    j = judge([DEV, other], ONE_LOOK, later, HardCounts(40), look=1, now=NOW, final=True, settled=passed)
+    assert j.metrics[0] is passed["deviation"] and not j.halt
+    # only what is settled stands: the rest is judged, with the same share of alpha
+    j = judge([DEV, other], ONE_LOOK, later, HardCounts(40), look=1, now=NOW, final=True, settled={})
+    assert j.metrics[0].result is Result.FAIL and j.halt
+    assert j.metrics[0].alpha == pytest.approx(first.metrics[0].alpha)
+
+
+def test_a_stored_metric_verdict_reads_back_as_it_was() -> None:
+    j = judge([DEV], ONE_LOOK, BAD, HardCounts(40), look=1, now=NOW)
+    stored = json.loads(json.dumps(j.to_dict()))
+    assert MetricVerdict.from_dict(stored["metrics"][0]) == j.metrics[0]
+    with pytest.raises(JudgeError, match="not a stored metric verdict"):
+        MetricVerdict.from_dict({"name": "deviation"})
+    with pytest.raises(JudgeError, match="not a stored metric verdict"):
+        MetricVerdict.from_dict(stored["metrics"][0] | {"result": "maybe"})
+
+
 def test_a_good_release_passes_and_advances_at_the_final_look() -> None:
     j = judge([DEV], ONE_LOOK, NULL, HardCounts(40), look=1, now=NOW)
     assert j.metrics[0].result is Result.PASS and j.result is Result.PASS

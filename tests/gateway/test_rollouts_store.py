@@ -84,6 +84,7 @@ def test_what_a_rollout_writes_is_what_it_reads_back_after_a_restart(
         assert [d["kind"] for d in got] == ["created"] + [k for k, _, _ in decisions] + ["stage"]
         assert [d["numbers"] for d in got[1:-1]] == [{"n": n} for _, _, n in decisions]
         assert t.looks(rid, 0) == sum(1 for k, _, _ in decisions if k == "look")
+        assert t.look_numbers(rid, 0) == [{"n": n} for k, _, n in decisions if k == "look"]
 
 
 def test_a_revert_is_matched_by_what_it_installs(
