@@ -400,15 +400,16 @@ class Updater:
         lost (QoS 1 does not outlive a clean session: the device reset
         before it took it, or took it and lost it in a crash): it is sent
         again, with a fresh freshness statement. A device that has the
-        offer already ignores the repeat."""
+        offer already ignores the repeat. So is a deferred one: a statement
+        renewed while the device was away never reached it."""
         self.roots.sent.pop(dev, None)  # what was sent before did not outlive the connection
         u = self._active.get(dev)
-        if u is not None and _untaken(u):
+        if u is not None and (_untaken(u) or u.state == "deferred"):
             record = self.devices(dev)
             if record is not None and self.roots.behind(record.hello):
                 self._held.add(dev)  # its hello says which root it came back with
             else:
-                self._spawn(self._reoffer(u), f"reoffer-{u.id}")
+                self._spawn(self._reoffer(u, renew=u.state == "deferred"), f"reoffer-{u.id}")
 
     def on_hello(self, dev: str, hello: dict[str, Any], now: float) -> Update | None:
         """A hello (validated, from dev; retained or not): a device on an
@@ -423,8 +424,8 @@ class Updater:
         elif dev in self._held:
             self._held.discard(dev)
             held = self._active.get(dev)
-            if held is not None and _untaken(held):
-                self._spawn(self._reoffer(held), f"reoffer-{held.id}")
+            if held is not None and (_untaken(held) or held.state == "deferred"):
+                self._spawn(self._reoffer(held, renew=held.state == "deferred"), f"reoffer-{held.id}")
         u = self._active.get(dev)
         msg = from_hello(u, hello.get("ota")) if u is not None else None
         if u is None or msg is None:

@@ -244,6 +244,24 @@ async def test_an_update_deferred_past_half_its_statement_s_life_is_offered_agai
     assert r.gw.ota.get(u.id).state == "deferred"
 
 
+async def test_a_deferred_device_that_comes_back_gets_the_statement_renewed_while_it_was_away(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2", idle=True)
+    first = await asyncio.to_thread(dev.offer)
+    dev.status(u.id, "deferred", counter=2, reason="busy: thermostat is working (relay on)")
+    await async_wait_for(lambda: r.gw.ota.get(u.id).state == "deferred", 5, what="deferred")
+    await asyncio.to_thread(dev.hello)  # back after a reset: the session's messages are gone
+    again = await asyncio.to_thread(dev.offer)
+    assert again["id"] == u.id and again["idle"] is True
+    v1, v2 = (json.loads(o["freshness"]["signed"])["version"] for o in (first, again))
+    assert v2 > v1 and r.gw.ota.get(u.id).freshness == v2
+    assert r.gw.ota.get(u.id).state == "deferred"
+
+
 async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
     start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
 ) -> None:
