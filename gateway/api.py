@@ -381,11 +381,10 @@ async def _start_update(request: web.Request) -> web.Response:
             "takes it out of the rollout: force it to",
         )
     try:
-        u = await gw.ota.start(dev, body["release"], force=force)
+        with gw.rollouts.leaving(dev):
+            u = await gw.ota.start(dev, body["release"], force=force)
     except GatewayError as exc:
         return ota_error(exc)
-    if found is not None:
-        gw.rollouts.leave(dev)
     return web.json_response(u.to_dict(), status=201)
 
 

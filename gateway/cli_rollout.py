@@ -32,6 +32,7 @@ MARKS = {
     "failed": "F",
     "reverting": "r",
     "reverted": "v",
+    "revert_failed": "V",
     "left": "x",
 }
 assert set(MARKS) == set(MEMBER_STATES)

@@ -1,6 +1,6 @@
 """What a rollout does next (docs/rollouts.md 1, 7, 8): pure decisions, no
 store, no clock (`now` is passed in), no messages. The runner
-(gateway/rollout_runner.py) gives it the rollout and what it knows of each
+(gateway/rollout_service.py) gives it the rollout and what it knows of each
 member, and carries out the plan it returns.
 
 A member is a device of the rollout's cohort, assigned to a stage at random
@@ -9,7 +9,11 @@ when the rollout is created (`assign`). At each step:
   reached that is online and that its owner's policy lets go now (auto; ask
   once the owner said yes; window within the daily window);
 - a halted rollout with revert releases offers the revert to every member
-  that took the release (committed, or on trial), as they come online;
+  that took the release (committed, or on trial), as they come online; a
+  revert that failed is offered again, REVERT_RETRY_S after it ended, up to
+  REVERT_TRIES in all, and the member is then shown `revert_failed`;
+- a halted or completed rollout says which members it may still act on
+  (`unsettled`): once there are none, the runner stops stepping it;
 - the judge's verdict (gateway/judge.py, computed by the runner) halts a
   running rollout, and a stage whose soak has passed with every rule
   passing makes way for the next one, or ends the rollout after the last.
@@ -26,11 +30,14 @@ from dataclasses import dataclass, field
 
 from .errors import RolloutError
 from .settings import Window
+from .updates import ENDED
 
 DEFAULT_STAGES = (0.01, 0.10, 0.50, 1.0)
 DEFAULT_SOAK_S = 600.0
 DEFAULT_MAX_FAILURE_RATE = 0.05
 MAX_STAGES = 20
+REVERT_TRIES = 3  # revert updates a member is offered in all, the first included
+REVERT_RETRY_S = 60.0  # from a failed revert's end to the next one's offer
 STATES = ("running", "paused", "halted", "aborted", "completed")
 # what a member shows in `rollout status`, in the order of its bars
 MEMBER_STATES = (
@@ -49,6 +56,7 @@ MEMBER_STATES = (
     "failed",
     "reverting",
     "reverted",
+    "revert_failed",
     "left",
 )
 _UPDATE_SHOWN = {
@@ -64,6 +72,7 @@ _UPDATE_SHOWN = {
     "failed": "failed",
 }
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_FAILED = ("failed", "rolled_back")  # an update that ended without its release installed
 
 
 def parse_percent(text: str, what: str) -> float:
@@ -144,13 +153,17 @@ class Member:
     revert: str | None = None  # the state of its revert update, if offered
     left: bool = False  # updated by hand: no longer the rollout's
     runs: bool = False  # its hello says it runs the release, committed (whatever its update says)
+    reverts: int = 0  # revert updates it was offered, counted from the store
+    revert_ended: float | None = None  # when its last revert update ended, if it has
 
     def shown(self, stage: int, now: float) -> str:
         """Its state in `rollout status` while the rollout is at stage."""
         if self.left:
             return "left"
         if self.revert is not None:
-            return "reverted" if self.revert == "committed" else "reverting"
+            if self.revert == "committed":
+                return "reverted"
+            return "revert_failed" if self.revert_spent() else "reverting"
         if self.update is not None:
             return _UPDATE_SHOWN.get(self.update, self.update)
         if self.stage > stage:
@@ -158,6 +171,26 @@ class Member:
         if not self.online:
             return "offline"
         return self.waiting(now) or "ready"
+
+    def took(self) -> bool:
+        """It took the release: its update committed, or its hello says it
+        runs it (an update the halt cancelled that had been staged already)."""
+        return self.update == "committed" or self.runs
+
+    def revert_spent(self) -> bool:
+        """Its last revert failed and it has had its REVERT_TRIES."""
+        return self.revert in _FAILED and self.reverts >= REVERT_TRIES
+
+    def revert_due(self, now: float) -> bool:
+        """It may be offered the revert now (online, and it took the
+        release): never offered one, or the last failed REVERT_RETRY_S ago
+        or more and it has tries left."""
+        if not self.online or self.left or not self.took():
+            return False
+        if self.revert is None:
+            return True
+        ended = self.revert_ended if self.revert_ended is not None else -math.inf
+        return self.revert in _FAILED and not self.revert_spent() and now - ended >= REVERT_RETRY_S
 
     def waiting(self, now: float) -> str | None:
         """What its owner's policy waits for now: awaiting_owner,
@@ -188,6 +221,10 @@ class Plan:
     stage: int | None = None  # the stage it moves to, if it does
     reason: str = ""  # why the state or the stage changed
     counts: dict[str, int] = field(default_factory=dict)  # members per shown state
+    # (halted or completed) the members it may still act on: none, and it
+    # has nothing left to do
+    unsettled: tuple[str, ...] = ()
+    revert_failed: tuple[str, ...] = ()  # members whose every revert failed
 
 
 def step(
@@ -208,19 +245,22 @@ def step(
     for m in members:
         counts[m.shown(stage, now)] += 1
     if state == "halted":
-        # every member that took the release: its update committed, or its
-        # hello says it runs it (an update the halt cancelled that had been
-        # staged already); one on trial is waited for (it refuses an offer)
-        back = tuple(
+        # every member that took the release (Member.took); one on trial is
+        # waited for (it refuses an offer); a failed revert is tried again
+        if not can_revert:
+            return Plan(counts=counts)
+        back = tuple(m.device for m in members if m.revert_due(now))
+        unsettled = tuple(
             m.device
             for m in members
-            if can_revert
-            and m.online
-            and not m.left
-            and m.revert is None
-            and (m.update == "committed" or m.runs)
+            if not m.left
+            and (
+                (m.update is not None and m.update not in ENDED)  # (it may yet commit)
+                or (m.took() and m.revert != "committed" and not m.revert_spent())
+            )
         )
-        return Plan(revert=back, counts=counts)
+        spent = tuple(m.device for m in members if not m.left and m.revert_spent())
+        return Plan(revert=back, counts=counts, unsettled=unsettled, revert_failed=spent)
     if state not in ("running", "completed"):
         return Plan(counts=counts)
     if state == "running" and verdict is not None and verdict.halt:
@@ -231,6 +271,9 @@ def step(
         for m in members
         if m.stage <= stage and m.update is None and not m.left and m.online and m.waiting(now) is None
     )
+    if state == "completed":
+        unsettled = tuple(m.device for m in members if not m.left and m.update not in ENDED)
+        return Plan(offer=offer, counts=counts, unsettled=unsettled)
     soaked = now - stage_started >= soak_s
     if state == "running" and soaked and verdict is not None and verdict.passing:
         if stage + 1 < n_stages:

@@ -3,14 +3,20 @@ loop that takes every active rollout a step at a time (gateway/rollout_plan.py
 decides; the judge, gateway/judge.py, says whether a stage does worse than
 its control group; this module reads the store, offers updates through the
 updater and records every decision before it acts on it).
+
+A running rollout is stepped every second; a halted or completed one only
+while it may still act on a member, every FINAL_TICK_S of the gateway's
+clock and at once when such a member comes online (docs/rollouts.md 9).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .cohort import Cohort, DeviceFacts, parse
@@ -34,6 +40,7 @@ from .rollout_plan import (
     DEFAULT_SOAK_S,
     DEFAULT_STAGES,
     MEMBER_STATES,
+    REVERT_TRIES,
     Member,
     Plan,
     Verdict,
@@ -50,7 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("permabeta.gateway.rollouts")
 
-TICK_S = 1.0  # real seconds between two steps of every active rollout
+TICK_S = 1.0  # real seconds between two steps of every running rollout
+# gateway-clock seconds between two steps of a halted or completed rollout
+# that has members it may still act on (and at once when one comes online)
+FINAL_TICK_S = 30.0
+_LEFT_FROM = ("running", "paused", "halted", "completed")  # the rollouts that may still act on a member
 
 
 def facts(d: DeviceRecord, s: DeviceSettings) -> DeviceFacts:
@@ -70,6 +81,25 @@ def facts(d: DeviceRecord, s: DeviceSettings) -> DeviceFacts:
     )
 
 
+def running(ota: Any) -> str | None:
+    """The release a device's hello (its `ota` part) says it runs, committed."""
+    if isinstance(ota, Mapping) and ota.get("state") == "committed":
+        manifest = ota.get("manifest")
+        return manifest if isinstance(manifest, str) else None
+    return None
+
+
+@dataclass
+class _Final:
+    """What the last step of a halted or completed rollout left to do."""
+
+    state: str
+    at: float  # the gateway's time of that step
+    unsettled: frozenset[str]  # the members it may still act on
+    release: str | None  # (halted, with reverts) the release it takes back from the devices running it
+    woken: bool = False  # one of those came online: step it at the next tick
+
+
 class RolloutService:
     """The gateway's rollouts (`gw.rollouts`)."""
 
@@ -77,9 +107,13 @@ class RolloutService:
         self.gw = gw
         self.table = RolloutTable(gw.store)
         self.settings = SettingsTable(gw.store)
+        self.stats: dict[str, int] = {"steps": 0}
         self._lock = asyncio.Lock()  # one step at a time: the loop's, or a command's
         self._measured: dict[str, list[Measure]] = {}  # rollout id -> what it is judged on
         self._reconciled: set[str] = set()  # rollouts whose members were matched with the stored updates
+        self._swept = False  # the aborted rollouts reconciled, once per process
+        self._final: dict[str, _Final] = {}  # halted and completed rollouts, by id
+        self._spent: dict[str, set[str]] = {}  # rollout id -> members recorded as revert_failed
 
     # ---- creating ------------------------------------------------------------
 
@@ -231,22 +265,53 @@ class RolloutService:
                 log.exception("a step of the rollouts failed")
 
     async def tick(self) -> None:
-        """One step of every active rollout."""
+        """A step of every running rollout, and of every halted or completed
+        one that is due (`_due`); the first time, the aborted rollouts are
+        reconciled (`_reconcile`)."""
         if not self.gw.ota.enabled or not self.gw.connected.is_set():
             return  # (an offer now would fail, and be recorded as a failed update)
         async with self._lock:
+            if not self._swept:
+                for r in self.table.active(("aborted",)):
+                    await self._rows(r)
+                self._swept = True
+            now = self.gw.clock.now()
             for r in self.table.active():
-                await self._step(r)
+                if r.state == "running" or self._due(r, now):
+                    await self._step(r)
+
+    def _due(self, r: Rollout, now: float) -> bool:
+        """Whether a halted or completed rollout is stepped now: the first
+        time this process sees it in that state, when a member it may act on
+        came online, and every FINAL_TICK_S while it has such members; never
+        once it has none."""
+        f = self._final.get(r.id)
+        if f is None or f.state != r.state or f.woken:
+            return True
+        return bool(f.unsettled) and now - f.at >= FINAL_TICK_S
+
+    def wake(self, dev: str, hello: Mapping[str, Any] | None = None) -> None:
+        """dev came online, or said hello: a halted or completed rollout that
+        may act on it is stepped at the next tick, not at its slower pace; so
+        is a halted one whose release the hello says dev runs (a member whose
+        update the halt cancelled too late)."""
+        runs = running(hello.get("ota")) if hello is not None else None
+        for f in self._final.values():
+            if dev in f.unsettled or (runs is not None and runs == f.release):
+                f.woken = True
 
     def members(self, r: Rollout, rows: Sequence[MemberRow] | None = None) -> list[Member]:
         rows = self.table.members(r.id) if rows is None else rows
         settings = self.settings.all()
+        # (every revert offered counts, its row records the last: from the updates)
+        reverting = any(row.revert_id is not None for row in rows)
+        tries = self.gw.ota.table.offers(set(r.reverts.values()), r.created) if reverting else {}
         out = []
         for row in rows:
             s = settings.get(row.device) or DeviceSettings(row.device)
             d = self.gw.store.device(row.device)
             offset = d.hello.get("utc_offset_min") if d is not None else None
-            ota = (d.ota or {}) if d is not None else {}
+            u, v = self._update(row.update_id), self._update(row.revert_id)
             out.append(
                 Member(
                     device=row.device,
@@ -256,19 +321,15 @@ class RolloutService:
                     window=s.window,
                     utc_offset_min=offset if isinstance(offset, int) and not isinstance(offset, bool) else 0,
                     approved=s.approved == r.release,
-                    update=self._state_of(row.update_id),
-                    revert=self._state_of(row.revert_id),
+                    update=_state(row.update_id, u),
+                    revert=_state(row.revert_id, v),
                     left=row.left is not None,
-                    runs=ota.get("manifest") == r.release and ota.get("state") == "committed",
+                    runs=d is not None and running(d.ota) == r.release,
+                    reverts=tries.get(row.device, 0),
+                    revert_ended=v.finished if v is not None else None,
                 )
             )
         return out
-
-    def _state_of(self, uid: str | None) -> str | None:
-        if uid is None:
-            return None
-        u = self._update(uid)
-        return "failed" if u is None else u.state  # (an update the store lost: not taken again)
 
     def policy(self, r: Rollout) -> Policy:
         """How r's stages are judged."""
@@ -343,43 +404,95 @@ class RolloutService:
         self.table.decide(r, now, "look", j.result.value, "; ".join(j.reasons), j.to_dict())
         return verdict_of(j)
 
-    def _reconcile(self, r: Rollout, rows: Sequence[MemberRow]) -> list[MemberRow]:
+    async def _rows(self, r: Rollout) -> list[MemberRow]:
+        """r's members' rows, reconciled with the store the first time in
+        this process (`_reconcile`)."""
+        rows = self.table.members(r.id)
+        if r.id not in self._reconciled:
+            rows = await self._reconcile(r, rows)
+            self._reconciled.add(r.id)
+        return rows
+
+    async def _reconcile(self, r: Rollout, rows: Sequence[MemberRow]) -> list[MemberRow]:
         """Once per gateway process: a member offered the release (or its
         revert) just before the gateway stopped, whose update was stored but
         not yet recorded in its row, gets its update back, and is not
-        offered a second time."""
+        offered a second time. A halted or aborted rollout then cancels the
+        offers of its release not installed yet: a gateway stopped between
+        storing the halt (or the abort) and cancelling them left them
+        pending."""
         out = []
         reverts = set(r.reverts.values())
         for row in rows:
-            if row.update_id is None or (row.revert_id is None and r.state == "halted"):
-                for u in self.gw.ota.table.find(device=row.device, limit=5):
-                    if u.started < r.created:
-                        break
-                    if u.release == r.release and row.update_id is None:
-                        row = MemberRow(**(row.to_dict() | {"update_id": u.id, "offered": u.started}))
-                    elif u.release in reverts and row.revert_id is None and row.update_id is not None:
-                        row = MemberRow(**(row.to_dict() | {"revert_id": u.id}))
-                    else:
-                        continue
-                    self.table.set_member(row)
+            if row.left is None and (row.update_id is None or r.state == "halted"):
+                latest = self.gw.ota.table.find(device=row.device, limit=5)
+                found = [u for u in latest if u.started >= r.created]
+                offer = next((u for u in found if u.release == r.release), None)
+                back = next((u for u in found if u.release in reverts), None)  # (the newest)
+                if row.update_id is None and offer is not None:
+                    row = replace(row, update_id=offer.id, offered=offer.started)
+                    self.table.set_member(r.id, row.device, update_id=offer.id, offered=offer.started)
+                if row.update_id is not None and back is not None and back.id != row.revert_id:
+                    row = replace(row, revert_id=back.id)
+                    self.table.set_member(r.id, row.device, revert_id=back.id)
             out.append(row)
+        if r.state in ("halted", "aborted"):
+            await self._cancel_pending(r, f"cancelled: rollout {r.state}")
         return out
 
     async def _step(self, r: Rollout) -> None:
         now = self.gw.clock.now()
-        rows = self.table.members(r.id)
-        if r.id not in self._reconciled:
-            rows = self._reconcile(r, rows)
-            self._reconciled.add(r.id)
+        rows = await self._rows(r)
         members = self.members(r, rows)
         verdict = await self.verdict(r, rows, members, now) if r.state == "running" else None
         plan = step(
             r.state, r.stage, r.stage_started, len(r.stages), r.soak_s, members, verdict, now, bool(r.reverts)
         )
-        await self._apply(r, rows, plan, now)
+        self.stats["steps"] += 1
+        if r.state in ("halted", "completed"):
+            self._settle(r, plan, now)
+        await self._apply(r, plan, now)
 
-    async def _apply(self, r: Rollout, rows: Sequence[MemberRow], plan: Plan, now: float) -> None:
-        by_id = {row.device: row for row in rows}
+    def _settle(self, r: Rollout, plan: Plan, now: float) -> None:
+        """Note what a step of a halted or completed rollout left to do (`_due`)."""
+        before = self._final.get(r.id)
+        self._final[r.id] = _Final(
+            r.state, now, frozenset(plan.unsettled), r.release if r.state == "halted" and r.reverts else None
+        )
+        if not plan.unsettled and (before is None or before.state != r.state or before.unsettled):
+            log.info("rollout %s is %s, with nothing left to do", r.id, r.state)
+
+    def _record_spent(self, r: Rollout, devices: Sequence[str], now: float) -> None:
+        """Store (decision `revert_failed`) and log, once, the members whose
+        every revert failed."""
+        known = self._spent.get(r.id)
+        if known is None:
+            recorded = self.table.decisions(r.id, None, "revert_failed")
+            known = self._spent[r.id] = {dev for d in recorded for dev in d["numbers"]["devices"]}
+        new = [dev for dev in devices if dev not in known]
+        if not new:
+            return
+        reasons = {}
+        for dev in new:
+            row = self.table.member(r.id, dev)
+            last = self._update(row.revert_id if row is not None else None)
+            reasons[dev] = (last.reason if last is not None else None) or "unknown"
+        named = ", ".join(f"{dev} ({why})" for dev, why in list(reasons.items())[:5])
+        more = ", ..." if len(new) > 5 else ""
+        why = f"{len(new)} not reverted after {REVERT_TRIES} tries: {named}{more}"
+        self.table.decide(r, now, "revert_failed", "failed", why, {"devices": reasons})
+        known.update(new)
+        log.warning("rollout %s: %s", r.id, why)
+
+    def _still_in(self, r: Rollout, dev: str) -> MemberRow | None:
+        """dev's row read again right before the step acts on it, if dev is
+        still in r: the step read the rows before it awaited the judge, and
+        a device updated by hand meanwhile has left. (Nothing is awaited
+        between this read and the updater's record of the offer.)"""
+        row = self.table.member(r.id, dev)
+        return row if row is not None and row.left is None else None
+
+    async def _apply(self, r: Rollout, plan: Plan, now: float) -> None:
         if plan.state == "halted":
             r = self.table.change(
                 r, now, "halt", plan.reason, plan.counts, state="halted", reason=plan.reason
@@ -394,17 +507,21 @@ class RolloutService:
             log.info("rollout %s: stage %d of %d begins", r.id, r.stage + 1, len(r.stages))
         elif plan.state is not None:
             r = self.table.change(r, now, plan.state, plan.reason, plan.counts, state=plan.state)
+        if plan.revert_failed:
+            self._record_spent(r, plan.revert_failed, now)
         for dev in plan.offer:
-            row = by_id[dev]
+            row = self._still_in(r, dev)
+            if row is None or row.update_id is not None:
+                continue
             try:
                 u = await self.gw.ota.start(dev, r.release, idle=True)
             except GatewayError as exc:
                 log.info("rollout %s: %s not offered now: %s", r.id, dev, exc)
                 continue
-            self.table.set_member(MemberRow(**(row.to_dict() | {"update_id": u.id, "offered": now})))
+            self.table.set_member(r.id, dev, update_id=u.id, offered=now)
         for dev in plan.revert:
-            row = by_id[dev]
-            target = r.reverts.get(str(row.from_counter))
+            row = self._still_in(r, dev)
+            target = r.reverts.get(str(row.from_counter)) if row is not None else None
             if target is None:
                 continue
             try:
@@ -412,21 +529,34 @@ class RolloutService:
             except GatewayError as exc:
                 log.info("rollout %s: %s not reverted now: %s", r.id, dev, exc)
                 continue
-            self.table.set_member(MemberRow(**(row.to_dict() | {"revert_id": u.id})))
+            self.table.set_member(r.id, dev, revert_id=u.id)
 
     # ---- a device leaves -----------------------------------------------------
 
-    def leave(
-        self, dev: str, states: tuple[str, ...] = ("running", "paused", "halted", "completed")
-    ) -> str | None:
-        """A device updated by hand, or taken by a new rollout, leaves the
-        rollout it is in (the id of that rollout, or None)."""
+    def leave(self, dev: str, states: tuple[str, ...] = _LEFT_FROM) -> str | None:
+        """A device taken by a new rollout leaves the rollout it is in (the
+        id of that rollout, or None)."""
+        with self.leaving(dev, states) as rid:
+            return rid
+
+    @contextlib.contextmanager
+    def leaving(self, dev: str, states: tuple[str, ...] = _LEFT_FROM) -> Iterator[str | None]:
+        """For an update by hand that the body starts: dev leaves the
+        rollout it is in (one in states) first, so that no step of it offers
+        dev the release or a revert while the update is offered, nor after,
+        and is back in it if the body raises GatewayError (the update did
+        not start). Yields the rollout's id, or None."""
         found = self.table.rollout_of(dev, states)
         if found is None:
-            return None
-        r, row = found
-        self.table.set_member(MemberRow(**(row.to_dict() | {"left": self.gw.clock.now()})))
-        return r.id
+            yield None
+            return
+        rid, at = found[0].id, self.gw.clock.now()
+        self.table.set_member(rid, dev, left=at)
+        try:
+            yield rid
+        except GatewayError:
+            self.table.rejoin(rid, dev, at)
+            raise
 
     # ---- status ------------------------------------------------------------------
 
@@ -451,3 +581,10 @@ class RolloutService:
             "judgement": looks[-1] if looks else None,
             "decisions": [d for d in decisions if d["kind"] != "look"][-20:],
         }
+
+
+def _state(uid: str | None, u: Update | None) -> str | None:
+    """The state of a member's update uid, found as u."""
+    if uid is None:
+        return None
+    return "failed" if u is None else u.state  # (an update the store lost: not taken again)

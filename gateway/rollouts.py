@@ -19,6 +19,7 @@ from .releases import StoredRelease
 from .store import Store
 
 _SCHEMA = 6  # the store's version that has the tables
+_MEMBER_COLUMNS = ("update_id", "offered", "revert_id", "left")  # what a step writes of a member
 
 
 @dataclass(frozen=True)
@@ -208,15 +209,29 @@ class RolloutTable:
             return []
         return [Rollout.from_row(r) for r in self.store.db.execute("SELECT * FROM rollouts ORDER BY created")]
 
-    def active(self) -> list[Rollout]:
-        """Rollouts that still act: running, halted (reverting) or completed (late members)."""
-        return [r for r in self.all() if r.state in ("running", "halted", "completed")]
+    def active(self, states: tuple[str, ...] = ("running", "halted", "completed")) -> list[Rollout]:
+        """Rollouts in one of states; by default those that may still act:
+        running, halted (reverting) or completed (late members)."""
+        if not self._ready():
+            return []
+        rows = self.store.db.execute(
+            f"SELECT * FROM rollouts WHERE state IN ({','.join('?' * len(states))}) ORDER BY created",
+            states,
+        )
+        return [Rollout.from_row(r) for r in rows]
 
     def members(self, rid: str) -> list[MemberRow]:
         rows = self.store.db.execute(
             "SELECT * FROM rollout_members WHERE rollout = ? ORDER BY stage, device", (rid,)
         ).fetchall()
         return [MemberRow(**dict(r)) for r in rows]
+
+    def member(self, rid: str, dev: str) -> MemberRow | None:
+        """One member's row as stored now."""
+        row = self.store.db.execute(
+            "SELECT * FROM rollout_members WHERE rollout = ? AND device = ?", (rid, dev)
+        ).fetchone()
+        return None if row is None else MemberRow(**dict(row))
 
     def rollout_of(
         self, dev: str, states: tuple[str, ...] = ("running", "paused")
@@ -237,11 +252,28 @@ class RolloutTable:
         assert r is not None  # joined on it
         return r, MemberRow(**dict(row))
 
-    def set_member(self, m: MemberRow) -> None:
+    def set_member(self, rid: str, dev: str, **columns: str | float) -> bool:
+        """Write the columns given (update_id, offered, revert_id, left) of a
+        member that has not left the rollout, and only those: a write made
+        from a row read before an await never undoes what was written
+        meanwhile (a device updated by hand stays left, and keeps the time
+        it left). False if the member has left (nothing written)."""
+        unknown = sorted(set(columns) - set(_MEMBER_COLUMNS))
+        if unknown or not columns:
+            raise TypeError(f"not columns a step writes of a member: {unknown or 'none given'}")
+        cur = self.store.db.execute(
+            f"UPDATE rollout_members SET {', '.join(f'{c} = ?' for c in columns)}"
+            " WHERE rollout = ? AND device = ? AND left IS NULL",
+            (*columns.values(), rid, dev),
+        )
+        return cur.rowcount > 0
+
+    def rejoin(self, rid: str, dev: str, left: float) -> None:
+        """A member that left at `left` is back in the rollout (the update by
+        hand it left for did not start); one that left again since stays out."""
         self.store.db.execute(
-            "UPDATE rollout_members SET update_id = ?, offered = ?, revert_id = ?, left = ?"
-            " WHERE rollout = ? AND device = ?",
-            (m.update_id, m.offered, m.revert_id, m.left, m.rollout, m.device),
+            "UPDATE rollout_members SET left = NULL WHERE rollout = ? AND device = ? AND left = ?",
+            (rid, dev, left),
         )
 
     def change(
@@ -297,9 +329,13 @@ class RolloutTable:
         ).fetchall()
         return [json.loads(r[0] or "{}") for r in rows]
 
-    def decisions(self, rid: str, limit: int = 50) -> list[dict[str, Any]]:
+    def decisions(self, rid: str, limit: int | None = 50, kind: str | None = None) -> list[dict[str, Any]]:
+        """The last `limit` (None: all) decisions of the rollout, of that
+        kind only if given, oldest first."""
         rows = self.store.db.execute(
-            "SELECT * FROM rollout_decisions WHERE rollout = ? ORDER BY id DESC LIMIT ?", (rid, limit)
+            "SELECT * FROM rollout_decisions WHERE rollout = ? AND (? IS NULL OR kind = ?)"
+            " ORDER BY id DESC LIMIT ?",
+            (rid, kind, kind, -1 if limit is None else limit),
         ).fetchall()
         out = []
         for r in reversed(rows):

@@ -313,6 +313,7 @@ class Gateway:
                     live.last_seen = now
             self.ota.on_hello(dev, msg, now)
             self.time_sender.on_hello(dev, retain)
+            self.rollouts.wake(dev, msg)
             return
         if a.kind == "state":
             if live is None:
@@ -362,6 +363,8 @@ class Gateway:
             live.last_seen = now
         if self.store.set_state(dev, online, reason, now):
             log.info("%s is %s%s", dev, "online" if online else "offline", f" ({reason})" if reason else "")
+            if online:
+                self.rollouts.wake(dev)
             for listener in self.listeners:
                 try:
                     listener("online" if online else "offline", dev, {"reason": reason})

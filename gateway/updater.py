@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -168,6 +168,18 @@ class UpdateTable:
                 args.append(value)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         return self._select(f"{clause}ORDER BY started DESC, rowid DESC LIMIT ?", (*args, limit))
+
+    def offers(self, releases: Collection[str], since: float) -> dict[str, int]:
+        """How many updates to one of releases each device was offered since
+        (every one stored counts, however it ended)."""
+        if self.store.schema < 2 or not releases:
+            return {}
+        rows = self.store.db.execute(
+            f"SELECT device, count(*) FROM updates WHERE release IN ({','.join('?' * len(releases))})"
+            " AND started >= ? GROUP BY device",
+            (*releases, since),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def latest(self) -> dict[str, Update]:
         """Each device's latest update, by device."""

@@ -1,10 +1,12 @@
-"""docs/rollouts.md section 5 stays true: its tables of declaration keys,
-aggregations and reset causes are the code's, and its example declaration is
-the shipped one."""
+"""docs/rollouts.md stays true: the member states of section 1 and their
+marks in section 4 are the code's; in section 5 its tables of declaration
+keys, aggregations and reset causes are the code's, and its example
+declaration is the shipped one."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -55,3 +57,16 @@ def test_the_reset_causes_count_as_documented(row: list[str]) -> None:
         for reason in announced:
             assert not _counts(causes[0], reason), reason
         assert _counts(causes[0], "memory")
+
+
+def test_the_member_states_and_their_marks_in_rollout_status_are_the_code_s() -> None:
+    from gateway.cli_rollout import MARKS
+    from gateway.rollout_plan import MEMBER_STATES
+
+    start = " ".join(section(TEXT, "1. A rollout", "rollouts.md"))
+    assert code_names(start[start.index("Each member shows one") :]) == list(MEMBER_STATES)
+    creating = " ".join(section(TEXT, "4. Creating a rollout", "rollouts.md"))
+    marks = creating[creating.index("(one mark per state:") : creating.index("blank pending")]
+    documented = dict(re.findall(r"`(.)` ([a-z ]+?)(?:,|$)", marks))  # mark -> words
+    assert len(documented) == len(MARKS) - 1 and set(documented) | {" "} == set(MARKS.values())
+    assert documented[MARKS["revert_failed"]] == "revert failed"

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from gateway.errors import RolloutError
 from gateway.rollout_plan import (
     MEMBER_STATES,
+    REVERT_RETRY_S,
+    REVERT_TRIES,
     Member,
     Verdict,
     assign,
@@ -151,6 +153,58 @@ def test_a_halting_verdict_halts_and_the_halted_rollout_reverts_who_took_the_rel
     # b, on trial, would refuse an offer: it is reverted once committed
     assert set(back.revert) == {"a", "g"} and back.offer == ()
     assert run(members, state="halted", can_revert=False).revert == ()
+
+
+def test_a_failed_revert_is_offered_again_after_a_pause_until_its_tries_are_spent() -> None:
+    def took(dev: str, revert: str, tries: int, ended: float | None = None, online: bool = True) -> Member:
+        return Member(dev, 0, online, update="committed", revert=revert, reverts=tries, revert_ended=ended)
+
+    long_ago, just_now = NOON - REVERT_RETRY_S, NOON - REVERT_RETRY_S + 1
+    members = [
+        took("again", "failed", 1, long_ago),
+        took("soon", "failed", 1, just_now),
+        took("rolled", "rolled_back", 2, long_ago),
+        took("away", "failed", 1, long_ago, online=False),
+        took("spent", "failed", REVERT_TRIES, long_ago),
+        took("busy", "downloading", 2),
+        took("back", "committed", 1),
+    ]
+    plan = run(members, state="halted")
+    assert set(plan.revert) == {"again", "rolled"} and plan.revert_failed == ("spent",)
+    assert [m.shown(0, NOON) for m in members] == [
+        *["reverting"] * 4,
+        "revert_failed",
+        "reverting",
+        "reverted",
+    ]
+    assert plan.counts["revert_failed"] == 1
+    # the one offline is offered its next try when it returns; the spent one never
+    assert set(run(members, state="halted", now=NOON + 2).revert) == {"again", "soon", "rolled"}
+    assert set(plan.unsettled) == {"again", "soon", "rolled", "away", "busy"}
+
+
+def test_a_finished_rollout_names_the_members_it_may_still_act_on() -> None:
+    members = [
+        Member("done", 0, online=True, update="committed"),
+        Member("failed", 0, online=True, update="failed"),
+        Member("rolled", 0, online=True, update="rolled_back"),
+        Member("gone", 0, left=True),
+        Member("away", 0),  # offered the release when it comes back
+        Member("trial", 0, online=True, update="trial"),
+    ]
+    completed = run(members, state="completed")
+    assert completed.offer == () and set(completed.unsettled) == {"away", "trial"}
+    assert run(members[:4], state="completed").unsettled == ()
+    # halted: a member that took the release until it is reverted, and one on trial
+    halted = run(members, state="halted")
+    assert set(halted.unsettled) == {"done", "trial"} and halted.revert == ("done",)
+    reverted = [*members[1:4], Member("done", 0, online=True, update="committed", revert="committed")]
+    assert run(reverted, state="halted").unsettled == ()
+    assert run(members, state="halted", can_revert=False).unsettled == ()  # keeps the release
+    # cancelled by the halt, yet it runs the release: it is reverted too
+    late = Member("late", 0, online=True, update="failed", runs=True)
+    assert run([late], state="halted").unsettled == ("late",)
+    assert run(members, state="running").unsettled == ()
 
 
 @given(

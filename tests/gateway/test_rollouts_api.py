@@ -142,6 +142,12 @@ async def test_pause_resume_abort_and_a_device_updated_by_hand_leaves(api: Api) 
     rid = st["rollout"]["id"]
     status, answer = await api.call("POST", "/api/v1/devices/th-03/update", {"release": "thermostat@3"})
     assert (status, answer["error"]["code"]) == (409, "in_rollout") and rid in answer["error"]["message"]
+    # (an update that cannot start leaves it in the rollout)
+    status, answer = await api.call(
+        "POST", "/api/v1/devices/th-03/update", {"release": "thermostat@9", "force": True}
+    )
+    assert (status, answer["error"]["code"]) == (404, "unknown_release")
+    assert api.r.gw.rollouts.table.member(rid, "th-03").left is None  # type: ignore[union-attr]
     status, _ = await api.call(
         "POST", "/api/v1/devices/th-03/update", {"release": "thermostat@3", "force": True}
     )
@@ -194,6 +200,20 @@ async def test_a_new_rollout_takes_its_devices_from_a_completed_or_halted_one(ap
     taken = {m.device for m in api.r.gw.rollouts.table.members(st["rollout"]["id"])}
     left = {m.device for m in api.r.gw.rollouts.table.members(old.id) if m.left is not None}
     assert taken == left == {f"th-{i:02d}" for i in range(0, 30, 5)}  # never acted on by both
+
+
+async def test_a_device_updated_by_hand_leaves_a_halted_or_completed_rollout_too(api: Api) -> None:
+    # (neither offers it the release nor reverts it over the update by hand)
+    status, st = await api.call("POST", "/api/v1/rollouts", {"release": "thermostat@2", "no_revert": True})
+    old = api.r.gw.rollouts.table.find(st["rollout"]["id"])
+    for state, dev in (("completed", "th-01"), ("halted", "th-02")):
+        old = api.r.gw.rollouts.table.change(old, 2.0, state, "by the test", state=state)
+        status, _ = await api.call(
+            "POST", f"/api/v1/devices/{dev}/update", {"release": "thermostat@3", "force": True}
+        )
+        assert status == 201
+        assert api.r.gw.rollouts.table.member(old.id, dev).left is not None  # type: ignore[union-attr]
+    assert sum(m.left is not None for m in api.r.gw.rollouts.table.members(old.id)) == 2
 
 
 async def test_an_offer_stored_but_not_recorded_when_the_gateway_stopped_is_not_made_again(api: Api) -> None:

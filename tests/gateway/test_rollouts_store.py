@@ -71,8 +71,7 @@ def test_what_a_rollout_writes_is_what_it_reads_back_after_a_restart(
         for kind, why, numbers in decisions:
             t.decide(r, 20.0, kind, "pass", why, {"n": numbers})
         some = sorted(devices)[0]
-        row = next(m for m in t.members(rid) if m.device == some)
-        t.set_member(MemberRow(**(row.to_dict() | {"update_id": "0123456789ab", "offered": 12.5})))
+        assert t.set_member(rid, some, update_id="0123456789ab", offered=12.5)
         r2 = t.change(r, 30.0, "stage", "stage 2 passed", {"x": 1}, stage=1, stage_started=30.0)
     with Store(db, readonly=True) as s:  # another connection: what a restarted gateway reads
         t = RolloutTable(s)
@@ -85,6 +84,29 @@ def test_what_a_rollout_writes_is_what_it_reads_back_after_a_restart(
         assert [d["numbers"] for d in got[1:-1]] == [{"n": n} for _, _, n in decisions]
         assert t.looks(rid, 0) == sum(1 for k, _, _ in decisions if k == "look")
         assert t.look_numbers(rid, 0) == [{"n": n} for k, _, n in decisions if k == "look"]
+
+
+def test_a_member_that_left_is_never_written_back_into_its_rollout(stored: tuple[Path, str]) -> None:
+    # a step writes what it decided from rows read before it awaited the
+    # judge; a device updated by hand meanwhile has left, and stays left
+    db, release = stored
+    with Store(db) as s:
+        t = RolloutTable(s)
+        t.create(rollout("0123456789ab", release), {"th-1": (0, 0), "th-2": (0, 0)}, {})
+        assert t.set_member("0123456789ab", "th-1", left=15.0)
+        assert not t.set_member("0123456789ab", "th-1", update_id="aaaaaaaaaaaa", offered=16.0)
+        assert not t.set_member("0123456789ab", "th-1", left=17.0)  # (it left once, at 15)
+        assert t.member("0123456789ab", "th-1") == MemberRow("0123456789ab", "th-1", 0, 0, left=15.0)
+        assert t.set_member("0123456789ab", "th-2", revert_id="bbbbbbbbbbbb")
+        assert t.member("0123456789ab", "th-2") == MemberRow(
+            "0123456789ab", "th-2", 0, 0, revert_id="bbbbbbbbbbbb"
+        )
+        t.rejoin("0123456789ab", "th-1", 14.0)  # not the time it left: it left again since
+        assert t.member("0123456789ab", "th-1").left == 15.0  # type: ignore[union-attr]
+        t.rejoin("0123456789ab", "th-1", 15.0)  # its update by hand did not start
+        assert t.member("0123456789ab", "th-1").left is None  # type: ignore[union-attr]
+        with pytest.raises(TypeError, match="stage"):
+            t.set_member("0123456789ab", "th-2", stage=3)
 
 
 def test_a_revert_is_matched_by_what_it_installs(
