@@ -94,18 +94,10 @@ def _not_json(name: str) -> Any:
 
 
 def make_app(gw: Gateway, token: str) -> web.Application:
-    expected = f"Bearer {token}".encode()
+    """The API of gw; token: the gateway's own (gateway/api_accounts.py)."""
+    from .api_accounts import auth_middleware
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/api/v1/health":
-            # compared as bytes: compare_digest refuses a str that is not ASCII
-            given = _utf8(request.headers.get("Authorization", "")) or b""
-            if not secrets.compare_digest(given, expected):
-                return error_response(401, "unauthorized", "missing or wrong bearer token")
-        return await handler(request)
-
-    app = web.Application(middlewares=[_errors, auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_errors, auth_middleware(gw, token)], client_max_size=MAX_BODY)
     app[GATEWAY] = gw
     app.add_routes(
         [
@@ -126,9 +118,10 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from .api_rollouts import routes
+    from . import api_accounts, api_rollouts
 
-    app.add_routes(routes())
+    app.add_routes(api_rollouts.routes())
+    app.add_routes(api_accounts.routes())
     return app
 
 
@@ -141,8 +134,16 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _devices(request: web.Request) -> web.Response:
+    """Every device (an owner: its own)."""
+    from .api_accounts import accounts_of, principal
+
     gw = request.app[GATEWAY]
-    return web.json_response([d.summary() for d in gw.store.devices()])
+    who = principal(request)
+    devices = gw.store.devices()
+    if not who.may("maker"):
+        own = set(accounts_of(request).devices_of(who))
+        devices = [d for d in devices if d.id in own]
+    return web.json_response([d.summary() for d in devices])
 
 
 async def _device(request: web.Request) -> web.Response:
@@ -164,6 +165,7 @@ async def _device_settings(request: web.Request) -> web.Response:
 
 
 _SETTINGS = {"channel": str, "tag": list, "untag": list, "policy": str, "window": str}
+_OWNERS_SETTINGS = ("policy", "window")  # the rest are the maker's (cohorts)
 
 
 async def _set_device_settings(request: web.Request) -> web.Response:
@@ -176,6 +178,8 @@ async def _set_device_settings(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or not body:
         return error_response(400, "bad_request", "body must be a JSON object of " + ", ".join(_SETTINGS))
+    from .api_accounts import principal
+
     for key, value in body.items():
         if key not in _SETTINGS:
             return error_response(
@@ -183,6 +187,10 @@ async def _set_device_settings(request: web.Request) -> web.Response:
             )
         if not isinstance(value, _SETTINGS[key]):
             return error_response(400, "bad_request", f"{key!r} must be a {_SETTINGS[key].__name__}")
+        if key not in _OWNERS_SETTINGS and not principal(request).may("maker"):
+            return error_response(
+                403, "forbidden", f"an owner sets {' and '.join(_OWNERS_SETTINGS)}; {key!r} is the maker's"
+            )
     if gw.store.device(dev) is None:
         return error_response(404, "unknown_device", f"no device {dev!r}")
     table = SettingsTable(gw.store)
@@ -389,11 +397,15 @@ async def _start_update(request: web.Request) -> web.Response:
 
 
 async def _update(request: web.Request) -> web.Response:
+    from .api_accounts import may_see
+
     try:
         gw = _ota(request)
         u = gw.ota.get(request.match_info["uid"])
     except GatewayError as exc:
         return ota_error(exc)
+    if not may_see(request, u.device):  # (as one that does not exist)
+        return ota_error(UpdateNotFoundError(f"no update {request.match_info['uid'][:40]!r}"))
     return web.json_response({**u.to_dict(), "steps": gw.ota.table.steps(u.id)})
 
 

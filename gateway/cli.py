@@ -59,10 +59,29 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
     print(f"broker user {p.username!r}, password {p.password!r}")
     print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
+    _claim_code(args, p.device)
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
     print(f"run it: cd {p.path} && micropython main.py")
     return 0
+
+
+def _claim_code(args: argparse.Namespace, device: str) -> None:
+    """A new claim code for the device's box (docs/protocol.md 10.1): printed,
+    never written to the device; registered with the running gateway of
+    --db if given."""
+    from .accounts import new_claim_code
+
+    code = new_claim_code()
+    print(f"claim code (for the box; shown only now): {code}")
+    if args.db:
+        from .client import ApiClient
+
+        client = ApiClient.from_db(Path(args.db))
+        client.request("PUT", f"/api/v1/devices/{device}/claim-code", {"code": code})
+        print(f"  registered with the gateway of {args.db}")
+    else:
+        print(f"  register it with the gateway: permabeta devices claim-code {device} {code}")
 
 
 # ---- gateway -----------------------------------------------------------------
@@ -360,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument(
         "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
     )
+    pv.add_argument("--db", help="register the device's claim code with the gateway running on this database")
     pv.set_defaults(func=cmd_provision)
 
     gw = sub.add_parser("gateway", help="the gateway service").add_subparsers(
@@ -434,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)
+    from .cli_accounts import register as register_accounts
+
+    register_accounts(sub, dv)
     register_updates(sub)
     from simulator.cli import register as register_sim
 

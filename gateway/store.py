@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -202,6 +202,41 @@ CREATE TABLE device_states (
     reason TEXT
 );
 CREATE INDEX device_states_device ON device_states(device, at);
+""",
+    # 7: accounts, their API tokens, devices' claim codes and owners (gateway/accounts.py)
+    7: """
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,             -- owner, maker, admin
+    password TEXT,                  -- scrypt$N$r$p$salt$hash; NULL: tokens only
+    created REAL NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE account_tokens (
+    hash TEXT PRIMARY KEY,          -- SHA-256 of the token
+    account INTEGER NOT NULL REFERENCES accounts(id),
+    label TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL
+);
+CREATE TABLE device_claims (
+    device TEXT PRIMARY KEY,
+    code_hash TEXT NOT NULL UNIQUE, -- SHA-256 of the claim code's 16 digits
+    created REAL NOT NULL
+);
+CREATE TABLE device_owners (
+    device TEXT PRIMARY KEY,
+    account INTEGER NOT NULL REFERENCES accounts(id),
+    since REAL NOT NULL
+);
+CREATE INDEX device_owners_account ON device_owners(account);
+CREATE TABLE claim_attempts (
+    account INTEGER NOT NULL,
+    at REAL NOT NULL,
+    ok INTEGER NOT NULL
+);
+CREATE INDEX claim_attempts_account ON claim_attempts(account, at);
 """,
 }
 

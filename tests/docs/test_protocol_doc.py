@@ -849,6 +849,20 @@ def test_usage_examples_parse() -> None:
         assert callable(args.func), line
 
 
+def test_api_table_says_who_may_call_each_route_as_the_gateway_checks_it() -> None:
+    from gateway.api_accounts import ACCESS, Rule
+
+    def who(rule: Rule) -> str:
+        if rule.role is None:
+            return "anyone"
+        return f"{rule.role} of the device" if rule.device and rule.role == "owner" else rule.role
+
+    for row in table(section(TEXT, "10.")):
+        (route,) = code_names(row[0])[:1]
+        method, path = route.split(" ", 1)
+        assert row[1] == who(ACCESS[(method, path)]), route
+
+
 def test_api_table_lists_exactly_the_routes_of_the_app() -> None:
     documented = set()
     for row in table(section(TEXT, "10.")):

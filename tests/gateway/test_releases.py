@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import store as store_module
+from gateway.accounts import Accounts
 from gateway.errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError, StoreError
 from gateway.metrics import declared
 from gateway.paths import firmware_dir
@@ -235,11 +236,12 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_devices(
     with Store(path, readonly=True) as ro:  # the CLI reads an old database as it is
         assert ro.schema == 1 and ReleaseStore(ro).list() == []
     with Store(path) as s:
-        assert s.schema == SCHEMA_VERSION == 6 and s.get_meta("schema") == "6"
+        assert s.schema == SCHEMA_VERSION == 7 and s.get_meta("schema") == "7"
         assert s.device("th-1") is not None
         columns = {r[1] for r in s.db.execute("PRAGMA table_info(updates)")}
         assert "deferred_since" in columns
         assert SettingsTable(s).get("th-1") == DeviceSettings("th-1")  # the defaults: stable, auto
+        assert Accounts(s).owner_of("th-1") is None and Accounts(s).all() == []
         ReleaseStore(s, root=keys.root_bytes).add(release.path, T0)
     with Store(path) as s:  # opening again migrates nothing twice
         assert [r.ref for r in ReleaseStore(s).list()] == ["thermostat@2"]
