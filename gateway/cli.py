@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +110,11 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             update_deadline=args.update_deadline,
         )
         task = asyncio.create_task(gw.run(), name="gateway")
+        # SIGINT and SIGTERM stop it cleanly, even when it was started with
+        # SIGINT ignored (in the background of a shell, or under nohup)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         while gw.api_url is None and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
@@ -117,7 +123,12 @@ async def _run_gateway(args: argparse.Namespace) -> None:
                 print(f"updates: root version {keys.version} from {keys.path}", flush=True)
             else:
                 print("updates: off (no --keys DIR)", flush=True)
-        await task
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            logging.getLogger("permabeta.gateway").info("stopped by a signal")
 
 
 def _gateway_keys(folder: Path) -> Any:
