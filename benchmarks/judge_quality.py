@@ -84,6 +84,7 @@ from gateway.rollout_judging import (
     Measure,
     Reader,
     Stage,
+    Values,
     failures_only,
     judge_stage,
     look,
@@ -96,6 +97,7 @@ from gateway.rollout_plan import Member, Verdict, assign, step
 from gateway.rollouts import Rollout
 from gateway.store import Store, TelemetryRow
 from simulator.stepped import STEP_S, thermostat_in_a_room
+from tests.support.messages import hello
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "judge.json"
@@ -294,11 +296,9 @@ class RoomReader(Reader):
         self.switch_h = switch_h
         self.baselines = baselines
 
-    def values(
-        self, dev: str, ws: float, until: float
-    ) -> tuple[dict[str, float | None], dict[str, float | None]]:
-        cur, base = super().values(dev, ws, until)
-        return cur, base if self.baselines else {}
+    def values(self, dev: str, starts: Sequence[float], until: float) -> list[tuple[Values, Values]]:
+        got = super().values(dev, starts, until)
+        return got if self.baselines else [(cur, {}) for cur, _ in got]
 
     def _sums(self, dev: str, start: float, end: float) -> Sums:
         a, b = (start - G0) / HOUR, (end - G0) / HOUR
@@ -313,10 +313,10 @@ class RoomReader(Reader):
             out = out + bad[hi - BAD_FROM_H] - bad[s - BAD_FROM_H]
         return out
 
-    def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
+    def over(self, dev: str, start: float, end: float) -> Values:
         error, heating, relay, n = self._sums(dev, start, end)
         span = end - start
-        out: dict[str, float | None] = {}
+        out: Values = {}
         for m in self.ms:
             name = m.spec.name
             if name == "thermostat.setpoint_error":
@@ -475,18 +475,6 @@ def _outcome(
 LOOK_DEVICES = 1000
 LOOK_COMMIT_S = 3 * HOUR  # the first stage's members commit over its first 3 hours: several windows
 LOOK_BATCH_STEPS = 30  # telemetry stored in batches of 5 minutes of the fleet's, as the gateway flushes
-LOOK_HELLO = {
-    "model": "thermostat",
-    "board": "thermostat-v1",
-    "runtime": "0.1.0",
-    "platform": "micropython",
-    "features": {"thermostat": {"version": "1.0.0", "enabled": True, "running": True}},
-    "boot_count": 1,
-    "reset_cause": "power_on",
-    "heap_free": 81232,
-    "keepalive": 30,
-    "telemetry_s": STEP_S,
-}
 
 
 @dataclass
@@ -551,7 +539,7 @@ def fill_look_store(db: Path, devices: int, seed: int) -> LookStage:
     now = start + SOAK_S
     with Store(db) as store:
         for dev in ids:
-            store.upsert_hello(dev, LOOK_HELLO, start - BASELINE_S - HOUR)
+            store.upsert_hello(dev, hello(dev), start - BASELINE_S - HOUR)
             store.set_state(dev, True, None, start - BASELINE_S - HOUR)
         rows = _telemetry(store, ids, start - BASELINE_S, SOAK_S / HOUR, rng)
         rows += _telemetry(store, ids, start, SOAK_S / HOUR, rng)
@@ -559,7 +547,7 @@ def fill_look_store(db: Path, devices: int, seed: int) -> LookStage:
             if pick.random() < 0.02:  # a crash and its reconnect, the day before or in the stage
                 at = pick.choice((start - BASELINE_S, start)) + pick.uniform(0.0, SOAK_S - 60.0)
                 store.set_state(dev, False, "lost", at)
-                store.upsert_hello(dev, LOOK_HELLO | {"boot_count": 2, "reset_cause": "crash"}, at + 20.0)
+                store.upsert_hello(dev, hello(dev, boot_count=2, reset_cause="crash"), at + 20.0)
                 store.set_state(dev, True, "active", at + 20.0)
             if pick.random() < 0.05:
                 at = pick.choice((start - BASELINE_S, start)) + pick.uniform(0.0, SOAK_S)
@@ -656,7 +644,7 @@ def check_sums(rooms: Rooms, devices: int) -> list[str]:
         reader = RoomReader(rooms, ms, 0.0, {"d": i}, {}, baselines=False)
         for a_h, b_h in ((2, 5), (13, 14), (FIRST_T0_H, FIRST_T0_H + 6), (3, GOOD_H)):
             a, b = G0 + a_h * HOUR, G0 + b_h * HOUR
-            mine = reader._over("d", a, b)
+            mine = reader.over("d", a, b)
             for key in ("thermostat.setpoint_error", "thermostat.heater_duty"):
                 want = compute(decls[key], samples, a, b)
                 got = mine[key]
