@@ -6,6 +6,8 @@ halt, on a fleet of 1,000 thermostats rolled out in stages of 5%, 25% and
 
     .venv/bin/python -m benchmarks judge                           # 1,000 thermostats, 200 seeds
     .venv/bin/python -m benchmarks judge --devices 400 --seeds 20  # a quick check
+    .venv/bin/python -m benchmarks judge --look-only               # the timed look alone
+    .venv/bin/python -m benchmarks judge --look-only --look-devices 400
 
 The rooms. Each thermostat is the firmware's own runtime with the thermostat
 feature, stepped every 10 s in its own seeded room (simulator/stepped.py,
@@ -38,11 +40,22 @@ same judge without the baselines of the day before (plain), and by failures
 alone (no product metric: a bad release that boots fine is never halted, and
 its exposure is the baseline of the exposure ratio). Figures go to
 bench-results/judge.json.
+
+A look on the store. The gateway's own final look (rollout_judging.look)
+at a first stage in a real gateway store, filled through the store's own
+writes: 1,000 thermostats (--look-devices) reporting every 10 s, each
+message shaped as the thermostat's (the room a seeded random walk through
+its owner's band), over the stage's 6 hours and the same hours of the day
+before; 5% treated, committed over the first 3 hours (3 windows), the rest
+the control. Timed against reading and parsing once the rows its windows
+cover; its figures go under "look" (--look-only runs it alone and keeps the
+file's other figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import calendar
 import hashlib
 import json
@@ -66,12 +79,15 @@ from gateway.judge import HardCounts, Policy
 from gateway.metrics import MIN_COVERAGE, Sample, compute, declared
 from gateway.paths import firmware_dir
 from gateway.rollout_judging import (
+    BASELINE_S,
     LOOKS,
     Measure,
     Reader,
     Stage,
+    Values,
     failures_only,
     judge_stage,
+    look,
     look_due,
     measures,
     policy_for,
@@ -79,7 +95,9 @@ from gateway.rollout_judging import (
 )
 from gateway.rollout_plan import Member, Verdict, assign, step
 from gateway.rollouts import Rollout
+from gateway.store import Store, TelemetryRow
 from simulator.stepped import STEP_S, thermostat_in_a_room
+from tests.support.messages import hello
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "judge.json"
@@ -278,11 +296,9 @@ class RoomReader(Reader):
         self.switch_h = switch_h
         self.baselines = baselines
 
-    def values(
-        self, dev: str, ws: float, until: float
-    ) -> tuple[dict[str, float | None], dict[str, float | None]]:
-        cur, base = super().values(dev, ws, until)
-        return cur, base if self.baselines else {}
+    def values(self, dev: str, starts: Sequence[float], until: float) -> list[tuple[Values, Values]]:
+        got = super().values(dev, starts, until)
+        return got if self.baselines else [(cur, {}) for cur, _ in got]
 
     def _sums(self, dev: str, start: float, end: float) -> Sums:
         a, b = (start - G0) / HOUR, (end - G0) / HOUR
@@ -297,10 +313,10 @@ class RoomReader(Reader):
             out = out + bad[hi - BAD_FROM_H] - bad[s - BAD_FROM_H]
         return out
 
-    def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
+    def over(self, dev: str, start: float, end: float) -> Values:
         error, heating, relay, n = self._sums(dev, start, end)
         span = end - start
-        out: dict[str, float | None] = {}
+        out: Values = {}
         for m in self.ms:
             name = m.spec.name
             if name == "thermostat.setpoint_error":
@@ -454,6 +470,167 @@ def _outcome(
     return Outcome(seed, release, variant, state, r.stage, (at - t0) / HOUR, exposure, looks, reason, effect)
 
 
+# ---- a look on the store ----------------------------------------------------------
+
+LOOK_DEVICES = 1000
+LOOK_COMMIT_S = 3 * HOUR  # the first stage's members commit over its first 3 hours: several windows
+LOOK_BATCH_STEPS = 30  # telemetry stored in batches of 5 minutes of the fleet's, as the gateway flushes
+
+
+@dataclass
+class LookStage:
+    """A first stage in a gateway store, as a final look finds it."""
+
+    db: Path
+    stage: Stage
+    now: float
+    rows: int  # telemetry rows stored
+    filled_s: float
+
+
+def _telemetry(store: Store, ids: Sequence[str], start: float, hours: float, rng: np.random.Generator) -> int:
+    """Every thermostat's telemetry every STEP_S for `hours` from start, each
+    at its own second of the period, shaped as the thermostat's: the room a
+    seeded random walk that the relay drives through its owner's band."""
+    n = len(ids)
+    owners = [owner_settings(i) for i in range(n)]
+    sp = np.array([o["setpoint"] for o in owners])
+    band = np.array([o["hysteresis"] for o in owners])
+    temp = sp + rng.uniform(-1.0, 1.0, n) * band
+    relay = rng.random(n) < 0.5
+    humidity = rng.uniform(35.0, 55.0, n)
+    phase = rng.uniform(0.0, STEP_S, n)
+    setpoints = sp.tolist()
+    stored = 0
+    batch: list[TelemetryRow] = []
+    for k in range(1, int(hours * HOUR / STEP_S) + 1):
+        temp += np.where(relay, 0.012, -0.007) + rng.normal(0.0, 0.01, n)
+        humidity += rng.normal(0.0, 0.05, n)
+        relay = np.where(temp < sp - band, True, np.where(temp > sp + band, False, relay))
+        at = (start + k * STEP_S + phase).tolist()
+        for i, (t, x, h, on) in enumerate(
+            zip(at, temp.tolist(), humidity.tolist(), relay.tolist(), strict=True)
+        ):
+            data = {
+                "sensors": {"humidity": h, "temperature": x},
+                "actuators": {"relay": on},
+                "features": {
+                    "thermostat": {"setpoint": setpoints[i], "heating": on, "mode": "heat", "offset": 0}
+                },
+            }
+            batch.append(TelemetryRow(ids[i], t, t, k, data))
+        if k % LOOK_BATCH_STEPS == 0:
+            stored += store.add_telemetry(batch)[0]
+            batch = []
+    return stored + store.add_telemetry(batch)[0]
+
+
+def fill_look_store(db: Path, devices: int, seed: int) -> LookStage:
+    """A gateway store (gateway/store.py, filled through its own writes) of
+    `devices` thermostats: their hellos and states, telemetry every STEP_S
+    over the same 6 hours of the day before and a first stage's soak, a few
+    crashes and feature errors; the stage 5% of them, committed over its
+    first LOOK_COMMIT_S, the rest its control."""
+    t0 = time.monotonic()
+    rng = np.random.default_rng(seed)
+    pick = random.Random(f"look:{seed}")
+    ids = [f"th-{i:05d}" for i in range(devices)]
+    start = G0 + FIRST_T0_H * HOUR
+    now = start + SOAK_S
+    with Store(db) as store:
+        for dev in ids:
+            store.upsert_hello(dev, hello(dev), start - BASELINE_S - HOUR)
+            store.set_state(dev, True, None, start - BASELINE_S - HOUR)
+        rows = _telemetry(store, ids, start - BASELINE_S, SOAK_S / HOUR, rng)
+        rows += _telemetry(store, ids, start, SOAK_S / HOUR, rng)
+        for dev in ids:
+            if pick.random() < 0.02:  # a crash and its reconnect, the day before or in the stage
+                at = pick.choice((start - BASELINE_S, start)) + pick.uniform(0.0, SOAK_S - 60.0)
+                store.set_state(dev, False, "lost", at)
+                store.upsert_hello(dev, hello(dev, boot_count=2, reset_cause="crash"), at + 20.0)
+                store.set_state(dev, True, "active", at + 20.0)
+            if pick.random() < 0.05:
+                at = pick.choice((start - BASELINE_S, start)) + pick.uniform(0.0, SOAK_S)
+                store.add_event(dev, "feature_error", "thermostat", "ValueError: sensor", at)
+    stage_of = assign(ids, STAGES, seed)
+    treated = tuple(
+        sorted((dev, start + pick.uniform(COMMIT_S[0], LOOK_COMMIT_S)) for dev in ids if stage_of[dev] == 0)
+    )
+    control = tuple(dev for dev in ids if stage_of[dev] > 0)
+    stage = Stage(start, treated, control, HardCounts(offered=len(treated), failed=0, rolled_back=0))
+    return LookStage(db, stage, now, rows, time.monotonic() - t0)
+
+
+def _read_once(s: LookStage, policy: Policy) -> tuple[float, int, int]:
+    """The baseline: every telemetry row the look's windows cover, read from
+    the store and parsed once (a device's span from its earliest window, and
+    the same hours of the day before): seconds, rows, and the rows of every
+    window and baseline counted apiece (what reading each alone reads)."""
+    st = s.stage
+    windows = sorted({policy.window_start(t, st.stage_started) for _, t in st.treated})
+    starts = [(dev, [policy.window_start(t, st.stage_started)]) for dev, t in st.treated]
+    starts += [(dev, windows) for dev in st.control]
+    rows = apiece = 0
+    t0 = time.perf_counter()
+    with Store(s.db, readonly=True) as store:
+        for dev, ws in starts:
+            for shift in (0.0, BASELINE_S):
+                got = store.telemetry_between(dev, ws[0] - shift, s.now - shift)
+                for _, data in got:
+                    json.loads(data)
+                rows += len(got)
+                at = [t for t, _ in got]
+                apiece += sum(len(at) - bisect.bisect_left(at, w - shift) for w in ws)
+    return time.perf_counter() - t0, rows, apiece
+
+
+def look_on_the_store(devices: int, seed: int = 0) -> dict[str, Any]:
+    """Time the gateway's final look (rollout_judging.look) at a first stage
+    of `devices` thermostats in a real store, against reading and parsing
+    the rows its windows cover once."""
+    ms = measures(_manifests(), ("default",))
+    policy = policy_for(SOAK_S, 0.05)
+    with tempfile.TemporaryDirectory(prefix="judge-look-") as tmp:
+        s = fill_look_store(Path(tmp) / "gateway.db", devices, seed)
+        windows = len({policy.window_start(t, s.stage.stage_started) for _, t in s.stage.treated})
+        print(
+            f"a store of {devices} thermostats: {s.rows:,} telemetry rows "
+            f"({SOAK_S / HOUR:g} h of a first stage and of the day before, every {STEP_S:g} s) "
+            f"stored in {s.filled_s:.0f} s; {len(s.stage.treated)} treated in {windows} windows, "
+            f"{len(s.stage.control)} control",
+            flush=True,
+        )
+        once_s, rows, apiece = _read_once(s, policy)
+        t0 = time.perf_counter()
+        j = look(s.db, s.stage, ms, policy, LOOKS, True, s.now)
+        look_s = time.perf_counter() - t0
+    digest = hashlib.sha256(json.dumps(j.to_dict(), sort_keys=True).encode()).hexdigest()
+    print(
+        f"the final look: {look_s:.1f} s for the {rows:,} rows its windows cover "
+        f"({apiece:,} counted window by window): {rows / look_s:,.0f} rows/s; "
+        f"reading and parsing them once: {once_s:.1f} s ({rows / once_s:,.0f} rows/s); "
+        f"the look takes {look_s / once_s:.2f} x that"
+    )
+    print(f"  its judgement: {j.result.value} (sha256 {digest[:16]})")
+    return {
+        "devices": devices,
+        "treated": len(s.stage.treated),
+        "control": len(s.stage.control),
+        "windows": windows,
+        "store_rows": s.rows,
+        "filled_s": s.filled_s,
+        "rows": rows,
+        "rows_window_by_window": apiece,
+        "look_s": look_s,
+        "rows_per_s": rows / look_s,
+        "read_once_s": once_s,
+        "read_once_rows_per_s": rows / once_s,
+        "look_over_read_once": look_s / once_s,
+        "result": j.result.value,
+        "judgement_sha256": digest,
+    }
+
+
 # ---- checks and figures -----------------------------------------------------------
 
 
@@ -467,7 +644,7 @@ def check_sums(rooms: Rooms, devices: int) -> list[str]:
         reader = RoomReader(rooms, ms, 0.0, {"d": i}, {}, baselines=False)
         for a_h, b_h in ((2, 5), (13, 14), (FIRST_T0_H, FIRST_T0_H + 6), (3, GOOD_H)):
             a, b = G0 + a_h * HOUR, G0 + b_h * HOUR
-            mine = reader._over("d", a, b)
+            mine = reader.over("d", a, b)
             for key in ("thermostat.setpoint_error", "thermostat.heater_duty"):
                 want = compute(decls[key], samples, a, b)
                 got = mine[key]
@@ -526,10 +703,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=200)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one a CPU)")
+    p.add_argument(
+        "--look-devices",
+        type=int,
+        default=LOOK_DEVICES,
+        help=f"thermostats in the store of the timed look (default {LOOK_DEVICES}; 0: no look)",
+    )
+    p.add_argument(
+        "--look-only", action="store_true", help="only the timed look: its figures replace those in the file"
+    )
     args = p.parse_args(argv)
     if args.devices < 100 or args.seeds < 1:
         print("--devices must be at least 100 (a first stage of 5%) and --seeds at least 1", file=sys.stderr)
         return 2
+    if not (args.look_devices >= 400 or (args.look_devices == 0 and not args.look_only)):
+        print(
+            "--look-devices must be 0 or at least 400 (a first stage of 20 devices to judge), "
+            "and not 0 with --look-only",
+            file=sys.stderr,
+        )
+        return 2
+    if args.look_only:
+        figures = json.loads(OUT.read_text()) if OUT.exists() else {}
+        figures["look"] = look_on_the_store(args.look_devices)
+        _write(figures)
+        return 0
     print(
         f"{args.devices} thermostats, stages {', '.join(f'{s:.0%}' for s in STAGES)}, "
         f"soak {SOAK_S / HOUR:g} h, "
@@ -591,28 +789,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({bad['share_halted_in_stage_1']:.1%}); good halted <= 2.5%: {'met' if goal_good else 'NOT met'} "
         f"({good['share_halted']:.1%}; plain judge {plain_good['share_halted']:.1%})"
     )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
-        json.dumps(
-            {
-                "devices": args.devices,
-                "seeds": args.seeds,
-                "stages": list(STAGES),
-                "soak_h": SOAK_S / HOUR,
-                "bad_patch": list(BAD_PATCH),
-                "bad_effect": effect,
-                "rooms_simulated_s": rooms.simulated_s,
-                "rooms_cached": rooms.cached,
-                "judged_s": judged_s,
-                "goals": {"bad_halted_in_stage_1": goal_bad, "good_halted": goal_good},
-                "summary": summary,
-                "runs": [asdict(o) for o in outcomes],
-            },
-            indent=1,
-        )
+    look_figures = look_on_the_store(args.look_devices) if args.look_devices else None
+    _write(
+        {
+            "devices": args.devices,
+            "seeds": args.seeds,
+            "stages": list(STAGES),
+            "soak_h": SOAK_S / HOUR,
+            "bad_patch": list(BAD_PATCH),
+            "bad_effect": effect,
+            "rooms_simulated_s": rooms.simulated_s,
+            "rooms_cached": rooms.cached,
+            "judged_s": judged_s,
+            "goals": {"bad_halted_in_stage_1": goal_bad, "good_halted": goal_good},
+            "summary": summary,
+            "runs": [asdict(o) for o in outcomes],
+            "look": look_figures,
+        }
     )
-    print(f"figures: {OUT.relative_to(ROOT)}")
     return 0
+
+
+def _write(figures: dict[str, Any]) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(figures, indent=1))
+    print(f"figures: {OUT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ gets no more weight than one value for the window.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -298,28 +299,31 @@ def _matches(value: Any, want: Scalar) -> bool:
     return _number(value) == want
 
 
-def _inputs(decl: MetricDecl, paths: Sequence[Sequence[str]], data: Any) -> tuple[float, ...] | None:
-    """The values a sample gives the metric, or None if it gives none (a
+def _inputs(
+    agg: Aggregation, fields: Sequence[Sequence[str]], when: Sequence[tuple[Sequence[str], Scalar]], data: Any
+) -> tuple[float, ...] | None:
+    """The values a sample gives a metric of aggregation agg that reads
+    fields (paths split) under conditions when, or None if it gives none (a
     field missing or of the wrong type, or a condition not met). fraction
     reads booleans (as 0 and 1), changes numbers and booleans as (kind,
     value), so that true and 1 differ; the others numbers."""
-    for (_, want), parts in zip(decl.when, paths[len(decl.fields) :], strict=True):
+    for parts, want in when:
         if not _matches(_lookup(data, parts), want):
             return None
     out: list[float] = []
-    for parts in paths[: len(decl.fields)]:
+    for parts in fields:
         v = _lookup(data, parts)
-        if decl.aggregation is Aggregation.FRACTION:
+        if agg is Aggregation.FRACTION:
             if not isinstance(v, bool):
                 return None
             out.append(float(v))
-        elif decl.aggregation is Aggregation.CHANGES and isinstance(v, bool):
+        elif agg is Aggregation.CHANGES and isinstance(v, bool):
             out += [1.0, float(v)]
         else:
             x = _number(v)
             if x is None:
                 return None
-            out += [0.0, x] if decl.aggregation is Aggregation.CHANGES else [x]
+            out += [0.0, x] if agg is Aggregation.CHANGES else [x]
     return tuple(out)
 
 
@@ -334,46 +338,57 @@ def _span(start: float, end: float) -> float:
     return b - a
 
 
+_Point = tuple[float, tuple[float, ...] | None]  # a sample's time, and its inputs or None
+
+
 def _points(
-    decl: MetricDecl, samples: Iterable[Sample], start: float, end: float
-) -> list[tuple[float, tuple[float, ...] | None]]:
-    """The samples of [start, end) as (t, inputs), by time (ties broken by
-    content: the result does not depend on the order samples come in), a
-    sample closer than MIN_SPACING_S to the one kept before it dropped."""
-    paths = [p.split(".") for p in decl.fields] + [p.split(".") for p, _ in decl.when]
-    found = []
+    decls: Sequence[MetricDecl], samples: Iterable[Sample], start: float, end: float
+) -> list[list[_Point]]:
+    """For each declaration, the samples of [start, end) as (t, inputs), by
+    time (ties broken by content: the result does not depend on the order
+    samples come in). One pass: each sample is read by every declaration
+    and can then be dropped."""
+    readers = [
+        (d.aggregation, [p.split(".") for p in d.fields], [(p.split("."), want) for p, want in d.when])
+        for d in decls
+    ]
+    found: list[list[_Point]] = [[] for _ in decls]
+    times = []
     for s in samples:
-        t = _time(s.t)
+        t: float | None = s.t
+        if type(t) is not float:  # (a float needs no check: NaN and the infinities are outside any window)
+            t = _time(t)
         if t is not None and start <= t < end:
-            found.append((t, _inputs(decl, paths, s.data)))
-    found.sort(key=lambda p: (p[0], p[1] is None, p[1] or ()))
-    kept: list[tuple[float, tuple[float, ...] | None]] = []
-    for p in found:
+            times.append(t)
+            for points, (agg, fields, when) in zip(found, readers, strict=True):
+                points.append((t, _inputs(agg, fields, when, s.data)))
+    if any(a >= b for a, b in itertools.pairwise(times)):  # else in order already
+        for points in found:
+            points.sort(key=lambda p: (p[0], p[1] is None, p[1] or ()))
+    return found
+
+
+def _thinned(points: Iterable[_Point]) -> list[_Point]:
+    """points (in order) without those closer than MIN_SPACING_S to the one kept before."""
+    kept: list[_Point] = []
+    for p in points:
         if not kept or p[0] - kept[-1][0] >= MIN_SPACING_S:
             kept.append(p)
     return kept
 
 
-def compute(
-    decl: MetricDecl,
-    samples: Iterable[Sample],
-    start: float,
-    end: float,
-    *,
-    max_gap_s: float = DEFAULT_MAX_GAP_S,
-) -> float | None:
-    """The metric of one device over the window [start, end) from its
-    telemetry samples (any order; others outside the window are ignored),
-    or None when the samples that give the metric its inputs cover less
-    than MIN_COVERAGE of the window. Each such sample stands for the time
-    until the next sample, at most max_gap_s (a longer gap is time the
-    device was not heard, not data). Never raises for what the samples
-    hold; raises MetricsError for a window that is not one."""
-    span = _span(start, end)
+def _gap(max_gap_s: float) -> float:
     gap = _time(max_gap_s)
     if gap is None or gap <= 0:
         raise MetricsError(f"max_gap_s must be a positive number of seconds, not {max_gap_s!r}")
-    points = _points(decl, samples, start, end)
+    return gap
+
+
+def _aggregate(
+    decl: MetricDecl, points: Sequence[_Point], span: float, end: float, gap: float
+) -> float | None:
+    """The metric over a window of `span` seconds ending at `end` from its
+    thinned points (compute's steps 4 to 6)."""
     agg, threshold = decl.aggregation, decl.threshold
     covered = total = 0.0
     changes = 0
@@ -401,6 +416,71 @@ def compute(
     if agg is Aggregation.CHANGES:
         return _HOUR_S * changes / covered
     return total / covered
+
+
+@dataclass(frozen=True)
+class Series:
+    """One device's telemetry over a span [start, end) as a metric reads it:
+    each sample's time and inputs, taken once, in compute's order. The value
+    over any window within the span is compute's over that window, exactly
+    (the spacing rule starts afresh in each window, as compute's does), at
+    the cost of the window's samples only: a look computes a device's
+    several windows from one reading of its telemetry."""
+
+    decl: MetricDecl
+    start: float
+    end: float
+    points: list[_Point]  # (t, inputs or None), not thinned yet
+
+    @classmethod
+    def each(
+        cls, decls: Sequence[MetricDecl], samples: Iterable[Sample], start: float, end: float
+    ) -> list[Series]:
+        """The Series of each declaration, from one pass over samples (a
+        look streams a thousand devices' telemetry through: a sample is
+        dropped as soon as every declaration has read it). Raises
+        MetricsError for a span that is not a window."""
+        _span(start, end)
+        return [
+            cls(d, start, end, p) for d, p in zip(decls, _points(decls, samples, start, end), strict=True)
+        ]
+
+    def compute(self, start: float, end: float, *, max_gap_s: float = DEFAULT_MAX_GAP_S) -> float | None:
+        """compute(decl, samples, start, end, max_gap_s=max_gap_s) for a
+        window within the span. Raises MetricsError for a window that is not
+        one or not within the span."""
+        span = _span(start, end)
+        gap = _gap(max_gap_s)
+        if start < self.start or end > self.end:
+            raise MetricsError(f"the window {start!r}..{end!r} is not within {self.start!r}..{self.end!r}")
+        lo = bisect.bisect_left(self.points, start, key=_at)
+        hi = bisect.bisect_left(self.points, end, lo, key=_at)
+        return _aggregate(self.decl, _thinned(self.points[lo:hi]), span, end, gap)
+
+
+def _at(p: _Point) -> float:
+    return p[0]
+
+
+def compute(
+    decl: MetricDecl,
+    samples: Iterable[Sample],
+    start: float,
+    end: float,
+    *,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
+) -> float | None:
+    """The metric of one device over the window [start, end) from its
+    telemetry samples (any order; others outside the window are ignored),
+    or None when the samples that give the metric its inputs cover less
+    than MIN_COVERAGE of the window. Each such sample stands for the time
+    until the next sample, at most max_gap_s (a longer gap is time the
+    device was not heard, not data). Never raises for what the samples
+    hold; raises MetricsError for a window that is not one."""
+    span = _span(start, end)
+    gap = _gap(max_gap_s)
+    [points] = _points([decl], samples, start, end)
+    return _aggregate(decl, _thinned(points), span, end, gap)
 
 
 # ---- the built-in health metrics -----------------------------------------------

@@ -6,16 +6,19 @@ what the hard-failure rule counts. The judgement is gateway/judge.py's.
 
 The metrics of a look are computed in a worker thread on a read-only
 connection of its own (SQLite's WAL lets it read while the gateway writes):
-a thousand devices' telemetry must not hold up the event loop.
+a thousand devices' telemetry must not hold up the event loop. Each
+device's records are read and parsed once for all its windows
+(StoreReader.over_each).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .judge import (
     Direction,
@@ -36,6 +39,7 @@ from .metrics import (
     HelloRecord,
     MetricDecl,
     Sample,
+    Series,
     Transition,
     compute,
     declared,
@@ -187,11 +191,10 @@ def judge_stage(
     observations: list[Observation] = []
     for dev, t in stage.treated:
         ws = policy.window_start(t, stage.stage_started)
-        values, base = reader.values(dev, ws, until=t)
+        [(values, base)] = reader.values(dev, [ws], until=t)
         observations.append(Observation(dev, Group.TREATMENT, ws, values, updated_at=t, baseline=base))
     for dev in stage.control:
-        for ws in windows:
-            values, base = reader.values(dev, ws, until=now)
+        for ws, (values, base) in zip(windows, reader.values(dev, windows, until=now), strict=True):
             observations.append(Observation(dev, Group.CONTROL, ws, values, baseline=base))
     observations = _baselines_where_enough(observations, ms, policy.min_devices)
     specs = [m.spec for m in ms]
@@ -238,71 +241,145 @@ def _baselines_where_enough(obs: list[Observation], ms: Sequence[Measure], need:
     ]
 
 
+Values = dict[str, float | None]  # metric -> its value, None where the device lacked data
+Window = tuple[float, float]  # [start, end)
+
+
 class Reader:
-    """One device's metrics over a window, and over the same hours of the
-    day before (its baseline, used only if it ends before `until`: a
-    treated device's baseline is of the release before). Where the values
-    come from is the subclass's `_over`."""
+    """A device's metrics over windows. Where the values come from is the
+    subclass's `over` (one window), or its `over_each` (several at once)."""
 
     def __init__(self, ms: Sequence[Measure], now: float) -> None:
         self.ms = ms
         self.now = now
 
-    def values(
-        self, dev: str, ws: float, until: float
-    ) -> tuple[dict[str, float | None], dict[str, float | None]]:
-        cur = self._over(dev, ws, self.now)
-        b0, b1 = ws - BASELINE_S, self.now - BASELINE_S
-        base = self._over(dev, b0, b1) if b1 <= until and b1 - b0 >= 1.0 else {}
-        return cur, base
+    def values(self, dev: str, starts: Sequence[float], until: float) -> list[tuple[Values, Values]]:
+        """dev's metrics over [ws, now) for each window start ws, and over
+        the same hours of the day before (its baseline, {} unless it ends
+        by `until`: a treated device's baseline is of the release before)."""
+        pairs: list[tuple[Window, Window | None]] = []
+        for ws in starts:
+            b0, b1 = ws - BASELINE_S, self.now - BASELINE_S
+            pairs.append(((ws, self.now), (b0, b1) if b1 <= until and b1 - b0 >= 1.0 else None))
+        got = self.over_each(dev, [w for pair in pairs for w in pair if w is not None])
+        return [(got[cur], {} if base is None else got[base]) for cur, base in pairs]
 
-    def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
+    def over_each(self, dev: str, windows: Sequence[Window]) -> dict[Window, Values]:
+        """Every metric of dev over each window: by default each on its own."""
+        return {w: self.over(dev, *w) for w in windows}
+
+    def over(self, dev: str, start: float, end: float) -> Values:
         """Every metric of dev over [start, end), None where it lacks data."""
         raise NotImplementedError
 
 
 class StoreReader(Reader):
     """The values from the gateway's store: telemetry through the features'
-    metric declarations, the health metrics from boots, states and events."""
+    metric declarations, the health metrics from boots, states and events.
+
+    A look asks each control device for several windows that end together
+    (now, and the same hour the day before for the baselines), a thousand
+    devices' telemetry every 10 s: `over_each` reads and parses a device's
+    records once per span (the windows that end together, from the earliest
+    start), takes each product metric's inputs from them once, and computes
+    every window from those. `over` reads one window's records on its own:
+    the same values, window by window."""
 
     def __init__(self, store: Store, ms: Sequence[Measure], now: float) -> None:
         super().__init__(ms, now)
         self.store = store
+        self._decls = [m.decl for m in ms if m.decl is not None]  # the product metrics
 
-    def _over(self, dev: str, start: float, end: float) -> dict[str, float | None]:
+    def over(self, dev: str, start: float, end: float) -> Values:
         if end - start < 1.0:
-            return dict.fromkeys((m.spec.name for m in self.ms), None)
-        samples: list[Sample] | None = None
-        out: dict[str, float | None] = {}
-        for m in self.ms:
-            if m.decl is not None:
-                if samples is None:
-                    samples = [
-                        Sample(t, _json(data)) for t, data in self.store.telemetry_between(dev, start, end)
-                    ]
-                out[m.spec.name] = compute(m.decl, samples, start, end)
-            else:
-                out[m.spec.name] = self._health(m.spec.name, dev, start, end)
+            return self._none()
+        samples = list(self._samples(dev, start, end)) if self._decls else []
+        health = _Health.read(self.store, dev, start, end)
+        return {
+            m.spec.name: health.value(m.spec.name, start, end)
+            if m.decl is None
+            else compute(m.decl, samples, start, end)
+            for m in self.ms
+        }
+
+    def over_each(self, dev: str, windows: Sequence[Window]) -> dict[Window, Values]:
+        out = {w: self._none() for w in windows if w[1] - w[0] < 1.0}
+        for end in sorted({e for s, e in windows if e - s >= 1.0}):
+            starts = sorted({s for s, e in windows if e == end and e - s >= 1.0})
+            series: dict[MetricDecl, Series] = {}
+            if self._decls:
+                samples = self._samples(dev, starts[0], end)
+                series = {s.decl: s for s in Series.each(self._decls, samples, starts[0], end)}
+            health = _Health.read(self.store, dev, starts[0], end)
+            for start in starts:
+                since = health.since(start)
+                out[(start, end)] = {
+                    m.spec.name: since.value(m.spec.name, start, end)
+                    if m.decl is None
+                    else series[m.decl].compute(start, end)
+                    for m in self.ms
+                }
         return out
 
-    def _health(self, name: str, dev: str, start: float, end: float) -> float | None:
-        states = [
-            Transition(r["at"], bool(r["online"]), r["reason"])
-            for r in self.store.history("device_states", dev, start, end)
-        ]
-        if name == "offline_fraction":
-            return offline_fraction(states, start, end)
-        if name == "resets_per_hour":
-            boots = [
+    def _none(self) -> Values:
+        return dict.fromkeys((m.spec.name for m in self.ms), None)
+
+    def _samples(self, dev: str, start: float, end: float) -> Iterator[Sample]:
+        """dev's telemetry from start to end, each row parsed as it is taken
+        (a sample no one keeps is freed at once: a look parses millions)."""
+        return (Sample(t, _json(data)) for t, data in self.store.telemetry_between(dev, start, end))
+
+
+@dataclass(frozen=True)
+class _Health:
+    """A device's records for the health metrics over [start, end] as the
+    store keeps them: its boots and states from start, each list with the
+    last one before start (what held then), by time; its events."""
+
+    boots: list[HelloRecord]
+    states: list[Transition]
+    events: list[EventRecord]
+
+    @classmethod
+    def read(cls, store: Store, dev: str, start: float, end: float) -> _Health:
+        return cls(
+            [
                 HelloRecord(r["at"], r["boot_count"], r["reset_cause"])
-                for r in self.store.history("device_boots", dev, start, end)
-            ]
-            return resets_per_hour(boots, states, start, end)
-        events = [
-            EventRecord(r["received"], r["kind"], r["feature"])
-            for r in self.store.events_between(dev, start, end)
-        ]
-        return feature_errors_per_hour(events, start, end)
+                for r in store.history("device_boots", dev, start, end)
+            ],
+            [
+                Transition(r["at"], bool(r["online"]), r["reason"])
+                for r in store.history("device_states", dev, start, end)
+            ],
+            [
+                EventRecord(r["received"], r["kind"], r["feature"])
+                for r in store.events_between(dev, start, end)
+            ],
+        )
+
+    def since(self, start: float) -> _Health:
+        """The records read() gives for [start, end], from these of a span
+        with the same end that begins at or before start."""
+        return _Health(
+            _from(self.boots, start), _from(self.states, start), [e for e in self.events if e.t >= start]
+        )
+
+    def value(self, name: str, start: float, end: float) -> float | None:
+        """Health metric `name` over [start, end)."""
+        if name == "offline_fraction":
+            return offline_fraction(self.states, start, end)
+        if name == "resets_per_hour":
+            return resets_per_hour(self.boots, self.states, start, end)
+        return feature_errors_per_hour(self.events, start, end)
+
+
+_R = TypeVar("_R", HelloRecord, Transition)
+
+
+def _from(records: list[_R], start: float) -> list[_R]:
+    """records (by time) from start, with the last one before it."""
+    i = bisect.bisect_left([r.t for r in records], start)
+    return records[max(i - 1, 0) :]
 
 
 def _json(data: str) -> Any:

@@ -28,6 +28,7 @@ from gateway.metrics import (
     HelloRecord,
     MetricDecl,
     Sample,
+    Series,
     Transition,
     compute,
     declared,
@@ -391,7 +392,8 @@ def _samples(draw: st.DrawFn) -> list[Sample]:
     return out + draw(st.lists(st.builds(Sample, odd, _telemetry), max_size=2))
 
 
-_decls = st.sampled_from([MEAN_T, MAD, ABOVE, CHANGES, FRACTION, metric("thermostat.setpoint_error")])
+DECLS = [MEAN_T, MAD, ABOVE, CHANGES, FRACTION, metric("thermostat.setpoint_error")]
+_decls = st.sampled_from(DECLS)
 
 
 @_property
@@ -409,6 +411,33 @@ def test_duplicates_and_order_change_nothing(
     again = samples + data.draw(st.lists(st.sampled_from(samples), max_size=10)) if samples else []
     again = data.draw(st.permutations(again))
     assert compute(d, again, T0, END) == compute(d, samples, T0, END)
+
+
+@_property
+@given(_samples(), st.floats(10, 120), st.data())
+def test_each_series_gives_every_window_within_its_span_what_compute_gives(
+    samples: list[Sample], gap: float, data: st.DataObject
+) -> None:
+    samples = data.draw(st.permutations(samples)) if data.draw(st.booleans()) else samples
+    spans = Series.each(DECLS, samples, T0 - 40, END)
+    times = [s.t for s in samples if T0 - 40 <= s.t <= END - 1]  # a window may start at a sample
+    for _ in range(3):
+        start = data.draw(
+            st.sampled_from(times) if times and data.draw(st.booleans()) else st.floats(T0 - 40, END - 1)
+        )
+        end = data.draw(st.just(END) | st.floats(start + 1, END))
+        for d, span in zip(DECLS, spans, strict=True):
+            assert span.compute(start, end, max_gap_s=gap) == compute(d, samples, start, end, max_gap_s=gap)
+
+
+def test_a_series_refuses_a_window_beyond_its_span() -> None:
+    [span] = Series.each([MEAN_T], series([20.0] * 30), T0, T0 + 300)
+    assert span.compute(T0, T0 + 300) == 20.0
+    for start, end in [(T0 - 1, T0 + 300), (T0, T0 + 301)]:
+        with pytest.raises(MetricsError, match="not within"):
+            span.compute(start, end)
+    with pytest.raises(MetricsError, match="a window is two finite times"):
+        Series.each([MEAN_T], [], T0, T0)
 
 
 @_property
