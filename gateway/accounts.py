@@ -234,11 +234,14 @@ class Accounts:
     def register_claim(self, device: str, code: str, now: float) -> None:
         """Keep the hash of device's claim code (a device provisioned again
         gets its new one). Raises AccountError for a malformed code."""
-        self.db.execute(
-            "INSERT INTO device_claims (device, code_hash, created) VALUES (?, ?, ?)"
-            " ON CONFLICT(device) DO UPDATE SET code_hash = excluded.code_hash, created = excluded.created",
-            (device, claim_hash(code), now),
-        )
+        try:
+            self.db.execute(
+                "INSERT INTO device_claims (device, code_hash, created) VALUES (?, ?, ?) ON CONFLICT(device)"
+                " DO UPDATE SET code_hash = excluded.code_hash, created = excluded.created",
+                (device, claim_hash(code), now),
+            )
+        except sqlite3.IntegrityError:
+            raise AccountError("that claim code is another device's: make a new one", "exists") from None
 
     def claim(self, account: Account, code: str, now: float) -> str:
         """The device whose claim code this is becomes the account's. Raises
@@ -259,13 +262,12 @@ class Accounts:
         if digits is not None:
             h = hashlib.sha256(digits.encode()).hexdigest()
             row = self.db.execute("SELECT device FROM device_claims WHERE code_hash = ?", (h,)).fetchone()
-        with self.store.transaction():
-            self.db.execute("DELETE FROM claim_attempts WHERE at <= ?", (since,))
-            self.db.execute(
-                "INSERT INTO claim_attempts (account, at, ok) VALUES (?, ?, ?)",
-                (account.id, now, row is not None),
-            )
-        if row is None:
+        if row is None:  # (only failures count: at most CLAIM_TRIES an account in a window)
+            with self.store.transaction():
+                self.db.execute("DELETE FROM claim_attempts WHERE at <= ?", (since,))
+                self.db.execute(
+                    "INSERT INTO claim_attempts (account, at, ok) VALUES (?, ?, 0)", (account.id, now)
+                )
             raise AccountError("no device has that claim code", "bad_claim_code")
         device = str(row["device"])
         owner = self.owner_of(device)

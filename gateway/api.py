@@ -121,7 +121,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     from . import api_accounts, api_rollouts
 
     app.add_routes(api_rollouts.routes())
-    app.add_routes(api_accounts.routes())
+    api_accounts.setup(app)
     return app
 
 

@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from firmware.pb.ids import valid_id
+
 from .accounts import ROLES, Account, AccountError, Accounts
+from .api import GATEWAY, _utf8, error_response, json_body
 
 if TYPE_CHECKING:
     from .api import Handler
@@ -78,8 +81,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
 }
 
 
-def error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+error = error_response
 
 
 def rule_of(request: web.Request) -> Rule | None:
@@ -96,15 +98,12 @@ def principal(request: web.Request) -> Account:
 
 
 def accounts_of(request: web.Request) -> Accounts:
-    from .api import GATEWAY
-
     return Accounts(request.app[GATEWAY].store)
 
 
 def may_see(request: web.Request, device: str) -> bool:
     """Whether the request's principal may see and act on device."""
-    who = principal(request)
-    return who.may("maker") or accounts_of(request).owner_of(device) == who.id
+    return accounts_of(request).may_see(principal(request), device)
 
 
 def auth_middleware(gw: Gateway, token: str) -> Any:
@@ -132,26 +131,25 @@ def auth_middleware(gw: Gateway, token: str) -> Any:
             return error(403, "forbidden", "this route has no access rule")
         if rule.role is not None and not who.may(rule.role):
             return error(403, "forbidden", f"this needs an account of role {rule.role} or above")
-        if rule.device and not who.may("maker"):
+        if rule.device:
             dev = request.match_info.get("id", "")
-            if Accounts(gw.store).owner_of(dev) != who.id:
+            if not Accounts(gw.store).may_see(who, dev):
                 return error(404, "unknown_device", f"no device {dev[:64]!r}")
         return await handler(request)
 
     return auth
 
 
-def _utf8(text: str) -> bytes | None:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-
-
 # ---- the accounts' endpoints ------------------------------------------------------
 
 
-def routes() -> list[web.RouteDef]:
+def setup(app: web.Application) -> None:
+    """Add the accounts' endpoints and their state to the API's app."""
+    app[FAILED_LOGINS] = {}
+    app.add_routes(_routes())
+
+
+def _routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v1/login", _login),
         web.get("/api/v1/me", _me),
@@ -180,8 +178,6 @@ def account_error(exc: AccountError) -> web.Response:
 
 async def _object(request: web.Request, fields: dict[str, type]) -> dict[str, Any] | web.Response:
     """The body as a JSON object of those fields (each optional here), or the error to answer."""
-    from .api import json_body
-
     body = await json_body(request)
     if not isinstance(body, dict):
         return error(400, "bad_request", "body must be a JSON object of " + ", ".join(fields))
@@ -207,8 +203,6 @@ async def _accounts(request: web.Request) -> web.Response:
 
 
 async def _create_account(request: web.Request) -> web.Response:
-    from .api import GATEWAY
-
     body = await _object(request, {"name": str, "role": str, "password": str})
     if isinstance(body, web.Response):
         return body
@@ -243,8 +237,6 @@ async def _tokens(request: web.Request) -> web.Response:
 
 
 async def _issue_token(request: web.Request) -> web.Response:
-    from .api import GATEWAY
-
     a = _named(request)
     if isinstance(a, web.Response):
         return a
@@ -264,21 +256,20 @@ async def _revoke_token(request: web.Request) -> web.Response:
     return web.json_response({"revoked": request.match_info["tid"]})
 
 
-_failed_logins: dict[str, deque[float]] = {}
+FAILED_LOGINS: web.AppKey[dict[str, deque[float]]] = web.AppKey("failed_logins")  # name -> when
 
 
 async def _login(request: web.Request) -> web.Response:
     """A new token for an account's name and password. Failed logins of a
     name are limited (LOGIN_TRIES in LOGIN_WINDOW_S, kept in memory)."""
-    from .api import GATEWAY
-
     body = await _object(request, {"name": str, "password": str, "label": str})
     if isinstance(body, web.Response):
         return body
     if "name" not in body or "password" not in body:
         return error(400, "bad_request", "log in with a name and a password")
     name, now = body["name"][:64], time.monotonic()
-    failed = _failed_logins.setdefault(name, deque())
+    failed_logins = request.app[FAILED_LOGINS]
+    failed = failed_logins.setdefault(name, deque(maxlen=LOGIN_TRIES))
     while failed and failed[0] <= now - LOGIN_WINDOW_S:
         failed.popleft()
     if len(failed) >= LOGIN_TRIES:
@@ -286,17 +277,16 @@ async def _login(request: web.Request) -> web.Response:
     accounts = accounts_of(request)
     a = accounts.login(name, body["password"][:1024])
     if a is None:
-        failed.append(now)
-        if len(_failed_logins) > 10000:
-            _failed_logins.clear()  # a flood of names cannot grow it without bound
+        if accounts.get(name) is not None:  # (only accounts' names: the table stays as small)
+            failed.append(now)
+        else:
+            failed_logins.pop(name, None)
         return error(401, "unauthorized", "wrong name or password")
     token = accounts.issue_token(a, body.get("label", "login"), request.app[GATEWAY].clock.now())
     return web.json_response({"account": a.name, "role": a.role, "token": token}, status=201)
 
 
 async def _claim(request: web.Request) -> web.Response:
-    from .api import GATEWAY
-
     body = await _object(request, {"code": str})
     if isinstance(body, web.Response):
         return body
@@ -311,14 +301,14 @@ async def _claim(request: web.Request) -> web.Response:
 
 
 async def _register_claim(request: web.Request) -> web.Response:
-    from .api import GATEWAY
-
     body = await _object(request, {"code": str})
     if isinstance(body, web.Response):
         return body
     if "code" not in body:
         return error(400, "bad_request", "body must be {'code': the device's claim code}")
     dev = request.match_info["id"]
+    if not valid_id(dev):
+        return error(400, "bad_request", "a device id is 1-32 of a-z 0-9 - _, a letter or digit first")
     gw = request.app[GATEWAY]
     try:
         accounts_of(request).register_claim(dev, body["code"][:64], gw.clock.now())

@@ -301,3 +301,62 @@ async def test_accounts_and_claim_codes_from_the_command_line(world: World, tmp_
     assert re.search(r"eve\s+owner\s+devices: th-eve", done.stdout), done.stdout
     done = await run("devices", "claim-code", "th-eve", "not-a-code")
     assert done.returncode == 1 and "16 letters and digits" in done.stderr
+
+
+# ---- attacks on the accounts' endpoints, one test each ------------------------------
+
+
+async def test_a_spray_of_unknown_names_does_not_lift_an_account_s_login_limit(world: World) -> None:
+    for _ in range(LOGIN_TRIES):
+        await world.call(None, "POST", "/api/v1/login", {"name": "mia", "password": "guess-guess"})
+    for i in range(300):
+        status, _ = await world.call(
+            None, "POST", "/api/v1/login", {"name": f"n{i}", "password": "guess-guess"}
+        )
+        assert status == 401
+    status, answer = await world.call(None, "POST", "/api/v1/login", {"name": "mia", "password": PASSWORD})
+    assert (status, answer["error"]["code"]) == (429, "rate_limited")
+
+
+async def test_a_claim_code_taken_by_another_device_is_refused_not_a_failure(world: World) -> None:
+    before = world.state()
+    status, answer = await world.call(
+        "mia", "PUT", "/api/v1/devices/th-new/claim-code", {"code": world.codes["th-bob"]}
+    )
+    assert (status, answer["error"]["code"]) == (409, "exists")
+    assert world.state() == before
+
+
+async def test_a_claim_code_for_what_is_not_a_device_id_is_refused(world: World) -> None:
+    before = world.state()
+    for dev in ("TH-1", "a" * 33, "-x", "th%2F1", "th 1"):
+        status, answer = await world.call(
+            "mia", "PUT", f"/api/v1/devices/{dev}/claim-code", {"code": new_claim_code()}
+        )
+        assert status in (400, 404), (dev, answer)
+    assert world.state() == before
+
+
+async def test_claiming_one_s_own_device_again_and_again_stores_nothing_more(world: World) -> None:
+    for _ in range(50):
+        status, _ = await world.call("ann", "POST", "/api/v1/claims", {"code": world.codes["th-ann"]})
+        assert status == 201
+    assert world.r.store.db.execute("SELECT count(*) FROM claim_attempts").fetchone()[0] == 0
+
+
+async def test_odd_bodies_to_the_accounts_endpoints_are_refused_with_nothing_changed(world: World) -> None:
+    before = world.state()
+    odd: list[Any] = [None, [], "x", 1, {"name": ["ann"]}, {"name": "x" * 10_000, "role": "owner"},
+                      {"name": "eve", "role": "owner", "password": True}, {"name": "eve", "role": "god"},
+                      {"name": "eve\u0000", "role": "owner"}, {"extra": 1}]  # fmt: skip
+    for body in odd:
+        for method, path in (
+            ("POST", "/api/v1/accounts"),
+            ("POST", "/api/v1/login"),
+            ("POST", "/api/v1/claims"),
+        ):
+            status, answer = await world.call("root", method, path, body)
+            assert 400 <= status < 500, (path, body, answer)
+    status, answer = await world.call("root", "POST", "/api/v1/accounts/ann/tokens", {"label": 5})
+    assert status == 400
+    assert world.state() == before
