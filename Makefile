@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast long chaos rollouts bench lint typecheck check clean venv
+.PHONY: demo test test-fast long chaos rollouts browser web bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -14,13 +14,30 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The web app's chart and UI packages (gateway/web/package.json), from the npm registry;
+# the gateway serves them itself (docs/app.md).
+WEB := gateway/web
+WEB_STAMP := $(WEB)/node_modules/.installed-stamp
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json | system-deps
+	@sh .ci/system-deps npm:npm
+	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+demo: $(STAMP) $(WEB_STAMP)
 	$(BIN)/permabeta demo $(if $(BROKER),--broker $(BROKER))
 
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
-test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts"
+test: $(STAMP) $(WEB_STAMP) system-deps
+	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts and not browser"
+
+# The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
+# its own here); screenshots of every page go to test-output/screenshots.
+browser: $(STAMP) $(WEB_STAMP) system-deps
+	@sh .ci/system-deps chromium:chromium
+	$(BIN)/python -m pytest -q -m browser
 
 # A power cut at every fault point of an update; the physics' control and a trace replay
 long: $(STAMP) system-deps
@@ -58,7 +75,7 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
 	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py loader.py pb features
 
-check: lint typecheck test long rollouts
+check: lint typecheck test long rollouts browser
 
 # Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
 # missing, as root or with sudo that asks no password; otherwise the exact command is printed.
@@ -69,4 +86,4 @@ system-deps:
 	@sh .ci/system-deps $(SYSTEM_DEPS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results test-output $(WEB)/node_modules

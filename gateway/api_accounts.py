@@ -78,6 +78,13 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/rollouts"): _MAKER,
     ("GET", "/api/v1/rollouts/{id}"): _MAKER,
     ("POST", "/api/v1/rollouts/{id}/{command}"): _MAKER,
+    ("GET", "/api/v1/events"): _OWNER,  # an owner: its devices' only
+    # the web app's files (gateway/webapp.py): static, the same for everyone
+    ("GET", "/"): Rule(None),
+    ("GET", "/app"): Rule(None),
+    ("GET", "/app/"): Rule(None),
+    ("GET", "/app/{name}"): Rule(None),
+    ("GET", "/app/vendor/{name}"): Rule(None),
 }
 
 

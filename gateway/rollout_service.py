@@ -580,7 +580,29 @@ class RolloutService:
             "stages": stages,
             "judgement": looks[-1] if looks else None,
             "decisions": [d for d in decisions if d["kind"] != "look"][-20:],
+            "looks": [_look(d) for d in self.table.decisions(r.id, limit=None, kind="look")],
         }
+
+
+_LOOK_FIELDS = (
+    "name",
+    "result",
+    "effect",
+    "min_effect",
+    "p_value",
+    "alpha",
+    "n_treatment",
+    "n_control",
+    "unit",
+)
+
+
+def _look(d: dict[str, Any]) -> dict[str, Any]:
+    """A look, as the app charts it: when, at which stage, what it found of
+    each metric (its effect and the threshold it is held to)."""
+    numbers = d["numbers"]
+    metrics = [{k: m.get(k) for k in _LOOK_FIELDS} for m in numbers.get("metrics", []) if isinstance(m, dict)]
+    return {"at": d["at"], "stage": d["stage"] + 1, "result": d["result"], "metrics": metrics}
 
 
 def _state(uid: str | None, u: Update | None) -> str | None:

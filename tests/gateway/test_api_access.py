@@ -42,6 +42,8 @@ class World:
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token or self.tokens[who or '']}"} if who or token else {}
         async with self.session.request(method, self.r.url + path, headers=headers, json=body) as resp:
+            if resp.content_type != "application/json":  # the web app's files
+                return resp.status, await resp.read()
             return resp.status, await resp.json()
 
     def state(self) -> Any:

@@ -1,0 +1,228 @@
+// An update waiting for the owner: what it changes, what it may do, its preview on the
+// device's own twin, and the owner's answer (install now, later, never; or roll back).
+import { html, useState, useEffect } from "./vendor/preact-htm.js";
+import { api, useLoad, ErrorLine } from "./lib.js";
+import { TimeChart, dateTime } from "./charts.js";
+
+// the offers answer, whatever its wrapping: a list of {release: {ref, version}, state, ...}
+export function offerList(offers) {
+  if (!offers) return [];
+  const list = Array.isArray(offers) ? offers : offers.offers || [];
+  return list.map((o) => {
+    const r = o.release || {};
+    const ref = r.ref || o.ref || r.id;
+    const state = o.state || "offered";
+    const stateText = {
+      awaiting_owner: "it waits for your yes",
+      waiting_window: "it installs in your window",
+      postponed: "postponed" + (o.until ? " until " + dateTime(o.until) : ""),
+      declined: "you said never",
+    }[state] || state.replace(/_/g, " ");
+    return { ...o, ref, version: r.version || o.version, state, stateText };
+  });
+}
+
+const KINDS = [
+  ["reads", "reads"],
+  ["drives", "drives"],
+  ["publishes", "publishes"],
+];
+
+function Changes({ changes }) {
+  const features = (changes && changes.features) || [];
+  if (!features.length) return html`<p class="muted">The features stay as they are.</p>`;
+  return html`<table data-changes>
+    <tr><th>feature</th><th>change</th><th>version</th></tr>
+    ${features.map((f) => {
+      const kind = f.change || f.kind;
+      const cls = kind === "added" ? "new" : kind === "removed" ? "gone" : "changed";
+      return html`<tr><td>${f.name}</td><td><span class=${"pill " + cls}>${kind}</span></td>
+        <td>${f.from || "–"} → ${f.to || "–"}</td></tr>`;
+    })}
+  </table>`;
+}
+
+// "new: reads humidity; publishes comfort"
+export function permissionLines(perm) {
+  if (!perm) return [];
+  const lines = [];
+  for (const [side, word] of [["added", "new"], ["removed", "no longer"]]) {
+    const parts = [];
+    for (const [kind, verb] of KINDS) {
+      const p = perm[kind] || {};
+      const names = p[side] || p[side === "added" ? "new" : "gone"] || [];
+      if (names.length) parts.push(`${verb} ${names.join(", ")}`);
+    }
+    if (parts.length) lines.push({ word, text: parts.join("; "), cls: side === "added" ? "new" : "gone" });
+  }
+  return lines;
+}
+
+function Permissions({ perm }) {
+  const lines = permissionLines(perm);
+  if (!lines.length) return html`<p class="muted" data-permissions>It may read, drive and publish what it does today.</p>`;
+  return html`<ul data-permissions>${lines.map((l) => html`<li><span class=${"pill " + l.cls}>${l.word}</span> ${l.text}</li>`)}</ul>`;
+}
+
+const METRICS = {
+  thermostat: [
+    ["minutes_outside", "minutes outside the comfort band", "min", 0],
+    ["energy_kwh", "heater energy", "kWh", 2],
+    ["cost", "cost at your hourly prices", "", 2],
+  ],
+  shirt: [
+    ["minutes_above", "minutes above the humidity threshold", "min", 0],
+    ["vent_actuations", "vent actuations", "", 0],
+  ],
+};
+
+function metricRows(p) {
+  const cur = p.current || {};
+  const cand = p.candidate || {};
+  const known = Object.keys({ ...(cur.metrics || cur), ...(cand.metrics || cand) }).filter((k) => typeof (cur.metrics || cur)[k] === "number");
+  return known.map((k) => [k, k.replace(/_/g, " "), "", 2]);
+}
+
+function Preview({ id, release }) {
+  const path = "/api/v1/devices/" + encodeURIComponent(id) + "/preview";
+  const [p, setP] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    const poll = async () => {
+      try {
+        const got = await api("GET", path + "/" + encodeURIComponent(release));
+        if (stop) return;
+        setP(got);
+        if (got.state === "computing") timer = setTimeout(poll, 1000);
+      } catch (e) {
+        if (e.status === 404 && e.code !== "unknown_device") {
+          try {
+            setP(await api("POST", path, { release }));
+            timer = setTimeout(poll, 1000);
+          } catch (e2) {
+            setError(e2);
+          }
+        } else setError(e);
+      }
+    };
+    poll();
+    return () => {
+      stop = true;
+      clearTimeout(timer);
+    };
+  }, [id, release]);
+  if (error) return html`<${ErrorLine} error=${error} />`;
+  if (!p || p.state === "computing") return html`<p class="loading" data-preview="computing">Computing the preview on your device's twin…</p>`;
+  if (p.state !== "ready") return html`<p class="banner" data-preview=${p.state}>No preview: ${p.reason || p.message || p.state}</p>`;
+  const cur = p.current || {};
+  const cand = p.candidate || {};
+  const cm = cur.metrics || cur;
+  const nm = cand.metrics || cand;
+  return html`<div data-preview="ready">
+    <table data-preview-metrics>
+      <tr><th>over ${p.horizon_h ? p.horizon_h + " h" : "the same conditions"}</th><th>today</th><th>with the update</th></tr>
+      ${metricRows(p).map(([k, label]) => {
+        const a = cm[k];
+        const b = nm[k];
+        const cls = b < a ? "better" : b > a ? "worse" : "";
+        return html`<tr data-metric=${k}><td>${label}</td><td class="num">${fmt(a)}</td><td class=${"num " + cls}>${fmt(b)}</td></tr>`;
+      })}
+    </table>
+    ${p.fit ? html`<p class="muted" data-fit>The twin is fitted to your device's own record${p.fit.quality !== undefined ? html`: fit quality ${fmtFit(p.fit)}` : ""}.</p>` : ""}
+    ${previewCharts(p)}
+  </div>`;
+}
+
+function fmt(v) {
+  if (typeof v !== "number") return "–";
+  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
+}
+
+function fmtFit(fit) {
+  const q = fit.quality;
+  if (typeof q === "number") return q.toFixed(2);
+  if (q && typeof q === "object") return Object.entries(q).filter(([, v]) => typeof v === "number").map(([k, v]) => `${k.replace(/_/g, " ")} ${v.toFixed(2)}`).join(", ");
+  return String(q);
+}
+
+function previewCharts(p) {
+  const series = p.series || {};
+  const t = series.t || [];
+  const charts = [];
+  for (const key of Object.keys(series.current || {})) {
+    const a = series.current[key] || [];
+    const b = (series.candidate || {})[key] || [];
+    charts.push(html`<${TimeChart} name=${"preview-" + key} title=${key.replace(/_/g, " ")}
+      series=${[
+        { label: "today", points: a.map((y, i) => ({ x: t[i], y })) },
+        { label: "with the update", points: b.map((y, i) => ({ x: t[i], y })) },
+      ]} />`);
+  }
+  return charts.length ? html`<div class="charts">${charts}</div>` : "";
+}
+
+export function OfferPage({ id, release }) {
+  const base = "/api/v1/devices/" + encodeURIComponent(id);
+  const [offers, error, reload] = useLoad(() => api("GET", base + "/offers"), [id]);
+  const [said, setSaid] = useState(null);
+  const [later, setLater] = useState("");
+  if (error && !offers) return html`<${ErrorLine} error=${error} />`;
+  if (!offers) return html`<p class="loading">Loading…</p>`;
+  const o = offerList(offers).find((x) => x.ref === release || (x.release && x.release.id === release));
+  const rollback = !Array.isArray(offers) ? offers.rollback : null;
+  const decide = async (decision, until) => {
+    setSaid(null);
+    try {
+      const body = { release: o.ref, decision };
+      if (until) body.until = until;
+      await api("POST", base + "/decision", body);
+      setSaid({ ok: { now: "It installs now.", later: "It waits until then.", never: "It will not be installed." }[decision] });
+      reload();
+    } catch (e) {
+      setSaid({ error: e });
+    }
+  };
+  const back = async () => {
+    setSaid(null);
+    try {
+      await api("POST", base + "/rollback", {});
+      setSaid({ ok: "Rolling back." });
+      reload();
+    } catch (e) {
+      setSaid({ error: e });
+    }
+  };
+  const devLink = html`<a href=${"#/device/" + encodeURIComponent(id)}>${id}</a>`;
+  if (!o) {
+    return html`<h1>${devLink}: ${release}</h1><p class="muted">No such update is waiting for this device.</p>
+      ${rollback ? html`<${Rollback} rollback=${rollback} back=${back} />` : ""}
+      ${said && said.ok ? html`<p class="ok">${said.ok}</p>` : ""}<${ErrorLine} error=${said && said.error} />`;
+  }
+  const r = o.release || {};
+  return html`<h1>${devLink}: update to ${o.ref} ${o.version ? html`<span class="muted">${o.version}</span>` : ""}</h1>
+    <p data-offer-state=${o.state}>${o.stateText}${o.decision ? ` · your answer: ${o.decision.decision || o.decision}` : ""}</p>
+    <h2>What changes</h2>
+    <${Changes} changes=${o.changes} />
+    ${o.notes || r.notes ? html`<h2>Release notes</h2><div class="notes" data-notes>${o.notes || r.notes}</div>` : ""}
+    <h2>What it may do</h2>
+    <${Permissions} perm=${(o.changes && o.changes.permissions) || o.permissions} />
+    <h2>Preview on your device's twin</h2>
+    <${Preview} id=${id} release=${o.ref} />
+    <div class="actions">
+      <button data-action="now" onClick=${() => decide("now")}>Install now</button>
+      <input type="datetime-local" aria-label="later" value=${later} onInput=${(e) => setLater(e.target.value)} />
+      <button class="plain" data-action="later" disabled=${!later} onClick=${() => decide("later", new Date(later).toISOString())}>Later</button>
+      <button class="plain danger" data-action="never" onClick=${() => decide("never")}>Never for this release</button>
+    </div>
+    ${said && said.ok ? html`<p class="ok">${said.ok}</p>` : ""}
+    <${ErrorLine} error=${said && said.error} />
+    ${rollback ? html`<${Rollback} rollback=${rollback} back=${back} />` : ""}`;
+}
+
+function Rollback({ rollback, back }) {
+  return html`<h2>Roll back</h2>
+    <p>The maker signed ${rollback.ref || rollback.release || "a release"} to go back to the features you had before.</p>
+    <button class="plain" data-action="rollback" onClick=${back}>Roll back</button>`;
+}
