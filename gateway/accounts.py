@@ -165,14 +165,14 @@ class Accounts:
 
     def get(self, name: str) -> Account | None:
         row = self.db.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
-        return _account(row) if row is not None else None
+        return account_from_row(row) if row is not None else None
 
     def by_id(self, account_id: int) -> Account | None:
         row = self.db.execute("SELECT * FROM accounts WHERE id = ?", (account_id,)).fetchone()
-        return _account(row) if row is not None else None
+        return account_from_row(row) if row is not None else None
 
     def all(self) -> list[Account]:
-        return [_account(r) for r in self.db.execute("SELECT * FROM accounts ORDER BY name")]
+        return [account_from_row(r) for r in self.db.execute("SELECT * FROM accounts ORDER BY name")]
 
     def set_password(self, name: str, password: str) -> None:
         """Raises AccountError."""
@@ -186,7 +186,7 @@ class Accounts:
         if row is None or row["password"] is None or row["disabled"]:
             check_password(password, _DUMMY)  # as long as a real check: names are not probed by timing
             return None
-        return _account(row) if check_password(password, row["password"]) else None
+        return account_from_row(row) if check_password(password, row["password"]) else None
 
     # tokens
 
@@ -210,7 +210,7 @@ class Accounts:
         if row is None or row["disabled"]:
             return None
         self.db.execute("UPDATE account_tokens SET last_used = ? WHERE hash = ?", (now, h))
-        return _account(row)
+        return account_from_row(row)
 
     def tokens(self, account: Account) -> list[dict[str, object]]:
         rows = self.db.execute(
@@ -312,7 +312,7 @@ def _password_hash(password: str) -> str:
     return hash_password(password)
 
 
-def _account(row: sqlite3.Row) -> Account:
+def account_from_row(row: sqlite3.Row) -> Account:
     return Account(
         int(row["id"]), str(row["name"]), str(row["role"]), float(row["created"]), bool(row["disabled"])
     )

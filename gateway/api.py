@@ -37,6 +37,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .service import Gateway
+    from .tls import ServerCert
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
@@ -118,11 +119,14 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from . import api_accounts, api_rollouts, webapp
+    from . import api_accounts, api_rollouts, api_sessions, openapi, webapp
 
     app.add_routes(api_rollouts.routes())
     webapp.setup(app)
     api_accounts.setup(app)
+    app.add_routes(api_sessions.routes())
+    app.add_routes(openapi.routes())
+    app.on_response_prepare.append(api_sessions.secure_headers)
     return app
 
 
@@ -425,20 +429,26 @@ async def _device_updates(request: web.Request) -> web.Response:
     return web.json_response([u.to_dict() for u in gw.ota.of_device(dev, limit)])
 
 
-async def serve_api(gw: Gateway, host: str, port: int) -> None:
-    """Serve until cancelled; publishes the address and a fresh token."""
+async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None = None) -> None:
+    """Serve until cancelled (over HTTPS with cert); publishes the address,
+    a fresh token and, with cert, what the CLI needs to trust it."""
+    from .tls import url_host
+
     token = secrets.token_urlsafe(24)
     runner = web.AppRunner(make_app(gw, token), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=cert.context if cert else None)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise GatewayError(f"API cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound: Any = runner.addresses[0]
-    gw.api_url = f"http://{host}:{bound[1]}"
-    gw.store.set_meta("api", json.dumps({"url": gw.api_url, "token": token, "pid": os.getpid()}))
+    gw.api_url = f"{'https' if cert else 'http'}://{url_host(host)}:{bound[1]}"
+    info: dict[str, Any] = {"url": gw.api_url, "token": token, "pid": os.getpid()}
+    if cert is not None:
+        info |= {"cert": str(cert.cert.resolve()), "fingerprint": cert.fingerprint}
+    gw.store.set_meta("api", json.dumps(info))
     try:
         await asyncio.Event().wait()
     finally:

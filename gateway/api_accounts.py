@@ -5,6 +5,9 @@ A request names its principal by `Authorization: Bearer TOKEN`: an account's
 API token (`pbt_...`, gateway/accounts.py), or the gateway's own token that
 it writes to its database for the command line on its machine (meta 'api'):
 the admin of a gateway without accounts, and the way to make the first one.
+A request without that header may name it by a browser's session cookie
+(gateway/api_sessions.py), with the CSRF check its methods need; the
+gateway's own token is never taken from a cookie.
 
 Every route has a rule (ACCESS): the least role it needs, and whether it is
 about one device (`{id}`): an owner reaches only the devices it claimed,
@@ -27,6 +30,7 @@ from firmware.pb.ids import valid_id
 
 from .accounts import ROLES, Account, AccountError, Accounts
 from .api import GATEWAY, _utf8, error_response, json_body
+from .api_sessions import SESSION, csrf_refusal, session_of
 
 if TYPE_CHECKING:
     from .api import Handler
@@ -51,6 +55,10 @@ _OWN_DEVICE = Rule("owner", device=True)
 ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/health"): Rule(None),
     ("POST", "/api/v1/login"): Rule(None),
+    ("GET", "/api/v1/openapi.json"): Rule(None),
+    ("POST", "/api/v1/session"): Rule(None),
+    ("GET", "/api/v1/session"): _OWNER,  # the session's own
+    ("DELETE", "/api/v1/session"): _OWNER,
     ("GET", "/api/v1/me"): _OWNER,
     ("GET", "/api/v1/stats"): _MAKER,
     ("GET", "/api/v1/devices"): _OWNER,  # an owner's own only
@@ -122,15 +130,22 @@ def auth_middleware(gw: Gateway, token: str) -> Any:
         rule = rule_of(request)
         if rule is not None and rule.role is None:
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        raw = _utf8(given)
+        given = request.headers.get("Authorization")
         who: Account | None = None
-        if raw is not None and secrets.compare_digest(raw, expected):
-            who = GATEWAY_ACCOUNT
-        elif raw is not None and given.startswith("Bearer "):
-            who = Accounts(gw.store).by_token(given[len("Bearer ") :], gw.clock.now())
+        if given is not None:  # a bearer token: no cookie is looked at
+            raw = _utf8(given)
+            if raw is not None and secrets.compare_digest(raw, expected):
+                who = GATEWAY_ACCOUNT
+            elif raw is not None and given.startswith("Bearer "):
+                who = Accounts(gw.store).by_token(given[len("Bearer ") :], gw.clock.now())
+        elif (session := session_of(request)) is not None:  # a browser's: never the gateway's token
+            refused = csrf_refusal(request, session)
+            if refused is not None:
+                return refused
+            who = session.account
+            request[SESSION] = session
         if who is None:
-            return error(401, "unauthorized", "missing or wrong bearer token")
+            return error(401, "unauthorized", "missing or wrong bearer token, or no session")
         request[PRINCIPAL] = who
         if rule is None:
             if request.match_info.http_exception is not None:
@@ -183,7 +198,7 @@ def account_error(exc: AccountError) -> web.Response:
     return error(status, exc.code, str(exc))
 
 
-async def _object(request: web.Request, fields: dict[str, type]) -> dict[str, Any] | web.Response:
+async def json_object(request: web.Request, fields: dict[str, type]) -> dict[str, Any] | web.Response:
     """The body as a JSON object of those fields (each optional here), or the error to answer."""
     body = await json_body(request)
     if not isinstance(body, dict):
@@ -210,7 +225,7 @@ async def _accounts(request: web.Request) -> web.Response:
 
 
 async def _create_account(request: web.Request) -> web.Response:
-    body = await _object(request, {"name": str, "role": str, "password": str})
+    body = await json_object(request, {"name": str, "role": str, "password": str})
     if isinstance(body, web.Response):
         return body
     if "name" not in body or "role" not in body:
@@ -247,7 +262,7 @@ async def _issue_token(request: web.Request) -> web.Response:
     a = _named(request)
     if isinstance(a, web.Response):
         return a
-    body = await _object(request, {"label": str})
+    body = await json_object(request, {"label": str})
     if isinstance(body, web.Response):
         return body
     token = accounts_of(request).issue_token(a, body.get("label", ""), request.app[GATEWAY].clock.now())
@@ -267,11 +282,21 @@ FAILED_LOGINS: web.AppKey[dict[str, deque[float]]] = web.AppKey("failed_logins")
 
 
 async def _login(request: web.Request) -> web.Response:
-    """A new token for an account's name and password. Failed logins of a
-    name are limited (LOGIN_TRIES in LOGIN_WINDOW_S, kept in memory)."""
-    body = await _object(request, {"name": str, "password": str, "label": str})
+    """A new token for an account's name and password."""
+    body = await json_object(request, {"name": str, "password": str, "label": str})
     if isinstance(body, web.Response):
         return body
+    a = checked_login(request, body)
+    if isinstance(a, web.Response):
+        return a
+    token = accounts_of(request).issue_token(a, body.get("label", "login"), request.app[GATEWAY].clock.now())
+    return web.json_response({"account": a.name, "role": a.role, "token": token}, status=201)
+
+
+def checked_login(request: web.Request, body: dict[str, Any]) -> Account | web.Response:
+    """The account whose name and password the body gives, or the error to
+    answer. Failed logins of a name are limited (LOGIN_TRIES in
+    LOGIN_WINDOW_S, kept in memory), for tokens and sessions together."""
     if "name" not in body or "password" not in body:
         return error(400, "bad_request", "log in with a name and a password")
     name, now = body["name"][:64], time.monotonic()
@@ -289,12 +314,11 @@ async def _login(request: web.Request) -> web.Response:
         else:
             failed_logins.pop(name, None)
         return error(401, "unauthorized", "wrong name or password")
-    token = accounts.issue_token(a, body.get("label", "login"), request.app[GATEWAY].clock.now())
-    return web.json_response({"account": a.name, "role": a.role, "token": token}, status=201)
+    return a
 
 
 async def _claim(request: web.Request) -> web.Response:
-    body = await _object(request, {"code": str})
+    body = await json_object(request, {"code": str})
     if isinstance(body, web.Response):
         return body
     if "code" not in body:
@@ -308,7 +332,7 @@ async def _claim(request: web.Request) -> web.Response:
 
 
 async def _register_claim(request: web.Request) -> web.Response:
-    body = await _object(request, {"code": str})
+    body = await json_object(request, {"code": str})
     if isinstance(body, web.Response):
         return body
     if "code" not in body:

@@ -78,7 +78,7 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
     if args.db:
         from .client import ApiClient
 
-        client = ApiClient.from_db(Path(args.db))
+        client = ApiClient.for_args(args)
         client.request("PUT", f"/api/v1/devices/{device}/claim-code", {"code": code})
         print(f"  registered with the gateway of {args.db}")
     else:
@@ -106,6 +106,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             store,
             client_id=args.client_id,
             api=args.api,
+            api_tls=_api_tls(args),
             keys=keys,
             update_deadline=args.update_deadline,
         )
@@ -119,6 +120,9 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.05)
         if not task.done():
             print(f"gateway: database {store.path}, API {gw.api_url}, broker {broker}", flush=True)
+            api = json.loads(store.get_meta("api") or "{}")
+            if "fingerprint" in api:
+                print(f"API certificate {api['cert']}, SHA-256 {api['fingerprint']}", flush=True)
             if keys is not None:
                 print(f"updates: root version {keys.version} from {keys.path}", flush=True)
             else:
@@ -129,6 +133,15 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             if not task.cancelled():
                 raise
             logging.getLogger("permabeta.gateway").info("stopped by a signal")
+
+
+def _api_tls(args: argparse.Namespace) -> Any:
+    """How the API is served: --tls, --no-tls, --tls-cert and --tls-key (docs/security.md 5.3)."""
+    from .tls import ApiTls
+
+    on = True if args.tls else (False if args.no_tls else None)
+    cert, key = (Path(p) if p else None for p in (args.tls_cert, args.tls_key))
+    return ApiTls(on, cert, key)
 
 
 def _gateway_keys(folder: Path) -> Any:
@@ -323,7 +336,7 @@ def cmd_devices_send(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
     op, cmd_args = parse_command(args.command)
-    client = ApiClient.from_db(db_of(args))
+    client = ApiClient.for_args(args)
     reply = client.send(args.id, op, cmd_args, timeout=args.timeout, force=args.force)
     if args.json:
         print(json.dumps(reply, indent=2))
@@ -368,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="permabeta", description="Firmware and gateway for products that are never finished."
     )
     p.add_argument("--version", action="version", version=f"permabeta {__version__}")
+    p.add_argument(
+        "--gateway", metavar="URL", help="the gateway `permabeta login` logged in to (else --db's, if given)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     pv = sub.add_parser("provision", help="write a device's complete filesystem")
@@ -403,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--db", help=f"database (default {default_db()})")
     run.add_argument("--api", type=_hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
+    tls = run.add_mutually_exclusive_group()
+    tls.add_argument("--tls", action="store_true", help="serve the API over HTTPS on loopback too")
+    tls.add_argument("--no-tls", action="store_true", help="plain HTTP (on loopback only; the default there)")
+    run.add_argument(
+        "--tls-cert", metavar="FILE", help="the API's certificate, PEM (default: one made at first start)"
+    )
+    run.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert, PEM")
     run.add_argument("--client-id", default="pb-gateway", help="MQTT client id")
     run.add_argument(
         "--keys",
@@ -468,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_accounts import register as register_accounts
 
     register_accounts(sub, dv)
+    from .cli_login import register as register_login
+
+    register_login(sub)
     register_updates(sub)
     from simulator.cli import register as register_sim
 

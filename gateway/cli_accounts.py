@@ -12,13 +12,12 @@ from typing import Any
 
 from .accounts import ROLES
 from .errors import ApiError
-from .paths import db_of
 
 
 def _client(args: argparse.Namespace) -> Any:
     from .client import ApiClient
 
-    return ApiClient.from_db(db_of(args))
+    return ApiClient.for_args(args)
 
 
 def _password(args: argparse.Namespace) -> str | None:

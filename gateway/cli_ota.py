@@ -35,7 +35,7 @@ def cmd_ota_publish(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
     rel = read(Path(args.release))  # the form only; the gateway verifies it
-    client = ApiClient.from_db(db_of(args))
+    client = ApiClient.for_args(args)
     r = client.upload("/api/v1/releases", pack_release(rel), TAR_TYPE)
     what = "published" if r["new"] else "already published:"
     print(
@@ -155,7 +155,7 @@ def watch(
 def cmd_devices_update(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
-    client = ApiClient.from_db(db_of(args))
+    client = ApiClient.for_args(args)
     body = {"release": args.release, "force": args.force}
     u = client.request("POST", f"/api/v1/devices/{args.id}/update", body)
     print(f"update {u['id']}: {u['model']}@{u['counter']} ({u['version']}) offered to {u['device']}")

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .paths import db_of, default_db
+from .paths import default_db
 from .rollout_plan import MEMBER_STATES
 
 _WIDTH = 40
@@ -107,7 +107,7 @@ def status_lines(st: dict[str, Any]) -> list[str]:
 def _client(args: argparse.Namespace) -> Any:
     from .client import ApiClient
 
-    return ApiClient.from_db(db_of(args))
+    return ApiClient.for_args(args)
 
 
 def cmd_create(args: argparse.Namespace) -> int:

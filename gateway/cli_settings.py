@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from .errors import SettingsError
-from .paths import db_of, default_db
+from .paths import default_db
 from .settings import CHANNELS, POLICIES
 
 
@@ -36,7 +36,7 @@ def cmd_devices_set(args: argparse.Namespace) -> int:
         body["untag"] = args.untag
     if not body:
         raise SettingsError("devices set: nothing to set (--channel, --tag, --untag, --policy, --window)")
-    answer = ApiClient.from_db(db_of(args)).request("PATCH", f"/api/v1/devices/{args.id}/settings", body)
+    answer = ApiClient.for_args(args).request("PATCH", f"/api/v1/devices/{args.id}/settings", body)
     print(json.dumps(answer, indent=2) if args.json else f"{args.id}: {settings_text(answer)}")
     return 0
 
@@ -45,7 +45,7 @@ def cmd_devices_approve(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
     body = {"release": args.release}
-    answer = ApiClient.from_db(db_of(args)).request("POST", f"/api/v1/devices/{args.id}/approve", body)
+    answer = ApiClient.for_args(args).request("POST", f"/api/v1/devices/{args.id}/approve", body)
     print(json.dumps(answer, indent=2) if args.json else f"{args.id}: {settings_text(answer)}")
     return 0
 

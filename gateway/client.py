@@ -1,31 +1,64 @@
-"""A small synchronous client of the gateway's API, for the CLI."""
+"""A small synchronous client of the gateway's API, for the CLI.
+
+Which gateway and which token (docs/protocol.md 10.1): `--db DB` names the
+gateway running on that database, and its own token (an admin's) is used;
+otherwise the credentials `permabeta login` kept (`--gateway URL` asks for
+those, and they must be for that URL); with neither, the gateway of the
+default database. Over HTTPS the client trusts only what it was told to:
+the certificate the local gateway wrote to its database, the one pinned at
+login, a CA file, or the system's CAs.
+"""
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .errors import ApiError, ApiRequestError
+from . import credentials
+from .errors import ApiError, ApiRequestError, ConfigError
+from .paths import default_db
 from .store import Store
+from .tls import client_context, fingerprint
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str | None, context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.context = context
 
     @classmethod
     def from_db(cls, db: Path) -> ApiClient:
         """Find the running gateway that owns db. Raises ApiError if none."""
-        with Store(db, readonly=True) as store:
-            raw = store.get_meta("api")
-        if raw is None:
+        info = local_api(db)
+        if info is None:
             raise ApiError(f"no gateway is running on {db} (start one: permabeta gateway run --db {db})")
-        info = json.loads(raw)
-        return cls(info["url"], info["token"])
+        return cls(info["url"], info["token"], local_context(info))
+
+    @classmethod
+    def from_credentials(cls, c: credentials.Credentials) -> ApiClient:
+        """The client `permabeta login` left. Raises ConfigError."""
+        cafile = Path(c.cafile) if c.cafile else None
+        context = client_context(c.cert, cafile) if c.url.startswith("https:") else None
+        return cls(c.url, c.token, context)
+
+    @classmethod
+    def for_args(cls, args: object) -> ApiClient:
+        """The client a command's --db and --gateway name (see above). Raises GatewayError."""
+        gateway: str | None = getattr(args, "gateway", None)
+        db: str | None = getattr(args, "db", None)
+        if gateway is None and db:
+            return cls.from_db(Path(db))
+        kept = credentials.load()
+        if kept is not None and (gateway is None or gateway.rstrip("/") == kept.url):
+            return cls.from_credentials(kept)
+        if gateway is not None:
+            raise ApiError(f"not logged in to {gateway}: permabeta login {gateway} --name NAME")
+        return cls.from_db(default_db())
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         """The decoded JSON answer. Raises ApiError (ApiRequestError, with
@@ -42,10 +75,12 @@ class ApiClient:
             self.url + path,
             data=data,
             method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+            headers={"Content-Type": content_type},
         )
+        if self.token is not None:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -55,7 +90,13 @@ class ApiClient:
                 raise ApiError(f"gateway answered HTTP {exc.code}") from None
             raise ApiRequestError(message, code, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(f"cannot reach the gateway at {self.url}: {exc}") from exc
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise ApiError(
+                    f"the gateway at {self.url} presented a certificate this client does not trust "
+                    f"({reason.verify_message}): log in again with its --fingerprint or --cafile"
+                ) from exc
+            raise ApiError(f"cannot reach the gateway at {self.url}: {reason}") from exc
 
     def send(
         self, dev: str, op: str, args: dict[str, Any], timeout: float = 10, force: bool = False
@@ -65,3 +106,27 @@ class ApiClient:
         answer = self.request("POST", f"/api/v1/devices/{dev}/commands", body, timeout=timeout + 5)
         reply: dict[str, Any] = answer["reply"]
         return reply
+
+
+def local_api(db: Path) -> dict[str, Any] | None:
+    """What the gateway running on db wrote of its API (meta 'api'), or None."""
+    with Store(db, readonly=True) as store:
+        raw = store.get_meta("api")
+    return None if raw is None else dict(json.loads(raw))
+
+
+def local_context(info: dict[str, Any]) -> ssl.SSLContext | None:
+    """A context trusting exactly the certificate the local gateway serves
+    (None: it serves plain HTTP). Raises ApiError if the file is not that
+    certificate any more."""
+    if not str(info["url"]).startswith("https:"):
+        return None
+    try:
+        pem = Path(info["cert"]).read_bytes()
+        if fingerprint(pem) != info["fingerprint"]:
+            raise ApiError(
+                f"{info['cert']} is not the certificate the gateway serves (its fingerprint differs)"
+            )
+        return client_context(cadata=pem.decode())
+    except (OSError, ConfigError) as exc:
+        raise ApiError(f"cannot read the gateway's certificate {info['cert']}: {exc}") from exc

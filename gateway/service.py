@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
+from .tls import ApiTls, server_cert, tls_folder, uses_tls
 from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
 
@@ -97,6 +99,7 @@ class Gateway:
         flush_interval: float = 0.5,
         watch_interval: float = 2.0,
         tls_context: ssl.SSLContext | None = None,
+        api_tls: ApiTls | None = None,
         keys: Keys | None = None,
         update_deadline: float = DEFAULT_DEADLINE_S,
         reconcile_delay: float = RECONCILE_S,
@@ -108,6 +111,9 @@ class Gateway:
         self.client_id = client_id
         self.api_bind = api
         self.api_url: str | None = None
+        self.api_tls = api_tls or ApiTls()
+        if api is not None:
+            uses_tls(self.api_tls, api[0])  # (plain HTTP off loopback is refused here, before anything runs)
         self.flush_interval = flush_interval
         self.watch_interval = watch_interval
         self.tls_context = tls_context
@@ -145,6 +151,9 @@ class Gateway:
     # ---- running -----------------------------------------------------------
 
     async def run(self) -> None:
+        cert = None  # the API's certificate, made or checked before anything starts
+        if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
+            cert = server_cert(self.api_tls, self.api_bind[0], tls_folder(self.store.path), time.time())
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")
@@ -157,7 +166,7 @@ class Gateway:
                 if self.api_bind is not None:
                     from .api import serve_api
 
-                    tg.create_task(serve_api(self, *self.api_bind), name="gateway-api")
+                    tg.create_task(serve_api(self, *self.api_bind, cert), name="gateway-api")
         finally:
             self.flush()
             self.ota.close()

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -237,6 +237,17 @@ CREATE TABLE claim_attempts (
     ok INTEGER NOT NULL
 );
 CREATE INDEX claim_attempts_account ON claim_attempts(account, at);
+""",
+    # 8: the browser's sessions (gateway/sessions.py)
+    8: """
+CREATE TABLE account_sessions (
+    hash TEXT PRIMARY KEY,          -- SHA-256 of the session's cookie
+    account INTEGER NOT NULL REFERENCES accounts(id),
+    csrf TEXT NOT NULL,             -- what X-CSRF-Token must say
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX account_sessions_account ON account_sessions(account);
 """,
 }
 

@@ -25,7 +25,7 @@ from gateway.accounts import (
     new_claim_code,
     normal_claim_code,
 )
-from gateway.store import Store
+from gateway.store import SCHEMA_VERSION, Store
 
 T0 = 1_800_000_000.0
 PASSWORD = "correct horse battery"
@@ -177,11 +177,11 @@ def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(t
     db = tmp_path / "gw.db"
     with Store(db) as s:
         s.db.executescript("DROP TABLE claim_attempts; DROP TABLE device_owners; DROP TABLE device_claims;")
-        s.db.executescript("DROP TABLE account_tokens; DROP TABLE accounts;")
+        s.db.executescript("DROP TABLE account_sessions; DROP TABLE account_tokens; DROP TABLE accounts;")
         s.set_meta("schema", "6")
         s.set_meta("kept", "yes")
     with Store(db) as s:
-        assert s.schema == 7 and s.get_meta("kept") == "yes"
+        assert s.schema == SCHEMA_VERSION and s.get_meta("kept") == "yes"
         a = Accounts(s).create("ann", "owner", PASSWORD, T0)
         assert Accounts(s).get("ann") == a
     with pytest.raises(sqlite3.IntegrityError), Store(db) as s:

@@ -86,6 +86,7 @@ async def world(start_gateway: StartGateway, keys: Keys, make_release: MakeRelea
 # a request that is valid for each route, on bob's things where it names one
 _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/login"): {"name": "ann", "password": PASSWORD},
+    ("POST", "/api/v1/session"): {"name": "ann", "password": PASSWORD},
     ("POST", "/api/v1/devices/{id}/commands"): {"op": "ping", "timeout": 1},
     ("POST", "/api/v1/devices/{id}/update"): {"release": "thermostat@2"},
     ("PATCH", "/api/v1/devices/{id}/settings"): {"policy": "ask"},
