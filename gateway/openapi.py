@@ -25,6 +25,7 @@ Schema = dict[str, Any]
 _STR, _NUM, _INT, _BOOL = {"type": "string"}, {"type": "number"}, {"type": "integer"}, {"type": "boolean"}
 _OBJ: Schema = {"type": "object"}
 _ANY: Schema = {}
+_NONE: Schema = {"not": {}}  # no body (a redirect)
 
 
 def _opt(schema: Schema) -> Schema:
@@ -186,6 +187,7 @@ class Op:
     body: Schema | None = None
     body_type: str = "application/json"
     query: dict[str, Schema] = field(default_factory=dict)
+    answer_type: str = "application/json"  # of the successes: the web app's files are not JSON
 
 
 # (method, route) -> the operation; every route of the app, and only those
@@ -286,6 +288,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "a new token (shown once)", {201: _ref("NewToken")}, _object({}, {"label": _STR}, closed=True)
     ),
     ("DELETE", "/api/v1/accounts/{name}/tokens/{tid}"): Op("revoke a token", {200: _ref("Revoked")}),
+    ("GET", "/api/v1/events"): Op(
+        "server-sent events of the devices the caller may see (docs/app.md)",
+        {200: _STR},
+        answer_type="text/event-stream",
+    ),
+    # the web app (gateway/webapp.py)
+    ("GET", "/"): Op("to the web app", {302: _NONE}),
+    ("GET", "/app"): Op("to the web app", {302: _NONE}),
+    ("GET", "/app/"): Op("the web app's page", {200: _STR}, answer_type="text/html"),
+    ("GET", "/app/{name}"): Op("a file of the web app (JavaScript, CSS)", {200: _STR}, answer_type="*/*"),
+    ("GET", "/app/vendor/{name}"): Op(
+        "a file of the app's chart and UI packages", {200: _STR}, answer_type="text/javascript"
+    ),
 }
 
 _SECURITY_SCHEMES = {
@@ -309,12 +324,18 @@ _SECURITY_SCHEMES = {
 }
 
 
+def _operation_name(route: str) -> str:
+    """devices_id_telemetry of /api/v1/devices/{id}/telemetry; root of /, app_index of /app/."""
+    name = re.sub(r"\W+", "_", route.removeprefix("/api/v1/")).strip("_") or "root"
+    return name + "_index" if route.endswith("/") and route != "/" else name
+
+
 def _operation(method: str, route: str, op: Op) -> dict[str, Any]:
     from .api_accounts import ACCESS
 
     rule = ACCESS[(method, route)]
     out: dict[str, Any] = {
-        "operationId": f"{method.lower()}_" + re.sub(r"\W+", "_", route.removeprefix("/api/v1/")).strip("_"),
+        "operationId": f"{method.lower()}_{_operation_name(route)}",
         "summary": op.summary,
         "x-permabeta-role": rule.role or "anyone",
         "x-permabeta-device": rule.device,
@@ -333,7 +354,9 @@ def _operation(method: str, route: str, op: Op) -> dict[str, Any]:
         session: dict[str, list[str]] = {"session": [], "csrf": []} if method != "GET" else {"session": []}
         out["security"] = [{"bearer": []}, session]
     responses: dict[str, Any] = {
-        str(status): {"description": "done", "content": {"application/json": {"schema": schema}}}
+        str(status): {"description": "done", "content": {op.answer_type: {"schema": schema}}}
+        if schema is not _NONE
+        else {"description": "a redirect"}
         for status, schema in op.answers.items()
     }
     responses["default"] = {

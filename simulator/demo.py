@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -227,6 +228,26 @@ def make_releases(gw: Gateway, keys: Keys, work: Path) -> dict[str, StoredReleas
     return out
 
 
+def app_accounts(gw: Gateway, devices: Sequence[str], printer: LivePrinter) -> None:
+    """An owner who claimed every other device (with its claim code, as from
+    its box) and a maker, with passwords of this run: the app to look at."""
+    from gateway.accounts import Accounts, new_claim_code
+
+    accounts = Accounts(gw.store)
+    now = time.time()
+    words = {name: secrets.token_urlsafe(9) for name in ("ann", "mia")}
+    ann = accounts.create("ann", "owner", words["ann"], now)
+    accounts.create("mia", "maker", words["mia"], now)
+    for dev in devices[::2]:
+        code = new_claim_code()
+        accounts.register_claim(dev, code, now)
+        accounts.claim(ann, code, now)
+    printer.line(
+        f"the app: {gw.api_url}/app/  owner ann (password {words['ann']}, owns {', '.join(devices[::2])}); "
+        f"maker mia (password {words['mia']})"
+    )
+
+
 # ---- the story ---------------------------------------------------------------------
 
 
@@ -351,6 +372,7 @@ async def run_demo(
                 feed_task = tg.create_task(prices.run(), name="prices")
                 try:
                     await _wait_online(gw, [d.id for d in fleet.devices], 15)
+                    app_accounts(gw, [d.id for d in fleet.devices], printer)
                     await asyncio.sleep(factory_s)
                     printer.line(
                         "=== the maker ships an update: thermostats gain eco (pre-heats while "

@@ -65,6 +65,12 @@ def shots(request: pytest.FixtureRequest) -> Shots:
 def watch_console(page: Page) -> list[str]:
     """The page's errors as they come: a test ends by asserting there were none."""
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("console", lambda m: errors.append(f"{m.text} {m.location.get('url', '')}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     return errors
+
+
+def unexpected(errors: list[str]) -> list[str]:
+    """The page's errors but the one every first visit has: the app asks
+    for its session before anyone has logged in (401)."""
+    return [e for e in errors if not ("status of 401" in e and e.endswith("/api/v1/session"))]

@@ -3,20 +3,85 @@ real gateway, Mosquitto and simulated devices running the firmware (docs/app.md)
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, Page, expect
+
+from gateway.accounts import Accounts, new_claim_code
+from ota.keys import Keys
+from simulator.fleet import Fleet
 
 from ..gateway.conftest import Running, StartGateway
-from .conftest import Shots, watch_console
+from ..support.mosquitto import Mosquitto
+from ..support.wait import async_wait_for
+from .conftest import Shots, unexpected, watch_console
 
 pytestmark = pytest.mark.browser
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Home:
+    """A gateway, three thermostats running the firmware, two owners (ann has
+    the first two, bob the third) and a maker."""
+
+    r: Running
+    fleet: Fleet
+    devices: list[str]
 
 
 @pytest.fixture
 async def gw(start_gateway: StartGateway) -> AsyncIterator[Running]:
     yield await start_gateway()
+
+
+@pytest.fixture
+async def home(start_gateway: StartGateway, mosquitto: Mosquitto, keys: Keys, tmp_path: Path) -> AsyncIterator[Home]:
+    r = await start_gateway(keys)
+    passwords: dict[str, str] = {}
+    fleet = Fleet(
+        mosquitto.url,
+        tmp_path / "devices",
+        models={"thermostat": 3},
+        prefix={"thermostat": f"th{secrets.token_hex(2)}"},
+        passwords=lambda dev: passwords.setdefault(dev, secrets.token_urlsafe(9)),
+        telemetry_s=1,
+        sample_s=0.5,
+        root=keys.root_bytes,
+        trial_s=2.0,
+    )
+    mosquitto.add_users(passwords)
+    devices = [d.id for d in fleet.devices]
+    accounts = Accounts(r.store)
+    ann = accounts.create("ann", "owner", PASSWORD, 1.0)
+    bob = accounts.create("bob", "owner", PASSWORD, 1.0)
+    accounts.create("mia", "maker", PASSWORD, 1.0)
+    for dev, who in zip(devices, (ann, ann, bob), strict=True):
+        code = new_claim_code()
+        accounts.register_claim(dev, code, 1.0)
+        accounts.claim(who, code, 1.0)
+    fleet.start()
+    try:
+        await async_wait_for(lambda: all(r.gw.is_online(d) for d in devices), 30, what="the fleet online")
+        yield Home(r, fleet, devices)
+    finally:
+        await fleet.aclose(15)
+
+
+async def log_in(browser: Browser, url: str, name: str) -> tuple[Page, list[str]]:
+    page = await browser.new_page()
+    errors = watch_console(page)
+    await page.goto(url + "/app/")
+    await page.get_by_label("Account").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator(f"[data-account='{name}']")).to_be_visible()
+    return page, errors
 
 
 async def test_the_app_loads_from_the_gateway_alone_and_asks_to_log_in(
@@ -30,5 +95,78 @@ async def test_the_app_loads_from_the_gateway_alone_and_asks_to_log_in(
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
     assert await page.evaluate("typeof window.Chart") == "function"
     await shots.take(page, "login")
+    await page.get_by_label("Account").fill("ann")
+    await page.get_by_label("Password").fill("not the password")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("unauthorized")
+    await shots.take(page, "wrong-password")
     assert elsewhere == []
-    assert [e for e in errors if "401" not in e] == []
+    assert [e for e in unexpected(errors) if "/api/v1/session" not in e] == []  # (the wrong password's 401)
+
+
+async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
+    home: Home, browser: Browser, shots: Shots
+) -> None:
+    url = home.r.url
+    mine, theirs = home.devices[:2], home.devices[2]
+    page, errors = await log_in(browser, url, "ann")
+    cards = page.locator("[data-device]")
+    await expect(cards).to_have_count(2)
+    assert sorted(await cards.evaluate_all("els => els.map(e => e.dataset.device)")) == sorted(mine)
+    # the room's temperature arrives on the card without a reload
+    room = page.locator(f"[data-device='{mine[0]}'] [data-value='sensors.temperature']")
+    await expect(room).to_contain_text("°C")
+    await shots.take(page, "my-devices")
+
+    # one device: its charts grow as telemetry comes in
+    await page.get_by_role("link", name=mine[0]).click()
+    chart = page.locator("[data-chart='temperature']")
+    await expect(chart).to_be_visible()
+    before = int(await chart.get_attribute("data-points") or "0")
+    await expect(page.locator("body[data-live='yes']")).to_have_count(1)
+    await async_wait_for_points(chart, before + 4)
+    await expect(page.locator("[data-features]")).to_contain_text("thermostat")
+    await expect(page.locator("[data-features] input").first).to_be_visible()
+    await shots.take(page, "device")
+
+    # the owner's policy, set from the page, is the gateway's
+    await page.locator("#policy").select_option("window")
+    await page.get_by_label("window").fill("01:00-05:00")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("[data-policy] .ok")).to_be_visible()
+    from gateway.settings import SettingsTable
+
+    s = SettingsTable(home.r.store).get(mine[0])
+    assert (s.policy, str(s.window)) == ("window", "01:00-05:00")
+
+    # bob sees his device only; ann's is answered as one that does not exist
+    bob, bob_errors = await log_in(browser, url, "bob")
+    await expect(bob.locator("[data-device]")).to_have_count(1)
+    assert await bob.locator("[data-device]").get_attribute("data-device") == theirs
+    await bob.goto(f"{url}/app/#/device/{mine[0]}")
+    await expect(bob.get_by_role("alert")).to_contain_text("unknown_device")
+    await shots.take(bob, "another-owner-s-device")
+    status = await bob.evaluate(
+        """async ([dev]) => {
+            const s = await (await fetch('/api/v1/session')).json();
+            const r = await fetch('/api/v1/devices/' + dev + '/commands', {method: 'POST',
+              headers: {'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf},
+              body: JSON.stringify({op: 'reboot'})});
+            return r.status;
+        }""",
+        [mine[0]],
+    )
+    assert status == 404
+    assert unexpected(errors) == []
+    assert [e for e in unexpected(bob_errors) if not e.endswith(f"/api/v1/devices/{mine[0]}")] == []
+
+
+async def async_wait_for_points(chart: object, at_least: int, timeout: float = 20) -> None:
+    async def points() -> int:
+        return int(await chart.get_attribute("data-points") or "0")  # type: ignore[attr-defined]
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (n := await points()) < at_least:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the chart has {n} points, not {at_least}")
+        await asyncio.sleep(0.2)

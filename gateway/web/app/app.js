@@ -62,11 +62,23 @@ function Login({ onIn }) {
   </form>`;
 }
 
+const FEW = 50; // devices whose last values the list reads one by one
+
 // ---- my devices --------------------------------------------------------------------------------
 
 function Devices() {
   const [devices, error, reload] = useLoad(() => api("GET", "/api/v1/devices"), []);
   const [latest, setLatest] = useState({});
+  useEffect(() => {
+    // what each device last said, until its next telemetry comes (a few devices: an owner's)
+    if (!devices || devices.length > FEW) return;
+    for (const d of devices) {
+      api("GET", "/api/v1/devices/" + encodeURIComponent(d.id)).then(
+        (full) => full.last_telemetry && setLatest((l) => (d.id in l ? l : { ...l, [d.id]: flatten(full.last_telemetry) })),
+        () => null,
+      );
+    }
+  }, [devices]);
   const [online, setOnline] = useState({});
   useEvents((kind, ev) => {
     if (kind === "telemetry") setLatest((l) => ({ ...l, [ev.device]: flatten(ev.message) }));

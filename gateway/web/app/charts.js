@@ -3,9 +3,14 @@ import { html, useEffect, useRef } from "./vendor/preact-htm.js";
 
 export const COLORS = ["#2f6fdb", "#e07b39", "#1f8a4c", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d"];
 
-export function clock(t) {
+export function clock(t, seconds) {
   const d = new Date(t * 1000);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", ...(seconds ? { second: "2-digit" } : {}) });
+}
+
+// a time axis's label: with seconds when the chart spans less than an hour
+function tick(v) {
+  return clock(v, this.max - this.min < 3600);
 }
 
 export function dateTime(t) {
@@ -43,7 +48,7 @@ export function TimeChart({ title, series, yTitle, y2Title, name }) {
         interaction: { mode: "nearest", axis: "x", intersect: false },
         elements: { point: { radius: 0 } },
         scales: {
-          x: { type: "linear", ticks: { callback: (v) => clock(v), maxTicksLimit: 8 } },
+          x: { type: "linear", ticks: { callback: tick, maxTicksLimit: 8 } },
           y: { title: { display: !!yTitle, text: yTitle } },
           ...(y2Title ? { y2: { position: "right", title: { display: true, text: y2Title }, grid: { drawOnChartArea: false } } } : {}),
         },
