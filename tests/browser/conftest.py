@@ -32,7 +32,9 @@ SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail("the browser tests need Debian's chromium: apt-get install -y chromium (make browser does)")
+        pytest.fail(
+            "the browser tests need Debian's chromium: apt-get install -y chromium (make browser does)"
+        )
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
@@ -65,7 +67,10 @@ def shots(request: pytest.FixtureRequest) -> Shots:
 def watch_console(page: Page) -> list[str]:
     """The page's errors as they come: a test ends by asserting there were none."""
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(f"{m.text} {m.location.get('url', '')}") if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: errors.append(f"{m.text} {m.location.get('url', '')}") if m.type == "error" else None,
+    )
     page.on("pageerror", lambda e: errors.append(str(e)))
     return errors
 

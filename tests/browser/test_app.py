@@ -41,7 +41,9 @@ async def gw(start_gateway: StartGateway) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
-async def home(start_gateway: StartGateway, mosquitto: Mosquitto, keys: Keys, tmp_path: Path) -> AsyncIterator[Home]:
+async def home(
+    start_gateway: StartGateway, mosquitto: Mosquitto, keys: Keys, tmp_path: Path
+) -> AsyncIterator[Home]:
     r = await start_gateway(keys)
     passwords: dict[str, str] = {}
     fleet = Fleet(

@@ -8,6 +8,7 @@ import contextlib
 import io
 import re
 
+import aiohttp
 import pytest
 
 from simulator.demo import run_demo
@@ -28,6 +29,16 @@ async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
         for dev in ("th-1", "th-2", "sh-1", "sh-2"):
             assert re.search(rf"= {dev}\s+committed", done), text
         assert "runs eco 1.0.0, thermostat 1.0.0" in done and "runs vent 1.1.0" in done
+        # the app, with an owner of every other device to log in as
+        app = re.search(r"the app: (http://\S+)/app/  owner ann \(password (\S+), owns th-1, sh-1\)", text)
+        assert app, text
+        async with aiohttp.ClientSession() as s:
+            login = {"name": "ann", "password": app.group(2)}
+            async with s.post(app.group(1) + "/api/v1/login", json=login) as resp:
+                token = (await resp.json())["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with s.get(app.group(1) + "/api/v1/devices", headers=headers) as resp:
+                assert sorted(d["id"] for d in await resp.json()) == ["sh-1", "th-1"]
         # progress lines per device, one per event
         assert re.search(r"~ th-1\s+update \w+: downloading \[#+\] [\d.]+/[\d.]+ KB", text), text
         await async_wait_for(
