@@ -2,7 +2,7 @@
 // Preact with htm (gateway/web/package.json), no build step: the modules are served as they are.
 import { html, render, useState, useEffect, useCallback } from "./vendor/preact-htm.js";
 import { TimeChart, BarChart, dateTime } from "./charts.js";
-import { OfferPage, offerList } from "./offer.js";
+import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
 export function shown(v) {
@@ -140,6 +140,7 @@ function Device({ id }) {
   const base = "/api/v1/devices/" + encodeURIComponent(id);
   const [device, error, reload] = useLoad(() => api("GET", base), [id]);
   const [rows, setRows] = useState(null);
+  const [said, setSaid] = useState(null);
   const [updates, , reloadUpdates] = useLoad(() => api("GET", base + "/updates?limit=20"), [id]);
   const [offers, , reloadOffers] = useLoad(() => api("GET", base + "/offers").catch(() => null), [id]);
   useEffect(() => {
@@ -183,7 +184,12 @@ function Device({ id }) {
     <${Features} id=${id} device=${device} />
     <h2>Updates</h2>
     <${Policy} id=${id} />
-    <${History} updates=${updates} />`;
+    <${History} updates=${updates} />
+    ${offers && offers.rollback
+      ? html`<${Rollback} rollback=${offers.rollback} back=${() => rollBack(id, setSaid, () => (reloadUpdates(), reloadOffers()))} />`
+      : ""}
+    ${said && said.ok ? html`<p class="ok">${said.ok}</p>` : ""}
+    <${ErrorLine} error=${said && said.error} />`;
 }
 
 function Features({ id, device }) {
@@ -278,8 +284,9 @@ function History({ updates }) {
   return html`<table data-history>
     <tr><th>started</th><th>release</th><th>state</th><th>ended</th></tr>
     ${updates.map(
-      (u) => html`<tr data-update=${u.id}><td>${dateTime(u.created)}</td><td>${u.ref || u.release}</td>
-        <td>${u.state}${u.error ? html` <span class="muted">${u.error}</span>` : ""}</td><td>${dateTime(u.finished)}</td></tr>`,
+      (u) => html`<tr data-update=${u.id} data-state=${u.state}><td>${dateTime(u.started)}</td>
+        <td>${u.model}@${u.counter} <span class="muted">${u.version}</span></td>
+        <td>${u.state}${u.reason ? html` <span class="muted">${u.reason}</span>` : ""}</td><td>${dateTime(u.finished)}</td></tr>`,
     )}
   </table>`;
 }
@@ -293,7 +300,7 @@ function Releases() {
       <tr><th>release</th><th>version</th><th>features</th><th>stored</th></tr>
       ${(releases || []).map(
         (r) => html`<tr><td>${r.ref}</td><td>${r.version}</td>
-          <td>${Object.entries(r.features || {}).map(([n, v]) => `${n} ${v}`).join(", ")}</td><td>${dateTime(r.stored || r.created)}</td></tr>`,
+          <td>${Object.entries(r.features || {}).map(([n, v]) => `${n} ${v}`).join(", ")}</td><td>${dateTime(r.added)}</td></tr>`,
       )}
     </table>`;
 }

@@ -15,7 +15,7 @@ export function offerList(offers) {
     const stateText = {
       awaiting_owner: "it waits for your yes",
       waiting_window: "it installs in your window",
-      postponed: "postponed" + (o.until ? " until " + dateTime(o.until) : ""),
+      postponed: "postponed" + (o.decision && o.decision.until ? " until " + dateTime(o.decision.until) : ""),
       declined: "you said never",
     }[state] || state.replace(/_/g, " ");
     return { ...o, ref, version: r.version || o.version, state, stateText };
@@ -28,40 +28,50 @@ const KINDS = [
   ["publishes", "publishes"],
 ];
 
-function Changes({ changes }) {
-  const features = (changes && changes.features) || [];
-  if (!features.length) return html`<p class="muted">The features stay as they are.</p>`;
+function Changes({ changes, descriptions }) {
+  const f = (changes && changes.features) || {};
+  const rows = [
+    ...(f.added || []).map((x) => ({ name: x.name, kind: "added", cls: "new", text: x.version })),
+    ...(f.changed || []).map((x) => ({ name: x.name, kind: "changed", cls: "changed", text: `${x.from} → ${x.to}` })),
+    ...(f.removed || []).map((x) => ({ name: x.name, kind: "removed", cls: "gone", text: x.version })),
+    ...(f.unchanged || []).map((x) => ({ name: x.name, kind: "unchanged", cls: "", text: x.version })),
+  ];
+  if (!rows.length) return html`<p class="muted">The features stay as they are.</p>`;
   return html`<table data-changes>
-    <tr><th>feature</th><th>change</th><th>version</th></tr>
-    ${features.map((f) => {
-      const kind = f.change || f.kind;
-      const cls = kind === "added" ? "new" : kind === "removed" ? "gone" : "changed";
-      return html`<tr><td>${f.name}</td><td><span class=${"pill " + cls}>${kind}</span></td>
-        <td>${f.from || "–"} → ${f.to || "–"}</td></tr>`;
-    })}
-  </table>`;
+    <tr><th>feature</th><th>change</th><th>version</th><th>what it does</th></tr>
+    ${rows.map(
+      (r) => html`<tr data-feature=${r.name}><td>${r.name}</td><td><span class=${"pill " + r.cls}>${r.kind}</span></td>
+        <td>${r.text}</td><td class="muted">${(descriptions || {})[r.name] || ""}</td></tr>`,
+    )}
+  </table>
+  ${changes.lacks && changes.lacks.length
+    ? html`<p class="error">This device lacks what the update needs: ${changes.lacks.join(", ")}</p>`
+    : ""}`;
 }
 
-// "new: reads humidity; publishes comfort"
+// "new: reads humidity; publishes comfort" and "no longer: drives relay"
 export function permissionLines(perm) {
-  if (!perm) return [];
   const lines = [];
-  for (const [side, word] of [["added", "new"], ["removed", "no longer"]]) {
+  for (const [side, word, cls] of [["new", "new", "new"], ["no_longer", "no longer", "gone"]]) {
     const parts = [];
     for (const [kind, verb] of KINDS) {
-      const p = perm[kind] || {};
-      const names = p[side] || p[side === "added" ? "new" : "gone"] || [];
+      const names = ((perm || {})[kind] || {})[side] || [];
       if (names.length) parts.push(`${verb} ${names.join(", ")}`);
     }
-    if (parts.length) lines.push({ word, text: parts.join("; "), cls: side === "added" ? "new" : "gone" });
+    if (parts.length) lines.push({ word, text: parts.join("; "), cls });
   }
   return lines;
 }
 
-function Permissions({ perm }) {
-  const lines = permissionLines(perm);
-  if (!lines.length) return html`<p class="muted" data-permissions>It may read, drive and publish what it does today.</p>`;
-  return html`<ul data-permissions>${lines.map((l) => html`<li><span class=${"pill " + l.cls}>${l.word}</span> ${l.text}</li>`)}</ul>`;
+function Permissions({ changes }) {
+  const lines = permissionLines(changes && changes.permissions);
+  const unknown = (changes && changes.unknown) || [];
+  return html`<div data-permissions>
+    ${lines.length
+      ? html`<ul>${lines.map((l) => html`<li><span class=${"pill " + l.cls}>${l.word}</span> ${l.text}</li>`)}</ul>`
+      : html`<p class="muted">It may read, drive and publish what it does today.</p>`}
+    ${unknown.length ? html`<p class="muted">Not known of what runs today: ${unknown.join(", ")}.</p>` : ""}
+  </div>`;
 }
 
 const METRICS = {
@@ -163,6 +173,18 @@ function previewCharts(p) {
   return charts.length ? html`<div class="charts">${charts}</div>` : "";
 }
 
+// the owner's roll back: an update to the revert release the maker signed
+export async function rollBack(id, setSaid, reload) {
+  setSaid(null);
+  try {
+    const u = await api("POST", "/api/v1/devices/" + encodeURIComponent(id) + "/rollback", {});
+    setSaid({ ok: `Rolling back to ${u.ref}.` });
+    reload();
+  } catch (e) {
+    setSaid({ error: e });
+  }
+}
+
 export function OfferPage({ id, release }) {
   const base = "/api/v1/devices/" + encodeURIComponent(id);
   const [offers, error, reload] = useLoad(() => api("GET", base + "/offers"), [id]);
@@ -184,16 +206,7 @@ export function OfferPage({ id, release }) {
       setSaid({ error: e });
     }
   };
-  const back = async () => {
-    setSaid(null);
-    try {
-      await api("POST", base + "/rollback", {});
-      setSaid({ ok: "Rolling back." });
-      reload();
-    } catch (e) {
-      setSaid({ error: e });
-    }
-  };
+  const back = () => rollBack(id, setSaid, reload);
   const devLink = html`<a href=${"#/device/" + encodeURIComponent(id)}>${id}</a>`;
   if (!o) {
     return html`<h1>${devLink}: ${release}</h1><p class="muted">No such update is waiting for this device.</p>
@@ -202,12 +215,12 @@ export function OfferPage({ id, release }) {
   }
   const r = o.release || {};
   return html`<h1>${devLink}: update to ${o.ref} ${o.version ? html`<span class="muted">${o.version}</span>` : ""}</h1>
-    <p data-offer-state=${o.state}>${o.stateText}${o.decision ? ` · your answer: ${o.decision.decision || o.decision}` : ""}</p>
+    <p data-offer-state=${o.state}>${o.stateText}${o.decision ? ` · your answer: ${o.decision.decision}${o.decision.until ? " until " + dateTime(o.decision.until) : ""}` : ""}</p>
     <h2>What changes</h2>
-    <${Changes} changes=${o.changes} />
-    ${o.notes || r.notes ? html`<h2>Release notes</h2><div class="notes" data-notes>${o.notes || r.notes}</div>` : ""}
+    <${Changes} changes=${o.changes} descriptions=${o.descriptions} />
+    ${o.notes ? html`<h2>Release notes</h2><div class="notes" data-notes>${o.notes}</div>` : ""}
     <h2>What it may do</h2>
-    <${Permissions} perm=${(o.changes && o.changes.permissions) || o.permissions} />
+    <${Permissions} changes=${o.changes} />
     <h2>Preview on your device's twin</h2>
     <${Preview} id=${id} release=${o.ref} />
     <div class="actions">
@@ -221,8 +234,10 @@ export function OfferPage({ id, release }) {
     ${rollback ? html`<${Rollback} rollback=${rollback} back=${back} />` : ""}`;
 }
 
-function Rollback({ rollback, back }) {
+export function Rollback({ rollback, back }) {
+  const r = rollback.release || {};
   return html`<h2>Roll back</h2>
-    <p>The maker signed ${rollback.ref || rollback.release || "a release"} to go back to the features you had before.</p>
+    <p>The maker signed ${r.ref || "a release"} to take this device back to the features it had before.</p>
+    <${Changes} changes=${rollback.changes} descriptions=${rollback.descriptions} />
     <button class="plain" data-action="rollback" onClick=${back}>Roll back</button>`;
 }
