@@ -1,7 +1,9 @@
-"""The gateway's HTTP API (JSON over HTTP, bearer token).
+"""The gateway's HTTP API (JSON over HTTPS, or HTTP on loopback; bearer
+tokens or a browser's session: gateway/api_accounts.py, api_sessions.py).
 
 The address and token are written to the gateway's database (meta 'api'),
-so the CLI on the same machine finds a running gateway from its --db.
+with the certificate's path and fingerprint over HTTPS, so the CLI on the
+same machine finds a running gateway from its --db and trusts it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`permabeta account create|list|token` and `permabeta devices claim-code`:
 accounts and claim codes (docs/protocol.md 10.1), through the running
-gateway, which alone writes its database. These commands use the gateway's
-own token (an admin's), so they run on the gateway's machine."""
+gateway, which alone writes its database. With --db these commands use the
+gateway's own token (an admin's) on its machine; else an admin's credentials
+kept by `permabeta login` (gateway/client.py)."""
 
 from __future__ import annotations
 

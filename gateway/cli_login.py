@@ -22,7 +22,7 @@ from typing import Any
 
 from . import credentials
 from .client import ApiClient, local_api, local_context
-from .errors import ApiError, ApiRequestError, ConfigError
+from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
 from .paths import db_of
 from .tls import client_context, fingerprint, is_loopback, normal_fingerprint
 
@@ -60,7 +60,7 @@ def _trust(args: argparse.Namespace, url: str) -> tuple[ssl.SSLContext | None, d
         pem = presented_cert(url)
         got = fingerprint(pem.encode())
         if got != want:
-            raise ApiError(
+            raise ApiCertificateError(
                 f"the gateway at {url} presents a certificate of SHA-256 {got}, not the {want} given: "
                 "it is not the gateway you meant, or its certificate has changed"
             )
@@ -90,10 +90,10 @@ def cmd_login(args: argparse.Namespace) -> int:
     body = {"name": args.name, "password": _password(args), "label": f"cli@{socket.gethostname()}"[:64]}
     try:
         answer = ApiClient(url, None, context).request("POST", "/api/v1/login", body)
-    except ApiError as exc:
-        if "does not trust" in str(exc) and not trust:
+    except ApiCertificateError:
+        if not trust:
             got = fingerprint(presented_cert(url).encode())
-            raise ApiError(
+            raise ApiCertificateError(
                 f"the gateway at {url} has a certificate this machine does not trust (one it made itself?); "
                 f"its SHA-256 fingerprint is {got}. If the gateway shows the same (gateway run prints it), "
                 f"log in with --fingerprint {got}, or give --cafile FILE"

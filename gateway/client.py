@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import credentials
-from .errors import ApiError, ApiRequestError, ConfigError
+from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
 from .paths import default_db
 from .store import Store
 from .tls import client_context, fingerprint
@@ -92,7 +92,7 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, ssl.SSLCertVerificationError):
-                raise ApiError(
+                raise ApiCertificateError(
                     f"the gateway at {self.url} presented a certificate this client does not trust "
                     f"({reason.verify_message}): log in again with its --fingerprint or --cafile"
                 ) from exc

@@ -54,6 +54,11 @@ class ApiRequestError(ApiError):
         self.status = status
 
 
+class ApiCertificateError(ApiError):
+    """The API's server presented a certificate the client was not told to
+    trust (or not the one it was told): a security failure, never retried."""
+
+
 class CohortError(GatewayError):
     """A cohort expression does not parse (docs/rollouts.md 3): the message says
     what is wrong and, as `column` (from 1; None for the text as a whole), where."""

@@ -151,7 +151,7 @@ class Gateway:
     # ---- running -----------------------------------------------------------
 
     async def run(self) -> None:
-        cert = None  # the API's certificate, made or checked before anything starts
+        cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
             cert = server_cert(self.api_tls, self.api_bind[0], tls_folder(self.store.path), time.time())
         try:

@@ -20,6 +20,7 @@ from gateway.clock import Clock
 from gateway.paths import firmware_dir
 from gateway.service import Gateway
 from gateway.store import Store
+from gateway.tls import ApiTls
 from ota.keys import Keys, keygen
 from ota.release import Release, build
 
@@ -92,19 +93,25 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start_gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
-    """start_gateway(keys=None, deadline=900, db=..., clock=None): a Gateway running in
-    this test's loop with its API on a free port; stopped after the test."""
+    """start_gateway(keys=None, deadline=900, db=..., clock=None, api=..., api_tls=None): a
+    Gateway running in this test's loop with its API on a free port; stopped after the test."""
     running: list[Running] = []
 
     async def start(
-        keys: Keys | None = None, deadline: float = 900.0, db: Path | None = None, clock: Clock | None = None
+        keys: Keys | None = None,
+        deadline: float = 900.0,
+        db: Path | None = None,
+        clock: Clock | None = None,
+        api: tuple[str, int] = ("127.0.0.1", 0),
+        api_tls: ApiTls | None = None,
     ) -> Running:
         store = Store(db or tmp_path / "gw.db")
         gw = Gateway(
             mosquitto.gateway_url,
             store,
             client_id=f"gw-test-{secrets.token_hex(4)}",
-            api=("127.0.0.1", 0),
+            api=api,
+            api_tls=api_tls,
             keys=keys,
             update_deadline=deadline,
             clock=clock,

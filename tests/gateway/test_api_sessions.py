@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.accounts import Accounts
-from gateway.api_accounts import LOGIN_TRIES
+from gateway.api_accounts import ACCESS, LOGIN_TRIES
 from gateway.sessions import IDLE_S, MAX_AGE_S, Sessions
 from gateway.store import Store
 
@@ -146,12 +146,12 @@ async def test_an_idle_session_and_one_past_its_maximum_age_have_ended(world: Wo
 async def test_a_session_of_an_owner_reaches_only_its_own_devices(world: World) -> None:
     cookie, csrf = await _login(world, "ann")
     before = world.state()
-    for (method, route), body in [(("GET", "/api/v1/devices/{id}"), None), *_BODIES.items()]:
-        if "{id}" not in route:
+    for (method, route), rule in ACCESS.items():
+        if not rule.device:
             continue
-        status, answer = await _call(world, method, _path(route), cookie, csrf, body)
-        assert status in (403, 404), (method, route, answer)
-        assert answer["error"]["code"] in ("unknown_device", "forbidden"), (method, route, answer)
+        status, answer = await _call(world, method, _path(route), cookie, csrf, _BODIES.get((method, route)))
+        expected = (404, "unknown_device") if rule.role == "owner" else (403, "forbidden")
+        assert (status, answer["error"]["code"]) == expected, (method, route, answer)
     assert world.state() == before
     status, devices = await _call(world, "GET", "/api/v1/devices", cookie)
     assert [d["id"] for d in devices] == ["th-ann"]
@@ -219,3 +219,22 @@ def test_a_database_of_the_schema_before_gains_the_sessions_and_keeps_its_accoun
         cookie, session = Sessions(s).create(ann, 10.0)
         assert Sessions(s).get(cookie, 11.0) == session
         assert Sessions(s).get("pbt_" + cookie[4:], 11.0) is None  # a token is not a session
+
+
+async def test_odd_cookies_and_csrf_tokens_are_refused_clearly(world: World) -> None:
+    cookie, csrf = await _login(world, "ann")
+    for odd in ("pbs_" + "x" * 5000, '"pbs_x"', "pbs_\u00e9", "", "pbt_" + cookie[4:]):
+        async with world.session.get(
+            world.r.url + "/api/v1/me", headers={"Cookie": f"pb_session={odd}".encode().decode("latin-1")}
+        ) as resp:
+            assert resp.status == 401, odd
+    for odd in ("\u00e9" * 43, csrf + "\u00ff", csrf.upper()):
+        status, answer = await _call(
+            world,
+            "PATCH",
+            "/api/v1/devices/th-ann/settings",
+            cookie,
+            odd.encode().decode("latin-1"),
+            {"policy": "ask"},
+        )
+        assert (status, answer["error"]["code"]) == (403, "csrf"), odd
