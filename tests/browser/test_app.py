@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from gateway.accounts import Accounts, new_claim_code
+from gateway.tls import ApiTls
 from ota.keys import Keys
 from simulator.fleet import Fleet
 
@@ -104,6 +105,33 @@ async def test_the_app_loads_from_the_gateway_alone_and_asks_to_log_in(
     await shots.take(page, "wrong-password")
     assert elsewhere == []
     assert [e for e in unexpected(errors) if "/api/v1/session" not in e] == []  # (the wrong password's 401)
+
+
+async def test_over_https_the_session_cookie_is_secure_and_the_app_works(
+    start_gateway: StartGateway, browser: Browser, shots: Shots
+) -> None:
+    r = await start_gateway(api_tls=ApiTls(on=True))
+    assert r.url.startswith("https://")
+    Accounts(r.store).create("ann", "owner", PASSWORD, 1.0)
+    # (the gateway's own certificate: the browser is told to take it, as its owner would)
+    context = await browser.new_context(ignore_https_errors=True)
+    page = await context.new_page()
+    errors = watch_console(page)
+    await page.goto(r.url + "/app/")
+    await page.get_by_label("Account").fill("ann")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("[data-account='ann']")).to_be_visible()
+    await expect(page.get_by_text("No devices yet")).to_be_visible()
+    cookies = await context.cookies()
+    assert [(c["name"], c["secure"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
+        ("__Host-pb_session", True, True, "Strict")
+    ]
+    await shots.take(page, "no-devices-yet")
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    assert await context.cookies() == []
+    assert unexpected(errors) == []
 
 
 async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
