@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -237,6 +237,23 @@ CREATE TABLE claim_attempts (
     ok INTEGER NOT NULL
 );
 CREATE INDEX claim_attempts_account ON claim_attempts(account, at);
+""",
+    # 8: the owner's decision on each update of a device (gateway/decisions.py);
+    # an approval (device_settings.approved) is the decision `now`
+    8: """
+CREATE TABLE device_decisions (
+    device TEXT NOT NULL,
+    release TEXT NOT NULL,          -- the release id
+    decision TEXT NOT NULL,         -- now, later, never
+    until REAL,                     -- later: not before this time
+    at REAL NOT NULL,
+    PRIMARY KEY (device, release)
+);
+CREATE INDEX device_decisions_release ON device_decisions(release);
+INSERT INTO device_decisions (device, release, decision, until, at)
+    SELECT device, approved, 'now', NULL, coalesce(updated, 0) FROM device_settings
+    WHERE approved IS NOT NULL;
+UPDATE device_settings SET approved = NULL;
 """,
 }
 
