@@ -215,3 +215,16 @@ async def test_an_owner_asked_first_reads_the_offer_puts_it_off_says_now_then_ro
     status, answer = await owners.call("ann", "POST", f"/api/v1/devices/{asker.id}/rollback", {})
     assert (status, answer["error"]["code"]) == (409, "no_revert")
     assert (await owners.offers("ann", asker.id))["rollback"] is None
+    # a copy of 2's set signed below the counter it runs is no way back; one above it is
+    for counter in (1, 4):
+        again = build(
+            "thermostat",
+            [FEATURES / "thermostat", FEATURES / "eco"],
+            f"2.0.0-{counter}",
+            tmp_path / f"c{counter}",
+            counter,
+            keys=keys,
+        )
+        gw.ota.releases.add(again.path, time.time())
+        rollback = (await owners.offers("ann", asker.id))["rollback"]
+        assert (rollback and rollback["release"]["ref"]) == (None if counter == 1 else "thermostat@4")
