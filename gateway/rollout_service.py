@@ -494,6 +494,11 @@ class RolloutService:
         known.update(new)
         log.warning("rollout %s: %s", r.id, why)
 
+    def _declined(self, r: Rollout, dev: str) -> bool:
+        """dev's owner said never to r's release (read again right before an offer)."""
+        d = self.decisions.get(dev, r.release)
+        return d is not None and d.decision == "never"
+
     def _still_in(self, r: Rollout, dev: str) -> MemberRow | None:
         """dev's row read again right before the step acts on it, if dev is
         still in r: the step read the rows before it awaited the judge, and
@@ -521,7 +526,7 @@ class RolloutService:
             self._record_spent(r, plan.revert_failed, now)
         for dev in plan.offer:
             row = self._still_in(r, dev)
-            if row is None or row.update_id is not None:
+            if row is None or row.update_id is not None or self._declined(r, dev):
                 continue
             try:
                 u = await self.gw.ota.start(dev, r.release, idle=True)
@@ -547,22 +552,24 @@ class RolloutService:
         """The owner of dev decided on release (gateway/decisions.py): `never`
         ends an offer of it that dev has not installed yet; `now` or `later`
         after a `never` that ended one lets the rollout offer it anew. A
-        halted or completed rollout of it is stepped at the next tick."""
-        async with self._lock:
-            if decision == "never":
-                u = self.gw.ota.active(dev)
-                if u is not None and u.release == release and u.state in NOT_INSTALLED:
-                    await self.gw.ota.cancel(dev, DECLINED)
-            found = self.table.rollout_of(dev, ("running", "paused", "completed"))
-            if found is None or found[0].release != release:
-                return
-            r, row = found
-            u = self._update(row.update_id)
-            if decision != "never" and u is not None and u.reason == DECLINED:
-                self.table.set_member(r.id, dev, update_id=None, offered=None)
-            final = self._final.get(r.id)
-            if final is not None:
-                final.woken = True
+        halted or completed rollout of it is stepped at the next tick. (Not
+        under the steps' lock, which a judge's look holds for long: a step
+        that planned an offer before a `never` reads the decision again
+        before it makes it, `_apply`.)"""
+        if decision == "never":
+            u = self.gw.ota.active(dev)
+            if u is not None and u.release == release and u.state in NOT_INSTALLED:
+                await self.gw.ota.cancel(dev, DECLINED)
+        found = self.table.rollout_of(dev, ("running", "paused", "completed"))
+        if found is None or found[0].release != release:
+            return
+        r, row = found
+        u = self._update(row.update_id)
+        if decision != "never" and u is not None and u.reason == DECLINED:
+            self.table.set_member(r.id, dev, update_id=None, offered=None)
+        final = self._final.get(r.id)
+        if final is not None:
+            final.woken = True
 
     # ---- a device leaves -----------------------------------------------------
 

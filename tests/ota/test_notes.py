@@ -128,3 +128,21 @@ def test_a_notes_entry_that_is_not_one_is_refused_even_when_signed(
     with pytest.raises(VerifyError) as err:
         verify_release(rel.path, keys, Device("thermostat", frozenset({"temperature", "relay"}), 1, 0))
     assert err.value.code == "bad_manifest"
+
+
+def test_micropython_takes_a_manifest_with_notes_as_one_without(
+    tmp_path: Path, features_dir: Path, keys: Keys
+) -> None:
+    # the device's own check, on the MicroPython unix port: the notes entry is a field it skips
+    from ..support.micropython import run
+
+    rel = _build(tmp_path, features_dir, keys, "x" * MAX_NOTES)
+    code = (
+        "import sys\nfrom pb.ota import trust\n"
+        "raw, body, sigs = trust.open_envelope(open(sys.argv[1], 'rb').read())\n"
+        "trust.check_manifest(body)\n"
+        "trust.check_for_device(body, 'thermostat', {'temperature': {}, 'relay': {}}, 1, 0)\n"
+        "print(body['notes']['size'], len(raw))\n"
+    )
+    size, signed = run(code, rel.manifest).split()
+    assert int(size) == MAX_NOTES and int(signed) < 2000  # 8 KiB of notes, a manifest of 1-2 KB
