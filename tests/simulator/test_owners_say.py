@@ -9,8 +9,6 @@ rollback goes through only where the maker signed one, and then commits."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,11 +20,10 @@ import pytest
 
 from gateway.accounts import Accounts, new_claim_code
 from gateway.service import Gateway
-from gateway.store import Store
 from ota.keys import Keys
 from ota.release import build
 
-from ..support.mosquitto import Mosquitto
+from ..gateway.conftest import StartGateway, start_gateway  # noqa: F401 (the fixture, used here too)
 from ..support.wait import async_wait_for
 from .conftest import FEATURES, MakeDevice
 
@@ -61,27 +58,14 @@ class Owners:
 
 
 @pytest.fixture
-async def owners(tmp_path: Path, mosquitto: Mosquitto, keys: Keys) -> AsyncIterator[Owners]:
-    store = Store(tmp_path / "gw.db")
-    gw = Gateway(
-        mosquitto.gateway_url,
-        store,
-        client_id=f"gw-owners-{secrets.token_hex(4)}",
-        api=("127.0.0.1", 0),
-        keys=keys,
-    )
-    task = asyncio.create_task(gw.run(), name="test-gateway")
-    await async_wait_for(lambda: gw.connected.is_set() and gw.api_url, 10, what="gateway up")
-    accounts = Accounts(store)
+async def owners(start_gateway: StartGateway, keys: Keys) -> AsyncIterator[Owners]:  # noqa: F811
+    r = await start_gateway(keys)
+    accounts = Accounts(r.store)
     tokens = {}
     for name, role in (("ann", "owner"), ("bob", "owner"), ("mia", "maker")):
         tokens[name] = accounts.issue_token(accounts.create(name, role, None, 1.0), "test", 1.0)
     async with aiohttp.ClientSession() as session:
-        yield Owners(gw, str(gw.api_url), tokens, session)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    store.close()
+        yield Owners(r.gw, r.url, tokens, session)
 
 
 async def test_an_owner_asked_first_reads_the_offer_puts_it_off_says_now_then_rolls_back(
