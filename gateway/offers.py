@@ -106,18 +106,21 @@ def waiting(gw: Gateway, d: DeviceRecord) -> list[tuple[StoredRelease, str, str 
 
 def revert_for(gw: Gateway, d: DeviceRecord) -> StoredRelease | None:
     """The release that takes d back to the set it ran before its current
-    (committed) release: a stored release of its model, with a counter above
-    the one it runs, that installs what that set installed; for a device
-    whose set before was the factory's, which the gateway never saw, the
-    revert a maker named for it in a rollout of its current release. None
-    when there is none."""
+    (committed) release, by its updates here: a stored release of its
+    model, with a counter above the one it runs, that installs what that set
+    installed; for a device whose set before was the factory's, which the
+    gateway never saw, the revert a maker named for it in a rollout of its
+    current release. None when there is none, or when the gateway did not
+    update it to its current release (it cannot know the set before)."""
     if (d.ota or {}).get("state") != "committed":
         return None
     current = running_release(gw, d)
     if current is None:
         return None
     history = [u.release for u in gw.ota.table.find(state="committed", device=d.id, limit=100)]
-    before = history[history.index(current.id) + 1 :] if current.id in history else []
+    if current.id not in history:
+        return None
+    before = history[history.index(current.id) + 1 :]
     previous = gw.ota.releases.get(before[0]) if before else None
     above = [r for r in gw.ota.releases.list(d.model) if r.counter > current.counter]
     if previous is not None:

@@ -195,15 +195,26 @@ async def test_a_rollback_needs_the_maker_s_revert_and_the_device_online(
     say: Say, ota_devices: MakeDevice, tmp_path: Path
 ) -> None:
     gw = say.r.gw
-    factory = await online(say, ota_devices())
-    # a device on thermostat@2, from the factory set: the maker's revert is named in a rollout of 2
-    on_two = await online(say, ota_devices(), counter=2, manifest=say.two)
-    status, answer = await say.call("POST", f"/api/v1/devices/{on_two.id}/rollback", {})
-    assert (status, answer["error"]["code"]) == (409, "no_revert")
-    gw.rollouts.create("thermostat@2", f"id={factory.id}", stages=(1.0,), reverts=["thermostat@3"], seed=1)
+    on_two = await online(say, ota_devices())
+    # a device said to run thermostat@2, which this gateway did not give it: the set before is not known
+    elsewhere = await online(say, ota_devices(), counter=2, manifest=say.two)
+    roll = gw.rollouts.create(
+        "thermostat@2", f"id={on_two.id}", stages=(1.0,), reverts=["thermostat@3"], seed=1
+    )
+    assert (await say.call("GET", f"/api/v1/devices/{on_two.id}/offers"))[1]["rollback"] is None  # factory
+    # from the factory set to 2 by the rollout: the maker's revert of the factory set takes it back
+    uid = await async_wait_for(
+        lambda: (m := gw.rollouts.table.member(roll.id, on_two.id)) and m.update_id, 10
+    )
+    assert (await asyncio.to_thread(on_two.offer))["id"] == uid
+    on_two.status(uid, "committed", counter=2)
+    await async_wait_for(lambda: gw.ota.get(uid).state == "committed", 10)
+    await online(say, on_two, counter=2, manifest=say.two)
+    await async_wait_for(lambda: (gw.store.device(on_two.id).ota or {}).get("counter") == 2, 10)  # type: ignore[union-attr]
     status, shown = await say.call("GET", f"/api/v1/devices/{on_two.id}/offers")
     assert status == 200 and shown["rollback"]["release"]["ref"] == "thermostat@3"
-    assert (await say.call("GET", f"/api/v1/devices/{factory.id}/offers"))[1]["rollback"] is None
+    status, answer = await say.call("POST", f"/api/v1/devices/{elsewhere.id}/rollback", {})
+    assert (status, answer["error"]["code"]) == (409, "no_revert")
     # offline: refused, nothing started
     on_two.client.publish(
         on_two.topic("state"), json.dumps({"v": 1, "dev": on_two.id, "state": "offline"}), qos=1, retain=True
