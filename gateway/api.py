@@ -114,16 +114,16 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/devices/{id}/updates", _device_updates),
             web.get("/api/v1/devices/{id}/settings", _device_settings),
             web.patch("/api/v1/devices/{id}/settings", _set_device_settings),
-            web.post("/api/v1/devices/{id}/approve", _approve),
             web.get("/api/v1/updates/{uid}", _update),
             web.post("/api/v1/releases", _add_release),
             web.get("/api/v1/releases", _releases),
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from . import api_accounts, api_rollouts, api_sessions, openapi, webapp
+    from . import api_accounts, api_owners, api_rollouts, api_sessions, openapi, webapp
 
     app.add_routes(api_rollouts.routes())
+    app.add_routes(api_owners.routes())
     webapp.setup(app)
     api_accounts.setup(app)
     app.add_routes(api_sessions.routes())
@@ -206,36 +206,6 @@ async def _set_device_settings(request: web.Request) -> web.Response:
     except SettingsError as exc:
         return error_response(422, exc.code, str(exc))
     return web.json_response(table.save(new, gw.clock.now()).to_dict())
-
-
-async def _approve(request: web.Request) -> web.Response:
-    """The owner's yes to a release for the device (body: {"release": ref})."""
-    from dataclasses import replace
-
-    from .settings import SettingsTable
-
-    gw = request.app[GATEWAY]
-    dev = request.match_info["id"]
-    body = await json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("release"), str) or not body["release"]:
-        return error_response(
-            400, "bad_request", "body must be {'release': a release id, MODEL@COUNTER or version}"
-        )
-    d = gw.store.device(dev)
-    if d is None:
-        return error_response(404, "unknown_device", f"no device {dev!r}")
-    try:
-        release = gw.ota.releases.find(body["release"])
-    except GatewayError as exc:
-        return ota_error(exc)
-    if release.model != d.model:
-        return error_response(
-            422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}"
-        )
-    table = SettingsTable(gw.store)
-    return web.json_response(
-        table.save(replace(table.get(dev), approved=release.id), gw.clock.now()).to_dict()
-    )
 
 
 async def _telemetry(request: web.Request) -> web.Response:
@@ -369,7 +339,13 @@ async def _release(request: web.Request) -> web.Response:
         rel = gw.ota.releases.find(request.match_info["ref"])
     except GatewayError as exc:
         return ota_error(exc)
-    return web.json_response(rel.summary() | {"files_list": [e.to_dict() for e in rel.entries]})
+    try:
+        notes = gw.ota.releases.notes(rel)
+    except GatewayError as exc:
+        return ota_error(exc)
+    return web.json_response(
+        rel.summary() | {"notes": notes, "files_list": [e.to_dict() for e in rel.entries]}
+    )
 
 
 async def _start_update(request: web.Request) -> web.Response:

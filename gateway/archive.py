@@ -26,12 +26,13 @@ _BLOB = re.compile(r"blobs/[0-9a-f]{64}\.z")
 
 
 def pack_release(release: Release) -> bytes:
-    """The archive of a release: its manifest.json and the blob of each file."""
+    """The archive of a release: its manifest.json, the blob of each file and of its notes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(release.path / MANIFEST, arcname=MANIFEST, recursive=False)
         done = set()
-        for entry in release.files:
+        notes = [release.notes_entry] if release.notes_entry is not None else []
+        for entry in [*release.files, *notes]:
             if entry.sha256 not in done:
                 done.add(entry.sha256)
                 blob = release.blob_path(entry)

@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_settings import register as register_settings
 
     register_settings(dv)
+    from .cli_owners import register as register_owners
+
+    register_owners(dv)
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)

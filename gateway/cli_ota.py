@@ -50,6 +50,8 @@ def cmd_ota_releases(args: argparse.Namespace) -> int:
     from .store import Store
 
     with Store(db_of(args), readonly=True) as store:
+        if args.ref:
+            return _show_release(ReleaseStore(store), args.ref, args.json)
         releases = ReleaseStore(store).list(args.model)
     if args.json:
         print(json.dumps([r.summary() for r in releases], indent=2))
@@ -65,6 +67,24 @@ def cmd_ota_releases(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _show_release(releases: Any, ref: str, as_json: bool) -> int:
+    """`ota releases REF`: one release, its features and its notes."""
+    r = releases.find(ref)
+    notes = releases.notes(r)
+    if as_json:
+        print(json.dumps(r.summary() | {"notes": notes}, indent=2))
+        return 0
+    print(f"{r.ref} ({r.version}), id {r.id}")
+    print("features: " + ", ".join(f"{n} {v}" for n, v in r.summary()["features"].items()))
+    print(f"{r.files} files, {_kb(r.zsize)} KB compressed")
+    if notes is None:
+        print("no release notes")
+    else:
+        print("release notes (signed with it):")
+        print("\n".join(f"  {line}" for line in notes.splitlines()))
     return 0
 
 
@@ -158,6 +178,12 @@ def cmd_devices_update(args: argparse.Namespace) -> int:
     client = ApiClient.for_args(args)
     body = {"release": args.release, "force": args.force}
     u = client.request("POST", f"/api/v1/devices/{args.id}/update", body)
+    return follow(client, u, args)
+
+
+def follow(client: Any, u: dict[str, Any], args: argparse.Namespace) -> int:
+    """Say that update u was offered and, unless --no-wait, follow it until
+    it ends or --timeout passes: 0 only if it committed."""
     print(f"update {u['id']}: {u['model']}@{u['counter']} ({u['version']}) offered to {u['device']}")
     sys.stdout.flush()
     if args.no_wait:
@@ -290,6 +316,12 @@ def register_updates(sub: Any) -> None:
     ls.set_defaults(func=cmd_updates_list)
 
 
+def follow_options(parser: Any) -> None:
+    """--no-wait and --timeout, of a command that starts an update and follows it."""
+    parser.add_argument("--no-wait", action="store_true", help="start it and return")
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop watching after S seconds")
+
+
 def register(ota: Any, devices: Any) -> None:
     """Add `ota publish`, `ota releases` and `devices update` to the parsers."""
     pb = ota.add_parser("publish", help="add a signed release to the running gateway")
@@ -297,7 +329,8 @@ def register(ota: Any, devices: Any) -> None:
     pb.add_argument("--db", help=f"the gateway's database (default {default_db()})")
     pb.set_defaults(func=cmd_ota_publish)
 
-    rl = ota.add_parser("releases", help="the releases a gateway holds")
+    rl = ota.add_parser("releases", help="the releases a gateway holds, or one with its notes")
+    rl.add_argument("ref", nargs="?", metavar="RELEASE", help="show this one (id, MODEL@COUNTER or version)")
     rl.add_argument("--model", help="only this model's")
     rl.add_argument("--json", action="store_true")
     rl.add_argument("--db", help=f"the gateway's database (default {default_db()})")
@@ -311,8 +344,7 @@ def register(ota: Any, devices: Any) -> None:
     )
     up.add_argument("id")
     up.add_argument("release", metavar="RELEASE")
-    up.add_argument("--no-wait", action="store_true", help="start it and return")
-    up.add_argument("--timeout", type=float, metavar="S", help="stop watching after S seconds")
+    follow_options(up)
     up.add_argument("--force", action="store_true", help="offer it even if the device seems offline")
     up.add_argument("--db")
     up.set_defaults(func=cmd_devices_update)

@@ -20,6 +20,7 @@ MARKS = {
     "pending": " ",
     "awaiting_owner": "a",
     "waiting_window": "w",
+    "postponed": "p",
     "offline": ".",
     "ready": ":",
     "offered": "o",
@@ -33,6 +34,7 @@ MARKS = {
     "reverting": "r",
     "reverted": "v",
     "revert_failed": "V",
+    "declined": "n",
     "left": "x",
 }
 assert set(MARKS) == set(MEMBER_STATES)

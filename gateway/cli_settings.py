@@ -19,8 +19,7 @@ def settings_text(s: dict[str, Any]) -> str:
     policy = str(s.get("policy"))
     if s.get("window"):
         policy += f" ({s['window']}, the device's local time)"
-    text = f"channel {s.get('channel')}, tags {tags}, policy {policy}"
-    return text + (f", approved {str(s['approved'])[:12]}" if s.get("approved") else "")
+    return f"channel {s.get('channel')}, tags {tags}, policy {policy}"
 
 
 def cmd_devices_set(args: argparse.Namespace) -> int:
@@ -46,7 +45,9 @@ def cmd_devices_approve(args: argparse.Namespace) -> int:
 
     body = {"release": args.release}
     answer = ApiClient.for_args(args).request("POST", f"/api/v1/devices/{args.id}/approve", body)
-    print(json.dumps(answer, indent=2) if args.json else f"{args.id}: {settings_text(answer)}")
+    print(
+        json.dumps(answer, indent=2) if args.json else f"{args.id}: {answer['ref']} approved (decision now)"
+    )
     return 0
 
 

@@ -134,3 +134,16 @@ class RolloutError(GatewayError):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class DecisionError(GatewayError):
+    """An owner's decision on an update that cannot be (docs/rollouts.md 8.1):
+    `code` is what the API answers (bad_decision, not_offered, too_late,
+    no_revert)."""
+
+    code = "bad_decision"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code

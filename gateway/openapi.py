@@ -110,7 +110,6 @@ SCHEMAS: dict[str, Schema] = {
             "tags": _list(_STR),
             "policy": _STR,
             "window": _opt(_STR),
-            "approved": _opt(_STR),
             "updated": _opt(_NUM),
         }
     ),
@@ -131,6 +130,62 @@ SCHEMAS: dict[str, Schema] = {
         {"reason": _opt(_STR), "bytes": _INT, "total": _opt(_INT), "finished": _opt(_NUM)},
     ),
     "UpdateWithSteps": {"allOf": [_ref("Update"), _object({"steps": _list(_OBJ)})]},
+    "UpdateOfRelease": {"allOf": [_ref("Update"), _object({"ref": _STR})]},
+    "Decision": _object(
+        {
+            "device": _STR,
+            "release": _STR,
+            "ref": _STR,
+            "decision": {"enum": ["now", "later", "never"]},
+            "until": _opt(_NUM),
+            "at": _NUM,
+        }
+    ),
+    "Changes": _object(
+        {
+            "features": _object({k: _list(_OBJ) for k in ("added", "changed", "removed", "unchanged")}),
+            "permissions": _object(
+                {
+                    k: _object({"new": _list(_STR), "no_longer": _list(_STR)})
+                    for k in ("reads", "drives", "publishes")
+                }
+            ),
+            "unknown": _list(_STR),
+            "lacks": _list(_STR),
+            "summary": _STR,
+        }
+    ),
+    "Described": _object(
+        {
+            "release": _ref("ReleaseSummary"),
+            "notes": _opt(_STR),
+            "changes": _ref("Changes"),
+            "descriptions": _OBJ,
+        }
+    ),
+    "Offer": {
+        "allOf": [
+            _ref("Described"),
+            _object({"state": _STR, "decision": _opt(_OBJ), "rollout": _opt(_STR), "update": _opt(_STR)}),
+        ]
+    },
+    "Offers": _object(
+        {
+            "device": _STR,
+            "runs": _object(
+                {
+                    "counter": _INT,
+                    "release": _opt(_ref("ReleaseSummary")),
+                    "state": _opt(_STR),
+                    "features": _OBJ,
+                }
+            ),
+            "policy": _STR,
+            "window": _opt(_STR),
+            "offers": _list(_ref("Offer")),
+            "rollback": _opt(_ref("Described")),
+        }
+    ),
     "ReleaseSummary": _object(
         {
             "id": _STR,
@@ -227,7 +282,24 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ),
     ),
     ("POST", "/api/v1/devices/{id}/approve"): Op(
-        "the owner's yes to a release", {200: _ref("Settings")}, _object({"release": _STR}, closed=True)
+        "the owner's yes to a release: the decision now",
+        {200: _ref("Decision")},
+        _object({"release": _STR}, closed=True),
+    ),
+    ("GET", "/api/v1/devices/{id}/offers"): Op(
+        "what waits for the owner's say: offers, what each changes, a rollback", {200: _ref("Offers")}
+    ),
+    ("POST", "/api/v1/devices/{id}/decision"): Op(
+        "the owner's decision on a release: now, later (until), never",
+        {200: _ref("Decision")},
+        _object(
+            {"release": _STR, "decision": {"enum": ["now", "later", "never"]}}, {"until": {}}, closed=True
+        ),
+    ),
+    ("POST", "/api/v1/devices/{id}/rollback"): Op(
+        "an update to the revert release the maker signed for the device's set",
+        {201: _ref("UpdateOfRelease")},
+        _object({}, closed=True),
     ),
     ("PUT", "/api/v1/devices/{id}/claim-code"): Op("register a claim code", {200: _ref("ClaimCode")}, _CODE),
     ("DELETE", "/api/v1/devices/{id}/owner"): Op("give the device up", {200: _ref("Owner")}),

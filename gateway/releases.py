@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ota.errors import VerifyError
-from ota.release import MANIFEST, ZLIB_WBITS, FileEntry, Release
+from ota.release import MANIFEST, NOTES, ZLIB_WBITS, FileEntry, Release
 from ota.verify import verify_release
 
 from .errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError
@@ -100,6 +100,12 @@ class StoredRelease:
     @property
     def entries(self) -> tuple[FileEntry, ...]:
         return tuple(FileEntry.from_dict(f) for f in self.body["files"])
+
+    @property
+    def notes_entry(self) -> FileEntry | None:
+        """The blob of its release notes as signed (docs/ota.md 2.1), if it has notes."""
+        d = self.body.get(NOTES)
+        return FileEntry.from_dict({"path": NOTES, **d}) if isinstance(d, dict) else None
 
     @cached_property
     def objects(self) -> dict[str, ObjectInfo]:
@@ -178,6 +184,8 @@ class ReleaseStore:
             self._copy_blob(release.blob_path(entry), zsha)
         if release.image is not None and release.image_path is not None:
             self._copy_blob(release.image_path, release.image.zsha256)
+        if release.notes_entry is not None:
+            self._copy_blob(release.blob_path(release.notes_entry), release.notes_entry.zsha256)
         return release
 
     def _copy_blob(self, src: Path, zsha: str) -> None:
@@ -354,6 +362,17 @@ class ReleaseStore:
                 raise ReleaseRefusedError(f"{release.ref}: {entry.path} is not a JSON object", "bad_manifest")
             out[name] = manifest
         return out
+
+    def notes(self, release: StoredRelease) -> str | None:
+        """Its release notes, from their blob, checked against what was signed
+        (None: it has none). Raises ReleaseRefusedError missing_blob, mismatch."""
+        entry = release.notes_entry
+        if entry is None:
+            return None
+        try:
+            return self._content(entry).decode("utf-8")
+        except UnicodeDecodeError as exc:  # (verified as text when it was added)
+            raise ReleaseRefusedError(f"{release.ref}: its notes are not UTF-8", "mismatch") from exc
 
     def _content(self, entry: FileEntry) -> bytes:
         """A file's content from its blob, inflated with the device's 1 KB

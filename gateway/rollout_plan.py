@@ -6,8 +6,10 @@ member, and carries out the plan it returns.
 A member is a device of the rollout's cohort, assigned to a stage at random
 when the rollout is created (`assign`). At each step:
 - a running rollout offers its release to every member of the stages
-  reached that is online and that its owner's policy lets go now (auto; ask
-  once the owner said yes; window within the daily window);
+  reached that is online and that its owner's policy and decision let go
+  now (auto; ask once the owner said yes; window within the daily window;
+  the owner's `now` at once, `later` not before its time, `never` not at
+  all: the member is `declined`, neither failed nor treated);
 - a halted rollout with revert releases offers the revert to every member
   that took the release (committed, or on trial), as they come online; a
   revert that failed is offered again, REVERT_RETRY_S after it ended, up to
@@ -44,6 +46,7 @@ MEMBER_STATES = (
     "pending",
     "awaiting_owner",
     "waiting_window",
+    "postponed",
     "offline",
     "ready",
     "offered",
@@ -57,9 +60,10 @@ MEMBER_STATES = (
     "reverting",
     "reverted",
     "revert_failed",
+    "declined",
     "left",
 )
-_UPDATE_SHOWN = {
+UPDATE_SHOWN = {
     "offered": "offered",
     "downloading": "downloading",
     "deferred": "deferred",
@@ -148,7 +152,8 @@ class Member:
     policy: str = "auto"
     window: Window | None = None
     utc_offset_min: int = 0
-    approved: bool = False  # the owner said yes to the rollout's release
+    decision: str | None = None  # the owner's on the rollout's release: now, later, never (decisions.py)
+    until: float | None = None  # (later) not before this time
     update: str | None = None  # the state of its update to the release, if offered
     revert: str | None = None  # the state of its revert update, if offered
     left: bool = False  # updated by hand: no longer the rollout's
@@ -164,8 +169,10 @@ class Member:
             if self.revert == "committed":
                 return "reverted"
             return "revert_failed" if self.revert_spent() else "reverting"
+        if self.declined() and self.update in (None, "failed"):
+            return "declined"
         if self.update is not None:
-            return _UPDATE_SHOWN.get(self.update, self.update)
+            return UPDATE_SHOWN.get(self.update, self.update)
         if self.stage > stage:
             return "pending"
         if not self.online:
@@ -176,6 +183,10 @@ class Member:
         """It took the release: its update committed, or its hello says it
         runs it (an update the halt cancelled that had been staged already)."""
         return self.update == "committed" or self.runs
+
+    def declined(self) -> bool:
+        """Its owner said never to the release, and it did not take it."""
+        return self.decision == "never" and not self.took()
 
     def revert_spent(self) -> bool:
         """Its last revert failed and it has had its REVERT_TRIES."""
@@ -193,9 +204,18 @@ class Member:
         return self.revert in _FAILED and not self.revert_spent() and now - ended >= REVERT_RETRY_S
 
     def waiting(self, now: float) -> str | None:
-        """What its owner's policy waits for now: awaiting_owner,
-        waiting_window or None (it may go)."""
-        if self.policy == "ask" and not self.approved:
+        """What its owner's decision or policy waits for now: declined (for
+        ever), postponed (a `later` not yet due), awaiting_owner,
+        waiting_window or None (it may go). `now` goes at once, outside the
+        window too; a `later` that is due is the owner's yes to an `ask`, and
+        a `window` device still waits for its window."""
+        if self.decision == "never":
+            return "declined"
+        if self.decision == "later" and (self.until is None or now < self.until):
+            return "postponed"
+        if self.decision == "now":
+            return None
+        if self.policy == "ask" and self.decision is None:
             return "awaiting_owner"
         w = self.window
         if self.policy == "window" and w is not None and not w.contains(now, self.utc_offset_min):
@@ -272,7 +292,9 @@ def step(
         if m.stage <= stage and m.update is None and not m.left and m.online and m.waiting(now) is None
     )
     if state == "completed":
-        unsettled = tuple(m.device for m in members if not m.left and m.update not in ENDED)
+        unsettled = tuple(
+            m.device for m in members if not m.left and not m.declined() and m.update not in ENDED
+        )
         return Plan(offer=offer, counts=counts, unsettled=unsettled)
     soaked = now - stage_started >= soak_s
     if state == "running" and soaked and verdict is not None and verdict.passing:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .cohort import Cohort, DeviceFacts, parse
+from .decisions import DECLINED, DecisionTable
 from .errors import GatewayError, RolloutError
 from .judge import Policy, Result, judge_hard
 from .rollout_judging import (
@@ -61,6 +62,7 @@ TICK_S = 1.0  # real seconds between two steps of every running rollout
 # gateway-clock seconds between two steps of a halted or completed rollout
 # that has members it may still act on (and at once when one comes online)
 FINAL_TICK_S = 30.0
+NOT_INSTALLED = ("offered", "downloading", "deferred")  # an update's states before its device stages it
 _LEFT_FROM = ("running", "paused", "halted", "completed")  # the rollouts that may still act on a member
 
 
@@ -107,6 +109,7 @@ class RolloutService:
         self.gw = gw
         self.table = RolloutTable(gw.store)
         self.settings = SettingsTable(gw.store)
+        self.decisions = DecisionTable(gw.store)
         self.stats: dict[str, int] = {"steps": 0}
         self._lock = asyncio.Lock()  # one step at a time: the loop's, or a command's
         self._measured: dict[str, list[Measure]] = {}  # rollout id -> what it is judged on
@@ -251,7 +254,7 @@ class RolloutService:
             if row.update_id is None or row.left is not None:
                 continue
             u = self.gw.ota.active(row.device)
-            if u is not None and u.id == row.update_id and u.state in ("offered", "downloading", "deferred"):
+            if u is not None and u.id == row.update_id and u.state in NOT_INSTALLED:
                 await self.gw.ota.cancel(row.device, reason)
 
     # ---- the loop --------------------------------------------------------------
@@ -303,6 +306,7 @@ class RolloutService:
     def members(self, r: Rollout, rows: Sequence[MemberRow] | None = None) -> list[Member]:
         rows = self.table.members(r.id) if rows is None else rows
         settings = self.settings.all()
+        decided = self.decisions.of_release(r.release)
         # (every revert offered counts, its row records the last: from the updates)
         reverting = any(row.revert_id is not None for row in rows)
         tries = self.gw.ota.table.offers(set(r.reverts.values()), r.created) if reverting else {}
@@ -312,6 +316,7 @@ class RolloutService:
             d = self.gw.store.device(row.device)
             offset = d.hello.get("utc_offset_min") if d is not None else None
             u, v = self._update(row.update_id), self._update(row.revert_id)
+            owner = decided.get(row.device)
             out.append(
                 Member(
                     device=row.device,
@@ -320,7 +325,8 @@ class RolloutService:
                     policy=s.policy,
                     window=s.window,
                     utc_offset_min=offset if isinstance(offset, int) and not isinstance(offset, bool) else 0,
-                    approved=s.approved == r.release,
+                    decision=owner.decision if owner is not None else None,
+                    until=owner.until if owner is not None else None,
                     update=_state(row.update_id, u),
                     revert=_state(row.revert_id, v),
                     left=row.left is not None,
@@ -380,11 +386,14 @@ class RolloutService:
             for row, m in zip(rows, members, strict=True)
             if row.stage > r.stage and row.update_id is None and not m.left
         )
-        # (members that failed or rolled back will never be compared)
+        # (members that failed, rolled back or were declined will never be compared)
         reached = sum(
             1
             for row, m in zip(rows, members, strict=True)
-            if row.stage <= r.stage and not m.left and m.update not in ("failed", "rolled_back")
+            if row.stage <= r.stage
+            and not m.left
+            and not m.declined()
+            and m.update not in ("failed", "rolled_back")
         )
         why = failures_only(reached, len(control), done, policy.min_devices)
         if why is not None:
@@ -426,7 +435,8 @@ class RolloutService:
         for row in rows:
             if row.left is None and (row.update_id is None or r.state == "halted"):
                 latest = self.gw.ota.table.find(device=row.device, limit=5)
-                found = [u for u in latest if u.started >= r.created]
+                # (an offer the owner declined is not the member's: a later yes offers it anew)
+                found = [u for u in latest if u.started >= r.created and u.reason != DECLINED]
                 offer = next((u for u in found if u.release == r.release), None)
                 back = next((u for u in found if u.release in reverts), None)  # (the newest)
                 if row.update_id is None and offer is not None:
@@ -484,6 +494,11 @@ class RolloutService:
         known.update(new)
         log.warning("rollout %s: %s", r.id, why)
 
+    def _declined(self, r: Rollout, dev: str) -> bool:
+        """dev's owner said never to r's release (read again right before an offer)."""
+        d = self.decisions.get(dev, r.release)
+        return d is not None and d.decision == "never"
+
     def _still_in(self, r: Rollout, dev: str) -> MemberRow | None:
         """dev's row read again right before the step acts on it, if dev is
         still in r: the step read the rows before it awaited the judge, and
@@ -511,7 +526,7 @@ class RolloutService:
             self._record_spent(r, plan.revert_failed, now)
         for dev in plan.offer:
             row = self._still_in(r, dev)
-            if row is None or row.update_id is not None:
+            if row is None or row.update_id is not None or self._declined(r, dev):
                 continue
             try:
                 u = await self.gw.ota.start(dev, r.release, idle=True)
@@ -530,6 +545,31 @@ class RolloutService:
                 log.info("rollout %s: %s not reverted now: %s", r.id, dev, exc)
                 continue
             self.table.set_member(r.id, dev, revert_id=u.id)
+
+    # ---- the owner decides -----------------------------------------------------
+
+    async def decided(self, dev: str, release: str, decision: str) -> None:
+        """The owner of dev decided on release (gateway/decisions.py): `never`
+        ends an offer of it that dev has not installed yet; `now` or `later`
+        after a `never` that ended one lets the rollout offer it anew. A
+        halted or completed rollout of it is stepped at the next tick. (Not
+        under the steps' lock, which a judge's look holds for long: a step
+        that planned an offer before a `never` reads the decision again
+        before it makes it, `_apply`.)"""
+        if decision == "never":
+            u = self.gw.ota.active(dev)
+            if u is not None and u.release == release and u.state in NOT_INSTALLED:
+                await self.gw.ota.cancel(dev, DECLINED)
+        found = self.table.rollout_of(dev, ("running", "paused", "completed"))
+        if found is None or found[0].release != release:
+            return
+        r, row = found
+        u = self._update(row.update_id)
+        if decision != "never" and u is not None and u.reason == DECLINED:
+            self.table.set_member(r.id, dev, update_id=None, offered=None)
+        final = self._final.get(r.id)
+        if final is not None:
+            final.woken = True
 
     # ---- a device leaves -----------------------------------------------------
 

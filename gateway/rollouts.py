@@ -252,7 +252,7 @@ class RolloutTable:
         assert r is not None  # joined on it
         return r, MemberRow(**dict(row))
 
-    def set_member(self, rid: str, dev: str, **columns: str | float) -> bool:
+    def set_member(self, rid: str, dev: str, **columns: str | float | None) -> bool:
         """Write the columns given (update_id, offered, revert_id, left) of a
         member that has not left the rollout, and only those: a write made
         from a row read before an await never undoes what was written

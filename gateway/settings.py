@@ -1,8 +1,9 @@
 """What the maker and the owner set of a device, apart from what it says of
 itself (docs/rollouts.md 2): its channel, its tags, the owner's update
-policy (auto, ask, window) with the daily window, and the owner's yes to a
-release. Kept in the ``device_settings`` table (schema version 5); a device
-without a row has the defaults (stable, no tags, auto).
+policy (auto, ask, window) with the daily window. Kept in the
+``device_settings`` table (schema version 5); a device without a row has the
+defaults (stable, no tags, auto). The owner's say on each release is in
+gateway/decisions.py (its column `approved` moved there in schema version 8).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class DeviceSettings:
     tags: frozenset[str] = field(default_factory=frozenset)
     policy: str = "auto"
     window: Window | None = None
-    approved: str | None = None  # the release the owner said yes to
     updated: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,7 +77,6 @@ class DeviceSettings:
             "tags": sorted(self.tags),
             "policy": self.policy,
             "window": None if self.window is None else str(self.window),
-            "approved": self.approved,
             "updated": self.updated,
         }
 
@@ -138,14 +137,13 @@ class SettingsTable:
         s = replace(s, updated=now)
         self.store.db.execute(
             "INSERT OR REPLACE INTO device_settings"
-            " (device, channel, tags, policy, window, approved, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " (device, channel, tags, policy, window, updated) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 s.device,
                 s.channel,
                 json.dumps(sorted(s.tags)),
                 s.policy,
                 None if s.window is None else str(s.window),
-                s.approved,
                 now,
             ),
         )
@@ -169,6 +167,5 @@ def _from_row(row: Any) -> DeviceSettings:
         tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else frozenset(),
         policy=row["policy"],
         window=window,
-        approved=row["approved"],
         updated=row["updated"],
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -248,6 +248,23 @@ CREATE TABLE account_sessions (
     last_seen REAL NOT NULL
 );
 CREATE INDEX account_sessions_account ON account_sessions(account);
+""",
+    # 9: the owner's decision on each update of a device (gateway/decisions.py);
+    # an approval (device_settings.approved) is the decision `now`
+    9: """
+CREATE TABLE device_decisions (
+    device TEXT NOT NULL,
+    release TEXT NOT NULL,          -- the release id
+    decision TEXT NOT NULL,         -- now, later, never
+    until REAL,                     -- later: not before this time
+    at REAL NOT NULL,
+    PRIMARY KEY (device, release)
+);
+CREATE INDEX device_decisions_release ON device_decisions(release);
+INSERT INTO device_decisions (device, release, decision, until, at)
+    SELECT device, approved, 'now', NULL, coalesce(updated, 0) FROM device_settings
+    WHERE approved IS NOT NULL;
+UPDATE device_settings SET approved = NULL;
 """,
 }
 

@@ -46,11 +46,21 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from .errors import BuildError, ReleaseError
     from .inspect import forms_line
     from .keys import load_keys
-    from .release import FORMS, build
+    from .release import FORMS, MAX_NOTES, build, notes_text
 
     keys = load_keys(Path(args.keys)) if args.keys else None
+    notes = None
+    if args.notes:
+        try:
+            with Path(args.notes).open("rb") as f:
+                notes = notes_text(f.read(MAX_NOTES + 1), args.notes)
+        except OSError as exc:
+            raise BuildError(f"cannot read the notes {args.notes}: {exc.strerror}") from exc
+        except ReleaseError as exc:
+            raise BuildError(exc.message) from exc
     form = "mpy" if args.compile else args.form
     rel = build(
         args.model,
@@ -63,6 +73,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         runtime=Path(args.runtime) if args.runtime else None,
         image=Path(args.image) if args.image else None,
         image_version=args.image_version,
+        notes=notes,
     )
     size = sum(f.size for f in rel.files)
     blobs = {f.sha256: f.zsize for f in rel.files}
@@ -181,6 +192,11 @@ def add_commands(subparsers: Any) -> Any:
         "release carries: the boards write it to their other app partition and boot it on trial",
     )
     bd.add_argument("--image-version", metavar="V", help="the MicroPython version of --image (e.g. 1.24.1)")
+    bd.add_argument(
+        "--notes",
+        metavar="FILE",
+        help="the release notes owners read before they consent (UTF-8 text, at most 8 KiB), signed with it",
+    )
     bd.add_argument("--keys", metavar="DIR", help="sign with this folder's release key")
     bd.set_defaults(func=cmd_build)
 

@@ -109,6 +109,7 @@ class Description:
     forms: tuple[FormInfo, ...] = ()
     runtime: str | None = None  # the version of the runtime (pb/) it carries, if any
     image: dict[str, Any] | None = None  # the manifest's MicroPython image, if it carries one
+    notes: str | None = None  # its release notes, if it has them
 
     def form(self, form: str) -> FormInfo | None:
         return next((f for f in self.forms if f.form == form), None)
@@ -142,6 +143,7 @@ class Description:
             "forms": {f.form: f.to_dict() for f in self.forms},
             "runtime": self.runtime,
             "image": self.image,
+            "notes": self.notes,
         }
 
     def to_text(self) -> str:
@@ -163,6 +165,9 @@ class Description:
                 f"({img['zsize']} compressed), "
                 f"sha256 {img['sha256'][:16]}: the boards boot it on trial with these features"
             )
+        if self.notes is not None:
+            lines += ["", "release notes (signed with it):"]
+            lines += [f"  {line}" for line in self.notes.splitlines()]
         lines.append("")
         lines.append(f"features ({len(self.features)}):")
         for f in self.features:
@@ -207,6 +212,7 @@ def describe(release: Release) -> Description:
         forms=form_infos(release),
         runtime=release.body["runtime"] if isinstance(release.body.get("runtime"), str) else None,
         image=release.image.to_dict() if release.image is not None else None,
+        notes=release.notes,
     )
 
 

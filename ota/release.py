@@ -47,6 +47,8 @@ BLOBS = "blobs"
 ZLIB_WBITS = 10  # the window a device inflates with: 2^10 bytes
 _CHUNK = 4096
 _MAX_VERSION = 64
+MAX_NOTES = 8192  # bytes of a release's notes, UTF-8 text
+NOTES = "notes"  # the manifest's field that signs them (docs/ota.md 2.1)
 PERMISSION_KINDS = ("reads", "drives", "publishes")
 FORMS = ("py", "mpy")  # the forms of a module: source, compiled (mpy-cross)
 # who runs each form
@@ -141,6 +143,22 @@ class Release:
         return blob_path(self.path, img.sha256) if img is not None else None
 
     @property
+    def notes_entry(self) -> FileEntry | None:
+        """The blob of its release notes, as the manifest signs it, if it has notes."""
+        d = self.body.get(NOTES)
+        return FileEntry.from_dict({"path": NOTES, **d}) if d is not None else None
+
+    @property
+    def notes(self) -> str | None:
+        """Its release notes (read from their blob; check_blobs checks them), if it has notes."""
+        entry = self.notes_entry
+        if entry is None:
+            return None
+        inflate = zlib.decompressobj(ZLIB_WBITS)  # (at most what may be signed: read() checks no content)
+        data = inflate.decompress(self.blob_path(entry).read_bytes(), MAX_NOTES + 1)
+        return data.decode("utf-8", "replace")
+
+    @property
     def forms(self) -> tuple[str, ...]:
         """The forms its modules ship in ("py", "mpy"), in FORMS order."""
         exts = {f.path.rsplit(".", 1)[-1] for f in self.files}
@@ -183,13 +201,52 @@ def read(path: Path | str) -> Release:
         trust.check_manifest(body)
     except TrustError as exc:
         raise ReleaseError(exc.code, f"{mf}: {exc.message}") from exc
+    try:
+        check_notes_entry(body)
+    except ReleaseError as exc:
+        raise ReleaseError(exc.code, f"{mf}: {exc.message}") from exc
     rel = Release(folder, data, body, hashlib.sha256(data).hexdigest(), tuple(sigs))
-    for entry in rel.files:
+    for entry in [*rel.files, *([rel.notes_entry] if rel.notes_entry is not None else [])]:
         if not rel.blob_path(entry).is_file():
             raise ReleaseError("missing_blob", f"{folder}: the blob of {entry.path} is missing")
     if rel.image_path is not None and not rel.image_path.is_file():
         raise ReleaseError("missing_blob", f"{folder}: the blob of the MicroPython image is missing")
     return rel
+
+
+def check_notes_entry(body: dict[str, Any]) -> None:
+    """The manifest's `notes`, if it has them: the sizes and hashes of their
+    blob, the text at most MAX_NOTES bytes. The device skips them (it never
+    fetches them); the tools and the gateway check them. Raises ReleaseError
+    bad_manifest."""
+    d = body.get(NOTES)
+    if d is None:
+        return
+    fields = ("size", "sha256", "zsize", "zsha256")
+    if not isinstance(d, dict) or set(d) != set(fields):
+        raise ReleaseError("bad_manifest", f"manifest field 'notes' must be {{{', '.join(fields)}}}")
+    for k in ("size", "zsize"):
+        if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
+            raise ReleaseError("bad_manifest", f"notes: {k} must be a size")
+    if d["size"] > MAX_NOTES:
+        raise ReleaseError("bad_manifest", f"notes of {d['size']} bytes: at most {MAX_NOTES}")
+    if not trust.is_hex(d["sha256"], 64) or not trust.is_hex(d["zsha256"], 64):
+        raise ReleaseError("bad_manifest", "notes: hashes must be 64 lowercase hex")
+
+
+def notes_text(data: bytes, where: str = "the notes") -> str:
+    """data as release notes: UTF-8 text of at most MAX_NOTES bytes, no
+    control characters but newlines and tabs. Raises ReleaseError bad_notes."""
+    if len(data) > MAX_NOTES:
+        raise ReleaseError("bad_notes", f"{where}: more than the {MAX_NOTES} bytes release notes may have")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReleaseError("bad_notes", f"{where}: not UTF-8 text (byte {exc.start})") from None
+    odd = next((c for c in text if not c.isprintable() and c not in "\n\t"), None)
+    if odd is not None:
+        raise ReleaseError("bad_notes", f"{where}: not text (it holds the control character {odd!r})")
+    return text
 
 
 def check_blob(path: Path, entry: FileEntry) -> None:
@@ -238,6 +295,10 @@ def check_blobs(release: Release) -> None:
     """check_blob for every file of a release. Raises ReleaseError."""
     for entry in release.files:
         check_blob(release.blob_path(entry), entry)
+    notes = release.notes_entry
+    if notes is not None:
+        check_blob(release.blob_path(notes), notes)
+        notes_text(zlib.decompress(release.blob_path(notes).read_bytes(), ZLIB_WBITS), "the release notes")
     if release.image is not None and release.image_path is not None:
         unpack_image(release.image_path.read_bytes(), release.image)
 
@@ -381,6 +442,18 @@ def _entry(path: str, data: bytes, blob: bytes) -> dict[str, Any]:
     ).to_dict()
 
 
+def _notes_blob(notes: str) -> tuple[dict[str, Any], bytes]:
+    """The manifest's `notes` entry and the blob of notes. Raises BuildError."""
+    data = notes.encode("utf-8", "surrogatepass")
+    try:
+        notes_text(data)
+    except ReleaseError as exc:
+        raise BuildError(exc.message) from exc
+    entry = _entry(NOTES, data, compress(data))
+    del entry["path"]
+    return entry, compress(data)
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BuildError(f"{out} exists and is not an empty folder; releases are never overwritten")
@@ -399,6 +472,7 @@ def build(
     runtime: Path | str | None = None,
     image: Path | str | None = None,
     image_version: str | None = None,
+    notes: str | None = None,
 ) -> Release:
     """Build a release of the features in feature_dirs (each a folder named
     after its feature) for one model into the new folder `out`.
@@ -415,7 +489,9 @@ def build(
     features. `image`: an ESP32 app image (MicroPython, as esptool would
     flash it) the release carries too, of version `image_version`: the
     devices write it to their other app partition and boot it on trial
-    with the set (docs/ota.md 4.11). Raises BuildError (or KeyStoreError).
+    with the set (docs/ota.md 4.11). `notes`: the release notes an owner
+    reads before consenting, signed with the release as the hashes of their
+    blob (the devices never fetch them). Raises BuildError (or KeyStoreError).
     """
     forms = tuple(forms)
     if not forms or any(f not in FORMS for f in forms) or len(set(forms)) != len(forms):
@@ -430,6 +506,7 @@ def build(
     if not feature_dirs:
         raise BuildError("a release needs at least one feature")
     signer = keys.release_key() if keys is not None else None
+    notes_blob = _notes_blob(notes) if notes is not None else None
     _prepare_out(out)
 
     manifests: dict[str, dict[str, Any]] = {}
@@ -494,6 +571,8 @@ def build(
                 raise BuildError(f"{exc.message}; ship both forms of every module") from exc
 
     blobs = {hashlib.sha256(data).hexdigest(): compress(data) for data in contents.values()}
+    if notes_blob is not None:
+        blobs[notes_blob[0]["sha256"]] = notes_blob[1]
     img = None
     if image is not None:
         if not image_version:
@@ -513,6 +592,7 @@ def build(
         "created": int(now),
         **({"runtime": runtime_version(Path(runtime))} if runtime is not None else {}),
         **({"image": img.to_dict()} if img is not None else {}),
+        **({NOTES: notes_blob[0]} if notes_blob is not None else {}),
         "features": {
             name: {
                 "version": m["version"],

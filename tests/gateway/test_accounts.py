@@ -177,7 +177,8 @@ def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(t
     db = tmp_path / "gw.db"
     with Store(db) as s:
         s.db.executescript("DROP TABLE claim_attempts; DROP TABLE device_owners; DROP TABLE device_claims;")
-        s.db.executescript("DROP TABLE account_sessions; DROP TABLE account_tokens; DROP TABLE accounts;")
+        s.db.executescript("DROP TABLE account_sessions; DROP TABLE device_decisions;")
+        s.db.executescript("DROP TABLE account_tokens; DROP TABLE accounts;")
         s.set_meta("schema", "6")
         s.set_meta("kept", "yes")
     with Store(db) as s:

@@ -58,6 +58,7 @@ class World:
                 "updates",
                 "accounts",
                 "rollouts",
+                "device_decisions",
             )
         ]
 
@@ -91,6 +92,7 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/update"): {"release": "thermostat@2"},
     ("PATCH", "/api/v1/devices/{id}/settings"): {"policy": "ask"},
     ("POST", "/api/v1/devices/{id}/approve"): {"release": "thermostat@2"},
+    ("POST", "/api/v1/devices/{id}/decision"): {"release": "thermostat@2", "decision": "never"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/claims"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/accounts"): {"name": "eve", "role": "admin", "password": PASSWORD},

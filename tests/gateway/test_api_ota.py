@@ -8,6 +8,7 @@ import asyncio
 import io
 import tarfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,8 +16,9 @@ import pytest
 
 from gateway import api
 from gateway.archive import TAR_TYPE, pack_release
+from gateway.paths import firmware_dir
 from ota.keys import Keys
-from ota.release import Release
+from ota.release import Release, build
 
 from ..support.ota import OtaDevice
 from ..support.wait import async_wait_for
@@ -202,3 +204,21 @@ async def test_update_errors_are_json_with_codes(
     assert error(await a.call("GET", "/api/v1/updates/0123456789ab")) == (404, "unknown_update")
     async with session.get(r.url + "/api/v1/releases") as resp:  # no token
         assert resp.status == 401
+
+
+async def test_a_release_s_notes_are_published_with_it_and_shown(
+    start_gateway: StartGateway, session: aiohttp.ClientSession, keys: Keys, tmp_path: Path
+) -> None:
+    a = Api(await start_gateway(keys), session)
+    notes = "Eco pre-heats while energy is cheap.\nIt publishes the hour's price."
+    thermostat = firmware_dir() / "features" / "thermostat"
+    rel = build("thermostat", [thermostat], "2.0", tmp_path / "r", 2, ("py",), keys, notes=notes)
+    status, body = await a.publish(rel)
+    assert status == 201, body
+    status, found = await a.call("GET", "/api/v1/releases/thermostat@2")
+    assert status == 200 and found["notes"] == notes
+    # read from the gateway's blob and checked against the signed hashes each time
+    stored = a.r.gw.ota.releases.get(rel.sha256)
+    assert stored is not None and stored.notes_entry is not None
+    a.r.gw.ota.releases.blob_path(stored.notes_entry.zsha256).write_bytes(b"tampered")
+    assert error(await a.call("GET", "/api/v1/releases/thermostat@2")) == (422, "mismatch")

@@ -97,7 +97,7 @@ def test_a_running_stage_offers_to_its_online_members_that_may_go_now() -> None:
         Member("later-stage", 1, online=True),
         Member("off", 0, online=False),
         Member("ask", 0, online=True, policy="ask"),
-        Member("asked", 0, online=True, policy="ask", approved=True),
+        Member("asked", 0, online=True, policy="ask", decision="now"),
         Member("win", 0, online=True, policy="window", window=window),
         Member(
             "win-local", 0, online=True, policy="window", window=window, utc_offset_min=-600
@@ -216,7 +216,8 @@ def test_a_finished_rollout_names_the_members_it_may_still_act_on() -> None:
             online=st.booleans(),
             policy=st.sampled_from(["auto", "ask", "window"]),
             window=st.none() | st.just(Window(60, 180)),
-            approved=st.booleans(),
+            decision=st.sampled_from([None, "now", "later", "never"]),
+            until=st.none() | st.sampled_from([NOON - 1, NOON, NOON + 1]),
             update=st.none() | st.sampled_from(["offered", "downloading", "deferred", "committed", "failed"]),
             left=st.booleans(),
         ),
@@ -234,6 +235,46 @@ def test_nothing_outside_the_rules_is_ever_offered(members: list[Member], state:
     for dev in plan.offer:
         m = by_id[dev]
         assert m.stage <= stage and m.online and not m.left and m.update is None
-        assert m.policy == "auto" or (m.policy == "ask" and m.approved) or m.policy == "window"
+        assert m.decision != "never"
+        assert m.decision != "later" or (m.until is not None and m.until <= NOON)
+        assert m.policy != "ask" or m.decision is not None
+        assert m.policy != "window" or m.decision == "now" or m.window is None or m.window.contains(NOON, 0)
     for dev in plan.revert:
         assert by_id[dev].update == "committed" and state == "halted"
+
+
+def test_the_owner_s_decision_lets_a_member_go_now_later_or_never() -> None:
+    window = Window.parse("01:00-03:00")  # (noon UTC is outside it)
+    members = [
+        Member("ask-now", 0, online=True, policy="ask", decision="now"),
+        Member("win-now", 0, online=True, policy="window", window=window, decision="now"),
+        Member("auto-later", 0, online=True, decision="later", until=NOON + 60),
+        Member("ask-later-due", 0, online=True, policy="ask", decision="later", until=NOON),
+        Member("win-later-due", 0, online=True, policy="window", window=window, decision="later", until=NOON),
+        Member("never", 0, online=True, decision="never"),
+        Member("never-later-stage", 1, online=True, decision="never"),
+        Member("never-cancelled", 0, online=True, decision="never", update="failed"),
+        Member("never-too-late", 0, online=True, decision="never", update="committed"),
+        Member("later-offline", 0, online=False, decision="later", until=NOON + 60),
+    ]
+    plan = run(members)
+    assert set(plan.offer) == {"ask-now", "win-now", "ask-later-due"}
+    assert {m.device: m.shown(0, NOON) for m in members} == {
+        "ask-now": "ready",
+        "win-now": "ready",  # the owner's now goes outside the window
+        "auto-later": "postponed",
+        "ask-later-due": "ready",  # a later that is due is the owner's yes
+        "win-later-due": "waiting_window",  # and the window still applies
+        "never": "declined",
+        "never-later-stage": "declined",
+        "never-cancelled": "declined",  # its offer ended by the owner's never
+        "never-too-late": "committed",
+        "later-offline": "offline",
+    }
+    assert plan.counts["declined"] == 3 and plan.counts["postponed"] == 1
+    # a completed rollout waits for the postponed, not for the declined
+    done = run(members, state="completed")
+    assert "auto-later" in done.unsettled and "later-offline" in done.unsettled
+    assert not {"never", "never-later-stage", "never-cancelled"} & set(done.unsettled)
+    # once the later's time has come the member goes
+    assert "auto-later" in run(members, now=NOON + 60).offer

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.decisions import DecisionTable
 from gateway.errors import SettingsError
 from gateway.settings import DeviceSettings, SettingsTable, Window, changed
 from ota.keys import Keys
@@ -166,7 +167,8 @@ async def test_an_owner_approves_a_release_of_the_device_s_model(
     db = tmp_path / "gw.db"
     out = await asyncio.to_thread(_cli, db, "approve", "th-1", stored.ref)
     assert out.returncode == 0, out.stderr
-    assert SettingsTable(r.store).get("th-1").approved == stored.id
+    d = DecisionTable(r.store).get("th-1", stored.id)  # an approval is the owner's decision now
+    assert d is not None and d.decision == "now"
     r.store.upsert_hello("sh-1", messages.hello("sh-1", model="shirt"), 1.0)
     out = await asyncio.to_thread(_cli, db, "approve", "sh-1", stored.ref)
     assert out.returncode == 1 and "is for thermostat, sh-1 is a shirt" in out.stderr

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.decisions import DecisionTable, decided
 from gateway.rollouts import Rollout
 from gateway.service import Gateway
 from gateway.settings import SettingsTable, changed
@@ -271,8 +272,7 @@ async def test_owners_policies_and_busy_devices_are_honoured_and_a_restart_chang
     await rig.restart_gateway()
     await async_wait_for(lambda: rig.updates_of(r.id)[windowed][1] is not None, 60, what="the window opened")
     assert rig.updates_of(r.id)[asker][1] is None  # still waits for its owner
-    table = SettingsTable(rig.store)
-    table.save(replace(table.get(asker), approved=rid_release), rig.gw.clock.now())
+    DecisionTable(rig.store).save(decided(asker, rid_release, "now", None, rig.gw.clock.now()))
     await async_wait_for(lambda: rig.updates_of(r.id)[asker][1] is not None, 30, what="offered once approved")
     done = await rig.ended(r.id, ("completed", "halted"), 300)
     assert done.state == "completed", done
