@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,10 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from gateway.accounts import Accounts, new_claim_code
+from gateway.paths import firmware_dir
+from gateway.settings import SettingsTable
 from gateway.tls import ApiTls
+from ota.release import build
 from ota.keys import Keys
 from simulator.fleet import Fleet
 
@@ -164,8 +169,6 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     await page.get_by_label("window").fill("01:00-05:00")
     await page.get_by_role("button", name="Save").click()
     await expect(page.locator("[data-policy] .ok")).to_be_visible()
-    from gateway.settings import SettingsTable
-
     s = SettingsTable(home.r.store).get(mine[0])
     assert (s.policy, str(s.window)) == ("window", "01:00-05:00")
 
@@ -189,6 +192,59 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     assert status == 404
     assert unexpected(errors) == []
     assert [e for e in unexpected(bob_errors) if not e.endswith(f"/api/v1/devices/{mine[0]}")] == []
+
+
+NOTES = "Eco pre-heats while energy is cheap.\nIt publishes the hour's price and its boost."
+
+
+async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_the_maker_follows(
+    home: Home, browser: Browser, shots: Shots, keys: Keys, tmp_path: Path
+) -> None:
+    gw, url = home.r.gw, home.r.url
+    mine = home.devices[0]
+    features = firmware_dir() / "features"
+    eco = build("thermostat", [features / "thermostat", features / "eco"], "2.0.0", tmp_path / "r2", 2,
+                keys=keys, notes=NOTES)  # fmt: skip
+    gw.ota.releases.add(eco.path, time.time())
+    SettingsTable(home.r.store).save(
+        replace(SettingsTable(home.r.store).get(mine), policy="ask"), time.time()
+    )
+    # (its heater off: an offer waits while a thermostat heats, docs/ota.md 4.3)
+    done = await gw.send_command(mine, "config.set", {"feature": "thermostat", "values": {"mode": "off"}}, 5)
+    assert done.get("ok"), done
+    roll = gw.rollouts.create("thermostat@2", f"id={mine}", stages=(1.0,), soak_s=5, no_revert=True, seed=1)
+
+    page, errors = await log_in(browser, url, "ann")
+    await page.goto(f"{url}/app/#/device/{mine}")
+    banner = page.locator("[data-offer='thermostat@2']")
+    await expect(banner).to_contain_text("waits for your yes")
+    await shots.take(page, "device-with-a-waiting-update")
+    await banner.get_by_role("link", name="Look at it").click()
+    await expect(page.locator("[data-notes]")).to_have_text(NOTES)
+    await expect(page.locator("[data-changes] [data-feature='eco']")).to_contain_text("added")
+    await expect(page.locator("[data-changes] [data-feature='eco']")).to_contain_text("Pre-heats")
+    await expect(page.locator("[data-permissions]")).to_contain_text("publishes boost, cheap, price")
+    await shots.take(page, "waiting-update")
+    assert gw.ota.active(mine) is None  # nothing goes before the owner says so
+
+    await page.locator("[data-action='now']").click()
+    await expect(page.get_by_text("It installs now.")).to_be_visible()
+    await page.goto(f"{url}/app/#/device/{mine}")
+    await expect(page.locator("[data-history] [data-state='committed']")).to_have_count(1, timeout=60_000)
+    await expect(page.locator("[data-features]")).to_contain_text("eco")
+    await shots.take(page, "device-after-the-update")
+
+    # the maker's view of the rollout: its funnel and decisions
+    maker, maker_errors = await log_in(browser, url, "mia")
+    await maker.get_by_role("link", name="Rollouts").click()
+    await maker.get_by_role("link", name=roll.id).click()
+    await expect(maker.locator("[data-chart='funnel']")).to_be_visible()
+    await expect(maker.locator("main")).to_contain_text("completed", timeout=30_000)
+    await shots.take(maker, "rollout")
+    await maker.get_by_role("link", name="Releases").click()
+    await expect(maker.locator("[data-releases]")).to_contain_text("thermostat@2")
+    await shots.take(maker, "releases")
+    assert unexpected(errors) == [] and unexpected(maker_errors) == []
 
 
 async def async_wait_for_points(chart: object, at_least: int, timeout: float = 20) -> None:

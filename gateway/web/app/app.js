@@ -153,11 +153,10 @@ function Device({ id }) {
     if (kind === "telemetry") {
       const t = ev.message.ts || ev.at;
       setRows((r) => [...(r || []), { t, values: flatten(ev.message) }].slice(-KEEP_POINTS));
-    } else if (kind === "status") {
-      reloadUpdates();
-      reloadOffers();
     } else {
-      reload();
+      // an update's progress, a hello (the set it now runs), online or offline
+      if (kind !== "status") reload();
+      reloadUpdates();
       reloadOffers();
     }
   }, [id, reload, reloadUpdates, reloadOffers]);
@@ -351,7 +350,11 @@ function Rollout({ id }) {
     <p>${r.state}, stage ${r.stage + 1} of ${r.stages.length} · cohort <code>${r.cohort}</code>${r.reason ? html` · <b>${r.reason}</b>` : ""}</p>
     <div class="charts">
       <${BarChart} name="funnel" title="Members per stage and state" labels=${labels} series=${funnel} stacked=${true} yTitle="devices" />
-      <${TimeChart} name="judge" title="Judge: each metric's shift from the control (% worse) and its limit" series=${[...effects, ...thresholds]} yTitle="% worse than control" />
+      ${names.length
+        ? html`<${TimeChart} name="judge" title="Judge: each metric's shift from the control (% worse) and its limit" series=${[...effects, ...thresholds]} yTitle="% worse than control" />`
+        : html`<div class="chart" data-chart="judge"><h3>Judge</h3><p class="muted">${looks.length
+            ? "Judged by failures only so far: a stage and its control group need 20 devices each to be compared metric by metric."
+            : "The judge has not looked yet."}</p></div>`}
     </div>
     ${j
       ? html`<h2>Last look: ${j.result}</h2>
