@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from gateway.accounts import Accounts, new_claim_code
+from gateway.judge import Direction, Group, HardCounts, MetricSpec, Observation, Policy, judge
 from gateway.paths import firmware_dir
 from gateway.settings import SettingsTable
 from gateway.tls import ApiTls
@@ -23,6 +25,7 @@ from ota.keys import Keys
 from simulator.fleet import Fleet
 
 from ..gateway.conftest import Running, StartGateway
+from ..support.messages import hello
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
 from .conftest import Shots, unexpected, watch_console
@@ -245,6 +248,46 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     await expect(maker.locator("[data-releases]")).to_contain_text("thermostat@2")
     await shots.take(maker, "releases")
     assert unexpected(errors) == [] and unexpected(maker_errors) == []
+
+
+async def test_a_maker_sees_the_judge_s_looks_charted(
+    start_gateway: StartGateway, keys: Keys, browser: Browser, shots: Shots, tmp_path: Path
+) -> None:
+    r = await start_gateway(keys)
+    features = firmware_dir() / "features"
+    rel = build(
+        "thermostat", [features / "thermostat", features / "eco"], "2.0.0", tmp_path / "r2", 2, keys=keys
+    )
+    r.gw.ota.releases.add(rel.path, time.time())
+    for i in range(3):
+        r.store.upsert_hello(f"th-{i}", hello(f"th-{i}"), time.time())
+    Accounts(r.store).create("mia", "maker", PASSWORD, 1.0)
+    roll = r.gw.rollouts.create("thermostat@2", stages=(0.34, 1.0), no_revert=True, seed=3)
+    # three looks of the judge at a stage whose devices do worse and worse
+    # (gateway/judge.py, as the rollout's steps record them)
+    rng = np.random.default_rng(7)
+    spec = MetricSpec("comfort_deviation", Direction.LOWER, unit="K", critical=True)
+    policy = Policy(looks=3)
+    start = roll.stage_started
+    for look, worse in ((1, 1.05), (2, 1.15), (3, 1.3)):
+        treated = [worse * float(x) for x in 0.4 * rng.lognormal(0.0, 0.2, 40)]
+        control = [float(x) for x in 0.4 * rng.lognormal(0.0, 0.2, 200)]
+        obs = [
+            Observation(f"t{i}", Group.TREATMENT, start, {spec.name: v}, start) for i, v in enumerate(treated)
+        ]
+        obs += [Observation(f"c{i}", Group.CONTROL, start, {spec.name: v}) for i, v in enumerate(control)]
+        at = start + look * 2 * 3600
+        j = judge([spec], policy, obs, HardCounts(40), look=look, now=at)
+        r.gw.rollouts.table.decide(roll, at, "look", j.result.value, "; ".join(j.reasons), j.to_dict())
+    page, errors = await log_in(browser, r.url, "mia")
+    await page.goto(f"{r.url}/app/#/rollout/{roll.id}")
+    chart = page.locator("[data-chart='judge']")
+    await expect(chart).to_be_visible()
+    assert int(await chart.get_attribute("data-points") or "0") == 6  # an effect and a limit per look
+    await expect(page.get_by_role("heading", name="Last look: fail")).to_be_visible()
+    await expect(page.locator("[data-judgement]")).to_contain_text("comfort_deviation")
+    await shots.take(page, "rollout-judged")
+    assert unexpected(errors) == []
 
 
 async def async_wait_for_points(chart: object, at_least: int, timeout: float = 20) -> None:

@@ -63,6 +63,7 @@ export function TimeChart({ title, series, yTitle, y2Title, name }) {
         backgroundColor: COLORS[i % COLORS.length],
         borderWidth: 1.6,
         stepped: !!s.step,
+        pointRadius: s.points.length <= 50 ? 3 : 0,
         borderDash: s.dash || [],
         yAxisID: s.axis || "y",
       }));
