@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from gateway.judge import Direction, Group, HardCounts, MetricSpec, Observation,
 from gateway.paths import firmware_dir
 from gateway.settings import SettingsTable
 from gateway.tls import ApiTls
-from ota.release import build
 from ota.keys import Keys
+from ota.release import build
 from simulator.fleet import Fleet
 
 from ..gateway.conftest import Running, StartGateway
