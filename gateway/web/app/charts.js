@@ -8,9 +8,11 @@ export function clock(t, seconds) {
   return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", ...(seconds ? { second: "2-digit" } : {}) });
 }
 
-// a time axis's label: with seconds when the chart spans less than an hour
+// a time axis's label: with seconds when the chart spans less than an hour, the day when more than one
 function tick(v) {
-  return clock(v, this.max - this.min < 3600);
+  const span = this.max - this.min;
+  if (span > 86400) return new Date(v * 1000).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" });
+  return clock(v, span < 3600);
 }
 
 export function dateTime(t) {

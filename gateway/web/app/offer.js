@@ -74,23 +74,19 @@ function Permissions({ changes }) {
   </div>`;
 }
 
-const METRICS = {
-  thermostat: [
-    ["minutes_outside", "minutes outside the comfort band", "min", 0],
-    ["energy_kwh", "heater energy", "kWh", 2],
-    ["cost", "cost at your hourly prices", "", 2],
-  ],
-  shirt: [
-    ["minutes_above", "minutes above the humidity threshold", "min", 0],
-    ["vent_actuations", "vent actuations", "", 0],
-  ],
+// how each metric of a preview is named for its owner (docs/twin.md)
+const LABELS = {
+  minutes_outside_band: "minutes outside the comfort band",
+  heater_energy_kwh: "heater energy",
+  heater_cost: "its cost at your hourly prices",
+  heater_hours: "hours the heater runs",
+  minutes_above_threshold: "minutes above the humidity threshold",
+  vent_actuations: "vent actuations",
 };
 
-function metricRows(p) {
-  const cur = p.current || {};
-  const cand = p.candidate || {};
-  const known = Object.keys({ ...(cur.metrics || cur), ...(cand.metrics || cand) }).filter((k) => typeof (cur.metrics || cur)[k] === "number");
-  return known.map((k) => [k, k.replace(/_/g, " "), "", 2]);
+function fmt(v) {
+  if (typeof v !== "number") return "–";
+  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
 }
 
 function Preview({ id, release }) {
@@ -107,7 +103,7 @@ function Preview({ id, release }) {
         setP(got);
         if (got.state === "computing") timer = setTimeout(poll, 1000);
       } catch (e) {
-        if (e.status === 404 && e.code !== "unknown_device") {
+        if (e.status === 404 && e.code === "no_preview") {
           try {
             setP(await api("POST", path, { release }));
             timer = setTimeout(poll, 1000);
@@ -125,50 +121,50 @@ function Preview({ id, release }) {
   }, [id, release]);
   if (error) return html`<${ErrorLine} error=${error} />`;
   if (!p || p.state === "computing") return html`<p class="loading" data-preview="computing">Computing the preview on your device's twin…</p>`;
-  if (p.state !== "ready") return html`<p class="banner" data-preview=${p.state}>No preview: ${p.reason || p.message || p.state}</p>`;
-  const cur = p.current || {};
-  const cand = p.candidate || {};
-  const cm = cur.metrics || cur;
-  const nm = cand.metrics || cand;
+  if (p.state !== "ready") {
+    const reasons = p.reasons || (p.reason ? [p.reason] : [p.state]);
+    return html`<div class="banner" data-preview=${p.state}>
+      <b>${p.state === "insufficient" ? "Not enough of a record for a preview:" : "The preview failed:"}</b>
+      <ul>${reasons.map((r) => html`<li>${r}</li>`)}</ul></div>`;
+  }
+  const metrics = Object.entries(p.metrics || {});
+  const q = (p.fit && p.fit.quality) || {};
   return html`<div data-preview="ready">
     <table data-preview-metrics>
-      <tr><th>over ${p.horizon_h ? p.horizon_h + " h" : "the same conditions"}</th><th>today</th><th>with the update</th></tr>
-      ${metricRows(p).map(([k, label]) => {
-        const a = cm[k];
-        const b = nm[k];
-        const cls = b < a ? "better" : b > a ? "worse" : "";
-        return html`<tr data-metric=${k}><td>${label}</td><td class="num">${fmt(a)}</td><td class=${"num " + cls}>${fmt(b)}</td></tr>`;
+      <tr><th>predicted over the same ${p.record && p.record.hours ? Math.round(p.record.hours) + " hours" : "conditions"}</th>
+        <th>today (${p.current ? p.current.ref : "now"})</th><th>with ${p.candidate ? p.candidate.ref : "the update"}</th><th>change</th></tr>
+      ${metrics.map(([k, m]) => {
+        const d = m.change;
+        const good = d === null || d === 0 ? "" : (d < 0) === (m.better === "lower") ? "better" : "worse";
+        return html`<tr data-metric=${k}><td>${LABELS[k] || k.replace(/_/g, " ")} <span class="muted">${m.unit || ""}</span></td>
+          <td class="num">${fmt(m.current)}</td><td class="num">${fmt(m.candidate)}</td>
+          <td class=${"num " + good}>${m.relative === null || m.relative === undefined ? fmt(d) : (m.relative > 0 ? "+" : "") + (m.relative * 100).toFixed(1) + " %"}</td></tr>`;
       })}
     </table>
-    ${p.fit ? html`<p class="muted" data-fit>The twin is fitted to your device's own record${p.fit.quality !== undefined ? html`: fit quality ${fmtFit(p.fit)}` : ""}.</p>` : ""}
+    <p class="muted" data-fit>A twin of this device, fitted to its own record${p.record ? ` (${Math.round(p.record.hours)} h, ${p.record.rows} readings)` : ""}:
+      ${typeof q.rmse_c === "number" ? ` it redoes the held-out part within ${q.rmse_c.toFixed(2)} °C (RMS)` : ""}${typeof q.r2 === "number" ? `, R² ${q.r2.toFixed(2)}` : ""}.
+      ${(p.warnings || []).length ? ` ${p.warnings.length} warnings.` : ""}</p>
     ${previewCharts(p)}
   </div>`;
 }
 
-function fmt(v) {
-  if (typeof v !== "number") return "–";
-  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
-}
-
-function fmtFit(fit) {
-  const q = fit.quality;
-  if (typeof q === "number") return q.toFixed(2);
-  if (q && typeof q === "object") return Object.entries(q).filter(([, v]) => typeof v === "number").map(([k, v]) => `${k.replace(/_/g, " ")} ${v.toFixed(2)}`).join(", ");
-  return String(q);
-}
+const SERIES_TITLES = { temperature: "Room temperature, predicted (°C)", heater_duty: "Heater duty, predicted (share of each hour)" };
 
 function previewCharts(p) {
   const series = p.series || {};
   const t = series.t || [];
   const charts = [];
   for (const key of Object.keys(series.current || {})) {
-    const a = series.current[key] || [];
-    const b = (series.candidate || {})[key] || [];
-    charts.push(html`<${TimeChart} name=${"preview-" + key} title=${key.replace(/_/g, " ")}
-      series=${[
-        { label: "today", points: a.map((y, i) => ({ x: t[i], y })) },
-        { label: "with the update", points: b.map((y, i) => ({ x: t[i], y })) },
-      ]} />`);
+    const line = (ys) => (ys || []).map((y, i) => ({ x: t[i], y })).filter((pt) => pt.y !== null);
+    const lines = [
+      { label: "today", points: line(series.current[key]) },
+      { label: "with the update", points: line((series.candidate || {})[key]) },
+    ];
+    if (key === "temperature" && series.band) {
+      lines.push({ label: "comfort band", points: line(series.band.low), dash: [4, 4], step: true });
+      lines.push({ label: "", points: line(series.band.high), dash: [4, 4], step: true });
+    }
+    charts.push(html`<${TimeChart} name=${"preview-" + key} title=${SERIES_TITLES[key] || key.replace(/_/g, " ")} series=${lines} />`);
   }
   return charts.length ? html`<div class="charts">${charts}</div>` : "";
 }
