@@ -97,7 +97,7 @@ async def _decide(request: web.Request, ref: str, decision: Any, until: Any) -> 
     except DecisionError as exc:
         return error_response(422, exc.code, str(exc))
     u = gw.ota.active(d.id)
-    if new.decision == "never" and u is not None and u.release == rel.id and u.state not in NOT_INSTALLED:
+    if new.decision != "now" and u is not None and u.release == rel.id and u.state not in NOT_INSTALLED:
         return error_response(
             409,
             "too_late",

@@ -52,6 +52,8 @@ def _release_lines(o: dict[str, Any]) -> list[str]:
 def offers_text(a: dict[str, Any]) -> str:
     runs = a["runs"]
     on = runs["release"]["ref"] if runs["release"] else f"counter {runs['counter']}"
+    if not runs["release"] and not runs["counter"]:
+        on = "its factory set"
     policy = a["policy"] + (f" ({a['window']})" if a.get("window") else "")
     lines = [f"{a['device']} runs {on} ({runs['state']}); policy {policy}"]
     if not a["offers"]:

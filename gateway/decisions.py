@@ -22,7 +22,10 @@ from .store import Store
 
 DECISIONS = ("now", "later", "never")
 MAX_LATER_S = 90 * 86400.0  # how far ahead `later` may put an update
-DECLINED = "cancelled: declined by the owner"  # the reason of an offer the owner's `never` ended
+# the reasons of an offer not installed yet that the owner's `never` or `later` ended
+DECLINED = "cancelled: declined by the owner"
+POSTPONED = "cancelled: put off by the owner"
+CANCELS = {"never": DECLINED, "later": POSTPONED}
 _SCHEMA = 8  # the store's version that has the table
 _DURATION = re.compile(r"(\d{1,6}(?:\.\d{1,3})?)\s*([mhd])")
 _UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -41,11 +44,11 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def lets_go(self, now: float) -> bool:
-        """Whether the owner lets the update go at now, as far as this decision goes."""
-        if self.decision == "never":
-            return False
-        return self.decision == "now" or (self.until is not None and now >= self.until)
+    def holds(self, now: float) -> bool:
+        """Whether it holds the update back at now: never, or a later not yet due."""
+        return self.decision == "never" or (
+            self.decision == "later" and (self.until is None or now < self.until)
+        )
 
 
 def parse_until(value: object, now: float) -> float:

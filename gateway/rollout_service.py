@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .cohort import Cohort, DeviceFacts, parse
-from .decisions import DECLINED, DecisionTable
+from .decisions import CANCELS, DecisionTable
 from .errors import GatewayError, RolloutError
 from .judge import Policy, Result, judge_hard
 from .rollout_judging import (
@@ -435,8 +435,8 @@ class RolloutService:
         for row in rows:
             if row.left is None and (row.update_id is None or r.state == "halted"):
                 latest = self.gw.ota.table.find(device=row.device, limit=5)
-                # (an offer the owner declined is not the member's: a later yes offers it anew)
-                found = [u for u in latest if u.started >= r.created and u.reason != DECLINED]
+                # (an offer the owner's never or later ended is not the member's: it is offered anew)
+                found = [u for u in latest if u.started >= r.created and u.reason not in CANCELS.values()]
                 offer = next((u for u in found if u.release == r.release), None)
                 back = next((u for u in found if u.release in reverts), None)  # (the newest)
                 if row.update_id is None and offer is not None:
@@ -494,10 +494,11 @@ class RolloutService:
         known.update(new)
         log.warning("rollout %s: %s", r.id, why)
 
-    def _declined(self, r: Rollout, dev: str) -> bool:
-        """dev's owner said never to r's release (read again right before an offer)."""
+    def _held(self, r: Rollout, dev: str) -> bool:
+        """dev's owner holds r's release back now: never, or a later not yet
+        due (read again right before an offer)."""
         d = self.decisions.get(dev, r.release)
-        return d is not None and d.decision == "never"
+        return d is not None and d.holds(self.gw.clock.now())
 
     def _still_in(self, r: Rollout, dev: str) -> MemberRow | None:
         """dev's row read again right before the step acts on it, if dev is
@@ -526,7 +527,7 @@ class RolloutService:
             self._record_spent(r, plan.revert_failed, now)
         for dev in plan.offer:
             row = self._still_in(r, dev)
-            if row is None or row.update_id is not None or self._declined(r, dev):
+            if row is None or row.update_id is not None or self._held(r, dev):
                 continue
             try:
                 u = await self.gw.ota.start(dev, r.release, idle=True)
@@ -550,24 +551,19 @@ class RolloutService:
 
     async def decided(self, dev: str, release: str, decision: str) -> None:
         """The owner of dev decided on release (gateway/decisions.py): `never`
-        ends an offer of it that dev has not installed yet; `now` or `later`
-        after a `never` that ended one lets the rollout offer it anew. A
-        halted or completed rollout of it is stepped at the next tick. (Not
+        and `later` end an offer of it that dev has not installed yet (the
+        member is offered the release anew when the decision lets it go), and
+        a halted or completed rollout of it is stepped at the next tick. (Not
         under the steps' lock, which a judge's look holds for long: a step
-        that planned an offer before a `never` reads the decision again
-        before it makes it, `_apply`.)"""
-        if decision == "never":
-            u = self.gw.ota.active(dev)
-            if u is not None and u.release == release and u.state in NOT_INSTALLED:
-                await self.gw.ota.cancel(dev, DECLINED)
+        that planned an offer before the decision reads it again before it
+        makes it, `_apply`.)"""
         found = self.table.rollout_of(dev, ("running", "paused", "completed"))
-        if found is None or found[0].release != release:
-            return
-        r, row = found
-        u = self._update(row.update_id)
-        if decision != "never" and u is not None and u.reason == DECLINED:
-            self.table.set_member(r.id, dev, update_id=None, offered=None)
-        final = self._final.get(r.id)
+        u = self.gw.ota.active(dev)
+        if decision in CANCELS and u is not None and u.release == release and u.state in NOT_INSTALLED:
+            await self.gw.ota.cancel(dev, CANCELS[decision])
+            if found is not None and found[1].update_id == u.id:
+                self.table.set_member(found[0].id, dev, update_id=None, offered=None)
+        final = self._final.get(found[0].id) if found is not None and found[0].release == release else None
         if final is not None:
             final.woken = True
 

@@ -59,6 +59,13 @@ def test_later_needs_its_time_and_the_others_take_none() -> None:
             decided("th-1", "r" * 64, decision, until, NOW)
 
 
+def test_never_and_a_later_not_yet_due_hold_an_update_back() -> None:
+    later = decided("th-1", "r" * 64, "later", "1h", NOW)
+    assert later.holds(NOW) and later.holds(NOW + 3599) and not later.holds(NOW + 3600)
+    assert decided("th-1", "r" * 64, "never", None, NOW).holds(NOW + 10**9)
+    assert not decided("th-1", "r" * 64, "now", None, NOW).holds(NOW)
+
+
 def test_a_decision_replaces_the_one_before_and_is_kept_per_device_and_release(tmp_path: Path) -> None:
     with Store(tmp_path / "gw.db") as store:
         table = DecisionTable(store)

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from gateway.accounts import Accounts, new_claim_code
-from gateway.decisions import DECLINED, DecisionTable
+from gateway.decisions import DECLINED, POSTPONED, DecisionTable
 from gateway.rollout_judging import hard_counts
 from ota.keys import Keys
 
@@ -82,7 +82,13 @@ async def online(say: Say, device: OtaDevice, **hello: Any) -> OtaDevice:
     return device
 
 
-async def test_never_cancels_an_offer_not_installed_and_a_later_yes_offers_it_anew(
+async def cancel_of(device: OtaDevice, uid: str) -> None:
+    """The device gets the cancel of update uid (past repeats of offers)."""
+    while (msg := await asyncio.to_thread(device.offer)).get("op") != "cancel" or msg["id"] != uid:
+        pass
+
+
+async def test_never_and_later_cancel_an_offer_not_installed_and_a_yes_offers_it_anew(
     say: Say, ota_devices: MakeDevice
 ) -> None:
     gw = say.r.gw
@@ -98,33 +104,39 @@ async def test_never_cancels_an_offer_not_installed_and_a_later_yes_offers_it_an
     assert (status, d["decision"]) == (200, "never")
     cancelled = gw.ota.get(first)
     assert (cancelled.state, cancelled.reason) == ("failed", DECLINED)
-    assert (await asyncio.to_thread(dev.offer))["op"] == "cancel"
+    await cancel_of(dev, first)
     counts = gw.rollouts.status(roll)["stages"][0]["counts"]
     assert counts["declined"] == 1 and counts["failed"] == 0
     assert hard_counts([cancelled]).failed == 0  # not a failure of the release
     status, shown = await say.call("GET", f"/api/v1/devices/{dev.id}/offers")
     assert status == 200 and shown["offers"][0]["state"] == "declined"
 
-    # the owner changes its mind: offered anew
+    def offered_anew(*before: str) -> Any:
+        m = gw.rollouts.table.member(roll.id, dev.id)
+        return m is not None and m.update_id not in (None, *before) and m.update_id
+
+    # the owner changes its mind: offered anew; then puts it off, which ends that offer too
     status, _ = await say.decide(dev.id, release="thermostat@2", decision="now")
     assert status == 200
-    second = await async_wait_for(
-        lambda: (
-            (m := gw.rollouts.table.member(roll.id, dev.id))
-            and m.update_id not in (None, first)
-            and m.update_id
-        ),
-        10,
-        what="offered anew",
-    )
+    second = await async_wait_for(lambda: offered_anew(first), 10, what="offered anew")
     assert (await asyncio.to_thread(dev.offer))["id"] == second
-    dev.status(second, "staged")
-    await async_wait_for(lambda: gw.ota.get(second).state == "staged", 10)
+    status, _ = await say.decide(dev.id, release="thermostat@2", decision="later", until="1d")
+    assert status == 200 and (gw.ota.get(second).state, gw.ota.get(second).reason) == ("failed", POSTPONED)
+    await cancel_of(dev, second)
+    await asyncio.sleep(1.5)  # (a step of the rollout, which does not offer it)
+    assert gw.ota.active(dev.id) is None
+    assert gw.rollouts.status(roll)["stages"][0]["counts"]["postponed"] == 1
+    status, _ = await say.decide(dev.id, release="thermostat@2", decision="now")
+    third = await async_wait_for(lambda: offered_anew(first, second), 10, what="offered once more")
+    assert (await asyncio.to_thread(dev.offer))["id"] == third
+    dev.status(third, "staged")
+    await async_wait_for(lambda: gw.ota.get(third).state == "staged", 10)
     before = say.state()
-    status, answer = await say.decide(dev.id, release="thermostat@2", decision="never")
-    assert (status, answer["error"]["code"]) == (409, "too_late")
-    assert "roll it back instead" in answer["error"]["message"]
-    assert say.state() == before and gw.ota.get(second).state == "staged"
+    for decision, until in (("never", None), ("later", "1d")):
+        status, answer = await say.decide(dev.id, release="thermostat@2", decision=decision, until=until)
+        assert (status, answer["error"]["code"]) == (409, "too_late"), decision
+        assert "roll it back instead" in answer["error"]["message"]
+    assert say.state() == before and gw.ota.get(third).state == "staged"
 
 
 async def test_what_cannot_be_decided_is_refused_and_changes_nothing(
