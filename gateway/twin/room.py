@@ -46,7 +46,19 @@ BLOCK_S = 300.0  # the balance is fitted over blocks of this long
 HORIZON_S = 3600.0  # the quality's simulation runs this long from each measured start
 HOLDOUT = 0.25  # the share of the record held out for the quality
 LAG_S = (20.0, 900.0)  # the heater lags searched
-RIDGE_OCC = 0.3  # the ridge's weights (per unit of a block's balance, K)
+# Stage 2's priors (docs/twin.md 3): where the device has no outdoor sensor,
+# a heating season's weather (its mean, how much one day differs from the
+# next, the daily swing's amplitude); occupants' gains, a share of the
+# heater's full output at most a few times this; and how well the model can
+# hold an hour's balance with occupants coming and going at other times.
+OUTDOOR_MEAN_C = 5.0
+OUTDOOR_SD_C = 6.0
+DAY_SD_C = 3.0
+SWING_SD_C = 4.0
+OCC_SD = 0.15
+HOUR_SIGMA_C = 0.05
+LOSS_RANGE = (3.0, 300.0)  # the heater holds the room this many K above outdoors, at most
+RIDGE_OCC = 0.3  # stage 1's ridge weights (per unit of a block's balance, K)
 RIDGE_DAY = 0.3
 RIDGE_SWING = 0.1
 OUTDOOR_SENSORS = ("outdoor_temperature", "outside_temperature", "outdoor", "outside")
@@ -57,6 +69,7 @@ MIN_COVERAGE = 0.8
 MIN_SWITCHES = 6
 MAX_RMSE_C = 0.5
 MIN_R2 = 0.5
+SMALL_RMSE_C = 0.2  # a miss this small passes whatever R^2 says
 
 # the comfort band, around the setpoint the owner set (the schedule's, or
 # the setting's): from BELOW_K under it to ABOVE_K over it
@@ -243,7 +256,7 @@ class _Design:
     days: int
 
 
-def _design(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> _Design:
+def _design(s: Series, rows: NDArray[np.bool_], utc_offset_min: int, block_s: float = BLOCK_S) -> _Design:
     """The linear system of the balance over the blocks whose rows are all in `rows`."""
     n = len(s.t)
     dt = np.diff(s.t)
@@ -252,7 +265,7 @@ def _design(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> _Design:
     nb = 0
     for a, b in s.segments:
         seg_t = s.t[a : b + 1]
-        ids = np.floor((seg_t[:-1] - seg_t[0]) / BLOCK_S).astype(np.int64)
+        ids = np.floor((seg_t[:-1] - seg_t[0]) / block_s).astype(np.int64)
         ok = rows[a:b] & rows[a + 1 : b + 1]
         # a block is used whole or not at all
         bad = np.unique(ids[~ok])
@@ -366,8 +379,9 @@ def _unit(n: int, entries: dict[int, float]) -> Array:
     return row
 
 
-def fit(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> Fit:
-    """The room fitted to the rows of s marked in rows."""
+def _heater(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> tuple[float, float, float]:
+    """Stage 1: (g, lag, r2) from the balance of every 5 minutes, all else
+    free: how the heater warms the room shows in each of its cycles."""
     d = _design(s, rows, utc_offset_min)
     measured = s.outdoor is not None
 
@@ -380,19 +394,108 @@ def fit(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> Fit:
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     best = minimize_scalar(sse, bounds=(lo, hi), method="bounded", options={"xatol": 0.02})
     lag = math.exp(float(best.x)) if best.fun <= values[i] else math.exp(float(grid[i]))
-    x, err, r2 = _solve(d, lag, measured)
-    g, a = float(x[0]), float(x[1])
-    occ = x[-48:]
+    x, _, r2 = _solve(d, lag, measured)
+    return float(x[0]), lag, r2
+
+
+@dataclass
+class _Conditions:
+    """Stage 2's solution for one loss a."""
+
+    objective: float
+    levels: Array  # the outdoor day levels (C); empty for a measured outdoor temperature
+    cos: float
+    sin: float
+    occupancy: Array  # 48: work days' hours, then weekends'
+
+
+def _conditions(d: _Design, q_col: Array, s: Series, a: float, g: float, evidence: bool) -> _Conditions:
+    """Stage 2 for one loss a: the weather and occupants that explain each
+    hour's balance best, given the heater (g, its q) and their priors; its
+    objective, the negative log evidence (a Laplace approximation) when
+    asked, else the penalised misfit."""
+    measured = s.outdoor is not None
+    n_days = 0 if measured else d.days
+    nb = d.n_blocks
+    occ = d.fixed[:, -48:]
+    sig = HOUR_SIGMA_C
+    if measured:
+        # the loss's column is (outdoor - room), its coefficient a known here
+        y = d.d_temp - g * q_col - a * d.fixed[:, 0]
+        X = occ
+        n = 48
+        prior: list[Array] = []
+        targets: list[float] = []
+        first_occ = 0
+    else:
+        y = d.d_temp - g * q_col - a * d.fixed[:, 0]  # (the column is -integral of T)
+        B = d.fixed[:, 1 : 1 + n_days]
+        C = d.fixed[:, 1 + n_days : 3 + n_days]
+        # levels, cos, sin, the mean level, occupancy
+        X = np.hstack([a * B, a * C, np.zeros((nb, 1)), occ])
+        n = X.shape[1]
+        mean = n_days + 2
+        first_occ = mean + 1
+        prior, targets = [], []
+        for k in range(n_days):
+            prior.append(_unit(n, {k: sig / DAY_SD_C, mean: -sig / DAY_SD_C}))
+            targets.append(0.0)
+        prior.append(_unit(n, {mean: sig / OUTDOOR_SD_C}))
+        targets.append(OUTDOOR_MEAN_C * sig / OUTDOOR_SD_C)
+        for j in (n_days, n_days + 1):
+            prior.append(_unit(n, {j: sig / SWING_SD_C}))
+            targets.append(0.0)
+    for j in range(first_occ, n):
+        prior.append(_unit(n, {j: sig / (OCC_SD * g)}))
+        targets.append(0.0)
+    A = np.vstack([X, np.array(prior)])
+    b = np.concatenate([y, targets])
+    lo = np.full(n, -np.inf)
+    lo[first_occ:] = 0.0
+    scale = np.sqrt(np.mean(A**2, axis=0)) + 1e-300
+    res = lsq_linear(A / scale, b, bounds=(lo * scale, np.full(n, np.inf)), method="bvls")
+    x = res.x / scale
+    r = A @ x - b
+    objective = float(r @ r) / sig**2
+    if evidence:
+        objective += float(np.linalg.slogdet((A / sig).T @ (A / sig))[1])
+    if measured:
+        return _Conditions(objective, np.zeros(0), 0.0, 0.0, x)
+    return _Conditions(objective, x[:n_days], float(x[n_days]), float(x[n_days + 1]), x[first_occ:])
+
+
+def fit(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> Fit:
+    """The room fitted to the rows of s marked in rows: the heater from
+    every 5 minutes (stage 1), then the loss, the weather and the occupants
+    from every hour (stage 2), the loss the one of the greatest evidence."""
+    g, lag, r2 = _heater(s, rows, utc_offset_min)
+    d = _design(s, rows, utc_offset_min, HOUR_S)
+    _, q_int = heat(d.relay, d.dt, lag)
+    valid = d.block >= 0
+    q_col = np.zeros(d.n_blocks)
+    np.add.at(q_col, d.block[valid], q_int[valid])
+    g_safe = max(g, 1e-9)
+
+    def objective(log_a: float) -> float:
+        return _conditions(d, q_col, s, math.exp(log_a), g_safe, True).objective
+
+    grid = np.linspace(math.log(g_safe / LOSS_RANGE[1]), math.log(g_safe / LOSS_RANGE[0]), 25)
+    values = [objective(v) for v in grid]
+    i = int(np.argmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    best = minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
+    log_a = float(best.x) if best.fun <= values[i] else float(grid[i])
+    a = math.exp(log_a)
+    c = _conditions(d, q_col, s, a, g_safe, False)
     params: dict[str, Any] = {
         "kind": "room",
         "a": a,
         "g": g,
         "lag_s": lag,
         "humidity": s.humidity,
-        "occupancy": {"weekday": occ[:24].tolist(), "weekend": occ[24:].tolist()},
+        "occupancy": {"weekday": c.occupancy[:24].tolist(), "weekend": c.occupancy[24:].tolist()},
     }
-    if measured:
-        assert s.outdoor is not None
+    if s.outdoor is not None:
         step = 600.0
         grid_t = np.arange(s.t[0], s.t[-1] + step, step)
         params["outdoor"] = {
@@ -402,16 +505,14 @@ def fit(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> Fit:
             "values": np.round(np.interp(grid_t, s.t, s.outdoor), 3).tolist(),
         }
     else:
-        days = d.days
-        levels = x[2 : 2 + days] / a
         params["outdoor"] = {
             "kind": "fitted",
             "first_day": d.first_day,
-            "levels": levels.tolist(),
-            "cos": float(x[2 + days] / a),
-            "sin": float(x[3 + days] / a),
+            "levels": c.levels.tolist(),
+            "cos": c.cos,
+            "sin": c.sin,
         }
-    return Fit(params, err, d.n_blocks, r2)
+    return Fit(params, c.objective, d.n_blocks, r2)
 
 
 def simulate(s: Series, params: dict[str, Any], start: int, end: int, q0: float, utc_offset_min: int) -> Array:
