@@ -118,9 +118,10 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from . import api_accounts, api_rollouts
+    from . import api_accounts, api_rollouts, api_twin
 
     app.add_routes(api_rollouts.routes())
+    app.add_routes(api_twin.routes())
     api_accounts.setup(app)
     return app
 

@@ -62,6 +62,9 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/devices/{id}/settings"): _OWN_DEVICE,
     ("PATCH", "/api/v1/devices/{id}/settings"): _OWN_DEVICE,  # an owner: policy and window only
     ("POST", "/api/v1/devices/{id}/approve"): _OWN_DEVICE,
+    ("POST", "/api/v1/devices/{id}/preview"): _OWN_DEVICE,
+    ("GET", "/api/v1/devices/{id}/preview/{ref}"): _OWN_DEVICE,
+    ("GET", "/api/v1/devices/{id}/previews"): _OWN_DEVICE,
     ("PUT", "/api/v1/devices/{id}/claim-code"): Rule("maker", device=True),
     ("DELETE", "/api/v1/devices/{id}/owner"): _OWN_DEVICE,
     ("POST", "/api/v1/claims"): _OWNER,

@@ -462,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_settings import register as register_settings
 
     register_settings(dv)
+    from .cli_twin import register as register_twin
+
+    register_twin(dv)
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)

@@ -126,7 +126,7 @@ def thermostat_in_a_room(
             j += 1
         dev.sample()
         dev.publish_telemetry()
-        topic, data = link.sent.pop()
+        topic, payload = link.sent.pop()
         if topic.endswith("/telemetry"):
-            yield clock.t, json.loads(data)
+            yield clock.t, json.loads(payload)
         link.sent.clear()

@@ -56,11 +56,15 @@ def release_features(
         try:
             verified = verify_release(folder, releases.root, device)
         except VerifyError as exc:
-            raise CodeError(f"{release.ref} does not verify as a device would: {exc.code}: {exc.message}", exc.code) from exc
+            raise CodeError(
+                f"{release.ref} does not verify as a device would: {exc.code}: {exc.message}", exc.code
+            ) from exc
         try:
             files = verified.files_for(FORM)
         except ReleaseError as exc:
-            raise CodeError(f"{release.ref}: {exc.message} (the twin runs the .py form)", "wrong_form") from exc
+            raise CodeError(
+                f"{release.ref}: {exc.message} (the twin runs the .py form)", "wrong_form"
+            ) from exc
         out: dict[str, bytes] = {}
         for entry in files:
             if entry.path.startswith(trust.RUNTIME + "/"):
@@ -81,7 +85,9 @@ def factory_features(features: dict[str, Any]) -> dict[str, bytes]:
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
         except (OSError, ValueError):
-            raise CodeError(f"the device runs feature {name}, of which the gateway has no code", "unknown_code") from None
+            raise CodeError(
+                f"the device runs feature {name}, of which the gateway has no code", "unknown_code"
+            ) from None
         version = info.get("version") if isinstance(info, dict) else None
         if version is not None and manifest.get("version") != version:
             raise CodeError(

@@ -55,7 +55,11 @@ class History:
 
     def data_sent(self, key: str) -> list[tuple[float, Any]]:
         """(time, value) of every data.set of key the device took, in order."""
-        return [(c.t, c.args.get("value")) for c in self.commands if c.op == "data.set" and c.args.get("key") == key]
+        return [
+            (c.t, c.args.get("value"))
+            for c in self.commands
+            if c.op == "data.set" and c.args.get("key") == key
+        ]
 
     def configs(self, before: float | None = None) -> dict[str, dict[str, Any]]:
         """The features' settings as the device last replied them (config.set,
@@ -125,5 +129,7 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
         except ValueError:
             continue
         if isinstance(a, dict) and isinstance(r, dict):
-            h.commands.append(Command(float(replied if replied is not None else sent), op, a, r.get("result")))
+            h.commands.append(
+                Command(float(replied if replied is not None else sent), op, a, r.get("result"))
+            )
     return h

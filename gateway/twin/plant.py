@@ -74,8 +74,11 @@ class Weather:
             f = min(max(x - i, 0.0), 1.0)
             return self.values[i] * (1 - f) + self.values[j] * f
         k, w = knot(t)
-        return (1 - w) * self.level(k) + w * self.level(k + 1) + self.cos * math.cos(OMEGA * t) + (
-            self.sin * math.sin(OMEGA * t)
+        return (
+            (1 - w) * self.level(k)
+            + w * self.level(k + 1)
+            + self.cos * math.cos(OMEGA * t)
+            + (self.sin * math.sin(OMEGA * t))
         )
 
 

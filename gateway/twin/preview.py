@@ -82,10 +82,12 @@ def gather(
     if h is None:
         raise Failed(f"no device {dev!r}", "unknown_device")
     if h.model not in MODELS:
-        raise Failed(f"the twin does not know a {h.model}'s plant yet (it knows {', '.join(MODELS)})", "unknown_model")
+        raise Failed(
+            f"the twin does not know a {h.model}'s plant yet (it knows {', '.join(MODELS)})", "unknown_model"
+        )
     try:
         board = board_for(h.model, h.board)
-    except Exception as exc:  # noqa: BLE001 - a board the gateway has no file of
+    except Exception as exc:
         raise Failed(f"no board file for {h.board}: {exc}", "unknown_model") from exc
     caps = h.caps or sorted(board["capabilities"])
     api = int((store.device(dev) or _NoHello).hello.get("api") or 1)
@@ -96,12 +98,15 @@ def gather(
             now = releases.get(running)
             if now is None:
                 raise Failed(
-                    f"{dev} runs release {running[:12]}, which the gateway does not hold: its code is unknown",
+                    f"{dev} runs release {running[:12]}, which the gateway does not hold: "
+                    "its code is unknown",
                     "unknown_code",
                 )
             current = _set_of(now, release_features(releases, now, h.model, caps, api))
         else:
-            versions = {n: (f.get("version") if isinstance(f, dict) else None) for n, f in sorted(h.features.items())}
+            versions = {
+                n: (f.get("version") if isinstance(f, dict) else None) for n, f in sorted(h.features.items())
+            }
             current = FeatureSet("factory", None, versions, factory_features(h.features))
     except CodeError as exc:
         raise Failed(str(exc), exc.code) from exc
@@ -115,8 +120,9 @@ class _NoHello:
 # ---- computing ----------------------------------------------------------------------
 
 
-def compute(inp: Inputs, limits: sandbox.Limits = sandbox.Limits()) -> dict[str, Any]:
+def compute(inp: Inputs, limits: sandbox.Limits | None = None) -> dict[str, Any]:
     """The preview's answer (state ready or insufficient). Raises Failed."""
+    limits = limits or sandbox.Limits()
     if inp.history.model == "thermostat":
         return _thermostat(inp, limits)
     raise Failed(f"the twin does not know a {inp.history.model}'s plant yet", "unknown_model")
@@ -155,7 +161,8 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
     reasons = []
     if len(s.t) < 2 or s.span_s < room.MIN_HOURS * HOUR_S:
         reasons.append(
-            f"{s.span_s / HOUR_S:.1f} h of temperature telemetry; the twin needs at least {room.MIN_HOURS:g} h"
+            f"{s.span_s / HOUR_S:.1f} h of temperature telemetry; "
+            f"the twin needs at least {room.MIN_HOURS:g} h"
         )
     elif s.covered_s < room.MIN_COVERAGE * s.span_s:
         reasons.append(
@@ -174,22 +181,30 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
     settings, source = _thermostat_settings(h, s)
     quality = room.quality(s, h.utc_offset_min)
     f = room.fit(s, np.ones(len(s.t), dtype=bool), h.utc_offset_min)
-    quality |= {"thresholds": {"rmse_c": room.MAX_RMSE_C, "r2": room.MIN_R2, "small_rmse_c": room.SMALL_RMSE_C}}
+    quality |= {
+        "thresholds": {"rmse_c": room.MAX_RMSE_C, "r2": room.MIN_R2, "small_rmse_c": room.SMALL_RMSE_C}
+    }
     poor = []
     if quality["rmse_c"] is None:
         poor.append("no held-out data to judge the fit on")
     else:
         if quality["rmse_c"] > room.MAX_RMSE_C:
             poor.append(
-                f"the fit misses the held-out temperatures by {quality['rmse_c']:.2f} C (RMSE over an hour ahead); "
+                f"the fit misses the held-out temperatures by {quality['rmse_c']:.2f} C "
+                "(RMSE over an hour ahead); "
                 f"a twin needs {room.MAX_RMSE_C:g} C at most"
             )
-        elif quality["r2"] is not None and quality["r2"] < room.MIN_R2 and quality["rmse_c"] > room.SMALL_RMSE_C:
+        elif (
+            quality["r2"] is not None
+            and quality["r2"] < room.MIN_R2
+            and quality["rmse_c"] > room.SMALL_RMSE_C
+        ):
             # (a room held steady varies too little for R^2 to judge: a
             # small miss in degrees is then enough)
             poor.append(
                 f"the fit explains {quality['r2']:.0%} of the held-out temperatures, missing them by "
-                f"{quality['rmse_c']:.2f} C; a twin needs {room.MIN_R2:.0%}, or a miss of {room.SMALL_RMSE_C:g} C at most"
+                f"{quality['rmse_c']:.2f} C; a twin needs {room.MIN_R2:.0%}, "
+                f"or a miss of {room.SMALL_RMSE_C:g} C at most"
             )
     if f.params["g"] <= 0 or f.params["a"] <= 1e-8:
         poor.append("the fit finds no heating or no loss: the record does not show how the room behaves")
@@ -216,7 +231,11 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
         "step_s": STEP_S,
         "plant": f.params | {"q0": float(s.relay[0])},
         "initial": {"temperature": float(s.temp[0])},
-        "settings": {"thermostat": {k: v for k, v in settings.items() if k in ("setpoint", "hysteresis", "mode", "schedule")}}
+        "settings": {
+            "thermostat": {
+                k: v for k, v in settings.items() if k in ("setpoint", "hysteresis", "mode", "schedule")
+            }
+        }
         | _replied_settings(h),
         "disabled": disabled,
         "commands": commands,
@@ -338,8 +357,10 @@ def _prices(h: hist.History) -> list[tuple[float, list[float]]]:
     """(since, the 24 hourly prices) of each price table the gateway sent."""
     out = []
     for t, value in h.data_sent("prices"):
-        if isinstance(value, list) and len(value) == 24 and all(
-            isinstance(p, int | float) and not isinstance(p, bool) for p in value
+        if (
+            isinstance(value, list)
+            and len(value) == 24
+            and all(isinstance(p, int | float) and not isinstance(p, bool) for p in value)
         ):
             out.append((t, [float(p) for p in value]))
     return out
@@ -374,7 +395,10 @@ def _recorded_hours(s: room.Series, band: dict[str, Any], offset: int) -> list[d
         acc[1] += dt if out else 0.0
         acc[2] += temp
         acc[3] += 1
-    return [{"t": k * HOUR_S, "on_s": v[0], "outside_s": v[1], "temp": v[2] / v[3]} for k, v in sorted(hours.items())]
+    return [
+        {"t": k * HOUR_S, "on_s": v[0], "outside_s": v[1], "temp": v[2] / v[3]}
+        for k, v in sorted(hours.items())
+    ]
 
 
 def _thermostat_metrics(
@@ -388,11 +412,19 @@ def _thermostat_metrics(
         priced = [(x, _price_at(prices, x["t"] + HOUR_S / 2, offset)) for x in hours]
         if any(p is not None for _, p in priced):
             cost = sum(heater_w * x["on_s"] / 3.6e6 * p for x, p in priced if p is not None)
-    return {"minutes_outside_band": outside, "heater_hours": on_s / HOUR_S, "heater_energy_kwh": energy, "heater_cost": cost}
+    return {
+        "minutes_outside_band": outside,
+        "heater_hours": on_s / HOUR_S,
+        "heater_energy_kwh": energy,
+        "heater_cost": cost,
+    }
 
 
 def _thermostat_series(
-    runs: dict[str, dict[str, Any]], band: dict[str, Any], prices: list[tuple[float, list[float]]], offset: int
+    runs: dict[str, dict[str, Any]],
+    band: dict[str, Any],
+    prices: list[tuple[float, list[float]]],
+    offset: int,
 ) -> dict[str, Any]:
     hours = [x["t"] for x in runs["current"]["hours"]]
     out: dict[str, Any] = {"step_s": HOUR_S, "t": hours}
@@ -401,10 +433,15 @@ def _thermostat_series(
         rows = [by_t.get(t) for t in hours]
         out[which] = {
             "temperature": [round(r["temp"], 2) if r else None for r in rows],
-            "heater_duty": [round(r["on_s"] / (r["samples"] * STEP_S), 3) if r and r["samples"] else None for r in rows],
+            "heater_duty": [
+                round(r["on_s"] / (r["samples"] * STEP_S), 3) if r and r["samples"] else None for r in rows
+            ],
         }
     mids = [x["band_mid"] for x in runs["current"]["hours"]]
-    out["band"] = {"low": [round(m - band["below"], 2) for m in mids], "high": [round(m + band["above"], 2) for m in mids]}
+    out["band"] = {
+        "low": [round(m - band["below"], 2) for m in mids],
+        "high": [round(m + band["above"], 2) for m in mids],
+    }
     out["price"] = [_price_at(prices, t + HOUR_S / 2, offset) for t in hours]
     return out
 
@@ -426,7 +463,12 @@ def _room_summary(p: dict[str, Any], heater_w: float | None) -> dict[str, Any]:
 
 
 def _room_conditions(
-    p: dict[str, Any], s: room.Series, h: hist.History, settings: dict[str, Any], source: str, heater_w: float | None
+    p: dict[str, Any],
+    s: room.Series,
+    h: hist.History,
+    settings: dict[str, Any],
+    source: str,
+    heater_w: float | None,
 ) -> dict[str, Any]:
     o = p["outdoor"]
     if o["kind"] == "measured":
@@ -443,7 +485,9 @@ def _room_conditions(
                 days.append({"date": time.strftime("%Y-%m-%d", time.gmtime(noon)), "mean_c": round(level, 2)})
         outdoor = {
             "source": "estimated",
-            "mean_c": round(float(np.mean([d["mean_c"] for d in days])) if days else float(np.mean(o["levels"])), 2),
+            "mean_c": round(
+                float(np.mean([d["mean_c"] for d in days])) if days else float(np.mean(o["levels"])), 2
+            ),
             "swing_c": round(swing, 2),
             "peak_hour": round(peak, 1),
             "days": days,
@@ -452,8 +496,12 @@ def _room_conditions(
     scale, unit = ((heater_w / p["g"]), "W") if heater_w else (HOUR_S, "C/h")
     occupancy = {
         "unit": unit,
-        "weekday": [round(v * scale, 3 if unit == "C/h" else 0) for v in p["occupancy"]["weekday"]],
-        "weekend": [round(v * scale, 3 if unit == "C/h" else 0) for v in p["occupancy"]["weekend"]],
+        "weekday": [
+            round(max(v, 0.0) * scale, 3 if unit == "C/h" else 0) + 0.0 for v in p["occupancy"]["weekday"]
+        ],
+        "weekend": [
+            round(max(v, 0.0) * scale, 3 if unit == "C/h" else 0) + 0.0 for v in p["occupancy"]["weekend"]
+        ],
     }
     prices = _prices(h)
     return {

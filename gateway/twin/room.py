@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from scipy.optimize import lsq_linear, minimize_scalar
 
 from .history import History
-from .plant import DAY_S, HOUR_S, OMEGA, knot, local_hour, weekend
+from .plant import DAY_S, HOUR_S, OMEGA, local_hour, weekend
 
 Array = NDArray[np.float64]
 
@@ -211,7 +211,11 @@ def infer_settings(s: Series, utc_offset_min: int) -> dict[str, Any]:
     # the most common setpoint stands for the setting where no entry applies
     vals, counts = np.unique(values, return_counts=True)
     setpoint = float(vals[np.argmax(counts)])
-    explained = float(np.mean([scheduled(entries, int(m), setpoint) == v for m, v in zip(minutes[idx], values, strict=True)]))
+    explained = float(
+        np.mean(
+            [scheduled(entries, int(m), setpoint) == v for m, v in zip(minutes[idx], values, strict=True)]
+        )
+    )
     out["setpoint"] = setpoint
     out["schedule"] = [[f"{m // 60:02d}:{m % 60:02d}", v] for m, v in entries]
     out["schedule_explains"] = round(explained, 4)
@@ -220,7 +224,12 @@ def infer_settings(s: Series, utc_offset_min: int) -> dict[str, Any]:
     sp = s.setpoint
     lows, highs = [], []
     for i in range(1, len(s.t)):
-        if s.relay[i] != s.relay[i - 1] and np.isfinite(sp[i]) and sp[i] == sp[i - 1] and s.t[i] - s.t[i - 1] < 60:
+        if (
+            s.relay[i] != s.relay[i - 1]
+            and np.isfinite(sp[i])
+            and sp[i] == sp[i - 1]
+            and s.t[i] - s.t[i - 1] < 60
+        ):
             if s.relay[i] > 0:  # on: T[i] < sp - h <= T[i-1]
                 lows.append(sp[i] - s.temp[i - 1])
                 highs.append(sp[i] - s.temp[i])
@@ -515,7 +524,9 @@ def fit(s: Series, rows: NDArray[np.bool_], utc_offset_min: int) -> Fit:
     return Fit(params, c.objective, d.n_blocks, r2)
 
 
-def simulate(s: Series, params: dict[str, Any], start: int, end: int, q0: float, utc_offset_min: int) -> Array:
+def simulate(
+    s: Series, params: dict[str, Any], start: int, end: int, q0: float, utc_offset_min: int
+) -> Array:
     """The model's temperature at rows start..end from the measured one at
     start, with the relay as recorded (exact heater lag, Euler steps)."""
     from .plant import Profile, Weather

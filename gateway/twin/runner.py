@@ -42,9 +42,30 @@ from .plant import HOUR_S, make_plant
 INPUT = "input.json"
 FEATURES = "features"
 _DENIED_PREFIXES = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "ctypes.", "os.fork")
-_DENIED = {"os.system", "os.forkpty", "os.kill", "os.killpg", "pty.spawn", "sys.remote_exec", "webbrowser.open"}
-_WRITES = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chmod", "os.chown",
-           "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+_DENIED = {
+    "os.system",
+    "os.forkpty",
+    "os.kill",
+    "os.killpg",
+    "pty.spawn",
+    "sys.remote_exec",
+    "webbrowser.open",
+}
+_WRITES = {
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.symlink",
+    "os.link",
+    "os.chmod",
+    "os.chown",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.move",
+    "shutil.copyfile",
+}
 _LISTS = {"os.listdir", "os.scandir", "glob.glob", "os.walk"}
 
 
@@ -262,10 +283,31 @@ def run(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
 # (where the interpreter's library is readable by root alone, nobody could
 # not load them later).
 PRELOAD = (
-    "math", "json", "time", "random", "struct", "re", "collections", "hashlib", "binascii",
-    "errno", "io", "array", "heapq", "bisect", "functools", "itertools", "operator",
-    "firmware.pb.startup", "firmware.pb.manifest", "firmware.pb.values", "firmware.pb.commands",
-    "firmware.pb.configure", "firmware.pb.net.wire_in", "gateway.broker", "gateway.provision",
+    "math",
+    "json",
+    "time",
+    "random",
+    "struct",
+    "re",
+    "collections",
+    "hashlib",
+    "binascii",
+    "errno",
+    "io",
+    "array",
+    "heapq",
+    "bisect",
+    "functools",
+    "itertools",
+    "operator",
+    "firmware.pb.startup",
+    "firmware.pb.manifest",
+    "firmware.pb.values",
+    "firmware.pb.commands",
+    "firmware.pb.configure",
+    "firmware.pb.net.wire_in",
+    "gateway.broker",
+    "gateway.provision",
 )
 
 

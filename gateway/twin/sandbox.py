@@ -72,7 +72,9 @@ def _ids() -> tuple[int, int] | None:
     try:
         pw = pwd.getpwnam(SANDBOX_USER)
     except KeyError as exc:
-        raise SandboxError(f"the gateway runs as root and there is no user {SANDBOX_USER!r} to run the twin as", "crash") from exc
+        raise SandboxError(
+            f"the gateway runs as root and there is no user {SANDBOX_USER!r} to run the twin as", "crash"
+        ) from exc
     return pw.pw_uid, pw.pw_gid
 
 
@@ -106,7 +108,7 @@ def run(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         if ids is not None:
-            for dirpath, dirnames, filenames in os.walk(work):
+            for dirpath, _, filenames in os.walk(work):
                 os.chown(dirpath, *ids)
                 for name in filenames:
                     os.chown(os.path.join(dirpath, name), *ids)
@@ -129,7 +131,7 @@ def run(
                 stderr=subprocess.PIPE,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_limits(limits),  # noqa: PLW1509 - only setrlimit, before exec
+                preexec_fn=_limits(limits),  # (setrlimit only, between fork and exec)
             )
         except OSError as exc:
             raise SandboxError(f"the twin's sandbox could not start: {exc}", "crash") from exc
@@ -173,7 +175,8 @@ def _answer(code: int | None, out: bytes, err: bytes, limits: Limits) -> dict[st
         message = str(answer.get("error", "failed"))
         if "out of memory" in message or message.startswith("MemoryError"):
             raise SandboxError(
-                f"the feature code needed more than {limits.memory // 2**20} MiB of memory and was stopped", "memory"
+                f"the feature code needed more than {limits.memory // 2**20} MiB of memory and was stopped",
+                "memory",
             )
         raise SandboxError(f"the twin failed: {message}", "crash")
     if isinstance(answer, dict) and code == 0:
@@ -183,6 +186,7 @@ def _answer(code: int | None, out: bytes, err: bytes, limits: Limits) -> dict[st
         raise SandboxError(f"the twin was killed (memory or time): {tail[0][:200]}", "crash")
     if "MemoryError" in tail[0]:
         raise SandboxError(
-            f"the feature code needed more than {limits.memory // 2**20} MiB of memory and was stopped", "memory"
+            f"the feature code needed more than {limits.memory // 2**20} MiB of memory and was stopped",
+            "memory",
         )
     raise SandboxError(f"the twin stopped with code {code}: {tail[0][:300]}", "crash")

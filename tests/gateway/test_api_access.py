@@ -56,6 +56,8 @@ class World:
                 "updates",
                 "accounts",
                 "rollouts",
+                "twin_previews",
+                "twin_devices",
             )
         ]
 
@@ -88,6 +90,7 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/update"): {"release": "thermostat@2"},
     ("PATCH", "/api/v1/devices/{id}/settings"): {"policy": "ask"},
     ("POST", "/api/v1/devices/{id}/approve"): {"release": "thermostat@2"},
+    ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/claims"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/accounts"): {"name": "eve", "role": "admin", "password": PASSWORD},
