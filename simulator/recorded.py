@@ -19,8 +19,8 @@ from typing import Any
 from gateway.provision import board_for
 from gateway.store import Store, TelemetryRow
 
-from .physics import Room
-from .stepped import thermostat_in_a_room
+from .physics import Room, Skin
+from .stepped import shirt_on_a_wearer, thermostat_in_a_room
 
 DAY_S = 86400.0
 
@@ -33,7 +33,8 @@ class Recorded:
     seconds: float
     config: dict[str, Any]
     data: list[tuple[float, str, Any]]  # what the gateway sent: (time, key, value)
-    room: Room  # the room as it stands at the record's end (its truth)
+    room: Room | None  # the room as it stands at the record's end (its truth)
+    skin: Skin | None = None  # a shirt's wearer, likewise
 
 
 def daily_prices(seed: int, start: float, seconds: float) -> list[tuple[float, str, Any]]:
@@ -109,6 +110,46 @@ def thermostat_record(
             rows = []
     store.add_telemetry(rows)
     return Recorded(dev, seed, start, seconds, dict(config or {}), sent, room)
+
+
+def shirt_record(
+    store: Store,
+    dev: str,
+    seed: int,
+    start: float,
+    seconds: float,
+    work: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    hello_over: dict[str, Any] | None = None,
+) -> Recorded:
+    """Shirt dev on wearer `seed` from start for `seconds`, recorded in
+    store: its hello and its telemetry every 10 s."""
+    store.upsert_hello(dev, hello(dev, "shirt", **(hello_over or {})), start)
+    skin = Skin.random(random.Random(seed))
+    rows: list[TelemetryRow] = []
+    steps = shirt_on_a_wearer(work, seed, start, seconds, config=config, skin=skin)
+    for seq, (t, tel) in enumerate(steps, start=1):
+        rows.append(
+            TelemetryRow(dev, t, t, seq, {k: v for k, v in tel.items() if k not in ("v", "dev", "seq", "ts")})
+        )
+        if len(rows) >= 5000:
+            store.add_telemetry(rows)
+            rows = []
+    store.add_telemetry(rows)
+    return Recorded(dev, seed, start, seconds, dict(config or {}), [], None, skin)
+
+
+def shirt_after(rec: Recorded, work: Path, features_from: Path) -> tuple[list[tuple[float, dict[str, Any]]], Skin]:
+    """What shirt rec does over the same span on the same wearer, with the
+    same settings, running the features in features_from instead."""
+    skin = Skin.random(random.Random(rec.seed))
+    rows = list(
+        shirt_on_a_wearer(
+            work, rec.seed, rec.start, rec.seconds, config=rec.config, features_from=features_from, skin=skin
+        )
+    )
+    return rows, skin
 
 
 def thermostat_after(

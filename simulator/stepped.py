@@ -1,4 +1,4 @@
-"""One thermostat stepped by hand, without a network or an event loop: the
+"""One thermostat (or shirt) stepped by hand, without a network or an event loop: the
 firmware's own runtime (firmware.pb.runtime.Device) with the thermostat
 feature (patched, if asked) on the simulator's HAL, heating a seeded room
 (simulator/physics.Room). Each step samples and reports as the device does;
@@ -27,7 +27,7 @@ from gateway.provision import board_for, make_config
 from .clock import SimClock
 from .hal import SimHal
 from .loader import import_feature
-from .physics import Room
+from .physics import Room, Skin
 
 STEP_S = 10.0  # the device samples and reports every 10 s
 
@@ -124,6 +124,60 @@ def thermostat_in_a_room(
             if not done.get("ok"):
                 raise ValueError(f"the device refused data {sends[j][1]}: {done}")
             j += 1
+        dev.sample()
+        dev.publish_telemetry()
+        topic, payload = link.sent.pop()
+        if topic.endswith("/telemetry"):
+            yield clock.t, json.loads(payload)
+        link.sent.clear()
+
+
+def shirt_on_a_wearer(
+    base: Path,
+    seed: int,
+    start: float,
+    seconds: float,
+    *,
+    config: dict[str, Any] | None = None,
+    features_from: Path | None = None,
+    skin: Skin | None = None,
+    humidity: float | None = None,
+) -> Iterator[tuple[float, dict[str, Any]]]:
+    """(time, telemetry) of a shirt on wearer `seed` (Skin.random), stepped
+    as thermostat_in_a_room steps a thermostat: every STEP_S from start +
+    STEP_S for `seconds`. config: the vent's settings; features_from: a
+    folder of feature folders to run (default: the factory vent); skin:
+    the wearer itself (else Skin.random(seed)); humidity: the skin's at
+    start (else the seeded one)."""
+    features = base / "features"
+    if features_from is None:
+        shutil.copytree(firmware_dir() / "features" / "vent", features / "vent")
+    else:
+        shutil.copytree(features_from, features, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    board = board_for("shirt")
+    clock = _Clock(start)
+    if skin is None:
+        skin = Skin.random(random.Random(seed))
+    if humidity is not None:
+        skin.humidity = humidity
+    skin.advance(clock.t)
+    link = _Link()
+    dev = Device(
+        make_config(f"sh-{seed}", board, BrokerUrl("127.0.0.1", 1), "pw"),
+        SimHal(board, skin, clock),
+        Store(str(base / "data")),
+        str(features),
+        importer=import_feature,
+        client=link,
+        log=lambda d, m: None,
+    )
+    dev.boot()
+    if config:
+        done = dev.execute("config.set", {"feature": "vent", "values": config})
+        if not done.get("ok"):
+            raise ValueError(f"the vent refused {config}: {done}")
+    for i in range(1, int(seconds / STEP_S) + 1):
+        clock.t = start + i * STEP_S
         dev.sample()
         dev.publish_telemetry()
         topic, payload = link.sent.pop()

@@ -147,7 +147,54 @@ class FittedRoom:
         return {"temperature": self.temp, "humidity": self.humidity}
 
 
-PLANTS = {"room": FittedRoom}
+class FittedSkin:
+    """The microclimate under a shirt as fitted (skin.py): dH/dt = u(t) -
+    (fabric + vent_flow x) (H - ambient), x the vent's opening (0..1), u
+    the sweat by phase of the wearer's session (a period of period_s). The
+    skin's temperature and the battery read as recorded (the vent does not
+    read them)."""
+
+    def __init__(self, spec: dict[str, Any], humidity: float) -> None:
+        self.fabric = float(spec["fabric"])
+        self.vent_flow = float(spec["vent_flow"])
+        self.ambient = float(spec["ambient"])
+        self.period = float(spec["period_s"])
+        self.sweat = [float(v) for v in spec["sweat"]]
+        self.skin_temperature = float(spec.get("skin_temperature", 33.0))
+        self.battery = float(spec.get("battery", 80.0))
+        self.humidity = float(humidity)
+        self.vent = 0.0
+        self.relay = False
+        self.t: float | None = None
+
+    def exertion(self, t: float) -> float:
+        """The sweat coming in at t, %RH/s."""
+        n = len(self.sweat)
+        return self.sweat[min(int((t % self.period) / self.period * n), n - 1)]
+
+    def advance(self, t: float) -> None:
+        if self.t is None:
+            self.t = t
+            return
+        span = t - self.t
+        if not 0 < span < math.inf:
+            return
+        n = math.ceil(span / MAX_STEP_S)
+        h = span / n
+        for i in range(n):
+            self._integrate(self.t + i * h, h)
+        self.t = t
+
+    def step(self, t: float, dt: float) -> None:
+        self.advance(t)
+
+    def _integrate(self, a: float, h: float) -> None:
+        k = self.fabric + self.vent_flow * self.vent / 100.0
+        drive = self.exertion(a + h / 2) - k * (self.humidity - self.ambient)
+        self.humidity = min(100.0, max(0.0, self.humidity + drive * h))
+
+    def sensors(self, t: float) -> dict[str, float]:
+        return {"humidity": self.humidity, "skin_temperature": self.skin_temperature, "battery": self.battery}
 
 
 def make_plant(spec: dict[str, Any], initial: dict[str, float], utc_offset_min: int) -> Any:
@@ -155,4 +202,6 @@ def make_plant(spec: dict[str, Any], initial: dict[str, float], utc_offset_min: 
     kind = spec["kind"]
     if kind == "room":
         return FittedRoom(spec, initial["temperature"], utc_offset_min)
+    if kind == "skin":
+        return FittedSkin(spec, initial["humidity"])
     raise ValueError(f"no fitted plant of kind {kind!r}")

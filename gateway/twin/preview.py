@@ -25,13 +25,13 @@ from ..provision import board_for
 from ..releases import ReleaseStore, StoredRelease
 from ..store import Store
 from . import history as hist
-from . import room, sandbox
+from . import room, sandbox, skin
 from .code import CodeError, factory_features, release_features
 from .plant import DAY_S, HOUR_S, OMEGA, local_hour
 
 STEP_S = 10.0  # the twin samples as the simulated devices do
 CHECK_MAX = 0.25  # the twin with the current features must redo the record's heater time within this
-MODELS = ("thermostat",)
+MODELS = ("thermostat", "shirt")
 
 
 class Insufficient(Exception):
@@ -120,11 +120,18 @@ class _NoHello:
 # ---- computing ----------------------------------------------------------------------
 
 
-def compute(inp: Inputs, limits: sandbox.Limits | None = None) -> dict[str, Any]:
-    """The preview's answer (state ready or insufficient). Raises Failed."""
+def compute(
+    inp: Inputs, limits: sandbox.Limits | None = None, fits: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The preview's answer (state ready or insufficient). Raises Failed.
+    fits: where a device's fit and its quality are kept for the next
+    preview of other releases on the same record (the benchmark's)."""
     limits = limits or sandbox.Limits()
+    fits = {} if fits is None else fits
     if inp.history.model == "thermostat":
-        return _thermostat(inp, limits)
+        return _thermostat(inp, limits, fits)
+    if inp.history.model == "shirt":
+        return _shirt(inp, limits, fits)
     raise Failed(f"the twin does not know a {inp.history.model}'s plant yet", "unknown_model")
 
 
@@ -153,7 +160,7 @@ def _record(h: hist.History, covered_s: float, rows: int) -> dict[str, Any]:
     }
 
 
-def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
+def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[str, Any]:
     h = inp.history
     base = _base(inp)
     s = room.series(h)
@@ -179,8 +186,12 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
         return _insufficient(Insufficient(reasons), base)
 
     settings, source = _thermostat_settings(h, s)
-    quality = room.quality(s, h.utc_offset_min)
-    f = room.fit(s, np.ones(len(s.t), dtype=bool), h.utc_offset_min)
+    if "room" not in fits:
+        fits["room"] = (
+            room.quality(s, h.utc_offset_min),
+            room.fit(s, np.ones(len(s.t), dtype=bool), h.utc_offset_min),
+        )
+    quality, f = dict(fits["room"][0]), fits["room"][1]
     quality |= {
         "thresholds": {"rmse_c": room.MAX_RMSE_C, "r2": room.MIN_R2, "small_rmse_c": room.SMALL_RMSE_C}
     }
@@ -231,25 +242,17 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
         "step_s": STEP_S,
         "plant": f.params | {"q0": float(s.relay[0])},
         "initial": {"temperature": float(s.temp[0])},
-        "settings": {
-            "thermostat": {
-                k: v for k, v in settings.items() if k in ("setpoint", "hysteresis", "mode", "schedule")
-            }
-        }
-        | _replied_settings(h),
+        "settings": _owner_settings(
+            {"thermostat": {k: v for k, v in settings.items() if k in THERMOSTAT_SETTINGS}}
+            | _replied_settings(h, "thermostat"),
+            inp.current,
+            TOLERANCE if source == "estimated" else {},
+        ),
         "disabled": disabled,
         "commands": commands,
         "meter": {"kind": "thermostat", "band": band},
     }
-    runs = {}
-    for which, fs in (("current", inp.current), ("candidate", inp.candidate)):
-        files = dict(fs.files) | {"input.json": json.dumps(spec).encode()}
-        try:
-            answer = sandbox.run(files, limits=limits)
-        except sandbox.SandboxError as exc:
-            raise Failed(f"the {which} feature set ({fs.ref}) in the twin: {exc}", exc.code) from exc
-        _check_features(answer, which, fs)
-        runs[which] = answer
+    runs = _run_both(inp, spec, limits)
     prices = _prices(h)
     hours_rec = _recorded_hours(s, band, h.utc_offset_min)
     m_rec = _thermostat_metrics(hours_rec, prices, inp.heater_w, h.utc_offset_min)
@@ -278,23 +281,7 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
             ),
             base,
         )
-    metrics = {}
-    for name, unit, better in (
-        ("minutes_outside_band", "min", "lower"),
-        ("heater_energy_kwh", "kWh", "lower"),
-        ("heater_cost", "price*kWh", "lower"),
-        ("heater_hours", "h", "lower"),
-    ):
-        cur, can = m_cur[name], m_can[name]
-        metrics[name] = {
-            "unit": unit,
-            "better": better,
-            "current": _round(cur),
-            "candidate": _round(can),
-            "change": _round(can - cur) if cur is not None and can is not None else None,
-            "relative": _round((can - cur) / cur, 4) if cur and can is not None else None,
-            "recorded": _round(m_rec[name]),
-        }
+    metrics = _table(THERMOSTAT_METRICS, m_rec, m_cur, m_can)
     return base | {
         "state": "ready",
         "reason": None,
@@ -302,6 +289,92 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits) -> dict[str, Any]:
         "series": _thermostat_series(runs, band, prices, h.utc_offset_min),
         "warnings": runs["current"]["refused"] + runs["candidate"]["refused"],
     }
+
+
+THERMOSTAT_SETTINGS = ("setpoint", "hysteresis", "mode", "schedule")
+THERMOSTAT_METRICS = (
+    ("minutes_outside_band", "min", "lower"),
+    ("heater_energy_kwh", "kWh", "lower"),
+    ("heater_cost", "price*kWh", "lower"),
+    ("heater_hours", "h", "lower"),
+)
+# how far a setting estimated from telemetry may be from its default and
+# still be taken for the default (one the owner never set)
+TOLERANCE = {"hysteresis": 0.05, "open_at": 1.0, "close_at": 1.0, "full_at": 2.0, "min_opening": 2.0}
+
+
+def _table(
+    names: tuple[tuple[str, str, str], ...],
+    recorded: dict[str, Any],
+    current: dict[str, Any],
+    candidate: dict[str, Any],
+) -> dict[str, Any]:
+    out = {}
+    for name, unit, better in names:
+        cur, can = current[name], candidate[name]
+        out[name] = {
+            "unit": unit,
+            "better": better,
+            "current": _round(cur),
+            "candidate": _round(can),
+            "change": _round(can - cur) if cur is not None and can is not None else None,
+            "relative": _round((can - cur) / cur, 4) if cur and can is not None else None,
+            "recorded": _round(recorded[name]),
+        }
+    return out
+
+
+def _run_both(inp: Inputs, spec: dict[str, Any], limits: sandbox.Limits) -> dict[str, dict[str, Any]]:
+    """The same conditions run through the twin with each feature set, each in the sandbox."""
+    runs = {}
+    for which, fs in (("current", inp.current), ("candidate", inp.candidate)):
+        files = dict(fs.files) | {"input.json": json.dumps(spec).encode()}
+        try:
+            answer = sandbox.run(files, limits=limits)
+        except sandbox.SandboxError as exc:
+            raise Failed(f"the {which} feature set ({fs.ref}) in the twin: {exc}", exc.code) from exc
+        _check_features(answer, which, fs)
+        runs[which] = answer
+    return runs
+
+
+def _defaults(fs: FeatureSet) -> dict[str, dict[str, Any]]:
+    """Feature -> its settings' defaults, from a set's manifests."""
+    out = {}
+    for path, data in fs.files.items():
+        parts = path.split("/")
+        if len(parts) == 3 and parts[2] == "manifest.json":
+            try:
+                config = json.loads(data).get("config") or {}
+                out[parts[1]] = {
+                    k: spec.get("default") for k, spec in config.items() if isinstance(spec, dict)
+                }
+            except (ValueError, AttributeError):
+                continue
+    return out
+
+
+def _owner_settings(
+    settings: dict[str, dict[str, Any]], current: FeatureSet, tolerance: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """The settings the owner set, as the twin applies them to both runs:
+    those that differ from the current set's defaults. A setting left at
+    its default is left out, so that a release that changes a default
+    runs with its own, as it would on the device."""
+    defaults = _defaults(current)
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in settings.items():
+        kept = {}
+        for key, value in values.items():
+            default = defaults.get(name, {}).get(key, object())
+            same = value == default
+            if not same and isinstance(value, int | float) and isinstance(default, int | float):
+                same = abs(value - default) <= tolerance.get(key, 1e-9)
+            if not same:
+                kept[key] = value
+        if kept:
+            out[name] = kept
+    return out
 
 
 def _round(v: float | None, digits: int = 3) -> float | None:
@@ -331,9 +404,9 @@ def _thermostat_settings(h: hist.History, s: room.Series) -> tuple[dict[str, Any
     return inferred, "estimated"
 
 
-def _replied_settings(h: hist.History) -> dict[str, dict[str, Any]]:
+def _replied_settings(h: hist.History, but: str) -> dict[str, dict[str, Any]]:
     """Every other feature's settings as the device replied them before the record."""
-    return {n: c for n, c in h.configs(before=h.start).items() if n != "thermostat"}
+    return {n: c for n, c in h.configs(before=h.start).items() if n != but}
 
 
 def _replayed(h: hist.History) -> list[dict[str, Any]]:
@@ -511,3 +584,193 @@ def _room_conditions(
         "prices": {"tables": len(prices), "first": prices[0][0] if prices else None} if prices else None,
         "heater_w": heater_w,
     }
+
+
+# ---- the shirt ----------------------------------------------------------------------
+
+SHIRT_METRICS = (
+    ("minutes_above_threshold", "min", "lower"),
+    ("vent_actuations", "count", "lower"),
+    ("vent_open_hours", "h", "lower"),
+)
+VENT_SETTINGS = ("open_at", "close_at", "full_at", "min_opening")
+
+
+def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[str, Any]:
+    h = inp.history
+    base = _base(inp)
+    s = skin.series(h)
+    base["record"] = _record(h, s.covered_s, len(s.t))
+    reasons = []
+    if len(s.t) < 2 or s.span_s < skin.MIN_HOURS * HOUR_S:
+        reasons.append(
+            f"{s.span_s / HOUR_S:.1f} h of humidity telemetry; the twin needs at least {skin.MIN_HOURS:g} h"
+        )
+    elif s.covered_s < skin.MIN_COVERAGE * s.span_s:
+        reasons.append(
+            f"the telemetry covers {s.covered_s / s.span_s:.0%} of its {s.span_s / HOUR_S:.1f} h; "
+            f"the twin needs {skin.MIN_COVERAGE:.0%}"
+        )
+    moves = int(np.sum(np.abs(np.diff(s.x)) > 0)) if len(s.t) > 1 else 0
+    if not reasons and moves < 4:
+        reasons.append(
+            f"the vent moved {moves} times in the record; the twin needs 4 to tell how it dries the skin"
+        )
+    if reasons:
+        return _insufficient(Insufficient(reasons), base)
+    replied = h.configs(before=h.start).get("vent") or h.configs().get("vent")
+    settings, source = (dict(replied), "device") if replied else (skin.infer_settings(s), "estimated")
+    if "skin" not in fits:
+        fits["skin"] = (skin.quality(s), skin.fit(s, np.ones(len(s.t), dtype=bool)))
+    quality, f = dict(fits["skin"][0]), fits["skin"][1]
+    p = f.params
+    quality |= {
+        "thresholds": {"rmse_hum": skin.MAX_RMSE, "r2": skin.MIN_R2, "small_rmse_hum": skin.SMALL_RMSE}
+    }
+    poor = []
+    if quality["rmse_hum"] is None:
+        poor.append("no held-out data to judge the fit on")
+    elif quality["rmse_hum"] > skin.MAX_RMSE:
+        poor.append(
+            f"the fit misses the held-out humidity by {quality['rmse_hum']:.1f} %RH "
+            f"(RMSE over a quarter hour ahead); a twin needs {skin.MAX_RMSE:g} %RH at most"
+        )
+    elif quality["r2"] is not None and quality["r2"] < skin.MIN_R2 and quality["rmse_hum"] > skin.SMALL_RMSE:
+        poor.append(
+            f"the fit explains {quality['r2']:.0%} of the held-out humidity; a twin needs {skin.MIN_R2:.0%}"
+        )
+    if p["period_s"] * skin.MIN_PERIODS > s.span_s:
+        poor.append(
+            f"the record holds {s.span_s / p['period_s']:.1f} of the wearer's sessions (every "
+            f"{p['period_s'] / 60:.0f} min); the twin needs {skin.MIN_PERIODS:g}"
+        )
+    if p["vent_flow"] <= 0:
+        poor.append("the fit finds the vent does not dry the skin: the record does not show how it does")
+    quality["ok"] = not poor
+    fit_out: dict[str, Any] = {
+        "quality": quality,
+        "skin": {
+            "fabric_per_h": round(p["fabric"] * HOUR_S, 3),
+            "vent_flow_per_h": round(p["vent_flow"] * HOUR_S, 3),
+            "closed_time_constant_min": round(1 / p["fabric"] / 60, 1) if p["fabric"] > 0 else None,
+            "open_time_constant_min": round(1 / (p["fabric"] + p["vent_flow"]) / 60, 1)
+            if p["fabric"] + p["vent_flow"] > 0
+            else None,
+        },
+    }
+    peak = max(p["sweat"]) or 1.0
+    base |= {
+        "fit": fit_out,
+        "conditions": {
+            "ambient_humidity": round(p["ambient"], 1),
+            "exertion": {
+                "period_min": round(p["period_s"] / 60, 1),
+                "sweat_peak_per_min": round(peak * 60, 3),
+                "profile": [round(v / peak, 3) for v in p["sweat"]],
+            },
+            "settings": {"source": source, "vent": settings},
+        },
+    }
+    if poor:
+        return _insufficient(Insufficient(poor), base)
+    spec = {
+        "board": inp.board,
+        "utc_offset_min": h.utc_offset_min,
+        "start": float(s.t[0]),
+        "end": float(s.t[-1]),
+        "step_s": STEP_S,
+        "plant": p,
+        "initial": {"humidity": float(s.humidity[0])},
+        "settings": _owner_settings(
+            {"vent": {k: v for k, v in settings.items() if k in VENT_SETTINGS}}
+            | _replied_settings(h, "vent"),
+            inp.current,
+            TOLERANCE if source == "estimated" else {},
+        ),
+        "disabled": [
+            n for n, f_ in h.features.items() if isinstance(f_, dict) and f_.get("enabled") is False
+        ],
+        "commands": _replayed(h),
+        "meter": {"kind": "shirt", "threshold": skin.THRESHOLD},
+    }
+    runs = _run_both(inp, spec, limits)
+    m_rec = _shirt_metrics(_shirt_recorded_hours(s))
+    m_cur = _shirt_metrics(runs["current"]["hours"])
+    m_can = _shirt_metrics(runs["candidate"]["hours"])
+    metric = (
+        "vent_open_hours"
+        if m_rec["vent_open_hours"] >= 0.02 * s.span_s / HOUR_S
+        else "minutes_above_threshold"
+    )
+    rec_v, twin_v = m_rec[metric], m_cur[metric]
+    error = (twin_v - rec_v) / rec_v if rec_v > 0 else None
+    fit_out["check"] = {
+        "metric": metric,
+        "recorded": round(rec_v, 3),
+        "twin": round(twin_v, 3),
+        "error": round(error, 4) if error is not None else None,
+        "max_error": CHECK_MAX,
+    }
+    if error is not None and abs(error) > CHECK_MAX:
+        return _insufficient(
+            Insufficient(
+                [
+                    f"run with the current features, the twin gives {metric.replace('_', ' ')} {twin_v:.2f} "
+                    f"where the device had {rec_v:.2f} ({error:+.0%}); a twin must redo the record within "
+                    f"{CHECK_MAX:.0%}"
+                ]
+            ),
+            base,
+        )
+    return base | {
+        "state": "ready",
+        "reason": None,
+        "metrics": _table(SHIRT_METRICS, m_rec, m_cur, m_can),
+        "series": _shirt_series(runs),
+        "warnings": runs["current"]["refused"] + runs["candidate"]["refused"],
+    }
+
+
+def _shirt_recorded_hours(s: skin.Series) -> list[dict[str, Any]]:
+    hours: dict[int, list[float]] = {}
+    for i in range(len(s.t) - 1):
+        dt = float(s.t[i + 1] - s.t[i])
+        if dt > 120:
+            continue
+        k = int(s.t[i] // HOUR_S)
+        acc = hours.setdefault(k, [0.0, 0.0, 0.0, 0.0, 0.0])
+        hum = float(s.humidity[i + 1])
+        acc[0] += dt if hum > skin.THRESHOLD else 0.0
+        acc[1] += 1.0 if s.x[i + 1] != s.x[i] else 0.0
+        acc[2] += float(s.x[i]) * dt
+        acc[3] += hum
+        acc[4] += 1
+    return [
+        {"t": k * HOUR_S, "above_s": v[0], "actuations": v[1], "open_s": v[2], "humidity": v[3] / v[4]}
+        for k, v in sorted(hours.items())
+    ]
+
+
+def _shirt_metrics(hours: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "minutes_above_threshold": sum(x["above_s"] for x in hours) / 60,
+        "vent_actuations": float(sum(x["actuations"] for x in hours)),
+        "vent_open_hours": sum(x["open_s"] for x in hours) / HOUR_S,
+    }
+
+
+def _shirt_series(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    hours = [x["t"] for x in runs["current"]["hours"]]
+    out: dict[str, Any] = {"step_s": HOUR_S, "t": hours, "threshold": skin.THRESHOLD}
+    for which in ("current", "candidate"):
+        by_t = {x["t"]: x for x in runs[which]["hours"]}
+        rows = [by_t.get(t) for t in hours]
+        out[which] = {
+            "humidity": [round(r["humidity"], 2) if r else None for r in rows],
+            "vent_opening": [
+                round(100 * r["open_s"] / (r["samples"] * STEP_S), 1) if r and r["samples"] else None
+                for r in rows
+            ],
+            "vent_actuations": [r["actuations"] if r else None for r in rows],
+        }
+    return out

@@ -202,7 +202,43 @@ class ThermostatMeter:
         ]
 
 
-METERS = {"thermostat": ThermostatMeter}
+class ShirtMeter:
+    """Per hour: the skin's humidity (mean), the seconds above the
+    threshold, the times the vent moved, the seconds it was open weighted
+    by its opening."""
+
+    def __init__(self, spec: dict[str, Any], offset_min: int) -> None:
+        self.threshold = float(spec["threshold"])
+        self.hours: dict[int, list[float]] = {}
+        self.last: Any = None
+
+    def add(self, t: float, step: float, plant: Any, on_s: float, actuators: dict[str, Any]) -> None:
+        vent = actuators.get("vent", 0)
+        h = self.hours.get(int(t // HOUR_S))
+        if h is None:
+            h = self.hours[int(t // HOUR_S)] = [0, 0.0, 0.0, 0.0, 0.0]
+        h[0] += 1
+        h[1] += plant.humidity
+        h[2] += step if plant.humidity > self.threshold else 0.0
+        h[3] += 1.0 if self.last is not None and vent != self.last else 0.0
+        h[4] += min(max(float(self.last or 0), 0.0), 100.0) / 100 * step
+        self.last = vent
+
+    def result(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "t": k * HOUR_S,
+                "samples": int(h[0]),
+                "humidity": round(h[1] / h[0], 3),
+                "above_s": round(h[2], 1),
+                "actuations": int(h[3]),
+                "open_s": round(h[4], 1),
+            }
+            for k, h in sorted(self.hours.items())
+        ]
+
+
+METERS: dict[str, Any] = {"thermostat": ThermostatMeter, "shirt": ShirtMeter}
 
 
 def run(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
