@@ -287,7 +287,7 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> di
         "reason": None,
         "metrics": metrics,
         "series": _thermostat_series(runs, band, prices, h.utc_offset_min),
-        "warnings": runs["current"]["refused"] + runs["candidate"]["refused"],
+        "warnings": _warnings(metrics, runs),
     }
 
 
@@ -298,6 +298,14 @@ THERMOSTAT_METRICS = (
     ("heater_cost", "price*kWh", "lower"),
     ("heater_hours", "h", "lower"),
 )
+# below these, a metric's error is counted against the floor (a metric near
+# zero is not missed by a large share when it is missed by a little)
+FLOORS = {
+    "minutes_outside_band": 60.0,
+    "minutes_above_threshold": 10.0,
+    "vent_actuations": 10.0,
+    "vent_open_hours": 0.05,
+}
 # how far a setting estimated from telemetry may be from its default and
 # still be taken for the default (one the owner never set)
 TOLERANCE = {"hysteresis": 0.05, "open_at": 1.0, "close_at": 1.0, "full_at": 2.0, "min_opening": 2.0}
@@ -311,7 +319,11 @@ def _table(
 ) -> dict[str, Any]:
     out = {}
     for name, unit, better in names:
-        cur, can = current[name], candidate[name]
+        cur, can, rec = current[name], candidate[name], recorded[name]
+        # the twin run with the current features against what the device did
+        reliable = None
+        if cur is not None and rec is not None:
+            reliable = abs(cur - rec) <= CHECK_MAX * max(abs(rec), FLOORS.get(name, 1e-9))
         out[name] = {
             "unit": unit,
             "better": better,
@@ -319,8 +331,21 @@ def _table(
             "candidate": _round(can),
             "change": _round(can - cur) if cur is not None and can is not None else None,
             "relative": _round((can - cur) / cur, 4) if cur and can is not None else None,
-            "recorded": _round(recorded[name]),
+            "recorded": _round(rec),
+            "reliable": reliable,
         }
+    return out
+
+
+def _warnings(metrics: dict[str, Any], runs: dict[str, dict[str, Any]]) -> list[str]:
+    out = [str(w) for w in runs["current"]["refused"] + runs["candidate"]["refused"]]
+    for name, m in metrics.items():
+        if m["reliable"] is False:
+            out.append(
+                f"run with the current features, the twin does not redo the record's "
+                f"{name.replace('_', ' ')} ({m['recorded']:g} recorded, {m['current']:g} in the twin): "
+                "take its prediction with care"
+            )
     return out
 
 
@@ -722,12 +747,13 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
             ),
             base,
         )
+    metrics = _table(SHIRT_METRICS, m_rec, m_cur, m_can)
     return base | {
         "state": "ready",
         "reason": None,
-        "metrics": _table(SHIRT_METRICS, m_rec, m_cur, m_can),
+        "metrics": metrics,
         "series": _shirt_series(runs),
-        "warnings": runs["current"]["refused"] + runs["candidate"]["refused"],
+        "warnings": _warnings(metrics, runs),
     }
 
 

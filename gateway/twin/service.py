@@ -4,8 +4,10 @@ background.
 
 request() answers a cached preview that still holds, or records the
 request and queues it (state computing); the worker (loop(), one of the
-gateway's tasks) computes it in a thread, on a read-only connection of its
-own, with the release's code in the sandbox, and stores the answer. A
+gateway's tasks) has it computed in a process of its own (the fit's
+numerical work neither holds the gateway's interpreter nor spreads over its
+cores), on a read-only connection to the database, with the release's code
+in the sandbox, and stores the answer. A
 preview holds while it is younger than MAX_AGE_S and was computed with the
 feature set the device runs now and the heater power it has now. Previews
 left computing by a gateway that stopped are computed when it starts again.
@@ -16,7 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..releases import ReleaseStore, StoredRelease
@@ -54,6 +61,7 @@ class TwinService:
         self.limits = limits or Limits()
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
+        self._pool: ProcessPoolExecutor | None = None
         self.computed = 0  # previews computed since the start (tests wait on it)
 
     # ---- the table ---------------------------------------------------------------
@@ -164,13 +172,18 @@ class TwinService:
     async def loop(self) -> None:
         for r in self.store.db.execute("SELECT device, release FROM twin_previews WHERE state = 'computing'"):
             self._enqueue(r[0], r[1])  # (left by a gateway that stopped)
-        while True:
-            dev, release = await self.queue.get()
-            self._queued.discard((dev, release))
-            try:
-                await self._compute(dev, release)
-            except Exception:
-                log.exception("the twin preview of %s on %s failed", release[:12], dev)
+        try:
+            while True:
+                dev, release = await self.queue.get()
+                self._queued.discard((dev, release))
+                try:
+                    await self._compute(dev, release)
+                except Exception:
+                    log.exception("the twin preview of %s on %s failed", release[:12], dev)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     async def _compute(self, dev: str, release: str) -> None:
         row = self.row(dev, release)
@@ -180,7 +193,7 @@ class TwinService:
         self.store.db.execute(
             "UPDATE twin_previews SET started = ? WHERE device = ? AND release = ?", (started, dev, release)
         )
-        answer = await asyncio.to_thread(self.work, dev, release, row.heater_w)
+        answer = await self._in_worker(dev, release, row.heater_w)
         state = str(answer.get("state", "failed"))
         self.store.db.execute(
             "UPDATE twin_previews SET state = ?, reason = ?, answer = ?, finished = ?"
@@ -198,26 +211,48 @@ class TwinService:
         self.computed += 1
         log.info("twin preview of %s on %s: %s", release[:12], dev, state)
 
-    def work(self, dev: str, release_id: str, heater_w: float | None) -> dict[str, Any]:
-        """Compute one preview (in a worker thread: its own connection to the
-        database, read-only). Never raises: a failure is a failed answer."""
-        from .preview import Failed, compute, gather
-
+    async def _in_worker(self, dev: str, release: str, heater_w: float | None) -> dict[str, Any]:
+        main = self.gw.ota.releases
+        job = (str(self.store.path), str(main.blobs), main.root, dev, release, heater_w, self.limits)
+        if self._pool is None:
+            # a fresh interpreter (spawn): its numerical libraries start with
+            # the single thread set here, whatever the gateway's loaded
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, "1")
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            with Store(self.store.path, readonly=True) as ro:
-                main = self.gw.ota.releases
-                releases = ReleaseStore(ro, blobs=main.blobs, root=main.root)
-                release = releases.get(release_id)
-                if release is None:
-                    raise Failed(f"no release {release_id[:12]}", "unknown_release")
-                inputs = gather(ro, releases, dev, release, heater_w)
-            return compute(inputs, self.limits)
-        except Failed as exc:
-            return {"state": "failed", "reason": str(exc), "code": exc.code}
-        except Exception as exc:
-            log.exception("the twin preview of %s on %s failed", release_id[:12], dev)
-            return {
-                "state": "failed",
-                "reason": f"the gateway failed: {type(exc).__name__}: {exc}"[:300],
-                "code": "internal",
-            }
+            answer: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self._pool, work, *job)
+        except BrokenProcessPool:
+            self._pool = None
+            return {"state": "failed", "reason": "the twin's worker process died", "code": "internal"}
+        return answer
+
+
+def work(
+    db: str,
+    blobs: str,
+    root: bytes | None,
+    dev: str,
+    release_id: str,
+    heater_w: float | None,
+    limits: Limits,
+) -> dict[str, Any]:
+    """Compute one preview (in the twin's worker process: its own
+    connection to the database, read-only). Never raises: a failure is a
+    failed answer."""
+    from .preview import Failed, compute, gather
+
+    try:
+        with Store(Path(db), readonly=True) as ro:
+            releases = ReleaseStore(ro, blobs=Path(blobs), root=root)
+            release = releases.get(release_id)
+            if release is None:
+                raise Failed(f"no release {release_id[:12]}", "unknown_release")
+            inputs = gather(ro, releases, dev, release, heater_w)
+        return compute(inputs, limits)
+    except Failed as exc:
+        return {"state": "failed", "reason": str(exc), "code": exc.code}
+    except Exception as exc:
+        log.exception("the twin preview of %s on %s failed", release_id[:12], dev)
+        reason = f"the gateway failed: {type(exc).__name__}: {exc}"[:300]
+        return {"state": "failed", "reason": reason, "code": "internal"}

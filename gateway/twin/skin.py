@@ -35,7 +35,8 @@ from .history import History
 Array = NDArray[np.float64]
 
 BLOCK_S = 60.0
-BINS = 48  # the exertion profile's resolution over a period
+BINS = 48  # the exertion profile's resolution over a period, while the period is searched
+FINE_BINS = 144  # ... and once it is found
 PERIOD_S = (900.0, 7200.0)  # the sessions' periods searched
 HORIZON_S = 900.0
 HOLDOUT = 0.25
@@ -72,7 +73,9 @@ class Series:
 def series(h: History) -> Series:
     from .room import _number, _segments
 
-    t, hum, x, venting, opening, skin, bat = [], [], [], [], [], [], []
+    t, hum, x, venting, opening = [], [], [], [], []
+    skin: list[float] = []
+    bat: list[float] = []
     vent = 0.0
     for ts, msg in h.rows:
         sensors = msg.get("sensors") or {}
@@ -178,18 +181,18 @@ def _design(s: Series, rows: NDArray[np.bool_]) -> _Design:
     return _Design(block, nb, d_hum, dt, s.t[:-1] + dt / 2, h_mid * dt, x * h_mid * dt, x * dt)
 
 
-def _phase_bins(mid: Array, period: float) -> NDArray[np.int64]:
-    return np.minimum((np.mod(mid, period) / period * BINS).astype(np.int64), BINS - 1)
+def _phase_bins(mid: Array, period: float, bins: int) -> NDArray[np.int64]:
+    return np.minimum((np.mod(mid, period) / period * bins).astype(np.int64), bins - 1)
 
 
-def _solve(d: _Design, period: float, amb: float) -> tuple[Array, float, float]:
-    """(x, sse, r2): x = [f, v, profile (BINS)] for one period and ambient humidity."""
+def _solve(d: _Design, period: float, amb: float, bins: int = BINS) -> tuple[Array, float, float]:
+    """(x, sse, r2): x = [f, v, profile (bins)] for one period and ambient humidity."""
     valid = d.block >= 0
     bv = d.block[valid]
-    X = np.zeros((d.n_blocks, 2 + BINS))
+    X = np.zeros((d.n_blocks, 2 + bins))
     np.add.at(X[:, 0], bv, -(d.h_int - amb * d.dt)[valid])
     np.add.at(X[:, 1], bv, -(d.xh_int - amb * d.x_int)[valid])
-    np.add.at(X, (bv, 2 + _phase_bins(d.mid, period)[valid]), d.dt[valid])
+    np.add.at(X, (bv, 2 + _phase_bins(d.mid, period, bins)[valid]), d.dt[valid])
     scale = np.sqrt(np.mean(X**2, axis=0)) + 1e-300
     res = lsq_linear(X / scale, d.d_hum, bounds=(0.0, np.inf), method="bvls")
     x = res.x / scale
@@ -221,19 +224,21 @@ def fit(s: Series, rows: NDArray[np.bool_]) -> Fit:
     i = int(np.argmin(values))
     step = grid[1] - grid[0]
     log_p = _refine(lambda v: by_period(v, amb0), grid[i] - step, grid[i] + step, float(grid[i]), values[i])
+    log_p = _refine(
+        lambda v: by_period(v, amb0), log_p - step / 8, log_p + step / 8, log_p, by_period(log_p, amb0)
+    )
     amb_grid = np.linspace(0.0, 90.0, 46)
-    amb_values = [_solve(d, math.exp(log_p), a)[1] for a in amb_grid]
+    amb_values = [_solve(d, math.exp(log_p), a, FINE_BINS)[1] for a in amb_grid]
     j = int(np.argmin(amb_values))
     amb = _refine(
-        lambda a: _solve(d, math.exp(log_p), a)[1],
+        lambda a: _solve(d, math.exp(log_p), a, FINE_BINS)[1],
         max(amb_grid[j] - 2.0, 0.0),
         min(amb_grid[j] + 2.0, 95.0),
         float(amb_grid[j]),
         amb_values[j],
     )
-    log_p = _refine(lambda v: by_period(v, amb), log_p - step, log_p + step, log_p, by_period(log_p, amb))
     period = math.exp(log_p)
-    x, sse, r2 = _solve(d, period, amb)
+    x, sse, r2 = _solve(d, period, amb, FINE_BINS)
     params = {
         "kind": "skin",
         "fabric": float(x[0]),
