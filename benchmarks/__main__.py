@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import fleet_scale, judge_quality, ota_image, ota_transfer, ota_verify
+from . import fleet_scale, judge_quality, ota_image, ota_transfer, ota_verify, twin_accuracy
 
 # name, title, run(arguments)
 BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
@@ -25,6 +25,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
         "judge",
         "the rollout judge on 1,000 thermostats: bad releases halted, good ones not",
         judge_quality.main,
+    ),
+    (
+        "twin",
+        "the twin preview on 24 thermostats and 12 shirts: predicted metrics against what they then do",
+        twin_accuracy.main,
     ),
 ]
 

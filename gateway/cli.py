@@ -488,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_owners import register as register_owners
 
     register_owners(dv)
+
+    from .cli_twin import register as register_twin
+
+    register_twin(dv)
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)

@@ -169,6 +169,14 @@ SCHEMAS: dict[str, Schema] = {
             _object({"state": _STR, "decision": _opt(_OBJ), "rollout": _opt(_STR), "update": _opt(_STR)}),
         ]
     },
+    "Preview": _object(
+        {
+            "device": _STR,
+            "release": _OBJ,
+            "state": {"enum": ["computing", "ready", "insufficient", "failed"]},
+        },
+        {"reason": _opt(_STR), "metrics": _OBJ, "series": _OBJ, "fit": _OBJ, "record": _OBJ},
+    ),
     "Offers": _object(
         {
             "device": _STR,
@@ -295,6 +303,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         _object(
             {"release": _STR, "decision": {"enum": ["now", "later", "never"]}}, {"until": {}}, closed=True
         ),
+    ),
+    ("POST", "/api/v1/devices/{id}/preview"): Op(
+        "the twin preview of a release on the device (docs/twin.md): computing, or as cached",
+        {200: _ref("Preview"), 202: _ref("Preview")},
+        _object({"release": _STR}, {"heater_w": _NUM, "refresh": _BOOL}, closed=True),
+    ),
+    ("GET", "/api/v1/devices/{id}/preview/{ref}"): Op(
+        "a release's preview on the device", {200: _ref("Preview")}
+    ),
+    ("GET", "/api/v1/devices/{id}/previews"): Op(
+        "the device's previews, newest first",
+        {200: _list(_object({"release": _OBJ, "state": _STR, "requested": _NUM}, {"reason": _opt(_STR)}))},
     ),
     ("POST", "/api/v1/devices/{id}/rollback"): Op(
         "an update to the revert release the maker signed for the device's set",

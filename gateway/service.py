@@ -147,6 +147,9 @@ class Gateway:
         )
         self.time_sender.publish = self.publish
         self.rollouts = RolloutService(self)
+        from .twin.service import TwinService
+
+        self.twin = TwinService(self)
 
     # ---- running -----------------------------------------------------------
 
@@ -163,6 +166,7 @@ class Gateway:
                 tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
                 tg.create_task(self.time_sender.loop(), name="gateway-time")
                 tg.create_task(self.rollouts.loop(), name="gateway-rollouts")
+                tg.create_task(self.twin.loop(), name="gateway-twin")
                 if self.api_bind is not None:
                     from .api import serve_api
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -265,6 +265,29 @@ INSERT INTO device_decisions (device, release, decision, until, at)
     SELECT device, approved, 'now', NULL, coalesce(updated, 0) FROM device_settings
     WHERE approved IS NOT NULL;
 UPDATE device_settings SET approved = NULL;
+""",
+    # 10: twin previews (gateway/twin/, docs/twin.md), cached per device and
+    # release; the heater power an owner gave for them; the commands of a
+    # device found by time (the data and settings a twin replays)
+    10: """
+CREATE TABLE twin_previews (
+    device TEXT NOT NULL,
+    release TEXT NOT NULL,          -- the release id previewed
+    state TEXT NOT NULL,            -- computing, ready, insufficient, failed
+    reason TEXT,
+    answer TEXT,                    -- JSON: the preview (docs/twin.md 2)
+    heater_w REAL,                  -- the heater power it was computed with
+    requested REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    PRIMARY KEY (device, release)
+);
+CREATE TABLE twin_devices (
+    device TEXT PRIMARY KEY,
+    heater_w REAL,                  -- the heater's rated power, W, as the owner gave it
+    updated REAL NOT NULL
+);
+CREATE INDEX commands_device ON commands(device, sent);
 """,
 }
 

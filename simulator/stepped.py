@@ -1,4 +1,4 @@
-"""One thermostat stepped by hand, without a network or an event loop: the
+"""One thermostat (or shirt) stepped by hand, without a network or an event loop: the
 firmware's own runtime (firmware.pb.runtime.Device) with the thermostat
 feature (patched, if asked) on the simulator's HAL, heating a seeded room
 (simulator/physics.Room). Each step samples and reports as the device does;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from gateway.provision import board_for, make_config
 from .clock import SimClock
 from .hal import SimHal
 from .loader import import_feature
-from .physics import Room
+from .physics import Room, Skin
 
 STEP_S = 10.0  # the device samples and reports every 10 s
 
@@ -68,15 +68,25 @@ def thermostat_in_a_room(
     config: dict[str, Any] | None = None,
     patch: tuple[str, str] | None = None,
     room_temp: float | None = None,
+    features_from: Path | None = None,
+    data: Sequence[tuple[float, str, Any]] = (),
+    room: Room | None = None,
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """(time, telemetry) of a thermostat in room `seed` (Room.random), every
     STEP_S from start + STEP_S for `seconds`. base: a new folder for the
     device's flash; config: the thermostat's settings (e.g. its hysteresis);
     patch: (old, new) text replaced in the feature's code, which must hold
-    old; room_temp: the room's temperature at start (else the seeded one).
-    Raises ValueError for a patch that does not apply."""
+    old; room_temp: the room's temperature at start (else the seeded one);
+    features_from: a folder of feature folders to run (default: the
+    factory thermostat alone); data: (time, key, value) the gateway sends
+    (data.set) at those times; room: the room itself (else Room.random(seed)),
+    so that the caller can read its truth. Raises ValueError for a patch
+    that does not apply."""
     features = base / "features"
-    shutil.copytree(firmware_dir() / "features" / "thermostat", features / "thermostat")
+    if features_from is None:
+        shutil.copytree(firmware_dir() / "features" / "thermostat", features / "thermostat")
+    else:
+        shutil.copytree(features_from, features, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if patch is not None:
         code = features / "thermostat" / "__init__.py"
         text = code.read_text()
@@ -85,7 +95,8 @@ def thermostat_in_a_room(
         code.write_text(text.replace(patch[0], patch[1]))
     board = board_for("thermostat")
     clock = _Clock(start)
-    room = Room.random(random.Random(seed))
+    if room is None:
+        room = Room.random(random.Random(seed))
     if room_temp is not None:
         room.temp = room_temp
     room.advance(clock.t)
@@ -104,11 +115,72 @@ def thermostat_in_a_room(
         done = dev.execute("config.set", {"feature": "thermostat", "values": config})
         if not done.get("ok"):
             raise ValueError(f"the thermostat refused {config}: {done}")
+    sends = sorted(data, key=lambda d: d[0])
+    j = 0
+    for i in range(1, int(seconds / STEP_S) + 1):
+        clock.t = start + i * STEP_S
+        while j < len(sends) and sends[j][0] <= clock.t:
+            done = dev.execute("data.set", {"key": sends[j][1], "value": sends[j][2]})
+            if not done.get("ok"):
+                raise ValueError(f"the device refused data {sends[j][1]}: {done}")
+            j += 1
+        dev.sample()
+        dev.publish_telemetry()
+        topic, payload = link.sent.pop()
+        if topic.endswith("/telemetry"):
+            yield clock.t, json.loads(payload)
+        link.sent.clear()
+
+
+def shirt_on_a_wearer(
+    base: Path,
+    seed: int,
+    start: float,
+    seconds: float,
+    *,
+    config: dict[str, Any] | None = None,
+    features_from: Path | None = None,
+    skin: Skin | None = None,
+    humidity: float | None = None,
+) -> Iterator[tuple[float, dict[str, Any]]]:
+    """(time, telemetry) of a shirt on wearer `seed` (Skin.random), stepped
+    as thermostat_in_a_room steps a thermostat: every STEP_S from start +
+    STEP_S for `seconds`. config: the vent's settings; features_from: a
+    folder of feature folders to run (default: the factory vent); skin:
+    the wearer itself (else Skin.random(seed)); humidity: the skin's at
+    start (else the seeded one)."""
+    features = base / "features"
+    if features_from is None:
+        shutil.copytree(firmware_dir() / "features" / "vent", features / "vent")
+    else:
+        shutil.copytree(features_from, features, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    board = board_for("shirt")
+    clock = _Clock(start)
+    if skin is None:
+        skin = Skin.random(random.Random(seed))
+    if humidity is not None:
+        skin.humidity = humidity
+    skin.advance(clock.t)
+    link = _Link()
+    dev = Device(
+        make_config(f"sh-{seed}", board, BrokerUrl("127.0.0.1", 1), "pw"),
+        SimHal(board, skin, clock),
+        Store(str(base / "data")),
+        str(features),
+        importer=import_feature,
+        client=link,
+        log=lambda d, m: None,
+    )
+    dev.boot()
+    if config:
+        done = dev.execute("config.set", {"feature": "vent", "values": config})
+        if not done.get("ok"):
+            raise ValueError(f"the vent refused {config}: {done}")
     for i in range(1, int(seconds / STEP_S) + 1):
         clock.t = start + i * STEP_S
         dev.sample()
         dev.publish_telemetry()
-        topic, data = link.sent.pop()
+        topic, payload = link.sent.pop()
         if topic.endswith("/telemetry"):
-            yield clock.t, json.loads(data)
+            yield clock.t, json.loads(payload)
         link.sent.clear()

@@ -27,6 +27,8 @@ from gateway.accounts import (
 )
 from gateway.store import SCHEMA_VERSION, Store
 
+from ..support.schema import as_of
+
 T0 = 1_800_000_000.0
 PASSWORD = "correct horse battery"
 
@@ -176,10 +178,7 @@ def test_guessing_claim_codes_is_limited_per_account(accounts: Accounts) -> None
 def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     with Store(db) as s:
-        s.db.executescript("DROP TABLE claim_attempts; DROP TABLE device_owners; DROP TABLE device_claims;")
-        s.db.executescript("DROP TABLE account_sessions; DROP TABLE device_decisions;")
-        s.db.executescript("DROP TABLE account_tokens; DROP TABLE accounts;")
-        s.set_meta("schema", "6")
+        as_of(s, 6)
         s.set_meta("kept", "yes")
     with Store(db) as s:
         assert s.schema == SCHEMA_VERSION and s.get_meta("kept") == "yes"

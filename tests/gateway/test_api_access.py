@@ -59,6 +59,8 @@ class World:
                 "accounts",
                 "rollouts",
                 "device_decisions",
+                "twin_previews",
+                "twin_devices",
             )
         ]
 
@@ -93,6 +95,7 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/api/v1/devices/{id}/settings"): {"policy": "ask"},
     ("POST", "/api/v1/devices/{id}/approve"): {"release": "thermostat@2"},
     ("POST", "/api/v1/devices/{id}/decision"): {"release": "thermostat@2", "decision": "never"},
+    ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/claims"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/accounts"): {"name": "eve", "role": "admin", "password": PASSWORD},

@@ -16,6 +16,7 @@ from gateway.api_accounts import ACCESS, LOGIN_TRIES
 from gateway.sessions import IDLE_S, MAX_AGE_S, Sessions
 from gateway.store import SCHEMA_VERSION, Store
 
+from ..support.schema import as_of
 from .test_api_access import _BODIES, PASSWORD, World, _path, world  # noqa: F401
 
 SESSION = "/api/v1/session"
@@ -212,8 +213,7 @@ def test_a_database_of_the_schema_before_gains_the_sessions_and_keeps_its_accoun
     db = tmp_path / "gw.db"
     with Store(db) as s:
         ann = Accounts(s).create("ann", "owner", PASSWORD, 1.0)
-        s.db.executescript("DROP TABLE account_sessions; DROP TABLE device_decisions;")
-        s.set_meta("schema", "7")
+        as_of(s, 7)
     with Store(db) as s:
         assert s.schema == SCHEMA_VERSION and Accounts(s).get("ann") == ann
         cookie, session = Sessions(s).create(ann, 10.0)

@@ -11,7 +11,9 @@ import pytest
 
 from gateway.decisions import MAX_LATER_S, DecisionTable, decided, parse_until
 from gateway.errors import DecisionError
-from gateway.store import Store
+from gateway.store import SCHEMA_VERSION, Store
+
+from ..support.schema import as_of
 
 NOW = 1_900_000_000.0  # 2030-03-17 17:46:40 UTC
 
@@ -85,14 +87,13 @@ def test_a_decision_replaces_the_one_before_and_is_kept_per_device_and_release(t
 def test_an_approval_of_the_schema_before_becomes_the_decision_now(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     with Store(db) as s:
-        s.db.executescript("DROP TABLE device_decisions;")
-        s.set_meta("schema", "8")
+        as_of(s, 8)
         s.db.execute(
             "INSERT INTO device_settings (device, policy, approved, updated) VALUES ('th-1', 'ask', ?, ?)",
             ("c" * 64, NOW),
         )
     with Store(db) as s:
-        assert s.schema == 9
+        assert s.schema == SCHEMA_VERSION
         d = DecisionTable(s).get("th-1", "c" * 64)
         assert d is not None and (d.decision, d.until, d.at) == ("now", None, NOW)
         assert s.db.execute("SELECT approved FROM device_settings").fetchone()[0] is None

@@ -236,12 +236,13 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_devices(
     with Store(path, readonly=True) as ro:  # the CLI reads an old database as it is
         assert ro.schema == 1 and ReleaseStore(ro).list() == []
     with Store(path) as s:
-        assert s.schema == SCHEMA_VERSION == 9 and s.get_meta("schema") == "9"
+        assert s.schema == SCHEMA_VERSION == 10 and s.get_meta("schema") == "10"
         assert s.device("th-1") is not None
         columns = {r[1] for r in s.db.execute("PRAGMA table_info(updates)")}
         assert "deferred_since" in columns
         assert SettingsTable(s).get("th-1") == DeviceSettings("th-1")  # the defaults: stable, auto
         assert Accounts(s).owner_of("th-1") is None and Accounts(s).all() == []
+        assert s.db.execute("SELECT count(*) FROM twin_previews").fetchone()[0] == 0
         ReleaseStore(s, root=keys.root_bytes).add(release.path, T0)
     with Store(path) as s:  # opening again migrates nothing twice
         assert [r.ref for r in ReleaseStore(s).list()] == ["thermostat@2"]

@@ -1,0 +1,23 @@
+"""A database taken back to an earlier schema version, as an older gateway
+left it: the tables of each later migration dropped (gateway/store.py)."""
+
+from __future__ import annotations
+
+from gateway.store import SCHEMA_VERSION, Store
+
+# what each migration from 7 on made, undone
+_UNDO = {
+    7: "DROP TABLE claim_attempts; DROP TABLE device_owners; DROP TABLE device_claims;"
+    " DROP TABLE account_tokens; DROP TABLE accounts;",
+    8: "DROP TABLE account_sessions;",
+    9: "DROP TABLE device_decisions;",
+    10: "DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;",
+}
+assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
+
+
+def as_of(store: Store, version: int) -> None:
+    """store as a gateway of schema `version` (6 or later) left it."""
+    for v in range(SCHEMA_VERSION, version, -1):
+        store.db.executescript(_UNDO[v])
+    store.set_meta("schema", str(version))
