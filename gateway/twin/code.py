@@ -48,6 +48,9 @@ def release_features(
         image = release.body.get("image")
         if image is not None:
             shas.append((image["sha256"], image["zsha256"]))
+        notes = release.notes_entry  # (signed with the release: a device checks them too)
+        if notes is not None:
+            shas.append((notes.sha256, notes.zsha256))
         for sha, zsha in shas:
             link = folder / BLOBS / f"{sha}.z"
             if not link.exists():

@@ -422,10 +422,21 @@ def _check_features(answer: dict[str, Any], which: str, fs: FeatureSet) -> None:
 def _thermostat_settings(h: hist.History, s: room.Series) -> tuple[dict[str, Any], str]:
     """The thermostat's settings at the record's start: as the device last
     replied them, else as its telemetry shows them."""
-    replied = h.configs(before=h.start).get("thermostat") or h.configs().get("thermostat")
+    replied = h.configs(before=h.start).get("thermostat")
     if replied:
         return dict(replied), "device"
     inferred = room.infer_settings(s, h.utc_offset_min)
+    later = h.configs().get("thermostat")
+    if later:
+        # a reply after the start holds what the owner kept; what the owner
+        # changed during the record is as the telemetry showed it at the start
+        changed = {
+            k
+            for c in h.commands
+            if c.op == "config.set" and c.t > h.start and c.args.get("feature") == "thermostat"
+            for k in (c.args.get("values") or {})
+        }
+        return {**later, **{k: inferred[k] for k in changed if k in inferred}}, "device"
     return inferred, "estimated"
 
 

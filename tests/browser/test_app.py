@@ -4,6 +4,7 @@ real gateway, Mosquitto and simulated devices running the firmware (docs/app.md)
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from gateway.accounts import Accounts, new_claim_code
 from gateway.judge import Direction, Group, HardCounts, MetricSpec, Observation, Policy, judge
@@ -22,6 +23,8 @@ from gateway.tls import ApiTls
 from ota.keys import Keys
 from ota.release import build
 from simulator.fleet import Fleet
+from simulator.physics import Room
+from simulator.recorded import thermostat_record
 
 from ..gateway.conftest import Running, StartGateway
 from ..support.messages import hello
@@ -31,6 +34,8 @@ from .conftest import Shots, unexpected, watch_console
 
 pytestmark = pytest.mark.browser
 PASSWORD = "correct horse battery"
+RECORD_S = 2 * 86400.0
+SEED = 11  # the room of the first thermostat's past
 
 
 @dataclass
@@ -67,6 +72,10 @@ async def home(
     )
     mosquitto.add_users(passwords)
     devices = [d.id for d in fleet.devices]
+    # two days of the first one's past, as the gateway would have recorded
+    # them: what its twin is fitted to (simulator/recorded.py)
+    now = time.time()
+    thermostat_record(r.store, devices[0], SEED, now - RECORD_S, RECORD_S, tmp_path / "past", room_temp=20.5)
     accounts = Accounts(r.store)
     ann = accounts.create("ann", "owner", PASSWORD, 1.0)
     bob = accounts.create("bob", "owner", PASSWORD, 1.0)
@@ -159,9 +168,9 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     await page.get_by_role("link", name=mine[0]).click()
     chart = page.locator("[data-chart='temperature']")
     await expect(chart).to_be_visible()
-    before = int(await chart.get_attribute("data-points") or "0")
     await expect(page.locator("body[data-live='yes']")).to_have_count(1)
-    await async_wait_for_points(chart, before + 4)
+    before = float(await chart.get_attribute("data-last") or "0")
+    await async_wait_for_later(chart, before + 3)
     await expect(page.locator("[data-features]")).to_contain_text("thermostat")
     await expect(page.locator("[data-features] input").first).to_be_visible()
     await shots.take(page, "device")
@@ -193,7 +202,8 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     )
     assert status == 404
     assert unexpected(errors) == []
-    assert [e for e in unexpected(bob_errors) if not e.endswith(f"/api/v1/devices/{mine[0]}")] == []
+    # (ann's device, every address of it answered 404 to bob)
+    assert [e for e in unexpected(bob_errors) if f"404 (Not Found) {url}/api/v1/devices/{mine[0]}" not in e] == []
 
 
 NOTES = "Eco pre-heats while energy is cheap.\nIt publishes the hour's price and its boost."
@@ -226,6 +236,20 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     await expect(page.locator("[data-changes] [data-feature='eco']")).to_contain_text("added")
     await expect(page.locator("[data-changes] [data-feature='eco']")).to_contain_text("Pre-heats")
     await expect(page.locator("[data-permissions]")).to_contain_text("publishes boost, cheap, price")
+    # the preview on the device's own twin, fitted to its two days
+    await expect(page.locator("[data-preview='ready']")).to_be_visible(timeout=240_000)
+    await expect(page.locator("[data-heater]")).to_contain_text("rated power")
+    # the heater's rated power, from its label: energy and cost too
+    await page.get_by_label("rated power").fill(str(int(Room.random(random.Random(SEED)).heater_w)))
+    await page.get_by_role("button", name="Preview again").click()
+    await expect(page.locator("[data-preview='ready']")).to_be_visible(timeout=240_000)
+    cost = page.locator("[data-preview-metrics] [data-metric='heater_cost']")
+    await expect(cost.locator("td.num").first).not_to_have_text("–", timeout=240_000)
+    await shots.take(page, "preview")
+    await expect(cost.locator("td.num")).to_have_count(3)  # today, with the update, the change
+    assert "%" in await cost.locator("td.num").last.inner_text()
+    await expect(page.locator("[data-fit]")).to_contain_text("fitted to its own record")
+    await expect(page.locator("[data-chart='preview-temperature']")).to_be_visible()
     await shots.take(page, "waiting-update")
     assert gw.ota.active(mine) is None  # nothing goes before the owner says so
 
@@ -289,12 +313,14 @@ async def test_a_maker_sees_the_judge_s_looks_charted(
     assert unexpected(errors) == []
 
 
-async def async_wait_for_points(chart: object, at_least: int, timeout: float = 20) -> None:
-    async def points() -> int:
-        return int(await chart.get_attribute("data-points") or "0")  # type: ignore[attr-defined]
+async def async_wait_for_later(chart: Locator, at_least: float, timeout: float = 20) -> None:
+    """Until the chart's newest point is at least at_least (a Unix time)."""
+
+    async def last() -> float:
+        return float(await chart.get_attribute("data-last") or "0")
 
     deadline = asyncio.get_running_loop().time() + timeout
-    while (n := await points()) < at_least:
+    while (t := await last()) < at_least:
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the chart has {n} points, not {at_least}")
+            raise AssertionError(f"the chart's newest point is at {t}, not {at_least} or later")
         await asyncio.sleep(0.2)

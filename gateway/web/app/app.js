@@ -144,8 +144,9 @@ function Device({ id }) {
   const [updates, , reloadUpdates] = useLoad(() => api("GET", base + "/updates?limit=20"), [id]);
   const [offers, , reloadOffers] = useLoad(() => api("GET", base + "/offers").catch(() => null), [id]);
   useEffect(() => {
-    api("GET", base + "/telemetry?limit=" + KEEP_POINTS).then((list) =>
-      setRows(list.map((m) => ({ t: m.ts || m.received, values: flatten(m) }))),
+    api("GET", base + "/telemetry?limit=" + KEEP_POINTS).then(
+      (list) => setRows(list.map((m) => ({ t: m.ts || m.received, values: flatten(m) }))),
+      () => setRows([]), // (the device's own answer says why, above)
     );
   }, [id]);
   useEvents((kind, ev) => {

@@ -54,18 +54,21 @@ export function TimeChart({ title, series, yTitle, y2Title, name }) {
           y: { title: { display: !!yTitle, text: yTitle } },
           ...(y2Title ? { y2: { position: "right", title: { display: true, text: y2Title }, grid: { drawOnChartArea: false } } } : {}),
         },
-        plugins: { legend: { position: "bottom" }, decimation: { enabled: true, algorithm: "lttb" } },
+        plugins: {
+          legend: { position: "bottom", labels: { filter: (item) => !!item.text } },
+          decimation: { enabled: true, algorithm: "lttb" },
+        },
       },
     }),
     (c) => {
       c.data.datasets = series.map((s, i) => ({
         label: s.label,
         data: s.points,
-        borderColor: COLORS[i % COLORS.length],
-        backgroundColor: COLORS[i % COLORS.length],
+        borderColor: s.color || COLORS[i % COLORS.length],
+        backgroundColor: s.color || COLORS[i % COLORS.length],
         borderWidth: 1.6,
         stepped: !!s.step,
-        pointRadius: s.points.length <= 50 ? 3 : 0,
+        pointRadius: s.points.length <= 50 && !s.dash ? 2.5 : 0,
         borderDash: s.dash || [],
         yAxisID: s.axis || "y",
       }));
@@ -73,7 +76,8 @@ export function TimeChart({ title, series, yTitle, y2Title, name }) {
     [series],
   );
   const n = series.reduce((a, s) => a + s.points.length, 0);
-  return html`<div class="chart" data-chart=${name || title} data-points=${n}>
+  const last = Math.max(0, ...series.map((s) => (s.points.length ? s.points[s.points.length - 1].x : 0)));
+  return html`<div class="chart" data-chart=${name || title} data-points=${n} data-last=${last}>
     <h3>${title}</h3><canvas ref=${canvas}></canvas></div>`;
 }
 

@@ -93,32 +93,39 @@ function Preview({ id, release }) {
   const path = "/api/v1/devices/" + encodeURIComponent(id) + "/preview";
   const [p, setP] = useState(null);
   const [error, setError] = useState(null);
+  const [asked, setAsked] = useState(0); // a new preview asked for: poll again
+  const ask = async (ev) => {
+    ev.preventDefault();
+    setError(null);
+    try {
+      setP(await api("POST", path, { release, heater_w: Number(ev.target.watts.value), refresh: true }));
+      setAsked((n) => n + 1);
+    } catch (e) {
+      setError(e);
+    }
+  };
   useEffect(() => {
     let stop = false;
     let timer = null;
-    const poll = async () => {
+    // asked for (the gateway answers the cached preview while it holds), then read until computed
+    const poll = async (first) => {
       try {
-        const got = await api("GET", path + "/" + encodeURIComponent(release));
+        const got = first
+          ? await api("POST", path, { release })
+          : await api("GET", path + "/" + encodeURIComponent(release));
         if (stop) return;
         setP(got);
-        if (got.state === "computing") timer = setTimeout(poll, 1000);
+        if (got.state === "computing") timer = setTimeout(() => poll(false), 1000);
       } catch (e) {
-        if (e.status === 404 && e.code === "no_preview") {
-          try {
-            setP(await api("POST", path, { release }));
-            timer = setTimeout(poll, 1000);
-          } catch (e2) {
-            setError(e2);
-          }
-        } else setError(e);
+        if (!stop) setError(e);
       }
     };
-    poll();
+    poll(asked === 0);
     return () => {
       stop = true;
       clearTimeout(timer);
     };
-  }, [id, release]);
+  }, [id, release, asked]);
   if (error) return html`<${ErrorLine} error=${error} />`;
   if (!p || p.state === "computing") return html`<p class="loading" data-preview="computing">Computing the preview on your device's twin…</p>`;
   if (p.state !== "ready") {
@@ -145,6 +152,13 @@ function Preview({ id, release }) {
       ${typeof q.rmse_c === "number" ? ` it redoes the held-out part within ${q.rmse_c.toFixed(2)} °C (RMS)` : ""}${typeof q.r2 === "number" ? `, R² ${q.r2.toFixed(2)}` : ""}.
       ${(p.warnings || []).length ? ` ${p.warnings.length} warnings.` : ""}</p>
     ${previewCharts(p)}
+    ${p.model === "thermostat"
+      ? html`<form class="inline" data-heater onSubmit=${ask}>
+          <label for="watts">${p.heater_w ? "Your heater's rated power (W)" : "Energy and cost need your heater's rated power (W), from its label"}</label>
+          <input id="watts" name="watts" type="number" min="1" max="100000" step="1" value=${p.heater_w || ""} required size="8" />
+          <button class="plain" type="submit">Preview again</button>
+        </form>`
+      : ""}
   </div>`;
 }
 
@@ -161,8 +175,8 @@ function previewCharts(p) {
       { label: "with the update", points: line((series.candidate || {})[key]) },
     ];
     if (key === "temperature" && series.band) {
-      lines.push({ label: "comfort band", points: line(series.band.low), dash: [4, 4], step: true });
-      lines.push({ label: "", points: line(series.band.high), dash: [4, 4], step: true });
+      lines.push({ label: "comfort band", points: line(series.band.low), dash: [4, 4], step: true, color: "#9aa5b1" });
+      lines.push({ label: "", points: line(series.band.high), dash: [4, 4], step: true, color: "#9aa5b1" });
     }
     charts.push(html`<${TimeChart} name=${"preview-" + key} title=${SERIES_TITLES[key] || key.replace(/_/g, " ")} series=${lines} />`);
   }
