@@ -245,7 +245,8 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     await page.get_by_role("button", name="Preview again").click()
     await expect(page.locator("[data-preview='ready']")).to_be_visible(timeout=240_000)
     cost = page.locator("[data-preview-metrics] [data-metric='heater_cost']")
-    await expect(cost.locator("td.num").first).not_to_have_text("\u2013", timeout=240_000)  # (a dash: no figure)
+    no_figure = "\u2013"  # (a dash)
+    await expect(cost.locator("td.num").first).not_to_have_text(no_figure, timeout=240_000)
     await shots.take(page, "preview")
     await expect(cost.locator("td.num")).to_have_count(3)  # today, with the update, the change
     assert "%" in await cost.locator("td.num").last.inner_text()
