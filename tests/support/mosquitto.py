@@ -26,7 +26,7 @@ GATEWAY_PASSWORD = "gateway-secret"
 # Accounts with the gateway's rights, one for each gateway process or test
 # client that watches or plays the gateway: a client's id is its user name,
 # so two connections on one account would throw each other off.
-OPERATORS = tuple(f"operator-{i}" for i in range(256))
+OPERATORS = tuple(f"operator-{i}" for i in range(1024))
 
 
 class Mosquitto(MosquittoProcess):
