@@ -178,10 +178,11 @@ def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(t
     with Store(db) as s:
         s.db.executescript("DROP TABLE claim_attempts; DROP TABLE device_owners; DROP TABLE device_claims;")
         s.db.executescript("DROP TABLE account_tokens; DROP TABLE accounts;")
+        s.db.executescript("DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;")
         s.set_meta("schema", "6")
         s.set_meta("kept", "yes")
     with Store(db) as s:
-        assert s.schema == 7 and s.get_meta("kept") == "yes"
+        assert s.schema == 8 and s.get_meta("kept") == "yes"
         a = Accounts(s).create("ann", "owner", PASSWORD, T0)
         assert Accounts(s).get("ann") == a
     with pytest.raises(sqlite3.IntegrityError), Store(db) as s:
