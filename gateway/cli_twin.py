@@ -43,6 +43,51 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"
 
 
+def _settings(source: str, values: dict[str, Any], keys: tuple[str, ...]) -> str:
+    shown = []
+    for k in keys:
+        v = values.get(k)
+        if v is None or v == []:
+            continue
+        if k == "schedule":
+            v = ", ".join(f"{at} {sp:g}" for at, sp in v)
+        shown.append(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}")
+    return f"settings ({source}): " + ", ".join(shown) if shown else ""
+
+
+def _conditions(c: dict[str, Any] | None) -> str:
+    """What the fit estimated, in one line."""
+    if not c:
+        return ""
+    parts = []
+    if "outdoor" in c:
+        o = c["outdoor"]
+        text = f"outdoor ({o['source']}) {o['mean_c']:g} C on average"
+        if o.get("swing_c") is not None:
+            text += f", swing {o['swing_c']:g} C"
+        parts.append(text)
+        occ = c.get("occupancy") or {}
+        peak = max([*occ.get("weekday", []), *occ.get("weekend", []), 0.0])
+        parts.append(f"occupants up to {peak:g} {occ.get('unit', '')}".rstrip())
+        s = c.get("settings") or {}
+        parts.append(
+            _settings(s.get("source", "?"), s.get("thermostat") or {}, ("setpoint", "hysteresis", "schedule"))
+        )
+    if "exertion" in c:
+        e = c["exertion"]
+        parts.append(f"ambient humidity {c['ambient_humidity']:g} %RH")
+        parts.append(
+            f"sessions every {e['period_min']:g} min, sweat up to {e['sweat_peak_per_min']:g} %RH/min"
+        )
+        s = c.get("settings") or {}
+        parts.append(
+            _settings(
+                s.get("source", "?"), s.get("vent") or {}, ("open_at", "close_at", "full_at", "min_opening")
+            )
+        )
+    return "; ".join(p for p in parts if p)
+
+
 def preview_text(p: dict[str, Any]) -> str:
     """The preview as the command line prints it."""
     rel = p.get("release") or {}
@@ -72,6 +117,9 @@ def preview_text(p: dict[str, Any]) -> str:
             f"{check['metric'].replace('_', ' ')} "
             f"({_num(check['recorded'])} recorded, {_num(check['twin'])} in the twin, {check['error']:+.1%})"
         )
+    conditions = _conditions(p.get("conditions"))
+    if conditions:
+        lines.append(f"conditions: {conditions}")
     if p["state"] == "computing":
         lines.append(f"computing since {_when(p.get('started') or p.get('requested'))} UTC")
         return "\n".join(lines)

@@ -140,7 +140,9 @@ def shirt_record(
     return Recorded(dev, seed, start, seconds, dict(config or {}), [], None, skin)
 
 
-def shirt_after(rec: Recorded, work: Path, features_from: Path) -> tuple[list[tuple[float, dict[str, Any]]], Skin]:
+def shirt_after(
+    rec: Recorded, work: Path, features_from: Path
+) -> tuple[list[tuple[float, dict[str, Any]]], Skin]:
     """What shirt rec does over the same span on the same wearer, with the
     same settings, running the features in features_from instead."""
     skin = Skin.random(random.Random(rec.seed))

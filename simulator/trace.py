@@ -10,7 +10,10 @@ first:
 
 Replayed, the recorded sensors drive the device's features as the real
 room or shirt did, and what the features drive now can be set against what
-they drove then: the owner's twin preview of a candidate release.
+they drove then. The replay is open-loop: what the features drive cannot
+change what they read. The owner's twin preview of a candidate release is
+closed-loop (gateway/twin/, docs/twin.md); its benchmark takes this replay
+for its baseline.
 """
 
 from __future__ import annotations

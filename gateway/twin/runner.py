@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -359,6 +360,8 @@ def drop_to(ids: str) -> None:
     os.setuid(uid)
     if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
         raise SystemExit("could not drop privileges")
+    # and no process more: whatever goes around the audit hook cannot fork
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 def main() -> int:

@@ -12,14 +12,16 @@ default gateway.twin.runner) that
 - runs as `nobody` when the gateway runs as root (so the database, 0600,
   and the keys, 0600 in a 0700 folder, are not readable), in a session of
   its own: the runner drops to it (setgroups, setgid, setuid) once its own
-  modules are loaded, before it reads the release's files;
+  modules are loaded, before it reads the release's files, and then may
+  start no process (RLIMIT_NPROC 0);
 - has limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), open
   files, file size, and a wall-clock timeout after which its whole process
   group is killed;
 - and refuses, by an audit hook the runner installs before it imports the
   feature code, files outside its folder and Python's own, sockets, new
-  processes and ctypes (runner.guard): a second wall where the gateway does
-  not run as root.
+  processes and ctypes (runner.guard): a second wall, not a jail (C code
+  that raises no audit event goes around it); where the gateway does not
+  run as root it is the only one, and the gateway says so in its log.
 
 run() answers the runner's JSON, or raises SandboxError saying what stopped
 it: a time or memory limit, a crash, an answer that is not one.
@@ -28,6 +30,7 @@ it: a time or memory limit, a crash, an answer that is not one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -46,6 +49,8 @@ WALL_S = 180.0  # seconds a run may take
 MEMORY = 512 * 1024 * 1024  # bytes of address space
 MAX_ANSWER = 8 * 1024 * 1024  # bytes of output read
 SANDBOX_USER = "nobody"
+log = logging.getLogger("permabeta.gateway.twin")
+_warned = False
 
 
 class SandboxError(GatewayError):
@@ -65,7 +70,16 @@ class Limits:
 
 def _ids() -> tuple[int, int] | None:
     """(uid, gid) of the sandbox's user when the gateway runs as root, else None."""
+    global _warned
     if os.geteuid() != 0:
+        if not _warned:
+            _warned = True
+            log.warning(
+                "the twin's sandbox runs release code as the gateway's own user (the gateway is not "
+                "root, so it cannot become %s): only the runner's audit hook and the limits keep it "
+                "from the gateway's files; run the gateway as root or under a user of its own",
+                SANDBOX_USER,
+            )
         return None
     import pwd
 

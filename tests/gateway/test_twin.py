@@ -254,3 +254,94 @@ async def test_a_release_whose_feature_spins_fails_its_preview_and_the_gateway_g
             assert resp.status == 202
         assert (await _wait_done(r, s, "thermostat@7"))["state"] == "ready"
     await async_wait_for(lambda: r.gw.twin.computed == 2, 5, what="both previews computed")
+
+
+# ---- shirts ---------------------------------------------------------------------------
+
+
+def test_a_vent_that_opens_wider_early_is_predicted_to_keep_the_skin_drier(
+    tmp_path: Path, keys: Keys
+) -> None:
+    from simulator.recorded import shirt_after, shirt_record
+
+    src = tmp_path / "eager"
+    shutil.copytree(
+        firmware_dir() / "features" / "vent", src / "vent", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (src / "vent" / "curve.py").write_text("POINTS = ((0.0, 0.0), (0.4, 0.8), (1.0, 1.0))\n")
+    manifest = json.loads((src / "vent" / "manifest.json").read_text())
+    (src / "vent" / "manifest.json").write_text(json.dumps(manifest | {"version": "1.1.0"}))
+    store = Store(tmp_path / "gw.db")
+    releases = ReleaseStore(store, root=keys.root_bytes)
+    rel = build("shirt", [src / "vent"], "2026.12.2", tmp_path / "release", counter=2, keys=keys)
+    eager, _ = releases.add(rel.path, G0)
+    rec = shirt_record(store, "sh-1", 3, G0, 6 * 3600.0, tmp_path / "flash")
+    answer = preview.compute(preview.gather(store, releases, "sh-1", eager, None))
+    assert answer["state"] == "ready", answer.get("reasons")
+    m = answer["metrics"]
+    assert m["minutes_above_threshold"]["candidate"] < m["minutes_above_threshold"]["current"]
+    assert m["vent_open_hours"]["candidate"] > m["vent_open_hours"]["current"]
+    assert answer["conditions"]["exertion"]["period_min"] == pytest.approx(
+        rec.skin.exertion.period_s / 60, rel=0.01
+    )
+    # ... as the shirt then does
+    from gateway.twin import history, skin
+
+    rows, _ = shirt_after(rec, tmp_path / "after", src)
+    h = history.History("sh-1", "shirt", None, 0, 10.0, {}, None, [], rows)
+    actual = preview._shirt_metrics(preview._shirt_recorded_hours(skin.series(h)))
+    assert m["vent_open_hours"]["candidate"] == pytest.approx(actual["vent_open_hours"], rel=0.05)
+    assert m["minutes_above_threshold"]["candidate"] == pytest.approx(
+        actual["minutes_above_threshold"], rel=0.15
+    )
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+
+def test_only_the_settings_the_owner_changed_carry_over_so_a_release_s_new_default_applies() -> None:
+    manifest = {
+        "config": {"setpoint": {"default": 21.0}, "hysteresis": {"default": 0.3}, "mode": {"default": "heat"}}
+    }
+    current = preview.FeatureSet(
+        "factory", None, {}, {"features/thermostat/manifest.json": json.dumps(manifest).encode()}
+    )
+    estimated = {"thermostat": {"setpoint": 22.0, "hysteresis": 0.31, "mode": "heat"}}
+    assert preview._owner_settings(estimated, current, preview.TOLERANCE) == {
+        "thermostat": {"setpoint": 22.0}
+    }
+    replied = {"thermostat": {"setpoint": 21.0, "hysteresis": 0.5, "mode": "heat"}}
+    assert preview._owner_settings(replied, current, {}) == {"thermostat": {"hysteresis": 0.5}}
+
+
+def test_settings_the_device_replied_are_used_rather_than_estimated(tmp_path: Path, keys: Keys) -> None:
+    from simulator.recorded import add_command
+
+    store = Store(tmp_path / "gw.db")
+    releases = ReleaseStore(store, root=keys.root_bytes)
+    eco, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
+    record(store, tmp_path)
+    replied = {"setpoint": 21.0, "hysteresis": 0.3, "mode": "heat", "schedule": []}
+    add_command(store, "th-1", G0 - 3600, "config.get", {"feature": "thermostat"}, {"thermostat": replied})
+    answer = preview.compute(preview.gather(store, releases, "th-1", eco, 2000.0))
+    assert answer["state"] == "ready"
+    assert answer["conditions"]["settings"] == {"source": "device", "thermostat": replied}
+
+
+async def test_a_preview_left_computing_by_a_stopped_gateway_is_computed_when_it_starts(
+    start_gateway: StartGateway, keys: Keys, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "gw.db")
+    rel, _ = ReleaseStore(store, root=keys.root_bytes).add(
+        features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0
+    )
+    record(store, tmp_path)
+    store.db.execute(
+        "INSERT INTO twin_previews (device, release, state, requested) VALUES ('th-1', ?, 'computing', 1.0)",
+        (rel.id,),
+    )
+    store.close()
+    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    await async_wait_for(lambda: r.gw.twin.computed == 1, 120, what="the preview computed")
+    row = r.gw.twin.row("th-1", rel.id)
+    assert row is not None and row.state == "ready"
