@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,24 +421,31 @@ def _check_features(answer: dict[str, Any], which: str, fs: FeatureSet) -> None:
 
 
 def _thermostat_settings(h: hist.History, s: room.Series) -> tuple[dict[str, Any], str]:
-    """The thermostat's settings at the record's start: as the device last
-    replied them, else as its telemetry shows them."""
-    replied = h.configs(before=h.start).get("thermostat")
+    """The thermostat's settings at the record's start."""
+    return _settings_at_start(h, "thermostat", lambda: room.infer_settings(s, h.utc_offset_min))
+
+
+def _settings_at_start(
+    h: hist.History, feature: str, infer: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], str]:
+    """A feature's settings at the record's start, and where they come from:
+    as the device last replied them before it; else as it replied them later,
+    but for what the owner changed during the record, which is taken as its
+    telemetry shows it (infer()); else all as its telemetry shows them."""
+    replied = h.configs(before=h.start).get(feature)
     if replied:
         return dict(replied), "device"
-    inferred = room.infer_settings(s, h.utc_offset_min)
-    later = h.configs().get("thermostat")
-    if later:
-        # a reply after the start holds what the owner kept; what the owner
-        # changed during the record is as the telemetry showed it at the start
-        changed = {
-            k
-            for c in h.commands
-            if c.op == "config.set" and c.t > h.start and c.args.get("feature") == "thermostat"
-            for k in (c.args.get("values") or {})
-        }
-        return {**later, **{k: inferred[k] for k in changed if k in inferred}}, "device"
-    return inferred, "estimated"
+    inferred = infer()
+    later = h.configs().get(feature)
+    if not later:
+        return inferred, "estimated"
+    changed = {
+        k
+        for c in h.commands
+        if c.op == "config.set" and c.t > h.start and c.args.get("feature") == feature
+        for k in (c.args.get("values") or {})
+    }
+    return {**later, **{k: inferred[k] for k in changed if k in inferred}}, "device"
 
 
 def _replied_settings(h: hist.History, but: str) -> dict[str, dict[str, Any]]:
@@ -654,8 +662,7 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
         )
     if reasons:
         return _insufficient(Insufficient(reasons), base)
-    replied = h.configs(before=h.start).get("vent") or h.configs().get("vent")
-    settings, source = (dict(replied), "device") if replied else (skin.infer_settings(s), "estimated")
+    settings, source = _settings_at_start(h, "vent", lambda: skin.infer_settings(s))
     if "skin" not in fits:
         fits["skin"] = (skin.quality(s), skin.fit(s, np.ones(len(s.t), dtype=bool)))
     quality, f = dict(fits["skin"][0]), fits["skin"][1]

@@ -24,7 +24,7 @@ from gateway.store import Store
 from gateway.twin import preview
 from ota.keys import Keys
 from ota.release import Release, build
-from simulator.recorded import Recorded, thermostat_after, thermostat_record
+from simulator.recorded import Recorded, add_command, thermostat_after, thermostat_record
 
 from ..support.cli import permabeta
 from ..support.wait import async_wait_for
@@ -345,3 +345,20 @@ async def test_a_preview_left_computing_by_a_stopped_gateway_is_computed_when_it
     await async_wait_for(lambda: r.gw.twin.computed == 1, 120, what="the preview computed")
     row = r.gw.twin.row("th-1", rel.id)
     assert row is not None and row.state == "ready"
+
+
+def test_settings_an_owner_changed_during_the_record_are_taken_as_they_were_at_its_start(
+    eco_world: tuple[Store, ReleaseStore, Recorded, StoredRelease],
+) -> None:
+    store, releases, rec, eco = eco_world
+    # the owner turned the heating off at the record's end, and the device said so
+    values = {"feature": "thermostat", "values": {"mode": "off"}}
+    reply = {"thermostat": {"setpoint": 21.0, "hysteresis": 0.3, "mode": "off", "schedule": []}}
+    add_command(store, "th-1", rec.start + rec.seconds - 5.0, "config.set", values, reply)
+    answer = preview.compute(preview.gather(store, releases, "th-1", eco, rec.room.heater_w))
+    assert answer["state"] == "ready", answer.get("reasons")
+    settings = answer["conditions"]["settings"]
+    assert settings["source"] == "device"
+    # heating while the record ran: the twin redoes it (a twin run with `off` would not heat)
+    assert settings["thermostat"]["mode"] == "heat" and settings["thermostat"]["hysteresis"] == 0.3
+    assert answer["fit"]["check"]["error"] is not None and abs(answer["fit"]["check"]["error"]) < 0.25
