@@ -39,7 +39,8 @@ browser: $(STAMP) $(WEB_STAMP) system-deps
 	@sh .ci/system-deps chromium:chromium
 	$(BIN)/python -m pytest -q -m browser
 
-# A power cut at every fault point of an update; the physics' control and a trace replay
+# A power cut at every fault point of an update; the physics' control and a trace replay;
+# the slowest system tests (broker restarts, attacks that wait out deadlines, both forms)
 long: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m long
 

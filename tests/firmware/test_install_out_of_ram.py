@@ -68,6 +68,7 @@ def staged(base: Path, keys: Keys, rel: Release, now: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_an_install_out_of_ram_three_times_fails_saying_where(tmp_path: Path) -> None:
     keys = keygen(tmp_path / "keys")
     # (the whole runtime too: a manifest whose parse needs more than the imports)

@@ -54,6 +54,7 @@ def test_the_vent_moving_and_the_radio_drain_the_cell_more() -> None:
     assert Skin().sensors(0.0)["battery"] == Battery().charge
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 async def test_a_shirt_on_a_low_battery_defers_an_update_and_commits_it_once_charged(
     rig: Rig, make_device: MakeDevice, keys: Keys, tmp_path: Path
 ) -> None:

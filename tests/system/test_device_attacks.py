@@ -291,6 +291,7 @@ def test_unsigned_manifest_with_big_blobs_is_refused_before_any_chunk(
 # ---- 6.5 a slow drip --------------------------------------------------------------------
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_slow_drip_hits_the_overall_deadline(
     mosquitto: Mosquitto, make_device: MakeDevice, release2: Release, keys: ota_keys.Keys
 ) -> None:

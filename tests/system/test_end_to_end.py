@@ -170,6 +170,7 @@ def test_killing_the_supervisor_takes_the_device_down(
     assert shown["state_reason"] == "lost"
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_broker_restart_everyone_reconnects_nothing_lost(
     own_mosquitto: Mosquitto, tmp_path: Path, make_device: MakeDevice, interpreter: str
 ) -> None:

@@ -184,6 +184,7 @@ def test_path_escape(
     assert (device.path / "boot.py").read_text().startswith("# Runs first at every start")
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_endless_data(
     mosquitto: Mosquitto, device: DeviceProcess, release2: Release, keys: ota_keys.Keys
 ) -> None:
@@ -245,6 +246,7 @@ def test_mix_and_match(
     assert_on_factory(device)
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_truncated_chunk_stream(
     mosquitto: Mosquitto, device: DeviceProcess, release2: Release, keys: ota_keys.Keys
 ) -> None:
@@ -276,6 +278,7 @@ def test_duplicated_chunk_stream(
     assert_on_factory(device)
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_repeated_and_reordered_deliveries_are_harmless(
     mosquitto: Mosquitto, device: DeviceProcess, release2: Release, keys: ota_keys.Keys
 ) -> None:

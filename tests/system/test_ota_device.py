@@ -91,6 +91,7 @@ def retained_hello(mosquitto: Mosquitto, dev: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("step", ["import", "start"])
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_a_release_out_of_ram_at_its_trial_rolls_back_saying_where(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path, step: str
 ) -> None:
@@ -159,6 +160,7 @@ def test_a_board_refuses_a_source_only_release_saying_why(
 
 
 @pytest.mark.parametrize("interpreter", ["micropython", "python"])
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_one_release_of_both_forms_serves_the_unix_port_and_cpython(
     mosquitto: Mosquitto,
     make_device: MakeDevice,

@@ -79,6 +79,7 @@ def test_update_with_the_cli_counts_only_at_committed(
     assert shown["ota"] == {"counter": 2, "manifest": release2.sha256, "state": "committed", "root": 1}
 
 
+@pytest.mark.long  # (make long: make test stays within 10 minutes)
 def test_second_update_transfers_only_the_changed_file(
     mosquitto: Mosquitto,
     published: GatewayProcess,

@@ -82,6 +82,7 @@ const LABELS = {
   heater_hours: "hours the heater runs",
   minutes_above_threshold: "minutes above the humidity threshold",
   vent_actuations: "vent actuations",
+  vent_open_hours: "hours the vent stands open",
 };
 
 function fmt(v) {
@@ -162,7 +163,13 @@ function Preview({ id, release }) {
   </div>`;
 }
 
-const SERIES_TITLES = { temperature: "Room temperature, predicted (°C)", heater_duty: "Heater duty, predicted (share of each hour)" };
+const SERIES_TITLES = {
+  temperature: "Room temperature, predicted (°C)",
+  heater_duty: "Heater duty, predicted (share of each hour)",
+  humidity: "Skin humidity, predicted (%RH)",
+  vent_opening: "Vent opening, predicted (%)",
+  vent_actuations: "Vent actuations, predicted",
+};
 
 function previewCharts(p) {
   const series = p.series || {};
@@ -174,6 +181,10 @@ function previewCharts(p) {
       { label: "today", points: line(series.current[key]) },
       { label: "with the update", points: line((series.candidate || {})[key]) },
     ];
+    if (key === "humidity" && series.threshold !== undefined) {
+      const th = Array.isArray(series.threshold) ? series.threshold : t.map(() => series.threshold);
+      lines.push({ label: "threshold", points: line(th), dash: [4, 4], color: "#9aa5b1" });
+    }
     if (key === "temperature" && series.band) {
       lines.push({ label: "comfort band", points: line(series.band.low), dash: [4, 4], step: true, color: "#9aa5b1" });
       lines.push({ label: "", points: line(series.band.high), dash: [4, 4], step: true, color: "#9aa5b1" });
