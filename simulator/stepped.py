@@ -93,43 +93,11 @@ def thermostat_in_a_room(
         if patch[0] not in text:
             raise ValueError(f"the thermostat's code has no {patch[0]!r} to patch")
         code.write_text(text.replace(patch[0], patch[1]))
-    board = board_for("thermostat")
-    clock = _Clock(start)
     if room is None:
         room = Room.random(random.Random(seed))
     if room_temp is not None:
         room.temp = room_temp
-    room.advance(clock.t)
-    link = _Link()
-    dev = Device(
-        make_config(f"th-{seed}", board, BrokerUrl("127.0.0.1", 1), "pw"),
-        SimHal(board, room, clock),
-        Store(str(base / "data")),
-        str(features),
-        importer=import_feature,
-        client=link,
-        log=lambda d, m: None,
-    )
-    dev.boot()
-    if config:
-        done = dev.execute("config.set", {"feature": "thermostat", "values": config})
-        if not done.get("ok"):
-            raise ValueError(f"the thermostat refused {config}: {done}")
-    sends = sorted(data, key=lambda d: d[0])
-    j = 0
-    for i in range(1, int(seconds / STEP_S) + 1):
-        clock.t = start + i * STEP_S
-        while j < len(sends) and sends[j][0] <= clock.t:
-            done = dev.execute("data.set", {"key": sends[j][1], "value": sends[j][2]})
-            if not done.get("ok"):
-                raise ValueError(f"the device refused data {sends[j][1]}: {done}")
-            j += 1
-        dev.sample()
-        dev.publish_telemetry()
-        topic, payload = link.sent.pop()
-        if topic.endswith("/telemetry"):
-            yield clock.t, json.loads(payload)
-        link.sent.clear()
+    yield from _stepped(base, "thermostat", f"th-{seed}", room, start, seconds, config, data)
 
 
 def shirt_on_a_wearer(
@@ -154,30 +122,52 @@ def shirt_on_a_wearer(
         shutil.copytree(firmware_dir() / "features" / "vent", features / "vent")
     else:
         shutil.copytree(features_from, features, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    board = board_for("shirt")
-    clock = _Clock(start)
     if skin is None:
         skin = Skin.random(random.Random(seed))
     if humidity is not None:
         skin.humidity = humidity
-    skin.advance(clock.t)
+    yield from _stepped(base, "vent", f"sh-{seed}", skin, start, seconds, config)
+
+
+def _stepped(
+    base: Path,
+    feature: str,
+    dev_id: str,
+    plant: Room | Skin,
+    start: float,
+    seconds: float,
+    config: dict[str, Any] | None,
+    data: Sequence[tuple[float, str, Any]] = (),
+) -> Iterator[tuple[float, dict[str, Any]]]:
+    """The device of the model whose factory feature is `feature`, its
+    features in base/features, on plant, stepped from start: its telemetry."""
+    board = board_for("thermostat" if feature == "thermostat" else "shirt")
+    clock = _Clock(start)
+    plant.advance(clock.t)
     link = _Link()
     dev = Device(
-        make_config(f"sh-{seed}", board, BrokerUrl("127.0.0.1", 1), "pw"),
-        SimHal(board, skin, clock),
+        make_config(dev_id, board, BrokerUrl("127.0.0.1", 1), "pw"),
+        SimHal(board, plant, clock),
         Store(str(base / "data")),
-        str(features),
+        str(base / "features"),
         importer=import_feature,
         client=link,
         log=lambda d, m: None,
     )
     dev.boot()
     if config:
-        done = dev.execute("config.set", {"feature": "vent", "values": config})
+        done = dev.execute("config.set", {"feature": feature, "values": config})
         if not done.get("ok"):
-            raise ValueError(f"the vent refused {config}: {done}")
+            raise ValueError(f"the {feature} refused {config}: {done}")
+    sends = sorted(data, key=lambda d: d[0])
+    j = 0
     for i in range(1, int(seconds / STEP_S) + 1):
         clock.t = start + i * STEP_S
+        while j < len(sends) and sends[j][0] <= clock.t:
+            done = dev.execute("data.set", {"key": sends[j][1], "value": sends[j][2]})
+            if not done.get("ok"):
+                raise ValueError(f"the device refused data {sends[j][1]}: {done}")
+            j += 1
         dev.sample()
         dev.publish_telemetry()
         topic, payload = link.sent.pop()

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from firmware.features.thermostat import scheduled  # (the thermostat's own rule)
+
 from ..provision import board_for
 from ..releases import ReleaseStore, StoredRelease
 from ..store import Store
@@ -503,7 +505,7 @@ def _recorded_hours(s: room.Series, band: dict[str, Any], offset: int) -> list[d
             continue
         t = float(s.t[i])
         minute = int(((t + 60 * offset) % DAY_S) // 60)
-        sp = room.scheduled(sched, minute, band["setpoint"])
+        sp = scheduled(sched, minute, band["setpoint"])
         temp = float(s.temp[i + 1])
         out = temp < sp - band["below"] or temp > sp + band["above"]
         k = int(t // HOUR_S)

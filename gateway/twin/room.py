@@ -37,6 +37,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import lsq_linear, minimize_scalar
 
+from firmware.features.thermostat import scheduled  # (the thermostat's own rule)
+
 from .history import History
 from .plant import DAY_S, HOUR_S, OMEGA, local_hour, weekend
 
@@ -160,18 +162,6 @@ def _segments(t: Array, period: float) -> list[tuple[int, int]]:
 
 
 # ---- the device's settings, where it did not reply them -------------------------------
-
-
-def scheduled(schedule: list[tuple[int, float]], minute: int, default: float) -> float:
-    """The setpoint a schedule sets at a minute of the day (the thermostat's
-    own rule: the last entry at or before it, else the previous day's last)."""
-    if not schedule:
-        return default
-    sp = schedule[-1][1]
-    for at, value in schedule:
-        if at <= minute:
-            sp = value
-    return sp
 
 
 def parse_schedule(entries: Any) -> list[tuple[int, float]]:

@@ -33,6 +33,7 @@ from typing import Any
 
 # The runtime and the HAL are imported before the hook: they are the
 # gateway's code; only what is imported after it is the release's.
+from firmware.features.thermostat import scheduled  # (the thermostat's own rule)
 from firmware.pb.runtime import Device
 from firmware.pb.store import Store
 from simulator.hal import SimHal
@@ -147,16 +148,6 @@ class _Link:
         return 0
 
 
-def _scheduled(schedule: list[list[float]], minute: int, default: float) -> float:
-    if not schedule:
-        return default
-    sp = schedule[-1][1]
-    for at, value in schedule:
-        if at <= minute:
-            sp = value
-    return sp
-
-
 class ThermostatMeter:
     """Per hour: the room's temperature (mean, min, max), the seconds the
     relay was on, the seconds outside the comfort band (around the
@@ -173,7 +164,7 @@ class ThermostatMeter:
 
     def add(self, t: float, step: float, plant: Any, on_s: float, actuators: dict[str, Any]) -> None:
         minute = int(((t + 60 * self.offset) % 86400) // 60)
-        sp = _scheduled(self.schedule, minute, self.setpoint)
+        sp = scheduled(self.schedule, minute, self.setpoint)
         temp = plant.temp
         out = temp < sp - self.below or temp > sp + self.above
         h = self.hours.get(int(t // HOUR_S))
