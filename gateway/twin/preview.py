@@ -163,22 +163,24 @@ def _record(h: hist.History, covered_s: float, rows: int) -> dict[str, Any]:
     }
 
 
+def _too_short(s: room.Series | skin.Series, what: str, min_hours: float, min_coverage: float) -> list[str]:
+    """Why a record is too short or too broken for a twin (none: it is not)."""
+    if len(s.t) < 2 or s.span_s < min_hours * HOUR_S:
+        return [f"{s.span_s / HOUR_S:.1f} h of {what} telemetry; the twin needs at least {min_hours:g} h"]
+    if s.covered_s < min_coverage * s.span_s:
+        return [
+            f"the telemetry covers {s.covered_s / s.span_s:.0%} of its {s.span_s / HOUR_S:.1f} h; "
+            f"the twin needs {min_coverage:.0%}"
+        ]
+    return []
+
+
 def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[str, Any]:
     h = inp.history
     base = _base(inp)
     s = room.series(h)
     base["record"] = _record(h, s.covered_s, len(s.t))
-    reasons = []
-    if len(s.t) < 2 or s.span_s < room.MIN_HOURS * HOUR_S:
-        reasons.append(
-            f"{s.span_s / HOUR_S:.1f} h of temperature telemetry; "
-            f"the twin needs at least {room.MIN_HOURS:g} h"
-        )
-    elif s.covered_s < room.MIN_COVERAGE * s.span_s:
-        reasons.append(
-            f"the telemetry covers {s.covered_s / s.span_s:.0%} of its {s.span_s / HOUR_S:.1f} h; "
-            f"the twin needs {room.MIN_COVERAGE:.0%}"
-        )
+    reasons = _too_short(s, "temperature", room.MIN_HOURS, room.MIN_COVERAGE)
     switches = int(np.sum(np.abs(np.diff(s.relay)) > 0)) if len(s.t) > 1 else 0
     if not reasons and switches < room.MIN_SWITCHES:
         reasons.append(
@@ -647,16 +649,7 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
     base = _base(inp)
     s = skin.series(h)
     base["record"] = _record(h, s.covered_s, len(s.t))
-    reasons = []
-    if len(s.t) < 2 or s.span_s < skin.MIN_HOURS * HOUR_S:
-        reasons.append(
-            f"{s.span_s / HOUR_S:.1f} h of humidity telemetry; the twin needs at least {skin.MIN_HOURS:g} h"
-        )
-    elif s.covered_s < skin.MIN_COVERAGE * s.span_s:
-        reasons.append(
-            f"the telemetry covers {s.covered_s / s.span_s:.0%} of its {s.span_s / HOUR_S:.1f} h; "
-            f"the twin needs {skin.MIN_COVERAGE:.0%}"
-        )
+    reasons = _too_short(s, "humidity", skin.MIN_HOURS, skin.MIN_COVERAGE)
     moves = int(np.sum(np.abs(np.diff(s.x)) > 0)) if len(s.t) > 1 else 0
     if not reasons and moves < 4:
         reasons.append(
