@@ -46,18 +46,21 @@ _TYPES = {
     ".png": "image/png",
 }
 EVENT_KINDS = ("telemetry", "hello", "status", "online", "offline")
+STREAMS_PER_ACCOUNT = 4  # event streams one account may hold open (tabs, a phone)
+MAX_STREAMS = 256  # ... and the gateway in all
 QUEUE = 256  # events waiting for a slow page; more are dropped, and the page told so
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies and the page's connection awake
 OWNERS_TTL_S = 5.0  # how long the list of an owner's devices is trusted before it is read again
 
 
 _Queue = asyncio.Queue[tuple[str, str, dict[str, Any]] | None]
-STREAMS: web.AppKey[set[_Queue]] = web.AppKey("event streams", set)
+# each open stream's queue -> the id of the account it is for
+STREAMS: web.AppKey[dict[_Queue, int]] = web.AppKey("event streams", dict)
 
 
 def setup(app: web.Application) -> None:
     """Adds the app's routes; the event streams end when the gateway stops."""
-    app[STREAMS] = set()
+    app[STREAMS] = {}
     app.add_routes(_routes())
 
     async def close_streams(app: web.Application) -> None:
@@ -129,11 +132,29 @@ class _Owners:
     def __init__(self, request: web.Request) -> None:
         from .api_accounts import accounts_of, principal
 
+        self.request = request
         self.who = principal(request)
         self.accounts = accounts_of(request)
         self.all = self.who.may("maker")
         self.own: set[str] = set()
         self.read = -OWNERS_TTL_S
+
+    def still_valid(self) -> bool:
+        """Whether what opened the stream still names its account: the token
+        not revoked, the session not ended or expired, the account not disabled."""
+        from .api_accounts import GATEWAY_ACCOUNT
+        from .api_sessions import session_of
+
+        if self.who is GATEWAY_ACCOUNT:
+            return True  # (the gateway's own token, for as long as the gateway runs)
+        gw = self.request.app[GATEWAY]
+        given = self.request.headers.get("Authorization")
+        if given is not None:
+            who = self.accounts.by_token(given.removeprefix("Bearer "), gw.clock.now())
+        else:
+            session = session_of(self.request)
+            who = session.account if session is not None else None
+        return who is not None and who.id == self.who.id
 
     def sees(self, dev: str) -> bool:
         if self.all:
@@ -150,6 +171,14 @@ async def _events(request: web.Request) -> web.StreamResponse:
     `data: {"device", "at", "message"}` (docs/app.md)."""
     gw = request.app[GATEWAY]
     owners = _Owners(request)
+    open_streams = request.app[STREAMS]
+    mine = sum(1 for who in open_streams.values() if who == owners.who.id)
+    if len(open_streams) >= MAX_STREAMS or mine >= STREAMS_PER_ACCOUNT:
+        return error_response(
+            429,
+            "too_many_streams",
+            f"at most {STREAMS_PER_ACCOUNT} event streams an account ({MAX_STREAMS} in all) are open at once",
+        )
     queue: _Queue = asyncio.Queue(QUEUE)
     dropped = 0
 
@@ -167,13 +196,23 @@ async def _events(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     gw.listeners.append(listener)
-    request.app[STREAMS].add(queue)
+    open_streams[queue] = owners.who.id
     try:
         await resp.write(b"retry: 2000\n: permabeta events\n\n")
+        checked = time.monotonic()
         while True:
+            item: tuple[str, str, dict[str, Any]] | None = None
             try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                item = await asyncio.wait_for(queue.get(), min(KEEPALIVE_S, OWNERS_TTL_S))
+                quiet = False
             except TimeoutError:
+                quiet = True  # nothing came: the stream says it is alive
+            if time.monotonic() - checked >= OWNERS_TTL_S:
+                checked = time.monotonic()
+                if not owners.still_valid():
+                    await resp.write(_event("ended", {"reason": "what opened the stream is gone"}))
+                    break
+            if quiet:
                 await resp.write(b": keepalive\n\n")
                 continue
             if dropped:
@@ -186,7 +225,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the page went away
     finally:
-        request.app[STREAMS].discard(queue)
+        open_streams.pop(queue, None)
         with contextlib.suppress(ValueError):
             gw.listeners.remove(listener)
     return resp

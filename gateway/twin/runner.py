@@ -93,31 +93,40 @@ def guard(work: Path) -> None:
         if p and os.path.isdir(p) and ("python" in p.lower() or "site-packages" in p):
             readable.append(os.path.realpath(p))
 
-    def inside(path: Any, roots: list[str]) -> bool:
-        if isinstance(path, int):
+    # What the hook uses is its own, taken now: the feature code may rebind
+    # the module's names, os.path.realpath or the builtins, not these.
+    realpath, fsdecode, any_, isinstance_ = os.path.realpath, os.fsdecode, any, isinstance
+    denied, prefixes = frozenset(_DENIED), tuple(_DENIED_PREFIXES)
+    writes, lists = frozenset(_WRITES), frozenset(_LISTS)
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+    work_only, read_roots = (work_s,), tuple(readable)
+    refused, path_types = Refused, (str, bytes, os.PathLike)
+
+    def inside(path: Any, roots: tuple[str, ...]) -> bool:
+        if isinstance_(path, int):
             return True  # an open descriptor: what was opened was checked
         try:
-            p = os.path.realpath(os.fsdecode(path))
+            p = realpath(fsdecode(path))
         except (TypeError, ValueError):
             return False
-        return any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
+        return any_(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
-        if event in _DENIED or event.startswith(_DENIED_PREFIXES):
-            raise Refused(f"the twin's sandbox refuses {event}")
+        if event in denied or event.startswith(prefixes):
+            raise refused(f"the twin's sandbox refuses {event}")
         if event == "open":
             path, mode = args[0], args[1]
-            writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-            writing = writing or bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-            if not inside(path, [work_s] if writing else readable):
-                raise Refused(f"the twin's sandbox refuses to open {path!r}")
-        elif event in _WRITES:
+            writing = isinstance_(mode, str) and any_(c in mode for c in "wax+")
+            flags = args[2] if len(args) > 2 and isinstance_(args[2], int) else 0
+            writing = writing or bool(flags & write_flags)
+            if not inside(path, work_only if writing else read_roots):
+                raise refused(f"the twin's sandbox refuses to open {path!r}")
+        elif event in writes:
             for a in args:
-                if isinstance(a, str | bytes | os.PathLike) and not inside(a, [work_s]):
-                    raise Refused(f"the twin's sandbox refuses {event} of {a!r}")
-        elif event in _LISTS and args and not inside(args[0] if args[0] is not None else ".", readable):
-            raise Refused(f"the twin's sandbox refuses to list {args[0]!r}")
+                if isinstance_(a, path_types) and not inside(a, work_only):
+                    raise refused(f"the twin's sandbox refuses {event} of {a!r}")
+        elif event in lists and args and not inside(args[0] if args[0] is not None else ".", read_roots):
+            raise refused(f"the twin's sandbox refuses to list {args[0]!r}")
 
     sys.addaudithook(hook)
 

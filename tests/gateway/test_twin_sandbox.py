@@ -206,3 +206,34 @@ def test_the_sandbox_s_folder_is_gone_after_a_run(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SandboxError):
         sandbox.run(files("while True:\n    pass"), limits=Limits(cpu_s=1, wall_s=30.0))
     assert len(made) == 2 and not any(Path(m).exists() for m in made)
+
+
+def test_rebinding_what_the_hook_looks_at_opens_nothing_outside(secrets_on_disk: dict[str, Path]) -> None:
+    # the hook's sets, os.path.realpath and the builtins are its own copies
+    error = probe_error(
+        "import sys, builtins\n"
+        "m = sys.modules['__main__']\n"
+        "m._DENIED_PREFIXES = (); m._DENIED.clear(); m._WRITES.clear(); m._LISTS.clear()\n"
+        "os.path.realpath = lambda p, *a, **k: os.getcwd()\n"
+        "builtins.any = lambda it: True\n"
+        f"open({str(secrets_on_disk['key'])!r}, 'rb').read()"
+    )
+    assert "sandbox refuses" in error or "Permission" in error, error
+
+
+def test_a_run_that_writes_without_end_is_stopped_holding_no_more_than_its_cap() -> None:
+    with pytest.raises(SandboxError) as caught:
+        sandbox.run(files("while True:\n    os.write(1, b'x' * 1048576)"), limits=PROBE_LIMITS)
+    assert caught.value.code == "answer" and "MiB of output" in str(caught.value)
+
+
+def test_a_gateway_that_is_not_root_runs_release_code_only_when_told_it_may(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv(sandbox.SAME_USER, raising=False)
+    with pytest.raises(SandboxError) as caught:
+        sandbox.run(files("pass"), limits=PROBE_LIMITS)
+    assert caught.value.code == "unsafe" and sandbox.SAME_USER in str(caught.value)
+    monkeypatch.setenv(sandbox.SAME_USER, "1")
+    assert sandbox.run(files("pass"), limits=PROBE_LIMITS)["ok"]

@@ -183,3 +183,30 @@ def _drain(q: asyncio.Queue[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict
 async def test_events_need_an_account(gw: Running) -> None:
     status, _, body = await _get(gw.url + "/api/v1/events")
     assert (status, json.loads(body)["error"]["code"]) == (401, "unauthorized")
+
+
+async def test_an_account_holds_a_few_streams_and_one_ends_when_its_token_is_revoked(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webapp, "OWNERS_TTL_S", 0.3)
+    accounts = Accounts(gw.store)
+    ann = accounts.create("ann", "owner", PASSWORD, 1.0)
+    tokens = [accounts.issue_token(ann, f"t{i}", 1.0) for i in range(webapp.STREAMS_PER_ACCOUNT + 1)]
+    async with aiohttp.ClientSession() as s:
+        opened = []
+        for token in tokens[:-1]:
+            resp = await s.get(gw.url + "/api/v1/events", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 200
+            await resp.content.readline()  # (the stream is open: its first line is out)
+            opened.append(resp)
+        fifth = {"Authorization": f"Bearer {tokens[-1]}"}
+        async with s.get(gw.url + "/api/v1/events", headers=fifth) as more:
+            assert (more.status, (await more.json())["error"]["code"]) == (429, "too_many_streams")
+        # a token revoked: the stream it opened ends with its reason, within the TTL
+        (token_id,) = [t["id"] for t in accounts.tokens(ann) if t["label"] == "t0"]
+        assert accounts.revoke_token(ann, str(token_id))
+        rest = await asyncio.wait_for(opened[0].content.read(), 5)
+        assert b"event: ended" in rest
+        for resp in opened:
+            resp.close()
+    assert not gw.task.done()

@@ -53,6 +53,8 @@ export function startEvents() {
       for (const l of listeners) l(kind, data);
     });
   }
+  // the session that opened it ended (logged out elsewhere, expired): ask again
+  stream.addEventListener("ended", () => location.reload());
   stream.onopen = () => document.body.setAttribute("data-live", "yes");
   stream.onerror = () => document.body.setAttribute("data-live", "no");
 }
