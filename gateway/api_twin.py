@@ -4,13 +4,19 @@ ask for a preview of a release on a device, read it, list a device's."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .api import GATEWAY, error_response, json_body, ota_error
+from .api_accounts import principal
 from .errors import GatewayError
+from .offers import revert_for, waiting
 from .twin.service import MAX_HEATER_W
+
+if TYPE_CHECKING:
+    from .service import Gateway
+    from .store import DeviceRecord
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {"release": str, "heater_w": (int, float), "refresh": bool}
 
@@ -48,6 +54,13 @@ def _body(body: Any) -> dict[str, Any] | web.Response:
     return body
 
 
+def _offered(gw: Gateway, d: DeviceRecord) -> set[str]:
+    """The ids of the releases waiting for d, and of its rollback's release."""
+    out = {rel.id for rel, *_ in waiting(gw, d)}
+    revert = revert_for(gw, d)
+    return out | {revert.id} if revert is not None else out
+
+
 async def _request(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     dev = request.match_info["id"]
@@ -66,6 +79,10 @@ async def _request(request: web.Request) -> web.Response:
         return error_response(
             422, "wrong_model", f"{release.ref} is for {release.model}, {dev} is a {d.model}"
         )
+    if not principal(request).may("maker") and release.id not in _offered(gw, d):
+        # an owner previews what waits for its device, or its rollback: not
+        # every release a maker stored (nor their code run at its asking)
+        return error_response(404, "unknown_release", f"no release {body['release'][:64]!r} waits for {dev}")
     heater_w = body.get("heater_w")
     row, _ = gw.twin.request(
         dev,

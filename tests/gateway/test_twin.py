@@ -18,13 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.accounts import Accounts, new_claim_code
 from gateway.paths import firmware_dir
 from gateway.releases import ReleaseStore, StoredRelease
 from gateway.store import Store
 from gateway.twin import preview
 from ota.keys import Keys
 from ota.release import Release, build
-from simulator.recorded import Recorded, add_command, thermostat_after, thermostat_record
+from simulator.recorded import Recorded, add_command, hello, thermostat_after, thermostat_record
 
 from ..support.cli import permabeta
 from ..support.wait import async_wait_for
@@ -362,3 +363,27 @@ def test_settings_an_owner_changed_during_the_record_are_taken_as_they_were_at_i
     # heating while the record ran: the twin redoes it (a twin run with `off` would not heat)
     assert settings["thermostat"]["mode"] == "heat" and settings["thermostat"]["hysteresis"] == 0.3
     assert answer["fit"]["check"]["error"] is not None and abs(answer["fit"]["check"]["error"]) < 0.25
+
+
+async def test_an_owner_previews_only_a_release_that_waits_for_its_device(
+    start_gateway: StartGateway, keys: Keys, tmp_path: Path
+) -> None:
+    r = await start_gateway(keys)
+    r.gw.ota.releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
+    r.store.upsert_hello("th-1", hello("th-1"), G0)
+    accounts = Accounts(r.store)
+    ann = accounts.create("ann", "owner", None, 1.0)
+    code = new_claim_code()
+    accounts.register_claim("th-1", code, 1.0)
+    accounts.claim(ann, code, 1.0)
+    headers = {"Authorization": f"Bearer {accounts.issue_token(ann, 'test', 1.0)}"}
+    url = f"{r.url}/api/v1/devices/th-1/preview"
+    async with aiohttp.ClientSession() as s:
+        # stored, but offered to nobody: not to be seen, nor its code run, at an owner's asking
+        async with s.post(url, json={"release": "thermostat@5"}, headers=headers) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (404, "unknown_release")
+        assert r.store.db.execute("SELECT count(*) FROM twin_previews").fetchone()[0] == 0
+        # once a rollout offers it to the device, the owner may look first
+        r.gw.rollouts.create("thermostat@5", "id=th-1", stages=(1.0,), no_revert=True, seed=1)
+        async with s.post(url, json={"release": "thermostat@5"}, headers=headers) as resp:
+            assert resp.status == 202, await resp.json()
