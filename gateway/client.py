@@ -80,7 +80,8 @@ class ApiClient:
         if self.token is not None:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:
+            https = urllib.request.HTTPSHandler(context=self.context)
+            with urllib.request.build_opener(https, _NoRedirect()).open(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -130,3 +131,11 @@ def local_context(info: dict[str, Any]) -> ssl.SSLContext | None:
         return client_context(cadata=pem.decode())
     except (OSError, ConfigError) as exc:
         raise ApiError(f"cannot read the gateway's certificate {info['cert']}: {exc}") from exc
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: the token goes to the gateway's address
+    alone, never to wherever an answer points (another host, plain HTTP)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
