@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +174,7 @@ def auth_middleware(gw: Gateway, token: str) -> Any:
 def setup(app: web.Application) -> None:
     """Add the accounts' endpoints and their state to the API's app."""
     app[FAILED_LOGINS] = {}
+    app[FAILED_UNKNOWN] = OrderedDict()
     app.add_routes(_routes())
 
 
@@ -285,6 +286,8 @@ async def _revoke_token(request: web.Request) -> web.Response:
 
 
 FAILED_LOGINS: web.AppKey[dict[str, deque[float]]] = web.AppKey("failed_logins")  # name -> when
+FAILED_UNKNOWN: web.AppKey[OrderedDict[str, deque[float]]] = web.AppKey("failed_unknown")  # likewise
+UNKNOWN_NAMES = 10_000  # names without an account whose failed logins are counted, the latest
 
 
 async def _login(request: web.Request) -> web.Response:
@@ -302,24 +305,40 @@ async def _login(request: web.Request) -> web.Response:
 def checked_login(request: web.Request, body: dict[str, Any]) -> Account | web.Response:
     """The account whose name and password the body gives, or the error to
     answer. Failed logins of a name are limited (LOGIN_TRIES in
-    LOGIN_WINDOW_S, kept in memory), for tokens and sessions together."""
+    LOGIN_WINDOW_S, kept in memory), for tokens and sessions together, and
+    alike for names no account has (so that the limit does not tell which
+    names exist): those in a table of their own, of at most UNKNOWN_NAMES,
+    so that a spray of names cannot crowd an account's count out. A login
+    is JSON, from no other site's page (415, 403 `csrf`)."""
+    from .api_sessions import foreign_origin
+
+    if request.content_type != "application/json":
+        return error(415, "bad_request", "a login is a JSON body (Content-Type: application/json)")
+    refused = foreign_origin(request)
+    if refused is not None:
+        return refused
     if "name" not in body or "password" not in body:
         return error(400, "bad_request", "log in with a name and a password")
     name, now = body["name"][:64], time.monotonic()
-    failed_logins = request.app[FAILED_LOGINS]
-    failed = failed_logins.setdefault(name, deque(maxlen=LOGIN_TRIES))
+    accounts = accounts_of(request)
+    known = accounts.get(name) is not None
+    unknown = request.app[FAILED_UNKNOWN]
+    table: dict[str, deque[float]] = request.app[FAILED_LOGINS] if known else unknown
+    failed = table.setdefault(name, deque(maxlen=LOGIN_TRIES))
     while failed and failed[0] <= now - LOGIN_WINDOW_S:
         failed.popleft()
     if len(failed) >= LOGIN_TRIES:
         return error(429, "rate_limited", f"{LOGIN_TRIES} failed logins of {name!r}: try again later")
-    accounts = accounts_of(request)
     a = accounts.login(name, body["password"][:1024])
     if a is None:
-        if accounts.get(name) is not None:  # (only accounts' names: the table stays as small)
-            failed.append(now)
-        else:
-            failed_logins.pop(name, None)
+        failed.append(now)
+        if not known:
+            unknown.move_to_end(name)
+            while len(unknown) > UNKNOWN_NAMES:
+                unknown.popitem(last=False)
         return error(401, "unauthorized", "wrong name or password")
+    if not failed:
+        table.pop(name, None)
     return a
 
 

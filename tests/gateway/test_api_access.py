@@ -7,6 +7,7 @@ claims, ownership transfer, logins and tokens as owners and admins use them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -324,6 +325,34 @@ async def test_a_spray_of_unknown_names_does_not_lift_an_account_s_login_limit(w
         assert status == 401
     status, answer = await world.call(None, "POST", "/api/v1/login", {"name": "mia", "password": PASSWORD})
     assert (status, answer["error"]["code"]) == (429, "rate_limited")
+
+
+async def test_the_login_limit_does_not_tell_which_names_have_an_account(world: World) -> None:
+    answers = {}
+    for name in ("mia", "nobody-at-all"):
+        for _ in range(LOGIN_TRIES):
+            guess = {"name": name, "password": "guess-guess"}
+            status, _ = await world.call(None, "POST", "/api/v1/login", guess)
+            assert status == 401
+        status, answer = await world.call(None, "POST", "/api/v1/login", {"name": name, "password": "x"})
+        answers[name] = (status, answer["error"]["code"])
+    assert answers["mia"] == answers["nobody-at-all"] == (429, "rate_limited")
+
+
+async def test_a_login_from_another_site_s_page_is_refused(world: World) -> None:
+    body = json.dumps({"name": "ann", "password": PASSWORD})
+    # a page's form or no-cors fetch can send text/plain, not JSON
+    async with world.session.post(
+        world.r.url + "/api/v1/login", data=body, headers={"Content-Type": "text/plain"}
+    ) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (415, "bad_request")
+    async with world.session.post(
+        world.r.url + "/api/v1/login", data=body,
+        headers={"Content-Type": "application/json", "Origin": "https://evil.example"},
+    ) as resp:  # fmt: skip
+        assert (resp.status, (await resp.json())["error"]["code"]) == (403, "csrf")
+    status, answer = await world.call(None, "POST", "/api/v1/login", {"name": "ann", "password": PASSWORD})
+    assert status == 201 and answer["token"].startswith("pbt_")
 
 
 async def test_a_claim_code_taken_by_another_device_is_refused_not_a_failure(world: World) -> None:
