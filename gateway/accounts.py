@@ -39,6 +39,15 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CLAIM_DIGITS = 16  # 80 bits
 
 
+# what a device's owner said of it and what was computed for it (schemas 5, 9, 10)
+_OWNERS_SAY = (
+    "DELETE FROM device_decisions WHERE device = ?",
+    "DELETE FROM twin_previews WHERE device = ?",
+    "DELETE FROM twin_devices WHERE device = ?",
+    "UPDATE device_settings SET policy = 'auto', window = NULL WHERE device = ?",
+)
+
+
 class AccountError(GatewayError):
     """An account, token or claim that cannot be: `code` is what the API answers."""
 
@@ -280,12 +289,29 @@ class Accounts:
         return device
 
     def release(self, account: Account, device: str) -> None:
-        """The account gives up its device. Raises AccountError if it is not its own."""
-        cur = self.db.execute(
-            "DELETE FROM device_owners WHERE device = ? AND account = ?", (device, account.id)
-        )
-        if cur.rowcount == 0:
-            raise AccountError(f"{device} is not yours", "not_found")
+        """The account gives up its device, and with it its say on the
+        device's updates (its decisions, its policy and window) and what was
+        computed for it (the twin's previews, the heater power it gave): the
+        next owner starts afresh, and sees nothing of the device from before
+        its own claim (owner_since). Raises AccountError if it is not its own."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.db.execute(
+                "DELETE FROM device_owners WHERE device = ? AND account = ?", (device, account.id)
+            )
+            if cur.rowcount == 0:
+                raise AccountError(f"{device} is not yours", "not_found")
+            for sql in _OWNERS_SAY:
+                self.db.execute(sql, (device,))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def owner_since(self, device: str) -> float | None:
+        """When the device's owner claimed it (None: it has none)."""
+        row = self.db.execute("SELECT since FROM device_owners WHERE device = ?", (device,)).fetchone()
+        return float(row[0]) if row is not None else None
 
     def owner_of(self, device: str) -> int | None:
         row = self.db.execute("SELECT account FROM device_owners WHERE device = ?", (device,)).fetchone()

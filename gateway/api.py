@@ -218,7 +218,7 @@ async def _telemetry(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "limit must be an integer")
     if gw.store.device(dev) is None:
         return error_response(404, "unknown_device", f"no device {dev!r}")
-    rows = gw.store.telemetry(dev, limit)
+    rows = gw.store.telemetry(dev, limit, owners_since(request, dev))
     # the gateway's fields last: a device's field of the same name cannot stand in for them
     return web.json_response([{**r.data, "received": r.received, "ts": r.ts, "seq": r.seq} for r in rows])
 
@@ -405,7 +405,17 @@ async def _device_updates(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "limit must be an integer")
     if gw.store.device(dev) is None:
         return error_response(404, "unknown_device", f"no device {dev!r}")
-    return web.json_response([u.to_dict() for u in gw.ota.of_device(dev, limit)])
+    since = owners_since(request, dev)
+    updates = [u for u in gw.ota.of_device(dev, limit) if since is None or u.started >= since]
+    return web.json_response([u.to_dict() for u in updates])
+
+
+def owners_since(request: web.Request, dev: str) -> float | None:
+    """For an owner, when it claimed the device: it sees nothing of the
+    device from before (a previous owner's); None for a maker, who sees all."""
+    from .api_accounts import accounts_of, principal
+
+    return None if principal(request).may("maker") else accounts_of(request).owner_since(dev)
 
 
 async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None = None) -> None:

@@ -11,6 +11,7 @@ one is refused).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -636,10 +637,11 @@ class Store:
                 [(_dumps(r.data), r.received, r.device) for r in latest.values()],
             )
 
-    def telemetry(self, dev: str, limit: int = 100) -> list[TelemetryRow]:
-        """The newest rows of a device, oldest first."""
+    def telemetry(self, dev: str, limit: int = 100, since: float | None = None) -> list[TelemetryRow]:
+        """The newest rows of a device (received at since or later), oldest first."""
         rows = self.db.execute(
-            "SELECT * FROM telemetry WHERE device = ? ORDER BY id DESC LIMIT ?", (dev, limit)
+            "SELECT * FROM telemetry WHERE device = ? AND received >= ? ORDER BY id DESC LIMIT ?",
+            (dev, -math.inf if since is None else since, limit),
         ).fetchall()
         return [
             TelemetryRow(r["device"], r["received"], r["ts"], r["seq"], json.loads(r["data"]))

@@ -8,6 +8,7 @@ anywhere but the gateway's database.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,9 @@ class History:
         return out
 
 
+COMMANDS_BEFORE_S = 2 * 86400.0  # commands read from before the record: the last data of each key sent
+
+
 def load(store: Store, dev: str, until: float | None = None, days: float = DAYS) -> History | None:
     """The record of device dev over the `days` before `until` (default:
     its newest telemetry); None for a device the gateway does not know."""
@@ -101,6 +105,10 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
             return h
         until = float(row[0])
     since = until - days * 86400.0
+    # (of its owner's time only: a previous owner's household is not the twin's)
+    row = store.db.execute("SELECT since FROM device_owners WHERE device = ?", (dev,)).fetchone()
+    owned = float(row[0]) if row is not None else -math.inf
+    since = max(since, owned)
     cur = store.db.cursor()
     cur.row_factory = None
     for received, ts, data in cur.execute(
@@ -120,8 +128,8 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
     marks = ",".join("?" for _ in COMMAND_OPS)
     for replied, sent, op, args, reply in cur.execute(
         f"SELECT replied, sent, op, args, reply FROM commands WHERE device = ? AND status = 'ok'"
-        f" AND op IN ({marks}) AND sent <= ? ORDER BY sent, rowid",
-        (dev, *COMMAND_OPS, until),
+        f" AND op IN ({marks}) AND sent >= ? AND sent <= ? ORDER BY sent, rowid",
+        (dev, *COMMAND_OPS, max(owned, since - COMMANDS_BEFORE_S), until),
     ):
         try:
             a = json.loads(args) if args else {}

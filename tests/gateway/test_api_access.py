@@ -22,6 +22,7 @@ from gateway import api as gw_api
 from gateway.accounts import CLAIM_TRIES, Accounts, new_claim_code
 from gateway.api_accounts import ACCESS, LOGIN_TRIES
 from gateway.settings import SettingsTable
+from gateway.store import TelemetryRow
 from ota.keys import Keys
 
 from ..support import messages
@@ -222,6 +223,34 @@ async def test_a_device_changes_hands_by_its_claim_code(world: World) -> None:
     # an admin takes a device from its owner (a support case)
     status, _ = await world.call("root", "DELETE", "/api/v1/devices/th-new/owner")
     assert status == 200 and Accounts(world.r.store).owner_of("th-new") is None
+
+
+async def test_the_next_owner_sees_nothing_of_the_previous_one_s_time_nor_inherits_its_say(
+    world: World,
+) -> None:
+    store, dev = world.r.store, "th-ann"
+    # ann's time with it: telemetry, an update, her policy, a decision, a preview's heater power
+    store.add_telemetry([TelemetryRow(dev, 5.0, 5.0, 1, {"sensors": {"temperature": 19.5}})])
+    status, _ = await world.call("ann", "PATCH", f"/api/v1/devices/{dev}/settings", {"policy": "ask"})
+    assert status == 200
+    status, _ = await world.call(
+        "ann", "POST", f"/api/v1/devices/{dev}/decision", {"release": "thermostat@2", "decision": "never"}
+    )
+    assert status == 200
+    store.db.execute("INSERT INTO twin_devices (device, heater_w, updated) VALUES (?, 2000, 1)", (dev,))
+    status, _ = await world.call("ann", "DELETE", f"/api/v1/devices/{dev}/owner")
+    assert status == 200
+    status, _ = await world.call("bob", "POST", "/api/v1/claims", {"code": world.codes[dev]})
+    assert status == 201
+    status, rows = await world.call("bob", "GET", f"/api/v1/devices/{dev}/telemetry")
+    assert (status, rows) == (200, [])  # (received before bob's claim)
+    status, settings = await world.call("bob", "GET", f"/api/v1/devices/{dev}/settings")
+    assert settings["policy"] == "auto" and settings["window"] is None
+    for table in ("device_decisions", "twin_devices", "twin_previews"):
+        assert store.db.execute(f"SELECT count(*) FROM {table} WHERE device = ?", (dev,)).fetchone()[0] == 0
+    # a maker sees the device's whole record
+    status, rows = await world.call("mia", "GET", f"/api/v1/devices/{dev}/telemetry")
+    assert status == 200 and [r["sensors"]["temperature"] for r in rows] == [19.5]
 
 
 async def test_guessing_claim_codes_through_the_api_is_limited(world: World) -> None:
