@@ -28,7 +28,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ),
     (
         "twin",
-        "the twin preview on 24 thermostats and 12 shirts: predicted metrics against what they then do",
+        "the twin preview on 24 thermostats and 24 shirts: predicted metrics against what they then do",
         twin_accuracy.main,
     ),
 ]

@@ -3,7 +3,7 @@ physics is known, the metrics a preview predicts for a candidate release
 against what each device then actually does when it runs the candidate
 under the same conditions.
 
-    .venv/bin/python -m benchmarks twin                          # 24 thermostats, 12 shirts
+    .venv/bin/python -m benchmarks twin                          # 24 thermostats, 24 shirts
     .venv/bin/python -m benchmarks twin --thermostats 8 --shirts 4
 
 Each thermostat is the firmware's own runtime with the factory thermostat in
@@ -392,7 +392,7 @@ def _print(title: str, summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks twin", description=__doc__.split("\n\n")[0])
     p.add_argument("--thermostats", type=int, default=24)
-    p.add_argument("--shirts", type=int, default=12)
+    p.add_argument("--shirts", type=int, default=24)
     p.add_argument("--days", type=float, default=3.0, help="days of a thermostat's record (default 3)")
     p.add_argument("--shirt-hours", type=float, default=6.0, help="hours of a shirt's record (default 6)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one a CPU)")
