@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# the simulator's sub-stepping and time keeping (advance, step), for a fitted plant too
+from simulator.physics import _Plant
+
 DAY_S = 86400.0
 HOUR_S = 3600.0
-MAX_STEP_S = 5.0  # the longest internal step, as the simulator's physics
 OMEGA = 2 * math.pi / DAY_S
 
 
@@ -95,7 +97,7 @@ class Profile:
         return hours[local_hour(t, self.offset)]
 
 
-class FittedRoom:
+class FittedRoom(_Plant):
     """A heated room as fitted (room.py): dT/dt = g q - a (T - T_out(t)) +
     occ(t), where q (0..1) follows the relay through a first-order lag of
     lag_s seconds (the radiator warming up and cooling down). `on_s`
@@ -115,22 +117,6 @@ class FittedRoom:
         self.on_s = 0.0
         self.t: float | None = None
 
-    def advance(self, t: float) -> None:
-        if self.t is None:
-            self.t = t
-            return
-        span = t - self.t
-        if not 0 < span < math.inf:
-            return
-        n = math.ceil(span / MAX_STEP_S)
-        h = span / n
-        for i in range(n):
-            self._integrate(self.t + i * h, h)
-        self.t = t
-
-    def step(self, t: float, dt: float) -> None:
-        self.advance(t)
-
     def _integrate(self, a: float, h: float) -> None:
         mid = a + h / 2
         r = 1.0 if self.relay else 0.0
@@ -147,7 +133,7 @@ class FittedRoom:
         return {"temperature": self.temp, "humidity": self.humidity}
 
 
-class FittedSkin:
+class FittedSkin(_Plant):
     """The microclimate under a shirt as fitted (skin.py): dH/dt = u(t) -
     (fabric + vent_flow x) (H - ambient), x the vent's opening (0..1), u
     the sweat by phase of the wearer's session (a period of period_s). The
@@ -171,22 +157,6 @@ class FittedSkin:
         """The sweat coming in at t, %RH/s."""
         n = len(self.sweat)
         return self.sweat[min(int((t % self.period) / self.period * n), n - 1)]
-
-    def advance(self, t: float) -> None:
-        if self.t is None:
-            self.t = t
-            return
-        span = t - self.t
-        if not 0 < span < math.inf:
-            return
-        n = math.ceil(span / MAX_STEP_S)
-        h = span / n
-        for i in range(n):
-            self._integrate(self.t + i * h, h)
-        self.t = t
-
-    def step(self, t: float, dt: float) -> None:
-        self.advance(t)
 
     def _integrate(self, a: float, h: float) -> None:
         k = self.fabric + self.vent_flow * self.vent / 100.0
