@@ -8,6 +8,7 @@ see what they then actually do.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import secrets
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.paths import firmware_dir
 from gateway.provision import board_for
 from gateway.store import Store, TelemetryRow
 
@@ -47,7 +49,12 @@ def daily_prices(seed: int, start: float, seconds: float) -> list[tuple[float, s
 
 
 def hello(dev: str, model: str = "thermostat", **over: Any) -> dict[str, Any]:
+    """The hello of a device of `model` running its factory features."""
     board = board_for(model)
+    shipped = {
+        f: json.loads((firmware_dir() / "features" / f / "manifest.json").read_text())["version"]
+        for f in board["features"]
+    }
     msg: dict[str, Any] = {
         "v": 1,
         "dev": dev,
@@ -55,7 +62,7 @@ def hello(dev: str, model: str = "thermostat", **over: Any) -> dict[str, Any]:
         "board": board["board"],
         "runtime": "0.1.0",
         "api": 1,
-        "features": {f: {"version": "1.0.0", "enabled": True, "running": True} for f in board["features"]},
+        "features": {f: {"version": v, "enabled": True, "running": True} for f, v in shipped.items()},
         "caps": sorted(board["capabilities"]),
         "heap_free": -1,
         "reset_cause": "power_on",

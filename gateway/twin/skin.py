@@ -36,7 +36,7 @@ Array = NDArray[np.float64]
 
 BLOCK_S = 60.0
 BINS = 48  # the exertion profile's resolution over a period, while the period is searched
-FINE_BINS = 144  # ... and once it is found
+FINE_BINS = 144  # ... and once it is found, at most: a bin no shorter than a block
 PERIOD_S = (900.0, 7200.0)  # the sessions' periods searched
 HORIZON_S = 900.0
 HOLDOUT = 0.25
@@ -137,7 +137,10 @@ def infer_settings(s: Series) -> dict[str, Any]:
         least = float(np.min(s.opening[open_rows]))
         out["min_opening"] = round(least)
         close = out.get("close_at")
-        mid = open_rows & (s.opening > least + 5) & (s.opening < 100)
+        # where the flap just moved it stands where the curve puts it (held,
+        # it may be a step off: it turns back only by more than one)
+        moved = np.r_[False, s.opening[1:] != s.opening[:-1]]
+        mid = open_rows & moved & (s.opening > least + 5) & (s.opening < 100)
         if close is not None and mid.any():
             full = close + (s.humidity[mid] - close) * (100 - least) / (s.opening[mid] - least)
             out["full_at"] = round(float(np.median(full)), 1)
@@ -228,17 +231,18 @@ def fit(s: Series, rows: NDArray[np.bool_]) -> Fit:
         lambda v: by_period(v, amb0), log_p - step / 8, log_p + step / 8, log_p, by_period(log_p, amb0)
     )
     amb_grid = np.linspace(0.0, 90.0, 46)
-    amb_values = [_solve(d, math.exp(log_p), a, FINE_BINS)[1] for a in amb_grid]
+    fine = fine_bins(math.exp(log_p))
+    amb_values = [_solve(d, math.exp(log_p), a, fine)[1] for a in amb_grid]
     j = int(np.argmin(amb_values))
     amb = _refine(
-        lambda a: _solve(d, math.exp(log_p), a, FINE_BINS)[1],
+        lambda a: _solve(d, math.exp(log_p), a, fine)[1],
         max(amb_grid[j] - 2.0, 0.0),
         min(amb_grid[j] + 2.0, 95.0),
         float(amb_grid[j]),
         amb_values[j],
     )
     period = math.exp(log_p)
-    x, sse, r2 = _solve(d, period, amb, FINE_BINS)
+    x, sse, r2 = _solve(d, period, amb, fine_bins(period))
     params = {
         "kind": "skin",
         "fabric": float(x[0]),
@@ -250,6 +254,14 @@ def fit(s: Series, rows: NDArray[np.bool_]) -> Fit:
         "battery": s.battery,
     }
     return Fit(params, sse, r2)
+
+
+def fine_bins(period: float) -> int:
+    """The profile's bins once the period is found: as fine as FINE_BINS,
+    but none shorter than a block, whose balance alone cannot tell apart
+    the sweat of two bins inside it (the fit would trade one against the
+    other, and the twin's skin would swing with them)."""
+    return max(1, min(FINE_BINS, int(period // BLOCK_S)))
 
 
 def _refine(f: Any, lo: float, hi: float, at: float, value: float) -> float:

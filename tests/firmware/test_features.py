@@ -1,14 +1,18 @@
 """The shipped features: eco's pre-heating, the thermostat's setpoint shift,
-the vent's curve."""
+the vent's curve and its flap that does not swing between two steps."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from firmware.features.eco import boost_for
-from firmware.features.vent import opening, shape
+from firmware.features.vent import REVERSE, moves, opening, shape
 from firmware.pb.hal.host import HostHal
 from firmware.pb.runtime import Device
 from firmware.pb.store import Store
@@ -40,6 +44,42 @@ def test_vent_curve_is_linear_between_points_and_clamped() -> None:
     assert opening(60, False, cfg) == (False, 0)
     assert opening(66, False, cfg, pts)[1] > opening(66, False, cfg)[1]  # the steeper curve opens sooner
     assert opening(90, True, cfg, pts) == (True, 100)
+
+
+def test_vent_flap_turns_back_only_for_a_real_change() -> None:
+    assert moves(0, 25, 0) and moves(40, 0, 5)  # opening from closed, closing: always
+    assert moves(40, 41, 3) and moves(41, 40, -1)  # on in the way it went
+    assert not moves(41, 40, 1) and not moves(40, 41, -2)  # back by one step: no
+    assert moves(41, 41 - REVERSE, 1) and not moves(40, 40, 1)
+
+
+def _flap(readings: list[float], cfg: dict[str, float]) -> tuple[list[int], list[int]]:
+    """(where the flap stands, where the curve asks it to be) after each reading."""
+    venting, now, way = False, 0, 0
+    flap, asked = [], []
+    for h in readings:
+        venting, pct = opening(h, venting, cfg)
+        if moves(now, pct, way):
+            now, way = pct, pct - now
+        flap.append(now)
+        asked.append(pct)
+    return flap, asked
+
+
+def test_a_reading_wavering_at_a_step_edge_moves_the_flap_once() -> None:
+    cfg = {"open_at": 65, "close_at": 55, "full_at": 80, "min_opening": 20}
+    edge = 55 + 25 * 19.5 / 80  # where the curve's 39 % becomes 40 %
+    flap, asked = _flap([66.0] + [edge + (0.01 if i % 2 else -0.01) for i in range(40)], cfg)
+    assert sum(a != b for a, b in pairwise(asked)) >= 39  # the curve alone swings
+    assert sum(a != b for a, b in pairwise(flap)) == 1  # the flap settles
+
+
+@given(st.lists(st.floats(40.0, 95.0), min_size=1, max_size=60))
+def test_the_flap_is_never_more_than_a_step_from_the_curve(readings: list[float]) -> None:
+    cfg = {"open_at": 65, "close_at": 55, "full_at": 80, "min_opening": 20}
+    flap, asked = _flap(readings, cfg)
+    for now, pct in zip(flap, asked, strict=True):
+        assert abs(now - pct) < REVERSE and (now == 0) == (pct == 0)
 
 
 def thermostat_with_eco(tmp_path: Path) -> Device:
