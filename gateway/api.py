@@ -120,10 +120,11 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from . import api_accounts, api_owners, api_rollouts, api_sessions, api_twin, openapi, webapp
+    from . import api_accounts, api_owners, api_rollouts, api_sessions, api_streams, api_twin, openapi, webapp
 
     app.add_routes(api_rollouts.routes())
     app.add_routes(api_owners.routes())
+    app.add_routes(api_streams.routes())
     app.add_routes(api_twin.routes())
     webapp.setup(app)
     api_accounts.setup(app)
@@ -235,6 +236,10 @@ async def _command(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "'op' must be a string")
     if not isinstance(args, dict):
         return error_response(400, "bad_request", "'args' must be an object")
+    if op == "streams.set":
+        return error_response(
+            403, "forbidden", "the owner's data choices change through PUT /api/v1/devices/{id}/streams"
+        )
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
         return error_response(
             400, "bad_request", f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]"

@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_twin import register as register_twin
 
     register_twin(dv)
+    from .cli_streams import register as register_streams
+
+    register_streams(dv)
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)

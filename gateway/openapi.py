@@ -177,6 +177,31 @@ SCHEMAS: dict[str, Schema] = {
         },
         {"reason": _opt(_STR), "metrics": _OBJ, "series": _OBJ, "fit": _OBJ, "record": _OBJ},
     ),
+    "Footprint": _object(
+        {
+            "device": _STR,
+            "choices_known": _BOOL,
+            "streams": _list(
+                _object(
+                    {
+                        "path": _STR,
+                        "kind": {"enum": ["runtime", "sensor", "actuator", "feature"]},
+                        "doc": _STR,
+                        "sensitivity": {"enum": ["low", "personal", "sensitive"]},
+                        "default": {"enum": ["share", "local"]},
+                        "operational": _BOOL,
+                        "needed": _BOOL,
+                        "feature": _opt(_STR),
+                        "choice": {"enum": ["share", "local", "off"]},
+                        "costs": _object({"local": _list(_STR), "off": _list(_STR)}, closed=True),
+                        "stored": _INT,
+                    },
+                    closed=True,
+                )
+            ),
+        },
+        closed=True,
+    ),
     "Offers": _object(
         {
             "device": _STR,
@@ -320,6 +345,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "an update to the revert release the maker signed for the device's set",
         {201: _ref("UpdateOfRelease")},
         _object({}, closed=True),
+    ),
+    ("GET", "/api/v1/devices/{id}/streams"): Op(
+        "the device's streams: what each tells, the owner's choice, what keeping it back costs",
+        {200: _ref("Footprint")},
+    ),
+    ("PUT", "/api/v1/devices/{id}/streams"): Op(
+        "the owner's choices (share, local, off), applied by the device before they are answered",
+        {200: _ref("Footprint")},
+        _object(
+            {"streams": {"type": "object", "additionalProperties": {"enum": ["share", "local", "off"]}}},
+            closed=True,
+        ),
     ),
     ("PUT", "/api/v1/devices/{id}/claim-code"): Op("register a claim code", {200: _ref("ClaimCode")}, _CODE),
     ("DELETE", "/api/v1/devices/{id}/owner"): Op("give the device up", {200: _ref("Owner")}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,19 @@ def _compile(src: Path, name: str) -> bytes:
         raise ConfigError(str(exc)) from exc
 
 
+STREAMS_FILE = "data/streams.json"  # the store record `streams` (firmware/pb/streams.py)
+
+
+def initial_streams(board: dict[str, Any], features: Sequence[str]) -> bytes:
+    """The owner's data choices a device is provisioned with: each stream's
+    default (docs/protocol.md 12), until its owner says otherwise."""
+    from .streams import catalogue, defaults
+
+    fw = firmware_dir()
+    manifests = {n: json.loads((fw / "features" / n / "manifest.json").read_bytes()) for n in features}
+    return json.dumps({"choices": defaults(catalogue(board, manifests))}).encode()
+
+
 def device_files(
     config: dict[str, Any], features: list[str], compile_mpy: bool = False, root: bytes | None = None
 ) -> Iterator[tuple[str, bytes]]:
@@ -152,7 +165,9 @@ def device_files(
         else:
             yield rel, src.read_bytes()
     board = config["board"]
-    yield f"boards/{board}.json", (fw / "boards" / f"{board}.json").read_bytes()
+    board_file = (fw / "boards" / f"{board}.json").read_bytes()
+    yield f"boards/{board}.json", board_file
+    yield STREAMS_FILE, initial_streams(json.loads(board_file), features)
     if root is not None:
         yield ROOT_FILE, root
     yield CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode()

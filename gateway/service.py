@@ -30,6 +30,7 @@ from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError
 from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
+from .streams import withheld
 from .tls import ApiTls, server_cert, tls_folder, uses_tls
 from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
@@ -57,6 +58,7 @@ class _Live:
     online: bool
     last_seen: float
     deadline_s: float
+    withheld: frozenset[str] = frozenset()  # streams its hello says it keeps back (docs/protocol.md 12)
 
 
 def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:
@@ -324,6 +326,7 @@ class Gateway:
                 live.deadline_s = deadline
                 if not retain:
                     live.last_seen = now
+            live.withheld = frozenset(withheld(msg))
             self.ota.on_hello(dev, msg, now)
             self.time_sender.on_hello(dev, retain)
             self.rollouts.wake(dev, msg)
@@ -346,7 +349,10 @@ class Gateway:
             # a device that talks is connected, whatever we heard before
             self._set_state(dev, True, "active", now)
         if a.kind == "telemetry":
-            self._rows.append(TelemetryRow(dev, now, msg["ts"], msg["seq"], _telemetry_data(msg)))
+            data = _telemetry_data(msg)
+            if live.withheld:
+                data = _shared(data, live.withheld)
+            self._rows.append(TelemetryRow(dev, now, msg["ts"], msg["seq"], data))
             if len(self._rows) >= _FLUSH_ROWS:
                 self._flush_now.set()
         elif a.kind == "reply":
@@ -460,6 +466,26 @@ class Gateway:
 def _telemetry_data(msg: dict[str, Any]) -> dict[str, Any]:
     """What is stored of a telemetry message: all but the envelope."""
     return {k: v for k, v in msg.items() if k not in ("v", "dev", "seq", "ts")}
+
+
+def _shared(data: dict[str, Any], withheld: frozenset[str]) -> dict[str, Any]:
+    """Telemetry without what the device's hello says it keeps back: a
+    device that sends it anyway (a runtime before choices, a fault) does
+    not get it stored."""
+    out = dict(data)
+    for part in ("sensors", "actuators"):
+        values = out.get(part)
+        if isinstance(values, dict):
+            out[part] = {k: v for k, v in values.items() if f"{part}.{k}" not in withheld}
+    reports = out.get("features")
+    if isinstance(reports, dict):
+        out["features"] = {
+            n: {k: v for k, v in r.items() if f"features.{n}.{k}" not in withheld}
+            if isinstance(r, dict)
+            else r
+            for n, r in reports.items()
+        }
+    return out
 
 
 def _raise_if_cancelled() -> None:

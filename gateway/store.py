@@ -541,6 +541,24 @@ class Store:
             },
         )
 
+    def stream_counts(self, dev: str, paths: list[str]) -> dict[str, int]:
+        """How many of the device's stored telemetry rows carry each stream
+        (`sensors.humidity`, `features.thermostat.setpoint`, ...)."""
+        if not paths:
+            return {}
+        json_paths = ["$." + ".".join(f'"{part}"' for part in p.split(".", 2)) for p in paths]
+        sums = ", ".join("coalesce(sum(json_extract(data, ?) IS NOT NULL), 0)" for _ in paths)
+        row = self.db.execute(f"SELECT {sums} FROM telemetry WHERE device = ?", (*json_paths, dev)).fetchone()
+        return {p: int(n) for p, n in zip(paths, row, strict=True)}
+
+    def set_withheld(self, dev: str, withheld: dict[str, str]) -> None:
+        """What the device answered it now keeps back (its reply to
+        streams.set, docs/protocol.md 12), ahead of the hello that says it."""
+        self.db.execute(
+            "UPDATE devices SET hello = json_set(hello, '$.streams', json(?)) WHERE id = ?",
+            (_dumps(withheld), dev),
+        )
+
     def set_state(self, dev: str, online: bool, reason: str | None, now: float) -> bool:
         """Record online/offline, and the change in device_states; True if it changed."""
         with self.transaction():

@@ -36,7 +36,7 @@ from firmware.pb.store import write_atomic
 from gateway.broker import BrokerUrl
 from gateway.errors import ConfigError
 from gateway.paths import firmware_dir
-from gateway.provision import board_for, make_config
+from gateway.provision import STREAMS_FILE, board_for, initial_streams, make_config
 
 from .clock import SimClock
 from .faults import DeviceFaults, PowerCut, register_flash, unregister_flash
@@ -53,15 +53,24 @@ JOB_FILE = flash.JOB  # an update taken and not yet installed
 _CRASH_PAUSE_S = 2.0  # as pb/start.py and main.py: calm down before restarting after a bug
 
 
-def provision(base: Path, features: Sequence[str], root: bytes | None = None) -> None:
+def provision(
+    base: Path, features: Sequence[str], root: bytes | None = None, board: dict[str, Any] | None = None
+) -> None:
     """Write what a virtual device's flash holds before its first boot: the
     factory set base/features/<name> (a link per feature to the firmware's
-    own folder: read-only, shared by every device) and the trusted root.
+    own folder: read-only, shared by every device), the trusted root and,
+    given its board, the owner's data choices as provisioning writes them.
     A folder provisioned before keeps its data and update state. Raises
     ConfigError for an unknown feature or a root that is not self-signed."""
     factory = base / "features"
     factory.mkdir(parents=True, exist_ok=True)
     (base / "data").mkdir(exist_ok=True)
+    streams = base / STREAMS_FILE
+    if board is not None and not streams.exists():
+        for name in features:
+            if not (firmware_dir() / "features" / name / "manifest.json").is_file():
+                raise ConfigError(f"no feature {name!r} in {firmware_dir() / 'features'}")
+        write_atomic(str(streams), initial_streams(board, features))
     wanted = set(features)
     for link in factory.iterdir():
         if link.name not in wanted and link.is_symlink():
@@ -157,7 +166,8 @@ class VirtualDevice:
         self.clock = clock
         self.hal = SimHal(self.board, self.plant, clock)
         self.base = workdir / dev_id
-        provision(self.base, self.board.get("features", []) if features is None else features, root)
+        features = self.board.get("features", []) if features is None else features
+        provision(self.base, features, root, self.board)
         self.faults = DeviceFaults(random.Random(seed ^ 0x5EED))
         self.faults.on_cut = self._power_gone
         self.hal.faults = self.faults

@@ -69,11 +69,12 @@ def _op(dev, op, args):
     if op == "ping":
         return {"uptime_s": ticks_diff(ticks_ms(), dev.started) // 1000, "heap_free": mem_free()}
     if op == "status":
+        sensors, actuators, _ = dev.shared()
         return {
             "features": f.status(),
             "config": {n: f.config(n) for n in sorted(f.manifests)},
-            "sensors": f.readings,
-            "actuators": dev.actuators,
+            "sensors": sensors,
+            "actuators": actuators,
             "mqtt": dev.client.stats,
             "heap_free": mem_free(),
             "boot_count": dev.state.get("boot_count", 0),
@@ -98,6 +99,16 @@ def _op(dev, op, args):
             raise BadArgs("data.set needs a string 'key'")
         f.set_data(key, args.get("value"))
         return {"key": key}
+    if op == "streams.get":
+        from .streams import NEEDED, current
+
+        return {"streams": current(dev), "needed": list(NEEDED)}
+    if op == "streams.set":
+        from .streams import choose
+
+        out = {"streams": choose(dev, args.get("streams"))}
+        dev.republish_hello()
+        return out
     if op == "reboot":
         asyncio.create_task(dev.reboot_soon())
         return {"rebooting": True}

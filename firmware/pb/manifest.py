@@ -57,7 +57,14 @@ def check_manifest(m, name=None):
         for cap in _str_list(perms, key, where):
             if cap not in requires:
                 raise FeatureError("%s: permission %s %r is not in requires" % (where, key, cap))
-    _str_list(perms, "publishes", where)
+    publishes = _str_list(perms, "publishes", where)
+    streams = m.get("streams", {})
+    if not isinstance(streams, dict):
+        raise FeatureError("%s: streams must be an object" % where)
+    for field in streams:
+        if field not in publishes:
+            raise FeatureError("%s: stream %r is not a field it publishes" % (where, field))
+        check_stream(streams[field], "%s: stream %r" % (where, field))
     for a in _str_list(m, "busy", where):
         if a not in perms.get("drives", []):
             raise FeatureError("%s: busy %r is not an actuator it drives" % (where, a))
@@ -80,6 +87,26 @@ def check_manifest(m, name=None):
         except ConfigError as exc:
             raise FeatureError("%s: default of %s" % (where, exc)) from None
     return m
+
+
+SENSITIVITY = ("low", "personal", "sensitive")
+
+
+def check_stream(s, where):
+    """A stream's description (docs/protocol.md 12): what it tells, how
+    sensitive, shared or kept local by default, needed for operation or not."""
+    if (
+        not isinstance(s, dict)
+        or not isinstance(s.get("doc"), str)
+        or not s["doc"]
+        or s.get("sensitivity") not in SENSITIVITY
+        or s.get("share", "share") not in ("share", "local")
+        or not isinstance(s.get("operational", False), bool)
+    ):
+        raise FeatureError(
+            "%s needs a doc, a sensitivity (low, personal or sensitive), share or local by default, "
+            "operational true or false" % where
+        )
 
 
 def read_manifest(root, name):

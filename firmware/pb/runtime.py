@@ -33,7 +33,7 @@ _RUNNING = const(16384)  # what the running device needs free besides
 _RAM_WAIT = const(15000)  # ms a due hello or telemetry waits for RAM, connected, before a restart
 # Loaded for some commands and let go after: most of the time none runs.
 # (tests/firmware/test_module_lists.py checks these names)
-COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values")
+COMMAND_MODULES = ("pb.commands", "pb.net.wire_in", "pb.configure", "pb.values", "pb.streams")
 # What reads the feature manifests at boot, let go once the features run
 STARTUP_MODULES = ("pb.startup",)
 
@@ -72,6 +72,10 @@ class Device:
         self.features.utc_offset_min = config.get("utc_offset_min", 0)
         self.actuators = {}
         self.sensor_errors = {}
+        # what the owner keeps on the device (pb/streams.py sets these at boot)
+        self.withheld = {}  # stream -> local|off
+        self.hide_sensors = self.off_sensors = self.hide_actuators = ()
+        self.hide_fields = {}  # feature -> its fields not published
         self.sample_ms = config.get("sample_ms", 1000)
         self.telemetry_ms = config.get("telemetry_ms", 10000)
         b = config["broker"]
@@ -258,7 +262,10 @@ class Device:
     def sample(self):
         """Read every sensor once and hand the readings to the features."""
         got = []
+        off = self.off_sensors
         for name in self.hal.sensors():
+            if name in off:
+                continue  # the owner turned it off: not read at all
             try:
                 v = self.hal.read(name)
             except HalError as exc:
@@ -277,16 +284,28 @@ class Device:
             self.bus.emit("sensor." + name, v)
         self.bus.emit("tick", self.now())
 
+    def shared(self):
+        """(sensors, actuators, feature reports) as they may leave the
+        device: without the streams its owner keeps on it."""
+        sensors, actuators, reports = self.features.readings, self.actuators, self.features.reports
+        if self.withheld:
+            sensors = _without(sensors, self.hide_sensors)
+            actuators = _without(actuators, self.hide_actuators)
+            fields = self.hide_fields
+            reports = {n: _without(r, fields[n]) if n in fields else r for n, r in reports.items()}
+        return sensors, actuators, reports
+
     def publish_telemetry(self):
         self._seq += 1
+        sensors, actuators, reports = self.shared()
         msg = {
             "v": wire.VERSION,
             "dev": self.id,
             "seq": self._seq,
             "ts": self.now(),
-            "sensors": self.features.readings,
-            "actuators": self.actuators,
-            "features": self.features.reports,
+            "sensors": sensors,
+            "actuators": actuators,
+            "features": reports,
         }
         try:
             self._publish("telemetry", msg, 0, False)
@@ -433,3 +452,11 @@ class Device:
             self.store.save("state", self.state)
         except StoreError as exc:
             self.emit_event("storage_error", None, "state not saved: %s" % exc)
+
+
+def _without(values, names):
+    """values without the keys in names (values itself when none is there)."""
+    for k in names:
+        if k in values:
+            return {k: v for k, v in values.items() if k not in names}
+    return values

@@ -5,7 +5,7 @@ from .compat import forget, format_exception, mem_free
 
 # What the features' discovery loads, let go once they run
 # (tests/firmware/test_module_lists.py checks these names)
-DISCOVERY_MODULES = ("pb.manifest", "pb.values")
+DISCOVERY_MODULES = ("pb.manifest", "pb.values", "pb.streams")
 
 
 def boot(d):
@@ -20,6 +20,7 @@ def boot(d):
     d.keep_state()
     d.hal.safe_state()
     d.features.discover()
+    _streams(d)
     d.features.start_all()
     forget(DISCOVERY_MODULES)
     for name, s in d.features.settings.items():
@@ -39,3 +40,15 @@ def boot(d):
     d.client.subscribe(d.topic("ota/chunk"), 0)
     d.client.subscribe(d.topic("ota/root"), 1)
     d.client.subscribe(d.topic("ota/time"), 1)
+
+
+def _streams(d):
+    """The owner's data choices (pb/streams.py). A record that cannot be
+    read withholds every stream: nothing leaves that may not."""
+    from . import streams
+
+    try:
+        streams.load(d)
+    except Exception as exc:  # noqa: BLE001 - a corrupt record must not brick the device
+        d.log("streams record unreadable, keeping every stream local: " + format_exception(exc))
+        streams.apply(d, {p: "local" for p in streams.known(d)})

@@ -207,6 +207,32 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     assert [e for e in unexpected(bob_errors) if refused not in e] == []
 
 
+async def test_an_owner_keeps_a_stream_on_the_device_from_the_page(
+    home: Home, browser: Browser, shots: Shots
+) -> None:
+    dev = home.devices[1]
+    page, errors = await log_in(browser, home.r.url, "ann")
+    await page.goto(f"{home.r.url}/app/#/device/{dev}")
+    row = page.locator("[data-streams] [data-stream='sensors.temperature']")
+    await expect(row).to_have_attribute("data-choice", "share")
+    await expect(page.locator("[data-streams] [data-stream='hello']")).to_contain_text("needed to operate")
+    await page.get_by_label("choice for sensors.temperature").select_option("local")
+    await expect(row).to_contain_text("no twin preview")  # what it costs, before saying yes
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.locator("[data-streams] .ok")).to_be_visible()
+    await expect(row).to_have_attribute("data-choice", "local")
+    await shots.take(page, "your-data")
+    d = home.r.store.device(dev)
+    assert d is not None and d.hello["streams"] == {"sensors.temperature": "local"}
+    since = time.time()
+    await async_wait_for(
+        lambda: any(r.received > since for r in home.r.store.telemetry(dev, 5)), 10, what="new telemetry"
+    )
+    fresh = [r for r in home.r.store.telemetry(dev, 20) if r.received > since]
+    assert fresh and all("temperature" not in r.data["sensors"] for r in fresh)
+    assert unexpected(errors) == []
+
+
 NOTES = "Eco pre-heats while energy is cheap.\nIt publishes the hour's price and its boost."
 
 

@@ -283,6 +283,10 @@ def messages(draw: st.DrawFn, kind: str, extras: bool = True) -> dict[str, Any]:
     if kind == "hello":
         msg["features"] = draw(st.dictionaries(st.text(max_size=8), features_entries, max_size=3))
         msg["caps"] = draw(st.lists(st.text(max_size=8), max_size=4))
+        if "streams" in msg:
+            msg["streams"] = draw(
+                st.dictionaries(st.text(max_size=12), st.sampled_from(("local", "off")), max_size=3)
+            )
     return msg
 
 

@@ -158,7 +158,12 @@ async def test_real_answers_of_every_route_fit_the_document(world: World, make_r
                 csrf = answer["csrf"] if method == "POST" else csrf
                 assert resp.status < 300, answer
                 ok.add((method, "/api/v1/session"))
-    # what cannot succeed here: a command to a device that is not online, a
-    # rollback of a device no revert release was signed for (tests/simulator/test_owners_say.py)
-    cannot = {("POST", "/api/v1/devices/{id}/commands"), ("POST", "/api/v1/devices/{id}/rollback")}
+    # what cannot succeed here: a command or data choices to a device that is
+    # not online, a rollback of a device no revert release was signed for
+    # (tests/simulator/test_owners_say.py, tests/simulator/test_streams.py)
+    cannot = {
+        ("POST", "/api/v1/devices/{id}/commands"),
+        ("POST", "/api/v1/devices/{id}/rollback"),
+        ("PUT", "/api/v1/devices/{id}/streams"),
+    }
     assert set(ACCESS) - ok == cannot, set(ACCESS) - ok

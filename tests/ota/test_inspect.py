@@ -62,12 +62,14 @@ def _modified(tmp_path: Path, keys: Keys, features_dir: Path, eco: Path) -> Rele
     """thermostat 1.1.0: changed code, now also reads humidity, no longer
     publishes mode (nor has a metric that needs it); plus the new feature eco."""
     t = features_dir / "thermostat"
-    metrics = json.loads((t / "manifest.json").read_text())["metrics"]
+    shipped = json.loads((t / "manifest.json").read_text())
+    metrics = shipped["metrics"]
     del metrics["setpoint_error"]["when"]
     edit_manifest(
         t,
         version="1.1.0",
         metrics=metrics,
+        streams={k: v for k, v in shipped["streams"].items() if k in ("setpoint", "heating")},
         requires=["temperature", "relay", "humidity"],
         permissions={
             "reads": ["temperature", "humidity"],

@@ -17,6 +17,8 @@ OPS = (
     "feature.enable",
     "feature.disable",
     "data.set",
+    "streams.get",
+    "streams.set",
     "reboot",
 )
 

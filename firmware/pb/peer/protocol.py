@@ -44,6 +44,7 @@ _SCHEMAS = {
         ("telemetry_s", "n", 1),
         ("ts", "n", 0),
         ("utc_offset_min", "i", 0),
+        ("streams", "d", 0),
     ),
     "state": (("v", "i", 1), ("dev", "s", 1), ("state", "s", 1), ("ts", "n", 0), ("reason", "s", 0)),
     "telemetry": (
@@ -197,6 +198,9 @@ def _check_hello(msg):
     for c in msg["caps"]:
         if not isinstance(c, str):
             raise ProtocolError("bad_type", "hello.caps must hold strings")
+    for path, choice in msg.get("streams", {}).items():
+        if choice not in ("local", "off"):
+            raise ProtocolError("bad_value", "hello.streams[%r] must be local or off" % path[:64])
     if "platform" in msg and not isinstance(msg["platform"], str):
         raise ProtocolError("bad_type", "hello.platform must be a string")
     if "ota" in msg:

@@ -3,6 +3,7 @@
 import { html, render, useState, useEffect, useCallback } from "./vendor/preact-htm.js";
 import { TimeChart, BarChart, dateTime } from "./charts.js";
 import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
+import { Streams } from "./streams.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
 export function shown(v) {
@@ -182,6 +183,8 @@ function Device({ id }) {
     </div>
     <h2>Features</h2>
     <${Features} id=${id} device=${device} />
+    <h2>Your data</h2>
+    <${Streams} id=${id} online=${device.online} />
     <h2>Updates</h2>
     <${Policy} id=${id} />
     <${History} updates=${updates} />
