@@ -421,10 +421,12 @@ class Gateway:
             raise GatewayError(
                 "the gateway is not connected to the broker, which keeps the device's messages"
             )
-        await self.ota.cancel(dev, FORGOTTEN)
         async with self.rollouts.still():
+            gone = self.rollouts.gone(dev)  # (what it shows now: its update is not yet ended)
+            # ended before its rows go, or its end would write them again
+            await self.ota.cancel(dev, FORGOTTEN)
             # (nothing awaited from here to the store's commit: no row of dev is buffered meanwhile)
-            removed = forget(self.store, dev, self.rollouts.gone(dev), self.clock.now())
+            removed = forget(self.store, dev, gone, self.clock.now())
             self._forgotten.add(dev)
             self._rows = [r for r in self._rows if r.device != dev]
             self._pending_state.pop(dev, None)

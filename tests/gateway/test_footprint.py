@@ -33,6 +33,7 @@ from ..support.cli import permabeta
 from ..support.mosquitto import Mosquitto
 from ..support.mqtt import TestClient
 from ..support.ota import OtaDevice
+from ..support.schema import as_of
 from ..support.wait import async_wait_for
 from .conftest import MakeRelease, Running, StartGateway
 from .test_api_access import PASSWORD, World, world  # noqa: F401
@@ -202,6 +203,19 @@ def test_a_forgotten_device_keeps_no_history_of_its_boots_and_states(tmp_path: P
         assert store.history("device_boots", A, 0, 9999) == store.history("device_states", A, 0, 9999) == []
 
 
+def test_a_database_of_schema_10_gets_the_tables_of_11_with_nothing_forgotten(tmp_path: Path) -> None:
+    with Store(tmp_path / "gw.db") as store:
+        _fill(store, A, 1000.0)
+        as_of(store, 10)
+    with Store(tmp_path / "gw.db", readonly=True) as old:  # (read as it is)
+        assert old.schema == 10 and not old.forgotten(A) and old.forgotten_devices() == set()
+    with Store(tmp_path / "gw.db") as store:
+        assert store.schema == 11 and store.forgotten_devices() == set()
+        assert len(_export(store, A)["tables"]["telemetry"]) == 1
+        forget(store, A, [], 2000.0)
+        assert store.forgotten_devices() == {A}
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
@@ -323,30 +337,35 @@ async def test_a_rollout_counts_a_forgotten_member_as_it_did_and_goes_on(
     clock = StepClock(1_900_000_000.0)
     r = await start_gateway(keys, clock=clock)
     releases(r, make_release)
-    took, failed = await online(r, ota_devices()), await online(r, ota_devices())
+    took, failed, busy = [await online(r, ota_devices()) for _ in range(3)]
     away = ota_devices()
     r.store.upsert_hello(away.id, messages.hello(away.id), clock.t)  # known, offline
-    ids = ", ".join(d.id for d in (took, failed, away))
+    ids = ", ".join(d.id for d in (took, failed, busy, away))
     roll = r.gw.rollouts.create("thermostat@2", f"id in ({ids})", stages=(1.0,), no_revert=True, seed=1)
-    for d, state in ((took, "committed"), (failed, "failed")):
-        uid = await async_wait_for(lambda d=d: recorded(r, roll.id, d), 10, what="offered")
+    uids = {}
+    for d, state in ((took, "committed"), (failed, "failed"), (busy, None)):
+        uid = uids[d.id] = await async_wait_for(lambda d=d: recorded(r, roll.id, d), 10, what="offered")
         await offer_of(d, uid)
-        d.status(uid, state, **({"counter": 2} if state == "committed" else {"reason": "verify: x"}))
-        await ends(r, uid, state)
+        if state is not None:
+            d.status(uid, state, **({"counter": 2} if state == "committed" else {"reason": "verify: x"}))
+            await ends(r, uid, state)
 
     def counts() -> dict[str, int]:
         return {k: n for k, n in r.gw.rollouts.status(roll)["stages"][0]["counts"].items() if n}
 
     before = counts()
-    assert before == {"committed": 1, "failed": 1, "offline": 1}
-    for d in (took, failed):
+    assert before == {"committed": 1, "failed": 1, "offered": 1, "offline": 1}
+    for d in (took, failed, busy):
         await r.gw.forget(d.id)
     assert [m.device for m in r.gw.rollouts.table.members(roll.id)] == [away.id]
-    assert counts() == before
-    gone = r.gw.rollouts.table.forgotten(roll.id)
-    assert (sum(g.offered for g in gone), sum(g.failed for g in gone)) == (2, 1)
-    clock.t += 30
-    await r.gw.rollouts.tick()  # (steps on, its members and its counts as they are)
+    assert counts() == before  # (busy as it was: its update ended as it was forgotten)
+    assert r.gw.ota.active(busy.id) is None and r.gw.ota.of_device(busy.id) == []
+    await offer_of(busy, uids[busy.id], op="cancel")  # (and the device told so)
+    # the stage's first look: the hard-failure rule counts their updates as it did
+    clock.t += roll.soak_s / 3
+    await r.gw.rollouts.tick()
+    [look] = r.gw.rollouts.table.decisions(roll.id, kind="look")
+    assert (look["numbers"]["hard"]["offered"], look["numbers"]["hard"]["failed"]) == (3, 1)
     assert counts() == before and r.gw.rollouts.table.get(roll.id) is not None
 
 
