@@ -256,7 +256,8 @@ class Accounts:
         """The device whose claim code this is becomes the account's. Raises
         AccountError: too many failed claims lately (`rate_limited`), no
         device has that code (`bad_claim_code`), it has an owner
-        (`claimed`: the owner releases it first)."""
+        (`claimed`: the owner releases it first). A device whose data was
+        forgotten has its data kept again from the claim on."""
         since = now - CLAIM_WINDOW_S
         failed = self.db.execute(
             "SELECT count(*) FROM claim_attempts WHERE account = ? AND at > ? AND ok = 0", (account.id, since)
@@ -282,10 +283,13 @@ class Accounts:
         owner = self.owner_of(device)
         if owner is not None and owner != account.id:
             raise AccountError(f"{device} has an owner: they release it first", "claimed")
-        self.db.execute(
-            "INSERT OR REPLACE INTO device_owners (device, account, since) VALUES (?, ?, ?)",
-            (device, account.id, now),
-        )
+        with self.store.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO device_owners (device, account, since) VALUES (?, ?, ?)",
+                (device, account.id, now),
+            )
+            # a forgotten device's data is kept again from its new claim on (gateway/footprint.py)
+            self.db.execute("DELETE FROM device_forgotten WHERE device = ?", (device,))
         return device
 
     def release(self, account: Account, device: str) -> None:

@@ -120,10 +120,21 @@ def make_app(gw: Gateway, token: str) -> web.Application:
             web.get("/api/v1/releases/{ref}", _release),
         ]
     )
-    from . import api_accounts, api_owners, api_rollouts, api_sessions, api_streams, api_twin, openapi, webapp
+    from . import (
+        api_accounts,
+        api_footprint,
+        api_owners,
+        api_rollouts,
+        api_sessions,
+        api_streams,
+        api_twin,
+        openapi,
+        webapp,
+    )
 
     app.add_routes(api_rollouts.routes())
     app.add_routes(api_owners.routes())
+    app.add_routes(api_footprint.routes())
     app.add_routes(api_streams.routes())
     app.add_routes(api_twin.routes())
     webapp.setup(app)

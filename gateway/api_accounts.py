@@ -80,6 +80,8 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/devices/{id}/previews"): _OWN_DEVICE,
     ("PUT", "/api/v1/devices/{id}/claim-code"): Rule("maker", device=True),
     ("DELETE", "/api/v1/devices/{id}/owner"): _OWN_DEVICE,
+    ("GET", "/api/v1/devices/{id}/export"): _OWN_DEVICE,  # an owner: from its claim on
+    ("POST", "/api/v1/devices/{id}/forget"): _OWN_DEVICE,  # a maker: a device without an owner
     ("POST", "/api/v1/claims"): _OWNER,
     ("GET", "/api/v1/updates/{uid}"): _OWNER,  # an owner: its devices' only
     ("POST", "/api/v1/releases"): _MAKER,
@@ -355,6 +357,7 @@ async def _claim(request: web.Request) -> web.Response:
         dev = accounts_of(request).claim(principal(request), body["code"][:64], now)
     except AccountError as exc:
         return account_error(exc)
+    request.app[GATEWAY].claimed(dev)
     return web.json_response({"device": dev, "owner": principal(request).name}, status=201)
 
 

@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_owners import register as register_owners
 
     register_owners(dv)
+    from .cli_footprint import register as register_footprint
+
+    register_footprint(dv)
 
     from .cli_twin import register as register_twin
 

@@ -12,11 +12,14 @@ login, a CA file, or the system's CAs.
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import credentials
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
@@ -70,7 +73,21 @@ class ApiClient:
         """POST raw bytes; the decoded JSON answer. Raises ApiError."""
         return self._send("POST", path, data, content_type, timeout)
 
+    def download(self, path: str, out: IO[bytes], timeout: float = 120) -> None:
+        """GET an answer that is not JSON (an export) into out, as it comes. Raises ApiError."""
+        with self._open("GET", path, None, "application/json", timeout) as resp:
+            shutil.copyfileobj(resp, out)
+
     def _send(self, method: str, path: str, data: bytes | None, content_type: str, timeout: float) -> Any:
+        with self._open(method, path, data, content_type, timeout) as resp:
+            return json.loads(resp.read())
+
+    @contextmanager
+    def _open(
+        self, method: str, path: str, data: bytes | None, content_type: str, timeout: float
+    ) -> Iterator[IO[bytes]]:
+        """The answer of a request that succeeded, to read. Raises ApiError
+        (ApiRequestError, with the API's code, when it answered with an error)."""
         req = urllib.request.Request(
             self.url + path,
             data=data,
@@ -82,7 +99,7 @@ class ApiClient:
         try:
             https = urllib.request.HTTPSHandler(context=self.context)
             with urllib.request.build_opener(https, _NoRedirect()).open(req, timeout=timeout) as resp:
-                return json.loads(resp.read())
+                yield resp
         except urllib.error.HTTPError as exc:
             try:
                 err = json.loads(exc.read())["error"]

@@ -255,6 +255,22 @@ SCHEMAS: dict[str, Schema] = {
     "Session": _object({"account": _STR, "role": _STR, "csrf": _STR}, {"idle_s": _NUM, "expires": _NUM}),
     "SessionEnded": _object({"account": _STR, "ended": {"const": True}}),
     "Owner": _object({"device": _STR, "owner": _opt(_STR)}),
+    "Export": _object(
+        {
+            "device": _STR,
+            "exported_at": _NUM,
+            "schema": _INT,
+            "since": _opt(_NUM),
+            "tables": {"type": "object", "additionalProperties": _list(_OBJ)},
+        }
+    ),
+    "Forgotten": _object(
+        {
+            "device": _STR,
+            "removed": {"type": "object", "additionalProperties": _INT},
+            "retained_cleared": _BOOL,
+        }
+    ),
     "ClaimCode": _object({"device": _STR, "claim_code": {"const": "registered"}}),
     "Revoked": _object({"revoked": _STR}),
     "OpenApi": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
@@ -276,6 +292,7 @@ class Op:
     body_type: str = "application/json"
     query: dict[str, Schema] = field(default_factory=dict)
     answer_type: str = "application/json"  # of the successes: the web app's files are not JSON
+    other_types: tuple[str, ...] = ()  # other media types a success may have (not JSON), as asked
 
 
 # (method, route) -> the operation; every route of the app, and only those
@@ -360,6 +377,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("PUT", "/api/v1/devices/{id}/claim-code"): Op("register a claim code", {200: _ref("ClaimCode")}, _CODE),
     ("DELETE", "/api/v1/devices/{id}/owner"): Op("give the device up", {200: _ref("Owner")}),
+    ("GET", "/api/v1/devices/{id}/export"): Op(
+        "everything stored about the device (an owner: since its claim): JSON, or with format=csv "
+        "a zip of one CSV file per table",
+        {200: _ref("Export")},
+        query={"format": {"enum": ["json", "csv"]}},
+        other_types=("application/zip",),
+    ),
+    ("POST", "/api/v1/devices/{id}/forget"): Op(
+        "delete everything stored about the device, and its retained messages",
+        {200: _ref("Forgotten")},
+        _object({"confirm": _STR}, closed=True),
+    ),
     ("POST", "/api/v1/claims"): Op("claim a device by its code", {201: _ref("Owner")}, _CODE),
     ("GET", "/api/v1/updates/{uid}"): Op("one update with its steps", {200: _ref("UpdateWithSteps")}),
     ("POST", "/api/v1/releases"): Op(
@@ -482,8 +511,9 @@ def _operation(method: str, route: str, op: Op) -> dict[str, Any]:
     else:
         session: dict[str, list[str]] = {"session": [], "csrf": []} if method != "GET" else {"session": []}
         out["security"] = [{"bearer": []}, session]
+    others = {t: {"schema": {"type": "string", "contentMediaType": t}} for t in op.other_types}
     responses: dict[str, Any] = {
-        str(status): {"description": "done", "content": {op.answer_type: {"schema": schema}}}
+        str(status): {"description": "done", "content": {op.answer_type: {"schema": schema}} | others}
         if schema is not _NONE
         else {"description": "a redirect"}
         for status, schema in op.answers.items()

@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .cohort import Cohort, DeviceFacts, parse
 from .decisions import CANCELS, DecisionTable
 from .errors import GatewayError, RolloutError
-from .judge import Policy, Result, judge_hard
+from .judge import HardCounts, Policy, Result, judge_hard
 from .rollout_judging import (
     LOOKS,
     Measure,
@@ -41,14 +41,13 @@ from .rollout_plan import (
     DEFAULT_SOAK_S,
     DEFAULT_STAGES,
     MEMBER_STATES,
-    REVERT_TRIES,
     Member,
     Plan,
     Verdict,
     assign,
     step,
 )
-from .rollouts import MemberRow, Rollout, RolloutTable, match_reverts, new_id
+from .rollouts import Gone, MemberRow, Rollout, RolloutTable, match_reverts, new_id, spent_reason
 from .settings import DeviceSettings, SettingsTable
 from .store import DeviceRecord
 from .updates import Update
@@ -367,7 +366,7 @@ class RolloutService:
         updates = [
             None if m.left else self._update(row.update_id) for row, m in zip(rows, members, strict=True)
         ]
-        hard = hard_counts(updates)
+        hard = _with_forgotten(hard_counts(updates), self.table.forgotten(r.id))
         hv = judge_hard(hard, policy)
         if hv.result is Result.FAIL:
             return Verdict(halt=True, passing=False, reason=hv.reason)
@@ -459,6 +458,12 @@ class RolloutService:
             r.state, r.stage, r.stage_started, len(r.stages), r.soak_s, members, verdict, now, bool(r.reverts)
         )
         self.stats["steps"] += 1
+        forgotten = self.table.forgotten(r.id)
+        if forgotten:  # (the counts a decision records add up to the whole cohort)
+            counts = dict(plan.counts)
+            for g in forgotten:
+                counts[g.state] += g.count
+            plan = replace(plan, counts=counts)
         if r.state in ("halted", "completed"):
             self._settle(r, plan, now)
         await self._apply(r, plan, now)
@@ -487,9 +492,7 @@ class RolloutService:
             row = self.table.member(r.id, dev)
             last = self._update(row.revert_id if row is not None else None)
             reasons[dev] = (last.reason if last is not None else None) or "unknown"
-        named = ", ".join(f"{dev} ({why})" for dev, why in list(reasons.items())[:5])
-        more = ", ..." if len(new) > 5 else ""
-        why = f"{len(new)} not reverted after {REVERT_TRIES} tries: {named}{more}"
+        why = spent_reason(reasons)
         self.table.decide(r, now, "revert_failed", "failed", why, {"devices": reasons})
         known.update(new)
         log.warning("rollout %s: %s", r.id, why)
@@ -594,6 +597,32 @@ class RolloutService:
             self.table.rejoin(rid, dev, at)
             raise
 
+    # ---- a device forgotten ----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def still(self) -> AsyncIterator[None]:
+        """No step of a rollout runs in the body (one that read its members
+        before a device was forgotten would count it twice)."""
+        async with self._lock:
+            yield
+
+    def gone(self, dev: str) -> list[Gone]:
+        """What each rollout that has dev as a member shows of it now, and
+        its update as the hard-failure rule counts it: what the rollout
+        keeps of dev once its data is forgotten (RolloutTable.forget)."""
+        now = self.gw.clock.now()
+        out = []
+        for row in self.table.memberships(dev):
+            r = self.table.get(row.rollout)
+            if r is None:
+                continue
+            [m] = self.members(r, [row])
+            hard = hard_counts([None if m.left else self._update(row.update_id)])
+            out.append(
+                Gone(r.id, row.stage, m.shown(r.stage, now), 1, hard.offered, hard.failed, hard.rolled_back)
+            )
+        return out
+
     # ---- status ------------------------------------------------------------------
 
     def status(self, r: Rollout) -> dict[str, Any]:
@@ -601,12 +630,16 @@ class RolloutService:
         state, and its decisions (the judge's numbers among them)."""
         now = self.gw.clock.now()
         members = self.members(r)
+        forgotten = self.table.forgotten(r.id)
         stages = []
         for k in range(len(r.stages)):
             counts = dict.fromkeys(MEMBER_STATES, 0)
             for m in members:
                 if m.stage == k:
                     counts[m.shown(r.stage, now)] += 1
+            for g in forgotten:
+                if g.stage == k:
+                    counts[g.state] += g.count
             stages.append({"stage": k + 1, "fraction": r.stages[k], "counts": counts})
         decisions = self.table.decisions(r.id)
         looks = [d for d in decisions if d["kind"] == "look"]
@@ -639,6 +672,15 @@ def _look(d: dict[str, Any]) -> dict[str, Any]:
     numbers = d["numbers"]
     metrics = [{k: m.get(k) for k in _LOOK_FIELDS} for m in numbers.get("metrics", []) if isinstance(m, dict)]
     return {"at": d["at"], "stage": d["stage"] + 1, "result": d["result"], "metrics": metrics}
+
+
+def _with_forgotten(hard: HardCounts, forgotten: Sequence[Gone]) -> HardCounts:
+    """The hard counts of the members and of those forgotten since."""
+    return HardCounts(
+        offered=hard.offered + sum(g.offered for g in forgotten),
+        failed=hard.failed + sum(g.failed for g in forgotten),
+        rolled_back=hard.rolled_back + sum(g.rolled_back for g in forgotten),
+    )
 
 
 def _state(uid: str | None, u: Update | None) -> str | None:

@@ -16,9 +16,11 @@ from typing import Any
 
 from .errors import RolloutError
 from .releases import StoredRelease
+from .rollout_plan import REVERT_TRIES
 from .store import Store
 
 _SCHEMA = 6  # the store's version that has the tables
+_FORGOTTEN_SCHEMA = 11  # ... and the counts of its forgotten members
 _MEMBER_COLUMNS = ("update_id", "offered", "revert_id", "left")  # what a step writes of a member
 
 
@@ -86,6 +88,36 @@ class MemberRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Gone:
+    """What a rollout counted of `count` members whose data is forgotten
+    (gateway/footprint.py): their stage, what they showed, and their updates
+    to the release as the hard-failure rule counts them. Names no device."""
+
+    rollout: str
+    stage: int
+    state: str  # rollout_plan.MEMBER_STATES
+    count: int = 1
+    offered: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+
+
+def spent_reason(reasons: Mapping[str, str], forgotten: int = 0, others: int = 0) -> str:
+    """The reason of a `revert_failed` decision: how many members, the first
+    five by name with why their last revert failed, and how many more were
+    forgotten since, or are not named (others: in a device's export)."""
+    named = [f"{dev} ({why})" for dev, why in list(reasons.items())[:5]]
+    if len(reasons) > 5:
+        named.append("...")
+    if others:
+        named.append(f"{others} other" + ("s" if others > 1 else ""))
+    if forgotten:
+        named.append(f"{forgotten} forgotten")
+    n = len(reasons) + others + forgotten
+    return f"{n} not reverted after {REVERT_TRIES} tries: {', '.join(named)}"
 
 
 def content(release: StoredRelease) -> frozenset[tuple[str, str]]:
@@ -251,6 +283,60 @@ class RolloutTable:
         r = self.get(row["rollout"])
         assert r is not None  # joined on it
         return r, MemberRow(**dict(row))
+
+    def memberships(self, dev: str) -> list[MemberRow]:
+        """dev's rows in every rollout, whatever its state."""
+        if not self._ready():
+            return []
+        rows = self.store.db.execute(
+            "SELECT * FROM rollout_members WHERE device = ? ORDER BY rollout", (dev,)
+        ).fetchall()
+        return [MemberRow(**dict(r)) for r in rows]
+
+    def forget(self, dev: str, gone: Iterable[Gone]) -> int:
+        """Count each rollout's member dev as gone says and take its row
+        out; the decisions that named it (a revert that failed) count it
+        without its name. In the caller's transaction. The rows removed."""
+        for g in gone:
+            self.store.db.execute(
+                """INSERT INTO rollout_forgotten (rollout, stage, state, count, offered, failed, rolled_back)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (rollout, stage, state) DO UPDATE SET count = count + excluded.count,
+                       offered = offered + excluded.offered, failed = failed + excluded.failed,
+                       rolled_back = rolled_back + excluded.rolled_back""",
+                (g.rollout, g.stage, g.state, g.count, g.offered, g.failed, g.rolled_back),
+            )
+        rows = self.store.db.execute(
+            "SELECT id, numbers FROM rollout_decisions WHERE kind = 'revert_failed'"
+            " AND EXISTS (SELECT 1 FROM json_each(numbers, '$.devices') WHERE key = ?)",
+            (dev,),
+        ).fetchall()
+        for row in rows:
+            numbers = json.loads(row["numbers"])
+            numbers["devices"].pop(dev)
+            numbers["forgotten"] = int(numbers.get("forgotten", 0)) + 1
+            self.store.db.execute(
+                "UPDATE rollout_decisions SET numbers = ?, reason = ? WHERE id = ?",
+                (
+                    json.dumps(numbers, sort_keys=True),
+                    spent_reason(numbers["devices"], numbers["forgotten"]),
+                    row["id"],
+                ),
+            )
+        return self.store.db.execute("DELETE FROM rollout_members WHERE device = ?", (dev,)).rowcount
+
+    def forgotten(self, rid: str) -> list[Gone]:
+        """What the rollout counted of its forgotten members: one Gone per
+        stage and state."""
+        if self.store.schema < _FORGOTTEN_SCHEMA:
+            return []
+        rows = self.store.db.execute(
+            "SELECT * FROM rollout_forgotten WHERE rollout = ? ORDER BY stage, state", (rid,)
+        ).fetchall()
+        return [
+            Gone(rid, r["stage"], r["state"], r["count"], r["offered"], r["failed"], r["rolled_back"])
+            for r in rows
+        ]
 
     def set_member(self, rid: str, dev: str, **columns: str | float | None) -> bool:
         """Write the columns given (update_id, offered, revert_id, left) of a

@@ -27,7 +27,8 @@ from .broker import BrokerUrl
 from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
-from .ingest import Accepted, Rejected, classify, classify_ota, is_ota_topic
+from .footprint import forget
+from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
 from .streams import withheld
@@ -49,6 +50,12 @@ _FLUSH_ROWS = 1000
 SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status")
 _MAX_PENDING_STATES = 10000
 INTERNAL = "internal"  # the reason of a valid message the gateway failed to act on
+# what the gateway keeps nothing of from a forgotten device (gateway/footprint.py)
+_NOT_KEPT = ("telemetry", "event")
+# the topics a device writes, where the broker may retain a message of it
+RETAINED = proto.UP + OTA_UP
+FORGOTTEN = "cancelled: the device's data was forgotten"  # the reason of its update ended so
+_MAX_CLEARING = 10000  # the echoes of cleared retained messages waited for
 
 
 @dataclass
@@ -130,6 +137,8 @@ class Gateway:
         self._flush_now = asyncio.Event()
         self._pending_state: dict[str, dict[str, Any]] = {}
         self._live: dict[str, _Live] = {}
+        self._forgotten = store.forgotten_devices()
+        self._clearing: dict[str, int] = {}  # topic -> the echoes of its clearing still to come
         for d in store.devices():
             self._live[d.id] = _Live(d.online, d.last_seen, _deadline(d.keepalive, d.telemetry_s))
         for reason, r in store.rejects().items():
@@ -271,6 +280,13 @@ class Gateway:
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Act on one message from the broker; never raises for bad input."""
         now = self.clock.now()
+        if not payload and self._clearing.get(topic):
+            # the broker passing on the gateway's own clearing of a retained message (`forget`)
+            self._clearing[topic] -= 1
+            if not self._clearing[topic]:
+                del self._clearing[topic]
+            self.counters["ignored"] += 1
+            return
         # the update topics first: classify() knows only the kinds of docs/protocol.md
         judge = classify_ota if is_ota_topic(topic) else classify
         try:
@@ -285,11 +301,16 @@ class Gateway:
         if isinstance(verdict, Rejected):
             self.reject(topic, verdict.reason, verdict.detail, now)
             return
+        # a forgotten device's telemetry and events tell that it is there, and are not kept
+        keep = verdict.kind not in _NOT_KEPT or verdict.dev not in self._forgotten
         try:
-            self._accept(verdict, retain, now)
+            self._accept(verdict, retain, now, keep)
         except Exception as exc:
             log.exception("failed to handle a %s message from %s", verdict.kind, verdict.dev)
             self.reject(topic, INTERNAL, f"{type(exc).__name__}: {exc}", now)
+            return
+        if not keep:
+            self.counters["ignored"] += 1
             return
         self.counters["accepted"] += 1
         for listener in self.listeners:
@@ -310,7 +331,7 @@ class Gateway:
         except Exception:
             log.exception("could not count a %s rejection in the database", reason)
 
-    def _accept(self, a: Accepted, retain: bool, now: float) -> None:
+    def _accept(self, a: Accepted, retain: bool, now: float, keep: bool = True) -> None:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
         if a.kind == "hello":
@@ -348,6 +369,8 @@ class Gateway:
         if not live.online:
             # a device that talks is connected, whatever we heard before
             self._set_state(dev, True, "active", now)
+        if not keep:
+            return
         if a.kind == "telemetry":
             data = _telemetry_data(msg)
             if live.withheld:
@@ -389,6 +412,45 @@ class Gateway:
                     listener("online" if online else "offline", dev, {"reason": reason})
                 except Exception:
                     log.exception("listener failed on %s going %s", dev, "online" if online else "offline")
+
+    # ---- forgetting a device ----------------------------------------------
+
+    async def forget(self, dev: str) -> tuple[dict[str, int], bool]:
+        """Forget everything stored about dev (gateway/footprint.py): its
+        update in progress ends, its rows go (its rollouts keep counts that
+        name it not), nothing of its telemetry and events is kept until it
+        is claimed again, and the broker's retained messages of it are
+        cleared. The rows removed, per table, and whether every retained
+        topic was cleared. Raises GatewayError when the gateway is not
+        connected to the broker (then nothing is done)."""
+        if self._client is None:
+            raise GatewayError(
+                "the gateway is not connected to the broker, which keeps the device's messages"
+            )
+        async with self.rollouts.still():
+            gone = self.rollouts.gone(dev)  # (what it shows now: its update is not yet ended)
+            # ended before its rows go, or its end would write them again
+            await self.ota.cancel(dev, FORGOTTEN)
+            # (nothing awaited from here to the store's commit: no row of dev is buffered meanwhile)
+            removed = forget(self.store, dev, gone, self.clock.now())
+            self._forgotten.add(dev)
+            self._rows = [r for r in self._rows if r.device != dev]
+            self._pending_state.pop(dev, None)
+        log.info("%s forgotten: %d rows", dev, sum(removed.values()))
+        for kind in RETAINED:
+            topic = proto.topic(dev, kind)
+            if len(self._clearing) < _MAX_CLEARING:
+                self._clearing[topic] = self._clearing.get(topic, 0) + 1
+            try:
+                await self.publish(topic, b"", 1, True)
+            except GatewayError as exc:
+                log.warning("%s: its retained messages were not cleared: %s", dev, exc)
+                return removed, False
+        return removed, True
+
+    def claimed(self, dev: str) -> None:
+        """dev was claimed: what it sends is kept again (Accounts.claim)."""
+        self._forgotten.discard(dev)
 
     # ---- publishing and commands -------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -290,6 +290,26 @@ CREATE TABLE twin_devices (
 );
 CREATE INDEX commands_device ON commands(device, sent);
 """,
+    # 11: devices whose data was forgotten (gateway/footprint.py): nothing of
+    # their telemetry, events, boots or states is kept until they are claimed
+    # again; and what each rollout counted of its forgotten members, by stage
+    # and by what they showed, naming none of them
+    11: """
+CREATE TABLE device_forgotten (
+    device TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE TABLE rollout_forgotten (
+    rollout TEXT NOT NULL REFERENCES rollouts(id),
+    stage INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- what the members showed when they were forgotten
+    count INTEGER NOT NULL,
+    offered INTEGER NOT NULL DEFAULT 0,     -- of those, offered the release ...
+    failed INTEGER NOT NULL DEFAULT 0,      -- ... and failed (the hard-failure rule's count)
+    rolled_back INTEGER NOT NULL DEFAULT 0, -- ... or rolled back
+    PRIMARY KEY (rollout, stage, state)
+);
+""",
 }
 
 
@@ -504,11 +524,13 @@ class Store:
 
     def upsert_hello(self, dev: str, hello: dict[str, Any], now: float) -> None:
         """Register a device, or refresh what it says of itself; a hello
-        whose boot count or reset cause is new is a boot, kept in device_boots."""
+        whose boot count or reset cause is new is a boot, kept in device_boots
+        (not of a forgotten device: it keeps no history)."""
         before = self.db.execute(
             "SELECT boot_count, reset_cause FROM devices WHERE id = ?", (dev,)
         ).fetchone()
-        if before is None or (before[0], before[1]) != (hello["boot_count"], hello["reset_cause"]):
+        new_boot = before is None or (before[0], before[1]) != (hello["boot_count"], hello["reset_cause"])
+        if new_boot and not self.forgotten(dev):
             self.db.execute(
                 "INSERT INTO device_boots (device, at, boot_count, reset_cause) VALUES (?, ?, ?, ?)",
                 (dev, now, hello["boot_count"], hello["reset_cause"]),
@@ -560,7 +582,8 @@ class Store:
         )
 
     def set_state(self, dev: str, online: bool, reason: str | None, now: float) -> bool:
-        """Record online/offline, and the change in device_states; True if it changed."""
+        """Record online/offline, and the change in device_states (not of a
+        forgotten device); True if it changed."""
         with self.transaction():
             cur = self.db.execute(
                 """UPDATE devices SET online = ?, state_reason = ?, state_changed = ?,
@@ -568,12 +591,26 @@ class Store:
                    WHERE id = ? AND online != ?""",
                 (int(online), reason, now, int(online), now, dev, int(online)),
             )
-            if cur.rowcount > 0:
+            if cur.rowcount > 0 and not self.forgotten(dev):
                 self.db.execute(
                     "INSERT INTO device_states (device, at, online, reason) VALUES (?, ?, ?, ?)",
                     (dev, now, int(online), reason),
                 )
         return cur.rowcount > 0
+
+    def forgotten(self, dev: str) -> bool:
+        """Whether the device's data was forgotten and nobody has claimed it
+        since (gateway/footprint.py): its telemetry, events, boots and
+        changes of state are not kept."""
+        if self.schema < 11:
+            return False
+        row = self.db.execute("SELECT 1 FROM device_forgotten WHERE device = ?", (dev,)).fetchone()
+        return row is not None
+
+    def forgotten_devices(self) -> set[str]:
+        if self.schema < 11:
+            return set()
+        return {str(r[0]) for r in self.db.execute("SELECT device FROM device_forgotten")}
 
     def history(self, table: str, dev: str, start: float, end: float) -> list[sqlite3.Row]:
         """A device's rows of device_boots or device_states from start to

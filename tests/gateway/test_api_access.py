@@ -100,6 +100,7 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
     ("PUT", "/api/v1/devices/{id}/streams"): {"streams": {"sensors.humidity": "local"}},
+    ("POST", "/api/v1/devices/{id}/forget"): {"confirm": "th-bob"},
     ("POST", "/api/v1/claims"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/accounts"): {"name": "eve", "role": "admin", "password": PASSWORD},
     ("POST", "/api/v1/accounts/{name}/tokens"): {"label": "x"},

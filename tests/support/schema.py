@@ -12,6 +12,7 @@ _UNDO = {
     8: "DROP TABLE account_sessions;",
     9: "DROP TABLE device_decisions;",
     10: "DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;",
+    11: "DROP TABLE device_forgotten; DROP TABLE rollout_forgotten;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 
