@@ -45,6 +45,7 @@ _OWNERS_SAY = (
     "DELETE FROM twin_previews WHERE device = ?",
     "DELETE FROM twin_devices WHERE device = ?",
     "UPDATE device_settings SET policy = 'auto', window = NULL WHERE device = ?",
+    "DELETE FROM data_retention WHERE device = ?",
 )
 
 

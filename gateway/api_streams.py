@@ -23,6 +23,7 @@ from .service import Gateway
 from .store import DeviceRecord
 
 TIMEOUT_S = 10.0
+MAX_RETENTION_DAYS = 36500.0
 
 
 def routes() -> list[web.RouteDef]:
@@ -68,6 +69,7 @@ def footprint(gw: Gateway, d: DeviceRecord) -> dict[str, Any]:
     return {
         "device": d.id,
         "choices_known": known,
+        "retention_days": gw.store.retention(d.id),
         "streams": [
             s.to_dict()
             | {
@@ -101,8 +103,24 @@ async def _put(request: web.Request) -> web.Response:
     if owner is not None and owner != who.id:
         return error_response(403, "forbidden", "only the device's owner chooses what data leaves it")
     body = await json_body(request)
-    if not isinstance(body, dict) or set(body) != {"streams"}:
-        return error_response(400, "bad_request", "body must be {'streams': {stream: share, local or off}}")
+    if not isinstance(body, dict) or not body or not set(body) <= {"streams", "retention_days"}:
+        return error_response(
+            400,
+            "bad_request",
+            "body must be {'streams': {stream: share, local or off}} and/or {'retention_days': days or null}",
+        )
+    days = body.get("retention_days")
+    if days is not None and (
+        isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_RETENTION_DAYS
+    ):
+        return error_response(
+            422,
+            "bad_retention",
+            f"retention_days must be a number of days in (0, {MAX_RETENTION_DAYS:g}], or null",
+        )
+    if "streams" not in body:  # the gateway's own: nothing for the device to do
+        gw.store.set_retention(dev, None if days is None else float(days), gw.clock.now())
+        return web.json_response(footprint(gw, d))
     try:
         asked = st.check_choices(device_streams(gw, d), body["streams"])
     except st.ChoiceError as exc:
@@ -124,5 +142,7 @@ async def _put(request: web.Request) -> web.Response:
     now = reply.get("result", {}).get("streams")
     if isinstance(now, dict):
         gw.store.set_withheld(dev, {p: c for p, c in now.items() if c in ("local", "off")})
+    if "retention_days" in body:
+        gw.store.set_retention(dev, None if days is None else float(days), gw.clock.now())
     d = gw.store.device(dev) or d
     return web.json_response(footprint(gw, d))

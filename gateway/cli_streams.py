@@ -18,6 +18,12 @@ def footprint_text(a: dict[str, Any]) -> str:
     lines = [f"{a['device']}: what it sends (share), keeps on the device (local) or does not read (off)"]
     if not a["choices_known"]:
         lines.append("  (its runtime says nothing of choices: it shares every stream)")
+    days = a.get("retention_days")
+    lines.append(
+        f"  the gateway keeps what it shares for {days:g} days"
+        if days is not None
+        else "  the gateway keeps what it shares with no limit of its owner's"
+    )
     width = max(len(s["path"]) for s in a["streams"])
     for s in a["streams"]:
         choice = "needed" if s["needed"] else _SHOWN[s["choice"]]
@@ -43,10 +49,10 @@ def cmd_devices_streams(args: argparse.Namespace) -> int:
 
     client = ApiClient.from_db(db_of(args))
     path = f"/api/v1/devices/{args.id}/streams"
-    if args.choices:
-        answer = client.request("PUT", path, {"streams": _choices(args.choices)})
-    else:
-        answer = client.request("GET", path)
+    body: dict[str, Any] = {"streams": _choices(args.choices)} if args.choices else {}
+    if args.retention_days is not None or args.keep_forever:
+        body["retention_days"] = args.retention_days
+    answer = client.request("PUT", path, body) if body else client.request("GET", path)
     print(json.dumps(answer, indent=2) if args.json else footprint_text(answer))
     return 0
 
@@ -60,6 +66,11 @@ def register(dv: Any) -> None:
     )
     p.add_argument("id")
     p.add_argument("choices", nargs="*", metavar="STREAM=CHOICE")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--retention-days", type=float, metavar="DAYS", help="the gateway deletes what it shares after DAYS"
+    )
+    keep.add_argument("--keep-forever", action="store_true", help="no limit of the owner's on what is kept")
     p.add_argument("--json", action="store_true")
     p.add_argument("--db", help=f"the gateway's database (default {default_db()})")
     p.set_defaults(func=cmd_devices_streams)

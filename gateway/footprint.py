@@ -68,6 +68,7 @@ TABLES: tuple[Table, ...] = (
     Table("device_owners", "device = :dev"),
     Table("device_claims", "device = :dev", forget="keep"),  # (the code on the box claims it again)
     Table("device_forgotten", "device = :dev", forget="keep"),
+    Table("data_retention", "device = :dev"),
     Table("telemetry", "device = :dev", "received", "id"),
     Table("events", "device = :dev", "received", "id"),
     Table("commands", "device = :dev", "sent", "sent"),

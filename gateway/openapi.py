@@ -181,6 +181,7 @@ SCHEMAS: dict[str, Schema] = {
         {
             "device": _STR,
             "choices_known": _BOOL,
+            "retention_days": _opt(_NUM),
             "streams": _list(
                 _object(
                     {
@@ -368,10 +369,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {200: _ref("Footprint")},
     ),
     ("PUT", "/api/v1/devices/{id}/streams"): Op(
-        "the owner's choices (share, local, off), applied by the device before they are answered",
+        "the owner's choices (share, local, off), applied by the device before they are answered, "
+        "and how long the gateway keeps what it shares",
         {200: _ref("Footprint")},
         _object(
-            {"streams": {"type": "object", "additionalProperties": {"enum": ["share", "local", "off"]}}},
+            {},
+            {
+                "streams": {"type": "object", "additionalProperties": {"enum": ["share", "local", "off"]}},
+                "retention_days": _opt(_NUM),
+            },
             closed=True,
         ),
     ),

@@ -31,6 +31,7 @@ from .footprint import forget
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
+from .stream_service import NewStreams, retention_loop
 from .streams import withheld
 from .tls import ApiTls, server_cert, tls_folder, uses_tls
 from .updater import RECONCILE_S, Updater
@@ -161,6 +162,7 @@ class Gateway:
         from .twin.service import TwinService
 
         self.twin = TwinService(self)
+        self.new_streams = NewStreams(self)
 
     # ---- running -----------------------------------------------------------
 
@@ -178,6 +180,8 @@ class Gateway:
                 tg.create_task(self.time_sender.loop(), name="gateway-time")
                 tg.create_task(self.rollouts.loop(), name="gateway-rollouts")
                 tg.create_task(self.twin.loop(), name="gateway-twin")
+                tg.create_task(self.new_streams.loop(), name="gateway-new-streams")
+                tg.create_task(retention_loop(self), name="gateway-retention")
                 if self.api_bind is not None:
                     from .api import serve_api
 
@@ -335,6 +339,7 @@ class Gateway:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
         if a.kind == "hello":
+            before = self.store.device(dev) if live is not None else None
             self.store.upsert_hello(dev, msg, now)
             deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
             if live is None:
@@ -348,6 +353,7 @@ class Gateway:
                 if not retain:
                     live.last_seen = now
             live.withheld = frozenset(withheld(msg))
+            self.new_streams.on_hello(before, msg)
             self.ota.on_hello(dev, msg, now)
             self.time_sender.on_hello(dev, retain)
             self.rollouts.wake(dev, msg)

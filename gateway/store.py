@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -310,6 +310,15 @@ CREATE TABLE rollout_forgotten (
     PRIMARY KEY (rollout, stage, state)
 );
 """,
+    # 12: how long the gateway keeps what a device shares, as its owner chose
+    # (docs/protocol.md 12); none: as long as the gateway keeps data at all
+    12: """
+CREATE TABLE data_retention (
+    device TEXT PRIMARY KEY,
+    days REAL NOT NULL CHECK (days > 0),
+    set_at REAL NOT NULL
+);
+""",
 }
 
 
@@ -572,6 +581,31 @@ class Store:
         sums = ", ".join("coalesce(sum(json_extract(data, ?) IS NOT NULL), 0)" for _ in paths)
         row = self.db.execute(f"SELECT {sums} FROM telemetry WHERE device = ?", (*json_paths, dev)).fetchone()
         return {p: int(n) for p, n in zip(paths, row, strict=True)}
+
+    def retention(self, dev: str) -> float | None:
+        """Days the device's owner has the gateway keep what it shares (None: no limit set)."""
+        row = self.db.execute("SELECT days FROM data_retention WHERE device = ?", (dev,)).fetchone()
+        return float(row[0]) if row is not None else None
+
+    def set_retention(self, dev: str, days: float | None, now: float) -> None:
+        if days is None:
+            self.db.execute("DELETE FROM data_retention WHERE device = ?", (dev,))
+        else:
+            self.db.execute(
+                "INSERT OR REPLACE INTO data_retention (device, days, set_at) VALUES (?, ?, ?)",
+                (dev, days, now),
+            )
+
+    def expire_shared(self, now: float) -> int:
+        """Delete the telemetry each device's owner no longer has the gateway
+        keep (older than its retention); the rows deleted."""
+        deleted = 0
+        for dev, days in self.db.execute("SELECT device, days FROM data_retention").fetchall():
+            cur = self.db.execute(
+                "DELETE FROM telemetry WHERE device = ? AND received < ?", (dev, now - days * 86400.0)
+            )
+            deleted += cur.rowcount
+        return deleted
 
     def set_withheld(self, dev: str, withheld: dict[str, str]) -> None:
         """What the device answered it now keeps back (its reply to

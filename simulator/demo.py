@@ -248,6 +248,31 @@ def app_accounts(gw: Gateway, devices: Sequence[str], printer: LivePrinter) -> N
     )
 
 
+async def share_eco(gw: Gateway, devices: Sequence[str], printer: LivePrinter) -> None:
+    """What eco publishes came with the update, so it stays on the devices
+    until their owners share it (docs/protocol.md 12): here they do."""
+    for dev in devices:
+        try:
+            reply = await gw.send_command(dev, "streams.get", timeout=5)
+            kept = [
+                p
+                for p, c in reply["result"]["streams"].items()
+                if p.startswith("features.eco.") and c == "local"
+            ]
+            if kept:
+                reply = await gw.send_command(
+                    dev, "streams.set", {"streams": dict.fromkeys(kept, "share")}, timeout=5
+                )
+        except GatewayError as exc:
+            printer.line(f"= {dev:<6} eco's streams stay on the device: {exc}")
+            continue
+        if kept and reply.get("ok"):
+            names = ", ".join(p.rsplit(".", 1)[1] for p in kept)
+            printer.line(
+                f"= {dev:<6} eco's new streams started on the device; its owner shares them: {names}"
+            )
+
+
 # ---- the story ---------------------------------------------------------------------
 
 
@@ -387,6 +412,7 @@ async def run_demo(
                             for n, f in sorted((rec.features if rec else {}).items())
                         )
                         printer.line(f"= {u.device:<6} {final(u)}; runs {now}")
+                    await share_eco(gw, [u.device for u in ended], printer)
                     await asyncio.Event().wait()
                 finally:
                     # stop cleanly: devices say goodbye, then the gateway stops

@@ -18,10 +18,14 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.settings import SettingsTable, changed
+from ota.keys import Keys
+from ota.release import build
+
 from ..gateway.conftest import StartGateway, start_gateway  # noqa: F401 (the fixture, used here too)
 from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import MakeDevice, Rig, rig  # noqa: F401 (the fixture)
+from .conftest import FEATURES, MakeDevice, Rig, copy_feature, rig  # noqa: F401 (the fixture)
 from .test_owners_say import Owners, owners  # noqa: F401 (the fixture)
 
 
@@ -104,13 +108,17 @@ async def test_nothing_an_owner_keeps_back_reaches_the_broker_or_the_store(
         assert rows and not any(carried(r.data) & withheld[dev.id] for r in rows)
 
 
+async def _online(home: Owners, make_device: MakeDevice) -> Any:
+    dev = await make_device("thermostat")
+    await async_wait_for(lambda: home.gw.is_online(dev.id), 10, what="online")
+    return dev
+
+
 async def test_only_the_owner_changes_the_choices_and_bad_ones_change_nothing(
     owners: Owners,  # noqa: F811
     make_device: MakeDevice,
 ) -> None:
-    gw = owners.gw
-    dev = await make_device("thermostat")
-    await async_wait_for(lambda: gw.is_online(dev.id), 10, what="online")
+    gw, dev = owners.gw, await _online(owners, make_device)
     path = f"/api/v1/devices/{dev.id}/streams"
     # nobody has claimed it: its maker sets it up
     status, _ = await owners.call("mia", "PUT", path, {"streams": {"sensors.humidity": "local"}})
@@ -172,3 +180,62 @@ async def test_the_choices_outlive_an_update_whose_new_streams_start_local(
     assert d.hello["streams"] == {"sensors.humidity": "off"} | dict.fromkeys(new, "local")
     reply = await rig.gw.send_command(dev.id, "streams.get")
     assert reply["result"]["streams"]["sensors.humidity"] == "off"
+
+
+async def test_a_new_operational_stream_is_shared_only_where_the_owner_takes_updates_as_they_come(
+    rig: Rig,  # noqa: F811
+    make_device: MakeDevice,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    eco = copy_feature("eco", tmp_path / "src")
+    manifest = json.loads((eco / "manifest.json").read_text())
+    manifest["streams"]["boost"]["operational"] = True
+    (eco / "manifest.json").write_text(json.dumps(manifest))
+    release = build("thermostat", [FEATURES / "thermostat", eco], "2.1.0", tmp_path / "r", 2, keys=keys)
+    stored = rig.publish(release.path)
+    auto, asks = await make_device("thermostat"), await make_device("thermostat")
+    table = SettingsTable(rig.gw.store)
+    table.save(changed(table.get(asks.id), policy="ask"), time.time())
+    for dev in (auto, asks):
+        u = await rig.update(dev, stored)
+        assert u.state == "committed", u
+    await async_wait_for(lambda: rig.gw.new_streams.shared == 1, 10, what="the new operational stream shared")
+    held = {d.id: rig.gw.store.device(d.id).hello["streams"] for d in (auto, asks)}  # type: ignore[union-attr]
+    assert held[auto.id] == {"features.eco.price": "local", "features.eco.cheap": "local"}
+    assert held[asks.id] == dict.fromkeys(
+        ("features.eco.boost", "features.eco.price", "features.eco.cheap"), "local"
+    )
+
+
+async def test_the_gateway_keeps_what_a_device_shares_as_long_as_its_owner_says(
+    owners: Owners,  # noqa: F811
+    make_device: MakeDevice,
+) -> None:
+    gw, dev = owners.gw, await _online(owners, make_device)
+    owners.claim("ann", dev.id)
+    path = f"/api/v1/devices/{dev.id}/streams"
+    for body in (
+        {"retention_days": 0},
+        {"retention_days": -1},
+        {"retention_days": "30"},
+        {"retention_days": True},
+    ):
+        status, answer = await owners.call("ann", "PUT", path, body)
+        assert (status, answer["error"]["code"]) == (422, "bad_retention"), body
+    status, answer = await owners.call("mia", "PUT", path, {"retention_days": 1})
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = await owners.call("ann", "PUT", path, {"retention_days": 1})
+    assert status == 200 and answer["retention_days"] == 1
+    await async_wait_for(lambda: len(gw.store.telemetry(dev.id, 10)) >= 2, 10, what="telemetry stored")
+    kept = len(gw.store.telemetry(dev.id, 10000))
+    # a day and a minute later, the job deletes all that was shared a day ago, and only that
+    assert gw.store.expire_shared(time.time() + 86460) >= kept
+    assert not [r for r in gw.store.telemetry(dev.id, 10000) if r.received < time.time() - 30]
+    status, answer = await owners.call("ann", "PUT", path, {"retention_days": None})
+    assert status == 200 and answer["retention_days"] is None
+    assert gw.store.expire_shared(time.time() + 10 * 86400) == 0  # no limit: nothing goes
+    # the period is the owner's say: it goes with the device when the owner gives it up
+    await owners.call("ann", "PUT", path, {"retention_days": 7})
+    status, _ = await owners.call("ann", "DELETE", f"/api/v1/devices/{dev.id}/owner")
+    assert status == 200 and gw.store.retention(dev.id) is None

@@ -13,6 +13,7 @@ _UNDO = {
     9: "DROP TABLE device_decisions;",
     10: "DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;",
     11: "DROP TABLE device_forgotten; DROP TABLE rollout_forgotten;",
+    12: "DROP TABLE data_retention;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

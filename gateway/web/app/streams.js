@@ -28,6 +28,18 @@ export function Streams({ id, online }) {
     }
   };
   const changed = Object.keys(asked).length > 0;
+  const keep = async (ev) => {
+    ev.preventDefault();
+    setStatus(null);
+    const days = ev.target.days.value.trim();
+    try {
+      await api("PUT", path, { retention_days: days === "" ? null : Number(days) });
+      setStatus({ ok: days === "" ? "kept with no limit of yours" : `kept for ${days} days` });
+      reload();
+    } catch (e) {
+      setStatus({ error: e });
+    }
+  };
   return html`<form data-streams onSubmit=${save}>
       ${footprint.choices_known ? "" : html`<p class="muted">This device's runtime predates data choices: it shares every stream.</p>`}
       <table>
@@ -54,6 +66,12 @@ export function Streams({ id, online }) {
       <button type="submit" disabled=${!changed || !online}>Apply</button>
       ${online ? "" : html`<span class="muted"> the device applies your choices when it is online</span>`}
       ${status && status.ok ? html`<span class="ok">${status.ok}</span>` : ""}
+    </form>
+    <form class="inline" data-retention onSubmit=${keep}>
+      <label for="days">The gateway keeps what it shares for</label>
+      <input id="days" name="days" size="5" inputmode="decimal" placeholder="no limit"
+        value=${footprint.retention_days == null ? "" : String(footprint.retention_days)} />
+      <span>days</span> <button type="submit">Keep</button>
     </form>
     <${ErrorLine} error=${status && status.error} />`;
 }
