@@ -91,9 +91,9 @@ class Context:
                 raise FeatureError("%s may not publish %r (not in its permissions)" % (self.name, k))
         report = self._host.reports.setdefault(self.name, {})
         report.update(fields)
-        off = self._host.off_fields.get(self.name)
-        if off:
-            for k in off:  # turned off by the owner: not kept at all
+        hide = self._host.rt.hide
+        if hide is not None and self.name in hide[5]:
+            for k in hide[5][self.name]:  # turned off by the owner: not kept at all
                 report.pop(k, None)
 
     def log(self, message):
@@ -140,7 +140,6 @@ class FeatureHost:
         self.broken = {}  # name -> why its package is unusable (this boot)
         self.set_id = "factory"  # which feature set runs: errors belong to it
         self.owners = {}  # actuator -> feature driving it
-        self.off_fields = {}  # feature -> its fields the owner turned off (pb/streams.py)
         self.settings = store.load("features", {}) or {}
         self.data = store.load("data", {}) or {}
         self.utc_offset_min = 0

@@ -32,7 +32,7 @@ def build(d):
         "ota": ota(d),
         "ts": d.now(),
         "utc_offset_min": d.features.utc_offset_min,
-        "streams": d.withheld,
+        "streams": d.hide[0] if d.hide is not None else {},
     }
 
 

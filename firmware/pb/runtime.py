@@ -72,10 +72,10 @@ class Device:
         self.features.utc_offset_min = config.get("utc_offset_min", 0)
         self.actuators = {}
         self.sensor_errors = {}
-        # what the owner keeps on the device (pb/streams.py sets these at boot)
-        self.withheld = {}  # stream -> local|off
-        self.hide_sensors = self.off_sensors = self.hide_actuators = ()
-        self.hide_fields = {}  # feature -> its fields not published
+        # what the owner keeps on the device (pb/streams.py apply): (withheld,
+        # sensors, sensors off, actuators, {feature: fields}, {feature: fields
+        # off}); None: nothing. Plain data: the code that made it is let go
+        self.hide = None
         self.sample_ms = config.get("sample_ms", 1000)
         self.telemetry_ms = config.get("telemetry_ms", 10000)
         b = config["broker"]
@@ -262,7 +262,7 @@ class Device:
     def sample(self):
         """Read every sensor once and hand the readings to the features."""
         got = []
-        off = self.off_sensors
+        off = self.hide[2] if self.hide is not None else ()
         for name in self.hal.sensors():
             if name in off:
                 continue  # the owner turned it off: not read at all
@@ -287,13 +287,14 @@ class Device:
     def shared(self):
         """(sensors, actuators, feature reports) as they may leave the
         device: without the streams its owner keeps on it."""
-        sensors, actuators, reports = self.features.readings, self.actuators, self.features.reports
-        if self.withheld:
-            sensors = _without(sensors, self.hide_sensors)
-            actuators = _without(actuators, self.hide_actuators)
-            fields = self.hide_fields
-            reports = {n: _without(r, fields[n]) if n in fields else r for n, r in reports.items()}
-        return sensors, actuators, reports
+        h = self.hide
+        if h is None:
+            return self.features.readings, self.actuators, self.features.reports
+        fields = h[4]
+        reports = {}
+        for n, r in self.features.reports.items():
+            reports[n] = _without(r, fields[n]) if n in fields else r
+        return _without(self.features.readings, h[1]), _without(self.actuators, h[3]), reports
 
     def publish_telemetry(self):
         self._seq += 1

@@ -2,7 +2,8 @@
 # send is a stream, its owner's choice `share` (published), `local` (used
 # on the device, never published) or `off` (not read at all: a sensor only;
 # a feature's field is then not kept either). Loaded at boot and for the
-# streams commands, let go after: the runtime keeps only what is withheld.
+# streams commands, let go after: the runtime keeps only plain data of
+# what is withheld (Device.hide), filtered by its own few lines.
 #
 # The record `streams` on flash holds a choice for every stream the device
 # knew when it was written, so that a stream an update brings starts
@@ -51,7 +52,7 @@ def load(d):
 
 def current(d):
     """Every stream's choice now (a device without the record: all shared)."""
-    withheld = d.withheld
+    withheld = d.hide[0] if d.hide is not None else {}
     return {p: withheld.get(p, "share") for p in sorted(known(d))}
 
 
@@ -82,7 +83,9 @@ def choose(d, asked):
 
 
 def apply(d, choices):
-    """What the runtime withholds, in the shapes its hot paths use."""
+    """What the runtime withholds, as Device.hide: (withheld, sensors,
+    sensors off, actuators, {feature: fields}, {feature: fields off}), or
+    None when every stream is shared."""
     withheld = {}
     sensors, off, actuators = set(), set(), set()
     fields = {}  # type: dict[str, set[str]]
@@ -104,12 +107,7 @@ def apply(d, choices):
             fields.setdefault(name, set()).add(field)
             if c == "off":
                 drop.setdefault(name, set()).add(field)
-    d.withheld = withheld
-    d.hide_sensors = sensors
-    d.off_sensors = off
-    d.hide_actuators = actuators
-    d.hide_fields = fields
-    d.features.off_fields = drop
+    d.hide = (withheld, sensors, off, actuators, fields, drop) if withheld else None
     for name in drop:
         report = d.features.reports.get(name)
         if report:

@@ -27,6 +27,7 @@ class Hal:
     name = "base"
 
     def __init__(self, board, root="."):
+        board.pop("streams", None)  # (what each stream tells, for owners: the gateway's, not RAM's)
         self.board = board
         self.root = root
         self.caps = board.get("capabilities", {})

@@ -124,16 +124,14 @@ def _take_time(u, payload):
     from ..compat import forget
 
     d = u.dev
+    d.spare(True)  # (what is kept for loading code on demand: this code)
     try:
         from . import clock
 
         if clock.keep(d.base, payload) and roomy(u):
-            d.spare(True)
-            try:
-                clock.settle(d.base, d.id, d.hal)
-            finally:
-                d.spare(False)
+            clock.settle(d.base, d.id, d.hal)
     except MemoryError:
         pass  # a heap too fragmented now: kept on flash, or the gateway sends another
     forget(("pb.ota.clock", "pb.ota.roots", "pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512"))
+    d.spare(False)
     u.idle()
