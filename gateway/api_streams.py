@@ -118,19 +118,29 @@ async def _put(request: web.Request) -> web.Response:
             "bad_retention",
             f"retention_days must be a number of days in (0, {MAX_RETENTION_DAYS:g}], or null",
         )
-    if "streams" not in body:  # the gateway's own: nothing for the device to do
+    if "streams" in body:
+        refused = await _choose(gw, d, body["streams"])
+        if refused is not None:
+            return refused
+    if "retention_days" in body:  # the gateway's own: nothing for the device to do
         gw.store.set_retention(dev, None if days is None else float(days), gw.clock.now())
-        return web.json_response(footprint(gw, d))
+    d = gw.store.device(dev) or d
+    return web.json_response(footprint(gw, d))
+
+
+async def _choose(gw: Gateway, d: DeviceRecord, streams: Any) -> web.Response | None:
+    """The owner's choices, checked, then applied by the device; None once
+    it has, else the answer that says why not."""
     try:
-        asked = st.check_choices(device_streams(gw, d), body["streams"])
+        asked = st.check_choices(device_streams(gw, d), streams)
     except st.ChoiceError as exc:
         return error_response(422, "bad_choice", str(exc))
     try:
-        reply = await gw.send_command(dev, "streams.set", {"streams": asked}, timeout=TIMEOUT_S)
+        reply = await gw.send_command(d.id, "streams.set", {"streams": asked}, timeout=TIMEOUT_S)
     except DeviceNotFoundError as exc:
         return error_response(404, "unknown_device", str(exc))
     except DeviceOfflineError:
-        return error_response(409, "offline", f"{dev} is offline: its choices change when it is online")
+        return error_response(409, "offline", f"{d.id} is offline: its choices change when it is online")
     except CommandTimeoutError as exc:
         return error_response(504, "timeout", str(exc))
     except GatewayError as exc:
@@ -139,10 +149,8 @@ async def _put(request: web.Request) -> web.Response:
         err = reply.get("error") or {}
         return error_response(422, "refused", f"the device refused: {err.get('message', 'no reason given')}")
     # the device's answer is what it now withholds: the gateway's view at once
-    now = reply.get("result", {}).get("streams")
+    result = reply.get("result")
+    now = result.get("streams") if isinstance(result, dict) else None
     if isinstance(now, dict):
-        gw.store.set_withheld(dev, {p: c for p, c in now.items() if c in ("local", "off")})
-    if "retention_days" in body:
-        gw.store.set_retention(dev, None if days is None else float(days), gw.clock.now())
-    d = gw.store.device(dev) or d
-    return web.json_response(footprint(gw, d))
+        gw.store.set_withheld(d.id, {str(p): c for p, c in now.items() if c in ("local", "off")})
+    return None
