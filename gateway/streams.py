@@ -72,12 +72,15 @@ def _mapping(v: Any) -> Mapping[str, Any]:
 def catalogue(board: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]) -> list[Stream]:
     """Every stream of a device of `board` running the features of
     `manifests` (name -> manifest): the runtime's, the board's sensors and
-    actuators, each feature's published fields."""
+    actuators and those of the add-ons it may be given, each feature's
+    published fields."""
     out = [Stream(p, "runtime", doc, "low", "share", True) for p, doc in NEEDED.items()]
     described = _mapping(board.get("streams"))
     caps = _mapping(board.get("capabilities"))
-    for name in sorted(caps):
-        kind = "sensor" if caps[name].get("kind") == "sensor" else "actuator"
+    addons = _mapping(board.get("addons"))  # (plugged in or not: docs/protocol.md 13)
+    every = {**{n: _mapping(c) for n, c in addons.items()}, **{n: _mapping(c) for n, c in caps.items()}}
+    for name in sorted(every):
+        kind = "sensor" if every[name].get("kind") == "sensor" else "actuator"
         path = f"{kind}s.{name}"
         out.append(_described(path, kind, described.get(path)))
     for feature in sorted(manifests):

@@ -116,6 +116,12 @@ def gather(
     return Inputs(h, board, current, candidate, heater_w)
 
 
+def plugged(inp: Inputs) -> list[str]:
+    """The add-ons plugged into the device, as its hello says: its twin has
+    them too (a feature that needs one runs there as it would on the device)."""
+    return [c for c in inp.history.caps if c in inp.board.get("addons", {})]
+
+
 class _NoHello:
     hello: dict[str, Any] = {}
 
@@ -241,6 +247,7 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> di
     disabled = [n for n, f_ in h.features.items() if isinstance(f_, dict) and f_.get("enabled") is False]
     spec = {
         "board": inp.board,
+        "addons": plugged(inp),
         "utc_offset_min": h.utc_offset_min,
         "start": float(s.t[0]),
         "end": float(s.t[-1]),
@@ -713,6 +720,7 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
         return _insufficient(Insufficient(poor), base)
     spec = {
         "board": inp.board,
+        "addons": plugged(inp),
         "utc_offset_min": h.utc_offset_min,
         "start": float(s.t[0]),
         "end": float(s.t[-1]),
