@@ -175,7 +175,16 @@ SCHEMAS: dict[str, Schema] = {
             "release": _OBJ,
             "state": {"enum": ["computing", "ready", "insufficient", "failed"]},
         },
-        {"reason": _opt(_STR), "metrics": _OBJ, "series": _OBJ, "fit": _OBJ, "record": _OBJ},
+        {
+            "reason": _opt(_STR),
+            "metrics": _OBJ,
+            "series": _OBJ,
+            "fit": _OBJ,
+            "record": _OBJ,
+            "withheld": _list(
+                _object({"stream": _STR, "choice": {"enum": ["local", "off"]}, "gives": _STR}, closed=True)
+            ),
+        },
     ),
     "OwnRetention": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "forever"}]},
     "Footprint": _object(

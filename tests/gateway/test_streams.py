@@ -19,7 +19,7 @@ from gateway.provision import board_for, initial_streams
 from gateway.retention import DAY_S, Periods, kept
 from gateway.service import Gateway
 from gateway.store import Store, TelemetryRow
-from gateway.streams import ChoiceError, catalogue, check_choices
+from gateway.streams import TWIN_GIVES, TWIN_NEEDS, ChoiceError, catalogue, check_choices, costs
 
 from ..support import messages
 from ..support.cli import permabeta
@@ -329,3 +329,17 @@ async def test_the_command_line_sets_a_stream_s_own_period_and_shows_each_stream
     done = await cli("--retention", "sensors.humidity=-2")
     assert done.returncode != 0 and "must be a number of days in (0, 36500], not -2" in done.stderr
     assert r.store.periods("th-1") == Periods(30.0, {"actuators.relay": None})
+
+
+def test_keeping_back_a_stream_the_twin_needs_is_shown_to_cost_the_preview_and_no_other_stream_is() -> None:
+    for model, needs in TWIN_NEEDS.items():
+        streams = [s for s in catalogue(board_for(model), {}) if not s.needed]
+        for s in streams:
+            c = costs(s, model, {}, {})
+            named = [x for x in c["local"] + c["off"] if "twin preview" in x]
+            if s.path in needs:
+                assert any("no twin preview of updates" in x for x in c["local"]), s.path
+                assert s.kind == "actuator" or any("twin preview" in x for x in c["off"]), s.path
+                assert s.path in TWIN_GIVES
+            else:
+                assert named == [], s.path
