@@ -466,6 +466,8 @@ class Store:
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = Path(path)
         self.schema = 0  # the version of the open database
+        # each device's periods at the last retention pass, and its time (expire_shared)
+        self._expired: dict[str, tuple[Periods, float]] = {}
         try:
             if readonly:
                 if not self.path.exists():
@@ -661,40 +663,49 @@ class Store:
                         "DELETE FROM telemetry WHERE device = ? AND received < ?", (dev, now - whole * DAY_S)
                     ).rowcount
                 changed += self._expire_values(dev, periods, now)
+            self._expired[dev] = (periods, now)
         return changed
 
     def _expire_values(self, dev: str, periods: Periods, now: float) -> int:
-        """Strip from dev's rows the values past their stream's period, a batch at a time."""
+        """Strip from dev's rows the values past their stream's period. Under
+        the periods of the last pass, only the rows that have come of age
+        since are read (a stream kept with no limit keeps old rows, which
+        are not read again every pass)."""
         whole = periods.whole_row_days
-        tests: list[str] = []
-        args: list[Any] = []
+        tests: list[tuple[float, str, list[Any]]] = []  # (days, which rows hold such values, its args)
         for path, days in periods.streams.items():
             if days is not None and (whole is None or days < whole) and '"' not in path:
-                tests.append("(received < ? AND json_type(data, ?) IS NOT NULL)")
-                args += [now - days * DAY_S, _json_path(path)]
+                tests.append((days, "json_type(data, ?) IS NOT NULL", [_json_path(path)]))
         if periods.device is not None and (whole is None or periods.device < whole):
             # (a value of any stream without a period of its own)
             own = list(periods.streams)
             marks = ", ".join("?" for _ in own)
-            tests.append(
-                f"""(received < ? AND (
-                    EXISTS (SELECT 1 FROM json_each(data, '$.sensors')
-                            WHERE 'sensors.' || key NOT IN ({marks}))
-                    OR EXISTS (SELECT 1 FROM json_each(data, '$.actuators')
-                               WHERE 'actuators.' || key NOT IN ({marks}))
-                    OR EXISTS (SELECT 1 FROM json_each(data, '$.features') AS f
-                               WHERE f.type != 'object' OR EXISTS (SELECT 1 FROM json_each(f.value) AS g
-                                   WHERE 'features.' || f.key || '.' || g.key NOT IN ({marks})))))"""
-            )
-            args += [now - periods.device * DAY_S, *own, *own, *own]
-        if not tests:
-            return 0
-        changed, last = 0, -1
+            test = f"""(
+                EXISTS (SELECT 1 FROM json_each(data, '$.sensors') WHERE 'sensors.' || key NOT IN ({marks}))
+                OR EXISTS (SELECT 1 FROM json_each(data, '$.actuators')
+                           WHERE 'actuators.' || key NOT IN ({marks}))
+                OR EXISTS (SELECT 1 FROM json_each(data, '$.features') AS f
+                           WHERE f.type != 'object' OR EXISTS (SELECT 1 FROM json_each(f.value) AS g
+                               WHERE 'features.' || f.key || '.' || g.key NOT IN ({marks}))))"""
+            tests.append((periods.device, test, [*own, *own, *own]))
+        last = self._expired.get(dev)
+        since = last[1] if last is not None and last[0] == periods else None
+        changed = 0
+        for days, test, args in tests:
+            low = -math.inf if since is None else since - days * DAY_S
+            changed += self._strip(dev, periods, now, (low, now - days * DAY_S), test, args)
+        return changed
+
+    def _strip(
+        self, dev: str, periods: Periods, now: float, span: tuple[float, float], test: str, args: list[Any]
+    ) -> int:
+        """retention.kept on dev's rows received within span that pass test, a batch at a time."""
+        changed, after = 0, (-math.inf, -1)
         while True:
             batch = self.db.execute(
-                "SELECT id, received, data FROM telemetry WHERE device = ? AND id > ?"
-                f" AND ({' OR '.join(tests)}) ORDER BY id LIMIT {_EXPIRE_BATCH}",
-                (dev, last, *args),
+                "SELECT id, received, data FROM telemetry WHERE device = ? AND received >= ? AND received < ?"
+                f" AND (received, id) > (?, ?) AND {test} ORDER BY received, id LIMIT {_EXPIRE_BATCH}",
+                (dev, *span, *after, *args),
             ).fetchall()
             if not batch:
                 return changed
@@ -705,7 +716,7 @@ class Store:
                 else:
                     self.db.execute("UPDATE telemetry SET data = ? WHERE id = ?", (_dumps(left), row_id))
                 changed += 1
-            last = batch[-1][0]
+            after = (batch[-1][1], batch[-1][0])
 
     def set_withheld(self, dev: str, withheld: dict[str, str]) -> None:
         """What the device answered it now keeps back (its reply to

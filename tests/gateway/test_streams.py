@@ -165,6 +165,26 @@ def test_a_stream_s_own_period_takes_only_its_values_from_the_rows_and_a_row_goe
         assert sorted(_by_age(store, "th-1")) == [1, 5]
 
 
+def test_a_row_loses_a_value_when_it_comes_of_age_between_passes_and_passes_read_only_those(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "gw.db") as store:
+        store.upsert_hello("th-1", messages.hello("th-1"), NOW)
+        _rows(store, "th-1", [1, 1.4])
+        store.set_retention("th-1", 30, NOW)
+        store.set_stream_retention("th-1", {"sensors.humidity": 2, "actuators.relay": "forever"}, NOW)
+        assert store.expire_shared(NOW) == 0
+        assert store.expire_shared(NOW + 0.7 * DAY_S) == 1  # (the row of 1.4 days is 2.1 days old)
+        assert store.expire_shared(NOW + 0.8 * DAY_S) == 0
+        assert store.expire_shared(NOW + 1.1 * DAY_S) == 1
+        assert all("humidity" not in r.data["sensors"] for r in store.telemetry("th-1", 10))
+    with Store(tmp_path / "gw.db") as store:  # (the gateway started again: a whole pass first)
+        assert store.expire_shared(NOW + 40 * DAY_S) == 2
+        left = store.telemetry("th-1", 10)
+        assert [r.data["actuators"] for r in left] == [{"relay": True}] * 2
+        assert all(r.data["sensors"] == {} and r.data["features"] == {} for r in left)
+
+
 ages = st.floats(min_value=0, max_value=1000, allow_nan=False)
 periods = st.one_of(st.none(), st.floats(min_value=0.01, max_value=800))
 
