@@ -391,6 +391,39 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     assert unexpected(errors) == [] and unexpected(maker_errors) == []
 
 
+async def test_an_owner_who_keeps_back_what_the_twin_needs_is_told_which_stream_and_where_to_share_it(
+    home: Home, browser: Browser, shots: Shots, keys: Keys, tmp_path: Path
+) -> None:
+    gw, url = home.r.gw, home.r.url
+    mine = home.devices[0]  # (two days of a past: what the twin would be fitted to)
+    features = firmware_dir() / "features"
+    eco = build(
+        "thermostat", [features / "thermostat", features / "eco"], "2.0.0", tmp_path / "r2", 2, keys=keys
+    )
+    gw.ota.releases.add(eco.path, time.time())
+    table = SettingsTable(home.r.store)
+    table.save(replace(table.get(mine), policy="ask"), time.time())
+    gw.rollouts.create("thermostat@2", f"id={mine}", stages=(1.0,), soak_s=5, no_revert=True, seed=1)
+    page, errors = await log_in(browser, url, "ann")
+    await page.goto(f"{url}/app/#/device/{mine}")
+    # what keeping the heater's relay back costs, said before the owner chooses it
+    relay = page.locator("[data-streams] [data-stream='actuators.relay']")
+    await page.get_by_label("choice for actuators.relay").select_option("local")
+    await expect(relay).to_contain_text("no twin preview of updates")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(relay).to_have_attribute("data-choice", "local")
+    await page.locator("[data-offer='thermostat@2']").get_by_role("link", name="Look at it").click()
+    said = page.locator("[data-preview='insufficient']")
+    await expect(said).to_contain_text("No preview while its twin lacks what you keep back", timeout=120_000)
+    await expect(said).to_contain_text("actuators.relay is kept on the device by the owner's choice")
+    await expect(said).to_contain_text("how fast it warms the room")
+    await expect(said.locator("[data-withheld]")).to_contain_text("Share actuators.relay again under")
+    await shots.take(page, "preview-lacks-the-relay")
+    await said.get_by_role("link", name="Your data").click()
+    await expect(page.locator("[data-streams] [data-stream='actuators.relay']")).to_be_visible()
+    assert unexpected(errors) == []
+
+
 async def test_a_maker_sees_the_judge_s_looks_charted(
     start_gateway: StartGateway, keys: Keys, browser: Browser, shots: Shots, tmp_path: Path
 ) -> None:

@@ -139,8 +139,8 @@ function Preview({ id, release }) {
           : "Not enough of a record for a preview:"}</b>
       <ul>${reasons.map((r) => html`<li>${r}</li>`)}</ul>
       ${p.withheld && p.withheld.length
-        ? html`<p data-withheld>Share ${p.withheld.map((w) => w.stream).join(" and ")} again under
-            <a href=${"#/device/" + encodeURIComponent(id)}>Your data</a> for a preview.</p>`
+        ? html`<p data-withheld>Share ${p.withheld.map((w) => w.stream).join(" and ")} again under <a
+            href=${"#/device/" + encodeURIComponent(id)}>Your data</a> for a preview.</p>`
         : ""}</div>`;
   }
   const metrics = Object.entries(p.metrics || {});
