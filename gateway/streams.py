@@ -31,6 +31,13 @@ TWIN_NEEDS: dict[str, tuple[str, ...]] = {
     "thermostat": ("sensors.temperature", "actuators.relay"),
     "shirt": ("sensors.humidity", "actuators.vent"),
 }
+# ... and what each gives it: what sharing the stream again would give the preview
+TWIN_GIVES: dict[str, str] = {
+    "sensors.temperature": "the room's temperature, the twin of the room is fitted to it",
+    "actuators.relay": "when the heater ran, from which the twin learns how fast it warms the room",
+    "sensors.humidity": "the skin's humidity, the twin of the skin under the shirt is fitted to it",
+    "actuators.vent": "how far the vent opened, from which the twin learns how it dries the skin",
+}
 UNDESCRIBED = "Not described by its maker."
 
 
@@ -127,6 +134,17 @@ def withheld(hello: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(s, Mapping):
         return {}
     return {str(p): c for p, c in s.items() if c in ("local", "off")}
+
+
+def twin_withheld(model: str, held: Mapping[str, str]) -> list[dict[str, str]]:
+    """The streams a `model`'s twin is fitted from that the device keeps back
+    (held: withheld()), each with the owner's choice and what sharing it
+    would give the preview; none: the twin has what it needs."""
+    return [
+        {"stream": p, "choice": held[p], "gives": TWIN_GIVES.get(p, "what the twin is fitted from")}
+        for p in TWIN_NEEDS.get(model, ())
+        if p in held
+    ]
 
 
 def costs(
