@@ -109,6 +109,7 @@ class ProcessDevice:
             self.plugged_in.add(addon)
         else:
             self.plugged_in.discard(addon)
+        self.step(self.clock.now(), 0.0)  # (the sensor file at once: a fleet steps it, a board alone not)
 
     @property
     def running(self) -> bool:

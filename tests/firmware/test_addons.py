@@ -177,3 +177,47 @@ def test_on_a_board_the_addons_capabilities_come_from_the_board_file(tmp_path: P
     assert hal.caps["co2"]["part"] == "CO2 sensor" and hal.read("co2") == 640.0
     missing = HostHal(json.loads(path.read_text()), str(tmp_path), str(tmp_path / "gone.json"))
     assert not plug(missing, ["co2"]) and missing.plugged == ()  # unreadable now: the next look tries again
+
+
+class _Bus:
+    """An I2C bus of the ESP32 (machine.I2C): what answers where, and what was written."""
+
+    def __init__(self, answering: list[int]) -> None:
+        self.answering = answering
+        self.writes: list[tuple[int, int, bytes]] = []
+
+    def scan(self) -> list[int]:
+        return list(self.answering)
+
+    def writeto_mem(self, addr: int, reg: int, data: bytes) -> None:
+        self.writes.append((addr, reg, bytes(data)))
+
+
+def test_on_the_esp32_an_addon_is_found_where_it_answers_on_its_bus(tmp_path: Path, monkeypatch: Any) -> None:
+    """The ESP32 backend's bus scan against the board's table of parts (the
+    board's I2C peripheral stands in: no ESP32 here); a second vent's servo
+    driver, once found, drives its channel."""
+    import sys
+    import types
+
+    from firmware.pb.addons import plug
+    from firmware.pb.hal.esp32 import Esp32Hal
+
+    bus = _Bus([0x40])
+    machine = types.ModuleType("machine")
+    machine.Pin = lambda n, *a: n  # type: ignore[attr-defined]
+    machine.I2C = lambda i, scl, sda: bus  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "machine", machine)
+    import time
+
+    monkeypatch.setattr(time, "sleep_ms", lambda ms: None, raising=False)  # (MicroPython's)
+    path = firmware_dir() / "boards" / "shirt-v1.json"
+    hal = Esp32Hal(json.loads(path.read_text()), str(tmp_path), str(path))
+    assert hal.scan() == ["vent2"] and plug(hal, hal.scan()) and "vent2" in hal.actuators()
+    hal.write("vent2", 50)
+    # PCA9685 at 0x40: the prescaler for 50 Hz, then channel 0's off count for 1.5 ms
+    assert (0x40, 0xFE, bytes([121])) in bus.writes
+    assert bus.writes[-1] == (0x40, 0x06, bytes([0, 0, 307 & 0xFF, 307 >> 8]))
+    bus.answering = []
+    assert hal.scan() == []  # pulled out: its driver starts afresh when it is back
+    assert "vent2" not in hal._drivers

@@ -7,6 +7,8 @@ probe is plugged in, and stops cleanly when it is pulled out."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from ota.keys import Keys
 from ota.release import build
 
 from ..gateway.conftest import start_gateway  # noqa: F401 (the fixture, used here too)
+from ..support.mosquitto import Mosquitto
 from ..support.wait import async_wait_for
-from .conftest import FEATURES, MakeDevice
+from .conftest import FEATURES, MakeDevice, Rig, unix_port_board
 from .test_owners_say import Owners, owners  # noqa: F401 (the fixture, used here too)
 
 PROBE = "outdoor temperature probe (outdoor_temperature)"
@@ -148,3 +151,42 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
         lambda: any(k == "feature_waiting" for k, _, _ in events(owners, bare.id)), 5, what="said so"
     )
     assert not [e for e in events(owners, bare.id) if e[0].endswith("_error")]
+
+
+async def test_on_the_unix_port_weather_waits_then_runs_once_the_probe_is_plugged_in(
+    rig: Rig, mosquitto: Mosquitto, keys: Keys, tmp_path: Path
+) -> None:
+    """The same on MicroPython (128 KB heap): the release installs without the
+    probe and commits, weather waiting; plugged in, the board finds it at its
+    next look (the sensor file names it: pb/hal/host.py) and weather runs."""
+    rel = build(
+        "thermostat", [FEATURES / "thermostat", FEATURES / "weather"], "2.1.0", tmp_path / "r", 2, keys=keys
+    )
+    stored = rig.publish(rel.path)
+    board = unix_port_board(mosquitto, tmp_path, keys.root_bytes)
+    task = asyncio.create_task(board.run(), name="board")
+    try:
+        await async_wait_for(lambda: rig.gw.is_online(board.id), 30, what="the board online")
+        u = await rig.update(board, stored, 120)  # type: ignore[arg-type]
+        assert u.state == "committed", (u, board.log_text()[-3000:])
+
+        def weather() -> dict[str, Any]:
+            d = rig.gw.store.device(board.id)
+            return dict(d.features.get("weather") or {}) if d is not None else {}
+
+        await async_wait_for(lambda: weather().get("waiting") == ["outdoor_temperature"], 30, what="waiting")
+        board.plug("outdoor_temperature")
+        await async_wait_for(
+            lambda: weather().get("running") is True, 40, what="weather running on the board"
+        )
+        d = rig.gw.store.device(board.id)
+        assert d is not None and d.hello["addons"] == ["outdoor_temperature"]
+        assert "feature weather waits for outdoor_temperature" in board.log_text()
+        assert not [e for e in rig.gw.store.events(board.id, 50) if e["kind"] == "feature_error"]
+    finally:
+        board.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 15)
+        if not task.done():
+            board.power_cut()
+            task.cancel()

@@ -64,18 +64,17 @@ class Thermostat:
         return base + self.offset
 
     def on_offset(self, value):
-        self._shift("offset", value, -MAX_OFFSET, MAX_OFFSET)
-
-    def on_lead(self, value):
-        self._shift("lead", value, 0, MAX_LEAD)
-
-    def _shift(self, name, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
-        setattr(self, name, max(lo, min(hi, value)))
+        self.offset = max(-MAX_OFFSET, min(MAX_OFFSET, value))
         t = self.ctx.read("temperature")
         if t is not None:
             self.on_temperature(t)
+
+    def on_lead(self, value):
+        # (taken at the next reading, a second or so away)
+        if type(value) in (int, float):
+            self.lead = max(0, min(MAX_LEAD, value))
 
     def on_temperature(self, t):
         cfg = self.ctx.config
