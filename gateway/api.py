@@ -123,6 +123,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     from . import (
         api_accounts,
         api_footprint,
+        api_homeassistant,
         api_owners,
         api_rollouts,
         api_sessions,
@@ -136,6 +137,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     app.add_routes(api_owners.routes())
     app.add_routes(api_footprint.routes())
     app.add_routes(api_streams.routes())
+    app.add_routes(api_homeassistant.routes())
     app.add_routes(api_twin.routes())
     webapp.setup(app)
     api_accounts.setup(app)

@@ -69,6 +69,7 @@ TABLES: tuple[Table, ...] = (
     Table("device_claims", "device = :dev", forget="keep"),  # (the code on the box claims it again)
     Table("device_forgotten", "device = :dev", forget="keep"),
     Table("data_retention", "device = :dev"),
+    Table("ha_links", "device = :dev", "since"),
     Table("telemetry", "device = :dev", "received", "id"),
     Table("events", "device = :dev", "received", "id"),
     Table("commands", "device = :dev", "sent", "sent"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -317,6 +317,15 @@ CREATE TABLE data_retention (
     device TEXT PRIMARY KEY,
     days REAL NOT NULL CHECK (days > 0),
     set_at REAL NOT NULL
+);
+""",
+    # 13: the devices their owners linked to Home Assistant (gateway/ha_bridge.py,
+    # docs/protocol.md 13): the gateway bridges them while their owner keeps them
+    13: """
+CREATE TABLE ha_links (
+    device TEXT PRIMARY KEY,
+    account INTEGER NOT NULL,       -- the owner who linked it
+    since REAL NOT NULL
 );
 """,
 }

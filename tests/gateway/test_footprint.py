@@ -78,6 +78,7 @@ def _fill(store: Store, dev: str, t: float) -> None:
     )
     db.execute("INSERT INTO twin_devices (device, heater_w, updated) VALUES (?, 2000, ?)", (dev, t + 8))
     db.execute("INSERT INTO data_retention (device, days, set_at) VALUES (?, 30, ?)", (dev, t + 8))
+    db.execute("INSERT INTO ha_links (device, account, since) VALUES (?, ?, ?)", (dev, t, t + 8))
     rid = f"r{int(t)}"  # (ids that name no device)
     db.execute(
         "INSERT INTO rollouts (id, release, ref, model, cohort, stages, soak, max_failure_rate, metrics,"
@@ -213,7 +214,7 @@ def test_a_database_of_schema_10_gets_the_tables_of_11_and_12_with_nothing_forgo
     with Store(tmp_path / "gw.db", readonly=True) as old:  # (read as it is)
         assert old.schema == 10 and not old.forgotten(A) and old.forgotten_devices() == set()
     with Store(tmp_path / "gw.db") as store:
-        assert store.schema == 12 and store.forgotten_devices() == set()
+        assert store.schema == 13 and store.forgotten_devices() == set()
         assert store.retention(A) is None and store.expire_shared(1e12) == 0
         assert len(_export(store, A)["tables"]["telemetry"]) == 1
         forget(store, A, [], 2000.0)

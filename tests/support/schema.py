@@ -14,6 +14,7 @@ _UNDO = {
     10: "DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;",
     11: "DROP TABLE device_forgotten; DROP TABLE rollout_forgotten;",
     12: "DROP TABLE data_retention;",
+    13: "DROP TABLE ha_links;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 
