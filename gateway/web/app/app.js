@@ -4,6 +4,7 @@ import { html, render, useState, useEffect, useCallback } from "./vendor/preact-
 import { TimeChart, BarChart, dateTime } from "./charts.js";
 import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
 import { Streams } from "./streams.js";
+import { HomeAssistant } from "./homeassistant.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
 export function shown(v) {
@@ -185,6 +186,8 @@ function Device({ id }) {
     <${Features} id=${id} device=${device} />
     <h2>Your data</h2>
     <${Streams} id=${id} online=${device.online} />
+    <h2>Home Assistant</h2>
+    <${HomeAssistant} id=${id} />
     <h2>Updates</h2>
     <${Policy} id=${id} />
     <${History} updates=${updates} />
