@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import Any
 
-from .paths import db_of, default_db
+from .paths import default_db
 
 
 def link_text(a: dict[str, Any]) -> str:
@@ -24,7 +24,8 @@ def link_text(a: dict[str, Any]) -> str:
 def cmd_link(args: argparse.Namespace) -> int:
     from .client import ApiClient
 
-    client = ApiClient.from_db(db_of(args))
+    # (the owner's: its kept credentials, `permabeta login`; --db is the gateway's own token, an admin's)
+    client = ApiClient.for_args(args)
     answer = client.request("PUT", f"/api/v1/devices/{args.id}/homeassistant", {"linked": args.linked})
     print(json.dumps(answer, indent=2) if args.json else link_text(answer))
     return 0

@@ -13,9 +13,11 @@ import asyncio
 import json
 import queue
 import secrets
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from gateway.errors import ConfigError
 from gateway.provision import provision_into
 
 from ..conftest import unique_id
+from ..support.cli import permabeta, run_cli
 from ..support.mosquitto import Mosquitto
 from ..support.mqtt import TestClient
 from ..support.wait import async_wait_for
@@ -145,7 +148,9 @@ def test_a_bridge_command_is_checked_for_its_shape() -> None:
             ha.checked_setpoint(absurd, (5.0, 30.0))
 
 
-def test_no_device_may_take_the_name_of_home_assistant_s_account(tmp_path: Any, mosquitto: Mosquitto) -> None:
+def test_no_device_may_take_the_name_of_home_assistant_s_account(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     with pytest.raises(ConfigError, match="reserved"):
         provision_into(tmp_path / "d", "thermostat", HA_USER, mosquitto.url, password="x" * 12)
 
@@ -477,3 +482,29 @@ async def test_hostile_bridge_commands_stop_nothing_and_reach_no_device(bridge: 
         assert gw.homeassistant.stats["commands"] == 1
     finally:
         hass.close()
+
+
+async def test_the_owner_links_and_unlinks_from_the_command_line(bridge: Bridge, tmp_path: Path) -> None:
+    accounts = Accounts(bridge.r.store)
+    accounts.create("cleo", "owner", "cleo-password-1", 1.0)
+    th = await bridge.device("cleo")
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+    async def cli(*words: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run_cli, *words, stdin=stdin, env=env)
+
+    done = await cli("login", bridge.r.url, "--name", "cleo", "--password-stdin", stdin="cleo-password-1\n")
+    assert done.returncode == 0, done.stderr
+    done = await cli("devices", "link-ha", th.id)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{th.id}: linked to Home Assistant")
+    assert "climate.thermostat" in done.stdout
+    assert bridge.r.gw.homeassistant.links.valid(th.id) is not None
+    done = await cli("devices", "unlink-ha", th.id, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["linked"] is False
+    assert bridge.r.gw.homeassistant.links.get(th.id) is None
+    # the gateway's own token (an admin's) is not the owner's
+    done = await asyncio.to_thread(permabeta, bridge.r.store.path, "devices", "link-ha", th.id)
+    assert done.returncode != 0 and "only the device's owner" in done.stderr
+    assert bridge.r.gw.homeassistant.links.get(th.id) is None
