@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import queue
 import secrets
 import subprocess
@@ -22,6 +23,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import homeassistant as ha
 from gateway.accounts import Accounts, new_claim_code
@@ -146,6 +149,27 @@ def test_a_bridge_command_is_checked_for_its_shape() -> None:
     for absurd in (4.9, 30.01, -273.15, 1e9):
         with pytest.raises(ha.CommandError, match="outside 5-30"):
             ha.checked_setpoint(absurd, (5.0, 30.0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["pbha", "set", "th-1", "setpoint", "mode", "install", "+", "#", "", "x" * 40]),
+        max_size=6,
+    ),
+    st.binary(max_size=80) | st.sampled_from([b"22", b"1e400", b"-0", b"heat", b"install", b"NaN"]),
+)
+def test_any_topic_and_payload_is_a_checked_command_or_refused(parts: list[str], payload: bytes) -> None:
+    topic = "/".join(parts)
+    try:
+        cmd = ha.parse_command(topic, payload)
+    except ha.CommandError:
+        return
+    assert topic == ha.command_topic(cmd.dev, cmd.command) and cmd.command in ha.COMMANDS
+    if cmd.command == "setpoint":
+        assert isinstance(cmd.value, float) and math.isfinite(cmd.value)
+    else:
+        assert cmd.value in (*ha.HVAC_MODES, ha.INSTALL)
 
 
 def test_no_device_may_take_the_name_of_home_assistant_s_account(
