@@ -277,7 +277,7 @@ class HomeAssistantBridge:
         data was forgotten), once everything published before is; whether
         all of them were, within CLEAR_TIMEOUT_S."""
         dropped = self.stats["dropped"]
-        self._clear_topics(dev, force=True)
+        self._clear_topics(dev)
         mark = _Flushed()
         try:
             async with asyncio.timeout(CLEAR_TIMEOUT_S):
@@ -287,20 +287,19 @@ class HomeAssistantBridge:
             return False
         return self.stats["dropped"] == dropped  # (any publish dropped meanwhile: perhaps one of these)
 
-    def _clear_topics(self, dev: str, force: bool = False) -> None:
-        """Empty retained messages on dev's topics (force: on every topic
-        the bridge may have written, not only those it knows it did): its
-        configs first, so that Home Assistant removes its entities before
-        their values go."""
+    def _clear_topics(self, dev: str) -> None:
+        """Empty retained messages on every topic the bridge may have written
+        for dev (not only those it knows it did: the broker may keep some
+        from before the gateway's start): its configs first, so that Home
+        Assistant removes its entities before their values go."""
         self._linked.pop(dev, None)
         self._withheld.pop(dev, None)
-        shown = self._shown.pop(dev, {})
+        self._shown.pop(dev, None)
         for t in [*ha.all_config_topics(dev), *(ha.topic(dev, n) for n in ha.STATE_NAMES)]:
-            if force or shown.get(t):
-                try:
-                    self._out.put_nowait((t, b""))
-                except asyncio.QueueFull:
-                    self.stats["dropped"] += 1
+            try:
+                self._out.put_nowait((t, b""))
+            except asyncio.QueueFull:
+                self.stats["dropped"] += 1
 
     # ---- commands from Home Assistant ---------------------------------------
 
