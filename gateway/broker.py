@@ -297,8 +297,10 @@ def mosquitto_config(
 ) -> MosquittoFiles:
     """Write mosquitto.conf, a password file and an ACL file into directory.
 
-    users maps user name to password; the gateway's user is GATEWAY_USER and
-    every other user is a device whose user name is its device id. Started
+    users maps user name to password; the gateway's user is GATEWAY_USER,
+    Home Assistant's HA_USER (give it a password to let Home Assistant in:
+    docs/protocol.md 13), and every other user is a device whose user name
+    is its device id. Started
     as root, Mosquitto switches to the user run_as, who must be able to read
     the files. operators: users of users with the gateway's rights besides
     GATEWAY_USER (a second gateway worker, a monitor), each its own account.
