@@ -39,7 +39,7 @@ browser: $(STAMP) $(WEB_STAMP) system-deps
 	@sh .ci/system-deps chromium:chromium
 	$(BIN)/python -m pytest -q -m browser
 
-# The Home Assistant bridge against a real Home Assistant (docs/protocol.md 13), in a virtual
+# The Home Assistant bridge against a real Home Assistant (docs/protocol.md 14), in a virtual
 # environment of its own built from pinned requirements: its last release for Python 3.11 and
 # everything it would install at its first start (the tests start it with --skip-pip).
 HA_VENV := .venv-ha

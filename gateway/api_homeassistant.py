@@ -1,4 +1,4 @@
-"""A device's link to Home Assistant through the API (docs/protocol.md 13):
+"""A device's link to Home Assistant through the API (docs/protocol.md 14):
 whether it is linked and the entities Home Assistant is shown of it
 (`GET /devices/{id}/homeassistant`), and its owner's link or unlink
 (`PUT`, body {"linked": true|false}).

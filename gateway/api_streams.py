@@ -1,8 +1,9 @@
 """A device's data footprint through the API (docs/protocol.md 12 and 10):
 its streams, what each tells, the owner's choice and what keeping it back
-costs (`GET /devices/{id}/streams`), and the owner's change of choices
-(`PUT`), carried out by the device itself (`streams.set`) before it is
-shown as made.
+costs, how long the gateway keeps each and how much it holds
+(`GET /devices/{id}/streams`), and the owner's change of choices (`PUT`),
+carried out by the device itself (`streams.set`) before it is shown as
+made, and of periods (gateway/retention.py), the gateway's own.
 
 Only the device's owner changes its choices; a device nobody has claimed
 is its maker's to set up."""
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import retention
 from . import streams as st
 from .api import GATEWAY, error_response, json_body
 from .api_accounts import accounts_of, principal
@@ -23,7 +25,6 @@ from .service import Gateway
 from .store import DeviceRecord
 
 TIMEOUT_S = 10.0
-MAX_RETENTION_DAYS = 36500.0
 
 
 def routes() -> list[web.RouteDef]:
@@ -59,23 +60,29 @@ def device_streams(gw: Gateway, d: DeviceRecord) -> list[st.Stream]:
 
 
 def footprint(gw: Gateway, d: DeviceRecord) -> dict[str, Any]:
-    """The device's streams as its owner is shown them."""
+    """The device's streams as its owner is shown them, with how long the
+    gateway keeps each and how much of it it holds."""
     manifests = manifests_of(gw, d)
     catalogue = device_streams(gw, d)
     held = st.withheld(d.hello)
     fields, reads = st.metric_fields(manifests), st.readers(manifests)
     known = "streams" in d.hello  # a device from before choices shares every stream
     stored = gw.store.stream_counts(d.id, [s.path for s in catalogue if not s.needed and '"' not in s.path])
+    periods = gw.store.periods(d.id)
     return {
         "device": d.id,
         "choices_known": known,
-        "retention_days": gw.store.retention(d.id),
+        "retention_days": periods.device,
         "streams": [
             s.to_dict()
             | {
                 "choice": "share" if s.needed else held.get(s.path, "share"),
                 "costs": st.costs(s, d.model or "", fields, reads),
-                "stored": stored.get(s.path, 0),
+                "stored": stored.get(s.path, (0, None))[0],
+                "oldest": stored.get(s.path, (0, None))[1],
+                # (the runtime's own messages are not telemetry: no period applies)
+                "retention_days": None if s.needed else periods.of(s.path),
+                "retention_own": None if s.needed else periods.own(s.path),
             }
             for s in catalogue
         ],
@@ -90,9 +97,17 @@ async def _get(request: web.Request) -> web.Response:
     return web.json_response(footprint(gw, d))
 
 
+_BODY = (
+    "body must be {'streams': {stream: share, local or off}}, {'retention_days': days or null} "
+    "and/or {'retention': {stream: days, 'forever' or null}}"
+)
+
+
 async def _put(request: web.Request) -> web.Response:
     """Body {"streams": {path: share|local|off}}: sent to the device, which
-    applies them; answered with the footprint as it then stands."""
+    applies them; {"retention_days"} and {"retention": {path: days}}: the
+    gateway's own. All checked before anything changes; answered with the
+    footprint as it then stands."""
     gw = request.app[GATEWAY]
     dev = request.match_info["id"]
     d = gw.store.device(dev)
@@ -103,27 +118,22 @@ async def _put(request: web.Request) -> web.Response:
     if owner is not None and owner != who.id:
         return error_response(403, "forbidden", "only the device's owner chooses what data leaves it")
     body = await json_body(request)
-    if not isinstance(body, dict) or not body or not set(body) <= {"streams", "retention_days"}:
-        return error_response(
-            400,
-            "bad_request",
-            "body must be {'streams': {stream: share, local or off}} and/or {'retention_days': days or null}",
-        )
-    days = body.get("retention_days")
-    if days is not None and (
-        isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_RETENTION_DAYS
-    ):
-        return error_response(
-            422,
-            "bad_retention",
-            f"retention_days must be a number of days in (0, {MAX_RETENTION_DAYS:g}], or null",
-        )
+    if not isinstance(body, dict) or not body or not set(body) <= {"streams", "retention_days", "retention"}:
+        return error_response(400, "bad_request", _BODY)
+    try:
+        days = retention.check_device(body.get("retention_days"))
+        own = retention.check_streams(device_streams(gw, d), body["retention"]) if "retention" in body else {}
+    except retention.RetentionError as exc:
+        return error_response(422, "bad_retention", str(exc))
     if "streams" in body:
         refused = await _choose(gw, d, body["streams"])
         if refused is not None:
             return refused
-    if "retention_days" in body:  # the gateway's own: nothing for the device to do
-        gw.store.set_retention(dev, None if days is None else float(days), gw.clock.now())
+    # the gateway's own: nothing for the device to do
+    with gw.store.transaction():
+        if "retention_days" in body:
+            gw.store.set_retention(dev, days, gw.clock.now())
+        gw.store.set_stream_retention(dev, own, gw.clock.now())
     d = gw.store.device(dev) or d
     return web.json_response(footprint(gw, d))
 

@@ -147,7 +147,7 @@ DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/req", "ot
 DEVICE_READS = ("cmd", "ota/offer", "ota/chunk", "ota/root", "ota/time")
 
 
-# Home Assistant's account (docs/protocol.md 13): it reads the discovery configs
+# Home Assistant's account (docs/protocol.md 14): it reads the discovery configs
 # and the bridge's topics, and writes only the bridge's commands, which the
 # gateway checks before any reaches a device. Its explicit deny comes first:
 # the device patterns below would otherwise let any user, this one too, write
@@ -299,7 +299,7 @@ def mosquitto_config(
 
     users maps user name to password; the gateway's user is GATEWAY_USER,
     Home Assistant's HA_USER (give it a password to let Home Assistant in:
-    docs/protocol.md 13), and every other user is a device whose user name
+    docs/protocol.md 14), and every other user is a device whose user name
     is its device id. Started
     as root, Mosquitto switches to the user run_as, who must be able to read
     the files. operators: users of users with the gateway's rights besides

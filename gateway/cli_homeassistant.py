@@ -1,5 +1,5 @@
 """`permabeta devices link-ha ID` and `unlink-ha ID`: the owner links a
-device to Home Assistant, or unlinks it (docs/protocol.md 13), through the
+device to Home Assistant, or unlinks it (docs/protocol.md 14), through the
 running gateway, which publishes or clears its entities."""
 
 from __future__ import annotations

@@ -125,11 +125,17 @@ def preview_text(p: dict[str, Any]) -> str:
         return "\n".join(lines)
     if p["state"] in ("insufficient", "failed"):
         reasons = p.get("reasons") or [p.get("reason") or "?"]
-        word = "too short or too poor for a twin" if p["state"] == "insufficient" else "failed"
-        lines.append(
-            f"no numbers: the record is {word}:" if p["state"] == "insufficient" else "the preview failed:"
-        )
+        held = [w["stream"] for w in p.get("withheld") or []]
+        if p["state"] == "failed":
+            lines.append("the preview failed:")
+        elif held:  # (not the record's fault: the owner's choice, which the owner can change)
+            lines.append("no numbers: the twin lacks what the device keeps back:")
+        else:
+            lines.append("no numbers: the record is too short or too poor for a twin:")
         lines += [f"  - {r}" for r in reasons]
+        if held:
+            shared = " ".join(f"{path}=share" for path in held)
+            lines.append(f"share it again: permabeta devices streams {p['device']} {shared}")
         return "\n".join(lines)
     metrics = p.get("metrics") or {}
     now_h = f"now ({cur.get('ref', 'current')})"

@@ -69,6 +69,7 @@ TABLES: tuple[Table, ...] = (
     Table("device_claims", "device = :dev", forget="keep"),  # (the code on the box claims it again)
     Table("device_forgotten", "device = :dev", forget="keep"),
     Table("data_retention", "device = :dev"),
+    Table("stream_retention", "device = :dev", order="stream"),
     Table("ha_links", "device = :dev", "since"),
     Table("telemetry", "device = :dev", "received", "id"),
     Table("events", "device = :dev", "received", "id"),
@@ -159,8 +160,11 @@ def snapshot(path: Path) -> Iterator[Store]:
 
 
 def head(store: Store, dev: str, now: float, since: float | None) -> dict[str, Any]:
-    """What an export says of itself."""
-    return {"device": dev, "exported_at": now, "schema": store.schema, "since": since}
+    """What an export says of itself, and how long the gateway keeps what
+    the device shares (`retention`: the device's days, each stream's own)."""
+    periods = store.periods(dev)
+    retention = {"days": periods.device, "streams": {p: periods.own(p) for p in sorted(periods.streams)}}
+    return {"device": dev, "exported_at": now, "schema": store.schema, "since": since, "retention": retention}
 
 
 def json_export(store: Store, dev: str, now: float, since: float | None = None) -> Iterator[bytes]:
@@ -200,11 +204,17 @@ class _Sink(io.RawIOBase):
 
 
 def csv_export(store: Store, dev: str, now: float, since: float | None = None) -> Iterator[bytes]:
-    """A zip of `export.csv` (head() as rows of key and value) and one
+    """A zip of `export.csv` (head() as rows of key and value, an object as
+    JSON) and one
     `<table>.csv` per table, its column names first; NULL is an empty cell."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:
-        meta = [list(head(store, dev, now, since).items())]
+        meta = [
+            [
+                (k, json.dumps(v) if isinstance(v, dict) else v)
+                for k, v in head(store, dev, now, since).items()
+            ]
+        ]
         for _ in _csv_entry(zf, "export.csv", ["key", "value"], meta):
             yield sink.take()
         for name, columns, batches in tables(store, dev, since):

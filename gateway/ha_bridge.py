@@ -1,4 +1,4 @@
-"""The gateway's bridge to Home Assistant (docs/protocol.md 13): for each
+"""The gateway's bridge to Home Assistant (docs/protocol.md 14): for each
 device its owner linked, the discovery configs of its entities, its values
 as they come, its availability and its update, all retained (Home Assistant
 subscribes a moment after it registers an entity); and Home Assistant's

@@ -1,4 +1,4 @@
-"""Home Assistant's view of a linked device (docs/protocol.md 13): the MQTT
+"""Home Assistant's view of a linked device (docs/protocol.md 14): the MQTT
 discovery configs of its entities, the bridge's state messages, and the
 commands Home Assistant may send back, checked before anything reaches a
 device.

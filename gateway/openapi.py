@@ -175,8 +175,18 @@ SCHEMAS: dict[str, Schema] = {
             "release": _OBJ,
             "state": {"enum": ["computing", "ready", "insufficient", "failed"]},
         },
-        {"reason": _opt(_STR), "metrics": _OBJ, "series": _OBJ, "fit": _OBJ, "record": _OBJ},
+        {
+            "reason": _opt(_STR),
+            "metrics": _OBJ,
+            "series": _OBJ,
+            "fit": _OBJ,
+            "record": _OBJ,
+            "withheld": _list(
+                _object({"stream": _STR, "choice": {"enum": ["local", "off"]}, "gives": _STR}, closed=True)
+            ),
+        },
     ),
+    "OwnRetention": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "forever"}]},
     "Footprint": _object(
         {
             "device": _STR,
@@ -196,6 +206,9 @@ SCHEMAS: dict[str, Schema] = {
                         "choice": {"enum": ["share", "local", "off"]},
                         "costs": _object({"local": _list(_STR), "off": _list(_STR)}, closed=True),
                         "stored": _INT,
+                        "oldest": _opt(_NUM),
+                        "retention_days": _opt(_NUM),
+                        "retention_own": _opt(_ref("OwnRetention")),
                     },
                     closed=True,
                 )
@@ -262,6 +275,12 @@ SCHEMAS: dict[str, Schema] = {
             "exported_at": _NUM,
             "schema": _INT,
             "since": _opt(_NUM),
+            "retention": _object(
+                {
+                    "days": _opt(_NUM),
+                    "streams": {"type": "object", "additionalProperties": _ref("OwnRetention")},
+                }
+            ),
             "tables": {"type": "object", "additionalProperties": _list(_OBJ)},
         }
     ),
@@ -383,18 +402,20 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         _object({}, closed=True),
     ),
     ("GET", "/api/v1/devices/{id}/streams"): Op(
-        "the device's streams: what each tells, the owner's choice, what keeping it back costs",
+        "the device's streams: what each tells, the owner's choice, what keeping it back costs, "
+        "how long the gateway keeps it and how much it holds",
         {200: _ref("Footprint")},
     ),
     ("PUT", "/api/v1/devices/{id}/streams"): Op(
         "the owner's choices (share, local, off), applied by the device before they are answered, "
-        "and how long the gateway keeps what it shares",
+        "and how long the gateway keeps what it shares: the device's period and streams' own",
         {200: _ref("Footprint")},
         _object(
             {},
             {
                 "streams": {"type": "object", "additionalProperties": {"enum": ["share", "local", "off"]}},
                 "retention_days": _opt(_NUM),
+                "retention": {"type": "object", "additionalProperties": _opt(_ref("OwnRetention"))},
             },
             closed=True,
         ),

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -320,12 +321,23 @@ CREATE TABLE data_retention (
 );
 """,
     # 13: the devices their owners linked to Home Assistant (gateway/ha_bridge.py,
-    # docs/protocol.md 13): the gateway bridges them while their owner keeps them
+    # docs/protocol.md 14): the gateway bridges them while their owner keeps them
     13: """
 CREATE TABLE ha_links (
     device TEXT PRIMARY KEY,
     account INTEGER NOT NULL,       -- the owner who linked it
     since REAL NOT NULL
+);
+""",
+    # 14: a stream's own period, where its owner gave one (gateway/retention.py);
+    # a stream without one keeps its device's (data_retention)
+    14: """
+CREATE TABLE stream_retention (
+    device TEXT NOT NULL,
+    stream TEXT NOT NULL,           -- sensors.<name>, actuators.<name>, features.<feature>.<field>
+    days REAL CHECK (days IS NULL OR days > 0),  -- NULL: kept with no limit
+    set_at REAL NOT NULL,
+    PRIMARY KEY (device, stream)
 );
 """,
 }
@@ -444,6 +456,14 @@ class TelemetryRow:
     data: dict[str, Any]
 
 
+def _json_path(stream: str) -> str:
+    """The JSON path of a stream's value in a telemetry row: `$."sensors"."humidity"`."""
+    return "$." + ".".join(f'"{part}"' for part in stream.split(".", 2))
+
+
+_EXPIRE_BATCH = 500  # telemetry rows read at a time to strip expired values from
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -454,6 +474,8 @@ class Store:
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = Path(path)
         self.schema = 0  # the version of the open database
+        # each device's periods at the last retention pass, and its time (expire_shared)
+        self._expired: dict[str, tuple[Periods, float]] = {}
         try:
             if readonly:
                 if not self.path.exists():
@@ -581,20 +603,31 @@ class Store:
             },
         )
 
-    def stream_counts(self, dev: str, paths: list[str]) -> dict[str, int]:
+    def stream_counts(self, dev: str, paths: list[str]) -> dict[str, tuple[int, float | None]]:
         """How many of the device's stored telemetry rows carry each stream
-        (`sensors.humidity`, `features.thermostat.setpoint`, ...)."""
+        (`sensors.humidity`, `features.thermostat.setpoint`, ...), and when
+        the oldest of them was received (None: none)."""
         if not paths:
             return {}
-        json_paths = ["$." + ".".join(f'"{part}"' for part in p.split(".", 2)) for p in paths]
-        sums = ", ".join("coalesce(sum(json_extract(data, ?) IS NOT NULL), 0)" for _ in paths)
-        row = self.db.execute(f"SELECT {sums} FROM telemetry WHERE device = ?", (*json_paths, dev)).fetchone()
-        return {p: int(n) for p, n in zip(paths, row, strict=True)}
+        parts = []
+        for _ in paths:
+            parts.append("coalesce(sum(json_type(data, ?) IS NOT NULL), 0)")
+            parts.append("min(CASE WHEN json_type(data, ?) IS NOT NULL THEN received END)")
+        json_paths = [jp for p in paths for jp in (_json_path(p), _json_path(p))]
+        row = self.db.execute(
+            f"SELECT {', '.join(parts)} FROM telemetry WHERE device = ?", (*json_paths, dev)
+        ).fetchone()
+        return {p: (int(row[2 * i]), row[2 * i + 1]) for i, p in enumerate(paths)}
 
     def retention(self, dev: str) -> float | None:
         """Days the device's owner has the gateway keep what it shares (None: no limit set)."""
         row = self.db.execute("SELECT days FROM data_retention WHERE device = ?", (dev,)).fetchone()
         return float(row[0]) if row is not None else None
+
+    def periods(self, dev: str) -> Periods:
+        """The device's period and each stream's own (gateway/retention.py)."""
+        own = self.db.execute("SELECT stream, days FROM stream_retention WHERE device = ?", (dev,))
+        return Periods(self.retention(dev), {str(p): None if d is None else float(d) for p, d in own})
 
     def set_retention(self, dev: str, days: float | None, now: float) -> None:
         if days is None:
@@ -605,16 +638,93 @@ class Store:
                 (dev, days, now),
             )
 
+    def set_stream_retention(self, dev: str, asked: dict[str, float | str | None], now: float) -> None:
+        """Streams' own periods (retention.check_streams): days, FOREVER, or
+        None (the stream keeps the device's again)."""
+        for path, days in asked.items():
+            if days is None:
+                self.db.execute("DELETE FROM stream_retention WHERE device = ? AND stream = ?", (dev, path))
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO stream_retention (device, stream, days, set_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (dev, path, None if days == FOREVER else days, now),
+                )
+
     def expire_shared(self, now: float) -> int:
-        """Delete the telemetry each device's owner no longer has the gateway
-        keep (older than its retention); the rows deleted."""
-        deleted = 0
-        for dev, days in self.db.execute("SELECT device, days FROM data_retention").fetchall():
-            cur = self.db.execute(
-                "DELETE FROM telemetry WHERE device = ? AND received < ?", (dev, now - days * 86400.0)
-            )
-            deleted += cur.rowcount
-        return deleted
+        """Delete what each device's owner no longer has the gateway keep:
+        rows older than every period that applies to them, and from younger
+        rows the values of streams kept for less (retention.kept). The rows
+        deleted or changed."""
+        devices = self.db.execute(
+            "SELECT device FROM data_retention UNION SELECT device FROM stream_retention"
+        )
+        changed = 0
+        for (dev,) in devices.fetchall():
+            periods = self.periods(dev)
+            if not periods.limited:
+                continue
+            with self.transaction():
+                whole = periods.whole_row_days
+                if whole is not None:
+                    changed += self.db.execute(
+                        "DELETE FROM telemetry WHERE device = ? AND received < ?", (dev, now - whole * DAY_S)
+                    ).rowcount
+                changed += self._expire_values(dev, periods, now)
+            self._expired[dev] = (periods, now)
+        return changed
+
+    def _expire_values(self, dev: str, periods: Periods, now: float) -> int:
+        """Strip from dev's rows the values past their stream's period. Under
+        the periods of the last pass, only the rows that have come of age
+        since are read (a stream kept with no limit keeps old rows, which
+        are not read again every pass)."""
+        whole = periods.whole_row_days
+        tests: list[tuple[float, str, list[Any]]] = []  # (days, which rows hold such values, its args)
+        for path, days in periods.streams.items():
+            if days is not None and (whole is None or days < whole) and '"' not in path:
+                tests.append((days, "json_type(data, ?) IS NOT NULL", [_json_path(path)]))
+        if periods.device is not None and (whole is None or periods.device < whole):
+            # (a value of any stream without a period of its own)
+            own = list(periods.streams)
+            marks = ", ".join("?" for _ in own)
+            test = f"""(
+                EXISTS (SELECT 1 FROM json_each(data, '$.sensors') WHERE 'sensors.' || key NOT IN ({marks}))
+                OR EXISTS (SELECT 1 FROM json_each(data, '$.actuators')
+                           WHERE 'actuators.' || key NOT IN ({marks}))
+                OR EXISTS (SELECT 1 FROM json_each(data, '$.features') AS f
+                           WHERE f.type != 'object' OR EXISTS (SELECT 1 FROM json_each(f.value) AS g
+                               WHERE 'features.' || f.key || '.' || g.key NOT IN ({marks}))))"""
+            tests.append((periods.device, test, [*own, *own, *own]))
+        last = self._expired.get(dev)
+        since = last[1] if last is not None and last[0] == periods else None
+        changed = 0
+        for days, test, args in tests:
+            low = -math.inf if since is None else since - days * DAY_S
+            changed += self._strip(dev, periods, now, (low, now - days * DAY_S), test, args)
+        return changed
+
+    def _strip(
+        self, dev: str, periods: Periods, now: float, span: tuple[float, float], test: str, args: list[Any]
+    ) -> int:
+        """retention.kept on dev's rows received within span that pass test, a batch at a time."""
+        changed, after = 0, (-math.inf, -1)
+        while True:
+            batch = self.db.execute(
+                "SELECT id, received, data FROM telemetry WHERE device = ? AND received >= ? AND received < ?"
+                f" AND (received, id) > (?, ?) AND {test} ORDER BY received, id LIMIT {_EXPIRE_BATCH}",
+                (dev, *span, *after, *args),
+            ).fetchall()
+            if not batch:
+                return changed
+            for row_id, received, data in batch:
+                left = kept(json.loads(data), now - received, periods)
+                if left is None:
+                    self.db.execute("DELETE FROM telemetry WHERE id = ?", (row_id,))
+                else:
+                    self.db.execute("UPDATE telemetry SET data = ? WHERE id = ?", (_dumps(left), row_id))
+                changed += 1
+            after = (batch[-1][1], batch[-1][0])
 
     def set_withheld(self, dev: str, withheld: dict[str, str]) -> None:
         """What the device answered it now keeps back (its reply to

@@ -24,12 +24,13 @@ RETENTION_EVERY_S = 600.0  # how often what owners no longer have kept is delete
 
 
 async def retention_loop(gw: Gateway) -> None:
-    """Delete what each device shared longer ago than its owner has the gateway keep it."""
+    """Delete what each device shared longer ago than its owner has the gateway keep it: the
+    device's period, or a stream's own (gateway/retention.py)."""
     while True:
         try:
             n = gw.store.expire_shared(gw.clock.now())
             if n:
-                log.info("deleted %d telemetry rows past their owners' retention", n)
+                log.info("%d telemetry rows deleted, or values past their retention taken out of them", n)
         except Exception:
             log.exception("the retention job failed; it runs again in %g s", RETENTION_EVERY_S)
         await asyncio.sleep(RETENTION_EVERY_S)

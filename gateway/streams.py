@@ -31,6 +31,13 @@ TWIN_NEEDS: dict[str, tuple[str, ...]] = {
     "thermostat": ("sensors.temperature", "actuators.relay"),
     "shirt": ("sensors.humidity", "actuators.vent"),
 }
+# ... and what each gives it: what sharing the stream again would give the preview
+TWIN_GIVES: dict[str, str] = {
+    "sensors.temperature": "the room's temperature, the twin of the room is fitted to it",
+    "actuators.relay": "when the heater ran, from which the twin learns how fast it warms the room",
+    "sensors.humidity": "the skin's humidity, the twin of the skin under the shirt is fitted to it",
+    "actuators.vent": "how far the vent opened, from which the twin learns how it dries the skin",
+}
 UNDESCRIBED = "Not described by its maker."
 
 
@@ -72,12 +79,15 @@ def _mapping(v: Any) -> Mapping[str, Any]:
 def catalogue(board: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]) -> list[Stream]:
     """Every stream of a device of `board` running the features of
     `manifests` (name -> manifest): the runtime's, the board's sensors and
-    actuators, each feature's published fields."""
+    actuators and those of the add-ons it may be given, each feature's
+    published fields."""
     out = [Stream(p, "runtime", doc, "low", "share", True) for p, doc in NEEDED.items()]
     described = _mapping(board.get("streams"))
     caps = _mapping(board.get("capabilities"))
-    for name in sorted(caps):
-        kind = "sensor" if caps[name].get("kind") == "sensor" else "actuator"
+    addons = _mapping(board.get("addons"))  # (plugged in or not: docs/protocol.md 13)
+    every = {**{n: _mapping(c) for n, c in addons.items()}, **{n: _mapping(c) for n, c in caps.items()}}
+    for name in sorted(every):
+        kind = "sensor" if every[name].get("kind") == "sensor" else "actuator"
         path = f"{kind}s.{name}"
         out.append(_described(path, kind, described.get(path)))
     for feature in sorted(manifests):
@@ -124,6 +134,17 @@ def withheld(hello: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(s, Mapping):
         return {}
     return {str(p): c for p, c in s.items() if c in ("local", "off")}
+
+
+def twin_withheld(model: str, held: Mapping[str, str]) -> list[dict[str, str]]:
+    """The streams a `model`'s twin is fitted from that the device keeps back
+    (held: withheld()), each with the owner's choice and what sharing it
+    would give the preview; none: the twin has what it needs."""
+    return [
+        {"stream": p, "choice": held[p], "gives": TWIN_GIVES.get(p, "what the twin is fitted from")}
+        for p in TWIN_NEEDS.get(model, ())
+        if p in held
+    ]
 
 
 def costs(

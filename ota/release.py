@@ -423,13 +423,25 @@ def _boards(model: str) -> list[dict[str, Any]]:
     return mine
 
 
-def _check_hardware(model: str, requires: Sequence[str]) -> None:
-    boards = _boards(model)
-    lacking = {b["board"]: [c for c in requires if c not in b.get("capabilities", {})] for b in boards}
-    if any(not missing for missing in lacking.values()):
-        return
-    why = "; ".join(f"{board} lacks {', '.join(missing)}" for board, missing in lacking.items())
-    raise BuildError(f"the features need {', '.join(requires)}, which no {model} board has ({why})")
+def _can_have(board: dict[str, Any]) -> set[str]:
+    """What a board has or may be given: its capabilities and its add-ons."""
+    return set(board.get("capabilities", {})) | set(board.get("addons", {}))
+
+
+def _check_hardware(
+    model: str, needs: dict[str, list[str]], boards: list[dict[str, Any]] | None = None
+) -> None:
+    """Each feature (name -> what it requires) can run on some board of the
+    model, with its add-ons plugged in. A release installs on every board
+    of its model; a feature whose hardware a board lacks waits for it there
+    (docs/ota.md 2)."""
+    boards = _boards(model) if boards is None else boards
+    for name, requires in sorted(needs.items()):
+        lacking = {b["board"]: [c for c in requires if c not in _can_have(b)] for b in boards}
+        if any(not missing for missing in lacking.values()):
+            continue
+        why = "; ".join(f"{board} lacks {', '.join(missing)}" for board, missing in lacking.items())
+        raise BuildError(f"{name} needs {', '.join(requires)}, which no {model} board can have ({why})")
 
 
 def _entry(path: str, data: bytes, blob: bytes) -> dict[str, Any]:
@@ -532,14 +544,13 @@ def build(
         need, api = next(iter(apis.values())), runtime_api(Path(runtime).resolve())
         if need != api:
             raise BuildError(f"the features need runtime API {need}, the runtime in {runtime} has API {api}")
-    requires = sorted({c for m in manifests.values() for c in m.get("requires", [])})
-    _check_hardware(model, requires)
+    needs = {name: [str(c) for c in m.get("requires", [])] for name, m in manifests.items()}
+    requires = sorted({c for n in needs.values() for c in n})
+    _check_hardware(model, needs)
     boards = runtime_boards(Path(runtime).resolve(), model) if runtime is not None else []
-    for _, board_file in boards:
+    if boards:
         # (a board file the runtime carries replaces the one its boards run)
-        lacks = [c for c in requires if c not in json.loads(board_file.read_bytes())["capabilities"]]
-        if lacks:
-            raise BuildError(f"{board_file} lacks {', '.join(lacks)}, which the features need")
+        _check_hardware(model, needs, [json.loads(board_file.read_bytes()) for _, board_file in boards])
 
     contents: dict[str, bytes] = {}
     shipping = [

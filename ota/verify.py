@@ -81,7 +81,7 @@ def verify_release(
         trust.check_role(trusted, "release", raw, sigs, verify)
         trust.check_manifest(body)
         if device is not None:
-            trust.check_for_device(body, device.model, device.caps, device.api, device.counter)
+            trust.check_for_device(body, device.model, device.api, device.counter)
     except TrustError as exc:
         hint = " (it has no signatures: sign it with `permabeta ota sign`)" if _unsigned(data) else ""
         raise VerifyError(exc.code, exc.message + hint) from exc

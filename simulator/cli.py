@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from gateway.broker import BrokerUrl, EmbeddedBroker, MosquittoProcess, free_port, mosquitto_binary
 from gateway.errors import BrokerError, ConfigError
 from gateway.paths import default_db
+from gateway.provision import boards
 
 from .fleet import MODELS, Fleet, split
 
@@ -77,6 +78,14 @@ def register(sub: Any) -> None:
     run.add_argument("--root", metavar="FILE", help="root.json every device trusts (instead of --keys)")
     run.add_argument(
         "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
+    )
+    run.add_argument(
+        "--addon",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="plug the add-on NAME into every device whose board takes it (outdoor_temperature, co2: "
+        "thermostats; vent2: shirts); repeatable",
     )
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     run.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -165,6 +174,11 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         )
     if args.micropython > args.devices:
         raise ConfigError("--micropython: more than --devices")
+    takes = {a: b["model"] for b in boards().values() for a in b.get("addons", {}) if b["model"] in models}
+    for a in args.addon:
+        if a not in takes:
+            known = ", ".join(sorted(takes))
+            raise ConfigError(f"--addon: no {', '.join(models)} board takes {a!r} (add-ons: {known})")
     if args.broker_restart_every and args.broker:
         raise ConfigError("--broker-restart-every restarts the simulator's own broker: not with --broker")
     args.root_bytes = _root(args)
@@ -251,6 +265,7 @@ async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> 
             micropython=args.micropython,
             root=getattr(args, "root_bytes", None),
             trial_s=getattr(args, "trial", None),
+            addons=args.addon,
         )
         kept = [p.id for p in fleet.processes if not p.reflashed]
         if kept:

@@ -105,6 +105,15 @@ def install_root(base: Path, root: bytes) -> None:
         write_atomic(str(base / ROOT_FILE), root)
 
 
+def check_addon(board: dict[str, Any], addon: str) -> None:
+    """Raise ConfigError unless the board has a place for the add-on."""
+    known = board.get("addons", {})
+    if addon not in known:
+        raise ConfigError(
+            f"{board['board']} takes no add-on {addon!r} (it takes: {', '.join(sorted(known)) or 'none'})"
+        )
+
+
 def _device_log(dev: str, msg: str) -> None:
     log.debug("%s: %s", dev, msg)
 
@@ -139,6 +148,7 @@ class VirtualDevice:
         plant: Any = None,
         image: bytes | None = None,
         slot_size: int = 256 * 1024,
+        addons: Sequence[str] = (),
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -164,7 +174,11 @@ class VirtualDevice:
             self.config["ota_mode"] = "lean"
         self.plant = PLANTS[model].random(random.Random(seed)) if plant is None else plant
         self.clock = clock
-        self.hal = SimHal(self.board, self.plant, clock)
+        # (a copy: the HAL lets go of what RAM need not hold, the board's stream descriptions
+        # that provisioning below writes the owner's first choices from)
+        self.hal = SimHal(dict(self.board), self.plant, clock)
+        for name in addons:
+            self.plug(name)
         self.base = workdir / dev_id
         features = self.board.get("features", []) if features is None else features
         provision(self.base, features, root, self.board)
@@ -185,6 +199,16 @@ class VirtualDevice:
         self._cut = False  # the power went during this boot
         self._off: asyncio.Event | None = None  # set: the power may come back
         self._radio: tuple[Any, int] = (None, 0)  # a client, and the messages it carried
+
+    def plug(self, addon: str, plugged: bool = True) -> None:
+        """Plug an add-on module into the board (or pull it out): the
+        runtime finds it at its next look (config scan_ms, pb/addons.py).
+        Raises ConfigError for a part the board has no place for."""
+        check_addon(self.board, addon)
+        if plugged:
+            self.hal.plugged_in.add(addon)
+        else:
+            self.hal.plugged_in.discard(addon)
 
     def _flash_image(self, image: bytes, slot_size: int) -> None:
         """Two app partitions of slot_size bytes under the device's flash

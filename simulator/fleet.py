@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.broker import BrokerUrl
+from gateway.provision import board_for
 
 from .clock import SimClock
 from .device import VirtualDevice
@@ -96,6 +97,7 @@ class Fleet:
         broker_for: Callable[[str], BrokerUrl] | None = None,
         keepalive: int = 30,
         micropython: int = 0,
+        addons: Sequence[str] = (),
     ) -> None:
         """Devices <prefix>-1, -2, ... of each model, with their flash in
         workdir/<id>/, their clocks running `speed` times faster than real
@@ -104,7 +106,8 @@ class Fleet:
         broker_for(id): the broker a device connects to (a link,
         simulator/link.py), default `broker`. micropython: how many of
         them (the last of each model in turn) run as real `micropython`
-        processes instead (simulator/process.py)."""
+        processes instead (simulator/process.py). addons: add-on modules
+        plugged into every device whose board takes them."""
         self.clock = SimClock(speed, start)
         self.seed = seed
         self.broker = broker
@@ -134,10 +137,14 @@ class Fleet:
                 }
                 seed_n = seed * 100003 + n
                 n += 1
+                plugged = [a for a in addons if a in board_for(model).get("addons", {})]
                 if dev_id in as_process:
-                    self.processes.append(ProcessDevice(*args, seed_n, **options))
+                    p = ProcessDevice(*args, seed_n, **options)
+                    for a in plugged:
+                        p.plug(a)
+                    self.processes.append(p)
                     continue
-                d = VirtualDevice(*args, seed_n, config=config, **options)
+                d = VirtualDevice(*args, seed_n, config=config, addons=plugged, **options)
                 self.devices.append(d)
                 self._by_id[dev_id] = d
         self.faults = FleetFaults(self, random.Random(seed ^ 0xFA17))

@@ -41,6 +41,11 @@ class SimHal(Hal):  # type: ignore[misc]
         # stand-in), if it has them, and the one its bootloader chose
         self.slots: Any = None
         self.image: str | None = None
+        self.plugged_in: set[str] = set()  # the add-ons plugged into the board (VirtualDevice.plug)
+
+    def scan(self) -> list[str]:
+        """The add-ons plugged in: what a board's bus scan would find."""
+        return sorted(self.plugged_in)
 
     def read(self, name: str) -> float:
         if self.caps.get(name, {}).get("kind") != "sensor":
@@ -73,7 +78,7 @@ class SimHal(Hal):  # type: ignore[misc]
         if kind == RELAY:
             self.plant.relay = value
         elif kind == SERVO:
-            self.plant.vent = value
+            setattr(self.plant, name, value)  # (the vent, or a second one an add-on drives)
         self.writes += 1
 
     def time(self) -> float:

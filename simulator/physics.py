@@ -91,6 +91,10 @@ def _cached(cache: dict[tuple[str, int], Any], key: tuple[str, int]) -> Any:
     return cache.get(key)
 
 
+CO2_OUTDOOR_PPM = 420.0  # the air outside
+CO2_PERSON_PPM = 250.0  # what one person at home adds to a ventilated room's steady level
+
+
 @dataclass
 class Room(_Plant):
     """A heated room: thermal mass `capacity` (J/K), loss `loss` (W/K) to the
@@ -244,7 +248,10 @@ class Room(_Plant):
             self.cost += power / 3.6e6 * self._price_integral(a, a + h)
 
     def sensors(self, t: float) -> dict[str, float]:
-        return {"temperature": self.temp, "humidity": 45.0}
+        # (the outdoor probe and the CO2 sensor read where they are plugged in: HAL add-ons)
+        co2 = CO2_OUTDOOR_PPM + (CO2_PERSON_PPM * self.people if self.occupied(t) else 0.0)
+        outdoor = self.outside(t)
+        return {"temperature": self.temp, "humidity": 45.0, "outdoor_temperature": outdoor, "co2": co2}
 
     def truth(self) -> dict[str, Any]:
         """The room as it is now (at `t`): what a test compares the thermostat with."""

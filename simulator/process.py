@@ -25,7 +25,7 @@ from typing import Any
 
 from firmware.pb.store import write_atomic
 from gateway.broker import BrokerUrl
-from gateway.provision import provision_into
+from gateway.provision import board_for, provision_into
 
 from .clock import SimClock
 
@@ -96,6 +96,19 @@ class ProcessDevice:
         self._sensors_dir = self.path / "hal"
         self._sensors_dir.mkdir(exist_ok=True)
         self._actuators_mtime = 0.0
+        self._board = board_for(model)
+        self.plugged_in: set[str] = set()  # the add-ons plugged in: the sensor file names them
+
+    def plug(self, addon: str, plugged: bool = True) -> None:
+        """Plug an add-on into the board (or pull it out): the sensor file
+        names it from the next physics step (pb/hal/host.py). Raises ConfigError."""
+        from .device import check_addon
+
+        check_addon(self._board, addon)
+        if plugged:
+            self.plugged_in.add(addon)
+        else:
+            self.plugged_in.discard(addon)
 
     @property
     def running(self) -> bool:
@@ -157,7 +170,9 @@ class ProcessDevice:
                     self.plant.relay = bool(out["relay"])
                 if "vent" in out:
                     self.plant.vent = float(out["vent"])
-        values = {k: round(float(v), 3) for k, v in self.plant.sensors(t).items()}
+        there = set(self._board["capabilities"]) | self.plugged_in
+        values = {k: round(float(v), 3) for k, v in self.plant.sensors(t).items() if k in there}
+        values.update({k: True for k in self.plugged_in if k not in values})  # (an actuator's driver)
         write_atomic(str(self._sensors_dir / "sensors.json"), json.dumps(values).encode())
 
 

@@ -32,6 +32,7 @@ wifi.password str - 0 64
 ntp str pool.ntp.org 0 253
 telemetry_ms int 10000 10 86400000
 sample_ms int 1000 10 86400000
+scan_ms int 10000 10 86400000
 utc_offset_min int 0 -720 840
 ram_reserve int 8192 0 65536
 ota_mode lean - 0 0

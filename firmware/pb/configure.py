@@ -13,10 +13,12 @@ def enable(host, name, on):
     s["error"] = None
     if on and name not in host.running:
         host.save_settings()
-        if not host.start(name):
+        if not host.start(name) and name not in host.waiting:
             raise FeatureError("%s did not start: %s" % (name, s["error"]))
-    elif not on and name in host.running:
-        host.stop(name)
+    elif not on:
+        host.waiting.pop(name, None)  # (not waiting for hardware to start)
+        if name in host.running:
+            host.stop(name)
     host.save_settings()
 
 

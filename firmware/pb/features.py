@@ -138,6 +138,7 @@ class FeatureHost:
         self.modules = {}  # name -> its imported module
         self.configs = {}  # name -> effective config
         self.broken = {}  # name -> why its package is unusable (this boot)
+        self.waiting = {}  # name -> the capabilities it requires that the board lacks now
         self.set_id = "factory"  # which feature set runs: errors belong to it
         self.owners = {}  # actuator -> feature driving it
         self.settings = store.load("features", {}) or {}
@@ -196,9 +197,13 @@ class FeatureHost:
         try:
             if m["api"] != API:
                 raise FeatureError("needs runtime API %d, this runtime has %d" % (m["api"], API))
-            missing = [c for c in m.get("requires", []) if c not in self.rt.hal.caps]
+            missing = self.missing(name)
             if missing:
-                raise FeatureError("this board lacks " + ", ".join(missing))
+                # installed, not failed: it starts when its hardware is
+                # plugged in (pb/addons.py)
+                self.waiting[name] = missing
+                return False
+            self.waiting.pop(name, None)
             drives = m.get("permissions", {}).get("drives", [])
             for a in drives:
                 other = self.owners.get(a)
@@ -222,6 +227,11 @@ class FeatureHost:
             return False
         self.setting(name)["error"] = None
         return True
+
+    def missing(self, name):
+        """What the feature requires that the board lacks now."""
+        caps = self.rt.hal.caps
+        return [c for c in self.manifests[name].get("requires", []) if c not in caps]
 
     def stop(self, name):
         obj = self.running.pop(name, None)
@@ -313,6 +323,8 @@ class FeatureHost:
             err = self.broken.get(name) or s.get("error")
             if err:
                 out[name]["error"] = err[:_MAX_ERROR]
+            elif name in self.waiting:
+                out[name]["waiting"] = self.waiting[name]
         return out
 
     def setting(self, name):

@@ -24,6 +24,7 @@ def build(d):
         "platform": sys.implementation.name,
         "features": d.features.status(),
         "caps": sorted(d.hal.caps),
+        "addons": list(d.hal.plugged),
         "heap_free": mem_free(),
         "reset_cause": d.reset_cause,
         "boot_count": d.state.get("boot_count", 0),

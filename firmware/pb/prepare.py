@@ -94,16 +94,17 @@ def board_file(root, config, chosen=None):
 
 
 def make_hal(config, root=".", chosen=None):
-    board = load_json(board_file(root, config, chosen), "board file")
+    path = board_file(root, config, chosen)
+    board = load_json(path, "board file")
     kind = config.get("hal", "host")
     if kind == "host":
         from .hal.host import HostHal
 
-        return HostHal(board, root)
+        return HostHal(board, root, path)
     if kind == "esp32":
         from .hal.esp32 import Esp32Hal
 
-        return Esp32Hal(board, root)
+        return Esp32Hal(board, root, path)
     raise ConfigError("config: unknown hal %r (host, esp32)" % kind)
 
 

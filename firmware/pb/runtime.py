@@ -78,6 +78,9 @@ class Device:
         self.hide = None
         self.sample_ms = config.get("sample_ms", 1000)
         self.telemetry_ms = config.get("telemetry_ms", 10000)
+        # the board looks for its add-ons every scan_ms (pb/addons.py)
+        self._scan_every = max(1, config.get("scan_ms", 10000) // self.sample_ms)
+        self._scan = self._scan_every
         b = config["broker"]
         self.keepalive = b.get("keepalive", 30)
         will = (
@@ -250,6 +253,10 @@ class Device:
         last = ticks_add(ticks_ms(), -rand_below(self.telemetry_ms))
         while True:
             self.hal.feed_watchdog()
+            self._scan -= 1
+            if self._scan <= 0:
+                self._scan = self._scan_every
+                self.look_for_addons()
             self.sample()
             if self._hello_due is not None:
                 self.republish_hello()
@@ -283,6 +290,16 @@ class Device:
         for name, v in got:
             self.bus.emit("sensor." + name, v)
         self.bus.emit("tick", self.now())
+
+    def look_for_addons(self):
+        """Add-ons plugged in or out since the last look: the features that
+        need them start or stop (pb/addons.py, loaded only then)."""
+        found = self.hal.scan() if self.hal.addons else None
+        if found is not None and tuple(sorted(found)) != self.hal.plugged:
+            from .addons import changed
+
+            changed(self, found)
+            forget(("pb.addons",))
 
     def shared(self):
         """(sensors, actuators, feature reports) as they may leave the

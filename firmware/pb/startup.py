@@ -19,6 +19,7 @@ def boot(d):
     d.state["boot_count"] = d.state.get("boot_count", 0) + 1
     d.keep_state()
     d.hal.safe_state()
+    _addons(d)
     d.features.discover()
     _streams(d)
     d.features.start_all()
@@ -26,6 +27,8 @@ def boot(d):
     for name, s in d.features.settings.items():
         if s.get("error"):
             d.log("feature %s disabled: %s" % (name, s["error"]))
+    for name in d.features.waiting:
+        d.log("feature %s waits for %s" % (name, ", ".join(d.features.waiting[name])))
     d.log(
         "booted (%s, boot %d, features %s, heap free %d)"
         % (
@@ -40,6 +43,16 @@ def boot(d):
     d.client.subscribe(d.topic("ota/chunk"), 0)
     d.client.subscribe(d.topic("ota/root"), 1)
     d.client.subscribe(d.topic("ota/time"), 1)
+
+
+def _addons(d):
+    """The add-ons plugged in (docs/protocol.md 13): features need them."""
+    found = d.hal.scan() if d.hal.addons else None
+    if found is not None and tuple(sorted(found)) != d.hal.plugged:
+        from .addons import plug
+
+        plug(d.hal, found)
+        forget(("pb.addons",))
 
 
 def _streams(d):

@@ -19,12 +19,15 @@ NEEDED = ("state", "hello", "ota", "events", "replies")
 
 def known(d):
     """Every stream of the device: path -> whether it can be `off` (a
-    sensor, which the runtime reads) or only `local`."""
+    sensor, which the runtime reads) or only `local`; its add-ons' too."""
     out = {}
     for name in d.hal.sensors():
         out["sensors." + name] = True
     for name in d.hal.actuators():
         out["actuators." + name] = False
+    for name in d.hal.addons:  # (plugged in or not: the owner's choice outlives unplugging)
+        sensor = d.hal.addons[name][0]
+        out[("sensors." if sensor else "actuators.") + name] = sensor
     f = d.features
     for name in f.manifests:
         for field in f.manifests[name].get("permissions", {}).get("publishes", ()):

@@ -1,7 +1,8 @@
 """A device's record as the gateway keeps it, for its twin: its telemetry
 (in the device's own time), the commands it carried out (the data the
 gateway sent it, such as a thermostat's hourly prices, and the settings it
-replied with), and what its last hello said of it. Nothing here comes from
+replied with), and what its last hello said of it (with the streams its
+owner keeps back). Nothing here comes from
 anywhere but the gateway's database.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Store
+from ..streams import withheld
 
 DAYS = 7.0  # the record a twin is fitted on: at most the last week
 # ops whose effect the twin replays (data, settings) or whose reply tells the settings
@@ -45,6 +47,7 @@ class History:
     caps: list[str]
     rows: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (device time, telemetry)
     commands: list[Command] = field(default_factory=list)
+    withheld: dict[str, str] = field(default_factory=dict)  # what its hello says it keeps back
 
     @property
     def start(self) -> float:
@@ -98,6 +101,7 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
         features=dict(d.features),
         ota=d.ota,
         caps=[str(c) for c in hello.get("caps", [])],
+        withheld=withheld(hello),
     )
     if until is None:
         row = store.db.execute("SELECT max(received) FROM telemetry WHERE device = ?", (dev,)).fetchone()

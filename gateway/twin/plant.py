@@ -130,7 +130,9 @@ class FittedRoom(_Plant):
             self.on_s += h
 
     def sensors(self, t: float) -> dict[str, float]:
-        return {"temperature": self.temp, "humidity": self.humidity}
+        # (the outdoor probe reads where the device has one plugged in: HAL add-ons)
+        outdoor = self.weather.at(t)
+        return {"temperature": self.temp, "humidity": self.humidity, "outdoor_temperature": outdoor}
 
 
 class FittedSkin(_Plant):

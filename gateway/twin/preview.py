@@ -27,6 +27,7 @@ from firmware.features.thermostat import scheduled  # (the thermostat's own rule
 from ..provision import board_for
 from ..releases import ReleaseStore, StoredRelease
 from ..store import Store
+from ..streams import twin_withheld
 from . import history as hist
 from . import room, sandbox, skin
 from .code import CodeError, factory_features, release_features
@@ -116,6 +117,12 @@ def gather(
     return Inputs(h, board, current, candidate, heater_w)
 
 
+def plugged(inp: Inputs) -> list[str]:
+    """The add-ons plugged into the device, as its hello says: its twin has
+    them too (a feature that needs one runs there as it would on the device)."""
+    return [c for c in inp.history.caps if c in inp.board.get("addons", {})]
+
+
 class _NoHello:
     hello: dict[str, Any] = {}
 
@@ -140,6 +147,25 @@ def compute(
 
 def _insufficient(e: Insufficient, base: dict[str, Any]) -> dict[str, Any]:
     return base | {"state": "insufficient", "reason": e.reasons[0], "reasons": e.reasons} | e.details
+
+
+_CHOSEN = {"local": "kept on the device", "off": "off"}
+
+
+def _withheld(h: hist.History, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer when the owner keeps back a stream the twin is fitted
+    from: insufficient, naming each and what sharing it would give (None:
+    the twin has them). What was stored before is not fitted either: the
+    owner's choice now is what the twin follows."""
+    held = twin_withheld(h.model, h.withheld)
+    if not held:
+        return None
+    reasons = [
+        f"{w['stream']} is {_CHOSEN.get(w['choice'], w['choice'])} by the owner's choice: shared, it would "
+        f"give the twin {w['gives']}, and this preview its numbers"
+        for w in held
+    ]
+    return _insufficient(Insufficient(reasons, {"withheld": held}), base)
 
 
 def _base(inp: Inputs) -> dict[str, Any]:
@@ -180,6 +206,8 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> di
     base = _base(inp)
     s = room.series(h)
     base["record"] = _record(h, s.covered_s, len(s.t))
+    if (held := _withheld(h, base)) is not None:
+        return held
     reasons = _too_short(s, "temperature", room.MIN_HOURS, room.MIN_COVERAGE)
     switches = int(np.sum(np.abs(np.diff(s.relay)) > 0)) if len(s.t) > 1 else 0
     if not reasons and switches < room.MIN_SWITCHES:
@@ -241,6 +269,7 @@ def _thermostat(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> di
     disabled = [n for n, f_ in h.features.items() if isinstance(f_, dict) and f_.get("enabled") is False]
     spec = {
         "board": inp.board,
+        "addons": plugged(inp),
         "utc_offset_min": h.utc_offset_min,
         "start": float(s.t[0]),
         "end": float(s.t[-1]),
@@ -649,6 +678,8 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
     base = _base(inp)
     s = skin.series(h)
     base["record"] = _record(h, s.covered_s, len(s.t))
+    if (held := _withheld(h, base)) is not None:
+        return held
     reasons = _too_short(s, "humidity", skin.MIN_HOURS, skin.MIN_COVERAGE)
     moves = int(np.sum(np.abs(np.diff(s.x)) > 0)) if len(s.t) > 1 else 0
     if not reasons and moves < 4:
@@ -713,6 +744,7 @@ def _shirt(inp: Inputs, limits: sandbox.Limits, fits: dict[str, Any]) -> dict[st
         return _insufficient(Insufficient(poor), base)
     spec = {
         "board": inp.board,
+        "addons": plugged(inp),
         "utc_offset_min": h.utc_offset_min,
         "start": float(s.t[0]),
         "end": float(s.t[-1]),

@@ -257,9 +257,11 @@ def run(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
     log: list[str] = []
     meter = METERS[spec["meter"]["kind"]](spec["meter"], offset)
     guard(work)
+    hal = SimHal(board, plant, clock)  # type: ignore[arg-type]
+    hal.plugged_in = {str(a) for a in spec.get("addons", [])}  # (those the device has: docs/protocol.md 13)
     dev = Device(
         config,
-        SimHal(board, plant, clock),  # type: ignore[arg-type]
+        hal,
         Store(str(work / "data")),
         str(work / FEATURES),
         importer=import_feature,

@@ -9,7 +9,8 @@ numerical work neither holds the gateway's interpreter nor spreads over its
 cores), on a read-only connection to the database, with the release's code
 in the sandbox, and stores the answer. A
 preview holds while it is younger than MAX_AGE_S and was computed with the
-feature set the device runs now and the heater power it has now. Previews
+feature set the device runs now and the heater power it has now, and while
+the streams the twin needs are shared as they were then. Previews
 left computing by a gateway that stopped are computed when it starts again.
 """
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..releases import ReleaseStore, StoredRelease
 from ..store import Store
+from ..streams import twin_withheld, withheld
 from .sandbox import Limits
 
 if TYPE_CHECKING:
@@ -131,6 +133,11 @@ class TwinService:
         if row.finished is None or now - row.finished > age or row.heater_w != heater_w:
             return False
         d = self.store.device(dev)
+        if row.state != "failed" and d is not None:
+            # (a stream the twin needs kept back, or shared again, since: the answer no longer holds)
+            now_held = [w["stream"] for w in twin_withheld(d.model or "", withheld(d.hello))]
+            if now_held != [w.get("stream") for w in (row.answer or {}).get("withheld", [])]:
+                return False
         running = ((d.ota if d is not None else None) or {}).get("manifest")
         computed_on = ((row.answer or {}).get("current") or {}).get("id")
         return row.state == "failed" or computed_on == running or "current" not in (row.answer or {})

@@ -4,9 +4,13 @@ real gateway, Mosquitto and simulated devices running the firmware (docs/app.md)
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import random
 import secrets
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +22,7 @@ from playwright.async_api import Browser, Locator, Page, expect
 from gateway.accounts import Accounts, new_claim_code
 from gateway.judge import Direction, Group, HardCounts, MetricSpec, Observation, Policy, judge
 from gateway.paths import firmware_dir
+from gateway.retention import Periods
 from gateway.settings import SettingsTable
 from gateway.tls import ApiTls
 from ota.keys import Keys
@@ -233,6 +238,91 @@ async def test_an_owner_keeps_a_stream_on_the_device_from_the_page(
     assert unexpected(errors) == []
 
 
+async def test_an_owner_gives_a_stream_its_own_period_and_downloads_the_device_s_data_from_the_page(
+    home: Home, browser: Browser, shots: Shots
+) -> None:
+    dev, store = home.devices[1], home.r.store
+    await async_wait_for(lambda: store.telemetry_count(dev) >= 2, 10, what="telemetry stored")
+    page, errors = await log_in(browser, home.r.url, "ann")
+    await page.goto(f"{home.r.url}/app/#/device/{dev}")
+    humidity = page.locator("[data-streams] [data-stream='sensors.humidity']")
+    await expect(humidity.locator("[data-stored]")).not_to_have_attribute("data-stored", "0")
+    # a month for the device, two days for the room's humidity, no limit for the heater
+    await page.locator("#days").fill("30")
+    await page.get_by_label("days kept of sensors.humidity").fill("2")
+    await page.get_by_label("days kept of actuators.relay").fill("forever")
+    await page.get_by_role("button", name="Keep").click()
+    await expect(page.locator("[data-streams] .ok")).to_contain_text(
+        "kept for 30 days; sensors.humidity: 2 days"
+    )
+    await expect(humidity.locator("[data-kept]")).to_have_attribute("data-kept", "2 days")
+    temperature = page.locator("[data-streams] [data-stream='sensors.temperature'] [data-kept]")
+    await expect(temperature).to_have_attribute("data-kept", "30 days (the device's)")
+    relay = page.locator("[data-streams] [data-stream='actuators.relay'] [data-kept]")
+    await expect(relay).to_have_attribute("data-kept", "kept with no limit")
+    assert store.periods(dev) == Periods(30.0, {"sensors.humidity": 2.0, "actuators.relay": None})
+    await shots.take(page, "periods")
+    # what is not a period is refused, and changes nothing
+    await page.get_by_label("days kept of sensors.humidity").fill("soon")
+    await page.get_by_role("button", name="Keep").click()
+    await expect(page.get_by_role("alert")).to_contain_text("bad_retention")
+    assert store.periods(dev) == Periods(30.0, {"sensors.humidity": 2.0, "actuators.relay": None})
+
+    # the export, through the page's session: everything of the device, and its periods
+    async with page.expect_download() as got:
+        await page.locator("[data-export='json']").click()
+    download = await got.value
+    assert download.suggested_filename == f"{dev}.json"
+    doc = json.loads(Path(await download.path()).read_text())
+    assert doc["device"] == dev and doc["since"] is not None  # (an owner's: since its claim)
+    assert doc["retention"] == {
+        "days": 30.0,
+        "streams": {"actuators.relay": "forever", "sensors.humidity": 2.0},
+    }
+    rows = doc["tables"]["telemetry"]
+    assert len(rows) >= 2 and {r["device"] for r in rows} == {dev}
+    assert "temperature" in json.loads(rows[-1]["data"])["sensors"]
+    async with page.expect_download() as got:
+        await page.locator("[data-export='csv']").click()
+    download = await got.value
+    assert download.suggested_filename == f"{dev}.zip"
+    with zipfile.ZipFile(Path(await download.path())) as zf:
+        telemetry = list(csv.DictReader(io.TextIOWrapper(zf.open("telemetry.csv"), "utf-8", newline="")))
+        assert len(telemetry) >= len(rows) and {r["device"] for r in telemetry} == {dev}
+    assert unexpected([e for e in errors if "422 (Unprocessable Entity)" not in e]) == []
+
+
+async def test_an_owner_forgets_a_device_s_data_from_the_page_once_it_types_the_device_s_id(
+    home: Home, browser: Browser, shots: Shots
+) -> None:
+    dev, store = home.devices[1], home.r.store
+    await async_wait_for(lambda: store.telemetry_count(dev) >= 2, 10, what="telemetry stored")
+    page, errors = await log_in(browser, home.r.url, "ann")
+    await page.goto(f"{home.r.url}/app/#/device/{dev}")
+    await page.get_by_role("button", name="Forget this device's data").click()
+    forget = page.get_by_role("button", name="Forget", exact=True)
+    await expect(forget).to_be_disabled()
+    await page.get_by_label("to confirm").fill(home.devices[0])  # (another of hers: not this one)
+    await expect(forget).to_be_disabled()
+    await shots.take(page, "forget-asks-for-the-id")
+    assert store.telemetry_count(dev) >= 2 and not store.forgotten(dev)
+    await page.get_by_label("to confirm").fill(dev)
+    await forget.click()
+    said = page.locator(f"[data-forgotten='{dev}']")
+    await expect(said).to_contain_text(f"deleted everything it stored about {dev}")
+    await expect(said).to_contain_text("telemetry")
+    await expect(page.locator("main")).to_contain_text("messages kept at the broker were cleared")
+    await shots.take(page, "forgotten")
+    assert store.forgotten(dev) and store.telemetry_count(dev) == 0
+    assert store.telemetry_count(home.devices[0]) > 0  # (hers, not forgotten, as it was)
+    # it is hers no more: her devices are the other one
+    await page.get_by_role("link", name="My devices").first.click()
+    await expect(page.locator("[data-device]")).to_have_count(1)
+    assert await page.locator("[data-device]").get_attribute("data-device") == home.devices[0]
+    await shots.take(page, "my-devices-after")
+    assert unexpected(errors) == []
+
+
 NOTES = "Eco pre-heats while energy is cheap.\nIt publishes the hour's price and its boost."
 
 
@@ -299,6 +389,39 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     await expect(maker.locator("[data-releases]")).to_contain_text("thermostat@2")
     await shots.take(maker, "releases")
     assert unexpected(errors) == [] and unexpected(maker_errors) == []
+
+
+async def test_an_owner_who_keeps_back_what_the_twin_needs_is_told_which_stream_and_where_to_share_it(
+    home: Home, browser: Browser, shots: Shots, keys: Keys, tmp_path: Path
+) -> None:
+    gw, url = home.r.gw, home.r.url
+    mine = home.devices[0]  # (two days of a past: what the twin would be fitted to)
+    features = firmware_dir() / "features"
+    eco = build(
+        "thermostat", [features / "thermostat", features / "eco"], "2.0.0", tmp_path / "r2", 2, keys=keys
+    )
+    gw.ota.releases.add(eco.path, time.time())
+    table = SettingsTable(home.r.store)
+    table.save(replace(table.get(mine), policy="ask"), time.time())
+    gw.rollouts.create("thermostat@2", f"id={mine}", stages=(1.0,), soak_s=5, no_revert=True, seed=1)
+    page, errors = await log_in(browser, url, "ann")
+    await page.goto(f"{url}/app/#/device/{mine}")
+    # what keeping the heater's relay back costs, said before the owner chooses it
+    relay = page.locator("[data-streams] [data-stream='actuators.relay']")
+    await page.get_by_label("choice for actuators.relay").select_option("local")
+    await expect(relay).to_contain_text("no twin preview of updates")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(relay).to_have_attribute("data-choice", "local")
+    await page.locator("[data-offer='thermostat@2']").get_by_role("link", name="Look at it").click()
+    said = page.locator("[data-preview='insufficient']")
+    await expect(said).to_contain_text("No preview while its twin lacks what you keep back", timeout=120_000)
+    await expect(said).to_contain_text("actuators.relay is kept on the device by the owner's choice")
+    await expect(said).to_contain_text("how fast it warms the room")
+    await expect(said.locator("[data-withheld]")).to_contain_text("Share actuators.relay again under")
+    await shots.take(page, "preview-lacks-the-relay")
+    await said.get_by_role("link", name="Your data").click()
+    await expect(page.locator("[data-streams] [data-stream='actuators.relay']")).to_be_visible()
+    assert unexpected(errors) == []
 
 
 async def test_a_maker_sees_the_judge_s_looks_charted(

@@ -1,5 +1,5 @@
 """An owner shows a device in Home Assistant from its page, and takes it out
-again (docs/app.md, docs/protocol.md 13), in a real headless Chromium
+again (docs/app.md, docs/protocol.md 14), in a real headless Chromium
 against a real gateway, Mosquitto and simulated thermostats: the entities'
 discovery configs are retained at the broker while it is linked, and
 cleared when it is not; another owner's page of it shows nothing of it."""

@@ -144,7 +144,7 @@ def test_the_release_manifest_example_passes_the_devices_rules() -> None:
     body = _one("release-manifest").value()
     trust.check_manifest(body)
     ota_release.check_notes_entry(body)  # (the tools and the gateway check the notes, a device skips them)
-    trust.check_for_device(body, "thermostat", {"temperature": {}, "relay": {}, "humidity": {}}, API, 1)
+    trust.check_for_device(body, "thermostat", API, 1)
     # it carries both forms of its modules; each device takes its own and the manifests
     for form in ("py", "mpy"):
         taken = [f["path"] for f in forms.device_files(body["files"], form)]

@@ -283,6 +283,8 @@ def messages(draw: st.DrawFn, kind: str, extras: bool = True) -> dict[str, Any]:
     if kind == "hello":
         msg["features"] = draw(st.dictionaries(st.text(max_size=8), features_entries, max_size=3))
         msg["caps"] = draw(st.lists(st.text(max_size=8), max_size=4))
+        if "addons" in msg:
+            msg["addons"] = draw(st.lists(st.text(max_size=8), max_size=2))
         if "streams" in msg:
             msg["streams"] = draw(
                 st.dictionaries(st.text(max_size=12), st.sampled_from(("local", "off")), max_size=3)
@@ -298,6 +300,7 @@ features_entries = st.fixed_dictionaries(
         "enabled": st.booleans(),
         "running": st.booleans(),
         "error": st.text(max_size=12),
+        "waiting": st.lists(st.text(max_size=8), max_size=2),
         "extra": json_values(1),
     },
 )

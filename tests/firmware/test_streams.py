@@ -26,6 +26,8 @@ THERMOSTAT_STREAMS = {
     "features.thermostat.mode",
     "features.thermostat.offset",
 }
+# the streams of the add-ons it may be given: known, plugged in or not
+ADDON_STREAMS = {"sensors.outdoor_temperature", "sensors.co2"}
 
 
 def sent(dev: Device) -> list[tuple[str, dict[str, Any]]]:
@@ -48,7 +50,7 @@ def withheld(dev: Device) -> dict[str, str]:
 def provisioned(tmp_path: Path, choices: dict[str, str] | None = None) -> Device:
     """A thermostat whose flash holds a streams record (as provisioning writes one)."""
     dev = make_device(tmp_path)
-    every = {p: "share" for p in THERMOSTAT_STREAMS} | (choices or {})
+    every = {p: "share" for p in THERMOSTAT_STREAMS | ADDON_STREAMS} | (choices or {})
     dev.store.save("streams", {"choices": every})
     return dev
 
@@ -69,7 +71,7 @@ def test_without_a_record_every_stream_is_shared(tmp_path: Path) -> None:
     dev.publish_telemetry()
     assert paths(out[-1][1]) == THERMOSTAT_STREAMS
     reply = dev.execute("streams.get", {})
-    assert reply["ok"] and set(reply["result"]["streams"]) == THERMOSTAT_STREAMS
+    assert reply["ok"] and set(reply["result"]["streams"]) == THERMOSTAT_STREAMS | ADDON_STREAMS
     assert set(reply["result"]["streams"].values()) == {"share"} and "hello" in reply["result"]["needed"]
 
 
@@ -138,9 +140,8 @@ def test_a_stream_an_update_brings_starts_local(tmp_path: Path) -> None:
     eco = json.loads((firmware_dir() / "features" / "eco" / "manifest.json").read_text())
     new = {f"features.eco.{f}" for f in eco["permissions"]["publishes"]}
     assert new and withheld(again) == {p: "local" for p in new}
-    assert again.store.load("streams", None)["choices"] == {p: "share" for p in THERMOSTAT_STREAMS} | {
-        p: "local" for p in new
-    }
+    shared = {p: "share" for p in THERMOSTAT_STREAMS | ADDON_STREAMS}
+    assert again.store.load("streams", None)["choices"] == shared | {p: "local" for p in new}
 
 
 def test_an_unreadable_record_keeps_every_stream_local(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_an_unreadable_record_keeps_every_stream_local(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "streams.json").write_bytes(b"\x00not json")
     dev.boot()
-    assert withheld(dev) == {p: "local" for p in THERMOSTAT_STREAMS}
+    assert withheld(dev) == {p: "local" for p in THERMOSTAT_STREAMS | ADDON_STREAMS}
 
 
 def test_bad_choices_are_refused_and_change_nothing(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gateway.accounts import Accounts, new_claim_code
 from gateway.footprint import TABLES, csv_export, forget, json_export, stored
 from gateway.rollouts import Gone
-from gateway.store import Store, TelemetryRow
+from gateway.store import SCHEMA_VERSION, Store, TelemetryRow
 from ota.keys import Keys
 
 from ..support import messages
@@ -78,6 +78,10 @@ def _fill(store: Store, dev: str, t: float) -> None:
     )
     db.execute("INSERT INTO twin_devices (device, heater_w, updated) VALUES (?, 2000, ?)", (dev, t + 8))
     db.execute("INSERT INTO data_retention (device, days, set_at) VALUES (?, 30, ?)", (dev, t + 8))
+    db.execute(
+        "INSERT INTO stream_retention (device, stream, days, set_at) VALUES (?, 'sensors.humidity', 2, ?)",
+        (dev, t + 8),
+    )
     db.execute("INSERT INTO ha_links (device, account, since) VALUES (?, ?, ?)", (dev, t, t + 8))
     rid = f"r{int(t)}"  # (ids that name no device)
     db.execute(
@@ -130,6 +134,9 @@ def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s
         assert shared["reason"] == f"2 not reverted after 3 tries: {A} (timeout), 1 other"
         assert (doc["device"], doc["exported_at"], doc["since"]) == (A, 5.0, None)
         assert doc["schema"] == store.schema
+        # how long the gateway keeps what it shares: the device's period, a stream's own
+        retention = {"days": 30.0, "streams": {"sensors.humidity": 2.0}}
+        assert doc["retention"] == retention
         assert [t for t, rows in doc["tables"].items() if not rows] == ["device_forgotten"]
         assert list(doc["tables"]) == [t.name for t in TABLES]
         assert B not in json.dumps(doc)
@@ -139,7 +146,7 @@ def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s
             assert zf.namelist() == ["export.csv"] + [f"{t.name}.csv" for t in TABLES]
             meta = dict(csv.reader(io.TextIOWrapper(zf.open("export.csv"), "utf-8")))
             assert meta == {"key": "value", "device": A, "exported_at": "5.0", "schema": str(store.schema),
-                            "since": ""}  # fmt: skip
+                            "since": "", "retention": json.dumps(retention)}  # fmt: skip
             for name, rows in doc["tables"].items():
                 got = list(csv.DictReader(io.TextIOWrapper(zf.open(f"{name}.csv"), "utf-8", newline="")))
                 want = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
@@ -214,7 +221,7 @@ def test_a_database_of_schema_10_gets_the_tables_of_11_and_12_with_nothing_forgo
     with Store(tmp_path / "gw.db", readonly=True) as old:  # (read as it is)
         assert old.schema == 10 and not old.forgotten(A) and old.forgotten_devices() == set()
     with Store(tmp_path / "gw.db") as store:
-        assert store.schema == 13 and store.forgotten_devices() == set()
+        assert store.schema == SCHEMA_VERSION and store.forgotten_devices() == set()
         assert store.retention(A) is None and store.expire_shared(1e12) == 0
         assert len(_export(store, A)["tables"]["telemetry"]) == 1
         forget(store, A, [], 2000.0)

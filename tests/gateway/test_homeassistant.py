@@ -1,4 +1,4 @@
-"""The Home Assistant bridge without Home Assistant (docs/protocol.md 13):
+"""The Home Assistant bridge without Home Assistant (docs/protocol.md 14):
 the discovery configs and values it makes (only of shared streams), the
 commands it takes, checked before any reaches a device, Home Assistant's
 broker account on a real Mosquitto, and the links an owner makes, on a

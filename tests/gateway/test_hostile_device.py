@@ -276,11 +276,21 @@ async def test_hello_whose_feature_entries_are_not_objects_does_not_break_the_fl
         {"thermostat": ["1.0.0"]},
         {"x": {"version": 2}},
         {"x": {"running": "yes"}},
+        {"x": {"waiting": "outdoor_temperature"}},
+        {"x": {"waiting": [3]}},
     ):
         before = rejected(r, "bad_type")
         await rogue.send("hello", hello(rogue.id, features=features), retain=True)
         await rejected_for(r, "bad_type", before, f"features {features} rejected")
-    odds = ({"caps": [1]}, {"ota": [2]}, {"ota": {"counter": "2"}}, {"ota": {"image": 3}}, {"platform": 3})
+    odds = (
+        {"caps": [1]},
+        {"addons": [1]},
+        {"addons": "co2"},
+        {"ota": [2]},
+        {"ota": {"counter": "2"}},
+        {"ota": {"image": 3}},
+        {"platform": 3},
+    )
     for odd in odds:
         before = rejected(r, "bad_type")
         await rogue.send("hello", hello(rogue.id, **odd), retain=True)

@@ -22,6 +22,7 @@ from gateway.accounts import Accounts, new_claim_code
 from gateway.paths import firmware_dir
 from gateway.releases import ReleaseStore, StoredRelease
 from gateway.store import Store
+from gateway.streams import TWIN_GIVES
 from gateway.twin import preview
 from ota.keys import Keys
 from ota.release import Release, build
@@ -387,3 +388,55 @@ async def test_an_owner_previews_only_a_release_that_waits_for_its_device(
         r.gw.rollouts.create("thermostat@5", "id=th-1", stages=(1.0,), no_revert=True, seed=1)
         async with s.post(url, json={"release": "thermostat@5"}, headers=headers) as resp:
             assert resp.status == 202, await resp.json()
+
+
+def test_a_stream_the_twin_needs_kept_back_is_named_with_what_sharing_it_would_give(
+    eco_world: tuple[Store, ReleaseStore, Recorded, StoredRelease],
+) -> None:
+    store, releases, rec, eco = eco_world
+    # (the humidity is not what the twin is fitted from: keeping it back costs the preview nothing)
+    store.set_withheld("th-1", {"actuators.relay": "local", "sensors.humidity": "off"})
+    answer = preview.compute(preview.gather(store, releases, "th-1", eco, rec.room.heater_w))
+    assert answer["state"] == "insufficient" and "metrics" not in answer
+    assert answer["withheld"] == [
+        {"stream": "actuators.relay", "choice": "local", "gives": TWIN_GIVES["actuators.relay"]}
+    ]
+    assert answer["reasons"] == [
+        "actuators.relay is kept on the device by the owner's choice: shared, it would give the twin when "
+        "the heater ran, from which the twin learns how fast it warms the room, and this preview its numbers"
+    ]
+    assert answer["record"]["rows"] > 0  # (a record there is: the owner's choice is what the twin follows)
+    store.set_withheld("th-1", {"sensors.temperature": "off", "actuators.relay": "local"})
+    answer = preview.compute(preview.gather(store, releases, "th-1", eco, rec.room.heater_w))
+    assert [w["stream"] for w in answer["withheld"]] == ["sensors.temperature", "actuators.relay"]
+    assert answer["reason"].startswith(
+        "sensors.temperature is off by the owner's choice: shared, it would give"
+    )
+
+
+async def test_the_api_and_the_command_line_name_the_stream_kept_back_and_sharing_it_asks_anew(
+    start_gateway: StartGateway, keys: Keys, tmp_path: Path
+) -> None:
+    r = await start_gateway(keys)
+    r.gw.ota.releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
+    record(r.store, tmp_path)
+    r.store.set_withheld("th-1", {"sensors.temperature": "local"})
+    url = f"{r.url}/api/v1/devices/th-1/preview"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json={"release": "thermostat@5"}, headers=r.headers()) as resp:
+            assert resp.status == 202
+        answer = await _wait_done(r, s, "thermostat@5")
+        assert answer["state"] == "insufficient"
+        assert answer["reason"].startswith("sensors.temperature is kept on the device by the owner's choice")
+        assert [w["stream"] for w in answer["withheld"]] == ["sensors.temperature"]
+        out = await asyncio.to_thread(permabeta, r.store.path, "devices", "preview", "th-1", "thermostat@5")
+        assert out.returncode == 1
+        assert "no numbers: the twin lacks what the device keeps back:" in out.stdout
+        assert "the room's temperature, the twin of the room is fitted to it" in out.stdout
+        assert "share it again: permabeta devices streams th-1 sensors.temperature=share" in out.stdout
+        # asked again while kept back: the same answer; once shared again, computed anew
+        async with s.post(url, json={"release": "thermostat@5"}, headers=r.headers()) as resp:
+            assert resp.status == 200 and (await resp.json())["finished"] == answer["finished"]
+        r.store.set_withheld("th-1", {})
+        async with s.post(url, json={"release": "thermostat@5"}, headers=r.headers()) as resp:
+            assert resp.status == 202 and (await resp.json())["state"] == "computing"

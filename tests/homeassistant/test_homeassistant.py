@@ -1,5 +1,5 @@
 """The Home Assistant bridge against a real Home Assistant (docs/protocol.md
-13): virtual thermostats and shirts on the project's Mosquitto, a gateway
+14): virtual thermostats and shirts on the project's Mosquitto, a gateway
 with its API in this loop, Home Assistant's MQTT integration on its own
 broker account. The owner links the devices; Home Assistant registers
 their entities and shows live values; its climate and update services

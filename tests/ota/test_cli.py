@@ -111,7 +111,7 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         str(tmp_path / "r"),
     )
     assert code == 1
-    assert err.startswith("permabeta: the features need humidity, vent, which no thermostat board has")
+    assert err.startswith("permabeta: vent needs humidity, vent, which no thermostat board can have")
     assert err.count("\n") == 1
     code, _, err = run(capsys, "ota", "verify", str(tmp_path / "r"))
     assert code == 1 and "needs --keys DIR" in err

@@ -17,7 +17,7 @@ def test_describe_spells_out_permissions(release: Release) -> None:
     text = d.to_text()
     assert text.splitlines()[0] == "thermostat release 2026.11.1 (counter 2, runtime API 1)"
     assert "needs hardware: relay, temperature" in text
-    assert "  thermostat 1.0.0" in text
+    assert "  thermostat 1.1.0" in text
     assert "    reads      temperature" in text and "(sensors it may read)" in text
     assert "    drives     relay" in text and "(hardware it may switch or move)" in text
     assert "    publishes  setpoint, heating, mode" in text and "(data it may send off the device)" in text
@@ -59,7 +59,7 @@ def test_describe_an_unsigned_release(tmp_path: Path, features_dir: Path) -> Non
 
 
 def _modified(tmp_path: Path, keys: Keys, features_dir: Path, eco: Path) -> Release:
-    """thermostat 1.1.0: changed code, now also reads humidity, no longer
+    """thermostat 1.2.0: changed code, now also reads humidity, no longer
     publishes mode (nor has a metric that needs it); plus the new feature eco."""
     t = features_dir / "thermostat"
     shipped = json.loads((t / "manifest.json").read_text())
@@ -67,7 +67,7 @@ def _modified(tmp_path: Path, keys: Keys, features_dir: Path, eco: Path) -> Rele
     del metrics["setpoint_error"]["when"]
     edit_manifest(
         t,
-        version="1.1.0",
+        version="1.2.0",
         metrics=metrics,
         streams={k: v for k, v in shipped["streams"].items() if k in ("setpoint", "heating")},
         requires=["temperature", "relay", "humidity"],
@@ -92,11 +92,11 @@ def test_against_a_modified_release(
         "thermostat release 2026.11.2 (counter 3) against 2026.11.1 (counter 2"
     )
     assert "  + eco 1.0.0 (new)" in text
-    assert "  ^ thermostat 1.0.0 -> 1.1.0 (upgraded)" in text
+    assert "  ^ thermostat 1.1.0 -> 1.2.0 (upgraded)" in text
     assert "  ! eco 1.0.0 (new) reads: temperature" in text
     assert "  ! eco 1.0.0 (new) publishes: boost" in text
-    assert "  ! thermostat 1.1.0 now also reads: humidity" in text
-    assert "    thermostat 1.1.0 no longer publishes: mode" in text
+    assert "  ! thermostat 1.2.0 now also reads: humidity" in text
+    assert "    thermostat 1.2.0 no longer publishes: mode" in text
     old_files = {f.path: f for f in release.files}
     new_files = {f.path: f for f in new.files}
     init_old, init_new = old_files["thermostat/__init__.py"], new_files["thermostat/__init__.py"]
@@ -113,7 +113,7 @@ def test_against_a_modified_release(
     assert {p["text"] for p in d["permissions"] if p["gained"]} == {
         "eco 1.0.0 (new) reads: temperature",
         "eco 1.0.0 (new) publishes: boost",
-        "thermostat 1.1.0 now also reads: humidity",
+        "thermostat 1.2.0 now also reads: humidity",
     }
     assert [(f["name"], f["change"]) for f in d["features"]] == [("eco", "new"), ("thermostat", "upgraded")]
     assert {f["path"]: f["change"] for f in d["files"]} == {
@@ -134,7 +134,7 @@ def test_back_again_removes_a_feature(
     back = build("thermostat", [eco], "2026.11.3", tmp_path / "r3", counter=4, keys=keys, forms=("py",))
     c = compare(r2, back)
     text = c.to_text()
-    assert "  - thermostat 1.1.0 (removed)" in text
+    assert "  - thermostat 1.2.0 (removed)" in text
     assert "  = eco 1.0.0 (unchanged)" in text
     assert "  = 2 files unchanged" in text
     assert "- thermostat/__init__.py" in text
@@ -152,8 +152,8 @@ def test_only_unheld_content_is_downloaded(tmp_path: Path, release: Release, fea
     (added,) = [f for f in c.files if f.change == "added"]
     assert added.new is not None
     assert (c.download_files, c.download_bytes) == (1, added.new.zsize)
-    assert "  = thermostat 1.0.0 (files changed, same version)" not in c.to_text()
-    assert "  ~ thermostat 1.0.0 (files changed, same version)" in c.to_text()
+    assert "  = thermostat 1.1.0 (files changed, same version)" not in c.to_text()
+    assert "  ~ thermostat 1.1.0 (files changed, same version)" in c.to_text()
 
 
 def test_warnings_a_maker_needs(tmp_path: Path, release: Release, features_dir: Path) -> None:

@@ -28,7 +28,7 @@ async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
         done = text.split("=== update done ===")[1]
         for dev in ("th-1", "th-2", "sh-1", "sh-2"):
             assert re.search(rf"= {dev}\s+committed", done), text
-        assert "runs eco 1.0.0, thermostat 1.0.0" in done and "runs vent 1.1.0" in done
+        assert "runs eco 1.0.0, thermostat 1.1.0" in done and "runs vent 1.1.0" in done
         # the app, with an owner of every other device to log in as
         app = re.search(r"the app: (http://\S+)/app/  owner ann \(password (\S+), owns th-1, sh-1\)", text)
         assert app, text

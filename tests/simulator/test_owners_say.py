@@ -113,7 +113,7 @@ async def test_an_owner_asked_first_reads_the_offer_puts_it_off_says_now_then_ro
 
     # what the owner is shown: the notes, signed with the release, and what it changes
     shown = await owners.offers("ann", asker.id)
-    assert shown["runs"]["counter"] == 0 and shown["runs"]["features"] == {"thermostat": "1.0.0"}
+    assert shown["runs"]["counter"] == 0 and shown["runs"]["features"] == {"thermostat": "1.1.0"}
     assert shown["policy"] == "ask" and shown["rollback"] is None
     (offer,) = shown["offers"]
     assert offer["release"]["ref"] == "thermostat@2" and offer["notes"] == NOTES
@@ -121,7 +121,7 @@ async def test_an_owner_asked_first_reads_the_offer_puts_it_off_says_now_then_ro
     assert offer["state"] in ("awaiting_owner", "pending")
     changes = offer["changes"]
     assert changes["features"]["added"] == [{"name": "eco", "version": "1.0.0"}]
-    assert changes["features"]["unchanged"] == [{"name": "thermostat", "version": "1.0.0"}]
+    assert changes["features"]["unchanged"] == [{"name": "thermostat", "version": "1.1.0"}]
     assert changes["summary"] == "new: publishes boost, cheap, price"
     assert changes["unknown"] == [] and changes["lacks"] == []
     assert offer["descriptions"]["eco"].startswith("Pre-heats while energy is cheap")

@@ -15,6 +15,7 @@ _UNDO = {
     11: "DROP TABLE device_forgotten; DROP TABLE rollout_forgotten;",
     12: "DROP TABLE data_retention;",
     13: "DROP TABLE ha_links;",
+    14: "DROP TABLE stream_retention;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

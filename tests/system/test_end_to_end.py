@@ -39,7 +39,7 @@ def test_device_appears_with_model_and_features(
     entry = wait_for(lambda: listed(gateway_process, dev.id), 20, what=f"{dev.id} in devices list")
     assert entry["model"] == "thermostat"
     assert entry["board"] == "thermostat-v1"
-    assert entry["features"] == {"thermostat": "1.0.0"}
+    assert entry["features"] == {"thermostat": "1.1.0"}
     shown = wait_for(lambda: (d := gateway_process.device(dev.id))["online"] and d, 10, what="online")
     assert shown["platform"] == ("micropython" if interpreter == "micropython" else "cpython")
     assert shown["reset_cause"] == "power_on"

@@ -2,9 +2,12 @@
 # schedule may change. On below setpoint - hysteresis, off above
 # setpoint + hysteresis, unchanged in between (so the relay does not chatter).
 # Other features may shift the setpoint within +-MAX_OFFSET by the signal
-# 'setpoint_offset' (eco pre-heats while energy is cheap).
+# 'setpoint_offset' (eco pre-heats while energy is cheap), and switch the
+# heater on earlier by the signal 'lead' (weather, in the cold: up to
+# MAX_LEAD, and never so far that the band closes).
 
 MAX_OFFSET = 3.0
+MAX_LEAD = 1.0
 
 
 def parse_schedule(entries):
@@ -49,19 +52,27 @@ class Thermostat:
         self.ctx = ctx
         self.heating = False
         self.offset = 0  # type: float
+        self.lead = 0  # type: float
         self.schedule = parse_schedule(ctx.config["schedule"])
         ctx.drive("relay", False)
         ctx.on("sensor.temperature", self.on_temperature)
         ctx.on("signal.setpoint_offset", self.on_offset)
+        ctx.on("signal.lead", self.on_lead)
 
     def setpoint(self):
         base = scheduled(self.schedule, self.ctx.minute_of_day(), self.ctx.config["setpoint"])
         return base + self.offset
 
     def on_offset(self, value):
+        self._shift("offset", value, -MAX_OFFSET, MAX_OFFSET)
+
+    def on_lead(self, value):
+        self._shift("lead", value, 0, MAX_LEAD)
+
+    def _shift(self, name, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
-        self.offset = max(-MAX_OFFSET, min(MAX_OFFSET, value))
+        setattr(self, name, max(lo, min(hi, value)))
         t = self.ctx.read("temperature")
         if t is not None:
             self.on_temperature(t)
@@ -70,9 +81,10 @@ class Thermostat:
         cfg = self.ctx.config
         sp = self.setpoint()
         h = cfg["hysteresis"]
+        lead = min(self.lead, 1.5 * h)  # (on stays below off: the relay does not chatter)
         if cfg["mode"] == "off":
             on = False
-        elif t < sp - h:
+        elif t < sp - h + lead:
             on = True
         elif t > sp + h:
             on = False

@@ -22,14 +22,28 @@ class Reboot(Exception):
 
 class Hal:
     """Base of every backend. `board` is the parsed board file: its
-    'capabilities' map names to {'kind': sensor|relay|servo, ...}."""
+    'capabilities' map names to {'kind': sensor|relay|servo, ...}, and its
+    'addons' the parts that may be plugged into it, each a capability with
+    where it answers (docs/protocol.md 13). `caps` is what the board has
+    now: its own and the add-ons plugged in (pb/addons.py)."""
 
     name = "base"
 
-    def __init__(self, board, root="."):
+    def __init__(self, board, root=".", path=None):
         board.pop("streams", None)  # (what each stream tells, for owners: the gateway's, not RAM's)
+        addons = board.pop("addons", None) or {}
         self.board = board
         self.root = root
+        # each add-on: (a sensor?, scl, sda, addr), where a bus scan finds it;
+        # its capability is read from the board file (path) once it is
+        # plugged in: the table would take kilobytes of a board's RAM
+        self.addons = {}
+        for n in addons:
+            a = addons[n]
+            self.addons[n] = (a.get("kind") == SENSOR, a.get("scl"), a.get("sda"), a.get("addr"))
+        self.path = path
+        self.specs = None if path else addons  # (no file: a simulator's, which keeps them)
+        self.plugged = ()  # the add-ons plugged in, sorted names
         self.caps = board.get("capabilities", {})
 
     def sensors(self):
@@ -79,6 +93,11 @@ class Hal:
                 pass
 
     # ---- what each backend provides --------------------------------------
+
+    def scan(self):
+        """The names of the add-ons plugged in now, or None when the backend
+        cannot tell this time (keep what was found before)."""
+        return ()
 
     def read(self, name):
         """Current value of a sensor. Raises HalError."""

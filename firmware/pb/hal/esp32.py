@@ -20,8 +20,8 @@ class Esp32Hal(Hal):
     ntp = True  # its clock starts at 2000: asks config.json's "ntp" (pb/startup.py)
     name = "esp32"
 
-    def __init__(self, board, root="/"):
-        super().__init__(board, root)
+    def __init__(self, board, root="/", path=None):
+        super().__init__(board, root, path)
         self._drivers = {}
         self._wdt = None
         self._wlan = None
@@ -49,8 +49,11 @@ class Esp32Hal(Hal):
                 drv = _Dht(cls(machine.Pin(cap["pin"])))
                 self._drivers[key] = drv
         elif kind == "sht31":
-            i2c = machine.I2C(0, scl=machine.Pin(cap["scl"]), sda=machine.Pin(cap["sda"]))
-            drv = _Sht31(i2c, cap.get("addr", 0x44))
+            drv = _Sht31(self._i2c(cap), cap.get("addr", 0x44))
+        elif kind == "scd4x":
+            drv = _Scd4x(self._i2c(cap), cap.get("addr", 0x62))
+        elif kind == "pca9685":
+            drv = _Pca9685(self._i2c(cap), cap.get("addr", 0x40), cap.get("channel", 0), cap.get("freq", 50))
         elif kind == "adc":
             drv = _Adc(machine.ADC(machine.Pin(cap["pin"])), cap.get("scale", 1.0), cap.get("offset", 0.0))
         elif kind == "battery":
@@ -65,6 +68,37 @@ class Esp32Hal(Hal):
             raise HalError("no driver %r for %s" % (kind, name))
         self._drivers[name] = drv
         return drv
+
+    def _i2c(self, cap):
+        """The I2C bus on the capability's pins, one object a pair of pins."""
+        import machine
+
+        key = "i2c:%d:%d" % (cap["scl"], cap["sda"])
+        bus = self._drivers.get(key)
+        if bus is None:
+            bus = machine.I2C(0, scl=machine.Pin(cap["scl"]), sda=machine.Pin(cap["sda"]))
+            self._drivers[key] = bus
+        return bus
+
+    def scan(self):
+        """The add-ons answering at their address on their I2C bus."""
+        found = []
+        seen = {}
+        for name in self.addons:
+            _, scl, sda, addr = self.addons[name]
+            if addr is None or scl is None:
+                continue
+            key = (scl, sda)
+            if key not in seen:
+                try:
+                    seen[key] = self._i2c({"scl": scl, "sda": sda}).scan()
+                except OSError:
+                    seen[key] = ()
+            if addr in seen[key]:
+                found.append(name)
+            else:
+                self._drivers.pop(name, None)  # (started afresh when plugged in again)
+        return found
 
     def read(self, name):
         cap = self.caps.get(name, {})
@@ -85,7 +119,10 @@ class Esp32Hal(Hal):
         else:
             lo = cap.get("min_us", 500)
             hi = cap.get("max_us", 2500)
-            drv.duty_ns(int((lo + (hi - lo) * value / 100) * 1000))
+            if cap.get("driver") == "pca9685":
+                drv.pulse_us(lo + (hi - lo) * value / 100)
+            else:
+                drv.duty_ns(int((lo + (hi - lo) * value / 100) * 1000))
 
     # ---- system ------------------------------------------------------------
 
@@ -179,6 +216,54 @@ class _Sht31:
         if quantity == "humidity":
             return 100 * ((d[3] << 8) | d[4]) / 65535
         return -45 + 175 * ((d[0] << 8) | d[1]) / 65535
+
+
+class _Scd4x:
+    """Sensirion SCD40/41 CO2 sensor: periodic measurement, one reading
+    every 5 s; words are big-endian, each followed by a CRC byte."""
+
+    def __init__(self, i2c, addr):
+        self.i2c = i2c
+        self.addr = addr
+        self.co2 = None
+        i2c.writeto(addr, b"\x21\xb1")  # start_periodic_measurement
+
+    def read(self, quantity):
+        import time
+
+        self.i2c.writeto(self.addr, b"\xe4\xb8")  # get_data_ready_status
+        time.sleep_ms(1)
+        r = self.i2c.readfrom(self.addr, 3)
+        if ((r[0] << 8) | r[1]) & 0x07FF:
+            self.i2c.writeto(self.addr, b"\xec\x05")  # read_measurement
+            time.sleep_ms(1)
+            d = self.i2c.readfrom(self.addr, 9)
+            self.co2 = (d[0] << 8) | d[1]
+        if self.co2 is None:
+            raise OSError("no CO2 reading yet")
+        return self.co2
+
+
+class _Pca9685:
+    """NXP PCA9685 PWM driver: one channel drives a servo."""
+
+    def __init__(self, i2c, addr, channel, freq):
+        import time
+
+        self.i2c = i2c
+        self.addr = addr
+        self.channel = channel
+        self.freq = freq
+        prescale = int(25000000 / (4096 * freq) + 0.5) - 1
+        i2c.writeto_mem(addr, 0x00, b"\x10")  # MODE1: sleep, to set the prescaler
+        i2c.writeto_mem(addr, 0xFE, bytes([prescale]))
+        i2c.writeto_mem(addr, 0x00, b"\x20")  # awake, register auto-increment
+        time.sleep_ms(1)
+
+    def pulse_us(self, us):
+        off = int(us * self.freq * 4096 / 1000000)
+        reg = 0x06 + 4 * self.channel  # LEDn_ON_L, ON_H, OFF_L, OFF_H
+        self.i2c.writeto_mem(self.addr, reg, bytes([0, 0, off & 0xFF, off >> 8]))
 
 
 class _Adc:

@@ -17,8 +17,8 @@ CLOCK_FILE = "clock"  # the device's clock minus the host's, whole seconds as te
 class HostHal(Hal):
     name = "host"
 
-    def __init__(self, board, root="."):
-        super().__init__(board, root)
+    def __init__(self, board, root=".", path=None):
+        super().__init__(board, root, path)
         self.dir = root + "/hal"
         makedirs(self.dir)
         self._out = {}
@@ -45,6 +45,15 @@ class HostHal(Hal):
         if not isinstance(values, dict):
             raise HalError("sensor file is not a JSON object")
         return values
+
+    def scan(self):
+        # an add-on is plugged in while the sensor file names it (a value
+        # for a sensor, anything for an actuator's driver)
+        try:
+            values = self._sensors()
+        except HalError:
+            return None
+        return [n for n in self.addons if n in values]
 
     def read(self, name):
         if self.caps.get(name, {}).get("kind") != "sensor":

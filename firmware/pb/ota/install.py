@@ -200,7 +200,7 @@ def check_release(base, job, device, run_counter, data, tick=None):
     caps, api) and above run_counter, offered as the job's update. Returns
     (manifest body, freshness body). The download agent runs this before it
     fetches any blob, and the install again. Raises TrustError."""
-    dev_id, model, caps, api = device
+    dev_id, model, _, api = device  # (the caps: a feature waits for its hardware)
     # the manifest's object is parsed once its signatures passed: a large
     # one (the whole runtime's) and the signature code do not fit together
     collect()  # (before the largest blocks of the check: the signed text's)
@@ -228,7 +228,7 @@ def check_release(base, job, device, run_counter, data, tick=None):
     body = trust.signed_object(raw)
     raw = None
     trust.check_manifest(body)
-    trust.check_for_device(body, model, caps, api, run_counter)
+    trust.check_for_device(body, model, api, run_counter)
     fbody = None
     if job.get("fresh_ok") != body["counter"]:
         if fresh is None:  # (a job whose counter is not its manifest's: refused below)

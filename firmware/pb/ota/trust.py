@@ -280,15 +280,14 @@ def check_manifest(body):
     return body
 
 
-def check_for_device(body, model, caps, api, counter):
-    """Raise unless the manifest suits this device: its model, its board's
-    capabilities, its runtime API (unless the release carries its own
-    runtime), and a counter above the one it runs."""
+def check_for_device(body, model, api, counter):
+    """Raise unless the manifest suits this device: its model, its runtime
+    API (unless the release carries its own runtime), and a counter above
+    the one it runs. Its `requires` does not refuse it: a feature whose
+    hardware the board lacks is installed and waits for it (pb/features.py,
+    docs/ota.md 2)."""
     if body["model"] != model:
         raise TrustError("wrong_model", "release is for %s, this device is a %s" % (body["model"], model))
-    missing = [c for c in body["requires"] if c not in caps]
-    if missing:
-        raise TrustError("wrong_hardware", "release needs %s, which this board lacks" % ", ".join(missing))
     # a release that carries a runtime runs its features on that runtime,
     # whose API ota build checked is the release's: the running one's API
     # does not matter (docs/ota.md 2.1)

@@ -45,6 +45,7 @@ _SCHEMAS = {
         ("ts", "n", 0),
         ("utc_offset_min", "i", 0),
         ("streams", "d", 0),
+        ("addons", "l", 0),
     ),
     "state": (("v", "i", 1), ("dev", "s", 1), ("state", "s", 1), ("ts", "n", 0), ("reason", "s", 0)),
     "telemetry": (
@@ -92,7 +93,7 @@ _BOUNDS = {
 # device of a higher level than it knows is served as the highest it knows.
 PROTOCOLS = (1, 2)
 # The shape of hello's objects: what the gateway stores and lists.
-_FEATURE = (("version", "s"), ("enabled", "b"), ("running", "b"), ("error", "s"))
+_FEATURE = (("version", "s"), ("enabled", "b"), ("running", "b"), ("error", "s"), ("waiting", "l"))
 _OTA = (("counter", "i"), ("state", "s"), ("root", "i"))
 
 
@@ -195,9 +196,14 @@ def _check_hello(msg):
     feature an object, the capabilities strings, ota's counter in range."""
     for name, f in msg["features"].items():
         _check_fields("hello.features[%r]" % name[:32], f, _FEATURE)
-    for c in msg["caps"]:
-        if not isinstance(c, str):
-            raise ProtocolError("bad_type", "hello.caps must hold strings")
+    for key in ("caps", "addons"):
+        for c in msg.get(key, ()):
+            if not isinstance(c, str):
+                raise ProtocolError("bad_type", "hello.%s must hold strings" % key)
+    for name, f in msg["features"].items():
+        for c in f.get("waiting", ()):
+            if not isinstance(c, str):
+                raise ProtocolError("bad_type", "hello.features[%r].waiting must hold strings" % name[:32])
     for path, choice in msg.get("streams", {}).items():
         if choice not in ("local", "off"):
             raise ProtocolError("bad_value", "hello.streams[%r] must be local or off" % path[:64])

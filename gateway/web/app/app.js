@@ -4,6 +4,7 @@ import { html, render, useState, useEffect, useCallback } from "./vendor/preact-
 import { TimeChart, BarChart, dateTime } from "./charts.js";
 import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
 import { Streams } from "./streams.js";
+import { Footprint, Forgotten } from "./footprint.js";
 import { HomeAssistant } from "./homeassistant.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
@@ -145,6 +146,7 @@ function Device({ id }) {
   const [said, setSaid] = useState(null);
   const [updates, , reloadUpdates] = useLoad(() => api("GET", base + "/updates?limit=20"), [id]);
   const [offers, , reloadOffers] = useLoad(() => api("GET", base + "/offers").catch(() => null), [id]);
+  const [forgotten, setForgotten] = useState(null);
   useEffect(() => {
     api("GET", base + "/telemetry?limit=" + KEEP_POINTS).then(
       (list) => setRows(list.map((m) => ({ t: m.ts || m.received, values: flatten(m) }))),
@@ -163,6 +165,7 @@ function Device({ id }) {
       reloadOffers();
     }
   }, [id, reload, reloadUpdates, reloadOffers]);
+  if (forgotten) return html`<${Forgotten} answer=${forgotten} />`;
   if (error && !device) return html`<${ErrorLine} error=${error} />`;
   if (!device) return html`<p class="loading">Loading…</p>`;
   const last = rows && rows.length ? rows[rows.length - 1].values : flatten(device.last_telemetry);
@@ -186,6 +189,7 @@ function Device({ id }) {
     <${Features} id=${id} device=${device} />
     <h2>Your data</h2>
     <${Streams} id=${id} online=${device.online} />
+    <${Footprint} id=${id} onForgotten=${setForgotten} />
     <h2>Home Assistant</h2>
     <${HomeAssistant} id=${id} />
     <h2>Updates</h2>

@@ -1,4 +1,4 @@
-// A device in Home Assistant (docs/protocol.md 13): its owner shows it there, or takes it out.
+// A device in Home Assistant (docs/protocol.md 14): its owner shows it there, or takes it out.
 // The gateway publishes the entities of the streams the owner shares, and removes them at an unlink.
 import { html, useState } from "./vendor/preact-htm.js";
 import { api, useLoad, ErrorLine } from "./lib.js";

@@ -132,8 +132,16 @@ function Preview({ id, release }) {
   if (p.state !== "ready") {
     const reasons = p.reasons || (p.reason ? [p.reason] : [p.state]);
     return html`<div class="banner" data-preview=${p.state}>
-      <b>${p.state === "insufficient" ? "Not enough of a record for a preview:" : "The preview failed:"}</b>
-      <ul>${reasons.map((r) => html`<li>${r}</li>`)}</ul></div>`;
+      <b>${p.state !== "insufficient"
+        ? "The preview failed:"
+        : p.withheld && p.withheld.length
+          ? "No preview while its twin lacks what you keep back:"
+          : "Not enough of a record for a preview:"}</b>
+      <ul>${reasons.map((r) => html`<li>${r}</li>`)}</ul>
+      ${p.withheld && p.withheld.length
+        ? html`<p data-withheld>Share ${p.withheld.map((w) => w.stream).join(" and ")} again under <a
+            href=${"#/device/" + encodeURIComponent(id)}>Your data</a> for a preview.</p>`
+        : ""}</div>`;
   }
   const metrics = Object.entries(p.metrics || {});
   const q = (p.fit && p.fit.quality) || {};
