@@ -123,6 +123,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     from . import (
         api_accounts,
         api_footprint,
+        api_gains,
         api_homeassistant,
         api_owners,
         api_rollouts,
@@ -135,6 +136,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
 
     app.add_routes(api_rollouts.routes())
     app.add_routes(api_owners.routes())
+    app.add_routes(api_gains.routes())
     app.add_routes(api_footprint.routes())
     app.add_routes(api_streams.routes())
     app.add_routes(api_homeassistant.routes())

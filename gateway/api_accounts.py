@@ -73,6 +73,8 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/devices/{id}/offers"): _OWN_DEVICE,
     ("POST", "/api/v1/devices/{id}/decision"): _OWN_DEVICE,
     ("POST", "/api/v1/devices/{id}/rollback"): _OWN_DEVICE,
+    ("GET", "/api/v1/devices/{id}/gains"): _OWN_DEVICE,
+    ("POST", "/api/v1/devices/{id}/gains"): _OWN_DEVICE,
     ("GET", "/api/v1/devices/{id}/streams"): _OWN_DEVICE,
     ("PUT", "/api/v1/devices/{id}/streams"): _OWN_DEVICE,  # its owner's only, or its maker's before a claim
     ("POST", "/api/v1/devices/{id}/preview"): _OWN_DEVICE,

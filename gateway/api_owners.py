@@ -31,14 +31,14 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def _device(request: web.Request) -> DeviceRecord | web.Response:
+def device_of(request: web.Request) -> DeviceRecord | web.Response:
     dev = request.match_info["id"]
     d = request.app[GATEWAY].store.device(dev)
     return d if d is not None else error_response(404, "unknown_device", f"no device {dev[:64]!r}")
 
 
 async def _offers(request: web.Request) -> web.Response:
-    d = _device(request)
+    d = device_of(request)
     if isinstance(d, web.Response):
         return d
     try:
@@ -108,7 +108,7 @@ async def decide(gw: Gateway, d: DeviceRecord, ref: str, decision: Any, until: A
 
 async def _decide(request: web.Request, ref: str, decision: Any, until: Any) -> web.Response:
     """The owner's decision on release ref for the route's device."""
-    d = _device(request)
+    d = device_of(request)
     if isinstance(d, web.Response):
         return d
     try:
@@ -123,7 +123,7 @@ async def _rollback(request: web.Request) -> web.Response:
     """Update the device to the revert release its maker signed for the set
     it ran before (offers.revert_for): 201 with the update."""
     gw = request.app[GATEWAY]
-    d = _device(request)
+    d = device_of(request)
     if isinstance(d, web.Response):
         return d
     revert = revert_for(gw, d)

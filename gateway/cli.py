@@ -263,6 +263,8 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     for name, f in sorted(d.features.items()):
         f = f if isinstance(f, dict) else {}
         flags = "running" if f.get("running") else ("disabled" if not f.get("enabled", True) else "stopped")
+        if f.get("waiting") and not f.get("running"):
+            flags = "waiting for " + ", ".join(str(c) for c in f["waiting"])
         err = f" - {f['error']}" if f.get("error") else ""
         print(_shown(f"  feature {name} {feature_version(f) or '?'}: {flags}{err}"))
     from .cli_ota import show_device_ota
@@ -273,6 +275,13 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         print("  " + settings_text(SettingsTable(store).get(d.id).to_dict()))
     for line in show_device_ota(db_of(args), d.id, d.ota):
         print(_shown(line))
+    from .cli_gains import gains_lines
+    from .gains import gains
+    from .releases import ReleaseStore
+
+    with Store(db_of(args), readonly=True) as store:
+        for line in gains_lines(gains(ReleaseStore(store), d)):
+            print(_shown(line))
     if d.last_telemetry:
         print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))
     for e in events:
@@ -491,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_footprint import register as register_footprint
 
     register_footprint(dv)
+    from .cli_gains import register as register_gains
+
+    register_gains(dv)
 
     from .cli_twin import register as register_twin
 

@@ -131,6 +131,25 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "UpdateWithSteps": {"allOf": [_ref("Update"), _object({"steps": _list(_OBJ)})]},
     "UpdateOfRelease": {"allOf": [_ref("Update"), _object({"ref": _STR})]},
+    "Gain": _object(
+        {
+            "feature": _STR,
+            "version": _STR,
+            "description": _STR,
+            "release": _object({"id": _STR, "ref": _STR, "version": _STR, "counter": _INT}),
+            "requires": _list(_STR),
+            "text": _STR,
+        },
+        {"addons": _list(_STR), "needs": _list(_STR)},
+    ),
+    "Gains": _object(
+        {
+            "device": _STR,
+            "gains": _list(_ref("Gain")),
+            "waiting": _list(_object({"feature": _STR, "version": _STR, "needs": _list(_STR), "text": _STR})),
+            "with_addons": _list(_ref("Gain")),
+        }
+    ),
     "Decision": _object(
         {
             "device": _STR,
@@ -395,6 +414,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/devices/{id}/previews"): Op(
         "the device's previews, newest first",
         {200: _list(_object({"release": _OBJ, "state": _STR, "requested": _NUM}, {"reason": _opt(_STR)}))},
+    ),
+    ("GET", "/api/v1/devices/{id}/gains"): Op(
+        "what the device could gain: features its hardware runs now, those waiting for hardware, "
+        "those an add-on would let run (docs/protocol.md 13)",
+        {200: _ref("Gains")},
+    ),
+    ("POST", "/api/v1/devices/{id}/gains"): Op(
+        "the owner asks for a feature the device could gain: its release goes out with the owner's yes",
+        {201: _ref("UpdateOfRelease"), 202: _ref("Decision")},
+        _object({"feature": _STR}, closed=True),
     ),
     ("POST", "/api/v1/devices/{id}/rollback"): Op(
         "an update to the revert release the maker signed for the device's set",

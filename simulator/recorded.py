@@ -37,6 +37,7 @@ class Recorded:
     data: list[tuple[float, str, Any]]  # what the gateway sent: (time, key, value)
     room: Room | None  # the room as it stands at the record's end (its truth)
     skin: Skin | None = None  # a shirt's wearer, likewise
+    addons: tuple[str, ...] = ()  # the add-ons plugged into its board
 
 
 def daily_prices(seed: int, start: float, seconds: float) -> list[tuple[float, str, Any]]:
@@ -95,18 +96,25 @@ def thermostat_record(
     room_temp: float = 21.0,
     hello_over: dict[str, Any] | None = None,
     data: Sequence[tuple[float, str, Any]] | None = None,
+    addons: Sequence[str] = (),
 ) -> Recorded:
     """Thermostat dev in room `seed` from start for `seconds`, recorded in
     store: its hello, its telemetry every 10 s, and (prices) the daily price
-    tables the gateway sent it. work: a new folder for the device's flash."""
-    store.upsert_hello(dev, hello(dev, **(hello_over or {})), start)
+    tables the gateway sent it. work: a new folder for the device's flash;
+    addons: the add-ons plugged into its board (its hello says them)."""
+    said = (
+        {"caps": sorted({"humidity", "relay", "temperature", *addons}), "addons": sorted(addons)}
+        if addons
+        else {}
+    )
+    store.upsert_hello(dev, hello(dev, **(said | (hello_over or {}))), start)
     sent = list(data) if data is not None else (daily_prices(seed, start, seconds) if prices else [])
     for t, key, value in sent:
         add_command(store, dev, t, "data.set", {"key": key, "value": value}, {"key": key})
     room = Room.random(random.Random(seed))
     rows: list[TelemetryRow] = []
     steps = thermostat_in_a_room(
-        work, seed, start, seconds, config=config, room_temp=room_temp, data=sent, room=room
+        work, seed, start, seconds, config=config, room_temp=room_temp, data=sent, room=room, addons=addons
     )
     for seq, (t, tel) in enumerate(steps, start=1):
         rows.append(
@@ -116,7 +124,7 @@ def thermostat_record(
             store.add_telemetry(rows)
             rows = []
     store.add_telemetry(rows)
-    return Recorded(dev, seed, start, seconds, dict(config or {}), sent, room)
+    return Recorded(dev, seed, start, seconds, dict(config or {}), sent, room, addons=tuple(addons))
 
 
 def shirt_record(
@@ -179,6 +187,7 @@ def thermostat_after(
             data=rec.data,
             features_from=features_from,
             room=room,
+            addons=rec.addons,
         )
     )
     return rows, room

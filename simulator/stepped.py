@@ -71,6 +71,7 @@ def thermostat_in_a_room(
     features_from: Path | None = None,
     data: Sequence[tuple[float, str, Any]] = (),
     room: Room | None = None,
+    addons: Sequence[str] = (),
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """(time, telemetry) of a thermostat in room `seed` (Room.random), every
     STEP_S from start + STEP_S for `seconds`. base: a new folder for the
@@ -80,8 +81,9 @@ def thermostat_in_a_room(
     features_from: a folder of feature folders to run (default: the
     factory thermostat alone); data: (time, key, value) the gateway sends
     (data.set) at those times; room: the room itself (else Room.random(seed)),
-    so that the caller can read its truth. Raises ValueError for a patch
-    that does not apply."""
+    so that the caller can read its truth; addons: the add-ons plugged into
+    its board (docs/protocol.md 13). Raises ValueError for a patch that does
+    not apply."""
     features = base / "features"
     if features_from is None:
         shutil.copytree(firmware_dir() / "features" / "thermostat", features / "thermostat")
@@ -97,7 +99,7 @@ def thermostat_in_a_room(
         room = Room.random(random.Random(seed))
     if room_temp is not None:
         room.temp = room_temp
-    yield from _stepped(base, "thermostat", f"th-{seed}", room, start, seconds, config, data)
+    yield from _stepped(base, "thermostat", f"th-{seed}", room, start, seconds, config, data, addons)
 
 
 def shirt_on_a_wearer(
@@ -138,6 +140,7 @@ def _stepped(
     seconds: float,
     config: dict[str, Any] | None,
     data: Sequence[tuple[float, str, Any]] = (),
+    addons: Sequence[str] = (),
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """The device of the model whose factory feature is `feature`, its
     features in base/features, on plant, stepped from start: its telemetry."""
@@ -145,9 +148,11 @@ def _stepped(
     clock = _Clock(start)
     plant.advance(clock.t)
     link = _Link()
+    hal = SimHal(board, plant, clock)
+    hal.plugged_in = set(addons)
     dev = Device(
         make_config(dev_id, board, BrokerUrl("127.0.0.1", 1), "pw"),
-        SimHal(board, plant, clock),
+        hal,
         Store(str(base / "data")),
         str(base / "features"),
         importer=import_feature,

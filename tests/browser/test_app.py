@@ -391,6 +391,43 @@ async def test_an_owner_reads_a_waiting_update_says_yes_and_sees_it_commit_and_t
     assert unexpected(errors) == [] and unexpected(maker_errors) == []
 
 
+async def test_an_owner_plugs_in_an_outdoor_probe_and_installs_the_weather_feature_from_the_page(
+    home: Home, browser: Browser, shots: Shots, keys: Keys, tmp_path: Path
+) -> None:
+    gw, url, mine = home.r.gw, home.r.url, home.devices[1]
+    features = firmware_dir() / "features"
+    weather = build(
+        "thermostat", [features / "thermostat", features / "weather"], "2.1.0", tmp_path / "rw", 5, keys=keys
+    )
+    gw.ota.releases.add(weather.path, time.time())
+    page, errors = await log_in(browser, url, "ann")
+    await page.goto(f"{url}/app/#/device/{mine}")
+    probe = "outdoor temperature probe (outdoor_temperature)"
+    await expect(page.locator("[data-could='weather']")).to_contain_text(f"Plug in {probe} and the weather")
+    home.fleet.device(mine).plug("outdoor_temperature")
+    await async_wait_for(
+        lambda: (
+            (d := home.r.store.device(mine)) is not None and d.hello.get("addons") == ["outdoor_temperature"]
+        ),
+        30,
+        what="the probe found",
+    )
+    await page.reload()
+    gain = page.locator("[data-gain='weather']")
+    await expect(gain).to_contain_text(
+        "Outdoor temperature probe (outdoor_temperature) was plugged in: the weather"
+    )
+    await shots.take(page, "a-feature-to-gain")
+    assert gw.ota.active(mine) is None  # nothing goes before the owner asks
+    await gain.get_by_role("button", name="Install weather (thermostat@5)").click()
+    await expect(page.locator("[data-gains] .ok")).to_contain_text("weather comes with thermostat@5")
+    await expect(page.locator("[data-history] [data-state='committed']")).to_have_count(1, timeout=60_000)
+    await page.reload()
+    await expect(page.locator("[data-features]")).to_contain_text("weather")
+    await expect(page.locator("[data-gains]")).to_contain_text("Nothing more for its hardware")
+    assert unexpected(errors) == []
+
+
 async def test_an_owner_who_keeps_back_what_the_twin_needs_is_told_which_stream_and_where_to_share_it(
     home: Home, browser: Browser, shots: Shots, keys: Keys, tmp_path: Path
 ) -> None:

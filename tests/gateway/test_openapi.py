@@ -167,10 +167,12 @@ async def test_real_answers_of_every_route_fit_the_document(world: World, make_r
                 assert resp.status < 300, answer
                 ok.add((method, "/api/v1/session"))
     # what cannot succeed here: a command or data choices to a device that is
-    # not online, a rollback of a device no revert release was signed for
-    # (tests/simulator/test_owners_say.py, tests/simulator/test_streams.py)
+    # not online, a rollback of a device no revert release was signed for, a
+    # feature asked of a device with nothing to gain (tests/simulator/test_owners_say.py,
+    # tests/simulator/test_streams.py, tests/simulator/test_addons.py)
     cannot = {
         ("POST", "/api/v1/devices/{id}/commands"),
+        ("POST", "/api/v1/devices/{id}/gains"),
         ("POST", "/api/v1/devices/{id}/rollback"),
         ("PUT", "/api/v1/devices/{id}/streams"),
     }

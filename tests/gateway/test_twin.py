@@ -440,3 +440,31 @@ async def test_the_api_and_the_command_line_name_the_stream_kept_back_and_sharin
         r.store.set_withheld("th-1", {})
         async with s.post(url, json={"release": "thermostat@5"}, headers=r.headers()) as resp:
             assert resp.status == 202 and (await resp.json())["state"] == "computing"
+
+
+def test_an_outdoor_probe_gives_the_twin_the_measured_weather_and_it_previews_the_weather_feature(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A thermostat with an outdoor probe plugged in (docs/protocol.md 13):
+    the twin is fitted to the outdoor temperature it measured, not an
+    estimate, and runs the weather feature with the probe, as the device
+    then does."""
+    store = Store(tmp_path / "gw.db")
+    releases = ReleaseStore(store, root=keys.root_bytes)
+    weather, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "weather"], 6).path, G0)
+    rec = record(store, tmp_path, addons=["outdoor_temperature"])
+    heater_w = rec.room.heater_w
+    inp = preview.gather(store, releases, "th-1", weather, heater_w)
+    assert preview.plugged(inp) == ["outdoor_temperature"]
+    answer = preview.compute(inp)
+    assert answer["state"] == "ready", answer.get("reasons")
+    assert answer["conditions"]["outdoor"]["source"] == "sensor"
+    m = answer["metrics"]
+    rows, _ = thermostat_after(rec, tmp_path / "after", _features(tmp_path, ["thermostat", "weather"]))
+    assert all("weather" in r["features"] for _, r in rows[-10:])  # (it ran, with the probe)
+    actual = truth_metrics(rec, rows, heater_w)
+    for name in ("heater_energy_kwh", "heater_hours"):
+        assert m[name]["candidate"] == pytest.approx(actual[name], rel=0.05), name
+    assert abs(m["minutes_outside_band"]["candidate"] - actual["minutes_outside_band"]) <= max(
+        30.0, 0.1 * actual["minutes_outside_band"]
+    )

@@ -5,6 +5,7 @@ import { TimeChart, BarChart, dateTime } from "./charts.js";
 import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
 import { Streams } from "./streams.js";
 import { Footprint, Forgotten } from "./footprint.js";
+import { Gains } from "./gains.js";
 import { HomeAssistant } from "./homeassistant.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
@@ -187,6 +188,7 @@ function Device({ id }) {
     </div>
     <h2>Features</h2>
     <${Features} id=${id} device=${device} />
+    <${Gains} id=${id} onAsked=${() => (reloadUpdates(), reloadOffers())} />
     <h2>Your data</h2>
     <${Streams} id=${id} online=${device.online} />
     <${Footprint} id=${id} onForgotten=${setForgotten} />

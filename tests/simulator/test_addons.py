@@ -1,0 +1,150 @@
+"""Add-on hardware end to end (docs/protocol.md 13): virtual thermostats,
+one with an outdoor probe plugged in, the gateway with keys and a release
+that brings the weather feature. The gateway lists what each could gain;
+the owner of the one with the probe asks for weather and it runs; the
+release installs on the other too, where weather waits, and starts once a
+probe is plugged in, and stops cleanly when it is pulled out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.cli_gains import gains_lines
+from ota.keys import Keys
+from ota.release import build
+
+from ..gateway.conftest import start_gateway  # noqa: F401 (the fixture, used here too)
+from ..support.wait import async_wait_for
+from .conftest import FEATURES, MakeDevice
+from .test_owners_say import Owners, owners  # noqa: F401 (the fixture, used here too)
+
+PROBE = "outdoor temperature probe (outdoor_temperature)"
+
+
+def features(o: Owners, dev: str) -> dict[str, Any]:
+    d = o.gw.store.device(dev)
+    return dict(d.features) if d is not None else {}
+
+
+def events(o: Owners, dev: str) -> list[tuple[str, str | None, str | None]]:
+    return [(e["kind"], e["feature"], e["message"]) for e in o.gw.store.events(dev, 50)]
+
+
+async def test_an_outdoor_probe_lets_the_weather_feature_run(
+    owners: Owners,  # noqa: F811
+    make_device: MakeDevice,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    gw = owners.gw
+    config = {"scan_ms": 400}  # (a look every other sample: 0.2 s)
+    probed = await make_device(addons=["outdoor_temperature"], config=config)
+    bare = await make_device(config=config)
+    for dev in (probed, bare):
+        owners.claim("ann", dev.id)
+        await async_wait_for(lambda d=dev: gw.is_online(d.id), 10, what=f"{dev.id} online")
+    stored = gw.store.device(probed.id)
+    assert stored is not None and stored.hello["addons"] == ["outdoor_temperature"]
+    assert "outdoor_temperature" in stored.hello["caps"]
+    counter = int(time.time())
+    rel = build(
+        "thermostat",
+        [FEATURES / "thermostat", FEATURES / "weather"],
+        "2.1.0",
+        tmp_path / "r",
+        counter,
+        keys=keys,
+    )
+    gw.ota.releases.add(rel.path, time.time())
+    ref = f"thermostat@{counter}"
+
+    # what each could gain: weather where the probe is, a probe's worth where it is not
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{probed.id}/gains")
+    assert status == 200, shown
+    (gain,) = shown["gains"]
+    assert (gain["feature"], gain["release"]["ref"], gain["addons"]) == (
+        "weather",
+        ref,
+        ["outdoor_temperature"],
+    )
+    assert gain["text"] == f"{PROBE} was plugged in: the weather feature can now run"
+    # (as `permabeta devices gains` and `devices show` print it)
+    assert gains_lines(shown) == [f"  could gain weather 1.0.0 ({ref}): {gain['text']}"]
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{bare.id}/gains")
+    assert status == 200 and shown["gains"] == [] and shown["waiting"] == []
+    (could,) = shown["with_addons"]
+    assert could["needs"] == ["outdoor_temperature"] and could["text"].startswith(f"plug in {PROBE}")
+
+    # what is refused, and says why: nothing is started
+    for who, dev, body, want in (
+        ("ann", bare.id, {"feature": "weather"}, (409, "lacks_hardware")),
+        ("ann", probed.id, {"feature": "thermostat"}, (409, "installed")),
+        ("ann", probed.id, {"feature": "radar"}, (409, "no_gain")),
+        ("ann", probed.id, {"feature": 5}, (400, "bad_request")),
+        ("ann", probed.id, {"feature": "weather", "now": True}, (400, "bad_request")),
+        ("bob", probed.id, {"feature": "weather"}, (404, "unknown_device")),
+    ):
+        status, answer = await owners.call(who, "POST", f"/api/v1/devices/{dev}/gains", body)
+        assert (status, answer["error"]["code"]) == want, (body, answer)
+    assert gw.ota.active(probed.id) is None and gw.ota.active(bare.id) is None
+
+    # the owner asks: the release goes out, signed, with the owner's yes, and weather runs
+    status, u = await owners.call("ann", "POST", f"/api/v1/devices/{probed.id}/gains", {"feature": "weather"})
+    assert status == 201 and u["ref"] == ref and u["feature"] == "weather", u
+    assert gw.ota.get(u["id"]) is not None
+    await async_wait_for(lambda: gw.ota.get(u["id"]).state == "committed", 40, what="committed")
+    await async_wait_for(lambda: probed.running() == ["thermostat", "weather"], 10, what="weather running")
+    await async_wait_for(
+        lambda: features(owners, probed.id).get("weather", {}).get("running") is True, 10, what="said"
+    )
+    await async_wait_for(
+        lambda: any("outdoor_temperature" in t.data["sensors"] for t in gw.store.telemetry(probed.id, 5)),
+        10,
+        what="the probe's readings in telemetry (shared by its default)",
+    )
+
+    # the maker's update to the other: it installs, and weather waits (the trial does not fail)
+    u2 = await gw.ota.start(bare.id, ref)
+    await async_wait_for(
+        lambda: gw.ota.get(u2.id).state == "committed", 40, what="committed without the probe"
+    )
+    await async_wait_for(
+        lambda: features(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
+        10,
+        what="weather waiting",
+    )
+    assert "error" not in features(owners, bare.id)["weather"]
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{bare.id}/gains")
+    assert status == 200 and [w["text"] for w in shown["waiting"]] == [
+        f"weather is installed and waits for {PROBE}"
+    ]
+
+    # plugged in: weather starts, and the device says so
+    bare.plug("outdoor_temperature")
+    await async_wait_for(
+        lambda: features(owners, bare.id).get("weather", {}).get("running") is True,
+        10,
+        what="weather started",
+    )
+    await async_wait_for(
+        lambda: ("addon", None, f"plugged in: {PROBE}") in events(owners, bare.id), 5, what="addon event"
+    )
+    assert (
+        "feature_started",
+        "weather",
+        "its hardware is there: temperature, outdoor_temperature",
+    ) in events(owners, bare.id)
+    # pulled out: stopped cleanly, waiting again, the thermostat runs on
+    bare.plug("outdoor_temperature", plugged=False)
+    await async_wait_for(
+        lambda: features(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
+        10,
+        what="weather waiting again",
+    )
+    assert features(owners, bare.id)["thermostat"]["running"] is True
+    await async_wait_for(
+        lambda: any(k == "feature_waiting" for k, _, _ in events(owners, bare.id)), 5, what="said so"
+    )
+    assert not [e for e in events(owners, bare.id) if e[0].endswith("_error")]
