@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast long chaos rollouts browser web bench lint typecheck check clean venv
+.PHONY: demo test test-fast long chaos rollouts browser homeassistant web bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -31,13 +31,29 @@ demo: $(STAMP) $(WEB_STAMP)
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
 test: $(STAMP) $(WEB_STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts and not browser"
+	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts and not browser and not homeassistant"
 
 # The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
 # its own here); screenshots of every page go to test-output/screenshots.
 browser: $(STAMP) $(WEB_STAMP) system-deps
 	@sh .ci/system-deps chromium:chromium
 	$(BIN)/python -m pytest -q -m browser
+
+# The Home Assistant bridge against a real Home Assistant (docs/protocol.md 14), in a virtual
+# environment of its own built from pinned requirements: its last release for Python 3.11 and
+# everything it would install at its first start (the tests start it with --skip-pip).
+HA_VENV := .venv-ha
+HA_REQUIREMENTS := tests/homeassistant/requirements.txt
+HA_STAMP := $(HA_VENV)/.installed-stamp
+
+$(HA_STAMP): $(HA_REQUIREMENTS) | system-deps
+	@test -x $(HA_VENV)/bin/python || $(PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(HA_VENV)/bin/python -m pip install --quiet -r $(HA_REQUIREMENTS)
+	@touch $@
+
+homeassistant: $(STAMP) $(HA_STAMP) system-deps
+	$(BIN)/python -m pytest -q -m homeassistant
 
 # A power cut at every fault point of an update; the physics' control and a trace replay;
 # the slowest system tests (broker restarts, attacks that wait out deadlines, both forms)
@@ -76,7 +92,7 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
 	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py loader.py pb features
 
-check: lint typecheck test long rollouts browser
+check: lint typecheck test long rollouts browser homeassistant
 
 # Tests run a real Mosquitto (and socat); the venv needs python3-venv. Installed here when
 # missing, as root or with sudo that asks no password; otherwise the exact command is printed.
@@ -87,4 +103,4 @@ system-deps:
 	@sh .ci/system-deps $(SYSTEM_DEPS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results test-output $(WEB)/node_modules
+	rm -rf $(VENV) $(HA_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results test-output $(WEB)/node_modules

@@ -39,7 +39,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CLAIM_DIGITS = 16  # 80 bits
 
 
-# what a device's owner said of it and what was computed for it (schemas 5, 9, 10, 12, 13)
+# what a device's owner said of it and what was computed for it (schemas 5, 9, 10, 12, 13, 14)
 _OWNERS_SAY = (
     "DELETE FROM device_decisions WHERE device = ?",
     "DELETE FROM twin_previews WHERE device = ?",
@@ -47,6 +47,7 @@ _OWNERS_SAY = (
     "UPDATE device_settings SET policy = 'auto', window = NULL WHERE device = ?",
     "DELETE FROM data_retention WHERE device = ?",
     "DELETE FROM stream_retention WHERE device = ?",
+    "DELETE FROM ha_links WHERE device = ?",  # (its retained topics: gateway/ha_bridge.py)
 )
 
 

@@ -124,6 +124,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
         api_accounts,
         api_footprint,
         api_gains,
+        api_homeassistant,
         api_owners,
         api_rollouts,
         api_sessions,
@@ -138,6 +139,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     app.add_routes(api_gains.routes())
     app.add_routes(api_footprint.routes())
     app.add_routes(api_streams.routes())
+    app.add_routes(api_homeassistant.routes())
     app.add_routes(api_twin.routes())
     webapp.setup(app)
     api_accounts.setup(app)

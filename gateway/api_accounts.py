@@ -84,6 +84,8 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/devices/{id}/owner"): _OWN_DEVICE,
     ("GET", "/api/v1/devices/{id}/export"): _OWN_DEVICE,  # an owner: from its claim on
     ("POST", "/api/v1/devices/{id}/forget"): _OWN_DEVICE,  # a maker: a device without an owner
+    ("GET", "/api/v1/devices/{id}/homeassistant"): _OWN_DEVICE,
+    ("PUT", "/api/v1/devices/{id}/homeassistant"): _OWN_DEVICE,  # its owner's only
     ("POST", "/api/v1/claims"): _OWNER,
     ("GET", "/api/v1/updates/{uid}"): _OWNER,  # an owner: its devices' only
     ("POST", "/api/v1/releases"): _MAKER,
@@ -393,8 +395,12 @@ async def _release(request: web.Request) -> web.Response:
         if target is None:
             return error(404, "not_found", f"{dev[:64]} has no owner")
         who = target
+    bridge = request.app[GATEWAY].homeassistant
+    linked = bridge.links.get(dev) is not None
     try:
         accounts.release(who, dev)
     except AccountError as exc:
         return account_error(exc)
+    if linked:  # (its link went with the owner's say: what Home Assistant was shown goes too)
+        await bridge.clear(dev)
     return web.json_response({"device": dev, "owner": None})

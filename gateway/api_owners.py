@@ -5,7 +5,7 @@ rollback to the set the device ran before, where its maker signed one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -15,6 +15,9 @@ from .errors import DecisionError, GatewayError
 from .offers import counter_of, offers, revert_for
 from .rollout_service import NOT_INSTALLED
 from .store import DeviceRecord
+
+if TYPE_CHECKING:
+    from .service import Gateway
 
 _DECISION_FIELDS = ("release", "decision", "until")
 
@@ -73,39 +76,47 @@ async def _approve(request: web.Request) -> web.Response:
     return await _decide(request, body["release"], "now", None)
 
 
+# the status of each refusal of a decision
+_DECISION_STATUS = {"wrong_model": 422, "not_an_update": 409, "too_late": 409}
+
+
+async def decide(gw: Gateway, d: DeviceRecord, ref: str, decision: Any, until: Any) -> dict[str, Any]:
+    """Record the owner's decision on release ref for device d, and let the
+    rollouts act on it (the API's `decision` and `approve`, and Home
+    Assistant's install, gateway/ha_bridge.py): the decision as recorded.
+    Nothing changes when it is refused. Raises DecisionError (its code:
+    bad_decision, wrong_model, not_an_update, too_late), GatewayError (the
+    release: ReleaseNotFoundError)."""
+    rel = gw.ota.releases.find(ref)
+    if rel.model != d.model:
+        raise DecisionError(f"{rel.ref} is for {rel.model}, {d.id} is a {d.model}", "wrong_model")
+    if rel.counter <= counter_of(d):
+        raise DecisionError(
+            f"{d.id} runs release counter {counter_of(d)}: {rel.ref} is no update for it", "not_an_update"
+        )
+    new = decided(d.id, rel.id, decision, until, gw.clock.now())
+    u = gw.ota.active(d.id)
+    if new.decision != "now" and u is not None and u.release == rel.id and u.state not in NOT_INSTALLED:
+        raise DecisionError(
+            f"{d.id} is installing {rel.ref} already ({u.state}): once it has, roll it back instead",
+            "too_late",
+        )
+    DecisionTable(gw.store).save(new)
+    await gw.rollouts.decided(d.id, rel.id, new.decision)
+    return new.to_dict() | {"ref": rel.ref}
+
+
 async def _decide(request: web.Request, ref: str, decision: Any, until: Any) -> web.Response:
-    """Record the owner's decision on release ref for the route's device, and
-    let the rollouts act on it. Nothing changes when it is refused."""
-    gw = request.app[GATEWAY]
+    """The owner's decision on release ref for the route's device."""
     d = device_of(request)
     if isinstance(d, web.Response):
         return d
     try:
-        rel = gw.ota.releases.find(ref)
+        return web.json_response(await decide(request.app[GATEWAY], d, ref, decision, until))
+    except DecisionError as exc:
+        return error_response(_DECISION_STATUS.get(exc.code, 422), exc.code, str(exc))
     except GatewayError as exc:
         return ota_error(exc)
-    if rel.model != d.model:
-        return error_response(422, "wrong_model", f"{rel.ref} is for {rel.model}, {d.id} is a {d.model}")
-    if rel.counter <= counter_of(d):
-        return error_response(
-            409,
-            "not_an_update",
-            f"{d.id} runs release counter {counter_of(d)}: {rel.ref} is no update for it",
-        )
-    try:
-        new = decided(d.id, rel.id, decision, until, gw.clock.now())
-    except DecisionError as exc:
-        return error_response(422, exc.code, str(exc))
-    u = gw.ota.active(d.id)
-    if new.decision != "now" and u is not None and u.release == rel.id and u.state not in NOT_INSTALLED:
-        return error_response(
-            409,
-            "too_late",
-            f"{d.id} is installing {rel.ref} already ({u.state}): once it has, roll it back instead",
-        )
-    DecisionTable(gw.store).save(new)
-    await gw.rollouts.decided(d.id, rel.id, new.decision)
-    return web.json_response(new.to_dict() | {"ref": rel.ref})
 
 
 async def _rollback(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import BrokerError, ConfigError
+from .homeassistant import BRIDGE, COMMAND_FILTER, DISCOVERY
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,33 @@ DEVICE_WRITES = ("hello", "state", "telemetry", "reply", "event", "ota/req", "ot
 DEVICE_READS = ("cmd", "ota/offer", "ota/chunk", "ota/root", "ota/time")
 
 
-def acl_text(gateway_user: str = GATEWAY_USER, operators: Sequence[str] = ()) -> str:
+# Home Assistant's account (docs/protocol.md 14): it reads the discovery configs
+# and the bridge's topics, and writes only the bridge's commands, which the
+# gateway checks before any reaches a device. Its explicit deny comes first:
+# the device patterns below would otherwise let any user, this one too, write
+# pb/<its name>/hello and read pb/<its name>/cmd.
+HA_USER = "homeassistant"
+HA_TOPICS = (
+    "topic deny pb/#",
+    f"topic read {DISCOVERY}/#",
+    f"topic read {BRIDGE}/#",
+    f"topic write {COMMAND_FILTER}",
+)
+GATEWAY_TOPICS = ("pb/#", f"{DISCOVERY}/#", f"{BRIDGE}/#")  # the gateway's own: the devices and the bridge
+
+
+def acl_text(
+    gateway_user: str = GATEWAY_USER, operators: Sequence[str] = (), homeassistant: str | None = HA_USER
+) -> str:
     """A Mosquitto ACL file: the gateway sees the whole tree, each device only
-    its own subtree, and only in the direction the protocol gives it.
-    operators: further accounts with the gateway's rights (each its own)."""
+    its own subtree, and only in the direction the protocol gives it, Home
+    Assistant's account (None: none) the bridge's topics. operators: further
+    accounts with the gateway's rights (each its own)."""
     lines = []
     for user in (gateway_user, *operators):
-        lines += [f"user {user}", "topic readwrite pb/#", ""]
+        lines += [f"user {user}", *(f"topic readwrite {t}" for t in GATEWAY_TOPICS), ""]
+    if homeassistant is not None:
+        lines += [f"user {homeassistant}", *HA_TOPICS, ""]
     lines += [f"pattern write pb/%u/{t}" for t in DEVICE_WRITES]
     lines += [f"pattern read pb/%u/{t}" for t in DEVICE_READS]
     return "\n".join(lines) + "\n"
@@ -276,8 +297,10 @@ def mosquitto_config(
 ) -> MosquittoFiles:
     """Write mosquitto.conf, a password file and an ACL file into directory.
 
-    users maps user name to password; the gateway's user is GATEWAY_USER and
-    every other user is a device whose user name is its device id. Started
+    users maps user name to password; the gateway's user is GATEWAY_USER,
+    Home Assistant's HA_USER (give it a password to let Home Assistant in:
+    docs/protocol.md 14), and every other user is a device whose user name
+    is its device id. Started
     as root, Mosquitto switches to the user run_as, who must be able to read
     the files. operators: users of users with the gateway's rights besides
     GATEWAY_USER (a second gateway worker, a monitor), each its own account.

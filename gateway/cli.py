@@ -510,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_streams import register as register_streams
 
     register_streams(dv)
+    from .cli_homeassistant import register as register_homeassistant
+
+    register_homeassistant(dv)
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)

@@ -70,6 +70,7 @@ TABLES: tuple[Table, ...] = (
     Table("device_forgotten", "device = :dev", forget="keep"),
     Table("data_retention", "device = :dev"),
     Table("stream_retention", "device = :dev", order="stream"),
+    Table("ha_links", "device = :dev", "since"),
     Table("telemetry", "device = :dev", "received", "id"),
     Table("events", "device = :dev", "received", "id"),
     Table("commands", "device = :dev", "sent", "sent"),

@@ -310,6 +310,24 @@ SCHEMAS: dict[str, Schema] = {
             "retained_cleared": _BOOL,
         }
     ),
+    "HomeAssistantLink": _object(
+        {
+            "device": _STR,
+            "linked": _BOOL,
+            "since": _opt(_NUM),
+            "entities": _list(
+                _object(
+                    {
+                        "component": {"enum": ["sensor", "climate", "update"]},
+                        "key": _STR,
+                        "name": _STR,
+                        "unique_id": _STR,
+                        "streams": _list(_STR),
+                    }
+                )
+            ),
+        }
+    ),
     "ClaimCode": _object({"device": _STR, "claim_code": {"const": "registered"}}),
     "Revoked": _object({"revoked": _STR}),
     "OpenApi": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
@@ -444,6 +462,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "delete everything stored about the device, and its retained messages",
         {200: _ref("Forgotten")},
         _object({"confirm": _STR}, closed=True),
+    ),
+    ("GET", "/api/v1/devices/{id}/homeassistant"): Op(
+        "whether the device is linked to Home Assistant, and the entities it is shown there",
+        {200: _ref("HomeAssistantLink")},
+    ),
+    ("PUT", "/api/v1/devices/{id}/homeassistant"): Op(
+        "the owner links the device to Home Assistant, or unlinks it (its entities are removed)",
+        {200: _ref("HomeAssistantLink")},
+        _object({"linked": _BOOL}, closed=True),
     ),
     ("POST", "/api/v1/claims"): Op("claim a device by its code", {201: _ref("Owner")}, _CODE),
     ("GET", "/api/v1/updates/{uid}"): Op("one update with its steps", {200: _ref("UpdateWithSteps")}),

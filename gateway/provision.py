@@ -19,13 +19,13 @@ from typing import Any
 from firmware.pb.ids import valid_id
 from firmware.pb.ota import flash
 
-from .broker import BrokerUrl
+from .broker import GATEWAY_USER, HA_USER, BrokerUrl
 from .errors import ConfigError
 from .paths import firmware_dir
 
 CONFIG_FILE = flash.CONFIG
 ROOT_FILE = flash.ROOT  # the update keys this device trusts
-RESERVED_IDS = ("gateway",)  # broker users that are not devices
+RESERVED_IDS = (GATEWAY_USER, HA_USER)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0, "battery": 100.0}
 

@@ -28,6 +28,8 @@ from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .footprint import forget
+from .ha_bridge import HomeAssistantBridge
+from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
@@ -48,7 +50,8 @@ _FLUSH_ROWS = 1000
 # What devices send: every one-level kind (unknown ones are seen, and
 # rejected), and the update requests and statuses; not pb/#, which would
 # echo back every chunk and offer the gateway itself sends.
-SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status")
+# Home Assistant's commands to the bridge (gateway/ha_bridge.py) besides.
+SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status", COMMAND_FILTER)
 _MAX_PENDING_STATES = 10000
 INTERNAL = "internal"  # the reason of a valid message the gateway failed to act on
 # what the gateway keeps nothing of from a forgotten device (gateway/footprint.py)
@@ -131,6 +134,7 @@ class Gateway:
         self.listeners: list[Listener] = []
         self.commander = Commander()
         self.connected = asyncio.Event()
+        self.connects = 0  # connections to the broker made (each may find what it retained lost)
         self.counters: dict[str, int] = {"accepted": 0, "rejected": 0, "ignored": 0, "stored": 0}
         self.rejects: dict[str, int] = {}
         self._client: aiomqtt.Client | None = None
@@ -163,6 +167,7 @@ class Gateway:
 
         self.twin = TwinService(self)
         self.new_streams = NewStreams(self)
+        self.homeassistant = HomeAssistantBridge(self)
 
     # ---- running -----------------------------------------------------------
 
@@ -182,6 +187,7 @@ class Gateway:
                 tg.create_task(self.twin.loop(), name="gateway-twin")
                 tg.create_task(self.new_streams.loop(), name="gateway-new-streams")
                 tg.create_task(retention_loop(self), name="gateway-retention")
+                tg.create_task(self.homeassistant.loop(), name="gateway-homeassistant")
                 if self.api_bind is not None:
                     from .api import serve_api
 
@@ -214,6 +220,7 @@ class Gateway:
                         await client.subscribe(pattern, qos=1)
                     _raise_if_cancelled()
                     self._client = client
+                    self.connects += 1
                     self.connected.set()
                     log.info("connected to broker %s", b)
                     backoff.reset()
@@ -284,6 +291,9 @@ class Gateway:
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Act on one message from the broker; never raises for bad input."""
         now = self.clock.now()
+        if topic.startswith(f"{BRIDGE}/"):  # Home Assistant's, never a device's
+            self.homeassistant.on_command(topic, payload, retain)
+            return
         if not payload and self._clearing.get(topic):
             # the broker passing on the gateway's own clearing of a retained message (`forget`)
             self._clearing[topic] -= 1
@@ -452,6 +462,10 @@ class Gateway:
             except GatewayError as exc:
                 log.warning("%s: its retained messages were not cleared: %s", dev, exc)
                 return removed, False
+        # and what the bridge retained of it for Home Assistant (its link went with its rows)
+        if not await self.homeassistant.clear(dev):
+            log.warning("%s: its Home Assistant topics were not cleared", dev)
+            return removed, False
         return removed, True
 
     def claimed(self, dev: str) -> None:
@@ -528,6 +542,7 @@ class Gateway:
             "pending_commands": len(self.commander),
             "ota": dict(self.ota.stats) | {"enabled": self.ota.enabled},
             "time": dict(self.time_sender.stats),
+            "homeassistant": dict(self.homeassistant.stats),
         }
 
 

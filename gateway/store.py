@@ -23,7 +23,7 @@ from typing import Any
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -320,10 +320,18 @@ CREATE TABLE data_retention (
     set_at REAL NOT NULL
 );
 """,
-    # 13 (14 once merged after the link to Home Assistant's): a stream's own
-    # period, where its owner gave one (gateway/retention.py); a stream
-    # without one keeps its device's (data_retention)
+    # 13: the devices their owners linked to Home Assistant (gateway/ha_bridge.py,
+    # docs/protocol.md 14): the gateway bridges them while their owner keeps them
     13: """
+CREATE TABLE ha_links (
+    device TEXT PRIMARY KEY,
+    account INTEGER NOT NULL,       -- the owner who linked it
+    since REAL NOT NULL
+);
+""",
+    # 14: a stream's own period, where its owner gave one (gateway/retention.py);
+    # a stream without one keeps its device's (data_retention)
+    14: """
 CREATE TABLE stream_retention (
     device TEXT NOT NULL,
     stream TEXT NOT NULL,           -- sensors.<name>, actuators.<name>, features.<feature>.<field>

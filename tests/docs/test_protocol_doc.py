@@ -71,6 +71,7 @@ REJECTS = [e for e in EXAMPLES if e.tag in ("reject", "reject-retained")]
 IGNORES = [e for e in EXAMPLES if e.tag in ("ignore", "ignore-retained")]
 KNOWN_TAGS = {*KINDS, *(f"invalid-{k}" for k in KINDS), "manifest", "invalid-manifest", "accept"}
 KNOWN_TAGS |= {"reject", "reject-retained", "ignore", "ignore-retained", "acl", "deadline", "cli", "usage"}
+KNOWN_TAGS |= {"homeassistant-config", "homeassistant-update"}
 
 
 def _pairs() -> list[tuple[Example, Example]]:
@@ -836,6 +837,16 @@ def test_cli_examples_map_to_ops() -> None:
         op, _, args = rest.partition(" ")
         assert op in proto.OPS, line
         assert parse_command(shlex.split(words)) == (op, json.loads(args)), line
+
+
+def test_home_assistant_examples_are_what_the_bridge_publishes() -> None:
+    from gateway import homeassistant as ha
+
+    (config,) = [e for e in EXAMPLES if e.tag == "homeassistant-config"]
+    made = ha.discovery(ha.CLIMATE, "th-01", "thermostat", "0.2.0", {}, (5.0, 30.0))
+    assert json.loads(config.body) == json.loads(ha.config_payload(made))
+    (update,) = [e for e in EXAMPLES if e.tag == "homeassistant-update"]
+    assert json.loads(update.body) == json.loads(ha.update_state("2026.11.2", "2026.11.3"))
 
 
 def test_usage_examples_parse() -> None:

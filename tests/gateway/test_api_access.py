@@ -63,6 +63,7 @@ class World:
                 "device_decisions",
                 "twin_previews",
                 "twin_devices",
+                "ha_links",
             )
         ]
 
@@ -100,6 +101,7 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
     ("PUT", "/api/v1/devices/{id}/streams"): {"streams": {"sensors.humidity": "local"}},
+    ("PUT", "/api/v1/devices/{id}/homeassistant"): {"linked": True},
     ("POST", "/api/v1/devices/{id}/forget"): {"confirm": "th-bob"},
     ("POST", "/api/v1/claims"): {"code": "0000-0000-0000-0000"},
     ("POST", "/api/v1/accounts"): {"name": "eve", "role": "admin", "password": PASSWORD},

@@ -82,6 +82,7 @@ def _fill(store: Store, dev: str, t: float) -> None:
         "INSERT INTO stream_retention (device, stream, days, set_at) VALUES (?, 'sensors.humidity', 2, ?)",
         (dev, t + 8),
     )
+    db.execute("INSERT INTO ha_links (device, account, since) VALUES (?, ?, ?)", (dev, t, t + 8))
     rid = f"r{int(t)}"  # (ids that name no device)
     db.execute(
         "INSERT INTO rollouts (id, release, ref, model, cohort, stages, soak, max_failure_rate, metrics,"

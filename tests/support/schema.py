@@ -14,7 +14,8 @@ _UNDO = {
     10: "DROP TABLE twin_previews; DROP TABLE twin_devices; DROP INDEX commands_device;",
     11: "DROP TABLE device_forgotten; DROP TABLE rollout_forgotten;",
     12: "DROP TABLE data_retention;",
-    13: "DROP TABLE stream_retention;",  # (14 once merged after Home Assistant's 13)
+    13: "DROP TABLE ha_links;",
+    14: "DROP TABLE stream_retention;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

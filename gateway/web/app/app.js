@@ -6,6 +6,7 @@ import { OfferPage, offerList, Rollback, rollBack } from "./offer.js";
 import { Streams } from "./streams.js";
 import { Footprint, Forgotten } from "./footprint.js";
 import { Gains } from "./gains.js";
+import { HomeAssistant } from "./homeassistant.js";
 import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
 export function shown(v) {
@@ -191,6 +192,8 @@ function Device({ id }) {
     <h2>Your data</h2>
     <${Streams} id=${id} online=${device.online} />
     <${Footprint} id=${id} onForgotten=${setForgotten} />
+    <h2>Home Assistant</h2>
+    <${HomeAssistant} id=${id} />
     <h2>Updates</h2>
     <${Policy} id=${id} />
     <${History} updates=${updates} />
