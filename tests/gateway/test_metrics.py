@@ -593,7 +593,9 @@ def test_setpoint_error_is_a_few_tenths_for_a_healthy_thermostat_and_clearly_mor
     healthy = setpoint_errors(tmp_path, HEALTHY_HYSTERESIS)
     wider = setpoint_errors(tmp_path, WIDER_HYSTERESIS)
     # a wrong sign in the switch-on threshold: on below setpoint + hysteresis
-    wrong_sign = setpoint_errors(tmp_path, HEALTHY_HYSTERESIS, ("elif t < sp - h:", "elif t < sp + h:"))
+    wrong_sign = setpoint_errors(
+        tmp_path, HEALTHY_HYSTERESIS, ("elif t < sp - h + lead:", "elif t < sp + h + lead:")
+    )
     print(
         "\nsetpoint_error (C) by room:"
         f"\n  healthy (hysteresis {HEALTHY_HYSTERESIS})   {' '.join(f'{v:.3f}' for v in healthy)}"

@@ -232,7 +232,7 @@ async def test_a_release_that_holds_rooms_worse_halts_on_the_product_metric(
 ) -> None:
     # a wrong sign in the switch-on threshold: the heater comes on below
     # setpoint + hysteresis; it boots, runs and commits everywhere
-    wrong = ("elif t < sp - h:", "elif t < sp + h:")
+    wrong = ("elif t < sp - h + lead:", "elif t < sp + h + lead:")
     rig.publish(thermostat_release(tmp_path, rig.keys, 2, wrong))
     rig.publish(factory_again(tmp_path, rig.keys, 3))
     r = rig.gw.rollouts.create("thermostat@2", stages=STAGES, soak_s=1800, reverts=["thermostat@3"], seed=9)
