@@ -5,6 +5,8 @@ signed release, the owner's yes (`now`, gateway/decisions.py)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from aiohttp import web
 
 from .api import GATEWAY, error_response, json_body, ota_error
@@ -13,6 +15,10 @@ from .decisions import DecisionTable, decided
 from .errors import GatewayError
 from .gains import GainError, gain_of, gains
 from .offers import waiting
+from .store import DeviceRecord
+
+if TYPE_CHECKING:
+    from .service import Gateway
 
 
 def routes() -> list[web.RouteDef]:
@@ -30,11 +36,7 @@ async def _get(request: web.Request) -> web.Response:
 
 
 async def _ask(request: web.Request) -> web.Response:
-    """Body {"feature"}: the owner asks for a feature the device could gain.
-    The newest stored release with it goes to the device: through the
-    rollout the device is in, if it is one of that release, else at once
-    (the owner's yes). 202 with the decision, or 201 with the update."""
-    gw = request.app[GATEWAY]
+    """Body {"feature"}: the owner asks for a feature the device could gain."""
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) != {"feature"} or not isinstance(body["feature"], str):
         return error_response(400, "bad_request", "body must be {'feature': a feature the device could gain}")
@@ -42,23 +44,32 @@ async def _ask(request: web.Request) -> web.Response:
     if isinstance(d, web.Response):
         return d
     try:
-        gain = gain_of(gw.ota.releases, d, body["feature"])
+        status, answer = await ask(request.app[GATEWAY], d, body["feature"])
     except GainError as exc:
         return error_response(409, exc.code, str(exc))
+    except GatewayError as exc:
+        return ota_error(exc)
+    return web.json_response(answer, status=status)
+
+
+async def ask(gw: Gateway, d: DeviceRecord, feature: str) -> tuple[int, dict[str, Any]]:
+    """The owner of d asks for feature: the newest stored release with it
+    gets the owner's yes and goes to the device, through the rollout the
+    device is in if it is one of that release (202, the decision), else at
+    once (201, the update). Raises GainError (none to gain), GatewayError
+    (the update could not start)."""
+    gain = gain_of(gw.ota.releases, d, feature)
     rel = gw.ota.releases.get(gain["release"]["id"])
     if rel is None:  # (forgotten meanwhile)
-        return error_response(409, "no_gain", f"release {gain['release']['ref']} is no longer stored")
+        raise GainError(f"release {gain['release']['ref']} is no longer stored", "no_gain")
     yes = decided(d.id, rel.id, "now", None, gw.clock.now())
     DecisionTable(gw.store).save(yes)
     await gw.rollouts.decided(d.id, rel.id, "now")
     shown = {"feature": gain["feature"], "ref": rel.ref}
     for r, state, rollout, _ in waiting(gw, d):
         if r.id == rel.id and rollout is not None:
-            return web.json_response(yes.to_dict() | shown | {"rollout": rollout, "state": state}, status=202)
-    try:
-        gw.ota.require_keys()
-        with gw.rollouts.leaving(d.id):
-            u = await gw.ota.start(d.id, rel.id)
-    except GatewayError as exc:
-        return ota_error(exc)
-    return web.json_response(u.to_dict() | shown, status=201)
+            return 202, yes.to_dict() | shown | {"rollout": rollout, "state": state}
+    gw.ota.require_keys()
+    with gw.rollouts.leaving(d.id):
+        u = await gw.ota.start(d.id, rel.id)
+    return 201, u.to_dict() | shown

@@ -10,6 +10,10 @@ ships an update (the thermostats gain `eco`, which pre-heats while energy is
 cheap from the hourly price table the gateway sends; the shirts get a
 steeper vent curve); every device downloads it, installs it, proves it in a
 short trial and commits, and the telemetry shows the new features at work.
+Then the owner of th-1 plugs an outdoor temperature probe into it: the
+board finds it, the gateway lists what it could gain from a release the
+maker published meanwhile (`weather`, which switches the heater on earlier
+in the cold), the owner asks for it, and th-1 runs it (docs/protocol.md 13).
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ class LivePrinter:
         elif kind == "telemetry":
             self.line(f"  {dev:<6} {describe(msg)}")
         elif kind == "event":
-            self.line(f"! {dev:<6} {msg['kind']} {msg.get('feature') or ''}: {msg.get('message')}")
+            feature = f" {msg['feature']}" if msg.get("feature") else ""
+            self.line(f"! {dev:<6} {msg['kind']}{feature}: {msg.get('message')}")
         elif kind == "ota/status" and msg.get("id") in self.updates:
             self._status(dev, msg["id"])
 
@@ -172,6 +177,12 @@ def final(u: Update) -> str:
     return f"{u.state}: {u.reason or 'no reason given'} ({u.model} {u.version}; {sent})"
 
 
+def runs(store: Store, dev: str) -> str:
+    """The features dev says it runs, with their versions."""
+    rec = store.device(dev)
+    return ", ".join(f"{n} {f.get('version')}" for n, f in sorted((rec.features if rec else {}).items()))
+
+
 def describe(msg: dict[str, Any]) -> str:
     s, f = msg["sensors"], msg["features"]
     clock = time.strftime("%H:%M", time.gmtime(msg["ts"])) if isinstance(msg.get("ts"), int | float) else ""
@@ -191,6 +202,9 @@ def describe(msg: dict[str, Any]) -> str:
                     f"  boost +{eco.get('boost', 0):.1f} C "
                     f"({'cheap' if eco.get('cheap') else 'dear'}, {price:g} ct/kWh)"
                 )
+        weather = f.get("weather")
+        if weather is not None and "outdoor_temperature" in s:
+            text += f"  outdoors {s['outdoor_temperature']:.1f} C: on {weather.get('lead', 0):.2f} C early"
         return text
     if "vent" in f:
         v = f["vent"]
@@ -312,6 +326,53 @@ async def _wait_online(gw: Gateway, devices: Sequence[str], timeout: float, onli
         await asyncio.sleep(0.1)
 
 
+async def plug_a_probe(
+    gw: Gateway, fleet: Fleet, keys: Keys, work: Path, dev: str, printer: LivePrinter
+) -> Update | None:
+    """An owner plugs an outdoor temperature probe into dev (docs/protocol.md
+    13): the board finds it, the gateway sees what it could gain from a
+    release the maker published meanwhile (weather), and the owner asks for
+    it. Its new stream `lead` is shared as the owner says (the update's
+    streams start on the device)."""
+    from gateway.api_gains import ask
+    from gateway.cli_gains import gains_lines
+    from gateway.gains import gains
+
+    features = firmware_dir() / "features"
+    dirs = [features / n for n in ("thermostat", "eco", "weather")]
+    rel = build("thermostat", dirs, "2.1.0", work / "releases" / "thermostat-weather", keys=keys)
+    stored, _ = gw.ota.releases.add(rel.path, time.time())
+    printer.line(f"release {stored.ref} (2.1.0) published: eco, thermostat, weather (needs an outdoor probe)")
+    fleet.device(dev).plug("outdoor_temperature")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        d = gw.store.device(dev)
+        if d is not None and "outdoor_temperature" in (d.hello.get("addons") or []):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        printer.line(f"! {dev:<6} did not find the probe")
+        return None
+    printer.line(f"+ {dev:<6} found an outdoor temperature probe plugged in (its hello says so)")
+    for line in gains_lines(gains(gw.ota.releases, d)):
+        printer.line(f"+ {dev:<6}{line[1:]}")
+    try:
+        _, answer = await ask(gw, d, "weather")
+    except GatewayError as exc:
+        printer.line(f"! {dev:<6} weather not installed: {exc}")
+        return None
+    u = gw.ota.get(answer["id"])
+    printer.line(f"+ {dev:<6} its owner asks for weather: {stored.ref} goes out, with the owner's yes")
+    printer.started(u)
+    deadline = time.monotonic() + UPDATE_PATIENCE_S
+    while time.monotonic() < deadline and not gw.ota.get(u.id).ended:
+        await asyncio.sleep(0.2)
+    u = gw.ota.get(u.id)
+    with contextlib.suppress(GatewayError, KeyError, TypeError):
+        await gw.send_command(dev, "streams.set", {"streams": {"features.weather.lead": "share"}}, timeout=5)
+    return u
+
+
 async def update_fleet(
     gw: Gateway, fleet: Fleet, releases: dict[str, StoredRelease], printer: LivePrinter
 ) -> list[Update]:
@@ -372,6 +433,7 @@ async def run_demo(
                 sample_s=0.25,
                 root=keys.root_bytes,
                 trial_s=TRIAL_S,
+                config={"scan_ms": 1000},  # (a probe plugged in is found within a second)
             )
             async with asyncio.TaskGroup() as tg:
                 gw_task = tg.create_task(gw.run(), name="gateway")
@@ -406,13 +468,12 @@ async def run_demo(
                     ended = await update_fleet(gw, fleet, releases, printer)
                     printer.line("=== update done ===")
                     for u in ended:
-                        rec = store.device(u.device)
-                        now = ", ".join(
-                            f"{n} {f.get('version')}"
-                            for n, f in sorted((rec.features if rec else {}).items())
-                        )
-                        printer.line(f"= {u.device:<6} {final(u)}; runs {now}")
+                        printer.line(f"= {u.device:<6} {final(u)}; runs {runs(store, u.device)}")
                     await share_eco(gw, [u.device for u in ended], printer)
+                    printer.line("=== the owner of th-1 plugs in an outdoor temperature probe ===")
+                    probed = await plug_a_probe(gw, fleet, keys, work, "th-1", printer)
+                    if probed is not None:
+                        printer.line(f"= th-1   {final(probed)}; runs {runs(store, 'th-1')}")
                     await asyncio.Event().wait()
                 finally:
                     # stop cleanly: devices say goodbye, then the gateway stops

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.cli_gains import gains_lines
 from ota.keys import Keys
 from ota.release import build
@@ -153,6 +155,7 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
     assert not [e for e in events(owners, bare.id) if e[0].endswith("_error")]
 
 
+@pytest.mark.long
 async def test_on_the_unix_port_weather_waits_then_runs_once_the_probe_is_plugged_in(
     rig: Rig, mosquitto: Mosquitto, keys: Keys, tmp_path: Path
 ) -> None:

@@ -44,6 +44,17 @@ async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
         await async_wait_for(
             lambda: re.search(r"th-\d .*boost \+\d\.\d C \((cheap|dear)", out.getvalue()), 10
         )
+        # an outdoor probe plugged into th-1: what it could gain, the owner's ask, weather at work
+        await async_wait_for(lambda: "runs eco 1.0.0, thermostat 1.1.0, weather 1.0.0" in out.getvalue(), 30)
+        text = out.getvalue()
+        assert "th-1   addon: plugged in: outdoor temperature probe (outdoor_temperature)" in text
+        assert re.search(
+            r"th-1   could gain weather 1\.0\.0 \(thermostat@\d+\): outdoor temperature probe", text
+        )
+        assert re.search(r"= th-1   committed thermostat 2\.1\.0", text), text
+        await async_wait_for(
+            lambda: re.search(r"th-1 .*outdoors -?\d+\.\d C: on \d\.\d\d C early", out.getvalue()), 15
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
