@@ -276,11 +276,12 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     for line in show_device_ota(db_of(args), d.id, d.ota):
         print(_shown(line))
     from .cli_gains import gains_lines
-    from .gains import gains
+    from .gains import gains, rolled_out
     from .releases import ReleaseStore
+    from .rollouts import RolloutTable
 
     with Store(db_of(args), readonly=True) as store:
-        for line in gains_lines(gains(ReleaseStore(store), d)):
+        for line in gains_lines(gains(ReleaseStore(store), d, rolled_out(RolloutTable(store)))):
             print(_shown(line))
     if d.last_telemetry:
         print("  telemetry: " + json.dumps(d.last_telemetry, sort_keys=True))

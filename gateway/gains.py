@@ -1,7 +1,9 @@
 """What a device could gain (docs/protocol.md 13): the features of the
-releases stored for its model that it does not run and whose hardware it
-has now, an add-on plugged in among it; the features it runs that wait for
-hardware it lacks; and those an add-on it could be given would let run.
+releases its maker rolls out for its model (a rollout running, paused or
+completed: never one a maker only stored, halted or aborted, nor a revert)
+that it does not run and whose hardware it has now, an add-on plugged in
+among it; the features it runs that wait for hardware it lacks; and those
+an add-on it could be given would let run.
 
 Pure but for reading the stored releases' feature manifests: the device's
 capabilities and add-ons come from its hello, the parts' names from its
@@ -10,7 +12,7 @@ board file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .errors import GatewayError
@@ -58,10 +60,20 @@ def _release(r: StoredRelease) -> dict[str, Any]:
     return {"id": r.id, "ref": r.ref, "version": r.version, "counter": r.counter}
 
 
-def gains(releases: ReleaseStore, d: DeviceRecord) -> dict[str, Any]:
-    """{"gains", "waiting", "with_addons"} for device d:
+# the rollouts whose release its maker makes available: being rolled out, or done
+OUT = ("running", "paused", "completed")
 
-    - gains: features of a stored release above the one it runs that it
+
+def rolled_out(rollouts: Any) -> set[str]:
+    """The ids of the releases being rolled out or rolled out (a RolloutTable)."""
+    return {r.release for r in rollouts.all() if r.state in OUT}
+
+
+def gains(releases: ReleaseStore, d: DeviceRecord, available: Collection[str]) -> dict[str, Any]:
+    """{"gains", "waiting", "with_addons"} for device d, from the releases
+    whose ids are in `available` (rolled_out):
+
+    - gains: features of such a release above the one it runs that it
       does not run, whose every required capability it has now (the newest
       release with each); the text says which add-on made it possible;
     - waiting: features it runs that wait for hardware it lacks now;
@@ -74,7 +86,11 @@ def gains(releases: ReleaseStore, d: DeviceRecord) -> dict[str, Any]:
     installed = {n for n, f in d.features.items() if isinstance(f, Mapping)}
     gained: dict[str, dict[str, Any]] = {}
     could: dict[str, dict[str, Any]] = {}
-    above = [r for r in releases.list(d.model) if r.counter > _counter(d)] if d.model else []
+    above = (
+        [r for r in releases.list(d.model) if r.counter > _counter(d) and r.id in available]
+        if d.model
+        else []
+    )
     for r in sorted(above, key=lambda r: -r.counter):
         try:
             manifests = releases.feature_manifests(r)
@@ -123,9 +139,11 @@ def gains(releases: ReleaseStore, d: DeviceRecord) -> dict[str, Any]:
     }
 
 
-def gain_of(releases: ReleaseStore, d: DeviceRecord, feature: str) -> dict[str, Any]:
+def gain_of(
+    releases: ReleaseStore, d: DeviceRecord, feature: str, available: Collection[str]
+) -> dict[str, Any]:
     """The gain of feature for d. Raises GainError saying why there is none."""
-    shown = gains(releases, d)
+    shown = gains(releases, d, available)
     for g in shown["gains"]:
         if g["feature"] == feature:
             return dict(g)
@@ -135,5 +153,6 @@ def gain_of(releases: ReleaseStore, d: DeviceRecord, feature: str) -> dict[str, 
         if c["feature"] == feature:
             raise GainError(f"{c['text']}: {d.id} lacks it now", "lacks_hardware")
     raise GainError(
-        f"no stored release above the one {d.id} runs has a feature {feature[:40]!r} it can run", "no_gain"
+        f"no release rolled out above the one {d.id} runs has a feature {feature[:40]!r} it can run",
+        "no_gain",
     )

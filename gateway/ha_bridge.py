@@ -372,6 +372,8 @@ class HomeAssistantBridge:
             raise ha.CommandError(f"the device refused: {str(err.get('message', 'no reason given'))[:120]}")
         result = reply.get("result")
         config = result.get("thermostat") if isinstance(result, dict) else None
+        if cmd.dev not in self._linked:
+            return  # (unlinked, given up or forgotten while the device answered: its topics stay clear)
         if isinstance(config, dict):  # (the setting as it now is: no wait for the next telemetry)
             shown_values = ha.state_values({"features": {"thermostat": config}}, held)
             for name in ("setpoint", "mode"):
@@ -389,4 +391,5 @@ class HomeAssistantBridge:
             raise ha.CommandError(f"no release waits for {d.id}")
         await decide(self.gw, d, rel.id, "now", None)
         log.info("%s: the owner's yes to %s, from Home Assistant", d.id, rel.ref)
-        self._show(d.id)
+        if d.id in self._linked:  # (unlinked meanwhile: its topics stay clear)
+            self._show(d.id)

@@ -425,7 +425,7 @@ def _boards(model: str) -> list[dict[str, Any]]:
 
 def _can_have(board: dict[str, Any]) -> set[str]:
     """What a board has or may be given: its capabilities and its add-ons."""
-    return set(board.get("capabilities", {})) | set(board.get("addons", {}))
+    return set(board.get("capabilities") or {}) | set(board.get("addons") or {})
 
 
 def _check_hardware(
@@ -437,7 +437,7 @@ def _check_hardware(
     (docs/ota.md 2)."""
     boards = _boards(model) if boards is None else boards
     for name, requires in sorted(needs.items()):
-        lacking = {b["board"]: [c for c in requires if c not in _can_have(b)] for b in boards}
+        lacking = {str(b.get("board")): [c for c in requires if c not in _can_have(b)] for b in boards}
         if any(not missing for missing in lacking.values()):
             continue
         why = "; ".join(f"{board} lacks {', '.join(missing)}" for board, missing in lacking.items())

@@ -10,10 +10,11 @@ ships an update (the thermostats gain `eco`, which pre-heats while energy is
 cheap from the hourly price table the gateway sends; the shirts get a
 steeper vent curve); every device downloads it, installs it, proves it in a
 short trial and commits, and the telemetry shows the new features at work.
-Then the owner of th-1 plugs an outdoor temperature probe into it: the
-board finds it, the gateway lists what it could gain from a release the
-maker published meanwhile (`weather`, which switches the heater on earlier
-in the cold), the owner asks for it, and th-1 runs it (docs/protocol.md 13).
+Then the maker rolls out `weather` (it switches the heater on earlier in
+the cold, from an outdoor probe: an add-on) to every thermostat: th-2, with
+no probe, installs it and weather waits; th-1's owner, asked first, plugs
+a probe in, the gateway lists what th-1 could now gain, the owner asks for
+it, and th-1 runs it (docs/protocol.md 13).
 """
 
 from __future__ import annotations
@@ -326,51 +327,82 @@ async def _wait_online(gw: Gateway, devices: Sequence[str], timeout: float, onli
         await asyncio.sleep(0.1)
 
 
-async def plug_a_probe(
-    gw: Gateway, fleet: Fleet, keys: Keys, work: Path, dev: str, printer: LivePrinter
+async def roll_out_weather(
+    gw: Gateway, fleet: Fleet, keys: Keys, work: Path, asked: str, printer: LivePrinter
 ) -> Update | None:
-    """An owner plugs an outdoor temperature probe into dev (docs/protocol.md
-    13): the board finds it, the gateway sees what it could gain from a
-    release the maker published meanwhile (weather), and the owner asks for
-    it. Its new stream `lead` is shared as the owner says (the update's
-    streams start on the device)."""
+    """The maker rolls out a release with `weather` (it needs an outdoor
+    probe, an add-on: docs/protocol.md 13) to every thermostat; the owner
+    of `asked` takes updates when asked. Where no probe is plugged in it
+    installs and weather waits; then the owner of `asked` plugs one in, the
+    gateway says what it could now gain, and the owner asks for it: the
+    rollout offers it. Weather's new stream `lead` is shared as the owner
+    says (an update's streams start on the device). Returns asked's update."""
+    from dataclasses import replace
+
     from gateway.api_gains import ask
     from gateway.cli_gains import gains_lines
-    from gateway.gains import gains
+    from gateway.gains import gains, rolled_out
+    from gateway.settings import SettingsTable
 
     features = firmware_dir() / "features"
     dirs = [features / n for n in ("thermostat", "eco", "weather")]
     rel = build("thermostat", dirs, "2.1.0", work / "releases" / "thermostat-weather", keys=keys)
     stored, _ = gw.ota.releases.add(rel.path, time.time())
-    printer.line(f"release {stored.ref} (2.1.0) published: eco, thermostat, weather (needs an outdoor probe)")
-    fleet.device(dev).plug("outdoor_temperature")
+    table = SettingsTable(gw.store)
+    table.save(replace(table.get(asked), policy="ask"), time.time())
+    roll = gw.rollouts.create(stored.ref, "model=thermostat", stages=(1.0,), soak_s=5, no_revert=True, seed=1)
+    printer.line(f"rollout {roll.id} of {stored.ref} (2.1.0: eco, thermostat, weather) to every thermostat")
+    others = [d.id for d in fleet.devices if d.model == "thermostat" and d.id != asked]
+    deadline = time.monotonic() + UPDATE_PATIENCE_S
+    while time.monotonic() < deadline and not all(
+        ((gw.store.device(o) or _NONE).ota or {}).get("counter") == stored.counter for o in others
+    ):
+        await asyncio.sleep(0.2)
+    for o in others:
+        printer.line(f"= {o:<6} runs {runs(gw.store, o)}")
+    fleet.device(asked).plug("outdoor_temperature")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        d = gw.store.device(dev)
+        d = gw.store.device(asked)
         if d is not None and "outdoor_temperature" in (d.hello.get("addons") or []):
             break
         await asyncio.sleep(0.2)
     else:
-        printer.line(f"! {dev:<6} did not find the probe")
+        printer.line(f"! {asked:<6} did not find the probe")
         return None
-    printer.line(f"+ {dev:<6} found an outdoor temperature probe plugged in (its hello says so)")
-    for line in gains_lines(gains(gw.ota.releases, d)):
-        printer.line(f"+ {dev:<6}{line[1:]}")
+    printer.line(f"+ {asked:<6} found an outdoor temperature probe plugged in (its hello says so)")
+    for line in gains_lines(gains(gw.ota.releases, d, rolled_out(gw.rollouts.table))):
+        printer.line(f"+ {asked:<6}{line[1:]}")
     try:
-        _, answer = await ask(gw, d, "weather")
+        await ask(gw, d, "weather")
     except GatewayError as exc:
-        printer.line(f"! {dev:<6} weather not installed: {exc}")
+        printer.line(f"! {asked:<6} weather not installed: {exc}")
         return None
-    u = gw.ota.get(answer["id"])
-    printer.line(f"+ {dev:<6} its owner asks for weather: {stored.ref} goes out, with the owner's yes")
-    printer.started(u)
+    printer.line(
+        f"+ {asked:<6} its owner asks for weather: the rollout offers {stored.ref}, with the owner's yes"
+    )
     deadline = time.monotonic() + UPDATE_PATIENCE_S
+    member = None
+    while time.monotonic() < deadline and (member is None or not member.update_id):
+        member = gw.rollouts.table.member(roll.id, asked)
+        await asyncio.sleep(0.2)
+    if member is None or not member.update_id:
+        printer.line(f"! {asked:<6} was not offered {stored.ref}")
+        return None
+    u = gw.ota.get(member.update_id)
+    printer.started(u)
     while time.monotonic() < deadline and not gw.ota.get(u.id).ended:
         await asyncio.sleep(0.2)
-    u = gw.ota.get(u.id)
-    with contextlib.suppress(GatewayError, KeyError, TypeError):
-        await gw.send_command(dev, "streams.set", {"streams": {"features.weather.lead": "share"}}, timeout=5)
-    return u
+    for dev in [asked, *others]:
+        with contextlib.suppress(GatewayError, KeyError, TypeError):
+            await gw.send_command(
+                dev, "streams.set", {"streams": {"features.weather.lead": "share"}}, timeout=5
+            )
+    return gw.ota.get(u.id)
+
+
+class _NONE:
+    ota: dict[str, Any] = {}
 
 
 async def update_fleet(
@@ -470,8 +502,11 @@ async def run_demo(
                     for u in ended:
                         printer.line(f"= {u.device:<6} {final(u)}; runs {runs(store, u.device)}")
                     await share_eco(gw, [u.device for u in ended], printer)
-                    printer.line("=== the owner of th-1 plugs in an outdoor temperature probe ===")
-                    probed = await plug_a_probe(gw, fleet, keys, work, "th-1", printer)
+                    printer.line(
+                        "=== the maker rolls out weather (it needs an outdoor probe); th-1's owner, "
+                        "asked first, plugs one in ==="
+                    )
+                    probed = await roll_out_weather(gw, fleet, keys, work, "th-1", printer)
                     if probed is not None:
                         printer.line(f"= th-1   {final(probed)}; runs {runs(store, 'th-1')}")
                     await asyncio.Event().wait()

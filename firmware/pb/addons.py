@@ -22,6 +22,7 @@ def plug(hal, found):
                 specs = json.loads(read_bytes(hal.path))["addons"]
             except (OSError, ValueError, KeyError, TypeError):
                 return False
+        found = tuple(n for n in found if n in specs)
         for n in found:
             caps[n] = specs[n]
     hal.caps = caps

@@ -120,7 +120,7 @@ def gather(
 def plugged(inp: Inputs) -> list[str]:
     """The add-ons plugged into the device, as its hello says: its twin has
     them too (a feature that needs one runs there as it would on the device)."""
-    return [c for c in inp.history.caps if c in inp.board.get("addons", {})]
+    return [c for c in inp.history.caps if c in (inp.board.get("addons") or {})]
 
 
 class _NoHello:

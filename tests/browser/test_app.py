@@ -401,6 +401,14 @@ async def test_an_owner_plugs_in_an_outdoor_probe_and_installs_the_weather_featu
         "thermostat", [features / "thermostat", features / "weather"], "2.1.0", tmp_path / "rw", 5, keys=keys
     )
     gw.ota.releases.add(weather.path, time.time())
+    # the maker rolls it out; this device's owner is asked first (and its heater is off: an
+    # offer waits while a thermostat heats, docs/ota.md 4.3)
+    SettingsTable(home.r.store).save(
+        replace(SettingsTable(home.r.store).get(mine), policy="ask"), time.time()
+    )
+    done = await gw.send_command(mine, "config.set", {"feature": "thermostat", "values": {"mode": "off"}}, 5)
+    assert done.get("ok"), done
+    gw.rollouts.create("thermostat@5", f"id={mine}", stages=(1.0,), soak_s=5, no_revert=True, seed=1)
     page, errors = await log_in(browser, url, "ann")
     await page.goto(f"{url}/app/#/device/{mine}")
     probe = "outdoor temperature probe (outdoor_temperature)"
@@ -421,7 +429,7 @@ async def test_an_owner_plugs_in_an_outdoor_probe_and_installs_the_weather_featu
     await shots.take(page, "a-feature-to-gain")
     assert gw.ota.active(mine) is None  # nothing goes before the owner asks
     await gain.get_by_role("button", name="Install weather (thermostat@5)").click()
-    await expect(page.locator("[data-gains] .ok")).to_contain_text("weather comes with thermostat@5")
+    await expect(page.locator("[data-gains] .ok")).to_contain_text("weather comes with thermostat@5, through")
     await expect(page.locator("[data-history] [data-state='committed']")).to_have_count(1, timeout=60_000)
     await page.reload()
     await expect(page.locator("[data-features]")).to_contain_text("weather")

@@ -28,7 +28,7 @@ from .test_owners_say import Owners, owners  # noqa: F401 (the fixture, used her
 PROBE = "outdoor temperature probe (outdoor_temperature)"
 
 
-def features(o: Owners, dev: str) -> dict[str, Any]:
+def features_of(o: Owners, dev: str) -> dict[str, Any]:
     d = o.gw.store.device(dev)
     return dict(d.features) if d is not None else {}
 
@@ -45,27 +45,60 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
 ) -> None:
     gw = owners.gw
     config = {"scan_ms": 400}  # (a look every other sample: 0.2 s)
-    probed = await make_device(addons=["outdoor_temperature"], config=config)
-    bare = await make_device(config=config)
-    for dev in (probed, bare):
+    probed = await make_device(addons=["outdoor_temperature"], config=config)  # its owner is asked
+    asks = await make_device(config=config)  # its owner is asked, and it has no probe
+    bare = await make_device(config=config)  # it takes updates as they come, and has no probe
+    outsider = await make_device(addons=["outdoor_temperature"], config=config)  # not in the rollout
+    for dev in (probed, asks, bare, outsider):
         owners.claim("ann", dev.id)
         await async_wait_for(lambda d=dev: gw.is_online(d.id), 10, what=f"{dev.id} online")
+    for dev in (probed, asks):
+        status, _ = await owners.call("ann", "PATCH", f"/api/v1/devices/{dev.id}/settings", {"policy": "ask"})
+        assert status == 200
+    for dev in (probed, asks, bare):
+        # (the heater off: a rollout's offer waits while a thermostat heats, docs/ota.md 4.3)
+        done = await gw.send_command(
+            dev.id, "config.set", {"feature": "thermostat", "values": {"mode": "off"}}, 5
+        )
+        assert done.get("ok"), done
     stored = gw.store.device(probed.id)
     assert stored is not None and stored.hello["addons"] == ["outdoor_temperature"]
     assert "outdoor_temperature" in stored.hello["caps"]
     counter = int(time.time())
-    rel = build(
-        "thermostat",
-        [FEATURES / "thermostat", FEATURES / "weather"],
-        "2.1.0",
-        tmp_path / "r",
-        counter,
-        keys=keys,
-    )
+    features = [FEATURES / "thermostat", FEATURES / "weather"]
+    rel = build("thermostat", features, "2.1.0", tmp_path / "r", counter, keys=keys)
     gw.ota.releases.add(rel.path, time.time())
     ref = f"thermostat@{counter}"
 
-    # what each could gain: weather where the probe is, a probe's worth where it is not
+    # a release its maker only stored offers nothing to gain, and none is installed by asking
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{probed.id}/gains")
+    assert status == 200 and shown["gains"] == [] and shown["with_addons"] == []
+    status, answer = await owners.call(
+        "ann", "POST", f"/api/v1/devices/{probed.id}/gains", {"feature": "weather"}
+    )
+    assert (status, answer["error"]["code"]) == (409, "no_gain"), answer
+
+    # the maker rolls it out: bare installs it, and weather waits there for a probe
+    roll = gw.rollouts.create(
+        ref,
+        f"id={probed.id} or id={asks.id} or id={bare.id}",
+        stages=(1.0,),
+        soak_s=5,
+        no_revert=True,
+        seed=1,
+    )
+    await async_wait_for(
+        lambda: features_of(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
+        40,
+        what="weather installed on bare, waiting",
+    )
+    assert "error" not in features_of(owners, bare.id)["weather"]
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{bare.id}/gains")
+    assert status == 200 and [w["text"] for w in shown["waiting"]] == [
+        f"weather is installed and waits for {PROBE}"
+    ]
+
+    # what each of the others could gain: weather where the probe is, a probe's worth where not
     status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{probed.id}/gains")
     assert status == 200, shown
     (gain,) = shown["gains"]
@@ -77,14 +110,15 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
     assert gain["text"] == f"{PROBE} was plugged in: the weather feature can now run"
     # (as `permabeta devices gains` and `devices show` print it)
     assert gains_lines(shown) == [f"  could gain weather 1.0.0 ({ref}): {gain['text']}"]
-    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{bare.id}/gains")
+    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{asks.id}/gains")
     assert status == 200 and shown["gains"] == [] and shown["waiting"] == []
     (could,) = shown["with_addons"]
     assert could["needs"] == ["outdoor_temperature"] and could["text"].startswith(f"plug in {PROBE}")
 
     # what is refused, and says why: nothing is started
     for who, dev, body, want in (
-        ("ann", bare.id, {"feature": "weather"}, (409, "lacks_hardware")),
+        ("ann", asks.id, {"feature": "weather"}, (409, "lacks_hardware")),
+        ("ann", outsider.id, {"feature": "weather"}, (409, "not_offered")),
         ("ann", probed.id, {"feature": "thermostat"}, (409, "installed")),
         ("ann", probed.id, {"feature": "radar"}, (409, "no_gain")),
         ("ann", probed.id, {"feature": 5}, (400, "bad_request")),
@@ -93,16 +127,22 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
     ):
         status, answer = await owners.call(who, "POST", f"/api/v1/devices/{dev}/gains", body)
         assert (status, answer["error"]["code"]) == want, (body, answer)
-    assert gw.ota.active(probed.id) is None and gw.ota.active(bare.id) is None
+    assert all(gw.ota.active(d.id) is None for d in (probed, asks, outsider))
 
-    # the owner asks: the release goes out, signed, with the owner's yes, and weather runs
-    status, u = await owners.call("ann", "POST", f"/api/v1/devices/{probed.id}/gains", {"feature": "weather"})
-    assert status == 201 and u["ref"] == ref and u["feature"] == "weather", u
-    assert gw.ota.get(u["id"]) is not None
-    await async_wait_for(lambda: gw.ota.get(u["id"]).state == "committed", 40, what="committed")
+    # the owner asks: the owner's yes, and the rollout offers it; weather runs
+    status, yes = await owners.call(
+        "ann", "POST", f"/api/v1/devices/{probed.id}/gains", {"feature": "weather"}
+    )
+    assert status == 202 and yes["ref"] == ref and yes["rollout"] == roll.id and yes["decision"] == "now", yes
+    row = await async_wait_for(
+        lambda: (m := gw.rollouts.table.member(roll.id, probed.id)) is not None and m.update_id and m,
+        20,
+        what="offered",
+    )
+    await async_wait_for(lambda: gw.ota.get(row.update_id).state == "committed", 40, what="committed")
     await async_wait_for(lambda: probed.running() == ["thermostat", "weather"], 10, what="weather running")
     await async_wait_for(
-        lambda: features(owners, probed.id).get("weather", {}).get("running") is True, 10, what="said"
+        lambda: features_of(owners, probed.id).get("weather", {}).get("running") is True, 10, what="said"
     )
     await async_wait_for(
         lambda: any("outdoor_temperature" in t.data["sensors"] for t in gw.store.telemetry(probed.id, 5)),
@@ -110,26 +150,10 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
         what="the probe's readings in telemetry (shared by its default)",
     )
 
-    # the maker's update to the other: it installs, and weather waits (the trial does not fail)
-    u2 = await gw.ota.start(bare.id, ref)
-    await async_wait_for(
-        lambda: gw.ota.get(u2.id).state == "committed", 40, what="committed without the probe"
-    )
-    await async_wait_for(
-        lambda: features(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
-        10,
-        what="weather waiting",
-    )
-    assert "error" not in features(owners, bare.id)["weather"]
-    status, shown = await owners.call("ann", "GET", f"/api/v1/devices/{bare.id}/gains")
-    assert status == 200 and [w["text"] for w in shown["waiting"]] == [
-        f"weather is installed and waits for {PROBE}"
-    ]
-
     # plugged in: weather starts, and the device says so
     bare.plug("outdoor_temperature")
     await async_wait_for(
-        lambda: features(owners, bare.id).get("weather", {}).get("running") is True,
+        lambda: features_of(owners, bare.id).get("weather", {}).get("running") is True,
         10,
         what="weather started",
     )
@@ -144,11 +168,11 @@ async def test_an_outdoor_probe_lets_the_weather_feature_run(
     # pulled out: stopped cleanly, waiting again, the thermostat runs on
     bare.plug("outdoor_temperature", plugged=False)
     await async_wait_for(
-        lambda: features(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
+        lambda: features_of(owners, bare.id).get("weather", {}).get("waiting") == ["outdoor_temperature"],
         10,
         what="weather waiting again",
     )
-    assert features(owners, bare.id)["thermostat"]["running"] is True
+    assert features_of(owners, bare.id)["thermostat"]["running"] is True
     await async_wait_for(
         lambda: any(k == "feature_waiting" for k, _, _ in events(owners, bare.id)), 5, what="said so"
     )

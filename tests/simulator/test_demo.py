@@ -44,14 +44,16 @@ async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
         await async_wait_for(
             lambda: re.search(r"th-\d .*boost \+\d\.\d C \((cheap|dear)", out.getvalue()), 10
         )
-        # an outdoor probe plugged into th-1: what it could gain, the owner's ask, weather at work
-        await async_wait_for(lambda: "runs eco 1.0.0, thermostat 1.1.0, weather 1.0.0" in out.getvalue(), 30)
+        # weather rolled out: th-2 has no probe, weather waits there; th-1's owner plugs one in,
+        # sees what th-1 could gain, asks for it, and th-1 runs it
+        await async_wait_for(lambda: re.search(r"= th-1   committed thermostat 2\.1\.0", out.getvalue()), 40)
         text = out.getvalue()
+        assert "= th-2   runs eco 1.0.0, thermostat 1.1.0, weather 1.0.0" in text, text
         assert "th-1   addon: plugged in: outdoor temperature probe (outdoor_temperature)" in text
         assert re.search(
             r"th-1   could gain weather 1\.0\.0 \(thermostat@\d+\): outdoor temperature probe", text
         )
-        assert re.search(r"= th-1   committed thermostat 2\.1\.0", text), text
+        assert "runs eco 1.0.0, thermostat 1.1.0, weather 1.0.0" in text.rsplit("= th-1   committed", 1)[1]
         await async_wait_for(
             lambda: re.search(r"th-1 .*outdoors -?\d+\.\d C: on \d\.\d\d C early", out.getvalue()), 15
         )

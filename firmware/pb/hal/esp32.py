@@ -86,14 +86,14 @@ class Esp32Hal(Hal):
         seen = {}
         for name in self.addons:
             _, scl, sda, addr = self.addons[name]
-            if addr is None or scl is None:
+            if addr is None or scl is None or sda is None:
                 continue
             key = (scl, sda)
             if key not in seen:
                 try:
                     seen[key] = self._i2c({"scl": scl, "sda": sda}).scan()
                 except OSError:
-                    seen[key] = ()
+                    return None  # (a bus glitch: nothing known changed, the next look tries again)
             if addr in seen[key]:
                 found.append(name)
             else:
@@ -226,6 +226,15 @@ class _Scd4x:
         self.i2c = i2c
         self.addr = addr
         self.co2 = None
+        import time
+
+        # after a reset it may still be measuring, powered all along, and
+        # refuses a start then: stop first (it takes 500 ms)
+        try:
+            i2c.writeto(addr, b"\x3f\x86")  # stop_periodic_measurement
+            time.sleep_ms(500)
+        except OSError:
+            pass
         i2c.writeto(addr, b"\x21\xb1")  # start_periodic_measurement
 
     def read(self, quantity):
