@@ -294,7 +294,10 @@ class Device:
     def look_for_addons(self):
         """Add-ons plugged in or out since the last look: the features that
         need them start or stop (pb/addons.py, loaded only then)."""
-        found = self.hal.scan() if self.hal.addons else None
+        try:
+            found = self.hal.scan() if self.hal.addons else None
+        except MemoryError:
+            return  # (a heap too fragmented for a look now: the next one looks)
         if found is not None and tuple(sorted(found)) != self.hal.plugged:
             from .addons import changed
 

@@ -70,7 +70,10 @@ def test_update_to_release_2_on_micropython_128k(
     # (the hello may follow the birth, on a heap short of a block for it)
     # (a heap too fragmented for the hello after the commit: the device restarts after 15 s
     # without one, pb/runtime.py _no_ram, and its next boot says it)
-    wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "hard", 45, what="hard")
+    try:
+        wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "hard", 45, what="hard")
+    except AssertionError as exc:  # (what the device said, to tell why)
+        raise AssertionError(f"{exc}; the device said:\n{device.output()[-3000:]}") from None
     # and a power cut is a power cut
     device.kill()
     device.start()
