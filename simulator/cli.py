@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="plug the add-on NAME into every device whose board takes it (outdoor_temperature, co2: "
+        help="plug the add-on NAME into every device whose board takes it (outdoor_temperature: "
         "thermostats; vent2: shirts); repeatable",
     )
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")

@@ -228,8 +228,7 @@ async def test_an_owner_keeps_a_stream_on_the_device_from_the_page(
     await expect(row).to_have_attribute("data-choice", "local")
     await shots.take(page, "your-data")
     d = home.r.store.device(dev)
-    # (and the CO2 sensor's, an add-on's stream, local by its board's default)
-    assert d is not None and d.hello["streams"] == {"sensors.temperature": "local", "sensors.co2": "local"}
+    assert d is not None and d.hello["streams"] == {"sensors.temperature": "local"}
     since = time.time()
     await async_wait_for(
         lambda: any(r.received > since for r in home.r.store.telemetry(dev, 5)), 10, what="new telemetry"

@@ -116,12 +116,12 @@ def test_plugging_the_probe_in_starts_the_feature_and_pulling_it_out_stops_it(tm
 
 def test_what_is_plugged_in_at_boot_runs_from_the_start(tmp_path: Path) -> None:
     dev = with_weather(tmp_path)
-    readings(dev, temperature=20.0, humidity=40.0, outdoor_temperature=3.0, co2=800.0)
+    readings(dev, temperature=20.0, humidity=40.0, outdoor_temperature=3.0)
     dev.boot()
-    assert dev.hal.plugged == ("co2", "outdoor_temperature")
+    assert dev.hal.plugged == ("outdoor_temperature",)
     assert dev.features.status()["weather"]["running"]
     dev.sample()
-    assert dev.features.readings["co2"] == 800.0
+    assert dev.features.readings["outdoor_temperature"] == 3.0
     # a reset keeps nothing of it in RAM: the board looks again
     readings(dev, temperature=20.0, humidity=40.0)
     again = restarted(dev, tmp_path)
@@ -171,12 +171,15 @@ def test_on_a_board_the_addons_capabilities_come_from_the_board_file(tmp_path: P
 
     path = firmware_dir() / "boards" / "thermostat-v1.json"
     hal = HostHal(json.loads(path.read_text()), str(tmp_path), str(path))
-    assert hal.addons == {"outdoor_temperature": (True, 22, 21, 68), "co2": (True, 22, 21, 98)}
-    readings(hal, co2=640.0)
-    assert hal.scan() == ["co2"] and plug(hal, hal.scan()) and hal.plugged == ("co2",)
-    assert hal.caps["co2"]["part"] == "CO2 sensor" and hal.read("co2") == 640.0
+    assert hal.addons == {"outdoor_temperature": (True, 22, 21, 68)}
+    readings(hal, outdoor_temperature=-4.5)
+    assert hal.scan() == ["outdoor_temperature"] and plug(hal, hal.scan())
+    assert hal.plugged == ("outdoor_temperature",)
+    assert hal.caps["outdoor_temperature"]["part"] == "outdoor temperature probe"
+    assert hal.read("outdoor_temperature") == -4.5
     missing = HostHal(json.loads(path.read_text()), str(tmp_path), str(tmp_path / "gone.json"))
-    assert not plug(missing, ["co2"]) and missing.plugged == ()  # unreadable now: the next look tries again
+    # unreadable now: the next look tries again
+    assert not plug(missing, ["outdoor_temperature"]) and missing.plugged == ()
 
 
 class _Bus:

@@ -27,7 +27,7 @@ THERMOSTAT_STREAMS = {
     "features.thermostat.offset",
 }
 # the streams of the add-ons it may be given: known, plugged in or not
-ADDON_STREAMS = {"sensors.outdoor_temperature", "sensors.co2"}
+ADDON_STREAMS = {"sensors.outdoor_temperature"}
 
 
 def sent(dev: Device) -> list[tuple[str, dict[str, Any]]]:

@@ -177,8 +177,7 @@ async def test_the_choices_outlive_an_update_whose_new_streams_start_local(
     d = rig.gw.store.device(dev.id)
     assert d is not None and set(d.features) == {"thermostat", "eco"}
     new = {"features.eco.boost", "features.eco.price", "features.eco.cheap"}
-    # (the CO2 sensor's stream, an add-on's, is local by its board's default)
-    kept = {"sensors.humidity": "off", "sensors.co2": "local"}
+    kept = {"sensors.humidity": "off"}
     assert d.hello["streams"] == kept | dict.fromkeys(new, "local")
     reply = await rig.gw.send_command(dev.id, "streams.get")
     assert reply["result"]["streams"]["sensors.humidity"] == "off"
@@ -204,10 +203,10 @@ async def test_a_new_operational_stream_is_shared_only_where_the_owner_takes_upd
         assert u.state == "committed", u
     await async_wait_for(lambda: rig.gw.new_streams.shared == 1, 10, what="the new operational stream shared")
     held = {d.id: rig.gw.store.device(d.id).hello["streams"] for d in (auto, asks)}  # type: ignore[union-attr]
-    kept = ("features.eco.price", "features.eco.cheap", "sensors.co2")
+    kept = ("features.eco.price", "features.eco.cheap")
     assert held[auto.id] == dict.fromkeys(kept, "local")
     assert held[asks.id] == dict.fromkeys(
-        ("features.eco.boost", "features.eco.price", "features.eco.cheap", "sensors.co2"), "local"
+        ("features.eco.boost", "features.eco.price", "features.eco.cheap"), "local"
     )
 
 

@@ -32,7 +32,7 @@ from ota.release import Release
 
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import OtaServer
-from ..support.processes import SMALL_HEAP, DeviceProcess
+from ..support.processes import HEAP, DeviceProcess
 from ..support.wait import wait_for
 from .conftest import OTA_CONFIG, offer_of, running_set
 
@@ -66,7 +66,8 @@ def template(
     srv = OtaServer(mosquitto, dev.id, offer_of(release2, keys))
     try:
         srv.offer()
-        assert srv.wait_for(("committed", "failed", "rolled_back"), 90)["state"] == "committed"
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+        assert done["state"] == "committed", (done, dev.output()[-3000:])  # (what the device said)
     finally:
         srv.close()
         dev.kill()
@@ -120,16 +121,21 @@ def start_copy(
     tmp: Path,
     mosquitto: Mosquitto,
     faults: dict[str, object],
-    heap: str = SMALL_HEAP,
+    heap: str = HEAP,
     prefix: str = "pc",
 ) -> DeviceProcess:
     """A device of its own, copied from the template (its flash too),
-    powered up and booted."""
+    powered up and booted. Its downloads run in update mode, as a 128 KB
+    board's do (`ota_mode` lean); its heap is the tests' (what a power cut
+    leaves is what is tested here: the 128 KB figure is held by
+    test_ota_device.py and test_end_to_end.py, and fault-point logging
+    takes RAM a board does not spend)."""
     dev_id = f"{prefix}-{secrets.token_hex(3)}"
     folder = tmp / dev_id
     shutil.copytree(template, folder)
     config = json.loads((folder / "config.json").read_text())
     config["device"] = config["broker"]["user"] = dev_id
+    config["ota_mode"] = "lean"
     (folder / "config.json").write_text(json.dumps(config))
     mosquitto.add_user(dev_id, config["broker"]["password"])
     (folder / "hal").mkdir()
