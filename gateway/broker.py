@@ -180,6 +180,30 @@ def acl_text(
 
 
 @dataclass(frozen=True)
+class TlsListener:
+    """A Mosquitto listener for mqtts://: its port, the CA that signed the
+    server certificate (gateway/ca.py makes all three), the certificate and
+    its key. Clients need no certificate of their own (they log in with a
+    password, as on the plain listener); TLS 1.2 at least."""
+
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+    def lines(self, host: str) -> list[str]:
+        return [
+            f"listener {self.port} {host}",
+            "use_username_as_clientid true",
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            "require_certificate false",
+            "tls_version tlsv1.2",
+        ]
+
+
+@dataclass(frozen=True)
 class MosquittoFiles:
     conf: Path
     passwords: Path
@@ -286,7 +310,7 @@ def add_password(passwords: Path, username: str, password: str) -> None:
 
 def mosquitto_config(
     directory: Path,
-    port: int,
+    port: int | None,
     host: str = "127.0.0.1",
     users: dict[str, str] | None = None,
     persistence: bool = False,
@@ -294,8 +318,13 @@ def mosquitto_config(
     run_as: str = "mosquitto",
     extra: str = "",
     operators: Sequence[str] = (),
+    tls: TlsListener | None = None,
 ) -> MosquittoFiles:
     """Write mosquitto.conf, a password file and an ACL file into directory.
+
+    port: the plain MQTT listener's (None: none); tls: a TLS listener beside
+    it or instead of it, on the same host. Mosquitto reads the certificate
+    and its key as the user run_as.
 
     users maps user name to password; the gateway's user is GATEWAY_USER,
     Home Assistant's HA_USER (give it a password to let Home Assistant in:
@@ -318,10 +347,14 @@ def mosquitto_config(
     files.passwords.chmod(0o600)
     add_passwords(files.passwords, users or {})
     files.acl.write_text(acl_text(operators=operators))
-    lines = [
-        "per_listener_settings false",
-        f"listener {port} {host}",
-        "use_username_as_clientid true",
+    if port is None and tls is None:
+        raise BrokerError("a Mosquitto configuration needs a listener: a port, TLS or both")
+    lines = ["per_listener_settings false"]
+    if port is not None:
+        lines += [f"listener {port} {host}", "use_username_as_clientid true"]
+    if tls is not None:
+        lines += tls.lines(host)
+    lines += [
         "allow_anonymous false",
         f"password_file {files.passwords}",
         f"acl_file {files.acl}",

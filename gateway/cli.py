@@ -32,7 +32,7 @@ def _hostport(text: str) -> tuple[str, int]:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .provision import provision_into
+    from .provision import CA_FILE, provision_into
 
     features = [f for f in args.features.split(",") if f] if args.features is not None else None
     root = None
@@ -42,6 +42,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
             root = path.read_bytes()
         except OSError as exc:
             raise GatewayError(f"cannot read the root {path}: {exc.strerror}") from exc
+    ca = None
+    if args.ca:
+        from .ca import read_ca
+
+        ca = read_ca(Path(args.ca))
     p = provision_into(
         Path(args.into),
         args.model,
@@ -55,10 +60,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
         telemetry_s=args.telemetry,
         root=root,
         trial_s=args.trial,
+        ca=ca,
     )
     feats = ", ".join(p.features) or "none"
     print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
     print(f"broker user {p.username!r}, password {p.password!r}")
+    if ca is not None:
+        print(f"over TLS, trusting only the CA {args.ca} (on the device as {CA_FILE})")
     print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
     _claim_code(args, p.device)
     if root is None:
@@ -100,11 +108,13 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             broker = await stack.enter_async_context(EmbeddedBroker(host, port))
             print(f"embedded broker listening on {broker}", flush=True)
         keys = _gateway_keys(Path(args.keys)) if args.keys else None
+        tls_context = _broker_tls(args, broker)
         store = stack.enter_context(Store(db_of(args)))
         gw = Gateway(
             broker,
             store,
             client_id=args.client_id,
+            tls_context=tls_context,
             api=args.api,
             api_tls=_api_tls(args),
             keys=keys,
@@ -133,6 +143,20 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             if not task.cancelled():
                 raise
             logging.getLogger("permabeta.gateway").info("stopped by a signal")
+
+
+def _broker_tls(args: argparse.Namespace, broker: BrokerUrl) -> Any:
+    """The TLS context for a broker on mqtts://: trusting --ca alone, else
+    the system's CAs (None: the Gateway's default). Raises ConfigError."""
+    if not args.ca:
+        return None
+    if not broker.tls:
+        raise ConfigError(f"--ca is the CA of a broker on mqtts://, and the broker is {broker}")
+    from .ca import read_ca
+    from .tls import client_context
+
+    read_ca(Path(args.ca))  # a CA's certificate, not a server's: a clear error now rather than at connect
+    return client_context(cafile=Path(args.ca))
 
 
 def _api_tls(args: argparse.Namespace) -> Any:
@@ -399,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("provision", help="write a device's complete filesystem")
     pv.add_argument("--model", required=True, help="product model (thermostat, shirt)")
     pv.add_argument("--id", required=True, help="device id: 1-32 of a-z 0-9 - _")
-    pv.add_argument("--broker", required=True, help="broker as the device reaches it, mqtt://HOST:PORT")
+    pv.add_argument(
+        "--broker",
+        required=True,
+        help="broker as the device reaches it, mqtt://HOST:PORT or mqtts://HOST:PORT",
+    )
     pv.add_argument("--into", required=True, help="folder to write the device into")
     pv.add_argument("--board", help="board file (default: the model's first)")
     pv.add_argument("--password", help="broker password for the device (default: a new random one)")
@@ -414,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--keys", help="update keys folder whose root.json the device will trust")
     pv.add_argument("--root", help="root.json the device will trust (instead of --keys)")
     pv.add_argument(
+        "--ca", metavar="FILE", help="the broker's CA certificate, PEM or DER (needed for mqtts://)"
+    )
+    pv.add_argument(
         "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
     )
     pv.add_argument("--db", help="register the device's claim code with the gateway running on this database")
@@ -423,7 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="gwcmd", required=True, metavar="ACTION"
     )
     run = gw.add_parser("run", help="run the gateway")
-    run.add_argument("--broker", help="mqtt://[USER:PASS@]HOST:PORT (default: start an embedded broker)")
+    run.add_argument("--broker", help="mqtt[s]://[USER:PASS@]HOST:PORT (default: start an embedded broker)")
+    run.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="the CA (PEM) that signed the certificate of a broker on mqtts:// (default: the system's CAs)",
+    )
     run.add_argument(
         "--listen", type=_hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
     )
@@ -520,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_accounts import register as register_accounts
 
     register_accounts(sub, dv)
+    from .cli_broker import register as register_broker
+
+    register_broker(sub)
     from .cli_login import register as register_login
 
     register_login(sub)

@@ -13,6 +13,11 @@ class BrokerError(GatewayError):
     """The MQTT broker could not be started or reached."""
 
 
+class BrokerCertificateError(BrokerError):
+    """The broker presented a certificate the gateway does not trust (signed
+    by another CA, or for another name): a security failure, never retried."""
+
+
 class StoreError(GatewayError):
     """The gateway's database could not be opened or is not ours."""
 

@@ -25,6 +25,7 @@ from .paths import firmware_dir
 
 CONFIG_FILE = flash.CONFIG
 ROOT_FILE = flash.ROOT  # the update keys this device trusts
+CA_FILE = "ca.der"  # the broker's CA, for a device on mqtts:// (config broker.ca names it)
 RESERVED_IDS = (GATEWAY_USER, HA_USER)  # broker users that are not devices
 # Starting values for a host device's sensor file, so it runs at once.
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0, "battery": 100.0}
@@ -80,15 +81,24 @@ def make_config(
     sample_s: float = 1,
     keepalive: int = 30,
     wifi: tuple[str, str] | None = None,
+    ca: bool = False,
 ) -> dict[str, Any]:
+    """config.json of a device. ca: the device is given the broker's CA
+    (CA_FILE), which mqtts:// needs and mqtt:// refuses. Raises ConfigError."""
     if not valid_id(device):
         raise ConfigError(
             f"device id {device!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
         )
     if device in RESERVED_IDS:
         raise ConfigError(f"device id {device!r} is reserved")
-    if broker.tls:
-        raise ConfigError("TLS to the broker is not supported by the device runtime yet; use mqtt://")
+    if broker.tls and not ca:
+        # a board has no store of public CAs: it trusts the one it is given, or nothing
+        raise ConfigError(
+            f"a device on {broker} trusts only the CA it is given: give the broker's CA certificate "
+            "with --ca FILE (PEM or DER; `permabeta broker ca` makes one)"
+        )
+    if ca and not broker.tls:
+        raise ConfigError(f"a CA was given, but the broker {broker} is plain MQTT: use mqtts:// for TLS")
     if broker.username not in (None, device):
         # a device always logs in as itself: that is what its ACL is keyed on
         raise ConfigError(f"the broker user of device {device} must be {device!r}, not {broker.username!r}")
@@ -108,6 +118,8 @@ def make_config(
         "telemetry_ms": int(telemetry_s * 1000),
         "sample_ms": int(sample_s * 1000),
     }
+    if ca:
+        config["broker"]["ca"] = CA_FILE
     if wifi is not None:
         config["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
     return config
@@ -137,10 +149,15 @@ def initial_streams(board: dict[str, Any], features: Sequence[str]) -> bytes:
 
 
 def device_files(
-    config: dict[str, Any], features: list[str], compile_mpy: bool = False, root: bytes | None = None
+    config: dict[str, Any],
+    features: list[str],
+    compile_mpy: bool = False,
+    root: bytes | None = None,
+    ca: bytes | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """(path on the device, content) of every file of a device's filesystem.
-    With compile_mpy, modules other than boot.py and main.py go as .mpy."""
+    With compile_mpy, modules other than boot.py and main.py go as .mpy.
+    ca: the broker's CA certificate, DER (read_ca)."""
     fw = firmware_dir()
     yield "boot.py", (fw / "boot.py").read_bytes()
     yield "main.py", (fw / "main.py").read_bytes()
@@ -170,6 +187,8 @@ def device_files(
     yield STREAMS_FILE, initial_streams(json.loads(board_file), features)
     if root is not None:
         yield ROOT_FILE, root
+    if ca is not None:
+        yield CA_FILE, ca
     yield CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode()
 
 
@@ -191,6 +210,7 @@ def provision_into(
     trial_s: float | None = None,
     image: Path | None = None,
     image_slot: int | None = None,
+    ca: bytes | None = None,
 ) -> Provisioned:
     """Write a complete host device into `into`; it then runs with
     `cd into && micropython main.py`. root: the root.json of the update keys
@@ -198,12 +218,20 @@ def provision_into(
     image the host device runs as its MicroPython image, in the first of two
     app partitions of image_slot bytes (docs/ota.md 4.11: the host's
     stand-in, pb/hal/partitions.py, which then ships too), as esptool
-    flashes a board. Raises ConfigError."""
+    flashes a board. ca: the broker's CA certificate (DER, gateway.ca.read_ca),
+    which a broker on mqtts:// needs. Raises ConfigError."""
     b = board_for(model, board)
     feats = list(b.get("features", [])) if features is None else features
     password = password or broker.password or secrets.token_urlsafe(18)
     config = make_config(
-        device, b, broker, password, telemetry_s=telemetry_s, sample_s=sample_s, keepalive=keepalive
+        device,
+        b,
+        broker,
+        password,
+        telemetry_s=telemetry_s,
+        sample_s=sample_s,
+        keepalive=keepalive,
+        ca=ca is not None,
     )
     if trial_s is not None:
         config["ota_trial_s"] = trial_s
@@ -216,7 +244,7 @@ def provision_into(
             raise ConfigError(f"{into} is not empty (holds {what}); use --force to replace it")
         for sub in ("pb", "features", "boards", "data", "ota"):
             shutil.rmtree(into / sub, ignore_errors=True)
-    files = list(device_files(config, feats, compile_mpy, root))  # fail before writing anything
+    files = list(device_files(config, feats, compile_mpy, root, ca))  # fail before writing anything
     if image is not None:
         files += _partitions_module(compile_mpy)
     for rel, data in files:

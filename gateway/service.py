@@ -26,7 +26,13 @@ from firmware.pb.peer import protocol as proto
 from .broker import BrokerUrl
 from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
-from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
+from .errors import (
+    BrokerCertificateError,
+    CommandTimeoutError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    GatewayError,
+)
 from .footprint import forget
 from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
@@ -192,6 +198,8 @@ class Gateway:
                     from .api import serve_api
 
                     tg.create_task(serve_api(self, *self.api_bind, cert), name="gateway-api")
+        except* GatewayError as group:
+            raise group.exceptions[0] from None  # (one of ours says itself, not inside a group)
         finally:
             self.flush()
             self.ota.close()
@@ -231,6 +239,16 @@ class Gateway:
                         payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
                         self.handle(m.topic.value, bytes(payload), m.retain)
             except aiomqtt.MqttError as exc:
+                refused = _certificate_refused(exc)
+                if refused is not None:
+                    hint = (
+                        "is --ca the CA that signed it?"
+                        if self.tls_context
+                        else "give the CA that signed it with --ca FILE"
+                    )
+                    raise BrokerCertificateError(
+                        f"broker {b}: its certificate is not trusted ({refused}); {hint}"
+                    ) from exc
                 delay = backoff.next()
                 if self.connected.is_set():
                     log.warning("lost broker %s: %s; reconnecting", b, exc)
@@ -578,3 +596,12 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _certificate_refused(exc: aiomqtt.MqttError) -> str | None:
+    """Why TLS refused the broker's certificate, if that is what exc is (aiomqtt
+    words the connect's ssl error as a plain MqttError, the ssl error its context)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return cause.verify_message or str(cause)
+    return None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .ca import san, write_private_key
 from .errors import ConfigError
 
 VALID_DAYS = 825  # what browsers accept of a certificate's life
@@ -135,13 +135,6 @@ def _hosts(listen: str) -> list[str]:
     return names
 
 
-def _san(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
 def _usable(cert: Path, key: Path, hosts: list[str], now: float) -> bool:
     """Whether the kept certificate can serve: there, readable, not (nearly) expired, naming hosts."""
     try:
@@ -153,7 +146,7 @@ def _usable(cert: Path, key: Path, hosts: list[str], now: float) -> bool:
         return False
     if c.not_valid_after_utc.timestamp() < now + RENEW_BEFORE_S or c.not_valid_before_utc.timestamp() > now:
         return False
-    return all(_san(h) in names for h in hosts)
+    return all(san(h) in names for h in hosts)
 
 
 def _make(cert: Path, key: Path, hosts: list[str], now: float) -> None:
@@ -171,19 +164,12 @@ def _make(cert: Path, key: Path, hosts: list[str], now: float) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(private, hashes.SHA256())
     )
-    key_pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tmp = key.with_name(key.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    os.replace(tmp, key)
+    write_private_key(key, private)
     cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
 
 

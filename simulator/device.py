@@ -36,7 +36,7 @@ from firmware.pb.store import write_atomic
 from gateway.broker import BrokerUrl
 from gateway.errors import ConfigError
 from gateway.paths import firmware_dir
-from gateway.provision import STREAMS_FILE, board_for, initial_streams, make_config
+from gateway.provision import CA_FILE, STREAMS_FILE, board_for, initial_streams, make_config
 
 from .clock import SimClock
 from .faults import DeviceFaults, PowerCut, register_flash, unregister_flash
@@ -125,7 +125,8 @@ class VirtualDevice:
     more config.json settings. heap_free: the free heap the device has
     (None: plenty, as CPython says); below the config's ota_ram (48000 by
     default) it downloads updates in update mode, as a small board does
-    (config "ota_mode": "lean")."""
+    (config "ota_mode": "lean"). ca: the broker's CA (DER), for a broker
+    on mqtts:// (the device trusts it alone, as a board provisioned with it)."""
 
     def __init__(
         self,
@@ -149,6 +150,7 @@ class VirtualDevice:
         image: bytes | None = None,
         slot_size: int = 256 * 1024,
         addons: Sequence[str] = (),
+        ca: bytes | None = None,
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -161,6 +163,7 @@ class VirtualDevice:
             telemetry_s=telemetry_s,
             sample_s=sample_s,
             keepalive=keepalive,
+            ca=ca is not None,
         )
         self.config["hal"] = "sim"
         if trial_s is not None:
@@ -182,6 +185,8 @@ class VirtualDevice:
         self.base = workdir / dev_id
         features = self.board.get("features", []) if features is None else features
         provision(self.base, features, root, self.board)
+        if ca is not None:
+            write_atomic(str(self.base / CA_FILE), ca)
         self.faults = DeviceFaults(random.Random(seed ^ 0x5EED))
         self.faults.on_cut = self._power_gone
         self.hal.faults = self.faults

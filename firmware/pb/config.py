@@ -27,6 +27,7 @@ broker.password str - 0 256
 broker.keepalive int 30 0 65535
 broker.clean bool true 0 1
 broker.queue int 32 1 256
+broker.ca str - 1 64
 wifi.ssid str - 1 32
 wifi.password str - 0 64
 ntp str pool.ntp.org 0 253

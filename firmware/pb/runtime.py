@@ -101,8 +101,10 @@ class Device:
                 will=will,
                 queue_size=b.get("queue", 32),
                 max_packet=MAX_PACKET,
+                ca=base + "/" + b["ca"] if "ca" in b else None,
             )
         self.client = client
+        client.on_error = self._link_failed
         client.on_message = self._on_message
         client.birth = self._birth
         client.on_skipped = self._on_skipped
@@ -412,6 +414,9 @@ class Device:
         self.features.fail(owner, exc)
         self.updates.feature_failed(owner, format_exception(exc))
         self.republish_hello()
+
+    def _link_failed(self, reason, retry_ms):
+        self.log("broker: %s; again in %d ms" % (reason, retry_ms))
 
     def _on_skipped(self, topic, size):
         self.emit_event("oversized", None, "skipped a %d-byte message on %s" % (size, topic))

@@ -8,6 +8,7 @@ import contextlib
 import secrets
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,6 +194,19 @@ async def test_refused_credentials_back_off_and_never_raise(mosquitto: Mosquitto
         await asyncio.sleep(0.6)
         assert "not authorized" in (c.last_error or "") or "bad user name" in (c.last_error or "")
         assert not c.up
+    assert c.stats["connects"] == 0
+
+
+async def test_a_ca_file_missing_reads_as_tls_and_is_retried_never_raised(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    failures: list[tuple[str, int]] = []
+    c = client_for(mosquitto, mosquitto.port, ca=str(tmp_path / "ca.der"))
+    c.on_error = lambda reason, retry_ms: failures.append((reason, retry_ms))
+    async with running(c):
+        await async_wait_for(lambda: len(failures) >= 3, 5, what="three failed connects")
+        assert not c.up
+    assert all("TLS: cannot load the CA " in reason for reason, _ in failures), failures
     assert c.stats["connects"] == 0
 
 

@@ -7,9 +7,13 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from gateway.broker import GATEWAY_USER, add_password, add_passwords
+import pytest
+
+from gateway.broker import GATEWAY_USER, TlsListener, add_password, add_passwords, mosquitto_config
+from gateway.errors import BrokerError
 
 from ..support.mosquitto import GATEWAY_PASSWORD, Mosquitto
 from ..support.mqtt import TestClient
@@ -54,3 +58,19 @@ def test_adding_users_while_the_broker_reloads_disconnects_no_one(own_mosquitto:
     assert own_mosquitto.try_connect("dev-30", "secret-30") == 0
     assert own_mosquitto.try_connect("dev-30", "secret-29") != 0
     gw.close()
+
+
+def test_a_tls_listener_beside_the_plain_one_or_instead_of_it(tmp_path: Path) -> None:
+    tls = TlsListener(8883, tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key")
+    both = mosquitto_config(tmp_path / "both", 1883, tls=tls).conf.read_text().splitlines()
+    assert both.index("listener 1883 127.0.0.1") < both.index("listener 8883 127.0.0.1")
+    # a listener's settings follow its line: the client id is the user name on both
+    assert both.count("use_username_as_clientid true") == 2
+    after = both[both.index("listener 8883 127.0.0.1") :]
+    for line in (f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}"):
+        assert line in after
+    assert "require_certificate false" in after and "tls_version tlsv1.2" in after
+    only = mosquitto_config(tmp_path / "only", None, tls=tls).conf.read_text()
+    assert "listener 1883" not in only and "listener 8883 127.0.0.1" in only
+    with pytest.raises(BrokerError, match="needs a listener"):
+        mosquitto_config(tmp_path / "none", None)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from firmware.pb.config import check as check_config
 from gateway.broker import BrokerUrl
+from gateway.ca import create_ca, read_ca
 from gateway.errors import ConfigError
-from gateway.provision import provision_into
+from gateway.provision import CA_FILE, provision_into
 
 BROKER = BrokerUrl("127.0.0.1", 1883)
 
@@ -70,7 +72,8 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
         ({"device": "-x"}, "device id"),
         ({"features": ["jetpack"]}, "no feature 'jetpack'"),
         ({"board": "shirt-v1"}, "is a shirt, not a thermostat"),
-        ({"broker": BrokerUrl("h", 8883, tls=True)}, "TLS"),
+        ({"broker": BrokerUrl("h", 8883, tls=True)}, "trusts only the CA it is given: .* --ca FILE"),
+        ({"ca": b"0"}, "plain MQTT: use mqtts://"),
     ],
 )
 def test_bad_requests_say_why_and_write_nothing(
@@ -82,3 +85,15 @@ def test_bad_requests_say_why_and_write_nothing(
     with pytest.raises(ConfigError, match=message):
         provision_into(tmp_path / "d", model, device, broker, **args)  # type: ignore[arg-type]
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_a_device_on_mqtts_gets_the_ca_and_a_config_naming_it(tmp_path: Path) -> None:
+    ca = create_ca(tmp_path / "ca")
+    der = read_ca(ca.cert)
+    p = provision_into(
+        tmp_path / "th-1", "thermostat", "th-1", BrokerUrl("broker.lan", 8883, tls=True), ca=der
+    )
+    assert (p.path / CA_FILE).read_bytes() == der == ca.der.read_bytes()
+    broker = json.loads((p.path / "config.json").read_text())["broker"]
+    assert broker["ca"] == CA_FILE and broker["host"] == "broker.lan" and broker["port"] == 8883
+    check_config(json.loads((p.path / "config.json").read_text()))  # as the device's boot checks it

@@ -16,6 +16,7 @@ from gateway.broker import (
     GATEWAY_USER,
     BrokerUrl,
     MosquittoProcess,
+    TlsListener,
     add_password,
     add_passwords,
     free_port,
@@ -31,11 +32,18 @@ OPERATORS = tuple(f"operator-{i}" for i in range(1024))
 
 class Mosquitto(MosquittoProcess):
     """A broker of the tests' own: the product's configuration (passwords,
-    ACLs) on a free loopback port."""
+    ACLs) on a free loopback port; with tls, a TLS listener beside it."""
 
-    def __init__(self, directory: Path, port: int | None = None, persistence: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        persistence: bool = False,
+        tls: TlsListener | None = None,
+    ) -> None:
         self.dir = directory
         self.port = port or free_port()
+        self.tls = tls
         self.files = mosquitto_config(
             directory,
             self.port,
@@ -43,6 +51,7 @@ class Mosquitto(MosquittoProcess):
             persistence=persistence,
             run_as=getpass.getuser(),
             operators=OPERATORS,
+            tls=tls,
         )
         super().__init__(self.files.conf, self.port, directory / "mosquitto.log")
         self._users = threading.Lock()
@@ -52,6 +61,13 @@ class Mosquitto(MosquittoProcess):
     def url(self) -> BrokerUrl:
         """The broker, without credentials (as a device is told)."""
         return BrokerUrl("127.0.0.1", self.port)
+
+    @property
+    def tls_url(self) -> BrokerUrl:
+        """The TLS listener, without credentials (as a device is told)."""
+        if self.tls is None:
+            raise RuntimeError("this broker has no TLS listener")
+        return BrokerUrl("127.0.0.1", self.tls.port, tls=True)
 
     def operator(self) -> tuple[str, str]:
         """(user, password) of an account with the gateway's rights that no

@@ -34,6 +34,10 @@ async def run(base, config, hal, counter):
         keepalive=b.get("keepalive", 30),
         will=(wire.topic(dev, "state"), will, 1, True),
         max_packet=wire.MAX_PACKET,
+        ca=base + "/" + b["ca"] if "ca" in b else None,
+    )
+    client.on_error = lambda reason, ms: print(
+        "pb[%s]: update mode: broker: %s; again in %d ms" % (dev, reason, ms)
     )
 
     said = [False]
