@@ -32,8 +32,13 @@ def _hostport(text: str) -> tuple[str, int]:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .provision import provision_into
+    if args.inspect:
+        from .cli_serial import inspect
 
+        return inspect(args)
+    missing = [f"--{n}" for n in ("model", "id", "broker") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"provision needs {', '.join(missing)} (only --port PORT --inspect needs none)")
     features = [f for f in args.features.split(",") if f] if args.features is not None else None
     root = None
     if args.root or args.keys:
@@ -42,28 +47,42 @@ def cmd_provision(args: argparse.Namespace) -> int:
             root = path.read_bytes()
         except OSError as exc:
             raise GatewayError(f"cannot read the root {path}: {exc.strerror}") from exc
-    p = provision_into(
-        Path(args.into),
-        args.model,
-        args.id,
-        BrokerUrl.parse(args.broker),
-        board=args.board,
-        password=args.password,
-        features=features,
-        compile_mpy=not args.source,
-        force=args.force,
-        telemetry_s=args.telemetry,
-        root=root,
-        trial_s=args.trial,
-    )
-    feats = ", ".join(p.features) or "none"
-    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
+    options: dict[str, Any] = {
+        "board": args.board,
+        "password": args.password,
+        "features": features,
+        "telemetry_s": args.telemetry,
+        "trial_s": args.trial,
+        "wifi": (args.wifi, args.wifi_password or "") if args.wifi else None,
+    }
+    broker = BrokerUrl.parse(args.broker)
+    if args.port:
+        from .cli_serial import provision
+
+        p = provision(args, broker, root, options)
+    else:
+        from .provision import provision_into
+
+        p = provision_into(
+            Path(args.into),
+            args.model,
+            args.id,
+            broker,
+            compile_mpy=not args.source,
+            force=args.force,
+            root=root,
+            **options,
+        )
+        feats = ", ".join(p.features) or "none"
+        print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
+    # what follows holds for a device however it was provisioned
     print(f"broker user {p.username!r}, password {p.password!r}")
     print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
     _claim_code(args, p.device)
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
-    print(f"run it: cd {p.path} && micropython main.py")
+    if p.path is not None:
+        print(f"run it: cd {p.path} && micropython main.py")
     return 0
 
 
@@ -396,13 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    pv = sub.add_parser("provision", help="write a device's complete filesystem")
-    pv.add_argument("--model", required=True, help="product model (thermostat, shirt)")
-    pv.add_argument("--id", required=True, help="device id: 1-32 of a-z 0-9 - _")
-    pv.add_argument("--broker", required=True, help="broker as the device reaches it, mqtt://HOST:PORT")
-    pv.add_argument("--into", required=True, help="folder to write the device into")
+    pv = sub.add_parser(
+        "provision",
+        help="write a device's complete filesystem into a folder or onto a board",
+        description="Write a device's filesystem into a folder (--into) or copy it to a MicroPython "
+        "board over USB serial (--port); --port PORT --inspect shows what a board holds.",
+    )
+    where = pv.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", help="folder to write the device into")
+    where.add_argument("--port", help="serial port of a MicroPython board to provision (/dev/ttyUSB0)")
+    pv.add_argument("--model", help="product model (thermostat, shirt)")
+    pv.add_argument("--id", help="device id: 1-32 of a-z 0-9 - _")
+    pv.add_argument("--broker", help="broker as the device reaches it, mqtt://HOST:PORT")
     pv.add_argument("--board", help="board file (default: the model's first)")
-    pv.add_argument("--password", help="broker password for the device (default: a new random one)")
+    pv.add_argument(
+        "--password",
+        help="broker password for the device (default: a new random one; a board "
+        "provisioned again as the same device keeps its own)",
+    )
     pv.add_argument("--features", help="comma-separated features (default: the board's)")
     pv.add_argument(
         "--source",
@@ -410,11 +440,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="ship modules as .py (to run the device under CPython too); default: compiled .mpy",
     )
     pv.add_argument("--telemetry", type=float, default=10, metavar="S", help="telemetry period (s)")
-    pv.add_argument("--force", action="store_true", help="replace a device already in the folder")
+    pv.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a device already in the folder or on the board (a board's data and updates too)",
+    )
     pv.add_argument("--keys", help="update keys folder whose root.json the device will trust")
     pv.add_argument("--root", help="root.json the device will trust (instead of --keys)")
     pv.add_argument(
         "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
+    )
+    pv.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network a board joins")
+    pv.add_argument("--wifi-password", metavar="PASS", help="the password of --wifi")
+    pv.add_argument(
+        "--inspect", action="store_true", help="with --port: show what is on the board, change nothing"
+    )
+    pv.add_argument("--json", action="store_true", help="with --inspect: as JSON")
+    pv.add_argument("--baud", type=int, default=115200, help="with --port: the serial speed")
+    pv.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10,
+        metavar="S",
+        help="with --port: seconds the board has to answer (default 10)",
     )
     pv.add_argument("--db", help="register the device's claim code with the gateway running on this database")
     pv.set_defaults(func=cmd_provision)
@@ -523,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_login import register as register_login
 
     register_login(sub)
+    from .cli_serial import register as register_serial
+
+    register_serial(sub)
     register_updates(sub)
     from simulator.cli import register as register_sim
 
