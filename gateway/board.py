@@ -13,13 +13,12 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from .errors import BoardError, BoardFullError, LinkLostError
 
-WRITE_CHUNK = 512  # bytes of a file per exec: its repr compiles on the board's small heap
+WRITE_CHUNK = 1024  # bytes of a file per exec: its repr compiles on the board's heap
 _PTY_MAJORS = range(136, 144)  # Unix98 ptys: an emulated board (QEMU, the unix port)
 
 
@@ -132,17 +131,21 @@ class Board:
             return BoardFullError(f"the flash of the board on {self.port} is full ({last})")
         return BoardError(f"the board on {self.port} failed: {last}")
 
-    def write_file(self, path: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
-        """Write data to path on the board, chunk by chunk, never whole in its RAM."""
-        self.exec(f"_f=open({path!r},'wb')")
+    def write_file(self, path: str, data: bytes, before: str = "", after: str = "") -> None:
+        """Write data to path on the board, chunk by chunk, never whole in its
+        RAM; the code before and after runs in the same exchanges as its
+        opening and its closing."""
+        self.exec(f"{before}\n_f=open({path!r},'wb')")
+        closed = False
         try:
             for i in range(0, len(data), WRITE_CHUNK):
                 self.exec(f"_f.write({data[i : i + WRITE_CHUNK]!r})")
-                if progress is not None:
-                    progress(min(i + WRITE_CHUNK, len(data)))
+            closed = True
+            self.exec(f"_f.close()\ndel _f\n{after}")
         finally:
-            with contextlib.suppress(BoardError):
-                self.exec("_f.close()\ndel _f")
+            if not closed:
+                with contextlib.suppress(BoardError):
+                    self.exec("_f.close()\ndel _f")
 
     def restart(self) -> None:
         """Reset a real board so that it starts what is on it (an emulated one

@@ -251,9 +251,7 @@ def _copy(
         if not todo.empty:
             b.write_file(MARK, json.dumps({"files": len(todo.write), "removes": len(todo.remove)}).encode())
         for path, data in todo.write:
-            b.exec(f"_pbmk({path!r})")
-            b.write_file(path + PART, data)
-            b.exec(f"_pbmv({path + PART!r}, {path!r})")
+            b.write_file(path + PART, data, f"_pbmk({path!r})", f"_pbmv({path + PART!r}, {path!r})")
             written += 1
             nbytes += len(data)
             if progress is not None:

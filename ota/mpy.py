@@ -62,7 +62,8 @@ def check_loads(data: bytes, mpy: int) -> None:
         )
     arch = data[2] >> 2
     if arch and (arch != (mpy >> 10) & 0x0F or data[2] & 0x03 != (mpy >> 8) & 0x03):
-        raise BuildError(f"native code for {ARCHS[arch]} does not run on this board's MicroPython")
+        name = ARCHS[arch] if arch < len(ARCHS) else arch
+        raise BuildError(f"native code for {name} does not run on this board's MicroPython")
 
 
 def compile_module(src: Path, name: str, arch: str | None = None) -> bytes:
