@@ -126,6 +126,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
         api_gains,
         api_homeassistant,
         api_owners,
+        api_registry,
         api_rollouts,
         api_sessions,
         api_streams,
@@ -138,6 +139,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     app.add_routes(api_owners.routes())
     app.add_routes(api_gains.routes())
     app.add_routes(api_footprint.routes())
+    app.add_routes(api_registry.routes())
     app.add_routes(api_streams.routes())
     app.add_routes(api_homeassistant.routes())
     app.add_routes(api_twin.routes())

@@ -21,7 +21,7 @@ from .paths import db_of, default_db
 from .updates import DEFAULT_DEADLINE_S
 
 
-def _hostport(text: str) -> tuple[str, int]:
+def hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
@@ -77,7 +77,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
     # what follows holds for a device however it was provisioned
     print(f"broker user {p.username!r}, password {p.password!r}")
-    print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
+    if args.db or args.gateway:
+        from .cli_registry import register_device
+
+        register_device(args, p.device, p.model, p.board, p.password)
+    else:
+        print("  register it with the gateway (--db DB or --gateway URL) for the broker to let it in,")
+        print(
+            f"  or add it to a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'"
+        )
     _claim_code(args, p.device)
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
@@ -88,18 +96,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 def _claim_code(args: argparse.Namespace, device: str) -> None:
     """A new claim code for the device's box (docs/protocol.md 10.1): printed,
-    never written to the device; registered with the running gateway of
-    --db if given."""
+    never written to the device; registered with the gateway where one is
+    named (--db, --gateway)."""
     from .accounts import new_claim_code
+    from .cli_registry import register_claim
 
     code = new_claim_code()
     print(f"claim code (for the box; shown only now): {code}")
-    if args.db:
-        from .client import ApiClient
-
-        client = ApiClient.for_args(args)
-        client.request("PUT", f"/api/v1/devices/{device}/claim-code", {"code": code})
-        print(f"  registered with the gateway of {args.db}")
+    if args.db or args.gateway:
+        register_claim(args, device, code)
     else:
         print(f"  register it with the gateway: permabeta devices claim-code {device} {code}")
 
@@ -464,7 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --port: seconds the board has to answer (default 10)",
     )
-    pv.add_argument("--db", help="register the device's claim code with the gateway running on this database")
+    pv.add_argument(
+        "--db",
+        help="register the device and its claim code with the gateway of this database "
+        "(the one running on it, else the database itself)",
+    )
     pv.set_defaults(func=cmd_provision)
 
     gw = sub.add_parser("gateway", help="the gateway service").add_subparsers(
@@ -473,10 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = gw.add_parser("run", help="run the gateway")
     run.add_argument("--broker", help="mqtt://[USER:PASS@]HOST:PORT (default: start an embedded broker)")
     run.add_argument(
-        "--listen", type=_hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
+        "--listen", type=hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
     )
     run.add_argument("--db", help=f"database (default {default_db()})")
-    run.add_argument("--api", type=_hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
+    run.add_argument("--api", type=hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
     tls = run.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true", help="serve the API over HTTPS on loopback too")
     tls.add_argument("--no-tls", action="store_true", help="plain HTTP (on loopback only; the default there)")
@@ -565,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)
+    from .cli_registry import register as register_registry
+
+    register_registry(dv)
+    from .cli_broker import register as register_broker
+
+    register_broker(sub)
     from .cli_accounts import register as register_accounts
 
     register_accounts(sub, dv)

@@ -21,6 +21,7 @@ import pytest
 from gateway import api as gw_api
 from gateway.accounts import CLAIM_TRIES, Accounts, new_claim_code
 from gateway.api_accounts import ACCESS, LOGIN_TRIES
+from gateway.broker import password_line
 from gateway.settings import SettingsTable
 from gateway.store import TelemetryRow
 from ota.keys import Keys
@@ -100,6 +101,11 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/decision"): {"release": "thermostat@2", "decision": "never"},
     ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
+    ("PUT", "/api/v1/devices/{id}/registration"): {
+        "model": "thermostat",
+        "board": "thermostat-v1",
+        "password_hash": password_line("th-new", "its own").split(":", 1)[1],
+    },
     ("PUT", "/api/v1/devices/{id}/streams"): {"streams": {"sensors.humidity": "local"}},
     ("PUT", "/api/v1/devices/{id}/homeassistant"): {"linked": True},
     ("POST", "/api/v1/devices/{id}/forget"): {"confirm": "th-bob"},
