@@ -92,7 +92,9 @@ class Board:
             self._close()
             raise BoardError(
                 f"{self.port} did not answer as a MicroPython REPL within {self.timeout:g} s: is "
-                f"MicroPython on it (permabeta flash --port {self.port}), and is the port the board's?"
+                f"MicroPython on it (permabeta flash --port {self.port}), and is the port the board's? "
+                "A board provisioned with --close-repl answers only after "
+                "`permabeta devices send ID repl open`, until its next reset"
             ) from exc
         return self
 

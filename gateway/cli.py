@@ -54,6 +54,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         "telemetry_s": args.telemetry,
         "trial_s": args.trial,
         "wifi": (args.wifi, args.wifi_password or "") if args.wifi else None,
+        "close_repl": args.close_repl,
     }
     broker = BrokerUrl.parse(args.broker)
     if args.port:
@@ -322,19 +323,19 @@ def _value(text: str) -> Any:
         return text
 
 
-_ACTIONS = {"config": "get or set", "feature": "enable or disable", "data": "set"}
+_ACTIONS = {"config": "get or set", "feature": "enable or disable", "data": "set", "repl": "open"}
 
 
 def parse_command(words: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(op, args) from the words after `devices send ID`.
 
     ping | status | reboot | config get [FEATURE] | config set FEATURE.KEY=VALUE ... |
-    feature enable|disable NAME | data set key=KEY value=VALUE | OP [KEY=VALUE ...]
+    feature enable|disable NAME | data set key=KEY value=VALUE | repl open | OP [KEY=VALUE ...]
     """
     if not words:
         raise GatewayError("no command given (try: ping, status, config set thermostat.setpoint=22)")
     head, rest = words[0], list(words[1:])
-    if head in ("config", "feature", "data"):
+    if head in _ACTIONS:
         if not rest:
             raise GatewayError(f"{head} needs an action: {_ACTIONS[head]}")
         head, rest = f"{head}.{rest[0]}", rest[1:]
@@ -458,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network a board joins")
     pv.add_argument("--wifi-password", metavar="PASS", help="the password of --wifi")
     pv.add_argument(
+        "--close-repl",
+        action="store_true",
+        help="close the board's USB REPL at every boot (a shipped product; `devices send ID repl open` "
+        "opens it until the next reset, to provision it again)",
+    )
+    pv.add_argument(
         "--inspect", action="store_true", help="with --port: show what is on the board, change nothing"
     )
     pv.add_argument("--json", action="store_true", help="with --inspect: as JSON")
@@ -526,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send a command and print the reply",
         description="COMMAND: ping | status | reboot | config get [FEATURE] | "
         "config set FEATURE.KEY=VALUE... | feature enable NAME | feature disable NAME | "
-        "data set key=KEY value=JSON",
+        "data set key=KEY value=JSON | repl open (a maker: a board's USB REPL, until its reset)",
     )
     sd.add_argument("id")
     sd.add_argument("command", nargs="+")

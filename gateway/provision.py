@@ -225,9 +225,12 @@ def device(
     keepalive: int = 30,
     root: bytes | None = None,
     trial_s: float | None = None,
+    close_repl: bool = False,
 ) -> Device:
     """The device to provision, checked: its board, features and config.json
-    (a new random broker password unless one is given). Raises ConfigError."""
+    (a new random broker password unless one is given). close_repl: the
+    board's USB REPL closed at every boot (a shipped product; the command
+    repl.open opens it until the next reset). Raises ConfigError."""
     b = board_for(model, board)
     feats = list(b.get("features", [])) if features is None else features
     password = password or broker.password or secrets.token_urlsafe(18)
@@ -244,6 +247,8 @@ def device(
     )
     if trial_s is not None:
         config["ota_trial_s"] = trial_s
+    if close_repl:
+        config["repl"] = "closed"
     if root is not None:
         _check_root(root)
     return Device(b, feats, config)

@@ -20,6 +20,7 @@ device id ! 1 32
 model str ! 1 32
 board str ! 1 64
 hal str host 1 16
+repl closed - 0 0
 broker.host str ! 1 253
 broker.port int 1883 1 65535
 broker.user str - 0 64

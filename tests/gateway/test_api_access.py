@@ -191,6 +191,14 @@ async def test_an_owner_sees_its_own_devices_and_the_maker_every_one(world: Worl
     assert (status, me["name"], me["role"], me["devices"]) == (200, "ann", "owner", ["th-ann"])
 
 
+async def test_an_owner_cannot_open_the_usb_repl_of_its_device_but_its_maker_can(world: World) -> None:
+    body = {"op": "repl.open", "timeout": 1}
+    status, answer = await world.call("ann", "POST", "/api/v1/devices/th-ann/commands", body)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = await world.call("mia", "POST", "/api/v1/devices/th-ann/commands", body)
+    assert status != 403, answer  # sent (the device here is offline, or does not answer)
+
+
 async def test_an_owner_sets_the_update_policy_of_its_device_but_not_the_maker_s_cohorts(
     world: World,
 ) -> None:
