@@ -14,8 +14,13 @@ from .errors import ConfigError
 from .provision import Provisioned
 
 
-def _kb(n: int) -> str:
-    return f"{n / 1024:.1f} KB"
+def _kb(n: float) -> str:
+    """n bytes in KB, MB or GB."""
+    for unit in ("KB", "MB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"
 
 
 def _progress(done: int, total: int, path: str) -> None:
