@@ -55,27 +55,22 @@ def cmd_provision(args: argparse.Namespace) -> int:
         "trial_s": args.trial,
         "wifi": (args.wifi, args.wifi_password or "") if args.wifi else None,
         "close_repl": args.close_repl,
+        "compile_mpy": not args.source,
+        "force": args.force,
+        "root": root,
     }
     broker = BrokerUrl.parse(args.broker)
     if args.port:
         from .cli_serial import provision
 
-        p = provision(args, broker, root, options)
+        p = provision(args, broker, options)
     else:
         from .provision import provision_into
 
-        p = provision_into(
-            Path(args.into),
-            args.model,
-            args.id,
-            broker,
-            compile_mpy=not args.source,
-            force=args.force,
-            root=root,
-            **options,
-        )
-        feats = ", ".join(p.features) or "none"
-        print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
+        p = provision_into(Path(args.into), args.model, args.id, broker, **options)
+    feats = ", ".join(p.features) or "none"
+    where = f"onto {p.port}" if p.port else f"into {p.path}"
+    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) {where}")
     # what follows holds for a device however it was provisioned
     print(f"broker user {p.username!r}, password {p.password!r}")
     if args.db or args.gateway:

@@ -28,9 +28,7 @@ def _progress(done: int, total: int, path: str) -> None:
         print(f"\r  [{done}/{total}] {path[:60]:<60}", end="" if done < total else "\n", flush=True)
 
 
-def provision(
-    args: argparse.Namespace, broker: BrokerUrl, root: bytes | None, options: dict[str, Any]
-) -> Provisioned:
+def provision(args: argparse.Namespace, broker: BrokerUrl, options: dict[str, Any]) -> Provisioned:
     """provision --port: copy the device to the board and say what moved."""
     from .provision_serial import provision_port
 
@@ -40,16 +38,11 @@ def provision(
         args.model,
         args.id,
         broker,
-        compile_mpy=not args.source,
-        force=args.force,
-        root=root,
         baud=args.baud,
         timeout=args.timeout,
         progress=_progress,
         **options,
     )
-    feats = ", ".join(p.features) or "none"
-    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) onto {p.port}")
     moved = f"copied {r.written} files ({_kb(r.bytes)})" if r.written else "copied no file"
     print(
         f"  {moved}, {r.kept} already there, {r.removed} removed; "
