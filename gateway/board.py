@@ -122,7 +122,9 @@ class Board:
         except TransportExecError as exc:  # (exec_raw returns errors; kept for other versions)
             raise self._failed(str(exc.error_output)) from exc
         except (TransportError, OSError) as exc:
-            raise LinkLostError(f"the link to {self.port} was lost ({exc})") from exc
+            raise LinkLostError(
+                f"the link to {self.port} was lost ({exc}); run the same command again"
+            ) from exc
         if err:
             raise self._failed(err.decode("utf-8", "replace"))
         return str(out.decode("utf-8", "replace"))

@@ -215,11 +215,12 @@ def provision_port(
         if HALS[platform] == "host":
             want.append((SENSORS_FILE, host_sensors(d.board)))
         if force:
+            _mark(b, device_id)  # (a wipe cut short leaves no device to run either)
             for folder in STATE:
                 b.exec(f"_pbrm({folder!r})", timeout=60)
         have = _hashes(b)
         todo = plan(want, have)
-        written, nbytes, verified = _copy(b, todo, want, progress)
+        written, nbytes, verified = _copy(b, todo, want, progress, device_id)
         b.exec(f"_pbrm({MARK!r})")
         b.restart()
     report = Report(written, nbytes, todo.kept, len(todo.remove), verified, time.monotonic() - started)
@@ -236,7 +237,12 @@ def _check_mpy(files: Sequence[tuple[str, bytes]], mpy: int, port: str) -> None:
                 check_loads(data, mpy)
             except BuildError as exc:
                 raise BoardError(f"the board on {port} cannot load {path}: {exc}") from exc
-            return
+            return  # (one says it for all: the same mpy-cross made them)
+
+
+def _mark(b: Board, device_id: str) -> None:
+    """The marker main.py honours: a provisioning under way."""
+    b.write_file(MARK, json.dumps({"device": device_id}).encode())
 
 
 def _copy(
@@ -244,6 +250,7 @@ def _copy(
     todo: Plan,
     want: Sequence[tuple[str, bytes]],
     progress: Callable[[int, int, str], None] | None,
+    device_id: str,
 ) -> tuple[int, int, int]:
     """Carry out the plan under the marker, then verify every file of the
     device by the hashes the board computes: (files written, their bytes,
@@ -251,7 +258,7 @@ def _copy(
     written = nbytes = 0
     try:
         if not todo.empty:
-            b.write_file(MARK, json.dumps({"files": len(todo.write), "removes": len(todo.remove)}).encode())
+            _mark(b, device_id)
         for path, data in todo.write:
             b.write_file(path + PART, data, f"_pbmk({path!r})", f"_pbmv({path + PART!r}, {path!r})")
             written += 1
