@@ -31,7 +31,7 @@ demo: $(STAMP) $(WEB_STAMP)
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
 test: $(STAMP) $(WEB_STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not chaos and not long and not rollouts and not browser and not homeassistant"
+	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant"
 
 # The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
 # its own here); screenshots of every page go to test-output/screenshots.

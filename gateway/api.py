@@ -126,6 +126,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
         api_gains,
         api_homeassistant,
         api_owners,
+        api_registry,
         api_rollouts,
         api_sessions,
         api_streams,
@@ -138,6 +139,7 @@ def make_app(gw: Gateway, token: str) -> web.Application:
     app.add_routes(api_owners.routes())
     app.add_routes(api_gains.routes())
     app.add_routes(api_footprint.routes())
+    app.add_routes(api_registry.routes())
     app.add_routes(api_streams.routes())
     app.add_routes(api_homeassistant.routes())
     app.add_routes(api_twin.routes())
@@ -240,6 +242,8 @@ async def _telemetry(request: web.Request) -> web.Response:
 
 
 async def _command(request: web.Request) -> web.Response:
+    from .api_accounts import principal
+
     gw = request.app[GATEWAY]
     dev = request.match_info["id"]
     body = await json_body(request)
@@ -255,6 +259,8 @@ async def _command(request: web.Request) -> web.Response:
         return error_response(
             403, "forbidden", "the owner's data choices change through PUT /api/v1/devices/{id}/streams"
         )
+    if op == "repl.open" and not principal(request).may("maker"):
+        return error_response(403, "forbidden", "only a maker opens a board's REPL (docs/makers.md)")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
         return error_response(
             400, "bad_request", f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]"

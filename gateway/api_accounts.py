@@ -81,6 +81,10 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/devices/{id}/preview/{ref}"): _OWN_DEVICE,
     ("GET", "/api/v1/devices/{id}/previews"): _OWN_DEVICE,
     ("PUT", "/api/v1/devices/{id}/claim-code"): Rule("maker", device=True),
+    ("PUT", "/api/v1/devices/{id}/registration"): _MAKER,
+    ("GET", "/api/v1/devices/{id}/registration"): _MAKER,
+    ("POST", "/api/v1/devices/{id}/revoke"): _MAKER,
+    ("POST", "/api/v1/devices/{id}/restore"): _MAKER,
     ("DELETE", "/api/v1/devices/{id}/owner"): _OWN_DEVICE,
     ("GET", "/api/v1/devices/{id}/export"): _OWN_DEVICE,  # an owner: from its claim on
     ("POST", "/api/v1/devices/{id}/forget"): _OWN_DEVICE,  # a maker: a device without an owner

@@ -21,7 +21,7 @@ from .paths import db_of, default_db
 from .updates import DEFAULT_DEADLINE_S
 
 
-def _hostport(text: str) -> tuple[str, int]:
+def hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
@@ -32,8 +32,13 @@ def _hostport(text: str) -> tuple[str, int]:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .provision import CA_FILE, provision_into
+    if args.inspect:
+        from .cli_serial import inspect
 
+        return inspect(args)
+    missing = [f"--{n}" for n in ("model", "id", "broker") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"provision needs {', '.join(missing)} (only --port PORT --inspect needs none)")
     features = [f for f in args.features.split(",") if f] if args.features is not None else None
     root = None
     if args.root or args.keys:
@@ -47,48 +52,65 @@ def cmd_provision(args: argparse.Namespace) -> int:
         from .ca import read_ca
 
         ca = read_ca(Path(args.ca))
-    p = provision_into(
-        Path(args.into),
-        args.model,
-        args.id,
-        BrokerUrl.parse(args.broker),
-        board=args.board,
-        password=args.password,
-        features=features,
-        compile_mpy=not args.source,
-        force=args.force,
-        telemetry_s=args.telemetry,
-        root=root,
-        trial_s=args.trial,
-        ca=ca,
-    )
+    options: dict[str, Any] = {
+        "board": args.board,
+        "password": args.password,
+        "features": features,
+        "telemetry_s": args.telemetry,
+        "trial_s": args.trial,
+        "wifi": (args.wifi, args.wifi_password or "") if args.wifi else None,
+        "close_repl": args.close_repl,
+        "compile_mpy": not args.source,
+        "force": args.force,
+        "root": root,
+        "ca": ca,
+    }
+    broker = BrokerUrl.parse(args.broker)
+    if args.port:
+        from .cli_serial import provision
+
+        p = provision(args, broker, options)
+    else:
+        from .provision import provision_into
+
+        p = provision_into(Path(args.into), args.model, args.id, broker, **options)
     feats = ", ".join(p.features) or "none"
-    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) into {p.path}")
+    where = f"onto {p.port}" if p.port else f"into {p.path}"
+    print(f"provisioned {p.model} {p.device} ({p.board}; features: {feats}) {where}")
+    # what follows holds for a device however it was provisioned
     print(f"broker user {p.username!r}, password {p.password!r}")
     if ca is not None:
+        from .provision import CA_FILE
+
         print(f"over TLS, trusting only the CA {args.ca} (on the device as {CA_FILE})")
-    print(f"  for a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'")
+    if args.db or args.gateway:
+        from .cli_registry import register_device
+
+        register_device(args, p.device, p.model, p.board, p.password)
+    else:
+        print("  register it with the gateway (--db DB or --gateway URL) for the broker to let it in,")
+        print(
+            f"  or add it to a Mosquitto password file: mosquitto_passwd -b FILE {p.username} '{p.password}'"
+        )
     _claim_code(args, p.device)
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
-    print(f"run it: cd {p.path} && micropython main.py")
+    if p.path is not None:
+        print(f"run it: cd {p.path} && micropython main.py")
     return 0
 
 
 def _claim_code(args: argparse.Namespace, device: str) -> None:
     """A new claim code for the device's box (docs/protocol.md 10.1): printed,
-    never written to the device; registered with the running gateway of
-    --db if given."""
+    never written to the device; registered with the gateway where one is
+    named (--db, --gateway)."""
     from .accounts import new_claim_code
+    from .cli_registry import register_claim
 
     code = new_claim_code()
     print(f"claim code (for the box; shown only now): {code}")
-    if args.db:
-        from .client import ApiClient
-
-        client = ApiClient.for_args(args)
-        client.request("PUT", f"/api/v1/devices/{device}/claim-code", {"code": code})
-        print(f"  registered with the gateway of {args.db}")
+    if args.db or args.gateway:
+        register_claim(args, device, code)
     else:
         print(f"  register it with the gateway: permabeta devices claim-code {device} {code}")
 
@@ -322,19 +344,19 @@ def _value(text: str) -> Any:
         return text
 
 
-_ACTIONS = {"config": "get or set", "feature": "enable or disable", "data": "set"}
+_ACTIONS = {"config": "get or set", "feature": "enable or disable", "data": "set", "repl": "open"}
 
 
 def parse_command(words: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(op, args) from the words after `devices send ID`.
 
     ping | status | reboot | config get [FEATURE] | config set FEATURE.KEY=VALUE ... |
-    feature enable|disable NAME | data set key=KEY value=VALUE | OP [KEY=VALUE ...]
+    feature enable|disable NAME | data set key=KEY value=VALUE | repl open | OP [KEY=VALUE ...]
     """
     if not words:
         raise GatewayError("no command given (try: ping, status, config set thermostat.setpoint=22)")
     head, rest = words[0], list(words[1:])
-    if head in ("config", "feature", "data"):
+    if head in _ACTIONS:
         if not rest:
             raise GatewayError(f"{head} needs an action: {_ACTIONS[head]}")
         head, rest = f"{head}.{rest[0]}", rest[1:]
@@ -420,17 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    pv = sub.add_parser("provision", help="write a device's complete filesystem")
-    pv.add_argument("--model", required=True, help="product model (thermostat, shirt)")
-    pv.add_argument("--id", required=True, help="device id: 1-32 of a-z 0-9 - _")
-    pv.add_argument(
-        "--broker",
-        required=True,
-        help="broker as the device reaches it, mqtt://HOST:PORT or mqtts://HOST:PORT",
+    pv = sub.add_parser(
+        "provision",
+        help="write a device's complete filesystem into a folder or onto a board",
+        description="Write a device's filesystem into a folder (--into) or copy it to a MicroPython "
+        "board over USB serial (--port); --port PORT --inspect shows what a board holds.",
     )
-    pv.add_argument("--into", required=True, help="folder to write the device into")
+    where = pv.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", help="folder to write the device into")
+    where.add_argument("--port", help="serial port of a MicroPython board to provision (/dev/ttyUSB0)")
+    pv.add_argument("--model", help="product model (thermostat, shirt)")
+    pv.add_argument("--id", help="device id: 1-32 of a-z 0-9 - _")
+    pv.add_argument("--broker", help="broker as the device reaches it, mqtt://HOST:PORT or mqtts://HOST:PORT")
     pv.add_argument("--board", help="board file (default: the model's first)")
-    pv.add_argument("--password", help="broker password for the device (default: a new random one)")
+    pv.add_argument(
+        "--password",
+        help="broker password for the device (default: a new random one; a board "
+        "provisioned again as the same device keeps its own)",
+    )
     pv.add_argument("--features", help="comma-separated features (default: the board's)")
     pv.add_argument(
         "--source",
@@ -438,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ship modules as .py (to run the device under CPython too); default: compiled .mpy",
     )
     pv.add_argument("--telemetry", type=float, default=10, metavar="S", help="telemetry period (s)")
-    pv.add_argument("--force", action="store_true", help="replace a device already in the folder")
+    pv.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a device already in the folder or on the board (a board's data and updates too)",
+    )
     pv.add_argument("--keys", help="update keys folder whose root.json the device will trust")
     pv.add_argument("--root", help="root.json the device will trust (instead of --keys)")
     pv.add_argument(
@@ -447,7 +480,31 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument(
         "--trial", type=float, metavar="S", help="seconds a new feature set runs before it commits"
     )
-    pv.add_argument("--db", help="register the device's claim code with the gateway running on this database")
+    pv.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network a board joins")
+    pv.add_argument("--wifi-password", metavar="PASS", help="the password of --wifi")
+    pv.add_argument(
+        "--close-repl",
+        action="store_true",
+        help="close the board's USB REPL at every boot (a shipped product; `devices send ID repl open` "
+        "opens it until the next reset, to provision it again)",
+    )
+    pv.add_argument(
+        "--inspect", action="store_true", help="with --port: show what is on the board, change nothing"
+    )
+    pv.add_argument("--json", action="store_true", help="with --inspect: as JSON")
+    pv.add_argument("--baud", type=int, default=115200, help="with --port: the serial speed")
+    pv.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10,
+        metavar="S",
+        help="with --port: seconds the board has to answer (default 10)",
+    )
+    pv.add_argument(
+        "--db",
+        help="register the device and its claim code with the gateway of this database "
+        "(the one running on it, else the database itself)",
+    )
     pv.set_defaults(func=cmd_provision)
 
     gw = sub.add_parser("gateway", help="the gateway service").add_subparsers(
@@ -461,10 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CA (PEM) that signed the certificate of a broker on mqtts:// (default: the system's CAs)",
     )
     run.add_argument(
-        "--listen", type=_hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
+        "--listen", type=hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
     )
     run.add_argument("--db", help=f"database (default {default_db()})")
-    run.add_argument("--api", type=_hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
+    run.add_argument("--api", type=hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
     tls = run.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true", help="serve the API over HTTPS on loopback too")
     tls.add_argument("--no-tls", action="store_true", help="plain HTTP (on loopback only; the default there)")
@@ -505,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send a command and print the reply",
         description="COMMAND: ping | status | reboot | config get [FEATURE] | "
         "config set FEATURE.KEY=VALUE... | feature enable NAME | feature disable NAME | "
-        "data set key=KEY value=JSON",
+        "data set key=KEY value=JSON | repl open (a maker: a board's USB REPL, until its reset)",
     )
     sd.add_argument("id")
     sd.add_argument("command", nargs="+")
@@ -553,15 +610,21 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_rollout import register as register_rollout
 
     register_rollout(sub)
-    from .cli_accounts import register as register_accounts
+    from .cli_registry import register as register_registry
 
-    register_accounts(sub, dv)
+    register_registry(dv)
     from .cli_broker import register as register_broker
 
     register_broker(sub)
+    from .cli_accounts import register as register_accounts
+
+    register_accounts(sub, dv)
     from .cli_login import register as register_login
 
     register_login(sub)
+    from .cli_serial import register as register_serial
+
+    register_serial(sub)
     register_updates(sub)
     from simulator.cli import register as register_sim
 

@@ -1,14 +1,57 @@
-"""`permabeta broker ...`: the fleet's Mosquitto. `broker ca` makes the CA
-the owner of the gateway keeps and the broker's certificate signed by it
-(gateway/ca.py, docs/security.md 5.4)."""
+"""`permabeta broker config|run|ca`: the fleet's Mosquitto, configured from
+the devices registered at provisioning (gateway/broker_config.py), and the CA
+the owner of the gateway keeps for its TLS (gateway/ca.py, docs/security.md 5.4)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Any
 
+from .broker import BrokerUrl
+from .broker_config import BrokerRunner, FleetBroker, write
 from .ca import DEFAULT_HOSTS, CaFiles, check_hosts, create_ca, server_cert
+from .store import Store
+
+
+def _write(args: argparse.Namespace, store: Store) -> FleetBroker:
+    host, port = args.listen
+    return write(Path(args.out), store, host, port, homeassistant=args.homeassistant)
+
+
+def _told(fleet: FleetBroker, db: str) -> None:
+    f = fleet.files
+    print(f"broker configuration in {f.conf.parent}: {f.conf.name}, {f.passwords.name}, {f.acl.name}")
+    print(
+        f"  {fleet.devices} device(s) let in, {fleet.revoked} revoked; listens on {fleet.host}:{fleet.port}"
+    )
+    host = "127.0.0.1" if fleet.host in ("0.0.0.0", "::") else fleet.host
+    url = BrokerUrl(host, fleet.port, username="gateway", password=fleet.gateway_password)
+    print(f"  the gateway: permabeta gateway run --db {db} --broker '{url.url(secret=True)}'")
+    print(f"  (its password is kept in {f.conf.parent / 'gateway.password'})")
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    with Store(Path(args.db)) as store:
+        fleet = _write(args, store)
+    _told(fleet, args.db)
+    print(f"run it: mosquitto -c {fleet.files.conf}   (or permabeta broker run, which reloads it)")
+    return 0
+
+
+def cmd_broker_run(args: argparse.Namespace) -> int:
+    with Store(Path(args.db)) as store:
+        fleet = _write(args, store)
+        _told(fleet, args.db)
+        runner = BrokerRunner(fleet, store, say=lambda line: print(line, flush=True))
+        stopping: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _frame: stopping.append(n))
+        print("mosquitto running; devices registered, revoked or restored apply within seconds", flush=True)
+        runner.run(stop=lambda: bool(stopping))
+    print("mosquitto stopped")
+    return 0
 
 
 def cmd_broker_ca(args: argparse.Namespace) -> int:
@@ -25,11 +68,7 @@ def cmd_broker_ca(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    """`broker` and its subcommands, under the top-level subparsers sub."""
-    br = sub.add_parser("broker", help="the fleet's Mosquitto broker").add_subparsers(
-        dest="brokercmd", required=True, metavar="ACTION"
-    )
+def _register_ca(br: Any) -> None:
     ca = br.add_parser(
         "ca",
         help="create the broker's CA and its server certificate",
@@ -52,3 +91,27 @@ def register(sub: Any) -> None:
         help="keep the CA in DIR, make only a new server certificate (other hosts, or before it expires)",
     )
     ca.set_defaults(func=cmd_broker_ca)
+
+
+def register(sub: Any) -> None:
+    from .cli import hostport
+
+    br = sub.add_parser("broker", help="the fleet's Mosquitto: its configuration, run, CA").add_subparsers(
+        dest="brcmd", required=True, metavar="ACTION"
+    )
+    _register_ca(br)
+    cf = br.add_parser("config", help="write a Mosquitto configuration for the registered devices")
+    cf.set_defaults(func=cmd_broker_config)
+    rn = br.add_parser("run", help="run Mosquitto with it, reloaded when devices are added or revoked")
+    rn.set_defaults(func=cmd_broker_run)
+    for p in (cf, rn):
+        p.add_argument("--out", required=True, help="the folder of the broker's files (kept between runs)")
+        p.add_argument("--db", required=True, help="the gateway's database: its registered devices")
+        p.add_argument(
+            "--listen",
+            type=hostport,
+            default=("0.0.0.0", 1883),
+            metavar="HOST:PORT",
+            help="default 0.0.0.0:1883",
+        )
+        p.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")

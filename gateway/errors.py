@@ -22,6 +22,19 @@ class StoreError(GatewayError):
     """The gateway's database could not be opened or is not ours."""
 
 
+class BoardError(GatewayError):
+    """A board on a serial port cannot be reached, read or written (port
+    missing or busy, no MicroPython answering, not an ESP32-class chip)."""
+
+
+class BoardFullError(BoardError):
+    """The board's flash has no room for what is written to it."""
+
+
+class LinkLostError(BoardError):
+    """The serial link to a board went away in the middle of an exchange."""
+
+
 class DeviceNotFoundError(GatewayError):
     """No device with that id is registered."""
 

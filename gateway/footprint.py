@@ -68,6 +68,14 @@ TABLES: tuple[Table, ...] = (
     Table("device_owners", "device = :dev"),
     Table("device_claims", "device = :dev", forget="keep"),  # (the code on the box claims it again)
     Table("device_forgotten", "device = :dev", forget="keep"),
+    # (the maker's record of what it provisioned: the broker lets the device in
+    # by it; its password's hash is not the owner's to see)
+    Table(
+        "device_registry",
+        "device = :dev",
+        forget="keep",
+        shown=lambda _dev, row: row | {"password_hash": None},
+    ),
     Table("data_retention", "device = :dev"),
     Table("stream_retention", "device = :dev", order="stream"),
     Table("ha_links", "device = :dev", "since"),

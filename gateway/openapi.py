@@ -328,6 +328,9 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
+    "Registration": _object(
+        {"device": _STR, "model": _STR, "board": _STR, "registered": _NUM, "revoked": _opt(_NUM)}
+    ),
     "ClaimCode": _object({"device": _STR, "claim_code": {"const": "registered"}}),
     "Revoked": _object({"revoked": _STR}),
     "OpenApi": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
@@ -450,6 +453,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ),
     ),
     ("PUT", "/api/v1/devices/{id}/claim-code"): Op("register a claim code", {200: _ref("ClaimCode")}, _CODE),
+    ("GET", "/api/v1/devices/{id}/registration"): Op(
+        "what provisioning recorded of the device", {200: _ref("Registration")}
+    ),
+    ("PUT", "/api/v1/devices/{id}/registration"): Op(
+        "record a provisioned device: the broker lets it in before its first hello",
+        {200: _ref("Registration")},
+        _object({"model": _STR, "board": _STR, "password_hash": _STR}, closed=True),
+    ),
+    ("POST", "/api/v1/devices/{id}/revoke"): Op(
+        "cut the device off: refused by the gateway now, by the broker within seconds",
+        {200: _ref("Registration")},
+    ),
+    ("POST", "/api/v1/devices/{id}/restore"): Op("let a revoked device back in", {200: _ref("Registration")}),
     ("DELETE", "/api/v1/devices/{id}/owner"): Op("give the device up", {200: _ref("Owner")}),
     ("GET", "/api/v1/devices/{id}/export"): Op(
         "everything stored about the device (an owner: since its claim): JSON, or with format=csv "

@@ -2,8 +2,8 @@
 
 ``device_files`` yields every file a device needs (boot.py, main.py, the
 runtime pb/, the model's features, its board file, config.json); writing
-them into a folder is ``provision_into``. Flashing a board over USB writes
-the same files through the board's raw REPL.
+them into a folder is ``provision_into``; copying them to a board over USB
+serial is ``gateway.provision_serial.provision_port``.
 """
 
 from __future__ import annotations
@@ -31,15 +31,49 @@ RESERVED_IDS = (GATEWAY_USER, HA_USER)  # broker users that are not devices
 _HOST_DEFAULTS = {"temperature": 20.0, "humidity": 45.0, "skin_temperature": 33.0, "battery": 100.0}
 
 
+SENSORS_FILE = "hal/sensors.json"  # a host device's sensors (pb/hal/host.py)
+
+
 @dataclass(frozen=True)
 class Provisioned:
-    path: Path
+    """A device provisioned: into a folder (path) or onto a board (port)."""
+
+    path: Path | None
     device: str
     model: str
     board: str
     username: str
     password: str
     features: tuple[str, ...]
+    port: str | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """What a device is provisioned as: its board file, features and config.json,
+    and the broker's CA (DER) it trusts on mqtts://."""
+
+    board: dict[str, Any]
+    features: list[str]
+    config: dict[str, Any]
+    ca: bytes | None = None
+
+    @property
+    def password(self) -> str:
+        return str(self.config["broker"]["password"])
+
+    def provisioned(self, path: Path | None = None, port: str | None = None) -> Provisioned:
+        c = self.config
+        return Provisioned(
+            path,
+            c["device"],
+            c["model"],
+            c["board"],
+            c["broker"]["user"],
+            self.password,
+            tuple(self.features),
+            port,
+        )
 
 
 def boards() -> dict[str, dict[str, Any]]:
@@ -119,18 +153,18 @@ def make_config(
         "sample_ms": int(sample_s * 1000),
     }
     if ca:
-        config["broker"]["ca"] = CA_FILE
+        config["broker"]["cafile"] = CA_FILE
     if wifi is not None:
         config["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
     return config
 
 
-def _compile(src: Path, name: str) -> bytes:
+def _compile(src: Path, name: str, arch: str | None = None) -> bytes:
     from ota.errors import BuildError
     from ota.mpy import compile_module
 
     try:
-        return compile_module(src, name)
+        return compile_module(src, name, arch)
     except BuildError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -153,11 +187,13 @@ def device_files(
     features: list[str],
     compile_mpy: bool = False,
     root: bytes | None = None,
+    arch: str | None = None,
     ca: bytes | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """(path on the device, content) of every file of a device's filesystem.
-    With compile_mpy, modules other than boot.py and main.py go as .mpy.
-    ca: the broker's CA certificate, DER (read_ca)."""
+    With compile_mpy, modules other than boot.py and main.py go as .mpy
+    (arch: the board's -march, for native code). ca: the broker's CA
+    certificate, DER (gateway.ca.read_ca)."""
     fw = firmware_dir()
     yield "boot.py", (fw / "boot.py").read_bytes()
     yield "main.py", (fw / "main.py").read_bytes()
@@ -178,7 +214,7 @@ def device_files(
             # a feature's modules are named from its folder, as a release
             # names them, so both compile to the same bytes
             name = rel[len("features/") :] if rel.startswith("features/") else rel
-            yield rel[:-3] + ".mpy", _compile(src, name)
+            yield rel[:-3] + ".mpy", _compile(src, name, arch)
         else:
             yield rel, src.read_bytes()
     board = config["board"]
@@ -192,8 +228,7 @@ def device_files(
     yield CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode()
 
 
-def provision_into(
-    into: Path,
+def device(
     model: str,
     device: str,
     broker: BrokerUrl,
@@ -201,25 +236,21 @@ def provision_into(
     board: str | None = None,
     password: str | None = None,
     features: list[str] | None = None,
-    compile_mpy: bool = False,
-    force: bool = False,
+    hal: str = "host",
+    wifi: tuple[str, str] | None = None,
     telemetry_s: float = 10,
     sample_s: float = 1,
     keepalive: int = 30,
     root: bytes | None = None,
     trial_s: float | None = None,
-    image: Path | None = None,
-    image_slot: int | None = None,
+    close_repl: bool = False,
     ca: bytes | None = None,
-) -> Provisioned:
-    """Write a complete host device into `into`; it then runs with
-    `cd into && micropython main.py`. root: the root.json of the update keys
-    it trusts (without one it refuses every update). image: an ESP32 app
-    image the host device runs as its MicroPython image, in the first of two
-    app partitions of image_slot bytes (docs/ota.md 4.11: the host's
-    stand-in, pb/hal/partitions.py, which then ships too), as esptool
-    flashes a board. ca: the broker's CA certificate (DER, gateway.ca.read_ca),
-    which a broker on mqtts:// needs. Raises ConfigError."""
+) -> Device:
+    """The device to provision, checked: its board, features and config.json
+    (a new random broker password unless one is given). close_repl: the
+    board's USB REPL closed at every boot (a shipped product; the command
+    repl.open opens it until the next reset). ca: the broker's CA certificate
+    (DER, gateway.ca.read_ca), which a broker on mqtts:// needs. Raises ConfigError."""
     b = board_for(model, board)
     feats = list(b.get("features", [])) if features is None else features
     password = password or broker.password or secrets.token_urlsafe(18)
@@ -228,15 +259,53 @@ def provision_into(
         b,
         broker,
         password,
+        hal=hal,
         telemetry_s=telemetry_s,
         sample_s=sample_s,
         keepalive=keepalive,
+        wifi=wifi,
         ca=ca is not None,
     )
     if trial_s is not None:
         config["ota_trial_s"] = trial_s
+    if close_repl:
+        config["repl"] = "closed"
     if root is not None:
         _check_root(root)
+    return Device(b, feats, config, ca)
+
+
+def host_sensors(board: dict[str, Any]) -> bytes:
+    """A host device's first sensors file: a value for each sensor of its board."""
+    values = {
+        n: _HOST_DEFAULTS.get(n, _HOST_DEFAULTS.get(c.get("quantity", n), 0.0))
+        for n, c in board["capabilities"].items()
+        if c["kind"] == "sensor"
+    }
+    return (json.dumps(values) + "\n").encode()
+
+
+def provision_into(
+    into: Path,
+    model: str,
+    device_id: str,
+    broker: BrokerUrl,
+    *,
+    compile_mpy: bool = False,
+    force: bool = False,
+    root: bytes | None = None,
+    image: Path | None = None,
+    image_slot: int | None = None,
+    **options: Any,
+) -> Provisioned:
+    """Write a complete host device into `into`; it then runs with
+    `cd into && micropython main.py`. root: the root.json of the update keys
+    it trusts (without one it refuses every update). image: an ESP32 app
+    image the host device runs as its MicroPython image, in the first of two
+    app partitions of image_slot bytes (docs/ota.md 4.11: the host's
+    stand-in, pb/hal/partitions.py, which then ships too), as esptool
+    flashes a board. options: those of device(). Raises ConfigError."""
+    d = device(model, device_id, broker, root=root, **options)
     if into.exists() and any(into.iterdir()):
         old = into / CONFIG_FILE
         if not force:
@@ -244,7 +313,9 @@ def provision_into(
             raise ConfigError(f"{into} is not empty (holds {what}); use --force to replace it")
         for sub in ("pb", "features", "boards", "data", "ota"):
             shutil.rmtree(into / sub, ignore_errors=True)
-    files = list(device_files(config, feats, compile_mpy, root, ca))  # fail before writing anything
+    files = list(
+        device_files(d.config, d.features, compile_mpy, root, ca=d.ca)
+    )  # fail before writing anything
     if image is not None:
         files += _partitions_module(compile_mpy)
     for rel, data in files:
@@ -257,18 +328,11 @@ def provision_into(
 
         shutil.rmtree(into / "flash", ignore_errors=True)
         Flash(str(into), image_slot or SLOT_SIZE).load_factory(str(image))
-    hal_dir = into / "hal"
-    hal_dir.mkdir(exist_ok=True)
-    sensors = hal_dir / "sensors.json"
+    sensors = into / SENSORS_FILE
     if not sensors.exists():
-        caps = b["capabilities"]
-        values = {
-            n: _HOST_DEFAULTS.get(n, _HOST_DEFAULTS.get(c.get("quantity", n), 0.0))
-            for n, c in caps.items()
-            if c["kind"] == "sensor"
-        }
-        sensors.write_text(json.dumps(values) + "\n")
-    return Provisioned(into, device, b["model"], b["board"], config["broker"]["user"], password, tuple(feats))
+        sensors.parent.mkdir(exist_ok=True)
+        sensors.write_bytes(host_sensors(d.board))
+    return d.provisioned(path=into)
 
 
 def _partitions_module(compile_mpy: bool) -> list[tuple[str, bytes]]:

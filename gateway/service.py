@@ -37,6 +37,7 @@ from .footprint import forget
 from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
+from .registry import Registry
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
 from .stream_service import NewStreams, retention_loop
@@ -60,6 +61,7 @@ _FLUSH_ROWS = 1000
 SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status", COMMAND_FILTER)
 _MAX_PENDING_STATES = 10000
 INTERNAL = "internal"  # the reason of a valid message the gateway failed to act on
+REVOKED = "revoked"  # the reason of a message from a revoked device (gateway/registry.py)
 # what the gateway keeps nothing of from a forgotten device (gateway/footprint.py)
 _NOT_KEPT = ("telemetry", "event")
 # the topics a device writes, where the broker may retain a message of it
@@ -149,6 +151,7 @@ class Gateway:
         self._pending_state: dict[str, dict[str, Any]] = {}
         self._live: dict[str, _Live] = {}
         self._forgotten = store.forgotten_devices()
+        self._revoked = Registry(store).revoked()  # (gateway/registry.py: refused, sent nothing)
         self._clearing: dict[str, int] = {}  # topic -> the echoes of its clearing still to come
         for d in store.devices():
             self._live[d.id] = _Live(d.online, d.last_seen, _deadline(d.keepalive, d.telemetry_s))
@@ -333,6 +336,10 @@ class Gateway:
         if isinstance(verdict, Rejected):
             self.reject(topic, verdict.reason, verdict.detail, now)
             return
+        if verdict.dev in self._revoked:
+            # (the broker's configuration cuts it off too: this holds meanwhile, and on any broker)
+            self.reject(topic, REVOKED, f"{verdict.dev} is revoked", now)
+            return
         # a forgotten device's telemetry and events tell that it is there, and are not kept
         keep = verdict.kind not in _NOT_KEPT or verdict.dev not in self._forgotten
         try:
@@ -486,6 +493,16 @@ class Gateway:
             return removed, False
         return removed, True
 
+    def revoked(self, dev: str, revoked: bool) -> None:
+        """dev was revoked (nothing it sends is taken, it is sent nothing,
+        and it is offline from now) or restored (gateway/registry.py)."""
+        if not revoked:
+            self._revoked.discard(dev)
+            return
+        self._revoked.add(dev)
+        if dev in self._live:
+            self._set_state(dev, False, REVOKED, self.clock.now())
+
     def claimed(self, dev: str) -> None:
         """dev was claimed: what it sends is kept again (Accounts.claim)."""
         self._forgotten.discard(dev)
@@ -523,6 +540,8 @@ class Gateway:
         """
         if dev not in self._live:
             raise DeviceNotFoundError(f"no device {dev!r}")
+        if dev in self._revoked:
+            raise DeviceOfflineError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
         if not force and not self._live[dev].online:
             raise DeviceOfflineError(f"device {dev} is offline")
         client = self._client

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -338,6 +338,18 @@ CREATE TABLE stream_retention (
     days REAL CHECK (days IS NULL OR days > 0),  -- NULL: kept with no limit
     set_at REAL NOT NULL,
     PRIMARY KEY (device, stream)
+);
+""",
+    # 15: the devices provisioned, known before their first hello, and the
+    # revoked (gateway/registry.py): the broker's configuration is written from it
+    15: """
+CREATE TABLE device_registry (
+    device TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    board TEXT NOT NULL,
+    password_hash TEXT NOT NULL,    -- as Mosquitto's password file holds it ($7$...)
+    registered REAL NOT NULL,
+    revoked REAL                    -- when it was cut off; NULL: it may connect
 );
 """,
 }

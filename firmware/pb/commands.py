@@ -112,6 +112,9 @@ def _op(dev, op, args):
     if op == "reboot":
         asyncio.create_task(dev.reboot_soon())
         return {"rebooting": True}
+    if op == "repl.open":
+        dev.hal.set_repl(True)  # until the next reset: re-provisioning over USB is possible
+        return {"repl": "open"}
     raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire_in.OPS)), "unknown_op")
 
 

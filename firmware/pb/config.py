@@ -20,6 +20,7 @@ device id ! 1 32
 model str ! 1 32
 board str ! 1 64
 hal str host 1 16
+repl closed - 0 0
 broker.host str ! 1 253
 broker.port int 1883 1 65535
 broker.user str - 0 64
@@ -27,7 +28,7 @@ broker.password str - 0 256
 broker.keepalive int 30 0 65535
 broker.clean bool true 0 1
 broker.queue int 32 1 256
-broker.ca str - 1 64
+broker.cafile str - 1 64
 wifi.ssid str - 1 32
 wifi.password str - 0 64
 ntp str pool.ntp.org 0 253

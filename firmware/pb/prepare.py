@@ -177,6 +177,8 @@ def prepare(root, chosen=None):
     hold = [bytearray(_ROOM)]  # before the boot's own blocks cut up the heap
     config = load_config(root)
     hal = make_hal(config, root, chosen)
+    if config.get("repl") == "closed":
+        hal.set_repl(False)  # a shipped board's: as early as the config is known
     data = read_bytes(root + "/hal/clock")  # a host's clock as it was set (pb/hal/host.py CLOCK_FILE)
     if data:
         try:

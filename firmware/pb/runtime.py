@@ -90,7 +90,12 @@ class Device:
             True,
         )
         if client is None:
-            client = MQTTClient(
+            kind, ca = MQTTClient, b.get("cafile")
+            if ca:  # TLS, whose client is loaded only then (a plain device keeps its RAM)
+                from .net.tls import MQTTClient as kind
+
+                ca = base + "/" + ca
+            client = kind(
                 self.id,
                 b["host"],
                 b.get("port", 1883),
@@ -101,10 +106,9 @@ class Device:
                 will=will,
                 queue_size=b.get("queue", 32),
                 max_packet=MAX_PACKET,
-                ca=base + "/" + b["ca"] if "ca" in b else None,
+                ssl=ca,
             )
         self.client = client
-        client.on_error = self._link_failed
         client.on_message = self._on_message
         client.birth = self._birth
         client.on_skipped = self._on_skipped
@@ -414,9 +418,6 @@ class Device:
         self.features.fail(owner, exc)
         self.updates.feature_failed(owner, format_exception(exc))
         self.republish_hello()
-
-    def _link_failed(self, reason, retry_ms):
-        self.log("broker: %s; again in %d ms" % (reason, retry_ms))
 
     def _on_skipped(self, topic, size):
         self.emit_event("oversized", None, "skipped a %d-byte message on %s" % (size, topic))

@@ -12,7 +12,8 @@ from gateway.paths import firmware_dir
 PB = firmware_dir() / "pb"
 
 # a method that copies another object of its own class (sha512.copy)
-SAME_CLASS = {("pb.ota.sha512", "other")}
+# (a name that holds an instance or the base of the class the code is in)
+SAME_CLASS = {("pb.ota.sha512", "other"), ("pb.net.tls", "Plain")}
 
 
 def _name(path: Path) -> str:

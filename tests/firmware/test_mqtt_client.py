@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from firmware.pb.net import mqtt_client
+from firmware.pb.net import mqtt_client, tls
 from firmware.pb.net.mqtt_client import MQTTClient
 
 from ..support.mosquitto import GATEWAY_PASSWORD, Mosquitto
@@ -198,15 +199,24 @@ async def test_refused_credentials_back_off_and_never_raise(mosquitto: Mosquitto
 
 
 async def test_a_ca_file_missing_reads_as_tls_and_is_retried_never_raised(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    failures: list[tuple[str, int]] = []
-    c = client_for(mosquitto, mosquitto.port, ca=str(tmp_path / "ca.der"))
-    c.on_error = lambda reason, retry_ms: failures.append((reason, retry_ms))
+    user, password = mosquitto.operator()
+    c = tls.MQTTClient("c-tls", "127.0.0.1", mosquitto.port, user, password, ssl=str(tmp_path / "ca.der"))
+    c.backoff_min_ms, c.backoff_max_ms = 50, 400
+    said: list[str] = []
+
+    def three() -> bool:
+        said.extend(line for line in capsys.readouterr().out.splitlines() if "broker: " in line)
+        return len(said) >= 3
+
     async with running(c):
-        await async_wait_for(lambda: len(failures) >= 3, 5, what="three failed connects")
+        await async_wait_for(three, 5, what="three failed connects")
         assert not c.up
-    assert all("TLS: cannot load the CA " in reason for reason, _ in failures), failures
+    assert all(line.startswith("pb[c-tls]: broker: MqttError: TLS: cannot load the CA ") for line in said), (
+        said
+    )
+    assert all(re.search(r"; again in \d+ ms$", line) for line in said), said
     assert c.stats["connects"] == 0
 
 

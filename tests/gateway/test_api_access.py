@@ -21,6 +21,7 @@ import pytest
 from gateway import api as gw_api
 from gateway.accounts import CLAIM_TRIES, Accounts, new_claim_code
 from gateway.api_accounts import ACCESS, LOGIN_TRIES
+from gateway.broker import password_line
 from gateway.settings import SettingsTable
 from gateway.store import TelemetryRow
 from ota.keys import Keys
@@ -100,6 +101,11 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/devices/{id}/decision"): {"release": "thermostat@2", "decision": "never"},
     ("POST", "/api/v1/devices/{id}/preview"): {"release": "thermostat@2"},
     ("PUT", "/api/v1/devices/{id}/claim-code"): {"code": "0000-0000-0000-0000"},
+    ("PUT", "/api/v1/devices/{id}/registration"): {
+        "model": "thermostat",
+        "board": "thermostat-v1",
+        "password_hash": password_line("th-new", "its own").split(":", 1)[1],
+    },
     ("PUT", "/api/v1/devices/{id}/streams"): {"streams": {"sensors.humidity": "local"}},
     ("PUT", "/api/v1/devices/{id}/homeassistant"): {"linked": True},
     ("POST", "/api/v1/devices/{id}/forget"): {"confirm": "th-bob"},
@@ -183,6 +189,14 @@ async def test_an_owner_sees_its_own_devices_and_the_maker_every_one(world: Worl
         assert status == 200, path
     status, me = await world.call("ann", "GET", "/api/v1/me")
     assert (status, me["name"], me["role"], me["devices"]) == (200, "ann", "owner", ["th-ann"])
+
+
+async def test_an_owner_cannot_open_the_usb_repl_of_its_device_but_its_maker_can(world: World) -> None:
+    body = {"op": "repl.open", "timeout": 1}
+    status, answer = await world.call("ann", "POST", "/api/v1/devices/th-ann/commands", body)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = await world.call("mia", "POST", "/api/v1/devices/th-ann/commands", body)
+    assert status != 403, answer  # sent (the device here is offline, or does not answer)
 
 
 async def test_an_owner_sets_the_update_policy_of_its_device_but_not_the_maker_s_cohorts(

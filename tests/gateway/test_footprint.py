@@ -23,7 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.accounts import Accounts, new_claim_code
+from gateway.cli_registry import password_hash
 from gateway.footprint import TABLES, csv_export, forget, json_export, stored
+from gateway.registry import Registry
 from gateway.rollouts import Gone
 from gateway.store import SCHEMA_VERSION, Store, TelemetryRow
 from ota.keys import Keys
@@ -41,7 +43,7 @@ from .test_rollout_service import StepClock, ends, offer_of, online, recorded, r
 
 MakeDevice = Callable[..., OtaDevice]
 A, B = "alpha-01", "bravo-02"
-_KEPT = {"device_claims", "device_forgotten"}  # what forgetting leaves of a device
+_KEPT = {"device_claims", "device_forgotten", "device_registry"}  # what forgetting leaves of a device
 
 
 def _fill(store: Store, dev: str, t: float) -> None:
@@ -57,6 +59,7 @@ def _fill(store: Store, dev: str, t: float) -> None:
     db.execute("INSERT INTO accounts (id, name, role, created) VALUES (?, ?, 'owner', 0)", (t, f"o{int(t)}"))
     db.execute("INSERT INTO device_owners (device, account, since) VALUES (?, ?, ?)", (dev, t, t))
     db.execute("INSERT INTO device_claims (device, code_hash, created) VALUES (?, ?, ?)", (dev, f"h{t}", t))
+    Registry(store).register(dev, "thermostat", "thermostat-v1", password_hash(dev, "pw"), t)
     db.execute(
         "INSERT INTO releases (id, model, counter, version, manifest, files, size, zsize, added)"
         " VALUES (?, 'thermostat', ?, '1', x'00', 0, 0, 0, 0)",
@@ -138,6 +141,8 @@ def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s
         retention = {"days": 30.0, "streams": {"sensors.humidity": 2.0}}
         assert doc["retention"] == retention
         assert [t for t, rows in doc["tables"].items() if not rows] == ["device_forgotten"]
+        # (what provisioning recorded, without its password's hash: not the owner's to see)
+        assert [r["password_hash"] for r in doc["tables"]["device_registry"]] == [None]
         assert list(doc["tables"]) == [t.name for t in TABLES]
         assert B not in json.dumps(doc)
         assert doc["tables"]["telemetry"][0]["data"] == '{"sensors":{"temperature":21.5}}'  # as stored

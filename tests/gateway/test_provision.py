@@ -95,5 +95,5 @@ def test_a_device_on_mqtts_gets_the_ca_and_a_config_naming_it(tmp_path: Path) ->
     )
     assert (p.path / CA_FILE).read_bytes() == der == ca.der.read_bytes()
     broker = json.loads((p.path / "config.json").read_text())["broker"]
-    assert broker["ca"] == CA_FILE and broker["host"] == "broker.lan" and broker["port"] == 8883
+    assert broker["cafile"] == CA_FILE and broker["host"] == "broker.lan" and broker["port"] == 8883
     check_config(json.loads((p.path / "config.json").read_text()))  # as the device's boot checks it

@@ -117,12 +117,19 @@ class Mosquitto(MosquittoProcess):
 
     def try_connect(self, username: str | None, password: str | None, client_id: str = "") -> int:
         """CONNACK return code for a CONNECT with these credentials."""
-        client_id = client_id or f"probe-{time.monotonic_ns()}"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(mqtt.connect(client_id, 10, True, username, password.encode() if password else None))
-            data = s.recv(4)
-            s.sendall(mqtt.disconnect())
-        packets = mqtt.Decoder().feed(data)
-        if not packets or packets[0][0] != mqtt.CONNACK:
-            raise RuntimeError(f"no CONNACK from mosquitto: {data!r}")
-        return int(packets[0][2])
+        return connack(self.port, username, password, client_id)
+
+
+def connack(port: int, username: str | None, password: str | None, client_id: str = "") -> int:
+    """The CONNACK return code of a broker on loopback at port for a CONNECT
+    with these credentials (0: accepted, 4: bad user name or password, 5: not
+    authorised)."""
+    client_id = client_id or f"probe-{time.monotonic_ns()}"
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(mqtt.connect(client_id, 10, True, username, password.encode() if password else None))
+        data = s.recv(4)
+        s.sendall(mqtt.disconnect())
+    packets = mqtt.Decoder().feed(data)
+    if not packets or packets[0][0] != mqtt.CONNACK:
+        raise RuntimeError(f"no CONNACK from mosquitto: {data!r}")
+    return int(packets[0][2])

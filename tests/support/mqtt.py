@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 
-from .mosquitto import Mosquitto
+
+class Listening(Protocol):
+    """A broker on loopback (tests/support/mosquitto.py's, or any run from a config)."""
+
+    port: int
 
 
 class TestClient:
@@ -18,7 +22,7 @@ class TestClient:
 
     def __init__(
         self,
-        broker: Mosquitto,
+        broker: Listening,
         user: str | None,
         password: str | None,
         client_id: str = "",

@@ -16,6 +16,7 @@ _UNDO = {
     12: "DROP TABLE data_retention;",
     13: "DROP TABLE ha_links;",
     14: "DROP TABLE stream_retention;",
+    15: "DROP TABLE device_registry;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

@@ -131,6 +131,12 @@ class Hal:
     def feed_watchdog(self):
         return None
 
+    def set_repl(self, is_open):
+        """Open or close the REPL on the board's USB port until its next
+        reset (config.json "repl": "closed" closes it at every boot; the
+        command repl.open opens it). A host's has nothing to close."""
+        return None
+
     def partition(self):
         """The esp32.Partition class of the board's OTA app partitions (the
         MicroPython image's two slots), or None if its image cannot be

@@ -141,6 +141,22 @@ class Esp32Hal(Hal):
         self.safe_state()
         machine.reset()
 
+    def set_repl(self, is_open):
+        # Ctrl-C no longer breaks into the running program, so neither
+        # mpremote nor a serial monitor reaches the REPL (main.py never
+        # returns to it: it resets); a terminal duplicated onto another
+        # stream (a WebREPL) is detached too
+        import os
+
+        import micropython
+
+        micropython.kbd_intr(3 if is_open else -1)
+        if not is_open and hasattr(os, "dupterm"):
+            try:
+                os.dupterm(None, 0)
+            except (OSError, ValueError):
+                pass
+
     def feed_watchdog(self):
         if self._wdt is None:
             import machine

@@ -8,9 +8,6 @@
 # - A bounded outgoing queue that drops (and counts) before it grows.
 # - The broker's address is resolved once; payloads are written after their
 #   header, never copied into one packet buffer.
-# - TLS when given a CA file (DER): only that CA is trusted and the broker's
-#   name is checked; ssl is imported only then (a board without TLS keeps
-#   its RAM).
 import socket
 
 from ..compat import (
@@ -51,16 +48,9 @@ class MQTTClient:
 
     publish() only queues; run() owns the connection. Callbacks:
     on_message(topic, payload, retain) (payload: bytes, or on MicroPython a
-    memoryview valid only during the call), on_up(), on_down(reason),
-    on_error(reason, retry_ms) after each connection that failed or broke,
-    and birth() -> [(topic, payload, qos, retain)]: messages sent first on
-    every connect, ahead of (and never evicted by) anything queued.
-
-    ca: the path of a CA certificate (DER): the client connects over TLS,
-    trusting that CA alone and checking the broker's certificate names host.
-    Its context is made here, while the heap is still whole (it takes one
-    block of 3 KB); failing that, at each connect: a missing or broken file
-    is a connection failure, retried like any other, not a crash.
+    memoryview valid only during the call), on_up(), on_down(reason), and
+    birth() -> [(topic, payload, qos, retain)]: messages sent first on every
+    connect, ahead of (and never evicted by) anything queued.
     """
 
     def __init__(
@@ -74,7 +64,6 @@ class MQTTClient:
         clean=True,
         will=None,
         ssl=None,
-        ca=None,
         queue_size=32,
         max_inflight=8,
         max_packet=8192,
@@ -92,12 +81,6 @@ class MQTTClient:
         self.clean = clean
         self.will = will
         self.ssl = ssl
-        self.ca = ca
-        if ca and ssl is None:
-            try:
-                self.ssl = _tls_context(ca)
-            except (MqttError, MemoryError):
-                pass  # (said, and tried again, at each connect)
         self.queue_size = queue_size
         self.max_inflight = max_inflight
         self.max_packet = max_packet
@@ -108,7 +91,6 @@ class MQTTClient:
         self.on_message = None
         self.on_up = None
         self.on_down = None
-        self.on_error = None
         self.birth = None
         self.on_skipped = None
         self.up = False
@@ -186,19 +168,9 @@ class MQTTClient:
             try:
                 if self._addr is None:
                     self._addr = resolve(self.host, self.port)
-                if self.ca and self.ssl is None:
-                    self.ssl = _tls_context(self.ca)
                 was_up = await self._session()
-                failed = None
             except (OSError, EOFError, MqttError, ProtocolError, TimeoutError) as exc:
-                failed = format_exception(exc)
-            except ValueError as exc:
-                if self.ssl is None:
-                    raise
-                # how MicroPython's ssl refuses a certificate (another CA's, another name's)
-                failed = "TLS: " + str(exc).strip()
-            if failed is not None:
-                self.last_error = failed
+                self.last_error = format_exception(exc)
             if self.up:
                 self.up = False
                 if self.on_down:
@@ -207,10 +179,7 @@ class MQTTClient:
                 break
             if was_up and ticks_diff(ticks_ms(), started) > self.keepalive * 1000:
                 attempt = 0
-            delay = self._backoff(attempt)
-            if failed is not None and self.on_error:
-                self.on_error(failed, delay)
-            await self._sleep_or_stop(delay)
+            await self._sleep_or_stop(self._backoff(attempt))
             attempt += 1
 
     async def close(self):
@@ -431,30 +400,6 @@ class MQTTClient:
         for pid in self._inflight:
             if ticks_diff(now, self._inflight[pid][3]) > self.ack_timeout_ms:
                 raise MqttError("no PUBACK for packet %d" % pid)
-
-
-def _tls_context(ca):
-    # On MicroPython, its tls module itself: the ssl module wrapped around
-    # it would cost a small heap 1.5 KB more. Its context checks nothing
-    # unless told CERT_REQUIRED (then mbedTLS checks the chain and the name
-    # given as server_hostname, as CPython's PROTOCOL_TLS_CLIENT does), and
-    # takes its CA as DER, positionally.
-    if MICROPYTHON:
-        import tls as ssl
-    else:
-        import ssl  # type: ignore[no-redef]
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined] # (the stubs lack it; the port has it)
-    try:
-        with open(ca, "rb") as f:
-            der = f.read()
-        if MICROPYTHON:
-            ctx.load_verify_locations(der)
-        else:
-            ctx.load_verify_locations(cadata=der)
-    except (OSError, ValueError) as exc:
-        raise MqttError("TLS: cannot load the CA %s: %s" % (ca, format_exception(exc)))
-    return ctx
 
 
 async def _guard(coro, done, failure):

@@ -20,6 +20,7 @@ OPS = (
     "streams.get",
     "streams.set",
     "reboot",
+    "repl.open",
 )
 
 

@@ -16,6 +16,7 @@ FACTORY = "features"  # the factory set, run when there is no pointer
 POINTER = "ota/active.json"  # the set that runs
 REPORTS = "ota/reports.json"  # statuses for the runtime to send
 CONFIG = "config.json"  # the device's settings (pb/config.py)
+PROVISIONING = "provisioning.json"  # a copy over USB under way: main.py starts nothing (main.py's own)
 CONFIG_CHECKED = "data/config.ok"  # digest of the runtime's version and the config that passed
 BOARDS = "boards"  # boards/<board>.json
 RUNTIME_BOARDS = "pb/boards"  # a slot's runtime's board files: <slot>/pb/boards/<board>.json

@@ -25,7 +25,12 @@ async def run(base, config, hal, counter):
     b = config["broker"]
     hal.safe_state()
     will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
-    client = MQTTClient(
+    kind, ca = MQTTClient, b.get("cafile")
+    if ca:  # TLS (as the runtime's, pb/runtime.py)
+        from ..net.tls import MQTTClient as kind
+
+        ca = base + "/" + ca
+    client = kind(
         dev,
         b["host"],
         b.get("port", 1883),
@@ -34,10 +39,7 @@ async def run(base, config, hal, counter):
         keepalive=b.get("keepalive", 30),
         will=(wire.topic(dev, "state"), will, 1, True),
         max_packet=wire.MAX_PACKET,
-        ca=base + "/" + b["ca"] if "ca" in b else None,
-    )
-    client.on_error = lambda reason, ms: print(
-        "pb[%s]: update mode: broker: %s; again in %d ms" % (dev, reason, ms)
+        ssl=ca,
     )
 
     said = [False]
