@@ -24,7 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import GATEWAY_USER, HA_USER, MosquittoFiles, MosquittoProcess, acl_text, mosquitto_config
+from .broker import (
+    GATEWAY_USER,
+    HA_USER,
+    MosquittoFiles,
+    MosquittoProcess,
+    TlsListener,
+    acl_text,
+    mosquitto_config,
+)
 from .errors import ConfigError
 from .registry import Registered, Registry
 from .store import Store
@@ -43,6 +51,7 @@ class FleetBroker:
     homeassistant_password: str | None
     devices: int  # let in
     revoked: int
+    tls: TlsListener | None = None  # its TLS listener, on host too
 
 
 def _secret(directory: Path, user: str, create: bool) -> str | None:
@@ -67,10 +76,12 @@ def write(
     homeassistant: bool = False,
     run_as: str | None = None,
     extra: str = "",
+    tls: TlsListener | None = None,
 ) -> FleetBroker:
     """Write the fleet's broker configuration into directory (made if
     missing; the accounts' passwords it holds are kept from one writing to
-    the next). Raises ConfigError."""
+    the next). tls: a TLS listener beside the plain one (gateway/ca.py
+    tls_listener). Raises ConfigError."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
@@ -88,12 +99,13 @@ def write(
         persistence=True,
         run_as=run_as or getpass.getuser(),
         extra=extra,
+        tls=tls,
     )
     accounts = _accounts(files)
     registered = Registry(store).all()
     refresh(files, registered, accounts)
     revoked = sum(r.revoked is not None for r in registered)
-    return FleetBroker(files, host, port, gw, ha, len(registered) - revoked, revoked)
+    return FleetBroker(files, host, port, gw, ha, len(registered) - revoked, revoked, tls)
 
 
 def _accounts(files: MosquittoFiles) -> dict[str, str]:

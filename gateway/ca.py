@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .broker import TlsListener
 from .errors import ConfigError
 
 CA_KEY = "ca.key"
@@ -120,6 +121,20 @@ def server_cert(
     pem = cert.public_bytes(serialization.Encoding.PEM)
     _save(out, "the server certificate", (key_path, _pem(private), 0o600), (cert_path, pem, 0o644))
     return cert_path, key_path
+
+
+def tls_listener(ca_dir: Path, port: int) -> TlsListener:
+    """A Mosquitto TLS listener on port from what `broker ca` wrote into
+    ca_dir (the CA, the server certificate and its key). Raises ConfigError
+    naming what is missing."""
+    files = (CaFiles.of(ca_dir).cert, ca_dir / SERVER_CERT, ca_dir / SERVER_KEY)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        hint = f"make them with `permabeta broker ca --out {ca_dir}`"
+        raise ConfigError(f"{ca_dir} lacks {', '.join(missing)} for the TLS listener: {hint}")
+    if not 0 < port < 65536:
+        raise ConfigError(f"a TLS listener's port is 1-65535, not {port}")
+    return TlsListener(port, *(f.resolve() for f in files))
 
 
 def ca_der(ca_dir: Path) -> bytes:

@@ -11,13 +11,17 @@ from typing import Any
 
 from .broker import BrokerUrl
 from .broker_config import BrokerRunner, FleetBroker, write
-from .ca import DEFAULT_HOSTS, CaFiles, check_hosts, create_ca, server_cert
+from .ca import DEFAULT_HOSTS, CaFiles, check_hosts, create_ca, server_cert, tls_listener
+from .errors import ConfigError
 from .store import Store
 
 
 def _write(args: argparse.Namespace, store: Store) -> FleetBroker:
     host, port = args.listen
-    return write(Path(args.out), store, host, port, homeassistant=args.homeassistant)
+    if (args.tls is None) != (args.ca is None):
+        raise ConfigError("a TLS listener needs both --tls PORT and --ca DIR (the folder `broker ca` wrote)")
+    tls = tls_listener(Path(args.ca), args.tls) if args.tls is not None else None
+    return write(Path(args.out), store, host, port, homeassistant=args.homeassistant, tls=tls)
 
 
 def _told(fleet: FleetBroker, db: str) -> None:
@@ -29,6 +33,13 @@ def _told(fleet: FleetBroker, db: str) -> None:
     host = "127.0.0.1" if fleet.host in ("0.0.0.0", "::") else fleet.host
     url = BrokerUrl(host, fleet.port, username="gateway", password=fleet.gateway_password)
     print(f"  the gateway: permabeta gateway run --db {db} --broker '{url.url(secret=True)}'")
+    if fleet.tls is not None:
+        tls = BrokerUrl(host, fleet.tls.port, True, url.username, url.password)
+        print(f"  TLS on {fleet.host}:{fleet.tls.port}, its certificate {fleet.tls.certfile}")
+        print(f"    the gateway: --broker '{tls.url(secret=True)}' --ca {fleet.tls.cafile}")
+        print(
+            f"    devices: permabeta provision --broker mqtts://HOST:{fleet.tls.port} --ca {fleet.tls.cafile}"
+        )
     print(f"  (its password is kept in {f.conf.parent / 'gateway.password'})")
 
 
@@ -115,3 +126,9 @@ def register(sub: Any) -> None:
             help="default 0.0.0.0:1883",
         )
         p.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
+        p.add_argument("--tls", type=int, metavar="PORT", help="a TLS listener on PORT too (8883), with --ca")
+        p.add_argument(
+            "--ca",
+            metavar="DIR",
+            help="the folder `broker ca` wrote: the CA, the broker's certificate, its key",
+        )

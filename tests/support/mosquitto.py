@@ -7,6 +7,7 @@ import getpass
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -120,12 +121,19 @@ class Mosquitto(MosquittoProcess):
         return connack(self.port, username, password, client_id)
 
 
-def connack(port: int, username: str | None, password: str | None, client_id: str = "") -> int:
+def connack(
+    port: int,
+    username: str | None,
+    password: str | None,
+    client_id: str = "",
+    context: ssl.SSLContext | None = None,
+) -> int:
     """The CONNACK return code of a broker on loopback at port for a CONNECT
     with these credentials (0: accepted, 4: bad user name or password, 5: not
-    authorised)."""
+    authorised); with context, over TLS to 127.0.0.1."""
     client_id = client_id or f"probe-{time.monotonic_ns()}"
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+        s = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
         s.sendall(mqtt.connect(client_id, 10, True, username, password.encode() if password else None))
         data = s.recv(4)
         s.sendall(mqtt.disconnect())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import TlsListener, free_port
+from gateway.broker import MosquittoProcess, TlsListener, free_port
 from gateway.ca import CaFiles, create_ca, read_ca, server_cert
+from gateway.cli import main
 from gateway.provision import provision_into
+from gateway.tls import client_context
 from ota import keys as ota_keys
 from ota.release import Release
 
-from ..support.mosquitto import Mosquitto
+from ..support.mosquitto import Mosquitto, connack
 from ..support.processes import PERMABETA, SMALL_HEAP, DeviceProcess, GatewayProcess
 from ..support.wait import wait_for
 from .conftest import OTA_CONFIG, offer_of, running_set, serve
@@ -299,3 +302,31 @@ def test_the_gateway_names_a_ca_file_that_is_no_ca(
     assert server is not None
     done = _gateway_run(tls_broker, tmp_path / "gw.db", "--ca", str(server.certfile))
     assert done.returncode == 1 and "not a CA certificate" in done.stderr, done.stderr
+
+
+def test_broker_config_writes_a_tls_listener_with_the_ca(
+    tmp_path: Path, owners_ca: CaFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir = owners_ca.key.parent
+    server_cert(ca_dir, ["127.0.0.1"])  # (beside the CA, as `broker ca` writes it)
+    out, db, port, tls_port = tmp_path / "broker", tmp_path / "gw.db", free_port(), free_port()
+    listen = ["--out", str(out), "--db", str(db), "--listen", f"127.0.0.1:{port}"]
+    assert main(["broker", "config", *listen, "--tls", str(tls_port)]) == 1
+    assert "both --tls PORT and --ca DIR" in capsys.readouterr().err
+    assert main(["broker", "config", *listen, "--tls", str(tls_port), "--ca", str(tmp_path)]) == 1
+    assert "lacks ca.pem, server.pem, server.key" in capsys.readouterr().err
+    assert main(["broker", "config", *listen, "--tls", str(tls_port), "--ca", str(ca_dir)]) == 0
+    said = capsys.readouterr().out
+    assert f"TLS on 127.0.0.1:{tls_port}" in said and f"--ca {owners_ca.cert}" in said
+    broker = MosquittoProcess(out / "mosquitto.conf", port, out / "mosquitto.log")
+    broker.start()
+    try:
+        password = (out / "gateway.password").read_text().strip()
+        trusting = client_context(cafile=owners_ca.cert)
+        assert connack(tls_port, "gateway", password, context=trusting) == 0
+        assert connack(tls_port, "gateway", password + "x", context=trusting) != 0
+        assert connack(port, "gateway", password) == 0  # (the plain listener beside it)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            connack(tls_port, "gateway", password, context=client_context())  # (the system's CAs)
+    finally:
+        broker.stop()
