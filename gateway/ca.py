@@ -137,6 +137,16 @@ def tls_listener(ca_dir: Path, port: int) -> TlsListener:
     return TlsListener(port, *(f.resolve() for f in files))
 
 
+def cert_hosts(path: Path) -> list[str]:
+    """The names and addresses a certificate (PEM) is for, in its order; [] if it cannot be read."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(n.value) for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
+
+
 def ca_der(ca_dir: Path) -> bytes:
     """The CA certificate of ca_dir in DER, as a device is provisioned with it. Raises ConfigError."""
     return _load(ca_dir)[0].public_bytes(serialization.Encoding.DER)

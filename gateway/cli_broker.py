@@ -11,7 +11,7 @@ from typing import Any
 
 from .broker import BrokerUrl
 from .broker_config import BrokerRunner, FleetBroker, write
-from .ca import DEFAULT_HOSTS, CaFiles, check_hosts, create_ca, server_cert, tls_listener
+from .ca import DEFAULT_HOSTS, CaFiles, cert_hosts, check_hosts, create_ca, server_cert, tls_listener
 from .errors import ConfigError
 from .store import Store
 
@@ -34,7 +34,11 @@ def _told(fleet: FleetBroker, db: str) -> None:
     url = BrokerUrl(host, fleet.port, username="gateway", password=fleet.gateway_password)
     print(f"  the gateway: permabeta gateway run --db {db} --broker '{url.url(secret=True)}'")
     if fleet.tls is not None:
-        tls = BrokerUrl(host, fleet.tls.port, True, url.username, url.password)
+        # (a name its certificate holds: the gateway checks it; this machine's where it may)
+        names = cert_hosts(Path(fleet.tls.certfile))
+        near = [n for n in names if n in ("127.0.0.1", "localhost", "::1")]
+        tls_host = (near or names or [host])[0]
+        tls = BrokerUrl(tls_host, fleet.tls.port, True, url.username, url.password)
         print(f"  TLS on {fleet.host}:{fleet.tls.port}, its certificate {fleet.tls.certfile}")
         print(f"    the gateway: --broker '{tls.url(secret=True)}' --ca {fleet.tls.cafile}")
         print(
