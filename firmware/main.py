@@ -7,17 +7,6 @@
 # whole device goes down. Under CPython the runtime restarts in-process.
 import sys
 
-PROVISIONING = "provisioning.json"  # left by a copy over USB cut short (gateway/provision_serial.py)
-
-
-def interrupted():
-    try:
-        open(PROVISIONING).close()
-    except OSError:
-        return False
-    print("not starting: a provisioning over USB was interrupted; provision this board again")
-    return True
-
 
 def choose():
     # the boot loader (never updated) picks the set, runtime and features,
@@ -56,9 +45,7 @@ def last_resort(exc):
 
 
 try:
-    if interrupted():
-        pass  # its files may be two devices' mix: none of them runs
-    elif sys.implementation.name != "micropython":
+    if sys.implementation.name != "micropython":
         import os
 
         path = list(sys.path)

@@ -4,10 +4,11 @@ board's own .mpy architecture and version, each one checked by SHA-256
 computed on the board.
 
 What is on the board is hashed first, and only files that differ move
-(``plan``, pure). Each is written under a temporary name and renamed; while
-the copy runs, the board holds a marker (firmware/main.py starts nothing
-while it is there), so a copy cut short leaves a board that does not run a
-mix of two devices and that the same command provisions again. The
+(``plan``, pure). Each is written under a temporary name and renamed. A
+copy takes main.py off the board first and puts it back last, so a copy cut
+short leaves a board that starts nothing (MicroPython runs no main.py: it
+waits at its REPL), never a mix of two devices, and that the same command
+provisions again; the board holds a marker meanwhile, which --inspect shows. The
 device's state (data/, ota/: the owner's data, its updates and trusted root)
 is kept unless --force; a board that runs a feature set an update installed
 is not silently taken back to the factory set.
@@ -40,6 +41,7 @@ from .provision import (
 )
 
 MARK = flash.PROVISIONING
+MAIN = "main.py"  # what a board runs at boot: absent, it runs nothing
 PART = ".part"  # a file being written (not the store's .tmp: a reader takes that one)
 CODE = ("pb", "features", "boards")  # folders provisioning owns whole
 TOP = ("boot.py", "main.py", "loader.py", "loader.mpy", CONFIG_FILE)
@@ -88,14 +90,16 @@ def held(want: Sequence[tuple[str, bytes]], have: Mapping[str, str]) -> list[boo
 def plan(want: Sequence[tuple[str, bytes]], have: Mapping[str, str]) -> Plan:
     """want: (path, content) of the device; have: SHA-256 by path of what the
     board holds. Files not held() are written; files of the device tree it
-    no longer has, and files left half-written, go."""
+    no longer has, and files left half-written, go. When anything moves,
+    main.py is written last, changed or not: the copy takes it off first."""
     ok = held(want, have)
-    write = [f for f, good in zip(want, ok, strict=True) if not good]
-    kept = sum(ok)
-    write.sort(key=lambda f: f[0] != "main.py")
+    write = [f for f, good in zip(want, ok, strict=True) if not good and f[0] != MAIN]
     wanted = {p for p, _ in want}
     remove = sorted(p for p in have if p.endswith(PART) or (_owned(p) and p not in wanted))
-    return Plan(tuple(write), tuple(remove), kept)
+    main = [f for f, good in zip(want, ok, strict=True) if f[0] == MAIN]
+    if write or remove or not all(good for f, good in zip(want, ok, strict=True) if f[0] == MAIN):
+        write += main
+    return Plan(tuple(write), tuple(remove), len(want) - len(write))
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ def provision_port(
             want.append((SENSORS_FILE, host_sensors(d.board)))
         if force:
             _mark(b, device_id)  # (a wipe cut short leaves no device to run either)
+            b.exec(f"_pbrm({MAIN!r})")
             for folder in STATE:
                 b.exec(f"_pbrm({folder!r})", timeout=60)
         have = _hashes(b)
@@ -241,7 +246,7 @@ def _check_mpy(files: Sequence[tuple[str, bytes]], mpy: int, port: str) -> None:
 
 
 def _mark(b: Board, device_id: str) -> None:
-    """The marker main.py honours: a provisioning under way."""
+    """A provisioning under way (--inspect says so while it is there)."""
     b.write_file(MARK, json.dumps({"device": device_id}).encode())
 
 
@@ -259,6 +264,7 @@ def _copy(
     try:
         if not todo.empty:
             _mark(b, device_id)
+            b.exec(f"_pbrm({MAIN!r})")  # (back last: until then the board starts nothing)
         for path, data in todo.write:
             b.write_file(path + PART, data, f"_pbmk({path!r})", f"_pbmv({path + PART!r}, {path!r})")
             written += 1

@@ -46,10 +46,15 @@ async def run_device(root, config, hal, chosen, lean, importer=None, log=None, o
     (on_device(device) hands it the runtime's Device). data: the folder of
     the runtime's records (pb/ota/flash.py DATA under root)."""
     if lean:
+        ca = config["broker"].get("cafile")
+        if ca:  # TLS: update mode makes its client with this (pb/net/tls.py), else the plain one
+            from .net.tls import client_for
+
+            ca = client_for(root + "/" + ca)
         from .ota.update_mode import run as update_mode
 
         pointer = chosen[1]
-        return await update_mode(root, config, hal, pointer["counter"] if pointer else 0)
+        return await update_mode(root, config, hal, pointer["counter"] if pointer else 0, ca)
     if MICROPYTHON:
         _import_runtime()
     if data is None:

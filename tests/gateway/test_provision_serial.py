@@ -3,16 +3,12 @@ the hashes the board reported), and what it refuses."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
 from firmware.pb.ota import flash
 from gateway.errors import ConfigError
 from gateway.provision_serial import MARK, check_board, plan, sha256
 
-MAIN = Path(__file__).resolve().parents[2] / "firmware" / "main.py"
 WANT = [
     ("boot.py", b"boot"),
     ("pb/runtime.mpy", b"runtime 2"),
@@ -33,13 +29,17 @@ def test_a_board_holding_the_device_moves_nothing() -> None:
     assert p.empty and p.kept == len(WANT)
 
 
-def test_only_changed_files_move_and_main_goes_first() -> None:
+def test_only_changed_files_move_and_main_comes_back_last() -> None:
     have = held()
     have["pb/runtime.mpy"] = sha256(b"runtime 1")
     have["main.py"] = sha256(b"main 1")
     p = plan(WANT, have)
-    assert [path for path, _ in p.write] == ["main.py", "pb/runtime.mpy"]
+    assert [path for path, _ in p.write] == ["pb/runtime.mpy", "main.py"]
     assert p.kept == len(WANT) - 2 and p.remove == ()
+    # main.py unchanged: it goes back last all the same (the copy took it off first)
+    have["main.py"] = sha256(b"main 2")
+    p = plan(WANT, have)
+    assert [path for path, _ in p.write] == ["pb/runtime.mpy", "main.py"] and p.kept == len(WANT) - 2
 
 
 def test_files_the_device_no_longer_has_go_but_never_its_own_data() -> None:
@@ -72,7 +72,7 @@ def test_the_owners_choices_are_written_once() -> None:
     have["data/streams.json"] = sha256(b"{the owner's own}")
     assert plan(WANT, have).empty
     del have["data/streams.json"]
-    assert [path for path, _ in plan(WANT, have).write] == ["data/streams.json"]
+    assert [path for path, _ in plan(WANT, have).write] == ["data/streams.json", "main.py"]
 
 
 def test_a_root_the_board_trusts_already_is_not_sent_again() -> None:
@@ -81,7 +81,7 @@ def test_a_root_the_board_trusts_already_is_not_sent_again() -> None:
     have["ota/root.1.json"] = sha256(b"root 1")  # ...as the root of version 1
     assert plan(WANT, have).empty
     have["ota/root.1.json"] = sha256(b"root 0")
-    assert [path for path, _ in plan(WANT, have).write] == ["ota/root.json"]
+    assert [path for path, _ in plan(WANT, have).write] == ["ota/root.json", "main.py"]
 
 
 def _info(**extra: object) -> dict[str, object]:
@@ -113,7 +113,5 @@ def test_a_release_installed_is_not_taken_back_to_the_factory_set() -> None:
     check_board(_info(pointer={"set": "features", "counter": 0}), "th-1", "/dev/ttyUSB0", force=False)
 
 
-def test_main_py_honours_the_marker_by_the_name_provisioning_writes() -> None:
+def test_the_marker_is_the_one_the_firmware_names() -> None:
     assert MARK == flash.PROVISIONING
-    m = re.search(r'^PROVISIONING = "([^"]+)"', MAIN.read_text(), re.M)
-    assert m and m.group(1) == flash.PROVISIONING

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from gateway.cli import main
 
 from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
-from ..support.processes import MICROPYTHON, DeviceProcess, GatewayProcess
+from ..support.processes import DeviceProcess, GatewayProcess
 from ..support.serial_board import SerialBoard
 from ..support.wait import wait_for
 
@@ -173,12 +172,8 @@ def test_a_link_lost_mid_copy_says_so_and_the_same_command_then_succeeds(
     assert m and 0 < int(m.group(1)) < int(m.group(2)), err
     assert err.rstrip().endswith("files; run the same command again")
     assert "Traceback" not in err
-    assert "provisioning.json" in board.files()
-    # a half-written device does not run: main.py says why and starts nothing
-    ran = subprocess.run(
-        [str(MICROPYTHON), "main.py"], cwd=board.flash, capture_output=True, text=True, timeout=20
-    )
-    assert "a provisioning over USB was interrupted" in ran.stdout and "booted" not in ran.stdout
+    # a half-written device does not run: main.py went first and comes back last
+    assert "provisioning.json" in board.files() and "main.py" not in board.files()
 
     board.start()
     rc, out, _ = permabeta(capsys, "provision", "--port", board.port, "--inspect")

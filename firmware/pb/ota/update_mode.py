@@ -19,18 +19,14 @@ from .report import send_status
 from .transfer import send_request
 
 
-async def run(base, config, hal, counter):
-    """Download the update in ota/job.json; returns the reset cause."""
+async def run(base, config, hal, counter, client=None):
+    """Download the update in ota/job.json; returns the reset cause.
+    client: what makes its MQTT client (pb/net/tls.py's over TLS), else the plain one."""
     dev = config["device"]
     b = config["broker"]
     hal.safe_state()
     will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
-    kind, ca = MQTTClient, b.get("cafile")
-    if ca:  # TLS (as the runtime's, pb/runtime.py)
-        from ..net.tls import MQTTClient as kind
-
-        ca = base + "/" + ca
-    client = kind(
+    client = (client or MQTTClient)(
         dev,
         b["host"],
         b.get("port", 1883),
@@ -39,7 +35,6 @@ async def run(base, config, hal, counter):
         keepalive=b.get("keepalive", 30),
         will=(wire.topic(dev, "state"), will, 1, True),
         max_packet=wire.MAX_PACKET,
-        ssl=ca,
     )
 
     said = [False]
