@@ -206,6 +206,7 @@ def _battery_agent(tmp_path: Path, charge: list[float | None], config: dict[str,
     return agent, asked, reports
 
 
+@pytest.mark.long
 async def test_a_low_battery_defers_the_update_until_it_is_charged_past_the_hysteresis(
     tmp_path: Path,
 ) -> None:

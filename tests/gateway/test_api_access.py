@@ -362,6 +362,7 @@ async def test_accounts_and_claim_codes_from_the_command_line(world: World, tmp_
 # ---- attacks on the accounts' endpoints, one test each ------------------------------
 
 
+@pytest.mark.long
 async def test_a_spray_of_unknown_names_does_not_lift_an_account_s_login_limit(world: World) -> None:
     for _ in range(LOGIN_TRIES):
         await world.call(None, "POST", "/api/v1/login", {"name": "mia", "password": "guess-guess"})

@@ -362,6 +362,7 @@ async def bridge(start_gateway: StartGateway, mosquitto: Mosquitto) -> AsyncIter
         d.close()
 
 
+@pytest.mark.long
 async def test_linking_publishes_retained_configs_and_values_and_unlinking_clears_them(
     bridge: Bridge,
 ) -> None:
@@ -438,6 +439,7 @@ async def test_giving_a_device_up_or_forgetting_it_unlinks_it_and_clears_its_top
     assert bridge.retained(f"homeassistant/+/pb_{forgotten.id}/+/config", f"pbha/{forgotten.id}/#") == {}
 
 
+@pytest.mark.long
 async def test_hostile_bridge_commands_stop_nothing_and_reach_no_device(bridge: Bridge) -> None:
     gw = bridge.r.gw
     linked, unlinked, bobs = (

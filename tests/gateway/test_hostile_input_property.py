@@ -232,6 +232,7 @@ def _device_view(store: Store, dev: str) -> Any:
 # ---- the properties -----------------------------------------------------------------
 
 
+@pytest.mark.long
 @_settings
 @given(st.data())
 def test_hostile_telemetry_is_stored_equal_or_rejected_and_loses_nothing(
@@ -260,6 +261,7 @@ def test_hostile_telemetry_is_stored_equal_or_rejected_and_loses_nothing(
     assert record is not None and _same(record.last_telemetry, r.data)
 
 
+@pytest.mark.long
 @_settings
 @given(st.data())
 def test_hostile_hello_is_stored_equal_or_rejected_and_the_fleet_still_lists(

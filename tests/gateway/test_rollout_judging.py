@@ -182,6 +182,7 @@ def stored_stage(db: Path, seed: int = 1) -> Stage:
     return Stage(START, treated, tuple(devs[24:]), HardCounts(offered=24))
 
 
+@pytest.mark.long
 def test_a_look_reads_each_span_once_and_gets_what_each_window_read_alone_gets(tmp_path: Path) -> None:
     stage = stored_stage(tmp_path / "gateway.db")
     windows = sorted({POLICY.window_start(t, START) for _, t in stage.treated})

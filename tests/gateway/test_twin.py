@@ -232,6 +232,7 @@ async def test_the_api_computes_a_preview_in_the_background_and_caches_it(
     assert rec.device == "th-1"
 
 
+@pytest.mark.long
 async def test_a_release_whose_feature_spins_fails_its_preview_and_the_gateway_goes_on(
     start_gateway: StartGateway, keys: Keys, tmp_path: Path
 ) -> None:

@@ -262,6 +262,7 @@ async def test_a_deferred_device_that_comes_back_gets_the_statement_renewed_whil
     assert r.gw.ota.get(u.id).state == "deferred"
 
 
+@pytest.mark.long
 async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
     start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
 ) -> None:

@@ -18,6 +18,7 @@ from ..support.wait import async_wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long
 async def test_demo_updates_the_fleet_and_shows_eco_at_work() -> None:
     out = io.StringIO()
     task = asyncio.create_task(run_demo(None, factory_s=1, out=out))

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.broker import password_line
 from simulator.fleet import Fleet, split
 
@@ -87,6 +89,7 @@ def test_password_lines_are_mosquitto_s_own_format() -> None:
     assert user == "th-1" and rest.startswith("$7$101$") and len(rest.split("$")) == 5
 
 
+@pytest.mark.long
 def test_sim_run_shows_a_live_summary_and_stops_cleanly(mosquitto: Mosquitto, tmp_path: Path) -> None:
     # its own broker (a Mosquitto open to any client), a few seconds, with faults
     proc = subprocess.run(

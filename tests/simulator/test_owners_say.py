@@ -68,6 +68,7 @@ async def owners(start_gateway: StartGateway, keys: Keys) -> AsyncIterator[Owner
         yield Owners(r.gw, r.url, tokens, session)
 
 
+@pytest.mark.long
 async def test_an_owner_asked_first_reads_the_offer_puts_it_off_says_now_then_rolls_back(
     owners: Owners, make_device: MakeDevice, keys: Keys, tmp_path: Path
 ) -> None:

@@ -11,6 +11,8 @@ import contextlib
 import secrets
 from pathlib import Path
 
+import pytest
+
 from gateway.service import Gateway
 from gateway.store import Store
 from ota.keys import Keys
@@ -21,6 +23,7 @@ from ..support.wait import async_wait_for
 from .conftest import TRIAL_S
 
 
+@pytest.mark.long
 async def test_gateway_and_broker_restart_together_mid_rollout_and_every_update_commits(
     own_mosquitto: Mosquitto, tmp_path: Path, keys: Keys, eco_release: Path
 ) -> None:

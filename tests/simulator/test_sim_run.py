@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ota.keys import Keys
 from simulator.fleet import Fleet
 
@@ -73,6 +75,7 @@ def permabeta(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     return subprocess.run([str(PERMABETA), *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.long
 def test_a_background_sim_run_with_keys_takes_an_update_and_sigterm_stops_it_with_its_summary(
     tmp_path: Path, keys: Keys, eco_release: Path
 ) -> None:
@@ -119,6 +122,7 @@ def test_a_background_sim_run_with_keys_takes_an_update_and_sigterm_stops_it_wit
     assert not any(d["online"] for d in json.loads(store_rows.stdout))
 
 
+@pytest.mark.long
 def test_micropython_boards_flashed_before_are_kept_and_sigint_stops_a_background_run(tmp_path: Path) -> None:
     work = tmp_path / "w"
     args = ("--devices", "2", "--models", "thermostat", "--micropython", "1", "--workdir", str(work))

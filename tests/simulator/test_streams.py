@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from gateway.settings import SettingsTable, changed
 from ota.keys import Keys
@@ -64,6 +65,7 @@ async def _watch(mosquitto: Mosquitto, seconds: float) -> list[tuple[str, dict[s
     return got
 
 
+@pytest.mark.long
 async def test_nothing_an_owner_keeps_back_reaches_the_broker_or_the_store(
     owners: Owners,  # noqa: F811
     make_device: MakeDevice,

@@ -22,6 +22,7 @@ from .conftest import MakeDevice, offer_of, ota_device, running_set
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long
 def test_a_heating_board_holds_an_idle_offer_back_until_its_relay_is_off(
     mosquitto: Mosquitto, make_device: MakeDevice, release2: Release, keys: ota_keys.Keys
 ) -> None:

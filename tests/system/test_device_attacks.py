@@ -231,6 +231,7 @@ def test_client_id_takeover_of_a_device(
         watcher.close()
 
 
+@pytest.mark.long
 def test_client_id_takeover_of_the_gateway(
     mosquitto: Mosquitto, make_device: MakeDevice, gateway_process: GatewayProcess, keys: ota_keys.Keys
 ) -> None:

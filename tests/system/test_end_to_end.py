@@ -197,6 +197,7 @@ def test_broker_restart_everyone_reconnects_nothing_lost(
         gw.stop()
 
 
+@pytest.mark.long
 def test_gateway_restart_keeps_the_registry(
     mosquitto: Mosquitto, tmp_path: Path, make_device: MakeDevice
 ) -> None:

@@ -34,6 +34,7 @@ FIRMWARE = Path(__file__).parents[2] / "firmware" / "features"
 # ---- the update works --------------------------------------------------------
 
 
+@pytest.mark.long
 def test_update_to_release_2_on_micropython_128k(
     mosquitto: Mosquitto, device: DeviceProcess, release2: Release, keys: ota_keys.Keys, record_property: Any
 ) -> None:

@@ -49,6 +49,7 @@ def online(gw: GatewayProcess, dev: DeviceProcess) -> dict[str, Any]:
     return wait_for(lambda: (d := gw.device(dev.id))["online"] and d, 30, what=f"{dev.id} online")
 
 
+@pytest.mark.long
 def test_update_with_the_cli_counts_only_at_committed(
     mosquitto: Mosquitto,
     published: GatewayProcess,
@@ -124,6 +125,7 @@ def test_a_release_that_crashes_rolls_back_and_counts_as_failed(
     wait_for(lambda: dev.actuators().get("relay") is True, 20, what="the old thermostat heating")
 
 
+@pytest.mark.long
 def test_a_release_out_of_ram_at_import_reaches_the_gateway_with_the_memory_error_and_where(
     mosquitto: Mosquitto,
     published: GatewayProcess,
@@ -145,6 +147,7 @@ def test_a_release_out_of_ram_at_import_reaches_the_gateway_with_the_memory_erro
     assert running_set(dev) == (0, None, ["thermostat"])
 
 
+@pytest.mark.long
 def test_a_shirt_on_a_low_battery_defers_the_update_and_commits_it_once_charged(
     mosquitto: Mosquitto,
     ota_gateway: GatewayProcess,

@@ -103,6 +103,7 @@ def updated(mosquitto: Mosquitto, device: DeviceProcess, release: Release, keys:
     return srv
 
 
+@pytest.mark.long
 def test_a_release_with_a_good_runtime_commits_and_the_device_runs_it(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
@@ -141,6 +142,7 @@ def test_a_release_with_a_good_runtime_commits_and_the_device_runs_it(
     assert heap > 8 * 1024, heap
 
 
+@pytest.mark.long
 def test_a_runtime_release_fetches_only_the_modules_the_running_runtime_lacks(
     mosquitto: Mosquitto, device: DeviceProcess, keys: ota_keys.Keys, tmp_path: Path
 ) -> None:
