@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from firmware.pb.peer import protocol as proto
-from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN
+from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN, Stream, encode_chunk
 from ota.errors import KeyStoreError
 from ota.keys import ROOT_FILE, Keys, freshness, load_keys
 
@@ -41,6 +41,7 @@ from .updates import (
     DEFAULT_DEADLINE_S,
     DEFAULT_FRESHNESS_TTL_S,
     Refuse,
+    RefuseStream,
     Serve,
     Update,
     apply_status,
@@ -54,6 +55,7 @@ from .updates import (
     next_freshness_version,
     offer_message,
     plan_chunk,
+    plan_stream,
     step_rank,
 )
 
@@ -62,7 +64,7 @@ log = logging.getLogger("permabeta.gateway.ota")
 Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 
 NO_KEYS = "this gateway has no keys: start it with --keys DIR"
-OUTBOX = 256  # chunks waiting to be sent; more are dropped (the device asks again)
+OUTBOX = 1024  # chunks waiting to be sent; more are dropped (the device asks again)
 _WATCH_S = 1.0
 RECONCILE_S = 2.0  # after a (re)connect: time for the broker's retained messages to arrive
 
@@ -260,6 +262,7 @@ class Updater:
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
         self._last_version = self.table.last_freshness()
         self._renewing: set[str] = set()  # updates whose statement is being renewed
+        self._streams: dict[str, tuple[str, Stream]] = {}  # device -> (update id, its stream)
 
     @property
     def enabled(self) -> bool:
@@ -599,13 +602,88 @@ class Updater:
         log.info("%s: update %s offered again (%s)", u.device, u.id, why)
 
     def on_request(self, dev: str, req: dict[str, Any]) -> None:
-        """Answer a request (validated, from dev) with a chunk, queued."""
+        """Answer a request (validated, from dev): a version 2 stream is
+        started, or its window moved by an acknowledgement; a version 1
+        request is answered with one chunk. Chunks are queued."""
+        if req["v"] == 1:
+            self._on_request_v1(dev, req)
+            return
+        if "ack" in req:
+            held = self._streams.get(dev)
+            moved = held is not None and held[0] == req["id"] and held[1].s == req["s"]
+            if held is not None and moved and held[1].ack(req["ack"], req["win"]):
+                self._serve(dev, req["id"], held[1])
+            return
         self.stats["requests"] += 1
+        u = self._update_of(dev, req["id"])
+        release = self.releases.get(u.release) if u is not None else None
+        plan = plan_stream(req, u, release.objects if release is not None else None)
+        if isinstance(plan, RefuseStream):
+            self._streams.pop(dev, None)
+            self._count(dev, u, 0, error=True)
+            self._queue(dev, plan.chunk())
+            return
+        self._streams[dev] = (req["id"], plan)
+        self._count(dev, u, 0, error=False)
+        self._serve(dev, req["id"], plan)
+
+    def _update_of(self, dev: str, uid: str) -> Update | None:
         u = self._active.get(dev)
-        if u is None or u.id != req["id"]:
-            u = self.table.get(req["id"])
+        if u is None or u.id != uid:
+            u = self.table.get(uid)
             if u is not None and u.device != dev:
                 u = None  # another device's update: as if there were none
+        return u
+
+    def _serve(self, dev: str, uid: str, stream: Stream) -> None:
+        """Queue the chunks stream's window allows."""
+        u = self._active.get(dev)
+        release = self.releases.get(u.release) if u is not None and u.id == uid else None
+        if release is None:
+            self._streams.pop(dev, None)  # it ended meanwhile
+            return
+        served = 0
+        for idx, key, tag, off, n, pos, last in stream.chunks():
+            try:
+                data = self.releases.read(release, key, off, n)
+            except OSError as exc:
+                log.error("cannot read %s of release %s: %s", key[:16], release.ref, exc)
+                data = b""
+            if len(data) != n:
+                self._streams.pop(dev, None)
+                self._queue(dev, RefuseStream(stream.s, tag, "gateway: this object cannot be read").chunk())
+                break
+            served += n
+            self.stats["chunks"] += 1
+            self._queue(dev, bytes(encode_chunk(stream.s, idx, pos, off, data, tag, last=last)))
+        if stream.done():
+            self._streams.pop(dev, None)
+        if served:
+            self.stats["served"] += served
+            self._count(dev, u, served, error=False, request=False)
+
+    def _count(self, dev: str, u: Update | None, served: int, error: bool, request: bool = True) -> None:
+        if error:
+            self.stats["error_chunks"] += 1
+        if u is not None and self._active.get(dev) is u:
+            self._active[dev] = replace(
+                u,
+                served=u.served + served,
+                requests=u.requests + (1 if request else 0),
+                errors=u.errors + (1 if error else 0),
+            )
+            self._dirty.add(dev)
+
+    def _queue(self, dev: str, payload: bytes) -> None:
+        try:
+            self._outbox.put_nowait((proto.topic(dev, "ota/chunk"), payload))
+        except asyncio.QueueFull:
+            self.stats["dropped"] += 1
+
+    def _on_request_v1(self, dev: str, req: dict[str, Any]) -> None:
+        """Answer a version 1 request with one chunk, queued."""
+        self.stats["requests"] += 1
+        u = self._update_of(dev, req["id"])
         release = self.releases.get(u.release) if u is not None else None
         plan = plan_chunk(req, u, release.objects if release is not None else None)
         if isinstance(plan, Serve):
@@ -623,20 +701,11 @@ class Updater:
         else:
             payload = plan.chunk()
         served = plan.length if isinstance(plan, Serve) else 0
-        self.stats["chunks" if isinstance(plan, Serve) else "error_chunks"] += 1
+        if served:
+            self.stats["chunks"] += 1
         self.stats["served"] += served
-        if u is not None and self._active.get(dev) is u:
-            self._active[dev] = replace(
-                u,
-                served=u.served + served,
-                requests=u.requests + 1,
-                errors=u.errors + (0 if isinstance(plan, Serve) else 1),
-            )
-            self._dirty.add(dev)
-        try:
-            self._outbox.put_nowait((proto.topic(dev, "ota/chunk"), payload))
-        except asyncio.QueueFull:
-            self.stats["dropped"] += 1
+        self._count(dev, u, served, error=not isinstance(plan, Serve))
+        self._queue(dev, payload)
 
     def on_status(self, dev: str, msg: dict[str, Any], now: float) -> Update | None:
         """Apply a status (validated, from dev) to its update; the update if
@@ -686,6 +755,7 @@ class Updater:
         if self._active.get(u.device) is not None and self._active[u.device].id == u.id:
             del self._active[u.device]
             self._dirty.discard(u.device)
+            self._streams.pop(u.device, None)
         self.table.save(u)
         self.stats["committed" if u.success else "failed"] += 1
         if u.success:

@@ -21,7 +21,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from firmware.pb.peer.ota_transfer import MAX_CHUNK, TERMINAL, encode_chunk, is_hex64
+from firmware.pb.peer.ota_transfer import (
+    MAX_CHUNK,
+    TAG_HEX,
+    TERMINAL,
+    Stream,
+    encode_chunk,
+    encode_chunk_v1,
+    is_hex64,
+)
 
 from .errors import UpdateRefusedError
 from .releases import ObjectInfo, StoredRelease
@@ -272,6 +280,71 @@ def cancel_message(uid: str) -> bytes:
 # ---- answering requests for bytes ---------------------------------------------------
 
 
+def _answer_tag(blob: bytes | None, objects: Mapping[str, ObjectInfo] | None) -> bytes:
+    """The tag an answer carries: a blob's (its name's), else the manifest
+    of the update's release, or 8 zero bytes for an update not known."""
+    if blob is not None:
+        return blob
+    return objects["manifest"].tag if objects is not None and "manifest" in objects else _NO_TAG
+
+
+def _unserved(uid: str, update: Update | None) -> str | None:
+    """Why bytes of update uid are not served to the device asking, or None."""
+    if update is None:
+        return f"no update {uid[:32]} for this device"
+    return f"update {uid} has ended: {update.state}" if update.ended else None
+
+
+# Version 2 (a stream of objects under a window, acknowledged): plan_stream;
+# version 1 (one chunk per request, the runtimes before it): plan_chunk.
+
+
+@dataclass(frozen=True)
+class RefuseStream:
+    """Send an error chunk on stream s carrying reason."""
+
+    s: int
+    tag: bytes
+    reason: str
+
+    def chunk(self) -> bytes:
+        data = self.reason.encode("utf-8")[:_MAX_ERROR]
+        return bytes(encode_chunk(self.s, 0, 0, 0, data, self.tag, error=True))
+
+
+def plan_stream(
+    req: Mapping[str, Any],
+    update: Update | None,
+    objects: Mapping[str, ObjectInfo] | None,
+) -> Stream | RefuseStream:
+    """What to answer to a version 2 request for a stream (validated by
+    otaproto.check_request, from the device it names): the stream, or why
+    not. Only an update in progress is served, only objects of its release,
+    only bytes that exist."""
+    s, uid = req["s"], req["id"]
+    first = req["objs"][0][0]
+    tag = _answer_tag(bytes.fromhex(first)[:8] if first != "manifest" else None, objects)
+    why = _unserved(uid, update)
+    if why is not None or objects is None:
+        return RefuseStream(s, tag, why or f"no update {uid[:32]} for this device")
+    by_tag: dict[str, str | None] = {}
+    for k in objects:
+        if k != "manifest":
+            by_tag[k[:TAG_HEX]] = None if k[:TAG_HEX] in by_tag else k
+    objs: list[list[Any]] = []
+    for name, off, length in req["objs"]:
+        key = "manifest" if name == "manifest" else by_tag.get(name)
+        info = objects.get(key) if key is not None else None
+        if info is None:
+            return RefuseStream(s, tag, f"{name} is not part of update {uid}")
+        if off + length > info.size:
+            return RefuseStream(
+                s, tag, f"{name}: bytes {off}-{off + length} are past the end ({info.size} bytes)"
+            )
+        objs.append([key, info.tag, off, off + length])
+    return Stream(s, objs, req["chunk"], req["win"])
+
+
 @dataclass(frozen=True)
 class Serve:
     """Send length bytes of obj at offset (length 0 only at the very end)."""
@@ -284,7 +357,7 @@ class Serve:
     last: bool
 
     def chunk(self, data: bytes) -> bytes:
-        return bytes(encode_chunk(self.seq, self.offset, data, self.tag, last=self.last))
+        return bytes(encode_chunk_v1(self.seq, self.offset, data, self.tag, last=self.last))
 
 
 @dataclass(frozen=True)
@@ -298,7 +371,7 @@ class Refuse:
 
     def chunk(self) -> bytes:
         data = self.reason.encode("utf-8")[:_MAX_ERROR]
-        return bytes(encode_chunk(self.seq, self.offset, data, self.tag, error=True))
+        return bytes(encode_chunk_v1(self.seq, self.offset, data, self.tag, error=True))
 
 
 def plan_chunk(
@@ -312,16 +385,10 @@ def plan_chunk(
     Only an update in progress is served, only objects of its release, only
     bytes that exist."""
     seq, off, obj, uid = req["seq"], req["off"], req["obj"], req["id"]
-    if is_hex64(obj):
-        tag = bytes.fromhex(obj)[:8]
-    elif objects is not None and "manifest" in objects:
-        tag = objects["manifest"].tag
-    else:
-        tag = _NO_TAG
-    if update is None or objects is None:
-        return Refuse(seq, off, tag, f"no update {uid[:32]} for this device")
-    if update.ended:
-        return Refuse(seq, off, tag, f"update {uid} has ended: {update.state}")
+    tag = _answer_tag(bytes.fromhex(obj)[:8] if is_hex64(obj) else None, objects)
+    why = _unserved(uid, update)
+    if why is not None or objects is None:
+        return Refuse(seq, off, tag, why or f"no update {uid[:32]} for this device")
     info = objects.get(obj)
     if info is None:
         return Refuse(seq, off, tag, f"{obj[:16]} is not part of update {uid}")

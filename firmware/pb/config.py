@@ -39,8 +39,8 @@ utc_offset_min int 0 -720 840
 ram_reserve int 8192 0 65536
 ota_mode lean - 0 0
 ota_ram int 48000 0 16777216
-ota_chunk int 2048 16 4096
-ota_window int 2 1 16
+ota_chunk int 4096 64 4096
+ota_window int 8 1 32
 ota_timeout_ms int 3000 10 600000
 ota_tries int 8 1 100
 ota_deadline_s num 900 1 604800

@@ -40,6 +40,7 @@ from firmware.pb.ota import clock, flash, forms, install, report, trust
 from firmware.pb.ota import download as pb_ota
 from firmware.pb.ota import files as otafs
 from firmware.pb.ota import image as device_image
+from firmware.pb.ota import transfer as device_transfer
 from firmware.pb.peer import ota_transfer as otaproto
 from gateway import clock as gw_clock
 from gateway import updater as gw_updater
@@ -128,9 +129,13 @@ def test_an_offer_names_a_manifest_of_at_most_an_envelope() -> None:
 @pytest.mark.parametrize("example", _tagged("req"), ids=_ids(_tagged("req")))
 def test_request_examples_are_valid(example: Example) -> None:
     req = otaproto.check_request(example.value())
-    assert req["len"] <= otaproto.MAX_CHUNK
+    assert req["v"] == 2
+    if "objs" in req:
+        assert req["chunk"] <= otaproto.MAX_CHUNK and len(req["objs"]) <= otaproto.MAX_OBJECTS
+        with pytest.raises(ProtocolError):
+            otaproto.check_request(req | {"chunk": otaproto.MAX_CHUNK + 1})
     with pytest.raises(ProtocolError):
-        otaproto.check_request(req | {"len": otaproto.MAX_CHUNK + 1})
+        otaproto.check_request(req | {"win": otaproto.MAX_WINDOW + 1})
 
 
 @pytest.mark.parametrize("example", _tagged("status"), ids=_ids(_tagged("status")))
@@ -423,10 +428,26 @@ def test_chunk_header_table_is_otaprotos_struct() -> None:
     assert [(int(r[0]), int(r[1])) for r in rows] == fields
     assert offset == otaproto.CHUNK_HEADER == int(re.search(r"A (\d+)-byte header", OTA)[1])  # type: ignore[index]
     assert otaproto.CHUNK_FORMAT.startswith(">") and "big-endian" in rows[3][2]
-    # the version byte, the seq, offset and length in the documented places
-    chunk = otaproto.encode_chunk(7, 2048, b"abc", bytes(range(8)), last=True)
-    assert chunk[0] == 1 and chunk[4:8] == (7).to_bytes(4, "big") and chunk[8:12] == (2048).to_bytes(4, "big")
-    assert chunk[12:16] == (3).to_bytes(4, "big") and chunk[16:24] == bytes(range(8))
+    # the version byte, index, stream, position, offset, tag and CRC in the documented places
+    chunk = otaproto.encode_chunk(7, 1, 8192, 2048, b"abc", bytes(range(8)), last=True)
+    assert chunk[0] == 2 and chunk[1] == otaproto.FLAG_LAST and chunk[2:4] == (1).to_bytes(2, "big")
+    assert chunk[4:8] == (7).to_bytes(4, "big") and chunk[8:12] == (8192).to_bytes(4, "big")
+    assert chunk[12:16] == (2048).to_bytes(4, "big") and chunk[16:24] == bytes(range(8))
+    assert chunk[24:28] == zlib.crc32(b"abc", zlib.crc32(chunk[:24])).to_bytes(4, "big")
+    assert otaproto.decode_chunk(chunk)[1:6] == (1, 7, 8192, 2048, bytes(range(8)))
+    # the device's private names are the gateway's public ones
+    assert (
+        device_transfer._HEADER,
+        device_transfer._MAX,
+        device_transfer._ERROR,
+        device_transfer._ID_LEN,
+    ) == (
+        otaproto.CHUNK_HEADER,
+        otaproto.MAX_CHUNK,
+        otaproto.FLAG_ERROR,
+        otaproto.UPDATE_ID_LEN,
+    )
+    assert device_transfer._MAX_OBJECTS == otaproto.MAX_OBJECTS
 
 
 def test_chunk_flags_table() -> None:
@@ -595,7 +616,7 @@ def test_a_bad_config_stops_the_boot_naming_the_key() -> None:
     good = {"device": "th-1", "model": "thermostat", "board": "b", "broker": {"host": "h"}}
     assert check_config(dict(good)) == good
     for bad, words in (
-        ({"ota_chunk": 8192}, "'ota_chunk' must be an integer within 16..4096"),
+        ({"ota_chunk": 8192}, "'ota_chunk' must be an integer within 64..4096"),
         ({"ota_chnk": 1024}, "unknown key 'ota_chnk'"),
         ({"broker": {"host": "h", "port": "1883"}}, "'broker.port' must be an integer"),
         ({"broker": {"host": "h", "prot": 1}}, "unknown key 'broker.prot'"),
@@ -693,6 +714,8 @@ def _limit_sources() -> dict[str, Any]:
         "image.FRAME": device_image.FRAME,
         "transfer.MAX_CHUNK": otaproto.MAX_CHUNK,
         "transfer.CHUNK_HEADER": otaproto.CHUNK_HEADER,
+        "transfer.MAX_OBJECTS": otaproto.MAX_OBJECTS,
+        "transfer.MAX_WINDOW": otaproto.MAX_WINDOW,
         "files._WBITS": otafs._WBITS,
         "loader.MAX_TRIAL_BOOTS": loader.MAX_TRIAL_BOOTS,
         "install._MAX_INSTALLS": install._MAX_INSTALLS,

@@ -38,9 +38,9 @@ async def _update_answered_with(tmp_path: Path, error_text: bytes) -> dict[str, 
     reports: list[dict[str, Any]] = []
     agent: pb_ota.Agent
 
-    def request(uid: str, obj: str, off: int, length: int, seq: int) -> None:
+    def request(msg: dict[str, Any]) -> None:
         tag = bytes.fromhex(digest)[:8]
-        chunk = otaproto.encode_chunk(seq, off, error_text, tag, error=True)
+        chunk = otaproto.encode_chunk(msg["s"], 0, 0, 0, error_text, tag, error=True)
         asyncio.get_running_loop().call_soon(agent.on_chunk, memoryview(chunk))
 
     agent = pb_ota.Agent(
@@ -148,7 +148,7 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
         str(base),
         "thermostat",
         1,
-        lambda *a: asked.append((a[1], sorted(os.listdir(stage)))),
+        lambda m: asked.append((m["objs"][0][0], sorted(os.listdir(stage)))),
         reports.append,
         time.time,
         lambda: True,
@@ -164,7 +164,7 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
     finally:
         task.cancel()
     # checked, the stray files went before the blob was asked for; nothing answered: the deadline
-    assert asked and {obj for obj, _ in asked} == {"ef" * 32}
+    assert asked and {obj for obj, _ in asked} == {"ef" * 8}
     assert asked[0][1] in (
         ["manifest.json", "need.json"],
         ["cd" * 32 + ".z", "manifest.json", "need.json"],
@@ -194,7 +194,7 @@ def _battery_agent(tmp_path: Path, charge: list[float | None], config: dict[str,
         str(tmp_path / "dev"),
         "shirt",
         1,
-        lambda *a: asked.append(a[1]),
+        lambda m: asked.append(m["objs"][0][0]),
         reports.append,
         time.time,
         lambda: True,

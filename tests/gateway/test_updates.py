@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware.pb.peer import ota_transfer as otaproto
-from firmware.pb.peer.ota_transfer import FLAG_ERROR, FLAG_LAST, decode_chunk
+from firmware.pb.peer.ota_transfer import FLAG_ERROR, FLAG_LAST
+from firmware.pb.peer.ota_transfer import decode_chunk_v1 as decode_chunk
 from gateway.errors import UpdateRefusedError
 from gateway.releases import ObjectInfo, StoredRelease
 from gateway.updates import (

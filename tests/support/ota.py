@@ -141,13 +141,13 @@ class OtaDevice:
         def answers(m: Message) -> bool:
             if m[0] != self.topic("ota/chunk"):
                 return False
-            return bool(otaproto.decode_chunk(m[1])[1] == seq)
+            return bool(otaproto.decode_chunk_v1(m[1])[1] == seq)
 
         for _ in range(2):
             self.client.publish(self.topic("ota/req"), json.dumps(msg), qos=0)
             m = self._take(answers, timeout)
             if m is not None:
-                flags, _, offset, tag, data = otaproto.decode_chunk(m[1])
+                flags, _, offset, tag, data = otaproto.decode_chunk_v1(m[1])
                 return flags, offset, bytes(tag), bytes(data)
         raise AssertionError(f"no chunk answered request {msg}")
 

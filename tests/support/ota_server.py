@@ -57,7 +57,9 @@ class OtaServer:
         self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
         self.served: dict[str, int] = {}
-        self.requests = 0
+        self.requests = 0  # requests for a stream (acknowledgements not counted)
+        self.acks = 0
+        self._stream: otaproto.Stream | None = None
         self._ready = threading.Event()
         self.c = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=f"ota-srv-{dev}", protocol=paho.MQTTv311
@@ -112,19 +114,37 @@ class OtaServer:
                 self.seen.append(st)
                 self.statuses.put(st)
             return
-        req = json.loads(m.payload)
-        self.requests += 1
-        obj, off, n, seq = req["obj"], req["off"], req["len"], req["seq"]
-        data = self.offer_.objects.get(obj)
-        tag = bytes.fromhex(sha256(self.offer_.manifest) if obj == "manifest" else obj)[:8]
-        if data is None:
-            self._send(otaproto.encode_chunk(seq, off, b"no such object", tag, error=True))
+        req = otaproto.check_request(json.loads(m.payload))
+        o = self.offer_
+        if "ack" in req:
+            self.acks += 1
+            st = self._stream
+            if st is not None and st.s == req["s"] and st.ack(req["ack"], req["win"]):
+                self._serve(st)
             return
-        piece = data[off : off + n]
-        chunks = self.tamper(obj, off, piece) if self.tamper else None
-        for o, d in chunks if chunks is not None else [(off, piece)]:
-            self.served[obj] = self.served.get(obj, 0) + len(d)
-            self._send(otaproto.encode_chunk(seq, o, d, tag, last=o + len(d) >= len(data)))
+        self.requests += 1
+        objs = []
+        for name, off, n in req["objs"]:
+            key = name if name == "manifest" else next((k for k in o.blobs if k.startswith(name)), None)
+            data = o.objects.get(key) if key is not None else None
+            tag = bytes.fromhex(sha256(o.manifest) if name == "manifest" else name)[:8]
+            if key is None or data is None or off + n > len(data):
+                self._stream = None
+                self._send(otaproto.encode_chunk(req["s"], 0, 0, 0, b"no such object", tag, error=True))
+                return
+            objs.append([key, tag, off, off + n])
+        self._stream = otaproto.Stream(req["s"], objs, req["chunk"], req["win"])
+        self._serve(self._stream)
+
+    def _serve(self, st: otaproto.Stream) -> None:
+        """Send what the stream's window allows, each chunk through tamper."""
+        for idx, key, tag, off, n, pos, last in st.chunks():
+            data = self.offer_.objects[key]
+            piece = data[off : off + n]
+            chunks = self.tamper(key, off, piece) if self.tamper else None
+            for o, d in chunks if chunks is not None else [(off, piece)]:
+                self.served[key] = self.served.get(key, 0) + len(d)
+                self._send(otaproto.encode_chunk(st.s, idx, pos + o - off, o, d, tag, last=last))
 
     def _send(self, chunk: bytes) -> None:
         self.c.publish(f"pb/{self.dev}/ota/chunk", chunk, qos=0)

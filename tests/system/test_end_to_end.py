@@ -328,7 +328,7 @@ def test_a_config_outside_its_schema_stops_the_boot_naming_the_key(
     dev.start()
     try:
         wait_for(
-            lambda: "config: 'ota_chunk' must be an integer within 16..4096, not 8192" in dev.output(),
+            lambda: "config: 'ota_chunk' must be an integer within 64..4096, not 8192" in dev.output(),
             15,
             what="the config error",
         )

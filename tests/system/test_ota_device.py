@@ -43,7 +43,12 @@ def test_update_to_release_2_on_micropython_128k(
     srv = serve(mosquitto, device, offer_of(release2, keys))
     try:
         t0 = time.monotonic()
-        done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+        try:
+            done = srv.wait_for(("committed", "failed", "rolled_back"), 90)
+        except AssertionError:
+            raise AssertionError(
+                f"no outcome; statuses {srv.seen[:6]}; device: {device.output()[-3000:]}"
+            ) from None
         record_property("update_s", round(time.monotonic() - t0, 2))
         assert done["state"] == "committed", (done, srv.seen, device.output()[-3000:])
         states = [s["state"] for s in srv.seen]

@@ -9,16 +9,17 @@
 # without fetching verified bytes again.
 # Loaded only while an update is under way.
 #
-# The transport is a function request(update_id, obj, off, length, seq)
-# whose chunks come back through on_chunk(payload): MQTT, BLE or serial.
+# The transport is a function request(msg) that sends a request or an
+# acknowledgement (pb/ota/transfer.py's Receiver builds both) and whose
+# chunks come back through on_chunk(payload): MQTT, BLE or serial.
 import json
 import os
 
-from .. import API
 from ..compat import (
     TimeoutError,
     asyncio,
     collect,
+    const,
     forget,
     format_exception,
     fsync,
@@ -31,11 +32,11 @@ from ..compat import (
 from ..errors import ProtocolError, StoreError, TrustError
 from . import files, flash
 from .report import status
-from .transfer import FLAG_ERROR, check_offer, decode_chunk
+from .transfer import Receiver, check_offer, is_hex64, is_int
 
-DEADLINE_S = 900  # an update not downloaded this long after its offer fails
-BATTERY_MIN = 30  # % of charge below which an update waits (ota_battery_min)
-BUSY_MAX_S = 3600  # the longest an update waits for busy features (ota_busy_max_s)
+_DEADLINE_S = const(900)  # an update not downloaded this long after its offer fails
+_BATTERY_MIN = const(30)  # % of charge below which an update waits (ota_battery_min)
+_BUSY_MAX_S = const(3600)  # the longest an update waits for busy features (ota_busy_max_s)
 # What the first check of a manifest's signatures loads, let go after (its
 # RAM is the download's; tests/firmware/test_module_lists.py checks these)
 CHECK_MODULES = (
@@ -82,11 +83,6 @@ class _CheckAtBoot(Exception):
     pass
 
 
-def _version(envelope):
-    """The version of a freshness envelope (signed, not checked here)."""
-    return json.loads(envelope["signed"])["version"]
-
-
 def unhex(s):
     return bytes(int(s[i : i + 2], 16) for i in range(0, len(s), 2))
 
@@ -95,7 +91,7 @@ class Agent:
     """One device's update agent while it runs.
 
     model, counter: the device's model and the release counter it runs;
-    request(uid, obj, off, len, seq): asks the gateway for bytes;
+    request(msg): sends a request or acknowledgement to the gateway;
     report(status dict); now(): Unix time; link_up() -> bool; fault(name):
     a power-cut point for tests (no-op on a board); on_staged(): asks for
     the reset. With once, run() returns when its update ends instead of
@@ -119,25 +115,24 @@ class Agent:
         self.on_staged = None
         self.once = False
         self.restart = None  # why update mode must start afresh: "ram" or "check"
-        self.chunk = 2048
-        self.window = 2
+        self.chunk = 4096
+        self.window = 8  # chunks a stream starts with unacknowledged (at most 32)
         self.timeout_ms = 3000  # first wait for an answer; doubles per try
         self.tries = 8
-        self.deadline_s = DEADLINE_S
+        self.deadline_s = _DEADLINE_S
         self.battery = None
-        self.battery_min = BATTERY_MIN
+        self.battery_min = _BATTERY_MIN
         self.busy = None  # why a feature is busy now, or None (the runtime's features.busy)
-        self.busy_max_s = BUSY_MAX_S
+        self.busy_max_s = _BUSY_MAX_S
         self.device = None
         self.caps = {}
         self.partition = lambda: None  # the board's esp32.Partition class, if it has one
         self.tick = None
         self.stats = {"chunks": 0, "dropped": 0, "retries": 0}
+        self.check_ms = 0  # spent checking signatures in this run
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
-        self._out = {}  # seq -> [offset, length, sent_at, tries]
-        self._sink = None  # [tag, file, next offset]
-        self._seq = 0
+        self._sink = None  # where chunks go: the Receiver of the stream under way
         self._error = None
         self._cancel = None  # (update id, reason)
         self.job = flash.read_job(base, "downloading")
@@ -166,7 +161,10 @@ class Agent:
             # gateway renews it while the update waits, deferred) replaces
             # the job's: the install checks it as it checks the first
             try:
-                if _version(msg["freshness"]) > _version(job["freshness"]):
+                if (
+                    json.loads(msg["freshness"]["signed"])["version"]
+                    > json.loads(job["freshness"]["signed"])["version"]
+                ):
                     job["freshness"] = msg["freshness"]
                     self.save_job()
             except (ValueError, KeyError, TypeError, StoreError):
@@ -233,32 +231,37 @@ class Agent:
         flash.write_job(self.base, self.job)
 
     def on_chunk(self, payload):
-        """A chunk; a wrong, late, repeated or out-of-order one is dropped
-        (what is missing is asked for again)."""
-        try:
-            flags, seq, off, tag, data = decode_chunk(payload)
-        except ProtocolError:
-            flags = -1
-        req = self._out.get(seq) if flags >= 0 else None
-        s = self._sink
-        if req is None or s is None or tag != s[0] or off != req[0] or off != s[2]:
+        """A chunk: kept if it is the next byte of the stream under way;
+        a loss or a corrupt one asks again from there; anything else (a
+        repeat, another stream's) is dropped."""
+        rx = self._sink
+        got = rx.feed(payload) if rx is not None else None
+        if got is None:
             self.stats["dropped"] += 1
             return
-        if flags & FLAG_ERROR:
-            try:
-                self._error = bytes(data).decode("utf-8")[:120]
-            except ValueError:  # (UnicodeError) the gateway's words, not readable
-                self._error = "an error the gateway could not put in UTF-8"
-        elif len(data) != req[1]:
-            self.stats["dropped"] += 1
-            return
+        if got is True:
+            self.stats["retries"] += 1
+            rx.ts = ticks_add(ticks_ms(), rand_below(200))
+            self.request(rx.request())
+        elif isinstance(got, str):
+            self._error = got
         else:
-            del self._out[seq]
-            s[1].write(data)
-            s[1].flush()
-            s[2] += len(data)
+            o = rx.objs[got[0]]
+            f = o[6]
+            if f is None:
+                f = o[6] = open(o[4], "ab" if got[1] > o[5] else "wb")
+            f.write(got[2])
+            f.flush()
+            rx.ts = ticks_ms()
             self.stats["chunks"] += 1
+            if o[2] == o[3]:
+                fsync(f)
+                f.close()
+                o[6] = None
             self.fault("chunk")
+            ack = rx.ack()
+            if ack is not None:
+                self.request(ack)
         self._arrived.set()
 
     # ---- the loop ----------------------------------------------------------
@@ -296,7 +299,7 @@ class Agent:
             except Failed as exc:
                 reason = str(exc)
             except (OSError, StoreError, ValueError) as exc:
-                reason = "storage: " + format_exception(exc)
+                reason = "storage: %s" % format_exception(exc)
                 clean = False
             self._close()
             if self.job is job:  # (a replaced one was reported when replaced)
@@ -332,7 +335,7 @@ class Agent:
         mpath = stage + "manifest.json"
         if files.size(mpath) != job["size"] or files.file_sha256(mpath)[1] != job["manifest"]:
             files.remove(mpath)
-            await self.fetch(uid, "manifest", job["manifest"], mpath, job["size"], job)
+            await self.fetch(uid, job, [("manifest", job["manifest"], mpath, job["size"], 0)])
             if files.file_sha256(mpath)[1] != job["manifest"]:
                 files.remove(mpath)
                 raise Failed("mismatch: the manifest is not the one offered")
@@ -346,27 +349,50 @@ class Agent:
             raise Failed("no_space: the update needs %d bytes of flash, %d are free" % (head["need"], free))
         try:
             done = 0
-            for f in needed:
-                sha = f["sha256"]
-                staged = stage + sha
-                if files.size(staged) != f["size"] or files.file_sha256(staged, f["size"])[1] != sha:
-                    self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
+            f = True
+            while f is not None:
+                # the next blobs this device lacks, in one stream: 16, or 4 in
+                # update mode (each holds its entry in RAM while it comes)
+                batch = []  # type: list[dict]
+                while len(batch) < (4 if self.once else 16):
+                    f = next(needed, None)
+                    if f is None:
+                        break
+                    staged = stage + f["sha256"]
+                    if (
+                        files.size(staged) == f["size"]
+                        and files.file_sha256(staged, f["size"])[1] == f["sha256"]
+                    ):
+                        done += f["zsize"]
+                    else:
+                        batch.append(f)
+                if not batch:
+                    continue
+                self.report("downloading", uid, bytes=done, total=total, counter=job["counter"])
+                objs = []
+                for e in batch:
+                    objs.append((e["zsha256"], e["zsha256"], stage + e["sha256"] + ".z", e["zsize"], 0))
+                await self.fetch(uid, job, objs)
+                # each staged once the stream is over: inflating wants its
+                # window in one piece, on a heap the chunks have left
+                objs = e = None
+                collect()
+                for e in batch:
+                    staged = stage + e["sha256"]
                     z = staged + ".z"
-                    await self.fetch(uid, f["zsha256"], f["zsha256"], z, f["zsize"], job)
-                    if files.file_sha256(z, f["zsize"]) != (f["zsize"], f["zsha256"]):
+                    if files.file_sha256(z, e["zsize"]) != (e["zsize"], e["zsha256"]):
                         files.remove(z)
-                        raise Failed("mismatch: %s: the bytes received are not the ones signed" % f["path"])
-                    n, digest = files.inflate(z, staged + ".tmp", f["size"])
-                    if (n, digest) != (f["size"], sha):
+                        raise Failed("mismatch: %s: the bytes received are not the ones signed" % e["path"])
+                    n, digest = files.inflate(z, staged + ".tmp", e["size"])
+                    if (n, digest) != (e["size"], e["sha256"]):
                         files.remove(staged + ".tmp")
-                        raise Failed(
-                            "mismatch: %s is %s than signed"
-                            % (f["path"], "longer" if n > f["size"] else "other")
-                        )
+                        if n > e["size"]:
+                            raise Failed("mismatch: %s is longer than signed" % e["path"])
+                        raise Failed("mismatch: %s is other than signed" % e["path"])
                     os.rename(staged + ".tmp", staged)
                     files.remove(z)
                     self.fault("staged-file")
-                done += f["zsize"]
+                    done += e["zsize"]
         finally:
             needed.close()
         image = head.get("image")
@@ -392,7 +418,7 @@ class Agent:
         job["phase"] = "staged"
         flash.write_job(self.base, job)
         self.fault("staged")
-        self.report("staged", uid, counter=job["counter"])
+        self.report("staged", uid, counter=job["counter"], check_ms=self.check_ms)
         raise _Staged()
 
     def _needs(self, job, mpath):
@@ -426,85 +452,82 @@ class Agent:
         Failed; a MemoryError crashes the runtime on purpose (the download
         goes on in update mode, and the check is made at boot)."""
         collect()
+        t0 = ticks_ms()
         try:
-            from .install import check_release, running
-            from .needs import list_needs
+            from .install import check_job
 
-            with open(mpath, "rb") as f:
-                body = check_release(
-                    self.base, job, (self.device, self.model, self.caps, API), self.counter, f, self.tick
-                )[0]
-            image = body.get("image")
-            if image is not None and self.partition() is None:
-                raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
-            list_needs(self.base, job, body["files"], running(self.base)[0], image)
+            check_job(self, job, mpath)
         except TrustError as exc:
             raise Failed("%s: %s" % (exc.code, exc.message)) from None
         except (ValueError, KeyError, TypeError):
             raise Failed("bad_manifest: the manifest is unreadable") from None
         finally:
-            body = None
             forget(CHECK_MODULES)
+            self.check_ms += ticks_diff(ticks_ms(), t0)
 
-    async def fetch(self, uid, obj, sha, path, total, job, origin=0):
-        """Fetch total bytes of obj from byte origin into path, appending to
-        the bytes already there."""
-        have = files.size(path)
-        if have > total:
-            files.remove(path)
-        have = max(files.size(path), 0)
-        self._sink = [unhex(sha[:16]), open(path, "ab" if have else "wb"), origin + have]
-        self._out = {}
+    async def fetch(self, uid, job, objs):
+        """Fetch objs in one stream: each (obj: "manifest" or a blob's
+        zsha256, sha: its SHA-256, path, size, origin), size bytes of obj
+        from byte origin into path, appended to what path holds already.
+        A silence asks again after ota_timeout_ms, doubled with each try
+        (a dead link is not the gateway's silence)."""
+        want = objs
+        objs = []
+        for w in want:
+            # the Receiver's [name, tag, offset, end], then [path, origin, open file]
+            have = files.size(w[2])
+            if have > w[3]:
+                files.remove(w[2])
+            have = max(files.size(w[2]), 0)
+            name = w[0] if w[0] == "manifest" else w[0][:16]
+            objs.append([name, unhex(w[1][:16]), w[4] + have, w[4] + w[3], w[2], w[4], None])
+        want = None
+        rx = Receiver(self.device, uid, self.chunk, self.window)
         self._error = None
-        nxt = origin + have
-        total += origin
+        self._sink = rx
+        rx.ts = ticks_ms()
         try:
-            while self._sink[2] < total:
+            for o in objs:
+                if o[2] < o[3]:
+                    self.request(rx.request(objs))
+                    break
+            while rx.cur < len(rx.objs):
                 self.check_cancel(uid)
                 if self._error:
-                    raise Failed("gateway: " + self._error)
+                    raise Failed("gateway: %s" % self._error)
                 self._check_deadline(job)
-                if not self._out:
-                    nxt = self._sink[2]  # anything dropped is asked for again
-                while len(self._out) < self.window and nxt < total:
-                    self._ask(uid, obj, nxt, min(self.chunk, total - nxt), 0)
-                    nxt += self.chunk
+                o = objs[rx.cur]
+                if rx.tries > self.tries:
+                    raise Failed(
+                        "stalled: no answer for %s at byte %d after %d tries" % (o[0], o[2], self.tries)
+                    )
                 self._arrived.clear()
                 try:
                     await wait_for_ms(self._arrived.wait(), 250)
                 except TimeoutError:
                     pass
-                self._retry(uid, obj)
-            fsync(self._sink[1])
+                if self._error:
+                    continue
+                now = ticks_ms()
+                if ticks_diff(now, rx.ts) < min(self.timeout_ms << rx.tries, 20000):
+                    continue
+                if not self.link_up():
+                    rx.ts = now
+                    continue
+                self.stats["retries"] += 1
+                rx.ts = ticks_add(now, rand_below(200))
+                self.request(rx.request())
         finally:
             self._close()
 
-    def _ask(self, uid, obj, off, n, tries):
-        self._seq += 1
-        self._out[self._seq] = [off, n, ticks_add(ticks_ms(), rand_below(200) if tries else 0), tries]
-        self.request(uid, obj, off, n, self._seq)
-
-    def _retry(self, uid, obj):
-        now = ticks_ms()
-        up = self.link_up()
-        for seq in list(self._out):
-            off, n, sent, tries = self._out[seq]
-            if ticks_diff(now, sent) < min(self.timeout_ms << tries, 20000):
-                continue
-            if not up:
-                self._out[seq][2] = now  # a dead link is not the gateway's silence
-                continue
-            if tries >= self.tries:
-                raise Failed("stalled: no answer for %s at byte %d after %d tries" % (obj[:12], off, tries))
-            del self._out[seq]
-            self.stats["retries"] += 1
-            self._ask(uid, obj, off, n, tries + 1)
-
     def _close(self):
-        s = self._sink
+        rx = self._sink
         self._sink = None
-        if s is not None:
-            s[1].close()
+        if rx is not None:
+            for o in rx.objs:
+                if o[6] is not None:
+                    o[6].close()
+                    o[6] = None
 
 
 def read_need(base, job):
@@ -544,34 +567,21 @@ def _entries(f):
             line = f.readline()
             if not line:
                 return
-            yield _need_entry(json.loads(line))
+            e = json.loads(line)
+            # what the download uses of an entry: names of staged files, sizes
+            if (
+                not isinstance(e, dict)
+                or not is_hex64(e.get("sha256"))
+                or not is_hex64(e.get("zsha256"))
+                or not _count(e.get("size"))
+                or not _count(e.get("zsize"))
+                or not isinstance(e.get("path"), str)
+            ):
+                raise ValueError("a need list entry is unreadable")
+            yield e
     finally:
         f.close()
 
 
-def _need_entry(f):
-    # what the download uses of an entry: names of staged files, sizes
-    if (
-        not isinstance(f, dict)
-        or not _hex64(f.get("sha256"))
-        or not _hex64(f.get("zsha256"))
-        or not _count(f.get("size"))
-        or not _count(f.get("zsize"))
-        or not isinstance(f.get("path"), str)
-    ):
-        raise ValueError("a need list entry is unreadable")
-    return f
-
-
 def _count(n):
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
-
-
-def _hex64(s):
-    # (its bytes: taking a character out of a string interns it)
-    if not isinstance(s, str) or len(s) != 64:
-        return False
-    for c in s.encode():
-        if not (48 <= c <= 57 or 97 <= c <= 102):
-            return False
-    return True
+    return is_int(n) and n >= 0

@@ -4,13 +4,13 @@
 import hashlib
 import os
 
-from ..compat import MICROPYTHON, fsync
+from ..compat import MICROPYTHON, const, fsync
 from ..errors import StoreError
 from ..store import exists, makedirs
 from .flash import STAGE
 
-_BUF = 512
-_WBITS = 10  # zlib window of the blobs: 1 KB (docs/ota.md)
+_BUF = const(512)
+_WBITS = const(10)  # zlib window of the blobs: 1 KB (docs/ota.md)
 
 
 def size(path):
@@ -90,25 +90,10 @@ def inflated(fi, buf, mv):
                 return
             yield mv[:k]
     else:
-        import zlib  # type: ignore[import-not-found]  # CPython only
+        # (CPython's, apart: its names would take a board's heap)
+        from .zinflate import inflated as cpython
 
-        d = zlib.decompressobj(_WBITS)
-        try:
-            while True:
-                k = fi.readinto(buf)
-                if not k:
-                    break
-                out = d.decompress(mv[:k], _BUF)
-                while out:
-                    yield out
-                    out = d.decompress(d.unconsumed_tail, _BUF) if d.unconsumed_tail else b""
-            tail = d.flush()
-        except zlib.error as exc:
-            raise ValueError("compressed data is invalid: %s" % exc) from None
-        if tail:
-            yield tail
-        if not d.eof:
-            raise ValueError("compressed data is truncated")
+        yield from cpython(fi, buf, mv, _BUF, _WBITS)
 
 
 def remove_tree(path):

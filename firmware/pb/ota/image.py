@@ -116,7 +116,7 @@ async def fetch(agent, uid, job, partition, done, total):
     while at[0] < image["size"]:
         agent.report("downloading", uid, bytes=done + at[1], total=total, counter=job["counter"])
         if files.size(path) < FRAME:
-            await agent.fetch(uid, image["zsha256"], image["zsha256"], path, FRAME, job, at[1])
+            await agent.fetch(uid, job, [(image["zsha256"], image["zsha256"], path, FRAME, at[1])])
         with open(path, "rb") as f:
             n, sha = frame(f.read(FRAME))
         if n > image["zsize"] - at[1] - FRAME:
@@ -125,7 +125,7 @@ async def fetch(agent, uid, job, partition, done, total):
         if n > seg + seg // 16 + 64:  # (more than deflate makes of a segment at worst)
             files.remove(path)
             raise Refused("mismatch: a frame of the image is larger than a segment compresses to")
-        await agent.fetch(uid, image["zsha256"], image["zsha256"], path, FRAME + n, job, at[1])
+        await agent.fetch(uid, job, [(image["zsha256"], image["zsha256"], path, FRAME + n, at[1])])
         if files.file_sha256(path, n, FRAME) != (n, sha):
             files.remove(path)
             raise Refused("mismatch: the image's segment at byte %d is not the one sent" % at[0])

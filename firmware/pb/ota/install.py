@@ -372,3 +372,21 @@ def _copy(src, dst):
                 break
             fo.write(mv[:k])
         fsync(fo)
+
+
+def check_job(agent, job, mpath):
+    """The download agent's check of a staged manifest before any blob is
+    fetched (pb/ota/download.py): its signatures and the offer's freshness
+    statement (check_release), the board's image, then the need list
+    written. Raises TrustError, ValueError, KeyError or TypeError."""
+    from .. import API
+    from .needs import list_needs
+
+    with open(mpath, "rb") as f:
+        body = check_release(
+            agent.base, job, (agent.device, agent.model, agent.caps, API), agent.counter, f, agent.tick
+        )[0]
+    image = body.get("image")
+    if image is not None and agent.partition() is None:
+        raise TrustError("wrong_hardware", "this board cannot update its MicroPython image")
+    list_needs(agent.base, job, body["files"], running(agent.base)[0], image)

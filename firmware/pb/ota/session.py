@@ -77,7 +77,7 @@ def _agent(u):
             d.base,
             d.config["model"],
             b.counter(),
-            lambda uid, obj, off, n, seq: send_request(client, d.id, uid, obj, off, n, seq),
+            lambda msg: send_request(client, msg),
             u.status,
             d.now,
             lambda: client.up,

@@ -51,7 +51,7 @@ async def run(base, config, hal, counter, client=None):
         base,
         config["model"],
         counter,
-        lambda uid, obj, off, n, seq: send_request(client, dev, uid, obj, off, n, seq),
+        lambda msg: send_request(client, msg),
         status,
         hal.time,
         lambda: client.up,
