@@ -110,3 +110,11 @@ def test_what_the_boot_lets_go_was_loaded_and_is_gone(tmp_path: Path) -> None:
     assert got["chosen"].endswith("/features")
     reports = json.loads((dev.path / "ota" / "reports.json").read_text())
     assert [r["state"] for r in reports] == ["failed"] and reports[0]["reason"].startswith("mismatch")
+
+
+def test_the_root_paths_handover_writes_out_are_flashs() -> None:
+    # pb/ota/handover.py names them without importing pb/ota/flash.py (RAM)
+    from firmware.pb.ota import flash
+
+    source = (PB / "ota" / "handover.py").read_text()
+    assert f'"/{flash.ROOT_NEXT}"' in source and f'"/{flash.ROOT_REFUSED}"' in source

@@ -57,7 +57,7 @@ def test_a_cleared_retained_status_is_nothing() -> None:
         ("pb/th-1/ota/req", REQ | {"len": 5000}, False, "bad_value"),
         ("pb/th-1/ota/req", REQ | {"obj": "../../etc/passwd"}, False, "bad_value"),
         ("pb/th-1/ota/req", REQ | {"off": -1}, False, "bad_type"),
-        ("pb/th-1/ota/req", REQ | {"v": 2}, False, "unsupported_version"),
+        ("pb/th-1/ota/req", REQ | {"v": 3}, False, "unsupported_version"),
         ("pb/th-1/ota/status", STATUS | {"state": "done"}, False, "bad_value"),
         ("pb/th-1/ota/status", STATUS | {"reason": 5}, False, "bad_type"),
         ("pb/th-1/ota/req", REQ | {"dev": "th-2"}, False, "spoofed"),

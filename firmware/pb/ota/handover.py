@@ -103,15 +103,16 @@ def _take_root(u, payload):
     import hashlib
 
     from ..store import read_bytes
-    from .flash import ROOT_NEXT, ROOT_REFUSED
 
+    # (pb/ota/flash.py's ROOT_REFUSED and ROOT_NEXT, written out: its module
+    # is more than a fragmented heap may have room for when a root comes)
     d = u.dev
     digest = "".join("%02x" % b for b in hashlib.sha256(payload).digest())
-    if read_bytes(d.base + "/" + ROOT_REFUSED) == digest.encode():
+    if read_bytes(d.base + "/ota/root.refused") == digest.encode():
         d.spare(False)
         d.log("update: a root refused before was sent again: ignored")
         return
-    write_atomic(d.base + "/" + ROOT_NEXT, payload)  # (no copy: RAM is short)
+    write_atomic(d.base + "/ota/root.next.json", payload)  # (no copy: RAM is short)
     d.log("update: a new root came: checking it at boot")
     d.stop("update")
 
