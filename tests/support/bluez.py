@@ -11,15 +11,27 @@ bluezoo (GPL-2.0-only) is only ever run as a process of its own, by its
 console script; nothing here imports it.
 
 Limits of bluezoo 1.0.2 that tests must live with:
-- one connection per run: a second connect after a disconnect is not
-  served, so every test starts its own (start() takes a fraction of a second);
+- one connection per run: a second connect after a disconnect fails
+  (org.freedesktop.DBus.Error.Failed from sd_bus_add_object_vtable, error
+  17: the first link's GATT objects are still exported), so every test
+  starts its own (start() takes a fraction of a second);
 - no notifications after a reconnect;
-- a disconnect by the peripheral is not delivered to the central;
+- a disconnect by the peripheral is not delivered to the central, and one
+  by the central leaves the peripheral's notify characteristic subscribed
+  (StopNotify is not called);
+- errors inside bluezoo's D-Bus methods are logged (bluezoo.log) and
+  answered with success: a GATT application with a property bluezoo does
+  not know (GattService1.Characteristics) is "registered" but absent;
 - no MTU: a write of any length arrives whole;
-- a scan reports a device whose advertisement did not change since the
-  previous scan round by a PropertiesChanged only, which a new scanner may
-  miss: a peripheral changes its service data between rounds (see
-  simulator/ble_peripheral.py) and tests scan with a deadline, not once.
+- a scan round reports a device already known to the scanning adapter only
+  if its advertisement changed (PropertiesChanged), never again as new: a
+  peripheral changes its service data every half second (see
+  simulator/ble_peripheral.py);
+- the first round runs at once on StartDiscovery, before bleak's
+  BleakScanner.start() has returned: a callback registered after start()
+  (BleakScanner.find_device_by_filter, advertisement_data()) misses it and
+  waits for the next round (--scan-interval, 1 s here); scan_for() below
+  hands bleak its callback up front and sees the first round.
 """
 
 from __future__ import annotations
@@ -36,6 +48,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bleak import BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
@@ -248,6 +263,24 @@ class BluezStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def scan_for(service_uuid: str, adapter: str = "hci0", timeout: float = 10.0) -> BLEDevice:
+    """The first device advertising service_uuid that adapter sees (bleak,
+    active scan), with the detection callback given to the scanner before it
+    starts."""
+    found: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
+
+    def seen(device: BLEDevice, adv: AdvertisementData) -> None:
+        if service_uuid in adv.service_uuids and not found.done():
+            found.set_result(device)
+
+    async with BleakScanner(seen, service_uuids=[service_uuid], bluez={"adapter": adapter}):
+        try:
+            return await asyncio.wait_for(found, timeout)
+        except TimeoutError:
+            what = f"{adapter} saw no device advertising {service_uuid} in {timeout}s"
+            raise AssertionError(what) from None
 
 
 def _readline(stream: Any, timeout: float) -> bytes:
