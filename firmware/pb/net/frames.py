@@ -1,0 +1,163 @@
+# The serial carrier's frames (docs/protocol.md 15), sans-I/O: a USB serial
+# port or a UART carries the messages MQTT carries, each a kind (its topic's
+# tail: "hello", "cmd", "ota/chunk"...) and a payload. encode() makes a
+# frame; a Decoder takes the line's bytes as they come and gives back whole
+# messages, passing over what is not a frame (console text, line noise, a
+# frame cut short by a reset). The device and the gateway share it.
+#
+# A frame: FA CE, the body's length (2 bytes, big-endian), that length with
+# every bit inverted, the body (the kind's length in one byte, the kind, the
+# payload), then the body's CRC-32 (4 bytes, big-endian).
+from binascii import crc32
+
+from ..compat import const
+from ..errors import ProtocolError
+
+_M0 = const(0xFA)  # the start marker: FA never occurs in UTF-8 text
+_M1 = const(0xCE)
+_HEAD = const(6)  # marker, length, inverted length
+_MAX_BODY = const(4400)  # an update chunk (4096 + 28), its kind, and room
+_MAX_KIND = const(32)
+_FRAME = const(4410)  # _HEAD + _MAX_BODY + CRC: the most a Decoder holds
+
+
+def _kind(b, i, j):
+    # b[i:j] is a kind: 1-32 visible ASCII characters
+    if not 0 < j - i <= _MAX_KIND:
+        return False
+    for k in range(i, j):
+        if not 0x20 < b[k] < 0x7F:
+            return False
+    return True
+
+
+def _find(b, i, j):
+    # where the first FA of b[i:j] is, or j
+    if isinstance(b, bytes):
+        i = b.find(b"\xfa", i, j)
+        return j if i < 0 else i
+    while i < j and b[i] != _M0:
+        i += 1
+    return i
+
+
+def encode(kind, payload):
+    """The frame of one message (a bytearray, built in one piece). Raises
+    ProtocolError: bad_topic for a kind that is not 1-32 visible ASCII
+    characters, too_large for a body over 4400 bytes."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    k = kind.encode("utf-8")
+    if not _kind(k, 0, len(k)):
+        raise ProtocolError("bad_topic", "frame kind %r" % kind)
+    n = 1 + len(k) + len(payload)
+    if n > _MAX_BODY:
+        raise ProtocolError("too_large", "frame body of %d bytes" % n)
+    out = bytearray(n + 10)
+    out[0] = _M0
+    out[1] = _M1
+    out[2] = n >> 8
+    out[3] = n & 0xFF
+    out[4] = out[2] ^ 0xFF
+    out[5] = out[3] ^ 0xFF
+    out[6] = len(k)
+    out[7 : 7 + len(k)] = k
+    out[7 + len(k) : n + 6] = payload
+    out[n + 6 :] = crc32(memoryview(out)[6 : n + 6]).to_bytes(4, "big")
+    return out
+
+
+class Decoder:
+    """Messages out of a byte stream: feed() the bytes as they come, in
+    pieces of any size, and get the frames completed, in order, as (kind,
+    payload), payload bytes. It holds at most one frame of the largest size,
+    in a buffer taken at the start. Bytes that begin no frame are passed
+    over (counted in skipped); a frame whose header, CRC or kind does not
+    check is dropped (counted in dropped) and the search goes on right
+    after its start marker, so a frame that began inside it is still found.
+    A frame whose CRC checks but whose kind does not is passed over whole."""
+
+    def __init__(self):
+        self.skipped = 0
+        self.dropped = 0
+        # the bytes held, from a start marker on; a bytearray keeps the room
+        # it had when it shrinks (on a board), so this is its only allocation
+        self._buf = bytearray(_FRAME)
+        self._buf[:] = b""
+
+    def feed(self, data):
+        """The frames completed by data (bytes or any buffer), in order."""
+        out = []  # type: list
+        buf = self._buf
+        n = len(data)
+        i = 0
+        while True:
+            need = self._scan(out)
+            if i >= n:
+                return out
+            if need:
+                k = min(need, n - i)
+                buf.extend(memoryview(data)[i : i + k])
+                i += k
+            else:
+                j = _find(data, i, n)
+                self.skipped += j - i
+                if j < n:
+                    buf.append(_M0)
+                    j += 1
+                i = j
+
+    def idle(self):
+        """The line has gone quiet: the frame being read will not be
+        completed. It is dropped, and the frames whole in what it held
+        are given, in order; nothing is held after."""
+        out = []  # type: list
+        while self._scan(out):
+            held = len(self._buf)
+            self._drop(min(held, 2), held > 1)
+        return out
+
+    def _scan(self, out):
+        # frames whole in what is held, appended to out; how many more bytes
+        # the frame being read needs before it can be judged (0: none held)
+        buf = self._buf
+        while True:
+            held = len(buf)
+            if not held:
+                return 0
+            if held < 2:
+                return 1
+            if buf[1] != _M1:
+                self._drop(1, False)  # an FA, not a start marker
+                continue
+            if held < _HEAD:
+                return _HEAD - held
+            n = buf[2] << 8 | buf[3]
+            if buf[4] != buf[2] ^ 0xFF or buf[5] != buf[3] ^ 0xFF or not 1 < n <= _MAX_BODY:
+                self._drop(2, True)
+                continue
+            end = n + 10
+            if held < end:
+                return end - held
+            mv = memoryview(buf)
+            if crc32(mv[_HEAD : end - 4]) != int.from_bytes(mv[end - 4 : end], "big"):
+                del mv  # (CPython resizes no bytearray a view holds)
+                self._drop(2, True)
+                continue
+            k = 7 + buf[6]
+            if k <= n + 6 and _kind(buf, 7, k):
+                out.append((bytes(mv[7:k]).decode(), bytes(mv[k : end - 4])))
+            else:
+                self.dropped += 1
+                self.skipped += end
+            del mv
+            buf[:end] = b""
+
+    def _drop(self, start, frame):
+        # pass over the start of what is held, up to the next FA from start on
+        buf = self._buf
+        if frame:
+            self.dropped += 1
+        j = _find(buf, start, len(buf))
+        self.skipped += j
+        buf[:j] = b""
