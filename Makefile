@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast long chaos rollouts browser homeassistant web bench lint typecheck check clean venv
+.PHONY: demo test test-fast long chaos rollouts browser homeassistant ble web bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -31,7 +31,7 @@ demo: $(STAMP) $(WEB_STAMP)
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
 test: $(STAMP) $(WEB_STAMP) system-deps
-	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant"
+	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble"
 
 # The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
 # its own here); screenshots of every page go to test-output/screenshots.
@@ -59,6 +59,12 @@ homeassistant: $(STAMP) $(HA_STAMP) system-deps
 # the slowest system tests (broker restarts, attacks that wait out deadlines, both forms)
 long: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m long
+
+# Bluetooth LE without a radio: bleak and the simulator's GATT peripheral through bluezoo (a
+# BlueZ stand-in, run as its own process) on a private D-Bus system bus (tests/support/bluez.py)
+ble: $(STAMP) system-deps
+	@sh .ci/system-deps dbus:dbus-daemon
+	$(BIN)/python -m pytest -q -m ble
 
 # Rollouts on fleets of 200 simulated devices (docs/rollouts.md)
 rollouts: $(STAMP) system-deps
