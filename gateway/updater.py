@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from firmware.pb.peer import protocol as proto
-from firmware.pb.peer.ota_transfer import UPDATE_ID_LEN, Stream, encode_chunk
+from firmware.pb.peer.ota_transfer import MAX_WINDOW, UPDATE_ID_LEN, Stream, encode_chunk
 from ota.errors import KeyStoreError
 from ota.keys import ROOT_FILE, Keys, freshness, load_keys
 
@@ -65,6 +65,9 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 
 NO_KEYS = "this gateway has no keys: start it with --keys DIR"
 OUTBOX = 1024  # chunks waiting to be sent; more are dropped (the device asks again)
+# of which one device's: a window of the stream it asked for last and one of the stream
+# before it (one device asking again and again does not crowd out the others' chunks)
+OUTBOX_PER_DEVICE = 2 * MAX_WINDOW
 _WATCH_S = 1.0
 RECONCILE_S = 2.0  # after a (re)connect: time for the broker's retained messages to arrive
 
@@ -260,6 +263,7 @@ class Updater:
         self._active: dict[str, Update] = {u.device: u for u in self.table.in_progress()}
         self._dirty: set[str] = set()
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
+        self._waiting: dict[str, int] = {}  # device -> its chunks in the outbox
         self._last_version = self.table.last_freshness()
         self._renewing: set[str] = set()  # updates whose statement is being renewed
         self._streams: dict[str, tuple[str, Stream]] = {}  # device -> (update id, its stream)
@@ -644,6 +648,9 @@ class Updater:
             return
         served = 0
         for idx, key, tag, off, n, pos, last in stream.chunks():
+            if self._waiting.get(dev, 0) >= OUTBOX_PER_DEVICE:
+                self.stats["dropped"] += 1  # (not read: it could not be queued)
+                continue
             try:
                 data = self.releases.read(release, key, off, n)
             except OSError as exc:
@@ -675,10 +682,23 @@ class Updater:
             self._dirty.add(dev)
 
     def _queue(self, dev: str, payload: bytes) -> None:
+        waiting = self._waiting.get(dev, 0)
+        if waiting >= OUTBOX_PER_DEVICE:
+            self.stats["dropped"] += 1
+            return
         try:
             self._outbox.put_nowait((proto.topic(dev, "ota/chunk"), payload))
         except asyncio.QueueFull:
             self.stats["dropped"] += 1
+            return
+        self._waiting[dev] = waiting + 1
+
+    def _taken(self, topic: str) -> None:
+        """A chunk for topic's device left the outbox."""
+        dev = topic.split("/")[1]
+        waiting = self._waiting.pop(dev, 0) - 1
+        if waiting > 0:
+            self._waiting[dev] = waiting
 
     def _on_request_v1(self, dev: str, req: dict[str, Any]) -> None:
         """Answer a version 1 request with one chunk, queued."""
@@ -810,6 +830,7 @@ class Updater:
         """Send queued chunks (QoS 0); dropped when the broker is away."""
         while True:
             topic, payload = await self._outbox.get()
+            self._taken(topic)
             publish = self.publish
             if publish is None:
                 self.stats["dropped"] += 1

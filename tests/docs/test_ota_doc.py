@@ -723,6 +723,7 @@ def _limit_sources() -> dict[str, Any]:
         "updates._MAX_ERROR": gw_updates._MAX_ERROR,
         "updates.MAX_REASON": gw_updates.MAX_REASON,
         "updater.OUTBOX": gw_updater.OUTBOX,
+        "updater.OUTBOX_PER_DEVICE": gw_updater.OUTBOX_PER_DEVICE,
         "updates.DEFAULT_DEADLINE_S": gw_updates.DEFAULT_DEADLINE_S,
         "updates.DEFAULT_FRESHNESS_TTL_S": gw_updates.DEFAULT_FRESHNESS_TTL_S,
         "runtime.MAX_PACKET": runtime.MAX_PACKET,

@@ -11,6 +11,9 @@ import pytest
 from gateway.ingest import Accepted, Rejected, classify_ota, is_ota_topic
 
 REQ = {"v": 1, "dev": "th-1", "id": "a1b2c3d4e5f6", "obj": "manifest", "off": 0, "len": 512, "seq": 1}
+STREAM = {"v": 2, "dev": "th-1", "id": "a1b2c3d4e5f6", "s": 7, "objs": [["manifest", 0, 512]], "win": 8,
+          "chunk": 4096}  # fmt: skip
+ACK = {"v": 2, "dev": "th-1", "id": "a1b2c3d4e5f6", "s": 7, "ack": 4096, "win": 9}
 STATUS = {"v": 1, "dev": "th-1", "id": "a1b2c3d4e5f6", "state": "downloading", "bytes": 1, "total": 2}
 
 
@@ -30,6 +33,8 @@ def test_only_update_topics_are_routed_here() -> None:
 
 def test_a_request_and_a_status_are_accepted() -> None:
     assert judge("pb/th-1/ota/req", REQ) == Accepted("th-1", "ota/req", REQ)
+    assert judge("pb/th-1/ota/req", STREAM) == Accepted("th-1", "ota/req", STREAM)
+    assert judge("pb/th-1/ota/req", ACK) == Accepted("th-1", "ota/req", ACK)
     assert judge("pb/th-1/ota/status", STATUS, retain=True) == Accepted("th-1", "ota/status", STATUS)
 
 
@@ -58,6 +63,13 @@ def test_a_cleared_retained_status_is_nothing() -> None:
         ("pb/th-1/ota/req", REQ | {"obj": "../../etc/passwd"}, False, "bad_value"),
         ("pb/th-1/ota/req", REQ | {"off": -1}, False, "bad_type"),
         ("pb/th-1/ota/req", REQ | {"v": 3}, False, "unsupported_version"),
+        ("pb/th-1/ota/req", REQ | {"v": 2}, False, "bad_type"),  # (version 1's fields: no stream)
+        ("pb/th-1/ota/req", STREAM | {"objs": [["manifest", 0, 512]] * 17}, False, "bad_value"),
+        ("pb/th-1/ota/req", STREAM | {"ack": 0}, False, "bad_value"),
+        ("pb/th-1/ota/req", ACK | {"win": 0}, False, "bad_value"),
+        ("pb/th-1/ota/req", STREAM | {"dev": "th-2"}, False, "spoofed"),
+        ("pb/th-1/ota/req", ACK | {"dev": "th-2"}, False, "spoofed"),
+        ("pb/th-9/ota/req", STREAM | {"dev": "th-9"}, False, "unknown_device"),
         ("pb/th-1/ota/status", STATUS | {"state": "done"}, False, "bad_value"),
         ("pb/th-1/ota/status", STATUS | {"reason": 5}, False, "bad_type"),
         ("pb/th-1/ota/req", REQ | {"dev": "th-2"}, False, "spoofed"),

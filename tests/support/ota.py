@@ -3,8 +3,9 @@ over a real broker with the device's own credentials (paho), and the
 gateway process started with keys.
 
 OtaDevice speaks the wire protocol only: it announces itself (hello, state),
-takes offers, asks for bytes chunk by chunk, checks what it gets, and
-reports statuses. It does not install anything; the real device agent is
+takes offers, asks for bytes chunk by chunk (version 1) or as a windowed
+stream (version 2, with the device's own Receiver), checks what it gets,
+and reports statuses. It does not install anything; the real device agent is
 firmware/pb/ota/download.py.
 """
 
@@ -64,7 +65,7 @@ class OtaDevice:
     ) -> None:
         """A retained hello (with what it runs) and state online; with root,
         a hello of protocol level 2 naming the root it trusts."""
-        msg = {
+        msg: dict[str, Any] = {
             "v": 1,
             "dev": self.id,
             "model": model,
@@ -167,6 +168,58 @@ class OtaDevice:
             assert bool(flags & FLAG_LAST) == (len(data) == size), "the last flag is wrong"
         assert hashlib.sha256(data).hexdigest() == sha256, f"{obj[:16]} is not what was offered"
         return data
+
+    def send(self, payload: bytes | str) -> None:
+        """Anything, as a request (QoS 0, as the device sends them)."""
+        self.client.publish(self.topic("ota/req"), payload, qos=0)
+
+    def stream(
+        self,
+        uid: str,
+        objs: list[tuple[str, int, str]],
+        win: int = 8,
+        chunk: int = 4096,
+        timeout: float = 2.0,
+        tries: int = 8,
+    ) -> list[bytes]:
+        """Whole objects, each (obj, size, sha256) as fetch() takes them, over
+        one version 2 stream (docs/ota.md 3.2, 3.3) as the device takes
+        it: firmware/pb/ota/transfer.py's Receiver, acknowledging every half
+        window, asking again from what it holds after a loss or a silence.
+        Each object's SHA-256 is checked. Raises ErrorChunk with the
+        gateway's reason, AssertionError after tries silences in a row."""
+        rx = otaproto.Receiver(self.id, uid, chunk, win)
+        wanted = [[o if o == "manifest" else o[:16], bytes.fromhex(h)[:8], 0, n] for o, n, h in objs]
+        got = [bytearray() for _ in objs]
+        msg: dict[str, Any] | None = rx.request(wanted)
+        silences = 0
+        while True:
+            if msg is not None:
+                self.send(json.dumps(msg))
+                msg = None
+            if rx.cur >= len(objs):
+                break
+            m = self._take(lambda m: m[0] == self.topic("ota/chunk"), timeout)
+            if m is None:
+                silences += 1
+                assert silences < tries, f"no chunk of stream {rx.seq} after {tries} requests"
+                msg = rx.request()
+                continue
+            what = rx.feed(m[1])
+            if isinstance(what, str):
+                raise ErrorChunk(what)
+            if what is True:
+                msg = rx.request()
+            elif what is not None:
+                j, off, data = what
+                assert off == len(got[j]), "a chunk kept out of order"
+                got[j] += bytes(data)
+                silences = 0
+                msg = rx.ack()
+        out = [bytes(b) for b in got]
+        for (obj, _, sha256), data in zip(objs, out, strict=True):
+            assert hashlib.sha256(data).hexdigest() == sha256, f"{obj[:16]} is not what was offered"
+        return out
 
 
 def accept_offer(
