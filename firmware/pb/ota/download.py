@@ -418,7 +418,7 @@ class Agent:
         job["phase"] = "staged"
         flash.write_job(self.base, job)
         self.fault("staged")
-        self.report("staged", uid, counter=job["counter"], check_ms=self.check_ms)
+        self.report("staged", uid, counter=job["counter"], check_ms=self.check_ms + job.get("check_ms", 0))
         raise _Staged()
 
     def _needs(self, job, mpath):

@@ -99,7 +99,7 @@ class Receiver:
         self.map = []  # indexes in objs of the stream's objects
         self.cur = 0  # index in objs of the object being received
         self.pos = 0  # bytes of the stream held
-        self.acked = 0
+        self.acked = 0  # chunks kept since the last acknowledgement
         self.tries = 0  # requests since the last byte held
         self.ts = ticks_ms()  # the caller's: when the last byte came
 
@@ -167,6 +167,7 @@ class Receiver:
                 return True  # one before it went missing, or not what was asked for
             o[2] += len(data)
             self.pos += len(data)
+            self.acked += 1
             self.tries = 0
             got = j, off, data
         while self.cur < len(self.objs) and self.objs[self.cur][2] >= self.objs[self.cur][3]:
@@ -174,12 +175,12 @@ class Receiver:
         return got
 
     def ack(self):
-        """The acknowledgement due now (every half window), or None. Every
-        loss asks again, so one due grows the window."""
-        if self.cur >= len(self.objs) or self.pos - self.acked < max(1, self.win >> 1) * self.chunk:
+        """The acknowledgement due now (every half window of chunks kept), or
+        None. Every loss asks again, so one due grows the window."""
+        if self.cur >= len(self.objs) or self.acked < max(1, self.win >> 1):
             return None
         self.win = min(self.win + 1, 32)
-        self.acked = self.pos
+        self.acked = 0
         return {"v": 2, "dev": self.dev, "id": self.uid, "s": self.seq, "ack": self.pos, "win": self.win}
 
 

@@ -167,7 +167,8 @@ def _check_v2(msg):
 class Stream:
     """The gateway's side of one stream of one device: objs ([key, tag,
     offset, end] each, from the request), the chunk size and window it
-    asked for. chunks() says what the window allows now; ack() moves it."""
+    asked for. chunks() says what the window allows now: at most win chunks
+    beyond the byte last acknowledged; ack() moves it."""
 
     def __init__(self, s, objs, chunk, win):
         self.s = s
@@ -177,6 +178,7 @@ class Stream:
         self.i = 0  # the object being sent
         self.pos = 0  # stream bytes sent
         self.acked = 0
+        self.out = []  # stream positions where the chunks not yet acknowledged end
 
     def ack(self, pos, win):
         """An acknowledgement: True if it moved the window (one of an
@@ -185,6 +187,7 @@ class Stream:
             return False
         self.acked = pos
         self.win = win
+        self.out = [e for e in self.out if e > pos]
         return True
 
     def done(self):
@@ -192,19 +195,19 @@ class Stream:
 
     def chunks(self):
         """[(idx, key, tag, offset, n, pos, last)] the window allows now."""
-        out = []
-        limit = self.acked + self.win * self.chunk
-        while self.i < len(self.objs) and self.pos < limit:
+        got = []
+        while self.i < len(self.objs) and len(self.out) < self.win:
             o = self.objs[self.i]
             n = min(self.chunk, o[3] - o[2])
-            out.append(
+            got.append(
                 (self.i, o[0], o[1], o[2], n, self.pos, o[2] + n == o[3] and self.i == len(self.objs) - 1)
             )
             o[2] += n
             self.pos += n
+            self.out.append(self.pos)
             if o[2] >= o[3]:
                 self.i += 1
-        return out
+        return got
 
 
 def check_status(msg):
