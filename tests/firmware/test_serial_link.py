@@ -65,28 +65,42 @@ pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs soc
 
 class Line:
     """Two ptys joined by socat, at fixed paths: dev for the device, gw for
-    the gateway. Killing socat pulls the cable: both ptys hang up, and the
-    links stay behind, pointing at nothing."""
+    the gateway. Killing socat pulls the cable: both ptys hang up, and their
+    paths go, as a USB adapter's device node goes with it (a link left
+    behind would name whatever pty the system makes next under its number)."""
 
     def __init__(self, folder: Path) -> None:
         self.dev = str(folder / "dev")
         self.gw = str(folder / "gw")
+        self.log = folder / "socat.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def plug(self) -> None:
-        self.proc = subprocess.Popen(
-            ["socat", f"PTY,link={self.dev},raw,echo=0", f"PTY,link={self.gw},raw,echo=0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: os.path.exists(self.dev) and os.path.exists(self.gw), 5, what="socat's ptys")
+        # the device's path appears once socat has set both ptys up: socat
+        # makes its link before it sets its pty raw (VMIN 1), which would
+        # undo the device's VMIN 0 had the device opened it in between
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *("socat", "-d", "-d"),
+                    f"PTY,link={self.dev}.new,raw,echo=0",
+                    f"PTY,link={self.gw},raw,echo=0",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        wait_for(lambda: b"starting data transfer loop" in self.log.read_bytes(), 5, what="socat's ptys")
+        os.rename(self.dev + ".new", self.dev)
 
     def pull(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+        for path in (self.dev, self.gw):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 class GatewayEnd(serial.Serial):  # type: ignore[misc]  # (pyserial has no types)
@@ -211,6 +225,83 @@ def test_a_serial_link_carries_frames_both_ways_and_comes_back_after_the_cable(
         with contextlib.suppress(ProcessLookupError):
             dev.kill()
         dev.wait(10)
+
+
+# The device again, its event loop timed while it sends more than a line
+# takes: 400 messages of 1 KB, one each 10 ms, to a gateway that reads none
+# of them for 2 s.
+FLOOD = """
+import sys, json
+import asyncio
+from pb.compat import sleep_ms, ticks_diff, ticks_ms
+from pb.net.serial_link import SerialLink
+
+link = SerialLink("d1", sys.argv[1], queue_size=16)
+worst = [0]
+
+
+async def ticker():
+    last = ticks_ms()
+    while True:
+        await sleep_ms(10)
+        now = ticks_ms()
+        worst[0] = max(worst[0], ticks_diff(now, last))
+        last = now
+
+
+async def main():
+    asyncio.create_task(ticker())
+    asyncio.create_task(link.run())
+    for i in range(400):
+        link.publish("pb/d1/telemetry", b"%04d" % i + b"t" * 1000)
+        await sleep_ms(10)
+    while link.pending():
+        await sleep_ms(10)
+    print(json.dumps({"worst_ms": worst[0], "stats": link.stats}))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("interpreter", list(INTERPRETERS.values()), ids=list(INTERPRETERS))
+def test_a_gateway_that_does_not_read_holds_back_messages_and_not_the_device(
+    interpreter: list[str], line: Line, tmp_path: Path
+) -> None:
+    fw = tmp_path / "fw"
+    shutil.copytree(FIRMWARE_PB, fw / "pb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (fw / "device.py").write_text(FLOOD)
+    gw = GatewayEnd(line.gw, timeout=0.05)
+    try:
+        dev = subprocess.Popen(
+            [*interpreter, "device.py", line.dev],
+            cwd=fw,
+            env={"MICROPYPATH": f"{fw}:.frozen", "PYTHONPATH": str(fw), "PATH": "/usr/bin:/bin"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(2)  # (the ptys and socat hold some 30 KB: the rest waits)
+        dec = Decoder()
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + 20
+        while dev.poll() is None and time.monotonic() < deadline:
+            got += dec.feed(gw.read(65536))
+        got += dec.feed(gw.read(65536))
+        out, _ = dev.communicate(timeout=10)
+    finally:
+        gw.close()
+        with contextlib.suppress(ProcessLookupError):
+            dev.kill()
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["worst_ms"] < 250, report  # (blocking writes held it for as long as the gateway)
+    stats = report["stats"]
+    assert stats["dropped"] > 0 and stats["sent"] + stats["dropped"] == 400, stats
+    # what went out came whole and in order
+    assert dec.skipped == 0 and dec.dropped == 0
+    numbers = [int(p[:4]) for _, p in got]
+    assert len(numbers) == stats["sent"] and numbers == sorted(numbers) and numbers[-1] == 399
+    assert all(k == "telemetry" and p[4:] == b"t" * 1000 for k, p in got)
 
 
 async def test_a_port_that_is_not_a_serial_port_is_tried_again_until_closed(tmp_path: Path) -> None:
