@@ -1,0 +1,339 @@
+# The device's serial carrier (docs/protocol.md 15): the messages MQTT
+# carries, in frames (pb/net/frames.py) on a serial port, behind the MQTT
+# client's interface (pb/net/mqtt_client.py) so that the runtime and update
+# mode can use either. A port is a path: a USB serial adapter or a UART
+# under Linux (/dev/ttyUSB0, /dev/ttyACM0), or a pty. Runs unchanged on
+# MicroPython's unix port and on CPython (the simulator).
+#
+# The unix port has no fcntl and no os.open: a port cannot be made
+# non-blocking, and a read of a blocking tty waits until the whole buffer
+# is filled, event loop and all. So the line is set raw with VMIN 0 and
+# VTIME 0 (termios, which both have): a read then returns what has arrived,
+# at once, and the event loop tells when there is some (MicroPython:
+# asyncio.StreamReader over the file; CPython: loop.add_reader). A read that
+# returns nothing after the loop said there was something is a hang-up:
+# the cable was pulled (a pty: its other side closed), and the port is
+# opened again, with backoff, until it comes back.
+#
+# Writes block too: a frame goes out in pieces, each once poll() says the
+# port takes more, so a gateway that does not read holds back the messages
+# (queued, the oldest QoS 0 ones dropped first) and not the device.
+import select
+
+from ..compat import (
+    MICROPYTHON,
+    TimeoutError,
+    asyncio,
+    const,
+    format_exception,
+    rand_below,
+    sleep_ms,
+    ticks_diff,
+    ticks_ms,
+    wait_for_ms,
+)
+from ..errors import ProtocolError
+from . import wire
+from .frames import Decoder, encode
+
+_READ = const(256)  # bytes one read takes, into a buffer reused
+_PIECE = const(256)  # bytes one write gives: a tty that polls writable takes that much
+_FULL = const(20)  # ms between looks at a port that takes no more
+_VTIME = const(5)  # Linux's c_cc indexes (MicroPython's termios names neither)
+_VMIN = const(6)
+
+
+def _open(port, baud):
+    # the port, raw, at baud, its reads returning at once (VMIN 0, VTIME 0)
+    import termios  # type: ignore[import-not-found]  # (the unix port and CPython have it)
+
+    if MICROPYTHON:
+        # (MicroPython cannot ask for O_NOCTTY: a process that leads its
+        # session and has no terminal takes the port as its controlling
+        # one, and a hang-up then kills it with SIGHUP; run it under a
+        # parent, as firmware/main.py does, or with SIGHUP ignored)
+        f = open(port, "r+b", buffering=0)
+    else:
+        import os
+
+        f = open(os.open(port, os.O_RDWR | os.O_NOCTTY), "r+b", buffering=0)  # type: ignore[attr-defined]
+    try:
+        fd = f.fileno()
+        if MICROPYTHON:
+            termios.setraw(fd)
+        else:
+            import tty  # type: ignore[import-not-found]  # CPython only
+
+            tty.setraw(fd)
+        a = termios.tcgetattr(fd)
+        cc = a[6]
+        cc[getattr(termios, "VMIN", _VMIN)] = 0
+        cc[getattr(termios, "VTIME", _VTIME)] = 0
+        a[4] = a[5] = getattr(termios, "B%d" % baud)
+        termios.tcsetattr(fd, termios.TCSANOW, a)
+    except BaseException as exc:
+        f.close()
+        if isinstance(exc, getattr(termios, "error", OSError)):
+            raise OSError(*exc.args)  # (CPython's termios.error is none: not a tty, say)
+        raise
+    return f
+
+
+class SerialLink:
+    """The device's end of a serial line, as MQTTClient is its broker link:
+    publish() queues, run() owns the port; callbacks on_message(topic,
+    payload, retain), on_up(), on_down(reason) and birth() -> [(topic,
+    payload, qos, retain)], sent first every time the line comes up.
+
+    A message's frame carries its topic's tail after pb/<device>/; a frame
+    received is given to on_message as (pb/<device>/<kind>, payload bytes,
+    False) when a subscribe() named that topic. There is no QoS on a line
+    (a frame is sent once); qos only says what the queue drops last, and
+    retain is not carried. The line is up once the port is open."""
+
+    def __init__(
+        self,
+        device,
+        port,
+        baud=115200,
+        queue_size=32,
+        idle_ms=500,
+        backoff_min_ms=250,
+        backoff_max_ms=5000,
+    ):
+        self.port = port
+        self.baud = baud
+        self.queue_size = queue_size
+        self.idle_ms = idle_ms  # a quiet line ends a frame cut short (a frame's time at 115200)
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.on_message = None
+        self.on_up = None
+        self.on_down = None
+        self.birth = None
+        self.on_skipped = None  # (never called: no frame is too large to take)
+        self.up = False
+        self.last_error = None
+        # noise: bytes passed over; bad: frames dropped as corrupt
+        self.stats = {"sent": 0, "received": 0, "dropped": 0, "connects": 0, "noise": 0, "bad": 0}
+        self._prefix = wire.topic(device, "")
+        self._subs = []
+        self._queue = []  # [(frame, qos)], oldest first
+        self._out = None  # the entry being written: back to the queue's front if the line goes
+        self._wake = asyncio.Event()
+        self._end = asyncio.Event()  # the session is over (close(), or a task failed)
+        self._closed = False
+        self._buf = bytearray(_READ)
+        self._decoder = Decoder()
+
+    # ---- API --------------------------------------------------------------
+
+    def subscribe(self, topic, qos=1):
+        """Take frames of this topic (a topic under pb/<device>/, or one
+        ending in #); qos is MQTT's and means nothing on a line."""
+        if topic not in self._subs:
+            self._subs.append(topic)
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        """Queue a message (framed now: a topic not under pb/<device>/ or a
+        payload too large raises ProtocolError here); False if the queue was
+        full and something was dropped (QoS 0 before QoS 1, oldest first)."""
+        frame = self._frame(topic, payload)
+        q = self._queue
+        ok = True
+        if len(q) >= self.queue_size:
+            ok = False
+            self.stats["dropped"] += 1
+            victim = -1
+            for i in range(len(q)):
+                if q[i][1] == 0:
+                    victim = i
+                    break
+            if victim < 0 and qos == 0:
+                return False
+            q.pop(max(victim, 0))
+        q.append((frame, qos))
+        self._wake.set()
+        return ok
+
+    def pending(self):
+        """Messages queued or being written."""
+        return len(self._queue) + (self._out is not None)
+
+    async def run(self):
+        """Open the port and keep it open until close(); never raises for
+        line trouble, only backs off and opens it again."""
+        attempt = 0
+        while not self._closed:
+            started = ticks_ms()
+            try:
+                await self._session()
+            except (OSError, EOFError, ProtocolError, TimeoutError) as exc:
+                self.last_error = format_exception(exc)
+            if self.up:
+                self.up = False
+                if self.on_down:
+                    self.on_down(self.last_error or "closed")
+            if self._closed:
+                break
+            if ticks_diff(ticks_ms(), started) > self.backoff_max_ms:
+                attempt = 0  # it was up a while: this is a new trouble
+            cap = min(self.backoff_min_ms << min(attempt, 12), self.backoff_max_ms)
+            self._end.clear()
+            try:
+                await wait_for_ms(self._end.wait(), cap // 2 + rand_below(cap // 2 + 1))
+            except TimeoutError:
+                pass
+            attempt += 1
+
+    async def close(self):
+        """Close the port and make run() return, even if run() has not
+        started yet (a line has no goodbye to say)."""
+        self.drop()
+
+    def drop(self):
+        """Close the port at once and make run() return."""
+        self._closed = True
+        self._end.set()
+        self._wake.set()
+
+    # ---- internals --------------------------------------------------------
+
+    def _frame(self, topic, payload):
+        p = self._prefix
+        if not topic.startswith(p):
+            raise ProtocolError("bad_topic", "not a topic of this device: %s" % topic)
+        return encode(topic[len(p) :], payload)
+
+    async def _session(self):
+        f = _open(self.port, self.baud)
+        poll = select.poll()
+        poll.register(f, select.POLLOUT)  # (a hang-up shows whatever is asked)
+        tasks = []
+        failure = []  # type: list[BaseException]
+        loop = None
+        if MICROPYTHON:
+            ready = asyncio.StreamReader(f)  # (MicroPython's wraps any stream)
+        else:
+            ready = asyncio.Event()  # type: ignore[assignment]
+            loop = asyncio.get_event_loop()
+            loop.add_reader(f.fileno(), ready.set)  # type: ignore[attr-defined]
+        try:
+            if self._closed:
+                return
+            # (the gateway's challenge-response is to come here: the line
+            # will be up only once the gateway has been answered)
+            self.stats["connects"] += 1
+            self.up = True
+            self.last_error = None
+            self._deliver(self._decoder.idle())  # (what the last session left is no frame)
+            self._end.clear()
+            for coro in (self._reader(f, ready, poll), self._pump(f, poll)):
+                tasks.append(asyncio.create_task(self._guard(coro, failure)))
+            await self._end.wait()
+            if failure and not self._closed:
+                raise failure[0]
+        finally:
+            for t in tasks:
+                t.cancel()
+            if self._out is not None:
+                self._queue.insert(0, self._out)  # sent again whole on the next session
+                self._out = None
+            if loop is not None:
+                loop.remove_reader(f.fileno())
+            f.close()
+
+    async def _guard(self, coro, failure):
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
+            failure.append(exc)
+        self._end.set()
+
+    async def _read(self, f, ready):
+        # the bytes come in: how many (0: the port hung up)
+        if MICROPYTHON:
+            return await ready.readinto(self._buf)
+        await ready.wait()
+        ready.clear()
+        return f.readinto(self._buf)
+
+    async def _reader(self, f, ready, poll):
+        dec = self._decoder
+        held = False  # bytes came since the decoder last went idle
+        mv = memoryview(self._buf)
+        while True:
+            if held:
+                try:
+                    n = await wait_for_ms(self._read(f, ready), self.idle_ms)  # type: int
+                except TimeoutError:
+                    held = False
+                    self._deliver(dec.idle())
+                    continue
+            else:
+                n = await self._read(f, ready)
+            if not n:
+                if MICROPYTHON:
+                    raise EOFError("the port hung up")  # (its loop said there were bytes)
+                _takes(poll)  # (raises if it hung up)
+                continue  # (CPython's loop can say so once more than there was)
+            held = True
+            self._deliver(dec.feed(mv[:n]))
+
+    def _deliver(self, frames):
+        dec = self._decoder
+        self.stats["noise"] = dec.skipped
+        self.stats["bad"] = dec.dropped
+        for kind, payload in frames:
+            topic = self._prefix + kind
+            for s in self._subs:
+                if s == topic or (s[-1:] == "#" and topic.startswith(s[:-1])):
+                    break
+            else:
+                continue  # a kind the device did not ask for (or one it sends)
+            self.stats["received"] += 1
+            if self.on_message:
+                try:
+                    self.on_message(topic, payload, False)
+                except MemoryError:
+                    raise  # not a handler bug: the device is short of RAM and must reset
+                except Exception as exc:  # noqa: BLE001 - a handler bug must not cut the line
+                    self.stats["handler_errors"] = self.stats.get("handler_errors", 0) + 1
+                    self.last_error = "message handler: " + format_exception(exc)
+
+    async def _pump(self, f, poll):
+        for topic, payload, _, _ in self.birth() if self.birth else ():
+            await _write(f, poll, self._frame(topic, payload))
+            self.stats["sent"] += 1
+        if self.on_up:
+            self.on_up()
+        q = self._queue
+        while True:
+            while q:
+                self._out = q.pop(0)
+                await _write(f, poll, self._out[0])
+                self._out = None
+                self.stats["sent"] += 1
+            self._wake.clear()
+            await self._wake.wait()
+
+
+async def _write(f, poll, frame):
+    mv = memoryview(frame)
+    i = 0
+    while i < len(mv):
+        if not _takes(poll):
+            await sleep_ms(_FULL)
+            continue
+        n = f.write(mv[i : i + _PIECE])
+        i += n or 0
+
+
+def _takes(poll):
+    # whether the port takes more bytes now; EOFError if it hung up
+    ev = poll.poll(0)
+    if ev and ev[0][1] & (select.POLLHUP | select.POLLERR):
+        raise EOFError("the port hung up")
+    return bool(ev)
