@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from firmware.pb.net import mqtt
@@ -392,3 +393,23 @@ JSON_EDGE_CASES: list[tuple[bytes, str]] = [
     (b'{"v":1,"id":"a","op":true}', "bad_type"),
     (b' \t\r\n{"v":1,"id":"\xf0\x9f\x98\x80","op":"x"}\n', "ok"),
 ]
+
+
+def collect(strategy: st.SearchStrategy[Any], n: int = 150) -> list[Any]:
+    """n examples of strategy, drawn by hypothesis inside one @given run
+    (cases to run on CPython and on the MicroPython unix port alike)."""
+    cases: list[Any] = []
+
+    @settings(
+        max_examples=n,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def draw(case: Any) -> None:
+        cases.append(case)
+
+    draw()
+    return cases

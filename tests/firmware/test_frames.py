@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from firmware.pb.errors import ProtocolError
 from firmware.pb.net import frames
 
 from ..support import micropython
-from .strategies import split
+from .strategies import collect, split
 
 MAX_BODY = 4400  # frames._MAX_BODY
 MAX_FRAME = MAX_BODY + 10  # frames._FRAME
@@ -293,25 +293,6 @@ def _run_here(cases: list[Any]) -> list[Any]:
     scope: dict[str, Any] = {}
     exec(RUNNER, scope)  # (the runner is this file's)
     return [json.loads(json.dumps(scope["run_case"](frames, c))) for c in cases]
-
-
-def collect(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
-    """n examples of strategy, drawn by hypothesis inside one @given run."""
-    cases: list[Any] = []
-
-    @settings(
-        max_examples=n,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def draw(case: Any) -> None:
-        cases.append(case)
-
-    draw()
-    return cases
 
 
 @st.composite

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from firmware.pb import errors
@@ -36,6 +35,7 @@ from . import corpus
 from .strategies import (
     JSON_EDGE_CASES,
     any_message,
+    collect,
     invalid_ids,
     invalid_messages,
     json_values,
@@ -51,27 +51,6 @@ from .strategies import (
 )
 
 pytestmark = pytest.mark.micropython
-
-CASES_PER_STRATEGY = 150
-
-
-def collect(strategy: st.SearchStrategy[Any], n: int = CASES_PER_STRATEGY) -> list[Any]:
-    """n examples of strategy, drawn by hypothesis inside one @given run."""
-    cases: list[Any] = []
-
-    @settings(
-        max_examples=n,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def draw(case: Any) -> None:
-        cases.append(case)
-
-    draw()
-    return cases
 
 
 def on_micropython(cases: list[Any]) -> list[Any]:

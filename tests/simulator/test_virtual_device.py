@@ -4,6 +4,7 @@ against a real Mosquitto and a real gateway holding the update keys."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,23 @@ def image_said(rig: Rig, dev: Any) -> object:
     """The image the device's last hello named, as the gateway keeps it."""
     d = rig.gw.store.device(dev.id)
     return (d.ota or {}).get("image", "absent") if d is not None else None
+
+
+async def test_an_offer_of_the_update_on_trial_is_ignored_not_failed(
+    rig: Rig, make_device: MakeDevice, eco_release: Path
+) -> None:
+    # a gateway that restarts before a device's statuses come in offers the
+    # update again while the device runs it on trial: the device has taken it
+    dev = await make_device(trial_s=3)
+    statuses = watch_statuses(rig)
+    await async_wait_for(lambda: rig.gw.is_online(dev.id), 10, what=f"{dev.id} online")
+    u = await rig.gw.ota.start(dev.id, rig.publish(eco_release).id)
+    await async_wait_for(
+        lambda: any(s["id"] == u.id and s["state"] == "trial" for s in statuses), 15, what="the trial"
+    )
+    again = json.dumps({"v": 1, "id": u.id, "manifest": "ab" * 32, "size": 10, "freshness": {}}).encode()
+    await rig.gw.publish(f"pb/{dev.id}/ota/offer", again, 1, False)
+    await async_wait_for(
+        lambda: any(s["id"] == u.id and s["state"] == "committed" for s in statuses), 15, what="the commit"
+    )
+    assert not [s for s in statuses if s["id"] == u.id and s["state"] == "failed"], statuses

@@ -97,6 +97,24 @@ def online_device(ota: OtaSetup, mosquitto: Mosquitto, make_device: MakeDevice) 
     return dev
 
 
+def two_updates(
+    ota: OtaSetup, mosquitto: Mosquitto, make_device: MakeDevice
+) -> tuple[OtaDevice, OtaDevice, str, str, dict[str, Any]]:
+    """Two devices online, each with an update under way (the first to
+    release 3, the other to release 2, both published): (first, other,
+    first's update id, other's update id, first's offer)."""
+    gw = ota.gw
+    gw.cli("ota", "publish", str(ota.r2.path))
+    gw.cli("ota", "publish", str(ota.r3.path))
+    first = online_device(ota, mosquitto, make_device)
+    other = online_device(ota, mosquitto, make_device)
+    uid = uid_of(gw.cli("devices", "update", first.id, "thermostat@3", "--no-wait").stdout)
+    mine = uid_of(gw.cli("devices", "update", other.id, "thermostat@2", "--no-wait").stdout)
+    offer = first.offer()
+    other.offer()
+    return first, other, uid, mine, offer
+
+
 def test_releases_are_published_and_listed(ota: OtaSetup) -> None:
     out = ota.gw.cli("ota", "publish", str(ota.r2.path)).stdout
     assert out.startswith("published thermostat@2 (2026.11.1)") and ota.r2.sha256 in out
@@ -256,15 +274,8 @@ def test_a_flood_of_bad_version_2_requests_does_not_stop_the_gateway_serving_ano
     ota: OtaSetup, mosquitto: Mosquitto, make_device: MakeDevice
 ) -> None:
     gw = ota.gw
-    gw.cli("ota", "publish", str(ota.r2.path))
-    gw.cli("ota", "publish", str(ota.r3.path))
-    victim = online_device(ota, mosquitto, make_device)
-    attacker = online_device(ota, mosquitto, make_device)
+    victim, attacker, uid, mine, offer = two_updates(ota, mosquitto, make_device)
     try:
-        uid = uid_of(gw.cli("devices", "update", victim.id, "thermostat@3", "--no-wait").stdout)
-        mine = uid_of(gw.cli("devices", "update", attacker.id, "thermostat@2", "--no-wait").stdout)
-        offer = victim.offer()
-        attacker.offer()
         big = max(ota.r3.files, key=lambda f: f.zsize)
         good = {"v": 2, "dev": attacker.id, "id": mine, "s": 1, "objs": [["manifest", 0, 1]], "win": 1}
         garbage: list[bytes | str] = [
@@ -347,15 +358,8 @@ def test_a_device_asking_for_its_own_update_again_and_again_does_not_starve_anot
     # each request of about 500 bytes has 64 chunks queued: one device asking 500 times a
     # second once filled the gateway's queue, and another device's chunks were dropped
     gw = ota.gw
-    gw.cli("ota", "publish", str(ota.r2.path))
-    gw.cli("ota", "publish", str(ota.r3.path))
-    victim = online_device(ota, mosquitto, make_device)
-    greedy = online_device(ota, mosquitto, make_device)
+    victim, greedy, uid, mine, offer = two_updates(ota, mosquitto, make_device)
     try:
-        uid = uid_of(gw.cli("devices", "update", victim.id, "thermostat@3", "--no-wait").stdout)
-        mine = uid_of(gw.cli("devices", "update", greedy.id, "thermostat@2", "--no-wait").stdout)
-        offer = victim.offer()
-        greedy.offer()
         big = max(ota.r2.files, key=lambda f: f.zsize)
         objs = [[big.zsha256[:16], 0, big.zsize]] * 16
         ask = {"v": 2, "dev": greedy.id, "id": mine, "objs": objs, "win": 64, "chunk": 64}

@@ -52,8 +52,18 @@ def _committed_unsaid(u):
 def offer(u, payload):
     """An offer (or a cancel) from the gateway, for the agent (RAM allowing:
     pb/ota/updates.py checks)."""
+    busy = None
+    if u.boot.trial:
+        # the set on trial may be this very update, offered again by a
+        # gateway that restarted before its statuses came in: taken already
+        try:
+            if json.loads(bytes(payload)).get("id") == u.boot.pointer.get("update"):
+                return
+        except (ValueError, AttributeError):
+            pass
+        busy = "a trial is in progress"
     agent = _agent(u)
-    agent.on_offer(payload, "a trial is in progress" if u.boot.trial else None)
+    agent.on_offer(payload, busy)
     if agent.job is not None:
         _run(u, agent)
 
