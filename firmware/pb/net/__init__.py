@@ -1,2 +1,34 @@
 # The MQTT codec and client, and the protocol core the device speaks over
 # them (JSON out: wire, JSON in: wire_in). Other links go beside them.
+
+# What every link does alike: its bounded queue, its backoff.
+
+
+def enqueue(q, msg, qos, size, stats):
+    """Append msg (a tuple whose last item is its qos) to the queue q of at
+    most size; False if it was full and something was dropped to bound memory
+    (QoS 0 before QoS 1, oldest first; a QoS 0 item finding only QoS 1
+    ones is itself dropped)."""
+    ok = True
+    if len(q) >= size:
+        ok = False
+        stats["dropped"] += 1
+        victim = -1
+        for i in range(len(q)):
+            if q[i][-1] == 0:
+                victim = i
+                break
+        if victim < 0 and qos == 0:
+            return False
+        q.pop(max(victim, 0))
+    q.append(msg)
+    return ok
+
+
+def backoff_ms(attempt, backoff_min_ms, backoff_max_ms):
+    """Milliseconds to wait before the next attempt: the least doubled for
+    each one, at most the most, then jittered down to half of that."""
+    from ..compat import rand_below
+
+    cap = min(backoff_min_ms << min(attempt, 12), backoff_max_ms)
+    return cap // 2 + rand_below(cap // 2 + 1)

@@ -16,13 +16,12 @@ from ..compat import (
     asyncio,
     const,
     format_exception,
-    rand_below,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
 from ..errors import MqttError, ProtocolError
-from . import mqtt
+from . import backoff_ms, enqueue, mqtt
 
 _READ_SIZE = const(256)
 _JOIN = const(1024)
@@ -105,7 +104,7 @@ class MQTTClient:
         }
         self._addr = None
         self._subs = []
-        self._queue = []
+        self._queue = []  # [(topic, payload, retain, qos)], oldest first
         self._inflight = {}  # pid -> [topic, payload, retain, sent_at]
         self._pid = 0
         self._wake = asyncio.Event()
@@ -138,19 +137,7 @@ class MQTTClient:
             payload = payload.encode("utf-8")
         # check now, so a bad topic fails at the caller and not in the pump
         mqtt.publish_header(topic, len(payload), qos, retain, False, 1)
-        ok = True
-        if len(self._queue) >= self.queue_size:
-            ok = False
-            self.stats["dropped"] += 1
-            victim = -1
-            for i in range(len(self._queue)):
-                if self._queue[i][2] == 0:
-                    victim = i
-                    break
-            if victim < 0 and qos == 0:
-                return False
-            self._queue.pop(max(victim, 0))
-        self._queue.append((topic, payload, qos, retain))
+        ok = enqueue(self._queue, (topic, payload, retain, qos), qos, self.queue_size, self.stats)
         self._wake.set()
         return ok
 
@@ -216,10 +203,7 @@ class MQTTClient:
     # ---- internals --------------------------------------------------------
 
     def _backoff(self, attempt):
-        cap = self.backoff_min_ms << min(attempt, 12)
-        if cap > self.backoff_max_ms:
-            cap = self.backoff_max_ms
-        return cap // 2 + rand_below(cap // 2 + 1)
+        return backoff_ms(attempt, self.backoff_min_ms, self.backoff_max_ms)
 
     async def _sleep_or_stop(self, ms):
         try:
@@ -370,7 +354,7 @@ class MQTTClient:
         period = max(ka // 4, 100) if ka else 3600000
         while True:
             while self._queue and len(self._inflight) < self.max_inflight:
-                topic, payload, qos, retain = self._queue.pop(0)
+                topic, payload, retain, qos = self._queue.pop(0)
                 self._write_publish(w, topic, payload, qos, retain)
                 await self._drain(w)
             self._wake.clear()

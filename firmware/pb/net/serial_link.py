@@ -26,14 +26,13 @@ from ..compat import (
     asyncio,
     const,
     format_exception,
-    rand_below,
     sleep_ms,
     ticks_diff,
     ticks_ms,
     wait_for_ms,
 )
 from ..errors import ProtocolError
-from . import wire
+from . import backoff_ms, enqueue, wire
 from .frames import Decoder, encode
 
 _READ = const(256)  # bytes one read takes, into a buffer reused
@@ -140,19 +139,7 @@ class SerialLink:
         full and something was dropped (QoS 0 before QoS 1, oldest first)."""
         frame = self._frame(topic, payload)
         q = self._queue
-        ok = True
-        if len(q) >= self.queue_size:
-            ok = False
-            self.stats["dropped"] += 1
-            victim = -1
-            for i in range(len(q)):
-                if q[i][1] == 0:
-                    victim = i
-                    break
-            if victim < 0 and qos == 0:
-                return False
-            q.pop(max(victim, 0))
-        q.append((frame, qos))
+        ok = enqueue(q, (frame, qos), qos, self.queue_size, self.stats)
         self._wake.set()
         return ok
 
@@ -178,10 +165,10 @@ class SerialLink:
                 break
             if ticks_diff(ticks_ms(), started) > self.backoff_max_ms:
                 attempt = 0  # it was up a while: this is a new trouble
-            cap = min(self.backoff_min_ms << min(attempt, 12), self.backoff_max_ms)
             self._end.clear()
+            ms = backoff_ms(attempt, self.backoff_min_ms, self.backoff_max_ms)
             try:
-                await wait_for_ms(self._end.wait(), cap // 2 + rand_below(cap // 2 + 1))
+                await wait_for_ms(self._end.wait(), ms)
             except TimeoutError:
                 pass
             attempt += 1
