@@ -122,7 +122,7 @@ class Device:
         self._reserve = None  # the block; False once given up for good
         self.hello_key = None  # digest of the hello last kept on flash (pb/hello.py)
         self._hello_due = None  # since when a hello could not be built: the sampler tries again
-        self._short = None  # since when telemetry could not be built
+        self._short = None  # since when a sample or telemetry could not be built
         self._exit = None
         self.started = ticks_ms()
 
@@ -281,6 +281,11 @@ class Device:
                 continue  # the owner turned it off: not read at all
             try:
                 v = self.hal.read(name)
+            except MemoryError:
+                # a heap too fragmented for a reading now: this sample ends
+                # here (the features keep the last values), not the runtime
+                self._short = self._no_ram(self._short)
+                break
             except HalError as exc:
                 n = self.sensor_errors.get(name, 0)
                 self.sensor_errors[name] = n + 1

@@ -357,6 +357,35 @@ def test_a_message_without_ram_waits_then_a_restart_gives_a_fresh_heap(
     assert dev._exit == "memory"
 
 
+def test_a_reading_without_ram_ends_the_sample_not_the_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sensor read that finds no block of RAM (the host board parses its
+    file for it) ends that sample with the last values kept; only 15 s of it
+    while connected restarts the device on a fresh heap."""
+    import firmware.pb.runtime as runtime
+
+    clock = [1000]
+    monkeypatch.setattr(runtime, "ticks_ms", lambda: clock[0])
+    dev = make_device(tmp_path)
+    dev.boot()
+    sense(dev, temperature=20.0, humidity=40)
+    dev.client.up = True
+
+    def no_ram(name: str) -> float:
+        raise MemoryError("memory allocation failed, allocating 256 bytes")
+
+    monkeypatch.setattr(dev.hal, "read", no_ram)
+    dev.sample()
+    clock[0] += 14000
+    dev.sample()
+    assert dev._exit is None and dev.features.readings["temperature"] == 20.0
+    assert dev.sensor_errors["temperature"] == 0  # not the sensor's fault
+    clock[0] += 1001
+    dev.sample()
+    assert dev._exit == "memory"
+
+
 def test_a_birth_without_ram_for_the_hello_still_says_online(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
