@@ -1,7 +1,9 @@
 """The devices a maker provisioned, through the API (gateway/registry.py,
 docs/security.md 11): a device registered at provisioning (`PUT
-/devices/{id}/registration`, body {"model", "board", "password_hash"}: the
-hash a Mosquitto password file holds, never the password), what is recorded
+/devices/{id}/registration`, body {"model", "board", "password_hash",
+"link_key"}: the hash a Mosquitto password file holds, never the password,
+and the key a device on a serial or Bluetooth line proves itself with,
+optional), what is recorded
 of it (`GET`), and its revocation and restoration (`POST
 /devices/{id}/revoke`, `/restore`), which the gateway applies at once and
 `permabeta broker run` within seconds."""
@@ -37,7 +39,7 @@ async def _get(request: web.Request) -> web.Response:
 
 
 async def _put(request: web.Request) -> web.Response:
-    body = await json_object(request, {"model": str, "board": str, "password_hash": str})
+    body = await json_object(request, {"model": str, "board": str, "password_hash": str, "link_key": str})
     if isinstance(body, web.Response):
         return body
     missing = [k for k in ("model", "board", "password_hash") if k not in body]
@@ -46,7 +48,9 @@ async def _put(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
         dev, model, board = request.match_info["id"], body["model"][:64], body["board"][:64]
-        got = Registry(gw.store).register(dev, model, board, body["password_hash"], gw.clock.now())
+        got = Registry(gw.store).register(
+            dev, model, board, body["password_hash"], gw.clock.now(), body.get("link_key")
+        )
     except RegistryError as exc:
         return _refused(exc)
     return web.json_response(got.as_dict())

@@ -64,6 +64,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         "force": args.force,
         "root": root,
         "ca": ca,
+        "serial_line": (args.serial_line, args.serial_baud) if args.serial_line else None,
     }
     broker = BrokerUrl.parse(args.broker)
     if args.port:
@@ -142,6 +143,10 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             keys=keys,
             update_deadline=args.update_deadline,
         )
+        if args.serial:
+            from .serial_line import SerialLine
+
+            gw.carriers += [SerialLine(gw, port, args.serial_baud) for port in args.serial]
         task = asyncio.create_task(gw.run(), name="gateway")
         # SIGINT and SIGTERM stop it cleanly, even when it was started with
         # SIGINT ignored (in the background of a shell, or under nohup)
@@ -155,6 +160,8 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             api = json.loads(store.get_meta("api") or "{}")
             if "fingerprint" in api:
                 print(f"API certificate {api['cert']}, SHA-256 {api['fingerprint']}", flush=True)
+            for carrier in gw.carriers:
+                print(f"line {carrier.name}: devices on it prove who they are", flush=True)
             if keys is not None:
                 print(f"updates: root version {keys.version} from {keys.path}", flush=True)
             else:
@@ -483,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network a board joins")
     pv.add_argument("--wifi-password", metavar="PASS", help="the password of --wifi")
     pv.add_argument(
+        "--serial-line",
+        metavar="PORT",
+        help="the device talks to the gateway on this serial port of its own (a UART, or /dev/ttyUSB0 on "
+        "a Linux board) instead of to the broker: the gateway runs with --serial on the other end",
+    )
+    pv.add_argument(
+        "--serial-baud", type=int, default=115200, metavar="N", help="--serial-line's rate (default 115200)"
+    )
+    pv.add_argument(
         "--close-repl",
         action="store_true",
         help="close the board's USB REPL at every boot (a shipped product; `devices send ID repl open` "
@@ -541,6 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEADLINE_S,
         metavar="S",
         help=f"an update not committed after S seconds fails (default {DEFAULT_DEADLINE_S:g})",
+    )
+    run.add_argument(
+        "--serial",
+        action="append",
+        metavar="PORT",
+        help="a serial port with a device at its other end (docs/protocol.md 15); may be repeated",
+    )
+    run.add_argument(
+        "--serial-baud", type=int, default=115200, metavar="N", help="the serial ports' rate (default 115200)"
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_gateway_run)

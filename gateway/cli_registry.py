@@ -52,15 +52,19 @@ def _through(
 
 
 def register_device(args: argparse.Namespace, device: str, model: str, board: str, password: str) -> None:
-    """Record a provisioned device, and the claim code's hash where one is given."""
+    """Record a provisioned device: its password's hash, for the broker, and
+    its link key, for a serial or Bluetooth line (firmware/pb/net/proof.py)."""
+    from firmware.pb.net.proof import link_key
+
     h = password_hash(device, password)
-    body = {"model": model, "board": board, "password_hash": h}
+    key = link_key(device, password).hex()
+    body = {"model": model, "board": board, "password_hash": h, "link_key": key}
 
     def api(client: ApiClient) -> None:
         client.request("PUT", f"/api/v1/devices/{device}/registration", body)
 
     def direct(store: Store) -> None:
-        Registry(store).register(device, model, board, h, time.time())
+        Registry(store).register(device, model, board, h, time.time(), key)
 
     where = _through(args, api, direct)
     print(f"  registered with {where}: the broker's configuration lets it in (permabeta broker config)")

@@ -116,9 +116,12 @@ def make_config(
     keepalive: int = 30,
     wifi: tuple[str, str] | None = None,
     ca: bool = False,
+    serial_line: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """config.json of a device. ca: the device is given the broker's CA
-    (CA_FILE), which mqtts:// needs and mqtt:// refuses. Raises ConfigError."""
+    (CA_FILE), which mqtts:// needs and mqtt:// refuses. serial_line: (port,
+    baud) of the line the device talks to the gateway on instead of the
+    broker (docs/protocol.md 15). Raises ConfigError."""
     if not valid_id(device):
         raise ConfigError(
             f"device id {device!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
@@ -156,6 +159,11 @@ def make_config(
         config["broker"]["cafile"] = CA_FILE
     if wifi is not None:
         config["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
+    if serial_line is not None:
+        port, baud = serial_line
+        if not port or baud <= 0:
+            raise ConfigError(f"a serial line needs a port and a rate, not {port!r} at {baud}")
+        config["link"] = {"serial": port, "baud": baud}
     return config
 
 
@@ -245,6 +253,7 @@ def device(
     trial_s: float | None = None,
     close_repl: bool = False,
     ca: bytes | None = None,
+    serial_line: tuple[str, int] | None = None,
 ) -> Device:
     """The device to provision, checked: its board, features and config.json
     (a new random broker password unless one is given). close_repl: the
@@ -265,6 +274,7 @@ def device(
         keepalive=keepalive,
         wifi=wifi,
         ca=ca is not None,
+        serial_line=serial_line,
     )
     if trial_s is not None:
         config["ota_trial_s"] = trial_s

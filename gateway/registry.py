@@ -30,6 +30,7 @@ from .store import Store
 # $7$<iterations>$<salt, base64>$<PBKDF2-SHA512, base64>: nothing else may
 # reach the password file (a newline or a colon would add a user of its own)
 _HASH = re.compile(r"\$7\$[1-9][0-9]{0,6}\$[A-Za-z0-9+/]{8,88}={0,2}\$[A-Za-z0-9+/]{86}==")
+_LINK_KEY = re.compile(r"[0-9a-f]{64}")
 _GENERATION = "registry_generation"  # meta: bumped at every change (`broker run` watches it)
 
 
@@ -49,6 +50,9 @@ class Registered:
     password_hash: str
     registered: float
     revoked: float | None  # when it was revoked; None: it may connect
+    # its link key (firmware/pb/net/proof.py), hex: what it proves itself with on a
+    # serial or Bluetooth line; None: registered without one, it may use MQTT only
+    link_key: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         """What the API and the command line show: never the hash."""
@@ -58,6 +62,7 @@ class Registered:
             "board": self.board,
             "registered": self.registered,
             "revoked": self.revoked,
+            "link_key": self.link_key is not None,  # (whether it has one, never the key)
         }
 
 
@@ -65,15 +70,22 @@ def valid_hash(text: str) -> bool:
     return _HASH.fullmatch(text) is not None
 
 
+def valid_link_key(text: str) -> bool:
+    return _LINK_KEY.fullmatch(text) is not None
+
+
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.db = store.db
 
-    def register(self, device: str, model: str, board: str, password_hash: str, now: float) -> Registered:
-        """Record (or record again, after a new provisioning) a device. A
-        revoked device stays revoked: provisioning it again does not let it
-        back in (`restore` does). Raises RegistryError."""
+    def register(
+        self, device: str, model: str, board: str, password_hash: str, now: float, link_key: str | None = None
+    ) -> Registered:
+        """Record (or record again, after a new provisioning) a device, with
+        its link key where one is given. A revoked device stays revoked:
+        provisioning it again does not let it back in (`restore` does).
+        Raises RegistryError."""
         from .errors import ConfigError
         from .provision import RESERVED_IDS, board_for
 
@@ -90,13 +102,15 @@ class Registry:
                 "password_hash must be a Mosquitto PBKDF2-SHA512 hash ($7$ITERATIONS$SALT$HASH), "
                 "as permabeta provision sends it"
             )
+        if link_key is not None and not valid_link_key(link_key):
+            raise RegistryError("link_key must be 64 lowercase hex digits, as permabeta provision sends it")
         with self.db:
             self.db.execute(
-                "INSERT INTO device_registry (device, model, board, password_hash, registered) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET model = excluded.model, "
+                "INSERT INTO device_registry (device, model, board, password_hash, registered, link_key) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET model = excluded.model, "
                 "board = excluded.board, password_hash = excluded.password_hash, "
-                "registered = excluded.registered",
-                (device, b["model"], b["board"], password_hash, now),
+                "registered = excluded.registered, link_key = excluded.link_key",
+                (device, b["model"], b["board"], password_hash, now, link_key),
             )
             self._bump()
         got = self.get(device)
@@ -161,4 +175,5 @@ def _registered(row: sqlite3.Row) -> Registered:
         str(row["password_hash"]),
         float(row["registered"]),
         None if row["revoked"] is None else float(row["revoked"]),
+        None if row["link_key"] is None else str(row["link_key"]),
     )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
+from firmware.pb.errors import ProtocolError
 from firmware.pb.peer import protocol as proto
 
 from .broker import BrokerUrl
@@ -48,6 +49,8 @@ from .updates import DEFAULT_DEADLINE_S
 
 if TYPE_CHECKING:
     from ota.keys import Keys
+
+    from .lines import LineSession
 
 log = logging.getLogger("permabeta.gateway")
 
@@ -153,6 +156,10 @@ class Gateway:
         self._forgotten = store.forgotten_devices()
         self._revoked = Registry(store).revoked()  # (gateway/registry.py: refused, sent nothing)
         self._clearing: dict[str, int] = {}  # topic -> the echoes of its clearing still to come
+        # the devices on a serial or Bluetooth line, proven (gateway/lines.py): what is sent to
+        # them goes down their line
+        self.lines: dict[str, LineSession] = {}
+        self.carriers: list[Any] = []  # what runs the lines (gateway/serial_line.py), run with it
         for d in store.devices():
             self._live[d.id] = _Live(d.online, d.last_seen, _deadline(d.keepalive, d.telemetry_s))
         for reason, r in store.rejects().items():
@@ -197,6 +204,8 @@ class Gateway:
                 tg.create_task(self.new_streams.loop(), name="gateway-new-streams")
                 tg.create_task(retention_loop(self), name="gateway-retention")
                 tg.create_task(self.homeassistant.loop(), name="gateway-homeassistant")
+                for carrier in self.carriers:
+                    tg.create_task(carrier.run(), name=f"gateway-{carrier.name}")
                 if self.api_bind is not None:
                     from .api import serve_api
 
@@ -309,8 +318,9 @@ class Gateway:
 
     # ---- incoming ----------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Act on one message from the broker; never raises for bad input."""
+    def handle(self, topic: str, payload: bytes, retain: bool, carrier: str = "mqtt") -> None:
+        """Act on one message from the broker (or from a device's line,
+        carrier naming it); never raises for bad input."""
         now = self.clock.now()
         if topic.startswith(f"{BRIDGE}/"):  # Home Assistant's, never a device's
             self.homeassistant.on_command(topic, payload, retain)
@@ -343,7 +353,7 @@ class Gateway:
         # a forgotten device's telemetry and events tell that it is there, and are not kept
         keep = verdict.kind not in _NOT_KEPT or verdict.dev not in self._forgotten
         try:
-            self._accept(verdict, retain, now, keep)
+            self._accept(verdict, retain, now, keep, carrier)
         except Exception as exc:
             log.exception("failed to handle a %s message from %s", verdict.kind, verdict.dev)
             self.reject(topic, INTERNAL, f"{type(exc).__name__}: {exc}", now)
@@ -370,12 +380,14 @@ class Gateway:
         except Exception:
             log.exception("could not count a %s rejection in the database", reason)
 
-    def _accept(self, a: Accepted, retain: bool, now: float, keep: bool = True) -> None:
+    def _accept(
+        self, a: Accepted, retain: bool, now: float, keep: bool = True, carrier: str = "mqtt"
+    ) -> None:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
         if a.kind == "hello":
             before = self.store.device(dev) if live is not None else None
-            self.store.upsert_hello(dev, msg, now)
+            self.store.upsert_hello(dev, msg, now, carrier)
             deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
             if live is None:
                 log.info("new device %s (%s, %s)", dev, msg["model"], msg["board"])
@@ -500,8 +512,37 @@ class Gateway:
             self._revoked.discard(dev)
             return
         self._revoked.add(dev)
+        line = self.lines.pop(dev, None)
+        if line is not None:
+            line.drop(f"{dev} is revoked")
         if dev in self._live:
             self._set_state(dev, False, REVOKED, self.clock.now())
+
+    # ---- devices on a line ---------------------------------------------------
+
+    def attach(self, dev: str, line: LineSession) -> None:
+        """dev proved itself on line: what is sent to it goes there from now
+        (a line it had before is let go: it cannot be on two)."""
+        if dev in self._revoked:
+            line.drop(f"{dev} is revoked")
+            return
+        old = self.lines.get(dev)
+        self.lines[dev] = line
+        if old is not None and old is not line:
+            old.drop(f"{dev} proved itself on {line.line.name}")
+
+    def detach(self, dev: str, line: LineSession) -> None:
+        """dev's line is gone: it is offline (reason lost) until it proves
+        itself again; what was under way for it waits, as for a lost broker
+        connection."""
+        if self.lines.get(dev) is not line:
+            return
+        del self.lines[dev]
+        if dev in self._live and self._live[dev].online:
+            try:
+                self._set_state(dev, False, "lost", self.clock.now())
+            except Exception:
+                log.exception("could not mark %s offline", dev)
 
     def claimed(self, dev: str) -> None:
         """dev was claimed: what it sends is kept again (Accounts.claim)."""
@@ -510,8 +551,21 @@ class Gateway:
     # ---- publishing and commands -------------------------------------------
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Publish through the gateway's MQTT session. Raises GatewayError
-        when not connected or the publish fails."""
+        """Publish through the gateway's MQTT session, or down the line of
+        the device the topic is of (not a retained message: that is the
+        broker's to keep). Raises GatewayError when not connected or the
+        publish fails."""
+        if not retain and self.lines:
+            parts = topic.split("/", 2)
+            line = self.lines.get(parts[1]) if len(parts) == 3 and parts[0] == "pb" else None
+            if line is not None:
+                try:
+                    sent = line.send(parts[2], payload)
+                except ProtocolError as exc:
+                    raise GatewayError(f"could not send on {topic}: {exc}") from exc
+                if not sent:
+                    raise GatewayError(f"could not send on {topic}: the line to {parts[1]} is full")
+                return
         client = self._client
         if client is None:
             raise GatewayError("the gateway is not connected to the broker")
@@ -544,9 +598,6 @@ class Gateway:
             raise DeviceOfflineError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
         if not force and not self._live[dev].online:
             raise DeviceOfflineError(f"device {dev} is offline")
-        client = self._client
-        if client is None:
-            raise GatewayError("the gateway is not connected to the broker")
         cmd_id = self.commander.new_id()
         msg: dict[str, Any] = {"v": proto.VERSION, "id": cmd_id, "op": op}
         if args:
@@ -555,14 +606,13 @@ class Gateway:
         fut = self.commander.expect(cmd_id, dev)
         self.store.add_command(cmd_id, dev, op, args or {}, self.clock.now())
         try:
-            await client.publish(proto.topic(dev, "cmd"), payload, qos=1)
-            _raise_if_cancelled()
+            await self.publish(proto.topic(dev, "cmd"), payload, 1, False)
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
             self.store.finish_command(cmd_id, "timeout", None, self.clock.now())
             raise CommandTimeoutError(f"{dev} did not answer {op} within {timeout:g}s") from None
-        except aiomqtt.MqttError as exc:
+        except GatewayError as exc:
             self.store.finish_command(cmd_id, "failed", None, self.clock.now())
             raise GatewayError(f"could not send {op} to {dev}: {exc}") from exc
         finally:

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -352,6 +352,12 @@ CREATE TABLE device_registry (
     revoked REAL                    -- when it was cut off; NULL: it may connect
 );
 """,
+    # 16: devices on a serial or Bluetooth LE line (docs/protocol.md 17): the key
+    # each proves itself with, and the carrier a device last reached the gateway by
+    16: """
+ALTER TABLE device_registry ADD COLUMN link_key TEXT;  -- 64 hex digits; NULL: registered before
+ALTER TABLE devices ADD COLUMN carrier TEXT;           -- mqtt, serial:PORT or ble:ADDRESS
+""",
 }
 
 
@@ -377,6 +383,7 @@ class DeviceRecord:
     telemetry_s: float | None
     hello: dict[str, Any] = field(default_factory=dict)
     last_telemetry: dict[str, Any] | None = None
+    carrier: str = "mqtt"  # how it last reached the gateway: mqtt, serial:PORT, ble:ADDRESS
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> DeviceRecord:
@@ -399,6 +406,7 @@ class DeviceRecord:
             telemetry_s=row["telemetry_s"],
             hello=_object(row["hello"]),
             last_telemetry=_object(row["last_telemetry"]) if row["last_telemetry"] else None,
+            carrier=row["carrier"] or "mqtt",
         )
 
     @property
@@ -415,6 +423,7 @@ class DeviceRecord:
             "model": self.model,
             "board": self.board,
             "online": self.online,
+            "carrier": self.carrier,
             "runtime": self.runtime,
             "features": {n: feature_version(f) for n, f in sorted(self.features.items())},
             "last_seen": self.last_seen,
@@ -429,6 +438,7 @@ class DeviceRecord:
             "platform": self.platform,
             "online": self.online,
             "state_reason": self.state_reason,
+            "carrier": self.carrier,
             "features": self.features,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
@@ -574,10 +584,11 @@ class Store:
 
     # ---- devices -----------------------------------------------------------
 
-    def upsert_hello(self, dev: str, hello: dict[str, Any], now: float) -> None:
-        """Register a device, or refresh what it says of itself; a hello
-        whose boot count or reset cause is new is a boot, kept in device_boots
-        (not of a forgotten device: it keeps no history)."""
+    def upsert_hello(self, dev: str, hello: dict[str, Any], now: float, carrier: str = "mqtt") -> None:
+        """Register a device, or refresh what it says of itself and the
+        carrier it said it by; a hello whose boot count or reset cause is new
+        is a boot, kept in device_boots (not of a forgotten device: it keeps
+        no history)."""
         before = self.db.execute(
             "SELECT boot_count, reset_cause FROM devices WHERE id = ?", (dev,)
         ).fetchone()
@@ -589,15 +600,16 @@ class Store:
             )
         self.db.execute(
             """INSERT INTO devices (id, model, board, runtime, platform, features, hello,
-                   first_seen, last_seen, boot_count, reset_cause, heap_free, keepalive, telemetry_s)
+                   first_seen, last_seen, boot_count, reset_cause, heap_free, keepalive, telemetry_s, carrier)
                VALUES (:id, :model, :board, :runtime, :platform, :features, :hello,
-                   :now, :now, :boot_count, :reset_cause, :heap_free, :keepalive, :telemetry_s)
+                   :now, :now, :boot_count, :reset_cause, :heap_free, :keepalive, :telemetry_s, :carrier)
                ON CONFLICT (id) DO UPDATE SET
                    model = excluded.model, board = excluded.board, runtime = excluded.runtime,
                    platform = excluded.platform, features = excluded.features, hello = excluded.hello,
                    last_seen = excluded.last_seen, boot_count = excluded.boot_count,
                    reset_cause = excluded.reset_cause, heap_free = excluded.heap_free,
-                   keepalive = excluded.keepalive, telemetry_s = excluded.telemetry_s""",
+                   keepalive = excluded.keepalive, telemetry_s = excluded.telemetry_s,
+                   carrier = excluded.carrier""",
             {
                 "id": dev,
                 "model": hello["model"],
@@ -612,6 +624,7 @@ class Store:
                 "heap_free": hello["heap_free"],
                 "keepalive": hello["keepalive"],
                 "telemetry_s": hello["telemetry_s"],
+                "carrier": carrier,
             },
         )
 

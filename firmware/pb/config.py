@@ -31,6 +31,8 @@ broker.queue int 32 1 256
 broker.cafile str - 1 64
 wifi.ssid str - 1 32
 wifi.password str - 0 64
+link.serial str - 1 128
+link.baud int 115200 50 4000000
 ntp str pool.ntp.org 0 253
 telemetry_ms int 10000 10 86400000
 sample_ms int 1000 10 86400000

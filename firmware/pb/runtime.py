@@ -21,7 +21,6 @@ from .compat import (
 from .errors import HalError, ProtocolError, StoreError
 from .features import FeatureHost, import_feature
 from .net import wire
-from .net.mqtt_client import MQTTClient
 from .net.wire import MAX_PACKET
 
 _RECENT_CMDS = const(8)
@@ -89,9 +88,17 @@ class Device:
             1,
             True,
         )
-        if client is None:
-            kind, ca = MQTTClient, b.get("cafile")
-            if ca:  # TLS, whose client is loaded only then (a plain device keeps its RAM)
+        if client is None and "link" in config:  # a serial line (docs/protocol.md 15)
+            from .net.serial_link import for_device
+
+            # (an update's chunks come in update mode, or with RAM to spare)
+            client = for_device(config, queue_size=b.get("queue", 32), grow=True)
+        elif client is None:
+            # (each link's code is loaded only when it is the one: a board keeps its RAM)
+            from .net.mqtt_client import MQTTClient as kind
+
+            ca = b.get("cafile")
+            if ca:  # TLS
                 from .net.tls import MQTTClient as kind
 
                 ca = base + "/" + ca

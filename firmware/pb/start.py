@@ -17,10 +17,11 @@ RUNTIME_MODULES = (
 )
 
 
-def _import_runtime():
+def _import_runtime(line):
     import gc
 
-    for name in RUNTIME_MODULES:
+    # (a device on a serial line, config.json "link", loads its link for the broker's)
+    for name in ("pb.net.frames", "pb.net.serial_link") + RUNTIME_MODULES[2:] if line else RUNTIME_MODULES:
         gc.collect()
         __import__(name)
     gc.collect()
@@ -56,7 +57,7 @@ async def run_device(root, config, hal, chosen, lean, importer=None, log=None, o
         pointer = chosen[1]
         return await update_mode(root, config, hal, pointer["counter"] if pointer else 0, ca)
     if MICROPYTHON:
-        _import_runtime()
+        _import_runtime("link" in config)
     if data is None:
         from .ota.flash import DATA
 

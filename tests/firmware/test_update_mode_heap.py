@@ -38,19 +38,27 @@ gc.collect()
 import pb.start
 pb.start._prepare(".", chosen)
 import pb.ota.update_mode
+import LINK  # (and its link, loaded as it starts: the broker's, or a serial line's)
 gc.collect()
 micropython.qstr_info()
 print("free", gc.mem_free())
 """
 
 
-def _boot(tmp_path: Path, model: str) -> tuple[int, int, int]:
+def _boot(tmp_path: Path, model: str, line: bool = False) -> tuple[int, int, int]:
     folder = tmp_path / model
     provision_into(
-        folder, model, f"{model[:2]}-heap", BrokerUrl("127.0.0.1", 1883), password="x", compile_mpy=True
+        folder,
+        model,
+        f"{model[:2]}-heap",
+        BrokerUrl("127.0.0.1", 1883),
+        password="x",
+        compile_mpy=True,
+        serial_line=("/dev/ttyUSB0", 115200) if line else None,
     )
     script = tmp_path / "boot.py"
-    script.write_text(BOOT_INTO_UPDATE_MODE)
+    link = "pb.net.serial_link, pb.net.proof" if line else "pb.net.mqtt_client"
+    script.write_text(BOOT_INTO_UPDATE_MODE.replace("LINK", link))
     out = subprocess.run(
         [str(MICROPYTHON), "-X", "heapsize=128K", str(script)],
         cwd=folder,
@@ -66,11 +74,13 @@ def _boot(tmp_path: Path, model: str) -> tuple[int, int, int]:
     return int(pools[1]), int(pools[2]), int(free[1])
 
 
-@pytest.mark.parametrize("model", ["thermostat", "shirt"])
-def test_update_mode_interns_its_names_below_the_next_pool(tmp_path: Path, model: str) -> None:
-    pools, names, free = _boot(tmp_path, model)
+@pytest.mark.parametrize(("model", "line"), [("thermostat", False), ("shirt", False), ("thermostat", True)])
+def test_update_mode_interns_its_names_below_the_next_pool(tmp_path: Path, model: str, line: bool) -> None:
+    pools, names, free = _boot(tmp_path, model, line)
+    on = "a serial line" if line else "MQTT"
     print(
-        f"\n{model}: update mode interns {names} names in {pools} pools; {free} bytes free after its imports"
+        f"\n{model} on {on}: update mode interns {names} names in {pools} pools; "
+        f"{free} bytes free after its imports"
     )
     assert pools <= 5 and names <= POOLS_5 - MARGIN, (
         f"update mode interns {names} names: within {MARGIN} of the {POOLS_5} five pools hold, a sixth "

@@ -177,6 +177,8 @@ class Esp32Hal(Hal):
 
     async def network_up(self, config):
         """Join the configured Wi-Fi; waits at most 20 s. Raises HalError."""
+        if "link" in config:
+            return  # (a device on a serial line needs no Wi-Fi)
         import network
 
         wifi = config.get("wifi") or {}

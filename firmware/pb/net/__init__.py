@@ -4,24 +4,24 @@
 # What every link does alike: its bounded queue, its backoff.
 
 
-def enqueue(q, msg, qos, size, stats):
-    """Append msg (a tuple whose last item is its qos) to the queue q of at
+def enqueue(items, msg, qos, size, stats):
+    """Append msg (a tuple whose last item is its qos) to the queue items of at
     most size; False if it was full and something was dropped to bound memory
     (QoS 0 before QoS 1, oldest first; a QoS 0 item finding only QoS 1
     ones is itself dropped)."""
     ok = True
-    if len(q) >= size:
+    if len(items) >= size:
         ok = False
         stats["dropped"] += 1
         victim = -1
-        for i in range(len(q)):
-            if q[i][-1] == 0:
+        for i in range(len(items)):
+            if items[i][-1] == 0:
                 victim = i
                 break
         if victim < 0 and qos == 0:
             return False
-        q.pop(max(victim, 0))
-    q.append(msg)
+        items.pop(max(victim, 0))
+    items.append(msg)
     return ok
 
 

@@ -10,7 +10,7 @@
 # payload), then the body's CRC-32 (4 bytes, big-endian).
 from binascii import crc32
 
-from ..compat import const
+from ..compat import MICROPYTHON, const
 from ..errors import ProtocolError
 
 _M0 = const(0xFA)  # the start marker: FA never occurs in UTF-8 text
@@ -21,22 +21,22 @@ _MAX_KIND = const(32)
 _FRAME = const(4410)  # _HEAD + _MAX_BODY + CRC: the most a Decoder holds
 
 
-def _kind(b, i, j):
-    # b[i:j] is a kind: 1-32 visible ASCII characters
-    if not 0 < j - i <= _MAX_KIND:
+def _kind(b, i, end):
+    # b[i:end] is a kind: 1-32 visible ASCII characters
+    if not 0 < end - i <= _MAX_KIND:
         return False
-    for k in range(i, j):
+    for k in range(i, end):
         if not 0x20 < b[k] < 0x7F:
             return False
     return True
 
 
-def _find(b, i, j):
-    # where the first FA of b[i:j] is, or j
+def _find(b, i, end):
+    # where the first FA of b[i:end] is, or end
     if isinstance(b, bytes):
-        i = b.find(b"\xfa", i, j)
-        return j if i < 0 else i
-    while i < j and b[i] != _M0:
+        i = b.find(b"\xfa", i, end)
+        return end if i < 0 else i
+    while i < end and b[i] != _M0:
         i += 1
     return i
 
@@ -75,14 +75,23 @@ class Decoder:
     over (counted in skipped); a frame whose header, CRC or kind does not
     check is dropped (counted in dropped) and the search goes on right
     after its start marker, so a frame that began inside it is still found.
-    A frame whose CRC checks but whose kind does not is passed over whole."""
+    A frame whose CRC checks but whose kind does not is passed over whole.
 
-    def __init__(self):
+    With on_frame, each frame goes to on_frame(kind, payload) as it is
+    completed instead (feed and idle return nothing): on MicroPython the
+    payload is then a memoryview of the buffer, valid only during the call,
+    so that a board never copies a 4 KB update chunk on a fragmented heap.
+    With grow, the buffer starts empty and grows as frames need it (a
+    runtime whose messages are small, and whose heap cannot spare the
+    largest frame's room for good)."""
+
+    def __init__(self, on_frame=None, grow=False):
+        self.on_frame = on_frame
         self.skipped = 0
         self.dropped = 0
         # the bytes held, from a start marker on; a bytearray keeps the room
         # it had when it shrinks (on a board), so this is its only allocation
-        self._buf = bytearray(_FRAME)
+        self._buf = bytearray(0 if grow else _FRAME)
         self._buf[:] = b""
 
     def feed(self, data):
@@ -117,8 +126,8 @@ class Decoder:
             self._drop(min(held, 2), held > 1)
         return out
 
-    def _scan(self, out):
-        # frames whole in what is held, appended to out; how many more bytes
+    def _scan(self, items):
+        # frames whole in what is held, appended to items; how many more bytes
         # the frame being read needs before it can be judged (0: none held)
         buf = self._buf
         while True:
@@ -146,17 +155,22 @@ class Decoder:
                 continue
             k = 7 + buf[6]
             if k <= n + 6 and _kind(buf, 7, k):
-                out.append((bytes(mv[7:k]).decode(), bytes(mv[k : end - 4])))
+                kind = bytes(mv[7:k]).decode()
+                if self.on_frame is None:
+                    items.append((kind, bytes(mv[k : end - 4])))
+                else:
+                    self.on_frame(kind, mv[k : end - 4] if MICROPYTHON else bytes(mv[k : end - 4]))
             else:
                 self.dropped += 1
                 self.skipped += end
             del mv
             buf[:end] = b""
 
-    def _drop(self, start, frame):
-        # pass over the start of what is held, up to the next FA from start on
+    def _drop(self, start, count):
+        # pass over the start of what is held, up to the next FA from start
+        # on (count: as a frame dropped)
         buf = self._buf
-        if frame:
+        if count:
             self.dropped += 1
         j = _find(buf, start, len(buf))
         self.skipped += j

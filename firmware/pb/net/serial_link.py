@@ -39,11 +39,23 @@ _READ = const(256)  # bytes one read takes, into a buffer reused
 _PIECE = const(256)  # bytes one write gives: a tty that polls writable takes that much
 _FULL = const(20)  # ms between looks at a port that takes no more
 _VTIME = const(5)  # Linux's c_cc indexes (MicroPython's termios names neither)
+_IDLE = const(500)  # ms of a quiet line that end a frame cut short (a frame's time at 115200)
 _VMIN = const(6)
 
 
-def _open(port, baud):
-    # the port, raw, at baud, its reads returning at once (VMIN 0, VTIME 0)
+def for_device(config, **kwargs):
+    """The line config.json's "link" names ({"serial": PORT, "baud": N}),
+    the device proving itself with the key its broker password gives."""
+    from .proof import link_key
+
+    dev, line = config["device"], config["link"]
+    key = link_key(dev, config["broker"]["password"])
+    return SerialLink(dev, line["serial"], line.get("baud", 115200), key=key, **kwargs)
+
+
+def _open(port, baud, event):
+    # the port, raw, at baud, its reads returning at once (VMIN 0, VTIME 0);
+    # on CPython, event set each time bytes come
     import termios  # type: ignore[import-not-found]  # (the unix port and CPython have it)
 
     if MICROPYTHON:
@@ -53,21 +65,17 @@ def _open(port, baud):
         # parent, as firmware/main.py does, or with SIGHUP ignored)
         f = open(port, "r+b", buffering=0)
     else:
-        import os
+        from . import tty_host
 
-        f = open(os.open(port, os.O_RDWR | os.O_NOCTTY), "r+b", buffering=0)  # type: ignore[attr-defined]
+        f = tty_host.open(port, event)
     try:
         fd = f.fileno()
         if MICROPYTHON:
             termios.setraw(fd)
-        else:
-            import tty  # type: ignore[import-not-found]  # CPython only
-
-            tty.setraw(fd)
         a = termios.tcgetattr(fd)
         cc = a[6]
-        cc[getattr(termios, "VMIN", _VMIN)] = 0
-        cc[getattr(termios, "VTIME", _VTIME)] = 0
+        cc[_VMIN] = 0
+        cc[_VTIME] = 0
         a[4] = a[5] = getattr(termios, "B%d" % baud)
         termios.tcsetattr(fd, termios.TCSANOW, a)
     except BaseException as exc:
@@ -96,26 +104,26 @@ class SerialLink:
         port,
         baud=115200,
         queue_size=32,
-        idle_ms=500,
         backoff_min_ms=250,
         backoff_max_ms=5000,
+        key=None,
+        grow=False,
     ):
+        self.dev = device
+        self.key = key
         self.port = port
         self.baud = baud
         self.queue_size = queue_size
-        self.idle_ms = idle_ms  # a quiet line ends a frame cut short (a frame's time at 115200)
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
         self.on_message = None
         self.on_up = None
         self.on_down = None
         self.birth = None
-        self.on_skipped = None  # (never called: no frame is too large to take)
         self.up = False
         self.last_error = None
         # noise: bytes passed over; bad: frames dropped as corrupt
         self.stats = {"sent": 0, "received": 0, "dropped": 0, "connects": 0, "noise": 0, "bad": 0}
-        self._prefix = wire.topic(device, "")
         self._subs = []
         self._queue = []  # [(frame, qos)], oldest first
         self._out = None  # the entry being written: back to the queue's front if the line goes
@@ -123,7 +131,8 @@ class SerialLink:
         self._end = asyncio.Event()  # the session is over (close(), or a task failed)
         self._closed = False
         self._buf = bytearray(_READ)
-        self._decoder = Decoder()
+        self._decoder = Decoder(self._deliver, grow)
+        self._proof = None  # (Prover, Event, [reply, outcome]) while the proof is under way
 
     # ---- API --------------------------------------------------------------
 
@@ -156,7 +165,10 @@ class SerialLink:
             try:
                 await self._session()
             except (OSError, EOFError, ProtocolError, TimeoutError) as exc:
-                self.last_error = format_exception(exc)
+                err = format_exception(exc)
+                if err != self.last_error:  # (the console says each trouble once, not each retry)
+                    print("pb: serial line %s: %s" % (self.port, err))
+                self.last_error = err
             if self.up:
                 self.up = False
                 if self.on_down:
@@ -187,108 +199,135 @@ class SerialLink:
     # ---- internals --------------------------------------------------------
 
     def _frame(self, topic, payload):
-        p = self._prefix
+        p = wire.topic(self.dev, "")
         if not topic.startswith(p):
             raise ProtocolError("bad_topic", "not a topic of this device: %s" % topic)
         return encode(topic[len(p) :], payload)
 
     async def _session(self):
-        f = _open(self.port, self.baud)
+        if MICROPYTHON:
+            f = _open(self.port, self.baud, None)
+            stream = asyncio.StreamReader(f)  # (MicroPython's wraps any stream)
+        else:
+            stream = asyncio.Event()  # type: ignore[assignment]
+            f = _open(self.port, self.baud, stream)
         poll = select.poll()
         poll.register(f, select.POLLOUT)  # (a hang-up shows whatever is asked)
         tasks = []
         failure = []  # type: list[BaseException]
-        loop = None
-        if MICROPYTHON:
-            ready = asyncio.StreamReader(f)  # (MicroPython's wraps any stream)
-        else:
-            ready = asyncio.Event()  # type: ignore[assignment]
-            loop = asyncio.get_event_loop()
-            loop.add_reader(f.fileno(), ready.set)  # type: ignore[attr-defined]
         try:
             if self._closed:
                 return
-            # (the gateway's challenge-response is to come here: the line
-            # will be up only once the gateway has been answered)
+            self._decoder.idle()  # (what the last session left is no frame)
+            self._end.clear()
+            tasks.append(asyncio.create_task(self._guard(self._reader(f, stream, poll), failure)))
+            if self.key is not None:
+                # the proof of identity (pb/net/proof.py), asked again at longer
+                # and longer intervals until the gateway answers; a refusal
+                # ends the session
+                from .proof import Prover
+
+                p = Prover(self.dev, self.key)
+                ev = asyncio.Event()
+                got = [None, None]
+                self._proof = (p, ev, got)
+                ms = 1000
+                while got[1] is not True:
+                    if self._end.is_set():
+                        raise failure[0] if failure else EOFError("the line closed during the proof")
+                    await _write(f, poll, encode("auth", p.start()))
+                    while True:
+                        ev.clear()
+                        try:
+                            await wait_for_ms(ev.wait(), ms)
+                        except TimeoutError:
+                            break  # (the gateway was not there yet: a new proof)
+                        if got[0] is not None:
+                            await _write(f, poll, encode("auth", got[0]))
+                        if got[1] is True:
+                            break
+                        if got[1] is not None:
+                            raise OSError(got[1])
+                    ms = min(ms * 2, 8000)
+                self._proof = None
             self.stats["connects"] += 1
             self.up = True
             self.last_error = None
-            self._deliver(self._decoder.idle())  # (what the last session left is no frame)
-            self._end.clear()
-            for coro in (self._reader(f, ready, poll), self._pump(f, poll)):
-                tasks.append(asyncio.create_task(self._guard(coro, failure)))
+            tasks.append(asyncio.create_task(self._guard(self._pump(f, poll), failure)))
             await self._end.wait()
             if failure and not self._closed:
                 raise failure[0]
         finally:
+            self._proof = None
             for t in tasks:
                 t.cancel()
             if self._out is not None:
                 self._queue.insert(0, self._out)  # sent again whole on the next session
                 self._out = None
-            if loop is not None:
-                loop.remove_reader(f.fileno())
             f.close()
 
-    async def _guard(self, coro, failure):
+    async def _guard(self, coro, done):
+        # run coro; its failure goes to done, and ends the session
         try:
             await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
-            failure.append(exc)
+            done.append(exc)
         self._end.set()
 
-    async def _read(self, f, ready):
-        # the bytes come in: how many (0: the port hung up)
-        if MICROPYTHON:
-            return await ready.readinto(self._buf)
-        await ready.wait()
-        ready.clear()
-        return f.readinto(self._buf)
-
-    async def _reader(self, f, ready, poll):
+    async def _reader(self, f, stream, poll):
         dec = self._decoder
         held = False  # bytes came since the decoder last went idle
-        mv = memoryview(self._buf)
+        buf = self._buf
         while True:
-            if held:
-                try:
-                    n = await wait_for_ms(self._read(f, ready), self.idle_ms)  # type: int
-                except TimeoutError:
-                    held = False
-                    self._deliver(dec.idle())
-                    continue
-            else:
-                n = await self._read(f, ready)
+            # MicroPython's stream reads what came; CPython's loop says it came
+            aw = stream.readinto(buf) if MICROPYTHON else stream.wait()
+            try:
+                n = await (wait_for_ms(aw, _IDLE) if held else aw)  # type: int
+            except TimeoutError:
+                held = False
+                dec.idle()
+                continue
+            if not MICROPYTHON:
+                stream.clear()
+                n = f.readinto(buf)
             if not n:
                 if MICROPYTHON:
                     raise EOFError("the port hung up")  # (its loop said there were bytes)
                 _takes(poll)  # (raises if it hung up)
                 continue  # (CPython's loop can say so once more than there was)
             held = True
-            self._deliver(dec.feed(mv[:n]))
+            dec.feed(memoryview(buf)[:n])
+            self.stats["noise"] = dec.skipped
+            self.stats["bad"] = dec.dropped
 
-    def _deliver(self, frames):
-        dec = self._decoder
-        self.stats["noise"] = dec.skipped
-        self.stats["bad"] = dec.dropped
-        for kind, payload in frames:
-            topic = self._prefix + kind
-            for s in self._subs:
-                if s == topic or (s[-1:] == "#" and topic.startswith(s[:-1])):
-                    break
-            else:
-                continue  # a kind the device did not ask for (or one it sends)
-            self.stats["received"] += 1
-            if self.on_message:
-                try:
-                    self.on_message(topic, payload, False)
-                except MemoryError:
-                    raise  # not a handler bug: the device is short of RAM and must reset
-                except Exception as exc:  # noqa: BLE001 - a handler bug must not cut the line
-                    self.stats["handler_errors"] = self.stats.get("handler_errors", 0) + 1
-                    self.last_error = "message handler: " + format_exception(exc)
+    def _deliver(self, kind, payload):
+        # a frame the decoder completed (its payload, on MicroPython, a view
+        # of the decoder's buffer valid only during the call)
+        if kind == "auth":
+            if self._proof:  # (else: a proof's answer come late)
+                p, ev, got = self._proof
+                got[0], got[1] = p.on_auth(bytes(payload))
+                ev.set()
+            return
+        if not self.up:
+            return  # (nothing is taken before the proof)
+        topic = wire.topic(self.dev, kind)
+        for s in self._subs:
+            if s == topic or (s[-1:] == "#" and topic.startswith(s[:-1])):
+                break
+        else:
+            return  # a kind the device did not ask for (or one it sends)
+        self.stats["received"] += 1
+        if self.on_message:
+            try:
+                self.on_message(topic, payload, False)
+            except MemoryError:
+                raise  # not a handler bug: the device is short of RAM and must reset
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not cut the line
+                self.stats["handler_errors"] = self.stats.get("handler_errors", 0) + 1
+                self.last_error = "message handler: " + format_exception(exc)
 
     async def _pump(self, f, poll):
         for topic, payload, _, _ in self.birth() if self.birth else ():
@@ -307,8 +346,8 @@ class SerialLink:
             await self._wake.wait()
 
 
-async def _write(f, poll, frame):
-    mv = memoryview(frame)
+async def _write(f, poll, data):
+    mv = memoryview(data)
     i = 0
     while i < len(mv):
         if not _takes(poll):

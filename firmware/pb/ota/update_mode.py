@@ -10,7 +10,6 @@ import json
 from ..compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
 from ..errors import HalError
 from ..net import wire
-from ..net.mqtt_client import MQTTClient
 from ..store import read_bytes
 from . import flash
 from .download import Agent, configure
@@ -25,17 +24,24 @@ async def run(base, config, hal, counter, client=None):
     dev = config["device"]
     b = config["broker"]
     hal.safe_state()
-    will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
-    client = (client or MQTTClient)(
-        dev,
-        b["host"],
-        b.get("port", 1883),
-        b.get("user"),
-        b.get("password"),
-        keepalive=b.get("keepalive", 30),
-        will=(wire.topic(dev, "state"), will, 1, True),
-        max_packet=wire.MAX_PACKET,
-    )
+    if "link" in config:  # a serial line (docs/protocol.md 15)
+        from ..net.serial_link import for_device
+
+        client = for_device(config)
+    else:
+        if client is None:
+            from ..net.mqtt_client import MQTTClient as client
+        will = wire.dumps("state", wire.state(dev, "offline", reason="lost"))
+        client = client(
+            dev,
+            b["host"],
+            b.get("port", 1883),
+            b.get("user"),
+            b.get("password"),
+            keepalive=b.get("keepalive", 30),
+            will=(wire.topic(dev, "state"), will, 1, True),
+            max_packet=wire.MAX_PACKET,
+        )
 
     said = [False]
     keep_to = base + "/" + flash.LAST_STATUS

@@ -1,0 +1,107 @@
+"""What the gateway does with a line to one device, whatever carries it: a
+serial port (gateway/serial_line.py) or a Bluetooth LE connection. A line
+carries the frames of docs/protocol.md 15; it speaks for nobody until the
+device at its end has proven who it is (17, gateway/link_proof.py), then its
+messages are the device's, as if they came from the broker on
+pb/<device>/<kind>, and what the gateway publishes to that device goes down
+this line instead of to the broker (Gateway.publish)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from firmware.pb.net.frames import encode
+
+from .link_proof import KIND, KeyOf, LineProof
+
+if TYPE_CHECKING:
+    from .service import Gateway
+
+log = logging.getLogger("permabeta.gateway.lines")
+
+UNPROVEN = "unproven"  # reject reason: a message on a line whose device has not proven itself
+REFUSED = "proof_refused"  # reject reason: a proof of identity the gateway refused
+
+
+class Line(Protocol):
+    """One carrier's link to one device: its name (serial:/dev/ttyUSB0,
+    ble:AA:BB:CC:DD:EE:FF) and how a frame goes down it (queued, never
+    blocking the gateway; False when it was dropped)."""
+
+    name: str
+
+    def send_frame(self, frame: bytes) -> bool: ...
+
+    def hang_up(self, reason: str) -> None:
+        """End the connection where the carrier can (a Bluetooth link); a
+        serial port stays open, its line speaking for nobody."""
+
+
+class LineSession:
+    """The messages of one line's session (from its opening to its loss):
+    the proof first, then the device's messages handed to the gateway."""
+
+    def __init__(self, gw: Gateway, line: Line, key_of: KeyOf | None = None) -> None:
+        from .link_proof import registry_keys
+
+        self.gw = gw
+        self.line = line
+        self.proof = LineProof(key_of or registry_keys(gw.store))
+        self.device: str | None = None
+        self.unproven = 0  # messages dropped before a proof
+
+    def on_frame(self, kind: str, payload: bytes) -> None:
+        """One message from the line; never raises for what the line sent."""
+        if kind == KIND:
+            refused = self.proof.refusals
+            reply, dev = self.proof.on_auth(payload)
+            if self.proof.proven is None and self.device is not None:
+                self._let_go("the device started a new proof")
+            if reply is not None:
+                self.send(KIND, reply)
+            if self.proof.refusals > refused:
+                log.warning("%s: proof refused: %s", self.line.name, self.proof.last_refusal)
+                self.gw.reject(
+                    f"{self.line.name}/{KIND}", REFUSED, self.proof.last_refusal or "", self.gw.clock.now()
+                )
+            if dev is not None:
+                self.device = dev
+                log.info("%s: %s proved itself", self.line.name, dev)
+                self.gw.attach(dev, self)
+            return
+        if self.device is None:
+            self.unproven += 1
+            if self.unproven == 1 or self.unproven % 100 == 0:
+                self.gw.reject(
+                    f"{self.line.name}/{kind[:40]}",
+                    UNPROVEN,
+                    f"a {kind[:40]!r} message before the device proved who it is",
+                    self.gw.clock.now(),
+                )
+            return
+        self.gw.handle(f"pb/{self.device}/{kind}", payload, False, carrier=self.line.name)
+
+    def send(self, kind: str, payload: bytes) -> bool:
+        """Frame a message and send it down the line (False: dropped).
+        Raises ProtocolError for a kind or payload no frame can carry."""
+        return self.line.send_frame(bytes(encode(kind, payload)))
+
+    def drop(self, reason: str) -> None:
+        """The gateway lets the device go (revoked, or proven on another
+        line): the line speaks for nobody until a new proof."""
+        log.info("%s: %s let go: %s", self.line.name, self.device, reason)
+        self.device = None
+        self.proof = LineProof(self.proof.key_of)
+        self.line.hang_up(reason)
+
+    def closed(self, reason: str) -> None:
+        """The line is gone (unplugged, hung up, dropped): its device, if it
+        had proven itself, is offline until it comes back."""
+        self._let_go(reason)
+
+    def _let_go(self, reason: str) -> None:
+        dev, self.device = self.device, None
+        if dev is not None:
+            log.info("%s: %s gone: %s", self.line.name, dev, reason)
+            self.gw.detach(dev, self)
