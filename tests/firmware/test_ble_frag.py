@@ -7,6 +7,7 @@ the same cases on the real MicroPython unix port and gets the same bytes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ KINDS = (
     "ota/chunk",
     "ota/status",
 )
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 Message = tuple[str, bytes]
 
@@ -108,12 +111,22 @@ def test_the_size_is_taken_as_20_to_512(size: int, taken: int) -> None:
     assert join(values) == [("ota/chunk", bytes(CHUNK))]
 
 
-def test_an_update_chunk_at_the_default_size() -> None:
-    frame = frames.encode("ota/chunk", bytes(CHUNK))
-    values = values_of([("ota/chunk", bytes(CHUNK))], 20)[0]
-    assert len(frame) == 4144
-    assert len(values) == 219
+def test_the_values_are_as_documented() -> None:
+    values = values_of([("hello", b'{"v": 1}')], 20)[0]
+    assert "\n".join(v.hex(" ") for v in values) in DOC.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("size", "data", "count"), [(20, 4096, 219), (514, 4096, 9), (514, 4040, 8)])
+def test_update_chunks_in_values_as_documented(size: int, data: int, count: int) -> None:
+    # docs/protocol.md 16, Updates: a chunk's frame is its bytes and 48 more
+    msg = ("ota/chunk", bytes(28 + data))
+    frame = frames.encode(*msg)
+    values = values_of([msg], size)[0]
+    assert len(frame) == data + 48
+    assert len(values) == count
     assert b"".join(v[1:] for v in values) == frame
+    if data == 4040:
+        assert {len(v) for v in values} == {512}
 
 
 @given(st.lists(messages, min_size=1, max_size=3), sizes)
