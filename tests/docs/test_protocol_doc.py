@@ -885,3 +885,16 @@ def test_api_table_lists_exactly_the_routes_of_the_app() -> None:
         (r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource
     }
     assert documented == served
+
+
+def test_the_ble_service_table_is_the_peripherals() -> None:
+    from simulator import ble_peripheral as ble
+
+    lines = section(TEXT, "16.")
+    assert f"`{ble.SERVICE_UUID}`" in "\n".join(lines)
+    rows = {row[0]: (code_names(row[1]), row[2], row[3]) for row in table(lines)}
+    assert rows == {
+        "control": ([ble.CONTROL_UUID], "write (with response)", "gateway -> device"),
+        "bulk": ([ble.BULK_UUID], "write without response", "gateway -> device"),
+        "notify": ([ble.NOTIFY_UUID], "notify", "device -> gateway"),
+    }
