@@ -267,7 +267,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     if not devices:
         print("no devices yet")
         return 0
-    rows = [("ID", "MODEL", "STATE", "FEATURES", "RELEASE", "UPDATE", "LAST SEEN")]
+    rows = [("ID", "MODEL", "STATE", "CARRIER", "FEATURES", "RELEASE", "UPDATE", "LAST SEEN")]
     for d in devices:
         feats = ", ".join(f"{n} {feature_version(f) or '?'}" for n, f in sorted(d.features.items()))
         rows.append(
@@ -275,6 +275,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
                 d.id,
                 _shown(d.model or "?"),
                 "online" if d.online else "offline",
+                _shown(d.carrier),
                 _shown(feats),
                 _shown(release_text(d.ota)),
                 update_text(latest.get(d.id)),

@@ -17,6 +17,7 @@ _UNDO = {
     13: "DROP TABLE ha_links;",
     14: "DROP TABLE stream_retention;",
     15: "DROP TABLE device_registry;",
+    16: "ALTER TABLE device_registry DROP COLUMN link_key; ALTER TABLE devices DROP COLUMN carrier;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_a_device_on_a_serial_line_is_listed_reports_answers_and_comes_back_afte
 
 
 @pytest.mark.long
-def test_a_device_on_a_serial_line_takes_an_update_to_committed(
+def test_a_device_on_a_serial_line_takes_an_update_to_committed_across_a_pulled_cable(
     mosquitto: Mosquitto,
     make_device: MakeDevice,
     keys: ota_keys.Keys,
@@ -134,6 +135,17 @@ def test_a_device_on_a_serial_line_takes_an_update_to_committed(
     wait_for(lambda: shown(gw, dev)["online"], 30, what="the device online on its line")
     assert "published" in gw.cli("ota", "publish", str(release2.path)).stdout
     proc = gw.popen_cli("devices", "update", dev.id, f"thermostat@{release2.counter}", "--timeout", "150")
+    # the cable pulled once the download has begun, and plugged back
+    api = ApiClient.from_db(gw.db)
+    wait_for(
+        lambda: (u := api.request("GET", f"/api/v1/devices/{dev.id}/updates")) and u[0]["served"] > 0,
+        60,
+        interval=0.05,
+        what="the download begun",
+    )
+    line.pull()
+    time.sleep(1)
+    line.plug()
     out, err = proc.communicate(timeout=180)
     said = f"{out}{err}\n--- device:\n{dev.output()[-3000:]}\n--- gateway:\n{gw.log.read_text()[-4000:]}"
     assert proc.returncode == 0, said

@@ -48,9 +48,9 @@ def for_device(config, **kwargs):
     the device proving itself with the key its broker password gives."""
     from .proof import link_key
 
-    dev, line = config["device"], config["link"]
+    dev, cfg = config["device"], config["link"]
     key = link_key(dev, config["broker"]["password"])
-    return SerialLink(dev, line["serial"], line.get("baud", 115200), key=key, **kwargs)
+    return SerialLink(dev, cfg["serial"], cfg.get("baud", 115200), key=key, **kwargs)
 
 
 def _open(port, baud, event):
