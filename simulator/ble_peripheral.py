@@ -35,14 +35,11 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusBytes, DBusDict, DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
+from firmware.pb.net.ble_radio import BULK_UUID, CONTROL_UUID, NOTIFY_UUID, SERVICE_UUID
+
 BLUEZ = "org.bluez"
 DBusStrList = Annotated[list[str], DBusSignature("as")]
 
-# The project's own 128-bit UUIDs (random, version 4).
-SERVICE_UUID = "6c1a0001-3b5e-4f2a-9c7d-8e4b2a1f5d60"
-CONTROL_UUID = "6c1a0002-3b5e-4f2a-9c7d-8e4b2a1f5d60"
-BULK_UUID = "6c1a0003-3b5e-4f2a-9c7d-8e4b2a1f5d60"
-NOTIFY_UUID = "6c1a0004-3b5e-4f2a-9c7d-8e4b2a1f5d60"
 
 WriteCallback = Callable[[bytes], Awaitable[None] | None]
 
@@ -72,6 +69,8 @@ class _Characteristic(ServiceInterface):
         self.service = service
         self.flags = flags
         self.on_write = on_write
+        self.on_notifying: Callable[[bool], None] | None = None
+        self.mtu: int | None = None  # as BlueZ gives it with a write, where it does
         self.value = b""
         self.notifying = False
         self.subscribed = asyncio.Event()
@@ -107,6 +106,9 @@ class _Characteristic(ServiceInterface):
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
         if self.on_write is None:
             raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
+        mtu = options.get("mtu")
+        if mtu is not None:
+            self.mtu = int(mtu.value)
         result = self.on_write(bytes(value))
         if inspect.isawaitable(result):
             await result
@@ -118,6 +120,8 @@ class _Characteristic(ServiceInterface):
         if not self.notifying:
             self.notifying = True
             self.emit_properties_changed({"Notifying": True})
+            if self.on_notifying is not None:
+                self.on_notifying(True)
         self.subscribed.set()
 
     @dbus_method()
@@ -125,6 +129,8 @@ class _Characteristic(ServiceInterface):
         if self.notifying:
             self.notifying = False
             self.emit_properties_changed({"Notifying": False})
+            if self.on_notifying is not None:
+                self.on_notifying(False)
         self.subscribed.clear()
 
     @dbus_method()
@@ -228,6 +234,23 @@ class BlePeripheral:
         if not self._notify.notifying:
             raise RuntimeError("the gateway has not subscribed to notifications")
         self._notify.send(bytes(data))
+
+    def send(self, data: bytes) -> bool:
+        """Send data on the notify characteristic now; False if the gateway
+        has not subscribed."""
+        if not self._notify.notifying:
+            return False
+        self._notify.send(bytes(data))
+        return True
+
+    @property
+    def mtu(self) -> int | None:
+        """The ATT MTU, as BlueZ said it with a write (None: not said)."""
+        return self._control.mtu or self._bulk.mtu
+
+    def on_subscribed(self, callback: Callable[[bool], None]) -> None:
+        """callback(True) when the gateway turns notifications on, (False) off."""
+        self._notify.on_notifying = callback
 
     async def start(self) -> "BlePeripheral":
         bus = MessageBus(bus_address=self.bus_address, bus_type=BusType.SYSTEM)

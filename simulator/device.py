@@ -126,7 +126,10 @@ class VirtualDevice:
     (None: plenty, as CPython says); below the config's ota_ram (48000 by
     default) it downloads updates in update mode, as a small board does
     (config "ota_mode": "lean"). ca: the broker's CA (DER), for a broker
-    on mqtts:// (the device trusts it alone, as a board provisioned with it)."""
+    on mqtts:// (the device trusts it alone, as a board provisioned with it).
+    ble_adapter: the BlueZ adapter of its Bluetooth LE radio (hci1, say): it
+    then talks to the gateway over BLE, not the broker (config "link"), its
+    radio a GATT peripheral on BlueZ driven by the firmware's own BLE link."""
 
     def __init__(
         self,
@@ -151,6 +154,7 @@ class VirtualDevice:
         slot_size: int = 256 * 1024,
         addons: Sequence[str] = (),
         ca: bytes | None = None,
+        ble_adapter: str | None = None,
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -180,6 +184,9 @@ class VirtualDevice:
         # (a copy: the HAL lets go of what RAM need not hold, the board's stream descriptions
         # that provisioning below writes the owner's first choices from)
         self.hal = SimHal(dict(self.board), self.plant, clock)
+        if ble_adapter is not None:
+            self.hal.ble_adapter = ble_adapter
+            self.config["link"] = {"ble": True}
         for name in addons:
             self.plug(name)
         self.base = workdir / dev_id

@@ -42,6 +42,19 @@ class SimHal(Hal):  # type: ignore[misc]
         self.slots: Any = None
         self.image: str | None = None
         self.plugged_in: set[str] = set()  # the add-ons plugged into the board (VirtualDevice.plug)
+        self.ble_adapter: str | None = None  # the BlueZ adapter its radio is on (None: it has none)
+        self.ble: Any = None  # its radio, once the firmware asked for it (simulator/ble_radio.py)
+
+    def radio(self, config: dict[str, Any]) -> Any:
+        """The board's Bluetooth LE radio: a GATT peripheral on BlueZ, on
+        ble_adapter. Raises HalError on a virtual board given none."""
+        if self.ble_adapter is None:
+            raise HalError("this virtual board has no Bluetooth LE radio (VirtualDevice ble_adapter)")
+        from .ble_radio import SimRadio
+
+        if self.ble is None:  # (the board's: the same across its resets)
+            self.ble = SimRadio(self.ble_adapter, config["device"])
+        return self.ble
 
     def scan(self) -> list[str]:
         """The add-ons plugged in: what a board's bus scan would find."""

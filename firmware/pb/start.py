@@ -20,8 +20,8 @@ RUNTIME_MODULES = (
 def _import_runtime(line):
     import gc
 
-    # (a device on a serial line, config.json "link", loads its link for the broker's)
-    for name in ("pb.net.frames", "pb.net.serial_link") + RUNTIME_MODULES[2:] if line else RUNTIME_MODULES:
+    # (a device on a line, config.json "link", loads its link as the runtime starts)
+    for name in RUNTIME_MODULES[2:] if line else RUNTIME_MODULES:
         gc.collect()
         __import__(name)
     gc.collect()

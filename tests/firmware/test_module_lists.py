@@ -23,12 +23,6 @@ LISTS = {
     "prepare.BOOT_ONLY_MODULES": prepare.BOOT_ONLY_MODULES,
     "prepare.CLOCK_MODULES": prepare.CLOCK_MODULES,
     "start.RUNTIME_MODULES": start.RUNTIME_MODULES,
-    # (the serial line's, written out in start._import_runtime)
-    "start._import_runtime": tuple(
-        n.value
-        for n in ast.walk(ast.parse((PB / "start.py").read_text()))
-        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("pb.net.")
-    ),
     "runtime.COMMAND_MODULES": runtime.COMMAND_MODULES,
     "startup.DISCOVERY_MODULES": startup.DISCOVERY_MODULES,
     "runtime.STARTUP_MODULES": runtime.STARTUP_MODULES,

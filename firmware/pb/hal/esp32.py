@@ -175,6 +175,11 @@ class Esp32Hal(Hal):
             return None  # a table with one app partition: no image updates
         return esp32.Partition
 
+    def radio(self, config):
+        from ..net.ble_radio import Radio
+
+        return Radio(config["device"])
+
     async def network_up(self, config):
         """Join the configured Wi-Fi; waits at most 20 s. Raises HalError."""
         if "link" in config:

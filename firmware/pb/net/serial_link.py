@@ -43,13 +43,22 @@ _IDLE = const(500)  # ms of a quiet line that end a frame cut short (a frame's t
 _VMIN = const(6)
 
 
-def for_device(config, **kwargs):
-    """The line config.json's "link" names ({"serial": PORT, "baud": N}),
-    the device proving itself with the key its broker password gives."""
+def for_device(config, hal, **kwargs):
+    """The line config.json's "link" names: {"serial": PORT, "baud": N}, or
+    {"ble": true}, the board's radio (hal.radio(), pb/net/ble_link.py); the
+    device proves itself with the key its broker password gives."""
     from .proof import link_key
 
     dev, cfg = config["device"], config["link"]
     key = link_key(dev, config["broker"]["password"])
+    if cfg.get("ble"):
+        from ..errors import HalError
+        from .ble_link import BleLink
+
+        # (a board with a radio has radio(config): pb/hal/esp32.py, the simulator's)
+        if not hasattr(hal, "radio"):
+            raise HalError("this board has no Bluetooth LE radio (%s)" % hal.name)
+        return BleLink(dev, hal.radio(config), key, **kwargs)
     return SerialLink(dev, cfg["serial"], cfg.get("baud", 115200), key=key, **kwargs)
 
 
@@ -167,7 +176,7 @@ class SerialLink:
             except (OSError, EOFError, ProtocolError, TimeoutError) as exc:
                 err = format_exception(exc)
                 if err != self.last_error:  # (the console says each trouble once, not each retry)
-                    print("pb: serial line %s: %s" % (self.port, err))
+                    print("pb: line %s: %s" % (self.port, err))
                 self.last_error = err
             if self.up:
                 self.up = False
@@ -222,34 +231,7 @@ class SerialLink:
             self._end.clear()
             tasks.append(asyncio.create_task(self._guard(self._reader(f, stream, poll), failure)))
             if self.key is not None:
-                # the proof of identity (pb/net/proof.py), asked again at longer
-                # and longer intervals until the gateway answers; a refusal
-                # ends the session
-                from .proof import Prover
-
-                p = Prover(self.dev, self.key)
-                ev = asyncio.Event()
-                got = [None, None]
-                self._proof = (p, ev, got)
-                ms = 1000
-                while got[1] is not True:
-                    if self._end.is_set():
-                        raise failure[0] if failure else EOFError("the line closed during the proof")
-                    await _write(f, poll, encode("auth", p.start()))
-                    while True:
-                        ev.clear()
-                        try:
-                            await wait_for_ms(ev.wait(), ms)
-                        except TimeoutError:
-                            break  # (the gateway was not there yet: a new proof)
-                        if got[0] is not None:
-                            await _write(f, poll, encode("auth", got[0]))
-                        if got[1] is True:
-                            break
-                        if got[1] is not None:
-                            raise OSError(got[1])
-                    ms = min(ms * 2, 8000)
-                self._proof = None
+                await self._prove(f, poll, failure)
             self.stats["connects"] += 1
             self.up = True
             self.last_error = None
@@ -265,6 +247,41 @@ class SerialLink:
                 self._queue.insert(0, self._out)  # sent again whole on the next session
                 self._out = None
             f.close()
+
+    async def _prove(self, f, poll, failure):
+        # the proof of identity (pb/net/proof.py), asked again at longer and
+        # longer intervals until the gateway answers; a refusal ends the session
+        from .proof import Prover
+
+        p = Prover(self.dev, self.key)
+        ev = asyncio.Event()
+        got = [None, None]
+        self._proof = (p, ev, got)
+        ms = 1000
+        try:
+            while True:
+                if self._end.is_set():
+                    raise failure[0] if failure else EOFError("the line closed during the proof")
+                await self._send(f, poll, encode("auth", p.start()))
+                while True:
+                    ev.clear()
+                    try:
+                        await wait_for_ms(ev.wait(), ms)
+                    except TimeoutError:
+                        break  # (the gateway was not there yet: a new proof)
+                    if got[0] is not None:
+                        await self._send(f, poll, encode("auth", got[0]))
+                    if got[1] is True:
+                        return
+                    if got[1] is not None:
+                        raise OSError(got[1])
+                ms = min(ms * 2, 8000)
+        finally:
+            self._proof = None
+
+    async def _send(self, f, poll, data):
+        # one frame down the line (a Bluetooth link cuts it into values)
+        await _write(f, poll, data)
 
     async def _guard(self, coro, done):
         # run coro; its failure goes to done, and ends the session
@@ -331,7 +348,7 @@ class SerialLink:
 
     async def _pump(self, f, poll):
         for topic, payload, _, _ in self.birth() if self.birth else ():
-            await _write(f, poll, self._frame(topic, payload))
+            await self._send(f, poll, self._frame(topic, payload))
             self.stats["sent"] += 1
         if self.on_up:
             self.on_up()
@@ -339,7 +356,7 @@ class SerialLink:
         while True:
             while q:
                 self._out = q.pop(0)
-                await _write(f, poll, self._out[0])
+                await self._send(f, poll, self._out[0])
                 self._out = None
                 self.stats["sent"] += 1
             self._wake.clear()

@@ -24,10 +24,10 @@ async def run(base, config, hal, counter, client=None):
     dev = config["device"]
     b = config["broker"]
     hal.safe_state()
-    if "link" in config:  # a serial line (docs/protocol.md 15)
+    if "link" in config:  # a line: serial or Bluetooth LE (docs/protocol.md 15-17)
         from ..net.serial_link import for_device
 
-        client = for_device(config)
+        client = for_device(config, hal)
     else:
         if client is None:
             from ..net.mqtt_client import MQTTClient as client
