@@ -187,17 +187,20 @@ class BleBridge:
         """Scan and serve until cancelled; a scan that cannot start (no
         adapter, no bluetoothd) is tried again with backoff."""
         backoff = Backoff(1.0, 30.0)
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            while True:
-                try:
-                    async with BleakScanner(self._seen, [SERVICE_UUID], bluez={"adapter": self.adapter}):
-                        log.info("%s: scanning for devices", self.name)
-                        backoff.reset()
-                        await asyncio.Future()  # (until cancelled)
-                except (BleakError, OSError, EOFError) as exc:
-                    log.warning("%s: cannot scan: %s; trying again", self.name, exc)
-                await asyncio.sleep(backoff.next())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                while True:
+                    try:
+                        async with BleakScanner(self._seen, [SERVICE_UUID], bluez={"adapter": self.adapter}):
+                            log.info("%s: scanning for devices", self.name)
+                            backoff.reset()
+                            await asyncio.Future()  # (until cancelled)
+                    except (BleakError, OSError, EOFError) as exc:
+                        log.warning("%s: cannot scan: %s; trying again", self.name, exc)
+                    await asyncio.sleep(backoff.next())
+        finally:
+            self._tg = None
 
     def _seen(self, device: BLEDevice, adv: AdvertisementData) -> None:
         if SERVICE_UUID not in adv.service_uuids:
@@ -216,24 +219,31 @@ class BleBridge:
         advertising for STALE_S or was dropped for garbage."""
         loop = asyncio.get_running_loop()
         backoff = self._backoffs.setdefault(address, Backoff(0.5, 30.0))
+        up = loop.time()  # when it was last known to be there: seen, or connected
+        said = None  # the last reason logged as a warning (a reason again is only a debug line)
         try:
             while True:
                 device, _ = self._devices[address]
                 began = loop.time()
                 try:
                     reason, garbage = await self._serve(device)
+                    up = loop.time()
                 except (BleakError, OSError, EOFError, TimeoutError) as exc:
                     reason, garbage = f"cannot connect: {exc or type(exc).__name__}", False
-                ended = loop.time()
+                except Exception as exc:  # (one connection's fault stops no other, nor the gateway)
+                    log.exception("ble:%s: the connection failed", address)
+                    reason, garbage = f"failed: {exc!r}", False
                 if garbage:
-                    self.banned[address] = ended + self.ban_s
+                    self.banned[address] = loop.time() + self.ban_s
                     return
-                if ended - began > 10:
+                if up - began > 10:
                     backoff.reset()  # it was up a while: this is a new trouble
                 delay = backoff.next()
-                log.warning("ble:%s: %s; connecting again in %.1f s", address, reason, delay)
+                say = log.debug if reason == said else log.warning
+                say("ble:%s: %s; connecting again in %.2f s", address, reason, delay)
+                said = reason
                 await asyncio.sleep(delay)
-                if loop.time() - max(self._devices[address][1], ended) > STALE_S:
+                if loop.time() - max(self._devices[address][1], up) > STALE_S:
                     log.info("ble:%s: not seen for %g s; waiting to see it again", address, STALE_S)
                     return
         finally:
