@@ -23,7 +23,7 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
 from firmware.pb.net.ble_frag import Joiner, Sender
-from simulator.ble_peripheral import BULK_UUID, CONTROL_UUID, NOTIFY_UUID, SERVICE_UUID
+from simulator.ble_peripheral import BULK_UUID, CONTROL_UUID, NOTIFY_UUID, SERVICE_UUID  # (their owner)
 
 from .lines import LineSession
 from .service import Backoff
@@ -43,10 +43,13 @@ class GarbageRule:
     """Whether a connection says too much that is no message: more than
     `frames` frames dropped, values lost or empty values, or more than
     `garbage` bytes passed over, within a window of `window_s`; or more than
-    `refusals` proofs refused on it. A device's own stack sends none of
-    these, so what does is broken or hostile. No clock: now is passed in."""
+    `refusals` proofs refused on it. A device sends few of these (a value
+    its stack could not notify, now and then): one that sends more is broken
+    or hostile. No clock: now is passed in."""
 
-    def __init__(self, frames: int = 50, garbage: int = 64 * 1024, refusals: int = 4, window_s: float = 60.0):
+    def __init__(
+        self, frames: int = 50, garbage: int = 64 * 1024, refusals: int = 4, window_s: float = 60.0
+    ) -> None:
         self.frames, self.garbage, self.refusals, self.window_s = frames, garbage, refusals, window_s
         self._start: float | None = None
         self._base = self._last = (0, 0)
