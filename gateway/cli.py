@@ -147,6 +147,10 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             from .serial_line import SerialLine
 
             gw.carriers += [SerialLine(gw, port, args.serial_baud) for port in args.serial]
+        if args.ble:
+            from .ble_line import BleBridge
+
+            gw.carriers += [BleBridge(gw, adapter) for adapter in dict.fromkeys(args.ble)]
         task = asyncio.create_task(gw.run(), name="gateway")
         # SIGINT and SIGTERM stop it cleanly, even when it was started with
         # SIGINT ignored (in the background of a shell, or under nohup)
@@ -567,6 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--serial-baud", type=int, default=115200, metavar="N", help="the serial ports' rate (default 115200)"
+    )
+    run.add_argument(
+        "--ble",
+        action="append",
+        nargs="?",
+        const="hci0",
+        metavar="ADAPTER",
+        help="serve the Bluetooth LE devices this adapter finds (default hci0; docs/protocol.md 16); "
+        "may be repeated",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_gateway_run)

@@ -27,11 +27,13 @@ REFUSED = "proof_refused"  # reject reason: a proof of identity the gateway refu
 class Line(Protocol):
     """One carrier's link to one device: its name (serial:/dev/ttyUSB0,
     ble:AA:BB:CC:DD:EE:FF) and how a frame goes down it (queued, never
-    blocking the gateway; False when it was dropped)."""
+    blocking the gateway; False when it was dropped). The frame's kind comes
+    with it: a carrier may choose its way by it (Bluetooth LE's control or
+    bulk characteristic)."""
 
     name: str
 
-    def send_frame(self, frame: bytes) -> bool: ...
+    def send_frame(self, kind: str, frame: bytes) -> bool: ...
 
     def hang_up(self, reason: str) -> None:
         """End the connection where the carrier can (a Bluetooth link); a
@@ -85,7 +87,7 @@ class LineSession:
     def send(self, kind: str, payload: bytes) -> bool:
         """Frame a message and send it down the line (False: dropped).
         Raises ProtocolError for a kind or payload no frame can carry."""
-        return self.line.send_frame(bytes(encode(kind, payload)))
+        return self.line.send_frame(kind, bytes(encode(kind, payload)))
 
     def drop(self, reason: str) -> None:
         """The gateway lets the device go (revoked, or proven on another

@@ -124,7 +124,7 @@ class SerialLine:
 
     # ---- Line -------------------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
+    def send_frame(self, kind: str, frame: bytes) -> bool:
         if self._fd is None:
             return False
         if len(self._out) + len(frame) > MAX_OUT:

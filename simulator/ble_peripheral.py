@@ -11,6 +11,10 @@ One primary service, SERVICE_UUID, with three characteristics:
 An LE advertisement carries SERVICE_UUID in its service UUIDs and a small
 service data entry under it whose value changes every `rotate_s` seconds
 (a scanner started late then still sees the device change, and reports it).
+Each characteristic says the ATT MTU in its MTU property (`mtu`, 517 by
+default, what BlueZ asks for): bluezoo, which exchanges none, hands it to
+the central as the connection's, where bleak reads it
+(max_write_without_response_size, MTU - 3).
 
     async with BlePeripheral(on_control=..., on_bulk=...) as device:
         await device.wait_subscribed()
@@ -32,7 +36,15 @@ from typing import Annotated, Any
 
 from dbus_fast import BusType, DBusError, Message, MessageType, PropertyAccess, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusBytes, DBusDict, DBusObjectPath, DBusSignature, DBusStr
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusBytes,
+    DBusDict,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    DBusUInt16,
+)
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
 from firmware.pb.net.ble_radio import BULK_UUID, CONTROL_UUID, NOTIFY_UUID, SERVICE_UUID
@@ -63,14 +75,16 @@ class _Service(ServiceInterface):
 class _Characteristic(ServiceInterface):
     """org.bluez.GattCharacteristic1 served by the application."""
 
-    def __init__(self, uuid: str, service: str, flags: list[str], on_write: WriteCallback | None) -> None:
+    def __init__(
+        self, uuid: str, service: str, flags: list[str], on_write: WriteCallback | None, mtu: int
+    ) -> None:
         super().__init__("org.bluez.GattCharacteristic1")
         self.uuid = uuid
+        self.mtu = mtu
         self.service = service
         self.flags = flags
         self.on_write = on_write
         self.on_notifying: Callable[[bool], None] | None = None
-        self.mtu: int | None = None  # as BlueZ gives it with a write, where it does
         self.value = b""
         self.notifying = False
         self.subscribed = asyncio.Event()
@@ -95,6 +109,10 @@ class _Characteristic(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Notifying(self) -> DBusBool:
         return self.notifying
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MTU(self) -> DBusUInt16:
+        return self.mtu
 
     @dbus_method()
     def ReadValue(self, options: DBusDict) -> DBusBytes:
@@ -200,6 +218,7 @@ class BlePeripheral:
         on_bulk: WriteCallback | None = None,
         bus_address: str | None = None,
         rotate_s: float | None = 0.5,
+        mtu: int = 517,
     ) -> None:
         self.adapter_path = f"/org/bluez/{adapter}"
         self.name = name
@@ -210,9 +229,9 @@ class BlePeripheral:
         self.adv_path = f"{root}/advertisement0"
         service_path = f"{self.app_path}/service0"
         self._service = _Service(SERVICE_UUID)
-        self._control = _Characteristic(CONTROL_UUID, service_path, ["write"], on_control)
-        self._bulk = _Characteristic(BULK_UUID, service_path, ["write-without-response"], on_bulk)
-        self._notify = _Characteristic(NOTIFY_UUID, service_path, ["notify"], None)
+        self._control = _Characteristic(CONTROL_UUID, service_path, ["write"], on_control, mtu)
+        self._bulk = _Characteristic(BULK_UUID, service_path, ["write-without-response"], on_bulk, mtu)
+        self._notify = _Characteristic(NOTIFY_UUID, service_path, ["notify"], None, mtu)
         self._objects: dict[str, ServiceInterface] = {service_path: self._service}
         for i, char in enumerate((self._control, self._bulk, self._notify)):
             path = f"{service_path}/char{i}"
@@ -245,7 +264,8 @@ class BlePeripheral:
 
     @property
     def mtu(self) -> int | None:
-        """The ATT MTU, as BlueZ said it with a write (None: not said)."""
+        """The ATT MTU: the characteristics' MTU property, or what BlueZ
+        said with a write."""
         return self._control.mtu or self._bulk.mtu
 
     def on_subscribed(self, callback: Callable[[bool], None]) -> None:

@@ -8,9 +8,12 @@ D-Bus side sees of both."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .ble_peripheral import BlePeripheral
+
+_GAP_S = 0.002  # the least time between two notifications
 
 
 class SimRadio:
@@ -22,6 +25,7 @@ class SimRadio:
         self.bus_address = bus_address
         self.peripheral: BlePeripheral | None = None
         self._link: Any = None
+        self._last = 0.0  # when the last notification went
 
     async def start(self, link: Any) -> None:
         """Serve link. After a reset the radio is the same: the peripheral
@@ -60,7 +64,13 @@ class SimRadio:
         self._link.written(which, value)
 
     def notify(self, value: bytes) -> bool:
-        return self.peripheral is not None and self.peripheral.send(bytes(value))
+        # (notifications sent back to back, with no pause, break the peripheral's
+        # D-Bus connection: 2 ms apart, and the link tries again meanwhile)
+        now = time.monotonic()
+        if self.peripheral is None or now - self._last < _GAP_S:
+            return False
+        self._last = now
+        return self.peripheral.send(bytes(value))
 
     def drop(self) -> None:
         """(a peripheral cannot end the central's connection over D-Bus: it

@@ -37,7 +37,7 @@ class Kept:
         self.hung_up: list[str] = []
         self._dec = Decoder()
 
-    def send_frame(self, frame: bytes) -> bool:
+    def send_frame(self, kind: str, frame: bytes) -> bool:
         self.sent += self._dec.feed(frame)
         return True
 

@@ -22,7 +22,13 @@ Limits of bluezoo 1.0.2 that tests must live with:
 - errors inside bluezoo's D-Bus methods are logged (bluezoo.log) and
   answered with success: a GATT application with a property bluezoo does
   not know (GattService1.Characteristics) is "registered" but absent;
-- no MTU: a write of any length arrives whole;
+- no MTU: a write of any length arrives whole; the central's characteristics
+  say as their MTU the one the application's characteristic says (512 when
+  it says none), which is what bleak reads (max_write_without_response_size,
+  MTU - 3): simulator/ble_peripheral.py's `mtu`;
+- a burst of notifications with no pause lets the peripheral's D-Bus
+  connection die (dbus-fast: EAGAIN on the socket, then a bad descriptor):
+  a peripheral paces them (a board's stack does too);
 - a scan round reports a device already known to the scanning adapter only
   if its advertisement changed (PropertiesChanged), never again as new: a
   peripheral changes its service data every half second (see

@@ -1,0 +1,88 @@
+"""The Bluetooth LE bridge's decisions without a radio (gateway/ble_line.py):
+the garbage rule that drops a connection, and how a connection queues what
+is sent to its device: by control or bulk by the message's kind, in values
+of ATT_MTU - 3, within a bound. tests/ble/test_ble_bridge.py runs it through
+bluezoo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bleak import BleakClient
+
+from firmware.pb.net.ble_frag import Joiner
+from firmware.pb.net.frames import encode
+from gateway.ble_line import MAX_OUT, BleLink, GarbageRule
+from gateway.broker import BrokerUrl
+from gateway.service import Gateway
+from gateway.store import Store
+
+
+def test_a_few_dropped_frames_are_borne() -> None:
+    rule = GarbageRule()
+    assert rule.judge(10, 2000, 1, now=0.0) is None
+    assert rule.judge(50, 60_000, 4, now=30.0) is None
+
+
+def test_more_than_fifty_dropped_frames_in_a_minute_drop_the_connection() -> None:
+    rule = GarbageRule()
+    assert rule.judge(0, 0, 0, now=0.0) is None
+    assert rule.judge(51, 0, 0, now=59.0) == "51 frames dropped within 60 s"
+
+
+def test_more_than_64_kb_of_garbage_in_a_minute_drops_the_connection() -> None:
+    rule = GarbageRule()
+    assert rule.judge(0, 65 * 1024, 0, now=1.0) == "66560 bytes of garbage within 60 s"
+
+
+def test_the_fifth_refused_proof_drops_the_connection() -> None:
+    rule = GarbageRule()
+    assert rule.judge(0, 0, 4, now=0.0) is None
+    assert rule.judge(0, 0, 5, now=3600.0) == "5 proofs refused"
+
+
+def test_a_minute_counts_only_its_own_garbage() -> None:
+    rule = GarbageRule()
+    assert rule.judge(40, 60_000, 0, now=0.0) is None
+    assert rule.judge(80, 120_000, 0, now=61.0) is None  # a new minute: 40 frames and 60000 bytes in it
+    assert rule.judge(91, 120_000, 0, now=62.0) == "51 frames dropped within 60 s"
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    with Store(tmp_path / "gw.db") as store:
+        yield Gateway(BrokerUrl("127.0.0.1", 1), store, api=None)
+
+
+def _frames(values: list[bytes]) -> list[tuple[str, bytes]]:
+    joiner = Joiner()
+    return [frame for v in values for frame in joiner.feed(v)]
+
+
+async def test_what_must_not_be_lost_goes_by_control_and_the_rest_by_bulk(gw: Gateway) -> None:
+    link = BleLink(gw, BleakClient("00:00:5E:00:53:01"), "00:00:5E:00:53:01", GarbageRule())
+    sent = [
+        ("auth", b'{"v": 1}'),
+        ("cmd", b"{}"),
+        ("ota/offer", b"{}"),
+        ("ota/chunk", bytes(300)),
+        ("ota/time", b""),
+    ]
+    for kind, payload in sent:
+        assert link.send_frame(kind, bytes(encode(kind, payload)))
+    assert _frames(list(link.control.values)) == sent[:3]
+    assert _frames(list(link.bulk.values)) == sent[3:]
+    assert max(len(v) for v in [*link.control.values, *link.bulk.values]) == 20  # no MTU known: 23
+    assert link.queued == sum(len(v) for v in [*link.control.values, *link.bulk.values])
+
+
+async def test_a_connection_that_takes_nothing_drops_frames_past_its_bound(gw: Gateway) -> None:
+    link = BleLink(gw, BleakClient("00:00:5E:00:53:01"), "00:00:5E:00:53:01", GarbageRule())
+    frame = bytes(encode("ota/chunk", bytes(4096)))
+    taken = sum(link.send_frame("ota/chunk", frame) for _ in range(100))
+    assert taken < 100 and link.queued <= MAX_OUT and link.stats["dropped_out"] == 100 - taken
+    assert link.send_frame("cmd", bytes(encode("cmd", b"{}")))  # a small one still fits
+    link.hang_up("th-1 is revoked")
+    assert not link.send_frame("cmd", bytes(encode("cmd", b"{}")))  # nothing once it is gone
