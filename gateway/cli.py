@@ -65,6 +65,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         "root": root,
         "ca": ca,
         "serial_line": (args.serial_line, args.serial_baud) if args.serial_line else None,
+        "ble_link": args.ble_link,
     }
     broker = BrokerUrl.parse(args.broker)
     if args.port:
@@ -499,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="the device talks to the gateway on this serial port of its own (a UART, or /dev/ttyUSB0 on "
         "a Linux board) instead of to the broker: the gateway runs with --serial on the other end",
+    )
+    pv.add_argument(
+        "--ble-link",
+        action="store_true",
+        help="the device talks to the gateway over Bluetooth LE (a board with a radio: the shirt's); "
+        "the gateway runs with --ble",
     )
     pv.add_argument(
         "--serial-baud", type=int, default=115200, metavar="N", help="--serial-line's rate (default 115200)"

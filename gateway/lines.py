@@ -22,6 +22,7 @@ log = logging.getLogger("permabeta.gateway.lines")
 
 UNPROVEN = "unproven"  # reject reason: a message on a line whose device has not proven itself
 REFUSED = "proof_refused"  # reject reason: a proof of identity the gateway refused
+_PROVE_FIRST = b'{"v": 1, "error": "unproven", "message": "prove who you are first (docs/protocol.md 17)"}'
 
 
 class Line(Protocol):
@@ -52,6 +53,7 @@ class LineSession:
         self.proof = LineProof(key_of or registry_keys(gw.store))
         self.device: str | None = None
         self.unproven = 0  # messages dropped before a proof
+        self._asked = float("-inf")  # when the device was last told to prove itself
 
     def on_frame(self, kind: str, payload: bytes) -> None:
         """One message from the line; never raises for what the line sent."""
@@ -74,13 +76,19 @@ class LineSession:
             return
         if self.device is None:
             self.unproven += 1
+            now = self.gw.clock.now()
             if self.unproven == 1 or self.unproven % 100 == 0:
                 self.gw.reject(
                     f"{self.line.name}/{kind[:40]}",
                     UNPROVEN,
                     f"a {kind[:40]!r} message before the device proved who it is",
-                    self.gw.clock.now(),
+                    now,
                 )
+            # a device that believes itself proven (this gateway restarted, or a new
+            # connection it has not seen) is told to prove itself again: once a second
+            if now - self._asked >= 1.0:
+                self._asked = now
+                self.send(KIND, _PROVE_FIRST)
             return
         self.gw.handle(f"pb/{self.device}/{kind}", payload, False, carrier=self.line.name)
 

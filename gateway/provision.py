@@ -117,6 +117,7 @@ def make_config(
     wifi: tuple[str, str] | None = None,
     ca: bool = False,
     serial_line: tuple[str, int] | None = None,
+    ble_link: bool = False,
 ) -> dict[str, Any]:
     """config.json of a device. ca: the device is given the broker's CA
     (CA_FILE), which mqtts:// needs and mqtt:// refuses. serial_line: (port,
@@ -164,6 +165,12 @@ def make_config(
         if not port or baud <= 0:
             raise ConfigError(f"a serial line needs a port and a rate, not {port!r} at {baud}")
         config["link"] = {"serial": port, "baud": baud}
+    if ble_link:
+        if serial_line is not None:
+            raise ConfigError("a device talks on one line: a serial line or Bluetooth LE, not both")
+        if not board.get("ble"):
+            raise ConfigError(f"board {board['board']} has no Bluetooth LE radio (its board file has no ble)")
+        config["link"] = {"ble": True}
     return config
 
 
@@ -208,7 +215,10 @@ def device_files(
     from ota.release import runtime_sources
 
     # the boot loader (never updated) and the factory runtime, as a release carries it
-    sources = [fw / "loader.py"] + [src for _, src in runtime_sources(fw / "pb")]
+    ble = bool(boards().get(config["board"], {}).get("ble"))  # (its radio's code, if it has one)
+    sources = [fw / "loader.py"] + [
+        src for _, src in runtime_sources(fw / "pb", cpython=not compile_mpy, ble=ble)
+    ]
     for name in features:
         folder = fw / "features" / name
         if not (folder / "manifest.json").exists():
@@ -254,6 +264,7 @@ def device(
     close_repl: bool = False,
     ca: bytes | None = None,
     serial_line: tuple[str, int] | None = None,
+    ble_link: bool = False,
 ) -> Device:
     """The device to provision, checked: its board, features and config.json
     (a new random broker password unless one is given). close_repl: the
@@ -275,6 +286,7 @@ def device(
         wifi=wifi,
         ca=ca is not None,
         serial_line=serial_line,
+        ble_link=ble_link,
     )
     if trial_s is not None:
         config["ota_trial_s"] = trial_s

@@ -344,15 +344,24 @@ def _feature_files(folder: Path) -> Iterator[tuple[str, Path]]:
 # the file-backed stand-in for the ESP32's app partitions, which nothing on
 # a device loads yet. Neither provisioning nor a release puts it on a device.
 HOST_ONLY = ("pb/peer/", "pb/hal/partitions.py")
+# What the firmware needs of CPython alone (zlib's inflate, a tty's opening):
+# shipped to a device that runs the modules as source (a CPython one), not as
+# .mpy (a board: a manifest holds 64 files, each one left out is room).
+CPYTHON_ONLY = ("pb/ota/zinflate.py", "pb/net/tty_host.py")
+# The Bluetooth LE carrier's device end: shipped to the boards that have a
+# radio for it (a board file's "ble": true, the shirt's), not to the others.
+BLE_ONLY = ("pb/net/ble_",)
 
 
-def runtime_sources(folder: Path) -> list[tuple[str, Path]]:
+def runtime_sources(folder: Path, cpython: bool = True, ble: bool = True) -> list[tuple[str, Path]]:
     """(path on the device, source) of every module of the runtime in folder
-    (a pb/ folder): "pb/<module>.py", sorted, host-only ones left out."""
+    (a pb/ folder): "pb/<module>.py", sorted, host-only ones left out, the
+    CPython-only ones unless cpython, and the Bluetooth ones unless ble."""
     out = []
+    skip = HOST_ONLY + (() if cpython else CPYTHON_ONLY) + (() if ble else BLE_ONLY)
     for src in sorted(folder.rglob("*.py")):
         rel = f"{trust.RUNTIME}/{src.relative_to(folder).as_posix()}"
-        if not rel.startswith(HOST_ONLY) and "__pycache__" not in rel:
+        if not rel.startswith(skip) and "__pycache__" not in rel:
             out.append((rel, src))
     return out
 
@@ -557,7 +566,8 @@ def build(
         (f"{name}/{rel}", src) for name in sorted(manifests) for rel, src in _feature_files(folders[name])
     ]
     if runtime is not None:
-        shipping += runtime_sources(Path(runtime).resolve())
+        ble = any(json.loads(src.read_bytes()).get("ble") for _, src in boards)
+        shipping += runtime_sources(Path(runtime).resolve(), cpython="py" in forms, ble=ble)
         shipping += boards
     for path, src in shipping:
         data = src.read_bytes()

@@ -89,10 +89,9 @@ class Device:
             True,
         )
         if client is None and "link" in config:  # a line: serial or Bluetooth LE (docs/protocol.md 15-17)
-            from .net.serial_link import for_device
+            from .net.line import for_device
 
-            # (an update's chunks come in update mode, or with RAM to spare)
-            client = for_device(config, hal, queue_size=b.get("queue", 32), grow=True)
+            client = for_device(config, hal, False)
         elif client is None:
             # (each link's code is loaded only when it is the one: a board keeps its RAM)
             from .net.mqtt_client import MQTTClient as kind

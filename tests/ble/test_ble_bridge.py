@@ -189,8 +189,9 @@ async def test_a_device_with_the_wrong_key_is_refused_and_nothing_it_says_is_tak
         await device.send("auth", answer)
         await device.send("hello", messages.hello(DEV))
         await device.send("telemetry", telemetry(1))
-        await async_wait_for(lambda: gw.rejects.get("unproven") and len(device.got) == 2, 10)
-        assert [json.loads(p).get("error") for _, _, p in device.got] == [None, "bad_proof"]
+        await async_wait_for(lambda: gw.rejects.get("unproven") and len(device.got) == 3, 10)
+        # (and what it says unproven is answered: prove yourself first)
+        assert [json.loads(p).get("error") for _, _, p in device.got] == [None, "bad_proof", "unproven"]
         gw.flush()
         assert gw.lines == {} and gw.store.device(DEV) is None and gw.store.telemetry_count(DEV) == 0
         assert gw.rejects == {"proof_refused": 1, "unproven": 1} and gw.counters["accepted"] == 0

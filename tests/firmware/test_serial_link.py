@@ -292,5 +292,5 @@ def test_publish_frames_the_topic_tail_and_bounds_the_queue() -> None:
     assert link.publish("pb/d1/state", b"1", 1) and link.publish("pb/d1/telemetry", b"2", 0)
     assert not link.publish("pb/d1/event", b"3", 1)  # the QoS 0 one goes first
     assert not link.publish("pb/d1/telemetry", b"4", 0)  # and a QoS 0 one finds no room
-    assert [bytes(f) for f, _ in link._queue] == [encode("state", b"1"), encode("event", b"3")]
+    assert [b"".join(f) for f, _ in link._queue] == [encode("state", b"1"), encode("event", b"3")]
     assert link.pending() == 2 and link.stats["dropped"] == 2

@@ -57,7 +57,7 @@ def _boot(tmp_path: Path, model: str, line: bool = False) -> tuple[int, int, int
         serial_line=("/dev/ttyUSB0", 115200) if line else None,
     )
     script = tmp_path / "boot.py"
-    link = "pb.net.serial_link, pb.net.proof" if line else "pb.net.mqtt_client"
+    link = "pb.net.line, pb.net.serial_link, pb.net.proof" if line else "pb.net.mqtt_client"
     script.write_text(BOOT_INTO_UPDATE_MODE.replace("LINK", link))
     out = subprocess.run(
         [str(MICROPYTHON), "-X", "heapsize=128K", str(script)],

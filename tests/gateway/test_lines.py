@@ -70,9 +70,13 @@ def proven(gw: Gateway, line: Kept, dev: str = "th-1", password: str | None = No
 
 
 def test_nothing_is_taken_from_a_line_before_its_proof(gw: Gateway) -> None:
-    session = LineSession(gw, Kept())
+    line = Kept()
+    session = LineSession(gw, line)
     session.on_frame("hello", hello("th-1"))
+    session.on_frame("telemetry", b"{}")
     assert gw.store.device("th-1") is None and gw.rejects == {"unproven": 1}
+    # and the device is told to prove itself first (once a second: a flood is not echoed)
+    assert [(k, json.loads(p)["error"]) for k, p in line.sent] == [("auth", "unproven")]
 
 
 def test_a_proven_device_is_listed_with_its_carrier(gw: Gateway) -> None:

@@ -97,3 +97,20 @@ def test_a_device_on_mqtts_gets_the_ca_and_a_config_naming_it(tmp_path: Path) ->
     broker = json.loads((p.path / "config.json").read_text())["broker"]
     assert broker["cafile"] == CA_FILE and broker["host"] == "broker.lan" and broker["port"] == 8883
     check_config(json.loads((p.path / "config.json").read_text()))  # as the device's boot checks it
+
+
+def test_a_shirt_is_provisioned_for_bluetooth_and_a_thermostat_carries_no_ble_code(tmp_path: Path) -> None:
+    """The BLE link's modules go to a board whose board file has a radio
+    (shirt-v1), not to the others; a thermostat asked for BLE is refused."""
+    broker = BrokerUrl("127.0.0.1", 1883)
+    provision_into(tmp_path / "sh", "shirt", "sh-1", broker, password="x", ble_link=True)
+    assert json.loads((tmp_path / "sh" / "config.json").read_text())["link"] == {"ble": True}
+    assert {p.name for p in (tmp_path / "sh" / "pb" / "net").glob("ble_*")} == {
+        "ble_frag.py",
+        "ble_link.py",
+        "ble_radio.py",
+    }
+    provision_into(tmp_path / "th", "thermostat", "th-1", broker, password="x")
+    assert not list((tmp_path / "th" / "pb" / "net").glob("ble_*"))
+    with pytest.raises(ConfigError, match="has no Bluetooth LE radio"):
+        provision_into(tmp_path / "th2", "thermostat", "th-2", broker, password="x", ble_link=True)

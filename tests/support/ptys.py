@@ -13,9 +13,12 @@ from .wait import wait_for
 
 class Line:
     """Two ptys joined by socat, at fixed paths: dev for the device, gw for
-    the gateway. Killing socat pulls the cable: both ptys hang up, and their
-    paths go, as a USB adapter's device node goes with it (a link left
-    behind would name whatever pty the system makes next under its number)."""
+    the gateway. An end closed and opened again (a program restarted) is no
+    end of the cable (ignoreeof: socat would take a pty whose other side
+    closed for the end of its input). Killing socat pulls the cable: both
+    ptys hang up, and their paths go, as a USB adapter's device node goes
+    with it (a link left behind would name whatever pty the system makes
+    next under its number)."""
 
     def __init__(self, folder: Path) -> None:
         self.dev = str(folder / "dev")
@@ -31,8 +34,8 @@ class Line:
             self.proc = subprocess.Popen(
                 [
                     *("socat", "-d", "-d"),
-                    f"PTY,link={self.dev}.new,raw,echo=0",
-                    f"PTY,link={self.gw},raw,echo=0",
+                    f"PTY,link={self.dev}.new,raw,echo=0,ignoreeof",
+                    f"PTY,link={self.gw},raw,echo=0,ignoreeof",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -120,6 +120,18 @@ def test_a_device_on_a_serial_line_is_listed_reports_answers_and_comes_back_afte
     assert json.loads(out.stdout)["ok"] is True
     # (the gateway's line: opened again; nothing refused along the way)
     assert "proof refused" not in gw.log.read_text()
+    # the gateway restarted, the line up all along: the device is asked to prove itself again
+    gw.stop()
+    gw.start()
+    try:
+        wait_for(
+            lambda: gw.cli("devices", "send", dev.id, "ping", "--json", check=False).returncode == 0,
+            40,
+            interval=1,
+            what="an answer after the gateway's restart",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{dev.output()[-2000:]}\n{gw.log.read_text()[-3000:]}") from None
 
 
 @pytest.mark.long

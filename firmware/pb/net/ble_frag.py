@@ -45,15 +45,15 @@ class Joiner:
     A value out of sequence (one went missing) drops the frame being joined
     and the values after it until one starts a frame (gaps counts them); a
     repeat of the last is dropped (dups); one with no frame byte is ignored
-    (bad). It holds at most one frame (decoder: its counts). on_frame and
-    grow are the Decoder's: frames handed on as they complete, and room
-    taken as they need it."""
+    (bad). It holds at most one frame (decoder: its counts). handler and
+    lean are the Decoder's: frames handed on as they complete, and the
+    room of the largest taken at the start (else as they need it)."""
 
-    def __init__(self, on_frame=None, grow=False):
+    def __init__(self, handler=None, lean=True):
         self.gaps = 0
         self.dups = 0
         self.bad = 0
-        self.decoder = Decoder(on_frame, grow)
+        self.decoder = Decoder(handler, lean)
         self._last = -1  # the last sequence number taken; none yet
         self._lost = False  # after a gap: waiting for a value that starts a frame
 

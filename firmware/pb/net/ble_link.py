@@ -14,8 +14,18 @@
 # MicroPython's bluetooth module; the simulator's shirt has one on BlueZ
 # (simulator/ble_radio.py), running this same code.
 from ..compat import TimeoutError, asyncio, const, sleep_ms, wait_for_ms
+from ..errors import HalError
 from .ble_frag import Joiner, Sender
 from .serial_link import SerialLink
+
+
+def for_board(config, hal, key, **kwargs):
+    """The link on the board's radio (hal.radio(config): pb/hal/esp32.py's,
+    the simulator's). Raises HalError on a board that has none."""
+    if not hasattr(hal, "radio"):
+        raise HalError("this board has no Bluetooth LE radio (%s)" % hal.name)
+    return BleLink(config["device"], hal.radio(config), key, **kwargs)
+
 
 _BUSY = const(10)  # ms between tries of a notification the stack could not take
 _WAIT = const(1000)  # ms between looks at whether the link was closed, while no gateway is connected
@@ -27,12 +37,12 @@ class BleLink(SerialLink):
     both ends have proven themselves; a disconnect ends the session, and
     the next connection starts a new one."""
 
-    def __init__(self, device, radio, key=None, queue_size=32, grow=False):
-        SerialLink.__init__(self, device, "ble", 0, queue_size, key=key, grow=True)
+    def __init__(self, device, radio, key=None, queue_size=32, lean=True):
+        SerialLink.__init__(self, device, "ble", 0, queue_size, key=key, lean=False)
         self.radio = radio
-        self._grow = grow
+        self._lean = lean
         self._tx = Sender()
-        self._rx = (Joiner(None, True), Joiner(None, True))  # (new ones at each connection)
+        self._rx = (Joiner(None, False), Joiner(None, False))  # (new ones at each connection)
         self._conn = asyncio.Event()
         self._started = False
 
@@ -41,7 +51,7 @@ class BleLink(SerialLink):
     def connected(self):
         # a new connection counts its values from 0 on every characteristic
         self._tx = Sender()
-        self._rx = (Joiner(self._deliver, self._grow), Joiner(self._deliver, self._grow))
+        self._rx = (Joiner(self._deliver, self._lean), Joiner(self._deliver, self._lean))
         self._conn.set()
 
     def written(self, which, value):
@@ -72,33 +82,19 @@ class BleLink(SerialLink):
                 await wait_for_ms(self._conn.wait(), _WAIT)
             except TimeoutError:
                 pass
-        tasks = []
         failure = []  # type: list[BaseException]
         self._end.clear()
         try:
-            if self.key is not None:
-                await self._prove(None, None, failure)
-            self.stats["connects"] += 1
-            self.up = True
-            self.last_error = None
-            tasks.append(asyncio.create_task(self._guard(self._pump(None, None), failure)))
-            await self._end.wait()
-            if failure and not self._closed:
-                raise failure[0]
+            await self._serve(None, None, failure)
             if not self._conn.is_set():
                 raise EOFError("the gateway disconnected")
         finally:
-            for t in tasks:
-                t.cancel()
-            if self._out is not None:
-                self._queue.insert(0, self._out)  # sent again whole on the next connection
-                self._out = None
             if self._closed:
                 self.radio.drop()
 
-    async def _send(self, f, poll, data):
-        # one frame, in notifications of the connection's size
-        for v in self._tx.values(data):
+    async def _write(self, f, poll, data):
+        # one frame (its pieces), in notifications of the connection's size
+        for v in self._tx.values(data[0] + data[1] + data[2]):
             while not self.radio.notify(v):
                 if not self._conn.is_set():
                     raise EOFError("the gateway disconnected")

@@ -19,6 +19,7 @@ _HEAD = const(6)  # marker, length, inverted length
 _MAX_BODY = const(4400)  # an update chunk (4096 + 28), its kind, and room
 _MAX_KIND = const(32)
 _FRAME = const(4410)  # _HEAD + _MAX_BODY + CRC: the most a Decoder holds
+_SMALL = const(1536)  # the room a runtime's decoder starts with: its messages but chunks
 
 
 def _kind(b, i, end):
@@ -41,10 +42,12 @@ def _find(b, i, end):
     return i
 
 
-def encode(kind, payload):
-    """The frame of one message (a bytearray, built in one piece). Raises
-    ProtocolError: bad_topic for a kind that is not 1-32 visible ASCII
-    characters, too_large for a body over 4400 bytes."""
+def pieces(kind, payload):
+    """The frame of one message in three pieces, (head, payload, CRC), the
+    payload not copied: a board writes them one after the other, and never
+    holds a message twice. Raises ProtocolError: bad_topic for a kind that
+    is not 1-32 visible ASCII characters, too_large for a body over 4400
+    bytes."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     k = kind.encode("utf-8")
@@ -53,18 +56,22 @@ def encode(kind, payload):
     n = 1 + len(k) + len(payload)
     if n > _MAX_BODY:
         raise ProtocolError("too_large", "frame body of %d bytes" % n)
-    out = bytearray(n + 10)
-    out[0] = _M0
-    out[1] = _M1
-    out[2] = n >> 8
-    out[3] = n & 0xFF
-    out[4] = out[2] ^ 0xFF
-    out[5] = out[3] ^ 0xFF
-    out[6] = len(k)
-    out[7 : 7 + len(k)] = k
-    out[7 + len(k) : n + 6] = payload
-    out[n + 6 :] = crc32(memoryview(out)[6 : n + 6]).to_bytes(4, "big")
-    return out
+    head = bytearray(7 + len(k))
+    head[0] = _M0
+    head[1] = _M1
+    head[2] = n >> 8
+    head[3] = n & 0xFF
+    head[4] = head[2] ^ 0xFF
+    head[5] = head[3] ^ 0xFF
+    head[6] = len(k)
+    head[7:] = k
+    return head, payload, crc32(payload, crc32(memoryview(head)[6:])).to_bytes(4, "big")
+
+
+def encode(kind, payload):
+    """The frame of one message, in one piece (a bytearray); see pieces()."""
+    head, payload, crc = pieces(kind, payload)
+    return head + payload + crc
 
 
 class Decoder:
@@ -77,21 +84,22 @@ class Decoder:
     after its start marker, so a frame that began inside it is still found.
     A frame whose CRC checks but whose kind does not is passed over whole.
 
-    With on_frame, each frame goes to on_frame(kind, payload) as it is
+    With handler, each frame goes to handler(kind, payload) as it is
     completed instead (feed and idle return nothing): on MicroPython the
     payload is then a memoryview of the buffer, valid only during the call,
     so that a board never copies a 4 KB update chunk on a fragmented heap.
-    With grow, the buffer starts empty and grows as frames need it (a
-    runtime whose messages are small, and whose heap cannot spare the
-    largest frame's room for good)."""
+    Without lean, the buffer starts with room for the messages of a runtime
+    (1.5 KB) and grows when a frame needs more (a heap that cannot spare the
+    largest frame's room for good); lean takes that room at the start, as
+    update mode does."""
 
-    def __init__(self, on_frame=None, grow=False):
-        self.on_frame = on_frame
+    def __init__(self, handler=None, lean=True):
+        self.handler = handler
         self.skipped = 0
         self.dropped = 0
         # the bytes held, from a start marker on; a bytearray keeps the room
         # it had when it shrinks (on a board), so this is its only allocation
-        self._buf = bytearray(0 if grow else _FRAME)
+        self._buf = bytearray(_FRAME if lean else _SMALL)
         self._buf[:] = b""
 
     def feed(self, data):
@@ -156,10 +164,10 @@ class Decoder:
             k = 7 + buf[6]
             if k <= n + 6 and _kind(buf, 7, k):
                 kind = bytes(mv[7:k]).decode()
-                if self.on_frame is None:
+                if self.handler is None:
                     items.append((kind, bytes(mv[k : end - 4])))
                 else:
-                    self.on_frame(kind, mv[k : end - 4] if MICROPYTHON else bytes(mv[k : end - 4]))
+                    self.handler(kind, mv[k : end - 4] if MICROPYTHON else bytes(mv[k : end - 4]))
             else:
                 self.dropped += 1
                 self.skipped += end

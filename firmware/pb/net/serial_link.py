@@ -25,6 +25,7 @@ from ..compat import (
     TimeoutError,
     asyncio,
     const,
+    forget,
     format_exception,
     sleep_ms,
     ticks_diff,
@@ -33,7 +34,7 @@ from ..compat import (
 )
 from ..errors import ProtocolError
 from . import backoff_ms, enqueue, wire
-from .frames import Decoder, encode
+from .frames import Decoder, pieces
 
 _READ = const(256)  # bytes one read takes, into a buffer reused
 _PIECE = const(256)  # bytes one write gives: a tty that polls writable takes that much
@@ -41,25 +42,6 @@ _FULL = const(20)  # ms between looks at a port that takes no more
 _VTIME = const(5)  # Linux's c_cc indexes (MicroPython's termios names neither)
 _IDLE = const(500)  # ms of a quiet line that end a frame cut short (a frame's time at 115200)
 _VMIN = const(6)
-
-
-def for_device(config, hal, **kwargs):
-    """The line config.json's "link" names: {"serial": PORT, "baud": N}, or
-    {"ble": true}, the board's radio (hal.radio(), pb/net/ble_link.py); the
-    device proves itself with the key its broker password gives."""
-    from .proof import link_key
-
-    dev, cfg = config["device"], config["link"]
-    key = link_key(dev, config["broker"]["password"])
-    if cfg.get("ble"):
-        from ..errors import HalError
-        from .ble_link import BleLink
-
-        # (a board with a radio has radio(config): pb/hal/esp32.py, the simulator's)
-        if not hasattr(hal, "radio"):
-            raise HalError("this board has no Bluetooth LE radio (%s)" % hal.name)
-        return BleLink(dev, hal.radio(config), key, **kwargs)
-    return SerialLink(dev, cfg["serial"], cfg.get("baud", 115200), key=key, **kwargs)
 
 
 def _open(port, baud, event):
@@ -116,7 +98,7 @@ class SerialLink:
         backoff_min_ms=250,
         backoff_max_ms=5000,
         key=None,
-        grow=False,
+        lean=True,
     ):
         self.dev = device
         self.key = key
@@ -134,13 +116,13 @@ class SerialLink:
         # noise: bytes passed over; bad: frames dropped as corrupt
         self.stats = {"sent": 0, "received": 0, "dropped": 0, "connects": 0, "noise": 0, "bad": 0}
         self._subs = []
-        self._queue = []  # [(frame, qos)], oldest first
+        self._queue = []  # [(frame's pieces, qos)], oldest first
         self._out = None  # the entry being written: back to the queue's front if the line goes
         self._wake = asyncio.Event()
         self._end = asyncio.Event()  # the session is over (close(), or a task failed)
         self._closed = False
         self._buf = bytearray(_READ)
-        self._decoder = Decoder(self._deliver, grow)
+        self._decoder = Decoder(self._deliver, lean)
         self._proof = None  # (Prover, Event, [reply, outcome]) while the proof is under way
 
     # ---- API --------------------------------------------------------------
@@ -211,7 +193,7 @@ class SerialLink:
         p = wire.topic(self.dev, "")
         if not topic.startswith(p):
             raise ProtocolError("bad_topic", "not a topic of this device: %s" % topic)
-        return encode(topic[len(p) :], payload)
+        return pieces(topic[len(p) :], payload)
 
     async def _session(self):
         if MICROPYTHON:
@@ -230,23 +212,38 @@ class SerialLink:
             self._decoder.idle()  # (what the last session left is no frame)
             self._end.clear()
             tasks.append(asyncio.create_task(self._guard(self._reader(f, stream, poll), failure)))
+            await self._serve(f, poll, failure)
+        finally:
+            for t in tasks:
+                t.cancel()
+            f.close()
+
+    async def _serve(self, f, poll, failure):
+        # the proof, then the messages, until the session ends; a gateway that
+        # asks for a new proof (it restarted) gets one on the same line (a
+        # task waiting on a port is not cancelled while the port stays)
+        while True:
             if self.key is not None:
                 await self._prove(f, poll, failure)
             self.stats["connects"] += 1
             self.up = True
             self.last_error = None
-            tasks.append(asyncio.create_task(self._guard(self._pump(f, poll), failure)))
-            await self._end.wait()
+            pump = asyncio.create_task(self._guard(self._pump(f, poll), failure))
+            try:
+                await self._end.wait()
+            finally:
+                pump.cancel()
+                if self._out is not None:
+                    self._queue.insert(0, self._out)  # sent again whole
+                    self._out = None
             if failure and not self._closed:
                 raise failure[0]
-        finally:
-            self._proof = None
-            for t in tasks:
-                t.cancel()
-            if self._out is not None:
-                self._queue.insert(0, self._out)  # sent again whole on the next session
-                self._out = None
-            f.close()
+            if self._closed or self.last_error != "the gateway asked for a new proof":
+                return
+            self.up = False
+            if self.on_down:
+                self.on_down(self.last_error)
+            self._end.clear()
 
     async def _prove(self, f, poll, failure):
         # the proof of identity (pb/net/proof.py), asked again at longer and
@@ -262,7 +259,7 @@ class SerialLink:
             while True:
                 if self._end.is_set():
                     raise failure[0] if failure else EOFError("the line closed during the proof")
-                await self._send(f, poll, encode("auth", p.start()))
+                await self._write(f, poll, pieces("auth", p.start()))
                 while True:
                     ev.clear()
                     try:
@@ -270,7 +267,7 @@ class SerialLink:
                     except TimeoutError:
                         break  # (the gateway was not there yet: a new proof)
                     if got[0] is not None:
-                        await self._send(f, poll, encode("auth", got[0]))
+                        await self._write(f, poll, pieces("auth", got[0]))
                     if got[1] is True:
                         return
                     if got[1] is not None:
@@ -278,10 +275,21 @@ class SerialLink:
                 ms = min(ms * 2, 8000)
         finally:
             self._proof = None
+            p = None
+            forget(("pb.net.proof",))  # (its RAM back to a small heap until the next proof)
 
-    async def _send(self, f, poll, data):
-        # one frame down the line (a Bluetooth link cuts it into values)
-        await _write(f, poll, data)
+    async def _write(self, f, poll, data):
+        # one frame down the line (data: its pieces, frames.pieces), in
+        # writes the port takes (a Bluetooth link cuts it into values instead)
+        for part in data:
+            mv = memoryview(part)
+            i = 0
+            while i < len(mv):
+                if not _takes(poll):
+                    await sleep_ms(_FULL)
+                    continue
+                n = f.write(mv[i : i + _PIECE])
+                i += n or 0
 
     async def _guard(self, coro, done):
         # run coro; its failure goes to done, and ends the session
@@ -323,10 +331,15 @@ class SerialLink:
         # a frame the decoder completed (its payload, on MicroPython, a view
         # of the decoder's buffer valid only during the call)
         if kind == "auth":
-            if self._proof:  # (else: a proof's answer come late)
+            if self._proof:
                 p, ev, got = self._proof
                 got[0], got[1] = p.on_auth(bytes(payload))
                 ev.set()
+            elif self.up:
+                # the gateway asks for a proof on a line up: it restarted, or this
+                # is a connection it has not seen; the session starts again
+                self.last_error = "the gateway asked for a new proof"
+                self._end.set()
             return
         if not self.up:
             return  # (nothing is taken before the proof)
@@ -348,7 +361,7 @@ class SerialLink:
 
     async def _pump(self, f, poll):
         for topic, payload, _, _ in self.birth() if self.birth else ():
-            await self._send(f, poll, self._frame(topic, payload))
+            await self._write(f, poll, self._frame(topic, payload))
             self.stats["sent"] += 1
         if self.on_up:
             self.on_up()
@@ -356,22 +369,11 @@ class SerialLink:
         while True:
             while q:
                 self._out = q.pop(0)
-                await self._send(f, poll, self._out[0])
+                await self._write(f, poll, self._out[0])
                 self._out = None
                 self.stats["sent"] += 1
             self._wake.clear()
             await self._wake.wait()
-
-
-async def _write(f, poll, data):
-    mv = memoryview(data)
-    i = 0
-    while i < len(mv):
-        if not _takes(poll):
-            await sleep_ms(_FULL)
-            continue
-        n = f.write(mv[i : i + _PIECE])
-        i += n or 0
 
 
 def _takes(poll):

@@ -25,7 +25,7 @@ async def run(base, config, hal, counter, client=None):
     b = config["broker"]
     hal.safe_state()
     if "link" in config:  # a line: serial or Bluetooth LE (docs/protocol.md 15-17)
-        from ..net.serial_link import for_device
+        from ..net.line import for_device
 
         client = for_device(config, hal)
     else:
