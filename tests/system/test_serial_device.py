@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware.pb.net.proof import link_key
 from gateway.cli_registry import password_hash
 from gateway.client import ApiClient
 from ota import keys as ota_keys
@@ -60,27 +61,26 @@ def on_line(
     keys: ota_keys.Keys,
     gw: GatewayProcess,
     line: Line,
-    register: bool = True,
+    password: str | None = None,
 ) -> DeviceProcess:
     """A thermostat provisioned for the line (config.json "link"), registered
-    with the gateway as `permabeta provision` registers one, started."""
+    with the gateway as `permabeta provision` registers one (with the key of
+    password, where another is given), started."""
     dev = ota_device(mosquitto, make_device, keys, start=False)
     cfg = json.loads((dev.path / "config.json").read_text())
     cfg["link"] = {"serial": line.dev, "baud": 115200}
     (dev.path / "config.json").write_text(json.dumps(cfg))
-    if register:
-        from firmware.pb.net.proof import link_key
-
-        ApiClient.from_db(gw.db).request(
-            "PUT",
-            f"/api/v1/devices/{dev.id}/registration",
-            {
-                "model": "thermostat",
-                "board": "thermostat-v1",
-                "password_hash": password_hash(dev.id, dev.password),
-                "link_key": link_key(dev.id, dev.password).hex(),
-            },
-        )
+    password = password or dev.password
+    ApiClient.from_db(gw.db).request(
+        "PUT",
+        f"/api/v1/devices/{dev.id}/registration",
+        {
+            "model": "thermostat",
+            "board": "thermostat-v1",
+            "password_hash": password_hash(dev.id, password),
+            "link_key": link_key(dev.id, password).hex(),
+        },
+    )
     dev.start()
     return dev
 
@@ -186,19 +186,7 @@ def test_a_device_without_the_key_is_refused_and_nothing_it_says_is_taken(
     """Its id is registered, with another password's key: a board that
     claims the id of a device it is not."""
     gw = serial_gateway
-    dev = on_line(mosquitto, make_device, keys, gw, line, register=False)
-    from firmware.pb.net.proof import link_key
-
-    ApiClient.from_db(gw.db).request(
-        "PUT",
-        f"/api/v1/devices/{dev.id}/registration",
-        {
-            "model": "thermostat",
-            "board": "thermostat-v1",
-            "password_hash": password_hash(dev.id, "the real one"),
-            "link_key": link_key(dev.id, "the real one").hex(),
-        },
-    )
+    dev = on_line(mosquitto, make_device, keys, gw, line, password="the real one")
     wait_for(
         lambda: "the gateway did not prove it holds the device's key" in dev.output(), 30, what="refused"
     )

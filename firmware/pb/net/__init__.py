@@ -1,7 +1,8 @@
 # The MQTT codec and client, and the protocol core the device speaks over
 # them (JSON out: wire, JSON in: wire_in). Other links go beside them.
 
-# What every link does alike: its bounded queue, its backoff.
+# What every link does alike: its bounded queue, its backoff, its tasks'
+# failures ending the session.
 
 
 def enqueue(items, msg, qos, size, stats):
@@ -32,3 +33,18 @@ def backoff_ms(attempt, backoff_min_ms, backoff_max_ms):
 
     cap = min(backoff_min_ms << min(attempt, 12), backoff_max_ms)
     return cap // 2 + rand_below(cap // 2 + 1)
+
+
+async def guard(coro, end, failure):
+    """Run coro, a task of a link's session: its exception goes to the list
+    failure (the session raises it), and either way, unless it was
+    cancelled, the event end is set."""
+    from ..compat import asyncio
+
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
+        failure.append(exc)
+    end.set()

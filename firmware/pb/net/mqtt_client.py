@@ -21,7 +21,7 @@ from ..compat import (
     wait_for_ms,
 )
 from ..errors import MqttError, ProtocolError
-from . import backoff_ms, enqueue, mqtt
+from . import backoff_ms, enqueue, guard, mqtt
 
 _READ_SIZE = const(256)
 _JOIN = const(1024)
@@ -254,7 +254,7 @@ class MQTTClient:
             done = asyncio.Event()
             failure = []  # type: list[BaseException]
             for coro in (self._reader(r, w, dec), self._pump(w)):
-                tasks.append(asyncio.create_task(_guard(coro, done, failure)))
+                tasks.append(asyncio.create_task(guard(coro, done, failure)))
             await done.wait()
             if failure and not self._closed:
                 raise failure[0]
@@ -384,17 +384,6 @@ class MQTTClient:
         for pid in self._inflight:
             if ticks_diff(now, self._inflight[pid][3]) > self.ack_timeout_ms:
                 raise MqttError("no PUBACK for packet %d" % pid)
-
-
-async def _guard(coro, done, failure):
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
-        failure.append(exc)
-    finally:
-        done.set()
 
 
 def _write(w, header, payload):

@@ -33,7 +33,7 @@ from ..compat import (
     wait_for_ms,
 )
 from ..errors import ProtocolError
-from . import backoff_ms, enqueue, wire
+from . import backoff_ms, enqueue, guard, wire
 from .frames import Decoder, pieces
 
 _READ = const(256)  # bytes one read takes, into a buffer reused
@@ -211,7 +211,7 @@ class SerialLink:
                 return
             self._decoder.idle()  # (what the last session left is no frame)
             self._end.clear()
-            tasks.append(asyncio.create_task(self._guard(self._reader(f, stream, poll), failure)))
+            tasks.append(asyncio.create_task(guard(self._reader(f, stream, poll), self._end, failure)))
             await self._serve(f, poll, failure)
         finally:
             for t in tasks:
@@ -228,7 +228,7 @@ class SerialLink:
             self.stats["connects"] += 1
             self.up = True
             self.last_error = None
-            pump = asyncio.create_task(self._guard(self._pump(f, poll), failure))
+            pump = asyncio.create_task(guard(self._pump(f, poll), self._end, failure))
             try:
                 await self._end.wait()
             finally:
@@ -290,16 +290,6 @@ class SerialLink:
                     continue
                 n = f.write(mv[i : i + _PIECE])
                 i += n or 0
-
-    async def _guard(self, coro, done):
-        # run coro; its failure goes to done, and ends the session
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - handed to the session, which re-raises
-            done.append(exc)
-        self._end.set()
 
     async def _reader(self, f, stream, poll):
         dec = self._decoder
