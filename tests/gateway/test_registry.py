@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cli_registry import password_hash
@@ -71,6 +71,36 @@ def test_a_malformed_registration_is_refused(
     with pytest.raises(RegistryError, match=message):
         registry.register(dev, model, board, password_hash("th-1", "pw"), 1.0)
     assert registry.all() == []
+
+
+@settings(max_examples=200)
+@given(
+    st.text(max_size=100)
+    | st.text(alphabet="0123456789abcdefABCDEF\n ", min_size=60, max_size=68)
+    | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+)
+def test_nothing_but_64_lowercase_hex_digits_is_taken_for_a_link_key(text: str) -> None:
+    """The key a device on a line proves itself with (protocol.md 17):
+    anything else, a digit short or long, upper case, a line break, is
+    refused, and nothing of the device is recorded."""
+    import re
+    import sqlite3
+    import tempfile
+
+    from gateway.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "gw.db") as store:
+        registry = Registry(store)
+        ok = re.fullmatch(r"[0-9a-f]{64}", text) is not None
+        try:
+            registry.register("th-1", "thermostat", "thermostat-v1", password_hash("th-1", "pw"), 1.0, text)
+        except RegistryError as exc:
+            assert not ok and "link_key" in str(exc)
+            assert registry.all() == []
+        else:
+            assert ok
+            got = store.db.execute("SELECT link_key FROM device_registry").fetchone()
+            assert isinstance(got, sqlite3.Row) and got[0] == text
 
 
 @given(st.text(max_size=200))
