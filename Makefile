@@ -61,10 +61,11 @@ long: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m long
 
 # Bluetooth LE without a radio: bleak and the simulator's GATT peripheral through bluezoo (a
-# BlueZ stand-in, run as its own process) on a private D-Bus system bus (tests/support/bluez.py);
+# BlueZ stand-in, patched to let a central connect again, run as its own process) on a private
+# D-Bus system bus (tests/support/bluez.py);
 # the carrier's values at every ATT MTU between two bumble devices in one process
 ble: $(STAMP) system-deps
-	@sh .ci/system-deps dbus:dbus-daemon
+	@sh .ci/system-deps dbus:dbus-daemon patch:patch
 	$(BIN)/python -m pytest -q -m ble
 
 # Rollouts on fleets of 200 simulated devices (docs/rollouts.md)

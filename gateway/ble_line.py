@@ -37,6 +37,7 @@ MAX_OUT = 256 * 1024  # bytes queued for one connection: then frames are dropped
 CONTROL_KINDS = frozenset({"cmd", "ota/offer", "auth"})  # written with response (16)
 CONNECT_S = 20.0  # a connection not made within this is given up, and tried again
 STALE_S = 60.0  # a device not seen advertising for this long is no longer dialled
+PROOF_S = 15.0  # a connection whose device has not proven itself within this is hung up
 
 
 class GarbageRule:
@@ -172,6 +173,7 @@ class BleBridge:
         adapter: str = "hci0",
         *,
         ban_s: float = 60.0,
+        proof_s: float = PROOF_S,
         rule: type[GarbageRule] = GarbageRule,
     ) -> None:
         self.gw = gw
@@ -179,6 +181,7 @@ class BleBridge:
         self.name = f"ble:{adapter}"
         self.ban_s = ban_s  # a device dropped for garbage is not dialled again for this long
         self.rule = rule
+        self.proof_s = proof_s  # a connection whose device has not proven itself by then is hung up
         self.links: dict[str, BleLink] = {}  # address -> its connection, while up
         self.banned: dict[str, float] = {}  # address -> (loop) time it may be dialled again
         self._backoffs: dict[str, Backoff] = {}  # address -> its reconnections' backoff
@@ -252,6 +255,10 @@ class BleBridge:
         finally:
             del self._keepers[address]
 
+    def _no_proof(self, link: BleLink) -> None:
+        if link.session.device is None:
+            link.lose(f"no proof of identity within {self.proof_s:g} s")
+
     async def _serve(self, device: BLEDevice) -> tuple[str, bool]:
         """One connection, from its making to its loss: why it ended, and
         whether it was dropped for garbage. Raises BleakError when it could
@@ -277,9 +284,15 @@ class BleBridge:
                 return "not a permabeta device: its service lacks control or bulk", False
             size = link.sized.max_write_without_response_size
             log.info("%s: connected: values of %d bytes", link.name, size)
-            # the device sends its first proof message once it sees this
+            # the device sends its first proof message once it sees this; one
+            # that never proves itself (anything advertising the service) does
+            # not keep the connection
             await client.start_notify(NOTIFY_UUID, link.notified)
-            reason = await link.lost
+            late = asyncio.get_running_loop().call_later(self.proof_s, self._no_proof, link)
+            try:
+                reason = await link.lost
+            finally:
+                late.cancel()
             return reason, link.garbage is not None
         finally:
             self.links.pop(device.address, None)

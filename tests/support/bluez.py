@@ -13,12 +13,13 @@ console script; nothing here imports it.
 Limits of bluezoo 1.0.2 that tests must live with:
 - one connection per run: a second connect after a disconnect fails
   (org.freedesktop.DBus.Error.Failed from sd_bus_add_object_vtable, error
-  17: the first link's GATT objects are still exported), so every test
-  starts its own (start() takes a fraction of a second);
-- no notifications after a reconnect;
-- a disconnect by the peripheral is not delivered to the central, and one
+  17: the first link's GATT objects are still exported), and a disconnect
   by the central leaves the peripheral's notify characteristic subscribed
-  (StopNotify is not called);
+  (StopNotify is not called), so no notifications flow after a reconnect.
+  Both are mended by tests/support/bluezoo/reconnect.patch, applied to a
+  copy of the installed package that is run (patched_bluezoo); every test
+  still starts its own (start() takes a fraction of a second);
+- a disconnect by the peripheral is not delivered to the central;
 - errors inside bluezoo's D-Bus methods are logged (bluezoo.log) and
   answered with success: a GATT application with a property bluezoo does
   not know (GattService1.Characteristics) is "registered" but absent;
@@ -43,6 +44,7 @@ Limits of bluezoo 1.0.2 that tests must live with:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import signal
@@ -88,13 +90,44 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 ADDRESSES = ("00:00:5E:00:53:00", "00:00:5E:00:53:01")
 
 
-def bluezoo_command() -> list[str]:
-    """bluezoo's console script beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / "bluezoo"
-    found = str(beside) if beside.exists() else shutil.which("bluezoo")
-    if not found:
+PATCHES = Path(__file__).parent / "bluezoo"
+
+
+def patched_bluezoo(into: Path) -> Path:
+    """A copy of the installed bluezoo package in into/bluezoo with the
+    patches of tests/support/bluezoo applied (reconnect.patch: a central may
+    connect again); returns into, for PYTHONPATH. The package is found, not
+    imported."""
+    spec = importlib.util.find_spec("bluezoo")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("bluezoo is not installed (pip install bluezoo)")
-    return [found]
+    tool = shutil.which("patch")
+    if tool is None:
+        raise FileNotFoundError("patch is not installed (apt-get install patch)")
+    shutil.rmtree(into, ignore_errors=True)
+    shutil.copytree(
+        next(iter(spec.submodule_search_locations)),
+        into / "bluezoo",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for patch in sorted(PATCHES.glob("*.patch")):
+        done = subprocess.run(
+            [tool, "-p1", "--forward", "--quiet", "-i", str(patch)],
+            cwd=into,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise RuntimeError(f"{patch.name} does not apply to this bluezoo: {done.stdout}{done.stderr}")
+    return into
+
+
+def bluezoo_command(home: Path) -> tuple[list[str], dict[str, str]]:
+    """How to run bluezoo, patched (patched_bluezoo in home): the command
+    and the variables to add to its environment."""
+    path = patched_bluezoo(home)
+    command = [sys.executable, "-c", "import sys; from bluezoo import bluezoo; sys.exit(bluezoo.main())"]
+    return command, {"PYTHONPATH": str(path)}
 
 
 async def adapters_on(address: str) -> dict[str, dict[str, Any]]:
@@ -214,7 +247,8 @@ class BluezStack:
         self.address = line.decode().strip()
 
     def _start_bluezoo(self, timeout: float) -> None:
-        command = [*bluezoo_command(), "--auto-enable", f"--scan-interval={self.scan_interval}"]
+        command, extra = bluezoo_command(self.dir / "bluezoo-patched")
+        command += ["--auto-enable", f"--scan-interval={self.scan_interval}"]
         if self.verbose:
             command.append("-v")
         for address in self.addresses:
@@ -222,7 +256,7 @@ class BluezStack:
         log = (self.dir / "bluezoo.log").open("ab")
         self.bluezoo = subprocess.Popen(
             command,
-            env=self.env(),
+            env={**self.env(), **extra},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -260,6 +294,21 @@ class BluezStack:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+    async def drop(self, adapter: str, address: str) -> None:
+        """End adapter's connection to the device at address, as a link lost
+        to distance does: both ends see it go (Device1.Disconnect, on
+        bluezoo patched to stop the peripheral's notifications)."""
+        path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+        bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(
+                Message(destination=BLUEZ, path=path, interface="org.bluez.Device1", member="Disconnect")
+            )
+        finally:
+            bus.disconnect()
+        if reply is None or reply.message_type != MessageType.METHOD_RETURN:
+            raise RuntimeError(f"cannot disconnect {path}: {reply.body if reply is not None else None}")
 
     def running(self) -> bool:
         return all(p is not None and p.poll() is None for p in (self.dbus, self.bluezoo))
