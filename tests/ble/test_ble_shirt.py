@@ -33,11 +33,12 @@ from gateway.store import Store
 from gateway.updates import Update
 from ota.keys import keygen
 from ota.release import Release, build
+from simulator.ble_peripheral import BlePeripheral
 from simulator.ble_radio import SimRadio
 from simulator.clock import SimClock
 from simulator.device import VirtualDevice
 
-from ..support.bluez import BluezStack
+from ..support.bluez import ADDRESSES, BluezStack
 from ..support.wait import async_wait_for
 
 pytestmark = [pytest.mark.ble, pytest.mark.timeout(180)]
@@ -47,65 +48,69 @@ NOWHERE = BrokerUrl("127.0.0.1", 1)  # (a broker nobody reaches: the shirt is on
 
 
 class OnBle:
-    """A shirt on BLE (hci1) and the gateway's bridge (hci0), running: the
-    gateway on a real store, its broker never reached."""
+    """Shirts on BLE (one on each adapter given: hci1, hci2...) and the
+    gateway's bridge on hci0, running: the gateway on a real store, its
+    broker never reached."""
 
-    def __init__(self, bluez: BluezStack, tmp_path: Path, dev: str) -> None:
+    def __init__(self, bluez: BluezStack, tmp_path: Path, devs: dict[str, str]) -> None:
         self.bluez = bluez
         self.tmp = tmp_path
-        self.dev = dev
         self.keys = keygen(tmp_path / "keys")
-        password = "the shirt's own"
         self.store = Store(tmp_path / "gw.db")
-        key = link_key(dev, password).hex()
-        Registry(self.store).register(dev, "shirt", "shirt-v1", HASH, time.time(), key)
         self.gw = Gateway(NOWHERE, self.store, api=None, keys=self.keys)
-        self.gw.carriers.append(BleBridge(self.gw, "hci0"))
-        self.shirt = VirtualDevice(
-            dev,
-            "shirt",
-            NOWHERE,
-            tmp_path / "devices",
-            SimClock(),
-            1,
-            password=password,
-            root=self.keys.root_bytes,
-            trial_s=1,
-            telemetry_s=1,
-            sample_s=0.2,
-            ble_adapter="hci1",
-        )
+        self.bridge = BleBridge(self.gw, "hci0")
+        self.gw.carriers.append(self.bridge)
+        self.shirts: dict[str, VirtualDevice] = {}
+        self.carriers: dict[str, str] = {}
+        for dev, adapter in devs.items():
+            password = f"{dev}'s own"
+            key = link_key(dev, password).hex()
+            Registry(self.store).register(dev, "shirt", "shirt-v1", HASH, time.time(), key)
+            self.shirts[dev] = VirtualDevice(
+                dev,
+                "shirt",
+                NOWHERE,
+                tmp_path / "devices",
+                SimClock(),
+                1,
+                password=password,
+                root=self.keys.root_bytes,
+                trial_s=1,
+                telemetry_s=1,
+                sample_s=0.2,
+                ble_adapter=adapter,
+            )
+            self.carriers[dev] = f"ble:{bluez.addresses[bluez.adapters.index(adapter)]}"
+        self.dev = next(iter(devs))
+        self.shirt = self.shirts[self.dev]
         self.tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> OnBle:
-        self.tasks = [
-            asyncio.create_task(self.gw.run(), name="gateway"),
-            asyncio.create_task(self.shirt.run(), name="shirt"),
-        ]
+        self.tasks = [asyncio.create_task(self.gw.run(), name="gateway")]
+        self.tasks += [asyncio.create_task(s.run(), name=dev) for dev, s in self.shirts.items()]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.shirt.stop()
+        for shirt in self.shirts.values():
+            shirt.stop()
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 10)
-        radio = self.shirt.hal.ble
-        if radio is not None:
-            await radio.stop()
+        for shirt in self.shirts.values():
+            if shirt.hal.ble is not None:
+                await shirt.hal.ble.stop()
         self.store.close()
 
-    @property
-    def carrier(self) -> str:
-        return f"ble:{self.bluez.addresses[1]}"
-
     async def online(self) -> None:
-        d = await async_wait_for(
-            lambda: (d := self.store.device(self.dev)) and d.online and d, 60, what="the shirt online"
-        )
-        assert d.carrier == self.carrier
-        assert self.dev in self.gw.lines
+        """Every shirt online, on its own connection, at once."""
+        for dev in self.shirts:
+            d = await async_wait_for(
+                lambda dev=dev: (d := self.store.device(dev)) and d.online and d, 60, what=f"{dev} online"
+            )
+            assert d.carrier == self.carriers[dev]
+        await async_wait_for(lambda: set(self.shirts) <= set(self.gw.lines), 30, what="every shirt on a line")
 
     def release(self, tables: int) -> Release:
         """Release 2 of the shirt: vent again, with `tables` bytes of tables it lacks."""
@@ -119,28 +124,29 @@ class OnBle:
         self.gw.ota.releases.add(release.path, time.time())
         return release
 
-    async def ended(self, uid: str) -> Update:
+    async def ended(self, uid: str, dev: str | None = None) -> Update:
+        dev = dev or self.dev
         done: Update = await async_wait_for(
             lambda: (
                 (r := self.gw.ota.table.get(uid)) and r.state in ("committed", "failed", "rolled_back") and r
             ),
             120,
-            what="the update's end",
+            what=f"the end of {dev}'s update",
         )
         assert done.state == "committed", done
         shown = await async_wait_for(
-            lambda: (d := self.store.device(self.dev)) and (d.ota or {}).get("counter") == 2 and d,
+            lambda: (d := self.store.device(dev)) and (d.ota or {}).get("counter") == 2 and d,
             30,
-            what="its new hello",
+            what=f"{dev}'s new hello",
         )
-        assert shown.carrier == self.carrier
+        assert shown.carrier == self.carriers[dev]
         return done
 
 
 async def test_a_shirt_on_ble_is_listed_reports_answers_and_takes_an_update(
     bluez: BluezStack, tmp_path: Path
 ) -> None:
-    async with OnBle(bluez, tmp_path, "sh-ble-1") as on:
+    async with OnBle(bluez, tmp_path, {"sh-ble-1": "hci1"}) as on:
         await on.online()
         gw, store, dev = on.gw, on.store, on.dev
         # its telemetry, stored
@@ -159,7 +165,7 @@ async def test_a_link_lost_mid_update_is_made_again_and_the_update_goes_on_from_
     bluez: BluezStack, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "permabeta")
-    async with OnBle(bluez, tmp_path, "sh-ble-2") as on:
+    async with OnBle(bluez, tmp_path, {"sh-ble-2": "hci1"}) as on:
         await on.online()
         gw, dev = on.gw, on.dev
         on.release(96 * 1024)
@@ -218,3 +224,45 @@ def out_of_range(radio: SimRadio, after: int, drop: Callable[[], Awaitable[None]
     assert radio.peripheral is not None
     radio.peripheral.on_subscribed(subscribe)
     return came
+
+
+async def test_shirts_at_once_beside_a_peripheral_that_sends_garbage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two shirts on connections of their own, served at once (telemetry,
+    commands, an update each), while a third peripheral that advertises the
+    service sends noise and is dropped."""
+    caplog.set_level(logging.INFO, "permabeta")
+    stack = BluezStack(tmp_path / "bluez", (*ADDRESSES, "00:00:5E:00:53:02", "00:00:5E:00:53:03")).start()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", stack.address)
+    noisy = BlePeripheral("hci3", on_control=lambda v: None, on_bulk=lambda v: None, mtu=185)
+    try:
+        async with OnBle(stack, tmp_path, {"sh-ble-a": "hci1", "sh-ble-b": "hci2"}) as on, noisy:
+            gw = on.gw
+            await on.online()
+            # the noise: values in sequence that begin no frame, until it is dropped
+            await noisy.wait_subscribed(30)
+            rng = random.Random(5)
+            for i in range(400):
+                if not noisy.send(bytes([i & 0xFF]) + b"\x00" + rng.randbytes(180)):
+                    break
+                await asyncio.sleep(0.002)
+            await async_wait_for(lambda: stack.addresses[3] in on.bridge.banned, 30, what="the noise dropped")
+            assert f"ble:{stack.addresses[3]}: dropped: " in caplog.text
+            # the shirts, served all the while, each on its own line
+            for dev in on.shirts:
+                reply = await gw.send_command(dev, "ping", timeout=20)
+                assert reply["ok"] is True
+                await async_wait_for(
+                    lambda dev=dev: (gw.flush(), on.store.device(dev))[1].last_telemetry, 20, what="telemetry"
+                )
+            assert {gw.lines[dev].line.name for dev in on.shirts} == set(on.carriers.values())
+            # an update of both, at once
+            on.release(32 * 1024)
+            started = [await gw.ota.start(dev, "shirt@2") for dev in on.shirts]
+            for u, dev in zip(started, on.shirts, strict=True):
+                done = await on.ended(u.id, dev)
+                assert done.bytes == done.total > 32 * 1024
+            assert gw.rejects.get("proof_refused", 0) == 0
+    finally:
+        stack.stop()
