@@ -79,6 +79,7 @@ chaos: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -s -m chaos -p no:randomly tests/simulator/test_chaos.py
 
 bench: $(STAMP) system-deps
+	@sh .ci/system-deps dbus:dbus-daemon patch:patch
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP)

@@ -13,13 +13,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import fleet_scale, judge_quality, ota_image, ota_transfer, ota_verify, serial_transfer, twin_accuracy
+from . import (
+    ble_transfer,
+    fleet_scale,
+    judge_quality,
+    ota_image,
+    ota_transfer,
+    ota_verify,
+    serial_transfer,
+    twin_accuracy,
+)
 
 # name, title, run(arguments)
 BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ("ota_verify", "Ed25519 verification on the device", lambda argv: ota_verify.main()),
     ("ota_transfer", "an update of 64 KiB over MQTT, end to end", lambda argv: ota_transfer.main()),
     ("serial", "the same update over a serial line", lambda argv: serial_transfer.main()),
+    ("ble", "the same update over Bluetooth LE (bluezoo, no radio)", lambda argv: ble_transfer.main()),
     ("ota_image", "a 1 MiB MicroPython image written to the app partition", lambda argv: ota_image.main()),
     ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
     (

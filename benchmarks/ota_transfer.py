@@ -32,14 +32,12 @@ import contextlib
 import getpass
 import json
 import os
-import platform
 import queue
 import random
 import secrets
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +61,8 @@ from simulator.device import VirtualDevice
 from tests.support.mosquitto import GATEWAY_PASSWORD, OPERATORS, Mosquitto
 from tests.support.ota import KeyedGatewayProcess
 from tests.support.processes import DeviceProcess
+
+from . import results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "ota.json"
@@ -625,19 +625,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="pb-bench-ota-") as tmp:
-        try:
-            results = asyncio.run(measure(Path(tmp)))
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"OTA benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    results["python"] = sys.version.split()[0]
-    results["machine"] = platform.machine()
-    report(results)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"figures written to {OUT.relative_to(ROOT)}")
-    return 0
+    return results.run("OTA", "pb-bench-ota-", lambda work: asyncio.run(measure(work)), report, OUT)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import select
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import tty
@@ -47,6 +45,7 @@ from ota.release import Release, build
 from tests.support.mosquitto import Mosquitto
 from tests.support.processes import DeviceProcess, GatewayProcess
 
+from . import results
 from .ota_transfer import eco_with_tables, fixed_bytes, lacking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,19 +315,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="pb-bench-serial-") as tmp:
-        try:
-            results = measure(Path(tmp))
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"serial benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    results["python"] = sys.version.split()[0]
-    results["machine"] = platform.machine()
-    report(results)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"figures written to {OUT.relative_to(ROOT)}")
-    return 0
+    return results.run("serial", "pb-bench-serial-", measure, report, OUT)
 
 
 if __name__ == "__main__":

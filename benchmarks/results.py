@@ -1,0 +1,38 @@
+"""How a benchmark ends: its figures, with the interpreter and machine they
+were measured on, printed and written to bench-results/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(
+    what: str,
+    prefix: str,
+    measure: Callable[[Path], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+    out: Path,
+) -> int:
+    """measure(a scratch folder), then report and write the figures to out;
+    1 (after saying why) if it failed with RuntimeError or TimeoutError."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        try:
+            results = measure(Path(tmp))
+        except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+            print(f"{what} benchmark failed: {exc}", file=sys.stderr)
+            return 1
+    results["python"] = sys.version.split()[0]
+    results["machine"] = platform.machine()
+    report(results)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"figures written to {out.relative_to(ROOT)}")
+    return 0
