@@ -187,15 +187,7 @@ async def one_update(folder: Path, keys: Keys, release: Release, n: int) -> dict
         t_staged, staged, i = await tap.wait("ota/status", "staged", i)
         at_staged = tap.snapshot()
         t_done, _, _ = await tap.wait("ota/status", "committed", i)
-        check_s = staged.get("check_ms", 0) / 1000
-        return {
-            "transfer_s": t_staged - t_offer - check_s,
-            "stream_s": t_staged - t_dl,
-            "update_s": t_done - t_offer,
-            "check_s": check_s,
-            "offer_bytes": offer["_bytes"],
-            "wire_bytes": at_staged[0] - base[0] + at_staged[1] - base[1] + offer["_bytes"],
-        }
+        return results.one_update((t_offer, t_dl, t_staged, t_done), staged, offer, (base, at_staged))
     finally:
         shirt.stop()
         for t in tasks:

@@ -36,3 +36,26 @@ def run(
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"figures written to {out.relative_to(ROOT)}")
     return 0
+
+
+def one_update(
+    times: tuple[float, float, float, float],
+    staged: dict[str, Any],
+    offer: dict[str, Any],
+    bytes_at: tuple[tuple[int, int], tuple[int, int]],
+) -> dict[str, Any]:
+    """One update's figures on a carrier: times when the offer, the first
+    `downloading`, the `staged` and the `committed` status passed; the staged
+    status and the offer (with its `_bytes`); the bytes each way on the
+    carrier at the offer and at the staged status."""
+    t_offer, t_dl, t_staged, t_done = times
+    (base, at_staged) = bytes_at
+    check_s = staged.get("check_ms", 0) / 1000
+    return {
+        "transfer_s": t_staged - t_offer - check_s,
+        "stream_s": t_staged - t_dl,
+        "update_s": t_done - t_offer,
+        "check_s": check_s,
+        "offer_bytes": offer["_bytes"],
+        "wire_bytes": at_staged[0] - base[0] + at_staged[1] - base[1] + offer["_bytes"],
+    }

@@ -217,16 +217,8 @@ class Bench:
             t_staged, staged, i = cable.wait("ota/status", "staged", i, TIMEOUT_S)
             at_staged = cable.snapshot()
             t_done, _, _ = cable.wait("ota/status", "committed", i, TIMEOUT_S)
-            check_s = staged.get("check_ms", 0) / 1000
-            return {
-                "transfer_s": t_staged - t_offer - check_s,
-                "stream_s": t_staged - t_dl,
-                "update_s": t_done - t_offer,
-                "check_s": check_s,
-                "offer_bytes": offer["_bytes"],
-                "wire_bytes": at_staged[0] - base[0] + at_staged[1] - base[1] + offer["_bytes"],
-                "update_mode": "update mode" in device.output(),
-            }
+            figures = results.one_update((t_offer, t_dl, t_staged, t_done), staged, offer, (base, at_staged))
+            return figures | {"update_mode": "update mode" in device.output()}
         except Exception:
             print(device.output()[-3000:], file=sys.stderr)
             print(gw.log.read_text()[-3000:], file=sys.stderr)
