@@ -93,8 +93,9 @@ class Agent:
     model, counter: the device's model and the release counter it runs;
     request(msg): sends a request or acknowledgement to the gateway;
     report(status dict); now(): Unix time; link_up() -> bool; fault(name):
-    a power-cut point for tests (no-op on a board); on_staged(): asks for
-    the reset. With once, run() returns when its update ends instead of
+    a power-cut point for tests (no-op on a board); on_reset(): asks for
+    the reset (the update staged, or a heap too fragmented for the download
+    beside the features: it goes on in update mode). With once, run() returns when its update ends instead of
     waiting for the next offer. What to fetch is the need list the check
     of the manifest wrote (pb/ota/needs.py).
     configure() sets the device id and capabilities the release must suit,
@@ -112,7 +113,7 @@ class Agent:
         self.now = now
         self.link_up = link_up
         self.fault = fault
-        self.on_staged = None
+        self.on_reset = None
         self.once = False
         self.restart = None  # why update mode must start afresh: "ram" or "check"
         self.chunk = 4096
@@ -281,8 +282,8 @@ class Agent:
             try:
                 await self._download(job)
             except _Staged:
-                if self.on_staged is not None:
-                    self.on_staged()
+                if self.on_reset is not None:
+                    self.on_reset()
                 return
             except _CheckAtBoot:
                 self._close()
@@ -290,10 +291,16 @@ class Agent:
                 return
             except MemoryError:
                 # a fragmented heap, not a broken update: what is on flash
-                # stays, and the download goes on after a reset (update mode)
+                # stays, and the download goes on after a reset, in update
+                # mode (from the runtime: a reset asked for, not a crash)
                 self._close()
                 if not self.once:
-                    raise
+                    if self.on_reset is None:
+                        raise
+                    job["mode"] = "lean"
+                    self.save_job()
+                    self.on_reset()
+                    return
                 self.restart = "ram"
                 return
             except Failed as exc:
@@ -449,8 +456,8 @@ class Agent:
         statement before any blob is fetched (the install at boot checks them
         all again), and write the need list. The checking code is loaded
         for this alone and let go after: its RAM is the download's. Raises
-        Failed; a MemoryError crashes the runtime on purpose (the download
-        goes on in update mode, and the check is made at boot)."""
+        Failed; a MemoryError ends run() with a reset into update mode (the
+        download goes on there, and the check is made at boot)."""
         collect()
         t0 = ticks_ms()
         try:

@@ -95,6 +95,6 @@ def _agent(u):
         )
         configure(u.agent, d.config, d.hal)
         u.agent.tick = d.hal.feed_watchdog
-        u.agent.on_staged = lambda: d.stop("update")
+        u.agent.on_reset = lambda: d.stop("update")
         u.agent.busy = lambda: d.features.busy(d.actuators)
     return u.agent
