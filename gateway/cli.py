@@ -498,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument(
         "--serial-line",
         metavar="PORT",
-        help="the device talks to the gateway on this serial port of its own (a UART, or /dev/ttyUSB0 on "
-        "a Linux board) instead of to the broker: the gateway runs with --serial on the other end",
+        help="the device talks to the gateway on this serial port of its own (/dev/ttyUSB0 on a Linux "
+        "board; repl: the board's own USB REPL port, handed over) instead of to the broker: the gateway "
+        "runs with --serial on the other end",
     )
     pv.add_argument(
         "--ble-link",

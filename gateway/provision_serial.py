@@ -206,8 +206,11 @@ def provision_port(
         if platform not in HALS:
             raise BoardError(f"the board on {port} runs MicroPython on {platform!r}: no HAL of ours")
         check_board(info, device_id, port, force)
-        if HALS[platform] == "esp32" and not options.get("wifi"):
-            raise ConfigError("an ESP32 reaches its broker over Wi-Fi: give --wifi SSID --wifi-password PASS")
+        if HALS[platform] == "esp32" and not options.get("wifi") and not options.get("serial_line"):
+            raise ConfigError(
+                "an ESP32 reaches its broker over Wi-Fi (give --wifi SSID --wifi-password PASS) "
+                "or the gateway on a serial line (--serial-line)"
+            )
         if not options.get("password") and not broker.password and not force:
             held = (info.get("config") or {}).get("device") == device_id
             kept = json.loads(b.exec(board_code.PASSWORD).strip() or "null") if held else None

@@ -37,7 +37,7 @@ def supervise():
     # PB_RESET tells each start why the last one ended, as a board's reset
     # cause register does (pb/hal/host.py): nothing at the first start (the
     # power came on), "hard" after the device reset itself (machine.reset()
-    # on a board), "watchdog" after it crashed
+    # on a board) or its REPL ended, "watchdog" after it crashed
     cause = ""
     while True:
         cmd = "PB_CHILD=1 PB_RESET=%s %sexec %s'%s' %s" % (
@@ -54,6 +54,12 @@ def supervise():
         if code == 0:
             return  # stopped on purpose (Ctrl-C)
         cause = "hard"
+        if code == 76:
+            # a boot that leaves the port to the REPL (main.py repl_kept):
+            # the REPL runs in the device's place, on the same terminal, and
+            # its end (Ctrl-D: a soft reset) is the device's next reset
+            os.system("%sexec %s'%s' %s" % (image(), tie, exe, " ".join("'%s'" % a for a in argv[:-1])))
+            continue
         if code != 75:
             cause = "watchdog"
             time.sleep(1)  # it crashed: a board's watchdog would reset it

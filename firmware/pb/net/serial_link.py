@@ -2,8 +2,9 @@
 # carries, in frames (pb/net/frames.py) on a serial port, behind the MQTT
 # client's interface (pb/net/mqtt_client.py) so that the runtime and update
 # mode can use either. A port is a path: a USB serial adapter or a UART
-# under Linux (/dev/ttyUSB0, /dev/ttyACM0), or a pty. Runs unchanged on
-# MicroPython's unix port and on CPython (the simulator).
+# under Linux (/dev/ttyUSB0, /dev/ttyACM0), or a pty; or "repl", the board's
+# own REPL port (its USB serial) handed over to the line. Runs unchanged on
+# MicroPython's unix port and on CPython (the simulator; "repl" is a board's).
 #
 # The unix port has no fcntl and no os.open: a port cannot be made
 # non-blocking, and a read of a blocking tty waits until the whole buffer
@@ -196,7 +197,26 @@ class SerialLink:
         return pieces(topic[len(p) :], payload)
 
     async def _session(self):
-        if MICROPYTHON:
+        if self.port == "repl":
+            # the board's own REPL port (its USB serial): the line writes to
+            # its output and reads its input, where Ctrl-C is a byte like any
+            # other (the way back to the REPL: the command repl.open)
+            import sys
+
+            if not MICROPYTHON:
+                raise OSError("the REPL's port is a board's (MicroPython)")
+            import micropython
+
+            micropython.kbd_intr(-1)
+            try:
+                import termios  # (the unix port: its terminal, raw)
+
+                termios.setraw(0)
+            except (ImportError, OSError):
+                pass
+            f = sys.stdout.buffer
+            stream = asyncio.StreamReader(sys.stdin.buffer)
+        elif MICROPYTHON:
             f = _open(self.port, self.baud, None)
             stream = asyncio.StreamReader(f)  # (MicroPython's wraps any stream)
         else:
@@ -216,7 +236,8 @@ class SerialLink:
         finally:
             for t in tasks:
                 t.cancel()
-            f.close()
+            if self.port != "repl":
+                f.close()
 
     async def _serve(self, f, poll, failure):
         # the proof, then the messages, until the session ends; a gateway that
@@ -295,9 +316,19 @@ class SerialLink:
         dec = self._decoder
         held = False  # bytes came since the decoder last went idle
         buf = self._buf
+        repl = None
+        if self.port == "repl":
+            # the REPL's input as a board gives it: a read of n bytes waits
+            # for all n there, so one byte once the loop says there is some,
+            # then each byte that has come (up to the buffer's size)
+            import sys
+
+            repl = select.poll()
+            repl.register(sys.stdin.buffer, select.POLLIN)
+            one = memoryview(buf)[:1]
         while True:
             # MicroPython's stream reads what came; CPython's loop says it came
-            aw = stream.readinto(buf) if MICROPYTHON else stream.wait()
+            aw = (stream.readinto(one if repl else buf)) if MICROPYTHON else stream.wait()
             try:
                 n = await (wait_for_ms(aw, _IDLE) if held else aw)  # type: int
             except TimeoutError:
@@ -313,6 +344,8 @@ class SerialLink:
                 _takes(poll)  # (raises if it hung up)
                 continue  # (CPython's loop can say so once more than there was)
             held = True
+            while repl and n < len(buf) and repl.poll(0):
+                n += sys.stdin.buffer.readinto(memoryview(buf)[n : n + 1]) or 0
             dec.feed(memoryview(buf)[:n])
             self.stats["noise"] = dec.skipped
             self.stats["bad"] = dec.dropped
