@@ -226,6 +226,19 @@ def decide(base=".", image=None, reset=None):
 
 def boot(base="."):
     """decide(), and the chosen set's runtime first on sys.path."""
+    try:
+        os.remove(base + "/" + "repl")
+    except OSError:
+        pass
+    else:
+        # a boot that is the REPL's: the command repl.open, on a device whose
+        # line is its REPL's port, left the file (it goes: the next boot is
+        # the device's). main.py stops as at Ctrl-C, and a board's REPL takes
+        # its port; on the unix port the parent runs the REPL in the
+        # device's place (pb/hal/supervisor.py)
+        if sys.platform == "linux":
+            sys.exit(76)
+        raise KeyboardInterrupt
     # the app partition running (its MicroPython image): esp32.Partition, or
     # on a host the stand-in bootloader's choice (main.py's supervisor)
     try:

@@ -29,20 +29,6 @@ def device():
     run(".", chosen)
 
 
-def repl_kept():
-    # the command repl.open on a device whose line is its REPL's port leaves
-    # this file: this boot leaves the port to the REPL (for provision
-    # --port), and the file goes, so that the next boot is the device's
-    import os
-
-    try:
-        os.remove("repl.open")
-    except OSError:
-        return False
-    print("pb: the REPL is open until the next reset (repl.open)")
-    return True
-
-
 def last_resort(exc):
     if hasattr(sys, "print_exception"):
         sys.print_exception(exc)
@@ -80,15 +66,13 @@ try:
             # the device's folder): each loaded module keeps its path in RAM
             sys.path[0] = ""
         if os.getenv("PB_CHILD"):
-            if repl_kept():
-                sys.exit(76)  # the parent runs the REPL in the device's place
             device()
             sys.exit(75)  # a reset: the parent starts the device again
         # (the supervisor's code apart: none of its names in the device's RAM)
         from pb.hal.supervisor import supervise
 
         supervise()
-    elif not repl_kept():
+    else:
         device()
 except KeyboardInterrupt:
     pass

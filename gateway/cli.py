@@ -499,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--serial-line",
         metavar="PORT",
         help="the device talks to the gateway on this serial port of its own (/dev/ttyUSB0 on a Linux "
-        "board; repl: the board's own USB REPL port, handed over) instead of to the broker: the gateway "
-        "runs with --serial on the other end",
+        "board; repl: the board's own USB REPL port, handed over; uartN:TX:RX: an ESP32's UART and its "
+        "pins) instead of to the broker: the gateway runs with --serial on the other end",
     )
     pv.add_argument(
         "--ble-link",

@@ -9,6 +9,7 @@ serial is ``gateway.provision_serial.provision_port``.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
@@ -104,6 +105,22 @@ def board_for(model: str, board: str | None = None) -> dict[str, Any]:
     raise ConfigError(f"unknown model {model!r} (known: {', '.join(models())})")
 
 
+def uart_pins(port: str, hal: str) -> dict[str, Any]:
+    """An ESP32's UART as --serial-line gives it, uartN:TX:RX (its number
+    and pins): config.json's link. Raises ConfigError."""
+    m = re.fullmatch(r"(uart[0-9]):([0-9]{1,2}):([0-9]{1,2})", port)
+    if m is None or max(int(m[2]), int(m[3])) > 48:
+        raise ConfigError(
+            f"serial line {port!r}: give a path (/dev/ttyUSB0), repl (the board's REPL port) "
+            "or an ESP32's UART and its pins, uartN:TX:RX (uart2:17:16)"
+        )
+    if hal != "esp32":
+        raise ConfigError(
+            f"serial line {port!r} is an ESP32's UART: on a Linux board give its path (/dev/ttyS1)"
+        )
+    return {"serial": m[1], "tx": int(m[2]), "rx": int(m[3])}
+
+
 def make_config(
     device: str,
     board: dict[str, Any],
@@ -165,6 +182,8 @@ def make_config(
         if not port or baud <= 0:
             raise ConfigError(f"a serial line needs a port and a rate, not {port!r} at {baud}")
         config["link"] = {"serial": port, "baud": baud}
+        if port != "repl" and not port.startswith("/"):
+            config["link"].update(uart_pins(port, hal))
     if ble_link:
         if serial_line is not None:
             raise ConfigError("a device talks on one line: a serial line or Bluetooth LE, not both")

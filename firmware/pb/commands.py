@@ -118,7 +118,7 @@ def _op(dev, op, args):
             # boot that leaves it to the REPL (main.py), until the next one
             from .store import write_atomic
 
-            write_atomic(dev.base + "/repl.open", b"")
+            write_atomic(dev.base + "/" + "repl", b"")
             asyncio.create_task(dev.reboot_soon())
             return {"repl": "open", "rebooting": True}
         dev.hal.set_repl(True)  # until the next reset: re-provisioning over USB is possible

@@ -33,6 +33,8 @@ wifi.ssid str - 1 32
 wifi.password str - 0 64
 link.serial str - 1 128
 link.baud int 115200 50 4000000
+link.tx int - 0 48
+link.rx int - 0 48
 link.ble bool - 0 1
 ntp str pool.ntp.org 0 253
 telemetry_ms int 10000 10 86400000

@@ -294,3 +294,93 @@ def test_publish_frames_the_topic_tail_and_bounds_the_queue() -> None:
     assert not link.publish("pb/d1/telemetry", b"4", 0)  # and a QoS 0 one finds no room
     assert [b"".join(f) for f, _ in link._queue] == [encode("state", b"1"), encode("event", b"3")]
     assert link.pending() == 2 and link.stats["dropped"] == 2
+
+
+# An ESP32's UART as the line (config.json "link": {"serial": "uart2", "tx":
+# 17, "rx": 16}): the ESP32 backend's uart() makes it, with a stand-in for
+# machine.UART on the unix port (no UART here) whose pins lead to the pty: a
+# stream read as a UART with timeout 0 reads, what has come.
+MACHINE = """
+import termios
+
+MADE = []
+
+
+def UART(id, baudrate=9600, tx=None, rx=None, timeout=None, rxbuf=None):
+    MADE.append((id, baudrate, tx, rx, timeout, rxbuf))
+    with open("uart.path") as f:
+        path = f.read().strip()
+    port = open(path, "r+b", buffering=0)
+    termios.setraw(port.fileno())
+    a = termios.tcgetattr(port.fileno())
+    a[6][6] = a[6][5] = 0  # (VMIN, VTIME: a read returns what has come)
+    termios.tcsetattr(port.fileno(), termios.TCSANOW, a)
+    return port
+"""
+
+ON_A_UART = """
+import sys, json
+import asyncio
+import machine
+from pb.hal.esp32 import Esp32Hal
+from pb.net.serial_link import SerialLink
+
+hal = Esp32Hal({"capabilities": {}}, "/")
+link = SerialLink("d1", hal.uart({"serial": "uart2", "baud": 115200, "tx": 17, "rx": 16}))
+link.subscribe("pb/d1/cmd", 1)
+link.subscribe("pb/d1/ota/#", 0)
+link.birth = lambda: [("pb/d1/hello", b'{"v": 1}', 1, True)]
+
+
+def on_message(topic, payload, retain):
+    if payload == b"stats":
+        link.publish("pb/d1/reply", json.dumps({"made": machine.MADE, "stats": link.stats}), 1)
+    else:
+        link.publish("pb/d1/reply", topic.encode() + b":" + payload, 1)
+
+
+link.on_message = on_message
+asyncio.run(link.run())
+"""
+
+
+@pytest.mark.micropython
+def test_a_boards_uart_carries_the_line(line: Line, tmp_path: Path) -> None:
+    fw = tmp_path / "fw"
+    shutil.copytree(FIRMWARE_PB, fw / "pb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (fw / "machine.py").write_text(MACHINE)
+    (fw / "uart.path").write_text(line.dev)
+    (fw / "device.py").write_text(ON_A_UART)
+    gw = GatewayEnd(line.gw, timeout=0.1)
+    dev = subprocess.Popen(
+        [str(MICROPYTHON), "-X", f"heapsize={SMALL_HEAP}", "device.py"],
+        cwd=fw,
+        env={"MICROPYPATH": f"{fw}:.frozen", "PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert gw.take(len(encode("hello", HELLO))) == encode("hello", HELLO)
+        gw.write(
+            b"boot: ok\r\n" + encode("cmd", b'{"op": "ping"}') + b"\x00 noise" + encode("ota/chunk", CHUNK)
+        )
+        want = encode("reply", b'pb/d1/cmd:{"op": "ping"}') + encode("reply", b"pb/d1/ota/chunk:" + CHUNK)
+        assert gw.take(len(want)) == want
+        gw.write(encode("cmd", b"stats"))
+        dec = Decoder()
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got += dec.feed(gw.read(300))
+        ((_, payload),) = got
+        report = json.loads(payload)
+        # the UART and pins the link names, at its rate, reads not waiting, room for a frame
+        assert report["made"] == [[2, 115200, 17, 16, 0, 4608]]
+        assert report["stats"]["received"] == 3 and report["stats"]["noise"] > 0
+    finally:
+        gw.close()
+        with contextlib.suppress(ProcessLookupError):
+            dev.kill()
+        out, _ = dev.communicate(timeout=10)
+    assert b"Traceback" not in out, out.decode(errors="replace")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from firmware.pb.config import check as check_config
+from firmware.pb.errors import HalError
 from gateway.broker import BrokerUrl
 from gateway.ca import create_ca, read_ca
 from gateway.errors import ConfigError
@@ -114,3 +115,59 @@ def test_a_shirt_is_provisioned_for_bluetooth_and_a_thermostat_carries_no_ble_co
     assert not list((tmp_path / "th" / "pb" / "net").glob("ble_*"))
     with pytest.raises(ConfigError, match="has no Bluetooth LE radio"):
         provision_into(tmp_path / "th2", "thermostat", "th-2", broker, password="x", ble_link=True)
+
+
+def test_a_serial_line_is_a_path_the_repl_or_an_esp32s_uart(tmp_path: Path) -> None:
+    """What --serial-line takes: a path, repl (the board's REPL port), or an
+    ESP32's UART and its pins (uartN:TX:RX); the link the device then makes
+    asks its HAL for that UART."""
+    from firmware.pb.hal.esp32 import Esp32Hal
+    from firmware.pb.net.line import for_device
+    from firmware.pb.net.serial_link import SerialLink
+
+    broker = BrokerUrl("127.0.0.1", 1883)
+    for port in ("/dev/ttyUSB0", "repl"):
+        p = provision_into(
+            tmp_path / port[-4:], "thermostat", "th-1", broker, password="x", serial_line=(port, 9600)
+        )
+        assert json.loads((p.path / "config.json").read_text())["link"] == {"serial": port, "baud": 9600}
+    p = provision_into(
+        tmp_path / "u",
+        "thermostat",
+        "th-2",
+        broker,
+        password="x",
+        hal="esp32",
+        serial_line=("uart2:17:16", 115200),
+    )
+    config = json.loads((p.path / "config.json").read_text())
+    assert config["link"] == {"serial": "uart2", "baud": 115200, "tx": 17, "rx": 16}
+    check_config(config)
+    for bad in ("uart2", "uart2:17", "uart2:17:99", "ttyUSB0", "uartX:1:2"):
+        with pytest.raises(ConfigError, match=r"give a path \(/dev/ttyUSB0\), repl .* uartN:TX:RX"):
+            provision_into(
+                tmp_path / "b",
+                "thermostat",
+                "th-3",
+                broker,
+                password="x",
+                hal="esp32",
+                serial_line=(bad, 9600),
+            )
+    with pytest.raises(ConfigError, match="is an ESP32's UART: on a Linux board give its path"):
+        provision_into(
+            tmp_path / "h", "thermostat", "th-4", broker, password="x", serial_line=("uart2:17:16", 9600)
+        )
+
+    class Board(Esp32Hal):
+        asked: list[dict[str, object]] = []
+
+        def uart(self, link: dict[str, object]) -> object:
+            self.asked.append(link)
+            return "the board's UART"
+
+    link = for_device(config, Board({"capabilities": {}}))
+    assert isinstance(link, SerialLink) and link.port == "the board's UART"
+    assert Board.asked == [config["link"]]
+    with pytest.raises(HalError, match="a UART line needs uartN, tx and rx"):
+        Esp32Hal({"capabilities": {}}).uart({"serial": "uart2"})

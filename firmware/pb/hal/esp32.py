@@ -175,6 +175,20 @@ class Esp32Hal(Hal):
             return None  # a table with one app partition: no image updates
         return esp32.Partition
 
+    def uart(self, link):
+        """The UART config.json's link names ({"serial": "uart2", "baud": N,
+        "tx": PIN, "rx": PIN}) as the line's stream. Raises HalError."""
+        try:
+            n = int(link["serial"][4:])
+            tx, rx = link["tx"], link["rx"]
+        except (ValueError, KeyError):
+            raise HalError("a UART line needs uartN, tx and rx in config.json's link") from None
+        import machine
+
+        # reads return what has come (timeout 0), and the receive buffer
+        # holds a whole frame (4410 bytes) while the event loop is busy
+        return machine.UART(n, baudrate=link.get("baud", 115200), tx=tx, rx=rx, timeout=0, rxbuf=4608)
+
     def radio(self, config):
         from ..net.ble_radio import Radio
 

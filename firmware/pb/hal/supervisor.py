@@ -55,9 +55,10 @@ def supervise():
             return  # stopped on purpose (Ctrl-C)
         cause = "hard"
         if code == 76:
-            # a boot that leaves the port to the REPL (main.py repl_kept):
+            # a boot that leaves the port to the REPL (main.py device()):
             # the REPL runs in the device's place, on the same terminal, and
             # its end (Ctrl-D: a soft reset) is the device's next reset
+            print("pb: the REPL until the next reset (the command repl.open)")
             os.system("%sexec %s'%s' %s" % (image(), tie, exe, " ".join("'%s'" % a for a in argv[:-1])))
             continue
         if code != 75:

@@ -19,7 +19,7 @@ from .ble_frag import Joiner, Sender
 from .serial_link import SerialLink
 
 
-def for_board(config, hal, key, **kwargs):
+def for_device(config, hal, key, **kwargs):
     """The link on the board's radio (hal.radio(config): pb/hal/esp32.py's,
     the simulator's). Raises HalError on a board that has none."""
     if not hasattr(hal, "radio"):

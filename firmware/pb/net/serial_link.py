@@ -3,8 +3,9 @@
 # client's interface (pb/net/mqtt_client.py) so that the runtime and update
 # mode can use either. A port is a path: a USB serial adapter or a UART
 # under Linux (/dev/ttyUSB0, /dev/ttyACM0), or a pty; or "repl", the board's
-# own REPL port (its USB serial) handed over to the line. Runs unchanged on
-# MicroPython's unix port and on CPython (the simulator; "repl" is a board's).
+# own REPL port (its USB serial) handed over to the line; or a board's UART
+# (a stream: pb/hal esp32 uart). Runs unchanged on MicroPython's unix port
+# and on CPython (the simulator; "repl" and a UART are a board's).
 #
 # The unix port has no fcntl and no os.open: a port cannot be made
 # non-blocking, and a read of a blocking tty waits until the whole buffer
@@ -216,6 +217,12 @@ class SerialLink:
                 pass
             f = sys.stdout.buffer
             stream = asyncio.StreamReader(sys.stdin.buffer)
+        elif not isinstance(self.port, str):
+            # a board's UART (hal.uart): a stream whose reads return what came
+            if not MICROPYTHON:
+                raise OSError("a UART is a board's (MicroPython)")
+            f = self.port
+            stream = asyncio.StreamReader(f)
         elif MICROPYTHON:
             f = _open(self.port, self.baud, None)
             stream = asyncio.StreamReader(f)  # (MicroPython's wraps any stream)
@@ -236,8 +243,8 @@ class SerialLink:
         finally:
             for t in tasks:
                 t.cancel()
-            if self.port != "repl":
-                f.close()
+            if isinstance(self.port, str) and self.port != "repl":
+                f.close()  # (a board's own port stays: it never hangs up)
 
     async def _serve(self, f, poll, failure):
         # the proof, then the messages, until the session ends; a gateway that
