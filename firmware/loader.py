@@ -224,18 +224,12 @@ def decide(base=".", image=None, reset=None):
     return (features_root(base, p["set"]), p, False, None)
 
 
-def boot(base="."):
-    """decide(), and the chosen set's runtime first on sys.path."""
-    try:
+def boot(base="."):  # decide(), and the chosen set's runtime first on sys.path
+    try:  # the file of the command repl.open (protocol.md 4.13): this boot is the REPL's
         os.remove(base + "/" + "repl")
     except OSError:
         pass
-    else:
-        # a boot that is the REPL's: the command repl.open, on a device whose
-        # line is its REPL's port, left the file (it goes: the next boot is
-        # the device's). main.py stops as at Ctrl-C, and a board's REPL takes
-        # its port; on the unix port the parent runs the REPL in the
-        # device's place (pb/hal/supervisor.py)
+    else:  # main.py stops as at Ctrl-C (the unix port's parent runs the REPL: supervisor.py)
         if sys.platform == "linux":
             sys.exit(76)
         raise KeyboardInterrupt
