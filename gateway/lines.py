@@ -22,6 +22,10 @@ log = logging.getLogger("permabeta.gateway.lines")
 
 UNPROVEN = "unproven"  # reject reason: a message on a line whose device has not proven itself
 REFUSED = "proof_refused"  # reject reason: a proof of identity the gateway refused
+WRONG_WAY = "wrong_direction"  # reject reason: a kind only the gateway sends, from a device's line
+# what only the gateway sends (docs/protocol.md 1.1, 11): from a broker it is the gateway's own
+# publish echoed, and ignored; a line has no echo, so from a line it is the device's doing
+GATEWAY_KINDS = frozenset({"cmd", "ota/offer", "ota/chunk", "ota/time", "ota/root"})
 _PROVE_FIRST = b'{"v": 1, "error": "unproven", "message": "prove who you are first (docs/protocol.md 17)"}'
 
 
@@ -89,6 +93,14 @@ class LineSession:
             if now - self._asked >= 1.0:
                 self._asked = now
                 self.send(KIND, _PROVE_FIRST)
+            return
+        if kind in GATEWAY_KINDS:
+            self.gw.reject(
+                f"{self.line.name}/{kind}",
+                WRONG_WAY,
+                f"{self.device} sent {kind!r}, which only the gateway sends",
+                self.gw.clock.now(),
+            )
             return
         self.gw.handle(f"pb/{self.device}/{kind}", payload, False, carrier=self.line.name)
 
