@@ -123,7 +123,9 @@ class SerialLink:
         self._wake = asyncio.Event()
         self._end = asyncio.Event()  # the session is over (close(), or a task failed)
         self._closed = False
-        self._buf = bytearray(_READ)
+        # (a board reads a little at a time into a buffer it keeps; a host
+        # takes what has come at once: a read each 256 bytes cost a third of its download)
+        self._buf = bytearray(_READ if MICROPYTHON else 8192)
         self._decoder = Decoder(self._deliver, lean)
         self._proof = None  # (Prover, Event, [reply, outcome]) while the proof is under way
 
