@@ -37,7 +37,8 @@ MAX_OUT = 256 * 1024  # bytes queued for one connection: then frames are dropped
 CONTROL_KINDS = frozenset({"cmd", "ota/offer", "auth"})  # written with response (16)
 CONNECT_S = 20.0  # a connection not made within this is given up, and tried again
 STALE_S = 60.0  # a device not seen advertising for this long is no longer dialled
-PROOF_S = 15.0  # a connection whose device has not proven itself within this is hung up
+PROOF_S = 20.0  # a connection whose device has not proven itself within this is hung up (it asks
+# again after 1, 2, 4 and 8 s without an answer: 15 s for its fifth try)
 
 
 class GarbageRule:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from firmware.pb.net.frames import encode
 
+from .broker import DEVICE_READS
 from .link_proof import KIND, KeyOf, LineProof
 
 if TYPE_CHECKING:
@@ -23,9 +24,9 @@ log = logging.getLogger("permabeta.gateway.lines")
 UNPROVEN = "unproven"  # reject reason: a message on a line whose device has not proven itself
 REFUSED = "proof_refused"  # reject reason: a proof of identity the gateway refused
 WRONG_WAY = "wrong_direction"  # reject reason: a kind only the gateway sends, from a device's line
-# what only the gateway sends (docs/protocol.md 1.1, 11): from a broker it is the gateway's own
-# publish echoed, and ignored; a line has no echo, so from a line it is the device's doing
-GATEWAY_KINDS = frozenset({"cmd", "ota/offer", "ota/chunk", "ota/time", "ota/root"})
+# what only the gateway sends (docs/protocol.md 1.1, 11; a device's ACL reads them): from a broker
+# it is the gateway's own publish echoed, and ignored; a line echoes nothing: it is the device's doing
+GATEWAY_KINDS = frozenset(DEVICE_READS)
 _PROVE_FIRST = b'{"v": 1, "error": "unproven", "message": "prove who you are first (docs/protocol.md 17)"}'
 
 

@@ -118,6 +118,8 @@ def uart_pins(port: str, hal: str) -> dict[str, Any]:
         raise ConfigError(
             f"serial line {port!r} is an ESP32's UART: on a Linux board give its path (/dev/ttyS1)"
         )
+    if m[1] == "uart0":
+        raise ConfigError("serial line uart0 is the ESP32's REPL UART: give repl to hand that port over")
     return {"serial": m[1], "tx": int(m[2]), "rx": int(m[3])}
 
 
@@ -184,6 +186,11 @@ def make_config(
         config["link"] = {"serial": port, "baud": baud}
         if port != "repl" and not port.startswith("/"):
             config["link"].update(uart_pins(port, hal))
+        elif port != "repl" and hal == "esp32":
+            raise ConfigError(
+                f"serial line {port!r}: an ESP32 has no paths for ports: give repl (its USB port) "
+                "or a UART and its pins, uartN:TX:RX (uart2:17:16)"
+            )
     if ble_link:
         if serial_line is not None:
             raise ConfigError("a device talks on one line: a serial line or Bluetooth LE, not both")

@@ -113,16 +113,12 @@ def _op(dev, op, args):
         asyncio.create_task(dev.reboot_soon())
         return {"rebooting": True}
     if op == "repl.open":
-        if dev.config.get("link", {}).get("serial") == "repl":
-            # the line holds the REPL's port: given back at a reset, to a
-            # boot that leaves it to the REPL (main.py), until the next one
-            from .store import write_atomic
+        from .repl import open_repl
 
-            write_atomic(dev.base + "/" + "repl", b"")
-            asyncio.create_task(dev.reboot_soon())
-            return {"repl": "open", "rebooting": True}
-        dev.hal.set_repl(True)  # until the next reset: re-provisioning over USB is possible
-        return {"repl": "open"}
+        result = open_repl(dev)
+        if result is None:
+            raise BadArgs("an update's trial is under way", "busy")
+        return result
     raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire_in.OPS)), "unknown_op")
 
 

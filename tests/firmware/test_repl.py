@@ -43,3 +43,28 @@ def test_provisioning_with_close_repl_says_so_in_the_config(tmp_path: Path) -> N
     assert "repl" not in json.loads((tmp_path / "open" / "config.json").read_text())
     with pytest.raises(ConfigError, match="'repl' must be one of closed"):
         check_config({**config, "repl": "open"})
+
+
+def test_repl_open_on_a_device_whose_line_is_its_repl_port_waits_for_a_trial_to_end(tmp_path: Path) -> None:
+    """The REPL's boot would not count as a trial boot (nor mark a trial
+    image valid): during a trial the command is refused with busy, and no
+    file is left for the boot loader."""
+    from types import SimpleNamespace
+
+    from firmware.pb.commands import execute
+
+    opened: list[bool] = []
+    dev = SimpleNamespace(
+        id="th-1",
+        config={"link": {"serial": "repl", "baud": 115200}},
+        updates=SimpleNamespace(boot=SimpleNamespace(trial=True)),
+        base=str(tmp_path),
+        hal=SimpleNamespace(set_repl=opened.append),
+        features=None,
+    )
+    reply = execute(dev, "repl.open", {}, "c1")
+    assert reply["ok"] is False and reply["error"]["code"] == "busy", reply
+    assert not (tmp_path / "repl").exists() and opened == []
+    # on a device whose line is elsewhere, the REPL opens until the next reset, as ever
+    dev.config = {"link": {"serial": "/dev/ttyUSB0"}}
+    assert execute(dev, "repl.open", {}, "c2")["result"] == {"repl": "open"} and opened == [True]

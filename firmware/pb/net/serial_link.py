@@ -233,6 +233,8 @@ class SerialLink:
             f = _open(self.port, self.baud, stream)
         poll = select.poll()
         poll.register(f, select.POLLOUT)  # (a hang-up shows whatever is asked)
+        if self.port == "repl":
+            poll = None  # (each frame written whole: the console's text falls between frames)
         tasks = []
         failure = []  # type: list[BaseException]
         try:
@@ -315,7 +317,7 @@ class SerialLink:
             mv = memoryview(part)
             i = 0
             while i < len(mv):
-                if not _takes(poll):
+                if poll is not None and not _takes(poll):
                     await sleep_ms(_FULL)
                     continue
                 n = f.write(mv[i : i + _PIECE])
@@ -334,10 +336,11 @@ class SerialLink:
 
             repl = select.poll()
             repl.register(sys.stdin.buffer, select.POLLIN)
-            one = memoryview(buf)[:1]
+            mv = memoryview(buf)
+            one = mv[:1]
         while True:
             # MicroPython's stream reads what came; CPython's loop says it came
-            aw = (stream.readinto(one if repl else buf)) if MICROPYTHON else stream.wait()
+            aw = (stream.readinto(buf if repl is None else one)) if MICROPYTHON else stream.wait()
             try:
                 n = await (wait_for_ms(aw, _IDLE) if held else aw)  # type: int
             except TimeoutError:
@@ -353,8 +356,14 @@ class SerialLink:
                 _takes(poll)  # (raises if it hung up)
                 continue  # (CPython's loop can say so once more than there was)
             held = True
-            while repl and n < len(buf) and repl.poll(0):
-                n += sys.stdin.buffer.readinto(memoryview(buf)[n : n + 1]) or 0
+            while repl is not None and n < len(buf):
+                ev = repl.poll(0)
+                if not ev or not ev[0][1] & select.POLLIN:
+                    break  # (nothing more now; a hang-up is the next read's)
+                got = sys.stdin.buffer.readinto(mv[n : n + 1])
+                if not got:
+                    break
+                n += got
             dec.feed(memoryview(buf)[:n])
             self.stats["noise"] = dec.skipped
             self.stats["bad"] = dec.dropped

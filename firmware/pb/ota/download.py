@@ -297,8 +297,9 @@ class Agent:
                 if not self.once:
                     if self.on_reset is None:
                         raise
-                    job["mode"] = "lean"
-                    self.save_job()
+                    if self.job is not None:  # (the job now: an offer may have replaced job)
+                        self.job["mode"] = "lean"
+                        self.save_job()  # (failing too, it crashes the runtime, as before)
                     self.on_reset()
                     return
                 self.restart = "ram"
