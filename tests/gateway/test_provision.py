@@ -154,30 +154,22 @@ def test_a_serial_line_is_a_path_the_repl_or_an_esp32s_uart(tmp_path: Path) -> N
                 hal="esp32",
                 serial_line=(bad, 9600),
             )
-    with pytest.raises(ConfigError, match="uart0 is the ESP32's REPL UART: give repl"):
-        provision_into(
-            tmp_path / "r",
-            "thermostat",
-            "th-5",
-            broker,
-            password="x",
-            hal="esp32",
-            serial_line=("uart0:1:3", 9600),
-        )
-    with pytest.raises(ConfigError, match="an ESP32 has no paths for ports"):
-        provision_into(
-            tmp_path / "p",
-            "thermostat",
-            "th-6",
-            broker,
-            password="x",
-            hal="esp32",
-            serial_line=("/dev/ttyS1", 9600),
-        )
-    with pytest.raises(ConfigError, match="is an ESP32's UART: on a Linux board give its path"):
-        provision_into(
-            tmp_path / "h", "thermostat", "th-4", broker, password="x", serial_line=("uart2:17:16", 9600)
-        )
+    refused = [
+        ("uart0:1:3", "esp32", "uart0 is the ESP32's REPL UART: give repl"),
+        ("/dev/ttyS1", "esp32", "an ESP32 has no paths for ports"),
+        ("uart2:17:16", "host", "is an ESP32's UART: on a Linux board give its path"),
+    ]
+    for n, (port, hal, said) in enumerate(refused):
+        with pytest.raises(ConfigError, match=said):
+            provision_into(
+                tmp_path / f"r{n}",
+                "thermostat",
+                "th-5",
+                broker,
+                password="x",
+                hal=hal,
+                serial_line=(port, 9600),
+            )
 
     class Board(Esp32Hal):
         asked: list[dict[str, object]] = []
