@@ -143,13 +143,15 @@ def test_a_device_on_mqtts_says_hello_to_the_gateway_on_mqtts(
 
 # The heaps from which the 128 KB tests of plain MQTT pass with TLS up, their margins
 # included (docs/security.md 5.4 gives the figures): the runtime's
-# (tests/system/test_end_to_end.py) from 132 KB, as TLS takes some 5 KB of the unix
-# port's heap (tls's context, 3 KB, the socket's, the client's module); an update's
+# (tests/system/test_end_to_end.py) from 136 KB, as TLS takes some 5 KB of the unix
+# port's heap (tls's context, 3 KB, the socket's, the client's module) and a
+# config.set at 132 KB often finds no block for the settings' code (592 bytes: the
+# device restarts); an update's
 # (test_ota_device.py) from 140 KB, as the names the TLS client brings to update mode
 # take the heap another table of names (some 8 KB on the 64-bit unix port). At 128 KB
 # a device over TLS connects, says hello and answers a status command, but a
 # config.set runs out of heap.
-TLS_HEAP = "132K"
+TLS_HEAP = "136K"
 TLS_UPDATE_HEAP = "140K"
 
 
@@ -184,7 +186,7 @@ def test_tls_comes_up_at_128k_and_the_device_says_its_free_heap(
     assert status_heap > 3 * 1024, f"only {status_heap} bytes left while it answers a command over TLS"
 
 
-def test_with_tls_a_device_runs_as_at_128k_from_132k(
+def test_with_tls_a_device_runs_as_at_128k_from_136k(
     tmp_path: Path,
     tls_broker: Mosquitto,
     owners_ca: CaFiles,
@@ -198,7 +200,21 @@ def test_with_tls_a_device_runs_as_at_128k_from_132k(
     assert hello_heap > 8 * 1024, f"only {hello_heap} bytes left of a {TLS_HEAP} heap with TLS up"
     assert status_heap > 8 * 1024, f"only {status_heap} bytes left while it answers a command over TLS"
     # and takes a setting, the command a user sends most
-    tls_gateway.cli("devices", "send", dev.id, "config", "set", "thermostat.setpoint=18")
+    # (what loads the settings' code on demand: at 132 KB it often found no block)
+    try:
+        tls_gateway.cli(
+            "devices",
+            "send",
+            dev.id,
+            "config",
+            "set",
+            "thermostat.setpoint=18",
+            "--timeout",
+            "30",
+            timeout=45,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- device:\n{dev.output()[-3000:]}") from None
     wait_for(lambda: dev.actuators().get("relay") is False, 10, what="relay off at 18 C")
 
 
