@@ -253,21 +253,11 @@ async def measure(work: Path) -> dict[str, Any]:
         raw = await raw_writes(stack.adapters[-1], sorted({payload, lacking(release)}))
     finally:
         stack.stop()
-    transfer = statistics.median(r["transfer_s"] for r in runs)
-    stream = statistics.median(r["stream_s"] for r in runs)
     return {
         "raw_write": {str(n): b for n, b in raw.items()},
-        "cpython": {
-            "runs": len(runs),
-            "payload_bytes": payload,
-            "transfer_s": transfer,
-            "stream_s": stream,
-            "update_s": statistics.median(r["update_s"] for r in runs),
-            "check_s": statistics.median(r["check_s"] for r in runs),
-            "transfer_vs_raw_write": transfer / raw[payload]["median_s"],
-            "stream_vs_raw_write": stream / raw[lacking(release)]["median_s"],
-            "wire_bytes_per_payload_byte": statistics.median(r["wire_bytes"] for r in runs) / payload,
-        },
+        "cpython": results.summary(
+            runs, payload, raw[payload]["median_s"], raw[lacking(release)]["median_s"]
+        ),
     }
 
 

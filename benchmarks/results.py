@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -58,4 +59,22 @@ def one_update(
         "check_s": check_s,
         "offer_bytes": offer["_bytes"],
         "wire_bytes": at_staged[0] - base[0] + at_staged[1] - base[1] + offer["_bytes"],
+    }
+
+
+def summary(runs: list[dict[str, Any]], payload: int, raw_s: float, raw_stream_s: float) -> dict[str, Any]:
+    """The medians of one_update's figures over runs, with the ratios to the
+    raw write of the payload (raw_s) and of the blobs alone (raw_stream_s)."""
+    transfer = statistics.median(r["transfer_s"] for r in runs)
+    stream = statistics.median(r["stream_s"] for r in runs)
+    return {
+        "runs": len(runs),
+        "payload_bytes": payload,
+        "transfer_s": transfer,
+        "stream_s": stream,
+        "update_s": statistics.median(r["update_s"] for r in runs),
+        "check_s": statistics.median(r["check_s"] for r in runs),
+        "transfer_vs_raw_write": transfer / raw_s,
+        "stream_vs_raw_write": stream / raw_stream_s,
+        "wire_bytes_per_payload_byte": statistics.median(r["wire_bytes"] for r in runs) / payload,
     }

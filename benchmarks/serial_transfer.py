@@ -231,20 +231,8 @@ class Bench:
 
 def summarize(runs: list[dict[str, Any]], release: Release, raw: dict[int, float]) -> dict[str, Any]:
     payload = fixed_bytes(release) + runs[0]["offer_bytes"]
-    transfer = statistics.median(r["transfer_s"] for r in runs)
-    stream = statistics.median(r["stream_s"] for r in runs)
-    return {
-        "runs": len(runs),
-        "payload_bytes": payload,
-        "transfer_s": transfer,
-        "stream_s": stream,
-        "update_s": statistics.median(r["update_s"] for r in runs),
-        "check_s": statistics.median(r["check_s"] for r in runs),
-        "transfer_vs_raw_write": transfer / raw[payload],
-        "stream_vs_raw_write": stream / raw[lacking(release)[0]],
-        "wire_bytes_per_payload_byte": statistics.median(r["wire_bytes"] for r in runs) / payload,
-        "update_mode": any(r["update_mode"] for r in runs),
-    }
+    figures = results.summary(runs, payload, raw[payload], raw[lacking(release)[0]])
+    return figures | {"update_mode": any(r["update_mode"] for r in runs)}
 
 
 def measure(work: Path) -> dict[str, Any]:

@@ -78,6 +78,16 @@ class GatewayEnd(serial.Serial):  # type: ignore[misc]  # (pyserial has no types
         assert len(got) == n, f"{len(got)} of {n} bytes came: {got[:200]!r}"
         return got
 
+    def frame(self, timeout: float = 5.0) -> tuple[str, bytes, int]:
+        """The one frame that comes next, within timeout: (kind, payload, bytes passed over)."""
+        dec = Decoder()
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while not got and time.monotonic() < deadline:
+            got += dec.feed(self.read(300))
+        ((kind, payload),) = got
+        return kind, payload, dec.skipped
+
 
 INTERPRETERS = {
     "unix-port": pytest.param(
@@ -152,13 +162,8 @@ def test_a_serial_link_carries_frames_both_ways_and_comes_back_after_the_cable(
         assert 0.45 < time.monotonic() - t0 < 3
 
         gw.write(encode("cmd", b"stats"))
-        dec = Decoder()
-        got: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            got += dec.feed(gw.read(300))
-        ((kind, payload),) = got
-        assert kind == "reply" and dec.skipped == 0
+        kind, payload, skipped = gw.frame()
+        assert kind == "reply" and skipped == 0
         stats = json.loads(payload)
         assert stats["received"] == 4  # ping, chunk, after, stats: not the state
         assert stats["connects"] == 1 and stats["dropped"] == 0
@@ -368,12 +373,7 @@ def test_a_boards_uart_carries_the_line(line: Line, tmp_path: Path) -> None:
         want = encode("reply", b'pb/d1/cmd:{"op": "ping"}') + encode("reply", b"pb/d1/ota/chunk:" + CHUNK)
         assert gw.take(len(want)) == want
         gw.write(encode("cmd", b"stats"))
-        dec = Decoder()
-        got: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            got += dec.feed(gw.read(300))
-        ((_, payload),) = got
+        _, payload, _ = gw.frame()
         report = json.loads(payload)
         # the UART and pins the link names, at its rate, reads not waiting, room for a frame
         assert report["made"] == [[2, 115200, 17, 16, 0, 4608]]

@@ -24,6 +24,7 @@ from ..conftest import MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.ota_server import Offer, OtaServer, Tamper
 from ..support.processes import SMALL_HEAP, DeviceProcess, GatewayProcess
+from ..support.serial_board import SerialBoard
 from ..support.wait import wait_for
 
 FEATURES = firmware_dir() / "features"
@@ -210,3 +211,11 @@ def serve(mosquitto: Mosquitto, dev: DeviceProcess, offer: Offer, tamper: Tamper
     srv = OtaServer(mosquitto, dev.id, offer, tamper)
     srv.offer()
     return srv
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[SerialBoard]:
+    """A board on a serial port (the unix port's REPL behind socat), unplugged after."""
+    b = SerialBoard(tmp_path / "board").start()
+    yield b
+    b.unplug()

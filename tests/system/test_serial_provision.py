@@ -38,6 +38,7 @@ def provision(
     dev: str,
     *more: str,
     broker: str = "mqtt://127.0.0.1:1883",
+    password: str = PASSWORD,
 ) -> tuple[int, str, str]:
     return permabeta(
         capsys,
@@ -51,7 +52,7 @@ def provision(
         "--broker",
         broker,
         "--password",
-        PASSWORD,
+        password,
         *more,
     )
 
@@ -61,13 +62,6 @@ def copied(out: str) -> tuple[int, int, int, int]:
     m = re.search(r"copied (no file|(\d+) files).*?, (\d+) already there, (\d+) removed; (\d+) verified", out)
     assert m, out
     return int(m.group(2) or 0), int(m.group(3)), int(m.group(4)), int(m.group(5))
-
-
-@pytest.fixture
-def board(tmp_path: Path) -> Iterator[SerialBoard]:
-    b = SerialBoard(tmp_path / "board").start()
-    yield b
-    b.unplug()
 
 
 @pytest.fixture(scope="module")

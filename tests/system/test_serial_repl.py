@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import serial
-
-from gateway.cli import main
 
 from ..conftest import unique_id
 from ..support.mosquitto import Mosquitto
 from ..support.processes import MICROPYTHON, SMALL_HEAP, GatewayProcess
 from ..support.serial_board import SerialBoard
 from ..support.wait import wait_for
+from .test_serial_provision import provision as provision_over
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat"),
@@ -33,38 +31,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def board(tmp_path: Path) -> Iterator[SerialBoard]:
-    b = SerialBoard(tmp_path / "board").start()
-    yield b
-    b.unplug()
-
-
 def provision(
     board: SerialBoard, dev: str, password: str, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> str:
-    rc = main(
-        [
-            "provision",
-            "--port",
-            board.port,
-            "--model",
-            "thermostat",
-            "--id",
-            dev,
-            "--broker",
-            "mqtt://127.0.0.1:1883",
-            "--password",
-            password,
-            "--serial-line",
-            "repl",
-            "--db",
-            str(db),
-        ]
+    rc, out, err = provision_over(
+        capsys, board, dev, "--serial-line", "repl", "--db", str(db), password=password
     )
-    out = capsys.readouterr()
-    assert rc == 0, out.err
-    return out.out
+    assert rc == 0, err
+    return out
 
 
 def power_on(board: SerialBoard) -> SerialBoard:
