@@ -181,8 +181,12 @@ def make_config(
         config["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
     if serial_line is not None:
         port, baud = serial_line
-        if not port or baud <= 0:
-            raise ConfigError(f"a serial line needs a port and a rate, not {port!r} at {baud}")
+        if not port or not 50 <= baud <= 4_000_000:
+            raise ConfigError(
+                f"a serial line needs a port and a rate of 50-4000000 baud, not {port!r} at {baud}"
+            )
+        if len(port) > 128:
+            raise ConfigError(f"serial line {port[:40]!r}...: a port of at most 128 characters")
         config["link"] = {"serial": port, "baud": baud}
         if port != "repl" and not port.startswith("/"):
             config["link"].update(uart_pins(port, hal))

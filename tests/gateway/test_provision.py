@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware.pb.config import check as check_config
 from firmware.pb.errors import HalError
@@ -183,3 +185,44 @@ def test_a_serial_line_is_a_path_the_repl_or_an_esp32s_uart(tmp_path: Path) -> N
     assert Board.asked == [config["link"]]
     with pytest.raises(HalError, match="a UART line needs uartN, tx and rx"):
         Esp32Hal({"capabilities": {}}).uart({"serial": "uart2"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    port=st.one_of(
+        st.text(max_size=40),
+        st.text(min_size=120, max_size=140).map(lambda t: "/" + t),
+        st.from_regex(r"uart[0-9]:[0-9]{1,3}:[0-9]{1,3}", fullmatch=True),
+        st.sampled_from(
+            ["repl", "/dev/ttyUSB0", "uart2:17:16", "uart2:17:16\n", "uart2:17:16:1", "uart٢:1:2"]
+        ),
+    ),
+    hal=st.sampled_from(["host", "esp32"]),
+    baud=st.one_of(st.sampled_from([115200, 50, 4_000_000]), st.integers(-(2**40), 2**40)),
+)
+def test_any_serial_line_makes_a_config_the_device_takes_or_a_clear_refusal(
+    port: str, hal: str, baud: int
+) -> None:
+    """Whatever a maker types as --serial-line: a config.json the device's own
+    check takes, or ConfigError; never a link the device cannot make."""
+    from gateway.provision import board_for, make_config
+
+    board = board_for("thermostat")
+    try:
+        config = make_config(
+            "th-1", board, BrokerUrl("127.0.0.1", 1883), "pw", hal=hal, serial_line=(port, baud)
+        )
+    except ConfigError:
+        return
+    check_config(config)
+    link = config["link"]
+    serial = link["serial"]
+    assert (
+        serial == "repl"
+        or (serial.startswith("/") and hal == "host")
+        or (
+            hal == "esp32"
+            and serial in {f"uart{n}" for n in range(1, 10)}
+            and 0 <= link["tx"] <= 48 >= link["rx"] >= 0
+        )
+    ), config
