@@ -27,6 +27,7 @@ from .errors import (
     CommandTimeoutError,
     DeviceNotFoundError,
     DeviceOfflineError,
+    DeviceRevokedError,
     GatewayError,
     OtaDisabledError,
     OtaServiceError,
@@ -269,6 +270,8 @@ async def _command(request: web.Request) -> web.Response:
         reply = await gw.send_command(dev, op, args, timeout=float(timeout), force=force)
     except DeviceNotFoundError as exc:
         return error_response(404, "unknown_device", str(exc))
+    except DeviceRevokedError as exc:
+        return error_response(409, "revoked", str(exc))
     except DeviceOfflineError as exc:
         return error_response(409, "offline", str(exc))
     except CommandTimeoutError as exc:
@@ -297,6 +300,8 @@ def ota_error(exc: GatewayError) -> web.Response:
         return error_response(409, exc.code, str(exc))
     if isinstance(exc, DeviceNotFoundError):
         return error_response(404, "unknown_device", str(exc))
+    if isinstance(exc, DeviceRevokedError):
+        return error_response(409, "revoked", str(exc))
     if isinstance(exc, DeviceOfflineError):
         return error_response(409, "offline", str(exc))
     if isinstance(exc, OtaServiceError):

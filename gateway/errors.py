@@ -43,6 +43,11 @@ class DeviceOfflineError(GatewayError):
     """The device is offline, so a command would not reach it."""
 
 
+class DeviceRevokedError(DeviceOfflineError):
+    """The device is revoked: it is sent nothing, forced or not, until it
+    is restored."""
+
+
 class CommandTimeoutError(GatewayError):
     """The device did not answer a command in time."""
 

@@ -32,6 +32,7 @@ from .errors import (
     CommandTimeoutError,
     DeviceNotFoundError,
     DeviceOfflineError,
+    DeviceRevokedError,
     GatewayError,
 )
 from .footprint import forget
@@ -169,6 +170,7 @@ class Gateway:
             keys=keys,
             devices=store.device,
             online=self.is_online,
+            revoked=self._revoked.__contains__,
             fleet=store.devices,
             deadline_s=update_deadline,
             clock=self.clock,
@@ -589,13 +591,14 @@ class Gateway:
     ) -> dict[str, Any]:
         """Send a command and wait for the device's reply message.
 
-        Raises DeviceNotFoundError, DeviceOfflineError (unless force),
+        Raises DeviceNotFoundError, DeviceRevokedError, DeviceOfflineError
+        (unless force),
         CommandTimeoutError, GatewayError (not connected to the broker).
         """
         if dev not in self._live:
             raise DeviceNotFoundError(f"no device {dev!r}")
         if dev in self._revoked:
-            raise DeviceOfflineError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
+            raise DeviceRevokedError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
         if not force and not self._live[dev].online:
             raise DeviceOfflineError(f"device {dev} is offline")
         cmd_id = self.commander.new_id()

@@ -29,6 +29,7 @@ from .clock import Clock, SystemClock
 from .errors import (
     DeviceNotFoundError,
     DeviceOfflineError,
+    DeviceRevokedError,
     GatewayError,
     OtaDisabledError,
     OtaServiceError,
@@ -213,7 +214,8 @@ class Updater:
 
     keys: the gateway's keys (root.json and gateway.key); without them
     nothing can be added or offered (OtaDisabledError). devices(id) gives a
-    device's record, online(id) whether it is connected, fleet() every
+    device's record, online(id) whether it is connected, revoked(id) whether
+    it is revoked (it is offered nothing, forced or not), fleet() every
     record; `publish` is set by the gateway to its MQTT publish (raising
     GatewayError when it cannot). A device on an older root than the keys'
     takes the newer roots first (gateway/roots.py): its update's offer waits
@@ -227,6 +229,7 @@ class Updater:
         keys: Keys | None,
         devices: Callable[[str], DeviceRecord | None],
         online: Callable[[str], bool],
+        revoked: Callable[[str], bool] = lambda dev: False,
         fleet: Callable[[], Iterable[DeviceRecord]] = list,
         deadline_s: float = DEFAULT_DEADLINE_S,
         freshness_ttl_s: float = DEFAULT_FRESHNESS_TTL_S,
@@ -239,6 +242,7 @@ class Updater:
         self.table = UpdateTable(store)
         self.devices = devices
         self.online = online
+        self.revoked = revoked
         self.fleet = fleet
         self.roots = RootPlan(dict(keys.chain) if keys is not None else {})
         self._held: set[str] = set()  # devices whose update's offer waits for a root
@@ -326,8 +330,8 @@ class Updater:
         """Offer the release ref to dev; the device's previous update, if one
         is in progress, is cancelled; idle: the device installs it only while
         its features are idle (a rollout's offers). Raises OtaDisabledError,
-        ReleaseNotFoundError, DeviceNotFoundError, DeviceOfflineError (unless
-        force), UpdateRefusedError (wrong_model, rollback), GatewayError (not
+        ReleaseNotFoundError, DeviceNotFoundError, DeviceOfflineError (offline,
+        unless force; revoked, forced or not), UpdateRefusedError (wrong_model, rollback), GatewayError (not
         connected to the broker)."""
         self.check_keys()
         keys = self.require_keys()
@@ -335,6 +339,8 @@ class Updater:
         record = self.devices(dev)
         if record is None:
             raise DeviceNotFoundError(f"no device {dev!r}")
+        if self.revoked(dev):
+            raise DeviceRevokedError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
         if not force and not self.online(dev):
             raise DeviceOfflineError(f"device {dev} is offline")
         check_target(dev, record.model, record.ota, release)
@@ -405,7 +411,7 @@ class Updater:
         ended = fail(u, reason, self.clock.now())
         self._end(ended)
         publish = self.publish
-        if publish is not None:
+        if publish is not None and not self.revoked(dev):  # (a revoked one is sent nothing)
             try:
                 await publish(proto.topic(dev, "ota/offer"), cancel_message(u.id), 1, False)
             except GatewayError as exc:

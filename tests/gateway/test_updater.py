@@ -11,11 +11,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from firmware.pb.errors import TrustError
 from gateway.broker import BrokerUrl
-from gateway.errors import DeviceOfflineError, UpdateRefusedError
+from gateway.cli_registry import password_hash
+from gateway.errors import DeviceOfflineError, DeviceRevokedError, UpdateRefusedError
 from gateway.service import Gateway
 from gateway.store import Store
 from ota.keys import Keys
@@ -359,6 +361,39 @@ async def test_an_update_is_refused_for_an_offline_device_or_a_wrong_model(
         await r.gw.ota.start(gone.id, "thermostat@2")
     u = await r.gw.ota.start(gone.id, "thermostat@2", force=True)
     assert u.state == "offered"
+
+
+async def test_a_revoked_device_s_update_ends_and_it_is_offered_nothing_forced_or_not(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    r = await start_gateway(keys)
+    dev = await registered(r, ota_devices())
+    await published(r, release)
+    u = await r.gw.ota.start(dev.id, "thermostat@2")
+    assert (await asyncio.to_thread(dev.offer))["id"] == u.id
+    async with aiohttp.ClientSession(headers=r.headers()) as http:
+
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with http.request(method, f"{r.url}/api/v1/devices/{dev.id}/{path}", json=body) as resp:
+                return resp.status, await resp.json()
+
+        reg = {"model": "thermostat", "board": "thermostat-v1", "password_hash": password_hash(dev.id, "pw")}
+        assert (await call("PUT", "registration", reg))[0] == 200
+        assert (await call("POST", "revoke"))[0] == 200
+        ended = r.gw.ota.get(u.id)
+        assert ended.state == "failed" and ended.reason == "cancelled: the device was revoked"
+        for force in (False, True):
+            status, body = await call("POST", "update", {"release": "thermostat@2", "force": force})
+            assert status == 409 and body["error"]["code"] == "revoked", body
+            with pytest.raises(DeviceRevokedError, match="is revoked"):
+                await r.gw.ota.start(dev.id, "thermostat@2", force=force)
+        # sent nothing: not even the cancel of its update (its connection here is still open)
+        with pytest.raises(AssertionError, match="got no offer"):
+            await asyncio.to_thread(dev.offer, 1)
+        assert (await call("POST", "restore"))[0] == 200
+    again = await r.gw.ota.start(dev.id, "thermostat@2", force=True)
+    offer = await asyncio.to_thread(dev.offer)
+    assert offer["id"] == again.id and "op" not in offer  # (an offer, not a cancel)
 
 
 async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path: Any) -> None:
