@@ -3,7 +3,7 @@
 # that is never told anything does not spend the RAM.
 import json
 
-from .compat import asyncio, const, mem_free, ticks_diff, ticks_ms
+from .compat import asyncio, collect, const, mem_free, ticks_diff, ticks_ms
 from .errors import ConfigError, FeatureError, HalError, ProtocolError, StoreError
 from .ids import valid_id
 from .net import wire, wire_in
@@ -38,9 +38,19 @@ def handle(dev, payload):
 
 def _reply(dev, cmd_id, reply):
     try:
-        data = wire.dumps("reply", reply)
-    except ProtocolError as exc:
-        data = wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
+        data = _dumps(dev, cmd_id, reply)
+    except MemoryError:
+        # no block for the reply's text: once more on a collected heap, then
+        # a short no_ram in its place (what the command set, a retry sets again)
+        collect()
+        try:
+            data = _dumps(dev, cmd_id, reply)
+        except MemoryError:
+            reply = None
+            collect()
+            data = _dumps(
+                dev, cmd_id, wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for the reply now")
+            )
     dev.recent.append((cmd_id, data))
     if len(dev.recent) > _RECENT_CMDS:
         dev.recent.pop(0)
@@ -48,9 +58,19 @@ def _reply(dev, cmd_id, reply):
 
 
 def execute(dev, op, args, cmd_id="local"):
-    """Carry out one command; returns the reply message."""
+    """Carry out one command; returns the reply message. A heap with no
+    block for the command's code (a settings module loaded on demand beside
+    a TLS session) is collected and the command tried once more; then it
+    is answered no_ram, and the device goes on."""
     try:
-        result = _op(dev, op, args)
+        try:
+            result = _op(dev, op, args)
+        except MemoryError:
+            collect()
+            result = _op(dev, op, args)  # (every op may run twice: each sets, none adds)
+    except MemoryError:
+        collect()
+        return wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for %s now" % op)
     except ConfigError as exc:
         return wire_in.reply_error(dev.id, cmd_id, "bad_config", str(exc))
     except FeatureError as exc:
@@ -120,6 +140,13 @@ def _op(dev, op, args):
             raise BadArgs("an update's trial is under way", "busy")
         return result
     raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire_in.OPS)), "unknown_op")
+
+
+def _dumps(dev, cmd_id, reply):
+    try:
+        return wire.dumps("reply", reply)
+    except ProtocolError as exc:
+        return wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
 
 
 class BadArgs(Exception):
