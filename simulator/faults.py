@@ -126,11 +126,13 @@ def unregister_flash(base: Path) -> None:
 
 
 def flash_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
-    if _full and any(c in mode for c in "wax+"):
+    full = [base for base, f in _full.items() if f.flash_full]
+    if full and any(c in mode for c in "wax+"):
+        # (the path resolved only while some flash is full: resolving costs a device's
+        # every write some lstat calls)
         path = str(Path(file).resolve()) if isinstance(file, str | Path) else ""
-        for base, f in _full.items():
-            if f.flash_full and path.startswith(base):
-                raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        if any(path.startswith(base) for base in full):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
     return open(file, mode, *args, **kwargs)
 
 

@@ -256,7 +256,13 @@ class Agent:
             rx.ts = ticks_ms()
             self.stats["chunks"] += 1
             if o[2] == o[3]:
-                fsync(f)
+                # a blob's .z is closed, not synced: the file staged from it is
+                # synced before its rename, and a .z a power cut shortened is
+                # fetched on from its length (or fails its hash: never staged).
+                # The manifest is kept as it is: synced. (On a board the flush
+                # above is littlefs's sync already.)
+                if o[0] == "manifest":
+                    fsync(f)
                 f.close()
                 o[6] = None
             self.fault("chunk")
