@@ -122,9 +122,9 @@ def test_the_first_look_refuses_a_statement_for_another_device_or_update(
     assert agent.job is None and not (tmp_path / "dev" / flash.JOB).exists()
 
 
-async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path) -> None:
-    """A checked manifest: what the stage folder held for another update goes,
-    before any blob is fetched; and past the deadline nothing more is asked."""
+def _manifest_on_flash(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A device folder (its root) with a release's manifest on flash, and the
+    offer of it: the release adds eco/manifest.json (2 bytes, 3 as a blob)."""
     keys = ota_keys.keygen(tmp_path / "keys")
     files = [{"path": "eco/manifest.json", "size": 2, "sha256": "cd" * 32, "zsize": 3, "zsha256": "ef" * 32}]
     body = {"v": 1, "type": "release", "model": "thermostat", "version": "2", "counter": 2, "api": 1}
@@ -133,13 +133,20 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
     )
     digest = hashlib.sha256(manifest).hexdigest()
     uid = "5f2a9c01b7e4"
-    now = time.time()
-    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, now, device="th-1", update=uid)
+    fresh = ota_keys.freshness(keys, "thermostat", 2, digest, 3600, time.time(), device="th-1", update=uid)
     base = tmp_path / "dev"
-    stage = base / flash.STAGE
-    stage.mkdir(parents=True)
+    (base / flash.STAGE).mkdir(parents=True)
     (base / "ota" / "root.json").write_bytes(keys.root_bytes)
-    (stage / "manifest.json").write_bytes(manifest)
+    (base / flash.STAGE / "manifest.json").write_bytes(manifest)
+    offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
+    return base, offer
+
+
+async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path) -> None:
+    """A checked manifest: what the stage folder held for another update goes,
+    before any blob is fetched; and past the deadline nothing more is asked."""
+    base, offer = _manifest_on_flash(tmp_path)
+    stage = base / flash.STAGE
     (stage / ("12" * 32 + ".z")).write_bytes(bytes(5000))  # a blob of an update replaced
     (stage / "junk").write_bytes(b"x")
     asked: list[tuple[str, list[str]]] = []  # (object, what staging held when it was asked for)
@@ -155,7 +162,6 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
         print,
     )
     pb_ota.configure(agent, {"device": "th-1", "ota_deadline_s": 1, "ota_timeout_ms": 100000}, Hal({}))
-    offer = {"v": 1, "id": uid, "manifest": digest, "size": len(manifest), "freshness": json.loads(fresh)}
     agent.on_offer(json.dumps(offer).encode())
     # in the background (not update mode): the check runs in place
     task = asyncio.create_task(agent.run())
@@ -171,6 +177,41 @@ async def test_staging_keeps_only_what_the_signed_manifest_sizes(tmp_path: Path)
     ), asked[0]
     assert reports[-1]["state"] == "failed" and reports[-1]["reason"].startswith("deadline: "), reports
     assert not stage.exists() or sorted(os.listdir(stage)) in ([], ["manifest.json"])
+
+
+async def test_a_check_without_ram_in_the_runtime_is_made_at_the_next_boot_before_update_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest on flash, its check finds no RAM beside the features: the
+    agent asks for a reset with the job marked for update mode and for the
+    boot's check, which the next boot makes (pb/prepare.py), writing the need
+    list; update mode then downloads at once, with no turn that only finds
+    the manifest unchecked."""
+    from firmware.pb.ota import install
+
+    base, offer = _manifest_on_flash(tmp_path)
+    resets: list[bool] = []
+    agent = pb_ota.Agent(str(base), "thermostat", 1, print, print, time.time, lambda: True, print)
+    pb_ota.configure(agent, {"device": "th-1"}, Hal({}))
+    agent.on_reset = lambda: resets.append(True)
+
+    def no_ram(agent: Any, job: Any, mpath: str) -> None:
+        raise MemoryError("memory allocation failed, allocating 4096 bytes")
+
+    monkeypatch.setattr(install, "check_job", no_ram)
+    agent.on_offer(json.dumps(offer).encode())
+    await asyncio.wait_for(agent.run(), 10)
+    job = json.loads((base / flash.JOB).read_text())
+    assert resets == [True] and job["mode"] == "lean" and flash.to_check(job), job
+    monkeypatch.undo()
+    # the next boot, on its empty heap
+    assert install.check_fetched(str(base), ("th-1", "thermostat", {}, 1), time.time())
+    job = json.loads((base / flash.JOB).read_text())
+    assert job["checked"] == offer["manifest"] and "verify" not in job and job["mode"] == "lean"
+    head, entries = pb_ota.read_need(str(base), job)
+    assert [e["sha256"] for e in entries] == ["cd" * 32] and head["need"] >= 2
+    # and a check that passes in the runtime leaves no mark for the boot
+    assert not flash.to_check(job)
 
 
 def _battery_agent(tmp_path: Path, charge: list[float | None], config: dict[str, Any]) -> tuple[Any, ...]:

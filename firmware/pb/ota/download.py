@@ -453,7 +453,12 @@ class Agent:
             job["verify"] = "boot"
             self.save_job()
             raise _CheckAtBoot()
+        # (kept, were the check to find no RAM here: then the reset into
+        # update mode checks it at boot first, on an empty heap, without a
+        # turn of update mode that would only find it unchecked)
+        job["verify"] = "boot"
         self._check(job, mpath)
+        del job["verify"]
         job["checked"] = job["manifest"]
         self.save_job()
         return read_need(self.base, job)
