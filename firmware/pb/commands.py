@@ -38,19 +38,17 @@ def handle(dev, payload):
 
 def _reply(dev, cmd_id, reply):
     try:
-        data = _dumps(dev, cmd_id, reply)
+        data = wire.dumps("reply", reply)
+    except ProtocolError as exc:
+        data = wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
     except MemoryError:
-        # no block for the reply's text: once more on a collected heap, then
-        # a short no_ram in its place (what the command set, a retry sets again)
+        # no block for the reply's text: a short no_ram in its place, on a
+        # collected heap (what the command set, a retry sets again)
+        reply = None
         collect()
-        try:
-            data = _dumps(dev, cmd_id, reply)
-        except MemoryError:
-            reply = None
-            collect()
-            data = _dumps(
-                dev, cmd_id, wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for the reply now")
-            )
+        data = wire.dumps(
+            "reply", wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for the reply now")
+        )
     dev.recent.append((cmd_id, data))
     if len(dev.recent) > _RECENT_CMDS:
         dev.recent.pop(0)
@@ -60,14 +58,9 @@ def _reply(dev, cmd_id, reply):
 def execute(dev, op, args, cmd_id="local"):
     """Carry out one command; returns the reply message. A heap with no
     block for the command's code (a settings module loaded on demand beside
-    a TLS session) is collected and the command tried once more; then it
-    is answered no_ram, and the device goes on."""
+    a TLS session) is answered no_ram, and the device goes on."""
     try:
-        try:
-            result = _op(dev, op, args)
-        except MemoryError:
-            collect()
-            result = _op(dev, op, args)  # (every op may run twice: each sets, none adds)
+        result = _op(dev, op, args)
     except MemoryError:
         collect()
         return wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for %s now" % op)
@@ -140,13 +133,6 @@ def _op(dev, op, args):
             raise BadArgs("an update's trial is under way", "busy")
         return result
     raise BadArgs("unknown op %r (known: %s)" % (op, ", ".join(wire_in.OPS)), "unknown_op")
-
-
-def _dumps(dev, cmd_id, reply):
-    try:
-        return wire.dumps("reply", reply)
-    except ProtocolError as exc:
-        return wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
 
 
 class BadArgs(Exception):
