@@ -180,9 +180,14 @@ def blob_path(release: Path, sha256: str) -> Path:
 
 
 def compress(data: bytes) -> bytes:
-    """A blob: zlib with the small window a device can inflate."""
+    """A blob: zlib with the small window a device can inflate; stored
+    blocks alone where deflate does not make it smaller (a device copies
+    those instead of inflating them: firmware/pb/ota/download.py inflated)."""
     c = zlib.compressobj(9, zlib.DEFLATED, ZLIB_WBITS)
-    return c.compress(data) + c.flush()
+    coded = c.compress(data) + c.flush()
+    s = zlib.compressobj(0, zlib.DEFLATED, ZLIB_WBITS)
+    stored = s.compress(data) + s.flush()
+    return stored if len(stored) <= len(coded) else coded
 
 
 # ---- reading -----------------------------------------------------------------

@@ -38,7 +38,6 @@ from firmware.pb.hal import Hal
 from firmware.pb.net import wire
 from firmware.pb.ota import clock, flash, forms, install, report, trust
 from firmware.pb.ota import download as pb_ota
-from firmware.pb.ota import files as otafs
 from firmware.pb.ota import image as device_image
 from firmware.pb.ota import transfer as device_transfer
 from firmware.pb.peer import ota_transfer as otaproto
@@ -312,7 +311,7 @@ def _staged_device(base: Path, keys: Keys, rel: ota_release.Release, now: float)
     (base / flash.ROOT).write_bytes(keys.root_bytes)
     (stage / "manifest.json").write_bytes(rel.manifest)
     for f in rel.files:
-        data = zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS)
+        data = zlib.decompress(rel.blob_path(f).read_bytes(), pb_ota._WBITS)
         (stage / f.sha256).write_bytes(data)
     statement = json.loads(
         freshness(
@@ -716,7 +715,7 @@ def _limit_sources() -> dict[str, Any]:
         "transfer.CHUNK_HEADER": otaproto.CHUNK_HEADER,
         "transfer.MAX_OBJECTS": otaproto.MAX_OBJECTS,
         "transfer.MAX_WINDOW": otaproto.MAX_WINDOW,
-        "files._WBITS": otafs._WBITS,
+        "download._WBITS": pb_ota._WBITS,
         "loader.MAX_TRIAL_BOOTS": loader.MAX_TRIAL_BOOTS,
         "install._MAX_INSTALLS": install._MAX_INSTALLS,
         "loader.MAX_REPORTS": loader.MAX_REPORTS,
@@ -741,7 +740,7 @@ def test_limits_table_matches_the_code() -> None:
 
 
 def test_limits_that_live_in_two_places_agree() -> None:
-    assert ota_release.ZLIB_WBITS == otafs._WBITS
+    assert ota_release.ZLIB_WBITS == pb_ota._WBITS
     assert ota_image.FRAME == device_image.FRAME and ota_image.SEGMENT <= device_image.MAX_SEGMENT
     assert "max_packet=wire.MAX_PACKET" in (PB / "ota" / "update_mode.py").read_text()
     assert runtime.MAX_PACKET is wire.MAX_PACKET

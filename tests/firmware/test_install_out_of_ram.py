@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.pb.ota import files as otafs
 from firmware.pb.ota import flash
 from ota.keys import Keys, freshness, keygen
-from ota.release import Release, build
+from ota.release import ZLIB_WBITS, Release, build
 
 from ..support import micropython
 
@@ -50,7 +49,7 @@ def staged(base: Path, keys: Keys, rel: Release, now: float) -> None:
     (base / flash.ROOT).write_bytes(keys.root_bytes)
     (stage / "manifest.json").write_bytes(rel.manifest)
     for f in rel.files_for("mpy"):
-        (stage / f.sha256).write_bytes(zlib.decompress(rel.blob_path(f).read_bytes(), otafs._WBITS))
+        (stage / f.sha256).write_bytes(zlib.decompress(rel.blob_path(f).read_bytes(), ZLIB_WBITS))
     job = {
         "id": "5f2a9c01b7e4",
         "manifest": rel.sha256,

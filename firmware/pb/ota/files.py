@@ -1,16 +1,15 @@
-# Flash-side helpers of the update agent: streaming hash, copy and inflate,
+# Flash-side helpers of the update agent: streaming hash, copy,
 # folder removal, free space. Everything streams through one small buffer;
 # no file is ever held whole in RAM.
 import hashlib
 import os
 
-from ..compat import MICROPYTHON, const, fsync
+from ..compat import const
 from ..errors import StoreError
 from ..store import exists, makedirs
 from .flash import STAGE
 
 _BUF = const(512)
-_WBITS = const(10)  # zlib window of the blobs: 1 KB (docs/ota.md)
 
 
 def size(path):
@@ -58,42 +57,6 @@ def file_sha256(path, limit=-1, start=0):
 
 def hex_of(b):
     return "".join("%02x" % x for x in b)
-
-
-def inflate(src, dst, max_size):
-    """Inflate the zlib file src into dst; (size, SHA-256 hex) of the output.
-    Stops as soon as the output would exceed max_size (returns max_size + 1)."""
-    h = hashlib.sha256()
-    n = 0
-    buf = bytearray(_BUF)
-    mv = memoryview(buf)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        for chunk in inflated(fi, buf, mv):
-            n += len(chunk)
-            if n > max_size:
-                return max_size + 1, ""
-            h.update(chunk)
-            fo.write(chunk)
-        fsync(fo)
-    return n, hex_of(h.digest())
-
-
-def inflated(fi, buf, mv):
-    if MICROPYTHON:
-        import deflate
-
-        # the window is fixed at 2^10: a blob cannot make us allocate more
-        d = deflate.DeflateIO(fi, deflate.ZLIB, _WBITS)
-        while True:
-            k = d.readinto(buf)
-            if not k:
-                return
-            yield mv[:k]
-    else:
-        # (CPython's, apart: its names would take a board's heap)
-        from .zinflate import inflated as cpython
-
-        yield from cpython(fi, buf, mv, _BUF, _WBITS)
 
 
 def remove_tree(path):
@@ -167,7 +130,6 @@ __all__ = [
     "exists",
     "file_sha256",
     "free_bytes",
-    "inflate",
     "remove",
     "remove_tree",
     "size",

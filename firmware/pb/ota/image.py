@@ -85,15 +85,16 @@ def written(part, image):
     return files.hex_of(h.digest())
 
 
-async def download(agent, uid, job, done, total):
-    """fetch() for the agent. Raises Refused (a flash error too)."""
+async def download(agent, uid, job, done, total, inflated):
+    """fetch() for the agent; inflated: the agent's (pb/ota/download.py).
+    Raises Refused (a flash error too)."""
     try:
-        await fetch(agent, uid, job, agent.partition(), done, total)
+        await fetch(agent, uid, job, agent.partition(), done, total, inflated)
     except OSError as exc:
         raise Refused("image: " + format_exception(exc)) from None
 
 
-async def fetch(agent, uid, job, partition, done, total):
+async def fetch(agent, uid, job, partition, done, total, inflated):
     """Bring the job's image into the partition not running, resuming from
     job["img"] ([image bytes written, blob bytes taken, the partition's
     label, checked]); done and total: the update's bytes for its status.
@@ -132,7 +133,7 @@ async def fetch(agent, uid, job, partition, done, total):
         want = min(seg, image["size"] - at[0])
         why = None
         try:
-            got = _inflate_into(path, part, at[0] // BLOCK, want)
+            got = _inflate_into(path, part, at[0] // BLOCK, want, inflated)
             if got != want:
                 why = "is %d bytes, not %d" % (got, want)
         except (OSError, MemoryError):
@@ -156,7 +157,7 @@ async def fetch(agent, uid, job, partition, done, total):
     agent.save_job()
 
 
-def _inflate_into(path, part, block, most):
+def _inflate_into(path, part, block, most, inflated):
     """Inflate the segment in path (after its frame) into part from block
     on: each block erased as the bytes reach it (ioctl 6), the bytes
     written as they come (the extended protocol, writeblocks with an
@@ -168,7 +169,7 @@ def _inflate_into(path, part, block, most):
     end = pos + most
     with open(path, "rb") as fi:
         fi.seek(FRAME)
-        for chunk in files.inflated(fi, buf, mv):
+        for chunk in inflated(fi, buf, mv):
             c = len(chunk)
             if pos + c > end:
                 return most + 1
