@@ -225,6 +225,13 @@ class MQTTClient:
             self.connect_timeout_ms,
         )  # type: asyncio.StreamReader, asyncio.StreamWriter
         self._writer = w
+        try:
+            # MicroPython's stream holds its socket as s: no waiting to fill a
+            # segment (Nagle's algorithm behind the broker's delayed ACK held a
+            # request written after a status 40 ms). (CPython's asyncio sets it.)
+            w.s.setsockopt(6, 1, 1)  # type: ignore[attr-defined]  # IPPROTO_TCP, TCP_NODELAY (Linux, lwIP)
+        except (AttributeError, OSError):
+            pass  # (TLS: the socket is the wrapper's)
         dec = self._decoder
         dec.restart()
         tasks = []

@@ -36,7 +36,7 @@ def send_status(client, dev, msg, now, keep_to):
     msg["dev"] = dev
     if "ts" not in msg:
         msg["ts"] = now
-    data = json.dumps(msg).encode("utf-8")
+    data = json.dumps(msg, separators=(",", ":")).encode("utf-8")  # (compact: bytes on the air)
     kept = msg["state"] in KEPT
     if kept:
         try:

@@ -190,4 +190,4 @@ def send_request(client, msg):
 
     from ..net.wire import topic
 
-    client.publish(topic(msg["dev"], "ota/req"), json.dumps(msg), 0, False)
+    client.publish(topic(msg["dev"], "ota/req"), json.dumps(msg, separators=(",", ":")), 0, False)
