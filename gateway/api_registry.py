@@ -64,8 +64,6 @@ async def _revoke(request: web.Request) -> web.Response:
     except RegistryError as exc:
         return _refused(exc)
     gw.revoked(dev, True)
-    # an update under way ends: the device is offered and served nothing more
-    await gw.ota.cancel(dev, "cancelled: the device was revoked")
     return web.json_response(got.as_dict())
 
 

@@ -508,12 +508,14 @@ class Gateway:
         return removed, True
 
     def revoked(self, dev: str, revoked: bool) -> None:
-        """dev was revoked (nothing it sends is taken, it is sent nothing,
-        and it is offline from now) or restored (gateway/registry.py)."""
+        """dev was revoked (nothing it sends is taken, it is sent nothing, its
+        update in progress ends, and it is offline from now) or restored
+        (gateway/registry.py)."""
         if not revoked:
             self._revoked.discard(dev)
             return
         self._revoked.add(dev)
+        self.ota.drop(dev, "cancelled: the device was revoked")  # (its update in progress ends)
         line = self.lines.pop(dev, None)
         if line is not None:
             line.drop(f"{dev} is revoked")

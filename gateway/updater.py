@@ -405,17 +405,24 @@ class Updater:
         """End dev's update in progress, if any, as failed(reason), and tell
         the device (a download stops; one already staged goes on to its
         trial, which reports as usual). The update ended, or None."""
+        ended = self.drop(dev, reason)
+        publish = self.publish
+        if ended is not None and publish is not None and not self.revoked(dev):  # (a revoked one: nothing)
+            try:
+                await publish(proto.topic(dev, "ota/offer"), cancel_message(ended.id), 1, False)
+            except GatewayError as exc:
+                log.warning("%s: could not cancel update %s: %s", dev, ended.id, exc)
+        return ended
+
+    def drop(self, dev: str, reason: str) -> Update | None:
+        """End dev's update in progress, if any, as failed(reason), telling
+        the device nothing (a revoked device is sent nothing). The update
+        ended, or None."""
         u = self._active.get(dev)
         if u is None:
             return None
         ended = fail(u, reason, self.clock.now())
         self._end(ended)
-        publish = self.publish
-        if publish is not None and not self.revoked(dev):  # (a revoked one is sent nothing)
-            try:
-                await publish(proto.topic(dev, "ota/offer"), cancel_message(u.id), 1, False)
-            except GatewayError as exc:
-                log.warning("%s: could not cancel update %s: %s", dev, u.id, exc)
         return ended
 
     # ---- messages from devices ---------------------------------------------

@@ -231,10 +231,10 @@ class SerialLink:
         else:
             stream = asyncio.Event()  # type: ignore[assignment]
             f = _open(self.port, self.baud, stream)
-        poll = select.poll()
-        poll.register(f, select.POLLOUT)  # (a hang-up shows whatever is asked)
-        if self.port == "repl":
-            poll = None  # (each frame written whole: the console's text falls between frames)
+        poll = None  # (the REPL's port: each frame written whole, the console's text between frames)
+        if self.port != "repl":
+            poll = select.poll()
+            poll.register(f, select.POLLOUT)  # (a hang-up shows whatever is asked)
         tasks = []
         failure = []  # type: list[BaseException]
         try:
