@@ -627,9 +627,10 @@ class Updater:
             return
         if "ack" in req:
             held = self._streams.get(dev)
-            moved = held is not None and held[0] == req["id"] and held[1].s == req["s"]
+            # (an acknowledgement's stream is the device's; its id, if it says one, must match)
+            moved = held is not None and held[0] == req.get("id", held[0]) and held[1].s == req["s"]
             if held is not None and moved and held[1].ack(req["ack"], req["win"]):
-                self._serve(dev, req["id"], held[1])
+                self._serve(dev, held[0], held[1])
             return
         self.stats["requests"] += 1
         u = self._update_of(dev, req["id"])

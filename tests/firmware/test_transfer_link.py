@@ -132,11 +132,12 @@ class Gateway:
             msg = check_request(json.loads(raw))
         except (ValueError, ProtocolError):
             return []
-        if msg["v"] != 2 or msg["dev"] != DEV:
+        if msg["v"] != 2 or msg.get("dev", DEV) != DEV:  # (an acknowledgement's device is its link's)
             return []
         if "ack" in msg:
             s = self.stream
-            if s is not None and msg["id"] == UID and s.s == msg["s"] and s.ack(msg["ack"], msg["win"]):
+            ours = s is not None and msg.get("id", UID) == UID and s.s == msg["s"]
+            if ours and s.ack(msg["ack"], msg["win"]):
                 return self.serve()
             return []
         self.stream = None

@@ -35,6 +35,9 @@ def test_a_request_and_a_status_are_accepted() -> None:
     assert judge("pb/th-1/ota/req", REQ) == Accepted("th-1", "ota/req", REQ)
     assert judge("pb/th-1/ota/req", STREAM) == Accepted("th-1", "ota/req", STREAM)
     assert judge("pb/th-1/ota/req", ACK) == Accepted("th-1", "ota/req", ACK)
+    # an acknowledgement as a device sends it: its stream alone, the device is the topic's
+    bare = {"v": 2, "s": 7, "ack": 4096, "win": 9}
+    assert judge("pb/th-1/ota/req", bare) == Accepted("th-1", "ota/req", bare | {"dev": "th-1"})
     assert judge("pb/th-1/ota/status", STATUS, retain=True) == Accepted("th-1", "ota/status", STATUS)
 
 
@@ -69,6 +72,10 @@ def test_a_cleared_retained_status_is_nothing() -> None:
         ("pb/th-1/ota/req", ACK | {"win": 0}, False, "bad_value"),
         ("pb/th-1/ota/req", STREAM | {"dev": "th-2"}, False, "spoofed"),
         ("pb/th-1/ota/req", ACK | {"dev": "th-2"}, False, "spoofed"),
+        ("pb/th-1/ota/req", ACK | {"id": "A1B2C3D4E5F6"}, False, "bad_value"),
+        ("pb/th-1/ota/req", ACK | {"dev": 5}, False, "bad_type"),
+        ("pb/th-1/ota/req", {"v": 2, "s": 7, "win": 9}, False, "bad_value"),  # neither objs nor ack
+        ("pb/th-9/ota/req", {"v": 2, "s": 7, "ack": 0, "win": 9}, False, "unknown_device"),
         ("pb/th-9/ota/req", STREAM | {"dev": "th-9"}, False, "unknown_device"),
         ("pb/th-1/ota/status", STATUS | {"state": "done"}, False, "bad_value"),
         ("pb/th-1/ota/status", STATUS | {"reason": 5}, False, "bad_type"),

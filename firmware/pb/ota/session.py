@@ -83,11 +83,12 @@ def _agent(u):
 
         b = u.boot
         client = d.client
+        dev = d.id
         u.agent = Agent(
             d.base,
             d.config["model"],
             b.counter(),
-            lambda msg: send_request(client, msg),
+            lambda msg: send_request(client, dev, msg),
             u.status,
             d.now,
             lambda: client.up,

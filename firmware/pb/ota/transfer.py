@@ -181,13 +181,14 @@ class Receiver:
             return None
         self.win = min(self.win + 1, 32)
         self.acked = 0
-        return {"v": 2, "dev": self.dev, "id": self.uid, "s": self.seq, "ack": self.pos, "win": self.win}
+        # (the stream names the device's update: the topic says the device)
+        return {"v": 2, "s": self.seq, "ack": self.pos, "win": self.win}
 
 
-def send_request(client, msg):
+def send_request(client, dev, msg):
     """Send a request or acknowledgement (a Receiver's) to the gateway."""
     import json
 
     from ..net.wire import topic
 
-    client.publish(topic(msg["dev"], "ota/req"), json.dumps(msg, separators=(",", ":")), 0, False)
+    client.publish(topic(dev, "ota/req"), json.dumps(msg, separators=(",", ":")), 0, False)

@@ -5,10 +5,9 @@
 # download ends, staged or failed, the device resets back to normal: the boot
 # installs what was staged. Its messages are the runtime's, from the
 # same builders and senders (pb/net/wire.py, pb/ota/transfer.py, report.py).
-import json
 
 from ..compat import asyncio, mem_free, sleep_ms, ticks_diff, ticks_ms
-from ..errors import HalError
+from ..errors import HalError, ProtocolError
 from ..net import wire
 from ..store import read_bytes
 from . import flash
@@ -57,7 +56,7 @@ async def run(base, config, hal, counter, client=None):
         base,
         config["model"],
         counter,
-        lambda msg: send_request(client, msg),
+        lambda msg: send_request(client, dev, msg),
         status,
         hal.time,
         lambda: client.up,
@@ -81,8 +80,8 @@ async def run(base, config, hal, counter, client=None):
             try:
                 hello["ota"]["state"] = "updating"
                 hello["ts"] = now
-                out.insert(0, (wire.topic(dev, "hello"), json.dumps(hello).encode(), 1, True))
-            except (KeyError, TypeError):  # (not the hello it should be)
+                out.insert(0, (wire.topic(dev, "hello"), wire.dumps("hello", hello), 1, True))
+            except (KeyError, TypeError, ProtocolError):  # (not the hello it should be)
                 pass
         return out
 

@@ -132,6 +132,14 @@ def check_request(msg):
         obj = msg.get("obj")
         if obj != "manifest" and not is_hex64(obj):
             raise ProtocolError("bad_value", "request.obj must be 'manifest' or a blob hash")
+    if "ack" in msg and msg["v"] == 2:
+        # an acknowledgement names its stream; id and dev, which the stream
+        # and the topic say, are optional (earlier runtimes send them)
+        if "id" in msg and not is_update_id(msg["id"]):
+            raise ProtocolError("bad_value", "request.id must be %d lowercase hex digits" % UPDATE_ID_LEN)
+        if "dev" in msg and not isinstance(msg["dev"], str):
+            raise ProtocolError("bad_type", "request.dev must be a string")
+        return msg
     if not isinstance(msg.get("id"), str) or not isinstance(msg.get("dev"), str):
         raise ProtocolError("missing_field", "request needs id and dev")
     if not is_update_id(msg["id"]):
