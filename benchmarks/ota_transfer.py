@@ -10,7 +10,11 @@ reports, `check_ms`, and which is reported apart). On the MicroPython unix
 port at 128 KB the download runs in update mode, whose resets (into update
 mode, and to check the manifest's signatures at boot) are part of it; the
 stream of the blobs alone (from update mode's first `downloading` status to
-`staged`) is reported beside it, against a raw publish of the blobs.
+`staged`) is reported beside it, against a raw publish of the blobs. Beside
+them, the floor: the same exchange between two bare clients that do nothing
+with what they receive (the offer, a request answered with the manifest's
+bytes, a request answered with the blobs' as one message), which no update
+that the device asks for can beat.
 
     .venv/bin/python -m benchmarks.ota_transfer
 
@@ -254,6 +258,47 @@ async def baseline(broker: Mosquitto, payload: bytes) -> dict[str, Any]:
         "wire_bytes": wire,
         "wire_bytes_per_payload_byte": wire / len(payload),
     }
+
+
+def asked_exchange(broker: Mosquitto, offer: int, manifest: int, blobs: int) -> float:
+    """Seconds an update's exchange takes with nothing done at either end:
+    a "gateway" client publishes an offer of offer bytes; a "device" client
+    answers it with a request, the gateway answers with the manifest's
+    bytes, the device asks again, the gateway publishes the blobs' bytes as
+    one message, and the device has them (paho both, QoS 0, through the
+    broker). Any update that offers, then sends what the device asks for,
+    twice, costs at least this: the floor under the download's figure."""
+    tag = secrets.token_hex(3)
+    down, up = f"pb/bench-floor-{tag}/ota/chunk", f"pb/bench-floor-{tag}/ota/req"
+    replies = [os.urandom(manifest), os.urandom(blobs)]
+    done = threading.Event()
+    dev = _client(broker, f"bench-dev-{tag}")
+    gw = _client(broker, f"bench-gw-{tag}")
+    got = [0]
+
+    def on_device(c: Any, u: Any, m: Any) -> None:
+        got[0] += 1
+        if got[0] == 3:
+            done.set()
+        else:
+            c.publish(up, b'{"v":2,"s":1,"objs":[["manifest",0,1]],"win":8,"chunk":4096}', qos=0)
+
+    def on_gateway(c: Any, u: Any, m: Any) -> None:
+        c.publish(down, replies.pop(0), qos=0)
+
+    dev.on_message, gw.on_message = on_device, on_gateway
+    _subscribe(dev, [(down, 0)])
+    _subscribe(gw, [(up, 0)])
+    try:
+        t0 = time.perf_counter()
+        gw.publish(down, os.urandom(offer), qos=0)
+        if not done.wait(10):
+            raise RuntimeError("the bare exchange did not end")
+        return time.perf_counter() - t0
+    finally:
+        for c in (dev, gw):
+            c.disconnect()
+            c.loop_stop()
 
 
 def _counted_publish(broker: Mosquitto, payload: bytes, proxy: CountingProxy) -> int:
@@ -537,6 +582,10 @@ async def session(work: Path, keys: Keys, releases: Releases, nodelay: bool) -> 
             raw[n] = b["median_s"]
         for name, (runs, release) in kinds.items():
             out[name] = summarize(runs, fixed_bytes(release), lacking(release)[0], raw)
+            exchange = (runs[0].offer_bytes, len(release.manifest), lacking(release)[0])
+            floor = [await asyncio.to_thread(asked_exchange, broker, *exchange) for _ in range(BASELINE_RUNS)]
+            out[name]["floor_s"] = statistics.median(floor)
+            out[name]["floor_vs_raw_publish"] = out[name]["floor_s"] / raw[out[name]["payload_bytes"]]
         return out
     finally:
         if bench is not None:
@@ -575,6 +624,10 @@ def _report_device(label: str, d: dict[str, Any]) -> None:
     print(
         f"    download (offer -> staged, less checks) {d['transfer_s'] * 1000:8.1f} ms  "
         f"x{d['transfer_vs_raw_publish']:7.1f} the raw publish  ({d['transfer_kib_per_s']:.0f} KiB/s)"
+    )
+    print(
+        f"    floor: the same exchange, nothing done  {d['floor_s'] * 1000:8.1f} ms  "
+        f"x{d['floor_vs_raw_publish']:7.1f} the raw publish  (offer, 2 requests answered; paho, median)"
     )
     print(f"    signature checks while downloading    {d['check_s'] * 1000:8.1f} ms  (apart)")
     print(
