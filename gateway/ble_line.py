@@ -39,6 +39,7 @@ CONNECT_S = 20.0  # a connection not made within this is given up, and tried aga
 STALE_S = 60.0  # a device not seen advertising for this long is no longer dialled
 PROOF_S = 20.0  # a connection whose device has not proven itself within this is hung up (it asks
 # again after 1, 2, 4 and 8 s without an answer: 15 s for its fifth try)
+SETTLED_S = 10.0  # a device that proved itself and stayed this long starts its backoff over
 
 
 class GarbageRule:
@@ -183,6 +184,7 @@ class BleBridge:
         self.ban_s = ban_s  # a device dropped for garbage is not dialled again for this long
         self.rule = rule
         self.proof_s = proof_s  # a connection whose device has not proven itself by then is hung up
+        self.settled_s = SETTLED_S
         self.links: dict[str, BleLink] = {}  # address -> its connection, while up
         self.banned: dict[str, float] = {}  # address -> (loop) time it may be dialled again
         self._backoffs: dict[str, Backoff] = {}  # address -> its reconnections' backoff
@@ -223,7 +225,12 @@ class BleBridge:
     async def _keep(self, address: str) -> None:
         """Keep one device connected while it is around: connect again with
         backoff after a loss, give it up once it has not been seen
-        advertising for STALE_S or was dropped for garbage."""
+        advertising for STALE_S or was dropped for garbage. The backoff
+        starts over only after a connection whose device proved itself and
+        stayed: one that never proves itself (anything advertising the
+        service) is dialled further and further apart, up to 30 s, and
+        holds a connection of the adapter's few for at most PROOF_S of each
+        wait."""
         loop = asyncio.get_running_loop()
         backoff = self._backoffs.setdefault(address, Backoff(0.5, 30.0))
         up = loop.time()  # when it was last known to be there: seen, or connected
@@ -232,8 +239,9 @@ class BleBridge:
             while True:
                 device, _ = self._devices[address]
                 began = loop.time()
+                proven = False
                 try:
-                    reason, garbage = await self._serve(device)
+                    reason, garbage, proven = await self._serve(device)
                     up = loop.time()
                 except (BleakError, OSError, EOFError, TimeoutError) as exc:
                     reason, garbage = f"cannot connect: {exc or type(exc).__name__}", False
@@ -243,8 +251,8 @@ class BleBridge:
                 if garbage:
                     self.banned[address] = loop.time() + self.ban_s
                     return
-                if up - began > 10:
-                    backoff.reset()  # it was up a while: this is a new trouble
+                if proven and up - began > self.settled_s:
+                    backoff.reset()  # it was served a while: this is a new trouble
                 delay = backoff.next()
                 say = log.debug if reason == said else log.warning
                 say("ble:%s: %s; connecting again in %.2f s", address, reason, delay)
@@ -260,10 +268,10 @@ class BleBridge:
         if link.session.device is None:
             link.lose(f"no proof of identity within {self.proof_s:g} s")
 
-    async def _serve(self, device: BLEDevice) -> tuple[str, bool]:
-        """One connection, from its making to its loss: why it ended, and
-        whether it was dropped for garbage. Raises BleakError when it could
-        not be made."""
+    async def _serve(self, device: BLEDevice) -> tuple[str, bool, bool]:
+        """One connection, from its making to its loss: why it ended,
+        whether it was dropped for garbage, and whether its device had
+        proven itself. Raises BleakError when it could not be made."""
         links: list[BleLink] = []
 
         def gone(_client: BleakClient) -> None:
@@ -282,7 +290,7 @@ class BleBridge:
         try:
             link.sized = client.services.get_characteristic(BULK_UUID)
             if link.sized is None or client.services.get_characteristic(CONTROL_UUID) is None:
-                return "not a permabeta device: its service lacks control or bulk", False
+                return "not a permabeta device: its service lacks control or bulk", False, False
             size = link.sized.max_write_without_response_size
             log.info("%s: connected: values of %d bytes", link.name, size)
             # the device sends its first proof message once it sees this; one
@@ -294,7 +302,7 @@ class BleBridge:
                 reason = await link.lost
             finally:
                 late.cancel()
-            return reason, link.garbage is not None
+            return reason, link.garbage is not None, link.session.device is not None
         finally:
             self.links.pop(device.address, None)
             for task in writers:
