@@ -231,7 +231,7 @@ class MQTTClient:
             # request written after a status 40 ms). (CPython's asyncio sets it.)
             w.s.setsockopt(6, 1, 1)  # type: ignore[attr-defined]  # IPPROTO_TCP, TCP_NODELAY (Linux, lwIP)
         except (AttributeError, OSError):
-            pass  # (TLS: the socket is the wrapper's)
+            pass  # (TLS: the socket is the wrapper's, set before wrapping: pb/net/tls.py)
         dec = self._decoder
         dec.restart()
         tasks = []

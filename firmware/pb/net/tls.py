@@ -65,7 +65,27 @@ def _context(client):
             ctx.load_verify_locations(cadata=der)
     except (OSError, ValueError) as exc:
         raise MqttError("TLS: cannot load the CA %s: %s" % (ca, format_exception(exc)))
-    client.ssl = ctx
+    if MICROPYTHON:
+        # this module stands for the context (wrap_socket below)
+        import sys
+
+        _ctx[0] = ctx
+        client.ssl = sys.modules[__name__]
+    else:
+        client.ssl = ctx
+
+
+_ctx = [None]  # type: list  # the context made on MicroPython
+
+
+def wrap_socket(s, **kw):
+    # The module as the context MicroPython's asyncio.open_connection uses
+    # (only its wrap_socket): TCP_NODELAY set on the socket before wrapping
+    # it, since the stream then holds the wrapper, which has no setsockopt,
+    # and Nagle's algorithm would hold a request written after a status for
+    # the broker's delayed ACK (40 ms). CPython's asyncio sets it itself.
+    s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (Linux, lwIP)
+    return _ctx[0].wrap_socket(s, **kw)
 
 
 def client_for(ca):
