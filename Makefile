@@ -114,11 +114,12 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 
 check: lint typecheck test long rollouts browser homeassistant
 
-# Tests run a real Mosquitto (and socat, and strace to see a socket option set); the venv
-# needs python3-venv. Installed here when missing, as root or with sudo that asks no
-# password; otherwise the exact command is printed.
+# Tests run a real Mosquitto and PostgreSQL (and socat, and strace to see a socket option
+# set); the venv needs python3-venv. Installed here when missing, as root or with sudo that
+# asks no password; otherwise the exact command is printed.
 # SYSTEM_DEPS: PACKAGE:COMMAND pairs (python3-venv: checked by importing venv).
-SYSTEM_DEPS ?= mosquitto:mosquitto mosquitto-clients:mosquitto_pub socat:socat strace:strace python3-venv:
+SYSTEM_DEPS ?= mosquitto:mosquitto mosquitto-clients:mosquitto_pub socat:socat strace:strace \
+  postgresql:pg_ctlcluster python3-venv:
 .PHONY: system-deps
 system-deps:
 	@sh .ci/system-deps $(SYSTEM_DEPS)

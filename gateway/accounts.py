@@ -21,9 +21,9 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
+from .db import IntegrityError, Row, upsert
 from .errors import GatewayError
 from .store import Store
 
@@ -44,7 +44,7 @@ _OWNERS_SAY = (
     "DELETE FROM device_decisions WHERE device = ?",
     "DELETE FROM twin_previews WHERE device = ?",
     "DELETE FROM twin_devices WHERE device = ?",
-    "UPDATE device_settings SET policy = 'auto', window = NULL WHERE device = ?",
+    """UPDATE device_settings SET policy = 'auto', "window" = NULL WHERE device = ?""",
     "DELETE FROM data_retention WHERE device = ?",
     "DELETE FROM stream_retention WHERE device = ?",
     "DELETE FROM ha_links WHERE device = ?",  # (its retained topics: gateway/ha_bridge.py)
@@ -167,13 +167,13 @@ class Accounts:
             raise AccountError(f"a role is one of {', '.join(ROLES)}, not {role!r}")
         pw = None if password is None else _password_hash(password)
         try:
-            cur = self.db.execute(
-                "INSERT INTO accounts (name, role, password, created) VALUES (?, ?, ?, ?)",
+            row = self.db.execute(
+                "INSERT INTO accounts (name, role, password, created) VALUES (?, ?, ?, ?) RETURNING id",
                 (name, role, pw, now),
-            )
-        except sqlite3.IntegrityError:
+            ).fetchone()
+        except IntegrityError:
             raise AccountError(f"there is an account {name!r} already", "exists") from None
-        return Account(int(cur.lastrowid or 0), name, role, now)
+        return Account(int(row[0]), name, role, now)
 
     def get(self, name: str) -> Account | None:
         row = self.db.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
@@ -252,7 +252,7 @@ class Accounts:
                 " DO UPDATE SET code_hash = excluded.code_hash, created = excluded.created",
                 (device, claim_hash(code), now),
             )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise AccountError("that claim code is another device's: make a new one", "exists") from None
 
     def claim(self, account: Account, code: str, now: float) -> str:
@@ -288,7 +288,7 @@ class Accounts:
             raise AccountError(f"{device} has an owner: they release it first", "claimed")
         with self.store.transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO device_owners (device, account, since) VALUES (?, ?, ?)",
+                upsert("device_owners", ("device", "account", "since"), ("device",)),
                 (device, account.id, now),
             )
             # a forgotten device's data is kept again from its new claim on (gateway/footprint.py)
@@ -301,7 +301,7 @@ class Accounts:
         computed for it (the twin's previews, the heater power it gave): the
         next owner starts afresh, and sees nothing of the device from before
         its own claim (owner_since). Raises AccountError if it is not its own."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self.db.exclusive)
         try:
             cur = self.db.execute(
                 "DELETE FROM device_owners WHERE device = ? AND account = ?", (device, account.id)
@@ -345,7 +345,7 @@ def _password_hash(password: str) -> str:
     return hash_password(password)
 
 
-def account_from_row(row: sqlite3.Row) -> Account:
+def account_from_row(row: Row) -> Account:
     return Account(
         int(row["id"]), str(row["name"]), str(row["role"]), float(row["created"]), bool(row["disabled"])
     )

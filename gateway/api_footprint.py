@@ -46,7 +46,7 @@ async def _export(request: web.Request) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
-    with snapshot(gw.store.path) as store:
+    with snapshot(gw.store.where) as store:
         for chunk in _WRITERS[fmt](store, dev, gw.clock.now(), since):
             if chunk:
                 await resp.write(chunk)

@@ -161,7 +161,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
         while gw.api_url is None and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
-            print(f"gateway: database {store.path}, API {gw.api_url}, broker {broker}", flush=True)
+            print(f"gateway: database {store.name}, API {gw.api_url}, broker {broker}", flush=True)
             api = json.loads(store.get_meta("api") or "{}")
             if "fingerprint" in api:
                 print(f"API certificate {api['cert']}, SHA-256 {api['fingerprint']}", flush=True)
@@ -549,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--listen", type=hostport, default=("127.0.0.1", 1883), help="embedded broker's HOST:PORT"
     )
-    run.add_argument("--db", help=f"database (default {default_db()})")
+    run.add_argument(
+        "--db", help=f"database: a file, or postgresql://USER@HOST:PORT/NAME (default {default_db()})"
+    )
     run.add_argument("--api", type=hostport, default=("127.0.0.1", 8480), help="API HOST:PORT (port 0: any)")
     tls = run.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true", help="serve the API over HTTPS on loopback too")

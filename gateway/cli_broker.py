@@ -13,6 +13,7 @@ from .broker import BrokerUrl
 from .broker_config import BrokerRunner, FleetBroker, write
 from .ca import DEFAULT_HOSTS, CaFiles, cert_hosts, check_hosts, create_ca, server_cert, tls_listener
 from .errors import ConfigError
+from .paths import db_of
 from .store import Store
 
 
@@ -48,7 +49,7 @@ def _told(fleet: FleetBroker, db: str) -> None:
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    with Store(Path(args.db)) as store:
+    with Store(db_of(args)) as store:
         fleet = _write(args, store)
     _told(fleet, args.db)
     print(f"run it: mosquitto -c {fleet.files.conf}   (or permabeta broker run, which reloads it)")
@@ -56,7 +57,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_run(args: argparse.Namespace) -> int:
-    with Store(Path(args.db)) as store:
+    with Store(db_of(args)) as store:
         fleet = _write(args, store)
         _told(fleet, args.db)
         runner = BrokerRunner(fleet, store, say=lambda line: print(line, flush=True))

@@ -23,7 +23,7 @@ from typing import Any
 from . import credentials
 from .client import ApiClient, local_api, local_context
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
-from .paths import db_of
+from .paths import db_exists, db_of
 from .tls import client_context, fingerprint, is_loopback, normal_fingerprint
 
 
@@ -65,7 +65,7 @@ def _trust(args: argparse.Namespace, url: str) -> tuple[ssl.SSLContext | None, d
                 "it is not the gateway you meant, or its certificate has changed"
             )
         return client_context(cadata=pem), {"cert": pem, "fingerprint": got}
-    local = local_api(db_of(args)) if db_of(args).exists() else None
+    local = local_api(db_of(args)) if db_exists(db_of(args)) else None
     if local is not None and local["url"] == url:
         return local_context(local), {
             "cert": Path(local["cert"]).read_text(),

@@ -268,7 +268,7 @@ def cmd_updates_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_device_ota(db: Path, dev: str, ota: dict[str, Any] | None) -> list[str]:
+def show_device_ota(db: Path | str, dev: str, ota: dict[str, Any] | None) -> list[str]:
     """The lines `devices show` adds: the running set, the latest updates
     (as the device said them: the caller escapes what it prints)."""
     from .store import Store

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .broker import password_line
 from .client import ApiClient, local_api
 from .errors import ApiError, ApiRequestError
+from .paths import db_exists, db_of
 from .registry import Registered, Registry
 from .store import Store
 
@@ -32,18 +32,18 @@ def _through(
     """Run api against the gateway --db names if one runs there (else
     direct, on the database itself), or against the gateway logged in to.
     Which it was, in words. Raises GatewayError."""
-    db = getattr(args, "db", None)
-    if db:
-        info = local_api(Path(db)) if Path(db).exists() else None
+    if getattr(args, "db", None):
+        db = db_of(args)
+        info = local_api(db) if db_exists(db) else None
         if info is not None:
             try:
-                api(ApiClient.from_db(Path(db)))
+                api(ApiClient.from_db(db))
                 return f"the gateway running on {db}"
             except ApiRequestError:
                 raise
             except ApiError:
                 pass  # (its record of a gateway outlived it: none answers)
-        with Store(Path(db)) as store:
+        with Store(db) as store:
             direct(store)
         return f"{db} (no gateway runs on it: it reads it when it starts)"
     client = ApiClient.for_args(args)

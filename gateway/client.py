@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from . import credentials
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
-from .paths import default_db
+from .paths import db_of, default_db
 from .store import Store
 from .tls import client_context, fingerprint
 
@@ -35,7 +35,7 @@ class ApiClient:
         self.context = context
 
     @classmethod
-    def from_db(cls, db: Path) -> ApiClient:
+    def from_db(cls, db: Path | str) -> ApiClient:
         """Find the running gateway that owns db. Raises ApiError if none."""
         info = local_api(db)
         if info is None:
@@ -55,7 +55,7 @@ class ApiClient:
         gateway: str | None = getattr(args, "gateway", None)
         db: str | None = getattr(args, "db", None)
         if gateway is None and db:
-            return cls.from_db(Path(db))
+            return cls.from_db(db_of(args))
         kept = credentials.load()
         if kept is not None and (gateway is None or gateway.rstrip("/") == kept.url):
             return cls.from_credentials(kept)
@@ -126,7 +126,7 @@ class ApiClient:
         return reply
 
 
-def local_api(db: Path) -> dict[str, Any] | None:
+def local_api(db: Path | str) -> dict[str, Any] | None:
     """What the gateway running on db wrote of its API (meta 'api'), or None."""
     with Store(db, readonly=True) as store:
         raw = store.get_meta("api")

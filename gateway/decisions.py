@@ -17,8 +17,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .db import upsert
 from .errors import DecisionError
 from .store import Store
+
+_DECISION_COLUMNS = ("device", "release", "decision", "until", "at")
 
 DECISIONS = ("now", "later", "never")
 MAX_LATER_S = 90 * 86400.0  # how far ahead `later` may put an update
@@ -129,8 +132,7 @@ class DecisionTable:
 
     def save(self, d: Decision) -> Decision:
         self.store.db.execute(
-            "INSERT OR REPLACE INTO device_decisions (device, release, decision, until, at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            upsert("device_decisions", _DECISION_COLUMNS, ("device", "release")),
             (d.device, d.release, d.decision, d.until, d.at),
         )
         return d

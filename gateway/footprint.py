@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .db import ROWID, Cursor, Database, upsert
 from .rollouts import Gone, RolloutTable, spent_reason
 from .store import Store
 
@@ -87,7 +87,8 @@ TABLES: tuple[Table, ...] = (
     # (the steps first: they are found by their update)
     Table(
         "update_steps",
-        "update_id IN (SELECT id FROM updates WHERE device = :dev AND (:since IS NULL OR started >= :since))",
+        "update_id IN (SELECT id FROM updates WHERE device = :dev"
+        " AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR started >= :since))",
         order="id",
     ),
     Table("updates", "device = :dev", "started", "started"),
@@ -98,7 +99,7 @@ TABLES: tuple[Table, ...] = (
     Table("rollout_members", "device = :dev", "coalesce(offered, :since)", forget="rollouts"),
     Table(
         "rollout_decisions",
-        "kind = 'revert_failed' AND EXISTS (SELECT 1 FROM json_each(numbers, '$.devices') WHERE key = :dev)",
+        "kind = 'revert_failed' AND {has_dev}",
         "at",
         "id",
         forget="rollouts",
@@ -113,9 +114,14 @@ TABLES: tuple[Table, ...] = (
 )
 
 
-def _select(t: Table) -> str:
-    since = f" AND (:since IS NULL OR {t.since} >= :since)" if t.since else ""
-    return f"SELECT * FROM {t.name} WHERE ({t.where}){since} ORDER BY {t.order}"
+def _where(t: Table, db: Database) -> str:
+    """t's test, in db's words (:dev, :since)."""
+    return t.where.replace("{has_dev}", db.json_has_key("numbers", "devices").replace("?", ":dev"))
+
+
+def _select(t: Table, db: Database) -> str:
+    since = f" AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR {t.since} >= :since)" if t.since else ""
+    return f"SELECT * FROM {t.name} WHERE ({_where(t, db)}){since} ORDER BY {t.order}"
 
 
 Batches = Iterator[list[tuple[Any, ...]]]
@@ -125,20 +131,22 @@ def tables(store: Store, dev: str, since: float | None = None) -> Iterator[tuple
     """(table, its columns, its rows in batches) of every table in TABLES,
     rows about dev only (from `since` on, where a table says when)."""
     for t in TABLES:
-        cur = store.db.cursor()
-        cur.row_factory = None
-        cur.execute(_select(t), {"dev": dev, "since": since})
+        cur = store.db.plain(_select(t, store.db), {"dev": dev, "since": since})
         columns = [d[0] for d in cur.description]
-        yield t.name, columns, _batches(cur, dev, columns, t.shown)
+        skip = 1 if columns[0] == ROWID and store.db.kind == "postgresql" else 0  # (not a column of it)
+        yield t.name, columns[skip:], _batches(cur, dev, columns[skip:], t.shown, skip)
 
 
 def _batches(
-    cur: sqlite3.Cursor,
+    cur: Cursor,
     dev: str,
     columns: list[str],
     shown: Callable[[str, dict[str, Any]], dict[str, Any]] | None,
+    skip: int = 0,
 ) -> Batches:
     while batch := cur.fetchmany(_BATCH):
+        if skip:
+            batch = [row[skip:] for row in batch]
         if shown is not None:
             batch = [tuple(shown(dev, dict(zip(columns, row, strict=True))).values()) for row in batch]
         yield batch
@@ -147,17 +155,17 @@ def _batches(
 def stored(store: Store, dev: str) -> bool:
     """Whether the store holds anything about dev."""
     return any(
-        store.db.execute(f"SELECT EXISTS ({_select(t)})", {"dev": dev, "since": None}).fetchone()[0]
+        store.db.execute(f"SELECT EXISTS ({_select(t, store.db)})", {"dev": dev, "since": None}).fetchone()[0]
         for t in TABLES
     )
 
 
 @contextmanager
-def snapshot(path: Path) -> Iterator[Store]:
-    """The database at path read as it is now, whatever the gateway writes
-    while the export is written (one read transaction of its own connection)."""
-    with Store(path, readonly=True) as store:
-        store.db.execute("BEGIN")
+def snapshot(where: Path | str) -> Iterator[Store]:
+    """The database (a file, or a URL) read as it is now, whatever the gateway
+    writes while the export is written (one read transaction of its own connection)."""
+    with Store(where, readonly=True) as store:
+        store.db.execute(store.db.snapshot)
         try:
             yield store
         finally:
@@ -259,8 +267,10 @@ def forget(store: Store, dev: str, gone: Iterable[Gone], now: float) -> dict[str
         removed["rollout_members"] = RolloutTable(store).forget(dev, gone)
         for t in TABLES:
             if t.forget == "delete":
-                removed[t.name] = store.db.execute(f"DELETE FROM {t.name} WHERE {t.where}", args).rowcount
+                removed[t.name] = store.db.execute(
+                    f"DELETE FROM {t.name} WHERE {_where(t, store.db)}", args
+                ).rowcount
             elif t.forget not in ("keep", "rollouts"):
                 removed[t.name] = store.db.execute(t.forget, args).rowcount
-        store.db.execute("INSERT OR REPLACE INTO device_forgotten (device, at) VALUES (?, ?)", (dev, now))
+        store.db.execute(upsert("device_forgotten", ("device", "at"), ("device",)), (dev, now))
     return {name: n for name, n in removed.items() if n}

@@ -23,7 +23,15 @@ def firmware_dir() -> Path:
     return Path(firmware.__file__).parent
 
 
-def db_of(args: object) -> Path:
-    """The database a command names with --db, else the default one."""
+def db_of(args: object) -> Path | str:
+    """The database a command names with --db (a file, or a postgresql://
+    URL), else the default one."""
     given = getattr(args, "db", None)
-    return Path(given) if given else default_db()
+    if not given:
+        return default_db()
+    return given if given.startswith(("postgresql://", "postgres://")) else Path(given)
+
+
+def db_exists(db: Path | str) -> bool:
+    """Whether there is a database there to open (a URL: say so, and opening it tells)."""
+    return not isinstance(db, Path) or db.exists()

@@ -19,11 +19,11 @@ it is written into that file line by line.
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 
 from firmware.pb.ids import valid_id
 
+from .db import Row
 from .errors import GatewayError
 from .store import Store
 
@@ -104,7 +104,7 @@ class Registry:
             )
         if link_key is not None and not valid_link_key(link_key):
             raise RegistryError("link_key must be 64 lowercase hex digits, as permabeta provision sends it")
-        with self.db:
+        with self.store.transaction():
             self.db.execute(
                 "INSERT INTO device_registry (device, model, board, password_hash, registered, link_key) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET model = excluded.model, "
@@ -144,9 +144,10 @@ class Registry:
         return int(value) if value is not None else 0
 
     def _set_revoked(self, device: str, at: float | None) -> Registered:
-        with self.db:
+        with self.store.transaction():
             cur = self.db.execute(
-                "UPDATE device_registry SET revoked = ? WHERE device = ? AND (revoked IS NULL) = ?",
+                "UPDATE device_registry SET revoked = ?"
+                " WHERE device = ? AND (CASE WHEN revoked IS NULL THEN 1 ELSE 0 END) = ?",
                 (at, device, at is not None),
             )
             if cur.rowcount:
@@ -162,12 +163,12 @@ class Registry:
     def _bump(self) -> None:
         self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)",
             (_GENERATION,),
         )
 
 
-def _registered(row: sqlite3.Row) -> Registered:
+def _registered(row: Row) -> Registered:
     return Registered(
         str(row["device"]),
         str(row["model"]),

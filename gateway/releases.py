@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ota.errors import VerifyError
 from ota.release import MANIFEST, NOTES, ZLIB_WBITS, FileEntry, Release
 from ota.verify import verify_release
 
+from .db import Row
 from .errors import OtaDisabledError, ReleaseNotFoundError, ReleaseRefusedError
 from .store import Store
 
@@ -76,7 +76,7 @@ class StoredRelease:
     added: float
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredRelease:
+    def from_row(cls, row: Row) -> StoredRelease:
         manifest = bytes(row["manifest"])
         body = json.loads(json.loads(manifest)["signed"])
         return cls(
@@ -163,7 +163,7 @@ class ReleaseStore:
 
     def __init__(self, store: Store, blobs: Path | None = None, root: bytes | None = None) -> None:
         self.store = store
-        self.blobs = blobs if blobs is not None else blobs_dir(store.path)
+        self.blobs = blobs if blobs is not None else store.beside(BLOBS_SUFFIX)
         self.root = root
         self._cache: OrderedDict[str, StoredRelease] = OrderedDict()
 
@@ -277,7 +277,7 @@ class ReleaseStore:
         rows = self.store.db.execute(f"SELECT * FROM releases {where} ORDER BY model, counter", args)
         return [self._cached(r) for r in rows]
 
-    def _cached(self, row: sqlite3.Row) -> StoredRelease:
+    def _cached(self, row: Row) -> StoredRelease:
         rel = self._cache.get(row["id"])
         if rel is None:
             rel = self._cache[row["id"]] = StoredRelease.from_row(row)

@@ -155,7 +155,7 @@ class Stage:
 
 
 def look(
-    db: Path, stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float
+    db: Path | str, stage: Stage, ms: Sequence[Measure], policy: Policy, k: int, final: bool, now: float
 ) -> Judgement:
     """The judge's look k at the stage: every device's values from the store db."""
     with Store(db, readonly=True) as store:

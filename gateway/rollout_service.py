@@ -405,7 +405,7 @@ class RolloutService:
         stage = Stage(r.stage_started, treated, control, hard, earlier)
         try:
             ms = self._measures(r)
-            j = await asyncio.to_thread(look, self.gw.store.path, stage, ms, policy, k, final, now)
+            j = await asyncio.to_thread(look, self.gw.store.where, stage, ms, policy, k, final, now)
         except GatewayError as exc:
             log.error("rollout %s: the judge could not look: %s", r.id, exc)
             return None

@@ -274,7 +274,7 @@ class RolloutTable:
             return None
         row = self.store.db.execute(
             f"""SELECT m.* FROM rollout_members m JOIN rollouts r ON r.id = m.rollout
-               WHERE m.device = ? AND m.left IS NULL AND r.state IN ({",".join("?" * len(states))})
+               WHERE m.device = ? AND m."left" IS NULL AND r.state IN ({",".join("?" * len(states))})
                ORDER BY r.created DESC""",
             (dev, *states),
         ).fetchone()
@@ -301,14 +301,16 @@ class RolloutTable:
             self.store.db.execute(
                 """INSERT INTO rollout_forgotten (rollout, stage, state, count, offered, failed, rolled_back)
                    VALUES (?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (rollout, stage, state) DO UPDATE SET count = count + excluded.count,
-                       offered = offered + excluded.offered, failed = failed + excluded.failed,
-                       rolled_back = rolled_back + excluded.rolled_back""",
+                   ON CONFLICT (rollout, stage, state) DO UPDATE
+                       SET count = rollout_forgotten.count + excluded.count,
+                       offered = rollout_forgotten.offered + excluded.offered,
+                       failed = rollout_forgotten.failed + excluded.failed,
+                       rolled_back = rollout_forgotten.rolled_back + excluded.rolled_back""",
                 (g.rollout, g.stage, g.state, g.count, g.offered, g.failed, g.rolled_back),
             )
         rows = self.store.db.execute(
             "SELECT id, numbers FROM rollout_decisions WHERE kind = 'revert_failed'"
-            " AND EXISTS (SELECT 1 FROM json_each(numbers, '$.devices') WHERE key = ?)",
+            f" AND {self.store.db.json_has_key('numbers', 'devices')}",
             (dev,),
         ).fetchall()
         for row in rows:
@@ -347,9 +349,9 @@ class RolloutTable:
         unknown = sorted(set(columns) - set(_MEMBER_COLUMNS))
         if unknown or not columns:
             raise TypeError(f"not columns a step writes of a member: {unknown or 'none given'}")
+        sets = ", ".join(f'"{c}" = ?' for c in columns)
         cur = self.store.db.execute(
-            f"UPDATE rollout_members SET {', '.join(f'{c} = ?' for c in columns)}"
-            " WHERE rollout = ? AND device = ? AND left IS NULL",
+            f'UPDATE rollout_members SET {sets} WHERE rollout = ? AND device = ? AND "left" IS NULL',
             (*columns.values(), rid, dev),
         )
         return cur.rowcount > 0
@@ -358,7 +360,7 @@ class RolloutTable:
         """A member that left at `left` is back in the rollout (the update by
         hand it left for did not start); one that left again since stays out."""
         self.store.db.execute(
-            "UPDATE rollout_members SET left = NULL WHERE rollout = ? AND device = ? AND left = ?",
+            'UPDATE rollout_members SET "left" = NULL WHERE rollout = ? AND device = ? AND "left" = ?',
             (rid, dev, left),
         )
 
@@ -419,9 +421,9 @@ class RolloutTable:
         """The last `limit` (None: all) decisions of the rollout, of that
         kind only if given, oldest first."""
         rows = self.store.db.execute(
-            "SELECT * FROM rollout_decisions WHERE rollout = ? AND (? IS NULL OR kind = ?)"
+            "SELECT * FROM rollout_decisions WHERE rollout = ? AND (CAST(? AS TEXT) IS NULL OR kind = ?)"
             " ORDER BY id DESC LIMIT ?",
-            (rid, kind, kind, -1 if limit is None else limit),
+            (rid, kind, kind, 2**62 if limit is None else limit),
         ).fetchall()
         out = []
         for r in reversed(rows):

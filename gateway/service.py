@@ -44,7 +44,7 @@ from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
 from .stream_service import NewStreams, retention_loop
 from .streams import withheld
-from .tls import ApiTls, server_cert, tls_folder, uses_tls
+from .tls import ApiTls, server_cert, uses_tls
 from .updater import RECONCILE_S, Updater
 from .updates import DEFAULT_DEADLINE_S
 
@@ -192,7 +192,7 @@ class Gateway:
     async def run(self) -> None:
         cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
-            cert = server_cert(self.api_tls, self.api_bind[0], tls_folder(self.store.path), time.time())
+            cert = server_cert(self.api_tls, self.api_bind[0], self.store.beside(".tls"), time.time())
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")

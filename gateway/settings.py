@@ -136,8 +136,10 @@ class SettingsTable:
     def save(self, s: DeviceSettings, now: float) -> DeviceSettings:
         s = replace(s, updated=now)
         self.store.db.execute(
-            "INSERT OR REPLACE INTO device_settings"
-            " (device, channel, tags, policy, window, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            'INSERT INTO device_settings (device, channel, tags, policy, "window", updated)'
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET channel = excluded.channel,"
+            ' tags = excluded.tags, policy = excluded.policy, "window" = excluded."window",'
+            " updated = excluded.updated",
             (
                 s.device,
                 s.channel,

@@ -1,6 +1,7 @@
-"""The gateway's SQLite store: device registry, telemetry, events, commands,
-rejected-message counters, releases and updates. Survives restarts; readable
-by the CLI while the gateway runs (WAL mode).
+"""The gateway's store: device registry, telemetry, events, commands,
+rejected-message counters, releases and updates, in SQLite (a file: the
+default) or PostgreSQL (a postgresql:// URL), through gateway/db.py. Survives
+restarts; readable by the CLI while the gateway runs (SQLite's WAL mode).
 
 Schema versions: _SCHEMA is version 1 and never changes; each later version
 is one entry of _MIGRATIONS, applied in order in one transaction each, so a
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import db as dbapi
+from .db import Database, Row
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
@@ -134,7 +136,7 @@ CREATE TABLE device_settings (
     channel TEXT NOT NULL DEFAULT 'stable',
     tags TEXT NOT NULL DEFAULT '[]',
     policy TEXT NOT NULL DEFAULT 'auto',
-    window TEXT,                    -- HH:MM-HH:MM, the device's local time
+    "window" TEXT,                  -- HH:MM-HH:MM, the device's local time
     approved TEXT,                  -- the release the owner said yes to
     updated REAL
 );
@@ -172,7 +174,7 @@ CREATE TABLE rollout_members (
     update_id TEXT,                 -- its update to the release
     offered REAL,
     revert_id TEXT,                 -- its update to the revert release
-    left REAL,                      -- when it was updated by hand (it left the rollout)
+    "left" REAL,                    -- when it was updated by hand (it left the rollout)
     PRIMARY KEY (rollout, device)
 );
 CREATE INDEX rollout_members_device ON rollout_members(device);
@@ -386,7 +388,7 @@ class DeviceRecord:
     carrier: str = "mqtt"  # how it last reached the gateway: mqtt, serial:PORT, ble:ADDRESS
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> DeviceRecord:
+    def from_row(cls, row: Row) -> DeviceRecord:
         return cls(
             id=row["id"],
             model=row["model"],
@@ -478,11 +480,6 @@ class TelemetryRow:
     data: dict[str, Any]
 
 
-def _json_path(stream: str) -> str:
-    """The JSON path of a stream's value in a telemetry row: `$."sensors"."humidity"`."""
-    return "$." + ".".join(f'"{part}"' for part in stream.split(".", 2))
-
-
 _EXPIRE_BATCH = 500  # telemetry rows read at a time to strip expired values from
 
 
@@ -491,32 +488,49 @@ def _dumps(value: Any) -> str:
 
 
 class Store:
-    """One SQLite database. Writes go through the gateway process only."""
+    """One database: an SQLite file, or PostgreSQL (where is a
+    postgresql:// URL). Writes go through the gateway process only."""
 
-    def __init__(self, path: Path | str, readonly: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, where: Path | str, readonly: bool = False, files: Path | None = None) -> None:
+        self.where: Path | str = where if dbapi.is_url(where) else Path(where)
+        # the folder of what the gateway keeps beside a PostgreSQL database (beside() says)
+        self.files = files if files is not None or isinstance(self.where, Path) else _files_of(self.where)
+        self.name = dbapi.redacted(str(where)) if dbapi.is_url(where) else str(where)
         self.schema = 0  # the version of the open database
         # each device's periods at the last retention pass, and its time (expire_shared)
         self._expired: dict[str, tuple[Periods, float]] = {}
         try:
-            if readonly:
-                if not self.path.exists():
-                    raise StoreError(f"no gateway database at {self.path}")
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, isolation_level=None)
-                self.path.chmod(0o600)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 5000")
+            if isinstance(self.where, Path):
+                if readonly and not self.where.exists():
+                    raise StoreError(f"no gateway database at {self.where}")
+                if not readonly:
+                    self.where.parent.mkdir(parents=True, exist_ok=True)
+            self.db: Database = dbapi.connect(self.where, readonly)
+            if isinstance(self.where, Path) and not readonly:
+                self.where.chmod(0o600)
             if not readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
-                self.db.execute("PRAGMA synchronous = NORMAL")
                 self._migrate()
             else:
                 self._check_schema()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open gateway database {self.path}: {exc}") from exc
+        except dbapi.Error as exc:
+            raise StoreError(f"cannot open gateway database {self.name}: {exc}") from exc
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        if not isinstance(self.where, Path):
+            raise StoreError(f"{self.name} is a PostgreSQL database: it has no file")
+        return self.where
+
+    def beside(self, suffix: str) -> Path:
+        """Where the gateway keeps files of a kind (".blobs", ".tls") beside
+        its database: <db><suffix> beside an SQLite file; <files>/<kind> for
+        PostgreSQL (Store's files; by default the gateway's home's
+        files/HOST_PORT_DATABASE)."""
+        if isinstance(self.where, Path):
+            return self.where.with_name(self.where.name + suffix)
+        assert self.files is not None  # (set for every PostgreSQL database)
+        return self.files / suffix[1:]
 
     def close(self) -> None:
         self.db.close()
@@ -528,40 +542,44 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = self.db.tables()
         if tables and "meta" not in tables:
-            raise StoreError(f"{self.path} is an SQLite database, but not a permabeta gateway's")
-        self.db.executescript(_SCHEMA)
+            raise StoreError(f"{self.name} is a database, but not a permabeta gateway's")
+        self.db.script(self.db.ddl(_SCHEMA))
         version = self.get_meta("schema")
         current = 1 if version is None else int(version)  # None: just created, as version 1
         if current > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema {current}, newer than this gateway's {SCHEMA_VERSION}")
+            raise StoreError(f"{self.name} has schema {current}, newer than this gateway's {SCHEMA_VERSION}")
         if version is None:
             self.set_meta("schema", "1")
         for v in range(current + 1, SCHEMA_VERSION + 1):
             try:
-                self.db.executescript(
-                    f"BEGIN;\n{_MIGRATIONS[v]}\n"
-                    f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', '{v}');\nCOMMIT;"
+                self.db.script(
+                    f"BEGIN;\n{self.db.ddl(_MIGRATIONS[v])}\n"
+                    f"UPDATE meta SET value = '{v}' WHERE key = 'schema';\nCOMMIT;"
                 )
-            except sqlite3.Error as exc:
+            except dbapi.Error as exc:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
-                raise StoreError(f"cannot upgrade {self.path} to schema {v}: {exc}") from exc
+                raise StoreError(f"cannot upgrade {self.name} to schema {v}: {exc}") from exc
         self.schema = SCHEMA_VERSION
 
     def _check_schema(self) -> None:
         try:
             version = self.get_meta("schema")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path} is not a permabeta gateway database") from exc
+        except dbapi.Error as exc:
+            raise StoreError(f"{self.name} is not a permabeta gateway database") from exc
         if version is None:
-            raise StoreError(f"{self.path} is not a permabeta gateway database")
+            raise StoreError(f"{self.name} is not a permabeta gateway database")
         # read-only: an older database is read as it is (the gateway upgrades it when it starts)
         self.schema = int(version)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """One transaction; within one already under way, that one."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN")
         try:
             yield
@@ -577,7 +595,11 @@ class Store:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     def delete_meta(self, key: str) -> None:
         self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -635,10 +657,11 @@ class Store:
         if not paths:
             return {}
         parts = []
+        has = self.db.json_present("data")
         for _ in paths:
-            parts.append("coalesce(sum(json_type(data, ?) IS NOT NULL), 0)")
-            parts.append("min(CASE WHEN json_type(data, ?) IS NOT NULL THEN received END)")
-        json_paths = [jp for p in paths for jp in (_json_path(p), _json_path(p))]
+            parts.append(f"coalesce(sum(CASE WHEN {has} THEN 1 ELSE 0 END), 0)")
+            parts.append(f"min(CASE WHEN {has} THEN received END)")
+        json_paths = [jp for p in paths for jp in (self._json_path(p), self._json_path(p))]
         row = self.db.execute(
             f"SELECT {', '.join(parts)} FROM telemetry WHERE device = ?", (*json_paths, dev)
         ).fetchone()
@@ -659,7 +682,8 @@ class Store:
             self.db.execute("DELETE FROM data_retention WHERE device = ?", (dev,))
         else:
             self.db.execute(
-                "INSERT OR REPLACE INTO data_retention (device, days, set_at) VALUES (?, ?, ?)",
+                "INSERT INTO data_retention (device, days, set_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (device) DO UPDATE SET days = excluded.days, set_at = excluded.set_at",
                 (dev, days, now),
             )
 
@@ -671,8 +695,9 @@ class Store:
                 self.db.execute("DELETE FROM stream_retention WHERE device = ? AND stream = ?", (dev, path))
             else:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO stream_retention (device, stream, days, set_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO stream_retention (device, stream, days, set_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (device, stream) DO UPDATE"
+                    " SET days = excluded.days, set_at = excluded.set_at",
                     (dev, path, None if days == FOREVER else days, now),
                 )
 
@@ -708,19 +733,11 @@ class Store:
         tests: list[tuple[float, str, list[Any]]] = []  # (days, which rows hold such values, its args)
         for path, days in periods.streams.items():
             if days is not None and (whole is None or days < whole) and '"' not in path:
-                tests.append((days, "json_type(data, ?) IS NOT NULL", [_json_path(path)]))
+                tests.append((days, self.db.json_present("data"), [self._json_path(path)]))
         if periods.device is not None and (whole is None or periods.device < whole):
             # (a value of any stream without a period of its own)
             own = list(periods.streams)
-            marks = ", ".join("?" for _ in own)
-            test = f"""(
-                EXISTS (SELECT 1 FROM json_each(data, '$.sensors') WHERE 'sensors.' || key NOT IN ({marks}))
-                OR EXISTS (SELECT 1 FROM json_each(data, '$.actuators')
-                           WHERE 'actuators.' || key NOT IN ({marks}))
-                OR EXISTS (SELECT 1 FROM json_each(data, '$.features') AS f
-                           WHERE f.type != 'object' OR EXISTS (SELECT 1 FROM json_each(f.value) AS g
-                               WHERE 'features.' || f.key || '.' || g.key NOT IN ({marks}))))"""
-            tests.append((periods.device, test, [*own, *own, *own]))
+            tests.append((periods.device, self._unlisted(len(own)), [*own, *own, *own]))
         last = self._expired.get(dev)
         since = last[1] if last is not None and last[0] == periods else None
         changed = 0
@@ -728,6 +745,39 @@ class Store:
             low = -math.inf if since is None else since - days * DAY_S
             changed += self._strip(dev, periods, now, (low, now - days * DAY_S), test, args)
         return changed
+
+    def _json_path(self, stream: str) -> Any:
+        """The JSON path of a stream's value in a telemetry row (`sensors.humidity`)."""
+        return self.db.json_path(stream.split(".", 2))
+
+    def _unlisted(self, n: int) -> str:
+        """An SQL test, with n placeholders three times over (stream names):
+        whether a telemetry row holds a value of a stream not among them."""
+        marks = ", ".join("?" for _ in range(n))
+
+        def other(name: str) -> str:
+            return f"{name} NOT IN ({marks})" if n else "1 = 1"
+
+        if self.db.kind == "postgresql":
+            # (rows written with json_text: no \u0000, which these functions refuse)
+            def each(value: str) -> str:
+                return f"json_each(CASE WHEN json_typeof({value}) = 'object' THEN {value} END)"
+
+            return f"""(
+                EXISTS (SELECT 1 FROM {each("data::json -> 'sensors'")} AS s
+                        WHERE {other("'sensors.' || s.key")})
+                OR EXISTS (SELECT 1 FROM {each("data::json -> 'actuators'")} AS a
+                           WHERE {other("'actuators.' || a.key")})
+                OR EXISTS (SELECT 1 FROM {each("data::json -> 'features'")} AS f
+                           WHERE json_typeof(f.value) != 'object' OR EXISTS (
+                               SELECT 1 FROM {each("f.value")} AS g
+                               WHERE {other("'features.' || f.key || '.' || g.key")})))"""
+        return f"""(
+            EXISTS (SELECT 1 FROM json_each(data, '$.sensors') WHERE {other("'sensors.' || key")})
+            OR EXISTS (SELECT 1 FROM json_each(data, '$.actuators') WHERE {other("'actuators.' || key")})
+            OR EXISTS (SELECT 1 FROM json_each(data, '$.features') AS f
+                       WHERE f.type != 'object' OR EXISTS (SELECT 1 FROM json_each(f.value) AS g
+                           WHERE {other("'features.' || f.key || '.' || g.key")})))"""
 
     def _strip(
         self, dev: str, periods: Periods, now: float, span: tuple[float, float], test: str, args: list[Any]
@@ -747,17 +797,23 @@ class Store:
                 if left is None:
                     self.db.execute("DELETE FROM telemetry WHERE id = ?", (row_id,))
                 else:
-                    self.db.execute("UPDATE telemetry SET data = ? WHERE id = ?", (_dumps(left), row_id))
+                    self.db.execute(
+                        "UPDATE telemetry SET data = ? WHERE id = ?",
+                        (self.db.json_text(_dumps(left)), row_id),
+                    )
                 changed += 1
             after = (batch[-1][1], batch[-1][0])
 
     def set_withheld(self, dev: str, withheld: dict[str, str]) -> None:
         """What the device answered it now keeps back (its reply to
         streams.set, docs/protocol.md 12), ahead of the hello that says it."""
-        self.db.execute(
-            "UPDATE devices SET hello = json_set(hello, '$.streams', json(?)) WHERE id = ?",
-            (_dumps(withheld), dev),
-        )
+        with self.transaction():
+            row = self.db.execute("SELECT hello FROM devices WHERE id = ?", (dev,)).fetchone()
+            if row is None:
+                return
+            hello = _object(row["hello"])
+            hello["streams"] = withheld
+            self.db.execute("UPDATE devices SET hello = ? WHERE id = ?", (_dumps(hello), dev))
 
     def set_state(self, dev: str, online: bool, reason: str | None, now: float) -> bool:
         """Record online/offline, and the change in device_states (not of a
@@ -765,7 +821,7 @@ class Store:
         with self.transaction():
             cur = self.db.execute(
                 """UPDATE devices SET online = ?, state_reason = ?, state_changed = ?,
-                       last_seen = CASE WHEN ? THEN ? ELSE last_seen END
+                       last_seen = CASE WHEN ? = 1 THEN ? ELSE last_seen END
                    WHERE id = ? AND online != ?""",
                 (int(online), reason, now, int(online), now, dev, int(online)),
             )
@@ -790,7 +846,7 @@ class Store:
             return set()
         return {str(r[0]) for r in self.db.execute("SELECT device FROM device_forgotten")}
 
-    def history(self, table: str, dev: str, start: float, end: float) -> list[sqlite3.Row]:
+    def history(self, table: str, dev: str, start: float, end: float) -> list[Row]:
         """A device's rows of device_boots or device_states from start to
         end, with the last one before start (what held at start)."""
         if table not in ("device_boots", "device_states"):
@@ -807,15 +863,13 @@ class Store:
 
     def telemetry_between(self, dev: str, start: float, end: float) -> list[tuple[float, str]]:
         """(received, data JSON) of a device's telemetry from start to end, in order."""
-        cur = self.db.cursor()
-        cur.row_factory = None  # plain tuples: a look reads millions of rows
-        return cur.execute(
+        return self.db.tuples(  # (plain tuples: a look reads millions of rows)
             "SELECT received, data FROM telemetry WHERE device = ? AND received >= ? AND received <= ?"
             " ORDER BY received, id",
             (dev, start, end),
-        ).fetchall()
+        )
 
-    def events_between(self, dev: str, start: float, end: float) -> list[sqlite3.Row]:
+    def events_between(self, dev: str, start: float, end: float) -> list[Row]:
         return self.db.execute(
             "SELECT received, kind, feature FROM events WHERE device = ? AND received >= ? AND received <= ?"
             " ORDER BY id",
@@ -863,11 +917,12 @@ class Store:
         with self.transaction():
             self.db.executemany(
                 "INSERT INTO telemetry (device, received, ts, seq, data) VALUES (?, ?, ?, ?, ?)",
-                [(r.device, r.received, r.ts, r.seq, _dumps(r.data)) for r in rows],
+                [(r.device, r.received, r.ts, r.seq, self.db.json_text(_dumps(r.data))) for r in rows],
             )
+            later = self.db.greatest("last_seen", "?")
             self.db.executemany(
-                "UPDATE devices SET last_telemetry = ?, last_seen = max(last_seen, ?) WHERE id = ?",
-                [(_dumps(r.data), r.received, r.device) for r in latest.values()],
+                f"UPDATE devices SET last_telemetry = ?, last_seen = {later} WHERE id = ?",
+                [(self.db.json_text(_dumps(r.data)), r.received, r.device) for r in latest.values()],
             )
 
     def telemetry(self, dev: str, limit: int = 100, since: float | None = None) -> list[TelemetryRow]:
@@ -887,7 +942,9 @@ class Store:
         return int(self.db.execute("SELECT count(*) FROM telemetry WHERE device = ?", (dev,)).fetchone()[0])
 
     def touch(self, dev: str, now: float) -> None:
-        self.db.execute("UPDATE devices SET last_seen = max(last_seen, ?) WHERE id = ?", (now, dev))
+        self.db.execute(
+            f"UPDATE devices SET last_seen = {self.db.greatest('last_seen', '?')} WHERE id = ?", (now, dev)
+        )
 
     def add_event(self, dev: str, kind: str, feature: str | None, message: str | None, now: float) -> None:
         self.db.execute(
@@ -925,7 +982,7 @@ class Store:
     def count_reject(self, reason: str, topic: str, detail: str, now: float) -> None:
         self.db.execute(
             """INSERT INTO rejects (reason, count, last_topic, last_detail, last_at) VALUES (?, 1, ?, ?, ?)
-               ON CONFLICT (reason) DO UPDATE SET count = count + 1, last_topic = excluded.last_topic,
+               ON CONFLICT (reason) DO UPDATE SET count = rejects.count + 1, last_topic = excluded.last_topic,
                    last_detail = excluded.last_detail, last_at = excluded.last_at""",
             (reason, topic[:200], detail[:500], now),
         )
@@ -940,6 +997,17 @@ class Store:
             }
             for r in self.db.execute("SELECT * FROM rejects ORDER BY reason")
         }
+
+
+def _files_of(url: str) -> Path:
+    """The default folder of what the gateway keeps beside the PostgreSQL database at url."""
+    from urllib.parse import urlsplit
+
+    from .paths import home
+
+    u = urlsplit(url)
+    name = f"{u.hostname or 'local'}_{u.port or 5432}_{u.path.strip('/') or 'postgres'}"
+    return home() / "files" / "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def now() -> float:

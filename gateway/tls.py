@@ -78,11 +78,6 @@ def uses_tls(tls: ApiTls, host: str) -> bool:
     return tls.on if tls.on is not None else not is_loopback(host)
 
 
-def tls_folder(db: Path) -> Path:
-    """Where the gateway of database db keeps the certificate it made: beside it."""
-    return db.with_name(db.name + ".tls")
-
-
 def url_host(host: str) -> str:
     """host as the API's URL names it: a wildcard as 127.0.0.1 (the command
     line on the machine reaches it there), an IPv6 address in brackets."""

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
@@ -26,6 +25,8 @@ from ota.errors import KeyStoreError
 from ota.keys import ROOT_FILE, Keys, freshness, load_keys
 
 from .clock import Clock, SystemClock
+from .db import Error as DbError
+from .db import upsert
 from .errors import (
     DeviceNotFoundError,
     DeviceOfflineError,
@@ -86,7 +87,7 @@ class UpdateTable:
         cols = [c for c in d if c not in ("ended", "success")]
         with self.store.transaction():
             self.store.db.execute(
-                f"INSERT OR REPLACE INTO updates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                upsert("updates", cols, ("id",)),
                 [d[c] for c in cols],
             )
             if self._last_state(u.id) != u.state:
@@ -860,7 +861,7 @@ class Updater:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*DbError):
             self.flush()
 
 

@@ -1,5 +1,7 @@
 """Shared fixtures: a real Mosquitto, provisioned devices run as real
-processes (MicroPython unix port or CPython), the gateway as a process."""
+processes (MicroPython unix port or CPython), the gateway as a process, and
+the gateway's database on each engine it runs on (SQLite, and PostgreSQL
+in a throwaway cluster)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from gateway.provision import provision_into
 
 from .support.mosquitto import Mosquitto
+from .support.postgres import Postgres
 from .support.processes import MICROPYTHON, DeviceProcess, GatewayProcess
 
 MakeDevice = Callable[..., DeviceProcess]
@@ -33,6 +36,50 @@ def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session; each test takes databases of its own."""
+    cluster = Postgres().start()
+    yield cluster
+    cluster.stop()
+
+
+DbAt = Callable[..., "Path | str"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DbAt:
+    """db_at(name="gw.db"): where the test's gateway database of that name
+    is (what Store and `--db` take), empty at first: an SQLite file in the
+    test's folder, or a database of its own in the session's PostgreSQL
+    cluster (and the gateway's home, where it keeps its files beside such a
+    database, in the test's folder). A test that takes it runs on both."""
+    return _db_at(request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.long)])
+def db_at_slow(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DbAt:
+    """db_at, for slow tests: on PostgreSQL in `make long` only (make test stays short)."""
+    return _db_at(request, tmp_path, monkeypatch)
+
+
+def _db_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DbAt:
+    made: dict[str, Path | str] = {}
+    if request.param == "postgresql":
+        monkeypatch.setenv("PERMABETA_HOME", str(tmp_path / "home"))
+
+    def at(name: str = "gw.db") -> Path | str:
+        if name not in made:
+            if request.param == "sqlite":
+                made[name] = tmp_path / name
+            else:
+                cluster: Postgres = request.getfixturevalue("postgres")
+                made[name] = cluster.database()
+        return made[name]
+
+    return at
 
 
 def unique_id(prefix: str) -> str:

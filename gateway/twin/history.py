@@ -113,9 +113,7 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
     row = store.db.execute("SELECT since FROM device_owners WHERE device = ?", (dev,)).fetchone()
     owned = float(row[0]) if row is not None else -math.inf
     since = max(since, owned)
-    cur = store.db.cursor()
-    cur.row_factory = None
-    for received, ts, data in cur.execute(
+    for received, ts, data in store.db.tuples(
         "SELECT received, ts, data FROM telemetry WHERE device = ? AND received >= ? AND received <= ?"
         " ORDER BY received, id",
         (dev, since, until),
@@ -130,9 +128,9 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
         if isinstance(msg, dict):
             h.rows.append((t, msg))
     marks = ",".join("?" for _ in COMMAND_OPS)
-    for replied, sent, op, args, reply in cur.execute(
+    for replied, sent, op, args, reply in store.db.tuples(
         f"SELECT replied, sent, op, args, reply FROM commands WHERE device = ? AND status = 'ok'"
-        f" AND op IN ({marks}) AND sent >= ? AND sent <= ? ORDER BY sent, rowid",
+        f" AND op IN ({marks}) AND sent >= ? AND sent <= ? ORDER BY sent, id",
         (dev, *COMMAND_OPS, max(owned, since - COMMANDS_BEFORE_S), until),
     ):
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..db import is_url
 from ..releases import ReleaseStore, StoredRelease
 from ..store import Store
 from ..streams import twin_withheld, withheld
@@ -220,7 +221,7 @@ class TwinService:
 
     async def _in_worker(self, dev: str, release: str, heater_w: float | None) -> dict[str, Any]:
         main = self.gw.ota.releases
-        job = (str(self.store.path), str(main.blobs), main.root, dev, release, heater_w, self.limits)
+        job = (str(self.store.where), str(main.blobs), main.root, dev, release, heater_w, self.limits)
         if self._pool is None:
             # a fresh interpreter (spawn): its numerical libraries start with
             # the single thread set here, whatever the gateway's loaded
@@ -250,7 +251,7 @@ def work(
     from .preview import Failed, compute, gather
 
     try:
-        with Store(Path(db), readonly=True) as ro:
+        with Store(db if is_url(db) else Path(db), readonly=True) as ro:
             releases = ReleaseStore(ro, blobs=Path(blobs), root=root)
             release = releases.get(release_id)
             if release is None:

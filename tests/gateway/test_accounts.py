@@ -5,13 +5,11 @@ of the schema before reopened with its data."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import db as dbapi
 from gateway.accounts import (
     CLAIM_TRIES,
     CLAIM_WINDOW_S,
@@ -27,6 +25,7 @@ from gateway.accounts import (
 )
 from gateway.store import SCHEMA_VERSION, Store
 
+from ..conftest import DbAt
 from ..support.schema import as_of
 
 T0 = 1_800_000_000.0
@@ -34,8 +33,8 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def accounts(tmp_path: Path) -> Accounts:
-    return Accounts(Store(tmp_path / "gw.db"))
+def accounts(db_at: DbAt) -> Accounts:
+    return Accounts(Store(db_at()))
 
 
 def test_a_password_is_kept_as_an_scrypt_hash_and_checks() -> None:
@@ -175,8 +174,8 @@ def test_guessing_claim_codes_is_limited_per_account(accounts: Accounts) -> None
     assert accounts.claim(mallory, code, T0 + CLAIM_WINDOW_S + CLAIM_TRIES) == "th-1"  # the window passed
 
 
-def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
+def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(db_at: DbAt) -> None:
+    db = db_at()
     with Store(db) as s:
         as_of(s, 6)
         s.set_meta("kept", "yes")
@@ -184,6 +183,6 @@ def test_a_database_of_the_schema_before_keeps_its_data_and_gains_the_accounts(t
         assert s.schema == SCHEMA_VERSION and s.get_meta("kept") == "yes"
         a = Accounts(s).create("ann", "owner", PASSWORD, T0)
         assert Accounts(s).get("ann") == a
-    with pytest.raises(sqlite3.IntegrityError), Store(db) as s:
+    with pytest.raises(dbapi.IntegrityError), Store(db) as s:
         s.db.execute("INSERT INTO device_claims (device, code_hash, created) VALUES ('a', 'x', 0)")
         s.db.execute("INSERT INTO device_claims (device, code_hash, created) VALUES ('b', 'x', 0)")

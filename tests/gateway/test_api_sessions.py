@@ -8,7 +8,6 @@ answer carries."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from gateway.accounts import Accounts
@@ -16,6 +15,7 @@ from gateway.api_accounts import ACCESS, LOGIN_TRIES
 from gateway.sessions import IDLE_S, MAX_AGE_S, Sessions
 from gateway.store import SCHEMA_VERSION, Store
 
+from ..conftest import DbAt
 from ..support.schema import as_of
 from .test_api_access import _BODIES, PASSWORD, World, _path, world  # noqa: F401
 
@@ -209,8 +209,8 @@ async def test_every_answer_carries_the_browser_security_headers(world: World) -
             assert "Strict-Transport-Security" not in h  # plain HTTP on loopback
 
 
-def test_a_database_of_the_schema_before_gains_the_sessions_and_keeps_its_accounts(tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
+def test_a_database_of_the_schema_before_gains_the_sessions_and_keeps_its_accounts(db_at: DbAt) -> None:
+    db = db_at()
     with Store(db) as s:
         ann = Accounts(s).create("ann", "owner", PASSWORD, 1.0)
         as_of(s, 7)

@@ -5,14 +5,13 @@ be, and kept per device and release in the store."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gateway.decisions import MAX_LATER_S, DecisionTable, decided, parse_until
 from gateway.errors import DecisionError
 from gateway.store import SCHEMA_VERSION, Store
 
+from ..conftest import DbAt
 from ..support.schema import as_of
 
 NOW = 1_900_000_000.0  # 2030-03-17 17:46:40 UTC
@@ -68,14 +67,14 @@ def test_never_and_a_later_not_yet_due_hold_an_update_back() -> None:
     assert not decided("th-1", "r" * 64, "now", None, NOW).holds(NOW)
 
 
-def test_a_decision_replaces_the_one_before_and_is_kept_per_device_and_release(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_a_decision_replaces_the_one_before_and_is_kept_per_device_and_release(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         table = DecisionTable(store)
         table.save(decided("th-1", "a" * 64, "later", "1d", NOW))
         table.save(decided("th-1", "a" * 64, "never", None, NOW + 1))
         table.save(decided("th-2", "a" * 64, "now", None, NOW + 2))
         table.save(decided("th-1", "b" * 64, "now", None, NOW + 3))
-    with Store(tmp_path / "gw.db", readonly=True) as store:
+    with Store(db_at(), readonly=True) as store:
         table = DecisionTable(store)
         d = table.get("th-1", "a" * 64)
         assert d is not None and (d.decision, d.until, d.at) == ("never", None, NOW + 1)
@@ -84,8 +83,8 @@ def test_a_decision_replaces_the_one_before_and_is_kept_per_device_and_release(t
         assert table.get("th-3", "a" * 64) is None
 
 
-def test_an_approval_of_the_schema_before_becomes_the_decision_now(tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
+def test_an_approval_of_the_schema_before_becomes_the_decision_now(db_at: DbAt) -> None:
+    db = db_at()
     with Store(db) as s:
         as_of(s, 8)
         s.db.execute(

@@ -30,6 +30,7 @@ from gateway.rollouts import Gone
 from gateway.store import SCHEMA_VERSION, Store, TelemetryRow
 from ota.keys import Keys
 
+from ..conftest import DbAt
 from ..support import messages
 from ..support.cli import permabeta
 from ..support.mosquitto import Mosquitto
@@ -62,8 +63,8 @@ def _fill(store: Store, dev: str, t: float) -> None:
     Registry(store).register(dev, "thermostat", "thermostat-v1", password_hash(dev, "pw"), t)
     db.execute(
         "INSERT INTO releases (id, model, counter, version, manifest, files, size, zsize, added)"
-        " VALUES (?, 'thermostat', ?, '1', x'00', 0, 0, 0, 0)",
-        (f"rel-{dev}", int(t)),
+        " VALUES (?, 'thermostat', ?, '1', ?, 0, 0, 0, 0)",
+        (f"rel-{dev}", int(t), b"\x00"),
     )
     db.execute(
         "INSERT INTO updates (id, device, release, model, counter, version, state, freshness, started,"
@@ -111,17 +112,17 @@ def _export(store: Store, dev: str, since: float | None = None) -> dict[str, Any
     return doc
 
 
-def test_every_table_that_names_a_device_is_in_the_footprint(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
-        tables = [r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        columns = {t: {c[1] for c in store.db.execute(f"PRAGMA table_info({t})")} for t in tables}
+def test_every_table_that_names_a_device_is_in_the_footprint(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
+        tables = sorted(store.db.tables())
+        columns = {t: store.db.columns(t) for t in tables}
     naming = {t for t in tables if "device" in columns[t]}
     # devices by its id, update_steps by its update; the rest by their `device`
     assert naming | {"devices", "update_steps"} <= {t.name for t in TABLES}
 
 
-def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         _fill(store, A, 1000.0)
         _fill(store, B, 2000.0)
         both = {"devices": {A: "timeout", B: "verify: hash mismatch"}}
@@ -159,8 +160,8 @@ def test_the_export_holds_the_device_s_rows_of_every_table_and_none_of_another_s
             assert B not in str([zf.read(n) for n in zf.namelist()])
 
 
-def test_an_owner_s_export_starts_at_its_claim(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_an_owner_s_export_starts_at_its_claim(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         _fill(store, A, 1000.0)
         store.add_telemetry([TelemetryRow(A, 1500.0, None, 2, {"after": True})])
         doc = _export(store, A, since=1200.0)
@@ -182,8 +183,8 @@ def test_an_owner_s_export_starts_at_its_claim(tmp_path: Path) -> None:
         assert len(doc["tables"]["devices"]) == len(doc["tables"]["device_settings"]) == 1  # what holds now
 
 
-def test_forgetting_deletes_the_device_s_rows_and_leaves_another_s_as_they_were(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_forgetting_deletes_the_device_s_rows_and_leaves_another_s_as_they_were(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         _fill(store, A, 1000.0)
         _fill(store, B, 2000.0)
         others = _export(store, B)["tables"]
@@ -206,8 +207,8 @@ def test_forgetting_deletes_the_device_s_rows_and_leaves_another_s_as_they_were(
         assert (count, offered) == (1, 1)
 
 
-def test_a_forgotten_device_keeps_no_history_of_its_boots_and_states(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_a_forgotten_device_keeps_no_history_of_its_boots_and_states(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         _fill(store, A, 1000.0)
         forget(store, A, [], 3000.0)
         store.upsert_hello(A, messages.hello(A, boot_count=7), 3001.0)
@@ -218,14 +219,14 @@ def test_a_forgotten_device_keeps_no_history_of_its_boots_and_states(tmp_path: P
 
 
 def test_a_database_of_schema_10_gets_the_tables_of_11_and_12_with_nothing_forgotten_nor_expiring(
-    tmp_path: Path,
+    db_at: DbAt,
 ) -> None:
-    with Store(tmp_path / "gw.db") as store:
+    with Store(db_at()) as store:
         _fill(store, A, 1000.0)
         as_of(store, 10)
-    with Store(tmp_path / "gw.db", readonly=True) as old:  # (read as it is)
+    with Store(db_at(), readonly=True) as old:  # (read as it is)
         assert old.schema == 10 and not old.forgotten(A) and old.forgotten_devices() == set()
-    with Store(tmp_path / "gw.db") as store:
+    with Store(db_at()) as store:
         assert store.schema == SCHEMA_VERSION and store.forgotten_devices() == set()
         assert store.retention(A) is None and store.expire_shared(1e12) == 0
         assert len(_export(store, A)["tables"]["telemetry"]) == 1

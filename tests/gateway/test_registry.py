@@ -20,14 +20,15 @@ from gateway.errors import DeviceOfflineError
 from gateway.registry import Registry, RegistryError, valid_hash
 from gateway.store import Store
 
+from ..conftest import DbAt
 from ..support.wait import async_wait_for
 from .conftest import StartGateway
 from .test_hostile_device import Device, devices, telemetry  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with Store(tmp_path / "gw.db") as store:
+def registry(db_at: DbAt) -> Iterator[Registry]:
+    with Store(db_at()) as store:
         yield Registry(store)
 
 

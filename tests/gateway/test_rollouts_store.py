@@ -18,6 +18,7 @@ from gateway.rollouts import MemberRow, Rollout, RolloutTable, match_reverts
 from gateway.store import Store
 from ota.keys import Keys
 
+from ..conftest import DbAt
 from .conftest import MakeRelease
 
 _ids = st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True)
@@ -38,9 +39,9 @@ def rollout(rid: str, release: str, stages: tuple[float, ...] = (0.5, 1.0)) -> R
 
 
 @pytest.fixture
-def stored(tmp_path: Path, keys: Keys, make_release: MakeRelease) -> tuple[Path, str]:
+def stored(db_at: DbAt, keys: Keys, make_release: MakeRelease) -> tuple[Path, str]:
     """A database holding one release (the examples of a test share it)."""
-    db = tmp_path / "gw.db"
+    db = db_at()
     with Store(db) as s:
         rel, _ = ReleaseStore(s, root=keys.root_bytes).add(make_release(2).path, 1.0)
     return db, rel.id
@@ -109,10 +110,8 @@ def test_a_member_that_left_is_never_written_back_into_its_rollout(stored: tuple
             t.set_member("0123456789ab", "th-2", stage=3)
 
 
-def test_a_revert_is_matched_by_what_it_installs(
-    tmp_path: Path, keys: Keys, make_release: MakeRelease
-) -> None:
-    with Store(tmp_path / "gw.db") as s:
+def test_a_revert_is_matched_by_what_it_installs(db_at: DbAt, keys: Keys, make_release: MakeRelease) -> None:
+    with Store(db_at()) as s:
         releases = ReleaseStore(s, root=keys.root_bytes)
         r2, _ = releases.add(make_release(2, extra="two").path, 1.0)  # what part of the fleet runs
         r5, _ = releases.add(make_release(5, extra="five").path, 1.0)  # the rollout

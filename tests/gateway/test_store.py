@@ -1,4 +1,5 @@
-"""The SQLite store: registry, telemetry batches, and refusing what is not ours."""
+"""The store, on SQLite and on PostgreSQL: registry, telemetry batches, and
+refusing what is not ours."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway import db as dbapi
 from gateway.errors import StoreError
-from gateway.store import Store, TelemetryRow
+from gateway.store import SCHEMA_VERSION, Store, TelemetryRow
+
+from ..conftest import DbAt
+from ..support.postgres import Postgres
 
 HELLO = {
     "model": "shirt",
@@ -24,8 +29,8 @@ HELLO = {
 }
 
 
-def test_registry_survives_reopening(tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
+def test_registry_survives_reopening(db_at: DbAt) -> None:
+    db = db_at()
     with Store(db) as s:
         s.upsert_hello("sh-1", HELLO, 100.0)
         assert s.set_state("sh-1", True, None, 101.0) is True
@@ -39,11 +44,15 @@ def test_registry_survives_reopening(tmp_path: Path) -> None:
         assert d.last_telemetry == {"sensors": {"humidity": 4}}
         assert [r.seq for r in s.telemetry("sh-1", 3)] == [2, 3, 4]
         assert s.telemetry_count() == 5
-    assert (db.stat().st_mode & 0o777) == 0o600
+        assert s.schema == SCHEMA_VERSION
+        with pytest.raises(dbapi.Error):
+            s.upsert_hello("sh-2", HELLO, 104.0)  # (read only)
+    if isinstance(db, Path):
+        assert (db.stat().st_mode & 0o777) == 0o600
 
 
-def test_hello_again_keeps_first_seen(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as s:
+def test_hello_again_keeps_first_seen(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
         s.upsert_hello("sh-1", HELLO, 100.0)
         s.upsert_hello("sh-1", HELLO | {"boot_count": 4}, 200.0)
         d = s.device("sh-1")
@@ -68,28 +77,72 @@ def test_missing_database_read_only_says_so(tmp_path: Path) -> None:
         Store(tmp_path / "nope.db", readonly=True)
 
 
-def test_reject_counters_accumulate(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as s:
+def test_a_postgresql_database_not_ours_or_not_there_is_refused_and_its_password_not_said(
+    postgres: Postgres,
+) -> None:
+    other = postgres.database()
+    import psycopg
+
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER)")
+    with pytest.raises(StoreError, match="not a permabeta"):
+        Store(other)
+    with pytest.raises(StoreError, match="not a permabeta"):
+        Store(other, readonly=True)
+    gone = postgres.url("nowhere").replace("pb@", "pb:secret-pw@")
+    with pytest.raises(StoreError, match="cannot open gateway database") as refused:
+        Store(gone)
+    assert "secret-pw" not in str(refused.value) and "pb:***@" in str(refused.value)
+
+
+def test_words_with_a_nul_are_kept_on_either_engine(db_at: DbAt) -> None:
+    """PostgreSQL's text cannot hold U+0000: what a device says with one is
+    kept with U+FFFD there (SQLite keeps it as it came), never refused."""
+    with Store(db_at()) as s:
+        s.upsert_hello("sh-1", HELLO | {"runtime": "0.1\x00evil"}, 100.0)
+        s.add_event("sh-1", "error", "vent\x00", "a\x00b", 101.0)
+        s.count_reject("bad_json", "pb/sh-1/telemetry", "not JSON: \x00", 102.0)
+        nul = "\x00" if s.db.kind == "sqlite" else "\ufffd"
+        d = s.device("sh-1")
+        assert d is not None and d.runtime == f"0.1{nul}evil" and d.hello["runtime"] == "0.1\x00evil"
+        assert s.events("sh-1")[-1] | {"received": 0} == {
+            "received": 0,
+            "kind": "error",
+            "feature": f"vent{nul}",
+            "message": f"a{nul}b",
+        }
+        assert s.rejects()["bad_json"]["last_detail"] == f"not JSON: {nul}"
+
+
+def test_reject_counters_accumulate(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
         s.count_reject("bad_json", "pb/x/telemetry", "not JSON", 1.0)
         s.count_reject("bad_json", "pb/y/telemetry", "not JSON either", 2.0)
         assert s.rejects()["bad_json"]["count"] == 2
         assert s.rejects()["bad_json"]["last_topic"] == "pb/y/telemetry"
 
 
-def test_a_batch_with_a_row_that_cannot_be_stored_keeps_the_others(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as s:
+def test_a_batch_with_a_row_that_cannot_be_stored_keeps_the_others(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
         for dev in ("sh-1", "sh-2"):
             s.upsert_hello(dev, HELLO, 100.0)
         # the real database refuses one device's rows, as a full disk or a bug would
-        s.db.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON telemetry WHEN NEW.device = 'sh-2' "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
+        if s.db.kind == "postgresql":
+            s.db.script(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.device = 'sh-2' THEN"
+                " RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql;"
+                " CREATE TRIGGER refuse BEFORE INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION refuse();"
+            )
+        else:
+            s.db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON telemetry WHEN NEW.device = 'sh-2' "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
         rows = [TelemetryRow(dev, 101.0 + i, 1.0, i, {"i": i}) for i in range(3) for dev in ("sh-1", "sh-2")]
         stored, failed = s.add_telemetry(rows)
         assert stored == 3
         assert [(r.device, r.seq) for r, _ in failed] == [("sh-2", 0), ("sh-2", 1), ("sh-2", 2)]
-        assert all(isinstance(exc, sqlite3.IntegrityError) for _, exc in failed)
+        assert all(isinstance(exc, dbapi.Error) and "refused" in str(exc) for _, exc in failed)
         assert [r.seq for r in s.telemetry("sh-1")] == [0, 1, 2]
         d = s.device("sh-1")
         assert d is not None and d.last_telemetry == {"i": 2}
@@ -97,8 +150,8 @@ def test_a_batch_with_a_row_that_cannot_be_stored_keeps_the_others(tmp_path: Pat
         assert s.add_telemetry([]) == (0, [])
 
 
-def test_a_stored_device_row_of_an_odd_shape_is_listed_as_well_as_can_be(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as s:
+def test_a_stored_device_row_of_an_odd_shape_is_listed_as_well_as_can_be(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
         s.upsert_hello("sh-1", HELLO, 100.0)
         s.upsert_hello("sh-2", HELLO, 100.0)
         # as a gateway that checked hellos less stored them, or a bug

@@ -21,6 +21,7 @@ from gateway.service import Gateway
 from gateway.store import Store, TelemetryRow
 from gateway.streams import TWIN_GIVES, TWIN_NEEDS, ChoiceError, catalogue, check_choices, costs
 
+from ..conftest import DbAt
 from ..support import messages
 from ..support.cli import permabeta
 from .conftest import StartGateway
@@ -44,8 +45,8 @@ def _telemetry(dev: str, seq: int) -> bytes:
     return json.dumps(msg).encode()
 
 
-def test_what_a_device_says_it_withholds_is_not_stored_even_if_sent(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_what_a_device_says_it_withholds_is_not_stored_even_if_sent(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         gw = Gateway(BrokerUrl("127.0.0.1", 1), store, api=None)
         withheld = {
             "sensors.humidity": "local",
@@ -66,8 +67,8 @@ def test_what_a_device_says_it_withholds_is_not_stored_even_if_sent(tmp_path: Pa
         assert store.telemetry("th-1", 10)[-1].data["sensors"] == {"temperature": 20.5, "humidity": 41.0}
 
 
-def test_a_hello_whose_choices_are_not_choices_is_rejected(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_a_hello_whose_choices_are_not_choices_is_rejected(db_at: DbAt) -> None:
+    with Store(db_at()) as store:
         gw = Gateway(BrokerUrl("127.0.0.1", 1), store, api=None)
         for bad in ({"sensors.humidity": "share"}, {"sensors.humidity": 1}, ["sensors.humidity"]):
             gw.handle("pb/th-2/hello", hello("th-2", streams=bad), True)
@@ -126,9 +127,9 @@ def _by_age(store: Store, dev: str) -> dict[float, dict[str, Any]]:
 
 
 def test_a_stream_s_own_period_takes_only_its_values_from_the_rows_and_a_row_goes_with_its_last_value(
-    tmp_path: Path,
+    db_at: DbAt,
 ) -> None:
-    with Store(tmp_path / "gw.db") as store:
+    with Store(db_at()) as store:
         for dev in ("th-1", "th-2"):
             store.upsert_hello(dev, messages.hello(dev), NOW)
             _rows(store, dev, [1, 5, 40, 400])
@@ -166,9 +167,9 @@ def test_a_stream_s_own_period_takes_only_its_values_from_the_rows_and_a_row_goe
 
 
 def test_a_row_loses_a_value_when_it_comes_of_age_between_passes_and_passes_read_only_those(
-    tmp_path: Path,
+    db_at: DbAt,
 ) -> None:
-    with Store(tmp_path / "gw.db") as store:
+    with Store(db_at()) as store:
         store.upsert_hello("th-1", messages.hello("th-1"), NOW)
         _rows(store, "th-1", [1, 1.4])
         store.set_retention("th-1", 30, NOW)
@@ -178,7 +179,7 @@ def test_a_row_loses_a_value_when_it_comes_of_age_between_passes_and_passes_read
         assert store.expire_shared(NOW + 0.8 * DAY_S) == 0
         assert store.expire_shared(NOW + 1.1 * DAY_S) == 1
         assert all("humidity" not in r.data["sensors"] for r in store.telemetry("th-1", 10))
-    with Store(tmp_path / "gw.db") as store:  # (the gateway started again: a whole pass first)
+    with Store(db_at()) as store:  # (the gateway started again: a whole pass first)
         assert store.expire_shared(NOW + 40 * DAY_S) == 2
         left = store.telemetry("th-1", 10)
         assert [r.data["actuators"] for r in left] == [{"relay": True}] * 2
@@ -363,3 +364,26 @@ def test_keeping_back_a_stream_the_twin_needs_is_shown_to_cost_the_preview_and_n
                 assert s.path in TWIN_GIVES
             else:
                 assert named == [], s.path
+
+
+def test_a_device_s_nul_in_its_telemetry_stops_no_retention_pass_of_another(db_at: DbAt) -> None:
+    """JSON's \\u0000 in one device's rows (PostgreSQL's JSON functions refuse
+    it: the store keeps it there as U+FFFD): its own streams are counted and
+    expired, and the other devices' rows after it are expired too."""
+    with Store(db_at()) as store:
+        for dev in ("th-0", "th-1"):
+            store.upsert_hello(dev, messages.hello(dev), NOW)
+        odd = ROW | {"features": {"thermostat": {"setpoint": 21.0, "note": "a\x00b"}}}
+        store.add_telemetry([TelemetryRow("th-0", NOW - a * DAY_S, None, a, odd) for a in (1, 40)])
+        _rows(store, "th-1", [1, 40])
+        for dev in ("th-0", "th-1"):
+            store.set_retention(dev, 30, NOW)
+            store.set_stream_retention(dev, {"sensors.humidity": 2}, NOW)
+        assert store.stream_counts("th-0", ["features.thermostat.note", "sensors.humidity"]) == {
+            "features.thermostat.note": (2, NOW - 40 * DAY_S),
+            "sensors.humidity": (2, NOW - 40 * DAY_S),
+        }
+        assert store.expire_shared(NOW) == 2  # (each device: the row of 40 days gone, that of 1 kept)
+        kept = store.telemetry("th-0")[0].data["features"]["thermostat"]["note"]
+        assert kept == ("a\x00b" if store.db.kind == "sqlite" else "a\ufffdb")  # (as a text column keeps it)
+        assert sorted(_by_age(store, "th-1")) == [1]

@@ -28,6 +28,7 @@ from ota.keys import Keys
 from ota.release import Release, build
 from simulator.recorded import Recorded, add_command, hello, thermostat_after, thermostat_record
 
+from ..conftest import DbAt
 from ..support.cli import permabeta
 from ..support.wait import async_wait_for
 from .conftest import Running, StartGateway
@@ -95,8 +96,10 @@ def truth_metrics(rec: Recorded, rows: list[tuple[float, dict[str, Any]]], heate
 
 
 @pytest.fixture
-def eco_world(tmp_path: Path, keys: Keys) -> tuple[Store, ReleaseStore, Recorded, StoredRelease]:
-    store = Store(tmp_path / "gw.db")
+def eco_world(
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
+) -> tuple[Store, ReleaseStore, Recorded, StoredRelease]:
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     eco, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
     rec = record(store, tmp_path)
@@ -144,8 +147,10 @@ def _features(tmp: Path, names: list[str]) -> Path:
     return out
 
 
-def test_a_record_too_short_is_answered_insufficient_with_the_reason(tmp_path: Path, keys: Keys) -> None:
-    store = Store(tmp_path / "gw.db")
+def test_a_record_too_short_is_answered_insufficient_with_the_reason(
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
+) -> None:
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     eco, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
     record(store, tmp_path, days=0.25)
@@ -155,10 +160,12 @@ def test_a_record_too_short_is_answered_insufficient_with_the_reason(tmp_path: P
     assert "metrics" not in answer
 
 
-def test_a_release_the_gateway_root_did_not_sign_is_not_run(tmp_path: Path, keys: Keys) -> None:
+def test_a_release_the_gateway_root_did_not_sign_is_not_run(
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
+) -> None:
     from ota.keys import keygen
 
-    store = Store(tmp_path / "gw.db")
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     eco, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
     record(store, tmp_path, days=0.25)
@@ -263,7 +270,7 @@ async def test_a_release_whose_feature_spins_fails_its_preview_and_the_gateway_g
 
 
 def test_a_vent_that_opens_wider_early_is_predicted_to_keep_the_skin_drier(
-    tmp_path: Path, keys: Keys
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
 ) -> None:
     from simulator.recorded import shirt_after, shirt_record
 
@@ -274,7 +281,7 @@ def test_a_vent_that_opens_wider_early_is_predicted_to_keep_the_skin_drier(
     (src / "vent" / "curve.py").write_text("POINTS = ((0.0, 0.0), (0.4, 0.8), (1.0, 1.0))\n")
     manifest = json.loads((src / "vent" / "manifest.json").read_text())
     (src / "vent" / "manifest.json").write_text(json.dumps(manifest | {"version": "1.1.0"}))
-    store = Store(tmp_path / "gw.db")
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     rel = build("shirt", [src / "vent"], "2026.12.2", tmp_path / "release", counter=2, keys=keys)
     eager, _ = releases.add(rel.path, G0)
@@ -317,10 +324,12 @@ def test_only_the_settings_the_owner_changed_carry_over_so_a_release_s_new_defau
     assert preview._owner_settings(replied, current, {}) == {"thermostat": {"hysteresis": 0.5}}
 
 
-def test_settings_the_device_replied_are_used_rather_than_estimated(tmp_path: Path, keys: Keys) -> None:
+def test_settings_the_device_replied_are_used_rather_than_estimated(
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
+) -> None:
     from simulator.recorded import add_command
 
-    store = Store(tmp_path / "gw.db")
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     eco, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0)
     record(store, tmp_path)
@@ -332,9 +341,9 @@ def test_settings_the_device_replied_are_used_rather_than_estimated(tmp_path: Pa
 
 
 async def test_a_preview_left_computing_by_a_stopped_gateway_is_computed_when_it_starts(
-    start_gateway: StartGateway, keys: Keys, tmp_path: Path
+    start_gateway: StartGateway, keys: Keys, tmp_path: Path, db_at_slow: DbAt
 ) -> None:
-    store = Store(tmp_path / "gw.db")
+    store = Store(db_at_slow())
     rel, _ = ReleaseStore(store, root=keys.root_bytes).add(
         features_release(tmp_path, keys, ["thermostat", "eco"], 5).path, G0
     )
@@ -344,7 +353,7 @@ async def test_a_preview_left_computing_by_a_stopped_gateway_is_computed_when_it
         (rel.id,),
     )
     store.close()
-    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, db=db_at_slow())
     await async_wait_for(lambda: r.gw.twin.computed == 1, 120, what="the preview computed")
     row = r.gw.twin.row("th-1", rel.id)
     assert row is not None and row.state == "ready"
@@ -444,13 +453,13 @@ async def test_the_api_and_the_command_line_name_the_stream_kept_back_and_sharin
 
 
 def test_an_outdoor_probe_gives_the_twin_the_measured_weather_and_it_previews_the_weather_feature(
-    tmp_path: Path, keys: Keys
+    tmp_path: Path, db_at_slow: DbAt, keys: Keys
 ) -> None:
     """A thermostat with an outdoor probe plugged in (docs/protocol.md 13):
     the twin is fitted to the outdoor temperature it measured, not an
     estimate, and runs the weather feature with the probe, as the device
     then does."""
-    store = Store(tmp_path / "gw.db")
+    store = Store(db_at_slow())
     releases = ReleaseStore(store, root=keys.root_bytes)
     weather, _ = releases.add(features_release(tmp_path, keys, ["thermostat", "weather"], 6).path, G0)
     rec = record(store, tmp_path, addons=["outdoor_temperature"])

@@ -91,7 +91,7 @@ class DeviceProcess:
 class GatewayProcess:
     """`permabeta gateway run` as a subprocess, and the CLI against its db."""
 
-    def __init__(self, broker: BrokerUrl, db: Path, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, broker: BrokerUrl, db: Path | str, log: Path, extra: Sequence[str] = ()) -> None:
         self.broker = broker
         self.db = db
         self.log = log

@@ -25,5 +25,5 @@ assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to und
 def as_of(store: Store, version: int) -> None:
     """store as a gateway of schema `version` (6 or later) left it."""
     for v in range(SCHEMA_VERSION, version, -1):
-        store.db.executescript(_UNDO[v])
+        store.db.script(_UNDO[v])
     store.set_meta("schema", str(version))

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.store import Store
 
-from ..conftest import MakeDevice
+from ..conftest import DbAt, MakeDevice
 from ..support.mosquitto import Mosquitto
 from ..support.processes import SMALL_HEAP, GatewayProcess
 from ..support.wait import wait_for
@@ -27,7 +27,7 @@ def listed(gw: GatewayProcess, dev: str) -> dict | None:
     return next((d for d in gw.devices() if d["id"] == dev), None)
 
 
-def telemetry_count(db: Path, dev: str) -> int:
+def telemetry_count(db: Path | str, dev: str) -> int:
     with Store(db, readonly=True) as store:
         return store.telemetry_count(dev)
 
@@ -199,13 +199,17 @@ def test_broker_restart_everyone_reconnects_nothing_lost(
 
 @pytest.mark.long
 def test_gateway_restart_keeps_the_registry(
-    mosquitto: Mosquitto, tmp_path: Path, make_device: MakeDevice
+    mosquitto: Mosquitto, tmp_path: Path, make_device: MakeDevice, db_at: DbAt
 ) -> None:
-    gw = GatewayProcess(mosquitto.gateway_url, tmp_path / "gw.db", tmp_path / "gw.log").start()
+    """On SQLite and on PostgreSQL (`--db postgresql://...`): the gateway and the CLI."""
+    gw = GatewayProcess(mosquitto.gateway_url, db_at(), tmp_path / "gw.log").start()
     dev = make_device(mosquitto, "shirt").start()
     try:
         wait_for(lambda: listed(gw, dev.id), 20, what="registered")
         wait_for(lambda: telemetry_count(gw.db, dev.id) >= 2, 20)
+        # a command, and its reply kept
+        out = gw.cli("devices", "send", dev.id, "status", "--json")
+        assert json.loads(out.stdout)["result"]["boot_count"] == 1
         gw.stop()
         # the registry is readable while no gateway runs
         first = gw.device(dev.id)
