@@ -309,6 +309,7 @@ encode_cases = st.tuples(
 ).map(list)
 
 
+@pytest.mark.long  # (slow: make long)
 @pytest.mark.micropython
 def test_micropython_encodes_and_decodes_the_same() -> None:
     chunk = frame(("ota/chunk", bytes(range(256)) * 16 + bytes(28)))

@@ -10,6 +10,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from simulator.device import VirtualDevice
 from simulator.faults import DeviceFaults
 from simulator.fleet import split
@@ -178,6 +180,7 @@ def test_split_shares_devices_over_models() -> None:
     assert sum(split(201, ["a", "b", "c"]).values()) == 201
 
 
+@pytest.mark.long  # (slow: make long)
 async def test_a_broker_restart_every_device_reconnects_and_the_gateway_counts_them(
     own_mosquitto: Mosquitto, tmp_path: Path
 ) -> None:

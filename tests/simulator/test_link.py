@@ -463,6 +463,7 @@ async def test_an_update_completes_through_a_duplicating_reordering_lossy_link(
     await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 5, what="eco running")
 
 
+@pytest.mark.long  # (slow: make long)
 async def test_corrupted_chunks_are_asked_again_and_nothing_corrupted_is_installed(
     rig: Rig, link: Link, make_linked: MakeLinked, eco_release: Path
 ) -> None:

@@ -146,6 +146,7 @@ def _passes_only_th2(two: TestClient, watcher: TestClient) -> bool:
     return "pb/th-1/telemetry" not in got
 
 
+@pytest.mark.long  # (slow: make long)
 def test_broker_run_applies_the_command_line_s_revocations(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     provision(tmp_path, db, "th-1", "pw-one-" + "x" * 12)

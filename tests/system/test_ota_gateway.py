@@ -270,6 +270,7 @@ def test_a_device_streams_a_release_under_a_small_window_with_acknowledgements(
         dev.close()
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_flood_of_bad_version_2_requests_does_not_stop_the_gateway_serving_another_device(
     ota: OtaSetup, mosquitto: Mosquitto, make_device: MakeDevice
 ) -> None:
@@ -352,6 +353,7 @@ def test_a_flood_of_bad_version_2_requests_does_not_stop_the_gateway_serving_ano
         attacker.close()
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_device_asking_for_its_own_update_again_and_again_does_not_starve_another_s_download(
     ota: OtaSetup, mosquitto: Mosquitto, make_device: MakeDevice
 ) -> None:

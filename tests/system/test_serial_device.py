@@ -89,6 +89,7 @@ def shown(gw: GatewayProcess, dev: DeviceProcess) -> dict[str, object]:
     return gw.device(dev.id)
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_device_on_a_serial_line_is_listed_reports_answers_and_comes_back_after_the_cable(
     mosquitto: Mosquitto,
     make_device: MakeDevice,

@@ -139,6 +139,7 @@ def test_inspect_shows_what_is_on_the_board(
     assert "RAM:" in out and "flash:" in out and "x64" in out
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_link_lost_mid_copy_says_so_and_the_same_command_then_succeeds(
     capsys: pytest.CaptureFixture[str], board: SerialBoard
 ) -> None:
@@ -195,6 +196,7 @@ def _installed_release(flash: Path) -> None:
     (flash / "data" / "data.json").write_text('{"owner": "kept"}')
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_board_on_a_newer_release_is_not_taken_back_without_force(
     capsys: pytest.CaptureFixture[str], board: SerialBoard
 ) -> None:

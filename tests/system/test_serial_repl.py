@@ -50,6 +50,7 @@ def power_on(board: SerialBoard) -> SerialBoard:
     return on.start()
 
 
+@pytest.mark.long  # (slow: make long)
 def test_a_board_on_its_repl_port_talks_to_the_gateway_and_gives_the_port_back_to_the_repl(
     tmp_path: Path, board: SerialBoard, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
