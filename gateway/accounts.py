@@ -301,7 +301,7 @@ class Accounts:
         computed for it (the twin's previews, the heater power it gave): the
         next owner starts afresh, and sees nothing of the device from before
         its own claim (owner_since). Raises AccountError if it is not its own."""
-        self.db.execute(self.db.exclusive)
+        self.db.begin_exclusive()
         try:
             cur = self.db.execute(
                 "DELETE FROM device_owners WHERE device = ? AND account = ?", (device, account.id)

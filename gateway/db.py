@@ -57,8 +57,10 @@ def is_url(where: str | Path) -> bool:
 
 
 def redacted(url: str) -> str:
-    """A database URL as logs and errors show it: without its password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """A database URL as logs and errors show it: without its password
+    (in its user part, or as a password= parameter)."""
+    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 class Database:
@@ -82,8 +84,11 @@ class Database:
         raise NotImplementedError
 
     snapshot = "BEGIN"  # a transaction that reads the database as it is when it begins
-    # a transaction that reads, then writes on what it read, as if no other ran meanwhile
-    exclusive = "BEGIN IMMEDIATE"
+
+    def begin_exclusive(self) -> None:
+        """Begin a transaction that reads, then writes on what it read, as
+        if no other such transaction ran meanwhile (another waits for it)."""
+        self.execute("BEGIN IMMEDIATE")
 
     def greatest(self, a: str, b: str) -> str:
         """An SQL expression: the larger of two."""
@@ -128,6 +133,10 @@ class Database:
     def json_text(self, text: str) -> str:
         """JSON text as this engine's JSON functions can read it."""
         return text
+
+    def kept(self, value: Any) -> Any:
+        """A value as this engine keeps it, and so reads it back."""
+        return value
 
 
 class SqliteDatabase(Database):
@@ -213,6 +222,8 @@ class Row:
         return f"Row({dict(zip(self._index, self._values, strict=True))!r})"
 
 
+STATEMENT_S = 60  # a PostgreSQL statement running longer is cancelled
+_EXCLUSIVE_LOCK = 0x70625F6578  # the advisory lock of begin_exclusive() ("pb_ex")
 ROWID = "rowid"  # PostgreSQL's stand-in for SQLite's rowid: every table's first column
 
 
@@ -255,6 +266,12 @@ def _pg_sql(sql: str) -> str:
     while i < len(sql):
         ch = sql[i]
         named = _NAMED.match(sql, i) if ch == ":" and not quote and sql[i - 1 : i] != ":" else None
+        if not quote and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = len(sql) if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))  # (a comment: nothing in it is a placeholder)
+            i = end
+            continue
         if quote:
             out.append("%%" if ch == "%" else ch)
             if ch == quote:
@@ -297,39 +314,100 @@ class PostgresDatabase(Database):
 
     def __init__(self, url: str, readonly: bool = False) -> None:
         self.name = redacted(url)
-        self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        if readonly:
-            self.db.execute("SET default_transaction_read_only = on")
+        self.url = url
+        self.readonly = readonly
+        self._cursors = 0
+        self._began = False  # a BEGIN sent, its COMMIT or ROLLBACK not yet
+        self.db = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A connection: a statement that runs past STATEMENT_S is cancelled, and
+        a server gone silent is found by TCP keepalives, so that the gateway's
+        loop is never held by the database for longer."""
+        db = psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=10,
+            options=f"-c statement_timeout={STATEMENT_S * 1000}",
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+        )
+        encoding = db.execute("SHOW server_encoding").fetchone()
+        if encoding is None or str(encoding[0]).upper() != "UTF8":
+            db.close()
+            raise psycopg.NotSupportedError(
+                f"the database's encoding is {encoding[0] if encoding else '?'}, not UTF8:"
+                " make it with createdb -E UTF8 -T template0"
+            )
+        if self.readonly:
+            db.execute("SET default_transaction_read_only = on")
+        return db
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, made again if it was lost (a server restarted, a
+        session ended) while no transaction was under way: the statement that
+        found it lost failed, the next one runs. Within a transaction the loss
+        is the transaction's, which fails to its end (ROLLBACK)."""
+        if self.db.closed or self.db.broken:
+            if self._began:
+                raise psycopg.OperationalError("the connection to the database was lost within a transaction")
+            self.db.close()
+            self.db = self._connect()
+        return self.db
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
-        cur = self.db.cursor(row_factory=_rows)
+        word = sql.split(None, 1)[0].upper() if sql else ""
+        if word in ("COMMIT", "ROLLBACK"):
+            began, self._began = self._began, False
+            if word == "ROLLBACK" and (self.db.closed or self.db.broken):
+                return self._live().cursor()  # (the transaction went with the connection)
+            if not began and word == "COMMIT" and (self.db.closed or self.db.broken):
+                raise psycopg.OperationalError("the connection to the database was lost")
+        cur = self._live().cursor(row_factory=_rows)
         cur.execute(_pg_sql(sql).encode(), _pg_params(params))
+        if word == "BEGIN":
+            self._began = True
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self.db.cursor() as cur:
+        with self._live().cursor() as cur:
             cur.executemany(_pg_sql(sql).encode(), [_pg_params(r) for r in rows])
 
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.db.cursor() as cur:
+        with self._live().cursor() as cur:
             return cur.execute(_pg_sql(sql).encode(), _pg_params(params)).fetchall()
 
     def plain(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
-        cur = self.db.cursor()
+        db = self._live()
+        if self.in_transaction:
+            # a cursor of the server's, read a batch at a time (it lives in a transaction)
+            self._cursors += 1
+            cur: psycopg.Cursor[Any] = db.cursor(name=f"pb_plain_{self._cursors}")
+        else:
+            cur = db.cursor()
         cur.execute(_pg_sql(sql).encode(), _pg_params(params))
         return cur
 
     snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    exclusive = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+
+    def begin_exclusive(self) -> None:
+        # as SQLite's BEGIN IMMEDIATE: one such transaction at a time, the others
+        # wait (a lock held to its end), never a serialization failure to retry
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", (_EXCLUSIVE_LOCK,))
 
     def greatest(self, a: str, b: str) -> str:
         return f"greatest({a}, {b})"
 
     def script(self, sql: str) -> None:
-        self.db.execute(sql.encode())  # (bytes: no placeholders; several statements at once)
+        self._live().execute(sql.encode())  # (bytes: no placeholders; several statements at once)
 
     @property
     def in_transaction(self) -> bool:
+        if self.db.closed or self.db.broken:
+            return self._began
         return self.db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     def close(self) -> None:
@@ -360,6 +438,9 @@ class PostgresDatabase(Database):
 
     def json_path(self, keys: Sequence[str]) -> Any:
         return list(keys)  # (a text[])
+
+    def kept(self, value: Any) -> Any:
+        return _pg_value(value) if isinstance(value, str) else value
 
     def json_text(self, text: str) -> str:
         # PostgreSQL's JSON functions refuse \u0000 (text cannot hold it): a

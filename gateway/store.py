@@ -614,7 +614,8 @@ class Store:
         before = self.db.execute(
             "SELECT boot_count, reset_cause FROM devices WHERE id = ?", (dev,)
         ).fetchone()
-        new_boot = before is None or (before[0], before[1]) != (hello["boot_count"], hello["reset_cause"])
+        said = (hello["boot_count"], self.db.kept(hello["reset_cause"]))  # (as it reads back)
+        new_boot = before is None or (before[0], before[1]) != said
         if new_boot and not self.forgotten(dev):
             self.db.execute(
                 "INSERT INTO device_boots (device, at, boot_count, reset_cause) VALUES (?, ?, ?, ?)",

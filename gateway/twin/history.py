@@ -130,7 +130,7 @@ def load(store: Store, dev: str, until: float | None = None, days: float = DAYS)
     marks = ",".join("?" for _ in COMMAND_OPS)
     for replied, sent, op, args, reply in store.db.tuples(
         f"SELECT replied, sent, op, args, reply FROM commands WHERE device = ? AND status = 'ok'"
-        f" AND op IN ({marks}) AND sent >= ? AND sent <= ? ORDER BY sent, id",
+        f" AND op IN ({marks}) AND sent >= ? AND sent <= ? ORDER BY sent, rowid",
         (dev, *COMMAND_OPS, max(owned, since - COMMANDS_BEFORE_S), until),
     ):
         try:

@@ -164,3 +164,91 @@ def test_a_stored_device_row_of_an_odd_shape_is_listed_as_well_as_can_be(db_at: 
         assert listed["sh-2"]["features"] == {}
         d = s.device("sh-2")
         assert d is not None and d.last_telemetry == {} and d.ota is None
+
+
+def test_a_connection_lost_to_postgresql_is_made_again_and_nothing_after_it_is_lost(
+    postgres: Postgres,
+) -> None:
+    """A server that ends the session (restarted, failed over): the statement
+    that found it lost fails, the next one runs on a new connection; lost
+    within a transaction, the transaction fails to its end, and none of it
+    is half kept."""
+    import psycopg
+
+    url = postgres.database()
+    with Store(url) as s, psycopg.connect(url, autocommit=True) as admin:
+        s.upsert_hello("sh-1", HELLO, 100.0)
+
+        def end_session() -> None:
+            pid = s.db.execute("SELECT pg_backend_pid()").fetchone()[0]
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        end_session()
+        with pytest.raises(dbapi.Error):
+            s.count_reject("bad_json", "pb/x/telemetry", "not JSON", 1.0)
+        s.count_reject("bad_json", "pb/x/telemetry", "not JSON", 2.0)  # (a new connection)
+        assert s.rejects()["bad_json"]["count"] == 1
+        # within a transaction
+        with pytest.raises(dbapi.Error), s.transaction():
+            s.add_event("sh-1", "log", None, "first", 3.0)
+            end_session()
+            s.add_event("sh-1", "log", None, "second", 4.0)
+        assert not s.db.in_transaction
+        assert s.events("sh-1") == []  # (neither: the transaction went as a whole)
+        assert s.add_telemetry([TelemetryRow("sh-1", 5.0, None, 1, {"i": 1})]) == (1, [])
+
+
+def test_a_postgresql_database_not_in_utf8_is_refused_with_how_to_make_one(postgres: Postgres) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(
+            "CREATE DATABASE latin ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    with pytest.raises(StoreError, match="encoding is LATIN1, not UTF8: make it with createdb -E UTF8"):
+        Store(postgres.url("latin"))
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    assert dbapi.redacted("postgresql://pb:s3cret@db:5432/fleet") == "postgresql://pb:***@db:5432/fleet"
+    assert (
+        dbapi.redacted("postgresql://pb@db/fleet?sslmode=require&password=s3cret&x=1")
+        == "postgresql://pb@db/fleet?sslmode=require&password=***&x=1"
+    )
+
+
+def test_placeholders_are_translated_outside_quotes_and_comments_only() -> None:
+    sql = "SELECT 'a?b', \"c?\" -- what's ?\n FROM t WHERE x = ? AND y = :name AND z::text LIKE '5%'"
+    assert dbapi._pg_sql(sql) == (
+        "SELECT 'a?b', \"c?\" -- what's ?\n FROM t WHERE x = %s AND y = %(name)s AND z::text LIKE '5%%'"
+    )
+
+
+def test_a_hello_said_again_with_a_nul_in_its_reset_cause_is_one_boot(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
+        for t in (100.0, 101.0, 102.0):
+            s.upsert_hello("sh-1", HELLO | {"reset_cause": "po\x00wer"}, t)
+        assert len(s.history("device_boots", "sh-1", 0.0, 200.0)) == 1
+
+
+def test_exclusive_transactions_on_postgresql_wait_for_each_other(postgres: Postgres) -> None:
+    """As SQLite's BEGIN IMMEDIATE: the second waits for the first to end,
+    it never fails to be retried."""
+    import threading
+
+    url = postgres.database()
+    with Store(url) as a, Store(url) as b:
+        a.db.begin_exclusive()
+        done = threading.Event()
+
+        def second() -> None:
+            b.db.begin_exclusive()
+            b.db.execute("COMMIT")
+            done.set()
+
+        t = threading.Thread(target=second)
+        t.start()
+        assert not done.wait(0.5)  # (waiting)
+        a.db.execute("COMMIT")
+        assert done.wait(10)
+        t.join()
