@@ -360,7 +360,8 @@ def test_hostile_update_status_and_request_are_stored_equal_or_rejected(
         base = dict(_REQ)
     msg = data.draw(extreme(base | {"dev": dev}, keep=("v", "dev", "state", "obj")))
     uid = msg["id"]
-    known = unstorable(uid) is None
+    # (an update's id is a string: hostile ids of other types are the message's, not a stored update's)
+    known = isinstance(uid, str) and unstorable(uid) is None
     if known:
         # an update of this device, not the one in progress: a status records what the device says of it
         bench.gw.ota.table.save(new_update(uid, dev, "0" * 64, "thermostat", 2, "2026.11.2", 1, 1.0))
