@@ -127,7 +127,15 @@ def choose(root, config, hal, room=None, chosen=None):
     if root_waits(root):
         from .ota.roots import settle as take_roots
 
-        trusted = take_roots(root, hal.time(), hal.fault_point)
+        try:
+            trusted = take_roots(root, hal.time(), hal.fault_point)
+        except MemoryError:
+            # no block for the check beside the room kept for an install's:
+            # again with that room (a crash here would come back at every boot)
+            if room is not None:
+                room()
+            forget(("pb.ota.report",))
+            trusted = take_roots(root, hal.time(), hal.fault_point)
         forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512", "pb.ota.report"))
     else:
         versions = root_versions(root)
