@@ -29,7 +29,9 @@ def db_of(args: object) -> Path | str:
     given = getattr(args, "db", None)
     if not given:
         return default_db()
-    return given if given.startswith(("postgresql://", "postgres://")) else Path(given)
+    from .db import is_url
+
+    return given if is_url(given) else Path(given)
 
 
 def db_exists(db: Path | str) -> bool:

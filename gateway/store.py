@@ -480,6 +480,7 @@ class TelemetryRow:
     data: dict[str, Any]
 
 
+_STREAM_RETENTION = ("device", "stream", "days", "set_at")
 _EXPIRE_BATCH = 500  # telemetry rows read at a time to strip expired values from
 
 
@@ -595,11 +596,7 @@ class Store:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        self.db.execute(dbapi.upsert("meta", ("key", "value"), ("key",)), (key, value))
 
     def delete_meta(self, key: str) -> None:
         self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -683,9 +680,7 @@ class Store:
             self.db.execute("DELETE FROM data_retention WHERE device = ?", (dev,))
         else:
             self.db.execute(
-                "INSERT INTO data_retention (device, days, set_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (device) DO UPDATE SET days = excluded.days, set_at = excluded.set_at",
-                (dev, days, now),
+                dbapi.upsert("data_retention", ("device", "days", "set_at"), ("device",)), (dev, days, now)
             )
 
     def set_stream_retention(self, dev: str, asked: dict[str, float | str | None], now: float) -> None:
@@ -696,9 +691,7 @@ class Store:
                 self.db.execute("DELETE FROM stream_retention WHERE device = ? AND stream = ?", (dev, path))
             else:
                 self.db.execute(
-                    "INSERT INTO stream_retention (device, stream, days, set_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (device, stream) DO UPDATE"
-                    " SET days = excluded.days, set_at = excluded.set_at",
+                    dbapi.upsert("stream_retention", _STREAM_RETENTION, ("device", "stream")),
                     (dev, path, None if days == FOREVER else days, now),
                 )
 

@@ -5,7 +5,7 @@
 import json
 
 from . import API, VERSION
-from .compat import const, forget
+from .compat import collect, const, forget
 from .errors import ConfigError, StoreError
 from .ota import flash
 from .store import exists, makedirs, read_bytes, write_atomic
@@ -134,7 +134,7 @@ def choose(root, config, hal, room=None, chosen=None):
             # again with that room (a crash here would come back at every boot)
             if room is not None:
                 room()
-            forget(("pb.ota.report",))
+            collect()
             trusted = take_roots(root, hal.time(), hal.fault_point)
         forget(("pb.ota.trust", "pb.ota.ed25519", "pb.ota.sha512", "pb.ota.report"))
     else:
