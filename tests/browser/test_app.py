@@ -180,6 +180,16 @@ async def test_an_owner_sees_its_own_devices_live_and_another_owner_cannot(
     await expect(page.locator("[data-features] input").first).to_be_visible()
     await shots.take(page, "device")
 
+    # a setting typed while the charts move on (the page renders again at each message) is the one set
+    hysteresis = page.locator("[data-features] form").filter(has_text="hysteresis").locator("input")
+    await hysteresis.fill("0.7")
+    await async_wait_for_later(chart, float(await chart.get_attribute("data-last") or "0") + 2)
+    await expect(hysteresis).to_have_value("0.7")
+    await hysteresis.press("Enter")
+    await expect(page.locator("[data-features] ~ .ok")).to_contain_text("thermostat.hysteresis = 0.7")
+    got = await home.r.gw.send_command(mine[0], "config.get", {}, 5)
+    assert got["ok"] and got["result"]["thermostat"]["hysteresis"] == 0.7, got
+
     # the owner's policy, set from the page, is the gateway's
     await page.locator("#policy").select_option("window")
     await page.get_by_label("window").fill("01:00-05:00")
@@ -264,6 +274,11 @@ async def test_an_owner_gives_a_stream_its_own_period_and_downloads_the_device_s
     await shots.take(page, "periods")
     # what is not a period is refused, and changes nothing
     await page.get_by_label("days kept of sensors.humidity").fill("soon")
+    # the page renders again at every live message: what the owner typed stays under their fingers
+    # (the first of two new messages has reached the page when the second is stored, a second on)
+    n = store.telemetry_count(dev)
+    await async_wait_for(lambda: store.telemetry_count(dev) >= n + 2, 10, what="two more messages")
+    await expect(page.get_by_label("days kept of sensors.humidity")).to_have_value("soon")
     await page.get_by_role("button", name="Keep").click()
     await expect(page.get_by_role("alert")).to_contain_text("bad_retention")
     assert store.periods(dev) == Periods(30.0, {"sensors.humidity": 2.0, "actuators.relay": None})

@@ -7,7 +7,7 @@ import { Streams } from "./streams.js";
 import { Footprint, Forgotten } from "./footprint.js";
 import { Gains } from "./gains.js";
 import { HomeAssistant } from "./homeassistant.js";
-import { api, useEvents, useHash, useLoad, ErrorLine, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
+import { api, useEvents, useHash, useLoad, ErrorLine, Field, flatten, startEvents, stopEvents, setCsrf } from "./lib.js";
 
 export function shown(v) {
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(1);
@@ -245,7 +245,7 @@ function Features({ id, device }) {
               ev.preventDefault();
               set(name, k, ev.target.v.value);
             }}>
-              <label>${k}</label><input name="v" value=${typeof v === "object" ? JSON.stringify(v) : String(v)} size="8" />
+              <label>${k}</label><${Field} name="v" value=${typeof v === "object" ? JSON.stringify(v) : String(v)} size="8" />
               <button class="plain" type="submit">Set</button></form>`,
           )}${device.online ? "" : html`<span class="muted">offline: settings shown when it is online</span>`}</td>
         </tr>`,
@@ -282,7 +282,7 @@ function Policy({ id }) {
         <option value="window">only within hours I choose</option>
       </select>
       ${(policy || settings.policy) === "window"
-        ? html`<input name="window" placeholder="01:00-05:00" value=${settings.window || ""} size="12" aria-label="window" required />`
+        ? html`<${Field} name="window" placeholder="01:00-05:00" value=${settings.window || ""} size="12" aria-label="window" required />`
         : ""}
       <button type="submit">Save</button>
       ${status && status.ok ? html`<span class="ok">${status.ok}</span>` : ""}

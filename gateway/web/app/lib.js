@@ -96,6 +96,15 @@ export function useLoad(load, deps) {
   return [state.value, state.error, reload];
 }
 
+// An input showing a stored value that keeps what the owner types in it until the stored value
+// changes: a page renders again at every live message, and an input given its value alone would
+// put the stored one back under their fingers.
+export function Field({ value, ...props }) {
+  const [typed, setTyped] = useState(null);
+  useEffect(() => setTyped(null), [value]);
+  return html`<input ...${props} value=${typed === null ? value : typed} onInput=${(e) => setTyped(e.target.value)} />`;
+}
+
 export function ErrorLine({ error }) {
   if (!error) return null;
   return html`<p class="error" role="alert">${error.message}${error.code ? html` <span class="muted">(${error.code})</span>` : ""}</p>`;

@@ -1,7 +1,7 @@
 // An update waiting for the owner: what it changes, what it may do, its preview on the
 // device's own twin, and the owner's answer (install now, later, never; or roll back).
 import { html, useState, useEffect } from "./vendor/preact-htm.js";
-import { api, useLoad, ErrorLine } from "./lib.js";
+import { api, useLoad, ErrorLine, Field } from "./lib.js";
 import { TimeChart, dateTime } from "./charts.js";
 
 // the offers answer, whatever its wrapping: a list of {release: {ref, version}, state, ...}
@@ -164,7 +164,7 @@ function Preview({ id, release }) {
     ${p.model === "thermostat"
       ? html`<form class="inline" data-heater onSubmit=${ask}>
           <label for="watts">${p.heater_w ? "Your heater's rated power (W)" : "Energy and cost need your heater's rated power (W), from its label"}</label>
-          <input id="watts" name="watts" type="number" min="1" max="100000" step="1" value=${p.heater_w || ""} required size="8" />
+          <${Field} id="watts" name="watts" type="number" min="1" max="100000" step="1" value=${p.heater_w || ""} required size="8" />
           <button class="plain" type="submit">Preview again</button>
         </form>`
       : ""}

@@ -3,7 +3,7 @@
 // keeping it back costs.
 import { html, useState, useEffect } from "./vendor/preact-htm.js";
 import { dateTime } from "./charts.js";
-import { api, useLoad, ErrorLine } from "./lib.js";
+import { api, useLoad, ErrorLine, Field } from "./lib.js";
 
 // what the owner typed as days: a number, "forever", or "" (the default); anything else goes to
 // the gateway as typed, which says why not (Number() would make it NaN, and JSON null)
@@ -83,7 +83,7 @@ export function Streams({ id, online }) {
             <td data-stored=${s.needed ? null : s.stored}>${s.needed ? "" : s.stored}${s.oldest ? html`<div class="muted">since ${dateTime(s.oldest)}</div>` : ""}</td>
             <td data-kept=${s.needed ? null : keptText(s, footprint.retention_days)}>${s.needed
               ? ""
-              : html`<input form="retention" name=${"keep:" + s.path} size="6" aria-label=${"days kept of " + s.path}
+              : html`<${Field} form="retention" name=${"keep:" + s.path} size="6" aria-label=${"days kept of " + s.path}
                   placeholder=${footprint.retention_days == null ? "no limit" : String(footprint.retention_days)}
                   title="days; forever; empty: as the device"
                   value=${s.retention_own == null ? "" : String(s.retention_own)} />
@@ -105,7 +105,7 @@ export function Streams({ id, online }) {
     </form>
     <form class="inline" id="retention" data-retention onSubmit=${keep}>
       <label for="days">The gateway keeps what it shares for</label>
-      <input id="days" name="days" size="5" inputmode="decimal" placeholder="no limit"
+      <${Field} id="days" name="days" size="5" inputmode="decimal" placeholder="no limit"
         value=${footprint.retention_days == null ? "" : String(footprint.retention_days)} />
       <span>days, a stream for the days in its row where you give them ("forever": no limit)</span>
       <button type="submit">Keep</button>
