@@ -82,6 +82,9 @@ class _Live:
     last_seen: float
     deadline_s: float
     withheld: frozenset[str] = frozenset()  # streams its hello says it keeps back (docs/protocol.md 12)
+    # False: a provisioned device heard before its first hello (docs/protocol.md 6), with no
+    # row in `devices` yet; its data is kept, and its hello registers it
+    hello: bool = True
 
 
 def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:
@@ -337,7 +340,7 @@ class Gateway:
         # the update topics first: classify() knows only the kinds of docs/protocol.md
         judge = classify_ota if is_ota_topic(topic) else classify
         try:
-            verdict = judge(topic, payload, retain, self._live.__contains__)
+            verdict = judge(topic, payload, retain, self._known)
         except Exception as exc:
             log.exception("failed to classify a message on %s", topic[:120])
             self.reject(topic, INTERNAL, f"{type(exc).__name__}: {exc}", now)
@@ -370,6 +373,12 @@ class Gateway:
             except Exception:
                 log.exception("listener failed on a %s message", verdict.kind)
 
+    def _known(self, dev: str) -> bool:
+        """Whether the gateway takes dev's messages other than hello and state:
+        a device that said hello, or one provisioned (MQTT orders messages
+        only per topic: its telemetry may come before its hello)."""
+        return dev in self._live or Registry(self.store).get(dev) is not None
+
     def reject(self, topic: str, reason: str, detail: str, now: float) -> None:
         n = self.rejects.get(reason, 0) + 1
         self.rejects[reason] = n
@@ -388,15 +397,19 @@ class Gateway:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
         if a.kind == "hello":
-            before = self.store.device(dev) if live is not None else None
+            new = live is None or not live.hello
+            before = None if new else self.store.device(dev)
             self.store.upsert_hello(dev, msg, now, carrier)
             deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
-            if live is None:
+            if new:
                 log.info("new device %s (%s, %s)", dev, msg["model"], msg["board"])
+                talked = live is not None and live.online  # (it sent something before its hello)
                 live = self._live[dev] = _Live(False, now, deadline)
                 pending = self._pending_state.pop(dev, None)
                 if pending is not None:
                     self._apply_state(dev, pending, now)
+                elif talked:
+                    self._set_state(dev, True, "active", now)
             else:
                 live.deadline_s = deadline
                 if not retain:
@@ -415,7 +428,13 @@ class Gateway:
                 return
             self._apply_state(dev, msg, now, retain)
             return
-        assert live is not None  # classify() only accepts these from known devices
+        if live is None:
+            # a provisioned device before its first hello (classify() accepts these from known devices)
+            log.info("%s (provisioned) is heard before its first hello", dev)
+            live = self._live[dev] = _Live(False, now, _deadline(None, None), hello=False)
+            pending = self._pending_state.pop(dev, None)
+            if pending is not None:
+                self._apply_state(dev, pending, now)
         if a.kind == "ota/status" and retain:
             # replayed by the broker: says nothing of whether the device is there now
             self.ota.on_status(dev, msg, now)
@@ -597,7 +616,7 @@ class Gateway:
         (unless force),
         CommandTimeoutError, GatewayError (not connected to the broker).
         """
-        if dev not in self._live:
+        if dev not in self._live or not self._live[dev].hello:
             raise DeviceNotFoundError(f"no device {dev!r}")
         if dev in self._revoked:
             raise DeviceRevokedError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
@@ -627,8 +646,8 @@ class Gateway:
         return {
             "connected": self.connected.is_set(),
             "broker": str(self.broker),
-            "devices": len(self._live),
-            "online": sum(1 for v in self._live.values() if v.online),
+            "devices": sum(1 for v in self._live.values() if v.hello),
+            "online": sum(1 for v in self._live.values() if v.online and v.hello),
             "counters": dict(self.counters),
             "rejects": dict(self.rejects),
             "pending_commands": len(self.commander),
