@@ -397,11 +397,10 @@ class Gateway:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
         if a.kind == "hello":
-            new = live is None or not live.hello
-            before = None if new else self.store.device(dev)
+            before = None if live is None or not live.hello else self.store.device(dev)
             self.store.upsert_hello(dev, msg, now, carrier)
             deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
-            if new:
+            if live is None or not live.hello:
                 log.info("new device %s (%s, %s)", dev, msg["model"], msg["board"])
                 talked = live is not None and live.online  # (it sent something before its hello)
                 live = self._live[dev] = _Live(False, now, deadline)
