@@ -601,6 +601,19 @@ class Store:
     def delete_meta(self, key: str) -> None:
         self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
+    def next_number(self, key: str, at_least: int) -> int:
+        """The next of a number kept in meta under key: above the last one
+        handed out and at least at_least, taken in one statement, so that the
+        gateways of a pool on this database never hand out the same one, nor
+        one below another's (the freshness statements' versions)."""
+        above = self.db.greatest("CAST(meta.value AS BIGINT) + 1", "CAST(excluded.value AS BIGINT)")
+        row = self.db.execute(
+            f"""INSERT INTO meta (key, value) VALUES (?, ?)
+                ON CONFLICT (key) DO UPDATE SET value = CAST({above} AS TEXT) RETURNING value""",
+            (key, str(at_least)),
+        ).fetchone()
+        return int(row[0])
+
     # ---- devices -----------------------------------------------------------
 
     def upsert_hello(self, dev: str, hello: dict[str, Any], now: float, carrier: str = "mqtt") -> None:

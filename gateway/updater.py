@@ -210,6 +210,9 @@ class UpdateTable:
         return int(row[0] or 0)
 
 
+FRESHNESS_VERSION = "freshness_version"  # meta: the last freshness version handed out
+
+
 class Updater:
     """Starts updates, serves their bytes, tracks their statuses.
 
@@ -309,7 +312,10 @@ class Updater:
     ) -> tuple[int, bytes]:
         """A statement for release offered to dev as update uid (the device
         checks both: another device's offer is of no use to it)."""
-        version = next_freshness_version(self._last_version, now)
+        # (max(last + 1, now in ms), the last of every gateway on this database)
+        version = self.table.store.next_number(
+            FRESHNESS_VERSION, next_freshness_version(self._last_version, now)
+        )
         # keys.freshness signs int(now * 1000) as the version; half a ms in keeps float rounding out
         envelope = freshness(
             keys,

@@ -6,6 +6,7 @@ deadline, stale retained statuses, and a gateway restart mid-update."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 from collections.abc import Callable
@@ -24,9 +25,12 @@ from ota.keys import Keys
 from ota.release import Release
 from simulator.clock import SimClock
 
+from ..conftest import DbAt
 from ..support.ota import ErrorChunk, OtaDevice, accept_offer
 from ..support.wait import async_wait_for
 from .conftest import MakeRelease, Running, StartGateway, stop
+
+T0 = 1_795_400_000.0
 
 MakeDevice = Callable[..., OtaDevice]
 
@@ -493,3 +497,40 @@ async def test_a_hello_that_runs_another_release_moves_nothing(
 
     await async_wait_for(lambda: counter() == 1, 5, what="hello stored")
     assert r.gw.ota.get(u.id).state == "offered" and not r.gw.ota.get(u.id).ended
+
+
+def test_the_gateways_on_one_database_sign_freshness_versions_that_always_grow(
+    db_at: DbAt, keys: Keys, make_release: MakeRelease
+) -> None:
+    # a pool of workers offers updates on one database: a device refuses a statement whose
+    # version is below the last it took, whichever worker signed either
+    a = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(db_at()), api=None, keys=keys)
+    b = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(db_at()), api=None, keys=keys)
+    try:
+        stored, _ = a.ota.releases.add(make_release(2).path, T0)
+        versions = []
+        for i in range(6):
+            # b's clock an hour behind, then both within one ms
+            at, now = (a, T0 + i / 10_000) if i % 2 else (b, T0 - 3600)
+            version, envelope = at.ota._freshness(keys, stored, "th-1", f"5f2a9c01b7e{i}", now)
+            assert json.loads(json.loads(envelope)["signed"])["version"] == version
+            versions.append(version)
+        assert versions == sorted(set(versions)) and versions[:2] == [int((T0 - 3600) * 1000), int(T0 * 1000)]
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_the_shared_number_is_handed_out_once_under_contention(db_at: DbAt) -> None:
+    at = db_at()
+    Store(at).close()  # (its tables made once)
+
+    def take(_: int) -> list[int]:
+        with Store(at) as store:  # (a worker of its own, on its own connection)
+            return [store.next_number("n", 1000) for _ in range(100)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        taken = list(pool.map(take, range(4)))
+    for mine in taken:
+        assert mine == sorted(mine)
+    assert sorted(n for mine in taken for n in mine) == list(range(1000, 1400))
