@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: micropython-launcher demo test test-fast long chaos rollouts browser homeassistant ble web bench lint typecheck check clean venv
+.PHONY: micropython-launcher demo test test-postgresql test-fast long chaos rollouts browser homeassistant ble web bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ demo: $(STAMP) $(WEB_STAMP)
 # make test stays within 10 minutes.
 test: $(STAMP) $(WEB_STAMP) system-deps
 	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble"
+
+# The gateway's tests with its database on PostgreSQL (a throwaway cluster of Debian's
+# PostgreSQL 15): the tests that choose no engine take PERMABETA_TEST_DB's.
+test-postgresql: $(STAMP) $(WEB_STAMP) system-deps
+	PERMABETA_TEST_DB=postgresql $(BIN)/python -m pytest -q tests/gateway -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble"
 
 # The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
 # its own here); screenshots of every page go to test-output/screenshots.

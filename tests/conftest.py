@@ -5,6 +5,7 @@ in a throwaway cluster)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,23 +57,44 @@ def db_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     test's folder, or a database of its own in the session's PostgreSQL
     cluster (and the gateway's home, where it keeps its files beside such a
     database, in the test's folder). A test that takes it runs on both."""
-    return _db_at(request, tmp_path, monkeypatch)
+    return _db_at(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.long)])
 def db_at_slow(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DbAt:
     """db_at, for slow tests: on PostgreSQL in `make long` only (make test stays short)."""
-    return _db_at(request, tmp_path, monkeypatch)
+    return _db_at(request.param, request, tmp_path, monkeypatch)
 
 
-def _db_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DbAt:
+# The engine of the gateway's database where a test does not choose (gw_db): SQLite, or
+# PostgreSQL when PERMABETA_TEST_DB=postgresql (`make test-postgresql` runs the gateway's
+# tests so).
+TEST_DB = os.environ.get("PERMABETA_TEST_DB", "sqlite")
+if TEST_DB not in ("sqlite", "postgresql"):
+    raise pytest.UsageError(f"PERMABETA_TEST_DB is sqlite or postgresql, not {TEST_DB!r}")
+
+sqlite_only = pytest.mark.skipif(
+    TEST_DB != "sqlite", reason="reaches into the SQLite file itself (PERMABETA_TEST_DB=sqlite runs it)"
+)
+
+
+@pytest.fixture
+def gw_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path | str:
+    """Where the test's gateway database is: tmp_path/gw.db, or a database of
+    its own in the session's PostgreSQL cluster under PERMABETA_TEST_DB=postgresql."""
+    return _db_at(TEST_DB, request, tmp_path, monkeypatch)()
+
+
+def _db_at(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> DbAt:
     made: dict[str, Path | str] = {}
-    if request.param == "postgresql":
+    if engine == "postgresql":
         monkeypatch.setenv("PERMABETA_HOME", str(tmp_path / "home"))
 
     def at(name: str = "gw.db") -> Path | str:
         if name not in made:
-            if request.param == "sqlite":
+            if engine == "sqlite":
                 made[name] = tmp_path / name
             else:
                 cluster: Postgres = request.getfixturevalue("postgres")

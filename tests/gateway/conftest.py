@@ -92,20 +92,20 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
-    """start_gateway(keys=None, deadline=900, db=..., clock=None, api=..., api_tls=None): a
+async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
+    """start_gateway(keys=None, deadline=900, db=gw_db, clock=None, api=..., api_tls=None): a
     Gateway running in this test's loop with its API on a free port; stopped after the test."""
     running: list[Running] = []
 
     async def start(
         keys: Keys | None = None,
         deadline: float = 900.0,
-        db: Path | None = None,
+        db: Path | str | None = None,
         clock: Clock | None = None,
         api: tuple[str, int] = ("127.0.0.1", 0),
         api_tls: ApiTls | None = None,
     ) -> Running:
-        store = Store(db or tmp_path / "gw.db")
+        store = Store(db or gw_db)
         gw = Gateway(
             mosquitto.gateway_url,
             store,

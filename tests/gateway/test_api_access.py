@@ -179,7 +179,8 @@ async def test_an_owner_sees_its_own_devices_and_the_maker_every_one(world: Worl
     status, mine = await world.call("ann", "GET", "/api/v1/devices")
     assert status == 200 and [d["id"] for d in mine] == ["th-ann"]
     status, every = await world.call("mia", "GET", "/api/v1/devices")
-    assert status == 200 and sorted(d["id"] for d in every) == ["th-ann", "th-bob"]
+    # (and the devices of other tests whose retained hellos the session's broker replays)
+    assert status == 200 and {"th-ann", "th-bob"} <= {d["id"] for d in every}
     for path in (
         "/api/v1/devices/th-ann",
         "/api/v1/devices/th-ann/settings",
@@ -327,7 +328,7 @@ async def test_accounts_and_their_tokens_are_managed_by_an_admin_and_each_its_ow
 
 
 async def test_accounts_and_claim_codes_from_the_command_line(world: World, tmp_path: Path) -> None:
-    db = world.r.store.path
+    db = world.r.store.where
 
     async def run(*words: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(permabeta, db, *words, stdin=stdin)

@@ -59,7 +59,7 @@ async def test_the_gateway_presents_the_certificate_it_made_and_the_cli_trusts_o
     api = _api(r)
     assert r.url.startswith("https://127.0.0.1:") and api["url"] == r.url
     cert = Path(api["cert"])
-    assert cert.parent == tmp_path / "gw.db.tls"
+    assert cert.parent == r.store.beside(".tls")
     assert stat.S_IMODE((cert.parent / "key.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE(cert.parent.stat().st_mode) == 0o700
     der = await _presented(r.url, cert.read_text())
@@ -73,7 +73,7 @@ async def test_the_gateway_presents_the_certificate_it_made_and_the_cli_trusts_o
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.open_connection("127.0.0.1", int(r.url.rsplit(":", 1)[1]), ssl=client_context())
     # the command line on the machine trusts it through the database, and nothing else
-    done = await asyncio.to_thread(run_cli, "account", "list", "--db", str(r.store.path))
+    done = await asyncio.to_thread(run_cli, "account", "list", "--db", str(r.store.where))
     assert done.returncode == 0 and "ann" in done.stdout, done.stderr
     # HTTPS: HSTS, and the session's cookie is Secure with the __Host- prefix
     async with (
@@ -101,7 +101,7 @@ async def test_a_certificate_replaced_under_the_gateway_is_not_trusted_by_the_cl
     cert = Path(_api(r)["cert"])
     other = server_cert(ApiTls(on=True), "127.0.0.1", tmp_path / "other", time.time())
     cert.write_bytes(other.cert.read_bytes())
-    done = await asyncio.to_thread(run_cli, "account", "list", "--db", str(r.store.path))
+    done = await asyncio.to_thread(run_cli, "account", "list", "--db", str(r.store.where))
     assert done.returncode == 1 and "is not the certificate the gateway serves" in done.stderr
 
 
@@ -124,7 +124,7 @@ def test_the_certificate_is_kept_and_made_again_when_it_expires_or_does_not_name
 async def test_a_given_certificate_is_served(start_gateway: StartGateway, tmp_path: Path) -> None:
     given = server_cert(ApiTls(), "127.0.0.1", tmp_path / "given", time.time())
     r = await start_gateway(api_tls=ApiTls(cert=given.cert, key=given.key))
-    assert _api(r)["fingerprint"] == given.fingerprint and not (tmp_path / "gw.db.tls").exists()
+    assert _api(r)["fingerprint"] == given.fingerprint and not r.store.beside(".tls").exists()
     der = await _presented(r.url, given.cert.read_text())
     assert hashlib.sha256(der).hexdigest() == given.fingerprint
 
@@ -137,14 +137,14 @@ async def test_an_address_off_loopback_is_served_over_https(start_gateway: Start
             await s.get(r.url.replace("https:", "http:") + "/api/v1/health")
 
 
-def test_plain_http_off_loopback_is_refused(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_plain_http_off_loopback_is_refused(gw_db: Path | str, mosquitto: Mosquitto) -> None:
+    with Store(gw_db) as store:
         for host in ("0.0.0.0", "192.0.2.7", "gateway.example"):
             with pytest.raises(ConfigError, match="plain HTTP on loopback only"):
                 Gateway(mosquitto.gateway_url, store, api=(host, 8480), api_tls=ApiTls(on=False))
     done = run_cli(
         "gateway", "run", "--broker", str(mosquitto.gateway_url), "--api", "0.0.0.0:0", "--no-tls",
-        "--db", str(tmp_path / "gw.db"),
+        "--db", str(gw_db),
     )  # fmt: skip
     assert done.returncode == 1
     assert "the API serves plain HTTP on loopback only, not on 0.0.0.0" in done.stderr
@@ -215,7 +215,7 @@ async def test_login_to_the_gateway_of_a_local_database_trusts_what_it_wrote(
     start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     r = await _https(start_gateway)
-    done = await _cli(tmp_path, "login", "--name", "ann", "--db", str(r.store.path), "--password-stdin",
+    done = await _cli(tmp_path, "login", "--name", "ann", "--db", str(r.store.where), "--password-stdin",
                       stdin=PASSWORD + "\n")  # fmt: skip
     assert done.returncode == 0, done.stderr
     kept = json.loads((tmp_path / "config" / "permabeta" / "credentials.json").read_text())

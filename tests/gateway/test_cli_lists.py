@@ -21,7 +21,7 @@ from .test_updater import MakeDevice, published, registered
 
 async def permabeta(r: Running, *args: str) -> subprocess.CompletedProcess[str]:
     r.gw.ota.flush()
-    cmd = [str(PERMABETA), *args, "--db", str(r.store.path)]
+    cmd = [str(PERMABETA), *args, "--db", str(r.store.where)]
     return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
 
 

@@ -394,7 +394,7 @@ async def test_the_command_line_exports_and_forgets_only_when_told_to(
     _fill(r.store, A, 1000.0)
 
     async def cli(*words: str, stdin: str = "") -> Any:
-        return await asyncio.to_thread(permabeta, r.store.path, *words, stdin=stdin)
+        return await asyncio.to_thread(permabeta, r.store.where, *words, stdin=stdin)
 
     out = tmp_path / "a.zip"
     done = await cli("devices", "export", A, "--format", "csv", "--out", str(out))

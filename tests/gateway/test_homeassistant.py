@@ -531,6 +531,6 @@ async def test_the_owner_links_and_unlinks_from_the_command_line(bridge: Bridge,
     assert json.loads(done.stdout)["linked"] is False
     assert bridge.r.gw.homeassistant.links.get(th.id) is None
     # the gateway's own token (an admin's) is not the owner's
-    done = await asyncio.to_thread(permabeta, bridge.r.store.path, "devices", "link-ha", th.id)
+    done = await asyncio.to_thread(permabeta, bridge.r.store.where, "devices", "link-ha", th.id)
     assert done.returncode != 0 and "only the device's owner" in done.stderr
     assert bridge.r.gw.homeassistant.links.get(th.id) is None

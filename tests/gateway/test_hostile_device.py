@@ -24,7 +24,7 @@ from firmware.pb.peer import protocol as proto
 from ota.keys import Keys
 from ota.release import Release
 
-from ..conftest import unique_id
+from ..conftest import sqlite_only, unique_id
 from ..support import messages
 from ..support.mosquitto import Mosquitto
 from ..support.mqtt import TestClient
@@ -264,7 +264,7 @@ def cli_list(db: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def test_hello_whose_feature_entries_are_not_objects_does_not_break_the_fleet_listing(
-    start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
+    start_gateway: StartGateway, devices: Callable[[str], Device], gw_db: Path | str
 ) -> None:
     import aiohttp
 
@@ -300,11 +300,12 @@ async def test_hello_whose_feature_entries_are_not_objects_does_not_break_the_fl
         listed = {d["id"]: d for d in await resp.json()}
     assert listed[rogue.id]["features"] == {"thermostat": "1.0.0"}  # as before the attack
     assert other.id in listed
-    out = cli_list(tmp_path / "gw.db")
+    out = cli_list(gw_db)
     assert out.returncode == 0, out.stderr
     assert other.id in out.stdout
 
 
+@sqlite_only
 async def test_a_stored_hello_of_an_odd_shape_does_not_break_the_fleet_listing(
     start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
 ) -> None:
@@ -333,7 +334,7 @@ async def test_a_stored_hello_of_an_odd_shape_does_not_break_the_fleet_listing(
 
 
 async def test_a_hello_whose_ota_texts_hold_escapes_cannot_drive_the_terminal_of_devices_show(
-    start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
+    start_gateway: StartGateway, devices: Callable[[str], Device], gw_db: Path | str
 ) -> None:
     r = await start_gateway()
     rogue = devices("th")
@@ -347,7 +348,7 @@ async def test_a_hello_whose_ota_texts_hold_escapes_cannot_drive_the_terminal_of
 
     await async_wait_for(lambda: stored() == ota["image"], 10, what="the hello stored")
     out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "devices", "show", rogue.id, "--db", str(tmp_path / "gw.db")],
+        [sys.executable, "-m", "gateway.cli", "devices", "show", rogue.id, "--db", str(gw_db)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -370,6 +371,7 @@ def refuse(db: Path, table: str, when: str, op: str = "INSERT") -> None:
         )
 
 
+@sqlite_only
 async def test_a_telemetry_row_that_cannot_be_stored_costs_the_other_rows_of_its_batch_nothing(
     start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
 ) -> None:
@@ -393,6 +395,7 @@ async def test_a_telemetry_row_that_cannot_be_stored_costs_the_other_rows_of_its
     await lands(r, other, 3)
 
 
+@sqlite_only
 async def test_a_device_that_cannot_be_marked_offline_does_not_stop_the_liveness_watch(
     start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
 ) -> None:
@@ -410,6 +413,7 @@ async def test_a_device_that_cannot_be_marked_offline_does_not_stop_the_liveness
     assert r.gw.is_online(other.id)
 
 
+@sqlite_only
 async def test_a_hello_that_cannot_be_stored_is_rejected_as_internal_and_the_gateway_goes_on(
     start_gateway: StartGateway, devices: Callable[[str], Device], tmp_path: Path
 ) -> None:
@@ -424,6 +428,7 @@ async def test_a_hello_that_cannot_be_stored_is_rejected_as_internal_and_the_gat
     await lands(r, other, 1)
 
 
+@sqlite_only
 async def test_an_update_that_cannot_be_saved_does_not_keep_another_from_its_deadline(
     start_gateway: StartGateway,
     keys: Keys,

@@ -181,8 +181,8 @@ def test_no_message_from_a_line_proves_anything_by_itself(payload: bytes) -> Non
     assert reply is None and outcome is not True
 
 
-def test_the_registry_holds_the_keys_of_devices_provisioned_and_not_revoked(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+def test_the_registry_holds_the_keys_of_devices_provisioned_and_not_revoked(gw_db: Path | str) -> None:
+    with Store(gw_db) as store:
         reg = Registry(store)
         reg.register("th-1", "thermostat", "thermostat-v1", HASH, 1.0, link_key("th-1", PASSWORD).hex())
         reg.register("th-old", "thermostat", "thermostat-v1", HASH, 1.0)

@@ -25,8 +25,8 @@ def state(dev: str, s: str, reason: str | None = None) -> bytes:
     return json.dumps(msg).encode()
 
 
-async def test_will_and_silence(tmp_path: Path) -> None:
-    with Store(tmp_path / "gw.db") as store:
+async def test_will_and_silence(gw_db: Path | str) -> None:
+    with Store(gw_db) as store:
         gw = Gateway(BrokerUrl("127.0.0.1", 1), store, api=None)
         seen: list[tuple[str, str]] = []
         gw.listeners.append(lambda kind, dev, msg: seen.append((kind, dev)))

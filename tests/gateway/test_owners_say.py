@@ -204,7 +204,7 @@ async def test_what_cannot_be_decided_is_refused_and_changes_nothing(
 
 
 async def test_a_rollback_needs_the_maker_s_revert_and_the_device_online(
-    say: Say, ota_devices: MakeDevice, tmp_path: Path
+    say: Say, ota_devices: MakeDevice, gw_db: Path | str
 ) -> None:
     gw = say.r.gw
     on_two = await online(say, ota_devices())
@@ -236,7 +236,7 @@ async def test_a_rollback_needs_the_maker_s_revert_and_the_device_online(
     assert (status, answer["error"]["code"]) == (409, "offline")
     assert gw.ota.active(on_two.id) is None
     # the command line, with the gateway's own token: shown, then started and followed
-    db = tmp_path / "gw.db"
+    db = gw_db
     out = await asyncio.to_thread(permabeta, db, "devices", "offers", on_two.id)
     assert out.returncode == 0, out.stderr
     assert "rollback to the set it ran before" in out.stdout and "thermostat@3" in out.stdout
@@ -249,13 +249,13 @@ async def test_a_rollback_needs_the_maker_s_revert_and_the_device_online(
 
 
 async def test_the_command_line_shows_the_offers_and_records_decisions(
-    say: Say, ota_devices: MakeDevice, tmp_path: Path
+    say: Say, ota_devices: MakeDevice, gw_db: Path | str
 ) -> None:
     gw = say.r.gw
     dev = await online(say, ota_devices())
     await say.call("PATCH", f"/api/v1/devices/{dev.id}/settings", {"policy": "ask"})
     gw.rollouts.create("thermostat@2", f"id={dev.id}", stages=(1.0,), no_revert=True, seed=1)
-    db = tmp_path / "gw.db"
+    db = gw_db
     out = await asyncio.to_thread(permabeta, db, "devices", "offers", dev.id)
     assert out.returncode == 0, out.stderr
     assert "thermostat@2" in out.stdout and "decision: none yet" in out.stdout

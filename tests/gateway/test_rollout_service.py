@@ -117,7 +117,7 @@ async def test_a_failed_revert_is_tried_again_three_times_in_all_then_shown_reve
     keys: Keys,
     make_release: MakeRelease,
     ota_devices: MakeDevice,
-    tmp_path: Path,
+    gw_db: Path | str,
 ) -> None:
     clock = StepClock(T0)
     r = await start_gateway(keys, clock=clock)
@@ -157,7 +157,7 @@ async def test_a_failed_revert_is_tried_again_three_times_in_all_then_shown_reve
     await fails_a_revert()
     # the tries are counted from the store: a gateway started again goes on from 2
     await stop(r)
-    r = await start_gateway(keys, db=tmp_path / "gw.db", clock=clock)
+    r = await start_gateway(keys, db=gw_db, clock=clock)
     await async_wait_for(lambda: r.gw.is_online(dev.id), 10, what="the device seen again")
     await r.gw.rollouts.tick()
     assert tries() == 2
@@ -173,7 +173,7 @@ async def test_a_failed_revert_is_tried_again_three_times_in_all_then_shown_reve
     assert f"1 not reverted after {REVERT_TRIES} tries: {dev.id}" in gave_up[0]["reason"]
     # recorded once, whatever the restarts; and the rollout has nothing left to do
     await stop(r)
-    r = await start_gateway(keys, db=tmp_path / "gw.db", clock=clock)
+    r = await start_gateway(keys, db=gw_db, clock=clock)
     await r.gw.rollouts.tick()
     steps = r.gw.rollouts.stats["steps"]
     await online(r, dev)
@@ -277,7 +277,7 @@ async def test_offers_a_halt_left_pending_when_the_gateway_stopped_are_cancelled
     keys: Keys,
     make_release: MakeRelease,
     ota_devices: MakeDevice,
-    tmp_path: Path,
+    gw_db: Path | str,
     state: str,
     kind: str,
 ) -> None:
@@ -291,9 +291,9 @@ async def test_offers_a_halt_left_pending_when_the_gateway_stopped_are_cancelled
     await ends(r, uid, "downloading")
     # the halt (or abort) is stored, and the gateway stops before it cancels the offers
     await stop(r)
-    with Store(tmp_path / "gw.db") as s:
+    with Store(gw_db) as s:
         RolloutTable(s).change(roll, r.gw.clock.now(), kind, f"{state} by the test", state=state)
-    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, db=gw_db)
     assert await offer_of(dev, uid, "cancel") == {"v": 1, "id": uid, "op": "cancel"}
     done = r.gw.ota.get(uid)
     assert (done.state, done.reason) == ("failed", f"cancelled: rollout {state}")

@@ -162,8 +162,8 @@ def _cli(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
     return permabeta(db, "rollout", *words)
 
 
-async def test_the_cli_creates_lists_and_shows_a_rollout(api: Api, tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
+async def test_the_cli_creates_lists_and_shows_a_rollout(api: Api, gw_db: Path | str) -> None:
+    db = gw_db
     out = await asyncio.to_thread(
         _cli,
         db,

@@ -104,11 +104,11 @@ def _cli(db: Path, *words: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_devices_set_and_show_through_the_running_gateway(
-    start_gateway: StartGateway, tmp_path: Path
+    start_gateway: StartGateway, gw_db: Path | str
 ) -> None:
     r = await start_gateway()
     _register(r, "th-1", "th-2")
-    db = tmp_path / "gw.db"
+    db = gw_db
     out = await asyncio.to_thread(
         _cli, db, "set", "th-1", "--channel", "beta", "--tag", "lab", "--tag", "kitchen", "--policy", "ask"
     )
@@ -159,12 +159,12 @@ async def test_the_settings_api_refuses_what_is_not_a_setting(start_gateway: Sta
 
 
 async def test_an_owner_approves_a_release_of_the_device_s_model(
-    start_gateway: StartGateway, tmp_path: Path, release: Release, keys: Keys
+    start_gateway: StartGateway, gw_db: Path | str, release: Release, keys: Keys
 ) -> None:
     r = await start_gateway(keys)
     _register(r, "th-1")
     stored, _ = r.gw.ota.releases.add(release.path, 1.0)
-    db = tmp_path / "gw.db"
+    db = gw_db
     out = await asyncio.to_thread(_cli, db, "approve", "th-1", stored.ref)
     assert out.returncode == 0, out.stderr
     d = DecisionTable(r.store).get("th-1", stored.id)  # an approval is the owner's decision now

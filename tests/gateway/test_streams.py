@@ -332,7 +332,7 @@ async def test_the_command_line_sets_a_stream_s_own_period_and_shows_each_stream
     _rows(r.store, "th-1", [1])
 
     async def cli(*words: str) -> Any:
-        return await asyncio.to_thread(permabeta, r.store.path, "devices", "streams", "th-1", *words)
+        return await asyncio.to_thread(permabeta, r.store.where, "devices", "streams", "th-1", *words)
 
     done = await cli("--retention-days", "30", "--retention", "sensors.humidity=2",
                      "--retention", "actuators.relay=forever")  # fmt: skip

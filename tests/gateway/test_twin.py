@@ -221,7 +221,7 @@ async def test_the_api_computes_a_preview_in_the_background_and_caches_it(
             listed = await resp.json()
         assert [(p["release"]["ref"], p["state"]) for p in listed] == [("thermostat@5", "ready")]
         # the command line prints both runs side by side
-        out = await asyncio.to_thread(permabeta, r.store.path, "devices", "preview", "th-1", "thermostat@5")
+        out = await asyncio.to_thread(permabeta, r.store.where, "devices", "preview", "th-1", "thermostat@5")
         assert out.returncode == 0, out.stderr
         assert "now (factory)" in out.stdout and "with thermostat@5" in out.stdout
         assert "heater cost (price x kWh)" in out.stdout
@@ -439,7 +439,7 @@ async def test_the_api_and_the_command_line_name_the_stream_kept_back_and_sharin
         assert answer["state"] == "insufficient"
         assert answer["reason"].startswith("sensors.temperature is kept on the device by the owner's choice")
         assert [w["stream"] for w in answer["withheld"]] == ["sensors.temperature"]
-        out = await asyncio.to_thread(permabeta, r.store.path, "devices", "preview", "th-1", "thermostat@5")
+        out = await asyncio.to_thread(permabeta, r.store.where, "devices", "preview", "th-1", "thermostat@5")
         assert out.returncode == 1
         assert "no numbers: the twin lacks what the device keeps back:" in out.stdout
         assert "the room's temperature, the twin of the room is fitted to it" in out.stdout

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -168,7 +169,11 @@ async def test_an_offer_lost_in_a_reset_is_sent_again_when_the_device_reconnects
 
 
 async def test_a_stale_retained_status_does_not_touch_a_newer_update(
-    start_gateway: StartGateway, keys: Keys, make_release: MakeRelease, ota_devices: MakeDevice, tmp_path: Any
+    start_gateway: StartGateway,
+    keys: Keys,
+    make_release: MakeRelease,
+    ota_devices: MakeDevice,
+    gw_db: Path | str,
 ) -> None:
     r = await start_gateway(keys)
     dev = await registered(r, ota_devices())
@@ -180,7 +185,7 @@ async def test_a_stale_retained_status_does_not_touch_a_newer_update(
     second = await r.gw.ota.start(dev.id, "thermostat@3")
     # the gateway restarts: the broker hands it the retained status of the first update
     await stop(r)
-    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, db=gw_db)
     await async_wait_for(lambda: r.gw.ota.stats["statuses"] >= 1, 5, what="the retained status replayed")
     now = r.gw.ota.get(second.id)
     assert now.state == "offered" and not now.ended and r.gw.ota.active(dev.id) == now
@@ -270,9 +275,9 @@ async def test_a_deferred_device_that_comes_back_gets_the_statement_renewed_whil
 
 @pytest.mark.long
 async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_after_it_goes_on(
-    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, gw_db: Path | str
 ) -> None:
-    r = await start_gateway(keys, deadline=1.0, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, deadline=1.0, db=gw_db)
     dev = await registered(r, ota_devices())
     await published(r, release)
     u = await r.gw.ota.start(dev.id, "thermostat@2")
@@ -285,7 +290,7 @@ async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_afte
     assert r.gw.ota.stats["failed"] == 0
     # a restarted gateway knows it is deferred, and still does not time it out
     await stop(r)
-    r = await start_gateway(keys, deadline=1.0, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, deadline=1.0, db=gw_db)
     await asyncio.sleep(1.5)
     assert r.gw.ota.get(u.id).state == "deferred"
     steps = [s["state"] for s in r.gw.ota.table.steps(u.id)]
@@ -300,7 +305,7 @@ async def test_a_deferred_update_waits_past_its_deadline_and_times_out_only_afte
 
 
 async def test_a_restarted_gateway_goes_on_serving_an_update(
-    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, tmp_path: Any
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, gw_db: Path | str
 ) -> None:
     r = await start_gateway(keys)
     dev = await registered(r, ota_devices())
@@ -309,7 +314,7 @@ async def test_a_restarted_gateway_goes_on_serving_an_update(
     offer = await asyncio.to_thread(dev.offer)
     await asyncio.to_thread(dev.fetch, u.id, "manifest", offer["size"], offer["manifest"])
     await stop(r)
-    r = await start_gateway(keys, db=tmp_path / "gw.db")
+    r = await start_gateway(keys, db=gw_db)
     f = release.files[0]
     assert await asyncio.to_thread(dev.fetch, u.id, f.zsha256, f.zsize, f.zsha256)
     await async_wait_for(lambda: r.gw.ota.get(u.id).served == len(release.manifest) + f.zsize, 5)
@@ -400,7 +405,7 @@ async def test_a_revoked_device_s_update_ends_and_it_is_offered_nothing_forced_o
     assert offer["id"] == again.id and "op" not in offer  # (an offer, not a cancel)
 
 
-async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path: Any) -> None:
+async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(gw_db: Path | str) -> None:
     # aiomqtt waits for a publish with asyncio.wait_for, which on Python 3.11
     # swallows a cancel that comes as the wait ends; the sender, a loop, must
     # stop all the same (it once kept a stopping gateway waiting for ever)
@@ -413,7 +418,7 @@ async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(tmp_path:
             with contextlib.suppress(asyncio.CancelledError if self.swallow else ()):
                 await asyncio.sleep(10)
 
-    gw = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(tmp_path / "gw.db"), api=None)
+    gw = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(gw_db), api=None)
     client = Swallowing()
     gw._client = client  # type: ignore[assignment]  # the session's slot
     for _ in range(3):

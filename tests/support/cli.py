@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def permabeta(db: Path, *words: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def permabeta(db: Path | str, *words: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`permabeta WORDS... --db DB`, its output captured, stdin its standard input."""
     return run_cli(*words, "--db", str(db), stdin=stdin)
 
