@@ -97,11 +97,22 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def make_app(gw: Gateway, token: str) -> web.Application:
-    """The API of gw; token: the gateway's own (gateway/api_accounts.py)."""
+def make_app(gw: Gateway, token: str, cert: Path | None = None) -> web.Application:
+    """The API of gw; token: the gateway's own (gateway/api_accounts.py);
+    cert: its certificate, which the workers of a pool share."""
     from .api_accounts import auth_middleware
 
-    app = web.Application(middlewares=[_errors, auth_middleware(gw, token)], client_max_size=MAX_BODY)
+    middlewares: list[Any] = [_errors]
+    cleanup = None
+    if gw is not None and gw.pool.pooled:  # (None: the routes alone, as the API's description reads them)
+        from .api_pool import pool_middleware
+
+        passing, cleanup = pool_middleware(gw, cert)
+        middlewares.append(passing)
+    middlewares.append(auth_middleware(gw, token))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+    if cleanup is not None:
+        app.on_cleanup.append(cleanup)
     app[GATEWAY] = gw
     app.add_routes(
         [
@@ -454,8 +465,9 @@ async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None =
     a fresh token and, with cert, what the CLI needs to trust it."""
     from .tls import url_host
 
-    token = secrets.token_urlsafe(24)
-    runner = web.AppRunner(make_app(gw, token), access_log=None)
+    # (the workers of a pool answer to one token: a request passed on to the leader keeps its own)
+    token = gw.pool.token() if gw.pool.pooled else secrets.token_urlsafe(24)
+    runner = web.AppRunner(make_app(gw, token, cert.cert if cert else None), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=cert.context if cert else None)
     try:
@@ -464,13 +476,15 @@ async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None =
         await runner.cleanup()
         raise GatewayError(f"API cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound: Any = runner.addresses[0]
-    gw.api_url = f"{'https' if cert else 'http'}://{url_host(host)}:{bound[1]}"
+    gw.api_url = gw.pool.api = f"{'https' if cert else 'http'}://{url_host(host)}:{bound[1]}"
     info: dict[str, Any] = {"url": gw.api_url, "token": token, "pid": os.getpid()}
     if cert is not None:
         info |= {"cert": str(cert.cert.resolve()), "fingerprint": cert.fingerprint}
     gw.store.set_meta("api", json.dumps(info))
+    gw.pool.api_info = json.dumps(info)
     try:
         await asyncio.Event().wait()
     finally:
-        gw.store.delete_meta("api")
+        if not gw.pool.pooled or gw.pool.api_is_mine():
+            gw.store.delete_meta("api")
         await runner.cleanup()

@@ -20,9 +20,11 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from firmware.pb.ids import valid_id
 
 from .broker import (
     GATEWAY_USER,
@@ -40,6 +42,13 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 SECRET_FILES = {GATEWAY_USER: "gateway.password", HA_USER: "homeassistant.password"}
+# the account of the worker NAME of a pool of gateways (gateway/pool.py), with the gateway's
+# rights: a '.' is in no device id, so none can be a device's
+WORKER_PREFIX = f"{GATEWAY_USER}."
+
+
+def worker_user(name: str) -> str:
+    return WORKER_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,12 @@ class FleetBroker:
     devices: int  # let in
     revoked: int
     tls: TlsListener | None = None  # its TLS listener, on host too
+    workers: dict[str, str] = field(default_factory=dict)  # a pool's worker -> its account's password
 
 
 def _secret(directory: Path, user: str, create: bool) -> str | None:
     """The account's password, kept in the folder (0600), made the first time."""
-    path = directory / SECRET_FILES[user]
+    path = directory / SECRET_FILES.get(user, f"{user}.password")
     if path.exists():
         return path.read_text().strip()
     if not create:
@@ -77,11 +87,16 @@ def write(
     run_as: str | None = None,
     extra: str = "",
     tls: TlsListener | None = None,
+    workers: Sequence[str] = (),
 ) -> FleetBroker:
     """Write the fleet's broker configuration into directory (made if
     missing; the accounts' passwords it holds are kept from one writing to
     the next). tls: a TLS listener beside the plain one (gateway/ca.py
-    tls_listener). Raises ConfigError."""
+    tls_listener); workers: the names of a pool's workers, an account each
+    (gateway.NAME) with the gateway's rights. Raises ConfigError."""
+    for name in workers:
+        if not valid_id(name):
+            raise ConfigError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'), not {name!r}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
@@ -91,6 +106,8 @@ def write(
     ha = _secret(directory, HA_USER, homeassistant)
     assert gw is not None
     users = {GATEWAY_USER: gw} | ({HA_USER: ha} if ha else {})
+    pool = {name: _secret(directory, worker_user(name), True) or "" for name in dict.fromkeys(workers)}
+    users |= {worker_user(name): password for name, password in pool.items()}
     files = mosquitto_config(
         directory,
         port,
@@ -105,15 +122,16 @@ def write(
     registered = Registry(store).all()
     refresh(files, registered, accounts)
     revoked = sum(r.revoked is not None for r in registered)
-    return FleetBroker(files, host, port, gw, ha, len(registered) - revoked, revoked, tls)
+    return FleetBroker(files, host, port, gw, ha, len(registered) - revoked, revoked, tls, pool)
 
 
 def _accounts(files: MosquittoFiles) -> dict[str, str]:
-    """The broker's own accounts' lines of the password file (the gateway's, Home Assistant's)."""
+    """The broker's own accounts' lines of the password file (the gateway's,
+    its pool's workers', Home Assistant's)."""
     out = {}
     for line in files.passwords.read_text().splitlines():
         user = line.split(":", 1)[0]
-        if user in SECRET_FILES:
+        if user in SECRET_FILES or user.startswith(WORKER_PREFIX):
             out[user] = line
     return out
 
@@ -124,7 +142,10 @@ def refresh(files: MosquittoFiles, registered: list[Registered], accounts: dict[
     lines = list(accounts.values())
     lines += [f"{r.device}:{r.password_hash}" for r in registered if r.revoked is None]
     _replace(files.passwords, "\n".join(lines) + "\n")
-    acl = acl_text(homeassistant=HA_USER if HA_USER in accounts else None)
+    acl = acl_text(
+        operators=[u for u in accounts if u.startswith(WORKER_PREFIX)],
+        homeassistant=HA_USER if HA_USER in accounts else None,
+    )
     # (a user's own lines are read before the patterns: a deny here wins over pb/%u/...)
     deny = [f"user {r.device}\ntopic deny #\n" for r in registered if r.revoked is not None]
     _replace(files.acl, "\n".join(deny) + ("\n" if deny else "") + acl)

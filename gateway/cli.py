@@ -134,10 +134,17 @@ async def _run_gateway(args: argparse.Namespace) -> None:
         keys = _gateway_keys(Path(args.keys)) if args.keys else None
         tls_context = _broker_tls(args, broker)
         store = stack.enter_context(Store(db_of(args)))
+        pool = None
+        if args.worker:
+            from .pool import Pool
+
+            pool = Pool(store, args.worker)
         gw = Gateway(
             broker,
             store,
-            client_id=args.client_id,
+            pool=pool,
+            # (each worker of a pool its own session at the broker)
+            client_id=f"{args.client_id}-{args.worker}" if args.worker else args.client_id,
             tls_context=tls_context,
             api=args.api,
             api_tls=_api_tls(args),
@@ -560,7 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", metavar="FILE", help="the API's certificate, PEM (default: one made at first start)"
     )
     run.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert, PEM")
-    run.add_argument("--client-id", default="pb-gateway", help="MQTT client id")
+    run.add_argument("--client-id", default="pb-gateway", help="MQTT client id (a worker's: ID-NAME)")
+    run.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="run as the worker NAME of a pool sharing the database and the broker (docs/makers.md)",
+    )
     run.add_argument(
         "--keys",
         metavar="DIR",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .broker import BrokerUrl
-from .broker_config import BrokerRunner, FleetBroker, write
+from .broker_config import BrokerRunner, FleetBroker, worker_user, write
 from .ca import DEFAULT_HOSTS, CaFiles, cert_hosts, check_hosts, create_ca, server_cert, tls_listener
 from .errors import ConfigError
 from .paths import db_of
@@ -22,7 +22,8 @@ def _write(args: argparse.Namespace, store: Store) -> FleetBroker:
     if (args.tls is None) != (args.ca is None):
         raise ConfigError("a TLS listener needs both --tls PORT and --ca DIR (the folder `broker ca` wrote)")
     tls = tls_listener(Path(args.ca), args.tls) if args.tls is not None else None
-    return write(Path(args.out), store, host, port, homeassistant=args.homeassistant, tls=tls)
+    ha, workers = args.homeassistant, args.worker or ()
+    return write(Path(args.out), store, host, port, homeassistant=ha, tls=tls, workers=workers)
 
 
 def _told(fleet: FleetBroker, db: str) -> None:
@@ -34,6 +35,10 @@ def _told(fleet: FleetBroker, db: str) -> None:
     host = "127.0.0.1" if fleet.host in ("0.0.0.0", "::") else fleet.host
     url = BrokerUrl(host, fleet.port, username="gateway", password=fleet.gateway_password)
     print(f"  the gateway: permabeta gateway run --db {db} --broker '{url.url(secret=True)}'")
+    for name, password in fleet.workers.items():
+        worker = BrokerUrl(host, fleet.port, username=worker_user(name), password=password)
+        print(f"  its worker {name}: permabeta gateway run --db {db} --worker {name} --api HOST:PORT", end="")
+        print(f" --broker '{worker.url(secret=True)}'")
     if fleet.tls is not None:
         # (a name its certificate holds: the gateway checks it; this machine's where it may)
         names = cert_hosts(Path(fleet.tls.certfile))
@@ -131,6 +136,12 @@ def register(sub: Any) -> None:
             help="default 0.0.0.0:1883",
         )
         p.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
+        p.add_argument(
+            "--worker",
+            action="append",
+            metavar="NAME",
+            help="an account for the worker NAME of a pool of gateways (gateway.NAME); may be repeated",
+        )
         p.add_argument("--tls", type=int, metavar="PORT", help="a TLS listener on PORT too (8883), with --ca")
         p.add_argument(
             "--ca",

@@ -35,5 +35,19 @@ def db_of(args: object) -> Path | str:
 
 
 def db_exists(db: Path | str) -> bool:
-    """Whether there is a database there to open (a URL: say so, and opening it tells)."""
-    return not isinstance(db, Path) or db.exists()
+    """Whether there is a database there to open: an SQLite file, or a
+    PostgreSQL database that holds tables (an empty one is the file not made
+    yet: the first gateway or command that writes makes its tables; one that
+    cannot be reached is said so by opening it)."""
+    if isinstance(db, Path):
+        return db.exists()
+    from .db import Error, connect
+
+    try:
+        conn = connect(db, readonly=True)
+    except Error:
+        return True
+    try:
+        return bool(conn.tables())
+    finally:
+        conn.close()

@@ -15,7 +15,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from .footprint import forget
 from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
+from .pool import BEAT_S, TTL_S, Pool
 from .registry import Registry
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
@@ -63,6 +64,28 @@ _FLUSH_ROWS = 1000
 # echo back every chunk and offer the gateway itself sends.
 # Home Assistant's commands to the bridge (gateway/ha_bridge.py) besides.
 SUBSCRIPTIONS = ("pb/+/+", "pb/+/ota/req", "pb/+/ota/status", COMMAND_FILTER)
+
+
+def pooled_subscriptions(share: str) -> tuple[str, ...]:
+    """A worker of a pool (gateway/pool.py): telemetry, events and Home
+    Assistant's commands go to one worker of the pool each (share: the
+    pool's shared subscription, `$share/GROUP/`); what a device says of
+    itself and of its update reaches every worker, and the device's owner
+    or the pool's leader acts on it."""
+    return (
+        f"{share}pb/+/telemetry",
+        f"{share}pb/+/event",
+        "pb/+/hello",
+        "pb/+/state",
+        "pb/+/reply",
+        "pb/+/ota/req",
+        "pb/+/ota/status",
+        f"{share}{COMMAND_FILTER}",
+    )
+
+
+LEADER = "leader"  # the lease of what a pool does once: updates, rollouts, time, retention
+_LEADERS = ("ota/req", "ota/status")  # the kinds only the pool's leader acts on
 _MAX_PENDING_STATES = 10000
 INTERNAL = "internal"  # the reason of a valid message the gateway failed to act on
 REVOKED = "revoked"  # the reason of a message from a revoked device (gateway/registry.py)
@@ -132,8 +155,11 @@ class Gateway:
         update_deadline: float = DEFAULT_DEADLINE_S,
         reconcile_delay: float = RECONCILE_S,
         clock: Clock | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
+        self.pool = pool or Pool(store)
+        self.leading = not self.pool.pooled  # (a worker alone leads itself)
         self.broker = broker
         self.store = store
         self.client_id = client_id
@@ -180,7 +206,7 @@ class Gateway:
         )
         self.ota.publish = self.publish
         self.time_sender = TimeSender(
-            keys, lambda: [d for d, v in self._live.items() if v.online], clock=self.clock
+            keys, lambda: [d for d in list(self._live) if self.is_online(d)], clock=self.clock
         )
         self.time_sender.publish = self.publish
         self.rollouts = RolloutService(self)
@@ -202,12 +228,13 @@ class Gateway:
                 tg.create_task(self._flush_loop(), name="gateway-flush")
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
-                tg.create_task(self.ota.watch_loop(), name="gateway-ota-watch")
-                tg.create_task(self.time_sender.loop(), name="gateway-time")
-                tg.create_task(self.rollouts.loop(), name="gateway-rollouts")
+                if self.pool.pooled:
+                    tg.create_task(self._pool_loop(), name="gateway-pool")
+                else:
+                    for name, loop in self._led().items():
+                        tg.create_task(loop(), name=f"gateway-{name}")
                 tg.create_task(self.twin.loop(), name="gateway-twin")
                 tg.create_task(self.new_streams.loop(), name="gateway-new-streams")
-                tg.create_task(retention_loop(self), name="gateway-retention")
                 tg.create_task(self.homeassistant.loop(), name="gateway-homeassistant")
                 for carrier in self.carriers:
                     tg.create_task(carrier.run(), name=f"gateway-{carrier.name}")
@@ -220,7 +247,65 @@ class Gateway:
         finally:
             self.flush()
             self.ota.close()
-            self.store.delete_meta("api")
+            if not self.pool.pooled or self.pool.api_is_mine():
+                self.store.delete_meta("api")
+
+    def _take_devices(self) -> None:
+        """The pool changed: the devices this worker owns now are watched
+        from what the database says of them (their last owner recorded it)."""
+        for record in self.store.devices():
+            if self.pool.owns(record.id):
+                live = self._live.get(record.id)
+                if live is None:
+                    deadline = _deadline(record.keepalive, record.telemetry_s)
+                    live = self._live[record.id] = _Live(record.online, record.last_seen, deadline)
+                live.online = record.online
+                live.last_seen = max(live.last_seen, record.last_seen)
+
+    def _led(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        """What the pool's leader runs, once in the whole pool."""
+        return {
+            "ota-watch": self.ota.watch_loop,
+            "time": self.time_sender.loop,
+            "rollouts": self.rollouts.loop,
+            "retention": lambda: retention_loop(self),
+        }
+
+    async def _pool_loop(self) -> None:
+        """A worker of a pool: say it is alive every BEAT_S, and run what the
+        leader runs while it holds the lease (a worker that lost it stops,
+        one that took it over takes the updates in progress over)."""
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                now = time.time()  # (the pool's clock is the machines', whatever the gateway's says)
+                try:
+                    before = self.pool.members
+                    if self.pool.beat(now) != before:
+                        self._take_devices()
+                    leading = self.pool.holds(LEADER, now)
+                except Exception:
+                    log.exception("could not reach the pool's database: leading nothing meanwhile")
+                    leading = False
+                if leading and not self.leading:
+                    self.ota.take_over(self.reconcile_delay)
+                self.leading = leading
+                for name, loop in self._led().items():
+                    task = running.get(name)
+                    if leading and (task is None or task.done()):
+                        running[name] = asyncio.create_task(loop(), name=f"gateway-{name}")
+                    elif not leading and task is not None:
+                        task.cancel()
+                        del running[name]
+                await asyncio.sleep(BEAT_S)
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            try:
+                self.pool.release()
+            except Exception:
+                log.exception("could not leave the pool cleanly: the others take over in %gs", TTL_S)
 
     async def _mqtt_loop(self) -> None:
         backoff = Backoff()
@@ -241,7 +326,8 @@ class Gateway:
                     # Nagle's delay would cost 40 ms and more each
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                 ) as client:
-                    for pattern in SUBSCRIPTIONS:
+                    pooled = pooled_subscriptions(self.pool.share()) if self.pool.pooled else ()
+                    for pattern in pooled or SUBSCRIPTIONS:
                         await client.subscribe(pattern, qos=1)
                     _raise_if_cancelled()
                     self._client = client
@@ -251,7 +337,8 @@ class Gateway:
                     backoff.reset()
                     # what the devices did while the gateway was away shows in
                     # their retained messages: then updates are squared with it
-                    self.ota.reconcile_soon(self.reconcile_delay)
+                    if self.leading:
+                        self.ota.reconcile_soon(self.reconcile_delay)
                     async for m in client.messages:
                         payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
                         self.handle(m.topic.value, bytes(payload), m.retain)
@@ -315,11 +402,24 @@ class Gateway:
         for dev, live in list(self._live.items()):
             # (the deadline is the network's, in real seconds: the clock may run faster)
             if live.online and now - live.last_seen > live.deadline_s * self.clock.speed:
+                if self.pool.pooled and not self._silent_in_the_pool(dev, live, now):
+                    continue
                 try:
                     self._set_state(dev, False, "silent", now)
                 except Exception:
                     live.online = True  # not recorded: the next check tries again
                     log.exception("could not mark %s offline", dev)
+
+    def _silent_in_the_pool(self, dev: str, live: _Live, now: float) -> bool:
+        """Whether a device this worker of a pool finds silent is silent for
+        the whole pool: only its owner marks it, and the other workers store
+        the share of its telemetry the broker gave them."""
+        if not self.pool.owns(dev):
+            return False
+        record = self.store.device(dev)
+        if record is not None and record.last_seen > live.last_seen:
+            live.last_seen = record.last_seen
+        return now - live.last_seen > live.deadline_s * self.clock.speed
 
     # ---- incoming ----------------------------------------------------------
 
@@ -396,6 +496,14 @@ class Gateway:
     ) -> None:
         dev, msg = a.dev, a.msg
         live = self._live.get(dev)
+        if self.pool.pooled and a.kind not in _NOT_KEPT:
+            # (telemetry and events are the worker's the broker gave them to)
+            if a.kind in _LEADERS:
+                if not self.leading:
+                    return
+            elif not self.pool.owns(dev):
+                self._heard_elsewhere(a, retain, now)
+                return
         if a.kind == "hello":
             before = None if live is None or not live.hello else self.store.device(dev)
             self.store.upsert_hello(dev, msg, now, carrier)
@@ -415,9 +523,8 @@ class Gateway:
                     live.last_seen = now
             live.withheld = frozenset(withheld(msg))
             self.new_streams.on_hello(before, msg)
-            self.ota.on_hello(dev, msg, now)
-            self.time_sender.on_hello(dev, retain)
-            self.rollouts.wake(dev, msg)
+            if self.leading:
+                self._led_hello(dev, msg, retain, now)
             return
         if a.kind == "state":
             if live is None:
@@ -454,6 +561,8 @@ class Gateway:
         elif a.kind == "reply":
             status = "ok" if msg["ok"] else "error"
             if not self.commander.resolve(dev, msg):
+                if self._awaited_elsewhere(msg["id"]):
+                    return  # (the worker of the pool that sent it records it)
                 status = "late"
             self.store.finish_command(msg["id"], status, msg, now)
         elif a.kind == "ota/req":
@@ -465,10 +574,49 @@ class Gateway:
             if msg["kind"].endswith("_error"):
                 log.warning("%s: %s %s: %s", dev, msg["kind"], msg.get("feature") or "", msg.get("message"))
 
+    def _led_hello(self, dev: str, msg: dict[str, Any], retain: bool, now: float) -> None:
+        """What the leader of a pool (a gateway alone leads itself) does at a hello."""
+        self.ota.on_hello(dev, msg, now)
+        self.time_sender.on_hello(dev, retain)
+        self.rollouts.wake(dev, msg)
+
+    def _heard_elsewhere(self, a: Accepted, retain: bool, now: float) -> None:
+        """A worker of a pool hears what a device it does not own says of
+        itself: its owner records it; this one keeps what it needs to take
+        the device's telemetry (its liveness deadline, what it withholds),
+        sends the reply of a command it sent to its waiter, and, leading,
+        acts on the update's side of it."""
+        dev, msg = a.dev, a.msg
+        live = self._live.get(dev)
+        if a.kind == "hello":
+            deadline = _deadline(msg["keepalive"], msg["telemetry_s"])
+            if live is None or not live.hello:
+                live = self._live[dev] = _Live(False, now, deadline)
+            live.deadline_s = deadline
+            live.withheld = frozenset(withheld(msg))
+            if self.leading:
+                self._led_hello(dev, msg, retain, now)
+        elif a.kind == "state":
+            if msg["state"] == "online" and self.leading:
+                self.rollouts.wake(dev)
+                if not retain:
+                    self.ota.on_online(dev)
+        elif a.kind == "reply" and self.commander.resolve(dev, msg):
+            self.store.finish_command(msg["id"], "ok" if msg["ok"] else "error", msg, now)
+
+    def _awaited_elsewhere(self, cmd_id: str) -> bool:
+        """Whether another worker of the pool, alive, sent the command and
+        waits for its reply (a reply reaches every worker)."""
+        if not self.pool.pooled:
+            return False
+        row = self.store.command(cmd_id)
+        worker = row.get("worker") if row is not None and row["status"] == "sent" else None
+        return worker is not None and worker != self.pool.name and worker in self.pool.members
+
     def _apply_state(self, dev: str, msg: dict[str, Any], now: float, retain: bool = True) -> None:
         online = msg["state"] == "online"
         self._set_state(dev, online, msg.get("reason"), now)
-        if online and not retain:
+        if online and not retain and self.leading:
             self.ota.on_online(dev)
 
     def _set_state(self, dev: str, online: bool, reason: str | None, now: float) -> None:
@@ -478,7 +626,7 @@ class Gateway:
             live.last_seen = now
         if self.store.set_state(dev, online, reason, now):
             log.info("%s is %s%s", dev, "online" if online else "offline", f" ({reason})" if reason else "")
-            if online:
+            if online and self.leading:
                 self.rollouts.wake(dev)
             for listener in self.listeners:
                 try:
@@ -598,6 +746,9 @@ class Gateway:
         _raise_if_cancelled()
 
     def is_online(self, dev: str) -> bool:
+        if self.pool.pooled and not self.pool.owns(dev):
+            record = self.store.device(dev)  # (its owner, another worker, records it)
+            return bool(record and record.online)
         live = self._live.get(dev)
         return bool(live and live.online)
 
@@ -619,7 +770,7 @@ class Gateway:
             raise DeviceNotFoundError(f"no device {dev!r}")
         if dev in self._revoked:
             raise DeviceRevokedError(f"device {dev} is revoked (`devices restore {dev}` lets it back)")
-        if not force and not self._live[dev].online:
+        if not force and not self.is_online(dev):
             raise DeviceOfflineError(f"device {dev} is offline")
         cmd_id = self.commander.new_id()
         msg: dict[str, Any] = {"v": proto.VERSION, "id": cmd_id, "op": op}
@@ -627,7 +778,9 @@ class Gateway:
             msg["args"] = args
         payload = proto.encode("cmd", msg)
         fut = self.commander.expect(cmd_id, dev)
-        self.store.add_command(cmd_id, dev, op, args or {}, self.clock.now())
+        self.store.add_command(
+            cmd_id, dev, op, args or {}, self.clock.now(), self.pool.name if self.pool.pooled else None
+        )
         try:
             await self.publish(proto.topic(dev, "cmd"), payload, 1, False)
             async with asyncio.timeout(timeout):

@@ -25,7 +25,7 @@ from .db import Database, Row
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -359,6 +359,23 @@ CREATE TABLE device_registry (
     16: """
 ALTER TABLE device_registry ADD COLUMN link_key TEXT;  -- 64 hex digits; NULL: registered before
 ALTER TABLE devices ADD COLUMN carrier TEXT;           -- mqtt, serial:PORT or ble:ADDRESS
+""",
+    # 17: a pool of gateway workers on one database (gateway/pool.py): who is
+    # alive, and who holds what must be done once
+    17: """
+CREATE TABLE pool_workers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL, pid INTEGER NOT NULL,
+    api TEXT,                       -- its API's URL, once it serves one
+    started REAL NOT NULL,
+    seen REAL NOT NULL              -- when it last said it is alive
+);
+CREATE TABLE pool_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,           -- a pool_workers name
+    expires REAL NOT NULL
+);
+ALTER TABLE commands ADD COLUMN worker TEXT;  -- the worker of a pool that sent it; NULL: alone
 """,
 }
 
@@ -968,10 +985,14 @@ class Store:
 
     # ---- commands ----------------------------------------------------------
 
-    def add_command(self, cmd_id: str, dev: str, op: str, args: dict[str, Any], now: float) -> None:
+    def add_command(
+        self, cmd_id: str, dev: str, op: str, args: dict[str, Any], now: float, worker: str | None = None
+    ) -> None:
+        """A command sent (by the pool's worker `worker`, which waits for its reply)."""
         self.db.execute(
-            "INSERT INTO commands (id, device, op, args, sent, status) VALUES (?, ?, ?, ?, ?, 'sent')",
-            (cmd_id, dev, op, _dumps(args), now),
+            """INSERT INTO commands (id, device, op, args, sent, status, worker)
+               VALUES (?, ?, ?, ?, ?, 'sent', ?)""",
+            (cmd_id, dev, op, _dumps(args), now, worker),
         )
 
     def finish_command(self, cmd_id: str, status: str, reply: dict[str, Any] | None, now: float) -> None:

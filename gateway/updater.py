@@ -472,6 +472,17 @@ class Updater:
         log.info("%s: its hello says update %s is %s", dev, u.id, msg["state"])
         return self.on_status(dev, msg, now)
 
+    def take_over(self, delay: float = RECONCILE_S) -> None:
+        """This gateway now runs the updates of a pool (gateway/pool.py): the
+        updates in progress are the database's, whoever served them until
+        now; what is untaken is offered again once the devices' retained
+        messages are in, and a device resumes its download from what it has."""
+        self._active = {u.device: u for u in self.table.in_progress()}
+        self._streams.clear()
+        self._dirty.clear()
+        self._held.clear()
+        self.reconcile_soon(delay)
+
     def reconcile_soon(self, delay: float = RECONCILE_S) -> None:
         """The gateway has (re)connected to the broker: once the retained
         states, hellos and statuses have come in, reconcile."""

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.clock import Clock
 from gateway.paths import firmware_dir
+from gateway.pool import Pool
 from gateway.service import Gateway
 from gateway.store import Store
 from gateway.tls import ApiTls
@@ -93,8 +94,10 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
-    """start_gateway(keys=None, deadline=900, db=gw_db, clock=None, api=..., api_tls=None): a
-    Gateway running in this test's loop with its API on a free port; stopped after the test."""
+    """start_gateway(keys=None, deadline=900, db=gw_db, clock=None, api=..., api_tls=None,
+    worker=None): a Gateway running in this test's loop with its API on a free port (with
+    worker, as that worker of a pool on db, with a broker account of its own); stopped after
+    the test."""
     running: list[Running] = []
 
     async def start(
@@ -104,6 +107,7 @@ async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterato
         clock: Clock | None = None,
         api: tuple[str, int] = ("127.0.0.1", 0),
         api_tls: ApiTls | None = None,
+        worker: str | None = None,
     ) -> Running:
         store = Store(db or gw_db)
         gw = Gateway(
@@ -115,11 +119,12 @@ async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterato
             keys=keys,
             update_deadline=deadline,
             clock=clock,
+            pool=Pool(store, worker) if worker else None,
         )
         task = asyncio.create_task(gw.run(), name="test-gateway")
         await async_wait_for(lambda: gw.connected.is_set() and gw.api_url, 10, what="gateway up")
         api = json.loads(store.get_meta("api") or "{}")
-        r = Running(gw, store, task, api["url"], api["token"])
+        r = Running(gw, store, task, gw.api_url, api["token"])
         running.append(r)
         return r
 

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.broker import free_port
 from gateway.broker_config import BrokerRunner, write
+from gateway.errors import ConfigError
 from gateway.registry import Registry
 from gateway.store import Store
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 ACCEPTED, BAD_PASSWORD, NOT_AUTHORISED = 0, 4, 5
 
 
-def provision(tmp: Path, db: Path, dev: str, password: str) -> None:
+def provision(tmp: Path, db: Path | str, dev: str, password: str) -> None:
     """`permabeta provision` as a maker runs it, registering the device in db (no gateway runs there)."""
     out = permabeta(
         db,
@@ -51,7 +52,8 @@ def provision(tmp: Path, db: Path, dev: str, password: str) -> None:
         "--source",
     )
     assert out.returncode == 0, out.stderr
-    assert "registered with" in out.stdout and password not in (db.read_bytes().decode("latin-1"))
+    assert "registered with" in out.stdout
+    assert not isinstance(db, Path) or password not in db.read_bytes().decode("latin-1")
 
 
 class Port:
@@ -200,3 +202,43 @@ def _accepts(port: int) -> bool:
         return connack(port, None, None) == NOT_AUTHORISED
     except OSError:
         return False
+
+
+def test_the_workers_of_a_pool_get_accounts_of_their_own_with_the_gateway_s_rights(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    provision(tmp_path, db, "th-1", "pw-one-" + "x" * 12)
+    port = free_port()
+    with Store(db) as store:
+        with pytest.raises(ConfigError, match="device-style id"):
+            write(tmp_path / "broker", store, "127.0.0.1", port, workers=["gw 1"])
+        fleet = write(tmp_path / "broker", store, "127.0.0.1", port, workers=["gw-1", "gw-2"])
+        again = write(tmp_path / "broker", store, "127.0.0.1", port, workers=["gw-1", "gw-2"])
+        runner = BrokerRunner(again, store, say=lambda _: None)
+        runner.start()
+        try:
+            assert again.workers == fleet.workers  # (kept from one writing to the next)
+            one, two = fleet.workers["gw-1"], fleet.workers["gw-2"]
+            assert connack(port, "gateway.gw-1", one) == ACCEPTED
+            assert connack(port, "gateway.gw-1", two) in (BAD_PASSWORD, NOT_AUTHORISED)
+            assert oct((fleet.files.conf.parent / "gateway.gw-1.password").stat().st_mode & 0o777) == "0o600"
+            # the devices registered since keep the workers' accounts in the files rewritten
+            provision(tmp_path, db, "th-2", "pw-two-" + "y" * 12)
+            assert runner.check()  # what `broker run` does within its second
+            assert connack(port, "th-2", "pw-two-" + "y" * 12) == ACCEPTED
+            assert connack(port, "gateway.gw-1", one) == ACCEPTED
+            # the gateway's rights, in the files rewritten too: a device's telemetry reaches it,
+            # its commands the device
+            worker = TestClient(Port(port), "gateway.gw-2", two)
+            device = TestClient(Port(port), "th-1", "pw-one-" + "x" * 12)
+            try:
+                worker.subscribe("pb/+/telemetry")
+                device.subscribe("pb/th-1/cmd")
+                device.publish("pb/th-1/telemetry", b"{}")
+                worker.publish("pb/th-1/cmd", b"{}")
+                assert [m[0] for m in worker.messages(2)] == ["pb/th-1/telemetry"]
+                assert [m[0] for m in device.messages(2)] == ["pb/th-1/cmd"]
+            finally:
+                worker.close()
+                device.close()
+        finally:
+            runner.stop()

@@ -1,0 +1,180 @@
+"""A pool of gateway workers on one database (docs/makers.md, "A pool of
+gateway workers"): each `permabeta gateway run --worker NAME` says it is
+alive in `pool_workers` every BEAT_S, and the workers seen within TTL_S are
+the pool. Each device belongs to one of them, by rendezvous hashing of its
+id over the pool's names: when a worker joins or leaves, only the devices it
+takes or held move. What must happen once in the whole pool (the update
+service, rollouts, retention) is held by a lease in `pool_leases`, renewed
+by its holder and taken over by another worker once it has expired.
+
+A worker alone (no --worker) is a pool of one, which touches neither table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from firmware.pb.ids import valid_id
+
+from .errors import GatewayError
+from .store import Store
+
+log = logging.getLogger("permabeta.gateway.pool")
+
+BEAT_S = 1.0  # how often a worker says it is alive and looks at the others
+TTL_S = 5.0  # a worker not heard of for this long has left the pool; a lease lasts as long
+_TOKEN = "pool_token"  # meta: the API token every worker of the pool answers to
+_GROUP = "pool_share"  # meta: the secret part of the pool's shared subscriptions' group
+
+
+class PoolError(GatewayError):
+    """A worker name that cannot be one."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    host: str
+    pid: int
+    api: str | None  # its API's URL, once it serves one
+    started: float
+    seen: float
+
+
+def _rank(worker: str, dev: str) -> bytes:
+    return hashlib.sha256(f"{worker}\0{dev}".encode()).digest()
+
+
+def owner_of(dev: str, workers: list[str]) -> str:
+    """The worker dev belongs to, of the pool's names (rendezvous hashing)."""
+    return max(workers, key=lambda w: _rank(w, dev))
+
+
+class Pool:
+    """This worker's view of the pool. `beat(now)` keeps it current: call it
+    every BEAT_S (Gateway runs it)."""
+
+    def __init__(self, store: Store, name: str | None = None, ttl_s: float = TTL_S) -> None:
+        if name is not None and not valid_id(name):
+            raise PoolError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'; 1-32), not {name!r}")
+        self.store = store
+        self.name = name or "gateway"
+        self.pooled = name is not None
+        self.ttl_s = ttl_s
+        self.members: list[str] = [self.name]
+        self.api: str | None = None
+        self.api_info: str | None = None  # what the command line finds the API by (meta `api`)
+        self._started: float | None = None
+        self._held: set[str] = set()  # the leases this worker holds, as of its last beat
+
+    def beat(self, now: float) -> list[str]:
+        """Say this worker is alive, and read who else is: the pool's names,
+        sorted. A worker alone owns every device and holds every lease."""
+        if not self.pooled:
+            return self.members
+        if self._started is None:
+            self._started = now
+        db = self.store.db
+        db.execute(
+            """INSERT INTO pool_workers (name, host, pid, api, started, seen) VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+                   api = excluded.api, seen = excluded.seen""",
+            (self.name, socket.gethostname(), os.getpid(), self.api, self._started, now),
+        )
+        rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
+        alive = {str(r[0]): r[1] for r in rows.fetchall()}
+        members = sorted({*alive, self.name})  # (a clock stepped back: it is here all the same)
+        if self.api_info is not None:
+            raw = self.store.get_meta("api")
+            if raw is None or json.loads(raw).get("url") not in alive.values():
+                # (the worker the command line went to has stopped, or was killed: it comes here)
+                self.store.set_meta("api", self.api_info)
+        if members != self.members:
+            log.info("the pool is now %s", ", ".join(members))
+        self.members = members
+        return members
+
+    def owns(self, dev: str) -> bool:
+        """Whether dev's messages that must be handled once are this worker's."""
+        return not self.pooled or owner_of(dev, self.members) == self.name
+
+    def holds(self, lease: str, now: float) -> bool:
+        """Take or renew the lease named `lease` for TTL_S: True while this
+        worker holds it. It is taken from its holder only once it expired."""
+        if not self.pooled:
+            return True
+        db = self.store.db
+        expires = now + self.ttl_s
+        taken = db.execute(
+            """UPDATE pool_leases SET holder = ?, expires = ?
+               WHERE name = ? AND (holder = ? OR expires <= ?)""",
+            (self.name, expires, lease, self.name, now),
+        ).rowcount
+        if not taken:
+            taken = db.execute(
+                """INSERT INTO pool_leases (name, holder, expires) VALUES (?, ?, ?)
+                   ON CONFLICT (name) DO NOTHING""",
+                (lease, self.name, expires),
+            ).rowcount
+        held = bool(taken)
+        if held != (lease in self._held):
+            log.info("%s %s the lease %r", self.name, "holds" if held else "no longer holds", lease)
+            (self._held.add if held else self._held.discard)(lease)
+        return held
+
+    def release(self) -> None:
+        """Leave the pool at once (a worker stopping): its leases and devices
+        go to the others at their next beat, not after TTL_S."""
+        if not self.pooled:
+            return
+        self.store.db.execute("DELETE FROM pool_leases WHERE holder = ?", (self.name,))
+        self.store.db.execute("DELETE FROM pool_workers WHERE name = ?", (self.name,))
+        self._held.clear()
+
+    def token(self) -> str:
+        """The API token of the pool's workers (the gateway's own, which the
+        command line uses): made by the first worker, kept in meta."""
+        self.store.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (_TOKEN, secrets.token_urlsafe(24)),
+        )
+        token = self.store.get_meta(_TOKEN)
+        assert token is not None
+        return token
+
+    def share(self) -> str:
+        """The prefix of the pool's shared subscriptions, `$share/GROUP/`.
+        Mosquitto lets any client subscribe to any filter and checks its ACL
+        only when it delivers a message: a device that joined the group
+        would be given its share of the fleet's telemetry, then be refused
+        it, and the gateway would never see it. So the group's name is a
+        secret of the pool, 128 random bits kept in the database."""
+        self.store.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (_GROUP, "pb-" + secrets.token_hex(16)),
+        )
+        group = self.store.get_meta(_GROUP)
+        assert group is not None
+        return f"$share/{group}/"
+
+    def api_is_mine(self) -> bool:
+        """Whether the API the command line finds (meta `api`) is this worker's."""
+        raw = self.store.get_meta("api")
+        return raw is not None and self.api is not None and json.loads(raw).get("url") == self.api
+
+    def workers(self) -> list[Worker]:
+        """Every worker the database has heard of, the silent ones too."""
+        rows = self.store.db.execute(
+            "SELECT name, host, pid, api, started, seen FROM pool_workers ORDER BY name"
+        ).fetchall()
+        return [Worker(str(r[0]), str(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])) for r in rows]
+
+    def leases(self) -> dict[str, tuple[str, float]]:
+        rows = self.store.db.execute("SELECT name, holder, expires FROM pool_leases ORDER BY name").fetchall()
+        return {str(r[0]): (str(r[1]), float(r[2])) for r in rows}

@@ -1,0 +1,107 @@
+"""A pool of gateway workers on one database: who is in it, which devices
+each one owns, and the leases of what must happen once (gateway/pool.py),
+on both engines."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from gateway.pool import TTL_S, Pool, PoolError, owner_of
+from gateway.store import Store
+
+from ..conftest import DbAt
+
+T0 = 1_795_400_000.0
+DEVICES = [f"th-{i}" for i in range(600)]
+
+
+def test_each_device_has_one_owner_and_a_worker_joining_takes_only_its_share(db_at: DbAt) -> None:
+    with Store(db_at()) as s1, Store(db_at()) as s2, Store(db_at()) as s3:
+        a, b, c = Pool(s1, "gw-a"), Pool(s2, "gw-b"), Pool(s3, "gw-c")
+        a.beat(T0)
+        b.beat(T0)
+        assert a.beat(T0 + 0.5) == b.beat(T0 + 0.5) == ["gw-a", "gw-b"]
+        before = {d: [p.owns(d) for p in (a, b)] for d in DEVICES}
+        assert all(sum(owners) == 1 for owners in before.values())
+        assert 200 < sum(owners[0] for owners in before.values()) < 400  # (about half each)
+        # a third joins: it takes about a third, from both, and nothing else moves
+        for p in (c, a, b):
+            p.beat(T0 + 1)
+        after = {d: [p.owns(d) for p in (a, b, c)] for d in DEVICES}
+        assert all(sum(owners) == 1 for owners in after.values())
+        moved = [d for d in DEVICES if after[d][:2] != before[d]]
+        assert all(after[d][2] for d in moved) and 120 < len(moved) < 280
+        assert {d for d in DEVICES if after[d][2]} == set(moved)
+
+
+def test_a_silent_worker_leaves_the_pool_and_its_devices_go_to_the_others(db_at: DbAt) -> None:
+    with Store(db_at()) as s1, Store(db_at()) as s2:
+        a, b = Pool(s1, "gw-a"), Pool(s2, "gw-b")
+        a.beat(T0)
+        b.beat(T0)
+        a.beat(T0)
+        assert not all(a.owns(d) for d in DEVICES)
+        # b is killed: a hears nothing of it for TTL_S, and owns every device
+        assert a.beat(T0 + TTL_S - 0.1) == ["gw-a", "gw-b"]
+        assert a.beat(T0 + TTL_S + 0.1) == ["gw-a"]
+        assert all(a.owns(d) for d in DEVICES)
+        # it comes back under its name: its share is its own again
+        b.beat(T0 + 10)
+        a.beat(T0 + 10)
+        theirs = [d for d in DEVICES if owner_of(d, ["gw-a", "gw-b"]) == "gw-b"]
+        assert [d for d in DEVICES if b.owns(d)] == theirs
+        assert {w.name for w in a.workers()} == {"gw-a", "gw-b"}
+
+
+def test_a_lease_is_held_by_one_worker_renewed_by_it_and_taken_over_when_it_expires(db_at: DbAt) -> None:
+    with Store(db_at()) as s1, Store(db_at()) as s2:
+        a, b = Pool(s1, "gw-a"), Pool(s2, "gw-b")
+        assert a.holds("updates", T0) and not b.holds("updates", T0 + 1)
+        assert a.holds("updates", T0 + 3)  # renewed: until T0 + 3 + TTL_S
+        assert not b.holds("updates", T0 + TTL_S + 1)
+        assert a.holds("rollouts", T0 + 4) and a.leases()["rollouts"] == ("gw-a", T0 + 4 + TTL_S)
+        # a stops renewing (killed): b takes both once they expired, and a knows it lost them
+        assert b.holds("updates", T0 + 3 + TTL_S) and b.holds("rollouts", T0 + 4 + TTL_S)
+        assert not a.holds("updates", T0 + 3 + TTL_S + 0.5)
+        assert b.leases() == {
+            "updates": ("gw-b", T0 + 3 + 2 * TTL_S),
+            "rollouts": ("gw-b", T0 + 4 + 2 * TTL_S),
+        }
+        # a worker that stops cleanly hands over at once
+        b.beat(T0 + 10)
+        b.release()
+        assert a.holds("updates", T0 + 10.1) and [w.name for w in a.workers()] == []
+
+
+def test_an_expired_lease_raced_for_by_four_workers_goes_to_one(db_at: DbAt) -> None:
+    at = db_at()
+    with Store(at) as s:
+        assert Pool(s, "gw-old").holds("rollouts", T0)
+
+    def race(i: int) -> list[bool]:
+        with Store(at) as s:  # (a worker of its own, on its own connection)
+            pool = Pool(s, f"gw-{i}")
+            return [pool.holds(f"lease-{n}", T0 + TTL_S + n) for n in range(30)] + [
+                pool.holds("rollouts", T0 + TTL_S + 1)
+            ]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        held = list(pool.map(race, range(4)))
+    for n in range(31):
+        assert sum(mine[n] for mine in held) == 1, n
+
+
+def test_a_worker_alone_owns_everything_and_writes_nothing(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
+        alone = Pool(s)
+        assert alone.beat(T0) == ["gateway"] and alone.owns("th-1") and alone.holds("updates", T0)
+        alone.release()
+        assert alone.workers() == [] and alone.leases() == {}
+
+
+@pytest.mark.parametrize("name", ["", "GW", "gw/1", "gw 1", "x" * 33, "$share"])
+def test_a_worker_s_name_is_an_id(db_at: DbAt, name: str) -> None:
+    with Store(db_at()) as s, pytest.raises(PoolError):
+        Pool(s, name)

@@ -1,0 +1,218 @@
+"""Two gateway workers of a pool on one database and one Mosquitto, each with
+a broker account of its own (gateway/pool.py): the fleet's telemetry is split
+between them and stored once, each device has one owner, a command's reply
+finds the worker that waits for it, a request that changes something reaches
+the leader through either worker's API, and a worker killed mid-flight loses
+nothing: the other takes its devices and the updates over within seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.accounts import Accounts
+from gateway.pool import TTL_S
+from gateway.service import Gateway
+from ota.keys import Keys
+from ota.release import Release
+
+from ..support.ota import OtaDevice
+from ..support.wait import async_wait_for
+from .conftest import Running, StartGateway, stop
+
+MakeDevice = Callable[..., OtaDevice]
+PASSWORD = "a maker's long password"
+
+
+def answering(dev: OtaDevice) -> OtaDevice:
+    """dev answers every command it is sent with ok (on its one connection:
+    the broker binds a client id to its user name)."""
+    client = dev.client
+    client.subscribe(f"pb/{dev.id}/cmd", qos=1)
+
+    def on_message(c: Any, u: Any, m: Any) -> None:
+        if m.topic.endswith("/cmd"):
+            cmd = json.loads(m.payload)
+            reply = {"v": 1, "dev": dev.id, "id": cmd["id"], "ok": True, "result": {"op": cmd["op"]}}
+            c.publish(f"pb/{dev.id}/reply", json.dumps(reply), qos=1)
+        else:
+            client.received.put((m.topic, m.payload, m.retain))
+
+    client.c.on_message = on_message
+    return dev
+
+
+def telemetry(dev: str, seq: int) -> str:
+    msg = {"v": 1, "dev": dev, "seq": seq, "ts": time.time(), "sensors": {"temperature": 20.0 + seq}}
+    return json.dumps(msg | {"actuators": {}, "features": {}})
+
+
+async def pool_of_two(start_gateway: StartGateway, keys: Keys) -> tuple[Running, Running]:
+    a = await start_gateway(keys, worker="gw-a")
+    b = await start_gateway(keys, worker="gw-b")
+    await async_wait_for(
+        lambda: a.gw.pool.members == b.gw.pool.members == ["gw-a", "gw-b"] and a.gw.leading != b.gw.leading,
+        10,
+        what="a pool of two with one leader",
+    )
+    return a, b
+
+
+async def call(r: Running, path: str, body: dict[str, Any], status: int) -> dict[str, Any]:
+    """POST body to path of r's API, with the gateway's token; the answer, of that status."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{r.url}{path}", json=body, headers={"Authorization": f"Bearer {r.token}"}) as answer,
+    ):
+        got: dict[str, Any] = await answer.json()
+        assert answer.status == status, got
+        return got
+
+
+async def update_to_commit(lead: Running, dev: OtaDevice, release: Release, via: Running) -> str:
+    """An update of dev asked through the API of `via`, driven to committed as the device does."""
+    uid = str((await call(via, f"/api/v1/devices/{dev.id}/update", {"release": "thermostat@2"}, 201))["id"])
+    offer = await asyncio.to_thread(dev.offer)
+    assert offer["id"] == uid
+    objs = [("manifest", offer["size"], offer["manifest"])]
+    objs += [(f.zsha256, f.zsize, f.zsha256) for f in release.files]
+    await asyncio.to_thread(dev.stream, uid, objs)
+    for state in ("offered", "downloading", "staged", "verified", "activating", "trial", "committed"):
+        dev.status(uid, state, counter=2)
+    table = lead.gw.ota.table
+    await async_wait_for(lambda: (u := table.get(uid)) is not None and u.ended, 10, what="committed")
+    done = table.get(uid)
+    assert done is not None and done.state == "committed", done
+    return uid
+
+
+def leader(*rs: Running) -> Running:
+    (lead,) = [r for r in rs if r.gw.leading]
+    return lead
+
+
+async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice
+) -> None:
+    a, b = await pool_of_two(start_gateway, keys)
+    store = a.store
+    for r in (a, b):
+        r.gw.ota.releases.add(release.path, time.time())
+    devices = [answering(ota_devices()) for _ in range(8)]
+    for d in devices:
+        await asyncio.to_thread(d.hello)
+    ids = [d.id for d in devices]
+    await async_wait_for(
+        lambda: all((rec := store.device(i)) is not None and rec.online for i in ids), 10, what="online"
+    )
+    # each device has one owner, and both own some
+    owners = {d.id: [r.gw.pool.owns(d.id) for r in (a, b)] for d in devices}
+    assert all(sum(o) == 1 for o in owners.values()), owners
+    # one boot each: only the owner records a hello
+    # (the session's broker replays the retained hellos of other tests' devices too: ours are counted)
+    boots = store.db.execute("SELECT device, count(*) FROM device_boots GROUP BY device").fetchall()
+    assert sorted((str(x[0]), int(x[1])) for x in boots if x[0] in ids) == sorted((i, 1) for i in ids)
+
+    # a device that joins what a pool's shared subscription could be called takes nothing
+    # (Mosquitto would deliver it a share, then refuse it by its ACL: the pool's group is secret)
+    thief = ota_devices()
+    for share in ("$share/permabeta/", "$share/gateway/", "$share/pb/", "$share/pool/", ""):
+        thief.client.subscribe(f"{share}pb/+/telemetry", qos=1)
+        thief.client.subscribe(f"{share}pb/+/event", qos=1)
+    # telemetry: each message to one worker, stored once; both take a share
+    for seq in range(1, 11):
+        for d in devices:
+            d.client.publish(d.topic("telemetry"), telemetry(d.id, seq), qos=1)
+    stored = [(a.gw.counters["stored"], b.gw.counters["stored"])]
+
+    def rows() -> int:
+        return sum(store.telemetry_count(i) for i in ids)
+
+    await async_wait_for(lambda: rows() == 80, 10, what="80 rows")
+    await asyncio.sleep(0.6)  # (a flush more: nothing stored twice)
+    assert rows() == 80
+    took = [r.gw.counters["stored"] - n for r, n in zip((a, b), stored[0], strict=True)]
+    assert min(took) > 0 and sum(took) == 80, took
+    assert thief.client.messages(0.2) == []
+
+    # a command from either worker, to a device either owns: its reply finds the sender
+    for r in (a, b):
+        for d in devices[:3]:
+            reply = await r.gw.send_command(d.id, "ping", timeout=5)
+            assert reply["ok"] and reply["result"] == {"op": "ping"}
+    sent = store.db.execute("SELECT worker, status FROM commands").fetchall()
+    assert sorted((str(w), str(s)) for w, s in sent) == [("gw-a", "ok")] * 3 + [("gw-b", "ok")] * 3
+    # and through the API of the worker that does not lead (passed on to the leader)
+    lead = leader(a, b)
+    other = b if lead is a else a
+    body = await call(other, f"/api/v1/devices/{devices[0].id}/commands", {"op": "status"}, 200)
+    assert body["reply"]["result"] == {"op": "status"}, body
+    sent_by = store.db.execute("SELECT worker FROM commands WHERE op = 'status'").fetchone()[0]
+    assert sent_by == lead.gw.pool.name
+    # a maker's page on the worker that does not lead: its session made and used there, the
+    # Origin its own (the leader is told the host the page was asked of)
+    Accounts(store).create("mia", "maker", PASSWORD, time.time())
+    page = {"Origin": other.url}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            f"{other.url}/api/v1/session", json={"name": "mia", "password": PASSWORD}, headers=page
+        ) as answer:
+            assert answer.status == 201, await answer.text()
+            cookie, csrf = answer.cookies["pb_session"].value, (await answer.json())["csrf"]
+        async with s.post(
+            f"{other.url}/api/v1/devices/{devices[0].id}/commands",
+            json={"op": "ping"},
+            headers=page | {"Cookie": f"pb_session={cookie}", "X-CSRF-Token": csrf},
+        ) as answer:
+            body = await answer.json()
+            assert answer.status == 200 and body["reply"]["ok"], body
+
+    # an update asked at the worker that does not lead is the leader's, and commits
+    await update_to_commit(lead, devices[1], release, other)
+
+    # the leader is killed (it leaves nothing behind: no clean goodbye), with an update on its way
+    dev = devices[2]
+    uid = str((await call(other, f"/api/v1/devices/{dev.id}/update", {"release": "thermostat@2"}, 201))["id"])
+    offer = await asyncio.to_thread(dev.offer)
+    dev.status(uid, "offered", counter=2)
+    await async_wait_for(lambda: lead.gw.ota.get(uid).state == "offered", 5, what="offered")
+    killed_at = time.monotonic()
+    lead.gw.pool.release = lambda: None  # type: ignore[method-assign]
+    await stop(lead)
+    await async_wait_for(lambda: other.gw.leading, TTL_S + 5, what="the other worker leading")
+    took = time.monotonic() - killed_at
+    assert took < TTL_S + 3, took
+    assert other.gw.pool.members == [other.gw.pool.name]
+    assert all(other.gw.pool.owns(d.id) for d in devices)
+    # the update goes on with the survivor, from what the database holds
+    objs = [("manifest", offer["size"], offer["manifest"])]
+    objs += [(f.zsha256, f.zsize, f.zsha256) for f in release.files]
+    await asyncio.to_thread(dev.stream, uid, objs)
+    for state in ("downloading", "staged", "verified", "activating", "trial", "committed"):
+        dev.status(uid, state, counter=2)
+    await async_wait_for(lambda: other.gw.ota.table.get(uid).ended, 10, what="committed")  # type: ignore[union-attr]
+    assert other.gw.ota.table.get(uid).state == "committed"  # type: ignore[union-attr]
+    # the devices the killed worker owned are the survivor's to watch: silent past their
+    # deadline (three telemetry periods, 30 s here), they are marked so
+    mine = [d.id for d in devices if owners[d.id][[a, b].index(other)]]
+    theirs = [d.id for d in devices if d.id not in mine]
+    other.gw.check_liveness(time.time() + 60)
+    for dev_id in theirs:
+        record = other.store.device(dev_id)
+        assert record is not None and not record.online and record.state_reason == "silent"
+
+
+async def test_a_worker_s_name_is_checked_and_a_worker_alone_leads_nothing_else(
+    start_gateway: StartGateway, keys: Keys
+) -> None:
+    with pytest.raises(Exception, match="device-style id"):
+        await start_gateway(keys, worker="GW A")
+    r = await start_gateway(keys, worker="gw-solo")
+    await async_wait_for(lambda: r.gw.leading, TTL_S + 2, what="leading alone")
+    assert isinstance(r.gw, Gateway) and r.gw.pool.members == ["gw-solo"]
