@@ -20,6 +20,7 @@ from . import (
     ota_image,
     ota_transfer,
     ota_verify,
+    pool_ingest,
     serial_transfer,
     twin_accuracy,
 )
@@ -32,6 +33,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ("ble", "the same update over Bluetooth LE (bluezoo, no radio)", lambda argv: ble_transfer.main()),
     ("ota_image", "a 1 MiB MicroPython image written to the app partition", lambda argv: ota_image.main()),
     ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
+    ("pool", "gateway ingest at the broker's limit: one gateway, and a pool of two", pool_ingest.main),
     (
         "judge",
         "the rollout judge on 1,000 thermostats: bad releases halted, good ones not",

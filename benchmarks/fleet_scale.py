@@ -132,15 +132,17 @@ class Broker(MosquittoProcess):
     """Mosquitto with the product's configuration (gateway/broker.py: passwords,
     ACLs) and no connection limit; every device in the password file."""
 
-    def __init__(self, directory: Path, devices: Sequence[str]) -> None:
+    def __init__(
+        self, directory: Path, devices: Sequence[str], accounts: Sequence[str] = BENCH_USERS
+    ) -> None:
         port = free_port()
         self.files = mosquitto_config(
             directory,
             port,
-            # the bare subscriber and publisher have accounts of their own:
-            # a client's id is its user name, one account is one connection
-            users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(BENCH_USERS, GATEWAY_PASSWORD)},
-            operators=BENCH_USERS,
+            # the bare subscriber and publisher have accounts of their own (with the gateway's
+            # rights): a client's id is its user name, one account is one connection
+            users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(accounts, GATEWAY_PASSWORD)},
+            operators=accounts,
             run_as=getpass.getuser(),
             extra="max_connections -1",
         )

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -466,7 +467,7 @@ async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None =
     from .tls import url_host
 
     # (the workers of a pool answer to one token: a request passed on to the leader keeps its own)
-    token = gw.pool.token() if gw.pool.pooled else secrets.token_urlsafe(24)
+    token = gw.pool.token(time.time()) if gw.pool.pooled else secrets.token_urlsafe(24)
     runner = web.AppRunner(make_app(gw, token, cert.cert if cert else None), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=cert.context if cert else None)

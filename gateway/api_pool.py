@@ -7,6 +7,7 @@ comes back as it went. The command line and the app may so reach any worker."""
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -38,16 +39,16 @@ def _unavailable(message: str) -> web.Response:
     return error_response(503, "unavailable", message)
 
 
-def leader_api(gw: Gateway, now: float) -> str | None:
-    """The API's URL of the worker that leads the pool now, if any."""
+def leader_api(gw: Gateway, now: float) -> tuple[str, str] | None:
+    """The API's URL of the worker that leads the pool now, and its host, if any."""
     from .service import LEADER
 
     row = gw.store.db.execute(
-        """SELECT w.api FROM pool_leases l JOIN pool_workers w ON w.name = l.holder
+        """SELECT w.api, w.host FROM pool_leases l JOIN pool_workers w ON w.name = l.holder
            WHERE l.name = ? AND l.expires > ?""",
         (LEADER, now),
     ).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+    return None if row is None or row[0] is None else (str(row[0]), str(row[1]))
 
 
 def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup]:
@@ -65,9 +66,14 @@ def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup
         if request.headers.get(PASSED):
             # (passed on to a worker that has just stopped leading: not passed on again)
             return _unavailable("the pool's leader changed while the request was passed on: try it again")
-        url = leader_api(gw, time.time())
-        if url is None or url == gw.api_url:
+        leader = leader_api(gw, time.time())
+        if leader is None or leader[0] == gw.api_url:
             return _unavailable("no worker leads the pool now: one takes over within seconds, try it again")
+        url, host = leader
+        if host != socket.gethostname():
+            # (its API's address is its own machine's loopback, and the releases' files are this
+            # machine's: a pool runs on one machine, docs/makers.md)
+            return _unavailable(f"the pool's leader runs on {host}, not here: a pool shares one machine")
         if not session:
             session.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S)))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

@@ -81,11 +81,19 @@ class Pool:
         if self._started is None:
             self._started = now
         db = self.store.db
+        me = (socket.gethostname(), os.getpid())
+        row = db.execute("SELECT host, pid, seen FROM pool_workers WHERE name = ?", (self.name,)).fetchone()
+        if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
+            # (two processes under one name would both own its devices and both hold its leases)
+            raise PoolError(
+                f"another worker named {self.name!r} runs (on {row[0]}, process {row[1]}): "
+                "each worker needs a name of its own"
+            )
         db.execute(
             """INSERT INTO pool_workers (name, host, pid, api, started, seen) VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
                    api = excluded.api, seen = excluded.seen""",
-            (self.name, socket.gethostname(), os.getpid(), self.api, self._started, now),
+            (self.name, *me, self.api, self._started, now),
         )
         rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
         alive = {str(r[0]): r[1] for r in rows.fetchall()}
@@ -137,13 +145,20 @@ class Pool:
         self.store.db.execute("DELETE FROM pool_workers WHERE name = ?", (self.name,))
         self._held.clear()
 
-    def token(self) -> str:
+    def token(self, now: float) -> str:
         """The API token of the pool's workers (the gateway's own, which the
-        command line uses): made by the first worker, kept in meta."""
-        self.store.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            (_TOKEN, secrets.token_urlsafe(24)),
-        )
+        command line uses), kept in meta: a new one when no other worker of
+        the pool is alive (as a gateway alone makes one at every start)."""
+        others = self.store.db.execute(
+            "SELECT count(*) FROM pool_workers WHERE seen > ? AND name != ?", (now - self.ttl_s, self.name)
+        ).fetchone()[0]
+        fresh = secrets.token_urlsafe(24)
+        if others:
+            self.store.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (_TOKEN, fresh)
+            )
+        else:
+            self.store.set_meta(_TOKEN, fresh)
         token = self.store.get_meta(_TOKEN)
         assert token is not None
         return token

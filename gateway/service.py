@@ -39,7 +39,7 @@ from .footprint import forget
 from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
-from .pool import BEAT_S, TTL_S, Pool
+from .pool import BEAT_S, TTL_S, Pool, PoolError
 from .registry import Registry
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
@@ -205,6 +205,8 @@ class Gateway:
             clock=self.clock,
         )
         self.ota.publish = self.publish
+        if self.pool.pooled:
+            self.ota.step_down()  # (until it leads its pool)
         self.time_sender = TimeSender(
             keys, lambda: [d for d in list(self._live) if self.is_online(d)], clock=self.clock
         )
@@ -250,6 +252,27 @@ class Gateway:
             if not self.pool.pooled or self.pool.api_is_mine():
                 self.store.delete_meta("api")
 
+    async def _take_the_lead(self) -> None:
+        """This worker now leads its pool: the updates in progress are its,
+        and what the devices said while no worker led (a status, a hello
+        that says a commit) is heard again from what the broker retains."""
+        self.ota.take_over(self.reconcile_delay)
+        client = self._client
+        if client is not None:
+            for pattern in ("pb/+/hello", "pb/+/ota/status"):
+                await client.subscribe(pattern, qos=1)  # (the same filter again: its retained, replayed)
+
+    def _read_the_pool_s_lists(self) -> None:
+        """The devices revoked or forgotten, as the pool's database says now
+        (the leader changes them, at its API's request): what this worker
+        holds of a device forgotten since is not stored."""
+        revoked, forgotten = Registry(self.store).revoked(), self.store.forgotten_devices()
+        if forgotten - self._forgotten:
+            self._rows = [r for r in self._rows if r.device not in forgotten]
+        for mine, said in ((self._revoked, revoked), (self._forgotten, forgotten)):
+            mine.intersection_update(said)  # (in place: the updater holds the revoked set's own test)
+            mine.update(said)
+
     def _take_devices(self) -> None:
         """The pool changed: the devices this worker owns now are watched
         from what the database says of them (their last owner recorded it)."""
@@ -276,19 +299,31 @@ class Gateway:
         leader runs while it holds the lease (a worker that lost it stops,
         one that took it over takes the updates in progress over)."""
         running: dict[str, asyncio.Task[None]] = {}
+        held_until = 0.0  # the lease this worker last renewed holds until then
         try:
             while True:
-                now = time.time()  # (the pool's clock is the machines', whatever the gateway's says)
+                now = time.time()  # (the pool's clock is the machine's, whatever the gateway's says)
                 try:
                     before = self.pool.members
                     if self.pool.beat(now) != before:
                         self._take_devices()
+                    self._read_the_pool_s_lists()
                     leading = self.pool.holds(LEADER, now)
+                    held_until = now + self.pool.ttl_s if leading else 0.0
+                except PoolError:
+                    raise
                 except Exception:
-                    log.exception("could not reach the pool's database: leading nothing meanwhile")
-                    leading = False
+                    # (it leads on while its lease holds, less a beat: none other takes it before)
+                    leading = now < held_until - 2 * BEAT_S
+                    log.exception("the pool's database failed%s", "" if leading else ": leading nothing")
                 if leading and not self.leading:
-                    self.ota.take_over(self.reconcile_delay)
+                    try:
+                        await self._take_the_lead()
+                    except Exception:
+                        log.exception("could not take the pool's updates over: trying again")
+                        leading = False
+                elif self.leading and not leading:
+                    self.ota.step_down()
                 self.leading = leading
                 for name, loop in self._led().items():
                     task = running.get(name)
@@ -402,9 +437,9 @@ class Gateway:
         for dev, live in list(self._live.items()):
             # (the deadline is the network's, in real seconds: the clock may run faster)
             if live.online and now - live.last_seen > live.deadline_s * self.clock.speed:
-                if self.pool.pooled and not self._silent_in_the_pool(dev, live, now):
-                    continue
                 try:
+                    if self.pool.pooled and not self._silent_in_the_pool(dev, live, now):
+                        continue
                     self._set_state(dev, False, "silent", now)
                 except Exception:
                     live.online = True  # not recorded: the next check tries again

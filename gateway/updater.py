@@ -203,6 +203,15 @@ class UpdateTable:
             "WHERE state NOT IN ('committed', 'failed', 'rolled_back') ORDER BY started, rowid", ()
         )
 
+    def in_progress_of(self, dev: str) -> Update | None:
+        """The device's update that has not ended, if any (the newest)."""
+        found = self._select(
+            """WHERE device = ? AND state NOT IN ('committed', 'failed', 'rolled_back')
+               ORDER BY started DESC, rowid DESC LIMIT 1""",
+            (dev,),
+        )
+        return found[0] if found else None
+
     def last_freshness(self) -> int:
         if self.store.schema < 2:
             return 0
@@ -273,6 +282,7 @@ class Updater:
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
         self._waiting: dict[str, int] = {}  # device -> its chunks in the outbox
         self._last_version = self.table.last_freshness()
+        self.serving = True  # False: a worker of a pool that does not lead (step_down)
         self._renewing: set[str] = set()  # updates whose statement is being renewed
         self._streams: dict[str, tuple[str, Stream]] = {}  # device -> (update id, its stream)
 
@@ -289,7 +299,7 @@ class Updater:
 
     def get(self, uid: str) -> Update:
         """An update by id (in progress: as of now). Raises UpdateNotFoundError."""
-        for u in self._active.values():
+        for u in self._active.values() if self.serving else ():
             if u.id == uid:
                 return u
         found = self.table.get(uid)
@@ -303,6 +313,8 @@ class Updater:
         return self.table.of_device(dev, limit)
 
     def active(self, dev: str) -> Update | None:
+        if not self.serving:  # (a worker of a pool that does not lead: the leader's, as last saved)
+            return self.table.in_progress_of(dev)
         return self._active.get(dev)
 
     # ---- starting ----------------------------------------------------------
@@ -472,11 +484,25 @@ class Updater:
         log.info("%s: its hello says update %s is %s", dev, u.id, msg["state"])
         return self.on_status(dev, msg, now)
 
+    def step_down(self) -> None:
+        """This gateway does not run the updates of its pool (any more): what
+        it held of them in memory is let go, unsaved (the leader's are the
+        database's), and what it had under way stops."""
+        self.serving = False
+        for task in list(self._tasks):
+            task.cancel()
+        self._active.clear()
+        self._streams.clear()
+        self._dirty.clear()
+        self._held.clear()
+        self._renewing.clear()
+
     def take_over(self, delay: float = RECONCILE_S) -> None:
         """This gateway now runs the updates of a pool (gateway/pool.py): the
         updates in progress are the database's, whoever served them until
         now; what is untaken is offered again once the devices' retained
         messages are in, and a device resumes its download from what it has."""
+        self.serving = True
         self._active = {u.device: u for u in self.table.in_progress()}
         self._streams.clear()
         self._dirty.clear()
@@ -835,6 +861,8 @@ class Updater:
     def flush(self) -> None:
         """Write the byte counters of updates in progress (each on its own:
         one that cannot be saved is logged, and tried again next time)."""
+        if not self.serving:
+            return
         for dev in list(self._dirty):
             u = self._active.get(dev)
             try:

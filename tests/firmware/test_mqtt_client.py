@@ -227,3 +227,28 @@ def test_backoff_is_jittered_capped_and_grows() -> None:
         delays = {c._backoff(attempt) for _ in range(50)}
         assert all(cap // 2 <= d <= cap for d in delays)
         assert len(delays) > 1
+
+
+async def test_a_wait_cancelled_as_what_it_waits_for_ends_is_cancelled() -> None:
+    # CPython 3.11's asyncio.wait_for returned the result and let the task run on: a virtual
+    # device's link, cancelled at a test's end as its CONNACK came, waited for ever after
+    from firmware.pb.compat import wait_for_ms
+
+    fut = asyncio.get_running_loop().create_future()
+
+    async def waiting() -> str:
+        await wait_for_ms(fut, 1000)
+        return "ran on"
+
+    task = asyncio.create_task(waiting())
+    await asyncio.sleep(0)
+    fut.set_result(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # and a wait that times out says so, having cancelled what it waited for
+    slow = asyncio.create_task(asyncio.sleep(10))
+    with pytest.raises(TimeoutError):
+        await wait_for_ms(slow, 20)
+    await asyncio.sleep(0)
+    assert slow.cancelled()

@@ -105,3 +105,23 @@ def test_a_worker_alone_owns_everything_and_writes_nothing(db_at: DbAt) -> None:
 def test_a_worker_s_name_is_an_id(db_at: DbAt, name: str) -> None:
     with Store(db_at()) as s, pytest.raises(PoolError):
         Pool(s, name)
+
+
+def test_two_processes_under_one_name_are_refused(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
+        a = Pool(s, "gw-a")
+        a.beat(T0)
+        s.db.execute("UPDATE pool_workers SET pid = pid + 1 WHERE name = 'gw-a'")  # (another process)
+        with pytest.raises(PoolError, match="another worker named 'gw-a' runs"):
+            a.beat(T0 + 1)
+        # once that one is silent past TTL_S, the name is free again
+        assert a.beat(T0 + 1 + TTL_S) == ["gw-a"]
+
+
+def test_the_pool_s_token_is_new_when_no_other_worker_is_alive(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
+        a, b = Pool(s, "gw-a"), Pool(s, "gw-b")
+        first = a.token(T0)
+        a.beat(T0)
+        assert b.token(T0 + 1) == first  # (joining a pool that runs: its token)
+        assert a.token(T0 + 1 + TTL_S) != first  # (the others long gone: a fresh one)

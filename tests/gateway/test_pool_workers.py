@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.accounts import Accounts
+from gateway.cli_registry import password_hash
 from gateway.pool import TTL_S
 from gateway.service import Gateway
 from ota.keys import Keys
@@ -64,27 +65,38 @@ async def pool_of_two(start_gateway: StartGateway, keys: Keys) -> tuple[Running,
     return a, b
 
 
-async def call(r: Running, path: str, body: dict[str, Any], status: int) -> dict[str, Any]:
-    """POST body to path of r's API, with the gateway's token; the answer, of that status."""
+async def call(r: Running, path: str, body: Any, status: int, method: str = "POST") -> dict[str, Any]:
+    """body to path of r's API, with the gateway's token; the answer, of that status."""
+    token = {"Authorization": f"Bearer {r.token}"}
     async with (
         aiohttp.ClientSession() as s,
-        s.post(f"{r.url}{path}", json=body, headers={"Authorization": f"Bearer {r.token}"}) as answer,
+        s.request(method, f"{r.url}{path}", json=body, headers=token) as answer,
     ):
         got: dict[str, Any] = await answer.json()
         assert answer.status == status, got
         return got
 
 
-async def update_to_commit(lead: Running, dev: OtaDevice, release: Release, via: Running) -> str:
-    """An update of dev asked through the API of `via`, driven to committed as the device does."""
+async def update_to_trial(dev: OtaDevice, release: Release, via: Running) -> str:
+    """An update of dev asked through the API of `via` (a worker that does not lead), driven
+    to trial as the device does."""
     uid = str((await call(via, f"/api/v1/devices/{dev.id}/update", {"release": "thermostat@2"}, 201))["id"])
     offer = await asyncio.to_thread(dev.offer)
     assert offer["id"] == uid
+    # (that worker shows the leader's update, from the database)
+    assert not via.gw.ota.serving and (u := via.gw.ota.active(dev.id)) is not None and u.id == uid
     objs = [("manifest", offer["size"], offer["manifest"])]
     objs += [(f.zsha256, f.zsize, f.zsha256) for f in release.files]
     await asyncio.to_thread(dev.stream, uid, objs)
-    for state in ("offered", "downloading", "staged", "verified", "activating", "trial", "committed"):
+    for state in ("offered", "downloading", "staged", "verified", "activating", "trial"):
         dev.status(uid, state, counter=2)
+    return uid
+
+
+async def update_to_commit(lead: Running, dev: OtaDevice, release: Release, via: Running) -> str:
+    """An update of dev asked through the API of `via`, driven to committed as the device does."""
+    uid = await update_to_trial(dev, release, via)
+    dev.status(uid, "committed", counter=2)
     table = lead.gw.ota.table
     await async_wait_for(lambda: (u := table.get(uid)) is not None and u.ended, 10, what="committed")
     done = table.get(uid)
@@ -176,7 +188,11 @@ async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
     # an update asked at the worker that does not lead is the leader's, and commits
     await update_to_commit(lead, devices[1], release, other)
 
-    # the leader is killed (it leaves nothing behind: no clean goodbye), with an update on its way
+    # the leader is killed (it leaves nothing behind: no clean goodbye), with an update on
+    # trial, and another on its way
+    trying = devices[4]
+    on_trial = await update_to_trial(trying, release, other)
+    await async_wait_for(lambda: lead.gw.ota.get(on_trial).state == "trial", 5, what="trial")
     dev = devices[2]
     uid = str((await call(other, f"/api/v1/devices/{dev.id}/update", {"release": "thermostat@2"}, 201))["id"])
     offer = await asyncio.to_thread(dev.offer)
@@ -185,6 +201,9 @@ async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
     killed_at = time.monotonic()
     lead.gw.pool.release = lambda: None  # type: ignore[method-assign]
     await stop(lead)
+    # the device on trial commits while no worker leads: its status waits at the broker
+    assert not other.gw.leading
+    trying.status(on_trial, "committed", counter=2)
     await async_wait_for(lambda: other.gw.leading, TTL_S + 5, what="the other worker leading")
     took = time.monotonic() - killed_at
     assert took < TTL_S + 3, took
@@ -196,8 +215,9 @@ async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
     await asyncio.to_thread(dev.stream, uid, objs)
     for state in ("downloading", "staged", "verified", "activating", "trial", "committed"):
         dev.status(uid, state, counter=2)
-    await async_wait_for(lambda: other.gw.ota.table.get(uid).ended, 10, what="committed")  # type: ignore[union-attr]
-    assert other.gw.ota.table.get(uid).state == "committed"  # type: ignore[union-attr]
+    for u in (uid, on_trial):
+        await async_wait_for(lambda: other.gw.ota.table.get(u).ended, 10, what="committed")  # type: ignore[union-attr]  # noqa: B023
+        assert other.gw.ota.table.get(u).state == "committed"  # type: ignore[union-attr]
     # the devices the killed worker owned are the survivor's to watch: silent past their
     # deadline (three telemetry periods, 30 s here), they are marked so
     mine = [d.id for d in devices if owners[d.id][[a, b].index(other)]]
@@ -206,6 +226,38 @@ async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
     for dev_id in theirs:
         record = other.store.device(dev_id)
         assert record is not None and not record.online and record.state_reason == "silent"
+
+
+async def test_a_device_revoked_or_forgotten_through_either_worker_is_so_at_both(
+    start_gateway: StartGateway, keys: Keys, ota_devices: MakeDevice
+) -> None:
+    a, b = await pool_of_two(start_gateway, keys)
+    lead = leader(a, b)
+    other = b if lead is a else a
+    gone, forgotten, kept = (ota_devices() for _ in range(3))
+    for d in (gone, forgotten, kept):
+        await asyncio.to_thread(d.hello)
+    store = other.store
+    await async_wait_for(
+        lambda: all((r := store.device(d.id)) is not None and r.online for d in (gone, forgotten, kept)),
+        10,
+        what="online",
+    )
+    registration = {"model": "thermostat", "board": "thermostat-v1"}
+    registration["password_hash"] = password_hash(gone.id, "its own")
+    await call(other, f"/api/v1/devices/{gone.id}/registration", registration, 200, "PUT")
+    await call(other, f"/api/v1/devices/{gone.id}/revoke", {}, 200)
+    await call(other, f"/api/v1/devices/{forgotten.id}/forget", {"confirm": forgotten.id}, 200)
+    await asyncio.sleep(2.5)  # (two beats: each worker has read the lists again)
+    for seq in range(1, 21):
+        for d in (gone, forgotten, kept):
+            d.client.publish(d.topic("telemetry"), telemetry(d.id, seq), qos=1)
+    await async_wait_for(lambda: store.telemetry_count(kept.id) == 20, 10, what="the kept device's rows")
+    await asyncio.sleep(0.6)
+    # whichever worker the broker gave each message to, nothing of either is kept
+    assert store.telemetry_count(gone.id) == 0 and store.telemetry_count(forgotten.id) == 0
+    assert a.gw.rejects.get("revoked", 0) + b.gw.rejects.get("revoked", 0) == 20
+    assert min(r.gw.rejects.get("revoked", 0) for r in (a, b)) > 0
 
 
 async def test_a_worker_s_name_is_checked_and_a_worker_alone_leads_nothing_else(

@@ -1,0 +1,277 @@
+"""Gateway ingest at the broker's limit: telemetry stored per second by one
+gateway, then by a pool of two workers (gateway/pool.py), each against a bare
+subscriber to the same stream over the same window.
+
+    .venv/bin/python -m benchmarks pool                    # 200 devices, 8 s windows
+    .venv/bin/python -m benchmarks pool --seconds 4       # a quick check
+
+Everything is real and a process of its own: a Mosquitto started here (the
+product's configuration: passwords, ACLs, a broker account per worker), the
+gateway as `permabeta gateway run` on a PostgreSQL database of its own (a
+throwaway cluster, tests/support/postgres.py), and beside them a load
+generator and the bare subscriber. The load generator is not the simulated
+fleet: two processes write pre-encoded QoS 0 PUBLISH packets of valid
+telemetry for 200 devices on plain sockets as fast as Mosquitto reads them,
+so the broker, not the load, is the limit. The bare subscriber (a raw
+socket counting PUBLISH packets, its own process) receives what the broker
+delivers of the same stream; the gateway's rate is the telemetry rows its
+database gains. Both rates are least-squares slopes over the same window,
+after a warm-up. Figures go to bench-results/pool.json.
+
+On a 2-core machine every process here shares the two cores: the figures are
+the gateway's share of one machine, not its ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+from gateway.broker import GATEWAY_USER
+from gateway.broker_config import worker_user
+from gateway.store import Store
+
+from .fleet_scale import GATEWAY_PASSWORD, Broker, slope
+from .results import ROOT, run
+
+PASSWORD = GATEWAY_PASSWORD  # every account's here
+PUBLISHERS = ("bench-pub-0", "bench-pub-1")
+SUBSCRIBER = "bench-sub"
+WORKERS = ("gw-1", "gw-2")
+
+
+def _connect(port: int, user: str) -> socket.socket:
+    from firmware.pb.net import mqtt
+
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(mqtt.connect(f"{user}-{secrets.token_hex(3)}", 60, True, user, PASSWORD.encode()))
+    if s.recv(4)[:1] != b"\x20":
+        raise RuntimeError(f"the broker refused {user}")
+    return s
+
+
+def _telemetry(dev: str, seq: int) -> bytes:
+    msg = {"v": 1, "dev": dev, "seq": seq, "ts": 1767226020.0 + seq, "sensors": {"temperature": 20.5}}
+    return json.dumps(msg | {"actuators": {"relay": False}, "features": {}}, separators=(",", ":")).encode()
+
+
+def _publisher(port: int, user: str, devices: list[str], sent: Synchronized[int], stop: Any) -> None:
+    """QoS 0 telemetry of devices, written as fast as the broker reads it."""
+    from firmware.pb.net import mqtt
+
+    packets = []
+    for seq in range(1, 6):
+        for dev in devices:
+            body = _telemetry(dev, seq)
+            packets.append(bytes(mqtt.publish_header(f"pb/{dev}/telemetry", len(body))) + body)
+    batch = b"".join(packets)
+    with _connect(port, user) as s:
+        while not stop.is_set():
+            s.sendall(batch)
+            with sent.get_lock():
+                sent.value += len(packets)
+
+
+def _subscriber(port: int, got: Synchronized[int], ready: Any) -> None:
+    """A raw socket subscribed to every device's telemetry, counting the
+    PUBLISH packets the broker delivers."""
+    from firmware.pb.net import mqtt
+
+    s = _connect(port, SUBSCRIBER)
+    s.sendall(mqtt.subscribe(1, [("pb/+/telemetry", 0)]))
+    buf = b""
+    n = 0
+    subscribed = False
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return
+        buf += chunk
+        i = 0
+        while True:
+            if len(buf) - i < 2:
+                break
+            length, shift, j = 0, 0, i + 1
+            while j < len(buf):
+                b = buf[j]
+                length |= (b & 0x7F) << shift
+                shift += 7
+                j += 1
+                if not b & 0x80:
+                    break
+            else:
+                break
+            if j + length > len(buf):
+                break
+            kind = buf[i] >> 4
+            if kind == 3:
+                n += 1
+            elif kind == 9 and not subscribed:
+                subscribed = True
+                ready.set()
+            i = j + length
+        buf = buf[i:]
+        with got.get_lock():
+            got.value = n
+
+
+def _hellos(port: int, devices: list[str]) -> None:
+    from firmware.pb.net import mqtt
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support import messages
+
+    with _connect(port, PUBLISHERS[0]) as s:
+        for dev in devices:
+            body = json.dumps(messages.hello(dev, telemetry_s=10, keepalive=30)).encode()
+            s.sendall(bytes(mqtt.publish_header(f"pb/{dev}/hello", len(body))) + body)
+        s.sendall(mqtt.disconnect())
+
+
+def _rows(store: Store) -> int:
+    return int(store.db.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+
+
+def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dict[str, Any]:
+    """One window at the broker's limit, with `workers` gateway processes (0: one gateway alone)."""
+    accounts = (*PUBLISHERS, SUBSCRIBER, *(worker_user(w) for w in WORKERS))
+    broker = Broker(work / f"mosquitto-{workers}", [], accounts)
+    broker.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    sent, got = ctx.Value("q", 0), ctx.Value("q", 0)
+    ready = ctx.Event()
+    children: list[Any] = []
+    try:
+        names = WORKERS[:workers] if workers else ("alone",)
+        for name in names:
+            user = worker_user(name) if workers else GATEWAY_USER
+            args = ["gateway", "run", "--db", db, "--api", "127.0.0.1:0"]
+            args += ["--broker", f"mqtt://{user}:{PASSWORD}@127.0.0.1:{broker.port}"]
+            args += ["--client-id", f"bench-{name}"]
+            if workers:
+                args += ["--worker", name]
+            log = (work / f"{name}-{workers}.log").open("ab")
+            command = [sys.executable, "-m", "gateway.cli", *args]
+            procs.append(subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT))
+        with Store(db) as store:
+            logs = [work / f"{n}-{workers}.log" for n in names]
+            _until(lambda: all("API http" in f.read_text() for f in logs), 30, "the gateways up")
+            if workers:
+                _until(lambda: _pool(store) == workers, 15, "the pool")
+            devices = [f"th-b{i:04d}" for i in range(a.devices)]
+            _hellos(broker.port, devices)
+            _until(lambda: _count(store, "devices") >= a.devices, 20, "the devices' hellos")
+            children.append(ctx.Process(target=_subscriber, args=(broker.port, got, ready), daemon=True))
+            children[-1].start()
+            if not ready.wait(10):
+                raise RuntimeError("the bare subscriber did not subscribe")
+            half = len(devices) // len(PUBLISHERS)
+            for k, user in enumerate(PUBLISHERS):
+                mine = devices[k * half : (k + 1) * half]
+                load = (broker.port, user, mine, sent, stop)
+                children.append(ctx.Process(target=_publisher, args=load, daemon=True))
+                children[-1].start()
+            time.sleep(a.warmup)
+            samples: dict[str, list[tuple[float, float]]] = {"sent": [], "bare": [], "gateway": []}
+            t0 = time.monotonic()
+            while (now := time.monotonic()) - t0 < a.seconds:
+                samples["sent"].append((now, float(sent.value)))
+                samples["bare"].append((now, float(got.value)))
+                samples["gateway"].append((time.monotonic(), float(_rows(store))))
+                time.sleep(0.25)
+            stop.set()
+            rates = {k: slope(v) for k, v in samples.items()}
+    finally:
+        stop.set()
+        for c in children:
+            c.terminate()
+            c.join(5)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+    return {
+        "workers": workers or 1,
+        "pooled": bool(workers),
+        "devices": a.devices,
+        "seconds": a.seconds,
+        "offered_per_s": round(rates["sent"]),
+        "bare_per_s": round(rates["bare"]),
+        "gateway_per_s": round(rates["gateway"]),
+        "ratio": round(rates["gateway"] / rates["bare"], 3) if rates["bare"] else None,
+    }
+
+
+def _count(store: Store, table: str) -> int:
+    return int(store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _pool(store: Store) -> int:
+    row = store.db.execute("SELECT count(*) FROM pool_workers WHERE seen > ?", (time.time() - 5,)).fetchone()
+    return int(row[0])
+
+
+def _until(done: Any, timeout: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not done():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what} not within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import Postgres
+
+    cluster = Postgres().start()
+    os.environ["PERMABETA_HOME"] = str(work / "home")
+    try:
+        runs = [measure_one(work, cluster.database(), n, a) for n in (0, 2)]
+    finally:
+        cluster.stop()
+    return {"runs": runs, "engine": "postgresql"}
+
+
+def report(r: dict[str, Any]) -> None:
+    print("gateway ingest at the broker's limit (QoS 0 telemetry, PostgreSQL), against a bare subscriber:")
+    for x in r["runs"]:
+        who = f"{x['workers']} worker" + ("s (a pool)" if x["pooled"] else " (alone)")
+        print(
+            f"  {who:<20} offered {x['offered_per_s']:>7}/s  bare subscriber {x['bare_per_s']:>7}/s  "
+            f"gateway stored {x['gateway_per_s']:>6}/s  = x{x['ratio']} of the bare subscriber (goal 0.8)"
+        )
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks pool", description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=8.0, help="the measured window")
+    p.add_argument("--warmup", type=float, default=2.0)
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
+    out = ROOT / "bench-results" / "pool.json"
+    return run("pool", "pb-bench-pool-", lambda work: measure(work, a), report, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
