@@ -352,7 +352,7 @@ HOST_ONLY = ("pb/peer/", "pb/hal/partitions.py")
 # What the firmware needs of CPython alone (zlib's inflate, a tty's opening):
 # shipped to a device that runs the modules as source (a CPython one), not as
 # .mpy (a board: a manifest holds 64 files, each one left out is room).
-CPYTHON_ONLY = ("pb/ota/zinflate.py", "pb/net/tty_host.py")
+CPYTHON_ONLY = ("pb/ota/zinflate.py", "pb/net/tty_host.py", "pb/aio_host.py")
 # The Bluetooth LE carrier's device end: shipped to the boards that have a
 # radio for it (a board file's "ble": true, the shirt's), not to the others.
 BLE_ONLY = ("pb/net/ble_",)

@@ -47,13 +47,7 @@ else:
 if hasattr(asyncio, "wait_for_ms"):
     wait_for_ms = asyncio.wait_for_ms
 else:
-
-    async def wait_for_ms(aw, ms):
-        # asyncio.timeout, not wait_for: CPython 3.11's wait_for swallows a
-        # cancel that comes as what it awaits ends, and the task runs on (a
-        # virtual device's link, cancelled, then waited for ever)
-        async with asyncio.timeout(ms / 1000):
-            return await aw
+    from .aio_host import wait_for_ms  # noqa: F401 - (CPython's wait_for, made cancel-safe)
 
 
 try:
