@@ -153,15 +153,9 @@ class Pool:
             "SELECT count(*) FROM pool_workers WHERE seen > ? AND name != ?", (now - self.ttl_s, self.name)
         ).fetchone()[0]
         fresh = secrets.token_urlsafe(24)
-        if others:
-            self.store.db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (_TOKEN, fresh)
-            )
-        else:
+        if not others:
             self.store.set_meta(_TOKEN, fresh)
-        token = self.store.get_meta(_TOKEN)
-        assert token is not None
-        return token
+        return self._first(_TOKEN, fresh)
 
     def share(self) -> str:
         """The prefix of the pool's shared subscriptions, `$share/GROUP/`.
@@ -170,13 +164,15 @@ class Pool:
         would be given its share of the fleet's telemetry, then be refused
         it, and the gateway would never see it. So the group's name is a
         secret of the pool, 128 random bits kept in the database."""
-        self.store.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            (_GROUP, "pb-" + secrets.token_hex(16)),
-        )
-        group = self.store.get_meta(_GROUP)
-        assert group is not None
-        return f"$share/{group}/"
+        return f"$share/{self._first(_GROUP, 'pb-' + secrets.token_hex(16))}/"
+
+    def _first(self, key: str, value: str) -> str:
+        """meta's value of key, value if it had none (the first worker's, whichever races)."""
+        insert = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+        self.store.db.execute(insert, (key, value))
+        kept = self.store.get_meta(key)
+        assert kept is not None
+        return kept
 
     def api_is_mine(self) -> bool:
         """Whether the API the command line finds (meta `api`) is this worker's."""
