@@ -75,6 +75,11 @@ class Database:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
 
+    def insert_many(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """INSERT rows of columns into table: the fastest way the engine has."""
+        marks = ", ".join("?" * len(columns))
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows as plain tuples (many rows: no names to build)."""
         raise NotImplementedError
@@ -374,6 +379,13 @@ class PostgresDatabase(Database):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._live().cursor() as cur:
             cur.executemany(_pg_sql(sql).encode(), [_pg_params(r) for r in rows])
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        # COPY: a fraction of the cost of INSERTs, row for row
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with self._live().cursor() as cur, cur.copy(sql) as copy:
+            for r in rows:
+                copy.write_row([_pg_value(p) for p in r])
 
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._live().cursor() as cur:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from firmware.pb.errors import ProtocolError
+from firmware.pb.net.wire import MAX_DEPTH, MAX_MESSAGE
 from firmware.pb.peer import ota_transfer as otaproto
 from firmware.pb.peer import protocol as proto
 
@@ -53,10 +55,9 @@ def classify(
     if not payload and retain:
         return None
     try:
-        msg = proto.decode(kind, payload)
+        msg, why = decode(kind, payload)
     except ProtocolError as exc:
         return Rejected(exc.code, exc.message)
-    why = unstorable(msg)
     if why is not None:
         return Rejected("bad_value", f"{kind} message {why}")
     if msg["dev"] != dev:
@@ -64,6 +65,44 @@ def classify(
     if kind not in ("hello", "state") and not known(dev):
         return Rejected(UNKNOWN_DEVICE, f"{kind} from {dev!r}, which has sent no hello")
     return Accepted(dev, kind, msg)
+
+
+# What a message must hold for the walks of proto.decode() and unstorable()
+# to find anything: nesting past MAX_DEPTH takes more brackets than that; a
+# lone surrogate, a \u escape (the bytes themselves are strict UTF-8); an
+# infinity, a number literal of 200 digits or more or with an exponent of
+# three digits (a float reaches 1.8e308 with no fewer: JSON's integer part
+# has no leading zeros). Either may be inside a string too: then the walks run.
+_MAYBE_DEEP = MAX_DEPTH
+_MAYBE_HUGE = re.compile(rb"[eE][+]?[0-9]{3}|[0-9]{200}")
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_not_json)  # (json.loads would make one per call)
+
+
+def decode(kind: str, payload: bytes) -> tuple[Any, str | None]:
+    """proto.decode(kind, payload) and unstorable() of what it gives, the two
+    walks over the decoded message left out when the bytes show that they
+    cannot find anything (as most messages do: telemetry comes every second
+    from every device). Raises ProtocolError as proto.decode()."""
+    if (
+        len(payload) <= MAX_MESSAGE
+        and payload.count(b"{") + payload.count(b"[") <= _MAYBE_DEEP
+        and b"\\u" not in payload
+        and _MAYBE_HUGE.search(payload) is None
+    ):
+        try:
+            msg = _JSON.decode(payload.decode("utf-8"))
+        except (ValueError, UnicodeError):
+            pass  # (proto.decode below tells what is wrong, in its words)
+        else:
+            return proto.check(kind, msg), None
+    msg = proto.decode(kind, payload)
+    return msg, unstorable(msg)
 
 
 def unstorable(msg: Any) -> str | None:
@@ -92,10 +131,6 @@ def is_ota_topic(topic: str) -> bool:
     """True for pb/<anything>/ota and below: classify_ota judges those."""
     parts = topic.split("/", 3)
     return len(parts) >= 3 and parts[0] == proto.ROOT and parts[2] == "ota"
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def classify_ota(

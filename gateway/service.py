@@ -27,6 +27,7 @@ from firmware.pb.peer import protocol as proto
 from .broker import BrokerUrl
 from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
+from .db import PostgresDatabase
 from .errors import (
     BrokerCertificateError,
     CommandTimeoutError,
@@ -40,6 +41,7 @@ from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
 from .pool import BEAT_S, TTL_S, Pool, PoolError
+from .pool_events import PoolEvents
 from .registry import Registry
 from .rollout_service import RolloutService
 from .store import Store, TelemetryRow
@@ -173,6 +175,11 @@ class Gateway:
         self.tls_context = tls_context
         self.reconcile_delay = reconcile_delay
         self.listeners: list[Listener] = []
+        # (a pool on PostgreSQL: the app's live events of the other workers come through it)
+        self.pool_events: PoolEvents | None = None
+        if self.pool.pooled and isinstance(store.db, PostgresDatabase):
+            self.pool_events = PoolEvents(self.pool.name, store.db.url)
+            self.listeners.append(self.pool_events.heard)
         self.commander = Commander()
         self.connected = asyncio.Event()
         self.connects = 0  # connections to the broker made (each may find what it retained lost)
@@ -230,6 +237,8 @@ class Gateway:
                 tg.create_task(self._flush_loop(), name="gateway-flush")
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
+                if self.pool_events is not None:
+                    tg.create_task(self.pool_events.run(), name="gateway-pool-events")
                 if self.pool.pooled:
                     tg.create_task(self._pool_loop(), name="gateway-pool")
                 else:
@@ -360,6 +369,7 @@ class Gateway:
                     # requests and chunks are small and go back and forth:
                     # Nagle's delay would cost 40 ms and more each
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+                    queue_type=self._inbox(),
                 ) as client:
                     pooled = pooled_subscriptions(self.pool.share()) if self.pool.pooled else ()
                     for pattern in pooled or SUBSCRIPTIONS:
@@ -374,9 +384,9 @@ class Gateway:
                     # their retained messages: then updates are squared with it
                     if self.leading:
                         self.ota.reconcile_soon(self.reconcile_delay)
-                    async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
-                        self.handle(m.topic.value, bytes(payload), m.retain)
+                    # (the inbox hands every message on as it comes: this waits for the end)
+                    async for _ in client.messages:
+                        pass
             except aiomqtt.MqttError as exc:
                 refused = _certificate_refused(exc)
                 if refused is not None:
@@ -396,6 +406,19 @@ class Gateway:
                 self._client = None
                 self.connected.clear()
                 await asyncio.sleep(delay)
+
+    def _inbox(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's message queue, replaced by one that hands each message to
+        handle() as paho reads it: a queue and a task per message would cost
+        more than handling it."""
+        gateway = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, m: aiomqtt.Message) -> None:
+                payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+                gateway.handle(m.topic.value, bytes(payload), m.retain)
+
+        return Inbox
 
     async def _flush_loop(self) -> None:
         while True:

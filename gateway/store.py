@@ -939,8 +939,9 @@ class Store:
         for r in rows:
             latest[r.device] = r
         with self.transaction():
-            self.db.executemany(
-                "INSERT INTO telemetry (device, received, ts, seq, data) VALUES (?, ?, ?, ?, ?)",
+            self.db.insert_many(
+                "telemetry",
+                ("device", "received", "ts", "seq", "data"),
                 [(r.device, r.received, r.ts, r.seq, self.db.json_text(_dumps(r.data))) for r in rows],
             )
             later = self.db.greatest("last_seen", "?")

@@ -196,6 +196,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     gw.listeners.append(listener)
+    if gw.pool_events is not None:  # (what the pool's other workers alone hear)
+        gw.pool_events.listeners.append(listener)
     open_streams[queue] = owners.who.id
     try:
         await resp.write(b"retry: 2000\n: permabeta events\n\n")
@@ -228,6 +230,9 @@ async def _events(request: web.Request) -> web.StreamResponse:
         open_streams.pop(queue, None)
         with contextlib.suppress(ValueError):
             gw.listeners.remove(listener)
+        if gw.pool_events is not None:
+            with contextlib.suppress(ValueError):
+                gw.pool_events.listeners.remove(listener)
     return resp
 
 

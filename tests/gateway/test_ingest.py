@@ -7,7 +7,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ingest import Accepted, Rejected, classify
+from firmware.pb.errors import ProtocolError
+from firmware.pb.peer import protocol as proto
+from gateway.ingest import Accepted, Rejected, classify, decode, unstorable
 
 from ..support import messages
 
@@ -76,3 +78,81 @@ def test_arbitrary_json_never_raises(kind: str, value: object) -> None:
     payload = json.dumps(value).encode()
     verdict = classify(f"pb/th-1/{kind}", payload, False, known)
     assert verdict is None or isinstance(verdict, Accepted | Rejected)
+
+
+def _reference(kind: str, payload: bytes) -> tuple[object, object]:
+    """What decode() must give: proto.decode() and unstorable(), both walks run."""
+    try:
+        msg = proto.decode(kind, payload)
+    except ProtocolError as exc:
+        return "error", (exc.code, exc.message)
+    return msg, unstorable(msg)
+
+
+def _decoded(kind: str, payload: bytes) -> tuple[object, object]:
+    try:
+        return decode(kind, payload)
+    except ProtocolError as exc:
+        return "error", (exc.code, exc.message)
+
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.sampled_from(["\ud800", "x\udfff", "{[{[", "1e400"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+_WHOLE: dict[str, dict[str, object]] = {
+    "hello": messages.hello("th-1"),
+    "state": {"v": 1, "dev": "th-1", "state": "online"},
+    "telemetry": {"v": 1, "dev": "th-1", "seq": 1, "ts": 1.5, "sensors": {}, "actuators": {}, "features": {}},
+    "reply": {"v": 1, "dev": "th-1", "id": "c1", "ok": True},
+    "event": {"v": 1, "dev": "th-1", "kind": "boot"},
+}
+
+
+@given(
+    kind=st.sampled_from(sorted(_WHOLE)),
+    value=_JSONISH,
+    depth=st.integers(0, 20),
+    extra=st.sampled_from(
+        [
+            "",
+            "1e400",
+            "-1E+999",
+            "1" * 250,
+            "1" * 250 + "e60",
+            "1" * 199 + ".5e99",
+            "1e99",
+            "NaN",
+            '"\\ud800"',
+        ]
+    ),
+)
+def test_the_fast_decode_judges_every_message_as_the_full_walks_do(
+    kind: str, value: object, depth: int, extra: str
+) -> None:
+    """decode() leaves out the walks over a message whose bytes show they would
+    find nothing: deep nesting, a lone surrogate, NaN or an infinity, in any
+    place, are found all the same, with the same words."""
+    msg: dict[str, object] = {**_WHOLE[kind], "x": value}
+    for _ in range(depth):
+        msg = {**_WHOLE[kind], "x": [msg]}
+    text = json.dumps(msg, ensure_ascii=False, allow_nan=True)
+    if extra:
+        text = text[:-1] + ', "extra": ' + extra + "}"
+    for payload in (text.encode("utf-8", "surrogatepass"), text.encode("ascii", "backslashreplace")):
+        assert _decoded(kind, payload) == _reference(kind, payload)
+
+
+@given(
+    kind=st.sampled_from(["hello", "state", "telemetry", "reply", "event"]), payload=st.binary(max_size=200)
+)
+def test_the_fast_decode_judges_any_bytes_as_the_full_walks_do(kind: str, payload: bytes) -> None:
+    assert _decoded(kind, payload) == _reference(kind, payload)

@@ -5,10 +5,14 @@ on both engines."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.pool import TTL_S, Pool, PoolError, owner_of
+from gateway.pool_events import LIMIT, batches
 from gateway.store import Store
 
 from ..conftest import DbAt
@@ -125,3 +129,24 @@ def test_the_pool_s_token_is_new_when_no_other_worker_is_alive(db_at: DbAt) -> N
         a.beat(T0)
         assert b.token(T0 + 1) == first  # (joining a pool that runs: its token)
         assert a.token(T0 + 1 + TTL_S) != first  # (the others long gone: a fresh one)
+
+
+@given(sizes=st.lists(st.integers(0, 9000), max_size=40), worker=st.sampled_from(["gw-1", "w" * 32]))
+def test_the_pool_s_live_events_go_in_notifications_postgresql_takes_in_order(
+    sizes: list[int], worker: str
+) -> None:
+    """pool_events.batches: every notification is JSON of at most LIMIT bytes
+    (PostgreSQL refuses 8000 and more), the events keep their order, and only
+    an event too large to go alone is left out."""
+    events = [
+        json.dumps(["telemetry", f"th-{i}", {"x": "é" * (n // 2)}], ensure_ascii=False)
+        for i, n in enumerate(sizes)
+    ]
+    events += [events[-1]] if events else []
+    notes = batches(worker, events)
+    assert all(len(n.encode()) <= LIMIT for n in notes)
+    bodies = [json.loads(n) for n in notes]
+    assert all(b["w"] == worker and b["e"] for b in bodies)
+    passed = [json.dumps(e, ensure_ascii=False) for b in bodies for e in b["e"]]
+    fits = [e for e in events if len(f'{{"w": {json.dumps(worker)}, "e": [{e}]}}'.encode()) <= LIMIT]
+    assert passed == fits

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,9 +24,11 @@ from gateway.service import Gateway
 from ota.keys import Keys
 from ota.release import Release
 
+from ..conftest import _db_at
 from ..support.ota import OtaDevice
 from ..support.wait import async_wait_for
 from .conftest import Running, StartGateway, stop
+from .test_webapp import Events
 
 MakeDevice = Callable[..., OtaDevice]
 PASSWORD = "a maker's long password"
@@ -54,9 +57,11 @@ def telemetry(dev: str, seq: int) -> str:
     return json.dumps(msg | {"actuators": {}, "features": {}})
 
 
-async def pool_of_two(start_gateway: StartGateway, keys: Keys) -> tuple[Running, Running]:
-    a = await start_gateway(keys, worker="gw-a")
-    b = await start_gateway(keys, worker="gw-b")
+async def pool_of_two(
+    start_gateway: StartGateway, keys: Keys, db: Path | str | None = None
+) -> tuple[Running, Running]:
+    a = await start_gateway(keys, worker="gw-a", db=db)
+    b = await start_gateway(keys, worker="gw-b", db=db)
     await async_wait_for(
         lambda: a.gw.pool.members == b.gw.pool.members == ["gw-a", "gw-b"] and a.gw.leading != b.gw.leading,
         10,
@@ -268,3 +273,75 @@ async def test_a_worker_s_name_is_checked_and_a_worker_alone_leads_nothing_else(
     r = await start_gateway(keys, worker="gw-solo")
     await async_wait_for(lambda: r.gw.leading, TTL_S + 2, what="leading alone")
     assert isinstance(r.gw, Gateway) and r.gw.pool.members == ["gw-solo"]
+
+
+@pytest.fixture
+def pg_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path | str:
+    """A database of the test's own in the session's PostgreSQL cluster."""
+    return _db_at("postgresql", request, tmp_path, monkeypatch)()
+
+
+async def test_a_page_on_one_worker_is_told_live_what_the_other_alone_hears(
+    start_gateway: StartGateway, keys: Keys, ota_devices: MakeDevice, pg_db: str
+) -> None:
+    """The app's live events cross the pool (gateway/pool_events.py): a page
+    whose stream one worker serves is told every telemetry message of the
+    fleet, each once, whichever worker the broker gave it to, and a device
+    going offline and online though another worker owns it."""
+    a, b = await pool_of_two(start_gateway, keys, pg_db)
+    assert a.gw.pool_events is not None and b.gw.pool_events is not None
+    devices = [ota_devices() for _ in range(6)]
+    for d in devices:
+        await asyncio.to_thread(d.hello)
+    ids = [d.id for d in devices]
+    await async_wait_for(
+        lambda: all((rec := a.store.device(i)) is not None and rec.online for i in ids), 10, what="online"
+    )
+    # nothing is passed on while no page is open
+    for d in devices:
+        d.client.publish(d.topic("telemetry"), telemetry(d.id, 1), qos=1)
+    await async_wait_for(lambda: sum(a.store.telemetry_count(i) for i in ids) == 6, 10, what="6 rows")
+    assert a.gw.pool_events.sent == b.gw.pool_events.sent == 0
+
+    events = Events()
+    opened = asyncio.Event()
+    reader = asyncio.create_task(events.read(a.url, a.token, opened))
+    try:
+        await asyncio.wait_for(opened.wait(), 10)
+        # (the other worker hears within a beat that a page is open here)
+        await async_wait_for(lambda: b.gw.pool_events.watched_until > time.monotonic(), 10, what="watched")
+        for seq in range(2, 12):
+            for d in devices:
+                d.client.publish(d.topic("telemetry"), telemetry(d.id, seq), qos=1)
+        got = await events.telemetry_of(60)
+        assert sorted(got) == sorted((i, seq) for i in ids for seq in range(2, 12))
+        assert b.gw.pool_events.sent > 0  # (the broker gave worker b its share, and b passed it on)
+        await asyncio.sleep(0.5)
+        assert events.got.empty() or all(k != "telemetry" for k, _ in events.got._queue)  # type: ignore[attr-defined]
+
+        # a device worker b owns goes offline, then comes back: the page on a is told both
+        theirs = next(d for d in devices if b.gw.pool.owns(d.id))
+        state = {"v": 1, "dev": theirs.id, "state": "offline", "reason": "sleeping"}
+        theirs.client.publish(theirs.topic("state"), json.dumps(state), qos=1, retain=True)
+        await _told(events, "offline", theirs.id)
+        theirs.client.publish(
+            theirs.topic("state"), json.dumps(state | {"state": "online"}), qos=1, retain=True
+        )
+        await _told(events, "online", theirs.id)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    # the page closed: worker b stops passing events on within a few beats
+    await async_wait_for(lambda: b.gw.pool_events.watched_until < time.monotonic(), 10, what="unwatched")
+    sent = b.gw.pool_events.sent
+    for d in devices:
+        d.client.publish(d.topic("telemetry"), telemetry(d.id, 12), qos=1)
+    await async_wait_for(lambda: sum(a.store.telemetry_count(i) for i in ids) == 72, 10, what="72 rows")
+    assert b.gw.pool_events.sent == sent
+
+
+async def _told(events: Events, kind: str, dev: str) -> None:
+    while True:
+        got, data = await asyncio.wait_for(events.got.get(), 10)
+        if got == kind and data["device"] == dev:
+            return

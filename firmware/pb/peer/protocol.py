@@ -145,6 +145,12 @@ def validate(kind, msg):
     deep, odd, nonfinite = scan(msg)
     if deep:
         raise nesting_error()
+    return check(kind, msg, odd, nonfinite)
+
+
+def check(kind, msg, odd=False, nonfinite=False):
+    """validate() of a message already scanned (scan()): not nested too deep,
+    holding a value JSON lacks if odd, NaN or an infinity if nonfinite."""
     if not isinstance(msg, dict):
         raise ProtocolError("not_object", "%s message is not a JSON object" % kind)
     v = msg.get("v")
