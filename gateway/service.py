@@ -622,7 +622,7 @@ class Gateway:
                 if self._awaited_elsewhere(msg["id"]):
                     return  # (the worker of the pool that sent it records it)
                 status = "late"
-            self.store.finish_command(msg["id"], status, msg, now)
+            self.store.finish_command(msg["id"], dev, status, msg, now)
         elif a.kind == "ota/req":
             self.ota.on_request(dev, msg)
         elif a.kind == "ota/status":
@@ -660,7 +660,7 @@ class Gateway:
                 if not retain:
                     self.ota.on_online(dev)
         elif a.kind == "reply" and self.commander.resolve(dev, msg):
-            self.store.finish_command(msg["id"], "ok" if msg["ok"] else "error", msg, now)
+            self.store.finish_command(msg["id"], dev, "ok" if msg["ok"] else "error", msg, now)
 
     def _awaited_elsewhere(self, cmd_id: str) -> bool:
         """Whether another worker of the pool, alive, sent the command and
@@ -844,10 +844,10 @@ class Gateway:
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
-            self.store.finish_command(cmd_id, "timeout", None, self.clock.now())
+            self.store.finish_command(cmd_id, dev, "timeout", None, self.clock.now())
             raise CommandTimeoutError(f"{dev} did not answer {op} within {timeout:g}s") from None
         except GatewayError as exc:
-            self.store.finish_command(cmd_id, "failed", None, self.clock.now())
+            self.store.finish_command(cmd_id, dev, "failed", None, self.clock.now())
             raise GatewayError(f"could not send {op} to {dev}: {exc}") from exc
         finally:
             self.commander.forget(cmd_id)

@@ -996,10 +996,15 @@ class Store:
             (cmd_id, dev, op, _dumps(args), now, worker),
         )
 
-    def finish_command(self, cmd_id: str, status: str, reply: dict[str, Any] | None, now: float) -> None:
+    def finish_command(
+        self, cmd_id: str, dev: str, status: str, reply: dict[str, Any] | None, now: float
+    ) -> None:
+        """The end of dev's command cmd_id, if it was still sent (a reply
+        naming another device's command id ends nothing)."""
         self.db.execute(
-            "UPDATE commands SET status = ?, reply = ?, replied = ? WHERE id = ? AND status = 'sent'",
-            (status, _dumps(reply) if reply is not None else None, now, cmd_id),
+            """UPDATE commands SET status = ?, reply = ?, replied = ?
+               WHERE id = ? AND device = ? AND status = 'sent'""",
+            (status, _dumps(reply) if reply is not None else None, now, cmd_id, dev),
         )
 
     def command(self, cmd_id: str) -> dict[str, Any] | None:

@@ -80,7 +80,9 @@ def add_command(store: Store, dev: str, t: float, op: str, args: dict[str, Any],
     """A command the gateway sent at t and the device carried out."""
     cmd = secrets.token_hex(8)
     store.add_command(cmd, dev, op, args, t)
-    store.finish_command(cmd, "ok", {"v": 1, "dev": dev, "id": cmd, "ok": True, "result": result}, t + 0.2)
+    store.finish_command(
+        cmd, dev, "ok", {"v": 1, "dev": dev, "id": cmd, "ok": True, "result": result}, t + 0.2
+    )
 
 
 def thermostat_record(

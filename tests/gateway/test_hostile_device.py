@@ -152,6 +152,27 @@ async def test_retained_telemetry_with_seq_2_63_does_not_stop_the_gateway_across
     assert r.gw.rejects.get("internal", 0) == 0
 
 
+async def test_a_reply_naming_another_device_s_command_ends_nothing_of_it(
+    start_gateway: StartGateway, devices: Callable[[str], Device]
+) -> None:
+    """A command the gateway sent to one device, still waiting (here: sent
+    by a gateway that stopped before its answer), is not ended by another
+    device replying with its id: it stays sent, for its own device's reply."""
+    r = await start_gateway()
+    rogue, other = devices("th"), devices("th")
+    await online(r, rogue, other)
+    r.store.add_command("c-other-1", other.id, "ping", {}, time.time())
+    await rogue.send(
+        "reply", {"v": 1, "dev": rogue.id, "id": "c-other-1", "ok": False, "error": {"code": "forged"}}
+    )
+    await lands(r, rogue, 1)  # (its reply came before this, on its own connection)
+    row = r.store.command("c-other-1")
+    assert row is not None and (row["status"], row["reply"]) == ("sent", None)
+    await other.send("reply", {"v": 1, "dev": other.id, "id": "c-other-1", "ok": True, "result": {}})
+    await async_wait_for(lambda: (r.store.command("c-other-1") or {})["status"] == "late", 10, what="late")
+    assert running(r)
+
+
 async def test_telemetry_with_a_huge_or_negative_ts_is_rejected_and_others_land(
     start_gateway: StartGateway, devices: Callable[[str], Device]
 ) -> None:
