@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import replace
@@ -259,6 +260,7 @@ class Updater:
         self.fleet = fleet
         self.roots = RootPlan(dict(keys.chain) if keys is not None else {})
         self._held: set[str] = set()  # devices whose update's offer waits for a root
+        self._hello_at: dict[str, float] = {}  # device on an older root -> when its last hello came
         self._keys_stamp = _stamp(keys)
         self.deadline_s = deadline_s
         self.freshness_ttl_s = freshness_ttl_s
@@ -452,12 +454,21 @@ class Updater:
         before it took it, or took it and lost it in a crash): it is sent
         again, with a fresh freshness statement. A device that has the
         offer already ignores the repeat. So is a deferred one: a statement
-        renewed while the device was away never reached it."""
-        self.roots.sent.pop(dev, None)  # what was sent before did not outlive the connection
+        renewed while the device was away never reached it. A device on an
+        older root is sent the next one: its hello, which comes first, found
+        it not yet online."""
+        record = self.devices(dev)
+        behind = record is not None and self.roots.behind(record.hello)
+        last = self.roots.sent.get(dev)
+        if last is None or last[1] < self._hello_at.get(dev, math.inf):
+            # what was sent before this connection's hello did not outlive the
+            # connection before (a root sent at that hello did)
+            self.roots.sent.pop(dev, None)
+            if behind and record is not None:
+                self._spawn(self._send_root(dev, record.hello, self.clock.now()), f"root-{dev}")
         u = self._active.get(dev)
         if u is not None and (_untaken(u) or u.state == "deferred"):
-            record = self.devices(dev)
-            if record is not None and self.roots.behind(record.hello):
+            if behind:
                 self._held.add(dev)  # its hello says which root it came back with
             else:
                 self._spawn(self._reoffer(u, renew=u.state == "deferred"), f"reoffer-{u.id}")
@@ -470,6 +481,7 @@ class Updater:
         though the statuses that said so were lost (a broker restarted
         without them). The update if it moved."""
         if self.roots.behind(hello):
+            self._hello_at[dev] = now
             if self.online(dev):
                 self._spawn(self._send_root(dev, hello, now), f"root-{dev}")
         elif dev in self._held:

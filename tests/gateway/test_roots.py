@@ -56,6 +56,31 @@ async def test_a_device_on_an_older_root_takes_the_chain_before_its_update(
     assert r.gw.ota.stats["roots"] == 2
 
 
+async def test_a_device_back_on_its_older_root_is_sent_the_root_again_at_once(
+    start_gateway: StartGateway, keys: Keys, ota_devices: MakeDevice
+) -> None:
+    """A device that reset as its root came comes back trusting the older
+    one: its hello (which comes before its state online, when the gateway
+    still has it offline) and its online get it sent the root again, then
+    and there; a root sent at a hello of the same connection is not sent
+    twice."""
+    new = load_keys(rotate_root(keys.path).path)
+    r = await start_gateway(new)
+    dev = await registered(r, ota_devices(), root=1)
+    assert await asyncio.to_thread(dev.root) == _root_file(new, 2)
+    for _ in range(2):
+        offline = {"v": 1, "dev": dev.id, "state": "offline", "reason": "lost"}
+        dev.client.publish(dev.topic("state"), json.dumps(offline), qos=1, retain=True)
+        await async_wait_for(lambda: not r.gw.is_online(dev.id), 10, what="offline")
+        await registered(r, dev, root=1)  # (hello, then online: as the runtime's birth)
+        assert await asyncio.to_thread(dev.root, 5) == _root_file(new, 2)
+        assert await asyncio.to_thread(dev.root, 0.5) is None
+    # a hello again on the same connection, within RESEND_S: nothing more
+    await asyncio.to_thread(dev.hello, root=1, online=False)
+    assert await asyncio.to_thread(dev.root, 1) is None
+    assert r.gw.ota.stats["roots"] == 3
+
+
 async def test_a_device_of_protocol_1_is_offered_updates_its_old_root_checks(
     start_gateway: StartGateway, keys: Keys, make_release: MakeRelease, ota_devices: MakeDevice
 ) -> None:

@@ -62,8 +62,10 @@ class OtaDevice:
         counter: int = 0,
         manifest: str | None = None,
         root: int | None = None,
+        online: bool = True,
     ) -> None:
-        """A retained hello (with what it runs) and state online; with root,
+        """A retained hello (with what it runs) and state online (a connect's;
+        online False: the hello alone, as a device says it again); with root,
         a hello of protocol level 2 naming the root it trusts."""
         msg: dict[str, Any] = {
             "v": 1,
@@ -86,9 +88,9 @@ class OtaDevice:
             msg["proto"] = 2
             msg["ota"]["root"] = root
         self.client.publish(self.topic("hello"), json.dumps(msg), qos=1, retain=True)
-        self.client.publish(
-            self.topic("state"), json.dumps({"v": 1, "dev": self.id, "state": "online"}), qos=1, retain=True
-        )
+        if online:
+            state = {"v": 1, "dev": self.id, "state": "online"}
+            self.client.publish(self.topic("state"), json.dumps(state), qos=1, retain=True)
 
     def status(self, uid: str, state: str, **fields: Any) -> None:
         msg = {"v": 1, "dev": self.id, "id": uid, "state": state, "ts": time.time(), **fields}
