@@ -314,6 +314,19 @@ def _pg_params(params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any] | Map
     return [_pg_value(p) for p in params]
 
 
+# how every connection of the gateway's to PostgreSQL is made: a statement that runs
+# past STATEMENT_S is cancelled, a server gone silent is found by TCP keepalives
+CONNECTION: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": 10,
+    "options": f"-c statement_timeout={STATEMENT_S * 1000}",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 class PostgresDatabase(Database):
     kind = "postgresql"
 
@@ -329,16 +342,7 @@ class PostgresDatabase(Database):
         """A connection: a statement that runs past STATEMENT_S is cancelled, and
         a server gone silent is found by TCP keepalives, so that the gateway's
         loop is never held by the database for longer."""
-        db = psycopg.connect(
-            self.url,
-            autocommit=True,
-            connect_timeout=10,
-            options=f"-c statement_timeout={STATEMENT_S * 1000}",
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-        )
+        db = psycopg.connect(self.url, **CONNECTION)
         encoding = db.execute("SHOW server_encoding").fetchone()
         if encoding is None or str(encoding[0]).upper() != "UTF8":
             db.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from .db import CONNECTION
 from .pool import BEAT_S
 
 log = logging.getLogger("permabeta.gateway.pool_events")
@@ -39,19 +40,21 @@ MAX_WAITING = 10_000  # events waiting to be sent; more are dropped (a database 
 Listener = Callable[[str, str, dict[str, Any]], None]
 
 
-def batches(worker: str, events: list[str]) -> list[str]:
+def batches(worker: str, events: list[str]) -> tuple[list[str], int]:
     """Notifications of events (each a JSON array [kind, dev, msg]) from
-    worker: JSON objects of at most LIMIT bytes, in order. An event that
-    cannot fit in one alone is left out (a device's message is at most 4 KiB:
-    only one full of escapes could)."""
+    worker: JSON objects of at most LIMIT bytes, in order, and how many
+    events were left out, each too large to go alone (a device's message is
+    at most 4 KiB as it came, but written again it may be longer: escapes,
+    and numbers such as 9e15 written out in full)."""
     head = json.dumps({"w": worker, "e": []})[:-2]  # '{"w": "...", "e": ['
     out: list[str] = []
     part: list[str] = []
     size = len(head) + 2
+    left_out = 0
     for e in events:
         n = len(e.encode())
         if len(head) + 2 + n > LIMIT:
-            log.warning("an event of %d bytes is too large to pass on to the pool", n)
+            left_out += 1
             continue
         if part and size + n + 1 > LIMIT:
             out.append(head + ",".join(part) + "]}")
@@ -60,7 +63,40 @@ def batches(worker: str, events: list[str]) -> list[str]:
         size += n + 1
     if part:
         out.append(head + ",".join(part) + "]}")
-    return out
+    return out, left_out
+
+
+def _events(payload: str, worker: str) -> tuple[bool, list[tuple[str, str, dict[str, Any]]]]:
+    """(whether another worker says it has a stream open, the events it passes
+    on) of a notification on the channel; nothing of this worker's own, nor of
+    one not in the pool's form (anyone on the database may NOTIFY). Never raises."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("w"), str):
+        log.warning("a notification on %s not of the pool's: %r", CHANNEL, payload[:80])
+        return False, []
+    if body["w"] == worker:
+        return False, []
+    if "watching" in body:
+        return bool(body["watching"]), []
+    events = body.get("e")
+    if not isinstance(events, list):
+        log.warning("a notification on %s not of the pool's: %r", CHANNEL, payload[:80])
+        return False, []
+    ok = [
+        (e[0], e[1], e[2])
+        for e in events
+        if isinstance(e, list)
+        and len(e) == 3
+        and e[0] in RELAYED
+        and isinstance(e[1], str)
+        and isinstance(e[2], dict)
+    ]
+    if len(ok) != len(events):
+        log.warning("%d events passed on by %s not of the pool's form", len(events) - len(ok), body["w"][:32])
+    return False, ok
 
 
 class PoolEvents:
@@ -88,21 +124,21 @@ class PoolEvents:
         self._ready.set()
 
     async def run(self) -> None:
-        """Listen and pass on until cancelled, connecting again after a failure."""
+        """Listen and pass on until cancelled, connecting again after any failure."""
         while True:
             try:
                 # (two connections: one waiting for notifications is held by that)
                 async with (
-                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as ear,
-                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as mouth,
+                    await psycopg.AsyncConnection.connect(self.url, **CONNECTION) as ear,
+                    await psycopg.AsyncConnection.connect(self.url, **CONNECTION) as mouth,
                 ):
                     await ear.execute(f"LISTEN {CHANNEL}")
                     log.info("%s passes the app's live events on to the pool", self.worker)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._send(mouth))
                         tg.create_task(self._receive(ear))
-            except* (psycopg.Error, OSError) as group:
-                log.warning("the pool's live events: %s; trying again", group.exceptions[0])
+            except Exception as exc:  # noqa: BLE001 - (a group too) logged, and tried again
+                log.warning("the pool's live events: %r; trying again", exc)
             await asyncio.sleep(BEAT_S)
 
     async def _send(self, db: psycopg.AsyncConnection[Any]) -> None:
@@ -113,29 +149,26 @@ class PoolEvents:
                     await self._ready.wait()
             self._ready.clear()
             notes: list[str] = []
-            if self.listeners and time.monotonic() - said >= BEAT_S:
+            if time.monotonic() - said >= BEAT_S:
+                # (every beat, watched or not: a dead connection is found by this too)
                 said = time.monotonic()
                 notes.append(json.dumps({"w": self.worker, "watching": len(self.listeners)}))
             events, self._out = self._out, []
-            notes += batches(self.worker, events)
+            batch, left_out = batches(self.worker, events)
+            if left_out:
+                self.dropped += left_out
+                log.info("%d events too large for a notification were not passed on", left_out)
+            notes += batch
             if notes:
                 await db.execute(f"SELECT pg_notify('{CHANNEL}', n) FROM unnest(%s::text[]) AS n", (notes,))
-                self.sent += len(events)
+                self.sent += len(events) - left_out
             await asyncio.sleep(FLUSH_S)
 
     async def _receive(self, db: psycopg.AsyncConnection[Any]) -> None:
         async for note in db.notifies():
-            try:
-                body = json.loads(note.payload)
-                if body.get("w") == self.worker:
-                    continue
-                if body.get("watching"):
-                    self.watched_until = time.monotonic() + WATCHED_S
-                    continue
-                events = body["e"]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("a notification on %s that is not the pool's: %r", CHANNEL, note.payload[:80])
-                continue
+            watching, events = _events(note.payload, self.worker)
+            if watching:
+                self.watched_until = time.monotonic() + WATCHED_S
             for kind, dev, msg in events:
                 self.received += 1
                 for listener in self.listeners:

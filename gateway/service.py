@@ -112,6 +112,12 @@ class _Live:
     hello: bool = True
 
 
+# an id the registry lacks is taken to lack it this long (a device provisioned
+# meanwhile is heard from its hello on, which needs no registry), for so many ids
+_UNREGISTERED_S = 5.0
+_MAX_UNREGISTERED = 10_000
+
+
 def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:
     # Silence longer than three telemetry periods or 1.5 keepalives (the
     # broker's own limit) means the device is gone even if no will arrived.
@@ -133,6 +139,27 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class _Inbox(asyncio.Queue[aiomqtt.Message]):
+    """See Gateway._inbox."""
+
+    def __init__(self, handle: Callable[[str, bytes, bool], None], maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._handle = handle
+        self._held: list[tuple[str, bytes, bool]] | None = []
+
+    def put_nowait(self, m: aiomqtt.Message) -> None:
+        payload = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
+        if self._held is not None:
+            self._held.append((m.topic.value, payload, m.retain))
+        else:
+            self._handle(m.topic.value, payload, m.retain)
+
+    def open(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self._handle(*message)
 
 
 class Gateway:
@@ -175,6 +202,7 @@ class Gateway:
         self.tls_context = tls_context
         self.reconcile_delay = reconcile_delay
         self.listeners: list[Listener] = []
+        self._unregistered: dict[str, float] = {}  # an id found in no registry -> until when it is believed
         # (a pool on PostgreSQL: the app's live events of the other workers come through it)
         self.pool_events: PoolEvents | None = None
         if self.pool.pooled and isinstance(store.db, PostgresDatabase):
@@ -355,6 +383,7 @@ class Gateway:
         backoff = Backoff()
         b = self.broker
         while True:
+            inbox: list[_Inbox] = []
             try:
                 async with aiomqtt.Client(
                     b.host,
@@ -369,7 +398,7 @@ class Gateway:
                     # requests and chunks are small and go back and forth:
                     # Nagle's delay would cost 40 ms and more each
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-                    queue_type=self._inbox(),
+                    queue_type=self._inbox(inbox),
                 ) as client:
                     pooled = pooled_subscriptions(self.pool.share()) if self.pool.pooled else ()
                     for pattern in pooled or SUBSCRIPTIONS:
@@ -378,6 +407,7 @@ class Gateway:
                     self._client = client
                     self.connects += 1
                     self.connected.set()
+                    inbox[0].open()
                     log.info("connected to broker %s", b)
                     backoff.reset()
                     # what the devices did while the gateway was away shows in
@@ -407,18 +437,28 @@ class Gateway:
                 self.connected.clear()
                 await asyncio.sleep(delay)
 
-    def _inbox(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+    def _inbox(self, made: list[_Inbox]) -> type[asyncio.Queue[aiomqtt.Message]]:
         """aiomqtt's message queue, replaced by one that hands each message to
-        handle() as paho reads it: a queue and a task per message would cost
-        more than handling it."""
+        handle() as paho reads it (a queue and a task per message would cost
+        more than handling it), once open: what comes before (the broker
+        gives a persistent session's messages as soon as it connects) waits
+        until the gateway can answer. The one aiomqtt makes is put in made."""
         gateway = self
 
-        class Inbox(asyncio.Queue[aiomqtt.Message]):
-            def put_nowait(self, m: aiomqtt.Message) -> None:
-                payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
-                gateway.handle(m.topic.value, bytes(payload), m.retain)
+        class Inbox(_Inbox):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(gateway._handled, maxsize)
+                made.append(self)
 
         return Inbox
+
+    def _handled(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:
+            self.handle(topic, payload, retain)
+        except Exception:
+            # (handle() raises for nothing: were it to, the message is dropped, not
+            # left unacknowledged for the broker to give again at every connect)
+            log.exception("failed to handle a message on %s", topic[:120])
 
     async def _flush_loop(self) -> None:
         while True:
@@ -535,7 +575,17 @@ class Gateway:
         """Whether the gateway takes dev's messages other than hello and state:
         a device that said hello, or one provisioned (MQTT orders messages
         only per topic: its telemetry may come before its hello)."""
-        return dev in self._live or Registry(self.store).get(dev) is not None
+        if dev in self._live:
+            return True
+        now = time.monotonic()
+        if self._unregistered.get(dev, 0.0) > now:
+            return False  # (a flood from an id not provisioned costs one lookup a while)
+        if Registry(self.store).get(dev) is not None:
+            return True
+        if len(self._unregistered) >= _MAX_UNREGISTERED:
+            self._unregistered.clear()
+        self._unregistered[dev] = now + _UNREGISTERED_S
+        return False
 
     def reject(self, topic: str, reason: str, detail: str, now: float) -> None:
         n = self.rejects.get(reason, 0) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,28 @@ async def test_a_provisioned_device_s_will_before_its_hello_is_kept_for_it(db_at
         gw.handle("pb/th-1/hello", hello("th-1", keepalive=10, telemetry_s=2), True)
         d = store.device("th-1")
         assert d is not None and not d.online
+
+
+async def test_a_flood_from_an_id_never_provisioned_costs_one_registry_lookup_a_while(
+    db_at: DbAt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db_at()) as store:
+        gw = Gateway(BrokerUrl("127.0.0.1", 1), store, api=None)
+        looked: list[str] = []
+        get = Registry.get
+        monkeypatch.setattr(Registry, "get", lambda self, dev: looked.append(dev) or get(self, dev))
+        for seq in range(1, 201):
+            gw.handle("pb/ghost/telemetry", telemetry("ghost", seq), False)
+        assert gw.rejects == {"unknown_device": 200} and looked == ["ghost"]
+        # provisioned meanwhile: heard from its hello on (which needs no registry), at once
+        Registry(store).register("ghost", "thermostat", "thermostat-v1", password_hash("ghost", "pw"), 1.0)
+        gw.handle("pb/ghost/hello", hello("ghost", keepalive=10, telemetry_s=2), True)
+        gw.handle("pb/ghost/telemetry", telemetry("ghost", 201), False)
+        gw.flush()
+        assert store.telemetry_count("ghost") == 1
+        # and before a hello, once what was believed of it has lapsed
+        Registry(store).register("late-1", "thermostat", "thermostat-v1", password_hash("late-1", "pw"), 1.0)
+        gw._unregistered["late-1"] = time.monotonic() - 1  # (found unknown over 5 s ago)
+        gw.handle("pb/late-1/telemetry", telemetry("late-1", 1), False)
+        gw.flush()
+        assert store.telemetry_count("late-1") == 1

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.pool import TTL_S, Pool, PoolError, owner_of
-from gateway.pool_events import LIMIT, batches
+from gateway.pool_events import LIMIT, _events, batches
 from gateway.store import Store
 
 from ..conftest import DbAt
@@ -143,10 +143,48 @@ def test_the_pool_s_live_events_go_in_notifications_postgresql_takes_in_order(
         for i, n in enumerate(sizes)
     ]
     events += [events[-1]] if events else []
-    notes = batches(worker, events)
+    notes, left_out = batches(worker, events)
     assert all(len(n.encode()) <= LIMIT for n in notes)
     bodies = [json.loads(n) for n in notes]
     assert all(b["w"] == worker and b["e"] for b in bodies)
     passed = [json.dumps(e, ensure_ascii=False) for b in bodies for e in b["e"]]
     fits = [e for e in events if len(f'{{"w": {json.dumps(worker)}, "e": [{e}]}}'.encode()) <= LIMIT]
-    assert passed == fits
+    assert passed == fits and left_out == len(events) - len(fits)
+
+
+@given(
+    payload=st.one_of(
+        st.text(max_size=200),
+        st.sampled_from(["[" * 5000, '{"w":"x","e":null}', '{"w":"x","e":5}', '{"w":"x","e":[[1,2]]}', "{}"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.sampled_from(["w", "e", "watching", "x"]), inner, max_size=3)
+            ),
+            max_leaves=12,
+        ).map(json.dumps),
+    )
+)
+def test_a_notification_of_any_form_on_the_pool_s_channel_is_told_apart_never_raising(payload: str) -> None:
+    """Anyone on the database may NOTIFY the pool's channel: what is not of
+    the pool's form passes nothing on, and raises nothing (a raise would
+    stop the worker)."""
+    watching, events = _events(payload, "gw-1")
+    assert isinstance(watching, bool)
+    for kind, dev, msg in events:
+        assert kind in ("telemetry", "online", "offline") and isinstance(dev, str) and isinstance(msg, dict)
+
+
+def test_the_pool_s_own_notifications_are_read_back_as_sent() -> None:
+    events = [
+        json.dumps(["telemetry", "th-1", {"seq": 1}]),
+        json.dumps(["offline", "th-2", {"reason": "lost"}]),
+    ]
+    notes, _ = batches("gw-2", events)
+    assert _events(notes[0], "gw-1") == (
+        False,
+        [("telemetry", "th-1", {"seq": 1}), ("offline", "th-2", {"reason": "lost"})],
+    )
+    assert _events(notes[0], "gw-2") == (False, [])  # (its own)
+    assert _events(json.dumps({"w": "gw-2", "watching": 1}), "gw-1") == (True, [])
