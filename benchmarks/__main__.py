@@ -23,6 +23,7 @@ from . import (
     pool_ingest,
     serial_transfer,
     twin_accuracy,
+    update_serving,
 )
 
 # name, title, run(arguments)
@@ -34,6 +35,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ("ota_image", "a 1 MiB MicroPython image written to the app partition", lambda argv: ota_image.main()),
     ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
     ("pool", "gateway ingest at the broker's limit: one gateway, and a pool of two", pool_ingest.main),
+    (
+        "serve",
+        "fleet update serving: 200 lightweight receivers against the broker's raw throughput",
+        update_serving.main,
+    ),
     (
         "judge",
         "the rollout judge on 1,000 thermostats: bad releases halted, good ones not",

@@ -308,6 +308,10 @@ def add_password(passwords: Path, username: str, password: str) -> None:
     add_passwords(passwords, {username: password})
 
 
+MAX_QUEUED = 100_000  # messages waiting for one client
+MAX_QUEUED_BYTES = 32 * 1024 * 1024  # ... and their bytes
+
+
 def mosquitto_config(
     directory: Path,
     port: int | None,
@@ -360,7 +364,12 @@ def mosquitto_config(
         f"acl_file {files.acl}",
         f"max_packet_size {max_packet}",
         f"user {run_as}",
-        "max_queued_messages 1000",
+        # what waits for a client (beyond the 20 in flight): the gateway's persistent
+        # session while it is away, and a whole fleet's hellos and states when it
+        # comes back (a thousand would drop the rest); in bytes, no client may
+        # make the broker hold more than its share, a device that reads nothing too
+        f"max_queued_messages {MAX_QUEUED}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         # small messages back and forth (update chunks): no Nagle delay
         "set_tcp_nodelay true",
         f"persistence {'true' if persistence else 'false'}",

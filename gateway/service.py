@@ -9,6 +9,7 @@ broker or the gateway restarts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -115,6 +116,7 @@ class _Live:
 # an id the registry lacks is taken to lack it this long (a device provisioned
 # meanwhile is heard from its hello on, which needs no registry), for so many ids
 _UNREGISTERED_S = 5.0
+_INBOX_BATCH = 256  # messages handled before the loop is let go
 _MAX_UNREGISTERED = 10_000
 
 
@@ -147,19 +149,31 @@ class _Inbox(asyncio.Queue[aiomqtt.Message]):
     def __init__(self, handle: Callable[[str, bytes, bool], None], maxsize: int = 0) -> None:
         super().__init__(maxsize)
         self._handle = handle
-        self._held: list[tuple[str, bytes, bool]] | None = []
+        self._waiting: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._more = asyncio.Event()
 
     def put_nowait(self, m: aiomqtt.Message) -> None:
         payload = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
-        if self._held is not None:
-            self._held.append((m.topic.value, payload, m.retain))
-        else:
-            self._handle(m.topic.value, payload, m.retain)
+        self._waiting.append((m.topic.value, payload, m.retain))
+        self._more.set()
 
-    def open(self) -> None:
-        held, self._held = self._held or [], None
-        for message in held:
-            self._handle(*message)
+    async def hand_on(self) -> None:
+        """Hand every message to handle(), in order, as they come, until
+        cancelled: a batch at each wake, the loop let go between batches."""
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            n = 0
+            while self._waiting:
+                self._handle(*self._waiting.popleft())
+                n += 1
+                if n % _INBOX_BATCH == 0:
+                    await asyncio.sleep(0)  # (a flood does not hold up the API and the rest)
+
+    def hand_on_the_rest(self) -> None:
+        """What came before the connection ended (the broker has its acknowledgement)."""
+        while self._waiting:
+            self._handle(*self._waiting.popleft())
 
 
 class Gateway:
@@ -407,16 +421,21 @@ class Gateway:
                     self._client = client
                     self.connects += 1
                     self.connected.set()
-                    inbox[0].open()
+                    handing = asyncio.create_task(inbox[0].hand_on(), name="gateway-inbox")
                     log.info("connected to broker %s", b)
                     backoff.reset()
                     # what the devices did while the gateway was away shows in
                     # their retained messages: then updates are squared with it
                     if self.leading:
                         self.ota.reconcile_soon(self.reconcile_delay)
-                    # (the inbox hands every message on as it comes: this waits for the end)
-                    async for _ in client.messages:
-                        pass
+                    try:
+                        # (the inbox hands every message on as it comes: this waits for the end)
+                        async for _ in client.messages:
+                            pass
+                    finally:
+                        handing.cancel()
+                        await asyncio.gather(handing, return_exceptions=True)
+                        inbox[0].hand_on_the_rest()
             except aiomqtt.MqttError as exc:
                 refused = _certificate_refused(exc)
                 if refused is not None:
@@ -438,11 +457,14 @@ class Gateway:
                 await asyncio.sleep(delay)
 
     def _inbox(self, made: list[_Inbox]) -> type[asyncio.Queue[aiomqtt.Message]]:
-        """aiomqtt's message queue, replaced by one that hands each message to
-        handle() as paho reads it (a queue and a task per message would cost
-        more than handling it), once open: what comes before (the broker
-        gives a persistent session's messages as soon as it connects) waits
-        until the gateway can answer. The one aiomqtt makes is put in made."""
+        """aiomqtt's message queue, replaced by one whose messages one task
+        hands to handle() in batches (aiomqtt's iterator makes a task and a
+        wait for each message: more than handling it costs), from when the
+        gateway can answer them: what comes before (the broker gives a
+        persistent session's messages as soon as it connects) waits. Each is
+        acknowledged as it is read, as before: a burst waits here, not in
+        the broker, which drops what is past its queue's limit. The one
+        aiomqtt makes is put in made."""
         gateway = self
 
         class Inbox(_Inbox):

@@ -3,7 +3,9 @@ real Mosquitto."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import threading
 import time
@@ -74,3 +76,30 @@ def test_a_tls_listener_beside_the_plain_one_or_instead_of_it(tmp_path: Path) ->
     assert "listener 1883" not in only and "listener 8883 127.0.0.1" in only
     with pytest.raises(BrokerError, match="needs a listener"):
         mosquitto_config(tmp_path / "none", None)
+
+
+def test_what_a_fleet_says_while_the_gateway_is_away_waits_for_it(own_mosquitto: Mosquitto) -> None:
+    """The gateway's persistent session keeps what devices say while it is
+    away (or slower than a burst: a fleet's hellos and states at a broker's
+    restart) far past Mosquitto's default 1000 messages; a limit in bytes
+    bounds what one client can make the broker hold."""
+    own_mosquitto.add_user("th-burst", "pw")
+    gw = TestClient(own_mosquitto, GATEWAY_USER, GATEWAY_PASSWORD, client_id="gw", clean_session=False)
+    gw.c.subscribe("pb/+/telemetry", 1)
+    time.sleep(0.3)
+    gw.close()
+    dev = TestClient(own_mosquitto, "th-burst", "pw", client_id="th-burst")
+    for seq in range(5000):
+        info = dev.c.publish("pb/th-burst/telemetry", f'{{"seq":{seq}}}', qos=1)
+    info.wait_for_publish(30)
+    dev.close()
+    gw = TestClient(own_mosquitto, GATEWAY_USER, GATEWAY_PASSWORD, client_id="gw", clean_session=False)
+    got = 0
+    with contextlib.suppress(queue.Empty):
+        while got < 5000:
+            gw.received.get(timeout=5)
+            got += 1
+    gw.close()
+    assert got == 5000
+    conf = own_mosquitto.files.conf.read_text()
+    assert "max_queued_bytes 33554432" in conf
