@@ -265,11 +265,15 @@ def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
         def start(dev: str) -> str:
             return str(gateway.api.request("POST", f"/api/v1/devices/{dev}/update", {"release": rid})["id"])
 
+        if a.profile:
+            gateway.profile_start()
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(start, ids))
         t_offered = time.monotonic()
         t_done = _wait("every receiver holding its update", lambda: done.value >= len(ids), a.timeout, 0.01)
+        if a.profile:
+            out["profile"] = gateway.profile_stop()
         served = per_device * len(ids)
         out.update(
             {
@@ -339,6 +343,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--raw-s", type=float, default=5.0, help="seconds of the raw baseline")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--full-devices", type=int, default=100, help="simulated thermostats beside (0: none)")
+    p.add_argument("--profile", action="store_true", help="cProfile the gateway while it serves (slower)")
     return p.parse_args(list(argv))
 
 

@@ -51,6 +51,9 @@ def blobs_dir(db: Path) -> Path:
     return db.with_name(db.name + BLOBS_SUFFIX)
 
 
+BLOB_CACHE = 64 * 1024 * 1024  # bytes of blobs kept in memory while devices fetch them
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """An object a device may fetch: its size and its chunk tag (the first
@@ -166,6 +169,9 @@ class ReleaseStore:
         self.blobs = blobs if blobs is not None else store.beside(BLOBS_SUFFIX)
         self.root = root
         self._cache: OrderedDict[str, StoredRelease] = OrderedDict()
+        # blobs being served, whole (named by their hash: what a name holds never changes)
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._blob_bytes = 0
 
     # ---- adding ------------------------------------------------------------
 
@@ -402,6 +408,17 @@ class ReleaseStore:
         OSError if a blob file is missing or unreadable."""
         if obj == "manifest":
             return release.manifest[offset : offset + length]
-        with self.blob_path(obj).open("rb") as f:
-            f.seek(offset)
-            return f.read(length)
+        blob = self._blobs.get(obj)
+        if blob is None:
+            path = self.blob_path(obj)
+            if path.stat().st_size > BLOB_CACHE // 8:
+                with path.open("rb") as f:  # (a big one is read a chunk at a time)
+                    f.seek(offset)
+                    return f.read(length)
+            blob = self._blobs[obj] = path.read_bytes()
+            self._blob_bytes += len(blob)
+            while self._blob_bytes > BLOB_CACHE:
+                self._blob_bytes -= len(self._blobs.popitem(last=False)[1])
+        else:
+            self._blobs.move_to_end(obj)
+        return blob[offset : offset + length]

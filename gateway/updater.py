@@ -283,6 +283,7 @@ class Updater:
         self._dirty: set[str] = set()
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(outbox)
         self._waiting: dict[str, int] = {}  # device -> its chunks in the outbox
+        self._starved: dict[str, None] = {}  # devices whose window allows chunks the outbox had no room for
         self._last_version = self.table.last_freshness()
         self.serving = True  # False: a worker of a pool that does not lead (step_down)
         self._renewing: set[str] = set()  # updates whose statement is being renewed
@@ -505,6 +506,7 @@ class Updater:
             task.cancel()
         self._active.clear()
         self._streams.clear()
+        self._starved.clear()
         self._dirty.clear()
         self._held.clear()
         self._renewing.clear()
@@ -717,10 +719,10 @@ class Updater:
             self._streams.pop(dev, None)  # it ended meanwhile
             return
         served = 0
-        for idx, key, tag, off, n, pos, last in stream.chunks():
-            if self._waiting.get(dev, 0) >= OUTBOX_PER_DEVICE:
-                self.stats["dropped"] += 1  # (not read: it could not be queued)
-                continue
+        # as many as the outbox has room for: the rest when it has (send_loop), not dropped
+        # (a device would find them lost, and ask again, halving its window)
+        room = min(self._outbox.maxsize - self._outbox.qsize(), OUTBOX_PER_DEVICE - self._waiting.get(dev, 0))
+        for idx, key, tag, off, n, pos, last in stream.chunks(max(0, room)):
             try:
                 data = self.releases.read(release, key, off, n)
             except OSError as exc:
@@ -735,6 +737,8 @@ class Updater:
             self._queue(dev, bytes(encode_chunk(stream.s, idx, pos, off, data, tag, last=last)))
         if stream.done():
             self._streams.pop(dev, None)
+        elif stream.due():
+            self._starved[dev] = None
         if served:
             self.stats["served"] += served
             self._count(dev, u, served, error=False, request=False)
@@ -762,6 +766,17 @@ class Updater:
             self.stats["dropped"] += 1
             return
         self._waiting[dev] = waiting + 1
+
+    def _feed_starved(self) -> None:
+        """Serve the streams that waited for room in the outbox, first come
+        first served, while there is room."""
+        for dev in list(self._starved):  # (one that still waits goes in again, at the end)
+            if self._outbox.qsize() >= self._outbox.maxsize:
+                return
+            del self._starved[dev]
+            held = self._streams.get(dev)
+            if held is not None:
+                self._serve(dev, *held)
 
     def _taken(self, topic: str) -> None:
         """A chunk for topic's device left the outbox."""
@@ -903,6 +918,8 @@ class Updater:
         while True:
             topic, payload = await self._outbox.get()
             self._taken(topic)
+            if self._starved and self._outbox.qsize() < self._outbox.maxsize // 2:
+                self._feed_starved()
             publish = self.publish
             if publish is None:
                 self.stats["dropped"] += 1

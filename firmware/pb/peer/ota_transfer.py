@@ -201,10 +201,15 @@ class Stream:
     def done(self):
         return self.i >= len(self.objs)
 
-    def chunks(self):
-        """[(idx, key, tag, offset, n, pos, last)] the window allows now."""
-        got = []
-        while self.i < len(self.objs) and len(self.out) < self.win:
+    def due(self):
+        """Whether the window allows a chunk now."""
+        return self.i < len(self.objs) and len(self.out) < self.win
+
+    def chunks(self, most=MAX_WINDOW):
+        """[(idx, key, tag, offset, n, pos, last)] the window allows now, at
+        most `most` (the rest at the next call)."""
+        got = []  # type: list[tuple]
+        while self.i < len(self.objs) and len(self.out) < self.win and len(got) < most:
             o = self.objs[self.i]
             n = min(self.chunk, o[3] - o[2])
             got.append(
