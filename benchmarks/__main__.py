@@ -34,7 +34,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[list[str]], int]]] = [
     ("ble", "the same update over Bluetooth LE (bluezoo, no radio)", lambda argv: ble_transfer.main()),
     ("ota_image", "a 1 MiB MicroPython image written to the app partition", lambda argv: ota_image.main()),
     ("fleet", "10,000 virtual devices and an update of 1,000, through one gateway", fleet_scale.main),
-    ("pool", "gateway ingest at the broker's limit: one gateway, and a pool of two", pool_ingest.main),
+    ("pool", "gateway ingest at the broker's limit: one gateway, pools of two and four", pool_ingest.main),
     (
         "serve",
         "fleet update serving: 200 lightweight receivers against the broker's raw throughput",

@@ -1,6 +1,6 @@
 """Gateway ingest at the broker's limit: telemetry stored per second by one
-gateway, then by a pool of two workers (gateway/pool.py), each against a bare
-subscriber to the same stream over the same window.
+gateway, then by pools of two and four workers (gateway/pool.py), each
+against bare subscribers to the same stream over the same window.
 
     .venv/bin/python -m benchmarks pool                    # 200 devices, 8 s windows
     .venv/bin/python -m benchmarks pool --seconds 4       # a quick check
@@ -51,7 +51,7 @@ PASSWORD = GATEWAY_PASSWORD  # every account's here
 PUBLISHERS = ("bench-pub-0", "bench-pub-1")
 SUBSCRIBER = "bench-sub"
 PAHO = "bench-paho"
-WORKERS = ("gw-1", "gw-2")
+WORKERS = ("gw-1", "gw-2", "gw-3", "gw-4")
 
 
 def _connect(port: int, user: str) -> socket.socket:
@@ -284,7 +284,7 @@ def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
     cluster = Postgres().start()
     os.environ["PERMABETA_HOME"] = str(work / "home")
     try:
-        runs = [measure_one(work, cluster.database(), n, a) for n in (0, 2)]
+        runs = [measure_one(work, cluster.database(), n, a) for n in (0, *a.workers)]
     finally:
         cluster.stop()
     return {"runs": runs, "engine": "postgresql"}
@@ -309,6 +309,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--seconds", type=float, default=8.0, help="the measured window")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--workers",
+        type=lambda t: tuple(int(x) for x in t.split(",")),
+        default=(2, 4),
+        help="pools measured after the gateway alone, comma-separated (at most 4)",
+    )
     return p.parse_args(list(argv))
 
 

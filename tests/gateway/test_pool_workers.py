@@ -345,3 +345,38 @@ async def _told(events: Events, kind: str, dev: str) -> None:
         got, data = await asyncio.wait_for(events.got.get(), 10)
         if got == kind and data["device"] == dev:
             return
+
+
+async def test_what_a_device_says_of_itself_is_taken_in_its_order_by_the_pool(
+    start_gateway: StartGateway, keys: Keys, ota_devices: MakeDevice
+) -> None:
+    """Order where it matters (docs/makers.md, "A pool of gateway workers"):
+    states and update statuses reach every worker in the order the device
+    sent them (non-shared subscriptions, one topic each), and one worker acts
+    on each (the owner, the leader): the last one said is the one that
+    stands, after a burst of them."""
+    a, b = await pool_of_two(start_gateway, keys)
+    devices = [ota_devices() for _ in range(4)]
+    for d in devices:
+        await asyncio.to_thread(d.hello)
+    ids = [d.id for d in devices]
+    await async_wait_for(
+        lambda: all((rec := a.store.device(i)) is not None and rec.online for i in ids), 10, what="online"
+    )
+    for d in devices:
+        for k in range(40):
+            state = {"v": 1, "dev": d.id, "state": "offline" if k % 2 else "online", "reason": f"r{k}"}
+            if k % 2 == 0:
+                state.pop("reason")
+            d.client.publish(d.topic("state"), json.dumps(state), qos=1, retain=True)
+    # (the 40th, k = 39, says offline, reason r39)
+    await async_wait_for(
+        lambda: all((rec := a.store.device(i)) is not None and rec.state_reason == "r39" for i in ids),
+        10,
+        what="every device's last state kept",
+    )
+    await asyncio.sleep(0.5)
+    for i in ids:
+        rec = a.store.device(i)
+        assert rec is not None and not rec.online and rec.state_reason == "r39"
+        assert not a.gw.is_online(i) and not b.gw.is_online(i)
