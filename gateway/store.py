@@ -935,19 +935,20 @@ class Store:
         return len(rows), []
 
     def _add_telemetry(self, rows: list[TelemetryRow]) -> None:
-        latest: dict[str, TelemetryRow] = {}
-        for r in rows:
-            latest[r.device] = r
+        texts = [self.db.json_text(_dumps(r.data)) for r in rows]
+        latest: dict[str, tuple[str, float]] = {}
+        for r, text in zip(rows, texts, strict=True):
+            latest[r.device] = (text, r.received)
         with self.transaction():
             self.db.insert_many(
                 "telemetry",
                 ("device", "received", "ts", "seq", "data"),
-                [(r.device, r.received, r.ts, r.seq, self.db.json_text(_dumps(r.data))) for r in rows],
+                [(r.device, r.received, r.ts, r.seq, text) for r, text in zip(rows, texts, strict=True)],
             )
             later = self.db.greatest("last_seen", "?")
             self.db.executemany(
                 f"UPDATE devices SET last_telemetry = ?, last_seen = {later} WHERE id = ?",
-                [(self.db.json_text(_dumps(r.data)), r.received, r.device) for r in latest.values()],
+                [(text, received, dev) for dev, (text, received) in latest.items()],
             )
 
     def telemetry(self, dev: str, limit: int = 100, since: float | None = None) -> list[TelemetryRow]:
