@@ -49,7 +49,7 @@ from .store import Store, TelemetryRow
 from .stream_service import NewStreams, retention_loop
 from .streams import withheld
 from .tls import ApiTls, server_cert, uses_tls
-from .updater import RECONCILE_S, Updater
+from .updater import RECONCILE_S, SEND_BATCH, Updater
 from .updates import DEFAULT_DEADLINE_S
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ class _Live:
 # meanwhile is heard from its hello on, which needs no registry), for so many ids
 _UNREGISTERED_S = 5.0
 _INBOX_BATCH = 256  # messages handled before the loop is let go
+_PENDING_WARNING = 4 * SEND_BATCH  # publishes awaited at once past which aiomqtt warns
 _MAX_UNREGISTERED = 10_000
 
 
@@ -414,6 +415,8 @@ class Gateway:
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                     queue_type=self._inbox(inbox),
                 ) as client:
+                    # (update chunks go a batch at a time, each awaited: not a concern)
+                    client.pending_calls_threshold = _PENDING_WARNING
                     pooled = pooled_subscriptions(self.pool.share()) if self.pool.pooled else ()
                     for pattern in pooled or SUBSCRIPTIONS:
                         await client.subscribe(pattern, qos=1)

@@ -71,6 +71,7 @@ OUTBOX = 1024  # chunks waiting to be sent; more are dropped (the device asks ag
 # of which one device's: a window of the stream it asked for last and one of the stream
 # before it (one device asking again and again does not crowd out the others' chunks)
 OUTBOX_PER_DEVICE = 2 * MAX_WINDOW
+SEND_BATCH = 64  # chunks handed to the MQTT client at once
 _WATCH_S = 1.0
 RECONCILE_S = 2.0  # after a (re)connect: time for the broker's retained messages to arrive
 
@@ -914,23 +915,30 @@ class Updater:
                 log.exception("could not save updates; trying again")
 
     async def send_loop(self) -> None:
-        """Send queued chunks (QoS 0); dropped when the broker is away."""
+        """Send queued chunks (QoS 0), up to SEND_BATCH at once (the MQTT
+        client writes them in order, as many at a time as the socket takes);
+        dropped when the broker is away."""
         while True:
-            topic, payload = await self._outbox.get()
-            self._taken(topic)
+            batch = [await self._outbox.get()]
+            while len(batch) < SEND_BATCH and not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            for topic, _ in batch:
+                self._taken(topic)
             if self._starved and self._outbox.qsize() < self._outbox.maxsize // 2:
                 self._feed_starved()
             publish = self.publish
             if publish is None:
-                self.stats["dropped"] += 1
+                self.stats["dropped"] += len(batch)
                 continue
-            try:
-                await publish(topic, payload, 0, False)
-            except GatewayError:
-                self.stats["dropped"] += 1
-            except Exception:
-                self.stats["dropped"] += 1
-                log.exception("could not send a chunk on %s", topic)
+            # (cancelled, gather raises CancelledError, whatever its publishes did with theirs)
+            results = await asyncio.gather(
+                *(publish(topic, payload, 0, False) for topic, payload in batch), return_exceptions=True
+            )
+            for (topic, _), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    self.stats["dropped"] += 1
+                    if not isinstance(result, GatewayError | asyncio.CancelledError):
+                        log.error("could not send a chunk on %s: %r", topic, result)
 
     def close(self) -> None:
         for task in list(self._tasks):

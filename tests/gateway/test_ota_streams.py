@@ -442,7 +442,14 @@ class Served:
     async def queued(self) -> list[tuple[str, tuple[int, int, int, int, int, bytes, bytes]]]:
         """Every chunk queued since the last call, as the gateway's sender
         published it: (topic, decoded)."""
-        await asyncio.sleep(0)  # (the sender takes all that waits, in one go)
+        # (the sender takes what waits, a batch at a time, each batch's publishes at once)
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            if self.ota._outbox.empty():
+                for _ in range(5):  # (the last batch's publishes)
+                    await asyncio.sleep(0)
+                if self.ota._outbox.empty():
+                    break
         assert self.ota._outbox.empty()
         out = []
         for topic, payload, qos, retain in self.sent:

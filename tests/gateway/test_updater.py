@@ -424,11 +424,14 @@ async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(gw_db: Pa
     for _ in range(3):
         gw.ota._outbox.put_nowait(("pb/th-1/ota/chunk", b"chunk"))
     sender = asyncio.create_task(gw.ota.send_loop())
-    await async_wait_for(lambda: client.publishes == 1, 2, what="the first publish")
+    # (a batch: the three at once)
+    await async_wait_for(lambda: client.publishes == 3, 2, what="the first batch's publishes")
     sender.cancel()
     await asyncio.wait([sender], timeout=2)
+    gw.ota._outbox.put_nowait(("pb/th-1/ota/chunk", b"chunk"))
+    await asyncio.sleep(0.1)
     try:
-        assert sender.cancelled() and client.publishes == 1
+        assert sender.cancelled() and client.publishes == 3
     finally:
         client.swallow = False
         while not sender.done():  # (so that a failure here does not hang the suite)
