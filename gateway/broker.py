@@ -366,8 +366,8 @@ def mosquitto_config(
         f"user {run_as}",
         # what waits for a client (beyond the 20 in flight): the gateway's persistent
         # session while it is away, and a whole fleet's hellos and states when it
-        # comes back (a thousand would drop the rest); in bytes, no client may
-        # make the broker hold more than its share, a device that reads nothing too
+        # comes back (a thousand would drop the rest); and a bound in bytes
+        # (security.md 7.9: what it does not bound)
         f"max_queued_messages {MAX_QUEUED}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
         # small messages back and forth (update chunks): no Nagle delay

@@ -52,6 +52,7 @@ def blobs_dir(db: Path) -> Path:
 
 
 BLOB_CACHE = 64 * 1024 * 1024  # bytes of blobs kept in memory while devices fetch them
+BLOB_CACHED_MAX = 256 * 1024  # a larger blob is read a chunk at a time (256 fit the cache)
 
 
 @dataclass(frozen=True)
@@ -411,11 +412,14 @@ class ReleaseStore:
         blob = self._blobs.get(obj)
         if blob is None:
             path = self.blob_path(obj)
-            if path.stat().st_size > BLOB_CACHE // 8:
-                with path.open("rb") as f:  # (a big one is read a chunk at a time)
+            if path.stat().st_size > BLOB_CACHED_MAX:
+                with path.open("rb") as f:  # (a big one, an image, is read a chunk at a time)
                     f.seek(offset)
                     return f.read(length)
-            blob = self._blobs[obj] = path.read_bytes()
+            blob = path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != obj:
+                return blob[offset : offset + length]  # (not kept: the device finds it is not the one)
+            self._blobs[obj] = blob
             self._blob_bytes += len(blob)
             while self._blob_bytes > BLOB_CACHE:
                 self._blob_bytes -= len(self._blobs.popitem(last=False)[1])

@@ -114,8 +114,8 @@ class _Live:
 
 
 # an id the registry lacks is taken to lack it this long (a device provisioned
-# meanwhile is heard from its hello on, which needs no registry), for so many ids
-_UNREGISTERED_S = 5.0
+# meanwhile is heard from its hello on, which needs no registry, or after it), for so many ids
+_UNREGISTERED_S = 1.0
 _INBOX_BATCH = 256  # messages handled before the loop is let go
 _PENDING_WARNING = 4 * SEND_BATCH  # publishes awaited at once past which aiomqtt warns
 _MAX_UNREGISTERED = 10_000
@@ -438,8 +438,9 @@ class Gateway:
                     finally:
                         handing.cancel()
                         await asyncio.gather(handing, return_exceptions=True)
-                        inbox[0].hand_on_the_rest()
             except aiomqtt.MqttError as exc:
+                if inbox:
+                    inbox[0].hand_on_the_rest()  # (the broker has its acknowledgement: not lost)
                 refused = _certificate_refused(exc)
                 if refused is not None:
                     hint = (
@@ -458,6 +459,11 @@ class Gateway:
                 self._client = None
                 self.connected.clear()
                 await asyncio.sleep(delay)
+            finally:
+                # what came and was acknowledged, however the connection ended (even
+                # while subscribing, or cancelled): handled, not lost
+                if inbox:
+                    inbox[0].hand_on_the_rest()
 
     def _inbox(self, made: list[_Inbox]) -> type[asyncio.Queue[aiomqtt.Message]]:
         """aiomqtt's message queue, replaced by one whose messages one task
@@ -604,7 +610,7 @@ class Gateway:
             return True
         now = time.monotonic()
         if self._unregistered.get(dev, 0.0) > now:
-            return False  # (a flood from an id not provisioned costs one lookup a while)
+            return False  # (a flood from an id not provisioned costs one lookup a second)
         if Registry(self.store).get(dev) is not None:
             return True
         if len(self._unregistered) >= _MAX_UNREGISTERED:

@@ -776,8 +776,13 @@ class Updater:
                 return
             del self._starved[dev]
             held = self._streams.get(dev)
-            if held is not None:
+            if held is None:
+                continue
+            try:
                 self._serve(dev, *held)
+            except Exception:
+                # (the sender must go on: the device asks again after its silence)
+                log.exception("%s: could not serve its stream", dev)
 
     def _taken(self, topic: str) -> None:
         """A chunk for topic's device left the outbox."""
@@ -924,7 +929,7 @@ class Updater:
                 batch.append(self._outbox.get_nowait())
             for topic, _ in batch:
                 self._taken(topic)
-            if self._starved and self._outbox.qsize() < self._outbox.maxsize // 2:
+            if self._starved:
                 self._feed_starved()
             publish = self.publish
             if publish is None:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -697,6 +698,28 @@ async def test_the_outbox_is_bounded_and_a_window_it_has_no_room_for_waits_for_r
         w.ota.on_request("th-a", v2("0123456789ab", [["manifest", 0, 1]], win=1, chunk=64))
     assert w.ota.stats["dropped"] == 10
     assert len(await w.queued()) == 64
+
+
+async def test_a_stream_that_cannot_be_served_as_the_outbox_drains_stops_nothing_else(
+    served: MakeServed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of a window is served by the sender as the outbox drains: an
+    error there (a database that fails a moment) is logged, and the sender
+    goes on sending the others' chunks."""
+    w = await served(outbox=8)
+    zsha, blob = w.blob()
+    w.ota.on_request("th-a", v2(w.uid, [[zsha[:16], 0, len(blob)]], win=64, chunk=64))
+    assert w.ota._outbox.qsize() == 8
+
+    def failing(*_: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(w.ota.releases, "get", failing)
+    assert len(await w.queued()) == 8  # (the rest could not be served: the device asks again)
+    monkeypatch.undo()
+    theirs, their_blob = w.blob(w.other_release)
+    w.ota.on_request("th-b", v2(w.other, [[theirs[:16], 0, len(their_blob)]], win=4, chunk=64))
+    assert len(await w.queued()) == 4
 
 
 async def test_one_device_asking_again_and_again_does_not_crowd_out_another_s_chunks(
