@@ -98,11 +98,12 @@ export function useLoad(load, deps) {
 
 // An input showing a stored value that keeps what the owner types in it until the stored value
 // changes: a page renders again at every live message, and an input given its value alone would
-// put the stored one back under their fingers.
+// put the stored one back under their fingers. What is typed is kept with the stored value it was
+// typed over (no effect resets it: one run after the owner's first keys would wipe them).
 export function Field({ value, ...props }) {
   const [typed, setTyped] = useState(null);
-  useEffect(() => setTyped(null), [value]);
-  return html`<input ...${props} value=${typed === null ? value : typed} onInput=${(e) => setTyped(e.target.value)} />`;
+  const shown = typed !== null && typed.over === value ? typed.text : value;
+  return html`<input ...${props} value=${shown} onInput=${(e) => setTyped({ text: e.target.value, over: value })} />`;
 }
 
 export function ErrorLine({ error }) {
