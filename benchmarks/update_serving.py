@@ -86,7 +86,6 @@ class _Device:
         self.sock.sendall(bytes(head) + body)
 
     def say_hello(self) -> None:
-        sys.path.insert(0, str(ROOT))
         from tests.support import messages
 
         hello = messages.hello(self.id, platform="cpython", proto=2)
@@ -112,6 +111,7 @@ def _receivers(
     from firmware.pb.net import mqtt
     from firmware.pb.peer.ota_transfer import Receiver
 
+    sys.path.insert(0, str(ROOT))  # (tests.support.messages: a hello as the protocol takes it)
     sel = selectors.DefaultSelector()
     devices = []
     for dev in ids:

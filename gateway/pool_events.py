@@ -102,8 +102,8 @@ def _events(payload: str, worker: str) -> tuple[bool, list[tuple[str, str, dict[
 class PoolEvents:
     """One worker's side of the channel. heard() is a listener of the
     gateway (gw.listeners); what the other workers pass on goes to the
-    listeners in `listeners` (the app's streams). `watching` is how many
-    of those are open here."""
+    listeners in `listeners` (the app's streams), whose number this worker
+    tells the others at every beat."""
 
     def __init__(self, worker: str, url: str) -> None:
         self.worker = worker

@@ -116,9 +116,9 @@ class _Live:
 # an id the registry lacks is taken to lack it this long (a device provisioned
 # meanwhile is heard from its hello on, which needs no registry, or after it), for so many ids
 _UNREGISTERED_S = 1.0
+_MAX_UNREGISTERED = 10_000
 _INBOX_BATCH = 256  # messages handled before the loop is let go
 _PENDING_WARNING = 4 * SEND_BATCH  # publishes awaited at once past which aiomqtt warns
-_MAX_UNREGISTERED = 10_000
 
 
 def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:

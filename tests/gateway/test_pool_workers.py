@@ -109,6 +109,17 @@ async def update_to_commit(lead: Running, dev: OtaDevice, release: Release, via:
     return uid
 
 
+async def online(r: Running, devices: list[OtaDevice]) -> list[str]:
+    """Each device says hello and online; their ids, once r's database has them online."""
+    for d in devices:
+        await asyncio.to_thread(d.hello)
+    ids = [d.id for d in devices]
+    await async_wait_for(
+        lambda: all((rec := r.store.device(i)) is not None and rec.online for i in ids), 10, what="online"
+    )
+    return ids
+
+
 def leader(*rs: Running) -> Running:
     (lead,) = [r for r in rs if r.gw.leading]
     return lead
@@ -122,12 +133,7 @@ async def test_two_workers_share_the_fleet_and_one_killed_loses_nothing(
     for r in (a, b):
         r.gw.ota.releases.add(release.path, time.time())
     devices = [answering(ota_devices()) for _ in range(8)]
-    for d in devices:
-        await asyncio.to_thread(d.hello)
-    ids = [d.id for d in devices]
-    await async_wait_for(
-        lambda: all((rec := store.device(i)) is not None and rec.online for i in ids), 10, what="online"
-    )
+    ids = await online(a, devices)
     # each device has one owner, and both own some
     owners = {d.id: [r.gw.pool.owns(d.id) for r in (a, b)] for d in devices}
     assert all(sum(o) == 1 for o in owners.values()), owners
@@ -291,12 +297,7 @@ async def test_a_page_on_one_worker_is_told_live_what_the_other_alone_hears(
     a, b = await pool_of_two(start_gateway, keys, pg_db)
     assert a.gw.pool_events is not None and b.gw.pool_events is not None
     devices = [ota_devices() for _ in range(6)]
-    for d in devices:
-        await asyncio.to_thread(d.hello)
-    ids = [d.id for d in devices]
-    await async_wait_for(
-        lambda: all((rec := a.store.device(i)) is not None and rec.online for i in ids), 10, what="online"
-    )
+    ids = await online(a, devices)
     # nothing is passed on while no page is open
     for d in devices:
         d.client.publish(d.topic("telemetry"), telemetry(d.id, 1), qos=1)
@@ -357,12 +358,7 @@ async def test_what_a_device_says_of_itself_is_taken_in_its_order_by_the_pool(
     stands, after a burst of them."""
     a, b = await pool_of_two(start_gateway, keys)
     devices = [ota_devices() for _ in range(4)]
-    for d in devices:
-        await asyncio.to_thread(d.hello)
-    ids = [d.id for d in devices]
-    await async_wait_for(
-        lambda: all((rec := a.store.device(i)) is not None and rec.online for i in ids), 10, what="online"
-    )
+    ids = await online(a, devices)
     for d in devices:
         for k in range(40):
             state = {"v": 1, "dev": d.id, "state": "offline" if k % 2 else "online", "reason": f"r{k}"}
