@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: micropython-launcher demo test test-postgresql test-fast long chaos rollouts browser homeassistant ble web bench lint typecheck check clean venv
+.PHONY: micropython-launcher demo test test-postgresql test-fast long chaos rollouts browser homeassistant ble cluster web bench lint typecheck check clean venv
 
 venv: $(STAMP)
 
@@ -42,12 +42,12 @@ demo: $(STAMP) $(WEB_STAMP)
 # The chaos fleet and the long suites run on their own (make chaos, make long, and in CI):
 # make test stays within 10 minutes.
 test: $(STAMP) $(WEB_STAMP) system-deps
-	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble"
+	$(BIN)/python -m pytest -q --durations=25 -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble and not cluster"
 
 # The gateway's tests with its database on PostgreSQL (a throwaway cluster of Debian's
 # PostgreSQL 15): the tests that choose no engine take PERMABETA_TEST_DB's.
 test-postgresql: $(STAMP) $(WEB_STAMP) system-deps
-	PERMABETA_TEST_DB=postgresql $(BIN)/python -m pytest -q tests/gateway -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble"
+	PERMABETA_TEST_DB=postgresql $(BIN)/python -m pytest -q tests/gateway -m "not chaos and not long and not rollouts and not browser and not homeassistant and not ble and not cluster"
 
 # The web app in Debian's Chromium driven by Playwright (it cannot download a browser of
 # its own here); screenshots of every page go to test-output/screenshots.
@@ -84,6 +84,13 @@ ble: $(STAMP) system-deps
 	@sh .ci/system-deps dbus:dbus-daemon patch:patch
 	$(BIN)/python -m pytest -q -m ble
 
+# A three-node NATS cluster (Debian's nats-server) as the broker, started by each test: the
+# firmware, the gateway and its pool unchanged on it, nodes killed mid-update, one device's
+# credentials against it (docs/makers.md, "A NATS cluster")
+cluster: $(STAMP) system-deps
+	@sh .ci/system-deps nats-server:nats-server
+	$(BIN)/python -m pytest -q -m cluster
+
 # Rollouts on fleets of 200 simulated devices (docs/rollouts.md)
 rollouts: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m rollouts
@@ -117,7 +124,7 @@ typecheck: $(STAMP) $(MPY_STUBS_STAMP)
 	cd firmware && MYPYPATH=$(abspath $(MPY_STUBS)) ../$(BIN)/mypy --config-file mypy.ini \
 	  --custom-typeshed-dir $(abspath $(MPY_STUBS)) --cache-dir ../.mypy_cache/firmware main.py boot.py loader.py pb features
 
-check: lint typecheck test long rollouts browser homeassistant
+check: lint typecheck test long rollouts browser homeassistant cluster
 
 # Tests run a real Mosquitto and PostgreSQL (and socat, and strace to see a socket option
 # set); the venv needs python3-venv. Installed here when missing, as root or with sudo that

@@ -1,9 +1,10 @@
 """The devices a maker provisioned, through the API (gateway/registry.py,
 docs/security.md 11): a device registered at provisioning (`PUT
 /devices/{id}/registration`, body {"model", "board", "password_hash",
-"link_key"}: the hash a Mosquitto password file holds, never the password,
-and the key a device on a serial or Bluetooth line proves itself with,
-optional), what is recorded
+"link_key", "cluster_hash"}: the hash a Mosquitto password file holds, never
+the password, and, optional, the key a device on a serial or Bluetooth line
+proves itself with and the bcrypt hash a NATS cluster checks its password
+with), what is recorded
 of it (`GET`), and its revocation and restoration (`POST
 /devices/{id}/revoke`, `/restore`), which the gateway applies at once and
 `permabeta broker run` within seconds."""
@@ -39,7 +40,9 @@ async def _get(request: web.Request) -> web.Response:
 
 
 async def _put(request: web.Request) -> web.Response:
-    body = await json_object(request, {"model": str, "board": str, "password_hash": str, "link_key": str})
+    body = await json_object(
+        request, {"model": str, "board": str, "password_hash": str, "link_key": str, "cluster_hash": str}
+    )
     if isinstance(body, web.Response):
         return body
     missing = [k for k in ("model", "board", "password_hash") if k not in body]
@@ -49,7 +52,13 @@ async def _put(request: web.Request) -> web.Response:
     try:
         dev, model, board = request.match_info["id"], body["model"][:64], body["board"][:64]
         got = Registry(gw.store).register(
-            dev, model, board, body["password_hash"], gw.clock.now(), body.get("link_key")
+            dev,
+            model,
+            board,
+            body["password_hash"],
+            gw.clock.now(),
+            body.get("link_key"),
+            body.get("cluster_hash"),
         )
     except RegistryError as exc:
         return _refused(exc)

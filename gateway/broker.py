@@ -218,6 +218,25 @@ def mosquitto_binary() -> str:
     return exe
 
 
+def spawn(argv: list[str], log: Path, preexec_fn: Any = None) -> subprocess.Popen[bytes]:
+    """A server run in the background, its output appended to log."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn
+        )
+
+
+def end(proc: subprocess.Popen[bytes] | None, wait_s: float) -> None:
+    """Stop a server (SIGTERM), killed if it has not ended within wait_s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MosquittoProcess:
     """Mosquitto run from a configuration file, listening on loopback at
     port. start() returns once it accepts connections; restart() is the
@@ -233,14 +252,7 @@ class MosquittoProcess:
 
     def start(self) -> None:
         """Raises BrokerError if it does not listen within 10 s."""
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(self.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=self.preexec_fn,
-            )
+        self.proc = spawn([mosquitto_binary(), "-c", str(self.conf)], self.log, self.preexec_fn)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -252,13 +264,7 @@ class MosquittoProcess:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, 5)
         self.proc = None
 
     def restart(self, down_for: float = 0.0) -> None:

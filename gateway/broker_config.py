@@ -64,6 +64,13 @@ class FleetBroker:
     workers: dict[str, str] = field(default_factory=dict)  # a pool's worker -> its account's password
 
 
+def secret(directory: Path, user: str) -> str:
+    """The account's password, kept in the folder, made the first time."""
+    password = _secret(directory, user, True)
+    assert password is not None
+    return password
+
+
 def _secret(directory: Path, user: str, create: bool) -> str | None:
     """The account's password, kept in the folder (0600), made the first time."""
     path = directory / SECRET_FILES.get(user, f"{user}.password")

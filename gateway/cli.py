@@ -150,6 +150,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             api_tls=_api_tls(args),
             keys=keys,
             update_deadline=args.update_deadline,
+            cluster=[u for arg in args.cluster or () for u in arg.split(",") if u],
         )
         if args.serial:
             from .serial_line import SerialLine
@@ -572,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker",
         metavar="NAME",
         help="run as the worker NAME of a pool sharing the database and the broker (docs/makers.md)",
+    )
+    run.add_argument(
+        "--cluster",
+        action="append",
+        metavar="URL",
+        help="the broker is a NATS cluster: its nodes' nats://HOST:PORT (repeated, or comma-separated); "
+        "telemetry and events come from its work queue (docs/makers.md)",
     )
     run.add_argument(
         "--keys",

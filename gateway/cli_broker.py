@@ -75,6 +75,104 @@ def cmd_broker_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_cluster(args: argparse.Namespace) -> int:
+    """A NATS cluster on this machine (gateway/nats_cluster.py), from the registry."""
+    from .broker import GATEWAY_USER
+    from .broker_config import secret
+    from .cli_registry import cluster_hash
+    from .nats_cluster import SYSTEM_USER, ClusterRunner, NatsCluster, layout
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o700)
+    host, port = args.listen
+    nodes = layout(out, args.nodes, host, port)
+    accounts = {GATEWAY_USER: secret(out, GATEWAY_USER)}
+    accounts |= {worker_user(w): secret(out, worker_user(w)) for w in dict.fromkeys(args.worker or ())}
+    near = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    with Store(db_of(args)) as store:
+        cluster = NatsCluster(out, nodes, (GATEWAY_USER, accounts[GATEWAY_USER]))
+        hashed = {u: cluster_hash(p) for u, p in accounts.items()}
+        runner = ClusterRunner(
+            cluster,
+            store,
+            hashed,
+            secret(out, SYSTEM_USER),
+            say=print,
+            revoke=lambda dev: _revoke(args.db, dev),
+        )
+        runner.write()
+        urls = ",".join(n.nats_url.replace(n.host, near) for n in nodes)
+        print(f"a NATS cluster of {len(nodes)} in {out}: " + ", ".join(f"{n.name}.conf" for n in nodes))
+        for n in nodes:
+            print(f"  {n.name}: MQTT {n.host}:{n.mqtt_port}, NATS {n.host}:{n.client_port}")
+        for user, password in accounts.items():
+            url = BrokerUrl(near, nodes[0].mqtt_port, username=user, password=password).url(secret=True)
+            worker = f" --worker {user.split('.', 1)[1]} --api HOST:PORT" if "." in user else ""
+            run = f"permabeta gateway run --db {args.db} --broker '{url}' --cluster {urls}"
+            print(f"  the gateway{worker}: {run}")
+        print(f"  devices: permabeta provision --broker mqtt://HOST:{nodes[0].mqtt_port} (any node's port)")
+        if not args.run:
+            print(f"run it: permabeta broker cluster --out {out} --db {args.db} --run")
+            return 0
+        stopping: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _frame: stopping.append(n))
+        print("nats-server running; devices registered, revoked or restored apply within seconds", flush=True)
+        print("  a device's account that connects as another client id is revoked at once", flush=True)
+        runner.run(stop=lambda: bool(stopping))
+    print("nats-server stopped")
+    return 0
+
+
+def _revoke(db: str, dev: str) -> None:
+    """Revoke dev through the gateway running on db (it refuses it at once), else in db itself."""
+    import time
+
+    from .cli_registry import _through
+    from .client import ApiClient
+    from .registry import Registry
+
+    def api(client: ApiClient) -> None:
+        client.request("POST", f"/api/v1/devices/{dev}/revoke")
+
+    def direct(s: Store) -> None:
+        Registry(s).revoke(dev, time.time())
+
+    _through(argparse.Namespace(db=db), api, direct)
+
+
+def _register_cluster(br: Any) -> None:
+    from .cli import hostport
+
+    cl = br.add_parser(
+        "cluster",
+        help="write (and with --run, run) a NATS cluster for the registered devices",
+        description="A NATS cluster on this machine as the fleet's broker (docs/makers.md): each node "
+        "with JetStream and an MQTT listener, routed to the others; the gateway's accounts and every "
+        "registered device's, reloaded when the registry changes.",
+    )
+    cl.add_argument("--out", required=True, help="the folder of the cluster's files (kept between runs)")
+    cl.add_argument("--db", required=True, help="the gateway's database: its registered devices")
+    cl.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3; kept in --out)")
+    cl.add_argument(
+        "--listen",
+        type=hostport,
+        default=("127.0.0.1", 1883),
+        metavar="HOST:PORT",
+        help="the nodes' host and the first node's MQTT port, the next nodes' one up each (default "
+        "127.0.0.1:1883)",
+    )
+    cl.add_argument(
+        "--worker",
+        action="append",
+        metavar="NAME",
+        help="an account for the worker NAME of a pool of gateways (gateway.NAME); may be repeated",
+    )
+    cl.add_argument("--run", action="store_true", help="run the nodes, until interrupted")
+    cl.set_defaults(func=cmd_broker_cluster)
+
+
 def cmd_broker_ca(args: argparse.Namespace) -> int:
     out = Path(args.out)
     hosts = args.host or list(DEFAULT_HOSTS)
@@ -117,10 +215,11 @@ def _register_ca(br: Any) -> None:
 def register(sub: Any) -> None:
     from .cli import hostport
 
-    br = sub.add_parser("broker", help="the fleet's Mosquitto: its configuration, run, CA").add_subparsers(
-        dest="brcmd", required=True, metavar="ACTION"
-    )
+    br = sub.add_parser(
+        "broker", help="the fleet's broker: Mosquitto's configuration, run, CA; a NATS cluster"
+    ).add_subparsers(dest="brcmd", required=True, metavar="ACTION")
     _register_ca(br)
+    _register_cluster(br)
     cf = br.add_parser("config", help="write a Mosquitto configuration for the registered devices")
     cf.set_defaults(func=cmd_broker_config)
     rn = br.add_parser("run", help="run Mosquitto with it, reloaded when devices are added or revoked")

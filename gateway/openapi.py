@@ -329,7 +329,8 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Registration": _object(
-        {"device": _STR, "model": _STR, "board": _STR, "registered": _NUM, "revoked": _opt(_NUM)}
+        {"device": _STR, "model": _STR, "board": _STR, "registered": _NUM, "revoked": _opt(_NUM)},
+        {"link_key": _BOOL, "cluster": _BOOL},
     ),
     "ClaimCode": _object({"device": _STR, "claim_code": {"const": "registered"}}),
     "Revoked": _object({"revoked": _STR}),
@@ -459,7 +460,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/api/v1/devices/{id}/registration"): Op(
         "record a provisioned device: the broker lets it in before its first hello",
         {200: _ref("Registration")},
-        _object({"model": _STR, "board": _STR, "password_hash": _STR}, closed=True),
+        _object(
+            {"model": _STR, "board": _STR, "password_hash": _STR},
+            {"link_key": _STR, "cluster_hash": _STR},
+            closed=True,
+        ),
     ),
     ("POST", "/api/v1/devices/{id}/revoke"): Op(
         "cut the device off: refused by the gateway now, by the broker within seconds",

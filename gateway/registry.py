@@ -31,6 +31,9 @@ from .store import Store
 # reach the password file (a newline or a colon would add a user of its own)
 _HASH = re.compile(r"\$7\$[1-9][0-9]{0,6}\$[A-Za-z0-9+/]{8,88}={0,2}\$[A-Za-z0-9+/]{86}==")
 _LINK_KEY = re.compile(r"[0-9a-f]{64}")
+# bcrypt, as a NATS server's configuration holds a password ($2a$/$2b$, cost 04-31, 53 characters
+# of its own base64): written into that file between quotes, so nothing else may pass
+_CLUSTER_HASH = re.compile(r"\$2[ab]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _GENERATION = "registry_generation"  # meta: bumped at every change (`broker run` watches it)
 
 
@@ -53,6 +56,9 @@ class Registered:
     # its link key (firmware/pb/net/proof.py), hex: what it proves itself with on a
     # serial or Bluetooth line; None: registered without one, it may use MQTT only
     link_key: str | None = None
+    # its broker password as a NATS cluster checks it (bcrypt); None: registered
+    # without one, it may use Mosquitto only (gateway/nats_cluster.py)
+    cluster_hash: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         """What the API and the command line show: never the hash."""
@@ -63,6 +69,7 @@ class Registered:
             "registered": self.registered,
             "revoked": self.revoked,
             "link_key": self.link_key is not None,  # (whether it has one, never the key)
+            "cluster": self.cluster_hash is not None,  # (whether it may use a NATS cluster)
         }
 
 
@@ -74,16 +81,27 @@ def valid_link_key(text: str) -> bool:
     return _LINK_KEY.fullmatch(text) is not None
 
 
+def valid_cluster_hash(text: str) -> bool:
+    return _CLUSTER_HASH.fullmatch(text) is not None
+
+
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.db = store.db
 
     def register(
-        self, device: str, model: str, board: str, password_hash: str, now: float, link_key: str | None = None
+        self,
+        device: str,
+        model: str,
+        board: str,
+        password_hash: str,
+        now: float,
+        link_key: str | None = None,
+        cluster_hash: str | None = None,
     ) -> Registered:
         """Record (or record again, after a new provisioning) a device, with
-        its link key where one is given. A revoked device stays revoked:
+        its link key and its password's hash for a NATS cluster where given. A revoked device stays revoked:
         provisioning it again does not let it back in (`restore` does).
         Raises RegistryError."""
         from .errors import ConfigError
@@ -104,13 +122,18 @@ class Registry:
             )
         if link_key is not None and not valid_link_key(link_key):
             raise RegistryError("link_key must be 64 lowercase hex digits, as permabeta provision sends it")
+        if cluster_hash is not None and not valid_cluster_hash(cluster_hash):
+            raise RegistryError(
+                "cluster_hash must be a bcrypt hash ($2b$COST$...), as permabeta provision sends it"
+            )
         with self.store.transaction():
             self.db.execute(
-                "INSERT INTO device_registry (device, model, board, password_hash, registered, link_key) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET model = excluded.model, "
-                "board = excluded.board, password_hash = excluded.password_hash, "
-                "registered = excluded.registered, link_key = excluded.link_key",
-                (device, b["model"], b["board"], password_hash, now, link_key),
+                "INSERT INTO device_registry (device, model, board, password_hash, registered, link_key,"
+                " cluster_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET"
+                " model = excluded.model, board = excluded.board, password_hash = excluded.password_hash, "
+                "registered = excluded.registered, link_key = excluded.link_key,"
+                " cluster_hash = excluded.cluster_hash",
+                (device, b["model"], b["board"], password_hash, now, link_key, cluster_hash),
             )
             self._bump()
         got = self.get(device)
@@ -177,4 +200,5 @@ def _registered(row: Row) -> Registered:
         float(row["registered"]),
         None if row["revoked"] is None else float(row["revoked"]),
         None if row["link_key"] is None else str(row["link_key"]),
+        None if row["cluster_hash"] is None else str(row["cluster_hash"]),
     )

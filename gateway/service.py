@@ -16,7 +16,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,8 @@ from .footprint import forget
 from .ha_bridge import HomeAssistantBridge
 from .homeassistant import BRIDGE, COMMAND_FILTER
 from .ingest import OTA_UP, Accepted, Rejected, classify, classify_ota, is_ota_topic
+from .nats_cluster import SHARED
+from .nats_inbox import ClusterInbox
 from .pool import BEAT_S, TTL_S, Pool, PoolError
 from .pool_events import PoolEvents
 from .registry import Registry
@@ -85,6 +87,14 @@ def pooled_subscriptions(share: str) -> tuple[str, ...]:
         "pb/+/ota/status",
         f"{share}{COMMAND_FILTER}",
     )
+
+
+def cluster_subscriptions() -> tuple[str, ...]:
+    """A gateway on a NATS cluster (gateway/nats_cluster.py), alone or in a
+    pool: what a device says of itself and of its update, to every worker;
+    telemetry, events and Home Assistant's commands come through the
+    cluster's work queue instead (gateway/nats_inbox.py)."""
+    return tuple(t for t in pooled_subscriptions("") if t not in SHARED)
 
 
 LEADER = "leader"  # the lease of what a pool does once: updates, rollouts, time, retention
@@ -200,7 +210,11 @@ class Gateway:
         reconcile_delay: float = RECONCILE_S,
         clock: Clock | None = None,
         pool: Pool | None = None,
+        cluster: Sequence[str] = (),
+        cluster_replicas: int = 3,
     ) -> None:
+        """cluster: the NATS URLs of the cluster the broker is (its nodes';
+        empty: the broker is Mosquitto, or the embedded one)."""
         self.clock: Clock = clock or SystemClock()
         self.pool = pool or Pool(store)
         self.leading = not self.pool.pooled  # (a worker alone leads itself)
@@ -223,6 +237,11 @@ class Gateway:
         if self.pool.pooled and isinstance(store.db, PostgresDatabase):
             self.pool_events = PoolEvents(self.pool.name, store.db.url)
             self.listeners.append(self.pool_events.heard)
+        self.cluster: ClusterInbox | None = None
+        if cluster:
+            self.cluster = ClusterInbox(
+                cluster, broker.username, broker.password, self._handled, self.flush, cluster_replicas
+            )
         self.commander = Commander()
         self.connected = asyncio.Event()
         self.connects = 0  # connections to the broker made (each may find what it retained lost)
@@ -278,6 +297,8 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")
                 tg.create_task(self._flush_loop(), name="gateway-flush")
+                if self.cluster is not None:
+                    tg.create_task(self.cluster.run(), name="gateway-cluster")
                 tg.create_task(self._watch_loop(), name="gateway-liveness")
                 tg.create_task(self.ota.send_loop(), name="gateway-ota-send")
                 if self.pool_events is not None:
@@ -417,8 +438,13 @@ class Gateway:
                 ) as client:
                     # (update chunks go a batch at a time, each awaited: not a concern)
                     client.pending_calls_threshold = _PENDING_WARNING
-                    pooled = pooled_subscriptions(self.pool.share()) if self.pool.pooled else ()
-                    for pattern in pooled or SUBSCRIPTIONS:
+                    if self.cluster is not None:
+                        patterns = cluster_subscriptions()
+                    elif self.pool.pooled:
+                        patterns = pooled_subscriptions(self.pool.share())
+                    else:
+                        patterns = SUBSCRIPTIONS
+                    for pattern in patterns:
                         await client.subscribe(pattern, qos=1)
                     _raise_if_cancelled()
                     self._client = client

@@ -25,7 +25,7 @@ from .db import Database, Row
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -376,6 +376,10 @@ CREATE TABLE pool_leases (
     expires REAL NOT NULL
 );
 ALTER TABLE commands ADD COLUMN worker TEXT;  -- the worker of a pool that sent it; NULL: alone
+""",
+    # 18: a device's broker password hashed for a NATS cluster too (gateway/nats_cluster.py)
+    18: """
+ALTER TABLE device_registry ADD COLUMN cluster_hash TEXT;  -- bcrypt ($2b$...); NULL: Mosquitto only
 """,
 }
 

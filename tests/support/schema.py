@@ -19,6 +19,7 @@ _UNDO = {
     15: "DROP TABLE device_registry;",
     16: "ALTER TABLE device_registry DROP COLUMN link_key; ALTER TABLE devices DROP COLUMN carrier;",
     17: "DROP TABLE pool_leases; DROP TABLE pool_workers; ALTER TABLE commands DROP COLUMN worker;",
+    18: "ALTER TABLE device_registry DROP COLUMN cluster_hash;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 

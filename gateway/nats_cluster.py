@@ -1,0 +1,607 @@
+"""A NATS cluster as the fleet's broker (docs/makers.md, "A NATS cluster";
+docs/security.md 7.10): nodes that each take MQTT from devices, with
+JetStream on, routed to each other, configured from the registry.
+
+Devices and the gateway's MQTT side are unchanged: each node's MQTT listener
+speaks 3.1.1 with QoS 1, retained messages, last wills and persistent
+sessions across the cluster. What a shared subscription gives one worker of
+a pool on Mosquitto (telemetry, events, Home Assistant's commands: `$share`
+subscriptions are accepted there but deliver nothing) a pool takes here from
+a JetStream work queue (`STREAM`), with one durable consumer the workers
+share (gateway/nats_inbox.py): each message to one worker, acknowledged once
+handled, kept while no worker is up.
+
+Each node's configuration is JSON (which NATS reads): every name and hash in
+it is quoted by the encoder, never pasted. Accounts: the gateway's and each
+pool worker's (every right: JetStream's API too), Home Assistant's if it has
+a password (the bridge's topics, as on Mosquitto), and each registered device
+that is not revoked and was provisioned with a hash for the cluster, allowed
+its own subjects in the protocol's direction and nothing else. A revoked
+device has no account: refused at its next connection, and, on reload, a
+connected one is cut off (NATS closes the connections of users it no longer
+has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .broker import DEVICE_READS, DEVICE_WRITES, HA_USER, end, spawn
+from .errors import BrokerError
+from .homeassistant import BRIDGE, COMMAND_FILTER, DISCOVERY
+from .registry import Registered
+
+CLUSTER = "permabeta"
+STREAM = "PB_DEVICES"  # the work queue of what one worker handles
+CONSUMER = "gateway"  # its one durable consumer, shared by the workers
+# what a device says that one worker of the pool handles (the rest reaches every
+# worker through its MQTT subscriptions: gateway/service.py cluster_subscriptions)
+SHARED = ("pb/+/telemetry", "pb/+/event", COMMAND_FILTER)
+# where NATS's MQTT side delivers a client's QoS 1 subscriptions (its JetStream consumer's
+# subject, a random name under this): each client must be let to subscribe to it
+MQTT_DELIVERY = "$MQTT.sub.>"
+# a device's account speaks MQTT only: on a NATS connection the subscription to MQTT_DELIVERY it
+# must be given would let it read what is delivered to every other device
+MQTT_ONLY = ["MQTT"]
+DISPLACED_OUT_S = 0.5  # how long a device an impostor displaced is locked out, to connect afresh
+ACCOUNT = "PB"  # the fleet's: the gateway's, its workers', Home Assistant's and the devices' users
+SYSTEM_ACCOUNT, SYSTEM_USER = "SYS", "sys"  # the cluster's own events: who connects, as whom
+MAX_PAYLOAD = 1024 * 1024  # NATS's own default: a retained message is stored with its envelope
+
+
+def subject(topic: str) -> str:
+    """The NATS subject of an MQTT topic filter (what NATS's MQTT side uses:
+    levels joined by '.', `+` is `*`, a last `#` is `>`). Topics here hold
+    no '.', and no empty level."""
+    levels = topic.split("/")
+    out = ["*" if lv == "+" else ">" if lv == "#" else lv for lv in levels]
+    return ".".join(out)
+
+
+def topic(subj: str) -> str:
+    """The MQTT topic of a NATS subject a device's message came on."""
+    return subj.replace(".", "/")
+
+
+def device_permissions(dev: str) -> dict[str, Any]:
+    """What a device may do, as Mosquitto's ACL patterns give it (gateway/
+    broker.py DEVICE_WRITES, DEVICE_READS): publish its own kinds, subscribe
+    to what the gateway sends it; and the subjects NATS's MQTT side delivers
+    a QoS 1 subscription through (its JetStream consumer's)."""
+    return {
+        "publish": {"allow": [subject(f"pb/{dev}/{k}") for k in DEVICE_WRITES]},
+        "subscribe": {"allow": [subject(f"pb/{dev}/{k}") for k in DEVICE_READS] + [MQTT_DELIVERY]},
+    }
+
+
+def ha_permissions() -> dict[str, Any]:
+    """Home Assistant's account: the discovery configs and the bridge's
+    topics to read, the bridge's commands to write (gateway/broker.py HA_TOPICS)."""
+    return {
+        "publish": {"allow": [subject(COMMAND_FILTER)]},
+        "subscribe": {"allow": [subject(f"{DISCOVERY}/#"), subject(f"{BRIDGE}/#")]},
+    }
+
+
+def users(
+    registered: Sequence[Registered], operators: dict[str, str], locked: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], int]:
+    """The cluster's accounts: operators (user -> bcrypt hash: the gateway,
+    a pool's workers, Home Assistant) and each registered device with a hash
+    for the cluster. A revoked device's account (and each in locked) is
+    locked: no password opens it (one nobody knows: at the reload NATS closes
+    its connection, checked again) and it may subscribe to nothing. It is
+    kept, with its rights to publish: NATS 2.9.10 crashes at a reload that
+    drops the account, or its right, of a retained message's publisher
+    (mqttCheckPubRetainedPerms), and every device retains its hello. Also
+    how many registered devices are left out for want of a hash."""
+    out: list[dict[str, Any]] = []
+    for user, hashed in operators.items():
+        entry: dict[str, Any] = {"user": user, "password": hashed}
+        if user == HA_USER:
+            entry |= {"permissions": ha_permissions(), "allowed_connection_types": MQTT_ONLY}
+        out.append(entry)
+    unhashed = 0
+    for r in registered:
+        if r.cluster_hash is None:
+            unhashed += r.revoked is None
+            continue
+        perms = device_permissions(r.device)
+        password = r.cluster_hash
+        if r.revoked is not None or r.device in locked:
+            perms["subscribe"] = {"deny": [">"]}
+            password = _locked_hash()
+        out.append(
+            {
+                "user": r.device,
+                "password": password,
+                "permissions": perms,
+                "allowed_connection_types": MQTT_ONLY,
+            }
+        )
+    return out, unhashed
+
+
+def _locked_hash() -> str:
+    """A bcrypt hash of a password nobody is told."""
+    import secrets
+
+    import bcrypt
+
+    return bcrypt.hashpw(secrets.token_bytes(32), bcrypt.gensalt(4)).decode()
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the cluster, on host: its ports (clients, routes between
+    nodes, MQTT, monitoring)."""
+
+    name: str
+    host: str
+    client_port: int
+    route_port: int
+    mqtt_port: int
+    http_port: int
+
+    @classmethod
+    def on(cls, name: str, host: str = "127.0.0.1") -> Node:
+        """A node on free ports of host, below the range the system takes its
+        outgoing connections' ports from (a route dialled out from another node
+        could otherwise hold one before this node listens)."""
+        return cls(name, host, *_free_ports(host, 4))
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+
+def node_config(
+    node: Node, nodes: Sequence[Node], store: Path, accounts: list[dict[str, Any]], system: str
+) -> dict[str, Any]:
+    """One node's configuration: JetStream in store, routes to the others,
+    MQTT beside NATS; the fleet's accounts in ACCOUNT, and the system
+    account, whose SYSTEM_USER (system: the bcrypt hash of its password)
+    reads who connects as whom (NATS tells nothing of its global account's
+    connections: the fleet has an account of its own)."""
+    return {
+        "server_name": node.name,
+        "listen": f"{node.host}:{node.client_port}",
+        "http": f"{node.host}:{node.http_port}",
+        "max_payload": MAX_PAYLOAD,
+        "jetstream": {"store_dir": str(store)},
+        "cluster": {
+            "name": CLUSTER,
+            "listen": f"{node.host}:{node.route_port}",
+            "routes": [f"nats-route://{n.host}:{n.route_port}" for n in nodes if n.name != node.name],
+        },
+        # (its sessions, retained messages and QoS 1 messages kept on up to three nodes: one lost
+        # loses none of them)
+        "mqtt": {"listen": f"{node.host}:{node.mqtt_port}", "stream_replicas": min(3, len(nodes))},
+        "accounts": {
+            ACCOUNT: {"jetstream": "enabled", "users": accounts},
+            SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": system}]},
+        },
+        "system_account": SYSTEM_ACCOUNT,
+    }
+
+
+def write(
+    directory: Path,
+    nodes: Sequence[Node],
+    registered: Sequence[Registered],
+    operators: dict[str, str],
+    system: str,
+    locked: frozenset[str] = frozenset(),
+) -> int:
+    """Write each node's configuration into directory/NAME.conf (replaced
+    in one step: a reload reads the old or the new), its JetStream under
+    directory/NAME/; the devices in locked with their accounts locked. The
+    number of registered devices left out for want of a hash for the cluster."""
+    accounts, unhashed = users(registered, operators, locked)
+    for node in nodes:
+        conf = node_config(node, nodes, directory / node.name, accounts, system)
+        path = directory / f"{node.name}.conf"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(conf, indent=1) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return unhashed
+
+
+def nats_server() -> str:
+    """The nats-server executable. Raises BrokerError if it is not installed."""
+    for exe in ("/usr/bin/nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"):
+        if Path(exe).exists():
+            return exe
+    raise BrokerError("nats-server not found: install the nats-server package")
+
+
+class NatsNode:
+    """One node run from its configuration; start() returns once it serves
+    MQTT (JetStream and the cluster ready)."""
+
+    def __init__(self, node: Node, conf: Path, log: Path, preexec_fn: Any = None) -> None:
+        self.node = node
+        self.conf = conf
+        self.log = log
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        self.proc = spawn([nats_server(), "-c", str(self.conf)], self.log, self.preexec_fn)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """Whether it serves clients with JetStream current (its /healthz)."""
+        url = f"http://{self.node.host}:{self.node.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def reload(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGHUP)
+
+    def kill(self) -> None:
+        """Ended at once (SIGKILL): what it had not written is lost, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        end(self.proc, 10)
+        self.proc = None
+
+
+class NatsCluster:
+    """A cluster of NATS nodes on this machine, from a folder written by
+    `write` (the tests', and `permabeta broker cluster` for one machine)."""
+
+    def __init__(
+        self, directory: Path, nodes: Sequence[Node], account: tuple[str, str], preexec_fn: Any = None
+    ) -> None:
+        """account: a user and password of the cluster's (the gateway's) its
+        readiness is checked with: an MQTT connection accepted on each node."""
+        self.dir = directory
+        self.account = account
+        self.nodes = [
+            NatsNode(n, directory / f"{n.name}.conf", directory / f"{n.name}.log", preexec_fn) for n in nodes
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every node that is not running and wait until each is
+        healthy. Raises BrokerError."""
+        for n in self.nodes:
+            if not n.running():
+                n.spawn()
+        self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0, nodes: Sequence[NatsNode] | None = None) -> None:
+        """Until every running node (or these) is healthy. Raises BrokerError."""
+        deadline = time.monotonic() + timeout
+        waiting = [n for n in (nodes or self.nodes) if n.running()]
+        while waiting:
+            for n in list(waiting):
+                if not n.running():
+                    raise BrokerError(f"nats-server {n.node.name} ended: {_tail(n.log)}")
+                if n.healthy() and _serves_mqtt(n.node, *self.account):
+                    waiting.remove(n)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(n.node.name for n in waiting)
+                raise BrokerError(
+                    f"nats-server {names} not ready within {timeout:g}s: {_tail(waiting[0].log)}"
+                )
+            if waiting:
+                time.sleep(0.1)
+
+    def reload(self) -> None:
+        for n in self.nodes:
+            n.reload()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [n.node.nats_url for n in self.nodes]
+
+
+def _serves_mqtt(node: Node, user: str, password: str) -> bool:
+    """Whether the node's MQTT side accepts a connection (its first, in an
+    account, makes the streams MQTT keeps its sessions and messages in)."""
+    from firmware.pb.net import mqtt
+
+    packet = mqtt.connect(f"ready-{node.name}", 5, clean=True, user=user, password=password)
+    with contextlib.suppress(OSError), socket.create_connection((node.host, node.mqtt_port), timeout=2) as s:
+        s.settimeout(10)
+        s.sendall(packet)
+        got = s.recv(4)
+        return got == b"\x20\x02\x00\x00"
+    return False
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    import random
+
+    low = 20000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    out: list[int] = []
+    while len(out) < count:
+        port = random.randrange(low // 2, low)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        if port not in out:
+            out.append(port)
+    return out
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+
+# ---- a cluster on this machine, from the registry (`permabeta broker cluster`) -----------
+
+LAYOUT = "cluster.json"  # the nodes' names and ports, kept between runs
+
+
+def layout(directory: Path, count: int, host: str, mqtt_port: int) -> list[Node]:
+    """The cluster's nodes: those kept in directory, else count new ones on
+    host, node i's MQTT listener on mqtt_port + i, its NATS client port on
+    4222 + i, its routes on 6222 + i and its monitoring on 8222 + i (NATS's
+    own defaults, one up per node), kept."""
+    path = directory / LAYOUT
+    if path.exists():
+        try:
+            return [Node(**n) for n in json.loads(path.read_text())["nodes"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BrokerError(f"{path}: not a cluster's layout ({exc}); remove it to make a new one") from exc
+    if not 1 <= count <= 9:
+        raise BrokerError(f"a cluster of 1 to 9 nodes, not {count}")
+    nodes = [Node(f"n{i + 1}", host, 4222 + i, 6222 + i, mqtt_port + i, 8222 + i) for i in range(count)]
+    path.write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1) + "\n")
+    return nodes
+
+
+class ClusterRunner:
+    """The cluster's nodes run on this machine, their accounts written again
+    and reloaded whenever the registry changes (as gateway/broker_config.py
+    BrokerRunner does for Mosquitto), and a device's account that connects
+    with a client id not its own revoked (ClientIdGuard). system: the system
+    account's password. say: where each change is told."""
+
+    def __init__(
+        self,
+        cluster: NatsCluster,
+        store: Any,
+        operators: dict[str, str],
+        system: str,
+        say: Any = print,
+        poll_s: float = 0.2,
+        revoke: Callable[[str], None] | None = None,
+    ) -> None:
+        """revoke(device): how an impostor's account is revoked (the command
+        line asks the gateway running on the database, which refuses it at
+        once too); by default in the registry alone."""
+        import queue
+
+        from .registry import Registry
+
+        self.cluster = cluster
+        self.registry = Registry(store)
+        self.operators = operators
+        self.system = system
+        self._system_hash = _bcrypt(system)
+        self.say = say
+        self.poll_s = poll_s
+        self._generation = -1
+        self.unhashed = 0
+        self.devices: frozenset[str] = frozenset()  # (read by the guard's thread)
+        self.impostors: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.revoke = revoke or (lambda dev: self.registry.revoke(dev, time.time()) and None)
+
+    def write(self, locked: frozenset[str] = frozenset()) -> bool:
+        """Write the nodes' configurations if the registry changed (or some
+        devices' accounts are to be locked for a moment); whether it did."""
+        generation = self.registry.generation()
+        if generation == self._generation and not locked:
+            return False
+        nodes = [n.node for n in self.cluster.nodes]
+        registered = self.registry.all()
+        unhashed = write(self.cluster.dir, nodes, registered, self.operators, self._system_hash, locked)
+        self.devices = frozenset(r.device for r in registered)
+        if unhashed and unhashed != self.unhashed:
+            self.say(
+                f"{unhashed} registered device(s) have no password hash for the cluster: "
+                "provision them again to let them in"
+            )
+        self.unhashed, self._generation = unhashed, generation
+        return True
+
+    def check(self) -> None:
+        """Revoke each impostor told of since the last look, and give the
+        device whose place it took a new connection; apply the registry's changes."""
+        displaced: set[str] = set()
+        while not self.impostors.empty():
+            user, client_id = self.impostors.get_nowait()
+            got = self.registry.get(user)
+            if got is not None and got.revoked is None:
+                self.revoke(user)
+                self.say(f"{user}: connected as client id {client_id!r}, not its own: revoked")
+                if client_id in self.devices:
+                    displaced.add(client_id)
+        if displaced:
+            # (the session NATS 2.9 left it after the impostor's may not deliver to it: its
+            # account locked for a moment closes its connection, and it connects afresh)
+            self.write(frozenset(displaced))
+            self.cluster.reload()
+            time.sleep(DISPLACED_OUT_S)
+            self._generation = -1
+            for dev in sorted(displaced):
+                self.say(f"{dev}: its connection made anew (an impostor took its place)")
+        if self.write():
+            self.cluster.reload()
+            self.say("the registry changed: the cluster's accounts reloaded")
+
+    def run(self, stop: Any = lambda: False) -> None:
+        """Start the nodes and watch the registry until stop() is true; a
+        node that ends is started again; the nodes are stopped on the way out.
+        Raises BrokerError if they do not start."""
+        import logging
+        import threading
+
+        self.write()
+        self.cluster.start()
+        guard = ClientIdGuard(
+            self.cluster.nats_urls,
+            self.system,
+            lambda user: user in self.devices,
+            lambda user, cid: self.impostors.put((user, cid)),
+        )
+        loop = _Loop()
+        threading.Thread(target=loop.run, args=(guard.run(),), name="client-id-guard", daemon=True).start()
+        try:
+            while not stop():
+                time.sleep(self.poll_s)
+                try:
+                    self.check()
+                except Exception:  # (the database busy: the next look tries again)
+                    logging.getLogger(__name__).exception("could not apply the registry's change")
+                for n in self.cluster.nodes:
+                    if not n.running():  # (the others serve meanwhile; it takes its streams back)
+                        code = n.proc.returncode if n.proc is not None else None
+                        self.say(f"nats-server {n.node.name} ended (exit {code}): started again")
+                        n.spawn()
+        finally:
+            loop.stop()
+            self.cluster.stop()
+
+
+class _Loop:
+    """An asyncio loop of a thread of its own, for one coroutine; stop() ends it."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.task: Any = None
+
+    def run(self, coro: Any) -> None:
+        import asyncio
+
+        self.task = self.loop.create_task(coro)
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+def _bcrypt(password: str) -> str:
+    from .cli_registry import cluster_hash
+
+    return cluster_hash(password)
+
+
+# ---- the client id bound to the user name ---------------------------------------------------
+
+
+def impostor(event: bytes, is_device: Callable[[str], bool]) -> str | None:
+    """The user of a connect event (the cluster's `$SYS.ACCOUNT.*.CONNECT`)
+    whose MQTT client id is not its user name, where that user is a device
+    (is_device says); None for any other event, whatever
+    its form. NATS 2.9 lets a client choose its MQTT client id, and a second
+    connection with one takes the first's place (and may wipe its session):
+    a device's account that connects as another id is not the device."""
+    try:
+        client = json.loads(event)["client"]
+        user, client_id = client.get("user"), client.get("client_id")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not isinstance(user, str) or not is_device(user):
+        return None
+    if client.get("client_type") != "mqtt" or client_id == user:
+        return None
+    return user
+
+
+class ClientIdGuard:
+    """Reads the cluster's connect events (as SYSTEM_USER) and tells
+    refuse(user, client_id) of each device's account that connected with a
+    client id not its own. Runs until cancelled; a cluster out of reach is
+    tried again."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        password: str,
+        is_device: Callable[[str], bool],
+        refuse: Callable[[str, str], None],
+    ) -> None:
+        self.servers = list(servers)
+        self.password = password
+        self.is_device = is_device
+        self.refuse = refuse
+        self.ready = False
+
+    async def run(self) -> None:
+        import asyncio
+
+        import nats
+        from nats.errors import Error as NatsError
+
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=self.servers,
+                    user=SYSTEM_USER,
+                    password=self.password,
+                    name="permabeta-client-id-guard",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                )
+            except (NatsError, OSError) as exc:
+                import logging
+
+                logging.getLogger(__name__).warning("client-id guard: %s; again in 1s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+
+                async def told(msg: Any) -> None:
+                    user = impostor(msg.data, self.is_device)
+                    if user is not None:
+                        client_id = json.loads(msg.data)["client"].get("client_id")
+                        self.refuse(user, str(client_id)[:64])
+
+                await nc.subscribe(f"$SYS.ACCOUNT.{ACCOUNT}.CONNECT", cb=told)
+                await nc.flush()
+                self.ready = True
+                while True:
+                    await asyncio.sleep(3600)
+            finally:
+                self.ready = False
+                with contextlib.suppress(Exception):
+                    await nc.close()

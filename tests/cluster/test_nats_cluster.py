@@ -1,0 +1,88 @@
+"""The unchanged firmware, gateway and simulator on a three-node NATS
+cluster (gateway/nats_cluster.py, docs/makers.md "A NATS cluster"): devices
+spread over the nodes are heard, answer commands and take an update to
+commit; telemetry comes to the gateway through the cluster's work queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.service import Gateway
+
+from ..support.nats import TestCluster
+from ..support.wait import async_wait_for
+from .conftest import Devices, StartGateway
+
+pytestmark = pytest.mark.cluster
+
+
+async def test_the_fleet_runs_unchanged_on_a_cluster_of_three(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
+) -> None:
+    w = await start_gateway(node=0)
+    gw = w.gw
+    fleet = [await devices.start(node) for node in (0, 1, 2)]
+    await async_wait_for(lambda: all(gw.is_online(d.id) for d in fleet), 20, what="all online")
+    # telemetry from every node, through the work queue
+    await async_wait_for(lambda: all(len(w.store.telemetry(d.id)) >= 2 for d in fleet), 20, what="telemetry")
+    assert gw.cluster is not None and gw.cluster.taken >= 6
+    # a command to a device on another node than the gateway's, and its reply
+    reply = await gw.send_command(fleet[2].id, "ping")
+    assert reply["ok"], reply
+    # an update to commit
+    stored, _ = gw.ota.releases.add(eco_release, time.time())
+    u = await gw.ota.start(fleet[1].id, stored.id)
+    await async_wait_for(lambda: gw.ota.get(u.id).ended, 60, what="the update ended")
+    assert gw.ota.get(u.id).state == "committed", gw.ota.get(u.id)
+    await async_wait_for(lambda: fleet[1].running() == ["eco", "thermostat"], 10, what="eco running")
+
+
+async def test_what_devices_say_while_no_gateway_runs_waits_in_the_cluster(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices
+) -> None:
+    w = await start_gateway(node=1)
+    dev = await devices.start(2)
+    await async_wait_for(lambda: len(w.store.telemetry(dev.id)) >= 1, 20, what="telemetry")
+    await w.stop()
+    seq_before = max(r.seq for r in w.store.telemetry(dev.id) if r.seq is not None)
+    await asyncio.sleep(3)  # (three telemetry messages, with no gateway)
+    w2 = await start_gateway(node=2)
+    await async_wait_for(
+        lambda: {r.seq for r in w2.store.telemetry(dev.id)} >= set(range(seq_before, seq_before + 4)),
+        20,
+        what="what was said meanwhile, stored",
+    )
+
+
+def watch_states(gw: Gateway) -> list[str]:
+    seen: list[str] = []
+    gw.listeners.append(lambda kind, dev, msg: seen.append(msg["state"]) if kind == "ota/status" else None)
+    return seen
+
+
+@pytest.mark.parametrize("killed", ["another node", "the device's node"])
+async def test_a_node_killed_mid_update_changes_no_outcome(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path, killed: str
+) -> None:
+    w = await start_gateway(node=0)
+    dev = await devices.start(1)
+    await async_wait_for(lambda: w.gw.is_online(dev.id), 20, what="online")
+    states = watch_states(w.gw)
+    stored, _ = w.gw.ota.releases.add(eco_release, time.time())
+    u = await w.gw.ota.start(dev.id, stored.id)
+    await async_wait_for(lambda: "downloading" in states, 20, what="downloading")
+    node = cluster.node(2 if killed == "another node" else 1)
+    node.kill()
+    if killed == "the device's node":
+        await asyncio.sleep(2)
+        node.spawn()
+    await async_wait_for(lambda: w.gw.ota.get(u.id).ended, 90, what="the update ended")
+    assert w.gw.ota.get(u.id).state == "committed", w.gw.ota.get(u.id)
+    await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 20, what="eco running")
+    # and telemetry still reaches the gateway through the work queue
+    n = len(w.store.telemetry(dev.id, limit=1000))
+    await async_wait_for(lambda: len(w.store.telemetry(dev.id, limit=1000)) > n + 1, 20, what="telemetry")
