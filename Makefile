@@ -102,7 +102,7 @@ chaos: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -s -m chaos -p no:randomly tests/simulator/test_chaos.py
 
 bench: $(STAMP) system-deps
-	@sh .ci/system-deps dbus:dbus-daemon patch:patch
+	@sh .ci/system-deps dbus:dbus-daemon patch:patch nats-server:nats-server
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP)

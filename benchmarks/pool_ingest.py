@@ -4,6 +4,7 @@ against bare subscribers to the same stream over the same window.
 
     .venv/bin/python -m benchmarks pool                    # 200 devices, 8 s windows
     .venv/bin/python -m benchmarks pool --seconds 4       # a quick check
+    .venv/bin/python -m benchmarks pool --brokers nats    # the NATS cluster alone
 
 Everything is real and a process of its own: a Mosquitto started here (the
 product's configuration: passwords, ACLs, a broker account per worker), the
@@ -19,6 +20,12 @@ packets (what the broker delivers), and a paho client counting messages
 baseline of the goal, as in the fleet benchmark). The gateway's rate is
 the telemetry rows its database gains. Every rate is a least-squares slope
 over the same window, after a warm-up. Figures go to bench-results/pool.json.
+
+The same windows run again on a three-node NATS cluster (gateway/
+nats_cluster.py): the gateway workers run with --cluster, each with its MQTT
+side on a node of its own, and take the telemetry from the cluster's work
+queue; the load generator writes to two nodes, the bare subscribers (QoS 0
+and, like the gateway's MQTT side, QoS 1) read from the third.
 
 On a 2-core machine every process here shares the two cores: the figures are
 the gateway's share of one machine, not its ceiling.
@@ -170,11 +177,54 @@ def _rows(store: Store) -> int:
     return int(store.db.execute("SELECT count(*) FROM telemetry").fetchone()[0])
 
 
-def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dict[str, Any]:
-    """One window at the broker's limit, with `workers` gateway processes (0: one gateway alone)."""
-    accounts = (*PUBLISHERS, SUBSCRIBER, PAHO, *(worker_user(w) for w in WORKERS))
-    broker = Broker(work / f"mosquitto-{workers}", [], accounts)
-    broker.start()
+ACCOUNTS = (*PUBLISHERS, SUBSCRIBER, PAHO, *(worker_user(w) for w in WORKERS))
+
+
+class _Mosquitto:
+    """The broker as a window uses it: where each client connects."""
+
+    def __init__(self, work: Path) -> None:
+        self.broker = Broker(work, [], ACCOUNTS)
+        self.broker.start()
+
+    def port(self, client: int) -> int:
+        return self.broker.port
+
+    def gateway(self, worker: int) -> list[str]:
+        return []
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+
+class _Nats:
+    """A three-node cluster, every account of the benchmark's with the gateway's rights."""
+
+    def __init__(self, work: Path) -> None:
+        from gateway.cli_registry import cluster_hash
+        from gateway.nats_cluster import Keys, NatsCluster, Node, write
+
+        work.mkdir(parents=True, exist_ok=True)
+        nodes = [Node.on(f"n{i}") for i in (1, 2, 3)]
+        hashed = cluster_hash(PASSWORD)
+        write(work, nodes, [], dict.fromkeys((GATEWAY_USER, *ACCOUNTS), hashed), Keys(hashed, PASSWORD))
+        self.cluster = NatsCluster(work, nodes, (GATEWAY_USER, PASSWORD))
+        self.cluster.start()
+
+    def port(self, client: int) -> int:
+        return self.cluster.nodes[client % 3].node.mqtt_port
+
+    def gateway(self, worker: int) -> list[str]:
+        return ["--cluster", ",".join(self.cluster.nats_urls)]
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """One window at the broker's limit, with `workers` gateway processes (0: one gateway
+    alone), on Mosquitto or the NATS cluster (kind)."""
+    fabric = _Nats(work / f"nats-{workers}") if kind == "nats" else _Mosquitto(work / f"mosquitto-{workers}")
     procs: list[subprocess.Popen[bytes]] = []
     ctx = mp.get_context("fork")
     stop = ctx.Event()
@@ -186,8 +236,8 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dic
         for name in names:
             user = worker_user(name) if workers else GATEWAY_USER
             args = ["gateway", "run", "--db", db, "--api", "127.0.0.1:0"]
-            args += ["--broker", f"mqtt://{user}:{PASSWORD}@127.0.0.1:{broker.port}"]
-            args += ["--client-id", f"bench-{name}"]
+            args += ["--broker", f"mqtt://{user}:{PASSWORD}@127.0.0.1:{fabric.port(len(procs))}"]
+            args += ["--client-id", f"bench-{name}", *fabric.gateway(len(procs))]
             if workers:
                 args += ["--worker", name]
             log = (work / f"{name}-{workers}.log").open("ab")
@@ -195,18 +245,19 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dic
             procs.append(subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT))
         with Store(db) as store:
             logs = [work / f"{n}-{workers}.log" for n in names]
-            _until(lambda: all("API http" in f.read_text() for f in logs), 30, "the gateways up")
+            _until(lambda: all("API http" in f.read_text() for f in logs), 60, "the gateways up")
             if workers:
                 _until(lambda: _pool(store) == workers, 15, "the pool")
             devices = [f"th-b{i:04d}" for i in range(a.devices)]
-            _hellos(broker.port, devices)
+            _hellos(fabric.port(0), devices)
             _until(lambda: _count(store, "devices") >= a.devices, 20, "the devices' hellos")
-            children.append(ctx.Process(target=_subscriber, args=(broker.port, got, ready), daemon=True))
+            listen = fabric.port(2)
+            children.append(ctx.Process(target=_subscriber, args=(listen, got, ready), daemon=True))
             children[-1].start()
             if not ready.wait(10):
                 raise RuntimeError("the bare subscriber did not subscribe")
             children.append(
-                ctx.Process(target=_paho_subscriber, args=(broker.port, paho_got, paho_ready), daemon=True)
+                ctx.Process(target=_paho_subscriber, args=(listen, paho_got, paho_ready), daemon=True)
             )
             children[-1].start()
             if not paho_ready.wait(10):
@@ -214,7 +265,7 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dic
             half = len(devices) // len(PUBLISHERS)
             for k, user in enumerate(PUBLISHERS):
                 mine = devices[k * half : (k + 1) * half]
-                load = (broker.port, user, mine, sent, stop)
+                load = (fabric.port(k), user, mine, sent, stop)
                 children.append(ctx.Process(target=_publisher, args=load, daemon=True))
                 children[-1].start()
             time.sleep(a.warmup)
@@ -245,8 +296,9 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace) -> dic
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        broker.stop()
+        fabric.stop()
     return {
+        "broker": kind,
         "workers": workers or 1,
         "pooled": bool(workers),
         "devices": a.devices,
@@ -284,7 +336,7 @@ def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
     cluster = Postgres().start()
     os.environ["PERMABETA_HOME"] = str(work / "home")
     try:
-        runs = [measure_one(work, cluster.database(), n, a) for n in (0, *a.workers)]
+        runs = [measure_one(work, cluster.database(), n, a, k) for k in a.brokers for n in (0, *a.workers)]
     finally:
         cluster.stop()
     return {"runs": runs, "engine": "postgresql"}
@@ -293,7 +345,7 @@ def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     print("gateway ingest at the broker's limit (QoS 0 telemetry, PostgreSQL), against bare subscribers:")
     for x in r["runs"]:
-        who = f"{x['workers']} worker" + ("s (a pool)" if x["pooled"] else " (alone)")
+        who = f"{x.get('broker', 'mosquitto')}: {x['workers']} worker" + ("s" if x["pooled"] else " (alone)")
         print(
             f"  {who:<20} offered {x['offered_per_s']:>6}/s  raw socket {x['bare_per_s']:>6}/s  "
             f"paho {x['paho_per_s']:>6}/s  gateway stored {x['gateway_per_s']:>6}/s"
@@ -314,6 +366,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         type=lambda t: tuple(int(x) for x in t.split(",")),
         default=(2, 4),
         help="pools measured after the gateway alone, comma-separated (at most 4)",
+    )
+    p.add_argument(
+        "--brokers",
+        type=lambda t: tuple(x for x in t.split(",") if x),
+        default=("mosquitto", "nats"),
+        help="mosquitto, nats (a three-node cluster) or both, comma-separated",
     )
     return p.parse_args(list(argv))
 

@@ -121,6 +121,8 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
 
 
 async def _run_gateway(args: argparse.Namespace) -> None:
+    if args.cluster and not args.broker:
+        raise ConfigError("--cluster names a NATS cluster's nodes: give --broker (its MQTT listener) too")
     from .service import Gateway
     from .store import Store
 
@@ -139,6 +141,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             from .pool import Pool
 
             pool = Pool(store, args.worker)
+        cluster = [u for arg in args.cluster or () for u in arg.split(",") if u]
         gw = Gateway(
             broker,
             store,
@@ -150,7 +153,9 @@ async def _run_gateway(args: argparse.Namespace) -> None:
             api_tls=_api_tls(args),
             keys=keys,
             update_deadline=args.update_deadline,
-            cluster=[u for arg in args.cluster or () for u in arg.split(",") if u],
+            cluster=cluster,
+            # (each stream on three nodes, or on all of a smaller cluster: give every node)
+            cluster_replicas=min(3, len(cluster)) or 1,
         )
         if args.serial:
             from .serial_line import SerialLine

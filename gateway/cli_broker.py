@@ -77,41 +77,51 @@ def cmd_broker_run(args: argparse.Namespace) -> int:
 
 def cmd_broker_cluster(args: argparse.Namespace) -> int:
     """A NATS cluster on this machine (gateway/nats_cluster.py), from the registry."""
-    from .broker import GATEWAY_USER
+    from firmware.pb.ids import valid_id
+
+    from .broker import GATEWAY_USER, HA_USER
     from .broker_config import secret
     from .cli_registry import cluster_hash
-    from .nats_cluster import SYSTEM_USER, ClusterRunner, NatsCluster, layout
+    from .errors import ConfigError
+    from .nats_cluster import ROUTE_USER, SYSTEM_USER, ClusterRunner, NatsCluster, layout
 
+    for name in args.worker or ():
+        if not valid_id(name):
+            raise ConfigError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'), not {name!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     host, port = args.listen
-    nodes = layout(out, args.nodes, host, port)
+    nodes = layout(out, args.nodes, host, port, args.cluster_host)
     accounts = {GATEWAY_USER: secret(out, GATEWAY_USER)}
     accounts |= {worker_user(w): secret(out, worker_user(w)) for w in dict.fromkeys(args.worker or ())}
-    near = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if args.homeassistant:
+        accounts[HA_USER] = secret(out, HA_USER)
     with Store(db_of(args)) as store:
         cluster = NatsCluster(out, nodes, (GATEWAY_USER, accounts[GATEWAY_USER]))
         hashed = {u: cluster_hash(p) for u, p in accounts.items()}
+        system, route = secret(out, SYSTEM_USER), secret(out, ROUTE_USER)
         runner = ClusterRunner(
-            cluster,
-            store,
-            hashed,
-            secret(out, SYSTEM_USER),
-            say=print,
-            revoke=lambda dev: _revoke(args.db, dev),
+            cluster, store, hashed, system, route, say=print, revoke=lambda dev: _revoke(args.db, dev)
         )
         runner.write()
-        urls = ",".join(n.nats_url.replace(n.host, near) for n in nodes)
+        urls = ",".join(n.nats_url for n in nodes)
         print(f"a NATS cluster of {len(nodes)} in {out}: " + ", ".join(f"{n.name}.conf" for n in nodes))
         for n in nodes:
-            print(f"  {n.name}: MQTT {n.host}:{n.mqtt_port}, NATS {n.host}:{n.client_port}")
+            print(f"  {n.name}: MQTT {n.mqtt_on}:{n.mqtt_port}, NATS {n.host}:{n.client_port}")
+        first = nodes[0]
         for user, password in accounts.items():
-            url = BrokerUrl(near, nodes[0].mqtt_port, username=user, password=password).url(secret=True)
+            if user == HA_USER:
+                where = f"{first.mqtt_near}:{first.mqtt_port}"
+                print(f"  Home Assistant: its MQTT integration at {where}, user {user}")
+                continue
+            broker = BrokerUrl(first.mqtt_near, first.mqtt_port, username=user, password=password)
+            url = broker.url(secret=True)
             worker = f" --worker {user.split('.', 1)[1]} --api HOST:PORT" if "." in user else ""
             run = f"permabeta gateway run --db {args.db} --broker '{url}' --cluster {urls}"
             print(f"  the gateway{worker}: {run}")
-        print(f"  devices: permabeta provision --broker mqtt://HOST:{nodes[0].mqtt_port} (any node's port)")
+        print(f"  devices: permabeta provision --broker mqtt://HOST:{first.mqtt_port} (any node's port)")
+        print(f"  (the accounts' passwords are kept in {out}, 0600)")
         if not args.run:
             print(f"run it: permabeta broker cluster --out {out} --db {args.db} --run")
             return 0
@@ -119,7 +129,7 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda n, _frame: stopping.append(n))
         print("nats-server running; devices registered, revoked or restored apply within seconds", flush=True)
-        print("  a device's account that connects as another client id is revoked at once", flush=True)
+        print("  a device's account that connects as another client id is revoked", flush=True)
         runner.run(stop=lambda: bool(stopping))
     print("nats-server stopped")
     return 0
@@ -154,15 +164,24 @@ def _register_cluster(br: Any) -> None:
     )
     cl.add_argument("--out", required=True, help="the folder of the cluster's files (kept between runs)")
     cl.add_argument("--db", required=True, help="the gateway's database: its registered devices")
-    cl.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3; kept in --out)")
+    cl.add_argument(
+        "--nodes", type=int, default=3, help="how many nodes, 3 to 9 or 1 (default 3; kept in --out)"
+    )
     cl.add_argument(
         "--listen",
         type=hostport,
         default=("127.0.0.1", 1883),
         metavar="HOST:PORT",
-        help="the nodes' host and the first node's MQTT port, the next nodes' one up each (default "
-        "127.0.0.1:1883)",
+        help="the nodes' MQTT listeners' host (0.0.0.0: every interface) and the first node's port, the "
+        "next nodes' one up each (default 127.0.0.1:1883)",
     )
+    cl.add_argument(
+        "--cluster-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="where the nodes take NATS clients, routes and monitoring: devices never (default 127.0.0.1)",
+    )
+    cl.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
     cl.add_argument(
         "--worker",
         action="append",

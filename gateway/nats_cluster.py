@@ -12,14 +12,15 @@ share (gateway/nats_inbox.py): each message to one worker, acknowledged once
 handled, kept while no worker is up.
 
 Each node's configuration is JSON (which NATS reads): every name and hash in
-it is quoted by the encoder, never pasted. Accounts: the gateway's and each
-pool worker's (every right: JetStream's API too), Home Assistant's if it has
-a password (the bridge's topics, as on Mosquitto), and each registered device
-that is not revoked and was provisioned with a hash for the cluster, allowed
-its own subjects in the protocol's direction and nothing else. A revoked
-device has no account: refused at its next connection, and, on reload, a
-connected one is cut off (NATS closes the connections of users it no longer
-has).
+it is quoted by the encoder, never pasted. Accounts (docs/security.md 7.10):
+the gateway's and each pool worker's (every right: JetStream's API too), Home
+Assistant's if it has a password (the bridge's topics, as on Mosquitto), and
+each registered device that was provisioned with a hash for the cluster,
+allowed its own subjects in the protocol's direction, over MQTT alone. A
+revoked device's account is locked: at the reload NATS closes its
+connection and refuses the next one. Only the MQTT listeners face devices:
+NATS clients, routes (with a password of the cluster's) and monitoring are
+on the cluster's own host.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ MQTT_DELIVERY = "$MQTT.sub.>"
 # a device's account speaks MQTT only: on a NATS connection the subscription to MQTT_DELIVERY it
 # must be given would let it read what is delivered to every other device
 MQTT_ONLY = ["MQTT"]
-DISPLACED_OUT_S = 0.5  # how long a device an impostor displaced is locked out, to connect afresh
+SWEEP_S = 30.0  # how often the guard looks at every connection (besides the events it reads)
+SWEEP_WAIT_S = 1.0  # how long it waits for the nodes' answers
 ACCOUNT = "PB"  # the fleet's: the gateway's, its workers', Home Assistant's and the devices' users
-SYSTEM_ACCOUNT, SYSTEM_USER = "SYS", "sys"  # the cluster's own events: who connects, as whom
+# (user names no device can have: a '.' is in no device id)
+SYSTEM_ACCOUNT, SYSTEM_USER = "SYS", "system.guard"
+ROUTE_USER = "cluster.route"  # the cluster's own events: who connects, as whom
 MAX_PAYLOAD = 1024 * 1024  # NATS's own default: a retained message is stored with its envelope
 
 
@@ -87,11 +91,11 @@ def device_permissions(dev: str) -> dict[str, Any]:
 
 def ha_permissions() -> dict[str, Any]:
     """Home Assistant's account: the discovery configs and the bridge's
-    topics to read, the bridge's commands to write (gateway/broker.py HA_TOPICS)."""
-    return {
-        "publish": {"allow": [subject(COMMAND_FILTER)]},
-        "subscribe": {"allow": [subject(f"{DISCOVERY}/#"), subject(f"{BRIDGE}/#")]},
-    }
+    topics to read, the bridge's commands to write (gateway/broker.py
+    HA_TOPICS). (A `#` filter is its level's subject and the subjects
+    below it.)"""
+    read = [DISCOVERY, subject(f"{DISCOVERY}/#"), BRIDGE, subject(f"{BRIDGE}/#"), MQTT_DELIVERY]
+    return {"publish": {"allow": [subject(COMMAND_FILTER)]}, "subscribe": {"allow": read}}
 
 
 def users(
@@ -144,8 +148,9 @@ def _locked_hash() -> str:
 
 @dataclass(frozen=True)
 class Node:
-    """One node of the cluster, on host: its ports (clients, routes between
-    nodes, MQTT, monitoring)."""
+    """One node of the cluster: its NATS clients, routes to the other nodes
+    and monitoring on host (none of them for devices: loopback, or a network
+    of the nodes' own), its MQTT listener on mqtt_host (host if empty)."""
 
     name: str
     host: str
@@ -153,13 +158,24 @@ class Node:
     route_port: int
     mqtt_port: int
     http_port: int
+    mqtt_host: str = ""
+
+    @property
+    def mqtt_on(self) -> str:
+        return self.mqtt_host or self.host
+
+    @property
+    def mqtt_near(self) -> str:
+        """Where this machine reaches its MQTT listener."""
+        return "127.0.0.1" if self.mqtt_on in ("0.0.0.0", "::", "") else self.mqtt_on
 
     @classmethod
     def on(cls, name: str, host: str = "127.0.0.1") -> Node:
         """A node on free ports of host, below the range the system takes its
         outgoing connections' ports from (a route dialled out from another node
         could otherwise hold one before this node listens)."""
-        return cls(name, host, *_free_ports(host, 4))
+        client, route, mqtt, http = _free_ports(host, 4)
+        return cls(name, host, client, route, mqtt, http)
 
     @property
     def nats_url(self) -> str:
@@ -167,33 +183,54 @@ class Node:
 
 
 def node_config(
-    node: Node, nodes: Sequence[Node], store: Path, accounts: list[dict[str, Any]], system: str
+    node: Node, nodes: Sequence[Node], store: Path, accounts: list[dict[str, Any]], keys: Keys
 ) -> dict[str, Any]:
-    """One node's configuration: JetStream in store, routes to the others,
-    MQTT beside NATS; the fleet's accounts in ACCOUNT, and the system
-    account, whose SYSTEM_USER (system: the bcrypt hash of its password)
-    reads who connects as whom (NATS tells nothing of its global account's
-    connections: the fleet has an account of its own)."""
-    return {
+    """One node's configuration: JetStream in store, routes to the others
+    (each node proves itself to the others with keys.route), MQTT beside
+    NATS; the fleet's accounts in ACCOUNT, and the system account, whose
+    SYSTEM_USER (keys.system: the bcrypt hash of its password) reads who
+    connects as whom (NATS tells nothing of its global account's
+    connections: the fleet has an account of its own). A cluster of one
+    node has no routes (JetStream alone)."""
+    conf: dict[str, Any] = {
         "server_name": node.name,
         "listen": f"{node.host}:{node.client_port}",
         "http": f"{node.host}:{node.http_port}",
         "max_payload": MAX_PAYLOAD,
         "jetstream": {"store_dir": str(store)},
-        "cluster": {
-            "name": CLUSTER,
-            "listen": f"{node.host}:{node.route_port}",
-            "routes": [f"nats-route://{n.host}:{n.route_port}" for n in nodes if n.name != node.name],
-        },
         # (its sessions, retained messages and QoS 1 messages kept on up to three nodes: one lost
         # loses none of them)
-        "mqtt": {"listen": f"{node.host}:{node.mqtt_port}", "stream_replicas": min(3, len(nodes))},
+        "mqtt": {"listen": f"{node.mqtt_on}:{node.mqtt_port}", "stream_replicas": replicas(len(nodes))},
         "accounts": {
             ACCOUNT: {"jetstream": "enabled", "users": accounts},
-            SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": system}]},
+            SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": keys.system}]},
         },
         "system_account": SYSTEM_ACCOUNT,
     }
+    if len(nodes) > 1:
+        auth = f"{ROUTE_USER}:{keys.route}@"
+        conf["cluster"] = {
+            "name": CLUSTER,
+            "listen": f"{node.host}:{node.route_port}",
+            "authorization": {"user": ROUTE_USER, "password": keys.route},
+            "routes": [f"nats-route://{auth}{n.host}:{n.route_port}" for n in nodes if n.name != node.name],
+        }
+    return conf
+
+
+def replicas(nodes: int) -> int:
+    """How many nodes keep each stream: three, or all of a smaller cluster."""
+    return min(3, nodes)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What the nodes' configurations hold besides the accounts: the system
+    account's password (bcrypt) and the password the nodes' routes prove
+    themselves with to each other (as is: each node dials the others with it)."""
+
+    system: str
+    route: str
 
 
 def write(
@@ -201,7 +238,7 @@ def write(
     nodes: Sequence[Node],
     registered: Sequence[Registered],
     operators: dict[str, str],
-    system: str,
+    keys: Keys,
     locked: frozenset[str] = frozenset(),
 ) -> int:
     """Write each node's configuration into directory/NAME.conf (replaced
@@ -209,14 +246,32 @@ def write(
     directory/NAME/; the devices in locked with their accounts locked. The
     number of registered devices left out for want of a hash for the cluster."""
     accounts, unhashed = users(registered, operators, locked)
+    written = []
     for node in nodes:
-        conf = node_config(node, nodes, directory / node.name, accounts, system)
+        conf = node_config(node, nodes, directory / node.name, accounts, keys)
         path = directory / f"{node.name}.conf"
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(conf, indent=1) + "\n")
+        # (NATS reads no unicode escape: every character as it is)
+        tmp.write_text(json.dumps(conf, indent=1, ensure_ascii=False) + "\n")
         tmp.chmod(0o600)
+        written.append((tmp, path))
+    for tmp, _ in written[:1]:  # (all alike but their names and ports)
+        _checked(tmp)
+    for tmp, path in written:
         tmp.replace(path)
     return unhashed
+
+
+def _checked(conf: Path) -> None:
+    """Raises BrokerError if nats-server would not read conf (it says why)."""
+    try:
+        exe = nats_server()
+    except BrokerError:
+        return  # (written for nodes run elsewhere)
+    got = subprocess.run([exe, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    if got.returncode != 0:
+        said = (got.stderr or got.stdout)[-500:]
+        raise BrokerError(f"nats-server would not read the configuration: {said}")
 
 
 def nats_server() -> str:
@@ -253,10 +308,30 @@ class NatsNode:
         except OSError:
             return False
 
-    def reload(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGHUP)
+    def loaded_at(self) -> str | None:
+        """When it last read its configuration (its /varz), None if it does not answer."""
+        url = f"http://{self.node.host}:{self.node.http_port}/varz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return str(json.loads(r.read())["config_load_time"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def reload(self, timeout: float = 5.0) -> bool:
+        """Make it read its configuration again; whether it did within
+        timeout (a node that is not running reads it when it starts)."""
+        if not self.running():
+            return True
+        assert self.proc is not None
+        before = self.loaded_at()
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.loaded_at()
+            if now is not None and now != before:
+                return True
+            time.sleep(0.02)
+        return False
 
     def kill(self) -> None:
         """Ended at once (SIGKILL): what it had not written is lost, as in a crash."""
@@ -312,8 +387,11 @@ class NatsCluster:
                 time.sleep(0.1)
 
     def reload(self) -> None:
-        for n in self.nodes:
-            n.reload()
+        """Every running node reads its configuration again. Raises
+        BrokerError naming those that did not within seconds."""
+        late = [n.node.name for n in self.nodes if not n.reload()]
+        if late:
+            raise BrokerError(f"nats-server {', '.join(late)} did not read its configuration again")
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -330,7 +408,10 @@ def _serves_mqtt(node: Node, user: str, password: str) -> bool:
     from firmware.pb.net import mqtt
 
     packet = mqtt.connect(f"ready-{node.name}", 5, clean=True, user=user, password=password)
-    with contextlib.suppress(OSError), socket.create_connection((node.host, node.mqtt_port), timeout=2) as s:
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((node.mqtt_near, node.mqtt_port), timeout=2) as s,
+    ):
         s.settimeout(10)
         s.sendall(packet)
         got = s.recv(4)
@@ -366,20 +447,26 @@ def _tail(log: Path) -> str:
 LAYOUT = "cluster.json"  # the nodes' names and ports, kept between runs
 
 
-def layout(directory: Path, count: int, host: str, mqtt_port: int) -> list[Node]:
-    """The cluster's nodes: those kept in directory, else count new ones on
-    host, node i's MQTT listener on mqtt_port + i, its NATS client port on
+def layout(
+    directory: Path, count: int, host: str, mqtt_port: int, cluster_host: str = "127.0.0.1"
+) -> list[Node]:
+    """The cluster's nodes: those kept in directory, else count new ones,
+    node i's MQTT listener on host at mqtt_port + i, its NATS client port on
     4222 + i, its routes on 6222 + i and its monitoring on 8222 + i (NATS's
-    own defaults, one up per node), kept."""
+    own defaults, one up per node) on cluster_host, kept."""
     path = directory / LAYOUT
     if path.exists():
         try:
             return [Node(**n) for n in json.loads(path.read_text())["nodes"]]
         except (ValueError, TypeError, KeyError) as exc:
             raise BrokerError(f"{path}: not a cluster's layout ({exc}); remove it to make a new one") from exc
-    if not 1 <= count <= 9:
-        raise BrokerError(f"a cluster of 1 to 9 nodes, not {count}")
-    nodes = [Node(f"n{i + 1}", host, 4222 + i, 6222 + i, mqtt_port + i, 8222 + i) for i in range(count)]
+    if count != 1 and not 3 <= count <= 9:
+        # (two nodes are no quorum: either one lost stops JetStream)
+        raise BrokerError(f"a cluster of 3 to 9 nodes (or 1, for a trial), not {count}")
+    nodes = [
+        Node(f"n{i + 1}", cluster_host, 4222 + i, 6222 + i, mqtt_port + i, 8222 + i, host)
+        for i in range(count)
+    ]
     path.write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1) + "\n")
     return nodes
 
@@ -389,7 +476,7 @@ class ClusterRunner:
     and reloaded whenever the registry changes (as gateway/broker_config.py
     BrokerRunner does for Mosquitto), and a device's account that connects
     with a client id not its own revoked (ClientIdGuard). system: the system
-    account's password. say: where each change is told."""
+    account's password; route: the routes'. say: where each change is told."""
 
     def __init__(
         self,
@@ -397,6 +484,7 @@ class ClusterRunner:
         store: Any,
         operators: dict[str, str],
         system: str,
+        route: str,
         say: Any = print,
         poll_s: float = 0.2,
         revoke: Callable[[str], None] | None = None,
@@ -412,24 +500,26 @@ class ClusterRunner:
         self.registry = Registry(store)
         self.operators = operators
         self.system = system
-        self._system_hash = _bcrypt(system)
+        self.keys = Keys(_bcrypt(system), route)
         self.say = say
         self.poll_s = poll_s
         self._generation = -1
         self.unhashed = 0
         self.devices: frozenset[str] = frozenset()  # (read by the guard's thread)
         self.impostors: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._pending: dict[str, str] = {}  # impostor -> the client id it took, until revoked
         self.revoke = revoke or (lambda dev: self.registry.revoke(dev, time.time()) and None)
 
     def write(self, locked: frozenset[str] = frozenset()) -> bool:
         """Write the nodes' configurations if the registry changed (or some
-        devices' accounts are to be locked for a moment); whether it did."""
+        devices' accounts are to be locked for a moment); whether it did.
+        Raises BrokerError if NATS would not read them (the old stay)."""
         generation = self.registry.generation()
         if generation == self._generation and not locked:
             return False
         nodes = [n.node for n in self.cluster.nodes]
         registered = self.registry.all()
-        unhashed = write(self.cluster.dir, nodes, registered, self.operators, self._system_hash, locked)
+        unhashed = write(self.cluster.dir, nodes, registered, self.operators, self.keys, locked)
         self.devices = frozenset(r.device for r in registered)
         if unhashed and unhashed != self.unhashed:
             self.say(
@@ -440,23 +530,26 @@ class ClusterRunner:
         return True
 
     def check(self) -> None:
-        """Revoke each impostor told of since the last look, and give the
-        device whose place it took a new connection; apply the registry's changes."""
-        displaced: set[str] = set()
+        """Revoke each impostor told of since the last look (one whose
+        revocation failed is tried again at the next), and give the device
+        whose place it took a new connection; apply the registry's changes."""
         while not self.impostors.empty():
             user, client_id = self.impostors.get_nowait()
+            self._pending.setdefault(user, client_id)
+        displaced: set[str] = set()
+        for user, client_id in list(self._pending.items()):
             got = self.registry.get(user)
             if got is not None and got.revoked is None:
                 self.revoke(user)
                 self.say(f"{user}: connected as client id {client_id!r}, not its own: revoked")
-                if client_id in self.devices:
-                    displaced.add(client_id)
+            del self._pending[user]
+            if client_id in self.devices and client_id != user:
+                displaced.add(client_id)
         if displaced:
             # (the session NATS 2.9 left it after the impostor's may not deliver to it: its
             # account locked for a moment closes its connection, and it connects afresh)
             self.write(frozenset(displaced))
             self.cluster.reload()
-            time.sleep(DISPLACED_OUT_S)
             self._generation = -1
             for dev in sorted(displaced):
                 self.say(f"{dev}: its connection made anew (an impostor took its place)")
@@ -466,10 +559,10 @@ class ClusterRunner:
 
     def run(self, stop: Any = lambda: False) -> None:
         """Start the nodes and watch the registry until stop() is true; a
-        node that ends is started again; the nodes are stopped on the way out.
-        Raises BrokerError if they do not start."""
+        node that ends is started again, and the guard if it ended; the
+        nodes are stopped on the way out. Raises BrokerError if they do not
+        start."""
         import logging
-        import threading
 
         self.write()
         self.cluster.start()
@@ -479,44 +572,58 @@ class ClusterRunner:
             lambda user: user in self.devices,
             lambda user, cid: self.impostors.put((user, cid)),
         )
-        loop = _Loop()
-        threading.Thread(target=loop.run, args=(guard.run(),), name="client-id-guard", daemon=True).start()
+        loop = _Loop(guard.run)
         try:
             while not stop():
                 time.sleep(self.poll_s)
                 try:
                     self.check()
-                except Exception:  # (the database busy: the next look tries again)
+                except Exception:  # (the database busy, a file not written: the next look tries again)
                     logging.getLogger(__name__).exception("could not apply the registry's change")
                 for n in self.cluster.nodes:
                     if not n.running():  # (the others serve meanwhile; it takes its streams back)
                         code = n.proc.returncode if n.proc is not None else None
                         self.say(f"nats-server {n.node.name} ended (exit {code}): started again")
                         n.spawn()
+                if not loop.alive():
+                    self.say("the client-id guard ended: started again")
+                    loop = _Loop(guard.run)
         finally:
             loop.stop()
             self.cluster.stop()
 
 
 class _Loop:
-    """An asyncio loop of a thread of its own, for one coroutine; stop() ends it."""
+    """An asyncio loop in a thread of its own, running make() until stop()."""
 
-    def __init__(self) -> None:
+    def __init__(self, make: Callable[[], Any]) -> None:
         import asyncio
+        import threading
 
         self.loop = asyncio.new_event_loop()
         self.task: Any = None
+        self.thread = threading.Thread(target=self._run, args=(make,), name="client-id-guard", daemon=True)
+        self.thread.start()
 
-    def run(self, coro: Any) -> None:
+    def _run(self, make: Callable[[], Any]) -> None:
         import asyncio
+        import logging
 
-        self.task = self.loop.create_task(coro)
-        with contextlib.suppress(asyncio.CancelledError):
+        self.task = self.loop.create_task(make())
+        try:
             self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # (told, and the runner starts it again)
+            logging.getLogger(__name__).exception("the client-id guard failed")
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     def stop(self) -> None:
         if self.task is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(5)
 
 
 def _bcrypt(password: str) -> str:
@@ -550,8 +657,10 @@ def impostor(event: bytes, is_device: Callable[[str], bool]) -> str | None:
 class ClientIdGuard:
     """Reads the cluster's connect events (as SYSTEM_USER) and tells
     refuse(user, client_id) of each device's account that connected with a
-    client id not its own. Runs until cancelled; a cluster out of reach is
-    tried again."""
+    client id not its own; and, since an event sent while it was not
+    listening is not sent again, looks at every connection the nodes have
+    (their CONNZ) whenever it (re)subscribes and every SWEEP_S. Runs until
+    cancelled; a cluster out of reach is tried again."""
 
     def __init__(
         self,
@@ -565,14 +674,18 @@ class ClientIdGuard:
         self.is_device = is_device
         self.refuse = refuse
         self.ready = False
+        self.sweeps = 0
 
     async def run(self) -> None:
         import asyncio
+        import logging
 
         import nats
         from nats.errors import Error as NatsError
 
+        log = logging.getLogger(__name__)
         while True:
+            nc: Any = None
             try:
                 nc = await nats.connect(
                     servers=self.servers,
@@ -581,14 +694,8 @@ class ClientIdGuard:
                     name="permabeta-client-id-guard",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
+                    reconnected_cb=self._swept_soon,
                 )
-            except (NatsError, OSError) as exc:
-                import logging
-
-                logging.getLogger(__name__).warning("client-id guard: %s; again in 1s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            try:
 
                 async def told(msg: Any) -> None:
                     user = impostor(msg.data, self.is_device)
@@ -600,8 +707,62 @@ class ClientIdGuard:
                 await nc.flush()
                 self.ready = True
                 while True:
-                    await asyncio.sleep(3600)
+                    await self.sweep(nc)
+                    self._sweep_now = asyncio.Event()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SWEEP_S):
+                            await self._sweep_now.wait()
+            except (NatsError, OSError, ValueError) as exc:
+                log.warning("client-id guard: %s; again in 1s", exc)
+                await asyncio.sleep(1.0)
             finally:
                 self.ready = False
-                with contextlib.suppress(Exception):
-                    await nc.close()
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+
+    async def _swept_soon(self) -> None:
+        event = getattr(self, "_sweep_now", None)
+        if event is not None:
+            event.set()
+
+    async def sweep(self, nc: Any) -> None:
+        """Every node's connections of the fleet's account, each checked as
+        its connect event would be."""
+        import asyncio
+
+        inbox = nc.new_inbox()
+        answers: list[bytes] = []
+
+        async def kept(m: Any) -> None:
+            answers.append(m.data)
+
+        sub = await nc.subscribe(inbox, cb=kept)
+        try:
+            # (every node answers; an account's own CONNZ subject lists nothing in 2.9)
+            req = json.dumps({"account": ACCOUNT, "auth": True, "limit": 1_000_000}).encode()
+            await nc.publish("$SYS.REQ.SERVER.PING.CONNZ", req, reply=inbox)
+            await asyncio.sleep(SWEEP_WAIT_S)
+        finally:
+            await sub.unsubscribe()
+        for data in answers:
+            for user, client_id in connections(data):
+                if self.is_device(user) and client_id != user:
+                    self.refuse(user, client_id[:64])
+        self.sweeps += 1
+
+
+def connections(answer: bytes) -> list[tuple[str, str]]:
+    """(authorized user, MQTT client id) of each MQTT connection in a node's
+    answer to a CONNZ request, whatever the answer's form."""
+    try:
+        conns = json.loads(answer)["data"]["connections"]
+    except (ValueError, TypeError, KeyError):
+        return []
+    out = []
+    for c in conns if isinstance(conns, list) else ():
+        if isinstance(c, dict):
+            user, client_id = c.get("authorized_user"), c.get("mqtt_client")
+            if isinstance(user, str) and isinstance(client_id, str):
+                out.append((user, client_id))
+    return out

@@ -29,14 +29,21 @@ log = logging.getLogger(__name__)
 STREAM_NAME_IN_USE = 10058  # JetStream's error code
 BATCH = 256  # messages pulled at once
 ACK_WAIT_S = 10.0  # a batch not acknowledged by then goes to another worker
+RETRY_S = 2.0  # a message not handled, or not stored, is given again after this ...
+MAX_DELIVER = 10  # ... at most this many times in all: then it is dropped, and said so
 MAX_BYTES = 1 << 30  # what the stream keeps while no worker takes it ...
-MAX_AGE_S = 7 * 24 * 3600.0  # ... and for how long
+MAX_AGE_S = 7 * 24 * 3600.0  # ... and for how long ...
+MAX_PER_DEVICE = 10_000  # ... and of each device's telemetry, or events: one cannot push out the rest
+MAX_MSG_SIZE = 65536  # as Mosquitto's max_packet_size (gateway/broker.py)
 
 
 class ClusterInbox:
     """Pulls the stream's messages and gives each to handle(topic, payload,
     retain=False), then calls stored() (the gateway's flush) before
-    acknowledging them. servers: the cluster's NATS URLs; user and password:
+    acknowledging them. A message handle() raised for (the database out of
+    reach for an event), and every message of a batch whose rows stored()
+    says the database took none of, is given again RETRY_S later, at most
+    MAX_DELIVER times. servers: the cluster's NATS URLs; user and password:
     the worker's account (its broker account). replicas: the stream's (at
     most the cluster's size)."""
 
@@ -46,7 +53,7 @@ class ClusterInbox:
         user: str | None,
         password: str | None,
         handle: Callable[[str, bytes, bool], None],
-        stored: Callable[[], None],
+        stored: Callable[[], bool],
         replicas: int = 3,
     ) -> None:
         self.servers = list(servers)
@@ -115,12 +122,15 @@ class ClusterInbox:
             num_replicas=self.replicas,
             max_bytes=MAX_BYTES,
             max_age=MAX_AGE_S,
+            max_msgs_per_subject=MAX_PER_DEVICE,
+            max_msg_size=MAX_MSG_SIZE,
             discard=api.DiscardPolicy.OLD,
         )
         consumer = api.ConsumerConfig(
             durable_name=CONSUMER,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
+            max_deliver=MAX_DELIVER,
             max_ack_pending=-1,
             max_waiting=512,
         )
@@ -141,15 +151,24 @@ class ClusterInbox:
             msgs = await sub.fetch(BATCH, timeout=1.0)
         except (NatsTimeout, TimeoutError):
             return
+        failed = []
         for m in msgs:
             try:
                 self.handle(topic(m.subject), m.data, False)
-            except Exception:  # (handle raises for nothing; were it to, the message is dropped)
+            except Exception:  # (told, and given again)
                 log.exception("failed to handle a message on %s", m.subject[:120])
-        self.stored()
+                failed.append(m)
+        if not self.stored():
+            failed = msgs  # (the database took none of their rows: all again)
         for m in msgs:
-            await m.ack()
-        self.taken += len(msgs)
+            if m not in failed:
+                await m.ack()
+            elif m.metadata.num_delivered >= MAX_DELIVER:
+                log.error("dropped a message on %s: not handled in %d tries", m.subject[:120], MAX_DELIVER)
+                await m.ack()
+            else:
+                await m.nak(delay=RETRY_S)
+        self.taken += len(msgs) - len(failed)
 
 
 async def _logged(exc: Exception) -> None:

@@ -31,9 +31,10 @@ from .store import Store
 # reach the password file (a newline or a colon would add a user of its own)
 _HASH = re.compile(r"\$7\$[1-9][0-9]{0,6}\$[A-Za-z0-9+/]{8,88}={0,2}\$[A-Za-z0-9+/]{86}==")
 _LINK_KEY = re.compile(r"[0-9a-f]{64}")
-# bcrypt, as a NATS server's configuration holds a password ($2a$/$2b$, cost 04-31, 53 characters
-# of its own base64): written into that file between quotes, so nothing else may pass
-_CLUSTER_HASH = re.compile(r"\$2[ab]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+# bcrypt at the cost provisioning uses (cli_registry.CLUSTER_COST: a dearer one would make every
+# connection attempt as that id cost the cluster's nodes), as a NATS server's configuration holds a
+# password: written there between quotes, so nothing else may pass
+_CLUSTER_HASH = re.compile(r"\$2[ab]\$04\$[./A-Za-z0-9]{53}")
 _GENERATION = "registry_generation"  # meta: bumped at every change (`broker run` watches it)
 
 
@@ -124,7 +125,7 @@ class Registry:
             raise RegistryError("link_key must be 64 lowercase hex digits, as permabeta provision sends it")
         if cluster_hash is not None and not valid_cluster_hash(cluster_hash):
             raise RegistryError(
-                "cluster_hash must be a bcrypt hash ($2b$COST$...), as permabeta provision sends it"
+                "cluster_hash must be a bcrypt hash of cost 4 ($2b$04$...), as permabeta provision sends it"
             )
         with self.store.transaction():
             self.db.execute(

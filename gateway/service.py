@@ -240,7 +240,12 @@ class Gateway:
         self.cluster: ClusterInbox | None = None
         if cluster:
             self.cluster = ClusterInbox(
-                cluster, broker.username, broker.password, self._handled, self.flush, cluster_replicas
+                cluster,
+                broker.username,
+                broker.password,
+                self.handle,
+                lambda: self.flush(keep=True),
+                cluster_replicas,
             )
         self.commander = Commander()
         self.connected = asyncio.Event()
@@ -525,18 +530,23 @@ class Gateway:
             self._flush_now.clear()
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, keep: bool = False) -> bool:
         """Write buffered telemetry in one transaction (row by row if that
         fails). A row that cannot be stored is rejected as `internal`; the
-        others are stored. Never raises."""
+        others are stored. Never raises. With keep, where the database took
+        none (it is out of reach), none is rejected and it says False: the
+        cluster's work queue gives them again."""
         if not self._rows:
-            return
+            return True
         rows, self._rows = self._rows, []
         try:
             stored, failed = self.store.add_telemetry(rows)
         except Exception:
             log.exception("could not store %d telemetry rows", len(rows))
             stored, failed = 0, []
+        if keep and not stored:
+            self.counters["accepted"] -= len(rows)  # (counted again when they come again)
+            return False
         self.counters["stored"] += stored
         now = self.clock.now()
         for row, exc in failed:
@@ -544,6 +554,7 @@ class Gateway:
             # accepted when it arrived, rejected now that it could not be kept
             self.counters["accepted"] -= 1
             self.reject(proto.topic(row.device, "telemetry"), INTERNAL, f"{type(exc).__name__}: {exc}", now)
+        return True
 
     async def _watch_loop(self) -> None:
         while True:

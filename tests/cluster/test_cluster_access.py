@@ -12,8 +12,8 @@ import time
 import pytest
 
 from ..support.mqtt import TestClient
-from ..support.nats import GATEWAY_PASSWORD, TestCluster, connack
-from ..support.wait import wait_for
+from ..support.nats import GATEWAY_PASSWORD, SYSTEM_PASSWORD, TestCluster, connack
+from ..support.wait import async_wait_for, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -107,3 +107,35 @@ async def test_a_device_s_account_speaks_mqtt_only(cluster: TestCluster) -> None
     # (the gateway's account may: it reads the work queue there)
     nc = await nats.connect(servers=cluster.nats_urls, user="gateway", password=GATEWAY_PASSWORD)
     await nc.close()
+
+
+async def test_the_guard_finds_an_impostor_that_connected_before_it_listened(cluster: TestCluster) -> None:
+    """A connect event sent while the guard was away is not sent again: it
+    looks at every node's connections when it subscribes (and every while)."""
+    import asyncio
+    import socket
+
+    from firmware.pb.net import mqtt
+    from gateway.nats_cluster import ClientIdGuard
+
+    pa = cluster.register("th-a5")
+    cluster.register("th-b5")
+    cluster.let_in("th-a5", pa)
+    node = cluster.nodes[2].node
+    with socket.create_connection((node.host, node.mqtt_port)) as s:
+        s.sendall(mqtt.connect("th-b5", 30, clean=True, user="th-a5", password=pa))
+        assert s.recv(4)[3] == 0
+        told: list[tuple[str, str]] = []
+        guard = ClientIdGuard(
+            cluster.nats_urls,
+            SYSTEM_PASSWORD,
+            {"th-a5", "th-b5"}.__contains__,
+            lambda u, c: told.append((u, c)),
+        )
+        task = asyncio.create_task(guard.run())
+        try:
+            await async_wait_for(lambda: ("th-a5", "th-b5") in told, 15, what="the impostor found")
+            assert guard.sweeps >= 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -66,4 +67,31 @@ async def test_a_pool_splits_the_work_queue_and_a_worker_stopped_loses_nothing(
     for seq in range(N // 2, N):
         d.publish(f"pb/{dev}/telemetry", telemetry(dev, seq), qos=1)
     await async_wait_for(lambda: set(stored([a], dev)) == set(range(N)), 30, what="everything stored")
+    d.close()
+
+
+async def test_what_the_database_did_not_take_is_given_again(
+    cluster: TestCluster, start_gateway: StartGateway
+) -> None:
+    w = await start_gateway(node=0)
+    dev = "th-db1"
+    password = cluster.register(dev)
+    await asyncio.to_thread(cluster.let_in, dev, password)
+    d = TestClient(cluster.mqtt_url(1), dev, password, client_id=dev)
+    d.publish(f"pb/{dev}/hello", hello(dev), qos=1, retain=True)
+    await async_wait_for(lambda: w.store.device(dev) is not None, 10, what="hello")
+    real = w.store.add_telemetry
+    refused: list[int] = []
+
+    def out_of_reach(rows: Any) -> Any:
+        if len(refused) < 3:  # (the database down for three batches)
+            refused.append(len(rows))
+            raise OSError("the database is out of reach")
+        return real(rows)
+
+    w.store.add_telemetry = out_of_reach  # type: ignore[method-assign]
+    for seq in range(50):
+        d.publish(f"pb/{dev}/telemetry", telemetry(dev, seq), qos=1)
+    await async_wait_for(lambda: set(stored([w], dev)) == set(range(50)), 30, what="every row, in the end")
+    assert len(refused) == 3 and max(stored([w], dev).values()) == 1
     d.close()

@@ -86,3 +86,29 @@ async def test_a_node_killed_mid_update_changes_no_outcome(
     # and telemetry still reaches the gateway through the work queue
     n = len(w.store.telemetry(dev.id, limit=1000))
     await async_wait_for(lambda: len(w.store.telemetry(dev.id, limit=1000)) > n + 1, 20, what="telemetry")
+
+
+async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outcome(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
+) -> None:
+    a = await start_gateway(node=0, worker="gw-a")
+    b = await start_gateway(node=1, worker="gw-b")
+    await async_wait_for(lambda: a.gw.leading != b.gw.leading, 15, what="one leader")
+    lead, other = (a, b) if a.gw.leading else (b, a)
+    dev = await devices.start(2)
+    await async_wait_for(lambda: lead.gw.is_online(dev.id) and other.gw.is_online(dev.id), 20, what="online")
+    states = watch_states(other.gw)
+    stored, _ = lead.gw.ota.releases.add(eco_release, time.time())
+    u = await lead.gw.ota.start(dev.id, stored.id)
+    await async_wait_for(lambda: "downloading" in states, 20, what="downloading")
+    # no goodbye from the leader, and its node gone with it
+    lead.gw.pool.release = lambda: None  # type: ignore[method-assign]
+    await lead.stop()
+    cluster.node(0 if lead is a else 1).kill()
+    await async_wait_for(lambda: other.gw.leading, 20, what="the other worker leading")
+    await async_wait_for(
+        lambda: (x := other.gw.ota.table.get(u.id)) is not None and x.ended, 90, what="ended"
+    )
+    done = other.gw.ota.table.get(u.id)
+    assert done is not None and done.state == "committed", done
+    await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 20, what="eco running")

@@ -20,7 +20,9 @@ from gateway.nats_cluster import (
     ACCOUNT,
     MQTT_DELIVERY,
     SYSTEM_ACCOUNT,
+    Keys,
     Node,
+    connections,
     device_permissions,
     impostor,
     layout,
@@ -66,10 +68,14 @@ def test_only_devices_let_in_have_an_account_and_each_speaks_mqtt_only(tmp_path:
     assert revoked["permissions"]["publish"] == device_permissions("th-2")["publish"]
     assert users(regs[:1], {}, frozenset({"th-1"}))[0][0]["password"] != regs[0].cluster_hash
     nodes = [Node(f"n{i + 1}", "127.0.0.1", 4222 + i, 6222 + i, 1883 + i, 8222 + i) for i in range(3)]
-    assert write(tmp_path, nodes, regs, {"gateway": cluster_hash("g")}, cluster_hash("s")) == 1
+    assert write(tmp_path, nodes, regs, {"gateway": cluster_hash("g")}, Keys(cluster_hash("s"), "r")) == 1
     conf = json.loads((tmp_path / "n2.conf").read_text())
     assert conf["server_name"] == "n2" and conf["mqtt"]["stream_replicas"] == 3
-    assert conf["cluster"]["routes"] == ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6224"]
+    routes = ["nats-route://cluster.route:r@127.0.0.1:6222", "nats-route://cluster.route:r@127.0.0.1:6224"]
+    assert conf["cluster"]["routes"] == routes
+    assert conf["cluster"]["authorization"] == {"user": "cluster.route", "password": "r"}
+    # (NATS clients, routes and monitoring on the cluster's host; MQTT on the devices')
+    assert conf["listen"].startswith("127.0.0.1:") and conf["http"].startswith("127.0.0.1:")
     assert [u["user"] for u in conf["accounts"][ACCOUNT]["users"]] == names
     assert (
         conf["system_account"] == SYSTEM_ACCOUNT
@@ -78,9 +84,13 @@ def test_only_devices_let_in_have_an_account_and_each_speaks_mqtt_only(tmp_path:
 
 
 def test_a_cluster_s_layout_is_kept(tmp_path: Path) -> None:
-    first = layout(tmp_path, 3, "127.0.0.1", 1883)
+    first = layout(tmp_path, 3, "0.0.0.0", 1883)
     assert [n.mqtt_port for n in first] == [1883, 1884, 1885]
-    assert layout(tmp_path, 5, "0.0.0.0", 2000) == first  # (what the folder holds wins)
+    assert {n.host for n in first} == {"127.0.0.1"} and {n.mqtt_on for n in first} == {"0.0.0.0"}
+    assert layout(tmp_path, 5, "10.0.0.1", 2000) == first  # (what the folder holds wins)
+    for count in (2, 0, 10):
+        with pytest.raises(Exception, match="3 to 9 nodes"):
+            layout(tmp_path / str(count), count, "127.0.0.1", 1883)
     (tmp_path / "cluster.json").write_text("{")
     with pytest.raises(Exception, match="not a cluster's layout"):
         layout(tmp_path, 3, "127.0.0.1", 1883)
@@ -103,7 +113,7 @@ def test_what_provisioning_hashes_is_recorded(tmp_path: Path) -> None:
             "th-9", "thermostat", "thermostat-v1", password_hash("th-9", "p"), time.time(), None, h
         )
         assert got.cluster_hash == h and got.as_dict()["cluster"] is True
-        for bad in (h + "\n", h[:-1] + '"', "$7$" + h[3:], h.replace("$04$", "$99$")):
+        for bad in (h + "\n", h[:-1] + '"', "$7$" + h[3:], h.replace("$04$", "$12$")):
             with pytest.raises(RegistryError, match="bcrypt"):
                 reg.register(
                     "th-9", "thermostat", "thermostat-v1", password_hash("th-9", "p"), 1.0, None, bad
@@ -145,3 +155,18 @@ def test_an_impostor_is_a_device_s_account_with_another_s_client_id() -> None:
 def test_no_event_s_form_stops_the_guard(data: bytes) -> None:
     got = impostor(data, {"th-1"}.__contains__)
     assert got is None or got == "th-1"
+
+
+@given(JSON.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=100))
+def test_no_connz_answer_s_form_stops_the_guard(data: bytes) -> None:
+    assert all(isinstance(u, str) and isinstance(c, str) for u, c in connections(data))
+
+
+def test_a_connz_answer_gives_each_mqtt_connection_s_user_and_client_id() -> None:
+    conns = [
+        {"authorized_user": "th-1", "mqtt_client": "th-2", "type": "mqtt"},
+        {"authorized_user": "gateway", "type": "nats"},
+        "not a connection",
+    ]
+    answer = json.dumps({"server": {}, "data": {"connections": conns}}).encode()
+    assert connections(answer) == [("th-1", "th-2")]

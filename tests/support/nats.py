@@ -17,7 +17,7 @@ from firmware.pb.net import mqtt
 from gateway.broker import GATEWAY_USER, BrokerUrl
 from gateway.broker_config import worker_user
 from gateway.cli_registry import cluster_hash, password_hash
-from gateway.nats_cluster import NatsCluster, NatsNode, Node, write
+from gateway.nats_cluster import Keys, NatsCluster, NatsNode, Node, write
 from gateway.registry import Registry
 from gateway.store import Store
 
@@ -44,14 +44,14 @@ class TestCluster(NatsCluster):
         nodes = [Node.on(f"n{i}") for i in range(1, size + 1)]
         self.store = store
         self.hashed = cluster_hash(GATEWAY_PASSWORD)
-        self.system = cluster_hash(SYSTEM_PASSWORD)
+        self.keys = Keys(cluster_hash(SYSTEM_PASSWORD), "cluster-route-secret")
         self.operators = {GATEWAY_USER: self.hashed} | {worker_user(w): self.hashed for w in WORKERS}
         super().__init__(directory, nodes, (GATEWAY_USER, GATEWAY_PASSWORD), _die_with_parent)
         self.write()
 
     def write(self) -> int:
         nodes = [n.node for n in self.nodes]
-        return write(self.dir, nodes, Registry(self.store).all(), self.operators, self.system)
+        return write(self.dir, nodes, Registry(self.store).all(), self.operators, self.keys)
 
     def apply(self) -> None:
         """The registry's change, to every running node (a reload)."""

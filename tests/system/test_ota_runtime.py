@@ -208,6 +208,8 @@ def test_a_runtime_of_a_new_api_installs_with_the_features_written_against_it(
     assert json.loads(json.loads(release.manifest)["signed"])["api"] == API + 1
     updated(mosquitto, device, release, keys)
     assert running_set(device) == (7, release.sha256, ["thermostat"])
+    # (the hello of the committed set comes after the status that says it)
+    wait_for(lambda: retained_hello(mosquitto, device.id)["runtime"] == NEW_VERSION, 30, what="new runtime")
     hello = retained_hello(mosquitto, device.id)
     assert (hello["runtime"], hello["api"]) == (NEW_VERSION, API + 1), hello
     assert hello["features"]["thermostat"].get("error") is None, hello
