@@ -25,7 +25,10 @@ The same windows run again on a three-node NATS cluster (gateway/
 nats_cluster.py): the gateway workers run with --cluster, each with its MQTT
 side on a node of its own, and take the telemetry from the cluster's work
 queue; the load generator writes to two nodes, the bare subscribers (QoS 0
-and, like the gateway's MQTT side, QoS 1) read from the third.
+and, like the gateway's MQTT side, QoS 1) read from the third. One more
+window there has no gateway: a bare reader of the work queue (the gateway's
+own ClusterInbox, handling nothing) under the same load, the baseline of the
+gateway's windows on the cluster.
 
 On a 2-core machine every process here shares the two cores: the figures are
 the gateway's share of one machine, not its ceiling.
@@ -221,6 +224,69 @@ class _Nats:
         self.cluster.stop()
 
 
+def _queue_reader(urls: list[str], got: Synchronized[int], ready: Any) -> None:
+    """A bare reader of the NATS cluster's work queue: the gateway's own
+    (gateway/nats_inbox.py ClusterInbox), handling nothing, storing nothing."""
+    import asyncio
+
+    from gateway.nats_inbox import ClusterInbox
+
+    n = 0
+
+    def counted(topic: str, payload: bytes, retain: bool) -> None:
+        nonlocal n
+        n += 1
+        if not n % 64:
+            with got.get_lock():
+                got.value = n
+
+    async def main() -> None:
+        inbox = ClusterInbox(urls, GATEWAY_USER, PASSWORD, counted, lambda: True)
+        task = asyncio.create_task(inbox.run())
+        await inbox.ready.wait()
+        ready.set()
+        await task
+
+    asyncio.run(main())
+
+
+def measure_queue(work: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """The NATS cluster's work queue read by a bare reader under the same load:
+    the baseline of the gateway's windows there."""
+    fabric = _Nats(work / "nats-bare")
+    ctx = mp.get_context("fork")
+    stop, ready = ctx.Event(), ctx.Event()
+    sent, got = ctx.Value("q", 0), ctx.Value("q", 0)
+    children: list[Any] = []
+    try:
+        urls = fabric.cluster.nats_urls
+        children.append(ctx.Process(target=_queue_reader, args=(urls, got, ready), daemon=True))
+        children[-1].start()
+        if not ready.wait(60):
+            raise RuntimeError("the bare reader of the work queue did not start")
+        devices = [f"th-b{i:04d}" for i in range(a.devices)]
+        half = len(devices) // len(PUBLISHERS)
+        for k, user in enumerate(PUBLISHERS):
+            load = (fabric.port(k), user, devices[k * half : (k + 1) * half], sent, stop)
+            children.append(ctx.Process(target=_publisher, args=load, daemon=True))
+            children[-1].start()
+        time.sleep(a.warmup)
+        samples: dict[str, list[tuple[float, float]]] = {"sent": [], "queue": []}
+        t0 = time.monotonic()
+        while (now := time.monotonic()) - t0 < a.seconds:
+            samples["sent"].append((now, float(sent.value)))
+            samples["queue"].append((now, float(got.value)))
+            time.sleep(0.25)
+        rates = {k: slope(v) for k, v in samples.items()}
+    finally:
+        stop.set()
+        for c in children:
+            c.terminate()
+            c.join(5)
+        fabric.stop()
+    return {"broker": "nats", "offered_per_s": round(rates["sent"]), "queue_per_s": round(rates["queue"])}
+
+
 def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace, kind: str) -> dict[str, Any]:
     """One window at the broker's limit, with `workers` gateway processes (0: one gateway
     alone), on Mosquitto or the NATS cluster (kind)."""
@@ -342,7 +408,15 @@ def measure(work: Path, a: argparse.Namespace) -> dict[str, Any]:
         runs = [measure_one(work, cluster.database(), n, a, k) for k in a.brokers for n in (0, *a.workers)]
     finally:
         cluster.stop()
-    return {"runs": runs, "engine": "postgresql"}
+    out: dict[str, Any] = {"runs": runs, "engine": "postgresql"}
+    if "nats" in a.brokers:
+        out["nats_queue"] = q = measure_queue(work, a)
+        for r in runs:
+            if r["broker"] == "nats":
+                r["ratio_queue"] = (
+                    round(r["gateway_per_s"] / q["queue_per_s"], 3) if q["queue_per_s"] else None
+                )
+    return out
 
 
 def report(r: dict[str, Any]) -> None:
@@ -354,6 +428,14 @@ def report(r: dict[str, Any]) -> None:
             f"paho {x['paho_per_s']:>6}/s  gateway stored {x['gateway_per_s']:>6}/s"
         )
         print(f"  {'':<20} devices' hellos recorded {x['hellos_per_s']}/s")
+        if "ratio_queue" in x:
+            print(f"  {'':<20} = x{x['ratio_queue']} of a bare reader of the cluster's work queue")
+    if "nats_queue" in r:
+        q = r["nats_queue"]
+        print(
+            f"  nats: a bare reader of the work queue (no gateway), offered {q['offered_per_s']}/s: "
+            f"{q['queue_per_s']}/s"
+        )
         print(
             f"  {'':<20} = x{x['ratio']} of the bare paho subscriber (goal 0.8), "
             f"x{x['ratio_raw']} of the raw socket"
