@@ -279,10 +279,7 @@ def measure_queue(work: Path, a: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.25)
         rates = {k: slope(v) for k, v in samples.items()}
     finally:
-        stop.set()
-        for c in children:
-            c.terminate()
-            c.join(5)
+        _end(stop, children)
         fabric.stop()
     return {"broker": "nats", "offered_per_s": round(rates["sent"]), "queue_per_s": round(rates["queue"])}
 
@@ -353,10 +350,7 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace, kind: 
             stop.set()
             rates = {k: slope(v) for k, v in samples.items()}
     finally:
-        stop.set()
-        for c in children:
-            c.terminate()
-            c.join(5)
+        _end(stop, children)
         for p in procs:
             p.terminate()
         for p in procs:
@@ -379,6 +373,14 @@ def measure_one(work: Path, db: str, workers: int, a: argparse.Namespace, kind: 
         "ratio": round(rates["gateway"] / rates["paho"], 3) if rates["paho"] else None,
         "ratio_raw": round(rates["gateway"] / rates["bare"], 3) if rates["bare"] else None,
     }
+
+
+def _end(stop: Any, children: list[Any]) -> None:
+    """The load and the bare readers stopped."""
+    stop.set()
+    for c in children:
+        c.terminate()
+        c.join(5)
 
 
 def _count(store: Store, table: str) -> int:
