@@ -51,6 +51,13 @@ def worker_user(name: str) -> str:
     return WORKER_PREFIX + name
 
 
+def check_workers(names: Sequence[str]) -> None:
+    """Raises ConfigError for a worker's name that is not a device-style id."""
+    for name in names:
+        if not valid_id(name):
+            raise ConfigError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'), not {name!r}")
+
+
 @dataclass(frozen=True)
 class FleetBroker:
     files: MosquittoFiles
@@ -101,9 +108,7 @@ def write(
     the next). tls: a TLS listener beside the plain one (gateway/ca.py
     tls_listener); workers: the names of a pool's workers, an account each
     (gateway.NAME) with the gateway's rights. Raises ConfigError."""
-    for name in workers:
-        if not valid_id(name):
-            raise ConfigError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'), not {name!r}")
+    check_workers(workers)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)

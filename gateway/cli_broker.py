@@ -77,17 +77,12 @@ def cmd_broker_run(args: argparse.Namespace) -> int:
 
 def cmd_broker_cluster(args: argparse.Namespace) -> int:
     """A NATS cluster on this machine (gateway/nats_cluster.py), from the registry."""
-    from firmware.pb.ids import valid_id
-
     from .broker import GATEWAY_USER, HA_USER
-    from .broker_config import secret
+    from .broker_config import check_workers, secret
     from .cli_registry import cluster_hash
-    from .errors import ConfigError
     from .nats_cluster import ROUTE_USER, SYSTEM_USER, ClusterRunner, NatsCluster, layout
 
-    for name in args.worker or ():
-        if not valid_id(name):
-            raise ConfigError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'), not {name!r}")
+    check_workers(args.worker or ())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
@@ -152,6 +147,20 @@ def _revoke(db: str, dev: str) -> None:
     _through(argparse.Namespace(db=db), api, direct)
 
 
+def _fleet_options(p: Any, whose: str) -> None:
+    """The options Mosquitto's and the cluster's configurations share: where
+    they are kept, the registry, and the accounts besides the gateway's."""
+    p.add_argument("--out", required=True, help=f"the folder of {whose} files (kept between runs)")
+    p.add_argument("--db", required=True, help="the gateway's database: its registered devices")
+    p.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
+    p.add_argument(
+        "--worker",
+        action="append",
+        metavar="NAME",
+        help="an account for the worker NAME of a pool of gateways (gateway.NAME); may be repeated",
+    )
+
+
 def _register_cluster(br: Any) -> None:
     from .cli import hostport
 
@@ -162,8 +171,7 @@ def _register_cluster(br: Any) -> None:
         "with JetStream and an MQTT listener, routed to the others; the gateway's accounts and every "
         "registered device's, reloaded when the registry changes.",
     )
-    cl.add_argument("--out", required=True, help="the folder of the cluster's files (kept between runs)")
-    cl.add_argument("--db", required=True, help="the gateway's database: its registered devices")
+    _fleet_options(cl, "the cluster's")
     cl.add_argument(
         "--nodes", type=int, default=3, help="how many nodes, 3 to 9 or 1 (default 3; kept in --out)"
     )
@@ -180,13 +188,6 @@ def _register_cluster(br: Any) -> None:
         default="127.0.0.1",
         metavar="HOST",
         help="where the nodes take NATS clients, routes and monitoring: devices never (default 127.0.0.1)",
-    )
-    cl.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
-    cl.add_argument(
-        "--worker",
-        action="append",
-        metavar="NAME",
-        help="an account for the worker NAME of a pool of gateways (gateway.NAME); may be repeated",
     )
     cl.add_argument("--run", action="store_true", help="run the nodes, until interrupted")
     cl.set_defaults(func=cmd_broker_cluster)
@@ -244,21 +245,13 @@ def register(sub: Any) -> None:
     rn = br.add_parser("run", help="run Mosquitto with it, reloaded when devices are added or revoked")
     rn.set_defaults(func=cmd_broker_run)
     for p in (cf, rn):
-        p.add_argument("--out", required=True, help="the folder of the broker's files (kept between runs)")
-        p.add_argument("--db", required=True, help="the gateway's database: its registered devices")
+        _fleet_options(p, "the broker's")
         p.add_argument(
             "--listen",
             type=hostport,
             default=("0.0.0.0", 1883),
             metavar="HOST:PORT",
             help="default 0.0.0.0:1883",
-        )
-        p.add_argument("--homeassistant", action="store_true", help="an account for Home Assistant too")
-        p.add_argument(
-            "--worker",
-            action="append",
-            metavar="NAME",
-            help="an account for the worker NAME of a pool of gateways (gateway.NAME); may be repeated",
         )
         p.add_argument("--tls", type=int, metavar="PORT", help="a TLS listener on PORT too (8883), with --ca")
         p.add_argument(

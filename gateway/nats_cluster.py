@@ -141,9 +141,7 @@ def _locked_hash() -> str:
     """A bcrypt hash of a password nobody is told."""
     import secrets
 
-    import bcrypt
-
-    return bcrypt.hashpw(secrets.token_bytes(32), bcrypt.gensalt(4)).decode()
+    return _bcrypt(secrets.token_urlsafe(32))
 
 
 @dataclass(frozen=True)
