@@ -98,6 +98,7 @@ class Fleet:
         keepalive: int = 30,
         micropython: int = 0,
         addons: Sequence[str] = (),
+        plants: dict[str, Any] | None = None,
     ) -> None:
         """Devices <prefix>-1, -2, ... of each model, with their flash in
         workdir/<id>/, their clocks running `speed` times faster than real
@@ -107,7 +108,9 @@ class Fleet:
         simulator/link.py), default `broker`. micropython: how many of
         them (the last of each model in turn) run as real `micropython`
         processes instead (simulator/process.py). addons: add-on modules
-        plugged into every device whose board takes them."""
+        plugged into every device whose board takes them. plants: a
+        device's own physics (simulator/physics.py) by id, instead of one
+        drawn from the seed."""
         self.clock = SimClock(speed, start)
         self.seed = seed
         self.broker = broker
@@ -144,7 +147,9 @@ class Fleet:
                         p.plug(a)
                     self.processes.append(p)
                     continue
-                d = VirtualDevice(*args, seed_n, config=config, addons=plugged, **options)
+                d = VirtualDevice(
+                    *args, seed_n, config=config, addons=plugged, plant=(plants or {}).get(dev_id), **options
+                )
                 self.devices.append(d)
                 self._by_id[dev_id] = d
         self.faults = FleetFaults(self, random.Random(seed ^ 0xFA17))

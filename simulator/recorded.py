@@ -40,10 +40,13 @@ class Recorded:
     addons: tuple[str, ...] = ()  # the add-ons plugged into its board
 
 
-def daily_prices(seed: int, start: float, seconds: float) -> list[tuple[float, str, Any]]:
+def daily_prices(
+    seed: int, start: float, seconds: float, room: Room | None = None
+) -> list[tuple[float, str, Any]]:
     """The day's price table sent a minute before each midnight (UTC, the
-    devices' local time) from the day before start to the end."""
-    room = Room.random(random.Random(seed))
+    devices' local time) from the day before start to the end, of room (else
+    room `seed`)."""
+    room = Room.random(random.Random(seed)) if room is None else room
     first = math.floor(start / DAY_S)
     last = math.floor((start + seconds) / DAY_S)
     return [(d * DAY_S - 60.0, "prices", room.day_prices(d * DAY_S + 1.0)) for d in range(first, last + 1)]
@@ -99,21 +102,25 @@ def thermostat_record(
     hello_over: dict[str, Any] | None = None,
     data: Sequence[tuple[float, str, Any]] | None = None,
     addons: Sequence[str] = (),
+    room: Room | None = None,
 ) -> Recorded:
     """Thermostat dev in room `seed` from start for `seconds`, recorded in
     store: its hello, its telemetry every 10 s, and (prices) the daily price
     tables the gateway sent it. work: a new folder for the device's flash;
-    addons: the add-ons plugged into its board (its hello says them)."""
+    addons: the add-ons plugged into its board (its hello says them); room:
+    the room itself (else Room.random(seed)), left at the record's end: a
+    virtual device living on in it (simulator/device.py `plant`) carries the
+    record on without a jump."""
     said = (
         {"caps": sorted({"humidity", "relay", "temperature", *addons}), "addons": sorted(addons)}
         if addons
         else {}
     )
     store.upsert_hello(dev, hello(dev, **(said | (hello_over or {}))), start)
-    sent = list(data) if data is not None else (daily_prices(seed, start, seconds) if prices else [])
+    room = Room.random(random.Random(seed)) if room is None else room
+    sent = list(data) if data is not None else (daily_prices(seed, start, seconds, room) if prices else [])
     for t, key, value in sent:
         add_command(store, dev, t, "data.set", {"key": key, "value": value}, {"key": key})
-    room = Room.random(random.Random(seed))
     rows: list[TelemetryRow] = []
     steps = thermostat_in_a_room(
         work, seed, start, seconds, config=config, room_temp=room_temp, data=sent, room=room, addons=addons

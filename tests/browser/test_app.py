@@ -40,7 +40,7 @@ from .conftest import Shots, unexpected, watch_console
 pytestmark = pytest.mark.browser
 PASSWORD = "correct horse battery"
 RECORD_S = 2 * 86400.0
-SEED = 11  # the room of the first thermostat's past
+SEED = 11  # the first thermostat's room
 
 
 @dataclass
@@ -64,23 +64,38 @@ async def home(
 ) -> AsyncIterator[Home]:
     r = await start_gateway(keys)
     passwords: dict[str, str] = {}
+    prefix = f"th{secrets.token_hex(2)}"
+    # the first one's room: still weather and nobody home, so that the twin
+    # fits its two days whatever the date (the weather is a function of it)
+    first_room = replace(Room.random(random.Random(SEED)), outside_spread=0.0, people=0, door_loss=0.0)
     fleet = Fleet(
         mosquitto.url,
         tmp_path / "devices",
         models={"thermostat": 3},
-        prefix={"thermostat": f"th{secrets.token_hex(2)}"},
+        prefix={"thermostat": prefix},
         passwords=lambda dev: passwords.setdefault(dev, secrets.token_urlsafe(9)),
         telemetry_s=1,
         sample_s=0.5,
         root=keys.root_bytes,
         trial_s=2.0,
+        plants={f"{prefix}-1": first_room},
     )
     mosquitto.add_users(passwords)
     devices = [d.id for d in fleet.devices]
-    # two days of the first one's past, as the gateway would have recorded
-    # them: what its twin is fitted to (simulator/recorded.py)
+    # two days of the first one's past in its own room, as the gateway would
+    # have recorded them: what its twin is fitted to (simulator/recorded.py);
+    # the room is left at now, where the device lives on in it
     now = time.time()
-    thermostat_record(r.store, devices[0], SEED, now - RECORD_S, RECORD_S, tmp_path / "past", room_temp=20.5)
+    thermostat_record(
+        r.store,
+        devices[0],
+        SEED,
+        now - RECORD_S,
+        RECORD_S,
+        tmp_path / "past",
+        room_temp=20.5,
+        room=first_room,
+    )
     accounts = Accounts(r.store)
     ann = accounts.create("ann", "owner", PASSWORD, 1.0)
     bob = accounts.create("bob", "owner", PASSWORD, 1.0)
