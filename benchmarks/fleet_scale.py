@@ -133,9 +133,17 @@ class Broker(MosquittoProcess):
     ACLs) and no connection limit; every device in the password file."""
 
     def __init__(
-        self, directory: Path, devices: Sequence[str], accounts: Sequence[str] = BENCH_USERS
+        self,
+        directory: Path,
+        devices: Sequence[str],
+        accounts: Sequence[str] = BENCH_USERS,
+        hosts: Sequence[str] = ("127.0.0.1",),
     ) -> None:
         port = free_port()
+        # the same port on more loopback addresses: one address pair holds only
+        # about 28,000 connections (the ephemeral ports), so a large fleet's
+        # shards connect to different ones
+        more = "".join(f"listener {port} {h}\nuse_username_as_clientid true\n" for h in hosts[1:])
         self.files = mosquitto_config(
             directory,
             port,
@@ -144,7 +152,7 @@ class Broker(MosquittoProcess):
             users={GATEWAY_USER: GATEWAY_PASSWORD, **dict.fromkeys(accounts, GATEWAY_PASSWORD)},
             operators=accounts,
             run_as=getpass.getuser(),
-            extra="max_connections -1",
+            extra=more + "max_connections -1",
         )
         # one hash for every device: 10,000 PBKDF2 rounds would only add time
         line = password_line("x", DEVICE_PASSWORD).split(":", 1)[1]
@@ -469,7 +477,7 @@ def _fleet_child(spec: dict[str, Any]) -> int:
         t0 = time.monotonic()
         index = spec["index"]
         fleet = Fleet(
-            BrokerUrl("127.0.0.1", spec["port"]),
+            BrokerUrl(spec.get("host", "127.0.0.1"), spec["port"]),
             Path(spec["workdir"]),
             models={m: n for m, n in spec["models"].items() if n},
             seed=index,
@@ -478,6 +486,7 @@ def _fleet_child(spec: dict[str, Any]) -> int:
             prefix={m: _prefix(m, index) for m in spec["models"]},
             root=base64.b64decode(spec["root"]) if spec.get("root") else None,
             trial_s=spec.get("trial_s"),
+            in_memory=spec.get("in_memory", False),
         )
         for d in fleet.devices:
             d.config["broker"]["password"] = DEVICE_PASSWORD
@@ -696,7 +705,8 @@ def session(
     work.mkdir(parents=True)
     models: dict[str, int] = spec["models"]
     ids = [i for k in range(procs) for i in fleet_ids(procs, models, k)]
-    broker = Broker(work / "mosquitto", ids)
+    hosts = [f"127.0.0.{1 + h}" for h in range(spec.get("hosts", 1))]
+    broker = Broker(work / "mosquitto", ids, hosts=hosts)
     broker.start()
     gw: GatewayProc | None = None
     fleets: list[FleetProc] = []
@@ -706,7 +716,10 @@ def session(
         sub = Subscriber(broker.port, topics)
         for k in range(procs):
             share = {m: n // procs + (1 if k < n % procs else 0) for m, n in models.items()}
-            fleets.append(FleetProc(k, spec | {"index": k, "port": broker.port, "models": share}, work))
+            host = hosts[k % len(hosts)]
+            fleets.append(
+                FleetProc(k, spec | {"index": k, "port": broker.port, "host": host, "models": share}, work)
+            )
         yield Session(work, broker, gw, fleets, sub)
     finally:
         for f in fleets:
@@ -733,7 +746,13 @@ def _wait(what: str, done: Callable[[], bool], timeout: float, every: float = 0.
 def measure_scale(work: Path, a: argparse.Namespace) -> dict[str, Any]:
     n = a.devices
     models = {"thermostat": n - n // 2, "shirt": n // 2}
-    spec = {"models": models, "telemetry_s": a.loads[0], "sample_s": a.loads[0]}
+    spec = {
+        "models": models,
+        "telemetry_s": a.loads[0],
+        "sample_s": a.loads[0],
+        "in_memory": not a.flash_dir,
+        "hosts": a.hosts,
+    }
     topics = [("pb/+/telemetry", 0), ("pb/+/state", 1)]
     with session(work, spec, a.fleet_procs, None, topics) as s:
         assert s.sub is not None
@@ -742,6 +761,8 @@ def measure_scale(work: Path, a: argparse.Namespace) -> dict[str, Any]:
             "devices": n,
             "models": models,
             "fleet_procs": a.fleet_procs,
+            "flash": "folders" if a.flash_dir else "memory",
+            "broker_hosts": a.hosts,
             "build_s": round(max(b["build_s"] for b in built), 1),
         }
         print(f"  {n} devices built in {out['build_s']} s; connecting", flush=True)
@@ -967,6 +988,8 @@ def measure_update(work: Path, a: argparse.Namespace) -> dict[str, Any]:
         "sample_s": 10.0,
         "root": base64.b64encode(keys.root_bytes).decode(),
         "trial_s": 0,
+        "in_memory": not a.flash_dir,
+        "hosts": a.hosts,
     }
     topics = [("pb/+/state", 1), ("pb/+/ota/status", 1)]
     out: dict[str, Any] = {
@@ -1188,6 +1211,18 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--update-devices", type=int, default=UPDATE_DEVICES, help="thermostats updated at once")
     p.add_argument("--fleet-procs", type=int, default=1, help="processes the fleet is split across")
     p.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="loopback addresses the broker listens on, the fleet's processes spread over them "
+        "(default: one per fleet process)",
+    )
+    p.add_argument(
+        "--flash-dir",
+        action="store_true",
+        help="a folder on disk per device (default: each device's flash in RAM, simulator/memflash.py)",
+    )
+    p.add_argument(
         "--loads",
         type=lambda t: tuple(float(x) for x in t.split(",")),
         default=LOADS,
@@ -1215,8 +1250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = _raise_nofile()
     need = max(a.devices, a.update_devices) + 100
     if limit < need:
-        print(f"the file limit is {limit}; {need} are needed (ulimit -Hn)", file=sys.stderr)
+        print(
+            f"the file limit is {limit}; {need} are needed: one Mosquitto holds every device's "
+            "connection (raise the hard limit, ulimit -Hn, which needs CAP_SYS_RESOURCE)",
+            file=sys.stderr,
+        )
         return 1
+    a.hosts = a.hosts or a.fleet_procs
     # a SIGTERM unwinds like Ctrl-C: every process and folder is cleaned up
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = {

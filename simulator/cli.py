@@ -71,8 +71,8 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--workdir",
-        help="the devices' flash folders (default: a temporary folder); "
-        "devices found there keep what they installed",
+        help="the devices' flash folders (default: their flash kept in RAM, a board's power-cut "
+        "semantics and no folder); devices found there keep what they installed",
     )
     run.add_argument("--keys", metavar="DIR", help="update keys folder whose root.json every device trusts")
     run.add_argument("--root", metavar="FILE", help="root.json every device trusts (instead of --keys)")
@@ -266,6 +266,7 @@ async def _sim_run(args: argparse.Namespace, models: list[str], out: TextIO) -> 
             root=getattr(args, "root_bytes", None),
             trial_s=getattr(args, "trial", None),
             addons=args.addon,
+            in_memory=not args.workdir,
         )
         kept = [p.id for p in fleet.processes if not p.reflashed]
         if kept:

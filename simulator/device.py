@@ -32,7 +32,7 @@ from firmware.pb.ota.updates import Boot
 from firmware.pb.prepare import choose, lean_job
 from firmware.pb.runtime import Device
 from firmware.pb.start import run_device
-from firmware.pb.store import write_atomic
+from firmware.pb.store import makedirs, write_atomic
 from gateway.broker import BrokerUrl
 from gateway.errors import ConfigError
 from gateway.paths import firmware_dir
@@ -42,6 +42,7 @@ from .clock import SimClock
 from .faults import DeviceFaults, PowerCut, register_flash, unregister_flash
 from .hal import SimHal
 from .loader import import_feature
+from .memflash import MemFlash
 from .physics import Room, Skin
 
 log = logging.getLogger("permabeta.sim")
@@ -62,6 +63,10 @@ def provision(
     given its board, the owner's data choices as provisioning writes them.
     A folder provisioned before keeps its data and update state. Raises
     ConfigError for an unknown feature or a root that is not self-signed."""
+    flash = _memflash_at(base)
+    if flash is not None:
+        _provision_in_memory(flash, base, features, root, board)
+        return
     factory = base / "features"
     factory.mkdir(parents=True, exist_ok=True)
     (base / "data").mkdir(exist_ok=True)
@@ -88,6 +93,29 @@ def provision(
         install_root(base, root)
 
 
+def _memflash_at(base: Path) -> MemFlash | None:
+    from .memflash import flash_of
+
+    return flash_of(str(base))
+
+
+def _provision_in_memory(
+    flash: MemFlash, base: Path, features: Sequence[str], root: bytes | None, board: dict[str, Any] | None
+) -> None:
+    """provision() for a flash kept in RAM: the factory set mounted, read-only."""
+    for name in features:
+        if not (firmware_dir() / "features" / name / "manifest.json").is_file():
+            raise ConfigError(f"no feature {name!r} in {firmware_dir() / 'features'}")
+    makedirs(str(base / "features"))
+    makedirs(str(base / "data"))
+    if board is not None and flash.read(STREAMS_FILE) is None:
+        write_atomic(str(base / STREAMS_FILE), initial_streams(board, features))
+    for name in features:
+        flash.mount(f"features/{name}", str(firmware_dir() / "features" / name))
+    if root is not None:
+        install_root(base, root)
+
+
 def install_root(base: Path, root: bytes) -> None:
     """Make the device in base trust root: written as a root provisioned
     (base/ota/root.json), which its next boot takes unless it trusts a newer
@@ -100,7 +128,7 @@ def install_root(base: Path, root: bytes) -> None:
         load_root(root, verify_signature)
     except TrustError as exc:
         raise ConfigError(f"the root given is not a valid, self-signed root: {exc.message}") from exc
-    (base / "ota").mkdir(parents=True, exist_ok=True)
+    makedirs(str(base / "ota"))
     if roots.trusted_root(str(base))[1] != root:
         write_atomic(str(base / ROOT_FILE), root)
 
@@ -129,7 +157,10 @@ class VirtualDevice:
     on mqtts:// (the device trusts it alone, as a board provisioned with it).
     ble_adapter: the BlueZ adapter of its Bluetooth LE radio (hci1, say): it
     then talks to the gateway over BLE, not the broker (config "link"), its
-    radio a GATT peripheral on BlueZ driven by the firmware's own BLE link."""
+    radio a GATT peripheral on BlueZ driven by the firmware's own BLE link.
+    in_memory: its flash kept in RAM (simulator/memflash.py: a board's
+    power-cut semantics, no folder; `base` is then a path no disk has,
+    which the firmware's file calls reach), else the folder workdir/<id>/."""
 
     def __init__(
         self,
@@ -155,6 +186,7 @@ class VirtualDevice:
         addons: Sequence[str] = (),
         ca: bytes | None = None,
         ble_adapter: str | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.id = dev_id
         self.model = model
@@ -189,15 +221,25 @@ class VirtualDevice:
             self.config["link"] = {"ble": True}
         for name in addons:
             self.plug(name)
-        self.base = workdir / dev_id
+        self.faults = DeviceFaults(seed ^ 0x5EED)
+        self.faults.on_cut = self._power_gone
+        self.hal.faults = self.faults
+        self.flash: MemFlash | None = None
+        if in_memory:
+            if image is not None:
+                raise ConfigError(f"{dev_id}: a device with app partitions (an image) keeps them in a folder")
+            faults = self.faults
+            self.flash = MemFlash(dev_id, full=lambda: faults.flash_full)
+            self.base = Path(self.flash.base)
+            self._seed = seed  # (what a power cut keeps of unsynced writes: seeded per cut)
+            register_flash(None, self.faults)  # (the firmware's file calls routed)
+        else:
+            self.base = workdir / dev_id
+            register_flash(self.base, self.faults)
         features = self.board.get("features", []) if features is None else features
         provision(self.base, features, root, self.board)
         if ca is not None:
             write_atomic(str(self.base / CA_FILE), ca)
-        self.faults = DeviceFaults(random.Random(seed ^ 0x5EED))
-        self.faults.on_cut = self._power_gone
-        self.hal.faults = self.faults
-        register_flash(self.base, self.faults)
         if image is not None:
             self._flash_image(image, slot_size)
         self.heap_free = heap_free
@@ -242,10 +284,17 @@ class VirtualDevice:
 
     # ---- what a test or the demo may look at ---------------------------------
 
+    def read(self, rel: str) -> bytes | None:
+        """The content of a file of its flash (rel to it), or None."""
+        if self.flash is not None:
+            return self.flash.read(rel)
+        path = self.base / rel
+        return path.read_bytes() if path.is_file() else None
+
     def pointer(self) -> dict[str, Any] | None:
         """ota/active.json (the set the next boot runs), or None: factory set."""
-        path = self.base / POINTER_FILE
-        return dict(json.loads(path.read_bytes())) if path.is_file() else None
+        data = self.read(POINTER_FILE)
+        return dict(json.loads(data)) if data is not None else None
 
     def running(self) -> list[str]:
         """The features running now (none while rebooting or in update mode)."""
@@ -276,7 +325,8 @@ class VirtualDevice:
                 if self._cut:
                     await self._power_off()
         finally:
-            unregister_flash(self.base)
+            if self.flash is None:
+                unregister_flash(self.base)
 
     async def _power_off(self) -> None:
         log.debug("%s: power cut, off for %.1f s", self.id, self.faults.cut_off_s)
@@ -348,7 +398,7 @@ class VirtualDevice:
         """An update is under way on this device: taken and not yet
         installed (downloading, in update mode, staged, installing at boot),
         or its new set on trial."""
-        if (self.base / JOB_FILE).is_file():
+        if (JOB_FILE in self.flash.files) if self.flash is not None else (self.base / JOB_FILE).is_file():
             return True
         return self.mode != "off" and self.boot is not None and bool(self.boot.trial)
 
@@ -358,6 +408,10 @@ class VirtualDevice:
         if self.updating():
             self.faults.cuts_updating += 1
         self._cut = True
+        if self.flash is not None:
+            # before any task it stops closes a file (a generator made per cut: one
+            # kept per device would cost it 2.5 KB)
+            self.flash.cut(random.Random(f"{self._seed}:tear:{self.faults.cuts}:{self.boots}"))
         if self.device is not None:
             self.device.halt()
         if self._run is not None:

@@ -44,7 +44,7 @@ class DeviceFaults:
     """What is wrong with one device now. The fields are read by the HAL
     (simulator/hal.py), the flash (full_flash) and the boot loop."""
 
-    rng: random.Random
+    rng: random.Random | int  # its generator, or the seed of one made when first needed (2.9 KB)
     skew_s: float = 0.0  # the device's clock minus true time
     flash_full: bool = False
     sensors: dict[str, SensorFault] = field(default_factory=dict)
@@ -96,7 +96,11 @@ class DeviceFaults:
             raise HalError(f"sensor {name} does not answer")
         if f.stuck is not None:
             return f.stuck
-        return value + self.rng.gauss(0.0, f.noise) if f.noise else value
+        if not f.noise:
+            return value
+        if not isinstance(self.rng, random.Random):
+            self.rng = random.Random(self.rng)
+        return value + self.rng.gauss(0.0, f.noise)
 
     def check_write(self, name: str) -> None:
         if name in self.actuators_failing:
@@ -108,16 +112,19 @@ class DeviceFaults:
 # ---- a full flash --------------------------------------------------------------------
 #
 # The firmware writes files with open(); under the simulator every module of
-# it that writes is given this open instead, which refuses to write into the
+# it that writes is given this open instead (through simulator/memflash.py,
+# which serves a flash kept in RAM itself), which refuses to write into the
 # flash folder of a device whose flash is full, as a board's filesystem
 # does (OSError ENOSPC).
 
 _full: dict[str, DeviceFaults] = {}  # a device's flash folder (str, with "/") -> its faults
-_WRITERS = ("firmware.pb.store", "firmware.pb.ota.download", "firmware.pb.ota.files")
 
 
-def register_flash(base: Path, faults: DeviceFaults) -> None:
-    _full[str(base.resolve()) + "/"] = faults
+def register_flash(base: Path | None, faults: DeviceFaults) -> None:
+    """A device's flash folder (None: its flash is in RAM, which checks its
+    faults itself) and its faults; the firmware's file calls routed."""
+    if base is not None:
+        _full[str(base.resolve()) + "/"] = faults
     _install()
 
 
@@ -144,9 +151,9 @@ def _install() -> None:
         return
     import importlib
 
-    for name in _WRITERS:
-        mod = importlib.import_module(name)
-        mod.open = flash_open  # type: ignore[attr-defined]
+    from . import memflash
+
+    memflash.install(open_for_disk=flash_open)  # (the firmware's every module that writes)
     otafs = importlib.import_module("firmware.pb.ota.files")
     real_free = otafs.free_bytes
 

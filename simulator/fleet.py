@@ -99,6 +99,7 @@ class Fleet:
         micropython: int = 0,
         addons: Sequence[str] = (),
         plants: dict[str, Any] | None = None,
+        in_memory: bool = False,
     ) -> None:
         """Devices <prefix>-1, -2, ... of each model, with their flash in
         workdir/<id>/, their clocks running `speed` times faster than real
@@ -110,7 +111,8 @@ class Fleet:
         processes instead (simulator/process.py). addons: add-on modules
         plugged into every device whose board takes them. plants: a
         device's own physics (simulator/physics.py) by id, instead of one
-        drawn from the seed."""
+        drawn from the seed. in_memory: the virtual devices' flash kept in
+        RAM (simulator/memflash.py), no folder each."""
         self.clock = SimClock(speed, start)
         self.seed = seed
         self.broker = broker
@@ -148,7 +150,13 @@ class Fleet:
                     self.processes.append(p)
                     continue
                 d = VirtualDevice(
-                    *args, seed_n, config=config, addons=plugged, plant=(plants or {}).get(dev_id), **options
+                    *args,
+                    seed_n,
+                    config=config,
+                    addons=plugged,
+                    plant=(plants or {}).get(dev_id),
+                    in_memory=in_memory,
+                    **options,
                 )
                 self.devices.append(d)
                 self._by_id[dev_id] = d

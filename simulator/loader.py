@@ -12,14 +12,19 @@ in the object start() returns.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 from firmware.pb.errors import FeatureError
+
+from .memflash import MemFlash, flash_of
 
 # digest -> (module, the folder it was imported from)
 _cache: dict[str, tuple[ModuleType, Path]] = {}
@@ -33,25 +38,71 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def digest(folder: Path) -> str:
-    """SHA-256 over the relative paths and contents of a feature folder."""
+def _digest_of(files: list[tuple[str, bytes]]) -> str:
     h = hashlib.sha256()
-    for path in _files(folder):
-        rel = path.relative_to(folder).as_posix().encode()
-        data = path.read_bytes()
-        h.update(b"%d:%s%d:" % (len(rel), rel, len(data)))
+    for rel, data in files:
+        h.update(b"%d:%s%d:" % (len(rel), rel.encode(), len(data)))
         h.update(data)
     return h.hexdigest()
+
+
+def digest(folder: Path) -> str:
+    """SHA-256 over the relative paths and contents of a feature folder."""
+    return _digest_of([(p.relative_to(folder).as_posix(), p.read_bytes()) for p in _files(folder)])
+
+
+_released: list[Path] = []  # the folder feature code kept in RAM is imported from
+
+
+def _from_flash(flash: MemFlash, root: str, name: str) -> tuple[Path, str]:
+    """(a folder on disk holding the feature root/name of a flash kept in
+    RAM, its key): a mounted factory feature's own folder, else a copy
+    written once per content and shared by every device holding it."""
+    rel = flash.rel(f"{root}/{name}")
+    real = flash.mounted(rel)
+    if real is not None:
+        folder = Path(real)
+        if not (folder / "__init__.py").is_file():
+            raise FeatureError(f"feature {name} has no __init__.py in {root}")
+        return folder, f"{name}:{digest(folder)}"
+    files = []
+    for sub in flash.walk(rel):
+        last = sub.rsplit("/", 1)[-1]
+        if not any(p.startswith(".") or p == "__pycache__" for p in sub.split("/")) and not last.endswith(
+            ".pyc"
+        ):
+            files.append((sub, flash.read(f"{rel}/{sub}") or b""))
+    if not any(sub == "__init__.py" for sub, _ in files):
+        raise FeatureError(f"feature {name} has no __init__.py in {root}")
+    d = _digest_of(files)
+    if not _released:
+        _released.append(Path(tempfile.mkdtemp(prefix="pb-features-")))
+        atexit.register(shutil.rmtree, _released[0], True)
+    folder = _released[0] / d / name
+    if not folder.is_dir():
+        tmp = _released[0] / f".{d}.{os.getpid()}"
+        for sub, data in files:
+            (tmp / name / sub).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name / sub).write_bytes(data)
+        try:
+            os.rename(tmp, _released[0] / d)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # (written by another device meanwhile)
+    return folder, f"{name}:{d}"
 
 
 def import_feature(root: str, name: str) -> ModuleType:
     """The feature package root/name, imported under a private name (the
     runtime's importer hook). Raises FeatureError if there is none."""
-    folder = Path(root) / name
+    flash = flash_of(root)
+    if flash is not None:
+        folder, key = _from_flash(flash, root, name)
+    else:
+        folder = Path(root) / name
+        if not (folder / "__init__.py").is_file():
+            raise FeatureError(f"feature {name} has no __init__.py in {root}")
+        key = f"{name}:{digest(folder)}"
     init = folder / "__init__.py"
-    if not init.is_file():
-        raise FeatureError(f"feature {name} has no __init__.py in {root}")
-    key = f"{name}:{digest(folder)}"
     hit = _cache.get(key)
     if hit is not None:
         mod, origin = hit

@@ -2,6 +2,7 @@
 # discovered and when a setting changes, not in between: the runtime lets
 # this module go after boot to give its RAM back.
 import json
+import os
 
 from .errors import ConfigError, FeatureError
 from .ids import valid_id
@@ -122,8 +123,6 @@ def read_manifest(root, name):
 
 def list_features(root):
     """Names of the feature folders under root (those with a manifest)."""
-    import os
-
     try:
         names = sorted(os.listdir(root))
     except OSError:

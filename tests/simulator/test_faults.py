@@ -55,10 +55,11 @@ async def test_a_power_cut_drops_the_link_without_goodbye_and_the_device_comes_b
     assert dev.faults.cuts == 1
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["flash-folder", "flash-in-ram"])
 async def test_power_cut_mid_download_and_at_activation_the_update_still_commits(
-    rig: Rig, make_device: MakeDevice, eco_release: Path
+    rig: Rig, make_device: MakeDevice, eco_release: Path, in_memory: bool
 ) -> None:
-    dev = await make_device()
+    dev = await make_device(in_memory=in_memory)
     release = rig.publish(eco_release)
     dev.faults.cut_off_s = 0.5
     dev.faults.cut_at_point = "chunk"  # mid-download
@@ -68,10 +69,11 @@ async def test_power_cut_mid_download_and_at_activation_the_update_still_commits
     assert rig.gw.ota.stats["committed"] == 1 and rig.gw.ota.stats["failed"] == 0
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["flash-folder", "flash-in-ram"])
 async def test_power_cut_at_activation_resumes_and_commits(
-    rig: Rig, make_device: MakeDevice, eco_release: Path
+    rig: Rig, make_device: MakeDevice, eco_release: Path, in_memory: bool
 ) -> None:
-    dev = await make_device()
+    dev = await make_device(in_memory=in_memory)
     dev.faults.cut_off_s = 0.5
     dev.faults.cut_at_point = "activate"  # at boot, installing the staged set
     u = await rig.update(dev, rig.publish(eco_release), timeout=40)
@@ -80,10 +82,11 @@ async def test_power_cut_at_activation_resumes_and_commits(
     await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 10, what="eco running")
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["flash-folder", "flash-in-ram"])
 async def test_a_full_flash_fails_the_update_cleanly_and_the_next_one_commits(
-    rig: Rig, make_device: MakeDevice, eco_release: Path
+    rig: Rig, make_device: MakeDevice, eco_release: Path, in_memory: bool
 ) -> None:
-    dev = await make_device()
+    dev = await make_device(in_memory=in_memory)
     release = rig.publish(eco_release)
     dev.faults.flash_full = True
     u = await rig.update(dev, release, timeout=30)
@@ -170,9 +173,10 @@ def _reading(dev: VirtualDevice, name: str) -> float | None:
 
 
 def test_device_faults_are_seeded() -> None:
-    a, b = DeviceFaults(random.Random(5)), DeviceFaults(random.Random(5))
+    a, b = DeviceFaults(random.Random(5)), DeviceFaults(5)  # (a seed: its generator made when needed)
     a.sensors["t"] = b.sensors["t"] = _fault(noise=1.0)
     assert [a.reading("t", 20.0) for _ in range(5)] == [b.reading("t", 20.0) for _ in range(5)]
+    assert isinstance(b.rng, random.Random)
 
 
 def test_split_shares_devices_over_models() -> None:

@@ -5,6 +5,7 @@
 # old record or the new one; a record that is not JSON reads as absent.
 # Loaded by the update path only while it runs.
 import json
+import os
 
 from ..store import read_bytes, write_atomic
 
@@ -102,8 +103,6 @@ def floor_ms(base):
 
 def remove(path):
     """Remove path and its pending replacement; a missing one is fine."""
-    import os
-
     for p in (path, path + ".tmp"):
         try:
             os.remove(p)

@@ -1,6 +1,8 @@
 # Handing an update to update mode (docs/ota.md 4.2): when RAM is too short
 # to download beside the features, the device resets into a mode where only
 # the link and the download run. Small, as it is loaded when RAM is short.
+import os
+
 from ..compat import mem_free
 from ..store import write_atomic
 
@@ -52,8 +54,6 @@ def hold(u, payload, why):
     if b'"op":"cancel"' in head:
         if uid is not None and uid == u.held:
             try:
-                import os
-
                 os.remove(u.offer_to)
             except OSError:
                 pass

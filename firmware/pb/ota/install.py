@@ -4,6 +4,7 @@
 # and the pointer is switched with one atomic rename. Every step is
 # idempotent: a power cut anywhere in here just runs it again at next boot.
 import json
+import os
 
 from ..compat import collect, forget, format_exception, fsync, ticks_diff, ticks_ms
 from ..errors import StoreError, TrustError
@@ -359,8 +360,6 @@ def _assemble(base, target, listed, run_set, fault):
     # written last: a slot with its manifest is a complete slot
     manifest = loader.set_manifest(base, target)
     _copy(files.staged(base, "manifest.json"), manifest + ".tmp")
-    import os
-
     os.rename(manifest + ".tmp", manifest)
 
 

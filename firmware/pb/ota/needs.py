@@ -5,6 +5,7 @@
 # which the install takes from there. Loaded after a check that passed and
 # at assembly only.
 import json
+import os
 
 from ..store import write_atomic
 from . import files, flash
@@ -54,8 +55,6 @@ def _keep_only(stage, needed):
     """Remove from the staging folder what no needed file names (a blob of
     an update replaced, a stray file): staging holds the manifest, the need
     list and, per file the device lacks, at most its blob and its inflated copy."""
-    import os
-
     need = flash.NEED[len(flash.STAGE) + 1 :]
     for name in os.listdir(stage[:-1]):
         if name in ("manifest.json", need, need + ".tmp", "image.z"):

@@ -5,6 +5,8 @@
 # one. Runs in pb/prepare.py on a nearly empty heap, before an install, so
 # that the install checks with the newest root. Every step is repeated
 # after a power cut: the old root stays trusted until the new one is whole.
+import os
+
 from ..errors import StoreError, TrustError
 from ..store import exists, read_bytes, write_atomic
 from . import flash
@@ -13,8 +15,6 @@ from . import flash
 def root_versions(base):
     """The versions of the trusted roots on flash (ota/root.<version>.json),
     highest first; a torn write (.tmp) is not one."""
-    import os
-
     found = []  # type: list[int]
     try:
         names = os.listdir(base + "/ota")
