@@ -215,9 +215,12 @@ class Fleet:
             await asyncio.sleep(0.05)
 
     async def _physics(self) -> None:
-        # no more often than a plant needs (it sub-steps 5 simulated s at
-        # most; reads and writes bring it up to date between times)
-        period = min(1.0, max(PHYSICS_STEP_S, _MAX_STEP_S / self.clock.speed))
+        # no more often than a plant needs: it sub-steps 5 simulated s at
+        # most, and reads, writes and truth() bring it up to date between
+        # times (a step of 1 s would cost an idle fleet five times the work)
+        period = max(PHYSICS_STEP_S, _MAX_STEP_S / self.clock.speed)
+        if self.processes:
+            period = min(1.0, period)  # (a step carries the unix-port boards' readings and relays)
         last = self.clock.now()
         while True:
             await asyncio.sleep(period)
@@ -232,7 +235,9 @@ class Fleet:
 
     def truth(self, dev_id: str) -> dict[str, Any]:
         """The physics' ground truth of a device's world now."""
-        return dict(self.device(dev_id).plant.truth())
+        plant = self.device(dev_id).plant
+        plant.advance(self.clock.now())
+        return dict(plant.truth())
 
     def summary(self) -> Summary:
         """The fleet now; messages/s since the last summary."""

@@ -78,16 +78,15 @@ def _from_flash(flash: MemFlash, root: str, name: str) -> tuple[Path, str]:
     if not _released:
         _released.append(Path(tempfile.mkdtemp(prefix="pb-features-")))
         atexit.register(shutil.rmtree, _released[0], True)
-    folder = _released[0] / d / name
+    home = _released[0] / f"{name}.{d}"  # (the digest covers the files, not the name)
+    folder = home / name
     if not folder.is_dir():
-        tmp = _released[0] / f".{d}.{os.getpid()}"
+        tmp = _released[0] / f".{name}.{d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         for sub, data in files:
             (tmp / name / sub).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name / sub).write_bytes(data)
-        try:
-            os.rename(tmp, _released[0] / d)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # (written by another device meanwhile)
+        os.rename(tmp, home)
     return folder, f"{name}:{d}"
 
 

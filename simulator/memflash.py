@@ -7,16 +7,22 @@ files is given this module's `open`, `os` and `fsync` (install()), which
 serve paths under /pbflash/ from the device's MemFlash and pass every other
 path to the real ones.
 
-The semantics are littlefs's, the filesystem of a board (MicroPython's VFS):
+The semantics are those the firmware must survive on a board's filesystem
+(littlefs under MicroPython's VFS, or FAT), taken at their strictest:
 - a file's content becomes durable when it is synced: flush(), close() (and
   so `fsync`), as littlefs's lfs_file_sync;
 - creating, renaming (over an existing file too), removing a file and making
-  or removing a directory are atomic and durable at once;
-- a power cut (cut()) keeps what was durable: of a file open for writing,
-  what it gained since its last sync by appending is kept in part (torn:
-  a random prefix, maybe none, maybe all of it) and what it changed in
-  place is lost; its handles then refuse every further use, so nothing a
-  cancelled task closes afterwards is synced.
+  or removing a directory are atomic and durable at once (littlefs's
+  metadata commits);
+- a power cut keeps what was durable: of a file open for writing, what it
+  gained since its last sync by appending is kept in part (torn: a random
+  prefix, maybe none, maybe all of it; littlefs itself would keep none,
+  FAT may keep a part) and what it changed in place is lost; its handles
+  are then dead: what the cancelled code still writes or reads through
+  them goes nowhere and raises nothing, and closing them syncs nothing.
+Simplifications: the handles of one file share its content (a sync through
+one makes the others' writes durable too); space is counted in bytes, not
+blocks; the flash is written in binary modes only (the firmware's own way).
 
 The factory features are the firmware's own folders, mounted read-only (a
 board has them in its image): mount(). Capacity is the board's filesystem
@@ -54,13 +60,14 @@ def _err(code: int, path: str) -> OSError:
 class _Node:
     """A file: its content as the device reads it, and what of it is durable."""
 
-    __slots__ = ("copy", "data", "durable", "handles")
+    __slots__ = ("copy", "data", "durable", "handles", "linked")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.durable = 0  # data[:durable] is on the medium (unless copy holds it)
         self.copy: bytes | None = None  # the durable content, once changed in place
         self.handles = 0  # open for writing
+        self.linked = True  # in the flash's folders (a file removed while open is not)
 
     def sync(self) -> None:
         self.durable = len(self.data)
@@ -112,14 +119,17 @@ class MemFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def _alive(self) -> None:
-        if self._dead:
-            raise _err(errno.EIO, self.name)
+    def _alive(self) -> bool:
+        """False once the power went: the cancelled code that still holds
+        the handle reads nothing and writes into the void, and nothing it
+        does raises (a board's code would not be running at all)."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
+        return not self._dead
 
     def readinto(self, b: Any) -> int:
-        self._alive()
+        if not self._alive():
+            return 0
         if not self._read:
             raise io.UnsupportedOperation("not readable")
         view = memoryview(b).cast("B")
@@ -130,7 +140,8 @@ class MemFile(io.RawIOBase):
         return n
 
     def write(self, b: Any) -> int:
-        self._alive()
+        if not self._alive():
+            return len(memoryview(b))
         if not self._write:
             raise io.UnsupportedOperation("not writable")
         data = self.node.data
@@ -138,7 +149,8 @@ class MemFile(io.RawIOBase):
             self.pos = len(data)
         chunk = bytes(b)
         end = self.pos + len(chunk)
-        self.flash.grow(self.name, max(0, end - len(data)))
+        if self.node.linked:
+            self.flash.grow(self.name, max(0, end - len(data)))
         self.node.changing(self.pos)
         if self.pos > len(data):
             data.extend(bytes(self.pos - len(data)))
@@ -148,6 +160,8 @@ class MemFile(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = 0) -> int:
         self._alive()
+        if whence not in (0, 1, 2):
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
         base = (0, self.pos, len(self.node.data))[whence]
         if base + offset < 0:
             raise _err(errno.EINVAL, self.name)
@@ -159,22 +173,25 @@ class MemFile(io.RawIOBase):
         return self.pos
 
     def truncate(self, size: int | None = None) -> int:
-        self._alive()
         if not self._write:
             raise io.UnsupportedOperation("not writable")
         size = self.pos if size is None else size
+        if not self._alive():
+            return size
         data = self.node.data
         if size < len(data):
             self.node.changing(size)
-            self.flash.used -= len(data) - size
+            if self.node.linked:
+                self.flash.used -= len(data) - size
             del data[size:]
         else:
-            self.flash.grow(self.name, size - len(data))
+            if self.node.linked:
+                self.flash.grow(self.name, size - len(data))
             data.extend(bytes(size - len(data)))
         return size
 
     def flush(self) -> None:
-        """littlefs's sync: what was written is durable."""
+        """The filesystem's sync (littlefs's lfs_file_sync): what was written is durable."""
         if self._dead or self.closed:
             return
         if self._write:
@@ -263,13 +280,16 @@ class MemFlash:
             return builtins.open(real, mode, *args, **kwargs)
         if rel in self.dirs:
             raise _err(errno.EISDIR, path)
+        if writing and "b" not in mode:
+            # (the firmware writes bytes; a text layer's buffer would sync on its own terms)
+            raise ValueError(f"a flash in RAM is written in binary modes only, not {mode!r}")
         node = self.files.get(rel)
+        if writing and self.full():
+            raise _err(errno.ENOSPC, path)  # (as a full flash folder refuses every open for writing)
         if node is None:
             if not writing or mode.startswith("r"):
                 raise _err(errno.ENOENT, path)
             self._parent_ok(rel, path)
-            if self.full():
-                raise _err(errno.ENOSPC, path)
             node = self.files[rel] = _Node()
         elif "x" in mode:
             raise _err(errno.EEXIST, path)
@@ -278,12 +298,7 @@ class MemFlash:
             f.truncate(0)
         if "b" in mode:
             return cast(IO[Any], f)
-        raw: Any = (
-            io.BufferedRandom(f)
-            if writing and f.readable()
-            else (io.BufferedWriter(f) if writing else io.BufferedReader(f))
-        )
-        return io.TextIOWrapper(raw, encoding=kwargs.get("encoding") or "utf-8")
+        return io.TextIOWrapper(io.BufferedReader(f), encoding=kwargs.get("encoding") or "utf-8")
 
     def stat(self, path: str) -> _os.stat_result:
         rel = self.rel(path)
@@ -314,8 +329,10 @@ class MemFlash:
 
     def mkdir(self, path: str, *args: Any) -> None:
         rel = self.rel(path)
-        if rel in self.dirs or rel in self.files or self.mounted(rel) is not None:
+        if rel in self.dirs or rel in self.files or rel in self.mounts:
             raise _err(errno.EEXIST, path)
+        if self.mounted(rel) is not None:
+            raise _err(errno.EROFS, path)
         self._parent_ok(rel, path)
         self.dirs.add(rel)
 
@@ -338,6 +355,12 @@ class MemFlash:
         node = self.files.pop(rel, None)
         if node is None:
             raise _err(errno.ENOENT, path)
+        self._unlink(node)
+
+    def _unlink(self, node: _Node) -> None:
+        """A file left the folders (removed, or renamed over): its space is
+        free, and a handle still open on it writes outside the count."""
+        node.linked = False
         self.used -= len(node.data)
 
     def rename(self, src: str, dst: str) -> None:
@@ -348,15 +371,21 @@ class MemFlash:
         if a in self.files:
             if b in self.dirs:
                 raise _err(errno.EISDIR, dst)
+            if a == b:
+                return
             old = self.files.pop(b, None)
             if old is not None:
-                self.used -= len(old.data)
+                self._unlink(old)
             self.files[b] = self.files.pop(a)
         elif a in self.dirs and a:
+            if a == b:
+                return
             if b in self.files or (b in self.dirs and self.listdir(dst)):
                 raise _err(errno.ENOTEMPTY, dst)
-            if b == a or b.startswith(a + "/"):
+            if b.startswith(a + "/"):
                 raise _err(errno.EINVAL, dst)
+            if any(m == a or m.startswith(a + "/") for m in self.mounts):
+                raise _err(errno.EROFS, src)  # (the factory set stays where the image has it)
             for d in sorted(d for d in self.dirs if d == a or d.startswith(a + "/")):
                 self.dirs.discard(d)
                 self.dirs.add(b + d[len(a) :])
@@ -373,7 +402,7 @@ class MemFlash:
 
     def cut(self, rng: random.Random) -> None:
         """The power went: what was not synced is lost or torn, and every
-        open handle is dead."""
+        handle open for writing is dead."""
         for f in list(self.handles):
             f.kill()
         self.handles.clear()
@@ -485,10 +514,21 @@ _real_open: Callable[..., IO[Any]] = builtins.open
 
 
 def open_routed(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+    """open() for the firmware's filesystem: a flash in RAM, or a folder
+    (through open_for_disk: a full flash folder refuses writes)."""
     flash = find(file)
     if flash is not None:
         return flash.open(_os.fspath(file), mode, *args, **kwargs)
     return _real_open(file, mode, *args, **kwargs)
+
+
+def open_partition(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+    """open() for the app partitions' stand-in files: outside the
+    filesystem on a board, so a full filesystem does not refuse them."""
+    flash = find(file)
+    if flash is not None:
+        return flash.open(_os.fspath(file), mode, *args, **kwargs)
+    return builtins.open(file, mode, *args, **kwargs)
 
 
 class _RoutedOs:
@@ -568,6 +608,8 @@ ROUTED = (
     "firmware.pb.hal.app_partition",
 )
 
+PARTITIONS = ("firmware.pb.hal.partitions", "firmware.pb.hal.app_partition")
+
 _installed = [False]
 
 
@@ -583,7 +625,7 @@ def install(open_for_disk: Callable[..., IO[Any]] | None = None) -> None:
 
     for name in ROUTED:
         mod = importlib.import_module(name)
-        mod.open = open_routed  # type: ignore[attr-defined]
+        mod.open = open_partition if name in PARTITIONS else open_routed  # type: ignore[attr-defined]
         if hasattr(mod, "os"):
             mod.os = os  # type: ignore[attr-defined]
         if hasattr(mod, "fsync"):

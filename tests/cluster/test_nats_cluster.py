@@ -112,3 +112,60 @@ async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outco
     done = other.gw.ota.table.get(u.id)
     assert done is not None and done.state == "committed", done
     await async_wait_for(lambda: dev.running() == ["eco", "thermostat"], 20, what="eco running")
+
+
+async def test_a_rollout_goes_on_unchanged_through_its_leading_worker_and_node_killed(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
+) -> None:
+    a = await start_gateway(node=0, worker="gw-a")
+    b = await start_gateway(node=1, worker="gw-b")
+    await async_wait_for(lambda: a.gw.leading != b.gw.leading, 15, what="one leader")
+    lead, other = (a, b) if a.gw.leading else (b, a)
+    lead_node = 0 if lead is a else 1
+    fleet = [await devices.start(k % 3) for k in range(8)]  # spread over the three nodes
+    for d in fleet:
+        d.plant.temp = 24.0  # warm rooms: no heater at work (a busy thermostat defers its update)
+    await async_wait_for(lambda: all(other.gw.is_online(d.id) for d in fleet), 30, what="online")
+    lead.gw.ota.releases.add(eco_release, time.time())
+    r = lead.gw.rollouts.create("thermostat@2", stages=(0.25, 1.0), soak_s=4, no_revert=True, seed=5)
+    first = {m.device for m in lead.gw.rollouts.table.members(r.id) if m.stage == 0}
+    assert len(first) == 2
+
+    # mid-rollout: its first stage offered, not yet judged
+    await async_wait_for(
+        lambda: any(m.update_id for m in lead.gw.rollouts.table.members(r.id)), 30, what="offers"
+    )
+    assert lead.gw.rollouts.table.get(r.id).stage == 0  # type: ignore[union-attr]
+    # no goodbye from the leader, and its node gone with it (its devices come back when it does)
+    lead.gw.pool.release = lambda: None  # type: ignore[method-assign]
+    await lead.stop()
+    cluster.node(lead_node).kill()
+    await async_wait_for(lambda: other.gw.leading, 20, what="the other worker leading")
+    await asyncio.sleep(2)
+    cluster.node(lead_node).spawn()
+    await async_wait_for(
+        lambda: (x := other.gw.rollouts.table.get(r.id)) is not None and x.state in ("completed", "halted"),
+        150,
+        what="the rollout ended",
+    )
+    done = other.gw.rollouts.table.get(r.id)
+    decided = other.gw.rollouts.table.decisions(r.id, None)
+    assert done is not None and done.state == "completed", (done, decided)
+
+    def left() -> dict[str, str]:
+        out = {}
+        for m in other.gw.rollouts.table.members(r.id):
+            u = other.gw.ota.get(m.update_id) if m.update_id else None
+            if u is None or u.state != "committed":
+                said = f"{u.state} {u.reason or ''}" if u is not None else "not offered"
+                out[m.device] = f"{said}, online {other.gw.is_online(m.device)}"
+        return out
+
+    try:
+        await async_wait_for(lambda: not left(), 90, what="every member committed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {left()}") from None
+    # each step of the rollout decided once, whichever worker decided it
+    steps = [(d["stage"], d["kind"]) for d in decided if d["kind"] != "look"]
+    assert len(steps) == len(set(steps)), steps
+    assert {"stage", "completed"} <= {k for _, k in steps}, steps
