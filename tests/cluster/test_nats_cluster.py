@@ -15,7 +15,7 @@ from gateway.service import Gateway
 
 from ..support.nats import TestCluster
 from ..support.wait import async_wait_for
-from .conftest import Devices, StartGateway
+from .conftest import Devices, StartGateway, Worker
 
 pytestmark = pytest.mark.cluster
 
@@ -88,13 +88,19 @@ async def test_a_node_killed_mid_update_changes_no_outcome(
     await async_wait_for(lambda: len(w.store.telemetry(dev.id, limit=1000)) > n + 1, 20, what="telemetry")
 
 
-async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outcome(
-    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
-) -> None:
+async def two_workers(start_gateway: StartGateway) -> tuple[Worker, Worker, int]:
+    """Workers gw-a (on node 0) and gw-b (node 1) of a pool: (the leader,
+    the other, the leader's node)."""
     a = await start_gateway(node=0, worker="gw-a")
     b = await start_gateway(node=1, worker="gw-b")
     await async_wait_for(lambda: a.gw.leading != b.gw.leading, 15, what="one leader")
-    lead, other = (a, b) if a.gw.leading else (b, a)
+    return (a, b, 0) if a.gw.leading else (b, a, 1)
+
+
+async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outcome(
+    cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
+) -> None:
+    lead, other, lead_node = await two_workers(start_gateway)
     dev = await devices.start(2)
     await async_wait_for(lambda: lead.gw.is_online(dev.id) and other.gw.is_online(dev.id), 20, what="online")
     states = watch_states(other.gw)
@@ -104,7 +110,7 @@ async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outco
     # no goodbye from the leader, and its node gone with it
     lead.gw.pool.release = lambda: None  # type: ignore[method-assign]
     await lead.stop()
-    cluster.node(0 if lead is a else 1).kill()
+    cluster.node(lead_node).kill()
     await async_wait_for(lambda: other.gw.leading, 20, what="the other worker leading")
     await async_wait_for(
         lambda: (x := other.gw.ota.table.get(u.id)) is not None and x.ended, 90, what="ended"
@@ -117,11 +123,7 @@ async def test_the_leading_worker_and_its_node_killed_mid_update_change_no_outco
 async def test_a_rollout_goes_on_unchanged_through_its_leading_worker_and_node_killed(
     cluster: TestCluster, start_gateway: StartGateway, devices: Devices, eco_release: Path
 ) -> None:
-    a = await start_gateway(node=0, worker="gw-a")
-    b = await start_gateway(node=1, worker="gw-b")
-    await async_wait_for(lambda: a.gw.leading != b.gw.leading, 15, what="one leader")
-    lead, other = (a, b) if a.gw.leading else (b, a)
-    lead_node = 0 if lead is a else 1
+    lead, other, lead_node = await two_workers(start_gateway)
     fleet = [await devices.start(k % 3) for k in range(8)]  # spread over the three nodes
     for d in fleet:
         d.plant.temp = 24.0  # warm rooms: no heater at work (a busy thermostat defers its update)
