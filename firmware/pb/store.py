@@ -35,13 +35,22 @@ def write_atomic(path, data):
     of bytes written in turn (a record streamed, never whole in RAM)."""
     tmp = path + _TMP
     try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                for part in data:
-                    f.write(part)
-            fsync(f)
+        try:
+            with open(tmp, "wb") as f:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    f.write(data)
+                else:
+                    for part in data:
+                        f.write(part)
+                fsync(f)
+        except OSError:
+            # a tmp not written whole is no pending replacement (read_bytes
+            # would take it for one where path is missing): none is left
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
         try:
             os.rename(tmp, path)
         except OSError:

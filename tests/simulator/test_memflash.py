@@ -99,6 +99,8 @@ def test_a_full_flash_refuses_writes_and_says_so() -> None:
         write_atomic(flash.base + "/b", b"y" * 5000)
     assert "No space left" in str(e.value)
     assert read_bytes(flash.base + "/a") == b"x" * 5000 and flash.read("b") is None
+    # and no torn b.tmp that read_bytes would take for b's pending replacement
+    assert read_bytes(flash.base + "/b") is None and flash.read("b.tmp") is None
     full[0] = True
     assert files.free_bytes(flash.base) == 0
     with pytest.raises(OSError) as o:
