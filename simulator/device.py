@@ -42,7 +42,7 @@ from .clock import SimClock
 from .faults import DeviceFaults, PowerCut, register_flash, unregister_flash
 from .hal import SimHal
 from .loader import import_feature
-from .memflash import MemFlash
+from .memflash import MemFlash, flash_of
 from .physics import Room, Skin
 
 log = logging.getLogger("permabeta.sim")
@@ -63,7 +63,7 @@ def provision(
     given its board, the owner's data choices as provisioning writes them.
     A folder provisioned before keeps its data and update state. Raises
     ConfigError for an unknown feature or a root that is not self-signed."""
-    flash = _memflash_at(base)
+    flash = flash_of(str(base))
     if flash is not None:
         _provision_in_memory(flash, base, features, root, board)
         return
@@ -91,12 +91,6 @@ def provision(
             link.symlink_to(target, target_is_directory=True)
     if root is not None:
         install_root(base, root)
-
-
-def _memflash_at(base: Path) -> MemFlash | None:
-    from .memflash import flash_of
-
-    return flash_of(str(base))
 
 
 def _provision_in_memory(
