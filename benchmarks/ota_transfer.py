@@ -20,7 +20,8 @@ that the device asks for can beat.
 
 Everything is real: a Mosquitto started here, the gateway as its own process
 (`permabeta gateway run --keys`) serving the chunks, and as the device the
-device runtime itself: a virtual device (simulator/device.py, CPython) and,
+device runtime itself: a virtual device (simulator/device.py, CPython, its
+flash kept in RAM as the simulator keeps it: simulator/memflash.py) and,
 if the micropython binary is there, a provisioned device folder on the
 MicroPython unix port with a 128 KB heap. Wire bytes are counted by a TCP
 proxy between the device and the broker (MQTT bytes both ways, headers,
@@ -443,6 +444,7 @@ class Bench:
             root=self.keys.root_bytes,
             trial_s=0,
             telemetry_s=3600,
+            in_memory=True,
         )
         task = asyncio.create_task(device.run(), name=f"bench-{dev}")
         try:

@@ -139,6 +139,33 @@ class MemFile(io.RawIOBase):
         self.pos += n
         return n
 
+    def read(self, size: int | None = -1) -> bytes:
+        """(RawIOBase's reads through readinto, which would copy twice)"""
+        if not self._alive():
+            return b""
+        if not self._read:
+            raise io.UnsupportedOperation("not readable")
+        data = self.node.data
+        end = len(data) if size is None or size < 0 else min(len(data), self.pos + size)
+        got = bytes(data[self.pos : end]) if end > self.pos else b""
+        self.pos += len(got)
+        return got
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """(IOBase's reads a byte at a time: a line of a need list cost 0.2 ms)"""
+        if not self._alive():
+            return b""
+        if not self._read:
+            raise io.UnsupportedOperation("not readable")
+        data = self.node.data
+        end = data.find(b"\n", self.pos)
+        end = len(data) if end < 0 else end + 1
+        if size is not None and size >= 0:
+            end = min(end, self.pos + size)
+        got = bytes(data[self.pos : end]) if end > self.pos else b""
+        self.pos += len(got)
+        return got
+
     def write(self, b: Any) -> int:
         if not self._alive():
             return len(memoryview(b))

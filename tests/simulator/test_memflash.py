@@ -6,6 +6,7 @@ it on disk."""
 from __future__ import annotations
 
 import errno
+import io
 import random
 import re
 from pathlib import Path
@@ -243,3 +244,35 @@ def test_features_of_the_same_code_under_two_names_both_import(tmp_path: Path) -
         write_atomic(f"{flash.base}/ota/a/{name}/__init__.py", b"X = 1\n")
     assert import_feature(flash.base + "/ota/a", "one").X == 1
     assert import_feature(flash.base + "/ota/a", "two").X == 1
+
+
+_read = st.one_of(
+    st.tuples(st.just("read"), st.one_of(st.none(), st.integers(-1, 40))),
+    st.tuples(st.just("readline"), st.one_of(st.none(), st.integers(-1, 40))),
+    st.tuples(st.just("readinto"), st.integers(0, 40)),
+    st.tuples(st.just("seek"), st.integers(0, 80)),
+)
+
+
+@given(st.binary(max_size=60).map(lambda b: b.replace(b"\x00", b"\n")), st.lists(_read, max_size=12))
+def test_a_file_reads_back_as_any_file_does(content: bytes, reads: list[tuple[str, Any]]) -> None:
+    """read, readline, readinto, iteration and a text wrapper give what they
+    give on a file of the same bytes (io.BytesIO)."""
+    flash = MemFlash("th-r")
+    with memflash.open_routed(flash.base + "/f", "wb") as f:
+        f.write(content)
+    ref = io.BytesIO(content)
+    with memflash.open_routed(flash.base + "/f", "rb") as f:
+        assert isinstance(f, memflash.MemFile)
+        for op, arg in reads:
+            if op == "readinto":
+                a, b = bytearray(arg), bytearray(arg)
+                assert f.readinto(a) == ref.readinto(b) and a == b
+            elif op == "seek":
+                assert f.seek(arg) == ref.seek(arg)
+            else:
+                assert getattr(f, op)(arg) == getattr(ref, op)(arg)
+            assert f.tell() == ref.tell()
+        assert list(f) == list(ref)
+    with memflash.open_routed(flash.base + "/f", "r", encoding="latin-1") as t:
+        assert t.read() == content.decode("latin-1")
