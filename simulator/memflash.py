@@ -127,13 +127,19 @@ class MemFile(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
         return not self._dead
 
-    def readinto(self, b: Any) -> int:
+    def _source(self) -> bytearray | None:
+        """The content to read from (None: the power went, nothing is read)."""
         if not self._alive():
-            return 0
+            return None
         if not self._read:
             raise io.UnsupportedOperation("not readable")
+        return self.node.data
+
+    def readinto(self, b: Any) -> int:
+        data = self._source()
+        if data is None:
+            return 0
         view = memoryview(b).cast("B")
-        data = self.node.data
         n = max(0, min(len(view), len(data) - self.pos))
         view[:n] = data[self.pos : self.pos + n]
         self.pos += n
@@ -141,11 +147,9 @@ class MemFile(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         """(RawIOBase's reads through readinto, which would copy twice)"""
-        if not self._alive():
+        data = self._source()
+        if data is None:
             return b""
-        if not self._read:
-            raise io.UnsupportedOperation("not readable")
-        data = self.node.data
         end = len(data) if size is None or size < 0 else min(len(data), self.pos + size)
         got = bytes(data[self.pos : end]) if end > self.pos else b""
         self.pos += len(got)
@@ -153,11 +157,9 @@ class MemFile(io.RawIOBase):
 
     def readline(self, size: int | None = -1) -> bytes:
         """(IOBase's reads a byte at a time: a line of a need list cost 0.2 ms)"""
-        if not self._alive():
+        data = self._source()
+        if data is None:
             return b""
-        if not self._read:
-            raise io.UnsupportedOperation("not readable")
-        data = self.node.data
         end = data.find(b"\n", self.pos)
         end = len(data) if end < 0 else end + 1
         if size is not None and size >= 0:

@@ -274,5 +274,5 @@ def test_a_file_reads_back_as_any_file_does(content: bytes, reads: list[tuple[st
                 assert getattr(f, op)(arg) == getattr(ref, op)(arg)
             assert f.tell() == ref.tell()
         assert list(f) == list(ref)
-    with memflash.open_routed(flash.base + "/f", "r", encoding="latin-1") as t:
+    with memflash.open_routed(flash.base + "/f", "r", encoding="latin-1", newline="") as t:
         assert t.read() == content.decode("latin-1")
