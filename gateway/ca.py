@@ -94,12 +94,15 @@ def server_cert(
     out_dir: Path | None = None,
     *,
     now: float | None = None,
+    client: bool = False,
+    files: tuple[str, str] = (SERVER_CERT, SERVER_KEY),
 ) -> tuple[Path, Path]:
     """A server certificate for the broker, signed by the CA in ca_dir, naming
     hosts (names or IP addresses; a client checks the one it connects to),
     written with its key (0600) into out_dir (default ca_dir) as server.pem
-    and server.key, replacing any there. Returns (cert path, key path).
-    Raises ConfigError."""
+    and server.key (or files), replacing any there. client: a client's
+    certificate too (a NATS node's, which dials the others' routes with it).
+    Returns (cert path, key path). Raises ConfigError."""
     names = check_hosts(hosts)
     ca_cert, ca_key = _load(ca_dir)
     out = out_dir or ca_dir
@@ -107,17 +110,18 @@ def server_cert(
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     public = private.public_key()
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     cert = (
         _builder(subject, ca_cert.subject, public, _start(now), SERVER_DAYS)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = out / SERVER_CERT, out / SERVER_KEY
+    cert_path, key_path = out / files[0], out / files[1]
     pem = cert.public_bytes(serialization.Encoding.PEM)
     _save(out, "the server certificate", (key_path, _pem(private), 0o600), (cert_path, pem, 0o644))
     return cert_path, key_path

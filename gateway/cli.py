@@ -583,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         action="append",
         metavar="URL",
-        help="the broker is a NATS cluster: its nodes' nats://HOST:PORT (repeated, or comma-separated); "
-        "telemetry and events come from its work queue (docs/makers.md)",
+        help="the broker is a NATS cluster: its nodes' nats://HOST:PORT, or tls://HOST:PORT trusting --ca "
+        "(repeated, or comma-separated); telemetry and events come from its work queue (docs/makers.md)",
     )
     run.add_argument(
         "--keys",

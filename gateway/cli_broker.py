@@ -80,7 +80,7 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
     from .broker import GATEWAY_USER, HA_USER
     from .broker_config import check_workers, secret
     from .cli_registry import cluster_hash
-    from .nats_cluster import ROUTE_USER, SYSTEM_USER, ClusterRunner, NatsCluster, layout
+    from .nats_cluster import ROUTE_USER, SYSTEM_USER, ClusterRunner, NatsCluster, cluster_tls, layout
 
     check_workers(args.worker or ())
     out = Path(args.out)
@@ -88,34 +88,44 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
     out.chmod(0o700)
     host, port = args.listen
     nodes = layout(out, args.nodes, host, port, args.cluster_host)
+    tls = cluster_tls(Path(args.ca), out, nodes) if args.ca else None
     accounts = {GATEWAY_USER: secret(out, GATEWAY_USER)}
     accounts |= {worker_user(w): secret(out, worker_user(w)) for w in dict.fromkeys(args.worker or ())}
     if args.homeassistant:
         accounts[HA_USER] = secret(out, HA_USER)
     with Store(db_of(args)) as store:
-        cluster = NatsCluster(out, nodes, (GATEWAY_USER, accounts[GATEWAY_USER]))
+        cluster = NatsCluster(out, nodes, (GATEWAY_USER, accounts[GATEWAY_USER]), tls=tls)
         hashed = {u: cluster_hash(p) for u, p in accounts.items()}
         system, route = secret(out, SYSTEM_USER), secret(out, ROUTE_USER)
         runner = ClusterRunner(
             cluster, store, hashed, system, route, say=print, revoke=lambda dev: _revoke(args.db, dev)
         )
         runner.write()
-        urls = ",".join(n.nats_url for n in nodes)
+        urls = ",".join(cluster.nats_urls)
         print(f"a NATS cluster of {len(nodes)} in {out}: " + ", ".join(f"{n.name}.conf" for n in nodes))
+        mqtt = "MQTT over TLS" if tls else "MQTT"
         for n in nodes:
-            print(f"  {n.name}: MQTT {n.mqtt_on}:{n.mqtt_port}, NATS {n.host}:{n.client_port}")
+            print(f"  {n.name}: {mqtt} {n.mqtt_on}:{n.mqtt_port}, NATS {n.host}:{n.client_port}")
+        if tls:
+            print(f"  TLS on every listener: the CA {tls.ca}, the routes' certificate {tls.node_cert}")
         first = nodes[0]
+        ca = f" --ca {tls.ca}" if tls else ""
         for user, password in accounts.items():
             if user == HA_USER:
                 where = f"{first.mqtt_near}:{first.mqtt_port}"
-                print(f"  Home Assistant: its MQTT integration at {where}, user {user}")
+                print(
+                    f"  Home Assistant: its MQTT integration at {where}{' (TLS)' if tls else ''}, user {user}"
+                )
                 continue
-            broker = BrokerUrl(first.mqtt_near, first.mqtt_port, username=user, password=password)
+            broker = BrokerUrl(first.mqtt_near, first.mqtt_port, tls is not None, user, password)
             url = broker.url(secret=True)
             worker = f" --worker {user.split('.', 1)[1]} --api HOST:PORT" if "." in user else ""
-            run = f"permabeta gateway run --db {args.db} --broker '{url}' --cluster {urls}"
+            run = f"permabeta gateway run --db {args.db} --broker '{url}'{ca} --cluster {urls}"
             print(f"  the gateway{worker}: {run}")
-        print(f"  devices: permabeta provision --broker mqtt://HOST:{first.mqtt_port} (any node's port)")
+        scheme = "mqtts" if tls else "mqtt"
+        trust = f" --ca {CaFiles.of(Path(args.ca)).der}" if tls else ""
+        where = f"{scheme}://HOST:{first.mqtt_port}"
+        print(f"  devices: permabeta provision --broker {where}{trust} (any node's port)")
         print(f"  (the accounts' passwords are kept in {out}, 0600)")
         if not args.run:
             print(f"run it: permabeta broker cluster --out {out} --db {args.db} --run")
@@ -188,6 +198,13 @@ def _register_cluster(br: Any) -> None:
         default="127.0.0.1",
         metavar="HOST",
         help="where the nodes take NATS clients, routes and monitoring: devices never (default 127.0.0.1)",
+    )
+    cl.add_argument(
+        "--ca",
+        metavar="DIR",
+        help="TLS on every listener, from the CA folder `broker ca` wrote: devices' MQTT with its server "
+        "certificate, the routes and NATS clients with the nodes' own (made in --out), a route taken only "
+        "from a node the CA signed (docs/security.md 7.10)",
     )
     cl.add_argument("--run", action="store_true", help="run the nodes, until interrupted")
     cl.set_defaults(func=cmd_broker_cluster)

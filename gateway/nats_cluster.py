@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .broker import DEVICE_READS, DEVICE_WRITES, HA_USER, end, spawn
-from .errors import BrokerError
+from .errors import BrokerError, ConfigError
 from .homeassistant import BRIDGE, COMMAND_FILTER, DISCOVERY
 from .registry import Registered
 
@@ -62,6 +63,9 @@ ACCOUNT = "PB"  # the fleet's: the gateway's, its workers', Home Assistant's and
 SYSTEM_ACCOUNT, SYSTEM_USER = "SYS", "system.guard"
 ROUTE_USER = "cluster.route"  # the cluster's own events: who connects, as whom
 MAX_PAYLOAD = 1024 * 1024  # NATS's own default: a retained message is stored with its envelope
+MQTT_MAX_ACK_PENDING = 1024  # NATS's default (see node_config)
+TLS_TIMEOUT_S = 5.0  # a TLS handshake's (NATS's own 0.5 s is short for a board)
+NODE_CERT, NODE_KEY = "node.pem", "node.key"  # the nodes' own certificate, in the cluster's folder
 
 
 def subject(topic: str) -> str:
@@ -198,7 +202,15 @@ def node_config(
         "jetstream": {"store_dir": str(store)},
         # (its sessions, retained messages and QoS 1 messages kept on up to three nodes: one lost
         # loses none of them)
-        "mqtt": {"listen": f"{node.mqtt_on}:{node.mqtt_port}", "stream_replicas": replicas(len(nodes))},
+        "mqtt": {
+            "listen": f"{node.mqtt_on}:{node.mqtt_port}",
+            "stream_replicas": replicas(len(nodes)),
+            # NATS 2.9 takes a reload's MQTT options as changed when they hold TLS (a new TLS
+            # configuration each time), and then sets every session's max_ack_pending to the
+            # configuration's, 0 if it says none: no QoS 1 message was delivered after a device was
+            # registered. Said, it stays what it was (NATS's own default)
+            "max_ack_pending": MQTT_MAX_ACK_PENDING,
+        },
         "accounts": {
             ACCOUNT: {"jetstream": "enabled", "users": accounts},
             SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": keys.system}]},
@@ -213,6 +225,19 @@ def node_config(
             "authorization": {"user": ROUTE_USER, "password": keys.route},
             "routes": [f"nats-route://{auth}{n.host}:{n.route_port}" for n in nodes if n.name != node.name],
         }
+    tls = keys.tls
+    if tls is not None:
+        ca = str(tls.ca)
+        node_tls = {"cert_file": str(tls.node_cert), "key_file": str(tls.node_key), "ca_file": ca}
+        conf["tls"] = node_tls | {"timeout": TLS_TIMEOUT_S}
+        conf["mqtt"]["tls"] = {
+            "cert_file": str(tls.mqtt_cert),
+            "key_file": str(tls.mqtt_key),
+            "timeout": TLS_TIMEOUT_S,
+        }
+        if "cluster" in conf:
+            # (both ends show a certificate of the CA's: a server that is not a node cannot join)
+            conf["cluster"]["tls"] = node_tls | {"verify": True, "timeout": TLS_TIMEOUT_S}
     return conf
 
 
@@ -222,13 +247,72 @@ def replicas(nodes: int) -> int:
 
 
 @dataclass(frozen=True)
+class ClusterTls:
+    """TLS on every listener of the nodes (docs/security.md 7.10), from the
+    fleet's CA (`permabeta broker ca`): the MQTT listeners take devices with
+    the broker's server certificate (mqtt_cert, mqtt_key: the one Mosquitto's
+    TLS listener has); the routes and the NATS clients' port with the nodes'
+    own (node_cert, node_key: a server's and a client's), and a route is
+    taken only from a node whose certificate the CA signed. Paths (PEM)."""
+
+    ca: Path
+    mqtt_cert: Path
+    mqtt_key: Path
+    node_cert: Path
+    node_key: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client's context that trusts the fleet's CA alone (the gateway's and the guard's)."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def cluster_tls(ca_dir: Path, out: Path, nodes: Sequence[Node], *, now: float | None = None) -> ClusterTls:
+    """TLS for the cluster in out from the CA folder `broker ca` wrote
+    (its CA and the broker's server certificate, which the MQTT listeners
+    show devices): the nodes' own certificate is made in out, signed by the
+    CA, for the hosts the nodes reach each other on, and made again when
+    those change or it nears its end. Raises ConfigError naming what is missing."""
+    from .ca import CA_CERT, SERVER_CERT, SERVER_KEY, cert_hosts, server_cert
+
+    need = [ca_dir / CA_CERT, ca_dir / SERVER_CERT, ca_dir / SERVER_KEY]
+    missing = [f.name for f in need if not f.is_file()]
+    if missing:
+        hint = f"make them with `permabeta broker ca --out {ca_dir}`"
+        raise ConfigError(f"{ca_dir} lacks {', '.join(missing)} for the cluster's TLS: {hint}")
+    if any(n.host in ("0.0.0.0", "::", "") for n in nodes):
+        raise ConfigError("with TLS, --cluster-host is the address the nodes reach each other at, not any")
+    hosts = list(dict.fromkeys([n.host for n in nodes] + ["127.0.0.1"]))
+    cert, key = out / NODE_CERT, out / NODE_KEY
+    if not (key.is_file() and cert_hosts(cert) == hosts and _lasts(cert, now, 30 * 86400)):
+        server_cert(ca_dir, hosts, out, now=now, client=True, files=(NODE_CERT, NODE_KEY))
+    ca, mqtt_cert, mqtt_key = (f.resolve() for f in need)
+    return ClusterTls(ca, mqtt_cert, mqtt_key, cert.resolve(), key.resolve())
+
+
+def _lasts(cert: Path, now: float | None, seconds: float) -> bool:
+    """Whether the certificate (PEM) is still good seconds from now."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        end = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        return False
+    t = time.time() if now is None else now
+    return end > datetime.datetime.fromtimestamp(t + seconds, datetime.UTC)
+
+
+@dataclass(frozen=True)
 class Keys:
     """What the nodes' configurations hold besides the accounts: the system
-    account's password (bcrypt) and the password the nodes' routes prove
-    themselves with to each other (as is: each node dials the others with it)."""
+    account's password (bcrypt), the password the nodes' routes prove
+    themselves with to each other (as is: each node dials the others with
+    it), and TLS on their listeners (none: plain, on a network of their own)."""
 
     system: str
     route: str
+    tls: ClusterTls | None = None
 
 
 def write(
@@ -348,12 +432,19 @@ class NatsCluster:
     `write` (the tests', and `permabeta broker cluster` for one machine)."""
 
     def __init__(
-        self, directory: Path, nodes: Sequence[Node], account: tuple[str, str], preexec_fn: Any = None
+        self,
+        directory: Path,
+        nodes: Sequence[Node],
+        account: tuple[str, str],
+        preexec_fn: Any = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         """account: a user and password of the cluster's (the gateway's) its
-        readiness is checked with: an MQTT connection accepted on each node."""
+        readiness is checked with: an MQTT connection accepted on each node.
+        tls: what the nodes' configurations say of TLS (written by `write`)."""
         self.dir = directory
         self.account = account
+        self.tls = tls
         self.nodes = [
             NatsNode(n, directory / f"{n.name}.conf", directory / f"{n.name}.log", preexec_fn) for n in nodes
         ]
@@ -374,7 +465,7 @@ class NatsCluster:
             for n in list(waiting):
                 if not n.running():
                     raise BrokerError(f"nats-server {n.node.name} ended: {_tail(n.log)}")
-                if n.healthy() and _serves_mqtt(n.node, *self.account):
+                if n.healthy() and _serves_mqtt(n.node, *self.account, self.tls):
                     waiting.remove(n)
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(n.node.name for n in waiting)
@@ -397,10 +488,12 @@ class NatsCluster:
 
     @property
     def nats_urls(self) -> list[str]:
-        return [n.node.nats_url for n in self.nodes]
+        """(tls:// where the nodes take NATS clients over TLS alone)"""
+        urls = [n.node.nats_url for n in self.nodes]
+        return [u.replace("nats://", "tls://", 1) for u in urls] if self.tls else urls
 
 
-def _serves_mqtt(node: Node, user: str, password: str) -> bool:
+def _serves_mqtt(node: Node, user: str, password: str, tls: ClusterTls | None = None) -> bool:
     """Whether the node's MQTT side accepts a connection (its first, in an
     account, makes the streams MQTT keeps its sessions and messages in)."""
     from firmware.pb.net import mqtt
@@ -408,8 +501,13 @@ def _serves_mqtt(node: Node, user: str, password: str) -> bool:
     packet = mqtt.connect(f"ready-{node.name}", 5, clean=True, user=user, password=password)
     with (
         contextlib.suppress(OSError),
-        socket.create_connection((node.mqtt_near, node.mqtt_port), timeout=2) as s,
+        socket.create_connection((node.mqtt_near, node.mqtt_port), timeout=2) as raw,
     ):
+        s: socket.socket = raw
+        if tls is not None:
+            ctx = tls.context()
+            ctx.check_hostname = False  # (the certificate names the hosts devices use; the CA is checked)
+            s = ctx.wrap_socket(raw)
         s.settimeout(10)
         s.sendall(packet)
         got = s.recv(4)
@@ -498,7 +596,7 @@ class ClusterRunner:
         self.registry = Registry(store)
         self.operators = operators
         self.system = system
-        self.keys = Keys(_bcrypt(system), route)
+        self.keys = Keys(_bcrypt(system), route, cluster.tls)
         self.say = say
         self.poll_s = poll_s
         self._generation = -1
@@ -569,6 +667,7 @@ class ClusterRunner:
             self.system,
             lambda user: user in self.devices,
             lambda user, cid: self.impostors.put((user, cid)),
+            self.cluster.tls.context() if self.cluster.tls else None,
         )
         loop = _Loop(guard.run)
         try:
@@ -666,8 +765,11 @@ class ClientIdGuard:
         password: str,
         is_device: Callable[[str], bool],
         refuse: Callable[[str, str], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """tls: the context of the nodes' NATS port, if it takes TLS alone."""
         self.servers = list(servers)
+        self.tls = tls
         self.password = password
         self.is_device = is_device
         self.refuse = refuse
@@ -690,6 +792,7 @@ class ClientIdGuard:
                     user=SYSTEM_USER,
                     password=self.password,
                     name="permabeta-client-id-guard",
+                    tls=self.tls,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     reconnected_cb=self._swept_soon,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ class ClusterInbox:
     says the database took none of, is given again RETRY_S later, at most
     MAX_DELIVER times. servers: the cluster's NATS URLs; user and password:
     the worker's account (its broker account). replicas: the stream's (at
-    most the cluster's size)."""
+    most the cluster's size); tls: the context for tls:// servers."""
 
     def __init__(
         self,
@@ -55,8 +56,10 @@ class ClusterInbox:
         handle: Callable[[str, bytes, bool], None],
         stored: Callable[[], bool],
         replicas: int = 3,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = list(servers)
+        self.tls = tls  # (tls:// servers: the CA to trust; None: the system's)
         self.user = user
         self.password = password
         self.handle = handle
@@ -89,6 +92,7 @@ class ClusterInbox:
             user=self.user,
             password=self.password,
             name="permabeta-gateway",
+            tls=self.tls,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,

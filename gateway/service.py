@@ -246,6 +246,9 @@ class Gateway:
                 self.handle,
                 lambda: self.flush(keep=True),
                 cluster_replicas,
+                # (a cluster that takes NATS clients over TLS alone: its nodes' certificates are of the
+                # CA the broker's is, which --ca names)
+                tls=tls_context if any(u.startswith("tls://") for u in cluster) else None,
             )
         self.commander = Commander()
         self.connected = asyncio.Event()

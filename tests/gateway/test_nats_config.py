@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,46 @@ def test_only_devices_let_in_have_an_account_and_each_speaks_mqtt_only(tmp_path:
         conf["system_account"] == SYSTEM_ACCOUNT
         and oct((tmp_path / "n2.conf").stat().st_mode & 0o777) == "0o600"
     )
+
+
+def test_with_a_ca_every_listener_takes_tls_and_the_nodes_certificate_is_made_once(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from gateway.ca import create_ca, server_cert
+    from gateway.errors import ConfigError
+    from gateway.nats_cluster import MQTT_MAX_ACK_PENDING, NODE_CERT, cluster_tls
+
+    ca = tmp_path / "ca"
+    create_ca(ca)
+    nodes = [Node(f"n{i + 1}", "127.0.0.1", 4222 + i, 6222 + i, 1883 + i, 8222 + i) for i in range(3)]
+    with pytest.raises(ConfigError, match=r"lacks server\.pem, server\.key .*broker ca --out"):
+        cluster_tls(ca, tmp_path, nodes)
+    server_cert(ca)
+    tls = cluster_tls(ca, tmp_path, nodes)
+    cert = x509.load_pem_x509_certificate((tmp_path / NODE_CERT).read_bytes())
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert oct(tls.node_key.stat().st_mode & 0o777) == "0o600"
+    # the same hosts: the same certificate; others: a new one for them
+    made = tls.node_cert.read_bytes()
+    assert cluster_tls(ca, tmp_path, nodes).node_cert.read_bytes() == made
+    moved = [replace(n, host="10.0.0.7") for n in nodes]
+    assert cluster_tls(ca, tmp_path, moved).node_cert.read_bytes() != made
+    tls = cluster_tls(ca, tmp_path, nodes)
+    write(
+        tmp_path,
+        nodes,
+        [registered("th-1")],
+        {"gateway": cluster_hash("g")},
+        Keys(cluster_hash("s"), "r", tls),
+    )
+    conf = json.loads((tmp_path / "n1.conf").read_text())
+    assert conf["mqtt"]["tls"]["cert_file"] == str(tls.mqtt_cert)
+    assert conf["tls"]["cert_file"] == str(tls.node_cert) and conf["tls"]["ca_file"] == str(tls.ca)
+    assert conf["cluster"]["tls"]["verify"] is True and conf["cluster"]["tls"]["ca_file"] == str(tls.ca)
+    # (a reload must leave MQTT's sessions the acknowledgements they had: see node_config)
+    assert conf["mqtt"]["max_ack_pending"] == MQTT_MAX_ACK_PENDING
 
 
 def test_a_cluster_s_layout_is_kept(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from firmware.pb.net import mqtt
 from gateway.broker import GATEWAY_USER, BrokerUrl
 from gateway.broker_config import worker_user
 from gateway.cli_registry import cluster_hash, password_hash
-from gateway.nats_cluster import Keys, NatsCluster, NatsNode, Node, write
+from gateway.nats_cluster import ClusterTls, Keys, NatsCluster, NatsNode, Node, cluster_tls, write
 from gateway.registry import Registry
 from gateway.store import Store
 
@@ -39,14 +39,16 @@ class TestCluster(NatsCluster):
 
     __test__ = False
 
-    def __init__(self, directory: Path, store: Store, size: int = 3) -> None:
+    def __init__(self, directory: Path, store: Store, size: int = 3, ca: Path | None = None) -> None:
+        """ca: a CA folder (`broker ca`'s): TLS on every listener of the nodes."""
         directory.mkdir(parents=True, exist_ok=True)
         nodes = [Node.on(f"n{i}") for i in range(1, size + 1)]
         self.store = store
         self.hashed = cluster_hash(GATEWAY_PASSWORD)
-        self.keys = Keys(cluster_hash(SYSTEM_PASSWORD), "cluster-route-secret")
+        tls = cluster_tls(ca, directory, nodes) if ca is not None else None
+        self.keys = Keys(cluster_hash(SYSTEM_PASSWORD), "cluster-route-secret", tls)
         self.operators = {GATEWAY_USER: self.hashed} | {worker_user(w): self.hashed for w in WORKERS}
-        super().__init__(directory, nodes, (GATEWAY_USER, GATEWAY_PASSWORD), _die_with_parent)
+        super().__init__(directory, nodes, (GATEWAY_USER, GATEWAY_PASSWORD), _die_with_parent, tls)
         self.write()
 
     def write(self) -> int:
@@ -64,7 +66,7 @@ class TestCluster(NatsCluster):
 
     def mqtt_url(self, node: int) -> BrokerUrl:
         n = self.nodes[node].node
-        return BrokerUrl(n.host, n.mqtt_port)
+        return BrokerUrl(n.host, n.mqtt_port, self.tls is not None)
 
     def register(self, dev: str, model: str = "thermostat", hashed: bool = True) -> str:
         """A device provisioned with a new password (its hash for the cluster
@@ -86,7 +88,7 @@ class TestCluster(NatsCluster):
         """Until every node takes the device's password (a reload is not instant)."""
         deadline = time.monotonic() + 10
         for node in self.nodes:
-            while connack(node, dev, password, f"{dev}-probe") != 0:
+            while connack(node, dev, password, f"{dev}-probe", self.tls) != 0:
                 assert time.monotonic() < deadline, f"{dev} not let in after the reload"
                 time.sleep(0.05)
 
@@ -94,12 +96,15 @@ class TestCluster(NatsCluster):
         return self.nodes[i]
 
 
-def connack(node: NatsNode, user: str, password: str, client_id: str) -> int | None:
+def connack(
+    node: NatsNode, user: str, password: str, client_id: str, tls: ClusterTls | None = None
+) -> int | None:
     """The return code of a CONNECT to node's MQTT listener (None: the
-    connection closed without a CONNACK)."""
+    connection closed without a CONNACK); over TLS with tls."""
     n = node.node
     packet = mqtt.connect(client_id, 5, clean=True, user=user, password=password)
-    with socket.create_connection((n.host, n.mqtt_port), timeout=5) as s:
+    with socket.create_connection((n.host, n.mqtt_port), timeout=5) as raw:
+        s = tls.context().wrap_socket(raw, server_hostname=n.host) if tls else raw
         s.settimeout(10)
         s.sendall(packet)
         try:
