@@ -18,6 +18,8 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from firmware.pb.ids import valid_id
@@ -29,6 +31,7 @@ log = logging.getLogger("permabeta.gateway.pool")
 
 BEAT_S = 1.0  # how often a worker says it is alive and looks at the others
 TTL_S = 5.0  # a worker not heard of for this long has left the pool; a lease lasts as long
+SKEW_TOLD_S = 1.0  # a change of the clocks' difference past this is logged
 _TOKEN = "pool_token"  # meta: the API token every worker of the pool answers to
 _GROUP = "pool_share"  # meta: the secret part of the pool's shared subscriptions' group
 
@@ -60,7 +63,15 @@ class Pool:
     """This worker's view of the pool. `beat(now)` keeps it current: call it
     every BEAT_S (Gateway runs it)."""
 
-    def __init__(self, store: Store, name: str | None = None, ttl_s: float = TTL_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        name: str | None = None,
+        ttl_s: float = TTL_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """wall: this machine's clock, whose difference from the database's
+        (skew) is added to every `now` given (Gateway gives its clock's)."""
         if name is not None and not valid_id(name):
             raise PoolError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'; 1-32), not {name!r}")
         self.store = store
@@ -72,12 +83,36 @@ class Pool:
         self.api_info: str | None = None  # what the command line finds the API by (meta `api`)
         self._started: float | None = None
         self._held: set[str] = set()  # the leases this worker holds, as of its last beat
+        self.wall = wall
+        self.skew = 0.0  # the database's clock less this machine's, as of the last beat
+
+    def _measure_skew(self) -> None:
+        """How far the database's clock is ahead of this machine's (skew).
+        Workers on several machines compare the times they write (who was
+        seen when, until when a lease holds) on the database's clock: a
+        machine whose own is off (a board without a battery-backed clock,
+        booted before its time was set) neither drops the others from the
+        pool nor takes a lease its holder still renews. SQLite's workers
+        share this machine's clock."""
+        if self.store.db.kind != "postgresql":
+            return
+        t0 = self.wall()
+        row = self.store.db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
+        t1 = self.wall()
+        skew = float(row[0]) - (t0 + t1) / 2
+        if abs(skew - self.skew) > SKEW_TOLD_S:
+            off = f"{-skew:+.1f} s off the database's"
+            log.warning("%s: this machine's clock is %s: the pool keeps to the database's", self.name, off)
+        self.skew = skew
 
     def beat(self, now: float) -> list[str]:
         """Say this worker is alive, and read who else is: the pool's names,
-        sorted. A worker alone owns every device and holds every lease."""
+        sorted. A worker alone owns every device and holds every lease.
+        (now: this machine's time; the pool's is the database's: skew)"""
         if not self.pooled:
             return self.members
+        self._measure_skew()
+        now += self.skew
         if self._started is None:
             self._started = now
         db = self.store.db
@@ -117,6 +152,7 @@ class Pool:
         worker holds it. It is taken from its holder only once it expired."""
         if not self.pooled:
             return True
+        now += self.skew
         db = self.store.db
         expires = now + self.ttl_s
         taken = db.execute(
@@ -150,7 +186,8 @@ class Pool:
         command line uses), kept in meta: a new one when no other worker of
         the pool is alive (as a gateway alone makes one at every start)."""
         others = self.store.db.execute(
-            "SELECT count(*) FROM pool_workers WHERE seen > ? AND name != ?", (now - self.ttl_s, self.name)
+            "SELECT count(*) FROM pool_workers WHERE seen > ? AND name != ?",
+            (now + self.skew - self.ttl_s, self.name),
         ).fetchone()[0]
         fresh = secrets.token_urlsafe(24)
         if not others:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -77,6 +78,30 @@ def test_a_lease_is_held_by_one_worker_renewed_by_it_and_taken_over_when_it_expi
         b.beat(T0 + 10)
         b.release()
         assert a.holds("updates", T0 + 10.1) and [w.name for w in a.workers()] == []
+
+
+def test_workers_on_machines_whose_clocks_differ_keep_to_the_databases(db_at: DbAt) -> None:
+    """On PostgreSQL the pool's times are the database's (Pool.skew): a
+    worker whose machine runs 30 s ahead takes no lease its holder renews
+    and drops no live worker from the pool; one 30 s behind keeps the
+    others. (SQLite's workers are on one machine: its clock is theirs.)"""
+    ahead, behind = (lambda: time.time() + 30), (lambda: time.time() - 30)
+    with Store(db_at()) as s1, Store(db_at()) as s2, Store(db_at()) as s3:
+        if s1.db.kind != "postgresql":
+            pytest.skip("SQLite's workers share one machine, and its clock")
+        a, b, c = Pool(s1, "gw-a"), Pool(s2, "gw-b", wall=ahead), Pool(s3, "gw-c", wall=behind)
+        for p in (a, b, c):
+            p.beat(p.wall())
+        assert a.holds("leader", a.wall())
+        for _ in range(3):
+            for p in (a, b, c):
+                assert p.beat(p.wall()) == ["gw-a", "gw-b", "gw-c"]
+            assert a.holds("leader", a.wall())
+            assert not b.holds("leader", b.wall()) and not c.holds("leader", c.wall())
+        assert b.skew == pytest.approx(-30, abs=0.5) and c.skew == pytest.approx(30, abs=0.5)
+        # a stops: the lease is free, and the first to ask takes it
+        a.release()
+        assert b.holds("leader", b.wall()) and not c.holds("leader", c.wall())
 
 
 def test_an_expired_lease_raced_for_by_four_workers_goes_to_one(db_at: DbAt) -> None:
