@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -464,7 +465,7 @@ def owners_since(request: web.Request, dev: str) -> float | None:
 async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None = None) -> None:
     """Serve until cancelled (over HTTPS with cert); publishes the address,
     a fresh token and, with cert, what the CLI needs to trust it."""
-    from .tls import url_host
+    from .tls import reach_url, url_host
 
     # (the workers of a pool answer to one token: a request passed on to the leader keeps its own)
     token = gw.pool.token(time.time()) if gw.pool.pooled else secrets.token_urlsafe(24)
@@ -478,6 +479,10 @@ async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None =
         raise GatewayError(f"API cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound: Any = runner.addresses[0]
     gw.api_url = gw.pool.api = f"{'https' if cert else 'http'}://{url_host(host)}:{bound[1]}"
+    if cert is not None:
+        # (what another machine's worker of the pool passes requests on to, and trusts it by)
+        gw.pool.reach = reach_url(host, bound[1], socket.gethostname())
+        gw.pool.api_cert = cert.cert.read_text()
     info: dict[str, Any] = {"url": gw.api_url, "token": token, "pid": os.getpid()}
     if cert is not None:
         info |= {"cert": str(cert.cert.resolve()), "fingerprint": cert.fingerprint}

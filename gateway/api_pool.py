@@ -7,10 +7,10 @@ comes back as it went. The command line and the app may so reach any worker."""
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,16 +39,39 @@ def _unavailable(message: str) -> web.Response:
     return error_response(503, "unavailable", message)
 
 
-def leader_api(gw: Gateway, now: float) -> tuple[str, str] | None:
-    """The API's URL of the worker that leads the pool now, and its host, if any."""
+@dataclass(frozen=True)
+class LeaderApi:
+    """Where the pool's leader serves its API: url on its own machine, host
+    (that machine's name), reach from other machines (None: its loopback
+    only) and the certificate it serves (PEM; None: plain HTTP)."""
+
+    url: str
+    host: str
+    reach: str | None
+    cert: str | None
+
+
+def leader_api(gw: Gateway, now: float) -> LeaderApi | None:
+    """The API of the worker that leads the pool now (now: this machine's
+    time; the lease's is the database's), if any."""
     from .service import LEADER
 
     row = gw.store.db.execute(
-        """SELECT w.api, w.host FROM pool_leases l JOIN pool_workers w ON w.name = l.holder
-           WHERE l.name = ? AND l.expires > ?""",
-        (LEADER, now),
+        """SELECT w.api, w.host, w.api_reach, w.api_cert FROM pool_leases l
+           JOIN pool_workers w ON w.name = l.holder WHERE l.name = ? AND l.expires > ?""",
+        (LEADER, now + gw.pool.skew),
     ).fetchone()
-    return None if row is None or row[0] is None else (str(row[0]), str(row[1]))
+    if row is None or row[0] is None:
+        return None
+    return LeaderApi(str(row[0]), str(row[1]), row[2], row[3])
+
+
+def _trusting(pem: str) -> ssl.SSLContext:
+    """A client's context that trusts the certificate pem itself (the
+    leader's own, self-signed or not), and checks the name it is reached by."""
+    context = ssl.create_default_context(cadata=pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup]:
@@ -67,13 +90,18 @@ def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup
             # (passed on to a worker that has just stopped leading: not passed on again)
             return _unavailable("the pool's leader changed while the request was passed on: try it again")
         leader = leader_api(gw, time.time())
-        if leader is None or leader[0] == gw.api_url:
+        if leader is None or leader.url == gw.api_url:
             return _unavailable("no worker leads the pool now: one takes over within seconds, try it again")
-        url, host = leader
-        if host != socket.gethostname():
-            # (its API's address is its own machine's loopback, and the releases' files are this
-            # machine's: a pool runs on one machine, docs/makers.md)
-            return _unavailable(f"the pool's leader runs on {host}, not here: a pool shares one machine")
+        url, trust = leader.url, context
+        if leader.host != gw.pool.host:
+            # (on another machine: at the address it is reached at from others, trusted by the
+            # certificate it published in the database, docs/makers.md)
+            if leader.reach is None or leader.cert is None:
+                return _unavailable(
+                    f"the pool's leader runs on {leader.host} with its API on its loopback: run each "
+                    "worker's API where the others reach it (--api HOST:PORT, over HTTPS)"
+                )
+            url, trust = leader.reach, _trusting(leader.cert)
         if not session:
             session.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S)))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -85,7 +113,7 @@ def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup
                 url + request.rel_url.path_qs,
                 headers=headers,
                 data=body,
-                ssl=context if context is not None else True,
+                ssl=trust if trust is not None else True,
                 allow_redirects=False,
             ) as answer:
                 out = web.Response(status=answer.status, body=await answer.read())

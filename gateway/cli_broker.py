@@ -110,6 +110,11 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
             print(f"  TLS on every listener: the CA {tls.ca}, the routes' certificate {tls.node_cert}")
         first = nodes[0]
         ca = f" --ca {tls.ca}" if tls else ""
+        near = first.mqtt_near
+        if tls is not None:
+            # (a name the broker's certificate holds: the gateway checks it; this machine's where it may)
+            names = cert_hosts(tls.mqtt_cert)
+            near = ([n for n in names if n in ("127.0.0.1", "localhost", "::1")] or names or [near])[0]
         for user, password in accounts.items():
             if user == HA_USER:
                 where = f"{first.mqtt_near}:{first.mqtt_port}"
@@ -117,7 +122,7 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
                     f"  Home Assistant: its MQTT integration at {where}{' (TLS)' if tls else ''}, user {user}"
                 )
                 continue
-            broker = BrokerUrl(first.mqtt_near, first.mqtt_port, tls is not None, user, password)
+            broker = BrokerUrl(near, first.mqtt_port, tls is not None, user, password)
             url = broker.url(secret=True)
             worker = f" --worker {user.split('.', 1)[1]} --api HOST:PORT" if "." in user else ""
             run = f"permabeta gateway run --db {args.db} --broker '{url}'{ca} --cluster {urls}"

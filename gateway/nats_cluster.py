@@ -66,6 +66,7 @@ MAX_PAYLOAD = 1024 * 1024  # NATS's own default: a retained message is stored wi
 MQTT_MAX_ACK_PENDING = 1024  # NATS's default (see node_config)
 TLS_TIMEOUT_S = 5.0  # a TLS handshake's (NATS's own 0.5 s is short for a board)
 NODE_CERT, NODE_KEY = "node.pem", "node.key"  # the nodes' own certificate, in the cluster's folder
+RENEW_S = 30 * 86400  # the nodes' certificate is made again this long before its end
 
 
 def subject(topic: str) -> str:
@@ -197,7 +198,9 @@ def node_config(
     conf: dict[str, Any] = {
         "server_name": node.name,
         "listen": f"{node.host}:{node.client_port}",
-        "http": f"{node.host}:{node.http_port}",
+        # (monitoring answers without a password, and its connz shows MQTT passwords: this
+        # machine's loopback alone, whatever the host the nodes reach each other on)
+        "http": f"127.0.0.1:{node.http_port}",
         "max_payload": MAX_PAYLOAD,
         "jetstream": {"store_dir": str(store)},
         # (its sessions, retained messages and QoS 1 messages kept on up to three nodes: one lost
@@ -272,7 +275,7 @@ def cluster_tls(ca_dir: Path, out: Path, nodes: Sequence[Node], *, now: float | 
     show devices): the nodes' own certificate is made in out, signed by the
     CA, for the hosts the nodes reach each other on, and made again when
     those change or it nears its end. Raises ConfigError naming what is missing."""
-    from .ca import CA_CERT, SERVER_CERT, SERVER_KEY, cert_hosts, server_cert
+    from .ca import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, cert_hosts, server_cert
 
     need = [ca_dir / CA_CERT, ca_dir / SERVER_CERT, ca_dir / SERVER_KEY]
     missing = [f.name for f in need if not f.is_file()]
@@ -283,10 +286,30 @@ def cluster_tls(ca_dir: Path, out: Path, nodes: Sequence[Node], *, now: float | 
         raise ConfigError("with TLS, --cluster-host is the address the nodes reach each other at, not any")
     hosts = list(dict.fromkeys([n.host for n in nodes] + ["127.0.0.1"]))
     cert, key = out / NODE_CERT, out / NODE_KEY
-    if not (key.is_file() and cert_hosts(cert) == hosts and _lasts(cert, now, 30 * 86400)):
+    fits = cert_hosts(cert) == hosts and _lasts(cert, now, RENEW_S) and _signed_by(cert, ca_dir / CA_CERT)
+    if not (key.is_file() and fits):
+        if not (ca_dir / CA_KEY).is_file():
+            raise ConfigError(
+                f"the nodes' certificate ({cert}) is to be made (again: new hosts, another CA, or near its "
+                f"end), and {ca_dir / CA_KEY} is not there: bring the CA's key back for this run"
+            )
         server_cert(ca_dir, hosts, out, now=now, client=True, files=(NODE_CERT, NODE_KEY))
     ca, mqtt_cert, mqtt_key = (f.resolve() for f in need)
     return ClusterTls(ca, mqtt_cert, mqtt_key, cert.resolve(), key.resolve())
+
+
+def _signed_by(cert: Path, ca: Path) -> bool:
+    """Whether the certificate (PEM) was signed by the CA's (PEM)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(
+            x509.load_pem_x509_certificate(ca.read_bytes())
+        )
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _lasts(cert: Path, now: float | None, seconds: float) -> bool:
@@ -383,7 +406,7 @@ class NatsNode:
 
     def healthy(self) -> bool:
         """Whether it serves clients with JetStream current (its /healthz)."""
-        url = f"http://{self.node.host}:{self.node.http_port}/healthz"
+        url = f"http://127.0.0.1:{self.node.http_port}/healthz"
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 return bool(r.status == 200)
@@ -392,7 +415,7 @@ class NatsNode:
 
     def loaded_at(self) -> str | None:
         """When it last read its configuration (its /varz), None if it does not answer."""
-        url = f"http://{self.node.host}:{self.node.http_port}/varz"
+        url = f"http://127.0.0.1:{self.node.http_port}/varz"
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return str(json.loads(r.read())["config_load_time"])

@@ -69,9 +69,11 @@ class Pool:
         name: str | None = None,
         ttl_s: float = TTL_S,
         wall: Callable[[], float] = time.time,
+        host: str | None = None,
     ) -> None:
         """wall: this machine's clock, whose difference from the database's
-        (skew) is added to every `now` given (Gateway gives its clock's)."""
+        (skew) is added to every `now` given (Gateway gives its clock's);
+        host: this machine's name (its host name)."""
         if name is not None and not valid_id(name):
             raise PoolError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'; 1-32), not {name!r}")
         self.store = store
@@ -84,6 +86,9 @@ class Pool:
         self._started: float | None = None
         self._held: set[str] = set()  # the leases this worker holds, as of its last beat
         self.wall = wall
+        self.host = host or socket.gethostname()
+        self.reach: str | None = None  # its API's URL from other machines (None: its loopback)
+        self.api_cert: str | None = None  # its API's certificate, PEM
         self.skew = 0.0  # the database's clock less this machine's, as of the last beat
 
     def _measure_skew(self) -> None:
@@ -116,7 +121,7 @@ class Pool:
         if self._started is None:
             self._started = now
         db = self.store.db
-        me = (socket.gethostname(), os.getpid())
+        me = (self.host, os.getpid())
         row = db.execute("SELECT host, pid, seen FROM pool_workers WHERE name = ?", (self.name,)).fetchone()
         if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
             # (two processes under one name would both own its devices and both hold its leases)
@@ -125,10 +130,12 @@ class Pool:
                 "each worker needs a name of its own"
             )
         db.execute(
-            """INSERT INTO pool_workers (name, host, pid, api, started, seen) VALUES (?, ?, ?, ?, ?, ?)
+            """INSERT INTO pool_workers (name, host, pid, api, started, seen, api_reach, api_cert)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
-                   api = excluded.api, seen = excluded.seen""",
-            (self.name, *me, self.api, self._started, now),
+                   api = excluded.api, seen = excluded.seen, api_reach = excluded.api_reach,
+                   api_cert = excluded.api_cert""",
+            (self.name, *me, self.api, self._started, now, self.reach, self.api_cert),
         )
         rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
         alive = {str(r[0]): r[1] for r in rows.fetchall()}

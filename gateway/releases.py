@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +44,7 @@ from .store import Store
 BLOBS_SUFFIX = ".blobs"
 MIN_PREFIX = 8
 _COPY = 65536
+log = logging.getLogger("permabeta.gateway.releases")
 _CACHE = 64
 _HEX = frozenset("0123456789abcdef")
 
@@ -150,6 +153,16 @@ def _unique_blobs(release: Release) -> dict[str, FileEntry]:
     return out
 
 
+def _blob_names(release: Release) -> list[str]:
+    """The blobs of a verified release: its files', its image's, its notes'."""
+    names = list(_unique_blobs(release))
+    if release.image is not None:
+        names.append(release.image.zsha256)
+    if release.notes_entry is not None:
+        names.append(release.notes_entry.zsha256)
+    return names
+
+
 def _file_sha256(path: Path) -> str | None:
     try:
         h = hashlib.sha256()
@@ -173,6 +186,9 @@ class ReleaseStore:
         # blobs being served, whole (named by their hash: what a name holds never changes)
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._blob_bytes = 0
+        # (a pool's workers may run on several machines: on PostgreSQL the blobs are in the
+        # database too, and the folder is this machine's copy of those it needed)
+        self.shared = store.db.kind == "postgresql"
 
     # ---- adding ------------------------------------------------------------
 
@@ -228,6 +244,7 @@ class ReleaseStore:
         and an earlier release of the model did."""
         known = self.get(release.sha256)
         if known is not None:
+            self._share(_blob_names(release))  # (its blobs kept here before they were shared)
             return known, False
         other = self.store.db.execute(
             "SELECT id FROM releases WHERE model = ? AND counter = ?", (release.model, release.counter)
@@ -268,6 +285,7 @@ class ReleaseStore:
                 now,
             ),
         )
+        self._share(_blob_names(release))
         stored = self.get(release.sha256)
         assert stored is not None  # just inserted
         return stored, True
@@ -345,7 +363,59 @@ class ReleaseStore:
     # ---- serving -----------------------------------------------------------
 
     def blob_path(self, zsha256: str) -> Path:
-        return self.blobs / zsha256
+        """Where the blob is in this machine's folder; fetched there from the
+        database first if it is not (a release added through another
+        machine's worker). Missing from both, the path of no file."""
+        path = self.blobs / zsha256
+        if self.shared and not path.exists():
+            self._fetch(zsha256, path)
+        return path
+
+    def _fetch(self, zsha256: str, path: Path) -> None:
+        row = self.store.db.execute("SELECT data FROM release_blobs WHERE zsha256 = ?", (zsha256,)).fetchone()
+        if row is None:
+            return
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != zsha256:
+            log.error("the database's blob %s is not the one named: not taken", zsha256[:16])
+            return
+        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.blobs / f".{zsha256[:16]}.{secrets.token_hex(4)}.tmp"
+        try:
+            with tmp.open("xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _share(self, names: Iterable[str]) -> None:
+        """Put these blobs of this machine's folder into the database (a pool
+        on PostgreSQL), those it lacks."""
+        if not self.shared:
+            return
+        db = self.store.db
+        for zsha in names:
+            if db.execute("SELECT 1 FROM release_blobs WHERE zsha256 = ?", (zsha,)).fetchone() is not None:
+                continue
+            try:
+                data = (self.blobs / zsha).read_bytes()
+            except OSError:
+                continue  # (not here: another worker's machine shared it, or it is missing)
+            if hashlib.sha256(data).hexdigest() == zsha:
+                insert = (
+                    "INSERT INTO release_blobs (zsha256, data) VALUES (?, ?) ON CONFLICT (zsha256) DO NOTHING"
+                )
+                db.execute(insert, (zsha, data))
+
+    def share_all(self) -> None:
+        """Every stored release's blobs that this machine's folder holds and
+        the database lacks, into the database (releases added before their
+        blobs were shared)."""
+        for release in self.list():
+            notes = [release.notes_entry.zsha256] if release.notes_entry is not None else []
+            self._share([name for name in release.objects if name != "manifest"] + notes)
 
     def feature_manifests(self, release: StoredRelease) -> dict[str, dict[str, Any]]:
         """Feature name -> its manifest.json, parsed, for every feature of a

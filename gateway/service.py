@@ -246,9 +246,9 @@ class Gateway:
                 self.handle,
                 lambda: self.flush(keep=True),
                 cluster_replicas,
-                # (a cluster that takes NATS clients over TLS alone: its nodes' certificates are of the
-                # CA the broker's is, which --ca names)
-                tls=tls_context if any(u.startswith("tls://") for u in cluster) else None,
+                # (a cluster that takes NATS clients over TLS alone, tls:// or not: its nodes'
+                # certificates are of the CA the broker's is, which --ca names)
+                tls=tls_context,
             )
         self.commander = Commander()
         self.connected = asyncio.Event()
@@ -301,6 +301,10 @@ class Gateway:
         cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
             cert = server_cert(self.api_tls, self.api_bind[0], self.store.beside(".tls"), time.time())
+        if self.pool.pooled and self.ota.releases.shared:
+            # (releases added here before their blobs went into the database: a worker on another
+            # machine finds them there)
+            self.ota.releases.share_all()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")

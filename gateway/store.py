@@ -25,7 +25,7 @@ from .db import Database, Row
 from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -380,6 +380,17 @@ ALTER TABLE commands ADD COLUMN worker TEXT;  -- the worker of a pool that sent 
     # 18: a device's broker password hashed for a NATS cluster too (gateway/nats_cluster.py)
     18: """
 ALTER TABLE device_registry ADD COLUMN cluster_hash TEXT;  -- bcrypt ($2b$...); NULL: Mosquitto only
+""",
+    # 19: a pool on several machines (docs/makers.md): the releases' blobs in the database
+    # (PostgreSQL's; each worker's folder keeps what it fetched of them), and how another
+    # machine reaches a worker's API and trusts it
+    19: """
+CREATE TABLE release_blobs (
+    zsha256 TEXT PRIMARY KEY,       -- the blob's SHA-256, as a release's manifest names it
+    data BLOB NOT NULL
+);
+ALTER TABLE pool_workers ADD COLUMN api_reach TEXT;  -- its API's URL from other machines; NULL: none
+ALTER TABLE pool_workers ADD COLUMN api_cert TEXT;   -- its API's certificate (PEM), trusted by it
 """,
 }
 

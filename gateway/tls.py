@@ -86,6 +86,15 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def reach_url(host: str, port: int, hostname: str) -> str | None:
+    """The HTTPS URL another machine reaches an API listening on host at:
+    a wildcard's is this machine's name (hostname, which the API's own
+    certificate names); None if host is a loopback address."""
+    if host in _WILDCARDS:
+        return f"https://{url_host(hostname)}:{port}"
+    return None if is_loopback(host) else f"https://{url_host(host)}:{port}"
+
+
 def fingerprint(pem: bytes) -> str:
     """The SHA-256 of a PEM certificate's DER, lowercase hex. Raises ConfigError."""
     try:

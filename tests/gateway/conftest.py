@@ -93,10 +93,13 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterator[StartGateway]:
+async def start_gateway(
+    gw_db: Path | str, mosquitto: Mosquitto, tmp_path: Path
+) -> AsyncIterator[StartGateway]:
     """start_gateway(keys=None, deadline=900, db=gw_db, clock=None, api=..., api_tls=None,
-    worker=None): a Gateway running in this test's loop with its API on a free port (with
-    worker, as that worker of a pool on db, with a broker account of its own); stopped after
+    worker=None, machine=None): a Gateway running in this test's loop with its API on a free
+    port (with worker, as that worker of a pool on db, with a broker account of its own; with
+    machine, as if on a machine of that name, with a files folder of its own); stopped after
     the test."""
     running: list[Running] = []
 
@@ -108,8 +111,9 @@ async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterato
         api: tuple[str, int] = ("127.0.0.1", 0),
         api_tls: ApiTls | None = None,
         worker: str | None = None,
+        machine: str | None = None,
     ) -> Running:
-        store = Store(db or gw_db)
+        store = Store(db or gw_db, files=tmp_path / machine if machine else None)
         gw = Gateway(
             mosquitto.gateway_url,
             store,
@@ -119,7 +123,7 @@ async def start_gateway(gw_db: Path | str, mosquitto: Mosquitto) -> AsyncIterato
             keys=keys,
             update_deadline=deadline,
             clock=clock,
-            pool=Pool(store, worker) if worker else None,
+            pool=Pool(store, worker, host=machine) if worker else None,
         )
         task = asyncio.create_task(gw.run(), name="test-gateway")
         await async_wait_for(lambda: gw.connected.is_set() and gw.api_url, 10, what="gateway up")

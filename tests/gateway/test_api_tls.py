@@ -23,7 +23,7 @@ from gateway.accounts import Accounts, new_claim_code
 from gateway.errors import ConfigError
 from gateway.service import Gateway
 from gateway.store import Store
-from gateway.tls import ApiTls, client_context, server_cert
+from gateway.tls import ApiTls, client_context, reach_url, server_cert
 
 from ..support import messages
 from ..support.cli import run_cli
@@ -226,3 +226,15 @@ async def test_login_refuses_to_send_a_password_in_the_clear_off_loopback(tmp_pa
     done = await _cli(tmp_path, "login", "http://192.0.2.7:8480", "--name", "ann", "--password-stdin",
                       stdin=PASSWORD + "\n")  # fmt: skip
     assert done.returncode == 1 and "over https:// only" in done.stderr
+
+
+def test_what_another_machine_reaches_an_api_at() -> None:
+    """A pool's worker publishes where the others pass requests on to it:
+    an API on every address by the machine's name (its certificate's), on one
+    address there, on loopback nowhere."""
+    assert reach_url("0.0.0.0", 8481, "gw-box") == "https://gw-box:8481"
+    assert reach_url("::", 8481, "gw-box") == "https://gw-box:8481"
+    assert reach_url("10.0.0.7", 8481, "gw-box") == "https://10.0.0.7:8481"
+    assert reach_url("fd00::7", 8481, "gw-box") == "https://[fd00::7]:8481"
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert reach_url(loopback, 8481, "gw-box") is None

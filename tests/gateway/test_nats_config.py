@@ -108,7 +108,16 @@ def test_with_a_ca_every_listener_takes_tls_and_the_nodes_certificate_is_made_on
     assert cluster_tls(ca, tmp_path, nodes).node_cert.read_bytes() == made
     moved = [replace(n, host="10.0.0.7") for n in nodes]
     assert cluster_tls(ca, tmp_path, moved).node_cert.read_bytes() != made
+    # a new CA (`broker ca --force`): a new certificate, of it (the nodes refuse the old one's routes)
+    made = cluster_tls(ca, tmp_path, nodes).node_cert.read_bytes()
+    create_ca(ca, force=True)
+    server_cert(ca)
+    assert cluster_tls(ca, tmp_path, nodes).node_cert.read_bytes() != made
+    # the CA's key kept offline: what needs no new certificate runs; what does says what is missing
+    (ca / "ca.key").rename(tmp_path / "ca.key.offline")
     tls = cluster_tls(ca, tmp_path, nodes)
+    with pytest.raises(ConfigError, match=r"ca\.key is not there: bring the CA's key back"):
+        cluster_tls(ca, tmp_path, moved)
     write(
         tmp_path,
         nodes,

@@ -75,7 +75,7 @@ async def call(r: Running, path: str, body: Any, status: int, method: str = "POS
     token = {"Authorization": f"Bearer {r.token}"}
     async with (
         aiohttp.ClientSession() as s,
-        s.request(method, f"{r.url}{path}", json=body, headers=token) as answer,
+        s.request(method, f"{r.url}{path}", json=body, headers=token, ssl=False) as answer,
     ):
         got: dict[str, Any] = await answer.json()
         assert answer.status == status, got
@@ -83,13 +83,13 @@ async def call(r: Running, path: str, body: Any, status: int, method: str = "POS
 
 
 async def update_to_trial(dev: OtaDevice, release: Release, via: Running) -> str:
-    """An update of dev asked through the API of `via` (a worker that does not lead), driven
-    to trial as the device does."""
+    """An update of dev asked through the API of `via`, driven to trial as the device does."""
     uid = str((await call(via, f"/api/v1/devices/{dev.id}/update", {"release": "thermostat@2"}, 201))["id"])
     offer = await asyncio.to_thread(dev.offer)
     assert offer["id"] == uid
-    # (that worker shows the leader's update, from the database)
-    assert not via.gw.ota.serving and (u := via.gw.ota.active(dev.id)) is not None and u.id == uid
+    # (that worker shows the leader's update, from the database, if it does not lead)
+    assert (u := via.gw.ota.active(dev.id)) is not None and u.id == uid
+    assert via.gw.ota.serving == via.gw.leading
     objs = [("manifest", offer["size"], offer["manifest"])]
     objs += [(f.zsha256, f.zsize, f.zsha256) for f in release.files]
     await asyncio.to_thread(dev.stream, uid, objs)
@@ -382,3 +382,43 @@ async def test_what_a_device_says_of_itself_is_taken_in_its_order_by_the_pool(
         rec = a.store.device(i)
         assert rec is not None and not rec.online and rec.state_reason == "r39"
         assert not a.gw.is_online(i) and not b.gw.is_online(i)
+
+
+async def test_a_pool_on_two_machines_shares_releases_and_passes_requests_on(
+    start_gateway: StartGateway, keys: Keys, release: Release, ota_devices: MakeDevice, pg_db: str
+) -> None:
+    """Workers on two machines (docs/makers.md, "Workers on several machines"):
+    each with a folder of its own and its API on every address over HTTPS. A
+    release uploaded through the one that does not lead is passed on to the
+    leader at the address it published, trusted by the certificate it
+    published; its blobs go into the database. The leader stops: the other
+    leads, and serves an update to commit from blobs it fetches from there."""
+    from gateway.archive import TAR_TYPE, pack_release
+
+    a = await start_gateway(keys, worker="gw-a", db=pg_db, machine="machine-a", api=("0.0.0.0", 0))
+    b = await start_gateway(keys, worker="gw-b", db=pg_db, machine="machine-b", api=("0.0.0.0", 0))
+    await async_wait_for(lambda: a.gw.pool.members == b.gw.pool.members == ["gw-a", "gw-b"], 10, what="pool")
+    await async_wait_for(lambda: a.gw.leading != b.gw.leading, 10, what="one leader")
+    lead, other = (a, b) if a.gw.leading else (b, a)
+    assert lead.gw.pool.reach is not None and lead.gw.pool.reach.startswith("https://")
+    token = {"Authorization": f"Bearer {other.token}", "Content-Type": TAR_TYPE}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{other.url}/api/v1/releases", data=pack_release(release), headers=token, ssl=False
+        ) as answer,
+    ):
+        got = await answer.json()
+        assert answer.status in (200, 201), got
+    names = {f.zsha256 for f in release.files}
+    rows = lead.store.db.execute("SELECT zsha256 FROM release_blobs").fetchall()
+    assert names <= {str(r[0]) for r in rows}
+    assert not any((other.store.beside(".blobs") / n).exists() for n in names)
+
+    dev = answering(ota_devices())
+    await online(other, [dev])
+    await stop(lead)
+    await async_wait_for(lambda: other.gw.leading, TTL_S + 5, what="the other machine's worker leads")
+    uid = await update_to_commit(other, dev, release, other)
+    assert other.gw.ota.table.get(uid) is not None
+    assert all((other.store.beside(".blobs") / n).exists() for n in names)
