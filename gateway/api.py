@@ -462,6 +462,17 @@ def owners_since(request: web.Request, dev: str) -> float | None:
     return None if principal(request).may("maker") else accounts_of(request).owner_since(dev)
 
 
+def _reached_as(cert: Path) -> str:
+    """The name another machine reaches this one's API by: the first its
+    certificate gives that is not a loopback one (a certificate made for
+    another name than the host's, given with --tls-cert), else the host's."""
+    from .ca import cert_hosts
+    from .tls import is_loopback
+
+    names = [n for n in cert_hosts(cert) if not is_loopback(n)]
+    return names[0] if names else socket.gethostname()
+
+
 async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None = None) -> None:
     """Serve until cancelled (over HTTPS with cert); publishes the address,
     a fresh token and, with cert, what the CLI needs to trust it."""
@@ -481,7 +492,7 @@ async def serve_api(gw: Gateway, host: str, port: int, cert: ServerCert | None =
     gw.api_url = gw.pool.api = f"{'https' if cert else 'http'}://{url_host(host)}:{bound[1]}"
     if cert is not None:
         # (what another machine's worker of the pool passes requests on to, and trusts it by)
-        gw.pool.reach = reach_url(host, bound[1], socket.gethostname())
+        gw.pool.reach = reach_url(host, bound[1], _reached_as(cert.cert))
         gw.pool.api_cert = cert.cert.read_text()
     info: dict[str, Any] = {"url": gw.api_url, "token": token, "pid": os.getpid()}
     if cert is not None:

@@ -41,12 +41,15 @@ def _unavailable(message: str) -> web.Response:
 
 @dataclass(frozen=True)
 class LeaderApi:
-    """Where the pool's leader serves its API: url on its own machine, host
-    (that machine's name), reach from other machines (None: its loopback
-    only) and the certificate it serves (PEM; None: plain HTTP)."""
+    """Where the pool's leader serves its API: name (the worker's), url on
+    its own machine, host (that machine's name) and machine (its id), reach
+    from other machines (None: its loopback only) and the certificate it
+    serves (PEM; None: plain HTTP)."""
 
+    name: str
     url: str
     host: str
+    machine: str
     reach: str | None
     cert: str | None
 
@@ -57,13 +60,14 @@ def leader_api(gw: Gateway, now: float) -> LeaderApi | None:
     from .service import LEADER
 
     row = gw.store.db.execute(
-        """SELECT w.api, w.host, w.api_reach, w.api_cert FROM pool_leases l
-           JOIN pool_workers w ON w.name = l.holder WHERE l.name = ? AND l.expires > ?""",
-        (LEADER, now + gw.pool.skew),
+        """SELECT w.name, w.api, w.host, coalesce(w.machine, w.host), w.api_reach, w.api_cert
+           FROM pool_leases l JOIN pool_workers w ON w.name = l.holder
+           WHERE l.name = ? AND l.expires > ?""",
+        (LEADER, gw.pool.at(now)),
     ).fetchone()
-    if row is None or row[0] is None:
+    if row is None or row[1] is None:
         return None
-    return LeaderApi(str(row[0]), str(row[1]), row[2], row[3])
+    return LeaderApi(str(row[0]), str(row[1]), str(row[2]), str(row[3]), row[4], row[5])
 
 
 def _trusting(pem: str) -> ssl.SSLContext:
@@ -90,10 +94,10 @@ def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup
             # (passed on to a worker that has just stopped leading: not passed on again)
             return _unavailable("the pool's leader changed while the request was passed on: try it again")
         leader = leader_api(gw, time.time())
-        if leader is None or leader.url == gw.api_url:
+        if leader is None or leader.name == gw.pool.name:
             return _unavailable("no worker leads the pool now: one takes over within seconds, try it again")
         url, trust = leader.url, context
-        if leader.host != gw.pool.host:
+        if leader.machine != gw.pool.machine:
             # (on another machine: at the address it is reached at from others, trusted by the
             # certificate it published in the database, docs/makers.md)
             if leader.reach is None or leader.cert is None:

@@ -32,6 +32,7 @@ log = logging.getLogger("permabeta.gateway.pool")
 BEAT_S = 1.0  # how often a worker says it is alive and looks at the others
 TTL_S = 5.0  # a worker not heard of for this long has left the pool; a lease lasts as long
 SKEW_TOLD_S = 1.0  # a change of the clocks' difference past this is logged
+SKEW_RTT_MAX_S = 0.25  # a clock reading answered slower than this is not taken
 _TOKEN = "pool_token"  # meta: the API token every worker of the pool answers to
 _GROUP = "pool_share"  # meta: the secret part of the pool's shared subscriptions' group
 
@@ -48,6 +49,19 @@ class Worker:
     api: str | None  # its API's URL, once it serves one
     started: float
     seen: float
+
+
+def machine_id() -> str:
+    """This machine's id: systemd's (/etc/machine-id), else its host name."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                got = f.read().strip()
+        except OSError:
+            continue
+        if got:
+            return got
+    return socket.gethostname()
 
 
 def _rank(worker: str, dev: str) -> bytes:
@@ -73,7 +87,8 @@ class Pool:
     ) -> None:
         """wall: this machine's clock, whose difference from the database's
         (skew) is added to every `now` given (Gateway gives its clock's);
-        host: this machine's name (its host name)."""
+        host: this machine's name (its host name; and its id, which is
+        otherwise /etc/machine-id: boards made alike share a host name)."""
         if name is not None and not valid_id(name):
             raise PoolError(f"a worker's name is a device-style id (a-z, 0-9, '-', '_'; 1-32), not {name!r}")
         self.store = store
@@ -87,6 +102,7 @@ class Pool:
         self._held: set[str] = set()  # the leases this worker holds, as of its last beat
         self.wall = wall
         self.host = host or socket.gethostname()
+        self.machine = host or machine_id()
         self.reach: str | None = None  # its API's URL from other machines (None: its loopback)
         self.api_cert: str | None = None  # its API's certificate, PEM
         self.skew = 0.0  # the database's clock less this machine's, as of the last beat
@@ -104,11 +120,18 @@ class Pool:
         t0 = self.wall()
         row = self.store.db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
         t1 = self.wall()
+        if t1 - t0 > SKEW_RTT_MAX_S:
+            return  # (a slow answer says the difference to within half its time: the last stands)
         skew = float(row[0]) - (t0 + t1) / 2
         if abs(skew - self.skew) > SKEW_TOLD_S:
             off = f"{-skew:+.1f} s off the database's"
             log.warning("%s: this machine's clock is %s: the pool keeps to the database's", self.name, off)
         self.skew = skew
+
+    def at(self, now: float) -> float:
+        """This machine's time now as the database's clock says it: the
+        pool's times (seen, a lease's end) are on that clock."""
+        return now + self.skew
 
     def beat(self, now: float) -> list[str]:
         """Say this worker is alive, and read who else is: the pool's names,
@@ -117,12 +140,14 @@ class Pool:
         if not self.pooled:
             return self.members
         self._measure_skew()
-        now += self.skew
+        now = self.at(now)
         if self._started is None:
             self._started = now
         db = self.store.db
-        me = (self.host, os.getpid())
-        row = db.execute("SELECT host, pid, seen FROM pool_workers WHERE name = ?", (self.name,)).fetchone()
+        me = (self.machine, os.getpid())
+        row = db.execute(
+            "SELECT coalesce(machine, host), pid, seen FROM pool_workers WHERE name = ?", (self.name,)
+        ).fetchone()
         if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
             # (two processes under one name would both own its devices and both hold its leases)
             raise PoolError(
@@ -130,12 +155,12 @@ class Pool:
                 "each worker needs a name of its own"
             )
         db.execute(
-            """INSERT INTO pool_workers (name, host, pid, api, started, seen, api_reach, api_cert)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
-                   api = excluded.api, seen = excluded.seen, api_reach = excluded.api_reach,
-                   api_cert = excluded.api_cert""",
-            (self.name, *me, self.api, self._started, now, self.reach, self.api_cert),
+                   api = excluded.api, seen = excluded.seen, machine = excluded.machine,
+                   api_reach = excluded.api_reach, api_cert = excluded.api_cert""",
+            (self.name, self.host, os.getpid(), self.api, self._started, now, *self._published()),
         )
         rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
         alive = {str(r[0]): r[1] for r in rows.fetchall()}
@@ -150,6 +175,11 @@ class Pool:
         self.members = members
         return members
 
+    def _published(self) -> tuple[str, str | None, str | None]:
+        """What another machine's worker needs of this one: its machine, where
+        it reaches this API, and the certificate it trusts it by."""
+        return self.machine, self.reach, self.api_cert
+
     def owns(self, dev: str) -> bool:
         """Whether dev's messages that must be handled once are this worker's."""
         return not self.pooled or owner_of(dev, self.members) == self.name
@@ -159,7 +189,7 @@ class Pool:
         worker holds it. It is taken from its holder only once it expired."""
         if not self.pooled:
             return True
-        now += self.skew
+        now = self.at(now)
         db = self.store.db
         expires = now + self.ttl_s
         taken = db.execute(
@@ -194,7 +224,7 @@ class Pool:
         the pool is alive (as a gateway alone makes one at every start)."""
         others = self.store.db.execute(
             "SELECT count(*) FROM pool_workers WHERE seen > ? AND name != ?",
-            (now + self.skew - self.ttl_s, self.name),
+            (self.at(now) - self.ttl_s, self.name),
         ).fetchone()[0]
         fresh = secrets.token_urlsafe(24)
         if not others:

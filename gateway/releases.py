@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import secrets
+import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +46,7 @@ BLOBS_SUFFIX = ".blobs"
 MIN_PREFIX = 8
 _COPY = 65536
 log = logging.getLogger("permabeta.gateway.releases")
+ABSENT_S = 10.0  # a blob the database lacks (or holds wrong) is not asked for again this long
 _CACHE = 64
 _HEX = frozenset("0123456789abcdef")
 
@@ -189,6 +191,7 @@ class ReleaseStore:
         # (a pool's workers may run on several machines: on PostgreSQL the blobs are in the
         # database too, and the folder is this machine's copy of those it needed)
         self.shared = store.db.kind == "postgresql"
+        self._absent: dict[str, float] = {}  # blob -> until when the database is not asked for it again
 
     # ---- adding ------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class ReleaseStore:
         if known is not None:
             self._share(_blob_names(release))  # (its blobs kept here before they were shared)
             return known, False
+        # (its blobs first: no worker on another machine sees the release without them)
+        self._share(_blob_names(release))
         other = self.store.db.execute(
             "SELECT id FROM releases WHERE model = ? AND counter = ?", (release.model, release.counter)
         ).fetchone()
@@ -285,7 +290,6 @@ class ReleaseStore:
                 now,
             ),
         )
-        self._share(_blob_names(release))
         stored = self.get(release.sha256)
         assert stored is not None  # just inserted
         return stored, True
@@ -372,12 +376,14 @@ class ReleaseStore:
         return path
 
     def _fetch(self, zsha256: str, path: Path) -> None:
+        if self._absent.get(zsha256, 0.0) > time.monotonic():
+            return  # (asked a moment ago: a stream's every chunk would ask again)
         row = self.store.db.execute("SELECT data FROM release_blobs WHERE zsha256 = ?", (zsha256,)).fetchone()
-        if row is None:
-            return
-        data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != zsha256:
-            log.error("the database's blob %s is not the one named: not taken", zsha256[:16])
+        data = bytes(row[0]) if row is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != zsha256:
+            if data is not None:
+                log.error("the database's blob %s is not the one named: not taken", zsha256[:16])
+            self._absent[zsha256] = time.monotonic() + ABSENT_S
             return
         self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.blobs / f".{zsha256[:16]}.{secrets.token_hex(4)}.tmp"
@@ -390,32 +396,49 @@ class ReleaseStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _share(self, names: Iterable[str]) -> None:
+    def _share(self, names: Iterable[str], held: set[str] | None = None) -> Sequence[str]:
         """Put these blobs of this machine's folder into the database (a pool
-        on PostgreSQL), those it lacks."""
+        on PostgreSQL), those it lacks (held: the names it holds, if known);
+        the names neither has."""
         if not self.shared:
-            return
+            return ()
         db = self.store.db
+        lost: Sequence[str] = ()
         for zsha in names:
+            if held is not None and zsha in held:
+                continue
             if db.execute("SELECT 1 FROM release_blobs WHERE zsha256 = ?", (zsha,)).fetchone() is not None:
                 continue
             try:
                 data = (self.blobs / zsha).read_bytes()
             except OSError:
-                continue  # (not here: another worker's machine shared it, or it is missing)
-            if hashlib.sha256(data).hexdigest() == zsha:
-                insert = (
-                    "INSERT INTO release_blobs (zsha256, data) VALUES (?, ?) ON CONFLICT (zsha256) DO NOTHING"
-                )
-                db.execute(insert, (zsha, data))
+                data = b""
+            if hashlib.sha256(data).hexdigest() != zsha:
+                lost = (*lost, zsha)
+                continue
+            db.execute(
+                "INSERT INTO release_blobs (zsha256, data) VALUES (?, ?) ON CONFLICT (zsha256) DO NOTHING",
+                (zsha, data),
+            )
+        return lost
 
     def share_all(self) -> None:
         """Every stored release's blobs that this machine's folder holds and
         the database lacks, into the database (releases added before their
-        blobs were shared)."""
+        blobs were shared); a release whose blobs neither has is said."""
+        if not self.shared:
+            return
+        held = {str(r[0]) for r in self.store.db.execute("SELECT zsha256 FROM release_blobs").fetchall()}
         for release in self.list():
             notes = [release.notes_entry.zsha256] if release.notes_entry is not None else []
-            self._share([name for name in release.objects if name != "manifest"] + notes)
+            lost = self._share([name for name in release.objects if name != "manifest"] + notes, held)
+            if lost:
+                log.warning(
+                    "release %s: %d blob(s) neither here nor in the database (%s...): no worker can serve it",
+                    release.ref,
+                    len(lost),
+                    lost[0][:16],
+                )
 
     def feature_manifests(self, release: StoredRelease) -> dict[str, dict[str, Any]]:
         """Feature name -> its manifest.json, parsed, for every feature of a

@@ -389,6 +389,7 @@ CREATE TABLE release_blobs (
     zsha256 TEXT PRIMARY KEY,       -- the blob's SHA-256, as a release's manifest names it
     data BLOB NOT NULL
 );
+ALTER TABLE pool_workers ADD COLUMN machine TEXT;    -- its machine's id (/etc/machine-id), else host
 ALTER TABLE pool_workers ADD COLUMN api_reach TEXT;  -- its API's URL from other machines; NULL: none
 ALTER TABLE pool_workers ADD COLUMN api_cert TEXT;   -- its API's certificate (PEM), trusted by it
 """,

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.accounts import Accounts
+from gateway.api_pool import leader_api
 from gateway.cli_registry import password_hash
 from gateway.pool import TTL_S
 from gateway.service import Gateway
@@ -401,6 +402,7 @@ async def test_a_pool_on_two_machines_shares_releases_and_passes_requests_on(
     await async_wait_for(lambda: a.gw.leading != b.gw.leading, 10, what="one leader")
     lead, other = (a, b) if a.gw.leading else (b, a)
     assert lead.gw.pool.reach is not None and lead.gw.pool.reach.startswith("https://")
+    await async_wait_for(lambda: leader_api(other.gw, time.time()) is not None, 10, what="the leader's API")
     token = {"Authorization": f"Bearer {other.token}", "Content-Type": TAR_TYPE}
     async with (
         aiohttp.ClientSession() as s,
@@ -422,3 +424,19 @@ async def test_a_pool_on_two_machines_shares_releases_and_passes_requests_on(
     uid = await update_to_commit(other, dev, release, other)
     assert other.gw.ota.table.get(uid) is not None
     assert all((other.store.beside(".blobs") / n).exists() for n in names)
+
+
+async def test_a_leader_on_another_machine_with_its_api_on_loopback_is_said_out_of_reach(
+    start_gateway: StartGateway, keys: Keys, pg_db: str
+) -> None:
+    """Nothing is passed on to another machine's loopback: the request is
+    answered 503, saying why and what to do."""
+    a = await start_gateway(keys, worker="gw-a", db=pg_db, machine="machine-a")
+    await async_wait_for(lambda: a.gw.leading, 10, what="gw-a leads")
+    assert a.gw.pool.reach is None
+    b = await start_gateway(keys, worker="gw-b", db=pg_db, machine="machine-b", api=("0.0.0.0", 0))
+    await async_wait_for(lambda: b.gw.pool.members == ["gw-a", "gw-b"], 10, what="pool")
+    # (once the leader's beat has published its API)
+    await async_wait_for(lambda: leader_api(b.gw, time.time()) is not None, 10, what="the leader's API")
+    got = await call(b, "/api/v1/devices/th-x/update", {"release": "thermostat@2"}, 503)
+    assert "runs on machine-a with its API on its loopback" in got["error"]["message"], got

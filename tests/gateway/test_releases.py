@@ -154,6 +154,22 @@ def test_a_feature_manifest_whose_blob_changed_or_went_is_not_read(
     assert exc.value.code == "missing_blob"
 
 
+def test_a_blob_the_database_holds_wrong_is_not_taken(releases: ReleaseStore, release: Release) -> None:
+    """On PostgreSQL a blob missing from this machine's folder is fetched from
+    the database only if it is the one its name says."""
+    if not releases.shared:
+        pytest.skip("SQLite's blobs are in its machine's folder alone")
+    stored, _ = releases.add(release.path, T0)
+    entry = next(e for e in stored.entries if e.path == "thermostat/manifest.json")
+    (releases.blobs / entry.zsha256).unlink()
+    releases.store.db.execute(
+        "UPDATE release_blobs SET data = ? WHERE zsha256 = ?", (b"forged", entry.zsha256)
+    )
+    with pytest.raises(ReleaseRefusedError) as exc:
+        releases.feature_manifests(stored)
+    assert exc.value.code == "missing_blob" and not (releases.blobs / entry.zsha256).exists()
+
+
 def test_an_unsigned_release_is_refused(releases: ReleaseStore, release: Release) -> None:
     env = json.loads(release.manifest)
     env["signatures"] = []
