@@ -20,6 +20,8 @@ _UNDO = {
     16: "ALTER TABLE device_registry DROP COLUMN link_key; ALTER TABLE devices DROP COLUMN carrier;",
     17: "DROP TABLE pool_leases; DROP TABLE pool_workers; ALTER TABLE commands DROP COLUMN worker;",
     18: "ALTER TABLE device_registry DROP COLUMN cluster_hash;",
+    19: "DROP TABLE release_blobs; ALTER TABLE pool_workers DROP COLUMN machine;"
+    " ALTER TABLE pool_workers DROP COLUMN api_reach; ALTER TABLE pool_workers DROP COLUMN api_cert;",
 }
 assert max(_UNDO) == SCHEMA_VERSION, "a migration was added: say here how to undo it"
 
