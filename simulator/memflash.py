@@ -327,7 +327,12 @@ class MemFlash:
             f.truncate(0)
         if "b" in mode:
             return cast(IO[Any], f)
-        return io.TextIOWrapper(io.BufferedReader(f), encoding=kwargs.get("encoding") or "utf-8")
+        return io.TextIOWrapper(
+            io.BufferedReader(f),
+            encoding=kwargs.get("encoding") or "utf-8",
+            errors=kwargs.get("errors"),
+            newline=kwargs.get("newline"),
+        )
 
     def stat(self, path: str) -> _os.stat_result:
         rel = self.rel(path)

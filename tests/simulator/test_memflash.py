@@ -276,3 +276,14 @@ def test_a_file_reads_back_as_any_file_does(content: bytes, reads: list[tuple[st
         assert list(f) == list(ref)
     with memflash.open_routed(flash.base + "/f", "r", encoding="latin-1", newline="") as t:
         assert t.read() == content.decode("latin-1")
+
+
+def test_a_text_file_reads_with_the_newline_asked_for() -> None:
+    data = b"a\rb\r\nc\n"
+    flash = MemFlash("th-n")
+    with memflash.open_routed(flash.base + "/f", "wb") as f:
+        f.write(data)
+    for newline in (None, "", "\n", "\r", "\r\n"):
+        ref = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline=newline)
+        with memflash.open_routed(flash.base + "/f", "r", newline=newline) as t:
+            assert t.readlines() == ref.readlines(), newline

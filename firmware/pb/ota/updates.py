@@ -63,28 +63,43 @@ class Updates:
             if self.agent is not None:
                 self.agent.on_chunk(payload)
         elif kind == "ota/offer" and not retain:
-            if self.agent is None and not self.boot.trial:
-                from .handover import roomy, to_update_mode
+            try:
+                self._offer(payload)
+            except MemoryError:
+                if self.agent is not None or self.boot.trial:
+                    raise
+                # a heap too fragmented even for the code that weighs an offer (a crash
+                # would lose it): it goes along on flash to update mode, on an empty heap,
+                # as pb/ota/handover.py to_update_mode sends it
+                self.dev.spare(True)
+                from ..store import write_atomic
 
-                if not roomy(self):
-                    why = self.dev.features.busy(self.dev.actuators)
-                    if why is not None:
-                        from .handover import hold  # (if it asks to wait while one is busy)
-
-                        try:
-                            hold(self, payload, why)
-                            return
-                        except MemoryError:
-                            pass  # (then as if it did not ask)
-                    to_update_mode(self, payload)
-                    return
-            from .session import offer
-
-            offer(self, payload)
+                write_atomic(self.offer_to, payload)
+                self.dev.stop("update")
         elif not retain and (kind == "ota/root" or kind == "ota/time"):
             from .handover import take
 
             take(self, kind, payload)
+
+    def _offer(self, payload):
+        if self.agent is None and not self.boot.trial:
+            from .handover import roomy, to_update_mode
+
+            if not roomy(self):
+                why = self.dev.features.busy(self.dev.actuators)
+                if why is not None:
+                    from .handover import hold  # (if it asks to wait while one is busy)
+
+                    try:
+                        hold(self, payload, why)
+                        return
+                    except MemoryError:
+                        pass  # (then as if it did not ask)
+                to_update_mode(self, payload)
+                return
+        from .session import offer
+
+        offer(self, payload)
 
     def status(self, msg):
         """Send an update status (pb/ota/report.py); an outcome is kept."""
