@@ -43,8 +43,10 @@ def _reply(dev, cmd_id, reply):
         data = wire.dumps("reply", wire_in.reply_error(dev.id, cmd_id, exc.code, exc.message))
     except MemoryError:
         # no block for the reply's text: a short no_ram in its place, on a
-        # collected heap (what the command set, a retry sets again)
+        # collected heap, less the replies kept for repeats (what the command
+        # set, a retry sets again)
         reply = None
+        dev.recent.clear()
         collect()
         data = wire.dumps(
             "reply", wire_in.reply_error(dev.id, cmd_id, "no_ram", "not enough RAM for the reply now")
