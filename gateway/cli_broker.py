@@ -40,10 +40,7 @@ def _told(fleet: FleetBroker, db: str) -> None:
         print(f"  its worker {name}: permabeta gateway run --db {db} --worker {name} --api HOST:PORT", end="")
         print(f" --broker '{worker.url(secret=True)}'")
     if fleet.tls is not None:
-        # (a name its certificate holds: the gateway checks it; this machine's where it may)
-        names = cert_hosts(Path(fleet.tls.certfile))
-        near = [n for n in names if n in ("127.0.0.1", "localhost", "::1")]
-        tls_host = (near or names or [host])[0]
+        tls_host = _named_by(Path(fleet.tls.certfile), host)
         tls = BrokerUrl(tls_host, fleet.tls.port, True, url.username, url.password)
         print(f"  TLS on {fleet.host}:{fleet.tls.port}, its certificate {fleet.tls.certfile}")
         print(f"    the gateway: --broker '{tls.url(secret=True)}' --ca {fleet.tls.cafile}")
@@ -110,11 +107,7 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
             print(f"  TLS on every listener: the CA {tls.ca}, the routes' certificate {tls.node_cert}")
         first = nodes[0]
         ca = f" --ca {tls.ca}" if tls else ""
-        near = first.mqtt_near
-        if tls is not None:
-            # (a name the broker's certificate holds: the gateway checks it; this machine's where it may)
-            names = cert_hosts(tls.mqtt_cert)
-            near = ([n for n in names if n in ("127.0.0.1", "localhost", "::1")] or names or [near])[0]
+        near = _named_by(tls.mqtt_cert, first.mqtt_near) if tls is not None else first.mqtt_near
         for user, password in accounts.items():
             if user == HA_USER:
                 where = f"{first.mqtt_near}:{first.mqtt_port}"
@@ -143,6 +136,15 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
         runner.run(stop=lambda: bool(stopping))
     print("nats-server stopped")
     return 0
+
+
+def _named_by(cert: Path, host: str) -> str:
+    """The host the gateway dials the broker at over TLS: a name its
+    certificate holds (the gateway checks it), this machine's where it may;
+    host if it holds none."""
+    names = cert_hosts(cert)
+    near = [n for n in names if n in ("127.0.0.1", "localhost", "::1")]
+    return (near or names or [host])[0]
 
 
 def _revoke(db: str, dev: str) -> None:
