@@ -65,7 +65,7 @@ from simulator.clock import SimClock
 from simulator.device import VirtualDevice
 from tests.support.mosquitto import GATEWAY_PASSWORD, OPERATORS, Mosquitto
 from tests.support.ota import KeyedGatewayProcess
-from tests.support.processes import DeviceProcess
+from tests.support.processes import SMALL_HEAP, DeviceProcess
 
 from . import results
 
@@ -150,14 +150,17 @@ class CountingProxy:
 
 
 class Watcher:
-    """Every update status and state message on the broker, with the time it
-    arrived (paho, as the gateway's user)."""
+    """Every update status, state, hello and offer on the broker, with the
+    time it arrived (paho, as the gateway's user) and the CPU time the
+    benchmark's main thread had taken by then (where a virtual device runs)."""
 
     def __init__(self, broker: Mosquitto) -> None:
         self.events: queue.Queue[tuple[float, str, str, dict[str, Any]]] = queue.Queue()
+        self.main_cpu = time.pthread_getcpuclockid(threading.main_thread().ident or 0)
         self.c = _client(broker, f"bench-watch-{secrets.token_hex(3)}")
         self.c.on_message = self._on_message
-        _subscribe(self.c, [("pb/+/ota/status", 1), ("pb/+/state", 1), ("pb/+/ota/offer", 1)])
+        topics = [("pb/+/ota/status", 1), ("pb/+/state", 1), ("pb/+/ota/offer", 1), ("pb/+/hello", 1)]
+        _subscribe(self.c, topics)
 
     def _on_message(self, c: Any, u: Any, m: Any) -> None:
         if not m.payload:
@@ -165,9 +168,12 @@ class Watcher:
         parts = m.topic.split("/")
         with contextlib.suppress(ValueError):
             msg = json.loads(m.payload)
+            t = time.monotonic()
             if isinstance(msg, dict):
                 msg["_bytes"] = len(m.payload)  # (what the device receives of it)
-            self.events.put((time.monotonic(), parts[1], "/".join(parts[2:]), msg))
+                msg["_t"] = t
+                msg["_cpu"] = time.clock_gettime(self.main_cpu)
+            self.events.put((t, parts[1], "/".join(parts[2:]), msg))
 
     def wait(self, want: Callable[[str, str, dict[str, Any]], bool], timeout: float) -> float:
         """The arrival time of the first message from now on that `want`
@@ -332,6 +338,8 @@ class Run:
     check_s: float  # signature checks the device reported while downloading
     offer_bytes: int  # the offer's payload
     stream_s: float  # the first downloading status (the blobs' first request) -> staged
+    reset_s: float = 0.0  # offline for update mode -> update mode's hello (restart, boot, reconnect)
+    cpu_s: float | None = None  # a virtual device's CPU time, offer -> staged, less check_s
     up: int | None = None  # device -> broker bytes, offer -> staged (with the proxy)
     down: int | None = None
     update_up: int | None = None  # offer -> committed
@@ -355,6 +363,18 @@ def lacking(release: Release) -> tuple[int, int]:
     """(compressed, content) bytes of the files a factory thermostat lacks: eco's."""
     eco = [f for f in release.files if f.path.startswith("eco/")]
     return sum(f.zsize for f in eco), sum(f.size for f in eco)
+
+
+def _reset_s(trail: list[tuple[str, dict[str, Any]]]) -> float:
+    """Seconds from the device's going offline for update mode to update
+    mode's hello, in what it said between the offer and staged (0: none)."""
+    gone = None
+    for kind, msg in trail:
+        if kind == "state" and msg.get("state") == "offline" and msg.get("reason") == "update":
+            gone = msg["_t"]
+        elif kind == "hello" and gone is not None:
+            return float(msg["_t"] - gone)
+    return 0.0
 
 
 class Bench:
@@ -386,8 +406,12 @@ class Bench:
                 await asyncio.sleep(0.1)
 
     async def _follow(self, dev: str, proxy: CountingProxy | None, base: tuple[int, int]) -> Run:
+        trail: list[tuple[str, dict[str, Any]]] = []  # what the device said, in order
+
         def state(s: str, got: list[dict[str, Any]]) -> Callable[[str, str, dict[str, Any]], bool]:
             def want(d: str, kind: str, msg: dict[str, Any]) -> bool:
+                if d == dev:
+                    trail.append((kind, msg))
                 if d == dev and kind == "ota/status" and msg.get("state") in ("failed", "rolled_back"):
                     raise RuntimeError(f"{dev}: update {msg['state']}: {msg.get('reason')}")
                 if d == dev and (kind == s or (kind == "ota/status" and msg.get("state") == s)):
@@ -410,6 +434,8 @@ class Bench:
         run = Run(
             t_staged - t_offer - check_s, t_done - t_offer, check_s, offer[0]["_bytes"], t_staged - t_dl
         )
+        run.reset_s = _reset_s(trail[: trail.index(("ota/status", staged[0]))])
+        run.cpu_s = staged[0]["_cpu"] - offer[0]["_cpu"] - check_s
         if proxy is not None:
             run.up, run.down = at_staged[0] - base[0], at_staged[1] - base[1]
             run.update_up, run.update_down = done[0] - base[0], done[1] - base[1]
@@ -476,7 +502,7 @@ class Bench:
             trial_s=0,
             telemetry_s=3600,
         )
-        proc = DeviceProcess(folder, "micropython")
+        proc = DeviceProcess(folder, "micropython", heap=SMALL_HEAP)
         proc.set_sensors(temperature=20.0)
         proc.start()
         try:
@@ -485,6 +511,7 @@ class Bench:
             await self._start_update(dev, release_id)
             run = await self._follow(dev, proxy, base)
             run.update_mode = "update mode" in proc.output()
+            run.cpu_s = None  # (a process of its own)
             return run
         except Exception:
             print(proc.output()[-3000:], file=sys.stderr)
@@ -505,6 +532,7 @@ def summarize(runs: list[Run], fixed: int, blobs: int, raw: dict[int, float]) ->
     transfer = statistics.median(r.transfer_s for r in timed)
     update = statistics.median(r.update_s for r in timed)
     stream = statistics.median(r.stream_s for r in timed)
+    reset = statistics.median(r.reset_s for r in timed)
     out: dict[str, Any] = {
         "runs": len(timed),
         "payload_bytes": payload,
@@ -513,7 +541,10 @@ def summarize(runs: list[Run], fixed: int, blobs: int, raw: dict[int, float]) ->
         "update_s": update,
         "check_s": statistics.median(r.check_s for r in timed),
         "stream_s": stream,
+        "reset_s": reset,
+        "reset_vs_raw_publish": reset / raw_s,
         "transfer_s_all": [round(r.transfer_s, 4) for r in timed],
+        "device_cpu_s": None,
         "update_s_all": [round(r.update_s, 4) for r in timed],
         "transfer_vs_raw_publish": transfer / raw_s,
         "update_vs_raw_publish": update / raw_s,
@@ -521,6 +552,10 @@ def summarize(runs: list[Run], fixed: int, blobs: int, raw: dict[int, float]) ->
         "transfer_kib_per_s": payload / 1024 / transfer,
         "update_mode": any(r.update_mode for r in runs),
     }
+    cpu = [r.cpu_s for r in timed if r.cpu_s is not None]
+    if cpu:
+        out["device_cpu_s"] = statistics.median(cpu)
+        out["device_cpu_vs_raw_publish"] = out["device_cpu_s"] / raw_s
     if counted:
         c = counted[0]
         assert c.up is not None and c.down is not None
@@ -609,7 +644,7 @@ async def measure(work: Path) -> dict[str, Any]:
     payload, content = lacking(py)
     results: dict[str, Any] = {
         "payload": {"new_files_bytes": content, "blob_bytes": payload, "files": TABLES + 2},
-        "config": {"ota_chunk": 4096, "ota_window": 8, "ota_trial_s": 0, "micropython_heap": "128K"},
+        "config": {"ota_chunk": 4096, "ota_window": 8, "ota_trial_s": 0, "micropython_heap": SMALL_HEAP},
     }
     results.update(await session(work / "default", keys, releases, nodelay=False))
     # the same with Mosquitto's set_tcp_nodelay: what Nagle's algorithm costs on the broker's side
@@ -632,6 +667,16 @@ def _report_device(label: str, d: dict[str, Any]) -> None:
         f"x{d['floor_vs_raw_publish']:7.1f} the raw publish  (offer, 2 requests answered; paho, median)"
     )
     print(f"    signature checks while downloading    {d['check_s'] * 1000:8.1f} ms  (apart)")
+    if d.get("device_cpu_s") is not None:
+        print(
+            f"    of the download, the device's own CPU {d['device_cpu_s'] * 1000:8.1f} ms  "
+            f"x{d['device_cpu_vs_raw_publish']:7.1f} the raw publish  (its thread, less checks)"
+        )
+    if d.get("reset_s"):
+        print(
+            f"    of it, the reset into update mode     {d['reset_s'] * 1000:8.1f} ms  "
+            f"x{d['reset_vs_raw_publish']:7.1f} the raw publish  (offline -> update mode's hello)"
+        )
     print(
         f"    the blobs' stream (first request -> staged) {d['stream_s'] * 1000:8.1f} ms  "
         f"x{d['stream_vs_raw_publish']:7.1f} a raw publish of the blobs"

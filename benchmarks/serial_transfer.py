@@ -43,7 +43,7 @@ from gateway.provision import provision_into
 from ota.keys import keygen
 from ota.release import Release, build
 from tests.support.mosquitto import Mosquitto
-from tests.support.processes import DeviceProcess, GatewayProcess
+from tests.support.processes import SMALL_HEAP, DeviceProcess, GatewayProcess
 
 from . import results
 from .ota_transfer import eco_with_tables, fixed_bytes, lacking
@@ -183,7 +183,7 @@ class Bench:
             telemetry_s=3600,
             serial_line=(cable.dev, 115200),
         )
-        device = DeviceProcess(folder / dev_id, interpreter)
+        device = DeviceProcess(folder / dev_id, interpreter, heap=SMALL_HEAP)
         device.set_sensors(temperature=20.0)
         try:
             gw.start()
