@@ -109,7 +109,7 @@ async def run(base, config, hal, counter, client=None):
         # the runtime says it again at its connect if this link never came up)
         t0 = ticks_ms()
         while (client.pending() or not client.up) and ticks_diff(ticks_ms(), t0) < 5000:
-            await sleep_ms(20)
+            await sleep_ms(5)
         await client.close()
     finally:
         client.drop()  # cancelled (the power went): no goodbye
