@@ -106,6 +106,7 @@ class Pool:
         self.reach: str | None = None  # its API's URL from other machines (None: its loopback)
         self.api_cert: str | None = None  # its API's certificate, PEM
         self.skew = 0.0  # the database's clock less this machine's, as of the last beat
+        self._joined = False  # its row written: it is one of the pool until it leaves
 
     def _measure_skew(self) -> None:
         """How far the database's clock is ahead of this machine's (skew).
@@ -143,17 +144,8 @@ class Pool:
         now = self.at(now)
         if self._started is None:
             self._started = now
+        self._refuse_namesake(now)
         db = self.store.db
-        me = (self.machine, os.getpid())
-        row = db.execute(
-            "SELECT coalesce(machine, host), pid, seen FROM pool_workers WHERE name = ?", (self.name,)
-        ).fetchone()
-        if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
-            # (two processes under one name would both own its devices and both hold its leases)
-            raise PoolError(
-                f"another worker named {self.name!r} runs (on {row[0]}, process {row[1]}): "
-                "each worker needs a name of its own"
-            )
         db.execute(
             """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -162,6 +154,7 @@ class Pool:
                    api_reach = excluded.api_reach, api_cert = excluded.api_cert""",
             (self.name, self.host, os.getpid(), self.api, self._started, now, *self._published()),
         )
+        self._joined = True
         rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
         alive = {str(r[0]): r[1] for r in rows.fetchall()}
         members = sorted({*alive, self.name})  # (a clock stepped back: it is here all the same)
@@ -174,6 +167,27 @@ class Pool:
             log.info("the pool is now %s", ", ".join(members))
         self.members = members
         return members
+
+    def check_name(self, now: float) -> None:
+        """Raise PoolError if another process runs under this worker's name:
+        asked before the worker does anything (connects to the broker, with
+        the client id its account binds, or writes the API's token and
+        address), so that one refused leaves the one that runs alone."""
+        if self.pooled:
+            self._measure_skew()
+            self._refuse_namesake(self.at(now))
+
+    def _refuse_namesake(self, now: float) -> None:
+        row = self.store.db.execute(
+            "SELECT coalesce(machine, host), pid, seen FROM pool_workers WHERE name = ?", (self.name,)
+        ).fetchone()
+        me = (self.machine, os.getpid())
+        if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
+            # (two processes under one name would both own its devices and both hold its leases)
+            raise PoolError(
+                f"another worker named {self.name!r} runs (on {row[0]}, process {row[1]}): "
+                "each worker needs a name of its own"
+            )
 
     def _published(self) -> tuple[str, str | None, str | None]:
         """What another machine's worker needs of this one: its machine, where
@@ -212,11 +226,17 @@ class Pool:
     def release(self) -> None:
         """Leave the pool at once (a worker stopping): its leases and devices
         go to the others at their next beat, not after TTL_S."""
-        if not self.pooled:
-            return
-        self.store.db.execute("DELETE FROM pool_leases WHERE holder = ?", (self.name,))
-        self.store.db.execute("DELETE FROM pool_workers WHERE name = ?", (self.name,))
+        if not self.pooled or not self._joined:
+            return  # (refused, it never joined: the name's rows are another process's)
+        self._joined = False
         self._held.clear()
+        db = self.store.db
+        gone = db.execute(
+            "DELETE FROM pool_workers WHERE name = ? AND coalesce(machine, host) = ? AND pid = ?",
+            (self.name, self.machine, os.getpid()),
+        ).rowcount
+        if gone:  # (not taken over meanwhile by a process of the same name, this one having been silent)
+            db.execute("DELETE FROM pool_leases WHERE holder = ?", (self.name,))
 
     def token(self, now: float) -> str:
         """The API token of the pool's workers (the gateway's own, which the

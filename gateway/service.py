@@ -298,6 +298,7 @@ class Gateway:
     # ---- running -----------------------------------------------------------
 
     async def run(self) -> None:
+        self.pool.check_name(time.time())  # (a namesake that runs is left alone: nothing done yet)
         cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
             cert = server_cert(self.api_tls, self.api_bind[0], self.store.beside(".tls"), time.time())

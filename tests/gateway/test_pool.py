@@ -152,6 +152,24 @@ def test_two_processes_under_one_name_are_refused(db_at: DbAt) -> None:
         assert a.beat(T0 + 1 + TTL_S) == ["gw-a"]
 
 
+def test_a_worker_refused_for_its_name_takes_nothing_of_the_one_that_runs(db_at: DbAt) -> None:
+    with Store(db_at()) as s:
+        a = Pool(s, "gw-a")
+        a.beat(T0)
+        assert a.holds("updates", T0)
+        namesake = Pool(s, "gw-a", host="elsewhere")
+        with pytest.raises(PoolError, match="another worker named 'gw-a' runs"):
+            namesake.check_name(T0 + 1)
+        with pytest.raises(PoolError):
+            namesake.beat(T0 + 1)
+        namesake.release()  # (as a worker stopping does, whatever stopped it)
+        assert [w.name for w in a.workers()] == ["gw-a"] and a.leases()["updates"][0] == "gw-a"
+        # a worker leaves with its own rows only: not with a namesake's that took the name over
+        s.db.execute("UPDATE pool_workers SET pid = pid + 1 WHERE name = 'gw-a'")
+        a.release()
+        assert [w.name for w in a.workers()] == ["gw-a"] and a.leases()["updates"][0] == "gw-a"
+
+
 def test_the_pool_s_token_is_new_when_no_other_worker_is_alive(db_at: DbAt) -> None:
     with Store(db_at()) as s:
         a, b = Pool(s, "gw-a"), Pool(s, "gw-b")

@@ -20,12 +20,14 @@ import pytest
 from gateway.accounts import Accounts
 from gateway.api_pool import leader_api
 from gateway.cli_registry import password_hash
-from gateway.pool import TTL_S
+from gateway.pool import BEAT_S, TTL_S, Pool, PoolError
 from gateway.service import Gateway
+from gateway.store import Store
 from ota.keys import Keys
 from ota.release import Release
 
 from ..conftest import _db_at
+from ..support.mosquitto import Mosquitto
 from ..support.ota import OtaDevice
 from ..support.wait import async_wait_for
 from .conftest import Running, StartGateway, stop
@@ -69,6 +71,33 @@ async def pool_of_two(
         what="a pool of two with one leader",
     )
     return a, b
+
+
+async def test_a_worker_refused_for_its_name_leaves_the_one_that_runs_alone(
+    start_gateway: StartGateway, keys: Keys, mosquitto: Mosquitto, gw_db: Path | str
+) -> None:
+    """A second process started under the name of a worker that runs
+    (docs/makers.md, "A pool of gateway workers") is refused before it does
+    anything: it does not connect to the broker (where its account's client
+    id would cut the running one off), write the API's address or token, or
+    on leaving take the running worker's row and leases with it."""
+    a, b = await pool_of_two(start_gateway, keys)
+    api, token = a.store.get_meta("api"), a.store.get_meta("pool_token")
+    leases = a.gw.pool.leases()
+    with Store(gw_db) as store:
+        # (as if another machine: two in one process are one process to the pool)
+        namesake = Gateway(
+            mosquitto.gateway_url, store, api=("127.0.0.1", 0), pool=Pool(store, "gw-a", host="elsewhere")
+        )
+        with pytest.raises(PoolError, match="another worker named 'gw-a' runs"):
+            await namesake.run()
+        assert not namesake.connected.is_set() and namesake.api_url is None
+    await asyncio.sleep(2 * BEAT_S)
+    assert a.gw.pool.members == b.gw.pool.members == ["gw-a", "gw-b"]
+    assert {w.name for w in a.gw.pool.workers()} == {"gw-a", "gw-b"}
+    assert a.store.get_meta("api") == api and a.store.get_meta("pool_token") == token
+    assert {k: v[0] for k, v in a.gw.pool.leases().items()} == {k: v[0] for k, v in leases.items()}
+    assert a.gw.leading != b.gw.leading
 
 
 async def call(r: Running, path: str, body: Any, status: int, method: str = "POST") -> dict[str, Any]:
