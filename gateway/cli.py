@@ -98,7 +98,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
     if p.path is not None:
-        print(f"run it: cd {p.path} && micropython main.py")
+        mp = Path(sys.executable).parent / "micropython"  # (the unix port the venv installs)
+        print(f"run it: cd {p.path} && {mp if mp.exists() else 'micropython'} main.py")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from .broker import BrokerUrl
 from .broker_config import BrokerRunner, FleetBroker, worker_user, write
 from .ca import DEFAULT_HOSTS, CaFiles, cert_hosts, check_hosts, create_ca, server_cert, tls_listener
+from .db import redacted
 from .errors import ConfigError
 from .paths import db_of
 from .store import Store
@@ -26,6 +27,18 @@ def _write(args: argparse.Namespace, store: Store) -> FleetBroker:
     return write(Path(args.out), store, host, port, homeassistant=ha, tls=tls, workers=workers)
 
 
+def _db(db: str) -> str:
+    """The database as a printed command names it: without its password."""
+    return redacted(str(db))
+
+
+def _hidden(db: str) -> None:
+    if _db(db) != str(db):
+        print(
+            "  (the database's password is shown as ***: put it back, or keep it in PGPASSWORD or ~/.pgpass)"
+        )
+
+
 def _told(fleet: FleetBroker, db: str) -> None:
     f = fleet.files
     print(f"broker configuration in {f.conf.parent}: {f.conf.name}, {f.passwords.name}, {f.acl.name}")
@@ -34,10 +47,13 @@ def _told(fleet: FleetBroker, db: str) -> None:
     )
     host = "127.0.0.1" if fleet.host in ("0.0.0.0", "::") else fleet.host
     url = BrokerUrl(host, fleet.port, username="gateway", password=fleet.gateway_password)
-    print(f"  the gateway: permabeta gateway run --db {db} --broker '{url.url(secret=True)}'")
+    print(f"  the gateway: permabeta gateway run --db '{_db(db)}' --broker '{url.url(secret=True)}'")
     for name, password in fleet.workers.items():
         worker = BrokerUrl(host, fleet.port, username=worker_user(name), password=password)
-        print(f"  its worker {name}: permabeta gateway run --db {db} --worker {name} --api HOST:PORT", end="")
+        print(
+            f"  its worker {name}: permabeta gateway run --db '{_db(db)}' --worker {name} --api HOST:PORT",
+            end="",
+        )
         print(f" --broker '{worker.url(secret=True)}'")
     if fleet.tls is not None:
         tls_host = _named_by(Path(fleet.tls.certfile), host)
@@ -48,6 +64,7 @@ def _told(fleet: FleetBroker, db: str) -> None:
             f"    devices: permabeta provision --broker mqtts://HOST:{fleet.tls.port} --ca {fleet.tls.cafile}"
         )
     print(f"  (its password is kept in {f.conf.parent / 'gateway.password'})")
+    _hidden(db)
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
@@ -117,16 +134,18 @@ def cmd_broker_cluster(args: argparse.Namespace) -> int:
                 continue
             broker = BrokerUrl(near, first.mqtt_port, tls is not None, user, password)
             url = broker.url(secret=True)
-            worker = f" --worker {user.split('.', 1)[1]} --api HOST:PORT" if "." in user else ""
-            run = f"permabeta gateway run --db {args.db} --broker '{url}'{ca} --cluster {urls}"
-            print(f"  the gateway{worker}: {run}")
+            name = user.split(".", 1)[1] if "." in user else None
+            worker = f" --worker {name} --api HOST:PORT" if name else ""
+            run = f"permabeta gateway run --db '{_db(args.db)}'{worker} --broker '{url}'{ca} --cluster {urls}"
+            print(f"  {'its worker ' + name if name else 'the gateway'}: {run}")
         scheme = "mqtts" if tls else "mqtt"
         trust = f" --ca {CaFiles.of(Path(args.ca)).der}" if tls else ""
         where = f"{scheme}://HOST:{first.mqtt_port}"
         print(f"  devices: permabeta provision --broker {where}{trust} (any node's port)")
         print(f"  (the accounts' passwords are kept in {out}, 0600)")
+        _hidden(args.db)
         if not args.run:
-            print(f"run it: permabeta broker cluster --out {out} --db {args.db} --run")
+            print(f"run it: permabeta broker cluster --out {out} --db '{_db(args.db)}' --run")
             return 0
         stopping: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):

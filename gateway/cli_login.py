@@ -22,6 +22,7 @@ from typing import Any
 
 from . import credentials
 from .client import ApiClient, local_api, local_context
+from .db import redacted
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
 from .paths import db_exists, db_of
 from .tls import client_context, fingerprint, is_loopback, normal_fingerprint
@@ -79,7 +80,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     if url is None:
         local = local_api(db_of(args))
         if local is None:
-            raise ApiError(f"no gateway is running on {db_of(args)}: name its URL (permabeta login URL)")
+            where = redacted(str(db_of(args)))
+            raise ApiError(f"no gateway is running on {where}: name its URL (permabeta login URL)")
         url = local["url"]
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .broker import password_line
 from .client import ApiClient, local_api
+from .db import redacted
 from .errors import ApiError, ApiRequestError
 from .paths import db_exists, db_of
 from .registry import Registered, Registry
@@ -52,14 +53,14 @@ def _through(
         if info is not None:
             try:
                 api(ApiClient.from_db(db))
-                return f"the gateway running on {db}"
+                return f"the gateway running on {redacted(str(db))}"
             except ApiRequestError:
                 raise
             except ApiError:
                 pass  # (its record of a gateway outlived it: none answers)
         with Store(db) as store:
             direct(store)
-        return f"{db} (no gateway runs on it: it reads it when it starts)"
+        return f"{redacted(str(db))} (no gateway runs on it: it reads it when it starts)"
     client = ApiClient.for_args(args)
     api(client)
     return f"the gateway at {client.url}"
@@ -81,7 +82,10 @@ def register_device(args: argparse.Namespace, device: str, model: str, board: st
         Registry(store).register(device, model, board, h, time.time(), key, nats)
 
     where = _through(args, api, direct)
-    print(f"  registered with {where}: the broker's configuration lets it in (permabeta broker config)")
+    print(
+        f"  registered with {where}: the broker's configuration lets it in "
+        "(as permabeta broker run, broker cluster --run or broker config write it)"
+    )
 
 
 def register_claim(args: argparse.Namespace, device: str, code: str) -> None:
@@ -116,7 +120,10 @@ def _revocation(args: argparse.Namespace, revoke: bool) -> int:
     where = _through(args, api, direct)
     print(_shown(got[0]) + f" (at {where})")
     if revoke:
-        print("  the broker run by `permabeta broker run` cuts it off within seconds; its data stays")
+        print(
+            "  the broker run by `permabeta broker run` or `broker cluster --run` cuts it off within "
+            "seconds; its data stays"
+        )
         print(f"  until its owner deletes it (permabeta devices forget {args.id})")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import credentials
+from .db import redacted
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
 from .paths import db_of, default_db
 from .store import Store
@@ -39,7 +40,10 @@ class ApiClient:
         """Find the running gateway that owns db. Raises ApiError if none."""
         info = local_api(db)
         if info is None:
-            raise ApiError(f"no gateway is running on {db} (start one: permabeta gateway run --db {db})")
+            shown = redacted(str(db))
+            raise ApiError(
+                f"no gateway is running on {shown} (start one: permabeta gateway run --db {shown})"
+            )
         return cls(info["url"], info["token"], local_context(info))
 
     @classmethod

@@ -343,12 +343,13 @@ class PostgresDatabase(Database):
         a server gone silent is found by TCP keepalives, so that the gateway's
         loop is never held by the database for longer."""
         db = psycopg.connect(self.url, **CONNECTION)
-        encoding = db.execute("SHOW server_encoding").fetchone()
-        if encoding is None or str(encoding[0]).upper() != "UTF8":
+        row = db.execute("SHOW server_encoding").fetchone()
+        # (a SQL_ASCII database's client hands text over as bytes)
+        encoding = "?" if row is None else row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+        if encoding.upper() != "UTF8":
             db.close()
             raise psycopg.NotSupportedError(
-                f"the database's encoding is {encoding[0] if encoding else '?'}, not UTF8:"
-                " make it with createdb -E UTF8 -T template0"
+                f"the database's encoding is {encoding}, not UTF8: make it with createdb -E UTF8 -T template0"
             )
         if self.readonly:
             db.execute("SET default_transaction_read_only = on")

@@ -198,15 +198,18 @@ def test_a_connection_lost_to_postgresql_is_made_again_and_nothing_after_it_is_l
         assert s.add_telemetry([TelemetryRow("sh-1", 5.0, None, 1, {"i": 1})]) == (1, [])
 
 
-def test_a_postgresql_database_not_in_utf8_is_refused_with_how_to_make_one(postgres: Postgres) -> None:
+@pytest.mark.parametrize(("name", "encoding"), [("latin", "LATIN1"), ("ascii", "SQL_ASCII")])
+def test_a_postgresql_database_not_in_utf8_is_refused_with_how_to_make_one(
+    postgres: Postgres, name: str, encoding: str
+) -> None:
     import psycopg
 
     with psycopg.connect(postgres.url(), autocommit=True) as admin:
         admin.execute(
-            "CREATE DATABASE latin ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+            f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
         )
-    with pytest.raises(StoreError, match="encoding is LATIN1, not UTF8: make it with createdb -E UTF8"):
-        Store(postgres.url("latin"))
+    with pytest.raises(StoreError, match=f"encoding is {encoding}, not UTF8: make it with createdb -E UTF8"):
+        Store(postgres.url(name))
 
 
 def test_a_database_url_is_shown_without_its_password() -> None:
