@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,8 @@ class ApiClient:
         self.url = url.rstrip("/")
         self.token = token
         self.context = context
+        # where else the same API answers (a pool's other workers), asked when this one refuses
+        self.others: Callable[[], list[tuple[str, ssl.SSLContext | None]]] | None = None
 
     @classmethod
     def from_db(cls, db: Path | str) -> ApiClient:
@@ -44,7 +47,9 @@ class ApiClient:
             raise ApiError(
                 f"no gateway is running on {shown} (start one: permabeta gateway run --db {shown})"
             )
-        return cls(info["url"], info["token"], local_context(info))
+        client = cls(info["url"], info["token"], local_context(info))
+        client.others = lambda: pool_apis(db)
+        return client
 
     @classmethod
     def from_credentials(cls, c: credentials.Credentials) -> ApiClient:
@@ -91,7 +96,33 @@ class ApiClient:
         self, method: str, path: str, data: bytes | None, content_type: str, timeout: float
     ) -> Iterator[IO[bytes]]:
         """The answer of a request that succeeded, to read. Raises ApiError
-        (ApiRequestError, with the API's code, when it answered with an error)."""
+        (ApiRequestError, with the API's code, when it answered with an error).
+        A gateway that refuses the connection (the worker of a pool that
+        meta.api names was killed, and the others have not said so yet) is
+        replaced by another worker of the pool, if one answers: the request
+        never reached the first."""
+        try:
+            with self._open_at(method, path, data, content_type, timeout) as resp:
+                yield resp
+                return
+        except _Refused as exc:
+            refused = exc.error
+        for url, context in self.others() if self.others is not None else []:
+            if url.rstrip("/") == self.url:
+                continue
+            self.url, self.context = url.rstrip("/"), context
+            try:
+                with self._open_at(method, path, data, content_type, timeout) as resp:
+                    yield resp
+                    return
+            except _Refused:
+                continue
+        raise refused
+
+    @contextmanager
+    def _open_at(
+        self, method: str, path: str, data: bytes | None, content_type: str, timeout: float
+    ) -> Iterator[IO[bytes]]:
         req = urllib.request.Request(
             self.url + path,
             data=data,
@@ -118,7 +149,10 @@ class ApiClient:
                     f"the gateway at {self.url} presented a certificate this client does not trust "
                     f"({reason.verify_message}): log in again with its --fingerprint or --cafile"
                 ) from exc
-            raise ApiError(f"cannot reach the gateway at {self.url}: {reason}") from exc
+            error = ApiError(f"cannot reach the gateway at {self.url}: {reason}")
+            if isinstance(reason, ConnectionRefusedError):
+                raise _Refused(error) from exc
+            raise error from exc
 
     def send(
         self, dev: str, op: str, args: dict[str, Any], timeout: float = 10, force: bool = False
@@ -135,6 +169,47 @@ def local_api(db: Path | str) -> dict[str, Any] | None:
     with Store(db, readonly=True) as store:
         raw = store.get_meta("api")
     return None if raw is None else dict(json.loads(raw))
+
+
+class _Refused(Exception):
+    """The gateway refused the connection: the request never reached it."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def pool_apis(db: Path | str) -> list[tuple[str, ssl.SSLContext | None]]:
+    """The APIs of the live workers of the pool on db (heard from within
+    TTL_S by the database's clock), most recently heard first, as this
+    machine reaches them: a worker here at its own address, one on another
+    machine at the address it publishes; over HTTPS trusting the
+    certificate it publishes. Empty for a gateway alone."""
+    from .pool import TTL_S, machine_id
+
+    here = machine_id()
+    out: list[tuple[str, ssl.SSLContext | None]] = []
+    with Store(db, readonly=True) as store:
+        now = time.time()
+        if store.db.kind == "postgresql":
+            now = float(store.db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+        rows = store.db.execute(
+            "SELECT api, coalesce(machine, host), api_reach, api_cert FROM pool_workers"
+            " WHERE api IS NOT NULL AND seen > ? ORDER BY seen DESC",
+            (now - TTL_S,),
+        ).fetchall()
+    for api, machine, reach, cert in rows:
+        url = api if machine == here else reach
+        if not url:
+            continue  # (another machine's worker whose API is on its loopback)
+        try:
+            context = client_context(cadata=cert) if url.startswith("https:") and cert else None
+        except ConfigError:
+            continue
+        if url.startswith("https:") and context is None:
+            continue
+        out.append((str(url), context))
+    return out
 
 
 def local_context(info: dict[str, Any]) -> ssl.SSLContext | None:

@@ -19,7 +19,10 @@ import pytest
 
 from gateway.accounts import Accounts
 from gateway.api_pool import leader_api
+from gateway.broker import free_port
 from gateway.cli_registry import password_hash
+from gateway.client import ApiClient, pool_apis
+from gateway.errors import ApiError
 from gateway.pool import BEAT_S, TTL_S, Pool, PoolError
 from gateway.service import Gateway
 from gateway.store import Store
@@ -98,6 +101,25 @@ async def test_a_worker_refused_for_its_name_leaves_the_one_that_runs_alone(
     assert a.store.get_meta("api") == api and a.store.get_meta("pool_token") == token
     assert {k: v[0] for k, v in a.gw.pool.leases().items()} == {k: v[0] for k, v in leases.items()}
     assert a.gw.leading != b.gw.leading
+
+
+async def test_the_command_line_goes_to_another_worker_when_the_one_it_knows_is_gone(
+    start_gateway: StartGateway, keys: Keys, gw_db: Path | str
+) -> None:
+    """meta.api names a worker that runs, but for the seconds after it was
+    killed it names a dead one (docs/makers.md, "A pool of gateway workers"):
+    the command line, refused there, goes to another live worker of the pool."""
+    a, b = await pool_of_two(start_gateway, keys)
+    # (each worker's API is in the pool's record from its first beat after the API started)
+    await async_wait_for(lambda: sorted(u for u, _ in pool_apis(gw_db)) == sorted([a.url, b.url]), 10)
+    dead = f"http://127.0.0.1:{free_port()}"  # (where a killed worker's API was: nothing listens)
+    client = ApiClient(dead, a.token)
+    client.others = lambda: pool_apis(gw_db)
+    got = await asyncio.to_thread(client.request, "GET", "/api/v1/devices")
+    assert got == [] and client.url in (a.url, b.url)
+    lone = ApiClient(dead, a.token)  # (a gateway alone has no other to go to)
+    with pytest.raises(ApiError, match=f"cannot reach the gateway at {dead}"):
+        await asyncio.to_thread(lone.request, "GET", "/api/v1/devices")
 
 
 async def call(r: Running, path: str, body: Any, status: int, method: str = "POST") -> dict[str, Any]:
