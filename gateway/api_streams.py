@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import retention
 from . import streams as st
-from .api import GATEWAY, error_response, json_body
+from .api import GATEWAY, error_response, json_body, owners_since
 from .api_accounts import accounts_of, principal
 from .errors import CommandTimeoutError, DeviceNotFoundError, DeviceOfflineError, GatewayError
 from .offers import factory_manifests, running_release
@@ -59,15 +59,17 @@ def device_streams(gw: Gateway, d: DeviceRecord) -> list[st.Stream]:
     return st.catalogue(board, manifests_of(gw, d))
 
 
-def footprint(gw: Gateway, d: DeviceRecord) -> dict[str, Any]:
+def footprint(gw: Gateway, d: DeviceRecord, since: float | None = None) -> dict[str, Any]:
     """The device's streams as its owner is shown them, with how long the
-    gateway keeps each and how much of it it holds."""
+    gateway keeps each and how much of it it holds (with since, of what it
+    received from then on: an owner sees nothing from before its claim)."""
     manifests = manifests_of(gw, d)
     catalogue = device_streams(gw, d)
     held = st.withheld(d.hello)
     fields, reads = st.metric_fields(manifests), st.readers(manifests)
     known = "streams" in d.hello  # a device from before choices shares every stream
-    stored = gw.store.stream_counts(d.id, [s.path for s in catalogue if not s.needed and '"' not in s.path])
+    paths = [s.path for s in catalogue if not s.needed and '"' not in s.path]
+    stored = gw.store.stream_counts(d.id, paths, since)
     periods = gw.store.periods(d.id)
     return {
         "device": d.id,
@@ -94,7 +96,7 @@ async def _get(request: web.Request) -> web.Response:
     d = gw.store.device(request.match_info["id"])
     if d is None:
         return error_response(404, "unknown_device", f"no device {request.match_info['id'][:64]!r}")
-    return web.json_response(footprint(gw, d))
+    return web.json_response(footprint(gw, d, owners_since(request, d.id)))
 
 
 _BODY = (
@@ -135,7 +137,7 @@ async def _put(request: web.Request) -> web.Response:
             gw.store.set_retention(dev, days, gw.clock.now())
         gw.store.set_stream_retention(dev, own, gw.clock.now())
     d = gw.store.device(dev) or d
-    return web.json_response(footprint(gw, d))
+    return web.json_response(footprint(gw, d, owners_since(request, dev)))
 
 
 async def _choose(gw: Gateway, d: DeviceRecord, streams: Any) -> web.Response | None:

@@ -694,10 +694,13 @@ class Store:
             },
         )
 
-    def stream_counts(self, dev: str, paths: list[str]) -> dict[str, tuple[int, float | None]]:
+    def stream_counts(
+        self, dev: str, paths: list[str], since: float | None = None
+    ) -> dict[str, tuple[int, float | None]]:
         """How many of the device's stored telemetry rows carry each stream
         (`sensors.humidity`, `features.thermostat.setpoint`, ...), and when
-        the oldest of them was received (None: none)."""
+        the oldest of them was received (None: none); with since, of the rows
+        received from then on (an owner's: from its claim)."""
         if not paths:
             return {}
         parts = []
@@ -706,8 +709,10 @@ class Store:
             parts.append(f"coalesce(sum(CASE WHEN {has} THEN 1 ELSE 0 END), 0)")
             parts.append(f"min(CASE WHEN {has} THEN received END)")
         json_paths = [jp for p in paths for jp in (self._json_path(p), self._json_path(p))]
+        after = "" if since is None else " AND received >= ?"
         row = self.db.execute(
-            f"SELECT {', '.join(parts)} FROM telemetry WHERE device = ?", (*json_paths, dev)
+            f"SELECT {', '.join(parts)} FROM telemetry WHERE device = ?{after}",
+            (*json_paths, dev, *(() if since is None else (since,))),
         ).fetchone()
         return {p: (int(row[2 * i]), row[2 * i + 1]) for i, p in enumerate(paths)}
 

@@ -273,6 +273,24 @@ async def test_an_owner_sets_a_stream_s_own_period_and_sees_each_stream_s_period
     _check("GET", "/api/v1/devices/{id}/export", status, export)
 
 
+async def test_an_owner_is_shown_nothing_stored_from_before_its_claim(world: World) -> None:  # noqa: F811
+    """What the gateway holds of each stream, as the owner's page shows it, counts
+    only what came since its claim (docs/protocol.md 10.1: a previous owner's
+    data is not the new owner's to see); a maker sees all of it."""
+    r = world.r
+    _rows(r.store, "th-ann", [0.5, 3])
+    r.store.db.execute("UPDATE device_owners SET since = ? WHERE device = 'th-ann'", (NOW - DAY_S,))
+    path = "/api/v1/devices/th-ann/streams"
+    for method, body in (("GET", None), ("PUT", {"retention_days": 30})):
+        status, answer = await world.call("ann", method, path, body)
+        assert status == 200, answer
+        shown = {s["path"]: s for s in answer["streams"]}
+        assert shown["sensors.humidity"]["stored"] == 1
+        assert shown["sensors.humidity"]["oldest"] == pytest.approx(NOW - 0.5 * DAY_S)
+    status, answer = await world.call("gateway", "GET", path)
+    assert status == 200 and {s["path"]: s for s in answer["streams"]}["sensors.humidity"]["stored"] == 2
+
+
 async def test_periods_that_cannot_be_and_callers_who_may_not_change_nothing(world: World) -> None:  # noqa: F811
     r = world.r
     path = "/api/v1/devices/th-ann/streams"
