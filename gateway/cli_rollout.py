@@ -31,6 +31,7 @@ MARKS = {
     "committed": "#",
     "rolled_back": "R",
     "failed": "F",
+    "cancelled": "c",
     "reverting": "r",
     "reverted": "v",
     "revert_failed": "V",

@@ -60,7 +60,7 @@ _HEALTH = {
     "feature_errors_per_hour": (True, 0.5, 0.05),
     "offline_fraction": (False, 0.5, 0.02),
 }
-_NOT_FAILURES = ("cancelled: ",)  # failed updates the rollout itself ended
+NOT_FAILURES = ("cancelled: ",)  # failed updates the rollout itself ended
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def hard_counts(updates: Sequence[Update | None]) -> HardCounts:
         offered += 1
         if u.state == "rolled_back":
             rolled_back += 1
-        elif u.state == "failed" and not (u.reason or "").startswith(_NOT_FAILURES):
+        elif u.state == "failed" and not (u.reason or "").startswith(NOT_FAILURES):
             failed += 1
     return HardCounts(offered=offered, failed=failed, rolled_back=rolled_back)
 

@@ -57,6 +57,7 @@ MEMBER_STATES = (
     "committed",
     "rolled_back",
     "failed",
+    "cancelled",
     "reverting",
     "reverted",
     "revert_failed",
@@ -155,6 +156,7 @@ class Member:
     decision: str | None = None  # the owner's on the rollout's release: now, later, never (decisions.py)
     until: float | None = None  # (later) not before this time
     update: str | None = None  # the state of its update to the release, if offered
+    cancelled: bool = False  # that update failed as the rollout itself ended it (halted, aborted)
     revert: str | None = None  # the state of its revert update, if offered
     left: bool = False  # updated by hand: no longer the rollout's
     runs: bool = False  # its hello says it runs the release, committed (whatever its update says)
@@ -172,7 +174,8 @@ class Member:
         if self.declined() and self.update in (None, "failed"):
             return "declined"
         if self.update is not None:
-            return UPDATE_SHOWN.get(self.update, self.update)
+            # (an offer the rollout cancelled is no failure of the release's: the judge counts none)
+            return "cancelled" if self.cancelled else UPDATE_SHOWN.get(self.update, self.update)
         if self.stage > stage:
             return "pending"
         if not self.online:

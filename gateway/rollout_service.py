@@ -25,6 +25,7 @@ from .errors import GatewayError, RolloutError
 from .judge import HardCounts, Policy, Result, judge_hard
 from .rollout_judging import (
     LOOKS,
+    NOT_FAILURES,
     Measure,
     Stage,
     failures_only,
@@ -327,6 +328,9 @@ class RolloutService:
                     decision=owner.decision if owner is not None else None,
                     until=owner.until if owner is not None else None,
                     update=_state(row.update_id, u),
+                    cancelled=u is not None
+                    and u.state == "failed"
+                    and (u.reason or "").startswith(NOT_FAILURES),
                     revert=_state(row.revert_id, v),
                     left=row.left is not None,
                     runs=d is not None and running(d.ota) == r.release,

@@ -297,3 +297,6 @@ async def test_offers_a_halt_left_pending_when_the_gateway_stopped_are_cancelled
     assert await offer_of(dev, uid, "cancel") == {"v": 1, "id": uid, "op": "cancel"}
     done = r.gw.ota.get(uid)
     assert (done.state, done.reason) == ("failed", f"cancelled: rollout {state}")
+    # the member shows its offer cancelled by the rollout, not failed
+    counts = r.gw.rollouts.status(r.gw.rollouts.table.find(roll.id))["stages"][0]["counts"]
+    assert counts["cancelled"] == 1 and counts["failed"] == 0

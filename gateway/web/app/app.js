@@ -331,7 +331,9 @@ function Rollouts() {
     </table>`;
 }
 
-const FUNNEL = ["pending", "ready", "awaiting_owner", "waiting_window", "offline", "offered", "installing", "committed", "failed", "reverted", "left"];
+const FUNNEL = ["pending", "ready", "awaiting_owner", "waiting_window", "offline", "offered", "installing", "committed", "failed", "cancelled", "reverted", "left"];
+// (a state's own colour: a failure is never drawn in a success's green)
+const FUNNEL_COLORS = { committed: "#1f8a4c", reverted: "#16a085", failed: "#c0392b", rolled_back: "#8e44ad", cancelled: "#7f8c8d" };
 
 function Rollout({ id }) {
   const [status, error, reload] = useLoad(() => api("GET", "/api/v1/rollouts/" + encodeURIComponent(id)), [id]);
@@ -345,7 +347,7 @@ function Rollout({ id }) {
   const states = [...new Set([...FUNNEL, ...status.stages.flatMap((s) => Object.keys(s.counts))])].filter((k) =>
     status.stages.some((s) => s.counts[k]),
   );
-  const funnel = states.map((k) => ({ label: k.replace(/_/g, " "), values: status.stages.map((s) => s.counts[k] || 0) }));
+  const funnel = states.map((k) => ({ label: k.replace(/_/g, " "), color: FUNNEL_COLORS[k], values: status.stages.map((s) => s.counts[k] || 0) }));
   const looks = status.looks || [];
   const names = [...new Set(looks.flatMap((l) => l.metrics.map((m) => m.name)))];
   const effects = names.map((n) => ({
