@@ -7,7 +7,12 @@ from . import API, PROTOCOL, VERSION
 from .compat import mem_free
 from .errors import StoreError
 from .net import wire
-from .store import write_atomic
+from .store import read_bytes, write_atomic
+
+# pb/ota/flash.py's IMAGES and HELLO: not imported here, where a set on trial
+# leaves a heap at 128 KB without room for that module
+IMAGES = "ota/images.json"
+HELLO = "data/hello.json"
 
 
 def build(d):
@@ -42,9 +47,11 @@ def ota(d):
     the release that wrote it named it (null: an image no release wrote,
     the one flashed; absent: none ever did, docs/ota.md 4.11)."""
     info = d.updates.info()
-    from .ota.flash import IMAGES, read_json  # (let go with the session's modules)
-
-    known = read_json(d.base + "/" + IMAGES)
+    data = read_bytes(d.base + "/" + IMAGES)
+    try:
+        known = json.loads(data) if data is not None else None
+    except ValueError:
+        known = None
     if known is not None:
         try:
             import esp32
@@ -71,8 +78,6 @@ def keep(d, hello):
         key = hashlib.sha256(json.dumps(h).encode("utf-8")).digest()[:8]
         h = None
         if key != d.hello_key:
-            from .ota.flash import HELLO
-
             write_atomic(d.base + "/" + HELLO, hello)
     except (MemoryError, StoreError):
         return d.hello_key  # not kept (a fragmented heap, a full flash): next time

@@ -358,10 +358,13 @@ class Device:
         """A hello or telemetry due since then (ticks; None: now) found no
         block of RAM: a heap so fragmented for a few hundred bytes does not
         mend itself, so after 15 s of it, connected, the device restarts on
-        a fresh one (offline reason memory). Returns since."""
+        a fresh one (offline reason memory), but while a set is on trial: its
+        end gives the trial's RAM back, and says the hello (docs/ota.md 4.6).
+        Returns since."""
         if since is None:
             return ticks_ms()
-        if ticks_diff(ticks_ms(), since) > _RAM_WAIT:
+        if ticks_diff(ticks_ms(), since) > _RAM_WAIT and not self.updates.boot.trial:
+            # (a restart would count as one of the set's failed trial boots)
             self.log("no RAM for %d s; restarting" % (_RAM_WAIT // 1000))
             self.stop("memory")
         return since

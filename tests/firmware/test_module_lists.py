@@ -118,3 +118,13 @@ def test_the_root_paths_handover_writes_out_are_flashs() -> None:
 
     source = (PB / "ota" / "handover.py").read_text()
     assert f'"/{flash.ROOT_NEXT}"' in source and f'"/{flash.ROOT_REFUSED}"' in source
+
+
+def test_the_images_record_the_hello_reads_is_flashs() -> None:
+    # pb/hello.py reads it without importing pb/ota/flash.py: on trial, at 128 KB, that
+    # module was more than the heap had room for, and the hello never went
+    from firmware.pb import hello
+    from firmware.pb.ota import flash
+
+    assert (hello.IMAGES, hello.HELLO) == (flash.IMAGES, flash.HELLO)
+    assert "ota.flash" not in (PB / "hello.py").read_text()

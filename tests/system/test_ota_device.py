@@ -86,6 +86,30 @@ def test_update_to_release_2_on_micropython_128k(
     wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "power_on", 20, what="power_on")
 
 
+def test_a_128k_board_keeps_a_whole_trial_of_eco_and_commits(
+    mosquitto: Mosquitto, make_device: MakeDevice, release2: Release, keys: ota_keys.Keys
+) -> None:
+    """thermostat and eco on trial at 128 KB for longer than the 15 s a device
+    waits for the RAM its hello needs (pb/runtime.py _no_ram): the set
+    commits, and its hello says so. (At 128 KB the heap of a set on trial had
+    no room for the hello, whose code also loaded pb/ota/flash.py: the device
+    restarted after 15 s, three times, and rolled a good set back.)"""
+    device = ota_device(mosquitto, make_device, keys, ota_trial_s=20)
+    srv = serve(mosquitto, device, offer_of(release2, keys))
+    try:
+        done = srv.wait_for(("committed", "failed", "rolled_back"), 120)
+        assert done["state"] == "committed", (done, device.output()[-3000:])
+    finally:
+        srv.close()
+    assert "reset (memory)" not in device.output(), device.output()[-3000:]
+    try:  # (the hello, with the RAM the trial gave back)
+        wait_for(
+            lambda: retained_hello(mosquitto, device.id)["ota"]["state"] == "committed", 15, what="hello"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the device said:\n{device.output()[-3000:]}") from None
+
+
 def retained_hello(mosquitto: Mosquitto, dev: str) -> dict[str, Any]:
     """The device's hello as the broker keeps it for the gateway."""
     c = TestClient(mosquitto, GATEWAY_USER, GATEWAY_PASSWORD)
