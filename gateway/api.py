@@ -414,7 +414,7 @@ async def _start_update(request: web.Request) -> web.Response:
             409,
             "in_rollout",
             f"{dev} is in rollout {r.id} of {r.ref} (stage {row.stage + 1}): an update by hand "
-            "takes it out of the rollout: force it to",
+            'takes it out of the rollout: force it ("force": true; devices update --force)',
         )
     try:
         with gw.rollouts.leaving(dev):

@@ -111,7 +111,8 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
     from .cli_registry import register_claim
 
     code = new_claim_code()
-    print(f"claim code (for the box; shown only now): {code}")
+    before = f"any printed before for {device} no longer claims it"
+    print(f"claim code (for the box; shown only now; {before}): {code}")
     if args.db or args.gateway:
         register_claim(args, device, code)
     else:
@@ -715,6 +716,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (GatewayError, OtaError) as exc:
         print(f"permabeta: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # what reads the output went away (`| head`): the rest is not wanted, and the
+        # interpreter's last flush is sent nowhere instead of raising again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

@@ -345,6 +345,10 @@ def register(ota: Any, devices: Any) -> None:
     up.add_argument("id")
     up.add_argument("release", metavar="RELEASE")
     follow_options(up)
-    up.add_argument("--force", action="store_true", help="offer it even if the device seems offline")
+    up.add_argument(
+        "--force",
+        action="store_true",
+        help="offer it even if the device seems offline, or takes it out of a rollout",
+    )
     up.add_argument("--db")
     up.set_defaults(func=cmd_devices_update)

@@ -349,7 +349,7 @@ async def test_accounts_and_claim_codes_from_the_command_line(world: World, tmp_
         "--into", str(into), "--source",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (code,) = re.findall(r"claim code \(for the box; shown only now\): (\S+)", done.stdout)
+    (code,) = re.findall(r"claim code \(for the box; shown only now[^)]*\): (\S+)", done.stdout)
     assert "registered with the gateway" in done.stdout
     assert not any(code in f.read_text(errors="replace") for f in into.rglob("*") if f.is_file())
     status, answer = await world.call(None, "POST", "/api/v1/claims", {"code": code}, token=token)
