@@ -250,7 +250,9 @@ class Fleet:
                 sent += d.sent_before
             if _connected(d):
                 connected += 1
-            if d.mode == "update" or (dev is not None and dev.updates.agent is not None):
+            # (an agent stays once made, waiting for the next offer: a device updates while it has a job)
+            agent = dev.updates.agent if dev is not None else None
+            if d.mode == "update" or (agent is not None and agent.job is not None):
                 updating += 1
             elif d.mode in ("off", "booting"):
                 off += 1
