@@ -111,9 +111,10 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
     from .cli_registry import register_claim
 
     code = new_claim_code()
-    before = f"any printed before for {device} no longer claims it"
-    print(f"claim code (for the box; shown only now; {before}): {code}")
-    if args.db or args.gateway:
+    registered = bool(args.db or args.gateway)
+    before = f"; any printed before for {device} no longer claims it" if registered else ""
+    print(f"claim code (for the box; shown only now{before}): {code}")
+    if registered:
         register_claim(args, device, code)
     else:
         print(f"  register it with the gateway: permabeta devices claim-code {device} {code}")
@@ -315,7 +316,9 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         d = store.device(args.id)
         events = store.events(args.id, 10) if d else []
     if d is None:
-        raise GatewayError(f"no device {args.id!r} in {db_of(args)}")
+        from .db import redacted
+
+        raise GatewayError(f"no device {args.id!r} in {redacted(str(db_of(args)))}")
     from .settings import SettingsTable
 
     if args.json:

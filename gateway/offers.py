@@ -30,7 +30,7 @@ from .store import DeviceRecord
 if TYPE_CHECKING:
     from .service import Gateway
 
-_OVER = ("committed", "failed", "rolled_back", "left", "reverting", "reverted", "revert_failed")
+_OVER = ("committed", "failed", "cancelled", "rolled_back", "left", "reverting", "reverted", "revert_failed")
 _ROLLOUT_STATES = ("running", "paused", "completed")  # the rollouts that still offer their release
 
 

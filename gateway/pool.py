@@ -64,6 +64,18 @@ def machine_id() -> str:
     return socket.gethostname()
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine has that id (another's, reusing a
+    dead worker's, counts as alive: the name waits out TTL_S then)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _rank(worker: str, dev: str) -> bytes:
     return hashlib.sha256(f"{worker}\0{dev}".encode()).digest()
 
@@ -183,6 +195,8 @@ class Pool:
         ).fetchone()
         me = (self.machine, os.getpid())
         if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
+            if str(row[0]) == self.machine and not _alive(int(row[1])):
+                return  # (a process of this machine that is gone, killed: its name is free at once)
             # (two processes under one name would both own its devices and both hold its leases)
             raise PoolError(
                 f"another worker named {self.name!r} runs (on {row[0]}, process {row[1]}): "

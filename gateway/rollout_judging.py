@@ -60,7 +60,8 @@ _HEALTH = {
     "feature_errors_per_hour": (True, 0.5, 0.05),
     "offline_fraction": (False, 0.5, 0.02),
 }
-NOT_FAILURES = ("cancelled: ",)  # failed updates the rollout itself ended
+NOT_FAILURES = ("cancelled: ",)  # failed updates the rollout itself ended, or that were cancelled
+BY_ROLLOUT = "cancelled: rollout "  # (those the rollout ended: halted, aborted, reverted)
 
 
 @dataclass(frozen=True)

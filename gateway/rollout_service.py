@@ -24,8 +24,8 @@ from .decisions import CANCELS, DecisionTable
 from .errors import GatewayError, RolloutError
 from .judge import HardCounts, Policy, Result, judge_hard
 from .rollout_judging import (
+    BY_ROLLOUT,
     LOOKS,
-    NOT_FAILURES,
     Measure,
     Stage,
     failures_only,
@@ -330,7 +330,7 @@ class RolloutService:
                     update=_state(row.update_id, u),
                     cancelled=u is not None
                     and u.state == "failed"
-                    and (u.reason or "").startswith(NOT_FAILURES),
+                    and (u.reason or "").startswith(BY_ROLLOUT),
                     revert=_state(row.revert_id, v),
                     left=row.left is not None,
                     runs=d is not None and running(d.ota) == r.release,

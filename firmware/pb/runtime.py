@@ -359,7 +359,7 @@ class Device:
         block of RAM: a heap so fragmented for a few hundred bytes does not
         mend itself, so after 15 s of it, connected, the device restarts on
         a fresh one (offline reason memory), but while a set is on trial: its
-        end gives the trial's RAM back, and says the hello (docs/ota.md 4.6).
+        end gives the trial's RAM back, and says the hello (docs/ota.md 4.5).
         Returns since."""
         if since is None:
             return ticks_ms()
@@ -403,7 +403,7 @@ class Device:
             return data
         finally:
             forget(("pb.hello",))
-            self.updates.idle()  # (hello.keep may have loaded the flash layout)
+            self.updates.idle()
             self.spare(False)
 
     def _birth(self):

@@ -35,6 +35,7 @@ def test_what_the_commands_print_names_the_database_without_its_password(
     assert main(["devices", "revoke", "th-1", "--db", url]) == 0
     assert main(["devices", "restore", "th-1", "--db", url]) == 0
     assert main(["devices", "send", "th-1", "ping", "--db", url]) == 1  # (no gateway runs on it)
+    assert main(["devices", "show", "th-9", "--db", url]) == 1  # (no such device)
     said = capsys.readouterr()
     assert SECRET not in said.out + said.err
     shown = url.replace(SECRET, "***")
@@ -42,5 +43,6 @@ def test_what_the_commands_print_names_the_database_without_its_password(
     assert "put it back, or keep it in PGPASSWORD or ~/.pgpass" in said.out
     assert f"(at {shown} (no gateway runs on it" in said.out
     assert f"no gateway is running on {shown}" in said.err
+    assert f"no device 'th-9' in {shown}" in said.err
     # a cluster's worker is told the command that runs it as that worker
     assert f"its worker gw-1: permabeta gateway run --db '{shown}' --worker gw-1 --api HOST:PORT" in said.out

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -145,11 +148,30 @@ def test_two_processes_under_one_name_are_refused(db_at: DbAt) -> None:
     with Store(db_at()) as s:
         a = Pool(s, "gw-a")
         a.beat(T0)
-        s.db.execute("UPDATE pool_workers SET pid = pid + 1 WHERE name = 'gw-a'")  # (another process)
+        # (another process, alive)
+        s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (os.getppid(),))
         with pytest.raises(PoolError, match="another worker named 'gw-a' runs"):
             a.beat(T0 + 1)
         # once that one is silent past TTL_S, the name is free again
         assert a.beat(T0 + 1 + TTL_S) == ["gw-a"]
+
+
+def test_a_worker_killed_on_this_machine_leaves_its_name_free_at_once(db_at: DbAt) -> None:
+    """A supervisor that starts a killed worker again at once is not refused for
+    the 5 s its row still says it was seen: its process is gone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with Store(db_at()) as s:
+        a = Pool(s, "gw-a")
+        a.beat(T0)
+        s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (gone.pid,))
+        again = Pool(s, "gw-a")
+        again.check_name(T0 + 1)
+        assert again.beat(T0 + 1) == ["gw-a"]
+        # one of this machine that runs, or of another machine, is still refused
+        s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (os.getppid(),))
+        with pytest.raises(PoolError):
+            Pool(s, "gw-a").check_name(T0 + 2)
 
 
 def test_a_worker_refused_for_its_name_takes_nothing_of_the_one_that_runs(db_at: DbAt) -> None:

@@ -1,4 +1,4 @@
-# The trial of a newly activated feature set (docs/ota.md 4.6): commit when
+# The trial of a newly activated feature set (docs/ota.md 4.5): commit when
 # healthy, roll back when not. Loaded only while a set is on trial.
 from ..compat import forget, format_exception, sleep_ms, ticks_diff, ticks_ms
 from ..store import write_atomic
