@@ -122,7 +122,8 @@ class Updates:
         b = self.boot
         if b.root is None:
             state = "safe_mode"
-        elif b.pointer is None:
+        elif b.pointer is None or b.pointer.get("set") == "features":
+            # (a rollback to the factory set points at its folder: pb/ota/flash.py FACTORY)
             state = "factory"
         else:
             state = "trial" if b.trial else "committed"
