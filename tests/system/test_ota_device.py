@@ -86,6 +86,7 @@ def test_update_to_release_2_on_micropython_128k(
     wait_for(lambda: retained_hello(mosquitto, device.id)["reset_cause"] == "power_on", 20, what="power_on")
 
 
+@pytest.mark.long
 def test_a_128k_board_keeps_a_whole_trial_of_eco_and_commits(
     mosquitto: Mosquitto, make_device: MakeDevice, release2: Release, keys: ota_keys.Keys
 ) -> None:
