@@ -26,7 +26,7 @@ from firmware.pb.net.ble_frag import Joiner, Sender
 from firmware.pb.net.ble_radio import BULK_UUID, CONTROL_UUID, NOTIFY_UUID, SERVICE_UUID  # (their owner)
 
 from .lines import LineSession
-from .service import Backoff
+from .service import Backoff, raise_if_cancelled
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -206,6 +206,7 @@ class BleBridge:
                             backoff.reset()
                             await asyncio.Future()  # (until cancelled)
                     except (BleakError, OSError, EOFError) as exc:
+                        raise_if_cancelled()  # (the scanner's exit failed on a cancel: it stops all the same)
                         log.warning("%s: cannot scan: %s; trying again", self.name, exc)
                     await asyncio.sleep(backoff.next())
         finally:
@@ -244,8 +245,10 @@ class BleBridge:
                     reason, garbage, proven = await self._serve(device)
                     up = loop.time()
                 except (BleakError, OSError, EOFError, TimeoutError) as exc:
+                    raise_if_cancelled()
                     reason, garbage = f"cannot connect: {exc or type(exc).__name__}", False
                 except Exception as exc:  # (one connection's fault stops no other, nor the gateway)
+                    raise_if_cancelled()
                     log.exception("ble:%s: the connection failed", address)
                     reason, garbage = f"failed: {exc!r}", False
                 if garbage:

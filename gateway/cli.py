@@ -97,7 +97,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
     _claim_code(args, p.device)
     if root is None:
         print("no update keys given (--keys): this device will refuse every update")
-    if p.path is not None:
+    if p.path is not None and getattr(args, "ble_link", False):
+        print("run it on a board with a Bluetooth LE radio (the unix port has none)")
+    elif p.path is not None:
         mp = Path(sys.executable).parent / "micropython"  # (the unix port the venv installs)
         print(f"run it: cd {p.path} && {mp if mp.exists() else 'micropython'} main.py")
     return 0

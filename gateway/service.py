@@ -459,7 +459,7 @@ class Gateway:
                         patterns = SUBSCRIPTIONS
                     for pattern in patterns:
                         await client.subscribe(pattern, qos=1)
-                    _raise_if_cancelled()
+                    raise_if_cancelled()
                     self._client = client
                     self.connects += 1
                     self.connected.set()
@@ -927,7 +927,7 @@ class Gateway:
             await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             raise GatewayError(f"could not publish on {topic}: {exc}") from exc
-        _raise_if_cancelled()
+        raise_if_cancelled()
 
     def is_online(self, dev: str) -> bool:
         if self.pool.pooled and not self.pool.owns(dev):
@@ -1018,10 +1018,12 @@ def _shared(data: dict[str, Any], withheld: frozenset[str]) -> dict[str, Any]:
     return out
 
 
-def _raise_if_cancelled() -> None:
+def raise_if_cancelled() -> None:
     """aiomqtt waits with asyncio.wait_for, which on Python 3.11 swallows a
-    cancel that comes as the wait ends: a loop that goes on publishing
-    would never stop. Called after such a wait."""
+    cancel that comes as the wait ends, and a library's exit that fails
+    (bleak's, on a bus that has gone) raises its own error over the cancel:
+    a loop that goes on would never stop. Called after such a wait or
+    exit."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

@@ -149,7 +149,7 @@ def register(sub: Any) -> None:
     )
     rp.add_argument("trace")
     rp.add_argument("--features", help="comma-separated features to run (default: the board's)")
-    rp.add_argument("--config", help='JSON config for the device, e.g. {"features": {...}}')
+    rp.add_argument("--config", help='config.json settings for the device (JSON), e.g. {"sample_ms": 200}')
     rp.add_argument("--speed", type=float, default=600.0, help="simulated seconds per real second")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=cmd_sim_replay)

@@ -80,7 +80,7 @@ class Summary:
 class Fleet:
     def __init__(
         self,
-        broker: BrokerUrl,
+        broker: BrokerUrl | str,
         workdir: Path,
         *,
         models: dict[str, int],
@@ -101,7 +101,8 @@ class Fleet:
         plants: dict[str, Any] | None = None,
         in_memory: bool = False,
     ) -> None:
-        """Devices <prefix>-1, -2, ... of each model, with their flash in
+        """Devices <prefix>-1, -2, ... of each model of the broker (a BrokerUrl,
+        or its URL, `mqtt://127.0.0.1:1883`), with their flash in
         workdir/<id>/, their clocks running `speed` times faster than real
         time from `start` (default: now); root, trial_s, config: see
         VirtualDevice. passwords(id): a device's broker password;
@@ -113,6 +114,8 @@ class Fleet:
         device's own physics (simulator/physics.py) by id, instead of one
         drawn from the seed. in_memory: the virtual devices' flash kept in
         RAM (simulator/memflash.py), no folder each."""
+        if isinstance(broker, str):
+            broker = BrokerUrl.parse(broker)
         self.clock = SimClock(speed, start)
         self.seed = seed
         self.broker = broker

@@ -155,7 +155,9 @@ class ProcessDevice:
         self._kill(signal.SIGKILL)
 
     def stop(self) -> None:
-        """Ctrl-C, as a developer stops a device on the unix port: it says goodbye."""
+        """Ctrl-C, as a developer stops a device on the unix port: the process
+        ends where it stands, without a goodbye (the broker says its last will,
+        offline `lost`), as a board's Ctrl-C at its REPL would."""
         self._stopping = True
         self._kill(signal.SIGINT)
 

@@ -86,3 +86,31 @@ async def test_a_connection_that_takes_nothing_drops_frames_past_its_bound(gw: G
     assert link.send_frame("cmd", bytes(encode("cmd", b"{}")))  # a small one still fits
     link.hang_up("th-1 is revoked")
     assert not link.send_frame("cmd", bytes(encode("cmd", b"{}")))  # nothing once it is gone
+
+
+async def test_a_bridge_whose_bus_went_away_stops_when_cancelled(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bleak's scanner, leaving on a system bus that has gone, raises OSError
+    over the cancel that stops the gateway (SIGINT, SIGTERM): the bridge stops
+    all the same instead of scanning again for ever."""
+    import asyncio
+
+    from gateway import ble_line
+
+    class GoneBus:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def __aenter__(self) -> GoneBus:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(ble_line, "BleakScanner", GoneBus)
+    task = asyncio.create_task(ble_line.BleBridge(gw).run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()

@@ -164,3 +164,11 @@ async def test_a_fleet_runs_some_devices_on_the_micropython_unix_port(
         assert proc.plant.relay == (store.telemetry(proc.id, 1)[0].data["actuators"]["relay"] is True)
         assert fleet.summary().processes_running == 1
     assert not proc.running
+
+
+def test_a_fleet_takes_its_broker_as_a_url_too(tmp_path: Path) -> None:
+    """As docs/simulator.md's example gives it: a URL string is parsed."""
+    from gateway.broker import BrokerUrl
+
+    fleet = Fleet("mqtt://127.0.0.1:18830", tmp_path, models={"thermostat": 1}, in_memory=True)
+    assert fleet.broker == BrokerUrl("127.0.0.1", 18830)
