@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from .tls import trusting
+
 if TYPE_CHECKING:
     from .service import Gateway
 
@@ -70,14 +72,6 @@ def leader_api(gw: Gateway, now: float) -> LeaderApi | None:
     return LeaderApi(str(row[0]), str(row[1]), str(row[2]), str(row[3]), row[4], row[5])
 
 
-def _trusting(pem: str) -> ssl.SSLContext:
-    """A client's context that trusts the certificate pem itself (the
-    leader's own, self-signed or not), and checks the name it is reached by."""
-    context = ssl.create_default_context(cadata=pem)
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context
-
-
 def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup]:
     """Pass every request that changes something on to the pool's leader,
     unless this worker leads it. cert: the API's certificate (the pool's
@@ -105,7 +99,7 @@ def pool_middleware(gw: Gateway, cert: Path | None) -> tuple[Middleware, Cleanup
                     f"the pool's leader runs on {leader.host} with its API on its loopback: run each "
                     "worker's API where the others reach it (--api HOST:PORT, over HTTPS)"
                 )
-            url, trust = leader.reach, _trusting(leader.cert)
+            url, trust = leader.reach, trusting(leader.cert)
         if not session:
             session.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S)))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

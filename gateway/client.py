@@ -27,7 +27,7 @@ from .db import redacted
 from .errors import ApiCertificateError, ApiError, ApiRequestError, ConfigError
 from .paths import db_of, default_db
 from .store import Store
-from .tls import client_context, fingerprint
+from .tls import client_context, fingerprint, trusting
 
 
 class ApiClient:
@@ -185,30 +185,23 @@ def pool_apis(db: Path | str) -> list[tuple[str, ssl.SSLContext | None]]:
     machine reaches them: a worker here at its own address, one on another
     machine at the address it publishes; over HTTPS trusting the
     certificate it publishes. Empty for a gateway alone."""
-    from .pool import TTL_S, machine_id
+    from .pool import Pool
 
-    here = machine_id()
-    out: list[tuple[str, ssl.SSLContext | None]] = []
     with Store(db, readonly=True) as store:
-        now = time.time()
-        if store.db.kind == "postgresql":
-            now = float(store.db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
-        rows = store.db.execute(
-            "SELECT api, coalesce(machine, host), api_reach, api_cert FROM pool_workers"
-            " WHERE api IS NOT NULL AND seen > ? ORDER BY seen DESC",
-            (now - TTL_S,),
-        ).fetchall()
-    for api, machine, reach, cert in rows:
-        url = api if machine == here else reach
-        if not url:
-            continue  # (another machine's worker whose API is on its loopback)
+        pool = Pool(store)
+        workers = pool.live_apis(time.time())
+    out: list[tuple[str, ssl.SSLContext | None]] = []
+    for api, machine, reach, cert in workers:
+        url = api if machine == pool.machine else reach
+        if url is None:
+            continue  # (another machine's worker with its API on its loopback)
+        https = url.startswith("https:")
+        if https and not cert:
+            continue  # (none to trust it by)
         try:
-            context = client_context(cadata=cert) if url.startswith("https:") and cert else None
-        except ConfigError:
-            continue
-        if url.startswith("https:") and context is None:
-            continue
-        out.append((str(url), context))
+            out.append((url, trusting(cert) if https and cert else None))
+        except ssl.SSLError:
+            continue  # (a published certificate that does not read)
     return out
 
 

@@ -287,6 +287,17 @@ class Pool:
         raw = self.store.get_meta("api")
         return raw is not None and self.api is not None and json.loads(raw).get("url") == self.api
 
+    def live_apis(self, now: float) -> list[tuple[str, str, str | None, str | None]]:
+        """(api, machine, api_reach, api_cert) of the workers heard from within
+        TTL_S, most recently heard first (now: this machine's time)."""
+        self._measure_skew()
+        rows = self.store.db.execute(
+            "SELECT api, coalesce(machine, host), api_reach, api_cert FROM pool_workers"
+            " WHERE api IS NOT NULL AND seen > ? ORDER BY seen DESC",
+            (self.at(now) - self.ttl_s,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+
     def workers(self) -> list[Worker]:
         """Every worker the database has heard of, the silent ones too."""
         rows = self.store.db.execute(

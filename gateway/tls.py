@@ -177,6 +177,15 @@ def _make(cert: Path, key: Path, hosts: list[str], now: float) -> None:
     cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
 
 
+def trusting(pem: str) -> ssl.SSLContext:
+    """A client's context that trusts the certificate pem itself (a pool
+    worker's own, as it publishes it: self-signed or a CA's), and checks the
+    name it is reached by."""
+    context = ssl.create_default_context(cadata=pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def client_context(cadata: str | None = None, cafile: Path | None = None) -> ssl.SSLContext:
     """A client's context: the system's CAs, or only the certificate (or CA
     file) given; host names checked either way. Raises ConfigError."""

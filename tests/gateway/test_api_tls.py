@@ -243,8 +243,7 @@ def test_what_another_machine_reaches_an_api_at() -> None:
 def test_a_worker_passes_requests_on_only_to_the_certificate_the_leader_published(tmp_path: Path) -> None:
     """gateway/api_pool.py trusts the leader on another machine by the one
     certificate it published: another certificate, for the same name, is refused."""
-    from gateway.api_pool import _trusting
-    from gateway.tls import _make
+    from gateway.tls import _make, trusting
 
     for name in ("leader", "other"):
         _make(tmp_path / name / "cert.pem", tmp_path / name / "key.pem", ["gw-box", "127.0.0.1"], time.time())
@@ -254,7 +253,7 @@ def test_a_worker_passes_requests_on_only_to_the_certificate_the_leader_publishe
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.load_cert_chain(tmp_path / served / "cert.pem", tmp_path / served / "key.pem")
         c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-        client = _trusting(trusted).wrap_bio(c_in, c_out, server_hostname="gw-box")
+        client = trusting(trusted).wrap_bio(c_in, c_out, server_hostname="gw-box")
         srv = server.wrap_bio(s_in, s_out, server_side=True)
         for _ in range(10):
             for end, out, peer_in in ((client, c_out, s_in), (srv, s_out, c_in)):
