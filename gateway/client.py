@@ -196,8 +196,8 @@ def pool_apis(db: Path | str) -> list[tuple[str, ssl.SSLContext | None]]:
         if url is None:
             continue  # (another machine's worker with its API on its loopback)
         https = url.startswith("https:")
-        if https and not cert:
-            continue  # (none to trust it by)
+        if (https and not cert) or (machine != pool.machine and not https):
+            continue  # (none to trust it by; the pool's token goes to another machine over TLS alone)
         try:
             out.append((url, trusting(cert) if https and cert else None))
         except ssl.SSLError:

@@ -191,11 +191,12 @@ class Pool:
 
     def _refuse_namesake(self, now: float) -> None:
         row = self.store.db.execute(
-            "SELECT coalesce(machine, host), pid, seen FROM pool_workers WHERE name = ?", (self.name,)
+            "SELECT coalesce(machine, host), pid, seen, host FROM pool_workers WHERE name = ?", (self.name,)
         ).fetchone()
         me = (self.machine, os.getpid())
         if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
-            if str(row[0]) == self.machine and not _alive(int(row[1])):
+            # (containers may share a machine id, not their processes: the host name too)
+            if (str(row[0]), str(row[3])) == (self.machine, self.host) and not _alive(int(row[1])):
                 return  # (a process of this machine that is gone, killed: its name is free at once)
             # (two processes under one name would both own its devices and both hold its leases)
             raise PoolError(

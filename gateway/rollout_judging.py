@@ -50,7 +50,7 @@ from .metrics import (
 from .rollout_plan import Verdict
 from .rollouts import Rollout
 from .store import Store
-from .updates import Update
+from .updates import GATEWAY_ENDED, Update
 
 LOOKS = 3  # looks per stage, evenly over its soak (the last at its end)
 BASELINE_S = 86400.0  # a device's baseline: the same hours of the day before
@@ -60,7 +60,7 @@ _HEALTH = {
     "feature_errors_per_hour": (True, 0.5, 0.05),
     "offline_fraction": (False, 0.5, 0.02),
 }
-NOT_FAILURES = ("cancelled: ",)  # failed updates the rollout itself ended, or that were cancelled
+NOT_FAILURES = (GATEWAY_ENDED,)  # failed updates the rollout itself ended, or that were cancelled
 BY_ROLLOUT = "cancelled: rollout "  # (those the rollout ended: halted, aborted, reverted)
 
 

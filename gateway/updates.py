@@ -42,6 +42,7 @@ _DEFERRABLE = ("offered", "downloading", "deferred")
 DEFAULT_DEADLINE_S = 15 * 60.0
 DEFAULT_FRESHNESS_TTL_S = 3600.0
 MAX_REASON = 200  # characters of a failure reason kept
+GATEWAY_ENDED = "cancelled: "  # how the reason of an update the gateway itself ended begins
 _MAX_ERROR = 120  # bytes of the reason an error chunk carries
 _NO_TAG = bytes(8)
 _RANK: dict[str, int] = (
@@ -192,9 +193,12 @@ def apply_status(u: Update, msg: Mapping[str, Any], now: float) -> Update | None
         changes["finished"] = now
         if state != "committed":
             reason = msg.get("reason")
-            changes["reason"] = (reason if isinstance(reason, str) and reason else "no reason given")[
-                :MAX_REASON
-            ]
+            reason = reason if isinstance(reason, str) and reason else "no reason given"
+            if reason.startswith(GATEWAY_ENDED):
+                # (the gateway's own words for an update it ended, which the judge does not count
+                # as a failure: a device does not say them of its own failure)
+                reason = "device: " + reason
+            changes["reason"] = reason[:MAX_REASON]
     return replace(u, **changes)
 
 

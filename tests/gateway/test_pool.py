@@ -168,6 +168,11 @@ def test_a_worker_killed_on_this_machine_leaves_its_name_free_at_once(db_at: DbA
         again = Pool(s, "gw-a")
         again.check_name(T0 + 1)
         assert again.beat(T0 + 1) == ["gw-a"]
+        # a dead pid of another host sharing the machine id (containers of one image) is refused
+        s.db.execute("UPDATE pool_workers SET pid = ?, host = 'box-2' WHERE name = 'gw-a'", (gone.pid,))
+        with pytest.raises(PoolError):
+            Pool(s, "gw-a").check_name(T0 + 2)
+        s.db.execute("UPDATE pool_workers SET host = ? WHERE name = 'gw-a'", (again.host,))
         # one of this machine that runs, or of another machine, is still refused
         s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (os.getppid(),))
         with pytest.raises(PoolError):

@@ -166,6 +166,15 @@ def test_statuses_move_an_update_through_to_committed() -> None:
     assert done is not None and done.success and done.ended and done.finished == T0 + 5
 
 
+def test_a_device_cannot_say_its_failure_was_one_the_gateway_ended() -> None:
+    """A reason in the gateway's own words for an update it ended ("cancelled:
+    ...", which neither the rollout judge nor rollout status counts as the
+    release's failure) is the device's own failure when a device says it."""
+    for reason in ("cancelled: rollout halted", "cancelled: declined by the owner"):
+        u = apply_status(update(state="trial"), status("failed", reason=reason), T0)
+        assert u is not None and u.reason == "device: " + reason
+
+
 def test_success_only_at_committed() -> None:
     for state in ACTIVE:
         u = apply_status(update(), status(state), T0)
