@@ -371,7 +371,7 @@ async def test_a_page_on_one_worker_is_told_live_what_the_other_alone_hears(
         for seq in range(2, 12):
             for d in devices:
                 d.client.publish(d.topic("telemetry"), telemetry(d.id, seq), qos=1)
-        got = await events.telemetry_of(60)
+        got = await events.telemetry_of(len(ids) * 10)  # (ten each: six devices, or more)
         assert sorted(got) == sorted((i, seq) for i in ids for seq in range(2, 12))
         assert b.gw.pool_events.sent > 0  # (the broker gave worker b its share, and b passed it on)
         await asyncio.sleep(0.5)
