@@ -154,19 +154,8 @@ class Pool:
             return self.members
         self._measure_skew()
         now = self.at(now)
-        if self._started is None:
-            self._started = now
-        self._refuse_namesake(now)
+        self._claim(now)
         db = self.store.db
-        db.execute(
-            """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
-                   api = excluded.api, seen = excluded.seen, machine = excluded.machine,
-                   api_reach = excluded.api_reach, api_cert = excluded.api_cert""",
-            (self.name, self.host, os.getpid(), self.api, self._started, now, *self._published()),
-        )
-        self._joined = True
         rows = db.execute("SELECT name, api FROM pool_workers WHERE seen > ?", (now - self.ttl_s,))
         alive = {str(r[0]): r[1] for r in rows.fetchall()}
         members = sorted({*alive, self.name})  # (a clock stepped back: it is here all the same)
@@ -181,28 +170,67 @@ class Pool:
         return members
 
     def check_name(self, now: float) -> None:
-        """Raise PoolError if another process runs under this worker's name:
-        asked before the worker does anything (connects to the broker, with
-        the client id its account binds, or writes the API's token and
-        address), so that one refused leaves the one that runs alone."""
+        """Take this worker's name, or raise PoolError if another process runs
+        under it: asked before the worker does anything (connects to the
+        broker, with the client id its account binds, or writes the API's
+        token and address), so that one refused leaves the one that runs
+        alone. Taking it is one statement: of two started under one name at
+        the same instant, one is refused."""
         if self.pooled:
             self._measure_skew()
-            self._refuse_namesake(self.at(now))
+            self._claim(self.at(now))
 
-    def _refuse_namesake(self, now: float) -> None:
+    def _claim(self, now: float) -> None:
+        """Write this worker's row, unless another process holds its name:
+        one heard from within TTL_S that is not a process of this machine
+        known to be gone. The check and the write are one statement (a row
+        of another process is written over only while it still says what
+        was read of it), so no two processes both pass."""
+        if self._started is None:
+            self._started = now
+        me = (self.machine, os.getpid())
         row = self.store.db.execute(
             "SELECT coalesce(machine, host), pid, seen, host FROM pool_workers WHERE name = ?", (self.name,)
         ).fetchone()
-        me = (self.machine, os.getpid())
-        if row is not None and (str(row[0]), int(row[1])) != me and float(row[2]) > now - self.ttl_s:
-            # (containers may share a machine id, not their processes: the host name too)
-            if (str(row[0]), str(row[3])) == (self.machine, self.host) and not _alive(int(row[1])):
-                return  # (a process of this machine that is gone, killed: its name is free at once)
-            # (two processes under one name would both own its devices and both hold its leases)
-            raise PoolError(
-                f"another worker named {self.name!r} runs (on {row[0]}, process {row[1]}): "
-                "each worker needs a name of its own"
-            )
+        gone = -1  # (a pid of this machine and host that is gone: its row may be written over)
+        # (containers may share a machine id, not their processes: the host name too)
+        if row is not None and (str(row[0]), str(row[3])) == (self.machine, self.host):
+            gone = int(row[1]) if int(row[1]) != me[1] and not _alive(int(row[1])) else -1
+        taken = self.store.db.execute(
+            """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+                   api = excluded.api, seen = excluded.seen, machine = excluded.machine,
+                   api_reach = excluded.api_reach, api_cert = excluded.api_cert
+               WHERE pool_workers.seen <= ?
+                  OR (coalesce(pool_workers.machine, pool_workers.host) = ? AND pool_workers.pid = ?)
+                  OR (pool_workers.machine = ? AND pool_workers.host = ? AND pool_workers.pid = ?)""",
+            (
+                self.name,
+                self.host,
+                os.getpid(),
+                self.api,
+                self._started,
+                now,
+                *self._published(),
+                now - self.ttl_s,
+                *me,
+                self.machine,
+                self.host,
+                gone,
+            ),
+        ).rowcount
+        if taken:
+            self._joined = True
+            return
+        # (two processes under one name would both own its devices and both hold its leases)
+        row = self.store.db.execute(
+            "SELECT coalesce(machine, host), pid FROM pool_workers WHERE name = ?", (self.name,)
+        ).fetchone()
+        where = f" (on {row[0]}, process {row[1]})" if row is not None else ""
+        raise PoolError(
+            f"another worker named {self.name!r} runs{where}: each worker needs a name of its own"
+        )
 
     def _published(self) -> tuple[str, str | None, str | None]:
         """What another machine's worker needs of this one: its machine, where

@@ -299,6 +299,12 @@ class Gateway:
 
     async def run(self) -> None:
         self.pool.check_name(time.time())  # (a namesake that runs is left alone: nothing done yet)
+        try:
+            await self._run()
+        finally:
+            self.pool.release()  # (its name, taken above, is free again however it ended)
+
+    async def _run(self) -> None:
         cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
             cert = server_cert(self.api_tls, self.api_bind[0], self.store.beside(".tls"), time.time())

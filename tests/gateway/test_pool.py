@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -195,6 +196,32 @@ def test_a_worker_refused_for_its_name_takes_nothing_of_the_one_that_runs(db_at:
         s.db.execute("UPDATE pool_workers SET pid = pid + 1 WHERE name = 'gw-a'")
         a.release()
         assert [w.name for w in a.workers()] == ["gw-a"] and a.leases()["updates"][0] == "gw-a"
+
+
+def test_of_workers_started_under_one_name_at_the_same_instant_one_runs(db_at: DbAt) -> None:
+    """Taking the name is one statement: of eight processes (here threads, each
+    of its own machine, on its own connection) that ask for a free name at
+    once, or for one whose holder fell silent, exactly one is let run."""
+    at = db_at()
+    with Store(at):
+        pass  # (its tables made first: what is raced for is the name)
+    barrier = threading.Barrier(8, timeout=60)
+
+    def start(i: int, now: float) -> bool:
+        with Store(at) as s:
+            pool = Pool(s, "gw-a", host=f"box-{i}")
+            barrier.wait()
+            try:
+                pool.check_name(now)
+            except PoolError as exc:
+                assert "another worker named 'gw-a' runs (on box-" in str(exc)
+                return False
+            return True
+
+    for now in (T0, T0 + TTL_S + 1):  # (a free name; then one its holder, the first, left silent)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            started = list(pool.map(lambda i, now=now: start(i, now), range(8)))
+        assert sum(started) == 1, started
 
 
 def test_the_pool_s_token_is_new_when_no_other_worker_is_alive(db_at: DbAt) -> None:
