@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +90,8 @@ class Database:
         raise NotImplementedError
 
     snapshot = "BEGIN"  # a transaction that reads the database as it is when it begins
+    # begin_exclusive() in a script (script() takes no parameters): the schema's upgrades
+    exclusive_script = "BEGIN IMMEDIATE;"
 
     def begin_exclusive(self) -> None:
         """Begin a transaction that reads, then writes on what it read, as
@@ -156,8 +159,23 @@ class SqliteDatabase(Database):
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
-            self.db.execute("PRAGMA journal_mode = WAL")
+            self._wal()
             self.db.execute("PRAGMA synchronous = NORMAL")
+
+    def _wal(self) -> None:
+        """Put the file in WAL mode (kept in it). The change takes the file's
+        lock and does not wait for it as other statements do: a process
+        opening a new database while another does tries again, up to the
+        busy timeout."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
         return self.db.execute(sql, params)
@@ -408,6 +426,7 @@ class PostgresDatabase(Database):
         return cur
 
     snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    exclusive_script = f"BEGIN; SELECT pg_advisory_xact_lock({_EXCLUSIVE_LOCK});"
 
     def begin_exclusive(self) -> None:
         # as SQLite's BEGIN IMMEDIATE: one such transaction at a time, the others

@@ -576,27 +576,44 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
+        """Create the schema, or upgrade it to SCHEMA_VERSION. Each step runs
+        in a transaction that holds the database's write lock (SQLite's
+        BEGIN IMMEDIATE, PostgreSQL's advisory lock) and begins by checking
+        the version it upgrades from: processes that open a database at the
+        same instant (a pool's workers, a command beside the gateway) each
+        find it done or do it once."""
         tables = self.db.tables()
         if tables and "meta" not in tables:
             raise StoreError(f"{self.name} is a database, but not a permabeta gateway's")
-        self.db.script(self.db.ddl(_SCHEMA))
-        version = self.get_meta("schema")
-        current = 1 if version is None else int(version)  # None: just created, as version 1
+        # (None before: just created, as version 1)
+        first = "INSERT INTO meta (key, value) VALUES ('schema', '1') ON CONFLICT (key) DO NOTHING;"
+        self._locked(f"{self.db.ddl(_SCHEMA)}\n{first}", 1)
+        current = int(self.get_meta("schema") or 1)
         if current > SCHEMA_VERSION:
             raise StoreError(f"{self.name} has schema {current}, newer than this gateway's {SCHEMA_VERSION}")
-        if version is None:
-            self.set_meta("schema", "1")
         for v in range(current + 1, SCHEMA_VERSION + 1):
-            try:
-                self.db.script(
-                    f"BEGIN;\n{self.db.ddl(_MIGRATIONS[v])}\n"
-                    f"UPDATE meta SET value = '{v}' WHERE key = 'schema';\nCOMMIT;"
-                )
-            except dbapi.Error as exc:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise StoreError(f"cannot upgrade {self.name} to schema {v}: {exc}") from exc
+            # (a version other than the one before: a constraint fails, and the step is undone)
+            guard = (
+                "INSERT INTO meta (key, value) SELECT 'schema', 'upgraded meanwhile'"
+                f" WHERE (SELECT value FROM meta WHERE key = 'schema') <> '{v - 1}';"
+            )
+            done = f"UPDATE meta SET value = '{v}' WHERE key = 'schema';"
+            self._locked(f"{guard}\n{self.db.ddl(_MIGRATIONS[v])}\n{done}", v)
         self.schema = SCHEMA_VERSION
+
+    def _locked(self, sql: str, v: int) -> None:
+        """Run a step of the schema to version v under the write lock; one
+        that fails is undone, and is an error unless another process took
+        the schema to v meanwhile."""
+        try:
+            self.db.script(f"{self.db.exclusive_script}\n{sql}\nCOMMIT;")
+        except dbapi.Error as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            now = self.get_meta("schema")
+            if now is not None and int(now) >= v:
+                return  # (another process did it)
+            raise StoreError(f"cannot upgrade {self.name} to schema {v}: {exc}") from exc
 
     def _check_schema(self) -> None:
         try:

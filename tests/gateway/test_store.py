@@ -3,7 +3,9 @@ refusing what is not ours."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,26 @@ HELLO = {
     "keepalive": 30,
     "telemetry_s": 10,
 }
+
+
+def test_processes_opening_a_new_database_at_once_each_find_it_made_once(db_at: DbAt) -> None:
+    """A pool's workers (and a command beside them) may open a database no
+    one has made yet at the same instant: each opens it at the newest schema,
+    made once. (Threads, each on its own connection, started together.)"""
+    for k in range(3):
+        where = db_at(f"new-{k}.db")
+        barrier = threading.Barrier(8, timeout=60)
+
+        def open_it(where: Path | str = where, barrier: threading.Barrier = barrier) -> int:
+            barrier.wait()
+            with Store(where) as s:
+                return s.schema
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            schemas = [pool.submit(open_it) for _ in range(8)]
+            assert [f.result() for f in schemas] == [SCHEMA_VERSION] * 8
+        with Store(where) as s:
+            assert s.get_meta("schema") == str(SCHEMA_VERSION)
 
 
 def test_registry_survives_reopening(db_at: DbAt) -> None:
