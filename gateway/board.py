@@ -37,6 +37,29 @@ def _is_pty(port: str) -> bool:
     return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in _PTY_MAJORS
 
 
+def holders(port: str) -> list[str]:
+    """The other processes that hold port open, as "NAME (process PID)", read
+    from /proc (none where there is no /proc, or what it does not let us read)."""
+    try:
+        target = os.stat(port)
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return []
+    held = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            for fd in fds:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_rdev, st.st_ino, st.st_dev) == (target.st_rdev, target.st_ino, target.st_dev):
+                    with open(f"/proc/{pid}/comm") as f:
+                        held.append(f"{f.read().strip()} (process {pid})")
+                    break
+        except OSError:
+            continue  # (gone meanwhile, or not ours to read)
+    return held
+
+
 def open_port(port: str, baud: int) -> Any:
     """Open port exclusively with pyserial and return it, or raise BoardError
     naming why not: missing, busy, not allowed."""
@@ -44,6 +67,16 @@ def open_port(port: str, baud: int) -> Any:
 
     if "://" not in port and not os.path.exists(port):
         raise BoardError(f"no serial port {port} (is the board plugged in? ports seen: {_list_ports()})")
+    if "://" not in port and not _is_pty(port):
+        # (a serial monitor that takes no lock, screen or cat, is not refused by pyserial's: both
+        # would read the board's answers. An emulated board's pty is held by its emulator.)
+        others = holders(port)
+        if others:
+            raise BoardError(
+                f"{port} is busy: {', '.join(others)} {'holds' if len(others) == 1 else 'hold'} it "
+                "(a serial monitor, mpremote, "
+                "a second permabeta?); close it and try again"
+            )
     try:
         return serial.serial_for_url(port, baudrate=baud, exclusive=True, timeout=0.2)
     except serial.SerialException as exc:

@@ -5,6 +5,7 @@ reads nothing). Each is one line, never a traceback, and comes quickly."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,30 @@ def test_a_missing_port_is_named(
 def test_a_busy_port_is_named(capsys: pytest.CaptureFixture[str], busy: str, command: tuple[str]) -> None:
     err = permabeta(capsys, *command, "--port", busy)
     assert f"{busy} is busy: another program holds it" in err
+
+
+@pytest.mark.parametrize("command", [("provision", "--inspect"), ("flash",)])
+def test_a_port_a_lockless_monitor_holds_is_named_with_it(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str],
+) -> None:
+    """A serial monitor that takes no lock (screen, cat < PORT) is not refused
+    by pyserial's exclusive open: both would read the board's answers. On a
+    real serial port (here a pty taken as one) its holder is named."""
+    b = SerialBoard(tmp_path / "held", program="cat").start()
+    monitor = subprocess.Popen(["sleep", "600"], stdin=open(b.port, "rb"))  # noqa: SIM115
+    try:
+        monkeypatch.setattr("gateway.board._is_pty", lambda port: False)
+        err = permabeta(capsys, *command, "--port", b.port)
+        # (the emulator's socat and cat hold this pty too: a real port's holder is the monitor alone)
+        assert f"{b.port} is busy: " in err and f"sleep (process {monitor.pid})" in err
+        assert f"{b.port} is busy: another program" not in err
+    finally:
+        monitor.kill()
+        monitor.wait()
+        b.unplug()
 
 
 def test_a_port_with_no_repl_times_out_clearly(capsys: pytest.CaptureFixture[str], mute: SerialBoard) -> None:
