@@ -68,7 +68,7 @@ def inspect(args: argparse.Namespace) -> int:
     arch = info["arch"] or "bytecode only"
     print(
         f"board on {args.port}: MicroPython {info['micropython']} on {info['platform']} "
-        f"(.mpy v{info['mpy'] & 0xFF}, {arch})"
+        f"(.mpy v{info['mpy_version']}, {arch})"
     )
     c = info.get("config")
     if c:

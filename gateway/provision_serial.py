@@ -129,6 +129,7 @@ def inspect_port(port: str, *, baud: int = 115200, timeout: float = 10.0) -> dic
         info = _session(b)
     info["port"] = port
     info["arch"] = _arch(info)
+    info["mpy_version"] = int(info.get("mpy") or 0) & 0xFF  # (mpy: sys.implementation._mpy as it is)
     return info
 
 
