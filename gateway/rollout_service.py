@@ -168,8 +168,9 @@ class RolloutService:
         revert_map: dict[str, str] = {}
         if not no_revert:
             stored = {r.counter: r for r in ota.releases.list(release.model)}
+            factory = {r.reverts["0"] for r in self.table.all() if "0" in r.reverts}
             revert_map = match_reverts(
-                release, [ota.releases.find(x) for x in reverts], chosen.values(), stored
+                release, [ota.releases.find(x) for x in reverts], chosen.values(), stored, factory
             )
         names = self._metric_names(release, metrics)
         now = self.gw.clock.now()

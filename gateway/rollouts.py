@@ -133,13 +133,17 @@ def match_reverts(
     reverts: Iterable[StoredRelease],
     counters: Iterable[int],
     stored: Mapping[int, StoredRelease],
+    factory_ids: Iterable[str] = (),
 ) -> dict[str, str]:
     """Which revert release takes back the members that ran each counter.
     A revert is the set those members ran, signed again with a counter above
     the rollout's: it covers counter c when it installs what release c of
     the model installs; one that matches no stored release covers the
-    factory set (counter 0), whose files the gateway never saw. Raises
-    RolloutError (code 'no_revert') when a counter has none."""
+    factory set (counter 0), whose files the gateway never saw, and so does
+    one that installs what an earlier rollout's revert of the factory set
+    installs (factory_ids: those reverts), stored since it was offered.
+    Raises RolloutError (code 'no_revert') when a counter has none."""
+    factory = {content(s) for s in stored.values() if s.id in set(factory_ids)}
     out: dict[str, str] = {}
     unmatched: list[StoredRelease] = []
     for r in reverts:
@@ -155,10 +159,9 @@ def match_reverts(
             )
         # (members run releases below the rollout's: the revert itself is not one)
         found = [c for c, s in stored.items() if c < release.counter and content(s) == content(r)]
-        if found:
-            for c in found:
-                out[str(c)] = r.id
-        else:
+        for c in found:
+            out[str(c)] = r.id
+        if not found or content(r) in factory:
             unmatched.append(r)
     if unmatched:
         out["0"] = unmatched[0].id

@@ -92,6 +92,31 @@ async def test_a_rollout_takes_the_cohort_of_the_release_s_model_in_random_stage
     assert decisions[0]["kind"] == "created" and decisions[0]["numbers"] == {"stages": [4, 12]}
 
 
+async def test_the_factory_set_signed_again_covers_the_factory_set_in_a_later_rollout(
+    api: Api, make_release: MakeRelease
+) -> None:
+    """A revert that matches no stored release covers the factory set; once
+    offered it is stored, and the maker's next revert of the factory set
+    (the same files, a higher counter) matches it: it still covers the
+    factory set, as the revert before it did."""
+    status, st = await api.call(
+        "POST",
+        "/api/v1/rollouts",
+        {"release": "thermostat@2", "cohort": "id=th-01", "revert": ["thermostat@3"]},
+    )
+    assert status == 201 and st["rollout"]["reverts"] == {"0": api.r.gw.ota.releases.find("thermostat@3").id}
+    for counter, extra in ((4, "r4"), (5, "r3")):  # a new release; the factory set signed again
+        api.r.gw.ota.releases.add(make_release(counter, extra=extra).path, 1.0)
+    status, st = await api.call(
+        "POST",
+        "/api/v1/rollouts",
+        {"release": "thermostat@4", "cohort": "id=th-02", "revert": ["thermostat@5"]},
+    )
+    again = api.r.gw.ota.releases.find("thermostat@5").id
+    assert status == 201, st
+    assert st["rollout"]["reverts"] == {"0": again, "3": again}
+
+
 async def test_what_cannot_be_rolled_out_is_refused_saying_why(api: Api) -> None:
     base = {"release": "thermostat@2", "no_revert": True}
     cases = [

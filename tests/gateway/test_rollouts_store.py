@@ -123,3 +123,13 @@ def test_a_revert_is_matched_by_what_it_installs(db_at: DbAt, keys: Keys, make_r
             match_reverts(r5, [factory], [0, 2], stored)
         with pytest.raises(RolloutError, match="has counter 2"):
             match_reverts(r5, [r2], [0], stored)
+        # a later rollout: the factory set signed again, its files those of the revert stored before
+        r9, _ = releases.add(make_release(9, extra="nine").path, 1.0)
+        factory2, _ = releases.add(make_release(10).path, 1.0)
+        stored = {r.counter: r for r in releases.list("thermostat")}
+        with pytest.raises(RolloutError, match="no revert for the members that run the factory set"):
+            match_reverts(r9, [factory2], [0, 7], stored)  # (which set release 7 is, not known)
+        assert match_reverts(r9, [factory2], [0, 7], stored, [factory.id]) == {
+            "7": factory2.id,
+            "0": factory2.id,
+        }
