@@ -183,19 +183,21 @@ class Pool:
     def _claim(self, now: float) -> None:
         """Write this worker's row, unless another process holds its name:
         one heard from within TTL_S that is not a process of this machine
-        known to be gone. The check and the write are one statement (a row
+        and host name known to be gone (a process is its machine, host name
+        and pid: containers of one image share a machine id and may each run
+        the gateway as process 1). The check and the write are one statement (a row
         of another process is written over only while it still says what
         was read of it), so no two processes both pass."""
         if self._started is None:
             self._started = now
-        me = (self.machine, os.getpid())
+        me = (self.machine, self.host, os.getpid())
         row = self.store.db.execute(
             "SELECT coalesce(machine, host), pid, seen, host FROM pool_workers WHERE name = ?", (self.name,)
         ).fetchone()
         gone = -1  # (a pid of this machine and host that is gone: its row may be written over)
         # (containers may share a machine id, not their processes: the host name too)
         if row is not None and (str(row[0]), str(row[3])) == (self.machine, self.host):
-            gone = int(row[1]) if int(row[1]) != me[1] and not _alive(int(row[1])) else -1
+            gone = int(row[1]) if int(row[1]) != me[2] and not _alive(int(row[1])) else -1
         taken = self.store.db.execute(
             """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -203,8 +205,8 @@ class Pool:
                    api = excluded.api, seen = excluded.seen, machine = excluded.machine,
                    api_reach = excluded.api_reach, api_cert = excluded.api_cert
                WHERE pool_workers.seen <= ?
-                  OR (coalesce(pool_workers.machine, pool_workers.host) = ? AND pool_workers.pid = ?)
-                  OR (pool_workers.machine = ? AND pool_workers.host = ? AND pool_workers.pid = ?)""",
+                  OR (coalesce(pool_workers.machine, pool_workers.host) = ? AND pool_workers.host = ?
+                      AND pool_workers.pid IN (?, ?))""",
             (
                 self.name,
                 self.host,
@@ -214,9 +216,9 @@ class Pool:
                 now,
                 *self._published(),
                 now - self.ttl_s,
-                *me,
                 self.machine,
                 self.host,
+                os.getpid(),
                 gone,
             ),
         ).rowcount
@@ -275,8 +277,9 @@ class Pool:
         self._held.clear()
         db = self.store.db
         gone = db.execute(
-            "DELETE FROM pool_workers WHERE name = ? AND coalesce(machine, host) = ? AND pid = ?",
-            (self.name, self.machine, os.getpid()),
+            "DELETE FROM pool_workers"
+            " WHERE name = ? AND coalesce(machine, host) = ? AND host = ? AND pid = ?",
+            (self.name, self.machine, self.host, os.getpid()),
         ).rowcount
         if gone:  # (not taken over meanwhile by a process of the same name, this one having been silent)
             db.execute("DELETE FROM pool_leases WHERE holder = ?", (self.name,))

@@ -298,20 +298,24 @@ class Gateway:
     # ---- running -----------------------------------------------------------
 
     async def run(self) -> None:
+        if self.pool.pooled and self.ota.releases.shared:
+            # (releases added here before their blobs went into the database: a worker on another
+            # machine finds them there; done before the name is taken, which makes this worker one
+            # of the pool, given its share of the devices, and may take a while)
+            self.ota.releases.share_all()
         self.pool.check_name(time.time())  # (a namesake that runs is left alone: nothing done yet)
         try:
             await self._run()
         finally:
-            self.pool.release()  # (its name, taken above, is free again however it ended)
+            try:
+                self.pool.release()  # (its name, taken above, is free again however it ended)
+            except Exception:
+                log.exception("could not leave the pool cleanly: the others take over in %gs", TTL_S)
 
     async def _run(self) -> None:
         cert = None  # the API's certificate, made or checked before anything starts (by the wall clock)
         if self.api_bind is not None and uses_tls(self.api_tls, self.api_bind[0]):
             cert = server_cert(self.api_tls, self.api_bind[0], self.store.beside(".tls"), time.time())
-        if self.pool.pooled and self.ota.releases.shared:
-            # (releases added here before their blobs went into the database: a worker on another
-            # machine finds them there)
-            self.ota.releases.share_all()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="gateway-mqtt")

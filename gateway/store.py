@@ -26,6 +26,7 @@ from .errors import StoreError
 from .retention import DAY_S, FOREVER, Periods, kept
 
 SCHEMA_VERSION = 19
+_UPGRADE_WAIT_S = 120.0  # how long an opening waits for another process's upgrade to end
 
 # version 1: frozen (a database made by the first gateway holds exactly this)
 _SCHEMA = """
@@ -585,10 +586,13 @@ class Store:
         tables = self.db.tables()
         if tables and "meta" not in tables:
             raise StoreError(f"{self.name} is a database, but not a permabeta gateway's")
+        if "meta" in tables and self._version() == SCHEMA_VERSION:
+            self.schema = SCHEMA_VERSION  # (up to date: no lock taken, no other opening waits)
+            return
         # (None before: just created, as version 1)
         first = "INSERT INTO meta (key, value) VALUES ('schema', '1') ON CONFLICT (key) DO NOTHING;"
         self._locked(f"{self.db.ddl(_SCHEMA)}\n{first}", 1)
-        current = int(self.get_meta("schema") or 1)
+        current = self._version() or 1
         if current > SCHEMA_VERSION:
             raise StoreError(f"{self.name} has schema {current}, newer than this gateway's {SCHEMA_VERSION}")
         for v in range(current + 1, SCHEMA_VERSION + 1):
@@ -601,19 +605,35 @@ class Store:
             self._locked(f"{guard}\n{self.db.ddl(_MIGRATIONS[v])}\n{done}", v)
         self.schema = SCHEMA_VERSION
 
+    def _version(self) -> int | None:
+        """The schema's version as the database says it now (None: none yet)."""
+        try:
+            version = self.get_meta("schema")
+        except dbapi.Error:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return None  # (no meta table yet)
+        return None if version is None else int(version)
+
     def _locked(self, sql: str, v: int) -> None:
         """Run a step of the schema to version v under the write lock; one
         that fails is undone, and is an error unless another process took
-        the schema to v meanwhile."""
-        try:
-            self.db.script(f"{self.db.exclusive_script}\n{sql}\nCOMMIT;")
-        except dbapi.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            now = self.get_meta("schema")
-            if now is not None and int(now) >= v:
-                return  # (another process did it)
-            raise StoreError(f"cannot upgrade {self.name} to schema {v}: {exc}") from exc
+        the schema to v meanwhile. While another process holds the lock (a
+        long step of its own upgrade) it is tried again, up to _UPGRADE_WAIT_S."""
+        deadline = time.monotonic() + _UPGRADE_WAIT_S
+        while True:
+            try:
+                self.db.script(f"{self.db.exclusive_script}\n{sql}\nCOMMIT;")
+                return
+            except dbapi.Error as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                now = self._version()
+                if now is not None and now >= v:
+                    return  # (another process did it)
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    continue  # (SQLite: another process holds the lock past the busy timeout)
+                raise StoreError(f"cannot upgrade {self.name} to schema {v}: {exc}") from exc
 
     def _check_schema(self) -> None:
         try:

@@ -174,6 +174,20 @@ def test_a_worker_killed_on_this_machine_leaves_its_name_free_at_once(db_at: DbA
         with pytest.raises(PoolError):
             Pool(s, "gw-a").check_name(T0 + 2)
         s.db.execute("UPDATE pool_workers SET host = ? WHERE name = 'gw-a'", (again.host,))
+        # a row written before rows said their machine (machine NULL: the host name is), its process gone
+        s.db.execute("UPDATE pool_workers SET machine = NULL WHERE name = 'gw-a'")
+        late = Pool(s, "gw-a", host=again.host)
+        late.check_name(T0 + 2)
+        assert late.beat(T0 + 2) == ["gw-a"]
+        s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (gone.pid,))
+        # another container of the same machine id, running the gateway as the same process number
+        twin = Pool(s, "gw-a", host=again.host)
+        twin.host = "box-3"
+        s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (os.getpid(),))
+        with pytest.raises(PoolError):
+            twin.check_name(T0 + 2)
+        twin.release()
+        assert [w.name for w in late.workers()] == ["gw-a"]
         # one of this machine that runs, or of another machine, is still refused
         s.db.execute("UPDATE pool_workers SET pid = ? WHERE name = 'gw-a'", (os.getppid(),))
         with pytest.raises(PoolError):
