@@ -20,6 +20,9 @@ from .errors import BoardError, BoardFullError, LinkLostError
 
 WRITE_CHUNK = 1024  # bytes of a file per exec: its repr compiles on the board's heap
 _PTY_MAJORS = range(136, 144)  # Unix98 ptys: an emulated board (QEMU, the unix port)
+# programs that hold a port open as the link itself, not to read it: `rfcomm connect` keeps
+# a Bluetooth serial port's /dev/rfcommN open while it is connected
+_LINK_KEEPERS = ("rfcomm",)
 
 
 def _list_ports() -> str:
@@ -40,21 +43,20 @@ def _is_pty(port: str) -> bool:
 def holders(port: str) -> list[str]:
     """The other processes that hold port open, as "NAME (process PID)", read
     from /proc (none where there is no /proc, or what it does not let us read)."""
+    target = os.path.realpath(port)  # (/dev/serial/by-id/... is a link to the device)
     try:
-        target = os.stat(port)
         pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
     except OSError:
         return []
     held = []
     for pid in pids:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            for fd in fds:
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-                if (st.st_rdev, st.st_ino, st.st_dev) == (target.st_rdev, target.st_ino, target.st_dev):
-                    with open(f"/proc/{pid}/comm") as f:
-                        held.append(f"{f.read().strip()} (process {pid})")
-                    break
+            # (the links' text, never what they point to: a hung network mount is not touched)
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")):
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+                if name not in _LINK_KEEPERS:
+                    held.append(f"{name} (process {pid})")
         except OSError:
             continue  # (gone meanwhile, or not ours to read)
     return held

@@ -139,13 +139,15 @@ def match_reverts(
     A revert is the set those members ran, signed again with a counter above
     the rollout's: it covers counter c when it installs what release c of
     the model installs; one that matches no stored release covers the
-    factory set (counter 0), whose files the gateway never saw, and so does
-    one that installs what an earlier rollout's revert of the factory set
-    installs (factory_ids: those reverts), stored since it was offered.
+    factory set (counter 0), whose files the gateway never saw; failing
+    such a one, one that installs what an earlier rollout's revert of the
+    factory set installs (factory_ids: those reverts), stored since.
     Raises RolloutError (code 'no_revert') when a counter has none."""
-    factory = {content(s) for s in stored.values() if s.id in set(factory_ids)}
+    ids = set(factory_ids)
+    factory = {content(s) for s in stored.values() if s.id in ids}
     out: dict[str, str] = {}
     unmatched: list[StoredRelease] = []
+    factory_again: list[StoredRelease] = []  # (matched, and installs what a factory revert did)
     for r in reverts:
         if r.model != release.model:
             raise RolloutError(
@@ -161,10 +163,14 @@ def match_reverts(
         found = [c for c, s in stored.items() if c < release.counter and content(s) == content(r)]
         for c in found:
             out[str(c)] = r.id
-        if not found or content(r) in factory:
+        if not found:
             unmatched.append(r)
-    if unmatched:
-        out["0"] = unmatched[0].id
+        elif content(r) in factory:
+            factory_again.append(r)
+    # (the set at counter 0 is what boards were provisioned with, which may change from one batch
+    # to the next: a revert the maker gave that matches nothing is the factory set of today's)
+    if unmatched or factory_again:
+        out["0"] = (unmatched or factory_again)[0].id
     missing = sorted(c for c in set(counters) if str(c) not in out)
     if missing:
         named = ", ".join("the factory set" if c == 0 else f"{release.model}@{c}" for c in missing)

@@ -462,7 +462,8 @@ class Gateway:
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                     queue_type=self._inbox(inbox),
                 ) as client:
-                    # (update chunks go a batch at a time, each awaited: not a concern)
+                    # (update chunks are handed on without aiomqtt's wait: send_now; a burst of other
+                    # publishes, the offers of a rollout's stage, is not a concern)
                     client.pending_calls_threshold = _PENDING_WARNING
                     if self.cluster is not None:
                         patterns = cluster_subscriptions()
@@ -972,10 +973,12 @@ class Gateway:
         paho = _paho(client)
         deadline = time.monotonic() + _DRAIN_S
         await asyncio.sleep(0)  # (the socket's writer runs)
+        pause = 0.001
         while paho is not None and paho.want_write() and self._client is client:
             if time.monotonic() > deadline:
                 return  # (what is left goes when the socket takes it, or is lost with the connection)
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.02)  # (a link slower than the gateway: little CPU spent looking)
 
     def is_online(self, dev: str) -> bool:
         if self.pool.pooled and not self.pool.owns(dev):

@@ -133,3 +133,7 @@ def test_a_revert_is_matched_by_what_it_installs(db_at: DbAt, keys: Keys, make_r
             "7": factory2.id,
             "0": factory2.id,
         }
+        # boards provisioned since with another factory set: its revert, which matches nothing, is counter 0's
+        newer, _ = releases.add(make_release(11, extra="newer factory").path, 1.0)
+        got = match_reverts(r9, [factory2, newer], [0, 7], stored, [factory.id])
+        assert got == {"7": factory2.id, "0": newer.id}
