@@ -35,6 +35,7 @@ log = logging.getLogger("permabeta.gateway.homeassistant")
 REFRESH_S = 10.0  # how often the links, entities and updates are looked at again
 TIMEOUT_S = 10.0  # a device's answer to a command from Home Assistant
 CLEAR_TIMEOUT_S = 10.0  # a device's retained topics cleared, at most
+CLEAR_GAP_S = 1.0  # between clearing devices' configs and their values: their entities go first
 _QUEUE = 2000  # publishes waiting
 _COMMANDS = 64  # commands from Home Assistant waiting; those beyond are refused
 _WORKERS = 4  # commands carried out at once
@@ -112,6 +113,14 @@ class _Flushed:
         self.done = asyncio.Event()
 
 
+class _Pause:
+    """A mark in the publish queue: what follows waits this long after what
+    came before it was published."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
 class HomeAssistantBridge:
     """The bridge of one gateway: runs in its TaskGroup (loop), hears what
     the gateway accepts (a listener) and the commands on the bridge's
@@ -121,7 +130,7 @@ class HomeAssistantBridge:
         self.gw = gw
         self.links = LinkTable(gw.store)
         self.stats = {"published": 0, "dropped": 0, "commands": 0, "refused": 0, "failed": 0}
-        self._out: asyncio.Queue[tuple[str, bytes] | _Flushed] = asyncio.Queue(_QUEUE)
+        self._out: asyncio.Queue[tuple[str, bytes] | _Flushed | _Pause] = asyncio.Queue(_QUEUE)
         self._commands: asyncio.Queue[ha.Command] = asyncio.Queue(_COMMANDS)
         self._linked: dict[str, Link] = {}  # the valid links as last read
         self._withheld: dict[str, dict[str, str]] = {}  # device -> what its hello keeps back
@@ -156,8 +165,9 @@ class HomeAssistantBridge:
             self._connects = self.gw.connects
             self._shown.clear()
         valid = self.links.all_valid()
-        for dev in [d for d in self._linked if d not in valid]:
-            self._clear_topics(dev)
+        gone = [d for d in self._linked if d not in valid]
+        if gone:
+            self._clear_topics(gone)
         self._linked = valid
         for dev in valid:
             self._show(dev)
@@ -167,6 +177,9 @@ class HomeAssistantBridge:
             item = await self._out.get()
             if isinstance(item, _Flushed):
                 item.done.set()
+                continue
+            if isinstance(item, _Pause):
+                await asyncio.sleep(item.seconds)
                 continue
             topic, payload = item
             try:
@@ -277,7 +290,7 @@ class HomeAssistantBridge:
         data was forgotten), once everything published before is; whether
         all of them were, within CLEAR_TIMEOUT_S."""
         dropped = self.stats["dropped"]
-        self._clear_topics(dev)
+        self._clear_topics([dev])
         mark = _Flushed()
         try:
             async with asyncio.timeout(CLEAR_TIMEOUT_S):
@@ -287,17 +300,24 @@ class HomeAssistantBridge:
             return False
         return self.stats["dropped"] == dropped  # (any publish dropped meanwhile: perhaps one of these)
 
-    def _clear_topics(self, dev: str) -> None:
+    def _clear_topics(self, devs: list[str]) -> None:
         """Empty retained messages on every topic the bridge may have written
-        for dev (not only those it knows it did: the broker may keep some
-        from before the gateway's start): its configs first, so that Home
-        Assistant removes its entities before their values go."""
-        self._linked.pop(dev, None)
-        self._withheld.pop(dev, None)
-        self._shown.pop(dev, None)
-        for t in [*ha.all_config_topics(dev), *(ha.topic(dev, n) for n in ha.STATE_NAMES)]:
+        for devs (not only those it knows it did: the broker may keep some
+        from before the gateway's start): their configs first, then, once
+        Home Assistant had CLEAR_GAP_S to remove their entities, their values
+        (an entity still there when its value goes says so in Home
+        Assistant's log: `Invalid modes mode: `)."""
+        for dev in devs:
+            self._linked.pop(dev, None)
+            self._withheld.pop(dev, None)
+            self._shown.pop(dev, None)
+        configs = [t for dev in devs for t in ha.all_config_topics(dev)]
+        values = [ha.topic(dev, n) for dev in devs for n in ha.STATE_NAMES]
+        items: list[tuple[str, bytes] | _Pause] = [(t, b"") for t in configs]
+        items += [_Pause(CLEAR_GAP_S), *((t, b"") for t in values)]
+        for item in items:
             try:
-                self._out.put_nowait((t, b""))
+                self._out.put_nowait(item)
             except asyncio.QueueFull:
                 self.stats["dropped"] += 1
 
