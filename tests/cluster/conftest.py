@@ -22,6 +22,7 @@ from simulator.clock import SimClock
 from simulator.device import VirtualDevice
 
 from ..conftest import unique_id
+from ..gateway.conftest import cancelled
 from ..simulator.conftest import FEATURES, TRIAL_S
 from ..support.nats import TestCluster
 from ..support.wait import async_wait_for
@@ -63,9 +64,7 @@ class Worker:
     store: Store
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await cancelled(self.task)
 
 
 StartGateway = Callable[..., Awaitable[Worker]]

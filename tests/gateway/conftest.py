@@ -138,11 +138,19 @@ async def start_gateway(
 
 
 async def stop(r: Running) -> None:
-    if not r.task.done():
-        r.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await r.task
+    await cancelled(r.task)
     r.store.close()
+
+
+async def cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a gateway's task and wait for its end, cancelling it again
+    while it runs (a cancel that comes as an asyncio.wait_for's wait ends
+    is lost on Python 3.11); what it raised other than a cancel is raised."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @pytest.fixture
