@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
-from paho.mqtt import client as mqtt
 
 from firmware.pb.errors import ProtocolError
 from firmware.pb.peer import protocol as proto
@@ -130,7 +129,6 @@ _UNREGISTERED_S = 1.0
 _MAX_UNREGISTERED = 10_000
 _INBOX_BATCH = 256  # messages handled before the loop is let go
 _PENDING_WARNING = 4 * SEND_BATCH  # publishes awaited at once past which aiomqtt warns
-_DRAIN_S = 10.0  # the longest drained() waits for the socket to take what was handed on
 
 
 def _deadline(keepalive: int | None, telemetry_s: float | None) -> float:
@@ -284,7 +282,6 @@ class Gateway:
             clock=self.clock,
         )
         self.ota.publish = self.publish
-        self.ota.send_now = (self.send_now, self.drained)
         if self.pool.pooled:
             self.ota.step_down()  # (until it leads its pool)
         self.time_sender = TimeSender(
@@ -462,8 +459,7 @@ class Gateway:
                     socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                     queue_type=self._inbox(inbox),
                 ) as client:
-                    # (update chunks are handed on without aiomqtt's wait: send_now; a burst of other
-                    # publishes, the offers of a rollout's stage, is not a concern)
+                    # (update chunks go a batch at a time, each awaited: not a concern)
                     client.pending_calls_threshold = _PENDING_WARNING
                     if self.cluster is not None:
                         patterns = cluster_subscriptions()
@@ -923,8 +919,17 @@ class Gateway:
         the device the topic is of (not a retained message: that is the
         broker's to keep). Raises GatewayError when not connected or the
         publish fails."""
-        if not retain and self._on_line(topic, payload):
-            return
+        if not retain and self.lines:
+            parts = topic.split("/", 2)
+            line = self.lines.get(parts[1]) if len(parts) == 3 and parts[0] == "pb" else None
+            if line is not None:
+                try:
+                    sent = line.send(parts[2], payload)
+                except ProtocolError as exc:
+                    raise GatewayError(f"could not send on {topic}: {exc}") from exc
+                if not sent:
+                    raise GatewayError(f"could not send on {topic}: the line to {parts[1]} is full")
+                return
         client = self._client
         if client is None:
             raise GatewayError("the gateway is not connected to the broker")
@@ -933,52 +938,6 @@ class Gateway:
         except aiomqtt.MqttError as exc:
             raise GatewayError(f"could not publish on {topic}: {exc}") from exc
         raise_if_cancelled()
-
-    def _on_line(self, topic: str, payload: bytes) -> bool:
-        """Send down the line of the device the topic is of: False when no line
-        carries it. Raises GatewayError when the line cannot take it."""
-        if not self.lines:
-            return False
-        parts = topic.split("/", 2)
-        line = self.lines.get(parts[1]) if len(parts) == 3 and parts[0] == "pb" else None
-        if line is None:
-            return False
-        try:
-            sent = line.send(parts[2], payload)
-        except ProtocolError as exc:
-            raise GatewayError(f"could not send on {topic}: {exc}") from exc
-        if not sent:
-            raise GatewayError(f"could not send on {topic}: the line to {parts[1]} is full")
-        return True
-
-    def send_now(self, topic: str, payload: bytes) -> None:
-        """Hand a QoS 0 message on at once, not waiting for it to be written:
-        down its device's line, or to the MQTT client, whose socket writer
-        on this loop writes it (drained() waits for that). A chunk awaited
-        through aiomqtt's publish costs a future, a task and a wait each,
-        more than the paho client's own publish. Raises GatewayError."""
-        if self._on_line(topic, payload):
-            return
-        paho = _paho(self._client)
-        if paho is None:
-            raise GatewayError("the gateway is not connected to the broker")
-        info = paho.publish(topic, payload, 0, False)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise GatewayError(f"could not publish on {topic}: {mqtt.error_string(info.rc)}")
-
-    async def drained(self) -> None:
-        """Wait until what send_now handed the MQTT client is written to its
-        socket (the socket full, a little longer), or the connection is gone."""
-        client = self._client
-        paho = _paho(client)
-        deadline = time.monotonic() + _DRAIN_S
-        await asyncio.sleep(0)  # (the socket's writer runs)
-        pause = 0.001
-        while paho is not None and paho.want_write() and self._client is client:
-            if time.monotonic() > deadline:
-                return  # (what is left goes when the socket takes it, or is lost with the connection)
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 0.02)  # (a link slower than the gateway: little CPU spent looking)
 
     def is_online(self, dev: str) -> bool:
         if self.pool.pooled and not self.pool.owns(dev):
@@ -1087,11 +1046,3 @@ def _certificate_refused(exc: aiomqtt.MqttError) -> str | None:
     if isinstance(cause, ssl.SSLCertVerificationError):
         return cause.verify_message or str(cause)
     return None
-
-
-def _paho(client: aiomqtt.Client | None) -> mqtt.Client | None:
-    """The paho client behind aiomqtt's (aiomqtt 2 keeps it as `_client`, and
-    runs it on the event loop: its publish, called here, is written by the
-    loop's socket writer), or None."""
-    paho = getattr(client, "_client", None)
-    return paho if isinstance(paho, mqtt.Client) else None

@@ -65,10 +65,6 @@ from .updates import (
 log = logging.getLogger("permabeta.gateway.ota")
 
 Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
-# a QoS 0 message handed on at once (raising GatewayError when it cannot go), and a wait
-# until what was handed on is written: the gateway's, for chunks
-SendNow = Callable[[str, bytes], None]
-Drained = Callable[[], Awaitable[None]]
 
 NO_KEYS = "this gateway has no keys: start it with --keys DIR"
 OUTBOX = 1024  # chunks waiting to be sent; more are dropped (the device asks again)
@@ -270,8 +266,6 @@ class Updater:
         self.deadline_s = deadline_s
         self.freshness_ttl_s = freshness_ttl_s
         self.publish: Publish | None = None
-        # (set by the gateway beside publish: chunks then go a batch at a time, written at once)
-        self.send_now: tuple[SendNow, Drained] | None = None
         self.stats: dict[str, int] = {
             "started": 0,
             "requests": 0,
@@ -941,9 +935,6 @@ class Updater:
             if publish is None:
                 self.stats["dropped"] += len(batch)
                 continue
-            if self.send_now is not None:
-                await self._send_now(batch, *self.send_now)
-                continue
             # (cancelled, gather raises CancelledError, whatever its publishes did with theirs)
             results = await asyncio.gather(
                 *(publish(topic, payload, 0, False) for topic, payload in batch), return_exceptions=True
@@ -953,19 +944,6 @@ class Updater:
                     self.stats["dropped"] += 1
                     if not isinstance(result, GatewayError | asyncio.CancelledError):
                         log.error("could not send a chunk on %s: %r", topic, result)
-
-    async def _send_now(self, batch: list[tuple[str, bytes]], send: SendNow, drained: Drained) -> None:
-        """Hand a batch of chunks on at once, then wait until it is written
-        (the next batch waits as long as the socket does not take this one)."""
-        for topic, payload in batch:
-            try:
-                send(topic, payload)
-            except GatewayError:
-                self.stats["dropped"] += 1
-            except Exception:
-                self.stats["dropped"] += 1
-                log.exception("could not send a chunk on %s", topic)
-        await drained()
 
     def close(self) -> None:
         for task in list(self._tasks):

@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from firmware.pb.errors import ProtocolError
 from firmware.pb.peer import ota_transfer as otaproto
 from firmware.pb.peer.ota_transfer import FLAG_ERROR, FLAG_LAST, Stream, decode_chunk
-from gateway.errors import GatewayError
 from gateway.releases import ObjectInfo, StoredRelease
 from gateway.store import Store
 from gateway.updater import OUTBOX_PER_DEVICE, Updater
@@ -471,12 +470,8 @@ class Served:
 MakeServed = Callable[..., Any]
 
 
-@pytest.fixture(params=["awaited", "at once"])
-async def served(
-    request: pytest.FixtureRequest, tmp_path: Path, keys: Keys, make_release: MakeRelease
-) -> AsyncIterator[MakeServed]:
-    """Served updates whose chunks go through publish, each awaited, or (as
-    the gateway sends them) handed on at once a batch at a time (send_now)."""
+@pytest.fixture
+async def served(tmp_path: Path, keys: Keys, make_release: MakeRelease) -> AsyncIterator[MakeServed]:
     opened: list[tuple[Served, asyncio.Task[None]]] = []
 
     async def make(outbox: int = 1024) -> Served:
@@ -490,15 +485,6 @@ async def served(
             sent.append((topic, payload, qos, retain))
 
         ota.publish = publish
-        if request.param == "at once":
-
-            def send_now(topic: str, payload: bytes) -> None:
-                sent.append((topic, payload, 0, False))
-
-            async def drained() -> None:
-                await asyncio.sleep(0)
-
-            ota.send_now = (send_now, drained)
         # a blob that takes many chunks: notes that do not compress much
         mine = make_release(2, extra=secrets.token_hex(6000))
         theirs = make_release(3, extra=secrets.token_hex(6001))
@@ -734,35 +720,6 @@ async def test_a_stream_that_cannot_be_served_as_the_outbox_drains_stops_nothing
     theirs, their_blob = w.blob(w.other_release)
     w.ota.on_request("th-b", v2(w.other, [[theirs[:16], 0, len(their_blob)]], win=4, chunk=64))
     assert len(await w.queued()) == 4
-
-
-async def test_a_chunk_the_mqtt_client_does_not_take_is_counted_dropped_and_the_rest_go(
-    served: MakeServed,
-) -> None:
-    """Handed on at once (the gateway's sender): a chunk the client refuses
-    (not connected, a line full) is dropped and counted, one that fails
-    otherwise is logged too, and the sender goes on with the others."""
-    w = await served()
-    refused = {"pb/th-a/ota/chunk"}
-
-    def picky(topic: str, payload: bytes) -> None:
-        if topic in refused:
-            raise GatewayError("the gateway is not connected to the broker")
-        if decode_chunk(payload)[4] == 128:
-            raise ValueError("a broken client")
-        w.sent.append((topic, payload, 0, False))
-
-    async def drained() -> None:
-        await asyncio.sleep(0)
-
-    w.ota.send_now = (picky, drained)
-    zsha, blob = w.blob()
-    theirs, their_blob = w.blob(w.other_release)
-    w.ota.on_request("th-a", v2(w.uid, [[zsha[:16], 0, len(blob)]], win=4, chunk=64))
-    w.ota.on_request("th-b", v2(w.other, [[theirs[:16], 0, len(their_blob)]], win=4, chunk=64))
-    got = await w.queued()
-    assert [(t, c[4]) for t, c in got] == [("pb/th-b/ota/chunk", off) for off in (0, 64, 192)]
-    assert w.ota.stats["dropped"] == 5
 
 
 async def test_one_device_asking_again_and_again_does_not_crowd_out_another_s_chunks(

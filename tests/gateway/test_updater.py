@@ -421,9 +421,6 @@ async def test_the_chunk_sender_stops_when_cancelled_as_a_publish_ends(gw_db: Pa
     gw = Gateway(BrokerUrl.parse("mqtt://127.0.0.1:1"), Store(gw_db), api=None)
     client = Swallowing()
     gw._client = client  # type: ignore[assignment]  # the session's slot
-    # (each publish awaited, as an Updater given publish alone sends: the gateway's own hands
-    # chunks on at once, send_now, and waits in drained() on asyncio.sleep, which no cancel passes)
-    gw.ota.send_now = None
     for _ in range(3):
         gw.ota._outbox.put_nowait(("pb/th-1/ota/chunk", b"chunk"))
     sender = asyncio.create_task(gw.ota.send_loop())
