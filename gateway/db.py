@@ -147,6 +147,9 @@ class Database:
         return value
 
 
+BUSY_S = 5.0  # how long SQLite waits for another connection's lock
+
+
 class SqliteDatabase(Database):
     kind = "sqlite"
 
@@ -157,7 +160,7 @@ class SqliteDatabase(Database):
         else:
             self.db = sqlite3.connect(path, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout = 5000")
+        self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_S * 1000)}")
         if not readonly:
             self._wal()
             self.db.execute("PRAGMA synchronous = NORMAL")
@@ -167,7 +170,7 @@ class SqliteDatabase(Database):
         lock and does not wait for it as other statements do: a process
         opening a new database while another does tries again, up to the
         busy timeout."""
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + BUSY_S
         while True:
             try:
                 self.db.execute("PRAGMA journal_mode = WAL")

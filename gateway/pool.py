@@ -190,14 +190,13 @@ class Pool:
         was read of it), so no two processes both pass."""
         if self._started is None:
             self._started = now
-        me = (self.machine, self.host, os.getpid())
         row = self.store.db.execute(
             "SELECT coalesce(machine, host), pid, seen, host FROM pool_workers WHERE name = ?", (self.name,)
         ).fetchone()
         gone = -1  # (a pid of this machine and host that is gone: its row may be written over)
         # (containers may share a machine id, not their processes: the host name too)
         if row is not None and (str(row[0]), str(row[3])) == (self.machine, self.host):
-            gone = int(row[1]) if int(row[1]) != me[2] and not _alive(int(row[1])) else -1
+            gone = int(row[1]) if int(row[1]) != os.getpid() and not _alive(int(row[1])) else -1
         taken = self.store.db.execute(
             """INSERT INTO pool_workers (name, host, pid, api, started, seen, machine, api_reach, api_cert)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
