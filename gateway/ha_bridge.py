@@ -113,12 +113,13 @@ class _Flushed:
         self.done = asyncio.Event()
 
 
-class _Pause:
-    """A mark in the publish queue: what follows waits this long after what
-    came before it was published."""
+class _Cleared:
+    """A mark in the publish queue after devices' config clears: once they
+    are published, their value clears are queued CLEAR_GAP_S later (beside
+    the queue: what others publish meanwhile does not wait), then flushed."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, devs: list[str]) -> None:
+        self.devs = devs
 
 
 class HomeAssistantBridge:
@@ -130,12 +131,13 @@ class HomeAssistantBridge:
         self.gw = gw
         self.links = LinkTable(gw.store)
         self.stats = {"published": 0, "dropped": 0, "commands": 0, "refused": 0, "failed": 0}
-        self._out: asyncio.Queue[tuple[str, bytes] | _Flushed | _Pause] = asyncio.Queue(_QUEUE)
+        self._out: asyncio.Queue[tuple[str, bytes] | _Flushed | _Cleared] = asyncio.Queue(_QUEUE)
         self._commands: asyncio.Queue[ha.Command] = asyncio.Queue(_COMMANDS)
         self._linked: dict[str, Link] = {}  # the valid links as last read
         self._withheld: dict[str, dict[str, str]] = {}  # device -> what its hello keeps back
         self._shown: dict[str, dict[str, bytes]] = {}  # device -> topic -> what is retained there now
         self._connects = -1  # the gateway's connection the topics were published on
+        self._clearing: dict[str, list[_Flushed]] = {}  # device -> marks set once its values are cleared
         gw.listeners.append(self._heard)
 
     # ---- running -----------------------------------------------------------
@@ -178,8 +180,8 @@ class HomeAssistantBridge:
             if isinstance(item, _Flushed):
                 item.done.set()
                 continue
-            if isinstance(item, _Pause):
-                await asyncio.sleep(item.seconds)
+            if isinstance(item, _Cleared):
+                asyncio.get_running_loop().call_later(CLEAR_GAP_S, self._clear_values, item.devs)
                 continue
             topic, payload = item
             try:
@@ -191,7 +193,10 @@ class HomeAssistantBridge:
                 log.debug("not published on %s: %s", topic, exc)
 
     def _put(self, dev: str, topic: str, payload: bytes) -> None:
-        """Publish payload, retained, on topic of dev, unless it is there already."""
+        """Publish payload, retained, on topic of dev, unless it is there
+        already, or dev's topics are being cleared (it is shown again after)."""
+        if dev in self._clearing:
+            return
         shown = self._shown.setdefault(dev, {})
         if shown.get(topic) == payload:
             return
@@ -290,36 +295,63 @@ class HomeAssistantBridge:
         data was forgotten), once everything published before is; whether
         all of them were, within CLEAR_TIMEOUT_S."""
         dropped = self.stats["dropped"]
-        self._clear_topics([dev])
         mark = _Flushed()
+        self._clear_topics([dev], mark)
         try:
             async with asyncio.timeout(CLEAR_TIMEOUT_S):
-                await self._out.put(mark)
                 await mark.done.wait()
         except TimeoutError:
             return False
         return self.stats["dropped"] == dropped  # (any publish dropped meanwhile: perhaps one of these)
 
-    def _clear_topics(self, devs: list[str]) -> None:
+    def _clear_topics(self, devs: list[str], mark: _Flushed | None = None) -> None:
         """Empty retained messages on every topic the bridge may have written
         for devs (not only those it knows it did: the broker may keep some
         from before the gateway's start): their configs first, then, once
         Home Assistant had CLEAR_GAP_S to remove their entities, their values
         (an entity still there when its value goes says so in Home
-        Assistant's log: `Invalid modes mode: `)."""
+        Assistant's log: `Invalid modes mode: `). Meanwhile nothing of theirs
+        is published: a device linked again is shown once its values are
+        cleared. mark is set once the last of them is published (or dropped)."""
+        new = []
         for dev in devs:
             self._linked.pop(dev, None)
             self._withheld.pop(dev, None)
             self._shown.pop(dev, None)
-        configs = [t for dev in devs for t in ha.all_config_topics(dev)]
-        values = [ha.topic(dev, n) for dev in devs for n in ha.STATE_NAMES]
-        items: list[tuple[str, bytes] | _Pause] = [(t, b"") for t in configs]
-        items += [_Pause(CLEAR_GAP_S), *((t, b"") for t in values)]
-        for item in items:
+            marks = self._clearing.get(dev)
+            if marks is None:
+                self._clearing[dev] = [mark] if mark else []
+                new.append(dev)
+            elif mark:
+                marks.append(mark)  # (being cleared already: once is enough)
+        if not new:
+            return
+        items: list[tuple[str, bytes] | _Cleared] = [(t, b"") for d in new for t in ha.all_config_topics(d)]
+        for item in [*items, _Cleared(new)]:
             try:
                 self._out.put_nowait(item)
             except asyncio.QueueFull:
                 self.stats["dropped"] += 1
+                if isinstance(item, _Cleared):
+                    self._clear_values(new)  # (no mark in the queue to do it)
+
+    def _clear_values(self, devs: list[str]) -> None:
+        """The second half of _clear_topics: devs' values cleared, their
+        marks set once that is published, then those linked again meanwhile
+        shown."""
+        items: list[tuple[str, bytes] | _Flushed] = [
+            (ha.topic(d, n), b"") for d in devs for n in ha.STATE_NAMES
+        ]
+        for item in [*items, *(m for d in devs for m in self._clearing.pop(d, []))]:
+            try:
+                self._out.put_nowait(item)
+            except asyncio.QueueFull:
+                self.stats["dropped"] += 1
+                if isinstance(item, _Flushed):
+                    item.done.set()  # (clear() says False: a publish was dropped)
+        for dev in devs:
+            if dev in self._linked:
+                self._show(dev)
 
     # ---- commands from Home Assistant ---------------------------------------
 

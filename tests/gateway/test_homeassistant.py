@@ -439,6 +439,47 @@ async def test_giving_a_device_up_or_forgetting_it_unlinks_it_and_clears_its_top
     assert bridge.retained(f"homeassistant/+/pb_{forgotten.id}/+/config", f"pbha/{forgotten.id}/#") == {}
 
 
+async def test_an_unlink_holds_up_no_other_device_and_a_link_again_comes_after_its_clears(
+    bridge: Bridge,
+) -> None:
+    """The values of a device unlinked are cleared CLEAR_GAP_S after its
+    configs, beside the bridge's queue: another owner's device is not held
+    up meanwhile (an owner unlinking in a loop would hold up every device),
+    and the unlinked device linked again in the gap is shown after its
+    values are cleared (not cleared after it is shown)."""
+    a, b = await bridge.device("ann"), await bridge.device("bob")
+    for who, th in (("ann", a), ("bob", b)):
+        assert (await bridge.link(who, th.id))[0] == 200
+    await async_wait_for(
+        lambda: all(bridge.retained(f"homeassistant/+/pb_{t.id}/+/config") for t in (a, b)), 10, what="linked"
+    )
+    a.telemetry(1)
+    await async_wait_for(lambda: bridge.retained(f"pbha/{a.id}/temperature"), 10, what="a's value retained")
+    watch = TestClient(bridge.mosquitto, *bridge.mosquitto.operator())
+    try:
+        for f in (f"pbha/{a.id}/+", f"pbha/{b.id}/+", f"homeassistant/+/pb_{a.id}/+/config"):
+            watch.subscribe(f)
+        await asyncio.to_thread(_all, watch)  # (what is retained now)
+        unlink = asyncio.create_task(bridge.link("ann", a.id, False))
+        first = await asyncio.to_thread(watch.received.get, True, 10)
+        assert first[0].endswith("/config") and first[1] == b"", first
+        b.telemetry(1)
+        assert (await bridge.link("ann", a.id))[0] == 200  # again, within the gap
+        assert (await unlink)[0] == 200  # (it says linked: it is, again, when the answer is made)
+        got = [first, *await asyncio.to_thread(_all, watch)]
+    finally:
+        watch.close()
+    topics = [t for t, p, _ in got]
+    b_value = topics.index(f"pbha/{b.id}/temperature")
+    a_values = [i for i, (t, p, _) in enumerate(got) if t.startswith(f"pbha/{a.id}/") and p == b""]
+    shown_again = [i for i, (t, p, _) in enumerate(got) if t.endswith("/config") and p]
+    assert a_values and b_value < a_values[0], topics
+    assert shown_again and shown_again[0] > a_values[-1], topics
+    await async_wait_for(
+        lambda: bridge.retained(f"homeassistant/+/pb_{a.id}/+/config"), 10, what="a shown again"
+    )
+
+
 @pytest.mark.long
 async def test_hostile_bridge_commands_stop_nothing_and_reach_no_device(bridge: Bridge) -> None:
     gw = bridge.r.gw
