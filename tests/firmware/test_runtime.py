@@ -283,7 +283,23 @@ def test_a_reply_without_ram_is_sent_as_no_ram(tmp_path: Path, monkeypatch: pyte
         commands.handle(dev, json.dumps({"v": 1, "id": cmd_id, "op": "status"}).encode())
         reply = json.loads(sent[-1][1])
         assert sent[-1][0] == dev.topic("reply") and reply["id"] == cmd_id and reply["ok"] is want, reply
-    assert reply["error"] == {"code": "no_ram", "message": "not enough RAM for the reply now"}
+    assert reply == {
+        "v": 1,
+        "dev": dev.id,
+        "id": "c2",
+        "ok": False,
+        "error": {"code": "no_ram", "message": "not enough RAM for the reply now"},
+    }
+    # and no block even for that: unanswered, logged, and the device goes on (before, it
+    # raised, and the device restarted and lost the command on a clean session)
+
+    logged: list[str] = []
+    monkeypatch.setattr(dev, "log", logged.append)
+    misses[0], before = 2, len(sent)
+    commands.handle(dev, json.dumps({"v": 1, "id": "c3", "op": "status"}).encode())
+    assert len(sent) == before and logged == ["no RAM to answer a command"]
+    commands.handle(dev, json.dumps({"v": 1, "id": "c4", "op": "status"}).encode())
+    assert json.loads(sent[-1][1])["ok"] is True
 
 
 def test_duplicate_command_is_answered_again_not_executed_twice(tmp_path: Path) -> None:
