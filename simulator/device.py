@@ -396,6 +396,16 @@ class VirtualDevice:
             return True
         return self.mode != "off" and self.boot is not None and bool(self.boot.trial)
 
+    def deferred(self) -> bool:
+        """The runtime holds an offered update back: its agent waits for
+        charge or for idle features, or the offer waits on flash for idle
+        features before the reset into update mode."""
+        dev = self.device  # (the runtime's: None in update mode)
+        if dev is None:
+            return False
+        agent = dev.updates.agent
+        return dev.updates.held is not None or (agent is not None and agent.held is not None)
+
     def _power_gone(self) -> None:
         if self._cut or self.mode == "off":
             return

@@ -65,10 +65,12 @@ class Summary:
     processes: int = 0  # devices run by the unix port (not counted above: seen from outside only)
     processes_running: int = 0
     power_cuts_updating: int = 0  # of power_cuts, those that landed during an update
+    deferred: int = 0  # holding an offered update back (a low battery, a busy feature): not in updating
 
     def line(self) -> str:
         text = (
-            f"{self.connected}/{self.devices} connected, {self.updating} updating, {self.failed} failed, "
+            f"{self.connected}/{self.devices} connected, {self.updating} updating, "
+            f"{self.deferred} deferred, {self.failed} failed, "
             f"{self.off} off, {self.messages_per_s:.0f} msg/s, {self.resets} resets, "
             f"{self.power_cuts} power cuts ({self.power_cuts_updating} during an update)"
         )
@@ -244,7 +246,7 @@ class Fleet:
 
     def summary(self) -> Summary:
         """The fleet now; messages/s since the last summary."""
-        connected = updating = failed = off = sent = resets = 0
+        connected = updating = deferred = failed = off = sent = resets = 0
         for d in self.devices:
             dev = d.device
             if dev is not None:
@@ -255,7 +257,9 @@ class Fleet:
                 connected += 1
             # (an agent stays once made, waiting for the next offer: a device updates while it has a job)
             agent = dev.updates.agent if dev is not None else None
-            if d.mode == "update" or (agent is not None and agent.job is not None):
+            if d.deferred():
+                deferred += 1
+            elif d.mode == "update" or (agent is not None and agent.job is not None):
                 updating += 1
             elif d.mode in ("off", "booting"):
                 off += 1
@@ -282,6 +286,7 @@ class Fleet:
             len(self.processes),
             procs,
             sum(d.faults.cuts_updating for d in self.devices),
+            deferred,
         )
 
 

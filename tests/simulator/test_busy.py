@@ -30,6 +30,7 @@ async def test_a_heating_thermostat_defers_an_idle_offer_until_its_relay_is_off(
     held = rig.gw.ota.get(u.id)
     assert (held.reason, held.ended, held.idle) == (BUSY, False, True)
     assert dev.pointer() is None and dev.boots == 1  # not installed, not reset
+    assert dev.deferred()  # (the fleet's summary counts it deferred, not updating)
     # the room warms past the setpoint: the relay goes off, the update goes on
     dev.plant.temp = 25.0
     await async_wait_for(lambda: rig.gw.ota.get(u.id).ended, 40, what="the update ended")
@@ -38,6 +39,7 @@ async def test_a_heating_thermostat_defers_an_idle_offer_until_its_relay_is_off(
     steps = [s["state"] for s in rig.gw.ota.table.steps(u.id)]
     assert "deferred" in steps and steps[-1] == "committed", steps
     assert rig.gw.ota.stats["failed"] == 0 and (dev.pointer() or {}).get("counter") == 2
+    assert not dev.deferred()
 
 
 async def test_an_offer_that_does_not_ask_to_wait_installs_while_the_device_works(

@@ -54,17 +54,21 @@ async def _wait(agent, job, why, holding):
     leaves out (written every _SAVE_S, and at the end)."""
     uid = job["id"]
     agent.report("deferred", uid, counter=job["counter"], reason=why)
+    agent.held = why  # (while it waits: the simulator's fleet counts it apart)
     paused = job.get("paused", 0)
     t0 = saved = agent.now()
-    while True:
-        await sleep_ms(_POLL_MS)
-        agent.check_cancel(uid)
-        still = holding()
-        now = agent.now()
-        job["paused"] = paused + now - t0
-        if not still:
-            break
-        if now - saved >= _SAVE_S:
-            saved = now
-            agent.save_job()
+    try:
+        while True:
+            await sleep_ms(_POLL_MS)
+            agent.check_cancel(uid)
+            still = holding()
+            now = agent.now()
+            job["paused"] = paused + now - t0
+            if not still:
+                break
+            if now - saved >= _SAVE_S:
+                saved = now
+                agent.save_job()
+    finally:
+        agent.held = None
     agent.save_job()
