@@ -323,11 +323,10 @@ class HomeAssistantBridge:
                 self._clearing[dev] = [mark] if mark else []
                 new.append(dev)
             elif mark:
-                marks.append(mark)  # (being cleared already: once is enough)
-        if not new:
-            return
-        items: list[tuple[str, bytes] | _Cleared] = [(t, b"") for d in new for t in ha.all_config_topics(d)]
-        for item in [*items, _Cleared(new)]:
+                marks.append(mark)  # (being cleared already: its values once)
+        # (the configs again of one being cleared: the first clears may have been dropped)
+        items: list[tuple[str, bytes] | _Cleared] = [(t, b"") for d in devs for t in ha.all_config_topics(d)]
+        for item in [*items, _Cleared(new)] if new else items:
             try:
                 self._out.put_nowait(item)
             except asyncio.QueueFull:
@@ -351,7 +350,10 @@ class HomeAssistantBridge:
                     item.done.set()  # (clear() says False: a publish was dropped)
         for dev in devs:
             if dev in self._linked:
-                self._show(dev)
+                try:
+                    self._show(dev)
+                except Exception:  # (a callback of the loop's: no one else would hear of it)
+                    log.exception("could not show %s in Home Assistant again: at the next refresh", dev)
 
     # ---- commands from Home Assistant ---------------------------------------
 
