@@ -128,7 +128,7 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
 async def _run_gateway(args: argparse.Namespace) -> None:
     if args.cluster and not args.broker:
         raise ConfigError("--cluster names a NATS cluster's nodes: give --broker (its MQTT listener) too")
-    from .service import Gateway
+    from .service import Gateway, cancel_until_done
     from .store import Store
 
     async with contextlib.AsyncExitStack() as stack:
@@ -174,8 +174,14 @@ async def _run_gateway(args: argparse.Namespace) -> None:
         # SIGINT and SIGTERM stop it cleanly, even when it was started with
         # SIGINT ignored (in the background of a shell, or under nohup)
         loop = asyncio.get_running_loop()
+        stopper: list[asyncio.Task[None]] = []
+
+        def stop() -> None:
+            if not stopper:  # (a second signal: the first's stop goes on)
+                stopper.append(loop.create_task(cancel_until_done(task)))
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         while gw.api_url is None and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():

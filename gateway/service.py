@@ -1039,6 +1039,16 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def cancel_until_done(task: asyncio.Task[Any], again_s: float = 1.0) -> None:
+    """Cancel task and wait for its end, cancelling it again every again_s
+    while it runs: a cancel that comes as an asyncio.wait_for's wait ends is
+    lost on Python 3.11 (in aiomqtt's, nats-py's, a database driver's), and
+    a loop that lost one would never stop. Returns when it has ended."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=again_s)
+
+
 def _certificate_refused(exc: aiomqtt.MqttError) -> str | None:
     """Why TLS refused the broker's certificate, if that is what exc is (aiomqtt
     words the connect's ssl error as a plain MqttError, the ssl error its context)."""

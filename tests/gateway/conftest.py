@@ -19,7 +19,7 @@ import pytest
 from gateway.clock import Clock
 from gateway.paths import firmware_dir
 from gateway.pool import Pool
-from gateway.service import Gateway
+from gateway.service import Gateway, cancel_until_done
 from gateway.store import Store
 from gateway.tls import ApiTls
 from ota.keys import Keys, keygen
@@ -143,12 +143,9 @@ async def stop(r: Running) -> None:
 
 
 async def cancelled(task: asyncio.Task[None]) -> None:
-    """Cancel a gateway's task and wait for its end, cancelling it again
-    while it runs (a cancel that comes as an asyncio.wait_for's wait ends
-    is lost on Python 3.11); what it raised other than a cancel is raised."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
+    """Cancel a gateway's task and wait for its end, as a signal does
+    (cancel_until_done); what it raised other than a cancel is raised."""
+    await cancel_until_done(task)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
