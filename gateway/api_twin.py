@@ -3,7 +3,6 @@ ask for a preview of a release on a device, read it, list a device's."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from aiohttp import web
 from .api import GATEWAY, error_response, json_body, ota_error
 from .api_accounts import principal
 from .errors import GatewayError
+from .numbers import finite_number
 from .offers import revert_for, waiting
 from .twin.service import MAX_HEATER_W
 
@@ -45,7 +45,7 @@ def _body(body: Any) -> dict[str, Any] | web.Response:
         if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             return error_response(400, "bad_request", f"{key!r} is of the wrong type")
     watts = body.get("heater_w")
-    if watts is not None and not (math.isfinite(watts) and 0 < watts <= MAX_HEATER_W):
+    if watts is not None and not (finite_number(watts) and 0 < watts <= MAX_HEATER_W):
         return error_response(
             422,
             "bad_setting",

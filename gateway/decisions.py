@@ -19,6 +19,7 @@ from typing import Any
 
 from .db import upsert
 from .errors import DecisionError
+from .numbers import finite_number
 from .store import Store
 
 _DECISION_COLUMNS = ("device", "release", "decision", "until", "at")
@@ -60,8 +61,8 @@ def parse_until(value: object, now: float) -> float:
     duration from now (`90m`, `6h`, `3d`); in the future and at most
     MAX_LATER_S ahead. Raises DecisionError bad_decision."""
     when: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        when = float(value)
+    if finite_number(value):
+        when = float(value)  # type: ignore[arg-type]  # (a number: finite_number)
     elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
         when = now + float(m.group(1)) * _UNITS[m.group(2)]
     elif isinstance(value, str) and len(value) <= 40:

@@ -25,6 +25,8 @@ from typing import Any
 
 from firmware.pb.ids import valid_id
 
+from .numbers import finite_number
+
 DISCOVERY = "homeassistant"  # Home Assistant's discovery prefix
 BRIDGE = "pbha"  # the bridge's own topics
 COMMAND_FILTER = f"{BRIDGE}/+/set/+"  # what the gateway subscribes to, and all Home Assistant may write
@@ -130,7 +132,7 @@ def setpoint_range(manifest: Mapping[str, Any] | None) -> tuple[float, float]:
 
 
 def _number(v: Any, default: float) -> float:
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ok = finite_number(v)
     return float(v) if ok else default
 
 
@@ -225,7 +227,7 @@ def state_values(msg: Mapping[str, Any], withheld: Mapping[str, str]) -> dict[st
             if isinstance(v, bool) and "features.thermostat.mode" not in withheld:
                 off = _at(msg, VALUES["mode"][1]) == "off"
                 out[name] = "off" if off else "heating" if v else "idle"
-        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        elif finite_number(v):
             out[name] = f"{float(v):g}"
     return out
 

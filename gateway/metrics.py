@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import MetricsError
+from .numbers import finite_number
 
 MIN_COVERAGE = 0.5  # share of the window a metric's inputs must cover, else None
 DEFAULT_MAX_GAP_S = 60.0  # the longest time one sample stands for
@@ -280,9 +281,7 @@ def _number(v: Any) -> float | None:
 
 
 def _time(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        return None
-    return float(v)
+    return float(v) if finite_number(v) else None
 
 
 def _lookup(data: Any, parts: Sequence[str]) -> Any:

@@ -12,11 +12,11 @@ no database, no clock (`age_s` is passed in); the store applies it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .numbers import finite_number
 from .streams import Stream
 
 MAX_DAYS = 36500.0  # a hundred years: beyond, say no limit
@@ -64,7 +64,7 @@ class Periods:
 
 
 def _days(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         raise RetentionError(f"{what} must be a number of days in (0, {MAX_DAYS:g}], not {str(value)[:20]!r}")
     if not 0 < value <= MAX_DAYS:
         raise RetentionError(f"{what} must be a number of days in (0, {MAX_DAYS:g}], not {value:g}")

@@ -39,6 +39,7 @@ def test_until_is_a_date_time_with_its_offset_a_unix_time_or_a_duration() -> Non
         ("91d", "at most 90 days ahead"),
         (NOW + MAX_LATER_S + 1, "at most 90 days ahead"),
         ("x" * 10000, "must be an ISO 8601 date-time"),
+        (10**400, "must be an ISO 8601 date-time"),  # (JSON's integers have any length: no float holds it)
     ],
 )
 def test_an_until_that_cannot_be_is_refused(until: object, words: str) -> None:

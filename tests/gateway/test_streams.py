@@ -317,6 +317,8 @@ async def test_periods_that_cannot_be_and_callers_who_may_not_change_nothing(wor
         ("ann", {"retention": ["sensors.humidity"]}, (422, "bad_retention")),
         ("ann", {"retention_days": False}, (422, "bad_retention")),
         ("ann", {"retention_days": -1}, (422, "bad_retention")),
+        ("ann", {"retention_days": 10**400}, (422, "bad_retention")),  # (was 500: no float holds it)
+        ("ann", {"retention": {"sensors.humidity": -(10**400)}}, (422, "bad_retention")),
         # (a good period with a bad one: neither is taken)
         ("ann", {"retention_days": 7, "retention": {"sensors.temperature": 1, "sensors.x": 1}}, BAD),
         # (nor choices sent to the device with a bad period)

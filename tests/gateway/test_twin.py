@@ -229,6 +229,7 @@ async def test_the_api_computes_a_preview_in_the_background_and_caches_it(
         for body, status, code in (
             ({"release": "thermostat@9"}, 404, "unknown_release"),
             ({"release": "thermostat@5", "heater_w": -1}, 422, "bad_setting"),
+            ({"release": "thermostat@5", "heater_w": 10**400}, 422, "bad_setting"),
             ({"release": "thermostat@5", "colour": "red"}, 400, "bad_request"),
             ({}, 400, "bad_request"),
         ):
