@@ -77,6 +77,6 @@ async def _put(request: web.Request) -> web.Response:
         return error_response(
             503,
             "unavailable",
-            "unlinked, but its topics were not all cleared: the broker is away; unlink again",
+            "unlinked, but its topics were not all cleared: the broker is away; they go once it is back",
         )
     return web.json_response(linked(gw, d))

@@ -137,7 +137,8 @@ class HomeAssistantBridge:
         self._withheld: dict[str, dict[str, str]] = {}  # device -> what its hello keeps back
         self._shown: dict[str, dict[str, bytes]] = {}  # device -> topic -> what is retained there now
         self._connects = -1  # the gateway's connection the topics were published on
-        self._clearing: dict[str, list[_Flushed]] = {}  # device -> marks set once its values are cleared
+        self._clearing: dict[str, _Flushed] = {}  # device -> the mark set once its values are cleared
+        self._unclear: set[str] = set()  # devices a clear of which was dropped: cleared again at a refresh
         gw.listeners.append(self._heard)
 
     # ---- running -----------------------------------------------------------
@@ -168,6 +169,8 @@ class HomeAssistantBridge:
             self._shown.clear()
         valid = self.links.all_valid()
         gone = [d for d in self._linked if d not in valid]
+        self._unclear.difference_update(valid)  # (linked again: shown again)
+        gone += [d for d in self._unclear if d not in self._clearing and d not in gone]
         if gone:
             self._clear_topics(gone)
         self._linked = valid
@@ -188,8 +191,7 @@ class HomeAssistantBridge:
                 await self.gw.publish(topic, payload, 1, True)
                 self.stats["published"] += 1
             except GatewayError as exc:
-                self.stats["dropped"] += 1
-                self._forget_shown(topic)
+                self._dropped(topic, payload)
                 log.debug("not published on %s: %s", topic, exc)
 
     def _put(self, dev: str, topic: str, payload: bytes) -> None:
@@ -207,10 +209,15 @@ class HomeAssistantBridge:
             return
         shown[topic] = payload
 
-    def _forget_shown(self, topic: str) -> None:
+    def _dropped(self, topic: str, payload: bytes) -> None:
+        """A publish on topic that did not go: what is shown there is not
+        known; a clear's device is cleared again at the next refresh."""
+        self.stats["dropped"] += 1
         parts = topic.split("/")
         dev = parts[1] if parts[0] == ha.BRIDGE else parts[2].removeprefix("pb_")
         self._shown.get(dev, {}).pop(topic, None)
+        if not payload:
+            self._unclear.add(dev)
 
     # ---- what Home Assistant is shown ---------------------------------------
 
@@ -285,26 +292,25 @@ class HomeAssistantBridge:
 
     async def unlink(self, dev: str) -> bool:
         """dev unlinked: its configs and values are cleared. Whether every
-        retained topic of it is cleared (False: the broker was away; the
-        next unlink or forget clears them)."""
+        retained topic of it is cleared (False: the broker was away; each
+        refresh clears them again until they are)."""
         self.links.unlink(dev)
         return await self.clear(dev)
 
     async def clear(self, dev: str) -> bool:
         """Clear dev's retained topics (an unlink, its owner gave it up, its
         data was forgotten), once everything published before is; whether
-        all of them were, within CLEAR_TIMEOUT_S."""
-        dropped = self.stats["dropped"]
-        mark = _Flushed()
-        self._clear_topics([dev], mark)
+        all of them were, within CLEAR_TIMEOUT_S (if not, the next refresh
+        clears them again)."""
+        (mark,) = self._clear_topics([dev])
         try:
             async with asyncio.timeout(CLEAR_TIMEOUT_S):
                 await mark.done.wait()
         except TimeoutError:
             return False
-        return self.stats["dropped"] == dropped  # (any publish dropped meanwhile: perhaps one of these)
+        return dev not in self._unclear
 
-    def _clear_topics(self, devs: list[str], mark: _Flushed | None = None) -> None:
+    def _clear_topics(self, devs: list[str]) -> list[_Flushed]:
         """Empty retained messages on every topic the bridge may have written
         for devs (not only those it knows it did: the broker may keep some
         from before the gateway's start): their configs first, then, once
@@ -312,27 +318,24 @@ class HomeAssistantBridge:
         (an entity still there when its value goes says so in Home
         Assistant's log: `Invalid modes mode: `). Meanwhile nothing of theirs
         is published: a device linked again is shown once its values are
-        cleared. mark is set once the last of them is published (or dropped)."""
-        new = []
+        cleared, and one being cleared is not cleared twice. Returns the
+        devs' marks, each set once the last of its clears is published or
+        dropped (a device of which one was dropped is in _unclear)."""
+        new, marks = [], []
         for dev in devs:
             self._linked.pop(dev, None)
             self._withheld.pop(dev, None)
             self._shown.pop(dev, None)
-            marks = self._clearing.get(dev)
-            if marks is None:
-                self._clearing[dev] = [mark] if mark else []
+            mark = self._clearing.get(dev)
+            if mark is None:
+                mark = self._clearing[dev] = _Flushed()
+                self._unclear.discard(dev)
                 new.append(dev)
-            elif mark:
-                marks.append(mark)  # (being cleared already: its values once)
-        # (the configs again of one being cleared: the first clears may have been dropped)
-        items: list[tuple[str, bytes] | _Cleared] = [(t, b"") for d in devs for t in ha.all_config_topics(d)]
-        for item in [*items, _Cleared(new)] if new else items:
-            try:
-                self._out.put_nowait(item)
-            except asyncio.QueueFull:
-                self.stats["dropped"] += 1
-                if isinstance(item, _Cleared):
-                    self._clear_values(new)  # (no mark in the queue to do it)
+            marks.append(mark)
+        items: list[tuple[str, bytes] | _Cleared] = [(t, b"") for d in new for t in ha.all_config_topics(d)]
+        for item in [*items, _Cleared(new)] if new else ():
+            self._queue(item)
+        return marks
 
     def _clear_values(self, devs: list[str]) -> None:
         """The second half of _clear_topics: devs' values cleared, their
@@ -341,19 +344,28 @@ class HomeAssistantBridge:
         items: list[tuple[str, bytes] | _Flushed] = [
             (ha.topic(d, n), b"") for d in devs for n in ha.STATE_NAMES
         ]
-        for item in [*items, *(m for d in devs for m in self._clearing.pop(d, []))]:
-            try:
-                self._out.put_nowait(item)
-            except asyncio.QueueFull:
-                self.stats["dropped"] += 1
-                if isinstance(item, _Flushed):
-                    item.done.set()  # (clear() says False: a publish was dropped)
+        for item in [*items, *(self._clearing.pop(d) for d in devs if d in self._clearing)]:
+            self._queue(item)
         for dev in devs:
             if dev in self._linked:
                 try:
                     self._show(dev)
                 except Exception:  # (a callback of the loop's: no one else would hear of it)
                     log.exception("could not show %s in Home Assistant again: at the next refresh", dev)
+
+    def _queue(self, item: tuple[str, bytes] | _Flushed | _Cleared) -> None:
+        """A clear's item in the publish queue; one that finds it full is
+        dropped (its device cleared again at the next refresh), a mark is
+        acted on at once."""
+        try:
+            self._out.put_nowait(item)
+        except asyncio.QueueFull:
+            if isinstance(item, _Flushed):
+                item.done.set()
+            elif isinstance(item, _Cleared):
+                self._clear_values(item.devs)
+            else:
+                self._dropped(*item)
 
     # ---- commands from Home Assistant ---------------------------------------
 

@@ -481,6 +481,46 @@ async def test_an_unlink_holds_up_no_other_device_and_a_link_again_comes_after_i
     )
 
 
+async def test_an_owner_unlinking_in_a_flood_fills_nothing_and_another_owner_unlinks_and_gives_up(
+    bridge: Bridge,
+) -> None:
+    """An unlink of a device being cleared adds nothing to the bridge's queue
+    but a mark: before, each put the device's config clears in it again,
+    1,200 at once filled it (2,000), another owner's unlink was answered 503
+    and a device given up meanwhile stayed shown in Home Assistant for good."""
+    ann, bob, gone = [await bridge.device(o) for o in ("ann", "bob", "bob")]
+    for who, th in (("ann", ann), ("bob", bob), ("bob", gone)):
+        assert (await bridge.link(who, th.id))[0] == 200
+    await async_wait_for(
+        lambda: all(bridge.retained(f"homeassistant/+/pb_{t.id}/+/config") for t in (ann, bob, gone)),
+        10,
+        what="linked",
+    )
+    hab, peak = bridge.r.gw.homeassistant, [0]
+
+    def watch() -> None:
+        peak[0] = max(peak[0], hab._out.qsize())
+        asyncio.get_running_loop().call_later(0.005, watch)
+
+    watch()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        url = f"{bridge.r.url}/api/v1/devices/{ann.id}/homeassistant"
+        headers = {"Authorization": f"Bearer {bridge.tokens['ann']}"}
+
+        async def unlink() -> int:
+            async with s.put(url, headers=headers, json={"linked": False}) as resp:
+                return resp.status
+
+        flood = [asyncio.create_task(unlink()) for _ in range(600)]
+        await asyncio.sleep(0.2)
+        assert (await bridge.link("bob", bob.id, False))[0] == 200
+        assert (await bridge.call("bob", "DELETE", f"/api/v1/devices/{gone.id}/owner"))[0] == 200
+        assert set(await asyncio.gather(*flood)) == {200}
+    assert peak[0] < 100, peak  # (the clears of three devices, the values)
+    for th in (ann, bob, gone):
+        assert bridge.retained(f"homeassistant/+/pb_{th.id}/+/config", f"pbha/{th.id}/#") == {}, th.id
+
+
 @pytest.mark.long
 async def test_hostile_bridge_commands_stop_nothing_and_reach_no_device(bridge: Bridge) -> None:
     gw = bridge.r.gw
