@@ -404,7 +404,8 @@ class VirtualDevice:
         if dev is None:
             return False
         agent = dev.updates.agent
-        return dev.updates.held is not None or (agent is not None and agent.held is not None)
+        # (the agent's held is set by pb/ota/defer.py only: no name more in update mode's RAM)
+        return dev.updates.held is not None or getattr(agent, "held", None) is not None
 
     def _power_gone(self) -> None:
         if self._cut or self.mode == "off":

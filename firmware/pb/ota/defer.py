@@ -54,7 +54,8 @@ async def _wait(agent, job, why, holding):
     leaves out (written every _SAVE_S, and at the end)."""
     uid = job["id"]
     agent.report("deferred", uid, counter=job["counter"], reason=why)
-    agent.held = why  # (while it waits: the simulator's fleet counts it apart)
+    agent.held = why  # (while it waits: the simulator's fleet counts it apart; no default in
+    # pb/ota/download.py, whose every name takes update mode's RAM)
     paused = job.get("paused", 0)
     t0 = saved = agent.now()
     try:

@@ -108,8 +108,6 @@ class Agent:
     tick, if set, is called during signature checks (feed a watchdog).
     """
 
-    held = None  # why it holds its update back, while it does (pb/ota/defer.py)
-
     def __init__(self, base, model, counter, request, report, now, link_up, fault):
         self.base = base
         self.model = model
