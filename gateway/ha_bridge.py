@@ -230,7 +230,7 @@ class HomeAssistantBridge:
                 self._put(dev, ha.topic(dev, name), value.encode())
         elif kind in ("online", "offline"):
             self._put(dev, ha.topic(dev, "availability"), kind.encode())
-        elif kind in ("hello", "status"):
+        elif kind in ("hello", "ota/status"):
             self._show(dev)
 
     def _show(self, dev: str) -> None:

@@ -184,6 +184,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
     def listener(kind: str, dev: str, msg: dict[str, Any]) -> None:
         nonlocal dropped
+        if kind == "ota/status":
+            kind = "status"  # (an update's progress: its message kind is the topic's)
         if kind not in EVENT_KINDS or not owners.sees(dev):
             return
         try:

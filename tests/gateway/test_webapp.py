@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,13 @@ async def test_an_owner_is_told_live_of_its_own_devices_only(
         await theirs.send("telemetry", telemetry(theirs.id, 4))
         await mine.send("telemetry", telemetry(mine.id, 4))
         assert await owner_events.telemetry_of(1) == [(mine.id, 4)]
+        # an update's progress is a `status` event (the page reloads its updates at one: it was
+        # the gateway's `ota/status`, which no stream passed on)
+        status = {"v": 1, "dev": mine.id, "id": "0123456789ab", "state": "downloading", "ts": time.time()}
+        await mine.send("ota/status", status)
+        while (got := await asyncio.wait_for(owner_events.got.get(), 10))[0] != "status":
+            pass
+        assert got[1]["device"] == mine.id and got[1]["message"]["state"] == "downloading", got
         # the owner gives the device up: its events stop within the owners' TTL
         accounts.release(ann, mine.id)
         await asyncio.sleep(webapp.OWNERS_TTL_S + 0.3)
