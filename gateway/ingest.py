@@ -74,6 +74,7 @@ def classify(
 # three digits (a float reaches 1.8e308 with no fewer: JSON's integer part
 # has no leading zeros). Either may be inside a string too: then the walks run.
 _MAYBE_DEEP = MAX_DEPTH
+_HUGE = 1e300  # (no float reaches past 1.8e308: a number field's bound, peer/protocol.py)
 _MAYBE_HUGE = re.compile(rb"[eE][+]?[0-9]{3}|[0-9]{200}")
 
 
@@ -107,8 +108,10 @@ def decode(kind: str, payload: bytes) -> tuple[Any, str | None]:
 
 def unstorable(msg: Any) -> str | None:
     """Why a decoded message cannot be stored as it came, or None: a lone
-    surrogate (JSON's "\\ud800" escape) has no UTF-8 form, and NaN or an
-    infinity (1e400) is not JSON. Keys are text too."""
+    surrogate (JSON's "\\ud800" escape) has no UTF-8 form, NaN or an
+    infinity (1e400) is not JSON, and an integer no float holds (JSON bounds
+    none: what reads the stored values, the twin, the judge, the app, reads
+    numbers as floats). Keys are text too."""
     stack = [msg]
     while stack:
         v = stack.pop()
@@ -124,6 +127,8 @@ def unstorable(msg: Any) -> str | None:
                 return "holds a lone surrogate (text must be UTF-8)"
         elif isinstance(v, float) and not math.isfinite(v):
             return "holds NaN or an infinity"
+        elif isinstance(v, int) and not -_HUGE < v < _HUGE:
+            return "holds an integer beyond 1e300 (no float holds it)"
     return None
 
 
