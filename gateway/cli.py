@@ -125,6 +125,11 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
 # ---- gateway -----------------------------------------------------------------
 
 
+# a gateway still running this long after a signal has lost its cancel (Python 3.11's
+# asyncio.wait_for, in a library): every task of it is cancelled again, each time as long
+_STOP_AGAIN_S = 5.0
+
+
 async def _run_gateway(args: argparse.Namespace) -> None:
     if args.cluster and not args.broker:
         raise ConfigError("--cluster names a NATS cluster's nodes: give --broker (its MQTT listener) too")
@@ -175,10 +180,12 @@ async def _run_gateway(args: argparse.Namespace) -> None:
         # SIGINT ignored (in the background of a shell, or under nohup)
         loop = asyncio.get_running_loop()
         stopper: list[asyncio.Task[None]] = []
+        me = asyncio.current_task()
 
         def stop() -> None:
             if not stopper:  # (a second signal: the first's stop goes on)
-                stopper.append(loop.create_task(cancel_until_done(task)))
+                again = cancel_until_done(task, _STOP_AGAIN_S, every_task=True, spare=(me,))
+                stopper.append(loop.create_task(again))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)

@@ -16,7 +16,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -1039,14 +1039,28 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-async def cancel_until_done(task: asyncio.Task[Any], again_s: float = 1.0) -> None:
+async def cancel_until_done(
+    task: asyncio.Task[Any], again_s: float = 1.0, every_task: bool = False, spare: Iterable[Any] = ()
+) -> None:
     """Cancel task and wait for its end, cancelling it again every again_s
     while it runs: a cancel that comes as an asyncio.wait_for's wait ends is
     lost on Python 3.11 (in aiomqtt's, nats-py's, a database driver's), and
-    a loop that lost one would never stop. Returns when it has ended."""
-    while not task.done():
-        task.cancel()
+    a loop that lost one would never stop. A TaskGroup that is stopping
+    passes no second cancel on to its tasks, and the one that lost the
+    cancel is one of them: with every_task (a process that stops), each
+    cancel after the first goes to every task of the loop but this one and
+    those in spare. Returns when task has ended."""
+    me, spared = asyncio.current_task(), set(spare)
+    task.cancel()
+    while True:
         await asyncio.wait([task], timeout=again_s)
+        if task.done():
+            return
+        task.cancel()
+        if every_task:
+            for t in asyncio.all_tasks():
+                if t is not me and t not in spared:
+                    t.cancel()
 
 
 def _certificate_refused(exc: aiomqtt.MqttError) -> str | None:

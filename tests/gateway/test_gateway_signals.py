@@ -58,24 +58,49 @@ def test_a_signal_stops_the_gateway_cleanly_even_with_sigint_ignored_at_start(
             proc.wait()
 
 
+async def _loses_two_cancels() -> None:
+    """Sleeps, losing the first two cancels as a wait_for of Python 3.11 may."""
+    lost = 0
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if lost == 2:
+                raise
+            lost += 1
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # (as wait_for leaves it)
+
+
 async def test_a_stop_cancels_again_a_task_that_lost_a_cancel() -> None:
     """A cancel that comes as an asyncio.wait_for's wait ends is lost on
     Python 3.11 (aiomqtt's publish, nats-py, database drivers wait so): the
     gateway's task went on, and a signal did not stop it. A stop cancels
     again while the task runs."""
 
-    async def loses_two_cancels() -> None:
-        lost = 0
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                if lost == 2:
-                    raise
-                lost += 1
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # (as wait_for leaves it)
-
-    task = asyncio.create_task(loses_two_cancels())
+    task = asyncio.create_task(_loses_two_cancels())
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_until_done(task, again_s=0.05), 5)
     assert task.cancelled()
+
+
+async def test_a_stop_reaches_a_task_group_s_task_that_lost_a_cancel() -> None:
+    """The gateway runs its parts in a TaskGroup, which, once stopping,
+    passes no second cancel on: `gateway run`'s stop cancels every task
+    again (but its own caller's)."""
+
+    async def gateway() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_loses_two_cancels())
+            tg.create_task(asyncio.sleep(3600))
+
+    me = asyncio.current_task()
+    for every_task, ends in ((False, False), (True, True)):
+        task = asyncio.create_task(gateway())
+        await asyncio.sleep(0)
+        stop = asyncio.create_task(cancel_until_done(task, 0.05, every_task=every_task, spare=(me,)))
+        await asyncio.wait([stop], timeout=1.0)
+        assert stop.done() is ends and task.done() is ends
+        if not ends:
+            stop.cancel()
+            await cancel_until_done(task, 0.05, every_task=True, spare=(stop, me))
+        assert task.cancelled()
