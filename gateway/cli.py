@@ -127,7 +127,7 @@ def _claim_code(args: argparse.Namespace, device: str) -> None:
 
 # a gateway still running this long after a signal has lost its cancel (Python 3.11's
 # asyncio.wait_for, in a library): every task of it is cancelled again, each time as long
-_STOP_AGAIN_S = 5.0
+_STOP_AGAIN_S = 30.0  # (what stops cleanly takes less: a command's wait for its reply, 10 s)
 
 
 async def _run_gateway(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ log = logging.getLogger("permabeta.gateway.homeassistant")
 REFRESH_S = 10.0  # how often the links, entities and updates are looked at again
 TIMEOUT_S = 10.0  # a device's answer to a command from Home Assistant
 CLEAR_TIMEOUT_S = 10.0  # a device's retained topics cleared, at most
+STATUS_GAP_S = 1.0  # an update's status shows its device anew at most this often
 CLEAR_GAP_S = 1.0  # between clearing devices' configs and their values: their entities go first
 _QUEUE = 2000  # publishes waiting
 _COMMANDS = 64  # commands from Home Assistant waiting; those beyond are refused
@@ -138,6 +139,7 @@ class HomeAssistantBridge:
         self._shown: dict[str, dict[str, bytes]] = {}  # device -> topic -> what is retained there now
         self._connects = -1  # the gateway's connection the topics were published on
         self._clearing: dict[str, _Flushed] = {}  # device -> the mark set once its values are cleared
+        self._due: set[str] = set()  # devices whose update status came: shown anew in a while
         self._unclear: set[str] = set()  # devices a clear of which was dropped: cleared again at a refresh
         gw.listeners.append(self._heard)
 
@@ -230,8 +232,21 @@ class HomeAssistantBridge:
                 self._put(dev, ha.topic(dev, name), value.encode())
         elif kind in ("online", "offline"):
             self._put(dev, ha.topic(dev, "availability"), kind.encode())
-        elif kind in ("hello", "ota/status"):
+        elif kind == "hello":
             self._show(dev)
+        elif kind == "ota/status" and dev not in self._due:
+            # (an update's progress comes often while it downloads, and a device may send it
+            # at will: its entity is shown anew once a STATUS_GAP_S at most)
+            self._due.add(dev)
+            asyncio.get_running_loop().call_later(STATUS_GAP_S, self._show_due, dev)
+
+    def _show_due(self, dev: str) -> None:
+        self._due.discard(dev)
+        if dev in self._linked:
+            try:
+                self._show(dev)
+            except Exception:  # (a callback of the loop's: no one else would hear of it)
+                log.exception("could not show %s in Home Assistant anew: at the next refresh", dev)
 
     def _show(self, dev: str) -> None:
         """dev's entities as its record says, each of a shared stream; the

@@ -140,6 +140,20 @@ function seriesOf(model, rows) {
   }));
 }
 
+// fn, called a second after the first call since it last ran (the latest fn given): what
+// an update's progress reloads is read once a second at most, not at every status
+let later = null;
+let laterFn = null;
+function atMostEverySecond(fn) {
+  laterFn = fn;
+  if (later === null) {
+    later = setTimeout(() => {
+      later = null;
+      laterFn();
+    }, 1000);
+  }
+}
+
 function Device({ id }) {
   const base = "/api/v1/devices/" + encodeURIComponent(id);
   const [device, error, reload] = useLoad(() => api("GET", base), [id]);
@@ -159,9 +173,15 @@ function Device({ id }) {
     if (kind === "telemetry") {
       const t = ev.message.ts || ev.at;
       setRows((r) => [...(r || []), { t, values: flatten(ev.message) }].slice(-KEEP_POINTS));
+    } else if (kind === "status") {
+      // an update's progress: it comes often while the update downloads
+      atMostEverySecond(() => {
+        reloadUpdates();
+        reloadOffers();
+      });
     } else {
-      // an update's progress, a hello (the set it now runs), online or offline
-      if (kind !== "status") reload();
+      // a hello (the set it now runs), online or offline
+      reload();
       reloadUpdates();
       reloadOffers();
     }
