@@ -242,10 +242,16 @@ class HomeAssistantBridge:
 
     def _show_due(self, dev: str) -> None:
         self._due.discard(dev)
+        self._show_again(dev)
+
+    def _show_again(self, dev: str) -> None:
+        """_show(dev) from a callback of the loop's, if dev is linked: what
+        fails is logged (no one else would hear of it), and shown at the
+        next refresh."""
         if dev in self._linked:
             try:
                 self._show(dev)
-            except Exception:  # (a callback of the loop's: no one else would hear of it)
+            except Exception:
                 log.exception("could not show %s in Home Assistant anew: at the next refresh", dev)
 
     def _show(self, dev: str) -> None:
@@ -362,11 +368,7 @@ class HomeAssistantBridge:
         for item in [*items, *(self._clearing.pop(d) for d in devs if d in self._clearing)]:
             self._queue(item)
         for dev in devs:
-            if dev in self._linked:
-                try:
-                    self._show(dev)
-                except Exception:  # (a callback of the loop's: no one else would hear of it)
-                    log.exception("could not show %s in Home Assistant again: at the next refresh", dev)
+            self._show_again(dev)
 
     def _queue(self, item: tuple[str, bytes] | _Flushed | _Cleared) -> None:
         """A clear's item in the publish queue; one that finds it full is

@@ -132,8 +132,7 @@ def setpoint_range(manifest: Mapping[str, Any] | None) -> tuple[float, float]:
 
 
 def _number(v: Any, default: float) -> float:
-    ok = finite_number(v)
-    return float(v) if ok else default
+    return float(v) if finite_number(v) else default
 
 
 def discovery(
