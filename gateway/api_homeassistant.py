@@ -8,10 +8,13 @@ the owner's home's, not the maker's."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from aiohttp import web
 
+from . import ha_bridge as hab
 from . import homeassistant as ha
 from .api import GATEWAY, error_response, json_body
 from .api_accounts import accounts_of, principal
@@ -71,6 +74,16 @@ async def _put(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) != {"linked"} or not isinstance(body["linked"], bool):
         return error_response(400, "bad_request", "body must be {'linked': true or false}")
+    wait = gw.homeassistant.changes.wait(who.id, time.monotonic())
+    if wait:
+        refused = error_response(
+            429,
+            "rate_limited",
+            f"{hab.LINK_BURST} link changes at once, then one each {hab.LINK_EVERY_S:g} s:"
+            f" try again in {math.ceil(wait)} s",
+        )
+        refused.headers["Retry-After"] = str(math.ceil(wait))
+        return refused
     if body["linked"]:
         gw.homeassistant.link(dev, who.id)
     elif not await gw.homeassistant.unlink(dev):

@@ -38,6 +38,11 @@ CLEAR_TIMEOUT_S = 10.0  # a device's retained topics cleared, at most
 STATUS_GAP_S = 1.0  # an update's status shows its device anew at most this often
 CLEAR_GAP_S = 1.0  # between clearing devices' configs and their values: their entities go first
 _QUEUE = 2000  # publishes waiting
+# an owner's link changes (a link or an unlink: each a clear or a show of the device, about 13
+# publishes): LINK_BURST at once, then one each LINK_EVERY_S (so that one owner's many devices,
+# linked and unlinked in a loop, do not fill the queue every owner's values go through)
+LINK_BURST = 30
+LINK_EVERY_S = 2.0
 _COMMANDS = 64  # commands from Home Assistant waiting; those beyond are refused
 _WORKERS = 4  # commands carried out at once
 _SCHEMA = 13  # the store's version that has the table
@@ -107,6 +112,26 @@ class LinkTable:
         return self.store.db.execute("DELETE FROM ha_links WHERE device = ?", (dev,)).rowcount > 0
 
 
+class LinkChanges:
+    """The link changes owners may make: LINK_BURST at once, then one each
+    LINK_EVERY_S (a bucket per account, of this gateway)."""
+
+    def __init__(self, burst: int = LINK_BURST, every_s: float = LINK_EVERY_S) -> None:
+        self.burst, self.every_s = float(burst), every_s
+        self._left: dict[int, tuple[float, float]] = {}  # account -> changes it may make, as of when
+
+    def wait(self, account: int, now: float) -> float:
+        """0 if account may change a link now (the change is counted), else
+        the seconds until it may (now: a monotonic clock)."""
+        left, then = self._left.get(account, (self.burst, now))
+        left = min(self.burst, left + max(0.0, now - then) / self.every_s)
+        if left < 1.0:
+            self._left[account] = (left, now)
+            return (1.0 - left) * self.every_s
+        self._left[account] = (left - 1.0, now)  # (an entry for each owner who ever changed a link)
+        return 0.0
+
+
 class _Flushed:
     """A mark in the publish queue: set once everything before it is published."""
 
@@ -141,6 +166,7 @@ class HomeAssistantBridge:
         self._clearing: dict[str, _Flushed] = {}  # device -> the mark set once its values are cleared
         self._due: set[str] = set()  # devices whose update status came: shown anew in a while
         self._unclear: set[str] = set()  # devices a clear of which was dropped: cleared again at a refresh
+        self.changes = LinkChanges()
         gw.listeners.append(self._heard)
 
     # ---- running -----------------------------------------------------------

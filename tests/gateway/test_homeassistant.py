@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import ha_bridge
 from gateway import homeassistant as ha
 from gateway.accounts import Accounts, new_claim_code
 from gateway.broker import HA_USER
@@ -515,10 +516,83 @@ async def test_an_owner_unlinking_in_a_flood_fills_nothing_and_another_owner_unl
         await asyncio.sleep(0.2)
         assert (await bridge.link("bob", bob.id, False))[0] == 200
         assert (await bridge.call("bob", "DELETE", f"/api/v1/devices/{gone.id}/owner"))[0] == 200
-        assert set(await asyncio.gather(*flood)) == {200}
+        answers = await asyncio.gather(*flood)
+    # (the first LINK_BURST are unlinks of the device being cleared; the rest are refused)
+    assert (
+        set(answers) == {200, 429} and ha_bridge.LINK_BURST <= answers.count(200) < ha_bridge.LINK_BURST + 5
+    ), answers
     assert peak[0] < 100, peak  # (the clears of three devices, the values)
     for th in (ann, bob, gone):
         assert bridge.retained(f"homeassistant/+/pb_{th.id}/+/config", f"pbha/{th.id}/#") == {}, th.id
+
+
+async def test_an_owner_changing_links_in_a_loop_is_refused_past_the_burst_and_holds_up_no_other_owner(
+    bridge: Bridge,
+) -> None:
+    """Each link change puts about 13 publishes in the bridge's one queue:
+    an owner's many devices linked and unlinked in a loop filled it, and
+    other owners' values were dropped (till the next refresh). An owner's
+    changes go LINK_BURST at once, then one each LINK_EVERY_S; past that,
+    429 with when to try again, and nothing of theirs is queued."""
+    anns = [await bridge.device("ann") for _ in range(3)]
+    bob = await bridge.device("bob")
+    hab = bridge.r.gw.homeassistant
+    answers: list[tuple[int, str | None]] = []
+
+    async def change(dev: str, linked: bool) -> None:
+        headers = {"Authorization": f"Bearer {bridge.tokens['ann']}"}
+        url = f"{bridge.r.url}/api/v1/devices/{dev}/homeassistant"
+        async with bridge.session.put(url, headers=headers, json={"linked": linked}) as resp:
+            body = await resp.json()
+            answers.append((resp.status, resp.headers.get("Retry-After")))
+            if resp.status == 429:
+                assert body["error"]["code"] == "rate_limited" and "try again in" in body["error"]["message"]
+
+    published = hab.stats["published"]
+    await asyncio.gather(*(change(t.id, i % 2 == 0) for i in range(200) for t in anns))
+    ok = [a for a in answers if a[0] == 200]
+    refused = [a for a in answers if a[0] == 429]
+    assert ha_bridge.LINK_BURST <= len(ok) < ha_bridge.LINK_BURST + 5 and len(ok) + len(refused) == 600, (
+        answers
+    )
+    assert {int(r[1] or 0) for r in refused} <= {1, 2}, refused  # (Retry-After: seconds, whole)
+    # another owner is not held up: his link's configs and his value go at once
+    assert (await bridge.link("bob", bob.id))[0] == 200
+    bob.telemetry(1)
+    await async_wait_for(lambda: bridge.retained(f"pbha/{bob.id}/temperature"), 5, what="bob's value")
+    # (at most a show or a clear of each change let through, and bob's)
+    assert hab.stats["published"] - published < 20 * (len(ok) + 2), hab.stats
+    assert hab.stats["dropped"] == 0, hab.stats
+    # ann may change a link again once the time it was told has passed
+    await asyncio.sleep(int(refused[-1][1] or 2))
+    assert (await bridge.link("ann", anns[0].id))[0] == 200
+
+
+@pytest.mark.parametrize("burst,every", [(3, 2.0), (30, 0.5)])
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.floats(0, 5, allow_nan=False)), min_size=1, max_size=120))
+def test_an_owner_s_link_changes_keep_within_the_burst_and_the_rate(
+    burst: int, every: float, steps: list[tuple[int, float]]
+) -> None:
+    """Over any run of changes by any owners at any gaps: each owner is let
+    through at most `burst` plus one each `every` seconds since its first
+    change, a refused change is told a wait within (0, every], and an owner
+    quiet for burst times `every` may make `burst` changes at once."""
+    changes, now = ha_bridge.LinkChanges(burst, every), 0.0
+    granted: dict[int, list[float]] = {}
+    for account, gap in steps:
+        now += gap
+        wait = changes.wait(account, now)
+        if wait == 0:
+            granted.setdefault(account, []).append(now)
+        else:
+            assert 0 < wait <= every + 1e-9
+    for times in granted.values():
+        for i, t0 in enumerate(times):
+            for j in range(i, len(times)):
+                assert j - i + 1 <= burst + (times[j] - t0) / every + 1e-9
+    now += burst * every
+    assert all(changes.wait(1, now) == 0 for _ in range(burst)) and changes.wait(1, now) > 0
 
 
 @pytest.mark.long
