@@ -125,10 +125,10 @@ class LinkChanges:
         the seconds until it may (now: a monotonic clock)."""
         left, then = self._left.get(account, (self.burst, now))
         left = min(self.burst, left + max(0.0, now - then) / self.every_s)
-        if left < 1.0:
+        if left < 1.0 - 1e-9:  # (one who waited the time told is let through, rounding aside)
             self._left[account] = (left, now)
             return (1.0 - left) * self.every_s
-        self._left[account] = (left - 1.0, now)  # (an entry for each owner who ever changed a link)
+        self._left[account] = (max(0.0, left - 1.0), now)  # (an entry for each owner who ever changed one)
         return 0.0
 
 
