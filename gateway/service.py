@@ -28,6 +28,7 @@ from firmware.pb.peer import protocol as proto
 from .broker import BrokerUrl
 from .clock import Clock, SystemClock, TimeSender
 from .commands import Commander
+from .db import Error as DatabaseError
 from .db import PostgresDatabase
 from .errors import (
     BrokerCertificateError,
@@ -985,6 +986,13 @@ class Gateway:
         except GatewayError as exc:
             self.store.finish_command(cmd_id, dev, "failed", None, self.clock.now())
             raise GatewayError(f"could not send {op} to {dev}: {exc}") from exc
+        except asyncio.CancelledError:
+            # (the gateway stops: a reply that comes all the same is recorded `late`)
+            try:
+                self.store.finish_command(cmd_id, dev, "cancelled", None, self.clock.now())
+            except DatabaseError as exc:  # (the database away: the cancel goes on all the same)
+                log.warning("%s: command %s not recorded as cancelled: %r", dev, cmd_id, exc)
+            raise
         finally:
             self.commander.forget(cmd_id)
 

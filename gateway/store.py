@@ -1058,11 +1058,13 @@ class Store:
     def finish_command(
         self, cmd_id: str, dev: str, status: str, reply: dict[str, Any] | None, now: float
     ) -> None:
-        """The end of dev's command cmd_id, if it was still sent (a reply
-        naming another device's command id ends nothing)."""
+        """The end of dev's command cmd_id, if it was still sent, or a late
+        reply to one cancelled (a reply naming another device's command id
+        ends nothing)."""
+        ending = "('sent', 'cancelled')" if status == "late" else "('sent')"
         self.db.execute(
-            """UPDATE commands SET status = ?, reply = ?, replied = ?
-               WHERE id = ? AND device = ? AND status = 'sent'""",
+            f"""UPDATE commands SET status = ?, reply = ?, replied = ?
+               WHERE id = ? AND device = ? AND status IN {ending}""",
             (status, _dumps(reply) if reply is not None else None, now, cmd_id, dev),
         )
 

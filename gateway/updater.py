@@ -60,6 +60,7 @@ from .updates import (
     plan_chunk,
     plan_stream,
     step_rank,
+    untaken,
 )
 
 log = logging.getLogger("permabeta.gateway.ota")
@@ -469,7 +470,7 @@ class Updater:
             if behind and record is not None:
                 self._spawn(self._send_root(dev, record.hello, self.clock.now()), f"root-{dev}")
         u = self._active.get(dev)
-        if u is not None and (_untaken(u) or u.state == "deferred"):
+        if u is not None and (untaken(u) or u.state == "deferred"):
             if behind:
                 self._held.add(dev)  # its hello says which root it came back with
             else:
@@ -489,7 +490,7 @@ class Updater:
         elif dev in self._held:
             self._held.discard(dev)
             held = self._active.get(dev)
-            if held is not None and (_untaken(held) or held.state == "deferred"):
+            if held is not None and (untaken(held) or held.state == "deferred"):
                 self._spawn(self._reoffer(held, renew=held.state == "deferred"), f"reoffer-{held.id}")
         u = self._active.get(dev)
         msg = from_hello(u, hello.get("ota")) if u is not None else None
@@ -542,7 +543,7 @@ class Updater:
         has the offer ignores the repeat. The number offered again."""
         n = 0
         for u in list(self._active.values()):
-            if _untaken(u) and self.online(u.device):
+            if untaken(u) and self.online(u.device):
                 record = self.devices(u.device)
                 if record is not None and self.roots.behind(record.hello):
                     self._held.add(u.device)
@@ -950,11 +951,6 @@ class Updater:
             task.cancel()
         with contextlib.suppress(*DbError):
             self.flush()
-
-
-def _untaken(u: Update) -> bool:
-    """Offered, and the device never said it took the offer."""
-    return u.state == "offered" and u.device_state is None
 
 
 def _stamp(keys: Keys | None) -> tuple[int, int] | None:

@@ -236,13 +236,24 @@ def step_rank(state: str) -> int:
 def from_hello(u: Update, ota: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A status that the device's hello implies for u, or None: a device
     that says it runs u's release (on trial or committed) has got that far,
-    even if the statuses that said so were lost with a broker."""
-    if not isinstance(ota, Mapping) or u.ended or ota.get("manifest") != u.release:
+    even if the statuses that said so were lost with a broker; one in update
+    mode for u (`updating`, `update` its id) took u's offer, though it says
+    `offered` only after this hello (it is not sent the offer again)."""
+    if not isinstance(ota, Mapping) or u.ended:
         return None
     state = ota.get("state")
+    if state == "updating" and ota.get("update") == u.id:
+        return {"v": 1, "id": u.id, "state": "offered"} if untaken(u) else None
+    if ota.get("manifest") != u.release:
+        return None
     if state not in ("trial", "committed"):
         return None
     return {"v": 1, "id": u.id, "state": state}
+
+
+def untaken(u: Update) -> bool:
+    """Offered, and the device never said it took the offer."""
+    return u.state == "offered" and u.device_state is None
 
 
 def fail(u: Update, reason: str, now: float) -> Update:

@@ -173,6 +173,40 @@ async def test_a_reply_naming_another_device_s_command_ends_nothing_of_it(
     assert running(r)
 
 
+async def test_a_command_whose_wait_is_cancelled_is_recorded_so_and_its_reply_after_as_late(
+    start_gateway: StartGateway, devices: Callable[[str], Device]
+) -> None:
+    """A command waiting for its reply when the gateway stops (its tasks
+    cancelled) stayed `sent` for good: it is `cancelled`, and a reply that
+    comes all the same is recorded `late`; another device's reply naming it
+    ends nothing of it."""
+    r = await start_gateway()
+    dev, rogue = devices("th"), devices("th")
+    await online(r, dev, rogue)
+    waiting = asyncio.create_task(r.gw.send_command(dev.id, "ping", timeout=60))
+    rows: list[Any] = []
+
+    def sent() -> bool:
+        rows[:] = r.store.db.execute("SELECT id, status FROM commands WHERE device = ?", (dev.id,)).fetchall()
+        return bool(rows)
+
+    await async_wait_for(sent, 10, what="the command sent")
+    cmd_id = rows[0][0]
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (r.store.command(cmd_id) or {})["status"] == "cancelled"
+    await rogue.send(
+        "reply", {"v": 1, "dev": rogue.id, "id": cmd_id, "ok": False, "error": {"code": "forged"}}
+    )
+    await lands(r, rogue, 1)
+    assert (r.store.command(cmd_id) or {})["status"] == "cancelled"
+    await dev.send("reply", {"v": 1, "dev": dev.id, "id": cmd_id, "ok": True, "result": {"pong": 1}})
+    await async_wait_for(lambda: (r.store.command(cmd_id) or {})["status"] == "late", 10, what="late")
+    assert json.loads((r.store.command(cmd_id) or {})["reply"])["result"] == {"pong": 1}
+    assert running(r)
+
+
 async def test_telemetry_with_a_huge_or_negative_ts_is_rejected_and_others_land(
     start_gateway: StartGateway, devices: Callable[[str], Device]
 ) -> None:

@@ -28,6 +28,7 @@ from gateway.updates import (
     check_target,
     expire,
     fail,
+    from_hello,
     new_update,
     next_freshness_version,
     offer_message,
@@ -208,6 +209,22 @@ def test_a_repeated_status_changes_nothing() -> None:
     o = apply_status(update(), status("offered"), T0)
     assert o is not None and (o.state, o.device_state) == ("offered", "offered")
     assert apply_status(o, status("offered"), T0) is None
+
+
+def test_a_hello_from_update_mode_for_the_update_says_its_offer_was_taken() -> None:
+    """Update mode's hello (`updating`, `update` its id) comes before the
+    device's own `offered`, and its `online` would have the offer sent again."""
+    ota = {"counter": 0, "manifest": None, "state": "updating", "root": 1, "update": "a1b2c3d4e5f6"}
+    msg = from_hello(update(), ota)
+    assert msg == {"v": 1, "id": "a1b2c3d4e5f6", "state": "offered"}
+    taken = apply_status(update(), msg, T0)
+    assert taken is not None and (taken.state, taken.device_state) == ("offered", "offered")
+    assert from_hello(taken, ota) is None  # (taken already: nothing new)
+    assert from_hello(update(state="downloading", device_state="downloading"), ota) is None
+    assert from_hello(update(), {**ota, "update": "0123456789ab"}) is None  # another update's
+    assert from_hello(update(), {**ota, "update": None}) is None
+    assert from_hello(update(), {**ota, "state": "committed"}) is None  # (not u's release)
+    assert from_hello(update(state="failed", finished=T0), ota) is None
 
 
 def test_an_ended_update_stays_ended() -> None:

@@ -79,6 +79,8 @@ async def run(base, config, hal, counter, client=None):
         if hello:
             try:
                 hello["ota"]["state"] = "updating"
+                if agent.job is not None:  # (the offer it took: the gateway sends it no repeat)
+                    hello["ota"]["update"] = agent.job["id"]
                 hello["ts"] = now
                 out.insert(0, (wire.topic(dev, "hello"), wire.dumps("hello", hello), 1, True))
             except (KeyError, TypeError, ProtocolError):  # (not the hello it should be)

@@ -94,7 +94,7 @@ _BOUNDS = {
 PROTOCOLS = (1, 2)
 # The shape of hello's objects: what the gateway stores and lists.
 _FEATURE = (("version", "s"), ("enabled", "b"), ("running", "b"), ("error", "s"), ("waiting", "l"))
-_OTA = (("counter", "i"), ("state", "s"), ("root", "i"))
+_OTA = (("counter", "i"), ("state", "s"), ("root", "i"), ("update", "s"))
 
 
 def bounds(name):
