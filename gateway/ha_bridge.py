@@ -11,8 +11,11 @@ holds while the owner who made it keeps the device: giving the device up
 unlinks it, and its retained topics are cleared.
 
 Everything published goes through one queue, in order, so that a device's
-clearing is never overtaken by a value of it published before; the queue
-is bounded, and a value dropped is published again at the next refresh.
+clearing is never overtaken by a value of it published before. A topic
+waits in it once: what comes for it meanwhile replaces what waits (a
+device that floods its hellos or telemetry holds one place a topic, not
+the queue every owner's values go through). The queue is bounded, and a
+value dropped is published again at the next refresh.
 """
 
 from __future__ import annotations
@@ -157,7 +160,8 @@ class HomeAssistantBridge:
         self.gw = gw
         self.links = LinkTable(gw.store)
         self.stats = {"published": 0, "dropped": 0, "commands": 0, "refused": 0, "failed": 0}
-        self._out: asyncio.Queue[tuple[str, bytes] | _Flushed | _Cleared] = asyncio.Queue(_QUEUE)
+        self._out: asyncio.Queue[str | _Flushed | _Cleared] = asyncio.Queue(_QUEUE)  # topics, marks
+        self._queued: dict[str, bytes] = {}  # topic in the queue -> what is published there when it comes
         self._commands: asyncio.Queue[ha.Command] = asyncio.Queue(_COMMANDS)
         self._linked: dict[str, Link] = {}  # the valid links as last read
         self._withheld: dict[str, dict[str, str]] = {}  # device -> what its hello keeps back
@@ -214,7 +218,7 @@ class HomeAssistantBridge:
             if isinstance(item, _Cleared):
                 asyncio.get_running_loop().call_later(CLEAR_GAP_S, self._clear_values, item.devs)
                 continue
-            topic, payload = item
+            topic, payload = item, self._queued.pop(item)
             try:
                 await self.gw.publish(topic, payload, 1, True)
                 self.stats["published"] += 1
@@ -230,12 +234,21 @@ class HomeAssistantBridge:
         shown = self._shown.setdefault(dev, {})
         if shown.get(topic) == payload:
             return
-        try:
-            self._out.put_nowait((topic, payload))
-        except asyncio.QueueFull:
+        if not self._enqueue(topic, payload):
             self.stats["dropped"] += 1  # (published at the next refresh)
             return
         shown[topic] = payload
+
+    def _enqueue(self, topic: str, payload: bytes) -> bool:
+        """payload to be published on topic, in the place in the queue topic
+        has (it waits once), else at its end; False if the queue is full."""
+        if topic not in self._queued:
+            try:
+                self._out.put_nowait(topic)
+            except asyncio.QueueFull:
+                return False
+        self._queued[topic] = payload
+        return True
 
     def _dropped(self, topic: str, payload: bytes) -> None:
         """A publish on topic that did not go: what is shown there is not
@@ -400,15 +413,17 @@ class HomeAssistantBridge:
         """A clear's item in the publish queue; one that finds it full is
         dropped (its device cleared again at the next refresh), a mark is
         acted on at once."""
+        if isinstance(item, tuple):
+            if not self._enqueue(*item):
+                self._dropped(*item)
+            return
         try:
             self._out.put_nowait(item)
         except asyncio.QueueFull:
             if isinstance(item, _Flushed):
                 item.done.set()
-            elif isinstance(item, _Cleared):
-                self._clear_values(item.devs)
             else:
-                self._dropped(*item)
+                self._clear_values(item.devs)
 
     # ---- commands from Home Assistant ---------------------------------------
 
