@@ -1058,10 +1058,11 @@ class Store:
     def finish_command(
         self, cmd_id: str, dev: str, status: str, reply: dict[str, Any] | None, now: float
     ) -> None:
-        """The end of dev's command cmd_id, if it was still sent, or a late
-        reply to one cancelled (a reply naming another device's command id
-        ends nothing)."""
-        ending = "('sent', 'cancelled')" if status == "late" else "('sent')"
+        """The end of dev's command cmd_id, if it was still sent; a reply
+        that comes after its wait ended (timeout, cancelled) is recorded as
+        `late` with it. A repeat of a reply recorded, or a reply naming
+        another device's command id, changes nothing."""
+        ending = "('sent', 'timeout', 'cancelled')" if status == "late" else "('sent')"
         self.db.execute(
             f"""UPDATE commands SET status = ?, reply = ?, replied = ?
                WHERE id = ? AND device = ? AND status IN {ending}""",

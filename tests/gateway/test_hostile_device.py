@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from firmware.pb.peer import protocol as proto
+from gateway.errors import CommandTimeoutError
 from ota.keys import Keys
 from ota.release import Release
 
@@ -178,8 +179,8 @@ async def test_a_command_whose_wait_is_cancelled_is_recorded_so_and_its_reply_af
 ) -> None:
     """A command waiting for its reply when the gateway stops (its tasks
     cancelled) stayed `sent` for good: it is `cancelled`, and a reply that
-    comes all the same is recorded `late`; another device's reply naming it
-    ends nothing of it."""
+    comes all the same is recorded `late`, as one after a timeout is (it was
+    dropped); another device's reply naming it ends nothing of it."""
     r = await start_gateway()
     dev, rogue = devices("th"), devices("th")
     await online(r, dev, rogue)
@@ -204,6 +205,19 @@ async def test_a_command_whose_wait_is_cancelled_is_recorded_so_and_its_reply_af
     await dev.send("reply", {"v": 1, "dev": dev.id, "id": cmd_id, "ok": True, "result": {"pong": 1}})
     await async_wait_for(lambda: (r.store.command(cmd_id) or {})["status"] == "late", 10, what="late")
     assert json.loads((r.store.command(cmd_id) or {})["reply"])["result"] == {"pong": 1}
+    # so is one that timed out; a reply repeated changes nothing of what was recorded
+    with pytest.raises(CommandTimeoutError):
+        await r.gw.send_command(dev.id, "ping", timeout=0.2)
+    (late_id,) = [
+        row[0]
+        for row in r.store.db.execute("SELECT id, status FROM commands WHERE device = ?", (dev.id,))
+        if row[1] == "timeout"
+    ]
+    for n in (1, 2):
+        await dev.send("reply", {"v": 1, "dev": dev.id, "id": late_id, "ok": True, "result": {"n": n}})
+    await lands(r, dev, 2)
+    row = r.store.command(late_id) or {}
+    assert row["status"] == "late" and json.loads(row["reply"])["result"] == {"n": 1}, row
     assert running(r)
 
 
