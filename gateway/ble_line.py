@@ -191,6 +191,7 @@ class BleBridge:
         self._devices: dict[str, tuple[BLEDevice, float]] = {}  # address -> (last seen as, when)
         self._keepers: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._swept = float("-inf")  # (loop) time the addresses were last swept
 
     async def run(self) -> None:
         """Scan and serve until cancelled; a scan that cannot start (no
@@ -218,10 +219,25 @@ class BleBridge:
         loop = asyncio.get_running_loop()
         address = device.address
         self._devices[address] = (device, loop.time())
+        if loop.time() - self._swept > STALE_S:
+            self._sweep(loop.time())
         if address in self._keepers or self._tg is None or self.banned.get(address, 0) > loop.time():
             return
         self.banned.pop(address, None)
         self._keepers[address] = self._tg.create_task(self._keep(address), name=f"gateway-ble:{address}")
+
+    def _sweep(self, now: float) -> None:
+        """Forget the addresses not seen for STALE_S that nothing dials any
+        more, and the bans past: a peripheral that changes its address (a
+        random one, at will) does not grow what the gateway holds."""
+        self._swept = now
+        for address, (_, seen) in list(self._devices.items()):
+            if now - seen > STALE_S and address not in self._keepers:
+                del self._devices[address]
+                self._backoffs.pop(address, None)
+        for address, until in list(self.banned.items()):
+            if until <= now:
+                del self.banned[address]
 
     async def _keep(self, address: str) -> None:
         """Keep one device connected while it is around: connect again with

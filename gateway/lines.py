@@ -9,6 +9,7 @@ this line instead of to the broker (Gateway.publish)."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from firmware.pb.net.frames import encode
@@ -28,6 +29,11 @@ WRONG_WAY = "wrong_direction"  # reject reason: a kind only the gateway sends, f
 # it is the gateway's own publish echoed, and ignored; a line echoes nothing: it is the device's doing
 GATEWAY_KINDS = frozenset(DEVICE_READS)
 _PROVE_FIRST = b'{"v": 1, "error": "unproven", "message": "prove who you are first (docs/protocol.md 17)"}'
+# after this many proofs refused in a row, a refusal is answered, logged and counted once a second
+# at most, those between passed over (a flood of bad proof messages costs no answer, log line or
+# write); a proof that passes is answered as ever, and starts the count over
+QUIET_AFTER = 5
+QUIET_S = 1.0
 
 
 class Line(Protocol):
@@ -59,6 +65,9 @@ class LineSession:
         self.device: str | None = None
         self.unproven = 0  # messages dropped before a proof
         self._asked = float("-inf")  # when the device was last told to prove itself
+        self.refused_in_row = 0  # proofs refused since the last one passed
+        self.passed_over = 0  # refusals neither answered nor counted (QUIET_AFTER)
+        self._told = float("-inf")  # (monotonic) when a refusal was last answered
 
     def on_frame(self, kind: str, payload: bytes) -> None:
         """One message from the line; never raises for what the line sent."""
@@ -67,14 +76,22 @@ class LineSession:
             reply, dev = self.proof.on_auth(payload)
             if self.proof.proven is None and self.device is not None:
                 self._let_go("the device started a new proof")
-            if reply is not None:
-                self.send(KIND, reply)
             if self.proof.refusals > refused:
-                log.warning("%s: proof refused: %s", self.line.name, self.proof.last_refusal)
+                self.refused_in_row += 1
+                now = time.monotonic()
+                if self.refused_in_row > QUIET_AFTER and now - self._told < QUIET_S:
+                    self.passed_over += 1  # (no answer, log line or write)
+                    return
+                self._told = now
+                if self.refused_in_row <= QUIET_AFTER:  # (gw.reject logs the first and each hundredth)
+                    log.warning("%s: proof refused: %s", self.line.name, self.proof.last_refusal)
                 self.gw.reject(
                     f"{self.line.name}/{KIND}", REFUSED, self.proof.last_refusal or "", self.gw.clock.now()
                 )
+            if reply is not None:
+                self.send(KIND, reply)
             if dev is not None:
+                self.refused_in_row = 0
                 self.device = dev
                 log.info("%s: %s proved itself", self.line.name, dev)
                 self.gw.attach(dev, self)

@@ -67,8 +67,8 @@ class LineProof:
     def on_auth(self, payload: bytes) -> tuple[bytes | None, str | None]:
         try:
             msg = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return self._refuse("bad_message", "a proof message that is not JSON")
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            return self._refuse("bad_message", "a proof message that is not JSON (or nested too deep)")
         if not isinstance(msg, dict) or msg.get("v") != 1:
             return self._refuse("bad_message", 'a proof message must be a JSON object with "v": 1')
         if "dev" in msg:

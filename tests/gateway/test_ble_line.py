@@ -6,14 +6,18 @@ bluezoo."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 
 from firmware.pb.net.ble_frag import Joiner
 from firmware.pb.net.frames import encode
+from gateway import ble_line
 from gateway.ble_line import MAX_OUT, BleLink, GarbageRule
 from gateway.broker import BrokerUrl
 from gateway.service import Gateway
@@ -114,3 +118,25 @@ async def test_a_bridge_whose_bus_went_away_stops_when_cancelled(
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done and task.cancelled()
+
+
+async def test_addresses_seen_are_forgotten_once_stale(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peripheral changing its (random) address at will grew what the
+    bridge held of addresses seen without bound (100,000: 57 MB). Those not
+    seen for STALE_S that nothing dials, and bans past, are swept."""
+    bridge = ble_line.BleBridge(gw)  # (not running: nothing is dialled)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    adv = AdvertisementData(None, {}, {}, [ble_line.SERVICE_UUID], None, -50, ())
+    peak = 0
+    for i in range(20_000):
+        now[0] += 0.01  # (a new address every 10 ms)
+        bridge._seen(BLEDevice(f"AA:BB:CC:{i >> 16:02X}:{(i >> 8) & 255:02X}:{i & 255:02X}", None, None), adv)
+        peak = max(peak, len(bridge._devices))
+    bridge.banned["AA:BB:CC:00:00:01"] = now[0] - 1
+    now[0] += ble_line.STALE_S + 1
+    bridge._seen(BLEDevice("AA:BB:CC:FF:FF:FF", None, None), adv)
+    # (those of the last two STALE_S at most: one sweep each STALE_S)
+    assert peak <= 2 * ble_line.STALE_S / 0.01 + 2, peak
+    assert list(bridge._devices) == ["AA:BB:CC:FF:FF:FF"] and bridge.banned == {}

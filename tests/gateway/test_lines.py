@@ -9,6 +9,8 @@ pty)."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from firmware.pb.net.frames import Decoder
 from firmware.pb.net.proof import Prover, link_key
 from gateway.broker import BrokerUrl
-from gateway.lines import LineSession
+from gateway.lines import QUIET_AFTER, QUIET_S, LineSession
 from gateway.registry import Registry
 from gateway.service import Gateway
 from gateway.store import Store
@@ -147,3 +149,32 @@ def test_a_proven_device_sending_an_odd_kind_is_refused_and_the_line_goes_on(gw:
         assert gw.rejects == {"wrong_direction": 1}
     session.on_frame("hello", hello("th-1"))
     assert gw.counters["accepted"] == 1 and gw.store.device("th-1") is not None
+
+
+def test_a_flood_of_refused_proofs_is_answered_once_a_second_and_a_good_proof_still_passes(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refused proof was answered, logged as a warning and counted in
+    the database: 47,000 in 2 s from one serial line. After QUIET_AFTER in
+    a row, once a second at most; the proof of the device whose key is put
+    right then passes (it tries again a second or more apart)."""
+    line = Kept()
+    session = LineSession(gw, line)
+    bad = json.dumps({"v": 1, "mac": "0" * 64}).encode()
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="permabeta.gateway.lines"):
+        for _ in range(5000):
+            session.on_frame("auth", bad)
+    seconds = time.monotonic() - t0
+    allowed = QUIET_AFTER + 1 + seconds / QUIET_S
+    assert len(line.sent) <= allowed and gw.rejects["proof_refused"] <= allowed, (len(line.sent), seconds)
+    assert session.passed_over == 5000 - gw.rejects["proof_refused"]
+    assert len([r for r in caplog.records if "proof refused" in r.getMessage()]) == QUIET_AFTER
+    time.sleep(QUIET_S)
+    device = Prover("th-1", link_key("th-1", "pw-th-1"))
+    session.on_frame("auth", device.start().encode())
+    reply, _ = device.on_auth(line.sent[-1][1])
+    assert reply is not None
+    session.on_frame("auth", reply.encode())
+    assert device.on_auth(line.sent[-1][1]) == (None, True) and gw.lines == {"th-1": session}
+    assert session.refused_in_row == 0

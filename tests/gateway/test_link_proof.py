@@ -140,7 +140,10 @@ def test_an_answer_with_no_challenge_is_refused() -> None:
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"\xff\xfe", "a proof message that is not JSON"),
+        (b"\xff\xfe", "a proof message that is not JSON (or nested too deep)"),
+        # (json's RecursionError, no ValueError: it escaped the line's session, and the frames
+        # after it in the same read were lost)
+        (b"[" * 4000, "a proof message that is not JSON (or nested too deep)"),
         (b"[1]", 'a proof message must be a JSON object with "v": 1'),
         (
             b'{"v": 2, "dev": "th-1", "n": "' + b"0" * 32 + b'"}',
@@ -179,6 +182,12 @@ def test_no_message_from_a_line_proves_anything_by_itself(payload: bytes) -> Non
     device.start()
     reply, outcome = device.on_auth(payload)
     assert reply is None and outcome is not True
+
+
+def test_a_proof_message_nested_too_deep_is_refused_at_either_end() -> None:
+    device = Prover("th-1", link_key("th-1", PASSWORD))
+    device.start()
+    assert device.on_auth(b"[" * 4000 + b"]" * 4000) == (None, "the gateway's proof message is not JSON")
 
 
 def test_the_registry_holds_the_keys_of_devices_provisioned_and_not_revoked(gw_db: Path | str) -> None:

@@ -66,7 +66,7 @@ class Prover:
             msg = json.loads(payload)
             if not isinstance(msg, dict) or msg.get("v") != 1:
                 return None, "the gateway's proof message is not one of version 1"
-        except ValueError:
+        except (ValueError, RuntimeError):  # (CPython's RecursionError: nested too deep)
             return None, "the gateway's proof message is not JSON"
         n = self.n
         if "error" in msg:
